@@ -1,0 +1,19 @@
+//! The heart of Gradient: the model (users, organizations, projects, caches, evaluations, builds, workers),
+//! the rules and decisions over it (names, state machines, permissions, secrets), the port traits through which
+//! it reaches the outside world, and the use-case services generic over those ports.
+//!
+//! Architecture invariant: this crate does no I/O. It never depends on sqlx, poem, tungstenite, lettre, s3,
+//! reqwest, or tokio's net/fs features; `apps/server/tests` enforces that by reading `cargo metadata`.
+
+pub mod auth;
+pub mod crypt;
+pub mod ids;
+pub mod model;
+pub mod names;
+pub mod permissions;
+pub mod ports;
+pub mod service;
+pub mod status;
+
+pub use ids::*;
+pub use names::{Email, Name, NameError};

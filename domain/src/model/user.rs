@@ -1,0 +1,39 @@
+use super::Timestamp;
+use crate::permissions::KeyScope;
+use crate::{ApiKeyId, Email, Name, SessionId, UserId};
+
+/// A person who logs in to Gradient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub username: Name,
+    /// Display name.
+    pub name: String,
+    pub email: Email,
+    /// argon2id PHC string; `None` for users who only log in through OIDC.
+    pub password_hash: Option<String>,
+    pub email_verified: bool,
+    pub created_at: Timestamp,
+}
+
+/// A login: the JWT a user holds names one of these, and logging out deletes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A long-lived token (`GRAD…`) for scripts, CI and Nix clients. Only its SHA-256 is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub user_id: UserId,
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret part of the token (without the `GRAD` prefix).
+    pub hash: String,
+    pub scope: KeyScope,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+}

@@ -1,0 +1,54 @@
+use super::Timestamp;
+use crate::{OrgId, PeerId, WorkerId};
+
+/// A worker registered under an organization. The worker proves it holds the registration's token when it
+/// connects; only the token's hash is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRegistration {
+    pub peer_id: PeerId,
+    pub org_id: OrgId,
+    pub worker_id: WorkerId,
+    pub token_hash: String,
+    pub created_at: Timestamp,
+}
+
+/// What a worker can do; the server's and the worker's sets are AND-ed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub fetch: bool,
+    pub eval: bool,
+    pub build: bool,
+    pub sign: bool,
+}
+
+impl Capabilities {
+    pub fn and(self, other: Self) -> Self {
+        Self {
+            fetch: self.fetch && other.fetch,
+            eval: self.eval && other.eval,
+            build: self.build && other.build,
+            sign: self.sign && other.sign,
+        }
+    }
+}
+
+/// The forges Gradient receives pushes from and reports commit statuses to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForgeKind {
+    GitHub,
+    Gitea,
+    Forgejo,
+    GitLab,
+}
+
+/// A forge connection of an organization: its webhook secret (encrypted with the crypt secret) and, for
+/// status reporting, an optional access token (encrypted too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgeIntegration {
+    pub id: crate::IntegrationId,
+    pub org_id: OrgId,
+    pub forge: ForgeKind,
+    pub webhook_secret: crate::crypt::Sealed,
+    pub access_token: Option<crate::crypt::Sealed>,
+    pub created_at: Timestamp,
+}

@@ -1,0 +1,8 @@
+//! The traits through which the domain reaches the outside world. Each has a contract suite in the
+//! `gradient-ports` crate that every adapter must pass.
+
+pub mod clock;
+pub mod storage;
+
+pub use clock::Clock;
+pub use storage::{Storage, StorageError};

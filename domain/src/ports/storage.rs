@@ -1,0 +1,136 @@
+//! Where Gradient keeps its state. One adapter (`storage-sql`) implements it on SQLite and PostgreSQL;
+//! `gradient-ports` has the in-memory implementation and the contract suite all three pass.
+//!
+//! Conventions every implementation MUST follow:
+//! * "absent" is `Ok(None)` (or `Ok(false)` for deletes), never an error; an empty list is `Ok(vec![])`.
+//! * A write that would break a uniqueness rule fails with `StorageError::Conflict` and changes nothing.
+//! * An update of a row that does not exist fails with `StorageError::NotFound`.
+//! * Writes that touch several rows are atomic: all or nothing.
+//! * Timestamps read back equal to what was written (callers truncate them to microseconds).
+//! * Lists are ordered by name (users by username), unless a method says otherwise.
+//! * `Unavailable` is for the backend failing (connection lost, disk full); its text is for logs only.
+
+use crate::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User};
+use crate::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
+use std::future::Future;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The row to update or the row a new one refers to does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule (or a reference still in use) forbids the write. The text names what collided,
+    /// e.g. `username`, `email`, `org name`, `role in use`.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend failed; retrying later may work.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Everything Gradient stores. Split by aggregate so an adapter's file can follow the same shape.
+pub trait Storage: Users + Orgs + Projects + Caches + Meta + Send + Sync + 'static {}
+
+impl<T: Users + Orgs + Projects + Caches + Meta + Send + Sync + 'static> Storage for T {}
+
+/// Users, their sessions and their API keys.
+pub trait Users {
+    /// Conflict("username") or Conflict("email") when taken.
+    fn create_user(&self, user: &User) -> impl Future<Output = Result<()>> + Send;
+    fn user(&self, id: UserId) -> impl Future<Output = Result<Option<User>>> + Send;
+    fn user_by_username(&self, username: &Name) -> impl Future<Output = Result<Option<User>>> + Send;
+    /// `email` is matched exactly (emails are stored lowercase).
+    fn user_by_email(&self, email: &str) -> impl Future<Output = Result<Option<User>>> + Send;
+
+    /// NotFound when the user does not exist.
+    fn create_session(&self, session: &Session) -> impl Future<Output = Result<()>> + Send;
+    fn session(&self, id: SessionId) -> impl Future<Output = Result<Option<Session>>> + Send;
+    /// Ok(false) when there was no such session.
+    fn delete_session(&self, id: SessionId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// NotFound when the owner does not exist; Conflict("api key") when the hash is already stored.
+    fn create_api_key(&self, key: &ApiKey) -> impl Future<Output = Result<()>> + Send;
+    /// The user's keys, oldest first.
+    fn api_keys(&self, user: UserId) -> impl Future<Output = Result<Vec<ApiKey>>> + Send;
+    fn api_key_by_hash(&self, hash: &str) -> impl Future<Output = Result<Option<ApiKey>>> + Send;
+    /// Deletes the key only if it belongs to `user`; Ok(false) otherwise.
+    fn delete_api_key(&self, user: UserId, id: ApiKeyId) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// Organizations, their custom roles and their members.
+pub trait Orgs {
+    /// Creates the organization and makes `org.created_by` its Admin, atomically.
+    /// Conflict("org name") when the name is taken; NotFound when the creator does not exist.
+    fn create_org(&self, org: &Org) -> impl Future<Output = Result<()>> + Send;
+    fn org_by_name(&self, name: &Name) -> impl Future<Output = Result<Option<Org>>> + Send;
+    fn org(&self, id: OrgId) -> impl Future<Output = Result<Option<Org>>> + Send;
+    /// Public organizations and those `user` is a member of.
+    fn visible_orgs(&self, user: Option<UserId>) -> impl Future<Output = Result<Vec<Org>>> + Send;
+    /// Updates display name, description and public flag (the name and id are fixed). NotFound if absent.
+    fn update_org(&self, org: &Org) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the organization with its memberships, roles, projects and subscriptions. Ok(false) if absent.
+    fn delete_org(&self, id: OrgId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Conflict("role name") when the organization already has a role of that name (case-insensitively);
+    /// NotFound when the organization does not exist.
+    fn create_role(&self, role: &Role) -> impl Future<Output = Result<()>> + Send;
+    /// Custom roles of the organization, by name.
+    fn roles(&self, org: OrgId) -> impl Future<Output = Result<Vec<Role>>> + Send;
+    /// Case-insensitive lookup of a custom role.
+    fn role_by_name(&self, org: OrgId, name: &str) -> impl Future<Output = Result<Option<Role>>> + Send;
+    fn role(&self, id: RoleId) -> impl Future<Output = Result<Option<Role>>> + Send;
+    /// Conflict("role in use") while a member holds it; Ok(false) if absent.
+    fn delete_role(&self, id: RoleId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Adds the member, or changes the role of an existing member. NotFound when the organization, the
+    /// user or the custom role (which must belong to the same organization) does not exist.
+    fn set_membership(&self, membership: &Membership) -> impl Future<Output = Result<()>> + Send;
+    fn membership(&self, org: OrgId, user: UserId) -> impl Future<Output = Result<Option<RoleRef>>> + Send;
+    /// Members with usernames and role names, by username.
+    fn members(&self, org: OrgId) -> impl Future<Output = Result<Vec<Member>>> + Send;
+    /// Ok(false) when the user was not a member.
+    fn delete_membership(&self, org: OrgId, user: UserId) -> impl Future<Output = Result<bool>> + Send;
+}
+
+pub trait Projects {
+    /// Conflict("project name") when the organization already has a project of that name;
+    /// NotFound when the organization does not exist.
+    fn create_project(&self, project: &Project) -> impl Future<Output = Result<()>> + Send;
+    fn project(&self, org: OrgId, name: &Name) -> impl Future<Output = Result<Option<Project>>> + Send;
+    fn project_by_id(&self, id: ProjectId) -> impl Future<Output = Result<Option<Project>>> + Send;
+    fn projects(&self, org: OrgId) -> impl Future<Output = Result<Vec<Project>>> + Send;
+    /// Updates every field but id, org, name, creator and creation time. NotFound if absent.
+    fn update_project(&self, project: &Project) -> impl Future<Output = Result<()>> + Send;
+    fn delete_project(&self, id: ProjectId) -> impl Future<Output = Result<bool>> + Send;
+}
+
+pub trait Caches {
+    /// Conflict("cache name") when taken; NotFound when the creator does not exist.
+    fn create_cache(&self, cache: &Cache) -> impl Future<Output = Result<()>> + Send;
+    fn cache_by_name(&self, name: &Name) -> impl Future<Output = Result<Option<Cache>>> + Send;
+    fn cache(&self, id: CacheId) -> impl Future<Output = Result<Option<Cache>>> + Send;
+    /// Public caches, caches `user` created, and caches subscribed by an organization `user` is a member of.
+    fn visible_caches(&self, user: Option<UserId>) -> impl Future<Output = Result<Vec<Cache>>> + Send;
+    /// Updates display name, description, public, priority, local priority and compression.
+    fn update_cache(&self, cache: &Cache) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the cache and its subscriptions. Ok(false) if absent.
+    fn delete_cache(&self, id: CacheId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Ok(false) when already subscribed; NotFound when the org or cache does not exist.
+    fn subscribe(&self, org: OrgId, cache: CacheId) -> impl Future<Output = Result<bool>> + Send;
+    /// Ok(false) when not subscribed.
+    fn unsubscribe(&self, org: OrgId, cache: CacheId) -> impl Future<Output = Result<bool>> + Send;
+    /// The caches an organization subscribes to, by name.
+    fn subscriptions(&self, org: OrgId) -> impl Future<Output = Result<Vec<Cache>>> + Send;
+    /// The organizations subscribed to a cache, by name.
+    fn subscribers(&self, cache: CacheId) -> impl Future<Output = Result<Vec<Org>>> + Send;
+}
+
+/// Small installation-wide values (e.g. the check value that detects a changed crypt secret).
+pub trait Meta {
+    fn meta(&self, key: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Stores the value unless the key is already set; returns the value now stored.
+    fn meta_init(&self, key: &str, value: &str) -> impl Future<Output = Result<String>> + Send;
+}
