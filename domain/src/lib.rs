@@ -14,6 +14,7 @@ pub mod permissions;
 pub mod ports;
 pub mod service;
 pub mod status;
+pub mod wildcard;
 
 pub use ids::*;
 pub use names::{Email, Name, NameError};

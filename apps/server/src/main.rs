@@ -1,1 +1,17 @@
-fn main() {}
+//! `gradient-server`: reads its configuration from `GRADIENT_*` variables and serves.
+
+use gradient_server::config::Config;
+
+#[tokio::main]
+async fn main() {
+    let config = Config::from_env().unwrap_or_else(|e| fail(&e));
+    gradient_server::init_logging(&config.log_level);
+    if let Err(e) = gradient_server::run(config).await {
+        fail(&e);
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("gradient-server: {e}");
+    std::process::exit(1)
+}

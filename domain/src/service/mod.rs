@@ -1,1 +1,144 @@
-//! Use-case services.
+//! Use cases. `Gradient<S, C>` holds the ports and the installation's settings; each method is one thing a
+//! user does (register, create an organization, ...), decides whether the caller may, and changes state
+//! through the storage port. The HTTP API only translates requests into these calls.
+
+mod accounts;
+mod caches;
+mod orgs;
+mod projects;
+
+pub use accounts::{Caller, NewKey, Registration};
+pub use caches::{CacheChanges, NewCache};
+pub use orgs::{NewOrg, OrgChanges, RoleView};
+pub use projects::{NewProject, ProjectChanges};
+
+use crate::auth::TokenSigner;
+use crate::crypt::Crypt;
+use crate::names::NameError;
+use crate::ports::storage::StorageError;
+use crate::ports::{Clock, Storage};
+
+/// Why a use case did not happen. Each variant maps to one HTTP status; `code()` is the stable,
+/// machine-readable identifier clients match on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// No valid credentials were presented (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Wrong username/email or password (401).
+    #[error("invalid username, email or password")]
+    InvalidCredentials,
+    /// The caller is known but may not do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("registration is disabled on this server")]
+    RegistrationDisabled,
+    /// Absent, or hidden from this caller (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Would collide with existing state (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// The request is well-formed but a value is not acceptable (422).
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// Something on our side failed (500/503). The text is logged, not shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::Forbidden(_) => "forbidden",
+            Self::RegistrationDisabled => "registration_disabled",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict { code, .. } | Self::Invalid { code, .. } => code,
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { code, message: message.into() }
+    }
+
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict { code, message: message.into() }
+    }
+}
+
+impl From<NameError> for ServiceError {
+    fn from(e: NameError) -> Self {
+        let code = if matches!(e, NameError::Email(_)) { "invalid_email" } else { "invalid_name" };
+        Self::invalid(code, e.to_string())
+    }
+}
+
+impl From<StorageError> for ServiceError {
+    /// Storage conflicts that a use case did not anticipate still surface as 409 rather than 500.
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Conflict(what) => Self::conflict("conflict", format!("{what} already exists")),
+            StorageError::NotFound => Self::NotFound("not found".into()),
+            StorageError::Unavailable(msg) => Self::Internal(msg),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Installation-wide settings the use cases depend on.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub enable_registration: bool,
+    /// When OIDC is required, password login and registration are refused.
+    pub oidc_required: bool,
+    pub session_lifetime: chrono::TimeDelta,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { enable_registration: true, oidc_required: false, session_lifetime: chrono::TimeDelta::days(30) }
+    }
+}
+
+/// The application: ports plus settings. Cheap to clone when the ports are.
+#[derive(Clone)]
+pub struct Gradient<S, C> {
+    pub storage: S,
+    pub clock: C,
+    pub tokens: TokenSigner,
+    pub crypt: Crypt,
+    pub settings: Settings,
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    pub fn new(storage: S, clock: C, tokens: TokenSigner, crypt: Crypt, settings: Settings) -> Self {
+        Self { storage, clock, tokens, crypt, settings }
+    }
+
+    /// Checks that the crypt secret is the one this database was first used with: a sealed check value is
+    /// stored on first start and must open on every later one. Changing the secret would make every stored
+    /// secret unreadable, so it is refused at start-up instead of failing later.
+    pub async fn check_crypt_secret(&self) -> Result<()> {
+        const KEY: &str = "crypt_check";
+        let fresh = self.crypt.seal(b"gradient");
+        let stored = self.storage.meta_init(KEY, &fresh.0).await?;
+        match self.crypt.open(&crate::crypt::Sealed(stored)) {
+            Ok(v) if v == b"gradient" => Ok(()),
+            _ => Err(ServiceError::Internal(
+                "the crypt secret differs from the one this database was created with".into(),
+            )),
+        }
+    }
+}
+
+/// Keeps free text fields to a sane size.
+pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
+    if value.chars().count() > max {
+        return Err(ServiceError::invalid("invalid_input", format!("{field} must be at most {max} characters")));
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+use super::dto::{CacheView, Reply, ok, parse_compression};
+use super::{MaybeToken, Tag, Token};
+use crate::state::AppState;
+use gradient_domain::service::{CacheChanges, NewCache};
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{Object, OpenApi};
+
+pub struct CachesApi(pub AppState);
+
+#[derive(Object)]
+pub struct NewCacheRequest {
+    /// Lowercase letters, digits, `-` and `_`; 1 to 64 characters.
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    /// Public caches can be read without credentials. Default: private.
+    #[oai(default)]
+    pub public: bool,
+    /// `Priority:` announced in nix-cache-info, 0 to 1000, lower preferred. Default: 30.
+    pub priority: Option<i32>,
+    /// Priority announced to clients in `localIps`.
+    pub local_priority: Option<i32>,
+    /// `zstd` (default), `xz` or `none`.
+    pub compression: Option<String>,
+}
+
+/// Fields left out stay as they are; `local_priority: null` clears it.
+#[derive(Object)]
+pub struct CachePatch {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub public: Option<bool>,
+    pub priority: Option<i32>,
+    pub local_priority: MaybeUndefined<i32>,
+    pub compression: Option<String>,
+}
+
+#[OpenApi(tag = "Tag::Caches")]
+impl CachesApi {
+    /// Public caches, the caller's own, and those subscribed by the caller's organizations.
+    #[oai(path = "/caches", method = "get")]
+    async fn list(&self, auth: MaybeToken) -> Reply<Vec<CacheView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(self.0.app.caches(&caller).await?.iter().map(CacheView::from).collect())
+    }
+
+    /// Creates a cache owned by the caller.
+    #[oai(path = "/caches", method = "post")]
+    async fn create(&self, auth: Token, body: Json<NewCacheRequest>) -> Reply<CacheView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let b = body.0;
+        let new = NewCache {
+            name: b.name,
+            display_name: b.display_name,
+            description: b.description,
+            public: b.public,
+            priority: b.priority,
+            local_priority: b.local_priority,
+            compression: parse_compression(b.compression)?,
+        };
+        ok(CacheView::from(&self.0.app.create_cache(&caller, new).await?))
+    }
+
+    #[oai(path = "/caches/:cache", method = "get")]
+    async fn get(&self, auth: MaybeToken, cache: Path<String>) -> Reply<CacheView> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(CacheView::from(&self.0.app.cache(&caller, &cache).await?))
+    }
+
+    /// Changes a cache (owner only).
+    #[oai(path = "/caches/:cache", method = "patch")]
+    async fn patch(&self, auth: Token, cache: Path<String>, body: Json<CachePatch>) -> Reply<CacheView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let b = body.0;
+        let changes = CacheChanges {
+            display_name: b.display_name,
+            description: b.description,
+            public: b.public,
+            priority: b.priority,
+            local_priority: match b.local_priority {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(v) => Some(Some(v)),
+            },
+            compression: parse_compression(b.compression)?,
+        };
+        ok(CacheView::from(&self.0.app.update_cache(&caller, &cache, changes).await?))
+    }
+
+    /// Deletes a cache and its subscriptions (owner only).
+    #[oai(path = "/caches/:cache", method = "delete")]
+    async fn delete(&self, auth: Token, cache: Path<String>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.delete_cache(&caller, &cache).await?;
+        ok("deleted".to_owned())
+    }
+}

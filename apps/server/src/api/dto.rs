@@ -1,0 +1,270 @@
+//! The API's JSON shapes and their conversions from and to domain types. Domain types never derive
+//! poem-openapi traits; these do.
+
+use super::ApiError;
+use chrono::{DateTime, Utc};
+use gradient_domain::model::{self, InputOverride};
+use gradient_domain::permissions::{Permission, PermissionSet};
+use poem_openapi::Object;
+use poem_openapi::payload::Json;
+use poem_openapi::types::{ParseFromJSON, ToJSON};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Every successful answer: `{"error": false, "message": <payload>}`.
+#[derive(Object)]
+pub struct Envelope<T: ParseFromJSON + ToJSON> {
+    /// Always `false`.
+    pub error: bool,
+    pub message: T,
+}
+
+pub type Reply<T> = Result<Json<Envelope<T>>, ApiError>;
+
+pub fn ok<T: ParseFromJSON + ToJSON>(message: T) -> Reply<T> {
+    Ok(Json(Envelope { error: false, message }))
+}
+
+#[derive(Object)]
+pub struct UserView {
+    pub id: Uuid,
+    pub username: String,
+    pub name: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&model::User> for UserView {
+    fn from(u: &model::User) -> Self {
+        Self {
+            id: u.id.0,
+            username: u.username.to_string(),
+            name: u.name.clone(),
+            email: u.email.to_string(),
+            email_verified: u.email_verified,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct ApiKeyView {
+    pub id: Uuid,
+    pub name: String,
+    /// The organization the key is limited to, if any.
+    pub organization: Option<Uuid>,
+    /// The permissions the key is limited to, if any.
+    pub permissions: Option<Vec<String>>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<&model::ApiKey> for ApiKeyView {
+    fn from(k: &model::ApiKey) -> Self {
+        Self {
+            id: k.id.0,
+            name: k.name.clone(),
+            organization: k.scope.organization.map(|o| o.0),
+            permissions: k.scope.permissions.as_ref().map(permission_names),
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+        }
+    }
+}
+
+pub fn permission_names(set: &PermissionSet) -> Vec<String> {
+    set.iter().map(|p| p.as_str().to_owned()).collect()
+}
+
+/// Parses permission identifiers; an unknown one is a 422 listing the valid ones.
+pub fn parse_permissions(names: &[String]) -> Result<PermissionSet, ApiError> {
+    names
+        .iter()
+        .map(|n| {
+            Permission::parse(n.trim()).ok_or_else(|| {
+                let valid: Vec<_> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+                ApiError::unprocessable(
+                    "unknown_permission",
+                    format!("unknown permission '{n}' (valid: {})", valid.join(", ")),
+                )
+            })
+        })
+        .collect()
+}
+
+#[derive(Object)]
+pub struct OrgView {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    pub public: bool,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&model::Org> for OrgView {
+    fn from(o: &model::Org) -> Self {
+        Self {
+            id: o.id.0,
+            name: o.name.to_string(),
+            display_name: o.display_name.clone(),
+            description: o.description.clone(),
+            public: o.public,
+            created_by: o.created_by.0,
+            created_at: o.created_at,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct MemberView {
+    pub user_id: Uuid,
+    pub username: String,
+    /// `Admin`, `Write`, `View` or a custom role's name.
+    pub role: String,
+}
+
+impl From<&model::Member> for MemberView {
+    fn from(m: &model::Member) -> Self {
+        Self { user_id: m.user_id.0, username: m.username.to_string(), role: m.role_name.clone() }
+    }
+}
+
+#[derive(Object)]
+pub struct RoleView {
+    pub name: String,
+    pub permissions: Vec<String>,
+    /// Built-in roles (`Admin`, `Write`, `View`) exist in every organization and cannot be deleted.
+    pub builtin: bool,
+    /// Managed by the server's declarative state; cannot be changed through the API.
+    pub managed: bool,
+}
+
+impl From<&gradient_domain::service::RoleView> for RoleView {
+    fn from(r: &gradient_domain::service::RoleView) -> Self {
+        Self {
+            name: r.name.clone(),
+            permissions: permission_names(&r.permissions),
+            builtin: r.builtin,
+            managed: r.managed,
+        }
+    }
+}
+
+/// One flake input override: set exactly one of `url` or `keep_url`.
+#[derive(Object, Clone)]
+pub struct InputOverrideView {
+    /// A flake reference replacing the input's URL.
+    pub url: Option<String>,
+    /// Update the input, keeping the URL declared in the project's flake.nix.
+    pub keep_url: Option<bool>,
+}
+
+pub fn overrides_to_view(o: &BTreeMap<String, InputOverride>) -> BTreeMap<String, InputOverrideView> {
+    o.iter()
+        .map(|(k, v)| {
+            let view = match v {
+                InputOverride::Url(u) => InputOverrideView { url: Some(u.clone()), keep_url: None },
+                InputOverride::KeepUrl => InputOverrideView { url: None, keep_url: Some(true) },
+            };
+            (k.clone(), view)
+        })
+        .collect()
+}
+
+pub fn overrides_from_view(
+    o: BTreeMap<String, InputOverrideView>,
+) -> Result<BTreeMap<String, InputOverride>, ApiError> {
+    o.into_iter()
+        .map(|(k, v)| {
+            InputOverride::from_fields(v.url, v.keep_url)
+                .map(|parsed| (k.clone(), parsed))
+                .map_err(|m| ApiError::unprocessable("invalid_input", format!("flake input override '{k}': {m}")))
+        })
+        .collect()
+}
+
+#[derive(Object)]
+pub struct ProjectView {
+    pub id: Uuid,
+    pub organization: String,
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    pub repository: String,
+    /// `null` means the repository's default branch.
+    pub branch: Option<String>,
+    pub wildcard: String,
+    pub flake_input_overrides: BTreeMap<String, InputOverrideView>,
+    /// `null` uses the server's `keepEvaluations`.
+    pub keep_evaluations: Option<u32>,
+    /// `null` disables polling.
+    pub poll_interval_secs: Option<u32>,
+    pub active: bool,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ProjectView {
+    pub fn new(org: &str, p: &model::Project) -> Self {
+        Self {
+            id: p.id.0,
+            organization: org.to_owned(),
+            name: p.name.to_string(),
+            display_name: p.display_name.clone(),
+            description: p.description.clone(),
+            repository: p.repository.clone(),
+            branch: p.branch.clone(),
+            wildcard: p.wildcard.clone(),
+            flake_input_overrides: overrides_to_view(&p.flake_input_overrides),
+            keep_evaluations: p.keep_evaluations,
+            poll_interval_secs: p.poll_interval_secs,
+            active: p.active,
+            created_by: p.created_by.0,
+            created_at: p.created_at,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct CacheView {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+    pub public: bool,
+    pub priority: i32,
+    pub local_priority: Option<i32>,
+    /// `zstd`, `xz` or `none`.
+    pub compression: String,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&model::Cache> for CacheView {
+    fn from(c: &model::Cache) -> Self {
+        Self {
+            id: c.id.0,
+            name: c.name.to_string(),
+            display_name: c.display_name.clone(),
+            description: c.description.clone(),
+            public: c.public,
+            priority: c.priority,
+            local_priority: c.local_priority,
+            compression: c.compression.as_str().to_owned(),
+            created_by: c.created_by.0,
+            created_at: c.created_at,
+        }
+    }
+}
+
+pub fn parse_compression(s: Option<String>) -> Result<Option<model::Compression>, ApiError> {
+    s.map(|s| {
+        model::Compression::parse(s.trim()).ok_or_else(|| {
+            ApiError::unprocessable("invalid_compression", format!("unknown compression '{s}' (zstd, xz or none)"))
+        })
+    })
+    .transpose()
+}

@@ -1,0 +1,48 @@
+use super::Tag;
+use super::dto::{Reply, ok};
+use crate::state::AppState;
+use gradient_domain::ports::storage::Meta;
+use poem_openapi::{Object, OpenApi};
+
+pub struct MetaApi(pub AppState);
+
+#[derive(Object)]
+pub struct Health {
+    /// `ok` when the server can reach its database.
+    pub status: String,
+    pub version: String,
+}
+
+/// What a client needs to know before logging in.
+#[derive(Object)]
+pub struct PublicConfig {
+    pub version: String,
+    pub registration_enabled: bool,
+    pub oidc_enabled: bool,
+    /// When true, password login is disabled and users log in through OIDC.
+    pub oidc_required: bool,
+    pub email_verification_required: bool,
+}
+
+#[OpenApi(tag = "Tag::Meta")]
+impl MetaApi {
+    /// Whether the server is up and its database reachable.
+    #[oai(path = "/health", method = "get")]
+    async fn health(&self) -> Reply<Health> {
+        self.0.app.storage.meta("crypt_check").await.map_err(gradient_domain::service::ServiceError::from)?;
+        ok(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+    }
+
+    /// The server's public settings.
+    #[oai(path = "/config", method = "get")]
+    async fn config(&self) -> Reply<PublicConfig> {
+        let s = &self.0.app.settings;
+        ok(PublicConfig {
+            version: env!("CARGO_PKG_VERSION").into(),
+            registration_enabled: s.enable_registration && !s.oidc_required,
+            oidc_enabled: self.0.http.oidc_enabled,
+            oidc_required: s.oidc_required,
+            email_verification_required: self.0.http.email_verification,
+        })
+    }
+}

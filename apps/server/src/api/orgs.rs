@@ -1,0 +1,166 @@
+use super::dto::{CacheView, MemberView, OrgView, Reply, RoleView, ok, parse_permissions};
+use super::{MaybeToken, Tag, Token};
+use crate::state::AppState;
+use gradient_domain::service::{NewOrg, OrgChanges};
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+
+pub struct OrgsApi(pub AppState);
+
+#[derive(Object)]
+pub struct NewOrgRequest {
+    /// Lowercase letters, digits, `-` and `_`; 1 to 64 characters.
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    /// Public organizations are readable by everyone. Default: private.
+    #[oai(default)]
+    pub public: bool,
+}
+
+/// Fields left out stay as they are.
+#[derive(Object)]
+pub struct OrgPatch {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub public: Option<bool>,
+}
+
+#[derive(Object)]
+pub struct MemberRequest {
+    /// The member's username.
+    pub user: String,
+    /// `Admin`, `Write`, `View` or a custom role's name. Default: `View`.
+    pub role: Option<String>,
+}
+
+#[derive(Object)]
+pub struct RemoveMemberRequest {
+    /// The member's username.
+    pub user: String,
+}
+
+#[derive(Object)]
+pub struct NewRoleRequest {
+    pub name: String,
+    /// Permission identifiers, e.g. `view_org`, `trigger_evaluation`.
+    pub permissions: Vec<String>,
+}
+
+#[derive(Object)]
+pub struct RemoveRoleRequest {
+    pub name: String,
+}
+
+#[OpenApi(tag = "Tag::Orgs")]
+impl OrgsApi {
+    /// Organizations the caller belongs to, and public ones.
+    #[oai(path = "/orgs", method = "get")]
+    async fn list(&self, auth: MaybeToken) -> Reply<Vec<OrgView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(self.0.app.orgs(&caller).await?.iter().map(OrgView::from).collect())
+    }
+
+    /// Creates an organization; the caller becomes its Admin.
+    #[oai(path = "/orgs", method = "post")]
+    async fn create(&self, auth: Token, body: Json<NewOrgRequest>) -> Reply<OrgView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let b = body.0;
+        let new = NewOrg { name: b.name, display_name: b.display_name, description: b.description, public: b.public };
+        ok(OrgView::from(&self.0.app.create_org(&caller, new).await?))
+    }
+
+    #[oai(path = "/orgs/:org", method = "get")]
+    async fn get(&self, auth: MaybeToken, org: Path<String>) -> Reply<OrgView> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(OrgView::from(&self.0.app.visible_org(&caller, &org).await?))
+    }
+
+    /// Changes the display name, description or visibility (`edit_org`).
+    #[oai(path = "/orgs/:org", method = "patch")]
+    async fn patch(&self, auth: Token, org: Path<String>, body: Json<OrgPatch>) -> Reply<OrgView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let b = body.0;
+        let changes = OrgChanges { display_name: b.display_name, description: b.description, public: b.public };
+        ok(OrgView::from(&self.0.app.update_org(&caller, &org, changes).await?))
+    }
+
+    /// Deletes the organization with its projects, roles and subscriptions (`delete_org`).
+    #[oai(path = "/orgs/:org", method = "delete")]
+    async fn delete(&self, auth: Token, org: Path<String>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.delete_org(&caller, &org).await?;
+        ok("deleted".to_owned())
+    }
+
+    /// Members and their roles.
+    #[oai(path = "/orgs/:org/users", method = "get")]
+    async fn members(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<MemberView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(self.0.app.members(&caller, &org).await?.iter().map(MemberView::from).collect())
+    }
+
+    /// Adds a member, or changes a member's role (`manage_members`). The last Admin cannot be demoted.
+    #[oai(path = "/orgs/:org/users", method = "post")]
+    async fn set_member(&self, auth: Token, org: Path<String>, body: Json<MemberRequest>) -> Reply<MemberView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let role = body.0.role.unwrap_or_else(|| "View".to_owned());
+        ok(MemberView::from(&self.0.app.set_member(&caller, &org, &body.0.user, &role).await?))
+    }
+
+    /// Removes a member (`manage_members`). The last Admin cannot be removed.
+    #[oai(path = "/orgs/:org/users", method = "delete")]
+    async fn remove_member(&self, auth: Token, org: Path<String>, body: Json<RemoveMemberRequest>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.remove_member(&caller, &org, &body.0.user).await?;
+        ok("removed".to_owned())
+    }
+
+    /// Built-in and custom roles.
+    #[oai(path = "/orgs/:org/roles", method = "get")]
+    async fn roles(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<RoleView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(self.0.app.roles(&caller, &org).await?.iter().map(RoleView::from).collect())
+    }
+
+    /// Creates a custom role (`manage_roles`).
+    #[oai(path = "/orgs/:org/roles", method = "post")]
+    async fn create_role(&self, auth: Token, org: Path<String>, body: Json<NewRoleRequest>) -> Reply<RoleView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let perms = parse_permissions(&body.0.permissions)?;
+        ok(RoleView::from(&self.0.app.create_role(&caller, &org, &body.0.name, perms).await?))
+    }
+
+    /// Deletes a custom role no member holds (`manage_roles`).
+    #[oai(path = "/orgs/:org/roles", method = "delete")]
+    async fn delete_role(&self, auth: Token, org: Path<String>, body: Json<RemoveRoleRequest>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.delete_role(&caller, &org, &body.0.name).await?;
+        ok("deleted".to_owned())
+    }
+
+    /// The caches the organization subscribes to.
+    #[oai(path = "/orgs/:org/subscribe", method = "get")]
+    async fn subscriptions(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<CacheView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(self.0.app.subscriptions(&caller, &org).await?.iter().map(CacheView::from).collect())
+    }
+
+    /// Subscribes the organization to a cache the caller can read (`manage_subscriptions`): its builds are
+    /// pushed there and its workers substitute from it.
+    #[oai(path = "/orgs/:org/subscribe/:cache", method = "post")]
+    async fn subscribe(&self, auth: Token, org: Path<String>, cache: Path<String>) -> Reply<CacheView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let (_, cache) = self.0.app.subscribe(&caller, &org, &cache).await?;
+        ok(CacheView::from(&cache))
+    }
+
+    /// Ends a subscription (`manage_subscriptions`).
+    #[oai(path = "/orgs/:org/subscribe/:cache", method = "delete")]
+    async fn unsubscribe(&self, auth: Token, org: Path<String>, cache: Path<String>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.unsubscribe(&caller, &org, &cache).await?;
+        ok("unsubscribed".to_owned())
+    }
+}

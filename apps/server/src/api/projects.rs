@@ -1,0 +1,129 @@
+use super::dto::{InputOverrideView, ProjectView, Reply, ok, overrides_from_view};
+use super::{MaybeToken, Tag, Token};
+use crate::state::AppState;
+use gradient_domain::service::{NewProject, ProjectChanges};
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{Object, OpenApi};
+use std::collections::BTreeMap;
+
+pub struct ProjectsApi(pub AppState);
+
+#[derive(Object)]
+pub struct NewProjectRequest {
+    /// Lowercase letters, digits, `-` and `_`; 1 to 64 characters.
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    /// Clone URL: https://, ssh://, git://, file:// or user@host:path.
+    pub repository: String,
+    /// Branch to evaluate; default: the repository's default branch.
+    pub branch: Option<String>,
+    /// Comma-separated attribute patterns, `*` for any one attribute, `!` to exclude.
+    /// Default: `packages.*.*, checks.*.*`.
+    pub wildcard: Option<String>,
+    /// Flake input overrides by input name.
+    pub flake_input_overrides: Option<BTreeMap<String, InputOverrideView>>,
+    /// Evaluations to keep; default: the server's `keepEvaluations`.
+    pub keep_evaluations: Option<u32>,
+    /// Seconds between polls of the branch head; default: no polling.
+    pub poll_interval_secs: Option<u32>,
+    /// Default: true.
+    pub active: Option<bool>,
+}
+
+/// Fields left out stay as they are; `null` clears `branch`, `keep_evaluations` and `poll_interval_secs`.
+#[derive(Object)]
+pub struct ProjectPatch {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub repository: Option<String>,
+    pub branch: MaybeUndefined<String>,
+    pub wildcard: Option<String>,
+    /// Replaces all overrides; `{}` removes them.
+    pub flake_input_overrides: Option<BTreeMap<String, InputOverrideView>>,
+    pub keep_evaluations: MaybeUndefined<u32>,
+    pub poll_interval_secs: MaybeUndefined<u32>,
+    pub active: Option<bool>,
+}
+
+fn maybe<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
+    match v {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(v) => Some(Some(v)),
+    }
+}
+
+#[OpenApi(tag = "Tag::Projects")]
+impl ProjectsApi {
+    /// The organization's projects.
+    #[oai(path = "/projects/:org", method = "get")]
+    async fn list(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<ProjectView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let projects = self.0.app.projects(&caller, &org).await?;
+        ok(projects.iter().map(|p| ProjectView::new(&org, p)).collect())
+    }
+
+    /// Creates a project (`create_project`).
+    #[oai(path = "/projects/:org", method = "post")]
+    async fn create(&self, auth: Token, org: Path<String>, body: Json<NewProjectRequest>) -> Reply<ProjectView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let b = body.0;
+        let new = NewProject {
+            name: b.name,
+            display_name: b.display_name,
+            description: b.description,
+            repository: b.repository,
+            branch: b.branch,
+            wildcard: b.wildcard,
+            flake_input_overrides: overrides_from_view(b.flake_input_overrides.unwrap_or_default())?,
+            keep_evaluations: b.keep_evaluations,
+            poll_interval_secs: b.poll_interval_secs,
+            active: b.active,
+        };
+        let p = self.0.app.create_project(&caller, &org, new).await?;
+        ok(ProjectView::new(&org, &p))
+    }
+
+    #[oai(path = "/projects/:org/:project", method = "get")]
+    async fn get(&self, auth: MaybeToken, org: Path<String>, project: Path<String>) -> Reply<ProjectView> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(ProjectView::new(&org, &self.0.app.project(&caller, &org, &project).await?))
+    }
+
+    /// Changes a project (`edit_project`).
+    #[oai(path = "/projects/:org/:project", method = "patch")]
+    async fn patch(
+        &self,
+        auth: Token,
+        org: Path<String>,
+        project: Path<String>,
+        body: Json<ProjectPatch>,
+    ) -> Reply<ProjectView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let b = body.0;
+        let changes = ProjectChanges {
+            display_name: b.display_name,
+            description: b.description,
+            repository: b.repository,
+            branch: maybe(b.branch),
+            wildcard: b.wildcard,
+            flake_input_overrides: b.flake_input_overrides.map(overrides_from_view).transpose()?,
+            keep_evaluations: maybe(b.keep_evaluations),
+            poll_interval_secs: maybe(b.poll_interval_secs),
+            active: b.active,
+        };
+        let p = self.0.app.update_project(&caller, &org, &project, changes).await?;
+        ok(ProjectView::new(&org, &p))
+    }
+
+    /// Deletes a project (`delete_project`).
+    #[oai(path = "/projects/:org/:project", method = "delete")]
+    async fn delete(&self, auth: Token, org: Path<String>, project: Path<String>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.delete_project(&caller, &org, &project).await?;
+        ok("deleted".to_owned())
+    }
+}

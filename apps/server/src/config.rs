@@ -1,0 +1,501 @@
+//! Configuration, only from environment variables. Each option of the NixOS module maps to one variable by a
+//! fixed rule: drop a leading `settings.`, split camelCase into words, join with `_`, upper-case, prefix
+//! `GRADIENT_` (`listenAddr` → `GRADIENT_LISTEN_ADDR`, `settings.logLevel.web` → `GRADIENT_LOG_LEVEL_WEB`).
+//! A bad value stops start-up with one line naming the variable.
+
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, always naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: String,
+    pub problem: String,
+}
+
+fn err(var: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { var: var.to_owned(), problem: problem.into() }
+}
+
+/// Turns an option path into its environment variable (the naming rule above).
+pub fn env_name(option: &str) -> String {
+    let path = option.strip_prefix("settings.").unwrap_or(option);
+    let mut out = String::from("GRADIENT");
+    for part in path.split('.') {
+        out.push('_');
+        let mut prev_lower = false;
+        for c in part.chars() {
+            if c.is_ascii_uppercase() && prev_lower {
+                out.push('_');
+            }
+            prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+            out.push(c.to_ascii_uppercase());
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLevels {
+    pub default: LogLevel,
+    pub cache: Option<LogLevel>,
+    pub web: Option<LogLevel>,
+    pub proto: Option<LogLevel>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OidcConfig {
+    pub enable: bool,
+    pub required: bool,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub discovery_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub icon_url: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmailConfig {
+    pub enable: bool,
+    pub require_verification: bool,
+    pub smtp_host: Option<String>,
+    pub smtp_port: u16,
+    pub smtp_username: Option<String>,
+    pub smtp_password_file: Option<PathBuf>,
+    pub from_address: Option<String>,
+    pub from_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GithubAppConfig {
+    pub enable: bool,
+    pub app_id: Option<u64>,
+    pub private_key_file: Option<PathBuf>,
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+/// Every server option, with the seed's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub domain: String,
+    pub base_dir: PathBuf,
+    pub listen_addr: IpAddr,
+    pub port: u16,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub crypt_secret_file: Option<PathBuf>,
+    pub metrics_token_file: Option<PathBuf>,
+    pub database_url_file: Option<PathBuf>,
+    /// Takes effect when `database_url_file` is not set; `None` for both means SQLite in `base_dir`.
+    pub database_url: Option<String>,
+    pub database_max_connections: u32,
+    pub database_min_connections: u32,
+    pub database_web_max_connections: u32,
+    pub database_web_min_connections: u32,
+    pub report_errors: bool,
+    pub sentry_dsn: Option<String>,
+    pub discoverable: bool,
+    pub max_proto_connections: u32,
+    pub keep_evaluations: u32,
+    pub max_request_size: usize,
+    pub log_level: LogLevels,
+    pub enable_registration: bool,
+    pub delete_state: bool,
+    pub cache_ttl_hours: u64,
+    pub nar_storage_open_timeout_secs: u64,
+    pub nar_send_chunk_timeout_secs: u64,
+    pub max_concurrent_nar_serves: u32,
+    pub max_nar_buffer_bytes: u64,
+    pub trusted_proxies: Vec<IpNet>,
+    pub local_ips: Vec<IpNet>,
+    pub oidc: OidcConfig,
+    pub email: EmailConfig,
+    pub github_app: GithubAppConfig,
+}
+
+/// Reads typed values from a variable source, remembering nothing but the source.
+struct Env<'a>(&'a HashMap<String, String>);
+
+impl Env<'_> {
+    fn raw(&self, option: &str) -> (String, Option<String>) {
+        let var = env_name(option);
+        let value = self.0.get(&var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        (var, value)
+    }
+
+    fn string(&self, option: &str) -> Option<String> {
+        self.raw(option).1
+    }
+
+    fn path(&self, option: &str) -> Option<PathBuf> {
+        self.string(option).map(PathBuf::from)
+    }
+
+    fn parse<T: std::str::FromStr>(&self, option: &str, default: T, expected: &str) -> Result<T, ConfigError> {
+        match self.raw(option) {
+            (_, None) => Ok(default),
+            (var, Some(v)) => v.parse().map_err(|_| err(&var, format!("invalid value '{v}': expected {expected}"))),
+        }
+    }
+
+    fn parse_opt<T: std::str::FromStr>(&self, option: &str, expected: &str) -> Result<Option<T>, ConfigError> {
+        match self.raw(option) {
+            (_, None) => Ok(None),
+            (var, Some(v)) => {
+                v.parse().map(Some).map_err(|_| err(&var, format!("invalid value '{v}': expected {expected}")))
+            }
+        }
+    }
+
+    fn bool(&self, option: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(option) {
+            (_, None) => Ok(default),
+            (var, Some(v)) => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(err(&var, format!("invalid value '{v}': expected true or false"))),
+            },
+        }
+    }
+
+    fn level(&self, option: &str) -> Result<Option<LogLevel>, ConfigError> {
+        match self.raw(option) {
+            (_, None) => Ok(None),
+            (var, Some(v)) => match v.to_ascii_lowercase().as_str() {
+                "trace" => Ok(Some(LogLevel::Trace)),
+                "debug" => Ok(Some(LogLevel::Debug)),
+                "info" => Ok(Some(LogLevel::Info)),
+                "warn" => Ok(Some(LogLevel::Warn)),
+                "error" => Ok(Some(LogLevel::Error)),
+                "null" => Ok(None),
+                _ => Err(err(&var, format!("invalid value '{v}': expected trace, debug, info, warn or error"))),
+            },
+        }
+    }
+
+    fn cidrs(&self, option: &str, default: &str) -> Result<Vec<IpNet>, ConfigError> {
+        let (var, value) = self.raw(option);
+        let value = value.unwrap_or_else(|| default.to_owned());
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| err(&var, format!("invalid value '{s}': expected a CIDR such as 10.0.0.0/8")))
+            })
+            .collect()
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// Reads the given variables (tests pass their own).
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let e = Env(vars);
+        let port: u16 = e.parse("port", 3000, "a port number (1-65535)")?;
+        if port == 0 {
+            return Err(err(&env_name("port"), "invalid value '0': expected a port number (1-65535)"));
+        }
+        let max = e.parse("databaseMaxConnections", 32u32, "a number of connections")?;
+        let min = e.parse("databaseMinConnections", 2u32, "a number of connections")?;
+        let web_max = e.parse("databaseWebMaxConnections", 16u32, "a number of connections")?;
+        let web_min = e.parse("databaseWebMinConnections", 1u32, "a number of connections")?;
+        for (opt, lo, hi) in [("databaseMaxConnections", min, max), ("databaseWebMaxConnections", web_min, web_max)] {
+            if hi == 0 || lo > hi {
+                return Err(err(&env_name(opt), format!("must be at least 1 and at least the minimum ({lo})")));
+            }
+        }
+        let database_url = e.string("databaseUrl");
+        if let Some(url) = &database_url {
+            check_database_url(&env_name("databaseUrl"), url)?;
+        }
+        let max_request_size: usize = e.parse("maxRequestSize", 2 * 1024 * 1024, "a size in bytes")?;
+        if max_request_size < 1024 {
+            return Err(err(&env_name("maxRequestSize"), "must be at least 1024 bytes"));
+        }
+        let oidc = OidcConfig {
+            enable: e.bool("oidc.enable", false)?,
+            required: e.bool("oidc.required", false)?,
+            client_id: e.string("oidc.clientId"),
+            client_secret_file: e.path("oidc.clientSecretFile"),
+            discovery_url: e.string("oidc.discoveryUrl"),
+            scopes: e
+                .string("oidc.scopes")
+                .map(|s| s.split([',', ' ']).filter(|x| !x.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]),
+            icon_url: e.string("oidc.iconUrl"),
+        };
+        if oidc.enable && (oidc.client_id.is_none() || oidc.discovery_url.is_none()) {
+            return Err(err(
+                &env_name("oidc.enable"),
+                "OIDC is enabled but GRADIENT_OIDC_CLIENT_ID or GRADIENT_OIDC_DISCOVERY_URL is missing",
+            ));
+        }
+        let github_app = GithubAppConfig {
+            enable: e.bool("githubApp.enable", false)?,
+            app_id: e.parse_opt("githubApp.appId", "a numeric GitHub App id")?,
+            private_key_file: e.path("githubApp.privateKeyFile"),
+            webhook_secret_file: e.path("githubApp.webhookSecretFile"),
+        };
+        Ok(Self {
+            domain: e.string("domain").unwrap_or_else(|| "localhost".into()),
+            base_dir: e.path("baseDir").unwrap_or_else(|| PathBuf::from("/var/lib/gradient")),
+            listen_addr: e.parse("listenAddr", IpAddr::from([127, 0, 0, 1]), "an IP address")?,
+            port,
+            jwt_secret_file: e.path("jwtSecretFile"),
+            crypt_secret_file: e.path("cryptSecretFile"),
+            metrics_token_file: e.path("metricsTokenFile"),
+            database_url_file: e.path("databaseUrlFile"),
+            database_url,
+            database_max_connections: max,
+            database_min_connections: min,
+            database_web_max_connections: web_max,
+            database_web_min_connections: web_min,
+            report_errors: e.bool("reportErrors", false)?,
+            sentry_dsn: e.string("settings.sentryDsn"),
+            discoverable: e.bool("discoverable", true)?,
+            max_proto_connections: e.parse("settings.maxProtoConnections", 256, "a number of connections")?,
+            keep_evaluations: e.parse("settings.keepEvaluations", 5, "a number of evaluations")?,
+            max_request_size,
+            log_level: LogLevels {
+                default: e.level("settings.logLevel.default")?.unwrap_or(LogLevel::Info),
+                cache: e.level("settings.logLevel.cache")?,
+                web: e.level("settings.logLevel.web")?,
+                proto: e.level("settings.logLevel.proto")?,
+            },
+            enable_registration: e.bool("settings.enableRegistration", true)?,
+            delete_state: e.bool("settings.deleteState", true)?,
+            cache_ttl_hours: e.parse("settings.cacheTtlHours", 336, "a number of hours (0 disables)")?,
+            nar_storage_open_timeout_secs: e.parse("settings.narStorageOpenTimeoutSecs", 60, "a number of seconds")?,
+            nar_send_chunk_timeout_secs: e.parse("settings.narSendChunkTimeoutSecs", 30, "a number of seconds")?,
+            max_concurrent_nar_serves: e.parse("settings.maxConcurrentNarServes", 8, "a number of tasks")?,
+            max_nar_buffer_bytes: e.parse("settings.maxNarBufferBytes", 10 * 1024 * 1024 * 1024, "a size in bytes")?,
+            trusted_proxies: e.cidrs("settings.trustedProxies", "127.0.0.1/32,::1/128")?,
+            local_ips: e.cidrs("settings.localIps", "10.0.0.0/8")?,
+            oidc,
+            email: EmailConfig {
+                enable: e.bool("email.enable", false)?,
+                require_verification: e.bool("email.requireVerification", false)?,
+                smtp_host: e.string("email.smtpHost"),
+                smtp_port: e.parse("email.smtpPort", 587, "a port number")?,
+                smtp_username: e.string("email.smtpUsername"),
+                smtp_password_file: e.path("email.smtpPasswordFile"),
+                from_address: e.string("email.fromAddress"),
+                from_name: e.string("email.fromName").unwrap_or_else(|| "Gradient".into()),
+            },
+            github_app,
+        })
+    }
+
+    /// The database URL: from `databaseUrlFile`, else `databaseUrl`, else SQLite in the base directory.
+    pub fn resolve_database_url(&self) -> Result<String, ConfigError> {
+        if let Some(file) = &self.database_url_file {
+            let var = env_name("databaseUrlFile");
+            let url = std::fs::read_to_string(file)
+                .map_err(|e| err(&var, format!("cannot read {}: {e}", file.display())))?;
+            let url = url.trim().to_owned();
+            check_database_url(&var, &url)?;
+            return Ok(url);
+        }
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        Ok(format!("sqlite://{}", self.base_dir.join("gradient.db").display()))
+    }
+}
+
+fn check_database_url(var: &str, url: &str) -> Result<(), ConfigError> {
+    if ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p)) {
+        Ok(())
+    } else {
+        Err(err(var, "expected a sqlite://, postgres:// or postgresql:// URL"))
+    }
+}
+
+/// Minimum length of a secret file's contents.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Loads a secret file, or — when the option is unset — generates one in `base_dir` (mode 0600) on first
+/// start and reuses it afterwards, warning that production should set it explicitly.
+pub fn load_or_generate_secret(
+    option: &str,
+    configured: Option<&Path>,
+    base_dir: &Path,
+    default_name: &str,
+) -> Result<(Vec<u8>, Option<String>), ConfigError> {
+    let var = env_name(option);
+    let (path, warning) = match configured {
+        Some(p) => (p.to_path_buf(), None),
+        None => {
+            let p = base_dir.join(default_name);
+            let warning = format!("{var} is not set; using the secret in {} (generated on first start)", p.display());
+            if !p.exists() {
+                write_new_secret(&p).map_err(|e| err(&var, format!("cannot create {}: {e}", p.display())))?;
+            }
+            (p, Some(warning))
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|e| err(&var, format!("cannot read {}: {e}", path.display())))?;
+    if bytes.trim_ascii().len() < MIN_SECRET_LEN {
+        return Err(err(&var, format!("{} holds fewer than {MIN_SECRET_LEN} bytes", path.display())));
+    }
+    Ok((bytes, warning))
+}
+
+fn write_new_secret(path: &Path) -> std::io::Result<()> {
+    use base64::Engine;
+    use rand::RngCore;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 48];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    writeln!(f, "{}", base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn naming_rule() {
+        let table = [
+            ("listenAddr", "GRADIENT_LISTEN_ADDR"),
+            ("jwtSecretFile", "GRADIENT_JWT_SECRET_FILE"),
+            ("settings.enableRegistration", "GRADIENT_ENABLE_REGISTRATION"),
+            ("settings.logLevel.web", "GRADIENT_LOG_LEVEL_WEB"),
+            ("databaseMaxConnections", "GRADIENT_DATABASE_MAX_CONNECTIONS"),
+            ("databaseWebMinConnections", "GRADIENT_DATABASE_WEB_MIN_CONNECTIONS"),
+            ("settings.cacheTtlHours", "GRADIENT_CACHE_TTL_HOURS"),
+            ("settings.maxNarBufferBytes", "GRADIENT_MAX_NAR_BUFFER_BYTES"),
+            ("oidc.clientSecretFile", "GRADIENT_OIDC_CLIENT_SECRET_FILE"),
+            ("githubApp.appId", "GRADIENT_GITHUB_APP_APP_ID"),
+            ("settings.sentryDsn", "GRADIENT_SENTRY_DSN"),
+        ];
+        for (option, var) in table {
+            assert_eq!(env_name(option), var, "{option}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(c.base_dir, PathBuf::from("/var/lib/gradient"));
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1");
+        assert_eq!(c.port, 3000);
+        assert_eq!(
+            (c.database_max_connections, c.database_min_connections),
+            (32, 2)
+        );
+        assert_eq!((c.database_web_max_connections, c.database_web_min_connections), (16, 1));
+        assert!(c.discoverable && c.enable_registration && c.delete_state && !c.report_errors);
+        assert_eq!(c.max_proto_connections, 256);
+        assert_eq!(c.keep_evaluations, 5);
+        assert_eq!(c.max_request_size, 2_097_152);
+        assert_eq!(c.log_level, LogLevels { default: LogLevel::Info, cache: None, web: None, proto: None });
+        assert_eq!(c.cache_ttl_hours, 336);
+        assert_eq!(c.nar_storage_open_timeout_secs, 60);
+        assert_eq!(c.nar_send_chunk_timeout_secs, 30);
+        assert_eq!(c.max_concurrent_nar_serves, 8);
+        assert_eq!(c.max_nar_buffer_bytes, 10_737_418_240);
+        let show = |v: &Vec<IpNet>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(show(&c.trusted_proxies), ["127.0.0.1/32", "::1/128"]);
+        assert_eq!(show(&c.local_ips), ["10.0.0.0/8"]);
+        assert_eq!(c.resolve_database_url().unwrap(), "sqlite:///var/lib/gradient/gradient.db");
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::from_vars(&vars(&[
+            ("GRADIENT_PORT", "8080"),
+            ("GRADIENT_LISTEN_ADDR", "::"),
+            ("GRADIENT_ENABLE_REGISTRATION", "false"),
+            ("GRADIENT_LOG_LEVEL_WEB", "debug"),
+            ("GRADIENT_MAX_REQUEST_SIZE", "4096"),
+            ("GRADIENT_LOCAL_IPS", "192.168.0.0/16, 10.1.2.3"),
+            ("GRADIENT_DATABASE_URL", "postgres://u@h/db"),
+        ]))
+        .unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.listen_addr.to_string(), "::");
+        assert!(!c.enable_registration);
+        assert_eq!(c.log_level.web, Some(LogLevel::Debug));
+        assert_eq!(c.max_request_size, 4096);
+        assert_eq!(c.local_ips.len(), 2);
+        assert_eq!(c.resolve_database_url().unwrap(), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let table = [
+            ("GRADIENT_PORT", "abc", "GRADIENT_PORT: invalid value 'abc'"),
+            ("GRADIENT_PORT", "0", "GRADIENT_PORT: invalid value '0'"),
+            ("GRADIENT_LISTEN_ADDR", "localhost", "GRADIENT_LISTEN_ADDR: invalid value"),
+            ("GRADIENT_ENABLE_REGISTRATION", "maybe", "GRADIENT_ENABLE_REGISTRATION: invalid value 'maybe'"),
+            ("GRADIENT_LOG_LEVEL_DEFAULT", "loud", "GRADIENT_LOG_LEVEL_DEFAULT: invalid value"),
+            ("GRADIENT_TRUSTED_PROXIES", "10.0.0.0/99", "GRADIENT_TRUSTED_PROXIES: invalid value"),
+            ("GRADIENT_DATABASE_URL", "mysql://x", "GRADIENT_DATABASE_URL: expected"),
+            ("GRADIENT_DATABASE_MAX_CONNECTIONS", "0", "GRADIENT_DATABASE_MAX_CONNECTIONS: must be"),
+            ("GRADIENT_MAX_REQUEST_SIZE", "-1", "GRADIENT_MAX_REQUEST_SIZE: invalid value"),
+        ];
+        for (var, value, want) in table {
+            let e = Config::from_vars(&vars(&[(var, value)])).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{var}={value}: {e}");
+            assert!(!e.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn secrets_are_generated_once_with_mode_0600_and_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, warn) = load_or_generate_secret("jwtSecretFile", None, dir.path(), "jwt-secret").unwrap();
+        assert!(warn.unwrap().starts_with("GRADIENT_JWT_SECRET_FILE is not set"));
+        let mode = std::fs::metadata(dir.path().join("jwt-secret")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (b, _) = load_or_generate_secret("jwtSecretFile", None, dir.path(), "jwt-secret").unwrap();
+        assert_eq!(a, b, "the generated secret is reused on the next start");
+
+        let short = dir.path().join("short");
+        std::fs::write(&short, "too short\n").unwrap();
+        let e = load_or_generate_secret("cryptSecretFile", Some(&short), dir.path(), "x").unwrap_err();
+        assert!(e.to_string().starts_with("GRADIENT_CRYPT_SECRET_FILE: "), "{e}");
+        assert!(e.to_string().contains("fewer than 32 bytes"));
+        let missing = dir.path().join("missing");
+        let e = load_or_generate_secret("cryptSecretFile", Some(&missing), dir.path(), "x").unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+}

@@ -1,0 +1,175 @@
+//! The Gradient server process: configuration, wiring of adapters into the domain, and the HTTP surface
+//! (`/api/v1` today; `/cache`, `/proto`, webhooks and `/metrics` as they arrive). `app` builds the whole
+//! HTTP endpoint from a state so tests drive it in-process; `run` is what `main` calls.
+
+pub mod api;
+pub mod config;
+pub mod state;
+
+use config::{Config, ConfigError, LogLevels};
+use gradient_domain::auth::TokenSigner;
+use gradient_domain::crypt::Crypt;
+use gradient_domain::ports::clock::SystemClock;
+use gradient_domain::service::{Gradient, Settings};
+use gradient_storage_sql::PoolSizes;
+use poem::http::StatusCode;
+use poem::listener::TcpListener;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use state::{AppState, HttpSettings};
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
+    let max = state.http.max_request_size;
+    let api = api::service(state);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let api = api
+        .around(move |ep, req| async move { limit_body(ep, req, max).await })
+        .catch_all_error(|e| async move { api::error_response(e) });
+    Route::new()
+        .at("/api/v1/openapi.json", spec)
+        .nest("/api/v1/docs", docs)
+        .nest("/api/v1", api)
+        .map_to_response()
+}
+
+/// Reads the body up to `max` bytes before the handler sees it, so an oversized request is refused with 413
+/// whether or not it announced its length.
+async fn limit_body<E: Endpoint>(ep: std::sync::Arc<E>, mut req: Request, max: usize) -> poem::Result<Response> {
+    let too_large = || {
+        poem::Error::from_string(
+            format!("the request body is larger than the limit of {max} bytes"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+    };
+    let announced = req.header("content-length").and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let body = req.take_body().into_bytes_limit(max).await.map_err(|e| match e {
+        poem::error::ReadBodyError::PayloadTooLarge => too_large(),
+        other => poem::Error::from_string(format!("cannot read the request body: {other}"), StatusCode::BAD_REQUEST),
+    })?;
+    req.set_body(body);
+    Ok(ep.call(req).await?.into_response())
+}
+
+/// Sets up logging: the default level, with per-area overrides (`gradient::web`, `gradient::cache`,
+/// `gradient::proto`).
+pub fn init_logging(levels: &LogLevels) {
+    let mut filter = format!("{},sqlx=warn", levels.default.as_str());
+    for (target, level) in [("gradient::web", levels.web), ("gradient::cache", levels.cache), ("gradient::proto", levels.proto)] {
+        if let Some(l) = level {
+            filter.push_str(&format!(",{target}={}", l.as_str()));
+        }
+    }
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).try_init();
+}
+
+/// Everything that can stop the server from starting; each is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Database(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+/// Builds the application state from the configuration: secrets, database (migrated), domain.
+pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
+    std::fs::create_dir_all(&config.base_dir).map_err(|e| ConfigError {
+        var: config::env_name("baseDir"),
+        problem: format!("cannot create {}: {e}", config.base_dir.display()),
+    })?;
+    let (jwt, jwt_warning) = config::load_or_generate_secret(
+        "jwtSecretFile",
+        config.jwt_secret_file.as_deref(),
+        &config.base_dir,
+        "jwt-secret",
+    )?;
+    let (crypt, crypt_warning) = config::load_or_generate_secret(
+        "cryptSecretFile",
+        config.crypt_secret_file.as_deref(),
+        &config.base_dir,
+        "crypt-secret",
+    )?;
+    for w in [jwt_warning, crypt_warning].into_iter().flatten() {
+        tracing::warn!("{w}; set it explicitly in production");
+    }
+    let url = config.resolve_database_url()?;
+    let pools = PoolSizes {
+        max: config.database_max_connections,
+        min: config.database_min_connections,
+        web_max: config.database_web_max_connections,
+        web_min: config.database_web_min_connections,
+    };
+    let storage = gradient_storage_sql::connect(&url, pools).await.map_err(|e| StartError::Database(e.to_string()))?;
+    tracing::info!("database: {} ({})", storage.backend(), redact(&url));
+    let settings = Settings {
+        enable_registration: config.enable_registration,
+        oidc_required: config.oidc.enable && config.oidc.required,
+        ..Settings::default()
+    };
+    let app = Gradient::new(storage.for_web(), SystemClock, TokenSigner::new(&jwt), Crypt::from_secret(&crypt), settings);
+    app.check_crypt_secret().await.map_err(|e| match e {
+        gradient_domain::service::ServiceError::Internal(m) => StartError::Config(ConfigError {
+            var: config::env_name("cryptSecretFile"),
+            problem: m,
+        }),
+        other => StartError::Database(other.to_string()),
+    })?;
+    let http = HttpSettings {
+        max_request_size: config.max_request_size,
+        oidc_enabled: config.oidc.enable,
+        email_verification: config.email.enable && config.email.require_verification,
+    };
+    Ok(AppState::new(app, http))
+}
+
+/// Hides a password in a database URL for logging.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// Starts the server and serves until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let state = build_state(&config).await?;
+    let addr = std::net::SocketAddr::new(config.listen_addr, config.port);
+    let acceptor = poem::listener::Listener::into_acceptor(TcpListener::bind(addr))
+        .await
+        .map_err(|source| StartError::Listen { addr: addr.to_string(), source })?;
+    tracing::info!("Gradient {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown_signal(), Some(std::time::Duration::from_secs(10)))
+        .await
+        .map_err(|source| StartError::Listen { addr: addr.to_string(), source })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("sqlite:///var/lib/gradient/gradient.db"), "sqlite:///var/lib/gradient/gradient.db");
+    }
+}

@@ -1,0 +1,209 @@
+//! Registration, login, sessions and API keys.
+
+use super::{Gradient, Result, ServiceError, check_text};
+use crate::auth::{self, NewApiKeyToken};
+use crate::model::{ApiKey, Session, User};
+use crate::permissions::{KeyScope, PermissionSet};
+use crate::ports::{Clock, Storage};
+use crate::{ApiKeyId, Email, Name, OrgId, SessionId, UserId};
+
+/// Who is asking.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Anonymous,
+    /// Logged in with a session token.
+    Session { user: User, session: SessionId },
+    /// Authenticated with an API key, limited to its scope.
+    Key { user: User, scope: KeyScope },
+}
+
+impl Caller {
+    pub fn user(&self) -> Option<&User> {
+        match self {
+            Self::Anonymous => None,
+            Self::Session { user, .. } | Self::Key { user, .. } => Some(user),
+        }
+    }
+
+    pub fn user_id(&self) -> Option<UserId> {
+        self.user().map(|u| u.id)
+    }
+
+    pub fn scope(&self) -> Option<&KeyScope> {
+        match self {
+            Self::Key { scope, .. } => Some(scope),
+            _ => None,
+        }
+    }
+
+    /// The user, or 401 for anonymous callers.
+    pub fn require_user(&self) -> Result<&User> {
+        self.user().ok_or_else(|| ServiceError::Unauthenticated("log in or present an API key".into()))
+    }
+}
+
+/// What a new user gives.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub username: String,
+    pub name: String,
+    pub email: String,
+    pub password: String,
+}
+
+/// What a new API key may do.
+#[derive(Clone, Debug, Default)]
+pub struct NewKey {
+    pub name: String,
+    pub organization: Option<String>,
+    pub permissions: Option<PermissionSet>,
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Resolves a bearer token (session JWT or `GRAD…` API key) to a caller. No token is anonymous;
+    /// a token that is invalid, expired, revoked or unknown is refused rather than treated as anonymous.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+        let Some(token) = bearer else { return Ok(Caller::Anonymous) };
+        let unauthenticated = || ServiceError::Unauthenticated("the token is invalid, expired or revoked".into());
+        if let Some(hash) = auth::api_key_hash(token) {
+            let key = self.storage.api_key_by_hash(&hash).await?.ok_or_else(unauthenticated)?;
+            let user = self.storage.user(key.user_id).await?.ok_or_else(unauthenticated)?;
+            return Ok(Caller::Key { user, scope: key.scope });
+        }
+        let now = self.clock.now();
+        let claims = self.tokens.verify(token, now).ok_or_else(unauthenticated)?;
+        let session = self.storage.session(claims.sid).await?.ok_or_else(unauthenticated)?;
+        if session.user_id != claims.sub || session.expires_at <= now {
+            return Err(unauthenticated());
+        }
+        let user = self.storage.user(session.user_id).await?.ok_or_else(unauthenticated)?;
+        Ok(Caller::Session { user, session: session.id })
+    }
+
+    pub async fn register(&self, r: Registration) -> Result<User> {
+        if !self.settings.enable_registration || self.settings.oidc_required {
+            return Err(ServiceError::RegistrationDisabled);
+        }
+        let username = Name::parse_as(r.username.trim(), "username")?;
+        let email = Email::parse(&r.email)?;
+        check_text("name", &r.name, 256)?;
+        auth::check_password_policy(&r.password).map_err(|m| ServiceError::invalid("weak_password", m))?;
+        let user = User {
+            id: UserId::new(),
+            username,
+            name: r.name.trim().to_owned(),
+            email,
+            password_hash: Some(auth::hash_password(&r.password)),
+            email_verified: false,
+            created_at: self.clock.now(),
+        };
+        self.storage.create_user(&user).await.map_err(|e| match e {
+            crate::ports::StorageError::Conflict(what) if what == "email" => {
+                ServiceError::conflict("email_taken", "an account with this email already exists")
+            }
+            crate::ports::StorageError::Conflict(_) => {
+                ServiceError::conflict("username_taken", format!("the username '{}' is taken", user.username))
+            }
+            other => other.into(),
+        })?;
+        Ok(user)
+    }
+
+    /// Checks a username-or-email and password and opens a session; answers the session's JWT.
+    pub async fn login(&self, loginname: &str, password: &str) -> Result<String> {
+        if self.settings.oidc_required {
+            return Err(ServiceError::Forbidden("password login is disabled: log in with OIDC".into()));
+        }
+        let loginname = loginname.trim();
+        let user = match Name::parse(loginname) {
+            Ok(name) => self.storage.user_by_username(&name).await?,
+            Err(_) => None,
+        };
+        let user = match user {
+            Some(u) => Some(u),
+            None => self.storage.user_by_email(&loginname.to_lowercase()).await?,
+        };
+        // Verify against a dummy hash for unknown users so both failures take the same time.
+        let hash = user.as_ref().and_then(|u| u.password_hash.as_deref()).unwrap_or(auth::dummy_password_hash());
+        let ok = auth::verify_password(password, hash);
+        let user = match user {
+            Some(u) if ok && u.password_hash.is_some() => u,
+            _ => return Err(ServiceError::InvalidCredentials),
+        };
+        let now = self.clock.now();
+        let session = Session {
+            id: SessionId::new(),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + self.settings.session_lifetime,
+        };
+        self.storage.create_session(&session).await?;
+        Ok(self.tokens.issue(&session))
+    }
+
+    /// Revokes the caller's session. API keys are revoked by deleting them, not by logging out.
+    pub async fn logout(&self, caller: &Caller) -> Result<()> {
+        match caller {
+            Caller::Session { session, .. } => {
+                self.storage.delete_session(*session).await?;
+                Ok(())
+            }
+            Caller::Key { .. } => Err(ServiceError::invalid(
+                "not_a_session",
+                "API keys are not sessions; delete the key to revoke it",
+            )),
+            Caller::Anonymous => Err(ServiceError::Unauthenticated("not logged in".into())),
+        }
+    }
+
+    pub async fn api_keys(&self, caller: &Caller) -> Result<Vec<ApiKey>> {
+        let user = caller.require_user()?;
+        Ok(self.storage.api_keys(user.id).await?)
+    }
+
+    /// Creates an API key; the token is in the answer and nowhere else. A key may only be created from a
+    /// session, or from a key that is not itself restricted, so a narrow key cannot mint a wider one.
+    pub async fn create_api_key(&self, caller: &Caller, new: NewKey) -> Result<(ApiKey, String)> {
+        let user = caller.require_user()?;
+        if let Some(scope) = caller.scope()
+            && (scope.organization.is_some() || scope.permissions.is_some())
+        {
+            return Err(ServiceError::Forbidden("a restricted API key cannot create API keys".into()));
+        }
+        let name = new.name.trim();
+        if name.is_empty() {
+            return Err(ServiceError::invalid("invalid_input", "the key needs a name"));
+        }
+        check_text("name", name, 128)?;
+        let organization = match new.organization {
+            Some(org) => Some(self.org_id_for_key(caller, &org).await?),
+            None => None,
+        };
+        let NewApiKeyToken { token, hash } = auth::generate_api_key();
+        let key = ApiKey {
+            id: ApiKeyId::new(),
+            user_id: user.id,
+            name: name.to_owned(),
+            hash,
+            scope: KeyScope { organization, permissions: new.permissions },
+            created_at: self.clock.now(),
+            last_used_at: None,
+        };
+        self.storage.create_api_key(&key).await?;
+        Ok((key, token))
+    }
+
+    async fn org_id_for_key(&self, caller: &Caller, org: &str) -> Result<OrgId> {
+        let org = self.visible_org(caller, org).await?;
+        Ok(org.id)
+    }
+
+    pub async fn delete_api_key(&self, caller: &Caller, id: ApiKeyId) -> Result<()> {
+        let user = caller.require_user()?;
+        if self.storage.delete_api_key(user.id, id).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound("no such API key".into()))
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Binary caches and organizations' subscriptions to them. A cache belongs to the user who created it;
+//! it is readable by everyone when public, otherwise by its owner and the members of subscribed
+//! organizations.
+
+use super::{Caller, Gradient, Result, ServiceError, check_text};
+use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org};
+use crate::permissions::Permission;
+use crate::ports::{Clock, Storage, StorageError};
+use crate::{CacheId, Name};
+
+#[derive(Clone, Debug, Default)]
+pub struct NewCache {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub public: bool,
+    pub priority: Option<i32>,
+    pub local_priority: Option<i32>,
+    pub compression: Option<Compression>,
+}
+
+/// A partial update; `local_priority: Some(None)` clears it.
+#[derive(Clone, Debug, Default)]
+pub struct CacheChanges {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub public: Option<bool>,
+    pub priority: Option<i32>,
+    pub local_priority: Option<Option<i32>>,
+    pub compression: Option<Compression>,
+}
+
+fn not_found(name: &str) -> ServiceError {
+    ServiceError::NotFound(format!("cache '{name}' not found"))
+}
+
+fn check_priority(p: i32) -> Result<()> {
+    if (0..=1000).contains(&p) {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid("invalid_priority", "priorities range from 0 to 1000 (lower is preferred)"))
+    }
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    pub async fn caches(&self, caller: &Caller) -> Result<Vec<Cache>> {
+        Ok(self.storage.visible_caches(caller.user_id()).await?)
+    }
+
+    /// Whether the caller may read the cache (list it, fetch from it).
+    pub async fn can_read_cache(&self, caller: &Caller, cache: &Cache) -> Result<bool> {
+        if cache.public {
+            return Ok(true);
+        }
+        let Some(user) = caller.user_id() else { return Ok(false) };
+        if cache.created_by == user {
+            return Ok(true);
+        }
+        for org in self.storage.subscribers(cache.id).await? {
+            if self.storage.membership(org.id, user).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub async fn cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
+        let parsed = Name::parse(name).map_err(|_| not_found(name))?;
+        let cache = self.storage.cache_by_name(&parsed).await?.ok_or_else(|| not_found(name))?;
+        if self.can_read_cache(caller, &cache).await? { Ok(cache) } else { Err(not_found(name)) }
+    }
+
+    /// The cache, if the caller owns it (and, with an API key, the key is not restricted).
+    async fn owned_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
+        let cache = self.cache(caller, name).await?;
+        let user = caller.require_user()?;
+        let restricted = caller.scope().is_some_and(|s| s.organization.is_some() || s.permissions.is_some());
+        if cache.created_by != user.id || restricted {
+            return Err(ServiceError::Forbidden(format!("only the owner of cache '{name}' may change it")));
+        }
+        Ok(cache)
+    }
+
+    pub async fn create_cache(&self, caller: &Caller, new: NewCache) -> Result<Cache> {
+        let user = caller.require_user()?;
+        if caller.scope().is_some_and(|s| s.organization.is_some() || s.permissions.is_some()) {
+            return Err(ServiceError::Forbidden("a restricted API key cannot create caches".into()));
+        }
+        let name = Name::parse_as(new.name.trim(), "cache name")?;
+        let priority = new.priority.unwrap_or(DEFAULT_CACHE_PRIORITY);
+        check_priority(priority)?;
+        if let Some(p) = new.local_priority {
+            check_priority(p)?;
+        }
+        let display_name = new.display_name.unwrap_or_default().trim().to_owned();
+        let description = new.description.unwrap_or_default();
+        check_text("display_name", &display_name, 256)?;
+        check_text("description", &description, 4096)?;
+        let cache = Cache {
+            id: CacheId::new(),
+            display_name: if display_name.is_empty() { name.to_string() } else { display_name },
+            name,
+            description,
+            public: new.public,
+            priority,
+            local_priority: new.local_priority,
+            compression: new.compression.unwrap_or(Compression::Zstd),
+            created_by: user.id,
+            created_at: self.clock.now(),
+        };
+        self.storage.create_cache(&cache).await.map_err(|e| match e {
+            StorageError::Conflict(_) => {
+                ServiceError::conflict("name_taken", format!("a cache named '{}' already exists", cache.name))
+            }
+            other => other.into(),
+        })?;
+        Ok(cache)
+    }
+
+    pub async fn update_cache(&self, caller: &Caller, name: &str, c: CacheChanges) -> Result<Cache> {
+        let mut cache = self.owned_cache(caller, name).await?;
+        if let Some(v) = c.display_name {
+            check_text("display_name", &v, 256)?;
+            cache.display_name = v.trim().to_owned();
+        }
+        if let Some(v) = c.description {
+            check_text("description", &v, 4096)?;
+            cache.description = v;
+        }
+        if let Some(v) = c.public {
+            cache.public = v;
+        }
+        if let Some(v) = c.priority {
+            check_priority(v)?;
+            cache.priority = v;
+        }
+        if let Some(v) = c.local_priority {
+            if let Some(p) = v {
+                check_priority(p)?;
+            }
+            cache.local_priority = v;
+        }
+        if let Some(v) = c.compression {
+            cache.compression = v;
+        }
+        self.storage.update_cache(&cache).await?;
+        Ok(cache)
+    }
+
+    pub async fn delete_cache(&self, caller: &Caller, name: &str) -> Result<()> {
+        let cache = self.owned_cache(caller, name).await?;
+        self.storage.delete_cache(cache.id).await?;
+        Ok(())
+    }
+
+    pub async fn subscriptions(&self, caller: &Caller, org: &str) -> Result<Vec<Cache>> {
+        let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        Ok(self.storage.subscriptions(org.id).await?)
+    }
+
+    /// Subscribes the organization to a cache the caller can read. Subscribing twice is a conflict.
+    pub async fn subscribe(&self, caller: &Caller, org: &str, cache: &str) -> Result<(Org, Cache)> {
+        let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
+        let cache = self.cache(caller, cache).await?;
+        if !self.storage.subscribe(org.id, cache.id).await? {
+            return Err(ServiceError::conflict(
+                "already_subscribed",
+                format!("'{}' is already subscribed to '{}'", org.name, cache.name),
+            ));
+        }
+        Ok((org, cache))
+    }
+
+    pub async fn unsubscribe(&self, caller: &Caller, org: &str, cache: &str) -> Result<()> {
+        let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
+        let parsed = Name::parse(cache).map_err(|_| not_found(cache))?;
+        let found = self.storage.cache_by_name(&parsed).await?.ok_or_else(|| not_found(cache))?;
+        if self.storage.unsubscribe(org.id, found.id).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::NotFound(format!("'{}' is not subscribed to '{cache}'", org.name)))
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Organizations, their members and their roles.
+
+use super::{Caller, Gradient, Result, ServiceError, check_text};
+use crate::model::{Member, Membership, Org, Role, RoleRef};
+use crate::permissions::{BuiltinRole, OrgAccess, Permission, PermissionSet, org_access};
+use crate::ports::{Clock, Storage, StorageError};
+use crate::{Name, OrgId, RoleId};
+
+#[derive(Clone, Debug)]
+pub struct NewOrg {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub public: bool,
+}
+
+/// A partial update: `None` leaves the field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct OrgChanges {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub public: Option<bool>,
+}
+
+/// A role as listed: built-in or custom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleView {
+    pub name: String,
+    pub permissions: PermissionSet,
+    pub builtin: bool,
+    pub managed: bool,
+}
+
+fn not_found(name: &str) -> ServiceError {
+    ServiceError::NotFound(format!("organization '{name}' not found"))
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    async fn role_permissions(&self, role: &RoleRef) -> Result<PermissionSet> {
+        Ok(match role {
+            RoleRef::Builtin(b) => b.permissions(),
+            RoleRef::Custom(id) => self.storage.role(*id).await?.map(|r| r.permissions).unwrap_or_default(),
+        })
+    }
+
+    /// The organization and what the caller may do in it; NotFound when it is absent or hidden.
+    pub(crate) async fn org_with_access(&self, caller: &Caller, name: &str) -> Result<(Org, PermissionSet)> {
+        let parsed = Name::parse(name).map_err(|_| not_found(name))?;
+        let org = self.storage.org_by_name(&parsed).await?.ok_or_else(|| not_found(name))?;
+        let role = match caller.user_id() {
+            Some(user) => match self.storage.membership(org.id, user).await? {
+                Some(role) => Some(self.role_permissions(&role).await?),
+                None => None,
+            },
+            None => None,
+        };
+        match org_access(org.id, org.public, role.as_ref(), caller.scope()) {
+            OrgAccess::Hidden => Err(not_found(name)),
+            OrgAccess::Granted(perms) => Ok((org, perms)),
+        }
+    }
+
+    /// The organization if the caller can see it.
+    pub async fn visible_org(&self, caller: &Caller, name: &str) -> Result<Org> {
+        Ok(self.org_with_access(caller, name).await?.0)
+    }
+
+    /// The organization, if the caller holds `perm` in it: 404 when hidden, 401 for anonymous callers,
+    /// 403 for users without the permission.
+    pub(crate) async fn org_requiring(&self, caller: &Caller, name: &str, perm: Permission) -> Result<Org> {
+        let (org, perms) = self.org_with_access(caller, name).await?;
+        if perms.contains(&perm) {
+            return Ok(org);
+        }
+        caller.require_user()?;
+        Err(ServiceError::Forbidden(format!(
+            "you need the '{}' permission in organization '{}'",
+            perm.as_str(),
+            org.name
+        )))
+    }
+
+    pub async fn orgs(&self, caller: &Caller) -> Result<Vec<Org>> {
+        let orgs = self.storage.visible_orgs(caller.user_id()).await?;
+        // A key pinned to one organization lists only that one (and public ones).
+        Ok(match caller.scope().and_then(|s| s.organization) {
+            Some(pinned) => orgs.into_iter().filter(|o| o.id == pinned || o.public).collect(),
+            None => orgs,
+        })
+    }
+
+    pub async fn create_org(&self, caller: &Caller, new: NewOrg) -> Result<Org> {
+        let user = caller.require_user()?;
+        if caller.scope().is_some_and(|s| s.organization.is_some() || s.permissions.is_some()) {
+            return Err(ServiceError::Forbidden("a restricted API key cannot create organizations".into()));
+        }
+        let name = Name::parse_as(new.name.trim(), "organization name")?;
+        let display_name = new.display_name.unwrap_or_default().trim().to_owned();
+        let description = new.description.unwrap_or_default();
+        check_text("display_name", &display_name, 256)?;
+        check_text("description", &description, 4096)?;
+        let org = Org {
+            id: OrgId::new(),
+            display_name: if display_name.is_empty() { name.to_string() } else { display_name },
+            name,
+            description,
+            public: new.public,
+            created_by: user.id,
+            created_at: self.clock.now(),
+        };
+        self.storage.create_org(&org).await.map_err(|e| match e {
+            StorageError::Conflict(_) => {
+                ServiceError::conflict("name_taken", format!("an organization named '{}' already exists", org.name))
+            }
+            other => other.into(),
+        })?;
+        Ok(org)
+    }
+
+    pub async fn update_org(&self, caller: &Caller, name: &str, changes: OrgChanges) -> Result<Org> {
+        let mut org = self.org_requiring(caller, name, Permission::EditOrg).await?;
+        if let Some(d) = changes.display_name {
+            check_text("display_name", &d, 256)?;
+            org.display_name = d.trim().to_owned();
+        }
+        if let Some(d) = changes.description {
+            check_text("description", &d, 4096)?;
+            org.description = d;
+        }
+        if let Some(p) = changes.public {
+            org.public = p;
+        }
+        self.storage.update_org(&org).await?;
+        Ok(org)
+    }
+
+    pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<()> {
+        let org = self.org_requiring(caller, name, Permission::DeleteOrg).await?;
+        self.storage.delete_org(org.id).await?;
+        Ok(())
+    }
+
+    pub async fn members(&self, caller: &Caller, org: &str) -> Result<Vec<Member>> {
+        let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        Ok(self.storage.members(org.id).await?)
+    }
+
+    async fn resolve_role(&self, org: OrgId, role: &str) -> Result<RoleRef> {
+        if let Some(b) = BuiltinRole::parse(role) {
+            return Ok(RoleRef::Builtin(b));
+        }
+        match self.storage.role_by_name(org, role).await? {
+            Some(r) => Ok(RoleRef::Custom(r.id)),
+            None => Err(ServiceError::invalid("unknown_role", format!("the organization has no role '{role}'"))),
+        }
+    }
+
+    async fn admin_count(&self, org: OrgId) -> Result<usize> {
+        let members = self.storage.members(org).await?;
+        Ok(members.iter().filter(|m| m.role == RoleRef::Builtin(BuiltinRole::Admin)).count())
+    }
+
+    /// Adds a user to the organization or changes their role. The last Admin cannot be demoted.
+    pub async fn set_member(&self, caller: &Caller, org: &str, username: &str, role: &str) -> Result<Member> {
+        let org = self.org_requiring(caller, org, Permission::ManageMembers).await?;
+        let user = self.user_named(username).await?;
+        let role = self.resolve_role(org.id, role).await?;
+        let current = self.storage.membership(org.id, user.id).await?;
+        if current == Some(RoleRef::Builtin(BuiltinRole::Admin))
+            && role != RoleRef::Builtin(BuiltinRole::Admin)
+            && self.admin_count(org.id).await? <= 1
+        {
+            return Err(last_admin());
+        }
+        self.storage.set_membership(&Membership { org_id: org.id, user_id: user.id, role: role.clone() }).await?;
+        let role_name = self.role_name(&role).await?;
+        Ok(Member { user_id: user.id, username: user.username, role, role_name })
+    }
+
+    pub async fn remove_member(&self, caller: &Caller, org: &str, username: &str) -> Result<()> {
+        let org = self.org_requiring(caller, org, Permission::ManageMembers).await?;
+        let user = self.user_named(username).await?;
+        let current = self.storage.membership(org.id, user.id).await?;
+        let Some(current) = current else {
+            return Err(ServiceError::NotFound(format!("'{username}' is not a member of '{}'", org.name)));
+        };
+        if current == RoleRef::Builtin(BuiltinRole::Admin) && self.admin_count(org.id).await? <= 1 {
+            return Err(last_admin());
+        }
+        self.storage.delete_membership(org.id, user.id).await?;
+        Ok(())
+    }
+
+    async fn user_named(&self, username: &str) -> Result<crate::model::User> {
+        let missing = || ServiceError::NotFound(format!("user '{username}' not found"));
+        let name = Name::parse(username.trim()).map_err(|_| missing())?;
+        self.storage.user_by_username(&name).await?.ok_or_else(missing)
+    }
+
+    async fn role_name(&self, role: &RoleRef) -> Result<String> {
+        Ok(match role {
+            RoleRef::Builtin(b) => b.as_str().to_owned(),
+            RoleRef::Custom(id) => self.storage.role(*id).await?.map(|r| r.name).unwrap_or_default(),
+        })
+    }
+
+    /// Built-in roles first, then the organization's custom roles.
+    pub async fn roles(&self, caller: &Caller, org: &str) -> Result<Vec<RoleView>> {
+        let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        let mut out: Vec<RoleView> = BuiltinRole::ALL
+            .into_iter()
+            .map(|b| RoleView { name: b.as_str().into(), permissions: b.permissions(), builtin: true, managed: true })
+            .collect();
+        out.extend(self.storage.roles(org.id).await?.into_iter().map(|r| RoleView {
+            name: r.name,
+            permissions: r.permissions,
+            builtin: false,
+            managed: r.managed,
+        }));
+        Ok(out)
+    }
+
+    pub async fn create_role(
+        &self,
+        caller: &Caller,
+        org: &str,
+        name: &str,
+        permissions: PermissionSet,
+    ) -> Result<RoleView> {
+        let org = self.org_requiring(caller, org, Permission::ManageRoles).await?;
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(ServiceError::invalid("invalid_name", "a role name must be 1 to 64 printable characters"));
+        }
+        if BuiltinRole::parse(name).is_some() {
+            return Err(ServiceError::conflict("role_exists", format!("'{name}' is a built-in role")));
+        }
+        if permissions.is_empty() {
+            return Err(ServiceError::invalid("invalid_input", "a role needs at least one permission"));
+        }
+        let role = Role { id: RoleId::new(), org_id: org.id, name: name.to_owned(), permissions, managed: false };
+        self.storage.create_role(&role).await.map_err(|e| match e {
+            StorageError::Conflict(_) => ServiceError::conflict("role_exists", format!("a role named '{name}' exists")),
+            other => other.into(),
+        })?;
+        Ok(RoleView { name: role.name, permissions: role.permissions, builtin: false, managed: false })
+    }
+
+    pub async fn delete_role(&self, caller: &Caller, org: &str, name: &str) -> Result<()> {
+        let org = self.org_requiring(caller, org, Permission::ManageRoles).await?;
+        if BuiltinRole::parse(name).is_some() {
+            return Err(ServiceError::Forbidden(format!("'{name}' is a built-in role and cannot be deleted")));
+        }
+        let role = self
+            .storage
+            .role_by_name(org.id, name.trim())
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("the organization has no role '{name}'")))?;
+        if role.managed {
+            return Err(ServiceError::Forbidden(format!("'{name}' is managed by the server's declarative state")));
+        }
+        self.storage.delete_role(role.id).await.map_err(|e| match e {
+            StorageError::Conflict(_) => {
+                ServiceError::conflict("role_in_use", format!("members still hold the role '{name}'"))
+            }
+            other => other.into(),
+        })?;
+        Ok(())
+    }
+}
+
+fn last_admin() -> ServiceError {
+    ServiceError::conflict("last_admin", "an organization must keep at least one Admin")
+}
+

@@ -1,0 +1,204 @@
+//! Projects: a repository holding a flake, inside an organization.
+
+use super::{Caller, Gradient, Result, ServiceError, check_text};
+use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
+use crate::permissions::Permission;
+use crate::ports::{Clock, Storage, StorageError};
+use crate::wildcard::Wildcard;
+use crate::{Name, ProjectId};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Default)]
+pub struct NewProject {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub repository: String,
+    pub branch: Option<String>,
+    pub wildcard: Option<String>,
+    pub flake_input_overrides: BTreeMap<String, InputOverride>,
+    pub keep_evaluations: Option<u32>,
+    pub poll_interval_secs: Option<u32>,
+    pub active: Option<bool>,
+}
+
+/// A partial update; `None` leaves a field unchanged. For the optional fields, `Some(None)` clears them.
+#[derive(Clone, Debug, Default)]
+pub struct ProjectChanges {
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<Option<String>>,
+    pub wildcard: Option<String>,
+    pub flake_input_overrides: Option<BTreeMap<String, InputOverride>>,
+    pub keep_evaluations: Option<Option<u32>>,
+    pub poll_interval_secs: Option<Option<u32>>,
+    pub active: Option<bool>,
+}
+
+fn not_found(org: &str, name: &str) -> ServiceError {
+    ServiceError::NotFound(format!("project '{org}/{name}' not found"))
+}
+
+/// Accepts the repository URL forms git understands for remote and local repositories.
+fn check_repository(url: &str) -> Result<()> {
+    let url = url.trim();
+    let schemes = ["https://", "http://", "ssh://", "git://", "file://", "git+https://", "git+ssh://", "git+file://"];
+    let scp_like = url.split_once(':').is_some_and(|(host, path)| {
+        host.contains('@') && !host.contains('/') && !path.is_empty() && !path.starts_with("//")
+    });
+    let ok = (schemes.iter().any(|s| url.starts_with(s) && url.len() > s.len()) || scp_like)
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok && url.len() <= 2048 {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(
+            "invalid_repository",
+            format!("'{url}' is not a repository URL (use https://, ssh://, git://, file:// or user@host:path)"),
+        ))
+    }
+}
+
+fn check_wildcard(w: &str) -> Result<()> {
+    check_text("wildcard", w, 2048)?;
+    Wildcard::parse(w).map(|_| ()).map_err(|m| ServiceError::invalid("invalid_wildcard", m))
+}
+
+fn check_branch(branch: &Option<String>) -> Result<()> {
+    match branch {
+        Some(b) if b.is_empty() || b.len() > 255 || b.starts_with('-') || b.contains("..") || b.contains(char::is_whitespace) => {
+            Err(ServiceError::invalid("invalid_branch", format!("'{b}' is not a valid branch name")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_overrides(o: &BTreeMap<String, InputOverride>) -> Result<()> {
+    for (input, value) in o {
+        if input.is_empty() || !input.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+            return Err(ServiceError::invalid("invalid_input", format!("'{input}' is not a flake input name")));
+        }
+        if let InputOverride::Url(u) = value {
+            check_text("flake input url", u, 2048)?;
+        }
+    }
+    Ok(())
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    pub async fn projects(&self, caller: &Caller, org: &str) -> Result<Vec<Project>> {
+        let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        Ok(self.storage.projects(org.id).await?)
+    }
+
+    pub async fn project(&self, caller: &Caller, org: &str, name: &str) -> Result<Project> {
+        let o = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        self.project_in(o.id, org, name).await
+    }
+
+    async fn project_in(&self, org_id: crate::OrgId, org: &str, name: &str) -> Result<Project> {
+        let parsed = Name::parse(name).map_err(|_| not_found(org, name))?;
+        self.storage.project(org_id, &parsed).await?.ok_or_else(|| not_found(org, name))
+    }
+
+    pub async fn create_project(&self, caller: &Caller, org: &str, new: NewProject) -> Result<Project> {
+        let o = self.org_requiring(caller, org, Permission::CreateProject).await?;
+        let user = caller.require_user()?;
+        let name = Name::parse_as(new.name.trim(), "project name")?;
+        let wildcard = new.wildcard.unwrap_or_else(|| DEFAULT_WILDCARD.to_owned());
+        check_repository(&new.repository)?;
+        check_wildcard(&wildcard)?;
+        check_branch(&new.branch)?;
+        check_overrides(&new.flake_input_overrides)?;
+        let display_name = new.display_name.unwrap_or_default().trim().to_owned();
+        let description = new.description.unwrap_or_default();
+        check_text("display_name", &display_name, 256)?;
+        check_text("description", &description, 4096)?;
+        let project = Project {
+            id: ProjectId::new(),
+            org_id: o.id,
+            display_name: if display_name.is_empty() { name.to_string() } else { display_name },
+            name,
+            description,
+            repository: new.repository.trim().to_owned(),
+            branch: new.branch,
+            wildcard,
+            flake_input_overrides: new.flake_input_overrides,
+            keep_evaluations: new.keep_evaluations,
+            poll_interval_secs: new.poll_interval_secs,
+            active: new.active.unwrap_or(true),
+            created_by: user.id,
+            created_at: self.clock.now(),
+        };
+        self.storage.create_project(&project).await.map_err(|e| match e {
+            StorageError::Conflict(_) => ServiceError::conflict(
+                "name_taken",
+                format!("organization '{org}' already has a project named '{}'", project.name),
+            ),
+            other => other.into(),
+        })?;
+        Ok(project)
+    }
+
+    pub async fn update_project(&self, caller: &Caller, org: &str, name: &str, c: ProjectChanges) -> Result<Project> {
+        let o = self.org_requiring(caller, org, Permission::EditProject).await?;
+        let mut p = self.project_in(o.id, org, name).await?;
+        if let Some(v) = c.display_name {
+            check_text("display_name", &v, 256)?;
+            p.display_name = v.trim().to_owned();
+        }
+        if let Some(v) = c.description {
+            check_text("description", &v, 4096)?;
+            p.description = v;
+        }
+        if let Some(v) = c.repository {
+            check_repository(&v)?;
+            p.repository = v.trim().to_owned();
+        }
+        if let Some(v) = c.branch {
+            check_branch(&v)?;
+            p.branch = v;
+        }
+        if let Some(v) = c.wildcard {
+            check_wildcard(&v)?;
+            p.wildcard = v;
+        }
+        if let Some(v) = c.flake_input_overrides {
+            check_overrides(&v)?;
+            p.flake_input_overrides = v;
+        }
+        if let Some(v) = c.keep_evaluations {
+            p.keep_evaluations = v;
+        }
+        if let Some(v) = c.poll_interval_secs {
+            p.poll_interval_secs = v;
+        }
+        if let Some(v) = c.active {
+            p.active = v;
+        }
+        self.storage.update_project(&p).await?;
+        Ok(p)
+    }
+
+    pub async fn delete_project(&self, caller: &Caller, org: &str, name: &str) -> Result<()> {
+        let o = self.org_requiring(caller, org, Permission::DeleteProject).await?;
+        let p = self.project_in(o.id, org, name).await?;
+        self.storage.delete_project(p.id).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_urls() {
+        for ok in ["https://github.com/a/b", "ssh://git@host/a.git", "git@github.com:a/b.git", "file:///srv/repo"] {
+            assert!(check_repository(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "github.com/a/b", "https://", "https://a b", "/srv/repo", "ftp://x/y"] {
+            assert!(check_repository(bad).is_err(), "{bad}");
+        }
+    }
+}
