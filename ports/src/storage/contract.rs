@@ -1,0 +1,119 @@
+//! The storage contract: what every `Storage` implementation must do, as scenarios.
+//!
+//! Each scenario is a `pub async fn name<S: Storage>(s: &S)` that builds its own data (fresh ids, names with a
+//! random suffix) and panics with a message saying which rule was broken. Scenarios only look at rows they
+//! created, so they also pass on a store shared with other tests; [`storage_contract!`](crate::storage_contract)
+//! nevertheless gives each one a fresh store.
+//!
+//! The scenario list lives in one place: the `storage_contract!` macro below. A scenario not listed there is not
+//! run by any adapter.
+
+mod caches;
+mod members;
+mod meta;
+mod orgs;
+mod projects;
+mod roles;
+mod support;
+mod users;
+
+pub use caches::*;
+pub use members::*;
+pub use meta::*;
+pub use orgs::*;
+pub use projects::*;
+pub use roles::*;
+pub use users::*;
+
+/// Runs the storage contract suite: one `#[tokio::test]` per scenario, each on a fresh store.
+///
+/// `$fresh` is an async function (or any expression callable with no arguments and returning a future) that
+/// yields a new, empty store implementing `Storage`. The calling crate needs `tokio` (features `macros` and
+/// `rt`) as a dev-dependency.
+///
+/// ```ignore
+/// // tests/conformance.rs of an adapter
+/// async fn fresh_sqlite() -> gradient_storage_sql::SqlStorage { /* ... */ }
+///
+/// mod sqlite {
+///     gradient_ports::storage_contract!(crate::fresh_sqlite);
+/// }
+/// ```
+#[macro_export]
+macro_rules! storage_contract {
+    ($fresh:expr) => {
+        $crate::__storage_contract_tests!(
+            $fresh;
+            // Users, sessions, API keys.
+            user_round_trips,
+            absent_users_are_none,
+            user_by_email_matches_exactly,
+            taken_username_conflicts,
+            taken_email_conflicts,
+            session_round_trips_and_deletes,
+            session_of_unknown_user_is_not_found,
+            api_key_round_trips,
+            api_keys_are_listed_oldest_first,
+            api_key_of_unknown_user_is_not_found,
+            taken_api_key_hash_conflicts,
+            api_key_is_deleted_only_by_its_owner,
+            // Organizations.
+            org_round_trips_and_creator_is_admin,
+            absent_orgs_are_none,
+            taken_org_name_conflicts,
+            org_of_unknown_creator_is_not_found,
+            update_org_changes_only_editable_fields,
+            anonymous_sees_only_public_orgs,
+            members_see_their_private_orgs,
+            delete_org_cascades,
+            // Memberships.
+            set_membership_adds_and_changes_role,
+            members_are_listed_by_username_with_role_names,
+            membership_with_unknown_references_is_not_found,
+            delete_membership_removes_only_that_member,
+            // Custom roles.
+            role_round_trips,
+            roles_are_listed_by_name_per_org,
+            taken_role_name_conflicts_case_insensitively,
+            role_of_unknown_org_is_not_found,
+            absent_roles_are_none,
+            role_in_use_cannot_be_deleted,
+            // Projects.
+            project_round_trips,
+            projects_are_listed_by_name_per_org,
+            taken_project_name_conflicts_per_org,
+            project_of_unknown_org_is_not_found,
+            update_project_changes_only_editable_fields,
+            absent_projects_are_none,
+            delete_project_removes_only_that_project,
+            // Caches and subscriptions.
+            cache_round_trips,
+            taken_cache_name_conflicts,
+            cache_of_unknown_creator_is_not_found,
+            update_cache_changes_only_editable_fields,
+            absent_caches_are_none,
+            subscribe_and_unsubscribe,
+            subscriptions_and_subscribers_are_listed_by_name,
+            delete_cache_removes_its_subscriptions,
+            anonymous_sees_only_public_caches,
+            users_see_own_and_subscribed_caches,
+            // Meta.
+            meta_init_keeps_the_first_value,
+        );
+    };
+}
+
+/// Expands to one test per scenario; use [`storage_contract!`](crate::storage_contract) instead.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __storage_contract_tests {
+    ($fresh:expr; $($scenario:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $scenario() {
+                let storage = ($fresh)().await;
+                $crate::storage::contract::$scenario(&storage).await;
+            }
+        )+
+    };
+}

@@ -1,0 +1,231 @@
+//! `Storage` kept in memory: for service tests, and the reference the contract suite is checked against.
+//!
+//! All state sits behind one mutex. Every operation takes the lock, checks everything it needs to, and only then
+//! writes (see `state`), so a failing write changes nothing and a multi-row write is all-or-nothing. The lock is
+//! never held across an `.await`.
+
+mod state;
+
+use gradient_domain::model::{
+    ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User,
+};
+use gradient_domain::ports::storage::{Caches, Meta, Orgs, Projects, Result, Users};
+use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
+use state::State;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// An in-memory `Storage`. Clones share the same state.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStorage {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on the state under the lock.
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        // Writes validate before they change anything, so a panic elsewhere cannot have left the state
+        // half-written: a poisoned lock is safe to keep using.
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut state)
+    }
+}
+
+impl Users for MemoryStorage {
+    async fn create_user(&self, user: &User) -> Result<()> {
+        self.with(|s| s.create_user(user))
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<User>> {
+        self.with(|s| Ok(s.users.get(&id).cloned()))
+    }
+
+    async fn user_by_username(&self, username: &Name) -> Result<Option<User>> {
+        self.with(|s| Ok(s.users.values().find(|u| u.username == *username).cloned()))
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        self.with(|s| {
+            Ok(s.users
+                .values()
+                .find(|u| u.email.as_str() == email)
+                .cloned())
+        })
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<()> {
+        self.with(|s| s.create_session(session))
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Session>> {
+        self.with(|s| Ok(s.sessions.get(&id).cloned()))
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        self.with(|s| Ok(s.sessions.remove(&id).is_some()))
+    }
+
+    async fn create_api_key(&self, key: &ApiKey) -> Result<()> {
+        self.with(|s| s.create_api_key(key))
+    }
+
+    async fn api_keys(&self, user: UserId) -> Result<Vec<ApiKey>> {
+        self.with(|s| Ok(s.api_keys(user)))
+    }
+
+    async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        self.with(|s| Ok(s.api_keys.values().find(|k| k.hash == hash).cloned()))
+    }
+
+    async fn delete_api_key(&self, user: UserId, id: ApiKeyId) -> Result<bool> {
+        self.with(|s| Ok(s.delete_api_key(user, id)))
+    }
+}
+
+impl Orgs for MemoryStorage {
+    async fn create_org(&self, org: &Org) -> Result<()> {
+        self.with(|s| s.create_org(org))
+    }
+
+    async fn org_by_name(&self, name: &Name) -> Result<Option<Org>> {
+        self.with(|s| Ok(s.orgs.values().find(|o| o.name == *name).cloned()))
+    }
+
+    async fn org(&self, id: OrgId) -> Result<Option<Org>> {
+        self.with(|s| Ok(s.orgs.get(&id).cloned()))
+    }
+
+    async fn visible_orgs(&self, user: Option<UserId>) -> Result<Vec<Org>> {
+        self.with(|s| Ok(s.visible_orgs(user)))
+    }
+
+    async fn update_org(&self, org: &Org) -> Result<()> {
+        self.with(|s| s.update_org(org))
+    }
+
+    async fn delete_org(&self, id: OrgId) -> Result<bool> {
+        self.with(|s| Ok(s.delete_org(id)))
+    }
+
+    async fn create_role(&self, role: &Role) -> Result<()> {
+        self.with(|s| s.create_role(role))
+    }
+
+    async fn roles(&self, org: OrgId) -> Result<Vec<Role>> {
+        self.with(|s| Ok(s.roles(org)))
+    }
+
+    async fn role_by_name(&self, org: OrgId, name: &str) -> Result<Option<Role>> {
+        self.with(|s| Ok(s.role_by_name(org, name)))
+    }
+
+    async fn role(&self, id: RoleId) -> Result<Option<Role>> {
+        self.with(|s| Ok(s.roles.get(&id).cloned()))
+    }
+
+    async fn delete_role(&self, id: RoleId) -> Result<bool> {
+        self.with(|s| s.delete_role(id))
+    }
+
+    async fn set_membership(&self, membership: &Membership) -> Result<()> {
+        self.with(|s| s.set_membership(membership))
+    }
+
+    async fn membership(&self, org: OrgId, user: UserId) -> Result<Option<RoleRef>> {
+        self.with(|s| Ok(s.memberships.get(&(org, user)).cloned()))
+    }
+
+    async fn members(&self, org: OrgId) -> Result<Vec<Member>> {
+        self.with(|s| Ok(s.members(org)))
+    }
+
+    async fn delete_membership(&self, org: OrgId, user: UserId) -> Result<bool> {
+        self.with(|s| Ok(s.memberships.remove(&(org, user)).is_some()))
+    }
+}
+
+impl Projects for MemoryStorage {
+    async fn create_project(&self, project: &Project) -> Result<()> {
+        self.with(|s| s.create_project(project))
+    }
+
+    async fn project(&self, org: OrgId, name: &Name) -> Result<Option<Project>> {
+        self.with(|s| Ok(s.project(org, name)))
+    }
+
+    async fn project_by_id(&self, id: ProjectId) -> Result<Option<Project>> {
+        self.with(|s| Ok(s.projects.get(&id).cloned()))
+    }
+
+    async fn projects(&self, org: OrgId) -> Result<Vec<Project>> {
+        self.with(|s| Ok(s.projects(org)))
+    }
+
+    async fn update_project(&self, project: &Project) -> Result<()> {
+        self.with(|s| s.update_project(project))
+    }
+
+    async fn delete_project(&self, id: ProjectId) -> Result<bool> {
+        self.with(|s| Ok(s.projects.remove(&id).is_some()))
+    }
+}
+
+impl Caches for MemoryStorage {
+    async fn create_cache(&self, cache: &Cache) -> Result<()> {
+        self.with(|s| s.create_cache(cache))
+    }
+
+    async fn cache_by_name(&self, name: &Name) -> Result<Option<Cache>> {
+        self.with(|s| Ok(s.caches.values().find(|c| c.name == *name).cloned()))
+    }
+
+    async fn cache(&self, id: CacheId) -> Result<Option<Cache>> {
+        self.with(|s| Ok(s.caches.get(&id).cloned()))
+    }
+
+    async fn visible_caches(&self, user: Option<UserId>) -> Result<Vec<Cache>> {
+        self.with(|s| Ok(s.visible_caches(user)))
+    }
+
+    async fn update_cache(&self, cache: &Cache) -> Result<()> {
+        self.with(|s| s.update_cache(cache))
+    }
+
+    async fn delete_cache(&self, id: CacheId) -> Result<bool> {
+        self.with(|s| Ok(s.delete_cache(id)))
+    }
+
+    async fn subscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
+        self.with(|s| s.subscribe(org, cache))
+    }
+
+    async fn unsubscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
+        self.with(|s| Ok(s.subscriptions.remove(&(org, cache))))
+    }
+
+    async fn subscriptions(&self, org: OrgId) -> Result<Vec<Cache>> {
+        self.with(|s| Ok(s.subscriptions(org)))
+    }
+
+    async fn subscribers(&self, cache: CacheId) -> Result<Vec<Org>> {
+        self.with(|s| Ok(s.subscribers(cache)))
+    }
+}
+
+impl Meta for MemoryStorage {
+    async fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.with(|s| Ok(s.meta.get(key).cloned()))
+    }
+
+    async fn meta_init(&self, key: &str, value: &str) -> Result<String> {
+        self.with(|s| {
+            Ok(s.meta
+                .entry(key.to_owned())
+                .or_insert_with(|| value.to_owned())
+                .clone())
+        })
+    }
+}

@@ -1,0 +1,348 @@
+//! The in-memory state and the rules of the storage port applied to it. Every write checks all it needs to
+//! before it changes anything, so a refused write leaves the state as it was.
+
+use gradient_domain::model::{
+    ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User,
+};
+use gradient_domain::permissions::BuiltinRole;
+use gradient_domain::ports::storage::{Result, StorageError};
+use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub(super) users: HashMap<UserId, User>,
+    pub(super) sessions: HashMap<SessionId, Session>,
+    pub(super) api_keys: HashMap<ApiKeyId, ApiKey>,
+    pub(super) orgs: HashMap<OrgId, Org>,
+    pub(super) roles: HashMap<RoleId, Role>,
+    pub(super) memberships: HashMap<(OrgId, UserId), RoleRef>,
+    pub(super) projects: HashMap<ProjectId, Project>,
+    pub(super) caches: HashMap<CacheId, Cache>,
+    pub(super) subscriptions: BTreeSet<(OrgId, CacheId)>,
+    pub(super) meta: HashMap<String, String>,
+}
+
+fn conflict(what: &str) -> StorageError {
+    StorageError::Conflict(what.to_owned())
+}
+
+/// Fails with NotFound unless `present`.
+fn require(present: bool) -> Result<()> {
+    if present {
+        Ok(())
+    } else {
+        Err(StorageError::NotFound)
+    }
+}
+
+/// Role names are unique and looked up ignoring ASCII case, like built-in role names.
+fn same_role_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+impl State {
+    // Users.
+
+    pub(super) fn create_user(&mut self, user: &User) -> Result<()> {
+        if self.users.contains_key(&user.id) {
+            return Err(conflict("user id"));
+        }
+        if self.users.values().any(|u| u.username == user.username) {
+            return Err(conflict("username"));
+        }
+        if self.users.values().any(|u| u.email == user.email) {
+            return Err(conflict("email"));
+        }
+        self.users.insert(user.id, user.clone());
+        Ok(())
+    }
+
+    pub(super) fn create_session(&mut self, session: &Session) -> Result<()> {
+        if self.sessions.contains_key(&session.id) {
+            return Err(conflict("session id"));
+        }
+        require(self.users.contains_key(&session.user_id))?;
+        self.sessions.insert(session.id, session.clone());
+        Ok(())
+    }
+
+    pub(super) fn create_api_key(&mut self, key: &ApiKey) -> Result<()> {
+        if self.api_keys.contains_key(&key.id) {
+            return Err(conflict("api key id"));
+        }
+        require(self.users.contains_key(&key.user_id))?;
+        if self.api_keys.values().any(|k| k.hash == key.hash) {
+            return Err(conflict("api key"));
+        }
+        self.api_keys.insert(key.id, key.clone());
+        Ok(())
+    }
+
+    pub(super) fn api_keys(&self, user: UserId) -> Vec<ApiKey> {
+        let mut keys: Vec<ApiKey> = self
+            .api_keys
+            .values()
+            .filter(|k| k.user_id == user)
+            .cloned()
+            .collect();
+        keys.sort_by_key(|k| (k.created_at, k.id));
+        keys
+    }
+
+    pub(super) fn delete_api_key(&mut self, user: UserId, id: ApiKeyId) -> bool {
+        let owned = self.api_keys.get(&id).is_some_and(|k| k.user_id == user);
+        owned && self.api_keys.remove(&id).is_some()
+    }
+
+    // Organizations.
+
+    pub(super) fn create_org(&mut self, org: &Org) -> Result<()> {
+        if self.orgs.contains_key(&org.id) {
+            return Err(conflict("org id"));
+        }
+        if self.orgs.values().any(|o| o.name == org.name) {
+            return Err(conflict("org name"));
+        }
+        require(self.users.contains_key(&org.created_by))?;
+        self.orgs.insert(org.id, org.clone());
+        self.memberships.insert(
+            (org.id, org.created_by),
+            RoleRef::Builtin(BuiltinRole::Admin),
+        );
+        Ok(())
+    }
+
+    pub(super) fn visible_orgs(&self, user: Option<UserId>) -> Vec<Org> {
+        let visible =
+            |o: &&Org| o.public || user.is_some_and(|u| self.memberships.contains_key(&(o.id, u)));
+        let mut orgs: Vec<Org> = self.orgs.values().filter(visible).cloned().collect();
+        orgs.sort_by(|a, b| a.name.cmp(&b.name));
+        orgs
+    }
+
+    pub(super) fn update_org(&mut self, org: &Org) -> Result<()> {
+        let stored = self.orgs.get_mut(&org.id).ok_or(StorageError::NotFound)?;
+        stored.display_name.clone_from(&org.display_name);
+        stored.description.clone_from(&org.description);
+        stored.public = org.public;
+        Ok(())
+    }
+
+    pub(super) fn delete_org(&mut self, id: OrgId) -> bool {
+        if self.orgs.remove(&id).is_none() {
+            return false;
+        }
+        self.memberships.retain(|(org, _), _| *org != id);
+        self.roles.retain(|_, r| r.org_id != id);
+        self.projects.retain(|_, p| p.org_id != id);
+        self.subscriptions.retain(|(org, _)| *org != id);
+        true
+    }
+
+    // Roles.
+
+    pub(super) fn create_role(&mut self, role: &Role) -> Result<()> {
+        if self.roles.contains_key(&role.id) {
+            return Err(conflict("role id"));
+        }
+        require(self.orgs.contains_key(&role.org_id))?;
+        if self.role_by_name(role.org_id, &role.name).is_some() {
+            return Err(conflict("role name"));
+        }
+        self.roles.insert(role.id, role.clone());
+        Ok(())
+    }
+
+    pub(super) fn roles(&self, org: OrgId) -> Vec<Role> {
+        let mut roles: Vec<Role> = self
+            .roles
+            .values()
+            .filter(|r| r.org_id == org)
+            .cloned()
+            .collect();
+        roles.sort_by(|a, b| {
+            let key = |r: &Role| (r.name.to_ascii_lowercase(), r.name.clone());
+            key(a).cmp(&key(b))
+        });
+        roles
+    }
+
+    pub(super) fn role_by_name(&self, org: OrgId, name: &str) -> Option<Role> {
+        self.roles
+            .values()
+            .find(|r| r.org_id == org && same_role_name(&r.name, name))
+            .cloned()
+    }
+
+    pub(super) fn delete_role(&mut self, id: RoleId) -> Result<bool> {
+        if !self.roles.contains_key(&id) {
+            return Ok(false);
+        }
+        if self.memberships.values().any(|r| *r == RoleRef::Custom(id)) {
+            return Err(conflict("role in use"));
+        }
+        Ok(self.roles.remove(&id).is_some())
+    }
+
+    // Memberships.
+
+    pub(super) fn set_membership(&mut self, m: &Membership) -> Result<()> {
+        require(self.orgs.contains_key(&m.org_id))?;
+        require(self.users.contains_key(&m.user_id))?;
+        if let RoleRef::Custom(role) = m.role {
+            require(self.roles.get(&role).is_some_and(|r| r.org_id == m.org_id))?;
+        }
+        self.memberships
+            .insert((m.org_id, m.user_id), m.role.clone());
+        Ok(())
+    }
+
+    pub(super) fn members(&self, org: OrgId) -> Vec<Member> {
+        let mut members: Vec<Member> = self
+            .memberships
+            .iter()
+            .filter(|((o, _), _)| *o == org)
+            .filter_map(|((_, user), role)| {
+                let role_name = match role {
+                    RoleRef::Builtin(builtin) => builtin.as_str().to_owned(),
+                    RoleRef::Custom(id) => self.roles.get(id)?.name.clone(),
+                };
+                Some(Member {
+                    user_id: *user,
+                    username: self.users.get(user)?.username.clone(),
+                    role: role.clone(),
+                    role_name,
+                })
+            })
+            .collect();
+        members.sort_by(|a, b| a.username.cmp(&b.username));
+        members
+    }
+
+    // Projects.
+
+    pub(super) fn create_project(&mut self, project: &Project) -> Result<()> {
+        if self.projects.contains_key(&project.id) {
+            return Err(conflict("project id"));
+        }
+        require(self.orgs.contains_key(&project.org_id))?;
+        require(self.users.contains_key(&project.created_by))?;
+        if self.project(project.org_id, &project.name).is_some() {
+            return Err(conflict("project name"));
+        }
+        self.projects.insert(project.id, project.clone());
+        Ok(())
+    }
+
+    pub(super) fn project(&self, org: OrgId, name: &Name) -> Option<Project> {
+        self.projects
+            .values()
+            .find(|p| p.org_id == org && p.name == *name)
+            .cloned()
+    }
+
+    pub(super) fn projects(&self, org: OrgId) -> Vec<Project> {
+        let mut projects: Vec<Project> = self
+            .projects
+            .values()
+            .filter(|p| p.org_id == org)
+            .cloned()
+            .collect();
+        projects.sort_by(|a, b| a.name.cmp(&b.name));
+        projects
+    }
+
+    pub(super) fn update_project(&mut self, project: &Project) -> Result<()> {
+        let stored = self
+            .projects
+            .get_mut(&project.id)
+            .ok_or(StorageError::NotFound)?;
+        *stored = Project {
+            id: stored.id,
+            org_id: stored.org_id,
+            name: stored.name.clone(),
+            created_by: stored.created_by,
+            created_at: stored.created_at,
+            ..project.clone()
+        };
+        Ok(())
+    }
+
+    // Caches.
+
+    pub(super) fn create_cache(&mut self, cache: &Cache) -> Result<()> {
+        if self.caches.contains_key(&cache.id) {
+            return Err(conflict("cache id"));
+        }
+        if self.caches.values().any(|c| c.name == cache.name) {
+            return Err(conflict("cache name"));
+        }
+        require(self.users.contains_key(&cache.created_by))?;
+        self.caches.insert(cache.id, cache.clone());
+        Ok(())
+    }
+
+    pub(super) fn visible_caches(&self, user: Option<UserId>) -> Vec<Cache> {
+        let subscribed_by_member = |cache: CacheId, user: UserId| {
+            self.subscriptions
+                .iter()
+                .any(|(org, c)| *c == cache && self.memberships.contains_key(&(*org, user)))
+        };
+        let visible = |c: &&Cache| {
+            c.public || user.is_some_and(|u| c.created_by == u || subscribed_by_member(c.id, u))
+        };
+        let mut caches: Vec<Cache> = self.caches.values().filter(visible).cloned().collect();
+        caches.sort_by(|a, b| a.name.cmp(&b.name));
+        caches
+    }
+
+    pub(super) fn update_cache(&mut self, cache: &Cache) -> Result<()> {
+        let stored = self
+            .caches
+            .get_mut(&cache.id)
+            .ok_or(StorageError::NotFound)?;
+        stored.display_name.clone_from(&cache.display_name);
+        stored.description.clone_from(&cache.description);
+        stored.public = cache.public;
+        stored.priority = cache.priority;
+        stored.local_priority = cache.local_priority;
+        stored.compression = cache.compression;
+        Ok(())
+    }
+
+    pub(super) fn delete_cache(&mut self, id: CacheId) -> bool {
+        if self.caches.remove(&id).is_none() {
+            return false;
+        }
+        self.subscriptions.retain(|(_, cache)| *cache != id);
+        true
+    }
+
+    pub(super) fn subscribe(&mut self, org: OrgId, cache: CacheId) -> Result<bool> {
+        require(self.orgs.contains_key(&org) && self.caches.contains_key(&cache))?;
+        Ok(self.subscriptions.insert((org, cache)))
+    }
+
+    pub(super) fn subscriptions(&self, org: OrgId) -> Vec<Cache> {
+        let mut caches: Vec<Cache> = self
+            .subscriptions
+            .iter()
+            .filter(|(o, _)| *o == org)
+            .filter_map(|(_, cache)| self.caches.get(cache).cloned())
+            .collect();
+        caches.sort_by(|a, b| a.name.cmp(&b.name));
+        caches
+    }
+
+    pub(super) fn subscribers(&self, cache: CacheId) -> Vec<Org> {
+        let mut orgs: Vec<Org> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, c)| *c == cache)
+            .filter_map(|(org, _)| self.orgs.get(org).cloned())
+            .collect();
+        orgs.sort_by(|a, b| a.name.cmp(&b.name));
+        orgs
+    }
+}

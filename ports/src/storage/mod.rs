@@ -1,0 +1,6 @@
+//! The storage port: its contract suite and an in-memory implementation.
+
+pub mod contract;
+pub mod memory;
+
+pub use memory::MemoryStorage;

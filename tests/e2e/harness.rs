@@ -1,0 +1,178 @@
+//! Starting and stopping the real server.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/gradient-server`, next to this test's own executable.
+pub fn server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GRADIENT_SERVER_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("gradient-server");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p gradient-server` first", bin.display());
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// The admin URL of the test PostgreSQL server; `scripts/test` starts it and sets this.
+pub fn postgres_admin_url() -> String {
+    std::env::var("GRADIENT_TEST_POSTGRES_URL")
+        .expect("GRADIENT_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts PostgreSQL")
+}
+
+/// Creates an empty database and answers its URL.
+pub fn fresh_postgres_database() -> String {
+    let admin = postgres_admin_url();
+    let name = format!("gradient_e2e_{}", uuid::Uuid::new_v4().simple());
+    let (base, query) = admin.split_once('?').map_or((admin.as_str(), ""), |(b, q)| (b, q));
+    let host = query.split('&').find_map(|kv| kv.strip_prefix("host=")).unwrap_or("/var/run/postgresql");
+    let status = Command::new("psql")
+        .args(["-h", host, "-d", "postgres", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "CREATE DATABASE failed");
+    let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+    if query.is_empty() { format!("{prefix}/{name}") } else { format!("{prefix}/{name}?{query}") }
+}
+
+pub struct Server {
+    pub url: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts the server with `GRADIENT_BASE_DIR=base_dir` and the given extra variables, and waits until
+    /// `/api/v1/health` answers.
+    pub async fn start(base_dir: &Path, vars: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let log = base_dir.join(format!("server-{port}.log"));
+        let child = Self::spawn(base_dir, port, vars, &log);
+        let url = format!("http://127.0.0.1:{port}");
+        let server = Server { url, child, log };
+        server.wait_healthy().await;
+        server
+    }
+
+    fn spawn(base_dir: &Path, port: u16, vars: &[(&str, &str)], log: &Path) -> Child {
+        let out = std::fs::File::create(log).expect("log file");
+        let mut cmd = Command::new(server_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("GRADIENT_BASE_DIR", base_dir)
+            .env("GRADIENT_PORT", port.to_string())
+            .stdout(out.try_clone().expect("clone"))
+            .stderr(out);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("server starts")
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{}/api/v1/health", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            assert!(Instant::now() < deadline, "server did not become healthy:\n{log}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server with SIGTERM, as systemd would, and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("server did not stop within 20 s of SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the server binary expecting it to refuse to start; answers its stderr+stdout.
+pub fn start_failure(base_dir: &Path, vars: &[(&str, &str)]) -> String {
+    let log = base_dir.join("failed-start.log");
+    let mut child = Server::spawn(base_dir, free_port(), vars, &log);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(!status.success(), "the server was expected to refuse to start");
+            return std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server was expected to refuse to start but kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A tiny API client: every call checks the envelope.
+pub struct Client {
+    pub base: String,
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(server: &Server) -> Self {
+        Self { base: format!("{}/api/v1", server.url), token: None, http: reqwest::Client::new() }
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        assert_eq!(v["error"], false);
+        v["message"].clone()
+    }
+
+    /// Registers, logs in and creates an API key; the client then uses the key.
+    pub async fn register_with_key(&mut self, user: &str) -> String {
+        use reqwest::Method;
+        let reg = json!({"username": user, "name": user, "email": format!("{user}@example.com"), "password": "password123"});
+        self.ok(Method::POST, "/auth/basic/register", Some(reg)).await;
+        let jwt = self.ok(Method::POST, "/auth/basic/login", Some(json!({"loginname": user, "password": "password123"}))).await;
+        self.token = jwt.as_str().map(str::to_owned);
+        let key = self.ok(Method::POST, "/user/keys", Some(json!({"name": "e2e"}))).await;
+        let key = key["key"].as_str().expect("key").to_owned();
+        self.token = Some(key.clone());
+        key
+    }
+}

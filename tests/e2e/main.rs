@@ -1,0 +1,5 @@
+//! End-to-end: the real `gradient-server` binary on loopback, driven over HTTP like curl would, on SQLite
+//! and on PostgreSQL. Build the binary first (`cargo build -p gradient-server`; `scripts/test` does).
+
+mod harness;
+mod server;
