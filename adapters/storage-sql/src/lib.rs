@@ -1,1 +1,266 @@
-//! placeholder
+//! Gradient's storage port ([`gradient_domain::ports::Storage`]) on SQLite (the embedded default) and
+//! PostgreSQL, with identical behaviour on both.
+//!
+//! * [`connect`] picks the engine from the URL scheme (`sqlite://<path>`, `postgres://`, `postgresql://`),
+//!   opens two connection pools — the main one (scheduler, workers, cache) and a smaller one for the HTTP
+//!   API, reached through [`SqlStorage::for_web`] — and runs the migrations (`migrations/sqlite`,
+//!   `migrations/postgres`).
+//! * Every query is written once, with `$1, $2…` placeholders and `Uuid` / `DateTime<Utc>` binds that both
+//!   engines understand; the `with_pool!` macro runs the same body against whichever pool is active.
+//! * The schema enforces the rules: unique constraints (named the same on both engines) become
+//!   `Conflict("<what>")`, a missing referenced row becomes `NotFound`, cascades delete what an
+//!   organization or cache owns, and a custom role still held by a member cannot be deleted.
+//! * Rows that do not decode into domain types (an invalid name, bad JSON) are reported as `Unavailable`.
+
+mod caches;
+mod meta;
+mod orgs;
+mod projects;
+mod users;
+
+use gradient_domain::ports::StorageError;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, StorageError>;
+
+/// How long an SQLite connection waits for another writer before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connection limits of the two pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// Main pool (scheduler, worker connections, cache): most connections.
+    pub max: u32,
+    /// Main pool: connections kept open when idle.
+    pub min: u32,
+    /// Web pool (HTTP API): most connections.
+    pub web_max: u32,
+    /// Web pool: connections kept open when idle.
+    pub web_min: u32,
+}
+
+impl Default for PoolSizes {
+    fn default() -> Self {
+        Self {
+            max: 32,
+            min: 2,
+            web_max: 16,
+            web_min: 1,
+        }
+    }
+}
+
+/// One engine's connection pool.
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Pool {
+    async fn close(&self) {
+        match self {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// The storage port on SQL. Cheap to clone; clones share the pools.
+#[derive(Clone, Debug)]
+pub struct SqlStorage {
+    /// The pool this handle's queries use: `main` or `web`.
+    pub(crate) pool: Pool,
+    main: Pool,
+    web: Pool,
+}
+
+/// Runs `$body` with `$p` bound to the active pool, whichever engine it is: `with_pool!(self, |p| …)`. The
+/// body is compiled once per engine, so the same query text and binds serve both. (It looks like a closure so
+/// rustfmt formats it; it is not one: `$body` is pasted into each arm of a `match`.)
+macro_rules! with_pool {
+    ($storage:expr, |$p:ident| $body:expr) => {
+        match &$storage.pool {
+            $crate::Pool::Sqlite($p) => $body,
+            $crate::Pool::Postgres($p) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Connects to the database named by `url` and brings its schema up to date.
+///
+/// `sqlite://<path>` creates the file if it is missing and uses WAL journaling, foreign keys and a busy
+/// timeout; `postgres://…` / `postgresql://…` take the usual libpq-style URL.
+pub async fn connect(url: &str, pools: PoolSizes) -> Result<SqlStorage> {
+    let (main, web) = if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StorageError::Unavailable(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        let open = |max: u32, min: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(max.max(1))
+                .min_connections(min.min(max))
+        };
+        let main = open(pools.max, pools.min)
+            .connect_with(options.clone())
+            .await
+            .map_err(connecting)?;
+        SQLITE_MIGRATIONS.run(&main).await.map_err(migrating)?;
+        let web = open(pools.web_max, pools.web_min)
+            .connect_with(options)
+            .await
+            .map_err(connecting)?;
+        (Pool::Sqlite(main), Pool::Sqlite(web))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StorageError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        let open = |max: u32, min: u32| {
+            PgPoolOptions::new()
+                .max_connections(max.max(1))
+                .min_connections(min.min(max))
+        };
+        let main = open(pools.max, pools.min)
+            .connect_with(options.clone())
+            .await
+            .map_err(connecting)?;
+        POSTGRES_MIGRATIONS.run(&main).await.map_err(migrating)?;
+        let web = open(pools.web_max, pools.web_min)
+            .connect_with(options)
+            .await
+            .map_err(connecting)?;
+        (Pool::Postgres(main), Pool::Postgres(web))
+    } else {
+        // Only the scheme is echoed: the rest of the URL may hold a password.
+        let scheme = url.split_once(':').map_or("(none)", |(scheme, _)| scheme);
+        return Err(StorageError::Unavailable(format!(
+            "unsupported database URL scheme '{scheme}': use sqlite://<path> or postgres://…"
+        )));
+    };
+    Ok(SqlStorage {
+        pool: main.clone(),
+        main,
+        web,
+    })
+}
+
+impl SqlStorage {
+    /// A handle whose queries use the web pool, so HTTP traffic cannot starve the scheduler and workers.
+    pub fn for_web(&self) -> SqlStorage {
+        SqlStorage {
+            pool: self.web.clone(),
+            main: self.main.clone(),
+            web: self.web.clone(),
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes both pools (for every handle sharing them), waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.main.close().await;
+        self.web.close().await;
+    }
+}
+
+fn connecting(e: sqlx::Error) -> StorageError {
+    StorageError::Unavailable(format!("connecting to the database: {e}"))
+}
+
+fn migrating(e: sqlx::migrate::MigrateError) -> StorageError {
+    StorageError::Unavailable(format!("migrating the database: {e}"))
+}
+
+/// Unique constraints and what a violation of each means: (constraint name on PostgreSQL, the columns
+/// SQLite names in "UNIQUE constraint failed: …", the conflict reported).
+const UNIQUE_RULES: &[(&str, &str, &str)] = &[
+    ("users_pkey", "users.id", "user id"),
+    ("sessions_pkey", "sessions.id", "session id"),
+    ("api_keys_pkey", "api_keys.id", "api key id"),
+    ("orgs_pkey", "orgs.id", "org id"),
+    ("roles_pkey", "roles.id", "role id"),
+    ("projects_pkey", "projects.id", "project id"),
+    ("caches_pkey", "caches.id", "cache id"),
+    ("users_username_key", "users.username", "username"),
+    ("users_email_key", "users.email", "email"),
+    ("orgs_name_key", "orgs.name", "org name"),
+    (
+        "roles_name_key",
+        "roles.org_id, roles.name_key",
+        "role name",
+    ),
+    (
+        "projects_name_key",
+        "projects.org_id, projects.name",
+        "project name",
+    ),
+    ("caches_name_key", "caches.name", "cache name"),
+    ("api_keys_hash_key", "api_keys.hash", "api key"),
+];
+
+/// Maps a database error: unique violation → `Conflict(what)`, foreign key violation → `NotFound`, anything
+/// else → `Unavailable`.
+pub(crate) fn db_error(e: sqlx::Error) -> StorageError {
+    if let sqlx::Error::Database(d) = &e {
+        match d.kind() {
+            sqlx::error::ErrorKind::UniqueViolation => {
+                let sqlite_columns = d.message().strip_prefix("UNIQUE constraint failed: ");
+                let what = UNIQUE_RULES
+                    .iter()
+                    .find(|(pg, sqlite, _)| {
+                        d.constraint() == Some(*pg) || sqlite_columns == Some(*sqlite)
+                    })
+                    .map_or("unique constraint", |(_, _, what)| *what);
+                return StorageError::Conflict(what.to_owned());
+            }
+            sqlx::error::ErrorKind::ForeignKeyViolation => return StorageError::NotFound,
+            _ => {}
+        }
+    }
+    StorageError::Unavailable(e.to_string())
+}
+
+/// A stored value that does not decode into its domain type.
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(format!("stored {what} is invalid: {e}"))
+}
+
+/// Parses a stored name.
+pub(crate) fn stored_name(s: &str, what: &'static str) -> Result<gradient_domain::Name> {
+    gradient_domain::Name::parse_as(s, what).map_err(|e| corrupt(what, e))
+}
+
+/// Decodes a stored JSON document.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+/// Encodes a value as a JSON document for storage.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StorageError::Unavailable(format!("encoding a JSON column: {e}")))
+}
+
+/// Converts a stored count that must fit a `u32`.
+pub(crate) fn stored_u32(v: Option<i64>, what: &str) -> Result<Option<u32>> {
+    v.map(|v| u32::try_from(v).map_err(|e| corrupt(what, e)))
+        .transpose()
+}

@@ -1,0 +1,200 @@
+//! Caches and the organizations' subscriptions to them.
+
+use crate::orgs::{OrgRow, org_columns};
+use crate::{SqlStorage, corrupt, db_error, stored_name, with_pool};
+use chrono::{DateTime, Utc};
+use gradient_domain::model::{Cache, Compression, Org};
+use gradient_domain::ports::StorageError;
+use gradient_domain::ports::storage::{Caches, Result};
+use gradient_domain::{CacheId, Name, OrgId, UserId};
+use uuid::Uuid;
+
+macro_rules! cache_columns {
+    () => {
+        "id, name, display_name, description, public, priority, local_priority, compression, created_by, \
+         created_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct CacheRow {
+    id: Uuid,
+    name: String,
+    display_name: String,
+    description: String,
+    public: bool,
+    priority: i32,
+    local_priority: Option<i32>,
+    compression: String,
+    created_by: Uuid,
+    created_at: DateTime<Utc>,
+}
+
+impl CacheRow {
+    fn into_cache(self) -> Result<Cache> {
+        Ok(Cache {
+            id: CacheId(self.id),
+            name: stored_name(&self.name, "cache name")?,
+            display_name: self.display_name,
+            description: self.description,
+            public: self.public,
+            priority: self.priority,
+            local_priority: self.local_priority,
+            compression: Compression::parse(&self.compression)
+                .ok_or_else(|| corrupt("cache compression", &self.compression))?,
+            created_by: UserId(self.created_by),
+            created_at: self.created_at,
+        })
+    }
+}
+
+impl Caches for SqlStorage {
+    async fn create_cache(&self, cache: &Cache) -> Result<()> {
+        let sql = concat!(
+            "INSERT INTO caches (",
+            cache_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(cache.id.0)
+            .bind(cache.name.as_str())
+            .bind(&cache.display_name)
+            .bind(&cache.description)
+            .bind(cache.public)
+            .bind(cache.priority)
+            .bind(cache.local_priority)
+            .bind(cache.compression.as_str())
+            .bind(cache.created_by.0)
+            .bind(cache.created_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn cache_by_name(&self, name: &Name) -> Result<Option<Cache>> {
+        let sql = concat!("SELECT ", cache_columns!(), " FROM caches WHERE name = $1");
+        let row = with_pool!(self, |p| sqlx::query_as::<_, CacheRow>(sql)
+            .bind(name.as_str())
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(CacheRow::into_cache).transpose()
+    }
+
+    async fn cache(&self, id: CacheId) -> Result<Option<Cache>> {
+        let sql = concat!("SELECT ", cache_columns!(), " FROM caches WHERE id = $1");
+        let row = with_pool!(self, |p| sqlx::query_as::<_, CacheRow>(sql)
+            .bind(id.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(CacheRow::into_cache).transpose()
+    }
+
+    async fn visible_caches(&self, user: Option<UserId>) -> Result<Vec<Cache>> {
+        let sql = concat!(
+            "SELECT ",
+            cache_columns!(),
+            " FROM caches c WHERE c.public OR c.created_by = $1 OR EXISTS ",
+            "(SELECT 1 FROM subscriptions s JOIN memberships m ON m.org_id = s.org_id ",
+            "WHERE s.cache_id = c.id AND m.user_id = $1) ORDER BY c.name"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, CacheRow>(sql)
+            .bind(user.map(|u| u.0))
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(CacheRow::into_cache).collect()
+    }
+
+    async fn update_cache(&self, cache: &Cache) -> Result<()> {
+        let sql = "UPDATE caches SET display_name = $2, description = $3, public = $4, priority = $5, \
+                   local_priority = $6, compression = $7 WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(cache.id.0)
+            .bind(&cache.display_name)
+            .bind(&cache.description)
+            .bind(cache.public)
+            .bind(cache.priority)
+            .bind(cache.local_priority)
+            .bind(cache.compression.as_str())
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        if done == 0 {
+            Err(StorageError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete_cache(&self, id: CacheId) -> Result<bool> {
+        // Subscriptions go with it (ON DELETE CASCADE).
+        let sql = "DELETE FROM caches WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn subscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
+        let sql =
+            "INSERT INTO subscriptions (org_id, cache_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(org.0)
+            .bind(cache.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn unsubscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
+        let sql = "DELETE FROM subscriptions WHERE org_id = $1 AND cache_id = $2";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(org.0)
+            .bind(cache.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn subscriptions(&self, org: OrgId) -> Result<Vec<Cache>> {
+        let sql = concat!(
+            "SELECT ",
+            cache_columns!(),
+            " FROM caches WHERE id IN ",
+            "(SELECT cache_id FROM subscriptions WHERE org_id = $1) ORDER BY name"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, CacheRow>(sql)
+            .bind(org.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(CacheRow::into_cache).collect()
+    }
+
+    async fn subscribers(&self, cache: CacheId) -> Result<Vec<Org>> {
+        let sql = concat!(
+            "SELECT ",
+            org_columns!(),
+            " FROM orgs WHERE id IN ",
+            "(SELECT org_id FROM subscriptions WHERE cache_id = $1) ORDER BY name"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, OrgRow>(sql)
+            .bind(cache.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(OrgRow::into_org).collect()
+    }
+}

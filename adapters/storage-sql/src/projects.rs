@@ -1,0 +1,171 @@
+//! Projects.
+
+use crate::{SqlStorage, db_error, from_json, stored_name, stored_u32, to_json, with_pool};
+use chrono::{DateTime, Utc};
+use gradient_domain::model::{InputOverride, Project};
+use gradient_domain::ports::StorageError;
+use gradient_domain::ports::storage::{Projects, Result};
+use gradient_domain::{Name, OrgId, ProjectId, UserId};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+macro_rules! project_columns {
+    () => {
+        "id, org_id, name, display_name, description, repository, branch, wildcard, flake_input_overrides, \
+         keep_evaluations, poll_interval_secs, active, created_by, created_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct ProjectRow {
+    id: Uuid,
+    org_id: Uuid,
+    name: String,
+    display_name: String,
+    description: String,
+    repository: String,
+    branch: Option<String>,
+    wildcard: String,
+    flake_input_overrides: String,
+    keep_evaluations: Option<i64>,
+    poll_interval_secs: Option<i64>,
+    active: bool,
+    created_by: Uuid,
+    created_at: DateTime<Utc>,
+}
+
+impl ProjectRow {
+    fn into_project(self) -> Result<Project> {
+        Ok(Project {
+            id: ProjectId(self.id),
+            org_id: OrgId(self.org_id),
+            name: stored_name(&self.name, "project name")?,
+            display_name: self.display_name,
+            description: self.description,
+            repository: self.repository,
+            branch: self.branch,
+            wildcard: self.wildcard,
+            flake_input_overrides: from_json::<BTreeMap<String, InputOverride>>(
+                &self.flake_input_overrides,
+                "flake input overrides",
+            )?,
+            keep_evaluations: stored_u32(self.keep_evaluations, "keep_evaluations")?,
+            poll_interval_secs: stored_u32(self.poll_interval_secs, "poll_interval_secs")?,
+            active: self.active,
+            created_by: UserId(self.created_by),
+            created_at: self.created_at,
+        })
+    }
+}
+
+impl Projects for SqlStorage {
+    async fn create_project(&self, project: &Project) -> Result<()> {
+        let sql = concat!(
+            "INSERT INTO projects (",
+            project_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        let overrides = to_json(&project.flake_input_overrides)?;
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(project.id.0)
+            .bind(project.org_id.0)
+            .bind(project.name.as_str())
+            .bind(&project.display_name)
+            .bind(&project.description)
+            .bind(&project.repository)
+            .bind(project.branch.as_deref())
+            .bind(&project.wildcard)
+            .bind(&overrides)
+            .bind(project.keep_evaluations.map(i64::from))
+            .bind(project.poll_interval_secs.map(i64::from))
+            .bind(project.active)
+            .bind(project.created_by.0)
+            .bind(project.created_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn project(&self, org: OrgId, name: &Name) -> Result<Option<Project>> {
+        let sql = concat!(
+            "SELECT ",
+            project_columns!(),
+            " FROM projects WHERE org_id = $1 AND name = $2"
+        );
+        let row = with_pool!(self, |p| sqlx::query_as::<_, ProjectRow>(sql)
+            .bind(org.0)
+            .bind(name.as_str())
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(ProjectRow::into_project).transpose()
+    }
+
+    async fn project_by_id(&self, id: ProjectId) -> Result<Option<Project>> {
+        let sql = concat!(
+            "SELECT ",
+            project_columns!(),
+            " FROM projects WHERE id = $1"
+        );
+        let row = with_pool!(self, |p| sqlx::query_as::<_, ProjectRow>(sql)
+            .bind(id.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(ProjectRow::into_project).transpose()
+    }
+
+    async fn projects(&self, org: OrgId) -> Result<Vec<Project>> {
+        let sql = concat!(
+            "SELECT ",
+            project_columns!(),
+            " FROM projects WHERE org_id = $1 ORDER BY name"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, ProjectRow>(sql)
+            .bind(org.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(ProjectRow::into_project).collect()
+    }
+
+    async fn update_project(&self, project: &Project) -> Result<()> {
+        let sql = "UPDATE projects SET display_name = $2, description = $3, repository = $4, branch = $5, \
+                   wildcard = $6, flake_input_overrides = $7, keep_evaluations = $8, poll_interval_secs = $9, \
+                   active = $10 WHERE id = $1";
+        let overrides = to_json(&project.flake_input_overrides)?;
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(project.id.0)
+            .bind(&project.display_name)
+            .bind(&project.description)
+            .bind(&project.repository)
+            .bind(project.branch.as_deref())
+            .bind(&project.wildcard)
+            .bind(&overrides)
+            .bind(project.keep_evaluations.map(i64::from))
+            .bind(project.poll_interval_secs.map(i64::from))
+            .bind(project.active)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        if done == 0 {
+            Err(StorageError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete_project(&self, id: ProjectId) -> Result<bool> {
+        let sql = "DELETE FROM projects WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+}

@@ -1,0 +1,411 @@
+//! The storage contract on both engines, plus what only a SQL adapter can get wrong: data surviving a
+//! reconnect, idempotent migrations, the web pool, URL handling.
+//!
+//! PostgreSQL tests need `GRADIENT_TEST_POSTGRES_URL`: a URL of a server where the user may create databases
+//! (each test gets a fresh one).
+
+#![allow(clippy::unwrap_used)]
+
+use gradient_domain::model::{Org, User};
+use gradient_domain::ports::StorageError;
+use gradient_domain::ports::storage::{Meta, Orgs, Users};
+use gradient_domain::{Email, Name, OrgId, UserId};
+use gradient_storage_sql::{PoolSizes, SqlStorage, connect};
+use sqlx::Connection;
+use std::path::{Path, PathBuf};
+
+const POSTGRES_URL_VAR: &str = "GRADIENT_TEST_POSTGRES_URL";
+
+/// Small pools: many tests run at once.
+fn pools() -> PoolSizes {
+    PoolSizes {
+        max: 4,
+        min: 0,
+        web_max: 2,
+        web_min: 0,
+    }
+}
+
+/// A path for a new SQLite database in a temporary directory that outlives the test.
+fn sqlite_path() -> PathBuf {
+    tempfile::tempdir().unwrap().keep().join("gradient.db")
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+async fn fresh_sqlite() -> SqlStorage {
+    connect(&sqlite_url(&sqlite_path()), pools()).await.unwrap()
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{POSTGRES_URL_VAR} is not set: point it at a PostgreSQL server where the user may create databases, \
+             e.g. {POSTGRES_URL_VAR}='postgres:///postgres?host=/var/run/postgresql&user=root' \
+             (scripts set it when they run the tests)"
+        )
+    })
+}
+
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// Creates an empty database on the test server and returns its URL. Names carry the creating process's id,
+/// so databases left by test processes that have exited are dropped on the way.
+async fn create_postgres_database() -> String {
+    let admin_url = postgres_admin_url();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let stale: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'gradient_test_p%'")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    for name in stale {
+        let pid = name
+            .trim_start_matches("gradient_test_p")
+            .split('_')
+            .next()
+            .unwrap_or("");
+        let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+        if !alive && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            // Another process may be dropping it too; a failure here is harmless.
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+    let name = format!(
+        "gradient_test_p{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    with_database(&admin_url, &name)
+}
+
+async fn fresh_postgres() -> SqlStorage {
+    connect(&create_postgres_database().await, pools())
+        .await
+        .unwrap()
+}
+
+mod sqlite {
+    gradient_ports::storage_contract!(crate::fresh_sqlite);
+}
+
+mod postgres {
+    gradient_ports::storage_contract!(crate::fresh_postgres);
+}
+
+// Adapter-specific tests.
+
+fn user(username: &str) -> User {
+    User {
+        id: UserId::new(),
+        username: Name::parse(username).unwrap(),
+        name: "Alice Example".to_owned(),
+        email: Email::parse(&format!("{username}@example.com")).unwrap(),
+        password_hash: None,
+        email_verified: true,
+        created_at: gradient_domain::model::truncate_to_micros(chrono::Utc::now()),
+    }
+}
+
+fn org(name: &str, creator: UserId) -> Org {
+    Org {
+        id: OrgId::new(),
+        name: Name::parse(name).unwrap(),
+        display_name: "Example".to_owned(),
+        description: String::new(),
+        public: false,
+        created_by: creator,
+        created_at: gradient_domain::model::truncate_to_micros(chrono::Utc::now()),
+    }
+}
+
+/// Writes through one connection, closes it, reads back through a new one.
+async fn survives_reconnect(url: &str) {
+    let alice = user("alice");
+    let acme = org("acme", alice.id);
+    {
+        let s = connect(url, pools()).await.unwrap();
+        s.create_user(&alice).await.unwrap();
+        s.create_org(&acme).await.unwrap();
+        s.meta_init("check", "v1").await.unwrap();
+        s.close().await;
+    }
+    let s = connect(url, pools()).await.unwrap();
+    assert_eq!(s.user(alice.id).await.unwrap(), Some(alice.clone()));
+    assert_eq!(s.org_by_name(&acme.name).await.unwrap(), Some(acme.clone()));
+    assert_eq!(s.members(acme.id).await.unwrap().len(), 1);
+    assert_eq!(s.meta("check").await.unwrap().as_deref(), Some("v1"));
+    s.close().await;
+}
+
+/// Connecting again runs the migrations again, which must change nothing.
+async fn migrations_are_idempotent(url: &str) {
+    let first = connect(url, pools()).await.unwrap();
+    let second = connect(url, pools()).await.unwrap();
+    let bob = user("bob");
+    first.create_user(&bob).await.unwrap();
+    assert_eq!(second.user(bob.id).await.unwrap(), Some(bob));
+    first.close().await;
+    second.close().await;
+}
+
+/// The web handle uses its own pool on the same database.
+async fn web_handle_sees_the_same_data(s: SqlStorage) {
+    let web = s.for_web();
+    assert_eq!(web.backend(), s.backend());
+    let carol = user("carol");
+    s.create_user(&carol).await.unwrap();
+    assert_eq!(web.user(carol.id).await.unwrap(), Some(carol.clone()));
+    let dave = user("dave");
+    web.create_user(&dave).await.unwrap();
+    assert_eq!(
+        s.user_by_username(&dave.username).await.unwrap(),
+        Some(dave)
+    );
+}
+
+/// A row colliding on several unique rules reports the same one on both engines (and in memory): the id
+/// first, then in the order the trait lists them.
+async fn multiple_collisions_report_the_first_rule(s: SqlStorage) {
+    let conflict = |what: &str| Err(StorageError::Conflict(what.to_owned()));
+    let erin = user("erin");
+    s.create_user(&erin).await.unwrap();
+    assert_eq!(s.create_user(&erin).await, conflict("user id"));
+    assert_eq!(
+        s.create_user(&User {
+            id: UserId::new(),
+            ..erin.clone()
+        })
+        .await,
+        conflict("username")
+    );
+    let acme = org("acme", erin.id);
+    s.create_org(&acme).await.unwrap();
+    assert_eq!(s.create_org(&acme).await, conflict("org id"));
+    assert_eq!(
+        s.create_org(&Org {
+            id: OrgId::new(),
+            ..acme.clone()
+        })
+        .await,
+        conflict("org name")
+    );
+}
+
+#[tokio::test]
+async fn sqlite_data_survives_reconnect() {
+    survives_reconnect(&sqlite_url(&sqlite_path())).await;
+}
+
+#[tokio::test]
+async fn postgres_data_survives_reconnect() {
+    survives_reconnect(&create_postgres_database().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_migrations_are_idempotent() {
+    migrations_are_idempotent(&sqlite_url(&sqlite_path())).await;
+}
+
+#[tokio::test]
+async fn postgres_migrations_are_idempotent() {
+    migrations_are_idempotent(&create_postgres_database().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_web_handle_sees_the_same_data() {
+    let s = fresh_sqlite().await;
+    assert_eq!(s.backend(), "sqlite");
+    web_handle_sees_the_same_data(s).await;
+}
+
+#[tokio::test]
+async fn postgres_web_handle_sees_the_same_data() {
+    let s = fresh_postgres().await;
+    assert_eq!(s.backend(), "postgres");
+    web_handle_sees_the_same_data(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_multiple_collisions_report_the_first_rule() {
+    multiple_collisions_report_the_first_rule(fresh_sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_multiple_collisions_report_the_first_rule() {
+    multiple_collisions_report_the_first_rule(fresh_postgres().await).await;
+}
+
+/// A stored row that is no longer valid in the domain is reported, not a panic.
+async fn invalid_rows_are_unavailable(s: SqlStorage, url: &str) {
+    let frank = user("frank");
+    s.create_user(&frank).await.unwrap();
+    let sql = "UPDATE users SET username = 'Not A Name' WHERE username = 'frank'";
+    if s.backend() == "sqlite" {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    match s.user(frank.id).await {
+        Err(StorageError::Unavailable(message)) => {
+            assert!(message.contains("username"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// Many writers at once: SQLite's busy timeout makes them wait for each other instead of failing.
+async fn concurrent_writers_agree(s: SqlStorage) {
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = if i % 2 == 0 { s.clone() } else { s.for_web() };
+            tokio::spawn(async move {
+                let u = user(&format!("writer{i}"));
+                s.create_user(&u).await.unwrap();
+                s.meta_init("secret-check", &format!("value{i}"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for task in tasks {
+        values.push(task.await.unwrap());
+    }
+    values.dedup();
+    assert_eq!(
+        values.len(),
+        1,
+        "every writer reads the first value: {values:?}"
+    );
+    assert_eq!(s.meta("secret-check").await.unwrap(), values.pop());
+}
+
+#[tokio::test]
+async fn sqlite_invalid_rows_are_unavailable() {
+    let url = sqlite_url(&sqlite_path());
+    invalid_rows_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+}
+
+#[tokio::test]
+async fn postgres_invalid_rows_are_unavailable() {
+    let url = create_postgres_database().await;
+    invalid_rows_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_writers_agree() {
+    concurrent_writers_agree(fresh_sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_writers_agree() {
+    concurrent_writers_agree(fresh_postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_in_wal_mode() {
+    let path = sqlite_path();
+    let s = connect(&sqlite_url(&path), pools()).await.unwrap();
+    assert!(path.exists(), "the database file is created");
+    s.close().await;
+    let mut conn = sqlx::SqliteConnection::connect(&sqlite_url(&path))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn unknown_url_scheme_is_a_clear_error() {
+    for url in [
+        "mysql://user:secret@localhost/gradient",
+        "/var/lib/gradient/db.sqlite",
+        "",
+    ] {
+        match connect(url, PoolSizes::default()).await {
+            Err(StorageError::Unavailable(message)) => {
+                assert!(
+                    message.contains("sqlite://") && message.contains("postgres://"),
+                    "{message}"
+                );
+                assert!(
+                    !message.contains("secret"),
+                    "the URL's password is not echoed: {message}"
+                );
+            }
+            other => panic!(
+                "{url:?}: expected Unavailable, got {:?}",
+                other.map(|s| s.backend())
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable() {
+    let url = "postgres:///gradient?host=/nonexistent-socket-dir&user=nobody";
+    let result = connect(
+        url,
+        PoolSizes {
+            max: 1,
+            min: 0,
+            web_max: 1,
+            web_min: 0,
+        },
+    )
+    .await;
+    assert!(
+        matches!(result, Err(StorageError::Unavailable(_))),
+        "{:?}",
+        result.map(|s| s.backend())
+    );
+}
+
+#[test]
+fn database_name_is_replaced_in_urls() {
+    let cases = [
+        (
+            "postgres:///postgres?host=/run/postgresql&user=root",
+            "postgres:///t?host=/run/postgresql&user=root",
+        ),
+        (
+            "postgres://u:p@db:5432/postgres",
+            "postgres://u:p@db:5432/t",
+        ),
+        ("postgresql://db", "postgresql://db/t"),
+    ];
+    for (url, want) in cases {
+        assert_eq!(with_database(url, "t"), want);
+    }
+}
