@@ -24,13 +24,13 @@ ensure_rust() {
 }
 
 # Starts the distribution's PostgreSQL cluster and makes the current user a superuser on it.
-# Prints the admin URL (unix socket) on stdout.
+# Prints the admin URL (unix socket) on stdout, and nothing else there.
 ensure_postgres() {
   ensure_packages postgresql
   local ver
   ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
   [ -n "$ver" ] || die "no PostgreSQL cluster found under /etc/postgresql"
-  pg_ctlcluster "$ver" main start 2>/dev/null || true
+  pg_ctlcluster "$ver" main start >&2 2>/dev/null || true
   for _ in $(seq 1 50); do
     pg_isready -q -h /var/run/postgresql && break
     sleep 0.2
@@ -39,7 +39,7 @@ ensure_postgres() {
   local me
   me=$(id -un)
   if ! su postgres -c "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='$me'\"" | grep -q 1; then
-    su postgres -c "createuser -s $me"
+    su postgres -c "createuser -s $me" >&2
   fi
   echo "postgres:///postgres?host=/var/run/postgresql&user=$me"
 }

@@ -3,8 +3,8 @@
 
 use crate::model::{Session, Timestamp};
 use crate::{SessionId, UserId};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
@@ -61,7 +61,10 @@ pub fn generate_api_key() -> NewApiKeyToken {
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     let secret = URL_SAFE_NO_PAD.encode(secret);
-    NewApiKeyToken { hash: sha256_hex(secret.as_bytes()), token: format!("{API_KEY_PREFIX}{secret}") }
+    NewApiKeyToken {
+        hash: sha256_hex(secret.as_bytes()),
+        token: format!("{API_KEY_PREFIX}{secret}"),
+    }
 }
 
 /// The stored hash of an API key token, or `None` if it is not shaped like one.
@@ -128,7 +131,9 @@ impl TokenSigner {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).ok()?.claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .ok()?
+            .claims;
         (claims.exp > now.timestamp()).then_some(claims)
     }
 }
@@ -159,7 +164,7 @@ mod tests {
         let k = generate_api_key();
         assert!(k.token.starts_with("GRAD"));
         assert_eq!(api_key_hash(&k.token).as_deref(), Some(k.hash.as_str()));
-        assert_eq!(k.hash, sha256_hex(k.token[4..].as_bytes()));
+        assert_eq!(k.hash, sha256_hex(&k.token.as_bytes()[4..]));
         assert_eq!(k.hash.len(), 64);
         assert_eq!(api_key_hash("eyJhbGciOi"), None);
         assert_eq!(api_key_hash("GRAD"), None);

@@ -44,7 +44,9 @@ impl Crypt {
         h.update(b"gradient crypt v1\0");
         h.update(secret);
         let key: [u8; 32] = h.finalize().into();
-        Self { cipher: XChaCha20Poly1305::new(Key::from_slice(&key)) }
+        Self {
+            cipher: XChaCha20Poly1305::new(Key::from_slice(&key)),
+        }
     }
 
     pub fn seal(&self, plaintext: &[u8]) -> Sealed {
@@ -63,7 +65,9 @@ impl Crypt {
             return Err(CryptError::Malformed);
         }
         let (nonce, ct) = raw.split_at(NONCE_LEN);
-        self.cipher.decrypt(XNonce::from_slice(nonce), ct).map_err(|_| CryptError::WrongKey)
+        self.cipher
+            .decrypt(XNonce::from_slice(nonce), ct)
+            .map_err(|_| CryptError::WrongKey)
     }
 }
 

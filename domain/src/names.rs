@@ -34,7 +34,10 @@ impl Name {
             return Err(NameError::Empty { what });
         }
         if s.chars().count() > Self::MAX_LEN {
-            return Err(NameError::TooLong { what, max: Self::MAX_LEN });
+            return Err(NameError::TooLong {
+                what,
+                max: Self::MAX_LEN,
+            });
         }
         if let Some(found) = s
             .chars()

@@ -150,7 +150,11 @@ pub fn org_access(
         _ => return OrgAccess::Hidden,
     };
     if out_of_scope {
-        return if public { OrgAccess::Granted(granted) } else { OrgAccess::Hidden };
+        return if public {
+            OrgAccess::Granted(granted)
+        } else {
+            OrgAccess::Hidden
+        };
     }
     if let Some(limit) = scope.and_then(|s| s.permissions.as_ref()) {
         granted.retain(|p| limit.contains(p) || (*p == Permission::ViewOrg && public));
@@ -186,17 +190,63 @@ mod tests {
         let other = OrgId::new();
         let write = BuiltinRole::Write.permissions();
         let view_only = set(&[ViewOrg]);
-        let pinned_elsewhere = KeyScope { organization: Some(other), permissions: None };
-        let pinned_here = KeyScope { organization: Some(org), permissions: None };
-        let read_key = KeyScope { organization: None, permissions: Some(set(&[ViewOrg])) };
-        let cases: Vec<(&str, bool, Option<&PermissionSet>, Option<&KeyScope>, OrgAccess)> = vec![
+        let pinned_elsewhere = KeyScope {
+            organization: Some(other),
+            permissions: None,
+        };
+        let pinned_here = KeyScope {
+            organization: Some(org),
+            permissions: None,
+        };
+        let read_key = KeyScope {
+            organization: None,
+            permissions: Some(set(&[ViewOrg])),
+        };
+        type Case<'a> = (
+            &'a str,
+            bool,
+            Option<&'a PermissionSet>,
+            Option<&'a KeyScope>,
+            OrgAccess,
+        );
+        let cases: Vec<Case> = vec![
             ("outsider, private", false, None, None, OrgAccess::Hidden),
-            ("outsider, public", true, None, None, OrgAccess::Granted(view_only.clone())),
+            (
+                "outsider, public",
+                true,
+                None,
+                None,
+                OrgAccess::Granted(view_only.clone()),
+            ),
             ("member", false, Some(&write), None, OrgAccess::Granted(write.clone())),
-            ("member, key pinned here", false, Some(&write), Some(&pinned_here), OrgAccess::Granted(write.clone())),
-            ("member, key pinned elsewhere", false, Some(&write), Some(&pinned_elsewhere), OrgAccess::Hidden),
-            ("member of public, key pinned elsewhere", true, Some(&write), Some(&pinned_elsewhere), OrgAccess::Granted(view_only.clone())),
-            ("member, read-only key", false, Some(&write), Some(&read_key), OrgAccess::Granted(view_only.clone())),
+            (
+                "member, key pinned here",
+                false,
+                Some(&write),
+                Some(&pinned_here),
+                OrgAccess::Granted(write.clone()),
+            ),
+            (
+                "member, key pinned elsewhere",
+                false,
+                Some(&write),
+                Some(&pinned_elsewhere),
+                OrgAccess::Hidden,
+            ),
+            (
+                "member of public, key pinned elsewhere",
+                true,
+                Some(&write),
+                Some(&pinned_elsewhere),
+                OrgAccess::Granted(view_only.clone()),
+            ),
+            (
+                "member, read-only key",
+                false,
+                Some(&write),
+                Some(&read_key),
+                OrgAccess::Granted(view_only.clone()),
+            ),
         ];
         for (name, public, role, scope, want) in cases {
             assert_eq!(org_access(org, public, role, scope), want, "{name}");

@@ -60,9 +60,7 @@ impl EvaluationStatus {
     pub fn can_become(self, to: Self) -> bool {
         use EvaluationStatus::*;
         match (self, to) {
-            (Queued, Fetching) | (Fetching, Evaluating) | (Evaluating, Building) | (Building, Completed) => {
-                true
-            }
+            (Queued, Fetching) | (Fetching, Evaluating) | (Evaluating, Building) | (Building, Completed) => true,
             // An evaluation that selects nothing to build completes straight after evaluating.
             (Evaluating, Completed) => true,
             (Fetching | Evaluating | Building, Failed) => true,
@@ -77,7 +75,11 @@ impl EvaluationStatus {
         if self.can_become(to) {
             Ok(to)
         } else {
-            Err(IllegalTransition { kind: "evaluation", from: self.as_str(), to: to.as_str() })
+            Err(IllegalTransition {
+                kind: "evaluation",
+                from: self.as_str(),
+                to: to.as_str(),
+            })
         }
     }
 }
@@ -148,7 +150,11 @@ impl BuildStatus {
         if self.can_become(to) {
             Ok(to)
         } else {
-            Err(IllegalTransition { kind: "build", from: self.as_str(), to: to.as_str() })
+            Err(IllegalTransition {
+                kind: "build",
+                from: self.as_str(),
+                to: to.as_str(),
+            })
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// `target/<profile>/gradient-server`, next to this test's own executable.
@@ -13,12 +13,20 @@ pub fn server_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("gradient-server");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p gradient-server` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p gradient-server` first",
+        bin.display()
+    );
     bin
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// The admin URL of the test PostgreSQL server; `scripts/test` starts it and sets this.
@@ -32,14 +40,29 @@ pub fn fresh_postgres_database() -> String {
     let admin = postgres_admin_url();
     let name = format!("gradient_e2e_{}", uuid::Uuid::new_v4().simple());
     let (base, query) = admin.split_once('?').map_or((admin.as_str(), ""), |(b, q)| (b, q));
-    let host = query.split('&').find_map(|kv| kv.strip_prefix("host=")).unwrap_or("/var/run/postgresql");
+    let host = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("host="))
+        .unwrap_or("/var/run/postgresql");
     let status = Command::new("psql")
-        .args(["-h", host, "-d", "postgres", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .args([
+            "-h",
+            host,
+            "-d",
+            "postgres",
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
         .status()
         .expect("psql runs");
     assert!(status.success(), "CREATE DATABASE failed");
     let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
-    if query.is_empty() { format!("{prefix}/{name}") } else { format!("{prefix}/{name}?{query}") }
+    if query.is_empty() {
+        format!("{prefix}/{name}")
+    } else {
+        format!("{prefix}/{name}?{query}")
+    }
 }
 
 pub struct Server {
@@ -56,7 +79,7 @@ impl Server {
         let log = base_dir.join(format!("server-{port}.log"));
         let child = Self::spawn(base_dir, port, vars, &log);
         let url = format!("http://127.0.0.1:{port}");
-        let server = Server { url, child, log };
+        let mut server = Server { url, child, log };
         server.wait_healthy().await;
         server
     }
@@ -76,7 +99,7 @@ impl Server {
         cmd.spawn().expect("server starts")
     }
 
-    async fn wait_healthy(&self) {
+    async fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let client = reqwest::Client::new();
         loop {
@@ -86,6 +109,9 @@ impl Server {
                 return;
             }
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server exited ({status}) before becoming healthy:\n{log}");
+            }
             assert!(Instant::now() < deadline, "server did not become healthy:\n{log}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -93,7 +119,9 @@ impl Server {
 
     /// Stops the server with SIGTERM, as systemd would, and waits for it to exit.
     pub fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -140,7 +168,11 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &Server) -> Self {
-        Self { base: format!("{}/api/v1", server.url), token: None, http: reqwest::Client::new() }
+        Self {
+            base: format!("{}/api/v1", server.url),
+            token: None,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -166,9 +198,16 @@ impl Client {
     /// Registers, logs in and creates an API key; the client then uses the key.
     pub async fn register_with_key(&mut self, user: &str) -> String {
         use reqwest::Method;
-        let reg = json!({"username": user, "name": user, "email": format!("{user}@example.com"), "password": "password123"});
+        let reg =
+            json!({"username": user, "name": user, "email": format!("{user}@example.com"), "password": "password123"});
         self.ok(Method::POST, "/auth/basic/register", Some(reg)).await;
-        let jwt = self.ok(Method::POST, "/auth/basic/login", Some(json!({"loginname": user, "password": "password123"}))).await;
+        let jwt = self
+            .ok(
+                Method::POST,
+                "/auth/basic/login",
+                Some(json!({"loginname": user, "password": "password123"})),
+            )
+            .await;
         self.token = jwt.as_str().map(str::to_owned);
         let key = self.ok(Method::POST, "/user/keys", Some(json!({"name": "e2e"}))).await;
         let key = key["key"].as_str().expect("key").to_owned();

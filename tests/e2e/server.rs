@@ -8,11 +8,21 @@ use serde_json::{Value, json};
 /// What the README's curl session does: register, log in, key, org, project, cache, subscription.
 async fn set_up(c: &mut Client) {
     c.register_with_key("alice").await;
-    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme", "display_name": "ACME", "description": "CI"}))).await;
+    c.ok(
+        Method::POST,
+        "/orgs",
+        Some(json!({"name": "acme", "display_name": "ACME", "description": "CI"})),
+    )
+    .await;
     let project = json!({"name": "web", "display_name": "Web", "description": "",
         "repository": "https://git.example.com/acme/web.git", "wildcard": "packages.*.*, checks.*.*"});
     c.ok(Method::POST, "/projects/acme", Some(project)).await;
-    c.ok(Method::POST, "/caches", Some(json!({"name": "main", "display_name": "Main", "description": "", "priority": 30, "public": false}))).await;
+    c.ok(
+        Method::POST,
+        "/caches",
+        Some(json!({"name": "main", "display_name": "Main", "description": "", "priority": 30, "public": false})),
+    )
+    .await;
     c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
 }
 
@@ -24,9 +34,16 @@ async fn read_back(c: &Client) {
     assert_eq!(p["repository"], "https://git.example.com/acme/web.git");
     assert_eq!(p["wildcard"], "packages.*.*, checks.*.*");
     let cache = c.ok(Method::GET, "/caches/main", None).await;
-    assert_eq!((cache["priority"].as_i64(), cache["public"].as_bool()), (Some(30), Some(false)));
+    assert_eq!(
+        (cache["priority"].as_i64(), cache["public"].as_bool()),
+        (Some(30), Some(false))
+    );
     let subs = c.ok(Method::GET, "/orgs/acme/subscribe", None).await;
-    assert_eq!(subs.as_array().map(|a| a.iter().map(|c| c["name"].clone()).collect::<Vec<_>>()), Some(vec![json!("main")]));
+    assert_eq!(
+        subs.as_array()
+            .map(|a| a.iter().map(|c| c["name"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!("main")])
+    );
     assert_eq!(c.ok(Method::GET, "/user", None).await["username"], "alice");
 }
 
@@ -43,7 +60,13 @@ async fn survives_restart(vars: &[(&str, &str)]) {
     c2.token = c.token.clone();
     read_back(&c2).await;
     // The session secret was kept too: a login from before the restart still works.
-    let (status, _) = c2.call(Method::POST, "/auth/basic/register", Some(json!({"username": "alice", "name": "A", "email": "x@example.com", "password": "password123"}))).await;
+    let (status, _) = c2
+        .call(
+            Method::POST,
+            "/auth/basic/register",
+            Some(json!({"username": "alice", "name": "A", "email": "x@example.com", "password": "password123"})),
+        )
+        .await;
     assert_eq!(status, 409, "the user from before the restart still exists");
     server.stop();
 }
@@ -92,8 +115,14 @@ async fn first_start_generates_private_secrets_and_a_changed_crypt_secret_is_ref
     }
     let other = dir.path().join("other-crypt");
     std::fs::write(&other, "a-completely-different-crypt-secret-of-enough-length\n").expect("write");
-    let out = start_failure(dir.path(), &[("GRADIENT_CRYPT_SECRET_FILE", other.to_str().expect("path"))]);
-    assert!(out.contains("GRADIENT_CRYPT_SECRET_FILE: the crypt secret differs"), "{out}");
+    let out = start_failure(
+        dir.path(),
+        &[("GRADIENT_CRYPT_SECRET_FILE", other.to_str().expect("path"))],
+    );
+    assert!(
+        out.contains("GRADIENT_CRYPT_SECRET_FILE: the crypt secret differs"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -102,10 +131,22 @@ async fn bad_configuration_stops_start_up_with_one_line_naming_the_variable() {
     let short = dir.path().join("short");
     std::fs::write(&short, "short\n").expect("write");
     let table: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (vec![("GRADIENT_JWT_SECRET_FILE", short.to_str().expect("path"))], "GRADIENT_JWT_SECRET_FILE:"),
-        (vec![("GRADIENT_CRYPT_SECRET_FILE", "/nonexistent/crypt")], "GRADIENT_CRYPT_SECRET_FILE: cannot read"),
-        (vec![("GRADIENT_MAX_REQUEST_SIZE", "lots")], "GRADIENT_MAX_REQUEST_SIZE: invalid value 'lots'"),
-        (vec![("GRADIENT_DATABASE_URL_FILE", "/nonexistent/url")], "GRADIENT_DATABASE_URL_FILE: cannot read"),
+        (
+            vec![("GRADIENT_JWT_SECRET_FILE", short.to_str().expect("path"))],
+            "GRADIENT_JWT_SECRET_FILE:",
+        ),
+        (
+            vec![("GRADIENT_CRYPT_SECRET_FILE", "/nonexistent/crypt")],
+            "GRADIENT_CRYPT_SECRET_FILE: cannot read",
+        ),
+        (
+            vec![("GRADIENT_MAX_REQUEST_SIZE", "lots")],
+            "GRADIENT_MAX_REQUEST_SIZE: invalid value 'lots'",
+        ),
+        (
+            vec![("GRADIENT_DATABASE_URL_FILE", "/nonexistent/url")],
+            "GRADIENT_DATABASE_URL_FILE: cannot read",
+        ),
     ];
     for (vars, want) in table {
         let out = start_failure(dir.path(), &vars);

@@ -124,11 +124,7 @@ impl Caches for SqlStorage {
             .await
             .map(|r| r.rows_affected()))
         .map_err(db_error)?;
-        if done == 0 {
-            Err(StorageError::NotFound)
-        } else {
-            Ok(())
-        }
+        if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
     }
 
     async fn delete_cache(&self, id: CacheId) -> Result<bool> {
@@ -144,8 +140,7 @@ impl Caches for SqlStorage {
     }
 
     async fn subscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
-        let sql =
-            "INSERT INTO subscriptions (org_id, cache_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+        let sql = "INSERT INTO subscriptions (org_id, cache_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(org.0)
             .bind(cache.0)

@@ -20,9 +20,7 @@ mod users;
 
 use gradient_domain::ports::StorageError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -202,16 +200,8 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     ("users_username_key", "users.username", "username"),
     ("users_email_key", "users.email", "email"),
     ("orgs_name_key", "orgs.name", "org name"),
-    (
-        "roles_name_key",
-        "roles.org_id, roles.name_key",
-        "role name",
-    ),
-    (
-        "projects_name_key",
-        "projects.org_id, projects.name",
-        "project name",
-    ),
+    ("roles_name_key", "roles.org_id, roles.name_key", "role name"),
+    ("projects_name_key", "projects.org_id, projects.name", "project name"),
     ("caches_name_key", "caches.name", "cache name"),
     ("api_keys_hash_key", "api_keys.hash", "api key"),
 ];
@@ -225,9 +215,7 @@ pub(crate) fn db_error(e: sqlx::Error) -> StorageError {
                 let sqlite_columns = d.message().strip_prefix("UNIQUE constraint failed: ");
                 let what = UNIQUE_RULES
                     .iter()
-                    .find(|(pg, sqlite, _)| {
-                        d.constraint() == Some(*pg) || sqlite_columns == Some(*sqlite)
-                    })
+                    .find(|(pg, sqlite, _)| d.constraint() == Some(*pg) || sqlite_columns == Some(*sqlite))
                     .map_or("unique constraint", |(_, _, what)| *what);
                 return StorageError::Conflict(what.to_owned());
             }
@@ -255,12 +243,10 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> 
 
 /// Encodes a value as a JSON document for storage.
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value)
-        .map_err(|e| StorageError::Unavailable(format!("encoding a JSON column: {e}")))
+    serde_json::to_string(value).map_err(|e| StorageError::Unavailable(format!("encoding a JSON column: {e}")))
 }
 
 /// Converts a stored count that must fit a `u32`.
 pub(crate) fn stored_u32(v: Option<i64>, what: &str) -> Result<Option<u32>> {
-    v.map(|v| u32::try_from(v).map_err(|e| corrupt(what, e)))
-        .transpose()
+    v.map(|v| u32::try_from(v).map_err(|e| corrupt(what, e))).transpose()
 }

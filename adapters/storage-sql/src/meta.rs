@@ -28,8 +28,6 @@ impl Meta for SqlStorage {
         }
         .await)
         .map_err(db_error)?;
-        stored.ok_or_else(|| {
-            StorageError::Unavailable(format!("meta value {key:?} vanished after insert"))
-        })
+        stored.ok_or_else(|| StorageError::Unavailable(format!("meta value {key:?} vanished after insert")))
     }
 }

@@ -105,8 +105,7 @@ impl Orgs for SqlStorage {
             org_columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
         );
-        let insert_admin =
-            "INSERT INTO memberships (org_id, user_id, builtin_role) VALUES ($1, $2, $3)";
+        let insert_admin = "INSERT INTO memberships (org_id, user_id, builtin_role) VALUES ($1, $2, $3)";
         with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
             sqlx::query(insert_org)
@@ -177,11 +176,7 @@ impl Orgs for SqlStorage {
             .await
             .map(|r| r.rows_affected()))
         .map_err(db_error)?;
-        if done == 0 {
-            Err(StorageError::NotFound)
-        } else {
-            Ok(())
-        }
+        if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
     }
 
     async fn delete_org(&self, id: OrgId) -> Result<bool> {
@@ -287,8 +282,7 @@ impl Orgs for SqlStorage {
     }
 
     async fn membership(&self, org: OrgId, user: UserId) -> Result<Option<RoleRef>> {
-        let sql =
-            "SELECT builtin_role, role_id FROM memberships WHERE org_id = $1 AND user_id = $2";
+        let sql = "SELECT builtin_role, role_id FROM memberships WHERE org_id = $1 AND user_id = $2";
         let row = with_pool!(self, |p| {
             sqlx::query_as::<_, (Option<String>, Option<Uuid>)>(sql)
                 .bind(org.0)
@@ -315,9 +309,7 @@ impl Orgs for SqlStorage {
                 let role = role_ref(r.builtin_role.as_deref(), r.role_id)?;
                 let role_name = match &role {
                     RoleRef::Builtin(b) => b.as_str().to_owned(),
-                    RoleRef::Custom(_) => r
-                        .role_name
-                        .ok_or_else(|| corrupt("membership", "role missing"))?,
+                    RoleRef::Custom(_) => r.role_name.ok_or_else(|| corrupt("membership", "role missing"))?,
                 };
                 Ok(Member {
                     user_id: UserId(r.user_id),

@@ -104,11 +104,7 @@ impl Projects for SqlStorage {
     }
 
     async fn project_by_id(&self, id: ProjectId) -> Result<Option<Project>> {
-        let sql = concat!(
-            "SELECT ",
-            project_columns!(),
-            " FROM projects WHERE id = $1"
-        );
+        let sql = concat!("SELECT ", project_columns!(), " FROM projects WHERE id = $1");
         let row = with_pool!(self, |p| sqlx::query_as::<_, ProjectRow>(sql)
             .bind(id.0)
             .fetch_optional(p)
@@ -151,11 +147,7 @@ impl Projects for SqlStorage {
             .await
             .map(|r| r.rows_affected()))
         .map_err(db_error)?;
-        if done == 0 {
-            Err(StorageError::NotFound)
-        } else {
-            Ok(())
-        }
+        if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
     }
 
     async fn delete_project(&self, id: ProjectId) -> Result<bool> {

@@ -111,11 +111,7 @@ impl Users for SqlStorage {
     }
 
     async fn user_by_username(&self, username: &Name) -> Result<Option<User>> {
-        let sql = concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE username = $1"
-        );
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE username = $1");
         let row = with_pool!(self, |p| sqlx::query_as::<_, UserRow>(sql)
             .bind(username.as_str())
             .fetch_optional(p)
@@ -135,8 +131,7 @@ impl Users for SqlStorage {
     }
 
     async fn create_session(&self, session: &Session) -> Result<()> {
-        let sql =
-            "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)";
+        let sql = "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)";
         with_pool!(self, |p| sqlx::query(sql)
             .bind(session.id.0)
             .bind(session.user_id.0)
@@ -212,11 +207,7 @@ impl Users for SqlStorage {
     }
 
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
-        let sql = concat!(
-            "SELECT ",
-            api_key_columns!(),
-            " FROM api_keys WHERE hash = $1"
-        );
+        let sql = concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE hash = $1");
         let row = with_pool!(self, |p| sqlx::query_as::<_, ApiKeyRow>(sql)
             .bind(hash)
             .fetch_optional(p)

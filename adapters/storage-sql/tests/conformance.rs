@@ -51,9 +51,7 @@ fn postgres_admin_url() -> String {
 
 /// `url` with its database name replaced by `database`.
 fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let authority_start = base.find("://").map_or(0, |i| i + 3);
     let server = match base[authority_start..].find('/') {
         Some(slash) => &base[..authority_start + slash],
@@ -105,9 +103,7 @@ async fn create_postgres_database() -> String {
 }
 
 async fn fresh_postgres() -> SqlStorage {
-    connect(&create_postgres_database().await, pools())
-        .await
-        .unwrap()
+    connect(&create_postgres_database().await, pools()).await.unwrap()
 }
 
 mod sqlite {
@@ -183,10 +179,7 @@ async fn web_handle_sees_the_same_data(s: SqlStorage) {
     assert_eq!(web.user(carol.id).await.unwrap(), Some(carol.clone()));
     let dave = user("dave");
     web.create_user(&dave).await.unwrap();
-    assert_eq!(
-        s.user_by_username(&dave.username).await.unwrap(),
-        Some(dave)
-    );
+    assert_eq!(s.user_by_username(&dave.username).await.unwrap(), Some(dave));
 }
 
 /// A row colliding on several unique rules reports the same one on both engines (and in memory): the id
@@ -289,9 +282,7 @@ async fn concurrent_writers_agree(s: SqlStorage) {
             tokio::spawn(async move {
                 let u = user(&format!("writer{i}"));
                 s.create_user(&u).await.unwrap();
-                s.meta_init("secret-check", &format!("value{i}"))
-                    .await
-                    .unwrap()
+                s.meta_init("secret-check", &format!("value{i}")).await.unwrap()
             })
         })
         .collect();
@@ -300,11 +291,7 @@ async fn concurrent_writers_agree(s: SqlStorage) {
         values.push(task.await.unwrap());
     }
     values.dedup();
-    assert_eq!(
-        values.len(),
-        1,
-        "every writer reads the first value: {values:?}"
-    );
+    assert_eq!(values.len(), 1, "every writer reads the first value: {values:?}");
     assert_eq!(s.meta("secret-check").await.unwrap(), values.pop());
 }
 
@@ -336,9 +323,7 @@ async fn sqlite_file_is_created_in_wal_mode() {
     let s = connect(&sqlite_url(&path), pools()).await.unwrap();
     assert!(path.exists(), "the database file is created");
     s.close().await;
-    let mut conn = sqlx::SqliteConnection::connect(&sqlite_url(&path))
-        .await
-        .unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&sqlite_url(&path)).await.unwrap();
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -364,10 +349,7 @@ async fn unknown_url_scheme_is_a_clear_error() {
                     "the URL's password is not echoed: {message}"
                 );
             }
-            other => panic!(
-                "{url:?}: expected Unavailable, got {:?}",
-                other.map(|s| s.backend())
-            ),
+            other => panic!("{url:?}: expected Unavailable, got {:?}", other.map(|s| s.backend())),
         }
     }
 }
@@ -399,10 +381,7 @@ fn database_name_is_replaced_in_urls() {
             "postgres:///postgres?host=/run/postgresql&user=root",
             "postgres:///t?host=/run/postgresql&user=root",
         ),
-        (
-            "postgres://u:p@db:5432/postgres",
-            "postgres://u:p@db:5432/t",
-        ),
+        ("postgres://u:p@db:5432/postgres", "postgres://u:p@db:5432/t"),
         ("postgresql://db", "postgresql://db/t"),
     ];
     for (url, want) in cases {

@@ -17,7 +17,10 @@ pub struct ConfigError {
 }
 
 fn err(var: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { var: var.to_owned(), problem: problem.into() }
+    ConfigError {
+        var: var.to_owned(),
+        problem: problem.into(),
+    }
 }
 
 /// Turns an option path into its environment variable (the naming rule above).
@@ -157,16 +160,19 @@ impl Env<'_> {
     fn parse<T: std::str::FromStr>(&self, option: &str, default: T, expected: &str) -> Result<T, ConfigError> {
         match self.raw(option) {
             (_, None) => Ok(default),
-            (var, Some(v)) => v.parse().map_err(|_| err(&var, format!("invalid value '{v}': expected {expected}"))),
+            (var, Some(v)) => v
+                .parse()
+                .map_err(|_| err(&var, format!("invalid value '{v}': expected {expected}"))),
         }
     }
 
     fn parse_opt<T: std::str::FromStr>(&self, option: &str, expected: &str) -> Result<Option<T>, ConfigError> {
         match self.raw(option) {
             (_, None) => Ok(None),
-            (var, Some(v)) => {
-                v.parse().map(Some).map_err(|_| err(&var, format!("invalid value '{v}': expected {expected}")))
-            }
+            (var, Some(v)) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| err(&var, format!("invalid value '{v}': expected {expected}"))),
         }
     }
 
@@ -191,7 +197,10 @@ impl Env<'_> {
                 "warn" => Ok(Some(LogLevel::Warn)),
                 "error" => Ok(Some(LogLevel::Error)),
                 "null" => Ok(None),
-                _ => Err(err(&var, format!("invalid value '{v}': expected trace, debug, info, warn or error"))),
+                _ => Err(err(
+                    &var,
+                    format!("invalid value '{v}': expected trace, debug, info, warn or error"),
+                )),
             },
         }
     }
@@ -223,15 +232,24 @@ impl Config {
         let e = Env(vars);
         let port: u16 = e.parse("port", 3000, "a port number (1-65535)")?;
         if port == 0 {
-            return Err(err(&env_name("port"), "invalid value '0': expected a port number (1-65535)"));
+            return Err(err(
+                &env_name("port"),
+                "invalid value '0': expected a port number (1-65535)",
+            ));
         }
         let max = e.parse("databaseMaxConnections", 32u32, "a number of connections")?;
         let min = e.parse("databaseMinConnections", 2u32, "a number of connections")?;
         let web_max = e.parse("databaseWebMaxConnections", 16u32, "a number of connections")?;
         let web_min = e.parse("databaseWebMinConnections", 1u32, "a number of connections")?;
-        for (opt, lo, hi) in [("databaseMaxConnections", min, max), ("databaseWebMaxConnections", web_min, web_max)] {
+        for (opt, lo, hi) in [
+            ("databaseMaxConnections", min, max),
+            ("databaseWebMaxConnections", web_min, web_max),
+        ] {
             if hi == 0 || lo > hi {
-                return Err(err(&env_name(opt), format!("must be at least 1 and at least the minimum ({lo})")));
+                return Err(err(
+                    &env_name(opt),
+                    format!("must be at least 1 and at least the minimum ({lo})"),
+                ));
             }
         }
         let database_url = e.string("databaseUrl");
@@ -250,7 +268,12 @@ impl Config {
             discovery_url: e.string("oidc.discoveryUrl"),
             scopes: e
                 .string("oidc.scopes")
-                .map(|s| s.split([',', ' ']).filter(|x| !x.is_empty()).map(str::to_owned).collect())
+                .map(|s| {
+                    s.split([',', ' '])
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]),
             icon_url: e.string("oidc.iconUrl"),
         };
@@ -320,8 +343,8 @@ impl Config {
     pub fn resolve_database_url(&self) -> Result<String, ConfigError> {
         if let Some(file) = &self.database_url_file {
             let var = env_name("databaseUrlFile");
-            let url = std::fs::read_to_string(file)
-                .map_err(|e| err(&var, format!("cannot read {}: {e}", file.display())))?;
+            let url =
+                std::fs::read_to_string(file).map_err(|e| err(&var, format!("cannot read {}: {e}", file.display())))?;
             let url = url.trim().to_owned();
             check_database_url(&var, &url)?;
             return Ok(url);
@@ -334,7 +357,10 @@ impl Config {
 }
 
 fn check_database_url(var: &str, url: &str) -> Result<(), ConfigError> {
-    if ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| url.starts_with(p)) {
+    if ["sqlite://", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+    {
         Ok(())
     } else {
         Err(err(var, "expected a sqlite://, postgres:// or postgresql:// URL"))
@@ -357,7 +383,10 @@ pub fn load_or_generate_secret(
         Some(p) => (p.to_path_buf(), None),
         None => {
             let p = base_dir.join(default_name);
-            let warning = format!("{var} is not set; using the secret in {} (generated on first start)", p.display());
+            let warning = format!(
+                "{var} is not set; using the secret in {} (generated on first start)",
+                p.display()
+            );
             if !p.exists() {
                 write_new_secret(&p).map_err(|e| err(&var, format!("cannot create {}: {e}", p.display())))?;
             }
@@ -366,7 +395,10 @@ pub fn load_or_generate_secret(
     };
     let bytes = std::fs::read(&path).map_err(|e| err(&var, format!("cannot read {}: {e}", path.display())))?;
     if bytes.trim_ascii().len() < MIN_SECRET_LEN {
-        return Err(err(&var, format!("{} holds fewer than {MIN_SECRET_LEN} bytes", path.display())));
+        return Err(err(
+            &var,
+            format!("{} holds fewer than {MIN_SECRET_LEN} bytes", path.display()),
+        ));
     }
     Ok((bytes, warning))
 }
@@ -378,7 +410,11 @@ fn write_new_secret(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut raw = [0u8; 48];
     rand::rngs::OsRng.fill_bytes(&mut raw);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     writeln!(f, "{}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
@@ -416,16 +452,24 @@ mod tests {
         assert_eq!(c.base_dir, PathBuf::from("/var/lib/gradient"));
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1");
         assert_eq!(c.port, 3000);
+        assert_eq!((c.database_max_connections, c.database_min_connections), (32, 2));
         assert_eq!(
-            (c.database_max_connections, c.database_min_connections),
-            (32, 2)
+            (c.database_web_max_connections, c.database_web_min_connections),
+            (16, 1)
         );
-        assert_eq!((c.database_web_max_connections, c.database_web_min_connections), (16, 1));
         assert!(c.discoverable && c.enable_registration && c.delete_state && !c.report_errors);
         assert_eq!(c.max_proto_connections, 256);
         assert_eq!(c.keep_evaluations, 5);
         assert_eq!(c.max_request_size, 2_097_152);
-        assert_eq!(c.log_level, LogLevels { default: LogLevel::Info, cache: None, web: None, proto: None });
+        assert_eq!(
+            c.log_level,
+            LogLevels {
+                default: LogLevel::Info,
+                cache: None,
+                web: None,
+                proto: None
+            }
+        );
         assert_eq!(c.cache_ttl_hours, 336);
         assert_eq!(c.nar_storage_open_timeout_secs, 60);
         assert_eq!(c.nar_send_chunk_timeout_secs, 30);
@@ -434,7 +478,10 @@ mod tests {
         let show = |v: &Vec<IpNet>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(show(&c.trusted_proxies), ["127.0.0.1/32", "::1/128"]);
         assert_eq!(show(&c.local_ips), ["10.0.0.0/8"]);
-        assert_eq!(c.resolve_database_url().unwrap(), "sqlite:///var/lib/gradient/gradient.db");
+        assert_eq!(
+            c.resolve_database_url().unwrap(),
+            "sqlite:///var/lib/gradient/gradient.db"
+        );
     }
 
     #[test]
@@ -463,13 +510,37 @@ mod tests {
         let table = [
             ("GRADIENT_PORT", "abc", "GRADIENT_PORT: invalid value 'abc'"),
             ("GRADIENT_PORT", "0", "GRADIENT_PORT: invalid value '0'"),
-            ("GRADIENT_LISTEN_ADDR", "localhost", "GRADIENT_LISTEN_ADDR: invalid value"),
-            ("GRADIENT_ENABLE_REGISTRATION", "maybe", "GRADIENT_ENABLE_REGISTRATION: invalid value 'maybe'"),
-            ("GRADIENT_LOG_LEVEL_DEFAULT", "loud", "GRADIENT_LOG_LEVEL_DEFAULT: invalid value"),
-            ("GRADIENT_TRUSTED_PROXIES", "10.0.0.0/99", "GRADIENT_TRUSTED_PROXIES: invalid value"),
+            (
+                "GRADIENT_LISTEN_ADDR",
+                "localhost",
+                "GRADIENT_LISTEN_ADDR: invalid value",
+            ),
+            (
+                "GRADIENT_ENABLE_REGISTRATION",
+                "maybe",
+                "GRADIENT_ENABLE_REGISTRATION: invalid value 'maybe'",
+            ),
+            (
+                "GRADIENT_LOG_LEVEL_DEFAULT",
+                "loud",
+                "GRADIENT_LOG_LEVEL_DEFAULT: invalid value",
+            ),
+            (
+                "GRADIENT_TRUSTED_PROXIES",
+                "10.0.0.0/99",
+                "GRADIENT_TRUSTED_PROXIES: invalid value",
+            ),
             ("GRADIENT_DATABASE_URL", "mysql://x", "GRADIENT_DATABASE_URL: expected"),
-            ("GRADIENT_DATABASE_MAX_CONNECTIONS", "0", "GRADIENT_DATABASE_MAX_CONNECTIONS: must be"),
-            ("GRADIENT_MAX_REQUEST_SIZE", "-1", "GRADIENT_MAX_REQUEST_SIZE: invalid value"),
+            (
+                "GRADIENT_DATABASE_MAX_CONNECTIONS",
+                "0",
+                "GRADIENT_DATABASE_MAX_CONNECTIONS: must be",
+            ),
+            (
+                "GRADIENT_MAX_REQUEST_SIZE",
+                "-1",
+                "GRADIENT_MAX_REQUEST_SIZE: invalid value",
+            ),
         ];
         for (var, value, want) in table {
             let e = Config::from_vars(&vars(&[(var, value)])).unwrap_err().to_string();
@@ -484,7 +555,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, warn) = load_or_generate_secret("jwtSecretFile", None, dir.path(), "jwt-secret").unwrap();
         assert!(warn.unwrap().starts_with("GRADIENT_JWT_SECRET_FILE is not set"));
-        let mode = std::fs::metadata(dir.path().join("jwt-secret")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("jwt-secret"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (b, _) = load_or_generate_secret("jwtSecretFile", None, dir.path(), "jwt-secret").unwrap();
         assert_eq!(a, b, "the generated secret is reused on the next start");

@@ -48,7 +48,10 @@ async fn limit_body<E: Endpoint>(ep: std::sync::Arc<E>, mut req: Request, max: u
     }
     let body = req.take_body().into_bytes_limit(max).await.map_err(|e| match e {
         poem::error::ReadBodyError::PayloadTooLarge => too_large(),
-        other => poem::Error::from_string(format!("cannot read the request body: {other}"), StatusCode::BAD_REQUEST),
+        other => poem::Error::from_string(
+            format!("cannot read the request body: {other}"),
+            StatusCode::BAD_REQUEST,
+        ),
     })?;
     req.set_body(body);
     Ok(ep.call(req).await?.into_response())
@@ -58,12 +61,18 @@ async fn limit_body<E: Endpoint>(ep: std::sync::Arc<E>, mut req: Request, max: u
 /// `gradient::proto`).
 pub fn init_logging(levels: &LogLevels) {
     let mut filter = format!("{},sqlx=warn", levels.default.as_str());
-    for (target, level) in [("gradient::web", levels.web), ("gradient::cache", levels.cache), ("gradient::proto", levels.proto)] {
+    for (target, level) in [
+        ("gradient::web", levels.web),
+        ("gradient::cache", levels.cache),
+        ("gradient::proto", levels.proto),
+    ] {
         if let Some(l) = level {
             filter.push_str(&format!(",{target}={}", l.as_str()));
         }
     }
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .try_init();
 }
 
 /// Everything that can stop the server from starting; each is one line for the operator.
@@ -105,14 +114,22 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         web_max: config.database_web_max_connections,
         web_min: config.database_web_min_connections,
     };
-    let storage = gradient_storage_sql::connect(&url, pools).await.map_err(|e| StartError::Database(e.to_string()))?;
+    let storage = gradient_storage_sql::connect(&url, pools)
+        .await
+        .map_err(|e| StartError::Database(e.to_string()))?;
     tracing::info!("database: {} ({})", storage.backend(), redact(&url));
     let settings = Settings {
         enable_registration: config.enable_registration,
         oidc_required: config.oidc.enable && config.oidc.required,
         ..Settings::default()
     };
-    let app = Gradient::new(storage.for_web(), SystemClock, TokenSigner::new(&jwt), Crypt::from_secret(&crypt), settings);
+    let app = Gradient::new(
+        storage.for_web(),
+        SystemClock,
+        TokenSigner::new(&jwt),
+        Crypt::from_secret(&crypt),
+        settings,
+    );
     app.check_crypt_secret().await.map_err(|e| match e {
         gradient_domain::service::ServiceError::Internal(m) => StartError::Config(ConfigError {
             var: config::env_name("cryptSecretFile"),
@@ -145,12 +162,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let addr = std::net::SocketAddr::new(config.listen_addr, config.port);
     let acceptor = poem::listener::Listener::into_acceptor(TcpListener::bind(addr))
         .await
-        .map_err(|source| StartError::Listen { addr: addr.to_string(), source })?;
+        .map_err(|source| StartError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
     tracing::info!("Gradient {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
     poem::Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), shutdown_signal(), Some(std::time::Duration::from_secs(10)))
         .await
-        .map_err(|source| StartError::Listen { addr: addr.to_string(), source })
+        .map_err(|source| StartError::Listen {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 async fn shutdown_signal() {
@@ -170,6 +193,9 @@ mod tests {
     #[test]
     fn redacts_passwords() {
         assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(super::redact("sqlite:///var/lib/gradient/gradient.db"), "sqlite:///var/lib/gradient/gradient.db");
+        assert_eq!(
+            super::redact("sqlite:///var/lib/gradient/gradient.db"),
+            "sqlite:///var/lib/gradient/gradient.db"
+        );
     }
 }

@@ -21,7 +21,10 @@ async fn server_with(vars: &[(&str, &str)]) -> Server {
     let config = Config::from_vars(&env).expect("config");
     let state = gradient_server::build_state(&config).await.expect("state");
     let ep = gradient_server::app(state).boxed();
-    Server { client: TestClient::new(ep), _dir: dir }
+    Server {
+        client: TestClient::new(ep),
+        _dir: dir,
+    }
 }
 
 async fn server() -> Server {
@@ -62,10 +65,15 @@ impl Server {
 
     /// Registers and logs in; returns the session token.
     async fn user(&self, name: &str) -> String {
-        let body = json!({"username": name, "name": name, "email": format!("{name}@example.com"), "password": "password123"});
+        let body =
+            json!({"username": name, "name": name, "email": format!("{name}@example.com"), "password": "password123"});
         self.ok(Method::POST, "/auth/basic/register", None, Some(body)).await;
         let login = json!({"loginname": name, "password": "password123"});
-        self.ok(Method::POST, "/auth/basic/login", None, Some(login)).await.as_str().expect("token").to_owned()
+        self.ok(Method::POST, "/auth/basic/login", None, Some(login))
+            .await
+            .as_str()
+            .expect("token")
+            .to_owned()
     }
 }
 
@@ -86,34 +94,57 @@ async fn a_user_sets_up_org_project_cache_and_reads_them_back_with_a_key() {
     assert_eq!(me["username"], "alice");
     assert_eq!(me["email"], "alice@example.com");
 
-    let key = s.ok(Method::POST, "/user/keys", Some(&token), Some(json!({"name": "ci"}))).await;
+    let key = s
+        .ok(Method::POST, "/user/keys", Some(&token), Some(json!({"name": "ci"})))
+        .await;
     let key = key["key"].as_str().expect("key").to_owned();
     assert!(key.starts_with("GRAD"));
 
-    s.ok(Method::POST, "/orgs", Some(&key), Some(json!({"name": "acme", "display_name": "ACME", "description": "d"}))).await;
+    s.ok(
+        Method::POST,
+        "/orgs",
+        Some(&key),
+        Some(json!({"name": "acme", "display_name": "ACME", "description": "d"})),
+    )
+    .await;
     let project = json!({"name": "web", "display_name": "Web", "description": "site",
         "repository": "https://git.example.com/acme/web.git", "wildcard": "packages.*.*",
         "flake_input_overrides": {"nixpkgs": {"url": "github:NixOS/nixpkgs/nixos-unstable"}, "utils": {"keep_url": true}}});
     s.ok(Method::POST, "/projects/acme", Some(&key), Some(project)).await;
-    s.ok(Method::POST, "/caches", Some(&key), Some(json!({"name": "main", "display_name": "Main", "description": "", "priority": 40, "public": false}))).await;
+    s.ok(
+        Method::POST,
+        "/caches",
+        Some(&key),
+        Some(json!({"name": "main", "display_name": "Main", "description": "", "priority": 40, "public": false})),
+    )
+    .await;
     s.ok(Method::POST, "/orgs/acme/subscribe/main", Some(&key), None).await;
 
     let orgs = s.ok(Method::GET, "/orgs", Some(&key), None).await;
     assert_eq!(orgs.as_array().map(Vec::len), Some(1));
     assert_eq!(orgs[0]["name"], "acme");
-    assert_eq!(orgs[0]["public"], false, "organizations are private unless created public");
+    assert_eq!(
+        orgs[0]["public"], false,
+        "organizations are private unless created public"
+    );
     let p = s.ok(Method::GET, "/projects/acme/web", Some(&key), None).await;
     assert_eq!(p["repository"], "https://git.example.com/acme/web.git");
     assert_eq!(p["wildcard"], "packages.*.*");
     assert_eq!(p["active"], true);
-    assert_eq!(p["flake_input_overrides"]["nixpkgs"]["url"], "github:NixOS/nixpkgs/nixos-unstable");
+    assert_eq!(
+        p["flake_input_overrides"]["nixpkgs"]["url"],
+        "github:NixOS/nixpkgs/nixos-unstable"
+    );
     assert_eq!(p["flake_input_overrides"]["utils"]["keep_url"], true);
     let c = s.ok(Method::GET, "/caches/main", Some(&key), None).await;
     assert_eq!((c["priority"].as_i64(), c["public"].as_bool()), (Some(40), Some(false)));
     let subs = s.ok(Method::GET, "/orgs/acme/subscribe", Some(&key), None).await;
     assert_eq!(subs[0]["name"], "main");
     let members = s.ok(Method::GET, "/orgs/acme/users", Some(&key), None).await;
-    assert_eq!(members, json!([{"user_id": me["id"], "username": "alice", "role": "Admin"}]));
+    assert_eq!(
+        members,
+        json!([{"user_id": me["id"], "username": "alice", "role": "Admin"}])
+    );
 
     let keys = s.ok(Method::GET, "/user/keys", Some(&token), None).await;
     assert_eq!(keys[0]["name"], "ci");
@@ -124,10 +155,19 @@ async fn a_user_sets_up_org_project_cache_and_reads_them_back_with_a_key() {
 async fn login_accepts_email_and_rejects_wrong_passwords() {
     let s = server().await;
     s.user("bob").await;
-    let t = s.ok(Method::POST, "/auth/basic/login", None, Some(json!({"loginname": "BOB@example.com", "password": "password123"}))).await;
+    let t = s
+        .ok(
+            Method::POST,
+            "/auth/basic/login",
+            None,
+            Some(json!({"loginname": "BOB@example.com", "password": "password123"})),
+        )
+        .await;
     assert!(t.as_str().is_some_and(|t| t.split('.').count() == 3), "a JWT: {t}");
     for (login, pw) in [("bob", "wrong-password"), ("nobody", "password123"), ("", "")] {
-        let r = s.post("/auth/basic/login", None, json!({"loginname": login, "password": pw})).await;
+        let r = s
+            .post("/auth/basic/login", None, json!({"loginname": login, "password": pw}))
+            .await;
         assert_err(r, StatusCode::UNAUTHORIZED, "invalid_credentials");
     }
 }
@@ -136,18 +176,45 @@ async fn login_accepts_email_and_rejects_wrong_passwords() {
 async fn logout_revokes_the_session_and_deleted_keys_stop_working() {
     let s = server().await;
     let token = s.user("carol").await;
-    let key = s.ok(Method::POST, "/user/keys", Some(&token), Some(json!({"name": "k"}))).await;
-    let (id, key) = (key["id"].as_str().expect("id").to_owned(), key["key"].as_str().expect("key").to_owned());
+    let key = s
+        .ok(Method::POST, "/user/keys", Some(&token), Some(json!({"name": "k"})))
+        .await;
+    let (id, key) = (
+        key["id"].as_str().expect("id").to_owned(),
+        key["key"].as_str().expect("key").to_owned(),
+    );
     s.ok(Method::GET, "/user", Some(&key), None).await;
-    s.ok(Method::DELETE, &format!("/user/keys/{id}"), Some(&token), None).await;
-    assert_err(s.get("/user", Some(&key)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    assert_err(s.call(Method::DELETE, &format!("/user/keys/{id}"), Some(&token), None).await, StatusCode::NOT_FOUND, "not_found");
+    s.ok(Method::DELETE, &format!("/user/keys/{id}"), Some(&token), None)
+        .await;
+    assert_err(
+        s.get("/user", Some(&key)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_err(
+        s.call(Method::DELETE, &format!("/user/keys/{id}"), Some(&token), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 
     s.ok(Method::POST, "/auth/logout", Some(&token), None).await;
-    assert_err(s.get("/user", Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_err(
+        s.get("/user", Some(&token)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
     // A revoked or forged token is refused even where anonymous callers are welcome.
-    assert_err(s.get("/orgs", Some(&token)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
-    assert_err(s.get("/orgs", Some("not-a-token")).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_err(
+        s.get("/orgs", Some(&token)).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    assert_err(
+        s.get("/orgs", Some("not-a-token")).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
     assert_err(s.get("/user", None).await, StatusCode::UNAUTHORIZED, "unauthenticated");
 }
 
@@ -155,8 +222,15 @@ async fn logout_revokes_the_session_and_deleted_keys_stop_working() {
 async fn registration_can_be_disabled() {
     let s = server_with(&[("GRADIENT_ENABLE_REGISTRATION", "false")]).await;
     let body = json!({"username": "dave", "name": "Dave", "email": "dave@example.com", "password": "password123"});
-    assert_err(s.post("/auth/basic/register", None, body).await, StatusCode::FORBIDDEN, "registration_disabled");
-    assert_eq!(s.ok(Method::GET, "/config", None, None).await["registration_enabled"], false);
+    assert_err(
+        s.post("/auth/basic/register", None, body).await,
+        StatusCode::FORBIDDEN,
+        "registration_disabled",
+    );
+    assert_eq!(
+        s.ok(Method::GET, "/config", None, None).await["registration_enabled"],
+        false
+    );
 }
 
 #[tokio::test]
@@ -164,14 +238,61 @@ async fn registration_validates_and_refuses_duplicates_without_writing() {
     let s = server().await;
     s.user("erin").await;
     let reg = |u: &str, e: &str, p: &str| json!({"username": u, "name": "X", "email": e, "password": p});
-    assert_err(s.post("/auth/basic/register", None, reg("erin", "other@example.com", "password123")).await, StatusCode::CONFLICT, "username_taken");
-    assert_err(s.post("/auth/basic/register", None, reg("erin2", "ERIN@example.com", "password123")).await, StatusCode::CONFLICT, "email_taken");
-    assert_err(s.post("/auth/basic/register", None, reg("Erin Two", "e2@example.com", "password123")).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_name");
-    assert_err(s.post("/auth/basic/register", None, reg("erin3", "not-an-email", "password123")).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_email");
-    assert_err(s.post("/auth/basic/register", None, reg("erin4", "e4@example.com", "short")).await, StatusCode::UNPROCESSABLE_ENTITY, "weak_password");
+    assert_err(
+        s.post(
+            "/auth/basic/register",
+            None,
+            reg("erin", "other@example.com", "password123"),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "username_taken",
+    );
+    assert_err(
+        s.post(
+            "/auth/basic/register",
+            None,
+            reg("erin2", "ERIN@example.com", "password123"),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "email_taken",
+    );
+    assert_err(
+        s.post(
+            "/auth/basic/register",
+            None,
+            reg("Erin Two", "e2@example.com", "password123"),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_name",
+    );
+    assert_err(
+        s.post(
+            "/auth/basic/register",
+            None,
+            reg("erin3", "not-an-email", "password123"),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_email",
+    );
+    assert_err(
+        s.post("/auth/basic/register", None, reg("erin4", "e4@example.com", "short"))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "weak_password",
+    );
     // None of the refused registrations can log in.
     for u in ["erin2", "erin3", "erin4"] {
-        let r = s.post("/auth/basic/login", None, json!({"loginname": u, "password": "password123"})).await;
+        let r = s
+            .post(
+                "/auth/basic/login",
+                None,
+                json!({"loginname": u, "password": "password123"}),
+            )
+            .await;
         assert_err(r, StatusCode::UNAUTHORIZED, "invalid_credentials");
     }
 }
@@ -190,14 +311,29 @@ async fn malformed_and_oversized_requests_are_refused_with_json_errors() {
         .await;
     resp.assert_status(StatusCode::BAD_REQUEST);
     let v: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("body")).expect("json");
-    assert_eq!((v["error"].as_bool(), v["code"].as_str()), (Some(true), Some("bad_request")));
+    assert_eq!(
+        (v["error"].as_bool(), v["code"].as_str()),
+        (Some(true), Some("bad_request"))
+    );
 
-    assert_err(s.post("/orgs", Some(&token), json!({"display_name": "no name"})).await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_err(
+        s.post("/orgs", Some(&token), json!({"display_name": "no name"})).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
     let big = json!({"name": "big", "description": "x".repeat(4096)});
-    assert_err(s.post("/orgs", Some(&token), big).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_err(
+        s.post("/orgs", Some(&token), big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
 
     // Without a Content-Length (a streamed body) the limit holds too.
-    let stream = futures_stream(vec![b"{\"name\": \"big\", \"description\": \"".to_vec(), vec![b'x'; 4096], b"\"}".to_vec()]);
+    let stream = futures_stream(vec![
+        b"{\"name\": \"big\", \"description\": \"".to_vec(),
+        vec![b'x'; 4096],
+        b"\"}".to_vec(),
+    ]);
     let resp = s
         .client
         .post("/api/v1/orgs")
@@ -207,14 +343,33 @@ async fn malformed_and_oversized_requests_are_refused_with_json_errors() {
         .send()
         .await;
     resp.assert_status(StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(s.ok(Method::GET, "/orgs", Some(&token), None).await, json!([]), "nothing was created");
+    assert_eq!(
+        s.ok(Method::GET, "/orgs", Some(&token), None).await,
+        json!([]),
+        "nothing was created"
+    );
 
-    assert_err(s.get("/no/such/endpoint", None).await, StatusCode::NOT_FOUND, "not_found");
-    assert_err(s.get("/user/keys/not-a-uuid", Some(&token)).await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    assert_err(s.call(Method::DELETE, "/user/keys/not-a-uuid", Some(&token), None).await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_err(
+        s.get("/no/such/endpoint", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_err(
+        s.get("/user/keys/not-a-uuid", Some(&token)).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+    assert_err(
+        s.call(Method::DELETE, "/user/keys/not-a-uuid", Some(&token), None)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
 }
 
-fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+fn futures_stream(
+    chunks: Vec<Vec<u8>>,
+) -> impl futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     tokio_stream::iter(chunks.into_iter().map(|c| Ok(bytes::Bytes::from(c))))
 }
 
@@ -224,32 +379,87 @@ async fn names_are_validated_and_duplicates_conflict_without_half_writes() {
     let t = s.user("grace").await;
     let t = Some(t.as_str());
     for bad in ["Acme", "has space", "", "-dash", &"a".repeat(65)] {
-        assert_err(s.post("/orgs", t, json!({"name": bad})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_name");
-        assert_err(s.post("/caches", t, json!({"name": bad})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_name");
+        assert_err(
+            s.post("/orgs", t, json!({"name": bad})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+        );
+        assert_err(
+            s.post("/caches", t, json!({"name": bad})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+        );
     }
     s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
-    assert_err(s.post("/orgs", t, json!({"name": "acme", "display_name": "Second"})).await, StatusCode::CONFLICT, "name_taken");
+    assert_err(
+        s.post("/orgs", t, json!({"name": "acme", "display_name": "Second"}))
+            .await,
+        StatusCode::CONFLICT,
+        "name_taken",
+    );
     let org = s.ok(Method::GET, "/orgs/acme", t, None).await;
     assert_eq!(org["display_name"], "acme", "the first organization is untouched");
 
     let p = |name: &str| json!({"name": name, "repository": "https://example.com/r.git", "wildcard": "packages.*.*"});
     s.ok(Method::POST, "/projects/acme", t, Some(p("web"))).await;
-    assert_err(s.post("/projects/acme", t, p("web")).await, StatusCode::CONFLICT, "name_taken");
-    assert_err(s.post("/projects/acme", t, p("Web")).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_name");
+    assert_err(
+        s.post("/projects/acme", t, p("web")).await,
+        StatusCode::CONFLICT,
+        "name_taken",
+    );
+    assert_err(
+        s.post("/projects/acme", t, p("Web")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_name",
+    );
     let bad_repo = json!({"name": "x", "repository": "not a url", "wildcard": "packages.*.*"});
-    assert_err(s.post("/projects/acme", t, bad_repo).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_repository");
+    assert_err(
+        s.post("/projects/acme", t, bad_repo).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_repository",
+    );
     let bad_wildcard = json!({"name": "x", "repository": "https://example.com/r.git", "wildcard": "packages..x"});
-    assert_err(s.post("/projects/acme", t, bad_wildcard).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_wildcard");
+    assert_err(
+        s.post("/projects/acme", t, bad_wildcard).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_wildcard",
+    );
     let both = json!({"name": "x", "repository": "https://example.com/r.git", "flake_input_overrides": {"n": {"url": "github:a/b", "keep_url": true}}});
-    assert_err(s.post("/projects/acme", t, both).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_input");
-    assert_eq!(s.ok(Method::GET, "/projects/acme", t, None).await.as_array().map(Vec::len), Some(1));
+    assert_err(
+        s.post("/projects/acme", t, both).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_input",
+    );
+    assert_eq!(
+        s.ok(Method::GET, "/projects/acme", t, None)
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 
     s.ok(Method::POST, "/caches", t, Some(json!({"name": "main"}))).await;
-    assert_err(s.post("/caches", t, json!({"name": "main"})).await, StatusCode::CONFLICT, "name_taken");
-    assert_err(s.post("/caches", t, json!({"name": "c2", "priority": -1})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_priority");
-    assert_err(s.post("/caches", t, json!({"name": "c2", "compression": "gzip"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_compression");
+    assert_err(
+        s.post("/caches", t, json!({"name": "main"})).await,
+        StatusCode::CONFLICT,
+        "name_taken",
+    );
+    assert_err(
+        s.post("/caches", t, json!({"name": "c2", "priority": -1})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_priority",
+    );
+    assert_err(
+        s.post("/caches", t, json!({"name": "c2", "compression": "gzip"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_compression",
+    );
     s.ok(Method::POST, "/orgs/acme/subscribe/main", t, None).await;
-    assert_err(s.post("/orgs/acme/subscribe/main", t, json!(null)).await, StatusCode::CONFLICT, "already_subscribed");
+    assert_err(
+        s.post("/orgs/acme/subscribe/main", t, json!(null)).await,
+        StatusCode::CONFLICT,
+        "already_subscribed",
+    );
 }
 
 #[tokio::test]
@@ -259,11 +469,24 @@ async fn private_orgs_and_their_projects_do_not_leak() {
     let outsider = s.user("ivan").await;
     let o = Some(owner.as_str());
     s.ok(Method::POST, "/orgs", o, Some(json!({"name": "secret"}))).await;
-    s.ok(Method::POST, "/projects/secret", o, Some(json!({"name": "p", "repository": "https://example.com/p.git"}))).await;
+    s.ok(
+        Method::POST,
+        "/projects/secret",
+        o,
+        Some(json!({"name": "p", "repository": "https://example.com/p.git"})),
+    )
+    .await;
     s.ok(Method::POST, "/caches", o, Some(json!({"name": "hidden"}))).await;
 
     for who in [Some(outsider.as_str()), None] {
-        for path in ["/orgs/secret", "/projects/secret", "/projects/secret/p", "/orgs/secret/users", "/orgs/secret/roles", "/caches/hidden"] {
+        for path in [
+            "/orgs/secret",
+            "/projects/secret",
+            "/projects/secret/p",
+            "/orgs/secret/users",
+            "/orgs/secret/roles",
+            "/caches/hidden",
+        ] {
             assert_err(s.get(path, who).await, StatusCode::NOT_FOUND, "not_found");
         }
         let (_, v) = s.get("/orgs/nonexistent", who).await;
@@ -276,17 +499,65 @@ async fn private_orgs_and_their_projects_do_not_leak() {
         assert_eq!(s.ok(Method::GET, "/orgs", who, None).await, json!([]));
         assert_eq!(s.ok(Method::GET, "/caches", who, None).await, json!([]));
     }
-    assert_err(s.call(Method::PATCH, "/orgs/secret", Some(&outsider), Some(json!({"public": true}))).await, StatusCode::NOT_FOUND, "not_found");
-    assert_err(s.call(Method::DELETE, "/orgs/secret", Some(&outsider), None).await, StatusCode::NOT_FOUND, "not_found");
-    assert_err(s.post("/orgs/secret/subscribe/hidden", Some(&outsider), json!(null)).await, StatusCode::NOT_FOUND, "not_found");
+    assert_err(
+        s.call(
+            Method::PATCH,
+            "/orgs/secret",
+            Some(&outsider),
+            Some(json!({"public": true})),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_err(
+        s.call(Method::DELETE, "/orgs/secret", Some(&outsider), None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_err(
+        s.post("/orgs/secret/subscribe/hidden", Some(&outsider), json!(null))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 
     // Made public, everyone reads it, but only members change it.
-    s.ok(Method::PATCH, "/orgs/secret", o, Some(json!({"public": true}))).await;
+    s.ok(Method::PATCH, "/orgs/secret", o, Some(json!({"public": true})))
+        .await;
     assert_eq!(s.ok(Method::GET, "/projects/secret/p", None, None).await["name"], "p");
-    assert_eq!(s.ok(Method::GET, "/orgs", Some(&outsider), None).await[0]["name"], "secret");
-    assert_err(s.call(Method::PATCH, "/orgs/secret", Some(&outsider), Some(json!({"description": "pwned"}))).await, StatusCode::FORBIDDEN, "forbidden");
-    assert_err(s.call(Method::DELETE, "/projects/secret/p", Some(&outsider), None).await, StatusCode::FORBIDDEN, "forbidden");
-    assert_err(s.call(Method::PATCH, "/orgs/secret", None, Some(json!({"description": "pwned"}))).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_eq!(
+        s.ok(Method::GET, "/orgs", Some(&outsider), None).await[0]["name"],
+        "secret"
+    );
+    assert_err(
+        s.call(
+            Method::PATCH,
+            "/orgs/secret",
+            Some(&outsider),
+            Some(json!({"description": "pwned"})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_err(
+        s.call(Method::DELETE, "/projects/secret/p", Some(&outsider), None)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_err(
+        s.call(
+            Method::PATCH,
+            "/orgs/secret",
+            None,
+            Some(json!({"description": "pwned"})),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
     assert_eq!(s.ok(Method::GET, "/orgs/secret", None, None).await["description"], "");
 }
 
@@ -298,39 +569,133 @@ async fn roles_decide_what_members_may_do() {
     let writer = s.user("leo").await;
     let a = Some(admin.as_str());
     s.ok(Method::POST, "/orgs", a, Some(json!({"name": "team"}))).await;
-    s.ok(Method::POST, "/orgs/team/users", a, Some(json!({"user": "ken", "role": "View"}))).await;
-    s.ok(Method::POST, "/orgs/team/users", a, Some(json!({"user": "leo", "role": "Write"}))).await;
+    s.ok(
+        Method::POST,
+        "/orgs/team/users",
+        a,
+        Some(json!({"user": "ken", "role": "View"})),
+    )
+    .await;
+    s.ok(
+        Method::POST,
+        "/orgs/team/users",
+        a,
+        Some(json!({"user": "leo", "role": "Write"})),
+    )
+    .await;
     let project = json!({"name": "p", "repository": "https://example.com/p.git"});
 
-    assert_eq!(s.ok(Method::GET, "/orgs/team", Some(&viewer), None).await["name"], "team");
-    assert_err(s.post("/projects/team", Some(&viewer), project.clone()).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        s.ok(Method::GET, "/orgs/team", Some(&viewer), None).await["name"],
+        "team"
+    );
+    assert_err(
+        s.post("/projects/team", Some(&viewer), project.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
     s.ok(Method::POST, "/projects/team", Some(&writer), Some(project)).await;
-    s.ok(Method::PATCH, "/projects/team/p", Some(&writer), Some(json!({"branch": "develop", "active": false}))).await;
-    let p = s.ok(Method::PATCH, "/projects/team/p", Some(&writer), Some(json!({"branch": null}))).await;
+    s.ok(
+        Method::PATCH,
+        "/projects/team/p",
+        Some(&writer),
+        Some(json!({"branch": "develop", "active": false})),
+    )
+    .await;
+    let p = s
+        .ok(
+            Method::PATCH,
+            "/projects/team/p",
+            Some(&writer),
+            Some(json!({"branch": null})),
+        )
+        .await;
     assert_eq!((p["branch"].clone(), p["active"].clone()), (Value::Null, json!(false)));
-    assert_err(s.call(Method::DELETE, "/orgs/team", Some(&writer), None).await, StatusCode::FORBIDDEN, "forbidden");
-    assert_err(s.post("/orgs/team/users", Some(&writer), json!({"user": "ken", "role": "Admin"})).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_err(
+        s.call(Method::DELETE, "/orgs/team", Some(&writer), None).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_err(
+        s.post(
+            "/orgs/team/users",
+            Some(&writer),
+            json!({"user": "ken", "role": "Admin"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
 
     // A custom role grants exactly its permissions.
     let role = json!({"name": "deployer", "permissions": ["view_org", "delete_project"]});
     s.ok(Method::POST, "/orgs/team/roles", a, Some(role)).await;
-    assert_err(s.post("/orgs/team/roles", a, json!({"name": "admin", "permissions": ["view_org"]})).await, StatusCode::CONFLICT, "role_exists");
-    assert_err(s.post("/orgs/team/roles", a, json!({"name": "x", "permissions": ["fly"]})).await, StatusCode::UNPROCESSABLE_ENTITY, "unknown_permission");
-    s.ok(Method::POST, "/orgs/team/users", a, Some(json!({"user": "ken", "role": "deployer"}))).await;
+    assert_err(
+        s.post(
+            "/orgs/team/roles",
+            a,
+            json!({"name": "admin", "permissions": ["view_org"]}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "role_exists",
+    );
+    assert_err(
+        s.post("/orgs/team/roles", a, json!({"name": "x", "permissions": ["fly"]}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_permission",
+    );
+    s.ok(
+        Method::POST,
+        "/orgs/team/users",
+        a,
+        Some(json!({"user": "ken", "role": "deployer"})),
+    )
+    .await;
     let roles = s.ok(Method::GET, "/orgs/team/roles", Some(&viewer), None).await;
-    let names: Vec<_> = roles.as_array().expect("roles").iter().map(|r| r["name"].as_str().unwrap_or_default().to_owned()).collect();
+    let names: Vec<_> = roles
+        .as_array()
+        .expect("roles")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
     assert_eq!(names, ["Admin", "Write", "View", "deployer"]);
-    assert_err(s.call(Method::DELETE, "/orgs/team/roles", a, Some(json!({"name": "deployer"}))).await, StatusCode::CONFLICT, "role_in_use");
+    assert_err(
+        s.call(Method::DELETE, "/orgs/team/roles", a, Some(json!({"name": "deployer"})))
+            .await,
+        StatusCode::CONFLICT,
+        "role_in_use",
+    );
     s.ok(Method::DELETE, "/projects/team/p", Some(&viewer), None).await;
 
     // The last Admin stays.
-    assert_err(s.call(Method::DELETE, "/orgs/team/users", a, Some(json!({"user": "judy"}))).await, StatusCode::CONFLICT, "last_admin");
-    assert_err(s.post("/orgs/team/users", a, json!({"user": "judy", "role": "View"})).await, StatusCode::CONFLICT, "last_admin");
+    assert_err(
+        s.call(Method::DELETE, "/orgs/team/users", a, Some(json!({"user": "judy"})))
+            .await,
+        StatusCode::CONFLICT,
+        "last_admin",
+    );
+    assert_err(
+        s.post("/orgs/team/users", a, json!({"user": "judy", "role": "View"}))
+            .await,
+        StatusCode::CONFLICT,
+        "last_admin",
+    );
     let members = s.ok(Method::GET, "/orgs/team/users", a, None).await;
-    assert_eq!(members[0], json!({"user_id": members[0]["user_id"], "username": "judy", "role": "Admin"}));
-    s.ok(Method::DELETE, "/orgs/team/users", a, Some(json!({"user": "ken"}))).await;
-    s.ok(Method::DELETE, "/orgs/team/roles", a, Some(json!({"name": "deployer"}))).await;
-    assert_err(s.get("/orgs/team", Some(&viewer)).await, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        members[0],
+        json!({"user_id": members[0]["user_id"], "username": "judy", "role": "Admin"})
+    );
+    s.ok(Method::DELETE, "/orgs/team/users", a, Some(json!({"user": "ken"})))
+        .await;
+    s.ok(Method::DELETE, "/orgs/team/roles", a, Some(json!({"name": "deployer"})))
+        .await;
+    assert_err(
+        s.get("/orgs/team", Some(&viewer)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 }
 
 #[tokio::test]
@@ -341,14 +706,39 @@ async fn restricted_keys_stay_within_their_scope() {
     for org in ["one", "two"] {
         s.ok(Method::POST, "/orgs", t, Some(json!({"name": org}))).await;
     }
-    let key = s.ok(Method::POST, "/user/keys", t, Some(json!({"name": "ro", "organization": "one", "permissions": ["view_org"]}))).await;
+    let key = s
+        .ok(
+            Method::POST,
+            "/user/keys",
+            t,
+            Some(json!({"name": "ro", "organization": "one", "permissions": ["view_org"]})),
+        )
+        .await;
     let key = key["key"].as_str().expect("key").to_owned();
     let orgs = s.ok(Method::GET, "/orgs", Some(&key), None).await;
     assert_eq!(orgs.as_array().map(Vec::len), Some(1));
     assert_err(s.get("/orgs/two", Some(&key)).await, StatusCode::NOT_FOUND, "not_found");
-    assert_err(s.post("/projects/one", Some(&key), json!({"name": "p", "repository": "https://e.com/p.git"})).await, StatusCode::FORBIDDEN, "forbidden");
-    assert_err(s.post("/user/keys", Some(&key), json!({"name": "wider"})).await, StatusCode::FORBIDDEN, "forbidden");
-    assert_err(s.post("/user/keys", t, json!({"name": "bad", "permissions": ["nope"]})).await, StatusCode::UNPROCESSABLE_ENTITY, "unknown_permission");
+    assert_err(
+        s.post(
+            "/projects/one",
+            Some(&key),
+            json!({"name": "p", "repository": "https://e.com/p.git"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_err(
+        s.post("/user/keys", Some(&key), json!({"name": "wider"})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_err(
+        s.post("/user/keys", t, json!({"name": "bad", "permissions": ["nope"]}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_permission",
+    );
 }
 
 #[tokio::test]
@@ -358,23 +748,71 @@ async fn caches_belong_to_their_owner_and_are_shared_through_subscriptions() {
     let member = s.user("oscar").await;
     let o = Some(owner.as_str());
     s.ok(Method::POST, "/caches", o, Some(json!({"name": "priv"}))).await;
-    s.ok(Method::POST, "/caches", o, Some(json!({"name": "pub", "public": true}))).await;
+    s.ok(Method::POST, "/caches", o, Some(json!({"name": "pub", "public": true})))
+        .await;
     assert_eq!(s.ok(Method::GET, "/caches/pub", None, None).await["public"], true);
-    assert_err(s.get("/caches/priv", Some(&member)).await, StatusCode::NOT_FOUND, "not_found");
+    assert_err(
+        s.get("/caches/priv", Some(&member)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 
     s.ok(Method::POST, "/orgs", o, Some(json!({"name": "org"}))).await;
-    s.ok(Method::POST, "/orgs/org/users", o, Some(json!({"user": "oscar", "role": "View"}))).await;
+    s.ok(
+        Method::POST,
+        "/orgs/org/users",
+        o,
+        Some(json!({"user": "oscar", "role": "View"})),
+    )
+    .await;
     s.ok(Method::POST, "/orgs/org/subscribe/priv", o, None).await;
-    assert_eq!(s.ok(Method::GET, "/caches/priv", Some(&member), None).await["name"], "priv");
-    assert_err(s.call(Method::PATCH, "/caches/priv", Some(&member), Some(json!({"public": true}))).await, StatusCode::FORBIDDEN, "forbidden");
-    let c = s.ok(Method::PATCH, "/caches/priv", o, Some(json!({"priority": 10, "local_priority": 5, "compression": "xz"}))).await;
-    assert_eq!((c["priority"].as_i64(), c["local_priority"].as_i64(), c["compression"].as_str()), (Some(10), Some(5), Some("xz")));
-    let c = s.ok(Method::PATCH, "/caches/priv", o, Some(json!({"local_priority": null}))).await;
+    assert_eq!(
+        s.ok(Method::GET, "/caches/priv", Some(&member), None).await["name"],
+        "priv"
+    );
+    assert_err(
+        s.call(
+            Method::PATCH,
+            "/caches/priv",
+            Some(&member),
+            Some(json!({"public": true})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let c = s
+        .ok(
+            Method::PATCH,
+            "/caches/priv",
+            o,
+            Some(json!({"priority": 10, "local_priority": 5, "compression": "xz"})),
+        )
+        .await;
+    assert_eq!(
+        (
+            c["priority"].as_i64(),
+            c["local_priority"].as_i64(),
+            c["compression"].as_str()
+        ),
+        (Some(10), Some(5), Some("xz"))
+    );
+    let c = s
+        .ok(Method::PATCH, "/caches/priv", o, Some(json!({"local_priority": null})))
+        .await;
     assert_eq!(c["local_priority"], Value::Null);
 
     s.ok(Method::DELETE, "/orgs/org/subscribe/priv", o, None).await;
-    assert_err(s.call(Method::DELETE, "/orgs/org/subscribe/priv", o, None).await, StatusCode::NOT_FOUND, "not_found");
-    assert_err(s.get("/caches/priv", Some(&member)).await, StatusCode::NOT_FOUND, "not_found");
+    assert_err(
+        s.call(Method::DELETE, "/orgs/org/subscribe/priv", o, None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_err(
+        s.get("/caches/priv", Some(&member)).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     s.ok(Method::DELETE, "/caches/priv", o, None).await;
     assert_err(s.get("/caches/priv", o).await, StatusCode::NOT_FOUND, "not_found");
 }
@@ -384,13 +822,17 @@ async fn health_config_and_the_openapi_document() {
     let s = server().await;
     assert_eq!(s.ok(Method::GET, "/health", None, None).await["status"], "ok");
     let c = s.ok(Method::GET, "/config", None, None).await;
-    assert_eq!((c["registration_enabled"].as_bool(), c["oidc_enabled"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (c["registration_enabled"].as_bool(), c["oidc_enabled"].as_bool()),
+        (Some(true), Some(false))
+    );
 
     let resp = s.client.get("/api/v1/openapi.json").send().await;
     resp.assert_status_is_ok();
     let served = resp.0.into_body().into_string().await.expect("spec");
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/gradient.json");
-    let pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&served).expect("json")).expect("pretty") + "\n";
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(&served).expect("json")).expect("pretty") + "\n";
     if std::env::var_os("GRADIENT_UPDATE_OPENAPI").is_some() {
         std::fs::write(path, &pretty).expect("write openapi/gradient.json");
     }

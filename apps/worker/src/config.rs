@@ -31,33 +31,50 @@ impl WorkerConfig {
         let get = |var: &str| vars.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let num = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
             get(var).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| ConfigError { var, problem: format!("invalid value '{v}': expected a number") })
+                v.parse().map_err(|_| ConfigError {
+                    var,
+                    problem: format!("invalid value '{v}': expected a number"),
+                })
             })
         };
         let flag = |var: &'static str| -> Result<bool, ConfigError> {
             match get(var).as_deref() {
                 None | Some("false" | "0" | "no") => Ok(false),
                 Some("true" | "1" | "yes") => Ok(true),
-                Some(v) => Err(ConfigError { var, problem: format!("invalid value '{v}': expected true or false") }),
+                Some(v) => Err(ConfigError {
+                    var,
+                    problem: format!("invalid value '{v}': expected true or false"),
+                }),
             }
         };
-        let server_url = get("GRADIENT_SERVER_URL")
-            .ok_or(ConfigError { var: "GRADIENT_SERVER_URL", problem: "required (e.g. ws://127.0.0.1:3000/proto)".into() })?;
+        let server_url = get("GRADIENT_SERVER_URL").ok_or(ConfigError {
+            var: "GRADIENT_SERVER_URL",
+            problem: "required (e.g. ws://127.0.0.1:3000/proto)".into(),
+        })?;
         if !(server_url.starts_with("ws://") || server_url.starts_with("wss://")) {
-            return Err(ConfigError { var: "GRADIENT_SERVER_URL", problem: format!("'{server_url}' is not a ws:// or wss:// URL") });
+            return Err(ConfigError {
+                var: "GRADIENT_SERVER_URL",
+                problem: format!("'{server_url}' is not a ws:// or wss:// URL"),
+            });
         }
         let worker_id = match get("GRADIENT_WORKER_ID") {
             None => None,
             Some(v) => match uuid::Uuid::parse_str(&v) {
                 Ok(id) if id.get_version_num() == 4 => Some(id),
-                _ => return Err(ConfigError { var: "GRADIENT_WORKER_ID", problem: format!("'{v}' is not a v4 UUID") }),
+                _ => {
+                    return Err(ConfigError {
+                        var: "GRADIENT_WORKER_ID",
+                        problem: format!("'{v}' is not a v4 UUID"),
+                    });
+                }
             },
         };
         Ok(Self {
             server_url,
             worker_id,
             peers_file: get("GRADIENT_PEERS_FILE").map(PathBuf::from),
-            state_dir: get("GRADIENT_STATE_DIR").map_or_else(|| PathBuf::from("/var/lib/gradient-worker"), PathBuf::from),
+            state_dir: get("GRADIENT_STATE_DIR")
+                .map_or_else(|| PathBuf::from("/var/lib/gradient-worker"), PathBuf::from),
             capabilities: gradient_domain::model::Capabilities {
                 fetch: flag("GRADIENT_CAPABILITIES_FETCH")?,
                 eval: flag("GRADIENT_CAPABILITIES_EVAL")?,
@@ -94,7 +111,14 @@ mod tests {
         .unwrap();
         assert!(c.capabilities.build && !c.capabilities.eval);
         assert_eq!(c.max_concurrent_builds, 8);
-        assert_eq!((c.eval_workers, c.max_concurrent_evaluations, c.max_evaluations_per_worker), (1, 1, 20));
+        assert_eq!(
+            (
+                c.eval_workers,
+                c.max_concurrent_evaluations,
+                c.max_evaluations_per_worker
+            ),
+            (1, 1, 20)
+        );
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/gradient-worker"));
     }
 
@@ -102,9 +126,24 @@ mod tests {
     fn bad_values_name_the_variable() {
         let table = [
             (vec![], "GRADIENT_SERVER_URL: required"),
-            (vec![("GRADIENT_SERVER_URL", "http://x")], "GRADIENT_SERVER_URL: 'http://x' is not"),
-            (vec![("GRADIENT_SERVER_URL", "ws://x"), ("GRADIENT_WORKER_ID", "6ba7b810-9dad-11d1-80b4-00c04fd430c8")], "GRADIENT_WORKER_ID:"),
-            (vec![("GRADIENT_SERVER_URL", "ws://x"), ("GRADIENT_CAPABILITIES_EVAL", "maybe")], "GRADIENT_CAPABILITIES_EVAL:"),
+            (
+                vec![("GRADIENT_SERVER_URL", "http://x")],
+                "GRADIENT_SERVER_URL: 'http://x' is not",
+            ),
+            (
+                vec![
+                    ("GRADIENT_SERVER_URL", "ws://x"),
+                    ("GRADIENT_WORKER_ID", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"),
+                ],
+                "GRADIENT_WORKER_ID:",
+            ),
+            (
+                vec![
+                    ("GRADIENT_SERVER_URL", "ws://x"),
+                    ("GRADIENT_CAPABILITIES_EVAL", "maybe"),
+                ],
+                "GRADIENT_CAPABILITIES_EVAL:",
+            ),
         ];
         for (pairs, want) in table {
             let e = WorkerConfig::from_vars(&vars(&pairs)).unwrap_err().to_string();

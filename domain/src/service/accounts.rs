@@ -12,9 +12,15 @@ use crate::{ApiKeyId, Email, Name, OrgId, SessionId, UserId};
 pub enum Caller {
     Anonymous,
     /// Logged in with a session token.
-    Session { user: User, session: SessionId },
+    Session {
+        user: User,
+        session: SessionId,
+    },
     /// Authenticated with an API key, limited to its scope.
-    Key { user: User, scope: KeyScope },
+    Key {
+        user: User,
+        scope: KeyScope,
+    },
 }
 
 impl Caller {
@@ -38,7 +44,8 @@ impl Caller {
 
     /// The user, or 401 for anonymous callers.
     pub fn require_user(&self) -> Result<&User> {
-        self.user().ok_or_else(|| ServiceError::Unauthenticated("log in or present an API key".into()))
+        self.user()
+            .ok_or_else(|| ServiceError::Unauthenticated("log in or present an API key".into()))
     }
 }
 
@@ -63,7 +70,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Resolves a bearer token (session JWT or `GRAD…` API key) to a caller. No token is anonymous;
     /// a token that is invalid, expired, revoked or unknown is refused rather than treated as anonymous.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
-        let Some(token) = bearer else { return Ok(Caller::Anonymous) };
+        let Some(token) = bearer else {
+            return Ok(Caller::Anonymous);
+        };
         let unauthenticated = || ServiceError::Unauthenticated("the token is invalid, expired or revoked".into());
         if let Some(hash) = auth::api_key_hash(token) {
             let key = self.storage.api_key_by_hash(&hash).await?.ok_or_else(unauthenticated)?;
@@ -77,7 +86,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             return Err(unauthenticated());
         }
         let user = self.storage.user(session.user_id).await?.ok_or_else(unauthenticated)?;
-        Ok(Caller::Session { user, session: session.id })
+        Ok(Caller::Session {
+            user,
+            session: session.id,
+        })
     }
 
     pub async fn register(&self, r: Registration) -> Result<User> {
@@ -112,7 +124,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Checks a username-or-email and password and opens a session; answers the session's JWT.
     pub async fn login(&self, loginname: &str, password: &str) -> Result<String> {
         if self.settings.oidc_required {
-            return Err(ServiceError::Forbidden("password login is disabled: log in with OIDC".into()));
+            return Err(ServiceError::Forbidden(
+                "password login is disabled: log in with OIDC".into(),
+            ));
         }
         let loginname = loginname.trim();
         let user = match Name::parse(loginname) {
@@ -124,7 +138,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             None => self.storage.user_by_email(&loginname.to_lowercase()).await?,
         };
         // Verify against a dummy hash for unknown users so both failures take the same time.
-        let hash = user.as_ref().and_then(|u| u.password_hash.as_deref()).unwrap_or(auth::dummy_password_hash());
+        let hash = user
+            .as_ref()
+            .and_then(|u| u.password_hash.as_deref())
+            .unwrap_or(auth::dummy_password_hash());
         let ok = auth::verify_password(password, hash);
         let user = match user {
             Some(u) if ok && u.password_hash.is_some() => u,
@@ -168,7 +185,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(scope) = caller.scope()
             && (scope.organization.is_some() || scope.permissions.is_some())
         {
-            return Err(ServiceError::Forbidden("a restricted API key cannot create API keys".into()));
+            return Err(ServiceError::Forbidden(
+                "a restricted API key cannot create API keys".into(),
+            ));
         }
         let name = new.name.trim();
         if name.is_empty() {
@@ -185,7 +204,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             user_id: user.id,
             name: name.to_owned(),
             hash,
-            scope: KeyScope { organization, permissions: new.permissions },
+            scope: KeyScope {
+                organization,
+                permissions: new.permissions,
+            },
             created_at: self.clock.now(),
             last_used_at: None,
         };

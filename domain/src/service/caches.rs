@@ -38,7 +38,10 @@ fn check_priority(p: i32) -> Result<()> {
     if (0..=1000).contains(&p) {
         Ok(())
     } else {
-        Err(ServiceError::invalid("invalid_priority", "priorities range from 0 to 1000 (lower is preferred)"))
+        Err(ServiceError::invalid(
+            "invalid_priority",
+            "priorities range from 0 to 1000 (lower is preferred)",
+        ))
     }
 }
 
@@ -66,25 +69,42 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
         let parsed = Name::parse(name).map_err(|_| not_found(name))?;
-        let cache = self.storage.cache_by_name(&parsed).await?.ok_or_else(|| not_found(name))?;
-        if self.can_read_cache(caller, &cache).await? { Ok(cache) } else { Err(not_found(name)) }
+        let cache = self
+            .storage
+            .cache_by_name(&parsed)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        if self.can_read_cache(caller, &cache).await? {
+            Ok(cache)
+        } else {
+            Err(not_found(name))
+        }
     }
 
     /// The cache, if the caller owns it (and, with an API key, the key is not restricted).
     async fn owned_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
         let cache = self.cache(caller, name).await?;
         let user = caller.require_user()?;
-        let restricted = caller.scope().is_some_and(|s| s.organization.is_some() || s.permissions.is_some());
+        let restricted = caller
+            .scope()
+            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some());
         if cache.created_by != user.id || restricted {
-            return Err(ServiceError::Forbidden(format!("only the owner of cache '{name}' may change it")));
+            return Err(ServiceError::Forbidden(format!(
+                "only the owner of cache '{name}' may change it"
+            )));
         }
         Ok(cache)
     }
 
     pub async fn create_cache(&self, caller: &Caller, new: NewCache) -> Result<Cache> {
         let user = caller.require_user()?;
-        if caller.scope().is_some_and(|s| s.organization.is_some() || s.permissions.is_some()) {
-            return Err(ServiceError::Forbidden("a restricted API key cannot create caches".into()));
+        if caller
+            .scope()
+            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some())
+        {
+            return Err(ServiceError::Forbidden(
+                "a restricted API key cannot create caches".into(),
+            ));
         }
         let name = Name::parse_as(new.name.trim(), "cache name")?;
         let priority = new.priority.unwrap_or(DEFAULT_CACHE_PRIORITY);
@@ -98,7 +118,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         check_text("description", &description, 4096)?;
         let cache = Cache {
             id: CacheId::new(),
-            display_name: if display_name.is_empty() { name.to_string() } else { display_name },
+            display_name: if display_name.is_empty() {
+                name.to_string()
+            } else {
+                display_name
+            },
             name,
             description,
             public: new.public,
@@ -174,11 +198,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn unsubscribe(&self, caller: &Caller, org: &str, cache: &str) -> Result<()> {
         let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
         let parsed = Name::parse(cache).map_err(|_| not_found(cache))?;
-        let found = self.storage.cache_by_name(&parsed).await?.ok_or_else(|| not_found(cache))?;
+        let found = self
+            .storage
+            .cache_by_name(&parsed)
+            .await?
+            .ok_or_else(|| not_found(cache))?;
         if self.storage.unsubscribe(org.id, found.id).await? {
             Ok(())
         } else {
-            Err(ServiceError::NotFound(format!("'{}' is not subscribed to '{cache}'", org.name)))
+            Err(ServiceError::NotFound(format!(
+                "'{}' is not subscribed to '{cache}'",
+                org.name
+            )))
         }
     }
 }

@@ -61,17 +61,27 @@ impl ServiceError {
     }
 
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Invalid { code, message: message.into() }
+        Self::Invalid {
+            code,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Conflict { code, message: message.into() }
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl From<NameError> for ServiceError {
     fn from(e: NameError) -> Self {
-        let code = if matches!(e, NameError::Email(_)) { "invalid_email" } else { "invalid_name" };
+        let code = if matches!(e, NameError::Email(_)) {
+            "invalid_email"
+        } else {
+            "invalid_name"
+        };
         Self::invalid(code, e.to_string())
     }
 }
@@ -100,7 +110,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { enable_registration: true, oidc_required: false, session_lifetime: chrono::TimeDelta::days(30) }
+        Self {
+            enable_registration: true,
+            oidc_required: false,
+            session_lifetime: chrono::TimeDelta::days(30),
+        }
     }
 }
 
@@ -116,7 +130,13 @@ pub struct Gradient<S, C> {
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
     pub fn new(storage: S, clock: C, tokens: TokenSigner, crypt: Crypt, settings: Settings) -> Self {
-        Self { storage, clock, tokens, crypt, settings }
+        Self {
+            storage,
+            clock,
+            tokens,
+            crypt,
+            settings,
+        }
     }
 
     /// Checks that the crypt secret is the one this database was first used with: a sealed check value is
@@ -138,7 +158,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 /// Keeps free text fields to a sane size.
 pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.chars().count() > max {
-        return Err(ServiceError::invalid("invalid_input", format!("{field} must be at most {max} characters")));
+        return Err(ServiceError::invalid(
+            "invalid_input",
+            format!("{field} must be at most {max} characters"),
+        ));
     }
     Ok(())
 }

@@ -46,7 +46,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The organization and what the caller may do in it; NotFound when it is absent or hidden.
     pub(crate) async fn org_with_access(&self, caller: &Caller, name: &str) -> Result<(Org, PermissionSet)> {
         let parsed = Name::parse(name).map_err(|_| not_found(name))?;
-        let org = self.storage.org_by_name(&parsed).await?.ok_or_else(|| not_found(name))?;
+        let org = self
+            .storage
+            .org_by_name(&parsed)
+            .await?
+            .ok_or_else(|| not_found(name))?;
         let role = match caller.user_id() {
             Some(user) => match self.storage.membership(org.id, user).await? {
                 Some(role) => Some(self.role_permissions(&role).await?),
@@ -91,8 +95,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn create_org(&self, caller: &Caller, new: NewOrg) -> Result<Org> {
         let user = caller.require_user()?;
-        if caller.scope().is_some_and(|s| s.organization.is_some() || s.permissions.is_some()) {
-            return Err(ServiceError::Forbidden("a restricted API key cannot create organizations".into()));
+        if caller
+            .scope()
+            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some())
+        {
+            return Err(ServiceError::Forbidden(
+                "a restricted API key cannot create organizations".into(),
+            ));
         }
         let name = Name::parse_as(new.name.trim(), "organization name")?;
         let display_name = new.display_name.unwrap_or_default().trim().to_owned();
@@ -101,7 +110,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         check_text("description", &description, 4096)?;
         let org = Org {
             id: OrgId::new(),
-            display_name: if display_name.is_empty() { name.to_string() } else { display_name },
+            display_name: if display_name.is_empty() {
+                name.to_string()
+            } else {
+                display_name
+            },
             name,
             description,
             public: new.public,
@@ -109,9 +122,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             created_at: self.clock.now(),
         };
         self.storage.create_org(&org).await.map_err(|e| match e {
-            StorageError::Conflict(_) => {
-                ServiceError::conflict("name_taken", format!("an organization named '{}' already exists", org.name))
-            }
+            StorageError::Conflict(_) => ServiceError::conflict(
+                "name_taken",
+                format!("an organization named '{}' already exists", org.name),
+            ),
             other => other.into(),
         })?;
         Ok(org)
@@ -151,13 +165,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         match self.storage.role_by_name(org, role).await? {
             Some(r) => Ok(RoleRef::Custom(r.id)),
-            None => Err(ServiceError::invalid("unknown_role", format!("the organization has no role '{role}'"))),
+            None => Err(ServiceError::invalid(
+                "unknown_role",
+                format!("the organization has no role '{role}'"),
+            )),
         }
     }
 
     async fn admin_count(&self, org: OrgId) -> Result<usize> {
         let members = self.storage.members(org).await?;
-        Ok(members.iter().filter(|m| m.role == RoleRef::Builtin(BuiltinRole::Admin)).count())
+        Ok(members
+            .iter()
+            .filter(|m| m.role == RoleRef::Builtin(BuiltinRole::Admin))
+            .count())
     }
 
     /// Adds a user to the organization or changes their role. The last Admin cannot be demoted.
@@ -172,9 +192,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         {
             return Err(last_admin());
         }
-        self.storage.set_membership(&Membership { org_id: org.id, user_id: user.id, role: role.clone() }).await?;
+        self.storage
+            .set_membership(&Membership {
+                org_id: org.id,
+                user_id: user.id,
+                role: role.clone(),
+            })
+            .await?;
         let role_name = self.role_name(&role).await?;
-        Ok(Member { user_id: user.id, username: user.username, role, role_name })
+        Ok(Member {
+            user_id: user.id,
+            username: user.username,
+            role,
+            role_name,
+        })
     }
 
     pub async fn remove_member(&self, caller: &Caller, org: &str, username: &str) -> Result<()> {
@@ -182,7 +213,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let user = self.user_named(username).await?;
         let current = self.storage.membership(org.id, user.id).await?;
         let Some(current) = current else {
-            return Err(ServiceError::NotFound(format!("'{username}' is not a member of '{}'", org.name)));
+            return Err(ServiceError::NotFound(format!(
+                "'{username}' is not a member of '{}'",
+                org.name
+            )));
         };
         if current == RoleRef::Builtin(BuiltinRole::Admin) && self.admin_count(org.id).await? <= 1 {
             return Err(last_admin());
@@ -209,7 +243,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
         let mut out: Vec<RoleView> = BuiltinRole::ALL
             .into_iter()
-            .map(|b| RoleView { name: b.as_str().into(), permissions: b.permissions(), builtin: true, managed: true })
+            .map(|b| RoleView {
+                name: b.as_str().into(),
+                permissions: b.permissions(),
+                builtin: true,
+                managed: true,
+            })
             .collect();
         out.extend(self.storage.roles(org.id).await?.into_iter().map(|r| RoleView {
             name: r.name,
@@ -230,26 +269,48 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let org = self.org_requiring(caller, org, Permission::ManageRoles).await?;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-            return Err(ServiceError::invalid("invalid_name", "a role name must be 1 to 64 printable characters"));
+            return Err(ServiceError::invalid(
+                "invalid_name",
+                "a role name must be 1 to 64 printable characters",
+            ));
         }
         if BuiltinRole::parse(name).is_some() {
-            return Err(ServiceError::conflict("role_exists", format!("'{name}' is a built-in role")));
+            return Err(ServiceError::conflict(
+                "role_exists",
+                format!("'{name}' is a built-in role"),
+            ));
         }
         if permissions.is_empty() {
-            return Err(ServiceError::invalid("invalid_input", "a role needs at least one permission"));
+            return Err(ServiceError::invalid(
+                "invalid_input",
+                "a role needs at least one permission",
+            ));
         }
-        let role = Role { id: RoleId::new(), org_id: org.id, name: name.to_owned(), permissions, managed: false };
+        let role = Role {
+            id: RoleId::new(),
+            org_id: org.id,
+            name: name.to_owned(),
+            permissions,
+            managed: false,
+        };
         self.storage.create_role(&role).await.map_err(|e| match e {
             StorageError::Conflict(_) => ServiceError::conflict("role_exists", format!("a role named '{name}' exists")),
             other => other.into(),
         })?;
-        Ok(RoleView { name: role.name, permissions: role.permissions, builtin: false, managed: false })
+        Ok(RoleView {
+            name: role.name,
+            permissions: role.permissions,
+            builtin: false,
+            managed: false,
+        })
     }
 
     pub async fn delete_role(&self, caller: &Caller, org: &str, name: &str) -> Result<()> {
         let org = self.org_requiring(caller, org, Permission::ManageRoles).await?;
         if BuiltinRole::parse(name).is_some() {
-            return Err(ServiceError::Forbidden(format!("'{name}' is a built-in role and cannot be deleted")));
+            return Err(ServiceError::Forbidden(format!(
+                "'{name}' is a built-in role and cannot be deleted"
+            )));
         }
         let role = self
             .storage
@@ -257,7 +318,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("the organization has no role '{name}'")))?;
         if role.managed {
-            return Err(ServiceError::Forbidden(format!("'{name}' is managed by the server's declarative state")));
+            return Err(ServiceError::Forbidden(format!(
+                "'{name}' is managed by the server's declarative state"
+            )));
         }
         self.storage.delete_role(role.id).await.map_err(|e| match e {
             StorageError::Conflict(_) => {
@@ -272,4 +335,3 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 fn last_admin() -> ServiceError {
     ServiceError::conflict("last_admin", "an organization must keep at least one Admin")
 }
-

@@ -43,7 +43,16 @@ fn not_found(org: &str, name: &str) -> ServiceError {
 /// Accepts the repository URL forms git understands for remote and local repositories.
 fn check_repository(url: &str) -> Result<()> {
     let url = url.trim();
-    let schemes = ["https://", "http://", "ssh://", "git://", "file://", "git+https://", "git+ssh://", "git+file://"];
+    let schemes = [
+        "https://",
+        "http://",
+        "ssh://",
+        "git://",
+        "file://",
+        "git+https://",
+        "git+ssh://",
+        "git+file://",
+    ];
     let scp_like = url.split_once(':').is_some_and(|(host, path)| {
         host.contains('@') && !host.contains('/') && !path.is_empty() && !path.starts_with("//")
     });
@@ -61,13 +70,24 @@ fn check_repository(url: &str) -> Result<()> {
 
 fn check_wildcard(w: &str) -> Result<()> {
     check_text("wildcard", w, 2048)?;
-    Wildcard::parse(w).map(|_| ()).map_err(|m| ServiceError::invalid("invalid_wildcard", m))
+    Wildcard::parse(w)
+        .map(|_| ())
+        .map_err(|m| ServiceError::invalid("invalid_wildcard", m))
 }
 
 fn check_branch(branch: &Option<String>) -> Result<()> {
     match branch {
-        Some(b) if b.is_empty() || b.len() > 255 || b.starts_with('-') || b.contains("..") || b.contains(char::is_whitespace) => {
-            Err(ServiceError::invalid("invalid_branch", format!("'{b}' is not a valid branch name")))
+        Some(b)
+            if b.is_empty()
+                || b.len() > 255
+                || b.starts_with('-')
+                || b.contains("..")
+                || b.contains(char::is_whitespace) =>
+        {
+            Err(ServiceError::invalid(
+                "invalid_branch",
+                format!("'{b}' is not a valid branch name"),
+            ))
         }
         _ => Ok(()),
     }
@@ -76,7 +96,10 @@ fn check_branch(branch: &Option<String>) -> Result<()> {
 fn check_overrides(o: &BTreeMap<String, InputOverride>) -> Result<()> {
     for (input, value) in o {
         if input.is_empty() || !input.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
-            return Err(ServiceError::invalid("invalid_input", format!("'{input}' is not a flake input name")));
+            return Err(ServiceError::invalid(
+                "invalid_input",
+                format!("'{input}' is not a flake input name"),
+            ));
         }
         if let InputOverride::Url(u) = value {
             check_text("flake input url", u, 2048)?;
@@ -98,7 +121,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     async fn project_in(&self, org_id: crate::OrgId, org: &str, name: &str) -> Result<Project> {
         let parsed = Name::parse(name).map_err(|_| not_found(org, name))?;
-        self.storage.project(org_id, &parsed).await?.ok_or_else(|| not_found(org, name))
+        self.storage
+            .project(org_id, &parsed)
+            .await?
+            .ok_or_else(|| not_found(org, name))
     }
 
     pub async fn create_project(&self, caller: &Caller, org: &str, new: NewProject) -> Result<Project> {
@@ -117,7 +143,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let project = Project {
             id: ProjectId::new(),
             org_id: o.id,
-            display_name: if display_name.is_empty() { name.to_string() } else { display_name },
+            display_name: if display_name.is_empty() {
+                name.to_string()
+            } else {
+                display_name
+            },
             name,
             description,
             repository: new.repository.trim().to_owned(),
@@ -194,10 +224,22 @@ mod tests {
 
     #[test]
     fn repository_urls() {
-        for ok in ["https://github.com/a/b", "ssh://git@host/a.git", "git@github.com:a/b.git", "file:///srv/repo"] {
+        for ok in [
+            "https://github.com/a/b",
+            "ssh://git@host/a.git",
+            "git@github.com:a/b.git",
+            "file:///srv/repo",
+        ] {
             assert!(check_repository(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "github.com/a/b", "https://", "https://a b", "/srv/repo", "ftp://x/y"] {
+        for bad in [
+            "",
+            "github.com/a/b",
+            "https://",
+            "https://a b",
+            "/srv/repo",
+            "ftp://x/y",
+        ] {
             assert!(check_repository(bad).is_err(), "{bad}");
         }
     }

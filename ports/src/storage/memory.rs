@@ -6,9 +6,7 @@
 
 mod state;
 
-use gradient_domain::model::{
-    ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User,
-};
+use gradient_domain::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User};
 use gradient_domain::ports::storage::{Caches, Meta, Orgs, Projects, Result, Users};
 use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
 use state::State;
@@ -48,12 +46,7 @@ impl Users for MemoryStorage {
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
-        self.with(|s| {
-            Ok(s.users
-                .values()
-                .find(|u| u.email.as_str() == email)
-                .cloned())
-        })
+        self.with(|s| Ok(s.users.values().find(|u| u.email.as_str() == email).cloned()))
     }
 
     async fn create_session(&self, session: &Session) -> Result<()> {
@@ -221,11 +214,6 @@ impl Meta for MemoryStorage {
     }
 
     async fn meta_init(&self, key: &str, value: &str) -> Result<String> {
-        self.with(|s| {
-            Ok(s.meta
-                .entry(key.to_owned())
-                .or_insert_with(|| value.to_owned())
-                .clone())
-        })
+        self.with(|s| Ok(s.meta.entry(key.to_owned()).or_insert_with(|| value.to_owned()).clone()))
     }
 }

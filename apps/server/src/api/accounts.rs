@@ -55,7 +55,12 @@ impl AccountsApi {
         let user = self
             .0
             .app
-            .register(Registration { username: r.username, name: r.name, email: r.email, password: r.password })
+            .register(Registration {
+                username: r.username,
+                name: r.name,
+                email: r.email,
+                password: r.password,
+            })
             .await?;
         ok(UserView::from(&user))
     }
@@ -85,7 +90,14 @@ impl AccountsApi {
     #[oai(path = "/user/keys", method = "get")]
     async fn keys(&self, auth: Token) -> Reply<Vec<ApiKeyView>> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
-        ok(self.0.app.api_keys(&caller).await?.iter().map(ApiKeyView::from).collect())
+        ok(self
+            .0
+            .app
+            .api_keys(&caller)
+            .await?
+            .iter()
+            .map(ApiKeyView::from)
+            .collect())
     }
 
     /// Creates an API key. The secret is in the answer's `key` and is never shown again.
@@ -93,9 +105,17 @@ impl AccountsApi {
     async fn create_key(&self, auth: Token, body: Json<NewKeyRequest>) -> Reply<CreatedKey> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let permissions = body.0.permissions.as_deref().map(parse_permissions).transpose()?;
-        let new = NewKey { name: body.0.name, organization: body.0.organization, permissions };
+        let new = NewKey {
+            name: body.0.name,
+            organization: body.0.organization,
+            permissions,
+        };
         let (key, token) = self.0.app.create_api_key(&caller, new).await?;
-        ok(CreatedKey { id: key.id.0, name: key.name, key: token })
+        ok(CreatedKey {
+            id: key.id.0,
+            name: key.name,
+            key: token,
+        })
     }
 
     /// Deletes an API key; it stops working at once.
@@ -106,4 +126,3 @@ impl AccountsApi {
         ok("deleted".to_owned())
     }
 }
-

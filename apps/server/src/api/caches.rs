@@ -86,7 +86,9 @@ impl CachesApi {
             },
             compression: parse_compression(b.compression)?,
         };
-        ok(CacheView::from(&self.0.app.update_cache(&caller, &cache, changes).await?))
+        ok(CacheView::from(
+            &self.0.app.update_cache(&caller, &cache, changes).await?,
+        ))
     }
 
     /// Deletes a cache and its subscriptions (owner only).

@@ -128,7 +128,11 @@ pub struct MemberView {
 
 impl From<&model::Member> for MemberView {
     fn from(m: &model::Member) -> Self {
-        Self { user_id: m.user_id.0, username: m.username.to_string(), role: m.role_name.clone() }
+        Self {
+            user_id: m.user_id.0,
+            username: m.username.to_string(),
+            role: m.role_name.clone(),
+        }
     }
 }
 
@@ -166,8 +170,14 @@ pub fn overrides_to_view(o: &BTreeMap<String, InputOverride>) -> BTreeMap<String
     o.iter()
         .map(|(k, v)| {
             let view = match v {
-                InputOverride::Url(u) => InputOverrideView { url: Some(u.clone()), keep_url: None },
-                InputOverride::KeepUrl => InputOverrideView { url: None, keep_url: Some(true) },
+                InputOverride::Url(u) => InputOverrideView {
+                    url: Some(u.clone()),
+                    keep_url: None,
+                },
+                InputOverride::KeepUrl => InputOverrideView {
+                    url: None,
+                    keep_url: Some(true),
+                },
             };
             (k.clone(), view)
         })
@@ -263,7 +273,10 @@ impl From<&model::Cache> for CacheView {
 pub fn parse_compression(s: Option<String>) -> Result<Option<model::Compression>, ApiError> {
     s.map(|s| {
         model::Compression::parse(s.trim()).ok_or_else(|| {
-            ApiError::unprocessable("invalid_compression", format!("unknown compression '{s}' (zstd, xz or none)"))
+            ApiError::unprocessable(
+                "invalid_compression",
+                format!("unknown compression '{s}' (zstd, xz or none)"),
+            )
         })
     })
     .transpose()

@@ -46,7 +46,11 @@ pub enum ApiError {
 }
 
 fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
-    Json(ErrorBody { error: true, message: message.into(), code: code.to_owned() })
+    Json(ErrorBody {
+        error: true,
+        message: message.into(),
+        code: code.to_owned(),
+    })
 }
 
 impl ApiError {
@@ -92,7 +96,9 @@ pub fn error_response(err: poem::Error) -> Response {
         StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_owned()),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this endpoint".to_owned()),
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", text),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send the body as application/json".to_owned()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "send the body as application/json".to_owned())
+        }
         s if s.is_server_error() => {
             tracing::error!(target: "gradient::web", "request failed: {text}");
             ("internal_error", "internal error".to_owned())

@@ -29,8 +29,16 @@ impl MetaApi {
     /// Whether the server is up and its database reachable.
     #[oai(path = "/health", method = "get")]
     async fn health(&self) -> Reply<Health> {
-        self.0.app.storage.meta("crypt_check").await.map_err(gradient_domain::service::ServiceError::from)?;
-        ok(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+        self.0
+            .app
+            .storage
+            .meta("crypt_check")
+            .await
+            .map_err(gradient_domain::service::ServiceError::from)?;
+        ok(Health {
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
     }
 
     /// The server's public settings.

@@ -53,7 +53,13 @@ impl MaybeToken {
     }
 }
 
-pub type Api = (meta::MetaApi, accounts::AccountsApi, orgs::OrgsApi, projects::ProjectsApi, caches::CachesApi);
+pub type Api = (
+    meta::MetaApi,
+    accounts::AccountsApi,
+    orgs::OrgsApi,
+    projects::ProjectsApi,
+    caches::CachesApi,
+);
 
 /// The API service, with the document's fixed metadata (the spec must not depend on the configuration).
 pub fn service(state: AppState) -> OpenApiService<Api, ()> {

@@ -67,7 +67,12 @@ impl OrgsApi {
     async fn create(&self, auth: Token, body: Json<NewOrgRequest>) -> Reply<OrgView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let b = body.0;
-        let new = NewOrg { name: b.name, display_name: b.display_name, description: b.description, public: b.public };
+        let new = NewOrg {
+            name: b.name,
+            display_name: b.display_name,
+            description: b.description,
+            public: b.public,
+        };
         ok(OrgView::from(&self.0.app.create_org(&caller, new).await?))
     }
 
@@ -82,7 +87,11 @@ impl OrgsApi {
     async fn patch(&self, auth: Token, org: Path<String>, body: Json<OrgPatch>) -> Reply<OrgView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let b = body.0;
-        let changes = OrgChanges { display_name: b.display_name, description: b.description, public: b.public };
+        let changes = OrgChanges {
+            display_name: b.display_name,
+            description: b.description,
+            public: b.public,
+        };
         ok(OrgView::from(&self.0.app.update_org(&caller, &org, changes).await?))
     }
 
@@ -98,7 +107,14 @@ impl OrgsApi {
     #[oai(path = "/orgs/:org/users", method = "get")]
     async fn members(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<MemberView>> {
         let caller = self.0.caller(auth.bearer()).await?;
-        ok(self.0.app.members(&caller, &org).await?.iter().map(MemberView::from).collect())
+        ok(self
+            .0
+            .app
+            .members(&caller, &org)
+            .await?
+            .iter()
+            .map(MemberView::from)
+            .collect())
     }
 
     /// Adds a member, or changes a member's role (`manage_members`). The last Admin cannot be demoted.
@@ -106,7 +122,9 @@ impl OrgsApi {
     async fn set_member(&self, auth: Token, org: Path<String>, body: Json<MemberRequest>) -> Reply<MemberView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let role = body.0.role.unwrap_or_else(|| "View".to_owned());
-        ok(MemberView::from(&self.0.app.set_member(&caller, &org, &body.0.user, &role).await?))
+        ok(MemberView::from(
+            &self.0.app.set_member(&caller, &org, &body.0.user, &role).await?,
+        ))
     }
 
     /// Removes a member (`manage_members`). The last Admin cannot be removed.
@@ -121,7 +139,14 @@ impl OrgsApi {
     #[oai(path = "/orgs/:org/roles", method = "get")]
     async fn roles(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<RoleView>> {
         let caller = self.0.caller(auth.bearer()).await?;
-        ok(self.0.app.roles(&caller, &org).await?.iter().map(RoleView::from).collect())
+        ok(self
+            .0
+            .app
+            .roles(&caller, &org)
+            .await?
+            .iter()
+            .map(RoleView::from)
+            .collect())
     }
 
     /// Creates a custom role (`manage_roles`).
@@ -129,7 +154,9 @@ impl OrgsApi {
     async fn create_role(&self, auth: Token, org: Path<String>, body: Json<NewRoleRequest>) -> Reply<RoleView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let perms = parse_permissions(&body.0.permissions)?;
-        ok(RoleView::from(&self.0.app.create_role(&caller, &org, &body.0.name, perms).await?))
+        ok(RoleView::from(
+            &self.0.app.create_role(&caller, &org, &body.0.name, perms).await?,
+        ))
     }
 
     /// Deletes a custom role no member holds (`manage_roles`).
@@ -144,7 +171,14 @@ impl OrgsApi {
     #[oai(path = "/orgs/:org/subscribe", method = "get")]
     async fn subscriptions(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<CacheView>> {
         let caller = self.0.caller(auth.bearer()).await?;
-        ok(self.0.app.subscriptions(&caller, &org).await?.iter().map(CacheView::from).collect())
+        ok(self
+            .0
+            .app
+            .subscriptions(&caller, &org)
+            .await?
+            .iter()
+            .map(CacheView::from)
+            .collect())
     }
 
     /// Subscribes the organization to a cache the caller can read (`manage_subscriptions`): its builds are

@@ -90,7 +90,10 @@ impl ProjectsApi {
     #[oai(path = "/projects/:org/:project", method = "get")]
     async fn get(&self, auth: MaybeToken, org: Path<String>, project: Path<String>) -> Reply<ProjectView> {
         let caller = self.0.caller(auth.bearer()).await?;
-        ok(ProjectView::new(&org, &self.0.app.project(&caller, &org, &project).await?))
+        ok(ProjectView::new(
+            &org,
+            &self.0.app.project(&caller, &org, &project).await?,
+        ))
     }
 
     /// Changes a project (`edit_project`).

@@ -51,9 +51,7 @@ pub async fn taken_cache_name_conflicts<S: Storage>(s: &S) {
         "no row for the refused cache"
     );
     assert_eq!(
-        s.cache_by_name(&original.name)
-            .await
-            .expect("cache_by_name"),
+        s.cache_by_name(&original.name).await.expect("cache_by_name"),
         Some(original.clone()),
         "the name still finds the original cache"
     );
@@ -75,11 +73,7 @@ pub async fn cache_of_unknown_creator_is_not_found<S: Storage>(s: &S) {
         Err(StorageError::NotFound),
         "cache of an unknown creator"
     );
-    assert_eq!(
-        s.cache(cache.id).await.expect("cache"),
-        None,
-        "no row by id"
-    );
+    assert_eq!(s.cache(cache.id).await.expect("cache"), None, "no row by id");
     assert_eq!(
         s.cache_by_name(&cache.name).await.expect("cache_by_name"),
         None,
@@ -135,11 +129,7 @@ pub async fn update_cache_changes_only_editable_fields<S: Storage>(s: &S) {
 pub async fn absent_caches_are_none<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let ghost = new_cache("ghost", alice.id, true);
-    assert_eq!(
-        s.cache(ghost.id).await.expect("cache"),
-        None,
-        "unknown cache id"
-    );
+    assert_eq!(s.cache(ghost.id).await.expect("cache"), None, "unknown cache id");
     assert_eq!(
         s.cache_by_name(&ghost.name).await.expect("cache_by_name"),
         None,
@@ -287,11 +277,7 @@ pub async fn delete_cache_removes_its_subscriptions<S: Storage>(s: &S) {
         s.delete_cache(doomed.id).await.expect("delete_cache"),
         "deleting an existing cache"
     );
-    assert_eq!(
-        s.cache(doomed.id).await.expect("cache"),
-        None,
-        "the cache is gone"
-    );
+    assert_eq!(s.cache(doomed.id).await.expect("cache"), None, "the cache is gone");
     assert_eq!(
         s.cache_by_name(&doomed.name).await.expect("cache_by_name"),
         None,
@@ -357,44 +343,22 @@ pub async fn users_see_own_and_subscribed_caches<S: Storage>(s: &S) {
     };
     s.set_membership(&joined).await.expect("set_membership");
     assert!(
-        s.subscribe(member_of.id, subscribed.id)
-            .await
-            .expect("subscribe"),
+        s.subscribe(member_of.id, subscribed.id).await.expect("subscribe"),
         "a new subscription"
     );
     assert!(
-        s.subscribe(not_member_of.id, hidden.id)
-            .await
-            .expect("subscribe"),
+        s.subscribe(not_member_of.id, hidden.id).await.expect("subscribe"),
         "a new subscription"
     );
     let ours = [&public, &bobs, &subscribed, &hidden];
     assert_eq!(
-        cache_names(
-            &s.visible_caches(Some(bob.id))
-                .await
-                .expect("visible_caches"),
-            &ours
-        ),
-        vec![
-            subscribed.name.clone(),
-            public.name.clone(),
-            bobs.name.clone()
-        ],
+        cache_names(&s.visible_caches(Some(bob.id)).await.expect("visible_caches"), &ours),
+        vec![subscribed.name.clone(), public.name.clone(), bobs.name.clone()],
         "bob's view: subscribed, public and own, by name"
     );
     assert_eq!(
-        cache_names(
-            &s.visible_caches(Some(alice.id))
-                .await
-                .expect("visible_caches"),
-            &ours
-        ),
-        vec![
-            hidden.name.clone(),
-            subscribed.name.clone(),
-            public.name.clone()
-        ],
+        cache_names(&s.visible_caches(Some(alice.id)).await.expect("visible_caches"), &ours),
+        vec![hidden.name.clone(), subscribed.name.clone(), public.name.clone()],
         "alice's view: her own caches and the public ones"
     );
     assert!(
@@ -404,12 +368,7 @@ pub async fn users_see_own_and_subscribed_caches<S: Storage>(s: &S) {
         "bob leaves"
     );
     assert_eq!(
-        cache_names(
-            &s.visible_caches(Some(bob.id))
-                .await
-                .expect("visible_caches"),
-            &ours
-        ),
+        cache_names(&s.visible_caches(Some(bob.id)).await.expect("visible_caches"), &ours),
         vec![public.name.clone(), bobs.name.clone()],
         "after leaving, the subscribed cache is hidden from bob"
     );

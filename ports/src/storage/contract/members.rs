@@ -123,9 +123,7 @@ pub async fn delete_membership_removes_only_that_member<S: Storage>(s: &S) {
             .expect("set_membership");
     }
     assert!(
-        s.delete_membership(acme.id, bob.id)
-            .await
-            .expect("delete_membership"),
+        s.delete_membership(acme.id, bob.id).await.expect("delete_membership"),
         "removing a member"
     );
     assert_eq!(
@@ -134,9 +132,7 @@ pub async fn delete_membership_removes_only_that_member<S: Storage>(s: &S) {
         "bob left acme"
     );
     assert!(
-        !s.delete_membership(acme.id, bob.id)
-            .await
-            .expect("delete_membership"),
+        !s.delete_membership(acme.id, bob.id).await.expect("delete_membership"),
         "removing him again"
     );
     assert!(
@@ -155,9 +151,5 @@ pub async fn delete_membership_removes_only_that_member<S: Storage>(s: &S) {
         Some(ADMIN),
         "alice kept"
     );
-    assert_eq!(
-        s.user(bob.id).await.expect("user"),
-        Some(bob),
-        "the user is kept"
-    );
+    assert_eq!(s.user(bob.id).await.expect("user"), Some(bob), "the user is kept");
 }

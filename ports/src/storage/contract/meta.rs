@@ -23,11 +23,7 @@ pub async fn meta_init_keeps_the_first_value<S: Storage>(s: &S) {
         Some("first".to_owned()),
         "the first value is kept"
     );
-    assert_eq!(
-        s.meta(&other).await.expect("meta"),
-        None,
-        "other keys stay unset"
-    );
+    assert_eq!(s.meta(&other).await.expect("meta"), None, "other keys stay unset");
     assert_eq!(
         s.meta_init(&other, "").await.expect("meta_init"),
         "",

@@ -1,8 +1,7 @@
 //! Organizations.
 
 use super::support::{
-    ADMIN, VIEW, cache, conflict, membership, name, new_org, org, org_names, project, role,
-    seconds, user,
+    ADMIN, VIEW, cache, conflict, membership, name, new_org, org, org_names, project, role, seconds, user,
 };
 use gradient_domain::UserId;
 use gradient_domain::model::{Member, RoleRef};
@@ -14,11 +13,7 @@ pub async fn org_round_trips_and_creator_is_admin<S: Storage>(s: &S) {
     for public in [true, false] {
         let org = new_org("acme", alice.id, public);
         s.create_org(&org).await.expect("create_org");
-        assert_eq!(
-            s.org(org.id).await.expect("org"),
-            Some(org.clone()),
-            "org by id"
-        );
+        assert_eq!(s.org(org.id).await.expect("org"), Some(org.clone()), "org by id");
         assert_eq!(
             s.org_by_name(&org.name).await.expect("org_by_name"),
             Some(org.clone()),
@@ -96,11 +91,7 @@ pub async fn taken_org_name_conflicts<S: Storage>(s: &S) {
         Some(original.clone()),
         "the original org is intact"
     );
-    assert_eq!(
-        s.org(copy.id).await.expect("org"),
-        None,
-        "no row for the refused org"
-    );
+    assert_eq!(s.org(copy.id).await.expect("org"), None, "no row for the refused org");
     assert_eq!(
         s.membership(copy.id, bob.id).await.expect("membership"),
         None,
@@ -136,11 +127,7 @@ pub async fn org_of_unknown_creator_is_not_found<S: Storage>(s: &S) {
         None,
         "no row by name"
     );
-    assert_eq!(
-        s.members(org.id).await.expect("members"),
-        vec![],
-        "no membership"
-    );
+    assert_eq!(s.members(org.id).await.expect("members"), vec![], "no membership");
 }
 
 /// `update_org` changes display name, description and visibility, and nothing else.
@@ -206,32 +193,17 @@ pub async fn members_see_their_private_orgs<S: Storage>(s: &S) {
         .expect("set_membership");
     let ours = [&public, &alices, &joined, &bobs];
     assert_eq!(
-        org_names(
-            &s.visible_orgs(Some(bob.id)).await.expect("visible_orgs"),
-            &ours
-        ),
+        org_names(&s.visible_orgs(Some(bob.id)).await.expect("visible_orgs"), &ours),
         vec![bobs.name.clone(), public.name.clone(), joined.name.clone()],
         "bob's view"
     );
     assert_eq!(
-        org_names(
-            &s.visible_orgs(Some(alice.id)).await.expect("visible_orgs"),
-            &ours
-        ),
-        vec![
-            alices.name.clone(),
-            public.name.clone(),
-            joined.name.clone()
-        ],
+        org_names(&s.visible_orgs(Some(alice.id)).await.expect("visible_orgs"), &ours),
+        vec![alices.name.clone(), public.name.clone(), joined.name.clone()],
         "alice's view"
     );
     assert_eq!(
-        org_names(
-            &s.visible_orgs(Some(UserId::new()))
-                .await
-                .expect("visible_orgs"),
-            &ours
-        ),
+        org_names(&s.visible_orgs(Some(UserId::new())).await.expect("visible_orgs"), &ours),
         vec![public.name.clone()],
         "an unknown user sees only public orgs"
     );
@@ -262,11 +234,7 @@ pub async fn delete_org_cascades<S: Storage>(s: &S) {
         s.delete_org(doomed.id).await.expect("delete_org"),
         "deleting an existing org"
     );
-    assert_eq!(
-        s.org(doomed.id).await.expect("org"),
-        None,
-        "the org is gone"
-    );
+    assert_eq!(s.org(doomed.id).await.expect("org"), None, "the org is gone");
     assert_eq!(
         s.org_by_name(&doomed.name).await.expect("org_by_name"),
         None,
@@ -282,25 +250,15 @@ pub async fn delete_org_cascades<S: Storage>(s: &S) {
         None,
         "bob's membership is gone"
     );
-    assert_eq!(
-        s.roles(doomed.id).await.expect("roles"),
-        vec![],
-        "its roles are gone"
-    );
-    assert_eq!(
-        s.role(deployer.id).await.expect("role"),
-        None,
-        "its role by id is gone"
-    );
+    assert_eq!(s.roles(doomed.id).await.expect("roles"), vec![], "its roles are gone");
+    assert_eq!(s.role(deployer.id).await.expect("role"), None, "its role by id is gone");
     assert_eq!(
         s.projects(doomed.id).await.expect("projects"),
         vec![],
         "its projects are gone"
     );
     assert_eq!(
-        s.project_by_id(doomed_project.id)
-            .await
-            .expect("project_by_id"),
+        s.project_by_id(doomed_project.id).await.expect("project_by_id"),
         None,
         "its project by id"
     );

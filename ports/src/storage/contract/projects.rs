@@ -22,8 +22,7 @@ pub async fn project_round_trips<S: Storage>(s: &S) {
     let mut extremes = new_project(acme.id, "extremes", alice.id);
     extremes.keep_evaluations = Some(u32::MAX);
     extremes.poll_interval_secs = Some(0);
-    extremes.flake_input_overrides =
-        BTreeMap::from([("only-keep".to_owned(), InputOverride::KeepUrl)]);
+    extremes.flake_input_overrides = BTreeMap::from([("only-keep".to_owned(), InputOverride::KeepUrl)]);
     for project in [&full, &bare, &extremes] {
         s.create_project(project).await.expect("create_project");
         assert_eq!(
@@ -223,9 +222,7 @@ pub async fn absent_projects_are_none<S: Storage>(s: &S) {
         "a failed update creates nothing"
     );
     assert!(
-        !s.delete_project(ProjectId::new())
-            .await
-            .expect("delete_project"),
+        !s.delete_project(ProjectId::new()).await.expect("delete_project"),
         "deleting an unknown project"
     );
 }
@@ -259,9 +256,5 @@ pub async fn delete_project_removes_only_that_project<S: Storage>(s: &S) {
         vec![kept],
         "the other project is untouched"
     );
-    assert_eq!(
-        s.org(acme.id).await.expect("org"),
-        Some(acme),
-        "the org is untouched"
-    );
+    assert_eq!(s.org(acme.id).await.expect("org"), Some(acme), "the org is untouched");
 }

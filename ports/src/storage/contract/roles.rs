@@ -17,24 +17,16 @@ pub async fn role_round_trips<S: Storage>(s: &S) {
     powerless.permissions.clear();
     for role in [&managed, &powerless] {
         s.create_role(role).await.expect("create_role");
+        assert_eq!(s.role(role.id).await.expect("role"), Some(role.clone()), "role by id");
         assert_eq!(
-            s.role(role.id).await.expect("role"),
-            Some(role.clone()),
-            "role by id"
-        );
-        assert_eq!(
-            s.role_by_name(acme.id, &role.name)
-                .await
-                .expect("role_by_name"),
+            s.role_by_name(acme.id, &role.name).await.expect("role_by_name"),
             Some(role.clone()),
             "role by its exact name"
         );
     }
     for spelling in ["release managers", "RELEASE MANAGERS", "rElEaSe MaNaGeRs"] {
         assert_eq!(
-            s.role_by_name(acme.id, spelling)
-                .await
-                .expect("role_by_name"),
+            s.role_by_name(acme.id, spelling).await.expect("role_by_name"),
             Some(managed.clone()),
             "role by name spelled {spelling:?}"
         );
@@ -121,20 +113,14 @@ pub async fn absent_roles_are_none<S: Storage>(s: &S) {
     let acme = org(s, "acme", alice.id, false).await;
     let other = org(s, "other", alice.id, false).await;
     role(s, other.id, "Deployers").await;
-    assert_eq!(
-        s.role(RoleId::new()).await.expect("role"),
-        None,
-        "unknown role id"
-    );
+    assert_eq!(s.role(RoleId::new()).await.expect("role"), None, "unknown role id");
     assert_eq!(
         s.roles(acme.id).await.expect("roles"),
         vec![],
         "an org without custom roles"
     );
     assert_eq!(
-        s.role_by_name(acme.id, "Deployers")
-            .await
-            .expect("role_by_name"),
+        s.role_by_name(acme.id, "Deployers").await.expect("role_by_name"),
         None,
         "a role of another org is not found by name"
     );
@@ -187,11 +173,7 @@ pub async fn role_in_use_cannot_be_deleted<S: Storage>(s: &S) {
         s.delete_role(deployers.id).await.expect("delete_role"),
         "deleting the now unused role"
     );
-    assert_eq!(
-        s.role(deployers.id).await.expect("role"),
-        None,
-        "the role is gone"
-    );
+    assert_eq!(s.role(deployers.id).await.expect("role"), None, "the role is gone");
     assert!(
         !s.delete_role(deployers.id).await.expect("delete_role"),
         "deleting it again reports false"

@@ -3,14 +3,12 @@
 
 use chrono::{TimeDelta, Utc};
 use gradient_domain::model::{
-    ApiKey, Cache, Compression, InputOverride, Membership, Org, Project, Role, RoleRef, Session,
-    Timestamp, User, truncate_to_micros,
+    ApiKey, Cache, Compression, InputOverride, Membership, Org, Project, Role, RoleRef, Session, Timestamp, User,
+    truncate_to_micros,
 };
 use gradient_domain::permissions::{BuiltinRole, KeyScope, Permission};
 use gradient_domain::ports::Storage;
-use gradient_domain::{
-    ApiKeyId, CacheId, Email, Name, OrgId, ProjectId, RoleId, SessionId, UserId,
-};
+use gradient_domain::{ApiKeyId, CacheId, Email, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -42,9 +40,7 @@ pub(super) fn new_user(prefix: &str) -> User {
         email: Email::parse(&format!("{username}@example.com")).expect("scenario emails are valid"),
         name: format!("{prefix} the tester"),
         username,
-        password_hash: Some(
-            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".to_owned(),
-        ),
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".to_owned()),
         email_verified: true,
         created_at: now(),
     }
@@ -52,9 +48,7 @@ pub(super) fn new_user(prefix: &str) -> User {
 
 pub(super) async fn user<S: Storage>(s: &S, prefix: &str) -> User {
     let user = new_user(prefix);
-    s.create_user(&user)
-        .await
-        .expect("create_user of a new user succeeds");
+    s.create_user(&user).await.expect("create_user of a new user succeeds");
     user
 }
 
@@ -94,9 +88,7 @@ pub(super) fn new_org(prefix: &str, creator: UserId, public: bool) -> Org {
 
 pub(super) async fn org<S: Storage>(s: &S, prefix: &str, creator: UserId, public: bool) -> Org {
     let org = new_org(prefix, creator, public);
-    s.create_org(&org)
-        .await
-        .expect("create_org of a new org succeeds");
+    s.create_org(&org).await.expect("create_org of a new org succeeds");
     org
 }
 
@@ -114,9 +106,7 @@ pub(super) fn new_role(org: OrgId, name: &str) -> Role {
 
 pub(super) async fn role<S: Storage>(s: &S, org: OrgId, name: &str) -> Role {
     let role = new_role(org, name);
-    s.create_role(&role)
-        .await
-        .expect("create_role of a new role succeeds");
+    s.create_role(&role).await.expect("create_role of a new role succeeds");
     role
 }
 
@@ -147,12 +137,7 @@ pub(super) fn new_project(org: OrgId, prefix: &str, creator: UserId) -> Project 
     }
 }
 
-pub(super) async fn project<S: Storage>(
-    s: &S,
-    org: OrgId,
-    prefix: &str,
-    creator: UserId,
-) -> Project {
+pub(super) async fn project<S: Storage>(s: &S, org: OrgId, prefix: &str, creator: UserId) -> Project {
     let project = new_project(org, prefix, creator);
     s.create_project(&project)
         .await

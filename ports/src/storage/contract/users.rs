@@ -1,8 +1,6 @@
 //! Users, sessions and API keys.
 
-use super::support::{
-    conflict, hash, name, new_api_key, new_session, new_user, now, seconds, user,
-};
+use super::support::{conflict, hash, name, new_api_key, new_session, new_user, now, seconds, user};
 use gradient_domain::permissions::{KeyScope, Permission};
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::{ApiKeyId, Email, OrgId, SessionId, UserId};
@@ -13,22 +11,14 @@ pub async fn user_round_trips<S: Storage>(s: &S) {
     let oidc_only = user_without_password();
     for user in [&with_password, &oidc_only] {
         s.create_user(user).await.expect("create_user");
+        assert_eq!(s.user(user.id).await.expect("user"), Some(user.clone()), "user by id");
         assert_eq!(
-            s.user(user.id).await.expect("user"),
-            Some(user.clone()),
-            "user by id"
-        );
-        assert_eq!(
-            s.user_by_username(&user.username)
-                .await
-                .expect("user_by_username"),
+            s.user_by_username(&user.username).await.expect("user_by_username"),
             Some(user.clone()),
             "user by username"
         );
         assert_eq!(
-            s.user_by_email(user.email.as_str())
-                .await
-                .expect("user_by_email"),
+            s.user_by_email(user.email.as_str()).await.expect("user_by_email"),
             Some(user.clone()),
             "user by email"
         );
@@ -44,16 +34,10 @@ fn user_without_password() -> gradient_domain::model::User {
 
 /// Looking up a user that does not exist is `None`, not an error.
 pub async fn absent_users_are_none<S: Storage>(s: &S) {
-    assert_eq!(
-        s.user(UserId::new()).await.expect("user"),
-        None,
-        "unknown user id"
-    );
+    assert_eq!(s.user(UserId::new()).await.expect("user"), None, "unknown user id");
     let unknown = name("nobody");
     assert_eq!(
-        s.user_by_username(&unknown)
-            .await
-            .expect("user_by_username"),
+        s.user_by_username(&unknown).await.expect("user_by_username"),
         None,
         "unknown username"
     );
@@ -77,9 +61,7 @@ pub async fn user_by_email_matches_exactly<S: Storage>(s: &S) {
     );
     let normalised = Email::parse(&shouted).expect("valid email");
     assert_eq!(
-        s.user_by_email(normalised.as_str())
-            .await
-            .expect("user_by_email"),
+        s.user_by_email(normalised.as_str()).await.expect("user_by_email"),
         Some(alice),
         "the normalised email finds the user"
     );
@@ -106,9 +88,7 @@ pub async fn taken_username_conflicts<S: Storage>(s: &S) {
         "no row for the refused user"
     );
     assert_eq!(
-        s.user_by_email(imposter.email.as_str())
-            .await
-            .expect("user_by_email"),
+        s.user_by_email(imposter.email.as_str()).await.expect("user_by_email"),
         None,
         "the refused user's email is not stored"
     );
@@ -125,9 +105,7 @@ pub async fn taken_email_conflicts<S: Storage>(s: &S) {
         "create_user with a taken email"
     );
     assert_eq!(
-        s.user_by_email(alice.email.as_str())
-            .await
-            .expect("user_by_email"),
+        s.user_by_email(alice.email.as_str()).await.expect("user_by_email"),
         Some(alice),
         "the email still finds the original user"
     );
@@ -137,9 +115,7 @@ pub async fn taken_email_conflicts<S: Storage>(s: &S) {
         "no row for the refused user"
     );
     assert_eq!(
-        s.user_by_username(&imposter.username)
-            .await
-            .expect("user_by_username"),
+        s.user_by_username(&imposter.username).await.expect("user_by_username"),
         None,
         "the refused user's username is not stored"
     );
@@ -267,11 +243,7 @@ pub async fn api_keys_are_listed_oldest_first<S: Storage>(s: &S) {
         vec![oldest, first_twin, second_twin, newest],
         "alice's keys, by creation time then id"
     );
-    assert_eq!(
-        s.api_keys(bob.id).await.expect("api_keys"),
-        vec![bobs],
-        "bob's keys"
-    );
+    assert_eq!(s.api_keys(bob.id).await.expect("api_keys"), vec![bobs], "bob's keys");
     assert_eq!(
         s.api_keys(UserId::new()).await.expect("api_keys"),
         vec![],
@@ -315,9 +287,7 @@ pub async fn taken_api_key_hash_conflicts<S: Storage>(s: &S) {
         );
     }
     assert_eq!(
-        s.api_key_by_hash(&original.hash)
-            .await
-            .expect("api_key_by_hash"),
+        s.api_key_by_hash(&original.hash).await.expect("api_key_by_hash"),
         Some(original.clone()),
         "the hash still finds the original key"
     );
@@ -326,11 +296,7 @@ pub async fn taken_api_key_hash_conflicts<S: Storage>(s: &S) {
         vec![original],
         "alice has only her original key"
     );
-    assert_eq!(
-        s.api_keys(bob.id).await.expect("api_keys"),
-        vec![],
-        "bob has no key"
-    );
+    assert_eq!(s.api_keys(bob.id).await.expect("api_keys"), vec![], "bob has no key");
 }
 
 /// Only the owner can delete a key; deleting reports whether something was deleted.
@@ -342,9 +308,7 @@ pub async fn api_key_is_deleted_only_by_its_owner<S: Storage>(s: &S) {
     s.create_api_key(&key).await.expect("create_api_key");
     s.create_api_key(&kept).await.expect("create_api_key");
     assert!(
-        !s.delete_api_key(mallory.id, key.id)
-            .await
-            .expect("delete_api_key"),
+        !s.delete_api_key(mallory.id, key.id).await.expect("delete_api_key"),
         "someone else's key"
     );
     assert_eq!(
@@ -353,9 +317,7 @@ pub async fn api_key_is_deleted_only_by_its_owner<S: Storage>(s: &S) {
         "a key is kept when someone else tries to delete it"
     );
     assert!(
-        s.delete_api_key(alice.id, key.id)
-            .await
-            .expect("delete_api_key"),
+        s.delete_api_key(alice.id, key.id).await.expect("delete_api_key"),
         "the owner deletes the key"
     );
     assert_eq!(
@@ -364,9 +326,7 @@ pub async fn api_key_is_deleted_only_by_its_owner<S: Storage>(s: &S) {
         "a deleted key is gone"
     );
     assert!(
-        !s.delete_api_key(alice.id, key.id)
-            .await
-            .expect("delete_api_key"),
+        !s.delete_api_key(alice.id, key.id).await.expect("delete_api_key"),
         "deleting it again"
     );
     assert!(

@@ -1,9 +1,7 @@
 //! The in-memory state and the rules of the storage port applied to it. Every write checks all it needs to
 //! before it changes anything, so a refused write leaves the state as it was.
 
-use gradient_domain::model::{
-    ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User,
-};
+use gradient_domain::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User};
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::storage::{Result, StorageError};
 use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
@@ -29,11 +27,7 @@ fn conflict(what: &str) -> StorageError {
 
 /// Fails with NotFound unless `present`.
 fn require(present: bool) -> Result<()> {
-    if present {
-        Ok(())
-    } else {
-        Err(StorageError::NotFound)
-    }
+    if present { Ok(()) } else { Err(StorageError::NotFound) }
 }
 
 /// Role names are unique and looked up ignoring ASCII case, like built-in role names.
@@ -80,12 +74,7 @@ impl State {
     }
 
     pub(super) fn api_keys(&self, user: UserId) -> Vec<ApiKey> {
-        let mut keys: Vec<ApiKey> = self
-            .api_keys
-            .values()
-            .filter(|k| k.user_id == user)
-            .cloned()
-            .collect();
+        let mut keys: Vec<ApiKey> = self.api_keys.values().filter(|k| k.user_id == user).cloned().collect();
         keys.sort_by_key(|k| (k.created_at, k.id));
         keys
     }
@@ -106,16 +95,13 @@ impl State {
         }
         require(self.users.contains_key(&org.created_by))?;
         self.orgs.insert(org.id, org.clone());
-        self.memberships.insert(
-            (org.id, org.created_by),
-            RoleRef::Builtin(BuiltinRole::Admin),
-        );
+        self.memberships
+            .insert((org.id, org.created_by), RoleRef::Builtin(BuiltinRole::Admin));
         Ok(())
     }
 
     pub(super) fn visible_orgs(&self, user: Option<UserId>) -> Vec<Org> {
-        let visible =
-            |o: &&Org| o.public || user.is_some_and(|u| self.memberships.contains_key(&(o.id, u)));
+        let visible = |o: &&Org| o.public || user.is_some_and(|u| self.memberships.contains_key(&(o.id, u)));
         let mut orgs: Vec<Org> = self.orgs.values().filter(visible).cloned().collect();
         orgs.sort_by(|a, b| a.name.cmp(&b.name));
         orgs
@@ -155,12 +141,7 @@ impl State {
     }
 
     pub(super) fn roles(&self, org: OrgId) -> Vec<Role> {
-        let mut roles: Vec<Role> = self
-            .roles
-            .values()
-            .filter(|r| r.org_id == org)
-            .cloned()
-            .collect();
+        let mut roles: Vec<Role> = self.roles.values().filter(|r| r.org_id == org).cloned().collect();
         roles.sort_by(|a, b| {
             let key = |r: &Role| (r.name.to_ascii_lowercase(), r.name.clone());
             key(a).cmp(&key(b))
@@ -193,8 +174,7 @@ impl State {
         if let RoleRef::Custom(role) = m.role {
             require(self.roles.get(&role).is_some_and(|r| r.org_id == m.org_id))?;
         }
-        self.memberships
-            .insert((m.org_id, m.user_id), m.role.clone());
+        self.memberships.insert((m.org_id, m.user_id), m.role.clone());
         Ok(())
     }
 
@@ -243,21 +223,13 @@ impl State {
     }
 
     pub(super) fn projects(&self, org: OrgId) -> Vec<Project> {
-        let mut projects: Vec<Project> = self
-            .projects
-            .values()
-            .filter(|p| p.org_id == org)
-            .cloned()
-            .collect();
+        let mut projects: Vec<Project> = self.projects.values().filter(|p| p.org_id == org).cloned().collect();
         projects.sort_by(|a, b| a.name.cmp(&b.name));
         projects
     }
 
     pub(super) fn update_project(&mut self, project: &Project) -> Result<()> {
-        let stored = self
-            .projects
-            .get_mut(&project.id)
-            .ok_or(StorageError::NotFound)?;
+        let stored = self.projects.get_mut(&project.id).ok_or(StorageError::NotFound)?;
         *stored = Project {
             id: stored.id,
             org_id: stored.org_id,
@@ -289,19 +261,14 @@ impl State {
                 .iter()
                 .any(|(org, c)| *c == cache && self.memberships.contains_key(&(*org, user)))
         };
-        let visible = |c: &&Cache| {
-            c.public || user.is_some_and(|u| c.created_by == u || subscribed_by_member(c.id, u))
-        };
+        let visible = |c: &&Cache| c.public || user.is_some_and(|u| c.created_by == u || subscribed_by_member(c.id, u));
         let mut caches: Vec<Cache> = self.caches.values().filter(visible).cloned().collect();
         caches.sort_by(|a, b| a.name.cmp(&b.name));
         caches
     }
 
     pub(super) fn update_cache(&mut self, cache: &Cache) -> Result<()> {
-        let stored = self
-            .caches
-            .get_mut(&cache.id)
-            .ok_or(StorageError::NotFound)?;
+        let stored = self.caches.get_mut(&cache.id).ok_or(StorageError::NotFound)?;
         stored.display_name.clone_from(&cache.display_name);
         stored.description.clone_from(&cache.description);
         stored.public = cache.public;
