@@ -227,4 +227,16 @@ impl Users for SqlStorage {
         .map_err(db_error)?;
         Ok(done > 0)
     }
+
+    async fn touch_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> Result<bool> {
+        let sql = "UPDATE api_keys SET last_used_at = $1 WHERE id = $2";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(at)
+            .bind(id.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
 }

@@ -149,6 +149,11 @@ async fn a_user_sets_up_org_project_cache_and_reads_them_back_with_a_key() {
     let keys = s.ok(Method::GET, "/user/keys", Some(&token), None).await;
     assert_eq!(keys[0]["name"], "ci");
     assert!(keys[0].get("key").is_none(), "the secret is shown only once");
+    assert!(
+        keys[0]["last_used_at"].is_string(),
+        "the key's last use is recorded: {}",
+        keys[0]
+    );
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 mod build;
 mod cache;
 mod evaluation;
+mod forge;
 mod org;
 mod project;
 mod user;
@@ -12,6 +13,7 @@ mod worker;
 pub use build::*;
 pub use cache::*;
 pub use evaluation::*;
+pub use forge::*;
 pub use org::*;
 pub use project::*;
 pub use user::*;

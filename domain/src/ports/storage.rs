@@ -10,7 +10,7 @@
 //! * Lists are ordered by name (users by username), unless a method says otherwise.
 //! * `Unavailable` is for the backend failing (connection lost, disk full); its text is for logs only.
 
-use crate::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User};
+use crate::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, Timestamp, User};
 use crate::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
 use std::future::Future;
 
@@ -57,6 +57,8 @@ pub trait Users {
     fn api_key_by_hash(&self, hash: &str) -> impl Future<Output = Result<Option<ApiKey>>> + Send;
     /// Deletes the key only if it belongs to `user`; Ok(false) otherwise.
     fn delete_api_key(&self, user: UserId, id: ApiKeyId) -> impl Future<Output = Result<bool>> + Send;
+    /// Records when the key was last used (only `last_used_at` changes). Ok(false) if the key does not exist.
+    fn touch_api_key(&self, id: ApiKeyId, at: Timestamp) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Organizations, their custom roles and their members.

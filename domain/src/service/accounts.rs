@@ -77,6 +77,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(hash) = auth::api_key_hash(token) {
             let key = self.storage.api_key_by_hash(&hash).await?.ok_or_else(unauthenticated)?;
             let user = self.storage.user(key.user_id).await?.ok_or_else(unauthenticated)?;
+            // Record the use, at most once a minute per key so busy clients do not write on every request.
+            let now = self.clock.now();
+            if key
+                .last_used_at
+                .is_none_or(|last| now - last >= chrono::TimeDelta::minutes(1))
+            {
+                self.storage.touch_api_key(key.id, now).await?;
+            }
             return Ok(Caller::Key { user, scope: key.scope });
         }
         let now = self.clock.now();

@@ -57,6 +57,7 @@ macro_rules! storage_contract {
             api_key_of_unknown_user_is_not_found,
             taken_api_key_hash_conflicts,
             api_key_is_deleted_only_by_its_owner,
+            touching_an_api_key_records_only_its_last_use,
             // Organizations.
             org_round_trips_and_creator_is_admin,
             absent_orgs_are_none,

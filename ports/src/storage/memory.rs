@@ -6,7 +6,9 @@
 
 mod state;
 
-use gradient_domain::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User};
+use gradient_domain::model::{
+    ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, Timestamp, User,
+};
 use gradient_domain::ports::storage::{Caches, Meta, Orgs, Projects, Result, Users};
 use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
 use state::State;
@@ -75,6 +77,10 @@ impl Users for MemoryStorage {
 
     async fn delete_api_key(&self, user: UserId, id: ApiKeyId) -> Result<bool> {
         self.with(|s| Ok(s.delete_api_key(user, id)))
+    }
+
+    async fn touch_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<bool> {
+        self.with(|s| Ok(s.api_keys.get_mut(&id).map(|k| k.last_used_at = Some(at)).is_some()))
     }
 }
 

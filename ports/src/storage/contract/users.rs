@@ -1,6 +1,7 @@
 //! Users, sessions and API keys.
 
 use super::support::{conflict, hash, name, new_api_key, new_session, new_user, now, seconds, user};
+use gradient_domain::model::ApiKey;
 use gradient_domain::permissions::{KeyScope, Permission};
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::{ApiKeyId, Email, OrgId, SessionId, UserId};
@@ -339,5 +340,29 @@ pub async fn api_key_is_deleted_only_by_its_owner<S: Storage>(s: &S) {
         s.api_keys(alice.id).await.expect("api_keys"),
         vec![kept],
         "the other key is untouched"
+    );
+}
+
+pub async fn touching_an_api_key_records_only_its_last_use<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let key = new_api_key(alice.id, "laptop");
+    s.create_api_key(&key).await.expect("create_api_key");
+    let at = key.created_at + chrono::TimeDelta::seconds(90);
+    assert!(
+        s.touch_api_key(key.id, at).await.expect("touch_api_key"),
+        "the key exists"
+    );
+    let read = s.api_key_by_hash(&key.hash).await.expect("api_key_by_hash");
+    assert_eq!(
+        read,
+        Some(ApiKey {
+            last_used_at: Some(at),
+            ..key.clone()
+        }),
+        "only last_used_at changed"
+    );
+    assert!(
+        !s.touch_api_key(ApiKeyId::new(), at).await.expect("touch_api_key"),
+        "an unknown key"
     );
 }
