@@ -10,6 +10,7 @@ pub mod crypt;
 pub mod ids;
 pub mod model;
 pub mod names;
+pub mod nix;
 pub mod permissions;
 pub mod ports;
 pub mod service;

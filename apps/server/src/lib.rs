@@ -121,6 +121,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let settings = Settings {
         enable_registration: config.enable_registration,
         oidc_required: config.oidc.enable && config.oidc.required,
+        domain: config.domain.clone(),
         ..Settings::default()
     };
     let app = Gradient::new(

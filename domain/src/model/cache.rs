@@ -15,6 +15,9 @@ pub struct Cache {
     /// Priority announced to clients on `localIps`; `None` announces `priority` to everyone.
     pub local_priority: Option<i32>,
     pub compression: Compression,
+    /// The cache's ed25519 secret key (`name:base64`, as `nix key generate-secret` writes it), sealed with
+    /// the crypt secret. Generated when the cache is created.
+    pub signing_key: crate::crypt::Sealed,
     pub created_by: UserId,
     pub created_at: Timestamp,
 }
@@ -44,3 +47,47 @@ impl Compression {
 
 /// The priority a new cache gets when none is given (below cache.nixos.org's 40, so Gradient is tried first).
 pub const DEFAULT_CACHE_PRIORITY: i32 = 30;
+
+/// A store path held by a cache: what its narinfo says (the server signs it when serving).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedPath {
+    pub cache_id: CacheId,
+    /// The 32-character nix32 hash part of the store path; the narinfo is served as `<hash_part>.narinfo`.
+    pub hash_part: String,
+    /// Full store path, `/nix/store/<hash>-<name>`.
+    pub store_path: String,
+    /// Where the compressed NAR is served, relative to the cache: `nar/<filehash>.nar.zst`.
+    pub url: String,
+    pub compression: Compression,
+    /// `sha256:<nix32>` of the compressed file.
+    pub file_hash: String,
+    pub file_size: u64,
+    /// `sha256:<nix32>` of the uncompressed NAR.
+    pub nar_hash: String,
+    pub nar_size: u64,
+    /// Basenames (`<hash>-<name>`) of the paths this one references, sorted.
+    pub references: Vec<String>,
+    /// Basename of the deriver, if known.
+    pub deriver: Option<String>,
+    pub system: Option<String>,
+    /// Content address, for content-addressed paths.
+    pub ca: Option<String>,
+    pub created_at: Timestamp,
+    /// When a client last fetched the path (recorded in batches); drives TTL garbage collection.
+    pub last_fetched_at: Timestamp,
+}
+
+/// A compressed NAR file received by a cache, with what the server measured while receiving it. It becomes
+/// reachable once a narinfo refers to its `url`; unreferenced files are collected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NarFile {
+    pub cache_id: CacheId,
+    /// `nar/<filehash>.nar[.zst|.xz]`, unique per cache.
+    pub url: String,
+    pub compression: Compression,
+    pub file_hash: String,
+    pub file_size: u64,
+    pub nar_hash: String,
+    pub nar_size: u64,
+    pub created_at: Timestamp,
+}

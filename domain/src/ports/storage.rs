@@ -10,7 +10,9 @@
 //! * Lists are ordered by name (users by username), unless a method says otherwise.
 //! * `Unavailable` is for the backend failing (connection lost, disk full); its text is for logs only.
 
-use crate::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, Timestamp, User};
+use crate::model::{
+    ApiKey, Cache, CachedPath, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User,
+};
 use crate::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
 use std::future::Future;
 
@@ -31,9 +33,9 @@ pub enum StorageError {
 pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// Everything Gradient stores. Split by aggregate so an adapter's file can follow the same shape.
-pub trait Storage: Users + Orgs + Projects + Caches + Meta + Send + Sync + 'static {}
+pub trait Storage: Users + Orgs + Projects + Caches + CacheContents + Meta + Send + Sync + 'static {}
 
-impl<T: Users + Orgs + Projects + Caches + Meta + Send + Sync + 'static> Storage for T {}
+impl<T: Users + Orgs + Projects + Caches + CacheContents + Meta + Send + Sync + 'static> Storage for T {}
 
 /// Users, their sessions and their API keys.
 pub trait Users {
@@ -115,9 +117,9 @@ pub trait Caches {
     fn cache(&self, id: CacheId) -> impl Future<Output = Result<Option<Cache>>> + Send;
     /// Public caches, caches `user` created, and caches subscribed by an organization `user` is a member of.
     fn visible_caches(&self, user: Option<UserId>) -> impl Future<Output = Result<Vec<Cache>>> + Send;
-    /// Updates display name, description, public, priority, local priority and compression.
+    /// Updates display name, description, public, priority, local priority, compression and signing key.
     fn update_cache(&self, cache: &Cache) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes the cache and its subscriptions. Ok(false) if absent.
+    /// Deletes the cache with its subscriptions, cached paths and NAR file records. Ok(false) if absent.
     fn delete_cache(&self, id: CacheId) -> impl Future<Output = Result<bool>> + Send;
 
     /// Ok(false) when already subscribed; NotFound when the org or cache does not exist.
@@ -128,6 +130,40 @@ pub trait Caches {
     fn subscriptions(&self, org: OrgId) -> impl Future<Output = Result<Vec<Cache>>> + Send;
     /// The organizations subscribed to a cache, by name.
     fn subscribers(&self, cache: CacheId) -> impl Future<Output = Result<Vec<Org>>> + Send;
+}
+
+/// What caches hold: NAR files as received, and the store paths (narinfos) that refer to them.
+pub trait CacheContents {
+    /// Records a received NAR file, replacing the record of the same `url` in the same cache.
+    /// NotFound when the cache does not exist.
+    fn put_nar_file(&self, file: &NarFile) -> impl Future<Output = Result<()>> + Send;
+    fn nar_file(&self, cache: CacheId, url: &str) -> impl Future<Output = Result<Option<NarFile>>> + Send;
+    /// Ok(false) if absent.
+    fn delete_nar_file(&self, cache: CacheId, url: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// NAR files created before `before` that no cached path of their cache refers to, oldest first,
+    /// at most `limit`.
+    fn orphan_nar_files(&self, before: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<NarFile>>> + Send;
+
+    /// Stores a path's narinfo, replacing the one with the same hash part in the same cache.
+    /// NotFound when the cache does not exist.
+    fn put_cached_path(&self, path: &CachedPath) -> impl Future<Output = Result<()>> + Send;
+    fn cached_path(&self, cache: CacheId, hash_part: &str) -> impl Future<Output = Result<Option<CachedPath>>> + Send;
+    /// Whether any cached path of the cache refers to this NAR url.
+    fn nar_url_in_use(&self, cache: CacheId, url: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Sets `last_fetched_at = at` for the given paths of the cache (unknown hash parts are ignored);
+    /// answers how many were updated. One call per batch, not per request.
+    fn touch_cached_paths(
+        &self,
+        cache: CacheId,
+        hash_parts: &[String],
+        at: Timestamp,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Paths of any cache last fetched before `before`, least recently fetched first, at most `limit`.
+    fn stale_cached_paths(&self, before: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<CachedPath>>> + Send;
+    /// Ok(false) if absent.
+    fn delete_cached_path(&self, cache: CacheId, hash_part: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Number of paths and total compressed bytes the cache holds.
+    fn cache_usage(&self, cache: CacheId) -> impl Future<Output = Result<(u64, u64)>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

@@ -6,6 +6,7 @@ use super::{Caller, Gradient, Result, ServiceError, check_text};
 use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
+use crate::nix::signing::{PublicKey, SecretKey};
 use crate::{CacheId, Name};
 
 #[derive(Clone, Debug, Default)]
@@ -116,7 +117,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let description = new.description.unwrap_or_default();
         check_text("display_name", &display_name, 256)?;
         check_text("description", &description, 4096)?;
+        // The key is named after the server's domain and the cache, as Nix users expect (`host-cache:…`).
+        let host = self.settings.domain.rsplit_once(':').map_or(self.settings.domain.as_str(), |(h, _)| h);
+        let key = SecretKey::generate(&format!("{host}-{name}"))
+            .map_err(|e| ServiceError::Internal(format!("cannot name the signing key: {e}")))?;
         let cache = Cache {
+            signing_key: self.crypt.seal(key.to_string().as_bytes()),
             id: CacheId::new(),
             display_name: if display_name.is_empty() {
                 name.to_string()
@@ -211,5 +217,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 org.name
             )))
         }
+    }
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// The cache's secret signing key, opened with the crypt secret.
+    pub fn cache_secret_key(&self, cache: &Cache) -> Result<SecretKey> {
+        let raw = self.crypt.open(&cache.signing_key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let text = String::from_utf8(raw).map_err(|_| ServiceError::Internal("signing key is not text".into()))?;
+        SecretKey::parse(&text).map_err(|e| ServiceError::Internal(format!("stored signing key: {e}")))
+    }
+
+    /// The public key clients put in `trusted-public-keys`, for a cache the caller can read.
+    pub async fn cache_public_key(&self, caller: &Caller, name: &str) -> Result<PublicKey> {
+        let cache = self.cache(caller, name).await?;
+        Ok(self.cache_secret_key(&cache)?.public())
     }
 }

@@ -106,6 +106,8 @@ pub struct Settings {
     /// When OIDC is required, password login and registration are refused.
     pub oidc_required: bool,
     pub session_lifetime: chrono::TimeDelta,
+    /// The public host name; cache signing keys are named `<domain>-<cache>`.
+    pub domain: String,
 }
 
 impl Default for Settings {
@@ -114,6 +116,7 @@ impl Default for Settings {
             enable_registration: true,
             oidc_required: false,
             session_lifetime: chrono::TimeDelta::days(30),
+            domain: "localhost".into(),
         }
     }
 }
