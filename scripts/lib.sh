@@ -43,3 +43,56 @@ ensure_postgres() {
   fi
   echo "postgres:///postgres?host=/var/run/postgresql&user=$me"
 }
+
+# Where test tools installed by these scripts live (a Python venv for moto) and their state (PID files, logs).
+GRADIENT_TEST_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/gradient-test"
+MOTO_PID_FILE="$GRADIENT_TEST_CACHE/moto.pid"
+
+# Installs moto (an S3-compatible server for tests) into a venv, starts it on a free loopback port in the
+# background and prints its endpoint (e.g. http://127.0.0.1:41234) on stdout, and nothing else there.
+# Its PID goes to $MOTO_PID_FILE; stop it with stop_moto. A server left by an earlier run is stopped first.
+ensure_moto() {
+  ensure_packages python3 python3-venv curl >&2
+  local python=/usr/bin/python3 venv="$GRADIENT_TEST_CACHE/venv"
+  [ -x "$python" ] || python=$(command -v python3) || die "python3 is missing"
+  mkdir -p "$GRADIENT_TEST_CACHE"
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    say "installing moto into $venv"
+    rm -rf "$venv"
+    "$python" -m venv "$venv" >&2 || die "could not create a Python venv in $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]' >&2 \
+      || die "could not install moto[server] from PyPI"
+  fi
+  stop_moto
+  local port
+  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  local log="$GRADIENT_TEST_CACHE/moto.log"
+  # Its output goes to the log: a command substitution around this function waits for stdout to close.
+  nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 </dev/null &
+  echo $! >"$MOTO_PID_FILE"
+  local endpoint="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "$endpoint/" && { echo "$endpoint"; return 0; }
+    kill -0 "$(cat "$MOTO_PID_FILE")" 2>/dev/null || break
+    sleep 0.2
+  done
+  cat "$log" >&2
+  stop_moto
+  die "moto did not start on $endpoint (log above)"
+}
+
+# Stops the moto server ensure_moto started, if it is still running.
+stop_moto() {
+  [ -f "$MOTO_PID_FILE" ] || return 0
+  local pid
+  pid=$(cat "$MOTO_PID_FILE")
+  # Only a process that is still that moto server: the PID may have been reused since.
+  if [ -n "$pid" ] && grep -q moto_server "/proc/$pid/cmdline" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 25); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+  fi
+  rm -f "$MOTO_PID_FILE"
+}

@@ -6,10 +6,12 @@
 //! reqwest, or tokio's net/fs features; `apps/server/tests` enforces that by reading `cargo metadata`.
 
 pub mod auth;
+pub mod codec;
 pub mod crypt;
 pub mod ids;
 pub mod model;
 pub mod names;
+pub mod net;
 pub mod nix;
 pub mod permissions;
 pub mod ports;

@@ -4,4 +4,5 @@
 //! tests (see [`storage_contract!`]); the in-memory implementations pass the same suites, so services can be
 //! tested against them and trusted to behave like the real thing.
 
+pub mod nar_store;
 pub mod storage;

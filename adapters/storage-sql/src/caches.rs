@@ -3,6 +3,7 @@
 use crate::orgs::{OrgRow, org_columns};
 use crate::{SqlStorage, corrupt, db_error, stored_name, with_pool};
 use chrono::{DateTime, Utc};
+use gradient_domain::crypt::Sealed;
 use gradient_domain::model::{Cache, Compression, Org};
 use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{Caches, Result};
@@ -11,8 +12,8 @@ use uuid::Uuid;
 
 macro_rules! cache_columns {
     () => {
-        "id, name, display_name, description, public, priority, local_priority, compression, created_by, \
-         created_at"
+        "id, name, display_name, description, public, priority, local_priority, compression, signing_key, \
+         created_by, created_at"
     };
 }
 
@@ -26,6 +27,7 @@ struct CacheRow {
     priority: i32,
     local_priority: Option<i32>,
     compression: String,
+    signing_key: String,
     created_by: Uuid,
     created_at: DateTime<Utc>,
 }
@@ -42,6 +44,7 @@ impl CacheRow {
             local_priority: self.local_priority,
             compression: Compression::parse(&self.compression)
                 .ok_or_else(|| corrupt("cache compression", &self.compression))?,
+            signing_key: Sealed(self.signing_key),
             created_by: UserId(self.created_by),
             created_at: self.created_at,
         })
@@ -53,7 +56,7 @@ impl Caches for SqlStorage {
         let sql = concat!(
             "INSERT INTO caches (",
             cache_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         );
         with_pool!(self, |p| sqlx::query(sql)
             .bind(cache.id.0)
@@ -64,6 +67,7 @@ impl Caches for SqlStorage {
             .bind(cache.priority)
             .bind(cache.local_priority)
             .bind(cache.compression.as_str())
+            .bind(&cache.signing_key.0)
             .bind(cache.created_by.0)
             .bind(cache.created_at)
             .execute(p)
@@ -111,7 +115,7 @@ impl Caches for SqlStorage {
 
     async fn update_cache(&self, cache: &Cache) -> Result<()> {
         let sql = "UPDATE caches SET display_name = $2, description = $3, public = $4, priority = $5, \
-                   local_priority = $6, compression = $7 WHERE id = $1";
+                   local_priority = $6, compression = $7, signing_key = $8 WHERE id = $1";
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(cache.id.0)
             .bind(&cache.display_name)
@@ -120,6 +124,7 @@ impl Caches for SqlStorage {
             .bind(cache.priority)
             .bind(cache.local_priority)
             .bind(cache.compression.as_str())
+            .bind(&cache.signing_key.0)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))
@@ -128,7 +133,7 @@ impl Caches for SqlStorage {
     }
 
     async fn delete_cache(&self, id: CacheId) -> Result<bool> {
-        // Subscriptions go with it (ON DELETE CASCADE).
+        // Subscriptions, NAR file records and cached paths go with it (ON DELETE CASCADE).
         let sql = "DELETE FROM caches WHERE id = $1";
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(id.0)

@@ -10,8 +10,11 @@
 //! * The schema enforces the rules: unique constraints (named the same on both engines) become
 //!   `Conflict("<what>")`, a missing referenced row becomes `NotFound`, cascades delete what an
 //!   organization or cache owns, and a custom role still held by a member cannot be deleted.
+//! * Sizes (`u64` in the domain) are stored as signed 64-bit integers; a value that does not fit either way
+//!   is reported as `Unavailable`.
 //! * Rows that do not decode into domain types (an invalid name, bad JSON) are reported as `Unavailable`.
 
+mod cache_contents;
 mod caches;
 mod meta;
 mod orgs;

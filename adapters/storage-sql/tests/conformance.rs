@@ -6,10 +6,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use gradient_domain::model::{Org, User};
+use gradient_domain::crypt::Sealed;
+use gradient_domain::model::{Cache, CachedPath, Compression, NarFile, Org, User};
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{Meta, Orgs, Users};
-use gradient_domain::{Email, Name, OrgId, UserId};
+use gradient_domain::ports::storage::{CacheContents, Caches, Meta, Orgs, Users};
+use gradient_domain::{CacheId, Email, Name, OrgId, UserId};
 use gradient_storage_sql::{PoolSizes, SqlStorage, connect};
 use sqlx::Connection;
 use std::path::{Path, PathBuf};
@@ -305,6 +306,93 @@ async fn sqlite_invalid_rows_are_unavailable() {
 async fn postgres_invalid_rows_are_unavailable() {
     let url = create_postgres_database().await;
     invalid_rows_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+}
+
+/// Sizes are stored as signed 64-bit integers: a larger one is refused as Unavailable and stores nothing, and
+/// a negative stored one is reported, not wrapped.
+async fn sizes_beyond_i64_are_unavailable(s: SqlStorage, url: &str) {
+    let gina = user("gina");
+    s.create_user(&gina).await.unwrap();
+    let now = gradient_domain::model::truncate_to_micros(chrono::Utc::now());
+    let cache = Cache {
+        id: CacheId::new(),
+        name: Name::parse("main").unwrap(),
+        display_name: "Main".to_owned(),
+        description: String::new(),
+        public: false,
+        priority: 30,
+        local_priority: None,
+        compression: Compression::Zstd,
+        signing_key: Sealed("v1:key".to_owned()),
+        created_by: gina.id,
+        created_at: now,
+    };
+    s.create_cache(&cache).await.unwrap();
+    let file = NarFile {
+        cache_id: cache.id,
+        url: "nar/huge.nar.zst".to_owned(),
+        compression: Compression::Zstd,
+        file_hash: "sha256:huge".to_owned(),
+        file_size: u64::MAX,
+        nar_hash: "sha256:huge-nar".to_owned(),
+        nar_size: 1,
+        created_at: now,
+    };
+    assert!(matches!(s.put_nar_file(&file).await, Err(StorageError::Unavailable(_))));
+    assert_eq!(s.nar_file(cache.id, &file.url).await.unwrap(), None);
+    let path = CachedPath {
+        cache_id: cache.id,
+        hash_part: "00000000000000000000000000000000".to_owned(),
+        store_path: "/nix/store/00000000000000000000000000000000-huge".to_owned(),
+        url: file.url.clone(),
+        compression: Compression::Zstd,
+        file_hash: file.file_hash.clone(),
+        file_size: 1,
+        nar_hash: file.nar_hash.clone(),
+        nar_size: 1 << 63,
+        references: vec![],
+        deriver: None,
+        system: None,
+        ca: None,
+        created_at: now,
+        last_fetched_at: now,
+    };
+    assert!(matches!(
+        s.put_cached_path(&path).await,
+        Err(StorageError::Unavailable(_))
+    ));
+    assert_eq!(s.cached_path(cache.id, &path.hash_part).await.unwrap(), None);
+
+    let largest = CachedPath {
+        nar_size: i64::MAX.unsigned_abs(),
+        ..path.clone()
+    };
+    s.put_cached_path(&largest).await.unwrap();
+    assert_eq!(s.cached_path(cache.id, &path.hash_part).await.unwrap(), Some(largest));
+    let sql = "UPDATE cached_paths SET file_size = -1";
+    if s.backend() == "sqlite" {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    match s.cached_path(cache.id, &path.hash_part).await {
+        Err(StorageError::Unavailable(message)) => assert!(message.contains("size"), "{message}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sqlite_sizes_beyond_i64_are_unavailable() {
+    let url = sqlite_url(&sqlite_path());
+    sizes_beyond_i64_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+}
+
+#[tokio::test]
+async fn postgres_sizes_beyond_i64_are_unavailable() {
+    let url = create_postgres_database().await;
+    sizes_beyond_i64_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -128,6 +128,8 @@ pub struct Config {
     pub enable_registration: bool,
     pub delete_state: bool,
     pub cache_ttl_hours: u64,
+    /// Seconds between garbage collection sweeps of the caches.
+    pub cache_gc_interval_secs: u64,
     pub nar_storage_open_timeout_secs: u64,
     pub nar_send_chunk_timeout_secs: u64,
     pub max_concurrent_nar_serves: u32,
@@ -137,6 +139,23 @@ pub struct Config {
     pub oidc: OidcConfig,
     pub email: EmailConfig,
     pub github_app: GithubAppConfig,
+    pub nar_store: NarStoreConfig,
+}
+
+/// Where NARs are kept: `GRADIENT_NAR_STORE` is `file:///path` (default `<baseDir>/nars`) or
+/// `s3://bucket[/prefix]`, the latter with `GRADIENT_S3_*` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NarStoreConfig {
+    Fs(PathBuf),
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: String,
+        region: String,
+        access_key_id: String,
+        secret_access_key_file: Option<PathBuf>,
+        path_style: bool,
+    },
 }
 
 /// Reads typed values from a variable source, remembering nothing but the source.
@@ -318,6 +337,7 @@ impl Config {
             enable_registration: e.bool("settings.enableRegistration", true)?,
             delete_state: e.bool("settings.deleteState", true)?,
             cache_ttl_hours: e.parse("settings.cacheTtlHours", 336, "a number of hours (0 disables)")?,
+            cache_gc_interval_secs: e.parse("settings.cacheGcIntervalSecs", 3600, "a number of seconds")?,
             nar_storage_open_timeout_secs: e.parse("settings.narStorageOpenTimeoutSecs", 60, "a number of seconds")?,
             nar_send_chunk_timeout_secs: e.parse("settings.narSendChunkTimeoutSecs", 30, "a number of seconds")?,
             max_concurrent_nar_serves: e.parse("settings.maxConcurrentNarServes", 8, "a number of tasks")?,
@@ -336,6 +356,7 @@ impl Config {
                 from_name: e.string("email.fromName").unwrap_or_else(|| "Gradient".into()),
             },
             github_app,
+            nar_store: nar_store(&e)?,
         })
     }
 
@@ -354,6 +375,42 @@ impl Config {
         }
         Ok(format!("sqlite://{}", self.base_dir.join("gradient.db").display()))
     }
+}
+
+fn nar_store(e: &Env) -> Result<NarStoreConfig, ConfigError> {
+    let base_dir = e.path("baseDir").unwrap_or_else(|| PathBuf::from("/var/lib/gradient"));
+    let (var, value) = e.raw("narStore");
+    let Some(url) = value else {
+        return Ok(NarStoreConfig::Fs(base_dir.join("nars")));
+    };
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(err(
+                &var,
+                format!("'{url}': a file:// store needs an absolute path (file:///srv/nars)"),
+            ));
+        }
+        return Ok(NarStoreConfig::Fs(PathBuf::from(path)));
+    }
+    let Some(rest) = url.strip_prefix("s3://") else {
+        return Err(err(
+            &var,
+            format!("'{url}': expected file:///path or s3://bucket/prefix"),
+        ));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(err(&var, "the s3:// URL names no bucket"));
+    }
+    Ok(NarStoreConfig::S3 {
+        bucket: bucket.to_owned(),
+        prefix: prefix.trim_matches('/').to_owned(),
+        endpoint: e.string("s3Endpoint").unwrap_or_default(),
+        region: e.string("s3Region").unwrap_or_else(|| "us-east-1".into()),
+        access_key_id: e.string("s3AccessKeyId").unwrap_or_default(),
+        secret_access_key_file: e.path("s3SecretAccessKeyFile"),
+        path_style: e.bool("s3PathStyle", true)?,
+    })
 }
 
 fn check_database_url(var: &str, url: &str) -> Result<(), ConfigError> {
@@ -494,8 +551,27 @@ mod tests {
             ("GRADIENT_MAX_REQUEST_SIZE", "4096"),
             ("GRADIENT_LOCAL_IPS", "192.168.0.0/16, 10.1.2.3"),
             ("GRADIENT_DATABASE_URL", "postgres://u@h/db"),
+            ("GRADIENT_NAR_STORE", "s3://nars/gradient/"),
+            ("GRADIENT_S3_ENDPOINT", "http://127.0.0.1:9000"),
         ]))
         .unwrap();
+        match &c.nar_store {
+            NarStoreConfig::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                path_style,
+                ..
+            } => {
+                assert_eq!((bucket.as_str(), prefix.as_str()), ("nars", "gradient"));
+                assert_eq!(
+                    (endpoint.as_str(), region.as_str(), *path_style),
+                    ("http://127.0.0.1:9000", "us-east-1", true)
+                );
+            }
+            other => panic!("expected S3, got {other:?}"),
+        }
         assert_eq!(c.port, 8080);
         assert_eq!(c.listen_addr.to_string(), "::");
         assert!(!c.enable_registration);

@@ -3,7 +3,9 @@
 //! HTTP endpoint from a state so tests drive it in-process; `run` is what `main` calls.
 
 pub mod api;
+pub mod cache;
 pub mod config;
+pub mod nars;
 pub mod state;
 
 use config::{Config, ConfigError, LogLevels};
@@ -20,6 +22,7 @@ use state::{AppState, HttpSettings};
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let max = state.http.max_request_size;
+    let state_for_cache = state.clone();
     let api = api::service(state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -27,6 +30,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .around(move |ep, req| async move { limit_body(ep, req, max).await })
         .catch_all_error(|e| async move { api::error_response(e) });
     Route::new()
+        .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
         .nest("/api/v1/docs", docs)
         .nest("/api/v1", api)
@@ -138,12 +142,98 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         }),
         other => StartError::Database(other.to_string()),
     })?;
+    let nars = open_nar_store(&config.nar_store).await?;
+    tracing::info!("NAR store: {}", nars.kind());
     let http = HttpSettings {
         max_request_size: config.max_request_size,
+        trusted_proxies: config.trusted_proxies.clone(),
+        local_ips: config.local_ips.clone(),
+        nar_open_timeout_secs: config.nar_storage_open_timeout_secs,
         oidc_enabled: config.oidc.enable,
         email_verification: config.email.enable && config.email.require_verification,
     };
-    Ok(AppState::new(app, http))
+    Ok(AppState::new(app, http, nars))
+}
+
+async fn open_nar_store(config: &config::NarStoreConfig) -> Result<nars::NarStorage, StartError> {
+    let failed = |e: gradient_domain::ports::nar_store::NarStoreError| ConfigError {
+        var: config::env_name("narStore"),
+        problem: format!("cannot open the NAR store: {e}"),
+    };
+    match config {
+        config::NarStoreConfig::Fs(root) => Ok(nars::NarStorage::fs(root.clone()).await.map_err(failed)?),
+        config::NarStoreConfig::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key_file,
+            path_style,
+        } => {
+            let secret_key = match secret_access_key_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| ConfigError {
+                        var: config::env_name("s3SecretAccessKeyFile"),
+                        problem: format!("cannot read {}: {e}", f.display()),
+                    })?
+                    .trim()
+                    .to_owned(),
+                None => String::new(),
+            };
+            let s3 = gradient_nar_store_s3::S3Config {
+                endpoint: endpoint.clone(),
+                region: region.clone(),
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+                access_key: access_key_id.clone(),
+                secret_key,
+                path_style: *path_style,
+            };
+            Ok(nars::NarStorage::s3(s3).await.map_err(failed)?)
+        }
+    }
+}
+
+/// Background upkeep: fetch times are written in batches every minute, and the cache is swept of expired
+/// paths and unreferenced NARs every `sweep` interval.
+pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Duration) {
+    let flush = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            flush_fetches(&flush).await;
+        }
+    });
+    tokio::spawn(async move {
+        let ttl = (cache_ttl_hours > 0).then(|| chrono::TimeDelta::hours(cache_ttl_hours as i64));
+        let mut tick = tokio::time::interval(sweep);
+        loop {
+            tick.tick().await;
+            // Fetches not yet written must count, or a busy path could be collected.
+            flush_fetches(&state).await;
+            match state.app.collect_garbage(&state.nars, ttl).await {
+                Ok(r) if r.paths + r.nar_files > 0 => {
+                    tracing::info!(target: "gradient::cache", "collected {} paths and {} NAR files", r.paths, r.nar_files)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(target: "gradient::cache", "garbage collection failed: {e:?}"),
+            }
+        }
+    });
+}
+
+/// Writes the recorded fetch times.
+pub async fn flush_fetches(state: &AppState) {
+    use gradient_domain::ports::storage::CacheContents;
+    let now = gradient_domain::ports::Clock::now(&state.app.clock);
+    for (cache, paths) in state.fetches.drain() {
+        let paths: Vec<String> = paths.into_iter().collect();
+        if let Err(e) = state.app.storage.touch_cached_paths(cache, &paths, now).await {
+            tracing::warn!(target: "gradient::cache", "recording fetch times failed: {e}");
+        }
+    }
 }
 
 /// Hides a password in a database URL for logging.
@@ -160,6 +250,11 @@ fn redact(url: &str) -> String {
 /// Starts the server and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let state = build_state(&config).await?;
+    spawn_upkeep(
+        state.clone(),
+        config.cache_ttl_hours,
+        std::time::Duration::from_secs(config.cache_gc_interval_secs),
+    );
     let addr = std::net::SocketAddr::new(config.listen_addr, config.port);
     let acceptor = poem::listener::Listener::into_acceptor(TcpListener::bind(addr))
         .await

@@ -1,6 +1,8 @@
 //! What every request handler shares: the domain application wired to its adapters, and the few settings
 //! the HTTP layer itself needs.
 
+use crate::cache::FetchLog;
+use crate::nars::NarStorage;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::service::{Caller, Gradient};
 use gradient_storage_sql::SqlStorage;
@@ -12,6 +14,11 @@ pub type App = Gradient<SqlStorage, SystemClock>;
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
     pub max_request_size: usize,
+    /// Peers allowed to set `X-Forwarded-For`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Clients that get a cache's local priority.
+    pub local_ips: Vec<ipnet::IpNet>,
+    pub nar_open_timeout_secs: u64,
     pub oidc_enabled: bool,
     pub email_verification: bool,
 }
@@ -22,6 +29,8 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub app: App,
     pub http: HttpSettings,
+    pub nars: NarStorage,
+    pub fetches: FetchLog,
 }
 
 impl std::ops::Deref for AppState {
@@ -32,8 +41,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(app: App, http: HttpSettings) -> Self {
-        Self(Arc::new(Inner { app, http }))
+    pub fn new(app: App, http: HttpSettings, nars: NarStorage) -> Self {
+        Self(Arc::new(Inner {
+            app,
+            http,
+            nars,
+            fetches: FetchLog::default(),
+        }))
     }
 
     /// Resolves the caller of a request from its bearer token.

@@ -51,14 +51,20 @@ impl SecretKey {
         check_name(name)?;
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
-        Ok(Self { name: name.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) })
+        Ok(Self {
+            name: name.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        })
     }
 
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let (name, bytes) = split(s)?;
         let bytes: [u8; 64] = bytes.try_into().map_err(|_| KeyError::Bytes)?;
         let key = ed25519_dalek::SigningKey::from_keypair_bytes(&bytes).map_err(|_| KeyError::Bytes)?;
-        Ok(Self { name: name.to_owned(), key })
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -66,7 +72,10 @@ impl SecretKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
     }
 
     /// `name:base64(signature)` over the fingerprint.
@@ -94,7 +103,10 @@ impl PublicKey {
         let (name, bytes) = split(s)?;
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Bytes)?;
         let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Bytes)?;
-        Ok(Self { name: name.to_owned(), key })
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -103,9 +115,17 @@ impl PublicKey {
 
     /// Whether `signature` (`name:base64`) is this key's valid signature of the fingerprint.
     pub fn verify(&self, fingerprint: &str, signature: &str) -> bool {
-        let Ok((name, bytes)) = split(signature) else { return false };
-        let Ok(bytes) = <[u8; 64]>::try_from(bytes) else { return false };
-        name == self.name && self.key.verify(fingerprint.as_bytes(), &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok()
+        let Ok((name, bytes)) = split(signature) else {
+            return false;
+        };
+        let Ok(bytes) = <[u8; 64]>::try_from(bytes) else {
+            return false;
+        };
+        name == self.name
+            && self
+                .key
+                .verify(fingerprint.as_bytes(), &ed25519_dalek::Signature::from_bytes(&bytes))
+                .is_ok()
     }
 }
 
@@ -152,7 +172,13 @@ mod tests {
     #[test]
     fn fingerprint_shape() {
         let refs = vec!["/nix/store/a-x".to_owned(), "/nix/store/b-y".to_owned()];
-        assert_eq!(fingerprint("/nix/store/a-x", "sha256:h", 5, &refs), "1;/nix/store/a-x;sha256:h;5;/nix/store/a-x,/nix/store/b-y");
-        assert_eq!(fingerprint("/nix/store/a-x", "sha256:h", 5, &[]), "1;/nix/store/a-x;sha256:h;5;");
+        assert_eq!(
+            fingerprint("/nix/store/a-x", "sha256:h", 5, &refs),
+            "1;/nix/store/a-x;sha256:h;5;/nix/store/a-x,/nix/store/b-y"
+        );
+        assert_eq!(
+            fingerprint("/nix/store/a-x", "sha256:h", 5, &[]),
+            "1;/nix/store/a-x;sha256:h;5;"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! `gradient-ports` crate that every adapter must pass.
 
 pub mod clock;
+pub mod nar_store;
 pub mod storage;
 
 pub use clock::Clock;

@@ -159,7 +159,8 @@ pub trait CacheContents {
         at: Timestamp,
     ) -> impl Future<Output = Result<u64>> + Send;
     /// Paths of any cache last fetched before `before`, least recently fetched first, at most `limit`.
-    fn stale_cached_paths(&self, before: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<CachedPath>>> + Send;
+    fn stale_cached_paths(&self, before: Timestamp, limit: u32)
+    -> impl Future<Output = Result<Vec<CachedPath>>> + Send;
     /// Ok(false) if absent.
     fn delete_cached_path(&self, cache: CacheId, hash_part: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Number of paths and total compressed bytes the cache holds.

@@ -4,9 +4,9 @@
 
 use super::{Caller, Gradient, Result, ServiceError, check_text};
 use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org};
+use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
-use crate::nix::signing::{PublicKey, SecretKey};
 use crate::{CacheId, Name};
 
 #[derive(Clone, Debug, Default)]
@@ -70,16 +70,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
         let parsed = Name::parse(name).map_err(|_| not_found(name))?;
-        let cache = self
+        let mut cache = self
             .storage
             .cache_by_name(&parsed)
             .await?
             .ok_or_else(|| not_found(name))?;
-        if self.can_read_cache(caller, &cache).await? {
-            Ok(cache)
-        } else {
-            Err(not_found(name))
+        if !self.can_read_cache(caller, &cache).await? {
+            return Err(not_found(name));
         }
+        if cache.signing_key.0.is_empty() {
+            // Caches created before signing keys existed get theirs on first use.
+            cache.signing_key = self.new_signing_key(&cache.name)?;
+            self.storage.update_cache(&cache).await?;
+        }
+        Ok(cache)
     }
 
     /// The cache, if the caller owns it (and, with an API key, the key is not restricted).
@@ -117,12 +121,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let description = new.description.unwrap_or_default();
         check_text("display_name", &display_name, 256)?;
         check_text("description", &description, 4096)?;
-        // The key is named after the server's domain and the cache, as Nix users expect (`host-cache:…`).
-        let host = self.settings.domain.rsplit_once(':').map_or(self.settings.domain.as_str(), |(h, _)| h);
-        let key = SecretKey::generate(&format!("{host}-{name}"))
-            .map_err(|e| ServiceError::Internal(format!("cannot name the signing key: {e}")))?;
         let cache = Cache {
-            signing_key: self.crypt.seal(key.to_string().as_bytes()),
+            signing_key: self.new_signing_key(&name)?,
             id: CacheId::new(),
             display_name: if display_name.is_empty() {
                 name.to_string()
@@ -221,9 +221,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// A new sealed signing key, named after the server's host and the cache as Nix users expect
+    /// (`host-cache:…`).
+    fn new_signing_key(&self, cache: &Name) -> Result<crate::crypt::Sealed> {
+        let host = self
+            .settings
+            .domain
+            .rsplit_once(':')
+            .map_or(self.settings.domain.as_str(), |(h, _)| h);
+        let key = SecretKey::generate(&format!("{host}-{cache}"))
+            .map_err(|e| ServiceError::Internal(format!("cannot name the signing key: {e}")))?;
+        Ok(self.crypt.seal(key.to_string().as_bytes()))
+    }
+
     /// The cache's secret signing key, opened with the crypt secret.
     pub fn cache_secret_key(&self, cache: &Cache) -> Result<SecretKey> {
-        let raw = self.crypt.open(&cache.signing_key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let raw = self
+            .crypt
+            .open(&cache.signing_key)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let text = String::from_utf8(raw).map_err(|_| ServiceError::Internal("signing key is not text".into()))?;
         SecretKey::parse(&text).map_err(|e| ServiceError::Internal(format!("stored signing key: {e}")))
     }

@@ -3,11 +3,13 @@
 //! through the storage port. The HTTP API only translates requests into these calls.
 
 mod accounts;
+mod binary_cache;
 mod caches;
 mod orgs;
 mod projects;
 
 pub use accounts::{Caller, NewKey, Registration};
+pub use binary_cache::{GcReport, NarUrl, nar_key, nix_cache_info};
 pub use caches::{CacheChanges, NewCache};
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use projects::{NewProject, ProjectChanges};
@@ -60,7 +62,7 @@ impl ServiceError {
         }
     }
 
-    pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid {
             code,
             message: message.into(),

@@ -8,6 +8,7 @@
 //! The scenario list lives in one place: the `storage_contract!` macro below. A scenario not listed there is not
 //! run by any adapter.
 
+mod cache_contents;
 mod caches;
 mod members;
 mod meta;
@@ -17,6 +18,7 @@ mod roles;
 mod support;
 mod users;
 
+pub use cache_contents::*;
 pub use caches::*;
 pub use members::*;
 pub use meta::*;
@@ -98,6 +100,22 @@ macro_rules! storage_contract {
             delete_cache_removes_its_subscriptions,
             anonymous_sees_only_public_caches,
             users_see_own_and_subscribed_caches,
+            // Cache contents: NAR files and cached paths.
+            nar_file_round_trips,
+            put_nar_file_replaces_by_url,
+            cached_path_round_trips,
+            put_cached_path_replaces_by_hash_part,
+            cache_contents_of_unknown_cache_are_not_found,
+            absent_cache_contents_are_none,
+            nar_url_in_use_is_per_cache,
+            orphan_nar_files_are_unreferenced_and_older_than_the_cutoff,
+            orphan_nar_files_are_oldest_first_and_limited,
+            touching_cached_paths_records_only_their_last_fetch,
+            stale_cached_paths_are_least_recently_fetched_first,
+            delete_nar_file_and_cached_path_remove_only_that_row,
+            delete_cache_removes_its_contents,
+            delete_org_keeps_subscribed_cache_contents,
+            cache_usage_counts_paths_and_their_file_sizes,
             // Meta.
             meta_init_keeps_the_first_value,
         );

@@ -7,9 +7,9 @@
 mod state;
 
 use gradient_domain::model::{
-    ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, Timestamp, User,
+    ApiKey, Cache, CachedPath, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User,
 };
-use gradient_domain::ports::storage::{Caches, Meta, Orgs, Projects, Result, Users};
+use gradient_domain::ports::storage::{CacheContents, Caches, Meta, Orgs, Projects, Result, Users};
 use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
 use state::State;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -211,6 +211,52 @@ impl Caches for MemoryStorage {
 
     async fn subscribers(&self, cache: CacheId) -> Result<Vec<Org>> {
         self.with(|s| Ok(s.subscribers(cache)))
+    }
+}
+
+impl CacheContents for MemoryStorage {
+    async fn put_nar_file(&self, file: &NarFile) -> Result<()> {
+        self.with(|s| s.put_nar_file(file))
+    }
+
+    async fn nar_file(&self, cache: CacheId, url: &str) -> Result<Option<NarFile>> {
+        self.with(|s| Ok(s.nar_files.get(&(cache, url.to_owned())).cloned()))
+    }
+
+    async fn delete_nar_file(&self, cache: CacheId, url: &str) -> Result<bool> {
+        self.with(|s| Ok(s.nar_files.remove(&(cache, url.to_owned())).is_some()))
+    }
+
+    async fn orphan_nar_files(&self, before: Timestamp, limit: u32) -> Result<Vec<NarFile>> {
+        self.with(|s| Ok(s.orphan_nar_files(before, limit)))
+    }
+
+    async fn put_cached_path(&self, path: &CachedPath) -> Result<()> {
+        self.with(|s| s.put_cached_path(path))
+    }
+
+    async fn cached_path(&self, cache: CacheId, hash_part: &str) -> Result<Option<CachedPath>> {
+        self.with(|s| Ok(s.cached_paths.get(&(cache, hash_part.to_owned())).cloned()))
+    }
+
+    async fn nar_url_in_use(&self, cache: CacheId, url: &str) -> Result<bool> {
+        self.with(|s| Ok(s.nar_url_in_use(cache, url)))
+    }
+
+    async fn touch_cached_paths(&self, cache: CacheId, hash_parts: &[String], at: Timestamp) -> Result<u64> {
+        self.with(|s| Ok(s.touch_cached_paths(cache, hash_parts, at)))
+    }
+
+    async fn stale_cached_paths(&self, before: Timestamp, limit: u32) -> Result<Vec<CachedPath>> {
+        self.with(|s| Ok(s.stale_cached_paths(before, limit)))
+    }
+
+    async fn delete_cached_path(&self, cache: CacheId, hash_part: &str) -> Result<bool> {
+        self.with(|s| Ok(s.cached_paths.remove(&(cache, hash_part.to_owned())).is_some()))
+    }
+
+    async fn cache_usage(&self, cache: CacheId) -> Result<(u64, u64)> {
+        self.with(|s| Ok(s.cache_usage(cache)))
     }
 }
 

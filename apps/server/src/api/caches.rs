@@ -91,6 +91,13 @@ impl CachesApi {
         ))
     }
 
+    /// The cache's public signing key (`name:base64`), for Nix's `trusted-public-keys`.
+    #[oai(path = "/caches/:cache/public-key", method = "get")]
+    async fn public_key(&self, auth: MaybeToken, cache: Path<String>) -> Reply<String> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(self.0.app.cache_public_key(&caller, &cache).await?.to_string())
+    }
+
     /// Deletes a cache and its subscriptions (owner only).
     #[oai(path = "/caches/:cache", method = "delete")]
     async fn delete(&self, auth: Token, cache: Path<String>) -> Reply<String> {

@@ -1,12 +1,14 @@
 //! Caches and organizations' subscriptions to them.
 
-use super::support::{cache, cache_names, conflict, name, new_cache, org, seconds, user};
+use super::support::{cache, cache_names, conflict, name, new_cache, org, seconds, signing_key, user};
+use gradient_domain::crypt::Sealed;
 use gradient_domain::model::{Compression, Membership, RoleRef};
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::{CacheId, OrgId, UserId};
 
-/// A cache reads back whole by id and name, with every compression and with or without a local priority.
+/// A cache reads back whole by id and name, with every compression, with or without a local priority, and
+/// with its own signing key.
 pub async fn cache_round_trips<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let zstd = new_cache("zstd", alice.id, true);
@@ -18,6 +20,8 @@ pub async fn cache_round_trips<S: Storage>(s: &S) {
     plain.compression = Compression::None;
     plain.description = String::new();
     plain.local_priority = Some(0);
+    // Storage keeps the sealed key as an opaque string, whatever it holds.
+    plain.signing_key = Sealed("v1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMA==".to_owned());
     for cache in [&zstd, &xz, &plain] {
         s.create_cache(cache).await.expect("create_cache");
         assert_eq!(
@@ -81,7 +85,8 @@ pub async fn cache_of_unknown_creator_is_not_found<S: Storage>(s: &S) {
     );
 }
 
-/// `update_cache` changes display name, description, visibility, priorities and compression, nothing else.
+/// `update_cache` changes display name, description, visibility, priorities, compression and signing key,
+/// nothing else.
 pub async fn update_cache_changes_only_editable_fields<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let bob = user(s, "bob").await;
@@ -93,6 +98,7 @@ pub async fn update_cache_changes_only_editable_fields<S: Storage>(s: &S) {
     edit.priority = 41;
     edit.local_priority = None;
     edit.compression = Compression::Xz;
+    edit.signing_key = signing_key();
     edit.name = name("renamed");
     edit.created_by = bob.id;
     edit.created_at = original.created_at - seconds(3600);
@@ -115,13 +121,14 @@ pub async fn update_cache_changes_only_editable_fields<S: Storage>(s: &S) {
     let mut again = expected;
     again.local_priority = Some(5);
     again.compression = Compression::None;
+    again.signing_key = signing_key();
     s.update_cache(&again)
         .await
         .expect("update_cache setting a local priority");
     assert_eq!(
         s.cache(original.id).await.expect("cache"),
         Some(again),
-        "local priority set again"
+        "local priority set again, signing key replaced again"
     );
 }
 

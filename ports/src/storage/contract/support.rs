@@ -2,9 +2,10 @@
 //! never collide with each other's rows.
 
 use chrono::{TimeDelta, Utc};
+use gradient_domain::crypt::Sealed;
 use gradient_domain::model::{
-    ApiKey, Cache, Compression, InputOverride, Membership, Org, Project, Role, RoleRef, Session, Timestamp, User,
-    truncate_to_micros,
+    ApiKey, Cache, CachedPath, Compression, InputOverride, Membership, NarFile, Org, Project, Role, RoleRef, Session,
+    Timestamp, User, truncate_to_micros,
 };
 use gradient_domain::permissions::{BuiltinRole, KeyScope, Permission};
 use gradient_domain::ports::Storage;
@@ -155,9 +156,15 @@ pub(super) fn new_cache(prefix: &str, creator: UserId, public: bool) -> Cache {
         priority: 30,
         local_priority: Some(10),
         compression: Compression::Zstd,
+        signing_key: signing_key(),
         created_by: creator,
         created_at: now(),
     }
+}
+
+/// A fresh sealed-looking signing key (storage keeps it as an opaque string).
+pub(super) fn signing_key() -> Sealed {
+    Sealed(format!("v1:{}", hash()))
 }
 
 pub(super) async fn cache<S: Storage>(s: &S, prefix: &str, creator: UserId, public: bool) -> Cache {
@@ -166,6 +173,73 @@ pub(super) async fn cache<S: Storage>(s: &S, prefix: &str, creator: UserId, publ
         .await
         .expect("create_cache of a new cache succeeds");
     cache
+}
+
+/// A random time some ten years ago, for scenarios that query every cache with a cutoff: rows dated a few
+/// seconds after it are older than any other scenario's rows dated around now.
+pub(super) fn long_ago() -> Timestamp {
+    let jitter = Uuid::new_v4().as_u128() % 100_000_000;
+    now() - TimeDelta::days(3650) - TimeDelta::seconds(i64::try_from(jitter).unwrap_or(0))
+}
+
+/// A zstd NAR file record of 5 GB (sizes above 2^32 must survive), created now.
+pub(super) fn new_nar_file(cache: CacheId) -> NarFile {
+    let file_hash = hash();
+    NarFile {
+        cache_id: cache,
+        url: format!("nar/{file_hash}.nar.zst"),
+        compression: Compression::Zstd,
+        file_hash: format!("sha256:{file_hash}"),
+        file_size: 5_000_000_000,
+        nar_hash: format!("sha256:{}", hash()),
+        nar_size: 12_000_000_000,
+        created_at: now(),
+    }
+}
+
+pub(super) async fn nar_file<S: Storage>(s: &S, cache: CacheId) -> NarFile {
+    let file = new_nar_file(cache);
+    s.put_nar_file(&file)
+        .await
+        .expect("put_nar_file in an existing cache succeeds");
+    file
+}
+
+/// A cached path whose narinfo points at `file`, with every optional field set, fetched when created.
+pub(super) fn new_cached_path(file: &NarFile, name: &str) -> CachedPath {
+    let hash_part = hash()[..32].to_owned();
+    let created_at = now();
+    CachedPath {
+        cache_id: file.cache_id,
+        store_path: format!("/nix/store/{hash_part}-{name}"),
+        hash_part,
+        url: file.url.clone(),
+        compression: file.compression,
+        file_hash: file.file_hash.clone(),
+        file_size: file.file_size,
+        nar_hash: file.nar_hash.clone(),
+        nar_size: file.nar_size,
+        references: vec![
+            format!("0a{}-glibc-2.40", &hash()[..30]),
+            format!("5f{}-{name}", &hash()[..30]),
+            format!("zz{}-openssl-3.3.2", &hash()[..30]),
+        ],
+        deriver: Some(format!("{}-{name}.drv", &hash()[..32])),
+        system: Some("x86_64-linux".to_owned()),
+        ca: Some(format!("fixed:r:sha256:{}", hash())),
+        created_at,
+        last_fetched_at: created_at,
+    }
+}
+
+/// Stores a NAR file in `cache` and a path referring to it.
+pub(super) async fn cached_path<S: Storage>(s: &S, cache: CacheId, name: &str) -> CachedPath {
+    let file = nar_file(s, cache).await;
+    let path = new_cached_path(&file, name);
+    s.put_cached_path(&path)
+        .await
+        .expect("put_cached_path in an existing cache succeeds");
+    path
 }
 
 /// The names of the orgs in `listed` that are among `ours`, in listed order (other scenarios' rows ignored).

@@ -1,11 +1,13 @@
 //! The in-memory state and the rules of the storage port applied to it. Every write checks all it needs to
 //! before it changes anything, so a refused write leaves the state as it was.
 
-use gradient_domain::model::{ApiKey, Cache, Member, Membership, Org, Project, Role, RoleRef, Session, User};
+use gradient_domain::model::{
+    ApiKey, Cache, CachedPath, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User,
+};
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::storage::{Result, StorageError};
 use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Debug, Default)]
 pub(super) struct State {
@@ -18,6 +20,10 @@ pub(super) struct State {
     pub(super) projects: HashMap<ProjectId, Project>,
     pub(super) caches: HashMap<CacheId, Cache>,
     pub(super) subscriptions: BTreeSet<(OrgId, CacheId)>,
+    /// NAR file records by (cache, url).
+    pub(super) nar_files: BTreeMap<(CacheId, String), NarFile>,
+    /// Cached paths by (cache, hash part).
+    pub(super) cached_paths: BTreeMap<(CacheId, String), CachedPath>,
     pub(super) meta: HashMap<String, String>,
 }
 
@@ -275,6 +281,7 @@ impl State {
         stored.priority = cache.priority;
         stored.local_priority = cache.local_priority;
         stored.compression = cache.compression;
+        stored.signing_key.clone_from(&cache.signing_key);
         Ok(())
     }
 
@@ -283,6 +290,8 @@ impl State {
             return false;
         }
         self.subscriptions.retain(|(_, cache)| *cache != id);
+        self.nar_files.retain(|(cache, _), _| *cache != id);
+        self.cached_paths.retain(|(cache, _), _| *cache != id);
         true
     }
 
@@ -312,4 +321,73 @@ impl State {
         orgs.sort_by(|a, b| a.name.cmp(&b.name));
         orgs
     }
+
+    // Cache contents.
+
+    pub(super) fn put_nar_file(&mut self, file: &NarFile) -> Result<()> {
+        require(self.caches.contains_key(&file.cache_id))?;
+        self.nar_files.insert((file.cache_id, file.url.clone()), file.clone());
+        Ok(())
+    }
+
+    pub(super) fn nar_url_in_use(&self, cache: CacheId, url: &str) -> bool {
+        self.cached_paths.values().any(|p| p.cache_id == cache && p.url == url)
+    }
+
+    /// Oldest first; ties by cache and url, as the SQL adapter orders them.
+    pub(super) fn orphan_nar_files(&self, before: Timestamp, limit: u32) -> Vec<NarFile> {
+        let mut files: Vec<&NarFile> = self
+            .nar_files
+            .values()
+            .filter(|f| f.created_at < before && !self.nar_url_in_use(f.cache_id, &f.url))
+            .collect();
+        files.sort_by(|a, b| (a.created_at, a.cache_id, &a.url).cmp(&(b.created_at, b.cache_id, &b.url)));
+        files.into_iter().take(limit_len(limit)).cloned().collect()
+    }
+
+    pub(super) fn put_cached_path(&mut self, path: &CachedPath) -> Result<()> {
+        require(self.caches.contains_key(&path.cache_id))?;
+        self.cached_paths
+            .insert((path.cache_id, path.hash_part.clone()), path.clone());
+        Ok(())
+    }
+
+    pub(super) fn touch_cached_paths(&mut self, cache: CacheId, hash_parts: &[String], at: Timestamp) -> u64 {
+        let wanted: BTreeSet<&String> = hash_parts.iter().collect();
+        let mut touched = 0;
+        for hash_part in wanted {
+            if let Some(path) = self.cached_paths.get_mut(&(cache, hash_part.clone())) {
+                path.last_fetched_at = at;
+                touched += 1;
+            }
+        }
+        touched
+    }
+
+    /// Least recently fetched first; ties by cache and hash part, as the SQL adapter orders them.
+    pub(super) fn stale_cached_paths(&self, before: Timestamp, limit: u32) -> Vec<CachedPath> {
+        let mut paths: Vec<&CachedPath> = self
+            .cached_paths
+            .values()
+            .filter(|p| p.last_fetched_at < before)
+            .collect();
+        paths.sort_by(|a, b| {
+            (a.last_fetched_at, a.cache_id, &a.hash_part).cmp(&(b.last_fetched_at, b.cache_id, &b.hash_part))
+        });
+        paths.into_iter().take(limit_len(limit)).cloned().collect()
+    }
+
+    pub(super) fn cache_usage(&self, cache: CacheId) -> (u64, u64) {
+        self.cached_paths
+            .values()
+            .filter(|p| p.cache_id == cache)
+            .fold((0, 0), |(count, bytes), p| {
+                (count + 1, bytes.saturating_add(p.file_size))
+            })
+    }
+}
+
+/// A list limit as a length (a `u32` always fits a `usize` on the platforms Gradient runs on).
+fn limit_len(limit: u32) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }

@@ -1,0 +1,227 @@
+//! The NAR store port on a local directory: each object is the file `<root>/<key>`.
+//!
+//! Uploads write to a uniquely named file in `<root>/.tmp/` (keys cannot start a segment with `.`, so no key
+//! lands there), which `commit` flushes, fsyncs and renames over the key's path: a rename within one
+//! filesystem is atomic, so readers see the old object or the new one, never a part. Readers keep reading
+//! the file they opened even if it is replaced or deleted meanwhile.
+//!
+//! Unlike S3's flat namespace, a key here cannot be both an object and the directory of other keys (`a` and
+//! `a/b`): committing the second fails with `Unavailable`. Gradient's keys never do that. Deleting an object
+//! leaves its (possibly empty) directories in place.
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use gradient_domain::ports::nar_store::{
+    ByteRange, ByteStream, NarStore, NarStoreError, NarUpload, Result, check_key, clamp_range,
+};
+use std::io::{ErrorKind, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tokio::fs::{self, File, OpenOptions};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+/// Reads are streamed in chunks of this size.
+const CHUNK: usize = 64 * 1024;
+
+/// Where uploads in progress live, below the root.
+const TMP_DIR: &str = ".tmp";
+
+/// Temporary files older than this are left over from a crash and removed when a store is opened. Long
+/// enough that no upload still running (from another process sharing the root) can be that old.
+const STALE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A `NarStore` on a directory. Clones share the same directory.
+#[derive(Clone, Debug)]
+pub struct FsNarStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl FsNarStore {
+    /// Opens the store at `root`, creating the directory if needed, and removes temporary files left over
+    /// by crashed uploads. `Unavailable` when the directory cannot be created or written.
+    pub async fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let tmp = root.join(TMP_DIR);
+        fs::create_dir_all(&tmp).await.map_err(|e| io_error(&tmp, e))?;
+        let store = Self { root, tmp };
+        store.remove_stale_uploads().await?;
+        Ok(store)
+    }
+
+    /// The directory objects are stored under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    async fn remove_stale_uploads(&self) -> Result<()> {
+        let mut entries = fs::read_dir(&self.tmp).await.map_err(|e| io_error(&self.tmp, e))?;
+        let now = SystemTime::now();
+        while let Some(entry) = entries.next_entry().await.map_err(|e| io_error(&self.tmp, e))? {
+            let modified = entry.metadata().await.and_then(|m| m.modified());
+            let stale = modified.is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > STALE_AFTER));
+            // Best-effort: another process may have removed or renamed it already.
+            if stale {
+                let _ = fs::remove_file(entry.path()).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `e` means "nothing under this path" (a missing file, or a path going through a file).
+fn absent(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> NarStoreError {
+    match e.kind() {
+        ErrorKind::TimedOut => NarStoreError::Timeout,
+        _ => NarStoreError::Unavailable(format!("{}: {e}", path.display())),
+    }
+}
+
+impl NarStore for FsNarStore {
+    type Upload = FsUpload;
+
+    async fn begin(&self, key: &str) -> Result<FsUpload> {
+        let target = self.path(key)?;
+        let temp = self.tmp.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .await
+            .map_err(|e| io_error(&temp, e))?;
+        Ok(FsUpload {
+            file: Some(file),
+            temp,
+            target,
+            size: 0,
+            finished: false,
+        })
+    }
+
+    async fn open(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(u64, ByteStream)>> {
+        let path = self.path(key)?;
+        let mut file = match File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        let meta = file.metadata().await.map_err(|e| io_error(&path, e))?;
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        // The size of the file just opened: a replacement renamed over the path afterwards does not change it.
+        let size = meta.len();
+        let range = clamp_range(range, size);
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start))
+                .await
+                .map_err(|e| io_error(&path, e))?;
+        }
+        let reader = file.take(range.end - range.start);
+        let stream = ReaderStream::with_capacity(reader, CHUNK).map_err(move |e| io_error(&path, e));
+        Ok(Some((size, Box::pin(stream))))
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        let path = self.path(key)?;
+        match fs::metadata(&path).await {
+            Ok(meta) => Ok(meta.is_file().then_some(meta.len())),
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            // A directory is where keys below it live, not an object.
+            Err(e) if absent(&e) || e.kind() == ErrorKind::IsADirectory => Ok(false),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+}
+
+/// An upload to an [`FsNarStore`]: a temporary file until `commit`. Dropped unfinished, it removes its
+/// temporary file.
+#[derive(Debug)]
+pub struct FsUpload {
+    file: Option<File>,
+    temp: PathBuf,
+    target: PathBuf,
+    size: u64,
+    /// Set once committed or aborted, so `Drop` leaves the file system alone.
+    finished: bool,
+}
+
+impl FsUpload {
+    fn file(&mut self) -> Result<&mut File> {
+        // `file` is only taken by `commit` and `abort`, which consume the upload.
+        self.file
+            .as_mut()
+            .ok_or_else(|| NarStoreError::Unavailable("upload already finished".to_owned()))
+    }
+}
+
+impl NarUpload for FsUpload {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let temp = self.temp.clone();
+        self.file()?.write_all(&chunk).await.map_err(|e| io_error(&temp, e))?;
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    async fn commit(mut self) -> Result<u64> {
+        let mut file = self.file.take().ok_or(NarStoreError::NotFound)?;
+        file.flush().await.map_err(|e| io_error(&self.temp, e))?;
+        file.sync_all().await.map_err(|e| io_error(&self.temp, e))?;
+        drop(file);
+        let parent = self.target.parent().unwrap_or(&self.target).to_owned();
+        fs::create_dir_all(&parent).await.map_err(|e| io_error(&parent, e))?;
+        match fs::rename(&self.temp, &self.target).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(NarStoreError::NotFound);
+            }
+            Err(e) => return Err(io_error(&self.target, e)),
+        }
+        self.finished = true;
+        // The rename is durable once the directory holding the new name is synced.
+        let dir = File::open(&parent).await.map_err(|e| io_error(&parent, e))?;
+        dir.sync_all().await.map_err(|e| io_error(&parent, e))?;
+        Ok(self.size)
+    }
+
+    async fn abort(mut self) -> Result<()> {
+        drop(self.file.take());
+        self.finished = true;
+        match fs::remove_file(&self.temp).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&self.temp, e)),
+        }
+    }
+}
+
+impl Drop for FsUpload {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Best-effort and synchronous: unlinking one file is quick, and there may be no runtime left to
+            // hand it to. An open handle still being written to is harmless once the name is gone.
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The NAR store contract on a directory, plus what only the filesystem adapter can get wrong: where files
+//! land, temporary files left behind, chunk sizes, and data surviving a new store on the same root.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use gradient_domain::ports::nar_store::{ByteRange, ByteStream, NarStore, NarUpload, Result};
+use gradient_nar_store_fs::{FsNarStore, FsUpload};
+use gradient_ports::nar_store::contract::{key, pattern, put, read};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+use tempfile::TempDir;
+
+/// A store on a temporary directory that is removed with it.
+struct TestStore {
+    store: FsNarStore,
+    _dir: TempDir,
+}
+
+impl NarStore for TestStore {
+    type Upload = FsUpload;
+
+    async fn begin(&self, key: &str) -> Result<FsUpload> {
+        self.store.begin(key).await
+    }
+
+    async fn open(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(u64, ByteStream)>> {
+        self.store.open(key, range).await
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        self.store.size(key).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        self.store.delete(key).await
+    }
+}
+
+async fn fresh_fs() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsNarStore::new(dir.path().join("nars")).await.unwrap();
+    TestStore { store, _dir: dir }
+}
+
+mod nar_fs {
+    gradient_ports::nar_store_contract!(crate::fresh_fs);
+}
+
+fn temp_files(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join(".tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn objects_are_files_named_by_their_key() {
+    let s = fresh_fs().await;
+    let key = key();
+    let data = pattern(1, 0, 5000);
+    put(&s, &key, &data, 1000).await;
+    assert_eq!(std::fs::read(s.store.root().join(&key)).unwrap(), data);
+}
+
+#[tokio::test]
+async fn no_temporary_file_outlives_its_upload() {
+    let s = fresh_fs().await;
+    let root = s.store.root().to_owned();
+
+    let mut upload = s.begin(&key()).await.unwrap();
+    upload.write(Bytes::from_static(b"abc")).await.unwrap();
+    assert_eq!(
+        temp_files(&root).len(),
+        1,
+        "an upload in progress has its temporary file"
+    );
+    upload.commit().await.unwrap();
+    assert!(temp_files(&root).is_empty(), "after commit");
+
+    let mut upload = s.begin(&key()).await.unwrap();
+    upload.write(Bytes::from_static(b"abc")).await.unwrap();
+    upload.abort().await.unwrap();
+    assert!(temp_files(&root).is_empty(), "after abort");
+
+    let mut upload = s.begin(&key()).await.unwrap();
+    upload.write(Bytes::from_static(b"abc")).await.unwrap();
+    drop(upload);
+    assert!(temp_files(&root).is_empty(), "after drop");
+}
+
+#[tokio::test]
+async fn reads_are_streamed_in_bounded_chunks() {
+    let s = fresh_fs().await;
+    let key = key();
+    put(&s, &key, &pattern(2, 0, 1_000_000), 100_000).await;
+    let (_, mut stream) = s.open(&key, Some((1, None))).await.unwrap().unwrap();
+    let (mut chunks, mut total) = (0, 0);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.len() <= 64 * 1024, "a chunk of {} bytes", chunk.len());
+        chunks += 1;
+        total += chunk.len();
+    }
+    assert_eq!(total, 999_999);
+    assert!(chunks >= 15);
+}
+
+#[tokio::test]
+async fn a_reader_keeps_the_object_it_opened() {
+    let s = fresh_fs().await;
+    let key = key();
+    let (old, new) = (pattern(3, 0, 300_000), pattern(4, 0, 1000));
+    put(&s, &key, &old, 50_000).await;
+    let (size, stream) = s.open(&key, None).await.unwrap().unwrap();
+    put(&s, &key, &new, 500).await;
+    assert_eq!(size, 300_000);
+    assert!(gradient_ports::nar_store::contract::collect(stream).await == old);
+    assert_eq!(read(&s, &key, None).await.unwrap().1, new);
+}
+
+#[tokio::test]
+async fn objects_survive_a_new_store_on_the_same_root() {
+    let s = fresh_fs().await;
+    let key = key();
+    let data = pattern(5, 0, 10_000);
+    put(&s, &key, &data, 4096).await;
+    let again = FsNarStore::new(s.store.root()).await.unwrap();
+    assert_eq!(read(&again, &key, None).await.unwrap(), (10_000, data));
+}
+
+#[tokio::test]
+async fn stale_temporary_files_are_removed_on_open() {
+    let s = fresh_fs().await;
+    let root = s.store.root().to_owned();
+    let stale = root.join(".tmp/old.part");
+    let fresh = root.join(".tmp/new.part");
+    std::fs::write(&stale, b"x").unwrap();
+    std::fs::write(&fresh, b"x").unwrap();
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 60 * 60);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    FsNarStore::new(&root).await.unwrap();
+    assert_eq!(temp_files(&root), vec!["new.part".to_owned()]);
+}
+
+#[tokio::test]
+async fn an_unusable_root_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    assert!(matches!(
+        FsNarStore::new(&file).await,
+        Err(gradient_domain::ports::nar_store::NarStoreError::Unavailable(_))
+    ));
+}

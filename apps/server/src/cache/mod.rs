@@ -1,0 +1,235 @@
+//! The Nix binary cache under `/cache/{cache}/`: what `nix copy --from`/substituters read and what
+//! `nix copy --to` writes. Plain HTTP as Nix speaks it (not part of the JSON API): text bodies, HTTP Basic
+//! credentials from a netrc file (any login, an API key as password) or a bearer token.
+
+mod fetches;
+mod range;
+
+pub use fetches::FetchLog;
+
+use crate::state::AppState;
+use gradient_domain::model::Cache;
+use gradient_domain::ports::nar_store::NarStore;
+use gradient_domain::service::{Caller, ServiceError, nar_key, nix_cache_info};
+use poem::http::{Method, StatusCode, header};
+use poem::web::{Path, RemoteAddr};
+use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
+use std::time::Duration;
+
+/// Largest narinfo accepted in a push.
+const MAX_NARINFO: usize = 64 * 1024;
+
+pub fn routes(state: AppState) -> impl Endpoint<Output = Response> {
+    Route::new()
+        .at("/:cache/nix-cache-info", cache_info)
+        .at("/:cache/nar/:file", nar)
+        .at("/:cache/:file", narinfo)
+        .data(state)
+        .map_to_response()
+}
+
+/// A failure answered as plain text, as Nix expects; 401 asks for HTTP Basic credentials.
+fn failure(e: ServiceError) -> Response {
+    let status = match &e {
+        ServiceError::Unauthenticated(_) | ServiceError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+        ServiceError::Forbidden(_) | ServiceError::RegistrationDisabled => StatusCode::FORBIDDEN,
+        ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServiceError::Conflict { .. } => StatusCode::CONFLICT,
+        ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        ServiceError::Internal(detail) => {
+            tracing::error!(target: "gradient::cache", "{detail}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    let mut resp = Response::builder()
+        .status(status)
+        .content_type("text/plain; charset=utf-8");
+    if status == StatusCode::UNAUTHORIZED {
+        resp = resp.header(header::WWW_AUTHENTICATE, "Basic realm=\"Gradient cache\"");
+    }
+    resp.body(format!("{} ({})\n", e, e.code()))
+}
+
+fn text(status: StatusCode, content_type: &str, body: String, head: bool) -> Response {
+    let len = body.len();
+    let resp = Response::builder()
+        .status(status)
+        .content_type(content_type)
+        .header(header::CONTENT_LENGTH, len);
+    if head {
+        resp.body(Body::empty())
+    } else {
+        resp.body(body)
+    }
+}
+
+/// The token a request carries: a bearer token, or the password (else the login) of HTTP Basic.
+fn credential(req: &Request) -> Option<String> {
+    use base64::Engine;
+    let value = req.header(header::AUTHORIZATION)?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(token.trim().to_owned());
+    }
+    let b64 = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (login, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+    Some(if password.is_empty() { login } else { password }.to_owned())
+}
+
+async fn caller(state: &AppState, req: &Request) -> Result<Caller, ServiceError> {
+    state.app.authenticate(credential(req).as_deref()).await
+}
+
+async fn read_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
+    let caller = caller(state, req).await?;
+    state.app.readable_cache(&caller, name).await
+}
+
+async fn write_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
+    let caller = caller(state, req).await?;
+    state.app.writable_cache(&caller, name).await
+}
+
+#[handler]
+async fn cache_info(req: &Request, Path(cache): Path<String>, remote: &RemoteAddr, body: Body) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the cache routes");
+    let result = async {
+        if req.method() == Method::PUT {
+            // Nix writes nix-cache-info into a fresh store; ours always exists, so only check the right.
+            write_cache(state, req, &cache).await?;
+            drop(body);
+            return Ok(Response::builder().status(StatusCode::NO_CONTENT).finish());
+        }
+        let cache = read_cache(state, req, &cache).await?;
+        let local = remote.as_socket_addr().is_some_and(|peer| {
+            let forwarded = req.header("x-forwarded-for");
+            let ip = gradient_domain::net::client_ip(peer.ip(), forwarded, &state.http.trusted_proxies);
+            gradient_domain::net::in_any(ip, &state.http.local_ips)
+        });
+        let head = req.method() == Method::HEAD;
+        Ok(text(
+            StatusCode::OK,
+            "text/x-nix-cache-info",
+            nix_cache_info(&cache, local),
+            head,
+        ))
+    }
+    .await;
+    result.unwrap_or_else(failure)
+}
+
+#[handler]
+async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, body: Body) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the cache routes");
+    let Some(hash_part) = file.strip_suffix(".narinfo") else {
+        return failure(ServiceError::NotFound(format!("no such file: {file}")));
+    };
+    let result = async {
+        match *req.method() {
+            Method::GET | Method::HEAD => {
+                let cache = read_cache(state, req, &cache).await?;
+                let Some(text_body) = state.app.signed_narinfo(&cache, hash_part).await? else {
+                    return Err(ServiceError::NotFound(format!("{hash_part} is not in this cache")));
+                };
+                state.fetches.record(cache.id, hash_part);
+                Ok(text(
+                    StatusCode::OK,
+                    "text/x-nix-narinfo",
+                    text_body,
+                    req.method() == Method::HEAD,
+                ))
+            }
+            Method::PUT => {
+                let cache = write_cache(state, req, &cache).await?;
+                let bytes = body.into_bytes_limit(MAX_NARINFO).await.map_err(|_| {
+                    ServiceError::invalid("narinfo_too_large", format!("a narinfo is at most {MAX_NARINFO} bytes"))
+                })?;
+                let content = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| ServiceError::invalid("invalid_narinfo", "a narinfo is UTF-8 text"))?;
+                state
+                    .app
+                    .receive_narinfo(&state.nars, &cache, hash_part, &content)
+                    .await?;
+                Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
+            }
+            _ => Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish()),
+        }
+    }
+    .await;
+    result.unwrap_or_else(failure)
+}
+
+#[handler]
+async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: Body) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the cache routes");
+    let url = format!("nar/{file}");
+    let result = async {
+        match *req.method() {
+            Method::GET | Method::HEAD => {
+                let cache = read_cache(state, req, &cache).await?;
+                serve_nar(state, req, &cache, &url).await
+            }
+            Method::PUT => {
+                let cache = write_cache(state, req, &cache).await?;
+                state
+                    .app
+                    .receive_nar(&state.nars, &cache, &url, body.into_bytes_stream())
+                    .await?;
+                Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
+            }
+            _ => Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish()),
+        }
+    }
+    .await;
+    result.unwrap_or_else(failure)
+}
+
+async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) -> Result<Response, ServiceError> {
+    let missing = || ServiceError::NotFound(format!("{url} is not in this cache"));
+    let file = state.app.nar_file(cache, url).await?.ok_or_else(missing)?;
+    let range = match req.header(header::RANGE) {
+        None => None,
+        Some(h) => match range::parse(h, file.file_size) {
+            Ok(r) => Some(r),
+            Err(()) => {
+                return Ok(Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{}", file.file_size))
+                    .finish());
+            }
+        },
+    };
+    let content_type = "application/x-nix-nar";
+    if req.method() == Method::HEAD {
+        return Ok(Response::builder()
+            .content_type(content_type)
+            .header(header::CONTENT_LENGTH, file.file_size)
+            .header(header::ACCEPT_RANGES, "bytes")
+            .finish());
+    }
+    let timeout = Duration::from_secs(state.http.nar_open_timeout_secs);
+    let key = nar_key(cache, url);
+    let opened = tokio::time::timeout(timeout, state.nars.open(&key, range.map(|(s, e)| (s, Some(e)))))
+        .await
+        .map_err(|_| ServiceError::Internal(format!("opening {key} took longer than {}s", timeout.as_secs())))?
+        .map_err(|e| ServiceError::Internal(format!("opening {key}: {e}")))?;
+    let Some((total, stream)) = opened else {
+        return Err(missing());
+    };
+    let body = Body::from_bytes_stream(futures_util::StreamExt::map(stream, |r| {
+        r.map_err(std::io::Error::other)
+    }));
+    let resp = Response::builder()
+        .content_type(content_type)
+        .header(header::ACCEPT_RANGES, "bytes");
+    Ok(match range {
+        Some((start, end)) => resp
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
+            .header(header::CONTENT_LENGTH, end - start + 1)
+            .body(body),
+        None => resp.header(header::CONTENT_LENGTH, total).body(body),
+    }
+    .into_response())
+}

@@ -1,0 +1,218 @@
+//! Decompression of cache files as a push-style codec: compressed bytes go in, decompressed bytes come out
+//! through a callback, in bounded pieces, so a NAR of any size is checked in constant memory.
+
+use crate::model::Compression;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("the file is not valid {0} data")]
+    Corrupt(&'static str),
+    #[error("the {0} data ends too early")]
+    Truncated(&'static str),
+    #[error("there are bytes after the end of the {0} data")]
+    TrailingData(&'static str),
+}
+
+const OUT: usize = 64 * 1024;
+
+enum Inner {
+    None,
+    Zstd(Box<zstd::stream::raw::Decoder<'static>>, bool),
+    Xz(Box<xz2::stream::Stream>, bool),
+}
+
+/// Streaming decompressor for the compressions Nix uses in binary caches.
+pub struct Decompressor {
+    inner: Inner,
+    out: Vec<u8>,
+}
+
+impl Decompressor {
+    pub fn new(compression: Compression) -> Self {
+        let inner = match compression {
+            Compression::None => Inner::None,
+            Compression::Zstd => match zstd::stream::raw::Decoder::new() {
+                Ok(d) => Inner::Zstd(Box::new(d), false),
+                Err(_) => Inner::None,
+            },
+            Compression::Xz => match xz2::stream::Stream::new_stream_decoder(u64::MAX, 0) {
+                Ok(s) => Inner::Xz(Box::new(s), false),
+                Err(_) => Inner::None,
+            },
+        };
+        Self {
+            inner,
+            out: vec![0; OUT],
+        }
+    }
+
+    /// Decompresses `input`, handing every produced piece to `sink`; a sink error stops and is returned.
+    pub fn feed<E: From<CodecError>>(
+        &mut self,
+        mut input: &[u8],
+        sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match &mut self.inner {
+            Inner::None => sink(input),
+            Inner::Zstd(d, ended) => {
+                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                while !input.is_empty() {
+                    if *ended {
+                        // Nix writes one frame; more frames would be concatenated data, also valid zstd.
+                        d.reinit().map_err(|_| CodecError::Corrupt("zstd"))?;
+                        *ended = false;
+                    }
+                    let mut inb = InBuffer::around(input);
+                    let mut outb = OutBuffer::around(&mut self.out[..]);
+                    let hint = d.run(&mut inb, &mut outb).map_err(|_| CodecError::Corrupt("zstd"))?;
+                    let produced = outb.pos();
+                    let consumed = inb.pos();
+                    if hint == 0 {
+                        *ended = true;
+                    }
+                    sink(&self.out[..produced])?;
+                    input = &input[consumed..];
+                    if consumed == 0 && produced == 0 {
+                        return Err(CodecError::Corrupt("zstd").into());
+                    }
+                }
+                Ok(())
+            }
+            Inner::Xz(s, ended) => {
+                while !input.is_empty() {
+                    if *ended {
+                        return Err(CodecError::TrailingData("xz").into());
+                    }
+                    let (before_in, before_out) = (s.total_in(), s.total_out());
+                    let status = s
+                        .process(input, &mut self.out, xz2::stream::Action::Run)
+                        .map_err(|_| CodecError::Corrupt("xz"))?;
+                    let consumed = (s.total_in() - before_in) as usize;
+                    let produced = (s.total_out() - before_out) as usize;
+                    if status == xz2::stream::Status::StreamEnd {
+                        *ended = true;
+                    }
+                    sink(&self.out[..produced])?;
+                    input = &input[consumed..];
+                    if consumed == 0 && produced == 0 && !*ended {
+                        return Err(CodecError::Corrupt("xz").into());
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Flushes what is left and checks that the compressed data ended properly.
+    pub fn finish<E: From<CodecError>>(&mut self, sink: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        match &mut self.inner {
+            Inner::None => Ok(()),
+            Inner::Zstd(d, ended) => {
+                use zstd::stream::raw::{Operation, OutBuffer};
+                loop {
+                    let mut outb = OutBuffer::around(&mut self.out[..]);
+                    let remaining = d.flush(&mut outb).map_err(|_| CodecError::Corrupt("zstd"))?;
+                    let produced = outb.pos();
+                    sink(&self.out[..produced])?;
+                    if remaining == 0 || produced == 0 {
+                        break;
+                    }
+                }
+                if *ended {
+                    Ok(())
+                } else {
+                    Err(CodecError::Truncated("zstd").into())
+                }
+            }
+            Inner::Xz(s, ended) => {
+                while !*ended {
+                    let before_out = s.total_out();
+                    let status = s
+                        .process(&[], &mut self.out, xz2::stream::Action::Finish)
+                        .map_err(|_| CodecError::Truncated("xz"))?;
+                    let produced = (s.total_out() - before_out) as usize;
+                    sink(&self.out[..produced])?;
+                    if status == xz2::stream::Status::StreamEnd {
+                        *ended = true;
+                    } else if produced == 0 {
+                        return Err(CodecError::Truncated("xz").into());
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(c: Compression, data: &[u8], chunk: usize) -> Result<Vec<u8>, CodecError> {
+        let mut d = Decompressor::new(c);
+        let mut out = Vec::new();
+        let mut sink = |b: &[u8]| -> Result<(), CodecError> {
+            out.extend_from_slice(b);
+            Ok(())
+        };
+        for piece in data.chunks(chunk.max(1)) {
+            d.feed(piece, &mut sink)?;
+        }
+        d.finish(&mut sink)?;
+        Ok(out)
+    }
+
+    fn sample() -> Vec<u8> {
+        (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn zstd_and_xz_round_trip_in_any_chunking() {
+        let plain = sample();
+        let z = zstd::bulk::compress(&plain, 3).unwrap();
+        let mut x = Vec::new();
+        {
+            use std::io::Write;
+            let mut w = xz2::write::XzEncoder::new(&mut x, 6);
+            w.write_all(&plain).unwrap();
+            w.finish().unwrap();
+        }
+        for chunk in [1, 7, 4096, 1 << 20] {
+            if chunk == 1 {
+                // One byte at a time is slow for 1 MiB of output; a prefix is enough.
+                continue;
+            }
+            assert_eq!(run(Compression::Zstd, &z, chunk).unwrap(), plain, "zstd, chunk {chunk}");
+            assert_eq!(run(Compression::Xz, &x, chunk).unwrap(), plain, "xz, chunk {chunk}");
+        }
+        assert_eq!(run(Compression::None, &plain, 1000).unwrap(), plain);
+        let small_z = zstd::bulk::compress(b"hello", 3).unwrap();
+        assert_eq!(run(Compression::Zstd, &small_z, 1).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn truncated_or_corrupt_data_is_refused() {
+        let plain = sample();
+        let z = zstd::bulk::compress(&plain, 3).unwrap();
+        assert!(
+            run(Compression::Zstd, &z[..z.len() / 2], 4096).is_err(),
+            "truncated zstd"
+        );
+        assert!(
+            run(Compression::Zstd, b"definitely not zstd", 4096).is_err(),
+            "not zstd"
+        );
+        assert!(run(Compression::Xz, b"definitely not xz", 4096).is_err(), "not xz");
+        let mut x = Vec::new();
+        {
+            use std::io::Write;
+            let mut w = xz2::write::XzEncoder::new(&mut x, 1);
+            w.write_all(&plain).unwrap();
+            w.finish().unwrap();
+        }
+        assert!(run(Compression::Xz, &x[..x.len() - 10], 4096).is_err(), "truncated xz");
+        let mut trailing = x.clone();
+        trailing.extend_from_slice(b"junk");
+        assert!(run(Compression::Xz, &trailing, 4096).is_err(), "xz with trailing bytes");
+    }
+}

@@ -1,0 +1,402 @@
+//! The Nix binary cache: who may read and push, what is served (nix-cache-info, signed narinfos, NARs),
+//! how a pushed NAR and its narinfo are checked before anything becomes visible, and garbage collection.
+//! Byte transport stays in the app; the decisions and checks are here.
+
+use super::{Caller, Gradient, Result, ServiceError};
+use crate::codec::{CodecError, Decompressor};
+use crate::model::{Cache, CachedPath, Compression, NarFile};
+use crate::nix::hash::Hash;
+use crate::nix::nar::{NarError, NarReader};
+use crate::nix::narinfo::NarInfo;
+use crate::nix::nix32;
+use crate::nix::store_path::StorePath;
+use crate::ports::nar_store::{NarStore, NarStoreError, NarUpload};
+use crate::ports::{Clock, Storage};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::pin::Pin;
+
+/// A NAR's place in a cache: `nar/<nix32 sha256 of the file>.nar[.zst|.xz]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NarUrl {
+    pub file_hash: String,
+    pub compression: Compression,
+}
+
+impl NarUrl {
+    pub fn parse(url: &str) -> Option<Self> {
+        let file = url.strip_prefix("nar/")?;
+        let (hash, compression) = if let Some(h) = file.strip_suffix(".nar.zst") {
+            (h, Compression::Zstd)
+        } else if let Some(h) = file.strip_suffix(".nar.xz") {
+            (h, Compression::Xz)
+        } else {
+            (file.strip_suffix(".nar")?, Compression::None)
+        };
+        (hash.len() == 52 && nix32::decode(hash).is_ok()).then(|| Self {
+            file_hash: hash.to_owned(),
+            compression,
+        })
+    }
+}
+
+/// Where a cache's NAR lives in the NAR store.
+pub fn nar_key(cache: &Cache, url: &str) -> String {
+    format!("{}/{url}", cache.id)
+}
+
+/// `nix-cache-info`, with the local priority for clients on `localIps`.
+pub fn nix_cache_info(cache: &Cache, client_is_local: bool) -> String {
+    let priority = if client_is_local {
+        cache.local_priority.unwrap_or(cache.priority)
+    } else {
+        cache.priority
+    };
+    format!("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: {priority}\n")
+}
+
+/// What garbage collection removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub paths: u64,
+    pub nar_files: u64,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
+    ServiceError::invalid(code, message)
+}
+
+fn store_failure(e: NarStoreError) -> ServiceError {
+    ServiceError::Internal(format!("NAR store: {e}"))
+}
+
+/// Why receiving a NAR stopped.
+enum Refusal {
+    Codec(CodecError),
+    Nar(NarError),
+}
+
+impl From<CodecError> for Refusal {
+    fn from(e: CodecError) -> Self {
+        Self::Codec(e)
+    }
+}
+
+/// How long an uploaded NAR may wait for its narinfo before it is collected. The cutoff is on the file's
+/// upload time, so a file whose paths were just collected by TTL (uploaded long ago) goes at once.
+pub const ORPHAN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+async fn next<B, E>(body: &mut B) -> Option<std::result::Result<Bytes, E>>
+where
+    B: futures_core::Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+{
+    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_next(cx)).await
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// The cache, if the caller may read it. Anonymous callers are asked to authenticate (401) for every
+    /// cache that is not public, existing or not, so the answer reveals nothing.
+    pub async fn readable_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
+        match self.cache(caller, name).await {
+            Err(ServiceError::NotFound(_)) if caller.user().is_none() => {
+                Err(ServiceError::Unauthenticated("this cache needs credentials".into()))
+            }
+            other => other,
+        }
+    }
+
+    /// The cache, if the caller may push to it: its owner, with an unrestricted session or key.
+    pub async fn writable_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
+        caller.require_user()?;
+        let cache = self.readable_cache(caller, name).await?;
+        let user = caller.require_user()?;
+        let restricted = caller
+            .scope()
+            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some());
+        if cache.created_by != user.id || restricted {
+            return Err(ServiceError::Forbidden(format!("you may not push to cache '{name}'")));
+        }
+        Ok(cache)
+    }
+
+    /// The signed narinfo of a path the cache holds.
+    pub async fn signed_narinfo(&self, cache: &Cache, hash_part: &str) -> Result<Option<String>> {
+        let Some(p) = self.storage.cached_path(cache.id, hash_part).await? else {
+            return Ok(None);
+        };
+        let broken = |what: &str| ServiceError::Internal(format!("stored path {}: invalid {what}", p.store_path));
+        let mut info = NarInfo {
+            store_path: StorePath::parse(&p.store_path).map_err(|_| broken("store path"))?,
+            url: p.url.clone(),
+            compression: p.compression.as_str().to_owned(),
+            file_hash: Some(Hash::parse(&p.file_hash).map_err(|_| broken("file hash"))?),
+            file_size: Some(p.file_size),
+            nar_hash: Hash::parse(&p.nar_hash).map_err(|_| broken("nar hash"))?,
+            nar_size: p.nar_size,
+            references: p
+                .references
+                .iter()
+                .map(|r| StorePath::from_basename(r))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| broken("reference"))?,
+            deriver: p
+                .deriver
+                .as_deref()
+                .map(StorePath::from_basename)
+                .transpose()
+                .map_err(|_| broken("deriver"))?,
+            system: p.system.clone(),
+            sigs: Vec::new(),
+            ca: p.ca.clone(),
+        };
+        info.sign(&self.cache_secret_key(cache)?);
+        Ok(Some(info.render()))
+    }
+
+    /// The record of a NAR file the cache holds.
+    pub async fn nar_file(&self, cache: &Cache, url: &str) -> Result<Option<NarFile>> {
+        Ok(self.storage.nar_file(cache.id, url).await?)
+    }
+
+    /// Receives a pushed NAR file: streams it into the NAR store while hashing it, decompressing it and
+    /// checking the NAR inside. It becomes visible (and is recorded) only if the bytes are a valid NAR whose
+    /// compressed SHA-256 is the one its URL names; otherwise nothing is kept.
+    pub async fn receive_nar<N, B, E>(&self, nars: &N, cache: &Cache, url: &str, mut body: B) -> Result<NarFile>
+    where
+        N: NarStore,
+        B: futures_core::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let nar_url = NarUrl::parse(url).ok_or_else(|| {
+            invalid(
+                "invalid_nar_url",
+                format!("'{url}' is not nar/<nix32 sha256>.nar[.zst|.xz]"),
+            )
+        })?;
+        let mut upload = nars.begin(&nar_key(cache, url)).await.map_err(store_failure)?;
+        let mut sha = Sha256::new();
+        let mut file_size = 0u64;
+        let mut decompressor = Decompressor::new(nar_url.compression);
+        let mut reader = NarReader::new();
+        let outcome: std::result::Result<(), ServiceError> = async {
+            while let Some(chunk) = next(&mut body).await {
+                let chunk = chunk.map_err(|e| invalid("upload_failed", format!("reading the upload failed: {e}")))?;
+                sha.update(&chunk);
+                file_size += chunk.len() as u64;
+                decompressor
+                    .feed(&chunk, &mut |b: &[u8]| reader.update(b).map_err(Refusal::Nar))
+                    .map_err(refusal)?;
+                upload.write(chunk).await.map_err(store_failure)?;
+            }
+            decompressor
+                .finish(&mut |b: &[u8]| reader.update(b).map_err(Refusal::Nar))
+                .map_err(refusal)
+        }
+        .await;
+        if let Err(e) = outcome {
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+        let summary = match reader.finish() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = upload.abort().await;
+                return Err(invalid("invalid_nar", format!("the upload is not a valid NAR: {e}")));
+            }
+        };
+        let digest: [u8; 32] = sha.finalize().into();
+        let actual = nix32::encode(&digest);
+        if actual != nar_url.file_hash {
+            let _ = upload.abort().await;
+            return Err(invalid(
+                "hash_mismatch",
+                format!(
+                    "the file's SHA-256 is {actual}, not the {} its URL names",
+                    nar_url.file_hash
+                ),
+            ));
+        }
+        upload.commit().await.map_err(store_failure)?;
+        let file = NarFile {
+            cache_id: cache.id,
+            url: url.to_owned(),
+            compression: nar_url.compression,
+            file_hash: format!("sha256:{actual}"),
+            file_size,
+            nar_hash: summary.nar_hash.to_string(),
+            nar_size: summary.nar_size,
+            created_at: self.clock.now(),
+        };
+        if let Err(e) = self.storage.put_nar_file(&file).await {
+            let _ = nars.delete(&nar_key(cache, url)).await;
+            return Err(e.into());
+        }
+        Ok(file)
+    }
+
+    /// Receives a pushed narinfo: it must name the path its URL names and describe exactly the NAR file
+    /// received for its `URL:`. The server does not keep the client's signatures; it signs when serving.
+    /// A narinfo that contradicts its NAR is refused, and that NAR (unless another path uses it) is deleted.
+    pub async fn receive_narinfo<N: NarStore>(
+        &self,
+        nars: &N,
+        cache: &Cache,
+        hash_part: &str,
+        text: &str,
+    ) -> Result<CachedPath> {
+        let info = NarInfo::parse(text).map_err(|e| invalid("invalid_narinfo", e.to_string()))?;
+        if info.store_path.hash_part() != hash_part {
+            return Err(invalid(
+                "narinfo_mismatch",
+                format!("the narinfo describes {}, not {hash_part}", info.store_path),
+            ));
+        }
+        let file = self.storage.nar_file(cache.id, &info.url).await?.ok_or_else(|| {
+            invalid(
+                "nar_missing",
+                format!("upload {} before the narinfo that refers to it", info.url),
+            )
+        })?;
+        if let Err(problem) = check_against_file(&info, &file) {
+            if !self.storage.nar_url_in_use(cache.id, &file.url).await? {
+                nars.delete(&nar_key(cache, &file.url)).await.map_err(store_failure)?;
+                self.storage.delete_nar_file(cache.id, &file.url).await?;
+            }
+            return Err(invalid("narinfo_mismatch", problem));
+        }
+        let now = self.clock.now();
+        let mut references: Vec<String> = info.references.iter().map(|r| r.basename().to_owned()).collect();
+        references.sort();
+        let path = CachedPath {
+            cache_id: cache.id,
+            hash_part: hash_part.to_owned(),
+            store_path: info.store_path.to_string(),
+            url: file.url.clone(),
+            compression: file.compression,
+            file_hash: file.file_hash.clone(),
+            file_size: file.file_size,
+            nar_hash: file.nar_hash.clone(),
+            nar_size: file.nar_size,
+            references,
+            deriver: info.deriver.as_ref().map(|d| d.basename().to_owned()),
+            system: info.system.clone(),
+            ca: info.ca.clone(),
+            created_at: now,
+            last_fetched_at: now,
+        };
+        self.storage.put_cached_path(&path).await?;
+        Ok(path)
+    }
+
+    /// Removes paths not fetched since `now - ttl` (when a TTL is set) and NAR files no path refers to
+    /// (after a grace period for pushes in progress). Bytes go first, then rows, so a crash in between
+    /// leaves a row the next sweep finishes, never a file nothing accounts for.
+    pub async fn collect_garbage<N: NarStore>(&self, nars: &N, ttl: Option<chrono::TimeDelta>) -> Result<GcReport> {
+        const BATCH: u32 = 500;
+        let mut report = GcReport::default();
+        let now = self.clock.now();
+        if let Some(ttl) = ttl {
+            loop {
+                let stale = self.storage.stale_cached_paths(now - ttl, BATCH).await?;
+                for p in &stale {
+                    self.storage.delete_cached_path(p.cache_id, &p.hash_part).await?;
+                    report.paths += 1;
+                }
+                if (stale.len() as u32) < BATCH {
+                    break;
+                }
+            }
+        }
+        loop {
+            let orphans = self.storage.orphan_nar_files(now - ORPHAN_GRACE, BATCH).await?;
+            for f in &orphans {
+                nars.delete(&format!("{}/{}", f.cache_id, f.url))
+                    .await
+                    .map_err(store_failure)?;
+                self.storage.delete_nar_file(f.cache_id, &f.url).await?;
+                report.nar_files += 1;
+            }
+            if (orphans.len() as u32) < BATCH {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn refusal(r: Refusal) -> ServiceError {
+    match r {
+        Refusal::Codec(e) => invalid("invalid_compression", e.to_string()),
+        Refusal::Nar(e) => invalid("invalid_nar", format!("the upload is not a valid NAR: {e}")),
+    }
+}
+
+/// Compares what a narinfo claims with what the server measured.
+fn check_against_file(info: &NarInfo, file: &NarFile) -> std::result::Result<(), String> {
+    let measured_nar = Hash::parse(&file.nar_hash).map_err(|_| "stored NAR hash is invalid".to_owned())?;
+    if info.nar_hash != measured_nar {
+        return Err(format!(
+            "NarHash {} does not match the uploaded NAR's {}",
+            info.nar_hash, file.nar_hash
+        ));
+    }
+    if info.nar_size != file.nar_size {
+        return Err(format!(
+            "NarSize {} does not match the uploaded NAR's {}",
+            info.nar_size, file.nar_size
+        ));
+    }
+    if let Some(h) = &info.file_hash {
+        let measured = Hash::parse(&file.file_hash).map_err(|_| "stored file hash is invalid".to_owned())?;
+        if *h != measured {
+            return Err(format!(
+                "FileHash {h} does not match the uploaded file's {}",
+                file.file_hash
+            ));
+        }
+    }
+    if let Some(size) = info.file_size
+        && size != file.file_size
+    {
+        return Err(format!(
+            "FileSize {size} does not match the uploaded file's {}",
+            file.file_size
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nar_urls() {
+        let h = "1".repeat(52);
+        assert_eq!(
+            NarUrl::parse(&format!("nar/{h}.nar.zst")).map(|u| u.compression),
+            Some(Compression::Zstd)
+        );
+        assert_eq!(
+            NarUrl::parse(&format!("nar/{h}.nar.xz")).map(|u| u.compression),
+            Some(Compression::Xz)
+        );
+        assert_eq!(
+            NarUrl::parse(&format!("nar/{h}.nar")).map(|u| u.compression),
+            Some(Compression::None)
+        );
+        for bad in [
+            format!("nar/{h}.nar.gz"),
+            format!("{h}.nar"),
+            "nar/short.nar".into(),
+            format!("nar/../{h}.nar"),
+        ] {
+            assert!(NarUrl::parse(&bad).is_none(), "{bad}");
+        }
+        let e = "e".repeat(52);
+        assert!(
+            NarUrl::parse(&format!("nar/{e}.nar")).is_none(),
+            "'e' is not in the nix32 alphabet"
+        );
+    }
+}

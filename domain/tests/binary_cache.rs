@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used)]
+//! The binary cache use cases over the in-memory storage and NAR store, with a clock the test moves:
+//! what a push must prove before it is kept, and what garbage collection removes and when.
+
+use bytes::Bytes;
+use chrono::TimeDelta;
+use gradient_domain::auth::TokenSigner;
+use gradient_domain::crypt::Crypt;
+use gradient_domain::model::{Cache, Timestamp, truncate_to_micros};
+use gradient_domain::nix::hash::sha256_of;
+use gradient_domain::nix::narinfo::NarInfo;
+use gradient_domain::nix::nix32;
+use gradient_domain::ports::Clock;
+use gradient_domain::ports::nar_store::NarStore;
+use gradient_domain::ports::storage::CacheContents;
+use gradient_domain::service::{Caller, Gradient, NewCache, Registration, ServiceError, Settings, nar_key};
+use gradient_ports::nar_store::MemoryNarStore;
+use gradient_ports::storage::MemoryStorage;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+struct ManualClock(Arc<Mutex<Timestamp>>);
+
+impl ManualClock {
+    fn advance(&self, by: TimeDelta) {
+        let mut t = self.0.lock().unwrap();
+        *t += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+type App = Gradient<MemoryStorage, ManualClock>;
+
+async fn setup() -> (App, ManualClock, MemoryNarStore, Cache) {
+    let clock = ManualClock(Arc::new(Mutex::new(truncate_to_micros(chrono::Utc::now()))));
+    let app = Gradient::new(
+        MemoryStorage::default(),
+        clock.clone(),
+        TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
+        Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
+        Settings {
+            domain: "cache.example.com:3000".into(),
+            ..Settings::default()
+        },
+    );
+    let user = app
+        .register(Registration {
+            username: "owner".into(),
+            name: "Owner".into(),
+            email: "owner@example.com".into(),
+            password: "password123".into(),
+        })
+        .await
+        .unwrap();
+    let caller = Caller::Session {
+        user,
+        session: gradient_domain::SessionId::new(),
+    };
+    let cache = app
+        .create_cache(
+            &caller,
+            NewCache {
+                name: "main".into(),
+                ..NewCache::default()
+            },
+        )
+        .await
+        .unwrap();
+    (app, clock, MemoryNarStore::new(), cache)
+}
+
+fn token(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+    out.resize(out.len().div_ceil(8) * 8, 0);
+}
+
+/// The NAR of a single regular file.
+fn nar_of(contents: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+        contents,
+        b")",
+    ] {
+        token(&mut out, t);
+    }
+    out
+}
+
+fn body(bytes: Vec<u8>) -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> + Unpin + Send {
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        bytes.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    Stream(chunks.into_iter())
+}
+
+struct Stream<I>(I);
+impl<I: Iterator<Item = Result<Bytes, std::io::Error>> + Unpin> futures_core::Stream for Stream<I> {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+const PATH: &str = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello";
+
+/// Pushes a path as `nix copy` does (NAR, then narinfo); answers the NAR's url.
+async fn push(app: &App, nars: &MemoryNarStore, cache: &Cache, contents: &[u8]) -> String {
+    let nar = nar_of(contents);
+    let file = zstd::bulk::compress(&nar, 3).unwrap();
+    let url = format!("nar/{}.nar.zst", nix32::encode(&sha256_of(&file).bytes));
+    app.receive_nar(nars, cache, &url, body(file.clone())).await.unwrap();
+    let narinfo = format!(
+        "StorePath: {PATH}\nURL: {url}\nCompression: zstd\nFileHash: sha256:{}\nFileSize: {}\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+        nix32::encode(&sha256_of(&file).bytes),
+        file.len(),
+        nix32::encode(&sha256_of(&nar).bytes),
+        nar.len()
+    );
+    app.receive_narinfo(nars, cache, &PATH[11..43], &narinfo).await.unwrap();
+    url
+}
+
+#[tokio::test]
+async fn a_pushed_path_is_served_signed_by_the_cache_key() {
+    let (app, _, nars, cache) = setup().await;
+    let url = push(&app, &nars, &cache, b"hello world").await;
+    let text = app
+        .signed_narinfo(&cache, &PATH[11..43])
+        .await
+        .unwrap()
+        .expect("served");
+    let info = NarInfo::parse(&text).unwrap();
+    assert_eq!(info.url, url);
+    let key = app.cache_secret_key(&cache).unwrap().public();
+    assert!(key.name().starts_with("cache.example.com-main"), "{}", key.name());
+    assert!(info.verify(&key), "{text}");
+    assert!(nars.size(&nar_key(&cache, &url)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_narinfo_without_its_nar_or_lying_about_it_is_refused() {
+    let (app, _, nars, cache) = setup().await;
+    let nar = nar_of(b"data");
+    let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
+    let lying = format!(
+        "StorePath: {PATH}\nURL: {url}\nCompression: none\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+        nix32::encode(&sha256_of(&nar).bytes),
+        nar.len()
+    );
+    let e = app
+        .receive_narinfo(&nars, &cache, &PATH[11..43], &lying)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "nar_missing");
+    app.receive_nar(&nars, &cache, &url, body(nar.clone())).await.unwrap();
+    let lying = lying.replace(&format!("NarSize: {}", nar.len()), "NarSize: 1");
+    let e = app
+        .receive_narinfo(&nars, &cache, &PATH[11..43], &lying)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            ServiceError::Invalid {
+                code: "narinfo_mismatch",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        nars.size(&nar_key(&cache, &url)).await.unwrap(),
+        None,
+        "the contradicted NAR is deleted"
+    );
+    assert_eq!(app.storage.nar_file(cache.id, &url).await.unwrap(), None);
+    assert_eq!(app.signed_narinfo(&cache, &PATH[11..43]).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn paths_not_fetched_within_the_ttl_are_collected_with_their_bytes() {
+    let (app, clock, nars, cache) = setup().await;
+    let url = push(&app, &nars, &cache, b"old").await;
+    let ttl = Some(TimeDelta::hours(336));
+
+    clock.advance(TimeDelta::hours(300));
+    assert_eq!(
+        app.collect_garbage(&nars, ttl).await.unwrap().paths,
+        0,
+        "within the TTL"
+    );
+    // A fetch (recorded in a batch) renews the path.
+    app.storage
+        .touch_cached_paths(cache.id, &[PATH[11..43].to_owned()], clock.now())
+        .await
+        .unwrap();
+    clock.advance(TimeDelta::hours(300));
+    assert_eq!(
+        app.collect_garbage(&nars, ttl).await.unwrap().paths,
+        0,
+        "fetched 300 h ago"
+    );
+    assert_eq!(app.collect_garbage(&nars, None).await.unwrap().paths, 0, "TTL off");
+
+    clock.advance(TimeDelta::hours(37));
+    let report = app.collect_garbage(&nars, ttl).await.unwrap();
+    assert_eq!((report.paths, report.nar_files), (1, 1));
+    assert_eq!(app.signed_narinfo(&cache, &PATH[11..43]).await.unwrap(), None);
+    assert_eq!(
+        nars.size(&nar_key(&cache, &url)).await.unwrap(),
+        None,
+        "bytes and rows go together"
+    );
+    assert_eq!(app.storage.nar_file(cache.id, &url).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn nars_no_narinfo_refers_to_are_collected_after_a_grace_period() {
+    let (app, clock, nars, cache) = setup().await;
+    let nar = nar_of(b"orphan");
+    let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
+    app.receive_nar(&nars, &cache, &url, body(nar)).await.unwrap();
+    clock.advance(TimeDelta::minutes(30));
+    assert_eq!(
+        app.collect_garbage(&nars, None).await.unwrap().nar_files,
+        0,
+        "a push may still be in progress"
+    );
+    clock.advance(TimeDelta::minutes(31));
+    assert_eq!(app.collect_garbage(&nars, None).await.unwrap().nar_files, 1);
+    assert_eq!(nars.size(&nar_key(&cache, &url)).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn uploads_that_are_not_what_they_claim_leave_nothing() {
+    let (app, _, nars, cache) = setup().await;
+    let nar = nar_of(b"payload");
+    let wrong = format!("nar/{}.nar", "1".repeat(52));
+    let e = app
+        .receive_nar(&nars, &cache, &wrong, body(nar.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "hash_mismatch");
+    assert_eq!(nars.size(&nar_key(&cache, &wrong)).await.unwrap(), None);
+    let mut truncated = nar.clone();
+    truncated.truncate(nar.len() - 8);
+    let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&truncated).bytes));
+    let e = app.receive_nar(&nars, &cache, &url, body(truncated)).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_nar");
+    assert_eq!(nars.size(&nar_key(&cache, &url)).await.unwrap(), None);
+    let not_zstd = b"plainly not zstd".to_vec();
+    let url = format!("nar/{}.nar.zst", nix32::encode(&sha256_of(&not_zstd).bytes));
+    let e = app.receive_nar(&nars, &cache, &url, body(not_zstd)).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_compression");
+    assert_eq!(nars.size(&nar_key(&cache, &url)).await.unwrap(), None);
+}

@@ -1,0 +1,390 @@
+//! The binary cache with nothing but Nix 2.8 as the client: `nix copy --to` pushes a closure into a
+//! private cache with a netrc, `nix copy --from` substitutes it into a fresh store trusting only the cache's
+//! key, and the refusals (tampered signature, mismatching uploads, missing credentials).
+
+use crate::harness::{Client, Server};
+use crate::nix::{build_closure, nix, nix_ok, nix_store};
+use reqwest::Method;
+use serde_json::json;
+use std::path::Path;
+
+struct Cache {
+    server: Server,
+    url: String,
+    public_key: String,
+    netrc: String,
+    key: String,
+}
+
+async fn private_cache(dir: &Path, vars: &[(&str, &str)]) -> Cache {
+    let server = Server::start(dir, vars).await;
+    let mut c = Client::new(&server);
+    let key = c.register_with_key("pusher").await;
+    c.ok(Method::POST, "/caches", Some(json!({"name": "main", "public": false})))
+        .await;
+    let public_key = c
+        .ok(Method::GET, "/caches/main/public-key", None)
+        .await
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let netrc = dir.join("netrc");
+    std::fs::write(&netrc, format!("machine 127.0.0.1 login token password {key}\n")).expect("netrc");
+    let url = format!("{}/cache/main", server.url);
+    Cache {
+        server,
+        url,
+        public_key,
+        netrc: netrc.to_str().expect("path").to_owned(),
+        key,
+    }
+}
+
+/// Pushes, substitutes into a fresh store with signatures required, and verifies every path.
+fn push_and_substitute(cache: &Cache, dir: &Path, paths: &[String]) {
+    let to = format!("{}?compression=zstd", cache.url);
+    let mut push = vec!["copy", "--to", &to, "--option", "netrc-file", &cache.netrc];
+    push.extend(paths.iter().map(String::as_str));
+    nix_ok(&push);
+
+    let fresh = dir.join("fresh-store");
+    let fresh = fresh.to_str().expect("path");
+    let mut pull = vec![
+        "copy",
+        "--from",
+        &cache.url,
+        "--to",
+        fresh,
+        "--option",
+        "netrc-file",
+        &cache.netrc,
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        &cache.public_key,
+    ];
+    pull.extend(paths.iter().map(String::as_str));
+    nix_ok(&pull);
+    for p in paths {
+        let out = nix_store(&["--store", fresh, "--verify-path", p]);
+        assert!(
+            out.status.success(),
+            "{p} does not verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn nix_pushes_a_closure_and_a_fresh_store_substitutes_it_with_signatures_required() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = build_closure(dir.path(), "fs", 50);
+    let cache = private_cache(dir.path(), &[]).await;
+    push_and_substitute(&cache, dir.path(), &paths);
+
+    // Anonymous reads of a private cache are asked for credentials.
+    let resp = reqwest::get(format!("{}/nix-cache-info", cache.url))
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("Basic"))
+    );
+    let hash = Path::new(&paths[0]).file_name().and_then(|n| n.to_str()).expect("name")[..32].to_owned();
+    assert_eq!(
+        reqwest::get(format!("{}/{hash}.narinfo", cache.url))
+            .await
+            .expect("GET")
+            .status(),
+        401
+    );
+
+    // With the key, the narinfo is served signed by the cache's key.
+    let narinfo = reqwest::Client::new()
+        .get(format!("{}/{hash}.narinfo", cache.url))
+        .basic_auth("anyone", Some(&cache.key))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    let key_name = cache.public_key.split(':').next().expect("name");
+    assert!(
+        narinfo.lines().any(|l| l.starts_with(&format!("Sig: {key_name}:"))),
+        "{narinfo}"
+    );
+    cache.server.stop();
+}
+
+#[tokio::test]
+async fn a_tampered_signature_is_refused_by_nix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = build_closure(dir.path(), "tamper", 1);
+    let cache = private_cache(dir.path(), &[]).await;
+    let to = format!("{}?compression=zstd", cache.url);
+    let mut push = vec!["copy", "--to", &to, "--option", "netrc-file", &cache.netrc];
+    push.extend(paths.iter().map(String::as_str));
+    nix_ok(&push);
+
+    // Mirror what the server serves into a file:// cache, once as served and once with the signature altered.
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let http = http.clone();
+        let key = cache.key.clone();
+        async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("GET")
+                .bytes()
+                .await
+                .expect("body")
+        }
+    };
+    for (name, tamper) in [("mirror-ok", false), ("mirror-tampered", true)] {
+        let root = dir.path().join(name);
+        std::fs::create_dir_all(root.join("nar")).expect("mkdir");
+        std::fs::write(
+            root.join("nix-cache-info"),
+            get(format!("{}/nix-cache-info", cache.url)).await,
+        )
+        .expect("write");
+        for p in &paths {
+            let hash = &Path::new(p).file_name().and_then(|n| n.to_str()).expect("name")[..32];
+            let text = String::from_utf8(get(format!("{}/{hash}.narinfo", cache.url)).await.to_vec()).expect("utf-8");
+            let url = text
+                .lines()
+                .find_map(|l| l.strip_prefix("URL: "))
+                .expect("URL line")
+                .to_owned();
+            std::fs::write(root.join(&url), get(format!("{}/{url}", cache.url)).await).expect("write nar");
+            let text = if tamper {
+                // Flip one base64 character of the signature.
+                text.lines()
+                    .map(|l| match l.strip_prefix("Sig: ") {
+                        Some(sig) => {
+                            let (name, b64) = sig.split_once(':').expect("name:sig");
+                            let first = if b64.starts_with('A') { 'B' } else { 'A' };
+                            format!("Sig: {name}:{first}{}", &b64[1..])
+                        }
+                        None => l.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n"
+            } else {
+                text
+            };
+            std::fs::write(root.join(format!("{hash}.narinfo")), text).expect("write narinfo");
+        }
+        let from = format!("file://{}", root.display());
+        let store = dir.path().join(format!("{name}-store"));
+        let store = store.to_str().expect("path");
+        let mut pull = vec![
+            "copy",
+            "--from",
+            &from,
+            "--to",
+            store,
+            "--option",
+            "require-sigs",
+            "true",
+            "--option",
+            "trusted-public-keys",
+            &cache.public_key,
+        ];
+        pull.extend(paths.iter().map(String::as_str));
+        let out = nix(&pull);
+        if tamper {
+            assert!(!out.status.success(), "Nix accepted a tampered signature");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("signature"), "{stderr}");
+        } else {
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    cache.server.stop();
+}
+
+#[tokio::test]
+async fn uploads_that_do_not_match_are_refused_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = build_closure(dir.path(), "mismatch", 1);
+    let cache = private_cache(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let nar = nix_store(&["--dump", &paths[0]]).stdout;
+
+    // A NAR whose bytes are not what its URL names.
+    let wrong_url = format!("{}/nar/{}.nar", cache.url, "0".repeat(52));
+    let resp = http
+        .put(&wrong_url)
+        .bearer_auth(&cache.key)
+        .body(nar.clone())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        http.head(&wrong_url)
+            .bearer_auth(&cache.key)
+            .send()
+            .await
+            .expect("HEAD")
+            .status(),
+        404
+    );
+
+    // Bytes that are not a NAR at all.
+    let garbage = b"this is not a NAR".to_vec();
+    let garbage_url = format!("{}/nar/{}.nar", cache.url, nix32_sha256(&garbage));
+    let resp = http
+        .put(&garbage_url)
+        .bearer_auth(&cache.key)
+        .body(garbage)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        http.head(&garbage_url)
+            .bearer_auth(&cache.key)
+            .send()
+            .await
+            .expect("HEAD")
+            .status(),
+        404
+    );
+
+    // A valid NAR, then a narinfo that lies about it: refused, and the NAR is gone too.
+    let good_url = format!("nar/{}.nar", nix32_sha256(&nar));
+    let resp = http
+        .put(format!("{}/{good_url}", cache.url))
+        .bearer_auth(&cache.key)
+        .body(nar.clone())
+        .send()
+        .await
+        .expect("PUT");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let info = nix_ok(&["path-info", "--json", &paths[0]]);
+    let info: serde_json::Value = serde_json::from_str(&info).expect("json");
+    let hash = &Path::new(&paths[0]).file_name().and_then(|n| n.to_str()).expect("name")[..32];
+    let narinfo = format!(
+        "StorePath: {}\nURL: {good_url}\nCompression: none\nNarHash: {}\nNarSize: {}\nReferences: \n",
+        paths[0],
+        info[0]["narHash"].as_str().expect("narHash"),
+        info[0]["narSize"].as_u64().expect("narSize") + 1,
+    );
+    let resp = http
+        .put(format!("{}/{hash}.narinfo", cache.url))
+        .bearer_auth(&cache.key)
+        .body(narinfo)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.expect("text").contains("NarSize"));
+    assert_eq!(
+        http.get(format!("{}/{hash}.narinfo", cache.url))
+            .bearer_auth(&cache.key)
+            .send()
+            .await
+            .expect("GET")
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.head(format!("{}/{good_url}", cache.url))
+            .bearer_auth(&cache.key)
+            .send()
+            .await
+            .expect("HEAD")
+            .status(),
+        404
+    );
+    let stored: Vec<_> = walk(&dir.path().join("nars"))
+        .into_iter()
+        .filter(|p| !p.contains("/.tmp"))
+        .collect();
+    assert!(stored.is_empty(), "nothing is left in the NAR store: {stored:?}");
+
+    // Without write permission (a key of another user), pushing is forbidden.
+    let mut other = Client::new(&cache.server);
+    let other_key = other.register_with_key("intruder").await;
+    let resp = http
+        .put(format!("{}/{good_url}", cache.url))
+        .bearer_auth(&other_key)
+        .body(nar)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 404, "a private cache is invisible to others");
+    cache.server.stop();
+}
+
+fn nix32_sha256(bytes: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(file.path(), bytes).expect("write");
+    let out = nix_ok(&[
+        "hash",
+        "file",
+        "--type",
+        "sha256",
+        "--base32",
+        file.path().to_str().expect("path"),
+    ]);
+    out.trim().to_owned()
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_same_with_nars_on_an_s3_compatible_server() {
+    let endpoint = std::env::var("GRADIENT_TEST_S3_ENDPOINT")
+        .expect("GRADIENT_TEST_S3_ENDPOINT is not set: run the suite with scripts/test, which starts moto");
+    let bucket = format!("gradient-e2e-{}", uuid::Uuid::new_v4().simple());
+    let resp = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(resp.status().is_success(), "creating the bucket: {}", resp.status());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("s3-secret");
+    std::fs::write(&secret, "test-secret\n").expect("write");
+    let store = format!("s3://{bucket}/gradient");
+    let vars = [
+        ("GRADIENT_NAR_STORE", store.as_str()),
+        ("GRADIENT_S3_ENDPOINT", endpoint.as_str()),
+        ("GRADIENT_S3_ACCESS_KEY_ID", "test"),
+        ("GRADIENT_S3_SECRET_ACCESS_KEY_FILE", secret.to_str().expect("path")),
+        ("RUST_S3_SKIP_LOCATION_CONSTRAINT", "true"),
+    ];
+    let paths = build_closure(dir.path(), "s3", 50);
+    let cache = private_cache(dir.path(), &vars).await;
+    push_and_substitute(&cache, dir.path(), &paths);
+    assert!(
+        walk(&dir.path().join("nars")).is_empty(),
+        "nothing was written to the local NAR directory"
+    );
+    cache.server.stop();
+}
