@@ -388,3 +388,92 @@ async fn the_same_with_nars_on_an_s3_compatible_server() {
     );
     cache.server.stop();
 }
+
+#[tokio::test]
+async fn priority_follows_the_client_address_and_nars_serve_byte_ranges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = build_closure(dir.path(), "range", 1);
+    let server = Server::start(dir.path(), &[("GRADIENT_LOCAL_IPS", "10.0.0.0/8")]).await;
+    let mut c = Client::new(&server);
+    let key = c.register_with_key("ranger").await;
+    c.ok(
+        Method::POST,
+        "/caches",
+        Some(json!({"name": "pub", "public": true, "priority": 40, "local_priority": 5})),
+    )
+    .await;
+    let url = format!("{}/cache/pub", server.url);
+    let http = reqwest::Client::new();
+    let info = |xff: Option<&'static str>| {
+        let mut req = http.get(format!("{url}/nix-cache-info"));
+        if let Some(x) = xff {
+            req = req.header("X-Forwarded-For", x);
+        }
+        async move { req.send().await.expect("GET").text().await.expect("text") }
+    };
+    // The test talks from 127.0.0.1, a trusted proxy by default, so its X-Forwarded-For is believed.
+    assert!(info(None).await.contains("Priority: 40"));
+    assert!(info(Some("10.1.2.3")).await.contains("Priority: 5"));
+    assert!(info(Some("192.0.2.1")).await.contains("Priority: 40"));
+    assert!(info(None).await.starts_with("StoreDir: /nix/store\n"));
+
+    let netrc = dir.path().join("netrc-range");
+    std::fs::write(&netrc, format!("machine 127.0.0.1 login t password {key}\n")).expect("netrc");
+    let to = format!("{url}?compression=none");
+    nix_ok(&[
+        "copy",
+        "--to",
+        &to,
+        "--option",
+        "netrc-file",
+        netrc.to_str().expect("path"),
+        &paths[0],
+    ]);
+    let hash = &Path::new(&paths[0]).file_name().and_then(|n| n.to_str()).expect("name")[..32];
+    let narinfo = http
+        .get(format!("{url}/{hash}.narinfo"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    let nar_url = narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).expect("URL");
+    let whole = http
+        .get(format!("{url}/{nar_url}"))
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(
+        whole.to_vec(),
+        nix_store(&["--dump", &paths[0]]).stdout,
+        "the NAR is served byte for byte"
+    );
+    let part = http
+        .get(format!("{url}/{nar_url}"))
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers().get("content-range").and_then(|v| v.to_str().ok()),
+        Some(format!("bytes 100-199/{}", whole.len()).as_str())
+    );
+    assert_eq!(part.bytes().await.expect("bytes").to_vec(), whole[100..200].to_vec());
+    let bad = http
+        .get(format!("{url}/{nar_url}"))
+        .header("Range", format!("bytes={}-", whole.len()))
+        .send()
+        .await;
+    assert_eq!(bad.expect("GET").status(), 416);
+    let head = http.head(format!("{url}/{nar_url}")).send().await.expect("HEAD");
+    assert_eq!(
+        head.headers().get("content-length").and_then(|v| v.to_str().ok()),
+        Some(whole.len().to_string().as_str())
+    );
+    server.stop();
+}

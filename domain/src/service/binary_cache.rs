@@ -15,6 +15,7 @@ use crate::ports::{Clock, Storage};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::pin::Pin;
+use std::sync::Arc;
 
 /// A NAR's place in a cache: `nar/<nix32 sha256 of the file>.nar[.zst|.xz]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,11 +98,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The cache, if the caller may read it. Anonymous callers are asked to authenticate (401) for every
     /// cache that is not public, existing or not, so the answer reveals nothing.
     pub async fn readable_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
+        if let Some(cache) = self.memo.cache(name)
+            && self.can_read_cache(caller, &cache).await?
+        {
+            return Ok(cache);
+        }
         match self.cache(caller, name).await {
+            Ok(cache) => {
+                self.memo.remember_cache(&cache);
+                Ok(cache)
+            }
             Err(ServiceError::NotFound(_)) if caller.user().is_none() => {
                 Err(ServiceError::Unauthenticated("this cache needs credentials".into()))
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -120,7 +130,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// The signed narinfo of a path the cache holds.
-    pub async fn signed_narinfo(&self, cache: &Cache, hash_part: &str) -> Result<Option<String>> {
+    pub async fn signed_narinfo(&self, cache: &Cache, hash_part: &str) -> Result<Option<Arc<str>>> {
+        if let Some(known) = self.memo.narinfo(cache.id, hash_part) {
+            return Ok(known);
+        }
+        let text = self.sign_narinfo(cache, hash_part).await?.map(Arc::<str>::from);
+        self.memo.remember_narinfo(cache.id, hash_part, text.clone());
+        Ok(text)
+    }
+
+    async fn sign_narinfo(&self, cache: &Cache, hash_part: &str) -> Result<Option<String>> {
         let Some(p) = self.storage.cached_path(cache.id, hash_part).await? else {
             return Ok(None);
         };
@@ -285,6 +304,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             last_fetched_at: now,
         };
         self.storage.put_cached_path(&path).await?;
+        self.memo.forget_narinfo(cache.id, hash_part);
         Ok(path)
     }
 
@@ -300,6 +320,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 let stale = self.storage.stale_cached_paths(now - ttl, BATCH).await?;
                 for p in &stale {
                     self.storage.delete_cached_path(p.cache_id, &p.hash_part).await?;
+                    self.memo.forget_narinfo(p.cache_id, &p.hash_part);
                     report.paths += 1;
                 }
                 if (stale.len() as u32) < BATCH {

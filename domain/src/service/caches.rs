@@ -174,12 +174,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             cache.compression = v;
         }
         self.storage.update_cache(&cache).await?;
+        self.memo.forget_cache(cache.id);
         Ok(cache)
     }
 
     pub async fn delete_cache(&self, caller: &Caller, name: &str) -> Result<()> {
         let cache = self.owned_cache(caller, name).await?;
         self.storage.delete_cache(cache.id).await?;
+        self.memo.forget_cache(cache.id);
         Ok(())
     }
 

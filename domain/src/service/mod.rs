@@ -5,6 +5,7 @@
 mod accounts;
 mod binary_cache;
 mod caches;
+mod memo;
 mod orgs;
 mod projects;
 
@@ -131,11 +132,14 @@ pub struct Gradient<S, C> {
     pub tokens: TokenSigner,
     pub crypt: Crypt,
     pub settings: Settings,
+    /// Answers the binary cache serves repeatedly; shared by clones.
+    pub memo: std::sync::Arc<memo::ServeMemo>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
     pub fn new(storage: S, clock: C, tokens: TokenSigner, crypt: Crypt, settings: Settings) -> Self {
         Self {
+            memo: Default::default(),
             storage,
             clock,
             tokens,

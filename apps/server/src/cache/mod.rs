@@ -136,7 +136,7 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
                 Ok(text(
                     StatusCode::OK,
                     "text/x-nix-narinfo",
-                    text_body,
+                    text_body.to_string(),
                     req.method() == Method::HEAD,
                 ))
             }
