@@ -37,7 +37,7 @@ large=$(nix-build --no-out-link "$work/paths.nix" -A large)
 say "starting Gradient"
 gport=$(free_port)
 GRADIENT_BASE_DIR="$work/gradient" GRADIENT_PORT=$gport GRADIENT_LOG_LEVEL_DEFAULT=warn \
-  ./target/release/gradient-server >"$work/gradient.log" 2>&1 &
+  "${CARGO_TARGET_DIR:-target}/release/gradient-server" >"$work/gradient.log" 2>&1 &
 gpid=$!; pids+=($gpid)
 g="http://127.0.0.1:$gport"
 for _ in $(seq 1 100); do curl -fs "$g/api/v1/health" >/dev/null && break; sleep 0.1; done
