@@ -15,6 +15,8 @@ pub mod net;
 pub mod nix;
 pub mod permissions;
 pub mod ports;
+pub mod proto;
+pub mod scheduler;
 pub mod service;
 pub mod status;
 pub mod wildcard;

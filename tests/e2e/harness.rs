@@ -215,3 +215,64 @@ impl Client {
         key
     }
 }
+
+/// A `gradient-worker` process with its own state directory and log.
+pub struct Worker {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    pub fn start(dir: &Path, name: &str, vars: &[(&str, &str)]) -> Worker {
+        let bin = server_binary().with_file_name("gradient-worker");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build -p gradient-worker` first",
+            bin.display()
+        );
+        let log = dir.join(format!("worker-{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("GRADIENT_STATE_DIR", dir.join(format!("worker-{name}")))
+            .stdout(out.try_clone().expect("clone"))
+            .stderr(out);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        Worker {
+            child: cmd.spawn().expect("worker starts"),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "worker log never said {needle:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,4 +4,6 @@
 mod cache;
 mod harness;
 mod nix;
+mod pipeline;
 mod server;
+mod workers;

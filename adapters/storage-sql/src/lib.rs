@@ -10,16 +10,21 @@
 //! * The schema enforces the rules: unique constraints (named the same on both engines) become
 //!   `Conflict("<what>")`, a missing referenced row becomes `NotFound`, cascades delete what an
 //!   organization or cache owns, and a custom role still held by a member cannot be deleted.
+//! * The job queue's state changes are single conditional `UPDATE`s (compare-and-set), and build-once is a
+//!   partial unique index over active jobs.
 //! * Sizes (`u64` in the domain) are stored as signed 64-bit integers; a value that does not fit either way
 //!   is reported as `Unavailable`.
 //! * Rows that do not decode into domain types (an invalid name, bad JSON) are reported as `Unavailable`.
 
 mod cache_contents;
 mod caches;
+mod evaluations;
 mod meta;
 mod orgs;
 mod projects;
+mod queue;
 mod users;
+mod workers;
 
 use gradient_domain::ports::StorageError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -207,6 +212,15 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     ("projects_name_key", "projects.org_id, projects.name", "project name"),
     ("caches_name_key", "caches.name", "cache name"),
     ("api_keys_hash_key", "api_keys.hash", "api key"),
+    ("worker_registrations_pkey", "worker_registrations.peer_id", "peer id"),
+    (
+        "worker_registrations_worker_key",
+        "worker_registrations.org_id, worker_registrations.worker_id",
+        "worker registration",
+    ),
+    // `enqueue_job` inserts with ON CONFLICT DO NOTHING and reports a taken id itself; listed for completeness.
+    ("jobs_pkey", "jobs.id", "job id"),
+    ("evaluations_pkey", "evaluations.id", "evaluation id"),
 ];
 
 /// Maps a database error: unique violation → `Conflict(what)`, foreign key violation → `NotFound`, anything

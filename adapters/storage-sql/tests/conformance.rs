@@ -7,10 +7,12 @@
 #![allow(clippy::unwrap_used)]
 
 use gradient_domain::crypt::Sealed;
-use gradient_domain::model::{Cache, CachedPath, Compression, NarFile, Org, User};
+use gradient_domain::model::{
+    Cache, CachedPath, Compression, JobId, JobKind, JobRecord, JobState, NarFile, Org, User, WorkerRegistration,
+};
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{CacheContents, Caches, Meta, Orgs, Users};
-use gradient_domain::{CacheId, Email, Name, OrgId, UserId};
+use gradient_domain::ports::storage::{CacheContents, Caches, Meta, Orgs, Queue, Users, Workers};
+use gradient_domain::{CacheId, Email, EvaluationId, Name, OrgId, PeerId, UserId, WorkerId};
 use gradient_storage_sql::{PoolSizes, SqlStorage, connect};
 use sqlx::Connection;
 use std::path::{Path, PathBuf};
@@ -160,6 +162,88 @@ async fn survives_reconnect(url: &str) {
     s.close().await;
 }
 
+/// The job queue outlives the server: queued and assigned jobs, and the workers' registrations, read back
+/// whole through a new connection, and the queue carries on from where it was.
+async fn queue_survives_reconnect(url: &str) {
+    let alice = user("alice");
+    let acme = org("acme", alice.id);
+    let now = gradient_domain::model::truncate_to_micros(chrono::Utc::now());
+    let worker = WorkerId::new();
+    let registration = WorkerRegistration {
+        peer_id: PeerId::new(),
+        org_id: acme.id,
+        worker_id: worker,
+        token_hash: "argon2-of-the-token".to_owned(),
+        created_at: now,
+    };
+    let queued = JobRecord {
+        id: JobId::new(),
+        org_id: acme.id,
+        kind: JobKind::Build {
+            derivation: "/nix/store/0000000000000000000000000000000a-hello.drv".to_owned(),
+            system: "x86_64-linux".to_owned(),
+            required_features: vec!["kvm".to_owned()],
+        },
+        state: JobState::Queued,
+        created_at: now,
+        attempts: 1,
+    };
+    let evaluation = JobRecord {
+        id: JobId::new(),
+        kind: JobKind::Evaluate {
+            evaluation_id: EvaluationId::new(),
+        },
+        created_at: now - chrono::TimeDelta::seconds(1),
+        attempts: 0,
+        ..queued.clone()
+    };
+    {
+        let s = connect(url, pools()).await.unwrap();
+        s.create_user(&alice).await.unwrap();
+        s.create_org(&acme).await.unwrap();
+        s.create_worker_registration(&registration).await.unwrap();
+        s.enqueue_job(&queued).await.unwrap();
+        s.enqueue_job(&evaluation).await.unwrap();
+        assert!(s.assign_job(evaluation.id, worker, now).await.unwrap());
+        s.close().await;
+    }
+    let s = connect(url, pools()).await.unwrap();
+    assert_eq!(s.queued_jobs(10).await.unwrap(), vec![queued.clone()]);
+    let assigned = JobRecord {
+        state: JobState::Assigned { worker, since: now },
+        ..evaluation.clone()
+    };
+    assert_eq!(s.jobs_assigned_to(worker).await.unwrap(), vec![assigned]);
+    assert_eq!(s.worker_registrations_for(worker).await.unwrap(), vec![registration]);
+    assert_eq!(
+        s.enqueue_job(&JobRecord {
+            id: JobId::new(),
+            ..queued.clone()
+        })
+        .await
+        .unwrap(),
+        queued,
+        "still built once"
+    );
+    assert_eq!(
+        s.requeue_jobs_of(worker).await.unwrap(),
+        1,
+        "the worker's job is taken back after the restart"
+    );
+    assert_eq!(
+        s.queued_jobs(10).await.unwrap(),
+        vec![
+            JobRecord {
+                attempts: 1,
+                ..evaluation
+            },
+            queued
+        ],
+        "both queued, oldest first"
+    );
+    s.close().await;
+}
+
 /// Connecting again runs the migrations again, which must change nothing.
 async fn migrations_are_idempotent(url: &str) {
     let first = connect(url, pools()).await.unwrap();
@@ -219,6 +303,16 @@ async fn sqlite_data_survives_reconnect() {
 #[tokio::test]
 async fn postgres_data_survives_reconnect() {
     survives_reconnect(&create_postgres_database().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_queue_survives_reconnect() {
+    queue_survives_reconnect(&sqlite_url(&sqlite_path())).await;
+}
+
+#[tokio::test]
+async fn postgres_queue_survives_reconnect() {
+    queue_survives_reconnect(&create_postgres_database().await).await;
 }
 
 #[tokio::test]

@@ -105,6 +105,9 @@ pub struct GithubAppConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub domain: String,
+    /// The base URL workers and Nix clients use to reach this server (`GRADIENT_PUBLIC_URL`); default
+    /// `http://<domain>`.
+    pub public_url: String,
     pub base_dir: PathBuf,
     pub listen_addr: IpAddr,
     pub port: u16,
@@ -122,6 +125,10 @@ pub struct Config {
     pub sentry_dsn: Option<String>,
     pub discoverable: bool,
     pub max_proto_connections: u32,
+    /// Seconds between heartbeats on the worker link.
+    pub worker_heartbeat_secs: u32,
+    /// A worker silent this long is declared lost and its jobs go back to the queue.
+    pub worker_lost_after_secs: u32,
     pub keep_evaluations: u32,
     pub max_request_size: usize,
     pub log_level: LogLevels,
@@ -308,10 +315,18 @@ impl Config {
             private_key_file: e.path("githubApp.privateKeyFile"),
             webhook_secret_file: e.path("githubApp.webhookSecretFile"),
         };
+        let listen_addr: IpAddr = e.parse("listenAddr", IpAddr::from([127, 0, 0, 1]), "an IP address")?;
+        let domain = e.string("domain").unwrap_or_else(|| match listen_addr {
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
+            a => format!("{a}:{port}"),
+        });
+        let public_url = e.string("publicUrl").unwrap_or_else(|| format!("http://{domain}"));
+        let public_url = public_url.trim_end_matches('/').to_owned();
         Ok(Self {
-            domain: e.string("domain").unwrap_or_else(|| "localhost".into()),
+            public_url,
+            domain,
             base_dir: e.path("baseDir").unwrap_or_else(|| PathBuf::from("/var/lib/gradient")),
-            listen_addr: e.parse("listenAddr", IpAddr::from([127, 0, 0, 1]), "an IP address")?,
+            listen_addr,
             port,
             jwt_secret_file: e.path("jwtSecretFile"),
             crypt_secret_file: e.path("cryptSecretFile"),
@@ -326,6 +341,8 @@ impl Config {
             sentry_dsn: e.string("settings.sentryDsn"),
             discoverable: e.bool("discoverable", true)?,
             max_proto_connections: e.parse("settings.maxProtoConnections", 256, "a number of connections")?,
+            worker_heartbeat_secs: e.parse("settings.workerHeartbeatSecs", 10, "a number of seconds")?,
+            worker_lost_after_secs: e.parse("settings.workerLostAfterSecs", 30, "a number of seconds")?,
             keep_evaluations: e.parse("settings.keepEvaluations", 5, "a number of evaluations")?,
             max_request_size,
             log_level: LogLevels {

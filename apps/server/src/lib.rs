@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod link;
 pub mod nars;
 pub mod state;
 
@@ -30,6 +31,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .around(move |ep, req| async move { limit_body(ep, req, max).await })
         .catch_all_error(|e| async move { api::error_response(e) });
     Route::new()
+        .at("/proto", link::endpoint.data(state_for_cache.clone()))
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
         .nest("/api/v1/docs", docs)
@@ -152,7 +154,17 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         oidc_enabled: config.oidc.enable,
         email_verification: config.email.enable && config.email.require_verification,
     };
-    Ok(AppState::new(app, http, nars))
+    let link = link::LinkSettings {
+        discoverable: config.discoverable,
+        max_connections: config.max_proto_connections as usize,
+        policy: gradient_domain::proto::HandshakePolicy {
+            heartbeat_interval_secs: config.worker_heartbeat_secs,
+            lost_after_secs: config.worker_lost_after_secs,
+            ..Default::default()
+        },
+    };
+    let public_url = config.public_url.clone();
+    Ok(AppState::new(app, http, nars, link, public_url))
 }
 
 async fn open_nar_store(config: &config::NarStoreConfig) -> Result<nars::NarStorage, StartError> {
@@ -224,6 +236,28 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
     });
 }
 
+/// Hands queued jobs to connected workers whenever something changes, and at least every second.
+pub fn spawn_dispatcher(state: AppState) {
+    tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), state.dispatch.notified()).await;
+            match state.app.dispatch(state.links.infos(), &state.public_url).await {
+                Ok(assigned) => {
+                    for (worker, job) in assigned {
+                        if !state
+                            .links
+                            .send(worker, gradient_domain::proto::ServerMessage::Assign { job })
+                        {
+                            tracing::warn!(target: "gradient::proto", "worker {worker} left before its job was sent");
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(target: "gradient::proto", "dispatching failed: {e:?}"),
+            }
+        }
+    });
+}
+
 /// Writes the recorded fetch times.
 pub async fn flush_fetches(state: &AppState) {
     use gradient_domain::ports::storage::CacheContents;
@@ -250,6 +284,7 @@ fn redact(url: &str) -> String {
 /// Starts the server and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let state = build_state(&config).await?;
+    spawn_dispatcher(state.clone());
     spawn_upkeep(
         state.clone(),
         config.cache_ttl_hours,

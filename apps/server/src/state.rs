@@ -2,6 +2,7 @@
 //! the HTTP layer itself needs.
 
 use crate::cache::FetchLog;
+use crate::link::{LinkSettings, Links, LiveLogs};
 use crate::nars::NarStorage;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::service::{Caller, Gradient};
@@ -31,6 +32,13 @@ pub struct Inner {
     pub http: HttpSettings,
     pub nars: NarStorage,
     pub fetches: FetchLog,
+    pub links: Links,
+    pub link: LinkSettings,
+    pub logs: LiveLogs,
+    /// Wakes the dispatcher when something changed (a worker connected or finished a job).
+    pub dispatch: tokio::sync::Notify,
+    /// The server's public base URL, as workers and Nix clients reach it.
+    pub public_url: String,
 }
 
 impl std::ops::Deref for AppState {
@@ -41,12 +49,17 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(app: App, http: HttpSettings, nars: NarStorage) -> Self {
+    pub fn new(app: App, http: HttpSettings, nars: NarStorage, link: LinkSettings, public_url: String) -> Self {
         Self(Arc::new(Inner {
             app,
             http,
             nars,
             fetches: FetchLog::default(),
+            links: Links::default(),
+            link,
+            logs: LiveLogs::default(),
+            dispatch: tokio::sync::Notify::new(),
+            public_url,
         }))
     }
 

@@ -1,19 +1,54 @@
-//! `gradient-worker`: reads its configuration from `GRADIENT_*` variables. The `/proto` link, evaluation
-//! and builds arrive with the worker issue; until then the binary validates its configuration and says so.
+//! `gradient-worker`: reads its configuration from `GRADIENT_*` variables, resolves its identity and
+//! peers, and keeps a link to the server's `/proto`.
 
 mod config;
+mod identity;
+mod jobs;
+mod link;
+mod peers;
 
-fn main() {
-    let config = match config::WorkerConfig::from_vars(&std::env::vars().collect()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("gradient-worker: {e}");
-            std::process::exit(1);
-        }
+fn fail(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("gradient-worker: {e}");
+    std::process::exit(1)
+}
+
+#[tokio::main]
+async fn main() {
+    let config = config::WorkerConfig::from_vars(&std::env::vars().collect()).unwrap_or_else(|e| fail(&e));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("GRADIENT_LOG_LEVEL_DEFAULT").unwrap_or_else(|_| "info".into()),
+        ))
+        .try_init();
+    let worker_id = identity::resolve(config.worker_id, &config.state_dir).unwrap_or_else(|e| fail(&e));
+    let peers = match &config.peers_file {
+        Some(f) => peers::load(f).unwrap_or_else(|e| fail(&e)),
+        None => peers::Peers::default(),
     };
-    eprintln!(
-        "gradient-worker: configuration is valid (server {}); the worker link is not implemented in this version",
-        config.server_url
+    let nix = gradient_nix_cli::NixCli::new();
+    let host = gradient_domain::ports::nix::Nix::host(&nix)
+        .await
+        .unwrap_or_else(|e| fail(&format!("nix: {e}")));
+    tracing::info!(
+        "worker {worker_id} starting (Nix {}, systems {:?})",
+        host.nix_version,
+        host.systems
     );
-    std::process::exit(2);
+    let dirs = jobs::Dirs {
+        state: config.state_dir.clone(),
+        gcroots: config.gcroots_dir.clone(),
+    };
+    let mut work = link::Work::new(nix, dirs);
+    let identity = link::Identity {
+        worker_id,
+        capabilities: config.capabilities,
+        systems: host.systems.clone(),
+        features: host.features.clone(),
+        max_concurrent_builds: config.max_concurrent_builds,
+        max_concurrent_evaluations: config.max_concurrent_evaluations,
+    };
+    tokio::select! {
+        _ = link::run(&config.server_url, &identity, &peers, &mut work) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+    }
 }

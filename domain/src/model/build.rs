@@ -1,35 +1,42 @@
 use super::Timestamp;
 use crate::status::BuildStatus;
-use crate::{BuildAttemptId, BuildId, DerivationId, EvaluationId, WorkerId};
+use crate::{EvaluationId, OrgId};
+use std::collections::BTreeMap;
 
-/// A store derivation found by an evaluation. Derivations are shared between evaluations: the same `.drv`
-/// path is one row, so it is built once however many evaluations need it.
+/// A store derivation found by an evaluation, identified by its `.drv` path. Derivations are global: the same
+/// path always has the same content, so it is stored once however many evaluations (of any organization)
+/// find it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Derivation {
-    pub id: DerivationId,
     /// `/nix/store/…-name.drv`
     pub drv_path: String,
     pub system: String,
     pub required_features: Vec<String>,
-    pub outputs: Vec<DerivationOutput>,
-    /// The derivations whose outputs this one takes as inputs.
-    pub inputs: Vec<DerivationId>,
+    /// Output name → store path.
+    pub outputs: BTreeMap<String, String>,
+    /// The `.drv` paths of the derivations whose outputs this one takes as inputs.
+    pub inputs: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DerivationOutput {
-    pub name: String,
-    pub path: String,
-}
-
-/// The build of one derivation; retries and restarts are attempts under it.
+/// An organization's build of one derivation. There is one per organization and `.drv` path: it is built
+/// once however many of the organization's evaluations need it (see [`EvaluationBuild`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Build {
-    pub id: BuildId,
-    pub derivation_id: DerivationId,
+    pub org_id: OrgId,
+    pub drv_path: String,
     pub status: BuildStatus,
+    /// The tail of the build log, or a summary of the failure.
+    pub log: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// That an evaluation needs a build: the closure of its entry points, as the evaluation registered it. The
+/// build is the evaluation's organization's build of `drv_path`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EvaluationBuild {
+    pub evaluation_id: EvaluationId,
+    pub drv_path: String,
 }
 
 /// An evaluation's entry point: the attribute that selected a derivation.
@@ -37,18 +44,7 @@ pub struct Build {
 pub struct EntryPoint {
     pub evaluation_id: EvaluationId,
     pub attribute: String,
-    pub derivation_id: DerivationId,
-}
-
-/// One try at building a derivation on one worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuildAttempt {
-    pub id: BuildAttemptId,
-    pub build_id: BuildId,
-    pub worker: WorkerId,
-    pub started_at: Timestamp,
-    pub finished_at: Option<Timestamp>,
-    pub failure: Option<FailureKind>,
+    pub drv_path: String,
 }
 
 /// Why a build did not succeed.

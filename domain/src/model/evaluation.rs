@@ -18,11 +18,28 @@ pub struct Evaluation {
     pub updated_at: Timestamp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What started an evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EvaluationTrigger {
     Manual,
     Poll,
     Webhook,
+}
+
+impl EvaluationTrigger {
+    pub const ALL: [Self; 3] = [Self::Manual, Self::Poll, Self::Webhook];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "Manual",
+            Self::Poll => "Poll",
+            Self::Webhook => "Webhook",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
 }
 
 /// An attribute that failed to evaluate.

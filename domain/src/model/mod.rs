@@ -7,6 +7,7 @@ mod evaluation;
 mod forge;
 mod org;
 mod project;
+mod queue;
 mod user;
 mod worker;
 
@@ -16,6 +17,7 @@ pub use evaluation::*;
 pub use forge::*;
 pub use org::*;
 pub use project::*;
+pub use queue::*;
 pub use user::*;
 pub use worker::*;
 

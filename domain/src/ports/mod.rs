@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod nar_store;
+pub mod nix;
 pub mod storage;
 
 pub use clock::Clock;

@@ -11,9 +11,10 @@
 //! * `Unavailable` is for the backend failing (connection lost, disk full); its text is for logs only.
 
 use crate::model::{
-    ApiKey, Cache, CachedPath, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User,
+    ApiKey, Build, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member, Membership,
+    NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
 };
-use crate::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
+use crate::{ApiKeyId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId};
 use std::future::Future;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,9 +34,15 @@ pub enum StorageError {
 pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// Everything Gradient stores. Split by aggregate so an adapter's file can follow the same shape.
-pub trait Storage: Users + Orgs + Projects + Caches + CacheContents + Meta + Send + Sync + 'static {}
+pub trait Storage:
+    Users + Orgs + Projects + Caches + CacheContents + Workers + Queue + Evaluations + Meta + Send + Sync + 'static
+{
+}
 
-impl<T: Users + Orgs + Projects + Caches + CacheContents + Meta + Send + Sync + 'static> Storage for T {}
+impl<T: Users + Orgs + Projects + Caches + CacheContents + Workers + Queue + Evaluations + Meta + Send + Sync + 'static>
+    Storage for T
+{
+}
 
 /// Users, their sessions and their API keys.
 pub trait Users {
@@ -74,7 +81,8 @@ pub trait Orgs {
     fn visible_orgs(&self, user: Option<UserId>) -> impl Future<Output = Result<Vec<Org>>> + Send;
     /// Updates display name, description and public flag (the name and id are fixed). NotFound if absent.
     fn update_org(&self, org: &Org) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes the organization with its memberships, roles, projects and subscriptions. Ok(false) if absent.
+    /// Deletes the organization with its memberships, roles, projects (and their evaluations), subscriptions,
+    /// worker registrations, jobs and builds. Ok(false) if absent.
     fn delete_org(&self, id: OrgId) -> impl Future<Output = Result<bool>> + Send;
 
     /// Conflict("role name") when the organization already has a role of that name (case-insensitively);
@@ -107,6 +115,7 @@ pub trait Projects {
     fn projects(&self, org: OrgId) -> impl Future<Output = Result<Vec<Project>>> + Send;
     /// Updates every field but id, org, name, creator and creation time. NotFound if absent.
     fn update_project(&self, project: &Project) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the project with its evaluations (see [`Evaluations::delete_evaluation`]). Ok(false) if absent.
     fn delete_project(&self, id: ProjectId) -> impl Future<Output = Result<bool>> + Send;
 }
 
@@ -165,6 +174,119 @@ pub trait CacheContents {
     fn delete_cached_path(&self, cache: CacheId, hash_part: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Number of paths and total compressed bytes the cache holds.
     fn cache_usage(&self, cache: CacheId) -> impl Future<Output = Result<(u64, u64)>> + Send;
+}
+
+/// Workers registered under organizations. Whether a worker is connected is not stored: the server keeps
+/// that in memory.
+pub trait Workers {
+    /// Registers a worker under an organization. NotFound when the organization does not exist;
+    /// Conflict("peer id") when the peer id is taken (in any organization); Conflict("worker registration")
+    /// when the worker is already registered in that organization (one registration per worker per
+    /// organization). When both collide, the peer id is reported.
+    fn create_worker_registration(&self, registration: &WorkerRegistration) -> impl Future<Output = Result<()>> + Send;
+    /// The organization's registrations, oldest first (ties by peer id).
+    fn worker_registrations(&self, org: OrgId) -> impl Future<Output = Result<Vec<WorkerRegistration>>> + Send;
+    /// Every registration of the worker, in all organizations (the handshake challenges each), oldest first
+    /// (ties by peer id).
+    fn worker_registrations_for(
+        &self,
+        worker: WorkerId,
+    ) -> impl Future<Output = Result<Vec<WorkerRegistration>>> + Send;
+    fn worker_registration(&self, peer: PeerId) -> impl Future<Output = Result<Option<WorkerRegistration>>> + Send;
+    /// Deletes the registration only if it belongs to `org`; Ok(false) otherwise. Deleting an organization
+    /// deletes its registrations.
+    fn delete_worker_registration(&self, org: OrgId, peer: PeerId) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// The persistent job queue (see [`JobRecord`]): what workers are doing or will do, kept so a restart loses
+/// nothing. Which job goes to which worker is the scheduler's decision; the queue only keeps the records and
+/// makes each state change a compare-and-set, so two callers racing for the same change cannot both win.
+/// A job is *active* while `Queued` or `Assigned`. Deleting an organization deletes its jobs.
+pub trait Queue {
+    /// Adds a job, stored as given (normally `Queued` with no attempts), and answers the job now standing for
+    /// that work. At most one active job exists per organization and subject — a build's derivation, an
+    /// evaluation's id: while one is active, enqueueing the same subject again stores nothing and answers the
+    /// active job (build-once; compare the ids to tell). Otherwise Conflict("job id") when the id is taken,
+    /// NotFound when the organization does not exist, and on success the job itself.
+    fn enqueue_job(&self, job: &JobRecord) -> impl Future<Output = Result<JobRecord>> + Send;
+    fn job(&self, id: JobId) -> impl Future<Output = Result<Option<JobRecord>>> + Send;
+    /// Queued jobs of every organization, oldest first (ties by id), at most `limit`.
+    fn queued_jobs(&self, limit: u32) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
+    /// Hands a queued job to `worker`: `Queued → Assigned { worker, since: at }`. Ok(false), changing nothing,
+    /// when the job is not queued (already assigned, finished) or does not exist.
+    fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> impl Future<Output = Result<bool>> + Send;
+    /// Takes back every job assigned to `worker` (it was lost): `Assigned → Queued`, one more attempt each
+    /// (saturating at `u32::MAX`), creation time (so place in the queue) kept. Answers how many were requeued.
+    fn requeue_jobs_of(&self, worker: WorkerId) -> impl Future<Output = Result<u64>> + Send;
+    /// Records the outcome of a job assigned to `worker`: `Assigned → Done` when `done`, else `Failed`.
+    /// Ok(false), changing nothing, when the job is not assigned to that worker (queued, finished, requeued
+    /// and handed to another) or does not exist.
+    fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> impl Future<Output = Result<bool>> + Send;
+    /// The jobs assigned to `worker`, oldest first (ties by id).
+    fn jobs_assigned_to(&self, worker: WorkerId) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
+}
+
+/// The CI loop's records: evaluations, the derivations they find, their entry points, and the builds they need.
+///
+/// * Derivations are global and keyed by `.drv` path (same path, same content); they are never deleted.
+/// * A [`Build`] belongs to an organization and is keyed by (organization, `.drv` path): build-once within an
+///   organization, however many of its evaluations need the derivation. Another organization has its own.
+/// * An evaluation records which builds it needs with [`link_builds`](Evaluations::link_builds) (the closure of
+///   its entry points); [`evaluations_needing`](Evaluations::evaluations_needing) goes back from a build to them.
+/// * Deleting an evaluation deletes its entry points and links, never derivations or builds. Deleting a project
+///   deletes its evaluations; deleting an organization deletes its projects' evaluations and its builds.
+pub trait Evaluations {
+    /// Stores a new evaluation as given. Conflict("evaluation id") when the id is taken; NotFound when the
+    /// project does not exist.
+    fn create_evaluation(&self, evaluation: &Evaluation) -> impl Future<Output = Result<()>> + Send;
+    fn evaluation(&self, id: EvaluationId) -> impl Future<Output = Result<Option<Evaluation>>> + Send;
+    /// The project's evaluations, newest first (by creation time, ties by id descending), at most `limit`.
+    fn evaluations(&self, project: ProjectId, limit: u32) -> impl Future<Output = Result<Vec<Evaluation>>> + Send;
+    /// Updates status, errors and `updated_at` (everything else is fixed). NotFound if absent.
+    fn update_evaluation(&self, evaluation: &Evaluation) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the evaluation with its entry points and build links (not the derivations or builds).
+    /// Ok(false) if absent.
+    fn delete_evaluation(&self, id: EvaluationId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Stores the derivations, skipping any whose `.drv` path is already stored (the stored one is kept: the
+    /// same path is the same content; within one call the first of a path wins). Atomic.
+    fn put_derivations(&self, derivations: &[Derivation]) -> impl Future<Output = Result<()>> + Send;
+    fn derivation(&self, drv_path: &str) -> impl Future<Output = Result<Option<Derivation>>> + Send;
+
+    /// Records entry points of `evaluation`, replacing the derivation of an attribute already recorded for it
+    /// (a re-evaluation after a lost worker may report it again). Every entry point must name `evaluation`:
+    /// Conflict("entry point evaluation") otherwise. NotFound when the evaluation or an entry point's
+    /// derivation is not stored. Atomic: on any error nothing is recorded.
+    fn add_entry_points(
+        &self,
+        evaluation: EvaluationId,
+        entry_points: &[EntryPoint],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The evaluation's entry points, by attribute.
+    fn entry_points(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<EntryPoint>>> + Send;
+
+    /// For each `.drv` path: creates `org`'s build of it (status `Queued`, no log, created and updated `at`)
+    /// unless the organization already has one, and links it to `evaluation` (the evaluation's
+    /// organization's). Answers the builds, by `.drv` path, each once, existing ones as stored (their status
+    /// kept). Linking twice is harmless. NotFound when the evaluation, the organization or a derivation does not
+    /// exist. Atomic: on any error nothing is created or linked.
+    fn link_builds(
+        &self,
+        evaluation: EvaluationId,
+        org: OrgId,
+        drv_paths: &[String],
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Build>>> + Send;
+    fn build(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Option<Build>>> + Send;
+    /// The builds linked to the evaluation, by `.drv` path.
+    fn builds_of_evaluation(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<Build>>> + Send;
+    /// Updates status, log and `updated_at` of the build of (`build.org_id`, `build.drv_path`). NotFound if
+    /// absent.
+    fn update_build(&self, build: &Build) -> impl Future<Output = Result<()>> + Send;
+    /// The evaluations linked to the organization's build of `drv_path`, oldest first (ties by id): the ones
+    /// to update when that build changes.
+    fn evaluations_needing(&self, org: OrgId, drv_path: &str)
+    -> impl Future<Output = Result<Vec<EvaluationId>>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

@@ -3,6 +3,7 @@
 //! Byte transport stays in the app; the decisions and checks are here.
 
 use super::{Caller, Gradient, Result, ServiceError};
+use crate::Name;
 use crate::codec::{CodecError, Decompressor};
 use crate::model::{Cache, CachedPath, Compression, NarFile};
 use crate::nix::hash::Hash;
@@ -113,6 +114,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The cache, if `token` is a job token a worker holds for it (reading and pushing while the job runs).
+    pub async fn cache_for_job_token(&self, token: &str, name: &str) -> Result<Option<Cache>> {
+        if !token.starts_with("GRADJOB") {
+            return Ok(None);
+        }
+        let Ok(parsed) = Name::parse(name) else { return Ok(None) };
+        let Some(cache) = self.storage.cache_by_name(&parsed).await? else {
+            return Ok(None);
+        };
+        Ok(self.job_tokens.allows(token, cache.id).then_some(cache))
     }
 
     /// The cache, if the caller may push to it: its owner, with an unrestricted session or key.

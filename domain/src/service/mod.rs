@@ -7,13 +7,16 @@ mod binary_cache;
 mod caches;
 mod memo;
 mod orgs;
+mod pipeline;
 mod projects;
+mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
 pub use binary_cache::{GcReport, NarUrl, nar_key, nix_cache_info};
 pub use caches::{CacheChanges, NewCache};
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use projects::{NewProject, ProjectChanges};
+pub use workers::{NewRegistration, check_token, generate_token, parse_worker_id};
 
 use crate::auth::TokenSigner;
 use crate::crypt::Crypt;
@@ -134,12 +137,15 @@ pub struct Gradient<S, C> {
     pub settings: Settings,
     /// Answers the binary cache serves repeatedly; shared by clones.
     pub memo: std::sync::Arc<memo::ServeMemo>,
+    /// Credentials handed to workers with jobs; shared by clones.
+    pub job_tokens: std::sync::Arc<memo::JobTokens>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
     pub fn new(storage: S, clock: C, tokens: TokenSigner, crypt: Crypt, settings: Settings) -> Self {
         Self {
             memo: Default::default(),
+            job_tokens: Default::default(),
             storage,
             clock,
             tokens,

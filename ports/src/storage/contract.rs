@@ -10,22 +10,28 @@
 
 mod cache_contents;
 mod caches;
+mod evaluations;
 mod members;
 mod meta;
 mod orgs;
 mod projects;
+mod queue;
 mod roles;
 mod support;
 mod users;
+mod workers;
 
 pub use cache_contents::*;
 pub use caches::*;
+pub use evaluations::*;
 pub use members::*;
 pub use meta::*;
 pub use orgs::*;
 pub use projects::*;
+pub use queue::*;
 pub use roles::*;
 pub use users::*;
+pub use workers::*;
 
 /// Runs the storage contract suite: one `#[tokio::test]` per scenario, each on a fresh store.
 ///
@@ -116,6 +122,47 @@ macro_rules! storage_contract {
             delete_cache_removes_its_contents,
             delete_org_keeps_subscribed_cache_contents,
             cache_usage_counts_paths_and_their_file_sizes,
+            // Worker registrations.
+            worker_registration_round_trips,
+            absent_worker_registrations_are_none,
+            worker_registration_of_unknown_org_is_not_found,
+            worker_registered_twice_in_an_org_conflicts,
+            taken_peer_id_conflicts,
+            worker_registrations_are_listed_oldest_first,
+            delete_worker_registration_only_within_its_org,
+            delete_org_removes_its_worker_registrations,
+            // The job queue.
+            job_round_trips,
+            absent_jobs_are_none,
+            job_of_unknown_org_is_not_found,
+            taken_job_id_conflicts,
+            build_jobs_are_enqueued_once_per_derivation_while_active,
+            simultaneous_enqueues_of_a_derivation_store_one_job,
+            evaluation_jobs_are_enqueued_once_while_active,
+            queued_jobs_are_oldest_first_and_limited,
+            assign_job_is_compare_and_set,
+            requeue_jobs_of_a_lost_worker_counts_attempts,
+            finish_job_only_from_assigned,
+            jobs_assigned_to_lists_a_workers_jobs_oldest_first,
+            delete_org_removes_its_jobs,
+            // Evaluations, derivations, entry points and builds.
+            evaluation_round_trips,
+            absent_evaluation_rows_are_none,
+            evaluation_of_unknown_project_is_not_found_and_taken_id_conflicts,
+            evaluations_are_listed_newest_first_and_limited,
+            update_evaluation_changes_only_status_errors_and_update_time,
+            derivation_round_trips,
+            put_derivations_ignores_stored_paths,
+            entry_points_round_trip_by_attribute,
+            entry_points_with_unknown_references_are_refused,
+            link_builds_builds_once_per_org,
+            link_builds_returns_existing_status,
+            link_builds_with_unknown_references_is_not_found,
+            update_build_changes_only_status_log_and_update_time,
+            build_statuses_round_trip,
+            delete_evaluation_removes_its_entry_points_and_links,
+            delete_project_removes_its_evaluations,
+            delete_org_removes_its_evaluations_and_builds,
             // Meta.
             meta_init_keeps_the_first_value,
         );

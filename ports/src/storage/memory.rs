@@ -7,10 +7,15 @@
 mod state;
 
 use gradient_domain::model::{
-    ApiKey, Cache, CachedPath, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User,
+    ApiKey, Build, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, JobState, Member,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
 };
-use gradient_domain::ports::storage::{CacheContents, Caches, Meta, Orgs, Projects, Result, Users};
-use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
+use gradient_domain::ports::storage::{
+    CacheContents, Caches, Evaluations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
+};
+use gradient_domain::{
+    ApiKeyId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
+};
 use state::State;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -168,7 +173,7 @@ impl Projects for MemoryStorage {
     }
 
     async fn delete_project(&self, id: ProjectId) -> Result<bool> {
-        self.with(|s| Ok(s.projects.remove(&id).is_some()))
+        self.with(|s| Ok(s.delete_project(id)))
     }
 }
 
@@ -257,6 +262,126 @@ impl CacheContents for MemoryStorage {
 
     async fn cache_usage(&self, cache: CacheId) -> Result<(u64, u64)> {
         self.with(|s| Ok(s.cache_usage(cache)))
+    }
+}
+
+impl Workers for MemoryStorage {
+    async fn create_worker_registration(&self, registration: &WorkerRegistration) -> Result<()> {
+        self.with(|s| s.create_worker_registration(registration))
+    }
+
+    async fn worker_registrations(&self, org: OrgId) -> Result<Vec<WorkerRegistration>> {
+        self.with(|s| Ok(s.worker_registrations(|r| r.org_id == org)))
+    }
+
+    async fn worker_registrations_for(&self, worker: WorkerId) -> Result<Vec<WorkerRegistration>> {
+        self.with(|s| Ok(s.worker_registrations(|r| r.worker_id == worker)))
+    }
+
+    async fn worker_registration(&self, peer: PeerId) -> Result<Option<WorkerRegistration>> {
+        self.with(|s| Ok(s.worker_registrations.get(&peer).cloned()))
+    }
+
+    async fn delete_worker_registration(&self, org: OrgId, peer: PeerId) -> Result<bool> {
+        self.with(|s| Ok(s.delete_worker_registration(org, peer)))
+    }
+}
+
+impl Queue for MemoryStorage {
+    async fn enqueue_job(&self, job: &JobRecord) -> Result<JobRecord> {
+        self.with(|s| s.enqueue_job(job))
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
+        self.with(|s| Ok(s.jobs.get(&id).cloned()))
+    }
+
+    async fn queued_jobs(&self, limit: u32) -> Result<Vec<JobRecord>> {
+        self.with(|s| Ok(s.jobs(|j| j.state == JobState::Queued, limit)))
+    }
+
+    async fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> Result<bool> {
+        self.with(|s| Ok(s.assign_job(id, worker, at)))
+    }
+
+    async fn requeue_jobs_of(&self, worker: WorkerId) -> Result<u64> {
+        self.with(|s| Ok(s.requeue_jobs_of(worker)))
+    }
+
+    async fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> Result<bool> {
+        self.with(|s| Ok(s.finish_job(id, worker, done)))
+    }
+
+    async fn jobs_assigned_to(&self, worker: WorkerId) -> Result<Vec<JobRecord>> {
+        let assigned = |j: &JobRecord| matches!(j.state, JobState::Assigned { worker: w, .. } if w == worker);
+        self.with(|s| Ok(s.jobs(assigned, u32::MAX)))
+    }
+}
+
+impl Evaluations for MemoryStorage {
+    async fn create_evaluation(&self, evaluation: &Evaluation) -> Result<()> {
+        self.with(|s| s.create_evaluation(evaluation))
+    }
+
+    async fn evaluation(&self, id: EvaluationId) -> Result<Option<Evaluation>> {
+        self.with(|s| Ok(s.evaluations.get(&id).cloned()))
+    }
+
+    async fn evaluations(&self, project: ProjectId, limit: u32) -> Result<Vec<Evaluation>> {
+        self.with(|s| Ok(s.evaluations(project, limit)))
+    }
+
+    async fn update_evaluation(&self, evaluation: &Evaluation) -> Result<()> {
+        self.with(|s| s.update_evaluation(evaluation))
+    }
+
+    async fn delete_evaluation(&self, id: EvaluationId) -> Result<bool> {
+        self.with(|s| Ok(s.delete_evaluation(id)))
+    }
+
+    async fn put_derivations(&self, derivations: &[Derivation]) -> Result<()> {
+        self.with(|s| {
+            s.put_derivations(derivations);
+            Ok(())
+        })
+    }
+
+    async fn derivation(&self, drv_path: &str) -> Result<Option<Derivation>> {
+        self.with(|s| Ok(s.derivations.get(drv_path).cloned()))
+    }
+
+    async fn add_entry_points(&self, evaluation: EvaluationId, entry_points: &[EntryPoint]) -> Result<()> {
+        self.with(|s| s.add_entry_points(evaluation, entry_points))
+    }
+
+    async fn entry_points(&self, evaluation: EvaluationId) -> Result<Vec<EntryPoint>> {
+        self.with(|s| Ok(s.entry_points(evaluation)))
+    }
+
+    async fn link_builds(
+        &self,
+        evaluation: EvaluationId,
+        org: OrgId,
+        drv_paths: &[String],
+        at: Timestamp,
+    ) -> Result<Vec<Build>> {
+        self.with(|s| s.link_builds(evaluation, org, drv_paths, at))
+    }
+
+    async fn build(&self, org: OrgId, drv_path: &str) -> Result<Option<Build>> {
+        self.with(|s| Ok(s.builds.get(&(org, drv_path.to_owned())).cloned()))
+    }
+
+    async fn builds_of_evaluation(&self, evaluation: EvaluationId) -> Result<Vec<Build>> {
+        self.with(|s| Ok(s.builds_of_evaluation(evaluation)))
+    }
+
+    async fn update_build(&self, build: &Build) -> Result<()> {
+        self.with(|s| s.update_build(build))
+    }
+
+    async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {
+        self.with(|s| Ok(s.evaluations_needing(org, drv_path)))
     }
 }
 

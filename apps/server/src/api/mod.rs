@@ -7,9 +7,11 @@ mod accounts;
 mod caches;
 mod dto;
 mod errors;
+mod evaluations;
 mod meta;
 mod orgs;
 mod projects;
+mod workers;
 
 pub use errors::{ApiError, error_response};
 
@@ -59,6 +61,8 @@ pub type Api = (
     orgs::OrgsApi,
     projects::ProjectsApi,
     caches::CachesApi,
+    workers::WorkersApi,
+    evaluations::EvaluationsApi,
 );
 
 /// The API service, with the document's fixed metadata (the spec must not depend on the configuration).
@@ -69,7 +73,9 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
             accounts::AccountsApi(state.clone()),
             orgs::OrgsApi(state.clone()),
             projects::ProjectsApi(state.clone()),
-            caches::CachesApi(state),
+            caches::CachesApi(state.clone()),
+            workers::WorkersApi(state.clone()),
+            evaluations::EvaluationsApi(state),
         ),
         "Gradient",
         env!("CARGO_PKG_VERSION"),

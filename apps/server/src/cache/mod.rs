@@ -82,11 +82,21 @@ async fn caller(state: &AppState, req: &Request) -> Result<Caller, ServiceError>
 }
 
 async fn read_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
+    if let Some(token) = credential(req)
+        && let Some(cache) = state.app.cache_for_job_token(&token, name).await?
+    {
+        return Ok(cache);
+    }
     let caller = caller(state, req).await?;
     state.app.readable_cache(&caller, name).await
 }
 
 async fn write_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
+    if let Some(token) = credential(req)
+        && let Some(cache) = state.app.cache_for_job_token(&token, name).await?
+    {
+        return Ok(cache);
+    }
     let caller = caller(state, req).await?;
     state.app.writable_cache(&caller, name).await
 }

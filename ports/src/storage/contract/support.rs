@@ -4,12 +4,14 @@
 use chrono::{TimeDelta, Utc};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::model::{
-    ApiKey, Cache, CachedPath, Compression, InputOverride, Membership, NarFile, Org, Project, Role, RoleRef, Session,
-    Timestamp, User, truncate_to_micros,
+    ApiKey, Cache, CachedPath, Compression, InputOverride, JobId, JobKind, JobRecord, JobState, Membership, NarFile,
+    Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration, truncate_to_micros,
 };
 use gradient_domain::permissions::{BuiltinRole, KeyScope, Permission};
 use gradient_domain::ports::Storage;
-use gradient_domain::{ApiKeyId, CacheId, Email, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
+use gradient_domain::{
+    ApiKeyId, CacheId, Email, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
+};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -274,4 +276,65 @@ pub(super) fn membership(org: OrgId, user: UserId, role: RoleRef) -> Membership 
         user_id: user,
         role,
     }
+}
+
+/// A registration of `worker` under `org`, created now.
+pub(super) fn new_worker_registration(org: OrgId, worker: WorkerId) -> WorkerRegistration {
+    WorkerRegistration {
+        peer_id: PeerId::new(),
+        org_id: org,
+        worker_id: worker,
+        token_hash: hash(),
+        created_at: now(),
+    }
+}
+
+pub(super) async fn worker_registration<S: Storage>(s: &S, org: OrgId, worker: WorkerId) -> WorkerRegistration {
+    let registration = new_worker_registration(org, worker);
+    s.create_worker_registration(&registration)
+        .await
+        .expect("create_worker_registration of a new registration succeeds");
+    registration
+}
+
+/// A fresh derivation path named `name`.
+pub(super) fn derivation(name: &str) -> String {
+    format!("/nix/store/{}-{name}.drv", &hash()[..32])
+}
+
+/// A queued job, created now, that builds a fresh derivation needing two system features.
+pub(super) fn new_build_job(org: OrgId, name: &str) -> JobRecord {
+    JobRecord {
+        id: JobId::new(),
+        org_id: org,
+        kind: JobKind::Build {
+            derivation: derivation(name),
+            system: "x86_64-linux".to_owned(),
+            required_features: vec!["kvm".to_owned(), "big-parallel".to_owned()],
+        },
+        state: JobState::Queued,
+        created_at: now(),
+        attempts: 0,
+    }
+}
+
+/// A queued job, created now, that evaluates a fresh evaluation.
+pub(super) fn new_evaluation_job(org: OrgId) -> JobRecord {
+    JobRecord {
+        id: JobId::new(),
+        org_id: org,
+        kind: JobKind::Evaluate {
+            evaluation_id: EvaluationId::new(),
+        },
+        state: JobState::Queued,
+        created_at: now(),
+        attempts: 0,
+    }
+}
+
+/// Enqueues `job`, which must be new work: storage answers the job itself.
+pub(super) async fn enqueue<S: Storage>(s: &S, job: JobRecord) -> JobRecord {
+    let stored = s.enqueue_job(&job).await.expect("enqueue_job of new work succeeds");
+    assert_eq!(stored, job, "enqueueing new work answers the job itself");
+    job
 }

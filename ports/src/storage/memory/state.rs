@@ -2,11 +2,15 @@
 //! before it changes anything, so a refused write leaves the state as it was.
 
 use gradient_domain::model::{
-    ApiKey, Cache, CachedPath, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User,
+    ApiKey, Build, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobKind, JobRecord, JobState, Member,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::storage::{Result, StorageError};
-use gradient_domain::{ApiKeyId, CacheId, Name, OrgId, ProjectId, RoleId, SessionId, UserId};
+use gradient_domain::status::BuildStatus;
+use gradient_domain::{
+    ApiKeyId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Debug, Default)]
@@ -24,6 +28,17 @@ pub(super) struct State {
     pub(super) nar_files: BTreeMap<(CacheId, String), NarFile>,
     /// Cached paths by (cache, hash part).
     pub(super) cached_paths: BTreeMap<(CacheId, String), CachedPath>,
+    pub(super) worker_registrations: HashMap<PeerId, WorkerRegistration>,
+    pub(super) jobs: HashMap<JobId, JobRecord>,
+    pub(super) evaluations: HashMap<EvaluationId, Evaluation>,
+    /// Derivations by `.drv` path.
+    pub(super) derivations: HashMap<String, Derivation>,
+    /// Entry points by (evaluation, attribute).
+    pub(super) entry_points: BTreeMap<(EvaluationId, String), EntryPoint>,
+    /// Builds by (organization, `.drv` path).
+    pub(super) builds: BTreeMap<(OrgId, String), Build>,
+    /// Links from evaluations to builds: (evaluation, `.drv` path) → the build's organization.
+    pub(super) evaluation_builds: BTreeMap<(EvaluationId, String), OrgId>,
     pub(super) meta: HashMap<String, String>,
 }
 
@@ -127,8 +142,20 @@ impl State {
         }
         self.memberships.retain(|(org, _), _| *org != id);
         self.roles.retain(|_, r| r.org_id != id);
-        self.projects.retain(|_, p| p.org_id != id);
+        let projects: BTreeSet<ProjectId> = self
+            .projects
+            .values()
+            .filter(|p| p.org_id == id)
+            .map(|p| p.id)
+            .collect();
+        for project in projects {
+            self.delete_project(project);
+        }
+        self.builds.retain(|(org, _), _| *org != id);
+        self.evaluation_builds.retain(|_, org| *org != id);
         self.subscriptions.retain(|(org, _)| *org != id);
+        self.worker_registrations.retain(|_, r| r.org_id != id);
+        self.jobs.retain(|_, j| j.org_id != id);
         true
     }
 
@@ -245,6 +272,23 @@ impl State {
             ..project.clone()
         };
         Ok(())
+    }
+
+    /// Deletes the project with its evaluations.
+    pub(super) fn delete_project(&mut self, id: ProjectId) -> bool {
+        if self.projects.remove(&id).is_none() {
+            return false;
+        }
+        let evaluations: Vec<EvaluationId> = self
+            .evaluations
+            .values()
+            .filter(|e| e.project_id == id)
+            .map(|e| e.id)
+            .collect();
+        for evaluation in evaluations {
+            self.delete_evaluation(evaluation);
+        }
+        true
     }
 
     // Caches.
@@ -384,6 +428,234 @@ impl State {
             .fold((0, 0), |(count, bytes), p| {
                 (count + 1, bytes.saturating_add(p.file_size))
             })
+    }
+
+    // Worker registrations.
+
+    pub(super) fn create_worker_registration(&mut self, registration: &WorkerRegistration) -> Result<()> {
+        if self.worker_registrations.contains_key(&registration.peer_id) {
+            return Err(conflict("peer id"));
+        }
+        require(self.orgs.contains_key(&registration.org_id))?;
+        if self
+            .worker_registrations
+            .values()
+            .any(|r| r.org_id == registration.org_id && r.worker_id == registration.worker_id)
+        {
+            return Err(conflict("worker registration"));
+        }
+        self.worker_registrations
+            .insert(registration.peer_id, registration.clone());
+        Ok(())
+    }
+
+    /// The registrations matching `keep`, oldest first, ties by peer id.
+    pub(super) fn worker_registrations(&self, keep: impl Fn(&WorkerRegistration) -> bool) -> Vec<WorkerRegistration> {
+        let mut found: Vec<WorkerRegistration> = self
+            .worker_registrations
+            .values()
+            .filter(|r| keep(r))
+            .cloned()
+            .collect();
+        found.sort_by_key(|r| (r.created_at, r.peer_id));
+        found
+    }
+
+    pub(super) fn delete_worker_registration(&mut self, org: OrgId, peer: PeerId) -> bool {
+        let owned = self.worker_registrations.get(&peer).is_some_and(|r| r.org_id == org);
+        owned && self.worker_registrations.remove(&peer).is_some()
+    }
+
+    // Jobs.
+
+    pub(super) fn enqueue_job(&mut self, job: &JobRecord) -> Result<JobRecord> {
+        if job.state.is_active()
+            && let Some(active) = self
+                .jobs
+                .values()
+                .find(|j| j.org_id == job.org_id && j.state.is_active() && same_subject(&j.kind, &job.kind))
+        {
+            return Ok(active.clone());
+        }
+        if self.jobs.contains_key(&job.id) {
+            return Err(conflict("job id"));
+        }
+        require(self.orgs.contains_key(&job.org_id))?;
+        self.jobs.insert(job.id, job.clone());
+        Ok(job.clone())
+    }
+
+    /// The jobs matching `keep`, oldest first, ties by id, at most `limit`.
+    pub(super) fn jobs(&self, keep: impl Fn(&JobRecord) -> bool, limit: u32) -> Vec<JobRecord> {
+        let mut found: Vec<&JobRecord> = self.jobs.values().filter(|j| keep(j)).collect();
+        found.sort_by_key(|j| (j.created_at, j.id));
+        found.into_iter().take(limit_len(limit)).cloned().collect()
+    }
+
+    pub(super) fn assign_job(&mut self, id: JobId, worker: WorkerId, at: Timestamp) -> bool {
+        match self.jobs.get_mut(&id) {
+            Some(job) if job.state == JobState::Queued => {
+                job.state = JobState::Assigned { worker, since: at };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn requeue_jobs_of(&mut self, worker: WorkerId) -> u64 {
+        let mut requeued = 0;
+        for job in self.jobs.values_mut() {
+            if matches!(job.state, JobState::Assigned { worker: w, .. } if w == worker) {
+                job.state = JobState::Queued;
+                job.attempts = job.attempts.saturating_add(1);
+                requeued += 1;
+            }
+        }
+        requeued
+    }
+
+    pub(super) fn finish_job(&mut self, id: JobId, worker: WorkerId, done: bool) -> bool {
+        match self.jobs.get_mut(&id) {
+            Some(job) if matches!(job.state, JobState::Assigned { worker: w, .. } if w == worker) => {
+                job.state = if done { JobState::Done } else { JobState::Failed };
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl State {
+    // Evaluations.
+
+    pub(super) fn create_evaluation(&mut self, evaluation: &Evaluation) -> Result<()> {
+        if self.evaluations.contains_key(&evaluation.id) {
+            return Err(conflict("evaluation id"));
+        }
+        require(self.projects.contains_key(&evaluation.project_id))?;
+        self.evaluations.insert(evaluation.id, evaluation.clone());
+        Ok(())
+    }
+
+    /// Newest first, ties by id descending, at most `limit`.
+    pub(super) fn evaluations(&self, project: ProjectId, limit: u32) -> Vec<Evaluation> {
+        let mut found: Vec<&Evaluation> = self.evaluations.values().filter(|e| e.project_id == project).collect();
+        found.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+        found.into_iter().take(limit_len(limit)).cloned().collect()
+    }
+
+    pub(super) fn update_evaluation(&mut self, evaluation: &Evaluation) -> Result<()> {
+        let stored = self.evaluations.get_mut(&evaluation.id).ok_or(StorageError::NotFound)?;
+        stored.status = evaluation.status;
+        stored.errors.clone_from(&evaluation.errors);
+        stored.updated_at = evaluation.updated_at;
+        Ok(())
+    }
+
+    pub(super) fn delete_evaluation(&mut self, id: EvaluationId) -> bool {
+        if self.evaluations.remove(&id).is_none() {
+            return false;
+        }
+        self.entry_points.retain(|(evaluation, _), _| *evaluation != id);
+        self.evaluation_builds.retain(|(evaluation, _), _| *evaluation != id);
+        true
+    }
+
+    pub(super) fn put_derivations(&mut self, derivations: &[Derivation]) {
+        for derivation in derivations {
+            self.derivations
+                .entry(derivation.drv_path.clone())
+                .or_insert_with(|| derivation.clone());
+        }
+    }
+
+    pub(super) fn add_entry_points(&mut self, evaluation: EvaluationId, entry_points: &[EntryPoint]) -> Result<()> {
+        if entry_points.iter().any(|e| e.evaluation_id != evaluation) {
+            return Err(conflict("entry point evaluation"));
+        }
+        require(self.evaluations.contains_key(&evaluation))?;
+        require(entry_points.iter().all(|e| self.derivations.contains_key(&e.drv_path)))?;
+        for entry_point in entry_points {
+            self.entry_points
+                .insert((evaluation, entry_point.attribute.clone()), entry_point.clone());
+        }
+        Ok(())
+    }
+
+    pub(super) fn entry_points(&self, evaluation: EvaluationId) -> Vec<EntryPoint> {
+        self.entry_points
+            .range((evaluation, String::new())..)
+            .take_while(|((e, _), _)| *e == evaluation)
+            .map(|(_, entry_point)| entry_point.clone())
+            .collect()
+    }
+
+    pub(super) fn link_builds(
+        &mut self,
+        evaluation: EvaluationId,
+        org: OrgId,
+        drv_paths: &[String],
+        at: Timestamp,
+    ) -> Result<Vec<Build>> {
+        require(self.evaluations.contains_key(&evaluation) && self.orgs.contains_key(&org))?;
+        let wanted: BTreeSet<&String> = drv_paths.iter().collect();
+        require(wanted.iter().all(|path| self.derivations.contains_key(*path)))?;
+        let mut builds = Vec::with_capacity(wanted.len());
+        for drv_path in wanted {
+            let build = self.builds.entry((org, drv_path.clone())).or_insert_with(|| Build {
+                org_id: org,
+                drv_path: drv_path.clone(),
+                status: BuildStatus::Queued,
+                log: None,
+                created_at: at,
+                updated_at: at,
+            });
+            builds.push(build.clone());
+            self.evaluation_builds
+                .entry((evaluation, drv_path.clone()))
+                .or_insert(org);
+        }
+        Ok(builds)
+    }
+
+    pub(super) fn builds_of_evaluation(&self, evaluation: EvaluationId) -> Vec<Build> {
+        self.evaluation_builds
+            .range((evaluation, String::new())..)
+            .take_while(|((e, _), _)| *e == evaluation)
+            .filter_map(|((_, drv_path), org)| self.builds.get(&(*org, drv_path.clone())).cloned())
+            .collect()
+    }
+
+    pub(super) fn update_build(&mut self, build: &Build) -> Result<()> {
+        let stored = self
+            .builds
+            .get_mut(&(build.org_id, build.drv_path.clone()))
+            .ok_or(StorageError::NotFound)?;
+        stored.status = build.status;
+        stored.log.clone_from(&build.log);
+        stored.updated_at = build.updated_at;
+        Ok(())
+    }
+
+    /// Oldest first, ties by id.
+    pub(super) fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Vec<EvaluationId> {
+        let mut found: Vec<&Evaluation> = self
+            .evaluation_builds
+            .iter()
+            .filter(|((_, path), o)| **o == org && path == drv_path)
+            .filter_map(|((evaluation, _), _)| self.evaluations.get(evaluation))
+            .collect();
+        found.sort_by_key(|e| (e.created_at, e.id));
+        found.into_iter().map(|e| e.id).collect()
+    }
+}
+
+/// Whether two jobs are about the same thing: the same derivation, or the same evaluation.
+fn same_subject(a: &JobKind, b: &JobKind) -> bool {
+    match (a, b) {
+        (JobKind::Build { derivation: a, .. }, JobKind::Build { derivation: b, .. }) => a == b,
+        (JobKind::Evaluate { evaluation_id: a }, JobKind::Evaluate { evaluation_id: b }) => a == b,
+        _ => false,
     }
 }
 

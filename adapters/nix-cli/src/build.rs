@@ -1,0 +1,262 @@
+//! Building with `nix-store --realise` (the one command whose log, roots and exit codes are the same from Nix
+//! 2.8 to now) and pushing with `nix copy --to`.
+
+use crate::process::{self, Ended};
+use crate::{NixCli, derivation};
+use gradient_domain::ports::nix::{BuildOptions, BuildOutput, NixError, Result};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long past its timeout a build may run before the adapter kills Nix itself (Nix's own `--timeout`
+/// normally stops the builder first; this covers substitution and a stuck Nix).
+const GRACE: Duration = Duration::from_secs(30);
+/// Paths per `nix copy`, well under any argument-length limit.
+const COPY_CHUNK: usize = 256;
+
+pub async fn build(
+    cli: &NixCli,
+    drv_path: &str,
+    opts: &BuildOptions,
+    on_log: &mut (dyn FnMut(&str) + Send),
+) -> Result<BuildOutput> {
+    check_store_path(drv_path)?;
+    if !drv_path.ends_with(".drv") {
+        return Err(NixError::InvalidRequest(format!(
+            "'{drv_path}' is not a store derivation"
+        )));
+    }
+    let mut drv_rooted = false;
+    if let Some(dir) = &opts.gc_root {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| NixError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        // A `.drv` still to be substituted is rooted once it is here.
+        if tokio::fs::try_exists(drv_path).await.unwrap_or(false) {
+            root_drv(cli, drv_path, dir).await?;
+            drv_rooted = true;
+        }
+    }
+
+    let mut cmd = cli.command("nix-store");
+    cmd.args(["--realise", drv_path]);
+    // A path missing from Gradient's cache a minute ago may be there now: never trust a cached "absent".
+    cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
+    if !opts.substituters.is_empty() {
+        cmd.args(["--option", "extra-substituters", &opts.substituters.join(" ")]);
+    }
+    if !opts.trusted_public_keys.is_empty() {
+        cmd.args([
+            "--option",
+            "extra-trusted-public-keys",
+            &opts.trusted_public_keys.join(" "),
+        ]);
+    }
+    if let Some(netrc) = &opts.netrc_file {
+        cmd.args(["--option", "netrc-file"]).arg(netrc);
+    }
+    if let Some(dir) = &opts.gc_root {
+        cmd.arg("--add-root").arg(dir.join("out"));
+    }
+    if let Some(limit) = opts.timeout {
+        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+        cmd.args(["--timeout", &secs.max(1).to_string()]);
+    }
+    let finished = match process::run(cmd, opts.timeout.map(|t| t + GRACE), on_log).await? {
+        Ended::TimedOut(tail) => return Err(NixError::Timeout { log_tail: tail.text() }),
+        Ended::Exited(finished) => finished,
+    };
+    if !finished.status.success() {
+        let lines: Vec<&str> = finished.stderr.lines().collect();
+        return Err(classify(
+            finished.status.code(),
+            &lines,
+            drv_path,
+            finished.stderr.text(),
+        ));
+    }
+
+    if let Some(dir) = &opts.gc_root
+        && !drv_rooted
+    {
+        root_drv(cli, drv_path, dir).await?;
+    }
+    let mut cmd = cli.show_derivation().await?;
+    cmd.arg(drv_path);
+    let out = process::output(cmd).await?.success_or(NixError::Unavailable)?;
+    let store_dir = drv_path.rsplit_once('/').map_or("/nix/store", |(dir, _)| dir);
+    let info = derivation::parse(&out, store_dir)
+        .map_err(NixError::Unavailable)?
+        .remove(drv_path)
+        .ok_or_else(|| NixError::Unavailable(format!("nix does not describe {drv_path}")))?;
+    Ok(BuildOutput { outputs: info.outputs })
+}
+
+/// An indirect GC root `<dir>/drv` for the `.drv` itself: `nix-store --add-root` only roots outputs, while
+/// `nix-instantiate --add-root` roots the derivation an expression instantiates, and importing a `.drv` file
+/// gives back that same derivation.
+async fn root_drv(cli: &NixCli, drv_path: &str, dir: &Path) -> Result<()> {
+    let mut cmd = cli.command("nix-instantiate");
+    cmd.arg("--add-root")
+        .arg(dir.join("drv"))
+        .arg("--expr")
+        .arg(format!("import (/. + \"{drv_path}\")"));
+    process::output(cmd).await?.success_or(NixError::Unavailable)?;
+    Ok(())
+}
+
+/// Why `nix-store --realise` failed. Nix's exit status is `0x60` plus bits for a failed build (`0x04`), a
+/// timeout (`0x01`), a hash mismatch (`0x02`) or a failed check (`0x08`); anything else (usually 1) is Nix
+/// failing before or around the builds. Whose builder failed is read from Nix's messages: `builder for '<drv>'
+/// failed` (Nix 2.8) or `Cannot build '<drv>'.` + `Reason: builder failed` (newer).
+fn classify(code: Option<i32>, lines: &[&str], drv_path: &str, log_tail: String) -> NixError {
+    let code = code.unwrap_or(1);
+    if code & 0x60 != 0x60 || code > 0x6f {
+        let start = lines.iter().position(|l| l.starts_with("error:")).unwrap_or(0);
+        return NixError::Unavailable(lines[start..].join("\n"));
+    }
+    if code & 0x01 != 0 {
+        return NixError::Timeout { log_tail };
+    }
+    let quoted = |line: &str, after: &str| -> Option<String> {
+        let rest = &line[line.find(after)? + after.len()..];
+        Some(rest[..rest.find('\'')?].to_owned())
+    };
+    let mut failed_builders = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(drv) = quoted(line, "builder for '") {
+            failed_builders.push(drv);
+        } else if let Some(drv) = quoted(line, "Cannot build '")
+            && lines[i + 1..]
+                .iter()
+                .take(3)
+                .any(|l| l.contains("Reason: builder failed"))
+        {
+            failed_builders.push(drv);
+        } else if let Some(drv) = quoted(line, "hash mismatch in fixed-output derivation '") {
+            failed_builders.push(drv);
+        }
+    }
+    if failed_builders.iter().any(|d| d == drv_path) {
+        NixError::BuildFailed { log_tail }
+    } else if let Some(dependency) = failed_builders.into_iter().next() {
+        NixError::DependencyFailed {
+            drv_path: Some(dependency),
+            log_tail,
+        }
+    } else if lines
+        .iter()
+        .any(|l| l.contains("dependencies of derivation") || l.contains("dependency failed"))
+    {
+        NixError::DependencyFailed {
+            drv_path: None,
+            log_tail,
+        }
+    } else {
+        NixError::BuildFailed { log_tail }
+    }
+}
+
+pub async fn release(gc_root: &Path) -> Result<()> {
+    match tokio::fs::remove_dir_all(gc_root).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NixError::Unavailable(format!(
+            "cannot remove {}: {e}",
+            gc_root.display()
+        ))),
+    }
+}
+
+pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: &str, netrc_file: &Path) -> Result<()> {
+    for path in paths {
+        check_store_path(path)?;
+    }
+    if compression.is_empty() || !compression.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(NixError::InvalidRequest(format!(
+            "'{compression}' is not a compression method"
+        )));
+    }
+    let separator = if cache_url.contains('?') { '&' } else { '?' };
+    let to = format!("{cache_url}{separator}compression={compression}");
+    // Without `--derivation` Nix 2.8 would build a `.drv`'s outputs; with it, it would copy an output's
+    // deriver instead of the output. So the two kinds go separately.
+    let (drvs, outputs): (Vec<&String>, Vec<&String>) = paths.iter().partition(|p| p.ends_with(".drv"));
+    for (group, flag) in [(outputs, None), (drvs, Some("--derivation"))] {
+        for chunk in group.chunks(COPY_CHUNK) {
+            let mut cmd = cli.nix();
+            cmd.args(["copy", "--to", &to])
+                .args(["--option", "netrc-file"])
+                .arg(netrc_file)
+                // A path the cache dropped since this machine last asked must be sent again.
+                .args(["--option", "narinfo-cache-positive-ttl", "0"])
+                .args(flag)
+                .args(chunk.iter().map(|p| p.as_str()));
+            process::output(cmd).await?.success_or(NixError::Push)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_store_path(path: &str) -> Result<()> {
+    let ok = path.starts_with('/')
+        && !path.ends_with('/')
+        && !path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"\\$".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(NixError::InvalidRequest(format!("'{path}' is not a store path")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DRV: &str = "/nix/store/wqdajgggc6yqjwvhy85zbx3bn2gjk59i-dep.drv";
+    const DEP: &str = "/nix/store/n02k9fx2vchy8vr19cimpkxmx53zp4s9-f.drv";
+
+    fn kind(code: i32, log: &str) -> NixError {
+        let lines: Vec<&str> = log.lines().collect();
+        classify(Some(code), &lines, DRV, log.to_owned())
+    }
+
+    #[test]
+    fn failures_are_classified_from_nix_2_8_messages() {
+        let own = format!("building '{DRV}'...\nfailing\nerror: builder for '{DRV}' failed with exit code 1");
+        assert!(matches!(kind(100, &own), NixError::BuildFailed { log_tail } if log_tail.contains("failing")));
+        let dep = format!(
+            "error: builder for '{DEP}' failed with exit code 1\n\
+             error: 1 dependencies of derivation '{DRV}' failed to build"
+        );
+        assert!(matches!(kind(100, &dep), NixError::DependencyFailed { drv_path: Some(d), .. } if d == DEP));
+        let timeout = format!("error: building of '{DRV}!*' from .drv file timed out after 2 seconds");
+        assert!(matches!(kind(101, &timeout), NixError::Timeout { .. }));
+        let missing = format!("don't know how to build these paths:\nerror: cannot build missing derivation '{DRV}'");
+        assert!(matches!(kind(1, &missing), NixError::Unavailable(m) if m.starts_with("error: cannot build missing")));
+    }
+
+    #[test]
+    fn failures_are_classified_from_newer_messages() {
+        let own = format!("error: Cannot build '{DRV}'.\n       Reason: builder failed with exit code 1.");
+        assert!(matches!(kind(100, &own), NixError::BuildFailed { .. }));
+        let dep = format!(
+            "error: Cannot build '{DEP}'.\n       Reason: builder failed with exit code 1.\n\
+             error: Cannot build '{DRV}'.\n       Reason: 1 dependency failed."
+        );
+        assert!(matches!(kind(100, &dep), NixError::DependencyFailed { drv_path: Some(d), .. } if d == DEP));
+        assert!(matches!(
+            kind(102, "error: hash mismatch"),
+            NixError::BuildFailed { .. }
+        ));
+    }
+
+    #[test]
+    fn store_paths_are_checked() {
+        assert!(check_store_path(DRV).is_ok());
+        for bad in ["", "relative/x", "/nix/store/a b", "/nix/store/x\"", "/nix/store/"] {
+            assert!(check_store_path(bad).is_err(), "{bad}");
+        }
+    }
+}

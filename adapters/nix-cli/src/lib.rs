@@ -1,0 +1,203 @@
+//! The Nix port on the `nix` command line, for Nix 2.8 and later: every operation runs `nix`, `nix-store` or
+//! `nix-instantiate` as a child process, reads their JSON, streams their stderr, and kills them when the caller
+//! stops waiting. Only flags Nix 2.8 knows are used; where newer Nix renamed a command (`nix derivation show`,
+//! `nix config show`) the name is chosen from `nix --version`.
+//!
+//! | operation  | commands                                                                                         |
+//! |------------|--------------------------------------------------------------------------------------------------|
+//! | `host`     | `nix --version`, `nix show-config --json`                                                        |
+//! | `fetch`    | `nix flake metadata --json`, `nix flake archive --json` (both with `--override-input`)           |
+//! | `evaluate` | `nix eval --json <ref>#<output> --apply <walker>` per output, per batch, `nix show-derivation -r`  |
+//! | `build`    | `nix-store --realise --add-root`, `nix-instantiate --add-root` (the `.drv`), `nix show-derivation` |
+//! | `push`     | `nix copy --to <url>?compression=…` (`--derivation` for `.drv` paths)                            |
+
+mod build;
+mod derivation;
+mod eval;
+mod fetch;
+mod process;
+
+use gradient_domain::model::InputOverride;
+use gradient_domain::ports::nix::{
+    BuildOptions, BuildOutput, EvalBatch, EvalSummary, FetchedFlake, HostInfo, Nix, NixError, Result,
+};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use tokio::process::Command;
+
+/// Runs the Nix found on `PATH` (or in a given directory) with this process's environment, plus any variables
+/// set with [`NixCli::env`] (such as `NIX_CONFIG`).
+#[derive(Clone, Debug, Default)]
+pub struct NixCli {
+    bin_dir: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    version: Arc<OnceLock<(u32, u32)>>,
+}
+
+impl NixCli {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `nix`, `nix-store` and `nix-instantiate` from `dir` instead of `PATH`.
+    pub fn with_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets an environment variable for every command run.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = match &self.bin_dir {
+            Some(dir) => Command::new(dir.join(program)),
+            None => Command::new(program),
+        };
+        cmd.env("NO_COLOR", "1");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// `nix` with the experimental features this adapter needs enabled, whatever the machine's configuration.
+    fn nix(&self) -> Command {
+        let mut cmd = self.command("nix");
+        cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+        cmd
+    }
+
+    /// `nix --version`'s answer: the whole text, and `(major, minor)`.
+    async fn version_text(&self) -> Result<(String, (u32, u32))> {
+        let mut cmd = self.command("nix");
+        cmd.arg("--version");
+        let out = process::output(cmd).await?.success_or(NixError::Unavailable)?;
+        let text = String::from_utf8_lossy(&out).trim().to_owned();
+        let v = parse_version(&text).ok_or_else(|| NixError::Unavailable(format!("unknown nix version {text:?}")))?;
+        Ok((text, v))
+    }
+
+    /// Nix's `(major, minor)` version, asked once.
+    async fn version(&self) -> Result<(u32, u32)> {
+        if let Some(v) = self.version.get() {
+            return Ok(*v);
+        }
+        let (_, v) = self.version_text().await?;
+        Ok(*self.version.get_or_init(|| v))
+    }
+
+    /// `nix show-derivation` (Nix < 2.15) or `nix derivation show`.
+    async fn show_derivation(&self) -> Result<Command> {
+        let mut cmd = self.nix();
+        if self.version().await? >= (2, 15) {
+            cmd.args(["derivation", "show"]);
+        } else {
+            cmd.arg("show-derivation");
+        }
+        Ok(cmd)
+    }
+}
+
+/// `nix (Nix) 2.8.0`, `nix (Lix, like Nix) 2.91.1` → `(2, 8)`, `(2, 91)`.
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let version = text.split_whitespace().last()?;
+    let mut parts = version.split(['.', 'p', 'r', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+impl Nix for NixCli {
+    async fn host(&self) -> Result<HostInfo> {
+        let (text, version) = self.version_text().await?;
+        let mut cmd = self.nix();
+        if version >= (2, 20) {
+            cmd.args(["config", "show", "--json"]);
+        } else {
+            cmd.args(["show-config", "--json"]);
+        }
+        let out = process::output(cmd).await?.success_or(NixError::Unavailable)?;
+        let config: Value = serde_json::from_slice(&out)
+            .map_err(|e| NixError::Unavailable(format!("nix configuration is not JSON: {e}")))?;
+        let strings = |key: &str| -> Vec<String> {
+            match &config[key]["value"] {
+                Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let mut systems = strings("system");
+        for extra in strings("extra-platforms") {
+            if !systems.contains(&extra) {
+                systems.push(extra);
+            }
+        }
+        if systems.is_empty() {
+            return Err(NixError::Unavailable("nix reports no system".into()));
+        }
+        Ok(HostInfo {
+            nix_version: text.split_whitespace().last().unwrap_or_default().to_owned(),
+            systems,
+            features: strings("system-features"),
+        })
+    }
+
+    async fn fetch(
+        &self,
+        repository: &str,
+        git_ref: Option<&str>,
+        commit: &str,
+        overrides: &BTreeMap<String, InputOverride>,
+    ) -> Result<FetchedFlake> {
+        fetch::fetch(self, repository, git_ref, commit, overrides).await
+    }
+
+    async fn evaluate(
+        &self,
+        flake: &FetchedFlake,
+        wildcard: &str,
+        mut on_batch: impl FnMut(EvalBatch) + Send,
+    ) -> Result<EvalSummary> {
+        eval::evaluate(self, flake, wildcard, &mut on_batch).await
+    }
+
+    async fn build(
+        &self,
+        drv_path: &str,
+        opts: &BuildOptions,
+        mut on_log: impl FnMut(&str) + Send,
+    ) -> Result<BuildOutput> {
+        build::build(self, drv_path, opts, &mut on_log).await
+    }
+
+    async fn release(&self, gc_root: &Path) -> Result<()> {
+        build::release(gc_root).await
+    }
+
+    async fn push(&self, paths: &[String], cache_url: &str, compression: &str, netrc_file: &Path) -> Result<()> {
+        build::push(self, paths, cache_url, compression, netrc_file).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let table = [
+            ("nix (Nix) 2.8.0\n", Some((2, 8))),
+            ("nix (Nix) 2.24.10", Some((2, 24))),
+            ("nix (Lix, like Nix) 2.91.1", Some((2, 91))),
+            ("nix (Nix) 2.26.0pre20241203_dirty", Some((2, 26))),
+            ("nix", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_version(text), want, "{text}");
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Running one Nix command: stdout collected (bounded), stderr split into lines as they come (each passed to a
+//! callback, the last few KiB kept for error messages), an optional deadline, and the child killed whenever the
+//! caller stops waiting (`kill_on_drop`).
+
+use gradient_domain::ports::nix::NixError;
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+/// How much of stderr is kept for error messages and log tails.
+pub const STDERR_TAIL: usize = 16 * 1024;
+/// A longer "line" (a builder writing without newlines) is passed on in pieces of this size.
+const MAX_LINE: usize = 64 * 1024;
+/// Nix's JSON answers are small next to this; a larger one means something is wrong.
+const STDOUT_LIMIT: usize = 512 * 1024 * 1024;
+
+/// How a command ended.
+pub enum Ended {
+    Exited(Finished),
+    /// The deadline passed; the child was killed. Holds stderr's tail.
+    TimedOut(Tail),
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Tail,
+}
+
+impl Finished {
+    /// Stdout when the command succeeded; otherwise Nix's error message, built into an error by `fail`.
+    pub fn success_or(self, fail: impl FnOnce(String) -> NixError) -> Result<Vec<u8>, NixError> {
+        if self.status.success() {
+            Ok(self.stdout)
+        } else {
+            Err(fail(self.stderr.error_message()))
+        }
+    }
+}
+
+/// The last lines of a stream, at most about [`STDERR_TAIL`] bytes.
+#[derive(Default)]
+pub struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Tail {
+    pub fn push(&mut self, line: &str) {
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line.to_owned());
+        while self.bytes > STDERR_TAIL && self.lines.len() > 1 {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes -= old.len() + 1;
+            }
+        }
+    }
+
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.lines.iter().map(String::as_str)
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Nix's error message: from the first `error:` line on (warnings and progress before it dropped), or the
+    /// whole tail when there is none.
+    pub fn error_message(&self) -> String {
+        let lines: Vec<&str> = self.lines().collect();
+        let start = lines.iter().position(|l| l.starts_with("error:")).unwrap_or(0);
+        let message = lines[start..].join("\n");
+        let message = message.trim();
+        if message.is_empty() {
+            "nix failed without a message".to_owned()
+        } else {
+            message.to_owned()
+        }
+    }
+}
+
+/// Runs `cmd` to completion (or until `deadline`), passing each stderr line to `on_line`.
+pub async fn run(
+    mut cmd: Command,
+    deadline: Option<Duration>,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<Ended, NixError> {
+    let program = format!("{:?}", cmd.as_std().get_program());
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| NixError::Unavailable(format!("cannot run {program}: {e}")))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(NixError::Unavailable(format!("{program}: no pipes")));
+    };
+    let mut tail = Tail::default();
+    let work = async {
+        let (out, err) = tokio::join!(
+            read_bounded(stdout),
+            read_lines(stderr, |line| {
+                tail.push(line);
+                on_line(line);
+            })
+        );
+        let status = child.wait().await;
+        (out, err, status)
+    };
+    let finished = match deadline {
+        None => Some(work.await),
+        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+    };
+    let Some((out, err, status)) = finished else {
+        // Nix stops its builders when it dies (they are started with a parent-death signal on Linux).
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Ok(Ended::TimedOut(tail));
+    };
+    let io = |e: std::io::Error| NixError::Unavailable(format!("{program}: {e}"));
+    let stdout = out.map_err(io)?;
+    err.map_err(io)?;
+    Ok(Ended::Exited(Finished {
+        status: status.map_err(io)?,
+        stdout,
+        stderr: tail,
+    }))
+}
+
+/// Runs `cmd` without a deadline and without looking at stderr as it comes.
+pub async fn output(cmd: Command) -> Result<Finished, NixError> {
+    match run(cmd, None, &mut |_| {}).await? {
+        Ended::Exited(finished) => Ok(finished),
+        Ended::TimedOut(_) => Err(NixError::Unavailable("timed out without a deadline".into())),
+    }
+}
+
+async fn read_bounded(mut r: impl AsyncRead + Unpin) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > STDOUT_LIMIT {
+            return Err(std::io::Error::other("output larger than the limit"));
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+async fn read_lines(mut r: impl AsyncRead + Unpin, mut on_line: impl FnMut(&str)) -> std::io::Result<()> {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(pos) = pending[start..].iter().position(|&b| b == b'\n') {
+            emit(&pending[start..start + pos], &mut on_line);
+            start += pos + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE {
+            emit(&pending[..MAX_LINE], &mut on_line);
+            pending.drain(..MAX_LINE);
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending, &mut on_line);
+    }
+    Ok(())
+}
+
+fn emit(line: &[u8], on_line: &mut impl FnMut(&str)) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    on_line(&strip_ansi(&String::from_utf8_lossy(line)));
+}
+
+/// Drops terminal escape sequences (`ESC [ … letter`), which some Nix versions add to messages.
+fn strip_ansi(s: &str) -> String {
+    if !s.contains('\x1b') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_split_bounded_and_cleaned() {
+        let input = b"one\r\ntwo\n\x1b[31;1merror:\x1b[0m red\nlast".to_vec();
+        let mut got = Vec::new();
+        read_lines(&input[..], |l| got.push(l.to_owned())).await.unwrap();
+        assert_eq!(got, ["one", "two", "error: red", "last"]);
+
+        let long = vec![b'x'; MAX_LINE * 2 + 3];
+        let mut sizes = Vec::new();
+        read_lines(&long[..], |l| sizes.push(l.len())).await.unwrap();
+        assert_eq!(sizes, [MAX_LINE, MAX_LINE, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_kills_the_command() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo started >&2; exec /usr/bin/sleep 60"]);
+        let started = std::time::Instant::now();
+        let mut lines = Vec::new();
+        let ended = run(cmd, Some(Duration::from_millis(500)), &mut |l| lines.push(l.to_owned()))
+            .await
+            .unwrap();
+        assert!(matches!(ended, Ended::TimedOut(tail) if tail.text() == "started"));
+        assert_eq!(lines, ["started"]);
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tail_keeps_the_end_and_finds_the_error() {
+        let mut tail = Tail::default();
+        for i in 0..10_000 {
+            tail.push(&format!("line {i}"));
+        }
+        tail.push("error: it broke");
+        tail.push("       at here");
+        assert!(tail.text().len() <= STDERR_TAIL);
+        assert!(tail.text().ends_with("at here"));
+        assert_eq!(tail.error_message(), "error: it broke\n       at here");
+    }
+}

@@ -1,0 +1,611 @@
+//! The nix-cli adapter against the real `nix` on this machine: a git repository holding a flake whose
+//! derivations use only `/bin/sh` and `/usr/bin` tools (no nixpkgs, no network). Every run gets a fresh nonce
+//! in the derivations, so nothing is already built from an earlier run.
+
+#![allow(clippy::unwrap_used)]
+
+use gradient_domain::model::{FailureKind, InputOverride};
+use gradient_domain::ports::nix::{BuildOptions, DerivationInfo, EvalBatch, FetchedFlake, Nix, NixError};
+use gradient_nix_cli::NixCli;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const NIX_CONFIG: &str = "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n\
+                          narinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0";
+
+const FLAKE: &str = r#"{
+  outputs = { self }: let
+    system = "@SYSTEM@";
+    mk = name: script: extra: derivation ({
+      inherit name system;
+      builder = "/bin/sh";
+      args = [ "-c" script ];
+      nonce = "@NONCE@";
+    } // extra);
+    a = mk "a" "echo building a; echo a > $out" { };
+    b = mk "b" "echo building b; /usr/bin/cat ${a} > $out; echo b >> $out" { };
+    c = mk "c" "echo building c; /usr/bin/cat ${b} > $out; echo c >> $out" { };
+    two = mk "two" "echo hello from two; echo out > $out; echo dev > $dev" {
+      outputs = [ "out" "dev" ];
+      requiredSystemFeatures = [ "big-parallel" ];
+    };
+    fails = mk "fails" "echo this check fails >&2; exit 1" { };
+    base = mk "base" "echo base > $out" { };
+  in {
+    packages.${system} = { inherit a b c two; broken = throw "boom"; uncatchable = { }.nothing; };
+    checks.${system} = {
+      inherit fails;
+      dependent = mk "dependent" "/usr/bin/cat ${fails} > $out" { };
+      slow = mk "slow" "echo sleeping; /usr/bin/sleep 60; echo done > $out" { };
+    };
+    hydraJobs = {
+      rooted = mk "rooted" "echo rooted > $out" { };
+      top = mk "top" "echo building top; /usr/bin/cat ${base} > $out" { };
+      notadrv = "just a string";
+    };
+    devShells = throw "no shells";
+  };
+}
+"#;
+
+const CONSUMER: &str = r#"{
+  inputs.dep.url = "git+file://@DEP@?ref=main";
+  outputs = { self, dep }: {
+    packages."@SYSTEM@".labelled = derivation {
+      name = "labelled-${dep.label}";
+      system = "@SYSTEM@";
+      builder = "/bin/sh";
+      args = [ "-c" "echo > $out" ];
+      nonce = "@NONCE@";
+    };
+  };
+}
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    system: String,
+    repo: PathBuf,
+    first: String,
+    second: String,
+    dep: PathBuf,
+    consumer: PathBuf,
+    consumer_commit: String,
+}
+
+fn nix() -> NixCli {
+    NixCli::new().env("NIX_CONFIG", NIX_CONFIG)
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("command runs");
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn commit(repo: &Path, message: &str) -> String {
+    run("git", &["add", "-A"], repo);
+    run("git", &["commit", "-q", "-m", message], repo);
+    run("git", &["rev-parse", "HEAD"], repo)
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let system = run(
+            "nix",
+            &["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"],
+            &root,
+        );
+        let nonce = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let fill = |text: &str| text.replace("@SYSTEM@", &system).replace("@NONCE@", &nonce);
+
+        let repo = root.join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        run("git", &["init", "-q", "-b", "main"], &repo);
+        std::fs::write(repo.join("flake.nix"), fill(FLAKE)).unwrap();
+        std::fs::write(repo.join("version"), "1").unwrap();
+        let first = commit(&repo, "one");
+        std::fs::write(repo.join("version"), "2").unwrap();
+        let second = commit(&repo, "two");
+
+        let dep = root.join("dep");
+        std::fs::create_dir(&dep).unwrap();
+        run("git", &["init", "-q", "-b", "main"], &dep);
+        let label = |l: &str| format!("{{ outputs = {{ self }}: {{ label = \"{l}\"; }}; }}\n");
+        std::fs::write(dep.join("flake.nix"), label("dep-one")).unwrap();
+        commit(&dep, "one");
+        run("git", &["checkout", "-q", "-b", "feature"], &dep);
+        std::fs::write(dep.join("flake.nix"), label("dep-feature")).unwrap();
+        commit(&dep, "feature");
+        run("git", &["checkout", "-q", "main"], &dep);
+
+        let consumer = root.join("consumer");
+        std::fs::create_dir(&consumer).unwrap();
+        run("git", &["init", "-q", "-b", "main"], &consumer);
+        std::fs::write(
+            consumer.join("flake.nix"),
+            fill(CONSUMER).replace("@DEP@", dep.to_str().unwrap()),
+        )
+        .unwrap();
+        run("git", &["add", "-A"], &consumer);
+        run("nix", &["flake", "lock"], &consumer);
+        let consumer_commit = commit(&consumer, "locked on dep-one");
+        // The dependency moves on after the consumer locked it.
+        std::fs::write(dep.join("flake.nix"), label("dep-two")).unwrap();
+        commit(&dep, "two");
+
+        Fixture {
+            _dir: dir,
+            root,
+            system,
+            repo,
+            first,
+            second,
+            dep,
+            consumer,
+            consumer_commit,
+        }
+    })
+}
+
+fn url(path: &Path) -> String {
+    format!("file://{}", path.display())
+}
+
+async fn fetched() -> FetchedFlake {
+    let f = fixture();
+    nix()
+        .fetch(&url(&f.repo), Some("main"), &f.second, &BTreeMap::new())
+        .await
+        .unwrap()
+}
+
+/// Everything an evaluation reported, checked for the batch ordering rules on the way.
+#[derive(Default)]
+struct Evaluation {
+    attributes: BTreeMap<String, String>,
+    derivations: BTreeMap<String, DerivationInfo>,
+    errors: BTreeMap<String, String>,
+}
+
+async fn evaluate(flake: &FetchedFlake, wildcard: &str) -> Evaluation {
+    let mut batches: Vec<EvalBatch> = Vec::new();
+    let summary = nix().evaluate(flake, wildcard, |b| batches.push(b)).await.unwrap();
+    let mut e = Evaluation::default();
+    for batch in batches {
+        for d in batch.derivations {
+            for input in &d.input_drvs {
+                assert!(
+                    e.derivations.contains_key(input),
+                    "{} reported before its input {input}",
+                    d.drv_path
+                );
+            }
+            assert!(e.derivations.insert(d.drv_path.clone(), d).is_none(), "reported twice");
+        }
+        for a in batch.attributes {
+            assert!(
+                e.derivations.contains_key(&a.drv_path),
+                "{} before its derivation",
+                a.attribute()
+            );
+            e.attributes.insert(a.attribute(), a.drv_path);
+        }
+        for err in batch.errors {
+            e.errors.insert(err.attribute(), err.message);
+        }
+    }
+    assert_eq!(summary.attributes, e.attributes.len());
+    assert_eq!(summary.derivations, e.derivations.len());
+    assert_eq!(summary.errors, e.errors.len());
+    e
+}
+
+fn names(map: &BTreeMap<String, String>) -> Vec<&str> {
+    map.keys().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn host_reports_this_machine() {
+    let host = nix().host().await.unwrap();
+    assert_eq!(host.systems[0], fixture().system);
+    assert!(
+        host.nix_version.starts_with("2.") && host.nix_version.matches(".").count() >= 2,
+        "{}",
+        host.nix_version
+    );
+}
+
+#[tokio::test]
+async fn fetch_puts_the_flake_at_the_commit_in_the_store() {
+    let f = fixture();
+    let none = BTreeMap::new();
+    for (commit, version) in [(&f.first, "1"), (&f.second, "2")] {
+        let flake = nix().fetch(&url(&f.repo), Some("main"), commit, &none).await.unwrap();
+        assert_eq!(flake.rev.as_deref(), Some(commit.as_str()));
+        assert!(flake.flake_ref.starts_with("git+file://") && flake.flake_ref.contains(commit.as_str()));
+        assert!(flake.nar_hash.as_deref().is_some_and(|h| h.starts_with("sha256-")));
+        let store = Path::new(&flake.store_path);
+        assert!(store.starts_with("/nix/store"));
+        assert_eq!(std::fs::read_to_string(store.join("version")).unwrap(), version);
+    }
+    // Without a ref, a local repository still finds the commit.
+    let flake = nix().fetch(&url(&f.repo), None, &f.first, &none).await.unwrap();
+    assert_eq!(flake.rev.as_deref(), Some(f.first.as_str()));
+
+    let unknown = nix().fetch(&url(&f.repo), Some("main"), &"ab".repeat(20), &none).await;
+    assert!(matches!(unknown, Err(NixError::Fetch(_))), "{unknown:?}");
+    let nowhere = nix()
+        .fetch(&url(&f.root.join("nope")), None, &"cd".repeat(20), &none)
+        .await;
+    assert!(matches!(nowhere, Err(NixError::Fetch(_))), "{nowhere:?}");
+    let branch = nix().fetch(&url(&f.repo), Some("main"), "main", &none).await;
+    assert!(matches!(branch, Err(NixError::InvalidRequest(_))), "{branch:?}");
+}
+
+#[tokio::test]
+async fn fetch_applies_input_overrides_and_evaluation_keeps_them() {
+    let f = fixture();
+    let labelled = |e: &Evaluation| {
+        let attr = format!("packages.{}.labelled", f.system);
+        let drv = e
+            .attributes
+            .get(&attr)
+            .unwrap_or_else(|| panic!("{:?}", e.errors))
+            .clone();
+        drv.rsplit_once("-labelled-")
+            .unwrap()
+            .1
+            .trim_end_matches(".drv")
+            .to_owned()
+    };
+    let fetch = |overrides: BTreeMap<String, InputOverride>| async move {
+        nix()
+            .fetch(&url(&f.consumer), Some("main"), &f.consumer_commit, &overrides)
+            .await
+            .unwrap()
+    };
+
+    let locked = fetch(BTreeMap::new()).await;
+    assert!(locked.input_pins.is_empty());
+    assert_eq!(labelled(&evaluate(&locked, "packages.*.*").await), "dep-one");
+
+    let feature = format!("git+file://{}?ref=feature", f.dep.display());
+    let moved = fetch(BTreeMap::from([("dep".to_owned(), InputOverride::Url(feature))])).await;
+    let pin = &moved.input_pins["dep"];
+    assert!(
+        pin.contains("ref=feature") && pin.contains("rev="),
+        "pinned to a revision: {pin}"
+    );
+    assert_eq!(labelled(&evaluate(&moved, "packages.*.*").await), "dep-feature");
+
+    let updated = fetch(BTreeMap::from([("dep".to_owned(), InputOverride::KeepUrl)])).await;
+    assert!(updated.input_pins["dep"].contains("rev="));
+    assert!(updated.input_updates.is_empty());
+    assert_eq!(labelled(&evaluate(&updated, "packages.*.*").await), "dep-two");
+
+    let wrong = BTreeMap::from([("nope".to_owned(), InputOverride::Url(url(&f.dep)))]);
+    let result = nix()
+        .fetch(&url(&f.consumer), Some("main"), &f.consumer_commit, &wrong)
+        .await;
+    // Nix 2.8 ignores an override of an input the flake does not have; newer Nix refuses it.
+    assert!(matches!(result, Ok(_) | Err(NixError::Fetch(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn evaluation_reports_packages_their_graph_and_failures() {
+    let sys = &fixture().system;
+    let e = evaluate(&fetched().await, "packages.*.*").await;
+    let attr = |name: &str| format!("packages.{sys}.{name}");
+    assert_eq!(names(&e.attributes), [attr("a"), attr("b"), attr("c"), attr("two")]);
+    // `throw` is caught inside one `nix eval`; a missing attribute is not, and costs one `nix eval` each.
+    assert_eq!(names(&e.errors), [attr("broken"), attr("uncatchable")]);
+    assert!(
+        e.errors[&attr("broken")].contains("boom"),
+        "{}",
+        e.errors[&attr("broken")]
+    );
+    assert!(e.errors[&attr("uncatchable")].contains("'nothing'"), "{:?}", e.errors);
+
+    let drv = |name: &str| &e.derivations[&e.attributes[&attr(name)]];
+    let (a, b, c, two) = (drv("a"), drv("b"), drv("c"), drv("two"));
+    assert!(a.drv_path.ends_with("-a.drv") && a.input_drvs.is_empty());
+    assert_eq!(b.input_drvs, [a.drv_path.as_str()]);
+    assert_eq!(c.input_drvs, [b.drv_path.as_str()]);
+    assert_eq!(c.system, *sys);
+    assert_eq!(names(&c.outputs), ["out"]);
+    assert!(c.outputs["out"].ends_with("-c"));
+    assert_eq!(names(&two.outputs), ["dev", "out"]);
+    assert!(two.outputs["dev"].ends_with("-two-dev"));
+    assert_eq!(two.required_system_features, ["big-parallel"]);
+    assert!(a.required_system_features.is_empty());
+    assert_eq!(e.derivations.len(), 4, "the closure holds exactly the four derivations");
+}
+
+#[tokio::test]
+async fn wildcards_select_exclude_and_skip() {
+    let sys = &fixture().system;
+    let flake = fetched().await;
+
+    let checks = evaluate(&flake, "checks.*.*, !checks.*.slow").await;
+    assert_eq!(
+        names(&checks.attributes),
+        [format!("checks.{sys}.dependent"), format!("checks.{sys}.fails")]
+    );
+    let fails = &checks.attributes[&format!("checks.{sys}.fails")];
+    let dependent = &checks.derivations[&checks.attributes[&format!("checks.{sys}.dependent")]];
+    assert_eq!(dependent.input_drvs, [fails.as_str()]);
+    assert!(checks.errors.is_empty());
+
+    let excluded = evaluate(
+        &flake,
+        "packages.*.*, !packages.*.b, !packages.*.broken, !packages.*.uncatchable",
+    )
+    .await;
+    let attrs = names(&excluded.attributes);
+    assert!(
+        attrs.len() == 3 && !attrs.contains(&format!("packages.{sys}.b").as_str()),
+        "{attrs:?}"
+    );
+    assert!(excluded.errors.is_empty(), "an excluded attribute is never evaluated");
+    assert_eq!(excluded.derivations.len(), 4, "b is still there, as a dependency of c");
+
+    let jobs = evaluate(&flake, "hydraJobs.*").await;
+    assert_eq!(names(&jobs.attributes), ["hydraJobs.rooted", "hydraJobs.top"]);
+    assert!(jobs.errors["hydraJobs.notadrv"].contains("not a derivation"));
+
+    let one = evaluate(&flake, &format!("packages.{sys}.a")).await;
+    assert_eq!(names(&one.attributes), [format!("packages.{sys}.a")]);
+
+    let mut all = evaluate(&flake, "*.*.*").await;
+    assert_eq!(all.attributes.len(), 7, "{:?}", all.attributes);
+    assert!(all.errors.remove(&format!("packages.{sys}.broken")).is_some());
+    assert!(all.errors.remove(&format!("packages.{sys}.uncatchable")).is_some());
+    assert!(all.errors.remove("devShells").is_some_and(|m| m.contains("no shells")));
+    assert!(all.errors.is_empty(), "{:?}", all.errors);
+
+    let nothing = evaluate(&flake, "nixosModules.*, packages.aarch64-darwin.*").await;
+    assert!(nothing.attributes.is_empty() && nothing.errors.is_empty());
+
+    let bad = nix().evaluate(&flake, "packages..x", |_| {}).await;
+    assert!(matches!(bad, Err(NixError::InvalidRequest(_))), "{bad:?}");
+}
+
+/// The `.drv` of an attribute of the fixture's flake.
+async fn drv_of(wildcard: &str) -> String {
+    let e = evaluate(&fetched().await, wildcard).await;
+    assert_eq!(e.attributes.len(), 1, "{wildcard}: {:?}", e.errors);
+    e.attributes.into_values().next().unwrap()
+}
+
+#[tokio::test]
+async fn a_build_streams_its_log_and_returns_every_output() {
+    let drv = drv_of("packages.*.two").await;
+    let mut log = Vec::new();
+    let out = nix()
+        .build(&drv, &BuildOptions::default(), |l| log.push(l.to_owned()))
+        .await
+        .unwrap();
+    assert!(log.iter().any(|l| l == "hello from two"), "{log:?}");
+    assert_eq!(names(&out.outputs), ["dev", "out"]);
+    assert_eq!(std::fs::read_to_string(&out.outputs["out"]).unwrap(), "out\n");
+    assert_eq!(std::fs::read_to_string(&out.outputs["dev"]).unwrap(), "dev\n");
+
+    // Built already: nothing to do, same answer.
+    let again = nix().build(&drv, &BuildOptions::default(), |_| {}).await.unwrap();
+    assert_eq!(again, out);
+}
+
+#[tokio::test]
+async fn failures_are_classified() {
+    let fails = drv_of("checks.*.fails").await;
+    let mut log = Vec::new();
+    let err = nix()
+        .build(&fails, &BuildOptions::default(), |l| log.push(l.to_owned()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.failure_kind(), FailureKind::BuilderFailed, "{err:?}");
+    assert!(err.log_tail().unwrap().contains("this check fails"), "{err:?}");
+    assert!(log.iter().any(|l| l == "this check fails"), "{log:?}");
+
+    let err = nix()
+        .build(&drv_of("checks.*.dependent").await, &BuildOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, NixError::DependencyFailed { drv_path: Some(d), .. } if *d == fails),
+        "{err:?}"
+    );
+
+    let slow = drv_of("checks.*.slow").await;
+    let started = Instant::now();
+    let opts = BuildOptions {
+        timeout: Some(Duration::from_secs(1)),
+        ..BuildOptions::default()
+    };
+    let err = nix().build(&slow, &opts, |_| {}).await.unwrap_err();
+    assert_eq!(err.failure_kind(), FailureKind::Timeout, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let missing = "/nix/store/00000000000000000000000000000000-missing.drv";
+    let err = nix()
+        .build(missing, &BuildOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NixError::Unavailable(_)), "{err:?}");
+    let err = nix()
+        .build("not/a/path.drv", &BuildOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NixError::InvalidRequest(_)), "{err:?}");
+}
+
+fn roots_of(path: &str) -> String {
+    run("nix-store", &["--query", "--roots", path], Path::new("/"))
+}
+
+#[tokio::test]
+async fn gc_roots_pin_the_derivation_and_outputs_until_released() {
+    let drv = drv_of("packages.*.c").await;
+    let dir = fixture().root.join("roots").join("c");
+    let opts = BuildOptions {
+        gc_root: Some(dir.clone()),
+        ..BuildOptions::default()
+    };
+    let out = nix().build(&drv, &opts, |_| {}).await.unwrap();
+    let output = &out.outputs["out"];
+    assert_eq!(std::fs::read_to_string(output).unwrap(), "a\nb\nc\n");
+    assert_eq!(std::fs::read_link(dir.join("drv")).unwrap(), Path::new(&drv));
+    assert_eq!(std::fs::read_link(dir.join("out")).unwrap(), Path::new(output));
+    assert!(roots_of(output).contains(dir.join("out").to_str().unwrap()));
+    assert!(roots_of(&drv).contains(dir.join("drv").to_str().unwrap()));
+
+    nix().release(&dir).await.unwrap();
+    assert!(!dir.exists());
+    assert!(!roots_of(output).contains(dir.to_str().unwrap()));
+    nix().release(&dir).await.unwrap();
+}
+
+#[tokio::test]
+async fn push_fills_a_binary_cache_that_builds_then_substitute_from() {
+    let f = fixture();
+    let flake = fetched().await;
+    let jobs = evaluate(&flake, "hydraJobs.top").await;
+    let top = &jobs.derivations[&jobs.attributes["hydraJobs.top"]];
+    let base_drv = top.input_drvs[0].clone();
+    let base_out = jobs.derivations[&base_drv].outputs["out"].clone();
+
+    let keys = f.root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let secret = run(
+        "nix",
+        &["key", "generate-secret", "--key-name", "gradient-test-1"],
+        &keys,
+    );
+    std::fs::write(keys.join("secret"), &secret).unwrap();
+    let public = Command::new("nix")
+        .args(["key", "convert-secret-to-public"])
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .stdin(std::fs::File::open(keys.join("secret")).unwrap())
+        .output()
+        .unwrap();
+    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
+    let netrc = keys.join("netrc");
+    std::fs::write(&netrc, "").unwrap();
+
+    let built = nix().build(&base_drv, &BuildOptions::default(), |_| {}).await.unwrap();
+    assert_eq!(built.outputs["out"], base_out);
+    let cache = f.root.join("cache");
+    let cache_url = format!(
+        "file://{}?secret-key={}",
+        cache.display(),
+        keys.join("secret").display()
+    );
+    let paths = [base_out.clone(), top.drv_path.clone()];
+    nix().push(&paths, &cache_url, "zstd", &netrc).await.unwrap();
+    let narinfo = |path: &str| {
+        let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
+        cache.join(format!("{hash}.narinfo"))
+    };
+    for path in [&base_out, &top.drv_path, &base_drv] {
+        assert!(narinfo(path).exists(), "{path} in the cache");
+    }
+    let info = std::fs::read_to_string(narinfo(&base_out)).unwrap();
+    assert!(
+        info.contains("Compression: zstd") && info.contains("Sig: gradient-test-1:"),
+        "{info}"
+    );
+
+    // Gone from the local store, the input comes back from the cache instead of being rebuilt.
+    run("nix-store", &["--delete", &base_out], Path::new("/"));
+    assert!(!Path::new(&base_out).exists());
+    let opts = BuildOptions {
+        substituters: vec![format!("file://{}", cache.display())],
+        trusted_public_keys: vec![public],
+        netrc_file: Some(netrc.clone()),
+        ..BuildOptions::default()
+    };
+    let mut log = Vec::new();
+    let out = nix()
+        .build(&top.drv_path, &opts, |l| log.push(l.to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&out.outputs["out"]).unwrap(), "base\n");
+    assert!(
+        log.iter().any(|l| l.contains("copying path") && l.contains(&base_out)),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains(&format!("building '{base_drv}'"))),
+        "{log:?}"
+    );
+
+    let missing = ["/nix/store/00000000000000000000000000000000-missing".to_owned()];
+    let err = nix()
+        .push(&missing, &format!("file://{}", cache.display()), "zstd", &netrc)
+        .await;
+    assert!(matches!(err, Err(NixError::Push(_))), "{err:?}");
+    let err = nix()
+        .push(&paths, &format!("file://{}", cache.display()), "zstd&x=1", &netrc)
+        .await;
+    assert!(matches!(err, Err(NixError::InvalidRequest(_))), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_flake_that_does_not_evaluate_is_an_eval_error() {
+    let f = fixture();
+    let flake_at = |name: &str, text: &str| {
+        let repo = f.root.join(name);
+        std::fs::create_dir_all(&repo).unwrap();
+        run("git", &["init", "-q", "-b", "main"], &repo);
+        std::fs::write(repo.join("flake.nix"), text).unwrap();
+        (url(&repo), commit(&repo, name))
+    };
+    let none = BTreeMap::new();
+
+    let (repo, rev) = flake_at("syntax-error", "{ outputs = { self }: { packages = ; }; }\n");
+    let err = nix().fetch(&repo, Some("main"), &rev, &none).await.unwrap_err();
+    assert!(
+        matches!(&err, NixError::Eval(m) if m.contains("syntax error")),
+        "{err:?}"
+    );
+
+    let (repo, rev) = flake_at("throws", "{ outputs = { self }: throw \"no outputs today\"; }\n");
+    let flake = nix().fetch(&repo, Some("main"), &rev, &none).await.unwrap();
+    let err = nix()
+        .evaluate(&flake, "packages.*.*, checks.*.*", |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, NixError::Eval(m) if m.contains("no outputs today")),
+        "{err:?}"
+    );
+}

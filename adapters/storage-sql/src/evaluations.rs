@@ -1,0 +1,438 @@
+//! Evaluations, derivations, entry points and builds. Writes that touch several rows run in one transaction;
+//! build-once is the builds table's primary key (organization, `.drv` path) with `ON CONFLICT DO NOTHING`.
+
+use crate::{SqlStorage, corrupt, db_error, from_json, to_json, with_pool};
+use chrono::{DateTime, Utc};
+use gradient_domain::model::{AttributeError, Build, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp};
+use gradient_domain::ports::StorageError;
+use gradient_domain::ports::storage::{Evaluations, Result};
+use gradient_domain::status::{BuildStatus, EvaluationStatus};
+use gradient_domain::{EvaluationId, OrgId, ProjectId};
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+macro_rules! evaluation_columns {
+    () => {
+        "id, project_id, commit_hash, branch, trigger_kind, status, errors, created_at, updated_at"
+    };
+}
+
+macro_rules! build_columns {
+    () => {
+        "org_id, drv_path, status, log, created_at, updated_at"
+    };
+}
+
+/// An attribute error as stored in the JSON `errors` column.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredError {
+    attribute: String,
+    message: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct EvaluationRow {
+    id: Uuid,
+    project_id: Uuid,
+    commit_hash: String,
+    branch: Option<String>,
+    trigger_kind: String,
+    status: String,
+    errors: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl EvaluationRow {
+    fn into_evaluation(self) -> Result<Evaluation> {
+        let errors: Vec<StoredError> = from_json(&self.errors, "evaluation errors")?;
+        Ok(Evaluation {
+            id: EvaluationId(self.id),
+            project_id: ProjectId(self.project_id),
+            commit: self.commit_hash,
+            branch: self.branch,
+            trigger: EvaluationTrigger::parse(&self.trigger_kind)
+                .ok_or_else(|| corrupt("evaluation trigger", &self.trigger_kind))?,
+            status: EvaluationStatus::parse(&self.status).ok_or_else(|| corrupt("evaluation status", &self.status))?,
+            errors: errors
+                .into_iter()
+                .map(|e| AttributeError {
+                    attribute: e.attribute,
+                    message: e.message,
+                })
+                .collect(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+fn errors_json(errors: &[AttributeError]) -> Result<String> {
+    let stored: Vec<StoredError> = errors
+        .iter()
+        .map(|e| StoredError {
+            attribute: e.attribute.clone(),
+            message: e.message.clone(),
+        })
+        .collect();
+    to_json(&stored)
+}
+
+#[derive(sqlx::FromRow)]
+struct DerivationRow {
+    drv_path: String,
+    system: String,
+    required_features: String,
+    outputs: String,
+    inputs: String,
+}
+
+impl DerivationRow {
+    fn into_derivation(self) -> Result<Derivation> {
+        Ok(Derivation {
+            drv_path: self.drv_path,
+            system: self.system,
+            required_features: from_json(&self.required_features, "derivation required features")?,
+            outputs: from_json::<BTreeMap<String, String>>(&self.outputs, "derivation outputs")?,
+            inputs: from_json(&self.inputs, "derivation inputs")?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EntryPointRow {
+    evaluation_id: Uuid,
+    attribute: String,
+    drv_path: String,
+}
+
+impl EntryPointRow {
+    fn into_entry_point(self) -> EntryPoint {
+        EntryPoint {
+            evaluation_id: EvaluationId(self.evaluation_id),
+            attribute: self.attribute,
+            drv_path: self.drv_path,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct BuildRow {
+    org_id: Uuid,
+    drv_path: String,
+    status: String,
+    log: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl BuildRow {
+    fn into_build(self) -> Result<Build> {
+        Ok(Build {
+            org_id: OrgId(self.org_id),
+            status: BuildStatus::parse(&self.status).ok_or_else(|| corrupt("build status", &self.status))?,
+            drv_path: self.drv_path,
+            log: self.log,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+impl Evaluations for SqlStorage {
+    async fn create_evaluation(&self, evaluation: &Evaluation) -> Result<()> {
+        let sql = concat!(
+            "INSERT INTO evaluations (",
+            evaluation_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
+        let errors = errors_json(&evaluation.errors)?;
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(evaluation.id.0)
+            .bind(evaluation.project_id.0)
+            .bind(&evaluation.commit)
+            .bind(evaluation.branch.as_deref())
+            .bind(evaluation.trigger.as_str())
+            .bind(evaluation.status.as_str())
+            .bind(&errors)
+            .bind(evaluation.created_at)
+            .bind(evaluation.updated_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)
+    }
+
+    async fn evaluation(&self, id: EvaluationId) -> Result<Option<Evaluation>> {
+        let sql = concat!("SELECT ", evaluation_columns!(), " FROM evaluations WHERE id = $1");
+        let row = with_pool!(self, |p| sqlx::query_as::<_, EvaluationRow>(sql)
+            .bind(id.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(EvaluationRow::into_evaluation).transpose()
+    }
+
+    async fn evaluations(&self, project: ProjectId, limit: u32) -> Result<Vec<Evaluation>> {
+        let sql = concat!(
+            "SELECT ",
+            evaluation_columns!(),
+            " FROM evaluations WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, EvaluationRow>(sql)
+            .bind(project.0)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(EvaluationRow::into_evaluation).collect()
+    }
+
+    async fn update_evaluation(&self, evaluation: &Evaluation) -> Result<()> {
+        let sql = "UPDATE evaluations SET status = $2, errors = $3, updated_at = $4 WHERE id = $1";
+        let errors = errors_json(&evaluation.errors)?;
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(evaluation.id.0)
+            .bind(evaluation.status.as_str())
+            .bind(&errors)
+            .bind(evaluation.updated_at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
+    }
+
+    async fn delete_evaluation(&self, id: EvaluationId) -> Result<bool> {
+        let sql = "DELETE FROM evaluations WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn put_derivations(&self, derivations: &[Derivation]) -> Result<()> {
+        let sql = "INSERT INTO derivations (drv_path, system, required_features, outputs, inputs) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (drv_path) DO NOTHING";
+        if derivations.is_empty() {
+            return Ok(());
+        }
+        let encoded = derivations
+            .iter()
+            .map(|d| {
+                Ok((
+                    to_json(&d.required_features)?,
+                    to_json(&d.outputs)?,
+                    to_json(&d.inputs)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            for (d, (features, outputs, inputs)) in derivations.iter().zip(&encoded) {
+                sqlx::query(sql)
+                    .bind(&d.drv_path)
+                    .bind(&d.system)
+                    .bind(features)
+                    .bind(outputs)
+                    .bind(inputs)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await)
+        .map_err(db_error)
+    }
+
+    async fn derivation(&self, drv_path: &str) -> Result<Option<Derivation>> {
+        let sql = "SELECT drv_path, system, required_features, outputs, inputs FROM derivations WHERE drv_path = $1";
+        let row = with_pool!(self, |p| sqlx::query_as::<_, DerivationRow>(sql)
+            .bind(drv_path)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(DerivationRow::into_derivation).transpose()
+    }
+
+    async fn add_entry_points(&self, evaluation: EvaluationId, entry_points: &[EntryPoint]) -> Result<()> {
+        if entry_points.iter().any(|e| e.evaluation_id != evaluation) {
+            return Err(StorageError::Conflict("entry point evaluation".to_owned()));
+        }
+        if entry_points.is_empty() {
+            return if self.evaluation_exists(evaluation).await? {
+                Ok(())
+            } else {
+                Err(StorageError::NotFound)
+            };
+        }
+        // The foreign keys report a missing evaluation or derivation (NotFound); the transaction is then
+        // dropped, undoing the rows already written.
+        let sql = "INSERT INTO entry_points (evaluation_id, attribute, drv_path) VALUES ($1, $2, $3) \
+                   ON CONFLICT (evaluation_id, attribute) DO UPDATE SET drv_path = excluded.drv_path";
+        with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            for entry_point in entry_points {
+                sqlx::query(sql)
+                    .bind(evaluation.0)
+                    .bind(&entry_point.attribute)
+                    .bind(&entry_point.drv_path)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await)
+        .map_err(db_error)
+    }
+
+    async fn entry_points(&self, evaluation: EvaluationId) -> Result<Vec<EntryPoint>> {
+        let sql = "SELECT evaluation_id, attribute, drv_path FROM entry_points WHERE evaluation_id = $1 \
+                   ORDER BY attribute";
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, EntryPointRow>(sql)
+            .bind(evaluation.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        Ok(rows.into_iter().map(EntryPointRow::into_entry_point).collect())
+    }
+
+    async fn link_builds(
+        &self,
+        evaluation: EvaluationId,
+        org: OrgId,
+        drv_paths: &[String],
+        at: Timestamp,
+    ) -> Result<Vec<Build>> {
+        let wanted: BTreeSet<&str> = drv_paths.iter().map(String::as_str).collect();
+        if wanted.is_empty() {
+            let org_exists = "SELECT 1 FROM orgs WHERE id = $1";
+            let found = with_pool!(self, |p| sqlx::query_scalar::<_, i32>(org_exists)
+                .bind(org.0)
+                .fetch_optional(p)
+                .await)
+            .map_err(db_error)?;
+            return if found.is_some() && self.evaluation_exists(evaluation).await? {
+                Ok(Vec::new())
+            } else {
+                Err(StorageError::NotFound)
+            };
+        }
+        // Writes first, so the foreign keys report a missing organization, derivation or evaluation (NotFound)
+        // and an SQLite transaction never has to upgrade from reading to writing.
+        let insert_build = concat!(
+            "INSERT INTO builds (",
+            build_columns!(),
+            ") VALUES ($1, $2, $3, NULL, $4, $4) ON CONFLICT (org_id, drv_path) DO NOTHING"
+        );
+        let insert_link = "INSERT INTO evaluation_builds (evaluation_id, org_id, drv_path) VALUES ($1, $2, $3) \
+                           ON CONFLICT (evaluation_id, drv_path) DO NOTHING";
+        let select = concat!(
+            "SELECT ",
+            build_columns!(),
+            " FROM builds WHERE org_id = $1 AND drv_path = $2"
+        );
+        let rows = with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            for drv_path in &wanted {
+                sqlx::query(insert_build)
+                    .bind(org.0)
+                    .bind(*drv_path)
+                    .bind(BuildStatus::Queued.as_str())
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(insert_link)
+                    .bind(evaluation.0)
+                    .bind(org.0)
+                    .bind(*drv_path)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let mut rows = Vec::with_capacity(wanted.len());
+            for drv_path in &wanted {
+                rows.push(
+                    sqlx::query_as::<_, BuildRow>(select)
+                        .bind(org.0)
+                        .bind(*drv_path)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                );
+            }
+            tx.commit().await?;
+            Ok(rows)
+        }
+        .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(BuildRow::into_build).collect()
+    }
+
+    async fn build(&self, org: OrgId, drv_path: &str) -> Result<Option<Build>> {
+        let sql = concat!(
+            "SELECT ",
+            build_columns!(),
+            " FROM builds WHERE org_id = $1 AND drv_path = $2"
+        );
+        let row = with_pool!(self, |p| sqlx::query_as::<_, BuildRow>(sql)
+            .bind(org.0)
+            .bind(drv_path)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(BuildRow::into_build).transpose()
+    }
+
+    async fn builds_of_evaluation(&self, evaluation: EvaluationId) -> Result<Vec<Build>> {
+        let sql = "SELECT b.org_id, b.drv_path, b.status, b.log, b.created_at, b.updated_at \
+                   FROM evaluation_builds l JOIN builds b ON b.org_id = l.org_id AND b.drv_path = l.drv_path \
+                   WHERE l.evaluation_id = $1 ORDER BY b.drv_path";
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, BuildRow>(sql)
+            .bind(evaluation.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(BuildRow::into_build).collect()
+    }
+
+    async fn update_build(&self, build: &Build) -> Result<()> {
+        let sql = "UPDATE builds SET status = $3, log = $4, updated_at = $5 WHERE org_id = $1 AND drv_path = $2";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(build.org_id.0)
+            .bind(&build.drv_path)
+            .bind(build.status.as_str())
+            .bind(build.log.as_deref())
+            .bind(build.updated_at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
+    }
+
+    async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {
+        let sql = "SELECT e.id FROM evaluation_builds l JOIN evaluations e ON e.id = l.evaluation_id \
+                   WHERE l.org_id = $1 AND l.drv_path = $2 ORDER BY e.created_at, e.id";
+        let ids = with_pool!(self, |p| sqlx::query_scalar::<_, Uuid>(sql)
+            .bind(org.0)
+            .bind(drv_path)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        Ok(ids.into_iter().map(EvaluationId).collect())
+    }
+}
+
+impl SqlStorage {
+    async fn evaluation_exists(&self, id: EvaluationId) -> Result<bool> {
+        let sql = "SELECT 1 FROM evaluations WHERE id = $1";
+        let found = with_pool!(self, |p| sqlx::query_scalar::<_, i32>(sql)
+            .bind(id.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+}

@@ -1,0 +1,259 @@
+//! The persistent job queue. Each state change is one conditional `UPDATE`, so it is a compare-and-set on
+//! both engines; build-once is two partial unique indexes over the active (queued or assigned) jobs.
+
+use crate::{SqlStorage, corrupt, db_error, from_json, to_json, with_pool};
+use chrono::{DateTime, Utc};
+use gradient_domain::model::{JobId, JobKind, JobRecord, JobState, Timestamp};
+use gradient_domain::ports::StorageError;
+use gradient_domain::ports::storage::{Queue, Result};
+use gradient_domain::{EvaluationId, OrgId, WorkerId};
+use uuid::Uuid;
+
+macro_rules! job_columns {
+    () => {
+        "id, org_id, kind, evaluation_id, derivation, system, required_features, state, worker_id, assigned_at, \
+         attempts, created_at"
+    };
+}
+
+/// How many times `enqueue_job` tries again when the job in its way finishes between its statements.
+const ENQUEUE_TRIES: usize = 5;
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    org_id: Uuid,
+    kind: String,
+    evaluation_id: Option<Uuid>,
+    derivation: Option<String>,
+    system: Option<String>,
+    required_features: Option<String>,
+    state: String,
+    worker_id: Option<Uuid>,
+    assigned_at: Option<DateTime<Utc>>,
+    attempts: i64,
+    created_at: DateTime<Utc>,
+}
+
+impl JobRow {
+    fn into_job(self) -> Result<JobRecord> {
+        let kind = match (
+            self.kind.as_str(),
+            self.evaluation_id,
+            self.derivation,
+            self.system,
+            self.required_features,
+        ) {
+            ("evaluate", Some(evaluation_id), None, None, None) => JobKind::Evaluate {
+                evaluation_id: EvaluationId(evaluation_id),
+            },
+            ("build", None, Some(derivation), Some(system), Some(features)) => JobKind::Build {
+                derivation,
+                system,
+                required_features: from_json(&features, "job required features")?,
+            },
+            (kind, ..) => return Err(corrupt("job kind", format!("{kind:?} with mismatched fields"))),
+        };
+        let state = match (self.state.as_str(), self.worker_id, self.assigned_at) {
+            ("queued", None, None) => JobState::Queued,
+            ("assigned", Some(worker), Some(since)) => JobState::Assigned {
+                worker: WorkerId(worker),
+                since,
+            },
+            ("done", None, None) => JobState::Done,
+            ("failed", None, None) => JobState::Failed,
+            (state, ..) => return Err(corrupt("job state", format!("{state:?} with mismatched assignment"))),
+        };
+        Ok(JobRecord {
+            id: JobId(self.id),
+            org_id: OrgId(self.org_id),
+            kind,
+            state,
+            created_at: self.created_at,
+            attempts: u32::try_from(self.attempts).map_err(|e| corrupt("job attempts", e))?,
+        })
+    }
+}
+
+/// A job's kind as stored: (kind, evaluation id, derivation, system, required features as JSON).
+type KindColumns<'a> = (
+    &'static str,
+    Option<Uuid>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<String>,
+);
+
+fn kind_columns(kind: &JobKind) -> Result<KindColumns<'_>> {
+    Ok(match kind {
+        JobKind::Evaluate { evaluation_id } => ("evaluate", Some(evaluation_id.0), None, None, None),
+        JobKind::Build {
+            derivation,
+            system,
+            required_features,
+        } => (
+            "build",
+            None,
+            Some(derivation.as_str()),
+            Some(system.as_str()),
+            Some(to_json(required_features)?),
+        ),
+    })
+}
+
+/// A job's state as stored: (state, assigned worker, assignment time).
+fn state_columns(state: &JobState) -> (&'static str, Option<Uuid>, Option<Timestamp>) {
+    match state {
+        JobState::Queued => ("queued", None, None),
+        JobState::Assigned { worker, since } => ("assigned", Some(worker.0), Some(*since)),
+        JobState::Done => ("done", None, None),
+        JobState::Failed => ("failed", None, None),
+    }
+}
+
+impl Queue for SqlStorage {
+    async fn enqueue_job(&self, job: &JobRecord) -> Result<JobRecord> {
+        // The insert does nothing when a unique rule stands in its way: the build-once indexes or the id. The
+        // statements that follow tell which (a missing organization still fails the foreign key: NotFound).
+        let insert = concat!(
+            "INSERT INTO jobs (",
+            job_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING"
+        );
+        let active = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE org_id = $1 AND state IN ('queued', 'assigned') ",
+            "AND (evaluation_id = $2 OR derivation = $3)"
+        );
+        let taken = "SELECT 1 FROM jobs WHERE id = $1";
+        let (kind, evaluation_id, derivation, system, features) = kind_columns(&job.kind)?;
+        let (state, worker, assigned_at) = state_columns(&job.state);
+        for _ in 0..ENQUEUE_TRIES {
+            let inserted = with_pool!(self, |p| sqlx::query(insert)
+                .bind(job.id.0)
+                .bind(job.org_id.0)
+                .bind(kind)
+                .bind(evaluation_id)
+                .bind(derivation)
+                .bind(system)
+                .bind(features.as_deref())
+                .bind(state)
+                .bind(worker)
+                .bind(assigned_at)
+                .bind(i64::from(job.attempts))
+                .bind(job.created_at)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+            .map_err(db_error)?;
+            if inserted > 0 {
+                return Ok(job.clone());
+            }
+            if job.state.is_active() {
+                let existing = with_pool!(self, |p| sqlx::query_as::<_, JobRow>(active)
+                    .bind(job.org_id.0)
+                    .bind(evaluation_id)
+                    .bind(derivation)
+                    .fetch_optional(p)
+                    .await)
+                .map_err(db_error)?;
+                if let Some(existing) = existing {
+                    return existing.into_job();
+                }
+            }
+            let id_taken = with_pool!(self, |p| sqlx::query_scalar::<_, i32>(taken)
+                .bind(job.id.0)
+                .fetch_optional(p)
+                .await)
+            .map_err(db_error)?;
+            if id_taken.is_some() {
+                return Err(StorageError::Conflict("job id".to_owned()));
+            }
+            // The active job in the way finished (or its organization went) in between: try again.
+        }
+        Err(StorageError::Unavailable(
+            "enqueueing a job kept racing with concurrent changes".to_owned(),
+        ))
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
+        let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+        let row = with_pool!(self, |p| sqlx::query_as::<_, JobRow>(sql)
+            .bind(id.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(JobRow::into_job).transpose()
+    }
+
+    async fn queued_jobs(&self, limit: u32) -> Result<Vec<JobRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE state = 'queued' ORDER BY created_at, id LIMIT $1"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, JobRow>(sql)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    async fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> Result<bool> {
+        let sql = "UPDATE jobs SET state = 'assigned', worker_id = $2, assigned_at = $3 \
+                   WHERE id = $1 AND state = 'queued'";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .bind(worker.0)
+            .bind(at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn requeue_jobs_of(&self, worker: WorkerId) -> Result<u64> {
+        // Attempts stop at u32::MAX, as in memory, so the row still reads back.
+        let sql = "UPDATE jobs SET state = 'queued', worker_id = NULL, assigned_at = NULL, \
+                   attempts = CASE WHEN attempts < 4294967295 THEN attempts + 1 ELSE attempts END \
+                   WHERE state = 'assigned' AND worker_id = $1";
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(worker.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)
+    }
+
+    async fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> Result<bool> {
+        let sql = "UPDATE jobs SET state = $3, worker_id = NULL, assigned_at = NULL \
+                   WHERE id = $1 AND state = 'assigned' AND worker_id = $2";
+        let outcome = if done { "done" } else { "failed" };
+        let finished = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .bind(worker.0)
+            .bind(outcome)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(finished > 0)
+    }
+
+    async fn jobs_assigned_to(&self, worker: WorkerId) -> Result<Vec<JobRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE state = 'assigned' AND worker_id = $1 ORDER BY created_at, id"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, JobRow>(sql)
+            .bind(worker.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+}

@@ -1,0 +1,286 @@
+//! The worker link at `/proto`: poem's WebSocket, the handshake (decided by `domain::proto::handshake`),
+//! heartbeats, and the registry of who is connected. A misbehaving connection (malformed or oversized
+//! frame, silence, a message out of turn) is closed with a reason; the others are untouched.
+
+mod logs;
+mod registry;
+
+pub use logs::LiveLogs;
+pub use registry::{Links, Outgoing};
+
+use crate::state::AppState;
+use futures_util::{SinkExt, StreamExt};
+use gradient_domain::ports::storage::{Queue, Workers};
+use gradient_domain::proto::{
+    self, Challenge, HANDSHAKE_TIMEOUT_SECS, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected,
+    ServerMessage, WorkerMessage,
+};
+use poem::http::{StatusCode, header};
+use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketStream};
+use poem::{IntoResponse, Request, Response, handler};
+use rand::RngCore;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Settings of the link.
+#[derive(Clone, Debug)]
+pub struct LinkSettings {
+    pub discoverable: bool,
+    pub max_connections: usize,
+    pub policy: HandshakePolicy,
+}
+
+#[handler]
+pub async fn endpoint(req: &Request, ws: WebSocket) -> Response {
+    let state: &AppState = req.data().expect("state is attached to /proto");
+    if !state.link.discoverable {
+        return (
+            StatusCode::FORBIDDEN,
+            "this server does not accept worker connections (discoverable = false)\n",
+        )
+            .into_response();
+    }
+    let Some(slot) = state.links.try_slot(state.link.max_connections) else {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::RETRY_AFTER, "10")
+            .body("too many worker connections; retry later\n");
+    };
+    let state = state.clone();
+    // The transport accepts somewhat more than the protocol allows, so an oversized message is read whole
+    // (bounded) and refused with a proper close reason instead of breaking the connection mid-frame.
+    let config = poem::web::websocket::WebSocketConfig::default()
+        .max_message_size(Some(4 * MAX_FRAME_BYTES))
+        .max_frame_size(Some(4 * MAX_FRAME_BYTES));
+    ws.config(config)
+        .on_upgrade(move |socket| async move {
+            serve(state, socket).await;
+            drop(slot);
+        })
+        .into_response()
+}
+
+fn close_code(code: RejectCode) -> CloseCode {
+    match code {
+        RejectCode::FrameTooLarge => CloseCode::Size,
+        RejectCode::MalformedFrame | RejectCode::UnexpectedMessage => CloseCode::Policy,
+        RejectCode::ShuttingDown | RejectCode::ServerFull => CloseCode::Again,
+        _ => CloseCode::Policy,
+    }
+}
+
+/// Sends `Rejected` and closes with the code as reason.
+async fn reject(socket: &mut WebSocketStream, rejected: Rejected) {
+    tracing::info!(target: "gradient::proto", "rejecting worker: {} ({})", rejected.reason, rejected.code.as_str());
+    if let Ok(text) = proto::encode(&ServerMessage::Rejected(rejected.clone())) {
+        let _ = socket.send(Message::Text(text)).await;
+    }
+    let _ = socket
+        .send(Message::Close(Some((
+            close_code(rejected.code),
+            rejected.code.as_str().to_owned(),
+        ))))
+        .await;
+    let _ = socket.close().await;
+}
+
+/// The next worker message, or why the connection must end.
+async fn next_message(socket: &mut WebSocketStream) -> Result<WorkerMessage, Option<Rejected>> {
+    loop {
+        match socket.next().await {
+            None | Some(Ok(Message::Close(_))) => return Err(None),
+            Some(Err(e)) => {
+                let text = e.to_string();
+                let code = if text.contains("too long") || text.contains("too big") || text.contains("size") {
+                    RejectCode::FrameTooLarge
+                } else {
+                    RejectCode::MalformedFrame
+                };
+                return Err(Some(Rejected::new(code, format!("unreadable frame: {text}"))));
+            }
+            Some(Ok(Message::Text(t))) => {
+                return proto::decode_worker(&t)
+                    .map_err(|e: ProtoError| Some(Rejected::new(e.reject_code(), e.to_string())));
+            }
+            Some(Ok(Message::Binary(_))) => {
+                return Err(Some(Rejected::new(
+                    RejectCode::MalformedFrame,
+                    "binary frames are not part of the protocol",
+                )));
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn serve(state: AppState, mut socket: WebSocketStream) {
+    let timeout = Duration::from_secs(u64::from(HANDSHAKE_TIMEOUT_SECS));
+    let hello = match tokio::time::timeout(timeout, next_message(&mut socket)).await {
+        Ok(Ok(WorkerMessage::Hello(h))) => h,
+        Ok(Ok(_)) => {
+            return reject(
+                &mut socket,
+                Rejected::new(RejectCode::UnexpectedMessage, "expected hello"),
+            )
+            .await;
+        }
+        Ok(Err(Some(r))) => return reject(&mut socket, r).await,
+        Ok(Err(None)) => return,
+        Err(_) => {
+            return reject(
+                &mut socket,
+                Rejected::new(RejectCode::HandshakeTimeout, "no hello in time"),
+            )
+            .await;
+        }
+    };
+    let registrations = match state.app.storage.worker_registrations_for(hello.worker_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(target: "gradient::proto", "reading registrations: {e}");
+            return reject(
+                &mut socket,
+                Rejected::new(RejectCode::ShuttingDown, "the server cannot read registrations"),
+            )
+            .await;
+        }
+    };
+    let connected = state.links.is_worker_connected(hello.worker_id);
+    let peers = match proto::check_hello(&hello, &registrations, connected, &state.link.policy) {
+        Ok(p) => p,
+        Err(r) => return reject(&mut socket, r).await,
+    };
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let nonce = proto::nonce_from_bytes(&raw);
+    let challenge = ServerMessage::Challenge(Challenge {
+        nonce: nonce.clone(),
+        peers,
+    });
+    if send(&mut socket, &challenge).await.is_err() {
+        return;
+    }
+    let answers = match tokio::time::timeout(timeout, next_message(&mut socket)).await {
+        Ok(Ok(WorkerMessage::ChallengeResponse(a))) => a,
+        Ok(Ok(_)) => {
+            return reject(
+                &mut socket,
+                Rejected::new(RejectCode::UnexpectedMessage, "expected challenge_response"),
+            )
+            .await;
+        }
+        Ok(Err(Some(r))) => return reject(&mut socket, r).await,
+        Ok(Err(None)) => return,
+        Err(_) => {
+            return reject(
+                &mut socket,
+                Rejected::new(RejectCode::HandshakeTimeout, "no answer in time"),
+            )
+            .await;
+        }
+    };
+    let welcome = match proto::check_answers(&hello, &registrations, &nonce, &answers, &state.link.policy) {
+        Ok(w) => w,
+        Err(r) => return reject(&mut socket, r).await,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let Some(session) = state
+        .links
+        .insert(hello.worker_id, welcome.authorized.iter().copied().collect(), tx)
+    else {
+        let r = Rejected::new(
+            RejectCode::DuplicateConnection,
+            format!("worker {} is already connected", hello.worker_id),
+        );
+        return reject(&mut socket, r).await;
+    };
+    let worker = hello.worker_id;
+    state.links.set_info(
+        worker,
+        gradient_domain::scheduler::WorkerInfo {
+            id: worker,
+            capabilities: welcome.capabilities.into(),
+            systems: hello.systems.clone(),
+            features: hello.features.clone(),
+            max_concurrent_builds: hello.max_concurrent_builds,
+            max_concurrent_evaluations: hello.max_concurrent_evaluations,
+            orgs: proto::authorized_orgs(&registrations, &welcome.authorized),
+        },
+    );
+    tracing::info!(target: "gradient::proto", "worker {worker} connected for {} registration(s)", welcome.authorized.len());
+    let lost_after = Duration::from_secs(u64::from(welcome.lost_after_secs));
+    let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_secs));
+    if send(&mut socket, &ServerMessage::Welcome(welcome)).await.is_err() {
+        state.links.remove(worker, session);
+        return;
+    }
+    let mut beat = tokio::time::interval(heartbeat);
+    let mut deadline = tokio::time::Instant::now() + lost_after;
+    let ending: Option<Rejected> = loop {
+        tokio::select! {
+            msg = next_message(&mut socket) => match msg {
+                Ok(WorkerMessage::Heartbeat) => deadline = tokio::time::Instant::now() + lost_after,
+                Ok(WorkerMessage::Hello(_) | WorkerMessage::ChallengeResponse(_)) => {
+                    break Some(Rejected::new(RejectCode::UnexpectedMessage, "the handshake is over"));
+                }
+                Ok(other) => {
+                    deadline = tokio::time::Instant::now() + lost_after;
+                    handle(&state, worker, other).await;
+                }
+                Err(r) => break r,
+            },
+            out = rx.recv() => match out {
+                Some(Outgoing::Send(m)) => if send(&mut socket, &m).await.is_err() { break None },
+                Some(Outgoing::Close(code, reason)) => break Some(Rejected::new(code, reason)),
+                None => break None,
+            },
+            _ = beat.tick() => if send(&mut socket, &ServerMessage::Heartbeat).await.is_err() { break None },
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(target: "gradient::proto", "worker {worker} went silent; declaring it lost");
+                break None;
+            }
+        }
+    };
+    state.links.remove(worker, session);
+    state.dispatch.notify_one();
+    if let Some(r) = ending {
+        reject(&mut socket, r).await;
+    }
+    // Jobs the worker held go back to the queue for another worker.
+    match state.app.storage.requeue_jobs_of(worker).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) of worker {worker}"),
+        Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
+    }
+    tracing::info!(target: "gradient::proto", "worker {worker} disconnected");
+}
+
+/// What a connected worker reports.
+async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: WorkerMessage) {
+    let result = match msg {
+        WorkerMessage::EvalResult {
+            job_id,
+            derivations,
+            errors,
+        } => state.app.record_eval_result(job_id, worker, derivations, errors).await,
+        WorkerMessage::JobLog { job_id, text, .. } => {
+            state.logs.append(job_id, &text);
+            Ok(())
+        }
+        WorkerMessage::JobFinished { job_id, outcome } => {
+            let log = state.logs.take(job_id);
+            let r = state.app.record_job_finished(job_id, worker, outcome, log).await;
+            state.dispatch.notify_one();
+            r
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}");
+    }
+}
+
+async fn send(socket: &mut WebSocketStream, msg: &ServerMessage) -> Result<(), ()> {
+    let text = proto::encode(msg).map_err(|_| ())?;
+    socket.send(Message::Text(text)).await.map_err(|_| ())
+}

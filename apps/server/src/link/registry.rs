@@ -1,0 +1,187 @@
+//! The workers connected right now, in memory: who they are, which registrations (peers) they proved,
+//! and a channel to each connection's writer so the rest of the server can send to or close it.
+
+use gradient_domain::proto::{RejectCode, ServerMessage};
+use gradient_domain::scheduler::WorkerInfo;
+use gradient_domain::{PeerId, WorkerId};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::mpsc;
+
+/// What a connection's writer is asked to do.
+#[derive(Debug)]
+pub enum Outgoing {
+    Send(ServerMessage),
+    Close(RejectCode, String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Connected {
+    pub peers: BTreeSet<PeerId>,
+    /// What the scheduler needs to know about the worker.
+    pub info: Option<WorkerInfo>,
+    pub tx: mpsc::UnboundedSender<Outgoing>,
+    /// Distinguishes this connection from a later one of the same worker.
+    pub session: u64,
+}
+
+#[derive(Default)]
+pub struct Links {
+    workers: Mutex<HashMap<WorkerId, Connected>>,
+    open: Arc<AtomicUsize>,
+    sessions: AtomicUsize,
+}
+
+/// Holds one of the `maxProtoConnections` slots while a connection (handshaking or not) is open.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Links {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Connected>> {
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a connection slot, or `None` when `max` are open.
+    pub fn try_slot(&self, max: usize) -> Option<Slot> {
+        let mut current = self.open.load(Ordering::SeqCst);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Some(Slot(self.open.clone())),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    pub fn is_worker_connected(&self, worker: WorkerId) -> bool {
+        self.lock().contains_key(&worker)
+    }
+
+    pub fn is_connected(&self, peer: PeerId) -> bool {
+        self.lock().values().any(|c| c.peers.contains(&peer))
+    }
+
+    /// Registers an authorized connection; `None` if the worker already has one (it is never displaced).
+    pub fn insert(
+        &self,
+        worker: WorkerId,
+        peers: BTreeSet<PeerId>,
+        tx: mpsc::UnboundedSender<Outgoing>,
+    ) -> Option<u64> {
+        let mut workers = self.lock();
+        if workers.contains_key(&worker) {
+            return None;
+        }
+        let session = self.sessions.fetch_add(1, Ordering::SeqCst) as u64;
+        workers.insert(
+            worker,
+            Connected {
+                peers,
+                info: None,
+                tx,
+                session,
+            },
+        );
+        Some(session)
+    }
+
+    /// Forgets the connection if it is still the given session.
+    pub fn remove(&self, worker: WorkerId, session: u64) {
+        let mut workers = self.lock();
+        if workers.get(&worker).is_some_and(|c| c.session == session) {
+            workers.remove(&worker);
+        }
+    }
+
+    /// A registration was deleted: the worker loses it, and a worker left with none is disconnected.
+    pub fn revoke_peer(&self, peer: PeerId) {
+        let mut workers = self.lock();
+        for c in workers.values_mut() {
+            if c.peers.remove(&peer) && c.peers.is_empty() {
+                let _ = c.tx.send(Outgoing::Close(
+                    RejectCode::Revoked,
+                    "the worker's registration was deleted".into(),
+                ));
+            }
+        }
+    }
+
+    /// Records what the worker offers, once its handshake is done.
+    pub fn set_info(&self, worker: WorkerId, info: WorkerInfo) {
+        if let Some(c) = self.lock().get_mut(&worker) {
+            c.info = Some(info);
+        }
+    }
+
+    /// The connected workers the scheduler may give jobs to.
+    pub fn infos(&self) -> Vec<WorkerInfo> {
+        self.lock().values().filter_map(|c| c.info.clone()).collect()
+    }
+
+    /// Sends to a connected worker; false if it is not connected.
+    pub fn send(&self, worker: WorkerId, msg: ServerMessage) -> bool {
+        self.lock()
+            .get(&worker)
+            .is_some_and(|c| c.tx.send(Outgoing::Send(msg)).is_ok())
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, reason: &str) {
+        for c in self.lock().values() {
+            let _ = c.tx.send(Outgoing::Close(RejectCode::ShuttingDown, reason.to_owned()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_and_released() {
+        let links = Links::default();
+        let a = links.try_slot(2).unwrap();
+        let _b = links.try_slot(2).unwrap();
+        assert!(links.try_slot(2).is_none());
+        drop(a);
+        assert!(links.try_slot(2).is_some());
+    }
+
+    #[test]
+    fn one_connection_per_worker_and_revocation_closes_the_last_peer() {
+        let links = Links::default();
+        let worker = WorkerId::new();
+        let (p1, p2) = (PeerId::new(), PeerId::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let session = links.insert(worker, [p1, p2].into(), tx.clone()).unwrap();
+        assert!(links.insert(worker, [p1].into(), tx).is_none(), "duplicate");
+        assert!(links.is_connected(p1) && links.is_connected(p2));
+        links.revoke_peer(p1);
+        assert!(!links.is_connected(p1) && links.is_connected(p2));
+        assert!(rx.try_recv().is_err(), "still one registration left");
+        links.revoke_peer(p2);
+        assert!(matches!(rx.try_recv(), Ok(Outgoing::Close(RejectCode::Revoked, _))));
+        links.remove(worker, session + 1);
+        assert!(
+            links.is_worker_connected(worker),
+            "another session's removal does not count"
+        );
+        links.remove(worker, session);
+        assert!(!links.is_worker_connected(worker));
+    }
+}

@@ -1,0 +1,335 @@
+//! Running what the server assigns, with the real `nix` through the Nix port: evaluations (fetch the
+//! flake at the commit, evaluate the selected attributes, report derivations in batches, push the `.drv`
+//! files) and builds (substitute inputs from Gradient's caches, build with the log streamed, push the
+//! outputs over HTTP as `nix copy` does). Messages for the server go into `out`; the link delivers them.
+
+use gradient_domain::model::JobId;
+use gradient_domain::ports::nix::{BuildOptions, EvalBatch, Nix, NixError};
+use gradient_domain::proto::{
+    AttributeError, EvaluatedDerivation, FailureKind, Job, JobOutcome, PushTarget, Stage, WorkerMessage, log_chunks,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Derivations per `EvalResult` frame, well under the frame size limit.
+const DERIVATIONS_PER_FRAME: usize = 200;
+
+pub struct Dirs {
+    /// For per-job netrc files.
+    pub state: PathBuf,
+    /// Indirect GC roots of running builds; `None` disables them.
+    pub gcroots: Option<PathBuf>,
+}
+
+fn send(out: &UnboundedSender<WorkerMessage>, msg: WorkerMessage) {
+    let _ = out.send(msg);
+}
+
+fn finished(out: &UnboundedSender<WorkerMessage>, job_id: JobId, outcome: JobOutcome) {
+    send(out, WorkerMessage::JobFinished { job_id, outcome });
+}
+
+fn failure(kind: FailureKind, e: &NixError) -> JobOutcome {
+    let mut message = e.to_string();
+    if let Some(tail) = e.log_tail() {
+        message.push('\n');
+        message.push_str(tail);
+    }
+    JobOutcome::Failed { kind, message }
+}
+
+/// A netrc holding the push credential for the cache's host, readable only by this user.
+fn netrc_for(dir: &Path, job_id: JobId, target: &PushTarget) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let host = target
+        .cache_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .unwrap_or("localhost");
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("netrc-{job_id}"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    writeln!(f, "machine {host} login gradient password {}", target.token)?;
+    Ok(path)
+}
+
+pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<WorkerMessage>) {
+    let job_id = job.id();
+    send(&out, WorkerMessage::JobStarted { job_id });
+    let outcome = match job {
+        Job::Evaluate {
+            repository,
+            commit,
+            wildcard,
+            flake_input_overrides,
+            push,
+            ..
+        } => {
+            let overrides = flake_input_overrides
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        gradient_domain::proto::InputOverride::Url(u) => gradient_domain::model::InputOverride::Url(u),
+                        gradient_domain::proto::InputOverride::KeepUrl => {
+                            gradient_domain::model::InputOverride::KeepUrl
+                        }
+                    };
+                    (k, v)
+                })
+                .collect();
+            evaluate(
+                nix,
+                dirs,
+                job_id,
+                &repository,
+                &commit,
+                &wildcard,
+                &overrides,
+                push,
+                &out,
+            )
+            .await
+        }
+        Job::Build {
+            drv_path,
+            substituters,
+            trusted_public_keys,
+            substituter_token,
+            push,
+            timeout_secs,
+            ..
+        } => {
+            let creds = push.clone().or(substituter_token.map(|token| PushTarget {
+                cache_url: substituters.first().cloned().unwrap_or_default(),
+                token,
+            }));
+            let netrc = match creds.as_ref().map(|t| netrc_for(&dirs.state, job_id, t)).transpose() {
+                Ok(n) => n,
+                Err(e) => {
+                    return finished(
+                        &out,
+                        job_id,
+                        JobOutcome::Failed {
+                            kind: FailureKind::Infrastructure,
+                            message: format!("cannot write the netrc file: {e}"),
+                        },
+                    );
+                }
+            };
+            let opts = BuildOptions {
+                substituters,
+                trusted_public_keys,
+                netrc_file: netrc.clone(),
+                gc_root: dirs.gcroots.as_ref().map(|d| d.join(job_id.to_string())),
+                timeout: timeout_secs.map(Duration::from_secs),
+            };
+            let outcome = build(nix, job_id, &drv_path, &opts, push.as_ref(), netrc.as_deref(), &out).await;
+            if let Some(root) = &opts.gc_root {
+                let _ = nix.release(root).await;
+            }
+            if let Some(n) = netrc {
+                let _ = std::fs::remove_file(n);
+            }
+            outcome
+        }
+    };
+    finished(&out, job_id, outcome);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn evaluate<N: Nix>(
+    nix: &N,
+    dirs: &Dirs,
+    job_id: JobId,
+    repository: &str,
+    commit: &str,
+    wildcard: &str,
+    overrides: &std::collections::BTreeMap<String, gradient_domain::model::InputOverride>,
+    push: Option<PushTarget>,
+    out: &UnboundedSender<WorkerMessage>,
+) -> JobOutcome {
+    send(
+        out,
+        WorkerMessage::JobProgress {
+            job_id,
+            stage: Stage::Fetching,
+        },
+    );
+    let flake = match nix.fetch(repository, None, commit, overrides).await {
+        Ok(f) => f,
+        Err(e) => return failure(FailureKind::FetchFailed, &e),
+    };
+    send(
+        out,
+        WorkerMessage::JobProgress {
+            job_id,
+            stage: Stage::Evaluating,
+        },
+    );
+    let mut drvs: Vec<String> = Vec::new();
+    let on_batch = |batch: EvalBatch| {
+        drvs.extend(batch.derivations.iter().map(|d| d.drv_path.clone()));
+        for frame in to_frames(job_id, batch) {
+            let _ = out.send(frame);
+        }
+    };
+    if let Err(e) = nix.evaluate(&flake, wildcard, on_batch).await {
+        return failure(FailureKind::EvaluationFailed, &e);
+    }
+    if let Some(target) = push
+        && !drvs.is_empty()
+    {
+        send(
+            out,
+            WorkerMessage::JobProgress {
+                job_id,
+                stage: Stage::Pushing,
+            },
+        );
+        let netrc = match netrc_for(&dirs.state, job_id, &target) {
+            Ok(n) => n,
+            Err(e) => {
+                return JobOutcome::Failed {
+                    kind: FailureKind::Infrastructure,
+                    message: format!("netrc: {e}"),
+                };
+            }
+        };
+        let pushed = nix.push(&drvs, &target.cache_url, "zstd", &netrc).await;
+        let _ = std::fs::remove_file(&netrc);
+        if let Err(e) = pushed {
+            return failure(FailureKind::Infrastructure, &e);
+        }
+    }
+    JobOutcome::Success
+}
+
+/// One `EvalResult` frame per bounded group of derivations; attribute errors travel with the first.
+fn to_frames(job_id: JobId, batch: EvalBatch) -> Vec<WorkerMessage> {
+    let mut derivations: Vec<EvaluatedDerivation> = batch
+        .derivations
+        .iter()
+        .map(|d| EvaluatedDerivation {
+            attribute: None,
+            drv_path: d.drv_path.clone(),
+            outputs: d.outputs.clone(),
+            system: d.system.clone(),
+            required_features: d.required_system_features.clone(),
+            input_drvs: d.input_drvs.clone(),
+        })
+        .collect();
+    // Attributes name derivations; a derivation two attributes share is listed once per attribute.
+    for a in &batch.attributes {
+        let name = a.attribute();
+        match derivations
+            .iter_mut()
+            .find(|d| d.drv_path == a.drv_path && d.attribute.is_none())
+        {
+            Some(d) => d.attribute = Some(name),
+            None => {
+                if let Some(d) = derivations.iter().find(|d| d.drv_path == a.drv_path).cloned() {
+                    derivations.push(EvaluatedDerivation {
+                        attribute: Some(name),
+                        ..d
+                    });
+                } else {
+                    // Reported in an earlier batch: name it with what is known.
+                    derivations.push(EvaluatedDerivation {
+                        attribute: Some(name),
+                        drv_path: a.drv_path.clone(),
+                        outputs: Default::default(),
+                        system: String::new(),
+                        required_features: Vec::new(),
+                        input_drvs: Vec::new(),
+                    });
+                }
+            }
+        }
+    }
+    let mut errors: Vec<AttributeError> = batch
+        .errors
+        .iter()
+        .map(|e| AttributeError {
+            attribute: e.attribute(),
+            message: e.message.clone(),
+        })
+        .collect();
+    let mut frames = Vec::new();
+    loop {
+        let rest = derivations.split_off(derivations.len().min(DERIVATIONS_PER_FRAME));
+        frames.push(WorkerMessage::EvalResult {
+            job_id,
+            derivations,
+            errors: std::mem::take(&mut errors),
+        });
+        if rest.is_empty() {
+            break;
+        }
+        derivations = rest;
+    }
+    frames
+}
+
+async fn build<N: Nix>(
+    nix: &N,
+    job_id: JobId,
+    drv_path: &str,
+    opts: &BuildOptions,
+    push: Option<&PushTarget>,
+    netrc: Option<&Path>,
+    out: &UnboundedSender<WorkerMessage>,
+) -> JobOutcome {
+    send(
+        out,
+        WorkerMessage::JobProgress {
+            job_id,
+            stage: Stage::Building,
+        },
+    );
+    let mut seq = 0u64;
+    let on_log = |line: &str| {
+        let text = format!("{line}\n");
+        for chunk in log_chunks(&text) {
+            let _ = out.send(WorkerMessage::JobLog {
+                job_id,
+                seq,
+                text: chunk.to_owned(),
+            });
+            seq += 1;
+        }
+    };
+    let built = match nix.build(drv_path, opts, on_log).await {
+        Ok(b) => b,
+        Err(e) => {
+            let kind = match e.failure_kind() {
+                gradient_domain::model::FailureKind::BuilderFailed => FailureKind::BuilderFailed,
+                gradient_domain::model::FailureKind::DependencyFailed => FailureKind::DependencyFailed,
+                gradient_domain::model::FailureKind::Timeout => FailureKind::Timeout,
+                gradient_domain::model::FailureKind::Infrastructure => FailureKind::Infrastructure,
+            };
+            return failure(kind, &e);
+        }
+    };
+    if let (Some(target), Some(netrc)) = (push, netrc) {
+        send(
+            out,
+            WorkerMessage::JobProgress {
+                job_id,
+                stage: Stage::Pushing,
+            },
+        );
+        let paths: Vec<String> = built.outputs.values().cloned().collect();
+        if let Err(e) = nix.push(&paths, &target.cache_url, "zstd", netrc).await {
+            return failure(FailureKind::Infrastructure, &e);
+        }
+    }
+    JobOutcome::Success
+}

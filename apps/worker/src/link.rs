@@ -1,0 +1,196 @@
+//! Staying connected: dial, prove the registrations, keep the heartbeat, and come back after any loss with
+//! jittered exponential backoff (1 s doubling to 60 s).
+
+use crate::jobs::{self, Dirs};
+use crate::peers::Peers;
+use gradient_domain::WorkerId;
+use gradient_domain::model::Capabilities as ModelCaps;
+use gradient_domain::model::JobId;
+use gradient_domain::ports::nix::Nix;
+use gradient_domain::proto::Job;
+use gradient_domain::proto::{self, Hello, PROTOCOL_VERSION, ServerMessage, WorkerMessage};
+use gradient_link_ws::{LinkError, connect};
+use rand::Rng;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub struct Identity {
+    pub worker_id: WorkerId,
+    pub capabilities: ModelCaps,
+    pub systems: Vec<String>,
+    pub features: Vec<String>,
+    pub max_concurrent_builds: u32,
+    pub max_concurrent_evaluations: u32,
+}
+
+/// Why a session ended.
+enum End {
+    /// Worth retrying soon (network, server restart).
+    Lost(String),
+    /// The server refused us; retrying may still help later (e.g. once registered), but slowly.
+    Rejected(String),
+}
+
+/// Jobs in flight and reports waiting for a link: they survive reconnections.
+pub struct Work<N> {
+    pub nix: Arc<N>,
+    pub dirs: Arc<Dirs>,
+    out_tx: mpsc::UnboundedSender<WorkerMessage>,
+    out_rx: mpsc::UnboundedReceiver<WorkerMessage>,
+    /// Finished reports the link could not deliver; sent first after reconnecting.
+    unsent: Vec<WorkerMessage>,
+    running: Arc<Mutex<BTreeSet<JobId>>>,
+}
+
+impl<N: Nix> Work<N> {
+    pub fn new(nix: N, dirs: Dirs) -> Self {
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        Self {
+            nix: Arc::new(nix),
+            dirs: Arc::new(dirs),
+            out_tx,
+            out_rx,
+            unsent: Vec::new(),
+            running: Default::default(),
+        }
+    }
+
+    fn start(&self, job: Job) {
+        let (nix, dirs, out, running) = (
+            self.nix.clone(),
+            self.dirs.clone(),
+            self.out_tx.clone(),
+            self.running.clone(),
+        );
+        let id = job.id();
+        running.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
+        tokio::spawn(async move {
+            jobs::run(&*nix, &dirs, job, out).await;
+            running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        });
+    }
+
+    fn held(&self) -> Vec<JobId> {
+        let mut held: Vec<JobId> = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        held.extend(self.unsent.iter().filter_map(|m| match m {
+            WorkerMessage::JobFinished { job_id, .. } => Some(*job_id),
+            _ => None,
+        }));
+        held
+    }
+}
+
+/// Runs forever, reconnecting after every loss.
+pub async fn run<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &mut Work<N>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match session(url, identity, peers, work).await {
+            End::Lost(why) => tracing::warn!("link lost: {why}"),
+            End::Rejected(why) => {
+                tracing::error!("the server refused this worker: {why}");
+                backoff = Duration::from_secs(60);
+            }
+        }
+        let jitter = rand::thread_rng().gen_range(0.5..1.5);
+        let wait = backoff.mul_f64(jitter).min(Duration::from_secs(60));
+        tracing::info!("reconnecting in {:.1}s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &mut Work<N>) -> End {
+    let (mut tx, mut rx) = match connect(url).await {
+        Ok(link) => link,
+        Err(LinkError::Refused {
+            status,
+            retry_after_secs,
+        }) => {
+            if let Some(s) = retry_after_secs {
+                tokio::time::sleep(Duration::from_secs(s)).await;
+            }
+            return End::Lost(format!("HTTP {status}"));
+        }
+        Err(e) => return End::Lost(e.to_string()),
+    };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        worker_id: identity.worker_id,
+        capabilities: identity.capabilities.into(),
+        systems: identity.systems.clone(),
+        features: identity.features.clone(),
+        max_concurrent_builds: identity.max_concurrent_builds,
+        max_concurrent_evaluations: identity.max_concurrent_evaluations,
+        held_jobs: work.held(),
+    };
+    if let Err(e) = tx.send(&WorkerMessage::Hello(hello)).await {
+        return End::Lost(e.to_string());
+    }
+    let challenge = match rx.recv().await {
+        Ok(ServerMessage::Challenge(c)) => c,
+        Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
+        Ok(other) => return End::Lost(format!("unexpected {other:?} during the handshake")),
+        Err(e) => return End::Lost(e.to_string()),
+    };
+    let answers = proto::answer_challenge(&challenge, &peers.tokens, peers.any.as_deref());
+    if let Err(e) = tx.send(&WorkerMessage::ChallengeResponse(answers)).await {
+        return End::Lost(e.to_string());
+    }
+    let welcome = match rx.recv().await {
+        Ok(ServerMessage::Welcome(w)) => w,
+        Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
+        Ok(other) => return End::Lost(format!("unexpected {other:?} during the handshake")),
+        Err(e) => return End::Lost(e.to_string()),
+    };
+    tracing::info!(
+        "connected to {url} as {} for {} registration(s)",
+        identity.worker_id,
+        welcome.authorized.len()
+    );
+    // Reports of jobs that finished while the link was down.
+    for msg in std::mem::take(&mut work.unsent) {
+        if let Err(e) = tx.send(&msg).await {
+            work.unsent.push(msg);
+            return End::Lost(e.to_string());
+        }
+    }
+    let mut beat = tokio::time::interval(Duration::from_secs(u64::from(welcome.heartbeat_interval_secs.max(1))));
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Ok(ServerMessage::Heartbeat) => {}
+                Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
+                Ok(ServerMessage::Assign { job }) => {
+                    let kind = match &job { Job::Evaluate { .. } => "evaluation", Job::Build { .. } => "build" };
+                    tracing::info!("running {kind} job {}", job.id());
+                    work.start(job);
+                }
+                Ok(_) => {}
+                Err(LinkError::Closed { reason }) => return End::Lost(format!("closed by the server{}", reason.map(|r| format!(": {r}")).unwrap_or_default())),
+                Err(e) => return End::Lost(e.to_string()),
+            },
+            Some(msg) = work.out_rx.recv() => {
+                if let Err(e) = tx.send(&msg).await {
+                    // A finished job's report must reach the server; logs of a lost link may be dropped.
+                    if matches!(msg, WorkerMessage::JobFinished { .. }) {
+                        work.unsent.push(msg);
+                    }
+                    return End::Lost(e.to_string());
+                }
+            }
+            _ = beat.tick() => {
+                if let Err(e) = tx.send(&WorkerMessage::Heartbeat).await {
+                    return End::Lost(e.to_string());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,594 @@
+use super::*;
+use crate::model::{JobId, WorkerRegistration};
+use crate::{OrgId, PeerId, WorkerId};
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+fn caps(fetch: bool, eval: bool, build: bool, sign: bool) -> Capabilities {
+    Capabilities {
+        fetch,
+        eval,
+        build,
+        sign,
+    }
+}
+
+fn hello() -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        worker_id: WorkerId(id(1)),
+        capabilities: caps(true, true, true, false),
+        systems: vec!["x86_64-linux".into(), "i686-linux".into()],
+        features: vec!["kvm".into()],
+        max_concurrent_builds: 8,
+        max_concurrent_evaluations: 2,
+        held_jobs: vec![JobId(id(9))],
+    }
+}
+
+fn build_job() -> Job {
+    Job::Build {
+        job_id: JobId(id(20)),
+        drv_path: "/nix/store/aaaa-hello.drv".into(),
+        outputs: BTreeMap::from([("out".into(), "/nix/store/bbbb-hello".into())]),
+        substituters: vec!["https://ci.example/cache/main".into()],
+        trusted_public_keys: vec!["main:AAAA".into()],
+        substituter_token: Some("read".into()),
+        push: Some(PushTarget {
+            cache_url: "https://ci.example/cache/main".into(),
+            token: "push".into(),
+        }),
+        timeout_secs: Some(3600),
+    }
+}
+
+fn eval_job() -> Job {
+    Job::Evaluate {
+        job_id: JobId(id(21)),
+        repository: "https://git.example/app.git".into(),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        wildcard: "packages.*.*".into(),
+        flake_input_overrides: BTreeMap::from([
+            (
+                "nixpkgs".into(),
+                InputOverride::Url("github:NixOS/nixpkgs/nixos-unstable".into()),
+            ),
+            ("utils".into(), InputOverride::KeepUrl),
+        ]),
+        push: None,
+    }
+}
+
+/// One of every message, so that round-trips cover the whole protocol.
+fn worker_samples() -> Vec<WorkerMessage> {
+    let job_id = JobId(id(20));
+    vec![
+        WorkerMessage::Hello(hello()),
+        WorkerMessage::ChallengeResponse(ChallengeResponse {
+            answers: vec![PeerAnswer {
+                peer_id: PeerId(id(3)),
+                proof: "ab".repeat(32),
+            }],
+        }),
+        WorkerMessage::Heartbeat,
+        WorkerMessage::JobStarted { job_id },
+        WorkerMessage::JobProgress {
+            job_id,
+            stage: Stage::Pushing,
+        },
+        WorkerMessage::JobLog {
+            job_id,
+            seq: 7,
+            text: "building 'hello'…\n".into(),
+        },
+        WorkerMessage::EvalResult {
+            job_id,
+            derivations: vec![EvaluatedDerivation {
+                attribute: Some("packages.x86_64-linux.hello".into()),
+                drv_path: "/nix/store/aaaa-hello.drv".into(),
+                outputs: BTreeMap::from([("out".into(), "/nix/store/bbbb-hello".into())]),
+                system: "x86_64-linux".into(),
+                required_features: vec!["kvm".into()],
+                input_drvs: vec!["/nix/store/cccc-dep.drv".into()],
+            }],
+            errors: vec![AttributeError {
+                attribute: "packages.x86_64-linux.broken".into(),
+                message: "error: attribute 'nope' missing".into(),
+            }],
+        },
+        WorkerMessage::JobFinished {
+            job_id,
+            outcome: JobOutcome::Success,
+        },
+        WorkerMessage::JobFinished {
+            job_id,
+            outcome: JobOutcome::Failed {
+                kind: FailureKind::BuilderFailed,
+                message: "builder exited with 1".into(),
+            },
+        },
+        WorkerMessage::JobFinished {
+            job_id,
+            outcome: JobOutcome::Aborted,
+        },
+    ]
+}
+
+fn server_samples() -> Vec<ServerMessage> {
+    vec![
+        ServerMessage::Challenge(Challenge {
+            nonce: nonce_from_bytes(&[7; 32]),
+            peers: vec![PeerId(id(3)), PeerId(id(4))],
+        }),
+        ServerMessage::Welcome(Welcome {
+            authorized: vec![PeerId(id(3))],
+            capabilities: caps(true, true, false, false),
+            heartbeat_interval_secs: 10,
+            lost_after_secs: 30,
+        }),
+        ServerMessage::Rejected(Rejected::new(RejectCode::BadTokens, "no")),
+        ServerMessage::Heartbeat,
+        ServerMessage::Assign { job: build_job() },
+        ServerMessage::Assign { job: eval_job() },
+        ServerMessage::Abort { job_id: JobId(id(20)) },
+    ]
+}
+
+/// The `type` of a message; exhaustive, so a new variant fails to compile until it is sampled and documented.
+fn worker_type(m: &WorkerMessage) -> &'static str {
+    match m {
+        WorkerMessage::Hello(_) => "hello",
+        WorkerMessage::ChallengeResponse(_) => "challenge_response",
+        WorkerMessage::Heartbeat => "heartbeat",
+        WorkerMessage::JobStarted { .. } => "job_started",
+        WorkerMessage::JobProgress { .. } => "job_progress",
+        WorkerMessage::JobLog { .. } => "job_log",
+        WorkerMessage::EvalResult { .. } => "eval_result",
+        WorkerMessage::JobFinished { .. } => "job_finished",
+    }
+}
+
+fn server_type(m: &ServerMessage) -> &'static str {
+    match m {
+        ServerMessage::Challenge(_) => "challenge",
+        ServerMessage::Welcome(_) => "welcome",
+        ServerMessage::Rejected(_) => "rejected",
+        ServerMessage::Heartbeat => "heartbeat",
+        ServerMessage::Assign {
+            job: Job::Evaluate { .. },
+        } => "assign/evaluate",
+        ServerMessage::Assign { job: Job::Build { .. } } => "assign/build",
+        ServerMessage::Abort { .. } => "abort",
+    }
+}
+
+#[test]
+fn every_message_round_trips_with_its_type_tag() {
+    for msg in worker_samples() {
+        let frame = encode(&msg).unwrap();
+        let tag = worker_type(&msg);
+        assert!(frame.starts_with(&format!(r#"{{"type":"{tag}""#)), "{frame}");
+        assert_eq!(decode_worker(&frame).unwrap(), msg, "{frame}");
+    }
+    for msg in server_samples() {
+        let frame = encode(&msg).unwrap();
+        let tag = server_type(&msg).split('/').next().unwrap();
+        assert!(frame.starts_with(&format!(r#"{{"type":"{tag}""#)), "{frame}");
+        assert_eq!(decode_server(&frame).unwrap(), msg, "{frame}");
+    }
+}
+
+#[test]
+fn wire_shapes_are_pinned() {
+    let table: [(&str, String); 4] = [
+        (r#"{"type":"heartbeat"}"#, encode(&WorkerMessage::Heartbeat).unwrap()),
+        (
+            r#"{"type":"job_finished","job_id":"00000000-0000-0000-0000-000000000014","outcome":{"status":"failed","kind":"timeout","message":"1h"}}"#,
+            encode(&WorkerMessage::JobFinished {
+                job_id: JobId(id(20)),
+                outcome: JobOutcome::Failed {
+                    kind: FailureKind::Timeout,
+                    message: "1h".into(),
+                },
+            })
+            .unwrap(),
+        ),
+        (
+            r#"{"type":"rejected","code":"duplicate_connection","reason":"r"}"#,
+            encode(&ServerMessage::Rejected(Rejected::new(
+                RejectCode::DuplicateConnection,
+                "r",
+            )))
+            .unwrap(),
+        ),
+        (
+            r#"{"type":"abort","job_id":"00000000-0000-0000-0000-000000000014"}"#,
+            encode(&ServerMessage::Abort { job_id: JobId(id(20)) }).unwrap(),
+        ),
+    ];
+    for (want, got) in table {
+        assert_eq!(got, want);
+    }
+    let assign = encode(&ServerMessage::Assign { job: eval_job() }).unwrap();
+    assert!(assign.contains(r#""job":{"kind":"evaluate""#), "{assign}");
+    assert!(assign.contains(r#""utils":"keep_url""#), "{assign}");
+    assert!(
+        assign.contains(r#""nixpkgs":{"url":"github:NixOS/nixpkgs/nixos-unstable"}"#),
+        "{assign}"
+    );
+}
+
+#[test]
+fn malformed_frames_are_rejected() {
+    let table = [
+        ("not json", "expected"),
+        (r#"{"type":"launch_missiles"}"#, "unknown variant `launch_missiles`"),
+        (r#"{"kind":"heartbeat"}"#, "missing field `type`"),
+        (r#"{"type":"job_started"}"#, "missing field `job_id`"),
+        (r#"{"type":"job_started","job_id":"not-a-uuid"}"#, "UUID"),
+        // Right message, wrong direction.
+        (
+            r#"{"type":"abort","job_id":"00000000-0000-0000-0000-000000000014"}"#,
+            "unknown variant `abort`",
+        ),
+    ];
+    for (frame, hint) in table {
+        let err = decode_worker(frame).unwrap_err();
+        assert_eq!(err.reject_code(), RejectCode::MalformedFrame, "{frame}");
+        assert!(err.to_string().contains(hint), "{frame}: {err}");
+    }
+    let hello_on_worker = encode(&WorkerMessage::Hello(hello())).unwrap();
+    assert!(matches!(decode_server(&hello_on_worker), Err(ProtoError::Malformed(_))));
+}
+
+#[test]
+fn unknown_fields_are_ignored_so_additions_need_no_new_version() {
+    let frame = r#"{"type":"job_started","job_id":"00000000-0000-0000-0000-000000000014","added_later":1}"#;
+    assert_eq!(
+        decode_worker(frame).unwrap(),
+        WorkerMessage::JobStarted { job_id: JobId(id(20)) }
+    );
+}
+
+#[test]
+fn oversized_frames_are_refused_on_both_sides() {
+    let padded = |len: usize| {
+        let mut s = String::from(r#"{"type":"heartbeat"}"#);
+        s.push_str(&" ".repeat(len - s.len()));
+        s
+    };
+    assert_eq!(
+        decode_worker(&padded(MAX_FRAME_BYTES)).unwrap(),
+        WorkerMessage::Heartbeat
+    );
+    assert_eq!(
+        decode_server(&padded(MAX_FRAME_BYTES)).unwrap(),
+        ServerMessage::Heartbeat
+    );
+    let over = padded(MAX_FRAME_BYTES + 1);
+    let want = ProtoError::TooLarge {
+        size: MAX_FRAME_BYTES + 1,
+        limit: MAX_FRAME_BYTES,
+    };
+    assert_eq!(decode_worker(&over).unwrap_err(), want);
+    assert_eq!(decode_server(&over).unwrap_err(), want);
+    assert_eq!(want.reject_code(), RejectCode::FrameTooLarge);
+    assert_eq!(
+        want.to_string(),
+        "frame of 1048577 bytes exceeds the limit of 1048576 bytes"
+    );
+
+    let huge = WorkerMessage::EvalResult {
+        job_id: JobId(id(20)),
+        derivations: vec![],
+        errors: vec![AttributeError {
+            attribute: "a".into(),
+            message: "x".repeat(MAX_FRAME_BYTES),
+        }],
+    };
+    assert!(matches!(encode(&huge), Err(ProtoError::TooLarge { .. })));
+}
+
+#[test]
+fn log_pieces_are_bounded_and_split_on_characters() {
+    let log = "é".repeat(MAX_LOG_CHUNK_BYTES); // two bytes each: needs two pieces at least
+    let pieces: Vec<&str> = log_chunks(&log).collect();
+    assert!(pieces.len() >= 2);
+    assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= MAX_LOG_CHUNK_BYTES));
+    assert_eq!(pieces.concat(), log);
+    assert_eq!(log_chunks("").count(), 0);
+    assert_eq!(log_chunks("short").collect::<Vec<_>>(), ["short"]);
+
+    let log_frame = |text: String| {
+        encode(&WorkerMessage::JobLog {
+            job_id: JobId(id(20)),
+            seq: 0,
+            text,
+        })
+        .unwrap()
+    };
+    assert!(decode_worker(&log_frame("a".repeat(MAX_LOG_CHUNK_BYTES))).is_ok());
+    let err = decode_worker(&log_frame("a".repeat(MAX_LOG_CHUNK_BYTES + 1))).unwrap_err();
+    assert_eq!(err.reject_code(), RejectCode::FrameTooLarge);
+}
+
+#[test]
+fn hello_version_is_read_even_from_a_hello_of_another_shape() {
+    let table = [
+        (r#"{"type":"hello","version":2,"something":"new"}"#, Some(2)),
+        (r#"{"type":"hello","version":1}"#, Some(1)),
+        (r#"{"type":"heartbeat","version":1}"#, None),
+        (r#"{"type":"hello"}"#, None),
+        ("garbage", None),
+    ];
+    for (frame, want) in table {
+        assert_eq!(hello_version(frame), want, "{frame}");
+    }
+    assert!(decode_worker(r#"{"type":"hello","version":2,"something":"new"}"#).is_err());
+}
+
+#[test]
+fn reject_codes_have_stable_names() {
+    for code in RejectCode::ALL {
+        assert_eq!(RejectCode::parse(code.as_str()), Some(code));
+        let json = serde_json::to_string(&code).unwrap();
+        assert_eq!(json, format!("\"{}\"", code.as_str()));
+    }
+    assert_eq!(RejectCode::parse("nope"), None);
+    assert!(RejectCode::DuplicateConnection.is_retryable());
+    assert!(!RejectCode::BadTokens.is_retryable());
+}
+
+#[test]
+fn proofs_verify_only_with_the_right_token_and_nonce() {
+    let token = "c2VjcmV0LXRva2VuLW9mLWZvcnR5LWVpZ2h0LWJ5dGVzLWJhc2U2NC1lbmNvZGVkISE=";
+    let stored = crate::auth::sha256_hex(token.as_bytes());
+    let nonce = nonce_from_bytes(&[1; 32]);
+    let proof = make_proof(token, &nonce);
+    assert_eq!(proof.len(), 64);
+    assert!(proof.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    assert!(!proof.contains(token));
+
+    let other_nonce = nonce_from_bytes(&[2; 32]);
+    let table: [(&str, &str, &str, bool); 8] = [
+        (&stored, &nonce, &proof, true),
+        (&stored, &other_nonce, &proof, false),
+        (&crate::auth::sha256_hex(b"another token"), &nonce, &proof, false),
+        (&stored, &nonce, &make_proof("another token", &nonce), false),
+        (&stored, &nonce, &proof.to_uppercase(), false),
+        (&stored, &nonce, &proof[..63], false),
+        (&stored, &nonce, "", false),
+        ("not hex", &nonce, &proof, false),
+    ];
+    for (i, (hash, n, p, ok)) in table.into_iter().enumerate() {
+        assert_eq!(verify_proof(hash, n, p), ok, "case {i}");
+    }
+    // The worked example of docs/protocol.md, computed independently (Python's hmac and hashlib).
+    assert_eq!(nonce, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
+    assert_eq!(
+        stored,
+        "06dd158119b33cabff2f809a9b37c4b8054c73fec81715cd65353b1b520bcedc"
+    );
+    assert_eq!(
+        proof,
+        "4aa072ae284d4c5939c4dc4ee42d9b7fec0eefec01e0763fa8edab0f23081bd7"
+    );
+}
+
+fn registration(peer: u128, org: u128, worker: u128, token: &str) -> WorkerRegistration {
+    WorkerRegistration {
+        peer_id: PeerId(id(peer)),
+        org_id: OrgId(id(org)),
+        worker_id: WorkerId(id(worker)),
+        token_hash: crate::auth::sha256_hex(token.as_bytes()),
+        created_at: chrono::DateTime::UNIX_EPOCH,
+    }
+}
+
+#[test]
+fn hello_is_checked_in_order_version_registration_duplicate_capability() {
+    let regs = [
+        registration(3, 100, 1, "t3"),
+        registration(4, 200, 1, "t4"),
+        registration(5, 100, 2, "t5"),
+    ];
+    let policy = HandshakePolicy::default();
+    let mut old = hello();
+    old.version = 0;
+    let mut stranger = hello();
+    stranger.worker_id = WorkerId(id(77));
+    let mut idle = hello();
+    idle.capabilities = caps(false, false, false, false);
+    let mut builder_only = hello();
+    builder_only.capabilities = caps(false, false, true, false);
+    let eval_server = HandshakePolicy {
+        capabilities: caps(true, true, false, false),
+        ..policy
+    };
+
+    let table = [
+        (&hello(), false, &policy, Ok(vec![PeerId(id(3)), PeerId(id(4))])),
+        (&old, false, &policy, Err(RejectCode::VersionMismatch)),
+        (&stranger, false, &policy, Err(RejectCode::UnknownWorker)),
+        (&hello(), true, &policy, Err(RejectCode::DuplicateConnection)),
+        (&idle, false, &policy, Err(RejectCode::NoCapability)),
+        (&builder_only, false, &eval_server, Err(RejectCode::NoCapability)),
+        (&hello(), false, &eval_server, Ok(vec![PeerId(id(3)), PeerId(id(4))])),
+    ];
+    for (i, (h, connected, p, want)) in table.into_iter().enumerate() {
+        assert_eq!(
+            check_hello(h, &regs, connected, p).map_err(|r| r.code),
+            want,
+            "case {i}"
+        );
+    }
+    let err = check_hello(&old, &regs, false, &policy).unwrap_err();
+    assert_eq!(err.reason, "the worker speaks protocol version 0, this server speaks 1");
+}
+
+#[test]
+fn answers_authorize_the_peers_whose_tokens_they_prove() {
+    let regs = [
+        registration(3, 100, 1, "t3"),
+        registration(4, 200, 1, "t4"),
+        registration(5, 300, 2, "t5"),
+    ];
+    let nonce = nonce_from_bytes(&[9; 32]);
+    let challenge = Challenge {
+        nonce: nonce.clone(),
+        peers: check_hello(&hello(), &regs, false, &HandshakePolicy::default()).unwrap(),
+    };
+    let p = |n| PeerId(id(n));
+    let tokens = |pairs: &[(u128, &str)]| -> BTreeMap<PeerId, String> {
+        pairs.iter().map(|&(n, t)| (p(n), t.to_owned())).collect()
+    };
+
+    // (peers file lines, `*` token, authorized peers or rejection)
+    let table = [
+        (tokens(&[(3, "t3"), (4, "t4")]), None, Ok(vec![p(3), p(4)])),
+        (tokens(&[(3, "t3")]), None, Ok(vec![p(3)])),
+        (tokens(&[(3, "t3"), (4, "wrong")]), None, Ok(vec![p(3)])),
+        (tokens(&[(3, "wrong")]), None, Err(RejectCode::BadTokens)),
+        (tokens(&[]), None, Err(RejectCode::BadTokens)),
+        // `*` answers every challenged peer with one token: it proves the peers registered with that token.
+        (tokens(&[]), Some("t4"), Ok(vec![p(4)])),
+        // A peer's own line wins over `*`; another worker's registration is never authorized.
+        (tokens(&[(3, "t3"), (5, "t5")]), Some("t4"), Ok(vec![p(3), p(4)])),
+    ];
+    for (i, (file, any, want)) in table.into_iter().enumerate() {
+        let response = answer_challenge(&challenge, &file, any);
+        let got = check_answers(&hello(), &regs, &nonce, &response, &HandshakePolicy::default());
+        assert_eq!(
+            got.as_ref().map(|w| w.authorized.clone()).map_err(|r| r.code),
+            want,
+            "case {i}"
+        );
+    }
+
+    // A response to another challenge (replayed) proves nothing.
+    let replayed = answer_challenge(&challenge, &tokens(&[(3, "t3")]), None);
+    let other_nonce = nonce_from_bytes(&[8; 32]);
+    let err = check_answers(&hello(), &regs, &other_nonce, &replayed, &HandshakePolicy::default()).unwrap_err();
+    assert_eq!(err.code, RejectCode::BadTokens);
+
+    // Forged answer for a peer of another worker, with that peer's real token: ignored.
+    let forged = ChallengeResponse {
+        answers: vec![PeerAnswer {
+            peer_id: p(5),
+            proof: make_proof("t5", &nonce),
+        }],
+    };
+    assert!(check_answers(&hello(), &regs, &nonce, &forged, &HandshakePolicy::default()).is_err());
+}
+
+#[test]
+fn welcome_carries_the_anded_capabilities_and_heartbeat_settings() {
+    let regs = [registration(3, 100, 1, "t3"), registration(4, 200, 1, "t4")];
+    let nonce = nonce_from_bytes(&[5; 32]);
+    let policy = HandshakePolicy {
+        capabilities: caps(true, false, true, true),
+        heartbeat_interval_secs: 5,
+        lost_after_secs: 20,
+    };
+    let response = answer_challenge(
+        &Challenge {
+            nonce: nonce.clone(),
+            peers: vec![PeerId(id(3))],
+        },
+        &BTreeMap::new(),
+        Some("t3"),
+    );
+    let welcome = check_answers(&hello(), &regs, &nonce, &response, &policy).unwrap();
+    assert_eq!(
+        welcome,
+        Welcome {
+            authorized: vec![PeerId(id(3))],
+            capabilities: caps(true, false, true, false),
+            heartbeat_interval_secs: 5,
+            lost_after_secs: 20,
+        }
+    );
+    assert_eq!(
+        authorized_orgs(&regs, &welcome.authorized),
+        BTreeSet::from([OrgId(id(100))])
+    );
+}
+
+#[test]
+fn wire_types_convert_to_and_from_the_model() {
+    let model = crate::model::Capabilities {
+        fetch: true,
+        eval: false,
+        build: true,
+        sign: false,
+    };
+    assert_eq!(crate::model::Capabilities::from(Capabilities::from(model)), model);
+    use crate::model::FailureKind as M;
+    for k in [M::BuilderFailed, M::DependencyFailed, M::Timeout, M::Infrastructure] {
+        assert_eq!(FailureKind::from(k).build_failure(), Some(k));
+    }
+    assert_eq!(FailureKind::FetchFailed.build_failure(), None);
+    assert_eq!(FailureKind::EvaluationFailed.build_failure(), None);
+    assert_eq!(
+        InputOverride::from(crate::model::InputOverride::KeepUrl),
+        InputOverride::KeepUrl
+    );
+}
+
+/// Every ```json block of `docs/protocol.md` tagged `worker` or `server` decodes, and every message type
+/// appears there, so the document cannot fall behind the types.
+#[test]
+fn the_protocol_document_shows_every_message_and_its_examples_decode() {
+    let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"));
+    let mut seen = BTreeSet::new();
+    let mut blocks = 0;
+    let mut rest = doc;
+    while let Some(start) = rest.find("```json ") {
+        let after = &rest[start + "```json ".len()..];
+        let (info, body) = after.split_once('\n').unwrap();
+        let end = body.find("```").unwrap();
+        let text = &body[..end];
+        rest = &body[end + 3..];
+        blocks += 1;
+        match info.trim() {
+            "worker" => {
+                let msg = decode_worker(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+                seen.insert(format!("worker {}", worker_type(&msg)));
+            }
+            "server" => {
+                let msg = decode_server(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+                seen.insert(format!("server {}", server_type(&msg)));
+            }
+            other => panic!("unknown example direction {other:?}"),
+        }
+    }
+    assert!(blocks > 0);
+    for m in worker_samples() {
+        assert!(
+            seen.contains(&format!("worker {}", worker_type(&m))),
+            "{} undocumented",
+            worker_type(&m)
+        );
+    }
+    for m in server_samples() {
+        assert!(
+            seen.contains(&format!("server {}", server_type(&m))),
+            "{} undocumented",
+            server_type(&m)
+        );
+    }
+    for code in RejectCode::ALL {
+        assert!(
+            doc.contains(&format!("`{}`", code.as_str())),
+            "{} undocumented",
+            code.as_str()
+        );
+    }
+    for limit in [MAX_FRAME_BYTES, MAX_LOG_CHUNK_BYTES] {
+        assert!(doc.contains(&limit.to_string()), "limit {limit} undocumented");
+    }
+}

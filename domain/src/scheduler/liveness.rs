@@ -1,0 +1,49 @@
+//! Keeping the queue honest when workers come and go.
+
+use super::QueueEntry;
+use crate::WorkerId;
+use crate::model::{JobId, JobState, Timestamp};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The workers silent for longer than `timeout` (any frame counts as a sign of life), sorted. A closed link
+/// does not make a worker lost by itself: it has until the timeout to reconnect and report its jobs.
+pub fn lost_workers(now: Timestamp, last_seen: &HashMap<WorkerId, Timestamp>, timeout: Duration) -> Vec<WorkerId> {
+    // A timeout too large for chrono is one nobody will outlive.
+    let Ok(timeout) = chrono::TimeDelta::from_std(timeout) else {
+        return Vec::new();
+    };
+    let mut lost: Vec<WorkerId> = last_seen
+        .iter()
+        .filter(|&(_, &seen)| now.signed_duration_since(seen) > timeout)
+        .map(|(&id, _)| id)
+        .collect();
+    lost.sort();
+    lost
+}
+
+/// The jobs assigned to lost workers, oldest first: they go back to the queue with the same id and place (the
+/// queue's `requeue_jobs_of`; a build's status `Building → Queued`, an evaluation's `Fetching`/`Evaluating →
+/// Queued`), for any worker to take.
+pub fn jobs_to_requeue(jobs: &[QueueEntry], lost: &[WorkerId]) -> Vec<JobId> {
+    assigned_oldest_first(jobs, |worker| lost.contains(&worker), |_| true)
+}
+
+/// On a worker's `Hello`: the jobs the server had assigned to it that the worker no longer holds (it restarted,
+/// or lost them); they go back to the queue. Jobs it still holds stay assigned.
+pub fn orphaned_jobs(jobs: &[QueueEntry], worker: WorkerId, held: &[JobId]) -> Vec<JobId> {
+    assigned_oldest_first(jobs, |w| w == worker, |id| !held.contains(&id))
+}
+
+fn assigned_oldest_first(
+    jobs: &[QueueEntry],
+    on: impl Fn(WorkerId) -> bool,
+    keep: impl Fn(JobId) -> bool,
+) -> Vec<JobId> {
+    let mut picked: Vec<&QueueEntry> = jobs
+        .iter()
+        .filter(|j| matches!(j.state, JobState::Assigned { worker, .. } if on(worker)) && keep(j.id))
+        .collect();
+    picked.sort_by_key(|j| (j.queued_at, j.id));
+    picked.into_iter().map(|j| j.id).collect()
+}

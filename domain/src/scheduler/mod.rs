@@ -1,0 +1,228 @@
+//! Which worker runs which job: pure decisions over a snapshot of the queue and the connected workers.
+//!
+//! Jobs are evaluations (fetch + evaluate a flake at a commit) and builds. A build job is per derivation and
+//! organization, not per evaluation: however many of an organization's evaluations need a derivation, it has
+//! one active job (the queue's `enqueue_job` keeps that atomic; [`plan`] never runs two builds of one
+//! derivation for one organization at once either). The server loads a [`Snapshot`] from storage (so a
+//! restart loses nothing), asks [`plan`], records the decisions, and sends `Assign` frames.
+
+mod liveness;
+
+pub use liveness::{jobs_to_requeue, lost_workers, orphaned_jobs};
+
+use crate::model::{Capabilities, JobId, JobKind, JobRecord, JobState, Timestamp};
+use crate::{OrgId, WorkerId};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// A job as the scheduler sees it: the queue's record plus what only scheduling needs (a build's inputs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: JobId,
+    /// Only workers registered with this organization take the job.
+    pub org: OrgId,
+    /// Oldest first; a requeued job keeps its place.
+    pub queued_at: Timestamp,
+    pub needs: Needs,
+    /// `Queued` jobs are candidates; `Assigned` ones hold a slot of their worker; finished ones are ignored.
+    pub state: JobState,
+}
+
+impl QueueEntry {
+    /// The entry for a queue record; `inputs` are the `.drv` paths a build's derivation takes outputs from
+    /// (ignored for evaluations).
+    pub fn from_record(record: &JobRecord, inputs: Vec<String>) -> Self {
+        let needs = match &record.kind {
+            JobKind::Evaluate { .. } => Needs::Evaluation,
+            JobKind::Build {
+                derivation,
+                system,
+                required_features,
+            } => Needs::Build(BuildNeeds {
+                drv_path: derivation.clone(),
+                system: system.clone(),
+                required_features: required_features.clone(),
+                inputs,
+            }),
+        };
+        Self {
+            id: record.id,
+            org: record.org_id,
+            queued_at: record.created_at,
+            needs,
+            state: record.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Needs a worker with the `fetch` and `eval` capabilities and a free evaluation slot.
+    Evaluation,
+    /// Needs a worker with the `build` capability, the system, the features and a free build slot.
+    Build(BuildNeeds),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildNeeds {
+    /// `/nix/store/…-name.drv`
+    pub drv_path: String,
+    /// `builtin` runs on any worker.
+    pub system: String,
+    pub required_features: Vec<String>,
+    /// The `.drv` paths whose outputs must be available first.
+    pub inputs: Vec<String>,
+}
+
+/// A connected worker, as its `Hello` and `Welcome` described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    /// The AND of the worker's and the server's.
+    pub capabilities: Capabilities,
+    pub systems: Vec<String>,
+    pub features: Vec<String>,
+    pub max_concurrent_builds: u32,
+    pub max_concurrent_evaluations: u32,
+    /// The organizations of the registrations this link was authorized for.
+    pub orgs: BTreeSet<OrgId>,
+}
+
+/// Everything a scheduling decision looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Active jobs (queued and assigned); others are ignored.
+    pub jobs: Vec<QueueEntry>,
+    pub workers: Vec<WorkerInfo>,
+    /// Per organization, the `.drv` paths whose outputs its builders can substitute: built or substituted by
+    /// one of its jobs, or already in one of its caches.
+    pub available: HashMap<OrgId, HashSet<String>>,
+    /// Per organization, the `.drv` paths whose build ended without outputs (failed, aborted, dependency
+    /// failed) and was not restarted.
+    pub failed: HashMap<OrgId, HashSet<String>>,
+}
+
+/// What to do now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Send `Assign` for these (and record them with the queue's `assign_job`).
+    pub assignments: Vec<(JobId, WorkerId)>,
+    /// Queued builds with nothing to do: their outputs are already available to their organization.
+    pub substituted: Vec<JobId>,
+    /// Queued builds that can never run: an input's build failed.
+    pub dependency_failed: Vec<JobId>,
+}
+
+/// The assignments of [`plan`].
+pub fn schedule(snapshot: &Snapshot) -> Vec<(JobId, WorkerId)> {
+    plan(snapshot).assignments
+}
+
+/// Decides, for every queued job, oldest first (ties by id): settle it without a worker (substituted,
+/// dependency failed), assign it, or leave it queued (inputs not ready yet, its derivation is already being
+/// built for its organization, or no worker fits). Among the workers that fit and have a free slot of the
+/// job's kind, the one with the most such free slots gets it (ties: the lowest worker id), which spreads work.
+pub fn plan(snapshot: &Snapshot) -> Plan {
+    let mut free: HashMap<WorkerId, Slots> = snapshot.workers.iter().map(|w| (w.id, Slots::of(w))).collect();
+    let mut building: HashSet<(OrgId, &str)> = HashSet::new();
+    for job in &snapshot.jobs {
+        if let JobState::Assigned { worker, .. } = job.state {
+            if let Some(slots) = free.get_mut(&worker) {
+                slots.take(&job.needs);
+            }
+            if let Needs::Build(b) = &job.needs {
+                building.insert((job.org, &b.drv_path));
+            }
+        }
+    }
+
+    let mut queued: Vec<&QueueEntry> = snapshot.jobs.iter().filter(|j| j.state == JobState::Queued).collect();
+    queued.sort_by_key(|j| (j.queued_at, j.id));
+
+    let mut plan = Plan::default();
+    for job in queued {
+        if let Needs::Build(b) = &job.needs {
+            if has(&snapshot.available, job.org, &b.drv_path) {
+                plan.substituted.push(job.id);
+                continue;
+            }
+            if b.inputs.iter().any(|i| has(&snapshot.failed, job.org, i)) {
+                plan.dependency_failed.push(job.id);
+                continue;
+            }
+            let ready = b.inputs.iter().all(|i| has(&snapshot.available, job.org, i));
+            if !ready || building.contains(&(job.org, b.drv_path.as_str())) {
+                continue;
+            }
+        }
+        let best = snapshot
+            .workers
+            .iter()
+            .filter(|w| fits(w, job))
+            .filter_map(|w| Some((w.id, free.get(&w.id)?.free_for(&job.needs))))
+            .filter(|&(_, n)| n > 0)
+            .max_by_key(|&(id, n)| (n, Reverse(id)));
+        if let Some((worker, _)) = best {
+            if let Some(slots) = free.get_mut(&worker) {
+                slots.take(&job.needs);
+            }
+            if let Needs::Build(b) = &job.needs {
+                building.insert((job.org, &b.drv_path));
+            }
+            plan.assignments.push((job.id, worker));
+        }
+    }
+    plan
+}
+
+/// Whether the worker may and can run the job, slots aside.
+pub fn fits(worker: &WorkerInfo, job: &QueueEntry) -> bool {
+    if !worker.orgs.contains(&job.org) {
+        return false;
+    }
+    let caps = worker.capabilities;
+    match &job.needs {
+        Needs::Evaluation => caps.fetch && caps.eval,
+        Needs::Build(b) => {
+            caps.build
+                && (b.system == "builtin" || worker.systems.contains(&b.system))
+                && b.required_features.iter().all(|f| worker.features.contains(f))
+        }
+    }
+}
+
+fn has(per_org: &HashMap<OrgId, HashSet<String>>, org: OrgId, drv: &str) -> bool {
+    per_org.get(&org).is_some_and(|s| s.contains(drv))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slots {
+    builds: u32,
+    evaluations: u32,
+}
+
+impl Slots {
+    fn of(w: &WorkerInfo) -> Self {
+        Self {
+            builds: w.max_concurrent_builds,
+            evaluations: w.max_concurrent_evaluations,
+        }
+    }
+
+    fn free_for(&self, needs: &Needs) -> u32 {
+        match needs {
+            Needs::Evaluation => self.evaluations,
+            Needs::Build(_) => self.builds,
+        }
+    }
+
+    fn take(&mut self, needs: &Needs) {
+        match needs {
+            Needs::Evaluation => self.evaluations = self.evaluations.saturating_sub(1),
+            Needs::Build(_) => self.builds = self.builds.saturating_sub(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

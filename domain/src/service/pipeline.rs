@@ -1,0 +1,544 @@
+//! The CI loop on the server's side: an evaluation is queued as a job; a worker evaluates it and reports
+//! derivations; every derivation of the closure gets the organization's build (once, however many
+//! evaluations need it) and a build job unless its outputs are already in one of the org's caches; jobs go
+//! to workers as the scheduler decides; results move builds and evaluations through their state machines.
+
+use super::{Caller, Gradient, Result, ServiceError};
+use crate::model::{Build, Derivation, EntryPoint, Evaluation, EvaluationTrigger, JobId, JobKind, JobRecord, JobState};
+use crate::permissions::Permission;
+use crate::ports::{Clock, Storage};
+use crate::proto::{self, JobOutcome, PushTarget};
+use crate::scheduler::{self, QueueEntry, Snapshot, WorkerInfo};
+use crate::status::{BuildStatus, EvaluationStatus};
+use crate::{EvaluationId, Name, OrgId, WorkerId};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// The pseudo-worker the server assigns jobs to when it ends them itself.
+const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
+
+/// The most of a build log kept with the build.
+pub const MAX_LOG_BYTES: usize = 256 * 1024;
+
+fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Queues an evaluation of the project at a commit (`trigger_evaluation`).
+    pub async fn trigger_evaluation(
+        &self,
+        caller: &Caller,
+        org: &str,
+        project: &str,
+        commit: &str,
+    ) -> Result<Evaluation> {
+        let o = self.org_requiring(caller, org, Permission::TriggerEvaluation).await?;
+        let name =
+            Name::parse(project).map_err(|_| ServiceError::NotFound(format!("project '{org}/{project}' not found")))?;
+        let p = self
+            .storage
+            .project(o.id, &name)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("project '{org}/{project}' not found")))?;
+        let commit = commit.trim().to_lowercase();
+        if !is_commit(&commit) {
+            return Err(ServiceError::invalid(
+                "invalid_commit",
+                "give the full 40-character commit hash",
+            ));
+        }
+        self.queue_evaluation(o.id, &p, &commit, EvaluationTrigger::Manual)
+            .await
+    }
+
+    pub async fn queue_evaluation(
+        &self,
+        org: OrgId,
+        project: &crate::model::Project,
+        commit: &str,
+        trigger: EvaluationTrigger,
+    ) -> Result<Evaluation> {
+        let now = self.clock.now();
+        let evaluation = Evaluation {
+            id: EvaluationId::new(),
+            project_id: project.id,
+            commit: commit.to_owned(),
+            branch: project.branch.clone(),
+            trigger,
+            status: EvaluationStatus::Queued,
+            errors: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.storage.create_evaluation(&evaluation).await?;
+        let job = JobRecord {
+            id: JobId::new(),
+            org_id: org,
+            kind: JobKind::Evaluate {
+                evaluation_id: evaluation.id,
+            },
+            state: JobState::Queued,
+            created_at: now,
+            attempts: 0,
+        };
+        self.storage.enqueue_job(&job).await?;
+        Ok(evaluation)
+    }
+
+    pub async fn evaluation_for(&self, caller: &Caller, id: EvaluationId) -> Result<(Evaluation, Vec<Build>)> {
+        let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
+        let e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
+        let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
+        let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
+        self.org_requiring(caller, o.name.as_str(), Permission::ViewOrg)
+            .await
+            .map_err(|_| missing())?;
+        let builds = self.storage.builds_of_evaluation(e.id).await?;
+        Ok((e, builds))
+    }
+
+    async fn set_evaluation_status(&self, id: EvaluationId, to: EvaluationStatus) -> Result<()> {
+        let Some(mut e) = self.storage.evaluation(id).await? else {
+            return Ok(());
+        };
+        // Walk through the intermediate states a skipped report would have set.
+        let path: &[EvaluationStatus] = match to {
+            EvaluationStatus::Evaluating => &[EvaluationStatus::Fetching, EvaluationStatus::Evaluating],
+            EvaluationStatus::Building | EvaluationStatus::Completed => &[
+                EvaluationStatus::Fetching,
+                EvaluationStatus::Evaluating,
+                EvaluationStatus::Building,
+                to,
+            ],
+            _ => std::slice::from_ref(&to),
+        };
+        let mut changed = false;
+        for step in path {
+            if e.status == *step || !e.status.can_become(*step) {
+                continue;
+            }
+            e.status = *step;
+            changed = true;
+        }
+        if changed {
+            e.updated_at = self.clock.now();
+            self.storage.update_evaluation(&e).await?;
+        }
+        Ok(())
+    }
+
+    /// Decides who runs what now and records it; answers the jobs to send.
+    pub async fn dispatch(&self, workers: Vec<WorkerInfo>, public_url: &str) -> Result<Vec<(WorkerId, proto::Job)>> {
+        let mut jobs = Vec::new();
+        for record in self.storage.queued_jobs(500).await? {
+            jobs.push(self.entry(&record).await?);
+        }
+        for w in &workers {
+            for record in self.storage.jobs_assigned_to(w.id).await? {
+                jobs.push(self.entry(&record).await?);
+            }
+        }
+        let mut available: HashMap<OrgId, HashSet<String>> = HashMap::new();
+        let mut failed: HashMap<OrgId, HashSet<String>> = HashMap::new();
+        for j in &jobs {
+            if let scheduler::Needs::Build(b) = &j.needs {
+                for input in &b.inputs {
+                    match self.storage.build(j.org, input).await? {
+                        Some(bd) if bd.status.provides_outputs() => {
+                            available.entry(j.org).or_default().insert(input.clone());
+                        }
+                        Some(bd) if bd.status.is_terminal() => {
+                            failed.entry(j.org).or_default().insert(input.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let plan = scheduler::plan(&Snapshot {
+            jobs,
+            workers,
+            available,
+            failed,
+        });
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for (job_id, worker) in plan.assignments {
+            let Some(record) = self.storage.job(job_id).await? else {
+                continue;
+            };
+            if !self.storage.assign_job(job_id, worker, now).await? {
+                continue;
+            }
+            match self.wire_job(&record, public_url).await? {
+                Some(job) => {
+                    if let JobKind::Evaluate { evaluation_id } = record.kind {
+                        self.set_evaluation_status(evaluation_id, EvaluationStatus::Fetching)
+                            .await?;
+                    } else if let JobKind::Build { derivation, .. } = &record.kind {
+                        self.move_build(record.org_id, derivation, BuildStatus::Building, None)
+                            .await?;
+                    }
+                    out.push((worker, job));
+                }
+                None => {
+                    self.storage.finish_job(job_id, worker, false).await?;
+                }
+            }
+        }
+        for job_id in plan.dependency_failed {
+            if let Some(JobRecord {
+                org_id,
+                kind: JobKind::Build { derivation, .. },
+                ..
+            }) = self.storage.job(job_id).await?
+            {
+                self.move_build(org_id, &derivation, BuildStatus::DependencyFailed, None)
+                    .await?;
+                // The queue ends jobs only from Assigned: the server takes the job itself and fails it.
+                if self.storage.assign_job(job_id, SERVER, now).await? {
+                    self.storage.finish_job(job_id, SERVER, false).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn entry(&self, record: &JobRecord) -> Result<QueueEntry> {
+        let inputs = match &record.kind {
+            JobKind::Build { derivation, .. } => self
+                .storage
+                .derivation(derivation)
+                .await?
+                .map(|d| d.inputs)
+                .unwrap_or_default(),
+            JobKind::Evaluate { .. } => Vec::new(),
+        };
+        Ok(QueueEntry::from_record(record, inputs))
+    }
+
+    /// The org's caches as substituters (with their keys) and the first one as push target.
+    async fn cache_targets(
+        &self,
+        org: OrgId,
+        public_url: &str,
+    ) -> Result<(Vec<String>, Vec<String>, Option<PushTarget>)> {
+        let caches = self.storage.subscriptions(org).await?;
+        let mut urls = Vec::new();
+        let mut keys = Vec::new();
+        for c in &caches {
+            urls.push(format!("{public_url}/cache/{}", c.name));
+            keys.push(self.cache_secret_key(c)?.public().to_string());
+        }
+        let push = caches.first().map(|c| PushTarget {
+            cache_url: format!("{public_url}/cache/{}", c.name),
+            token: self.job_tokens.issue(caches.iter().map(|c| c.id).collect()),
+        });
+        Ok((urls, keys, push))
+    }
+
+    /// The wire form of a queued job; `None` when what it refers to is gone.
+    async fn wire_job(&self, record: &JobRecord, public_url: &str) -> Result<Option<proto::Job>> {
+        let (substituters, trusted_public_keys, push) = self.cache_targets(record.org_id, public_url).await?;
+        Ok(match &record.kind {
+            JobKind::Evaluate { evaluation_id } => {
+                let Some(e) = self.storage.evaluation(*evaluation_id).await? else {
+                    return Ok(None);
+                };
+                let Some(p) = self.storage.project_by_id(e.project_id).await? else {
+                    return Ok(None);
+                };
+                Some(proto::Job::Evaluate {
+                    job_id: record.id,
+                    repository: p.repository.clone(),
+                    commit: e.commit.clone(),
+                    wildcard: p.wildcard.clone(),
+                    flake_input_overrides: p
+                        .flake_input_overrides
+                        .clone()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into()))
+                        .collect(),
+                    push,
+                })
+            }
+            JobKind::Build { derivation, .. } => {
+                let Some(d) = self.storage.derivation(derivation).await? else {
+                    return Ok(None);
+                };
+                Some(proto::Job::Build {
+                    job_id: record.id,
+                    drv_path: d.drv_path.clone(),
+                    outputs: d.outputs.clone(),
+                    substituters,
+                    trusted_public_keys,
+                    substituter_token: push.as_ref().map(|p| p.token.clone()),
+                    push,
+                    timeout_secs: None,
+                })
+            }
+        })
+    }
+
+    /// Derivations and attribute errors reported by an evaluating worker.
+    pub async fn record_eval_result(
+        &self,
+        job_id: JobId,
+        worker: WorkerId,
+        derivations: Vec<proto::EvaluatedDerivation>,
+        errors: Vec<proto::AttributeError>,
+    ) -> Result<()> {
+        let Some(JobRecord {
+            kind: JobKind::Evaluate { evaluation_id },
+            state: JobState::Assigned { worker: w, .. },
+            ..
+        }) = self.storage.job(job_id).await?
+        else {
+            return Ok(());
+        };
+        if w != worker {
+            return Ok(());
+        }
+        self.set_evaluation_status(evaluation_id, EvaluationStatus::Evaluating)
+            .await?;
+        let drvs: Vec<Derivation> = derivations
+            .iter()
+            .filter(|d| !d.system.is_empty())
+            .map(|d| Derivation {
+                drv_path: d.drv_path.clone(),
+                system: d.system.clone(),
+                required_features: d.required_features.clone(),
+                outputs: d.outputs.clone(),
+                inputs: d.input_drvs.clone(),
+            })
+            .collect();
+        self.storage.put_derivations(&drvs).await?;
+        let entries: Vec<EntryPoint> = derivations
+            .iter()
+            .filter_map(|d| {
+                d.attribute.as_ref().map(|a| EntryPoint {
+                    evaluation_id,
+                    attribute: a.clone(),
+                    drv_path: d.drv_path.clone(),
+                })
+            })
+            .collect();
+        self.storage.add_entry_points(evaluation_id, &entries).await?;
+        if !errors.is_empty()
+            && let Some(mut e) = self.storage.evaluation(evaluation_id).await?
+        {
+            e.errors
+                .extend(errors.into_iter().map(|x| crate::model::AttributeError {
+                    attribute: x.attribute,
+                    message: x.message,
+                }));
+            e.updated_at = self.clock.now();
+            self.storage.update_evaluation(&e).await?;
+        }
+        Ok(())
+    }
+
+    /// A worker finished a job.
+    pub async fn record_job_finished(
+        &self,
+        job_id: JobId,
+        worker: WorkerId,
+        outcome: JobOutcome,
+        log: Option<String>,
+    ) -> Result<()> {
+        let Some(record) = self.storage.job(job_id).await? else {
+            return Ok(());
+        };
+        let success = matches!(outcome, JobOutcome::Success);
+        if !self.storage.finish_job(job_id, worker, success).await? {
+            // Not this worker's job any more (it was lost and the job went to another): ignore.
+            return Ok(());
+        }
+        match record.kind {
+            JobKind::Evaluate { evaluation_id } => {
+                if success {
+                    self.plan_builds(record.org_id, evaluation_id).await
+                } else {
+                    let Some(mut e) = self.storage.evaluation(evaluation_id).await? else {
+                        return Ok(());
+                    };
+                    if let JobOutcome::Failed { message, .. } = outcome {
+                        e.errors.push(crate::model::AttributeError {
+                            attribute: String::new(),
+                            message,
+                        });
+                    }
+                    if e.status == EvaluationStatus::Queued {
+                        e.status = EvaluationStatus::Fetching;
+                    }
+                    if e.status.can_become(EvaluationStatus::Failed) {
+                        e.status = EvaluationStatus::Failed;
+                    }
+                    e.updated_at = self.clock.now();
+                    self.storage.update_evaluation(&e).await?;
+                    Ok(())
+                }
+            }
+            JobKind::Build { derivation, .. } => {
+                let status = if success {
+                    BuildStatus::Completed
+                } else {
+                    BuildStatus::Failed
+                };
+                self.move_build(record.org_id, &derivation, status, log).await?;
+                if !success {
+                    self.fail_dependents(record.org_id, &derivation).await?;
+                }
+                for e in self.storage.evaluations_needing(record.org_id, &derivation).await? {
+                    self.settle_evaluation(e).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// After an evaluation: the builds of the closure of its entry points.
+    async fn plan_builds(&self, org: OrgId, evaluation_id: EvaluationId) -> Result<()> {
+        let entries = self.storage.entry_points(evaluation_id).await?;
+        let mut closure: BTreeSet<String> = BTreeSet::new();
+        let mut todo: Vec<String> = entries.iter().map(|e| e.drv_path.clone()).collect();
+        let mut derivations = HashMap::new();
+        while let Some(drv) = todo.pop() {
+            if !closure.insert(drv.clone()) {
+                continue;
+            }
+            if let Some(d) = self.storage.derivation(&drv).await? {
+                todo.extend(d.inputs.iter().cloned());
+                derivations.insert(drv, d);
+            }
+        }
+        let drvs: Vec<String> = closure.into_iter().filter(|d| derivations.contains_key(d)).collect();
+        let now = self.clock.now();
+        let builds = self.storage.link_builds(evaluation_id, org, &drvs, now).await?;
+        self.set_evaluation_status(evaluation_id, EvaluationStatus::Building)
+            .await?;
+        for b in builds {
+            if b.status != BuildStatus::Queued {
+                continue;
+            }
+            let Some(d) = derivations.get(&b.drv_path) else {
+                continue;
+            };
+            if self.outputs_cached(org, d).await? {
+                self.move_build(org, &b.drv_path, BuildStatus::Substituted, None)
+                    .await?;
+                continue;
+            }
+            let job = JobRecord {
+                id: JobId::new(),
+                org_id: org,
+                kind: JobKind::Build {
+                    derivation: d.drv_path.clone(),
+                    system: d.system.clone(),
+                    required_features: d.required_features.clone(),
+                },
+                state: JobState::Queued,
+                created_at: now,
+                attempts: 0,
+            };
+            self.storage.enqueue_job(&job).await?;
+        }
+        self.settle_evaluation(evaluation_id).await
+    }
+
+    /// Whether every output of the derivation is in one of the org's caches.
+    async fn outputs_cached(&self, org: OrgId, d: &Derivation) -> Result<bool> {
+        if d.outputs.is_empty() {
+            return Ok(false);
+        }
+        let caches = self.storage.subscriptions(org).await?;
+        for path in d.outputs.values() {
+            let hash = path.trim_start_matches("/nix/store/").get(..32).unwrap_or_default();
+            let mut found = false;
+            for c in &caches {
+                if self.storage.cached_path(c.id, hash).await?.is_some() {
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn move_build(&self, org: OrgId, drv: &str, to: BuildStatus, log: Option<String>) -> Result<()> {
+        let Some(mut b) = self.storage.build(org, drv).await? else {
+            return Ok(());
+        };
+        if b.status == to || !b.status.can_become(to) {
+            return Ok(());
+        }
+        b.status = to;
+        if let Some(mut log) = log {
+            if log.len() > MAX_LOG_BYTES {
+                let cut = log.len() - MAX_LOG_BYTES;
+                let cut = (cut..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(cut);
+                log = format!("[… {cut} earlier bytes of the log were dropped …]\n{}", &log[cut..]);
+            }
+            b.log = Some(log);
+        }
+        b.updated_at = self.clock.now();
+        self.storage.update_build(&b).await?;
+        Ok(())
+    }
+
+    /// Marks every queued build depending (transitively) on `failed` as DependencyFailed.
+    async fn fail_dependents(&self, org: OrgId, failed: &str) -> Result<()> {
+        let mut todo = vec![failed.to_owned()];
+        let mut seen = HashSet::new();
+        while let Some(drv) = todo.pop() {
+            if !seen.insert(drv.clone()) {
+                continue;
+            }
+            for e in self.storage.evaluations_needing(org, &drv).await? {
+                for b in self.storage.builds_of_evaluation(e).await? {
+                    if b.status != BuildStatus::Queued {
+                        continue;
+                    }
+                    let depends = self
+                        .storage
+                        .derivation(&b.drv_path)
+                        .await?
+                        .is_some_and(|d| d.inputs.contains(&drv));
+                    if depends {
+                        self.move_build(org, &b.drv_path, BuildStatus::DependencyFailed, None)
+                            .await?;
+                        todo.push(b.drv_path.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes (or fails) an evaluation whose builds have all ended.
+    async fn settle_evaluation(&self, id: EvaluationId) -> Result<()> {
+        let Some(e) = self.storage.evaluation(id).await? else {
+            return Ok(());
+        };
+        if e.status != EvaluationStatus::Building {
+            return Ok(());
+        }
+        let builds = self.storage.builds_of_evaluation(id).await?;
+        if builds.iter().any(|b| !b.status.is_terminal()) {
+            return Ok(());
+        }
+        let ok = builds.iter().all(|b| b.status.provides_outputs()) && e.errors.is_empty();
+        self.set_evaluation_status(
+            id,
+            if ok {
+                EvaluationStatus::Completed
+            } else {
+                EvaluationStatus::Failed
+            },
+        )
+        .await
+    }
+}

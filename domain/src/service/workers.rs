@@ -1,0 +1,147 @@
+//! Registering workers under an organization: a registration (peer) binds a worker id to the org and
+//! holds the hash of a token only the worker knows; the worker proves it on every connection.
+
+use super::{Caller, Gradient, Result, ServiceError};
+use crate::model::WorkerRegistration;
+use crate::permissions::Permission;
+use crate::ports::{Clock, Storage, StorageError};
+use crate::{PeerId, WorkerId};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rand::RngCore;
+
+/// Tokens are at least this many random bytes.
+pub const MIN_TOKEN_BYTES: usize = 32;
+
+/// A new registration; `token` is in the answer only when the server generated it.
+pub struct NewRegistration {
+    pub registration: WorkerRegistration,
+    pub token: Option<String>,
+}
+
+/// Parses a worker id: a version 4 UUID, as workers generate for themselves.
+pub fn parse_worker_id(s: &str) -> Result<WorkerId> {
+    match uuid::Uuid::parse_str(s.trim()) {
+        Ok(id) if id.get_version_num() == 4 => Ok(WorkerId(id)),
+        Ok(_) => Err(ServiceError::invalid(
+            "invalid_worker_id",
+            format!("'{s}' is a UUID but not a version 4 one"),
+        )),
+        Err(_) => Err(ServiceError::invalid(
+            "invalid_worker_id",
+            format!("'{s}' is not a UUID"),
+        )),
+    }
+}
+
+/// Checks a caller-supplied token: base64 (as `openssl rand -base64 48` prints) of at least 32 bytes.
+pub fn check_token(token: &str) -> Result<()> {
+    match STANDARD.decode(token.trim()) {
+        Ok(bytes) if bytes.len() >= MIN_TOKEN_BYTES => Ok(()),
+        Ok(bytes) => Err(ServiceError::invalid(
+            "invalid_token",
+            format!(
+                "the token holds {} bytes; use at least {MIN_TOKEN_BYTES} (openssl rand -base64 48)",
+                bytes.len()
+            ),
+        )),
+        Err(_) => Err(ServiceError::invalid(
+            "invalid_token",
+            "the token is not base64 (openssl rand -base64 48)",
+        )),
+    }
+}
+
+/// 48 random bytes, base64.
+pub fn generate_token() -> String {
+    let mut raw = [0u8; 48];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    STANDARD.encode(raw)
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    pub async fn register_worker(
+        &self,
+        caller: &Caller,
+        org: &str,
+        worker_id: &str,
+        token: Option<String>,
+    ) -> Result<NewRegistration> {
+        let org = self.org_requiring(caller, org, Permission::ManageWorkers).await?;
+        let worker_id = parse_worker_id(worker_id)?;
+        let (token, shown) = match token {
+            Some(t) => {
+                check_token(&t)?;
+                (t.trim().to_owned(), None)
+            }
+            None => {
+                let t = generate_token();
+                (t.clone(), Some(t))
+            }
+        };
+        let registration = WorkerRegistration {
+            peer_id: PeerId::new(),
+            org_id: org.id,
+            worker_id,
+            token_hash: crate::auth::sha256_hex(token.as_bytes()),
+            created_at: self.clock.now(),
+        };
+        self.storage
+            .create_worker_registration(&registration)
+            .await
+            .map_err(|e| match e {
+                StorageError::Conflict(_) => ServiceError::conflict(
+                    "worker_registered",
+                    format!("worker {worker_id} is already registered in '{}'", org.name),
+                ),
+                other => other.into(),
+            })?;
+        Ok(NewRegistration {
+            registration,
+            token: shown,
+        })
+    }
+
+    pub async fn worker_registrations(&self, caller: &Caller, org: &str) -> Result<Vec<WorkerRegistration>> {
+        let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        Ok(self.storage.worker_registrations(org.id).await?)
+    }
+
+    /// Deletes a registration; the caller disconnects the worker's link for it.
+    pub async fn delete_worker_registration(&self, caller: &Caller, org: &str, peer: &str) -> Result<PeerId> {
+        let org = self.org_requiring(caller, org, Permission::ManageWorkers).await?;
+        let missing = || ServiceError::NotFound(format!("no worker registration {peer} in '{}'", org.name));
+        let peer = uuid::Uuid::parse_str(peer).map(PeerId).map_err(|_| missing())?;
+        if self.storage.delete_worker_registration(org.id, peer).await? {
+            Ok(peer)
+        } else {
+            Err(missing())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ids_must_be_v4() {
+        assert!(parse_worker_id("550e8400-e29b-41d4-a716-446655440001").is_ok());
+        assert_eq!(
+            parse_worker_id("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+                .unwrap_err()
+                .code(),
+            "invalid_worker_id"
+        );
+        assert_eq!(parse_worker_id("worker-1").unwrap_err().code(), "invalid_worker_id");
+    }
+
+    #[test]
+    fn tokens() {
+        let t = generate_token();
+        assert_eq!(t.len(), 64);
+        assert!(check_token(&t).is_ok());
+        assert_eq!(check_token("c2hvcnQ=").unwrap_err().code(), "invalid_token");
+        assert_eq!(check_token("not base64!").unwrap_err().code(), "invalid_token");
+    }
+}

@@ -1,0 +1,892 @@
+//! Evaluations, derivations, entry points and builds.
+
+use super::support::{conflict, derivation as drv_path, now, org, project, seconds, user};
+use gradient_domain::model::{AttributeError, Build, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp};
+use gradient_domain::ports::{Storage, StorageError};
+use gradient_domain::status::{BuildStatus, EvaluationStatus};
+use gradient_domain::{EvaluationId, OrgId, ProjectId};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A queued evaluation of `project`, created now, with a branch and no errors.
+fn new_evaluation(project: ProjectId) -> Evaluation {
+    let created_at = now();
+    Evaluation {
+        id: EvaluationId::new(),
+        project_id: project,
+        commit: format!(
+            "{}{}",
+            Uuid::new_v4().simple(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        ),
+        branch: Some("main".to_owned()),
+        trigger: EvaluationTrigger::Poll,
+        status: EvaluationStatus::Queued,
+        errors: Vec::new(),
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+async fn evaluation<S: Storage>(s: &S, project: ProjectId) -> Evaluation {
+    let evaluation = new_evaluation(project);
+    s.create_evaluation(&evaluation)
+        .await
+        .expect("create_evaluation of a new evaluation succeeds");
+    evaluation
+}
+
+/// A fresh derivation named `name` with two outputs, one input and a required feature.
+fn new_derivation(name: &str) -> Derivation {
+    let path = drv_path(name);
+    let hash = &path["/nix/store/".len().."/nix/store/".len() + 32];
+    Derivation {
+        outputs: BTreeMap::from([
+            ("out".to_owned(), format!("/nix/store/{hash}-{name}")),
+            ("dev".to_owned(), format!("/nix/store/{hash}-{name}-dev")),
+        ]),
+        drv_path: path,
+        system: "x86_64-linux".to_owned(),
+        required_features: vec!["kvm".to_owned(), "big-parallel".to_owned()],
+        inputs: vec![drv_path("glibc"), drv_path("bash")],
+    }
+}
+
+/// Stores fresh derivations named `names` and answers their paths, in the same order.
+async fn derivations<S: Storage>(s: &S, names: &[&str]) -> Vec<String> {
+    let derivations: Vec<Derivation> = names.iter().map(|n| new_derivation(n)).collect();
+    s.put_derivations(&derivations).await.expect("put_derivations");
+    derivations.into_iter().map(|d| d.drv_path).collect()
+}
+
+fn entry_point(evaluation: EvaluationId, attribute: &str, drv_path: &str) -> EntryPoint {
+    EntryPoint {
+        evaluation_id: evaluation,
+        attribute: attribute.to_owned(),
+        drv_path: drv_path.to_owned(),
+    }
+}
+
+fn queued(org: OrgId, drv_path: &str, at: Timestamp) -> Build {
+    Build {
+        org_id: org,
+        drv_path: drv_path.to_owned(),
+        status: BuildStatus::Queued,
+        log: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// `paths` sorted bytewise, as lists of builds are.
+fn sorted(paths: &[&String]) -> Vec<String> {
+    let mut paths: Vec<String> = paths.iter().map(|p| (*p).clone()).collect();
+    paths.sort();
+    paths
+}
+
+/// An evaluation reads back whole, with or without a branch and errors, for every trigger and status.
+pub async fn evaluation_round_trips<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let mut full = new_evaluation(app.id);
+    full.trigger = EvaluationTrigger::Webhook;
+    full.status = EvaluationStatus::Building;
+    full.branch = Some("feature/ünïcode".to_owned());
+    full.errors = vec![
+        AttributeError {
+            attribute: "packages.x86_64-linux.broken".to_owned(),
+            message: "error: attribute 'foo' missing\n  at «string»:1:1".to_owned(),
+        },
+        AttributeError {
+            attribute: "checks.x86_64-linux.\"quoted\"".to_owned(),
+            message: String::new(),
+        },
+    ];
+    full.updated_at = full.created_at + seconds(5);
+    let mut bare = new_evaluation(app.id);
+    bare.branch = None;
+    bare.trigger = EvaluationTrigger::Manual;
+    for status in EvaluationStatus::ALL {
+        let mut evaluation = new_evaluation(app.id);
+        evaluation.status = status;
+        s.create_evaluation(&evaluation).await.expect("create_evaluation");
+        assert_eq!(
+            s.evaluation(evaluation.id).await.expect("evaluation"),
+            Some(evaluation),
+            "evaluation with status {status:?}"
+        );
+    }
+    for evaluation in [&full, &bare] {
+        s.create_evaluation(evaluation).await.expect("create_evaluation");
+        assert_eq!(
+            s.evaluation(evaluation.id).await.expect("evaluation"),
+            Some(evaluation.clone()),
+            "evaluation by id"
+        );
+    }
+}
+
+/// Absent evaluations, derivations and builds are None; lists about unknown rows are empty.
+pub async fn absent_evaluation_rows_are_none<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let unknown = EvaluationId::new();
+    assert_eq!(s.evaluation(unknown).await.expect("evaluation"), None, "evaluation");
+    assert_eq!(
+        s.evaluations(ProjectId::new(), 10).await.expect("evaluations"),
+        vec![],
+        "evaluations of an unknown project"
+    );
+    let path = drv_path("nothing");
+    assert_eq!(s.derivation(&path).await.expect("derivation"), None, "derivation");
+    assert_eq!(s.build(acme.id, &path).await.expect("build"), None, "build");
+    assert_eq!(
+        s.entry_points(unknown).await.expect("entry_points"),
+        vec![],
+        "entry points"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(unknown).await.expect("builds_of_evaluation"),
+        vec![],
+        "builds of an unknown evaluation"
+    );
+    assert_eq!(
+        s.evaluations_needing(acme.id, &path)
+            .await
+            .expect("evaluations_needing"),
+        vec![],
+        "evaluations needing an unknown build"
+    );
+    assert!(
+        !s.delete_evaluation(unknown).await.expect("delete_evaluation"),
+        "delete absent"
+    );
+}
+
+/// An evaluation of an unknown project is NotFound; a taken id is Conflict("evaluation id") and changes nothing.
+pub async fn evaluation_of_unknown_project_is_not_found_and_taken_id_conflicts<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let orphan = new_evaluation(ProjectId::new());
+    assert_eq!(
+        s.create_evaluation(&orphan).await,
+        Err(StorageError::NotFound),
+        "create_evaluation, unknown project"
+    );
+    assert_eq!(
+        s.evaluation(orphan.id).await.expect("evaluation"),
+        None,
+        "no row for it"
+    );
+    let original = evaluation(s, app.id).await;
+    let mut copy = new_evaluation(app.id);
+    copy.id = original.id;
+    copy.commit = "0".repeat(40);
+    assert_eq!(
+        s.create_evaluation(&copy).await,
+        Err(conflict("evaluation id")),
+        "create_evaluation, taken id"
+    );
+    assert_eq!(
+        s.evaluation(original.id).await.expect("evaluation"),
+        Some(original),
+        "the original is unchanged"
+    );
+}
+
+/// A project's evaluations are listed newest first (ties by id, descending), at most `limit`, and only its own.
+pub async fn evaluations_are_listed_newest_first_and_limited<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let other = project(s, acme.id, "other", alice.id).await;
+    let base = now();
+    let mut made = Vec::new();
+    for offset in [3, 1, 5, 5, 2] {
+        let mut evaluation = new_evaluation(app.id);
+        evaluation.created_at = base + seconds(offset);
+        evaluation.updated_at = evaluation.created_at;
+        s.create_evaluation(&evaluation).await.expect("create_evaluation");
+        made.push(evaluation);
+    }
+    evaluation(s, other.id).await;
+    let mut expected = made.clone();
+    expected.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+    assert_eq!(
+        s.evaluations(app.id, 10).await.expect("evaluations"),
+        expected,
+        "newest first, ties by id descending"
+    );
+    assert_eq!(
+        s.evaluations(app.id, 2).await.expect("evaluations"),
+        expected[..2].to_vec(),
+        "limited"
+    );
+    assert_eq!(s.evaluations(app.id, 0).await.expect("evaluations"), vec![], "limit 0");
+}
+
+/// update_evaluation changes status, errors and updated_at only; an absent evaluation is NotFound.
+pub async fn update_evaluation_changes_only_status_errors_and_update_time<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let other = project(s, acme.id, "other", alice.id).await;
+    let original = evaluation(s, app.id).await;
+    let changed = Evaluation {
+        id: original.id,
+        project_id: other.id,
+        commit: "f".repeat(40),
+        branch: None,
+        trigger: EvaluationTrigger::Manual,
+        status: EvaluationStatus::Evaluating,
+        errors: vec![AttributeError {
+            attribute: "packages.x86_64-linux.bad".to_owned(),
+            message: "infinite recursion".to_owned(),
+        }],
+        created_at: original.created_at - seconds(100),
+        updated_at: original.updated_at + seconds(7),
+    };
+    s.update_evaluation(&changed).await.expect("update_evaluation");
+    let expected = Evaluation {
+        status: changed.status,
+        errors: changed.errors.clone(),
+        updated_at: changed.updated_at,
+        ..original.clone()
+    };
+    assert_eq!(
+        s.evaluation(original.id).await.expect("evaluation"),
+        Some(expected.clone()),
+        "only status, errors and updated_at change"
+    );
+    let cleared = Evaluation {
+        errors: Vec::new(),
+        ..expected.clone()
+    };
+    s.update_evaluation(&cleared).await.expect("update_evaluation");
+    assert_eq!(
+        s.evaluation(original.id).await.expect("evaluation"),
+        Some(cleared),
+        "errors cleared"
+    );
+    let absent = new_evaluation(app.id);
+    assert_eq!(
+        s.update_evaluation(&absent).await,
+        Err(StorageError::NotFound),
+        "update_evaluation, absent"
+    );
+    assert_eq!(
+        s.evaluation(absent.id).await.expect("evaluation"),
+        None,
+        "no row created"
+    );
+}
+
+/// A derivation reads back whole, with or without features, outputs and inputs.
+pub async fn derivation_round_trips<S: Storage>(s: &S) {
+    let full = new_derivation("hello");
+    let bare = Derivation {
+        drv_path: drv_path("bare"),
+        system: "builtin".to_owned(),
+        required_features: Vec::new(),
+        outputs: BTreeMap::new(),
+        inputs: Vec::new(),
+    };
+    s.put_derivations(&[full.clone(), bare.clone()])
+        .await
+        .expect("put_derivations");
+    for derivation in [full, bare] {
+        assert_eq!(
+            s.derivation(&derivation.drv_path).await.expect("derivation"),
+            Some(derivation.clone()),
+            "derivation by path"
+        );
+    }
+    s.put_derivations(&[]).await.expect("put_derivations of nothing");
+}
+
+/// put_derivations skips paths already stored (the stored derivation is kept; within one call the first of a
+/// path wins) and stores the rest; putting the same derivations again changes nothing.
+pub async fn put_derivations_ignores_stored_paths<S: Storage>(s: &S) {
+    let stored = new_derivation("stored");
+    s.put_derivations(std::slice::from_ref(&stored))
+        .await
+        .expect("put_derivations");
+    let mut rewritten = stored.clone();
+    rewritten.system = "aarch64-linux".to_owned();
+    rewritten.inputs = Vec::new();
+    let fresh = new_derivation("fresh");
+    let mut fresh_again = fresh.clone();
+    fresh_again.system = "i686-linux".to_owned();
+    s.put_derivations(&[rewritten, fresh.clone(), fresh_again])
+        .await
+        .expect("put_derivations with stored paths");
+    assert_eq!(
+        s.derivation(&stored.drv_path).await.expect("derivation"),
+        Some(stored.clone()),
+        "a stored derivation is kept"
+    );
+    assert_eq!(
+        s.derivation(&fresh.drv_path).await.expect("derivation"),
+        Some(fresh.clone()),
+        "a new one is stored, the first of its path"
+    );
+    s.put_derivations(&[stored.clone(), fresh.clone()])
+        .await
+        .expect("put_derivations again");
+    assert_eq!(
+        s.derivation(&stored.drv_path).await.expect("derivation"),
+        Some(stored),
+        "unchanged"
+    );
+    assert_eq!(
+        s.derivation(&fresh.drv_path).await.expect("derivation"),
+        Some(fresh),
+        "unchanged"
+    );
+}
+
+/// Entry points read back by attribute, per evaluation; recording an attribute again replaces its derivation.
+pub async fn entry_points_round_trip_by_attribute<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let first = evaluation(s, app.id).await;
+    let second = evaluation(s, app.id).await;
+    let paths = derivations(s, &["hello", "world", "check"]).await;
+    let hello = entry_point(first.id, "packages.x86_64-linux.hello", &paths[0]);
+    let world = entry_point(first.id, "packages.x86_64-linux.world", &paths[1]);
+    let check = entry_point(first.id, "checks.x86_64-linux.test", &paths[2]);
+    s.add_entry_points(first.id, &[world.clone(), hello.clone()])
+        .await
+        .expect("add_entry_points");
+    s.add_entry_points(first.id, std::slice::from_ref(&check))
+        .await
+        .expect("add_entry_points");
+    s.add_entry_points(first.id, &[])
+        .await
+        .expect("add_entry_points of nothing");
+    let theirs = entry_point(second.id, "packages.x86_64-linux.hello", &paths[0]);
+    s.add_entry_points(second.id, std::slice::from_ref(&theirs))
+        .await
+        .expect("add_entry_points");
+    assert_eq!(
+        s.entry_points(first.id).await.expect("entry_points"),
+        vec![check.clone(), hello.clone(), world.clone()],
+        "the evaluation's entry points, by attribute"
+    );
+    assert_eq!(
+        s.entry_points(second.id).await.expect("entry_points"),
+        vec![theirs],
+        "the other evaluation's"
+    );
+    let moved = entry_point(first.id, &hello.attribute, &paths[1]);
+    s.add_entry_points(first.id, std::slice::from_ref(&moved))
+        .await
+        .expect("add_entry_points, attribute again");
+    assert_eq!(
+        s.entry_points(first.id).await.expect("entry_points"),
+        vec![check, moved, world],
+        "an attribute recorded again has its new derivation"
+    );
+}
+
+/// Entry points of an unknown evaluation or derivation are NotFound, and one naming another evaluation is
+/// Conflict("entry point evaluation"); either way nothing of the batch is recorded.
+pub async fn entry_points_with_unknown_references_are_refused<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["hello"]).await;
+    let unknown = EvaluationId::new();
+    assert_eq!(
+        s.add_entry_points(unknown, &[entry_point(unknown, "a", &paths[0])])
+            .await,
+        Err(StorageError::NotFound),
+        "unknown evaluation"
+    );
+    assert_eq!(
+        s.add_entry_points(unknown, &[]).await,
+        Err(StorageError::NotFound),
+        "unknown evaluation, no entry points"
+    );
+    let good = entry_point(eval.id, "a", &paths[0]);
+    let missing = entry_point(eval.id, "b", &drv_path("missing"));
+    assert_eq!(
+        s.add_entry_points(eval.id, &[good.clone(), missing]).await,
+        Err(StorageError::NotFound),
+        "unknown derivation"
+    );
+    assert_eq!(
+        s.add_entry_points(eval.id, &[good, entry_point(unknown, "c", &paths[0])])
+            .await,
+        Err(conflict("entry point evaluation")),
+        "an entry point of another evaluation"
+    );
+    assert_eq!(
+        s.entry_points(eval.id).await.expect("entry_points"),
+        vec![],
+        "nothing recorded"
+    );
+}
+
+/// link_builds creates the organization's build once, however many of its evaluations link it, and
+/// another organization gets its own; builds are answered and listed by path, each once.
+pub async fn link_builds_builds_once_per_org<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let theirs = project(s, other.id, "theirs", alice.id).await;
+    let first = evaluation(s, app.id).await;
+    let mut second = new_evaluation(app.id);
+    second.created_at = first.created_at + seconds(1);
+    s.create_evaluation(&second).await.expect("create_evaluation");
+    let foreign = evaluation(s, theirs.id).await;
+    let paths = derivations(s, &["zlib", "hello", "shared"]).await;
+    let (zlib, hello, shared) = (&paths[0], &paths[1], &paths[2]);
+    let t1 = now();
+    let t2 = t1 + seconds(60);
+
+    let linked = s
+        .link_builds(first.id, acme.id, &[zlib.clone(), shared.clone(), zlib.clone()], t1)
+        .await
+        .expect("link_builds");
+    let expected_first: Vec<Build> = sorted(&[zlib, shared]).iter().map(|p| queued(acme.id, p, t1)).collect();
+    assert_eq!(linked, expected_first, "new builds are queued, by path, each once");
+
+    let linked = s
+        .link_builds(second.id, acme.id, &[shared.clone(), hello.clone()], t2)
+        .await
+        .expect("link_builds");
+    let expected_second: Vec<Build> = sorted(&[hello, shared])
+        .iter()
+        .map(|p| {
+            if p == shared {
+                queued(acme.id, p, t1)
+            } else {
+                queued(acme.id, p, t2)
+            }
+        })
+        .collect();
+    assert_eq!(linked, expected_second, "the shared build is the one already created");
+
+    let linked = s
+        .link_builds(foreign.id, other.id, std::slice::from_ref(shared), t2)
+        .await
+        .expect("link_builds");
+    assert_eq!(
+        linked,
+        vec![queued(other.id, shared, t2)],
+        "another org has its own build"
+    );
+
+    assert_eq!(
+        s.build(acme.id, shared).await.expect("build"),
+        Some(queued(acme.id, shared, t1)),
+        "acme's build"
+    );
+    assert_eq!(
+        s.build(other.id, shared).await.expect("build"),
+        Some(queued(other.id, shared, t2)),
+        "the other org's build"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(first.id).await.expect("builds_of_evaluation"),
+        expected_first,
+        "the first evaluation's builds"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(second.id).await.expect("builds_of_evaluation"),
+        expected_second,
+        "the second evaluation's builds"
+    );
+    assert_eq!(
+        s.evaluations_needing(acme.id, shared)
+            .await
+            .expect("evaluations_needing"),
+        vec![first.id, second.id],
+        "both acme evaluations need the shared build, oldest first"
+    );
+    assert_eq!(
+        s.evaluations_needing(acme.id, hello)
+            .await
+            .expect("evaluations_needing"),
+        vec![second.id],
+        "only the second needs hello"
+    );
+    assert_eq!(
+        s.evaluations_needing(other.id, shared)
+            .await
+            .expect("evaluations_needing"),
+        vec![foreign.id],
+        "the other org's evaluation needs its own build"
+    );
+
+    let again = s
+        .link_builds(first.id, acme.id, &[zlib.clone(), shared.clone()], t2)
+        .await
+        .expect("link_builds again");
+    assert_eq!(again, expected_first, "linking again changes nothing");
+    assert_eq!(
+        s.builds_of_evaluation(first.id).await.expect("builds_of_evaluation"),
+        expected_first,
+        "still linked once"
+    );
+    assert_eq!(
+        s.link_builds(first.id, acme.id, &[], t2)
+            .await
+            .expect("link_builds of nothing"),
+        vec![],
+        "linking nothing"
+    );
+}
+
+/// link_builds answers an existing build as stored: its status and log are kept.
+pub async fn link_builds_returns_existing_status<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let first = evaluation(s, app.id).await;
+    let second = evaluation(s, app.id).await;
+    let paths = derivations(s, &["done", "new"]).await;
+    let t1 = now();
+    s.link_builds(first.id, acme.id, std::slice::from_ref(&paths[0]), t1)
+        .await
+        .expect("link_builds");
+    let done = Build {
+        status: BuildStatus::Completed,
+        log: Some("built in 3s".to_owned()),
+        updated_at: t1 + seconds(3),
+        ..queued(acme.id, &paths[0], t1)
+    };
+    s.update_build(&done).await.expect("update_build");
+    let t2 = t1 + seconds(60);
+    let linked = s
+        .link_builds(second.id, acme.id, &paths, t2)
+        .await
+        .expect("link_builds");
+    let mut expected = vec![done, queued(acme.id, &paths[1], t2)];
+    expected.sort_by(|a, b| a.drv_path.cmp(&b.drv_path));
+    assert_eq!(
+        linked, expected,
+        "the completed build stays completed; the new one is queued"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(second.id).await.expect("builds_of_evaluation"),
+        expected,
+        "the second evaluation's builds"
+    );
+}
+
+/// link_builds with an unknown evaluation, organization or derivation is NotFound and creates and links nothing.
+pub async fn link_builds_with_unknown_references_is_not_found<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["good"]).await;
+    let good = &paths[0];
+    let at = now();
+    assert_eq!(
+        s.link_builds(EvaluationId::new(), acme.id, std::slice::from_ref(good), at)
+            .await,
+        Err(StorageError::NotFound),
+        "unknown evaluation"
+    );
+    assert_eq!(
+        s.link_builds(EvaluationId::new(), acme.id, &[], at).await,
+        Err(StorageError::NotFound),
+        "unknown evaluation, no paths"
+    );
+    assert_eq!(
+        s.link_builds(eval.id, OrgId::new(), std::slice::from_ref(good), at)
+            .await,
+        Err(StorageError::NotFound),
+        "unknown organization"
+    );
+    assert_eq!(
+        s.link_builds(eval.id, OrgId::new(), &[], at).await,
+        Err(StorageError::NotFound),
+        "unknown organization, no paths"
+    );
+    assert_eq!(
+        s.link_builds(eval.id, acme.id, &[good.clone(), drv_path("missing")], at)
+            .await,
+        Err(StorageError::NotFound),
+        "unknown derivation"
+    );
+    assert_eq!(s.build(acme.id, good).await.expect("build"), None, "no build created");
+    assert_eq!(
+        s.builds_of_evaluation(eval.id).await.expect("builds_of_evaluation"),
+        vec![],
+        "nothing linked"
+    );
+}
+
+/// update_build changes status, log and updated_at only; a build the organization does not have is NotFound.
+pub async fn update_build_changes_only_status_log_and_update_time<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["big-log"]).await;
+    let at = now();
+    let original = queued(acme.id, &paths[0], at);
+    s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds");
+    // A large log (a tail of some 256 KiB, multi-line, non-ASCII) survives.
+    let log: String = (0..4096).map(|i| format!("line {i:05} — building… ✓\n")).collect();
+    let changed = Build {
+        status: BuildStatus::Failed,
+        log: Some(log),
+        created_at: at - seconds(100),
+        updated_at: at + seconds(30),
+        ..original.clone()
+    };
+    s.update_build(&changed).await.expect("update_build");
+    let expected = Build {
+        created_at: original.created_at,
+        ..changed.clone()
+    };
+    assert_eq!(
+        s.build(acme.id, &paths[0]).await.expect("build"),
+        Some(expected.clone()),
+        "only status, log and updated_at change"
+    );
+    let cleared = Build {
+        status: BuildStatus::Aborted,
+        log: None,
+        ..expected
+    };
+    s.update_build(&cleared).await.expect("update_build");
+    assert_eq!(
+        s.build(acme.id, &paths[0]).await.expect("build"),
+        Some(cleared.clone()),
+        "log cleared"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(eval.id).await.expect("builds_of_evaluation"),
+        vec![cleared],
+        "the evaluation sees the updated build"
+    );
+    let elsewhere = Build {
+        org_id: other.id,
+        ..changed
+    };
+    assert_eq!(
+        s.update_build(&elsewhere).await,
+        Err(StorageError::NotFound),
+        "update_build, another org's (absent) build"
+    );
+    assert_eq!(
+        s.build(other.id, &paths[0]).await.expect("build"),
+        None,
+        "no row created"
+    );
+}
+
+/// Every build status reads back.
+pub async fn build_statuses_round_trip<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["status"]).await;
+    let at = now();
+    s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds");
+    for status in BuildStatus::ALL {
+        let build = Build {
+            status,
+            ..queued(acme.id, &paths[0], at)
+        };
+        s.update_build(&build).await.expect("update_build");
+        assert_eq!(
+            s.build(acme.id, &paths[0]).await.expect("build"),
+            Some(build),
+            "build with status {status:?}"
+        );
+    }
+}
+
+/// Deleting an evaluation deletes its entry points and links, but not the derivations or the builds, which
+/// other evaluations still need.
+pub async fn delete_evaluation_removes_its_entry_points_and_links<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let doomed = evaluation(s, app.id).await;
+    let kept = evaluation(s, app.id).await;
+    let paths = derivations(s, &["shared"]).await;
+    let shared = &paths[0];
+    let at = now();
+    for eval in [&doomed, &kept] {
+        s.add_entry_points(
+            eval.id,
+            &[entry_point(eval.id, "packages.x86_64-linux.default", shared)],
+        )
+        .await
+        .expect("add_entry_points");
+        s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds");
+    }
+    assert!(
+        s.delete_evaluation(doomed.id).await.expect("delete_evaluation"),
+        "deleted"
+    );
+    assert_eq!(
+        s.evaluation(doomed.id).await.expect("evaluation"),
+        None,
+        "evaluation gone"
+    );
+    assert_eq!(
+        s.entry_points(doomed.id).await.expect("entry_points"),
+        vec![],
+        "its entry points"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(doomed.id).await.expect("builds_of_evaluation"),
+        vec![],
+        "its links"
+    );
+    assert_eq!(
+        s.evaluations_needing(acme.id, shared)
+            .await
+            .expect("evaluations_needing"),
+        vec![kept.id],
+        "only the kept evaluation needs the build"
+    );
+    assert!(
+        s.derivation(shared).await.expect("derivation").is_some(),
+        "derivation kept"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(kept.id).await.expect("builds_of_evaluation"),
+        vec![queued(acme.id, shared, at)],
+        "the build is kept"
+    );
+    assert_eq!(
+        s.entry_points(kept.id).await.expect("entry_points").len(),
+        1,
+        "the other evaluation's entry points are kept"
+    );
+    assert!(
+        !s.delete_evaluation(doomed.id).await.expect("delete_evaluation"),
+        "already gone"
+    );
+}
+
+/// Deleting a project deletes its evaluations with their entry points and links; the organization's builds and
+/// other projects' evaluations stay.
+pub async fn delete_project_removes_its_evaluations<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let doomed = project(s, acme.id, "doomed", alice.id).await;
+    let kept = project(s, acme.id, "kept", alice.id).await;
+    let gone = evaluation(s, doomed.id).await;
+    let stays = evaluation(s, kept.id).await;
+    let paths = derivations(s, &["shared"]).await;
+    let shared = &paths[0];
+    let at = now();
+    for eval in [&gone, &stays] {
+        s.add_entry_points(
+            eval.id,
+            &[entry_point(eval.id, "packages.x86_64-linux.default", shared)],
+        )
+        .await
+        .expect("add_entry_points");
+        s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds");
+    }
+    assert!(s.delete_project(doomed.id).await.expect("delete_project"), "deleted");
+    assert_eq!(s.evaluation(gone.id).await.expect("evaluation"), None, "its evaluation");
+    assert_eq!(
+        s.evaluations(doomed.id, 10).await.expect("evaluations"),
+        vec![],
+        "its evaluations"
+    );
+    assert_eq!(
+        s.entry_points(gone.id).await.expect("entry_points"),
+        vec![],
+        "its entry points"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(gone.id).await.expect("builds_of_evaluation"),
+        vec![],
+        "its links"
+    );
+    assert_eq!(
+        s.evaluations_needing(acme.id, shared)
+            .await
+            .expect("evaluations_needing"),
+        vec![stays.id],
+        "the other project's evaluation still needs the build"
+    );
+    assert_eq!(
+        s.evaluation(stays.id).await.expect("evaluation"),
+        Some(stays),
+        "the other project's evaluation is kept"
+    );
+    assert_eq!(
+        s.build(acme.id, shared).await.expect("build"),
+        Some(queued(acme.id, shared, at)),
+        "the org's build is kept"
+    );
+}
+
+/// Deleting an organization deletes its projects' evaluations and its builds, but not the derivations or
+/// another organization's build of the same derivation.
+pub async fn delete_org_removes_its_evaluations_and_builds<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let doomed = org(s, "doomed", alice.id, false).await;
+    let kept = org(s, "kept", alice.id, false).await;
+    let gone_project = project(s, doomed.id, "app", alice.id).await;
+    let kept_project = project(s, kept.id, "app", alice.id).await;
+    let gone = evaluation(s, gone_project.id).await;
+    let stays = evaluation(s, kept_project.id).await;
+    let paths = derivations(s, &["shared"]).await;
+    let shared = &paths[0];
+    let at = now();
+    s.add_entry_points(
+        gone.id,
+        &[entry_point(gone.id, "packages.x86_64-linux.default", shared)],
+    )
+    .await
+    .expect("add_entry_points");
+    s.link_builds(gone.id, doomed.id, &paths, at)
+        .await
+        .expect("link_builds");
+    s.link_builds(stays.id, kept.id, &paths, at).await.expect("link_builds");
+    assert!(s.delete_org(doomed.id).await.expect("delete_org"), "deleted");
+    assert_eq!(s.evaluation(gone.id).await.expect("evaluation"), None, "its evaluation");
+    assert_eq!(
+        s.entry_points(gone.id).await.expect("entry_points"),
+        vec![],
+        "its entry points"
+    );
+    assert_eq!(s.build(doomed.id, shared).await.expect("build"), None, "its build");
+    assert_eq!(
+        s.evaluations_needing(doomed.id, shared)
+            .await
+            .expect("evaluations_needing"),
+        vec![],
+        "its links"
+    );
+    assert!(
+        s.derivation(shared).await.expect("derivation").is_some(),
+        "derivation kept"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(stays.id).await.expect("builds_of_evaluation"),
+        vec![queued(kept.id, shared, at)],
+        "the other org's build and link are kept"
+    );
+    assert_eq!(
+        s.evaluations_needing(kept.id, shared)
+            .await
+            .expect("evaluations_needing"),
+        vec![stays.id],
+        "the other org's evaluation still needs its build"
+    );
+}

@@ -1,0 +1,666 @@
+//! The persistent job queue.
+
+use super::support::{
+    conflict, derivation, enqueue, long_ago, new_build_job, new_evaluation_job, now, org, seconds, user,
+};
+use gradient_domain::model::{JobId, JobKind, JobRecord, JobState};
+use gradient_domain::ports::{Storage, StorageError};
+use gradient_domain::{OrgId, WorkerId};
+
+/// The ids of the jobs in `listed` that are among `ours`, in listed order (other scenarios' rows ignored).
+fn ids(listed: &[JobRecord], ours: &[&JobRecord]) -> Vec<JobId> {
+    listed
+        .iter()
+        .filter(|j| ours.iter().any(|o| o.id == j.id))
+        .map(|j| j.id)
+        .collect()
+}
+
+async fn state_of<S: Storage>(s: &S, id: JobId) -> Option<JobState> {
+    s.job(id).await.expect("job").map(|j| j.state)
+}
+
+/// Jobs read back whole: both kinds, with and without required features, in every state, with attempts.
+pub async fn job_round_trips<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let build = new_build_job(acme.id, "hello");
+    let plain_build = JobRecord {
+        kind: JobKind::Build {
+            derivation: derivation("plain"),
+            system: "aarch64-darwin".to_owned(),
+            required_features: vec![],
+        },
+        ..new_build_job(acme.id, "plain")
+    };
+    let evaluation = new_evaluation_job(acme.id);
+    let assigned = JobRecord {
+        state: JobState::Assigned {
+            worker: WorkerId::new(),
+            since: now() - seconds(5),
+        },
+        attempts: 2,
+        ..new_build_job(acme.id, "assigned")
+    };
+    let done = JobRecord {
+        state: JobState::Done,
+        attempts: u32::MAX,
+        ..new_evaluation_job(acme.id)
+    };
+    let failed = JobRecord {
+        state: JobState::Failed,
+        created_at: long_ago(),
+        ..new_build_job(acme.id, "failed")
+    };
+    for job in [&build, &plain_build, &evaluation, &assigned, &done, &failed] {
+        assert_eq!(
+            s.enqueue_job(job).await.expect("enqueue_job"),
+            job.clone(),
+            "enqueueing new work answers the job itself"
+        );
+        assert_eq!(
+            s.job(job.id).await.expect("job"),
+            Some(job.clone()),
+            "job reads back whole"
+        );
+    }
+}
+
+/// Unknown jobs and workers answer None, empty lists, false and zero, and nothing changes.
+pub async fn absent_jobs_are_none<S: Storage>(s: &S) {
+    let worker = WorkerId::new();
+    let unknown = JobId::new();
+    assert_eq!(s.job(unknown).await.expect("job"), None, "unknown job");
+    assert!(
+        !s.assign_job(unknown, worker, now()).await.expect("assign_job"),
+        "assigning an unknown job"
+    );
+    assert!(
+        !s.finish_job(unknown, worker, true).await.expect("finish_job"),
+        "finishing an unknown job"
+    );
+    assert_eq!(
+        s.requeue_jobs_of(worker).await.expect("requeue_jobs_of"),
+        0,
+        "requeueing for a worker with no jobs"
+    );
+    assert_eq!(
+        s.jobs_assigned_to(worker).await.expect("jobs_assigned_to"),
+        vec![],
+        "a worker with no jobs"
+    );
+    assert_eq!(s.job(unknown).await.expect("job"), None, "still no such job");
+}
+
+/// A job must belong to an existing organization.
+pub async fn job_of_unknown_org_is_not_found<S: Storage>(s: &S) {
+    for job in [new_build_job(OrgId::new(), "orphan"), new_evaluation_job(OrgId::new())] {
+        assert_eq!(
+            s.enqueue_job(&job).await,
+            Err(StorageError::NotFound),
+            "job of an unknown org"
+        );
+        assert_eq!(s.job(job.id).await.expect("job"), None, "no row for the refused job");
+    }
+}
+
+/// A job id is never reused: enqueueing other work under a taken id is Conflict("job id") and changes
+/// nothing.
+pub async fn taken_job_id_conflicts<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let original = enqueue(s, new_build_job(acme.id, "original")).await;
+    for other_work in [new_build_job(acme.id, "other"), new_evaluation_job(acme.id)] {
+        let copy = JobRecord {
+            id: original.id,
+            ..other_work
+        };
+        assert_eq!(
+            s.enqueue_job(&copy).await,
+            Err(conflict("job id")),
+            "other work under a taken id"
+        );
+    }
+    assert_eq!(
+        s.job(original.id).await.expect("job"),
+        Some(original),
+        "the original job is untouched"
+    );
+}
+
+/// Build-once: while a build job of a derivation is queued or assigned, enqueueing the same derivation in
+/// the same organization answers that job and stores nothing. Another organization, another derivation, or
+/// the same derivation once its job has finished gets a job of its own.
+pub async fn build_jobs_are_enqueued_once_per_derivation_while_active<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let first = enqueue(s, new_build_job(acme.id, "hello")).await;
+    let JobKind::Build { derivation: drv, .. } = first.kind.clone() else {
+        unreachable!("a build job")
+    };
+    let same_drv = |org: OrgId| {
+        let mut job = new_build_job(org, "hello");
+        job.kind = JobKind::Build {
+            derivation: drv.clone(),
+            system: "aarch64-linux".to_owned(),
+            required_features: vec![],
+        };
+        job
+    };
+
+    let again = same_drv(acme.id);
+    assert_eq!(
+        s.enqueue_job(&again).await.expect("enqueue_job"),
+        first.clone(),
+        "the queued job of the derivation, as stored"
+    );
+    assert_eq!(s.job(again.id).await.expect("job"), None, "no second job is stored");
+
+    let worker = WorkerId::new();
+    let at = now();
+    assert!(s.assign_job(first.id, worker, at).await.expect("assign_job"), "assign");
+    let assigned = JobRecord {
+        state: JobState::Assigned { worker, since: at },
+        ..first.clone()
+    };
+    assert_eq!(
+        s.enqueue_job(&same_drv(acme.id)).await.expect("enqueue_job"),
+        assigned,
+        "the assigned job of the derivation"
+    );
+
+    enqueue(s, same_drv(other.id)).await;
+    enqueue(s, new_build_job(acme.id, "hello")).await;
+    enqueue(s, new_evaluation_job(acme.id)).await;
+
+    assert!(
+        s.finish_job(first.id, worker, true).await.expect("finish_job"),
+        "finish"
+    );
+    let rebuilt = enqueue(s, same_drv(acme.id)).await;
+    assert_eq!(
+        s.enqueue_job(&same_drv(acme.id)).await.expect("enqueue_job"),
+        rebuilt.clone(),
+        "the new job now stands for the derivation"
+    );
+    assert!(
+        s.assign_job(rebuilt.id, worker, at).await.expect("assign_job"),
+        "assign"
+    );
+    assert!(
+        s.finish_job(rebuilt.id, worker, false).await.expect("finish_job"),
+        "fail"
+    );
+    enqueue(s, same_drv(acme.id)).await;
+    assert_eq!(
+        state_of(s, first.id).await,
+        Some(JobState::Done),
+        "the first job stays done"
+    );
+    assert_eq!(
+        state_of(s, rebuilt.id).await,
+        Some(JobState::Failed),
+        "the second stays failed"
+    );
+}
+
+/// Build-once holds under concurrency: simultaneous enqueues of one derivation store one job, and every
+/// caller is answered that job.
+pub async fn simultaneous_enqueues_of_a_derivation_store_one_job<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let drv = derivation("contended");
+    let attempts: Vec<JobRecord> = (0..4)
+        .map(|_| {
+            let mut job = new_build_job(acme.id, "contended");
+            if let JobKind::Build { derivation, .. } = &mut job.kind {
+                derivation.clone_from(&drv);
+            }
+            job
+        })
+        .collect();
+    let answers = futures_util::future::join_all(attempts.iter().map(|job| s.enqueue_job(job))).await;
+    let answers: Vec<JobRecord> = answers.into_iter().map(|a| a.expect("enqueue_job")).collect();
+    let winner = answers[0].clone();
+    assert!(
+        answers.iter().all(|a| *a == winner),
+        "every caller is answered the same job: {answers:?}"
+    );
+    assert!(attempts.contains(&winner), "that job is one of the enqueued ones");
+    for job in &attempts {
+        let stored = s.job(job.id).await.expect("job");
+        assert_eq!(stored.is_some(), job.id == winner.id, "only the winning job is stored");
+    }
+}
+
+/// An evaluation has at most one active job too.
+pub async fn evaluation_jobs_are_enqueued_once_while_active<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let first = enqueue(s, new_evaluation_job(acme.id)).await;
+    let again = JobRecord {
+        id: JobId::new(),
+        created_at: now() + seconds(1),
+        ..first.clone()
+    };
+    assert_eq!(
+        s.enqueue_job(&again).await.expect("enqueue_job"),
+        first.clone(),
+        "the active job of the evaluation"
+    );
+    assert_eq!(s.job(again.id).await.expect("job"), None, "no second job is stored");
+    enqueue(s, new_evaluation_job(acme.id)).await;
+    let worker = WorkerId::new();
+    assert!(
+        s.assign_job(first.id, worker, now()).await.expect("assign_job"),
+        "assign"
+    );
+    assert!(s.finish_job(first.id, worker, false).await.expect("finish_job"), "fail");
+    enqueue(s, again).await;
+}
+
+/// Queued jobs of every organization come oldest first (ties by id), at most `limit`; assigned and finished
+/// jobs are not queued.
+pub async fn queued_jobs_are_oldest_first_and_limited<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let base = long_ago();
+    let mut queued = Vec::new();
+    // Out of order, alternating organizations and kinds; two at the same time.
+    for (n, org, build) in [
+        (4, acme.id, true),
+        (1, other.id, false),
+        (3, acme.id, false),
+        (2, other.id, true),
+        (5, acme.id, true),
+        (3, other.id, true),
+    ] {
+        let job = if build {
+            new_build_job(org, "queued")
+        } else {
+            new_evaluation_job(org)
+        };
+        queued.push(
+            enqueue(
+                s,
+                JobRecord {
+                    created_at: base + seconds(n),
+                    ..job
+                },
+            )
+            .await,
+        );
+    }
+    let oldest = JobRecord {
+        created_at: base,
+        ..new_build_job(acme.id, "assigned")
+    };
+    let assigned = enqueue(s, oldest).await;
+    assert!(
+        s.assign_job(assigned.id, WorkerId::new(), now())
+            .await
+            .expect("assign_job"),
+        "assign the oldest"
+    );
+    for state in [JobState::Done, JobState::Failed] {
+        enqueue(
+            s,
+            JobRecord {
+                state,
+                created_at: base,
+                ..new_build_job(other.id, "finished")
+            },
+        )
+        .await;
+    }
+    queued.sort_by_key(|j| (j.created_at, j.id));
+
+    assert_eq!(
+        s.queued_jobs(4).await.expect("queued_jobs"),
+        queued[..4].to_vec(),
+        "the four oldest queued jobs, whole, oldest first, ties by id"
+    );
+    let all: Vec<&JobRecord> = queued.iter().collect();
+    assert_eq!(
+        ids(&s.queued_jobs(u32::MAX).await.expect("queued_jobs"), &all),
+        queued.iter().map(|j| j.id).collect::<Vec<_>>(),
+        "all six queued jobs"
+    );
+    assert_eq!(
+        ids(&s.queued_jobs(u32::MAX).await.expect("queued_jobs"), &[&assigned]),
+        vec![],
+        "the assigned job is not queued"
+    );
+    assert_eq!(s.queued_jobs(0).await.expect("queued_jobs"), vec![], "a limit of zero");
+}
+
+/// Assignment is a compare-and-set from Queued: the first assignment wins, a second one (even at the same
+/// time) is refused and changes nothing.
+pub async fn assign_job_is_compare_and_set<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let job = enqueue(s, new_build_job(acme.id, "hello")).await;
+    let (first, second) = (WorkerId::new(), WorkerId::new());
+    let at = now();
+    assert!(
+        s.assign_job(job.id, first, at).await.expect("assign_job"),
+        "first assignment"
+    );
+    let assigned = JobRecord {
+        state: JobState::Assigned {
+            worker: first,
+            since: at,
+        },
+        ..job.clone()
+    };
+    assert_eq!(s.job(job.id).await.expect("job"), Some(assigned.clone()), "assigned");
+    assert!(
+        !s.assign_job(job.id, second, at + seconds(1)).await.expect("assign_job"),
+        "a second assignment is refused"
+    );
+    assert!(
+        !s.assign_job(job.id, first, at + seconds(1)).await.expect("assign_job"),
+        "so is assigning it again to the same worker"
+    );
+    assert_eq!(s.job(job.id).await.expect("job"), Some(assigned.clone()), "unchanged");
+    assert_eq!(
+        s.jobs_assigned_to(second).await.expect("jobs_assigned_to"),
+        vec![],
+        "the loser has no job"
+    );
+
+    let raced = enqueue(s, new_build_job(acme.id, "raced")).await;
+    let (a, b) =
+        futures_util::future::join(s.assign_job(raced.id, first, at), s.assign_job(raced.id, second, at)).await;
+    let (a, b) = (a.expect("assign_job"), b.expect("assign_job"));
+    assert!(a != b, "exactly one of two simultaneous assignments wins ({a}, {b})");
+    let winner = if a { first } else { second };
+    assert_eq!(
+        state_of(s, raced.id).await,
+        Some(JobState::Assigned {
+            worker: winner,
+            since: at
+        }),
+        "assigned to the winner"
+    );
+
+    for finished in [JobState::Done, JobState::Failed] {
+        let job = enqueue(
+            s,
+            JobRecord {
+                state: finished.clone(),
+                ..new_build_job(acme.id, "finished")
+            },
+        )
+        .await;
+        assert!(
+            !s.assign_job(job.id, first, at).await.expect("assign_job"),
+            "a finished job cannot be assigned"
+        );
+        assert_eq!(state_of(s, job.id).await, Some(finished), "unchanged");
+    }
+}
+
+/// Requeueing a lost worker's jobs puts each back in the queue, in its old place, with one more attempt;
+/// other workers' jobs, queued and finished jobs are untouched.
+pub async fn requeue_jobs_of_a_lost_worker_counts_attempts<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let base = long_ago();
+    let (lost, alive) = (WorkerId::new(), WorkerId::new());
+    let at = now();
+    let mut jobs = Vec::new();
+    for (n, org) in [(1, acme.id), (2, other.id), (3, acme.id), (4, acme.id), (5, acme.id)] {
+        jobs.push(
+            enqueue(
+                s,
+                JobRecord {
+                    created_at: base + seconds(n),
+                    ..new_build_job(org, "job")
+                },
+            )
+            .await,
+        );
+    }
+    let [oldest, second, alive_job, waiting, finished] = [0, 1, 2, 3, 4].map(|i| jobs[i].clone());
+    for (job, worker) in [(&oldest, lost), (&second, lost), (&alive_job, alive), (&finished, lost)] {
+        assert!(s.assign_job(job.id, worker, at).await.expect("assign_job"), "assign");
+    }
+    assert!(
+        s.finish_job(finished.id, lost, true).await.expect("finish_job"),
+        "finish"
+    );
+
+    assert_eq!(
+        s.requeue_jobs_of(lost).await.expect("requeue_jobs_of"),
+        2,
+        "the lost worker's two assigned jobs"
+    );
+    for job in [&oldest, &second] {
+        assert_eq!(
+            s.job(job.id).await.expect("job"),
+            Some(JobRecord {
+                attempts: 1,
+                ..job.clone()
+            }),
+            "queued again with one attempt, otherwise as enqueued"
+        );
+    }
+    assert_eq!(
+        state_of(s, alive_job.id).await,
+        Some(JobState::Assigned {
+            worker: alive,
+            since: at
+        }),
+        "another worker's job is untouched"
+    );
+    assert_eq!(
+        s.job(waiting.id).await.expect("job"),
+        Some(waiting.clone()),
+        "a queued job"
+    );
+    assert_eq!(state_of(s, finished.id).await, Some(JobState::Done), "a finished job");
+    assert_eq!(
+        s.jobs_assigned_to(lost).await.expect("jobs_assigned_to"),
+        vec![],
+        "the lost worker has no jobs left"
+    );
+    assert_eq!(
+        ids(
+            &s.queued_jobs(u32::MAX).await.expect("queued_jobs"),
+            &[&waiting, &second, &oldest]
+        ),
+        vec![oldest.id, second.id, waiting.id],
+        "requeued jobs keep their place in the queue"
+    );
+    assert_eq!(
+        s.requeue_jobs_of(lost).await.expect("requeue_jobs_of"),
+        0,
+        "nothing left to requeue"
+    );
+
+    assert!(
+        s.assign_job(oldest.id, alive, at).await.expect("assign_job"),
+        "reassign"
+    );
+    assert_eq!(
+        s.requeue_jobs_of(alive).await.expect("requeue_jobs_of"),
+        2,
+        "the other worker is lost too"
+    );
+    assert_eq!(
+        s.job(oldest.id).await.expect("job").map(|j| j.attempts),
+        Some(2),
+        "attempts add up"
+    );
+    assert_eq!(
+        s.job(alive_job.id).await.expect("job").map(|j| j.attempts),
+        Some(1),
+        "one attempt for the other job"
+    );
+}
+
+/// A job is finished only from Assigned, by the worker it is assigned to: Done or Failed, once.
+pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let (worker, stranger) = (WorkerId::new(), WorkerId::new());
+    let at = now();
+    let good = enqueue(s, new_build_job(acme.id, "good")).await;
+    let bad = enqueue(s, new_evaluation_job(acme.id)).await;
+    assert!(
+        !s.finish_job(good.id, worker, true).await.expect("finish_job"),
+        "a queued job cannot be finished"
+    );
+    assert_eq!(state_of(s, good.id).await, Some(JobState::Queued), "still queued");
+
+    for job in [&good, &bad] {
+        assert!(s.assign_job(job.id, worker, at).await.expect("assign_job"), "assign");
+    }
+    assert!(
+        !s.finish_job(good.id, stranger, true).await.expect("finish_job"),
+        "another worker cannot finish it"
+    );
+    assert_eq!(
+        state_of(s, good.id).await,
+        Some(JobState::Assigned { worker, since: at }),
+        "still assigned"
+    );
+    assert!(s.finish_job(good.id, worker, true).await.expect("finish_job"), "done");
+    assert!(s.finish_job(bad.id, worker, false).await.expect("finish_job"), "failed");
+    assert_eq!(
+        s.job(good.id).await.expect("job"),
+        Some(JobRecord {
+            state: JobState::Done,
+            ..good.clone()
+        }),
+        "done, otherwise as enqueued"
+    );
+    assert_eq!(
+        s.job(bad.id).await.expect("job"),
+        Some(JobRecord {
+            state: JobState::Failed,
+            ..bad.clone()
+        }),
+        "failed, otherwise as enqueued"
+    );
+    for (job, state) in [(&good, JobState::Done), (&bad, JobState::Failed)] {
+        for done in [true, false] {
+            assert!(
+                !s.finish_job(job.id, worker, done).await.expect("finish_job"),
+                "a finished job cannot be finished again"
+            );
+        }
+        assert_eq!(state_of(s, job.id).await, Some(state), "its outcome stands");
+    }
+    assert_eq!(
+        s.jobs_assigned_to(worker).await.expect("jobs_assigned_to"),
+        vec![],
+        "finished jobs are no longer assigned"
+    );
+    assert_eq!(
+        s.requeue_jobs_of(worker).await.expect("requeue_jobs_of"),
+        0,
+        "finished jobs are not requeued"
+    );
+}
+
+/// A worker's assigned jobs, across organizations, oldest first (ties by id), and only its own.
+pub async fn jobs_assigned_to_lists_a_workers_jobs_oldest_first<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let (worker, someone) = (WorkerId::new(), WorkerId::new());
+    let base = now();
+    let mut mine = Vec::new();
+    for (n, org) in [(2, acme.id), (4, other.id), (1, acme.id), (2, other.id)] {
+        let job = enqueue(
+            s,
+            JobRecord {
+                created_at: base - seconds(n),
+                ..new_build_job(org, "mine")
+            },
+        )
+        .await;
+        let at = base + seconds(n);
+        assert!(s.assign_job(job.id, worker, at).await.expect("assign_job"), "assign");
+        mine.push(JobRecord {
+            state: JobState::Assigned { worker, since: at },
+            ..job
+        });
+    }
+    let theirs = enqueue(s, new_evaluation_job(acme.id)).await;
+    assert!(
+        s.assign_job(theirs.id, someone, base).await.expect("assign_job"),
+        "assign"
+    );
+    enqueue(s, new_build_job(acme.id, "queued")).await;
+    mine.sort_by_key(|j| (j.created_at, j.id));
+    assert_eq!(
+        s.jobs_assigned_to(worker).await.expect("jobs_assigned_to"),
+        mine,
+        "the worker's jobs, whole, oldest first"
+    );
+    assert_eq!(
+        ids(
+            &s.jobs_assigned_to(someone).await.expect("jobs_assigned_to"),
+            &[&theirs]
+        ),
+        vec![theirs.id],
+        "the other worker's job"
+    );
+}
+
+/// Deleting an organization deletes its jobs, in any state, and only its own.
+pub async fn delete_org_removes_its_jobs<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let doomed = org(s, "doomed", alice.id, false).await;
+    let kept = org(s, "kept", alice.id, false).await;
+    let worker = WorkerId::new();
+    let at = now();
+    let queued = enqueue(s, new_build_job(doomed.id, "queued")).await;
+    let assigned = enqueue(s, new_evaluation_job(doomed.id)).await;
+    assert!(
+        s.assign_job(assigned.id, worker, at).await.expect("assign_job"),
+        "assign"
+    );
+    let finished = enqueue(
+        s,
+        JobRecord {
+            state: JobState::Done,
+            ..new_build_job(doomed.id, "done")
+        },
+    )
+    .await;
+    let survivor = enqueue(s, new_build_job(kept.id, "kept")).await;
+    assert!(
+        s.assign_job(survivor.id, worker, at).await.expect("assign_job"),
+        "assign"
+    );
+
+    assert!(s.delete_org(doomed.id).await.expect("delete_org"), "deleting the org");
+    for job in [&queued, &assigned, &finished] {
+        assert_eq!(s.job(job.id).await.expect("job"), None, "its jobs are gone");
+    }
+    assert_eq!(
+        ids(&s.queued_jobs(u32::MAX).await.expect("queued_jobs"), &[&queued]),
+        vec![],
+        "its queued job is no longer queued"
+    );
+    assert_eq!(
+        ids(
+            &s.jobs_assigned_to(worker).await.expect("jobs_assigned_to"),
+            &[&assigned, &survivor]
+        ),
+        vec![survivor.id],
+        "the worker keeps only the other org's job"
+    );
+    assert_eq!(
+        s.requeue_jobs_of(worker).await.expect("requeue_jobs_of"),
+        1,
+        "only the other org's job is requeued"
+    );
+}

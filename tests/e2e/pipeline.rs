@@ -1,0 +1,222 @@
+//! The CI loop end to end with real parts: a git repository holding a flake, a real server, two real
+//! `gradient-worker` processes running the real `nix`, and a real Nix client substituting the results.
+
+use crate::harness::{Client, Server, Worker};
+use crate::nix::{NIX_CONFIG, nix};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A repository whose flake has a chain a ← b ← c, a two-output derivation, a failing check and a check
+/// depending on it. A nonce makes every run's derivations new.
+fn flake_repo(dir: &Path) -> (String, String) {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let flake = r#"{
+  outputs = { self }: let
+    system = "x86_64-linux";
+    mk = name: script: deps: derivation {
+      inherit name system;
+      builder = "/bin/sh";
+      nonce = "NONCE";
+      args = [ "-c" script ];
+    } // deps;
+    a = derivation { name = "a"; inherit system; builder = "/bin/sh"; nonce = "NONCE"; args = [ "-c" "echo building a; echo a > $out" ]; };
+    b = derivation { name = "b"; inherit system; builder = "/bin/sh"; nonce = "NONCE"; dep = a; args = [ "-c" "echo building b; echo $dep > $out" ]; };
+    c = derivation { name = "c"; inherit system; builder = "/bin/sh"; nonce = "NONCE"; dep = b; args = [ "-c" "echo building c; echo $dep > $out" ]; };
+    two = derivation { name = "two"; inherit system; builder = "/bin/sh"; nonce = "NONCE"; outputs = [ "out" "dev" ]; args = [ "-c" "echo x > $out; echo y > $dev" ]; };
+    fails = derivation { name = "fails"; inherit system; builder = "/bin/sh"; nonce = "NONCE"; args = [ "-c" "echo this check fails on purpose; exit 1" ]; };
+    after = derivation { name = "after"; inherit system; builder = "/bin/sh"; nonce = "NONCE"; dep = fails; args = [ "-c" "echo $dep > $out" ]; };
+  in {
+    packages.${system} = { inherit a b c two; };
+    checks.${system} = { inherit fails after; };
+  };
+}
+"#
+    .replace("NONCE", &nonce);
+    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "flake.nix"]);
+    git(&repo, &["commit", "-q", "-m", "flake"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    (format!("file://{}", repo.display()), commit)
+}
+
+async fn wait_for_end(c: &Client, server: &Server, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let e = c.ok(Method::GET, &format!("/evals/{id}"), None).await;
+        let status = e["evaluation"]["status"].as_str().unwrap_or_default().to_owned();
+        if ["Completed", "Failed", "Aborted"].contains(&status.as_str()) {
+            return e;
+        }
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "the evaluation did not end: {e}\nserver log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, commit) = flake_repo(dir.path());
+    let server = Server::start(dir.path(), &[]).await;
+    let mut c = Client::new(&server);
+    let key = c.register_with_key("ci").await;
+    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
+    c.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
+    c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
+    let public_key = c
+        .ok(Method::GET, "/caches/main/public-key", None)
+        .await
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let project = json!({"name": "demo", "repository": repository, "wildcard": "packages.*.*, checks.*.*"});
+    c.ok(Method::POST, "/projects/acme", Some(project)).await;
+
+    let url = format!("ws://{}/proto", server.url.trim_start_matches("http://"));
+    let mut workers = Vec::new();
+    for name in ["one", "two"] {
+        let id = uuid::Uuid::new_v4().to_string();
+        let r = c
+            .ok(Method::POST, "/orgs/acme/workers", Some(json!({"worker_id": id})))
+            .await;
+        let peers = dir.path().join(format!("peers-{name}"));
+        std::fs::write(
+            &peers,
+            format!(
+                "{}:{}\n",
+                r["peer_id"].as_str().expect("peer"),
+                r["token"].as_str().expect("token")
+            ),
+        )
+        .expect("peers");
+        let vars = [
+            ("GRADIENT_SERVER_URL", url.as_str()),
+            ("GRADIENT_WORKER_ID", id.as_str()),
+            ("GRADIENT_PEERS_FILE", peers.to_str().expect("path")),
+            ("GRADIENT_CAPABILITIES_FETCH", "true"),
+            ("GRADIENT_CAPABILITIES_EVAL", "true"),
+            ("GRADIENT_CAPABILITIES_BUILD", "true"),
+            ("GRADIENT_MAX_CONCURRENT_BUILDS", "2"),
+            ("NIX_CONFIG", NIX_CONFIG),
+        ];
+        let w = Worker::start(dir.path(), name, &vars);
+        w.wait_for_log("connected to").await;
+        workers.push(w);
+    }
+
+    let e = c
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let id = e["id"].as_str().expect("id").to_owned();
+    let done = wait_for_end(&c, &server, &id).await;
+    let logs: String = workers.iter().map(|w| w.log_text()).collect();
+    assert_eq!(
+        done["evaluation"]["status"], "Failed",
+        "a check fails, so the evaluation fails: {done}\n{logs}"
+    );
+    let builds = done["builds"].as_array().expect("builds");
+    let status_of = |name: &str| -> String {
+        builds
+            .iter()
+            .find(|b| {
+                b["drv_path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("-{name}.drv")))
+            })
+            .and_then(|b| b["status"].as_str())
+            .unwrap_or("missing")
+            .to_owned()
+    };
+    for name in ["a", "b", "c", "two"] {
+        assert_eq!(status_of(name), "Completed", "{name}: {done}\n{logs}");
+    }
+    assert_eq!(status_of("fails"), "Failed", "{done}");
+    assert_eq!(status_of("after"), "DependencyFailed", "{done}");
+    let fails_log = builds
+        .iter()
+        .find(|b| b["drv_path"].as_str().is_some_and(|p| p.ends_with("-fails.drv")))
+        .and_then(|b| b["log"].as_str())
+        .unwrap_or_default();
+    assert!(
+        fails_log.contains("this check fails on purpose"),
+        "the failing build's log is kept: {fails_log:?}"
+    );
+    // Both workers did part of the work.
+    for w in &workers {
+        assert!(w.log_text().contains("running build job"), "{}", w.log_text());
+    }
+
+    // A fresh store substitutes the top of the chain from the cache, signatures required.
+    let c_drv = builds
+        .iter()
+        .find_map(|b| b["drv_path"].as_str().filter(|p| p.ends_with("-c.drv")))
+        .expect("c")
+        .to_owned();
+    let out = nix(&["show-derivation", &c_drv]);
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let c_out = shown[&c_drv]["outputs"]["out"]["path"]
+        .as_str()
+        .expect("out path")
+        .to_owned();
+    let netrc = dir.path().join("netrc-client");
+    std::fs::write(&netrc, format!("machine 127.0.0.1 login t password {key}\n")).expect("netrc");
+    let fresh = dir.path().join("client-store");
+    let cache_url = format!("{}/cache/main", server.url);
+    let out = nix(&[
+        "copy",
+        "--from",
+        &cache_url,
+        "--to",
+        fresh.to_str().expect("path"),
+        "--option",
+        "netrc-file",
+        netrc.to_str().expect("path"),
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        &public_key,
+        &c_out,
+    ]);
+    assert!(
+        out.status.success(),
+        "substituting {c_out}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for w in workers {
+        w.kill();
+    }
+    server.stop();
+}
