@@ -138,6 +138,44 @@ impl TokenSigner {
     }
 }
 
+/// What a job token carries: the worker holding it may read and push to the organization's caches until
+/// `exp`. Signed like session tokens, so it survives a server restart and needs no storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobClaims {
+    /// Always `job`: a session token can never pass as a job token or the reverse.
+    pub kind: String,
+    pub org: crate::OrgId,
+    pub job: crate::model::JobId,
+    pub exp: i64,
+}
+
+/// Job tokens start with this, so they are told apart from API keys and session tokens at a glance.
+pub const JOB_TOKEN_PREFIX: &str = "GRADJOB.";
+
+impl TokenSigner {
+    pub fn issue_job(&self, org: crate::OrgId, job: crate::model::JobId, expires: Timestamp) -> String {
+        let claims = JobClaims {
+            kind: "job".into(),
+            org,
+            job,
+            exp: expires.timestamp(),
+        };
+        let jwt = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.encoding).unwrap_or_default();
+        format!("{JOB_TOKEN_PREFIX}{jwt}")
+    }
+
+    pub fn verify_job(&self, token: &str, now: Timestamp) -> Option<JobClaims> {
+        let jwt = token.strip_prefix(JOB_TOKEN_PREFIX)?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["exp"]);
+        let claims = jsonwebtoken::decode::<JobClaims>(jwt, &self.decoding, &validation)
+            .ok()?
+            .claims;
+        (claims.kind == "job" && claims.exp > now.timestamp()).then_some(claims)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +206,38 @@ mod tests {
         assert_eq!(k.hash.len(), 64);
         assert_eq!(api_key_hash("eyJhbGciOi"), None);
         assert_eq!(api_key_hash("GRAD"), None);
+    }
+
+    #[test]
+    fn job_tokens_are_not_session_tokens() {
+        let now = Utc::now();
+        let signer = TokenSigner::new(b"a-secret-of-at-least-32-bytes-long!!");
+        let org = crate::OrgId::new();
+        let token = signer.issue_job(org, crate::model::JobId::new(), now + TimeDelta::hours(1));
+        assert!(token.starts_with("GRADJOB."));
+        assert_eq!(signer.verify_job(&token, now).map(|c| c.org), Some(org));
+        assert!(
+            signer.verify_job(&token, now + TimeDelta::hours(2)).is_none(),
+            "expired"
+        );
+        assert!(signer.verify(&token[8..], now).is_none(), "not a session token");
+        let session = Session {
+            id: SessionId::new(),
+            user_id: UserId::new(),
+            created_at: now,
+            expires_at: now + TimeDelta::hours(1),
+        };
+        assert!(
+            signer
+                .verify_job(&format!("GRADJOB.{}", signer.issue(&session)), now)
+                .is_none(),
+            "not a job token"
+        );
+        assert!(
+            TokenSigner::new(b"another-secret-of-at-least-32-bytes")
+                .verify_job(&token, now)
+                .is_none()
+        );
     }
 
     #[test]

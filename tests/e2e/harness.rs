@@ -75,7 +75,11 @@ impl Server {
     /// Starts the server with `GRADIENT_BASE_DIR=base_dir` and the given extra variables, and waits until
     /// `/api/v1/health` answers.
     pub async fn start(base_dir: &Path, vars: &[(&str, &str)]) -> Server {
-        let port = free_port();
+        Self::start_on(base_dir, free_port(), vars).await
+    }
+
+    /// Starts on a given port (to restart a server where its workers expect it).
+    pub async fn start_on(base_dir: &Path, port: u16, vars: &[(&str, &str)]) -> Server {
         let log = base_dir.join(format!("server-{port}.log"));
         let child = Self::spawn(base_dir, port, vars, &log);
         let url = format!("http://127.0.0.1:{port}");
@@ -223,6 +227,14 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Kills the worker with SIGKILL, as a crash or the OOM killer would.
+    pub fn sigkill(mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
     pub fn start(dir: &Path, name: &str, vars: &[(&str, &str)]) -> Worker {
         let bin = server_binary().with_file_name("gradient-worker");
         assert!(

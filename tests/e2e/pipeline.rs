@@ -220,3 +220,143 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
     }
     server.stop();
 }
+
+/// A repository whose only package takes a few seconds to build.
+fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
+    let repo = dir.join("slow-repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let flake = format!(
+        r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.slow = derivation {{
+      name = "slow"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "{}";
+      args = [ "-c" "echo starting; /usr/bin/sleep {secs}; echo done > $out" ];
+    }};
+  }};
+}}
+"#,
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "flake.nix"]);
+    git(&repo, &["commit", "-q", "-m", "slow"]);
+    (format!("file://{}", repo.display()), git(&repo, &["rev-parse", "HEAD"]))
+}
+
+struct Setup {
+    client: Client,
+}
+
+/// An org with a cache and a project on `repository`.
+async fn org_with_project(server: &Server, repository: &str) -> Setup {
+    let mut c = Client::new(server);
+    c.register_with_key("ci").await;
+    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
+    c.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
+    c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
+    c.ok(
+        Method::POST,
+        "/projects/acme",
+        Some(json!({"name": "demo", "repository": repository, "wildcard": "packages.*.*"})),
+    )
+    .await;
+    Setup { client: c }
+}
+
+async fn start_worker(c: &Client, dir: &Path, server_url: &str, name: &str) -> Worker {
+    let id = uuid::Uuid::new_v4().to_string();
+    let r = c
+        .ok(Method::POST, "/orgs/acme/workers", Some(json!({"worker_id": id})))
+        .await;
+    let peers = dir.join(format!("peers-{name}"));
+    std::fs::write(
+        &peers,
+        format!(
+            "{}:{}\n",
+            r["peer_id"].as_str().expect("peer"),
+            r["token"].as_str().expect("token")
+        ),
+    )
+    .expect("peers");
+    let url = format!("ws://{}/proto", server_url.trim_start_matches("http://"));
+    let vars = [
+        ("GRADIENT_SERVER_URL", url.as_str()),
+        ("GRADIENT_WORKER_ID", id.as_str()),
+        ("GRADIENT_PEERS_FILE", peers.to_str().expect("path")),
+        ("GRADIENT_CAPABILITIES_FETCH", "true"),
+        ("GRADIENT_CAPABILITIES_EVAL", "true"),
+        ("GRADIENT_CAPABILITIES_BUILD", "true"),
+        ("NIX_CONFIG", NIX_CONFIG),
+    ];
+    let w = Worker::start(dir, name, &vars);
+    w.wait_for_log("connected to").await;
+    w
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_build_is_lost_and_another_worker_finishes_the_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, commit) = slow_repo(dir.path(), 8);
+    let server = Server::start(dir.path(), &[]).await;
+    let s = org_with_project(&server, &repository).await;
+    let first = start_worker(&s.client, dir.path(), &server.url, "first").await;
+    let e = s
+        .client
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let id = e["id"].as_str().expect("id").to_owned();
+    first.wait_for_log("running build job").await;
+    let second = start_worker(&s.client, dir.path(), &server.url, "second").await;
+    first.sigkill();
+    let done = wait_for_end(&s.client, &server, &id).await;
+    assert_eq!(
+        done["evaluation"]["status"],
+        "Completed",
+        "{done}\n{}",
+        second.log_text()
+    );
+    assert!(
+        second.log_text().contains("running build job"),
+        "the second worker took the build over"
+    );
+    second.kill();
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_server_restart_mid_build_loses_no_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, commit) = slow_repo(dir.path(), 6);
+    let port = crate::harness::free_port();
+    let server = Server::start_on(dir.path(), port, &[]).await;
+    let s = org_with_project(&server, &repository).await;
+    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
+    let e = s
+        .client
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let id = e["id"].as_str().expect("id").to_owned();
+    worker.wait_for_log("running build job").await;
+    server.stop();
+    let server = Server::start_on(dir.path(), port, &[]).await;
+    let mut c = Client::new(&server);
+    c.token = s.client.token.clone();
+    let done = wait_for_end(&c, &server, &id).await;
+    assert_eq!(
+        done["evaluation"]["status"],
+        "Completed",
+        "{done}\n{}",
+        worker.log_text()
+    );
+    worker.kill();
+    server.stop();
+}

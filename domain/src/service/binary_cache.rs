@@ -116,16 +116,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
-    /// The cache, if `token` is a job token a worker holds for it (reading and pushing while the job runs).
+    /// The cache, if `token` is a job token of an organization subscribed to it: the worker running the job
+    /// reads from and pushes to the org's caches with it.
     pub async fn cache_for_job_token(&self, token: &str, name: &str) -> Result<Option<Cache>> {
-        if !token.starts_with("GRADJOB") {
+        let Some(claims) = self.tokens.verify_job(token, self.clock.now()) else {
             return Ok(None);
-        }
+        };
         let Ok(parsed) = Name::parse(name) else { return Ok(None) };
         let Some(cache) = self.storage.cache_by_name(&parsed).await? else {
             return Ok(None);
         };
-        Ok(self.job_tokens.allows(token, cache.id).then_some(cache))
+        let subscribed = self
+            .storage
+            .subscribers(cache.id)
+            .await?
+            .iter()
+            .any(|o| o.id == claims.org);
+        Ok(subscribed.then_some(cache))
     }
 
     /// The cache, if the caller may push to it: its owner, with an unrestricted session or key.

@@ -72,35 +72,3 @@ impl ServeMemo {
             .remove(&(cache, hash_part.to_owned()));
     }
 }
-
-/// Credentials the server hands to workers with a job: they let the worker read and push to the
-/// organization's caches while the job can run, and nothing else.
-#[derive(Default)]
-pub struct JobTokens {
-    tokens: Mutex<HashMap<String, (Vec<CacheId>, std::time::Instant)>>,
-}
-
-/// How long a job token stays valid.
-const JOB_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-impl JobTokens {
-    pub fn issue(&self, caches: Vec<CacheId>) -> String {
-        let token = format!(
-            "GRADJOB{}",
-            crate::service::generate_token().replace(['+', '/', '='], "")
-        );
-        let now = std::time::Instant::now();
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens.retain(|_, (_, expires)| *expires > now);
-        tokens.insert(token.clone(), (caches, now + JOB_TOKEN_LIFETIME));
-        token
-    }
-
-    /// Whether `token` is a live job token for `cache`.
-    pub fn allows(&self, token: &str, cache: CacheId) -> bool {
-        let tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens
-            .get(token)
-            .is_some_and(|(caches, expires)| *expires > std::time::Instant::now() && caches.contains(&cache))
-    }
-}

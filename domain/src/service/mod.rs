@@ -137,15 +137,12 @@ pub struct Gradient<S, C> {
     pub settings: Settings,
     /// Answers the binary cache serves repeatedly; shared by clones.
     pub memo: std::sync::Arc<memo::ServeMemo>,
-    /// Credentials handed to workers with jobs; shared by clones.
-    pub job_tokens: std::sync::Arc<memo::JobTokens>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
     pub fn new(storage: S, clock: C, tokens: TokenSigner, crypt: Crypt, settings: Settings) -> Self {
         Self {
             memo: Default::default(),
-            job_tokens: Default::default(),
             storage,
             clock,
             tokens,

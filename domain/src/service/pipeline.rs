@@ -16,6 +16,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// The pseudo-worker the server assigns jobs to when it ends them itself.
 const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 
+/// How long a worker may use the credential it got with a job.
+const JOB_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
 /// The most of a build log kept with the build.
 pub const MAX_LOG_BYTES: usize = 256 * 1024;
 
@@ -221,6 +224,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     async fn cache_targets(
         &self,
         org: OrgId,
+        job: JobId,
         public_url: &str,
     ) -> Result<(Vec<String>, Vec<String>, Option<PushTarget>)> {
         let caches = self.storage.subscriptions(org).await?;
@@ -232,14 +236,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let push = caches.first().map(|c| PushTarget {
             cache_url: format!("{public_url}/cache/{}", c.name),
-            token: self.job_tokens.issue(caches.iter().map(|c| c.id).collect()),
+            token: self.tokens.issue_job(org, job, self.clock.now() + JOB_TOKEN_LIFETIME),
         });
         Ok((urls, keys, push))
     }
 
     /// The wire form of a queued job; `None` when what it refers to is gone.
     async fn wire_job(&self, record: &JobRecord, public_url: &str) -> Result<Option<proto::Job>> {
-        let (substituters, trusted_public_keys, push) = self.cache_targets(record.org_id, public_url).await?;
+        let (substituters, trusted_public_keys, push) =
+            self.cache_targets(record.org_id, record.id, public_url).await?;
         Ok(match &record.kind {
             JobKind::Evaluate { evaluation_id } => {
                 let Some(e) = self.storage.evaluation(*evaluation_id).await? else {

@@ -195,6 +195,14 @@ async fn serve(state: AppState, mut socket: WebSocketStream) {
         return reject(&mut socket, r).await;
     };
     let worker = hello.worker_id;
+    // A worker that holds no jobs (it restarted) cannot finish the ones assigned to it before: requeue them.
+    if hello.held_jobs.is_empty() {
+        match state.app.storage.requeue_jobs_of(worker).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) worker {worker} no longer holds"),
+            Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
+        }
+    }
     state.links.set_info(
         worker,
         gradient_domain::scheduler::WorkerInfo {
@@ -214,6 +222,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream) {
         state.links.remove(worker, session);
         return;
     }
+    state.dispatch.notify_one();
     let mut beat = tokio::time::interval(heartbeat);
     let mut deadline = tokio::time::Instant::now() + lost_after;
     let ending: Option<Rejected> = loop {
