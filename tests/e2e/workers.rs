@@ -259,3 +259,30 @@ where
         }
     }
 }
+
+#[tokio::test]
+async fn the_co_located_worker_is_registered_in_every_new_organization() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = uuid::Uuid::new_v4().to_string();
+    let token = "c2VjcmV0LXRva2VuLW9mLWF0LWxlYXN0LTMyLWJ5dGVzLWxvbmctLS0tLS0tLQ==";
+    let token_file = dir.path().join("local-token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token");
+    let vars = [
+        ("GRADIENT_LOCAL_WORKER_ID", id.as_str()),
+        ("GRADIENT_LOCAL_WORKER_TOKEN_FILE", token_file.to_str().expect("path")),
+    ];
+    let server = Server::start(dir.path(), &vars).await;
+    let c = org_with_admin(&server).await;
+    let list = c.ok(Method::GET, "/orgs/builders/workers", None).await;
+    assert_eq!(
+        list[0]["worker_id"],
+        id.as_str(),
+        "registered when the organization was created: {list}"
+    );
+    let peers = peers_file(dir.path(), "local-peers", &format!("*:{token}\n"));
+    let url = format!("ws://{}/proto", server.url.trim_start_matches("http://"));
+    let w = Worker::start(dir.path(), "local", &worker_vars(&url, &id, &peers));
+    wait_connected(&c, vec![true]).await;
+    w.kill();
+    server.stop();
+}

@@ -147,6 +147,9 @@ pub struct Config {
     pub email: EmailConfig,
     pub github_app: GithubAppConfig,
     pub nar_store: NarStoreConfig,
+    /// The co-located worker's id (`GRADIENT_LOCAL_WORKER_ID`) and token file
+    /// (`GRADIENT_LOCAL_WORKER_TOKEN_FILE`): it is registered in every organization created.
+    pub local_worker: Option<(uuid::Uuid, PathBuf)>,
 }
 
 /// Where NARs are kept: `GRADIENT_NAR_STORE` is `file:///path` (default `<baseDir>/nars`) or
@@ -374,6 +377,19 @@ impl Config {
             },
             github_app,
             nar_store: nar_store(&e)?,
+            local_worker: match (e.raw("localWorkerId"), e.path("localWorkerTokenFile")) {
+                ((_, None), None) => None,
+                ((var, Some(id)), Some(file)) => match uuid::Uuid::parse_str(&id) {
+                    Ok(u) if u.get_version_num() == 4 => Some((u, file)),
+                    _ => return Err(err(&var, format!("'{id}' is not a v4 UUID"))),
+                },
+                ((var, _), _) => {
+                    return Err(err(
+                        &var,
+                        "set both GRADIENT_LOCAL_WORKER_ID and GRADIENT_LOCAL_WORKER_TOKEN_FILE, or neither",
+                    ));
+                }
+            },
         })
     }
 

@@ -128,6 +128,23 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         enable_registration: config.enable_registration,
         oidc_required: config.oidc.enable && config.oidc.required,
         domain: config.domain.clone(),
+        local_worker: match &config.local_worker {
+            None => None,
+            Some((id, file)) => {
+                let token = std::fs::read_to_string(file).map_err(|e| ConfigError {
+                    var: config::env_name("localWorkerTokenFile"),
+                    problem: format!("cannot read {}: {e}", file.display()),
+                })?;
+                gradient_domain::service::check_token(token.trim()).map_err(|e| ConfigError {
+                    var: config::env_name("localWorkerTokenFile"),
+                    problem: e.to_string(),
+                })?;
+                Some(gradient_domain::service::LocalWorker {
+                    id: gradient_domain::WorkerId(*id),
+                    token_hash: gradient_domain::auth::sha256_hex(token.trim().as_bytes()),
+                })
+            }
+        },
         ..Settings::default()
     };
     let app = Gradient::new(

@@ -85,8 +85,10 @@ impl WorkerConfig {
             eval_workers: num("GRADIENT_EVAL_WORKERS", 1)?,
             max_concurrent_evaluations: num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
             max_evaluations_per_worker: num("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
-            gcroots_dir: match get("GRADIENT_GCROOTS_DIR") {
+            // Unset: the default directory; set but empty: no GC roots.
+            gcroots_dir: match vars.get("GRADIENT_GCROOTS_DIR").map(|v| v.trim()) {
                 None => Some(PathBuf::from("/nix/var/nix/gcroots/gradient")),
+                Some("") => None,
                 Some(v) => Some(PathBuf::from(v)),
             },
         })

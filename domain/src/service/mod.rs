@@ -114,6 +114,16 @@ pub struct Settings {
     pub session_lifetime: chrono::TimeDelta,
     /// The public host name; cache signing keys are named `<domain>-<cache>`.
     pub domain: String,
+    /// A worker on the server's own machine, registered in every organization created, so a fresh
+    /// installation builds without any manual step.
+    pub local_worker: Option<LocalWorker>,
+}
+
+/// The co-located worker: its id and the SHA-256 (hex) of its token.
+#[derive(Clone, Debug)]
+pub struct LocalWorker {
+    pub id: crate::WorkerId,
+    pub token_hash: String,
 }
 
 impl Default for Settings {
@@ -123,6 +133,7 @@ impl Default for Settings {
             oidc_required: false,
             session_lifetime: chrono::TimeDelta::days(30),
             domain: "localhost".into(),
+            local_worker: None,
         }
     }
 }

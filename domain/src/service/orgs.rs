@@ -128,6 +128,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ),
             other => other.into(),
         })?;
+        if let Some(local) = &self.settings.local_worker {
+            let registration = crate::model::WorkerRegistration {
+                peer_id: crate::PeerId::new(),
+                org_id: org.id,
+                worker_id: local.id,
+                token_hash: local.token_hash.clone(),
+                created_at: self.clock.now(),
+            };
+            match self.storage.create_worker_registration(&registration).await {
+                Ok(()) | Err(StorageError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(org)
     }
 
