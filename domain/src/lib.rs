@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod forge;
 pub mod crypt;
 pub mod ids;
 pub mod model;

@@ -19,6 +19,7 @@
 mod cache_contents;
 mod caches;
 mod evaluations;
+mod integrations;
 mod meta;
 mod orgs;
 mod projects;

@@ -95,8 +95,9 @@ pub async fn run<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
         match session(url, identity, peers, work).await {
             End::Lost(why) => tracing::warn!("link lost: {why}"),
             End::Rejected(why) => {
+                // Retrying helps once the worker is registered, so keep trying, but not eagerly.
                 tracing::error!("the server refused this worker: {why}");
-                backoff = Duration::from_secs(60);
+                backoff = backoff.max(Duration::from_secs(4));
             }
         }
         let jitter = rand::thread_rng().gen_range(0.5..1.5);

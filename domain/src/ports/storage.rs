@@ -35,12 +35,37 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// Everything Gradient stores. Split by aggregate so an adapter's file can follow the same shape.
 pub trait Storage:
-    Users + Orgs + Projects + Caches + CacheContents + Workers + Queue + Evaluations + Meta + Send + Sync + 'static
+    Users
+    + Orgs
+    + Projects
+    + Caches
+    + CacheContents
+    + Workers
+    + Queue
+    + Evaluations
+    + Integrations
+    + Meta
+    + Send
+    + Sync
+    + 'static
 {
 }
 
-impl<T: Users + Orgs + Projects + Caches + CacheContents + Workers + Queue + Evaluations + Meta + Send + Sync + 'static>
-    Storage for T
+impl<
+    T: Users
+        + Orgs
+        + Projects
+        + Caches
+        + CacheContents
+        + Workers
+        + Queue
+        + Evaluations
+        + Integrations
+        + Meta
+        + Send
+        + Sync
+        + 'static,
+> Storage for T
 {
 }
 
@@ -287,6 +312,20 @@ pub trait Evaluations {
     /// to update when that build changes.
     fn evaluations_needing(&self, org: OrgId, drv_path: &str)
     -> impl Future<Output = Result<Vec<EvaluationId>>> + Send;
+}
+
+/// An organization's links to forges: the secret its webhooks are signed with (sealed by the caller).
+/// Deleting an organization deletes them.
+pub trait Integrations {
+    /// Stores the organization's webhook secret, replacing the previous one. NotFound when the organization
+    /// does not exist.
+    fn set_webhook_secret(
+        &self,
+        org: OrgId,
+        secret: &crate::crypt::Sealed,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn webhook_secret(&self, org: OrgId) -> impl Future<Output = Result<Option<crate::crypt::Sealed>>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

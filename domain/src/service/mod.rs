@@ -9,6 +9,7 @@ mod memo;
 mod orgs;
 mod pipeline;
 mod projects;
+mod webhooks;
 mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
@@ -16,6 +17,7 @@ pub use binary_cache::{GcReport, NarUrl, nar_key, nix_cache_info};
 pub use caches::{CacheChanges, NewCache};
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use projects::{NewProject, ProjectChanges};
+pub use webhooks::EVALUATION_LIST_LIMIT;
 pub use workers::{NewRegistration, check_token, generate_token, parse_worker_id};
 
 use crate::auth::TokenSigner;

@@ -11,6 +11,7 @@
 mod cache_contents;
 mod caches;
 mod evaluations;
+mod integrations;
 mod members;
 mod meta;
 mod orgs;
@@ -24,6 +25,7 @@ mod workers;
 pub use cache_contents::*;
 pub use caches::*;
 pub use evaluations::*;
+pub use integrations::*;
 pub use members::*;
 pub use meta::*;
 pub use orgs::*;
@@ -163,6 +165,11 @@ macro_rules! storage_contract {
             delete_evaluation_removes_its_entry_points_and_links,
             delete_project_removes_its_evaluations,
             delete_org_removes_its_evaluations_and_builds,
+            // Integrations.
+            webhook_secret_round_trips,
+            set_webhook_secret_replaces,
+            webhook_secret_of_unknown_org_is_not_found,
+            delete_org_removes_its_webhook_secret,
             // Meta.
             meta_init_keeps_the_first_value,
         );

@@ -11,7 +11,7 @@ use gradient_domain::model::{
     Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
-    CacheContents, Caches, Evaluations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
+    CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
 };
 use gradient_domain::{
     ApiKeyId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
@@ -382,6 +382,22 @@ impl Evaluations for MemoryStorage {
 
     async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {
         self.with(|s| Ok(s.evaluations_needing(org, drv_path)))
+    }
+}
+
+impl Integrations for MemoryStorage {
+    async fn set_webhook_secret(&self, org: OrgId, secret: &gradient_domain::crypt::Sealed, _at: Timestamp) -> Result<()> {
+        self.with(|s| {
+            if !s.orgs.contains_key(&org) {
+                return Err(gradient_domain::ports::StorageError::NotFound);
+            }
+            s.webhook_secrets.insert(org, secret.clone());
+            Ok(())
+        })
+    }
+
+    async fn webhook_secret(&self, org: OrgId) -> Result<Option<gradient_domain::crypt::Sealed>> {
+        self.with(|s| Ok(s.webhook_secrets.get(&org).cloned()))
     }
 }
 

@@ -8,6 +8,7 @@ mod caches;
 mod dto;
 mod errors;
 mod evaluations;
+mod hooks;
 mod meta;
 mod orgs;
 mod projects;
@@ -31,6 +32,8 @@ pub enum Tag {
     Projects,
     /// Binary caches.
     Caches,
+    /// Forge webhooks: the organization's webhook secret and the deliveries that queue evaluations.
+    Hooks,
 }
 
 /// A session token (from `POST /auth/basic/login`) or an API key (`GRAD…`).
@@ -63,6 +66,7 @@ pub type Api = (
     caches::CachesApi,
     workers::WorkersApi,
     evaluations::EvaluationsApi,
+    hooks::HooksApi,
 );
 
 /// The API service, with the document's fixed metadata (the spec must not depend on the configuration).
@@ -75,7 +79,8 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
             projects::ProjectsApi(state.clone()),
             caches::CachesApi(state.clone()),
             workers::WorkersApi(state.clone()),
-            evaluations::EvaluationsApi(state),
+            evaluations::EvaluationsApi(state.clone()),
+            hooks::HooksApi(state),
         ),
         "Gradient",
         env!("CARGO_PKG_VERSION"),

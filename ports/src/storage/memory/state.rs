@@ -40,6 +40,8 @@ pub(super) struct State {
     /// Links from evaluations to builds: (evaluation, `.drv` path) → the build's organization.
     pub(super) evaluation_builds: BTreeMap<(EvaluationId, String), OrgId>,
     pub(super) meta: HashMap<String, String>,
+    /// Sealed webhook secrets by organization.
+    pub(super) webhook_secrets: HashMap<OrgId, gradient_domain::crypt::Sealed>,
 }
 
 fn conflict(what: &str) -> StorageError {
@@ -156,6 +158,7 @@ impl State {
         self.subscriptions.retain(|(org, _)| *org != id);
         self.worker_registrations.retain(|_, r| r.org_id != id);
         self.jobs.retain(|_, j| j.org_id != id);
+        self.webhook_secrets.remove(&id);
         true
     }
 

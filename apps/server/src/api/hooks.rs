@@ -1,0 +1,100 @@
+//! Forge webhooks: generating an organization's webhook secret, receiving pushes from Gitea, Forgejo, GitLab
+//! and GitHub, and listing a project's evaluations (to see what a push queued).
+
+use super::dto::{Reply, ok};
+use super::evaluations::EvaluationView;
+use super::{MaybeToken, Tag, Token};
+use crate::state::AppState;
+use gradient_domain::forge::{Forge, HookHeaders};
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Binary;
+use poem_openapi::{Object, OpenApi};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+pub struct HooksApi(pub AppState);
+
+#[derive(Object)]
+pub struct WebhookSecretView {
+    /// The webhook URL pattern: replace `{forge}` with `gitea`, `forgejo`, `gitlab` or `github`.
+    pub url: String,
+    /// The webhook URL for each forge.
+    pub urls: BTreeMap<String, String>,
+    /// The secret to configure in the forge (HMAC key, or GitLab's secret token). Shown only once.
+    pub secret: String,
+}
+
+#[derive(Object)]
+pub struct WebhookReceipt {
+    /// The evaluations the delivery queued (none for pings, other events and pushes matching no project).
+    pub queued: Vec<Uuid>,
+}
+
+#[OpenApi(tag = "Tag::Hooks")]
+impl HooksApi {
+    /// Generates the organization's webhook secret, replacing the previous one (`manage_integrations`).
+    /// The answer is the only time the secret is shown.
+    #[oai(path = "/orgs/:org/webhook-secret", method = "post")]
+    async fn create_secret(&self, auth: Token, org: Path<String>) -> Reply<WebhookSecretView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let (o, secret) = self.0.app.create_webhook_secret(&caller, &org).await?;
+        let base = format!("{}/api/v1/hooks", self.0.public_url);
+        ok(WebhookSecretView {
+            url: format!("{base}/{{forge}}/{}", o.name),
+            urls: Forge::ALL
+                .into_iter()
+                .map(|f| (f.as_str().to_owned(), format!("{base}/{}/{}", f.as_str(), o.name)))
+                .collect(),
+            secret,
+        })
+    }
+
+    /// Receives a forge's webhook delivery, signed with the organization's webhook secret (`X-Gitea-Signature`
+    /// / `X-Forgejo-Signature`: hex HMAC-SHA256 of the body; `X-Gitlab-Token`: the secret; `X-Hub-Signature-256`:
+    /// `sha256=` + hex HMAC-SHA256). A push queues an evaluation of the pushed commit for every active project
+    /// of the organization whose repository and branch it matches; other events are accepted and ignored.
+    /// 401 when the signature is missing or wrong; 404 for an unknown forge or organization, or one without a
+    /// webhook secret.
+    #[oai(path = "/hooks/:forge/:org", method = "post")]
+    #[allow(clippy::too_many_arguments)]
+    async fn receive(
+        &self,
+        forge: Path<String>,
+        org: Path<String>,
+        #[oai(name = "X-Gitea-Event")] gitea_event: Header<Option<String>>,
+        #[oai(name = "X-Forgejo-Event")] forgejo_event: Header<Option<String>>,
+        #[oai(name = "X-Gitlab-Event")] gitlab_event: Header<Option<String>>,
+        #[oai(name = "X-GitHub-Event")] github_event: Header<Option<String>>,
+        #[oai(name = "X-Gitea-Signature")] gitea_signature: Header<Option<String>>,
+        #[oai(name = "X-Forgejo-Signature")] forgejo_signature: Header<Option<String>>,
+        #[oai(name = "X-Gitlab-Token")] gitlab_token: Header<Option<String>>,
+        #[oai(name = "X-Hub-Signature-256")] hub_signature_256: Header<Option<String>>,
+        body: Binary<Vec<u8>>,
+    ) -> Reply<WebhookReceipt> {
+        let headers = HookHeaders {
+            gitea_event: gitea_event.0,
+            forgejo_event: forgejo_event.0,
+            gitlab_event: gitlab_event.0,
+            github_event: github_event.0,
+            gitea_signature: gitea_signature.0,
+            forgejo_signature: forgejo_signature.0,
+            gitlab_token: gitlab_token.0,
+            hub_signature_256: hub_signature_256.0,
+        };
+        let queued = self.0.app.receive_webhook(&forge, &org, &headers, &body.0).await?;
+        if !queued.is_empty() {
+            self.0.dispatch.notify_one();
+        }
+        ok(WebhookReceipt {
+            queued: queued.iter().map(|e| e.id.0).collect(),
+        })
+    }
+
+    /// The project's newest evaluations (at most 50), newest first.
+    #[oai(path = "/projects/:org/:project/evaluations", method = "get", tag = "Tag::Projects")]
+    async fn evaluations(&self, auth: MaybeToken, org: Path<String>, project: Path<String>) -> Reply<Vec<EvaluationView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let list = self.0.app.project_evaluations(&caller, &org, &project).await?;
+        ok(list.iter().map(EvaluationView::from).collect())
+    }
+}

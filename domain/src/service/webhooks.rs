@@ -1,0 +1,163 @@
+//! Forge webhooks: an organization's webhook secret, and pushes from Gitea, Forgejo, GitLab and GitHub that
+//! queue evaluations of the organization's matching projects (see [`crate::forge`] for the formats).
+//!
+//! Answers of [`Gradient::receive_webhook`]:
+//! * unknown forge, unknown organization, or an organization without a webhook secret: `NotFound` (404),
+//!   the same for all three so a delivery learns nothing about which organizations exist;
+//! * a missing or wrong signature: `Unauthenticated` (401), nothing queued;
+//! * a signed delivery that is not a push (pings included), a deleted branch or a tag: nothing queued;
+//! * a signed push whose payload does not parse: `Invalid { code: "invalid_payload" }` (422);
+//! * a signed push: one evaluation per active project whose repository is the pushed one and whose branch
+//!   (or, without a branch, the repository's default branch when the payload names it) is the pushed one.
+
+use super::{Caller, Gradient, Result, ServiceError};
+use crate::forge::{self, Forge, HookHeaders};
+use crate::model::{Evaluation, EvaluationTrigger, Org, Project};
+use crate::permissions::Permission;
+use crate::ports::{Clock, Storage};
+use crate::{Name, ProjectId};
+use rand::RngCore;
+
+/// How many evaluations of a project the evaluation list answers at most.
+pub const EVALUATION_LIST_LIMIT: u32 = 50;
+
+/// Whether a push to `push` triggers `project`.
+fn push_triggers(project: &Project, push: &forge::Push) -> bool {
+    if !project.active {
+        return false;
+    }
+    if !push
+        .repository_urls
+        .iter()
+        .any(|url| forge::same_repository(url, &project.repository))
+    {
+        return false;
+    }
+    match (&project.branch, &push.default_branch) {
+        (Some(branch), _) => *branch == push.branch,
+        (None, Some(default)) => *default == push.branch,
+        (None, None) => true,
+    }
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Generates a new webhook secret for the organization (32 random bytes, hex), replacing the previous
+    /// one. The secret is stored sealed and answered only here. Requires `manage_integrations`.
+    pub async fn create_webhook_secret(&self, caller: &Caller, org: &str) -> Result<(Org, String)> {
+        let o = self
+            .org_requiring(caller, org, Permission::ManageIntegrations)
+            .await?;
+        let mut raw = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let secret = hex::encode(raw);
+        self.storage
+            .set_webhook_secret(o.id, &self.crypt.seal(secret.as_bytes()), self.clock.now())
+            .await?;
+        Ok((o, secret))
+    }
+
+    /// Handles a webhook delivery to `/hooks/{forge}/{org}` (see the module's documentation for the answers).
+    /// Answers the evaluations queued.
+    pub async fn receive_webhook(
+        &self,
+        forge: &str,
+        org: &str,
+        headers: &HookHeaders,
+        body: &[u8],
+    ) -> Result<Vec<Evaluation>> {
+        let missing = || ServiceError::NotFound(format!("no webhook is configured at '{forge}/{org}'"));
+        let forge = Forge::parse(forge).ok_or_else(missing)?;
+        let name = Name::parse(org).map_err(|_| missing())?;
+        let o = self.storage.org_by_name(&name).await?.ok_or_else(missing)?;
+        let sealed = self.storage.webhook_secret(o.id).await?.ok_or_else(missing)?;
+        let secret = self
+            .crypt
+            .open(&sealed)
+            .map_err(|e| ServiceError::Internal(format!("opening the webhook secret of '{org}': {e}")))?;
+        if !forge::verify_signature(forge, headers, &secret, body) {
+            return Err(ServiceError::Unauthenticated(
+                "the webhook signature is missing or wrong".into(),
+            ));
+        }
+        if !forge::is_push(forge, headers) {
+            return Ok(Vec::new());
+        }
+        let Some(push) =
+            forge::parse_push(forge, body).map_err(|e| ServiceError::invalid("invalid_payload", e.to_string()))?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut queued = Vec::new();
+        for project in self.storage.projects(o.id).await? {
+            if push_triggers(&project, &push) {
+                queued.push(
+                    self.queue_evaluation(o.id, &project, &push.commit, EvaluationTrigger::Webhook)
+                        .await?,
+                );
+            }
+        }
+        Ok(queued)
+    }
+
+    /// The project's newest evaluations (at most [`EVALUATION_LIST_LIMIT`]), for callers who may view the
+    /// organization.
+    pub async fn project_evaluations(&self, caller: &Caller, org: &str, project: &str) -> Result<Vec<Evaluation>> {
+        let p: Project = self.project(caller, org, project).await?;
+        let id: ProjectId = p.id;
+        Ok(self.storage.evaluations(id, EVALUATION_LIST_LIMIT).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{OrgId, UserId};
+
+    fn project(repository: &str, branch: Option<&str>, active: bool) -> Project {
+        Project {
+            id: ProjectId::new(),
+            org_id: OrgId::new(),
+            name: Name::parse("web").expect("name"),
+            display_name: String::new(),
+            description: String::new(),
+            repository: repository.to_owned(),
+            branch: branch.map(str::to_owned),
+            wildcard: "packages.*.*".to_owned(),
+            flake_input_overrides: Default::default(),
+            keep_evaluations: None,
+            poll_interval_secs: None,
+            active,
+            created_by: UserId::new(),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    fn push(default_branch: Option<&str>) -> forge::Push {
+        forge::Push {
+            commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+            branch: "main".to_owned(),
+            default_branch: default_branch.map(str::to_owned),
+            repository_urls: vec![
+                "https://git.example.com/acme/web".to_owned(),
+                "git@git.example.com:acme/web.git".to_owned(),
+            ],
+        }
+    }
+
+    #[test]
+    fn which_projects_a_push_triggers() {
+        let repo = "https://git.example.com/acme/web.git";
+        let cases = [
+            (project(repo, Some("main"), true), push(None), true),
+            (project("ssh://git@git.example.com/acme/web", None, true), push(None), true),
+            (project(repo, None, true), push(Some("main")), true),
+            (project(repo, None, true), push(Some("trunk")), false),
+            (project(repo, Some("dev"), true), push(Some("main")), false),
+            (project(repo, Some("main"), false), push(None), false),
+            (project("https://git.example.com/acme/api.git", None, true), push(None), false),
+        ];
+        for (i, (p, push, triggers)) in cases.iter().enumerate() {
+            assert_eq!(push_triggers(p, push), *triggers, "case {i}");
+        }
+    }
+}
