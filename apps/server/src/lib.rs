@@ -128,6 +128,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         enable_registration: config.enable_registration,
         oidc_required: config.oidc.enable && config.oidc.required,
         domain: config.domain.clone(),
+        keep_evaluations: config.keep_evaluations,
         local_worker: match &config.local_worker {
             None => None,
             Some((id, file)) => {

@@ -119,6 +119,8 @@ pub struct Settings {
     /// A worker on the server's own machine, registered in every organization created, so a fresh
     /// installation builds without any manual step.
     pub local_worker: Option<LocalWorker>,
+    /// Evaluations kept per project unless the project says otherwise; older finished ones are deleted.
+    pub keep_evaluations: u32,
 }
 
 /// The co-located worker: its id and the SHA-256 (hex) of its token.
@@ -136,6 +138,7 @@ impl Default for Settings {
             session_lifetime: chrono::TimeDelta::days(30),
             domain: "localhost".into(),
             local_worker: None,
+            keep_evaluations: 5,
         }
     }
 }

@@ -85,7 +85,22 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             attempts: 0,
         };
         self.storage.enqueue_job(&job).await?;
+        self.prune_evaluations(project).await?;
         Ok(evaluation)
+    }
+
+    /// Deletes the project's oldest finished evaluations beyond its `keep_evaluations` (or the server's).
+    /// Evaluations still running are never deleted; their builds and derivations stay for other evaluations.
+    async fn prune_evaluations(&self, project: &crate::model::Project) -> Result<()> {
+        let keep = project
+            .keep_evaluations
+            .unwrap_or(self.settings.keep_evaluations)
+            .max(1) as usize;
+        let all = self.storage.evaluations(project.id, 10_000).await?;
+        for e in all.iter().skip(keep).filter(|e| e.status.is_terminal()) {
+            self.storage.delete_evaluation(e.id).await?;
+        }
+        Ok(())
     }
 
     pub async fn evaluation_for(&self, caller: &Caller, id: EvaluationId) -> Result<(Evaluation, Vec<Build>)> {
