@@ -360,3 +360,51 @@ async fn a_server_restart_mid_build_loses_no_job() {
     worker.kill();
     server.stop();
 }
+
+#[tokio::test]
+async fn aborting_an_evaluation_stops_its_running_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, commit) = slow_repo(dir.path(), 37);
+    let server = Server::start(dir.path(), &[]).await;
+    let s = org_with_project(&server, &repository).await;
+    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
+    let e = s
+        .client
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let id = e["id"].as_str().expect("id").to_owned();
+    worker.wait_for_log("running build job").await;
+    let aborted = s
+        .client
+        .ok(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
+        .await;
+    assert_eq!(aborted["status"], "Aborted");
+    worker.wait_for_log("aborting job").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let still = Command::new("pgrep").args(["-f", "sleep 37"]).output().expect("pgrep");
+        if !still.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the build's process still runs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let done = s.client.ok(Method::GET, &format!("/evals/{id}"), None).await;
+    assert_eq!(done["builds"][0]["status"], "Aborted", "{done}");
+    let (status, v) = s
+        .client
+        .call(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
+        .await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("already_finished")));
+    let (status, v) = s
+        .client
+        .call(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "dance"})))
+        .await;
+    assert_eq!((status, v["code"].as_str()), (422, Some("unknown_method")));
+    worker.kill();
+    server.stop();
+}

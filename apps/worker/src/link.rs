@@ -42,6 +42,7 @@ pub struct Work<N> {
     /// Finished reports the link could not deliver; sent first after reconnecting.
     unsent: Vec<WorkerMessage>,
     running: Arc<Mutex<BTreeSet<JobId>>>,
+    handles: std::collections::HashMap<JobId, tokio::task::AbortHandle>,
 }
 
 impl<N: Nix> Work<N> {
@@ -54,10 +55,11 @@ impl<N: Nix> Work<N> {
             out_rx,
             unsent: Vec::new(),
             running: Default::default(),
+            handles: Default::default(),
         }
     }
 
-    fn start(&self, job: Job) {
+    fn start(&mut self, job: Job) {
         let (nix, dirs, out, running) = (
             self.nix.clone(),
             self.dirs.clone(),
@@ -66,10 +68,24 @@ impl<N: Nix> Work<N> {
         );
         let id = job.id();
         running.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             jobs::run(&*nix, &dirs, job, out).await;
             running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         });
+        self.handles.retain(|_, h| !h.is_finished());
+        self.handles.insert(id, task.abort_handle());
+    }
+
+    /// Stops a job: its task is dropped, which kills its `nix` processes, and the server is told.
+    fn abort(&mut self, id: JobId) {
+        if let Some(h) = self.handles.remove(&id) {
+            h.abort();
+            self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            let _ = self.out_tx.send(WorkerMessage::JobFinished {
+                job_id: id,
+                outcome: gradient_domain::proto::JobOutcome::Aborted,
+            });
+        }
     }
 
     fn held(&self) -> Vec<JobId> {
@@ -168,6 +184,10 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
         tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(ServerMessage::Heartbeat) => {}
+                Ok(ServerMessage::Abort { job_id }) => {
+                    tracing::info!("aborting job {job_id}");
+                    work.abort(job_id);
+                }
                 Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
                 Ok(ServerMessage::Assign { job }) => {
                     let kind = match &job { Job::Evaluate { .. } => "evaluation", Job::Build { .. } => "build" };

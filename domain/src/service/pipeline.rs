@@ -562,3 +562,86 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         .await
     }
 }
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Aborts an evaluation (`abort_evaluation`): it ends Aborted, its queued builds that no other live
+    /// evaluation needs end Aborted too, and the jobs running for it are answered for the caller to stop
+    /// (`workers` are the connected ones, whose assigned jobs are looked at).
+    pub async fn abort_evaluation(
+        &self,
+        caller: &Caller,
+        id: EvaluationId,
+        workers: &[WorkerId],
+    ) -> Result<Vec<(WorkerId, JobId)>> {
+        let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
+        let mut e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
+        let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
+        let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
+        self.org_requiring(caller, o.name.as_str(), Permission::AbortEvaluation)
+            .await?;
+        if e.status.is_terminal() {
+            return Err(ServiceError::conflict(
+                "already_finished",
+                format!("the evaluation already ended ({})", e.status.as_str()),
+            ));
+        }
+        e.status = e
+            .status
+            .transition(EvaluationStatus::Aborted)
+            .map_err(|x| ServiceError::Internal(x.to_string()))?;
+        e.updated_at = self.clock.now();
+        self.storage.update_evaluation(&e).await?;
+
+        // Builds only this evaluation still needs.
+        let mut abandoned: HashSet<String> = HashSet::new();
+        for b in self.storage.builds_of_evaluation(id).await? {
+            if b.status.is_terminal() {
+                continue;
+            }
+            let mut needed_elsewhere = false;
+            for other in self.storage.evaluations_needing(o.id, &b.drv_path).await? {
+                if other != id
+                    && self
+                        .storage
+                        .evaluation(other)
+                        .await?
+                        .is_some_and(|x| !x.status.is_terminal())
+                {
+                    needed_elsewhere = true;
+                    break;
+                }
+            }
+            if !needed_elsewhere {
+                abandoned.insert(b.drv_path.clone());
+            }
+        }
+        let now = self.clock.now();
+        let mut running = Vec::new();
+        for job in self.storage.queued_jobs(10_000).await? {
+            if job.org_id == o.id
+                && self.job_is_for(&job, id, &abandoned)
+                && self.storage.assign_job(job.id, SERVER, now).await?
+            {
+                self.storage.finish_job(job.id, SERVER, false).await?;
+            }
+        }
+        for w in workers {
+            for job in self.storage.jobs_assigned_to(*w).await? {
+                if job.org_id == o.id && self.job_is_for(&job, id, &abandoned) {
+                    running.push((*w, job.id));
+                }
+            }
+        }
+        for drv in &abandoned {
+            self.move_build(o.id, drv, BuildStatus::Aborted, None).await?;
+        }
+        Ok(running)
+    }
+
+    fn job_is_for(&self, job: &JobRecord, evaluation: EvaluationId, drvs: &HashSet<String>) -> bool {
+        match &job.kind {
+            JobKind::Evaluate { evaluation_id } => *evaluation_id == evaluation,
+            JobKind::Build { derivation, .. } => drvs.contains(derivation),
+        }
+    }
+}

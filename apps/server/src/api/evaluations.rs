@@ -80,6 +80,13 @@ impl From<&Build> for BuildView {
     }
 }
 
+/// An action on an evaluation.
+#[derive(Object)]
+pub struct EvaluationAction {
+    /// `abort`: stop the evaluation and the builds only it needs.
+    pub method: String,
+}
+
 #[derive(Object)]
 pub struct EvaluationDetail {
     pub evaluation: EvaluationView,
@@ -104,6 +111,32 @@ impl EvaluationsApi {
             .trigger_evaluation(&caller, &org, &project, &body.0.commit)
             .await?;
         self.0.dispatch.notify_one();
+        ok(EvaluationView::from(&e))
+    }
+
+    /// Acts on an evaluation: `{"method": "abort"}` (`abort_evaluation`) stops it; queued builds only it
+    /// needs end Aborted and running ones are stopped on their workers.
+    #[oai(path = "/evals/:id", method = "post")]
+    async fn act(&self, auth: Token, id: Path<Uuid>, body: Json<EvaluationAction>) -> Reply<EvaluationView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        if body.0.method != "abort" {
+            return Err(super::ApiError::unprocessable(
+                "unknown_method",
+                format!("unknown method '{}' (abort)", body.0.method),
+            ));
+        }
+        let workers: Vec<_> = self.0.links.infos().iter().map(|w| w.id).collect();
+        let running = self
+            .0
+            .app
+            .abort_evaluation(&caller, EvaluationId(id.0), &workers)
+            .await?;
+        for (worker, job_id) in running {
+            self.0
+                .links
+                .send(worker, gradient_domain::proto::ServerMessage::Abort { job_id });
+        }
+        let (e, _) = self.0.app.evaluation_for(&caller, EvaluationId(id.0)).await?;
         ok(EvaluationView::from(&e))
     }
 
