@@ -328,23 +328,96 @@ mod tests {
         }
         let mut other_body = BODY.to_vec();
         other_body.push(b' ');
-        assert!(!verify_signature(Forge::Gitea, &h(gitea, &good), SECRET, &other_body), "the body is signed");
+        assert!(
+            !verify_signature(Forge::Gitea, &h(gitea, &good), SECRET, &other_body),
+            "the body is signed"
+        );
     }
 
     #[test]
     fn push_events_are_recognized_per_forge() {
         let s = |v: &str| Some(v.to_owned());
         let cases = [
-            (Forge::Gitea, HookHeaders { gitea_event: s("push"), ..Default::default() }, true),
-            (Forge::Gitea, HookHeaders { gitea_event: s("ping"), ..Default::default() }, false),
-            (Forge::Gitea, HookHeaders { gitea_event: s("pull_request"), ..Default::default() }, false),
-            (Forge::Forgejo, HookHeaders { forgejo_event: s("push"), ..Default::default() }, true),
-            (Forge::Forgejo, HookHeaders { gitea_event: s("push"), ..Default::default() }, true),
-            (Forge::GitLab, HookHeaders { gitlab_event: s("Push Hook"), ..Default::default() }, true),
-            (Forge::GitLab, HookHeaders { gitlab_event: s("Tag Push Hook"), ..Default::default() }, false),
-            (Forge::GitLab, HookHeaders { gitea_event: s("push"), ..Default::default() }, false),
-            (Forge::GitHub, HookHeaders { github_event: s("push"), ..Default::default() }, true),
-            (Forge::GitHub, HookHeaders { github_event: s("ping"), ..Default::default() }, false),
+            (
+                Forge::Gitea,
+                HookHeaders {
+                    gitea_event: s("push"),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Forge::Gitea,
+                HookHeaders {
+                    gitea_event: s("ping"),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                Forge::Gitea,
+                HookHeaders {
+                    gitea_event: s("pull_request"),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                Forge::Forgejo,
+                HookHeaders {
+                    forgejo_event: s("push"),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Forge::Forgejo,
+                HookHeaders {
+                    gitea_event: s("push"),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Forge::GitLab,
+                HookHeaders {
+                    gitlab_event: s("Push Hook"),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Forge::GitLab,
+                HookHeaders {
+                    gitlab_event: s("Tag Push Hook"),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                Forge::GitLab,
+                HookHeaders {
+                    gitea_event: s("push"),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                Forge::GitHub,
+                HookHeaders {
+                    github_event: s("push"),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Forge::GitHub,
+                HookHeaders {
+                    github_event: s("ping"),
+                    ..Default::default()
+                },
+                false,
+            ),
             (Forge::GitHub, HookHeaders::default(), false),
         ];
         for (forge, headers, push) in cases {
@@ -381,7 +454,10 @@ mod tests {
                 "https://git.example.com/acme/web"
             ]
         );
-        assert_eq!(parse_push(Forge::GitHub, body.to_string().as_bytes()).expect("parses"), Some(push));
+        assert_eq!(
+            parse_push(Forge::GitHub, body.to_string().as_bytes()).expect("parses"),
+            Some(push)
+        );
     }
 
     #[test]
@@ -405,8 +481,11 @@ mod tests {
         assert_eq!(push.branch, "dev");
         assert_eq!(push.repository_urls.len(), 3);
         // Without checkout_sha, `after`.
-        let body = serde_json::json!({"ref": "refs/heads/dev", "after": COMMIT, "project": {"web_url": "https://x/a/b"}});
-        let push = parse_push(Forge::GitLab, body.to_string().as_bytes()).expect("parses").expect("a push");
+        let body =
+            serde_json::json!({"ref": "refs/heads/dev", "after": COMMIT, "project": {"web_url": "https://x/a/b"}});
+        let push = parse_push(Forge::GitLab, body.to_string().as_bytes())
+            .expect("parses")
+            .expect("a push");
         assert_eq!(push.commit, COMMIT);
     }
 
@@ -414,9 +493,16 @@ mod tests {
     fn pushes_that_queue_nothing_and_bad_payloads() {
         let repo = serde_json::json!({"clone_url": "https://git.example.com/acme/web.git"});
         let deleted = serde_json::json!({"ref": "refs/heads/main", "after": "0".repeat(40), "repository": repo});
-        assert_eq!(parse_push(Forge::Gitea, deleted.to_string().as_bytes()), Ok(None), "deleted branch");
+        assert_eq!(
+            parse_push(Forge::Gitea, deleted.to_string().as_bytes()),
+            Ok(None),
+            "deleted branch"
+        );
         let gitlab_deleted = serde_json::json!({"ref": "refs/heads/main", "after": "0".repeat(40), "checkout_sha": null, "project": repo});
-        assert_eq!(parse_push(Forge::GitLab, gitlab_deleted.to_string().as_bytes()), Ok(None));
+        assert_eq!(
+            parse_push(Forge::GitLab, gitlab_deleted.to_string().as_bytes()),
+            Ok(None)
+        );
         let tag = serde_json::json!({"ref": "refs/tags/v1", "after": COMMIT, "repository": repo});
         assert_eq!(parse_push(Forge::Gitea, tag.to_string().as_bytes()), Ok(None), "tags");
         let no_repo = serde_json::json!({"ref": "refs/heads/main", "after": COMMIT});
@@ -432,15 +518,33 @@ mod tests {
             ("https://git.example.com/acme/web.git", Some("git.example.com/acme/web")),
             ("https://git.example.com/acme/web", Some("git.example.com/acme/web")),
             ("https://git.example.com/acme/web/", Some("git.example.com/acme/web")),
-            ("https://Git.Example.com/Acme/Web.git/", Some("git.example.com/acme/web")),
-            ("http://user:pw@git.example.com:8443/acme/web.git", Some("git.example.com/acme/web")),
-            ("ssh://git@git.example.com/acme/web.git", Some("git.example.com/acme/web")),
-            ("ssh://git@git.example.com:2222/acme/web.git", Some("git.example.com/acme/web")),
+            (
+                "https://Git.Example.com/Acme/Web.git/",
+                Some("git.example.com/acme/web"),
+            ),
+            (
+                "http://user:pw@git.example.com:8443/acme/web.git",
+                Some("git.example.com/acme/web"),
+            ),
+            (
+                "ssh://git@git.example.com/acme/web.git",
+                Some("git.example.com/acme/web"),
+            ),
+            (
+                "ssh://git@git.example.com:2222/acme/web.git",
+                Some("git.example.com/acme/web"),
+            ),
             ("git@git.example.com:acme/web.git", Some("git.example.com/acme/web")),
             ("git.example.com:acme/web", Some("git.example.com/acme/web")),
             ("git://git.example.com/acme/web.git", Some("git.example.com/acme/web")),
-            ("git+https://git.example.com/acme/web?ref=main", Some("git.example.com/acme/web")),
-            ("https://gitlab.example.com/group/sub/web.git", Some("gitlab.example.com/group/sub/web")),
+            (
+                "git+https://git.example.com/acme/web?ref=main",
+                Some("git.example.com/acme/web"),
+            ),
+            (
+                "https://gitlab.example.com/group/sub/web.git",
+                Some("gitlab.example.com/group/sub/web"),
+            ),
             ("ssh://git@[::1]:22/acme/web.git", Some("::1/acme/web")),
             ("https://git.example.com/", None),
             ("https://git.example.com", None),
@@ -454,10 +558,22 @@ mod tests {
 
     #[test]
     fn same_repository_compares_normalized_urls() {
-        assert!(same_repository("https://git.example.com/acme/web.git", "git@git.example.com:acme/web.git"));
-        assert!(same_repository("ssh://git@git.example.com/acme/web", "https://git.example.com/acme/web/"));
-        assert!(!same_repository("https://git.example.com/acme/web", "https://git.example.com/acme/webapp"));
-        assert!(!same_repository("https://git.example.com/acme/web", "https://other.example.com/acme/web"));
+        assert!(same_repository(
+            "https://git.example.com/acme/web.git",
+            "git@git.example.com:acme/web.git"
+        ));
+        assert!(same_repository(
+            "ssh://git@git.example.com/acme/web",
+            "https://git.example.com/acme/web/"
+        ));
+        assert!(!same_repository(
+            "https://git.example.com/acme/web",
+            "https://git.example.com/acme/webapp"
+        ));
+        assert!(!same_repository(
+            "https://git.example.com/acme/web",
+            "https://other.example.com/acme/web"
+        ));
         assert!(!same_repository("https://git.example.com/", "https://git.example.com/"));
     }
 }

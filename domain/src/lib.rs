@@ -7,8 +7,8 @@
 
 pub mod auth;
 pub mod codec;
-pub mod forge;
 pub mod crypt;
+pub mod forge;
 pub mod ids;
 pub mod model;
 pub mod names;

@@ -42,6 +42,13 @@ impl Caller {
         }
     }
 
+    /// Whether the caller uses an API key limited to an organization or to some permissions. Such a key
+    /// acts only inside organizations: it cannot create organizations, caches or keys, or own caches.
+    pub fn is_restricted(&self) -> bool {
+        self.scope()
+            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some())
+    }
+
     /// The user, or 401 for anonymous callers.
     pub fn require_user(&self) -> Result<&User> {
         self.user()
@@ -190,9 +197,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// session, or from a key that is not itself restricted, so a narrow key cannot mint a wider one.
     pub async fn create_api_key(&self, caller: &Caller, new: NewKey) -> Result<(ApiKey, String)> {
         let user = caller.require_user()?;
-        if let Some(scope) = caller.scope()
-            && (scope.organization.is_some() || scope.permissions.is_some())
-        {
+        if caller.is_restricted() {
             return Err(ServiceError::Forbidden(
                 "a restricted API key cannot create API keys".into(),
             ));

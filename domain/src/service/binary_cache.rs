@@ -140,9 +140,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         caller.require_user()?;
         let cache = self.readable_cache(caller, name).await?;
         let user = caller.require_user()?;
-        let restricted = caller
-            .scope()
-            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some());
+        let restricted = caller.is_restricted();
         if cache.created_by != user.id || restricted {
             return Err(ServiceError::Forbidden(format!("you may not push to cache '{name}'")));
         }

@@ -2,7 +2,7 @@
 //! it is readable by everyone when public, otherwise by its owner and the members of subscribed
 //! organizations.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text};
+use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
 use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
@@ -90,9 +90,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     async fn owned_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
         let cache = self.cache(caller, name).await?;
         let user = caller.require_user()?;
-        let restricted = caller
-            .scope()
-            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some());
+        let restricted = caller.is_restricted();
         if cache.created_by != user.id || restricted {
             return Err(ServiceError::Forbidden(format!(
                 "only the owner of cache '{name}' may change it"
@@ -103,10 +101,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn create_cache(&self, caller: &Caller, new: NewCache) -> Result<Cache> {
         let user = caller.require_user()?;
-        if caller
-            .scope()
-            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some())
-        {
+        if caller.is_restricted() {
             return Err(ServiceError::Forbidden(
                 "a restricted API key cannot create caches".into(),
             ));
@@ -117,18 +112,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(p) = new.local_priority {
             check_priority(p)?;
         }
-        let display_name = new.display_name.unwrap_or_default().trim().to_owned();
-        let description = new.description.unwrap_or_default();
-        check_text("display_name", &display_name, 256)?;
-        check_text("description", &description, 4096)?;
+        let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let cache = Cache {
             signing_key: self.new_signing_key(&name)?,
             id: CacheId::new(),
-            display_name: if display_name.is_empty() {
-                name.to_string()
-            } else {
-                display_name
-            },
+            display_name,
             name,
             description,
             public: new.public,

@@ -22,7 +22,7 @@ pub use workers::{NewRegistration, check_token, generate_token, parse_worker_id}
 
 use crate::auth::TokenSigner;
 use crate::crypt::Crypt;
-use crate::names::NameError;
+use crate::names::{Name, NameError};
 use crate::ports::storage::StorageError;
 use crate::ports::{Clock, Storage};
 
@@ -181,6 +181,26 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             )),
         }
     }
+}
+
+/// The display name (the name when empty) and description of something new, checked for size.
+pub(crate) fn display_texts(
+    name: &Name,
+    display_name: Option<String>,
+    description: Option<String>,
+) -> Result<(String, String)> {
+    let display_name = display_name.unwrap_or_default().trim().to_owned();
+    let description = description.unwrap_or_default();
+    check_text("display_name", &display_name, 256)?;
+    check_text("description", &description, 4096)?;
+    Ok((
+        if display_name.is_empty() {
+            name.to_string()
+        } else {
+            display_name
+        },
+        description,
+    ))
 }
 
 /// Keeps free text fields to a sane size.

@@ -1,6 +1,6 @@
 //! Organizations, their members and their roles.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text};
+use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
 use crate::model::{Member, Membership, Org, Role, RoleRef};
 use crate::permissions::{BuiltinRole, OrgAccess, Permission, PermissionSet, org_access};
 use crate::ports::{Clock, Storage, StorageError};
@@ -95,26 +95,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn create_org(&self, caller: &Caller, new: NewOrg) -> Result<Org> {
         let user = caller.require_user()?;
-        if caller
-            .scope()
-            .is_some_and(|s| s.organization.is_some() || s.permissions.is_some())
-        {
+        if caller.is_restricted() {
             return Err(ServiceError::Forbidden(
                 "a restricted API key cannot create organizations".into(),
             ));
         }
         let name = Name::parse_as(new.name.trim(), "organization name")?;
-        let display_name = new.display_name.unwrap_or_default().trim().to_owned();
-        let description = new.description.unwrap_or_default();
-        check_text("display_name", &display_name, 256)?;
-        check_text("description", &description, 4096)?;
+        let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let org = Org {
             id: OrgId::new(),
-            display_name: if display_name.is_empty() {
-                name.to_string()
-            } else {
-                display_name
-            },
+            display_name,
             name,
             description,
             public: new.public,

@@ -1,6 +1,6 @@
 //! Projects: a repository holding a flake, inside an organization.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text};
+use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
 use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -136,18 +136,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         check_wildcard(&wildcard)?;
         check_branch(&new.branch)?;
         check_overrides(&new.flake_input_overrides)?;
-        let display_name = new.display_name.unwrap_or_default().trim().to_owned();
-        let description = new.description.unwrap_or_default();
-        check_text("display_name", &display_name, 256)?;
-        check_text("description", &description, 4096)?;
+        let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let project = Project {
             id: ProjectId::new(),
             org_id: o.id,
-            display_name: if display_name.is_empty() {
-                name.to_string()
-            } else {
-                display_name
-            },
+            display_name,
             name,
             description,
             repository: new.repository.trim().to_owned(),

@@ -44,9 +44,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Generates a new webhook secret for the organization (32 random bytes, hex), replacing the previous
     /// one. The secret is stored sealed and answered only here. Requires `manage_integrations`.
     pub async fn create_webhook_secret(&self, caller: &Caller, org: &str) -> Result<(Org, String)> {
-        let o = self
-            .org_requiring(caller, org, Permission::ManageIntegrations)
-            .await?;
+        let o = self.org_requiring(caller, org, Permission::ManageIntegrations).await?;
         let mut raw = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let secret = hex::encode(raw);
@@ -149,12 +147,20 @@ mod tests {
         let repo = "https://git.example.com/acme/web.git";
         let cases = [
             (project(repo, Some("main"), true), push(None), true),
-            (project("ssh://git@git.example.com/acme/web", None, true), push(None), true),
+            (
+                project("ssh://git@git.example.com/acme/web", None, true),
+                push(None),
+                true,
+            ),
             (project(repo, None, true), push(Some("main")), true),
             (project(repo, None, true), push(Some("trunk")), false),
             (project(repo, Some("dev"), true), push(Some("main")), false),
             (project(repo, Some("main"), false), push(None), false),
-            (project("https://git.example.com/acme/api.git", None, true), push(None), false),
+            (
+                project("https://git.example.com/acme/api.git", None, true),
+                push(None),
+                false,
+            ),
         ];
         for (i, (p, push, triggers)) in cases.iter().enumerate() {
             assert_eq!(push_triggers(p, push), *triggers, "case {i}");
