@@ -3,6 +3,7 @@
 
 mod cache;
 mod harness;
+mod hooks;
 mod nix;
 mod pipeline;
 mod server;

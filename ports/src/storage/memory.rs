@@ -386,7 +386,12 @@ impl Evaluations for MemoryStorage {
 }
 
 impl Integrations for MemoryStorage {
-    async fn set_webhook_secret(&self, org: OrgId, secret: &gradient_domain::crypt::Sealed, _at: Timestamp) -> Result<()> {
+    async fn set_webhook_secret(
+        &self,
+        org: OrgId,
+        secret: &gradient_domain::crypt::Sealed,
+        _at: Timestamp,
+    ) -> Result<()> {
         self.with(|s| {
             if !s.orgs.contains_key(&org) {
                 return Err(gradient_domain::ports::StorageError::NotFound);

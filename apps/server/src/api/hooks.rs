@@ -92,7 +92,12 @@ impl HooksApi {
 
     /// The project's newest evaluations (at most 50), newest first.
     #[oai(path = "/projects/:org/:project/evaluations", method = "get", tag = "Tag::Projects")]
-    async fn evaluations(&self, auth: MaybeToken, org: Path<String>, project: Path<String>) -> Reply<Vec<EvaluationView>> {
+    async fn evaluations(
+        &self,
+        auth: MaybeToken,
+        org: Path<String>,
+        project: Path<String>,
+    ) -> Reply<Vec<EvaluationView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         let list = self.0.app.project_evaluations(&caller, &org, &project).await?;
         ok(list.iter().map(EvaluationView::from).collect())
