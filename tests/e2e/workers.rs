@@ -286,3 +286,15 @@ async fn the_co_located_worker_is_registered_in_every_new_organization() {
     w.kill();
     server.stop();
 }
+
+#[tokio::test]
+async fn a_hello_of_another_protocol_version_is_refused_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]).await;
+    let url = format!("ws://{}/proto", server.url.trim_start_matches("http://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+    let hello = json!({"type": "hello", "version": 99, "something_new": true});
+    ws.send(Message::text(hello.to_string())).await.expect("send");
+    assert_eq!(close_reason(&mut ws).await.as_deref(), Some("version_mismatch"));
+    server.stop();
+}

@@ -179,10 +179,16 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
             return End::Lost(e.to_string());
         }
     }
+    // A server silent for this long is gone: drop the link and reconnect.
+    let lost_after = Duration::from_secs(u64::from(welcome.lost_after_secs.max(1)));
+    let mut heard = tokio::time::Instant::now();
     let mut beat = tokio::time::interval(Duration::from_secs(u64::from(welcome.heartbeat_interval_secs.max(1))));
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
+            _ = tokio::time::sleep_until(heard + lost_after) => {
+                return End::Lost(format!("the server was silent for {}s", lost_after.as_secs()));
+            }
+            msg = rx.recv() => { heard = tokio::time::Instant::now(); match msg {
                 Ok(ServerMessage::Heartbeat) => {}
                 Ok(ServerMessage::Abort { job_id }) => {
                     tracing::info!("aborting job {job_id}");
@@ -197,7 +203,7 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
                 Ok(_) => {}
                 Err(LinkError::Closed { reason }) => return End::Lost(format!("closed by the server{}", reason.map(|r| format!(": {r}")).unwrap_or_default())),
                 Err(e) => return End::Lost(e.to_string()),
-            },
+            }},
             Some(msg) = work.out_rx.recv() => {
                 if let Err(e) = tx.send(&msg).await {
                     // A finished job's report must reach the server; logs of a lost link may be dropped.

@@ -99,8 +99,19 @@ async fn next_message(socket: &mut WebSocketStream) -> Result<WorkerMessage, Opt
                 return Err(Some(Rejected::new(code, format!("unreadable frame: {text}"))));
             }
             Some(Ok(Message::Text(t))) => {
-                return proto::decode_worker(&t)
-                    .map_err(|e: ProtoError| Some(Rejected::new(e.reject_code(), e.to_string())));
+                return proto::decode_worker(&t).map_err(|e: ProtoError| {
+                    // A hello of another version may not decode at all; say which problem it is.
+                    match proto::hello_version(&t) {
+                        Some(v) if v != proto::PROTOCOL_VERSION => Some(Rejected::new(
+                            RejectCode::VersionMismatch,
+                            format!(
+                                "the worker speaks protocol version {v}, this server speaks {}",
+                                proto::PROTOCOL_VERSION
+                            ),
+                        )),
+                        _ => Some(Rejected::new(e.reject_code(), e.to_string())),
+                    }
+                });
             }
             Some(Ok(Message::Binary(_))) => {
                 return Err(Some(Rejected::new(
