@@ -48,4 +48,6 @@ id_type!(
     /// One registration of a worker under an organization; the worker answers challenges for it.
     PeerId,
     IntegrationId,
+    /// A commit status in the outbox.
+    StatusReportId,
 );

@@ -7,4 +7,5 @@ mod hooks;
 mod nix;
 mod pipeline;
 mod server;
+mod statuses;
 mod workers;

@@ -29,7 +29,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 /// A repository whose flake has a chain a ← b ← c, a two-output derivation, a failing check and a check
 /// depending on it. A nonce makes every run's derivations new.
-fn flake_repo(dir: &Path) -> (String, String) {
+pub(crate) fn flake_repo(dir: &Path) -> (String, String) {
     let repo = dir.join("repo");
     std::fs::create_dir_all(&repo).expect("mkdir");
     let nonce = uuid::Uuid::new_v4().simple().to_string();
@@ -63,7 +63,7 @@ fn flake_repo(dir: &Path) -> (String, String) {
     (format!("file://{}", repo.display()), commit)
 }
 
-async fn wait_for_end(c: &Client, server: &Server, id: &str) -> Value {
+pub(crate) async fn wait_for_end(c: &Client, server: &Server, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let e = c.ok(Method::GET, &format!("/evals/{id}"), None).await;
@@ -222,7 +222,7 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
 }
 
 /// A repository whose only package takes a few seconds to build.
-fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
+pub(crate) fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
     let repo = dir.join("slow-repo");
     std::fs::create_dir_all(&repo).expect("mkdir");
     let flake = format!(
@@ -264,7 +264,7 @@ async fn org_with_project(server: &Server, repository: &str) -> Setup {
     Setup { client: c }
 }
 
-async fn start_worker(c: &Client, dir: &Path, server_url: &str, name: &str) -> Worker {
+pub(crate) async fn start_worker(c: &Client, dir: &Path, server_url: &str, name: &str) -> Worker {
     let id = uuid::Uuid::new_v4().to_string();
     let r = c
         .ok(Method::POST, "/orgs/acme/workers", Some(json!({"worker_id": id})))

@@ -1,10 +1,14 @@
-//! Organizations' forge integrations: webhook secrets (stored sealed, as given).
+//! Organizations' forge integrations: webhook secrets and forge connections (secrets stored sealed, as
+//! given), and the commit status outbox (`seq` keeps the order reports were enqueued in).
 
-use crate::{SqlStorage, db_error, with_pool};
-use gradient_domain::OrgId;
+use crate::{SqlStorage, corrupt, db_error, with_pool};
+use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
-use gradient_domain::model::Timestamp;
+use gradient_domain::forge::Forge;
+use gradient_domain::model::{CommitState, ForgeConnection, StatusReport, Timestamp};
 use gradient_domain::ports::storage::{Integrations, Result};
+use gradient_domain::{EvaluationId, OrgId, StatusReportId};
+use uuid::Uuid;
 
 impl Integrations for SqlStorage {
     async fn set_webhook_secret(&self, org: OrgId, secret: &Sealed, at: Timestamp) -> Result<()> {
@@ -29,5 +33,202 @@ impl Integrations for SqlStorage {
             .await)
         .map_err(db_error)?;
         Ok(secret.map(Sealed))
+    }
+
+    async fn set_forge_connection(&self, connection: &ForgeConnection, at: Timestamp) -> Result<()> {
+        self.set_forge_connection_row(connection, at).await
+    }
+
+    async fn forge_connection(&self, org: OrgId) -> Result<Option<ForgeConnection>> {
+        self.forge_connection_row(org).await
+    }
+
+    async fn enqueue_status(&self, report: &StatusReport) -> Result<()> {
+        self.enqueue_status_row(report).await
+    }
+
+    async fn due_statuses(&self, now: Timestamp, limit: u32) -> Result<Vec<StatusReport>> {
+        self.due_status_rows(now, limit).await
+    }
+
+    async fn status_delivered(&self, id: StatusReportId) -> Result<bool> {
+        self.status_delivered_row(id).await
+    }
+
+    async fn status_failed(&self, id: StatusReportId, error: &str, next_attempt_at: Timestamp) -> Result<bool> {
+        self.status_failed_row(id, error, next_attempt_at).await
+    }
+
+    async fn statuses_of(&self, evaluation: EvaluationId) -> Result<Vec<StatusReport>> {
+        self.status_rows_of(evaluation).await
+    }
+}
+
+macro_rules! report_columns {
+    () => {
+        "id, org_id, evaluation_id, repository, commit_hash, state, target_url, description, attempts, \
+         next_attempt_at, last_error, delivered, created_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct ConnectionRow {
+    org_id: Uuid,
+    forge: String,
+    api_url: String,
+    token: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    id: Uuid,
+    org_id: Uuid,
+    evaluation_id: Uuid,
+    repository: String,
+    commit_hash: String,
+    state: String,
+    target_url: String,
+    description: String,
+    attempts: i64,
+    next_attempt_at: DateTime<Utc>,
+    last_error: Option<String>,
+    delivered: bool,
+    created_at: DateTime<Utc>,
+}
+
+impl ReportRow {
+    fn into_report(self) -> Result<StatusReport> {
+        Ok(StatusReport {
+            id: StatusReportId(self.id),
+            org_id: OrgId(self.org_id),
+            evaluation_id: EvaluationId(self.evaluation_id),
+            repository: self.repository,
+            commit: self.commit_hash,
+            state: CommitState::parse(&self.state).ok_or_else(|| corrupt("commit state", &self.state))?,
+            target_url: self.target_url,
+            description: self.description,
+            attempts: u32::try_from(self.attempts).map_err(|e| corrupt("status attempts", e))?,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error,
+            delivered: self.delivered,
+            created_at: self.created_at,
+        })
+    }
+}
+
+impl SqlStorage {
+    pub(crate) async fn set_forge_connection_row(&self, c: &ForgeConnection, at: Timestamp) -> Result<()> {
+        // An unknown organization fails the foreign key: NotFound.
+        let sql = "INSERT INTO org_forge_connections (org_id, forge, api_url, token, updated_at) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id) DO UPDATE SET forge = excluded.forge, \
+                   api_url = excluded.api_url, token = excluded.token, updated_at = excluded.updated_at";
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(c.org_id.0)
+            .bind(c.forge.as_str())
+            .bind(&c.api_url)
+            .bind(&c.token.0)
+            .bind(at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)
+    }
+
+    pub(crate) async fn forge_connection_row(&self, org: OrgId) -> Result<Option<ForgeConnection>> {
+        let sql = "SELECT org_id, forge, api_url, token FROM org_forge_connections WHERE org_id = $1";
+        let row = with_pool!(self, |p| sqlx::query_as::<_, ConnectionRow>(sql)
+            .bind(org.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(|r| {
+            Ok(ForgeConnection {
+                org_id: OrgId(r.org_id),
+                forge: Forge::parse(&r.forge).ok_or_else(|| corrupt("forge", &r.forge))?,
+                api_url: r.api_url,
+                token: Sealed(r.token),
+            })
+        })
+        .transpose()
+    }
+
+    pub(crate) async fn enqueue_status_row(&self, r: &StatusReport) -> Result<()> {
+        let sql = concat!(
+            "INSERT INTO status_reports (",
+            report_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        );
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(r.id.0)
+            .bind(r.org_id.0)
+            .bind(r.evaluation_id.0)
+            .bind(&r.repository)
+            .bind(&r.commit)
+            .bind(r.state.as_str())
+            .bind(&r.target_url)
+            .bind(&r.description)
+            .bind(i64::from(r.attempts))
+            .bind(r.next_attempt_at)
+            .bind(&r.last_error)
+            .bind(r.delivered)
+            .bind(r.created_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)
+    }
+
+    pub(crate) async fn due_status_rows(&self, now: Timestamp, limit: u32) -> Result<Vec<StatusReport>> {
+        let sql = concat!(
+            "SELECT ",
+            report_columns!(),
+            " FROM status_reports WHERE delivered = FALSE AND next_attempt_at <= $1 ORDER BY seq LIMIT $2"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, ReportRow>(sql)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(ReportRow::into_report).collect()
+    }
+
+    pub(crate) async fn status_delivered_row(&self, id: StatusReportId) -> Result<bool> {
+        let sql = "UPDATE status_reports SET delivered = TRUE WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    pub(crate) async fn status_failed_row(&self, id: StatusReportId, error: &str, next: Timestamp) -> Result<bool> {
+        let sql = "UPDATE status_reports SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 \
+                   WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .bind(error)
+            .bind(next)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    pub(crate) async fn status_rows_of(&self, evaluation: EvaluationId) -> Result<Vec<StatusReport>> {
+        let sql = concat!(
+            "SELECT ",
+            report_columns!(),
+            " FROM status_reports WHERE evaluation_id = $1 ORDER BY seq"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, ReportRow>(sql)
+            .bind(evaluation.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(ReportRow::into_report).collect()
     }
 }

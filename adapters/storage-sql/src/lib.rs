@@ -222,6 +222,7 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     // `enqueue_job` inserts with ON CONFLICT DO NOTHING and reports a taken id itself; listed for completeness.
     ("jobs_pkey", "jobs.id", "job id"),
     ("evaluations_pkey", "evaluations.id", "evaluation id"),
+    ("status_reports_id_key", "status_reports.id", "status report id"),
 ];
 
 /// Maps a database error: unique violation → `Conflict(what)`, foreign key violation → `NotFound`, anything

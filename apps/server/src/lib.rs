@@ -129,6 +129,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         oidc_required: config.oidc.enable && config.oidc.required,
         domain: config.domain.clone(),
         keep_evaluations: config.keep_evaluations,
+        public_url: config.public_url.clone(),
         local_worker: match &config.local_worker {
             None => None,
             Some((id, file)) => {
@@ -276,6 +277,26 @@ pub fn spawn_dispatcher(state: AppState) {
     });
 }
 
+/// Delivers the due commit statuses to the forges, every second. A forge that fails is retried later (the
+/// domain backs off); nothing here waits on the build.
+pub fn spawn_status_delivery(state: AppState) {
+    tokio::spawn(async move {
+        let forge = match gradient_forge::HttpForge::new() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(target: "gradient::forge", "commit statuses are not delivered: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if let Err(e) = state.app.deliver_due_statuses(&forge, 100).await {
+                tracing::error!(target: "gradient::forge", "delivering commit statuses failed: {e:?}");
+            }
+        }
+    });
+}
+
 /// Writes the recorded fetch times.
 pub async fn flush_fetches(state: &AppState) {
     use gradient_domain::ports::storage::CacheContents;
@@ -303,6 +324,7 @@ fn redact(url: &str) -> String {
 pub async fn run(config: Config) -> Result<(), StartError> {
     let state = build_state(&config).await?;
     spawn_dispatcher(state.clone());
+    spawn_status_delivery(state.clone());
     spawn_upkeep(
         state.clone(),
         config.cache_ttl_hours,

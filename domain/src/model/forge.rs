@@ -21,3 +21,60 @@ pub struct ForgeIntegration {
     pub access_token: Option<crate::crypt::Sealed>,
     pub created_at: Timestamp,
 }
+
+/// Where an organization's commit statuses go: the forge's kind, its API base URL (e.g.
+/// `https://api.github.com`, `https://gitea.example.com`) and an access token (sealed with the crypt secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgeConnection {
+    pub org_id: OrgId,
+    pub forge: crate::forge::Forge,
+    pub api_url: String,
+    pub token: crate::crypt::Sealed,
+}
+
+/// The state a commit status reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+impl CommitState {
+    pub const ALL: [CommitState; 4] = [Self::Pending, Self::Success, Self::Failure, Self::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A commit status waiting to be (or already) delivered to the organization's forge: an outbox row, so a
+/// forge that is down loses nothing and blocks no build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusReport {
+    pub id: crate::StatusReportId,
+    pub org_id: OrgId,
+    pub evaluation_id: crate::EvaluationId,
+    /// The project's repository URL (owner and name are taken from it when delivering).
+    pub repository: String,
+    pub commit: String,
+    pub state: CommitState,
+    pub target_url: String,
+    pub description: String,
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub last_error: Option<String>,
+    pub delivered: bool,
+    pub created_at: Timestamp,
+}

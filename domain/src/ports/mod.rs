@@ -2,6 +2,7 @@
 //! `gradient-ports` crate that every adapter must pass.
 
 pub mod clock;
+pub mod forge;
 pub mod nar_store;
 pub mod nix;
 pub mod storage;

@@ -326,6 +326,45 @@ pub trait Integrations {
         at: Timestamp,
     ) -> impl Future<Output = Result<()>> + Send;
     fn webhook_secret(&self, org: OrgId) -> impl Future<Output = Result<Option<crate::crypt::Sealed>>> + Send;
+
+    /// Stores where the organization's commit statuses go, replacing the previous connection. NotFound when
+    /// the organization does not exist. Deleted with the organization.
+    fn set_forge_connection(
+        &self,
+        connection: &crate::model::ForgeConnection,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn forge_connection(
+        &self,
+        org: OrgId,
+    ) -> impl Future<Output = Result<Option<crate::model::ForgeConnection>>> + Send;
+
+    /// Adds a status report to the outbox. NotFound when its organization does not exist; Conflict("status
+    /// report id") when the id is taken. Reports are deleted with their organization but outlive their
+    /// evaluation (a pruned evaluation's final status is still delivered).
+    fn enqueue_status(&self, report: &crate::model::StatusReport) -> impl Future<Output = Result<()>> + Send;
+    /// Undelivered reports whose `next_attempt_at` is at or before `now`, in the order they were enqueued,
+    /// at most `limit`.
+    fn due_statuses(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<crate::model::StatusReport>>> + Send;
+    /// Marks the report delivered. Ok(false) when there is no such report.
+    fn status_delivered(&self, id: crate::StatusReportId) -> impl Future<Output = Result<bool>> + Send;
+    /// Records a failed attempt: `attempts` + 1, the error, and when to try again. Ok(false) when there is
+    /// no such report.
+    fn status_failed(
+        &self,
+        id: crate::StatusReportId,
+        error: &str,
+        next_attempt_at: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// The evaluation's reports, in the order they were enqueued.
+    fn statuses_of(
+        &self,
+        evaluation: EvaluationId,
+    ) -> impl Future<Output = Result<Vec<crate::model::StatusReport>>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

@@ -9,6 +9,7 @@ mod memo;
 mod orgs;
 mod pipeline;
 mod projects;
+mod statuses;
 mod webhooks;
 mod workers;
 
@@ -17,6 +18,7 @@ pub use binary_cache::{GcReport, NarUrl, nar_key, nix_cache_info};
 pub use caches::{CacheChanges, NewCache};
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use projects::{NewProject, ProjectChanges};
+pub use statuses::{FIRST_RETRY, LAST_RETRY, commit_state, retry_delay};
 pub use webhooks::EVALUATION_LIST_LIMIT;
 pub use workers::{NewRegistration, check_token, generate_token, parse_worker_id};
 
@@ -121,6 +123,8 @@ pub struct Settings {
     pub local_worker: Option<LocalWorker>,
     /// Evaluations kept per project unless the project says otherwise; older finished ones are deleted.
     pub keep_evaluations: u32,
+    /// The server's public URL (no trailing slash); commit statuses link to evaluations under it.
+    pub public_url: String,
 }
 
 /// The co-located worker: its id and the SHA-256 (hex) of its token.
@@ -139,6 +143,7 @@ impl Default for Settings {
             domain: "localhost".into(),
             local_worker: None,
             keep_evaluations: 5,
+            public_url: "http://localhost".into(),
         }
     }
 }

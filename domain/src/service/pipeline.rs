@@ -130,6 +130,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ],
             _ => std::slice::from_ref(&to),
         };
+        let from = e.status;
         let mut changed = false;
         for step in path {
             if e.status == *step || !e.status.can_become(*step) {
@@ -141,6 +142,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if changed {
             e.updated_at = self.clock.now();
             self.storage.update_evaluation(&e).await?;
+            self.report_status_change(from, &e).await?;
         }
         Ok(())
     }
@@ -388,6 +390,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                             message,
                         });
                     }
+                    let from = e.status;
                     if e.status == EvaluationStatus::Queued {
                         e.status = EvaluationStatus::Fetching;
                     }
@@ -396,7 +399,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     }
                     e.updated_at = self.clock.now();
                     self.storage.update_evaluation(&e).await?;
-                    Ok(())
+                    self.report_status_change(from, &e).await
                 }
             }
             JobKind::Build { derivation, .. } => {
@@ -585,12 +588,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 format!("the evaluation already ended ({})", e.status.as_str()),
             ));
         }
+        let from = e.status;
         e.status = e
             .status
             .transition(EvaluationStatus::Aborted)
             .map_err(|x| ServiceError::Internal(x.to_string()))?;
         e.updated_at = self.clock.now();
         self.storage.update_evaluation(&e).await?;
+        self.report_status_change(from, &e).await?;
 
         // Builds only this evaluation still needs.
         let mut abandoned: HashSet<String> = HashSet::new();

@@ -170,6 +170,10 @@ macro_rules! storage_contract {
             set_webhook_secret_replaces,
             webhook_secret_of_unknown_org_is_not_found,
             delete_org_removes_its_webhook_secret,
+            forge_connection_round_trips_and_is_replaced,
+            due_statuses_are_undelivered_reports_whose_time_has_come,
+            status_attempts_are_recorded,
+            delete_org_removes_its_forge_connection_and_statuses,
             // Meta.
             meta_init_keeps_the_first_value,
         );

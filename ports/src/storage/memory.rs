@@ -404,6 +404,89 @@ impl Integrations for MemoryStorage {
     async fn webhook_secret(&self, org: OrgId) -> Result<Option<gradient_domain::crypt::Sealed>> {
         self.with(|s| Ok(s.webhook_secrets.get(&org).cloned()))
     }
+
+    async fn set_forge_connection(
+        &self,
+        connection: &gradient_domain::model::ForgeConnection,
+        _at: Timestamp,
+    ) -> Result<()> {
+        self.with(|s| {
+            if !s.orgs.contains_key(&connection.org_id) {
+                return Err(gradient_domain::ports::StorageError::NotFound);
+            }
+            s.forge_connections.insert(connection.org_id, connection.clone());
+            Ok(())
+        })
+    }
+
+    async fn forge_connection(&self, org: OrgId) -> Result<Option<gradient_domain::model::ForgeConnection>> {
+        self.with(|s| Ok(s.forge_connections.get(&org).cloned()))
+    }
+
+    async fn enqueue_status(&self, report: &gradient_domain::model::StatusReport) -> Result<()> {
+        self.with(|s| {
+            if !s.orgs.contains_key(&report.org_id) {
+                return Err(gradient_domain::ports::StorageError::NotFound);
+            }
+            if s.status_reports.iter().any(|r| r.id == report.id) {
+                return Err(gradient_domain::ports::StorageError::Conflict(
+                    "status report id".into(),
+                ));
+            }
+            s.status_reports.push(report.clone());
+            Ok(())
+        })
+    }
+
+    async fn due_statuses(&self, now: Timestamp, limit: u32) -> Result<Vec<gradient_domain::model::StatusReport>> {
+        self.with(|s| {
+            Ok(s.status_reports
+                .iter()
+                .filter(|r| !r.delivered && r.next_attempt_at <= now)
+                .take(limit as usize)
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn status_delivered(&self, id: gradient_domain::StatusReportId) -> Result<bool> {
+        self.with(|s| {
+            Ok(s.status_reports
+                .iter_mut()
+                .find(|r| r.id == id)
+                .map(|r| r.delivered = true)
+                .is_some())
+        })
+    }
+
+    async fn status_failed(
+        &self,
+        id: gradient_domain::StatusReportId,
+        error: &str,
+        next_attempt_at: Timestamp,
+    ) -> Result<bool> {
+        self.with(|s| {
+            Ok(s.status_reports
+                .iter_mut()
+                .find(|r| r.id == id)
+                .map(|r| {
+                    r.attempts += 1;
+                    r.last_error = Some(error.to_owned());
+                    r.next_attempt_at = next_attempt_at;
+                })
+                .is_some())
+        })
+    }
+
+    async fn statuses_of(&self, evaluation: EvaluationId) -> Result<Vec<gradient_domain::model::StatusReport>> {
+        self.with(|s| {
+            Ok(s.status_reports
+                .iter()
+                .filter(|r| r.evaluation_id == evaluation)
+                .cloned()
+                .collect())
+        })
+    }
 }
 
 impl Meta for MemoryStorage {

@@ -87,10 +87,37 @@ pub struct EvaluationAction {
     pub method: String,
 }
 
+/// A commit status reported (or to be reported) to the forge for an evaluation.
+#[derive(Object)]
+pub struct StatusReportView {
+    /// `pending`, `success`, `failure` or `error`.
+    pub state: String,
+    pub delivered: bool,
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+impl From<&gradient_domain::model::StatusReport> for StatusReportView {
+    fn from(r: &gradient_domain::model::StatusReport) -> Self {
+        Self {
+            state: r.state.as_str().to_owned(),
+            delivered: r.delivered,
+            attempts: r.attempts,
+            last_error: r.last_error.clone(),
+            next_attempt_at: r.next_attempt_at,
+        }
+    }
+}
+
 #[derive(Object)]
 pub struct EvaluationDetail {
     pub evaluation: EvaluationView,
     pub builds: Vec<BuildView>,
+    /// The commit statuses for the forge, oldest first (empty without a forge connection).
+    pub statuses: Vec<StatusReportView>,
 }
 
 #[OpenApi(tag = "Tag::Projects")]
@@ -145,9 +172,11 @@ impl EvaluationsApi {
     async fn get(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<EvaluationDetail> {
         let caller = self.0.caller(auth.bearer()).await?;
         let (e, builds) = self.0.app.evaluation_for(&caller, EvaluationId(id.0)).await?;
+        let statuses = self.0.app.evaluation_statuses(&caller, e.id).await?;
         ok(EvaluationDetail {
             evaluation: EvaluationView::from(&e),
             builds: builds.iter().map(BuildView::from).collect(),
+            statuses: statuses.iter().map(StatusReportView::from).collect(),
         })
     }
 }

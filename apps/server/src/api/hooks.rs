@@ -1,5 +1,6 @@
 //! Forge webhooks: generating an organization's webhook secret, receiving pushes from Gitea, Forgejo, GitLab
-//! and GitHub, and listing a project's evaluations (to see what a push queued).
+//! and GitHub, and listing a project's evaluations (to see what a push queued); the organization's forge
+//! connection commit statuses are reported through.
 
 use super::dto::{Reply, ok};
 use super::evaluations::EvaluationView;
@@ -7,7 +8,7 @@ use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use gradient_domain::forge::{Forge, HookHeaders};
 use poem_openapi::param::{Header, Path};
-use poem_openapi::payload::Binary;
+use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{Object, OpenApi};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -30,8 +31,61 @@ pub struct WebhookReceipt {
     pub queued: Vec<Uuid>,
 }
 
+#[derive(Object)]
+pub struct ForgeConnectionRequest {
+    /// `gitea`, `forgejo`, `gitlab` or `github`.
+    pub forge: String,
+    /// The forge's API base URL: `https://api.github.com` for GitHub, the instance's URL for Gitea, Forgejo and
+    /// GitLab.
+    pub api_url: String,
+    /// An access token allowed to set commit statuses. Stored encrypted; never answered.
+    pub token: String,
+}
+
+#[derive(Object)]
+pub struct ForgeConnectionView {
+    pub forge: String,
+    pub api_url: String,
+}
+
+impl From<&gradient_domain::model::ForgeConnection> for ForgeConnectionView {
+    fn from(c: &gradient_domain::model::ForgeConnection) -> Self {
+        Self {
+            forge: c.forge.as_str().to_owned(),
+            api_url: c.api_url.clone(),
+        }
+    }
+}
+
 #[OpenApi(tag = "Tag::Hooks")]
 impl HooksApi {
+    /// Sets where the organization's commit statuses go (`manage_integrations`): pending when an evaluation
+    /// starts, then success, failure or error, linking to the evaluation.
+    #[oai(path = "/orgs/:org/forge", method = "put")]
+    async fn set_forge(
+        &self,
+        auth: Token,
+        org: Path<String>,
+        body: Json<ForgeConnectionRequest>,
+    ) -> Reply<ForgeConnectionView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let b = body.0;
+        let c = self
+            .0
+            .app
+            .set_forge_connection(&caller, &org, &b.forge, &b.api_url, &b.token)
+            .await?;
+        ok(ForgeConnectionView::from(&c))
+    }
+
+    /// The organization's forge connection, without its token (`manage_integrations`); null when none is set.
+    #[oai(path = "/orgs/:org/forge", method = "get")]
+    async fn get_forge(&self, auth: Token, org: Path<String>) -> Reply<Option<ForgeConnectionView>> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let c = self.0.app.forge_connection_of(&caller, &org).await?;
+        ok(c.as_ref().map(ForgeConnectionView::from))
+    }
+
     /// Generates the organization's webhook secret, replacing the previous one (`manage_integrations`).
     /// The answer is the only time the secret is shown.
     #[oai(path = "/orgs/:org/webhook-secret", method = "post")]

@@ -1,9 +1,11 @@
-//! Organizations' forge integrations: webhook secrets.
+//! Organizations' forge integrations: webhook secrets, forge connections and the commit status outbox.
 
-use super::support::{now, org, user};
-use gradient_domain::OrgId;
+use super::support::{now, org, seconds, user};
 use gradient_domain::crypt::Sealed;
+use gradient_domain::forge::Forge;
+use gradient_domain::model::{CommitState, ForgeConnection, StatusReport, Timestamp};
 use gradient_domain::ports::{Storage, StorageError};
+use gradient_domain::{EvaluationId, OrgId, StatusReportId};
 
 /// A stored webhook secret reads back as written, per organization.
 pub async fn webhook_secret_round_trips<S: Storage>(s: &S) {
@@ -80,4 +82,175 @@ pub async fn delete_org_removes_its_webhook_secret<S: Storage>(s: &S) {
         Some(Sealed(format!("v1:{}", kept.id.0))),
         "the other org's secret is kept"
     );
+}
+
+fn connection(org: OrgId, forge: Forge, token: &str) -> ForgeConnection {
+    ForgeConnection {
+        org_id: org,
+        forge,
+        api_url: "https://git.example.com".to_owned(),
+        token: Sealed(format!("v1:{token}")),
+    }
+}
+
+fn report(org: OrgId, evaluation: EvaluationId, state: CommitState, due: Timestamp) -> StatusReport {
+    StatusReport {
+        id: StatusReportId::new(),
+        org_id: org,
+        evaluation_id: evaluation,
+        repository: "https://git.example.com/acme/web.git".to_owned(),
+        commit: "0123456789abcdef0123456789abcdef01234567".to_owned(),
+        state,
+        target_url: format!("https://ci.example.com/api/v1/evals/{}", evaluation.0),
+        description: "The evaluation is running".to_owned(),
+        attempts: 0,
+        next_attempt_at: due,
+        last_error: None,
+        delivered: false,
+        created_at: now(),
+    }
+}
+
+/// A forge connection reads back as written and setting it again replaces it; an unknown organization is
+/// NotFound.
+pub async fn forge_connection_round_trips_and_is_replaced<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    assert_eq!(s.forge_connection(acme.id).await.expect("forge_connection"), None);
+    let first = connection(acme.id, Forge::Gitea, "first");
+    s.set_forge_connection(&first, now())
+        .await
+        .expect("set_forge_connection");
+    assert_eq!(
+        s.forge_connection(acme.id).await.expect("forge_connection"),
+        Some(first)
+    );
+    let second = connection(acme.id, Forge::GitLab, "second");
+    s.set_forge_connection(&second, now())
+        .await
+        .expect("set_forge_connection replaces");
+    assert_eq!(
+        s.forge_connection(acme.id).await.expect("forge_connection"),
+        Some(second)
+    );
+    let ghost = OrgId::new();
+    assert_eq!(
+        s.set_forge_connection(&connection(ghost, Forge::GitHub, "x"), now())
+            .await,
+        Err(StorageError::NotFound),
+        "set_forge_connection of an unknown org"
+    );
+    assert_eq!(s.forge_connection(ghost).await.expect("forge_connection"), None);
+}
+
+/// Due reports are the undelivered ones whose time has come, in the order they were enqueued, up to the limit;
+/// a report reads back as written.
+pub async fn due_statuses_are_undelivered_reports_whose_time_has_come<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let evaluation = EvaluationId::new();
+    let t = now();
+    let first = report(acme.id, evaluation, CommitState::Pending, t - seconds(10));
+    let second = report(acme.id, evaluation, CommitState::Failure, t);
+    let later = report(acme.id, EvaluationId::new(), CommitState::Success, t + seconds(60));
+    for r in [&first, &second, &later] {
+        s.enqueue_status(r).await.expect("enqueue_status");
+    }
+    let due = s.due_statuses(t, 10).await.expect("due_statuses");
+    assert_eq!(
+        due,
+        vec![first.clone(), second.clone()],
+        "due reports, in order, as written"
+    );
+    let due = s.due_statuses(t, 1).await.expect("due_statuses");
+    assert_eq!(due, vec![first.clone()], "the limit is kept");
+    assert!(s.status_delivered(first.id).await.expect("status_delivered"));
+    let due = s.due_statuses(t + seconds(60), 10).await.expect("due_statuses");
+    assert_eq!(
+        due.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![second.id, later.id],
+        "delivered reports are not due"
+    );
+    assert_eq!(
+        s.enqueue_status(&first).await,
+        Err(StorageError::Conflict("status report id".to_owned())),
+        "an id is enqueued once"
+    );
+    assert_eq!(
+        s.enqueue_status(&report(OrgId::new(), evaluation, CommitState::Pending, t))
+            .await,
+        Err(StorageError::NotFound),
+        "a report of an unknown org"
+    );
+}
+
+/// A failed attempt counts, keeps the error and postpones the report; delivery marks it delivered. Both are
+/// Ok(false) for an unknown report. An evaluation's reports read back in order.
+pub async fn status_attempts_are_recorded<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let evaluation = EvaluationId::new();
+    let t = now();
+    let pending = report(acme.id, evaluation, CommitState::Pending, t);
+    let success = report(acme.id, evaluation, CommitState::Success, t);
+    let other = report(acme.id, EvaluationId::new(), CommitState::Pending, t);
+    for r in [&pending, &success, &other] {
+        s.enqueue_status(r).await.expect("enqueue_status");
+    }
+    for n in 1..=2 {
+        assert!(
+            s.status_failed(pending.id, &format!("HTTP 50{n}"), t + seconds(5 * n))
+                .await
+                .expect("status_failed")
+        );
+    }
+    assert!(s.status_delivered(success.id).await.expect("status_delivered"));
+    let statuses = s.statuses_of(evaluation).await.expect("statuses_of");
+    assert_eq!(statuses.len(), 2, "only the evaluation's reports: {statuses:?}");
+    assert_eq!(statuses[0].id, pending.id, "in the order they were enqueued");
+    assert_eq!(statuses[0].attempts, 2);
+    assert_eq!(statuses[0].last_error.as_deref(), Some("HTTP 502"));
+    assert_eq!(statuses[0].next_attempt_at, t + seconds(10));
+    assert!(!statuses[0].delivered);
+    assert_eq!(statuses[1].id, success.id);
+    assert!(statuses[1].delivered);
+    assert_eq!(statuses[1].attempts, 0);
+    assert!(
+        s.due_statuses(t + seconds(9), 10)
+            .await
+            .expect("due")
+            .iter()
+            .all(|r| r.id != pending.id)
+    );
+    assert!(
+        s.due_statuses(t + seconds(10), 10)
+            .await
+            .expect("due")
+            .iter()
+            .any(|r| r.id == pending.id)
+    );
+    let ghost = StatusReportId::new();
+    assert!(!s.status_delivered(ghost).await.expect("status_delivered"));
+    assert!(!s.status_failed(ghost, "x", t).await.expect("status_failed"));
+}
+
+/// Deleting an organization deletes its forge connection and its status reports, and only its.
+pub async fn delete_org_removes_its_forge_connection_and_statuses<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let doomed = org(s, "doomed", alice.id, false).await;
+    let kept = org(s, "kept", alice.id, false).await;
+    let (doomed_eval, kept_eval) = (EvaluationId::new(), EvaluationId::new());
+    for (o, e) in [(doomed.id, doomed_eval), (kept.id, kept_eval)] {
+        s.set_forge_connection(&connection(o, Forge::Forgejo, "t"), now())
+            .await
+            .expect("set_forge_connection");
+        s.enqueue_status(&report(o, e, CommitState::Pending, now()))
+            .await
+            .expect("enqueue_status");
+    }
+    assert!(s.delete_org(doomed.id).await.expect("delete_org"));
+    assert_eq!(s.forge_connection(doomed.id).await.expect("forge_connection"), None);
+    assert!(s.statuses_of(doomed_eval).await.expect("statuses_of").is_empty());
+    assert!(s.forge_connection(kept.id).await.expect("forge_connection").is_some());
+    assert_eq!(s.statuses_of(kept_eval).await.expect("statuses_of").len(), 1);
 }

@@ -42,6 +42,9 @@ pub(super) struct State {
     pub(super) meta: HashMap<String, String>,
     /// Sealed webhook secrets by organization.
     pub(super) webhook_secrets: HashMap<OrgId, gradient_domain::crypt::Sealed>,
+    pub(super) forge_connections: HashMap<OrgId, gradient_domain::model::ForgeConnection>,
+    /// The status outbox, in the order reports were enqueued.
+    pub(super) status_reports: Vec<gradient_domain::model::StatusReport>,
 }
 
 fn conflict(what: &str) -> StorageError {
@@ -159,6 +162,8 @@ impl State {
         self.worker_registrations.retain(|_, r| r.org_id != id);
         self.jobs.retain(|_, j| j.org_id != id);
         self.webhook_secrets.remove(&id);
+        self.forge_connections.remove(&id);
+        self.status_reports.retain(|r| r.org_id != id);
         true
     }
 

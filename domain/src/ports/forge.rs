@@ -1,0 +1,90 @@
+//! The forge port: reporting a commit status to GitHub, Gitea/Forgejo or GitLab.
+
+use crate::forge::Forge;
+use crate::model::CommitState;
+use std::future::Future;
+
+/// Where a status goes: the forge, its API base URL, the access token (opened) and the project's repository
+/// URL (the owner and name are taken from it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgeTarget {
+    pub forge: Forge,
+    pub api_url: String,
+    pub token: String,
+    pub repository_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgeError {
+    /// The forge could not be reached or failed (connection refused, timeout, 5xx): worth retrying.
+    #[error("forge unavailable: {0}")]
+    Unavailable(String),
+    /// The forge refused the status (4xx: bad token, unknown repository, ...).
+    #[error("forge rejected the status: {0}")]
+    Rejected(String),
+}
+
+pub trait ForgeApi {
+    /// Sets the commit's status (context/name `gradient`), with a link and a short description.
+    fn set_status(
+        &self,
+        target: &ForgeTarget,
+        commit: &str,
+        state: CommitState,
+        target_url: &str,
+        description: &str,
+    ) -> impl Future<Output = Result<(), ForgeError>> + Send;
+}
+
+/// The owner and repository name of a repository URL, for the forges' status APIs, from its normalized form
+/// ([`crate::forge::normalize_repository_url`]: lowercase, which the forges' APIs accept): the last two path
+/// segments (`https://git.example.com/acme/web.git` → `("acme", "web")`), or, with `full_path`, everything
+/// before the last segment as the owner (GitLab's nested groups). None when the URL has fewer than two
+/// path segments.
+pub fn owner_and_repo(repository_url: &str, full_path: bool) -> Option<(String, String)> {
+    let normalized = crate::forge::normalize_repository_url(repository_url)?;
+    let (_host, path) = normalized.split_once('/')?;
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (repo, owners) = segments.split_last()?;
+    let owner = if full_path {
+        owners.join("/")
+    } else {
+        (*owners.last()?).to_owned()
+    };
+    if owner.is_empty() {
+        return None;
+    }
+    Some((owner, (*repo).to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_and_repo_come_from_the_repository_url() {
+        let pair = |o: &str, r: &str| Some((o.to_owned(), r.to_owned()));
+        assert_eq!(
+            owner_and_repo("https://github.com/Acme/Web.git", false),
+            pair("acme", "web")
+        );
+        assert_eq!(
+            owner_and_repo("git@git.example.com:acme/web.git", false),
+            pair("acme", "web")
+        );
+        assert_eq!(
+            owner_and_repo("ssh://git@host:22/acme/web/", false),
+            pair("acme", "web")
+        );
+        assert_eq!(
+            owner_and_repo("https://host/gitea/acme/web", false),
+            pair("acme", "web")
+        );
+        assert_eq!(
+            owner_and_repo("https://gitlab.com/group/sub/web.git", true),
+            pair("group/sub", "web")
+        );
+        assert_eq!(owner_and_repo("https://host/web", false), None);
+        assert_eq!(owner_and_repo("not a url", false), None);
+    }
+}

@@ -1,0 +1,175 @@
+#![allow(clippy::unwrap_used)]
+//! Commit statuses over the in-memory storage, a forge the test controls and a clock the test moves: a status
+//! is queued only with a forge connection, delivered with the opened token, and retried with backoff when
+//! the forge fails, the failure staying visible on the evaluation.
+
+use chrono::TimeDelta;
+use gradient_domain::auth::TokenSigner;
+use gradient_domain::crypt::Crypt;
+use gradient_domain::forge::Forge;
+use gradient_domain::model::{CommitState, EvaluationTrigger, Timestamp, truncate_to_micros};
+use gradient_domain::ports::Clock;
+use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget};
+use gradient_domain::service::{Caller, Gradient, NewOrg, NewProject, Registration, ServiceError, Settings};
+use gradient_ports::storage::MemoryStorage;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+struct ManualClock(Arc<Mutex<Timestamp>>);
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// Records what it is sent; fails the first `failures` calls.
+#[derive(Default)]
+struct FakeForge {
+    failures: Mutex<u32>,
+    sent: Mutex<Vec<(ForgeTarget, String, CommitState, String)>>,
+}
+
+impl ForgeApi for FakeForge {
+    async fn set_status(
+        &self,
+        target: &ForgeTarget,
+        commit: &str,
+        state: CommitState,
+        target_url: &str,
+        _description: &str,
+    ) -> Result<(), ForgeError> {
+        let mut failures = self.failures.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return Err(ForgeError::Unavailable("HTTP 502".into()));
+        }
+        self.sent
+            .lock()
+            .unwrap()
+            .push((target.clone(), commit.to_owned(), state, target_url.to_owned()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn statuses_are_queued_with_a_connection_and_retried_until_delivered() {
+    let clock = ManualClock(Arc::new(Mutex::new(truncate_to_micros(chrono::Utc::now()))));
+    let app = Gradient::new(
+        MemoryStorage::default(),
+        clock.clone(),
+        TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
+        Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
+        Settings {
+            public_url: "https://ci.example.com".into(),
+            ..Settings::default()
+        },
+    );
+    let user = app
+        .register(Registration {
+            username: "u".into(),
+            name: "U".into(),
+            email: "u@example.com".into(),
+            password: "password123".into(),
+        })
+        .await
+        .unwrap();
+    let caller = Caller::Session {
+        user,
+        session: gradient_domain::SessionId::new(),
+    };
+    let org = app
+        .create_org(
+            &caller,
+            NewOrg {
+                name: "o".into(),
+                display_name: None,
+                description: None,
+                public: false,
+            },
+        )
+        .await
+        .unwrap();
+    let project = app
+        .create_project(
+            &caller,
+            "o",
+            NewProject {
+                name: "p".into(),
+                repository: "https://git.example.com/acme/web.git".into(),
+                ..NewProject::default()
+            },
+        )
+        .await
+        .unwrap();
+    let forge = FakeForge::default();
+    let commit = "a".repeat(40);
+
+    // No connection: nothing is queued.
+    let e = app
+        .queue_evaluation(org.id, &project, &commit, EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    app.abort_evaluation(&caller, e.id, &[]).await.unwrap();
+    assert!(app.evaluation_statuses(&caller, e.id).await.unwrap().is_empty());
+
+    // Bad connections are refused.
+    for (f, url, token, code) in [
+        ("bitbucket", "https://x", "t", "invalid_forge"),
+        ("gitea", "ftp://x", "t", "invalid_api_url"),
+        ("gitea", "https://x", " ", "invalid_token"),
+    ] {
+        match app.set_forge_connection(&caller, "o", f, url, token).await {
+            Err(ServiceError::Invalid { code: c, .. }) => assert_eq!(c, code),
+            other => panic!("{f} {url}: {other:?}"),
+        }
+    }
+    let c = app
+        .set_forge_connection(&caller, "o", "gitea", "https://git.example.com/", "s3cret")
+        .await
+        .unwrap();
+    assert_eq!(c.forge, Forge::Gitea);
+    assert_eq!(c.api_url, "https://git.example.com");
+    assert_ne!(c.token.0, "s3cret", "the token is sealed");
+
+    // Aborted → error, linking to the evaluation. The forge fails twice.
+    let e = app
+        .queue_evaluation(org.id, &project, &commit, EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    app.abort_evaluation(&caller, e.id, &[]).await.unwrap();
+    *forge.failures.lock().unwrap() = 2;
+    assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
+    let statuses = app.evaluation_statuses(&caller, e.id).await.unwrap();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].state, CommitState::Error);
+    assert_eq!(statuses[0].attempts, 1);
+    assert_eq!(statuses[0].last_error.as_deref(), Some("forge unavailable: HTTP 502"));
+    assert!(!statuses[0].delivered);
+
+    // Not due again before 5 s, then 10 s after the second failure.
+    *clock.0.lock().unwrap() += TimeDelta::seconds(4);
+    assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
+    assert_eq!(app.evaluation_statuses(&caller, e.id).await.unwrap()[0].attempts, 1);
+    *clock.0.lock().unwrap() += TimeDelta::seconds(1);
+    assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
+    assert_eq!(app.evaluation_statuses(&caller, e.id).await.unwrap()[0].attempts, 2);
+    *clock.0.lock().unwrap() += TimeDelta::seconds(9);
+    assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
+    *clock.0.lock().unwrap() += TimeDelta::seconds(1);
+    assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 1);
+    let statuses = app.evaluation_statuses(&caller, e.id).await.unwrap();
+    assert!(statuses[0].delivered);
+    assert_eq!(statuses[0].attempts, 2, "the failures stay visible");
+
+    let sent = forge.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    let (target, sent_commit, state, url) = &sent[0];
+    assert_eq!(target.token, "s3cret", "the token is opened for the forge");
+    assert_eq!(target.api_url, "https://git.example.com");
+    assert_eq!(target.repository_url, "https://git.example.com/acme/web.git");
+    assert_eq!(sent_commit, &commit);
+    assert_eq!(*state, CommitState::Error);
+    assert_eq!(url, &format!("https://ci.example.com/api/v1/evals/{}", e.id.0));
+    assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0, "delivered once");
+}
