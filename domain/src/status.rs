@@ -67,6 +67,8 @@ impl EvaluationStatus {
             // A lost worker hands the fetch/evaluation back to the queue.
             (Fetching | Evaluating, Queued) => true,
             (from, Aborted) => !from.is_terminal(),
+            // Restarting the failed or aborted builds of an evaluation that got as far as building.
+            (Failed | Aborted, Building) => true,
             _ => false,
         }
     }
@@ -173,8 +175,9 @@ mod tests {
         assert_eq!(s, Completed);
         for to in EvaluationStatus::ALL {
             assert!(Completed.transition(to).is_err(), "Completed -> {to:?}");
-            assert!(Aborted.transition(to).is_err(), "Aborted -> {to:?}");
-            assert!(Failed.transition(to).is_err(), "Failed -> {to:?}");
+            // An ended evaluation only goes back to building, when its builds are restarted.
+            assert_eq!(Aborted.transition(to).is_ok(), to == Building, "Aborted -> {to:?}");
+            assert_eq!(Failed.transition(to).is_ok(), to == Building, "Failed -> {to:?}");
         }
         assert!(Queued.transition(Building).is_err());
         assert!(Queued.transition(Completed).is_err());

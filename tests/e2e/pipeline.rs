@@ -408,3 +408,87 @@ async fn aborting_an_evaluation_stops_its_running_build() {
     worker.kill();
     server.stop();
 }
+
+#[tokio::test]
+async fn failed_builds_can_be_restarted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("allowed-to-pass");
+    let repo = dir.path().join("restart-repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let flake = format!(
+        r#"{{
+  outputs = {{ self }}: let
+    system = "x86_64-linux";
+    flaky = derivation {{
+      name = "flaky"; inherit system; builder = "/bin/sh"; nonce = "{nonce}";
+      args = [ "-c" "if [ -e {flag} ]; then echo ok > $out; else echo not yet; exit 1; fi" ];
+    }};
+    after = derivation {{ name = "after"; inherit system; builder = "/bin/sh"; dep = flaky; args = [ "-c" "echo $dep > $out" ]; }};
+  in {{ packages.${{system}} = {{ inherit flaky after; }}; }};
+}}
+"#,
+        nonce = uuid::Uuid::new_v4().simple(),
+        flag = flag.display()
+    );
+    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "flake.nix"]);
+    git(&repo, &["commit", "-q", "-m", "flaky"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let server = Server::start(dir.path(), &[]).await;
+    let s = org_with_project(&server, &format!("file://{}", repo.display())).await;
+    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
+    let e = s
+        .client
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let id = e["id"].as_str().expect("id").to_owned();
+    let first = wait_for_end(&s.client, &server, &id).await;
+    assert_eq!(first["evaluation"]["status"], "Failed", "{first}");
+    let (status, v) = s
+        .client
+        .call(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
+        .await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("already_finished")));
+
+    std::fs::write(&flag, "yes").expect("flag");
+    let restarted = s
+        .client
+        .ok(
+            Method::POST,
+            &format!("/evals/{id}"),
+            Some(json!({"method": "restart"})),
+        )
+        .await;
+    assert_eq!(restarted["status"], "Building");
+    let second = wait_for_end(&s.client, &server, &id).await;
+    assert_eq!(
+        second["evaluation"]["status"],
+        "Completed",
+        "{second}\n{}",
+        worker.log_text()
+    );
+    assert!(
+        second["builds"]
+            .as_array()
+            .expect("builds")
+            .iter()
+            .all(|b| b["status"] == "Completed"),
+        "{second}"
+    );
+    let (status, v) = s
+        .client
+        .call(
+            Method::POST,
+            &format!("/evals/{id}"),
+            Some(json!({"method": "restart"})),
+        )
+        .await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("nothing_to_restart")));
+    worker.kill();
+    server.stop();
+}

@@ -650,3 +650,55 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 }
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Restarts the failed, aborted and dependency-failed builds of an evaluation that got as far as building
+    /// (`abort_evaluation` covers stopping and restarting): they are queued again and the evaluation goes
+    /// back to Building.
+    pub async fn restart_evaluation(&self, caller: &Caller, id: EvaluationId) -> Result<Evaluation> {
+        let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
+        let mut e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
+        let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
+        let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
+        self.org_requiring(caller, o.name.as_str(), Permission::AbortEvaluation)
+            .await?;
+        let builds = self.storage.builds_of_evaluation(id).await?;
+        let again: Vec<&Build> = builds
+            .iter()
+            .filter(|b| b.status.is_terminal() && !b.status.provides_outputs())
+            .collect();
+        if again.is_empty() || !e.status.can_become(EvaluationStatus::Building) {
+            return Err(ServiceError::conflict(
+                "nothing_to_restart",
+                "only an evaluation that ended with failed or aborted builds can be restarted",
+            ));
+        }
+        let now = self.clock.now();
+        for b in again {
+            self.move_build(o.id, &b.drv_path, BuildStatus::Queued, None).await?;
+            let Some(d) = self.storage.derivation(&b.drv_path).await? else {
+                continue;
+            };
+            let job = JobRecord {
+                id: JobId::new(),
+                org_id: o.id,
+                kind: JobKind::Build {
+                    derivation: d.drv_path.clone(),
+                    system: d.system.clone(),
+                    required_features: d.required_features.clone(),
+                },
+                state: JobState::Queued,
+                created_at: now,
+                attempts: 0,
+            };
+            self.storage.enqueue_job(&job).await?;
+        }
+        let from = e.status;
+        e.status = EvaluationStatus::Building;
+        e.errors.retain(|x| !x.attribute.is_empty());
+        e.updated_at = now;
+        self.storage.update_evaluation(&e).await?;
+        self.report_status_change(from, &e).await?;
+        Ok(e)
+    }
+}

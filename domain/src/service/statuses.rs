@@ -38,7 +38,7 @@ pub fn commit_state(from: EvaluationStatus, to: EvaluationStatus) -> Option<Comm
         EvaluationStatus::Failed => Some(CommitState::Failure),
         EvaluationStatus::Aborted => Some(CommitState::Error),
         EvaluationStatus::Queued => None,
-        _ if from == EvaluationStatus::Queued => Some(CommitState::Pending),
+        _ if from == EvaluationStatus::Queued || from.is_terminal() => Some(CommitState::Pending),
         _ => None,
     }
 }

@@ -83,7 +83,8 @@ impl From<&Build> for BuildView {
 /// An action on an evaluation.
 #[derive(Object)]
 pub struct EvaluationAction {
-    /// `abort`: stop the evaluation and the builds only it needs.
+    /// `abort`: stop the evaluation and the builds only it needs; `restart`: build its failed, aborted and
+    /// dependency-failed derivations again.
     pub method: String,
 }
 
@@ -146,10 +147,15 @@ impl EvaluationsApi {
     #[oai(path = "/evals/:id", method = "post")]
     async fn act(&self, auth: Token, id: Path<Uuid>, body: Json<EvaluationAction>) -> Reply<EvaluationView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
+        if body.0.method == "restart" {
+            let e = self.0.app.restart_evaluation(&caller, EvaluationId(id.0)).await?;
+            self.0.dispatch.notify_one();
+            return ok(EvaluationView::from(&e));
+        }
         if body.0.method != "abort" {
             return Err(super::ApiError::unprocessable(
                 "unknown_method",
-                format!("unknown method '{}' (abort)", body.0.method),
+                format!("unknown method '{}' (abort, restart)", body.0.method),
             ));
         }
         let workers: Vec<_> = self.0.links.infos().iter().map(|w| w.id).collect();
