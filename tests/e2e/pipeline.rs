@@ -492,3 +492,147 @@ async fn failed_builds_can_be_restarted() {
     worker.kill();
     server.stop();
 }
+
+/// Reads a Server-Sent Events stream until its `end` event; answers (event type, id, data) triples.
+async fn read_events(mut resp: reqwest::Response) -> Vec<(String, String, String)> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+            .await
+            .expect("events in time");
+        let Some(chunk) = chunk.expect("stream") else { break };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(at) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..at + 2).collect();
+            let (mut kind, mut id, mut data) = ("message".to_owned(), String::new(), Vec::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                }
+            }
+            if data.is_empty() && kind == "message" {
+                continue; // keep-alive
+            }
+            let end = kind == "end";
+            events.push((kind, id, data.join("\n")));
+            if end {
+                return events;
+            }
+        }
+    }
+    panic!("no end event: {events:?}");
+}
+
+#[tokio::test]
+async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("talk-repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    let flake = format!(
+        r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.talk = derivation {{
+      name = "talk"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "{}";
+      args = [ "-c" "echo first line; /usr/bin/sleep 2; echo second line; /usr/bin/sleep 2; echo done > $out" ];
+    }};
+  }};
+}}
+"#,
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "flake.nix"]);
+    git(&repo, &["commit", "-q", "-m", "talk"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let server = Server::start(dir.path(), &[]).await;
+    let s = org_with_project(&server, &format!("file://{}", repo.display())).await;
+    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
+    let e = s
+        .client
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let id = e["id"].as_str().expect("id").to_owned();
+    worker.wait_for_log("running build job").await;
+    let detail = s.client.ok(Method::GET, &format!("/evals/{id}"), None).await;
+    let drv = detail["builds"][0]["drv_path"].as_str().expect("drv").to_owned();
+    let http = reqwest::Client::new();
+    let token = s.client.token.clone().expect("token");
+    let url = format!("{}/api/v1/evals/{id}/log", server.url);
+    let live = http
+        .get(&url)
+        .query(&[("drv", &drv)])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(live.status(), 200);
+    let events = read_events(live).await;
+    let text: String = events
+        .iter()
+        .filter(|e| e.0 == "message")
+        .map(|e| e.2.clone() + "\n")
+        .collect();
+    assert!(
+        text.contains("first line") && text.contains("second line"),
+        "{events:?}"
+    );
+    assert_eq!(
+        events.last().map(|e| (e.0.as_str(), e.2.as_str())),
+        Some(("end", "Completed"))
+    );
+    let messages: Vec<_> = events.iter().filter(|e| e.0 == "message").collect();
+    assert!(
+        messages.len() >= 2,
+        "the log arrived in pieces as the build ran: {events:?}"
+    );
+
+    // Resuming from the last id sends nothing twice.
+    let last_id = messages.last().map(|e| e.1.clone()).expect("id");
+    let again = http
+        .get(&url)
+        .query(&[("drv", &drv)])
+        .bearer_auth(&token)
+        .header("Last-Event-ID", &last_id)
+        .send()
+        .await
+        .expect("GET");
+    let events = read_events(again).await;
+    assert_eq!(events.iter().filter(|e| e.0 == "message").count(), 0, "{events:?}");
+
+    // Afterwards, a new reader gets the stored log, then the end.
+    let late = http
+        .get(&url)
+        .query(&[("drv", &drv)])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    let events = read_events(late).await;
+    assert!(events[0].2.contains("second line"), "{events:?}");
+    let (status, _) = s
+        .client
+        .call(Method::GET, "/evals/00000000-0000-4000-8000-000000000000", None)
+        .await;
+    assert_eq!(status, 404);
+    let missing = http
+        .get(&url)
+        .query(&[("drv", "/nix/store/nope.drv")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(missing.status(), 404);
+    worker.kill();
+    server.stop();
+}

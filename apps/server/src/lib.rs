@@ -6,6 +6,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod link;
+pub mod live;
 pub mod nars;
 pub mod state;
 
@@ -32,6 +33,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .catch_all_error(|e| async move { api::error_response(e) });
     Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
+        .at("/api/v1/evals/:id/log", live::build_log.data(state_for_cache.clone()))
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
         .nest("/api/v1/docs", docs)
@@ -263,6 +265,9 @@ pub fn spawn_dispatcher(state: AppState) {
             match state.app.dispatch(state.links.infos(), &state.public_url).await {
                 Ok(assigned) => {
                     for (worker, job) in assigned {
+                        if let gradient_domain::proto::Job::Build { job_id, drv_path, .. } = &job {
+                            state.logs.started(*job_id, drv_path);
+                        }
                         if !state
                             .links
                             .send(worker, gradient_domain::proto::ServerMessage::Assign { job })

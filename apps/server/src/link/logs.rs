@@ -1,4 +1,5 @@
-//! Build logs as they stream in, held per job until the job finishes, bounded per job.
+//! Build logs as they stream in from workers, held per job until the job finishes (bounded per job), and
+//! readable by derivation while the build runs, from any byte offset, for live viewers.
 
 use gradient_domain::model::JobId;
 use std::collections::HashMap;
@@ -8,23 +9,102 @@ use std::sync::{Mutex, PoisonError};
 const MAX_BUFFER: usize = 512 * 1024;
 
 #[derive(Default)]
+struct Log {
+    text: String,
+    /// Bytes dropped from the front, so offsets stay those of the whole log.
+    dropped: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    logs: HashMap<JobId, Log>,
+    /// The job building each derivation now.
+    by_drv: HashMap<String, JobId>,
+}
+
+#[derive(Default)]
 pub struct LiveLogs {
-    logs: Mutex<HashMap<JobId, String>>,
+    inner: Mutex<Inner>,
 }
 
 impl LiveLogs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A build job was handed to a worker.
+    pub fn started(&self, job: JobId, drv_path: &str) {
+        let mut inner = self.lock();
+        inner.by_drv.insert(drv_path.to_owned(), job);
+        inner.logs.entry(job).or_default();
+    }
+
     pub fn append(&self, job: JobId, text: &str) {
-        let mut logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
-        let log = logs.entry(job).or_default();
-        log.push_str(text);
-        if log.len() > MAX_BUFFER {
-            let cut = log.len() - MAX_BUFFER / 2;
-            let cut = (cut..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(log.len());
-            log.drain(..cut);
+        let mut inner = self.lock();
+        let log = inner.logs.entry(job).or_default();
+        log.text.push_str(text);
+        if log.text.len() > MAX_BUFFER {
+            let cut = log.text.len() - MAX_BUFFER / 2;
+            let cut = (cut..log.text.len())
+                .find(|i| log.text.is_char_boundary(*i))
+                .unwrap_or(log.text.len());
+            log.text.drain(..cut);
+            log.dropped += cut;
         }
     }
 
+    /// The job ended: its log leaves the live set (it is stored with the build).
     pub fn take(&self, job: JobId) -> Option<String> {
-        self.logs.lock().unwrap_or_else(PoisonError::into_inner).remove(&job)
+        let mut inner = self.lock();
+        inner.by_drv.retain(|_, j| *j != job);
+        inner.logs.remove(&job).map(|l| l.text)
+    }
+
+    /// What the running build of `drv_path` logged from byte `offset` on, and the offset after it; `None`
+    /// when no build of it is running. Bytes already dropped are skipped.
+    pub fn read(&self, drv_path: &str, offset: usize) -> Option<(String, usize)> {
+        let inner = self.lock();
+        let job = inner.by_drv.get(drv_path)?;
+        let log = inner.logs.get(job)?;
+        let end = log.dropped + log.text.len();
+        let from = offset.max(log.dropped).min(end) - log.dropped;
+        let from = (from..=log.text.len())
+            .find(|i| log.text.is_char_boundary(*i))
+            .unwrap_or(log.text.len());
+        Some((log.text[from..].to_owned(), end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_follow_a_running_build_from_any_offset() {
+        let logs = LiveLogs::default();
+        let job = JobId::new();
+        assert!(logs.read("/nix/store/x.drv", 0).is_none());
+        logs.started(job, "/nix/store/x.drv");
+        logs.append(job, "one\n");
+        assert_eq!(logs.read("/nix/store/x.drv", 0), Some(("one\n".into(), 4)));
+        logs.append(job, "two\n");
+        assert_eq!(logs.read("/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
+        assert_eq!(logs.take(job).as_deref(), Some("one\ntwo\n"));
+        assert!(logs.read("/nix/store/x.drv", 8).is_none(), "finished");
+    }
+
+    #[test]
+    fn offsets_survive_dropping_the_front_of_a_huge_log() {
+        let logs = LiveLogs::default();
+        let job = JobId::new();
+        logs.started(job, "d");
+        let line = "x".repeat(1000) + "\n";
+        for _ in 0..1000 {
+            logs.append(job, &line);
+        }
+        let (text, end) = logs.read("d", 0).unwrap();
+        assert_eq!(end, 1001 * 1000);
+        assert!(text.len() <= MAX_BUFFER && !text.is_empty());
+        assert_eq!(logs.read("d", end).unwrap().0, "");
     }
 }

@@ -1,0 +1,82 @@
+//! A build's log as Server-Sent Events while it runs: `GET /api/v1/evals/{id}/log?drv=<.drv path>`.
+//! Each event carries the new text and, as its id, the byte offset after it, so a client that reconnects with
+//! `Last-Event-ID` resumes where it left off. When the build has ended the stored log is sent (to a client
+//! that saw none of it) and an `end` event closes the stream.
+
+use crate::api::ApiError;
+use crate::state::AppState;
+use gradient_domain::EvaluationId;
+use gradient_domain::ports::storage::Evaluations;
+use poem::web::sse::{Event, SSE};
+use poem::web::{Path, Query};
+use poem::{IntoResponse, Request, Response, handler};
+use std::time::Duration;
+
+#[derive(serde::Deserialize)]
+pub struct LogQuery {
+    drv: String,
+}
+
+const POLL: Duration = Duration::from_millis(250);
+
+#[handler]
+pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Query<LogQuery>) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the live routes");
+    let bearer = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let found = async {
+        let caller = state.app.authenticate(bearer.as_deref()).await?;
+        state.app.evaluation_for(&caller, EvaluationId(id)).await
+    }
+    .await;
+    let (_, builds) = match found {
+        Ok(x) => x,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let Some(build) = builds.into_iter().find(|b| b.drv_path == q.drv) else {
+        let e = gradient_domain::service::ServiceError::NotFound(format!("the evaluation has no build of {}", q.drv));
+        return ApiError::from(e).into_response();
+    };
+    let offset: usize = req
+        .header("last-event-id")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let org = build.org_id;
+    let drv = q.drv;
+    let state = state.clone();
+    // (offset, finished) carried from one event to the next.
+    let stream = futures_util::stream::unfold((offset, false), move |(offset, finished)| {
+        let (state, drv) = (state.clone(), drv.clone());
+        async move {
+            if finished {
+                return None;
+            }
+            loop {
+                if let Some((text, end)) = state.logs.read(&drv, offset) {
+                    if !text.is_empty() {
+                        return Some((Event::message(text).id(end.to_string()), (end, false)));
+                    }
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                match state.app.storage.build(org, &drv).await {
+                    Ok(Some(b)) if b.status.is_terminal() => {
+                        let stored = b.log.unwrap_or_default();
+                        if offset == 0 && !stored.is_empty() {
+                            return Some((
+                                Event::message(stored.clone()).id(stored.len().to_string()),
+                                (stored.len(), false),
+                            ));
+                        }
+                        return Some((Event::message(b.status.as_str()).event_type("end"), (offset, true)));
+                    }
+                    Ok(Some(_)) => tokio::time::sleep(POLL).await,
+                    Ok(None) | Err(_) => return Some((Event::message("gone").event_type("end"), (offset, true))),
+                }
+            }
+        }
+    });
+    SSE::new(stream).keep_alive(Duration::from_secs(15)).into_response()
+}
