@@ -3,24 +3,22 @@
 
 use gradient_domain::auth::TokenSigner;
 use gradient_domain::crypt::Crypt;
-use gradient_domain::model::EvaluationTrigger;
+use gradient_domain::model::{EvaluationTrigger, Org, Project};
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::Evaluations;
 use gradient_domain::service::{Caller, Gradient, NewOrg, NewProject, Registration, Settings};
 use gradient_domain::status::EvaluationStatus;
 use gradient_ports::storage::MemoryStorage;
 
-#[tokio::test]
-async fn only_the_newest_finished_evaluations_are_kept() {
+type App = Gradient<MemoryStorage, SystemClock>;
+
+async fn app_with_project(settings: Settings) -> (App, Org, Project) {
     let app = Gradient::new(
         MemoryStorage::default(),
         SystemClock,
         TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
         Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
-        Settings {
-            keep_evaluations: 2,
-            ..Settings::default()
-        },
+        settings,
     );
     let user = app
         .register(Registration {
@@ -59,6 +57,16 @@ async fn only_the_newest_finished_evaluations_are_kept() {
         )
         .await
         .unwrap();
+    (app, org, project)
+}
+
+#[tokio::test]
+async fn only_the_newest_finished_evaluations_are_kept() {
+    let (app, org, project) = app_with_project(Settings {
+        keep_evaluations: 2,
+        ..Settings::default()
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let commit = format!("{i:040x}");
@@ -84,4 +92,51 @@ async fn only_the_newest_finished_evaluations_are_kept() {
         .collect();
     // The two newest are kept whatever their state; older finished ones go; none still running is deleted.
     assert_eq!(left, vec![ids[4], ids[3]], "{left:?}");
+}
+
+#[tokio::test]
+async fn a_push_supersedes_the_running_evaluation_of_its_branch() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let first = app
+        .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Webhook)
+        .await
+        .unwrap();
+    let manual = app
+        .queue_evaluation(org.id, &project, &"b".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let first_now = app.storage.evaluation(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        first_now.status,
+        EvaluationStatus::Queued,
+        "a manual evaluation supersedes nothing"
+    );
+    let second = app
+        .queue_evaluation(org.id, &project, &"c".repeat(40), EvaluationTrigger::Webhook)
+        .await
+        .unwrap();
+    for old in [first.id, manual.id] {
+        let e = app.storage.evaluation(old).await.unwrap().unwrap();
+        assert_eq!(e.status, EvaluationStatus::Aborted, "{e:?}");
+        assert!(e.errors[0].message.contains(&second.id.0.to_string()), "{e:?}");
+    }
+    assert_eq!(
+        app.storage.evaluation(second.id).await.unwrap().unwrap().status,
+        EvaluationStatus::Queued
+    );
+
+    let (app, org, project) = app_with_project(Settings {
+        supersede_evaluations: false,
+        ..Settings::default()
+    })
+    .await;
+    let first = app
+        .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Webhook)
+        .await
+        .unwrap();
+    app.queue_evaluation(org.id, &project, &"c".repeat(40), EvaluationTrigger::Webhook)
+        .await
+        .unwrap();
+    let still = app.storage.evaluation(first.id).await.unwrap().unwrap();
+    assert_eq!(still.status, EvaluationStatus::Queued, "switched off");
 }

@@ -251,8 +251,18 @@ async fn signed_forge_pushes_queue_evaluations_of_the_matching_project() {
 
     let list = c.ok(Method::GET, "/projects/acme/web/evaluations", None).await;
     assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    // Each push supersedes the evaluation of the previous one, still queued: only the newest stays.
+    let statuses: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["Queued", "Aborted", "Aborted"], "{list}");
     assert!(
-        list.as_array().into_iter().flatten().all(|e| e["status"] == "Queued"),
+        list[1]["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("superseded by")),
         "{list}"
     );
     let api = c.ok(Method::GET, "/projects/acme/api/evaluations", None).await;

@@ -364,7 +364,7 @@ async fn a_server_restart_mid_build_loses_no_job() {
 #[tokio::test]
 async fn aborting_an_evaluation_stops_its_running_build() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (repository, commit) = slow_repo(dir.path(), 37);
+    let (repository, commit) = slow_repo(dir.path(), 7);
     let server = Server::start(dir.path(), &[]).await;
     let s = org_with_project(&server, &repository).await;
     let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
@@ -386,7 +386,7 @@ async fn aborting_an_evaluation_stops_its_running_build() {
     worker.wait_for_log("aborting job").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let still = Command::new("pgrep").args(["-f", "sleep 37"]).output().expect("pgrep");
+        let still = Command::new("pgrep").args(["-f", "sleep 7"]).output().expect("pgrep");
         if !still.status.success() {
             break;
         }
@@ -405,6 +405,17 @@ async fn aborting_an_evaluation_stops_its_running_build() {
         .call(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "dance"})))
         .await;
     assert_eq!((status, v["code"].as_str()), (422, Some("unknown_method")));
+    // The aborted build is built again for the next evaluation that needs it.
+    let e = s
+        .client
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let again = wait_for_end(&s.client, &server, e["id"].as_str().expect("id")).await;
+    assert_eq!(again["evaluation"]["status"], "Completed", "{again}");
     worker.kill();
     server.stop();
 }

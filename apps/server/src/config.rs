@@ -130,6 +130,8 @@ pub struct Config {
     /// A worker silent this long is declared lost and its jobs go back to the queue.
     pub worker_lost_after_secs: u32,
     pub keep_evaluations: u32,
+    /// A push supersedes the still-running evaluations of its branch (`GRADIENT_SUPERSEDE_EVALUATIONS`).
+    pub supersede_evaluations: bool,
     pub max_request_size: usize,
     pub log_level: LogLevels,
     pub enable_registration: bool,
@@ -347,6 +349,7 @@ impl Config {
             worker_heartbeat_secs: e.parse("settings.workerHeartbeatSecs", 10, "a number of seconds")?,
             worker_lost_after_secs: e.parse("settings.workerLostAfterSecs", 30, "a number of seconds")?,
             keep_evaluations: e.parse("settings.keepEvaluations", 5, "a number of evaluations")?,
+            supersede_evaluations: e.bool("settings.supersedeEvaluations", true)?,
             max_request_size,
             log_level: LogLevels {
                 default: e.level("settings.logLevel.default")?.unwrap_or(LogLevel::Info),

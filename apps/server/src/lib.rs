@@ -131,6 +131,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         oidc_required: config.oidc.enable && config.oidc.required,
         domain: config.domain.clone(),
         keep_evaluations: config.keep_evaluations,
+        supersede_evaluations: config.supersede_evaluations,
         public_url: config.public_url.clone(),
         local_worker: match &config.local_worker {
             None => None,

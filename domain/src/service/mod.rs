@@ -123,6 +123,8 @@ pub struct Settings {
     pub local_worker: Option<LocalWorker>,
     /// Evaluations kept per project unless the project says otherwise; older finished ones are deleted.
     pub keep_evaluations: u32,
+    /// A push supersedes the still-running evaluations of the same branch.
+    pub supersede_evaluations: bool,
     /// The server's public URL (no trailing slash); commit statuses link to evaluations under it.
     pub public_url: String,
 }
@@ -143,6 +145,7 @@ impl Default for Settings {
             domain: "localhost".into(),
             local_worker: None,
             keep_evaluations: 5,
+            supersede_evaluations: true,
             public_url: "http://localhost".into(),
         }
     }

@@ -85,8 +85,27 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             attempts: 0,
         };
         self.storage.enqueue_job(&job).await?;
+        if self.settings.supersede_evaluations && trigger != EvaluationTrigger::Manual {
+            self.supersede(project, &evaluation).await?;
+        }
         self.prune_evaluations(project).await?;
         Ok(evaluation)
+    }
+
+    /// A push supersedes the evaluations of the same branch still running: they end Aborted (their queued
+    /// builds that nothing else needs are dropped; builds already running finish, their outputs still useful).
+    async fn supersede(&self, project: &crate::model::Project, newer: &Evaluation) -> Result<()> {
+        for e in self.storage.evaluations(project.id, 50).await? {
+            if e.id != newer.id && !e.status.is_terminal() && e.branch == newer.branch {
+                let mut e = e;
+                e.errors.push(crate::model::AttributeError {
+                    attribute: String::new(),
+                    message: format!("superseded by evaluation {} of commit {}", newer.id.0, newer.commit),
+                });
+                self.stop_evaluation(e, project.org_id, &[]).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the project's oldest finished evaluations beyond its `keep_evaluations` (or the server's).
@@ -440,7 +459,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let builds = self.storage.link_builds(evaluation_id, org, &drvs, now).await?;
         self.set_evaluation_status(evaluation_id, EvaluationStatus::Building)
             .await?;
-        for b in builds {
+        for mut b in builds {
+            // A build aborted with another evaluation is wanted again: queue it anew.
+            if b.status == BuildStatus::Aborted {
+                self.move_build(org, &b.drv_path, BuildStatus::Queued, None).await?;
+                b.status = BuildStatus::Queued;
+            }
             if b.status != BuildStatus::Queued {
                 continue;
             }
@@ -577,7 +601,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         workers: &[WorkerId],
     ) -> Result<Vec<(WorkerId, JobId)>> {
         let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
-        let mut e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
+        let e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
         let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
         let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
         self.org_requiring(caller, o.name.as_str(), Permission::AbortEvaluation)
@@ -588,6 +612,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 format!("the evaluation already ended ({})", e.status.as_str()),
             ));
         }
+        self.stop_evaluation(e, o.id, workers).await
+    }
+
+    /// Ends a live evaluation Aborted and stops what only it needs (see `abort_evaluation`).
+    async fn stop_evaluation(
+        &self,
+        mut e: Evaluation,
+        org: OrgId,
+        workers: &[WorkerId],
+    ) -> Result<Vec<(WorkerId, JobId)>> {
+        let id = e.id;
         let from = e.status;
         e.status = e
             .status
@@ -604,7 +639,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 continue;
             }
             let mut needed_elsewhere = false;
-            for other in self.storage.evaluations_needing(o.id, &b.drv_path).await? {
+            for other in self.storage.evaluations_needing(org, &b.drv_path).await? {
                 if other != id
                     && self
                         .storage
@@ -623,7 +658,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let now = self.clock.now();
         let mut running = Vec::new();
         for job in self.storage.queued_jobs(10_000).await? {
-            if job.org_id == o.id
+            if job.org_id == org
                 && self.job_is_for(&job, id, &abandoned)
                 && self.storage.assign_job(job.id, SERVER, now).await?
             {
@@ -632,13 +667,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         for w in workers {
             for job in self.storage.jobs_assigned_to(*w).await? {
-                if job.org_id == o.id && self.job_is_for(&job, id, &abandoned) {
+                if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
                     running.push((*w, job.id));
                 }
             }
         }
         for drv in &abandoned {
-            self.move_build(o.id, drv, BuildStatus::Aborted, None).await?;
+            self.move_build(org, drv, BuildStatus::Aborted, None).await?;
         }
         Ok(running)
     }
