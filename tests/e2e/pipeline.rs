@@ -621,6 +621,35 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     let events = read_events(again).await;
     assert_eq!(events.iter().filter(|e| e.0 == "message").count(), 0, "{events:?}");
 
+    // The evaluation's events: its state and its build's, then the end; resuming skips what was seen.
+    wait_for_end(&s.client, &server, &id).await;
+    let events_url = format!("{}/api/v1/evals/{id}/events", server.url);
+    let all = read_events(http.get(&events_url).bearer_auth(&token).send().await.expect("GET")).await;
+    assert!(
+        all.iter().any(|e| e.0 == "evaluation" && e.2.contains("\"Completed\"")),
+        "{all:?}"
+    );
+    assert!(all.iter().any(|e| e.0 == "build" && e.2.contains(&drv)), "{all:?}");
+    assert_eq!(
+        all.last().map(|e| (e.0.as_str(), e.2.as_str())),
+        Some(("end", "Completed"))
+    );
+    let last_id = all
+        .iter()
+        .rev()
+        .find(|e| e.0 != "end")
+        .map(|e| e.1.clone())
+        .expect("an id");
+    let resumed = http
+        .get(&events_url)
+        .bearer_auth(&token)
+        .header("Last-Event-ID", &last_id)
+        .send()
+        .await
+        .expect("GET");
+    let resumed = read_events(resumed).await;
+    assert_eq!(resumed.len(), 1, "only the end: {resumed:?}");
+
     // Afterwards, a new reader gets the stored log, then the end.
     let late = http
         .get(&url)

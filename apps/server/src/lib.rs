@@ -34,6 +34,10 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
         .at("/api/v1/evals/:id/log", live::build_log.data(state_for_cache.clone()))
+        .at(
+            "/api/v1/evals/:id/events",
+            live::evaluation_events.data(state_for_cache.clone()),
+        )
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
         .nest("/api/v1/docs", docs)

@@ -80,3 +80,80 @@ pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Quer
     });
     SSE::new(stream).keep_alive(Duration::from_secs(15)).into_response()
 }
+
+/// An evaluation's progress as Server-Sent Events: `GET /api/v1/evals/{id}/events`. Each event is the JSON of
+/// the evaluation or of one of its builds that changed, with the change's time (microseconds since the epoch)
+/// as its id, so `Last-Event-ID` resumes after the last change seen. The stream ends with an `end` event once
+/// the evaluation has ended.
+#[handler]
+pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the live routes");
+    let bearer = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let caller = match state.app.authenticate(bearer.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let Err(e) = state.app.evaluation_for(&caller, EvaluationId(id)).await {
+        return ApiError::from(e).into_response();
+    }
+    let since: i64 = req
+        .header("last-event-id")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(i64::MIN);
+    let state = state.clone();
+    let stream = futures_util::stream::unfold(
+        (since, Vec::<Event>::new(), false),
+        move |(since, mut pending, finished)| {
+            let (state, caller) = (state.clone(), caller.clone());
+            async move {
+                loop {
+                    if let Some(event) = pending.pop() {
+                        return Some((event, (since, pending, finished)));
+                    }
+                    if finished {
+                        return None;
+                    }
+                    let Ok((e, builds)) = state.app.evaluation_for(&caller, EvaluationId(id)).await else {
+                        return Some((Event::message("gone").event_type("end"), (since, pending, true)));
+                    };
+                    let mut changes: Vec<(i64, Event)> = Vec::new();
+                    let at = e.updated_at.timestamp_micros();
+                    if at > since {
+                        let body = serde_json::json!({"kind": "evaluation", "status": e.status.as_str(),
+                            "errors": e.errors.iter().map(|x| serde_json::json!({"attribute": x.attribute, "message": x.message})).collect::<Vec<_>>()});
+                        changes.push((at, Event::message(body.to_string()).event_type("evaluation")));
+                    }
+                    for b in &builds {
+                        let at = b.updated_at.timestamp_micros();
+                        if at > since {
+                            let body = serde_json::json!({"kind": "build", "drv_path": b.drv_path, "status": b.status.as_str()});
+                            changes.push((at, Event::message(body.to_string()).event_type("build")));
+                        }
+                    }
+                    changes.sort_by_key(|(at, _)| *at);
+                    let newest = changes.last().map_or(since, |(at, _)| *at);
+                    // Newest last in `pending` order is popped last: push in reverse.
+                    pending = changes
+                        .into_iter()
+                        .rev()
+                        .map(|(at, ev)| ev.id(at.to_string()))
+                        .collect();
+                    let ended = e.status.is_terminal() && builds.iter().all(|b| b.status.is_terminal());
+                    if ended {
+                        pending.insert(0, Event::message(e.status.as_str()).event_type("end"));
+                    }
+                    if pending.is_empty() {
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
+                    let event = pending.pop()?;
+                    return Some((event, (newest, pending, ended)));
+                }
+            }
+        },
+    );
+    SSE::new(stream).keep_alive(Duration::from_secs(15)).into_response()
+}
