@@ -676,3 +676,51 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     worker.kill();
     server.stop();
 }
+
+#[tokio::test]
+async fn a_polled_project_is_evaluated_at_each_new_commit_of_its_branch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, first) = slow_repo(dir.path(), 1);
+    let server = Server::start(dir.path(), &[]).await;
+    let mut c = Client::new(&server);
+    c.register_with_key("poller").await;
+    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
+    let project = json!({"name": "polled", "repository": repository, "branch": "main", "poll_interval_secs": 1});
+    c.ok(Method::POST, "/projects/acme", Some(project)).await;
+    let commits = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["commit"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let wait_for = |want: String| {
+        let c = &c;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let list = c.ok(Method::GET, "/projects/acme/polled/evaluations", None).await;
+                if commits(&list).first() == Some(&want) {
+                    return list;
+                }
+                assert!(Instant::now() < deadline, "no evaluation of {want}: {list}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let list = wait_for(first.clone()).await;
+    assert_eq!(list[0]["status"], "Queued");
+
+    let repo = dir.path().join("slow-repo");
+    std::fs::write(repo.join("README"), "more").expect("write");
+    git(&repo, &["add", "README"]);
+    git(&repo, &["commit", "-q", "-m", "more"]);
+    let second = git(&repo, &["rev-parse", "HEAD"]);
+    let list = wait_for(second.clone()).await;
+    assert_eq!(
+        commits(&list),
+        vec![second, first],
+        "one evaluation per new commit, none repeated"
+    );
+    server.stop();
+}

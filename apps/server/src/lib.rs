@@ -307,6 +307,40 @@ pub fn spawn_status_delivery(state: AppState) {
     });
 }
 
+/// Polls the branch heads of projects with a poll interval and queues evaluations of new commits.
+pub fn spawn_poller(state: AppState) {
+    tokio::spawn(async move {
+        let git = gradient_git_cli::GitCli;
+        let mut last: std::collections::HashMap<gradient_domain::ProjectId, std::time::Instant> = Default::default();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let projects = match gradient_domain::ports::storage::Projects::polled_projects(&state.app.storage).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("listing projects to poll failed: {e}");
+                    continue;
+                }
+            };
+            for p in projects {
+                let interval = std::time::Duration::from_secs(u64::from(p.poll_interval_secs.unwrap_or(60).max(1)));
+                if last.get(&p.id).is_some_and(|t| t.elapsed() < interval) {
+                    continue;
+                }
+                last.insert(p.id, std::time::Instant::now());
+                match state.app.poll_project(&git, &p).await {
+                    Ok(Some(e)) => {
+                        tracing::info!("polling {}: new commit {}", p.name, e.commit);
+                        state.dispatch.notify_one();
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("polling {} failed: {e:?}", p.name),
+                }
+            }
+        }
+    });
+}
+
 /// Writes the recorded fetch times.
 pub async fn flush_fetches(state: &AppState) {
     use gradient_domain::ports::storage::CacheContents;
@@ -334,6 +368,7 @@ fn redact(url: &str) -> String {
 pub async fn run(config: Config) -> Result<(), StartError> {
     let state = build_state(&config).await?;
     spawn_dispatcher(state.clone());
+    spawn_poller(state.clone());
     spawn_status_delivery(state.clone());
     spawn_upkeep(
         state.clone(),

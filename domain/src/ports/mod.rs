@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod forge;
+pub mod git;
 pub mod nar_store;
 pub mod nix;
 pub mod storage;

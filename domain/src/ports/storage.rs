@@ -138,6 +138,8 @@ pub trait Projects {
     fn project(&self, org: OrgId, name: &Name) -> impl Future<Output = Result<Option<Project>>> + Send;
     fn project_by_id(&self, id: ProjectId) -> impl Future<Output = Result<Option<Project>>> + Send;
     fn projects(&self, org: OrgId) -> impl Future<Output = Result<Vec<Project>>> + Send;
+    /// Every active project with a poll interval, of any organization, by id.
+    fn polled_projects(&self) -> impl Future<Output = Result<Vec<Project>>> + Send;
     /// Updates every field but id, org, name, creator and creation time. NotFound if absent.
     fn update_project(&self, project: &Project) -> impl Future<Output = Result<()>> + Send;
     /// Deletes the project with its evaluations (see [`Evaluations::delete_evaluation`]). Ok(false) if absent.

@@ -737,3 +737,27 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(e)
     }
 }
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Polls one project: when its branch points at a commit its newest evaluation did not evaluate, that
+    /// commit is queued (trigger Poll). Answers the evaluation queued, if any.
+    pub async fn poll_project<G: crate::ports::git::Git>(
+        &self,
+        git: &G,
+        project: &crate::model::Project,
+    ) -> Result<Option<Evaluation>> {
+        let head = git
+            .head(&project.repository, project.branch.as_deref())
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let Some(head) = head else { return Ok(None) };
+        let newest = self.storage.evaluations(project.id, 1).await?;
+        if newest.first().is_some_and(|e| e.commit == head) {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.queue_evaluation(project.org_id, project, &head, EvaluationTrigger::Poll)
+                .await?,
+        ))
+    }
+}

@@ -92,6 +92,7 @@ macro_rules! storage_contract {
             // Projects.
             project_round_trips,
             projects_are_listed_by_name_per_org,
+            polled_projects_are_the_active_ones_with_an_interval,
             taken_project_name_conflicts_per_org,
             project_of_unknown_org_is_not_found,
             update_project_changes_only_editable_fields,

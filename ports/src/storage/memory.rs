@@ -168,6 +168,19 @@ impl Projects for MemoryStorage {
         self.with(|s| Ok(s.projects(org)))
     }
 
+    async fn polled_projects(&self) -> Result<Vec<Project>> {
+        self.with(|s| {
+            let mut projects: Vec<Project> = s
+                .projects
+                .values()
+                .filter(|p| p.active && p.poll_interval_secs.is_some())
+                .cloned()
+                .collect();
+            projects.sort_by_key(|p| p.id);
+            Ok(projects)
+        })
+    }
+
     async fn update_project(&self, project: &Project) -> Result<()> {
         self.with(|s| s.update_project(project))
     }

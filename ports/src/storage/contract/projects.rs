@@ -258,3 +258,27 @@ pub async fn delete_project_removes_only_that_project<S: Storage>(s: &S) {
     );
     assert_eq!(s.org(acme.id).await.expect("org"), Some(acme), "the org is untouched");
 }
+
+/// The projects to poll: active ones with a poll interval, of every organization, by id.
+pub async fn polled_projects_are_the_active_ones_with_an_interval<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let mut wanted = Vec::new();
+    for (org_id, name, interval, active) in [
+        (acme.id, "polled", Some(60), true),
+        (other.id, "elsewhere", Some(5), true),
+        (acme.id, "hooked", None, true),
+        (acme.id, "paused", Some(60), false),
+    ] {
+        let mut p = new_project(org_id, name, alice.id);
+        p.poll_interval_secs = interval;
+        p.active = active;
+        s.create_project(&p).await.expect("create_project");
+        if interval.is_some() && active {
+            wanted.push(p);
+        }
+    }
+    wanted.sort_by_key(|p| p.id);
+    assert_eq!(s.polled_projects().await.expect("polled_projects"), wanted);
+}
