@@ -40,9 +40,6 @@ id_type!(
     ProjectId,
     CacheId,
     EvaluationId,
-    DerivationId,
-    BuildId,
-    BuildAttemptId,
     /// The id a worker announces for itself (a v4 UUID it persists in its state directory).
     WorkerId,
     /// One registration of a worker under an organization; the worker answers challenges for it.
