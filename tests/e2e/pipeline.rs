@@ -27,11 +27,20 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Commits `flake` as `flake.nix` of a new repository `dir/name`; answers its `file://` URL and the commit.
+fn commit_flake(dir: &Path, name: &str, flake: &str) -> (String, String) {
+    let repo = dir.join(name);
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "flake.nix"]);
+    git(&repo, &["commit", "-q", "-m", name]);
+    (format!("file://{}", repo.display()), git(&repo, &["rev-parse", "HEAD"]))
+}
+
 /// A repository whose flake has a chain a ← b ← c, a two-output derivation, a failing check and a check
 /// depending on it. A nonce makes every run's derivations new.
 pub(crate) fn flake_repo(dir: &Path) -> (String, String) {
-    let repo = dir.join("repo");
-    std::fs::create_dir_all(&repo).expect("mkdir");
     let nonce = uuid::Uuid::new_v4().simple().to_string();
     let flake = r#"{
   outputs = { self }: let
@@ -55,12 +64,7 @@ pub(crate) fn flake_repo(dir: &Path) -> (String, String) {
 }
 "#
     .replace("NONCE", &nonce);
-    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "flake.nix"]);
-    git(&repo, &["commit", "-q", "-m", "flake"]);
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
-    (format!("file://{}", repo.display()), commit)
+    commit_flake(dir, "repo", &flake)
 }
 
 pub(crate) async fn wait_for_end(c: &Client, server: &Server, id: &str) -> Value {
@@ -223,8 +227,6 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
 
 /// A repository whose only package takes a few seconds to build.
 pub(crate) fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
-    let repo = dir.join("slow-repo");
-    std::fs::create_dir_all(&repo).expect("mkdir");
     let flake = format!(
         r#"{{
   outputs = {{ self }}: {{
@@ -237,11 +239,7 @@ pub(crate) fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
 "#,
         uuid::Uuid::new_v4().simple()
     );
-    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "flake.nix"]);
-    git(&repo, &["commit", "-q", "-m", "slow"]);
-    (format!("file://{}", repo.display()), git(&repo, &["rev-parse", "HEAD"]))
+    commit_flake(dir, "slow-repo", &flake)
 }
 
 struct Setup {
@@ -424,8 +422,6 @@ async fn aborting_an_evaluation_stops_its_running_build() {
 async fn failed_builds_can_be_restarted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let flag = dir.path().join("allowed-to-pass");
-    let repo = dir.path().join("restart-repo");
-    std::fs::create_dir_all(&repo).expect("mkdir");
     let flake = format!(
         r#"{{
   outputs = {{ self }}: let
@@ -441,13 +437,9 @@ async fn failed_builds_can_be_restarted() {
         nonce = uuid::Uuid::new_v4().simple(),
         flag = flag.display()
     );
-    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "flake.nix"]);
-    git(&repo, &["commit", "-q", "-m", "flaky"]);
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let (repository, commit) = commit_flake(dir.path(), "restart-repo", &flake);
     let server = Server::start(dir.path(), &[]).await;
-    let s = org_with_project(&server, &format!("file://{}", repo.display())).await;
+    let s = org_with_project(&server, &repository).await;
     let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
     let e = s
         .client
@@ -543,8 +535,6 @@ async fn read_events(mut resp: reqwest::Response) -> Vec<(String, String, String
 #[tokio::test]
 async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path().join("talk-repo");
-    std::fs::create_dir_all(&repo).expect("mkdir");
     let flake = format!(
         r#"{{
   outputs = {{ self }}: {{
@@ -557,13 +547,9 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
 "#,
         uuid::Uuid::new_v4().simple()
     );
-    std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["add", "flake.nix"]);
-    git(&repo, &["commit", "-q", "-m", "talk"]);
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let (repository, commit) = commit_flake(dir.path(), "talk-repo", &flake);
     let server = Server::start(dir.path(), &[]).await;
-    let s = org_with_project(&server, &format!("file://{}", repo.display())).await;
+    let s = org_with_project(&server, &repository).await;
     let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
     let e = s
         .client
