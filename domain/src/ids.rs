@@ -40,6 +40,8 @@ id_type!(
     ProjectId,
     CacheId,
     EvaluationId,
+    /// An organization's build of one derivation.
+    BuildId,
     /// The id a worker announces for itself (a v4 UUID it persists in its state directory).
     WorkerId,
     /// One registration of a worker under an organization; the worker answers challenges for it.

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod crypt;
 pub mod forge;
 pub mod ids;
+pub mod logs;
 pub mod model;
 pub mod names;
 pub mod net;

@@ -199,6 +199,16 @@ impl Client {
         v["message"].clone()
     }
 
+    /// A GET answering text (not the JSON envelope): the status and the body.
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
     /// Registers, logs in and creates an API key; the client then uses the key.
     pub async fn register_with_key(&mut self, user: &str) -> String {
         use reqwest::Method;

@@ -167,14 +167,63 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
     }
     assert_eq!(status_of("fails"), "Failed", "{done}");
     assert_eq!(status_of("after"), "DependencyFailed", "{done}");
-    let fails_log = builds
+    // The builds' list names the attributes, and each build has its timestamps, derivation and stored log.
+    let listed = c.ok(Method::GET, &format!("/evals/{id}/builds"), None).await;
+    let listed = listed.as_array().expect("builds");
+    assert_eq!(listed.len(), builds.len(), "{listed:?}");
+    let item = |name: &str| -> Value {
+        listed
+            .iter()
+            .find(|b| {
+                b["drv_path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("-{name}.drv")))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {listed:?}"))
+    };
+    assert_eq!(item("fails")["attributes"], json!(["checks.x86_64-linux.fails"]));
+    assert_eq!(item("a")["attributes"], json!(["packages.x86_64-linux.a"]));
+    let fails = item("fails");
+    let fails_id = fails["id"].as_str().expect("id");
+    let statuses: Vec<&str> = fails["transitions"]
+        .as_array()
+        .expect("transitions")
         .iter()
-        .find(|b| b["drv_path"].as_str().is_some_and(|p| p.ends_with("-fails.drv")))
-        .and_then(|b| b["log"].as_str())
-        .unwrap_or_default();
+        .map(|t| t["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["Queued", "Building", "Failed"], "{fails}");
+    assert!(
+        fails["started_at"].is_string() && fails["finished_at"].is_string(),
+        "{fails}"
+    );
+    let detail = c.ok(Method::GET, &format!("/builds/{fails_id}"), None).await;
+    assert_eq!(detail["build"]["status"], "Failed");
+    assert_eq!(detail["derivation"]["system"], "x86_64-linux");
+    assert!(
+        detail["derivation"]["outputs"]["out"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("-fails"))
+    );
+    let (status, fails_log) = c.text(&format!("/builds/{fails_id}/log")).await;
+    assert_eq!(status, 200, "{fails_log}");
     assert!(
         fails_log.contains("this check fails on purpose"),
         "the failing build's log is kept: {fails_log:?}"
+    );
+    let after_id = item("after")["id"].as_str().expect("id").to_owned();
+    let (status, body) = c.text(&format!("/builds/{after_id}/log")).await;
+    assert_eq!(status, 404, "a build that never ran has no log: {body}");
+    let eval_statuses: Vec<&str> = done["evaluation"]["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(
+        eval_statuses,
+        ["Queued", "Fetching", "Evaluating", "Building", "Failed"],
+        "{done}"
     );
     // Both workers did part of the work.
     for w in &workers {

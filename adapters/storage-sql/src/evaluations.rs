@@ -3,23 +3,25 @@
 
 use crate::{SqlStorage, corrupt, db_error, from_json, to_json, with_pool};
 use chrono::{DateTime, Utc};
-use gradient_domain::model::{AttributeError, Build, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp};
+use gradient_domain::model::{
+    AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp, Transition,
+};
 use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{Evaluations, Result};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
-use gradient_domain::{EvaluationId, OrgId, ProjectId};
+use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId};
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 macro_rules! evaluation_columns {
     () => {
-        "id, project_id, commit_hash, branch, trigger_kind, status, errors, created_at, updated_at"
+        "id, project_id, commit_hash, branch, trigger_kind, status, errors, transitions, created_at, updated_at"
     };
 }
 
 macro_rules! build_columns {
     () => {
-        "org_id, drv_path, status, log, created_at, updated_at"
+        "id, org_id, drv_path, status, transitions, created_at, updated_at"
     };
 }
 
@@ -28,6 +30,39 @@ macro_rules! build_columns {
 struct StoredError {
     attribute: String,
     message: String,
+}
+
+/// A status change as stored in the JSON `transitions` columns.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredTransition {
+    status: String,
+    at: String,
+}
+
+fn transitions_json<S: Copy>(transitions: &[Transition<S>], name: impl Fn(S) -> &'static str) -> Result<String> {
+    let stored: Vec<StoredTransition> = transitions
+        .iter()
+        .map(|t| StoredTransition {
+            status: name(t.status).to_owned(),
+            at: t.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        })
+        .collect();
+    to_json(&stored)
+}
+
+fn parse_transitions<S>(json: &str, what: &str, parse: impl Fn(&str) -> Option<S>) -> Result<Vec<Transition<S>>> {
+    let stored: Vec<StoredTransition> = from_json(json, what)?;
+    stored
+        .into_iter()
+        .map(|t| {
+            Ok(Transition {
+                status: parse(&t.status).ok_or_else(|| corrupt(what, &t.status))?,
+                at: DateTime::parse_from_rfc3339(&t.at)
+                    .map_err(|e| corrupt(what, e))?
+                    .with_timezone(&Utc),
+            })
+        })
+        .collect()
 }
 
 #[derive(sqlx::FromRow)]
@@ -39,6 +74,7 @@ struct EvaluationRow {
     trigger_kind: String,
     status: String,
     errors: String,
+    transitions: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -61,6 +97,7 @@ impl EvaluationRow {
                     message: e.message,
                 })
                 .collect(),
+            transitions: parse_transitions(&self.transitions, "evaluation transitions", EvaluationStatus::parse)?,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -118,10 +155,11 @@ impl EntryPointRow {
 
 #[derive(sqlx::FromRow)]
 struct BuildRow {
+    id: Uuid,
     org_id: Uuid,
     drv_path: String,
     status: String,
-    log: Option<String>,
+    transitions: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -129,14 +167,24 @@ struct BuildRow {
 impl BuildRow {
     fn into_build(self) -> Result<Build> {
         Ok(Build {
+            id: BuildId(self.id),
             org_id: OrgId(self.org_id),
             status: BuildStatus::parse(&self.status).ok_or_else(|| corrupt("build status", &self.status))?,
             drv_path: self.drv_path,
-            log: self.log,
+            transitions: parse_transitions(&self.transitions, "build transitions", BuildStatus::parse)?,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct BuildLogRow {
+    build_id: Uuid,
+    compressed: Vec<u8>,
+    size: i64,
+    omitted: i64,
+    created_at: DateTime<Utc>,
 }
 
 impl Evaluations for SqlStorage {
@@ -144,9 +192,10 @@ impl Evaluations for SqlStorage {
         let sql = concat!(
             "INSERT INTO evaluations (",
             evaluation_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         );
         let errors = errors_json(&evaluation.errors)?;
+        let transitions = transitions_json(&evaluation.transitions, EvaluationStatus::as_str)?;
         with_pool!(self, |p| sqlx::query(sql)
             .bind(evaluation.id.0)
             .bind(evaluation.project_id.0)
@@ -155,6 +204,7 @@ impl Evaluations for SqlStorage {
             .bind(evaluation.trigger.as_str())
             .bind(evaluation.status.as_str())
             .bind(&errors)
+            .bind(&transitions)
             .bind(evaluation.created_at)
             .bind(evaluation.updated_at)
             .execute(p)
@@ -189,13 +239,15 @@ impl Evaluations for SqlStorage {
     }
 
     async fn update_evaluation(&self, evaluation: &Evaluation) -> Result<()> {
-        let sql = "UPDATE evaluations SET status = $2, errors = $3, updated_at = $4 WHERE id = $1";
+        let sql = "UPDATE evaluations SET status = $2, errors = $3, updated_at = $4, transitions = $5 WHERE id = $1";
         let errors = errors_json(&evaluation.errors)?;
+        let transitions = transitions_json(&evaluation.transitions, EvaluationStatus::as_str)?;
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(evaluation.id.0)
             .bind(evaluation.status.as_str())
             .bind(&errors)
             .bind(evaluation.updated_at)
+            .bind(&transitions)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))
@@ -326,7 +378,7 @@ impl Evaluations for SqlStorage {
         let insert_build = concat!(
             "INSERT INTO builds (",
             build_columns!(),
-            ") VALUES ($1, $2, $3, NULL, $4, $4) ON CONFLICT (org_id, drv_path) DO NOTHING"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (org_id, drv_path) DO NOTHING"
         );
         let insert_link = "INSERT INTO evaluation_builds (evaluation_id, org_id, drv_path) VALUES ($1, $2, $3) \
                            ON CONFLICT (evaluation_id, drv_path) DO NOTHING";
@@ -335,13 +387,16 @@ impl Evaluations for SqlStorage {
             build_columns!(),
             " FROM builds WHERE org_id = $1 AND drv_path = $2"
         );
+        let queued = transitions_json(&Build::queued(org, "", at).transitions, BuildStatus::as_str)?;
         let rows = with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
             for drv_path in &wanted {
                 sqlx::query(insert_build)
+                    .bind(BuildId::new().0)
                     .bind(org.0)
                     .bind(*drv_path)
                     .bind(BuildStatus::Queued.as_str())
+                    .bind(&queued)
                     .bind(at)
                     .execute(&mut *tx)
                     .await?;
@@ -385,8 +440,56 @@ impl Evaluations for SqlStorage {
         row.map(BuildRow::into_build).transpose()
     }
 
+    async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
+        let sql = concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1");
+        let row = with_pool!(self, |p| sqlx::query_as::<_, BuildRow>(sql)
+            .bind(id.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(BuildRow::into_build).transpose()
+    }
+
+    async fn put_build_log(&self, log: &BuildLog) -> Result<()> {
+        let sql = "INSERT INTO build_logs (build_id, compressed, size, omitted, created_at) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (build_id) DO UPDATE SET \
+                   compressed = excluded.compressed, size = excluded.size, omitted = excluded.omitted, \
+                   created_at = excluded.created_at";
+        let size = i64::try_from(log.size).map_err(|e| StorageError::Unavailable(format!("log size: {e}")))?;
+        let omitted = i64::try_from(log.omitted).map_err(|e| StorageError::Unavailable(format!("log omitted: {e}")))?;
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(log.build_id.0)
+            .bind(&log.compressed)
+            .bind(size)
+            .bind(omitted)
+            .bind(log.created_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)
+    }
+
+    async fn build_log(&self, build: BuildId) -> Result<Option<BuildLog>> {
+        let sql = "SELECT build_id, compressed, size, omitted, created_at FROM build_logs WHERE build_id = $1";
+        let row = with_pool!(self, |p| sqlx::query_as::<_, BuildLogRow>(sql)
+            .bind(build.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(|r| {
+            Ok(BuildLog {
+                build_id: BuildId(r.build_id),
+                compressed: r.compressed,
+                size: u64::try_from(r.size).map_err(|e| corrupt("log size", e))?,
+                omitted: u64::try_from(r.omitted).map_err(|e| corrupt("log omitted", e))?,
+                created_at: r.created_at,
+            })
+        })
+        .transpose()
+    }
+
     async fn builds_of_evaluation(&self, evaluation: EvaluationId) -> Result<Vec<Build>> {
-        let sql = "SELECT b.org_id, b.drv_path, b.status, b.log, b.created_at, b.updated_at \
+        let sql = "SELECT b.id, b.org_id, b.drv_path, b.status, b.transitions, b.created_at, b.updated_at \
                    FROM evaluation_builds l JOIN builds b ON b.org_id = l.org_id AND b.drv_path = l.drv_path \
                    WHERE l.evaluation_id = $1 ORDER BY b.drv_path";
         let rows = with_pool!(self, |p| sqlx::query_as::<_, BuildRow>(sql)
@@ -398,12 +501,14 @@ impl Evaluations for SqlStorage {
     }
 
     async fn update_build(&self, build: &Build) -> Result<()> {
-        let sql = "UPDATE builds SET status = $3, log = $4, updated_at = $5 WHERE org_id = $1 AND drv_path = $2";
+        let sql =
+            "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 WHERE org_id = $1 AND drv_path = $2";
+        let transitions = transitions_json(&build.transitions, BuildStatus::as_str)?;
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(build.org_id.0)
             .bind(&build.drv_path)
             .bind(build.status.as_str())
-            .bind(build.log.as_deref())
+            .bind(&transitions)
             .bind(build.updated_at)
             .execute(p)
             .await

@@ -63,7 +63,10 @@ pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Quer
                 }
                 match state.app.storage.build(org, &drv).await {
                     Ok(Some(b)) if b.status.is_terminal() => {
-                        let stored = b.log.unwrap_or_default();
+                        let stored = match state.app.stored_log(&b).await {
+                            Ok(log) => log.map(|l| l.text).unwrap_or_default(),
+                            Err(_) => String::new(),
+                        };
                         if offset == 0 && !stored.is_empty() {
                             return Some((
                                 Event::message(stored.clone()).id(stored.len().to_string()),

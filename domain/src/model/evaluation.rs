@@ -14,8 +14,23 @@ pub struct Evaluation {
     pub status: EvaluationStatus,
     /// Attribute-level errors (the attribute's path and Nix's message); others still build.
     pub errors: Vec<AttributeError>,
+    /// Every status it took and when, oldest first (starting with Queued at `created_at`).
+    pub transitions: Vec<super::Transition<EvaluationStatus>>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+impl Evaluation {
+    /// Moves the evaluation to `to` at `at` when its state machine allows it; answers whether it moved.
+    pub fn move_to(&mut self, to: EvaluationStatus, at: Timestamp) -> bool {
+        if self.status == to || !self.status.can_become(to) {
+            return false;
+        }
+        self.status = to;
+        self.updated_at = at;
+        self.transitions.push(super::Transition { status: to, at });
+        true
+    }
 }
 
 /// What started an evaluation.

@@ -11,10 +11,12 @@
 //! * `Unavailable` is for the backend failing (connection lost, disk full); its text is for logs only.
 
 use crate::model::{
-    ApiKey, Build, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member, Membership,
-    NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
+    ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
 };
-use crate::{ApiKeyId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId};
+use crate::{
+    ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
+};
 use std::future::Future;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -292,7 +294,7 @@ pub trait Evaluations {
     /// The evaluation's entry points, by attribute.
     fn entry_points(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<EntryPoint>>> + Send;
 
-    /// For each `.drv` path: creates `org`'s build of it (status `Queued`, no log, created and updated `at`)
+    /// For each `.drv` path: creates `org`'s build of it ([`Build::queued`]: a fresh id, status `Queued` at `at`)
     /// unless the organization already has one, and links it to `evaluation` (the evaluation's
     /// organization's). Answers the builds, by `.drv` path, each once, existing ones as stored (their status
     /// kept). Linking twice is harmless. NotFound when the evaluation, the organization or a derivation does not
@@ -305,11 +307,16 @@ pub trait Evaluations {
         at: Timestamp,
     ) -> impl Future<Output = Result<Vec<Build>>> + Send;
     fn build(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Option<Build>>> + Send;
+    fn build_by_id(&self, id: BuildId) -> impl Future<Output = Result<Option<Build>>> + Send;
     /// The builds linked to the evaluation, by `.drv` path.
     fn builds_of_evaluation(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<Build>>> + Send;
-    /// Updates status, log and `updated_at` of the build of (`build.org_id`, `build.drv_path`). NotFound if
-    /// absent.
+    /// Updates status, transitions and `updated_at` of the build of (`build.org_id`, `build.drv_path`).
+    /// NotFound if absent.
     fn update_build(&self, build: &Build) -> impl Future<Output = Result<()>> + Send;
+    /// Stores the build's log, replacing the one it had (a restarted build logs anew). NotFound when the
+    /// build does not exist; deleting the build deletes its log.
+    fn put_build_log(&self, log: &BuildLog) -> impl Future<Output = Result<()>> + Send;
+    fn build_log(&self, build: BuildId) -> impl Future<Output = Result<Option<BuildLog>>> + Send;
     /// The evaluations linked to the organization's build of `drv_path`, oldest first (ties by id): the ones
     /// to update when that build changes.
     fn evaluations_needing(&self, org: OrgId, drv_path: &str)

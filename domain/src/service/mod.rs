@@ -4,6 +4,7 @@
 
 mod accounts;
 mod binary_cache;
+mod builds;
 mod caches;
 mod memo;
 mod orgs;
@@ -15,6 +16,7 @@ mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
 pub use binary_cache::{GcReport, NarUrl, nar_key, nix_cache_info};
+pub use builds::{EvaluationBuildView, LogText};
 pub use caches::{CacheChanges, NewCache};
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use projects::{NewProject, ProjectChanges};

@@ -19,9 +19,6 @@ const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 /// How long a worker may use the credential it got with a job.
 const JOB_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
-/// The most of a build log kept with the build.
-pub const MAX_LOG_BYTES: usize = 256 * 1024;
-
 fn is_commit(s: &str) -> bool {
     s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -70,6 +67,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             trigger,
             status: EvaluationStatus::Queued,
             errors: Vec::new(),
+            transitions: vec![crate::model::Transition {
+                status: EvaluationStatus::Queued,
+                at: now,
+            }],
             created_at: now,
             updated_at: now,
         };
@@ -150,16 +151,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             _ => std::slice::from_ref(&to),
         };
         let from = e.status;
+        let now = self.clock.now();
         let mut changed = false;
         for step in path {
-            if e.status == *step || !e.status.can_become(*step) {
-                continue;
-            }
-            e.status = *step;
-            changed = true;
+            changed |= e.move_to(*step, now);
         }
         if changed {
-            e.updated_at = self.clock.now();
             self.storage.update_evaluation(&e).await?;
             self.report_status_change(from, &e).await?;
         }
@@ -215,7 +212,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         self.set_evaluation_status(evaluation_id, EvaluationStatus::Fetching)
                             .await?;
                     } else if let JobKind::Build { derivation, .. } = &record.kind {
-                        self.move_build(record.org_id, derivation, BuildStatus::Building, None)
+                        self.move_build(record.org_id, derivation, BuildStatus::Building)
                             .await?;
                     }
                     out.push((worker, job));
@@ -232,7 +229,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 ..
             }) = self.storage.job(job_id).await?
             {
-                self.move_build(org_id, &derivation, BuildStatus::DependencyFailed, None)
+                self.move_build(org_id, &derivation, BuildStatus::DependencyFailed)
                     .await?;
                 // The queue ends jobs only from Assigned: the server takes the job itself and fails it.
                 if self.storage.assign_job(job_id, SERVER, now).await? {
@@ -385,7 +382,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         job_id: JobId,
         worker: WorkerId,
         outcome: JobOutcome,
-        log: Option<String>,
+        log: Option<crate::logs::LogBuffer>,
     ) -> Result<()> {
         let Some(record) = self.storage.job(job_id).await? else {
             return Ok(());
@@ -410,13 +407,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         });
                     }
                     let from = e.status;
-                    if e.status == EvaluationStatus::Queued {
-                        e.status = EvaluationStatus::Fetching;
-                    }
-                    if e.status.can_become(EvaluationStatus::Failed) {
-                        e.status = EvaluationStatus::Failed;
-                    }
-                    e.updated_at = self.clock.now();
+                    let now = self.clock.now();
+                    e.move_to(EvaluationStatus::Fetching, now);
+                    e.move_to(EvaluationStatus::Failed, now);
+                    e.updated_at = now;
                     self.storage.update_evaluation(&e).await?;
                     self.report_status_change(from, &e).await
                 }
@@ -427,7 +421,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 } else {
                     BuildStatus::Failed
                 };
-                self.move_build(record.org_id, &derivation, status, log).await?;
+                let mut log = log.unwrap_or_default();
+                if let JobOutcome::Failed { message, .. } = &outcome {
+                    log.append(&format!("\n[gradient: the build failed: {message}]\n"));
+                }
+                self.store_log(record.org_id, &derivation, log).await?;
+                self.move_build(record.org_id, &derivation, status).await?;
                 if !success {
                     self.fail_dependents(record.org_id, &derivation).await?;
                 }
@@ -462,7 +461,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for mut b in builds {
             // A build aborted with another evaluation is wanted again: queue it anew.
             if b.status == BuildStatus::Aborted {
-                self.move_build(org, &b.drv_path, BuildStatus::Queued, None).await?;
+                self.move_build(org, &b.drv_path, BuildStatus::Queued).await?;
                 b.status = BuildStatus::Queued;
             }
             if b.status != BuildStatus::Queued {
@@ -472,8 +471,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 continue;
             };
             if self.outputs_cached(org, d).await? {
-                self.move_build(org, &b.drv_path, BuildStatus::Substituted, None)
-                    .await?;
+                self.move_build(org, &b.drv_path, BuildStatus::Substituted).await?;
                 continue;
             }
             let job = JobRecord {
@@ -515,25 +513,30 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(true)
     }
 
-    async fn move_build(&self, org: OrgId, drv: &str, to: BuildStatus, log: Option<String>) -> Result<()> {
+    async fn move_build(&self, org: OrgId, drv: &str, to: BuildStatus) -> Result<()> {
         let Some(mut b) = self.storage.build(org, drv).await? else {
             return Ok(());
         };
-        if b.status == to || !b.status.can_become(to) {
-            return Ok(());
+        if b.move_to(to, self.clock.now()) {
+            self.storage.update_build(&b).await?;
         }
-        b.status = to;
-        if let Some(mut log) = log {
-            if log.len() > MAX_LOG_BYTES {
-                let cut = log.len() - MAX_LOG_BYTES;
-                let cut = (cut..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(cut);
-                log = format!("[… {cut} earlier bytes of the log were dropped …]\n{}", &log[cut..]);
-            }
-            b.log = Some(log);
-        }
-        b.updated_at = self.clock.now();
-        self.storage.update_build(&b).await?;
         Ok(())
+    }
+
+    /// Stores what a build printed (capped and compressed, see [`crate::logs`]) as its log.
+    async fn store_log(&self, org: OrgId, drv: &str, log: crate::logs::LogBuffer) -> Result<()> {
+        let Some(b) = self.storage.build(org, drv).await? else {
+            return Ok(());
+        };
+        let (text, omitted) = log.finish();
+        let log = crate::model::BuildLog {
+            build_id: b.id,
+            compressed: crate::logs::compress(&text),
+            size: text.len() as u64,
+            omitted,
+            created_at: self.clock.now(),
+        };
+        Ok(self.storage.put_build_log(&log).await?)
     }
 
     /// Marks every queued build depending (transitively) on `failed` as DependencyFailed.
@@ -555,8 +558,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         .await?
                         .is_some_and(|d| d.inputs.contains(&drv));
                     if depends {
-                        self.move_build(org, &b.drv_path, BuildStatus::DependencyFailed, None)
-                            .await?;
+                        self.move_build(org, &b.drv_path, BuildStatus::DependencyFailed).await?;
                         todo.push(b.drv_path.clone());
                     }
                 }
@@ -624,11 +626,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     ) -> Result<Vec<(WorkerId, JobId)>> {
         let id = e.id;
         let from = e.status;
-        e.status = e
-            .status
-            .transition(EvaluationStatus::Aborted)
-            .map_err(|x| ServiceError::Internal(x.to_string()))?;
-        e.updated_at = self.clock.now();
+        if !e.move_to(EvaluationStatus::Aborted, self.clock.now()) {
+            return Err(ServiceError::Internal(format!(
+                "an evaluation cannot go from {} to Aborted",
+                e.status.as_str()
+            )));
+        }
         self.storage.update_evaluation(&e).await?;
         self.report_status_change(from, &e).await?;
 
@@ -673,7 +676,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         for drv in &abandoned {
-            self.move_build(org, drv, BuildStatus::Aborted, None).await?;
+            self.move_build(org, drv, BuildStatus::Aborted).await?;
         }
         Ok(running)
     }
@@ -710,7 +713,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let now = self.clock.now();
         for b in again {
-            self.move_build(o.id, &b.drv_path, BuildStatus::Queued, None).await?;
+            self.move_build(o.id, &b.drv_path, BuildStatus::Queued).await?;
             let Some(d) = self.storage.derivation(&b.drv_path).await? else {
                 continue;
             };
@@ -729,9 +732,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.storage.enqueue_job(&job).await?;
         }
         let from = e.status;
-        e.status = EvaluationStatus::Building;
+        e.move_to(EvaluationStatus::Building, now);
         e.errors.retain(|x| !x.attribute.is_empty());
-        e.updated_at = now;
         self.storage.update_evaluation(&e).await?;
         self.report_status_change(from, &e).await?;
         Ok(e)

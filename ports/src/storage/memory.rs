@@ -7,14 +7,14 @@
 mod state;
 
 use gradient_domain::model::{
-    ApiKey, Build, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, JobState, Member,
+    ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, JobState, Member,
     Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
     CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
 };
 use gradient_domain::{
-    ApiKeyId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
+    ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
 };
 use state::State;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -383,6 +383,18 @@ impl Evaluations for MemoryStorage {
 
     async fn build(&self, org: OrgId, drv_path: &str) -> Result<Option<Build>> {
         self.with(|s| Ok(s.builds.get(&(org, drv_path.to_owned())).cloned()))
+    }
+
+    async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
+        self.with(|s| Ok(s.builds.values().find(|b| b.id == id).cloned()))
+    }
+
+    async fn put_build_log(&self, log: &BuildLog) -> Result<()> {
+        self.with(|s| s.put_build_log(log))
+    }
+
+    async fn build_log(&self, build: BuildId) -> Result<Option<BuildLog>> {
+        self.with(|s| Ok(s.build_logs.get(&build).cloned()))
     }
 
     async fn builds_of_evaluation(&self, evaluation: EvaluationId) -> Result<Vec<Build>> {

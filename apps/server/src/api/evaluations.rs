@@ -2,11 +2,13 @@ use super::dto::{Reply, ok};
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
-use gradient_domain::EvaluationId;
-use gradient_domain::model::{Build, Evaluation};
+use gradient_domain::model::{Build, Derivation, Evaluation, Transition};
+use gradient_domain::service::EvaluationBuildView;
+use gradient_domain::{BuildId, EvaluationId};
 use poem_openapi::param::Path;
-use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 pub struct EvaluationsApi(pub AppState);
@@ -33,8 +35,26 @@ pub struct EvaluationView {
     /// Queued, Fetching, Evaluating, Building, Completed, Failed or Aborted.
     pub status: String,
     pub errors: Vec<AttributeErrorView>,
+    /// Every status it took and when, oldest first.
+    pub transitions: Vec<TransitionView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A status something took, and when.
+#[derive(Object)]
+pub struct TransitionView {
+    pub status: String,
+    pub at: DateTime<Utc>,
+}
+
+fn transitions<S: Copy>(list: &[Transition<S>], name: impl Fn(S) -> &'static str) -> Vec<TransitionView> {
+    list.iter()
+        .map(|t| TransitionView {
+            status: name(t.status).to_owned(),
+            at: t.at,
+        })
+        .collect()
 }
 
 impl From<&Evaluation> for EvaluationView {
@@ -53,31 +73,102 @@ impl From<&Evaluation> for EvaluationView {
                     message: x.message.clone(),
                 })
                 .collect(),
+            transitions: transitions(&e.transitions, |s| s.as_str()),
             created_at: e.created_at,
             updated_at: e.updated_at,
         }
     }
 }
 
+/// An organization's build of one derivation (built once however many evaluations need it).
 #[derive(Object)]
 pub struct BuildView {
+    pub id: Uuid,
     pub drv_path: String,
     /// Queued, Building, Completed, Failed, Aborted, Substituted or DependencyFailed.
     pub status: String,
-    /// The end of the build's log, when it ran.
-    pub log: Option<String>,
+    /// Every status it took and when, oldest first.
+    pub transitions: Vec<TransitionView>,
+    pub created_at: DateTime<Utc>,
+    /// When it last started building.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
 
 impl From<&Build> for BuildView {
     fn from(b: &Build) -> Self {
         Self {
+            id: b.id.0,
             drv_path: b.drv_path.clone(),
             status: b.status.as_str().to_owned(),
-            log: b.log.clone(),
+            transitions: transitions(&b.transitions, |s| s.as_str()),
+            created_at: b.created_at,
+            started_at: b.started_at(),
+            finished_at: b.finished_at(),
             updated_at: b.updated_at,
         }
     }
+}
+
+/// A build in an evaluation's list: with the attributes that selected its derivation (empty for a
+/// dependency).
+#[derive(Object)]
+pub struct EvaluationBuildItem {
+    #[oai(flatten)]
+    pub build: BuildView,
+    pub attributes: Vec<String>,
+}
+
+impl From<&EvaluationBuildView> for EvaluationBuildItem {
+    fn from(v: &EvaluationBuildView) -> Self {
+        Self {
+            build: BuildView::from(&v.build),
+            attributes: v.attributes.clone(),
+        }
+    }
+}
+
+/// The derivation a build realises.
+#[derive(Object)]
+pub struct DerivationView {
+    pub system: String,
+    pub required_features: Vec<String>,
+    /// Output name → store path.
+    pub outputs: BTreeMap<String, String>,
+    /// The `.drv` paths of its inputs.
+    pub inputs: Vec<String>,
+}
+
+impl From<&Derivation> for DerivationView {
+    fn from(d: &Derivation) -> Self {
+        Self {
+            system: d.system.clone(),
+            required_features: d.required_features.clone(),
+            outputs: d.outputs.clone(),
+            inputs: d.inputs.clone(),
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct BuildDetail {
+    pub build: BuildView,
+    pub derivation: Option<DerivationView>,
+}
+
+#[derive(ApiResponse)]
+enum LogResponse {
+    /// The stored log as text. Long logs keep their start and their end, with a line saying how many bytes
+    /// were left out between them.
+    #[oai(status = 200)]
+    Log(
+        PlainText<String>,
+        /// How many bytes of what the build printed were left out of this log.
+        #[oai(header = "X-Gradient-Log-Omitted")]
+        u64,
+    ),
 }
 
 /// An action on an evaluation.
@@ -171,6 +262,34 @@ impl EvaluationsApi {
         }
         let (e, _) = self.0.app.evaluation_for(&caller, EvaluationId(id.0)).await?;
         ok(EvaluationView::from(&e))
+    }
+
+    /// The builds an evaluation needs, by `.drv` path, with the attributes that selected them.
+    #[oai(path = "/evals/:id/builds", method = "get")]
+    async fn builds(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<Vec<EvaluationBuildItem>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let (_, builds) = self.0.app.evaluation_builds(&caller, EvaluationId(id.0)).await?;
+        ok(builds.iter().map(EvaluationBuildItem::from).collect())
+    }
+
+    /// One build with its derivation.
+    #[oai(path = "/builds/:id", method = "get")]
+    async fn build(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<BuildDetail> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let (build, derivation) = self.0.app.build_for(&caller, BuildId(id.0)).await?;
+        ok(BuildDetail {
+            build: BuildView::from(&build),
+            derivation: derivation.as_ref().map(DerivationView::from),
+        })
+    }
+
+    /// A build's stored log (`text/plain`), once the build has run; a running build's log is streamed by
+    /// `GET /evals/{id}/log?drv=…`.
+    #[oai(path = "/builds/:id/log", method = "get")]
+    async fn build_log(&self, auth: MaybeToken, id: Path<Uuid>) -> Result<LogResponse, super::ApiError> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let log = self.0.app.build_log_for(&caller, BuildId(id.0)).await?;
+        Ok(LogResponse::Log(PlainText(log.text), log.omitted))
     }
 
     /// An evaluation with its builds.

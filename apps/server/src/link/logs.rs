@@ -1,27 +1,19 @@
 //! Build logs as they stream in from workers, held per job until the job finishes (bounded per job), and
 //! readable by derivation while the build runs, from any byte offset, for live viewers.
 
+use gradient_domain::logs::LogBuffer;
 use gradient_domain::model::JobId;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-/// Beyond this the oldest part of a running job's log is dropped (the stored log is capped too).
-const MAX_BUFFER: usize = 512 * 1024;
-
-#[derive(Default)]
-struct Log {
-    text: String,
-    /// Bytes dropped from the front, so offsets stay those of the whole log.
-    dropped: usize,
-}
-
 #[derive(Default)]
 struct Inner {
-    logs: HashMap<JobId, Log>,
+    logs: HashMap<JobId, LogBuffer>,
     /// The job building each derivation now.
     by_drv: HashMap<String, JobId>,
 }
 
+/// The logs of the running jobs, each bounded by the domain's [`LogBuffer`] (its start and its end are kept).
 #[derive(Default)]
 pub struct LiveLogs {
     inner: Mutex<Inner>,
@@ -40,24 +32,14 @@ impl LiveLogs {
     }
 
     pub fn append(&self, job: JobId, text: &str) {
-        let mut inner = self.lock();
-        let log = inner.logs.entry(job).or_default();
-        log.text.push_str(text);
-        if log.text.len() > MAX_BUFFER {
-            let cut = log.text.len() - MAX_BUFFER / 2;
-            let cut = (cut..log.text.len())
-                .find(|i| log.text.is_char_boundary(*i))
-                .unwrap_or(log.text.len());
-            log.text.drain(..cut);
-            log.dropped += cut;
-        }
+        self.lock().logs.entry(job).or_default().append(text);
     }
 
     /// The job ended: its log leaves the live set (it is stored with the build).
-    pub fn take(&self, job: JobId) -> Option<String> {
+    pub fn take(&self, job: JobId) -> Option<LogBuffer> {
         let mut inner = self.lock();
         inner.by_drv.retain(|_, j| *j != job);
-        inner.logs.remove(&job).map(|l| l.text)
+        inner.logs.remove(&job)
     }
 
     /// What the running build of `drv_path` logged from byte `offset` on, and the offset after it; `None`
@@ -65,13 +47,8 @@ impl LiveLogs {
     pub fn read(&self, drv_path: &str, offset: usize) -> Option<(String, usize)> {
         let inner = self.lock();
         let job = inner.by_drv.get(drv_path)?;
-        let log = inner.logs.get(job)?;
-        let end = log.dropped + log.text.len();
-        let from = offset.max(log.dropped).min(end) - log.dropped;
-        let from = (from..=log.text.len())
-            .find(|i| log.text.is_char_boundary(*i))
-            .unwrap_or(log.text.len());
-        Some((log.text[from..].to_owned(), end))
+        let (text, end) = inner.logs.get(job)?.read_from(offset as u64);
+        Some((text, end as usize))
     }
 }
 
@@ -89,7 +66,7 @@ mod tests {
         assert_eq!(logs.read("/nix/store/x.drv", 0), Some(("one\n".into(), 4)));
         logs.append(job, "two\n");
         assert_eq!(logs.read("/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
-        assert_eq!(logs.take(job).as_deref(), Some("one\ntwo\n"));
+        assert_eq!(logs.take(job).map(|l| l.finish().0).as_deref(), Some("one\ntwo\n"));
         assert!(logs.read("/nix/store/x.drv", 8).is_none(), "finished");
     }
 
@@ -99,12 +76,14 @@ mod tests {
         let job = JobId::new();
         logs.started(job, "d");
         let line = "x".repeat(1000) + "\n";
-        for _ in 0..1000 {
+        for _ in 0..3000 {
             logs.append(job, &line);
         }
         let (text, end) = logs.read("d", 0).unwrap();
-        assert_eq!(end, 1001 * 1000);
-        assert!(text.len() <= MAX_BUFFER && !text.is_empty());
+        assert_eq!(end, 1001 * 3000, "offsets count everything the build printed");
+        assert!(text.len() < 1001 * 3000 && text.contains("bytes of this log were left out"));
         assert_eq!(logs.read("d", end).unwrap().0, "");
+        let (tail, _) = logs.read("d", end - 1001).unwrap();
+        assert_eq!(tail, line, "a reader near the end gets just the end");
     }
 }

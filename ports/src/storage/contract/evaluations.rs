@@ -1,10 +1,12 @@
 //! Evaluations, derivations, entry points and builds.
 
 use super::support::{conflict, derivation as drv_path, now, org, project, seconds, user};
-use gradient_domain::model::{AttributeError, Build, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp};
+use gradient_domain::model::{
+    AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp, Transition,
+};
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
-use gradient_domain::{EvaluationId, OrgId, ProjectId};
+use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -23,6 +25,10 @@ fn new_evaluation(project: ProjectId) -> Evaluation {
         trigger: EvaluationTrigger::Poll,
         status: EvaluationStatus::Queued,
         errors: Vec::new(),
+        transitions: vec![Transition {
+            status: EvaluationStatus::Queued,
+            at: created_at,
+        }],
         created_at,
         updated_at: created_at,
     }
@@ -67,15 +73,29 @@ fn entry_point(evaluation: EvaluationId, attribute: &str, drv_path: &str) -> Ent
     }
 }
 
+/// A queued build as `link_builds` creates it, with the nil id ([`anon`] clears the ids storage gives).
 fn queued(org: OrgId, drv_path: &str, at: Timestamp) -> Build {
+    anon(Build::queued(org, drv_path, at))
+}
+
+/// The build with the nil id, to compare builds whose ids the storage chose.
+fn anon(build: Build) -> Build {
     Build {
-        org_id: org,
-        drv_path: drv_path.to_owned(),
-        status: BuildStatus::Queued,
-        log: None,
-        created_at: at,
-        updated_at: at,
+        id: BuildId(Uuid::nil()),
+        ..build
     }
+}
+
+fn anon_all(builds: Vec<Build>) -> Vec<Build> {
+    builds.into_iter().map(anon).collect()
+}
+
+/// A status change at `at`, as `Build::move_to` records it.
+fn moved(mut build: Build, to: BuildStatus, at: Timestamp) -> Build {
+    build.status = to;
+    build.updated_at = at;
+    build.transitions.push(Transition { status: to, at });
+    build
 }
 
 /// `paths` sorted bytewise, as lists of builds are.
@@ -148,7 +168,7 @@ pub async fn absent_evaluation_rows_are_none<S: Storage>(s: &S) {
         "entry points"
     );
     assert_eq!(
-        s.builds_of_evaluation(unknown).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(unknown).await.expect("builds_of_evaluation")),
         vec![],
         "builds of an unknown evaluation"
     );
@@ -228,7 +248,7 @@ pub async fn evaluations_are_listed_newest_first_and_limited<S: Storage>(s: &S) 
     assert_eq!(s.evaluations(app.id, 0).await.expect("evaluations"), vec![], "limit 0");
 }
 
-/// update_evaluation changes status, errors and updated_at only; an absent evaluation is NotFound.
+/// update_evaluation changes status, errors, transitions and updated_at only; an absent evaluation is NotFound.
 pub async fn update_evaluation_changes_only_status_errors_and_update_time<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;
@@ -246,6 +266,18 @@ pub async fn update_evaluation_changes_only_status_errors_and_update_time<S: Sto
             attribute: "packages.x86_64-linux.bad".to_owned(),
             message: "infinite recursion".to_owned(),
         }],
+        transitions: [
+            EvaluationStatus::Queued,
+            EvaluationStatus::Fetching,
+            EvaluationStatus::Evaluating,
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, status)| Transition {
+            status,
+            at: original.created_at + seconds(i as i64),
+        })
+        .collect(),
         created_at: original.created_at - seconds(100),
         updated_at: original.updated_at + seconds(7),
     };
@@ -253,13 +285,14 @@ pub async fn update_evaluation_changes_only_status_errors_and_update_time<S: Sto
     let expected = Evaluation {
         status: changed.status,
         errors: changed.errors.clone(),
+        transitions: changed.transitions.clone(),
         updated_at: changed.updated_at,
         ..original.clone()
     };
     assert_eq!(
         s.evaluation(original.id).await.expect("evaluation"),
         Some(expected.clone()),
-        "only status, errors and updated_at change"
+        "only status, errors, transitions and updated_at change"
     );
     let cleared = Evaluation {
         errors: Vec::new(),
@@ -455,6 +488,7 @@ pub async fn link_builds_builds_once_per_org<S: Storage>(s: &S) {
         .link_builds(first.id, acme.id, &[zlib.clone(), shared.clone(), zlib.clone()], t1)
         .await
         .expect("link_builds");
+    let linked = anon_all(linked);
     let expected_first: Vec<Build> = sorted(&[zlib, shared]).iter().map(|p| queued(acme.id, p, t1)).collect();
     assert_eq!(linked, expected_first, "new builds are queued, by path, each once");
 
@@ -462,6 +496,7 @@ pub async fn link_builds_builds_once_per_org<S: Storage>(s: &S) {
         .link_builds(second.id, acme.id, &[shared.clone(), hello.clone()], t2)
         .await
         .expect("link_builds");
+    let linked = anon_all(linked);
     let expected_second: Vec<Build> = sorted(&[hello, shared])
         .iter()
         .map(|p| {
@@ -479,28 +514,28 @@ pub async fn link_builds_builds_once_per_org<S: Storage>(s: &S) {
         .await
         .expect("link_builds");
     assert_eq!(
-        linked,
+        anon_all(linked),
         vec![queued(other.id, shared, t2)],
         "another org has its own build"
     );
 
     assert_eq!(
-        s.build(acme.id, shared).await.expect("build"),
+        s.build(acme.id, shared).await.expect("build").map(anon),
         Some(queued(acme.id, shared, t1)),
         "acme's build"
     );
     assert_eq!(
-        s.build(other.id, shared).await.expect("build"),
+        s.build(other.id, shared).await.expect("build").map(anon),
         Some(queued(other.id, shared, t2)),
         "the other org's build"
     );
     assert_eq!(
-        s.builds_of_evaluation(first.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(first.id).await.expect("builds_of_evaluation")),
         expected_first,
         "the first evaluation's builds"
     );
     assert_eq!(
-        s.builds_of_evaluation(second.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(second.id).await.expect("builds_of_evaluation")),
         expected_second,
         "the second evaluation's builds"
     );
@@ -530,9 +565,9 @@ pub async fn link_builds_builds_once_per_org<S: Storage>(s: &S) {
         .link_builds(first.id, acme.id, &[zlib.clone(), shared.clone()], t2)
         .await
         .expect("link_builds again");
-    assert_eq!(again, expected_first, "linking again changes nothing");
+    assert_eq!(anon_all(again), expected_first, "linking again changes nothing");
     assert_eq!(
-        s.builds_of_evaluation(first.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(first.id).await.expect("builds_of_evaluation")),
         expected_first,
         "still linked once"
     );
@@ -545,7 +580,7 @@ pub async fn link_builds_builds_once_per_org<S: Storage>(s: &S) {
     );
 }
 
-/// link_builds answers an existing build as stored: its status and log are kept.
+/// link_builds answers an existing build as stored: its status and transitions are kept.
 pub async fn link_builds_returns_existing_status<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;
@@ -557,18 +592,15 @@ pub async fn link_builds_returns_existing_status<S: Storage>(s: &S) {
     s.link_builds(first.id, acme.id, std::slice::from_ref(&paths[0]), t1)
         .await
         .expect("link_builds");
-    let done = Build {
-        status: BuildStatus::Completed,
-        log: Some("built in 3s".to_owned()),
-        updated_at: t1 + seconds(3),
-        ..queued(acme.id, &paths[0], t1)
-    };
+    let building = moved(queued(acme.id, &paths[0], t1), BuildStatus::Building, t1 + seconds(1));
+    let done = moved(building, BuildStatus::Completed, t1 + seconds(3));
     s.update_build(&done).await.expect("update_build");
     let t2 = t1 + seconds(60);
     let linked = s
         .link_builds(second.id, acme.id, &paths, t2)
         .await
         .expect("link_builds");
+    let linked = anon_all(linked);
     let mut expected = vec![done, queued(acme.id, &paths[1], t2)];
     expected.sort_by(|a, b| a.drv_path.cmp(&b.drv_path));
     assert_eq!(
@@ -576,7 +608,7 @@ pub async fn link_builds_returns_existing_status<S: Storage>(s: &S) {
         "the completed build stays completed; the new one is queued"
     );
     assert_eq!(
-        s.builds_of_evaluation(second.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(second.id).await.expect("builds_of_evaluation")),
         expected,
         "the second evaluation's builds"
     );
@@ -621,56 +653,54 @@ pub async fn link_builds_with_unknown_references_is_not_found<S: Storage>(s: &S)
     );
     assert_eq!(s.build(acme.id, good).await.expect("build"), None, "no build created");
     assert_eq!(
-        s.builds_of_evaluation(eval.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(eval.id).await.expect("builds_of_evaluation")),
         vec![],
         "nothing linked"
     );
 }
 
-/// update_build changes status, log and updated_at only; a build the organization does not have is NotFound.
-pub async fn update_build_changes_only_status_log_and_update_time<S: Storage>(s: &S) {
+/// update_build changes status, transitions and updated_at only; a build the organization does not have is
+/// NotFound.
+pub async fn update_build_changes_only_status_transitions_and_update_time<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;
     let other = org(s, "other", alice.id, false).await;
     let app = project(s, acme.id, "app", alice.id).await;
     let eval = evaluation(s, app.id).await;
-    let paths = derivations(s, &["big-log"]).await;
+    let paths = derivations(s, &["many-moves"]).await;
     let at = now();
     let original = queued(acme.id, &paths[0], at);
-    s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds");
-    // A large log (a tail of some 256 KiB, multi-line, non-ASCII) survives.
-    let log: String = (0..4096).map(|i| format!("line {i:05} — building… ✓\n")).collect();
+    let id = s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds")[0].id;
+    // Many moves (a build restarted over and over) survive, in order.
+    let mut changed = original.clone();
+    for i in 0..50 {
+        changed = moved(changed, BuildStatus::Building, at + seconds(2 * i + 1));
+        changed = moved(changed, BuildStatus::Failed, at + seconds(2 * i + 2));
+    }
     let changed = Build {
-        status: BuildStatus::Failed,
-        log: Some(log),
+        id: BuildId::new(),
         created_at: at - seconds(100),
-        updated_at: at + seconds(30),
-        ..original.clone()
+        ..changed
     };
     s.update_build(&changed).await.expect("update_build");
     let expected = Build {
+        id,
         created_at: original.created_at,
         ..changed.clone()
     };
     assert_eq!(
         s.build(acme.id, &paths[0]).await.expect("build"),
         Some(expected.clone()),
-        "only status, log and updated_at change"
+        "only status, transitions and updated_at change (not the id nor the creation time)"
     );
-    let cleared = Build {
-        status: BuildStatus::Aborted,
-        log: None,
-        ..expected
-    };
-    s.update_build(&cleared).await.expect("update_build");
     assert_eq!(
-        s.build(acme.id, &paths[0]).await.expect("build"),
-        Some(cleared.clone()),
-        "log cleared"
+        s.build_by_id(id).await.expect("build_by_id"),
+        Some(expected.clone()),
+        "by id"
     );
     assert_eq!(
         s.builds_of_evaluation(eval.id).await.expect("builds_of_evaluation"),
-        vec![cleared],
+        vec![expected],
         "the evaluation sees the updated build"
     );
     let elsewhere = Build {
@@ -686,6 +716,87 @@ pub async fn update_build_changes_only_status_log_and_update_time<S: Storage>(s:
         s.build(other.id, &paths[0]).await.expect("build"),
         None,
         "no row created"
+    );
+}
+
+/// Builds get distinct ids, one per organization and derivation, stable across reads; an unknown id is None.
+pub async fn builds_are_found_by_id<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let theirs = project(s, other.id, "theirs", alice.id).await;
+    let (mine, foreign) = (evaluation(s, app.id).await, evaluation(s, theirs.id).await);
+    let paths = derivations(s, &["a", "b"]).await;
+    let at = now();
+    let ours = s.link_builds(mine.id, acme.id, &paths, at).await.expect("link_builds");
+    let again = s
+        .link_builds(evaluation(s, app.id).await.id, acme.id, &paths, at)
+        .await
+        .expect("link_builds");
+    let theirs = s
+        .link_builds(foreign.id, other.id, &paths, at)
+        .await
+        .expect("link_builds");
+    assert_eq!(ours, again, "the same builds, ids included");
+    let mut ids: Vec<BuildId> = ours.iter().chain(&theirs).map(|b| b.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "one id per organization and derivation");
+    for b in ours.iter().chain(&theirs) {
+        assert_eq!(s.build_by_id(b.id).await.expect("build_by_id").as_ref(), Some(b));
+    }
+    assert_eq!(s.build_by_id(BuildId::new()).await.expect("build_by_id"), None);
+}
+
+/// A build's log is stored (binary, several hundred KiB), replaced when stored again, absent before, refused
+/// for an unknown build, and deleted with its organization.
+pub async fn build_logs_round_trip_and_are_replaced<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["logged"]).await;
+    let at = now();
+    let build = s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds")[0].clone();
+    assert_eq!(s.build_log(build.id).await.expect("build_log"), None, "no log yet");
+    let first = BuildLog {
+        build_id: build.id,
+        compressed: (0..600_000u32).map(|i| (i % 251) as u8).collect(),
+        size: 1_234_567,
+        omitted: 42,
+        created_at: at,
+    };
+    s.put_build_log(&first).await.expect("put_build_log");
+    assert_eq!(s.build_log(build.id).await.expect("build_log"), Some(first.clone()));
+    let second = BuildLog {
+        compressed: vec![0, 1, 2, 255],
+        size: 4,
+        omitted: 0,
+        created_at: at + seconds(10),
+        ..first
+    };
+    s.put_build_log(&second).await.expect("put_build_log again");
+    assert_eq!(
+        s.build_log(build.id).await.expect("build_log"),
+        Some(second.clone()),
+        "replaced"
+    );
+    let stray = BuildLog {
+        build_id: BuildId::new(),
+        ..second
+    };
+    assert_eq!(
+        s.put_build_log(&stray).await,
+        Err(StorageError::NotFound),
+        "unknown build"
+    );
+    assert_eq!(s.build_log(stray.build_id).await.expect("build_log"), None);
+    assert!(s.delete_org(acme.id).await.expect("delete_org"));
+    assert_eq!(
+        s.build_log(build.id).await.expect("build_log"),
+        None,
+        "deleted with the organization"
     );
 }
 
@@ -705,7 +816,7 @@ pub async fn build_statuses_round_trip<S: Storage>(s: &S) {
         };
         s.update_build(&build).await.expect("update_build");
         assert_eq!(
-            s.build(acme.id, &paths[0]).await.expect("build"),
+            s.build(acme.id, &paths[0]).await.expect("build").map(anon),
             Some(build),
             "build with status {status:?}"
         );
@@ -747,7 +858,7 @@ pub async fn delete_evaluation_removes_its_entry_points_and_links<S: Storage>(s:
         "its entry points"
     );
     assert_eq!(
-        s.builds_of_evaluation(doomed.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(doomed.id).await.expect("builds_of_evaluation")),
         vec![],
         "its links"
     );
@@ -763,7 +874,7 @@ pub async fn delete_evaluation_removes_its_entry_points_and_links<S: Storage>(s:
         "derivation kept"
     );
     assert_eq!(
-        s.builds_of_evaluation(kept.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(kept.id).await.expect("builds_of_evaluation")),
         vec![queued(acme.id, shared, at)],
         "the build is kept"
     );
@@ -812,7 +923,7 @@ pub async fn delete_project_removes_its_evaluations<S: Storage>(s: &S) {
         "its entry points"
     );
     assert_eq!(
-        s.builds_of_evaluation(gone.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(gone.id).await.expect("builds_of_evaluation")),
         vec![],
         "its links"
     );
@@ -829,7 +940,7 @@ pub async fn delete_project_removes_its_evaluations<S: Storage>(s: &S) {
         "the other project's evaluation is kept"
     );
     assert_eq!(
-        s.build(acme.id, shared).await.expect("build"),
+        s.build(acme.id, shared).await.expect("build").map(anon),
         Some(queued(acme.id, shared, at)),
         "the org's build is kept"
     );
@@ -878,7 +989,7 @@ pub async fn delete_org_removes_its_evaluations_and_builds<S: Storage>(s: &S) {
         "derivation kept"
     );
     assert_eq!(
-        s.builds_of_evaluation(stays.id).await.expect("builds_of_evaluation"),
+        anon_all(s.builds_of_evaluation(stays.id).await.expect("builds_of_evaluation")),
         vec![queued(kept.id, shared, at)],
         "the other org's build and link are kept"
     );

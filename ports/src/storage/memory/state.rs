@@ -2,16 +2,15 @@
 //! before it changes anything, so a refused write leaves the state as it was.
 
 use gradient_domain::model::{
-    ApiKey, Build, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobKind, JobRecord, JobState, Member,
-    Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
+    ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobKind, JobRecord,
+    JobState, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::storage::{Result, StorageError};
-use gradient_domain::status::BuildStatus;
 use gradient_domain::{
-    ApiKeyId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
+    ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
 };
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 #[derive(Debug, Default)]
 pub(super) struct State {
@@ -37,6 +36,7 @@ pub(super) struct State {
     pub(super) entry_points: BTreeMap<(EvaluationId, String), EntryPoint>,
     /// Builds by (organization, `.drv` path).
     pub(super) builds: BTreeMap<(OrgId, String), Build>,
+    pub(super) build_logs: HashMap<BuildId, BuildLog>,
     /// Links from evaluations to builds: (evaluation, `.drv` path) → the build's organization.
     pub(super) evaluation_builds: BTreeMap<(EvaluationId, String), OrgId>,
     pub(super) meta: HashMap<String, String>,
@@ -157,6 +157,8 @@ impl State {
             self.delete_project(project);
         }
         self.builds.retain(|(org, _), _| *org != id);
+        let builds: HashSet<BuildId> = self.builds.values().map(|b| b.id).collect();
+        self.build_logs.retain(|b, _| builds.contains(b));
         self.evaluation_builds.retain(|_, org| *org != id);
         self.subscriptions.retain(|(org, _)| *org != id);
         self.worker_registrations.retain(|_, r| r.org_id != id);
@@ -556,6 +558,7 @@ impl State {
         let stored = self.evaluations.get_mut(&evaluation.id).ok_or(StorageError::NotFound)?;
         stored.status = evaluation.status;
         stored.errors.clone_from(&evaluation.errors);
+        stored.transitions.clone_from(&evaluation.transitions);
         stored.updated_at = evaluation.updated_at;
         Ok(())
     }
@@ -610,14 +613,10 @@ impl State {
         require(wanted.iter().all(|path| self.derivations.contains_key(*path)))?;
         let mut builds = Vec::with_capacity(wanted.len());
         for drv_path in wanted {
-            let build = self.builds.entry((org, drv_path.clone())).or_insert_with(|| Build {
-                org_id: org,
-                drv_path: drv_path.clone(),
-                status: BuildStatus::Queued,
-                log: None,
-                created_at: at,
-                updated_at: at,
-            });
+            let build = self
+                .builds
+                .entry((org, drv_path.clone()))
+                .or_insert_with(|| Build::queued(org, drv_path, at));
             builds.push(build.clone());
             self.evaluation_builds
                 .entry((evaluation, drv_path.clone()))
@@ -640,8 +639,14 @@ impl State {
             .get_mut(&(build.org_id, build.drv_path.clone()))
             .ok_or(StorageError::NotFound)?;
         stored.status = build.status;
-        stored.log.clone_from(&build.log);
+        stored.transitions.clone_from(&build.transitions);
         stored.updated_at = build.updated_at;
+        Ok(())
+    }
+
+    pub(super) fn put_build_log(&mut self, log: &BuildLog) -> Result<()> {
+        require(self.builds.values().any(|b| b.id == log.build_id))?;
+        self.build_logs.insert(log.build_id, log.clone());
         Ok(())
     }
 

@@ -1,0 +1,21 @@
+-- Builds get an id (the API's /builds/{id}); evaluations and builds keep every status they took and when
+-- (JSON array of {"status": …, "at": RFC 3339 with microseconds}); build logs move out of the builds table into
+-- their own, compressed (zstd) and capped by the domain. Names match the SQLite schema.
+
+ALTER TABLE evaluations ADD COLUMN transitions TEXT NOT NULL DEFAULT '[]';
+
+ALTER TABLE builds ADD COLUMN id UUID;
+UPDATE builds SET id = gen_random_uuid() WHERE id IS NULL;
+ALTER TABLE builds ALTER COLUMN id SET NOT NULL;
+CREATE UNIQUE INDEX builds_id ON builds (id);
+ALTER TABLE builds ADD COLUMN transitions TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE builds DROP COLUMN log;
+
+CREATE TABLE build_logs (
+    build_id UUID NOT NULL PRIMARY KEY REFERENCES builds (id) ON DELETE CASCADE,
+    compressed BYTEA NOT NULL,
+    -- the stored text's length, and how much of what the build printed was left out
+    size BIGINT NOT NULL,
+    omitted BIGINT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
+);

@@ -1,0 +1,91 @@
+//! Reading builds: an evaluation's builds with the attributes that selected them, one build with its
+//! derivation, and a build's stored log. Callers see builds of the organizations they may view; anything else is
+//! NotFound, as if it did not exist.
+
+use super::{Caller, Gradient, Result, ServiceError};
+use crate::model::{Build, Derivation, Evaluation};
+use crate::permissions::Permission;
+use crate::ports::{Clock, Storage};
+use crate::{BuildId, EvaluationId, OrgId};
+use std::collections::BTreeMap;
+
+/// A build as an evaluation lists it: with the attributes of the evaluation that selected its derivation
+/// (empty for a dependency).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvaluationBuildView {
+    pub build: Build,
+    pub attributes: Vec<String>,
+}
+
+/// A stored log's text and what was left out of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogText {
+    pub text: String,
+    pub omitted: u64,
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    async fn require_view(&self, caller: &Caller, org: OrgId, missing: impl Fn() -> ServiceError) -> Result<()> {
+        let o = self.storage.org(org).await?.ok_or_else(&missing)?;
+        self.org_requiring(caller, o.name.as_str(), Permission::ViewOrg)
+            .await
+            .map(|_| ())
+            .map_err(|_| missing())
+    }
+
+    /// The builds an evaluation needs, by `.drv` path, with the attributes that selected them.
+    pub async fn evaluation_builds(
+        &self,
+        caller: &Caller,
+        id: EvaluationId,
+    ) -> Result<(Evaluation, Vec<EvaluationBuildView>)> {
+        let (e, builds) = self.evaluation_for(caller, id).await?;
+        let mut attributes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for entry in self.storage.entry_points(id).await? {
+            attributes.entry(entry.drv_path).or_default().push(entry.attribute);
+        }
+        let views = builds
+            .into_iter()
+            .map(|build| EvaluationBuildView {
+                attributes: attributes.remove(&build.drv_path).unwrap_or_default(),
+                build,
+            })
+            .collect();
+        Ok((e, views))
+    }
+
+    /// One build with its derivation (`None` only if the derivation row is gone).
+    pub async fn build_for(&self, caller: &Caller, id: BuildId) -> Result<(Build, Option<Derivation>)> {
+        let missing = || ServiceError::NotFound(format!("build {} not found", id.0));
+        let build = self.storage.build_by_id(id).await?.ok_or_else(missing)?;
+        self.require_view(caller, build.org_id, missing).await?;
+        let derivation = self.storage.derivation(&build.drv_path).await?;
+        Ok((build, derivation))
+    }
+
+    /// A build's stored log. NotFound (`no_log`) while it has none: it has not run, or it is running (its live
+    /// log is streamed instead).
+    pub async fn build_log_for(&self, caller: &Caller, id: BuildId) -> Result<LogText> {
+        let (build, _) = self.build_for(caller, id).await?;
+        self.stored_log(&build).await?.ok_or_else(|| {
+            ServiceError::NotFound(format!(
+                "build {} has no stored log (status {})",
+                id.0,
+                build.status.as_str()
+            ))
+        })
+    }
+
+    /// A build's stored log, uncompressed, without permission checks (for callers that checked already).
+    pub async fn stored_log(&self, build: &Build) -> Result<Option<LogText>> {
+        let Some(log) = self.storage.build_log(build.id).await? else {
+            return Ok(None);
+        };
+        let text = crate::logs::decompress(&log.compressed, crate::logs::MAX_STORED_LOG)
+            .map_err(|e| ServiceError::Internal(format!("the stored log of build {} is unreadable: {e}", build.id)))?;
+        Ok(Some(LogText {
+            text,
+            omitted: log.omitted,
+        }))
+    }
+}
