@@ -1,6 +1,7 @@
 //! End-to-end: the real `gradient-server` binary on loopback, driven over HTTP like curl would, on SQLite
 //! and on PostgreSQL. Build the binary first (`cargo build -p gradient-server`; `scripts/test` does).
 
+mod acceptance;
 mod cache;
 mod harness;
 mod hooks;

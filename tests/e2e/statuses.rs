@@ -13,23 +13,23 @@ use tokio::net::TcpListener;
 
 /// One status POST the fake forge received.
 #[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    authorization: String,
-    body: Value,
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) authorization: String,
+    pub(crate) body: Value,
     /// The HTTP status it was answered with.
-    answered: u16,
+    pub(crate) answered: u16,
 }
 
 /// A Gitea-like status API on loopback: records every request and answers 500 to the first `failures`.
 #[derive(Clone)]
-struct FakeForge {
-    url: String,
+pub(crate) struct FakeForge {
+    pub(crate) url: String,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl FakeForge {
-    async fn start(failures: u32) -> FakeForge {
+    pub(crate) async fn start(failures: u32) -> FakeForge {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -72,7 +72,7 @@ impl FakeForge {
         FakeForge { url, received }
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().expect("lock").clone()
     }
 }
@@ -158,7 +158,7 @@ async fn a_failing_check_reports_pending_then_failure_to_the_forge() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (repository, commit) = flake_repo(dir.path());
     let forge = FakeForge::start(0).await;
-    let server = Server::start(dir.path(), &[("GRADIENT_PUBLIC_URL", "http://ci.example.com")]).await;
+    let server = Server::start(dir.path(), &[]).await;
     let c = org_with_forge(&server, &repository, "packages.*.*, checks.*.*", &forge).await;
     let worker = start_worker(&c, dir.path(), &server.url, "one").await;
     let e = c
@@ -171,6 +171,14 @@ async fn a_failing_check_reports_pending_then_failure_to_the_forge() {
     let id = e["id"].as_str().expect("id").to_owned();
     let done = wait_for_end(&c, &server, &id).await;
     assert_eq!(done["evaluation"]["status"], "Failed", "{done}");
+    // Failed because of the check: the packages were built.
+    let built = done["builds"]
+        .as_array()
+        .expect("builds")
+        .iter()
+        .filter(|b| b["status"] == "Completed")
+        .count();
+    assert_eq!(built, 4, "{done}");
     let done = wait_for(&c, &server, &id, "the statuses were not delivered", all_delivered).await;
 
     let received = forge.received();
@@ -179,7 +187,7 @@ async fn a_failing_check_reports_pending_then_failure_to_the_forge() {
         .map(|r| r.body["state"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(states, ["pending", "failure"], "{received:?}");
-    let target_url = format!("http://ci.example.com/api/v1/evals/{id}");
+    let target_url = format!("{}/api/v1/evals/{id}", server.url);
     for r in &received {
         assert!(
             r.path.starts_with("/api/v1/repos/") && r.path.ends_with(&format!("/repo/statuses/{commit}")),

@@ -136,8 +136,14 @@ pub fn flake_url(repository: &str, git_ref: Option<&str>, commit: &str) -> Resul
         .filter(|p| !p.is_empty() && !p.starts_with("ref=") && !p.starts_with("rev="))
         .map(str::to_owned)
         .collect();
-    if let Some(r) = git_ref {
-        params.push(format!("ref={}", percent_encode(r)));
+    match git_ref {
+        Some(r) => params.push(format!("ref={}", percent_encode(r))),
+        // Without a ref Nix 2.8 fetches `master` from a remote, which may not hold the commit: fetch every
+        // ref instead. A local repository is read directly.
+        None if !base.starts_with("git+file://") && !params.iter().any(|p| p.starts_with("allRefs=")) => {
+            params.push("allRefs=1".to_owned())
+        }
+        None => {}
     }
     params.push(format!("rev={commit}"));
     Ok(format!("{base}?{}", params.join("&")))
@@ -270,10 +276,15 @@ mod tests {
             (
                 "git@github.com:a/b.git",
                 None,
-                "git+ssh://git@github.com/a/b.git?rev=SHA",
+                "git+ssh://git@github.com/a/b.git?allRefs=1&rev=SHA",
             ),
-            ("ssh://git@host/a.git", None, "git+ssh://git@host/a.git?rev=SHA"),
-            ("git://host/a.git", None, "git://host/a.git?rev=SHA"),
+            (
+                "ssh://git@host/a.git",
+                None,
+                "git+ssh://git@host/a.git?allRefs=1&rev=SHA",
+            ),
+            ("git://host/a.git", None, "git://host/a.git?allRefs=1&rev=SHA"),
+            ("http://h/o/r.git", None, "git+http://h/o/r.git?allRefs=1&rev=SHA"),
             ("/srv/repo", None, "git+file:///srv/repo?rev=SHA"),
             (
                 "git+https://h/r?ref=old&rev=old",

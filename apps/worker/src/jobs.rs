@@ -68,6 +68,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<Wo
         Job::Evaluate {
             repository,
             commit,
+            git_ref,
             wildcard,
             flake_input_overrides,
             push,
@@ -90,6 +91,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<Wo
                 dirs,
                 job_id,
                 &repository,
+                git_ref.as_deref(),
                 &commit,
                 &wildcard,
                 &overrides,
@@ -150,6 +152,7 @@ async fn evaluate<N: Nix>(
     dirs: &Dirs,
     job_id: JobId,
     repository: &str,
+    git_ref: Option<&str>,
     commit: &str,
     wildcard: &str,
     overrides: &std::collections::BTreeMap<String, gradient_domain::model::InputOverride>,
@@ -163,7 +166,7 @@ async fn evaluate<N: Nix>(
             stage: Stage::Fetching,
         },
     );
-    let flake = match nix.fetch(repository, None, commit, overrides).await {
+    let flake = match nix.fetch(repository, git_ref, commit, overrides).await {
         Ok(f) => f,
         Err(e) => return failure(FailureKind::FetchFailed, &e),
     };

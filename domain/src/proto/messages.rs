@@ -264,6 +264,9 @@ pub enum Job {
         repository: String,
         /// Full commit hash.
         commit: String,
+        /// The branch the commit is on, when known: fetched by name (a remote may not serve a bare commit).
+        #[serde(default)]
+        git_ref: Option<String>,
         /// Attribute selection, as in the project (`packages.*.*, checks.*.*, !checks.*.slow`).
         wildcard: String,
         /// By flake input name.

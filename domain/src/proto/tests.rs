@@ -51,6 +51,7 @@ fn eval_job() -> Job {
         job_id: JobId(id(21)),
         repository: "https://git.example/app.git".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        git_ref: Some("main".into()),
         wildcard: "packages.*.*".into(),
         flake_input_overrides: BTreeMap::from([
             (

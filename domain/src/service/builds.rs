@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 pub struct EvaluationBuildView {
     pub build: Build,
     pub attributes: Vec<String>,
+    /// The build existed before this evaluation (an earlier evaluation needed the same derivation): it was not
+    /// built again for this one.
+    pub reused: bool,
 }
 
 /// A stored log's text and what was left out of it.
@@ -48,6 +51,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .into_iter()
             .map(|build| EvaluationBuildView {
                 attributes: attributes.remove(&build.drv_path).unwrap_or_default(),
+                reused: build.created_at < e.created_at,
                 build,
             })
             .collect();

@@ -51,6 +51,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .await
     }
 
+    /// Queues an evaluation of the project's branch at `commit`.
     pub async fn queue_evaluation(
         &self,
         org: OrgId,
@@ -58,12 +59,26 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         commit: &str,
         trigger: EvaluationTrigger,
     ) -> Result<Evaluation> {
+        self.queue_evaluation_on(org, project, commit, project.branch.clone(), trigger)
+            .await
+    }
+
+    /// Queues an evaluation of `commit`, found on `branch` when known (a push names it): the worker fetches
+    /// that branch, as a remote may not serve a commit by hash alone.
+    pub async fn queue_evaluation_on(
+        &self,
+        org: OrgId,
+        project: &crate::model::Project,
+        commit: &str,
+        branch: Option<String>,
+        trigger: EvaluationTrigger,
+    ) -> Result<Evaluation> {
         let now = self.clock.now();
         let evaluation = Evaluation {
             id: EvaluationId::new(),
             project_id: project.id,
             commit: commit.to_owned(),
-            branch: project.branch.clone(),
+            branch,
             trigger,
             status: EvaluationStatus::Queued,
             errors: Vec::new(),
@@ -290,6 +305,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     job_id: record.id,
                     repository: p.repository.clone(),
                     commit: e.commit.clone(),
+                    git_ref: e.branch.clone(),
                     wildcard: p.wildcard.clone(),
                     flake_input_overrides: p
                         .flake_input_overrides

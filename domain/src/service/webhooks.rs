@@ -89,8 +89,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for project in self.storage.projects(o.id).await? {
             if push_triggers(&project, &push) {
                 queued.push(
-                    self.queue_evaluation(o.id, &project, &push.commit, EvaluationTrigger::Webhook)
-                        .await?,
+                    self.queue_evaluation_on(
+                        o.id,
+                        &project,
+                        &push.commit,
+                        Some(push.branch.clone()),
+                        EvaluationTrigger::Webhook,
+                    )
+                    .await?,
                 );
             }
         }

@@ -32,6 +32,8 @@ pub struct EvaluationView {
     pub project_id: Uuid,
     pub commit: String,
     pub branch: Option<String>,
+    /// What started it: Manual, Poll or Webhook.
+    pub trigger: String,
     /// Queued, Fetching, Evaluating, Building, Completed, Failed or Aborted.
     pub status: String,
     pub errors: Vec<AttributeErrorView>,
@@ -64,6 +66,7 @@ impl From<&Evaluation> for EvaluationView {
             project_id: e.project_id.0,
             commit: e.commit.clone(),
             branch: e.branch.clone(),
+            trigger: e.trigger.as_str().to_owned(),
             status: e.status.as_str().to_owned(),
             errors: e
                 .errors
@@ -119,6 +122,9 @@ pub struct EvaluationBuildItem {
     #[oai(flatten)]
     pub build: BuildView,
     pub attributes: Vec<String>,
+    /// The build was made for an earlier evaluation that needed the same derivation: this one reused it
+    /// (build once), it was not built again.
+    pub reused: bool,
 }
 
 impl From<&EvaluationBuildView> for EvaluationBuildItem {
@@ -126,6 +132,7 @@ impl From<&EvaluationBuildView> for EvaluationBuildItem {
         Self {
             build: BuildView::from(&v.build),
             attributes: v.attributes.clone(),
+            reused: v.reused,
         }
     }
 }
