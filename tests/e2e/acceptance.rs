@@ -159,7 +159,7 @@ async fn builds_by_name(c: &Client, id: &str) -> std::collections::BTreeMap<Stri
         .iter()
         .map(|b| {
             let path = b["drv_path"].as_str().expect("drv_path");
-            let name = path.trim_end_matches(".drv").splitn(2, '-').nth(1).expect("name");
+            let name = path.trim_end_matches(".drv").split_once('-').expect("name").1;
             (name.to_owned(), b.clone())
         })
         .collect()
