@@ -4,6 +4,8 @@
 use crate::process::{self, Ended};
 use crate::{NixCli, derivation};
 use gradient_domain::ports::nix::{BuildOptions, BuildOutput, NixError, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -259,4 +261,226 @@ mod tests {
             assert!(check_store_path(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// Builds several derivations with one `nix-store --realise --keep-going`, reading Nix's structured log
+/// (`--log-format internal-json`) to tell whose build printed each line and whose builder failed, then asks
+/// Nix which outputs are valid.
+pub async fn build_many(
+    cli: &NixCli,
+    drvs: &[(String, BTreeMap<String, String>)],
+    opts: &BuildOptions,
+    on_log: &mut (dyn FnMut(&str, &str) + Send),
+) -> Result<Vec<Result<BuildOutput>>> {
+    for (drv_path, outputs) in drvs {
+        check_store_path(drv_path)?;
+        if !drv_path.ends_with(".drv") {
+            return Err(NixError::InvalidRequest(format!(
+                "'{drv_path}' is not a store derivation"
+            )));
+        }
+        for path in outputs.values() {
+            check_store_path(path)?;
+        }
+    }
+    if drvs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(dir) = &opts.gc_root {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| NixError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        root_drvs(cli, drvs.iter().map(|(d, _)| d.as_str()), dir).await?;
+    }
+    let mut cmd = cli.command("nix-store");
+    cmd.args(["--realise", "--keep-going", "--log-format", "internal-json"]);
+    cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
+    cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
+    if !opts.substituters.is_empty() {
+        cmd.args(["--option", "extra-substituters", &opts.substituters.join(" ")]);
+    }
+    if !opts.trusted_public_keys.is_empty() {
+        cmd.args([
+            "--option",
+            "extra-trusted-public-keys",
+            &opts.trusted_public_keys.join(" "),
+        ]);
+    }
+    if let Some(netrc) = &opts.netrc_file {
+        cmd.args(["--option", "netrc-file"]).arg(netrc);
+    }
+    if let Some(dir) = &opts.gc_root {
+        cmd.arg("--add-root").arg(dir.join("out"));
+    }
+    if let Some(limit) = opts.timeout {
+        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+        cmd.args(["--timeout", &secs.max(1).to_string()]);
+    }
+    let mut log = StructuredLog::default();
+    let ended = process::run(cmd, opts.timeout.map(|t| t + GRACE), &mut |line| {
+        if let Some((drv, text)) = log.read(line) {
+            on_log(&drv, &text);
+        }
+    })
+    .await?;
+    let (code, timed_out) = match &ended {
+        Ended::TimedOut(_) => (None, true),
+        Ended::Exited(f) => (f.status.code(), false),
+    };
+
+    // Which outputs are valid now, in one question.
+    let mut cmd = cli.command("nix-store");
+    cmd.args(["--check-validity", "--print-invalid"]);
+    cmd.args(drvs.iter().flat_map(|(_, outputs)| outputs.values()));
+    let invalid: std::collections::HashSet<String> = match process::output(cmd).await? {
+        finished if finished.status.success() => String::from_utf8_lossy(&finished.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        finished => return Err(NixError::Unavailable(finished.stderr.error_message())),
+    };
+    // Nix adds the roots only when every build succeeded: root what was built anyway.
+    if let Some(dir) = &opts.gc_root
+        && code != Some(0)
+    {
+        let valid: Vec<&String> = drvs
+            .iter()
+            .flat_map(|(_, outputs)| outputs.values())
+            .filter(|p| !invalid.contains(*p))
+            .collect();
+        if !valid.is_empty() {
+            let mut cmd = cli.command("nix-store");
+            cmd.arg("--realise").args(valid).arg("--add-root").arg(dir.join("out"));
+            process::output(cmd).await?.success_or(NixError::Unavailable)?;
+        }
+    }
+    let nix_failed = !timed_out && code.is_some_and(|c| c & 0x60 != 0x60 || c > 0x6f);
+    Ok(drvs
+        .iter()
+        .map(|(drv_path, outputs)| {
+            if !outputs.is_empty() && outputs.values().all(|p| !invalid.contains(p)) {
+                return Ok(BuildOutput {
+                    outputs: outputs.clone(),
+                });
+            }
+            let tail = log.tail_of(drv_path);
+            if log.failed.contains(drv_path) {
+                Err(NixError::BuildFailed { log_tail: tail })
+            } else if timed_out || code.is_some_and(|c| c & 0x01 != 0) && !nix_failed {
+                Err(NixError::Timeout { log_tail: tail })
+            } else if nix_failed || log.failed.is_empty() {
+                Err(NixError::Unavailable(log.errors()))
+            } else {
+                Err(NixError::DependencyFailed {
+                    drv_path: None,
+                    log_tail: tail,
+                })
+            }
+        })
+        .collect())
+}
+
+/// Indirect GC roots `<dir>/drv-N` for the `.drv` files themselves, with one `nix-instantiate` (importing a
+/// `.drv` file gives back that derivation). Derivations not in the store yet (to be substituted) are skipped.
+async fn root_drvs(cli: &NixCli, drvs: impl Iterator<Item = &str>, dir: &Path) -> Result<()> {
+    let mut present = Vec::new();
+    for drv in drvs {
+        if tokio::fs::try_exists(drv).await.unwrap_or(false) {
+            present.push(format!("(import (/. + \"{drv}\"))"));
+        }
+    }
+    if present.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = cli.command("nix-instantiate");
+    cmd.arg("--add-root")
+        .arg(dir.join("drv"))
+        .arg("--expr")
+        .arg(format!("[ {} ]", present.join(" ")));
+    process::output(cmd).await?.success_or(NixError::Unavailable)?;
+    Ok(())
+}
+
+/// What `--log-format internal-json` says: lines are `@nix {json}`. A build is an activity (`start`, type
+/// 105, whose first field is the `.drv` path); its output lines are `result`s of type 101 on that activity.
+/// Error messages are `msg` actions (`builder for '<drv>' failed …`).
+#[derive(Default)]
+struct StructuredLog {
+    builds: HashMap<u64, String>,
+    /// Builders that failed.
+    failed: std::collections::HashSet<String>,
+    /// The last lines of each build, for error tails.
+    tails: HashMap<String, process::Tail>,
+    /// Nix's error messages.
+    messages: process::Tail,
+}
+
+impl StructuredLog {
+    /// Reads one stderr line; answers the build it belongs to and its text, if it is a build's output.
+    fn read(&mut self, line: &str) -> Option<(String, String)> {
+        let Some(json) = line.strip_prefix("@nix ") else {
+            self.messages.push(line);
+            return None;
+        };
+        let v: Value = serde_json::from_str(json).ok()?;
+        match v["action"].as_str()? {
+            "start" if v["type"] == 105 => {
+                let drv = v["fields"][0].as_str()?.to_owned();
+                self.builds.insert(v["id"].as_u64()?, drv);
+                None
+            }
+            "result" if v["type"] == 101 => {
+                let drv = self.builds.get(&v["id"].as_u64()?)?.clone();
+                let text = v["fields"][0].as_str()?.to_owned();
+                self.tails.entry(drv.clone()).or_default().push(&text);
+                Some((drv, text))
+            }
+            "msg" => {
+                let msg = strip_ansi(v["msg"].as_str()?);
+                if let Some(rest) = msg.split("builder for '").nth(1)
+                    && let Some(drv) = rest.split('\'').next()
+                {
+                    self.failed.insert(drv.to_owned());
+                }
+                if v["level"].as_u64().is_some_and(|l| l == 0) {
+                    for l in msg.lines() {
+                        self.messages.push(l);
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn tail_of(&self, drv: &str) -> String {
+        let mut text = self.tails.get(drv).map(process::Tail::text).unwrap_or_default();
+        for m in self.messages.lines().filter(|l| l.contains(drv)) {
+            text.push('\n');
+            text.push_str(m);
+        }
+        text
+    }
+
+    fn errors(&self) -> String {
+        self.messages.error_message()
+    }
+}
+
+/// Removes terminal colour sequences (`ESC [ … m`) from Nix's messages.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

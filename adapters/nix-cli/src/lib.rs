@@ -174,6 +174,15 @@ impl Nix for NixCli {
         build::build(self, drv_path, opts, &mut on_log).await
     }
 
+    async fn build_many(
+        &self,
+        drvs: &[(String, BTreeMap<String, String>)],
+        opts: &BuildOptions,
+        mut on_log: impl FnMut(&str, &str) + Send,
+    ) -> Result<Vec<Result<BuildOutput>>> {
+        build::build_many(self, drvs, opts, &mut on_log).await
+    }
+
     async fn release(&self, gc_root: &Path) -> Result<()> {
         build::release(gc_root).await
     }

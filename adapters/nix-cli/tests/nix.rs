@@ -468,6 +468,81 @@ async fn failures_are_classified() {
     assert!(matches!(err, NixError::InvalidRequest(_)), "{err:?}");
 }
 
+#[tokio::test]
+async fn many_builds_run_in_one_nix_and_each_gets_its_own_outcome_and_log() {
+    let e = evaluate(
+        &fetched().await,
+        "packages.*.two, checks.*.fails, checks.*.dependent, hydraJobs.top",
+    )
+    .await;
+    let drv = |attr: &str| -> (String, BTreeMap<String, String>) {
+        let path = e
+            .attributes
+            .iter()
+            .find(|(a, _)| a.ends_with(attr))
+            .map(|(_, d)| d.clone())
+            .unwrap();
+        let outputs = e.derivations[&path].outputs.clone();
+        (path, outputs)
+    };
+    let drvs = vec![drv(".two"), drv(".fails"), drv(".dependent"), drv(".top")];
+    let dir = fixture().root.join("roots").join("many");
+    let opts = BuildOptions {
+        gc_root: Some(dir.clone()),
+        ..BuildOptions::default()
+    };
+    let mut log: Vec<(String, String)> = Vec::new();
+    let outcomes = nix()
+        .build_many(&drvs, &opts, |d, l| log.push((d.to_owned(), l.to_owned())))
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 4);
+    let two = outcomes[0].as_ref().unwrap();
+    assert_eq!(two.outputs, drvs[0].1, "every output of two");
+    assert_eq!(std::fs::read_to_string(&two.outputs["dev"]).unwrap(), "dev\n");
+    let err = outcomes[1].as_ref().unwrap_err();
+    assert_eq!(err.failure_kind(), FailureKind::BuilderFailed, "{err:?}");
+    assert!(err.log_tail().unwrap().contains("this check fails"), "{err:?}");
+    let err = outcomes[2].as_ref().unwrap_err();
+    assert_eq!(err.failure_kind(), FailureKind::DependencyFailed, "{err:?}");
+    let top = outcomes[3].as_ref().unwrap();
+    assert!(
+        std::fs::read_to_string(&top.outputs["out"])
+            .unwrap()
+            .starts_with("base")
+    );
+    // Each line went to the build that printed it (the dependency `base` is built too, under its own name).
+    assert!(
+        log.contains(&(drvs[0].0.clone(), "hello from two".to_owned())),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&(drvs[1].0.clone(), "this check fails".to_owned())),
+        "{log:?}"
+    );
+    assert!(log.contains(&(drvs[3].0.clone(), "building top".to_owned())), "{log:?}");
+    assert!(
+        !log.iter().any(|(d, _)| d == &drvs[2].0),
+        "dependent never ran: {log:?}"
+    );
+    // The outputs are rooted until released.
+    assert!(roots_of(&top.outputs["out"]).contains(dir.to_str().unwrap()));
+    nix().release(&dir).await.unwrap();
+
+    // Built already: the same answers, without building.
+    let again = nix()
+        .build_many(&drvs[..1], &BuildOptions::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(again[0].as_ref().unwrap(), two);
+    assert!(matches!(
+        nix()
+            .build_many(&[("not/a.drv".into(), BTreeMap::new())], &opts, |_, _| {})
+            .await,
+        Err(NixError::InvalidRequest(_))
+    ));
+}
+
 fn roots_of(path: &str) -> String {
     run("nix-store", &["--query", "--roots", path], Path::new("/"))
 }

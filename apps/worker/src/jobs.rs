@@ -336,3 +336,181 @@ async fn build<N: Nix>(
     }
     JobOutcome::Success
 }
+
+/// Whether a job may share one Nix run with others: a build without a time limit of its own.
+pub fn batchable(job: &Job) -> bool {
+    matches!(job, Job::Build { timeout_secs: None, .. })
+}
+
+/// What a batch's builds must have in common: where they substitute from and push to.
+pub fn batch_key(job: &Job) -> Option<(Vec<String>, Vec<String>, Option<String>)> {
+    match job {
+        Job::Build {
+            substituters,
+            trusted_public_keys,
+            push,
+            ..
+        } => Some((
+            substituters.clone(),
+            trusted_public_keys.clone(),
+            push.as_ref().map(|p| p.cache_url.clone()),
+        )),
+        Job::Evaluate { .. } => None,
+    }
+}
+
+fn build_failure(e: &NixError) -> JobOutcome {
+    let kind = match e.failure_kind() {
+        gradient_domain::model::FailureKind::BuilderFailed => FailureKind::BuilderFailed,
+        gradient_domain::model::FailureKind::DependencyFailed => FailureKind::DependencyFailed,
+        gradient_domain::model::FailureKind::Timeout => FailureKind::Timeout,
+        gradient_domain::model::FailureKind::Infrastructure => FailureKind::Infrastructure,
+    };
+    failure(kind, e)
+}
+
+/// Runs build jobs with the same [`batch_key`] as one Nix run and one push: what makes many small builds
+/// cheap. Each job still gets its own log, outcome and report; jobs in `skip` (aborted meanwhile) are not
+/// reported.
+pub async fn run_batch<N: Nix>(
+    nix: &N,
+    dirs: &Dirs,
+    jobs: Vec<Job>,
+    out: UnboundedSender<WorkerMessage>,
+    skip: &(dyn Fn(JobId) -> bool + Send + Sync),
+) {
+    let mut drvs = Vec::new();
+    let mut ids = Vec::new();
+    // Substituters, keys, substituter token and push target, the same for the whole batch.
+    type Shared = (Vec<String>, Vec<String>, Option<String>, Option<PushTarget>);
+    let mut first: Option<Shared> = None;
+    for job in jobs {
+        let Job::Build {
+            job_id,
+            drv_path,
+            outputs,
+            substituters,
+            trusted_public_keys,
+            substituter_token,
+            push,
+            ..
+        } = job
+        else {
+            continue;
+        };
+        send(&out, WorkerMessage::JobStarted { job_id });
+        send(
+            &out,
+            WorkerMessage::JobProgress {
+                job_id,
+                stage: Stage::Building,
+            },
+        );
+        if first.is_none() {
+            first = Some((substituters, trusted_public_keys, substituter_token, push));
+        }
+        drvs.push((drv_path, outputs));
+        ids.push(job_id);
+    }
+    let Some((substituters, trusted_public_keys, substituter_token, push)) = first else {
+        return;
+    };
+    let lead = ids[0];
+    let finish_all = |outcome: &JobOutcome| {
+        for id in &ids {
+            if !skip(*id) {
+                finished(&out, *id, outcome.clone());
+            }
+        }
+    };
+    let creds = push.clone().or(substituter_token.map(|token| PushTarget {
+        cache_url: substituters.first().cloned().unwrap_or_default(),
+        token,
+    }));
+    let netrc = match creds.as_ref().map(|t| netrc_for(&dirs.state, lead, t)).transpose() {
+        Ok(n) => n,
+        Err(e) => {
+            return finish_all(&JobOutcome::Failed {
+                kind: FailureKind::Infrastructure,
+                message: format!("cannot write the netrc file: {e}"),
+            });
+        }
+    };
+    let opts = BuildOptions {
+        substituters,
+        trusted_public_keys,
+        netrc_file: netrc.clone(),
+        gc_root: dirs.gcroots.as_ref().map(|d| d.join(format!("batch-{lead}"))),
+        timeout: None,
+    };
+    let by_drv: std::collections::HashMap<&str, Vec<JobId>> =
+        drvs.iter().zip(&ids).fold(Default::default(), |mut m, ((drv, _), id)| {
+            m.entry(drv.as_str()).or_insert_with(Vec::new).push(*id);
+            m
+        });
+    let mut seq: std::collections::HashMap<JobId, u64> = Default::default();
+    let on_log = |drv: &str, line: &str| {
+        let text = format!("{line}\n");
+        for id in by_drv.get(drv).into_iter().flatten() {
+            for chunk in log_chunks(&text) {
+                let n = seq.entry(*id).or_default();
+                send(
+                    &out,
+                    WorkerMessage::JobLog {
+                        job_id: *id,
+                        seq: *n,
+                        text: chunk.to_owned(),
+                    },
+                );
+                *n += 1;
+            }
+        }
+    };
+    let results = nix.build_many(&drvs, &opts, on_log).await;
+    let mut outcomes: Vec<JobOutcome> = match results {
+        Ok(results) => results
+            .iter()
+            .map(|r| match r {
+                Ok(_) => JobOutcome::Success,
+                Err(e) => build_failure(e),
+            })
+            .collect(),
+        Err(e) => vec![failure(FailureKind::Infrastructure, &e); ids.len()],
+    };
+    if let (Some(target), Some(netrc)) = (&push, &netrc) {
+        let built: Vec<String> = drvs
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, JobOutcome::Success))
+            .flat_map(|((_, outputs), _)| outputs.values().cloned())
+            .collect();
+        if !built.is_empty() {
+            for id in &ids {
+                send(
+                    &out,
+                    WorkerMessage::JobProgress {
+                        job_id: *id,
+                        stage: Stage::Pushing,
+                    },
+                );
+            }
+            if let Err(e) = nix.push(&built, &target.cache_url, "zstd", netrc).await {
+                let failed = failure(FailureKind::Infrastructure, &e);
+                for o in outcomes.iter_mut().filter(|o| matches!(o, JobOutcome::Success)) {
+                    *o = failed.clone();
+                }
+            }
+        }
+    }
+    if let Some(root) = &opts.gc_root {
+        let _ = nix.release(root).await;
+    }
+    if let Some(n) = netrc {
+        let _ = std::fs::remove_file(n);
+    }
+    for (id, outcome) in ids.iter().zip(outcomes) {
+        if !skip(*id) {
+            finished(&out, *id, outcome);
+        }
+    }
+}

@@ -43,23 +43,113 @@ pub struct Work<N> {
     unsent: Vec<WorkerMessage>,
     running: Arc<Mutex<BTreeSet<JobId>>>,
     handles: std::collections::HashMap<JobId, tokio::task::AbortHandle>,
+    /// Build jobs waiting for the batcher, which runs them together (see [`batcher`]).
+    batch_tx: mpsc::UnboundedSender<Job>,
+    /// Batched jobs aborted while their batch runs: built anyway, but not reported again.
+    aborted: Arc<Mutex<BTreeSet<JobId>>>,
+}
+
+/// Builds per Nix run at most.
+const MAX_BATCH: usize = 64;
+/// Nix runs of batched builds at once.
+const BATCHES_AT_ONCE: usize = 2;
+/// How long the batcher waits for the rest of a burst of assignments before starting a run.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// Runs batchable build jobs (see [`jobs::batchable`]) in groups: once a run slot is free, everything queued
+/// (up to [`MAX_BATCH`], grouped by [`jobs::batch_key`]) goes into one `nix-store --realise` and one push, so
+/// many small builds cost one Nix start-up instead of one each.
+async fn batcher<N: Nix>(
+    nix: Arc<N>,
+    dirs: Arc<Dirs>,
+    out: mpsc::UnboundedSender<WorkerMessage>,
+    running: Arc<Mutex<BTreeSet<JobId>>>,
+    aborted: Arc<Mutex<BTreeSet<JobId>>>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_AT_ONCE));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::time::sleep(GATHER).await;
+        let mut queued = vec![first];
+        while let Ok(job) = rx.try_recv() {
+            queued.push(job);
+        }
+        // Groups in arrival order; a group beyond MAX_BATCH is split.
+        let mut groups: Vec<Vec<Job>> = Vec::new();
+        for job in queued {
+            let key = jobs::batch_key(&job);
+            match groups
+                .iter_mut()
+                .find(|g| g.len() < MAX_BATCH && jobs::batch_key(&g[0]) == key)
+            {
+                Some(g) => g.push(job),
+                None => groups.push(vec![job]),
+            }
+        }
+        let (nix, dirs, out, running, aborted) =
+            (nix.clone(), dirs.clone(), out.clone(), running.clone(), aborted.clone());
+        tokio::spawn(async move {
+            for group in groups {
+                let ids: Vec<JobId> = group.iter().map(Job::id).collect();
+                let skip = |id: JobId| aborted.lock().unwrap_or_else(PoisonError::into_inner).contains(&id);
+                jobs::run_batch(&*nix, &dirs, group, out.clone(), &skip).await;
+                let mut r = running.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut a = aborted.lock().unwrap_or_else(PoisonError::into_inner);
+                for id in ids {
+                    r.remove(&id);
+                    a.remove(&id);
+                }
+            }
+            drop(slot);
+        });
+    }
 }
 
 impl<N: Nix> Work<N> {
     pub fn new(nix: N, dirs: Dirs) -> Self {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+        let (nix, dirs) = (Arc::new(nix), Arc::new(dirs));
+        let running: Arc<Mutex<BTreeSet<JobId>>> = Default::default();
+        let aborted: Arc<Mutex<BTreeSet<JobId>>> = Default::default();
+        tokio::spawn(batcher(
+            nix.clone(),
+            dirs.clone(),
+            out_tx.clone(),
+            running.clone(),
+            aborted.clone(),
+            batch_rx,
+        ));
         Self {
-            nix: Arc::new(nix),
-            dirs: Arc::new(dirs),
+            nix,
+            dirs,
             out_tx,
             out_rx,
             unsent: Vec::new(),
-            running: Default::default(),
+            running,
             handles: Default::default(),
+            batch_tx,
+            aborted,
         }
     }
 
     fn start(&mut self, job: Job) {
+        let id = job.id();
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
+        if jobs::batchable(&job) {
+            if let Err(mpsc::error::SendError(job)) = self.batch_tx.send(job) {
+                // The batcher is gone (only at shutdown): run the job on its own.
+                self.spawn(job);
+            }
+            return;
+        }
+        self.spawn(job);
+    }
+
+    fn spawn(&mut self, job: Job) {
         let (nix, dirs, out, running) = (
             self.nix.clone(),
             self.dirs.clone(),
@@ -67,7 +157,6 @@ impl<N: Nix> Work<N> {
             self.running.clone(),
         );
         let id = job.id();
-        running.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
         let task = tokio::spawn(async move {
             jobs::run(&*nix, &dirs, job, out).await;
             running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
@@ -78,6 +167,21 @@ impl<N: Nix> Work<N> {
 
     /// Stops a job: its task is dropped, which kills its `nix` processes, and the server is told.
     fn abort(&mut self, id: JobId) {
+        let batched = !self.handles.contains_key(&id)
+            && self
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&id);
+        if batched {
+            // A batched build cannot be stopped alone: it is reported aborted now and its result dropped.
+            self.aborted.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
+            let _ = self.out_tx.send(WorkerMessage::JobFinished {
+                job_id: id,
+                outcome: gradient_domain::proto::JobOutcome::Aborted,
+            });
+            return;
+        }
         if let Some(h) = self.handles.remove(&id) {
             h.abort();
             self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);

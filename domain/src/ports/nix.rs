@@ -248,6 +248,18 @@ pub trait Nix: Send + Sync + 'static {
         on_log: impl FnMut(&str) + Send,
     ) -> impl Future<Output = Result<BuildOutput>> + Send;
 
+    /// Builds several derivations in one Nix run, going on past failures: the way to build many small
+    /// derivations without paying Nix's start-up for each. `drvs` are the derivations with their outputs
+    /// (name → store path). Every line a build prints goes to `on_log` with its derivation; Nix's own
+    /// messages are not passed on. Answers one outcome per derivation, in order: its outputs, or why it was
+    /// not built (as [`Nix::build`] classifies failures). Fails as a whole only when Nix cannot run at all.
+    fn build_many(
+        &self,
+        drvs: &[(String, BTreeMap<String, String>)],
+        opts: &BuildOptions,
+        on_log: impl FnMut(&str, &str) + Send,
+    ) -> impl Future<Output = Result<Vec<Result<BuildOutput>>>> + Send;
+
     /// Removes the GC roots a build created under `gc_root` (and the directory); absent roots are not an error.
     fn release(&self, gc_root: &Path) -> impl Future<Output = Result<()>> + Send;
 

@@ -5,8 +5,9 @@
 //! Reports go through an outbox: a status change only stores a report, and [`Gradient::deliver_due_statuses`]
 //! sends the due ones. A forge that is down or refuses a report does not fail anything: the attempt is
 //! recorded (visible on the evaluation) and retried with exponential backoff, from
-//! [`FIRST_RETRY`] doubling up to [`LAST_RETRY`]. Reports are sent oldest first; a report superseded by a newer
-//! one of the same evaluation is not sent any more (it would overwrite the newer state on the forge).
+//! [`FIRST_RETRY`] doubling up to [`LAST_RETRY`]. Reports are sent oldest first, so the forge sees every state
+//! in order (pending, then the end); a report whose evaluation already has a newer one delivered is not sent any
+//! more (it would overwrite the newer state on the forge).
 
 use super::{Caller, Gradient, Result, ServiceError};
 use crate::EvaluationId;
@@ -157,13 +158,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let now = self.clock.now();
         let mut sent = 0;
         for report in self.storage.due_statuses(now, limit).await? {
-            let newer = self
+            // Once a newer report of the evaluation reached the forge, this one would overwrite it.
+            let newer_delivered = self
                 .storage
                 .statuses_of(report.evaluation_id)
                 .await?
-                .last()
-                .is_some_and(|r| r.id != report.id);
-            if newer {
+                .iter()
+                .skip_while(|r| r.id != report.id)
+                .skip(1)
+                .any(|r| r.delivered);
+            if newer_delivered {
                 self.storage.status_delivered(report.id).await?;
                 continue;
             }
