@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// Hex HMAC-SHA256 of `body` with `key`, computed by `openssl` (independently of the server's code).
-fn hmac_hex(key: &str, body: &[u8]) -> String {
+pub(crate) fn hmac_hex(key: &str, body: &[u8]) -> String {
     let mut child = Command::new("openssl")
         .args(["dgst", "-sha256", "-hmac", key])
         .stdin(Stdio::piped())
@@ -27,7 +27,7 @@ fn hmac_hex(key: &str, body: &[u8]) -> String {
 }
 
 /// Posts a delivery with the given headers and the exact body bytes; answers the status and JSON body.
-async fn deliver(c: &Client, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
+pub(crate) async fn deliver(c: &Client, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{}{path}", c.base))
         .header("Content-Type", "application/json")
@@ -40,7 +40,7 @@ async fn deliver(c: &Client, path: &str, headers: &[(&str, &str)], body: &[u8]) 
     (status, resp.json().await.expect("JSON body"))
 }
 
-fn queued(v: &Value) -> Vec<String> {
+pub(crate) fn queued(v: &Value) -> Vec<String> {
     assert_eq!(v["error"], false, "{v}");
     v["message"]["queued"]
         .as_array()

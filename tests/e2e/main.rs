@@ -2,6 +2,7 @@
 //! and on PostgreSQL. Build the binary first (`cargo build -p gradient-server`; `scripts/test` does).
 
 mod cache;
+mod github_app;
 mod harness;
 mod hooks;
 mod nix;
