@@ -124,7 +124,7 @@ pub struct Push {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid push payload: {0}")]
+#[error("invalid payload: {0}")]
 pub struct PayloadError(pub String);
 
 #[derive(Deserialize)]

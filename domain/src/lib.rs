@@ -9,6 +9,7 @@ pub mod auth;
 pub mod codec;
 pub mod crypt;
 pub mod forge;
+pub mod github_app;
 pub mod ids;
 pub mod logs;
 pub mod model;

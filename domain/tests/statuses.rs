@@ -50,6 +50,10 @@ impl ForgeApi for FakeForge {
             .push((target.clone(), commit.to_owned(), state, target_url.to_owned()));
         Ok(())
     }
+
+    async fn installation_token(&self, _installation: u64) -> Result<String, ForgeError> {
+        Err(ForgeError::Rejected("no GitHub App in this test".into()))
+    }
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@ pub(crate) async fn deliver(c: &Client, path: &str, headers: &[(&str, &str)], bo
     (status, resp.json().await.expect("JSON body"))
 }
 
-fn queued(v: &Value) -> Vec<String> {
+pub(crate) fn queued(v: &Value) -> Vec<String> {
     assert_eq!(v["error"], false, "{v}");
     v["message"]["queued"]
         .as_array()

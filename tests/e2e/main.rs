@@ -3,6 +3,7 @@
 
 mod acceptance;
 mod cache;
+mod github_app;
 mod harness;
 mod hooks;
 mod nix;

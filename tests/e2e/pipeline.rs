@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -28,7 +28,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// Commits `flake` as `flake.nix` of a new repository `dir/name`; answers its `file://` URL and the commit.
-fn commit_flake(dir: &Path, name: &str, flake: &str) -> (String, String) {
+pub(crate) fn commit_flake(dir: &Path, name: &str, flake: &str) -> (String, String) {
     let repo = dir.join(name);
     std::fs::create_dir_all(&repo).expect("mkdir");
     std::fs::write(repo.join("flake.nix"), flake).expect("flake.nix");
@@ -312,6 +312,17 @@ async fn org_with_project(server: &Server, repository: &str) -> Setup {
 }
 
 pub(crate) async fn start_worker(c: &Client, dir: &Path, server_url: &str, name: &str) -> Worker {
+    start_worker_with(c, dir, server_url, name, &[]).await
+}
+
+/// [`start_worker`] with extra environment variables.
+pub(crate) async fn start_worker_with(
+    c: &Client,
+    dir: &Path,
+    server_url: &str,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> Worker {
     let id = uuid::Uuid::new_v4().to_string();
     let r = c
         .ok(Method::POST, "/orgs/acme/workers", Some(json!({"worker_id": id})))
@@ -336,6 +347,7 @@ pub(crate) async fn start_worker(c: &Client, dir: &Path, server_url: &str, name:
         ("GRADIENT_CAPABILITIES_BUILD", "true"),
         ("NIX_CONFIG", NIX_CONFIG),
     ];
+    let vars: Vec<(&str, &str)> = vars.iter().chain(extra).copied().collect();
     let w = Worker::start(dir, name, &vars);
     w.wait_for_log("connected to").await;
     w

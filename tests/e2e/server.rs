@@ -147,6 +147,23 @@ async fn bad_configuration_stops_start_up_with_one_line_naming_the_variable() {
             vec![("GRADIENT_DATABASE_URL_FILE", "/nonexistent/url")],
             "GRADIENT_DATABASE_URL_FILE: cannot read",
         ),
+        (
+            vec![
+                ("GRADIENT_GITHUB_APP_ENABLE", "true"),
+                ("GRADIENT_GITHUB_APP_APP_ID", "1"),
+                ("GRADIENT_GITHUB_APP_WEBHOOK_SECRET_FILE", short.to_str().expect("path")),
+                ("GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE", short.to_str().expect("path")),
+            ],
+            "GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE: ",
+        ),
+        (
+            vec![
+                ("GRADIENT_GITHUB_APP_ENABLE", "true"),
+                ("GRADIENT_GITHUB_APP_APP_ID", "1"),
+                ("GRADIENT_GITHUB_APP_WEBHOOK_SECRET_FILE", short.to_str().expect("path")),
+            ],
+            "GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE: ",
+        ),
     ];
     for (vars, want) in table {
         let out = start_failure(dir.path(), &vars);

@@ -78,7 +78,7 @@ impl FakeForge {
 }
 
 /// Reads one HTTP/1.1 request: its head and its body (by Content-Length).
-async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+pub(crate) async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -134,7 +134,13 @@ async fn org_with_forge(server: &Server, repository: &str, wildcard: &str, forge
 }
 
 /// Waits until `done` holds for the evaluation detail.
-async fn wait_for(c: &Client, server: &Server, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_for(
+    c: &Client,
+    server: &Server,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let e = c.ok(Method::GET, &format!("/evals/{id}"), None).await;
@@ -147,7 +153,7 @@ async fn wait_for(c: &Client, server: &Server, id: &str, what: &str, done: impl 
     }
 }
 
-fn all_delivered(e: &Value) -> bool {
+pub(crate) fn all_delivered(e: &Value) -> bool {
     e["statuses"]
         .as_array()
         .is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["delivered"] == true))

@@ -10,6 +10,13 @@
 //! success, failure and error; GitLab takes `{state, target_url, description, name: "gradient"}` with pending,
 //! success and failed (failure and error both map to failed). Unreachable forges, timeouts, 5xx and 429 are
 //! [`ForgeError::Unavailable`]; other refusals are [`ForgeError::Rejected`].
+//!
+//! With a GitHub App ([`HttpForge::with_github_app`]), installation tokens are made as [`github_app`]
+//! describes.
+
+pub mod github_app;
+
+pub use github_app::GithubApp;
 
 use gradient_domain::forge::Forge;
 use gradient_domain::model::CommitState;
@@ -108,6 +115,7 @@ pub fn status_request(
 #[derive(Clone, Debug)]
 pub struct HttpForge {
     client: reqwest::Client,
+    github_app: Option<std::sync::Arc<GithubApp>>,
 }
 
 impl HttpForge {
@@ -117,7 +125,18 @@ impl HttpForge {
             .user_agent(concat!("gradient/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ForgeError::Unavailable(format!("building the HTTP client: {e}")))?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            github_app: None,
+        })
+    }
+
+    /// The same, making installation tokens of `app` (clones share its cached tokens).
+    pub fn with_github_app(self, app: std::sync::Arc<GithubApp>) -> Self {
+        Self {
+            github_app: Some(app),
+            ..self
+        }
     }
 }
 
@@ -150,6 +169,13 @@ impl ForgeApi for HttpForge {
             Err(ForgeError::Unavailable(message))
         } else {
             Err(ForgeError::Rejected(message))
+        }
+    }
+
+    async fn installation_token(&self, installation: u64) -> Result<String, ForgeError> {
+        match &self.github_app {
+            Some(app) => app.installation_token(&self.client, installation).await,
+            None => Err(ForgeError::Rejected("no GitHub App is configured".into())),
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Organizations' forge integrations: webhook secrets and forge connections (secrets stored sealed, as
-//! given), and the commit status outbox (`seq` keeps the order reports were enqueued in).
+//! given), the commit status outbox (`seq` keeps the order reports were enqueued in), and the GitHub App's
+//! installations.
 
 use crate::{SqlStorage, corrupt, db_error, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::forge::Forge;
-use gradient_domain::model::{CommitState, ForgeConnection, StatusReport, Timestamp};
-use gradient_domain::ports::storage::{Integrations, Result};
+use gradient_domain::model::{CommitState, ForgeConnection, GithubInstallation, StatusReport, Timestamp};
+use gradient_domain::ports::storage::{Integrations, Result, StorageError};
 use gradient_domain::{EvaluationId, OrgId, StatusReportId};
 use uuid::Uuid;
 
@@ -62,6 +63,76 @@ impl Integrations for SqlStorage {
     async fn statuses_of(&self, evaluation: EvaluationId) -> Result<Vec<StatusReport>> {
         self.status_rows_of(evaluation).await
     }
+
+    async fn put_github_installation(&self, installation: &GithubInstallation) -> Result<()> {
+        let id = stored_installation_id(installation.id)?;
+        // The account's previous installation goes first, so the unique account never collides.
+        let forget = "DELETE FROM github_installations WHERE account = $1 AND installation_id <> $2";
+        let put = "INSERT INTO github_installations (installation_id, account, updated_at) VALUES ($1, $2, $3) \
+                   ON CONFLICT (installation_id) DO UPDATE SET account = excluded.account, \
+                   updated_at = excluded.updated_at";
+        with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            sqlx::query(forget)
+                .bind(&installation.account)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(put)
+                .bind(id)
+                .bind(&installation.account)
+                .bind(installation.updated_at)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await)
+        .map_err(db_error)
+    }
+
+    async fn github_installation(&self, account: &str) -> Result<Option<GithubInstallation>> {
+        let sql = "SELECT installation_id, account, updated_at FROM github_installations WHERE account = $1";
+        let row = with_pool!(self, |p| sqlx::query_as::<_, InstallationRow>(sql)
+            .bind(account)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        row.map(|r| {
+            Ok(GithubInstallation {
+                id: u64::try_from(r.installation_id).map_err(|e| corrupt("installation id", e))?,
+                account: r.account,
+                updated_at: r.updated_at,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_github_installation(&self, id: u64) -> Result<bool> {
+        let Ok(id) = i64::try_from(id) else {
+            return Ok(false);
+        };
+        let sql = "DELETE FROM github_installations WHERE installation_id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+}
+
+/// An installation id as stored (signed 64 bits; GitHub's ids fit, and the domain refuses others).
+fn stored_installation_id(id: u64) -> Result<i64> {
+    i64::try_from(id)
+        .map_err(|_| StorageError::Unavailable(format!("installation id {id} does not fit 64 signed bits")))
+}
+
+#[derive(sqlx::FromRow)]
+struct InstallationRow {
+    installation_id: i64,
+    account: String,
+    updated_at: DateTime<Utc>,
 }
 
 macro_rules! report_columns {

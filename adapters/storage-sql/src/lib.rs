@@ -223,6 +223,13 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     ("jobs_pkey", "jobs.id", "job id"),
     ("evaluations_pkey", "evaluations.id", "evaluation id"),
     ("status_reports_id_key", "status_reports.id", "status report id"),
+    // `put_github_installation` replaces by id and deletes the account's other installation first; listed
+    // for completeness.
+    (
+        "github_installations_account_key",
+        "github_installations.account",
+        "github installation account",
+    ),
 ];
 
 /// Maps a database error: unique violation → `Conflict(what)`, foreign key violation → `NotFound`, anything

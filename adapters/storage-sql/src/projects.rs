@@ -137,6 +137,12 @@ impl Projects for SqlStorage {
         rows.into_iter().map(ProjectRow::into_project).collect()
     }
 
+    async fn active_projects(&self) -> Result<Vec<Project>> {
+        let sql = concat!("SELECT ", project_columns!(), " FROM projects WHERE active ORDER BY id");
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, ProjectRow>(sql).fetch_all(p).await).map_err(db_error)?;
+        rows.into_iter().map(ProjectRow::into_project).collect()
+    }
+
     async fn update_project(&self, project: &Project) -> Result<()> {
         let sql = "UPDATE projects SET display_name = $2, description = $3, repository = $4, branch = $5, \
                    wildcard = $6, flake_input_overrides = $7, keep_evaluations = $8, poll_interval_secs = $9, \

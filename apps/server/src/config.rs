@@ -93,12 +93,17 @@ pub struct EmailConfig {
     pub from_name: String,
 }
 
+/// The instance's GitHub App (`githubApp.*`): its id, its private key (PEM) and webhook secret files, and the
+/// API it talks to (`GRADIENT_GITHUB_APP_API_URL`, GitHub Enterprise Server's `https://host/api/v3`, or a
+/// test's fake GitHub).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GithubAppConfig {
     pub enable: bool,
     pub app_id: Option<u64>,
     pub private_key_file: Option<PathBuf>,
     pub webhook_secret_file: Option<PathBuf>,
+    /// Without a trailing slash; default `https://api.github.com`.
+    pub api_url: String,
 }
 
 /// Every server option, with the seed's defaults.
@@ -314,12 +319,7 @@ impl Config {
                 "OIDC is enabled but GRADIENT_OIDC_CLIENT_ID or GRADIENT_OIDC_DISCOVERY_URL is missing",
             ));
         }
-        let github_app = GithubAppConfig {
-            enable: e.bool("githubApp.enable", false)?,
-            app_id: e.parse_opt("githubApp.appId", "a numeric GitHub App id")?,
-            private_key_file: e.path("githubApp.privateKeyFile"),
-            webhook_secret_file: e.path("githubApp.webhookSecretFile"),
-        };
+        let github_app = github_app(&e)?;
         let listen_addr: IpAddr = e.parse("listenAddr", IpAddr::from([127, 0, 0, 1]), "an IP address")?;
         let domain = e.string("domain").unwrap_or_else(|| match listen_addr {
             IpAddr::V6(a) => format!("[{a}]:{port}"),
@@ -411,6 +411,43 @@ impl Config {
         }
         Ok(format!("sqlite://{}", self.base_dir.join("gradient.db").display()))
     }
+}
+
+fn github_app(e: &Env) -> Result<GithubAppConfig, ConfigError> {
+    let (api_var, api_url) = e.raw("githubApp.apiUrl");
+    let api_url = api_url.unwrap_or_else(|| gradient_domain::github_app::DEFAULT_API_URL.to_owned());
+    let api_url = api_url.trim_end_matches('/').to_owned();
+    let host = api_url
+        .strip_prefix("https://")
+        .or_else(|| api_url.strip_prefix("http://"));
+    if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+        return Err(err(
+            &api_var,
+            format!("invalid value '{api_url}': expected an http:// or https:// URL"),
+        ));
+    }
+    let app = GithubAppConfig {
+        enable: e.bool("githubApp.enable", false)?,
+        app_id: e.parse_opt("githubApp.appId", "a numeric GitHub App id")?,
+        private_key_file: e.path("githubApp.privateKeyFile"),
+        webhook_secret_file: e.path("githubApp.webhookSecretFile"),
+        api_url,
+    };
+    if app.enable {
+        for (option, missing) in [
+            ("githubApp.appId", app.app_id.is_none()),
+            ("githubApp.privateKeyFile", app.private_key_file.is_none()),
+            ("githubApp.webhookSecretFile", app.webhook_secret_file.is_none()),
+        ] {
+            if missing {
+                return Err(err(
+                    &env_name(option),
+                    "the GitHub App is enabled (GRADIENT_GITHUB_APP_ENABLE) but this is not set",
+                ));
+            }
+        }
+    }
+    Ok(app)
 }
 
 fn nar_store(e: &Env) -> Result<NarStoreConfig, ConfigError> {
@@ -532,6 +569,8 @@ mod tests {
             ("settings.maxNarBufferBytes", "GRADIENT_MAX_NAR_BUFFER_BYTES"),
             ("oidc.clientSecretFile", "GRADIENT_OIDC_CLIENT_SECRET_FILE"),
             ("githubApp.appId", "GRADIENT_GITHUB_APP_APP_ID"),
+            ("githubApp.apiUrl", "GRADIENT_GITHUB_APP_API_URL"),
+            ("githubApp.privateKeyFile", "GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE"),
             ("settings.sentryDsn", "GRADIENT_SENTRY_DSN"),
         ];
         for (option, var) in table {
@@ -575,6 +614,50 @@ mod tests {
             c.resolve_database_url().unwrap(),
             "sqlite:///var/lib/gradient/gradient.db"
         );
+        assert_eq!(
+            c.github_app,
+            GithubAppConfig {
+                enable: false,
+                app_id: None,
+                private_key_file: None,
+                webhook_secret_file: None,
+                api_url: "https://api.github.com".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn the_github_app_needs_its_id_and_files_when_enabled() {
+        let full = [
+            ("GRADIENT_GITHUB_APP_ENABLE", "true"),
+            ("GRADIENT_GITHUB_APP_APP_ID", "123456"),
+            ("GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE", "/run/secrets/key"),
+            ("GRADIENT_GITHUB_APP_WEBHOOK_SECRET_FILE", "/run/secrets/hook"),
+            ("GRADIENT_GITHUB_APP_API_URL", "https://ghe.example.com/api/v3/"),
+        ];
+        let c = Config::from_vars(&vars(&full)).unwrap();
+        assert_eq!(
+            c.github_app,
+            GithubAppConfig {
+                enable: true,
+                app_id: Some(123_456),
+                private_key_file: Some("/run/secrets/key".into()),
+                webhook_secret_file: Some("/run/secrets/hook".into()),
+                api_url: "https://ghe.example.com/api/v3".into(),
+            }
+        );
+        for missing in 1..4 {
+            let partial: Vec<_> = full
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != missing)
+                .map(|(_, v)| *v)
+                .collect();
+            let e = Config::from_vars(&vars(&partial)).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: ", full[missing].0)), "{e}");
+        }
+        // Disabled, nothing is required.
+        assert!(Config::from_vars(&vars(&[("GRADIENT_GITHUB_APP_APP_ID", "1")])).is_ok());
     }
 
     #[test]
@@ -643,6 +726,16 @@ mod tests {
                 "GRADIENT_TRUSTED_PROXIES: invalid value",
             ),
             ("GRADIENT_DATABASE_URL", "mysql://x", "GRADIENT_DATABASE_URL: expected"),
+            (
+                "GRADIENT_GITHUB_APP_API_URL",
+                "api.github.com",
+                "GRADIENT_GITHUB_APP_API_URL: invalid value",
+            ),
+            (
+                "GRADIENT_GITHUB_APP_APP_ID",
+                "my-app",
+                "GRADIENT_GITHUB_APP_APP_ID: invalid value",
+            ),
             (
                 "GRADIENT_DATABASE_MAX_CONNECTIONS",
                 "0",

@@ -96,6 +96,53 @@ pub enum StartError {
     Database(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    #[error("cannot set up the HTTP client for forges: {0}")]
+    Forge(String),
+}
+
+/// The GitHub App, when enabled: the domain's half (API URL, webhook secret) and the adapter's (the private
+/// key that makes installation tokens). A missing file or a key that is not an RSA private key in PEM format
+/// stops start-up with one line naming the variable.
+fn github_app(
+    config: &config::GithubAppConfig,
+) -> Result<Option<(gradient_domain::service::GithubAppSettings, gradient_forge::GithubApp)>, ConfigError> {
+    if !config.enable {
+        return Ok(None);
+    }
+    let read = |option: &str, file: &Option<std::path::PathBuf>| {
+        let var = config::env_name(option);
+        let file = file.as_ref().ok_or_else(|| ConfigError {
+            var: var.clone(),
+            problem: "not set".into(),
+        })?;
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            var: var.clone(),
+            problem: format!("cannot read {}: {e}", file.display()),
+        })?;
+        if text.trim().is_empty() {
+            return Err(ConfigError {
+                var,
+                problem: format!("{} is empty", file.display()),
+            });
+        }
+        Ok((var, file.display().to_string(), text.trim().to_owned()))
+    };
+    let app_id = config.app_id.ok_or_else(|| ConfigError {
+        var: config::env_name("githubApp.appId"),
+        problem: "not set".into(),
+    })?;
+    let (_, _, secret) = read("githubApp.webhookSecretFile", &config.webhook_secret_file)?;
+    let (var, file, pem) = read("githubApp.privateKeyFile", &config.private_key_file)?;
+    let app = gradient_forge::GithubApp::new(app_id, &pem, &config.api_url).map_err(|e| ConfigError {
+        var,
+        problem: format!("{file}: {}", e.replace('\n', " ")),
+    })?;
+    let settings = gradient_domain::service::GithubAppSettings {
+        app_id,
+        api_url: config.api_url.clone(),
+        webhook_secret: secret.into_bytes(),
+    };
+    Ok(Some((settings, app)))
 }
 
 /// Builds the application state from the configuration: secrets, database (migrated), domain.
@@ -119,6 +166,16 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     for w in [jwt_warning, crypt_warning].into_iter().flatten() {
         tracing::warn!("{w}; set it explicitly in production");
     }
+    let github_app = github_app(&config.github_app)?;
+    let mut forge = gradient_forge::HttpForge::new().map_err(|e| StartError::Forge(e.to_string()))?;
+    let github_app_settings = match github_app {
+        Some((settings, app)) => {
+            tracing::info!(target: "gradient::forge", "GitHub App {} (API {})", settings.app_id, settings.api_url);
+            forge = forge.with_github_app(std::sync::Arc::new(app));
+            Some(settings)
+        }
+        None => None,
+    };
     let url = config.resolve_database_url()?;
     let pools = PoolSizes {
         max: config.database_max_connections,
@@ -137,6 +194,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         keep_evaluations: config.keep_evaluations,
         supersede_evaluations: config.supersede_evaluations,
         public_url: config.public_url.clone(),
+        github_app: github_app_settings,
         local_worker: match &config.local_worker {
             None => None,
             Some((id, file)) => {
@@ -190,7 +248,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         },
     };
     let public_url = config.public_url.clone();
-    Ok(AppState::new(app, http, nars, link, public_url))
+    Ok(AppState::new(app, http, nars, link, public_url, forge))
 }
 
 async fn open_nar_store(config: &config::NarStoreConfig) -> Result<nars::NarStorage, StartError> {
@@ -287,17 +345,11 @@ pub fn spawn_dispatcher(state: AppState) {
     });
 }
 
-/// Delivers the due commit statuses to the forges, every second. A forge that fails is retried later (the
-/// domain backs off); nothing here waits on the build.
+/// Delivers the due commit statuses to the forges (and through the GitHub App), every second. A forge that
+/// fails is retried later (the domain backs off); nothing here waits on the build.
 pub fn spawn_status_delivery(state: AppState) {
     tokio::spawn(async move {
-        let forge = match gradient_forge::HttpForge::new() {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(target: "gradient::forge", "commit statuses are not delivered: {e}");
-                return;
-            }
-        };
+        let forge = state.forge.clone();
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             if let Err(e) = state.app.deliver_due_statuses(&forge, 100).await {

@@ -6,6 +6,7 @@ use crate::link::{LinkSettings, Links, LiveLogs};
 use crate::nars::NarStorage;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::service::{Caller, Gradient};
+use gradient_forge::HttpForge;
 use gradient_storage_sql::SqlStorage;
 use std::sync::Arc;
 
@@ -39,6 +40,8 @@ pub struct Inner {
     pub dispatch: tokio::sync::Notify,
     /// The server's public base URL, as workers and Nix clients reach it.
     pub public_url: String,
+    /// Where commit statuses are sent (with the GitHub App's tokens when one is configured).
+    pub forge: HttpForge,
 }
 
 impl std::ops::Deref for AppState {
@@ -49,7 +52,14 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(app: App, http: HttpSettings, nars: NarStorage, link: LinkSettings, public_url: String) -> Self {
+    pub fn new(
+        app: App,
+        http: HttpSettings,
+        nars: NarStorage,
+        link: LinkSettings,
+        public_url: String,
+        forge: HttpForge,
+    ) -> Self {
         Self(Arc::new(Inner {
             app,
             http,
@@ -60,6 +70,7 @@ impl AppState {
             logs: LiveLogs::default(),
             dispatch: tokio::sync::Notify::new(),
             public_url,
+            forge,
         }))
     }
 

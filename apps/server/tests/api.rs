@@ -849,3 +849,98 @@ async fn health_config_and_the_openapi_document() {
     let docs = s.client.get("/api/v1/docs").send().await;
     docs.assert_status_is_ok();
 }
+
+/// Runs `openssl` with `args` on `input`; answers its output.
+fn openssl(args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    child.stdin.take().expect("stdin").write_all(input).expect("write");
+    let out = child.wait_with_output().expect("openssl output");
+    assert!(out.status.success(), "openssl {args:?} failed");
+    String::from_utf8(out.stdout).expect("text")
+}
+
+#[tokio::test]
+async fn the_github_app_hook_needs_an_app_a_valid_key_and_a_signature() {
+    // Without an App, its endpoint does not exist.
+    let s = server().await;
+    let (status, v) = s.post("/hooks/github", None, json!({"zen": "hi"})).await;
+    assert_err((status, v), StatusCode::NOT_FOUND, "not_found");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("app.pem");
+    std::fs::write(&key, openssl(&["genrsa", "2048"], b"")).expect("key");
+    let secret = dir.path().join("hook-secret");
+    std::fs::write(&secret, "the-webhook-secret\n").expect("secret");
+    let (key, secret) = (key.display().to_string(), secret.display().to_string());
+    let vars = |key: &str| {
+        vec![
+            ("GRADIENT_GITHUB_APP_ENABLE".to_owned(), "true".to_owned()),
+            ("GRADIENT_GITHUB_APP_APP_ID".to_owned(), "4242".to_owned()),
+            ("GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE".to_owned(), key.to_owned()),
+            ("GRADIENT_GITHUB_APP_WEBHOOK_SECRET_FILE".to_owned(), secret.clone()),
+            ("GRADIENT_BASE_DIR".to_owned(), dir.path().display().to_string()),
+        ]
+    };
+
+    // A key that is missing or not an RSA private key stops start-up with one line naming the variable.
+    let not_a_key = dir.path().join("not-a-key.pem");
+    std::fs::write(
+        &not_a_key,
+        "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    for bad in [
+        not_a_key.display().to_string(),
+        dir.path().join("missing.pem").display().to_string(),
+    ] {
+        let config = Config::from_vars(&vars(&bad).into_iter().collect()).expect("config");
+        let e = match gradient_server::build_state(&config).await {
+            Ok(_) => panic!("{bad}: the server started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.starts_with("GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    let s = server_with(
+        &vars(&key)
+            .iter()
+            .filter(|(k, _)| k != "GRADIENT_BASE_DIR")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let body = br#"{"zen":"Design for failure.","hook_id":1}"#;
+    let deliver = |signature: Option<String>| {
+        let mut req = s
+            .client
+            .post("/api/v1/hooks/github")
+            .header("Content-Type", "application/json")
+            .header("X-GitHub-Event", "ping")
+            .body(body.to_vec());
+        if let Some(sig) = signature {
+            req = req.header("X-Hub-Signature-256", sig);
+        }
+        async move {
+            let resp = req.send().await;
+            let status = resp.0.status();
+            let text = resp.0.into_body().into_string().await.expect("body");
+            (status, serde_json::from_str::<Value>(&text).expect("JSON"))
+        }
+    };
+    assert_err(deliver(None).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let wrong = openssl(&["dgst", "-sha256", "-hmac", "another-secret"], body);
+    let wrong = format!("sha256={}", wrong.split_whitespace().last().expect("digest"));
+    assert_err(deliver(Some(wrong)).await, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let right = openssl(&["dgst", "-sha256", "-hmac", "the-webhook-secret"], body);
+    let right = format!("sha256={}", right.split_whitespace().last().expect("digest"));
+    let (status, v) = deliver(Some(right)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["message"]["queued"], json!([]), "a ping is accepted and ignored");
+}

@@ -78,3 +78,15 @@ pub struct StatusReport {
     pub delivered: bool,
     pub created_at: Timestamp,
 }
+
+/// An installation of the instance's GitHub App on a GitHub account (organization or user): commit statuses
+/// of that account's repositories are reported with the installation's token. Belongs to no organization of
+/// Gradient's: one App covers them all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GithubInstallation {
+    /// GitHub's id of the installation (positive, at most `i64::MAX`).
+    pub id: u64,
+    /// The account's login, lowercase.
+    pub account: String,
+    pub updated_at: Timestamp,
+}

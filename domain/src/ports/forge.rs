@@ -1,4 +1,5 @@
-//! The forge port: reporting a commit status to GitHub, Gitea/Forgejo or GitLab.
+//! The forge port: reporting a commit status to GitHub, Gitea/Forgejo or GitLab, and the GitHub App's
+//! installation tokens.
 
 use crate::forge::Forge;
 use crate::model::CommitState;
@@ -34,6 +35,12 @@ pub trait ForgeApi {
         target_url: &str,
         description: &str,
     ) -> impl Future<Output = Result<(), ForgeError>> + Send;
+
+    /// An access token of the GitHub App's installation `installation`, to report statuses with. The adapter
+    /// signs the App's JWT with its private key, exchanges it for the installation's token and keeps the
+    /// token until shortly before it expires. `Unavailable` when GitHub cannot be reached or fails,
+    /// `Rejected` when it refuses (unknown installation, wrong key) or no App is configured.
+    fn installation_token(&self, installation: u64) -> impl Future<Output = Result<String, ForgeError>> + Send;
 }
 
 /// The owner and repository name of a repository URL, for the forges' status APIs, from its normalized form

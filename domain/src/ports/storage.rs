@@ -142,6 +142,8 @@ pub trait Projects {
     fn projects(&self, org: OrgId) -> impl Future<Output = Result<Vec<Project>>> + Send;
     /// Every active project with a poll interval, of any organization, by id.
     fn polled_projects(&self) -> impl Future<Output = Result<Vec<Project>>> + Send;
+    /// Every active project of every organization, by id (the GitHub App's pushes match against them all).
+    fn active_projects(&self) -> impl Future<Output = Result<Vec<Project>>> + Send;
     /// Updates every field but id, org, name, creator and creation time. NotFound if absent.
     fn update_project(&self, project: &Project) -> impl Future<Output = Result<()>> + Send;
     /// Deletes the project with its evaluations (see [`Evaluations::delete_evaluation`]). Ok(false) if absent.
@@ -323,8 +325,9 @@ pub trait Evaluations {
     -> impl Future<Output = Result<Vec<EvaluationId>>> + Send;
 }
 
-/// An organization's links to forges: the secret its webhooks are signed with (sealed by the caller).
-/// Deleting an organization deletes them.
+/// An organization's links to forges: the secret its webhooks are signed with (sealed by the caller), where
+/// its commit statuses go and their outbox; deleting an organization deletes them. Also the GitHub App's
+/// installations, which belong to the whole instance.
 pub trait Integrations {
     /// Stores the organization's webhook secret, replacing the previous one. NotFound when the organization
     /// does not exist.
@@ -374,6 +377,21 @@ pub trait Integrations {
         &self,
         evaluation: EvaluationId,
     ) -> impl Future<Output = Result<Vec<crate::model::StatusReport>>> + Send;
+
+    /// Stores an installation of the GitHub App, replacing the installation with the same id and any other
+    /// installation on the same account (an account has one installation of the App), atomically.
+    /// Installations belong to no organization.
+    fn put_github_installation(
+        &self,
+        installation: &crate::model::GithubInstallation,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The installation on `account`, matched exactly (callers store and look up lowercase logins).
+    fn github_installation(
+        &self,
+        account: &str,
+    ) -> impl Future<Output = Result<Option<crate::model::GithubInstallation>>> + Send;
+    /// Forgets the installation. Ok(false) when there is no such installation.
+    fn delete_github_installation(&self, id: u64) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

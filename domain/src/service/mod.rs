@@ -6,6 +6,7 @@ mod accounts;
 mod binary_cache;
 mod builds;
 mod caches;
+mod github_app;
 mod memo;
 mod orgs;
 mod pipeline;
@@ -18,6 +19,7 @@ pub use accounts::{Caller, NewKey, Registration};
 pub use binary_cache::{GcReport, NarUrl, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, LogText};
 pub use caches::{CacheChanges, NewCache};
+pub use github_app::GithubAppSettings;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use projects::{NewProject, ProjectChanges};
 pub use statuses::{FIRST_RETRY, LAST_RETRY, commit_state, retry_delay};
@@ -129,6 +131,8 @@ pub struct Settings {
     pub supersede_evaluations: bool,
     /// The server's public URL (no trailing slash); commit statuses link to evaluations under it.
     pub public_url: String,
+    /// The instance's GitHub App, when one is configured.
+    pub github_app: Option<GithubAppSettings>,
 }
 
 /// The co-located worker: its id and the SHA-256 (hex) of its token.
@@ -149,6 +153,7 @@ impl Default for Settings {
             keep_evaluations: 5,
             supersede_evaluations: true,
             public_url: "http://localhost".into(),
+            github_app: None,
         }
     }
 }

@@ -2,6 +2,10 @@
 //! (pending when one starts, then success, failure or error, linking to the evaluation), and their delivery
 //! through the forge port.
 //!
+//! A report goes through the instance's GitHub App when one is configured and the project's repository is on
+//! a GitHub account that installed it ([`crate::github_app::repository_owner`]), with the installation's
+//! token; otherwise through the organization's forge connection; with neither, no report is queued.
+//!
 //! Reports go through an outbox: a status change only stores a report, and [`Gradient::deliver_due_statuses`]
 //! sends the due ones. A forge that is down or refuses a report does not fail anything: the attempt is
 //! recorded (visible on the evaluation) and retried with exponential backoff, from
@@ -110,8 +114,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(self.storage.statuses_of(id).await?)
     }
 
-    /// Queues the commit status an evaluation's move from `from` reports, when its organization has a forge
-    /// connection. Called wherever an evaluation's status changes.
+    /// Queues the commit status an evaluation's move from `from` reports, when the GitHub App covers its
+    /// repository or its organization has a forge connection. Called wherever an evaluation's status changes.
     pub(super) async fn report_status_change(&self, from: EvaluationStatus, e: &Evaluation) -> Result<()> {
         if from == e.status {
             return Ok(());
@@ -126,7 +130,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let Some(p) = self.storage.project_by_id(e.project_id).await? else {
             return Ok(());
         };
-        if self.storage.forge_connection(p.org_id).await?.is_none() {
+        if self.github_app_installation(&p.repository).await?.is_none()
+            && self.storage.forge_connection(p.org_id).await?.is_none()
+        {
             return Ok(());
         }
         let now = self.clock.now();
@@ -171,7 +177,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 self.storage.status_delivered(report.id).await?;
                 continue;
             }
-            let result = match self.status_target(&report).await? {
+            let result = match self.status_target(forge, &report).await? {
                 Ok(target) => forge
                     .set_status(
                         &target,
@@ -198,8 +204,29 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(sent)
     }
 
-    /// Where a report goes, or why it cannot go now.
-    async fn status_target(&self, report: &StatusReport) -> Result<std::result::Result<ForgeTarget, String>> {
+    /// Where a report goes, or why it cannot go now: through the GitHub App when its repository is on an
+    /// account with an installation, else through the organization's forge connection.
+    async fn status_target<F: ForgeApi>(
+        &self,
+        forge: &F,
+        report: &StatusReport,
+    ) -> Result<std::result::Result<ForgeTarget, String>> {
+        if let Some(installation) = self.github_app_installation(&report.repository).await?
+            && let Some(app) = &self.settings.github_app
+        {
+            return Ok(match forge.installation_token(installation.id).await {
+                Ok(token) => Ok(ForgeTarget {
+                    forge: Forge::GitHub,
+                    api_url: app.api_url.clone(),
+                    token,
+                    repository_url: report.repository.clone(),
+                }),
+                Err(e) => Err(format!(
+                    "no token for the GitHub App's installation on '{}': {e}",
+                    installation.account
+                )),
+            });
+        }
         let Some(connection) = self.storage.forge_connection(report.org_id).await? else {
             return Ok(Err("the organization has no forge connection".into()));
         };

@@ -22,7 +22,7 @@ use rand::RngCore;
 pub const EVALUATION_LIST_LIMIT: u32 = 50;
 
 /// Whether a push to `push` triggers `project`.
-fn push_triggers(project: &Project, push: &forge::Push) -> bool {
+pub(super) fn push_triggers(project: &Project, push: &forge::Push) -> bool {
     if !project.active {
         return false;
     }
@@ -85,12 +85,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         else {
             return Ok(Vec::new());
         };
+        let projects = self.storage.projects(o.id).await?;
+        self.queue_push(projects, &push).await
+    }
+
+    /// Queues an evaluation of the pushed commit for each of `projects` the push triggers (see
+    /// [`push_triggers`]); answers them.
+    pub(super) async fn queue_push(&self, projects: Vec<Project>, push: &forge::Push) -> Result<Vec<Evaluation>> {
         let mut queued = Vec::new();
-        for project in self.storage.projects(o.id).await? {
-            if push_triggers(&project, &push) {
+        for project in projects {
+            if push_triggers(&project, push) {
                 queued.push(
                     self.queue_evaluation_on(
-                        o.id,
+                        project.org_id,
                         &project,
                         &push.commit,
                         Some(push.branch.clone()),

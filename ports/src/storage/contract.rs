@@ -93,6 +93,7 @@ macro_rules! storage_contract {
             project_round_trips,
             projects_are_listed_by_name_per_org,
             polled_projects_are_the_active_ones_with_an_interval,
+            active_projects_are_those_of_every_org,
             taken_project_name_conflicts_per_org,
             project_of_unknown_org_is_not_found,
             update_project_changes_only_editable_fields,
@@ -177,6 +178,9 @@ macro_rules! storage_contract {
             due_statuses_are_undelivered_reports_whose_time_has_come,
             status_attempts_are_recorded,
             delete_org_removes_its_forge_connection_and_statuses,
+            github_installation_round_trips_and_is_replaced_by_id,
+            an_account_has_one_github_installation,
+            delete_github_installation_forgets_only_it,
             // Meta.
             meta_init_keeps_the_first_value,
         );

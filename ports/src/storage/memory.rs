@@ -181,6 +181,14 @@ impl Projects for MemoryStorage {
         })
     }
 
+    async fn active_projects(&self) -> Result<Vec<Project>> {
+        self.with(|s| {
+            let mut projects: Vec<Project> = s.projects.values().filter(|p| p.active).cloned().collect();
+            projects.sort_by_key(|p| p.id);
+            Ok(projects)
+        })
+    }
+
     async fn update_project(&self, project: &Project) -> Result<()> {
         self.with(|s| s.update_project(project))
     }
@@ -511,6 +519,23 @@ impl Integrations for MemoryStorage {
                 .cloned()
                 .collect())
         })
+    }
+
+    async fn put_github_installation(&self, installation: &gradient_domain::model::GithubInstallation) -> Result<()> {
+        self.with(|s| {
+            s.github_installations
+                .retain(|id, i| *id == installation.id || i.account != installation.account);
+            s.github_installations.insert(installation.id, installation.clone());
+            Ok(())
+        })
+    }
+
+    async fn github_installation(&self, account: &str) -> Result<Option<gradient_domain::model::GithubInstallation>> {
+        self.with(|s| Ok(s.github_installations.values().find(|i| i.account == account).cloned()))
+    }
+
+    async fn delete_github_installation(&self, id: u64) -> Result<bool> {
+        self.with(|s| Ok(s.github_installations.remove(&id).is_some()))
     }
 }
 

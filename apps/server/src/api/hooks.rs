@@ -1,6 +1,6 @@
 //! Forge webhooks: generating an organization's webhook secret, receiving pushes from Gitea, Forgejo, GitLab
-//! and GitHub, and listing a project's evaluations (to see what a push queued); the organization's forge
-//! connection commit statuses are reported through.
+//! and GitHub, and the GitHub App's deliveries; listing a project's evaluations (to see what a push queued);
+//! the organization's forge connection commit statuses are reported through.
 
 use super::dto::{Reply, ok};
 use super::evaluations::EvaluationView;
@@ -136,6 +136,34 @@ impl HooksApi {
             hub_signature_256: hub_signature_256.0,
         };
         let queued = self.0.app.receive_webhook(&forge, &org, &headers, &body.0).await?;
+        if !queued.is_empty() {
+            self.0.dispatch.notify_one();
+        }
+        ok(WebhookReceipt {
+            queued: queued.iter().map(|e| e.id.0).collect(),
+        })
+    }
+
+    /// Receives a delivery of the instance's GitHub App (its webhook URL), signed with the App's webhook secret
+    /// (`X-Hub-Signature-256`: `sha256=` + hex HMAC-SHA256 of the body). `installation` events (created,
+    /// new_permissions_accepted and unsuspend; deleted and suspend) and `installation_repositories` events keep
+    /// the App's installations, which commit statuses of the accounts' repositories are reported with. A push
+    /// records its installation and queues an evaluation of the pushed commit for every active project, of any
+    /// organization, whose repository and branch it matches; other events are accepted and ignored. 401 when the
+    /// signature is missing or wrong; 404 when no GitHub App is configured.
+    #[oai(path = "/hooks/github", method = "post")]
+    async fn receive_github_app(
+        &self,
+        #[oai(name = "X-GitHub-Event")] github_event: Header<Option<String>>,
+        #[oai(name = "X-Hub-Signature-256")] hub_signature_256: Header<Option<String>>,
+        body: Binary<Vec<u8>>,
+    ) -> Reply<WebhookReceipt> {
+        let headers = HookHeaders {
+            github_event: github_event.0,
+            hub_signature_256: hub_signature_256.0,
+            ..HookHeaders::default()
+        };
+        let queued = self.0.app.receive_github_app_webhook(&headers, &body.0).await?;
         if !queued.is_empty() {
             self.0.dispatch.notify_one();
         }

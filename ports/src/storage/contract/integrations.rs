@@ -1,9 +1,10 @@
-//! Organizations' forge integrations: webhook secrets, forge connections and the commit status outbox.
+//! Organizations' forge integrations: webhook secrets, forge connections and the commit status outbox; and the
+//! GitHub App's installations.
 
 use super::support::{now, org, seconds, user};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::forge::Forge;
-use gradient_domain::model::{CommitState, ForgeConnection, StatusReport, Timestamp};
+use gradient_domain::model::{CommitState, ForgeConnection, GithubInstallation, StatusReport, Timestamp};
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::{EvaluationId, OrgId, StatusReportId};
 
@@ -253,4 +254,124 @@ pub async fn delete_org_removes_its_forge_connection_and_statuses<S: Storage>(s:
     assert!(s.statuses_of(doomed_eval).await.expect("statuses_of").is_empty());
     assert!(s.forge_connection(kept.id).await.expect("forge_connection").is_some());
     assert_eq!(s.statuses_of(kept_eval).await.expect("statuses_of").len(), 1);
+}
+
+/// A fresh installation of the GitHub App on a fresh account (a random id and login, so scenarios sharing a
+/// store do not collide).
+fn installation(prefix: &str) -> GithubInstallation {
+    let raw = uuid::Uuid::new_v4().as_u64_pair().0 >> 1;
+    GithubInstallation {
+        id: raw.max(1),
+        account: format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        updated_at: now(),
+    }
+}
+
+/// An installation reads back by its account, as written; storing it again with the same id replaces it
+/// (a renamed account), and the old login finds nothing.
+pub async fn github_installation_round_trips_and_is_replaced_by_id<S: Storage>(s: &S) {
+    let acme = installation("acme");
+    assert_eq!(
+        s.github_installation(&acme.account).await.expect("github_installation"),
+        None,
+        "nothing before it is stored"
+    );
+    s.put_github_installation(&acme).await.expect("put_github_installation");
+    assert_eq!(
+        s.github_installation(&acme.account).await.expect("github_installation"),
+        Some(acme.clone()),
+        "it reads back"
+    );
+    assert_eq!(
+        s.github_installation(&acme.account.to_uppercase())
+            .await
+            .expect("github_installation"),
+        None,
+        "accounts match exactly"
+    );
+    let renamed = GithubInstallation {
+        account: format!("{}-renamed", acme.account),
+        updated_at: now() + seconds(5),
+        ..acme.clone()
+    };
+    s.put_github_installation(&renamed).await.expect("put again");
+    assert_eq!(
+        s.github_installation(&renamed.account)
+            .await
+            .expect("github_installation"),
+        Some(renamed.clone())
+    );
+    assert_eq!(
+        s.github_installation(&acme.account).await.expect("github_installation"),
+        None,
+        "one row per installation id"
+    );
+}
+
+/// An account has one installation: a new one (the App was uninstalled and installed again) replaces the
+/// previous, whose id is then unknown. Other accounts are untouched, and deleting an organization does not
+/// touch installations.
+pub async fn an_account_has_one_github_installation<S: Storage>(s: &S) {
+    let old = installation("acme");
+    let other = installation("other");
+    for i in [&old, &other] {
+        s.put_github_installation(i).await.expect("put_github_installation");
+    }
+    let new = GithubInstallation {
+        account: old.account.clone(),
+        ..installation("new")
+    };
+    assert_ne!(new.id, old.id);
+    s.put_github_installation(&new).await.expect("put_github_installation");
+    assert_eq!(
+        s.github_installation(&old.account).await.expect("github_installation"),
+        Some(new.clone()),
+        "the newer installation"
+    );
+    assert!(
+        !s.delete_github_installation(old.id)
+            .await
+            .expect("delete_github_installation"),
+        "the replaced installation is gone"
+    );
+    let alice = user(s, "alice").await;
+    let doomed = org(s, "doomed", alice.id, false).await;
+    assert!(s.delete_org(doomed.id).await.expect("delete_org"));
+    assert_eq!(
+        s.github_installation(&other.account)
+            .await
+            .expect("github_installation"),
+        Some(other),
+        "other accounts are untouched, whatever happens to organizations"
+    );
+}
+
+/// Deleting an installation forgets it, and only it; deleting it again is Ok(false).
+pub async fn delete_github_installation_forgets_only_it<S: Storage>(s: &S) {
+    let doomed = installation("doomed");
+    let kept = installation("kept");
+    for i in [&doomed, &kept] {
+        s.put_github_installation(i).await.expect("put_github_installation");
+    }
+    assert!(
+        s.delete_github_installation(doomed.id)
+            .await
+            .expect("delete_github_installation")
+    );
+    assert_eq!(
+        s.github_installation(&doomed.account)
+            .await
+            .expect("github_installation"),
+        None
+    );
+    assert!(
+        !s.delete_github_installation(doomed.id)
+            .await
+            .expect("delete_github_installation"),
+        "deleting it again reports false"
+    );
+    assert_eq!(
+        s.github_installation(&kept.account).await.expect("github_installation"),
+        Some(kept)
+    );
 }

@@ -282,3 +282,38 @@ pub async fn polled_projects_are_the_active_ones_with_an_interval<S: Storage>(s:
     wanted.sort_by_key(|p| p.id);
     assert_eq!(s.polled_projects().await.expect("polled_projects"), wanted);
 }
+
+/// The projects the GitHub App's pushes are matched against: the active ones of every organization, by id.
+pub async fn active_projects_are_those_of_every_org<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, true).await;
+    let mut wanted = Vec::new();
+    let mut paused = Vec::new();
+    for (org_id, name, active) in [
+        (acme.id, "web", true),
+        (other.id, "api", true),
+        (acme.id, "paused", false),
+    ] {
+        let mut p = new_project(org_id, name, alice.id);
+        p.active = active;
+        s.create_project(&p).await.expect("create_project");
+        if active { wanted.push(p) } else { paused.push(p.id) }
+    }
+    wanted.sort_by_key(|p| p.id);
+    let active = s.active_projects().await.expect("active_projects");
+    let mine: Vec<_> = active
+        .iter()
+        .filter(|p| p.org_id == acme.id || p.org_id == other.id)
+        .cloned()
+        .collect();
+    assert_eq!(
+        mine, wanted,
+        "the active projects of both organizations, by id, as written"
+    );
+    assert!(active.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    assert!(
+        active.iter().all(|p| !paused.contains(&p.id)),
+        "inactive projects are left out"
+    );
+}

@@ -45,6 +45,8 @@ pub(super) struct State {
     pub(super) forge_connections: HashMap<OrgId, gradient_domain::model::ForgeConnection>,
     /// The status outbox, in the order reports were enqueued.
     pub(super) status_reports: Vec<gradient_domain::model::StatusReport>,
+    /// The GitHub App's installations by id (at most one per account).
+    pub(super) github_installations: HashMap<u64, gradient_domain::model::GithubInstallation>,
 }
 
 fn conflict(what: &str) -> StorageError {

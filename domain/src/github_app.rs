@@ -1,0 +1,395 @@
+//! The GitHub App as pure code: what a delivery to the App's webhook (`/hooks/github`, signed with the App's
+//! webhook secret like any GitHub delivery, see [`crate::forge`]) means, and which repositories the App's
+//! installations cover.
+//!
+//! | `X-GitHub-Event`           | action                                              | meaning                  |
+//! |----------------------------|-----------------------------------------------------|--------------------------|
+//! | `installation`             | `created`, `new_permissions_accepted`, `unsuspend`  | store the installation   |
+//! | `installation`             | `deleted`, `suspend`                                | forget the installation  |
+//! | `installation_repositories`| any (`added`, `removed`)                            | store the installation   |
+//! | `push`                     | —                                                   | store the installation named by `installation.id` for the repository's owner, then queue evaluations |
+//! | anything else (`ping`, …)  | —                                                   | ignored                  |
+//!
+//! An installation belongs to one GitHub account (organization or user), named by its login; logins are
+//! compared ignoring case, so they are kept lowercase.
+
+use crate::forge::{self, Forge, PayloadError, Push};
+use serde::Deserialize;
+
+/// GitHub's API, where the App's tokens and statuses go unless configured otherwise.
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+
+/// The host of GitHub's repositories.
+pub const GITHUB_HOST: &str = "github.com";
+
+/// An installation of the App, as a delivery names it: its id and the account it is installed on (lowercase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallationRef {
+    pub id: u64,
+    pub account: String,
+}
+
+/// What a delivery to the App's webhook means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppEvent {
+    /// The installation exists and may be used: store it (replacing what was stored for its id or account).
+    Installed(InstallationRef),
+    /// The installation was deleted or suspended: forget it.
+    Removed { id: u64 },
+    /// A push: the installation that delivered it, when the payload names one, and what was pushed (`None`
+    /// for a deleted branch or a tag, which queue nothing).
+    Push {
+        installation: Option<InstallationRef>,
+        push: Option<Push>,
+    },
+    /// Pings and every other event or action.
+    Ignored,
+}
+
+#[derive(Deserialize)]
+struct Account {
+    login: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Installation {
+    id: Option<serde_json::Value>,
+    account: Option<Account>,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    owner: Option<Account>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    action: Option<String>,
+    installation: Option<Installation>,
+    repository: Option<Repository>,
+}
+
+/// A GitHub login, lowercase: 1–100 letters, digits, `-`, `_` or `.` (GitHub Enterprise allows `_`).
+fn login(raw: &str) -> Result<String, PayloadError> {
+    let l = raw.trim();
+    if l.is_empty()
+        || l.len() > 100
+        || !l
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(PayloadError(format!("'{raw}' is not a GitHub login")));
+    }
+    Ok(l.to_ascii_lowercase())
+}
+
+/// An installation id: a positive integer that fits the database's signed 64 bits.
+fn installation_id(v: &serde_json::Value) -> Result<u64, PayloadError> {
+    v.as_u64()
+        .filter(|&id| id > 0 && i64::try_from(id).is_ok())
+        .ok_or_else(|| PayloadError(format!("'{v}' is not an installation id")))
+}
+
+fn required_installation(payload: &Payload) -> Result<InstallationRef, PayloadError> {
+    let id = required_installation_id(payload)?;
+    let account = payload
+        .installation
+        .as_ref()
+        .and_then(|i| i.account.as_ref())
+        .and_then(|a| a.login.as_deref())
+        .ok_or_else(|| PayloadError("no installation account".into()))?;
+    Ok(InstallationRef {
+        id,
+        account: login(account)?,
+    })
+}
+
+fn required_installation_id(payload: &Payload) -> Result<u64, PayloadError> {
+    let id = payload
+        .installation
+        .as_ref()
+        .and_then(|i| i.id.as_ref())
+        .ok_or_else(|| PayloadError("no installation id".into()))?;
+    installation_id(id)
+}
+
+/// Reads a delivery to the App's webhook, given its `X-GitHub-Event` header (see the module's table). The
+/// signature is checked before: this only reads.
+pub fn parse_event(event: Option<&str>, body: &[u8]) -> Result<AppEvent, PayloadError> {
+    let event = event.map(str::trim).unwrap_or_default().to_ascii_lowercase();
+    if !matches!(event.as_str(), "installation" | "installation_repositories" | "push") {
+        return Ok(AppEvent::Ignored);
+    }
+    let payload: Payload = serde_json::from_slice(body).map_err(|e| PayloadError(e.to_string()))?;
+    match event.as_str() {
+        "installation" => match payload.action.as_deref().map(str::trim).unwrap_or_default() {
+            "created" | "new_permissions_accepted" | "unsuspend" => {
+                Ok(AppEvent::Installed(required_installation(&payload)?))
+            }
+            "deleted" | "suspend" => Ok(AppEvent::Removed {
+                id: required_installation_id(&payload)?,
+            }),
+            _ => Ok(AppEvent::Ignored),
+        },
+        "installation_repositories" => Ok(AppEvent::Installed(required_installation(&payload)?)),
+        _ => {
+            let push = forge::parse_push(Forge::GitHub, body)?;
+            let installation = match payload.installation.as_ref().and_then(|i| i.id.as_ref()) {
+                None => None,
+                Some(id) => {
+                    let id = installation_id(id)?;
+                    // A push's installation names no account: it is the repository's owner's.
+                    let owner = payload
+                        .repository
+                        .as_ref()
+                        .and_then(|r| r.owner.as_ref())
+                        .and_then(|o| o.login.as_deref().or(o.name.as_deref()))
+                        .ok_or_else(|| PayloadError("no repository owner".into()))?;
+                    Some(InstallationRef {
+                        id,
+                        account: login(owner)?,
+                    })
+                }
+            };
+            Ok(AppEvent::Push { installation, push })
+        }
+    }
+}
+
+/// The host of a URL (`https://user@Host:443/path` → `host`), lowercase.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.trim().split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.split_once(':').map_or(host, |(h, _)| h);
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// The account (lowercase login) owning a repository the App's installations can cover, or `None`. A
+/// repository is GitHub's when its host is `github.com`, the host of the App's API URL, or that host without
+/// a leading `api.`: so `https://api.github.com` covers `github.com`, and a GitHub Enterprise Server at
+/// `https://ghe.example.com/api/v3` covers `ghe.example.com`. Its path must be exactly `owner/repo` (https,
+/// ssh and `.git` forms alike).
+pub fn repository_owner(repository_url: &str, api_url: &str) -> Option<String> {
+    let normalized = forge::normalize_repository_url(repository_url)?;
+    let (host, path) = normalized.split_once('/')?;
+    let api_host = url_host(api_url);
+    let covered = host == GITHUB_HOST
+        || api_host
+            .as_deref()
+            .is_some_and(|a| host == a || a.strip_prefix("api.").is_some_and(|bare| host == bare));
+    if !covered {
+        return None;
+    }
+    let (owner, repo) = path.split_once('/')?;
+    if owner.is_empty() || repo.is_empty() || repo.contains('/') {
+        return None;
+    }
+    login(owner).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn parse(event: &str, body: serde_json::Value) -> Result<AppEvent, PayloadError> {
+        parse_event(Some(event), body.to_string().as_bytes())
+    }
+
+    fn installation(action: &str) -> serde_json::Value {
+        json!({
+            "action": action,
+            "installation": {"id": 42, "account": {"login": "Acme", "type": "Organization"}},
+            "sender": {"login": "alice"}
+        })
+    }
+
+    #[test]
+    fn installation_lifecycle() {
+        let acme = InstallationRef {
+            id: 42,
+            account: "acme".into(),
+        };
+        for action in ["created", "new_permissions_accepted", "unsuspend"] {
+            assert_eq!(
+                parse("installation", installation(action)),
+                Ok(AppEvent::Installed(acme.clone())),
+                "{action}"
+            );
+        }
+        for action in ["deleted", "suspend"] {
+            assert_eq!(
+                parse("installation", installation(action)),
+                Ok(AppEvent::Removed { id: 42 }),
+                "{action}"
+            );
+        }
+        // A deletion needs no account.
+        assert_eq!(
+            parse("installation", json!({"action": "deleted", "installation": {"id": 42}})),
+            Ok(AppEvent::Removed { id: 42 })
+        );
+        assert_eq!(
+            parse("installation", installation("some_future_action")),
+            Ok(AppEvent::Ignored)
+        );
+        for action in ["added", "removed"] {
+            assert_eq!(
+                parse("installation_repositories", installation(action)),
+                Ok(AppEvent::Installed(acme.clone())),
+                "{action}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_installation_payloads_are_refused() {
+        let cases = [
+            json!({"action": "created"}),
+            json!({"action": "created", "installation": {"id": 42}}),
+            json!({"action": "created", "installation": {"id": "42", "account": {"login": "acme"}}}),
+            json!({"action": "created", "installation": {"id": 0, "account": {"login": "acme"}}}),
+            json!({"action": "created", "installation": {"id": -1, "account": {"login": "acme"}}}),
+            json!({"action": "created", "installation": {"id": 9_223_372_036_854_775_808u64, "account": {"login": "acme"}}}),
+            json!({"action": "created", "installation": {"id": 42, "account": {"login": "a/b"}}}),
+            json!({"action": "created", "installation": {"id": 42, "account": {"login": ""}}}),
+            json!({"action": "deleted", "installation": {}}),
+        ];
+        for body in cases {
+            assert!(parse("installation", body.clone()).is_err(), "{body}");
+        }
+        assert!(parse_event(Some("installation"), b"not json").is_err());
+    }
+
+    fn push_body(after: &str, git_ref: &str) -> serde_json::Value {
+        json!({
+            "ref": git_ref,
+            "before": "0".repeat(40),
+            "after": after,
+            "repository": {
+                "name": "web",
+                "full_name": "Acme/web",
+                "owner": {"name": "Acme", "login": "Acme"},
+                "clone_url": "https://github.com/Acme/web.git",
+                "ssh_url": "git@github.com:Acme/web.git",
+                "html_url": "https://github.com/Acme/web",
+                "default_branch": "main"
+            },
+            "installation": {"id": 42, "node_id": "MDIz"}
+        })
+    }
+
+    #[test]
+    fn pushes_name_their_installation_and_what_they_pushed() {
+        let Ok(AppEvent::Push { installation, push }) = parse("push", push_body(COMMIT, "refs/heads/main")) else {
+            panic!("a push");
+        };
+        assert_eq!(
+            installation,
+            Some(InstallationRef {
+                id: 42,
+                account: "acme".into()
+            })
+        );
+        let push = push.expect("a branch push");
+        assert_eq!(push.commit, COMMIT);
+        assert_eq!(push.branch, "main");
+        assert_eq!(
+            push.repository_urls,
+            [
+                "https://github.com/Acme/web.git",
+                "git@github.com:Acme/web.git",
+                "https://github.com/Acme/web"
+            ]
+        );
+
+        // Deleted branches and tags queue nothing, but still name their installation.
+        for body in [
+            push_body(&"0".repeat(40), "refs/heads/main"),
+            push_body(COMMIT, "refs/tags/v1"),
+        ] {
+            let event = parse("push", body).expect("parses");
+            assert!(
+                matches!(&event, AppEvent::Push { installation: Some(i), push: None } if i.id == 42),
+                "{event:?}"
+            );
+        }
+
+        // Without an installation (a repository webhook of the App's owner), nothing to store.
+        let mut body = push_body(COMMIT, "refs/heads/main");
+        body.as_object_mut().expect("object").remove("installation");
+        let event = parse("push", body).expect("parses");
+        assert!(
+            matches!(
+                &event,
+                AppEvent::Push {
+                    installation: None,
+                    push: Some(_)
+                }
+            ),
+            "{event:?}"
+        );
+
+        // The push itself must parse.
+        let mut body = push_body("main", "refs/heads/main");
+        assert!(parse("push", body.clone()).is_err());
+        body["after"] = json!(COMMIT);
+        body["repository"]["owner"] = json!({});
+        assert!(parse("push", body).is_err(), "an installation without an owner");
+    }
+
+    #[test]
+    fn other_events_are_ignored_unread() {
+        for event in [Some("ping"), Some("pull_request"), Some("check_suite"), None] {
+            assert_eq!(parse_event(event, b"not even json"), Ok(AppEvent::Ignored), "{event:?}");
+        }
+        assert_eq!(
+            parse("Installation", installation("created")).map(|e| matches!(e, AppEvent::Installed(_))),
+            Ok(true),
+            "event names ignore case"
+        );
+    }
+
+    #[test]
+    fn repository_owners_on_github() {
+        let api = DEFAULT_API_URL;
+        let cases = [
+            ("https://github.com/Acme/web", api, Some("acme")),
+            ("https://github.com/acme/web.git", api, Some("acme")),
+            ("git@github.com:acme/web.git", api, Some("acme")),
+            ("ssh://git@github.com/acme/web", api, Some("acme")),
+            ("git+https://github.com/acme/web?ref=main", api, Some("acme")),
+            ("https://gitlab.com/acme/web", api, None),
+            ("https://git.example.com/acme/web", api, None),
+            ("https://github.com/acme", api, None),
+            ("https://github.com/acme/web/tree/main", api, None),
+            ("file:///srv/acme/web", api, None),
+            // GitHub Enterprise Server: the API's host.
+            (
+                "https://ghe.example.com/acme/web",
+                "https://ghe.example.com/api/v3",
+                Some("acme"),
+            ),
+            (
+                "https://ghe.example.com/acme/web",
+                "https://api.ghe.example.com",
+                Some("acme"),
+            ),
+            ("https://ghe.example.com/acme/web", api, None),
+            // github.com stays covered whatever the API URL (a test's fake GitHub on loopback).
+            ("https://github.com/acme/web", "http://127.0.0.1:8080", Some("acme")),
+            ("https://127.0.0.1/acme/web", "http://127.0.0.1:8080", Some("acme")),
+        ];
+        for (repository, api_url, owner) in cases {
+            assert_eq!(
+                repository_owner(repository, api_url).as_deref(),
+                owner,
+                "{repository} with {api_url}"
+            );
+        }
+    }
+}
