@@ -76,7 +76,7 @@ curl -fs -X POST "$api/projects/bench" "${auth[@]}" \
   -d "{\"name\":\"bench\",\"repository\":\"file://$work/gradient-repo\",\"wildcard\":\"packages.*.*\"}" >/dev/null
 GRADIENT_SERVER_URL="ws://127.0.0.1:$port/proto" GRADIENT_WORKER_ID=$worker_id GRADIENT_PEERS_FILE="$work/peers" \
 GRADIENT_STATE_DIR="$work/worker" GRADIENT_CAPABILITIES_FETCH=true GRADIENT_CAPABILITIES_EVAL=true \
-GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=warn \
+GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=info \
   "$bin/gradient-worker" >"$work/worker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
@@ -96,6 +96,13 @@ done
 gradient=$(echo "$(date +%s.%N) - $start" | bc -l)
 builds=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq '[.message.builds[] | select(.status == "Completed")] | length')
 
+curl -fs "$api/evals/$id/builds" "${auth[@]}" > /tmp/gradient-ci-bench-builds.json || true
+printf '  CPU seconds: server %s, worker %s\n' \
+  "$(awk '{printf "%.2f", ($14+$15)/100}' /proc/"${pids[0]}"/stat)" \
+  "$(awk '{printf "%.2f", ($14+$15)/100}' /proc/"${pids[1]}"/stat)" >&2
+# Where the time went: the worker's batches, and when the evaluation took each status.
+grep -oE '(batch of|evaluated|pushed).*' "$work/worker.log" | sed 's/^/  /' >&2 || true
+curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.transitions[] | "  \(.at)  \(.status)"' >&2
 printf '\n%-40s %10s\n' "" "seconds"
 printf '%-40s %10.2f\n' "plain nix build (301 derivations)" "$plain"
 printf '%-40s %10.2f   (%s builds completed and cached)\n' "Gradient, trigger to done" "$gradient" "$builds"

@@ -267,3 +267,64 @@ async fn uploads_that_are_not_what_they_claim_leave_nothing() {
     assert_eq!(e.code(), "invalid_compression");
     assert_eq!(nars.size(&nar_key(&cache, &url)).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_job_token_reaches_its_orgs_caches_only_while_subscribed() {
+    use gradient_domain::ports::storage::Users;
+    use gradient_domain::service::NewOrg;
+    let (app, clock, _nars, cache) = setup().await;
+    let user = app
+        .storage
+        .user_by_username(&gradient_domain::Name::parse("owner").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let caller = Caller::Session {
+        user,
+        session: gradient_domain::SessionId::new(),
+    };
+    let org = app
+        .create_org(
+            &caller,
+            NewOrg {
+                name: "acme".into(),
+                display_name: None,
+                description: None,
+                public: false,
+            },
+        )
+        .await
+        .unwrap();
+    let token = app.tokens.issue_job(
+        org.id,
+        gradient_domain::model::JobId::new(),
+        clock.now() + TimeDelta::hours(1),
+    );
+    assert!(
+        app.cache_for_job_token(&token, "main").await.unwrap().is_none(),
+        "not subscribed"
+    );
+    app.subscribe(&caller, "acme", "main").await.unwrap();
+    // Asked twice: the second answer comes from memory, and is the same.
+    for _ in 0..2 {
+        let found = app.cache_for_job_token(&token, "main").await.unwrap();
+        assert_eq!(found.map(|c| c.id), Some(cache.id));
+    }
+    app.unsubscribe(&caller, "acme", "main").await.unwrap();
+    assert!(
+        app.cache_for_job_token(&token, "main").await.unwrap().is_none(),
+        "unsubscribing revokes at once"
+    );
+    assert!(
+        app.cache_for_job_token("GRADJOB.not-a-token", "main")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    clock.advance(TimeDelta::hours(2));
+    app.subscribe(&caller, "acme", "main").await.unwrap();
+    assert!(
+        app.cache_for_job_token(&token, "main").await.unwrap().is_none(),
+        "expired"
+    );
+}

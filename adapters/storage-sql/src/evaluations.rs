@@ -440,6 +440,33 @@ impl Evaluations for SqlStorage {
         row.map(BuildRow::into_build).transpose()
     }
 
+    async fn build_statuses(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<(String, BuildStatus)>> {
+        let wanted: Vec<&String> = drv_paths.iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut found = Vec::with_capacity(wanted.len());
+        // Well under SQLite's and PostgreSQL's limits on bound parameters.
+        for chunk in wanted.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT drv_path, status FROM builds WHERE org_id = $1 AND drv_path IN ({})",
+                placeholders.join(", ")
+            );
+            let rows = with_pool!(self, |p| {
+                // Only numbered placeholders are formatted into the text.
+                let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql.clone())).bind(org.0);
+                for path in chunk {
+                    q = q.bind(path.as_str());
+                }
+                q.fetch_all(p).await
+            })
+            .map_err(db_error)?;
+            for (path, status) in rows {
+                let status = BuildStatus::parse(&status).ok_or_else(|| corrupt("build status", &status))?;
+                found.push((path, status));
+            }
+        }
+        Ok(found)
+    }
+
     async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
         let sql = concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1");
         let row = with_pool!(self, |p| sqlx::query_as::<_, BuildRow>(sql)

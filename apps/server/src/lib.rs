@@ -321,10 +321,17 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
 }
 
 /// Hands queued jobs to connected workers whenever something changes, and at least every second.
+/// How long the dispatcher lets changes gather after being woken.
+const DISPATCH_COALESCE: std::time::Duration = std::time::Duration::from_millis(15);
+
 pub fn spawn_dispatcher(state: AppState) {
     tokio::spawn(async move {
         loop {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), state.dispatch.notified()).await;
+            let woken = tokio::time::timeout(std::time::Duration::from_secs(1), state.dispatch.notified()).await;
+            if woken.is_ok() {
+                // Changes come in bursts (a worker reports a whole batch of builds): take them in one round.
+                tokio::time::sleep(DISPATCH_COALESCE).await;
+            }
             match state.app.dispatch(state.links.infos(), &state.public_url).await {
                 Ok(assigned) => {
                     for (worker, job) in assigned {

@@ -184,9 +184,15 @@ async fn evaluate<N: Nix>(
             let _ = out.send(frame);
         }
     };
+    let started = std::time::Instant::now();
     if let Err(e) = nix.evaluate(&flake, wildcard, on_batch).await {
         return failure(FailureKind::EvaluationFailed, &e);
     }
+    tracing::info!(
+        "evaluated {} derivation(s) in {:.2}s",
+        drvs.len(),
+        started.elapsed().as_secs_f64()
+    );
     if let Some(target) = push
         && !drvs.is_empty()
     {
@@ -206,7 +212,13 @@ async fn evaluate<N: Nix>(
                 };
             }
         };
+        let started = std::time::Instant::now();
         let pushed = nix.push(&drvs, &target.cache_url, "zstd", &netrc).await;
+        tracing::info!(
+            "pushed {} derivation(s) in {:.2}s",
+            drvs.len(),
+            started.elapsed().as_secs_f64()
+        );
         let _ = std::fs::remove_file(&netrc);
         if let Err(e) = pushed {
             return failure(FailureKind::Infrastructure, &e);
@@ -443,6 +455,8 @@ pub async fn run_batch<N: Nix>(
         gc_root: dirs.gcroots.as_ref().map(|d| d.join(format!("batch-{lead}"))),
         timeout: None,
     };
+    // The credential and the roots go when the batch ends, also when it is stopped midway.
+    let _cleanup = Cleanup(netrc.clone(), opts.gc_root.clone());
     let by_drv: std::collections::HashMap<&str, Vec<JobId>> =
         drvs.iter().zip(&ids).fold(Default::default(), |mut m, ((drv, _), id)| {
             m.entry(drv.as_str()).or_insert_with(Vec::new).push(*id);
@@ -466,7 +480,9 @@ pub async fn run_batch<N: Nix>(
             }
         }
     };
+    let started = std::time::Instant::now();
     let results = nix.build_many(&drvs, &opts, on_log).await;
+    let built_in = started.elapsed();
     let mut outcomes: Vec<JobOutcome> = match results {
         Ok(results) => results
             .iter()
@@ -494,7 +510,16 @@ pub async fn run_batch<N: Nix>(
                     },
                 );
             }
-            if let Err(e) = nix.push(&built, &target.cache_url, "zstd", netrc).await {
+            let pushing = std::time::Instant::now();
+            let pushed = nix.push(&built, &target.cache_url, "zstd", netrc).await;
+            tracing::info!(
+                "batch of {} build(s): built in {:.2}s, pushed {} path(s) in {:.2}s",
+                ids.len(),
+                built_in.as_secs_f64(),
+                built.len(),
+                pushing.elapsed().as_secs_f64()
+            );
+            if let Err(e) = pushed {
                 let failed = failure(FailureKind::Infrastructure, &e);
                 for o in outcomes.iter_mut().filter(|o| matches!(o, JobOutcome::Success)) {
                     *o = failed.clone();
@@ -502,15 +527,23 @@ pub async fn run_batch<N: Nix>(
             }
         }
     }
-    if let Some(root) = &opts.gc_root {
-        let _ = nix.release(root).await;
-    }
-    if let Some(n) = netrc {
-        let _ = std::fs::remove_file(n);
-    }
     for (id, outcome) in ids.iter().zip(outcomes) {
         if !skip(*id) {
             finished(&out, *id, outcome);
+        }
+    }
+}
+
+/// Removes a batch's netrc file and GC roots directory when dropped.
+struct Cleanup(Option<PathBuf>, Option<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(netrc) = &self.0 {
+            let _ = std::fs::remove_file(netrc);
+        }
+        if let Some(roots) = &self.1 {
+            let _ = std::fs::remove_dir_all(roots);
         }
     }
 }

@@ -45,8 +45,8 @@ pub struct Work<N> {
     handles: std::collections::HashMap<JobId, tokio::task::AbortHandle>,
     /// Build jobs waiting for the batcher, which runs them together (see [`batcher`]).
     batch_tx: mpsc::UnboundedSender<Job>,
-    /// Batched jobs aborted while their batch runs: built anyway, but not reported again.
-    aborted: Arc<Mutex<BTreeSet<JobId>>>,
+    /// Batched jobs aborted while their batch runs, and the running batches.
+    aborted: Arc<Mutex<Batches>>,
 }
 
 /// Builds per Nix run at most.
@@ -64,7 +64,7 @@ async fn batcher<N: Nix>(
     dirs: Arc<Dirs>,
     out: mpsc::UnboundedSender<WorkerMessage>,
     running: Arc<Mutex<BTreeSet<JobId>>>,
-    aborted: Arc<Mutex<BTreeSet<JobId>>>,
+    aborted: Arc<Mutex<Batches>>,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_AT_ONCE));
@@ -89,23 +89,61 @@ async fn batcher<N: Nix>(
                 None => groups.push(vec![job]),
             }
         }
-        let (nix, dirs, out, running, aborted) =
-            (nix.clone(), dirs.clone(), out.clone(), running.clone(), aborted.clone());
-        tokio::spawn(async move {
-            for group in groups {
-                let ids: Vec<JobId> = group.iter().map(Job::id).collect();
-                let skip = |id: JobId| aborted.lock().unwrap_or_else(PoisonError::into_inner).contains(&id);
-                jobs::run_batch(&*nix, &dirs, group, out.clone(), &skip).await;
-                let mut r = running.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut a = aborted.lock().unwrap_or_else(PoisonError::into_inner);
-                for id in ids {
-                    r.remove(&id);
-                    a.remove(&id);
+        let mut slot = Some(slot);
+        for group in groups {
+            let (nix, dirs, out, running, state, slots) = (
+                nix.clone(),
+                dirs.clone(),
+                out.clone(),
+                running.clone(),
+                aborted.clone(),
+                slots.clone(),
+            );
+            let ids: Vec<JobId> = group.iter().map(Job::id).collect();
+            let permit = slot.take();
+            let task = tokio::spawn({
+                let ids = ids.clone();
+                async move {
+                    let _slot = match permit {
+                        Some(p) => p,
+                        None => match slots.acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => return,
+                        },
+                    };
+                    let skip = |id: JobId| {
+                        state
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .aborted
+                            .contains(&id)
+                    };
+                    jobs::run_batch(&*nix, &dirs, group, out.clone(), &skip).await;
+                    let mut r = running.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut a = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    for id in &ids {
+                        r.remove(id);
+                        a.aborted.remove(id);
+                    }
+                    a.batches.retain(|(jobs, _)| *jobs != ids);
                 }
-            }
-            drop(slot);
-        });
+            });
+            aborted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .batches
+                .push((ids, task.abort_handle()));
+        }
     }
+}
+
+/// The batched builds running and those aborted meanwhile.
+#[derive(Default)]
+struct Batches {
+    /// Aborted while their batch runs: not reported again.
+    aborted: BTreeSet<JobId>,
+    /// Each running batch's jobs and task: a batch whose every job is aborted is stopped.
+    batches: Vec<(Vec<JobId>, tokio::task::AbortHandle)>,
 }
 
 impl<N: Nix> Work<N> {
@@ -114,7 +152,7 @@ impl<N: Nix> Work<N> {
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (nix, dirs) = (Arc::new(nix), Arc::new(dirs));
         let running: Arc<Mutex<BTreeSet<JobId>>> = Default::default();
-        let aborted: Arc<Mutex<BTreeSet<JobId>>> = Default::default();
+        let aborted: Arc<Mutex<Batches>> = Default::default();
         tokio::spawn(batcher(
             nix.clone(),
             dirs.clone(),
@@ -174,8 +212,24 @@ impl<N: Nix> Work<N> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains(&id);
         if batched {
-            // A batched build cannot be stopped alone: it is reported aborted now and its result dropped.
-            self.aborted.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
+            // A batched build cannot be stopped alone: it is reported aborted now and its result dropped; once
+            // every build of its batch is aborted, the batch (its Nix run) is stopped.
+            let mut state = self.aborted.lock().unwrap_or_else(PoisonError::into_inner);
+            state.aborted.insert(id);
+            let Batches { aborted, batches } = &mut *state;
+            if let Some(i) = batches
+                .iter()
+                .position(|(jobs, _)| jobs.contains(&id) && jobs.iter().all(|j| aborted.contains(j)))
+            {
+                let (jobs, task) = batches.remove(i);
+                task.abort();
+                let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+                for j in &jobs {
+                    aborted.remove(j);
+                    running.remove(j);
+                }
+            }
+            drop(state);
             let _ = self.out_tx.send(WorkerMessage::JobFinished {
                 job_id: id,
                 outcome: gradient_domain::proto::JobOutcome::Aborted,

@@ -310,6 +310,14 @@ pub trait Evaluations {
     ) -> impl Future<Output = Result<Vec<Build>>> + Send;
     fn build(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Option<Build>>> + Send;
     fn build_by_id(&self, id: BuildId) -> impl Future<Output = Result<Option<Build>>> + Send;
+    /// The statuses of the organization's builds of `drv_paths` that exist, by `.drv` path, in one
+    /// question (the scheduler asks about every input of every queued build at each dispatch). Any number of
+    /// paths; duplicates are answered once.
+    fn build_statuses(
+        &self,
+        org: OrgId,
+        drv_paths: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, crate::status::BuildStatus)>>> + Send;
     /// The builds linked to the evaluation, by `.drv` path.
     fn builds_of_evaluation(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<Build>>> + Send;
     /// Updates status, transitions and `updated_at` of the build of (`build.org_id`, `build.drv_path`).

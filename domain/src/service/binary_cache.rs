@@ -119,9 +119,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The cache, if `token` is a job token of an organization subscribed to it: the worker running the job
     /// reads from and pushes to the org's caches with it.
     pub async fn cache_for_job_token(&self, token: &str, name: &str) -> Result<Option<Cache>> {
-        let Some(claims) = self.tokens.verify_job(token, self.clock.now()) else {
+        let now = self.clock.now();
+        let Some(claims) = self.tokens.verify_job(token, now) else {
             return Ok(None);
         };
+        if let Some(cache) = self.memo.job_access(claims.org, name, now) {
+            return Ok(Some(cache));
+        }
         let Ok(parsed) = Name::parse(name) else { return Ok(None) };
         let Some(cache) = self.storage.cache_by_name(&parsed).await? else {
             return Ok(None);
@@ -132,6 +136,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .await?
             .iter()
             .any(|o| o.id == claims.org);
+        if subscribed {
+            self.memo.remember_job_access(claims.org, &cache, now);
+        }
         Ok(subscribed.then_some(cache))
     }
 

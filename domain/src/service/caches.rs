@@ -182,6 +182,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn subscribe(&self, caller: &Caller, org: &str, cache: &str) -> Result<(Org, Cache)> {
         let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
         let cache = self.cache(caller, cache).await?;
+        self.memo.forget_job_access();
         if !self.storage.subscribe(org.id, cache.id).await? {
             return Err(ServiceError::conflict(
                 "already_subscribed",
@@ -199,7 +200,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .cache_by_name(&parsed)
             .await?
             .ok_or_else(|| not_found(cache))?;
-        if self.storage.unsubscribe(org.id, found.id).await? {
+        let removed = self.storage.unsubscribe(org.id, found.id).await?;
+        self.memo.forget_job_access();
+        if removed {
             Ok(())
         } else {
             Err(ServiceError::NotFound(format!(

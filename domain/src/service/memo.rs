@@ -2,8 +2,8 @@
 //! narinfos. They are kept in memory here and dropped whenever this process changes what they derive
 //! from, so a hot narinfo costs no database query and no signature.
 
-use crate::CacheId;
-use crate::model::Cache;
+use crate::model::{Cache, Timestamp};
+use crate::{CacheId, OrgId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -18,7 +18,14 @@ pub struct ServeMemo {
     caches: Mutex<HashMap<String, Cache>>,
     /// `None` remembers that the cache does not hold the path (Nix asks for many missing paths).
     narinfos: Mutex<HashMap<(CacheId, String), Narinfo>>,
+    /// That an organization's job tokens may use a cache (it is subscribed), as found at a time: a worker asks
+    /// for every path it substitutes and pushes. Trusted for [`JOB_ACCESS_TTL`], and dropped at once when
+    /// this process changes a subscription, an organization or the cache.
+    job_access: Mutex<HashMap<(OrgId, String), (Cache, Timestamp)>>,
 }
+
+/// How long a memoized subscription check holds (a change made by another process shows within it).
+pub const JOB_ACCESS_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 impl ServeMemo {
     pub fn cache(&self, name: &str) -> Option<Cache> {
@@ -37,8 +44,34 @@ impl ServeMemo {
         caches.insert(cache.name.to_string(), cache.clone());
     }
 
+    pub fn job_access(&self, org: OrgId, name: &str, now: Timestamp) -> Option<Cache> {
+        self.job_access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(org, name.to_owned()))
+            .filter(|(_, at)| now - *at < JOB_ACCESS_TTL && *at <= now)
+            .map(|(cache, _)| cache.clone())
+    }
+
+    pub fn remember_job_access(&self, org: OrgId, cache: &Cache, now: Timestamp) {
+        let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
+        if access.len() >= 10_000 {
+            access.clear();
+        }
+        access.insert((org, cache.name.to_string()), (cache.clone(), now));
+    }
+
+    /// Forgets every subscription check (after a subscription or an organization changed).
+    pub fn forget_job_access(&self) {
+        self.job_access.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
     /// Forgets a cache and everything served from it (after it changed or was deleted).
     pub fn forget_cache(&self, id: CacheId) {
+        self.job_access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, (c, _)| c.id != id);
         self.caches
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -70,5 +103,35 @@ impl ServeMemo {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&(cache, hash_part.to_owned()));
+    }
+}
+
+/// Past this many derivations the memo starts over.
+const MAX_DERIVATIONS: usize = 200_000;
+
+/// The inputs of derivations, which never change (a `.drv` path names its content): the scheduler asks for
+/// them at every dispatch, for every queued build.
+#[derive(Default)]
+pub struct DerivationMemo {
+    inputs: Mutex<HashMap<String, Arc<[String]>>>,
+}
+
+impl DerivationMemo {
+    pub fn inputs(&self, drv_path: &str) -> Option<Arc<[String]>> {
+        self.inputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(drv_path)
+            .cloned()
+    }
+
+    pub fn remember_inputs(&self, drv_path: &str, inputs: &[String]) -> Arc<[String]> {
+        let inputs: Arc<[String]> = inputs.into();
+        let mut memo = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+        if memo.len() >= MAX_DERIVATIONS {
+            memo.clear();
+        }
+        memo.insert(drv_path.to_owned(), inputs.clone());
+        inputs
     }
 }

@@ -168,12 +168,15 @@ pub struct Gradient<S, C> {
     pub settings: Settings,
     /// Answers the binary cache serves repeatedly; shared by clones.
     pub memo: std::sync::Arc<memo::ServeMemo>,
+    /// Derivation inputs the scheduler asks for at every dispatch; shared by clones.
+    pub derivations: std::sync::Arc<memo::DerivationMemo>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
     pub fn new(storage: S, clock: C, tokens: TokenSigner, crypt: Crypt, settings: Settings) -> Self {
         Self {
             memo: Default::default(),
+            derivations: Default::default(),
             storage,
             clock,
             tokens,

@@ -154,6 +154,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<()> {
         let org = self.org_requiring(caller, name, Permission::DeleteOrg).await?;
         self.storage.delete_org(org.id).await?;
+        self.memo.forget_job_access();
         Ok(())
     }
 

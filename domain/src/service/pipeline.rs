@@ -13,6 +13,9 @@ use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{EvaluationId, Name, OrgId, WorkerId};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+/// An organization's caches for jobs: substituter URLs, their public keys, and the URL jobs push to.
+type OrgCaches = (Vec<String>, Vec<String>, Option<String>);
+
 /// The pseudo-worker the server assigns jobs to when it ends them itself.
 const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 
@@ -189,20 +192,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 jobs.push(self.entry(&record).await?);
             }
         }
-        let mut available: HashMap<OrgId, HashSet<String>> = HashMap::new();
-        let mut failed: HashMap<OrgId, HashSet<String>> = HashMap::new();
+        let mut inputs: HashMap<OrgId, BTreeSet<String>> = HashMap::new();
         for j in &jobs {
             if let scheduler::Needs::Build(b) = &j.needs {
-                for input in &b.inputs {
-                    match self.storage.build(j.org, input).await? {
-                        Some(bd) if bd.status.provides_outputs() => {
-                            available.entry(j.org).or_default().insert(input.clone());
-                        }
-                        Some(bd) if bd.status.is_terminal() => {
-                            failed.entry(j.org).or_default().insert(input.clone());
-                        }
-                        _ => {}
-                    }
+                inputs.entry(j.org).or_default().extend(b.inputs.iter().cloned());
+            }
+        }
+        let mut available: HashMap<OrgId, HashSet<String>> = HashMap::new();
+        let mut failed: HashMap<OrgId, HashSet<String>> = HashMap::new();
+        for (org, paths) in inputs {
+            let paths: Vec<String> = paths.into_iter().collect();
+            for (path, status) in self.storage.build_statuses(org, &paths).await? {
+                if status.provides_outputs() {
+                    available.entry(org).or_default().insert(path);
+                } else if status.is_terminal() {
+                    failed.entry(org).or_default().insert(path);
                 }
             }
         }
@@ -214,6 +218,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         });
         let now = self.clock.now();
         let mut out = Vec::new();
+        let mut caches: HashMap<OrgId, OrgCaches> = HashMap::new();
         for (job_id, worker) in plan.assignments {
             let Some(record) = self.storage.job(job_id).await? else {
                 continue;
@@ -221,7 +226,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if !self.storage.assign_job(job_id, worker, now).await? {
                 continue;
             }
-            match self.wire_job(&record, public_url).await? {
+            if !caches.contains_key(&record.org_id) {
+                let found = self.org_caches(record.org_id, public_url).await?;
+                caches.insert(record.org_id, found);
+            }
+            match self.wire_job(&record, &caches[&record.org_id]).await? {
                 Some(job) => {
                     if let JobKind::Evaluate { evaluation_id } = record.kind {
                         self.set_evaluation_status(evaluation_id, EvaluationStatus::Fetching)
@@ -257,24 +266,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     async fn entry(&self, record: &JobRecord) -> Result<QueueEntry> {
         let inputs = match &record.kind {
-            JobKind::Build { derivation, .. } => self
-                .storage
-                .derivation(derivation)
-                .await?
-                .map(|d| d.inputs)
-                .unwrap_or_default(),
+            JobKind::Build { derivation, .. } => match self.derivations.inputs(derivation) {
+                Some(inputs) => inputs.to_vec(),
+                None => match self.storage.derivation(derivation).await? {
+                    Some(d) => self.derivations.remember_inputs(derivation, &d.inputs).to_vec(),
+                    None => Vec::new(),
+                },
+            },
             JobKind::Evaluate { .. } => Vec::new(),
         };
         Ok(QueueEntry::from_record(record, inputs))
     }
 
-    /// The org's caches as substituters (with their keys) and the first one as push target.
-    async fn cache_targets(
-        &self,
-        org: OrgId,
-        job: JobId,
-        public_url: &str,
-    ) -> Result<(Vec<String>, Vec<String>, Option<PushTarget>)> {
+    /// The org's caches as substituters with their keys, and the first one's URL (where jobs push).
+    async fn org_caches(&self, org: OrgId, public_url: &str) -> Result<OrgCaches> {
         let caches = self.storage.subscriptions(org).await?;
         let mut urls = Vec::new();
         let mut keys = Vec::new();
@@ -282,17 +287,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             urls.push(format!("{public_url}/cache/{}", c.name));
             keys.push(self.cache_secret_key(c)?.public().to_string());
         }
-        let push = caches.first().map(|c| PushTarget {
-            cache_url: format!("{public_url}/cache/{}", c.name),
-            token: self.tokens.issue_job(org, job, self.clock.now() + JOB_TOKEN_LIFETIME),
-        });
-        Ok((urls, keys, push))
+        let push_url = urls.first().cloned();
+        Ok((urls, keys, push_url))
     }
 
-    /// The wire form of a queued job; `None` when what it refers to is gone.
-    async fn wire_job(&self, record: &JobRecord, public_url: &str) -> Result<Option<proto::Job>> {
-        let (substituters, trusted_public_keys, push) =
-            self.cache_targets(record.org_id, record.id, public_url).await?;
+    /// The wire form of a queued job; `None` when what it refers to is gone. `caches` are the job's
+    /// organization's (see `org_caches`).
+    async fn wire_job(&self, record: &JobRecord, caches: &OrgCaches) -> Result<Option<proto::Job>> {
+        let (substituters, trusted_public_keys, push_url) = caches.clone();
+        let push = push_url.map(|cache_url| PushTarget {
+            cache_url,
+            token: self
+                .tokens
+                .issue_job(record.org_id, record.id, self.clock.now() + JOB_TOKEN_LIFETIME),
+        });
         Ok(match &record.kind {
             JobKind::Evaluate { evaluation_id } => {
                 let Some(e) = self.storage.evaluation(*evaluation_id).await? else {

@@ -164,6 +164,7 @@ macro_rules! storage_contract {
             link_builds_with_unknown_references_is_not_found,
             update_build_changes_only_status_transitions_and_update_time,
             builds_are_found_by_id,
+            build_statuses_answer_many_paths_at_once,
             build_logs_round_trip_and_are_replaced,
             build_statuses_round_trip,
             delete_evaluation_removes_its_entry_points_and_links,

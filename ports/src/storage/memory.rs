@@ -393,6 +393,20 @@ impl Evaluations for MemoryStorage {
         self.with(|s| Ok(s.builds.get(&(org, drv_path.to_owned())).cloned()))
     }
 
+    async fn build_statuses(
+        &self,
+        org: OrgId,
+        drv_paths: &[String],
+    ) -> Result<Vec<(String, gradient_domain::status::BuildStatus)>> {
+        let wanted: std::collections::BTreeSet<&String> = drv_paths.iter().collect();
+        self.with(|s| {
+            Ok(wanted
+                .into_iter()
+                .filter_map(|p| s.builds.get(&(org, p.clone())).map(|b| (p.clone(), b.status)))
+                .collect())
+        })
+    }
+
     async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
         self.with(|s| Ok(s.builds.values().find(|b| b.id == id).cloned()))
     }

@@ -749,6 +749,42 @@ pub async fn builds_are_found_by_id<S: Storage>(s: &S) {
     assert_eq!(s.build_by_id(BuildId::new()).await.expect("build_by_id"), None);
 }
 
+/// build_statuses answers the organization's builds among any number of paths (more than one SQL statement
+/// holds), each once, and nothing for paths without a build or another organization's builds.
+pub async fn build_statuses_answer_many_paths_at_once<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let names: Vec<String> = (0..1200).map(|i| format!("many-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let paths = derivations(s, &names).await;
+    let at = now();
+    s.link_builds(eval.id, acme.id, &paths[..1100], at)
+        .await
+        .expect("link_builds");
+    let mut done = queued(acme.id, &paths[7], at);
+    done = moved(done, BuildStatus::Building, at + seconds(1));
+    done = moved(done, BuildStatus::Completed, at + seconds(2));
+    s.update_build(&done).await.expect("update_build");
+    let mut asked = paths.clone();
+    asked.push(paths[7].clone());
+    let answered = s.build_statuses(acme.id, &asked).await.expect("build_statuses");
+    assert_eq!(answered.len(), 1100, "one answer per existing build");
+    let statuses: BTreeMap<String, BuildStatus> = answered.into_iter().collect();
+    assert_eq!(statuses.len(), 1100, "each once");
+    assert_eq!(statuses[&paths[7]], BuildStatus::Completed);
+    assert_eq!(statuses[&paths[1099]], BuildStatus::Queued);
+    assert!(!statuses.contains_key(&paths[1100]), "no build of it");
+    assert_eq!(
+        s.build_statuses(other.id, &paths).await.expect("build_statuses"),
+        vec![],
+        "another organization's builds are not answered"
+    );
+    assert_eq!(s.build_statuses(acme.id, &[]).await.expect("build_statuses"), vec![]);
+}
+
 /// A build's log is stored (binary, several hundred KiB), replaced when stored again, absent before, refused
 /// for an unknown build, and deleted with its organization.
 pub async fn build_logs_round_trip_and_are_replaced<S: Storage>(s: &S) {
