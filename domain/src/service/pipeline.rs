@@ -226,9 +226,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if !self.storage.assign_job(job_id, worker, now).await? {
                 continue;
             }
-            if !caches.contains_key(&record.org_id) {
-                let found = self.org_caches(record.org_id, public_url).await?;
-                caches.insert(record.org_id, found);
+            if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
+                slot.insert(self.org_caches(record.org_id, public_url).await?);
             }
             match self.wire_job(&record, &caches[&record.org_id]).await? {
                 Some(job) => {
