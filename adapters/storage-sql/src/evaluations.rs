@@ -467,6 +467,28 @@ impl Evaluations for SqlStorage {
         Ok(found)
     }
 
+    async fn count_builds(&self, evaluation: EvaluationId, statuses: &[BuildStatus]) -> Result<u64> {
+        if statuses.is_empty() {
+            return Ok(0);
+        }
+        let placeholders: Vec<String> = (0..statuses.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT COUNT(*) FROM evaluation_builds l JOIN builds b ON b.org_id = l.org_id AND b.drv_path = l.drv_path \
+             WHERE l.evaluation_id = $1 AND b.status IN ({})",
+            placeholders.join(", ")
+        );
+        let count = with_pool!(self, |p| {
+            // Only numbered placeholders are formatted into the text.
+            let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.clone())).bind(evaluation.0);
+            for status in statuses {
+                q = q.bind(status.as_str());
+            }
+            q.fetch_one(p).await
+        })
+        .map_err(db_error)?;
+        u64::try_from(count).map_err(|e| corrupt("build count", e))
+    }
+
     async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
         let sql = concat!("SELECT ", build_columns!(), " FROM builds WHERE id = $1");
         let row = with_pool!(self, |p| sqlx::query_as::<_, BuildRow>(sql)

@@ -318,6 +318,13 @@ pub trait Evaluations {
         org: OrgId,
         drv_paths: &[String],
     ) -> impl Future<Output = Result<Vec<(String, crate::status::BuildStatus)>>> + Send;
+    /// How many of the builds linked to the evaluation have one of `statuses` (cheaper than reading them all,
+    /// which settling an evaluation would otherwise do after every build).
+    fn count_builds(
+        &self,
+        evaluation: EvaluationId,
+        statuses: &[crate::status::BuildStatus],
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// The builds linked to the evaluation, by `.drv` path.
     fn builds_of_evaluation(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<Build>>> + Send;
     /// Updates status, transitions and `updated_at` of the build of (`build.org_id`, `build.drv_path`).

@@ -448,8 +448,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 if let JobOutcome::Failed { message, .. } = &outcome {
                     log.append(&format!("\n[gradient: the build failed: {message}]\n"));
                 }
-                self.store_log(record.org_id, &derivation, log).await?;
-                self.move_build(record.org_id, &derivation, status).await?;
+                if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
+                    self.store_log(&b, log).await?;
+                    if b.move_to(status, self.clock.now()) {
+                        self.storage.update_build(&b).await?;
+                    }
+                }
                 if !success {
                     self.fail_dependents(record.org_id, &derivation).await?;
                 }
@@ -547,10 +551,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Stores what a build printed (capped and compressed, see [`crate::logs`]) as its log.
-    async fn store_log(&self, org: OrgId, drv: &str, log: crate::logs::LogBuffer) -> Result<()> {
-        let Some(b) = self.storage.build(org, drv).await? else {
-            return Ok(());
-        };
+    async fn store_log(&self, b: &Build, log: crate::logs::LogBuffer) -> Result<()> {
         let (text, omitted) = log.finish();
         let log = crate::model::BuildLog {
             build_id: b.id,
@@ -596,6 +597,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             return Ok(());
         };
         if e.status != EvaluationStatus::Building {
+            return Ok(());
+        }
+        let unfinished = [BuildStatus::Queued, BuildStatus::Building];
+        if self.storage.count_builds(id, &unfinished).await? > 0 {
             return Ok(());
         }
         let builds = self.storage.builds_of_evaluation(id).await?;

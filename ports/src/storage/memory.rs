@@ -407,6 +407,19 @@ impl Evaluations for MemoryStorage {
         })
     }
 
+    async fn count_builds(
+        &self,
+        evaluation: EvaluationId,
+        statuses: &[gradient_domain::status::BuildStatus],
+    ) -> Result<u64> {
+        self.with(|s| {
+            Ok(s.builds_of_evaluation(evaluation)
+                .iter()
+                .filter(|b| statuses.contains(&b.status))
+                .count() as u64)
+        })
+    }
+
     async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
         self.with(|s| Ok(s.builds.values().find(|b| b.id == id).cloned()))
     }

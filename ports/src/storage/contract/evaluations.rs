@@ -785,6 +785,31 @@ pub async fn build_statuses_answer_many_paths_at_once<S: Storage>(s: &S) {
     assert_eq!(s.build_statuses(acme.id, &[]).await.expect("build_statuses"), vec![]);
 }
 
+/// count_builds counts an evaluation's builds by status, and nothing of other evaluations.
+pub async fn count_builds_counts_by_status<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let (first, second) = (evaluation(s, app.id).await, evaluation(s, app.id).await);
+    let paths = derivations(s, &["c1", "c2", "c3", "c4"]).await;
+    let at = now();
+    s.link_builds(first.id, acme.id, &paths[..3], at).await.expect("link_builds");
+    s.link_builds(second.id, acme.id, &paths[2..], at).await.expect("link_builds");
+    let building = moved(queued(acme.id, &paths[0], at), BuildStatus::Building, at + seconds(1));
+    s.update_build(&building).await.expect("update_build");
+    let failed = moved(building, BuildStatus::Failed, at + seconds(2));
+    let other = moved(queued(acme.id, &paths[1], at), BuildStatus::Building, at + seconds(1));
+    s.update_build(&failed).await.expect("update_build");
+    s.update_build(&other).await.expect("update_build");
+    let count = |e: EvaluationId, st: &'static [BuildStatus]| async move { s.count_builds(e, st).await.expect("count") };
+    assert_eq!(count(first.id, &[BuildStatus::Queued, BuildStatus::Building]).await, 2);
+    assert_eq!(count(first.id, &[BuildStatus::Failed]).await, 1);
+    assert_eq!(count(first.id, &[BuildStatus::Completed]).await, 0);
+    assert_eq!(count(first.id, &[]).await, 0);
+    assert_eq!(count(second.id, &[BuildStatus::Queued, BuildStatus::Building]).await, 2);
+    assert_eq!(count(EvaluationId::new(), &[BuildStatus::Queued]).await, 0);
+}
+
 /// A build's log is stored (binary, several hundred KiB), replaced when stored again, absent before, refused
 /// for an unknown build, and deleted with its organization.
 pub async fn build_logs_round_trip_and_are_replaced<S: Storage>(s: &S) {
