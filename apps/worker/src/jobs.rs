@@ -383,13 +383,15 @@ fn build_failure(e: &NixError) -> JobOutcome {
 
 /// Runs build jobs with the same [`batch_key`] as one Nix run and one push: what makes many small builds
 /// cheap. Each job still gets its own log, outcome and report; jobs in `skip` (aborted meanwhile) are not
-/// reported.
+/// reported. `built` is called once Nix has built (before pushing), so the next batch can start building
+/// while this one pushes.
 pub async fn run_batch<N: Nix>(
     nix: &N,
     dirs: &Dirs,
     jobs: Vec<Job>,
     out: UnboundedSender<WorkerMessage>,
     skip: &(dyn Fn(JobId) -> bool + Send + Sync),
+    built: impl FnOnce(),
 ) {
     let mut drvs = Vec::new();
     let mut ids = Vec::new();
@@ -483,6 +485,7 @@ pub async fn run_batch<N: Nix>(
     let started = std::time::Instant::now();
     let results = nix.build_many(&drvs, &opts, on_log).await;
     let built_in = started.elapsed();
+    built();
     let mut outcomes: Vec<JobOutcome> = match results {
         Ok(results) => results
             .iter()

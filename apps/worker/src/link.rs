@@ -50,10 +50,10 @@ pub struct Work<N> {
 }
 
 /// Builds per Nix run at most.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 128;
 /// Nix runs of batched builds at once.
 const BATCHES_AT_ONCE: usize = 2;
-/// How long the batcher waits for the rest of a burst of assignments before starting a run.
+/// How long the batcher lets a burst of assignments arrive before starting a run.
 const GATHER: Duration = Duration::from_millis(20);
 
 /// Runs batchable build jobs (see [`jobs::batchable`]) in groups: once a run slot is free, everything queued
@@ -104,7 +104,7 @@ async fn batcher<N: Nix>(
             let task = tokio::spawn({
                 let ids = ids.clone();
                 async move {
-                    let _slot = match permit {
+                    let slot = match permit {
                         Some(p) => p,
                         None => match slots.acquire_owned().await {
                             Ok(p) => p,
@@ -118,7 +118,8 @@ async fn batcher<N: Nix>(
                             .aborted
                             .contains(&id)
                     };
-                    jobs::run_batch(&*nix, &dirs, group, out.clone(), &skip).await;
+                    let mut slot = Some(slot);
+                    jobs::run_batch(&*nix, &dirs, group, out.clone(), &skip, || drop(slot.take())).await;
                     let mut r = running.lock().unwrap_or_else(PoisonError::into_inner);
                     let mut a = state.lock().unwrap_or_else(PoisonError::into_inner);
                     for id in &ids {

@@ -793,15 +793,20 @@ pub async fn count_builds_counts_by_status<S: Storage>(s: &S) {
     let (first, second) = (evaluation(s, app.id).await, evaluation(s, app.id).await);
     let paths = derivations(s, &["c1", "c2", "c3", "c4"]).await;
     let at = now();
-    s.link_builds(first.id, acme.id, &paths[..3], at).await.expect("link_builds");
-    s.link_builds(second.id, acme.id, &paths[2..], at).await.expect("link_builds");
+    s.link_builds(first.id, acme.id, &paths[..3], at)
+        .await
+        .expect("link_builds");
+    s.link_builds(second.id, acme.id, &paths[2..], at)
+        .await
+        .expect("link_builds");
     let building = moved(queued(acme.id, &paths[0], at), BuildStatus::Building, at + seconds(1));
     s.update_build(&building).await.expect("update_build");
     let failed = moved(building, BuildStatus::Failed, at + seconds(2));
     let other = moved(queued(acme.id, &paths[1], at), BuildStatus::Building, at + seconds(1));
     s.update_build(&failed).await.expect("update_build");
     s.update_build(&other).await.expect("update_build");
-    let count = |e: EvaluationId, st: &'static [BuildStatus]| async move { s.count_builds(e, st).await.expect("count") };
+    let count =
+        |e: EvaluationId, st: &'static [BuildStatus]| async move { s.count_builds(e, st).await.expect("count") };
     assert_eq!(count(first.id, &[BuildStatus::Queued, BuildStatus::Building]).await, 2);
     assert_eq!(count(first.id, &[BuildStatus::Failed]).await, 1);
     assert_eq!(count(first.id, &[BuildStatus::Completed]).await, 0);
