@@ -479,11 +479,7 @@ async fn failures_are_classified() {
 
 #[tokio::test]
 async fn many_builds_run_in_one_nix_and_each_gets_its_own_outcome_and_log() {
-    let e = evaluate(
-        &fetched().await,
-        "batch.*",
-    )
-    .await;
+    let e = evaluate(&fetched().await, "batch.*").await;
     let drv = |attr: &str| -> (String, BTreeMap<String, String>) {
         let path = e
             .attributes
@@ -529,7 +525,10 @@ async fn many_builds_run_in_one_nix_and_each_gets_its_own_outcome_and_log() {
         log.contains(&(drvs[1].0.clone(), "this batch check fails".to_owned())),
         "{log:?}"
     );
-    assert!(log.contains(&(drvs[3].0.clone(), "building batch top".to_owned())), "{log:?}");
+    assert!(
+        log.contains(&(drvs[3].0.clone(), "building batch top".to_owned())),
+        "{log:?}"
+    );
     assert!(
         !log.iter().any(|(d, _)| d == &drvs[2].0),
         "dependent never ran: {log:?}"
@@ -576,6 +575,61 @@ async fn gc_roots_pin_the_derivation_and_outputs_until_released() {
     assert!(!dir.exists());
     assert!(!roots_of(output).contains(dir.to_str().unwrap()));
     nix().release(&dir).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_large_push_goes_in_waves_and_leaves_every_closure_complete() {
+    // 24 derivations in a chain plus 24 independent ones: their `.drv` files refer to each other.
+    let f = fixture();
+    let dir = f.root.join("waves");
+    std::fs::create_dir_all(&dir).unwrap();
+    let nonce = uuid_like();
+    let expr = format!(
+        r#"let mk = name: extra: derivation ({{ inherit name; system = "x86_64-linux"; builder = "/bin/sh";
+             args = [ "-c" "echo > $out" ]; nonce = "{nonce}"; }} // extra);
+           chain = builtins.foldl' (prev: i: mk "chain-${{toString i}}" {{ inherit prev; }}) (mk "chain-0" {{ }})
+             (builtins.genList (i: i + 1) 23);
+         in [ chain ] ++ builtins.genList (i: mk "free-${{toString i}}" {{ }}) 24"#
+    );
+    std::fs::write(dir.join("waves.nix"), expr).unwrap();
+    let drvs: Vec<String> = run("nix-instantiate", &[dir.join("waves.nix").to_str().unwrap()], &dir)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(drvs.len(), 25);
+    let netrc = dir.join("netrc");
+    std::fs::write(&netrc, "").unwrap();
+    let cache = dir.join("cache");
+    let url = format!("file://{}", cache.display());
+    nix().push(&drvs, &url, "zstd", &netrc).await.unwrap();
+    // Every path of every closure (the whole chain behind its top) is in the cache.
+    let closure = run(
+        "nix-store",
+        &[
+            &["--query", "--requisites"][..],
+            &drvs.iter().map(String::as_str).collect::<Vec<_>>(),
+        ]
+        .concat(),
+        &dir,
+    );
+    let closure: Vec<&str> = closure.lines().collect();
+    assert_eq!(closure.len(), 48, "{closure:?}");
+    for path in closure {
+        let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
+        assert!(cache.join(format!("{hash}.narinfo")).exists(), "{path} in the cache");
+    }
+    // Pushing again sends nothing new and succeeds.
+    nix().push(&drvs, &url, "zstd", &netrc).await.unwrap();
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 #[tokio::test]
