@@ -771,3 +771,69 @@ async fn a_polled_project_is_evaluated_at_each_new_commit_of_its_branch() {
     );
     server.stop();
 }
+
+#[tokio::test]
+async fn a_huge_build_log_is_stored_capped_with_its_start_end_and_a_visible_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    // About 2.5 MB of log: far over what is kept.
+    let flake = r#"{
+  outputs = { self }: {
+    packages.x86_64-linux.chatty = derivation {
+      name = "chatty"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "NONCE";
+      args = [ "-c" "i=0; while [ $i -lt 40000 ]; do echo \"line $i of a long build log that goes on and on\"; i=$((i+1)); done; echo done > $out" ];
+    };
+  };
+}
+"#
+    .replace("NONCE", &nonce);
+    let (repository, commit) = commit_flake(dir.path(), "chatty", &flake);
+    let server = Server::start(dir.path(), &[]).await;
+    let Setup { client: c } = org_with_project(&server, &repository).await;
+    let worker = start_worker(&c, dir.path(), &server.url, "one").await;
+    let e = c
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let id = e["id"].as_str().expect("id").to_owned();
+    let done = wait_for_end(&c, &server, &id).await;
+    assert_eq!(
+        done["evaluation"]["status"],
+        "Completed",
+        "{done}\n{}",
+        worker.log_text()
+    );
+    let build = done["builds"][0]["id"].as_str().expect("build id").to_owned();
+
+    let resp = reqwest::Client::new()
+        .get(format!("{}/builds/{build}/log", c.base))
+        .bearer_auth(c.token.as_deref().expect("key"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let omitted: u64 = resp
+        .headers()
+        .get("x-gradient-log-omitted")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("the omitted byte count");
+    let log = resp.text().await.expect("body");
+    assert!(
+        log.starts_with("line 0 of a long build log"),
+        "the start is kept: {}",
+        &log[..80]
+    );
+    assert!(log.contains("line 39999 of a long build log"), "the end is kept");
+    assert!(
+        log.contains(&format!("[gradient: {omitted} bytes of this log were left out here]")),
+        "the cut is visible"
+    );
+    assert!(omitted > 1_000_000, "{omitted}");
+    assert!(log.len() < 600 * 1024, "capped: {} bytes", log.len());
+    worker.kill();
+    server.stop();
+}
