@@ -70,6 +70,10 @@ impl LogBuffer {
             out.push_str(&self.tail);
         } else {
             let tail_start = head_len + self.omitted;
+            if offset < tail_start {
+                // The reader stopped in what was left out since.
+                out.push_str(&omission_marker(tail_start - offset));
+            }
             let from = offset.saturating_sub(tail_start).min(self.tail.len() as u64) as usize;
             out.push_str(&self.tail[ceil_char_boundary(&self.tail, from)..]);
         }
@@ -160,6 +164,11 @@ mod tests {
         let (rest, end) = log.read_from(LOG_HEAD_BYTES as u64 + 10);
         assert_eq!(end, printed);
         assert!(rest.ends_with("line 199999 ééé\n"));
+        assert!(
+            rest.starts_with("\n[gradient: "),
+            "the reader is told what it missed: {}",
+            &rest[..60]
+        );
         let (text, omitted) = log.finish();
         assert!(text.starts_with("line 000000 ééé\n"));
         assert!(text.ends_with("line 199999 ééé\n"));

@@ -224,7 +224,9 @@ pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: 
                 runs.push(copy(chunk, false));
             }
         }
-        for result in futures_util::future::join_all(runs).await {
+        use futures_util::StreamExt;
+        let mut running = futures_util::stream::iter(runs).buffer_unordered(PUSH_PROCESSES);
+        while let Some(result) = running.next().await {
             result?;
         }
     }
@@ -543,10 +545,17 @@ impl StructuredLog {
             }
             "msg" => {
                 let msg = strip_ansi(v["msg"].as_str()?);
-                if let Some(rest) = msg.split("builder for '").nth(1)
-                    && let Some(drv) = rest.split('\'').next()
+                // Whose builder failed, as `classify` reads it: Nix 2.8's `builder for '<drv>' failed`, newer
+                // Nix's `Cannot build '<drv>'.` with `Reason: builder failed`, and fixed-output hash mismatches.
+                let quoted = |after: &str| -> Option<String> {
+                    let rest = msg.split(after).nth(1)?;
+                    Some(rest.split('\'').next()?.to_owned())
+                };
+                if let Some(drv) = quoted("builder for '")
+                    .or_else(|| quoted("Cannot build '").filter(|_| msg.contains("Reason: builder failed")))
+                    .or_else(|| quoted("hash mismatch in fixed-output derivation '"))
                 {
-                    self.failed.insert(drv.to_owned());
+                    self.failed.insert(drv);
                 }
                 if v["level"].as_u64().is_some_and(|l| l == 0) {
                     for l in msg.lines() {

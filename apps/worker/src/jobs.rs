@@ -349,9 +349,17 @@ async fn build<N: Nix>(
     JobOutcome::Success
 }
 
-/// Whether a job may share one Nix run with others: a build without a time limit of its own.
+/// Whether a job may share one Nix run with others: a build without a time limit of its own whose outputs
+/// are known (what was built is read from them).
 pub fn batchable(job: &Job) -> bool {
-    matches!(job, Job::Build { timeout_secs: None, .. })
+    matches!(job, Job::Build { timeout_secs: None, outputs, .. } if !outputs.is_empty())
+}
+
+/// How a batch asks about its jobs' fate: whether one was aborted meanwhile (its log is no longer wanted), and
+/// whether its outcome may be reported now (once, and not after it was reported aborted).
+pub struct BatchHooks<'a> {
+    pub is_aborted: &'a (dyn Fn(JobId) -> bool + Send + Sync),
+    pub claim: &'a (dyn Fn(JobId) -> bool + Send + Sync),
 }
 
 /// What a batch's builds must have in common: where they substitute from and push to.
@@ -383,14 +391,14 @@ fn build_failure(e: &NixError) -> JobOutcome {
 
 /// Runs build jobs with the same [`batch_key`] as one Nix run and one push: what makes many small builds
 /// cheap. Each job still gets its own log, outcome and report; jobs in `skip` (aborted meanwhile) are not
-/// reported. `built` is called once Nix has built (before pushing), so the next batch can start building
-/// while this one pushes.
+/// reported (see [`BatchHooks`]). `built` is called once Nix has built (before pushing), so the next batch can
+/// start building while this one pushes.
 pub async fn run_batch<N: Nix>(
     nix: &N,
     dirs: &Dirs,
     jobs: Vec<Job>,
     out: UnboundedSender<WorkerMessage>,
-    skip: &(dyn Fn(JobId) -> bool + Send + Sync),
+    hooks: &BatchHooks<'_>,
     built: impl FnOnce(),
 ) {
     let mut drvs = Vec::new();
@@ -432,7 +440,7 @@ pub async fn run_batch<N: Nix>(
     let lead = ids[0];
     let finish_all = |outcome: &JobOutcome| {
         for id in &ids {
-            if !skip(*id) {
+            if (hooks.claim)(*id) {
                 finished(&out, *id, outcome.clone());
             }
         }
@@ -468,6 +476,9 @@ pub async fn run_batch<N: Nix>(
     let on_log = |drv: &str, line: &str| {
         let text = format!("{line}\n");
         for id in by_drv.get(drv).into_iter().flatten() {
+            if (hooks.is_aborted)(*id) {
+                continue;
+            }
             for chunk in log_chunks(&text) {
                 let n = seq.entry(*id).or_default();
                 send(
@@ -531,7 +542,7 @@ pub async fn run_batch<N: Nix>(
         }
     }
     for (id, outcome) in ids.iter().zip(outcomes) {
-        if !skip(*id) {
+        if (hooks.claim)(*id) {
             finished(&out, *id, outcome);
         }
     }

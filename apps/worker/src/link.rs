@@ -12,7 +12,7 @@ use gradient_domain::proto::{self, Hello, PROTOCOL_VERSION, ServerMessage, Worke
 use gradient_link_ws::{LinkError, connect};
 use rand::Rng;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -41,12 +41,11 @@ pub struct Work<N> {
     out_rx: mpsc::UnboundedReceiver<WorkerMessage>,
     /// Finished reports the link could not deliver; sent first after reconnecting.
     unsent: Vec<WorkerMessage>,
-    running: Arc<Mutex<BTreeSet<JobId>>>,
+    /// Every job held, and the batches.
+    book: Book,
     handles: std::collections::HashMap<JobId, tokio::task::AbortHandle>,
     /// Build jobs waiting for the batcher, which runs them together (see [`batcher`]).
     batch_tx: mpsc::UnboundedSender<Job>,
-    /// Batched jobs aborted while their batch runs, and the running batches.
-    aborted: Arc<Mutex<Batches>>,
 }
 
 /// Builds per Nix run at most.
@@ -63,8 +62,7 @@ async fn batcher<N: Nix>(
     nix: Arc<N>,
     dirs: Arc<Dirs>,
     out: mpsc::UnboundedSender<WorkerMessage>,
-    running: Arc<Mutex<BTreeSet<JobId>>>,
-    aborted: Arc<Mutex<Batches>>,
+    book: Book,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_AT_ONCE));
@@ -77,9 +75,13 @@ async fn batcher<N: Nix>(
         while let Ok(job) = rx.try_recv() {
             queued.push(job);
         }
-        // Groups in arrival order; a group beyond MAX_BATCH is split.
+        // Groups in arrival order; a group beyond MAX_BATCH is split. Jobs aborted while waiting are dropped.
         let mut groups: Vec<Vec<Job>> = Vec::new();
         for job in queued {
+            if book.is_aborted(job.id()) {
+                book.finished(&[job.id()]);
+                continue;
+            }
             let key = jobs::batch_key(&job);
             match groups
                 .iter_mut()
@@ -91,49 +93,35 @@ async fn batcher<N: Nix>(
         }
         let mut slot = Some(slot);
         for group in groups {
-            let (nix, dirs, out, running, state, slots) = (
-                nix.clone(),
-                dirs.clone(),
-                out.clone(),
-                running.clone(),
-                aborted.clone(),
-                slots.clone(),
-            );
+            let (nix, dirs, out, book2, slots) = (nix.clone(), dirs.clone(), out.clone(), book.clone(), slots.clone());
             let ids: Vec<JobId> = group.iter().map(Job::id).collect();
             let permit = slot.take();
+            // The task waits until it is registered, so that its end always finds its entry.
+            let (go, registered) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn({
                 let ids = ids.clone();
                 async move {
+                    if registered.await.is_err() {
+                        return;
+                    }
                     let slot = match permit {
                         Some(p) => p,
                         None => match slots.acquire_owned().await {
                             Ok(p) => p,
-                            Err(_) => return,
+                            Err(_) => return book2.finished(&ids),
                         },
                     };
-                    let skip = |id: JobId| {
-                        state
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .aborted
-                            .contains(&id)
-                    };
                     let mut slot = Some(slot);
-                    jobs::run_batch(&*nix, &dirs, group, out.clone(), &skip, || drop(slot.take())).await;
-                    let mut r = running.lock().unwrap_or_else(PoisonError::into_inner);
-                    let mut a = state.lock().unwrap_or_else(PoisonError::into_inner);
-                    for id in &ids {
-                        r.remove(id);
-                        a.aborted.remove(id);
-                    }
-                    a.batches.retain(|(jobs, _)| *jobs != ids);
+                    let hooks = jobs::BatchHooks {
+                        is_aborted: &|id| book2.is_aborted(id),
+                        claim: &|id| book2.claim(id),
+                    };
+                    jobs::run_batch(&*nix, &dirs, group, out.clone(), &hooks, || drop(slot.take())).await;
+                    book2.finished(&ids);
                 }
             });
-            aborted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .batches
-                .push((ids, task.abort_handle()));
+            book.register(ids, task.abort_handle());
+            let _ = go.send(());
         }
     }
 }
@@ -147,19 +135,82 @@ struct Batches {
     batches: Vec<(Vec<JobId>, tokio::task::AbortHandle)>,
 }
 
+/// The bookkeeping of jobs in flight: which the worker holds (`running`, every job) and the batches. Both
+/// locks are always taken in this order, `running` first.
+#[derive(Clone, Default)]
+struct Book {
+    running: Arc<Mutex<BTreeSet<JobId>>>,
+    state: Arc<Mutex<Batches>>,
+}
+
+impl Book {
+    fn lock(&self) -> (MutexGuard<'_, BTreeSet<JobId>>, MutexGuard<'_, Batches>) {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (running, state)
+    }
+
+    fn is_aborted(&self, id: JobId) -> bool {
+        self.lock().1.aborted.contains(&id)
+    }
+
+    /// Whether a batched job's outcome may be reported now: once, and not after it was reported aborted.
+    fn claim(&self, id: JobId) -> bool {
+        let (mut running, mut state) = self.lock();
+        let held = running.remove(&id);
+        let aborted = state.aborted.remove(&id);
+        held && !aborted
+    }
+
+    fn register(&self, ids: Vec<JobId>, task: tokio::task::AbortHandle) {
+        self.lock().1.batches.push((ids, task));
+    }
+
+    /// A batch ended (or its jobs were dropped): nothing of it is held any more.
+    fn finished(&self, ids: &[JobId]) {
+        let (mut running, mut state) = self.lock();
+        for id in ids {
+            running.remove(id);
+            state.aborted.remove(id);
+        }
+        state.batches.retain(|(jobs, _)| jobs.as_slice() != ids);
+    }
+
+    /// Marks a held batched job aborted (answers false when it is not one); once every job of its batch is,
+    /// the batch (its Nix run) is stopped and forgotten.
+    fn abort_batched(&self, id: JobId) -> bool {
+        let (mut running, mut state) = self.lock();
+        if !running.contains(&id) {
+            return false;
+        }
+        state.aborted.insert(id);
+        let Batches { aborted, batches } = &mut *state;
+        if let Some(i) = batches
+            .iter()
+            .position(|(jobs, _)| jobs.contains(&id) && jobs.iter().all(|j| aborted.contains(j)))
+        {
+            let (jobs, task) = batches.remove(i);
+            task.abort();
+            for j in &jobs {
+                aborted.remove(j);
+                running.remove(j);
+            }
+        }
+        true
+    }
+}
+
 impl<N: Nix> Work<N> {
     pub fn new(nix: N, dirs: Dirs) -> Self {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (nix, dirs) = (Arc::new(nix), Arc::new(dirs));
-        let running: Arc<Mutex<BTreeSet<JobId>>> = Default::default();
-        let aborted: Arc<Mutex<Batches>> = Default::default();
+        let book = Book::default();
         tokio::spawn(batcher(
             nix.clone(),
             dirs.clone(),
             out_tx.clone(),
-            running.clone(),
-            aborted.clone(),
+            book.clone(),
             batch_rx,
         ));
         Self {
@@ -168,16 +219,15 @@ impl<N: Nix> Work<N> {
             out_tx,
             out_rx,
             unsent: Vec::new(),
-            running,
+            book,
             handles: Default::default(),
             batch_tx,
-            aborted,
         }
     }
 
     fn start(&mut self, job: Job) {
         let id = job.id();
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id);
+        self.book.lock().0.insert(id);
         if jobs::batchable(&job) {
             if let Err(mpsc::error::SendError(job)) = self.batch_tx.send(job) {
                 // The batcher is gone (only at shutdown): run the job on its own.
@@ -193,12 +243,12 @@ impl<N: Nix> Work<N> {
             self.nix.clone(),
             self.dirs.clone(),
             self.out_tx.clone(),
-            self.running.clone(),
+            self.book.clone(),
         );
         let id = job.id();
         let task = tokio::spawn(async move {
             jobs::run(&*nix, &dirs, job, out).await;
-            running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            running.lock().0.remove(&id);
         });
         self.handles.retain(|_, h| !h.is_finished());
         self.handles.insert(id, task.abort_handle());
@@ -206,31 +256,9 @@ impl<N: Nix> Work<N> {
 
     /// Stops a job: its task is dropped, which kills its `nix` processes, and the server is told.
     fn abort(&mut self, id: JobId) {
-        let batched = !self.handles.contains_key(&id)
-            && self
-                .running
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(&id);
-        if batched {
-            // A batched build cannot be stopped alone: it is reported aborted now and its result dropped; once
-            // every build of its batch is aborted, the batch (its Nix run) is stopped.
-            let mut state = self.aborted.lock().unwrap_or_else(PoisonError::into_inner);
-            state.aborted.insert(id);
-            let Batches { aborted, batches } = &mut *state;
-            if let Some(i) = batches
-                .iter()
-                .position(|(jobs, _)| jobs.contains(&id) && jobs.iter().all(|j| aborted.contains(j)))
-            {
-                let (jobs, task) = batches.remove(i);
-                task.abort();
-                let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-                for j in &jobs {
-                    aborted.remove(j);
-                    running.remove(j);
-                }
-            }
-            drop(state);
+        // A batched build cannot be stopped alone: it is reported aborted now and its result dropped; once
+        // every build of its batch is aborted, the batch (its Nix run) is stopped.
+        if !self.handles.contains_key(&id) && self.book.abort_batched(id) {
             let _ = self.out_tx.send(WorkerMessage::JobFinished {
                 job_id: id,
                 outcome: gradient_domain::proto::JobOutcome::Aborted,
@@ -239,7 +267,7 @@ impl<N: Nix> Work<N> {
         }
         if let Some(h) = self.handles.remove(&id) {
             h.abort();
-            self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+            self.book.lock().0.remove(&id);
             let _ = self.out_tx.send(WorkerMessage::JobFinished {
                 job_id: id,
                 outcome: gradient_domain::proto::JobOutcome::Aborted,
@@ -248,13 +276,7 @@ impl<N: Nix> Work<N> {
     }
 
     fn held(&self) -> Vec<JobId> {
-        let mut held: Vec<JobId> = self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect();
+        let mut held: Vec<JobId> = self.book.lock().0.iter().copied().collect();
         held.extend(self.unsent.iter().filter_map(|m| match m {
             WorkerMessage::JobFinished { job_id, .. } => Some(*job_id),
             _ => None,
@@ -378,5 +400,44 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod book_tests {
+    use super::*;
+
+    fn held(book: &Book, ids: &[JobId]) {
+        book.lock().0.extend(ids.iter().copied());
+    }
+
+    #[test]
+    fn an_outcome_is_reported_once_and_never_after_an_abort() {
+        let book = Book::default();
+        let (a, b) = (JobId::new(), JobId::new());
+        held(&book, &[a, b]);
+        assert!(book.claim(a), "a finished job is reported");
+        assert!(!book.claim(a), "once");
+        assert!(!book.abort_batched(a), "a reported job is not aborted again");
+        assert!(book.abort_batched(b));
+        assert!(book.is_aborted(b));
+        assert!(!book.claim(b), "reported aborted already");
+        assert!(book.lock().0.is_empty(), "nothing held any more");
+        assert!(!book.abort_batched(JobId::new()), "not a job of ours");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stopped_once_all_its_jobs_are_aborted() {
+        let book = Book::default();
+        let (a, b) = (JobId::new(), JobId::new());
+        held(&book, &[a, b]);
+        let task = tokio::spawn(std::future::pending::<()>());
+        book.register(vec![a, b], task.abort_handle());
+        assert!(book.abort_batched(a));
+        assert!(!task.is_finished(), "b still wants the batch");
+        assert!(book.abort_batched(b));
+        assert!(task.await.unwrap_err().is_cancelled(), "the batch is stopped");
+        let (running, state) = book.lock();
+        assert!(running.is_empty() && state.aborted.is_empty() && state.batches.is_empty());
     }
 }

@@ -123,7 +123,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let Some(claims) = self.tokens.verify_job(token, now) else {
             return Ok(None);
         };
-        if let Some(cache) = self.memo.job_access(claims.org, name, now) {
+        let (known, generation) = self.memo.job_access(claims.org, name, now);
+        if let Some(cache) = known {
             return Ok(Some(cache));
         }
         let Ok(parsed) = Name::parse(name) else { return Ok(None) };
@@ -137,7 +138,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .iter()
             .any(|o| o.id == claims.org);
         if subscribed {
-            self.memo.remember_job_access(claims.org, &cache, now);
+            self.memo.remember_job_access(claims.org, name, &cache, now, generation);
         }
         Ok(subscribed.then_some(cache))
     }

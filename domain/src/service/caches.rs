@@ -200,6 +200,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .cache_by_name(&parsed)
             .await?
             .ok_or_else(|| not_found(cache))?;
+        self.memo.forget_job_access();
         let removed = self.storage.unsubscribe(org.id, found.id).await?;
         self.memo.forget_job_access();
         if removed {

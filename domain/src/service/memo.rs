@@ -21,7 +21,15 @@ pub struct ServeMemo {
     /// That an organization's job tokens may use a cache (it is subscribed), as found at a time: a worker asks
     /// for every path it substitutes and pushes. Trusted for [`JOB_ACCESS_TTL`], and dropped at once when
     /// this process changes a subscription, an organization or the cache.
-    job_access: Mutex<HashMap<(OrgId, String), (Cache, Timestamp)>>,
+    job_access: Mutex<JobAccess>,
+}
+
+/// Memoized subscription checks, and a generation bumped whenever they are all forgotten: a check that
+/// started before a change is not remembered after it.
+#[derive(Default)]
+struct JobAccess {
+    generation: u64,
+    found: HashMap<(OrgId, String), (Cache, Timestamp)>,
 }
 
 /// How long a memoized subscription check holds (a change made by another process shows within it).
@@ -44,34 +52,45 @@ impl ServeMemo {
         caches.insert(cache.name.to_string(), cache.clone());
     }
 
-    pub fn job_access(&self, org: OrgId, name: &str, now: Timestamp) -> Option<Cache> {
-        self.job_access
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// A remembered subscription check for the cache as the request names it, and the generation to pass to
+    /// [`Self::remember_job_access`] after checking anew.
+    pub fn job_access(&self, org: OrgId, name: &str, now: Timestamp) -> (Option<Cache>, u64) {
+        let access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = access
+            .found
             .get(&(org, name.to_owned()))
             .filter(|(_, at)| now - *at < JOB_ACCESS_TTL && *at <= now)
-            .map(|(cache, _)| cache.clone())
+            .map(|(cache, _)| cache.clone());
+        (found, access.generation)
     }
 
-    pub fn remember_job_access(&self, org: OrgId, cache: &Cache, now: Timestamp) {
+    /// Remembers a check begun at `generation`, unless everything was forgotten since.
+    pub fn remember_job_access(&self, org: OrgId, name: &str, cache: &Cache, now: Timestamp, generation: u64) {
         let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
-        if access.len() >= 10_000 {
-            access.clear();
+        if access.generation != generation {
+            return;
         }
-        access.insert((org, cache.name.to_string()), (cache.clone(), now));
+        if access.found.len() >= 10_000 {
+            access.found.clear();
+        }
+        access.found.insert((org, name.to_owned()), (cache.clone(), now));
     }
 
-    /// Forgets every subscription check (after a subscription or an organization changed).
+    /// Forgets every subscription check (when a subscription or an organization changes: called before and
+    /// after the change, so no check straddling it is kept).
     pub fn forget_job_access(&self) {
-        self.job_access.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
+        access.generation += 1;
+        access.found.clear();
     }
 
     /// Forgets a cache and everything served from it (after it changed or was deleted).
     pub fn forget_cache(&self, id: CacheId) {
-        self.job_access
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, (c, _)| c.id != id);
+        {
+            let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
+            access.generation += 1;
+            access.found.retain(|_, (c, _)| c.id != id);
+        }
         self.caches
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -153,6 +153,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<()> {
         let org = self.org_requiring(caller, name, Permission::DeleteOrg).await?;
+        self.memo.forget_job_access();
         self.storage.delete_org(org.id).await?;
         self.memo.forget_job_access();
         Ok(())

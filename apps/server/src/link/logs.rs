@@ -31,8 +31,12 @@ impl LiveLogs {
         inner.logs.entry(job).or_default();
     }
 
+    /// More of a running build's log. Text for a job that is not running a build here (an evaluation, or a
+    /// job already finished or aborted) is dropped, so nothing accumulates for it.
     pub fn append(&self, job: JobId, text: &str) {
-        self.lock().logs.entry(job).or_default().append(text);
+        if let Some(log) = self.lock().logs.get_mut(&job) {
+            log.append(text);
+        }
     }
 
     /// The job ended: its log leaves the live set (it is stored with the build).
@@ -68,6 +72,11 @@ mod tests {
         assert_eq!(logs.read("/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
         assert_eq!(logs.take(job).map(|l| l.finish().0).as_deref(), Some("one\ntwo\n"));
         assert!(logs.read("/nix/store/x.drv", 8).is_none(), "finished");
+        logs.append(job, "late\n");
+        assert!(
+            logs.take(job).is_none(),
+            "nothing is kept for a job that is not running"
+        );
     }
 
     #[test]
