@@ -90,7 +90,12 @@ start=$(date +%s.%N)
 id=$(curl -fs -X POST "$api/projects/bench/bench/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
 while :; do
   status=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq -r .message.evaluation.status)
-  case "$status" in Completed) break ;; Failed|Aborted) die "the evaluation ended $status" ;; esac
+  case "$status" in Completed) break ;; Failed|Aborted)
+      curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.errors[]?.message' >&2
+      failed=$(curl -fs "$api/evals/$id/builds" "${auth[@]}" | jq -r '[.message[] | select(.status != "Completed")][0].id // empty')
+      [ -n "$failed" ] && curl -fs "$api/builds/$failed/log" "${auth[@]}" | tail -20 >&2
+      tail -20 "$work/worker.log" >&2
+      die "the evaluation ended $status" ;; esac
   sleep 0.2
 done
 gradient=$(echo "$(date +%s.%N) - $start" | bc -l)

@@ -39,7 +39,9 @@ pub async fn build(
         }
     }
 
+    let metadata = PrivateNixCache::new()?;
     let mut cmd = cli.command("nix-store");
+    metadata.apply(&mut cmd);
     cmd.args(["--realise", drv_path]);
     // A path missing from Gradient's cache a minute ago may be there now: never trust a cached "absent".
     cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
@@ -196,7 +198,11 @@ pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: 
             cmd.arg("--derivation");
         }
         cmd.args(chunk);
-        async move { process::output(cmd).await?.success_or(NixError::Push).map(|_| ()) }
+        async move {
+            let metadata = PrivateNixCache::new()?;
+            metadata.apply(&mut cmd);
+            process::output(cmd).await?.success_or(NixError::Push).map(|_| ())
+        }
     };
     let (drvs, outputs): (Vec<&str>, Vec<&str>) = paths.iter().map(String::as_str).partition(|p| p.ends_with(".drv"));
     if paths.len() < PARALLEL_PUSH_FROM {
@@ -394,13 +400,16 @@ pub async fn build_many(
     if drvs.is_empty() {
         return Ok(Vec::new());
     }
+    // The `.drv` files are not rooted here (unlike a single build): Nix holds them while it builds, and one
+    // collected before that is substituted again from the cache the evaluation pushed it to.
     if let Some(dir) = &opts.gc_root {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| NixError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        root_drvs(cli, drvs.iter().map(|(d, _)| d.as_str()), dir).await?;
     }
+    let metadata = PrivateNixCache::new()?;
     let mut cmd = cli.command("nix-store");
+    metadata.apply(&mut cmd);
     cmd.args(["--realise", "--keep-going", "--log-format", "internal-json"]);
     cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
     cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
@@ -436,16 +445,20 @@ pub async fn build_many(
         Ended::Exited(f) => (f.status.code(), false),
     };
 
-    // Which outputs are valid now, in one question.
-    let mut cmd = cli.command("nix-store");
-    cmd.args(["--check-validity", "--print-invalid"]);
-    cmd.args(drvs.iter().flat_map(|(_, outputs)| outputs.values()));
-    let invalid: std::collections::HashSet<String> = match process::output(cmd).await? {
-        finished if finished.status.success() => String::from_utf8_lossy(&finished.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-        finished => return Err(NixError::Unavailable(finished.stderr.error_message())),
+    // Which outputs are valid now, in one question (all of them when Nix succeeded).
+    let invalid: std::collections::HashSet<String> = if code == Some(0) {
+        Default::default()
+    } else {
+        let mut cmd = cli.command("nix-store");
+        cmd.args(["--check-validity", "--print-invalid"]);
+        cmd.args(drvs.iter().flat_map(|(_, outputs)| outputs.values()));
+        match process::output(cmd).await? {
+            finished if finished.status.success() => String::from_utf8_lossy(&finished.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            finished => return Err(NixError::Unavailable(finished.stderr.error_message())),
+        }
     };
     // Nix adds the roots only when every build succeeded: root what was built anyway.
     if let Some(dir) = &opts.gc_root
@@ -488,25 +501,30 @@ pub async fn build_many(
         .collect())
 }
 
-/// Indirect GC roots `<dir>/drv-N` for the `.drv` files themselves, with one `nix-instantiate` (importing a
-/// `.drv` file gives back that derivation). Derivations not in the store yet (to be substituted) are skipped.
-async fn root_drvs(cli: &NixCli, drvs: impl Iterator<Item = &str>, dir: &Path) -> Result<()> {
-    let mut present = Vec::new();
-    for drv in drvs {
-        if tokio::fs::try_exists(drv).await.unwrap_or(false) {
-            present.push(format!("(import (/. + \"{drv}\"))"));
-        }
+/// A directory of its own for one Nix process's binary cache metadata (`$XDG_CACHE_HOME/nix/
+/// binary-cache-v6.sqlite`): Nix 2.8 processes registering the same binary cache at once in a shared one can
+/// make each other fail ("constraint failed"), and the worker runs several at once. Removed when dropped.
+struct PrivateNixCache(std::path::PathBuf);
+
+impl PrivateNixCache {
+    fn new() -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gradient-nix-meta-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| NixError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(Self(dir))
     }
-    if present.is_empty() {
-        return Ok(());
+
+    fn apply(&self, cmd: &mut tokio::process::Command) {
+        cmd.env("XDG_CACHE_HOME", &self.0);
     }
-    let mut cmd = cli.command("nix-instantiate");
-    cmd.arg("--add-root")
-        .arg(dir.join("drv"))
-        .arg("--expr")
-        .arg(format!("[ {} ]", present.join(" ")));
-    process::output(cmd).await?.success_or(NixError::Unavailable)?;
-    Ok(())
+}
+
+impl Drop for PrivateNixCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// What `--log-format internal-json` says: lines are `@nix {json}`. A build is an activity (`start`, type
