@@ -321,16 +321,26 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
 }
 
 /// Hands queued jobs to connected workers whenever something changes, and at least every second.
-/// How long the dispatcher lets changes gather after being woken.
+/// A burst of changes is over when none came for this long...
 const DISPATCH_COALESCE: std::time::Duration = std::time::Duration::from_millis(15);
+/// ... or after this long.
+const DISPATCH_COALESCE_AT_MOST: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub fn spawn_dispatcher(state: AppState) {
     tokio::spawn(async move {
         loop {
             let woken = tokio::time::timeout(std::time::Duration::from_secs(1), state.dispatch.notified()).await;
             if woken.is_ok() {
-                // Changes come in bursts (a worker reports a whole batch of builds): take them in one round.
-                tokio::time::sleep(DISPATCH_COALESCE).await;
+                // Changes come in bursts (a worker reports a whole batch of builds): take them in one round,
+                // once they stop coming for a moment (or after a short while at most).
+                let until = tokio::time::Instant::now() + DISPATCH_COALESCE_AT_MOST;
+                while tokio::time::timeout_at(
+                    (tokio::time::Instant::now() + DISPATCH_COALESCE).min(until),
+                    state.dispatch.notified(),
+                )
+                .await
+                .is_ok()
+                {}
             }
             match state.app.dispatch(state.links.infos(), &state.public_url).await {
                 Ok(assigned) => {

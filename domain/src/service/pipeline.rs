@@ -485,6 +485,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let builds = self.storage.link_builds(evaluation_id, org, &drvs, now).await?;
         self.set_evaluation_status(evaluation_id, EvaluationStatus::Building)
             .await?;
+        // Decide every build first and queue the jobs after, in a tight loop: the dispatcher, which may run
+        // meanwhile, then sees them (nearly) all at once and hands them out together.
+        let caches = self.storage.subscriptions(org).await?;
+        let mut to_queue = Vec::new();
         for mut b in builds {
             // A build aborted with another evaluation is wanted again: queue it anew.
             if b.status == BuildStatus::Aborted {
@@ -497,10 +501,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             let Some(d) = derivations.get(&b.drv_path) else {
                 continue;
             };
-            if self.outputs_cached(org, d).await? {
+            if self.outputs_cached(&caches, d).await? {
                 self.move_build(org, &b.drv_path, BuildStatus::Substituted).await?;
                 continue;
             }
+            to_queue.push(d);
+        }
+        for d in to_queue {
             let job = JobRecord {
                 id: JobId::new(),
                 org_id: org,
@@ -518,16 +525,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.settle_evaluation(evaluation_id).await
     }
 
-    /// Whether every output of the derivation is in one of the org's caches.
-    async fn outputs_cached(&self, org: OrgId, d: &Derivation) -> Result<bool> {
+    /// Whether every output of the derivation is in one of `caches` (the organization's).
+    async fn outputs_cached(&self, caches: &[crate::model::Cache], d: &Derivation) -> Result<bool> {
         if d.outputs.is_empty() {
             return Ok(false);
         }
-        let caches = self.storage.subscriptions(org).await?;
         for path in d.outputs.values() {
             let hash = path.trim_start_matches("/nix/store/").get(..32).unwrap_or_default();
             let mut found = false;
-            for c in &caches {
+            for c in caches {
                 if self.storage.cached_path(c.id, hash).await?.is_some() {
                     found = true;
                     break;
