@@ -50,6 +50,8 @@ pub struct Work<N> {
 
 /// Builds per Nix run at most.
 const MAX_BATCH: usize = 128;
+/// Fewer jobs than this are not split between run slots (a Nix run costs a start-up).
+const MIN_SPLIT: usize = 8;
 /// Nix runs of batched builds at once.
 const BATCHES_AT_ONCE: usize = 2;
 /// How long the batcher lets a burst of assignments arrive before starting a run.
@@ -75,17 +77,23 @@ async fn batcher<N: Nix>(
         while let Ok(job) = rx.try_recv() {
             queued.push(job);
         }
-        // Groups in arrival order; a group beyond MAX_BATCH is split. Jobs aborted while waiting are dropped.
+        // Groups in arrival order, each at most `size` jobs: what is queued is shared between the run slots
+        // free now (this one and the others), so that they all build. Jobs aborted while waiting are dropped.
+        queued.retain(|job| {
+            let aborted = book.is_aborted(job.id());
+            if aborted {
+                book.finished(&[job.id()]);
+            }
+            !aborted
+        });
+        let free = 1 + slots.available_permits();
+        let size = queued.len().div_ceil(free).clamp(MIN_SPLIT, MAX_BATCH);
         let mut groups: Vec<Vec<Job>> = Vec::new();
         for job in queued {
-            if book.is_aborted(job.id()) {
-                book.finished(&[job.id()]);
-                continue;
-            }
             let key = jobs::batch_key(&job);
             match groups
                 .iter_mut()
-                .find(|g| g.len() < MAX_BATCH && jobs::batch_key(&g[0]) == key)
+                .find(|g| g.len() < size && jobs::batch_key(&g[0]) == key)
             {
                 Some(g) => g.push(job),
                 None => groups.push(vec![job]),
