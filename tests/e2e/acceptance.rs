@@ -6,31 +6,13 @@
 use crate::harness::{Client, Server};
 use crate::hooks::{deliver, hmac_hex};
 use crate::nix::nix;
-use crate::pipeline::{start_worker, wait_for_end};
+use crate::pipeline::{git, start_worker, wait_for_end};
 use crate::statuses::FakeForge;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// The flake: a chain a ← b ← c, a derivation with two outputs, a failing check and a check depending on it.
 /// `leaf` is what `a` prints, so changing it changes a, b and c and nothing else.

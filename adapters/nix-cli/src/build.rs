@@ -43,28 +43,7 @@ pub async fn build(
     let mut cmd = cli.command("nix-store");
     metadata.apply(&mut cmd);
     cmd.args(["--realise", drv_path]);
-    // A path missing from Gradient's cache a minute ago may be there now: never trust a cached "absent".
-    cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
-    if !opts.substituters.is_empty() {
-        cmd.args(["--option", "extra-substituters", &opts.substituters.join(" ")]);
-    }
-    if !opts.trusted_public_keys.is_empty() {
-        cmd.args([
-            "--option",
-            "extra-trusted-public-keys",
-            &opts.trusted_public_keys.join(" "),
-        ]);
-    }
-    if let Some(netrc) = &opts.netrc_file {
-        cmd.args(["--option", "netrc-file"]).arg(netrc);
-    }
-    if let Some(dir) = &opts.gc_root {
-        cmd.arg("--add-root").arg(dir.join("out"));
-    }
-    if let Some(limit) = opts.timeout {
-        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
-        cmd.args(["--timeout", &secs.max(1).to_string()]);
-    }
+    realise_options(&mut cmd, opts);
     let finished = match process::run(cmd, opts.timeout.map(|t| t + GRACE), on_log).await? {
         Ended::TimedOut(tail) => return Err(NixError::Timeout { log_tail: tail.text() }),
         Ended::Exited(finished) => finished,
@@ -93,6 +72,33 @@ pub async fn build(
         .remove(drv_path)
         .ok_or_else(|| NixError::Unavailable(format!("nix does not describe {drv_path}")))?;
     Ok(BuildOutput { outputs: info.outputs })
+}
+
+/// What every `nix-store --realise` gets from the build options: the extra substituters with their keys and
+/// credentials, the GC root, the time limit.
+fn realise_options(cmd: &mut tokio::process::Command, opts: &BuildOptions) {
+    // A path missing from Gradient's cache a minute ago may be there now: never trust a cached "absent".
+    cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
+    if !opts.substituters.is_empty() {
+        cmd.args(["--option", "extra-substituters", &opts.substituters.join(" ")]);
+    }
+    if !opts.trusted_public_keys.is_empty() {
+        cmd.args([
+            "--option",
+            "extra-trusted-public-keys",
+            &opts.trusted_public_keys.join(" "),
+        ]);
+    }
+    if let Some(netrc) = &opts.netrc_file {
+        cmd.args(["--option", "netrc-file"]).arg(netrc);
+    }
+    if let Some(dir) = &opts.gc_root {
+        cmd.arg("--add-root").arg(dir.join("out"));
+    }
+    if let Some(limit) = opts.timeout {
+        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+        cmd.args(["--timeout", &secs.max(1).to_string()]);
+    }
 }
 
 /// An indirect GC root `<dir>/drv` for the `.drv` itself: `nix-store --add-root` only roots outputs, while
@@ -412,27 +418,7 @@ pub async fn build_many(
     metadata.apply(&mut cmd);
     cmd.args(["--realise", "--keep-going", "--log-format", "internal-json"]);
     cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
-    cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
-    if !opts.substituters.is_empty() {
-        cmd.args(["--option", "extra-substituters", &opts.substituters.join(" ")]);
-    }
-    if !opts.trusted_public_keys.is_empty() {
-        cmd.args([
-            "--option",
-            "extra-trusted-public-keys",
-            &opts.trusted_public_keys.join(" "),
-        ]);
-    }
-    if let Some(netrc) = &opts.netrc_file {
-        cmd.args(["--option", "netrc-file"]).arg(netrc);
-    }
-    if let Some(dir) = &opts.gc_root {
-        cmd.arg("--add-root").arg(dir.join("out"));
-    }
-    if let Some(limit) = opts.timeout {
-        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
-        cmd.args(["--timeout", &secs.max(1).to_string()]);
-    }
+    realise_options(&mut cmd, opts);
     let mut log = StructuredLog::default();
     let ended = process::run(cmd, opts.timeout.map(|t| t + GRACE), &mut |line| {
         if let Some((drv, text)) = log.read(line) {
