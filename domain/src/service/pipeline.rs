@@ -223,13 +223,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             let Some(record) = self.storage.job(job_id).await? else {
                 continue;
             };
-            if !self.storage.assign_job(job_id, worker, now).await? {
-                continue;
-            }
+            // The message is made before the job is assigned: a failure here leaves it queued, not assigned
+            // to a worker that never hears of it.
             if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
                 slot.insert(self.org_caches(record.org_id, public_url).await?);
             }
-            match self.wire_job(&record, &caches[&record.org_id]).await? {
+            let wired = self.wire_job(&record, &caches[&record.org_id]).await?;
+            if !self.storage.assign_job(job_id, worker, now).await? {
+                continue;
+            }
+            match wired {
                 Some(job) => {
                     if let JobKind::Evaluate { evaluation_id } = record.kind {
                         self.set_evaluation_status(evaluation_id, EvaluationStatus::Fetching)
