@@ -627,6 +627,16 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     let http = reqwest::Client::new();
     let token = s.client.token.clone().expect("token");
     let url = format!("{}/api/v1/evals/{id}/log", server.url);
+    // The same stream by the build's id, read at the same time.
+    let build_id = detail["builds"][0]["id"].as_str().expect("build id").to_owned();
+    let by_id = http
+        .get(format!("{}/api/v1/builds/{build_id}/log/live", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(by_id.status(), 200);
+    let by_id = tokio::spawn(read_events(by_id));
     let live = http
         .get(&url)
         .query(&[("drv", &drv)])
@@ -654,6 +664,29 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
         messages.len() >= 2,
         "the log arrived in pieces as the build ran: {events:?}"
     );
+
+    let by_id = by_id.await.expect("reader");
+    let by_id_text: String = by_id.iter().filter(|e| e.0 == "message").map(|e| e.2.clone()).collect();
+    assert!(
+        by_id_text.contains("first line") && by_id_text.contains("second line"),
+        "{by_id:?}"
+    );
+    assert!(
+        by_id.iter().filter(|e| e.0 == "message").count() >= 2,
+        "live: {by_id:?}"
+    );
+    assert_eq!(by_id.last().map(|e| e.0.as_str()), Some("end"));
+    let unknown = http
+        .get(format!(
+            "{}/api/v1/builds/{}/log/live",
+            server.url,
+            uuid::Uuid::new_v4()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(unknown.status(), 404);
 
     // Resuming from the last id sends nothing twice.
     let last_id = messages.last().map(|e| e.1.clone()).expect("id");

@@ -35,6 +35,10 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
         .at("/api/v1/evals/:id/log", live::build_log.data(state_for_cache.clone()))
         .at(
+            "/api/v1/builds/:id/log/live",
+            live::build_log_by_id.data(state_for_cache.clone()),
+        )
+        .at(
             "/api/v1/evals/:id/events",
             live::evaluation_events.data(state_for_cache.clone()),
         )

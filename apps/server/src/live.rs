@@ -1,4 +1,5 @@
-//! A build's log as Server-Sent Events while it runs: `GET /api/v1/evals/{id}/log?drv=<.drv path>`.
+//! A build's log as Server-Sent Events while it runs: `GET /api/v1/evals/{id}/log?drv=<.drv path>`, or by the
+//! build's id, `GET /api/v1/builds/{id}/log/live`.
 //! Each event carries the new text and, as its id, the byte offset after it, so a client that reconnects with
 //! `Last-Event-ID` resumes where it left off. When the build has ended the stored log is sent (to a client
 //! that saw none of it) and an `end` event closes the stream.
@@ -39,12 +40,35 @@ pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Quer
         let e = gradient_domain::service::ServiceError::NotFound(format!("the evaluation has no build of {}", q.drv));
         return ApiError::from(e).into_response();
     };
+    stream_log(state, req, build.org_id, q.drv)
+}
+
+/// The same stream for a build by id: `GET /api/v1/builds/{id}/log/live`.
+#[handler]
+pub async fn build_log_by_id(req: &Request, Path(id): Path<uuid::Uuid>) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the live routes");
+    let bearer = req
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let found = async {
+        let caller = state.app.authenticate(bearer.as_deref()).await?;
+        state.app.build_for(&caller, gradient_domain::BuildId(id)).await
+    }
+    .await;
+    match found {
+        Ok((build, _)) => stream_log(state, req, build.org_id, build.drv_path),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A build's log as events, from `Last-Event-ID` on: live while it runs, then the stored log (to a reader
+/// that saw none of it) and an `end` event with its status.
+fn stream_log(state: &AppState, req: &Request, org: gradient_domain::OrgId, drv: String) -> Response {
     let offset: usize = req
         .header("last-event-id")
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    let org = build.org_id;
-    let drv = q.drv;
     let state = state.clone();
     // (offset, finished) carried from one event to the next.
     let stream = futures_util::stream::unfold((offset, false), move |(offset, finished)| {
