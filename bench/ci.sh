@@ -101,7 +101,6 @@ done
 gradient=$(echo "$(date +%s.%N) - $start" | bc -l)
 builds=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq '[.message.builds[] | select(.status == "Completed")] | length')
 
-curl -fs "$api/evals/$id/builds" "${auth[@]}" > /tmp/gradient-ci-bench-builds.json || true
 printf '  CPU seconds: server %s, worker %s\n' \
   "$(awk '{printf "%.2f", ($14+$15)/100}' /proc/"${pids[0]}"/stat)" \
   "$(awk '{printf "%.2f", ($14+$15)/100}' /proc/"${pids[1]}"/stat)" >&2

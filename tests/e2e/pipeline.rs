@@ -67,6 +67,18 @@ pub(crate) fn flake_repo(dir: &Path) -> (String, String) {
     commit_flake(dir, "repo", &flake)
 }
 
+/// Evaluates project `acme/demo` at `commit`; answers the evaluation's id.
+pub(crate) async fn evaluate(c: &Client, commit: &str) -> String {
+    let e = c
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    e["id"].as_str().expect("id").to_owned()
+}
+
 pub(crate) async fn wait_for_end(c: &Client, server: &Server, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -135,14 +147,7 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
         workers.push(w);
     }
 
-    let e = c
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&c, &commit).await;
     let done = wait_for_end(&c, &server, &id).await;
     let logs: String = workers.iter().map(|w| w.log_text()).collect();
     assert_eq!(
@@ -360,15 +365,7 @@ async fn a_worker_killed_mid_build_is_lost_and_another_worker_finishes_the_build
     let server = Server::start(dir.path(), &[]).await;
     let s = org_with_project(&server, &repository).await;
     let first = start_worker(&s.client, dir.path(), &server.url, "first").await;
-    let e = s
-        .client
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&s.client, &commit).await;
     first.wait_for_log("running build job").await;
     let second = start_worker(&s.client, dir.path(), &server.url, "second").await;
     first.sigkill();
@@ -395,15 +392,7 @@ async fn a_server_restart_mid_build_loses_no_job() {
     let server = Server::start_on(dir.path(), port, &[]).await;
     let s = org_with_project(&server, &repository).await;
     let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let e = s
-        .client
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&s.client, &commit).await;
     worker.wait_for_log("running build job").await;
     server.stop();
     let server = Server::start_on(dir.path(), port, &[]).await;
@@ -427,15 +416,7 @@ async fn aborting_an_evaluation_stops_its_running_build() {
     let server = Server::start(dir.path(), &[]).await;
     let s = org_with_project(&server, &repository).await;
     let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let e = s
-        .client
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&s.client, &commit).await;
     worker.wait_for_log("running build job").await;
     let aborted = s
         .client
@@ -465,15 +446,7 @@ async fn aborting_an_evaluation_stops_its_running_build() {
         .await;
     assert_eq!((status, v["code"].as_str()), (422, Some("unknown_method")));
     // The aborted build is built again for the next evaluation that needs it.
-    let e = s
-        .client
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let again = wait_for_end(&s.client, &server, e["id"].as_str().expect("id")).await;
+    let again = wait_for_end(&s.client, &server, &evaluate(&s.client, &commit).await).await;
     assert_eq!(again["evaluation"]["status"], "Completed", "{again}");
     worker.kill();
     server.stop();
@@ -502,15 +475,7 @@ async fn failed_builds_can_be_restarted() {
     let server = Server::start(dir.path(), &[]).await;
     let s = org_with_project(&server, &repository).await;
     let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let e = s
-        .client
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&s.client, &commit).await;
     let first = wait_for_end(&s.client, &server, &id).await;
     assert_eq!(first["evaluation"]["status"], "Failed", "{first}");
     let (status, v) = s
@@ -612,15 +577,7 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     let server = Server::start(dir.path(), &[]).await;
     let s = org_with_project(&server, &repository).await;
     let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let e = s
-        .client
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&s.client, &commit).await;
     worker.wait_for_log("running build job").await;
     let detail = s.client.ok(Method::GET, &format!("/evals/{id}"), None).await;
     let drv = detail["builds"][0]["drv_path"].as_str().expect("drv").to_owned();
@@ -824,14 +781,7 @@ async fn a_huge_build_log_is_stored_capped_with_its_start_end_and_a_visible_cut(
     let server = Server::start(dir.path(), &[]).await;
     let Setup { client: c } = org_with_project(&server, &repository).await;
     let worker = start_worker(&c, dir.path(), &server.url, "one").await;
-    let e = c
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&c, &commit).await;
     let done = wait_for_end(&c, &server, &id).await;
     assert_eq!(
         done["evaluation"]["status"],

@@ -3,7 +3,7 @@
 //! the evaluation meanwhile.
 
 use crate::harness::{Client, Server};
-use crate::pipeline::{flake_repo, slow_repo, start_worker, wait_for_end};
+use crate::pipeline::{evaluate, flake_repo, slow_repo, start_worker, wait_for_end};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -167,14 +167,7 @@ async fn a_failing_check_reports_pending_then_failure_to_the_forge() {
     let server = Server::start(dir.path(), &[]).await;
     let c = org_with_forge(&server, &repository, "packages.*.*, checks.*.*", &forge).await;
     let worker = start_worker(&c, dir.path(), &server.url, "one").await;
-    let e = c
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&c, &commit).await;
     let done = wait_for_end(&c, &server, &id).await;
     assert_eq!(done["evaluation"]["status"], "Failed", "{done}");
     // Failed because of the check: the packages were built.
@@ -222,14 +215,7 @@ async fn a_forge_that_fails_is_retried_and_the_failure_is_visible_meanwhile() {
     let server = Server::start(dir.path(), &[]).await;
     let c = org_with_forge(&server, &repository, "packages.*.*", &forge).await;
     let worker = start_worker(&c, dir.path(), &server.url, "one").await;
-    let e = c
-        .ok(
-            Method::POST,
-            "/projects/acme/demo/evaluate",
-            Some(json!({"commit": commit})),
-        )
-        .await;
-    let id = e["id"].as_str().expect("id").to_owned();
+    let id = evaluate(&c, &commit).await;
 
     // The forge answered 500 to the pending status: the evaluation shows it, undelivered.
     let failing = wait_for(&c, &server, &id, "the failed attempt is not visible", |e| {

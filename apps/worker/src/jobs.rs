@@ -39,6 +39,29 @@ fn failure(kind: FailureKind, e: &NixError) -> JobOutcome {
     JobOutcome::Failed { kind, message }
 }
 
+/// The netrc a build uses: its push credential, or else the token for reading its first substituter (none
+/// when it has neither). The failure to answer when it cannot be written.
+fn build_netrc(
+    dirs: &Dirs,
+    job_id: JobId,
+    substituters: &[String],
+    substituter_token: Option<String>,
+    push: Option<&PushTarget>,
+) -> Result<Option<PathBuf>, JobOutcome> {
+    let creds = push.cloned().or(substituter_token.map(|token| PushTarget {
+        cache_url: substituters.first().cloned().unwrap_or_default(),
+        token,
+    }));
+    creds
+        .as_ref()
+        .map(|t| netrc_for(&dirs.state, job_id, t))
+        .transpose()
+        .map_err(|e| JobOutcome::Failed {
+            kind: FailureKind::Infrastructure,
+            message: format!("cannot write the netrc file: {e}"),
+        })
+}
+
 /// A netrc holding the push credential for the cache's host, readable only by this user.
 fn netrc_for(dir: &Path, job_id: JobId, target: &PushTarget) -> std::io::Result<PathBuf> {
     use std::io::Write;
@@ -109,22 +132,9 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<Wo
             timeout_secs,
             ..
         } => {
-            let creds = push.clone().or(substituter_token.map(|token| PushTarget {
-                cache_url: substituters.first().cloned().unwrap_or_default(),
-                token,
-            }));
-            let netrc = match creds.as_ref().map(|t| netrc_for(&dirs.state, job_id, t)).transpose() {
+            let netrc = match build_netrc(dirs, job_id, &substituters, substituter_token, push.as_ref()) {
                 Ok(n) => n,
-                Err(e) => {
-                    return finished(
-                        &out,
-                        job_id,
-                        JobOutcome::Failed {
-                            kind: FailureKind::Infrastructure,
-                            message: format!("cannot write the netrc file: {e}"),
-                        },
-                    );
-                }
+                Err(failed) => return finished(&out, job_id, failed),
             };
             let opts = BuildOptions {
                 substituters,
@@ -323,15 +333,7 @@ async fn build<N: Nix>(
     };
     let built = match nix.build(drv_path, opts, on_log).await {
         Ok(b) => b,
-        Err(e) => {
-            let kind = match e.failure_kind() {
-                gradient_domain::model::FailureKind::BuilderFailed => FailureKind::BuilderFailed,
-                gradient_domain::model::FailureKind::DependencyFailed => FailureKind::DependencyFailed,
-                gradient_domain::model::FailureKind::Timeout => FailureKind::Timeout,
-                gradient_domain::model::FailureKind::Infrastructure => FailureKind::Infrastructure,
-            };
-            return failure(kind, &e);
-        }
+        Err(e) => return build_failure(&e),
     };
     if let (Some(target), Some(netrc)) = (push, netrc) {
         send(
@@ -445,18 +447,9 @@ pub async fn run_batch<N: Nix>(
             }
         }
     };
-    let creds = push.clone().or(substituter_token.map(|token| PushTarget {
-        cache_url: substituters.first().cloned().unwrap_or_default(),
-        token,
-    }));
-    let netrc = match creds.as_ref().map(|t| netrc_for(&dirs.state, lead, t)).transpose() {
+    let netrc = match build_netrc(dirs, lead, &substituters, substituter_token, push.as_ref()) {
         Ok(n) => n,
-        Err(e) => {
-            return finish_all(&JobOutcome::Failed {
-                kind: FailureKind::Infrastructure,
-                message: format!("cannot write the netrc file: {e}"),
-            });
-        }
+        Err(failed) => return finish_all(&failed),
     };
     let opts = BuildOptions {
         substituters,

@@ -28,7 +28,14 @@ pub struct LogText {
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
-    async fn require_view(&self, caller: &Caller, org: OrgId, missing: impl Fn() -> ServiceError) -> Result<()> {
+    /// Nothing, if the caller may view the organization; otherwise `missing()` (what it may not see does not
+    /// exist for it).
+    pub(super) async fn require_view(
+        &self,
+        caller: &Caller,
+        org: OrgId,
+        missing: impl Fn() -> ServiceError,
+    ) -> Result<()> {
         let o = self.storage.org(org).await?.ok_or_else(&missing)?;
         self.org_requiring(caller, o.name.as_str(), Permission::ViewOrg)
             .await

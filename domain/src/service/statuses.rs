@@ -107,10 +107,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
         let e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
         let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
-        let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
-        self.org_requiring(caller, o.name.as_str(), Permission::ViewOrg)
-            .await
-            .map_err(|_| missing())?;
+        self.require_view(caller, p.org_id, missing).await?;
         Ok(self.storage.statuses_of(id).await?)
     }
 
