@@ -95,6 +95,9 @@ fn realise_options(cmd: &mut tokio::process::Command, opts: &BuildOptions) {
     if let Some(dir) = &opts.gc_root {
         cmd.arg("--add-root").arg(dir.join("out"));
     }
+    if let Some(jobs) = opts.max_jobs {
+        cmd.args(["--max-jobs", &jobs.max(1).to_string()]);
+    }
     if let Some(limit) = opts.timeout {
         let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
         cmd.args(["--timeout", &secs.max(1).to_string()]);

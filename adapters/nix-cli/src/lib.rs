@@ -102,6 +102,18 @@ impl NixCli {
     }
 }
 
+/// The number of members of `group` in an `/etc/group` text (`name:password:gid:member,member`).
+fn build_users(etc_group: &str, group: &str) -> Option<u32> {
+    let line = etc_group.lines().find(|l| l.split(':').next() == Some(group))?;
+    let members = line
+        .split(':')
+        .nth(3)?
+        .split(',')
+        .filter(|m| !m.trim().is_empty())
+        .count();
+    u32::try_from(members).ok().filter(|&n| n > 0)
+}
+
 /// `nix (Nix) 2.8.0`, `nix (Lix, like Nix) 2.91.1` → `(2, 8)`, `(2, 91)`.
 fn parse_version(text: &str) -> Option<(u32, u32)> {
     let version = text.split_whitespace().last()?;
@@ -143,6 +155,9 @@ impl Nix for NixCli {
             nix_version: text.split_whitespace().last().unwrap_or_default().to_owned(),
             systems,
             features: strings("system-features"),
+            parallel_builds: strings("build-users-group")
+                .first()
+                .and_then(|group| build_users(&std::fs::read_to_string("/etc/group").ok()?, group)),
         })
     }
 
@@ -207,6 +222,20 @@ mod tests {
         ];
         for (text, want) in table {
             assert_eq!(parse_version(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn build_users_are_the_members_of_the_group() {
+        let etc = "root:x:0:\nnixbld:x:30000:nixbld1,nixbld2,nixbld3\nnixbldx:x:5:a\nempty:x:7:\n";
+        let table = [
+            ("nixbld", Some(3)),
+            ("nixbldx", Some(1)),
+            ("empty", None),
+            ("missing", None),
+        ];
+        for (group, want) in table {
+            assert_eq!(build_users(etc, group), want, "{group}");
         }
     }
 }

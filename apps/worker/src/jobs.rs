@@ -142,6 +142,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<Wo
                 netrc_file: netrc.clone(),
                 gc_root: dirs.gcroots.as_ref().map(|d| d.join(job_id.to_string())),
                 timeout: timeout_secs.map(Duration::from_secs),
+                max_jobs: None,
             };
             let outcome = build(nix, job_id, &drv_path, &opts, push.as_ref(), netrc.as_deref(), &out).await;
             if let Some(root) = &opts.gc_root {
@@ -399,6 +400,7 @@ pub async fn run_batch<N: Nix>(
     nix: &N,
     dirs: &Dirs,
     jobs: Vec<Job>,
+    max_jobs: u32,
     out: UnboundedSender<WorkerMessage>,
     hooks: &BatchHooks<'_>,
     built: impl FnOnce(),
@@ -457,6 +459,7 @@ pub async fn run_batch<N: Nix>(
         netrc_file: netrc.clone(),
         gc_root: dirs.gcroots.as_ref().map(|d| d.join(format!("batch-{lead}"))),
         timeout: None,
+        max_jobs: Some(max_jobs),
     };
     // The credential and the roots go when the batch ends, also when it is stopped midway.
     let _cleanup = Cleanup(netrc.clone(), opts.gc_root.clone());

@@ -66,6 +66,7 @@ async fn batcher<N: Nix>(
     out: mpsc::UnboundedSender<WorkerMessage>,
     book: Book,
     mut rx: mpsc::UnboundedReceiver<Job>,
+    max_jobs_per_run: u32,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_AT_ONCE));
     while let Some(first) = rx.recv().await {
@@ -124,7 +125,8 @@ async fn batcher<N: Nix>(
                         is_aborted: &|id| book2.is_aborted(id),
                         claim: &|id| book2.claim(id),
                     };
-                    jobs::run_batch(&*nix, &dirs, group, out.clone(), &hooks, || drop(slot.take())).await;
+                    let max_jobs = max_jobs_per_run.min(u32::try_from(group.len()).unwrap_or(u32::MAX));
+                    jobs::run_batch(&*nix, &dirs, group, max_jobs, out.clone(), &hooks, || drop(slot.take())).await;
                     book2.finished(&ids);
                 }
             });
@@ -209,7 +211,8 @@ impl Book {
 }
 
 impl<N: Nix> Work<N> {
-    pub fn new(nix: N, dirs: Dirs) -> Self {
+    /// `parallel_builds`: how many derivations this machine builds at once, over all runs.
+    pub fn new(nix: N, dirs: Dirs, parallel_builds: u32) -> Self {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (nix, dirs) = (Arc::new(nix), Arc::new(dirs));
@@ -220,6 +223,7 @@ impl<N: Nix> Work<N> {
             out_tx.clone(),
             book.clone(),
             batch_rx,
+            parallel_builds.div_ceil(BATCHES_AT_ONCE as u32).max(1),
         ));
         Self {
             nix,

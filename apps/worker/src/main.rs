@@ -38,7 +38,18 @@ async fn main() {
         state: config.state_dir.clone(),
         gcroots: config.gcroots_dir.clone(),
     };
-    let mut work = link::Work::new(nix, dirs);
+    // Nix builds as many derivations at once as it has build users: more would wait for one.
+    let parallel_builds = match host.parallel_builds {
+        Some(users) if users < config.max_concurrent_builds => {
+            tracing::info!(
+                "Nix has {users} build users: at most {users} of the {} build slots build at once",
+                config.max_concurrent_builds
+            );
+            users
+        }
+        _ => config.max_concurrent_builds,
+    };
+    let mut work = link::Work::new(nix, dirs, parallel_builds);
     let identity = link::Identity {
         worker_id,
         capabilities: config.capabilities,

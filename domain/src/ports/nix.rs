@@ -98,6 +98,9 @@ pub struct HostInfo {
     pub systems: Vec<String>,
     /// Nix's `system-features` (`kvm`, `big-parallel`, …).
     pub features: Vec<String>,
+    /// How many derivations Nix can build at once, when something bounds it: each build takes one of the
+    /// members of Nix's `build-users-group`. `None`: no such bound is known.
+    pub parallel_builds: Option<u32>,
 }
 
 /// A flake fetched into the store at one revision, with its inputs resolved. Only meaningful to the
@@ -197,6 +200,8 @@ pub struct BuildOptions {
     pub gc_root: Option<PathBuf>,
     /// Limit for the build; `None` is no limit beyond the machine's own settings.
     pub timeout: Option<Duration>,
+    /// Derivations built at once by one run of several (`build_many`); `None` is the machine's `max-jobs`.
+    pub max_jobs: Option<u32>,
 }
 
 /// A successful build.

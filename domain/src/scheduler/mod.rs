@@ -86,6 +86,9 @@ pub struct WorkerInfo {
     pub max_concurrent_evaluations: u32,
     /// The organizations of the registrations this link was authorized for.
     pub orgs: BTreeSet<OrgId>,
+    /// Its build jobs that are built and only pushing their outputs: they hold no build slot, so the worker
+    /// gets its next builds while the uploads go on.
+    pub pushing: HashSet<JobId>,
 }
 
 /// Everything a scheduling decision looks at.
@@ -122,12 +125,20 @@ pub fn schedule(snapshot: &Snapshot) -> Vec<(JobId, WorkerId)> {
 /// dependency failed), assign it, or leave it queued (inputs not ready yet, its derivation is already being
 /// built for its organization, or no worker fits). Among the workers that fit and have a free slot of the
 /// job's kind, the one with the most such free slots gets it (ties: the lowest worker id), which spreads work.
+/// A build that is only pushing its outputs holds no slot (see [`WorkerInfo::pushing`]).
 pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut free: HashMap<WorkerId, Slots> = snapshot.workers.iter().map(|w| (w.id, Slots::of(w))).collect();
     let mut building: HashSet<(OrgId, &str)> = HashSet::new();
+    let pushing: HashSet<(WorkerId, JobId)> = snapshot
+        .workers
+        .iter()
+        .flat_map(|w| w.pushing.iter().map(|j| (w.id, *j)))
+        .collect();
     for job in &snapshot.jobs {
         if let JobState::Assigned { worker, .. } = job.state {
-            if let Some(slots) = free.get_mut(&worker) {
+            if let Some(slots) = free.get_mut(&worker)
+                && !pushing.contains(&(worker, job.id))
+            {
                 slots.take(&job.needs);
             }
             if let Needs::Build(b) = &job.needs {

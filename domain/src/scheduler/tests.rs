@@ -40,6 +40,7 @@ fn worker(n: u128) -> WorkerInfo {
         max_concurrent_builds: 2,
         max_concurrent_evaluations: 1,
         orgs: BTreeSet::from([org(1)]),
+        pushing: HashSet::new(),
     }
 }
 
@@ -207,7 +208,11 @@ fn slots_bound_what_a_worker_runs() {
         ]
     };
     // (worker, jobs, assigned job numbers)
-    let table: [(WorkerInfo, Vec<QueueEntry>, Vec<u128>); 5] = [
+    let pushing = |jobs: &[u128]| WorkerInfo {
+        pushing: jobs.iter().map(|&n| jid(n)).collect(),
+        ..w(2, 1)
+    };
+    let table: [(WorkerInfo, Vec<QueueEntry>, Vec<u128>); 7] = [
         (w(2, 1), queued(), vec![1, 2, 4]),
         (w(0, 0), queued(), vec![]),
         (w(5, 2), queued(), vec![1, 2, 3, 4, 5]),
@@ -216,6 +221,25 @@ fn slots_bound_what_a_worker_runs() {
             w(2, 1),
             [vec![running(build(9, -5, &[]), 1), running(eval(8, -5), 1)], queued()].concat(),
             vec![1],
+        ),
+        // A build that is only pushing its outputs holds no build slot; one still building does.
+        (
+            pushing(&[9]),
+            [
+                vec![running(build(9, -5, &[]), 1), running(build(7, -5, &[]), 1)],
+                queued(),
+            ]
+            .concat(),
+            vec![1, 4],
+        ),
+        (
+            pushing(&[9, 7]),
+            [
+                vec![running(build(9, -5, &[]), 1), running(build(7, -5, &[]), 1)],
+                queued(),
+            ]
+            .concat(),
+            vec![1, 2, 4],
         ),
         // A job running on a worker that is gone holds nothing.
         (

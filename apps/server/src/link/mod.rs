@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use gradient_domain::ports::storage::{Queue, Workers};
 use gradient_domain::proto::{
     self, Challenge, HANDSHAKE_TIMEOUT_SECS, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected,
-    ServerMessage, WorkerMessage,
+    ServerMessage, Stage, WorkerMessage,
 };
 use poem::http::{StatusCode, header};
 use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketStream};
@@ -224,6 +224,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream) {
             max_concurrent_builds: hello.max_concurrent_builds,
             max_concurrent_evaluations: hello.max_concurrent_evaluations,
             orgs: proto::authorized_orgs(&registrations, &welcome.authorized),
+            pushing: Default::default(),
         },
     );
     tracing::info!(target: "gradient::proto", "worker {worker} connected for {} registration(s)", welcome.authorized.len());
@@ -287,7 +288,18 @@ async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: Worker
             state.logs.append(job_id, &text);
             Ok(())
         }
+        WorkerMessage::JobProgress {
+            job_id,
+            stage: Stage::Pushing,
+        } => {
+            // A build that only uploads now frees its build slot: the worker may get its next builds.
+            if state.links.pushing(worker, job_id) {
+                state.dispatch.notify_one();
+            }
+            Ok(())
+        }
         WorkerMessage::JobFinished { job_id, outcome } => {
+            state.links.finished(worker, job_id);
             let log = state.logs.take(job_id);
             let r = state.app.record_job_finished(job_id, worker, outcome, log).await;
             state.dispatch.notify_one();

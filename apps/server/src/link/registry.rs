@@ -1,6 +1,7 @@
 //! The workers connected right now, in memory: who they are, which registrations (peers) they proved,
 //! and a channel to each connection's writer so the rest of the server can send to or close it.
 
+use gradient_domain::model::JobId;
 use gradient_domain::proto::{RejectCode, ServerMessage};
 use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::{PeerId, WorkerId};
@@ -127,6 +128,22 @@ impl Links {
     /// The connected workers the scheduler may give jobs to.
     pub fn infos(&self) -> Vec<WorkerInfo> {
         self.lock().values().filter_map(|c| c.info.clone()).collect()
+    }
+
+    /// The worker's job is built and only pushing (see [`WorkerInfo::pushing`]); false if that changes
+    /// nothing.
+    pub fn pushing(&self, worker: WorkerId, job: JobId) -> bool {
+        self.lock()
+            .get_mut(&worker)
+            .and_then(|c| c.info.as_mut())
+            .is_some_and(|info| info.pushing.insert(job))
+    }
+
+    /// The worker's job ended.
+    pub fn finished(&self, worker: WorkerId, job: JobId) {
+        if let Some(info) = self.lock().get_mut(&worker).and_then(|c| c.info.as_mut()) {
+            info.pushing.remove(&job);
+        }
     }
 
     /// Sends to a connected worker; false if it is not connected.
