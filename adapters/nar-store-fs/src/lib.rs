@@ -17,8 +17,8 @@ use gradient_domain::ports::nar_store::{
 use std::io::{ErrorKind, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use tokio::fs::{self, File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::fs::{self, File};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 /// Read size for downloads: large enough that a fast client is not held back by per-chunk overhead,
@@ -94,14 +94,9 @@ impl NarStore for FsNarStore {
     async fn begin(&self, key: &str) -> Result<FsUpload> {
         let target = self.path(key)?;
         let temp = self.tmp.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .await
-            .map_err(|e| io_error(&temp, e))?;
         Ok(FsUpload {
-            file: Some(file),
+            pending: Vec::new(),
+            file: None,
             temp,
             target,
             size: 0,
@@ -153,11 +148,18 @@ impl NarStore for FsNarStore {
     }
 }
 
-/// An upload to an [`FsNarStore`]: a temporary file until `commit`. Dropped unfinished, it removes its
-/// temporary file.
+/// Bytes an upload keeps in memory before it starts its temporary file. Most NARs are smaller: they reach
+/// the disk in one go at `commit` (one trip to the blocking thread pool instead of one per step).
+pub const SPILL_AT: usize = 1024 * 1024;
+
+/// An upload to an [`FsNarStore`]: bytes in memory, then (past [`SPILL_AT`]) a temporary file, until
+/// `commit`. Dropped unfinished, it removes its temporary file.
 #[derive(Debug)]
 pub struct FsUpload {
-    file: Option<File>,
+    /// Written but not yet in the temporary file.
+    pending: Vec<u8>,
+    /// The temporary file, once opened.
+    file: Option<std::fs::File>,
     temp: PathBuf,
     target: PathBuf,
     size: u64,
@@ -165,49 +167,66 @@ pub struct FsUpload {
     finished: bool,
 }
 
-impl FsUpload {
-    fn file(&mut self) -> Result<&mut File> {
-        // `file` is only taken by `commit` and `abort`, which consume the upload.
-        self.file
-            .as_mut()
-            .ok_or_else(|| NarStoreError::Unavailable("upload already finished".to_owned()))
-    }
+/// Appends `bytes` to the temporary file, creating it first if needed (blocking).
+fn append(file: Option<std::fs::File>, temp: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    let mut file = match file {
+        Some(f) => f,
+        None => std::fs::OpenOptions::new().write(true).create_new(true).open(temp)?,
+    };
+    file.write_all(bytes)?;
+    Ok(file)
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| NarStoreError::Unavailable(format!("file task failed: {e}")))
 }
 
 impl NarUpload for FsUpload {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        if chunk.is_empty() {
-            return Ok(());
+        if self.finished {
+            return Err(NarStoreError::Unavailable("upload already finished".to_owned()));
         }
-        let temp = self.temp.clone();
-        self.file()?.write_all(&chunk).await.map_err(|e| io_error(&temp, e))?;
         self.size += chunk.len() as u64;
+        self.pending.extend_from_slice(&chunk);
+        if self.pending.len() >= SPILL_AT {
+            let (file, temp, bytes) = (self.file.take(), self.temp.clone(), std::mem::take(&mut self.pending));
+            let written = blocking(move || append(file, &temp, &bytes)).await?;
+            self.file = Some(written.map_err(|e| io_error(&self.temp, e))?);
+        }
         Ok(())
     }
 
     async fn commit(mut self) -> Result<u64> {
-        let mut file = self.file.take().ok_or(NarStoreError::NotFound)?;
-        file.flush().await.map_err(|e| io_error(&self.temp, e))?;
-        file.sync_all().await.map_err(|e| io_error(&self.temp, e))?;
-        drop(file);
-        let parent = self.target.parent().unwrap_or(&self.target).to_owned();
-        fs::create_dir_all(&parent).await.map_err(|e| io_error(&parent, e))?;
-        match fs::rename(&self.temp, &self.target).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(NarStoreError::NotFound);
-            }
-            Err(e) => return Err(io_error(&self.target, e)),
-        }
-        self.finished = true;
-        // The rename is durable once the directory holding the new name is synced.
-        let dir = File::open(&parent).await.map_err(|e| io_error(&parent, e))?;
-        dir.sync_all().await.map_err(|e| io_error(&parent, e))?;
-        Ok(self.size)
+        let (file, temp, target) = (self.file.take(), self.temp.clone(), self.target.clone());
+        let pending = std::mem::take(&mut self.pending);
+        let done = blocking(move || -> Result<()> {
+            let file = append(file, &temp, &pending).map_err(|e| io_error(&temp, e))?;
+            file.sync_all().map_err(|e| io_error(&temp, e))?;
+            drop(file);
+            let parent = target.parent().unwrap_or(&target).to_owned();
+            std::fs::create_dir_all(&parent).map_err(|e| io_error(&parent, e))?;
+            std::fs::rename(&temp, &target).map_err(|e| match e.kind() {
+                ErrorKind::NotFound => NarStoreError::NotFound,
+                _ => io_error(&target, e),
+            })?;
+            // The rename is durable once the directory holding the new name is synced.
+            std::fs::File::open(&parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| io_error(&parent, e))
+        })
+        .await?;
+        // Renamed or not, nothing is left to remove unless the rename failed.
+        self.finished = done.is_ok();
+        done.map(|()| self.size)
     }
 
     async fn abort(mut self) -> Result<()> {
         drop(self.file.take());
+        self.pending = Vec::new();
         self.finished = true;
         match fs::remove_file(&self.temp).await {
             Ok(()) => Ok(()),

@@ -214,8 +214,9 @@ pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: 
         }
     };
     let (drvs, outputs): (Vec<&str>, Vec<&str>) = paths.iter().map(String::as_str).partition(|p| p.ends_with(".drv"));
-    if paths.len() < PARALLEL_PUSH_FROM {
-        // A few paths: one `nix copy` each kind, closures included.
+    let processes = push_processes();
+    if paths.len() < PARALLEL_PUSH_FROM || processes == 1 {
+        // A few paths, or a small machine: one `nix copy` each kind, closures included.
         for group in [outputs, drvs] {
             if !group.is_empty() {
                 copy(&group, true).await?;
@@ -234,13 +235,13 @@ pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: 
             if group.is_empty() {
                 continue;
             }
-            let per = group.len().div_ceil(PUSH_PROCESSES).clamp(1, COPY_CHUNK);
+            let per = group.len().div_ceil(processes).clamp(1, COPY_CHUNK);
             for chunk in group.chunks(per) {
                 runs.push(copy(chunk, false));
             }
         }
         use futures_util::StreamExt;
-        let mut running = futures_util::stream::iter(runs).buffer_unordered(PUSH_PROCESSES);
+        let mut running = futures_util::stream::iter(runs).buffer_unordered(processes);
         while let Some(result) = running.next().await {
             result?;
         }
@@ -250,8 +251,16 @@ pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: 
 
 /// From this many paths a push goes in parallel waves.
 const PARALLEL_PUSH_FROM: usize = 16;
-/// `nix copy` processes at once in a wave.
+/// `nix copy` processes at once in a wave, at most.
 const PUSH_PROCESSES: usize = 4;
+
+/// `nix copy` processes at once for this machine: one per two cores, up to [`PUSH_PROCESSES`]. Parallel
+/// copies hide round trips on a large machine; on a small one the processes' start-ups (and the waves'
+/// two extra `nix-store` runs) cost more CPU than they save, next to the builds.
+fn push_processes() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / 2).clamp(1, PUSH_PROCESSES)
+}
 
 /// The closure of `paths` in waves: each path in the wave after the last of the paths it refers to (a path's
 /// reference to itself aside), from `nix-store --query --requisites` and the references `nix-store --dump-db`

@@ -26,6 +26,8 @@ pub struct QueueEntry {
     pub needs: Needs,
     /// `Queued` jobs are candidates; `Assigned` ones hold a slot of their worker; finished ones are ignored.
     pub state: JobState,
+    /// Only this worker may take the job (a build whose `.drv` files only its evaluating worker has yet).
+    pub pinned_to: Option<WorkerId>,
 }
 
 impl QueueEntry {
@@ -51,6 +53,7 @@ impl QueueEntry {
             queued_at: record.created_at,
             needs,
             state: record.state.clone(),
+            pinned_to: None,
         }
     }
 }
@@ -188,7 +191,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 
 /// Whether the worker may and can run the job, slots aside.
 pub fn fits(worker: &WorkerInfo, job: &QueueEntry) -> bool {
-    if !worker.orgs.contains(&job.org) {
+    if !worker.orgs.contains(&job.org) || job.pinned_to.is_some_and(|w| w != worker.id) {
         return false;
     }
     let caps = worker.capabilities;

@@ -51,6 +51,7 @@ fn eval(n: u128, queued: i64) -> QueueEntry {
         queued_at: at(queued),
         needs: Needs::Evaluation,
         state: JobState::Queued,
+        pinned_to: None,
     }
 }
 
@@ -67,6 +68,7 @@ fn build(n: u128, queued: i64, inputs: &[u128]) -> QueueEntry {
             inputs: inputs.iter().map(|&i| drv(i)).collect(),
         }),
         state: JobState::Queued,
+        pinned_to: None,
     }
 }
 
@@ -169,6 +171,41 @@ fn system_and_features_must_be_supported() {
             b.required_features = required.iter().map(|s| sys(s)).collect();
         });
         assert_eq!(!schedule(&snapshot(vec![job], vec![w])).is_empty(), want, "case {i}");
+    }
+}
+
+#[test]
+fn a_pinned_job_waits_for_its_worker() {
+    let pinned = |n, to| QueueEntry {
+        pinned_to: Some(wid(to)),
+        ..build(n, 0, &[])
+    };
+    // (connected workers, job, assigned to)
+    let table = [
+        (vec![worker(1), worker(2)], pinned(1, 2), Some(2)),
+        (vec![worker(1), worker(2)], pinned(1, 1), Some(1)),
+        // Its worker is gone or has no slot: the job waits rather than go elsewhere.
+        (vec![worker(1)], pinned(1, 2), None),
+        (
+            vec![
+                worker(1),
+                WorkerInfo {
+                    max_concurrent_builds: 0,
+                    ..worker(2)
+                },
+            ],
+            pinned(1, 2),
+            None,
+        ),
+        (vec![worker(1), worker(2)], build(1, 0, &[]), Some(1)),
+    ];
+    for (i, (workers, job, want)) in table.into_iter().enumerate() {
+        let got = schedule(&snapshot(vec![job], workers));
+        assert_eq!(
+            got,
+            want.map(|w| (jid(1), wid(w))).into_iter().collect::<Vec<_>>(),
+            "case {i}"
+        );
     }
 }
 

@@ -2,8 +2,8 @@
 //! narinfos. They are kept in memory here and dropped whenever this process changes what they derive
 //! from, so a hot narinfo costs no database query and no signature.
 
-use crate::model::{Cache, Timestamp};
-use crate::{CacheId, OrgId};
+use crate::model::{Cache, JobId, Timestamp};
+use crate::{CacheId, EvaluationId, OrgId, WorkerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -152,5 +152,54 @@ impl DerivationMemo {
         }
         memo.insert(drv_path.to_owned(), inputs.clone());
         inputs
+    }
+}
+
+/// Builds held for the worker that evaluated them while it still pushes their `.drv` files: until then no
+/// other machine could get those. By evaluation job; released when that job ends. Held in memory only: after
+/// a restart the builds wait for the evaluation job to end instead (see `record_job_finished`).
+#[derive(Default)]
+pub struct Pins {
+    by_job: Mutex<HashMap<JobId, Pin>>,
+}
+
+struct Pin {
+    worker: WorkerId,
+    evaluation: EvaluationId,
+    drvs: Vec<String>,
+}
+
+impl Pins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Pin>> {
+        self.by_job.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn pin(&self, job: JobId, worker: WorkerId, evaluation: EvaluationId, drvs: Vec<String>) {
+        self.lock().insert(
+            job,
+            Pin {
+                worker,
+                evaluation,
+                drvs,
+            },
+        );
+    }
+
+    /// Ends the evaluation job's pin; false if it had none.
+    pub fn release(&self, job: JobId) -> bool {
+        self.lock().remove(&job).is_some()
+    }
+
+    /// Whether the evaluation's job still pushes its `.drv` files.
+    pub fn holds(&self, evaluation: EvaluationId) -> bool {
+        self.lock().values().any(|p| p.evaluation == evaluation)
+    }
+
+    /// Every pinned derivation and the worker it waits for.
+    pub fn pinned(&self) -> HashMap<String, WorkerId> {
+        self.lock()
+            .values()
+            .flat_map(|p| p.drvs.iter().map(|d| (d.clone(), p.worker)))
+            .collect()
     }
 }

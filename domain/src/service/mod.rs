@@ -170,6 +170,8 @@ pub struct Gradient<S, C> {
     pub memo: std::sync::Arc<memo::ServeMemo>,
     /// Derivation inputs the scheduler asks for at every dispatch; shared by clones.
     pub derivations: std::sync::Arc<memo::DerivationMemo>,
+    /// Builds waiting for the worker that evaluated them to push their `.drv` files; shared by clones.
+    pub pins: std::sync::Arc<memo::Pins>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
@@ -177,6 +179,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Self {
             memo: Default::default(),
             derivations: Default::default(),
+            pins: Default::default(),
             storage,
             clock,
             tokens,

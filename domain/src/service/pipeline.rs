@@ -181,8 +181,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Decides who runs what now and records it; answers the jobs to send.
     pub async fn dispatch(&self, workers: Vec<WorkerInfo>, public_url: &str) -> Result<Vec<(WorkerId, proto::Job)>> {
         let mut jobs = Vec::new();
+        let pinned = self.pins.pinned();
         for record in self.storage.queued_jobs(500).await? {
-            jobs.push(self.entry(&record).await?);
+            let mut entry = self.entry(&record).await?;
+            if let scheduler::Needs::Build(b) = &entry.needs {
+                entry.pinned_to = pinned.get(&b.drv_path).copied();
+            }
+            jobs.push(entry);
         }
         for w in &workers {
             for record in self.storage.jobs_assigned_to(w.id).await? {
@@ -417,8 +422,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         match record.kind {
             JobKind::Evaluate { evaluation_id } => {
+                // Builds planned when the push of the `.drv` files began may now go to any worker.
+                let planned = self.pins.release(job_id);
                 if success {
-                    self.plan_builds(record.org_id, evaluation_id).await
+                    if planned {
+                        self.settle_evaluation(evaluation_id).await
+                    } else {
+                        self.plan_builds(record.org_id, evaluation_id, None).await
+                    }
                 } else {
                     let Some(mut e) = self.storage.evaluation(evaluation_id).await? else {
                         return Ok(());
@@ -465,8 +476,29 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
-    /// After an evaluation: the builds of the closure of its entry points.
-    async fn plan_builds(&self, org: OrgId, evaluation_id: EvaluationId) -> Result<()> {
+    /// An evaluating worker reported every derivation and now pushes the `.drv` files to the cache. The builds
+    /// are planned at once, held for that worker (the one machine that has the `.drv` files yet) until the
+    /// evaluation job ends: it builds while it pushes, instead of after.
+    pub async fn record_evaluation_pushing(&self, job_id: JobId, worker: WorkerId) -> Result<()> {
+        let Some(JobRecord {
+            org_id,
+            kind: JobKind::Evaluate { evaluation_id },
+            state: JobState::Assigned { worker: w, .. },
+            ..
+        }) = self.storage.job(job_id).await?
+        else {
+            return Ok(());
+        };
+        if w != worker {
+            return Ok(());
+        }
+        self.plan_builds(org_id, evaluation_id, Some((job_id, worker))).await
+    }
+
+    /// After an evaluation: the builds of the closure of its entry points. With `pin` (the evaluation job and
+    /// its worker, still pushing the `.drv` files), the builds queued go only to that worker until the job
+    /// ends.
+    async fn plan_builds(&self, org: OrgId, evaluation_id: EvaluationId, pin: Option<(JobId, WorkerId)>) -> Result<()> {
         let entries = self.storage.entry_points(evaluation_id).await?;
         let mut closure: BTreeSet<String> = BTreeSet::new();
         let mut todo: Vec<String> = entries.iter().map(|e| e.drv_path.clone()).collect();
@@ -506,6 +538,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 continue;
             }
             to_queue.push(d);
+        }
+        if let Some((job, worker)) = pin {
+            let drvs = to_queue.iter().map(|d| d.drv_path.clone()).collect();
+            self.pins.pin(job, worker, evaluation_id, drvs);
         }
         for d in to_queue {
             let job = JobRecord {
@@ -602,7 +638,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let Some(e) = self.storage.evaluation(id).await? else {
             return Ok(());
         };
-        if e.status != EvaluationStatus::Building {
+        // Not done while its `.drv` files are still being pushed, even if every build is.
+        if e.status != EvaluationStatus::Building || self.pins.holds(id) {
             return Ok(());
         }
         let unfinished = [BuildStatus::Queued, BuildStatus::Building];

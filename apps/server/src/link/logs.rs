@@ -31,6 +31,11 @@ impl LiveLogs {
         inner.logs.entry(job).or_default();
     }
 
+    /// Whether the job is a build this process handed out and still runs.
+    pub fn is_build(&self, job: JobId) -> bool {
+        self.lock().logs.contains_key(&job)
+    }
+
     /// More of a running build's log. Text for a job that is not running a build here (an evaluation, or a
     /// job already finished or aborted) is dropped, so nothing accumulates for it.
     pub fn append(&self, job: JobId, text: &str) {

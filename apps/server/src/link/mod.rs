@@ -292,11 +292,16 @@ async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: Worker
             job_id,
             stage: Stage::Pushing,
         } => {
-            // A build that only uploads now frees its build slot: the worker may get its next builds.
-            if state.links.pushing(worker, job_id) {
-                state.dispatch.notify_one();
-            }
-            Ok(())
+            // A build that only uploads now frees its build slot: the worker may get its next builds. An
+            // evaluation that pushes its `.drv` files has reported every derivation: its builds start.
+            state.links.pushing(worker, job_id);
+            let r = if state.logs.is_build(job_id) {
+                Ok(())
+            } else {
+                state.app.record_evaluation_pushing(job_id, worker).await
+            };
+            state.dispatch.notify_one();
+            r
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
             state.links.finished(worker, job_id);
