@@ -3,12 +3,15 @@
 
 use gradient_domain::auth::TokenSigner;
 use gradient_domain::crypt::Crypt;
-use gradient_domain::model::{EvaluationTrigger, Org, Project};
+use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, Org, Project};
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::Evaluations;
+use gradient_domain::proto::{EvaluatedDerivation, JobOutcome};
+use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::service::{Caller, Gradient, NewOrg, NewProject, Registration, Settings};
 use gradient_domain::status::EvaluationStatus;
 use gradient_ports::storage::MemoryStorage;
+use std::collections::{BTreeMap, BTreeSet};
 
 type App = Gradient<MemoryStorage, SystemClock>;
 
@@ -139,4 +142,103 @@ async fn a_push_supersedes_the_running_evaluation_of_its_branch() {
         .unwrap();
     let still = app.storage.evaluation(first.id).await.unwrap().unwrap();
     assert_eq!(still.status, EvaluationStatus::Queued, "switched off");
+}
+
+fn builder(n: u128, org: gradient_domain::OrgId, eval: bool, builds: u32) -> WorkerInfo {
+    WorkerInfo {
+        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
+        capabilities: Capabilities {
+            fetch: eval,
+            eval,
+            build: true,
+            sign: false,
+        },
+        systems: vec!["x86_64-linux".into()],
+        features: vec![],
+        max_concurrent_builds: builds,
+        max_concurrent_evaluations: 1,
+        orgs: BTreeSet::from([org]),
+        pushing: Default::default(),
+    }
+}
+
+fn derivation(name: &str) -> EvaluatedDerivation {
+    EvaluatedDerivation {
+        attribute: Some(format!("packages.x86_64-linux.{name}")),
+        drv_path: format!("/nix/store/{}-{name}.drv", name.repeat(32).get(..32).unwrap()),
+        outputs: BTreeMap::from([(
+            "out".into(),
+            format!("/nix/store/{}-{name}", name.repeat(32).get(..32).unwrap()),
+        )]),
+        system: "x86_64-linux".into(),
+        required_features: vec![],
+        input_drvs: vec![],
+    }
+}
+
+async fn status(app: &App, id: gradient_domain::EvaluationId) -> EvaluationStatus {
+    app.storage.evaluation(id).await.unwrap().unwrap().status
+}
+
+fn build_job(job: &gradient_domain::proto::Job) -> JobId {
+    match job {
+        gradient_domain::proto::Job::Build { job_id, .. } => *job_id,
+        other => panic!("not a build: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn builds_wait_for_the_evaluating_worker_until_it_has_pushed_the_drv_files() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let url = "http://gradient.test";
+    // Worker 1 evaluates and has one build slot; worker 2 only builds, with more slots (it would win).
+    let (w1, w2) = (builder(1, org.id, true, 1), builder(2, org.id, false, 8));
+    let workers = || vec![w1.clone(), w2.clone()];
+    let e = app
+        .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let sent = app.dispatch(workers(), url).await.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, w1.id);
+    let eval_job = sent[0].1.id();
+    app.record_eval_result(eval_job, w1.id, vec![derivation("x"), derivation("y")], vec![])
+        .await
+        .unwrap();
+
+    // Every derivation is reported; the `.drv` files are being pushed: the builds start on worker 1 only.
+    app.record_evaluation_pushing(eval_job, w1.id).await.unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
+    let sent = app.dispatch(workers(), url).await.unwrap();
+    assert_eq!(
+        sent.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        vec![w1.id],
+        "{sent:?}"
+    );
+    let first = build_job(&sent[0].1);
+    assert!(
+        app.dispatch(workers(), url).await.unwrap().is_empty(),
+        "the other build waits for worker 1"
+    );
+
+    // Its build ends; the evaluation is not done while its `.drv` files are still being pushed.
+    app.record_job_finished(first, w1.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
+
+    // Pushed: the evaluation job ends, and the other build may go to any worker (worker 2 has more slots).
+    app.record_job_finished(eval_job, w1.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    let sent = app.dispatch(workers(), url).await.unwrap();
+    assert_eq!(
+        sent.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        vec![w2.id],
+        "{sent:?}"
+    );
+    app.record_job_finished(build_job(&sent[0].1), w2.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
 }

@@ -68,24 +68,33 @@ async fn objects_are_files_named_by_their_key() {
 async fn no_temporary_file_outlives_its_upload() {
     let s = fresh_fs().await;
     let root = s.store.root().to_owned();
+    let large = || Bytes::from(vec![7u8; gradient_nar_store_fs::SPILL_AT + 1]);
 
+    // A small upload stays in memory until it is committed.
     let mut upload = s.begin(&key()).await.unwrap();
     upload.write(Bytes::from_static(b"abc")).await.unwrap();
+    assert!(temp_files(&root).is_empty(), "a small upload in progress");
+    upload.commit().await.unwrap();
+    assert!(temp_files(&root).is_empty(), "after a small commit");
+
+    // A large one goes to its temporary file as it comes.
+    let mut upload = s.begin(&key()).await.unwrap();
+    upload.write(large()).await.unwrap();
     assert_eq!(
         temp_files(&root).len(),
         1,
-        "an upload in progress has its temporary file"
+        "a large upload in progress has its temporary file"
     );
     upload.commit().await.unwrap();
     assert!(temp_files(&root).is_empty(), "after commit");
 
     let mut upload = s.begin(&key()).await.unwrap();
-    upload.write(Bytes::from_static(b"abc")).await.unwrap();
+    upload.write(large()).await.unwrap();
     upload.abort().await.unwrap();
     assert!(temp_files(&root).is_empty(), "after abort");
 
     let mut upload = s.begin(&key()).await.unwrap();
-    upload.write(Bytes::from_static(b"abc")).await.unwrap();
+    upload.write(large()).await.unwrap();
     drop(upload);
     assert!(temp_files(&root).is_empty(), "after drop");
 }
