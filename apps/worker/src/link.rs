@@ -54,8 +54,11 @@ const MAX_BATCH: usize = 128;
 const MIN_SPLIT: usize = 8;
 /// Nix runs of batched builds at once.
 const BATCHES_AT_ONCE: usize = 2;
-/// How long the batcher lets a burst of assignments arrive before starting a run.
+/// The batcher lets a burst of assignments arrive before starting a run: it waits until none came for this
+/// long...
 const GATHER: Duration = Duration::from_millis(20);
+/// ... or this long at most.
+const GATHER_AT_MOST: Duration = Duration::from_millis(200);
 
 /// Runs batchable build jobs (see [`jobs::batchable`]) in groups: once a run slot is free, everything queued
 /// (up to [`MAX_BATCH`], grouped by [`jobs::batch_key`]) goes into one `nix-store --realise` and one push, so
@@ -73,10 +76,15 @@ async fn batcher<N: Nix>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        tokio::time::sleep(GATHER).await;
         let mut queued = vec![first];
-        while let Ok(job) = rx.try_recv() {
+        let until = tokio::time::Instant::now() + GATHER_AT_MOST;
+        while let Ok(Some(job)) =
+            tokio::time::timeout_at((tokio::time::Instant::now() + GATHER).min(until), rx.recv()).await
+        {
             queued.push(job);
+            while let Ok(job) = rx.try_recv() {
+                queued.push(job);
+            }
         }
         // Groups in arrival order, each at most `size` jobs: what is queued is shared between the run slots
         // free now (this one and the others), so that they all build. Jobs aborted while waiting are dropped.

@@ -2,7 +2,7 @@
 //! narinfos. They are kept in memory here and dropped whenever this process changes what they derive
 //! from, so a hot narinfo costs no database query and no signature.
 
-use crate::model::{Cache, JobId, Timestamp};
+use crate::model::{Cache, Derivation, JobId, Timestamp};
 use crate::{CacheId, EvaluationId, OrgId, WorkerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -128,30 +128,30 @@ impl ServeMemo {
 /// Past this many derivations the memo starts over.
 const MAX_DERIVATIONS: usize = 200_000;
 
-/// The inputs of derivations, which never change (a `.drv` path names its content): the scheduler asks for
-/// them at every dispatch, for every queued build.
+/// Derivations, which never change (a `.drv` path names its content) and are never deleted: the scheduler
+/// asks for every queued build's inputs at every dispatch, and each job sent needs its outputs.
 #[derive(Default)]
 pub struct DerivationMemo {
-    inputs: Mutex<HashMap<String, Arc<[String]>>>,
+    known: Mutex<HashMap<String, Arc<Derivation>>>,
 }
 
 impl DerivationMemo {
-    pub fn inputs(&self, drv_path: &str) -> Option<Arc<[String]>> {
-        self.inputs
+    pub fn get(&self, drv_path: &str) -> Option<Arc<Derivation>> {
+        self.known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(drv_path)
             .cloned()
     }
 
-    pub fn remember_inputs(&self, drv_path: &str, inputs: &[String]) -> Arc<[String]> {
-        let inputs: Arc<[String]> = inputs.into();
-        let mut memo = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn remember(&self, d: Derivation) -> Arc<Derivation> {
+        let d = Arc::new(d);
+        let mut memo = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         if memo.len() >= MAX_DERIVATIONS {
             memo.clear();
         }
-        memo.insert(drv_path.to_owned(), inputs.clone());
-        inputs
+        memo.insert(d.drv_path.clone(), d.clone());
+        d
     }
 }
 

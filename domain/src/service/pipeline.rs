@@ -182,12 +182,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn dispatch(&self, workers: Vec<WorkerInfo>, public_url: &str) -> Result<Vec<(WorkerId, proto::Job)>> {
         let mut jobs = Vec::new();
         let pinned = self.pins.pinned();
+        let mut queued: HashMap<JobId, JobRecord> = HashMap::new();
         for record in self.storage.queued_jobs(500).await? {
             let mut entry = self.entry(&record).await?;
             if let scheduler::Needs::Build(b) = &entry.needs {
                 entry.pinned_to = pinned.get(&b.drv_path).copied();
             }
             jobs.push(entry);
+            queued.insert(record.id, record);
         }
         for w in &workers {
             for record in self.storage.jobs_assigned_to(w.id).await? {
@@ -222,7 +224,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut out = Vec::new();
         let mut caches: HashMap<OrgId, OrgCaches> = HashMap::new();
         for (job_id, worker) in plan.assignments {
-            let Some(record) = self.storage.job(job_id).await? else {
+            let Some(record) = queued.remove(&job_id) else {
                 continue;
             };
             // The message is made before the job is assigned: a failure here leaves it queued, not assigned
@@ -270,16 +272,26 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     async fn entry(&self, record: &JobRecord) -> Result<QueueEntry> {
         let inputs = match &record.kind {
-            JobKind::Build { derivation, .. } => match self.derivations.inputs(derivation) {
-                Some(inputs) => inputs.to_vec(),
-                None => match self.storage.derivation(derivation).await? {
-                    Some(d) => self.derivations.remember_inputs(derivation, &d.inputs).to_vec(),
-                    None => Vec::new(),
-                },
-            },
+            JobKind::Build { derivation, .. } => self
+                .derivation(derivation)
+                .await?
+                .map(|d| d.inputs.clone())
+                .unwrap_or_default(),
             JobKind::Evaluate { .. } => Vec::new(),
         };
         Ok(QueueEntry::from_record(record, inputs))
+    }
+
+    /// A derivation, from memory when it was seen before (see [`super::memo::DerivationMemo`]).
+    async fn derivation(&self, drv_path: &str) -> Result<Option<std::sync::Arc<Derivation>>> {
+        if let Some(d) = self.derivations.get(drv_path) {
+            return Ok(Some(d));
+        }
+        Ok(self
+            .storage
+            .derivation(drv_path)
+            .await?
+            .map(|d| self.derivations.remember(d)))
     }
 
     /// The org's caches as substituters with their keys, and the first one's URL (where jobs push).
@@ -329,7 +341,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 })
             }
             JobKind::Build { derivation, .. } => {
-                let Some(d) = self.storage.derivation(derivation).await? else {
+                let Some(d) = self.derivation(derivation).await? else {
                     return Ok(None);
                 };
                 Some(proto::Job::Build {
@@ -379,6 +391,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             })
             .collect();
         self.storage.put_derivations(&drvs).await?;
+        for d in drvs {
+            self.derivations.remember(d);
+        }
         let entries: Vec<EntryPoint> = derivations
             .iter()
             .filter_map(|d| {
@@ -507,7 +522,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if !closure.insert(drv.clone()) {
                 continue;
             }
-            if let Some(d) = self.storage.derivation(&drv).await? {
+            if let Some(d) = self.derivation(&drv).await? {
                 todo.extend(d.inputs.iter().cloned());
                 derivations.insert(drv, d);
             }
