@@ -60,6 +60,14 @@ const GATHER: Duration = Duration::from_millis(20);
 /// ... or this long at most.
 const GATHER_AT_MOST: Duration = Duration::from_millis(200);
 
+/// How many Nix runs at once, and how many builds each may run in parallel, for a machine that builds
+/// `parallel_builds` derivations at once: together never more (a build beyond Nix's build users waits for
+/// one, and Nix looks again only every few seconds).
+fn run_shape(parallel_builds: u32) -> (usize, u32) {
+    let runs = BATCHES_AT_ONCE.min(parallel_builds.max(1) as usize);
+    (runs, (parallel_builds / runs as u32).max(1))
+}
+
 /// Runs batchable build jobs (see [`jobs::batchable`]) in groups: once a run slot is free, everything queued
 /// (up to [`MAX_BATCH`], grouped by [`jobs::batch_key`]) goes into one `nix-store --realise` and one push, so
 /// many small builds cost one Nix start-up instead of one each.
@@ -69,9 +77,10 @@ async fn batcher<N: Nix>(
     out: mpsc::UnboundedSender<WorkerMessage>,
     book: Book,
     mut rx: mpsc::UnboundedReceiver<Job>,
-    max_jobs_per_run: u32,
+    parallel_builds: u32,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_AT_ONCE));
+    let (runs, max_jobs_per_run) = run_shape(parallel_builds);
+    let slots = Arc::new(tokio::sync::Semaphore::new(runs));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -231,7 +240,7 @@ impl<N: Nix> Work<N> {
             out_tx.clone(),
             book.clone(),
             batch_rx,
-            parallel_builds.div_ceil(BATCHES_AT_ONCE as u32).max(1),
+            parallel_builds,
         ));
         Self {
             nix,
@@ -459,5 +468,20 @@ mod book_tests {
         assert!(task.await.unwrap_err().is_cancelled(), "the batch is stopped");
         let (running, state) = book.lock();
         assert!(running.is_empty() && state.aborted.is_empty() && state.batches.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_and_their_parallel_builds_stay_within_the_machine() {
+        // (builds the machine runs at once, Nix runs at once, builds per run)
+        let table = [(10, 2, 5), (11, 2, 5), (100, 2, 50), (3, 2, 1), (1, 1, 1), (0, 1, 1)];
+        for (parallel, runs, per_run) in table {
+            assert_eq!(run_shape(parallel), (runs, per_run), "{parallel}");
+            assert!(parallel == 0 || runs as u32 * per_run <= parallel, "{parallel}");
+        }
     }
 }
