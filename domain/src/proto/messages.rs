@@ -337,7 +337,8 @@ pub struct PushTarget {
     pub token: String,
 }
 
-/// Where a job is. An evaluation goes fetching → evaluating; a build goes substituting → building → pushing.
+/// Where a job is. An evaluation goes fetching → evaluating → pushing (its `.drv` files, once every derivation
+/// is reported); a build goes substituting → building → pushing (its outputs, once built).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
