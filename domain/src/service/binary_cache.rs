@@ -276,6 +276,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             let _ = nars.delete(&nar_key(cache, url)).await;
             return Err(e.into());
         }
+        self.memo.remember_received(&file);
         Ok(file)
     }
 
@@ -296,7 +297,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 format!("the narinfo describes {}, not {hash_part}", info.store_path),
             ));
         }
-        let file = self.storage.nar_file(cache.id, &info.url).await?.ok_or_else(|| {
+        let received = self.memo.take_received(cache.id, &info.url, self.clock.now());
+        let known = match received {
+            Some(file) => Some(file),
+            None => self.storage.nar_file(cache.id, &info.url).await?,
+        };
+        let file = known.ok_or_else(|| {
             invalid(
                 "nar_missing",
                 format!("upload {} before the narinfo that refers to it", info.url),

@@ -2,7 +2,7 @@
 //! narinfos. They are kept in memory here and dropped whenever this process changes what they derive
 //! from, so a hot narinfo costs no database query and no signature.
 
-use crate::model::{Cache, Derivation, JobId, Timestamp};
+use crate::model::{Cache, Derivation, JobId, NarFile, Timestamp};
 use crate::{CacheId, EvaluationId, OrgId, WorkerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +22,14 @@ pub struct ServeMemo {
     /// for every path it substitutes and pushes. Trusted for [`JOB_ACCESS_TTL`], and dropped at once when
     /// this process changes a subscription, an organization or the cache.
     job_access: Mutex<JobAccess>,
+    /// NAR files this process just received, until their narinfo comes: Nix pushes the two back to back, and
+    /// the narinfo is checked against the file's record.
+    received: Mutex<HashMap<(CacheId, String), NarFile>>,
 }
+
+/// A received NAR file's record is taken from memory for this long after its upload (well within the grace
+/// period before garbage collection may remove a NAR file no narinfo refers to).
+pub const RECEIVED_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// Memoized subscription checks, and a generation bumped whenever they are all forgotten: a check that
 /// started before a change is not remembered after it.
@@ -99,6 +106,10 @@ impl ServeMemo {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(c, _), _| *c != id);
+        self.received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(c, _), _| *c != id);
     }
 
     pub fn narinfo(&self, cache: CacheId, hash_part: &str) -> Option<Option<Arc<str>>> {
@@ -115,6 +126,23 @@ impl ServeMemo {
             narinfos.clear();
         }
         narinfos.insert((cache, hash_part.to_owned()), text);
+    }
+
+    pub fn remember_received(&self, file: &NarFile) {
+        let mut received = self.received.lock().unwrap_or_else(PoisonError::into_inner);
+        if received.len() >= 10_000 {
+            received.clear();
+        }
+        received.insert((file.cache_id, file.url.clone()), file.clone());
+    }
+
+    /// The record of a NAR file received within [`RECEIVED_TTL`] before `now`, forgotten as it is taken.
+    pub fn take_received(&self, cache: CacheId, url: &str, now: Timestamp) -> Option<NarFile> {
+        self.received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(cache, url.to_owned()))
+            .filter(|f| now - f.created_at < RECEIVED_TTL && f.created_at <= now)
     }
 
     pub fn forget_narinfo(&self, cache: CacheId, hash_part: &str) {
@@ -201,5 +229,49 @@ impl Pins {
             .values()
             .flat_map(|p| p.drvs.iter().map(|d| (d.clone(), p.worker)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Compression;
+
+    #[test]
+    fn a_received_nar_file_is_taken_once_and_only_while_fresh() {
+        let memo = ServeMemo::default();
+        let cache = CacheId(uuid::Uuid::from_u128(1));
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let file = |url: &str| NarFile {
+            cache_id: cache,
+            url: url.into(),
+            compression: Compression::Zstd,
+            file_hash: "sha256:x".into(),
+            file_size: 1,
+            nar_hash: "sha256:y".into(),
+            nar_size: 2,
+            created_at: at,
+        };
+        memo.remember_received(&file("nar/a.nar.zst"));
+        memo.remember_received(&file("nar/b.nar.zst"));
+        let soon = at + chrono::TimeDelta::seconds(1);
+        assert_eq!(
+            memo.take_received(cache, "nar/a.nar.zst", soon),
+            Some(file("nar/a.nar.zst"))
+        );
+        assert_eq!(memo.take_received(cache, "nar/a.nar.zst", soon), None, "taken once");
+        assert_eq!(
+            memo.take_received(CacheId(uuid::Uuid::from_u128(2)), "nar/b.nar.zst", soon),
+            None
+        );
+        // Too old: the storage is asked instead.
+        assert_eq!(memo.take_received(cache, "nar/b.nar.zst", at + RECEIVED_TTL), None);
+        memo.remember_received(&file("nar/c.nar.zst"));
+        memo.forget_cache(cache);
+        assert_eq!(
+            memo.take_received(cache, "nar/c.nar.zst", soon),
+            None,
+            "forgotten with its cache"
+        );
     }
 }
