@@ -650,11 +650,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// Completes (or fails) an evaluation whose builds have all ended.
     async fn settle_evaluation(&self, id: EvaluationId) -> Result<()> {
+        // Not done while its `.drv` files are still being pushed, even if every build is.
+        if self.pins.holds(id) {
+            return Ok(());
+        }
         let Some(e) = self.storage.evaluation(id).await? else {
             return Ok(());
         };
-        // Not done while its `.drv` files are still being pushed, even if every build is.
-        if e.status != EvaluationStatus::Building || self.pins.holds(id) {
+        if e.status != EvaluationStatus::Building {
             return Ok(());
         }
         let unfinished = [BuildStatus::Queued, BuildStatus::Building];
