@@ -2,65 +2,34 @@
 //! The binary cache use cases over the in-memory storage and NAR store, with a clock the test moves:
 //! what a push must prove before it is kept, and what garbage collection removes and when.
 
+mod common;
+
 use bytes::Bytes;
 use chrono::TimeDelta;
-use gradient_domain::auth::TokenSigner;
-use gradient_domain::crypt::Crypt;
-use gradient_domain::model::{Cache, Timestamp, truncate_to_micros};
+use common::ManualClock;
+use gradient_domain::model::Cache;
 use gradient_domain::nix::hash::sha256_of;
 use gradient_domain::nix::narinfo::NarInfo;
 use gradient_domain::nix::nix32;
 use gradient_domain::ports::Clock;
 use gradient_domain::ports::nar_store::NarStore;
 use gradient_domain::ports::storage::CacheContents;
-use gradient_domain::service::{Caller, Gradient, NewCache, Registration, ServiceError, Settings, nar_key};
+use gradient_domain::service::{Caller, Gradient, NewCache, ServiceError, Settings, nar_key};
 use gradient_ports::nar_store::MemoryNarStore;
 use gradient_ports::storage::MemoryStorage;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone)]
-struct ManualClock(Arc<Mutex<Timestamp>>);
-
-impl ManualClock {
-    fn advance(&self, by: TimeDelta) {
-        let mut t = self.0.lock().unwrap();
-        *t += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-}
 
 type App = Gradient<MemoryStorage, ManualClock>;
 
-async fn setup() -> (App, ManualClock, MemoryNarStore, Cache) {
-    let clock = ManualClock(Arc::new(Mutex::new(truncate_to_micros(chrono::Utc::now()))));
-    let app = Gradient::new(
-        MemoryStorage::default(),
+async fn setup() -> (App, ManualClock, MemoryNarStore, Cache, Caller) {
+    let clock = ManualClock::new();
+    let app = common::app(
         clock.clone(),
-        TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
-        Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
         Settings {
             domain: "cache.example.com:3000".into(),
             ..Settings::default()
         },
     );
-    let user = app
-        .register(Registration {
-            username: "owner".into(),
-            name: "Owner".into(),
-            email: "owner@example.com".into(),
-            password: "password123".into(),
-        })
-        .await
-        .unwrap();
-    let caller = Caller::Session {
-        user,
-        session: gradient_domain::SessionId::new(),
-    };
+    let caller = common::signed_up(&app, "owner").await;
     let cache = app
         .create_cache(
             &caller,
@@ -71,7 +40,7 @@ async fn setup() -> (App, ManualClock, MemoryNarStore, Cache) {
         )
         .await
         .unwrap();
-    (app, clock, MemoryNarStore::new(), cache)
+    (app, clock, MemoryNarStore::new(), cache, caller)
 }
 
 fn token(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -135,7 +104,7 @@ async fn push(app: &App, nars: &MemoryNarStore, cache: &Cache, contents: &[u8]) 
 
 #[tokio::test]
 async fn a_pushed_path_is_served_signed_by_the_cache_key() {
-    let (app, _, nars, cache) = setup().await;
+    let (app, _, nars, cache, _) = setup().await;
     let url = push(&app, &nars, &cache, b"hello world").await;
     let text = app
         .signed_narinfo(&cache, &PATH[11..43])
@@ -152,7 +121,7 @@ async fn a_pushed_path_is_served_signed_by_the_cache_key() {
 
 #[tokio::test]
 async fn a_narinfo_without_its_nar_or_lying_about_it_is_refused() {
-    let (app, _, nars, cache) = setup().await;
+    let (app, _, nars, cache, _) = setup().await;
     let nar = nar_of(b"data");
     let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
     let lying = format!(
@@ -192,7 +161,7 @@ async fn a_narinfo_without_its_nar_or_lying_about_it_is_refused() {
 
 #[tokio::test]
 async fn paths_not_fetched_within_the_ttl_are_collected_with_their_bytes() {
-    let (app, clock, nars, cache) = setup().await;
+    let (app, clock, nars, cache, _) = setup().await;
     let url = push(&app, &nars, &cache, b"old").await;
     let ttl = Some(TimeDelta::hours(336));
 
@@ -229,7 +198,7 @@ async fn paths_not_fetched_within_the_ttl_are_collected_with_their_bytes() {
 
 #[tokio::test]
 async fn nars_no_narinfo_refers_to_are_collected_after_a_grace_period() {
-    let (app, clock, nars, cache) = setup().await;
+    let (app, clock, nars, cache, _) = setup().await;
     let nar = nar_of(b"orphan");
     let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
     app.receive_nar(&nars, &cache, &url, body(nar)).await.unwrap();
@@ -246,7 +215,7 @@ async fn nars_no_narinfo_refers_to_are_collected_after_a_grace_period() {
 
 #[tokio::test]
 async fn uploads_that_are_not_what_they_claim_leave_nothing() {
-    let (app, _, nars, cache) = setup().await;
+    let (app, _, nars, cache, _) = setup().await;
     let nar = nar_of(b"payload");
     let wrong = format!("nar/{}.nar", "1".repeat(52));
     let e = app
@@ -270,31 +239,8 @@ async fn uploads_that_are_not_what_they_claim_leave_nothing() {
 
 #[tokio::test]
 async fn a_job_token_reaches_its_orgs_caches_only_while_subscribed() {
-    use gradient_domain::ports::storage::Users;
-    use gradient_domain::service::NewOrg;
-    let (app, clock, _nars, cache) = setup().await;
-    let user = app
-        .storage
-        .user_by_username(&gradient_domain::Name::parse("owner").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let caller = Caller::Session {
-        user,
-        session: gradient_domain::SessionId::new(),
-    };
-    let org = app
-        .create_org(
-            &caller,
-            NewOrg {
-                name: "acme".into(),
-                display_name: None,
-                description: None,
-                public: false,
-            },
-        )
-        .await
-        .unwrap();
+    let (app, clock, _nars, cache, caller) = setup().await;
+    let org = common::org(&app, &caller, "acme").await;
     let token = app.tokens.issue_job(
         org.id,
         gradient_domain::model::JobId::new(),

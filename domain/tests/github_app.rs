@@ -4,16 +4,14 @@
 //! on an installed account go through the App with the installation's token, others through the
 //! organization's forge connection; a token GitHub refuses is a failed, retried delivery.
 
-use gradient_domain::auth::TokenSigner;
-use gradient_domain::crypt::Crypt;
+mod common;
+
 use gradient_domain::forge::{Forge, HookHeaders};
 use gradient_domain::model::{CommitState, Evaluation, Org, Project};
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget};
 use gradient_domain::ports::storage::{Evaluations, Integrations};
-use gradient_domain::service::{
-    Caller, GithubAppSettings, Gradient, NewOrg, NewProject, Registration, ServiceError, Settings,
-};
+use gradient_domain::service::{Caller, GithubAppSettings, Gradient, ServiceError, Settings};
 use gradient_ports::storage::MemoryStorage;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -73,46 +71,17 @@ struct World {
 
 impl World {
     async fn new(settings: Settings) -> World {
-        let app = Gradient::new(
-            MemoryStorage::default(),
-            SystemClock,
-            TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
-            Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
-            settings,
-        );
-        let user = app
-            .register(Registration {
-                username: "u".into(),
-                name: "U".into(),
-                email: "u@example.com".into(),
-                password: "password123".into(),
-            })
-            .await
-            .unwrap();
-        let caller = Caller::Session {
-            user,
-            session: gradient_domain::SessionId::new(),
-        };
+        let app = common::app(SystemClock, settings);
+        let caller = common::signed_up(&app, "u").await;
         World { app, caller }
     }
 
     async fn org(&self, name: &str) -> Org {
-        let new = NewOrg {
-            name: name.into(),
-            display_name: None,
-            description: None,
-            public: false,
-        };
-        self.app.create_org(&self.caller, new).await.unwrap()
+        common::org(&self.app, &self.caller, name).await
     }
 
     async fn project(&self, org: &str, name: &str, repository: &str) -> Project {
-        let new = NewProject {
-            name: name.into(),
-            repository: repository.into(),
-            ..NewProject::default()
-        };
-        self.app.create_project(&self.caller, org, new).await.unwrap()
+        common::project(&self.app, &self.caller, org, name, repository).await
     }
 
     async fn deliver(&self, event: &str, body: &Value) -> Result<Vec<Evaluation>, ServiceError> {

@@ -1,14 +1,14 @@
 #![allow(clippy::unwrap_used)]
 //! The CI loop's bookkeeping over the in-memory storage.
 
-use gradient_domain::auth::TokenSigner;
-use gradient_domain::crypt::Crypt;
+mod common;
+
 use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, Org, Project};
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::Evaluations;
 use gradient_domain::proto::{EvaluatedDerivation, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;
-use gradient_domain::service::{Caller, Gradient, NewOrg, NewProject, Registration, Settings};
+use gradient_domain::service::{Gradient, Settings};
 use gradient_domain::status::EvaluationStatus;
 use gradient_ports::storage::MemoryStorage;
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,50 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 type App = Gradient<MemoryStorage, SystemClock>;
 
 async fn app_with_project(settings: Settings) -> (App, Org, Project) {
-    let app = Gradient::new(
-        MemoryStorage::default(),
-        SystemClock,
-        TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
-        Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
-        settings,
-    );
-    let user = app
-        .register(Registration {
-            username: "u".into(),
-            name: "U".into(),
-            email: "u@example.com".into(),
-            password: "password123".into(),
-        })
-        .await
-        .unwrap();
-    let caller = Caller::Session {
-        user,
-        session: gradient_domain::SessionId::new(),
-    };
-    let org = app
-        .create_org(
-            &caller,
-            NewOrg {
-                name: "o".into(),
-                display_name: None,
-                description: None,
-                public: false,
-            },
-        )
-        .await
-        .unwrap();
-    let project = app
-        .create_project(
-            &caller,
-            "o",
-            NewProject {
-                name: "p".into(),
-                repository: "https://example.com/p.git".into(),
-                ..NewProject::default()
-            },
-        )
-        .await
-        .unwrap();
+    let app = common::app(SystemClock, settings);
+    let caller = common::signed_up(&app, "u").await;
+    let org = common::org(&app, &caller, "o").await;
+    let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
     (app, org, project)
 }
 

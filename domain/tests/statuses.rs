@@ -3,25 +3,15 @@
 //! is queued only with a forge connection, delivered with the opened token, and retried with backoff when
 //! the forge fails, the failure staying visible on the evaluation.
 
+mod common;
+
 use chrono::TimeDelta;
-use gradient_domain::auth::TokenSigner;
-use gradient_domain::crypt::Crypt;
+use common::ManualClock;
 use gradient_domain::forge::Forge;
-use gradient_domain::model::{CommitState, EvaluationTrigger, Timestamp, truncate_to_micros};
-use gradient_domain::ports::Clock;
+use gradient_domain::model::{CommitState, EvaluationTrigger};
 use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget};
-use gradient_domain::service::{Caller, Gradient, NewOrg, NewProject, Registration, ServiceError, Settings};
-use gradient_ports::storage::MemoryStorage;
-use std::sync::{Arc, Mutex};
-
-#[derive(Clone)]
-struct ManualClock(Arc<Mutex<Timestamp>>);
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap()
-    }
-}
+use gradient_domain::service::{ServiceError, Settings};
+use std::sync::Mutex;
 
 /// Records what it is sent; fails the first `failures` calls.
 #[derive(Default)]
@@ -58,54 +48,17 @@ impl ForgeApi for FakeForge {
 
 #[tokio::test]
 async fn statuses_are_queued_with_a_connection_and_retried_until_delivered() {
-    let clock = ManualClock(Arc::new(Mutex::new(truncate_to_micros(chrono::Utc::now()))));
-    let app = Gradient::new(
-        MemoryStorage::default(),
+    let clock = ManualClock::new();
+    let app = common::app(
         clock.clone(),
-        TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
-        Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
         Settings {
             public_url: "https://ci.example.com".into(),
             ..Settings::default()
         },
     );
-    let user = app
-        .register(Registration {
-            username: "u".into(),
-            name: "U".into(),
-            email: "u@example.com".into(),
-            password: "password123".into(),
-        })
-        .await
-        .unwrap();
-    let caller = Caller::Session {
-        user,
-        session: gradient_domain::SessionId::new(),
-    };
-    let org = app
-        .create_org(
-            &caller,
-            NewOrg {
-                name: "o".into(),
-                display_name: None,
-                description: None,
-                public: false,
-            },
-        )
-        .await
-        .unwrap();
-    let project = app
-        .create_project(
-            &caller,
-            "o",
-            NewProject {
-                name: "p".into(),
-                repository: "https://git.example.com/acme/web.git".into(),
-                ..NewProject::default()
-            },
-        )
-        .await
-        .unwrap();
+    let caller = common::signed_up(&app, "u").await;
+    let org = common::org(&app, &caller, "o").await;
+    let project = common::project(&app, &caller, "o", "p", "https://git.example.com/acme/web.git").await;
     let forge = FakeForge::default();
     let commit = "a".repeat(40);
 
@@ -152,15 +105,15 @@ async fn statuses_are_queued_with_a_connection_and_retried_until_delivered() {
     assert!(!statuses[0].delivered);
 
     // Not due again before 5 s, then 10 s after the second failure.
-    *clock.0.lock().unwrap() += TimeDelta::seconds(4);
+    clock.advance(TimeDelta::seconds(4));
     assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
     assert_eq!(app.evaluation_statuses(&caller, e.id).await.unwrap()[0].attempts, 1);
-    *clock.0.lock().unwrap() += TimeDelta::seconds(1);
+    clock.advance(TimeDelta::seconds(1));
     assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
     assert_eq!(app.evaluation_statuses(&caller, e.id).await.unwrap()[0].attempts, 2);
-    *clock.0.lock().unwrap() += TimeDelta::seconds(9);
+    clock.advance(TimeDelta::seconds(9));
     assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
-    *clock.0.lock().unwrap() += TimeDelta::seconds(1);
+    clock.advance(TimeDelta::seconds(1));
     assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 1);
     let statuses = app.evaluation_statuses(&caller, e.id).await.unwrap();
     assert!(statuses[0].delivered);

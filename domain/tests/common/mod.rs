@@ -1,0 +1,86 @@
+//! What the domain's integration tests share: an application over the in-memory storage, a clock the test
+//! moves, and a signed-up user with an organization and a project.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use gradient_domain::auth::TokenSigner;
+use gradient_domain::crypt::Crypt;
+use gradient_domain::model::{Org, Project, Timestamp, truncate_to_micros};
+use gradient_domain::ports::Clock;
+use gradient_domain::service::{Caller, Gradient, NewOrg, NewProject, Registration, Settings};
+use gradient_ports::storage::MemoryStorage;
+use std::sync::{Arc, Mutex};
+
+/// A clock that stands still until the test moves it.
+#[derive(Clone)]
+pub struct ManualClock(Arc<Mutex<Timestamp>>);
+
+impl ManualClock {
+    /// Now, to the microsecond (as the storage keeps times).
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(truncate_to_micros(chrono::Utc::now()))))
+    }
+
+    pub fn advance(&self, by: chrono::TimeDelta) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap()
+    }
+}
+
+pub fn app<C: Clock>(clock: C, settings: Settings) -> Gradient<MemoryStorage, C> {
+    Gradient::new(
+        MemoryStorage::default(),
+        clock,
+        TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
+        Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
+        settings,
+    )
+}
+
+/// Registers `username` (password `password123`) and answers a session of theirs.
+pub async fn signed_up<C: Clock>(app: &Gradient<MemoryStorage, C>, username: &str) -> Caller {
+    let user = app
+        .register(Registration {
+            username: username.into(),
+            name: username.to_uppercase(),
+            email: format!("{username}@example.com"),
+            password: "password123".into(),
+        })
+        .await
+        .unwrap();
+    Caller::Session {
+        user,
+        session: gradient_domain::SessionId::new(),
+    }
+}
+
+/// A private organization the caller creates.
+pub async fn org<C: Clock>(app: &Gradient<MemoryStorage, C>, caller: &Caller, name: &str) -> Org {
+    let new = NewOrg {
+        name: name.into(),
+        display_name: None,
+        description: None,
+        public: false,
+    };
+    app.create_org(caller, new).await.unwrap()
+}
+
+/// A project of the organization, with defaults for everything but its repository.
+pub async fn project<C: Clock>(
+    app: &Gradient<MemoryStorage, C>,
+    caller: &Caller,
+    org: &str,
+    name: &str,
+    repository: &str,
+) -> Project {
+    let new = NewProject {
+        name: name.into(),
+        repository: repository.into(),
+        ..NewProject::default()
+    };
+    app.create_project(caller, org, new).await.unwrap()
+}
