@@ -5,7 +5,7 @@
 
 use crate::harness::{Client, Server};
 use crate::hooks::{deliver, hmac_hex};
-use crate::nix::nix;
+use crate::nix::substitute;
 use crate::pipeline::{git, start_worker, wait_for_end};
 use crate::statuses::FakeForge;
 use reqwest::Method;
@@ -182,11 +182,7 @@ async fn a_signed_push_is_built_cached_reported_and_substituted() {
     let server = Server::start(dir.path(), &[]).await;
     let mut c = Client::new(&server);
     let key = c.register_with_key("alice").await;
-    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
-    c.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
-    c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
-    let public_key = c.ok(Method::GET, "/caches/main/public-key", None).await;
-    let public_key = public_key.as_str().expect("key").to_owned();
+    let public_key = c.acme_with_cache().await;
     let project = json!({"name": "demo", "repository": repo.url, "wildcard": "packages.*.*, checks.*.*"});
     c.ok(Method::POST, "/projects/acme", Some(project)).await;
     c.ok(
@@ -260,24 +256,14 @@ async fn a_signed_push_is_built_cached_reported_and_substituted() {
     std::fs::write(&netrc, format!("machine 127.0.0.1 login t password {key}\n")).expect("netrc");
     let fresh = dir.path().join("client-store");
     let cache_url = format!("{}/cache/main", server.url);
-    let mut args = vec![
-        "copy",
-        "--from",
+    let wanted: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let out = substitute(
         &cache_url,
-        "--to",
         fresh.to_str().expect("path"),
-        "--option",
-        "netrc-file",
-        netrc.to_str().expect("path"),
-        "--option",
-        "require-sigs",
-        "true",
-        "--option",
-        "trusted-public-keys",
+        netrc.to_str(),
         &public_key,
-    ];
-    args.extend(outputs.iter().map(String::as_str));
-    let out = nix(&args);
+        &wanted,
+    );
     assert!(
         out.status.success(),
         "substituting {outputs:?}: {}",

@@ -3,7 +3,7 @@
 //! key, and the refusals (tampered signature, mismatching uploads, missing credentials).
 
 use crate::harness::{Client, Server};
-use crate::nix::{build_closure, nix, nix_ok, nix_store};
+use crate::nix::{build_closure, nix_ok, nix_store, substitute};
 use reqwest::Method;
 use serde_json::json;
 use std::path::Path;
@@ -49,24 +49,9 @@ fn push_and_substitute(cache: &Cache, dir: &Path, paths: &[String]) {
 
     let fresh = dir.join("fresh-store");
     let fresh = fresh.to_str().expect("path");
-    let mut pull = vec![
-        "copy",
-        "--from",
-        &cache.url,
-        "--to",
-        fresh,
-        "--option",
-        "netrc-file",
-        &cache.netrc,
-        "--option",
-        "require-sigs",
-        "true",
-        "--option",
-        "trusted-public-keys",
-        &cache.public_key,
-    ];
-    pull.extend(paths.iter().map(String::as_str));
-    nix_ok(&pull);
+    let wanted: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let out = substitute(&cache.url, fresh, Some(&cache.netrc), &cache.public_key, &wanted);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for p in paths {
         let out = nix_store(&["--store", fresh, "--verify-path", p]);
         assert!(
@@ -187,21 +172,8 @@ async fn a_tampered_signature_is_refused_by_nix() {
         let from = format!("file://{}", root.display());
         let store = dir.path().join(format!("{name}-store"));
         let store = store.to_str().expect("path");
-        let mut pull = vec![
-            "copy",
-            "--from",
-            &from,
-            "--to",
-            store,
-            "--option",
-            "require-sigs",
-            "true",
-            "--option",
-            "trusted-public-keys",
-            &cache.public_key,
-        ];
-        pull.extend(paths.iter().map(String::as_str));
-        let out = nix(&pull);
+        let wanted: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let out = substitute(&from, store, None, &cache.public_key, &wanted);
         if tamper {
             assert!(!out.status.success(), "Nix accepted a tampered signature");
             let stderr = String::from_utf8_lossy(&out.stderr);

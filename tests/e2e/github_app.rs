@@ -232,9 +232,7 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
     .await;
     let mut c = Client::new(&server);
     c.register_with_key("ci").await;
-    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
-    c.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
-    c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
+    c.acme_with_cache().await;
     let project = json!({
         "name": "web",
         "repository": "https://github.com/acme/web",

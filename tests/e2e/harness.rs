@@ -228,6 +228,16 @@ impl Client {
         self.token = Some(key.clone());
         key
     }
+
+    /// Creates the organization `acme` subscribed to a new cache `main`; answers the cache's public key.
+    pub async fn acme_with_cache(&self) -> String {
+        use reqwest::Method;
+        self.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
+        self.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
+        self.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
+        let key = self.ok(Method::GET, "/caches/main/public-key", None).await;
+        key.as_str().expect("public key").to_owned()
+    }
 }
 
 /// A `gradient-worker` process with its own state directory and log.

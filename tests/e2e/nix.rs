@@ -16,6 +16,25 @@ pub fn nix(args: &[&str]) -> Output {
         .expect("nix runs")
 }
 
+/// `nix copy --from <from>` of `paths` into the store `store` (a fresh directory, as a new machine has),
+/// accepting only paths signed by `public_key`; `netrc` holds the credentials of a private cache.
+pub fn substitute(from: &str, store: &str, netrc: Option<&str>, public_key: &str, paths: &[&str]) -> Output {
+    let mut args = vec!["copy", "--from", from, "--to", store];
+    if let Some(netrc) = netrc {
+        args.extend(["--option", "netrc-file", netrc]);
+    }
+    args.extend([
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        public_key,
+    ]);
+    args.extend(paths);
+    nix(&args)
+}
+
 pub fn nix_ok(args: &[&str]) -> String {
     let out = nix(args);
     assert!(

@@ -2,7 +2,7 @@
 //! `gradient-worker` processes running the real `nix`, and a real Nix client substituting the results.
 
 use crate::harness::{Client, Server, Worker};
-use crate::nix::{NIX_CONFIG, nix};
+use crate::nix::{NIX_CONFIG, nix, substitute};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -103,15 +103,7 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
     let server = Server::start(dir.path(), &[]).await;
     let mut c = Client::new(&server);
     let key = c.register_with_key("ci").await;
-    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
-    c.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
-    c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
-    let public_key = c
-        .ok(Method::GET, "/caches/main/public-key", None)
-        .await
-        .as_str()
-        .expect("key")
-        .to_owned();
+    let public_key = c.acme_with_cache().await;
     let project = json!({"name": "demo", "repository": repository, "wildcard": "packages.*.*, checks.*.*"});
     c.ok(Method::POST, "/projects/acme", Some(project)).await;
 
@@ -251,23 +243,8 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
     std::fs::write(&netrc, format!("machine 127.0.0.1 login t password {key}\n")).expect("netrc");
     let fresh = dir.path().join("client-store");
     let cache_url = format!("{}/cache/main", server.url);
-    let out = nix(&[
-        "copy",
-        "--from",
-        &cache_url,
-        "--to",
-        fresh.to_str().expect("path"),
-        "--option",
-        "netrc-file",
-        netrc.to_str().expect("path"),
-        "--option",
-        "require-sigs",
-        "true",
-        "--option",
-        "trusted-public-keys",
-        &public_key,
-        &c_out,
-    ]);
+    let fresh = fresh.to_str().expect("path");
+    let out = substitute(&cache_url, fresh, netrc.to_str(), &public_key, &[&c_out]);
     assert!(
         out.status.success(),
         "substituting {c_out}: {}",
@@ -296,24 +273,14 @@ pub(crate) fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
     commit_flake(dir, "slow-repo", &flake)
 }
 
-struct Setup {
-    client: Client,
-}
-
-/// An org with a cache and a project on `repository`.
-async fn org_with_project(server: &Server, repository: &str) -> Setup {
+/// An org `acme` with a cache and a project `demo` on `repository` selecting `wildcard`.
+pub(crate) async fn org_with_project(server: &Server, repository: &str, wildcard: &str) -> Client {
     let mut c = Client::new(server);
     c.register_with_key("ci").await;
-    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
-    c.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
-    c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
-    c.ok(
-        Method::POST,
-        "/projects/acme",
-        Some(json!({"name": "demo", "repository": repository, "wildcard": "packages.*.*"})),
-    )
-    .await;
-    Setup { client: c }
+    c.acme_with_cache().await;
+    let project = json!({"name": "demo", "repository": repository, "wildcard": wildcard});
+    c.ok(Method::POST, "/projects/acme", Some(project)).await;
+    c
 }
 
 pub(crate) async fn start_worker(c: &Client, dir: &Path, server_url: &str, name: &str) -> Worker {
@@ -363,13 +330,13 @@ async fn a_worker_killed_mid_build_is_lost_and_another_worker_finishes_the_build
     let dir = tempfile::tempdir().expect("tempdir");
     let (repository, commit) = slow_repo(dir.path(), 8);
     let server = Server::start(dir.path(), &[]).await;
-    let s = org_with_project(&server, &repository).await;
-    let first = start_worker(&s.client, dir.path(), &server.url, "first").await;
-    let id = evaluate(&s.client, &commit).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let first = start_worker(&c, dir.path(), &server.url, "first").await;
+    let id = evaluate(&c, &commit).await;
     first.wait_for_log("running build job").await;
-    let second = start_worker(&s.client, dir.path(), &server.url, "second").await;
+    let second = start_worker(&c, dir.path(), &server.url, "second").await;
     first.sigkill();
-    let done = wait_for_end(&s.client, &server, &id).await;
+    let done = wait_for_end(&c, &server, &id).await;
     assert_eq!(
         done["evaluation"]["status"],
         "Completed",
@@ -390,14 +357,15 @@ async fn a_server_restart_mid_build_loses_no_job() {
     let (repository, commit) = slow_repo(dir.path(), 6);
     let port = crate::harness::free_port();
     let server = Server::start_on(dir.path(), port, &[]).await;
-    let s = org_with_project(&server, &repository).await;
-    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let id = evaluate(&s.client, &commit).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let worker = start_worker(&c, dir.path(), &server.url, "w").await;
+    let id = evaluate(&c, &commit).await;
     worker.wait_for_log("running build job").await;
     server.stop();
     let server = Server::start_on(dir.path(), port, &[]).await;
+    let token = c.token.clone();
     let mut c = Client::new(&server);
-    c.token = s.client.token.clone();
+    c.token = token;
     let done = wait_for_end(&c, &server, &id).await;
     assert_eq!(
         done["evaluation"]["status"],
@@ -414,12 +382,11 @@ async fn aborting_an_evaluation_stops_its_running_build() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (repository, commit) = slow_repo(dir.path(), 7);
     let server = Server::start(dir.path(), &[]).await;
-    let s = org_with_project(&server, &repository).await;
-    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let id = evaluate(&s.client, &commit).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let worker = start_worker(&c, dir.path(), &server.url, "w").await;
+    let id = evaluate(&c, &commit).await;
     worker.wait_for_log("running build job").await;
-    let aborted = s
-        .client
+    let aborted = c
         .ok(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
         .await;
     assert_eq!(aborted["status"], "Aborted");
@@ -433,20 +400,18 @@ async fn aborting_an_evaluation_stops_its_running_build() {
         assert!(Instant::now() < deadline, "the build's process still runs");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let done = s.client.ok(Method::GET, &format!("/evals/{id}"), None).await;
+    let done = c.ok(Method::GET, &format!("/evals/{id}"), None).await;
     assert_eq!(done["builds"][0]["status"], "Aborted", "{done}");
-    let (status, v) = s
-        .client
+    let (status, v) = c
         .call(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
         .await;
     assert_eq!((status, v["code"].as_str()), (409, Some("already_finished")));
-    let (status, v) = s
-        .client
+    let (status, v) = c
         .call(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "dance"})))
         .await;
     assert_eq!((status, v["code"].as_str()), (422, Some("unknown_method")));
     // The aborted build is built again for the next evaluation that needs it.
-    let again = wait_for_end(&s.client, &server, &evaluate(&s.client, &commit).await).await;
+    let again = wait_for_end(&c, &server, &evaluate(&c, &commit).await).await;
     assert_eq!(again["evaluation"]["status"], "Completed", "{again}");
     worker.kill();
     server.stop();
@@ -473,20 +438,18 @@ async fn failed_builds_can_be_restarted() {
     );
     let (repository, commit) = commit_flake(dir.path(), "restart-repo", &flake);
     let server = Server::start(dir.path(), &[]).await;
-    let s = org_with_project(&server, &repository).await;
-    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let id = evaluate(&s.client, &commit).await;
-    let first = wait_for_end(&s.client, &server, &id).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let worker = start_worker(&c, dir.path(), &server.url, "w").await;
+    let id = evaluate(&c, &commit).await;
+    let first = wait_for_end(&c, &server, &id).await;
     assert_eq!(first["evaluation"]["status"], "Failed", "{first}");
-    let (status, v) = s
-        .client
+    let (status, v) = c
         .call(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
         .await;
     assert_eq!((status, v["code"].as_str()), (409, Some("already_finished")));
 
     std::fs::write(&flag, "yes").expect("flag");
-    let restarted = s
-        .client
+    let restarted = c
         .ok(
             Method::POST,
             &format!("/evals/{id}"),
@@ -494,7 +457,7 @@ async fn failed_builds_can_be_restarted() {
         )
         .await;
     assert_eq!(restarted["status"], "Building");
-    let second = wait_for_end(&s.client, &server, &id).await;
+    let second = wait_for_end(&c, &server, &id).await;
     assert_eq!(
         second["evaluation"]["status"],
         "Completed",
@@ -509,8 +472,7 @@ async fn failed_builds_can_be_restarted() {
             .all(|b| b["status"] == "Completed"),
         "{second}"
     );
-    let (status, v) = s
-        .client
+    let (status, v) = c
         .call(
             Method::POST,
             &format!("/evals/{id}"),
@@ -575,14 +537,14 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     );
     let (repository, commit) = commit_flake(dir.path(), "talk-repo", &flake);
     let server = Server::start(dir.path(), &[]).await;
-    let s = org_with_project(&server, &repository).await;
-    let worker = start_worker(&s.client, dir.path(), &server.url, "w").await;
-    let id = evaluate(&s.client, &commit).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let worker = start_worker(&c, dir.path(), &server.url, "w").await;
+    let id = evaluate(&c, &commit).await;
     worker.wait_for_log("running build job").await;
-    let detail = s.client.ok(Method::GET, &format!("/evals/{id}"), None).await;
+    let detail = c.ok(Method::GET, &format!("/evals/{id}"), None).await;
     let drv = detail["builds"][0]["drv_path"].as_str().expect("drv").to_owned();
     let http = reqwest::Client::new();
-    let token = s.client.token.clone().expect("token");
+    let token = c.token.clone().expect("token");
     let url = format!("{}/api/v1/evals/{id}/log", server.url);
     // The same stream by the build's id, read at the same time.
     let build_id = detail["builds"][0]["id"].as_str().expect("build id").to_owned();
@@ -659,7 +621,7 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     assert_eq!(events.iter().filter(|e| e.0 == "message").count(), 0, "{events:?}");
 
     // The evaluation's events: its state and its build's, then the end; resuming skips what was seen.
-    wait_for_end(&s.client, &server, &id).await;
+    wait_for_end(&c, &server, &id).await;
     let events_url = format!("{}/api/v1/evals/{id}/events", server.url);
     let all = read_events(http.get(&events_url).bearer_auth(&token).send().await.expect("GET")).await;
     assert!(
@@ -697,8 +659,7 @@ async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
         .expect("GET");
     let events = read_events(late).await;
     assert!(events[0].2.contains("second line"), "{events:?}");
-    let (status, _) = s
-        .client
+    let (status, _) = c
         .call(Method::GET, "/evals/00000000-0000-4000-8000-000000000000", None)
         .await;
     assert_eq!(status, 404);
@@ -779,7 +740,7 @@ async fn a_huge_build_log_is_stored_capped_with_its_start_end_and_a_visible_cut(
     .replace("NONCE", &nonce);
     let (repository, commit) = commit_flake(dir.path(), "chatty", &flake);
     let server = Server::start(dir.path(), &[]).await;
-    let Setup { client: c } = org_with_project(&server, &repository).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
     let worker = start_worker(&c, dir.path(), &server.url, "one").await;
     let id = evaluate(&c, &commit).await;
     let done = wait_for_end(&c, &server, &id).await;

@@ -3,7 +3,7 @@
 //! the evaluation meanwhile.
 
 use crate::harness::{Client, Server};
-use crate::pipeline::{evaluate, flake_repo, slow_repo, start_worker, wait_for_end};
+use crate::pipeline::{evaluate, flake_repo, org_with_project, slow_repo, start_worker, wait_for_end};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -105,17 +105,7 @@ pub(crate) async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(
 
 /// An org `acme` with a project on `repository` selecting `wildcard`, whose statuses go to `forge`.
 async fn org_with_forge(server: &Server, repository: &str, wildcard: &str, forge: &FakeForge) -> Client {
-    let mut c = Client::new(server);
-    c.register_with_key("ci").await;
-    c.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
-    c.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
-    c.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
-    c.ok(
-        Method::POST,
-        "/projects/acme",
-        Some(json!({"name": "demo", "repository": repository, "wildcard": wildcard})),
-    )
-    .await;
+    let c = org_with_project(server, repository, wildcard).await;
     let set = c
         .ok(
             Method::PUT,

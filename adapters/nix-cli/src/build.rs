@@ -560,7 +560,7 @@ impl StructuredLog {
                 Some((drv, text))
             }
             "msg" => {
-                let msg = strip_ansi(v["msg"].as_str()?);
+                let msg = process::strip_ansi(v["msg"].as_str()?);
                 // Whose builder failed, as `classify` reads it: Nix 2.8's `builder for '<drv>' failed`, newer
                 // Nix's `Cannot build '<drv>'.` with `Reason: builder failed`, and fixed-output hash mismatches.
                 let quoted = |after: &str| -> Option<String> {
@@ -596,22 +596,4 @@ impl StructuredLog {
     fn errors(&self) -> String {
         self.messages.error_message()
     }
-}
-
-/// Removes terminal colour sequences (`ESC [ … m`) from Nix's messages.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -185,7 +185,7 @@ fn emit(line: &[u8], on_line: &mut impl FnMut(&str)) {
 }
 
 /// Drops terminal escape sequences (`ESC [ … letter`), which some Nix versions add to messages.
-fn strip_ansi(s: &str) -> String {
+pub fn strip_ansi(s: &str) -> String {
     if !s.contains('\x1b') {
         return s.to_owned();
     }

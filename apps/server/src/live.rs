@@ -8,6 +8,7 @@ use crate::api::ApiError;
 use crate::state::AppState;
 use gradient_domain::EvaluationId;
 use gradient_domain::ports::storage::Evaluations;
+use gradient_domain::service::{Caller, ServiceError};
 use poem::web::sse::{Event, SSE};
 use poem::web::{Path, Query};
 use poem::{IntoResponse, Request, Response, handler};
@@ -20,15 +21,17 @@ pub struct LogQuery {
 
 const POLL: Duration = Duration::from_millis(250);
 
+/// Who calls, from the request's bearer token (none: anonymous).
+async fn caller(state: &AppState, req: &Request) -> Result<Caller, ServiceError> {
+    let bearer = req.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
+    state.app.authenticate(bearer).await
+}
+
 #[handler]
 pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Query<LogQuery>) -> Response {
     let state: &AppState = req.data().expect("state is attached to the live routes");
-    let bearer = req
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::to_owned);
     let found = async {
-        let caller = state.app.authenticate(bearer.as_deref()).await?;
+        let caller = caller(state, req).await?;
         state.app.evaluation_for(&caller, EvaluationId(id)).await
     }
     .await;
@@ -37,7 +40,7 @@ pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Quer
         Err(e) => return ApiError::from(e).into_response(),
     };
     let Some(build) = builds.into_iter().find(|b| b.drv_path == q.drv) else {
-        let e = gradient_domain::service::ServiceError::NotFound(format!("the evaluation has no build of {}", q.drv));
+        let e = ServiceError::NotFound(format!("the evaluation has no build of {}", q.drv));
         return ApiError::from(e).into_response();
     };
     stream_log(state, req, build.org_id, q.drv)
@@ -47,12 +50,8 @@ pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Quer
 #[handler]
 pub async fn build_log_by_id(req: &Request, Path(id): Path<uuid::Uuid>) -> Response {
     let state: &AppState = req.data().expect("state is attached to the live routes");
-    let bearer = req
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::to_owned);
     let found = async {
-        let caller = state.app.authenticate(bearer.as_deref()).await?;
+        let caller = caller(state, req).await?;
         state.app.build_for(&caller, gradient_domain::BuildId(id)).await
     }
     .await;
@@ -115,11 +114,7 @@ fn stream_log(state: &AppState, req: &Request, org: gradient_domain::OrgId, drv:
 #[handler]
 pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Response {
     let state: &AppState = req.data().expect("state is attached to the live routes");
-    let bearer = req
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let caller = match state.app.authenticate(bearer.as_deref()).await {
+    let caller = match caller(state, req).await {
         Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),
     };
