@@ -6,21 +6,27 @@ mod common;
 use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, Org, Project};
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::Evaluations;
+use gradient_domain::ports::storage::Queue;
 use gradient_domain::proto::{EvaluatedDerivation, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;
-use gradient_domain::service::{Gradient, Settings};
-use gradient_domain::status::EvaluationStatus;
+use gradient_domain::service::{Caller, Gradient, Settings};
+use gradient_domain::status::{BuildStatus, EvaluationStatus};
 use gradient_ports::storage::MemoryStorage;
 use std::collections::{BTreeMap, BTreeSet};
 
 type App = Gradient<MemoryStorage, SystemClock>;
 
 async fn app_with_project(settings: Settings) -> (App, Org, Project) {
+    let (app, _, org, project) = app_with_caller(settings).await;
+    (app, org, project)
+}
+
+async fn app_with_caller(settings: Settings) -> (App, Caller, Org, Project) {
     let app = common::app(SystemClock, settings);
     let caller = common::signed_up(&app, "u").await;
     let org = common::org(&app, &caller, "o").await;
     let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
-    (app, org, project)
+    (app, caller, org, project)
 }
 
 #[tokio::test]
@@ -38,8 +44,8 @@ async fn only_the_newest_finished_evaluations_are_kept() {
             .await
             .unwrap();
         ids.push(e.id);
-        if i < 3 {
-            // The first three finish before the next push.
+        if i < 3 && i != 1 {
+            // The first and third finish before the next push; the second is still running.
             let mut done = app.storage.evaluation(e.id).await.unwrap().unwrap();
             done.status = EvaluationStatus::Aborted;
             app.storage.update_evaluation(&done).await.unwrap();
@@ -54,7 +60,7 @@ async fn only_the_newest_finished_evaluations_are_kept() {
         .map(|e| e.id)
         .collect();
     // The two newest are kept whatever their state; older finished ones go; none still running is deleted.
-    assert_eq!(left, vec![ids[4], ids[3]], "{left:?}");
+    assert_eq!(left, vec![ids[4], ids[3], ids[1]], "{left:?}");
 }
 
 #[tokio::test]
@@ -74,10 +80,25 @@ async fn a_push_supersedes_the_running_evaluation_of_its_branch() {
         EvaluationStatus::Queued,
         "a manual evaluation supersedes nothing"
     );
+    let other_branch = app
+        .queue_evaluation_on(
+            org.id,
+            &project,
+            &"d".repeat(40),
+            Some("dev".into()),
+            EvaluationTrigger::Webhook,
+        )
+        .await
+        .unwrap();
     let second = app
         .queue_evaluation(org.id, &project, &"c".repeat(40), EvaluationTrigger::Webhook)
         .await
         .unwrap();
+    assert_eq!(
+        app.storage.evaluation(other_branch.id).await.unwrap().unwrap().status,
+        EvaluationStatus::Queued,
+        "a push supersedes only evaluations of its own branch"
+    );
     for old in [first.id, manual.id] {
         let e = app.storage.evaluation(old).await.unwrap().unwrap();
         assert_eq!(e.status, EvaluationStatus::Aborted, "{e:?}");
@@ -201,4 +222,98 @@ async fn builds_wait_for_the_evaluating_worker_until_it_has_pushed_the_drv_files
         .await
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
+}
+
+async fn build_status(app: &App, org: &Org, name: &str) -> BuildStatus {
+    let drv = derivation(name).drv_path;
+    app.storage.build(org.id, &drv).await.unwrap().unwrap().status
+}
+
+#[tokio::test]
+async fn a_pin_ends_with_its_evaluation_job_however_that_ends() {
+    let (app, caller, org, project) = app_with_caller(Settings::default()).await;
+    let url = "http://gradient.test";
+    // Worker 1 evaluates and builds; worker 3 only evaluates; worker 2 only builds.
+    let (w1, w2, w3) = (
+        builder(1, org.id, true, 4),
+        builder(2, org.id, false, 4),
+        builder(3, org.id, true, 0),
+    );
+    let a = app
+        .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let b = app
+        .queue_evaluation(org.id, &project, &"b".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let sent = app.dispatch(vec![w1.clone(), w3.clone()], url).await.unwrap();
+    let job_on = |w: &WorkerInfo| sent.iter().find(|(to, _)| *to == w.id).unwrap().1.id();
+    let (a_job, b_job) = (job_on(&w1), job_on(&w3));
+    // B is evaluated and done; A reports the same derivation and pushes its `.drv` files: x waits for worker 1.
+    app.record_eval_result(b_job, w3.id, vec![derivation("x")], vec![])
+        .await
+        .unwrap();
+    app.record_job_finished(b_job, w3.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    app.record_eval_result(a_job, w1.id, vec![derivation("x")], vec![])
+        .await
+        .unwrap();
+    app.record_evaluation_pushing(a_job, w1.id).await.unwrap();
+
+    // Worker 1 is lost (its jobs are requeued), then A is aborted: its evaluation job ends without a report.
+    app.storage.requeue_jobs_of(w1.id).await.unwrap();
+    assert!(
+        app.dispatch(vec![w2.clone()], url).await.unwrap().is_empty(),
+        "x still waits"
+    );
+    app.abort_evaluation(&caller, a.id, &[]).await.unwrap();
+    let sent = app.dispatch(vec![w2.clone()], url).await.unwrap();
+    assert_eq!(
+        sent.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        vec![w2.id],
+        "B's build of x goes on"
+    );
+    assert_eq!(status(&app, b.id).await, EvaluationStatus::Building);
+}
+
+#[tokio::test]
+async fn a_superseded_evaluation_stays_ended_and_its_running_builds_finish() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let url = "http://gradient.test";
+    let w1 = builder(1, org.id, true, 4);
+    let a = app
+        .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Webhook)
+        .await
+        .unwrap();
+    let a_job = app.dispatch(vec![w1.clone()], url).await.unwrap()[0].1.id();
+    app.record_eval_result(a_job, w1.id, vec![derivation("x"), derivation("y")], vec![])
+        .await
+        .unwrap();
+    app.record_evaluation_pushing(a_job, w1.id).await.unwrap();
+    // x runs on worker 1; y is still queued when a push supersedes A.
+    let w1_one_slot = WorkerInfo {
+        max_concurrent_builds: 1,
+        ..w1.clone()
+    };
+    let x_job = build_job(&app.dispatch(vec![w1_one_slot], url).await.unwrap()[0].1);
+    app.queue_evaluation(org.id, &project, &"b".repeat(40), EvaluationTrigger::Webhook)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, a.id).await, EvaluationStatus::Aborted);
+
+    // A's job goes on reporting: A stays Aborted, and what only it needed is not queued again.
+    app.record_evaluation_pushing(a_job, w1.id).await.unwrap();
+    app.record_job_finished(a_job, w1.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, a.id).await, EvaluationStatus::Aborted);
+    let (x, y) = (build_status(&app, &org, "x").await, build_status(&app, &org, "y").await);
+    assert_eq!((x, y), (BuildStatus::Building, BuildStatus::Aborted));
+    // The running build finishes, its outputs useful to whatever needs them next.
+    app.record_job_finished(x_job, w1.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Completed);
 }

@@ -216,10 +216,11 @@ pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: 
     let (drvs, outputs): (Vec<&str>, Vec<&str>) = paths.iter().map(String::as_str).partition(|p| p.ends_with(".drv"));
     let processes = push_processes();
     if paths.len() < PARALLEL_PUSH_FROM || processes == 1 {
-        // A few paths, or a small machine: one `nix copy` each kind, closures included.
+        // A few paths, or a small machine: one `nix copy` at a time, closures included (each puts references
+        // first), in chunks that keep the command line short.
         for group in [outputs, drvs] {
-            if !group.is_empty() {
-                copy(&group, true).await?;
+            for chunk in group.chunks(COPY_CHUNK) {
+                copy(chunk, true).await?;
             }
         }
         return Ok(());

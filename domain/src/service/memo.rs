@@ -184,8 +184,9 @@ impl DerivationMemo {
 }
 
 /// Builds held for the worker that evaluated them while it still pushes their `.drv` files: until then no
-/// other machine could get those. By evaluation job; released when that job ends. Held in memory only: after
-/// a restart the builds wait for the evaluation job to end instead (see `record_job_finished`).
+/// other machine could get those. By evaluation job; released when that job ends, however it ends (reported,
+/// or stopped by the server: see `dispatch`). Held in memory only: after a restart they are gone, and a build
+/// may go to another worker before its `.drv` file is in the cache.
 #[derive(Default)]
 pub struct Pins {
     by_job: Mutex<HashMap<JobId, Pin>>,
@@ -193,6 +194,7 @@ pub struct Pins {
 
 struct Pin {
     worker: WorkerId,
+    org: OrgId,
     evaluation: EvaluationId,
     drvs: Vec<String>,
 }
@@ -202,15 +204,22 @@ impl Pins {
         self.by_job.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn pin(&self, job: JobId, worker: WorkerId, evaluation: EvaluationId, drvs: Vec<String>) {
+    /// Holds the organization's builds of `drvs` for `worker` while the evaluation job runs.
+    pub fn pin(&self, job: JobId, worker: WorkerId, org: OrgId, evaluation: EvaluationId, drvs: Vec<String>) {
         self.lock().insert(
             job,
             Pin {
                 worker,
+                org,
                 evaluation,
                 drvs,
             },
         );
+    }
+
+    /// The evaluation jobs holding pins.
+    pub fn jobs(&self) -> Vec<JobId> {
+        self.lock().keys().copied().collect()
     }
 
     /// Ends the evaluation job's pin; false if it had none.
@@ -223,11 +232,11 @@ impl Pins {
         self.lock().values().any(|p| p.evaluation == evaluation)
     }
 
-    /// Every pinned derivation and the worker it waits for.
-    pub fn pinned(&self) -> HashMap<String, WorkerId> {
+    /// Every pinned build (organization and derivation) and the worker it waits for.
+    pub fn pinned(&self) -> HashMap<(OrgId, String), WorkerId> {
         self.lock()
             .values()
-            .flat_map(|p| p.drvs.iter().map(|d| (d.clone(), p.worker)))
+            .flat_map(|p| p.drvs.iter().map(|d| ((p.org, d.clone()), p.worker)))
             .collect()
     }
 }

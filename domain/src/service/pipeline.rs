@@ -181,12 +181,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Decides who runs what now and records it; answers the jobs to send.
     pub async fn dispatch(&self, workers: Vec<WorkerInfo>, public_url: &str) -> Result<Vec<(WorkerId, proto::Job)>> {
         let mut jobs = Vec::new();
+        // A pin lasts while its evaluation job is queued or running: one ended another way (aborted,
+        // superseded) releases its builds.
+        for job in self.pins.jobs() {
+            if !self.storage.job(job).await?.is_some_and(|r| r.state.is_active()) {
+                self.pins.release(job);
+            }
+        }
         let pinned = self.pins.pinned();
         let mut queued: HashMap<JobId, JobRecord> = HashMap::new();
         for record in self.storage.queued_jobs(500).await? {
             let mut entry = self.entry(&record).await?;
             if let scheduler::Needs::Build(b) = &entry.needs {
-                entry.pinned_to = pinned.get(&b.drv_path).copied();
+                entry.pinned_to = pinned.get(&(record.org_id, b.drv_path.clone())).copied();
             }
             jobs.push(entry);
             queued.insert(record.id, record);
@@ -461,7 +468,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     e.move_to(EvaluationStatus::Failed, now);
                     e.updated_at = now;
                     self.storage.update_evaluation(&e).await?;
-                    self.report_status_change(from, &e).await
+                    self.report_status_change(from, &e).await?;
+                    if planned {
+                        // Its `.drv` files may not all be in the cache: what only it needs is not built.
+                        self.abandon_builds(evaluation_id, record.org_id, &[]).await?;
+                    }
+                    Ok(())
                 }
             }
             JobKind::Build { derivation, .. } => {
@@ -474,11 +486,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 if let JobOutcome::Failed { message, .. } = &outcome {
                     log.append(&format!("\n[gradient: the build failed: {message}]\n"));
                 }
+                // The outcome first: a log that cannot be stored must not leave the build running.
+                let mut stored = Ok(());
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
-                    self.store_log(&b, log).await?;
                     if b.move_to(status, self.clock.now()) {
                         self.storage.update_build(&b).await?;
                     }
+                    stored = self.store_log(&b, log).await;
                 }
                 if !success {
                     self.fail_dependents(record.org_id, &derivation).await?;
@@ -486,7 +500,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 for e in self.storage.evaluations_needing(record.org_id, &derivation).await? {
                     self.settle_evaluation(e).await?;
                 }
-                Ok(())
+                stored
             }
         }
     }
@@ -514,6 +528,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// its worker, still pushing the `.drv` files), the builds queued go only to that worker until the job
     /// ends.
     async fn plan_builds(&self, org: OrgId, evaluation_id: EvaluationId, pin: Option<(JobId, WorkerId)>) -> Result<()> {
+        // An evaluation that ended meanwhile (superseded, aborted) is not brought back by its job's reports.
+        if self
+            .storage
+            .evaluation(evaluation_id)
+            .await?
+            .is_none_or(|e| e.status.is_terminal())
+        {
+            return Ok(());
+        }
         let entries = self.storage.entry_points(evaluation_id).await?;
         let mut closure: BTreeSet<String> = BTreeSet::new();
         let mut todo: Vec<String> = entries.iter().map(|e| e.drv_path.clone()).collect();
@@ -556,7 +579,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         if let Some((job, worker)) = pin {
             let drvs = to_queue.iter().map(|d| d.drv_path.clone()).collect();
-            self.pins.pin(job, worker, evaluation_id, drvs);
+            self.pins.pin(job, worker, org, evaluation_id, drvs);
         }
         for d in to_queue {
             let job = JobRecord {
@@ -723,11 +746,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         self.storage.update_evaluation(&e).await?;
         self.report_status_change(from, &e).await?;
+        self.abandon_builds(id, org, workers).await
+    }
 
-        // Builds only this evaluation still needs.
+    /// Ends Aborted the unfinished builds only the (ended) evaluation needs, and its queued jobs; answers its
+    /// jobs running on `workers`, for the caller to stop. Without workers, builds already running go on:
+    /// their outputs are still useful.
+    async fn abandon_builds(
+        &self,
+        id: EvaluationId,
+        org: OrgId,
+        workers: &[WorkerId],
+    ) -> Result<Vec<(WorkerId, JobId)>> {
         let mut abandoned: HashSet<String> = HashSet::new();
         for b in self.storage.builds_of_evaluation(id).await? {
-            if b.status.is_terminal() {
+            if b.status.is_terminal() || (workers.is_empty() && b.status == BuildStatus::Building) {
                 continue;
             }
             let mut needed_elsewhere = false;
