@@ -181,8 +181,8 @@ async fn builds_wait_for_the_evaluating_worker_until_it_has_pushed_the_drv_files
         .unwrap();
     let sent = app.dispatch(workers(), url).await.unwrap();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].0, w1.id);
-    let eval_job = sent[0].1.id();
+    assert_eq!(sent[0].worker, w1.id);
+    let eval_job = sent[0].job.id();
     app.record_eval_result(eval_job, w1.id, vec![derivation("x"), derivation("y")], vec![])
         .await
         .unwrap();
@@ -192,11 +192,11 @@ async fn builds_wait_for_the_evaluating_worker_until_it_has_pushed_the_drv_files
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
     let sent = app.dispatch(workers(), url).await.unwrap();
     assert_eq!(
-        sent.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        sent.iter().map(|d| d.worker).collect::<Vec<_>>(),
         vec![w1.id],
         "{sent:?}"
     );
-    let first = build_job(&sent[0].1);
+    let first = build_job(&sent[0].job);
     assert!(
         app.dispatch(workers(), url).await.unwrap().is_empty(),
         "the other build waits for worker 1"
@@ -214,11 +214,11 @@ async fn builds_wait_for_the_evaluating_worker_until_it_has_pushed_the_drv_files
         .unwrap();
     let sent = app.dispatch(workers(), url).await.unwrap();
     assert_eq!(
-        sent.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        sent.iter().map(|d| d.worker).collect::<Vec<_>>(),
         vec![w2.id],
         "{sent:?}"
     );
-    app.record_job_finished(build_job(&sent[0].1), w2.id, JobOutcome::Success, None)
+    app.record_job_finished(build_job(&sent[0].job), w2.id, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
@@ -248,7 +248,7 @@ async fn a_pin_ends_with_its_evaluation_job_however_that_ends() {
         .await
         .unwrap();
     let sent = app.dispatch(vec![w1.clone(), w3.clone()], url).await.unwrap();
-    let job_on = |w: &WorkerInfo| sent.iter().find(|(to, _)| *to == w.id).unwrap().1.id();
+    let job_on = |w: &WorkerInfo| sent.iter().find(|d| d.worker == w.id).unwrap().job.id();
     let (a_job, b_job) = (job_on(&w1), job_on(&w3));
     // B is evaluated and done; A reports the same derivation and pushes its `.drv` files: x waits for worker 1.
     app.record_eval_result(b_job, w3.id, vec![derivation("x")], vec![])
@@ -271,7 +271,7 @@ async fn a_pin_ends_with_its_evaluation_job_however_that_ends() {
     app.abort_evaluation(&caller, a.id, &[]).await.unwrap();
     let sent = app.dispatch(vec![w2.clone()], url).await.unwrap();
     assert_eq!(
-        sent.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
+        sent.iter().map(|d| d.worker).collect::<Vec<_>>(),
         vec![w2.id],
         "B's build of x goes on"
     );
@@ -287,7 +287,7 @@ async fn a_superseded_evaluation_stays_ended_and_its_running_builds_finish() {
         .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Webhook)
         .await
         .unwrap();
-    let a_job = app.dispatch(vec![w1.clone()], url).await.unwrap()[0].1.id();
+    let a_job = app.dispatch(vec![w1.clone()], url).await.unwrap()[0].job.id();
     app.record_eval_result(a_job, w1.id, vec![derivation("x"), derivation("y")], vec![])
         .await
         .unwrap();
@@ -297,7 +297,7 @@ async fn a_superseded_evaluation_stays_ended_and_its_running_builds_finish() {
         max_concurrent_builds: 1,
         ..w1.clone()
     };
-    let x_job = build_job(&app.dispatch(vec![w1_one_slot], url).await.unwrap()[0].1);
+    let x_job = build_job(&app.dispatch(vec![w1_one_slot], url).await.unwrap()[0].job);
     app.queue_evaluation(org.id, &project, &"b".repeat(40), EvaluationTrigger::Webhook)
         .await
         .unwrap();

@@ -136,13 +136,7 @@ impl GithubApp {
             .await
             .map_err(|e| ForgeError::Unavailable(format!("POST {url}: reading the answer: {e}")))?;
         if !status.is_success() {
-            let snippet: String = body.chars().take(200).collect();
-            let message = format!("POST {url} answered {status}: {snippet}");
-            return Err(if status.is_server_error() || status.as_u16() == 429 {
-                ForgeError::Unavailable(message)
-            } else {
-                ForgeError::Rejected(message)
-            });
+            return Err(crate::refusal(&url, status, &body));
         }
         let answer: AccessToken = serde_json::from_str(&body)
             .map_err(|e| ForgeError::Unavailable(format!("POST {url} answered something else than a token: {e}")))?;

@@ -163,13 +163,7 @@ impl ForgeApi for HttpForge {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
-        let snippet: String = body.chars().take(200).collect();
-        let message = format!("POST {} answered {status}: {snippet}", request.url);
-        if status.is_server_error() || status.as_u16() == 429 {
-            Err(ForgeError::Unavailable(message))
-        } else {
-            Err(ForgeError::Rejected(message))
-        }
+        Err(refusal(&request.url, status, &body))
     }
 
     async fn installation_token(&self, installation: u64) -> Result<String, ForgeError> {
@@ -177,6 +171,17 @@ impl ForgeApi for HttpForge {
             Some(app) => app.installation_token(&self.client, installation).await,
             None => Err(ForgeError::Rejected("no GitHub App is configured".into())),
         }
+    }
+}
+
+/// A forge's answer other than success: worth retrying (server error, rate limit) or not (anything else).
+pub(crate) fn refusal(url: &str, status: reqwest::StatusCode, body: &str) -> ForgeError {
+    let snippet: String = body.chars().take(200).collect();
+    let message = format!("POST {url} answered {status}: {snippet}");
+    if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        ForgeError::Unavailable(message)
+    } else {
+        ForgeError::Rejected(message)
     }
 }
 

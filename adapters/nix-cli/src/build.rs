@@ -169,17 +169,6 @@ fn classify(code: Option<i32>, lines: &[&str], drv_path: &str, log_tail: String)
     }
 }
 
-pub async fn release(gc_root: &Path) -> Result<()> {
-    match tokio::fs::remove_dir_all(gc_root).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(NixError::Unavailable(format!(
-            "cannot remove {}: {e}",
-            gc_root.display()
-        ))),
-    }
-}
-
 pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: &str, netrc_file: &Path) -> Result<()> {
     for path in paths {
         check_store_path(path)?;
@@ -474,7 +463,8 @@ pub async fn build_many(
             process::output(cmd).await?.success_or(NixError::Unavailable)?;
         }
     }
-    let nix_failed = !timed_out && code.is_some_and(|c| c & 0x60 != 0x60 || c > 0x6f);
+    // Nix itself failed: an exit status that is not its build-failure code, or killed by a signal.
+    let nix_failed = !timed_out && code.is_none_or(|c| c & 0x60 != 0x60 || c > 0x6f);
     Ok(drvs
         .iter()
         .map(|(drv_path, outputs)| {

@@ -151,13 +151,18 @@ impl Nix for NixCli {
         if systems.is_empty() {
             return Err(NixError::Unavailable("nix reports no system".into()));
         }
+        let parallel_builds = match strings("build-users-group").first() {
+            Some(group) => tokio::fs::read_to_string("/etc/group")
+                .await
+                .ok()
+                .and_then(|etc| build_users(&etc, group)),
+            None => None,
+        };
         Ok(HostInfo {
             nix_version: text.split_whitespace().last().unwrap_or_default().to_owned(),
             systems,
             features: strings("system-features"),
-            parallel_builds: strings("build-users-group")
-                .first()
-                .and_then(|group| build_users(&std::fs::read_to_string("/etc/group").ok()?, group)),
+            parallel_builds,
         })
     }
 
@@ -196,10 +201,6 @@ impl Nix for NixCli {
         mut on_log: impl FnMut(&str, &str) + Send,
     ) -> Result<Vec<Result<BuildOutput>>> {
         build::build_many(self, drvs, opts, &mut on_log).await
-    }
-
-    async fn release(&self, gc_root: &Path) -> Result<()> {
-        build::release(gc_root).await
     }
 
     async fn push(&self, paths: &[String], cache_url: &str, compression: &str, netrc_file: &Path) -> Result<()> {

@@ -1,10 +1,9 @@
 //! What caches hold: NAR file records and cached paths (narinfos).
 
-use crate::{SqlStorage, corrupt, db_error, from_json, to_json, with_pool};
+use crate::{SqlStorage, corrupt, db_error, db_size, from_json, stored_size, to_json, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::CacheId;
 use gradient_domain::model::{CachedPath, Compression, NarFile, Timestamp};
-use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{CacheContents, Result};
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -20,16 +19,6 @@ macro_rules! cached_path_columns {
         "cache_id, hash_part, store_path, url, compression, file_hash, file_size, nar_hash, nar_size, refs, \
          deriver, system, ca, created_at, last_fetched_at"
     };
-}
-
-/// A size as stored: a signed 64-bit integer on both engines.
-fn db_size(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v).map_err(|_| StorageError::Unavailable(format!("{what} {v} is too large for the database")))
-}
-
-/// A stored size read back.
-fn stored_size(v: i64, what: &str) -> Result<u64> {
-    u64::try_from(v).map_err(|e| corrupt(what, e))
 }
 
 fn stored_compression(s: &str) -> Result<Compression> {

@@ -1,7 +1,7 @@
 //! Evaluations, derivations, entry points and builds. Writes that touch several rows run in one transaction;
 //! build-once is the builds table's primary key (organization, `.drv` path) with `ON CONFLICT DO NOTHING`.
 
-use crate::{SqlStorage, corrupt, db_error, from_json, to_json, with_pool};
+use crate::{SqlStorage, corrupt, db_error, db_size, from_json, stored_size, to_json, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{
     AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp, Transition,
@@ -486,7 +486,7 @@ impl Evaluations for SqlStorage {
             q.fetch_one(p).await
         })
         .map_err(db_error)?;
-        u64::try_from(count).map_err(|e| corrupt("build count", e))
+        stored_size(count, "build count")
     }
 
     async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
@@ -504,8 +504,8 @@ impl Evaluations for SqlStorage {
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (build_id) DO UPDATE SET \
                    compressed = excluded.compressed, size = excluded.size, omitted = excluded.omitted, \
                    created_at = excluded.created_at";
-        let size = i64::try_from(log.size).map_err(|e| StorageError::Unavailable(format!("log size: {e}")))?;
-        let omitted = i64::try_from(log.omitted).map_err(|e| StorageError::Unavailable(format!("log omitted: {e}")))?;
+        let size = db_size(log.size, "log size")?;
+        let omitted = db_size(log.omitted, "log omitted")?;
         with_pool!(self, |p| sqlx::query(sql)
             .bind(log.build_id.0)
             .bind(&log.compressed)
@@ -529,8 +529,8 @@ impl Evaluations for SqlStorage {
             Ok(BuildLog {
                 build_id: BuildId(r.build_id),
                 compressed: r.compressed,
-                size: u64::try_from(r.size).map_err(|e| corrupt("log size", e))?,
-                omitted: u64::try_from(r.omitted).map_err(|e| corrupt("log omitted", e))?,
+                size: stored_size(r.size, "log size")?,
+                omitted: stored_size(r.omitted, "log omitted")?,
                 created_at: r.created_at,
             })
         })

@@ -2,12 +2,12 @@
 //! given), the commit status outbox (`seq` keeps the order reports were enqueued in), and the GitHub App's
 //! installations.
 
-use crate::{SqlStorage, corrupt, db_error, with_pool};
+use crate::{SqlStorage, corrupt, db_error, db_size, stored_size, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::forge::Forge;
 use gradient_domain::model::{CommitState, ForgeConnection, GithubInstallation, StatusReport, Timestamp};
-use gradient_domain::ports::storage::{Integrations, Result, StorageError};
+use gradient_domain::ports::storage::{Integrations, Result};
 use gradient_domain::{EvaluationId, OrgId, StatusReportId};
 use uuid::Uuid;
 
@@ -65,7 +65,7 @@ impl Integrations for SqlStorage {
     }
 
     async fn put_github_installation(&self, installation: &GithubInstallation) -> Result<()> {
-        let id = stored_installation_id(installation.id)?;
+        let id = db_size(installation.id, "installation id")?;
         // The account's previous installation goes first, so the unique account never collides.
         let forget = "DELETE FROM github_installations WHERE account = $1 AND installation_id <> $2";
         let put = "INSERT INTO github_installations (installation_id, account, updated_at) VALUES ($1, $2, $3) \
@@ -99,7 +99,7 @@ impl Integrations for SqlStorage {
         .map_err(db_error)?;
         row.map(|r| {
             Ok(GithubInstallation {
-                id: u64::try_from(r.installation_id).map_err(|e| corrupt("installation id", e))?,
+                id: stored_size(r.installation_id, "installation id")?,
                 account: r.account,
                 updated_at: r.updated_at,
             })
@@ -120,12 +120,6 @@ impl Integrations for SqlStorage {
         .map_err(db_error)?;
         Ok(done > 0)
     }
-}
-
-/// An installation id as stored (signed 64 bits; GitHub's ids fit, and the domain refuses others).
-fn stored_installation_id(id: u64) -> Result<i64> {
-    i64::try_from(id)
-        .map_err(|_| StorageError::Unavailable(format!("installation id {id} does not fit 64 signed bits")))
 }
 
 #[derive(sqlx::FromRow)]

@@ -253,6 +253,16 @@ pub(crate) fn db_error(e: sqlx::Error) -> StorageError {
 }
 
 /// A stored value that does not decode into its domain type.
+/// A size, count or id as stored: a signed 64-bit integer on both engines.
+pub(crate) fn db_size(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StorageError::Unavailable(format!("{what} {v} is too large for the database")))
+}
+
+/// A stored size, count or id read back.
+pub(crate) fn stored_size(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|e| corrupt(what, e))
+}
+
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Unavailable(format!("stored {what} is invalid: {e}"))
 }

@@ -348,9 +348,9 @@ pub fn spawn_dispatcher(state: AppState) {
             }
             match state.app.dispatch(state.links.infos(), &state.public_url).await {
                 Ok(assigned) => {
-                    for (worker, job) in assigned {
+                    for gradient_domain::service::Dispatched { worker, org, job } in assigned {
                         if let gradient_domain::proto::Job::Build { job_id, drv_path, .. } = &job {
-                            state.logs.started(*job_id, drv_path);
+                            state.logs.started(*job_id, org, drv_path);
                         }
                         if !state
                             .links

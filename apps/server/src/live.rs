@@ -77,7 +77,7 @@ fn stream_log(state: &AppState, req: &Request, org: gradient_domain::OrgId, drv:
                 return None;
             }
             loop {
-                if let Some((text, end)) = state.logs.read(&drv, offset) {
+                if let Some((text, end)) = state.logs.read(org, &drv, offset) {
                     if !text.is_empty() {
                         return Some((Event::message(text).id(end.to_string()), (end, false)));
                     }
@@ -86,13 +86,21 @@ fn stream_log(state: &AppState, req: &Request, org: gradient_domain::OrgId, drv:
                 }
                 match state.app.storage.build(org, &drv).await {
                     Ok(Some(b)) if b.status.is_terminal() => {
-                        let stored = match state.app.stored_log(&b).await {
-                            Ok(log) => log.map(|l| l.text).unwrap_or_default(),
-                            Err(_) => String::new(),
+                        let (stored, omitted) = match state.app.stored_log(&b).await {
+                            Ok(Some(log)) => (log.text, log.omitted),
+                            _ => (String::new(), 0),
                         };
-                        if offset == 0 && !stored.is_empty() {
+                        // What the reader has not seen yet: all of it, or the end the live log had no time
+                        // to show (a stored log that lost nothing is the live log's final state, offsets
+                        // alike).
+                        let rest = match offset {
+                            0 => stored.as_str(),
+                            _ if omitted == 0 => stored.get(offset..).unwrap_or_default(),
+                            _ => "",
+                        };
+                        if !rest.is_empty() {
                             return Some((
-                                Event::message(stored.clone()).id(stored.len().to_string()),
+                                Event::message(rest.to_owned()).id(stored.len().to_string()),
                                 (stored.len(), false),
                             ));
                         }

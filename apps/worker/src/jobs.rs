@@ -84,10 +84,10 @@ fn netrc_for(dir: &Path, job_id: JobId, target: &PushTarget) -> std::io::Result<
     Ok(path)
 }
 
-pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<WorkerMessage>) {
+pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: &UnboundedSender<WorkerMessage>) -> JobOutcome {
     let job_id = job.id();
-    send(&out, WorkerMessage::JobStarted { job_id });
-    let outcome = match job {
+    send(out, WorkerMessage::JobStarted { job_id });
+    match job {
         Job::Evaluate {
             repository,
             commit,
@@ -119,7 +119,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<Wo
                 &wildcard,
                 &overrides,
                 push,
-                &out,
+                out,
             )
             .await
         }
@@ -134,7 +134,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<Wo
         } => {
             let netrc = match build_netrc(dirs, job_id, &substituters, substituter_token, push.as_ref()) {
                 Ok(n) => n,
-                Err(failed) => return finished(&out, job_id, failed),
+                Err(failed) => return failed,
             };
             let opts = BuildOptions {
                 substituters,
@@ -144,17 +144,11 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: UnboundedSender<Wo
                 timeout: timeout_secs.map(Duration::from_secs),
                 max_jobs: None,
             };
-            let outcome = build(nix, job_id, &drv_path, &opts, push.as_ref(), netrc.as_deref(), &out).await;
-            if let Some(root) = &opts.gc_root {
-                let _ = nix.release(root).await;
-            }
-            if let Some(n) = netrc {
-                let _ = std::fs::remove_file(n);
-            }
-            outcome
+            // The credential and the roots go when the build ends, also when it is aborted midway.
+            let _cleanup = Cleanup(netrc.clone(), opts.gc_root.clone());
+            build(nix, job_id, &drv_path, &opts, push.as_ref(), netrc.as_deref(), out).await
         }
-    };
-    finished(&out, job_id, outcome);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -223,6 +217,7 @@ async fn evaluate<N: Nix>(
                 };
             }
         };
+        let _cleanup = Cleanup(Some(netrc.clone()), None);
         let started = std::time::Instant::now();
         let pushed = nix.push(&drvs, &target.cache_url, "zstd", &netrc).await;
         tracing::info!(
@@ -230,7 +225,6 @@ async fn evaluate<N: Nix>(
             drvs.len(),
             started.elapsed().as_secs_f64()
         );
-        let _ = std::fs::remove_file(&netrc);
         if let Err(e) = pushed {
             return failure(FailureKind::Infrastructure, &e);
         }
@@ -424,14 +418,16 @@ pub async fn run_batch<N: Nix>(
         else {
             continue;
         };
-        send(&out, WorkerMessage::JobStarted { job_id });
-        send(
-            &out,
-            WorkerMessage::JobProgress {
-                job_id,
-                stage: Stage::Building,
-            },
-        );
+        if !(hooks.is_aborted)(job_id) {
+            send(&out, WorkerMessage::JobStarted { job_id });
+            send(
+                &out,
+                WorkerMessage::JobProgress {
+                    job_id,
+                    stage: Stage::Building,
+                },
+            );
+        }
         if first.is_none() {
             first = Some((substituters, trusted_public_keys, substituter_token, push));
         }
@@ -511,7 +507,12 @@ pub async fn run_batch<N: Nix>(
             .flat_map(|((_, outputs), _)| outputs.values().cloned())
             .collect();
         if !built.is_empty() {
-            for id in &ids {
+            // Only the builds that succeeded push (and may free their slot); aborted ones are not reported.
+            for (id, _) in ids
+                .iter()
+                .zip(&outcomes)
+                .filter(|(id, o)| matches!(o, JobOutcome::Success) && !(hooks.is_aborted)(**id))
+            {
                 send(
                     &out,
                     WorkerMessage::JobProgress {

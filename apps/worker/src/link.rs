@@ -276,8 +276,11 @@ impl<N: Nix> Work<N> {
         );
         let id = job.id();
         let task = tokio::spawn(async move {
-            jobs::run(&*nix, &dirs, job, out).await;
-            running.lock().0.remove(&id);
+            let outcome = jobs::run(&*nix, &dirs, job, &out).await;
+            // Reported once: unless an abort already answered for it.
+            if running.lock().0.remove(&id) {
+                let _ = out.send(WorkerMessage::JobFinished { job_id: id, outcome });
+            }
         });
         self.handles.retain(|_, h| !h.is_finished());
         self.handles.insert(id, task.abort_handle());
@@ -296,11 +299,13 @@ impl<N: Nix> Work<N> {
         }
         if let Some(h) = self.handles.remove(&id) {
             h.abort();
-            self.book.lock().0.remove(&id);
-            let _ = self.out_tx.send(WorkerMessage::JobFinished {
-                job_id: id,
-                outcome: gradient_domain::proto::JobOutcome::Aborted,
-            });
+            // A job that ended meanwhile was reported already.
+            if self.book.lock().0.remove(&id) {
+                let _ = self.out_tx.send(WorkerMessage::JobFinished {
+                    job_id: id,
+                    outcome: gradient_domain::proto::JobOutcome::Aborted,
+                });
+            }
         }
     }
 

@@ -196,7 +196,8 @@ pub struct BuildOptions {
     /// A netrc file with credentials for `substituters`.
     pub netrc_file: Option<PathBuf>,
     /// A directory (created if missing) that receives indirect GC roots for the `.drv` and each output, so
-    /// nothing is collected between building and pushing. The caller removes them with [`Nix::release`].
+    /// nothing is collected between building and pushing. The roots are links in the directory: the caller
+    /// releases them by removing it.
     pub gc_root: Option<PathBuf>,
     /// Limit for the build; `None` is no limit beyond the machine's own settings.
     pub timeout: Option<Duration>,
@@ -264,9 +265,6 @@ pub trait Nix: Send + Sync + 'static {
         opts: &BuildOptions,
         on_log: impl FnMut(&str, &str) + Send,
     ) -> impl Future<Output = Result<Vec<Result<BuildOutput>>>> + Send;
-
-    /// Removes the GC roots a build created under `gc_root` (and the directory); absent roots are not an error.
-    fn release(&self, gc_root: &Path) -> impl Future<Output = Result<()>> + Send;
 
     /// Copies `paths` (outputs, or `.drv` files with the derivations they reference) and their closures to
     /// the binary cache at `cache_url` (`https://host/cache/main`, `file:///dir`), compressing NARs with

@@ -21,6 +21,7 @@ pub use builds::{EvaluationBuildView, LogText};
 pub use caches::{CacheChanges, NewCache};
 pub use github_app::GithubAppSettings;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
+pub use pipeline::Dispatched;
 pub use projects::{NewProject, ProjectChanges};
 pub use statuses::{FIRST_RETRY, LAST_RETRY, commit_state, retry_delay};
 pub use webhooks::EVALUATION_LIST_LIMIT;

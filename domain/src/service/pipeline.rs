@@ -16,6 +16,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 /// An organization's caches for jobs: substituter URLs, their public keys, and the URL jobs push to.
 type OrgCaches = (Vec<String>, Vec<String>, Option<String>);
 
+/// A job assigned by `dispatch`, to send to its worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispatched {
+    pub worker: WorkerId,
+    /// The organization the job is for.
+    pub org: OrgId,
+    pub job: proto::Job,
+}
+
 /// The pseudo-worker the server assigns jobs to when it ends them itself.
 const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 
@@ -179,7 +188,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Decides who runs what now and records it; answers the jobs to send.
-    pub async fn dispatch(&self, workers: Vec<WorkerInfo>, public_url: &str) -> Result<Vec<(WorkerId, proto::Job)>> {
+    pub async fn dispatch(&self, workers: Vec<WorkerInfo>, public_url: &str) -> Result<Vec<Dispatched>> {
         let mut jobs = Vec::new();
         // A pin lasts while its evaluation job is queued or running: one ended another way (aborted,
         // superseded) releases its builds.
@@ -252,7 +261,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         self.move_build(record.org_id, derivation, BuildStatus::Building)
                             .await?;
                     }
-                    out.push((worker, job));
+                    out.push(Dispatched {
+                        worker,
+                        org: record.org_id,
+                        job,
+                    });
                 }
                 None => {
                     self.storage.finish_job(job_id, worker, false).await?;

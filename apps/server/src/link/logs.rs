@@ -1,6 +1,7 @@
 //! Build logs as they stream in from workers, held per job until the job finishes (bounded per job), and
 //! readable by derivation while the build runs, from any byte offset, for live viewers.
 
+use gradient_domain::OrgId;
 use gradient_domain::logs::LogBuffer;
 use gradient_domain::model::JobId;
 use std::collections::HashMap;
@@ -9,8 +10,8 @@ use std::sync::{Mutex, PoisonError};
 #[derive(Default)]
 struct Inner {
     logs: HashMap<JobId, LogBuffer>,
-    /// The job building each derivation now.
-    by_drv: HashMap<String, JobId>,
+    /// The job building each organization's derivation now (organizations build a derivation apart).
+    by_drv: HashMap<(OrgId, String), JobId>,
 }
 
 /// The logs of the running jobs, each bounded by the domain's [`LogBuffer`] (its start and its end are kept).
@@ -24,11 +25,11 @@ impl LiveLogs {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A build job was handed to a worker.
-    pub fn started(&self, job: JobId, drv_path: &str) {
+    /// A build job was handed to a worker: its log starts empty (also when the job runs again).
+    pub fn started(&self, job: JobId, org: OrgId, drv_path: &str) {
         let mut inner = self.lock();
-        inner.by_drv.insert(drv_path.to_owned(), job);
-        inner.logs.entry(job).or_default();
+        inner.by_drv.insert((org, drv_path.to_owned()), job);
+        inner.logs.insert(job, LogBuffer::default());
     }
 
     /// Whether the job is a build this process handed out and still runs.
@@ -51,11 +52,11 @@ impl LiveLogs {
         inner.logs.remove(&job)
     }
 
-    /// What the running build of `drv_path` logged from byte `offset` on, and the offset after it; `None`
-    /// when no build of it is running. Bytes already dropped are skipped.
-    pub fn read(&self, drv_path: &str, offset: usize) -> Option<(String, usize)> {
+    /// What the organization's running build of `drv_path` logged from byte `offset` on, and the offset after
+    /// it; `None` when no build of it is running. Bytes already dropped are skipped.
+    pub fn read(&self, org: OrgId, drv_path: &str, offset: usize) -> Option<(String, usize)> {
         let inner = self.lock();
-        let job = inner.by_drv.get(drv_path)?;
+        let job = inner.by_drv.get(&(org, drv_path.to_owned()))?;
         let (text, end) = inner.logs.get(job)?.read_from(offset as u64);
         Some((text, end as usize))
     }
@@ -65,18 +66,25 @@ impl LiveLogs {
 mod tests {
     use super::*;
 
+    const ORG: OrgId = OrgId(uuid::Uuid::from_u128(1));
+
     #[test]
     fn readers_follow_a_running_build_from_any_offset() {
         let logs = LiveLogs::default();
         let job = JobId::new();
-        assert!(logs.read("/nix/store/x.drv", 0).is_none());
-        logs.started(job, "/nix/store/x.drv");
+        assert!(logs.read(ORG, "/nix/store/x.drv", 0).is_none());
+        logs.started(job, ORG, "/nix/store/x.drv");
         logs.append(job, "one\n");
-        assert_eq!(logs.read("/nix/store/x.drv", 0), Some(("one\n".into(), 4)));
+        assert_eq!(logs.read(ORG, "/nix/store/x.drv", 0), Some(("one\n".into(), 4)));
+        let other_org = OrgId(uuid::Uuid::from_u128(2));
+        assert!(
+            logs.read(other_org, "/nix/store/x.drv", 0).is_none(),
+            "another organization's build"
+        );
         logs.append(job, "two\n");
-        assert_eq!(logs.read("/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
+        assert_eq!(logs.read(ORG, "/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
         assert_eq!(logs.take(job).map(|l| l.finish().0).as_deref(), Some("one\ntwo\n"));
-        assert!(logs.read("/nix/store/x.drv", 8).is_none(), "finished");
+        assert!(logs.read(ORG, "/nix/store/x.drv", 8).is_none(), "finished");
         logs.append(job, "late\n");
         assert!(
             logs.take(job).is_none(),
@@ -88,16 +96,16 @@ mod tests {
     fn offsets_survive_dropping_the_front_of_a_huge_log() {
         let logs = LiveLogs::default();
         let job = JobId::new();
-        logs.started(job, "d");
+        logs.started(job, ORG, "d");
         let line = "x".repeat(1000) + "\n";
         for _ in 0..3000 {
             logs.append(job, &line);
         }
-        let (text, end) = logs.read("d", 0).unwrap();
+        let (text, end) = logs.read(ORG, "d", 0).unwrap();
         assert_eq!(end, 1001 * 3000, "offsets count everything the build printed");
         assert!(text.len() < 1001 * 3000 && text.contains("bytes of this log were left out"));
-        assert_eq!(logs.read("d", end).unwrap().0, "");
-        let (tail, _) = logs.read("d", end - 1001).unwrap();
+        assert_eq!(logs.read(ORG, "d", end).unwrap().0, "");
+        let (tail, _) = logs.read(ORG, "d", end - 1001).unwrap();
         assert_eq!(tail, line, "a reader near the end gets just the end");
     }
 }

@@ -130,13 +130,11 @@ impl Links {
         self.lock().values().filter_map(|c| c.info.clone()).collect()
     }
 
-    /// The worker's job is built and only pushing (see [`WorkerInfo::pushing`]); false if that changes
-    /// nothing.
-    pub fn pushing(&self, worker: WorkerId, job: JobId) -> bool {
-        self.lock()
-            .get_mut(&worker)
-            .and_then(|c| c.info.as_mut())
-            .is_some_and(|info| info.pushing.insert(job))
+    /// The worker's job is built and only pushing (see [`WorkerInfo::pushing`]).
+    pub fn pushing(&self, worker: WorkerId, job: JobId) {
+        if let Some(info) = self.lock().get_mut(&worker).and_then(|c| c.info.as_mut()) {
+            info.pushing.insert(job);
+        }
     }
 
     /// The worker's job ended.
