@@ -163,7 +163,8 @@ async fn only_signed_deliveries_are_read() {
         hub_signature_256: Some("sha256=bad".into()),
         ..HookHeaders::default()
     };
-    assert!(w.app.receive_github_app_webhook(&headers, &body).await.is_err());
+    let e = w.app.receive_github_app_webhook(&headers, &body).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Unauthenticated(_)), "{e:?}");
     assert_eq!(w.installation_of("acme").await, None, "nothing stored");
 
     // Signed but unreadable: 422, nothing stored.

@@ -380,12 +380,41 @@ async fn a_server_restart_mid_build_loses_no_job() {
 #[tokio::test]
 async fn aborting_an_evaluation_stops_its_running_build() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (repository, commit) = slow_repo(dir.path(), 7);
+    // The builder's command line is this test's own, so that its process can be found.
+    let sleep = format!("sleep 30.{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000);
+    let flake = format!(
+        r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.slow = derivation {{
+      name = "slow"; system = "x86_64-linux"; builder = "/bin/sh";
+      args = [ "-c" "/usr/bin/{sleep}; echo done > $out" ];
+    }};
+  }};
+}}
+"#
+    );
+    let (repository, commit) = commit_flake(dir.path(), "abort-repo", &flake);
     let server = Server::start(dir.path(), &[]).await;
     let c = org_with_project(&server, &repository, "packages.*.*").await;
     let worker = start_worker(&c, dir.path(), &server.url, "w").await;
     let id = evaluate(&c, &commit).await;
-    worker.wait_for_log("running build job").await;
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", &sleep])
+            .output()
+            .expect("pgrep")
+            .status
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !running() {
+        assert!(
+            Instant::now() < deadline,
+            "the build never started\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let aborted = c
         .ok(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
         .await;
@@ -393,8 +422,7 @@ async fn aborting_an_evaluation_stops_its_running_build() {
     worker.wait_for_log("aborting job").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let still = Command::new("pgrep").args(["-f", "sleep 7"]).output().expect("pgrep");
-        if !still.status.success() {
+        if !running() {
             break;
         }
         assert!(Instant::now() < deadline, "the build's process still runs");
@@ -714,7 +742,10 @@ async fn a_polled_project_is_evaluated_at_each_new_commit_of_its_branch() {
     git(&repo, &["add", "README"]);
     git(&repo, &["commit", "-q", "-m", "more"]);
     let second = git(&repo, &["rev-parse", "HEAD"]);
-    let list = wait_for(second.clone()).await;
+    wait_for(second.clone()).await;
+    // Several more polls of an unchanged branch queue nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let list = c.ok(Method::GET, "/projects/acme/polled/evaluations", None).await;
     assert_eq!(
         commits(&list),
         vec![second, first],

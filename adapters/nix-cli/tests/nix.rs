@@ -584,7 +584,7 @@ async fn gc_roots_pin_the_derivation_and_outputs_until_their_directory_goes() {
 }
 
 #[tokio::test]
-async fn a_large_push_goes_in_waves_and_leaves_every_closure_complete() {
+async fn a_large_push_leaves_every_closure_complete_and_a_second_one_sends_nothing() {
     // 24 derivations in a chain plus 24 independent ones: their `.drv` files refer to each other.
     let f = fixture();
     let dir = f.root.join("waves");
@@ -624,8 +624,35 @@ async fn a_large_push_goes_in_waves_and_leaves_every_closure_complete() {
         let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
         assert!(cache.join(format!("{hash}.narinfo")).exists(), "{path} in the cache");
     }
-    // Pushing again sends nothing new and succeeds.
+    // Pushing again succeeds and writes nothing: every file of the cache is as it was.
+    let files = || -> Vec<(std::ffi::OsString, std::time::SystemTime)> {
+        let mut all: Vec<_> = walk(&cache)
+            .into_iter()
+            .map(|p| {
+                let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
+                (p.into_os_string(), modified)
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files();
     nix().push(&drvs, &url, "zstd", &netrc).await.unwrap();
+    assert_eq!(files(), before);
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 fn uuid_like() -> String {

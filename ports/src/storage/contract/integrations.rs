@@ -157,7 +157,9 @@ pub async fn due_statuses_are_undelivered_reports_whose_time_has_come<S: Storage
     for r in [&first, &second, &later] {
         s.enqueue_status(r).await.expect("enqueue_status");
     }
-    let due = s.due_statuses(t, 10).await.expect("due_statuses");
+    let mine =
+        |due: Vec<StatusReport>| -> Vec<StatusReport> { due.into_iter().filter(|r| r.org_id == acme.id).collect() };
+    let due = mine(s.due_statuses(t, 10).await.expect("due_statuses"));
     assert_eq!(
         due,
         vec![first.clone(), second.clone()],
@@ -166,7 +168,7 @@ pub async fn due_statuses_are_undelivered_reports_whose_time_has_come<S: Storage
     let due = s.due_statuses(t, 1).await.expect("due_statuses");
     assert_eq!(due, vec![first.clone()], "the limit is kept");
     assert!(s.status_delivered(first.id).await.expect("status_delivered"));
-    let due = s.due_statuses(t + seconds(60), 10).await.expect("due_statuses");
+    let due = mine(s.due_statuses(t + seconds(60), 10).await.expect("due_statuses"));
     assert_eq!(
         due.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![second.id, later.id],
