@@ -323,16 +323,21 @@ impl<N: Nix> Work<N> {
 pub async fn run<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &mut Work<N>) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        match session(url, identity, peers, work).await {
-            End::Lost(why) => tracing::warn!("link lost: {why}"),
+        let most = match session(url, identity, peers, work).await {
+            End::Lost(why) => {
+                tracing::warn!("link lost: {why}");
+                Duration::from_secs(60)
+            }
             End::Rejected(why) => {
-                // Retrying helps once the worker is registered, so keep trying, but not eagerly.
+                // Retrying helps once the worker is registered (a co-located worker: once the first
+                // organization exists), so keep trying, neither eagerly nor so slowly that the user waits.
                 tracing::error!("the server refused this worker: {why}");
                 backoff = backoff.max(Duration::from_secs(4));
+                Duration::from_secs(15)
             }
-        }
+        };
         let jitter = rand::thread_rng().gen_range(0.5..1.5);
-        let wait = backoff.mul_f64(jitter).min(Duration::from_secs(60));
+        let wait = backoff.mul_f64(jitter).min(most);
         tracing::info!("reconnecting in {:.1}s", wait.as_secs_f64());
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(Duration::from_secs(60));
