@@ -170,7 +170,8 @@ impl RepositoryUrls {
     }
 }
 
-fn is_commit(s: &str) -> bool {
+/// A full commit hash: SHA-1 (40 hex digits) or SHA-256 (64).
+pub fn is_commit(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 

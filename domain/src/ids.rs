@@ -46,7 +46,6 @@ id_type!(
     WorkerId,
     /// One registration of a worker under an organization; the worker answers challenges for it.
     PeerId,
-    IntegrationId,
     /// A commit status in the outbox.
     StatusReportId,
 );

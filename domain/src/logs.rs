@@ -43,13 +43,13 @@ impl LogBuffer {
 
     pub fn append(&mut self, mut text: &str) {
         if self.omitted == 0 && self.tail.is_empty() && self.head.len() < LOG_HEAD_BYTES {
-            let room = floor_char_boundary(text, LOG_HEAD_BYTES - self.head.len());
+            let room = text.floor_char_boundary(LOG_HEAD_BYTES - self.head.len());
             self.head.push_str(&text[..room]);
             text = &text[room..];
         }
         self.tail.push_str(text);
         if self.tail.len() > 2 * LOG_TAIL_BYTES {
-            let cut = ceil_char_boundary(&self.tail, self.tail.len() - LOG_TAIL_BYTES);
+            let cut = self.tail.ceil_char_boundary(self.tail.len() - LOG_TAIL_BYTES);
             self.tail.drain(..cut);
             self.omitted += cut as u64;
         }
@@ -63,7 +63,7 @@ impl LogBuffer {
         let head_len = self.head.len() as u64;
         let mut out = String::new();
         if offset < head_len {
-            out.push_str(&self.head[ceil_char_boundary(&self.head, offset as usize)..]);
+            out.push_str(&self.head[self.head.ceil_char_boundary(offset as usize)..]);
             if self.omitted > 0 {
                 out.push_str(&omission_marker(self.omitted));
             }
@@ -75,7 +75,7 @@ impl LogBuffer {
                 out.push_str(&omission_marker(tail_start - offset));
             }
             let from = offset.saturating_sub(tail_start).min(self.tail.len() as u64) as usize;
-            out.push_str(&self.tail[ceil_char_boundary(&self.tail, from)..]);
+            out.push_str(&self.tail[self.tail.ceil_char_boundary(from)..]);
         }
         (out, end)
     }
@@ -86,7 +86,7 @@ impl LogBuffer {
         let mut tail = self.tail;
         let mut omitted = self.omitted;
         if tail.len() > LOG_TAIL_BYTES {
-            let cut = ceil_char_boundary(&tail, tail.len() - LOG_TAIL_BYTES);
+            let cut = tail.ceil_char_boundary(tail.len() - LOG_TAIL_BYTES);
             tail.drain(..cut);
             omitted += cut as u64;
         }
@@ -99,26 +99,10 @@ impl LogBuffer {
     }
 }
 
-fn floor_char_boundary(s: &str, i: usize) -> usize {
-    let mut i = i.min(s.len());
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn ceil_char_boundary(s: &str, i: usize) -> usize {
-    let mut i = i.min(s.len());
-    while !s.is_char_boundary(i) {
-        i += 1;
-    }
-    i
-}
-
 /// Compresses a log for storage.
-pub fn compress(text: &str) -> Vec<u8> {
+pub fn compress(text: &str) -> Result<Vec<u8>, std::io::Error> {
     // Level 3 is zstd's default: fast, and logs shrink several times over.
-    zstd::bulk::compress(text.as_bytes(), 3).unwrap_or_else(|_| text.as_bytes().to_vec())
+    zstd::bulk::compress(text.as_bytes(), 3)
 }
 
 /// A stored log's text. Reads at most `limit` bytes, so a corrupt or hostile blob cannot blow up memory.
@@ -194,7 +178,7 @@ mod tests {
     #[test]
     fn compression_round_trips_and_bounds_what_it_reads() {
         let text = "warning: something\n".repeat(10_000);
-        let packed = compress(&text);
+        let packed = compress(&text).unwrap();
         assert!(packed.len() < text.len() / 10, "logs compress well");
         assert_eq!(decompress(&packed, u64::MAX).unwrap(), text);
         assert_eq!(decompress(&packed, 7).unwrap(), "warning");

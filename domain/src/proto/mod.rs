@@ -126,11 +126,7 @@ pub fn log_chunks(text: &str) -> impl Iterator<Item = &str> {
         if rest.is_empty() {
             return None;
         }
-        let mut end = rest.len().min(MAX_LOG_CHUNK_BYTES);
-        while !rest.is_char_boundary(end) {
-            end -= 1;
-        }
-        let (piece, tail) = rest.split_at(end);
+        let (piece, tail) = rest.split_at(rest.floor_char_boundary(MAX_LOG_CHUNK_BYTES));
         rest = tail;
         Some(piece)
     })

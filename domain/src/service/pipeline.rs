@@ -31,10 +31,6 @@ const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 /// How long a worker may use the credential it got with a job.
 const JOB_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
-fn is_commit(s: &str) -> bool {
-    s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit())
-}
-
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Queues an evaluation of the project at a commit (`trigger_evaluation`).
     pub async fn trigger_evaluation(
@@ -53,10 +49,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("project '{org}/{project}' not found")))?;
         let commit = commit.trim().to_lowercase();
-        if !is_commit(&commit) {
+        if !crate::forge::is_commit(&commit) {
             return Err(ServiceError::invalid(
                 "invalid_commit",
-                "give the full 40-character commit hash",
+                "give the full commit hash (40 hexadecimal characters, or 64 in a SHA-256 repository)",
             ));
         }
         self.queue_evaluation(o.id, &p, &commit, EvaluationTrigger::Manual)
@@ -648,7 +644,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let (text, omitted) = log.finish();
         let log = crate::model::BuildLog {
             build_id: b.id,
-            compressed: crate::logs::compress(&text),
+            compressed: crate::logs::compress(&text)
+                .map_err(|e| ServiceError::Internal(format!("compressing the log of build {}: {e}", b.id)))?,
             size: text.len() as u64,
             omitted,
             created_at: self.clock.now(),
@@ -700,11 +697,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if self.storage.count_builds(id, &unfinished).await? > 0 {
             return Ok(());
         }
-        let builds = self.storage.builds_of_evaluation(id).await?;
-        if builds.iter().any(|b| !b.status.is_terminal()) {
-            return Ok(());
-        }
-        let ok = builds.iter().all(|b| b.status.provides_outputs()) && e.errors.is_empty();
+        let without_outputs = [BuildStatus::Failed, BuildStatus::Aborted, BuildStatus::DependencyFailed];
+        let ok = e.errors.is_empty() && self.storage.count_builds(id, &without_outputs).await? == 0;
         self.set_evaluation_status(
             id,
             if ok {
@@ -849,7 +843,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let now = self.clock.now();
         for b in again {
             self.move_build(o.id, &b.drv_path, BuildStatus::Queued).await?;
-            let Some(d) = self.storage.derivation(&b.drv_path).await? else {
+            let Some(d) = self.derivation(&b.drv_path).await? else {
                 continue;
             };
             let job = JobRecord {
