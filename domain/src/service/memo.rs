@@ -153,8 +153,9 @@ impl ServeMemo {
     }
 }
 
-/// Past this many derivations the memo starts over.
-const MAX_DERIVATIONS: usize = 200_000;
+/// Past this many derivations the memo starts over: a derivation with its outputs and inputs is about a
+/// kilobyte, so the memo stays within tens of megabytes, and a few large evaluations fit.
+const MAX_DERIVATIONS: usize = 50_000;
 
 /// Derivations, which never change (a `.drv` path names its content) and are never deleted: the scheduler
 /// asks for every queued build's inputs at every dispatch, and each job sent needs its outputs.
