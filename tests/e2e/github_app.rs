@@ -6,7 +6,7 @@
 
 use crate::harness::{Client, Server};
 use crate::hooks::{deliver, hmac_hex, queued};
-use crate::pipeline::{commit_flake, git, start_worker_with, wait_for_end};
+use crate::pipeline::{commit_flake, git, start_worker_with, wait_for_completed};
 use crate::statuses::{all_delivered, read_request, wait_for};
 use base64::Engine;
 use reqwest::Method;
@@ -290,13 +290,7 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
         ],
     )
     .await;
-    let done = wait_for_end(&c, &server, &id).await;
-    assert_eq!(
-        done["evaluation"]["status"],
-        "Completed",
-        "{done}\n{}",
-        worker.log_text()
-    );
+    wait_for_completed(&c, &server, &id, &worker).await;
     let done = wait_for(&c, &server, &id, "the statuses were not delivered", all_delivered).await;
     let statuses = done["statuses"].as_array().expect("statuses");
     assert_eq!(statuses.len(), 2, "{done}");

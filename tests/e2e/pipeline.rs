@@ -96,6 +96,18 @@ pub(crate) async fn wait_for_end(c: &Client, server: &Server, id: &str) -> Value
     }
 }
 
+/// Waits for the evaluation to end and checks that it completed (showing the worker's log if not).
+pub(crate) async fn wait_for_completed(c: &Client, server: &Server, id: &str, worker: &Worker) -> Value {
+    let done = wait_for_end(c, server, id).await;
+    assert_eq!(
+        done["evaluation"]["status"],
+        "Completed",
+        "{done}\n{}",
+        worker.log_text()
+    );
+    done
+}
+
 #[tokio::test]
 async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -256,21 +268,28 @@ async fn two_workers_evaluate_and_build_a_flake_into_the_signed_cache() {
     server.stop();
 }
 
-/// A repository whose only package takes a few seconds to build.
-pub(crate) fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
+/// A repository whose flake has one package, `name`, built by the shell `script` (which writes `$out`); a fresh
+/// nonce makes it a derivation no store has yet. Answers the repository's URL and commit.
+pub(crate) fn script_repo(dir: &Path, repo: &str, name: &str, script: &str) -> (String, String) {
     let flake = format!(
         r#"{{
   outputs = {{ self }}: {{
-    packages.x86_64-linux.slow = derivation {{
-      name = "slow"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "{}";
-      args = [ "-c" "echo starting; /usr/bin/sleep {secs}; echo done > $out" ];
+    packages.x86_64-linux.{name} = derivation {{
+      name = "{name}"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "{}";
+      args = [ "-c" "{script}" ];
     }};
   }};
 }}
 "#,
         uuid::Uuid::new_v4().simple()
     );
-    commit_flake(dir, "slow-repo", &flake)
+    commit_flake(dir, repo, &flake)
+}
+
+/// A repository whose only package takes a few seconds to build.
+pub(crate) fn slow_repo(dir: &Path, secs: u32) -> (String, String) {
+    let script = format!("echo starting; /usr/bin/sleep {secs}; echo done > $out");
+    script_repo(dir, "slow-repo", "slow", &script)
 }
 
 /// An org `acme` with a cache and a project `demo` on `repository` selecting `wildcard`.
@@ -336,13 +355,7 @@ async fn a_worker_killed_mid_build_is_lost_and_another_worker_finishes_the_build
     first.wait_for_log("running build job").await;
     let second = start_worker(&c, dir.path(), &server.url, "second").await;
     first.sigkill();
-    let done = wait_for_end(&c, &server, &id).await;
-    assert_eq!(
-        done["evaluation"]["status"],
-        "Completed",
-        "{done}\n{}",
-        second.log_text()
-    );
+    wait_for_completed(&c, &server, &id, &second).await;
     assert!(
         second.log_text().contains("running build job"),
         "the second worker took the build over"
@@ -366,13 +379,7 @@ async fn a_server_restart_mid_build_loses_no_job() {
     let token = c.token.clone();
     let mut c = Client::new(&server);
     c.token = token;
-    let done = wait_for_end(&c, &server, &id).await;
-    assert_eq!(
-        done["evaluation"]["status"],
-        "Completed",
-        "{done}\n{}",
-        worker.log_text()
-    );
+    wait_for_completed(&c, &server, &id, &worker).await;
     worker.kill();
     server.stop();
 }
@@ -381,19 +388,14 @@ async fn a_server_restart_mid_build_loses_no_job() {
 async fn aborting_an_evaluation_stops_its_running_build() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The builder's command line is this test's own, so that its process can be found.
-    let sleep = format!("sleep 30.{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000);
-    let flake = format!(
-        r#"{{
-  outputs = {{ self }}: {{
-    packages.x86_64-linux.slow = derivation {{
-      name = "slow"; system = "x86_64-linux"; builder = "/bin/sh";
-      args = [ "-c" "/usr/bin/{sleep}; echo done > $out" ];
-    }};
-  }};
-}}
-"#
+    // It would run 12 s; stopped, it is gone within a few.
+    let sleep = format!("sleep 12.{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000);
+    let (repository, commit) = script_repo(
+        dir.path(),
+        "abort-repo",
+        "slow",
+        &format!("/usr/bin/{sleep}; echo done > $out"),
     );
-    let (repository, commit) = commit_flake(dir.path(), "abort-repo", &flake);
     let server = Server::start(dir.path(), &[]).await;
     let c = org_with_project(&server, &repository, "packages.*.*").await;
     let worker = start_worker(&c, dir.path(), &server.url, "w").await;
@@ -420,7 +422,7 @@ async fn aborting_an_evaluation_stops_its_running_build() {
         .await;
     assert_eq!(aborted["status"], "Aborted");
     worker.wait_for_log("aborting job").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(8);
     loop {
         if !running() {
             break;
@@ -551,19 +553,8 @@ async fn read_events(mut resp: reqwest::Response) -> Vec<(String, String, String
 #[tokio::test]
 async fn a_running_builds_log_streams_live_and_resumes_from_the_last_event() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let flake = format!(
-        r#"{{
-  outputs = {{ self }}: {{
-    packages.x86_64-linux.talk = derivation {{
-      name = "talk"; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "{}";
-      args = [ "-c" "echo first line; /usr/bin/sleep 2; echo second line; /usr/bin/sleep 2; echo done > $out" ];
-    }};
-  }};
-}}
-"#,
-        uuid::Uuid::new_v4().simple()
-    );
-    let (repository, commit) = commit_flake(dir.path(), "talk-repo", &flake);
+    let script = "echo first line; /usr/bin/sleep 2; echo second line; /usr/bin/sleep 2; echo done > $out";
+    let (repository, commit) = script_repo(dir.path(), "talk-repo", "talk", script);
     let server = Server::start(dir.path(), &[]).await;
     let c = org_with_project(&server, &repository, "packages.*.*").await;
     let worker = start_worker(&c, dir.path(), &server.url, "w").await;
@@ -774,13 +765,7 @@ async fn a_huge_build_log_is_stored_capped_with_its_start_end_and_a_visible_cut(
     let c = org_with_project(&server, &repository, "packages.*.*").await;
     let worker = start_worker(&c, dir.path(), &server.url, "one").await;
     let id = evaluate(&c, &commit).await;
-    let done = wait_for_end(&c, &server, &id).await;
-    assert_eq!(
-        done["evaluation"]["status"],
-        "Completed",
-        "{done}\n{}",
-        worker.log_text()
-    );
+    let done = wait_for_completed(&c, &server, &id, &worker).await;
     let build = done["builds"][0]["id"].as_str().expect("build id").to_owned();
 
     let resp = reqwest::Client::new()

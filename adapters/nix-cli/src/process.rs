@@ -1,6 +1,6 @@
 //! Running one Nix command: stdout collected (bounded), stderr split into lines as they come (each passed to a
-//! callback, the last few KiB kept for error messages), an optional deadline, and the child killed whenever the
-//! caller stops waiting (`kill_on_drop`).
+//! callback, the last few KiB kept for error messages), an optional deadline, and the child stopped whenever
+//! the caller stops waiting (see `Stop`).
 
 use gradient_domain::ports::nix::NixError;
 use std::collections::VecDeque;
@@ -92,9 +92,10 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| NixError::Unavailable(format!("cannot run {program}: {e}")))?;
+    // Stopped, not killed, whenever the caller stops waiting (an aborted job): see `Stop`.
+    let mut stop = Stop(child.id());
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(NixError::Unavailable(format!("{program}: no pipes")));
     };
@@ -115,11 +116,18 @@ pub async fn run(
         Some(limit) => tokio::time::timeout(limit, work).await.ok(),
     };
     let Some((out, err, status)) = finished else {
-        // Nix stops its builders when it dies (they are started with a parent-death signal on Linux).
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        // Interrupted, Nix stops its builders; given a moment, it is gone when this answers.
+        if let Some(pid) = stop.0 {
+            interrupt(pid);
+        }
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        stop.0 = None;
         return Ok(Ended::TimedOut(tail));
     };
+    stop.0 = None;
     let io = |e: std::io::Error| NixError::Unavailable(format!("{program}: {e}"));
     let stdout = out.map_err(io)?;
     err.map_err(io)?;
@@ -128,6 +136,37 @@ pub async fn run(
         stdout,
         stderr: tail,
     }))
+}
+
+/// How long an interrupted Nix gets to stop its builders before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Stops a Nix process still running when it is dropped. Killing Nix would leave its builders running: they
+/// run as a build user, and a change of user clears the signal Linux would send them when their parent dies.
+/// Interrupted (SIGINT), Nix kills them itself; if it has not exited after [`STOP_GRACE`], it is killed.
+struct Stop(Option<u32>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let Some(pid) = self.0 else { return };
+        interrupt(pid);
+        std::thread::spawn(move || {
+            std::thread::sleep(STOP_GRACE);
+            // Only if that process is still a Nix one (its id is not someone else's by now).
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim().starts_with("nix")
+                && let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        });
+    }
+}
+
+fn interrupt(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    }
 }
 
 /// Runs `cmd` without a deadline and without looking at stderr as it comes.
