@@ -1,5 +1,5 @@
-//! Decompression of cache files as a push-style codec: compressed bytes go in, decompressed bytes come out
-//! through a callback, in bounded pieces, so a NAR of any size is checked in constant memory.
+//! Compression and decompression of cache files as push-style codecs: bytes go in, the other form comes out
+//! through a callback, in bounded pieces, so a NAR of any size is handled in constant memory.
 
 use crate::model::Compression;
 
@@ -144,6 +144,102 @@ impl Decompressor {
     }
 }
 
+enum Encoder {
+    None,
+    Zstd(Box<zstd::stream::raw::Encoder<'static>>),
+    Xz(Box<xz2::stream::Stream>),
+}
+
+/// Streaming compressor for the compressions Nix uses in binary caches, at Nix's default levels.
+pub struct Compressor {
+    inner: Encoder,
+    out: Vec<u8>,
+}
+
+impl Compressor {
+    pub fn new(compression: Compression) -> Result<Self, CodecError> {
+        let inner = match compression {
+            Compression::None => Encoder::None,
+            Compression::Zstd => Encoder::Zstd(Box::new(
+                zstd::stream::raw::Encoder::new(3).map_err(|_| CodecError::Corrupt("zstd"))?,
+            )),
+            Compression::Xz => Encoder::Xz(Box::new(
+                xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc64)
+                    .map_err(|_| CodecError::Corrupt("xz"))?,
+            )),
+        };
+        Ok(Self {
+            inner,
+            out: vec![0; OUT],
+        })
+    }
+
+    /// Compresses `input`, handing every produced piece to `sink`; a sink error stops and is returned.
+    pub fn feed<E: From<CodecError>>(
+        &mut self,
+        mut input: &[u8],
+        sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match &mut self.inner {
+            Encoder::None => sink(input),
+            Encoder::Zstd(e) => {
+                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                while !input.is_empty() {
+                    let mut inb = InBuffer::around(input);
+                    let mut outb = OutBuffer::around(&mut self.out[..]);
+                    e.run(&mut inb, &mut outb).map_err(|_| CodecError::Corrupt("zstd"))?;
+                    let (consumed, produced) = (inb.pos(), outb.pos());
+                    sink(&self.out[..produced])?;
+                    input = &input[consumed..];
+                }
+                Ok(())
+            }
+            Encoder::Xz(s) => {
+                while !input.is_empty() {
+                    let (before_in, before_out) = (s.total_in(), s.total_out());
+                    s.process(input, &mut self.out, xz2::stream::Action::Run)
+                        .map_err(|_| CodecError::Corrupt("xz"))?;
+                    let consumed = (s.total_in() - before_in) as usize;
+                    let produced = (s.total_out() - before_out) as usize;
+                    sink(&self.out[..produced])?;
+                    input = &input[consumed..];
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the compressed data, handing what is left to `sink`.
+    pub fn finish<E: From<CodecError>>(&mut self, sink: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        match &mut self.inner {
+            Encoder::None => Ok(()),
+            Encoder::Zstd(e) => {
+                use zstd::stream::raw::{Operation, OutBuffer};
+                loop {
+                    let mut outb = OutBuffer::around(&mut self.out[..]);
+                    let remaining = e.finish(&mut outb, true).map_err(|_| CodecError::Corrupt("zstd"))?;
+                    let produced = outb.pos();
+                    sink(&self.out[..produced])?;
+                    if remaining == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            Encoder::Xz(s) => loop {
+                let before_out = s.total_out();
+                let status = s
+                    .process(&[], &mut self.out, xz2::stream::Action::Finish)
+                    .map_err(|_| CodecError::Corrupt("xz"))?;
+                let produced = (s.total_out() - before_out) as usize;
+                sink(&self.out[..produced])?;
+                if status == xz2::stream::Status::StreamEnd {
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +284,40 @@ mod tests {
         assert_eq!(run(Compression::None, &plain, 1000).unwrap(), plain);
         let small_z = zstd::bulk::compress(b"hello", 3).unwrap();
         assert_eq!(run(Compression::Zstd, &small_z, 1).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn what_the_compressor_writes_decompresses_to_the_input() {
+        let plain = sample();
+        for c in [Compression::Zstd, Compression::Xz, Compression::None] {
+            for chunk in [7, 4096, 1 << 20] {
+                let mut compressor = Compressor::new(c).unwrap();
+                let mut packed = Vec::new();
+                let mut sink = |b: &[u8]| -> Result<(), CodecError> {
+                    packed.extend_from_slice(b);
+                    Ok(())
+                };
+                for piece in plain[..if chunk == 7 { 10_000 } else { plain.len() }].chunks(chunk) {
+                    compressor.feed(piece, &mut sink).unwrap();
+                }
+                compressor.finish(&mut sink).unwrap();
+                let expected = &plain[..if chunk == 7 { 10_000 } else { plain.len() }];
+                if c != Compression::None {
+                    assert!(packed.len() < expected.len() / 2, "{c:?} compresses");
+                }
+                assert_eq!(run(c, &packed, 4096).unwrap(), expected, "{c:?} in chunks of {chunk}");
+            }
+        }
+        // Nothing in, a valid empty file out.
+        let mut compressor = Compressor::new(Compression::Zstd).unwrap();
+        let mut packed = Vec::new();
+        compressor
+            .finish(&mut |b: &[u8]| -> Result<(), CodecError> {
+                packed.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(run(Compression::Zstd, &packed, 1).unwrap(), b"");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod nix;
 pub mod permissions;
 pub mod ports;
 pub mod proto;
+pub mod push;
 pub mod scheduler;
 pub mod service;
 pub mod status;

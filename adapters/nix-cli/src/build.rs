@@ -1,5 +1,5 @@
 //! Building with `nix-store --realise` (the one command whose log, roots and exit codes are the same from Nix
-//! 2.8 to now) and pushing with `nix copy --to`.
+//! 2.8 to now).
 
 use crate::process::{self, Ended};
 use crate::{NixCli, derivation};
@@ -12,8 +12,6 @@ use std::time::Duration;
 /// How long past its timeout a build may run before the adapter kills Nix itself (Nix's own `--timeout`
 /// normally stops the builder first; this covers substitution and a stuck Nix).
 const GRACE: Duration = Duration::from_secs(30);
-/// Paths per `nix copy`, well under any argument-length limit.
-const COPY_CHUNK: usize = 256;
 
 pub async fn build(
     cli: &NixCli,
@@ -169,159 +167,7 @@ fn classify(code: Option<i32>, lines: &[&str], drv_path: &str, log_tail: String)
     }
 }
 
-pub async fn push(cli: &NixCli, paths: &[String], cache_url: &str, compression: &str, netrc_file: &Path) -> Result<()> {
-    for path in paths {
-        check_store_path(path)?;
-    }
-    if compression.is_empty() || !compression.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(NixError::InvalidRequest(format!(
-            "'{compression}' is not a compression method"
-        )));
-    }
-    let separator = if cache_url.contains('?') { '&' } else { '?' };
-    let to = format!("{cache_url}{separator}compression={compression}");
-    let copy = |chunk: &[&str], recursive: bool| {
-        let mut cmd = cli.nix();
-        cmd.args(["copy", "--to", &to])
-            .args(["--option", "netrc-file"])
-            .arg(netrc_file)
-            // A path the cache dropped since this machine last asked must be sent again.
-            .args(["--option", "narinfo-cache-positive-ttl", "0"]);
-        if !recursive {
-            cmd.arg("--no-recursive");
-        }
-        // Without `--derivation` Nix 2.8 would build a `.drv`'s outputs; with it, it would copy an output's
-        // deriver instead of the output. So the two kinds go separately.
-        if chunk.first().is_some_and(|p| p.ends_with(".drv")) {
-            cmd.arg("--derivation");
-        }
-        cmd.args(chunk);
-        async move {
-            let metadata = PrivateNixCache::new()?;
-            metadata.apply(&mut cmd);
-            process::output(cmd).await?.success_or(NixError::Push).map(|_| ())
-        }
-    };
-    let (drvs, outputs): (Vec<&str>, Vec<&str>) = paths.iter().map(String::as_str).partition(|p| p.ends_with(".drv"));
-    let processes = push_processes();
-    if paths.len() < PARALLEL_PUSH_FROM || processes == 1 {
-        // A few paths, or a small machine: one `nix copy` at a time, closures included (each puts references
-        // first), in chunks that keep the command line short.
-        for group in [outputs, drvs] {
-            for chunk in group.chunks(COPY_CHUNK) {
-                copy(chunk, true).await?;
-            }
-        }
-        return Ok(());
-    }
-    // Many paths: Nix uploads with a thread per core, so uploads wait on round trips. Copy the closure in
-    // waves instead — every path after all it refers to, which a binary cache requires — each wave split
-    // between several `nix copy --no-recursive` running at once.
-    for wave in closure_waves(cli, paths).await? {
-        let (drvs, outputs): (Vec<&str>, Vec<&str>) =
-            wave.iter().map(String::as_str).partition(|p| p.ends_with(".drv"));
-        let mut runs = Vec::new();
-        for group in [outputs, drvs] {
-            if group.is_empty() {
-                continue;
-            }
-            let per = group.len().div_ceil(processes).clamp(1, COPY_CHUNK);
-            for chunk in group.chunks(per) {
-                runs.push(copy(chunk, false));
-            }
-        }
-        use futures_util::StreamExt;
-        let mut running = futures_util::stream::iter(runs).buffer_unordered(processes);
-        while let Some(result) = running.next().await {
-            result?;
-        }
-    }
-    Ok(())
-}
-
-/// From this many paths a push goes in parallel waves.
-const PARALLEL_PUSH_FROM: usize = 16;
-/// `nix copy` processes at once in a wave, at most.
-const PUSH_PROCESSES: usize = 4;
-
-/// `nix copy` processes at once for this machine: one per two cores, up to [`PUSH_PROCESSES`]. Parallel
-/// copies hide round trips on a large machine; on a small one the processes' start-ups (and the waves'
-/// two extra `nix-store` runs) cost more CPU than they save, next to the builds.
-fn push_processes() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (cores / 2).clamp(1, PUSH_PROCESSES)
-}
-
-/// The closure of `paths` in waves: each path in the wave after the last of the paths it refers to (a path's
-/// reference to itself aside), from `nix-store --query --requisites` and the references `nix-store --dump-db`
-/// lists (path, hash, size, deriver, count, references; per path).
-async fn closure_waves(cli: &NixCli, paths: &[String]) -> Result<Vec<Vec<String>>> {
-    let mut closure = Vec::new();
-    for chunk in paths.chunks(COPY_CHUNK) {
-        let mut cmd = cli.command("nix-store");
-        cmd.args(["--query", "--requisites"]).args(chunk);
-        let out = process::output(cmd).await?.success_or(NixError::Push)?;
-        closure.extend(String::from_utf8_lossy(&out).lines().map(str::to_owned));
-    }
-    closure.sort();
-    closure.dedup();
-    let mut references: HashMap<String, Vec<String>> = HashMap::new();
-    for chunk in closure.chunks(COPY_CHUNK) {
-        let mut cmd = cli.command("nix-store");
-        cmd.arg("--dump-db").args(chunk);
-        let out = process::output(cmd).await?.success_or(NixError::Push)?;
-        let text = String::from_utf8_lossy(&out);
-        let mut lines = text.lines();
-        while let Some(path) = lines.next() {
-            let count: usize = lines
-                .nth(3)
-                .and_then(|n| n.trim().parse().ok())
-                .ok_or_else(|| NixError::Push(format!("unexpected `nix-store --dump-db` output for {path}")))?;
-            let refs: Vec<String> = lines
-                .by_ref()
-                .take(count)
-                .filter(|r| *r != path)
-                .map(str::to_owned)
-                .collect();
-            references.insert(path.to_owned(), refs);
-        }
-    }
-    // A path's wave: one past the deepest of its references (iteratively: closures can be deep chains).
-    let mut level: HashMap<&str, usize> = HashMap::new();
-    let mut waves: Vec<Vec<String>> = Vec::new();
-    for start in &closure {
-        let mut stack: Vec<(&str, bool)> = vec![(start.as_str(), false)];
-        while let Some((path, expanded)) = stack.pop() {
-            if level.contains_key(path) {
-                continue;
-            }
-            let refs = references.get(path).map(Vec::as_slice).unwrap_or_default();
-            if expanded {
-                let d = refs
-                    .iter()
-                    .filter_map(|r| level.get(r.as_str()))
-                    .map(|l| l + 1)
-                    .max()
-                    .unwrap_or(0);
-                level.insert(path, d);
-                if waves.len() <= d {
-                    waves.resize(d + 1, Vec::new());
-                }
-                waves[d].push(path.to_owned());
-            } else {
-                stack.push((path, true));
-                stack.extend(
-                    refs.iter()
-                        .filter(|r| !level.contains_key(r.as_str()))
-                        .map(|r| (r.as_str(), false)),
-                );
-            }
-        }
-    }
-    Ok(waves)
-}
-
-fn check_store_path(path: &str) -> Result<()> {
+pub fn check_store_path(path: &str) -> Result<()> {
     let ok = path.starts_with('/')
         && !path.ends_with('/')
         && !path

@@ -9,22 +9,24 @@
 //! | `fetch`    | `nix flake metadata --json`, `nix flake archive --json` (both with `--override-input`)           |
 //! | `evaluate` | `nix eval --json <ref>#<output> --apply <walker>` per output, per batch, `nix show-derivation -r`  |
 //! | `build`    | `nix-store --realise --add-root`, `nix-instantiate --add-root` (the `.drv`), `nix show-derivation` |
-//! | `push`     | `nix copy --to <url>?compression=…` (`--derivation` for `.drv` paths)                            |
+//! | `requisites` | `nix-store --query --requisites`                                                               |
+//! | `export`   | `nix-store --export` (read as it is written)                                                     |
 
 mod build;
 mod derivation;
 mod eval;
+mod export;
 mod fetch;
 mod process;
 
 use gradient_domain::model::InputOverride;
 use gradient_domain::ports::nix::{
-    BuildOptions, BuildOutput, EvalBatch, EvalSummary, FetchedFlake, HostInfo, Nix, NixError, Result,
+    BuildOptions, BuildOutput, EvalBatch, ExportStream, EvalSummary, FetchedFlake, HostInfo, Nix, NixError, Result,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use tokio::process::Command;
 
@@ -203,8 +205,12 @@ impl Nix for NixCli {
         build::build_many(self, drvs, opts, &mut on_log).await
     }
 
-    async fn push(&self, paths: &[String], cache_url: &str, compression: &str, netrc_file: &Path) -> Result<()> {
-        build::push(self, paths, cache_url, compression, netrc_file).await
+    async fn requisites(&self, paths: &[String]) -> Result<Vec<String>> {
+        export::requisites(self, paths).await
+    }
+
+    async fn export(&self, paths: &[String]) -> Result<ExportStream> {
+        export::export(self, paths)
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gradient_domain::model::{FailureKind, InputOverride};
+use gradient_domain::nix::{ExportEvent, ExportReader, ExportedPath};
 use gradient_domain::ports::nix::{BuildOptions, DerivationInfo, EvalBatch, FetchedFlake, Nix, NixError};
 use gradient_nix_cli::NixCli;
 use std::collections::BTreeMap;
@@ -584,10 +585,10 @@ async fn gc_roots_pin_the_derivation_and_outputs_until_their_directory_goes() {
 }
 
 #[tokio::test]
-async fn a_large_push_leaves_every_closure_complete_and_a_second_one_sends_nothing() {
+async fn requisites_list_each_path_of_a_closure_after_its_references() {
     // 24 derivations in a chain plus 24 independent ones: their `.drv` files refer to each other.
     let f = fixture();
-    let dir = f.root.join("waves");
+    let dir = f.root.join("requisites");
     std::fs::create_dir_all(&dir).unwrap();
     let nonce = uuid_like();
     let expr = format!(
@@ -597,62 +598,29 @@ async fn a_large_push_leaves_every_closure_complete_and_a_second_one_sends_nothi
              (builtins.genList (i: i + 1) 23);
          in [ chain ] ++ builtins.genList (i: mk "free-${{toString i}}" {{ }}) 24"#
     );
-    std::fs::write(dir.join("waves.nix"), expr).unwrap();
-    let drvs: Vec<String> = run("nix-instantiate", &[dir.join("waves.nix").to_str().unwrap()], &dir)
+    std::fs::write(dir.join("requisites.nix"), expr).unwrap();
+    let drvs: Vec<String> = run("nix-instantiate", &[dir.join("requisites.nix").to_str().unwrap()], &dir)
         .lines()
         .map(str::to_owned)
         .collect();
     assert_eq!(drvs.len(), 25);
-    let netrc = dir.join("netrc");
-    std::fs::write(&netrc, "").unwrap();
-    let cache = dir.join("cache");
-    let url = format!("file://{}", cache.display());
-    nix().push(&drvs, &url, "zstd", &netrc).await.unwrap();
-    // Every path of every closure (the whole chain behind its top) is in the cache.
-    let closure = run(
-        "nix-store",
-        &[
-            &["--query", "--requisites"][..],
-            &drvs.iter().map(String::as_str).collect::<Vec<_>>(),
-        ]
-        .concat(),
-        &dir,
-    );
-    let closure: Vec<&str> = closure.lines().collect();
+    let closure = nix().requisites(&drvs).await.unwrap();
     assert_eq!(closure.len(), 48, "{closure:?}");
-    for path in closure {
-        let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
-        assert!(cache.join(format!("{hash}.narinfo")).exists(), "{path} in the cache");
-    }
-    // Pushing again succeeds and writes nothing: every file of the cache is as it was.
-    let files = || -> Vec<(std::ffi::OsString, std::time::SystemTime)> {
-        let mut all: Vec<_> = walk(&cache)
-            .into_iter()
-            .map(|p| {
-                let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
-                (p.into_os_string(), modified)
-            })
-            .collect();
-        all.sort();
-        all
-    };
-    let before = files();
-    nix().push(&drvs, &url, "zstd", &netrc).await.unwrap();
-    assert_eq!(files(), before);
-}
-
-/// Every file below `dir`.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
+    let position: std::collections::HashMap<&str, usize> =
+        closure.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
+    for (i, path) in closure.iter().enumerate() {
+        for reference in run("nix-store", &["--query", "--references", path], &dir).lines() {
+            if reference != path {
+                assert!(position[reference] < i, "{reference} is listed after {path}, which refers to it");
+            }
         }
     }
-    out
+    let missing = ["/nix/store/00000000000000000000000000000000-missing".to_owned()];
+    assert!(matches!(nix().requisites(&missing).await, Err(NixError::Push(_))));
+    assert!(matches!(
+        nix().requisites(&["relative/path".to_owned()]).await,
+        Err(NixError::InvalidRequest(_))
+    ));
 }
 
 fn uuid_like() -> String {
@@ -665,89 +633,97 @@ fn uuid_like() -> String {
     )
 }
 
+async fn exported(paths: &[String]) -> Result<Vec<u8>, NixError> {
+    use futures_util::StreamExt;
+    let mut stream = nix().export(paths).await?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk?);
+    }
+    Ok(bytes)
+}
+
 #[tokio::test]
-async fn push_fills_a_binary_cache_that_builds_then_substitute_from() {
+async fn an_export_carries_each_path_after_its_references_and_imports_into_another_store() {
     let f = fixture();
     let flake = fetched().await;
     let jobs = evaluate(&flake, "hydraJobs.top").await;
     let top = &jobs.derivations[&jobs.attributes["hydraJobs.top"]];
     let base_drv = top.input_drvs[0].clone();
-    let base_out = jobs.derivations[&base_drv].outputs["out"].clone();
-
-    let keys = f.root.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let secret = run(
-        "nix",
-        &["key", "generate-secret", "--key-name", "gradient-test-1"],
-        &keys,
-    );
-    std::fs::write(keys.join("secret"), &secret).unwrap();
-    let public = Command::new("nix")
-        .args(["key", "convert-secret-to-public"])
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .stdin(std::fs::File::open(keys.join("secret")).unwrap())
-        .output()
-        .unwrap();
-    let public = String::from_utf8(public.stdout).unwrap().trim().to_owned();
-    let netrc = keys.join("netrc");
-    std::fs::write(&netrc, "").unwrap();
-
     let built = nix().build(&base_drv, &BuildOptions::default(), |_| {}).await.unwrap();
-    assert_eq!(built.outputs["out"], base_out);
-    let cache = f.root.join("cache");
-    let cache_url = format!(
-        "file://{}?secret-key={}",
-        cache.display(),
-        keys.join("secret").display()
-    );
-    let paths = [base_out.clone(), top.drv_path.clone()];
-    nix().push(&paths, &cache_url, "zstd", &netrc).await.unwrap();
-    let narinfo = |path: &str| {
-        let hash = &Path::new(path).file_name().unwrap().to_str().unwrap()[..32];
-        cache.join(format!("{hash}.narinfo"))
-    };
-    for path in [&base_out, &top.drv_path, &base_drv] {
-        assert!(narinfo(path).exists(), "{path} in the cache");
+    let base_out = built.outputs["out"].clone();
+
+    let mut paths = nix().requisites(&[top.drv_path.clone()]).await.unwrap();
+    paths.push(base_out.clone());
+    let bytes = exported(&paths).await.unwrap();
+
+    // What the stream says of each path is what the store says of it.
+    let mut reader = ExportReader::new();
+    let mut seen: Vec<ExportedPath> = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let (used, event) = reader.advance(rest).unwrap();
+        if let Some(ExportEvent::Path(p)) = event {
+            seen.push(p);
+        }
+        rest = &rest[used..];
     }
-    let info = std::fs::read_to_string(narinfo(&base_out)).unwrap();
-    assert!(
-        info.contains("Compression: zstd") && info.contains("Sig: gradient-test-1:"),
-        "{info}"
+    reader.finish().unwrap();
+    assert_eq!(seen.len(), paths.len());
+    let dir = f.root.join("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    for p in &seen {
+        let path = p.path.to_string();
+        assert!(paths.contains(&path), "{path}");
+        let hash = run("nix-store", &["--query", "--hash", &path], &dir);
+        assert_eq!(p.nar_hash.to_string(), hash.trim(), "{path}");
+        let mut refs: Vec<String> = p.references.iter().map(ToString::to_string).collect();
+        refs.sort();
+        let mut expected: Vec<String> = run("nix-store", &["--query", "--references", &path], &dir)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        expected.sort();
+        assert_eq!(refs, expected, "{path}");
+        let position = |x: &str| seen.iter().position(|s| s.path.to_string() == x);
+        for r in &p.references {
+            if r != &p.path {
+                assert!(position(&r.to_string()) < position(&path), "{r} after {path}");
+            }
+        }
+    }
+    assert_eq!(
+        seen.iter().find(|p| p.path.to_string() == base_out).and_then(|p| p.deriver.as_ref()).map(ToString::to_string),
+        Some(base_drv.clone())
     );
 
-    // Gone from the local store, the input comes back from the cache instead of being rebuilt.
-    run("nix-store", &["--delete", &base_out], Path::new("/"));
-    assert!(!Path::new(&base_out).exists());
-    let opts = BuildOptions {
-        substituters: vec![format!("file://{}", cache.display())],
-        trusted_public_keys: vec![public],
-        netrc_file: Some(netrc.clone()),
-        ..BuildOptions::default()
-    };
-    let mut log = Vec::new();
-    let out = nix()
-        .build(&top.drv_path, &opts, |l| log.push(l.to_owned()))
-        .await
+    // Another store takes the stream as it is.
+    let fresh = dir.join("fresh-store");
+    let mut import = Command::new("nix-store")
+        .args(["--store", fresh.to_str().unwrap(), "--import"])
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    assert_eq!(std::fs::read_to_string(&out.outputs["out"]).unwrap(), "base\n");
-    assert!(
-        log.iter().any(|l| l.contains("copying path") && l.contains(&base_out)),
-        "{log:?}"
-    );
-    assert!(
-        !log.iter().any(|l| l.contains(&format!("building '{base_drv}'"))),
-        "{log:?}"
-    );
+    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &bytes).unwrap();
+    assert!(import.wait().unwrap().success());
+    for path in &paths {
+        let verified = Command::new("nix-store")
+            .args(["--store", fresh.to_str().unwrap(), "--verify-path", path])
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .status()
+            .unwrap();
+        assert!(verified.success(), "{path} in the other store");
+    }
 
-    let missing = ["/nix/store/00000000000000000000000000000000-missing".to_owned()];
-    let err = nix()
-        .push(&missing, &format!("file://{}", cache.display()), "zstd", &netrc)
-        .await;
-    assert!(matches!(err, Err(NixError::Push(_))), "{err:?}");
-    let err = nix()
-        .push(&paths, &format!("file://{}", cache.display()), "zstd&x=1", &netrc)
-        .await;
-    assert!(matches!(err, Err(NixError::InvalidRequest(_))), "{err:?}");
+    // A path that is not in the store ends the stream with an error; a malformed one is refused at once.
+    let missing = "/nix/store/00000000000000000000000000000000-missing".to_owned();
+    assert!(matches!(exported(&[base_out.clone(), missing]).await, Err(NixError::Push(_))));
+    assert!(matches!(
+        nix().export(&["/nix/store/with space".to_owned()]).await.err(),
+        Some(NixError::InvalidRequest(_))
+    ));
 }
 
 #[tokio::test]

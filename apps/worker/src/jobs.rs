@@ -1,13 +1,14 @@
 //! Running what the server assigns, with the real `nix` through the Nix port: evaluations (fetch the
 //! flake at the commit, evaluate the selected attributes, report derivations in batches, push the `.drv`
 //! files) and builds (substitute inputs from Gradient's caches, build with the log streamed, push the
-//! outputs over HTTP as `nix copy` does). Messages for the server go into `out`; the link delivers them.
+//! outputs to the cache: see `gradient_domain::push`). Messages for the server go into `out`; the link delivers them.
 
 use gradient_domain::model::JobId;
 use gradient_domain::ports::nix::{BuildOptions, EvalBatch, Nix, NixError};
 use gradient_domain::proto::{
     AttributeError, EvaluatedDerivation, FailureKind, Job, JobOutcome, PushTarget, Stage, WorkerMessage, log_chunks,
 };
+use gradient_cache_http::HttpCacheClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
@@ -15,9 +16,12 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Derivations per `EvalResult` frame, well under the frame size limit.
 const DERIVATIONS_PER_FRAME: usize = 200;
 
-pub struct Dirs {
+/// What jobs use on this machine besides Nix.
+pub struct Local {
     /// For per-job netrc files.
     pub state: PathBuf,
+    /// Pushes go to Gradient's caches through it.
+    pub cache: HttpCacheClient,
     /// Indirect GC roots of running builds; `None` disables them.
     pub gcroots: Option<PathBuf>,
 }
@@ -39,10 +43,11 @@ fn failure(kind: FailureKind, e: &NixError) -> JobOutcome {
     JobOutcome::Failed { kind, message }
 }
 
-/// The netrc a build uses: its push credential, or else the token for reading its first substituter (none
-/// when it has neither). The failure to answer when it cannot be written.
+/// The netrc Nix reads Gradient's caches with while building: the job's push credential (good for reading its
+/// organization's caches too), or else the token for reading its first substituter (none when it has
+/// neither). The failure to answer when it cannot be written.
 fn build_netrc(
-    dirs: &Dirs,
+    dirs: &Local,
     job_id: JobId,
     substituters: &[String],
     substituter_token: Option<String>,
@@ -62,7 +67,7 @@ fn build_netrc(
         })
 }
 
-/// A netrc holding the push credential for the cache's host, readable only by this user.
+/// A netrc holding a cache credential for the cache's host, readable only by this user.
 fn netrc_for(dir: &Path, job_id: JobId, target: &PushTarget) -> std::io::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -84,7 +89,7 @@ fn netrc_for(dir: &Path, job_id: JobId, target: &PushTarget) -> std::io::Result<
     Ok(path)
 }
 
-pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: &UnboundedSender<WorkerMessage>) -> JobOutcome {
+pub async fn run<N: Nix>(nix: &N, dirs: &Local, job: Job, out: &UnboundedSender<WorkerMessage>) -> JobOutcome {
     let job_id = job.id();
     send(out, WorkerMessage::JobStarted { job_id });
     match job {
@@ -146,7 +151,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: &UnboundedSender<W
             };
             // The credential and the roots go when the build ends, also when it is aborted midway.
             let _cleanup = Cleanup(netrc.clone(), opts.gc_root.clone());
-            build(nix, job_id, &drv_path, &opts, push.as_ref(), netrc.as_deref(), out).await
+            build(nix, &dirs.cache, job_id, &drv_path, &opts, push.as_ref(), out).await
         }
     }
 }
@@ -154,7 +159,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Dirs, job: Job, out: &UnboundedSender<W
 #[allow(clippy::too_many_arguments)]
 async fn evaluate<N: Nix>(
     nix: &N,
-    dirs: &Dirs,
+    dirs: &Local,
     job_id: JobId,
     repository: &str,
     git_ref: Option<&str>,
@@ -208,18 +213,8 @@ async fn evaluate<N: Nix>(
                 stage: Stage::Pushing,
             },
         );
-        let netrc = match netrc_for(&dirs.state, job_id, &target) {
-            Ok(n) => n,
-            Err(e) => {
-                return JobOutcome::Failed {
-                    kind: FailureKind::Infrastructure,
-                    message: format!("netrc: {e}"),
-                };
-            }
-        };
-        let _cleanup = Cleanup(Some(netrc.clone()), None);
         let started = std::time::Instant::now();
-        let pushed = nix.push(&drvs, &target.cache_url, "zstd", &netrc).await;
+        let pushed = gradient_domain::push::push(nix, &dirs.cache, &target, &drvs).await;
         tracing::info!(
             "pushed {} derivation(s) in {:.2}s",
             drvs.len(),
@@ -300,11 +295,11 @@ fn to_frames(job_id: JobId, batch: EvalBatch) -> Vec<WorkerMessage> {
 
 async fn build<N: Nix>(
     nix: &N,
+    cache: &HttpCacheClient,
     job_id: JobId,
     drv_path: &str,
     opts: &BuildOptions,
     push: Option<&PushTarget>,
-    netrc: Option<&Path>,
     out: &UnboundedSender<WorkerMessage>,
 ) -> JobOutcome {
     send(
@@ -330,7 +325,7 @@ async fn build<N: Nix>(
         Ok(b) => b,
         Err(e) => return build_failure(&e),
     };
-    if let (Some(target), Some(netrc)) = (push, netrc) {
+    if let Some(target) = push {
         send(
             out,
             WorkerMessage::JobProgress {
@@ -339,7 +334,7 @@ async fn build<N: Nix>(
             },
         );
         let paths: Vec<String> = built.outputs.values().cloned().collect();
-        if let Err(e) = nix.push(&paths, &target.cache_url, "zstd", netrc).await {
+        if let Err(e) = gradient_domain::push::push(nix, cache, target, &paths).await {
             return failure(FailureKind::Infrastructure, &e);
         }
     }
@@ -392,7 +387,7 @@ fn build_failure(e: &NixError) -> JobOutcome {
 /// start building while this one pushes.
 pub async fn run_batch<N: Nix>(
     nix: &N,
-    dirs: &Dirs,
+    dirs: &Local,
     jobs: Vec<Job>,
     max_jobs: u32,
     out: UnboundedSender<WorkerMessage>,
@@ -499,7 +494,7 @@ pub async fn run_batch<N: Nix>(
             .collect(),
         Err(e) => vec![failure(FailureKind::Infrastructure, &e); ids.len()],
     };
-    if let (Some(target), Some(netrc)) = (&push, &netrc) {
+    if let Some(target) = &push {
         let built: Vec<String> = drvs
             .iter()
             .zip(&outcomes)
@@ -522,7 +517,7 @@ pub async fn run_batch<N: Nix>(
                 );
             }
             let pushing = std::time::Instant::now();
-            let pushed = nix.push(&built, &target.cache_url, "zstd", netrc).await;
+            let pushed = gradient_domain::push::push(nix, &dirs.cache, target, &built).await;
             tracing::info!(
                 "batch of {} build(s): built in {:.2}s, pushed {} path(s) in {:.2}s",
                 ids.len(),

@@ -1,7 +1,7 @@
 //! Staying connected: dial, prove the registrations, keep the heartbeat, and come back after any loss with
 //! jittered exponential backoff (1 s doubling to 60 s).
 
-use crate::jobs::{self, Dirs};
+use crate::jobs::{self, Local};
 use crate::peers::Peers;
 use gradient_domain::WorkerId;
 use gradient_domain::model::Capabilities as ModelCaps;
@@ -36,7 +36,7 @@ enum End {
 /// Jobs in flight and reports waiting for a link: they survive reconnections.
 pub struct Work<N> {
     pub nix: Arc<N>,
-    pub dirs: Arc<Dirs>,
+    pub dirs: Arc<Local>,
     out_tx: mpsc::UnboundedSender<WorkerMessage>,
     out_rx: mpsc::UnboundedReceiver<WorkerMessage>,
     /// Finished reports the link could not deliver; sent first after reconnecting.
@@ -73,7 +73,7 @@ fn run_shape(parallel_builds: u32) -> (usize, u32) {
 /// many small builds cost one Nix start-up instead of one each.
 async fn batcher<N: Nix>(
     nix: Arc<N>,
-    dirs: Arc<Dirs>,
+    dirs: Arc<Local>,
     out: mpsc::UnboundedSender<WorkerMessage>,
     book: Book,
     mut rx: mpsc::UnboundedReceiver<Job>,
@@ -229,7 +229,7 @@ impl Book {
 
 impl<N: Nix> Work<N> {
     /// `parallel_builds`: how many derivations this machine builds at once, over all runs.
-    pub fn new(nix: N, dirs: Dirs, parallel_builds: u32) -> Self {
+    pub fn new(nix: N, dirs: Local, parallel_builds: u32) -> Self {
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (nix, dirs) = (Arc::new(nix), Arc::new(dirs));

@@ -34,8 +34,9 @@ async fn main() {
         host.nix_version,
         host.systems
     );
-    let dirs = jobs::Dirs {
+    let dirs = jobs::Local {
         state: config.state_dir.clone(),
+        cache: gradient_cache_http::HttpCacheClient::new().unwrap_or_else(|e| fail(&e)),
         gcroots: config.gcroots_dir.clone(),
     };
     // Nix builds as many derivations at once as it has build users: more would wait for one.

@@ -40,6 +40,15 @@ impl Compression {
         }
     }
 
+    /// How a NAR file in this compression is named: `.nar.zst`, `.nar.xz`, `.nar`.
+    pub fn nar_suffix(self) -> &'static str {
+        match self {
+            Self::Zstd => ".nar.zst",
+            Self::Xz => ".nar.xz",
+            Self::None => ".nar",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         [Self::Zstd, Self::Xz, Self::None].into_iter().find(|c| c.as_str() == s)
     }

@@ -1,5 +1,6 @@
 //! Nix's formats and protocols as pure code: nix32, store paths, hashes, narinfo, signatures, NAR.
 
+pub mod export;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
@@ -7,6 +8,7 @@ pub mod nix32;
 pub mod signing;
 pub mod store_path;
 
+pub use export::{ExportError, ExportEvent, ExportReader, ExportedPath};
 pub use hash::{Hash, HashAlgo, HashError, Sha256Hasher, sha256_of};
 pub use nar::{NarError, NarErrorKind, NarReader, NarSummary};
 pub use narinfo::{NarInfo, NarInfoError};

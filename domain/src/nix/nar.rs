@@ -186,12 +186,27 @@ impl NarReader {
 
     /// Consumes the next bytes of the archive. After an error, every later call returns the same error.
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), NarError> {
+        let used = self.update_until_end(chunk)?;
+        if used < chunk.len() {
+            let err = NarError {
+                offset: self.offset,
+                kind: NarErrorKind::TrailingData,
+            };
+            self.failed = Some(err.clone());
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Consumes the next bytes of the archive, stopping where it ends, and answers how many bytes of `chunk`
+    /// were the archive's: for a NAR embedded in a longer stream (`nix-store --export`). After an error, every
+    /// later call returns the same error.
+    pub fn update_until_end(&mut self, chunk: &[u8]) -> Result<usize, NarError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
-        self.hasher.update(chunk);
         let mut rest = chunk;
-        while !rest.is_empty() {
+        while !rest.is_empty() && !self.at_end() {
             match self.step(rest) {
                 Ok(used) => {
                     rest = &rest[used..];
@@ -203,7 +218,14 @@ impl NarReader {
                 }
             }
         }
-        Ok(())
+        let used = chunk.len() - rest.len();
+        self.hasher.update(&chunk[..used]);
+        Ok(used)
+    }
+
+    /// Whether the whole archive has been read.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_none() && self.at_end()
     }
 
     /// Checks the archive is complete and returns its hash and size.
@@ -694,6 +716,31 @@ mod tests {
         );
         assert_eq!(reader.update(&file(b"x")), Err(err.clone()));
         assert_eq!(reader.finish(), Err(err));
+    }
+
+    #[test]
+    fn stops_at_the_end_of_an_embedded_archive() {
+        let archive = nar(TREE);
+        let expected = read(&archive, 1 << 20).unwrap();
+        let mut stream = archive.clone();
+        stream.extend_from_slice(b"\x01after the archive");
+        for chunk in CHUNKS {
+            let mut reader = NarReader::new();
+            let mut used = 0;
+            for c in stream.chunks(chunk) {
+                if reader.is_complete() {
+                    break;
+                }
+                used += reader.update_until_end(c).unwrap();
+            }
+            assert_eq!(used, archive.len(), "in chunks of {chunk}");
+            assert!(reader.is_complete());
+            assert_eq!(reader.finish(), Ok(expected), "in chunks of {chunk}");
+        }
+        // Not complete while the archive is unfinished.
+        let mut reader = NarReader::new();
+        assert_eq!(reader.update_until_end(&archive[..archive.len() - 8]), Ok(archive.len() - 8));
+        assert!(!reader.is_complete());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The traits through which the domain reaches the outside world. Each has a contract suite in the
 //! `gradient-ports` crate that every adapter must pass.
 
+pub mod cache_client;
 pub mod clock;
 pub mod forge;
 pub mod git;
@@ -8,5 +9,6 @@ pub mod nar_store;
 pub mod nix;
 pub mod storage;
 
+pub use cache_client::CacheClient;
 pub use clock::Clock;
 pub use storage::{Storage, StorageError};

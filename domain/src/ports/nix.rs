@@ -16,7 +16,7 @@
 use crate::model::{FailureKind, InputOverride};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +88,12 @@ impl NixError {
 }
 
 pub type Result<T> = std::result::Result<T, NixError>;
+
+/// The bytes of a `nix-store --export` stream, in chunks of the implementation's choosing.
+pub type ExportStream = std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<bytes::Bytes>> + Send>>;
+
+/// Paths one [`Nix::export`] takes, at most.
+pub const MAX_EXPORT: usize = 1000;
 
 /// What this machine's Nix can build.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,17 +272,15 @@ pub trait Nix: Send + Sync + 'static {
         on_log: impl FnMut(&str, &str) + Send,
     ) -> impl Future<Output = Result<Vec<Result<BuildOutput>>>> + Send;
 
-    /// Copies `paths` (outputs, or `.drv` files with the derivations they reference) and their closures to
-    /// the binary cache at `cache_url` (`https://host/cache/main`, `file:///dir`), compressing NARs with
-    /// `compression` (`zstd`, `xz`, `none`), authenticating with `netrc_file`. Paths the cache already has
-    /// are skipped. Fails with `Push`.
-    fn push(
-        &self,
-        paths: &[String],
-        cache_url: &str,
-        compression: &str,
-        netrc_file: &Path,
-    ) -> impl Future<Output = Result<()>> + Send;
+    /// The closure of `paths` (outputs, or `.drv` files with the derivations and sources they refer to): the
+    /// paths and every store path they refer to, directly or not, each listed after every path it refers to.
+    /// Fails with `Push` when a path is not in the local store.
+    fn requisites(&self, paths: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// `paths` (at most [`MAX_EXPORT`]) as a `nix-store --export` stream (see [`crate::nix::export`]), each
+    /// after those among them it refers to. The stream's last item is an error (`Push`) if Nix fails; dropping
+    /// the stream stops Nix.
+    fn export(&self, paths: &[String]) -> impl Future<Output = Result<ExportStream>> + Send;
 }
 
 /// Writes an attribute path as Nix does, quoting names that are not plain identifiers

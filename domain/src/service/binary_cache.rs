@@ -4,9 +4,10 @@
 
 use super::{Caller, Gradient, Result, ServiceError};
 use crate::Name;
-use crate::codec::{CodecError, Decompressor};
+use crate::codec::{CodecError, Compressor, Decompressor};
 use crate::model::{Cache, CachedPath, Compression, NarFile};
 use crate::nix::hash::Hash;
+use crate::nix::export::{ExportEvent, ExportReader, ExportedPath};
 use crate::nix::nar::{NarError, NarReader};
 use crate::nix::narinfo::NarInfo;
 use crate::nix::nix32;
@@ -15,6 +16,7 @@ use crate::ports::nar_store::{NarStore, NarStoreError, NarUpload};
 use crate::ports::{Clock, Storage};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -340,6 +342,169 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(path)
     }
 
+    /// Which of `paths` (store paths) the cache does not hold, in the order asked: what a push must send.
+    pub async fn missing_paths(&self, cache: &Cache, paths: &[String]) -> Result<Vec<String>> {
+        if paths.len() > MAX_MISSING_QUERY {
+            return Err(invalid(
+                "too_many_paths",
+                format!("ask about at most {MAX_MISSING_QUERY} paths at once"),
+            ));
+        }
+        let mut missing = Vec::new();
+        for path in paths {
+            let parsed = StorePath::parse(path)
+                .map_err(|e| invalid("invalid_store_path", format!("'{path}' is not a store path: {e}")))?;
+            if !self.holds(cache, parsed.hash_part()).await? {
+                missing.push(path.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn holds(&self, cache: &Cache, hash_part: &str) -> Result<bool> {
+        if let Some(known) = self.memo.narinfo(cache.id, hash_part) {
+            return Ok(known.is_some());
+        }
+        Ok(self.storage.cached_path(cache.id, hash_part).await?.is_some())
+    }
+
+    /// Imports the store paths of a `nix-store --export` stream, each as it completes: its NAR is checked,
+    /// measured and compressed (in the cache's compression) on the way into the NAR store, and the path is
+    /// recorded once its NAR is whole and every path it refers to is in the cache (or earlier in the stream).
+    /// Paths imported before a failure stay; the one being read is discarded. Answers how many were imported.
+    pub async fn import_paths<N, B, E>(&self, nars: &N, cache: &Cache, mut body: B) -> Result<u64>
+    where
+        N: NarStore,
+        B: futures_core::Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+        E: std::fmt::Display,
+    {
+        let mut reader = ExportReader::new();
+        let mut current: Option<Incoming<N::Upload>> = None;
+        let mut imported = HashSet::new();
+        let outcome: Result<()> = async {
+            while let Some(chunk) = next(&mut body).await {
+                let chunk = chunk.map_err(|e| invalid("upload_failed", format!("reading the upload failed: {e}")))?;
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    let (used, event) = reader
+                        .advance(rest)
+                        .map_err(|e| invalid("invalid_export", e.to_string()))?;
+                    match event {
+                        Some(ExportEvent::NarStart) => current = Some(Incoming::begin(nars, cache).await?),
+                        Some(ExportEvent::Nar(bytes)) => {
+                            if let Some(incoming) = current.as_mut() {
+                                incoming.feed(bytes).await?;
+                            }
+                        }
+                        Some(ExportEvent::Path(path)) => {
+                            if let Some(incoming) = current.take() {
+                                let hash_part = path.path.hash_part().to_owned();
+                                self.record_import(nars, cache, incoming, path, &imported).await?;
+                                imported.insert(hash_part);
+                            }
+                        }
+                        Some(ExportEvent::End) | None => {}
+                    }
+                    rest = &rest[used..];
+                }
+            }
+            reader.finish().map_err(|e| invalid("invalid_export", e.to_string()))
+        }
+        .await;
+        if let Err(e) = outcome {
+            if let Some(incoming) = current {
+                let _ = incoming.upload.abort().await;
+            }
+            return Err(e);
+        }
+        Ok(imported.len() as u64)
+    }
+
+    /// Records one imported path whose NAR has been read whole.
+    async fn record_import<U: NarUpload>(
+        &self,
+        nars: &impl NarStore<Upload = U>,
+        cache: &Cache,
+        mut incoming: Incoming<U>,
+        exported: ExportedPath,
+        imported: &HashSet<String>,
+    ) -> Result<()> {
+        let ExportedPath {
+            path,
+            references,
+            deriver,
+            nar_hash,
+            nar_size,
+        } = exported;
+        let checked: Result<()> = async {
+            incoming.end().await?;
+            for r in &references {
+                let present = r == &path || imported.contains(r.hash_part()) || self.holds(cache, r.hash_part()).await?;
+                if !present {
+                    return Err(invalid(
+                        "reference_missing",
+                        format!("{path} refers to {r}, which is neither in the cache nor earlier in the stream"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = checked {
+            let _ = incoming.upload.abort().await;
+            return Err(e);
+        }
+        let Incoming {
+            upload,
+            url,
+            sha,
+            file_size,
+            compression,
+            ..
+        } = incoming;
+        upload.commit().await.map_err(store_failure)?;
+        let now = self.clock.now();
+        let digest: [u8; 32] = sha.finalize().into();
+        let file = NarFile {
+            cache_id: cache.id,
+            url: url.clone(),
+            compression,
+            file_hash: format!("sha256:{}", nix32::encode(&digest)),
+            file_size,
+            nar_hash: nar_hash.to_string(),
+            nar_size,
+            created_at: now,
+        };
+        if let Err(e) = self.storage.put_nar_file(&file).await {
+            let _ = nars.delete(&nar_key(cache, &url)).await;
+            return Err(e.into());
+        }
+        let mut references: Vec<String> = references.iter().map(|r| r.basename().to_owned()).collect();
+        references.sort();
+        let hash_part = path.hash_part().to_owned();
+        self.storage
+            .put_cached_path(&CachedPath {
+                cache_id: cache.id,
+                hash_part: hash_part.clone(),
+                store_path: path.to_string(),
+                url,
+                compression,
+                file_hash: file.file_hash,
+                file_size,
+                nar_hash: file.nar_hash,
+                nar_size,
+                references,
+                deriver: deriver.as_ref().map(|d| d.basename().to_owned()),
+                system: None,
+                ca: None,
+                created_at: now,
+                last_fetched_at: now,
+            })
+            .await?;
+        self.memo.forget_narinfo(cache.id, &hash_part);
+        Ok(())
+    }
+
     /// Removes paths not fetched since `now - ttl` (when a TTL is set) and NAR files no path refers to
     /// (after a grace period for pushes in progress). Bytes go first, then rows, so a crash in between
     /// leaves a row the next sweep finishes, never a file nothing accounts for.
@@ -374,6 +539,80 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         Ok(report)
+    }
+}
+
+/// Store paths one `missing_paths` question may ask about, at most.
+pub const MAX_MISSING_QUERY: usize = 20_000;
+/// Compressed bytes an import gathers before writing them to the NAR store.
+const IMPORT_WRITE_AT: usize = 256 * 1024;
+
+/// A NAR being imported: compressed into the NAR store under a fresh name (the stream tells which path it
+/// is only after it), measured as it goes.
+struct Incoming<U> {
+    upload: U,
+    url: String,
+    compression: Compression,
+    compressor: Compressor,
+    sha: Sha256,
+    file_size: u64,
+    pending: Vec<u8>,
+}
+
+impl<U: NarUpload> Incoming<U> {
+    async fn begin<N: NarStore<Upload = U>>(nars: &N, cache: &Cache) -> Result<Self> {
+        use rand::RngCore;
+        let mut name = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut name);
+        let compression = cache.compression;
+        let url = format!("nar/{}{}", nix32::encode(&name), compression.nar_suffix());
+        let upload = nars.begin(&nar_key(cache, &url)).await.map_err(store_failure)?;
+        let compressor = Compressor::new(compression).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(Self {
+            upload,
+            url,
+            compression,
+            compressor,
+            sha: Sha256::new(),
+            file_size: 0,
+            pending: Vec::new(),
+        })
+    }
+
+    async fn feed(&mut self, bytes: &[u8]) -> Result<()> {
+        let (sha, size, pending) = (&mut self.sha, &mut self.file_size, &mut self.pending);
+        let mut sink = |b: &[u8]| -> std::result::Result<(), CodecError> {
+            sha.update(b);
+            *size += b.len() as u64;
+            pending.extend_from_slice(b);
+            Ok(())
+        };
+        self.compressor
+            .feed(bytes, &mut sink)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.flush(false).await
+    }
+
+    async fn end(&mut self) -> Result<()> {
+        let (sha, size, pending) = (&mut self.sha, &mut self.file_size, &mut self.pending);
+        let mut sink = |b: &[u8]| -> std::result::Result<(), CodecError> {
+            sha.update(b);
+            *size += b.len() as u64;
+            pending.extend_from_slice(b);
+            Ok(())
+        };
+        self.compressor
+            .finish(&mut sink)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.flush(true).await
+    }
+
+    async fn flush(&mut self, all: bool) -> Result<()> {
+        if self.pending.is_empty() || (!all && self.pending.len() < IMPORT_WRITE_AT) {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.pending));
+        self.upload.write(chunk).await.map_err(store_failure)
     }
 }
 

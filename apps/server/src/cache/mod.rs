@@ -1,6 +1,10 @@
 //! The Nix binary cache under `/cache/{cache}/`: what `nix copy --from`/substituters read and what
 //! `nix copy --to` writes. Plain HTTP as Nix speaks it (not part of the JSON API): text bodies, HTTP Basic
 //! credentials from a netrc file (any login, an API key as password) or a bearer token.
+//!
+//! Two additions let a worker push many paths in two requests instead of three per path:
+//! `POST missing` (store paths, one per line → the ones the cache lacks) and `POST import` (a
+//! `nix-store --export` stream of them, references first → `imported <n>`).
 
 mod fetches;
 mod range;
@@ -18,11 +22,15 @@ use std::time::Duration;
 
 /// Largest narinfo accepted in a push.
 const MAX_NARINFO: usize = 64 * 1024;
+/// Largest list of store paths one `missing` question may carry.
+const MAX_MISSING_BODY: usize = 4 << 20;
 
 pub fn routes(state: AppState) -> impl Endpoint<Output = Response> {
     Route::new()
         .at("/:cache/nix-cache-info", cache_info)
         .at("/:cache/nar/:file", nar)
+        .at("/:cache/missing", missing_paths)
+        .at("/:cache/import", import_paths)
         .at("/:cache/:file", narinfo)
         .data(state)
         .map_to_response()
@@ -193,6 +201,56 @@ async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: B
     }
     .await;
     result.unwrap_or_else(failure)
+}
+
+#[handler]
+async fn missing_paths(req: &Request, Path(cache): Path<String>, body: Body) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the cache routes");
+    let result = async {
+        if req.method() != Method::POST {
+            return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
+        }
+        let cache = write_cache(state, req, &cache).await?;
+        let bytes = body.into_bytes_limit(MAX_MISSING_BODY).await.map_err(|_| {
+            ServiceError::invalid(
+                "request_too_large",
+                format!("a list of paths is at most {MAX_MISSING_BODY} bytes"),
+            )
+        })?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| ServiceError::invalid("invalid_path_list", "store paths are UTF-8 text, one per line"))?;
+        let paths: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        let missing = state.app.missing_paths(&cache, &paths).await?;
+        let mut answer = missing.join("\n");
+        if !answer.is_empty() {
+            answer.push('\n');
+        }
+        Ok(text_response(answer))
+    }
+    .await;
+    result.unwrap_or_else(failure)
+}
+
+#[handler]
+async fn import_paths(req: &Request, Path(cache): Path<String>, body: Body) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the cache routes");
+    let result = async {
+        if req.method() != Method::POST {
+            return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
+        }
+        let cache = write_cache(state, req, &cache).await?;
+        let imported = state
+            .app
+            .import_paths(&state.nars, &cache, body.into_bytes_stream())
+            .await?;
+        Ok(text_response(format!("imported {imported}\n")))
+    }
+    .await;
+    result.unwrap_or_else(failure)
+}
+
+fn text_response(body: String) -> Response {
+    text(StatusCode::OK, "text/plain; charset=utf-8", body, false)
 }
 
 async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) -> Result<Response, ServiceError> {

@@ -1,0 +1,91 @@
+//! The cache client port over HTTP (reqwest, rustls): `POST <cache>/missing` with the store paths one per
+//! line, and `POST <cache>/import` with a `nix-store --export` stream as the body, sent as Nix writes it.
+//! The push credential goes as a bearer token.
+
+use gradient_domain::ports::cache_client::{CacheClient, CacheClientError, Result};
+use gradient_domain::ports::nix::ExportStream;
+use gradient_domain::proto::PushTarget;
+use std::time::Duration;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a question about missing paths may take, answer included.
+const ASK_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Debug)]
+pub struct HttpCacheClient {
+    http: reqwest::Client,
+}
+
+impl HttpCacheClient {
+    pub fn new() -> std::result::Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self { http })
+    }
+}
+
+fn endpoint(target: &PushTarget, what: &str) -> String {
+    format!("{}/{what}", target.cache_url.trim_end_matches('/'))
+}
+
+fn unavailable(e: reqwest::Error) -> CacheClientError {
+    CacheClientError::Unavailable(e.to_string())
+}
+
+/// The body of a successful answer; a refusal or failure with the cache's message.
+async fn answer(resp: reqwest::Response) -> Result<String> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(unavailable)?;
+    if status.is_success() {
+        return Ok(text);
+    }
+    let message = text.trim().chars().take(2000).collect::<String>();
+    if status.is_client_error() {
+        Err(CacheClientError::Refused {
+            status: status.as_u16(),
+            message,
+        })
+    } else {
+        Err(CacheClientError::Unavailable(format!("{status}: {message}")))
+    }
+}
+
+impl CacheClient for HttpCacheClient {
+    async fn missing(&self, target: &PushTarget, paths: &[String]) -> Result<Vec<String>> {
+        let mut body = paths.join("\n");
+        body.push('\n');
+        let resp = self
+            .http
+            .post(endpoint(target, "missing"))
+            .bearer_auth(&target.token)
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .timeout(ASK_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let text = answer(resp).await?;
+        Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    }
+
+    async fn import(&self, target: &PushTarget, export: ExportStream) -> Result<u64> {
+        let resp = self
+            .http
+            .post(endpoint(target, "import"))
+            .bearer_auth(&target.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-nix-export")
+            .body(reqwest::Body::wrap_stream(export))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let text = answer(resp).await?;
+        text.trim()
+            .strip_prefix("imported ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| CacheClientError::Unavailable(format!("unexpected answer to an import: {text}")))
+    }
+}
