@@ -274,3 +274,126 @@ async fn a_job_token_reaches_its_orgs_caches_only_while_subscribed() {
         "expired"
     );
 }
+
+fn int(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(&n.to_le_bytes());
+}
+
+/// One path of a `nix-store --export` stream.
+fn exported(out: &mut Vec<u8>, path: &str, nar: &[u8], references: &[&str], deriver: &str) {
+    int(out, 1);
+    out.extend_from_slice(nar);
+    int(out, 0x4558_494e);
+    token(out, path.as_bytes());
+    int(out, references.len() as u64);
+    for r in references {
+        token(out, r.as_bytes());
+    }
+    token(out, deriver.as_bytes());
+    int(out, 0);
+}
+
+const OTHER: &str = "/nix/store/9876543210abcdfghijklmnpqrsvwxyz-refers";
+const DRV: &str = "/nix/store/abcdfghijklmnpqrsvwxyz0123456789-refers.drv";
+
+#[tokio::test]
+async fn an_imported_path_is_stored_in_the_cache_compression_and_described_by_what_was_measured() {
+    let (app, _, nars, _, caller) = setup().await;
+    for compression in [
+        gradient_domain::model::Compression::Xz,
+        gradient_domain::model::Compression::None,
+    ] {
+        let cache = app
+            .create_cache(
+                &caller,
+                NewCache {
+                    name: compression.as_str().into(),
+                    compression: Some(compression),
+                    ..NewCache::default()
+                },
+            )
+            .await
+            .unwrap();
+        let (nar_a, nar_b) = (nar_of(&[42; 100_000]), nar_of(b"refers"));
+        let mut stream = Vec::new();
+        exported(&mut stream, PATH, &nar_a, &[], "");
+        exported(&mut stream, OTHER, &nar_b, &[PATH, OTHER], DRV);
+        int(&mut stream, 0);
+        let paths = [PATH.to_owned(), OTHER.to_owned()];
+        assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), paths);
+        assert_eq!(app.import_paths(&nars, &cache, body(stream)).await.unwrap(), 2);
+        assert!(app.missing_paths(&cache, &paths).await.unwrap().is_empty());
+
+        let key = app.cache_secret_key(&cache).unwrap().public();
+        for (path, nar) in [(PATH, &nar_a), (OTHER, &nar_b)] {
+            let text = app
+                .signed_narinfo(&cache, &path[11..43])
+                .await
+                .unwrap()
+                .expect("served");
+            let info = NarInfo::parse(&text).unwrap();
+            assert!(info.verify(&key), "{text}");
+            assert_eq!(info.compression, compression.as_str());
+            assert_eq!(
+                info.nar_hash.to_string(),
+                format!("sha256:{}", nix32::encode(&sha256_of(nar).bytes))
+            );
+            assert_eq!(info.nar_size, nar.len() as u64);
+            // The file is what FileHash and FileSize say, and holds the NAR.
+            let (size, mut file) = nars
+                .open(&nar_key(&cache, &info.url), None)
+                .await
+                .unwrap()
+                .expect("stored");
+            let mut bytes = Vec::new();
+            while let Some(chunk) = std::future::poll_fn(|cx| futures_core::Stream::poll_next(file.as_mut(), cx)).await
+            {
+                bytes.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(Some(size), info.file_size);
+            assert_eq!(
+                info.file_hash.map(|h| h.to_string()),
+                Some(format!("sha256:{}", nix32::encode(&sha256_of(&bytes).bytes)))
+            );
+            let unpacked = match compression {
+                gradient_domain::model::Compression::Xz => {
+                    let mut out = Vec::new();
+                    std::io::Read::read_to_end(&mut xz2::read::XzDecoder::new(&bytes[..]), &mut out).unwrap();
+                    out
+                }
+                _ => bytes.clone(),
+            };
+            assert_eq!(&unpacked, nar);
+            if path == OTHER {
+                let refs: Vec<String> = info.references.iter().map(ToString::to_string).collect();
+                assert_eq!(refs, [PATH, OTHER]);
+                assert_eq!(info.deriver.map(|d| d.to_string()).as_deref(), Some(DRV));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_import_refuses_a_path_whose_references_are_missing_and_keeps_those_before() {
+    let (app, _, nars, cache, _) = setup().await;
+    let mut stream = Vec::new();
+    exported(&mut stream, OTHER, &nar_of(b"refers"), &[PATH], "");
+    int(&mut stream, 0);
+    let err = app.import_paths(&nars, &cache, body(stream)).await.unwrap_err();
+    assert_eq!(err.code(), "reference_missing");
+    let paths = [PATH.to_owned(), OTHER.to_owned()];
+    assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), paths);
+
+    // The first path complete, the second cut short: the first stays, nothing of the second does.
+    let mut stream = Vec::new();
+    exported(&mut stream, PATH, &nar_of(b"first"), &[], "");
+    let whole = stream.len();
+    exported(&mut stream, OTHER, &nar_of(&[1; 5000]), &[PATH], "");
+    stream.truncate(whole + 3000);
+    let err = app.import_paths(&nars, &cache, body(stream)).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_export");
+    assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), [OTHER.to_owned()]);
+
+    let err = app.missing_paths(&cache, &["not/a/path".to_owned()]).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_store_path");
+}

@@ -1,9 +1,14 @@
-//! The binary cache with nothing but Nix 2.8 as the client: `nix copy --to` pushes a closure into a
-//! private cache with a netrc, `nix copy --from` substitutes it into a fresh store trusting only the cache's
-//! key, and the refusals (tampered signature, mismatching uploads, missing credentials).
+//! The binary cache with Nix 2.8 as the client: `nix copy --to` pushes a closure into a private cache with a
+//! netrc, or a worker's push sends it as an export stream (the cache client port's contract), and
+//! `nix copy --from` substitutes it into a fresh store trusting only the cache's key; and the refusals
+//! (tampered signature, mismatching uploads, broken export streams, missing credentials).
 
 use crate::harness::{Client, Server};
-use crate::nix::{build_closure, nix_ok, nix_store, substitute};
+use crate::nix::{NIX_CONFIG, build_closure, nix_ok, nix_store, substitute};
+use gradient_cache_http::HttpCacheClient;
+use gradient_domain::ports::cache_client::{CacheClient, CacheClientError};
+use gradient_domain::proto::PushTarget;
+use gradient_nix_cli::NixCli;
 use reqwest::Method;
 use serde_json::json;
 use std::path::Path;
@@ -40,14 +45,33 @@ async fn private_cache(dir: &Path, vars: &[(&str, &str)]) -> Cache {
     }
 }
 
-/// Pushes, substitutes into a fresh store with signatures required, and verifies every path.
+/// Pushes with `nix copy`, substitutes into a fresh store with signatures required, and verifies every path.
 fn push_and_substitute(cache: &Cache, dir: &Path, paths: &[String]) {
     let to = format!("{}?compression=zstd", cache.url);
     let mut push = vec!["copy", "--to", &to, "--option", "netrc-file", &cache.netrc];
     push.extend(paths.iter().map(String::as_str));
     nix_ok(&push);
+    substitute_and_verify(cache, &dir.join("fresh-store"), paths);
+}
 
-    let fresh = dir.join("fresh-store");
+fn target(cache: &Cache) -> PushTarget {
+    PushTarget {
+        cache_url: cache.url.clone(),
+        token: cache.key.clone(),
+    }
+}
+
+/// Pushes as a worker does (the closure, one question, one export stream): how many paths were imported.
+async fn worker_push(cache: &Cache, paths: &[String]) -> u64 {
+    let nix = NixCli::new().env("NIX_CONFIG", NIX_CONFIG);
+    let client = HttpCacheClient::new().expect("client");
+    gradient_domain::push::push(&nix, &client, &target(cache), paths)
+        .await
+        .expect("push")
+}
+
+/// Substitutes into the fresh store `fresh` with signatures required, and verifies every path.
+fn substitute_and_verify(cache: &Cache, fresh: &Path, paths: &[String]) {
     let fresh = fresh.to_str().expect("path");
     let wanted: Vec<&str> = paths.iter().map(String::as_str).collect();
     let out = substitute(&cache.url, fresh, Some(&cache.netrc), &cache.public_key, &wanted);
@@ -104,6 +128,118 @@ async fn nix_pushes_a_closure_and_a_fresh_store_substitutes_it_with_signatures_r
         narinfo.lines().any(|l| l.starts_with(&format!("Sig: {key_name}:"))),
         "{narinfo}"
     );
+    cache.server.stop();
+}
+
+#[tokio::test]
+async fn a_workers_export_stream_fills_the_cache_and_a_fresh_store_substitutes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = build_closure(dir.path(), "import", 50);
+    let cache = private_cache(dir.path(), &[]).await;
+    assert_eq!(worker_push(&cache, &paths).await, paths.len() as u64);
+    substitute_and_verify(&cache, &dir.path().join("fresh-store"), &paths);
+    let client = HttpCacheClient::new().expect("client");
+    assert_eq!(client.missing(&target(&cache), &paths).await, Ok(vec![]));
+    // A second push sends nothing.
+    assert_eq!(worker_push(&cache, &paths).await, 0);
+    // The narinfo is signed by the cache and names the cache's compression.
+    let hash = Path::new(&paths[0]).file_name().and_then(|n| n.to_str()).expect("name")[..32].to_owned();
+    let narinfo = reqwest::Client::new()
+        .get(format!("{}/{hash}.narinfo", cache.url))
+        .bearer_auth(&cache.key)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        narinfo.contains("Compression: zstd\n") && narinfo.contains(".nar.zst\n"),
+        "{narinfo}"
+    );
+    let key_name = cache.public_key.split(':').next().expect("name");
+    assert!(narinfo.contains(&format!("Sig: {key_name}:")), "{narinfo}");
+    cache.server.stop();
+}
+
+/// `nix-store --export` of `paths`.
+fn export(paths: &[String]) -> Vec<u8> {
+    let mut args = vec!["--export"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = nix_store(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+#[tokio::test]
+async fn broken_or_unauthorized_imports_keep_the_paths_before_and_nothing_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = build_closure(dir.path(), "import-refused", 1);
+    let (base, top) = (&paths[0], &paths[1]);
+    let cache = private_cache(dir.path(), &[]).await;
+    let client = HttpCacheClient::new().expect("client");
+    let http = reqwest::Client::new();
+    let import = |body: Vec<u8>, token: &str| {
+        http.post(format!("{}/import", cache.url))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+    };
+    let whole = export(&paths);
+
+    // Without the right credential: refused, nothing imported.
+    let resp = import(whole.clone(), "not-a-token").await.expect("POST");
+    assert_eq!(resp.status(), 401);
+    let wrong = PushTarget {
+        token: "not-a-token".into(),
+        ..target(&cache)
+    };
+    assert!(matches!(
+        client.missing(&wrong, &paths).await,
+        Err(CacheClientError::Refused { status: 401, .. })
+    ));
+
+    // A path whose reference is neither in the cache nor earlier in the stream.
+    let resp = import(export(std::slice::from_ref(top)), &cache.key)
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.expect("text");
+    assert!(
+        text.contains("(reference_missing)") && text.contains(base.as_str()),
+        "{text}"
+    );
+    assert_eq!(client.missing(&target(&cache), &paths).await, Ok(paths.clone()));
+
+    // Cut inside the second path: the first is imported, the second is not.
+    let resp = import(whole[..whole.len() - 100].to_vec(), &cache.key)
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.expect("text").contains("(invalid_export)"));
+    assert_eq!(client.missing(&target(&cache), &paths).await, Ok(vec![top.clone()]));
+
+    // Bytes that are not an export stream at all.
+    let resp = import(b"definitely not an export".to_vec(), &cache.key)
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(client.missing(&target(&cache), &paths).await, Ok(vec![top.clone()]));
+
+    // Questions about things that are not store paths are refused.
+    let resp = http
+        .post(format!("{}/missing", cache.url))
+        .bearer_auth(&cache.key)
+        .body("/etc/passwd\n")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.expect("text").contains("(invalid_store_path)"));
+
+    // The push that follows sends only what is missing, and the whole closure substitutes.
+    assert_eq!(worker_push(&cache, &paths).await, 1);
+    substitute_and_verify(&cache, &dir.path().join("fresh-store"), &paths);
     cache.server.stop();
 }
 
@@ -354,6 +490,10 @@ async fn the_same_with_nars_on_an_s3_compatible_server() {
     let paths = build_closure(dir.path(), "s3", 50);
     let cache = private_cache(dir.path(), &vars).await;
     push_and_substitute(&cache, dir.path(), &paths);
+    // And as a worker pushes: an export stream.
+    let imported = build_closure(dir.path(), "s3-import", 20);
+    assert_eq!(worker_push(&cache, &imported).await, imported.len() as u64);
+    substitute_and_verify(&cache, &dir.path().join("fresh-store-import"), &imported);
     assert!(
         walk(&dir.path().join("nars")).is_empty(),
         "nothing was written to the local NAR directory"

@@ -101,7 +101,10 @@ pub fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
         };
         match status {
             Ok(s) if s.success() => None,
-            Ok(s) => Some((Err(NixError::Push(format!("nix-store --export failed ({s}): {message}"))), None)),
+            Ok(s) => Some((
+                Err(NixError::Push(format!("nix-store --export failed ({s}): {message}"))),
+                None,
+            )),
             Err(e) => Some((Err(NixError::Push(format!("nix-store --export: {e}"))), None)),
         }
     });

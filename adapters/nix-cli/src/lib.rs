@@ -21,7 +21,7 @@ mod process;
 
 use gradient_domain::model::InputOverride;
 use gradient_domain::ports::nix::{
-    BuildOptions, BuildOutput, EvalBatch, ExportStream, EvalSummary, FetchedFlake, HostInfo, Nix, NixError, Result,
+    BuildOptions, BuildOutput, EvalBatch, EvalSummary, ExportStream, FetchedFlake, HostInfo, Nix, NixError, Result,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;

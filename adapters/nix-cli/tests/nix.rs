@@ -611,7 +611,10 @@ async fn requisites_list_each_path_of_a_closure_after_its_references() {
     for (i, path) in closure.iter().enumerate() {
         for reference in run("nix-store", &["--query", "--references", path], &dir).lines() {
             if reference != path {
-                assert!(position[reference] < i, "{reference} is listed after {path}, which refers to it");
+                assert!(
+                    position[reference] < i,
+                    "{reference} is listed after {path}, which refers to it"
+                );
             }
         }
     }
@@ -653,7 +656,7 @@ async fn an_export_carries_each_path_after_its_references_and_imports_into_anoth
     let built = nix().build(&base_drv, &BuildOptions::default(), |_| {}).await.unwrap();
     let base_out = built.outputs["out"].clone();
 
-    let mut paths = nix().requisites(&[top.drv_path.clone()]).await.unwrap();
+    let mut paths = nix().requisites(std::slice::from_ref(&top.drv_path)).await.unwrap();
     paths.push(base_out.clone());
     let bytes = exported(&paths).await.unwrap();
 
@@ -693,7 +696,10 @@ async fn an_export_carries_each_path_after_its_references_and_imports_into_anoth
         }
     }
     assert_eq!(
-        seen.iter().find(|p| p.path.to_string() == base_out).and_then(|p| p.deriver.as_ref()).map(ToString::to_string),
+        seen.iter()
+            .find(|p| p.path.to_string() == base_out)
+            .and_then(|p| p.deriver.as_ref())
+            .map(ToString::to_string),
         Some(base_drv.clone())
     );
 
@@ -719,7 +725,10 @@ async fn an_export_carries_each_path_after_its_references_and_imports_into_anoth
 
     // A path that is not in the store ends the stream with an error; a malformed one is refused at once.
     let missing = "/nix/store/00000000000000000000000000000000-missing".to_owned();
-    assert!(matches!(exported(&[base_out.clone(), missing]).await, Err(NixError::Push(_))));
+    assert!(matches!(
+        exported(&[base_out.clone(), missing]).await,
+        Err(NixError::Push(_))
+    ));
     assert!(matches!(
         nix().export(&["/nix/store/with space".to_owned()]).await.err(),
         Some(NixError::InvalidRequest(_))

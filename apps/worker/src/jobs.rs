@@ -3,12 +3,12 @@
 //! files) and builds (substitute inputs from Gradient's caches, build with the log streamed, push the
 //! outputs to the cache: see `gradient_domain::push`). Messages for the server go into `out`; the link delivers them.
 
+use gradient_cache_http::HttpCacheClient;
 use gradient_domain::model::JobId;
 use gradient_domain::ports::nix::{BuildOptions, EvalBatch, Nix, NixError};
 use gradient_domain::proto::{
     AttributeError, EvaluatedDerivation, FailureKind, Job, JobOutcome, PushTarget, Stage, WorkerMessage, log_chunks,
 };
-use gradient_cache_http::HttpCacheClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;

@@ -247,7 +247,11 @@ impl ExportReader {
                         }
                     }
                     State::Deriver => {
-                        self.deriver = if bytes.is_empty() { None } else { Some(store_path(&bytes)?) };
+                        self.deriver = if bytes.is_empty() {
+                            None
+                        } else {
+                            Some(store_path(&bytes)?)
+                        };
                         self.state = State::SignatureFlag;
                     }
                     _ => return Ok((used, Some(self.path_done()?))),
@@ -474,11 +478,7 @@ mod tests {
             ("a bad marker", with(&|s| s[0] = 2), ExportErrorKind::BadMarker(2)),
             ("truncated", good[..good.len() - 8].to_vec(), ExportErrorKind::Truncated),
             ("truncated in a NAR", good[..20].to_vec(), ExportErrorKind::Truncated),
-            (
-                "trailing data",
-                with(&|s| s.push(0)),
-                ExportErrorKind::TrailingData,
-            ),
+            ("trailing data", with(&|s| s.push(0)), ExportErrorKind::TrailingData),
             (
                 "a bad magic",
                 with(&|s| s[magic_at] = 0),

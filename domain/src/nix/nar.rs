@@ -739,7 +739,10 @@ mod tests {
         }
         // Not complete while the archive is unfinished.
         let mut reader = NarReader::new();
-        assert_eq!(reader.update_until_end(&archive[..archive.len() - 8]), Ok(archive.len() - 8));
+        assert_eq!(
+            reader.update_until_end(&archive[..archive.len() - 8]),
+            Ok(archive.len() - 8)
+        );
         assert!(!reader.is_complete());
     }
 

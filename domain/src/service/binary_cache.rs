@@ -6,8 +6,8 @@ use super::{Caller, Gradient, Result, ServiceError};
 use crate::Name;
 use crate::codec::{CodecError, Compressor, Decompressor};
 use crate::model::{Cache, CachedPath, Compression, NarFile};
-use crate::nix::hash::Hash;
 use crate::nix::export::{ExportEvent, ExportReader, ExportedPath};
+use crate::nix::hash::Hash;
 use crate::nix::nar::{NarError, NarReader};
 use crate::nix::narinfo::NarInfo;
 use crate::nix::nix32;
@@ -439,7 +439,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let checked: Result<()> = async {
             incoming.end().await?;
             for r in &references {
-                let present = r == &path || imported.contains(r.hash_part()) || self.holds(cache, r.hash_part()).await?;
+                let present =
+                    r == &path || imported.contains(r.hash_part()) || self.holds(cache, r.hash_part()).await?;
                 if !present {
                     return Err(invalid(
                         "reference_missing",
