@@ -1,6 +1,6 @@
 //! How a worker drives Nix: fetch a flake at a commit into the store, evaluate the selected attributes to
-//! derivations, build one derivation, push store paths to a binary cache. Adapter: `nix-cli` (the `nix`
-//! command line, Nix 2.8 and later).
+//! derivations, build one derivation, list a closure and export store paths (what a push sends to a cache
+//! through the cache client port). Adapter: `nix-cli` (the `nix` command line, Nix 2.8 and later).
 //!
 //! Conventions every implementation MUST follow:
 //! * Store paths are absolute strings (`/nix/store/…`); `.drv` paths name store derivations.

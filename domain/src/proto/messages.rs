@@ -328,7 +328,7 @@ impl From<crate::model::InputOverride> for InputOverride {
     }
 }
 
-/// A Gradient cache to push to over HTTP, as plain `nix copy --to` does; NAR bytes never cross the link.
+/// A Gradient cache to push to over HTTP (see `crate::push`); NAR bytes never cross the link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushTarget {
     /// `https://gradient.example.com/cache/<name>`

@@ -1,5 +1,5 @@
 //! The Nix binary cache under `/cache/{cache}/`: what `nix copy --from`/substituters read and what
-//! `nix copy --to` writes. Plain HTTP as Nix speaks it (not part of the JSON API): text bodies, HTTP Basic
+//! `nix copy --to` (or a worker) writes. Plain HTTP as Nix speaks it (not part of the JSON API): text bodies, HTTP Basic
 //! credentials from a netrc file (any login, an API key as password) or a bearer token.
 //!
 //! Two additions let a worker push many paths in two requests instead of three per path:
