@@ -304,6 +304,7 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
         loop {
             tick.tick().await;
             flush_fetches(&flush).await;
+            drop_ended_logs(&flush).await;
         }
     });
     tokio::spawn(async move {
@@ -322,6 +323,17 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
             }
         }
     });
+}
+
+/// Drops the live logs of jobs that ended without their worker reporting (aborted while queued again after
+/// their worker was lost, or gone with their evaluation): a worker's report takes its job's log before the job
+/// ends, so only such leftovers are dropped.
+async fn drop_ended_logs(state: &AppState) {
+    for job in state.logs.jobs() {
+        if let Ok(false) = state.app.job_is_active(job).await {
+            state.logs.take(job);
+        }
+    }
 }
 
 /// Hands queued jobs to connected workers whenever something changes, and at least every second.

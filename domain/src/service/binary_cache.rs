@@ -548,6 +548,20 @@ pub const MAX_MISSING_QUERY: usize = 20_000;
 /// Compressed bytes an import gathers before writing them to the NAR store.
 const IMPORT_WRITE_AT: usize = 256 * 1024;
 
+/// Where compressed bytes go: hashed, counted and gathered for the next write.
+fn measure<'a>(
+    sha: &'a mut Sha256,
+    size: &'a mut u64,
+    pending: &'a mut Vec<u8>,
+) -> impl FnMut(&[u8]) -> std::result::Result<(), CodecError> + 'a {
+    move |b: &[u8]| {
+        sha.update(b);
+        *size += b.len() as u64;
+        pending.extend_from_slice(b);
+        Ok(())
+    }
+}
+
 /// A NAR being imported: compressed into the NAR store under a fresh name (the stream tells which path it
 /// is only after it), measured as it goes.
 struct Incoming<U> {
@@ -580,31 +594,25 @@ impl<U: NarUpload> Incoming<U> {
         })
     }
 
+    /// Compresses the next bytes of the NAR.
     async fn feed(&mut self, bytes: &[u8]) -> Result<()> {
-        let (sha, size, pending) = (&mut self.sha, &mut self.file_size, &mut self.pending);
-        let mut sink = |b: &[u8]| -> std::result::Result<(), CodecError> {
-            sha.update(b);
-            *size += b.len() as u64;
-            pending.extend_from_slice(b);
-            Ok(())
-        };
-        self.compressor
-            .feed(bytes, &mut sink)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        {
+            let mut sink = measure(&mut self.sha, &mut self.file_size, &mut self.pending);
+            self.compressor
+                .feed(bytes, &mut sink)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        }
         self.flush(false).await
     }
 
+    /// Ends the compressed file and writes what is left of it.
     async fn end(&mut self) -> Result<()> {
-        let (sha, size, pending) = (&mut self.sha, &mut self.file_size, &mut self.pending);
-        let mut sink = |b: &[u8]| -> std::result::Result<(), CodecError> {
-            sha.update(b);
-            *size += b.len() as u64;
-            pending.extend_from_slice(b);
-            Ok(())
-        };
-        self.compressor
-            .finish(&mut sink)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        {
+            let mut sink = measure(&mut self.sha, &mut self.file_size, &mut self.pending);
+            self.compressor
+                .finish(&mut sink)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        }
         self.flush(true).await
     }
 

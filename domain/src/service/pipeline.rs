@@ -183,13 +183,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(())
     }
 
+    /// Whether the job is still queued or running (not ended, and not gone with its evaluation).
+    pub async fn job_is_active(&self, job: JobId) -> Result<bool> {
+        Ok(self.storage.job(job).await?.is_some_and(|r| r.state.is_active()))
+    }
+
     /// Decides who runs what now and records it; answers the jobs to send.
     pub async fn dispatch(&self, workers: Vec<WorkerInfo>, public_url: &str) -> Result<Vec<Dispatched>> {
         let mut jobs = Vec::new();
         // A pin lasts while its evaluation job is queued or running: one ended another way (aborted,
         // superseded) releases its builds.
         for job in self.pins.jobs() {
-            if !self.storage.job(job).await?.is_some_and(|r| r.state.is_active()) {
+            if !self.job_is_active(job).await? {
                 self.pins.release(job);
             }
         }

@@ -45,6 +45,11 @@ impl LiveLogs {
         }
     }
 
+    /// The jobs whose logs are held.
+    pub fn jobs(&self) -> Vec<JobId> {
+        self.lock().logs.keys().copied().collect()
+    }
+
     /// The job ended: its log leaves the live set (it is stored with the build).
     pub fn take(&self, job: JobId) -> Option<LogBuffer> {
         let mut inner = self.lock();
@@ -74,6 +79,7 @@ mod tests {
         let job = JobId::new();
         assert!(logs.read(ORG, "/nix/store/x.drv", 0).is_none());
         logs.started(job, ORG, "/nix/store/x.drv");
+        assert_eq!(logs.jobs(), [job]);
         logs.append(job, "one\n");
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 0), Some(("one\n".into(), 4)));
         let other_org = OrgId(uuid::Uuid::from_u128(2));
@@ -85,6 +91,7 @@ mod tests {
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
         assert_eq!(logs.take(job).map(|l| l.finish().0).as_deref(), Some("one\ntwo\n"));
         assert!(logs.read(ORG, "/nix/store/x.drv", 8).is_none(), "finished");
+        assert!(logs.jobs().is_empty());
         logs.append(job, "late\n");
         assert!(
             logs.take(job).is_none(),
