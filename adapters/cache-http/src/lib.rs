@@ -32,8 +32,16 @@ fn endpoint(target: &PushTarget, what: &str) -> String {
     format!("{}/{what}", target.cache_url.trim_end_matches('/'))
 }
 
+/// The error with its causes: a failed export stream's own message (Nix's) is one of them.
 fn unavailable(e: reqwest::Error) -> CacheClientError {
-    CacheClientError::Unavailable(e.to_string())
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    CacheClientError::Unavailable(message)
 }
 
 /// The body of a successful answer; a refusal or failure with the cache's message.
