@@ -5,9 +5,7 @@
 use crate::ports::cache_client::CacheClient;
 use crate::ports::nix::{MAX_EXPORT, Nix, NixError};
 use crate::proto::PushTarget;
-
-/// Paths per question to the cache.
-const ASK_AT_MOST: usize = 10_000;
+use crate::service::MAX_MISSING_QUERY;
 
 /// Pushes `paths` and their closures; answers how many paths the cache imported. Fails with
 /// [`NixError::Push`] when Nix cannot list or export a path or the cache refuses or fails.
@@ -22,7 +20,7 @@ pub async fn push<N: Nix, C: CacheClient>(
     }
     let closure = nix.requisites(paths).await?;
     let mut missing = Vec::new();
-    for chunk in closure.chunks(ASK_AT_MOST) {
+    for chunk in closure.chunks(MAX_MISSING_QUERY) {
         let lacking = cache
             .missing(target, chunk)
             .await

@@ -54,6 +54,27 @@ fn push_and_substitute(cache: &Cache, dir: &Path, paths: &[String]) {
     substitute_and_verify(cache, &dir.join("fresh-store"), paths);
 }
 
+/// The narinfo of `path` as the cache serves it (HTTP Basic with any login, as from a netrc), checked to be
+/// signed by the cache's key.
+async fn signed_narinfo(cache: &Cache, path: &str) -> String {
+    let hash = &Path::new(path).file_name().and_then(|n| n.to_str()).expect("name")[..32];
+    let narinfo = reqwest::Client::new()
+        .get(format!("{}/{hash}.narinfo", cache.url))
+        .basic_auth("anyone", Some(&cache.key))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    let key_name = cache.public_key.split(':').next().expect("name");
+    assert!(
+        narinfo.lines().any(|l| l.starts_with(&format!("Sig: {key_name}:"))),
+        "{narinfo}"
+    );
+    narinfo
+}
+
 fn target(cache: &Cache) -> PushTarget {
     PushTarget {
         cache_url: cache.url.clone(),
@@ -114,20 +135,7 @@ async fn nix_pushes_a_closure_and_a_fresh_store_substitutes_it_with_signatures_r
     );
 
     // With the key, the narinfo is served signed by the cache's key.
-    let narinfo = reqwest::Client::new()
-        .get(format!("{}/{hash}.narinfo", cache.url))
-        .basic_auth("anyone", Some(&cache.key))
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
-    let key_name = cache.public_key.split(':').next().expect("name");
-    assert!(
-        narinfo.lines().any(|l| l.starts_with(&format!("Sig: {key_name}:"))),
-        "{narinfo}"
-    );
+    signed_narinfo(&cache, &paths[0]).await;
     cache.server.stop();
 }
 
@@ -143,22 +151,11 @@ async fn a_workers_export_stream_fills_the_cache_and_a_fresh_store_substitutes_i
     // A second push sends nothing.
     assert_eq!(worker_push(&cache, &paths).await, 0);
     // The narinfo is signed by the cache and names the cache's compression.
-    let hash = Path::new(&paths[0]).file_name().and_then(|n| n.to_str()).expect("name")[..32].to_owned();
-    let narinfo = reqwest::Client::new()
-        .get(format!("{}/{hash}.narinfo", cache.url))
-        .bearer_auth(&cache.key)
-        .send()
-        .await
-        .expect("GET")
-        .text()
-        .await
-        .expect("text");
+    let narinfo = signed_narinfo(&cache, &paths[0]).await;
     assert!(
         narinfo.contains("Compression: zstd\n") && narinfo.contains(".nar.zst\n"),
         "{narinfo}"
     );
-    let key_name = cache.public_key.split(':').next().expect("name");
-    assert!(narinfo.contains(&format!("Sig: {key_name}:")), "{narinfo}");
     cache.server.stop();
 }
 
@@ -225,6 +222,15 @@ async fn broken_or_unauthorized_imports_keep_the_paths_before_and_nothing_after(
         .expect("POST");
     assert_eq!(resp.status(), 400);
     assert_eq!(client.missing(&target(&cache), &paths).await, Ok(vec![top.clone()]));
+
+    // Only POST is answered.
+    let resp = http
+        .get(format!("{}/import", cache.url))
+        .bearer_auth(&cache.key)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 405);
 
     // Questions about things that are not store paths are refused.
     let resp = http

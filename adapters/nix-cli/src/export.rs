@@ -76,13 +76,9 @@ pub fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
     struct Reading {
         child: tokio::process::Child,
         stdout: tokio::process::ChildStdout,
-        errors: Option<tokio::task::JoinHandle<String>>,
+        errors: tokio::task::JoinHandle<String>,
     }
-    let state = Some(Reading {
-        child,
-        stdout,
-        errors: Some(errors),
-    });
+    let state = Some(Reading { child, stdout, errors });
     let stream = futures_util::stream::unfold(state, |state| async move {
         let mut reading = state?;
         let mut buf = vec![0u8; READ_SIZE];
@@ -95,10 +91,7 @@ pub fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
             Err(e) => return Some((Err(NixError::Push(format!("reading nix-store --export: {e}"))), None)),
         }
         let status = reading.child.wait().await;
-        let message = match reading.errors.take() {
-            Some(task) => task.await.unwrap_or_default(),
-            None => String::new(),
-        };
+        let message = reading.errors.await.unwrap_or_default();
         match status {
             Ok(s) if s.success() => None,
             Ok(s) => Some((

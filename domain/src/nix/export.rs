@@ -11,7 +11,7 @@
 //! ```
 
 use super::hash::Hash;
-use super::nar::{NarError, NarReader};
+use super::nar::{NarError, NarReader, padding};
 use super::store_path::StorePath;
 
 /// What follows each NAR in the stream.
@@ -118,10 +118,6 @@ impl Default for ExportReader {
     }
 }
 
-fn padding(len: u64) -> usize {
-    ((8 - len % 8) % 8) as usize
-}
-
 fn store_path(bytes: &[u8]) -> Result<StorePath, ExportErrorKind> {
     let text = String::from_utf8_lossy(bytes);
     StorePath::parse(&text).map_err(|_| ExportErrorKind::BadStorePath(text.chars().take(300).collect()))
@@ -145,11 +141,6 @@ impl ExportReader {
             deriver: None,
             failed: None,
         }
-    }
-
-    /// Bytes consumed so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.offset
     }
 
     /// Consumes a prefix of `input` (at least one byte unless it is empty) and answers its length and, when

@@ -152,7 +152,7 @@ impl Default for NarReader {
 }
 
 /// Zeros after a string of `len` bytes; always below 8.
-fn padding(len: u64) -> usize {
+pub(crate) fn padding(len: u64) -> usize {
     ((8 - len % 8) % 8) as usize
 }
 

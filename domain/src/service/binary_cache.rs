@@ -460,9 +460,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             url,
             sha,
             file_size,
-            compression,
             ..
         } = incoming;
+        let compression = cache.compression;
         upload.commit().await.map_err(store_failure)?;
         let now = self.clock.now();
         let digest: [u8; 32] = sha.finalize().into();
@@ -567,7 +567,6 @@ fn measure<'a>(
 struct Incoming<U> {
     upload: U,
     url: String,
-    compression: Compression,
     compressor: Compressor,
     sha: Sha256,
     file_size: u64,
@@ -586,7 +585,6 @@ impl<U: NarUpload> Incoming<U> {
         Ok(Self {
             upload,
             url,
-            compression,
             compressor,
             sha: Sha256::new(),
             file_size: 0,

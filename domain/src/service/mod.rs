@@ -16,7 +16,7 @@ mod webhooks;
 mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
-pub use binary_cache::{GcReport, NarUrl, nar_key, nix_cache_info};
+pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, LogText};
 pub use caches::{CacheChanges, NewCache};
 pub use github_app::GithubAppSettings;

@@ -14,7 +14,7 @@ pub use fetches::FetchLog;
 use crate::state::AppState;
 use gradient_domain::model::Cache;
 use gradient_domain::ports::nar_store::NarStore;
-use gradient_domain::service::{Caller, ServiceError, nar_key, nix_cache_info};
+use gradient_domain::service::{Caller, MAX_MISSING_QUERY, ServiceError, nar_key, nix_cache_info};
 use poem::http::{Method, StatusCode, header};
 use poem::web::{Path, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
@@ -22,15 +22,16 @@ use std::time::Duration;
 
 /// Largest narinfo accepted in a push.
 const MAX_NARINFO: usize = 64 * 1024;
-/// Largest list of store paths one `missing` question may carry.
-const MAX_MISSING_BODY: usize = 4 << 20;
+/// Largest list of store paths one `missing` question may carry: its most paths, each at most 255 bytes
+/// (`/nix/store/`, the hash, `-` and a 211-character name) and a newline.
+const MAX_MISSING_BODY: usize = MAX_MISSING_QUERY * 256;
 
 pub fn routes(state: AppState) -> impl Endpoint<Output = Response> {
     Route::new()
         .at("/:cache/nix-cache-info", cache_info)
         .at("/:cache/nar/:file", nar)
-        .at("/:cache/missing", missing_paths)
-        .at("/:cache/import", import_paths)
+        .at("/:cache/missing", poem::post(missing_paths))
+        .at("/:cache/import", poem::post(import_paths))
         .at("/:cache/:file", narinfo)
         .data(state)
         .map_to_response()
@@ -207,9 +208,6 @@ async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: B
 async fn missing_paths(req: &Request, Path(cache): Path<String>, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
     let result = async {
-        if req.method() != Method::POST {
-            return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
-        }
         let cache = write_cache(state, req, &cache).await?;
         let bytes = body.into_bytes_limit(MAX_MISSING_BODY).await.map_err(|_| {
             ServiceError::invalid(
@@ -235,9 +233,6 @@ async fn missing_paths(req: &Request, Path(cache): Path<String>, body: Body) -> 
 async fn import_paths(req: &Request, Path(cache): Path<String>, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
     let result = async {
-        if req.method() != Method::POST {
-            return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
-        }
         let cache = write_cache(state, req, &cache).await?;
         let imported = state
             .app
