@@ -138,14 +138,21 @@ impl TokenSigner {
     }
 }
 
-/// What a job token carries: the worker holding it may read and push to the organization's caches until
-/// `exp`. Signed like session tokens, so it survives a server restart and needs no storage.
+/// What a job token carries: the worker holding it may read the caches the organization may read, and push
+/// to `push` (the org's push cache when the job was assigned), while the job stays assigned to it and at most
+/// until `exp`. Signed like session tokens, so it survives a server restart; whether the job is still
+/// assigned is checked by the cache (see `Gradient::cache_for_job_token`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobClaims {
     /// Always `job`: a session token can never pass as a job token or the reverse.
     pub kind: String,
     pub org: crate::OrgId,
     pub job: crate::model::JobId,
+    /// The worker the job was assigned to: when the job is requeued and assigned again, the old token stays dead.
+    pub worker: crate::WorkerId,
+    /// The only cache the token may push to.
+    #[serde(default)]
+    pub push: Option<crate::CacheId>,
     pub exp: i64,
 }
 
@@ -153,11 +160,20 @@ pub struct JobClaims {
 pub const JOB_TOKEN_PREFIX: &str = "GRADJOB.";
 
 impl TokenSigner {
-    pub fn issue_job(&self, org: crate::OrgId, job: crate::model::JobId, expires: Timestamp) -> String {
+    pub fn issue_job(
+        &self,
+        org: crate::OrgId,
+        job: crate::model::JobId,
+        worker: crate::WorkerId,
+        push: Option<crate::CacheId>,
+        expires: Timestamp,
+    ) -> String {
         let claims = JobClaims {
             kind: "job".into(),
             org,
             job,
+            worker,
+            push,
             exp: expires.timestamp(),
         };
         let jwt = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.encoding).unwrap_or_default();
@@ -213,9 +229,19 @@ mod tests {
         let now = Utc::now();
         let signer = TokenSigner::new(b"a-secret-of-at-least-32-bytes-long!!");
         let org = crate::OrgId::new();
-        let token = signer.issue_job(org, crate::model::JobId::new(), now + TimeDelta::hours(1));
+        let cache = crate::CacheId::new();
+        let token = signer.issue_job(
+            org,
+            crate::model::JobId::new(),
+            crate::WorkerId::new(),
+            Some(cache),
+            now + TimeDelta::hours(1),
+        );
         assert!(token.starts_with("GRADJOB."));
-        assert_eq!(signer.verify_job(&token, now).map(|c| c.org), Some(org));
+        assert_eq!(
+            signer.verify_job(&token, now).map(|c| (c.org, c.push)),
+            Some((org, Some(cache)))
+        );
         assert!(
             signer.verify_job(&token, now + TimeDelta::hours(2)).is_none(),
             "expired"

@@ -7,13 +7,14 @@ mod common;
 use bytes::Bytes;
 use chrono::TimeDelta;
 use common::ManualClock;
-use gradient_domain::model::Cache;
+use gradient_domain::WorkerId;
+use gradient_domain::model::{Cache, JobId, JobKind, JobRecord, JobState};
 use gradient_domain::nix::hash::sha256_of;
 use gradient_domain::nix::narinfo::NarInfo;
 use gradient_domain::nix::nix32;
 use gradient_domain::ports::Clock;
 use gradient_domain::ports::nar_store::NarStore;
-use gradient_domain::ports::storage::CacheContents;
+use gradient_domain::ports::storage::{CacheContents, Caches, Queue};
 use gradient_domain::service::{Caller, Gradient, NewCache, ServiceError, Settings, nar_key};
 use gradient_ports::nar_store::MemoryNarStore;
 use gradient_ports::storage::MemoryStorage;
@@ -237,42 +238,247 @@ async fn uploads_that_are_not_what_they_claim_leave_nothing() {
     assert_eq!(nars.size(&nar_key(&cache, &url)).await.unwrap(), None);
 }
 
+/// A build job of `org`, assigned to `worker`.
+async fn assigned_job(app: &App, org: gradient_domain::OrgId, worker: WorkerId) -> JobId {
+    let job = JobRecord {
+        id: JobId::new(),
+        org_id: org,
+        kind: JobKind::Build {
+            derivation: format!("/nix/store/{}-x.drv", "a".repeat(32)),
+            system: "x86_64-linux".into(),
+            required_features: vec![],
+        },
+        state: JobState::Queued,
+        created_at: app.clock.now(),
+        attempts: 0,
+    };
+    app.storage.enqueue_job(&job).await.unwrap();
+    assert!(app.storage.assign_job(job.id, worker, app.clock.now()).await.unwrap());
+    job.id
+}
+
 #[tokio::test]
-async fn a_job_token_reaches_its_orgs_caches_only_while_subscribed() {
+async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_while_its_job_is_assigned() {
     let (app, clock, _nars, cache, caller) = setup().await;
     let org = common::org(&app, &caller, "acme").await;
-    let token = app.tokens.issue_job(
-        org.id,
-        gradient_domain::model::JobId::new(),
-        clock.now() + TimeDelta::hours(1),
-    );
-    assert!(
-        app.cache_for_job_token(&token, "main").await.unwrap().is_none(),
-        "not subscribed"
-    );
+    app.create_cache(
+        &caller,
+        NewCache {
+            name: "spare".into(),
+            ..NewCache::default()
+        },
+    )
+    .await
+    .unwrap();
+    let worker = WorkerId::new();
+    let job = assigned_job(&app, org.id, worker).await;
+    let token = app
+        .tokens
+        .issue_job(org.id, job, worker, Some(cache.id), clock.now() + TimeDelta::hours(1));
+    let reads = |name: &'static str| {
+        let (app, token) = (&app, &token);
+        async move {
+            app.cache_for_job_token(token, name, false)
+                .await
+                .unwrap()
+                .map(|c| c.name.to_string())
+        }
+    };
+    let writes = |name: &'static str| {
+        let (app, token) = (&app, &token);
+        async move {
+            app.cache_for_job_token(token, name, true)
+                .await
+                .unwrap()
+                .map(|c| c.name.to_string())
+        }
+    };
+    assert_eq!(reads("main").await, None, "not subscribed");
     app.subscribe(&caller, "acme", "main").await.unwrap();
+    app.subscribe(&caller, "acme", "spare").await.unwrap();
     // Asked twice: the second answer comes from memory, and is the same.
     for _ in 0..2 {
-        let found = app.cache_for_job_token(&token, "main").await.unwrap();
-        assert_eq!(found.map(|c| c.id), Some(cache.id));
+        assert_eq!(reads("main").await.as_deref(), Some("main"));
+        assert_eq!(reads("spare").await.as_deref(), Some("spare"));
+        assert_eq!(writes("main").await, None, "a subscription is no push cache");
     }
-    app.unsubscribe(&caller, "acme", "main").await.unwrap();
-    assert!(
-        app.cache_for_job_token(&token, "main").await.unwrap().is_none(),
-        "unsubscribing revokes at once"
+    app.set_push_cache(&caller, "acme", "main").await.unwrap();
+    assert_eq!(
+        writes("main").await.as_deref(),
+        Some("main"),
+        "the push cache the token names"
     );
+    app.set_push_cache(&caller, "acme", "spare").await.unwrap();
+    assert_eq!(
+        writes("spare").await,
+        None,
+        "the org's new push cache is not the token's"
+    );
+    assert_eq!(writes("main").await, None, "nor the old one any more");
+    app.set_push_cache(&caller, "acme", "main").await.unwrap();
+    assert_eq!(writes("main").await.as_deref(), Some("main"));
+
+    // Another org's job cannot use the token's rights, and a token for another worker is dead.
+    let stolen = app.tokens.issue_job(
+        org.id,
+        job,
+        WorkerId::new(),
+        Some(cache.id),
+        clock.now() + TimeDelta::hours(1),
+    );
+    assert_eq!(
+        app.cache_for_job_token(&stolen, "main", false).await.unwrap(),
+        None,
+        "not the job's worker"
+    );
+
+    app.unsubscribe(&caller, "acme", "main").await.unwrap();
+    assert_eq!(reads("main").await, None, "unsubscribing revokes at once");
+    assert_eq!(writes("main").await, None, "and the push with it");
     assert!(
-        app.cache_for_job_token("GRADJOB.not-a-token", "main")
+        app.cache_for_job_token("GRADJOB.not-a-token", "spare", false)
             .await
             .unwrap()
             .is_none()
     );
+
+    // The job ends: its token dies with it (within the liveness memo's few seconds in another process; at once
+    // here, where the job ended).
+    assert_eq!(reads("spare").await.as_deref(), Some("spare"));
+    app.record_job_finished(job, worker, gradient_domain::proto::JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(reads("spare").await, None, "the job is over");
+
+    let job = assigned_job(&app, org.id, worker).await;
+    let token = app
+        .tokens
+        .issue_job(org.id, job, worker, None, clock.now() + TimeDelta::hours(1));
+    assert!(app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some());
     clock.advance(TimeDelta::hours(2));
-    app.subscribe(&caller, "acme", "main").await.unwrap();
     assert!(
-        app.cache_for_job_token(&token, "main").await.unwrap().is_none(),
+        app.cache_for_job_token(&token, "spare", false).await.unwrap().is_none(),
         "expired"
     );
+}
+
+#[tokio::test]
+async fn subscriptions_grant_reads_only_as_the_cache_owner_chooses() {
+    let (app, _clock, _nars, _cache, owner) = setup().await;
+    let mallory = common::signed_up(&app, "mallory").await;
+    let theirs = common::org(&app, &mallory, "theirs").await;
+    let public = app
+        .create_cache(
+            &owner,
+            NewCache {
+                name: "public".into(),
+                public: true,
+                ..NewCache::default()
+            },
+        )
+        .await
+        .unwrap();
+    // A private cache mallory cannot see: as if it did not exist.
+    let e = app.subscribe(&mallory, "theirs", "main").await.unwrap_err();
+    assert_eq!(e.code(), "not_found");
+    // A public cache: subscribed, but not granted, and never a push cache for her.
+    app.subscribe(&mallory, "theirs", "public").await.unwrap();
+    let subs = app.subscriptions(&mallory, "theirs").await.unwrap();
+    assert_eq!(
+        subs.iter().map(|s| (s.granted, s.push)).collect::<Vec<_>>(),
+        vec![(false, false)]
+    );
+    let e = app.set_push_cache(&mallory, "theirs", "public").await.unwrap_err();
+    assert_eq!(e.code(), "forbidden");
+    // The owner sees the subscription and ends it.
+    let subscribers = app.cache_subscribers(&owner, "public").await.unwrap();
+    assert_eq!(
+        subscribers.iter().map(|s| (s.org.id, s.granted)).collect::<Vec<_>>(),
+        vec![(theirs.id, false)]
+    );
+    let e = app.cache_subscribers(&mallory, "public").await.unwrap_err();
+    assert_eq!(e.code(), "forbidden", "only the owner lists a cache's subscribers");
+    app.revoke_subscriber(&owner, "public", "theirs").await.unwrap();
+    assert!(app.subscriptions(&mallory, "theirs").await.unwrap().is_empty());
+
+    // A member who can read a private cache through an org cannot pass it on to an org of her own.
+    let acme = common::org(&app, &owner, "acme").await;
+    app.subscribe(&owner, "acme", "main").await.unwrap();
+    app.set_member(&owner, "acme", "mallory", "View").await.unwrap();
+    assert!(
+        app.cache(&mallory, "main").await.is_ok(),
+        "she reads it as a member of acme"
+    );
+    let e = app.subscribe(&mallory, "theirs", "main").await.unwrap_err();
+    assert_eq!(e.code(), "forbidden");
+    app.remove_member(&owner, "acme", "mallory").await.unwrap();
+    assert_eq!(
+        app.cache(&mallory, "main").await.unwrap_err().code(),
+        "not_found",
+        "removed from acme, she reads nothing of it"
+    );
+    let _ = (acme, public);
+
+    // A public cache subscribed without a grant is read only while public.
+    app.subscribe(&mallory, "theirs", "public").await.unwrap();
+    app.update_cache(
+        &owner,
+        "public",
+        gradient_domain::service::CacheChanges {
+            public: Some(false),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.cache(&mallory, "public").await.unwrap_err().code(), "not_found");
+    let subs = app.storage.subscriptions(theirs.id).await.unwrap();
+    assert!(subs.iter().all(|s| !s.readable()), "the subscription reads nothing now");
+}
+
+#[tokio::test]
+async fn a_cache_never_replaces_a_path_it_holds() {
+    let (app, _clock, nars, cache, _caller) = setup().await;
+    let path = format!("/nix/store/{}-hello", "b".repeat(32));
+    let hash_part = "b".repeat(32);
+    let push = |contents: &'static [u8]| {
+        let (app, nars, cache, path, hash_part) = (&app, &nars, &cache, &path, &hash_part);
+        async move {
+            let nar = nar_of(contents);
+            let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
+            let file = app.receive_nar(nars, cache, &url, body(nar.clone())).await.unwrap();
+            let info = format!(
+                "StorePath: {path}\nURL: {url}\nCompression: none\nFileHash: {}\nFileSize: {}\nNarHash: {}\nNarSize: {}\nReferences: \n",
+                file.file_hash, file.file_size, file.nar_hash, file.nar_size
+            );
+            app.receive_narinfo(nars, cache, hash_part, &info).await
+        }
+    };
+    let first = push(b"the real thing").await.unwrap();
+    let signed = app.signed_narinfo(&cache, &hash_part).await.unwrap().unwrap();
+    let again = push(b"the real thing").await.unwrap();
+    assert_eq!(again, first, "the same contents again are a no-op");
+    let e = push(b"something else").await.unwrap_err();
+    assert_eq!(e.code(), "path_exists");
+    assert!(matches!(e, ServiceError::Conflict { .. }));
+    assert_eq!(
+        app.storage.cached_path(cache.id, &hash_part).await.unwrap(),
+        Some(first),
+        "nothing changed"
+    );
+    assert_eq!(app.signed_narinfo(&cache, &hash_part).await.unwrap().unwrap(), signed);
+
+    // The same through an export stream.
+    let mut stream = Vec::new();
+    exported(&mut stream, &path, &nar_of(b"something else"), &[], "");
+    int(&mut stream, 0);
+    let e = app.import_paths(&nars, &cache, body(stream)).await.unwrap_err();
+    assert_eq!(e.code(), "path_exists");
+    let mut stream = Vec::new();
+    exported(&mut stream, &path, &nar_of(b"the real thing"), &[], "");
+    int(&mut stream, 0);
+    app.import_paths(&nars, &cache, body(stream)).await.unwrap();
+    assert_eq!(app.signed_narinfo(&cache, &hash_part).await.unwrap().unwrap(), signed);
 }
 
 fn int(out: &mut Vec<u8>, n: u64) {

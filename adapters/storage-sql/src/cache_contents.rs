@@ -166,17 +166,13 @@ impl CacheContents for SqlStorage {
         rows.into_iter().map(NarFileRow::into_nar_file).collect()
     }
 
-    async fn put_cached_path(&self, path: &CachedPath) -> Result<()> {
-        // A missing cache fails the foreign key: NotFound.
+    async fn put_cached_path(&self, path: &CachedPath) -> Result<bool> {
+        // A missing cache fails the foreign key: NotFound. A path already there is kept as it is.
         let sql = concat!(
             "INSERT INTO cached_paths (",
             cached_path_columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ",
-            "ON CONFLICT (cache_id, hash_part) DO UPDATE SET store_path = excluded.store_path, ",
-            "url = excluded.url, compression = excluded.compression, file_hash = excluded.file_hash, ",
-            "file_size = excluded.file_size, nar_hash = excluded.nar_hash, nar_size = excluded.nar_size, ",
-            "refs = excluded.refs, deriver = excluded.deriver, system = excluded.system, ca = excluded.ca, ",
-            "created_at = excluded.created_at, last_fetched_at = excluded.last_fetched_at"
+            "ON CONFLICT (cache_id, hash_part) DO NOTHING"
         );
         let file_size = db_size(path.file_size, "cached path file size")?;
         let nar_size = db_size(path.nar_size, "cached path nar size")?;
@@ -199,7 +195,7 @@ impl CacheContents for SqlStorage {
             .bind(path.last_fetched_at)
             .execute(p)
             .await
-            .map(|_| ()))
+            .map(|r| r.rows_affected() > 0))
         .map_err(db_error)
     }
 

@@ -4,10 +4,26 @@ use crate::orgs::{OrgRow, org_columns};
 use crate::{SqlStorage, corrupt, db_error, stored_name, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
-use gradient_domain::model::{Cache, Compression, Org};
+use gradient_domain::model::{Cache, Compression, SubscribedCache, Subscriber, Subscription};
 use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{Caches, Result};
 use gradient_domain::{CacheId, Name, OrgId, UserId};
+
+#[derive(sqlx::FromRow)]
+struct SubscribedRow {
+    #[sqlx(flatten)]
+    cache: CacheRow,
+    granted: bool,
+    push: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct SubscriberRow {
+    #[sqlx(flatten)]
+    org: OrgRow,
+    granted: bool,
+    push: bool,
+}
 use uuid::Uuid;
 
 macro_rules! cache_columns {
@@ -103,7 +119,7 @@ impl Caches for SqlStorage {
             cache_columns!(),
             " FROM caches c WHERE c.public OR c.created_by = $1 OR EXISTS ",
             "(SELECT 1 FROM subscriptions s JOIN memberships m ON m.org_id = s.org_id ",
-            "WHERE s.cache_id = c.id AND m.user_id = $1) ORDER BY c.name"
+            "WHERE s.cache_id = c.id AND s.granted AND m.user_id = $1) ORDER BY c.name"
         );
         let rows = with_pool!(self, |p| sqlx::query_as::<_, CacheRow>(sql)
             .bind(user.map(|u| u.0))
@@ -144,16 +160,56 @@ impl Caches for SqlStorage {
         Ok(done > 0)
     }
 
-    async fn subscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
-        let sql = "INSERT INTO subscriptions (org_id, cache_id) VALUES ($1, $2) ON CONFLICT DO NOTHING";
-        let done = with_pool!(self, |p| sqlx::query(sql)
-            .bind(org.0)
-            .bind(cache.0)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-        .map_err(db_error)?;
-        Ok(done > 0)
+    async fn subscribe(&self, sub: &Subscription) -> Result<bool> {
+        // A grant upgrades an existing subscription; a plain one never downgrades it. Push is set elsewhere.
+        let exists = "SELECT 1 FROM subscriptions WHERE org_id = $1 AND cache_id = $2";
+        let upsert = "INSERT INTO subscriptions (org_id, cache_id, granted, push) VALUES ($1, $2, $3, FALSE) \
+                      ON CONFLICT (org_id, cache_id) DO UPDATE SET granted = subscriptions.granted OR excluded.granted";
+        with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            let existed = sqlx::query(exists)
+                .bind(sub.org_id.0)
+                .bind(sub.cache_id.0)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            sqlx::query(upsert)
+                .bind(sub.org_id.0)
+                .bind(sub.cache_id.0)
+                .bind(sub.granted)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(!existed)
+        }
+        .await)
+        .map_err(db_error)
+    }
+
+    async fn set_push_cache(&self, org: OrgId, cache: Option<CacheId>) -> Result<bool> {
+        // Cleared first, then set, in one transaction: the unique index on (org) WHERE push is checked row by row.
+        let clear = "UPDATE subscriptions SET push = FALSE WHERE org_id = $1 AND push";
+        let set = "UPDATE subscriptions SET push = TRUE WHERE org_id = $1 AND cache_id = $2 AND granted";
+        with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            sqlx::query(clear).bind(org.0).execute(&mut *tx).await?;
+            if let Some(cache) = cache {
+                let done = sqlx::query(set)
+                    .bind(org.0)
+                    .bind(cache.0)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if done == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await)
+        .map_err(db_error)
     }
 
     async fn unsubscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
@@ -168,33 +224,49 @@ impl Caches for SqlStorage {
         Ok(done > 0)
     }
 
-    async fn subscriptions(&self, org: OrgId) -> Result<Vec<Cache>> {
+    async fn subscriptions(&self, org: OrgId) -> Result<Vec<SubscribedCache>> {
         let sql = concat!(
             "SELECT ",
             cache_columns!(),
-            " FROM caches WHERE id IN ",
-            "(SELECT cache_id FROM subscriptions WHERE org_id = $1) ORDER BY name"
+            ", s.granted, s.push FROM caches JOIN subscriptions s ON s.cache_id = caches.id ",
+            "WHERE s.org_id = $1 ORDER BY name"
         );
-        let rows = with_pool!(self, |p| sqlx::query_as::<_, CacheRow>(sql)
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, SubscribedRow>(sql)
             .bind(org.0)
             .fetch_all(p)
             .await)
         .map_err(db_error)?;
-        rows.into_iter().map(CacheRow::into_cache).collect()
+        rows.into_iter()
+            .map(|r| {
+                Ok(SubscribedCache {
+                    cache: r.cache.into_cache()?,
+                    granted: r.granted,
+                    push: r.push,
+                })
+            })
+            .collect()
     }
 
-    async fn subscribers(&self, cache: CacheId) -> Result<Vec<Org>> {
+    async fn subscribers(&self, cache: CacheId) -> Result<Vec<Subscriber>> {
         let sql = concat!(
             "SELECT ",
             org_columns!(),
-            " FROM orgs WHERE id IN ",
-            "(SELECT org_id FROM subscriptions WHERE cache_id = $1) ORDER BY name"
+            ", s.granted, s.push FROM orgs JOIN subscriptions s ON s.org_id = orgs.id ",
+            "WHERE s.cache_id = $1 ORDER BY name"
         );
-        let rows = with_pool!(self, |p| sqlx::query_as::<_, OrgRow>(sql)
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, SubscriberRow>(sql)
             .bind(cache.0)
             .fetch_all(p)
             .await)
         .map_err(db_error)?;
-        rows.into_iter().map(OrgRow::into_org).collect()
+        rows.into_iter()
+            .map(|r| {
+                Ok(Subscriber {
+                    org: r.org.into_org()?,
+                    granted: r.granted,
+                    push: r.push,
+                })
+            })
+            .collect()
     }
 }

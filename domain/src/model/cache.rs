@@ -22,6 +22,46 @@ pub struct Cache {
     pub created_at: Timestamp,
 }
 
+/// An organization's use of a cache. Reading a cache and writing it are different rights:
+/// * a subscription made by the cache's owner is a **grant**: the org's members and jobs read the cache even
+///   when it is private;
+/// * a subscription made by anyone else (only possible while the cache is public) reads it only while it stays
+///   public;
+/// * at most one grant per organization is its **push cache**: where the org's jobs push. Only the cache's
+///   owner can make it so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub org_id: crate::OrgId,
+    pub cache_id: CacheId,
+    /// Made by the cache's owner: members of the org read the cache even when it is private.
+    pub granted: bool,
+    /// The org's jobs push here (implies `granted`).
+    pub push: bool,
+}
+
+/// A subscription with the cache it refers to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscribedCache {
+    pub cache: Cache,
+    pub granted: bool,
+    pub push: bool,
+}
+
+impl SubscribedCache {
+    /// Whether the subscription lets the org read the cache now.
+    pub fn readable(&self) -> bool {
+        self.granted || self.cache.public
+    }
+}
+
+/// A subscription with the organization it belongs to (what a cache's owner sees).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscriber {
+    pub org: super::Org,
+    pub granted: bool,
+    pub push: bool,
+}
+
 /// How NARs are compressed when stored in a cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

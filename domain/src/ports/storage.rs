@@ -12,7 +12,8 @@
 
 use crate::model::{
     ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member,
-    Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, SubscribedCache, Subscriber, Subscription, Timestamp,
+    User, WorkerRegistration,
 };
 use crate::{
     ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
@@ -155,21 +156,27 @@ pub trait Caches {
     fn create_cache(&self, cache: &Cache) -> impl Future<Output = Result<()>> + Send;
     fn cache_by_name(&self, name: &Name) -> impl Future<Output = Result<Option<Cache>>> + Send;
     fn cache(&self, id: CacheId) -> impl Future<Output = Result<Option<Cache>>> + Send;
-    /// Public caches, caches `user` created, and caches subscribed by an organization `user` is a member of.
+    /// Public caches, caches `user` created, and caches granted to an organization `user` is a member of.
     fn visible_caches(&self, user: Option<UserId>) -> impl Future<Output = Result<Vec<Cache>>> + Send;
     /// Updates display name, description, public, priority, local priority, compression and signing key.
     fn update_cache(&self, cache: &Cache) -> impl Future<Output = Result<()>> + Send;
     /// Deletes the cache with its subscriptions, cached paths and NAR file records. Ok(false) if absent.
     fn delete_cache(&self, id: CacheId) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Ok(false) when already subscribed; NotFound when the org or cache does not exist.
-    fn subscribe(&self, org: OrgId, cache: CacheId) -> impl Future<Output = Result<bool>> + Send;
+    /// Records a subscription, replacing the org's one to the same cache (its `granted` is kept when the new
+    /// one is not granted, and `push` is set only through [`Caches::set_push_cache`]). Ok(false) when the org
+    /// was already subscribed; NotFound when the org or cache does not exist.
+    fn subscribe(&self, sub: &Subscription) -> impl Future<Output = Result<bool>> + Send;
     /// Ok(false) when not subscribed.
     fn unsubscribe(&self, org: OrgId, cache: CacheId) -> impl Future<Output = Result<bool>> + Send;
+    /// Makes `cache` the org's push cache (its subscription must exist and be granted), or clears it with
+    /// `None`. One statement: at no moment has the org two push caches. Ok(false) when `cache` is not a
+    /// granted subscription of the org.
+    fn set_push_cache(&self, org: OrgId, cache: Option<CacheId>) -> impl Future<Output = Result<bool>> + Send;
     /// The caches an organization subscribes to, by name.
-    fn subscriptions(&self, org: OrgId) -> impl Future<Output = Result<Vec<Cache>>> + Send;
+    fn subscriptions(&self, org: OrgId) -> impl Future<Output = Result<Vec<SubscribedCache>>> + Send;
     /// The organizations subscribed to a cache, by name.
-    fn subscribers(&self, cache: CacheId) -> impl Future<Output = Result<Vec<Org>>> + Send;
+    fn subscribers(&self, cache: CacheId) -> impl Future<Output = Result<Vec<Subscriber>>> + Send;
 }
 
 /// What caches hold: NAR files as received, and the store paths (narinfos) that refer to them.
@@ -184,9 +191,10 @@ pub trait CacheContents {
     /// at most `limit`.
     fn orphan_nar_files(&self, before: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<NarFile>>> + Send;
 
-    /// Stores a path's narinfo, replacing the one with the same hash part in the same cache.
+    /// Stores a path's narinfo unless the cache already holds a path with the same hash part, which is
+    /// left as it is: a cache never replaces what it has. Ok(false) when one was there.
     /// NotFound when the cache does not exist.
-    fn put_cached_path(&self, path: &CachedPath) -> impl Future<Output = Result<()>> + Send;
+    fn put_cached_path(&self, path: &CachedPath) -> impl Future<Output = Result<bool>> + Send;
     fn cached_path(&self, cache: CacheId, hash_part: &str) -> impl Future<Output = Result<Option<CachedPath>>> + Send;
     /// Whether any cached path of the cache refers to this NAR url.
     fn nar_url_in_use(&self, cache: CacheId, url: &str) -> impl Future<Output = Result<bool>> + Send;

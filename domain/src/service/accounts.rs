@@ -49,6 +49,16 @@ impl Caller {
             .is_some_and(|s| s.organization.is_some() || s.permissions.is_some())
     }
 
+    /// The user, when they act with all of their rights (a session or an unrestricted key); 401 for anonymous
+    /// callers, 403 for restricted keys.
+    pub fn require_unrestricted(&self, what: &str) -> Result<&User> {
+        let user = self.require_user()?;
+        if self.is_restricted() {
+            return Err(ServiceError::Forbidden(format!("a restricted API key cannot {what}")));
+        }
+        Ok(user)
+    }
+
     /// The user, or 401 for anonymous callers.
     pub fn require_user(&self) -> Result<&User> {
         self.user()
@@ -188,20 +198,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
+    /// The caller's API keys; a restricted key may not see them (it could learn of wider keys).
     pub async fn api_keys(&self, caller: &Caller) -> Result<Vec<ApiKey>> {
-        let user = caller.require_user()?;
+        let user = caller.require_unrestricted("list API keys")?;
         Ok(self.storage.api_keys(user.id).await?)
     }
 
     /// Creates an API key; the token is in the answer and nowhere else. A key may only be created from a
     /// session, or from a key that is not itself restricted, so a narrow key cannot mint a wider one.
     pub async fn create_api_key(&self, caller: &Caller, new: NewKey) -> Result<(ApiKey, String)> {
-        let user = caller.require_user()?;
-        if caller.is_restricted() {
-            return Err(ServiceError::Forbidden(
-                "a restricted API key cannot create API keys".into(),
-            ));
-        }
+        let user = caller.require_unrestricted("create API keys")?;
         let name = new.name.trim();
         if name.is_empty() {
             return Err(ServiceError::invalid("invalid_input", "the key needs a name"));
@@ -234,7 +240,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     pub async fn delete_api_key(&self, caller: &Caller, id: ApiKeyId) -> Result<()> {
-        let user = caller.require_user()?;
+        let user = caller.require_unrestricted("delete API keys")?;
         if self.storage.delete_api_key(user.id, id).await? {
             Ok(())
         } else {

@@ -118,31 +118,56 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
-    /// The cache, if `token` is a job token of an organization subscribed to it: the worker running the job
-    /// reads from and pushes to the org's caches with it.
-    pub async fn cache_for_job_token(&self, token: &str, name: &str) -> Result<Option<Cache>> {
+    /// The cache, if `token` is the job token of a job still assigned and the job's organization may use the
+    /// cache so: reading any cache the org reads (a grant, or a public cache it subscribes to); writing only the
+    /// push cache named in the token, while it is still the org's push cache. `None` when the token is not a
+    /// job token or does not allow it (the caller then falls back to other credentials).
+    pub async fn cache_for_job_token(&self, token: &str, name: &str, write: bool) -> Result<Option<Cache>> {
         let now = self.clock.now();
         let Some(claims) = self.tokens.verify_job(token, now) else {
             return Ok(None);
         };
-        let (known, generation) = self.memo.job_access(claims.org, name, now);
-        if let Some(cache) = known {
-            return Ok(Some(cache));
-        }
-        let Ok(parsed) = Name::parse(name) else { return Ok(None) };
-        let Some(cache) = self.storage.cache_by_name(&parsed).await? else {
+        if !self.job_holds_token(&claims, now).await? {
             return Ok(None);
-        };
-        let subscribed = self
-            .storage
-            .subscribers(cache.id)
-            .await?
-            .iter()
-            .any(|o| o.id == claims.org);
-        if subscribed {
-            self.memo.remember_job_access(claims.org, name, &cache, now, generation);
         }
-        Ok(subscribed.then_some(cache))
+        let (known, generation) = self.memo.job_access(claims.org, name, write, now);
+        let cache = match known {
+            Some(cache) => cache,
+            None => {
+                let Ok(parsed) = Name::parse(name) else { return Ok(None) };
+                let Some(cache) = self.storage.cache_by_name(&parsed).await? else {
+                    return Ok(None);
+                };
+                let allowed = self
+                    .storage
+                    .subscriptions(claims.org)
+                    .await?
+                    .into_iter()
+                    .find(|s| s.cache.id == cache.id)
+                    .is_some_and(|s| if write { s.push } else { s.readable() });
+                if !allowed {
+                    return Ok(None);
+                }
+                self.memo
+                    .remember_job_access(claims.org, name, write, &cache, now, generation);
+                cache
+            }
+        };
+        Ok((!write || claims.push == Some(cache.id)).then_some(cache))
+    }
+
+    /// Whether the job a token was issued for is still assigned, in the token's organization: a job token is
+    /// revoked when its job ends, is aborted or requeued. Remembered for [`super::memo::JOB_ALIVE_TTL`].
+    async fn job_holds_token(&self, claims: &crate::auth::JobClaims, now: crate::model::Timestamp) -> Result<bool> {
+        if let Some(alive) = self.memo.job_alive(claims.job, claims.worker, now) {
+            return Ok(alive);
+        }
+        let alive = self.storage.job(claims.job).await?.is_some_and(|j| {
+            j.org_id == claims.org
+                && matches!(j.state, crate::model::JobState::Assigned { worker, .. } if worker == claims.worker)
+        });
+        self.memo.remember_job_alive(claims.job, claims.worker, alive, now);
+        Ok(alive)
     }
 
     /// The cache, if the caller may push to it: its owner, with an unrestricted session or key.
@@ -317,6 +342,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
             return Err(invalid("narinfo_mismatch", problem));
         }
+        if let Some(existing) = self.storage.cached_path(cache.id, hash_part).await? {
+            return same_path(existing, &file.nar_hash);
+        }
         let now = self.clock.now();
         let mut references: Vec<String> = info.references.iter().map(|r| r.basename().to_owned()).collect();
         references.sort();
@@ -337,7 +365,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             created_at: now,
             last_fetched_at: now,
         };
-        self.storage.put_cached_path(&path).await?;
+        if !self.storage.put_cached_path(&path).await? {
+            // Another push of the same path won the race: the first one stays.
+            let existing = self.storage.cached_path(cache.id, hash_part).await?;
+            return existing.map_or(Ok(path.clone()), |e| same_path(e, &path.nar_hash));
+        }
         self.memo.forget_narinfo(cache.id, hash_part);
         Ok(path)
     }
@@ -451,9 +483,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             Ok(())
         }
         .await;
-        if let Err(e) = checked {
-            let _ = incoming.upload.abort().await;
-            return Err(e);
+        let checked = match checked {
+            Ok(()) => self
+                .storage
+                .cached_path(cache.id, path.hash_part())
+                .await
+                .map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Err(e) => {
+                let _ = incoming.upload.abort().await;
+                return Err(e);
+            }
+            // Already held: the same contents are a no-op, others are refused; nothing is stored either way.
+            Ok(Some(existing)) => {
+                let _ = incoming.upload.abort().await;
+                return same_path(existing, &nar_hash.to_string()).map(|_| ());
+            }
+            Ok(None) => {}
         }
         let Incoming {
             upload,
@@ -483,7 +531,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut references: Vec<String> = references.iter().map(|r| r.basename().to_owned()).collect();
         references.sort();
         let hash_part = path.hash_part().to_owned();
-        self.storage
+        let nar_hash_text = file.nar_hash.clone();
+        let stored = self
+            .storage
             .put_cached_path(&CachedPath {
                 cache_id: cache.id,
                 hash_part: hash_part.clone(),
@@ -502,6 +552,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 last_fetched_at: now,
             })
             .await?;
+        if !stored {
+            // Pushed meanwhile by another request: the first stays, and this NAR file is left to collection.
+            if let Some(existing) = self.storage.cached_path(cache.id, &hash_part).await? {
+                same_path(existing, &nar_hash_text)?;
+            }
+            return Ok(());
+        }
         self.memo.forget_narinfo(cache.id, &hash_part);
         Ok(())
     }
@@ -540,6 +597,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         Ok(report)
+    }
+}
+
+/// A push of a path the cache already holds: the same NAR is a no-op answering what is held; another NAR is
+/// refused (409 `path_exists`). A cache never replaces what it has, so nothing is ever signed over bytes other
+/// than those first accepted for a path.
+fn same_path(existing: CachedPath, nar_hash: &str) -> Result<CachedPath> {
+    if existing.nar_hash == nar_hash {
+        Ok(existing)
+    } else {
+        Err(ServiceError::conflict(
+            "path_exists",
+            format!(
+                "the cache already holds {} with NAR hash {}; a path's contents are never replaced",
+                existing.store_path, existing.nar_hash
+            ),
+        ))
     }
 }
 

@@ -1,9 +1,10 @@
 //! Binary caches and organizations' subscriptions to them. A cache belongs to the user who created it;
-//! it is readable by everyone when public, otherwise by its owner and the members of subscribed
-//! organizations.
+//! it is readable by everyone when public, otherwise by its owner and the members of organizations the owner
+//! granted it to. Writing is the owner's, and the jobs' of the organizations whose push cache it is (set by the
+//! owner). See `docs/security.md`.
 
 use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
-use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org};
+use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org, SubscribedCache, Subscriber, Subscription};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -48,24 +49,46 @@ fn check_priority(p: i32) -> Result<()> {
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn caches(&self, caller: &Caller) -> Result<Vec<Cache>> {
-        Ok(self.storage.visible_caches(caller.user_id()).await?)
+        let caches = self.storage.visible_caches(caller.user_id()).await?;
+        if caller.scope().and_then(|s| s.organization).is_none() {
+            return Ok(caches);
+        }
+        // A key pinned to an organization lists what it may read, not everything its owner may.
+        let mut readable = Vec::with_capacity(caches.len());
+        for cache in caches {
+            if self.can_read_cache(caller, &cache).await? {
+                readable.push(cache);
+            }
+        }
+        Ok(readable)
     }
 
-    /// Whether the caller may read the cache (list it, fetch from it).
+    /// Whether the caller may read the cache (list it, fetch from it): public caches; the owner's own (not
+    /// with a key pinned to an organization); caches granted to an organization the caller is a member of
+    /// (with a pinned key, only that organization).
     pub async fn can_read_cache(&self, caller: &Caller, cache: &Cache) -> Result<bool> {
         if cache.public {
             return Ok(true);
         }
         let Some(user) = caller.user_id() else { return Ok(false) };
-        if cache.created_by == user {
+        let pinned = caller.scope().and_then(|s| s.organization);
+        if cache.created_by == user && pinned.is_none() {
             return Ok(true);
         }
-        for org in self.storage.subscribers(cache.id).await? {
-            if self.storage.membership(org.id, user).await?.is_some() {
+        for sub in self.storage.subscribers(cache.id).await? {
+            if sub.granted
+                && pinned.is_none_or(|p| p == sub.org.id)
+                && self.storage.membership(sub.org.id, user).await?.is_some()
+            {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// Whether the caller owns the cache and acts with all of their rights (a session or an unrestricted key).
+    fn is_owner(caller: &Caller, cache: &Cache) -> bool {
+        caller.user_id() == Some(cache.created_by) && !caller.is_restricted()
     }
 
     pub async fn cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
@@ -89,9 +112,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The cache, if the caller owns it (and, with an API key, the key is not restricted).
     async fn owned_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
         let cache = self.cache(caller, name).await?;
-        let user = caller.require_user()?;
-        let restricted = caller.is_restricted();
-        if cache.created_by != user.id || restricted {
+        caller.require_user()?;
+        if !Self::is_owner(caller, &cache) {
             return Err(ServiceError::Forbidden(format!(
                 "only the owner of cache '{name}' may change it"
             )));
@@ -173,17 +195,38 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(())
     }
 
-    pub async fn subscriptions(&self, caller: &Caller, org: &str) -> Result<Vec<Cache>> {
+    /// The organization's subscriptions, with what each lets it do.
+    pub async fn subscriptions(&self, caller: &Caller, org: &str) -> Result<Vec<SubscribedCache>> {
         let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
         Ok(self.storage.subscriptions(org.id).await?)
     }
 
-    /// Subscribes the organization to a cache the caller can read. Subscribing twice is a conflict.
+    /// Subscribes the organization to a cache. The cache's owner grants it (the org's members and jobs read it
+    /// even when private); anyone else may only subscribe to a public cache, which the org then reads while it
+    /// stays public. A private cache the caller can read but does not own is refused: only its owner chooses
+    /// who reads it. Subscribing twice is a conflict, unless the second is the owner's grant.
     pub async fn subscribe(&self, caller: &Caller, org: &str, cache: &str) -> Result<(Org, Cache)> {
         let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
         let cache = self.cache(caller, cache).await?;
+        let granted = Self::is_owner(caller, &cache);
+        if !granted && !cache.public {
+            return Err(ServiceError::Forbidden(format!(
+                "only the owner of the private cache '{}' may subscribe organizations to it",
+                cache.name
+            )));
+        }
         self.memo.forget_job_access();
-        if !self.storage.subscribe(org.id, cache.id).await? {
+        let new = self
+            .storage
+            .subscribe(&Subscription {
+                org_id: org.id,
+                cache_id: cache.id,
+                granted,
+                push: false,
+            })
+            .await?;
+        self.memo.forget_job_access();
+        if !new && !granted {
             return Err(ServiceError::conflict(
                 "already_subscribed",
                 format!("'{}' is already subscribed to '{}'", org.name, cache.name),
@@ -194,23 +237,84 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn unsubscribe(&self, caller: &Caller, org: &str, cache: &str) -> Result<()> {
         let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
-        let parsed = Name::parse(cache).map_err(|_| not_found(cache))?;
-        let found = self
-            .storage
-            .cache_by_name(&parsed)
-            .await?
-            .ok_or_else(|| not_found(cache))?;
+        let missing = || ServiceError::NotFound(format!("'{}' is not subscribed to '{cache}'", org.name));
+        let parsed = Name::parse(cache).map_err(|_| missing())?;
+        let found = self.storage.cache_by_name(&parsed).await?.ok_or_else(missing)?;
         self.memo.forget_job_access();
         let removed = self.storage.unsubscribe(org.id, found.id).await?;
         self.memo.forget_job_access();
-        if removed {
-            Ok(())
-        } else {
-            Err(ServiceError::NotFound(format!(
-                "'{}' is not subscribed to '{cache}'",
-                org.name
-            )))
+        if removed { Ok(()) } else { Err(missing()) }
+    }
+
+    /// The organization's push cache: where its jobs push what they build.
+    pub async fn push_cache(&self, caller: &Caller, org: &str) -> Result<Option<Cache>> {
+        let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        Ok(self
+            .storage
+            .subscriptions(org.id)
+            .await?
+            .into_iter()
+            .find(|s| s.push)
+            .map(|s| s.cache))
+    }
+
+    /// Makes a cache the organization's push cache. Only the cache's owner may (writing a cache is the owner's
+    /// right, and this lends it to the org's jobs), holding `manage_subscriptions` in the organization; the org
+    /// is subscribed with a grant if it was not.
+    pub async fn set_push_cache(&self, caller: &Caller, org: &str, cache: &str) -> Result<(Org, Cache)> {
+        let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
+        let cache = self.cache(caller, cache).await?;
+        if !Self::is_owner(caller, &cache) {
+            return Err(ServiceError::Forbidden(format!(
+                "only the owner of cache '{}' may let an organization's jobs push to it",
+                cache.name
+            )));
         }
+        self.memo.forget_job_access();
+        self.storage
+            .subscribe(&Subscription {
+                org_id: org.id,
+                cache_id: cache.id,
+                granted: true,
+                push: false,
+            })
+            .await?;
+        let set = self.storage.set_push_cache(org.id, Some(cache.id)).await?;
+        self.memo.forget_job_access();
+        if !set {
+            return Err(ServiceError::Internal(format!(
+                "the grant of '{}' to '{}' vanished while it was made the push cache",
+                cache.name, org.name
+            )));
+        }
+        Ok((org, cache))
+    }
+
+    /// The organization's jobs no longer push anywhere (they still build and read their caches).
+    pub async fn clear_push_cache(&self, caller: &Caller, org: &str) -> Result<()> {
+        let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
+        self.memo.forget_job_access();
+        self.storage.set_push_cache(org.id, None).await?;
+        self.memo.forget_job_access();
+        Ok(())
+    }
+
+    /// Every organization subscribed to the cache, with what each may do: for its owner only.
+    pub async fn cache_subscribers(&self, caller: &Caller, cache: &str) -> Result<Vec<Subscriber>> {
+        let cache = self.owned_cache(caller, cache).await?;
+        Ok(self.storage.subscribers(cache.id).await?)
+    }
+
+    /// The cache's owner ends an organization's subscription (and with it any push by its jobs).
+    pub async fn revoke_subscriber(&self, caller: &Caller, cache: &str, org: &str) -> Result<()> {
+        let cache = self.owned_cache(caller, cache).await?;
+        let missing = || ServiceError::NotFound(format!("no organization '{org}' subscribes to '{}'", cache.name));
+        let parsed = Name::parse(org).map_err(|_| missing())?;
+        let found = self.storage.org_by_name(&parsed).await?.ok_or_else(missing)?;
+        self.memo.forget_job_access();
+        let removed = self.storage.unsubscribe(found.id, cache.id).await?;
+        self.memo.forget_job_access();
+        if removed { Ok(()) } else { Err(missing()) }
     }
 }
 

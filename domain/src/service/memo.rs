@@ -18,10 +18,13 @@ pub struct ServeMemo {
     caches: Mutex<HashMap<String, Cache>>,
     /// `None` remembers that the cache does not hold the path (Nix asks for many missing paths).
     narinfos: Mutex<HashMap<(CacheId, String), Narinfo>>,
-    /// That an organization's job tokens may use a cache (it is subscribed), as found at a time: a worker asks
+    /// That an organization's job tokens may read (or push to) a cache, as found at a time: a worker asks
     /// for every path it substitutes and pushes. Trusted for [`JOB_ACCESS_TTL`], and dropped at once when
     /// this process changes a subscription, an organization or the cache.
     job_access: Mutex<JobAccess>,
+    /// Whether a job was still assigned to the worker its token names, as found at a time: trusted for
+    /// [`JOB_ALIVE_TTL`] and dropped when this process ends the job.
+    jobs_alive: Mutex<JobsAlive>,
     /// NAR files this process just received, until their narinfo comes: Nix pushes the two back to back, and
     /// the narinfo is checked against the file's record.
     received: Mutex<HashMap<(CacheId, String), NarFile>>,
@@ -36,8 +39,20 @@ pub const RECEIVED_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 #[derive(Default)]
 struct JobAccess {
     generation: u64,
-    found: HashMap<(OrgId, String), (Cache, Timestamp)>,
+    /// (org, cache name, for writing) → the cache, when allowed.
+    found: HashMap<(OrgId, String, bool), (Cache, Timestamp)>,
 }
+
+/// Jobs found assigned (or not) to a worker, at a time; and jobs whose tokens were revoked before they ended.
+#[derive(Default)]
+struct JobsAlive {
+    found: HashMap<(JobId, WorkerId), (bool, Timestamp)>,
+    revoked: std::collections::HashSet<JobId>,
+}
+
+/// How long a job found assigned is trusted without asking storage again: a token dies at most this long
+/// after its job ends in another process (at once in this one, see [`ServeMemo::forget_job`]).
+pub const JOB_ALIVE_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 /// How long a memoized subscription check holds (a change made by another process shows within it).
 pub const JOB_ACCESS_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
@@ -61,18 +76,26 @@ impl ServeMemo {
 
     /// A remembered subscription check for the cache as the request names it, and the generation to pass to
     /// [`Self::remember_job_access`] after checking anew.
-    pub fn job_access(&self, org: OrgId, name: &str, now: Timestamp) -> (Option<Cache>, u64) {
+    pub fn job_access(&self, org: OrgId, name: &str, write: bool, now: Timestamp) -> (Option<Cache>, u64) {
         let access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
         let found = access
             .found
-            .get(&(org, name.to_owned()))
+            .get(&(org, name.to_owned(), write))
             .filter(|(_, at)| now - *at < JOB_ACCESS_TTL && *at <= now)
             .map(|(cache, _)| cache.clone());
         (found, access.generation)
     }
 
     /// Remembers a check begun at `generation`, unless everything was forgotten since.
-    pub fn remember_job_access(&self, org: OrgId, name: &str, cache: &Cache, now: Timestamp, generation: u64) {
+    pub fn remember_job_access(
+        &self,
+        org: OrgId,
+        name: &str,
+        write: bool,
+        cache: &Cache,
+        now: Timestamp,
+        generation: u64,
+    ) {
         let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
         if access.generation != generation {
             return;
@@ -80,7 +103,44 @@ impl ServeMemo {
         if access.found.len() >= 10_000 {
             access.found.clear();
         }
-        access.found.insert((org, name.to_owned()), (cache.clone(), now));
+        access.found.insert((org, name.to_owned(), write), (cache.clone(), now));
+    }
+
+    /// Whether the job was found assigned to the worker within [`JOB_ALIVE_TTL`]; `Some(false)` once revoked.
+    pub fn job_alive(&self, job: JobId, worker: WorkerId, now: Timestamp) -> Option<bool> {
+        let jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
+        if jobs.revoked.contains(&job) {
+            return Some(false);
+        }
+        jobs.found
+            .get(&(job, worker))
+            .filter(|(_, at)| now - *at < JOB_ALIVE_TTL && *at <= now)
+            .map(|(alive, _)| *alive)
+    }
+
+    pub fn remember_job_alive(&self, job: JobId, worker: WorkerId, alive: bool, now: Timestamp) {
+        let mut jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
+        if jobs.found.len() >= 10_000 {
+            jobs.found.retain(|_, (_, at)| now - *at < JOB_ALIVE_TTL);
+        }
+        jobs.found.insert((job, worker), (alive, now));
+    }
+
+    /// The job ended (or went back to the queue): the next use of its token asks storage.
+    pub fn forget_job(&self, job: JobId) {
+        let mut jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.found.retain(|(j, _), _| *j != job);
+        jobs.revoked.remove(&job);
+    }
+
+    /// The job is being aborted: its token is dead now, though the job stays assigned until its worker
+    /// reports (then [`Self::forget_job`]). A restart forgets this; the job's end still revokes the token.
+    pub fn revoke_job(&self, job: JobId) {
+        let mut jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
+        if jobs.revoked.len() >= 100_000 {
+            jobs.revoked.clear();
+        }
+        jobs.revoked.insert(job);
     }
 
     /// Forgets every subscription check (when a subscription or an organization changes: called before and

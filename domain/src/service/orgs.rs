@@ -72,9 +72,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The organization, if the caller holds `perm` in it: 404 when hidden, 401 for anonymous callers,
     /// 403 for users without the permission.
     pub(crate) async fn org_requiring(&self, caller: &Caller, name: &str, perm: Permission) -> Result<Org> {
+        Ok(self.org_with_permission(caller, name, perm).await?.0)
+    }
+
+    /// As [`Self::org_requiring`], with every permission the caller holds there.
+    pub(crate) async fn org_with_permission(
+        &self,
+        caller: &Caller,
+        name: &str,
+        perm: Permission,
+    ) -> Result<(Org, PermissionSet)> {
         let (org, perms) = self.org_with_access(caller, name).await?;
         if perms.contains(&perm) {
-            return Ok(org);
+            return Ok((org, perms));
         }
         caller.require_user()?;
         Err(ServiceError::Forbidden(format!(
@@ -185,12 +195,24 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .count())
     }
 
-    /// Adds a user to the organization or changes their role. The last Admin cannot be demoted.
+    /// Adds a user to the organization or changes their role. Nobody grants a role with a permission they do
+    /// not hold, changes the role of someone holding one they do not, or demotes the last Admin.
     pub async fn set_member(&self, caller: &Caller, org: &str, username: &str, role: &str) -> Result<Member> {
-        let org = self.org_requiring(caller, org, Permission::ManageMembers).await?;
+        let (org, mine) = self.org_with_permission(caller, org, Permission::ManageMembers).await?;
         let user = self.user_named(username).await?;
         let role = self.resolve_role(org.id, role).await?;
+        let granted = self.role_permissions(&role).await?;
+        if !granted.is_subset(&mine) {
+            return Err(exceeds_yours("grant a role with permissions you do not hold"));
+        }
         let current = self.storage.membership(org.id, user.id).await?;
+        if let Some(current) = &current
+            && !self.role_permissions(current).await?.is_subset(&mine)
+        {
+            return Err(exceeds_yours(
+                "change the role of a member who holds permissions you do not",
+            ));
+        }
         if current == Some(RoleRef::Builtin(BuiltinRole::Admin))
             && role != RoleRef::Builtin(BuiltinRole::Admin)
             && self.admin_count(org.id).await? <= 1
@@ -213,8 +235,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         })
     }
 
+    /// Removes a member: everything they could do through the membership ends with it (access is decided
+    /// at every request; subscriptions are granted by cache owners, never through a membership). Nobody removes
+    /// a member holding a permission they do not hold, nor the last Admin.
     pub async fn remove_member(&self, caller: &Caller, org: &str, username: &str) -> Result<()> {
-        let org = self.org_requiring(caller, org, Permission::ManageMembers).await?;
+        let (org, mine) = self.org_with_permission(caller, org, Permission::ManageMembers).await?;
         let user = self.user_named(username).await?;
         let current = self.storage.membership(org.id, user.id).await?;
         let Some(current) = current else {
@@ -223,10 +248,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 org.name
             )));
         };
+        if caller.user_id() != Some(user.id) && !self.role_permissions(&current).await?.is_subset(&mine) {
+            return Err(exceeds_yours("remove a member who holds permissions you do not"));
+        }
         if current == RoleRef::Builtin(BuiltinRole::Admin) && self.admin_count(org.id).await? <= 1 {
             return Err(last_admin());
         }
         self.storage.delete_membership(org.id, user.id).await?;
+        self.memo.forget_job_access();
         Ok(())
     }
 
@@ -271,7 +300,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         name: &str,
         permissions: PermissionSet,
     ) -> Result<RoleView> {
-        let org = self.org_requiring(caller, org, Permission::ManageRoles).await?;
+        let (org, mine) = self.org_with_permission(caller, org, Permission::ManageRoles).await?;
+        if !permissions.is_subset(&mine) {
+            return Err(exceeds_yours("create a role with permissions you do not hold"));
+        }
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
             return Err(ServiceError::invalid(
@@ -311,7 +343,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     pub async fn delete_role(&self, caller: &Caller, org: &str, name: &str) -> Result<()> {
-        let org = self.org_requiring(caller, org, Permission::ManageRoles).await?;
+        let (org, mine) = self.org_with_permission(caller, org, Permission::ManageRoles).await?;
         if BuiltinRole::parse(name).is_some() {
             return Err(ServiceError::Forbidden(format!(
                 "'{name}' is a built-in role and cannot be deleted"
@@ -327,6 +359,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "'{name}' is managed by the server's declarative state"
             )));
         }
+        if !role.permissions.is_subset(&mine) {
+            return Err(exceeds_yours("delete a role with permissions you do not hold"));
+        }
         self.storage.delete_role(role.id).await.map_err(|e| match e {
             StorageError::Conflict(_) => {
                 ServiceError::conflict("role_in_use", format!("members still hold the role '{name}'"))
@@ -335,6 +370,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         })?;
         Ok(())
     }
+}
+
+/// Refused: the caller would act beyond their own permissions (403).
+fn exceeds_yours(what: &str) -> ServiceError {
+    ServiceError::Forbidden(format!("you cannot {what}"))
 }
 
 fn last_admin() -> ServiceError {

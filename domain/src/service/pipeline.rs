@@ -4,7 +4,10 @@
 //! to workers as the scheduler decides; results move builds and evaluations through their state machines.
 
 use super::{Caller, Gradient, Result, ServiceError};
-use crate::model::{Build, Derivation, EntryPoint, Evaluation, EvaluationTrigger, JobId, JobKind, JobRecord, JobState};
+use crate::model::{
+    Build, Cache, Derivation, EntryPoint, Evaluation, EvaluationTrigger, JobId, JobKind, JobRecord, JobState,
+    SubscribedCache,
+};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
 use crate::proto::{self, JobOutcome, PushTarget};
@@ -14,7 +17,8 @@ use crate::{EvaluationId, Name, OrgId, WorkerId};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// An organization's caches for jobs: substituter URLs, their public keys, and the URL jobs push to.
-type OrgCaches = (Vec<String>, Vec<String>, Option<String>);
+/// An org's substituter URLs, their public keys, and its push cache with its URL.
+type OrgCaches = (Vec<String>, Vec<String>, Option<(crate::CacheId, String)>);
 
 /// A job assigned by `dispatch`, to send to its worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,7 +253,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
                 slot.insert(self.org_caches(record.org_id, public_url).await?);
             }
-            let wired = self.wire_job(&record, &caches[&record.org_id]).await?;
+            let wired = self.wire_job(&record, worker, &caches[&record.org_id]).await?;
             if !self.storage.assign_job(job_id, worker, now).await? {
                 continue;
             }
@@ -315,28 +319,41 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .map(|d| self.derivations.remember(d)))
     }
 
-    /// The org's caches as substituters with their keys, and the first one's URL (where jobs push).
+    /// The caches the org reads as substituters with their keys, and its push cache (where its jobs push).
     async fn org_caches(&self, org: OrgId, public_url: &str) -> Result<OrgCaches> {
-        let caches = self.storage.subscriptions(org).await?;
         let mut urls = Vec::new();
         let mut keys = Vec::new();
-        for c in &caches {
-            urls.push(format!("{public_url}/cache/{}", c.name));
-            keys.push(self.cache_secret_key(c)?.public().to_string());
+        let mut push = None;
+        for s in self.storage.subscriptions(org).await? {
+            if !s.readable() {
+                continue;
+            }
+            let url = format!("{public_url}/cache/{}", s.cache.name);
+            if s.push {
+                push = Some((s.cache.id, url.clone()));
+            }
+            urls.push(url);
+            keys.push(self.cache_secret_key(&s.cache)?.public().to_string());
         }
-        let push_url = urls.first().cloned();
-        Ok((urls, keys, push_url))
+        Ok((urls, keys, push))
     }
 
     /// The wire form of a queued job; `None` when what it refers to is gone. `caches` are the job's
     /// organization's (see `org_caches`).
-    async fn wire_job(&self, record: &JobRecord, caches: &OrgCaches) -> Result<Option<proto::Job>> {
-        let (substituters, trusted_public_keys, push_url) = caches.clone();
-        let push = push_url.map(|cache_url| PushTarget {
+    async fn wire_job(&self, record: &JobRecord, worker: WorkerId, caches: &OrgCaches) -> Result<Option<proto::Job>> {
+        let (substituters, trusted_public_keys, push_to) = caches.clone();
+        // One token per job: it reads the org's caches and pushes to its push cache, while the job is this
+        // worker's.
+        let token = self.tokens.issue_job(
+            record.org_id,
+            record.id,
+            worker,
+            push_to.as_ref().map(|(cache, _)| *cache),
+            self.clock.now() + JOB_TOKEN_LIFETIME,
+        );
+        let push = push_to.map(|(_, cache_url)| PushTarget {
             cache_url,
-            token: self
-                .tokens
-                .issue_job(record.org_id, record.id, self.clock.now() + JOB_TOKEN_LIFETIME),
+            token: token.clone(),
         });
         Ok(match &record.kind {
             JobKind::Evaluate { evaluation_id } => {
@@ -369,9 +386,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     job_id: record.id,
                     drv_path: d.drv_path.clone(),
                     outputs: d.outputs.clone(),
+                    substituter_token: (!substituters.is_empty()).then_some(token),
                     substituters,
                     trusted_public_keys,
-                    substituter_token: push.as_ref().map(|p| p.token.clone()),
                     push,
                     timeout_secs: None,
                 })
@@ -456,6 +473,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             // Not this worker's job any more (it was lost and the job went to another): ignore.
             return Ok(());
         }
+        self.memo.forget_job(job_id);
         match record.kind {
             JobKind::Evaluate { evaluation_id } => {
                 // Builds planned when the push of the `.drv` files began may now go to any worker.
@@ -571,7 +589,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .await?;
         // Decide every build first and queue the jobs after, in a tight loop: the dispatcher, which may run
         // meanwhile, then sees them (nearly) all at once and hands them out together.
-        let caches = self.storage.subscriptions(org).await?;
+        let caches: Vec<Cache> = self
+            .storage
+            .subscriptions(org)
+            .await?
+            .into_iter()
+            .filter(SubscribedCache::readable)
+            .map(|s| s.cache)
+            .collect();
         let mut to_queue = Vec::new();
         for mut b in builds {
             // A build aborted with another evaluation is wanted again: queue it anew.
@@ -614,7 +639,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Whether every output of the derivation is in one of `caches` (the organization's).
-    async fn outputs_cached(&self, caches: &[crate::model::Cache], d: &Derivation) -> Result<bool> {
+    async fn outputs_cached(&self, caches: &[Cache], d: &Derivation) -> Result<bool> {
         if d.outputs.is_empty() {
             return Ok(false);
         }
@@ -805,6 +830,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for w in workers {
             for job in self.storage.jobs_assigned_to(*w).await? {
                 if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
+                    // Its token stops working now, not when its worker reports.
+                    self.memo.revoke_job(job.id);
                     running.push((*w, job.id));
                 }
             }

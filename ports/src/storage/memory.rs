@@ -8,7 +8,8 @@ mod state;
 
 use gradient_domain::model::{
     ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, JobState, Member,
-    Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, SubscribedCache, Subscriber, Subscription, Timestamp,
+    User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
     CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
@@ -223,19 +224,23 @@ impl Caches for MemoryStorage {
         self.with(|s| Ok(s.delete_cache(id)))
     }
 
-    async fn subscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
-        self.with(|s| s.subscribe(org, cache))
+    async fn subscribe(&self, sub: &Subscription) -> Result<bool> {
+        self.with(|s| s.subscribe(sub))
     }
 
     async fn unsubscribe(&self, org: OrgId, cache: CacheId) -> Result<bool> {
-        self.with(|s| Ok(s.subscriptions.remove(&(org, cache))))
+        self.with(|s| Ok(s.subscriptions.remove(&(org, cache)).is_some()))
     }
 
-    async fn subscriptions(&self, org: OrgId) -> Result<Vec<Cache>> {
+    async fn set_push_cache(&self, org: OrgId, cache: Option<CacheId>) -> Result<bool> {
+        self.with(|s| Ok(s.set_push_cache(org, cache)))
+    }
+
+    async fn subscriptions(&self, org: OrgId) -> Result<Vec<SubscribedCache>> {
         self.with(|s| Ok(s.subscriptions(org)))
     }
 
-    async fn subscribers(&self, cache: CacheId) -> Result<Vec<Org>> {
+    async fn subscribers(&self, cache: CacheId) -> Result<Vec<Subscriber>> {
         self.with(|s| Ok(s.subscribers(cache)))
     }
 }
@@ -257,7 +262,7 @@ impl CacheContents for MemoryStorage {
         self.with(|s| Ok(s.orphan_nar_files(before, limit)))
     }
 
-    async fn put_cached_path(&self, path: &CachedPath) -> Result<()> {
+    async fn put_cached_path(&self, path: &CachedPath) -> Result<bool> {
         self.with(|s| s.put_cached_path(path))
     }
 

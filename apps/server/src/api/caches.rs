@@ -1,4 +1,4 @@
-use super::dto::{CacheView, Reply, ok, parse_compression};
+use super::dto::{CacheView, Reply, SubscriberView, ok, parse_compression};
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use gradient_domain::service::{CacheChanges, NewCache};
@@ -96,6 +96,28 @@ impl CachesApi {
     async fn public_key(&self, auth: MaybeToken, cache: Path<String>) -> Reply<String> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self.0.app.cache_public_key(&caller, &cache).await?.to_string())
+    }
+
+    /// Every organization subscribed to the cache, with what each subscription allows (owner only).
+    #[oai(path = "/caches/:cache/subscribers", method = "get")]
+    async fn subscribers(&self, auth: Token, cache: Path<String>) -> Reply<Vec<SubscriberView>> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        ok(self
+            .0
+            .app
+            .cache_subscribers(&caller, &cache)
+            .await?
+            .iter()
+            .map(SubscriberView::from)
+            .collect())
+    }
+
+    /// Ends an organization's subscription to the cache, and any push by its jobs (owner only).
+    #[oai(path = "/caches/:cache/subscribers/:org", method = "delete")]
+    async fn revoke_subscriber(&self, auth: Token, cache: Path<String>, org: Path<String>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.revoke_subscriber(&caller, &cache, &org).await?;
+        ok("revoked".to_owned())
     }
 
     /// Deletes a cache and its subscriptions (owner only).

@@ -270,6 +270,51 @@ impl From<&model::Cache> for CacheView {
     }
 }
 
+/// A cache an organization subscribes to, and what the subscription lets it do.
+#[derive(Object)]
+pub struct SubscriptionView {
+    #[oai(flatten)]
+    pub cache: CacheView,
+    /// Made by the cache's owner: the organization's members and jobs read the cache even when it is private.
+    /// Otherwise the organization reads it only while it is public.
+    pub granted: bool,
+    /// The organization's jobs push what they build here (its push cache; at most one).
+    pub push: bool,
+}
+
+impl From<&model::SubscribedCache> for SubscriptionView {
+    fn from(s: &model::SubscribedCache) -> Self {
+        Self {
+            cache: CacheView::from(&s.cache),
+            granted: s.granted,
+            push: s.push,
+        }
+    }
+}
+
+/// An organization subscribed to a cache, as the cache's owner sees it.
+#[derive(Object)]
+pub struct SubscriberView {
+    /// The organization's name.
+    pub organization: String,
+    pub display_name: String,
+    /// Granted by the cache's owner: the organization reads the cache even when it is private.
+    pub granted: bool,
+    /// The organization's jobs push to the cache.
+    pub push: bool,
+}
+
+impl From<&model::Subscriber> for SubscriberView {
+    fn from(s: &model::Subscriber) -> Self {
+        Self {
+            organization: s.org.name.to_string(),
+            display_name: s.org.display_name.clone(),
+            granted: s.granted,
+            push: s.push,
+        }
+    }
+}
+
 pub fn parse_compression(s: Option<String>) -> Result<Option<model::Compression>, ApiError> {
     s.map(|s| {
         model::Compression::parse(s.trim()).ok_or_else(|| {

@@ -1,4 +1,4 @@
-use super::dto::{CacheView, MemberView, OrgView, Reply, RoleView, ok, parse_permissions};
+use super::dto::{CacheView, MemberView, OrgView, Reply, RoleView, SubscriptionView, ok, parse_permissions};
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use gradient_domain::service::{NewOrg, OrgChanges};
@@ -167,9 +167,9 @@ impl OrgsApi {
         ok("deleted".to_owned())
     }
 
-    /// The caches the organization subscribes to.
+    /// The caches the organization subscribes to, with what each subscription allows.
     #[oai(path = "/orgs/:org/subscribe", method = "get")]
-    async fn subscriptions(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<CacheView>> {
+    async fn subscriptions(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<SubscriptionView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self
             .0
@@ -177,12 +177,13 @@ impl OrgsApi {
             .subscriptions(&caller, &org)
             .await?
             .iter()
-            .map(CacheView::from)
+            .map(SubscriptionView::from)
             .collect())
     }
 
-    /// Subscribes the organization to a cache the caller can read (`manage_subscriptions`): its builds are
-    /// pushed there and its workers substitute from it.
+    /// Subscribes the organization to a cache (`manage_subscriptions`): its workers substitute from it. The
+    /// cache's owner grants it (read even when private); anyone else may subscribe only to a public cache,
+    /// read while it stays public. Jobs push only to the push cache (`PUT /orgs/{org}/push-cache/{cache}`).
     #[oai(path = "/orgs/:org/subscribe/:cache", method = "post")]
     async fn subscribe(&self, auth: Token, org: Path<String>, cache: Path<String>) -> Reply<CacheView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
@@ -196,5 +197,36 @@ impl OrgsApi {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.unsubscribe(&caller, &org, &cache).await?;
         ok("unsubscribed".to_owned())
+    }
+
+    /// The organization's push cache, where its jobs push what they build; `null` when it has none (its jobs
+    /// then build without pushing).
+    #[oai(path = "/orgs/:org/push-cache", method = "get")]
+    async fn push_cache(&self, auth: MaybeToken, org: Path<String>) -> Reply<Option<CacheView>> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        ok(self
+            .0
+            .app
+            .push_cache(&caller, &org)
+            .await?
+            .as_ref()
+            .map(CacheView::from))
+    }
+
+    /// Makes a cache the organization's push cache (`manage_subscriptions` in the organization, and only the
+    /// cache's owner with a session or an unrestricted key): the organization is subscribed with a grant.
+    #[oai(path = "/orgs/:org/push-cache/:cache", method = "put")]
+    async fn set_push_cache(&self, auth: Token, org: Path<String>, cache: Path<String>) -> Reply<CacheView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let (_, cache) = self.0.app.set_push_cache(&caller, &org, &cache).await?;
+        ok(CacheView::from(&cache))
+    }
+
+    /// The organization's jobs stop pushing (`manage_subscriptions`); its subscriptions stay.
+    #[oai(path = "/orgs/:org/push-cache", method = "delete")]
+    async fn clear_push_cache(&self, auth: Token, org: Path<String>) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0.app.clear_push_cache(&caller, &org).await?;
+        ok("cleared".to_owned())
     }
 }

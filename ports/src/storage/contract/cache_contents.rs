@@ -1,6 +1,8 @@
 //! What caches hold: NAR file records and cached paths (narinfos).
 
-use super::support::{cache, cached_path, long_ago, nar_file, new_cached_path, new_nar_file, org, seconds, user};
+use super::support::{
+    cache, cached_path, grant, long_ago, nar_file, new_cached_path, new_nar_file, org, seconds, user,
+};
 use gradient_domain::CacheId;
 use gradient_domain::model::{CachedPath, Compression, NarFile};
 use gradient_domain::ports::{Storage, StorageError};
@@ -139,8 +141,9 @@ pub async fn cached_path_round_trips<S: Storage>(s: &S) {
     );
 }
 
-/// Putting a path again under the same hash part replaces its narinfo; other caches are untouched.
-pub async fn put_cached_path_replaces_by_hash_part<S: Storage>(s: &S) {
+/// A cache never replaces what it has: putting a path again under the same hash part leaves the first
+/// narinfo, every field, and answers false; the same hash part in another cache is its own.
+pub async fn put_cached_path_keeps_the_first<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let main = cache(s, "main", alice.id, false).await;
     let other = cache(s, "other", alice.id, false).await;
@@ -149,9 +152,12 @@ pub async fn put_cached_path_replaces_by_hash_part<S: Storage>(s: &S) {
         cache_id: other.id,
         ..first.clone()
     };
-    s.put_cached_path(&elsewhere)
-        .await
-        .expect("put_cached_path in another cache");
+    assert!(
+        s.put_cached_path(&elsewhere)
+            .await
+            .expect("put_cached_path in another cache"),
+        "the same path in another cache is new there"
+    );
     let rebuilt = nar_file(s, main.id).await;
     let replacement = CachedPath {
         hash_part: first.hash_part.clone(),
@@ -163,19 +169,18 @@ pub async fn put_cached_path_replaces_by_hash_part<S: Storage>(s: &S) {
         last_fetched_at: first.created_at + seconds(20),
         ..new_cached_path(&rebuilt, "hello")
     };
-    s.put_cached_path(&replacement).await.expect("put_cached_path again");
+    assert!(
+        !s.put_cached_path(&replacement).await.expect("put_cached_path again"),
+        "a second put reports the path was there"
+    );
     assert_eq!(
         s.cached_path(main.id, &first.hash_part).await.expect("cached_path"),
-        Some(replacement.clone()),
-        "the second put replaced the first, every field"
+        Some(first.clone()),
+        "the first narinfo stays, every field"
     );
     assert!(
-        s.nar_url_in_use(main.id, &rebuilt.url).await.expect("nar_url_in_use"),
-        "the new url is in use"
-    );
-    assert!(
-        !s.nar_url_in_use(main.id, &first.url).await.expect("nar_url_in_use"),
-        "the replaced url is no longer in use"
+        !s.nar_url_in_use(main.id, &rebuilt.url).await.expect("nar_url_in_use"),
+        "the refused narinfo's url is not in use"
     );
     assert_eq!(
         s.cached_path(other.id, &first.hash_part).await.expect("cached_path"),
@@ -184,8 +189,8 @@ pub async fn put_cached_path_replaces_by_hash_part<S: Storage>(s: &S) {
     );
     assert_eq!(
         s.cache_usage(main.id).await.expect("cache_usage"),
-        (1, replacement.file_size),
-        "a replaced path is counted once"
+        (1, first.file_size),
+        "counted once"
     );
 }
 
@@ -728,7 +733,7 @@ pub async fn delete_org_keeps_subscribed_cache_contents<S: Storage>(s: &S) {
     let acme = org(s, "acme", alice.id, false).await;
     let shared = cache(s, "shared", alice.id, false).await;
     assert!(
-        s.subscribe(acme.id, shared.id).await.expect("subscribe"),
+        s.subscribe(&grant(acme.id, shared.id)).await.expect("subscribe"),
         "a new subscription"
     );
     let path = cached_path(s, shared.id, "hello").await;

@@ -1,8 +1,11 @@
 //! Caches and organizations' subscriptions to them.
 
-use super::support::{cache, cache_names, conflict, name, new_cache, org, seconds, signing_key, user};
+use super::support::{
+    cache, cache_names, conflict, grant, name, new_cache, org, seconds, signing_key, subscribed_caches,
+    subscriber_orgs, user,
+};
 use gradient_domain::crypt::Sealed;
-use gradient_domain::model::{Compression, Membership, RoleRef};
+use gradient_domain::model::{Compression, Membership, RoleRef, Subscription};
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::{CacheId, OrgId, UserId};
@@ -157,12 +160,12 @@ pub async fn absent_caches_are_none<S: Storage>(s: &S) {
         "deleting an unknown cache"
     );
     assert_eq!(
-        s.subscribers(ghost.id).await.expect("subscribers"),
+        subscriber_orgs(s, ghost.id).await,
         vec![],
         "an unknown cache's subscribers"
     );
     assert_eq!(
-        s.subscriptions(OrgId::new()).await.expect("subscriptions"),
+        subscribed_caches(s, OrgId::new()).await,
         vec![],
         "unknown org's subscriptions"
     );
@@ -174,23 +177,19 @@ pub async fn subscribe_and_unsubscribe<S: Storage>(s: &S) {
     let acme = org(s, "acme", alice.id, false).await;
     let main = cache(s, "main", alice.id, false).await;
     assert!(
-        s.subscribe(acme.id, main.id).await.expect("subscribe"),
+        s.subscribe(&grant(acme.id, main.id)).await.expect("subscribe"),
         "a new subscription"
     );
     assert!(
-        !s.subscribe(acme.id, main.id).await.expect("subscribe"),
+        !s.subscribe(&grant(acme.id, main.id)).await.expect("subscribe"),
         "subscribing twice reports false"
     );
     assert_eq!(
-        s.subscriptions(acme.id).await.expect("subscriptions"),
+        subscribed_caches(s, acme.id).await,
         vec![main.clone()],
         "one subscription"
     );
-    assert_eq!(
-        s.subscribers(main.id).await.expect("subscribers"),
-        vec![acme.clone()],
-        "one subscriber"
-    );
+    assert_eq!(subscriber_orgs(s, main.id).await, vec![acme.clone()], "one subscriber");
     assert!(
         s.unsubscribe(acme.id, main.id).await.expect("unsubscribe"),
         "unsubscribing"
@@ -199,32 +198,24 @@ pub async fn subscribe_and_unsubscribe<S: Storage>(s: &S) {
         !s.unsubscribe(acme.id, main.id).await.expect("unsubscribe"),
         "unsubscribing twice reports false"
     );
-    assert_eq!(
-        s.subscriptions(acme.id).await.expect("subscriptions"),
-        vec![],
-        "no subscription left"
-    );
+    assert_eq!(subscribed_caches(s, acme.id).await, vec![], "no subscription left");
 
     assert_eq!(
-        s.subscribe(OrgId::new(), main.id).await,
+        s.subscribe(&grant(OrgId::new(), main.id)).await,
         Err(StorageError::NotFound),
         "unknown org"
     );
     assert_eq!(
-        s.subscribe(acme.id, CacheId::new()).await,
+        s.subscribe(&grant(acme.id, CacheId::new())).await,
         Err(StorageError::NotFound),
         "unknown cache"
     );
     assert_eq!(
-        s.subscribers(main.id).await.expect("subscribers"),
+        subscriber_orgs(s, main.id).await,
         vec![],
         "the refusals subscribed nothing"
     );
-    assert_eq!(
-        s.subscriptions(acme.id).await.expect("subscriptions"),
-        vec![],
-        "nor for the org"
-    );
+    assert_eq!(subscribed_caches(s, acme.id).await, vec![], "nor for the org");
 }
 
 /// An organization's subscriptions and a cache's subscribers are listed by name.
@@ -237,32 +228,24 @@ pub async fn subscriptions_and_subscribers_are_listed_by_name<S: Storage>(s: &S)
     let unrelated = cache(s, "yankee", alice.id, true).await;
     for (org, cache) in [(&zulu, &mike), (&zulu, &bravo), (&alpha, &mike)] {
         assert!(
-            s.subscribe(org.id, cache.id).await.expect("subscribe"),
+            s.subscribe(&grant(org.id, cache.id)).await.expect("subscribe"),
             "a new subscription"
         );
     }
     assert_eq!(
-        s.subscriptions(zulu.id).await.expect("subscriptions"),
+        subscribed_caches(s, zulu.id).await,
         vec![bravo.clone(), mike.clone()],
         "zulu's caches, by name"
     );
     assert_eq!(
-        s.subscriptions(alpha.id).await.expect("subscriptions"),
+        subscribed_caches(s, alpha.id).await,
         vec![mike.clone()],
         "alpha's caches"
     );
+    assert_eq!(subscriber_orgs(s, mike.id).await, vec![alpha, zulu.clone()], "by name");
+    assert_eq!(subscriber_orgs(s, bravo.id).await, vec![zulu], "bravo's subscribers");
     assert_eq!(
-        s.subscribers(mike.id).await.expect("subscribers"),
-        vec![alpha, zulu.clone()],
-        "by name"
-    );
-    assert_eq!(
-        s.subscribers(bravo.id).await.expect("subscribers"),
-        vec![zulu],
-        "bravo's subscribers"
-    );
-    assert_eq!(
-        s.subscribers(unrelated.id).await.expect("subscribers"),
+        subscriber_orgs(s, unrelated.id).await,
         vec![],
         "a cache without subscribers"
     );
@@ -276,7 +259,7 @@ pub async fn delete_cache_removes_its_subscriptions<S: Storage>(s: &S) {
     let kept = cache(s, "kept", alice.id, false).await;
     for cache in [&doomed, &kept] {
         assert!(
-            s.subscribe(acme.id, cache.id).await.expect("subscribe"),
+            s.subscribe(&grant(acme.id, cache.id)).await.expect("subscribe"),
             "a new subscription"
         );
     }
@@ -291,12 +274,12 @@ pub async fn delete_cache_removes_its_subscriptions<S: Storage>(s: &S) {
         "its name is free"
     );
     assert_eq!(
-        s.subscribers(doomed.id).await.expect("subscribers"),
+        subscriber_orgs(s, doomed.id).await,
         vec![],
         "its subscriptions are gone"
     );
     assert_eq!(
-        s.subscriptions(acme.id).await.expect("subscriptions"),
+        subscribed_caches(s, acme.id).await,
         vec![kept.clone()],
         "the other one stays"
     );
@@ -350,22 +333,41 @@ pub async fn users_see_own_and_subscribed_caches<S: Storage>(s: &S) {
     };
     s.set_membership(&joined).await.expect("set_membership");
     assert!(
-        s.subscribe(member_of.id, subscribed.id).await.expect("subscribe"),
+        s.subscribe(&grant(member_of.id, subscribed.id))
+            .await
+            .expect("subscribe"),
         "a new subscription"
     );
     assert!(
-        s.subscribe(not_member_of.id, hidden.id).await.expect("subscribe"),
+        s.subscribe(&grant(not_member_of.id, hidden.id))
+            .await
+            .expect("subscribe"),
         "a new subscription"
     );
-    let ours = [&public, &bobs, &subscribed, &hidden];
+    let followed = cache(s, "lima", alice.id, false).await;
+    assert!(
+        s.subscribe(&Subscription {
+            granted: false,
+            ..grant(member_of.id, followed.id)
+        })
+        .await
+        .expect("subscribe"),
+        "a subscription the owner did not make"
+    );
+    let ours = [&public, &bobs, &subscribed, &hidden, &followed];
     assert_eq!(
         cache_names(&s.visible_caches(Some(bob.id)).await.expect("visible_caches"), &ours),
         vec![subscribed.name.clone(), public.name.clone(), bobs.name.clone()],
-        "bob's view: subscribed, public and own, by name"
+        "bob's view: granted, public and own, by name (not a private cache his org follows without a grant)"
     );
     assert_eq!(
         cache_names(&s.visible_caches(Some(alice.id)).await.expect("visible_caches"), &ours),
-        vec![hidden.name.clone(), subscribed.name.clone(), public.name.clone()],
+        vec![
+            hidden.name.clone(),
+            followed.name.clone(),
+            subscribed.name.clone(),
+            public.name.clone()
+        ],
         "alice's view: her own caches and the public ones"
     );
     assert!(
@@ -379,4 +381,103 @@ pub async fn users_see_own_and_subscribed_caches<S: Storage>(s: &S) {
         vec![public.name.clone(), bobs.name.clone()],
         "after leaving, the subscribed cache is hidden from bob"
     );
+}
+
+/// A subscription is a grant when the cache's owner made it; a later grant upgrades a plain subscription and a
+/// plain one never downgrades a grant. An organization has at most one push cache, only a granted one, and
+/// setting another moves it.
+pub async fn grants_and_the_push_cache<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let main = cache(s, "main", alice.id, false).await;
+    let spare = cache(s, "spare", alice.id, false).await;
+    let public = cache(s, "public", alice.id, true).await;
+    let plain = |org: OrgId, cache: CacheId| Subscription {
+        granted: false,
+        ..grant(org, cache)
+    };
+    assert!(s.subscribe(&plain(acme.id, public.id)).await.expect("subscribe"));
+    assert!(s.subscribe(&grant(acme.id, main.id)).await.expect("subscribe"));
+    assert!(s.subscribe(&plain(acme.id, spare.id)).await.expect("subscribe"));
+    assert!(s.subscribe(&grant(other.id, main.id)).await.expect("subscribe"));
+    let label = |id: CacheId| {
+        [(main.id, "main"), (spare.id, "spare"), (public.id, "public")]
+            .into_iter()
+            .find(|(c, _)| *c == id)
+            .map_or("?".to_owned(), |(_, l)| l.to_owned())
+    };
+    let flags = |subs: Vec<gradient_domain::model::SubscribedCache>| {
+        subs.into_iter()
+            .map(|c| (label(c.cache.id), c.granted, c.push))
+            .collect::<Vec<_>>()
+    };
+    let of = |org: OrgId| async move { flags(s.subscriptions(org).await.expect("subscriptions")) };
+    assert_eq!(
+        of(acme.id).await,
+        vec![
+            ("main".to_owned(), true, false),
+            ("public".to_owned(), false, false),
+            ("spare".to_owned(), false, false)
+        ],
+        "grants as made, no push cache yet"
+    );
+    assert!(
+        !s.set_push_cache(acme.id, Some(spare.id)).await.expect("set_push_cache"),
+        "a subscription that is not a grant cannot be the push cache"
+    );
+    assert!(
+        !s.set_push_cache(acme.id, Some(CacheId::new()))
+            .await
+            .expect("set_push_cache"),
+        "nor a cache the org does not subscribe to"
+    );
+    assert!(s.set_push_cache(acme.id, Some(main.id)).await.expect("set_push_cache"));
+    assert!(
+        !s.subscribe(&grant(acme.id, spare.id)).await.expect("subscribe"),
+        "granting an existing subscription is not a new one"
+    );
+    assert!(
+        !s.subscribe(&plain(acme.id, main.id)).await.expect("subscribe"),
+        "subscribing again without a grant"
+    );
+    assert_eq!(
+        of(acme.id).await,
+        vec![
+            ("main".to_owned(), true, true),
+            ("public".to_owned(), false, false),
+            ("spare".to_owned(), true, false)
+        ],
+        "the grant upgraded spare; a plain subscription did not downgrade main or end its push"
+    );
+    assert!(s.set_push_cache(acme.id, Some(spare.id)).await.expect("set_push_cache"));
+    assert_eq!(
+        of(acme.id)
+            .await
+            .iter()
+            .filter(|(_, _, push)| *push)
+            .collect::<Vec<_>>(),
+        vec![&("spare".to_owned(), true, true)],
+        "the push cache moved: one at a time"
+    );
+    assert_eq!(
+        of(other.id).await,
+        vec![("main".to_owned(), true, false)],
+        "another org's subscriptions are its own"
+    );
+    let subscribers = s.subscribers(main.id).await.expect("subscribers");
+    assert_eq!(
+        subscribers
+            .iter()
+            .map(|sub| (sub.org.id, sub.granted, sub.push))
+            .collect::<Vec<_>>(),
+        {
+            let mut want = vec![(acme.id, true, false), (other.id, true, false)];
+            want.sort_by_key(|(id, _, _)| if *id == acme.id { acme.name.clone() } else { other.name.clone() });
+            want
+        },
+        "the cache's subscribers, with their rights"
+    );
+    assert!(s.set_push_cache(acme.id, None).await.expect("set_push_cache"));
+    assert!(of(acme.id).await.iter().all(|(_, _, push)| !push), "cleared");
 }

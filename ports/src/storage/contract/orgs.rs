@@ -1,7 +1,8 @@
 //! Organizations.
 
 use super::support::{
-    ADMIN, VIEW, cache, conflict, membership, name, new_org, org, org_names, project, role, seconds, user,
+    ADMIN, VIEW, cache, conflict, grant, membership, name, new_org, org, org_names, project, role, seconds,
+    subscribed_caches, subscriber_orgs, user,
 };
 use gradient_domain::UserId;
 use gradient_domain::model::{Member, RoleRef};
@@ -225,7 +226,7 @@ pub async fn delete_org_cascades<S: Storage>(s: &S) {
     let shared = cache(s, "shared", alice.id, false).await;
     for org in [doomed.id, kept.id] {
         assert!(
-            s.subscribe(org, shared.id).await.expect("subscribe"),
+            s.subscribe(&grant(org, shared.id)).await.expect("subscribe"),
             "first subscription"
         );
     }
@@ -263,12 +264,12 @@ pub async fn delete_org_cascades<S: Storage>(s: &S) {
         "its project by id"
     );
     assert_eq!(
-        s.subscriptions(doomed.id).await.expect("subscriptions"),
+        subscribed_caches(s, doomed.id).await,
         vec![],
         "its subscriptions are gone"
     );
     assert_eq!(
-        s.subscribers(shared.id).await.expect("subscribers"),
+        subscriber_orgs(s, shared.id).await,
         vec![kept.clone()],
         "cache subscribers"
     );

@@ -5,7 +5,7 @@ use chrono::{TimeDelta, Utc};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::model::{
     ApiKey, Cache, CachedPath, Compression, InputOverride, JobId, JobKind, JobRecord, JobState, Membership, NarFile,
-    Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration, truncate_to_micros,
+    Org, Project, Role, RoleRef, Session, Subscription, Timestamp, User, WorkerRegistration, truncate_to_micros,
 };
 use gradient_domain::permissions::{BuiltinRole, KeyScope, Permission};
 use gradient_domain::ports::Storage;
@@ -337,4 +337,34 @@ pub(super) async fn enqueue<S: Storage>(s: &S, job: JobRecord) -> JobRecord {
     let stored = s.enqueue_job(&job).await.expect("enqueue_job of new work succeeds");
     assert_eq!(stored, job, "enqueueing new work answers the job itself");
     job
+}
+
+/// A subscription made by the cache's owner (a grant), without push.
+pub(super) fn grant(org: OrgId, cache: CacheId) -> Subscription {
+    Subscription {
+        org_id: org,
+        cache_id: cache,
+        granted: true,
+        push: false,
+    }
+}
+
+/// The caches an organization subscribes to, without the subscription's flags.
+pub(super) async fn subscribed_caches<S: Storage>(s: &S, org: OrgId) -> Vec<Cache> {
+    s.subscriptions(org)
+        .await
+        .expect("subscriptions")
+        .into_iter()
+        .map(|c| c.cache)
+        .collect()
+}
+
+/// The organizations subscribed to a cache, without the subscription's flags.
+pub(super) async fn subscriber_orgs<S: Storage>(s: &S, cache: CacheId) -> Vec<Org> {
+    s.subscribers(cache)
+        .await
+        .expect("subscribers")
+        .into_iter()
+        .map(|sub| sub.org)
+        .collect()
 }

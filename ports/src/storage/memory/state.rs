@@ -3,7 +3,8 @@
 
 use gradient_domain::model::{
     ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobKind, JobRecord,
-    JobState, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, Timestamp, User, WorkerRegistration,
+    JobState, Member, Membership, NarFile, Org, Project, Role, RoleRef, Session, SubscribedCache, Subscriber,
+    Subscription, Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::storage::{Result, StorageError};
@@ -22,7 +23,8 @@ pub(super) struct State {
     pub(super) memberships: HashMap<(OrgId, UserId), RoleRef>,
     pub(super) projects: HashMap<ProjectId, Project>,
     pub(super) caches: HashMap<CacheId, Cache>,
-    pub(super) subscriptions: BTreeSet<(OrgId, CacheId)>,
+    /// (org, cache) → (granted, push).
+    pub(super) subscriptions: BTreeMap<(OrgId, CacheId), (bool, bool)>,
     /// NAR file records by (cache, url).
     pub(super) nar_files: BTreeMap<(CacheId, String), NarFile>,
     /// Cached paths by (cache, hash part).
@@ -162,7 +164,7 @@ impl State {
         let builds: HashSet<BuildId> = self.builds.values().map(|b| b.id).collect();
         self.build_logs.retain(|b, _| builds.contains(b));
         self.evaluation_builds.retain(|_, org| *org != id);
-        self.subscriptions.retain(|(org, _)| *org != id);
+        self.subscriptions.retain(|(org, _), _| *org != id);
         self.worker_registrations.retain(|_, r| r.org_id != id);
         self.jobs.retain(|_, j| j.org_id != id);
         self.webhook_secrets.remove(&id);
@@ -321,7 +323,7 @@ impl State {
         let subscribed_by_member = |cache: CacheId, user: UserId| {
             self.subscriptions
                 .iter()
-                .any(|(org, c)| *c == cache && self.memberships.contains_key(&(*org, user)))
+                .any(|((org, c), (granted, _))| *granted && *c == cache && self.memberships.contains_key(&(*org, user)))
         };
         let visible = |c: &&Cache| c.public || user.is_some_and(|u| c.created_by == u || subscribed_by_member(c.id, u));
         let mut caches: Vec<Cache> = self.caches.values().filter(visible).cloned().collect();
@@ -345,36 +347,75 @@ impl State {
         if self.caches.remove(&id).is_none() {
             return false;
         }
-        self.subscriptions.retain(|(_, cache)| *cache != id);
+        self.subscriptions.retain(|(_, cache), _| *cache != id);
         self.nar_files.retain(|(cache, _), _| *cache != id);
         self.cached_paths.retain(|(cache, _), _| *cache != id);
         true
     }
 
-    pub(super) fn subscribe(&mut self, org: OrgId, cache: CacheId) -> Result<bool> {
-        require(self.orgs.contains_key(&org) && self.caches.contains_key(&cache))?;
-        Ok(self.subscriptions.insert((org, cache)))
+    pub(super) fn subscribe(&mut self, sub: &Subscription) -> Result<bool> {
+        require(self.orgs.contains_key(&sub.org_id) && self.caches.contains_key(&sub.cache_id))?;
+        match self.subscriptions.get_mut(&(sub.org_id, sub.cache_id)) {
+            Some((granted, _)) => {
+                *granted |= sub.granted;
+                Ok(false)
+            }
+            None => {
+                self.subscriptions
+                    .insert((sub.org_id, sub.cache_id), (sub.granted, false));
+                Ok(true)
+            }
+        }
     }
 
-    pub(super) fn subscriptions(&self, org: OrgId) -> Vec<Cache> {
-        let mut caches: Vec<Cache> = self
+    pub(super) fn set_push_cache(&mut self, org: OrgId, cache: Option<CacheId>) -> bool {
+        if let Some(cache) = cache
+            && !self
+                .subscriptions
+                .get(&(org, cache))
+                .is_some_and(|(granted, _)| *granted)
+        {
+            return false;
+        }
+        for ((o, c), (_, push)) in self.subscriptions.iter_mut() {
+            if *o == org {
+                *push = Some(*c) == cache;
+            }
+        }
+        true
+    }
+
+    pub(super) fn subscriptions(&self, org: OrgId) -> Vec<SubscribedCache> {
+        let mut caches: Vec<SubscribedCache> = self
             .subscriptions
             .iter()
-            .filter(|(o, _)| *o == org)
-            .filter_map(|(_, cache)| self.caches.get(cache).cloned())
+            .filter(|((o, _), _)| *o == org)
+            .filter_map(|((_, cache), (granted, push))| {
+                self.caches.get(cache).map(|c| SubscribedCache {
+                    cache: c.clone(),
+                    granted: *granted,
+                    push: *push,
+                })
+            })
             .collect();
-        caches.sort_by(|a, b| a.name.cmp(&b.name));
+        caches.sort_by(|a, b| a.cache.name.cmp(&b.cache.name));
         caches
     }
 
-    pub(super) fn subscribers(&self, cache: CacheId) -> Vec<Org> {
-        let mut orgs: Vec<Org> = self
+    pub(super) fn subscribers(&self, cache: CacheId) -> Vec<Subscriber> {
+        let mut orgs: Vec<Subscriber> = self
             .subscriptions
             .iter()
-            .filter(|(_, c)| *c == cache)
-            .filter_map(|(org, _)| self.orgs.get(org).cloned())
+            .filter(|((_, c), _)| *c == cache)
+            .filter_map(|((org, _), (granted, push))| {
+                self.orgs.get(org).map(|o| Subscriber {
+                    org: o.clone(),
+                    granted: *granted,
+                    push: *push,
+                })
+            })
             .collect();
-        orgs.sort_by(|a, b| a.name.cmp(&b.name));
+        orgs.sort_by(|a, b| a.org.name.cmp(&b.org.name));
         orgs
     }
 
@@ -401,11 +442,14 @@ impl State {
         files.into_iter().take(limit_len(limit)).cloned().collect()
     }
 
-    pub(super) fn put_cached_path(&mut self, path: &CachedPath) -> Result<()> {
+    pub(super) fn put_cached_path(&mut self, path: &CachedPath) -> Result<bool> {
         require(self.caches.contains_key(&path.cache_id))?;
-        self.cached_paths
-            .insert((path.cache_id, path.hash_part.clone()), path.clone());
-        Ok(())
+        let key = (path.cache_id, path.hash_part.clone());
+        if self.cached_paths.contains_key(&key) {
+            return Ok(false);
+        }
+        self.cached_paths.insert(key, path.clone());
+        Ok(true)
     }
 
     pub(super) fn touch_cached_paths(&mut self, cache: CacheId, hash_parts: &[String], at: Timestamp) -> u64 {
