@@ -68,7 +68,7 @@ jwt=$(curl -fs -X POST "$api/auth/basic/login" -H 'Content-Type: application/jso
 auth=(-H "Authorization: Bearer $jwt" -H 'Content-Type: application/json')
 curl -fs -X POST "$api/orgs" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
 curl -fs -X POST "$api/caches" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
-curl -fs -X POST "$api/orgs/bench/subscribe/bench" "${auth[@]}" >/dev/null
+curl -fs -X PUT "$api/orgs/bench/push-cache/bench" "${auth[@]}" >/dev/null
 curl -fs -X POST "$api/projects/bench" "${auth[@]}" \
   -d "{\"name\":\"bench\",\"repository\":\"file://$work/gradient-repo\",\"wildcard\":\"packages.*.*\"}" >/dev/null
 GRADIENT_SERVER_URL="ws://127.0.0.1:$port/proto" GRADIENT_WORKER_ID=$worker_id GRADIENT_PEERS_FILE="$work/peers" \

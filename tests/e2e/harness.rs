@@ -229,12 +229,12 @@ impl Client {
         key
     }
 
-    /// Creates the organization `acme` subscribed to a new cache `main`; answers the cache's public key.
+    /// Creates the organization `acme` with a new cache `main` as its push cache; answers the cache's public key.
     pub async fn acme_with_cache(&self) -> String {
         use reqwest::Method;
         self.ok(Method::POST, "/orgs", Some(json!({"name": "acme"}))).await;
         self.ok(Method::POST, "/caches", Some(json!({"name": "main"}))).await;
-        self.ok(Method::POST, "/orgs/acme/subscribe/main", None).await;
+        self.ok(Method::PUT, "/orgs/acme/push-cache/main", None).await;
         let key = self.ok(Method::GET, "/caches/main/public-key", None).await;
         key.as_str().expect("public key").to_owned()
     }

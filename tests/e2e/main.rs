@@ -10,4 +10,5 @@ mod nix;
 mod pipeline;
 mod server;
 mod statuses;
+mod tenants;
 mod workers;

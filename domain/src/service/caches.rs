@@ -215,9 +215,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 cache.name
             )));
         }
+        let existing = self.storage.subscriptions(org.id).await?;
+        // Subscribing again is a conflict, unless it is the owner's grant of a plain subscription.
+        if existing
+            .iter()
+            .any(|s| s.cache.id == cache.id && (s.granted || !granted))
+        {
+            return Err(ServiceError::conflict(
+                "already_subscribed",
+                format!("'{}' is already subscribed to '{}'", org.name, cache.name),
+            ));
+        }
         self.memo.forget_job_access();
-        let new = self
-            .storage
+        self.storage
             .subscribe(&Subscription {
                 org_id: org.id,
                 cache_id: cache.id,
@@ -226,12 +236,6 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             })
             .await?;
         self.memo.forget_job_access();
-        if !new && !granted {
-            return Err(ServiceError::conflict(
-                "already_subscribed",
-                format!("'{}' is already subscribed to '{}'", org.name, cache.name),
-            ));
-        }
         Ok((org, cache))
     }
 
