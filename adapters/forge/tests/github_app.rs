@@ -4,6 +4,7 @@
 
 use gradient_domain::ports::forge::{ForgeApi, ForgeError};
 use gradient_forge::github_app::AppClaims;
+use gradient_domain::reach::NetworkPolicy;
 use gradient_forge::{GithubApp, HttpForge};
 use rsa::RsaPrivateKey;
 use rsa::pkcs1::EncodeRsaPublicKey;
@@ -100,7 +101,7 @@ async fn fake_github(status: u16, expires_in: Option<i64>) -> (String, Arc<Mutex
 
 fn forge(app_id: u64, pem: &str, api_url: &str) -> HttpForge {
     let app = GithubApp::new(app_id, pem, api_url).expect("a valid key");
-    HttpForge::new().expect("client").with_github_app(Arc::new(app))
+    HttpForge::new(NetworkPolicy::default()).expect("client").with_github_app(Arc::new(app))
 }
 
 fn now() -> u64 {
@@ -220,6 +221,6 @@ async fn refusals_are_classified_and_not_cached() {
     let r = forge(1, &pem, &format!("http://{addr}")).installation_token(7).await;
     assert!(matches!(r, Err(ForgeError::Unavailable(_))), "{r:?}");
 
-    let r = HttpForge::new().expect("client").installation_token(7).await;
+    let r = HttpForge::new(NetworkPolicy::default()).expect("client").installation_token(7).await;
     assert!(matches!(r, Err(ForgeError::Rejected(_))), "without an App: {r:?}");
 }
