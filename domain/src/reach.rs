@@ -123,7 +123,10 @@ impl NetworkPolicy {
             } else {
                 "GRADIENT_DENY_PRIVATE_NETWORKS"
             };
-            Err(format!("{ip} is {} and not allowed on this server ({how})", kind.describe()))
+            Err(format!(
+                "{ip} is {} and not allowed on this server ({how})",
+                kind.describe()
+            ))
         } else {
             Ok(())
         }
@@ -363,7 +366,9 @@ pub fn parse_http_url(url: &str) -> Option<Remote> {
 pub fn check_remote(remote: &Remote, policy: &NetworkPolicy) -> Result<(), String> {
     match &remote.host {
         Host::None if policy.allow_local => Ok(()),
-        Host::None => Err("file:// repositories are not allowed on this server (GRADIENT_ALLOW_LOCAL_REPOSITORIES)".into()),
+        Host::None => {
+            Err("file:// repositories are not allowed on this server (GRADIENT_ALLOW_LOCAL_REPOSITORIES)".into())
+        }
         Host::Ip(ip) => policy.check(*ip),
         Host::Name(name) if is_local_name(name) && !policy.allow_local => Err(format!(
             "'{name}' is this machine and not allowed on this server (GRADIENT_ALLOW_LOCAL_REPOSITORIES)"
@@ -454,7 +459,10 @@ mod tests {
             assert_eq!(allow_local.permits(ip(addr)), al, "allow_local {addr}");
         }
         let why = default.check(ip("169.254.169.254")).unwrap_err();
-        assert!(why.contains("link-local") && why.contains("GRADIENT_ALLOW_LOCAL_REPOSITORIES"), "{why}");
+        assert!(
+            why.contains("link-local") && why.contains("GRADIENT_ALLOW_LOCAL_REPOSITORIES"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -471,14 +479,34 @@ mod tests {
             ("git://host/a", Transport::Git, name("host"), 9418),
             ("git+https://host/a", Transport::Https, name("host"), 443),
             ("git+ssh://git@host/a", Transport::Ssh, name("host"), 22),
-            ("http://127.0.0.1:8000/a", Transport::Http, Host::Ip(ip("127.0.0.1")), 8000),
+            (
+                "http://127.0.0.1:8000/a",
+                Transport::Http,
+                Host::Ip(ip("127.0.0.1")),
+                8000,
+            ),
             ("http://[::1]/a", Transport::Http, Host::Ip(ip("::1")), 80),
-            ("http://[::ffff:7f00:1]/a", Transport::Http, Host::Ip(ip("::ffff:127.0.0.1")), 80),
+            (
+                "http://[::ffff:7f00:1]/a",
+                Transport::Http,
+                Host::Ip(ip("::ffff:127.0.0.1")),
+                80,
+            ),
             ("http://2130706433/a", Transport::Http, Host::Ip(ip("127.0.0.1")), 80),
             ("http://0x7f.1/a", Transport::Http, Host::Ip(ip("127.0.0.1")), 80),
             ("http://0177.0.0.1/a", Transport::Http, Host::Ip(ip("127.0.0.1")), 80),
-            ("http://169.254.43518/a", Transport::Http, Host::Ip(ip("169.254.169.254")), 80),
-            ("http://evil@127.0.0.1/a", Transport::Http, Host::Ip(ip("127.0.0.1")), 80),
+            (
+                "http://169.254.43518/a",
+                Transport::Http,
+                Host::Ip(ip("169.254.169.254")),
+                80,
+            ),
+            (
+                "http://evil@127.0.0.1/a",
+                Transport::Http,
+                Host::Ip(ip("127.0.0.1")),
+                80,
+            ),
             ("file:///srv/repo", Transport::File, Host::None, 0),
             ("git+file:///srv/repo", Transport::File, Host::None, 0),
         ];
@@ -556,7 +584,13 @@ mod tests {
     fn api_urls_are_http() {
         assert!(parse_http_url("https://ghe.example.com/api/v3").is_some());
         assert!(parse_http_url("HTTP://git.lan").is_some());
-        for bad in ["ssh://git@host/a", "git@host:a", "file:///x", "git+https://host", "https://"] {
+        for bad in [
+            "ssh://git@host/a",
+            "git@host:a",
+            "file:///x",
+            "git+https://host",
+            "https://",
+        ] {
             assert_eq!(parse_http_url(bad), None, "{bad}");
         }
     }

@@ -71,9 +71,18 @@ async fn local_repositories_and_forges_are_refused_by_default() {
             Some(json!({"repository": "http://127.0.0.1:9/a.git"})),
         )
         .await;
-    assert_eq!((status, v["code"].as_str()), (422, Some("repository_not_allowed")), "{v}");
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (422, Some("repository_not_allowed")),
+        "{v}"
+    );
     // Forge APIs: the token would be sent there.
-    for api_url in ["http://127.0.0.1:3000", "http://localhost", "http://169.254.169.254", "http://[::1]:80"] {
+    for api_url in [
+        "http://127.0.0.1:3000",
+        "http://localhost",
+        "http://169.254.169.254",
+        "http://[::1]:80",
+    ] {
         let (status, v) = c
             .call(
                 Method::PUT,
@@ -81,7 +90,11 @@ async fn local_repositories_and_forges_are_refused_by_default() {
                 Some(json!({"forge": "gitea", "api_url": api_url, "token": "t"})),
             )
             .await;
-        assert_eq!((status, v["code"].as_str()), (422, Some("api_url_not_allowed")), "{api_url}: {v}");
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (422, Some("api_url_not_allowed")),
+            "{api_url}: {v}"
+        );
     }
     server.stop();
 
@@ -90,7 +103,12 @@ async fn local_repositories_and_forges_are_refused_by_default() {
     let server = Server::start(dir.path(), &[STRICT, ("GRADIENT_DENY_PRIVATE_NETWORKS", "true")]).await;
     let mut c = Client::new(&server);
     org(&mut c).await;
-    for url in ["https://10.0.0.7/a.git", "git@192.168.1.10:a/b.git", "http://[fd00::7]/a.git", "http://100.64.0.1/a"] {
+    for url in [
+        "https://10.0.0.7/a.git",
+        "git@192.168.1.10:a/b.git",
+        "http://[fd00::7]/a.git",
+        "http://100.64.0.1/a",
+    ] {
         assert_eq!(
             create(&c, "p", url).await,
             (422, "repository_not_allowed".to_owned()),
@@ -150,11 +168,15 @@ async fn the_poller_checks_the_address_it_connects_to() {
     let server = Server::start(dir.path(), &[]).await;
     let mut c = Client::new(&server);
     org(&mut c).await;
-    let local = json!({"name": "local", "repository": format!("http://127.0.0.1:{port}/a.git"), "poll_interval_secs": 1});
+    let local =
+        json!({"name": "local", "repository": format!("http://127.0.0.1:{port}/a.git"), "poll_interval_secs": 1});
     c.ok(Method::POST, "/projects/acme", Some(local)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while connections.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the poller never reached the allowed repository");
+        assert!(
+            Instant::now() < deadline,
+            "the poller never reached the allowed repository"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     server.stop();
@@ -166,7 +188,8 @@ async fn the_poller_checks_the_address_it_connects_to() {
     let alias = loopback_alias();
     if let Some(name) = &alias {
         // A name that is not `localhost` is accepted when saved; it resolves to loopback when polled.
-        let project = json!({"name": "alias", "repository": format!("http://{name}:{port}/b.git"), "poll_interval_secs": 1});
+        let project =
+            json!({"name": "alias", "repository": format!("http://{name}:{port}/b.git"), "poll_interval_secs": 1});
         c2.ok(Method::POST, "/projects/acme", Some(project)).await;
     } else {
         eprintln!("no loopback alias in /etc/hosts: only the saved loopback URL is polled");
@@ -186,7 +209,12 @@ async fn the_poller_checks_the_address_it_connects_to() {
     }
     // Two more poll rounds: still nothing reaches the listener.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(connections.load(Ordering::SeqCst), 0, "a refused repository was reached:\n{}", log());
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a refused repository was reached:\n{}",
+        log()
+    );
     let evals = c2.ok(Method::GET, "/projects/acme/local/evaluations", None).await;
     assert_eq!(evals.as_array().map(Vec::len), Some(0), "{evals}");
     server.stop();

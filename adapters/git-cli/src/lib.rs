@@ -198,7 +198,10 @@ mod policy {
     #[tokio::test]
     async fn names_are_judged_by_the_addresses_they_resolve_to() {
         let git = GitCli::default();
-        let e = git.resolve("r", "localhost", 80).await.expect_err("localhost resolves to loopback");
+        let e = git
+            .resolve("r", "localhost", 80)
+            .await
+            .expect_err("localhost resolves to loopback");
         assert!(e.to_string().contains("loopback"), "{e}");
         let allowed = GitCli::new(NetworkPolicy::ALLOW_ALL);
         let addresses = allowed.resolve("r", "localhost", 80).await.expect("allowed");
@@ -241,7 +244,11 @@ mod pinning {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut buf = [0u8; 2048];
                 let n = socket.read(&mut buf).await.unwrap_or(0);
-                let first = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned();
+                let first = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 let _ = tx.send(first);
                 let _ = socket
                     .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -257,7 +264,11 @@ mod pinning {
         // `.invalid` never resolves: git reaches the listener only through the pin.
         let url = format!("http://gradient-pin.invalid:{port}/a.git");
         let pin = format!("gradient-pin.invalid:{port}:127.0.0.1");
-        let out = GitCli::default().ls_remote(&url, "HEAD", Some(&pin)).output().await.unwrap();
+        let out = GitCli::default()
+            .ls_remote(&url, "HEAD", Some(&pin))
+            .output()
+            .await
+            .unwrap();
         assert!(!out.status.success(), "the listener is no git server");
         let request = seen.try_recv().expect("git connected to the pinned address");
         assert!(request.starts_with("GET /a.git/info/refs"), "{request}");

@@ -3,8 +3,8 @@
 use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
 use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
 use crate::permissions::Permission;
-use crate::reach::{self, NetworkPolicy};
 use crate::ports::{Clock, Storage, StorageError};
+use crate::reach::{self, NetworkPolicy};
 use crate::wildcard::Wildcard;
 use crate::{Name, ProjectId};
 use std::collections::BTreeMap;
@@ -229,8 +229,17 @@ mod tests {
         ] {
             assert_eq!(code(bad, &local), Some("invalid_repository"), "{bad}");
         }
-        for local_only in ["file:///srv/repo", "http://127.0.0.1:9/a", "http://localhost/a", "http://[::1]/a"] {
-            assert_eq!(code(local_only, &default), Some("repository_not_allowed"), "{local_only}");
+        for local_only in [
+            "file:///srv/repo",
+            "http://127.0.0.1:9/a",
+            "http://localhost/a",
+            "http://[::1]/a",
+        ] {
+            assert_eq!(
+                code(local_only, &default),
+                Some("repository_not_allowed"),
+                "{local_only}"
+            );
             assert_eq!(code(local_only, &local), None, "{local_only}");
         }
     }
