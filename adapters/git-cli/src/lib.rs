@@ -6,8 +6,9 @@
 //!   `fd::`, no remote helpers;
 //! - the host is resolved first and every address it resolves to must be permitted; for http(s) git (curl)
 //!   is pinned to exactly those addresses (`http.curloptResolve`), so it cannot resolve the name again to
-//!   something else, and redirects are not followed (`http.followRedirects=false`). ssh and git:// connect
-//!   by name after the check.
+//!   something else, and redirects are not followed (`http.followRedirects=false`); ssh connects to the
+//!   first checked address (`-o HostName=<address>`), still matching the name in the operator's ssh
+//!   configuration and `known_hosts` (`-o HostKeyAlias=<name>`). git:// connects by name after the check.
 
 use gradient_domain::ports::git::{Git, GitError};
 use gradient_domain::reach::{self, Host, NetworkPolicy, Transport};
@@ -51,10 +52,41 @@ impl GitCli {
     }
 }
 
+/// Where git must connect, so that it does not resolve the name again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pin {
+    /// curl's `host:port:address[,address]` (`http.curloptResolve`).
+    Curl(String),
+    /// ssh to `address`, known as `name`.
+    Ssh { name: String, address: IpAddr },
+}
+
+impl Pin {
+    /// The pin for a remote whose host `name` resolved to `addresses` (all checked), if its transport takes one.
+    fn of(transport: Transport, name: &str, port: u16, addresses: &[IpAddr]) -> Option<Pin> {
+        match transport {
+            Transport::Https | Transport::Http => {
+                let list: Vec<String> = addresses
+                    .iter()
+                    .map(|a| match a {
+                        IpAddr::V6(v6) => format!("[{v6}]"),
+                        v4 => v4.to_string(),
+                    })
+                    .collect();
+                Some(Pin::Curl(format!("{name}:{port}:{}", list.join(","))))
+            }
+            Transport::Ssh => addresses.first().map(|&address| Pin::Ssh {
+                name: name.to_owned(),
+                address,
+            }),
+            Transport::Git | Transport::File => None,
+        }
+    }
+}
+
 impl GitCli {
-    /// `git ls-remote` restricted to the allowed transports, without redirects, pinned to `resolve`
-    /// (`host:port:addresses`) when given.
-    fn ls_remote(&self, url: &str, reference: &str, resolve: Option<&str>) -> Command {
+    /// `git ls-remote` restricted to the allowed transports, without redirects, pinned when given.
+    fn ls_remote(&self, url: &str, reference: &str, pin: Option<&Pin>) -> Command {
         let mut protocols = vec!["https", "http", "ssh", "git"];
         if self.policy.allow_local {
             protocols.push("file");
@@ -64,12 +96,22 @@ impl GitCli {
         for p in &protocols {
             cmd.args(["-c", &format!("protocol.{p}.allow=always")]);
         }
-        if let Some(r) = resolve {
-            cmd.args(["-c", &format!("http.curloptResolve={r}")]);
+        // The name and address come from the checked URL (letters, digits, `-`, `_`, `.`) and the resolver,
+        // so they are safe in the shell command git runs for ssh.
+        let mut ssh = "ssh -o BatchMode=yes".to_owned();
+        match pin {
+            Some(Pin::Curl(r)) => {
+                cmd.args(["-c", &format!("http.curloptResolve={r}")]);
+            }
+            Some(Pin::Ssh { name, address }) => {
+                ssh.push_str(&format!(" -o HostName={address} -o HostKeyAlias={name}"));
+            }
+            None => {}
         }
         cmd.args(["ls-remote", "--", url, reference])
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            .env("GIT_SSH_COMMAND", ssh)
+            .env("GIT_SSH_VARIANT", "ssh")
             .env("GIT_ALLOW_PROTOCOL", protocols.join(":"))
             .env("GIT_PROTOCOL_FROM_USER", "0")
             .kill_on_drop(true);
@@ -86,22 +128,13 @@ impl Git for GitCli {
         let mut pin = None;
         if let Host::Name(name) = &remote.host {
             let addresses = self.resolve(repository, name, remote.port).await?;
-            if matches!(remote.transport, Transport::Https | Transport::Http) {
-                let pinned: Vec<String> = addresses
-                    .iter()
-                    .map(|a| match a {
-                        IpAddr::V6(v6) => format!("[{v6}]"),
-                        v4 => v4.to_string(),
-                    })
-                    .collect();
-                pin = Some(format!("{name}:{}:{}", remote.port, pinned.join(",")));
-            }
+            pin = Pin::of(remote.transport, name, remote.port, &addresses);
         }
         let reference = match branch {
             Some(b) => format!("refs/heads/{b}"),
             None => "HEAD".to_owned(),
         };
-        let mut cmd = self.ls_remote(&remote.git_url, &reference, pin.as_deref());
+        let mut cmd = self.ls_remote(&remote.git_url, &reference, pin.as_ref());
         let out = tokio::time::timeout(TIMEOUT, cmd.output())
             .await
             .map_err(|_| GitError::Unavailable(format!("{repository}: no answer within {}s", TIMEOUT.as_secs())))?
@@ -263,9 +296,14 @@ mod pinning {
         let (port, mut seen) = listener().await;
         // `.invalid` never resolves: git reaches the listener only through the pin.
         let url = format!("http://gradient-pin.invalid:{port}/a.git");
-        let pin = format!("gradient-pin.invalid:{port}:127.0.0.1");
+        let pin = Pin::of(
+            Transport::Http,
+            "gradient-pin.invalid",
+            port,
+            &["127.0.0.1".parse().unwrap()],
+        );
         let out = GitCli::default()
-            .ls_remote(&url, "HEAD", Some(&pin))
+            .ls_remote(&url, "HEAD", pin.as_ref())
             .output()
             .await
             .unwrap();
@@ -275,10 +313,61 @@ mod pinning {
     }
 
     #[tokio::test]
+    async fn ssh_connects_to_the_pinned_address() {
+        if std::process::Command::new("ssh").arg("-V").output().is_err() {
+            eprintln!("no ssh client: skipped");
+            return;
+        }
+        let (port, mut seen) = listener().await;
+        let url = format!("ssh://git@gradient-pin.invalid:{port}/a.git");
+        let pin = Pin::of(
+            Transport::Ssh,
+            "gradient-pin.invalid",
+            port,
+            &["127.0.0.1".parse().unwrap()],
+        );
+        let out = GitCli::default()
+            .ls_remote(&url, "HEAD", pin.as_ref())
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "the listener is no ssh server");
+        assert!(seen.try_recv().is_ok(), "ssh connected to the pinned address");
+    }
+
+    #[tokio::test]
     async fn an_allowed_local_name_is_resolved_checked_and_reached() {
         let (port, mut seen) = listener().await;
         let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
         assert!(cli.head(&format!("http://localhost:{port}/a.git"), None).await.is_err());
         assert!(seen.try_recv().is_ok(), "the allowed repository was reached");
+    }
+}
+
+#[cfg(test)]
+mod ssh_pinning {
+    use super::*;
+
+    #[test]
+    fn ssh_is_sent_to_the_checked_address_under_the_names_host_key() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(
+            Pin::of(Transport::Https, "git.example.com", 443, &[v4, v6]),
+            Some(Pin::Curl("git.example.com:443:192.0.2.7,[2001:db8::7]".into()))
+        );
+        assert_eq!(Pin::of(Transport::Git, "git.example.com", 9418, &[v4]), None);
+        let pin = Pin::of(Transport::Ssh, "git.example.com", 22, &[v6, v4]);
+        let cmd = GitCli::default().ls_remote("git@git.example.com:a/b.git", "HEAD", pin.as_ref());
+        let ssh = cmd
+            .as_std()
+            .get_envs()
+            .find(|(k, _)| *k == "GIT_SSH_COMMAND")
+            .and_then(|(_, v)| v)
+            .map(|v| v.to_string_lossy().into_owned());
+        assert_eq!(
+            ssh.as_deref(),
+            Some("ssh -o BatchMode=yes -o HostName=2001:db8::7 -o HostKeyAlias=git.example.com")
+        );
     }
 }
