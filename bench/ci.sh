@@ -55,7 +55,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 worker_id=$(cat /proc/sys/kernel/random/uuid)
 head -c 48 /dev/urandom | base64 -w0 > "$work/token"
 echo "*:$(cat "$work/token")" > "$work/peers"
-GRADIENT_BASE_DIR="$work/server" GRADIENT_PORT=$port GRADIENT_LOG_LEVEL_DEFAULT=warn \
+GRADIENT_BASE_DIR="$work/server" GRADIENT_PORT=$port GRADIENT_LOG_LEVEL_DEFAULT=warn GRADIENT_ALLOW_LOCAL_REPOSITORIES=true \
 GRADIENT_LOCAL_WORKER_ID=$worker_id GRADIENT_LOCAL_WORKER_TOKEN_FILE="$work/token" \
   "$bin/gradient-server" >"$work/server.log" 2>&1 &
 pids+=($!)

@@ -20,6 +20,7 @@ pub mod permissions;
 pub mod ports;
 pub mod proto;
 pub mod push;
+pub mod reach;
 pub mod scheduler;
 pub mod service;
 pub mod status;

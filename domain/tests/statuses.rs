@@ -75,6 +75,10 @@ async fn statuses_are_queued_with_a_connection_and_retried_until_delivered() {
         ("bitbucket", "https://x", "t", "invalid_forge"),
         ("gitea", "ftp://x", "t", "invalid_api_url"),
         ("gitea", "https://x", " ", "invalid_token"),
+        ("gitea", "http://127.0.0.1:3000", "t", "api_url_not_allowed"),
+        ("gitea", "http://localhost", "t", "api_url_not_allowed"),
+        ("github", "http://169.254.169.254/latest", "t", "api_url_not_allowed"),
+        ("gitlab", "https://[::1]", "t", "api_url_not_allowed"),
     ] {
         match app.set_forge_connection(&caller, "o", f, url, token).await {
             Err(ServiceError::Invalid { code: c, .. }) => assert_eq!(c, code),

@@ -95,6 +95,9 @@ impl Server {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("GRADIENT_BASE_DIR", base_dir)
             .env("GRADIENT_PORT", port.to_string())
+            // The tests' repositories and forges live on this machine (file://, 127.0.0.1); a test of the
+            // default policy passes GRADIENT_ALLOW_LOCAL_REPOSITORIES=false.
+            .env("GRADIENT_ALLOW_LOCAL_REPOSITORIES", "true")
             .stdout(out.try_clone().expect("clone"))
             .stderr(out);
         for (k, v) in vars {

@@ -8,6 +8,7 @@ mod harness;
 mod hooks;
 mod nix;
 mod pipeline;
+mod reach;
 mod server;
 mod statuses;
 mod tenants;

@@ -94,6 +94,11 @@ impl GithubApp {
         Ok(app)
     }
 
+    /// The App's API base URL, without a trailing slash.
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
     /// The App's JWT as of `now` (see the module's documentation).
     pub fn jwt(&self, now: SystemTime) -> Result<String, ForgeError> {
         let now = seconds_since_epoch(now);

@@ -21,7 +21,9 @@ pub use github_app::GithubApp;
 use gradient_domain::forge::Forge;
 use gradient_domain::model::CommitState;
 use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget, owner_and_repo};
+use gradient_domain::reach::NetworkPolicy;
 use serde_json::{Value, json};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// The name statuses are reported under.
@@ -112,21 +114,104 @@ pub fn status_request(
 }
 
 /// The forge port over HTTP(S).
+///
+/// Status requests go through a client that connects only to addresses the [`NetworkPolicy`] permits: a
+/// literal address in the URL (or in a redirect) is checked before connecting, and names are resolved by
+/// [`PolicyResolver`], which drops forbidden addresses, so the address checked is the address connected to.
+/// The GitHub App's API (operator configuration) is trusted: its token exchange and the statuses sent to
+/// it use a client without that filter.
 #[derive(Clone, Debug)]
 pub struct HttpForge {
     client: reqwest::Client,
+    trusted: reqwest::Client,
+    policy: NetworkPolicy,
     github_app: Option<std::sync::Arc<GithubApp>>,
 }
 
+/// Resolves names with the system resolver and keeps only the addresses the policy permits; fails when
+/// none is left, saying why.
+#[derive(Debug)]
+pub struct PolicyResolver(pub NetworkPolicy);
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refusals = Vec::new();
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| match policy.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        refusals.push(why);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let why = refusals.first().cloned().unwrap_or_else(|| "no address".into());
+                return Err(format!("{host} resolves to no allowed address: {why}").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Refuses a URL whose host is a literal address the policy forbids (names are left to the resolver).
+fn check_literal(url: &reqwest::Url, policy: &NetworkPolicy) -> Result<(), String> {
+    let Some(host) = url.host_str() else {
+        return Err(format!("{url} has no host"));
+    };
+    // The URL parser has already turned every numeric form of an IPv4 address into dotted quads.
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    match literal.parse::<IpAddr>() {
+        Ok(ip) => policy.check(ip),
+        Err(_) => Ok(()),
+    }
+}
+
+/// An error with its causes, which reqwest keeps out of its own message.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 impl HttpForge {
-    pub fn new() -> Result<Self, ForgeError> {
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .user_agent(concat!("gradient/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ForgeError::Unavailable(format!("building the HTTP client: {e}")))?;
+    /// A forge client that connects only where `policy` permits (the GitHub App's API excepted).
+    pub fn new(policy: NetworkPolicy) -> Result<Self, ForgeError> {
+        let build = |guarded: bool| {
+            let mut builder = reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .user_agent(concat!("gradient/", env!("CARGO_PKG_VERSION")));
+            if guarded {
+                builder = builder
+                    .dns_resolver(std::sync::Arc::new(PolicyResolver(policy)))
+                    .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                        if attempt.previous().len() >= 5 {
+                            return attempt.error("too many redirects");
+                        }
+                        match check_literal(attempt.url(), &policy) {
+                            Ok(()) => attempt.follow(),
+                            Err(why) => attempt.error(format!("redirect refused: {why}")),
+                        }
+                    }));
+            }
+            builder
+                .build()
+                .map_err(|e| ForgeError::Unavailable(format!("building the HTTP client: {e}")))
+        };
         Ok(Self {
-            client,
+            client: build(true)?,
+            trusted: build(false)?,
+            policy,
             github_app: None,
         })
     }
@@ -136,6 +221,15 @@ impl HttpForge {
         Self {
             github_app: Some(app),
             ..self
+        }
+    }
+
+    /// The client for a request to `api_url`: the unfiltered one for the GitHub App's own API only.
+    fn client_for(&self, api_url: &str) -> &reqwest::Client {
+        let api_url = api_url.trim().trim_end_matches('/');
+        match &self.github_app {
+            Some(app) if app.api_url() == api_url => &self.trusted,
+            _ => &self.client,
         }
     }
 }
@@ -150,14 +244,20 @@ impl ForgeApi for HttpForge {
         description: &str,
     ) -> Result<(), ForgeError> {
         let request = status_request(target, commit, state, target_url, description)?;
-        let response = self
-            .client
-            .post(&request.url)
+        let client = self.client_for(&target.api_url);
+        let url = reqwest::Url::parse(&request.url)
+            .map_err(|e| ForgeError::Rejected(format!("'{}' is not a URL: {e}", request.url)))?;
+        if std::ptr::eq(client, &self.client) {
+            check_literal(&url, &self.policy)
+                .map_err(|why| ForgeError::Rejected(format!("POST {}: {why}", request.url)))?;
+        }
+        let response = client
+            .post(url)
             .header(request.header.0, request.header.1)
             .json(&request.body)
             .send()
             .await
-            .map_err(|e| ForgeError::Unavailable(format!("POST {}: {e}", request.url)))?;
+            .map_err(|e| ForgeError::Unavailable(format!("POST {}: {}", request.url, with_causes(&e))))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -168,7 +268,7 @@ impl ForgeApi for HttpForge {
 
     async fn installation_token(&self, installation: u64) -> Result<String, ForgeError> {
         match &self.github_app {
-            Some(app) => app.installation_token(&self.client, installation).await,
+            Some(app) => app.installation_token(&self.trusted, installation).await,
             None => Err(ForgeError::Rejected("no GitHub App is configured".into())),
         }
     }
@@ -256,6 +356,34 @@ mod tests {
             let r = status_request(&t, SHA, state, "u", "d").expect("request");
             assert_eq!(r.body["state"], expected);
         }
+    }
+
+    #[test]
+    fn literal_addresses_are_checked_before_connecting() {
+        let default = NetworkPolicy::default();
+        let deny_private = NetworkPolicy {
+            deny_private: true,
+            ..default
+        };
+        let ok = |url: &str, policy: &NetworkPolicy| check_literal(&reqwest::Url::parse(url).unwrap(), policy).is_ok();
+        for url in [
+            "http://127.0.0.1:3000/api",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://2130706433/",
+            "http://0x7f.0.0.1/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(!ok(url, &default), "{url}");
+            assert!(ok(url, &NetworkPolicy::ALLOW_ALL), "{url}");
+        }
+        assert!(ok("http://10.0.0.1/", &default));
+        assert!(!ok("http://10.0.0.1/", &deny_private));
+        assert!(!ok("http://[fd00::1]/", &deny_private));
+        // Names are left to the resolver.
+        assert!(ok("http://localhost/", &default));
+        assert!(ok("https://api.github.com/", &deny_private));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! The key is made by `openssl genrsa` at test time.
 
 use gradient_domain::ports::forge::{ForgeApi, ForgeError};
+use gradient_domain::reach::NetworkPolicy;
 use gradient_forge::github_app::AppClaims;
 use gradient_forge::{GithubApp, HttpForge};
 use rsa::RsaPrivateKey;
@@ -100,7 +101,9 @@ async fn fake_github(status: u16, expires_in: Option<i64>) -> (String, Arc<Mutex
 
 fn forge(app_id: u64, pem: &str, api_url: &str) -> HttpForge {
     let app = GithubApp::new(app_id, pem, api_url).expect("a valid key");
-    HttpForge::new().expect("client").with_github_app(Arc::new(app))
+    HttpForge::new(NetworkPolicy::default())
+        .expect("client")
+        .with_github_app(Arc::new(app))
 }
 
 fn now() -> u64 {
@@ -220,6 +223,39 @@ async fn refusals_are_classified_and_not_cached() {
     let r = forge(1, &pem, &format!("http://{addr}")).installation_token(7).await;
     assert!(matches!(r, Err(ForgeError::Unavailable(_))), "{r:?}");
 
-    let r = HttpForge::new().expect("client").installation_token(7).await;
+    let r = HttpForge::new(NetworkPolicy::default())
+        .expect("client")
+        .installation_token(7)
+        .await;
     assert!(matches!(r, Err(ForgeError::Rejected(_))), "without an App: {r:?}");
+}
+
+#[tokio::test]
+async fn the_apps_own_api_is_trusted_and_nothing_else_on_this_machine_is() {
+    use gradient_domain::forge::Forge;
+    use gradient_domain::model::CommitState;
+    use gradient_domain::ports::forge::ForgeTarget;
+    // The App's API is on loopback (as a test's fake GitHub or an operator's proxy would be); the policy is
+    // the default, which refuses loopback for anything users configure.
+    let (url, log) = fake_github(201, Some(3600)).await;
+    let forge = forge(1, &rsa_key(), &url);
+    let target = |api_url: &str| ForgeTarget {
+        forge: Forge::GitHub,
+        api_url: api_url.to_owned(),
+        token: "ghs_1".to_owned(),
+        repository_url: "https://github.com/acme/web".to_owned(),
+    };
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    forge
+        .set_status(&target(&url), sha, CommitState::Success, "u", "d")
+        .await
+        .expect("a status through the App's API");
+    assert_eq!(log.lock().unwrap().len(), 1);
+    // An organization's forge connection naming another loopback address is refused without a request.
+    let other = url.replace("127.0.0.1", "localhost");
+    let r = forge
+        .set_status(&target(&other), sha, CommitState::Success, "u", "d")
+        .await;
+    assert!(matches!(&r, Err(e) if e.to_string().contains("not allowed")), "{r:?}");
+    assert_eq!(log.lock().unwrap().len(), 1);
 }

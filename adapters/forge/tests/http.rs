@@ -3,6 +3,7 @@
 use gradient_domain::forge::Forge;
 use gradient_domain::model::CommitState;
 use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget};
+use gradient_domain::reach::NetworkPolicy;
 use gradient_forge::HttpForge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -56,7 +57,7 @@ fn target(forge: Forge, api_url: &str) -> ForgeTarget {
 #[tokio::test]
 async fn a_gitea_status_is_posted_with_its_token() {
     let (url, request) = one_shot(201).await;
-    let forge = HttpForge::new().expect("client");
+    let forge = HttpForge::new(NetworkPolicy::ALLOW_ALL).expect("client");
     forge
         .set_status(
             &target(Forge::Gitea, &url),
@@ -82,7 +83,7 @@ async fn a_gitea_status_is_posted_with_its_token() {
 
 #[tokio::test]
 async fn server_errors_are_unavailable_and_refusals_rejected() {
-    let forge = HttpForge::new().expect("client");
+    let forge = HttpForge::new(NetworkPolicy::ALLOW_ALL).expect("client");
     let (url, _h) = one_shot(500).await;
     let r = forge
         .set_status(&target(Forge::GitHub, &url), SHA, CommitState::Success, "u", "d")
@@ -107,4 +108,38 @@ async fn server_errors_are_unavailable_and_refusals_rejected() {
         )
         .await;
     assert!(matches!(r, Err(ForgeError::Unavailable(_))), "{r:?}");
+}
+
+/// A one-shot server that must not be reached: answers whether a connection came.
+async fn must_not_be_reached() -> (u16, tokio::task::JoinHandle<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handle = tokio::spawn(async move {
+        tokio::time::timeout(std::time::Duration::from_millis(500), listener.accept())
+            .await
+            .is_ok()
+    });
+    (port, handle)
+}
+
+#[tokio::test]
+async fn local_forges_are_refused_by_address_and_by_what_names_resolve_to() {
+    let forge = HttpForge::new(NetworkPolicy::default()).expect("client");
+    // `localhost` resolves to loopback at connection time; the literal forms are refused before connecting.
+    for host in ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]", "2130706433"] {
+        let (port, reached) = must_not_be_reached().await;
+        let r = forge
+            .set_status(
+                &target(Forge::Gitea, &format!("http://{host}:{port}")),
+                SHA,
+                CommitState::Success,
+                "u",
+                "d",
+            )
+            .await;
+        let message = format!("{r:?}");
+        assert!(r.is_err(), "{host}: {message}");
+        assert!(message.contains("not allowed"), "{host}: {message}");
+        assert!(!reached.await.expect("task"), "{host}: the local server was reached");
+    }
 }

@@ -1,6 +1,18 @@
 //! The Git port on the `git` command line: `git ls-remote` answers where a branch points without cloning.
+//!
+//! The repository is a user's URL, so git is held to the server's [`NetworkPolicy`]:
+//! - only the transports https, http, ssh and git are allowed (`file` too with `allow_local`), through
+//!   `GIT_ALLOW_PROTOCOL` and `protocol.allow=never`, with `GIT_PROTOCOL_FROM_USER=0`: no `ext::`, no
+//!   `fd::`, no remote helpers;
+//! - the host is resolved first and every address it resolves to must be permitted; for http(s) git (curl)
+//!   is pinned to exactly those addresses (`http.curloptResolve`), so it cannot resolve the name again to
+//!   something else, and redirects are not followed (`http.followRedirects=false`); ssh connects to the
+//!   first checked address (`-o HostName=<address>`), still matching the name in the operator's ssh
+//!   configuration and `known_hosts` (`-o HostKeyAlias=<name>`). git:// connects by name after the check.
 
 use gradient_domain::ports::git::{Git, GitError};
+use gradient_domain::reach::{self, Host, NetworkPolicy, Transport};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -8,19 +20,121 @@ use tokio::process::Command;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, Default)]
-pub struct GitCli;
+pub struct GitCli {
+    policy: NetworkPolicy,
+}
+
+impl GitCli {
+    /// Git held to `policy` (see the module's documentation).
+    pub fn new(policy: NetworkPolicy) -> Self {
+        Self { policy }
+    }
+
+    /// The addresses `host` resolves to, all of them permitted; an error naming the first that is not.
+    async fn resolve(&self, repository: &str, host: &str, port: u16) -> Result<Vec<IpAddr>, GitError> {
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| GitError::Unavailable(format!("{repository}: cannot resolve {host}: {e}")))?
+            .collect();
+        if found.is_empty() {
+            return Err(GitError::Unavailable(format!("{repository}: {host} has no address")));
+        }
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for a in found {
+            self.policy
+                .check(a.ip())
+                .map_err(|why| GitError::Unavailable(format!("{repository}: {host} resolves to {}: {why}", a.ip())))?;
+            if !addresses.contains(&a.ip()) {
+                addresses.push(a.ip());
+            }
+        }
+        Ok(addresses)
+    }
+}
+
+/// Where git must connect, so that it does not resolve the name again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pin {
+    /// curl's `host:port:address[,address]` (`http.curloptResolve`).
+    Curl(String),
+    /// ssh to `address`, known as `name`.
+    Ssh { name: String, address: IpAddr },
+}
+
+impl Pin {
+    /// The pin for a remote whose host `name` resolved to `addresses` (all checked), if its transport takes one.
+    fn of(transport: Transport, name: &str, port: u16, addresses: &[IpAddr]) -> Option<Pin> {
+        match transport {
+            Transport::Https | Transport::Http => {
+                let list: Vec<String> = addresses
+                    .iter()
+                    .map(|a| match a {
+                        IpAddr::V6(v6) => format!("[{v6}]"),
+                        v4 => v4.to_string(),
+                    })
+                    .collect();
+                Some(Pin::Curl(format!("{name}:{port}:{}", list.join(","))))
+            }
+            Transport::Ssh => addresses.first().map(|&address| Pin::Ssh {
+                name: name.to_owned(),
+                address,
+            }),
+            Transport::Git | Transport::File => None,
+        }
+    }
+}
+
+impl GitCli {
+    /// `git ls-remote` restricted to the allowed transports, without redirects, pinned when given.
+    fn ls_remote(&self, url: &str, reference: &str, pin: Option<&Pin>) -> Command {
+        let mut protocols = vec!["https", "http", "ssh", "git"];
+        if self.policy.allow_local {
+            protocols.push("file");
+        }
+        let mut cmd = Command::new("git");
+        cmd.args(["-c", "protocol.allow=never", "-c", "http.followRedirects=false"]);
+        for p in &protocols {
+            cmd.args(["-c", &format!("protocol.{p}.allow=always")]);
+        }
+        // The name and address come from the checked URL (letters, digits, `-`, `_`, `.`) and the resolver,
+        // so they are safe in the shell command git runs for ssh.
+        let mut ssh = "ssh -o BatchMode=yes".to_owned();
+        match pin {
+            Some(Pin::Curl(r)) => {
+                cmd.args(["-c", &format!("http.curloptResolve={r}")]);
+            }
+            Some(Pin::Ssh { name, address }) => {
+                ssh.push_str(&format!(" -o HostName={address} -o HostKeyAlias={name}"));
+            }
+            None => {}
+        }
+        cmd.args(["ls-remote", "--", url, reference])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_SSH_COMMAND", ssh)
+            .env("GIT_SSH_VARIANT", "ssh")
+            .env("GIT_ALLOW_PROTOCOL", protocols.join(":"))
+            .env("GIT_PROTOCOL_FROM_USER", "0")
+            .kill_on_drop(true);
+        cmd
+    }
+}
 
 impl Git for GitCli {
     async fn head(&self, repository: &str, branch: Option<&str>) -> Result<Option<String>, GitError> {
+        let remote = reach::parse_remote(repository)
+            .ok_or_else(|| GitError::Unavailable(format!("'{repository}' is not a repository URL")))?;
+        reach::check_remote(&remote, &self.policy)
+            .map_err(|why| GitError::Unavailable(format!("{repository}: {why}")))?;
+        let mut pin = None;
+        if let Host::Name(name) = &remote.host {
+            let addresses = self.resolve(repository, name, remote.port).await?;
+            pin = Pin::of(remote.transport, name, remote.port, &addresses);
+        }
         let reference = match branch {
             Some(b) => format!("refs/heads/{b}"),
             None => "HEAD".to_owned(),
         };
-        let mut cmd = Command::new("git");
-        cmd.args(["ls-remote", "--", repository, &reference])
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-            .kill_on_drop(true);
+        let mut cmd = self.ls_remote(&remote.git_url, &reference, pin.as_ref());
         let out = tokio::time::timeout(TIMEOUT, cmd.output())
             .await
             .map_err(|_| GitError::Unavailable(format!("{repository}: no answer within {}s", TIMEOUT.as_secs())))?
@@ -65,19 +179,195 @@ mod tests {
         git(dir.path(), &["commit", "-q", "-m", "one"]);
         let one = git(dir.path(), &["rev-parse", "HEAD"]);
         let url = format!("file://{}", dir.path().display());
+        let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
         assert_eq!(
-            GitCli.head(&url, Some("main")).await.unwrap().as_deref(),
+            cli.head(&url, Some("main")).await.unwrap().as_deref(),
             Some(one.as_str())
         );
-        assert_eq!(GitCli.head(&url, None).await.unwrap().as_deref(), Some(one.as_str()));
-        assert_eq!(GitCli.head(&url, Some("nope")).await.unwrap(), None);
+        assert_eq!(cli.head(&url, None).await.unwrap().as_deref(), Some(one.as_str()));
+        assert_eq!(cli.head(&url, Some("nope")).await.unwrap(), None);
         std::fs::write(dir.path().join("f"), "2").unwrap();
         git(dir.path(), &["commit", "-q", "-am", "two"]);
         let two = git(dir.path(), &["rev-parse", "HEAD"]);
         assert_eq!(
-            GitCli.head(&url, Some("main")).await.unwrap().as_deref(),
+            cli.head(&url, Some("main")).await.unwrap().as_deref(),
             Some(two.as_str())
         );
-        assert!(GitCli.head("file:///nonexistent/repo", None).await.is_err());
+        assert!(cli.head("file:///nonexistent/repo", None).await.is_err());
+    }
+}
+
+#[cfg(test)]
+mod policy {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_repositories_are_refused_before_git_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("git")
+            .args(["init", "-q", "-b", "main"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let git = GitCli::default();
+        for url in [
+            format!("file://{}", dir.path().display()),
+            format!("git+file://{}", dir.path().display()),
+            "http://127.0.0.1:9/a.git".to_owned(),
+            "http://[::1]:9/a.git".to_owned(),
+            "http://169.254.169.254/a.git".to_owned(),
+            "git@127.0.0.1:a/b.git".to_owned(),
+            "http://localhost:9/a.git".to_owned(),
+        ] {
+            let e = git.head(&url, None).await.expect_err(&url).to_string();
+            assert!(e.contains("not allowed"), "{url}: {e}");
+        }
+        for url in ["ext::sh -c true", "fd::3"] {
+            assert!(git.head(url, None).await.is_err(), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_judged_by_the_addresses_they_resolve_to() {
+        let git = GitCli::default();
+        let e = git
+            .resolve("r", "localhost", 80)
+            .await
+            .expect_err("localhost resolves to loopback");
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let allowed = GitCli::new(NetworkPolicy::ALLOW_ALL);
+        let addresses = allowed.resolve("r", "localhost", 80).await.expect("allowed");
+        assert!(addresses.iter().all(IpAddr::is_loopback), "{addresses:?}");
+    }
+
+    #[tokio::test]
+    async fn git_itself_refuses_the_file_transport_when_local_is_not_allowed() {
+        // Even if a URL got past the check, the git the adapter runs would not open a local repository.
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("git")
+            .args(["init", "-q", "-b", "main"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let url = format!("file://{}", dir.path().display());
+        let out = GitCli::default().ls_remote(&url, "HEAD", None).output().await.unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("transport 'file' not allowed"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[cfg(test)]
+mod pinning {
+    use super::*;
+
+    /// A loopback listener that answers every connection with a 404; answers its port and a receiver of
+    /// the request lines it saw.
+    async fn listener() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 2048];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let first = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(first);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn git_connects_to_the_pinned_address_not_to_what_the_name_resolves_to() {
+        let (port, mut seen) = listener().await;
+        // `.invalid` never resolves: git reaches the listener only through the pin.
+        let url = format!("http://gradient-pin.invalid:{port}/a.git");
+        let pin = Pin::of(
+            Transport::Http,
+            "gradient-pin.invalid",
+            port,
+            &["127.0.0.1".parse().unwrap()],
+        );
+        let out = GitCli::default()
+            .ls_remote(&url, "HEAD", pin.as_ref())
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "the listener is no git server");
+        let request = seen.try_recv().expect("git connected to the pinned address");
+        assert!(request.starts_with("GET /a.git/info/refs"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn ssh_connects_to_the_pinned_address() {
+        if std::process::Command::new("ssh").arg("-V").output().is_err() {
+            eprintln!("no ssh client: skipped");
+            return;
+        }
+        let (port, mut seen) = listener().await;
+        let url = format!("ssh://git@gradient-pin.invalid:{port}/a.git");
+        let pin = Pin::of(
+            Transport::Ssh,
+            "gradient-pin.invalid",
+            port,
+            &["127.0.0.1".parse().unwrap()],
+        );
+        let out = GitCli::default()
+            .ls_remote(&url, "HEAD", pin.as_ref())
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "the listener is no ssh server");
+        assert!(seen.try_recv().is_ok(), "ssh connected to the pinned address");
+    }
+
+    #[tokio::test]
+    async fn an_allowed_local_name_is_resolved_checked_and_reached() {
+        let (port, mut seen) = listener().await;
+        let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
+        assert!(cli.head(&format!("http://localhost:{port}/a.git"), None).await.is_err());
+        assert!(seen.try_recv().is_ok(), "the allowed repository was reached");
+    }
+}
+
+#[cfg(test)]
+mod ssh_pinning {
+    use super::*;
+
+    #[test]
+    fn ssh_is_sent_to_the_checked_address_under_the_names_host_key() {
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(
+            Pin::of(Transport::Https, "git.example.com", 443, &[v4, v6]),
+            Some(Pin::Curl("git.example.com:443:192.0.2.7,[2001:db8::7]".into()))
+        );
+        assert_eq!(Pin::of(Transport::Git, "git.example.com", 9418, &[v4]), None);
+        let pin = Pin::of(Transport::Ssh, "git.example.com", 22, &[v6, v4]);
+        let cmd = GitCli::default().ls_remote("git@git.example.com:a/b.git", "HEAD", pin.as_ref());
+        let ssh = cmd
+            .as_std()
+            .get_envs()
+            .find(|(k, _)| *k == "GIT_SSH_COMMAND")
+            .and_then(|(_, v)| v)
+            .map(|v| v.to_string_lossy().into_owned());
+        assert_eq!(
+            ssh.as_deref(),
+            Some("ssh -o BatchMode=yes -o HostName=2001:db8::7 -o HostKeyAlias=git.example.com")
+        );
     }
 }

@@ -150,6 +150,12 @@ pub struct Config {
     pub max_nar_buffer_bytes: u64,
     pub trusted_proxies: Vec<IpNet>,
     pub local_ips: Vec<IpNet>,
+    /// Repositories and forge APIs on this machine (loopback, link-local, `localhost`, `file://`) are
+    /// accepted (`GRADIENT_ALLOW_LOCAL_REPOSITORIES`, default false; the quick start sets it).
+    pub allow_local_repositories: bool,
+    /// Repositories and forge APIs on private networks are refused too (`GRADIENT_DENY_PRIVATE_NETWORKS`,
+    /// default false).
+    pub deny_private_networks: bool,
     pub oidc: OidcConfig,
     pub email: EmailConfig,
     pub github_app: GithubAppConfig,
@@ -367,6 +373,8 @@ impl Config {
             max_nar_buffer_bytes: e.parse("settings.maxNarBufferBytes", 10 * 1024 * 1024 * 1024, "a size in bytes")?,
             trusted_proxies: e.cidrs("settings.trustedProxies", "127.0.0.1/32,::1/128")?,
             local_ips: e.cidrs("settings.localIps", "10.0.0.0/8")?,
+            allow_local_repositories: e.bool("settings.allowLocalRepositories", false)?,
+            deny_private_networks: e.bool("settings.denyPrivateNetworks", false)?,
             oidc,
             email: EmailConfig {
                 enable: e.bool("email.enable", false)?,
@@ -610,6 +618,7 @@ mod tests {
         let show = |v: &Vec<IpNet>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(show(&c.trusted_proxies), ["127.0.0.1/32", "::1/128"]);
         assert_eq!(show(&c.local_ips), ["10.0.0.0/8"]);
+        assert!(!c.allow_local_repositories && !c.deny_private_networks);
         assert_eq!(
             c.resolve_database_url().unwrap(),
             "sqlite:///var/lib/gradient/gradient.db"
@@ -672,8 +681,11 @@ mod tests {
             ("GRADIENT_DATABASE_URL", "postgres://u@h/db"),
             ("GRADIENT_NAR_STORE", "s3://nars/gradient/"),
             ("GRADIENT_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("GRADIENT_ALLOW_LOCAL_REPOSITORIES", "true"),
+            ("GRADIENT_DENY_PRIVATE_NETWORKS", "yes"),
         ]))
         .unwrap();
+        assert!(c.allow_local_repositories && c.deny_private_networks);
         match &c.nar_store {
             NarStoreConfig::S3 {
                 bucket,

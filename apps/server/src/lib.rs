@@ -149,6 +149,14 @@ fn github_app(
     Ok(Some((settings, app)))
 }
 
+/// What the server may connect to for users (repositories, forge APIs), from the configuration.
+pub fn network_policy(config: &Config) -> gradient_domain::reach::NetworkPolicy {
+    gradient_domain::reach::NetworkPolicy {
+        allow_local: config.allow_local_repositories,
+        deny_private: config.deny_private_networks,
+    }
+}
+
 /// Builds the application state from the configuration: secrets, database (migrated), domain.
 pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     std::fs::create_dir_all(&config.base_dir).map_err(|e| ConfigError {
@@ -171,7 +179,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         tracing::warn!("{w}; set it explicitly in production");
     }
     let github_app = github_app(&config.github_app)?;
-    let mut forge = gradient_forge::HttpForge::new().map_err(|e| StartError::Forge(e.to_string()))?;
+    let network = network_policy(config);
+    let mut forge = gradient_forge::HttpForge::new(network).map_err(|e| StartError::Forge(e.to_string()))?;
     let github_app_settings = match github_app {
         Some((settings, app)) => {
             tracing::info!(target: "gradient::forge", "GitHub App {} (API {})", settings.app_id, settings.api_url);
@@ -199,6 +208,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         supersede_evaluations: config.supersede_evaluations,
         public_url: config.public_url.clone(),
         github_app: github_app_settings,
+        network,
         local_worker: match &config.local_worker {
             None => None,
             Some((id, file)) => {
@@ -395,7 +405,7 @@ pub fn spawn_status_delivery(state: AppState) {
 /// Polls the branch heads of projects with a poll interval and queues evaluations of new commits.
 pub fn spawn_poller(state: AppState) {
     tokio::spawn(async move {
-        let git = gradient_git_cli::GitCli;
+        let git = gradient_git_cli::GitCli::new(state.app.settings.network);
         let mut last: std::collections::HashMap<gradient_domain::ProjectId, std::time::Instant> = Default::default();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {

@@ -468,6 +468,55 @@ async fn names_are_validated_and_duplicates_conflict_without_half_writes() {
 }
 
 #[tokio::test]
+async fn repositories_on_this_machine_are_refused_unless_the_operator_allows_them() {
+    type Vars = &'static [(&'static str, &'static str)];
+    // (variables, repository, expected status)
+    let table: [(Vars, &str, StatusCode); 7] = [
+        (&[], "file:///srv/repo", StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            &[],
+            "http://169.254.169.254/latest/meta-data",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (&[], "https://10.0.0.7/r.git", StatusCode::OK),
+        (
+            &[("GRADIENT_ALLOW_LOCAL_REPOSITORIES", "true")],
+            "file:///srv/repo",
+            StatusCode::OK,
+        ),
+        (
+            &[("GRADIENT_ALLOW_LOCAL_REPOSITORIES", "true")],
+            "http://127.0.0.1:9/r.git",
+            StatusCode::OK,
+        ),
+        (
+            &[("GRADIENT_DENY_PRIVATE_NETWORKS", "true")],
+            "https://10.0.0.7/r.git",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            &[("GRADIENT_DENY_PRIVATE_NETWORKS", "true")],
+            "https://git.example.com/r.git",
+            StatusCode::OK,
+        ),
+    ];
+    for (vars, repository, want) in table {
+        let s = server_with(vars).await;
+        let t = s.user("alice").await;
+        let t = Some(t.as_str());
+        s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
+        let answer = s
+            .post("/projects/acme", t, json!({"name": "p", "repository": repository}))
+            .await;
+        if want == StatusCode::OK {
+            assert_eq!(answer.0, want, "{vars:?} {repository}: {}", answer.1);
+        } else {
+            assert_err(answer, want, "repository_not_allowed");
+        }
+    }
+}
+
+#[tokio::test]
 async fn private_orgs_and_their_projects_do_not_leak() {
     let s = server().await;
     let owner = s.user("heidi").await;

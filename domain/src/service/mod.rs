@@ -134,6 +134,8 @@ pub struct Settings {
     pub public_url: String,
     /// The instance's GitHub App, when one is configured.
     pub github_app: Option<GithubAppSettings>,
+    /// What the server may connect to for users: repositories and forge APIs (see [`crate::reach`]).
+    pub network: crate::reach::NetworkPolicy,
 }
 
 /// The co-located worker: its id and the SHA-256 (hex) of its token.
@@ -155,6 +157,7 @@ impl Default for Settings {
             supersede_evaluations: true,
             public_url: "http://localhost".into(),
             github_app: None,
+            network: crate::reach::NetworkPolicy::default(),
         }
     }
 }

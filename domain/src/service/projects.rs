@@ -4,6 +4,7 @@ use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
 use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
+use crate::reach::{self, NetworkPolicy};
 use crate::wildcard::Wildcard;
 use crate::{Name, ProjectId};
 use std::collections::BTreeMap;
@@ -40,32 +41,21 @@ fn not_found(org: &str, name: &str) -> ServiceError {
     ServiceError::NotFound(format!("project '{org}/{name}' not found"))
 }
 
-/// Accepts the repository URL forms git understands for remote and local repositories.
-fn check_repository(url: &str) -> Result<()> {
-    let url = url.trim();
-    let schemes = [
-        "https://",
-        "http://",
-        "ssh://",
-        "git://",
-        "file://",
-        "git+https://",
-        "git+ssh://",
-        "git+file://",
-    ];
-    let scp_like = url.split_once(':').is_some_and(|(host, path)| {
-        host.contains('@') && !host.contains('/') && !path.is_empty() && !path.starts_with("//")
-    });
-    let ok = (schemes.iter().any(|s| url.starts_with(s) && url.len() > s.len()) || scp_like)
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok && url.len() <= 2048 {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid(
+/// Accepts the repository URL forms of [`reach::parse_remote`] that `policy` lets the server reach: a
+/// malformed URL is `invalid_repository`, a `file://` URL or a local (or, when denied, private) host is
+/// `repository_not_allowed`.
+fn check_repository(url: &str, policy: &NetworkPolicy) -> Result<()> {
+    let remote = reach::parse_remote(url).ok_or_else(|| {
+        ServiceError::invalid(
             "invalid_repository",
-            format!("'{url}' is not a repository URL (use https://, ssh://, git://, file:// or user@host:path)"),
-        ))
-    }
+            format!(
+                "'{}' is not a repository URL (use {})",
+                url.trim(),
+                reach::REPOSITORY_FORMS
+            ),
+        )
+    })?;
+    reach::check_remote(&remote, policy).map_err(|why| ServiceError::invalid("repository_not_allowed", why))
 }
 
 fn check_wildcard(w: &str) -> Result<()> {
@@ -132,7 +122,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let user = caller.require_user()?;
         let name = Name::parse_as(new.name.trim(), "project name")?;
         let wildcard = new.wildcard.unwrap_or_else(|| DEFAULT_WILDCARD.to_owned());
-        check_repository(&new.repository)?;
+        check_repository(&new.repository, &self.settings.network)?;
         check_wildcard(&wildcard)?;
         check_branch(&new.branch)?;
         check_overrides(&new.flake_input_overrides)?;
@@ -175,7 +165,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             p.description = v;
         }
         if let Some(v) = c.repository {
-            check_repository(&v)?;
+            check_repository(&v, &self.settings.network)?;
             p.repository = v.trim().to_owned();
         }
         if let Some(v) = c.branch {
@@ -217,14 +207,18 @@ mod tests {
 
     #[test]
     fn repository_urls() {
+        let default = NetworkPolicy::default();
+        let local = NetworkPolicy::ALLOW_ALL;
         for ok in [
             "https://github.com/a/b",
             "ssh://git@host/a.git",
             "git@github.com:a/b.git",
-            "file:///srv/repo",
+            "git://host/a",
+            "http://10.0.0.1/a",
         ] {
-            assert!(check_repository(ok).is_ok(), "{ok}");
+            assert!(check_repository(ok, &default).is_ok(), "{ok}");
         }
+        let code = |url: &str, policy: &NetworkPolicy| check_repository(url, policy).err().map(|e| e.code());
         for bad in [
             "",
             "github.com/a/b",
@@ -233,7 +227,20 @@ mod tests {
             "/srv/repo",
             "ftp://x/y",
         ] {
-            assert!(check_repository(bad).is_err(), "{bad}");
+            assert_eq!(code(bad, &local), Some("invalid_repository"), "{bad}");
+        }
+        for local_only in [
+            "file:///srv/repo",
+            "http://127.0.0.1:9/a",
+            "http://localhost/a",
+            "http://[::1]/a",
+        ] {
+            assert_eq!(
+                code(local_only, &default),
+                Some("repository_not_allowed"),
+                "{local_only}"
+            );
+            assert_eq!(code(local_only, &local), None, "{local_only}");
         }
     }
 }

@@ -73,15 +73,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ServiceError::invalid("invalid_forge", "the forge is one of gitea, forgejo, gitlab, github")
         })?;
         let api_url = api_url.trim().trim_end_matches('/');
-        let rest = api_url
-            .strip_prefix("https://")
-            .or_else(|| api_url.strip_prefix("http://"));
-        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) || api_url.len() > 2048 {
+        let Some(remote) = crate::reach::parse_http_url(api_url) else {
             return Err(ServiceError::invalid(
                 "invalid_api_url",
                 "the API URL is an http:// or https:// URL",
             ));
-        }
+        };
+        crate::reach::check_remote(&remote, &self.settings.network)
+            .map_err(|why| ServiceError::invalid("api_url_not_allowed", why))?;
         let token = token.trim();
         if token.is_empty() || token.len() > 4096 {
             return Err(ServiceError::invalid("invalid_token", "give the forge's access token"));
