@@ -2,7 +2,7 @@
 //! it is readable by everyone when public, otherwise by its owner and the members of subscribed
 //! organizations.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
 use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
@@ -142,7 +142,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             cache.display_name = v.trim().to_owned();
         }
         if let Some(v) = c.description {
-            check_text("description", &v, 4096)?;
+            check_multiline_text("description", &v, 4096)?;
             cache.description = v;
         }
         if let Some(v) = c.public {

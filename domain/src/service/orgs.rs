@@ -1,6 +1,6 @@
 //! Organizations, their members and their roles.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
 use crate::model::{Member, Membership, Org, Role, RoleRef};
 use crate::permissions::{BuiltinRole, OrgAccess, Permission, PermissionSet, org_access};
 use crate::ports::{Clock, Storage, StorageError};
@@ -141,7 +141,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             org.display_name = d.trim().to_owned();
         }
         if let Some(d) = changes.description {
-            check_text("description", &d, 4096)?;
+            check_multiline_text("description", &d, 4096)?;
             org.description = d;
         }
         if let Some(p) = changes.public {
