@@ -199,7 +199,10 @@ mod tests {
         assert!(check_password_policy("long enough").is_ok());
         assert!(check_password_policy(&"x".repeat(1025)).is_err());
         assert!(check_password_policy("        ").is_err(), "eight spaces");
-        assert!(check_password_policy("\t\n \u{a0}\u{3000}   ").is_err(), "only whitespace");
+        assert!(
+            check_password_policy("\t\n \u{a0}\u{3000}   ").is_err(),
+            "only whitespace"
+        );
         assert!(check_password_policy("       x").is_ok());
     }
 

@@ -432,6 +432,10 @@ async fn a_narinfo_with_an_invalid_content_address_is_refused_before_it_is_signe
     app.receive_narinfo(&nars, &cache, &PATH[11..43], &narinfo(good))
         .await
         .unwrap();
-    let served = app.signed_narinfo(&cache, &PATH[11..43]).await.unwrap().expect("served");
+    let served = app
+        .signed_narinfo(&cache, &PATH[11..43])
+        .await
+        .unwrap()
+        .expect("served");
     assert!(served.contains(&format!("\nCA: {good}\n")), "{served}");
 }

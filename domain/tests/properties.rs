@@ -31,8 +31,13 @@ fn config(cases: u32) -> ProptestConfig {
 /// A file system object as a NAR holds it.
 #[derive(Clone, Debug)]
 enum Node {
-    File { executable: bool, contents: Vec<u8> },
-    Symlink { target: String },
+    File {
+        executable: bool,
+        contents: Vec<u8>,
+    },
+    Symlink {
+        target: String,
+    },
     /// Entries by name: a `BTreeMap` keeps them sorted by bytes, as the format demands.
     Directory(BTreeMap<String, Node>),
 }
@@ -322,7 +327,11 @@ fn read_export(pieces: &[&[u8]]) -> Result<(Vec<ExportedPath>, Vec<u8>), gradien
         let mut rest = *piece;
         while !rest.is_empty() {
             let (used, event) = reader.advance(rest)?;
-            assert!(used > 0 && used <= rest.len(), "advance consumed {used} of {} bytes", rest.len());
+            assert!(
+                used > 0 && used <= rest.len(),
+                "advance consumed {used} of {} bytes",
+                rest.len()
+            );
             match event {
                 Some(ExportEvent::Nar(bytes)) => nar_bytes.extend_from_slice(bytes),
                 Some(ExportEvent::Path(p)) => paths.push(p),

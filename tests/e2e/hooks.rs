@@ -89,7 +89,11 @@ async fn signed_forge_pushes_queue_evaluations_of_the_matching_project() {
     let (status, v) = deliver(&c, "/hooks/gitea/acme", &[("X-Gitea-Event", "push")], &body).await;
     assert_eq!(status, 401, "{v}");
     let (status_missing, v_missing) = deliver(&c, "/hooks/gitea/nobody", &[("X-Gitea-Event", "push")], &body).await;
-    assert_eq!((status_missing, v_missing), (status, v), "an existing org answers as a missing one");
+    assert_eq!(
+        (status_missing, v_missing),
+        (status, v),
+        "an existing org answers as a missing one"
+    );
 
     // Only members who manage integrations generate the secret; anonymous callers cannot.
     let anonymous = Client::new(&server);

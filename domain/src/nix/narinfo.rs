@@ -128,7 +128,9 @@ pub fn check_content_address(ca: &str) -> Result<(), String> {
         false
     };
     if !valid {
-        return Err(refuse(&format!("the digest is not a base16, nix32 or base64 {algo} hash")));
+        return Err(refuse(&format!(
+            "the digest is not a base16, nix32 or base64 {algo} hash"
+        )));
     }
     Ok(())
 }
@@ -371,7 +373,10 @@ NarSize: 128
     fn refuses_invalid_fields_before_anything_signs_them() {
         for (line, field) in [
             ("CA: fixed:sha256:nonsense", "CA"),
-            ("CA: text:sha256:10v7madfbfzz4xjcc2dv6xlz0iz3dyvhklgm1mmphyc480nw9bz0 extra", "CA"),
+            (
+                "CA: text:sha256:10v7madfbfzz4xjcc2dv6xlz0iz3dyvhklgm1mmphyc480nw9bz0 extra",
+                "CA",
+            ),
             ("System: x86_64-linux\u{0}", "System"),
             ("System: x86 64", "System"),
             ("Compression: xz\u{7f}", "Compression"),
@@ -384,7 +389,10 @@ NarSize: 128
             }
         }
         let url = MINIMAL.replace(".nar.xz", ".nar.xz\u{1}");
-        assert!(matches!(NarInfo::parse(&url), Err(NarInfoError::Invalid { field: "URL", .. })));
+        assert!(matches!(
+            NarInfo::parse(&url),
+            Err(NarInfoError::Invalid { field: "URL", .. })
+        ));
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "a restricted API key cannot create caches".into(),
             ));
         }
-        let name = Name::parse_as(new.name.trim(), "cache name")?;
+        let name = Name::parse_as(new.name.trim_matches(' '), "cache name")?;
         let priority = new.priority.unwrap_or(DEFAULT_CACHE_PRIORITY);
         check_priority(priority)?;
         if let Some(p) = new.local_priority {

@@ -242,7 +242,10 @@ pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result
 /// allowed, every other control character is not.
 pub(crate) fn check_multiline_text(field: &'static str, value: &str, max: usize) -> Result<()> {
     check_size(field, value, max)?;
-    if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
         return Err(control_characters(field));
     }
     Ok(())
@@ -274,7 +277,16 @@ mod tests {
 
     #[test]
     fn one_line_texts_refuse_every_control_character() {
-        for bad in ["a\0b", "a\tb", "a\nb", "a\rb", "a\u{7f}b", "a\u{85}b", "a\u{9b}b", "\u{1b}[31m"] {
+        for bad in [
+            "a\0b",
+            "a\tb",
+            "a\nb",
+            "a\rb",
+            "a\u{7f}b",
+            "a\u{85}b",
+            "a\u{9b}b",
+            "\u{1b}[31m",
+        ] {
             let e = check_text("display_name", bad, 256).unwrap_err();
             assert_eq!(e.code(), "invalid_input", "{bad:?}");
             assert!(e.to_string().contains("control characters"), "{bad:?}: {e}");

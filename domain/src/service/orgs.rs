@@ -100,7 +100,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "a restricted API key cannot create organizations".into(),
             ));
         }
-        let name = Name::parse_as(new.name.trim(), "organization name")?;
+        let name = Name::parse_as(new.name.trim_matches(' '), "organization name")?;
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let org = Org {
             id: OrgId::new(),

@@ -119,7 +119,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn create_project(&self, caller: &Caller, org: &str, new: NewProject) -> Result<Project> {
         let o = self.org_requiring(caller, org, Permission::CreateProject).await?;
         let user = caller.require_user()?;
-        let name = Name::parse_as(new.name.trim(), "project name")?;
+        let name = Name::parse_as(new.name.trim_matches(' '), "project name")?;
         let wildcard = new.wildcard.unwrap_or_else(|| DEFAULT_WILDCARD.to_owned());
         check_repository(&new.repository)?;
         check_wildcard(&wildcard)?;
