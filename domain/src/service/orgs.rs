@@ -272,7 +272,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         permissions: PermissionSet,
     ) -> Result<RoleView> {
         let org = self.org_requiring(caller, org, Permission::ManageRoles).await?;
-        let name = name.trim();
+        let name = name.trim_matches(' ');
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
             return Err(ServiceError::invalid(
                 "invalid_name",
