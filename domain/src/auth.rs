@@ -25,6 +25,9 @@ pub fn check_password_policy(password: &str) -> Result<(), String> {
     if n > MAX_PASSWORD_LEN {
         return Err(format!("password must be at most {MAX_PASSWORD_LEN} characters long"));
     }
+    if password.chars().all(char::is_whitespace) {
+        return Err("password must not be only spaces or other whitespace".into());
+    }
     Ok(())
 }
 
@@ -211,6 +214,12 @@ mod tests {
         assert!(check_password_policy("short").is_err());
         assert!(check_password_policy("long enough").is_ok());
         assert!(check_password_policy(&"x".repeat(1025)).is_err());
+        assert!(check_password_policy("        ").is_err(), "eight spaces");
+        assert!(
+            check_password_policy("\t\n \u{a0}\u{3000}   ").is_err(),
+            "only whitespace"
+        );
+        assert!(check_password_policy("       x").is_ok());
     }
 
     #[test]

@@ -109,9 +109,63 @@ impl fmt::Display for Email {
     }
 }
 
+/// The longest branch or ref accepted (Git's own limit on a ref name's path component length is the file
+/// system's, 255 bytes).
+pub const MAX_REF_LEN: usize = 255;
+
+/// Checks a branch name: 1 to [`MAX_REF_LEN`] bytes, no control characters, spaces or other whitespace, not
+/// starting with `-` (it would read as an option to `git`), no `..`. The message is shown to the user.
+pub fn check_branch(branch: &str) -> Result<(), String> {
+    let shown: String = branch.chars().take(64).flat_map(char::escape_default).collect();
+    if branch.is_empty() {
+        return Err("a branch name must not be empty".into());
+    }
+    if branch.len() > MAX_REF_LEN {
+        return Err(format!(
+            "a branch name must be at most {MAX_REF_LEN} bytes long ('{shown}…' has {})",
+            branch.len()
+        ));
+    }
+    if branch.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "'{shown}' is not a valid branch name (no spaces or control characters)"
+        ));
+    }
+    if branch.starts_with('-') || branch.contains("..") {
+        return Err(format!("'{shown}' is not a valid branch name"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn branches_are_short_printable_and_not_options() {
+        let longest = "b".repeat(MAX_REF_LEN);
+        let too_long = "b".repeat(3000);
+        for ok in ["main", "release/1.2", "feature/ünïcode", longest.as_str()] {
+            assert!(check_branch(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            too_long.as_str(),
+            "a\0b",
+            "a\tb",
+            "a\nb",
+            "a\u{7f}b",
+            "a\u{85}b",
+            "a b",
+            "-x",
+            "a..b",
+        ] {
+            assert!(check_branch(bad).is_err(), "{bad:?}");
+        }
+        // The message never carries the control characters themselves.
+        let message = check_branch("a\u{1b}[2Jb").unwrap_err();
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+    }
 
     #[test]
     fn names_follow_the_rules() {

@@ -603,3 +603,45 @@ async fn an_import_refuses_a_path_whose_references_are_missing_and_keeps_those_b
     let err = app.missing_paths(&cache, &["not/a/path".to_owned()]).await.unwrap_err();
     assert_eq!(err.code(), "invalid_store_path");
 }
+
+#[tokio::test]
+async fn a_narinfo_with_an_invalid_content_address_is_refused_before_it_is_signed() {
+    let (app, _, nars, cache, _) = setup().await;
+    let nar = nar_of(b"ca data");
+    let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
+    app.receive_nar(&nars, &cache, &url, body(nar.clone())).await.unwrap();
+    let narinfo = |ca: &str| {
+        format!(
+            "StorePath: {PATH}\nURL: {url}\nCompression: none\nNarHash: sha256:{}\nNarSize: {}\nReferences: \nCA: {ca}\n",
+            nix32::encode(&sha256_of(&nar).bytes),
+            nar.len()
+        )
+    };
+    for bad in [
+        "anything",
+        "fixed:r:sha256:not-a-hash",
+        "text:sha1:0000000000000000000000000000000000000000",
+        "fixed:r:sha256:0hpcnirn9lxbzw7kc18apxl0c7gflk1kbyfbbfc04yc5kscdnvzc\u{7}",
+    ] {
+        let e = app
+            .receive_narinfo(&nars, &cache, &PATH[11..43], &narinfo(bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_narinfo", "{bad:?}: {e}");
+        assert_eq!(
+            app.signed_narinfo(&cache, &PATH[11..43]).await.unwrap(),
+            None,
+            "{bad:?}: nothing is signed"
+        );
+    }
+    let good = "fixed:r:sha256:0hpcnirn9lxbzw7kc18apxl0c7gflk1kbyfbbfc04yc5kscdnvzc";
+    app.receive_narinfo(&nars, &cache, &PATH[11..43], &narinfo(good))
+        .await
+        .unwrap();
+    let served = app
+        .signed_narinfo(&cache, &PATH[11..43])
+        .await
+        .unwrap()
+        .expect("served");
+    assert!(served.contains(&format!("\nCA: {good}\n")), "{served}");
+}

@@ -84,9 +84,16 @@ async fn signed_forge_pushes_queue_evaluations_of_the_matching_project() {
     let commit = "0123456789abcdef0123456789abcdef01234567";
     let body = gitea_push(commit, "main", "https://git.example.com/acme/web");
 
-    // Without a secret there is no webhook.
+    // Without a secret there is no webhook: answered as a wrong signature, exactly as for an organization that
+    // does not exist, so a delivery cannot tell which organizations exist.
     let (status, v) = deliver(&c, "/hooks/gitea/acme", &[("X-Gitea-Event", "push")], &body).await;
-    assert_eq!(status, 404, "{v}");
+    assert_eq!(status, 401, "{v}");
+    let (status_missing, v_missing) = deliver(&c, "/hooks/gitea/nobody", &[("X-Gitea-Event", "push")], &body).await;
+    assert_eq!(
+        (status_missing, v_missing),
+        (status, v),
+        "an existing org answers as a missing one"
+    );
 
     // Only members who manage integrations generate the secret; anonymous callers cannot.
     let anonymous = Client::new(&server);
@@ -237,8 +244,8 @@ async fn signed_forge_pushes_queue_evaluations_of_the_matching_project() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(queued(&v), Vec::<String>::new(), "not the default branch");
 
-    // Unknown forges and organizations are 404.
-    for path in ["/hooks/bitbucket/acme", "/hooks/gitea/nobody"] {
+    // Unknown forges are 404; unknown organizations answer as a wrong signature (401).
+    for (path, want) in [("/hooks/bitbucket/acme", 404), ("/hooks/gitea/nobody", 401)] {
         let (status, v) = deliver(
             &c,
             path,
@@ -246,7 +253,7 @@ async fn signed_forge_pushes_queue_evaluations_of_the_matching_project() {
             &body,
         )
         .await;
-        assert_eq!(status, 404, "{path}: {v}");
+        assert_eq!(status, want, "{path}: {v}");
     }
 
     let list = c.ok(Method::GET, "/projects/acme/web/evaluations", None).await;

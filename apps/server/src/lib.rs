@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod limits;
 pub mod link;
 pub mod live;
 pub mod nars;
@@ -28,19 +29,32 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let api = api::service(state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    let schemas = std::sync::Arc::new(api::strict::BodySchemas::from_spec(&api.spec()));
     let api = api
-        .around(move |ep, req| async move { limit_body(ep, req, max).await })
+        .around(move |ep, req| {
+            let schemas = schemas.clone();
+            async move { limit_body(ep, req, max, &schemas).await }
+        })
         .catch_all_error(|e| async move { api::error_response(e) });
     Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
-        .at("/api/v1/evals/:id/log", live::build_log.data(state_for_cache.clone()))
+        .at(
+            "/api/v1/evals/:id/log",
+            live::build_log
+                .data(state_for_cache.clone())
+                .catch_all_error(json_error),
+        )
         .at(
             "/api/v1/builds/:id/log/live",
-            live::build_log_by_id.data(state_for_cache.clone()),
+            live::build_log_by_id
+                .data(state_for_cache.clone())
+                .catch_all_error(json_error),
         )
         .at(
             "/api/v1/evals/:id/events",
-            live::evaluation_events.data(state_for_cache.clone()),
+            live::evaluation_events
+                .data(state_for_cache.clone())
+                .catch_all_error(json_error),
         )
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
@@ -49,9 +63,21 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .map_to_response()
 }
 
+/// Errors of the routes outside the OpenAPI service that still speak the API's JSON (the live streams).
+async fn json_error(e: poem::Error) -> Response {
+    api::error_response(e)
+}
+
 /// Reads the body up to `max` bytes before the handler sees it, so an oversized request is refused with 413
 /// whether or not it announced its length.
-async fn limit_body<E: Endpoint>(ep: std::sync::Arc<E>, mut req: Request, max: usize) -> poem::Result<Response> {
+/// A JSON body whose values do not have the documented types is refused here (400 `invalid_json`), see
+/// `api::strict`.
+async fn limit_body<E: Endpoint>(
+    ep: std::sync::Arc<E>,
+    mut req: Request,
+    max: usize,
+    schemas: &api::strict::BodySchemas,
+) -> poem::Result<Response> {
     let too_large = || {
         poem::Error::from_string(
             format!("the request body is larger than the limit of {max} bytes"),
@@ -69,6 +95,9 @@ async fn limit_body<E: Endpoint>(ep: std::sync::Arc<E>, mut req: Request, max: u
             StatusCode::BAD_REQUEST,
         ),
     })?;
+    if let Err(problem) = schemas.check(req.method(), req.uri().path(), &body) {
+        return Ok(api::ApiError::bad_request("invalid_json", problem).into_response());
+    }
     req.set_body(body);
     Ok(ep.call(req).await?.into_response())
 }
@@ -315,6 +344,7 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
             tick.tick().await;
             flush_fetches(&flush).await;
             drop_ended_logs(&flush).await;
+            flush.limits.forget_idle();
         }
     });
     tokio::spawn(async move {

@@ -3,12 +3,18 @@
 //! Each event carries the new text and, as its id, the byte offset after it, so a client that reconnects with
 //! `Last-Event-ID` resumes where it left off. When the build has ended the stored log is sent (to a client
 //! that saw none of it) and an `end` event closes the stream.
+//!
+//! Every stream checks every [`RECHECK`] that its viewer may still see it (the token still authenticates, the
+//! organization is still visible to them: a member removed, a key deleted, a session ended, an organization
+//! made private): when not, an `end` event with `access_revoked` closes it. Errors before the stream starts
+//! are the API's JSON error body.
 
 use crate::api::ApiError;
 use crate::state::AppState;
-use gradient_domain::EvaluationId;
+use futures_util::StreamExt;
 use gradient_domain::ports::storage::Evaluations;
 use gradient_domain::service::{Caller, ServiceError};
+use gradient_domain::{BuildId, EvaluationId};
 use poem::web::sse::{Event, SSE};
 use poem::web::{Path, Query};
 use poem::{IntoResponse, Request, Response, handler};
@@ -21,10 +27,72 @@ pub struct LogQuery {
 
 const POLL: Duration = Duration::from_millis(250);
 
+/// How often a stream checks that its viewer may still see what it streams.
+pub const RECHECK: Duration = Duration::from_secs(2);
+
+/// The request's bearer token, if any.
+fn bearer(req: &Request) -> Option<String> {
+    req.header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned)
+}
+
 /// Who calls, from the request's bearer token (none: anonymous).
 async fn caller(state: &AppState, req: &Request) -> Result<Caller, ServiceError> {
-    let bearer = req.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
-    state.app.authenticate(bearer).await
+    state.app.authenticate(bearer(req).as_deref()).await
+}
+
+/// What a stream shows, for the access recheck.
+#[derive(Clone, Copy, Debug)]
+enum Watched {
+    Evaluation(EvaluationId),
+    Build(BuildId),
+}
+
+/// Whether the bearer of `token` may still see `watched`: the token is authenticated again (a deleted key or
+/// an ended session fails) and the domain decides visibility again (a removed member or an organization made
+/// private fails). A failure to decide counts as no.
+async fn still_allowed(state: &AppState, token: Option<&str>, watched: Watched) -> bool {
+    let Ok(caller) = state.app.authenticate(token).await else {
+        return false;
+    };
+    match watched {
+        Watched::Evaluation(id) => state.app.evaluation_for(&caller, id).await.is_ok(),
+        Watched::Build(id) => state.app.build_for(&caller, id).await.is_ok(),
+    }
+}
+
+/// `events`, ended by an `end` event `access_revoked` at the first [`RECHECK`] that finds the viewer may no
+/// longer see `watched`, even while `events` is waiting for something to send.
+fn guarded<S>(
+    state: AppState,
+    token: Option<String>,
+    watched: Watched,
+    events: S,
+) -> impl futures_util::Stream<Item = Event> + Send + 'static
+where
+    S: futures_util::Stream<Item = Event> + Send + 'static,
+{
+    let first = tokio::time::Instant::now() + RECHECK;
+    futures_util::stream::unfold((Box::pin(events), Some(first)), move |(mut events, next)| {
+        let (state, token) = (state.clone(), token.clone());
+        async move {
+            let mut next = next?;
+            loop {
+                tokio::select! {
+                    // Dropping a pending `next()` keeps the stream's own state: nothing is lost.
+                    event = events.next() => return event.map(|e| (e, (events, Some(next)))),
+                    () = tokio::time::sleep_until(next) => {
+                        if !still_allowed(&state, token.as_deref(), watched).await {
+                            let end = Event::message("access_revoked").event_type("end");
+                            return Some((end, (events, None)));
+                        }
+                        next = tokio::time::Instant::now() + RECHECK;
+                    }
+                }
+            }
+        }
+    })
 }
 
 #[handler]
@@ -43,7 +111,7 @@ pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Quer
         let e = ServiceError::NotFound(format!("the evaluation has no build of {}", q.drv));
         return ApiError::from(e).into_response();
     };
-    stream_log(state, req, build.org_id, q.drv)
+    stream_log(state, req, Watched::Evaluation(EvaluationId(id)), build.org_id, q.drv)
 }
 
 /// The same stream for a build by id: `GET /api/v1/builds/{id}/log/live`.
@@ -56,18 +124,19 @@ pub async fn build_log_by_id(req: &Request, Path(id): Path<uuid::Uuid>) -> Respo
     }
     .await;
     match found {
-        Ok((build, _)) => stream_log(state, req, build.org_id, build.drv_path),
+        Ok((build, _)) => stream_log(state, req, Watched::Build(BuildId(id)), build.org_id, build.drv_path),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 /// A build's log as events, from `Last-Event-ID` on: live while it runs, then the stored log (to a reader
 /// that saw none of it) and an `end` event with its status.
-fn stream_log(state: &AppState, req: &Request, org: gradient_domain::OrgId, drv: String) -> Response {
+fn stream_log(state: &AppState, req: &Request, watched: Watched, org: gradient_domain::OrgId, drv: String) -> Response {
     let offset: usize = req
         .header("last-event-id")
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
+    let (guard_state, token) = (state.clone(), bearer(req));
     let state = state.clone();
     // (offset, finished) carried from one event to the next.
     let stream = futures_util::stream::unfold((offset, false), move |(offset, finished)| {
@@ -112,6 +181,7 @@ fn stream_log(state: &AppState, req: &Request, org: gradient_domain::OrgId, drv:
             }
         }
     });
+    let stream = guarded(guard_state, token, watched, stream);
     SSE::new(stream).keep_alive(Duration::from_secs(15)).into_response()
 }
 
@@ -133,6 +203,7 @@ pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Res
         .header("last-event-id")
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(i64::MIN);
+    let (guard_state, token) = (state.clone(), bearer(req));
     let state = state.clone();
     let stream = futures_util::stream::unfold(
         (since, Vec::<Event>::new(), false),
@@ -185,5 +256,6 @@ pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Res
             }
         },
     );
+    let stream = guarded(guard_state, token, Watched::Evaluation(EvaluationId(id)), stream);
     SSE::new(stream).keep_alive(Duration::from_secs(15)).into_response()
 }

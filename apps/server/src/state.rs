@@ -42,6 +42,8 @@ pub struct Inner {
     pub public_url: String,
     /// Where commit statuses are sent (with the GitHub App's tokens when one is configured).
     pub forge: HttpForge,
+    /// Login and registration rate limits (`limits.rs`).
+    pub limits: crate::limits::Limits,
 }
 
 impl std::ops::Deref for AppState {
@@ -71,6 +73,7 @@ impl AppState {
             dispatch: tokio::sync::Notify::new(),
             public_url,
             forge,
+            limits: crate::limits::Limits::default(),
         }))
     }
 

@@ -318,13 +318,13 @@ async fn malformed_and_oversized_requests_are_refused_with_json_errors() {
     let v: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("body")).expect("json");
     assert_eq!(
         (v["error"].as_bool(), v["code"].as_str()),
-        (Some(true), Some("bad_request"))
+        (Some(true), Some("invalid_json"))
     );
 
     assert_err(
         s.post("/orgs", Some(&token), json!({"display_name": "no name"})).await,
         StatusCode::BAD_REQUEST,
-        "bad_request",
+        "invalid_json",
     );
     let big = json!({"name": "big", "description": "x".repeat(4096)});
     assert_err(
@@ -992,4 +992,520 @@ async fn the_github_app_hook_needs_an_app_a_valid_key_and_a_signature() {
     let (status, v) = deliver(Some(right)).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["message"]["queued"], json!([]), "a ping is accepted and ignored");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The HTTP edge: rate limits, streams that recheck access, answers that do not tell what exists, input checks.
+
+impl Server {
+    /// A call from `client` (sent as `X-Forwarded-For`; the in-process peer is a trusted proxy): the status,
+    /// the `Retry-After` header and the body.
+    async fn call_from(&self, client: &str, path: &str, body: Value) -> (StatusCode, Option<u64>, Value) {
+        let resp = self
+            .client
+            .post(format!("/api/v1{path}"))
+            .header("X-Forwarded-For", client)
+            .body_json(&body)
+            .send()
+            .await;
+        let status = resp.0.status();
+        let retry_after = resp
+            .0
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let text = resp.0.into_body().into_string().await.expect("body");
+        (status, retry_after, serde_json::from_str(&text).expect("JSON"))
+    }
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_account_and_per_address() {
+    let s = server().await;
+    for name in ["mallory-target", "bystander"] {
+        let user =
+            json!({"username": name, "name": name, "email": format!("{name}@example.com"), "password": "password123"});
+        s.ok(Method::POST, "/auth/basic/register", None, Some(user)).await;
+    }
+    let attacker = "198.51.100.66";
+    let wrong = json!({"loginname": "mallory-target", "password": "not-the-password"});
+    let mut statuses = Vec::new();
+    for _ in 0..200 {
+        let (status, retry_after, v) = s.call_from(attacker, "/auth/basic/login", wrong.clone()).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(
+                (v["error"].as_bool(), v["code"].as_str()),
+                (Some(true), Some("rate_limited")),
+                "{v}"
+            );
+            assert!(
+                retry_after.is_some_and(|secs| (1..=6).contains(&secs)),
+                "{retry_after:?}"
+            );
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+            assert_eq!(retry_after, None);
+        }
+        statuses.push(status);
+    }
+    let allowed = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    assert_eq!(
+        allowed,
+        gradient_server::limits::LOGIN_PER_ACCOUNT.burst as usize,
+        "the account's burst, then 429"
+    );
+    assert!(
+        statuses[allowed..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "once limited, every attempt is refused without checking the password"
+    );
+
+    // Even the right password waits: the account is limited, from any address.
+    let right = json!({"loginname": "mallory-target", "password": "password123"});
+    let (status, _, _) = s.call_from("203.0.113.5", "/auth/basic/login", right.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Another account from another address is not affected.
+    let other = json!({"loginname": "bystander", "password": "password123"});
+    let (status, _, v) = s.call_from("203.0.113.9", "/auth/basic/login", other).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // After waiting as told, the right password logs in.
+    let started = std::time::Instant::now();
+    let mut answer = (StatusCode::TOO_MANY_REQUESTS, Some(1), Value::Null);
+    while answer.0 == StatusCode::TOO_MANY_REQUESTS && started.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_secs(answer.1.unwrap_or(1))).await;
+        answer = s.call_from("203.0.113.5", "/auth/basic/login", right.clone()).await;
+    }
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.2);
+    assert!(answer.2["message"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+#[tokio::test]
+async fn registrations_are_rate_limited_per_address() {
+    let s = server().await;
+    let register = |i: usize| json!({"username": format!("u{i}"), "name": "U", "email": format!("u{i}@example.com"), "password": "password123"});
+    let burst = gradient_server::limits::REGISTER_PER_ADDRESS.burst as usize;
+    for i in 0..burst {
+        let (status, _, v) = s.call_from("192.0.2.10", "/auth/basic/register", register(i)).await;
+        assert_eq!(status, StatusCode::OK, "{i}: {v}");
+    }
+    let (status, retry_after, v) = s.call_from("192.0.2.10", "/auth/basic/register", register(burst)).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited")),
+        "{v}"
+    );
+    assert!(retry_after.is_some_and(|secs| secs >= 1));
+    let (status, _, v) = s.call_from("192.0.2.11", "/auth/basic/register", register(burst)).await;
+    assert_eq!(status, StatusCode::OK, "another address registers: {v}");
+}
+
+/// An SSE stream read as text: its chunks, until `end` or the stream's end.
+struct Events(std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>);
+
+impl Events {
+    async fn open(s: &Server, path: &str, token: Option<&str>) -> Events {
+        let mut req = s.client.get(format!("/api/v1{path}"));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let resp = req.send().await;
+        resp.assert_status_is_ok();
+        Events(Box::pin(resp.0.into_body().into_bytes_stream()))
+    }
+
+    /// Everything received until the text contains `until` (or the stream ends), within `limit`.
+    async fn read_until(&mut self, until: &str, limit: std::time::Duration) -> String {
+        use tokio_stream::StreamExt;
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while !text.contains(until) {
+            match tokio::time::timeout_at(deadline, self.0.next()).await {
+                Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(_) => break,
+                Err(_) => panic!("nothing like {until:?} within {limit:?}; got {text:?}"),
+            }
+        }
+        text
+    }
+}
+
+/// An org `acme` of `owner` with a project and a queued evaluation; answers the evaluation's id.
+async fn queued_evaluation(s: &Server, owner: &str) -> String {
+    let o = Some(owner);
+    s.ok(Method::POST, "/orgs", o, Some(json!({"name": "acme"}))).await;
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        o,
+        Some(json!({"name": "web", "repository": "https://example.com/web.git"})),
+    )
+    .await;
+    let e = s
+        .ok(
+            Method::POST,
+            "/projects/acme/web/evaluate",
+            o,
+            Some(json!({"commit": "0123456789abcdef0123456789abcdef01234567"})),
+        )
+        .await;
+    e["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn live_streams_end_within_seconds_of_losing_access() {
+    let s = server().await;
+    let owner = s.user("olga").await;
+    let id = queued_evaluation(&s, &owner).await;
+    let viewer = s.user("victor").await;
+    let key = s
+        .ok(
+            Method::POST,
+            "/user/keys",
+            Some(&viewer),
+            Some(json!({"name": "watch"})),
+        )
+        .await;
+    let (key_id, key) = (
+        key["id"].as_str().expect("id").to_owned(),
+        key["key"].as_str().expect("key").to_owned(),
+    );
+    s.ok(
+        Method::POST,
+        "/orgs/acme/users",
+        Some(&owner),
+        Some(json!({"user": "victor", "role": "View"})),
+    )
+    .await;
+    let path = format!("/evals/{id}/events");
+    let within = std::time::Duration::from_secs(8);
+
+    // A member removed: the session's stream ends.
+    let mut by_session = Events::open(&s, &path, Some(&viewer)).await;
+    let first = by_session.read_until("event: evaluation", within).await;
+    assert!(first.contains("Queued"), "{first}");
+    let mut by_key = Events::open(&s, &path, Some(&key)).await;
+    by_key.read_until("event: evaluation", within).await;
+    s.call(
+        Method::DELETE,
+        "/orgs/acme/users",
+        Some(&owner),
+        Some(json!({"user": "victor"})),
+    )
+    .await;
+    let rest = by_session.read_until("access_revoked", within).await;
+    assert!(rest.contains("event: end"), "{rest}");
+    let rest = by_key.read_until("access_revoked", within).await;
+    assert!(rest.contains("event: end"), "{rest}");
+
+    // A key deleted: its stream ends, even while the member still belongs.
+    s.ok(
+        Method::POST,
+        "/orgs/acme/users",
+        Some(&owner),
+        Some(json!({"user": "victor", "role": "View"})),
+    )
+    .await;
+    let mut by_key = Events::open(&s, &path, Some(&key)).await;
+    by_key.read_until("event: evaluation", within).await;
+    s.ok(Method::DELETE, &format!("/user/keys/{key_id}"), Some(&viewer), None)
+        .await;
+    by_key.read_until("access_revoked", within).await;
+
+    // An organization made private: an anonymous reader's stream of the log ends.
+    s.ok(Method::PATCH, "/orgs/acme", Some(&owner), Some(json!({"public": true})))
+        .await;
+    let mut anonymous = Events::open(&s, &path, None).await;
+    anonymous.read_until("event: evaluation", within).await;
+    s.ok(
+        Method::PATCH,
+        "/orgs/acme",
+        Some(&owner),
+        Some(json!({"public": false})),
+    )
+    .await;
+    anonymous.read_until("access_revoked", within).await;
+
+    // Meanwhile a viewer who keeps access keeps the stream: nothing ends it.
+    let mut owners = Events::open(&s, &path, Some(&owner)).await;
+    owners.read_until("event: evaluation", within).await;
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(4500),
+        owners.read_until("access_revoked", within),
+    )
+    .await;
+    assert!(waited.is_err(), "the owner's stream was ended: {waited:?}");
+}
+
+#[tokio::test]
+async fn live_streams_answer_errors_as_json() {
+    let s = server().await;
+    let owner = s.user("pia").await;
+    let id = queued_evaluation(&s, &owner).await;
+    for (path, status) in [
+        ("/api/v1/evals/not-a-uuid/events".to_owned(), StatusCode::BAD_REQUEST),
+        (format!("/api/v1/evals/{id}/log"), StatusCode::BAD_REQUEST),
+        (format!("/api/v1/evals/{id}/events"), StatusCode::NOT_FOUND),
+        ("/api/v1/builds/not-a-uuid/log/live".to_owned(), StatusCode::BAD_REQUEST),
+        (
+            format!("/api/v1/builds/{}/log/live", uuid::Uuid::new_v4()),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let resp = s.client.get(&path).send().await;
+        let got = resp.0.status();
+        let ct = resp.0.content_type().unwrap_or_default().to_owned();
+        let text = resp.0.into_body().into_string().await.expect("body");
+        assert_eq!(got, status, "{path}: {text}");
+        assert!(ct.starts_with("application/json"), "{path}: {ct}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["error"], true, "{path}: {v}");
+        assert!(v["code"].as_str().is_some_and(|c| !c.is_empty()), "{path}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn acting_on_a_private_evaluation_answers_as_for_a_missing_one() {
+    let s = server().await;
+    let owner = s.user("quinn").await;
+    let id = queued_evaluation(&s, &owner).await;
+    let outsider = s.user("rita").await;
+    let missing = uuid::Uuid::new_v4().to_string();
+    for method in ["abort", "restart"] {
+        let (status, hidden) = s
+            .post(&format!("/evals/{id}"), Some(&outsider), json!({"method": method}))
+            .await;
+        let (status_missing, absent) = s
+            .post(&format!("/evals/{missing}"), Some(&outsider), json!({"method": method}))
+            .await;
+        assert_eq!(
+            (status, status_missing),
+            (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND),
+            "{hidden} {absent}"
+        );
+        assert_eq!(
+            hidden["message"].as_str().map(|m| m.replace(&id, "X")),
+            absent["message"].as_str().map(|m| m.replace(&missing, "X")),
+            "{method}: a private evaluation answers exactly like a missing one"
+        );
+        assert!(!hidden.to_string().contains("acme"), "{hidden}");
+    }
+    let e = s.ok(Method::GET, &format!("/evals/{id}"), Some(&owner), None).await;
+    assert_eq!(e["evaluation"]["status"], "Queued", "nothing was aborted");
+}
+
+#[tokio::test]
+async fn wrong_json_types_are_refused_not_coerced() {
+    let s = server().await;
+    let token = s.user("sam").await;
+    let t = Some(token.as_str());
+    for body in [
+        json!({"name": 123}),
+        json!({"name": true}),
+        json!({"name": "typed", "public": "true"}),
+        json!({"name": "typed", "display_name": 5}),
+        json!(["typed"]),
+    ] {
+        let (status, v) = s.post("/orgs", t, body.clone()).await;
+        assert_err((status, v.clone()), StatusCode::BAD_REQUEST, "invalid_json");
+        let _ = body;
+    }
+    let (status, v) = s.post("/orgs", t, json!({"name": 123})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'name'") && m.contains("string")),
+        "{v}"
+    );
+    let register = json!({"username": 42, "name": "x", "email": "n@example.com", "password": "password123"});
+    assert_err(
+        s.post("/auth/basic/register", None, register).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
+    let login = json!({"loginname": "sam", "password": 12345678});
+    assert_err(
+        s.post("/auth/basic/login", None, login).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
+    let key = json!({"name": "k", "permissions": ["view_org", 7]});
+    assert_err(
+        s.post("/user/keys", t, key).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+    );
+    assert_eq!(
+        s.ok(Method::GET, "/orgs", t, None).await,
+        json!([]),
+        "nothing was created"
+    );
+    // Well-typed bodies still work.
+    s.ok(
+        Method::POST,
+        "/orgs",
+        t,
+        Some(json!({"name": "typed", "public": false})),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn control_characters_long_branches_and_blank_passwords_are_refused() {
+    let s = server().await;
+    let token = s.user("tess").await;
+    let t = Some(token.as_str());
+    for bad in [
+        "A\u{0}B",
+        "tab\there",
+        "line\nbreak",
+        "del\u{7f}",
+        "c1\u{85}",
+        "\u{1b}[31mred",
+    ] {
+        assert_err(
+            s.post("/orgs", t, json!({"name": "ctl", "display_name": bad})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        );
+        assert_err(
+            s.post("/user/keys", t, json!({"name": bad})).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        );
+        let user = json!({"username": "ctl", "name": bad, "email": "ctl@example.com", "password": "password123"});
+        assert_err(
+            s.post("/auth/basic/register", None, user).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        );
+    }
+    assert_err(
+        s.post("/orgs", t, json!({"name": "ctl\n"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_name",
+    );
+    s.ok(
+        Method::POST,
+        "/orgs",
+        t,
+        Some(json!({"name": "ctl", "description": "two\nlines\tand a tab"})),
+    )
+    .await;
+    let long = "b".repeat(3000);
+    for branch in ["main\n", "ma\u{0}in", long.as_str(), "x y"] {
+        let project = json!({"name": "p", "repository": "https://example.com/p.git", "branch": branch});
+        assert_err(
+            s.post("/projects/ctl", t, project).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_branch",
+        );
+    }
+    let longest = "b".repeat(255);
+    let project = json!({"name": "p", "repository": "https://example.com/p.git", "branch": longest});
+    s.ok(Method::POST, "/projects/ctl", t, Some(project)).await;
+    assert_err(
+        s.call(Method::PATCH, "/projects/ctl/p", t, Some(json!({"branch": long})))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_branch",
+    );
+    for password in ["        ", "\t\t\t\t\t\t\t\t", "short"] {
+        let user = json!({"username": "blank", "name": "B", "email": "blank@example.com", "password": password});
+        assert_err(
+            s.post("/auth/basic/register", None, user).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_push_to_a_3000_character_branch_queues_nothing() {
+    let s = server().await;
+    let token = s.user("uma").await;
+    let t = Some(token.as_str());
+    s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        t,
+        Some(json!({"name": "web", "repository": "https://git.example.com/acme/web.git"})),
+    )
+    .await;
+    let secret = s.ok(Method::POST, "/orgs/acme/webhook-secret", t, None).await;
+    let secret = secret["secret"].as_str().expect("secret").to_owned();
+    let deliver = |branch: String| {
+        let body = json!({"ref": format!("refs/heads/{branch}"), "after": "0123456789abcdef0123456789abcdef01234567",
+            "repository": {"html_url": "https://git.example.com/acme/web", "clone_url": "https://git.example.com/acme/web.git"}})
+        .to_string();
+        let digest = openssl(&["dgst", "-sha256", "-hmac", &secret], body.as_bytes());
+        let signature = digest.split_whitespace().last().expect("digest").to_owned();
+        let req = s
+            .client
+            .post("/api/v1/hooks/gitea/acme")
+            .header("Content-Type", "application/json")
+            .header("X-Gitea-Event", "push")
+            .header("X-Gitea-Signature", signature)
+            .body(body);
+        async move {
+            let resp = req.send().await;
+            let status = resp.0.status();
+            let text = resp.0.into_body().into_string().await.expect("body");
+            (status, serde_json::from_str::<Value>(&text).expect("JSON"))
+        }
+    };
+    assert_err(
+        deliver("b".repeat(3000)).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_branch",
+    );
+    assert_err(
+        deliver("main\u{0}".to_owned()).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_branch",
+    );
+    assert_eq!(
+        s.ok(Method::GET, "/projects/acme/web/evaluations", t, None).await,
+        json!([])
+    );
+    let (status, v) = deliver("main".to_owned()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["message"]["queued"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+#[tokio::test]
+async fn a_webhook_of_an_unknown_org_answers_as_one_without_a_secret_or_a_wrong_signature() {
+    let s = server().await;
+    let token = s.user("vera").await;
+    s.ok(
+        Method::POST,
+        "/orgs",
+        Some(&token),
+        Some(json!({"name": "private-org"})),
+    )
+    .await;
+    let deliver = |org: &str| {
+        let req = s
+            .client
+            .post(format!("/api/v1/hooks/gitea/{org}"))
+            .header("Content-Type", "application/json")
+            .header("X-Gitea-Event", "push")
+            .header("X-Gitea-Signature", "00")
+            .body("{}");
+        async move {
+            let resp = req.send().await;
+            let status = resp.0.status();
+            let text = resp.0.into_body().into_string().await.expect("body");
+            (status, text)
+        }
+    };
+    let existing = deliver("private-org").await;
+    assert_eq!(existing.0, StatusCode::UNAUTHORIZED, "{}", existing.1);
+    assert_eq!(deliver("no-such-org").await, existing, "no secret yet: same answer");
+    s.ok(Method::POST, "/orgs/private-org/webhook-secret", Some(&token), None)
+        .await;
+    assert_eq!(deliver("private-org").await, existing, "wrong signature: same answer");
 }

@@ -53,6 +53,17 @@ fn invalid(field: &'static str, reason: impl ToString) -> NarInfoError {
 /// What Nix writes as the deriver of a path whose deriver it does not know (older versions).
 const UNKNOWN_DERIVER: &str = "unknown-deriver";
 
+/// The static name of a checked field.
+fn key_name(key: &str) -> &'static str {
+    match key {
+        "URL" => "URL",
+        "Compression" => "Compression",
+        "System" => "System",
+        "Sig" => "Sig",
+        _ => "CA",
+    }
+}
+
 /// Sets a single-valued field, refusing a second occurrence.
 fn once<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), NarInfoError> {
     if slot.replace(value).is_some() {
@@ -79,7 +90,67 @@ fn size(field: &'static str, value: &str) -> Result<u64, NarInfoError> {
         .map_err(|_| invalid(field, format!("'{value}' is not a byte count")))
 }
 
+/// The hash algorithms a content address may name, with their digest lengths in bytes.
+const CA_ALGOS: [(&str, usize); 4] = [("md5", 16), ("sha1", 20), ("sha256", 32), ("sha512", 64)];
+
+/// Checks a content address as Nix writes it in a narinfo's `CA:` field: `fixed:<algo>:<digest>` (flat
+/// file), `fixed:r:<algo>:<digest>` (recursive NAR hash), or `text:sha256:<digest>`; `algo` is md5, sha1,
+/// sha256 or sha512 and the digest is base16, nix32 or base64 of that algorithm's length.
+pub fn check_content_address(ca: &str) -> Result<(), String> {
+    let refuse = |why: &str| format!("'{}' is not a content address: {why}", ca.escape_default());
+    let (algo, digest) = if let Some(rest) = ca.strip_prefix("text:") {
+        let digest = rest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| refuse("a text content address is 'text:sha256:<hash>'"))?;
+        ("sha256", digest)
+    } else if let Some(rest) = ca.strip_prefix("fixed:") {
+        let rest = rest.strip_prefix("r:").unwrap_or(rest);
+        rest.split_once(':')
+            .ok_or_else(|| refuse("expected 'fixed:[r:]<algo>:<hash>'"))?
+    } else {
+        return Err(refuse("expected 'fixed:[r:]<algo>:<hash>' or 'text:sha256:<hash>'"));
+    };
+    let len = CA_ALGOS
+        .iter()
+        .find(|(name, _)| *name == algo)
+        .map(|(_, len)| *len)
+        .ok_or_else(|| refuse("the hash algorithm is none of md5, sha1, sha256, sha512"))?;
+    let valid = if digest.len() == len * 2 {
+        digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    } else if digest.len() == super::nix32::encoded_len(len) {
+        super::nix32::decode(digest).is_ok_and(|bytes| bytes.len() == len)
+    } else if digest.len() == len.div_ceil(3) * 4 {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(digest)
+            .is_ok_and(|bytes| bytes.len() == len)
+    } else {
+        false
+    };
+    if !valid {
+        return Err(refuse(&format!(
+            "the digest is not a base16, nix32 or base64 {algo} hash"
+        )));
+    }
+    Ok(())
+}
+
+/// A free-text field (`URL`, `Compression`, `System`, `Sig`) must be one printable token: no spaces, no
+/// control characters, at most 1 KiB.
+fn token(field: &'static str, value: &str) -> Result<(), NarInfoError> {
+    if value.len() > 1024 {
+        return Err(invalid(field, "it is longer than 1024 bytes"));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(field, "it contains spaces or control characters"));
+    }
+    Ok(())
+}
+
 impl NarInfo {
+    /// Parses a narinfo, validating every field it keeps: store paths, hashes, sizes, a content address of
+    /// Nix's shape (see [`check_content_address`]) and one-token text fields, so nothing unchecked is ever
+    /// signed or served.
     pub fn parse(text: &str) -> Result<Self, NarInfoError> {
         let mut path = None;
         let mut url = None;
@@ -100,6 +171,9 @@ impl NarInfo {
             }
             let (key, value) = line.split_once(':').ok_or(NarInfoError::Line { line: i + 1 })?;
             let value = value.trim();
+            if matches!(key, "URL" | "Compression" | "System" | "Sig" | "CA") {
+                token(key_name(key), value)?;
+            }
             match key {
                 "StorePath" => once(&mut path, "StorePath", store_path("StorePath", value)?)?,
                 "URL" if value.is_empty() => return Err(invalid("URL", "it is empty")),
@@ -126,7 +200,11 @@ impl NarInfo {
                 "System" => once(&mut system, "System", value.to_owned())?,
                 "Sig" if value.is_empty() => return Err(invalid("Sig", "it is empty")),
                 "Sig" => sigs.push(value.to_owned()),
-                "CA" => once(&mut ca, "CA", value.to_owned())?,
+                "CA" if value.is_empty() => once(&mut ca, "CA", String::new())?,
+                "CA" => {
+                    check_content_address(value).map_err(|m| invalid("CA", m))?;
+                    once(&mut ca, "CA", value.to_owned())?
+                }
                 _ => {}
             }
         }
@@ -257,6 +335,65 @@ URL: nar/17yzganldmml3mb3jp19c5hdjdraqgn1vhpddl6zwg3xfqyf1kdx.nar.xz
 NarHash: sha256:17yzganldmml3mb3jp19c5hdjdraqgn1vhpddl6zwg3xfqyf1kdx
 NarSize: 128
 ";
+
+    #[test]
+    fn content_addresses_have_nix_shape() {
+        let nix32 = "10v7madfbfzz4xjcc2dv6xlz0iz3dyvhklgm1mmphyc480nw9bz0";
+        let hex = "ab".repeat(32);
+        let good = [
+            format!("text:sha256:{nix32}"),
+            format!("fixed:sha256:{nix32}"),
+            format!("fixed:r:sha256:{nix32}"),
+            format!("fixed:r:sha256:{hex}"),
+            format!("fixed:sha1:{}", "0".repeat(40)),
+            format!("fixed:r:sha512:{}", "a".repeat(128)),
+            format!("fixed:md5:{}", "A".repeat(22) + "=="),
+        ];
+        for ca in &good {
+            assert_eq!(check_content_address(ca), Ok(()), "{ca}");
+        }
+        let bad = [
+            "x".to_owned(),
+            format!("text:sha1:{}", "0".repeat(40)),
+            format!("fixed:r:blake3:{nix32}"),
+            format!("fixed:r:r:sha256:{nix32}"),
+            format!("fixed:sha256:{}", &nix32[1..]),
+            format!("fixed:sha256:{}e", &nix32[1..]),
+            "fixed:sha256:".to_owned(),
+            format!("fixed:sha256:{}", "g".repeat(64)),
+            format!("FIXED:sha256:{nix32}"),
+            format!("fixed:sha256:{nix32} trailing"),
+        ];
+        for ca in &bad {
+            assert!(check_content_address(ca).is_err(), "{ca}");
+        }
+    }
+
+    #[test]
+    fn refuses_invalid_fields_before_anything_signs_them() {
+        for (line, field) in [
+            ("CA: fixed:sha256:nonsense", "CA"),
+            (
+                "CA: text:sha256:10v7madfbfzz4xjcc2dv6xlz0iz3dyvhklgm1mmphyc480nw9bz0 extra",
+                "CA",
+            ),
+            ("System: x86_64-linux\u{0}", "System"),
+            ("System: x86 64", "System"),
+            ("Compression: xz\u{7f}", "Compression"),
+            ("Sig: a:b c", "Sig"),
+        ] {
+            let text = format!("{MINIMAL}{line}\n");
+            match NarInfo::parse(&text) {
+                Err(NarInfoError::Invalid { field: f, .. }) => assert_eq!(f, field, "{line:?}"),
+                other => panic!("{line:?}: {other:?}"),
+            }
+        }
+        let url = MINIMAL.replace(".nar.xz", ".nar.xz\u{1}");
+        assert!(matches!(
+            NarInfo::parse(&url),
+            Err(NarInfoError::Invalid { field: "URL", .. })
+        ));
+    }
 
     #[test]
     fn parses_and_renders_what_nix_writes() {

@@ -121,7 +121,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !self.settings.enable_registration || self.settings.oidc_required {
             return Err(ServiceError::RegistrationDisabled);
         }
-        let username = Name::parse_as(r.username.trim(), "username")?;
+        let username = Name::parse_as(r.username.trim_matches(' '), "username")?;
         let email = Email::parse(&r.email)?;
         check_text("name", &r.name, 256)?;
         auth::check_password_policy(&r.password).map_err(|m| ServiceError::invalid("weak_password", m))?;
@@ -208,6 +208,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// session, or from a key that is not itself restricted, so a narrow key cannot mint a wider one.
     pub async fn create_api_key(&self, caller: &Caller, new: NewKey) -> Result<(ApiKey, String)> {
         let user = caller.require_unrestricted("create API keys")?;
+        check_text("name", &new.name, 128)?;
         let name = new.name.trim();
         if name.is_empty() {
             return Err(ServiceError::invalid("invalid_input", "the key needs a name"));

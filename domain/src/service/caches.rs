@@ -3,7 +3,7 @@
 //! granted it to. Writing is the owner's, and the jobs' of the organizations whose push cache it is (set by the
 //! owner). See `docs/security.md`.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
 use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org, SubscribedCache, Subscriber, Subscription};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
@@ -128,7 +128,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "a restricted API key cannot create caches".into(),
             ));
         }
-        let name = Name::parse_as(new.name.trim(), "cache name")?;
+        let name = Name::parse_as(new.name.trim_matches(' '), "cache name")?;
         let priority = new.priority.unwrap_or(DEFAULT_CACHE_PRIORITY);
         check_priority(priority)?;
         if let Some(p) = new.local_priority {
@@ -164,7 +164,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             cache.display_name = v.trim().to_owned();
         }
         if let Some(v) = c.description {
-            check_text("description", &v, 4096)?;
+            check_multiline_text("description", &v, 4096)?;
             cache.description = v;
         }
         if let Some(v) = c.public {

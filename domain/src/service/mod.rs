@@ -214,10 +214,12 @@ pub(crate) fn display_texts(
     display_name: Option<String>,
     description: Option<String>,
 ) -> Result<(String, String)> {
-    let display_name = display_name.unwrap_or_default().trim().to_owned();
-    let description = description.unwrap_or_default();
+    let display_name = display_name.unwrap_or_default();
+    // Checked before trimming: a control character at either end is refused, not silently dropped.
     check_text("display_name", &display_name, 256)?;
-    check_text("description", &description, 4096)?;
+    let display_name = display_name.trim().to_owned();
+    let description = description.unwrap_or_default();
+    check_multiline_text("description", &description, 4096)?;
     Ok((
         if display_name.is_empty() {
             name.to_string()
@@ -228,8 +230,31 @@ pub(crate) fn display_texts(
     ))
 }
 
-/// Keeps free text fields to a sane size.
+/// Keeps a one-line free text field (a display name, a key's name, a URL) to a sane size and free of control
+/// characters (C0 including NUL, tab and newline, DEL, C1): they would corrupt logs, terminals and the forms
+/// that show them.
 pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
+    check_size(field, value, max)?;
+    if value.chars().any(char::is_control) {
+        return Err(control_characters(field));
+    }
+    Ok(())
+}
+
+/// As [`check_text`] for a text that may span lines (a description): newline, carriage return and tab are
+/// allowed, every other control character is not.
+pub(crate) fn check_multiline_text(field: &'static str, value: &str, max: usize) -> Result<()> {
+    check_size(field, value, max)?;
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(control_characters(field));
+    }
+    Ok(())
+}
+
+fn check_size(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.chars().count() > max {
         return Err(ServiceError::invalid(
             "invalid_input",
@@ -237,4 +262,56 @@ pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result
         ));
     }
     Ok(())
+}
+
+fn control_characters(field: &'static str) -> ServiceError {
+    ServiceError::invalid("invalid_input", format!("{field} must not contain control characters"))
+}
+
+/// Checks a branch name (as a project names it, or as a push or an evaluation request carries it): 1 to
+/// [`crate::names::MAX_REF_LEN`] bytes, no control characters or spaces, not an option (`-…`), no `..`.
+pub(crate) fn check_branch(branch: &str) -> Result<()> {
+    crate::names::check_branch(branch).map_err(|m| ServiceError::invalid("invalid_branch", m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_texts_refuse_every_control_character() {
+        for bad in [
+            "a\0b",
+            "a\tb",
+            "a\nb",
+            "a\rb",
+            "a\u{7f}b",
+            "a\u{85}b",
+            "a\u{9b}b",
+            "\u{1b}[31m",
+        ] {
+            let e = check_text("display_name", bad, 256).unwrap_err();
+            assert_eq!(e.code(), "invalid_input", "{bad:?}");
+            assert!(e.to_string().contains("control characters"), "{bad:?}: {e}");
+        }
+        assert!(check_text("display_name", "Ça va — 日本", 256).is_ok());
+        assert!(check_text("display_name", &"x".repeat(257), 256).is_err());
+    }
+
+    #[test]
+    fn descriptions_may_span_lines_but_refuse_other_controls() {
+        assert!(check_multiline_text("description", "line 1\nline 2\r\n\tindented", 4096).is_ok());
+        for bad in ["a\0b", "a\u{7f}b", "a\u{85}b", "a\u{1b}b"] {
+            assert!(check_multiline_text("description", bad, 4096).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn display_texts_check_both_fields() {
+        let name = Name::parse("web").expect("name");
+        assert!(display_texts(&name, Some("Web\0".into()), None).is_err());
+        assert!(display_texts(&name, None, Some("bell\u{7}".into())).is_err());
+        let (d, _) = display_texts(&name, None, Some("two\nlines".into())).expect("valid");
+        assert_eq!(d, "web");
+    }
 }

@@ -1,6 +1,6 @@
 //! Organizations, their members and their roles.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
 use crate::model::{Member, Membership, Org, Role, RoleRef};
 use crate::permissions::{BuiltinRole, OrgAccess, Permission, PermissionSet, org_access};
 use crate::ports::{Clock, Storage, StorageError};
@@ -110,7 +110,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "a restricted API key cannot create organizations".into(),
             ));
         }
-        let name = Name::parse_as(new.name.trim(), "organization name")?;
+        let name = Name::parse_as(new.name.trim_matches(' '), "organization name")?;
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let org = Org {
             id: OrgId::new(),
@@ -151,7 +151,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             org.display_name = d.trim().to_owned();
         }
         if let Some(d) = changes.description {
-            check_text("description", &d, 4096)?;
+            check_multiline_text("description", &d, 4096)?;
             org.description = d;
         }
         if let Some(p) = changes.public {
@@ -304,7 +304,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !permissions.is_subset(&mine) {
             return Err(exceeds_yours("create a role with permissions you do not hold"));
         }
-        let name = name.trim();
+        let name = name.trim_matches(' ');
         if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
             return Err(ServiceError::invalid(
                 "invalid_name",

@@ -32,6 +32,15 @@ pub struct Dispatched {
 /// The pseudo-worker the server assigns jobs to when it ends them itself.
 const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 
+/// An organization looked up by id (from an evaluation or a build the caller named) and hidden from the
+/// caller is answered as the thing the caller named being missing: its name was not the caller's to learn.
+pub(super) fn hide_org(e: ServiceError, missing: impl Fn() -> ServiceError) -> ServiceError {
+    match e {
+        ServiceError::NotFound(_) => missing(),
+        other => other,
+    }
+}
+
 /// How long a worker may use the credential it got with a job.
 const JOB_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
@@ -756,7 +765,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
         let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
         self.org_requiring(caller, o.name.as_str(), Permission::AbortEvaluation)
-            .await?;
+            .await
+            .map_err(|e| hide_org(e, missing))?;
         if e.status.is_terminal() {
             return Err(ServiceError::conflict(
                 "already_finished",
@@ -860,7 +870,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
         let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
         self.org_requiring(caller, o.name.as_str(), Permission::AbortEvaluation)
-            .await?;
+            .await
+            .map_err(|e| hide_org(e, missing))?;
         let builds = self.storage.builds_of_evaluation(id).await?;
         let again: Vec<&Build> = builds
             .iter()

@@ -1,6 +1,6 @@
 //! Projects: a repository holding a flake, inside an organization.
 
-use super::{Caller, Gradient, Result, ServiceError, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
 use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -67,19 +67,8 @@ fn check_wildcard(w: &str) -> Result<()> {
 
 fn check_branch(branch: &Option<String>) -> Result<()> {
     match branch {
-        Some(b)
-            if b.is_empty()
-                || b.len() > 255
-                || b.starts_with('-')
-                || b.contains("..")
-                || b.contains(char::is_whitespace) =>
-        {
-            Err(ServiceError::invalid(
-                "invalid_branch",
-                format!("'{b}' is not a valid branch name"),
-            ))
-        }
-        _ => Ok(()),
+        Some(b) => super::check_branch(b),
+        None => Ok(()),
     }
 }
 
@@ -120,7 +109,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn create_project(&self, caller: &Caller, org: &str, new: NewProject) -> Result<Project> {
         let o = self.org_requiring(caller, org, Permission::CreateProject).await?;
         let user = caller.require_user()?;
-        let name = Name::parse_as(new.name.trim(), "project name")?;
+        let name = Name::parse_as(new.name.trim_matches(' '), "project name")?;
         let wildcard = new.wildcard.unwrap_or_else(|| DEFAULT_WILDCARD.to_owned());
         check_repository(&new.repository, &self.settings.network)?;
         check_wildcard(&wildcard)?;
@@ -161,7 +150,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             p.display_name = v.trim().to_owned();
         }
         if let Some(v) = c.description {
-            check_text("description", &v, 4096)?;
+            check_multiline_text("description", &v, 4096)?;
             p.description = v;
         }
         if let Some(v) = c.repository {

@@ -2,9 +2,10 @@
 //! queue evaluations of the organization's matching projects (see [`crate::forge`] for the formats).
 //!
 //! Answers of [`Gradient::receive_webhook`]:
-//! * unknown forge, unknown organization, or an organization without a webhook secret: `NotFound` (404),
-//!   the same for all three so a delivery learns nothing about which organizations exist;
-//! * a missing or wrong signature: `Unauthenticated` (401), nothing queued;
+//! * an unknown forge (`/hooks/{forge}/…` names none of the four): `NotFound` (404);
+//! * an unknown organization, an organization without a webhook secret, a missing or wrong signature:
+//!   `Unauthenticated` (401), the same answer for all of them, so a delivery learns nothing about which
+//!   organizations exist (private ones included); nothing queued;
 //! * a signed delivery that is not a push (pings included), a deleted branch or a tag: nothing queued;
 //! * a signed push whose payload does not parse: `Invalid { code: "invalid_payload" }` (422);
 //! * a signed push: one evaluation per active project whose repository is the pushed one and whose branch
@@ -63,19 +64,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         headers: &HookHeaders,
         body: &[u8],
     ) -> Result<Vec<Evaluation>> {
-        let missing = || ServiceError::NotFound(format!("no webhook is configured at '{forge}/{org}'"));
-        let forge = Forge::parse(forge).ok_or_else(missing)?;
-        let name = Name::parse(org).map_err(|_| missing())?;
-        let o = self.storage.org_by_name(&name).await?.ok_or_else(missing)?;
-        let sealed = self.storage.webhook_secret(o.id).await?.ok_or_else(missing)?;
+        let forge = Forge::parse(forge)
+            .ok_or_else(|| ServiceError::NotFound(format!("no forge '{forge}' (gitea, forgejo, gitlab, github)")))?;
+        let refused = || ServiceError::Unauthenticated("the webhook signature is missing or wrong".into());
+        let name = Name::parse(org).map_err(|_| refused())?;
+        let o = self.storage.org_by_name(&name).await?.ok_or_else(refused)?;
+        let sealed = self.storage.webhook_secret(o.id).await?.ok_or_else(refused)?;
         let secret = self
             .crypt
             .open(&sealed)
             .map_err(|e| ServiceError::Internal(format!("opening the webhook secret of '{org}': {e}")))?;
         if !forge::verify_signature(forge, headers, &secret, body) {
-            return Err(ServiceError::Unauthenticated(
-                "the webhook signature is missing or wrong".into(),
-            ));
+            return Err(refused());
         }
         if !forge::is_push(forge, headers) {
             return Ok(Vec::new());
@@ -92,6 +92,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Queues an evaluation of the pushed commit for each of `projects` the push triggers (see
     /// [`push_triggers`]); answers them.
     pub(super) async fn queue_push(&self, projects: Vec<Project>, push: &forge::Push) -> Result<Vec<Evaluation>> {
+        // A branch no project could name (too long, control characters) queues nothing and says why.
+        super::check_branch(&push.branch)?;
         let mut queued = Vec::new();
         for project in projects {
             if push_triggers(&project, push) {

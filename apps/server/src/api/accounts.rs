@@ -1,4 +1,5 @@
 use super::dto::{ApiKeyView, Reply, UserView, ok, parse_permissions};
+use super::errors::LimitedError;
 use super::{Tag, Token};
 use crate::state::AppState;
 use gradient_domain::ApiKeyId;
@@ -9,6 +10,9 @@ use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
 pub struct AccountsApi(pub AppState);
+
+/// The answer of a rate-limited operation: its errors include 429 with `Retry-After`.
+type Limited<T> = Result<Json<super::dto::Envelope<T>>, LimitedError>;
 
 #[derive(Object)]
 pub struct RegisterRequest {
@@ -48,9 +52,11 @@ pub struct CreatedKey {
 
 #[OpenApi(tag = "Tag::Accounts")]
 impl AccountsApi {
-    /// Creates an account with a password.
+    /// Creates an account with a password. Rate limited per client address (429 with `Retry-After`).
     #[oai(path = "/auth/basic/register", method = "post")]
-    async fn register(&self, body: Json<RegisterRequest>) -> Reply<UserView> {
+    async fn register(&self, req: &poem::Request, body: Json<RegisterRequest>) -> Limited<UserView> {
+        let client = crate::limits::client_ip(req, &self.0.http.trusted_proxies);
+        self.0.limits.register(client).map_err(LimitedError::rate_limited)?;
         let r = body.0;
         let user = self
             .0
@@ -62,13 +68,19 @@ impl AccountsApi {
                 password: r.password,
             })
             .await?;
-        ok(UserView::from(&user))
+        Ok(ok(UserView::from(&user))?)
     }
 
     /// Logs in with a username or email and a password; answers a session token (a JWT) as `message`.
+    /// Rate limited per account and per client address (429 with `Retry-After`).
     #[oai(path = "/auth/basic/login", method = "post")]
-    async fn login(&self, body: Json<LoginRequest>) -> Reply<String> {
-        ok(self.0.app.login(&body.loginname, &body.password).await?)
+    async fn login(&self, req: &poem::Request, body: Json<LoginRequest>) -> Limited<String> {
+        let client = crate::limits::client_ip(req, &self.0.http.trusted_proxies);
+        self.0
+            .limits
+            .login(&body.loginname, client)
+            .map_err(LimitedError::rate_limited)?;
+        Ok(ok(self.0.app.login(&body.loginname, &body.password).await?)?)
     }
 
     /// Ends the session whose token authenticates this request; the token stops working at once.

@@ -80,17 +80,91 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+/// 429, documented only on the operations that are rate limited.
+#[derive(ApiResponse, Debug)]
+pub enum TooManyRequests {
+    /// Too many attempts: try again after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        /// Seconds to wait before trying again.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
+}
+
+/// The errors of a rate-limited operation (login, registration): [`ApiError`]'s and 429 `rate_limited`.
+#[derive(Debug)]
+pub enum LimitedError {
+    Api(ApiError),
+    TooMany(TooManyRequests),
+}
+
+impl LimitedError {
+    /// 429 `rate_limited`, with `Retry-After`.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let secs = crate::limits::retry_after_secs(wait);
+        Self::TooMany(TooManyRequests::TooManyRequests(
+            body("rate_limited", format!("too many attempts; try again in {secs} s")),
+            secs,
+        ))
+    }
+}
+
+impl poem_openapi::ApiResponse for LimitedError {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        let mut meta = ApiError::meta();
+        meta.responses.extend(TooManyRequests::meta().responses);
+        meta
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        ApiError::register(registry);
+        TooManyRequests::register(registry);
+    }
+}
+
+impl IntoResponse for LimitedError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(e) => e.into_response(),
+            Self::TooMany(e) => e.into_response(),
+        }
+    }
+}
+
+impl From<LimitedError> for poem::Error {
+    fn from(e: LimitedError) -> Self {
+        poem::Error::from_response(e.into_response())
+    }
+}
+
+impl From<ApiError> for LimitedError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<ServiceError> for LimitedError {
+    fn from(e: ServiceError) -> Self {
+        Self::Api(e.into())
+    }
+}
+
 /// Turns any error poem produced outside a handler (unparseable JSON, missing credentials, unknown route,
 /// body too large) into the API's error body, keeping its status.
 pub fn error_response(err: poem::Error) -> Response {
     let status = err.status();
     let text = err.to_string();
+    // A JSON body that does not parse, lacks a required field or has a value of the wrong type.
+    let json_body = err.is::<poem_openapi::error::ParseRequestPayloadError>();
     let resp = err.into_response();
     // Errors a handler returned (`ApiError`) already carry the JSON body.
     if resp.content_type().is_some_and(|ct| ct.starts_with("application/json")) {
         return resp;
     }
     let (code, message) = match status {
+        StatusCode::BAD_REQUEST if json_body => ("invalid_json", text),
         StatusCode::BAD_REQUEST => ("bad_request", text),
         StatusCode::UNAUTHORIZED => ("unauthenticated", "log in or present an API key".to_owned()),
         StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_owned()),

@@ -107,8 +107,8 @@ impl HooksApi {
     /// / `X-Forgejo-Signature`: hex HMAC-SHA256 of the body; `X-Gitlab-Token`: the secret; `X-Hub-Signature-256`:
     /// `sha256=` + hex HMAC-SHA256). A push queues an evaluation of the pushed commit for every active project
     /// of the organization whose repository and branch it matches; other events are accepted and ignored.
-    /// 401 when the signature is missing or wrong; 404 for an unknown forge or organization, or one without a
-    /// webhook secret.
+    /// 401 when the signature is missing or wrong, and likewise for an unknown organization or one without a
+    /// webhook secret (a delivery learns nothing about which organizations exist); 404 for an unknown forge.
     #[oai(path = "/hooks/:forge/:org", method = "post")]
     #[allow(clippy::too_many_arguments)]
     async fn receive(

@@ -12,6 +12,7 @@ mod hooks;
 mod meta;
 mod orgs;
 mod projects;
+pub mod strict;
 mod workers;
 
 pub use errors::{ApiError, error_response};
