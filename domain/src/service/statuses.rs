@@ -2,9 +2,9 @@
 //! (pending when one starts, then success, failure or error, linking to the evaluation), and their delivery
 //! through the forge port.
 //!
-//! A report goes through the instance's GitHub App when one is configured and the project's repository is on
-//! a GitHub account that installed it ([`crate::github_app::repository_owner`]), with the installation's
-//! token; otherwise through the organization's forge connection; with neither, no report is queued.
+//! A report goes through the instance's GitHub App when one is configured, the project's repository is on
+//! a GitHub account that installed it ([`crate::github_app::repository_owner`]) and that installation is
+//! linked to the project's organization (see [`super::github_app`]), with the installation's token; otherwise through the organization's forge connection; with neither, no report is queued.
 //!
 //! Reports go through an outbox: a status change only stores a report, and [`Gradient::deliver_due_statuses`]
 //! sends the due ones. A forge that is down or refuses a report does not fail anything: the attempt is
@@ -127,7 +127,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let Some(p) = self.storage.project_by_id(e.project_id).await? else {
             return Ok(());
         };
-        if self.github_app_installation(&p.repository).await?.is_none()
+        if self.github_app_installation(p.org_id, &p.repository).await?.is_none()
             && self.storage.forge_connection(p.org_id).await?.is_none()
         {
             return Ok(());
@@ -208,7 +208,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         forge: &F,
         report: &StatusReport,
     ) -> Result<std::result::Result<ForgeTarget, String>> {
-        if let Some(installation) = self.github_app_installation(&report.repository).await?
+        if let Some(installation) = self.github_app_installation(report.org_id, &report.repository).await?
             && let Some(app) = &self.settings.github_app
         {
             return Ok(match forge.installation_token(installation.id).await {
