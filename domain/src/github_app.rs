@@ -204,7 +204,11 @@ pub fn may_link(access: &InstallationAccess) -> bool {
 
 /// Checks an OAuth code as GitHub hands it to the setup URL: 1–256 letters, digits, `-` or `_`.
 pub fn valid_oauth_code(code: &str) -> bool {
-    !code.is_empty() && code.len() <= 256 && code.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    !code.is_empty()
+        && code.len() <= 256
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
 /// Checks an installation id given by a user: positive and within the database's signed 64 bits.
@@ -425,11 +429,20 @@ mod tests {
             org_role: role.map(Into::into),
         };
         assert!(may_link(&access("alice", "alice", false, None)), "one's own account");
-        assert!(!may_link(&access("mallory", "alice", false, None)), "someone else's account");
-        assert!(may_link(&access("alice", "acme", true, Some("admin"))), "an admin of the organization");
+        assert!(
+            !may_link(&access("mallory", "alice", false, None)),
+            "someone else's account"
+        );
+        assert!(
+            may_link(&access("alice", "acme", true, Some("admin"))),
+            "an admin of the organization"
+        );
         assert!(!may_link(&access("bob", "acme", true, Some("member"))), "a member");
         assert!(!may_link(&access("bob", "acme", true, None)), "no active membership");
-        assert!(!may_link(&access("acme", "acme", true, None)), "an organization is nobody's login");
+        assert!(
+            !may_link(&access("acme", "acme", true, None)),
+            "an organization is nobody's login"
+        );
         assert!(valid_oauth_code("0123abcd_EF-9"));
         for code in ["", "a b", "a/b", "é", &"a".repeat(257)] {
             assert!(!valid_oauth_code(code), "{code}");

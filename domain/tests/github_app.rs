@@ -451,12 +451,21 @@ async fn an_unlinked_organization_gets_nothing_through_the_app_and_unlinking_sto
     let sent = forge.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].0.token, "token-7");
-    assert_eq!(*forge.tokens_asked.lock().unwrap(), [7], "no token for mallory's project");
+    assert_eq!(
+        *forge.tokens_asked.lock().unwrap(),
+        [7],
+        "no token for mallory's project"
+    );
 
     // A status queued while linked and delivered after unlinking does not go through the App either.
     let e = w
         .app
-        .queue_evaluation(acme_id(&w).await, &web, COMMIT, gradient_domain::model::EvaluationTrigger::Manual)
+        .queue_evaluation(
+            acme_id(&w).await,
+            &web,
+            COMMIT,
+            gradient_domain::model::EvaluationTrigger::Manual,
+        )
         .await
         .unwrap();
     w.abort(&e).await;
@@ -466,7 +475,11 @@ async fn an_unlinked_organization_gets_nothing_through_the_app_and_unlinking_sto
     assert_eq!(statuses.len(), 1);
     assert!(!statuses[0].delivered);
     assert!(
-        statuses[0].last_error.as_deref().unwrap_or_default().contains("no forge connection"),
+        statuses[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no forge connection"),
         "{statuses:?}"
     );
     assert_eq!(*forge.tokens_asked.lock().unwrap(), [7], "no token after unlinking");
@@ -475,7 +488,12 @@ async fn an_unlinked_organization_gets_nothing_through_the_app_and_unlinking_sto
     assert_eq!(w.deliver("push", &push("acme", "web", 7)).await.unwrap(), []);
     let e = w
         .app
-        .queue_evaluation(acme_id(&w).await, &web, COMMIT, gradient_domain::model::EvaluationTrigger::Manual)
+        .queue_evaluation(
+            acme_id(&w).await,
+            &web,
+            COMMIT,
+            gradient_domain::model::EvaluationTrigger::Manual,
+        )
         .await
         .unwrap();
     w.abort(&e).await;
@@ -523,7 +541,10 @@ async fn linking_needs_manage_integrations_and_githubs_word_that_the_user_admini
         .link_github_installation(&github, &outsider, "acme", 7, "admin-code")
         .await
         .unwrap_err();
-    assert!(matches!(e, ServiceError::NotFound(_)), "a private org is not found: {e:?}");
+    assert!(
+        matches!(e, ServiceError::NotFound(_)),
+        "a private org is not found: {e:?}"
+    );
     assert!(github.codes_asked.lock().unwrap().is_empty());
 
     // Malformed values and codes GitHub refuses: 422.
@@ -557,7 +578,13 @@ async fn linking_needs_manage_integrations_and_githubs_word_that_the_user_admini
             .unwrap_err();
         assert!(matches!(e, ServiceError::Forbidden(_)), "{id} {code}: {e:?}");
     }
-    assert!(w.app.github_installation_links_of(&w.caller, "acme").await.unwrap().is_empty());
+    assert!(
+        w.app
+            .github_installation_links_of(&w.caller, "acme")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // An admin of the organization, the owner of a personal account: linked.
     let link = w
@@ -584,7 +611,11 @@ async fn linking_needs_manage_integrations_and_githubs_word_that_the_user_admini
     let e = w.app.unlink_github_installation(&viewer, "acme", 7).await.unwrap_err();
     assert!(matches!(e, ServiceError::Forbidden(_)), "{e:?}");
     w.app.unlink_github_installation(&w.caller, "acme", 9).await.unwrap();
-    let e = w.app.unlink_github_installation(&w.caller, "acme", 9).await.unwrap_err();
+    let e = w
+        .app
+        .unlink_github_installation(&w.caller, "acme", 9)
+        .await
+        .unwrap_err();
     assert!(matches!(e, ServiceError::NotFound(_)), "{e:?}");
     let links = w.app.github_installation_links_of(&w.caller, "acme").await.unwrap();
     assert_eq!(links.iter().map(|l| l.installation_id).collect::<Vec<_>>(), [7]);

@@ -79,10 +79,14 @@ impl FakeGithub {
                     (201, json!({"state": "ok"}))
                 } else if method == "POST" && path == "/login/oauth/access_token" {
                     let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    if sent["client_id"] == CLIENT_ID && sent["client_secret"] == CLIENT_SECRET && sent["code"] == CODE {
+                    if sent["client_id"] == CLIENT_ID && sent["client_secret"] == CLIENT_SECRET && sent["code"] == CODE
+                    {
                         (200, json!({"access_token": USER_TOKEN, "token_type": "bearer"}))
                     } else {
-                        (200, json!({"error": "bad_verification_code", "error_description": "The code is wrong."}))
+                        (
+                            200,
+                            json!({"error": "bad_verification_code", "error_description": "The code is wrong."}),
+                        )
                     }
                 } else if method == "GET" && authorization != format!("Bearer {USER_TOKEN}") {
                     (401, json!({"message": "Bad credentials"}))
@@ -321,14 +325,23 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
     assert_eq!(setup.status().as_u16(), 200);
     let page = setup.text().await.expect("page");
     assert!(page.contains(&format!("\"installation_id\": {INSTALLATION}")), "{page}");
-    assert!(page.contains(CODE) && page.contains("/api/v1/orgs/ORG/github-installations"), "{page}");
-    for query in ["installation_id=77&setup_action=install", "installation_id=77&code=<b>x</b>"] {
+    assert!(
+        page.contains(CODE) && page.contains("/api/v1/orgs/ORG/github-installations"),
+        "{page}"
+    );
+    for query in [
+        "installation_id=77&setup_action=install",
+        "installation_id=77&code=<b>x</b>",
+    ] {
         let setup = reqwest::get(format!("{}/github/setup?{query}", server.url))
             .await
             .expect("setup page");
         assert_eq!(setup.status().as_u16(), 400, "{query}");
         let page = setup.text().await.expect("page");
-        assert!(page.contains("No authorization code") && !page.contains("<b>"), "{page}");
+        assert!(
+            page.contains("No authorization code") && !page.contains("<b>"),
+            "{page}"
+        );
     }
 
     let link = |code: &str| json!({"installation_id": INSTALLATION, "code": code});
@@ -346,7 +359,11 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
     );
     let links = c.ok(Method::GET, "/orgs/acme/github-installations", None).await;
     assert_eq!(links.as_array().map(Vec::len), Some(1), "{links}");
-    let asked: Vec<String> = github.received().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    let asked: Vec<String> = github
+        .received()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
     assert!(
         asked.contains(&"GET /user/memberships/orgs/acme".to_owned()),
         "the admin role was asked: {asked:?}"
@@ -433,7 +450,10 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
         None,
     )
     .await;
-    assert_eq!(c.ok(Method::GET, "/orgs/acme/github-installations", None).await, json!([]));
+    assert_eq!(
+        c.ok(Method::GET, "/orgs/acme/github-installations", None).await,
+        json!([])
+    );
     let (status, v) = deliver_app(&c, "push", &push(&commit), SECRET).await;
     assert_eq!((status, queued(&v).len()), (200, 0), "{v}");
     worker.kill();

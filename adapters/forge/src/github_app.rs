@@ -197,9 +197,10 @@ impl GithubApp {
         code: &str,
         installation: u64,
     ) -> Result<Option<InstallationAccess>, ForgeError> {
-        let oauth = self.oauth.as_ref().ok_or_else(|| {
-            ForgeError::Rejected("the GitHub App's client id and secret are not configured".into())
-        })?;
+        let oauth = self
+            .oauth
+            .as_ref()
+            .ok_or_else(|| ForgeError::Rejected("the GitHub App's client id and secret are not configured".into()))?;
         let url = format!("{}/login/oauth/access_token", oauth.web_url);
         let response = client
             .post(&url)
@@ -228,7 +229,9 @@ impl GithubApp {
                 ..
             } if !token.is_empty() => token,
             UserToken {
-                error, error_description, ..
+                error,
+                error_description,
+                ..
             } => {
                 return Err(ForgeError::Rejected(format!(
                     "{}: {}",
@@ -237,7 +240,8 @@ impl GithubApp {
                 )));
             }
         };
-        let unexpected = |what: &str| ForgeError::Rejected(format!("GitHub did not answer {what} with the user's token"));
+        let unexpected =
+            |what: &str| ForgeError::Rejected(format!("GitHub did not answer {what} with the user's token"));
         let user: Login = self
             .get_as_user(client, &token, "/user")
             .await?

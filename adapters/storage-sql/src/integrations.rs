@@ -167,11 +167,8 @@ impl Integrations for SqlStorage {
             return Ok(Vec::new());
         };
         let sql = "SELECT org_id FROM github_installation_links WHERE installation_id = $1";
-        let rows = with_pool!(self, |p| sqlx::query_scalar::<_, Uuid>(sql)
-            .bind(id)
-            .fetch_all(p)
-            .await)
-        .map_err(db_error)?;
+        let rows =
+            with_pool!(self, |p| sqlx::query_scalar::<_, Uuid>(sql).bind(id).fetch_all(p).await).map_err(db_error)?;
         Ok(rows.into_iter().map(OrgId).collect())
     }
 

@@ -652,6 +652,9 @@ mod tests {
                 private_key_file: None,
                 webhook_secret_file: None,
                 api_url: "https://api.github.com".into(),
+                client_id: None,
+                client_secret_file: None,
+                web_url: "https://github.com".into(),
             }
         );
     }

@@ -28,7 +28,10 @@ fn page(status: StatusCode, body: &str) -> Response {
         .content_type("text/html; charset=utf-8")
         .header("Cache-Control", "no-store")
         .header("Referrer-Policy", "no-referrer")
-        .header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        .header(
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'",
+        )
         .body(html)
 }
 

@@ -425,8 +425,7 @@ pub trait Integrations {
     /// The organizations linked to the installation.
     fn github_installation_orgs(&self, installation: u64) -> impl Future<Output = Result<Vec<OrgId>>> + Send;
     /// Removes the link. Ok(false) when there is no such link.
-    fn unlink_github_installation(&self, org: OrgId, installation: u64)
-    -> impl Future<Output = Result<bool>> + Send;
+    fn unlink_github_installation(&self, org: OrgId, installation: u64) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

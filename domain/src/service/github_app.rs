@@ -141,7 +141,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     fn require_github_app(&self) -> Result<()> {
         match &self.settings.github_app {
             Some(_) => Ok(()),
-            None => Err(ServiceError::NotFound("no GitHub App is configured on this server".into())),
+            None => Err(ServiceError::NotFound(
+                "no GitHub App is configured on this server".into(),
+            )),
         }
     }
 
@@ -207,7 +209,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// The installations linked to the organization (`manage_integrations`).
-    pub async fn github_installation_links_of(&self, caller: &Caller, org: &str) -> Result<Vec<GithubInstallationLink>> {
+    pub async fn github_installation_links_of(
+        &self,
+        caller: &Caller,
+        org: &str,
+    ) -> Result<Vec<GithubInstallationLink>> {
         self.require_github_app()?;
         let o = self.org_requiring(caller, org, Permission::ManageIntegrations).await?;
         Ok(self.storage.github_installation_links(o.id).await?)

@@ -112,7 +112,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Queues the commit status an evaluation's move from `from` reports, when the GitHub App covers its
-    /// repository or its organization has a forge connection. Called wherever an evaluation's status changes.
+    /// repository for its organization (linked) or its organization has a forge connection. Called wherever an evaluation's status changes.
     pub(super) async fn report_status_change(&self, from: EvaluationStatus, e: &Evaluation) -> Result<()> {
         if from == e.status {
             return Ok(());
@@ -202,7 +202,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Where a report goes, or why it cannot go now: through the GitHub App when its repository is on an
-    /// account with an installation, else through the organization's forge connection.
+    /// account with an installation linked to the report's organization, else through the organization's forge
+    /// connection.
     async fn status_target<F: ForgeApi>(
         &self,
         forge: &F,

@@ -576,7 +576,10 @@ impl Integrations for MemoryStorage {
         })
     }
 
-    async fn github_installation_links(&self, org: OrgId) -> Result<Vec<gradient_domain::model::GithubInstallationLink>> {
+    async fn github_installation_links(
+        &self,
+        org: OrgId,
+    ) -> Result<Vec<gradient_domain::model::GithubInstallationLink>> {
         self.with(|s| {
             Ok(s.github_installation_links
                 .range((org, 0)..=(org, u64::MAX))

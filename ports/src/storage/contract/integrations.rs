@@ -414,7 +414,7 @@ pub async fn github_installation_links_belong_to_their_organization<S: Storage>(
     s.link_github_installation(&again).await.expect("link again");
     assert_eq!(
         s.github_installation_links(acme.id).await.expect("links"),
-        [again.clone()],
+        std::slice::from_ref(&again),
         "one link per organization and installation, the newest"
     );
     let second = link(acme.id, j.id, &j.account);
