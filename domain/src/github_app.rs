@@ -14,6 +14,7 @@
 //! compared ignoring case, so they are kept lowercase.
 
 use crate::forge::{self, Forge, PayloadError, Push};
+use crate::ports::forge::InstallationAccess;
 use serde::Deserialize;
 
 /// GitHub's API, where the App's tokens and statuses go unless configured otherwise.
@@ -187,6 +188,32 @@ pub fn repository_owner(repository_url: &str, api_url: &str) -> Option<String> {
         return None;
     }
     login(owner).ok()
+}
+
+/// Whether a GitHub user may link the App's installation to a Gradient organization: the installation's
+/// account must be the user's own, or an organization the user administers. Members of the organization who
+/// merely see the installation (they can read one of its repositories) may not: a link makes the App act for
+/// the Gradient organization on the account's commits.
+pub fn may_link(access: &InstallationAccess) -> bool {
+    if access.account_is_org {
+        access.org_role.as_deref() == Some("admin")
+    } else {
+        access.user == access.account
+    }
+}
+
+/// Checks an OAuth code as GitHub hands it to the setup URL: 1–256 letters, digits, `-` or `_`.
+pub fn valid_oauth_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 256
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
+/// Checks an installation id given by a user: positive and within the database's signed 64 bits.
+pub fn valid_installation_id(id: u64) -> bool {
+    id > 0 && i64::try_from(id).is_ok()
 }
 
 #[cfg(test)]
@@ -391,5 +418,36 @@ mod tests {
                 "{repository} with {api_url}"
             );
         }
+    }
+
+    #[test]
+    fn only_the_accounts_admins_may_link_its_installation() {
+        let access = |user: &str, account: &str, org: bool, role: Option<&str>| InstallationAccess {
+            user: user.into(),
+            account: account.into(),
+            account_is_org: org,
+            org_role: role.map(Into::into),
+        };
+        assert!(may_link(&access("alice", "alice", false, None)), "one's own account");
+        assert!(
+            !may_link(&access("mallory", "alice", false, None)),
+            "someone else's account"
+        );
+        assert!(
+            may_link(&access("alice", "acme", true, Some("admin"))),
+            "an admin of the organization"
+        );
+        assert!(!may_link(&access("bob", "acme", true, Some("member"))), "a member");
+        assert!(!may_link(&access("bob", "acme", true, None)), "no active membership");
+        assert!(
+            !may_link(&access("acme", "acme", true, None)),
+            "an organization is nobody's login"
+        );
+        assert!(valid_oauth_code("0123abcd_EF-9"));
+        for code in ["", "a b", "a/b", "é", &"a".repeat(257)] {
+            assert!(!valid_oauth_code(code), "{code}");
+        }
+        assert!(valid_installation_id(1) && valid_installation_id(i64::MAX as u64));
+        assert!(!valid_installation_id(0) && !valid_installation_id(i64::MAX as u64 + 1));
     }
 }

@@ -1,21 +1,24 @@
 #![allow(clippy::unwrap_used)]
 //! The GitHub App over the in-memory storage and a forge the test controls: signed deliveries keep the
-//! installations and queue evaluations of every organization's matching projects; statuses of repositories
-//! on an installed account go through the App with the installation's token, others through the
-//! organization's forge connection; a token GitHub refuses is a failed, retried delivery.
+//! installations and queue evaluations of the matching projects of the organizations linked to the
+//! installation, and of no other; statuses of a linked organization's repositories on an installed account go
+//! through the App with the installation's token, others through the organization's forge connection; a token
+//! GitHub refuses is a failed, retried delivery. Linking needs `manage_integrations` and GitHub's word, through
+//! an OAuth code, that the user administers the installation's account.
 
 mod common;
 
 use gradient_domain::forge::{Forge, HookHeaders};
 use gradient_domain::model::{CommitState, Evaluation, Org, Project};
 use gradient_domain::ports::clock::SystemClock;
-use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget};
+use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget, InstallationAccess};
 use gradient_domain::ports::storage::{Evaluations, Integrations};
 use gradient_domain::service::{Caller, GithubAppSettings, Gradient, ServiceError, Settings};
 use gradient_ports::storage::MemoryStorage;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 type App = Gradient<MemoryStorage, SystemClock>;
@@ -23,12 +26,34 @@ type App = Gradient<MemoryStorage, SystemClock>;
 const SECRET: &[u8] = b"the-apps-webhook-secret";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-/// Hands out `token-<installation>` (or fails while `refuse` is set) and records the statuses it is sent.
+/// Hands out `token-<installation>` (or fails while `refuse` is set) and records the statuses it is sent;
+/// knows which installations each OAuth code's user can access (`grants`), and refuses other codes.
 #[derive(Default)]
 struct FakeGithub {
     refuse: Mutex<bool>,
     tokens_asked: Mutex<Vec<u64>>,
     sent: Mutex<Vec<(ForgeTarget, CommitState)>>,
+    grants: Mutex<HashMap<String, Vec<(u64, InstallationAccess)>>>,
+    codes_asked: Mutex<Vec<String>>,
+}
+
+impl FakeGithub {
+    /// The user behind `code` can access installation `id` on `account` (an organization when `role` is
+    /// given: the user's role in it).
+    fn grant(&self, code: &str, user: &str, id: u64, account: &str, role: Option<&str>) {
+        let access = InstallationAccess {
+            user: user.into(),
+            account: account.into(),
+            account_is_org: role.is_some(),
+            org_role: role.filter(|r| !r.is_empty()).map(Into::into),
+        };
+        self.grants
+            .lock()
+            .unwrap()
+            .entry(code.into())
+            .or_default()
+            .push((id, access));
+    }
 }
 
 impl ForgeApi for FakeGithub {
@@ -50,6 +75,19 @@ impl ForgeApi for FakeGithub {
             return Err(ForgeError::Unavailable("HTTP 502".into()));
         }
         Ok(format!("token-{installation}"))
+    }
+
+    async fn github_installation_access(
+        &self,
+        code: &str,
+        installation: u64,
+    ) -> Result<Option<InstallationAccess>, ForgeError> {
+        self.codes_asked.lock().unwrap().push(code.into());
+        let grants = self.grants.lock().unwrap();
+        let Some(list) = grants.get(code) else {
+            return Err(ForgeError::Rejected("bad_verification_code".into()));
+        };
+        Ok(list.iter().find(|(id, _)| *id == installation).map(|(_, a)| a.clone()))
     }
 }
 
@@ -99,6 +137,16 @@ impl World {
     /// Aborts a queued evaluation, which reports `error` on its commit if anything covers its repository.
     async fn abort(&self, e: &Evaluation) {
         self.app.abort_evaluation(&self.caller, e.id, &[]).await.unwrap();
+    }
+
+    /// Links installation `id` of `account` (an organization GitHub says the user administers) to `org`.
+    async fn link(&self, org: &str, id: u64, account: &str) {
+        let github = FakeGithub::default();
+        github.grant("c0de", "octocat", id, account, Some("admin"));
+        self.app
+            .link_github_installation(&github, &self.caller, org, id, "c0de")
+            .await
+            .unwrap();
     }
 
     async fn installation_of(&self, account: &str) -> Option<u64> {
@@ -213,7 +261,7 @@ async fn installations_are_kept_and_forgotten() {
 }
 
 #[tokio::test]
-async fn pushes_queue_evaluations_in_every_organization_and_statuses_go_through_the_app() {
+async fn pushes_queue_evaluations_in_linked_organizations_and_statuses_go_through_the_app() {
     let w = World::new(settings(true)).await;
     let acme = w.org("acme").await;
     let other = w.org("other").await;
@@ -225,6 +273,13 @@ async fn pushes_queue_evaluations_in_every_organization_and_statuses_go_through_
     w.deliver("installation", &installation("created", 7, "acme"))
         .await
         .unwrap();
+    // Installed but linked to no organization: the App acts for nobody.
+    assert_eq!(w.deliver("push", &push("acme", "web", 7)).await.unwrap(), []);
+    assert!(w.app.storage.evaluations(web.id, 10).await.unwrap().is_empty());
+    assert!(w.app.storage.evaluations(mirror.id, 10).await.unwrap().is_empty());
+
+    w.link("acme", 7, "acme").await;
+    w.link("other", 7, "acme").await;
     let queued = w.deliver("push", &push("acme", "web", 7)).await.unwrap();
     let mut projects: Vec<_> = queued.iter().map(|e| e.project_id).collect();
     projects.sort();
@@ -232,7 +287,7 @@ async fn pushes_queue_evaluations_in_every_organization_and_statuses_go_through_
     wanted.sort();
     assert_eq!(
         projects, wanted,
-        "both organizations' projects on the repository, only them"
+        "both linked organizations' projects on the repository, only them"
     );
     assert!(queued.iter().all(|e| e.commit == COMMIT));
     let stored = w.app.storage.evaluations(web.id, 10).await.unwrap();
@@ -351,4 +406,227 @@ async fn pushes_queue_evaluations_in_every_organization_and_statuses_go_through_
         .unwrap();
     w.abort(&e).await;
     assert!(w.app.evaluation_statuses(&w.caller, e.id).await.unwrap().is_empty());
+}
+
+/// Someone else's organization naming acme's repository, with failing attributes or overridden inputs of its
+/// choice, gets no evaluation from the App's pushes and no status on acme's commits; unlinking acme stops the
+/// App for acme too.
+#[tokio::test]
+async fn an_unlinked_organization_gets_nothing_through_the_app_and_unlinking_stops_it() {
+    let w = World::new(settings(true)).await;
+    w.org("acme").await;
+    let web = w.project("acme", "web", "https://github.com/acme/web").await;
+    let mallory = common::signed_up(&w.app, "mallory").await;
+    let evil = common::org(&w.app, &mallory, "evil").await;
+    let squat = common::project(&w.app, &mallory, "evil", "squat", "https://github.com/acme/web").await;
+    w.deliver("installation", &installation("created", 7, "acme"))
+        .await
+        .unwrap();
+    w.link("acme", 7, "acme").await;
+
+    let queued = w.deliver("push", &push("acme", "web", 7)).await.unwrap();
+    assert_eq!(
+        queued.iter().map(|e| e.project_id).collect::<Vec<_>>(),
+        [web.id],
+        "only the linked organization's project"
+    );
+    assert!(w.app.storage.evaluations(squat.id, 10).await.unwrap().is_empty());
+
+    // An evaluation mallory queues herself reports nothing through the App: no status is even queued.
+    let e = w
+        .app
+        .queue_evaluation(
+            evil.id,
+            &squat,
+            COMMIT,
+            gradient_domain::model::EvaluationTrigger::Manual,
+        )
+        .await
+        .unwrap();
+    w.app.abort_evaluation(&mallory, e.id, &[]).await.unwrap();
+    assert!(w.app.evaluation_statuses(&mallory, e.id).await.unwrap().is_empty());
+    let forge = FakeGithub::default();
+    w.abort(&queued[0]).await;
+    assert_eq!(w.app.deliver_due_statuses(&forge, 10).await.unwrap(), 1, "acme's only");
+    let sent = forge.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0.token, "token-7");
+    assert_eq!(
+        *forge.tokens_asked.lock().unwrap(),
+        [7],
+        "no token for mallory's project"
+    );
+
+    // A status queued while linked and delivered after unlinking does not go through the App either.
+    let e = w
+        .app
+        .queue_evaluation(
+            acme_id(&w).await,
+            &web,
+            COMMIT,
+            gradient_domain::model::EvaluationTrigger::Manual,
+        )
+        .await
+        .unwrap();
+    w.abort(&e).await;
+    w.app.unlink_github_installation(&w.caller, "acme", 7).await.unwrap();
+    assert_eq!(w.app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
+    let statuses = w.app.evaluation_statuses(&w.caller, e.id).await.unwrap();
+    assert_eq!(statuses.len(), 1);
+    assert!(!statuses[0].delivered);
+    assert!(
+        statuses[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no forge connection"),
+        "{statuses:?}"
+    );
+    assert_eq!(*forge.tokens_asked.lock().unwrap(), [7], "no token after unlinking");
+
+    // Unlinked: pushes queue nothing, new evaluations report nothing.
+    assert_eq!(w.deliver("push", &push("acme", "web", 7)).await.unwrap(), []);
+    let e = w
+        .app
+        .queue_evaluation(
+            acme_id(&w).await,
+            &web,
+            COMMIT,
+            gradient_domain::model::EvaluationTrigger::Manual,
+        )
+        .await
+        .unwrap();
+    w.abort(&e).await;
+    assert!(w.app.evaluation_statuses(&w.caller, e.id).await.unwrap().is_empty());
+    // A push naming no installation acts for nobody.
+    w.link("acme", 7, "acme").await;
+    let mut anonymous = push("acme", "web", 7);
+    anonymous.as_object_mut().unwrap().remove("installation");
+    assert_eq!(w.deliver("push", &anonymous).await.unwrap(), []);
+    // A push from another installation does not act for acme's link to 7.
+    assert_eq!(w.deliver("push", &push("acme", "web", 8)).await.unwrap(), []);
+}
+
+async fn acme_id(w: &World) -> gradient_domain::OrgId {
+    w.app.visible_org(&w.caller, "acme").await.unwrap().id
+}
+
+fn code_of(e: &ServiceError) -> &'static str {
+    e.code()
+}
+
+#[tokio::test]
+async fn linking_needs_manage_integrations_and_githubs_word_that_the_user_administers_the_account() {
+    let w = World::new(settings(true)).await;
+    w.org("acme").await;
+    let viewer = common::signed_up(&w.app, "viewer").await;
+    w.app.set_member(&w.caller, "acme", "viewer", "View").await.unwrap();
+    let github = FakeGithub::default();
+    github.grant("admin-code", "alice", 7, "acme", Some("admin"));
+    github.grant("member-code", "bob", 7, "acme", Some("member"));
+    github.grant("left-code", "carol", 7, "acme", Some(""));
+    github.grant("own-code", "dave", 9, "dave", None);
+    github.grant("collaborator-code", "erin", 9, "dave", None);
+
+    // Without manage_integrations: 403, and GitHub is not even asked.
+    let e = w
+        .app
+        .link_github_installation(&github, &viewer, "acme", 7, "admin-code")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::Forbidden(_)), "{e:?}");
+    let outsider = common::signed_up(&w.app, "outsider").await;
+    let e = w
+        .app
+        .link_github_installation(&github, &outsider, "acme", 7, "admin-code")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ServiceError::NotFound(_)),
+        "a private org is not found: {e:?}"
+    );
+    assert!(github.codes_asked.lock().unwrap().is_empty());
+
+    // Malformed values and codes GitHub refuses: 422.
+    for (id, code, wanted) in [
+        (0, "admin-code", "invalid_installation"),
+        (u64::MAX, "admin-code", "invalid_installation"),
+        (7, "", "invalid_code"),
+        (7, "a b<script>", "invalid_code"),
+        (7, "expired-code", "code_refused"),
+    ] {
+        let e = w
+            .app
+            .link_github_installation(&github, &w.caller, "acme", id, code)
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&e), wanted, "{id} {code}: {e:?}");
+    }
+
+    // GitHub's word decides: an installation the user cannot see, a member, a former member, a collaborator
+    // of someone's personal account: 403, nothing linked.
+    for (id, code) in [
+        (8, "admin-code"),
+        (7, "member-code"),
+        (7, "left-code"),
+        (9, "collaborator-code"),
+    ] {
+        let e = w
+            .app
+            .link_github_installation(&github, &w.caller, "acme", id, code)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ServiceError::Forbidden(_)), "{id} {code}: {e:?}");
+    }
+    assert!(
+        w.app
+            .github_installation_links_of(&w.caller, "acme")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // An admin of the organization, the owner of a personal account: linked.
+    let link = w
+        .app
+        .link_github_installation(&github, &w.caller, "acme", 7, "admin-code")
+        .await
+        .unwrap();
+    assert_eq!(
+        (link.installation_id, link.account.as_str(), link.linked_by.as_str()),
+        (7, "acme", "alice")
+    );
+    w.app
+        .link_github_installation(&github, &w.caller, "acme", 9, " own-code ")
+        .await
+        .unwrap();
+    let links = w.app.github_installation_links_of(&w.caller, "acme").await.unwrap();
+    let mut listed: Vec<_> = links.iter().map(|l| (l.installation_id, l.account.as_str())).collect();
+    listed.sort();
+    assert_eq!(listed, [(7, "acme"), (9, "dave")]);
+
+    // Listing and unlinking need the permission too; unlinking what is not linked is 404.
+    let e = w.app.github_installation_links_of(&viewer, "acme").await.unwrap_err();
+    assert!(matches!(e, ServiceError::Forbidden(_)), "{e:?}");
+    let e = w.app.unlink_github_installation(&viewer, "acme", 7).await.unwrap_err();
+    assert!(matches!(e, ServiceError::Forbidden(_)), "{e:?}");
+    w.app.unlink_github_installation(&w.caller, "acme", 9).await.unwrap();
+    let e = w
+        .app
+        .unlink_github_installation(&w.caller, "acme", 9)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::NotFound(_)), "{e:?}");
+    let links = w.app.github_installation_links_of(&w.caller, "acme").await.unwrap();
+    assert_eq!(links.iter().map(|l| l.installation_id).collect::<Vec<_>>(), [7]);
+
+    // Without an App there is nothing to link.
+    let bare = World::new(settings(false)).await;
+    bare.org("acme").await;
+    let e = bare
+        .app
+        .link_github_installation(&github, &bare.caller, "acme", 7, "admin-code")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ServiceError::NotFound(_)), "{e:?}");
 }

@@ -1,8 +1,9 @@
 //! The GitHub App end to end: the real server configured with an App whose key `openssl genrsa` made, a fake
-//! GitHub on loopback as its API, signed `installation` and `push` deliveries to `/api/v1/hooks/github`, and a
-//! real worker evaluating and building the pushed commit (git is told to fetch `https://github.com/acme/web`
-//! from a local repository). The fake GitHub checks nothing itself: it records what it is sent, and the test
-//! verifies the App's JWT with `openssl` and the public half of the key.
+//! GitHub on loopback as its API, signed `installation` and `push` deliveries to `/api/v1/hooks/github`, the
+//! installation linked to the organization through the setup URL's OAuth code, and a real worker evaluating
+//! and building the pushed commit (git is told to fetch `https://github.com/acme/web` from a local
+//! repository). The fake GitHub checks only the OAuth client secret, the code and the user's token: it records
+//! what it is sent, and the test verifies the App's JWT with `openssl` and the public half of the key.
 
 use crate::harness::{Client, Server};
 use crate::hooks::{deliver, hmac_hex, queued};
@@ -20,6 +21,11 @@ use tokio::net::TcpListener;
 const APP_ID: &str = "4242";
 const SECRET: &str = "the-apps-webhook-secret";
 const INSTALLATION: u64 = 77;
+const CLIENT_ID: &str = "Iv1.fakeclient";
+const CLIENT_SECRET: &str = "the-apps-client-secret";
+/// The OAuth code GitHub hands the installing admin's browser, and the user token it is exchanged for.
+const CODE: &str = "fa11c0de";
+const USER_TOKEN: &str = "ghu_fake_alice";
 
 /// One request the fake GitHub received.
 #[derive(Clone, Debug)]
@@ -30,8 +36,10 @@ struct Received {
     body: Value,
 }
 
-/// GitHub's API as far as the App uses it: installation tokens (`ghs_fake_<n>`, valid an hour) and commit
-/// statuses; 404 for anything else.
+/// GitHub's API as far as the App uses it: installation tokens (`ghs_fake_<n>`, valid an hour), commit
+/// statuses, and, for linking, [`CODE`] exchanged for [`USER_TOKEN`] (with [`CLIENT_SECRET`] only), with which
+/// user `alice` sees installation [`INSTALLATION`] on organization `Acme`, of which she is an admin; 404 for
+/// anything else.
 #[derive(Clone)]
 struct FakeGithub {
     url: String,
@@ -69,6 +77,30 @@ impl FakeGithub {
                     )
                 } else if method == "POST" && path.starts_with("/repos/") && path.contains("/statuses/") {
                     (201, json!({"state": "ok"}))
+                } else if method == "POST" && path == "/login/oauth/access_token" {
+                    let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    if sent["client_id"] == CLIENT_ID && sent["client_secret"] == CLIENT_SECRET && sent["code"] == CODE
+                    {
+                        (200, json!({"access_token": USER_TOKEN, "token_type": "bearer"}))
+                    } else {
+                        (
+                            200,
+                            json!({"error": "bad_verification_code", "error_description": "The code is wrong."}),
+                        )
+                    }
+                } else if method == "GET" && authorization != format!("Bearer {USER_TOKEN}") {
+                    (401, json!({"message": "Bad credentials"}))
+                } else if method == "GET" && path == "/user" {
+                    (200, json!({"login": "Alice", "type": "User"}))
+                } else if method == "GET" && path.starts_with("/user/installations") {
+                    (
+                        200,
+                        json!({"total_count": 1, "installations": [
+                            {"id": INSTALLATION, "account": {"login": "Acme", "type": "Organization"}}
+                        ]}),
+                    )
+                } else if method == "GET" && path == "/user/memberships/orgs/acme" {
+                    (200, json!({"state": "active", "role": "admin"}))
                 } else {
                     (404, json!({"message": "Not Found"}))
                 };
@@ -91,6 +123,10 @@ impl FakeGithub {
 
     fn received(&self) -> Vec<Received> {
         self.received.lock().expect("lock").clone()
+    }
+
+    fn forget(&self) {
+        self.received.lock().expect("lock").clear();
     }
 }
 
@@ -199,6 +235,8 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
     std::fs::write(&public_key, public).expect("public key");
     let secret_file = dir.path().join("webhook-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).expect("secret");
+    let client_secret_file = dir.path().join("client-secret");
+    std::fs::write(&client_secret_file, format!("{CLIENT_SECRET}\n")).expect("client secret");
 
     let flake = r#"{
   outputs = { self }: {
@@ -227,6 +265,11 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
                 secret_file.to_str().expect("path"),
             ),
             ("GRADIENT_GITHUB_APP_API_URL", &github.url),
+            ("GRADIENT_GITHUB_APP_CLIENT_ID", CLIENT_ID),
+            (
+                "GRADIENT_GITHUB_APP_CLIENT_SECRET_FILE",
+                client_secret_file.to_str().expect("path"),
+            ),
         ],
     )
     .await;
@@ -264,6 +307,69 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
     assert_eq!((status, queued(&v).len()), (200, 0), "{v}");
     let (status, v) = deliver_app(&c, "installation", &installation(INSTALLATION), SECRET).await;
     assert_eq!((status, queued(&v).len()), (200, 0), "{v}");
+
+    // Installed but not linked to the organization: the App queues nothing for it.
+    let (status, v) = deliver_app(&c, "push", &push(&commit), SECRET).await;
+    assert_eq!((status, queued(&v).len()), (200, 0), "{v}");
+    let list = c.ok(Method::GET, "/projects/acme/web/evaluations", None).await;
+    assert_eq!(list, json!([]), "nothing queued before the link");
+
+    // GitHub sends the installing admin to the setup URL with the installation and a code; the page says how
+    // to link, and the link is checked with GitHub.
+    let setup = reqwest::get(format!(
+        "{}/github/setup?installation_id={INSTALLATION}&setup_action=install&code={CODE}",
+        server.url
+    ))
+    .await
+    .expect("setup page");
+    assert_eq!(setup.status().as_u16(), 200);
+    let page = setup.text().await.expect("page");
+    assert!(page.contains(&format!("\"installation_id\": {INSTALLATION}")), "{page}");
+    assert!(
+        page.contains(CODE) && page.contains("/api/v1/orgs/ORG/github-installations"),
+        "{page}"
+    );
+    for query in [
+        "installation_id=77&setup_action=install",
+        "installation_id=77&code=<b>x</b>",
+    ] {
+        let setup = reqwest::get(format!("{}/github/setup?{query}", server.url))
+            .await
+            .expect("setup page");
+        assert_eq!(setup.status().as_u16(), 400, "{query}");
+        let page = setup.text().await.expect("page");
+        assert!(
+            page.contains("No authorization code") && !page.contains("<b>"),
+            "{page}"
+        );
+    }
+
+    let link = |code: &str| json!({"installation_id": INSTALLATION, "code": code});
+    let (status, v) = c
+        .call(Method::POST, "/orgs/acme/github-installations", Some(link("wrong")))
+        .await;
+    assert_eq!((status, v["code"].as_str()), (422, Some("code_refused")), "{v}");
+    let linked = c
+        .ok(Method::POST, "/orgs/acme/github-installations", Some(link(CODE)))
+        .await;
+    assert_eq!(
+        (&linked["installation_id"], &linked["account"], &linked["linked_by"]),
+        (&json!(INSTALLATION), &json!("acme"), &json!("alice")),
+        "{linked}"
+    );
+    let links = c.ok(Method::GET, "/orgs/acme/github-installations", None).await;
+    assert_eq!(links.as_array().map(Vec::len), Some(1), "{links}");
+    let asked: Vec<String> = github
+        .received()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        asked.contains(&"GET /user/memberships/orgs/acme".to_owned()),
+        "the admin role was asked: {asked:?}"
+    );
+    github.forget();
+
     let (status, v) = deliver_app(&c, "push", &push(&commit), SECRET).await;
     assert_eq!(status, 200, "{v}");
     let ids = queued(&v);
@@ -336,6 +442,20 @@ async fn the_github_app_queues_pushes_and_reports_statuses_with_a_cached_install
             format!("{}/api/v1/evals/{id}", server.url).as_str()
         );
     }
+
+    // Unlinked, the App acts for the organization no more.
+    c.ok(
+        Method::DELETE,
+        &format!("/orgs/acme/github-installations/{INSTALLATION}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        c.ok(Method::GET, "/orgs/acme/github-installations", None).await,
+        json!([])
+    );
+    let (status, v) = deliver_app(&c, "push", &push(&commit), SECRET).await;
+    assert_eq!((status, queued(&v).len()), (200, 0), "{v}");
     worker.kill();
     server.stop();
 }

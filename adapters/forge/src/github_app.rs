@@ -3,8 +3,15 @@
 //! 10; `iss` the App id), exchanges it with `POST {api}/app/installations/{id}/access_tokens` for an
 //! installation token, and keeps that token in memory until [`REFRESH_BEFORE`] its `expires_at` (tokens live
 //! an hour).
+//!
+//! To link an installation to a Gradient organization, [`GithubApp::installation_access`] proves who the
+//! user is: the OAuth `code` GitHub handed the user's browser is exchanged at
+//! `POST {web}/login/oauth/access_token` (with the App's client id and secret) for the user's token, with
+//! which `GET {api}/user`, `GET {api}/user/installations` (paged) and, for an organization's installation,
+//! `GET {api}/user/memberships/orgs/{org}` tell who the user is, whether they can access the installation
+//! and their role in its organization. The user's token is used for these calls only and never kept.
 
-use gradient_domain::ports::forge::ForgeError;
+use gradient_domain::ports::forge::{ForgeError, InstallationAccess};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::RsaPrivateKey;
 use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
@@ -42,6 +49,8 @@ struct CachedToken {
 pub struct GithubApp {
     app_id: u64,
     api_url: String,
+    /// The OAuth client (id, secret) and GitHub's web URL, which codes are exchanged with.
+    oauth: Option<OAuthClient>,
     key: EncodingKey,
     tokens: Mutex<HashMap<u64, CachedToken>>,
 }
@@ -54,6 +63,48 @@ impl std::fmt::Debug for GithubApp {
             .finish_non_exhaustive()
     }
 }
+
+/// The App's OAuth client: its client id and secret, and GitHub's web URL (`https://github.com`).
+#[derive(Clone)]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub web_url: String,
+}
+
+#[derive(Deserialize)]
+struct UserToken {
+    access_token: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    login: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UserInstallation {
+    id: u64,
+    account: Login,
+}
+
+#[derive(Deserialize)]
+struct UserInstallations {
+    installations: Vec<UserInstallation>,
+}
+
+#[derive(Deserialize)]
+struct Membership {
+    state: String,
+    role: String,
+}
+
+/// At most this many pages of 100 installations are read.
+const MAX_INSTALLATION_PAGES: u32 = 10;
 
 #[derive(Deserialize)]
 struct AccessToken {
@@ -86,6 +137,7 @@ impl GithubApp {
         let app = Self {
             app_id,
             api_url: api_url.trim().trim_end_matches('/').to_owned(),
+            oauth: None,
             key: EncodingKey::from_rsa_der(der.as_bytes()),
             tokens: Mutex::default(),
         };
@@ -97,6 +149,139 @@ impl GithubApp {
     /// The App's API base URL, without a trailing slash.
     pub fn api_url(&self) -> &str {
         &self.api_url
+    }
+
+    /// The same App, able to check users' OAuth codes with `oauth`.
+    pub fn with_oauth(self, oauth: OAuthClient) -> Self {
+        Self {
+            oauth: Some(OAuthClient {
+                web_url: oauth.web_url.trim().trim_end_matches('/').to_owned(),
+                ..oauth
+            }),
+            ..self
+        }
+    }
+
+    /// A GET of GitHub's API with the user's token, read as `T`; `Ok(None)` for 403 and 404.
+    async fn get_as_user<T: serde::de::DeserializeOwned>(
+        &self,
+        client: &reqwest::Client,
+        token: &str,
+        path: &str,
+    ) -> Result<Option<T>, ForgeError> {
+        let url = format!("{}{path}", self.api_url);
+        let response = client
+            .get(&url)
+            .bearer_auth(token)
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .send()
+            .await
+            .map_err(|e| ForgeError::Unavailable(format!("GET {url}: {e}")))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| ForgeError::Unavailable(format!("GET {url}: reading the answer: {e}")))?;
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(crate::refusal(&url, status, &body));
+        }
+        serde_json::from_str(&body)
+            .map(Some)
+            .map_err(|e| ForgeError::Unavailable(format!("GET {url} answered something unexpected: {e}")))
+    }
+
+    /// What GitHub says about the user who was handed `code` and the installation (see the module's
+    /// documentation).
+    pub async fn installation_access(
+        &self,
+        client: &reqwest::Client,
+        code: &str,
+        installation: u64,
+    ) -> Result<Option<InstallationAccess>, ForgeError> {
+        let oauth = self
+            .oauth
+            .as_ref()
+            .ok_or_else(|| ForgeError::Rejected("the GitHub App's client id and secret are not configured".into()))?;
+        let url = format!("{}/login/oauth/access_token", oauth.web_url);
+        let response = client
+            .post(&url)
+            .header("Accept", "application/json")
+            .json(&serde_json::json!({
+                "client_id": oauth.client_id,
+                "client_secret": oauth.client_secret,
+                "code": code,
+            }))
+            .send()
+            .await
+            .map_err(|e| ForgeError::Unavailable(format!("POST {url}: {e}")))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| ForgeError::Unavailable(format!("POST {url}: reading the answer: {e}")))?;
+        if !status.is_success() {
+            return Err(crate::refusal(&url, status, &body));
+        }
+        let answer: UserToken = serde_json::from_str(&body)
+            .map_err(|e| ForgeError::Unavailable(format!("POST {url} answered something unexpected: {e}")))?;
+        let token = match answer {
+            UserToken {
+                access_token: Some(token),
+                ..
+            } if !token.is_empty() => token,
+            UserToken {
+                error,
+                error_description,
+                ..
+            } => {
+                return Err(ForgeError::Rejected(format!(
+                    "{}: {}",
+                    error.unwrap_or_else(|| "no token".into()),
+                    error_description.unwrap_or_default()
+                )));
+            }
+        };
+        let unexpected =
+            |what: &str| ForgeError::Rejected(format!("GitHub did not answer {what} with the user's token"));
+        let user: Login = self
+            .get_as_user(client, &token, "/user")
+            .await?
+            .ok_or_else(|| unexpected("GET /user"))?;
+        let mut found = None;
+        for page in 1..=MAX_INSTALLATION_PAGES {
+            let list: UserInstallations = self
+                .get_as_user(client, &token, &format!("/user/installations?per_page=100&page={page}"))
+                .await?
+                .ok_or_else(|| unexpected("GET /user/installations"))?;
+            let last = list.installations.len() < 100;
+            found = list.installations.into_iter().find(|i| i.id == installation);
+            if found.is_some() || last {
+                break;
+            }
+        }
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let account = found.account.login.to_ascii_lowercase();
+        let account_is_org = found.account.kind.as_deref() == Some("Organization");
+        let org_role = if account_is_org {
+            let membership: Option<Membership> = self
+                .get_as_user(client, &token, &format!("/user/memberships/orgs/{account}"))
+                .await?;
+            membership.filter(|m| m.state == "active").map(|m| m.role)
+        } else {
+            None
+        };
+        Ok(Some(InstallationAccess {
+            user: user.login.to_ascii_lowercase(),
+            account,
+            account_is_org,
+            org_role,
+        }))
     }
 
     /// The App's JWT as of `now` (see the module's documentation).

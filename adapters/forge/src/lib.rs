@@ -16,11 +16,11 @@
 
 pub mod github_app;
 
-pub use github_app::GithubApp;
+pub use github_app::{GithubApp, OAuthClient};
 
 use gradient_domain::forge::Forge;
 use gradient_domain::model::CommitState;
-use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget, owner_and_repo};
+use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget, InstallationAccess, owner_and_repo};
 use gradient_domain::reach::NetworkPolicy;
 use serde_json::{Value, json};
 use std::net::{IpAddr, SocketAddr};
@@ -269,6 +269,17 @@ impl ForgeApi for HttpForge {
     async fn installation_token(&self, installation: u64) -> Result<String, ForgeError> {
         match &self.github_app {
             Some(app) => app.installation_token(&self.trusted, installation).await,
+            None => Err(ForgeError::Rejected("no GitHub App is configured".into())),
+        }
+    }
+
+    async fn github_installation_access(
+        &self,
+        code: &str,
+        installation: u64,
+    ) -> Result<Option<InstallationAccess>, ForgeError> {
+        match &self.github_app {
+            Some(app) => app.installation_access(&self.client, code, installation).await,
             None => Err(ForgeError::Rejected("no GitHub App is configured".into())),
         }
     }

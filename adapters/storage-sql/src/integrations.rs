@@ -6,7 +6,9 @@ use crate::{SqlStorage, corrupt, db_error, db_size, stored_size, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::forge::Forge;
-use gradient_domain::model::{CommitState, ForgeConnection, GithubInstallation, StatusReport, Timestamp};
+use gradient_domain::model::{
+    CommitState, ForgeConnection, GithubInstallation, GithubInstallationLink, StatusReport, Timestamp,
+};
 use gradient_domain::ports::storage::{Integrations, Result};
 use gradient_domain::{EvaluationId, OrgId, StatusReportId};
 use uuid::Uuid;
@@ -120,6 +122,79 @@ impl Integrations for SqlStorage {
         .map_err(db_error)?;
         Ok(done > 0)
     }
+
+    async fn link_github_installation(&self, link: &GithubInstallationLink) -> Result<()> {
+        let id = db_size(link.installation_id, "installation id")?;
+        // An unknown organization fails the foreign key: NotFound.
+        let sql = "INSERT INTO github_installation_links (org_id, installation_id, account, linked_by, created_at) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id, installation_id) DO UPDATE SET \
+                   account = excluded.account, linked_by = excluded.linked_by, created_at = excluded.created_at";
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(link.org_id.0)
+            .bind(id)
+            .bind(&link.account)
+            .bind(&link.linked_by)
+            .bind(link.created_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)
+    }
+
+    async fn github_installation_links(&self, org: OrgId) -> Result<Vec<GithubInstallationLink>> {
+        let sql = "SELECT org_id, installation_id, account, linked_by, created_at FROM github_installation_links \
+                   WHERE org_id = $1 ORDER BY installation_id";
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, LinkRow>(sql)
+            .bind(org.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(GithubInstallationLink {
+                    org_id: OrgId(r.org_id),
+                    installation_id: stored_size(r.installation_id, "installation id")?,
+                    account: r.account,
+                    linked_by: r.linked_by,
+                    created_at: r.created_at,
+                })
+            })
+            .collect()
+    }
+
+    async fn github_installation_orgs(&self, installation: u64) -> Result<Vec<OrgId>> {
+        let Ok(id) = i64::try_from(installation) else {
+            return Ok(Vec::new());
+        };
+        let sql = "SELECT org_id FROM github_installation_links WHERE installation_id = $1";
+        let rows =
+            with_pool!(self, |p| sqlx::query_scalar::<_, Uuid>(sql).bind(id).fetch_all(p).await).map_err(db_error)?;
+        Ok(rows.into_iter().map(OrgId).collect())
+    }
+
+    async fn unlink_github_installation(&self, org: OrgId, installation: u64) -> Result<bool> {
+        let Ok(id) = i64::try_from(installation) else {
+            return Ok(false);
+        };
+        let sql = "DELETE FROM github_installation_links WHERE org_id = $1 AND installation_id = $2";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(org.0)
+            .bind(id)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct LinkRow {
+    org_id: Uuid,
+    installation_id: i64,
+    account: String,
+    linked_by: String,
+    created_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]

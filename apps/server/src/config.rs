@@ -104,6 +104,29 @@ pub struct GithubAppConfig {
     pub webhook_secret_file: Option<PathBuf>,
     /// Without a trailing slash; default `https://api.github.com`.
     pub api_url: String,
+    /// The App's OAuth client id and secret file: the setup URL's codes are checked with them, to link
+    /// installations to organizations. Without them, installations cannot be linked.
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    /// GitHub's web URL, where OAuth codes are exchanged (`GRADIENT_GITHUB_APP_WEB_URL`); by default the API
+    /// URL without its `api.` host prefix or `/api/v3` path (`https://github.com`).
+    pub web_url: String,
+}
+
+/// GitHub's web URL for an API URL: `https://api.github.com` → `https://github.com`, GitHub Enterprise
+/// Server's `https://ghe.example.com/api/v3` → `https://ghe.example.com`, anything else unchanged.
+fn github_web_url(api_url: &str) -> String {
+    if let Some(base) = api_url.strip_suffix("/api/v3") {
+        return base.to_owned();
+    }
+    for scheme in ["https://", "http://"] {
+        if let Some(rest) = api_url.strip_prefix(scheme)
+            && let Some(host) = rest.strip_prefix("api.")
+        {
+            return format!("{scheme}{host}");
+        }
+    }
+    api_url.to_owned()
 }
 
 /// Every server option, with the seed's defaults.
@@ -439,6 +462,12 @@ fn github_app(e: &Env) -> Result<GithubAppConfig, ConfigError> {
         app_id: e.parse_opt("githubApp.appId", "a numeric GitHub App id")?,
         private_key_file: e.path("githubApp.privateKeyFile"),
         webhook_secret_file: e.path("githubApp.webhookSecretFile"),
+        client_id: e.string("githubApp.clientId"),
+        client_secret_file: e.path("githubApp.clientSecretFile"),
+        web_url: e
+            .string("githubApp.webUrl")
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| github_web_url(&api_url)),
         api_url,
     };
     if app.enable {
@@ -579,6 +608,7 @@ mod tests {
             ("githubApp.appId", "GRADIENT_GITHUB_APP_APP_ID"),
             ("githubApp.apiUrl", "GRADIENT_GITHUB_APP_API_URL"),
             ("githubApp.privateKeyFile", "GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE"),
+            ("githubApp.clientSecretFile", "GRADIENT_GITHUB_APP_CLIENT_SECRET_FILE"),
             ("settings.sentryDsn", "GRADIENT_SENTRY_DSN"),
         ];
         for (option, var) in table {
@@ -631,6 +661,9 @@ mod tests {
                 private_key_file: None,
                 webhook_secret_file: None,
                 api_url: "https://api.github.com".into(),
+                client_id: None,
+                client_secret_file: None,
+                web_url: "https://github.com".into(),
             }
         );
     }
@@ -653,8 +686,13 @@ mod tests {
                 private_key_file: Some("/run/secrets/key".into()),
                 webhook_secret_file: Some("/run/secrets/hook".into()),
                 api_url: "https://ghe.example.com/api/v3".into(),
+                client_id: None,
+                client_secret_file: None,
+                web_url: "https://ghe.example.com".into(),
             }
         );
+        assert_eq!(github_web_url("https://api.github.com"), "https://github.com");
+        assert_eq!(github_web_url("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
         for missing in 1..4 {
             let partial: Vec<_> = full
                 .iter()

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod github_setup;
 pub mod limits;
 pub mod link;
 pub mod live;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
                 .data(state_for_cache.clone())
                 .catch_all_error(json_error),
         )
+        .at("/github/setup", github_setup::setup.data(state_for_cache.clone()))
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
         .nest("/api/v1/docs", docs)
@@ -166,10 +168,27 @@ fn github_app(
     })?;
     let (_, _, secret) = read("githubApp.webhookSecretFile", &config.webhook_secret_file)?;
     let (var, file, pem) = read("githubApp.privateKeyFile", &config.private_key_file)?;
-    let app = gradient_forge::GithubApp::new(app_id, &pem, &config.api_url).map_err(|e| ConfigError {
+    let mut app = gradient_forge::GithubApp::new(app_id, &pem, &config.api_url).map_err(|e| ConfigError {
         var,
         problem: format!("{file}: {}", e.replace('\n', " ")),
     })?;
+    // Linking installations to organizations needs the App's OAuth client; without it nothing can be linked.
+    match (&config.client_id, &config.client_secret_file) {
+        (Some(client_id), Some(_)) => {
+            let (_, _, client_secret) = read("githubApp.clientSecretFile", &config.client_secret_file)?;
+            app = app.with_oauth(gradient_forge::OAuthClient {
+                client_id: client_id.trim().to_owned(),
+                client_secret,
+                web_url: config.web_url.clone(),
+            });
+        }
+        _ => tracing::warn!(
+            target: "gradient::forge",
+            "the GitHub App has no client id and secret (GRADIENT_GITHUB_APP_CLIENT_ID, \
+             GRADIENT_GITHUB_APP_CLIENT_SECRET_FILE): its installations cannot be linked to organizations, so it \
+             acts for none"
+        ),
+    }
     let settings = gradient_domain::service::GithubAppSettings {
         app_id,
         api_url: config.api_url.clone(),

@@ -69,3 +69,18 @@ pub struct GithubInstallation {
     pub account: String,
     pub updated_at: Timestamp,
 }
+
+/// A link from an installation of the GitHub App to one of Gradient's organizations, made by a member of that
+/// organization who proved to GitHub that they administer the installation's account. Only linked
+/// organizations' projects get evaluations from the App's pushes and statuses through the App.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GithubInstallationLink {
+    pub org_id: crate::OrgId,
+    /// GitHub's id of the installation (positive, at most `i64::MAX`).
+    pub installation_id: u64,
+    /// The installation's account's login, lowercase, as GitHub named it when the link was made.
+    pub account: String,
+    /// The GitHub login (lowercase) of whoever proved control of the installation.
+    pub linked_by: String,
+    pub created_at: Timestamp,
+}

@@ -41,6 +41,35 @@ pub trait ForgeApi {
     /// token until shortly before it expires. `Unavailable` when GitHub cannot be reached or fails,
     /// `Rejected` when it refuses (unknown installation, wrong key) or no App is configured.
     fn installation_token(&self, installation: u64) -> impl Future<Output = Result<String, ForgeError>> + Send;
+
+    /// What GitHub says about the user whose browser GitHub handed the OAuth `code` (the App's setup URL gets
+    /// one after an installation when the App requests user authorization), and the App's installation
+    /// `installation`: the adapter exchanges the code for the user's token with the App's client id and
+    /// secret, and asks GitHub with that token. `Ok(None)` when the installation is not among those the user
+    /// can access. `Rejected` when GitHub refuses the code (wrong, expired or already used) or the App has no
+    /// client secret configured; `Unavailable` when GitHub cannot be reached or fails.
+    fn github_installation_access(
+        &self,
+        code: &str,
+        installation: u64,
+    ) -> impl Future<Output = Result<Option<InstallationAccess>, ForgeError>> + Send {
+        let _ = (code, installation);
+        async { Err(ForgeError::Rejected("no GitHub App is configured".into())) }
+    }
+}
+
+/// What GitHub says a user may do with an installation of the App (see
+/// [`ForgeApi::github_installation_access`]); [`crate::github_app::may_link`] decides from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallationAccess {
+    /// The user's login, lowercase.
+    pub user: String,
+    /// The installation's account's login, lowercase.
+    pub account: String,
+    /// Whether that account is an organization (else it is a user's account).
+    pub account_is_org: bool,
+    /// For an organization: the user's role in it (`admin`, `member`) when the membership is active.
+    pub org_role: Option<String>,
 }
 
 /// The owner and repository name of a repository URL, for the forges' status APIs, from its normalized form

@@ -413,8 +413,27 @@ pub trait Integrations {
         &self,
         account: &str,
     ) -> impl Future<Output = Result<Option<crate::model::GithubInstallation>>> + Send;
-    /// Forgets the installation. Ok(false) when there is no such installation.
+    /// Forgets the installation. Ok(false) when there is no such installation. Its links to organizations
+    /// stay (a suspended installation comes back with the same id); an installation deleted on GitHub never
+    /// delivers anything again, so its links act for nothing.
     fn delete_github_installation(&self, id: u64) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Links an installation to an organization, replacing the link between the same two (account, linker and
+    /// time updated). `NotFound` when the organization does not exist. Links are deleted with their
+    /// organization.
+    fn link_github_installation(
+        &self,
+        link: &crate::model::GithubInstallationLink,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The organization's links, by installation id.
+    fn github_installation_links(
+        &self,
+        org: OrgId,
+    ) -> impl Future<Output = Result<Vec<crate::model::GithubInstallationLink>>> + Send;
+    /// The organizations linked to the installation.
+    fn github_installation_orgs(&self, installation: u64) -> impl Future<Output = Result<Vec<OrgId>>> + Send;
+    /// Removes the link. Ok(false) when there is no such link.
+    fn unlink_github_installation(&self, org: OrgId, installation: u64) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

@@ -2,9 +2,9 @@
 //! (pending when one starts, then success, failure or error, linking to the evaluation), and their delivery
 //! through the forge port.
 //!
-//! A report goes through the instance's GitHub App when one is configured and the project's repository is on
-//! a GitHub account that installed it ([`crate::github_app::repository_owner`]), with the installation's
-//! token; otherwise through the organization's forge connection; with neither, no report is queued.
+//! A report goes through the instance's GitHub App when one is configured, the project's repository is on
+//! a GitHub account that installed it ([`crate::github_app::repository_owner`]) and that installation is
+//! linked to the project's organization (see [`super::github_app`]), with the installation's token; otherwise through the organization's forge connection; with neither, no report is queued.
 //!
 //! Reports go through an outbox: a status change only stores a report, and [`Gradient::deliver_due_statuses`]
 //! sends the due ones. A forge that is down or refuses a report does not fail anything: the attempt is
@@ -111,7 +111,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Queues the commit status an evaluation's move from `from` reports, when the GitHub App covers its
-    /// repository or its organization has a forge connection. Called wherever an evaluation's status changes.
+    /// repository for its organization (linked) or its organization has a forge connection. Called wherever an evaluation's status changes.
     pub(super) async fn report_status_change(&self, from: EvaluationStatus, e: &Evaluation) -> Result<()> {
         if from == e.status {
             return Ok(());
@@ -126,7 +126,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let Some(p) = self.storage.project_by_id(e.project_id).await? else {
             return Ok(());
         };
-        if self.github_app_installation(&p.repository).await?.is_none()
+        if self.github_app_installation(p.org_id, &p.repository).await?.is_none()
             && self.storage.forge_connection(p.org_id).await?.is_none()
         {
             return Ok(());
@@ -201,13 +201,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Where a report goes, or why it cannot go now: through the GitHub App when its repository is on an
-    /// account with an installation, else through the organization's forge connection.
+    /// account with an installation linked to the report's organization, else through the organization's forge
+    /// connection.
     async fn status_target<F: ForgeApi>(
         &self,
         forge: &F,
         report: &StatusReport,
     ) -> Result<std::result::Result<ForgeTarget, String>> {
-        if let Some(installation) = self.github_app_installation(&report.repository).await?
+        if let Some(installation) = self.github_app_installation(report.org_id, &report.repository).await?
             && let Some(app) = &self.settings.github_app
         {
             return Ok(match forge.installation_token(installation.id).await {

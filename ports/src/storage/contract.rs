@@ -184,6 +184,7 @@ macro_rules! storage_contract {
             github_installation_round_trips_and_is_replaced_by_id,
             an_account_has_one_github_installation,
             delete_github_installation_forgets_only_it,
+            github_installation_links_belong_to_their_organization,
             // Meta.
             meta_init_keeps_the_first_value,
         );

@@ -569,6 +569,43 @@ impl Integrations for MemoryStorage {
     async fn delete_github_installation(&self, id: u64) -> Result<bool> {
         self.with(|s| Ok(s.github_installations.remove(&id).is_some()))
     }
+
+    async fn link_github_installation(&self, link: &gradient_domain::model::GithubInstallationLink) -> Result<()> {
+        self.with(|s| {
+            if !s.orgs.contains_key(&link.org_id) {
+                return Err(gradient_domain::ports::StorageError::NotFound);
+            }
+            s.github_installation_links
+                .insert((link.org_id, link.installation_id), link.clone());
+            Ok(())
+        })
+    }
+
+    async fn github_installation_links(
+        &self,
+        org: OrgId,
+    ) -> Result<Vec<gradient_domain::model::GithubInstallationLink>> {
+        self.with(|s| {
+            Ok(s.github_installation_links
+                .range((org, 0)..=(org, u64::MAX))
+                .map(|(_, l)| l.clone())
+                .collect())
+        })
+    }
+
+    async fn github_installation_orgs(&self, installation: u64) -> Result<Vec<OrgId>> {
+        self.with(|s| {
+            Ok(s.github_installation_links
+                .keys()
+                .filter(|(_, i)| *i == installation)
+                .map(|(o, _)| *o)
+                .collect())
+        })
+    }
+
+    async fn unlink_github_installation(&self, org: OrgId, installation: u64) -> Result<bool> {
+        self.with(|s| Ok(s.github_installation_links.remove(&(org, installation)).is_some()))
+    }
 }
 
 impl Meta for MemoryStorage {

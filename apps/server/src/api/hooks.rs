@@ -57,8 +57,84 @@ impl From<&gradient_domain::model::ForgeConnection> for ForgeConnectionView {
     }
 }
 
+#[derive(Object)]
+pub struct GithubInstallationLinkRequest {
+    /// The installation's id: `installation_id` in the App's setup URL after an installation.
+    pub installation_id: u64,
+    /// The OAuth `code` GitHub added to the setup URL (good once, for 10 minutes). It proves that the GitHub
+    /// user administers the installation's account.
+    pub code: String,
+}
+
+#[derive(Object)]
+pub struct GithubInstallationLinkView {
+    pub installation_id: u64,
+    /// The GitHub account (organization or user) the installation belongs to, lowercase.
+    pub account: String,
+    /// The GitHub user who proved control of the installation.
+    pub linked_by: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&gradient_domain::model::GithubInstallationLink> for GithubInstallationLinkView {
+    fn from(l: &gradient_domain::model::GithubInstallationLink) -> Self {
+        Self {
+            installation_id: l.installation_id,
+            account: l.account.clone(),
+            linked_by: l.linked_by.clone(),
+            created_at: l.created_at,
+        }
+    }
+}
+
 #[OpenApi(tag = "Tag::Hooks")]
 impl HooksApi {
+    /// Links an installation of the instance's GitHub App to the organization (`manage_integrations`): from
+    /// then on the App's pushes queue evaluations of the organization's projects, and their commit statuses go
+    /// through the App. GitHub must confirm, through the `code` of the App's setup URL, that the GitHub user is
+    /// the installation's account or an admin of its organization. 403 when it does not; 422 `code_refused`
+    /// when GitHub refuses the code; 404 when no GitHub App is configured.
+    #[oai(path = "/orgs/:org/github-installations", method = "post")]
+    async fn link_github_installation(
+        &self,
+        auth: Token,
+        org: Path<String>,
+        body: Json<GithubInstallationLinkRequest>,
+    ) -> Reply<GithubInstallationLinkView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let link = self
+            .0
+            .app
+            .link_github_installation(&self.0.forge, &caller, &org, body.0.installation_id, &body.0.code)
+            .await?;
+        ok(GithubInstallationLinkView::from(&link))
+    }
+
+    /// The GitHub App installations linked to the organization (`manage_integrations`).
+    #[oai(path = "/orgs/:org/github-installations", method = "get")]
+    async fn github_installations(&self, auth: Token, org: Path<String>) -> Reply<Vec<GithubInstallationLinkView>> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let links = self.0.app.github_installation_links_of(&caller, &org).await?;
+        ok(links.iter().map(GithubInstallationLinkView::from).collect())
+    }
+
+    /// Unlinks the installation from the organization (`manage_integrations`): the App no longer queues
+    /// evaluations or reports statuses for it. 404 when it is not linked.
+    #[oai(path = "/orgs/:org/github-installations/:installation", method = "delete")]
+    async fn unlink_github_installation(
+        &self,
+        auth: Token,
+        org: Path<String>,
+        installation: Path<u64>,
+    ) -> Reply<String> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        self.0
+            .app
+            .unlink_github_installation(&caller, &org, installation.0)
+            .await?;
+        ok("unlinked".to_owned())
+    }
+
     /// Sets where the organization's commit statuses go (`manage_integrations`): pending when an evaluation
     /// starts, then success, failure or error, linking to the evaluation.
     #[oai(path = "/orgs/:org/forge", method = "put")]
@@ -147,10 +223,11 @@ impl HooksApi {
     /// Receives a delivery of the instance's GitHub App (its webhook URL), signed with the App's webhook secret
     /// (`X-Hub-Signature-256`: `sha256=` + hex HMAC-SHA256 of the body). `installation` events (created,
     /// new_permissions_accepted and unsuspend; deleted and suspend) and `installation_repositories` events keep
-    /// the App's installations, which commit statuses of the accounts' repositories are reported with. A push
-    /// records its installation and queues an evaluation of the pushed commit for every active project, of any
-    /// organization, whose repository and branch it matches; other events are accepted and ignored. 401 when the
-    /// signature is missing or wrong; 404 when no GitHub App is configured.
+    /// the App's installations, which commit statuses of the accounts' repositories are reported with for the
+    /// organizations linked to them. A push records its installation and queues an evaluation of the pushed
+    /// commit for every active project of the organizations linked to that installation whose repository and
+    /// branch it matches; other events are accepted and ignored. 401 when the signature is missing or wrong;
+    /// 404 when no GitHub App is configured.
     #[oai(path = "/hooks/github", method = "post")]
     async fn receive_github_app(
         &self,

@@ -4,7 +4,9 @@
 use super::support::{now, org, seconds, user};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::forge::Forge;
-use gradient_domain::model::{CommitState, ForgeConnection, GithubInstallation, StatusReport, Timestamp};
+use gradient_domain::model::{
+    CommitState, ForgeConnection, GithubInstallation, GithubInstallationLink, StatusReport, Timestamp,
+};
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::{EvaluationId, OrgId, StatusReportId};
 
@@ -375,5 +377,86 @@ pub async fn delete_github_installation_forgets_only_it<S: Storage>(s: &S) {
     assert_eq!(
         s.github_installation(&kept.account).await.expect("github_installation"),
         Some(kept)
+    );
+}
+
+fn link(org: OrgId, installation: u64, account: &str) -> GithubInstallationLink {
+    GithubInstallationLink {
+        org_id: org,
+        installation_id: installation,
+        account: account.to_owned(),
+        linked_by: "octocat".to_owned(),
+        created_at: now(),
+    }
+}
+
+/// A link reads back from its organization and its installation; linking again replaces it; unlinking removes
+/// only it; an unknown organization is NotFound; deleting the organization deletes its links; deleting the
+/// installation leaves them.
+pub async fn github_installation_links_belong_to_their_organization<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let doomed = org(s, "doomed", alice.id, false).await;
+    let i = installation("acme");
+    let j = installation("beta");
+    s.put_github_installation(&i).await.expect("put_github_installation");
+    assert!(s.github_installation_links(acme.id).await.expect("links").is_empty());
+    assert!(s.github_installation_orgs(i.id).await.expect("orgs").is_empty());
+
+    let first = link(acme.id, i.id, &i.account);
+    s.link_github_installation(&first).await.expect("link");
+    let again = GithubInstallationLink {
+        linked_by: "hubot".to_owned(),
+        created_at: now() + seconds(3),
+        ..first.clone()
+    };
+    s.link_github_installation(&again).await.expect("link again");
+    assert_eq!(
+        s.github_installation_links(acme.id).await.expect("links"),
+        std::slice::from_ref(&again),
+        "one link per organization and installation, the newest"
+    );
+    let second = link(acme.id, j.id, &j.account);
+    s.link_github_installation(&second).await.expect("link");
+    for o in [other.id, doomed.id] {
+        s.link_github_installation(&link(o, i.id, &i.account))
+            .await
+            .expect("link");
+    }
+    let mut links = s.github_installation_links(acme.id).await.expect("links");
+    links.sort_by_key(|l| l.installation_id);
+    let mut wanted = vec![again.clone(), second.clone()];
+    wanted.sort_by_key(|l| l.installation_id);
+    assert_eq!(links, wanted);
+    let mut orgs = s.github_installation_orgs(i.id).await.expect("orgs");
+    orgs.sort();
+    let mut expected = vec![acme.id, other.id, doomed.id];
+    expected.sort();
+    assert_eq!(orgs, expected);
+    assert_eq!(s.github_installation_orgs(j.id).await.expect("orgs"), [acme.id]);
+
+    assert!(matches!(
+        s.link_github_installation(&link(OrgId(uuid::Uuid::new_v4()), i.id, &i.account))
+            .await,
+        Err(StorageError::NotFound)
+    ));
+
+    assert!(s.delete_org(doomed.id).await.expect("delete_org"));
+    assert!(s.unlink_github_installation(other.id, i.id).await.expect("unlink"));
+    assert!(
+        !s.unlink_github_installation(other.id, i.id).await.expect("unlink"),
+        "unlinking again reports false"
+    );
+    assert_eq!(
+        s.github_installation_orgs(i.id).await.expect("orgs"),
+        [acme.id],
+        "the deleted organization's and the removed link are gone"
+    );
+    assert!(s.delete_github_installation(i.id).await.expect("delete"));
+    assert_eq!(
+        s.github_installation_orgs(i.id).await.expect("orgs"),
+        [acme.id],
+        "links outlive a suspended installation"
     );
 }

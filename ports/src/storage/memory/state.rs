@@ -49,6 +49,8 @@ pub(super) struct State {
     pub(super) status_reports: Vec<gradient_domain::model::StatusReport>,
     /// The GitHub App's installations by id (at most one per account).
     pub(super) github_installations: HashMap<u64, gradient_domain::model::GithubInstallation>,
+    /// Links of installations to organizations, by (organization, installation).
+    pub(super) github_installation_links: BTreeMap<(OrgId, u64), gradient_domain::model::GithubInstallationLink>,
 }
 
 fn conflict(what: &str) -> StorageError {
@@ -169,6 +171,7 @@ impl State {
         self.jobs.retain(|_, j| j.org_id != id);
         self.webhook_secrets.remove(&id);
         self.forge_connections.remove(&id);
+        self.github_installation_links.retain(|(org, _), _| *org != id);
         self.status_reports.retain(|r| r.org_id != id);
         true
     }
