@@ -28,9 +28,13 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let api = api::service(state);
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
-    let api = api
-        .around(move |ep, req| async move { limit_body(ep, req, max).await })
-        .catch_all_error(|e| async move { api::error_response(e) });
+    let allowed = api::AllowedMethods::from_openapi(&api.spec());
+    let api = api::WithAllow {
+        inner: api
+            .around(move |ep, req| async move { limit_body(ep, req, max).await })
+            .catch_all_error(|e| async move { api::error_response(e) }),
+        allowed,
+    };
     Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
         .at("/api/v1/evals/:id/log", live::build_log.data(state_for_cache.clone()))

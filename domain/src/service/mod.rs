@@ -225,12 +225,18 @@ pub(crate) fn display_texts(
     ))
 }
 
-/// Keeps free text fields to a sane size.
+/// Keeps free text fields to a sane size, and free of NUL (which no text needs and PostgreSQL cannot store).
 pub(crate) fn check_text(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.chars().count() > max {
         return Err(ServiceError::invalid(
             "invalid_input",
             format!("{field} must be at most {max} characters"),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(ServiceError::invalid(
+            "invalid_input",
+            format!("{field} must not contain NUL characters"),
         ));
     }
     Ok(())

@@ -82,7 +82,7 @@ fn check_branch(branch: &Option<String>) -> Result<()> {
                 || b.len() > 255
                 || b.starts_with('-')
                 || b.contains("..")
-                || b.contains(char::is_whitespace) =>
+                || b.contains(|c: char| c.is_whitespace() || c.is_control()) =>
         {
             Err(ServiceError::invalid(
                 "invalid_branch",

@@ -76,7 +76,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let rest = api_url
             .strip_prefix("https://")
             .or_else(|| api_url.strip_prefix("http://"));
-        if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) || api_url.len() > 2048 {
+        if rest.is_none_or(|r| r.is_empty() || r.contains(|c: char| c.is_whitespace() || c.is_control()))
+            || api_url.len() > 2048
+        {
             return Err(ServiceError::invalid(
                 "invalid_api_url",
                 "the API URL is an http:// or https:// URL",
