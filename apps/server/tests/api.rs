@@ -1040,6 +1040,25 @@ async fn a_method_a_path_does_not_have_is_405_with_allow() {
         let v: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("body")).expect("json");
         assert_eq!(v["code"], "method_not_allowed", "{method} {path}: {v}");
     }
+    // The cache's routes too (Nix's protocol and the push endpoints).
+    s.ok(Method::POST, "/caches", Some(&token), Some(json!({"name": "main"}))).await;
+    for (method, path, allow) in [
+        (Method::GET, "/cache/main/import", "POST"),
+        (Method::PUT, "/cache/main/missing", "POST"),
+        (Method::DELETE, "/cache/main/nix-cache-info", "GET, HEAD, PUT"),
+        (Method::POST, "/cache/main/nar/abc.nar.zst", "GET, HEAD, PUT"),
+        (Method::DELETE, "/cache/main/abc.narinfo", "GET, HEAD, PUT"),
+    ] {
+        let resp = s
+            .client
+            .request(method.clone(), path)
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await;
+        resp.assert_status(StatusCode::METHOD_NOT_ALLOWED);
+        resp.assert_header("allow", allow);
+    }
+
     // An unknown path is a 404 without Allow.
     let resp = s.client.put("/api/v1/no/such/path").send().await;
     resp.assert_status(StatusCode::NOT_FOUND);

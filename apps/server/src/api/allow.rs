@@ -1,5 +1,6 @@
-//! `Allow` on 405 answers (RFC 9110 §15.5.6). poem answers 405 without it; the methods each path has are
-//! read from the API's own OpenAPI document, so the header cannot drift from the routes.
+//! `Allow` on 405 answers (RFC 9110 §15.5.6). poem answers 405 without it. For the API the methods each path
+//! has are read from its own OpenAPI document, so the header cannot drift from the routes; the cache's routes
+//! (not in the document) list theirs.
 
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
@@ -19,24 +20,38 @@ impl AllowedMethods {
     /// allowed wherever `GET` is: the router answers it with the `GET` handler's headers.
     pub fn from_openapi(spec: &str) -> Self {
         let doc: Value = serde_json::from_str(spec).unwrap_or_default();
-        let mut paths = Vec::new();
+        let mut allowed = Self::default();
         for (template, ops) in doc["paths"].as_object().into_iter().flatten() {
-            let has = |m: &str| {
-                let m = m.to_ascii_lowercase();
-                ops.get(&m).is_some() || (m == "head" && ops.get("get").is_some())
-            };
-            let methods: Vec<&str> = ORDER.into_iter().filter(|m| has(m)).collect();
-            let Ok(value) = HeaderValue::from_str(&methods.join(", ")) else {
-                continue;
-            };
-            let segments = template
-                .trim_start_matches('/')
-                .split('/')
-                .map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| s.to_owned()))
+            let methods: Vec<&str> = ORDER
+                .into_iter()
+                .filter(|m| ops.get(m.to_ascii_lowercase()).is_some())
                 .collect();
-            paths.push((segments, value));
+            allowed.add(template, &methods);
         }
-        Self { paths }
+        allowed
+    }
+
+    /// Path templates (`{name}` for a parameter) with their methods.
+    pub fn from_routes(routes: &[(&str, &[&str])]) -> Self {
+        let mut allowed = Self::default();
+        for (template, methods) in routes {
+            allowed.add(template, methods);
+        }
+        allowed
+    }
+
+    fn add(&mut self, template: &str, methods: &[&str]) {
+        let has = |m: &str| methods.contains(&m) || (m == "HEAD" && methods.contains(&"GET"));
+        let listed: Vec<&str> = ORDER.into_iter().filter(|m| has(m)).collect();
+        let Ok(value) = HeaderValue::from_str(&listed.join(", ")) else {
+            return;
+        };
+        let segments = template
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| s.to_owned()))
+            .collect();
+        self.paths.push((segments, value));
     }
 
     /// The `Allow` value for a request path; a literal segment beats a parameter, as in the router.
@@ -67,7 +82,11 @@ impl<E: Endpoint> Endpoint for WithAllow<E> {
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let value = self.allowed.for_path(req.uri().path()).cloned();
-        let mut resp = self.inner.call(req).await?.into_response();
+        // An error (e.g. poem's own 405) becomes its answer here, so that it can carry the header too.
+        let mut resp = match self.inner.call(req).await {
+            Ok(resp) => resp.into_response(),
+            Err(e) => e.into_response(),
+        };
         if resp.status() == StatusCode::METHOD_NOT_ALLOWED
             && let Some(value) = value
         {
@@ -102,6 +121,13 @@ mod tests {
         assert_eq!(a.for_path("/orgs/acme").unwrap(), "GET, HEAD, PATCH, DELETE");
         assert_eq!(a.for_path("/orgs/acme/subscribe").unwrap(), "GET, HEAD");
         assert_eq!(a.for_path("/hooks/github").unwrap(), "POST");
+    }
+
+    #[test]
+    fn listed_routes_work_the_same() {
+        let a = AllowedMethods::from_routes(&[("/{cache}/missing", &["POST"]), ("/{cache}/{file}", &["GET", "PUT"])]);
+        assert_eq!(a.for_path("/main/missing").unwrap(), "POST");
+        assert_eq!(a.for_path("/main/abc.narinfo").unwrap(), "GET, HEAD, PUT");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! poem-openapi traits; these do.
 
 use super::ApiError;
-pub use super::nullable::Nullable;
+pub use super::nullable::{Clearable, Nullable};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{self, InputOverride};
 use gradient_domain::permissions::{Permission, PermissionSet};

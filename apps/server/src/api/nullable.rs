@@ -3,7 +3,7 @@
 //! answers `null` for `None`: a client generated from the document rejects such answers.
 
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry};
-use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
+use poem_openapi::types::{MaybeUndefined, ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use serde_json::Value;
 use std::borrow::Cow;
 
@@ -72,5 +72,68 @@ impl<T: ParseFromJSON> ParseFromJSON for Nullable<T> {
 impl<T: ToJSON> ToJSON for Nullable<T> {
     fn to_json(&self) -> Option<Value> {
         Some(self.0.as_ref().and_then(ToJSON::to_json).unwrap_or(Value::Null))
+    }
+}
+
+/// A field of a partial update: left out (unchanged), `null` (cleared) or a value; declared `nullable`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Clearable<T>(pub MaybeUndefined<T>);
+
+impl<T> Clearable<T> {
+    /// `None`: unchanged; `Some(None)`: clear; `Some(Some(v))`: set.
+    pub fn change(self) -> Option<Option<T>> {
+        match self.0 {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(v) => Some(Some(v)),
+        }
+    }
+}
+
+impl<T: Type> Type for Clearable<T> {
+    const IS_REQUIRED: bool = false;
+
+    type RawValueType = T::RawValueType;
+    type RawElementValueType = T::RawElementValueType;
+
+    fn name() -> Cow<'static, str> {
+        format!("clearable_{}", T::name()).into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        Nullable::<T>::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        self.0.value().and_then(Type::as_raw_value)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        match self.0.value() {
+            Some(v) => v.raw_element_iter(),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.0.is_undefined()
+    }
+}
+
+impl<T: ParseFromJSON> ParseFromJSON for Clearable<T> {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        MaybeUndefined::<T>::parse_from_json(value)
+            .map(Self)
+            .map_err(ParseError::propagate)
+    }
+}
+
+impl<T: ToJSON> ToJSON for Clearable<T> {
+    fn to_json(&self) -> Option<Value> {
+        self.0.to_json()
     }
 }
