@@ -172,7 +172,14 @@ async fn run(st: &Path, dir: &Path, server: &Server, key: &str, name: &str, extr
         .arg(format!("{}/api/v1/openapi.json", server.url))
         .args(["--url", &format!("{}/api/v1", server.url)])
         .args(["--checks", CHECKS, "--seed", SEED, "--max-examples", MAX_EXAMPLES])
-        .args(["--workers", "1", "--request-timeout", "10", "--generation-database", "none"])
+        .args([
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+            "--generation-database",
+            "none",
+        ])
         .args(["--header", &format!("Authorization: Bearer {key}")])
         .args(extra)
         .current_dir(dir)
@@ -198,7 +205,12 @@ async fn run(st: &Path, dir: &Path, server: &Server, key: &str, name: &str, extr
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
-    eprintln!("schemathesis ({name}) took {:.0?}", started.elapsed());
+    let cases = output
+        .lines()
+        .find(|l| l.contains(" generated, "))
+        .unwrap_or_default()
+        .trim();
+    eprintln!("schemathesis ({name}) took {:.0?}: {cases}", started.elapsed());
     assert!(
         status.success(),
         "schemathesis ({name}) found failures ({status}):\n{output}\nserver log:\n{}",
@@ -224,9 +236,27 @@ async fn fuzz(vars: &[(&str, &str)]) {
 
     // Everything but deletions first, so the data stays while it is fuzzed; then the deletions.
     let mut outputs = vec![
-        run(&st, dir.path(), &server, &owned.key, "all-but-delete", &["--exclude-method", "DELETE"]).await,
+        run(
+            &st,
+            dir.path(),
+            &server,
+            &owned.key,
+            "all-but-delete",
+            &["--exclude-method", "DELETE"],
+        )
+        .await,
     ];
-    outputs.push(run(&st, dir.path(), &server, &owned.key, "delete", &["--include-method", "DELETE"]).await);
+    outputs.push(
+        run(
+            &st,
+            dir.path(),
+            &server,
+            &owned.key,
+            "delete",
+            &["--include-method", "DELETE"],
+        )
+        .await,
+    );
 
     // Every operation of the document was exercised.
     let spec: serde_json::Value = reqwest::get(format!("{}/api/v1/openapi.json", server.url))
@@ -242,10 +272,17 @@ async fn fuzz(vars: &[(&str, &str)]) {
         .map(|ops| ops.as_object().map_or(0, |o| o.len()))
         .sum();
     let all = outputs.join("\n");
-    assert_eq!(operations_tested(&all), operations, "not every operation was fuzzed:\n{all}");
+    assert_eq!(
+        operations_tested(&all),
+        operations,
+        "not every operation was fuzzed:\n{all}"
+    );
     // No request the fuzzer sent made the server log an internal error either.
     let log = std::fs::read_to_string(&server.log).unwrap_or_default();
-    assert!(!log.contains("internal error: "), "the server logged an internal error:\n{log}");
+    assert!(
+        !log.contains("internal error: "),
+        "the server logged an internal error:\n{log}"
+    );
     eprintln!("fuzzing took {:.0?} in all", started.elapsed());
 }
 

@@ -962,11 +962,18 @@ fn assert_nulls_are_declared(doc: &Value, schema: &Value, value: &Value, at: &st
         },
     };
     match value {
-        Value::Null => assert_eq!(schema["nullable"], true, "{at} is null but not declared nullable: {schema}"),
+        Value::Null => assert_eq!(
+            schema["nullable"], true,
+            "{at} is null but not declared nullable: {schema}"
+        ),
         Value::Object(map) => {
             for (k, v) in map {
                 let prop = &schema["properties"][k];
-                let prop = if prop.is_null() { &schema["additionalProperties"] } else { prop };
+                let prop = if prop.is_null() {
+                    &schema["additionalProperties"]
+                } else {
+                    prop
+                };
                 assert!(!prop.is_null(), "{at}.{k} is not in the document: {schema}");
                 assert_nulls_are_declared(doc, prop, v, &format!("{at}.{k}"));
             }
@@ -989,11 +996,21 @@ async fn every_null_in_an_answer_is_declared_nullable_in_the_document() {
     s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
     s.ok(Method::POST, "/caches", t, Some(json!({"name": "main"}))).await;
     let repo = "https://git.example.com/acme/web.git";
-    s.ok(Method::POST, "/projects/acme", t, Some(json!({"name": "web", "repository": repo})))
-        .await;
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        t,
+        Some(json!({"name": "web", "repository": repo})),
+    )
+    .await;
     let commit = "0123456789abcdef0123456789abcdef01234567";
     let e = s
-        .ok(Method::POST, "/projects/acme/web/evaluate", t, Some(json!({"commit": commit})))
+        .ok(
+            Method::POST,
+            "/projects/acme/web/evaluate",
+            t,
+            Some(json!({"commit": commit})),
+        )
         .await;
     let eval = format!("/evals/{}", e["id"].as_str().expect("id"));
 
@@ -1004,14 +1021,18 @@ async fn every_null_in_an_answer_is_declared_nullable_in_the_document() {
         ("/user/keys", "/user/keys"),
         ("/caches/main", "/caches/{cache}"),
         ("/projects/acme/web", "/projects/{org}/{project}"),
-        ("/projects/acme/web/evaluations", "/projects/{org}/{project}/evaluations"),
+        (
+            "/projects/acme/web/evaluations",
+            "/projects/{org}/{project}/evaluations",
+        ),
         ("/orgs/acme/forge", "/orgs/{org}/forge"),
         (eval.as_str(), "/evals/{id}"),
     ] {
         let (status, body) = s.get(path, t).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
         nulls += body.to_string().matches("null").count();
-        let schema = &doc["paths"][template]["get"]["responses"]["200"]["content"]["application/json; charset=utf-8"]["schema"];
+        let schema =
+            &doc["paths"][template]["get"]["responses"]["200"]["content"]["application/json; charset=utf-8"]["schema"];
         assert!(!schema.is_null(), "{template} has no JSON answer in the document");
         assert_nulls_are_declared(&doc, schema, &body, path);
     }
@@ -1025,7 +1046,11 @@ async fn a_method_a_path_does_not_have_is_405_with_allow() {
     let token = s.user("olga").await;
     for (method, path, allow) in [
         (Method::PUT, "/api/v1/user/keys", "GET, HEAD, POST"),
-        (Method::GET, "/api/v1/user/keys/7f3c1e52-4d1a-4c8e-9a55-0f6b2d9e8c11", "DELETE"),
+        (
+            Method::GET,
+            "/api/v1/user/keys/7f3c1e52-4d1a-4c8e-9a55-0f6b2d9e8c11",
+            "DELETE",
+        ),
         (Method::POST, "/api/v1/orgs/acme", "GET, HEAD, PATCH, DELETE"),
         (Method::GET, "/api/v1/hooks/github", "POST"),
     ] {
@@ -1041,7 +1066,8 @@ async fn a_method_a_path_does_not_have_is_405_with_allow() {
         assert_eq!(v["code"], "method_not_allowed", "{method} {path}: {v}");
     }
     // The cache's routes too (Nix's protocol and the push endpoints).
-    s.ok(Method::POST, "/caches", Some(&token), Some(json!({"name": "main"}))).await;
+    s.ok(Method::POST, "/caches", Some(&token), Some(json!({"name": "main"})))
+        .await;
     for (method, path, allow) in [
         (Method::GET, "/cache/main/import", "POST"),
         (Method::PUT, "/cache/main/missing", "POST"),
@@ -1070,7 +1096,10 @@ async fn a_method_a_path_does_not_have_is_405_with_allow() {
     for (path, ops) in doc["paths"].as_object().expect("paths") {
         for (method, op) in ops.as_object().expect("operations") {
             for status in ["400", "401", "404", "405", "415", "422"] {
-                assert!(!op["responses"][status].is_null(), "{method} {path} does not document {status}");
+                assert!(
+                    !op["responses"][status].is_null(),
+                    "{method} {path} does not document {status}"
+                );
             }
             let headers = op["responses"]["405"]["headers"].as_object();
             assert!(
@@ -1120,18 +1149,53 @@ async fn text_with_nul_is_refused_before_it_reaches_the_database() {
     s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
     s.ok(Method::POST, "/caches", t, Some(json!({"name": "main"}))).await;
     let repo = "https://git.example.com/acme/web.git";
-    s.ok(Method::POST, "/projects/acme", t, Some(json!({"name": "web", "repository": repo})))
-        .await;
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        t,
+        Some(json!({"name": "web", "repository": repo})),
+    )
+    .await;
     let nul = "a\u{0}b";
     let register = json!({"username": "nul", "name": nul, "email": "nul@example.com", "password": "password123"});
     for (method, path, body, code) in [
         (Method::POST, "/auth/basic/register", register, "invalid_input"),
-        (Method::POST, "/orgs", json!({"name": "other", "display_name": nul}), "invalid_input"),
-        (Method::PATCH, "/orgs/acme", json!({"description": nul}), "invalid_input"),
-        (Method::POST, "/caches", json!({"name": "other", "description": nul}), "invalid_input"),
-        (Method::PATCH, "/caches/main", json!({"display_name": nul}), "invalid_input"),
-        (Method::POST, "/projects/acme", json!({"name": "other", "repository": repo, "branch": nul}), "invalid_branch"),
-        (Method::PATCH, "/projects/acme/web", json!({"description": nul}), "invalid_input"),
+        (
+            Method::POST,
+            "/orgs",
+            json!({"name": "other", "display_name": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::PATCH,
+            "/orgs/acme",
+            json!({"description": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/caches",
+            json!({"name": "other", "description": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::PATCH,
+            "/caches/main",
+            json!({"display_name": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/projects/acme",
+            json!({"name": "other", "repository": repo, "branch": nul}),
+            "invalid_branch",
+        ),
+        (
+            Method::PATCH,
+            "/projects/acme/web",
+            json!({"description": nul}),
+            "invalid_input",
+        ),
         (Method::POST, "/user/keys", json!({"name": nul}), "invalid_input"),
         (
             Method::PUT,
@@ -1147,12 +1211,18 @@ async fn text_with_nul_is_refused_before_it_reaches_the_database() {
         );
     }
     assert_err(
-        s.post("/auth/basic/login", None, json!({"loginname": nul, "password": "password123"})).await,
+        s.post(
+            "/auth/basic/login",
+            None,
+            json!({"loginname": nul, "password": "password123"}),
+        )
+        .await,
         StatusCode::UNAUTHORIZED,
         "invalid_credentials",
     );
     assert_err(
-        s.call(Method::DELETE, "/orgs/acme/roles", t, Some(json!({"name": nul}))).await,
+        s.call(Method::DELETE, "/orgs/acme/roles", t, Some(json!({"name": nul})))
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
     );

@@ -47,7 +47,6 @@ pub struct ProjectPatch {
     pub active: Option<bool>,
 }
 
-
 #[OpenApi(tag = "Tag::Projects")]
 impl ProjectsApi {
     /// The organization's projects.
