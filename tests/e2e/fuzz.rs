@@ -23,8 +23,11 @@ fn schemathesis() -> Option<PathBuf> {
     st.exists().then_some(st)
 }
 
-/// The checks every answer must pass.
-const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
+/// The checks every answer must pass: no 5xx; status, content type, headers and body as documented; and a
+/// method a path does not have answers 405 with an `Allow` that lists exactly the documented methods.
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
+                      response_headers_conformance,response_schema_conformance,unsupported_method,\
+                      allow_header_conformance";
 /// Fixed, so a failure reproduces with the same requests.
 const SEED: &str = "20261205";
 /// Generated cases per operation and phase.
