@@ -175,14 +175,11 @@ async fn run(st: &Path, dir: &Path, server: &Server, key: &str, name: &str, extr
         .arg(format!("{}/api/v1/openapi.json", server.url))
         .args(["--url", &format!("{}/api/v1", server.url)])
         .args(["--checks", CHECKS, "--seed", SEED, "--max-examples", MAX_EXAMPLES])
-        .args([
-            "--workers",
-            "1",
-            "--request-timeout",
-            "10",
-            "--generation-database",
-            "none",
-        ])
+        .args(["--workers", "1", "--request-timeout", "30"])
+        .args(["--generation-database", "none"])
+        // Hypothesis' health checks judge the generator's speed, not the server: on a loaded machine they
+        // would fail a run that found nothing.
+        .args(["--suppress-health-check", "all"])
         .args(["--header", &format!("Authorization: Bearer {key}")])
         .args(extra)
         .current_dir(dir)
