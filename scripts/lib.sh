@@ -44,7 +44,7 @@ ensure_postgres() {
   echo "postgres:///postgres?host=/var/run/postgresql&user=$me"
 }
 
-# Where test tools installed by these scripts live (a Python venv for moto) and their state (PID files, logs).
+# Where test tools installed by these scripts live (a Python venv for moto and schemathesis) and their state (PID files, logs).
 GRADIENT_TEST_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/gradient-test"
 MOTO_PID_FILE="$GRADIENT_TEST_CACHE/moto.pid"
 
@@ -79,6 +79,27 @@ ensure_moto() {
   cat "$log" >&2
   stop_moto
   die "moto did not start on $endpoint (log above)"
+}
+
+# The schemathesis release the API fuzzing test (tests/e2e/fuzz.rs) runs; it supports Python 3.9 and newer.
+SCHEMATHESIS_VERSION=4.32.5
+
+# Installs schemathesis (API fuzzing from the OpenAPI document) into the test venv and prints the path of its
+# `st` command on stdout, and nothing else there.
+ensure_schemathesis() {
+  ensure_packages python3 python3-venv >&2
+  local python=/usr/bin/python3 venv="$GRADIENT_TEST_CACHE/venv"
+  [ -x "$python" ] || python=$(command -v python3) || die "python3 is missing"
+  mkdir -p "$GRADIENT_TEST_CACHE"
+  if [ ! -x "$venv/bin/pip" ]; then
+    "$python" -m venv "$venv" >&2 || die "could not create a Python venv in $venv"
+  fi
+  if ! "$venv/bin/st" --version 2>/dev/null | grep -qF "version $SCHEMATHESIS_VERSION"; then
+    say "installing schemathesis $SCHEMATHESIS_VERSION into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
+      || die "could not install schemathesis from PyPI"
+  fi
+  echo "$venv/bin/st"
 }
 
 # Stops the moto server ensure_moto started, if it is still running.

@@ -231,6 +231,7 @@ async fn broken_or_unauthorized_imports_keep_the_paths_before_and_nothing_after(
         .await
         .expect("GET");
     assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
 
     // Questions about things that are not store paths are refused.
     let resp = http

@@ -31,12 +31,16 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let schemas = std::sync::Arc::new(api::strict::BodySchemas::from_spec(&api.spec()));
-    let api = api
-        .around(move |ep, req| {
-            let schemas = schemas.clone();
-            async move { limit_body(ep, req, max, &schemas).await }
-        })
-        .catch_all_error(|e| async move { api::error_response(e) });
+    let allowed = api::AllowedMethods::from_openapi(&api.spec());
+    let api = api::WithAllow {
+        inner: api
+            .around(move |ep, req| {
+                let schemas = schemas.clone();
+                async move { limit_body(ep, req, max, &schemas).await }
+            })
+            .catch_all_error(|e| async move { api::error_response(e) }),
+        allowed,
+    };
     Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
         .at(

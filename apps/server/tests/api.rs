@@ -1509,3 +1509,293 @@ async fn a_webhook_of_an_unknown_org_answers_as_one_without_a_secret_or_a_wrong_
         .await;
     assert_eq!(deliver("private-org").await, existing, "wrong signature: same answer");
 }
+
+/// The schema a component `$ref` names.
+fn component<'a>(doc: &'a Value, reference: &str) -> &'a Value {
+    let name = reference.rsplit('/').next().expect("ref name");
+    &doc["components"]["schemas"][name]
+}
+
+/// Every `null` in `value` is a property its schema declares `nullable` (recursing into objects and arrays).
+#[track_caller]
+fn assert_nulls_are_declared(doc: &Value, schema: &Value, value: &Value, at: &str) {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => component(doc, r),
+        None => match schema["allOf"].as_array().and_then(|a| a.first()) {
+            Some(inner) if value.is_object() => return assert_nulls_are_declared(doc, inner, value, at),
+            _ => schema,
+        },
+    };
+    match value {
+        Value::Null => assert_eq!(
+            schema["nullable"], true,
+            "{at} is null but not declared nullable: {schema}"
+        ),
+        Value::Object(map) => {
+            for (k, v) in map {
+                let prop = &schema["properties"][k];
+                let prop = if prop.is_null() {
+                    &schema["additionalProperties"]
+                } else {
+                    prop
+                };
+                assert!(!prop.is_null(), "{at}.{k} is not in the document: {schema}");
+                assert_nulls_are_declared(doc, prop, v, &format!("{at}.{k}"));
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                assert_nulls_are_declared(doc, &schema["items"], v, &format!("{at}[{i}]"));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_null_in_an_answer_is_declared_nullable_in_the_document() {
+    let s = server().await;
+    let token = s.user("nora").await;
+    let t = Some(token.as_str());
+    s.ok(Method::POST, "/user/keys", t, Some(json!({"name": "k"}))).await;
+    s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
+    s.ok(Method::POST, "/caches", t, Some(json!({"name": "main"}))).await;
+    let repo = "https://git.example.com/acme/web.git";
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        t,
+        Some(json!({"name": "web", "repository": repo})),
+    )
+    .await;
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let e = s
+        .ok(
+            Method::POST,
+            "/projects/acme/web/evaluate",
+            t,
+            Some(json!({"commit": commit})),
+        )
+        .await;
+    let eval = format!("/evals/{}", e["id"].as_str().expect("id"));
+
+    let resp = s.client.get("/api/v1/openapi.json").send().await;
+    let doc: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("spec")).expect("json");
+    let mut nulls = 0;
+    for (path, template) in [
+        ("/user/keys", "/user/keys"),
+        ("/caches/main", "/caches/{cache}"),
+        ("/projects/acme/web", "/projects/{org}/{project}"),
+        (
+            "/projects/acme/web/evaluations",
+            "/projects/{org}/{project}/evaluations",
+        ),
+        ("/orgs/acme/forge", "/orgs/{org}/forge"),
+        (eval.as_str(), "/evals/{id}"),
+    ] {
+        let (status, body) = s.get(path, t).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        nulls += body.to_string().matches("null").count();
+        let schema =
+            &doc["paths"][template]["get"]["responses"]["200"]["content"]["application/json; charset=utf-8"]["schema"];
+        assert!(!schema.is_null(), "{template} has no JSON answer in the document");
+        assert_nulls_are_declared(&doc, schema, &body, path);
+    }
+    // The answers above do hold nulls (unused key, no local priority, no branch, no forge): the check ran.
+    assert!(nulls >= 6, "expected nulls in the answers, found {nulls}");
+}
+
+#[tokio::test]
+async fn a_method_a_path_does_not_have_is_405_with_allow() {
+    let s = server().await;
+    let token = s.user("olga").await;
+    for (method, path, allow) in [
+        (Method::PUT, "/api/v1/user/keys", "GET, HEAD, POST"),
+        (
+            Method::GET,
+            "/api/v1/user/keys/7f3c1e52-4d1a-4c8e-9a55-0f6b2d9e8c11",
+            "DELETE",
+        ),
+        (Method::POST, "/api/v1/orgs/acme", "GET, HEAD, PATCH, DELETE"),
+        (Method::GET, "/api/v1/hooks/github", "POST"),
+    ] {
+        let resp = s
+            .client
+            .request(method.clone(), path)
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await;
+        resp.assert_status(StatusCode::METHOD_NOT_ALLOWED);
+        resp.assert_header("allow", allow);
+        let v: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("body")).expect("json");
+        assert_eq!(v["code"], "method_not_allowed", "{method} {path}: {v}");
+    }
+    // The cache's routes too (Nix's protocol and the push endpoints).
+    s.ok(Method::POST, "/caches", Some(&token), Some(json!({"name": "main"})))
+        .await;
+    for (method, path, allow) in [
+        (Method::GET, "/cache/main/import", "POST"),
+        (Method::PUT, "/cache/main/missing", "POST"),
+        (Method::DELETE, "/cache/main/nix-cache-info", "GET, HEAD, PUT"),
+        (Method::POST, "/cache/main/nar/abc.nar.zst", "GET, HEAD, PUT"),
+        (Method::DELETE, "/cache/main/abc.narinfo", "GET, HEAD, PUT"),
+    ] {
+        let resp = s
+            .client
+            .request(method.clone(), path)
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await;
+        resp.assert_status(StatusCode::METHOD_NOT_ALLOWED);
+        resp.assert_header("allow", allow);
+    }
+
+    // An unknown path is a 404 without Allow.
+    let resp = s.client.put("/api/v1/no/such/path").send().await;
+    resp.assert_status(StatusCode::NOT_FOUND);
+    resp.assert_header_is_not_exist("allow");
+
+    // The document says so for every operation.
+    let resp = s.client.get("/api/v1/openapi.json").send().await;
+    let doc: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("spec")).expect("json");
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            for status in ["400", "401", "404", "405", "415", "422"] {
+                assert!(
+                    !op["responses"][status].is_null(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+            let headers = op["responses"]["405"]["headers"].as_object();
+            assert!(
+                headers.is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("allow"))),
+                "{method} {path}: 405 does not document Allow"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_415() {
+    let s = server().await;
+    let token = s.user("pia").await;
+    for content_type in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let mut req = s
+            .client
+            .post("/api/v1/orgs")
+            .header("Authorization", format!("Bearer {token}"))
+            .body("{\"name\": \"acme\"}");
+        if let Some(ct) = content_type {
+            req = req.content_type(ct);
+        }
+        let resp = req.send().await;
+        resp.assert_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let v: Value = serde_json::from_str(&resp.0.into_body().into_string().await.expect("body")).expect("json");
+        assert_eq!(
+            (v["error"].as_bool(), v["code"].as_str()),
+            (Some(true), Some("unsupported_media_type")),
+            "{content_type:?}: {v}"
+        );
+    }
+    assert_eq!(
+        s.ok(Method::GET, "/orgs", Some(&token), None).await,
+        json!([]),
+        "nothing was created"
+    );
+}
+
+/// Found by fuzzing on PostgreSQL, which cannot store NUL in text: each of these was a 500 there (and stored
+/// the NUL on SQLite). Now refused (422) before anything is written, or looked up as nothing.
+#[tokio::test]
+async fn text_with_nul_is_refused_before_it_reaches_the_database() {
+    let s = server().await;
+    let token = s.user("quin").await;
+    let t = Some(token.as_str());
+    s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
+    s.ok(Method::POST, "/caches", t, Some(json!({"name": "main"}))).await;
+    let repo = "https://git.example.com/acme/web.git";
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        t,
+        Some(json!({"name": "web", "repository": repo})),
+    )
+    .await;
+    let nul = "a\u{0}b";
+    let register = json!({"username": "nul", "name": nul, "email": "nul@example.com", "password": "password123"});
+    for (method, path, body, code) in [
+        (Method::POST, "/auth/basic/register", register, "invalid_input"),
+        (
+            Method::POST,
+            "/orgs",
+            json!({"name": "other", "display_name": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::PATCH,
+            "/orgs/acme",
+            json!({"description": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/caches",
+            json!({"name": "other", "description": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::PATCH,
+            "/caches/main",
+            json!({"display_name": nul}),
+            "invalid_input",
+        ),
+        (
+            Method::POST,
+            "/projects/acme",
+            json!({"name": "other", "repository": repo, "branch": nul}),
+            "invalid_branch",
+        ),
+        (
+            Method::PATCH,
+            "/projects/acme/web",
+            json!({"description": nul}),
+            "invalid_input",
+        ),
+        (Method::POST, "/user/keys", json!({"name": nul}), "invalid_input"),
+        (
+            Method::PUT,
+            "/orgs/acme/forge",
+            json!({"forge": "gitea", "api_url": format!("http://127.0.0.1:9/{nul}"), "token": "t"}),
+            "invalid_api_url",
+        ),
+    ] {
+        assert_err(
+            s.call(method.clone(), path, t, Some(body)).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+        );
+    }
+    assert_err(
+        s.post(
+            "/auth/basic/login",
+            None,
+            json!({"loginname": nul, "password": "password123"}),
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    );
+    assert_err(
+        s.call(Method::DELETE, "/orgs/acme/roles", t, Some(json!({"name": nul})))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // Nothing was written.
+    let orgs = s.ok(Method::GET, "/orgs", t, None).await;
+    assert_eq!(orgs.as_array().map(Vec::len), Some(1), "{orgs}");
+    assert_eq!(orgs[0]["description"], "", "{orgs}");
+    assert_eq!(s.ok(Method::GET, "/caches/main", t, None).await["display_name"], "main");
+    assert_eq!(s.ok(Method::GET, "/user/keys", t, None).await, json!([]));
+    assert_eq!(s.ok(Method::GET, "/orgs/acme/forge", t, None).await, Value::Null);
+}

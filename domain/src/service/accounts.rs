@@ -158,9 +158,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             Ok(name) => self.storage.user_by_username(&name).await?,
             Err(_) => None,
         };
-        let user = match user {
-            Some(u) => Some(u),
-            None => self.storage.user_by_email(&loginname.to_lowercase()).await?,
+        let user = match (user, Email::parse(loginname)) {
+            (Some(u), _) => Some(u),
+            (None, Ok(email)) => self.storage.user_by_email(email.as_str()).await?,
+            // Not an address at all (e.g. it holds a NUL): no account has it.
+            (None, Err(_)) => None,
         };
         // Verify against a dummy hash for unknown users so both failures take the same time.
         let hash = user

@@ -349,11 +349,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "'{name}' is a built-in role and cannot be deleted"
             )));
         }
+        let missing = || ServiceError::NotFound(format!("the organization has no role '{name}'"));
+        // No role is named with control characters (`create_role` refuses them): nothing to look up.
+        if name.contains(char::is_control) {
+            return Err(missing());
+        }
         let role = self
             .storage
             .role_by_name(org.id, name.trim())
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("the organization has no role '{name}'")))?;
+            .ok_or_else(missing)?;
         if role.managed {
             return Err(ServiceError::Forbidden(format!(
                 "'{name}' is managed by the server's declarative state"

@@ -73,7 +73,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ServiceError::invalid("invalid_forge", "the forge is one of gitea, forgejo, gitlab, github")
         })?;
         let api_url = api_url.trim().trim_end_matches('/');
-        let Some(remote) = crate::reach::parse_http_url(api_url) else {
+        let plain = api_url.len() <= 2048 && !api_url.contains(|c: char| c.is_whitespace() || c.is_control());
+        let Some(remote) = plain.then(|| crate::reach::parse_http_url(api_url)).flatten() else {
             return Err(ServiceError::invalid(
                 "invalid_api_url",
                 "the API URL is an http:// or https:// URL",

@@ -1,10 +1,9 @@
-use super::dto::{CacheView, Reply, SubscriberView, ok, parse_compression};
+use super::dto::{CacheView, Clearable, Reply, SubscriberView, ok, parse_compression};
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use gradient_domain::service::{CacheChanges, NewCache};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
-use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Object, OpenApi};
 
 pub struct CachesApi(pub AppState);
@@ -33,7 +32,7 @@ pub struct CachePatch {
     pub description: Option<String>,
     pub public: Option<bool>,
     pub priority: Option<i32>,
-    pub local_priority: MaybeUndefined<i32>,
+    pub local_priority: Clearable<i32>,
     pub compression: Option<String>,
 }
 
@@ -79,11 +78,7 @@ impl CachesApi {
             description: b.description,
             public: b.public,
             priority: b.priority,
-            local_priority: match b.local_priority {
-                MaybeUndefined::Undefined => None,
-                MaybeUndefined::Null => Some(None),
-                MaybeUndefined::Value(v) => Some(Some(v)),
-            },
+            local_priority: b.local_priority.change(),
             compression: parse_compression(b.compression)?,
         };
         ok(CacheView::from(

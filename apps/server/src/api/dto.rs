@@ -2,6 +2,7 @@
 //! poem-openapi traits; these do.
 
 use super::ApiError;
+pub use super::nullable::{Clearable, Nullable};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{self, InputOverride};
 use gradient_domain::permissions::{Permission, PermissionSet};
@@ -53,11 +54,12 @@ pub struct ApiKeyView {
     pub id: Uuid,
     pub name: String,
     /// The organization the key is limited to, if any.
-    pub organization: Option<Uuid>,
+    pub organization: Nullable<Uuid>,
     /// The permissions the key is limited to, if any.
-    pub permissions: Option<Vec<String>>,
+    pub permissions: Nullable<Vec<String>>,
     pub created_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
+    /// `null` until the key is first used.
+    pub last_used_at: Nullable<DateTime<Utc>>,
 }
 
 impl From<&model::ApiKey> for ApiKeyView {
@@ -65,10 +67,10 @@ impl From<&model::ApiKey> for ApiKeyView {
         Self {
             id: k.id.0,
             name: k.name.clone(),
-            organization: k.scope.organization.map(|o| o.0),
-            permissions: k.scope.permissions.as_ref().map(permission_names),
+            organization: k.scope.organization.map(|o| o.0).into(),
+            permissions: k.scope.permissions.as_ref().map(permission_names).into(),
             created_at: k.created_at,
-            last_used_at: k.last_used_at,
+            last_used_at: k.last_used_at.into(),
         }
     }
 }
@@ -157,8 +159,9 @@ impl From<&gradient_domain::service::RoleView> for RoleView {
     }
 }
 
-/// One flake input override: set exactly one of `url` or `keep_url`.
+/// One flake input override: set exactly one of `url` or `keep_url` (answers leave the other out).
 #[derive(Object, Clone)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InputOverrideView {
     /// A flake reference replacing the input's URL.
     pub url: Option<String>,
@@ -205,13 +208,13 @@ pub struct ProjectView {
     pub description: String,
     pub repository: String,
     /// `null` means the repository's default branch.
-    pub branch: Option<String>,
+    pub branch: Nullable<String>,
     pub wildcard: String,
     pub flake_input_overrides: BTreeMap<String, InputOverrideView>,
     /// `null` uses the server's `keepEvaluations`.
-    pub keep_evaluations: Option<u32>,
+    pub keep_evaluations: Nullable<u32>,
     /// `null` disables polling.
-    pub poll_interval_secs: Option<u32>,
+    pub poll_interval_secs: Nullable<u32>,
     pub active: bool,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
@@ -226,11 +229,11 @@ impl ProjectView {
             display_name: p.display_name.clone(),
             description: p.description.clone(),
             repository: p.repository.clone(),
-            branch: p.branch.clone(),
+            branch: p.branch.clone().into(),
             wildcard: p.wildcard.clone(),
             flake_input_overrides: overrides_to_view(&p.flake_input_overrides),
-            keep_evaluations: p.keep_evaluations,
-            poll_interval_secs: p.poll_interval_secs,
+            keep_evaluations: p.keep_evaluations.into(),
+            poll_interval_secs: p.poll_interval_secs.into(),
             active: p.active,
             created_by: p.created_by.0,
             created_at: p.created_at,
@@ -246,7 +249,8 @@ pub struct CacheView {
     pub description: String,
     pub public: bool,
     pub priority: i32,
-    pub local_priority: Option<i32>,
+    /// Priority announced to clients in `localIps`; `null`: they get `priority`.
+    pub local_priority: Nullable<i32>,
     /// `zstd`, `xz` or `none`.
     pub compression: String,
     pub created_by: Uuid,
@@ -262,7 +266,7 @@ impl From<&model::Cache> for CacheView {
             description: c.description.clone(),
             public: c.public,
             priority: c.priority,
-            local_priority: c.local_priority,
+            local_priority: c.local_priority.into(),
             compression: c.compression.as_str().to_owned(),
             created_by: c.created_by.0,
             created_at: c.created_at,

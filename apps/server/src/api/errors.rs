@@ -31,12 +31,18 @@ pub enum ApiError {
     /// Absent, or not visible to the caller.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The path does not answer this method; `Allow` lists the methods it does.
+    #[oai(status = 405)]
+    MethodNotAllowed(Json<ErrorBody>, #[oai(header = "Allow")] String),
     /// Collides with existing state (e.g. the name is taken).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The body is larger than `maxRequestSize`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// The body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// A value is not acceptable (e.g. an invalid name).
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),

@@ -1,4 +1,4 @@
-use super::dto::{Reply, ok};
+use super::dto::{Nullable, Reply, ok};
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
@@ -31,7 +31,8 @@ pub struct EvaluationView {
     pub id: Uuid,
     pub project_id: Uuid,
     pub commit: String,
-    pub branch: Option<String>,
+    /// The branch the commit was pushed to or polled from; `null` when unknown (e.g. a manual evaluation).
+    pub branch: Nullable<String>,
     /// What started it: Manual, Poll or Webhook.
     pub trigger: String,
     /// Queued, Fetching, Evaluating, Building, Completed, Failed or Aborted.
@@ -65,7 +66,7 @@ impl From<&Evaluation> for EvaluationView {
             id: e.id.0,
             project_id: e.project_id.0,
             commit: e.commit.clone(),
-            branch: e.branch.clone(),
+            branch: e.branch.clone().into(),
             trigger: e.trigger.as_str().to_owned(),
             status: e.status.as_str().to_owned(),
             errors: e
@@ -94,9 +95,9 @@ pub struct BuildView {
     pub transitions: Vec<TransitionView>,
     pub created_at: DateTime<Utc>,
     /// When it last started building.
-    pub started_at: Option<DateTime<Utc>>,
+    pub started_at: Nullable<DateTime<Utc>>,
     /// When it ended.
-    pub finished_at: Option<DateTime<Utc>>,
+    pub finished_at: Nullable<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -108,8 +109,8 @@ impl From<&Build> for BuildView {
             status: b.status.as_str().to_owned(),
             transitions: transitions(&b.transitions, |s| s.as_str()),
             created_at: b.created_at,
-            started_at: b.started_at(),
-            finished_at: b.finished_at(),
+            started_at: b.started_at().into(),
+            finished_at: b.finished_at().into(),
             updated_at: b.updated_at,
         }
     }
@@ -162,7 +163,8 @@ impl From<&Derivation> for DerivationView {
 #[derive(Object)]
 pub struct BuildDetail {
     pub build: BuildView,
-    pub derivation: Option<DerivationView>,
+    /// `null` when the server no longer knows the derivation.
+    pub derivation: Nullable<DerivationView>,
 }
 
 #[derive(ApiResponse)]
@@ -195,7 +197,7 @@ pub struct StatusReportView {
     /// Failed delivery attempts so far.
     pub attempts: u32,
     /// Why the last attempt failed.
-    pub last_error: Option<String>,
+    pub last_error: Nullable<String>,
     pub next_attempt_at: DateTime<Utc>,
 }
 
@@ -205,7 +207,7 @@ impl From<&gradient_domain::model::StatusReport> for StatusReportView {
             state: r.state.as_str().to_owned(),
             delivered: r.delivered,
             attempts: r.attempts,
-            last_error: r.last_error.clone(),
+            last_error: r.last_error.clone().into(),
             next_attempt_at: r.next_attempt_at,
         }
     }
@@ -286,7 +288,7 @@ impl EvaluationsApi {
         let (build, derivation) = self.0.app.build_for(&caller, BuildId(id.0)).await?;
         ok(BuildDetail {
             build: BuildView::from(&build),
-            derivation: derivation.as_ref().map(DerivationView::from),
+            derivation: derivation.as_ref().map(DerivationView::from).into(),
         })
     }
 

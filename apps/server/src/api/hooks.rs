@@ -2,7 +2,7 @@
 //! and GitHub, and the GitHub App's deliveries; listing a project's evaluations (to see what a push queued);
 //! the organization's forge connection commit statuses are reported through.
 
-use super::dto::{Reply, ok};
+use super::dto::{Nullable, Reply, ok};
 use super::evaluations::EvaluationView;
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
@@ -156,10 +156,10 @@ impl HooksApi {
 
     /// The organization's forge connection, without its token (`manage_integrations`); null when none is set.
     #[oai(path = "/orgs/:org/forge", method = "get")]
-    async fn get_forge(&self, auth: Token, org: Path<String>) -> Reply<Option<ForgeConnectionView>> {
+    async fn get_forge(&self, auth: Token, org: Path<String>) -> Reply<Nullable<ForgeConnectionView>> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let c = self.0.app.forge_connection_of(&caller, &org).await?;
-        ok(c.as_ref().map(ForgeConnectionView::from))
+        ok(c.as_ref().map(ForgeConnectionView::from).into())
     }
 
     /// Generates the organization's webhook secret, replacing the previous one (`manage_integrations`).

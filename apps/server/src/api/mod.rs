@@ -4,17 +4,20 @@
 //! `{"error": true, "message": …, "code": …}`.
 
 mod accounts;
+mod allow;
 mod caches;
 mod dto;
 mod errors;
 mod evaluations;
 mod hooks;
 mod meta;
+mod nullable;
 mod orgs;
 mod projects;
 pub mod strict;
 mod workers;
 
+pub use allow::{AllowedMethods, WithAllow};
 pub use errors::{ApiError, error_response};
 
 use crate::state::AppState;

@@ -1,10 +1,9 @@
-use super::dto::{InputOverrideView, ProjectView, Reply, ok, overrides_from_view};
+use super::dto::{Clearable, InputOverrideView, ProjectView, Reply, ok, overrides_from_view};
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use gradient_domain::service::{NewProject, ProjectChanges};
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
-use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Object, OpenApi};
 use std::collections::BTreeMap;
 
@@ -39,21 +38,13 @@ pub struct ProjectPatch {
     pub display_name: Option<String>,
     pub description: Option<String>,
     pub repository: Option<String>,
-    pub branch: MaybeUndefined<String>,
+    pub branch: Clearable<String>,
     pub wildcard: Option<String>,
     /// Replaces all overrides; `{}` removes them.
     pub flake_input_overrides: Option<BTreeMap<String, InputOverrideView>>,
-    pub keep_evaluations: MaybeUndefined<u32>,
-    pub poll_interval_secs: MaybeUndefined<u32>,
+    pub keep_evaluations: Clearable<u32>,
+    pub poll_interval_secs: Clearable<u32>,
     pub active: Option<bool>,
-}
-
-fn maybe<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
-    match v {
-        MaybeUndefined::Undefined => None,
-        MaybeUndefined::Null => Some(None),
-        MaybeUndefined::Value(v) => Some(Some(v)),
-    }
 }
 
 #[OpenApi(tag = "Tag::Projects")]
@@ -111,11 +102,11 @@ impl ProjectsApi {
             display_name: b.display_name,
             description: b.description,
             repository: b.repository,
-            branch: maybe(b.branch),
+            branch: b.branch.change(),
             wildcard: b.wildcard,
             flake_input_overrides: b.flake_input_overrides.map(overrides_from_view).transpose()?,
-            keep_evaluations: maybe(b.keep_evaluations),
-            poll_interval_secs: maybe(b.poll_interval_secs),
+            keep_evaluations: b.keep_evaluations.change(),
+            poll_interval_secs: b.poll_interval_secs.change(),
             active: b.active,
         };
         let p = self.0.app.update_project(&caller, &org, &project, changes).await?;

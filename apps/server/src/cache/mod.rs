@@ -28,14 +28,23 @@ const MAX_NARINFO: usize = 64 * 1024;
 const MAX_MISSING_BODY: usize = MAX_MISSING_QUERY * 256;
 
 pub fn routes(state: AppState) -> impl Endpoint<Output = Response> {
-    Route::new()
+    let routes = Route::new()
         .at("/:cache/nix-cache-info", cache_info)
         .at("/:cache/nar/:file", nar)
         .at("/:cache/missing", poem::post(missing_paths))
         .at("/:cache/import", poem::post(import_paths))
         .at("/:cache/:file", narinfo)
         .data(state)
-        .map_to_response()
+        .map_to_response();
+    // What each route answers, for `Allow` on a 405.
+    let allowed = crate::api::AllowedMethods::from_routes(&[
+        ("/{cache}/nix-cache-info", &["GET", "PUT"]),
+        ("/{cache}/nar/{file}", &["GET", "PUT"]),
+        ("/{cache}/missing", &["POST"]),
+        ("/{cache}/import", &["POST"]),
+        ("/{cache}/{file}", &["GET", "PUT"]),
+    ]);
+    crate::api::WithAllow { inner: routes, allowed }
 }
 
 /// A failure answered as plain text, as Nix expects; 401 asks for HTTP Basic credentials.
@@ -120,6 +129,9 @@ async fn write_cache(state: &AppState, req: &Request, name: &str) -> Result<Cach
 async fn cache_info(req: &Request, Path(cache): Path<String>, remote: &RemoteAddr, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
     let result = async {
+        if !matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT) {
+            return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
+        }
         if req.method() == Method::PUT {
             // Nix writes nix-cache-info into a fresh store; ours always exists, so only check the right.
             write_cache(state, req, &cache).await?;
