@@ -161,7 +161,11 @@ async fn another_tenant_cannot_poison(public: bool) {
     let mut victim = Client::new(&server);
     let victim_key = victim.register_with_key("victim").await;
     victim
-        .ok(Method::POST, "/caches", Some(json!({"name": "vcache", "public": public})))
+        .ok(
+            Method::POST,
+            "/caches",
+            Some(json!({"name": "vcache", "public": public})),
+        )
         .await;
     let public_key = victim.ok(Method::GET, "/caches/vcache/public-key", None).await;
     let public_key = public_key.as_str().expect("key").to_owned();
@@ -216,7 +220,8 @@ async fn another_tenant_cannot_poison(public: bool) {
         .await;
     let peer: PeerId = serde_json::from_value(registration["peer_id"].clone()).expect("peer id");
     let worker_token = registration["token"].as_str().expect("token").to_owned();
-    let project = json!({"name": "p", "repository": "https://git.example.com/mallory/p.git", "wildcard": "packages.*.*"});
+    let project =
+        json!({"name": "p", "repository": "https://git.example.com/mallory/p.git", "wildcard": "packages.*.*"});
     mallory.ok(Method::POST, "/projects/morg", Some(project)).await;
     let mut ws = connect_worker(&server, worker, peer, &worker_token).await;
     mallory
@@ -280,7 +285,10 @@ async fn another_tenant_cannot_poison(public: bool) {
         if status == 401 {
             break;
         }
-        assert!(Instant::now() < deadline, "the job token still works after its job ended: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the job token still works after its job ended: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

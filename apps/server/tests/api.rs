@@ -1799,3 +1799,94 @@ async fn text_with_nul_is_refused_before_it_reaches_the_database() {
     assert_eq!(s.ok(Method::GET, "/user/keys", t, None).await, json!([]));
     assert_eq!(s.ok(Method::GET, "/orgs/acme/forge", t, None).await, Value::Null);
 }
+
+#[tokio::test]
+async fn roles_cannot_be_escalated() {
+    let s = server().await;
+    let owner = s.user("oscar").await;
+    let hr = s.user("hana").await;
+    s.user("vic").await;
+    let o = Some(owner.as_str());
+    let h = Some(hr.as_str());
+    s.ok(Method::POST, "/orgs", o, Some(json!({"name": "corp"}))).await;
+    let role = json!({"name": "people", "permissions": ["view_org", "manage_members", "manage_roles"]});
+    s.ok(Method::POST, "/orgs/corp/roles", o, Some(role)).await;
+    s.ok(
+        Method::POST,
+        "/orgs/corp/users",
+        o,
+        Some(json!({"user": "hana", "role": "people"})),
+    )
+    .await;
+
+    // She manages members, within what she holds herself.
+    s.ok(
+        Method::POST,
+        "/orgs/corp/users",
+        h,
+        Some(json!({"user": "vic", "role": "View"})),
+    )
+    .await;
+    for (body, what) in [
+        (json!({"user": "hana", "role": "Admin"}), "making herself Admin"),
+        (
+            json!({"user": "vic", "role": "Write"}),
+            "granting a role she does not hold",
+        ),
+        (json!({"user": "oscar", "role": "View"}), "demoting the owner"),
+    ] {
+        assert_err(
+            s.post("/orgs/corp/users", h, body).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        );
+        let members = s.ok(Method::GET, "/orgs/corp/users", o, None).await;
+        let roles: Vec<(String, String)> = members
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| {
+                (
+                    m["username"].as_str().unwrap_or_default().to_owned(),
+                    m["role"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        assert!(
+            roles.contains(&("oscar".into(), "Admin".into())) && roles.contains(&("hana".into(), "people".into())),
+            "{what} changed nothing: {roles:?}"
+        );
+    }
+    assert_err(
+        s.call(Method::DELETE, "/orgs/corp/users", h, Some(json!({"user": "oscar"})))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_err(
+        s.post(
+            "/orgs/corp/roles",
+            h,
+            json!({"name": "x", "permissions": ["view_org", "delete_org"]}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // The last Admin cannot be demoted or removed, even by herself.
+    assert_err(
+        s.post("/orgs/corp/users", o, json!({"user": "oscar", "role": "View"}))
+            .await,
+        StatusCode::CONFLICT,
+        "last_admin",
+    );
+    assert_err(
+        s.call(Method::DELETE, "/orgs/corp/users", o, Some(json!({"user": "oscar"})))
+            .await,
+        StatusCode::CONFLICT,
+        "last_admin",
+    );
+    // She may leave.
+    s.ok(Method::DELETE, "/orgs/corp/users", h, Some(json!({"user": "hana"})))
+        .await;
+}

@@ -473,7 +473,13 @@ pub async fn grants_and_the_push_cache<S: Storage>(s: &S) {
             .collect::<Vec<_>>(),
         {
             let mut want = vec![(acme.id, true, false), (other.id, true, false)];
-            want.sort_by_key(|(id, _, _)| if *id == acme.id { acme.name.clone() } else { other.name.clone() });
+            want.sort_by_key(|(id, _, _)| {
+                if *id == acme.id {
+                    acme.name.clone()
+                } else {
+                    other.name.clone()
+                }
+            });
             want
         },
         "the cache's subscribers, with their rights"
