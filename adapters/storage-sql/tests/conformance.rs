@@ -173,7 +173,7 @@ async fn queue_survives_reconnect(url: &str) {
         peer_id: PeerId::new(),
         org_id: acme.id,
         worker_id: worker,
-        token_hash: "argon2-of-the-token".to_owned(),
+        proof_key: gradient_domain::crypt::Sealed("v1:sealed-proof-key".to_owned()),
         created_at: now,
     };
     let queued = JobRecord {
@@ -313,6 +313,24 @@ async fn sqlite_queue_survives_reconnect() {
 #[tokio::test]
 async fn postgres_queue_survives_reconnect() {
     queue_survives_reconnect(&create_postgres_database().await).await;
+}
+
+/// A database file created by the server is readable by its owner only, and so are SQLite's WAL files.
+#[tokio::test]
+async fn sqlite_database_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sqlite_path();
+    let s = connect(&sqlite_url(&path), pools()).await.unwrap();
+    s.create_user(&user("alice")).await.unwrap();
+    let dir = path.parent().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", entry.path().display());
+        checked += 1;
+    }
+    assert!(checked >= 2, "the database and its WAL");
 }
 
 #[tokio::test]

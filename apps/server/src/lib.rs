@@ -11,6 +11,7 @@ pub mod nars;
 pub mod state;
 
 use config::{Config, ConfigError, LogLevels};
+use std::os::unix::fs::DirBuilderExt;
 use gradient_domain::auth::TokenSigner;
 use gradient_domain::crypt::Crypt;
 use gradient_domain::ports::clock::SystemClock;
@@ -151,7 +152,12 @@ fn github_app(
 
 /// Builds the application state from the configuration: secrets, database (migrated), domain.
 pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
-    std::fs::create_dir_all(&config.base_dir).map_err(|e| ConfigError {
+    // Owner-only (0700) when created here: it holds the database and the generated secrets.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.base_dir)
+        .map_err(|e| ConfigError {
         var: config::env_name("baseDir"),
         problem: format!("cannot create {}: {e}", config.base_dir.display()),
     })?;
@@ -212,7 +218,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
                 })?;
                 Some(gradient_domain::service::LocalWorker {
                     id: gradient_domain::WorkerId(*id),
-                    token_hash: gradient_domain::auth::sha256_hex(token.trim().as_bytes()),
+                    proof_key: gradient_domain::proto::proof_key(token.trim()),
                 })
             }
         },
@@ -232,6 +238,12 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         }),
         other => StartError::Database(other.to_string()),
     })?;
+    // Registrations stored before proof keys were sealed hold a usable key: seal them before /proto listens.
+    match app.seal_worker_proof_keys().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(target: "gradient::proto", "sealed the proof keys of {n} worker registration(s)"),
+        Err(e) => return Err(StartError::Database(e.to_string())),
+    }
     let nars = open_nar_store(&config.nar_store).await?;
     tracing::info!("NAR store: {}", nars.kind());
     let http = HttpSettings {
@@ -245,6 +257,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let link = link::LinkSettings {
         discoverable: config.discoverable,
         max_connections: config.max_proto_connections as usize,
+        max_anonymous: link::anonymous_pool(config.max_proto_connections as usize),
+        handshake_timeout: std::time::Duration::from_secs(u64::from(gradient_domain::proto::HANDSHAKE_TIMEOUT_SECS)),
         policy: gradient_domain::proto::HandshakePolicy {
             heartbeat_interval_secs: config.worker_heartbeat_secs,
             lost_after_secs: config.worker_lost_after_secs,
@@ -362,7 +376,7 @@ pub fn spawn_dispatcher(state: AppState) {
                 Ok(assigned) => {
                     for gradient_domain::service::Dispatched { worker, org, job } in assigned {
                         if let gradient_domain::proto::Job::Build { job_id, drv_path, .. } = &job {
-                            state.logs.started(*job_id, org, drv_path);
+                            state.logs.started(*job_id, worker, org, drv_path);
                         }
                         if !state
                             .links

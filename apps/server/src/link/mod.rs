@@ -12,7 +12,7 @@ use crate::state::AppState;
 use futures_util::{SinkExt, StreamExt};
 use gradient_domain::ports::storage::{Queue, Workers};
 use gradient_domain::proto::{
-    self, Challenge, HANDSHAKE_TIMEOUT_SECS, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected,
+    self, Challenge, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected,
     ServerMessage, Stage, WorkerMessage,
 };
 use poem::http::{StatusCode, header};
@@ -26,8 +26,20 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
     pub discoverable: bool,
+    /// Links of workers that proved a registration (`maxProtoConnections`).
     pub max_connections: usize,
+    /// Connections still in their handshake, a pool of their own ([`anonymous_pool`]).
+    pub max_anonymous: usize,
+    /// How long a connection has to prove a registration, from the upgrade to `welcome`.
+    pub handshake_timeout: Duration,
     pub policy: HandshakePolicy,
+}
+
+/// The pool of connections that have not proved a registration yet: a quarter of `maxProtoConnections`,
+/// at least 16 and at most 64. They never take an authenticated link's slot, and each leaves it within the
+/// handshake timeout.
+pub fn anonymous_pool(max_connections: usize) -> usize {
+    (max_connections / 4).clamp(16, 64)
 }
 
 #[handler]
@@ -40,11 +52,13 @@ pub async fn endpoint(req: &Request, ws: WebSocket) -> Response {
         )
             .into_response();
     }
-    let Some(slot) = state.links.try_slot(state.link.max_connections) else {
+    // A connection that has proved nothing takes a slot of the anonymous pool only; it gets an authenticated
+    // link's slot once its handshake proves a registration, so idle sockets cannot lock workers out.
+    let Some(slot) = state.links.try_anonymous_slot(state.link.max_anonymous) else {
         return Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
             .header(header::RETRY_AFTER, "10")
-            .body("too many worker connections; retry later\n");
+            .body("too many worker connections are in their handshake; retry later\n");
     };
     let state = state.clone();
     // The transport accepts somewhat more than the protocol allows, so an oversized message is read whole
@@ -54,8 +68,7 @@ pub async fn endpoint(req: &Request, ws: WebSocket) -> Response {
         .max_frame_size(Some(4 * MAX_FRAME_BYTES));
     ws.config(config)
         .on_upgrade(move |socket| async move {
-            serve(state, socket).await;
-            drop(slot);
+            serve(state, socket, slot).await;
         })
         .into_response()
 }
@@ -124,9 +137,10 @@ async fn next_message(socket: &mut WebSocketStream) -> Result<WorkerMessage, Opt
     }
 }
 
-async fn serve(state: AppState, mut socket: WebSocketStream) {
-    let timeout = Duration::from_secs(u64::from(HANDSHAKE_TIMEOUT_SECS));
-    let hello = match tokio::time::timeout(timeout, next_message(&mut socket)).await {
+async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry::Slot) {
+    // One deadline for the whole handshake: a connection proves a registration within it, or is closed.
+    let deadline = tokio::time::Instant::now() + state.link.handshake_timeout;
+    let hello = match tokio::time::timeout_at(deadline, next_message(&mut socket)).await {
         Ok(Ok(WorkerMessage::Hello(h))) => h,
         Ok(Ok(_)) => {
             return reject(
@@ -171,7 +185,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream) {
     if send(&mut socket, &challenge).await.is_err() {
         return;
     }
-    let answers = match tokio::time::timeout(timeout, next_message(&mut socket)).await {
+    let answers = match tokio::time::timeout_at(deadline, next_message(&mut socket)).await {
         Ok(Ok(WorkerMessage::ChallengeResponse(a))) => a,
         Ok(Ok(_)) => {
             return reject(
@@ -190,10 +204,29 @@ async fn serve(state: AppState, mut socket: WebSocketStream) {
             .await;
         }
     };
-    let welcome = match proto::check_answers(&hello, &registrations, &nonce, &answers, &state.link.policy) {
+    let welcome = match proto::check_answers(
+        &hello,
+        &registrations,
+        &nonce,
+        &answers,
+        &state.link.policy,
+        &state.app.crypt,
+    ) {
         Ok(w) => w,
         Err(r) => return reject(&mut socket, r).await,
     };
+    // Proved: the connection leaves the anonymous pool for an authenticated link's slot.
+    let Some(_slot) = state.links.try_slot(state.link.max_connections) else {
+        let r = Rejected::new(
+            RejectCode::ServerFull,
+            format!(
+                "the server holds its maximum of {} worker links",
+                state.link.max_connections
+            ),
+        );
+        return reject(&mut socket, r).await;
+    };
+    drop(anonymous);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let Some(session) = state
         .links
@@ -285,8 +318,15 @@ async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: Worker
             errors,
         } => state.app.record_eval_result(job_id, worker, derivations, errors).await,
         WorkerMessage::JobLog { job_id, text, .. } => {
-            state.logs.append(job_id, &text);
-            Ok(())
+            // Only the worker the job was handed to writes its log.
+            if state.logs.append(job_id, worker, &text) {
+                Ok(())
+            } else {
+                Err(gradient_domain::service::ServiceError::Forbidden(format!(
+                    "a log line for job {} which is not running on worker {worker}",
+                    job_id.0
+                )))
+            }
         }
         WorkerMessage::JobProgress {
             job_id,
@@ -305,15 +345,21 @@ async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: Worker
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
             state.links.finished(worker, job_id);
-            let log = state.logs.take(job_id);
+            // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
+            let log = state.logs.take_own(job_id, worker);
             let r = state.app.record_job_finished(job_id, worker, outcome, log).await;
             state.dispatch.notify_one();
             r
         }
         _ => Ok(()),
     };
-    if let Err(e) = result {
-        tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}");
+    match result {
+        Ok(()) => {}
+        // A report for a job that is not this worker's: refused, nothing changed.
+        Err(gradient_domain::service::ServiceError::Forbidden(m)) => {
+            tracing::warn!(target: "gradient::proto", "refused a report of worker {worker}: {m}")
+        }
+        Err(e) => tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}"),
     }
 }
 
