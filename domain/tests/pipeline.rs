@@ -339,10 +339,7 @@ async fn another_organizations_worker_cannot_change_what_a_derivation_is_here() 
     let (wv, wa) = (builder(1, victim.id, true, 4), builder(2, attacker.id, true, 4));
     let real = derivation("x");
     let mut forged = real.clone();
-    forged.outputs = BTreeMap::from([(
-        "out".into(),
-        format!("/nix/store/{}-evil", "e".repeat(32)),
-    )]);
+    forged.outputs = BTreeMap::from([("out".into(), format!("/nix/store/{}-evil", "e".repeat(32)))]);
     forged.input_drvs = vec![derivation("y").drv_path];
 
     // The attacker's worker reports first.
@@ -423,10 +420,7 @@ async fn a_workers_reports_for_another_workers_job_are_refused() {
     let refused = |r: gradient_domain::service::Result<()>| {
         assert_eq!(r.unwrap_err().code(), "forbidden");
     };
-    refused(
-        app.record_eval_result(job, wa.id, vec![derivation("x")], vec![])
-            .await,
-    );
+    refused(app.record_eval_result(job, wa.id, vec![derivation("x")], vec![]).await);
     refused(app.record_evaluation_pushing(job, wa.id).await);
     refused(
         app.record_job_finished(
@@ -451,8 +445,17 @@ async fn a_workers_reports_for_another_workers_job_are_refused() {
     );
     assert!(app.storage.entry_points(e.id).await.unwrap().is_empty());
     assert!(
-        app.storage.derivation(attacker.id, &derivation("x").drv_path).await.unwrap().is_none()
-            && app.storage.derivation(victim.id, &derivation("x").drv_path).await.unwrap().is_none()
+        app.storage
+            .derivation(attacker.id, &derivation("x").drv_path)
+            .await
+            .unwrap()
+            .is_none()
+            && app
+                .storage
+                .derivation(victim.id, &derivation("x").drv_path)
+                .await
+                .unwrap()
+                .is_none()
     );
     assert!(app.job_is_active(job).await.unwrap(), "still assigned to its worker");
 

@@ -8,7 +8,7 @@ use gradient_domain::model::WorkerRegistration;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::Workers;
 use gradient_domain::proto::{
-    Challenge, Hello, HandshakePolicy, PROTOCOL_VERSION, answer_challenge, check_answers, proof_key,
+    Challenge, HandshakePolicy, Hello, PROTOCOL_VERSION, answer_challenge, check_answers, proof_key,
 };
 use gradient_domain::service::Settings;
 use gradient_domain::{PeerId, WorkerId};
@@ -67,15 +67,28 @@ async fn proof_keys_are_stored_sealed_and_old_rows_are_sealed_at_start_up() {
         )
     };
     let check = |rows: &[WorkerRegistration], w| {
-        check_answers(&hello(w), rows, &nonce, &answer(rows[0].peer_id), &HandshakePolicy::default(), &app.crypt)
+        check_answers(
+            &hello(w),
+            rows,
+            &nonce,
+            &answer(rows[0].peer_id),
+            &HandshakePolicy::default(),
+            &app.crypt,
+        )
     };
-    assert!(check(std::slice::from_ref(&legacy), old_worker).is_err(), "unsealed rows never verify");
+    assert!(
+        check(std::slice::from_ref(&legacy), old_worker).is_err(),
+        "unsealed rows never verify"
+    );
 
     assert_eq!(app.seal_worker_proof_keys().await.unwrap(), 1);
     assert_eq!(app.seal_worker_proof_keys().await.unwrap(), 0, "nothing left to seal");
     let sealed = app.storage.worker_registration(legacy.peer_id).await.unwrap().unwrap();
     assert!(sealed.proof_key.0.starts_with("v1:") && !sealed.proof_key.0.contains(&key_hex));
-    assert!(check(std::slice::from_ref(&sealed), old_worker).is_ok(), "the worker's token proves it");
+    assert!(
+        check(std::slice::from_ref(&sealed), old_worker).is_ok(),
+        "the worker's token proves it"
+    );
     let fresh = app.storage.worker_registration(new.peer_id).await.unwrap().unwrap();
     assert_eq!(fresh, new, "sealed rows are left alone");
     assert!(check(std::slice::from_ref(&fresh), worker).is_ok());

@@ -197,7 +197,12 @@ fn create_private_file(path: &std::path::Path) -> Result<()> {
     if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" || path.exists() {
         return Ok(());
     }
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StorageError::Unavailable(format!(

@@ -115,8 +115,8 @@ impl Workers for SqlStorage {
             registration_columns!(),
             " FROM worker_registrations ORDER BY created_at, peer_id"
         );
-        let rows = with_pool!(self, |p| sqlx::query_as::<_, RegistrationRow>(sql).fetch_all(p).await)
-            .map_err(db_error)?;
+        let rows =
+            with_pool!(self, |p| sqlx::query_as::<_, RegistrationRow>(sql).fetch_all(p).await).map_err(db_error)?;
         Ok(rows.into_iter().map(WorkerRegistration::from).collect())
     }
 

@@ -11,7 +11,6 @@ pub mod nars;
 pub mod state;
 
 use config::{Config, ConfigError, LogLevels};
-use std::os::unix::fs::DirBuilderExt;
 use gradient_domain::auth::TokenSigner;
 use gradient_domain::crypt::Crypt;
 use gradient_domain::ports::clock::SystemClock;
@@ -21,6 +20,7 @@ use poem::http::StatusCode;
 use poem::listener::TcpListener;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use state::{AppState, HttpSettings};
+use std::os::unix::fs::DirBuilderExt;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
@@ -152,12 +152,7 @@ fn github_app(
 
 /// Builds the application state from the configuration: secrets, database (migrated), domain.
 pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
-    // Owner-only (0700) when created here: it holds the database and the generated secrets.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.base_dir)
-        .map_err(|e| ConfigError {
+    private_dir(&config.base_dir).map_err(|e| ConfigError {
         var: config::env_name("baseDir"),
         problem: format!("cannot create {}: {e}", config.base_dir.display()),
     })?;
@@ -452,6 +447,12 @@ pub async fn flush_fetches(state: &AppState) {
     }
 }
 
+/// Creates the base directory and its missing parents owner-only (0700): it holds the database, the generated
+/// secrets and, by default, the NARs. A directory that exists is left as the operator set it.
+fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
 /// Hides a password in a database URL for logging.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -505,6 +506,18 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_base_directory_created_here_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("var/lib/gradient");
+        super::private_dir(&base).unwrap();
+        for d in [base.as_path(), base.parent().unwrap()] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");

@@ -466,7 +466,14 @@ fn answers_authorize_the_peers_whose_tokens_they_prove() {
     ];
     for (i, (file, any, want)) in table.into_iter().enumerate() {
         let response = answer_challenge(&challenge, &file, any);
-        let got = check_answers(&hello(), &regs, &nonce, &response, &HandshakePolicy::default(), &crypt());
+        let got = check_answers(
+            &hello(),
+            &regs,
+            &nonce,
+            &response,
+            &HandshakePolicy::default(),
+            &crypt(),
+        );
         assert_eq!(
             got.as_ref().map(|w| w.authorized.clone()).map_err(|r| r.code),
             want,
@@ -477,7 +484,15 @@ fn answers_authorize_the_peers_whose_tokens_they_prove() {
     // A response to another challenge (replayed) proves nothing.
     let replayed = answer_challenge(&challenge, &tokens(&[(3, "t3")]), None);
     let other_nonce = nonce_from_bytes(&[8; 32]);
-    let err = check_answers(&hello(), &regs, &other_nonce, &replayed, &HandshakePolicy::default(), &crypt()).unwrap_err();
+    let err = check_answers(
+        &hello(),
+        &regs,
+        &other_nonce,
+        &replayed,
+        &HandshakePolicy::default(),
+        &crypt(),
+    )
+    .unwrap_err();
     assert_eq!(err.code, RejectCode::BadTokens);
 
     // Forged answer for a peer of another worker, with that peer's real token: ignored.
@@ -506,7 +521,10 @@ fn a_database_row_alone_cannot_prove_a_registration() {
     // The real token works.
     let honest = answer_challenge(&challenge, &BTreeMap::new(), Some(token));
     assert!(check_answers(&hello(), &regs, &nonce, &honest, &policy, &crypt()).is_ok());
-    assert!(!row.proof_key.0.contains(&hex::encode(proof_key(token))), "the key is not stored as is");
+    assert!(
+        !row.proof_key.0.contains(&hex::encode(proof_key(token))),
+        "the key is not stored as is"
+    );
     // The stored text, used as a token or as the key itself.
     let as_token = answer_challenge(&challenge, &BTreeMap::new(), Some(&row.proof_key.0));
     let as_key = ChallengeResponse {
@@ -522,7 +540,9 @@ fn a_database_row_alone_cannot_prove_a_registration() {
     };
     for (i, forged) in [as_token, as_key].iter().enumerate() {
         assert_eq!(
-            check_answers(&hello(), &regs, &nonce, forged, &policy, &crypt()).unwrap_err().code,
+            check_answers(&hello(), &regs, &nonce, forged, &policy, &crypt())
+                .unwrap_err()
+                .code,
             RejectCode::BadTokens,
             "case {i}"
         );

@@ -181,7 +181,9 @@ impl DerivationMemo {
         if memo.len() >= MAX_DERIVATIONS {
             memo.clear();
         }
-        memo.entry((org, d.drv_path.clone())).or_insert_with(|| Arc::new(d)).clone()
+        memo.entry((org, d.drv_path.clone()))
+            .or_insert_with(|| Arc::new(d))
+            .clone()
     }
 }
 

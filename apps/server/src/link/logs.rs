@@ -1,9 +1,9 @@
 //! Build logs as they stream in from workers, held per job until the job finishes (bounded per job), and
 //! readable by derivation while the build runs, from any byte offset, for live viewers.
 
-use gradient_domain::{OrgId, WorkerId};
 use gradient_domain::logs::LogBuffer;
 use gradient_domain::model::JobId;
+use gradient_domain::{OrgId, WorkerId};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -99,9 +99,15 @@ mod tests {
         logs.started(job, WORKER, ORG, "/nix/store/x.drv");
         assert!(logs.append(job, WORKER, "real\n"));
         assert!(!logs.append(job, intruder, "forged\n"), "refused");
-        assert!(logs.take_own(job, intruder).is_none(), "another worker's report takes nothing");
+        assert!(
+            logs.take_own(job, intruder).is_none(),
+            "another worker's report takes nothing"
+        );
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 0), Some(("real\n".into(), 5)));
-        assert!(logs.append(JobId::new(), intruder, "an evaluation's log\n"), "not held: dropped, not refused");
+        assert!(
+            logs.append(JobId::new(), intruder, "an evaluation's log\n"),
+            "not held: dropped, not refused"
+        );
         assert_eq!(
             logs.take_own(job, WORKER).map(|l| l.finish().0).as_deref(),
             Some("real\n")

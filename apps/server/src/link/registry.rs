@@ -193,7 +193,10 @@ mod tests {
         let held: Vec<Slot> = (0..3).filter_map(|_| links.try_anonymous_slot(3)).collect();
         assert_eq!(held.len(), 3);
         assert!(links.try_anonymous_slot(3).is_none(), "the anonymous pool is full");
-        assert!(links.try_slot(1).is_some(), "an authenticated link's slot is still free");
+        assert!(
+            links.try_slot(1).is_some(),
+            "an authenticated link's slot is still free"
+        );
     }
 
     #[test]

@@ -168,7 +168,11 @@ pub async fn absent_evaluation_rows_are_none<S: Storage>(s: &S) {
         "evaluations of an unknown project"
     );
     let path = drv_path("nothing");
-    assert_eq!(s.derivation(acme.id, &path).await.expect("derivation"), None, "derivation");
+    assert_eq!(
+        s.derivation(acme.id, &path).await.expect("derivation"),
+        None,
+        "derivation"
+    );
     assert_eq!(s.build(acme.id, &path).await.expect("build"), None, "build");
     assert_eq!(
         s.entry_points(unknown).await.expect("entry_points"),
@@ -348,7 +352,9 @@ pub async fn derivation_round_trips<S: Storage>(s: &S) {
             "derivation by path"
         );
     }
-    s.put_derivations(acme.id, &[]).await.expect("put_derivations of nothing");
+    s.put_derivations(acme.id, &[])
+        .await
+        .expect("put_derivations of nothing");
     assert_eq!(
         s.put_derivations(OrgId::new(), &[new_derivation("orphan")]).await,
         Err(StorageError::NotFound),
@@ -410,7 +416,10 @@ pub async fn derivations_are_kept_per_organization<S: Storage>(s: &S) {
     let bystander = org(s, "bystander", alice.id, false).await;
     let real = new_derivation("shared");
     let mut forged = real.clone();
-    forged.outputs = BTreeMap::from([("out".to_owned(), "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-evil".to_owned())]);
+    forged.outputs = BTreeMap::from([(
+        "out".to_owned(),
+        "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-evil".to_owned(),
+    )]);
     forged.inputs = Vec::new();
     s.put_derivations(attacker.id, std::slice::from_ref(&forged))
         .await
