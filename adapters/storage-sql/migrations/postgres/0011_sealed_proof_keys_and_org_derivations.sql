@@ -19,18 +19,25 @@ CREATE TABLE org_derivations (
     PRIMARY KEY (org_id, drv_path)
 );
 
--- Each organization gets the stored derivations its builds and entry points use.
-INSERT INTO org_derivations (org_id, drv_path, system, required_features, outputs, inputs)
-SELECT used.org_id, d.drv_path, d.system, d.required_features, d.outputs, d.inputs
-FROM derivations d
-JOIN (
+-- Each organization gets the stored derivations its builds and entry points use, and their inputs' closure (an
+-- evaluation reported before the upgrade and not yet planned finds all of its derivations).
+WITH RECURSIVE used (org_id, drv_path) AS (
     SELECT org_id, drv_path FROM builds
     UNION
     SELECT p.org_id, e.drv_path
     FROM entry_points e
     JOIN evaluations v ON v.id = e.evaluation_id
     JOIN projects p ON p.id = v.project_id
-) used ON used.drv_path = d.drv_path;
+    UNION
+    SELECT used.org_id, i.value COLLATE "C"
+    FROM used
+    JOIN derivations d ON d.drv_path = used.drv_path
+    CROSS JOIN LATERAL jsonb_array_elements_text(d.inputs::jsonb) AS i(value)
+)
+INSERT INTO org_derivations (org_id, drv_path, system, required_features, outputs, inputs)
+SELECT used.org_id, d.drv_path, d.system, d.required_features, d.outputs, d.inputs
+FROM derivations d
+JOIN used ON used.drv_path = d.drv_path;
 
 ALTER TABLE derivations DROP COLUMN system;
 ALTER TABLE derivations DROP COLUMN required_features;
