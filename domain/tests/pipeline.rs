@@ -322,3 +322,149 @@ async fn a_superseded_evaluation_stays_ended_and_its_running_builds_finish() {
         .unwrap();
     assert_eq!(build_status(&app, &org, x).await, BuildStatus::Completed);
 }
+
+/// Another organization's worker reports a `.drv` path this organization also uses, first, with forged outputs
+/// and inputs: this organization's builds, the jobs it sends and its build page still use what its own
+/// worker reported.
+#[tokio::test]
+async fn another_organizations_worker_cannot_change_what_a_derivation_is_here() {
+    let app = common::app(SystemClock, Settings::default());
+    let alice = common::signed_up(&app, "alice").await;
+    let mallory = common::signed_up(&app, "mallory").await;
+    let victim = common::org(&app, &alice, "victim").await;
+    let attacker = common::org(&app, &mallory, "attacker").await;
+    let vp = common::project(&app, &alice, "victim", "p", "https://example.com/p.git").await;
+    let ap = common::project(&app, &mallory, "attacker", "p", "https://example.com/q.git").await;
+    let url = "http://gradient.test";
+    let (wv, wa) = (builder(1, victim.id, true, 4), builder(2, attacker.id, true, 4));
+    let real = derivation("x");
+    let mut forged = real.clone();
+    forged.outputs = BTreeMap::from([("out".into(), format!("/nix/store/{}-evil", "e".repeat(32)))]);
+    forged.input_drvs = vec![derivation("y").drv_path];
+
+    // The attacker's worker reports first.
+    app.queue_evaluation(attacker.id, &ap, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let a_job = app.dispatch(vec![wa.clone()], url).await.unwrap()[0].job.id();
+    app.record_eval_result(a_job, wa.id, vec![forged.clone()], vec![])
+        .await
+        .unwrap();
+    app.record_job_finished(a_job, wa.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+
+    // Then the victim evaluates the same path.
+    let e = app
+        .queue_evaluation(victim.id, &vp, &"b".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let v_job = app.dispatch(vec![wv.clone()], url).await.unwrap()[0].job.id();
+    app.record_eval_result(v_job, wv.id, vec![real.clone()], vec![])
+        .await
+        .unwrap();
+    app.record_job_finished(v_job, wv.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+
+    // The build job sent to the victim's worker names the real outputs, and it does not wait for the forged
+    // input (which the victim never reported).
+    let sent = app.dispatch(vec![wv.clone()], url).await.unwrap();
+    let outputs = sent
+        .iter()
+        .find_map(|d| match &d.job {
+            gradient_domain::proto::Job::Build { drv_path, outputs, .. } if *drv_path == real.drv_path => {
+                Some(outputs.clone())
+            }
+            _ => None,
+        })
+        .expect("the victim's build of x is sent");
+    assert_eq!(outputs, real.outputs);
+    // Its build page shows them too.
+    let (_, views) = app.evaluation_builds(&alice, e.id).await.unwrap();
+    let build = views
+        .iter()
+        .find(|v| v.build.drv_path == real.drv_path)
+        .expect("x is one of the victim's builds")
+        .build
+        .clone();
+    let (_, shown) = app.build_for(&alice, build.id).await.unwrap();
+    let shown = shown.expect("the victim's derivation");
+    assert_eq!(shown.outputs, real.outputs);
+    assert!(shown.inputs.is_empty(), "{shown:?}");
+    // And the attacker still sees only what it reported.
+    let b = app.storage.build(attacker.id, &real.drv_path).await.unwrap().unwrap();
+    let (_, theirs) = app.build_for(&mallory, b.id).await.unwrap();
+    assert_eq!(theirs.unwrap().outputs, forged.outputs);
+}
+
+/// A worker is trusted only for its own jobs: results, progress and an outcome for a job assigned to another
+/// worker (here, of another organization) are refused, and nothing about the job or its evaluation changes.
+#[tokio::test]
+async fn a_workers_reports_for_another_workers_job_are_refused() {
+    let app = common::app(SystemClock, Settings::default());
+    let alice = common::signed_up(&app, "alice").await;
+    let mallory = common::signed_up(&app, "mallory").await;
+    let victim = common::org(&app, &alice, "victim").await;
+    let attacker = common::org(&app, &mallory, "attacker").await;
+    let vp = common::project(&app, &alice, "victim", "p", "https://example.com/p.git").await;
+    let url = "http://gradient.test";
+    let (wv, wa) = (builder(1, victim.id, true, 4), builder(2, attacker.id, true, 4));
+    let e = app
+        .queue_evaluation(victim.id, &vp, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let job = app.dispatch(vec![wv.clone()], url).await.unwrap()[0].job.id();
+    let before = app.storage.evaluation(e.id).await.unwrap().unwrap();
+
+    let refused = |r: gradient_domain::service::Result<()>| {
+        assert_eq!(r.unwrap_err().code(), "forbidden");
+    };
+    refused(app.record_eval_result(job, wa.id, vec![derivation("x")], vec![]).await);
+    refused(app.record_evaluation_pushing(job, wa.id).await);
+    refused(
+        app.record_job_finished(
+            job,
+            wa.id,
+            JobOutcome::Failed {
+                kind: gradient_domain::proto::FailureKind::EvaluationFailed,
+                message: "forged".into(),
+            },
+            None,
+        )
+        .await,
+    );
+    refused(
+        app.record_job_finished(JobId::new(), wa.id, JobOutcome::Success, None)
+            .await,
+    );
+    assert_eq!(
+        app.storage.evaluation(e.id).await.unwrap().unwrap(),
+        before,
+        "the evaluation is untouched"
+    );
+    assert!(app.storage.entry_points(e.id).await.unwrap().is_empty());
+    assert!(
+        app.storage
+            .derivation(attacker.id, &derivation("x").drv_path)
+            .await
+            .unwrap()
+            .is_none()
+            && app
+                .storage
+                .derivation(victim.id, &derivation("x").drv_path)
+                .await
+                .unwrap()
+                .is_none()
+    );
+    assert!(app.job_is_active(job).await.unwrap(), "still assigned to its worker");
+
+    // Its own worker's reports are taken.
+    app.record_eval_result(job, wv.id, vec![derivation("x")], vec![])
+        .await
+        .unwrap();
+    app.record_job_finished(job, wv.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
+}

@@ -109,9 +109,16 @@ async fn first_start_generates_private_secrets_and_a_changed_crypt_secret_is_ref
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path(), &[]).await;
     server.stop();
-    for f in ["jwt-secret", "crypt-secret"] {
+    // Secrets and the database are the owner's only; so is the NAR directory.
+    for (f, want) in [
+        ("jwt-secret", 0o600),
+        ("crypt-secret", 0o600),
+        ("gradient.db", 0o600),
+        ("nars", 0o700),
+        ("nars/.tmp", 0o700),
+    ] {
         let mode = std::fs::metadata(dir.path().join(f)).expect(f).permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "{f}");
+        assert_eq!(mode & 0o777, want, "{f}");
     }
     let other = dir.path().join("other-crypt");
     std::fs::write(&other, "a-completely-different-crypt-secret-of-enough-length\n").expect("write");

@@ -206,13 +206,23 @@ async fn connection_limits_and_bad_frames_affect_only_the_offending_connection()
     ws.send(Message::text("{this is not json")).await.expect("send");
     assert_eq!(close_reason(&mut ws).await.as_deref(), Some("malformed_frame"));
 
-    // An oversized frame too.
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
-    let _ = ws.send(Message::text("x".repeat(2 * 1024 * 1024))).await;
-    assert_eq!(close_reason(&mut ws).await.as_deref(), Some("frame_too_large"));
+    // An oversized frame too, however large (past what the transport reads whole as well).
+    for size in [2 * 1024 * 1024, 9 * 1024 * 1024, 64 * 1024 * 1024] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+        let _ = ws.send(Message::text("x".repeat(size))).await;
+        assert_eq!(
+            close_reason(&mut ws).await.as_deref(),
+            Some("frame_too_large"),
+            "a frame of {size} bytes"
+        );
+    }
 
-    // The second slot taken, a third connection is refused with 503 and Retry-After: 10.
-    let (_held, _) = tokio_tungstenite::connect_async(&url).await.expect("second slot");
+    // Idle sockets that never say hello fill only the pool of connections in their handshake (16 with
+    // maxProtoConnections = 2); past it, an upgrade is refused with 503 and Retry-After: 10.
+    let mut idle = Vec::new();
+    for _ in 0..16 {
+        idle.push(tokio_tungstenite::connect_async(&url).await.expect("idle socket").0);
+    }
     match tokio_tungstenite::connect_async(&url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 503);
@@ -223,7 +233,18 @@ async fn connection_limits_and_bad_frames_affect_only_the_offending_connection()
         }
         other => panic!("expected 503, got {:?}", other.map(|(_, r)| r.status())),
     }
-    assert_eq!(connected(&c).await, vec![true], "the good worker never noticed");
+    // They hold none of the two links' slots: a second registered worker still connects (once the idle
+    // sockets are closed at their handshake deadline, its retry gets in).
+    let second_id = uuid::Uuid::new_v4().to_string();
+    let (second_peer, second_token) = register(&c, &second_id).await;
+    let second_peers = peers_file(dir.path(), "second", &format!("{second_peer}:{second_token}\n"));
+    let second = Worker::start(dir.path(), "second", &worker_vars(&url, &second_id, &second_peers));
+    // An idle socket is closed at the deadline, with the documented reason.
+    assert_eq!(close_reason(&mut idle[0]).await.as_deref(), Some("handshake_timeout"));
+    wait_connected(&c, vec![true, true]).await;
+    second.kill();
+    wait_connected(&c, vec![true, false]).await;
+    assert_eq!(connected(&c).await, vec![true, false], "the good worker never noticed");
     worker.kill();
     server.stop();
 }

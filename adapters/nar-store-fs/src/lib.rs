@@ -45,7 +45,10 @@ impl FsNarStore {
     pub async fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         let tmp = root.join(TMP_DIR);
-        fs::create_dir_all(&tmp).await.map_err(|e| io_error(&tmp, e))?;
+        let dir = tmp.clone();
+        blocking(move || private_dirs(&dir))
+            .await?
+            .map_err(|e| io_error(&tmp, e))?;
         let store = Self { root, tmp };
         store.remove_stale_uploads().await?;
         Ok(store)
@@ -172,10 +175,24 @@ fn append(file: Option<std::fs::File>, temp: &Path, bytes: &[u8]) -> std::io::Re
     use std::io::Write;
     let mut file = match file {
         Some(f) => f,
-        None => std::fs::OpenOptions::new().write(true).create_new(true).open(temp)?,
+        None => {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Owner-only: NARs may hold private build outputs, whatever the process's umask.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(temp)?
+        }
     };
     file.write_all(bytes)?;
     Ok(file)
+}
+
+/// Creates `dir` and its missing parents owner-only (0700); directories that exist are left as they are.
+fn private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Runs blocking file work off the async threads.
@@ -208,7 +225,7 @@ impl NarUpload for FsUpload {
             file.sync_all().map_err(|e| io_error(&temp, e))?;
             drop(file);
             let parent = target.parent().unwrap_or(&target).to_owned();
-            std::fs::create_dir_all(&parent).map_err(|e| io_error(&parent, e))?;
+            private_dirs(&parent).map_err(|e| io_error(&parent, e))?;
             std::fs::rename(&temp, &target).map_err(|e| match e.kind() {
                 ErrorKind::NotFound => NarStoreError::NotFound,
                 _ => io_error(&target, e),

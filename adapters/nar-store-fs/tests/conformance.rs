@@ -55,6 +55,26 @@ fn temp_files(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// NARs may hold private build outputs: every file and directory the store creates is its owner's only,
+/// whatever the umask.
+#[tokio::test]
+async fn nar_files_and_directories_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = fresh_fs().await;
+    let key = key();
+    put(&s, &key, &pattern(2, 0, 300_000), 100_000).await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = s.store.root();
+    let file = root.join(&key);
+    assert_eq!(mode(&file), 0o600, "{}", file.display());
+    let mut dir = file.parent().unwrap();
+    while dir.starts_with(root) {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        dir = dir.parent().unwrap();
+    }
+    assert_eq!(mode(&root.join(".tmp")), 0o700);
+}
+
 #[tokio::test]
 async fn objects_are_files_named_by_their_key() {
     let s = fresh_fs().await;

@@ -266,9 +266,10 @@ impl Evaluations for SqlStorage {
         Ok(done > 0)
     }
 
-    async fn put_derivations(&self, derivations: &[Derivation]) -> Result<()> {
-        let sql = "INSERT INTO derivations (drv_path, system, required_features, outputs, inputs) \
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (drv_path) DO NOTHING";
+    async fn put_derivations(&self, org: OrgId, derivations: &[Derivation]) -> Result<()> {
+        let known = "INSERT INTO derivations (drv_path) VALUES ($1) ON CONFLICT (drv_path) DO NOTHING";
+        let sql = "INSERT INTO org_derivations (org_id, drv_path, system, required_features, outputs, inputs) \
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, drv_path) DO NOTHING";
         if derivations.is_empty() {
             return Ok(());
         }
@@ -285,7 +286,9 @@ impl Evaluations for SqlStorage {
         with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
             for (d, (features, outputs, inputs)) in derivations.iter().zip(&encoded) {
+                sqlx::query(known).bind(&d.drv_path).execute(&mut *tx).await?;
                 sqlx::query(sql)
+                    .bind(org.0)
                     .bind(&d.drv_path)
                     .bind(&d.system)
                     .bind(features)
@@ -300,9 +303,11 @@ impl Evaluations for SqlStorage {
         .map_err(db_error)
     }
 
-    async fn derivation(&self, drv_path: &str) -> Result<Option<Derivation>> {
-        let sql = "SELECT drv_path, system, required_features, outputs, inputs FROM derivations WHERE drv_path = $1";
+    async fn derivation(&self, org: OrgId, drv_path: &str) -> Result<Option<Derivation>> {
+        let sql = "SELECT drv_path, system, required_features, outputs, inputs FROM org_derivations \
+                   WHERE org_id = $1 AND drv_path = $2";
         let row = with_pool!(self, |p| sqlx::query_as::<_, DerivationRow>(sql)
+            .bind(org.0)
             .bind(drv_path)
             .fetch_optional(p)
             .await)

@@ -116,6 +116,7 @@ pub async fn connect(url: &str, pools: PoolSizes) -> Result<SqlStorage> {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        create_private_file(options.get_filename())?;
         let open = |max: u32, min: u32| {
             SqlitePoolOptions::new()
                 .max_connections(max.max(1))
@@ -185,6 +186,29 @@ impl SqlStorage {
     pub async fn close(&self) {
         self.main.close().await;
         self.web.close().await;
+    }
+}
+
+/// Creates a missing SQLite database file owner-only (0600) before SQLite opens it, so the database (and its
+/// `-wal` and `-shm` files, which SQLite creates with the database file's mode) are never readable by others,
+/// whatever the umask. An existing file is left as it is; in-memory databases have no file.
+fn create_private_file(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" || path.exists() {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::Unavailable(format!(
+            "cannot create the database file {}: {e}",
+            path.display()
+        ))),
     }
 }
 

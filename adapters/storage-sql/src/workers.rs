@@ -2,6 +2,7 @@
 
 use crate::{SqlStorage, db_error, with_pool};
 use chrono::{DateTime, Utc};
+use gradient_domain::crypt::Sealed;
 use gradient_domain::model::WorkerRegistration;
 use gradient_domain::ports::storage::{Result, Workers};
 use gradient_domain::{OrgId, PeerId, WorkerId};
@@ -9,7 +10,7 @@ use uuid::Uuid;
 
 macro_rules! registration_columns {
     () => {
-        "peer_id, org_id, worker_id, token_hash, created_at"
+        "peer_id, org_id, worker_id, proof_key, created_at"
     };
 }
 
@@ -18,7 +19,7 @@ struct RegistrationRow {
     peer_id: Uuid,
     org_id: Uuid,
     worker_id: Uuid,
-    token_hash: String,
+    proof_key: String,
     created_at: DateTime<Utc>,
 }
 
@@ -28,7 +29,7 @@ impl From<RegistrationRow> for WorkerRegistration {
             peer_id: PeerId(r.peer_id),
             org_id: OrgId(r.org_id),
             worker_id: WorkerId(r.worker_id),
-            token_hash: r.token_hash,
+            proof_key: gradient_domain::crypt::Sealed(r.proof_key),
             created_at: r.created_at,
         }
     }
@@ -46,7 +47,7 @@ impl Workers for SqlStorage {
             .bind(registration.peer_id.0)
             .bind(registration.org_id.0)
             .bind(registration.worker_id.0)
-            .bind(&registration.token_hash)
+            .bind(&registration.proof_key.0)
             .bind(registration.created_at)
             .execute(p)
             .await
@@ -101,6 +102,30 @@ impl Workers for SqlStorage {
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(org.0)
             .bind(peer.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn all_worker_registrations(&self) -> Result<Vec<WorkerRegistration>> {
+        let sql = concat!(
+            "SELECT ",
+            registration_columns!(),
+            " FROM worker_registrations ORDER BY created_at, peer_id"
+        );
+        let rows =
+            with_pool!(self, |p| sqlx::query_as::<_, RegistrationRow>(sql).fetch_all(p).await).map_err(db_error)?;
+        Ok(rows.into_iter().map(WorkerRegistration::from).collect())
+    }
+
+    async fn set_worker_proof_key(&self, peer: PeerId, old: &Sealed, new: &Sealed) -> Result<bool> {
+        let sql = "UPDATE worker_registrations SET proof_key = $1 WHERE peer_id = $2 AND proof_key = $3";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(&new.0)
+            .bind(peer.0)
+            .bind(&old.0)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))

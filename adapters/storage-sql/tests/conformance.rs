@@ -11,7 +11,7 @@ use gradient_domain::model::{
     Cache, CachedPath, Compression, JobId, JobKind, JobRecord, JobState, NarFile, Org, User, WorkerRegistration,
 };
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{CacheContents, Caches, Meta, Orgs, Queue, Users, Workers};
+use gradient_domain::ports::storage::{CacheContents, Caches, Evaluations, Meta, Orgs, Queue, Users, Workers};
 use gradient_domain::{CacheId, Email, EvaluationId, Name, OrgId, PeerId, UserId, WorkerId};
 use gradient_storage_sql::{PoolSizes, SqlStorage, connect};
 use sqlx::Connection;
@@ -173,7 +173,7 @@ async fn queue_survives_reconnect(url: &str) {
         peer_id: PeerId::new(),
         org_id: acme.id,
         worker_id: worker,
-        token_hash: "argon2-of-the-token".to_owned(),
+        proof_key: gradient_domain::crypt::Sealed("v1:sealed-proof-key".to_owned()),
         created_at: now,
     };
     let queued = JobRecord {
@@ -313,6 +313,141 @@ async fn sqlite_queue_survives_reconnect() {
 #[tokio::test]
 async fn postgres_queue_survives_reconnect() {
     queue_survives_reconnect(&create_postgres_database().await).await;
+}
+
+/// Migration 0011 on a database written by the version before it: registrations keep their stored proof key
+/// (sealed at the server's next start), and each organization gets the derivations its builds and entry points
+/// use with their inputs' closure, and no other organization's.
+#[tokio::test]
+async fn sqlite_migration_0011_keeps_registrations_and_gives_each_organization_its_derivations() {
+    let path = sqlite_path();
+    let url = sqlite_url(&path);
+    // The schema before 0011.
+    let before = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.as_str() < "0011" {
+            std::fs::copy(entry.path(), before.path().join(&name)).unwrap();
+        }
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let (a, b) = (OrgId::new(), OrgId::new());
+    let (user, project, evaluation, peer) = (UserId::new(), uuid::Uuid::new_v4(), EvaluationId::new(), PeerId::new());
+    let key_hex = "06dd158119b33cabff2f809a9b37c4b8054c73fec81715cd65353b1b520bcedc";
+    let drv = |n: &str| format!("/nix/store/{}-{n}.drv", n.repeat(32).get(..32).unwrap().to_owned());
+    let statements: Vec<(String, Vec<uuid::Uuid>)> = vec![
+        (
+            "INSERT INTO users (id, username, name, email, password_hash, email_verified, created_at) \
+             VALUES ($1, 'u', 'u', 'u@example.com', NULL, 1, '2020-01-01T00:00:00Z')"
+                .into(),
+            vec![user.0],
+        ),
+        (
+            "INSERT INTO orgs (id, name, display_name, description, public, created_by, created_at) \
+             VALUES ($1, 'a', 'a', '', 0, $2, '2020-01-01T00:00:00Z'), ($3, 'b', 'b', '', 0, $2, '2020-01-01T00:00:00Z')"
+                .into(),
+            vec![a.0, user.0, b.0],
+        ),
+        (
+            "INSERT INTO projects (id, org_id, name, display_name, description, repository, branch, wildcard, \
+             flake_input_overrides, keep_evaluations, poll_interval_secs, active, created_by, created_at) \
+             VALUES ($1, $2, 'p', 'p', '', 'https://example.com/p.git', NULL, '*', '{}', NULL, NULL, 1, $3, \
+             '2020-01-01T00:00:00Z')"
+                .into(),
+            vec![project, a.0, user.0],
+        ),
+        (
+            "INSERT INTO evaluations (id, project_id, commit_hash, branch, trigger_kind, status, errors, created_at, \
+             updated_at) VALUES ($1, $2, 'c', NULL, 'Manual', 'Evaluating', '[]', '2020-01-01T00:00:00Z', \
+             '2020-01-01T00:00:00Z')"
+                .into(),
+            vec![evaluation.0, project],
+        ),
+        (
+            format!(
+                "INSERT INTO derivations (drv_path, system, required_features, outputs, inputs) VALUES \
+                 ('{x}', 'x86_64-linux', '[]', '{{}}', '[\"{y}\"]'), ('{y}', 'x86_64-linux', '[]', '{{}}', '[]'), \
+                 ('{z}', 'x86_64-linux', '[]', '{{}}', '[]')",
+                x = drv("x"),
+                y = drv("y"),
+                z = drv("z")
+            ),
+            vec![],
+        ),
+        (
+            format!("INSERT INTO entry_points (evaluation_id, attribute, drv_path) VALUES ($1, 'x', '{}')", drv("x")),
+            vec![evaluation.0],
+        ),
+        (
+            format!(
+                "INSERT INTO worker_registrations (peer_id, org_id, worker_id, token_hash, created_at) \
+                 VALUES ($1, $2, $3, '{key_hex}', '2020-01-01T00:00:00Z')"
+            ),
+            vec![peer.0, a.0, uuid::Uuid::new_v4()],
+        ),
+    ];
+    for (sql, binds) in statements {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in binds {
+            q = q.bind(v);
+        }
+        q.execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let s = connect(&url, pools()).await.unwrap();
+    let got = s.worker_registration(peer).await.unwrap().unwrap();
+    assert_eq!(
+        got.proof_key,
+        Sealed(key_hex.to_owned()),
+        "kept for the start-up step to seal"
+    );
+    for name in ["x", "y"] {
+        let d = s.derivation(a, &drv(name)).await.unwrap();
+        assert!(
+            d.is_some(),
+            "{name}: the entry point and its input are the organization's"
+        );
+    }
+    assert_eq!(
+        s.derivation(a, &drv("x")).await.unwrap().unwrap().inputs,
+        vec![drv("y")]
+    );
+    assert_eq!(s.derivation(a, &drv("z")).await.unwrap(), None, "used by nobody");
+    assert_eq!(
+        s.derivation(b, &drv("x")).await.unwrap(),
+        None,
+        "not another organization's"
+    );
+}
+
+/// A database file created by the server is readable by its owner only, and so are SQLite's WAL files.
+#[tokio::test]
+async fn sqlite_database_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sqlite_path();
+    let s = connect(&sqlite_url(&path), pools()).await.unwrap();
+    s.create_user(&user("alice")).await.unwrap();
+    let dir = path.parent().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", entry.path().display());
+        checked += 1;
+    }
+    assert!(checked >= 2, "the database and its WAL");
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use poem::http::StatusCode;
 use poem::listener::TcpListener;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use state::{AppState, HttpSettings};
+use std::os::unix::fs::DirBuilderExt;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
@@ -211,7 +212,7 @@ pub fn network_policy(config: &Config) -> gradient_domain::reach::NetworkPolicy 
 
 /// Builds the application state from the configuration: secrets, database (migrated), domain.
 pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
-    std::fs::create_dir_all(&config.base_dir).map_err(|e| ConfigError {
+    private_dir(&config.base_dir).map_err(|e| ConfigError {
         var: config::env_name("baseDir"),
         problem: format!("cannot create {}: {e}", config.base_dir.display()),
     })?;
@@ -274,7 +275,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
                 })?;
                 Some(gradient_domain::service::LocalWorker {
                     id: gradient_domain::WorkerId(*id),
-                    token_hash: gradient_domain::auth::sha256_hex(token.trim().as_bytes()),
+                    proof_key: gradient_domain::proto::proof_key(token.trim()),
                 })
             }
         },
@@ -294,6 +295,12 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         }),
         other => StartError::Database(other.to_string()),
     })?;
+    // Registrations stored before proof keys were sealed hold a usable key: seal them before /proto listens.
+    match app.seal_worker_proof_keys().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(target: "gradient::proto", "sealed the proof keys of {n} worker registration(s)"),
+        Err(e) => return Err(StartError::Database(e.to_string())),
+    }
     let nars = open_nar_store(&config.nar_store).await?;
     tracing::info!("NAR store: {}", nars.kind());
     let http = HttpSettings {
@@ -307,6 +314,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let link = link::LinkSettings {
         discoverable: config.discoverable,
         max_connections: config.max_proto_connections as usize,
+        max_anonymous: link::anonymous_pool(config.max_proto_connections as usize),
+        handshake_timeout: std::time::Duration::from_secs(u64::from(gradient_domain::proto::HANDSHAKE_TIMEOUT_SECS)),
         policy: gradient_domain::proto::HandshakePolicy {
             heartbeat_interval_secs: config.worker_heartbeat_secs,
             lost_after_secs: config.worker_lost_after_secs,
@@ -425,7 +434,7 @@ pub fn spawn_dispatcher(state: AppState) {
                 Ok(assigned) => {
                     for gradient_domain::service::Dispatched { worker, org, job } in assigned {
                         if let gradient_domain::proto::Job::Build { job_id, drv_path, .. } = &job {
-                            state.logs.started(*job_id, org, drv_path);
+                            state.logs.started(*job_id, worker, org, drv_path);
                         }
                         if !state
                             .links
@@ -501,6 +510,12 @@ pub async fn flush_fetches(state: &AppState) {
     }
 }
 
+/// Creates the base directory and its missing parents owner-only (0700): it holds the database, the generated
+/// secrets and, by default, the NARs. A directory that exists is left as the operator set it.
+fn private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
 /// Hides a password in a database URL for logging.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -554,6 +569,18 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_base_directory_created_here_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("var/lib/gradient");
+        super::private_dir(&base).unwrap();
+        for d in [base.as_path(), base.parent().unwrap()] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");

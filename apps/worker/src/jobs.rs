@@ -77,7 +77,10 @@ fn netrc_for(dir: &Path, job_id: JobId, target: &PushTarget) -> std::io::Result<
         .nth(1)
         .and_then(|rest| rest.split(['/', ':']).next())
         .unwrap_or("localhost");
-    std::fs::create_dir_all(dir)?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
     let path = dir.join(format!("netrc-{job_id}"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -41,12 +41,37 @@ pub fn parse(text: &str, file: &Path) -> Result<Peers, String> {
 
 pub fn load(file: &Path) -> Result<Peers, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    if let Some(mode) = readable_by_others(file) {
+        tracing::warn!(
+            "{} holds worker tokens but its mode is {mode:o} (readable by others); chmod 600 it",
+            file.display()
+        );
+    }
     parse(&text, file)
+}
+
+/// The file's permission bits when its group or others may read it (tokens are credentials).
+fn readable_by_others(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_file_readable_by_others_is_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("peers");
+        std::fs::write(&f, "*:tok\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(readable_by_others(&f), Some(0o644));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(readable_by_others(&f), None);
+    }
 
     #[test]
     fn parses_entries_comments_and_the_wildcard() {

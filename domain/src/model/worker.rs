@@ -2,13 +2,16 @@ use super::Timestamp;
 use crate::{OrgId, PeerId, WorkerId};
 
 /// A worker registered under an organization. The worker proves it holds the registration's token when it
-/// connects; only the token's hash is stored.
+/// connects. What is stored cannot answer that challenge: the proof key (SHA-256 of the token) sealed with the
+/// crypt secret (see [`crate::proto::seal_proof_key`]), so a copy of the database alone is no worker login.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerRegistration {
     pub peer_id: PeerId,
     pub org_id: OrgId,
     pub worker_id: WorkerId,
-    pub token_hash: String,
+    /// The sealed proof key. Rows written before sealing existed hold the key's lowercase hex until
+    /// [`crate::service::Gradient::seal_worker_proof_keys`] seals them at start-up; such rows never verify.
+    pub proof_key: crate::crypt::Sealed,
     pub created_at: Timestamp,
 }
 

@@ -235,6 +235,17 @@ pub trait Workers {
     /// Deletes the registration only if it belongs to `org`; Ok(false) otherwise. Deleting an organization
     /// deletes its registrations.
     fn delete_worker_registration(&self, org: OrgId, peer: PeerId) -> impl Future<Output = Result<bool>> + Send;
+    /// Every registration of every organization, oldest first (ties by peer id): the start-up step that seals
+    /// proof keys reads them.
+    fn all_worker_registrations(&self) -> impl Future<Output = Result<Vec<WorkerRegistration>>> + Send;
+    /// Replaces the registration's stored proof key with `new` only if it still is `old` (compare-and-set);
+    /// Ok(false) when the registration is gone or holds something else.
+    fn set_worker_proof_key(
+        &self,
+        peer: PeerId,
+        old: &crate::crypt::Sealed,
+        new: &crate::crypt::Sealed,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// The persistent job queue (see [`JobRecord`]): what workers are doing or will do, kept so a restart loses
@@ -287,10 +298,13 @@ pub trait Evaluations {
     /// Ok(false) if absent.
     fn delete_evaluation(&self, id: EvaluationId) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Stores the derivations, skipping any whose `.drv` path is already stored (the stored one is kept: the
-    /// same path is the same content; within one call the first of a path wins). Atomic.
-    fn put_derivations(&self, derivations: &[Derivation]) -> impl Future<Output = Result<()>> + Send;
-    fn derivation(&self, drv_path: &str) -> impl Future<Output = Result<Option<Derivation>>> + Send;
+    /// Stores what `org`'s workers reported about the derivations, skipping any whose `.drv` path `org` already
+    /// has (the stored one is kept; within one call the first of a path wins). Kept per organization: what
+    /// one organization stores is never what another reads, whatever the path. Atomic; NotFound when the
+    /// organization does not exist (and derivations are given).
+    fn put_derivations(&self, org: OrgId, derivations: &[Derivation]) -> impl Future<Output = Result<()>> + Send;
+    /// The derivation as `org` stored it; `None` when only other organizations (or nobody) stored it.
+    fn derivation(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Option<Derivation>>> + Send;
 
     /// Records entry points of `evaluation`, replacing the derivation of an attribute already recorded for it
     /// (a re-evaluation after a lost worker may report it again). Every entry point must name `evaluation`:

@@ -3,8 +3,9 @@
 
 use super::{
     Capabilities, Challenge, ChallengeResponse, DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_LOST_AFTER_SECS, Hello,
-    PROTOCOL_VERSION, PeerAnswer, RejectCode, Rejected, Welcome, make_proof, verify_proof,
+    PROTOCOL_VERSION, PeerAnswer, RejectCode, Rejected, Welcome, make_proof, open_proof_key, verify_proof,
 };
+use crate::crypt::Crypt;
 use crate::model::WorkerRegistration;
 use crate::{OrgId, PeerId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,21 +76,27 @@ pub fn check_hello(
 
 /// Decides what answers a `ChallengeResponse` to the challenge of `nonce`: `Welcome` listing every peer whose
 /// proof verified, or `bad_tokens` when none did. Answers for peers that were not challenged are ignored.
+/// Each registration's proof key is opened with `crypt` (the server's crypt secret); a row that does not open
+/// (not sealed, or sealed under another secret) proves nothing.
 pub fn check_answers(
     hello: &Hello,
     registrations: &[WorkerRegistration],
     nonce: &str,
     response: &ChallengeResponse,
     policy: &HandshakePolicy,
+    crypt: &Crypt,
 ) -> Result<Welcome, Rejected> {
     let authorized: Vec<PeerId> = registrations
         .iter()
         .filter(|r| r.worker_id == hello.worker_id)
         .filter(|r| {
+            let Some(key) = open_proof_key(crypt, &r.proof_key) else {
+                return false;
+            };
             response
                 .answers
                 .iter()
-                .any(|a| a.peer_id == r.peer_id && verify_proof(&r.token_hash, nonce, &a.proof))
+                .any(|a| a.peer_id == r.peer_id && verify_proof(&key, nonce, &a.proof))
         })
         .map(|r| r.peer_id)
         .collect::<BTreeSet<_>>()

@@ -8,7 +8,9 @@ mod proof;
 
 pub use handshake::{HandshakePolicy, answer_challenge, authorized_orgs, check_answers, check_hello};
 pub use messages::*;
-pub use proof::{make_proof, nonce_from_bytes, verify_proof};
+pub use proof::{
+    legacy_proof_key, make_proof, nonce_from_bytes, open_proof_key, proof_key, seal_proof_key, verify_proof,
+};
 
 use serde::{Deserialize, Serialize};
 

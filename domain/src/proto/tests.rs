@@ -347,26 +347,26 @@ fn reject_codes_have_stable_names() {
 #[test]
 fn proofs_verify_only_with_the_right_token_and_nonce() {
     let token = "c2VjcmV0LXRva2VuLW9mLWZvcnR5LWVpZ2h0LWJ5dGVzLWJhc2U2NC1lbmNvZGVkISE=";
-    let stored = crate::auth::sha256_hex(token.as_bytes());
+    let stored = hex::encode(proof_key(token));
     let nonce = nonce_from_bytes(&[1; 32]);
     let proof = make_proof(token, &nonce);
     assert_eq!(proof.len(), 64);
     assert!(proof.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
     assert!(!proof.contains(token));
 
+    let key = proof_key(token);
     let other_nonce = nonce_from_bytes(&[2; 32]);
-    let table: [(&str, &str, &str, bool); 8] = [
-        (&stored, &nonce, &proof, true),
-        (&stored, &other_nonce, &proof, false),
-        (&crate::auth::sha256_hex(b"another token"), &nonce, &proof, false),
-        (&stored, &nonce, &make_proof("another token", &nonce), false),
-        (&stored, &nonce, &proof.to_uppercase(), false),
-        (&stored, &nonce, &proof[..63], false),
-        (&stored, &nonce, "", false),
-        ("not hex", &nonce, &proof, false),
+    let table: [(&[u8; 32], &str, &str, bool); 7] = [
+        (&key, &nonce, &proof, true),
+        (&key, &other_nonce, &proof, false),
+        (&proof_key("another token"), &nonce, &proof, false),
+        (&key, &nonce, &make_proof("another token", &nonce), false),
+        (&key, &nonce, &proof.to_uppercase(), false),
+        (&key, &nonce, &proof[..63], false),
+        (&key, &nonce, "", false),
     ];
-    for (i, (hash, n, p, ok)) in table.into_iter().enumerate() {
-        assert_eq!(verify_proof(hash, n, p), ok, "case {i}");
+    for (i, (key, n, p, ok)) in table.into_iter().enumerate() {
+        assert_eq!(verify_proof(key, n, p), ok, "case {i}");
     }
     // The worked example of docs/protocol.md, computed independently (Python's hmac and hashlib).
     assert_eq!(nonce, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=");
@@ -380,12 +380,16 @@ fn proofs_verify_only_with_the_right_token_and_nonce() {
     );
 }
 
+fn crypt() -> crate::crypt::Crypt {
+    crate::crypt::Crypt::from_secret(b"the server's crypt secret, for tests")
+}
+
 fn registration(peer: u128, org: u128, worker: u128, token: &str) -> WorkerRegistration {
     WorkerRegistration {
         peer_id: PeerId(id(peer)),
         org_id: OrgId(id(org)),
         worker_id: WorkerId(id(worker)),
-        token_hash: crate::auth::sha256_hex(token.as_bytes()),
+        proof_key: seal_proof_key(&crypt(), &proof_key(token)),
         created_at: chrono::DateTime::UNIX_EPOCH,
     }
 }
@@ -462,7 +466,14 @@ fn answers_authorize_the_peers_whose_tokens_they_prove() {
     ];
     for (i, (file, any, want)) in table.into_iter().enumerate() {
         let response = answer_challenge(&challenge, &file, any);
-        let got = check_answers(&hello(), &regs, &nonce, &response, &HandshakePolicy::default());
+        let got = check_answers(
+            &hello(),
+            &regs,
+            &nonce,
+            &response,
+            &HandshakePolicy::default(),
+            &crypt(),
+        );
         assert_eq!(
             got.as_ref().map(|w| w.authorized.clone()).map_err(|r| r.code),
             want,
@@ -473,7 +484,15 @@ fn answers_authorize_the_peers_whose_tokens_they_prove() {
     // A response to another challenge (replayed) proves nothing.
     let replayed = answer_challenge(&challenge, &tokens(&[(3, "t3")]), None);
     let other_nonce = nonce_from_bytes(&[8; 32]);
-    let err = check_answers(&hello(), &regs, &other_nonce, &replayed, &HandshakePolicy::default()).unwrap_err();
+    let err = check_answers(
+        &hello(),
+        &regs,
+        &other_nonce,
+        &replayed,
+        &HandshakePolicy::default(),
+        &crypt(),
+    )
+    .unwrap_err();
     assert_eq!(err.code, RejectCode::BadTokens);
 
     // Forged answer for a peer of another worker, with that peer's real token: ignored.
@@ -483,7 +502,61 @@ fn answers_authorize_the_peers_whose_tokens_they_prove() {
             proof: make_proof("t5", &nonce),
         }],
     };
-    assert!(check_answers(&hello(), &regs, &nonce, &forged, &HandshakePolicy::default()).is_err());
+    assert!(check_answers(&hello(), &regs, &nonce, &forged, &HandshakePolicy::default(), &crypt()).is_err());
+}
+
+/// What the database holds for a registration cannot answer a challenge: neither the stored text used as a
+/// token or as a key, nor an unsealed (pre-0011) row, nor a row sealed under another crypt secret verifies.
+#[test]
+fn a_database_row_alone_cannot_prove_a_registration() {
+    let token = "dG9rZW4tb2YtYS13b3JrZXItdGhhdC1pcy1sb25nLWVub3VnaC10by1jb3VudCEh";
+    let row = registration(3, 100, 1, token);
+    let regs = [row.clone()];
+    let nonce = nonce_from_bytes(&[7; 32]);
+    let challenge = Challenge {
+        nonce: nonce.clone(),
+        peers: vec![row.peer_id],
+    };
+    let policy = HandshakePolicy::default();
+    // The real token works.
+    let honest = answer_challenge(&challenge, &BTreeMap::new(), Some(token));
+    assert!(check_answers(&hello(), &regs, &nonce, &honest, &policy, &crypt()).is_ok());
+    assert!(
+        !row.proof_key.0.contains(&hex::encode(proof_key(token))),
+        "the key is not stored as is"
+    );
+    // The stored text, used as a token or as the key itself.
+    let as_token = answer_challenge(&challenge, &BTreeMap::new(), Some(&row.proof_key.0));
+    let as_key = ChallengeResponse {
+        answers: vec![PeerAnswer {
+            peer_id: row.peer_id,
+            proof: hex::encode({
+                use hmac::Mac;
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(row.proof_key.0.as_bytes()).unwrap();
+                mac.update(nonce.as_bytes());
+                mac.finalize().into_bytes()
+            }),
+        }],
+    };
+    for (i, forged) in [as_token, as_key].iter().enumerate() {
+        assert_eq!(
+            check_answers(&hello(), &regs, &nonce, forged, &policy, &crypt())
+                .unwrap_err()
+                .code,
+            RejectCode::BadTokens,
+            "case {i}"
+        );
+    }
+    // The same row opened with another crypt secret (a database copied to another server) proves nothing.
+    let elsewhere = crate::crypt::Crypt::from_secret(b"another server's secret");
+    assert!(check_answers(&hello(), &regs, &nonce, &honest, &policy, &elsewhere).is_err());
+    // An unsealed row (as stored before sealing) is not accepted as it is, even with the right token.
+    let legacy = WorkerRegistration {
+        proof_key: crate::crypt::Sealed(hex::encode(proof_key(token))),
+        ..row
+    };
+    assert_eq!(legacy_proof_key(&legacy.proof_key), Some(proof_key(token)));
+    assert!(check_answers(&hello(), &[legacy], &nonce, &honest, &policy, &crypt()).is_err());
 }
 
 #[test]
@@ -503,7 +576,7 @@ fn welcome_carries_the_anded_capabilities_and_heartbeat_settings() {
         &BTreeMap::new(),
         Some("t3"),
     );
-    let welcome = check_answers(&hello(), &regs, &nonce, &response, &policy).unwrap();
+    let welcome = check_answers(&hello(), &regs, &nonce, &response, &policy, &crypt()).unwrap();
     assert_eq!(
         welcome,
         Welcome {

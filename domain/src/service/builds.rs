@@ -70,7 +70,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let missing = || ServiceError::NotFound(format!("build {} not found", id.0));
         let build = self.storage.build_by_id(id).await?.ok_or_else(missing)?;
         self.require_view(caller, build.org_id, missing).await?;
-        let derivation = self.storage.derivation(&build.drv_path).await?;
+        let derivation = self.storage.derivation(build.org_id, &build.drv_path).await?;
         Ok((build, derivation))
     }
 

@@ -217,30 +217,33 @@ impl ServeMemo {
 /// kilobyte, so the memo stays within tens of megabytes, and a few large evaluations fit.
 const MAX_DERIVATIONS: usize = 50_000;
 
-/// Derivations, which never change (a `.drv` path names its content) and are never deleted: the scheduler
-/// asks for every queued build's inputs at every dispatch, and each job sent needs its outputs.
+/// Derivations as each organization stored them, which never change once stored and are never deleted: the
+/// scheduler asks for every queued build's inputs at every dispatch, and each job sent needs its outputs.
+/// Keyed by organization, as in storage: what one organization's worker reported about a path is never what
+/// another organization reads.
 #[derive(Default)]
 pub struct DerivationMemo {
-    known: Mutex<HashMap<String, Arc<Derivation>>>,
+    known: Mutex<HashMap<(OrgId, String), Arc<Derivation>>>,
 }
 
 impl DerivationMemo {
-    pub fn get(&self, drv_path: &str) -> Option<Arc<Derivation>> {
+    pub fn get(&self, org: OrgId, drv_path: &str) -> Option<Arc<Derivation>> {
         self.known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(drv_path)
+            .get(&(org, drv_path.to_owned()))
             .cloned()
     }
 
-    pub fn remember(&self, d: Derivation) -> Arc<Derivation> {
-        let d = Arc::new(d);
+    /// Remembers the organization's derivation; one already remembered is kept (as storage keeps the first).
+    pub fn remember(&self, org: OrgId, d: Derivation) -> Arc<Derivation> {
         let mut memo = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         if memo.len() >= MAX_DERIVATIONS {
             memo.clear();
         }
-        memo.insert(d.drv_path.clone(), d.clone());
-        d
+        memo.entry((org, d.drv_path.clone()))
+            .or_insert_with(|| Arc::new(d))
+            .clone()
     }
 }
 

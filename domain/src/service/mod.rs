@@ -138,11 +138,12 @@ pub struct Settings {
     pub network: crate::reach::NetworkPolicy,
 }
 
-/// The co-located worker: its id and the SHA-256 (hex) of its token.
+/// The co-located worker: its id and its token's proof key ([`crate::proto::proof_key`]), read from the
+/// token file at start-up and stored sealed in each organization's registration.
 #[derive(Clone, Debug)]
 pub struct LocalWorker {
     pub id: crate::WorkerId,
-    pub token_hash: String,
+    pub proof_key: [u8; 32],
 }
 
 impl Default for Settings {

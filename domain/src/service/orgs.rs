@@ -133,7 +133,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 peer_id: crate::PeerId::new(),
                 org_id: org.id,
                 worker_id: local.id,
-                token_hash: local.token_hash.clone(),
+                proof_key: crate::proto::seal_proof_key(&self.crypt, &local.proof_key),
                 created_at: self.clock.now(),
             };
             match self.storage.create_worker_registration(&registration).await {

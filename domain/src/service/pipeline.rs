@@ -29,6 +29,12 @@ pub struct Dispatched {
     pub job: proto::Job,
 }
 
+/// What a report (results, progress, outcome) for a job not assigned to the reporting worker gets: nothing
+/// changes, and the caller logs it. A worker is trusted only for its own jobs.
+fn not_assigned(job: JobId, worker: WorkerId) -> ServiceError {
+    ServiceError::Forbidden(format!("job {} is not assigned to worker {}", job.0, worker.0))
+}
+
 /// The pseudo-worker the server assigns jobs to when it ends them itself.
 const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 
@@ -307,7 +313,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     async fn entry(&self, record: &JobRecord) -> Result<QueueEntry> {
         let inputs = match &record.kind {
             JobKind::Build { derivation, .. } => self
-                .derivation(derivation)
+                .derivation(record.org_id, derivation)
                 .await?
                 .map(|d| d.inputs.clone())
                 .unwrap_or_default(),
@@ -316,16 +322,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(QueueEntry::from_record(record, inputs))
     }
 
-    /// A derivation, from memory when it was seen before (see [`super::memo::DerivationMemo`]).
-    async fn derivation(&self, drv_path: &str) -> Result<Option<std::sync::Arc<Derivation>>> {
-        if let Some(d) = self.derivations.get(drv_path) {
+    /// The organization's derivation, from memory when it was seen before (see
+    /// [`super::memo::DerivationMemo`]).
+    async fn derivation(&self, org: OrgId, drv_path: &str) -> Result<Option<std::sync::Arc<Derivation>>> {
+        if let Some(d) = self.derivations.get(org, drv_path) {
             return Ok(Some(d));
         }
         Ok(self
             .storage
-            .derivation(drv_path)
+            .derivation(org, drv_path)
             .await?
-            .map(|d| self.derivations.remember(d)))
+            .map(|d| self.derivations.remember(org, d)))
     }
 
     /// The caches the org reads as substituters with their keys, and its push cache (where its jobs push).
@@ -388,7 +395,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 })
             }
             JobKind::Build { derivation, .. } => {
-                let Some(d) = self.derivation(derivation).await? else {
+                let Some(d) = self.derivation(record.org_id, derivation).await? else {
                     return Ok(None);
                 };
                 Some(proto::Job::Build {
@@ -414,15 +421,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         errors: Vec<proto::AttributeError>,
     ) -> Result<()> {
         let Some(JobRecord {
+            org_id,
             kind: JobKind::Evaluate { evaluation_id },
             state: JobState::Assigned { worker: w, .. },
             ..
         }) = self.storage.job(job_id).await?
         else {
-            return Ok(());
+            return Err(not_assigned(job_id, worker));
         };
         if w != worker {
-            return Ok(());
+            return Err(not_assigned(job_id, worker));
         }
         self.set_evaluation_status(evaluation_id, EvaluationStatus::Evaluating)
             .await?;
@@ -437,10 +445,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 inputs: d.input_drvs.clone(),
             })
             .collect();
-        self.storage.put_derivations(&drvs).await?;
-        for d in drvs {
-            self.derivations.remember(d);
-        }
+        // Kept for this job's organization only: another organization's worker cannot decide what this one's
+        // builds of the same paths need or show, nor this worker what theirs do.
+        self.storage.put_derivations(org_id, &drvs).await?;
         let entries: Vec<EntryPoint> = derivations
             .iter()
             .filter_map(|d| {
@@ -475,12 +482,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         log: Option<crate::logs::LogBuffer>,
     ) -> Result<()> {
         let Some(record) = self.storage.job(job_id).await? else {
-            return Ok(());
+            return Err(not_assigned(job_id, worker));
         };
         let success = matches!(outcome, JobOutcome::Success);
         if !self.storage.finish_job(job_id, worker, success).await? {
-            // Not this worker's job any more (it was lost and the job went to another): ignore.
-            return Ok(());
+            // Not this worker's job (any more: it was lost and the job went to another, or it ended): nothing
+            // changes.
+            return Err(not_assigned(job_id, worker));
         }
         self.memo.forget_job(job_id);
         match record.kind {
@@ -557,10 +565,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ..
         }) = self.storage.job(job_id).await?
         else {
-            return Ok(());
+            return Err(not_assigned(job_id, worker));
         };
         if w != worker {
-            return Ok(());
+            return Err(not_assigned(job_id, worker));
         }
         self.plan_builds(org_id, evaluation_id, Some((job_id, worker))).await
     }
@@ -586,7 +594,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if !closure.insert(drv.clone()) {
                 continue;
             }
-            if let Some(d) = self.derivation(&drv).await? {
+            if let Some(d) = self.derivation(org, &drv).await? {
                 todo.extend(d.inputs.iter().cloned());
                 derivations.insert(drv, d);
             }
@@ -706,8 +714,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         continue;
                     }
                     let depends = self
-                        .storage
-                        .derivation(&b.drv_path)
+                        .derivation(org, &b.drv_path)
                         .await?
                         .is_some_and(|d| d.inputs.contains(&drv));
                     if depends {
@@ -886,7 +893,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let now = self.clock.now();
         for b in again {
             self.move_build(o.id, &b.drv_path, BuildStatus::Queued).await?;
-            let Some(d) = self.derivation(&b.drv_path).await? else {
+            let Some(d) = self.derivation(o.id, &b.drv_path).await? else {
                 continue;
             };
             let job = JobRecord {

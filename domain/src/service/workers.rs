@@ -1,5 +1,6 @@
 //! Registering workers under an organization: a registration (peer) binds a worker id to the org and
-//! holds the hash of a token only the worker knows; the worker proves it on every connection.
+//! holds the proof key of a token only the worker knows (SHA-256 of the token, sealed with the crypt secret);
+//! the worker proves it on every connection.
 
 use super::{Caller, Gradient, Result, ServiceError};
 use crate::model::WorkerRegistration;
@@ -83,7 +84,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             peer_id: PeerId::new(),
             org_id: org.id,
             worker_id,
-            token_hash: crate::auth::sha256_hex(token.as_bytes()),
+            proof_key: crate::proto::seal_proof_key(&self.crypt, &crate::proto::proof_key(&token)),
             created_at: self.clock.now(),
         };
         self.storage
@@ -100,6 +101,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             registration,
             token: shown,
         })
+    }
+
+    /// Seals the proof keys of registrations stored before sealing existed (they held SHA-256 of the token
+    /// as hex, which is itself the key that answers a challenge). Run at start-up, before `/proto` listens;
+    /// answers how many rows it sealed. Rows that are neither sealed nor such a key are left alone (they never
+    /// verify).
+    pub async fn seal_worker_proof_keys(&self) -> Result<usize> {
+        let mut sealed = 0;
+        for r in self.storage.all_worker_registrations().await? {
+            if let Some(key) = crate::proto::legacy_proof_key(&r.proof_key) {
+                let new = crate::proto::seal_proof_key(&self.crypt, &key);
+                if self.storage.set_worker_proof_key(r.peer_id, &r.proof_key, &new).await? {
+                    sealed += 1;
+                }
+            }
+        }
+        Ok(sealed)
     }
 
     pub async fn worker_registrations(&self, caller: &Caller, org: &str) -> Result<Vec<WorkerRegistration>> {

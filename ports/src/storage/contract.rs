@@ -136,6 +136,7 @@ macro_rules! storage_contract {
             worker_registrations_are_listed_oldest_first,
             delete_worker_registration_only_within_its_org,
             delete_org_removes_its_worker_registrations,
+            worker_proof_keys_are_replaced_only_if_unchanged,
             // The job queue.
             job_round_trips,
             absent_jobs_are_none,
@@ -158,6 +159,7 @@ macro_rules! storage_contract {
             update_evaluation_changes_only_status_errors_and_update_time,
             derivation_round_trips,
             put_derivations_ignores_stored_paths,
+            derivations_are_kept_per_organization,
             entry_points_round_trip_by_attribute,
             entry_points_with_unknown_references_are_refused,
             link_builds_builds_once_per_org,

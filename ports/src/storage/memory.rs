@@ -311,6 +311,27 @@ impl Workers for MemoryStorage {
     async fn delete_worker_registration(&self, org: OrgId, peer: PeerId) -> Result<bool> {
         self.with(|s| Ok(s.delete_worker_registration(org, peer)))
     }
+
+    async fn all_worker_registrations(&self) -> Result<Vec<WorkerRegistration>> {
+        self.with(|s| Ok(s.worker_registrations(|_| true)))
+    }
+
+    async fn set_worker_proof_key(
+        &self,
+        peer: PeerId,
+        old: &gradient_domain::crypt::Sealed,
+        new: &gradient_domain::crypt::Sealed,
+    ) -> Result<bool> {
+        self.with(|s| {
+            Ok(match s.worker_registrations.get_mut(&peer) {
+                Some(r) if r.proof_key == *old => {
+                    r.proof_key = new.clone();
+                    true
+                }
+                _ => false,
+            })
+        })
+    }
 }
 
 impl Queue for MemoryStorage {
@@ -365,15 +386,12 @@ impl Evaluations for MemoryStorage {
         self.with(|s| Ok(s.delete_evaluation(id)))
     }
 
-    async fn put_derivations(&self, derivations: &[Derivation]) -> Result<()> {
-        self.with(|s| {
-            s.put_derivations(derivations);
-            Ok(())
-        })
+    async fn put_derivations(&self, org: OrgId, derivations: &[Derivation]) -> Result<()> {
+        self.with(|s| s.put_derivations(org, derivations))
     }
 
-    async fn derivation(&self, drv_path: &str) -> Result<Option<Derivation>> {
-        self.with(|s| Ok(s.derivations.get(drv_path).cloned()))
+    async fn derivation(&self, org: OrgId, drv_path: &str) -> Result<Option<Derivation>> {
+        self.with(|s| Ok(s.org_derivations.get(&(org, drv_path.to_owned())).cloned()))
     }
 
     async fn add_entry_points(&self, evaluation: EvaluationId, entry_points: &[EntryPoint]) -> Result<()> {

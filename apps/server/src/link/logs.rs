@@ -1,15 +1,16 @@
 //! Build logs as they stream in from workers, held per job until the job finishes (bounded per job), and
 //! readable by derivation while the build runs, from any byte offset, for live viewers.
 
-use gradient_domain::OrgId;
 use gradient_domain::logs::LogBuffer;
 use gradient_domain::model::JobId;
+use gradient_domain::{OrgId, WorkerId};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 #[derive(Default)]
 struct Inner {
-    logs: HashMap<JobId, LogBuffer>,
+    /// Each running build's log, with the worker it was handed to (the only one that may write it).
+    logs: HashMap<JobId, (WorkerId, LogBuffer)>,
     /// The job building each organization's derivation now (organizations build a derivation apart).
     by_drv: HashMap<(OrgId, String), JobId>,
 }
@@ -25,11 +26,11 @@ impl LiveLogs {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A build job was handed to a worker: its log starts empty (also when the job runs again).
-    pub fn started(&self, job: JobId, org: OrgId, drv_path: &str) {
+    /// A build job was handed to `worker`: its log starts empty (also when the job runs again).
+    pub fn started(&self, job: JobId, worker: WorkerId, org: OrgId, drv_path: &str) {
         let mut inner = self.lock();
         inner.by_drv.insert((org, drv_path.to_owned()), job);
-        inner.logs.insert(job, LogBuffer::default());
+        inner.logs.insert(job, (worker, LogBuffer::default()));
     }
 
     /// Whether the job is a build this process handed out and still runs.
@@ -37,11 +38,17 @@ impl LiveLogs {
         self.lock().logs.contains_key(&job)
     }
 
-    /// More of a running build's log. Text for a job that is not running a build here (an evaluation, or a
-    /// job already finished or aborted) is dropped, so nothing accumulates for it.
-    pub fn append(&self, job: JobId, text: &str) {
-        if let Some(log) = self.lock().logs.get_mut(&job) {
-            log.append(text);
+    /// More of a running build's log, from `worker`. Text for a job that is not running a build here (an
+    /// evaluation, or a job already finished or aborted) is dropped, so nothing accumulates for it. Answers
+    /// false only when the build runs on another worker: that text is refused, never written.
+    pub fn append(&self, job: JobId, worker: WorkerId, text: &str) -> bool {
+        match self.lock().logs.get_mut(&job) {
+            Some((owner, log)) if *owner == worker => {
+                log.append(text);
+                true
+            }
+            Some(_) => false,
+            None => true,
         }
     }
 
@@ -54,7 +61,17 @@ impl LiveLogs {
     pub fn take(&self, job: JobId) -> Option<LogBuffer> {
         let mut inner = self.lock();
         inner.by_drv.retain(|_, j| *j != job);
-        inner.logs.remove(&job)
+        inner.logs.remove(&job).map(|(_, log)| log)
+    }
+
+    /// `worker` reports the job ended: its log is taken only if the job runs on that worker.
+    pub fn take_own(&self, job: JobId, worker: WorkerId) -> Option<LogBuffer> {
+        let mut inner = self.lock();
+        if inner.logs.get(&job).is_some_and(|(owner, _)| *owner != worker) {
+            return None;
+        }
+        inner.by_drv.retain(|_, j| *j != job);
+        inner.logs.remove(&job).map(|(_, log)| log)
     }
 
     /// What the organization's running build of `drv_path` logged from byte `offset` on, and the offset after
@@ -62,7 +79,7 @@ impl LiveLogs {
     pub fn read(&self, org: OrgId, drv_path: &str, offset: usize) -> Option<(String, usize)> {
         let inner = self.lock();
         let job = inner.by_drv.get(&(org, drv_path.to_owned()))?;
-        let (text, end) = inner.logs.get(job)?.read_from(offset as u64);
+        let (text, end) = inner.logs.get(job)?.1.read_from(offset as u64);
         Some((text, end as usize))
     }
 }
@@ -72,27 +89,51 @@ mod tests {
     use super::*;
 
     const ORG: OrgId = OrgId(uuid::Uuid::from_u128(1));
+    const WORKER: WorkerId = WorkerId(uuid::Uuid::from_u128(7));
+
+    #[test]
+    fn only_the_worker_running_a_build_writes_or_ends_its_log() {
+        let logs = LiveLogs::default();
+        let job = JobId::new();
+        let intruder = WorkerId(uuid::Uuid::from_u128(8));
+        logs.started(job, WORKER, ORG, "/nix/store/x.drv");
+        assert!(logs.append(job, WORKER, "real\n"));
+        assert!(!logs.append(job, intruder, "forged\n"), "refused");
+        assert!(
+            logs.take_own(job, intruder).is_none(),
+            "another worker's report takes nothing"
+        );
+        assert_eq!(logs.read(ORG, "/nix/store/x.drv", 0), Some(("real\n".into(), 5)));
+        assert!(
+            logs.append(JobId::new(), intruder, "an evaluation's log\n"),
+            "not held: dropped, not refused"
+        );
+        assert_eq!(
+            logs.take_own(job, WORKER).map(|l| l.finish().0).as_deref(),
+            Some("real\n")
+        );
+    }
 
     #[test]
     fn readers_follow_a_running_build_from_any_offset() {
         let logs = LiveLogs::default();
         let job = JobId::new();
         assert!(logs.read(ORG, "/nix/store/x.drv", 0).is_none());
-        logs.started(job, ORG, "/nix/store/x.drv");
+        logs.started(job, WORKER, ORG, "/nix/store/x.drv");
         assert_eq!(logs.jobs(), [job]);
-        logs.append(job, "one\n");
+        logs.append(job, WORKER, "one\n");
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 0), Some(("one\n".into(), 4)));
         let other_org = OrgId(uuid::Uuid::from_u128(2));
         assert!(
             logs.read(other_org, "/nix/store/x.drv", 0).is_none(),
             "another organization's build"
         );
-        logs.append(job, "two\n");
+        logs.append(job, WORKER, "two\n");
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
         assert_eq!(logs.take(job).map(|l| l.finish().0).as_deref(), Some("one\ntwo\n"));
         assert!(logs.read(ORG, "/nix/store/x.drv", 8).is_none(), "finished");
         assert!(logs.jobs().is_empty());
-        logs.append(job, "late\n");
+        logs.append(job, WORKER, "late\n");
         assert!(
             logs.take(job).is_none(),
             "nothing is kept for a job that is not running"
@@ -103,10 +144,10 @@ mod tests {
     fn offsets_survive_dropping_the_front_of_a_huge_log() {
         let logs = LiveLogs::default();
         let job = JobId::new();
-        logs.started(job, ORG, "d");
+        logs.started(job, WORKER, ORG, "d");
         let line = "x".repeat(1000) + "\n";
         for _ in 0..3000 {
-            logs.append(job, &line);
+            logs.append(job, WORKER, &line);
         }
         let (text, end) = logs.read(ORG, "d", 0).unwrap();
         assert_eq!(end, 1001 * 3000, "offsets count everything the build printed");

@@ -1,6 +1,7 @@
-//! The worker link at `/proto`: poem's WebSocket, the handshake (decided by `domain::proto::handshake`),
-//! heartbeats, and the registry of who is connected. A misbehaving connection (malformed or oversized
-//! frame, silence, a message out of turn) is closed with a reason; the others are untouched.
+//! The worker link at `/proto`: a WebSocket over poem's upgraded connection (tokio-tungstenite), the handshake
+//! (decided by `domain::proto::handshake`), heartbeats, and the registry of who is connected. A misbehaving
+//! connection (malformed or oversized frame, silence, a message out of turn) is closed with a reason; the
+//! others are untouched.
 
 mod logs;
 mod registry;
@@ -12,27 +13,51 @@ use crate::state::AppState;
 use futures_util::{SinkExt, StreamExt};
 use gradient_domain::ports::storage::{Queue, Workers};
 use gradient_domain::proto::{
-    self, Challenge, HANDSHAKE_TIMEOUT_SECS, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected,
-    ServerMessage, Stage, WorkerMessage,
+    self, Challenge, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected, ServerMessage, Stage,
+    WorkerMessage,
 };
-use poem::http::{StatusCode, header};
-use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketStream};
+use poem::http::{Method, StatusCode, header};
 use poem::{IntoResponse, Request, Response, handler};
 use rand::RngCore;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+type WebSocketStream = tokio_tungstenite::WebSocketStream<poem::Upgraded>;
+
+/// How long a refused connection is drained after its close was sent, so a worker still writing an oversized
+/// frame finishes and reads the close instead of having its connection reset.
+const DRAIN_AFTER_CLOSE: Duration = Duration::from_secs(5);
 
 /// Settings of the link.
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
     pub discoverable: bool,
+    /// Links of workers that proved a registration (`maxProtoConnections`).
     pub max_connections: usize,
+    /// Connections still in their handshake, a pool of their own ([`anonymous_pool`]).
+    pub max_anonymous: usize,
+    /// How long a connection has to prove a registration, from the upgrade to `welcome`.
+    pub handshake_timeout: Duration,
     pub policy: HandshakePolicy,
 }
 
+/// The pool of connections that have not proved a registration yet: a quarter of `maxProtoConnections`,
+/// at least 16 and at most 64. They never take an authenticated link's slot, and each leaves it within the
+/// handshake timeout.
+pub fn anonymous_pool(max_connections: usize) -> usize {
+    (max_connections / 4).clamp(16, 64)
+}
+
 #[handler]
-pub async fn endpoint(req: &Request, ws: WebSocket) -> Response {
+pub async fn endpoint(req: &Request) -> Response {
     let state: &AppState = req.data().expect("state is attached to /proto");
+    let Some(key) = websocket_key(req) else {
+        return (StatusCode::BAD_REQUEST, "/proto speaks WebSocket only\n").into_response();
+    };
     if !state.link.discoverable {
         return (
             StatusCode::FORBIDDEN,
@@ -40,24 +65,61 @@ pub async fn endpoint(req: &Request, ws: WebSocket) -> Response {
         )
             .into_response();
     }
-    let Some(slot) = state.links.try_slot(state.link.max_connections) else {
+    // A connection that has proved nothing takes a slot of the anonymous pool only; it gets an authenticated
+    // link's slot once its handshake proves a registration, so idle sockets cannot lock workers out.
+    let Some(slot) = state.links.try_anonymous_slot(state.link.max_anonymous) else {
         return Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
             .header(header::RETRY_AFTER, "10")
-            .body("too many worker connections; retry later\n");
+            .body("too many worker connections are in their handshake; retry later\n");
+    };
+    let Ok(upgrade) = req.take_upgrade() else {
+        return (StatusCode::BAD_REQUEST, "the connection cannot be upgraded\n").into_response();
     };
     let state = state.clone();
-    // The transport accepts somewhat more than the protocol allows, so an oversized message is read whole
-    // (bounded) and refused with a proper close reason instead of breaking the connection mid-frame.
-    let config = poem::web::websocket::WebSocketConfig::default()
-        .max_message_size(Some(4 * MAX_FRAME_BYTES))
-        .max_frame_size(Some(4 * MAX_FRAME_BYTES));
-    ws.config(config)
-        .on_upgrade(move |socket| async move {
-            serve(state, socket).await;
-            drop(slot);
+    // The transport refuses a frame or message larger than the protocol allows as soon as its header says so;
+    // the connection is then closed with `frame_too_large` and drained (see `reject`).
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    tokio::spawn(async move {
+        let Ok(io) = upgrade.await else {
+            return;
+        };
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        serve(state, socket, slot).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .finish()
+}
+
+/// The `Sec-WebSocket-Key` of a WebSocket upgrade request (RFC 6455, version 13); `None` for anything else.
+fn websocket_key(req: &Request) -> Option<String> {
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
-        .into_response()
+    };
+    let upgrade = req.method() == Method::GET
+        && has(header::UPGRADE, "websocket")
+        && has(header::CONNECTION, "upgrade")
+        && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    if !upgrade {
+        return None;
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn close_code(code: RejectCode) -> CloseCode {
@@ -69,19 +131,40 @@ fn close_code(code: RejectCode) -> CloseCode {
     }
 }
 
-/// Sends `Rejected` and closes with the code as reason.
+/// Sends `Rejected` and closes with the code as reason. After an oversized frame the transport stopped reading
+/// mid-frame: what the worker still sends is read and dropped for a moment, so it finishes
+/// writing and reads the close instead of having its connection reset.
 async fn reject(socket: &mut WebSocketStream, rejected: Rejected) {
     tracing::info!(target: "gradient::proto", "rejecting worker: {} ({})", rejected.reason, rejected.code.as_str());
     if let Ok(text) = proto::encode(&ServerMessage::Rejected(rejected.clone())) {
-        let _ = socket.send(Message::Text(text)).await;
+        let _ = socket.send(Message::text(text)).await;
     }
     let _ = socket
-        .send(Message::Close(Some((
-            close_code(rejected.code),
-            rejected.code.as_str().to_owned(),
-        ))))
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code(rejected.code),
+            reason: rejected.code.as_str().into(),
+        })))
         .await;
-    let _ = socket.close().await;
+    if rejected.code == RejectCode::FrameTooLarge {
+        drain(socket.get_mut()).await;
+    } else {
+        let _ = socket.close(None).await;
+    }
+}
+
+/// Reads and drops what the peer still sends, until it closes or [`DRAIN_AFTER_CLOSE`] passes; nothing is kept.
+async fn drain(io: &mut poem::Upgraded) {
+    let _ = io.flush().await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = tokio::time::timeout(DRAIN_AFTER_CLOSE, async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let _ = io.shutdown().await;
 }
 
 /// The next worker message, or why the connection must end.
@@ -89,19 +172,26 @@ async fn next_message(socket: &mut WebSocketStream) -> Result<WorkerMessage, Opt
     loop {
         match socket.next().await {
             None | Some(Ok(Message::Close(_))) => return Err(None),
+            Some(Err(tungstenite::Error::Capacity(e))) => {
+                return Err(Some(Rejected::new(
+                    RejectCode::FrameTooLarge,
+                    format!("the frame exceeds the limit of {MAX_FRAME_BYTES} bytes ({e})"),
+                )));
+            }
+            Some(Err(
+                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed | tungstenite::Error::Io(_),
+            )) => return Err(None),
             Some(Err(e)) => {
-                let text = e.to_string();
-                let code = if text.contains("too long") || text.contains("too big") || text.contains("size") {
-                    RejectCode::FrameTooLarge
-                } else {
-                    RejectCode::MalformedFrame
-                };
-                return Err(Some(Rejected::new(code, format!("unreadable frame: {text}"))));
+                return Err(Some(Rejected::new(
+                    RejectCode::MalformedFrame,
+                    format!("unreadable frame: {e}"),
+                )));
             }
             Some(Ok(Message::Text(t))) => {
-                return proto::decode_worker(&t).map_err(|e: ProtoError| {
+                let t = t.as_str();
+                return proto::decode_worker(t).map_err(|e: ProtoError| {
                     // A hello of another version may not decode at all; say which problem it is.
-                    match proto::hello_version(&t) {
+                    match proto::hello_version(t) {
                         Some(v) if v != proto::PROTOCOL_VERSION => Some(Rejected::new(
                             RejectCode::VersionMismatch,
                             format!(
@@ -124,9 +214,10 @@ async fn next_message(socket: &mut WebSocketStream) -> Result<WorkerMessage, Opt
     }
 }
 
-async fn serve(state: AppState, mut socket: WebSocketStream) {
-    let timeout = Duration::from_secs(u64::from(HANDSHAKE_TIMEOUT_SECS));
-    let hello = match tokio::time::timeout(timeout, next_message(&mut socket)).await {
+async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry::Slot) {
+    // One deadline for the whole handshake: a connection proves a registration within it, or is closed.
+    let deadline = tokio::time::Instant::now() + state.link.handshake_timeout;
+    let hello = match tokio::time::timeout_at(deadline, next_message(&mut socket)).await {
         Ok(Ok(WorkerMessage::Hello(h))) => h,
         Ok(Ok(_)) => {
             return reject(
@@ -171,7 +262,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream) {
     if send(&mut socket, &challenge).await.is_err() {
         return;
     }
-    let answers = match tokio::time::timeout(timeout, next_message(&mut socket)).await {
+    let answers = match tokio::time::timeout_at(deadline, next_message(&mut socket)).await {
         Ok(Ok(WorkerMessage::ChallengeResponse(a))) => a,
         Ok(Ok(_)) => {
             return reject(
@@ -190,10 +281,29 @@ async fn serve(state: AppState, mut socket: WebSocketStream) {
             .await;
         }
     };
-    let welcome = match proto::check_answers(&hello, &registrations, &nonce, &answers, &state.link.policy) {
+    let welcome = match proto::check_answers(
+        &hello,
+        &registrations,
+        &nonce,
+        &answers,
+        &state.link.policy,
+        &state.app.crypt,
+    ) {
         Ok(w) => w,
         Err(r) => return reject(&mut socket, r).await,
     };
+    // Proved: the connection leaves the anonymous pool for an authenticated link's slot.
+    let Some(_slot) = state.links.try_slot(state.link.max_connections) else {
+        let r = Rejected::new(
+            RejectCode::ServerFull,
+            format!(
+                "the server holds its maximum of {} worker links",
+                state.link.max_connections
+            ),
+        );
+        return reject(&mut socket, r).await;
+    };
+    drop(anonymous);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let Some(session) = state
         .links
@@ -285,8 +395,15 @@ async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: Worker
             errors,
         } => state.app.record_eval_result(job_id, worker, derivations, errors).await,
         WorkerMessage::JobLog { job_id, text, .. } => {
-            state.logs.append(job_id, &text);
-            Ok(())
+            // Only the worker the job was handed to writes its log.
+            if state.logs.append(job_id, worker, &text) {
+                Ok(())
+            } else {
+                Err(gradient_domain::service::ServiceError::Forbidden(format!(
+                    "a log line for job {} which is not running on worker {worker}",
+                    job_id.0
+                )))
+            }
         }
         WorkerMessage::JobProgress {
             job_id,
@@ -305,19 +422,25 @@ async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: Worker
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
             state.links.finished(worker, job_id);
-            let log = state.logs.take(job_id);
+            // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
+            let log = state.logs.take_own(job_id, worker);
             let r = state.app.record_job_finished(job_id, worker, outcome, log).await;
             state.dispatch.notify_one();
             r
         }
         _ => Ok(()),
     };
-    if let Err(e) = result {
-        tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}");
+    match result {
+        Ok(()) => {}
+        // A report for a job that is not this worker's: refused, nothing changed.
+        Err(gradient_domain::service::ServiceError::Forbidden(m)) => {
+            tracing::warn!(target: "gradient::proto", "refused a report of worker {worker}: {m}")
+        }
+        Err(e) => tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}"),
     }
 }
 
 async fn send(socket: &mut WebSocketStream, msg: &ServerMessage) -> Result<(), ()> {
     let text = proto::encode(msg).map_err(|_| ())?;
-    socket.send(Message::Text(text)).await.map_err(|_| ())
+    socket.send(Message::text(text)).await.map_err(|_| ())
 }

@@ -30,11 +30,14 @@ pub struct Connected {
 #[derive(Default)]
 pub struct Links {
     workers: Mutex<HashMap<WorkerId, Connected>>,
+    /// Links of workers that proved a registration (bounded by `maxProtoConnections`).
     open: Arc<AtomicUsize>,
+    /// Connections still in their handshake (their own, smaller pool): they never take a worker's slot.
+    anonymous: Arc<AtomicUsize>,
     sessions: AtomicUsize,
 }
 
-/// Holds one of the `maxProtoConnections` slots while a connection (handshaking or not) is open.
+/// Holds a slot of one pool (authenticated links, or connections still in their handshake) while held.
 pub struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -48,21 +51,15 @@ impl Links {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a connection slot, or `None` when `max` are open.
+    /// Takes an authenticated link's slot, or `None` when `max` are open. Taken only once the handshake proved
+    /// a registration, so connections that prove nothing never hold one.
     pub fn try_slot(&self, max: usize) -> Option<Slot> {
-        let mut current = self.open.load(Ordering::SeqCst);
-        loop {
-            if current >= max {
-                return None;
-            }
-            match self
-                .open
-                .compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return Some(Slot(self.open.clone())),
-                Err(now) => current = now,
-            }
-        }
+        take(&self.open, max)
+    }
+
+    /// Takes a slot for a connection that has not proved anything yet, or `None` when `max` are handshaking.
+    pub fn try_anonymous_slot(&self, max: usize) -> Option<Slot> {
+        take(&self.anonymous, max)
     }
 
     pub fn is_worker_connected(&self, worker: WorkerId) -> bool {
@@ -163,6 +160,19 @@ impl Links {
     }
 }
 
+fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+    let mut current = counter.load(Ordering::SeqCst);
+    loop {
+        if current >= max {
+            return None;
+        }
+        match counter.compare_exchange(current, current + 1, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return Some(Slot(counter.clone())),
+            Err(now) => current = now,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +185,18 @@ mod tests {
         assert!(links.try_slot(2).is_none());
         drop(a);
         assert!(links.try_slot(2).is_some());
+    }
+
+    #[test]
+    fn handshaking_connections_have_their_own_pool() {
+        let links = Links::default();
+        let held: Vec<Slot> = (0..3).filter_map(|_| links.try_anonymous_slot(3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(links.try_anonymous_slot(3).is_none(), "the anonymous pool is full");
+        assert!(
+            links.try_slot(1).is_some(),
+            "an authenticated link's slot is still free"
+        );
     }
 
     #[test]

@@ -58,10 +58,18 @@ fn new_derivation(name: &str) -> Derivation {
     }
 }
 
-/// Stores fresh derivations named `names` and answers their paths, in the same order.
+/// Stores fresh derivations named `names` (as reported by another organization's worker: the paths become
+/// known to every organization) and answers their paths, in the same order.
 async fn derivations<S: Storage>(s: &S, names: &[&str]) -> Vec<String> {
+    let reporter = user(s, "reporter").await;
+    let elsewhere = org(s, "elsewhere", reporter.id, false).await;
+    derivations_of(s, elsewhere.id, names).await
+}
+
+/// Stores fresh derivations named `names` for `org` and answers their paths, in the same order.
+async fn derivations_of<S: Storage>(s: &S, org: OrgId, names: &[&str]) -> Vec<String> {
     let derivations: Vec<Derivation> = names.iter().map(|n| new_derivation(n)).collect();
-    s.put_derivations(&derivations).await.expect("put_derivations");
+    s.put_derivations(org, &derivations).await.expect("put_derivations");
     derivations.into_iter().map(|d| d.drv_path).collect()
 }
 
@@ -160,7 +168,11 @@ pub async fn absent_evaluation_rows_are_none<S: Storage>(s: &S) {
         "evaluations of an unknown project"
     );
     let path = drv_path("nothing");
-    assert_eq!(s.derivation(&path).await.expect("derivation"), None, "derivation");
+    assert_eq!(
+        s.derivation(acme.id, &path).await.expect("derivation"),
+        None,
+        "derivation"
+    );
     assert_eq!(s.build(acme.id, &path).await.expect("build"), None, "build");
     assert_eq!(
         s.entry_points(unknown).await.expect("entry_points"),
@@ -317,8 +329,11 @@ pub async fn update_evaluation_changes_only_status_errors_and_update_time<S: Sto
     );
 }
 
-/// A derivation reads back whole, with or without features, outputs and inputs.
+/// A derivation reads back whole, with or without features, outputs and inputs, for the organization that
+/// stored it.
 pub async fn derivation_round_trips<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
     let full = new_derivation("hello");
     let bare = Derivation {
         drv_path: drv_path("bare"),
@@ -327,24 +342,33 @@ pub async fn derivation_round_trips<S: Storage>(s: &S) {
         outputs: BTreeMap::new(),
         inputs: Vec::new(),
     };
-    s.put_derivations(&[full.clone(), bare.clone()])
+    s.put_derivations(acme.id, &[full.clone(), bare.clone()])
         .await
         .expect("put_derivations");
     for derivation in [full, bare] {
         assert_eq!(
-            s.derivation(&derivation.drv_path).await.expect("derivation"),
+            s.derivation(acme.id, &derivation.drv_path).await.expect("derivation"),
             Some(derivation.clone()),
             "derivation by path"
         );
     }
-    s.put_derivations(&[]).await.expect("put_derivations of nothing");
+    s.put_derivations(acme.id, &[])
+        .await
+        .expect("put_derivations of nothing");
+    assert_eq!(
+        s.put_derivations(OrgId::new(), &[new_derivation("orphan")]).await,
+        Err(StorageError::NotFound),
+        "an unknown organization"
+    );
 }
 
-/// put_derivations skips paths already stored (the stored derivation is kept; within one call the first of a
-/// path wins) and stores the rest; putting the same derivations again changes nothing.
+/// put_derivations skips paths the organization already stored (its stored derivation is kept; within one
+/// call the first of a path wins) and stores the rest; putting the same derivations again changes nothing.
 pub async fn put_derivations_ignores_stored_paths<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
     let stored = new_derivation("stored");
-    s.put_derivations(std::slice::from_ref(&stored))
+    s.put_derivations(acme.id, std::slice::from_ref(&stored))
         .await
         .expect("put_derivations");
     let mut rewritten = stored.clone();
@@ -353,31 +377,81 @@ pub async fn put_derivations_ignores_stored_paths<S: Storage>(s: &S) {
     let fresh = new_derivation("fresh");
     let mut fresh_again = fresh.clone();
     fresh_again.system = "i686-linux".to_owned();
-    s.put_derivations(&[rewritten, fresh.clone(), fresh_again])
+    s.put_derivations(acme.id, &[rewritten, fresh.clone(), fresh_again])
         .await
         .expect("put_derivations with stored paths");
     assert_eq!(
-        s.derivation(&stored.drv_path).await.expect("derivation"),
+        s.derivation(acme.id, &stored.drv_path).await.expect("derivation"),
         Some(stored.clone()),
         "a stored derivation is kept"
     );
     assert_eq!(
-        s.derivation(&fresh.drv_path).await.expect("derivation"),
+        s.derivation(acme.id, &fresh.drv_path).await.expect("derivation"),
         Some(fresh.clone()),
         "a new one is stored, the first of its path"
     );
-    s.put_derivations(&[stored.clone(), fresh.clone()])
+    s.put_derivations(acme.id, &[stored.clone(), fresh.clone()])
         .await
         .expect("put_derivations again");
     assert_eq!(
-        s.derivation(&stored.drv_path).await.expect("derivation"),
+        s.derivation(acme.id, &stored.drv_path).await.expect("derivation"),
         Some(stored),
         "unchanged"
     );
     assert_eq!(
-        s.derivation(&fresh.drv_path).await.expect("derivation"),
+        s.derivation(acme.id, &fresh.drv_path).await.expect("derivation"),
         Some(fresh),
         "unchanged"
+    );
+}
+
+/// What one organization stores about a derivation is never what another reads: another organization that
+/// stored the same path first (with other outputs) changes nothing for this one, which reads its own; an
+/// organization that stored nothing reads nothing. Deleting an organization deletes what it stored.
+pub async fn derivations_are_kept_per_organization<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let mallory = user(s, "mallory").await;
+    let victim = org(s, "victim", alice.id, false).await;
+    let attacker = org(s, "attacker", mallory.id, false).await;
+    let bystander = org(s, "bystander", alice.id, false).await;
+    let real = new_derivation("shared");
+    let mut forged = real.clone();
+    forged.outputs = BTreeMap::from([(
+        "out".to_owned(),
+        "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-evil".to_owned(),
+    )]);
+    forged.inputs = Vec::new();
+    s.put_derivations(attacker.id, std::slice::from_ref(&forged))
+        .await
+        .expect("put_derivations of the attacker");
+    s.put_derivations(victim.id, std::slice::from_ref(&real))
+        .await
+        .expect("put_derivations of the victim");
+    assert_eq!(
+        s.derivation(victim.id, &real.drv_path).await.expect("derivation"),
+        Some(real.clone()),
+        "the victim reads what its own worker reported"
+    );
+    assert_eq!(
+        s.derivation(attacker.id, &real.drv_path).await.expect("derivation"),
+        Some(forged),
+        "the attacker reads only its own"
+    );
+    assert_eq!(
+        s.derivation(bystander.id, &real.drv_path).await.expect("derivation"),
+        None,
+        "nothing for an organization that stored nothing"
+    );
+    assert!(s.delete_org(attacker.id).await.expect("delete_org"));
+    assert_eq!(
+        s.derivation(attacker.id, &real.drv_path).await.expect("derivation"),
+        None,
+        "gone with its organization"
+    );
+    assert_eq!(
+        s.derivation(victim.id, &real.drv_path).await.expect("derivation"),
+        Some(real),
+        "the victim's is kept"
     );
 }
 
@@ -897,7 +971,7 @@ pub async fn delete_evaluation_removes_its_entry_points_and_links<S: Storage>(s:
     let app = project(s, acme.id, "app", alice.id).await;
     let doomed = evaluation(s, app.id).await;
     let kept = evaluation(s, app.id).await;
-    let paths = derivations(s, &["shared"]).await;
+    let paths = derivations_of(s, acme.id, &["shared"]).await;
     let shared = &paths[0];
     let at = now();
     for eval in [&doomed, &kept] {
@@ -936,7 +1010,7 @@ pub async fn delete_evaluation_removes_its_entry_points_and_links<S: Storage>(s:
         "only the kept evaluation needs the build"
     );
     assert!(
-        s.derivation(shared).await.expect("derivation").is_some(),
+        s.derivation(acme.id, shared).await.expect("derivation").is_some(),
         "derivation kept"
     );
     assert_eq!(
@@ -1022,7 +1096,7 @@ pub async fn delete_org_removes_its_evaluations_and_builds<S: Storage>(s: &S) {
     let kept_project = project(s, kept.id, "app", alice.id).await;
     let gone = evaluation(s, gone_project.id).await;
     let stays = evaluation(s, kept_project.id).await;
-    let paths = derivations(s, &["shared"]).await;
+    let paths = derivations_of(s, kept.id, &["shared"]).await;
     let shared = &paths[0];
     let at = now();
     s.add_entry_points(
@@ -1051,7 +1125,7 @@ pub async fn delete_org_removes_its_evaluations_and_builds<S: Storage>(s: &S) {
         "its links"
     );
     assert!(
-        s.derivation(shared).await.expect("derivation").is_some(),
+        s.derivation(kept.id, shared).await.expect("derivation").is_some(),
         "derivation kept"
     );
     assert_eq!(

@@ -284,7 +284,7 @@ pub(super) fn new_worker_registration(org: OrgId, worker: WorkerId) -> WorkerReg
         peer_id: PeerId::new(),
         org_id: org,
         worker_id: worker,
-        token_hash: hash(),
+        proof_key: gradient_domain::crypt::Sealed(format!("v1:{}", hash())),
         created_at: now(),
     }
 }

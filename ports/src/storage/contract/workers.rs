@@ -165,7 +165,7 @@ pub async fn taken_peer_id_conflicts<S: Storage>(s: &S) {
         "the peer id still finds the original"
     );
     let both = WorkerRegistration {
-        token_hash: "another".to_owned(),
+        proof_key: gradient_domain::crypt::Sealed("another".to_owned()),
         ..original.clone()
     };
     assert_eq!(
@@ -316,5 +316,48 @@ pub async fn delete_org_removes_its_worker_registrations<S: Storage>(s: &S) {
             .expect("worker_registrations_for"),
         vec![stays],
         "the worker's registration in the other org is kept"
+    );
+}
+
+/// Every registration is listed across organizations; a proof key is replaced only while it still holds what
+/// the caller read (so two servers sealing at once cannot lose a change), and the rest of the row stays.
+pub async fn worker_proof_keys_are_replaced_only_if_unchanged<S: Storage>(s: &S) {
+    use gradient_domain::crypt::Sealed;
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let a = worker_registration(s, acme.id, WorkerId::new()).await;
+    let b = worker_registration(s, other.id, WorkerId::new()).await;
+    let all = s.all_worker_registrations().await.expect("all_worker_registrations");
+    assert!(all.contains(&a) && all.contains(&b), "both organizations' rows");
+    let sealed = Sealed("v1:sealed".to_owned());
+    assert!(
+        !s.set_worker_proof_key(a.peer_id, &Sealed("not what is stored".to_owned()), &sealed)
+            .await
+            .expect("set_worker_proof_key"),
+        "a stale read changes nothing"
+    );
+    assert!(
+        s.set_worker_proof_key(a.peer_id, &a.proof_key, &sealed)
+            .await
+            .expect("set_worker_proof_key")
+    );
+    assert_eq!(
+        s.worker_registration(a.peer_id).await.expect("worker_registration"),
+        Some(WorkerRegistration {
+            proof_key: sealed.clone(),
+            ..a.clone()
+        })
+    );
+    assert_eq!(
+        s.worker_registration(b.peer_id).await.expect("worker_registration"),
+        Some(b.clone()),
+        "the other row is untouched"
+    );
+    assert!(
+        !s.set_worker_proof_key(PeerId::new(), &a.proof_key, &sealed)
+            .await
+            .expect("set_worker_proof_key"),
+        "an unknown peer"
     );
 }

@@ -33,7 +33,10 @@ pub(super) struct State {
     pub(super) jobs: HashMap<JobId, JobRecord>,
     pub(super) evaluations: HashMap<EvaluationId, Evaluation>,
     /// Derivations by `.drv` path.
-    pub(super) derivations: HashMap<String, Derivation>,
+    /// The known `.drv` paths (what builds and entry points refer to).
+    pub(super) derivations: HashSet<String>,
+    /// What each organization's workers reported about a derivation.
+    pub(super) org_derivations: HashMap<(OrgId, String), Derivation>,
     /// Entry points by (evaluation, attribute).
     pub(super) entry_points: BTreeMap<(EvaluationId, String), EntryPoint>,
     /// Builds by (organization, `.drv` path).
@@ -163,6 +166,7 @@ impl State {
             self.delete_project(project);
         }
         self.builds.retain(|(org, _), _| *org != id);
+        self.org_derivations.retain(|(org, _), _| *org != id);
         let builds: HashSet<BuildId> = self.builds.values().map(|b| b.id).collect();
         self.build_logs.retain(|b, _| builds.contains(b));
         self.evaluation_builds.retain(|_, org| *org != id);
@@ -621,12 +625,15 @@ impl State {
         true
     }
 
-    pub(super) fn put_derivations(&mut self, derivations: &[Derivation]) {
+    pub(super) fn put_derivations(&mut self, org: OrgId, derivations: &[Derivation]) -> Result<()> {
+        require(derivations.is_empty() || self.orgs.contains_key(&org))?;
         for derivation in derivations {
-            self.derivations
-                .entry(derivation.drv_path.clone())
+            self.derivations.insert(derivation.drv_path.clone());
+            self.org_derivations
+                .entry((org, derivation.drv_path.clone()))
                 .or_insert_with(|| derivation.clone());
         }
+        Ok(())
     }
 
     pub(super) fn add_entry_points(&mut self, evaluation: EvaluationId, entry_points: &[EntryPoint]) -> Result<()> {
@@ -634,7 +641,7 @@ impl State {
             return Err(conflict("entry point evaluation"));
         }
         require(self.evaluations.contains_key(&evaluation))?;
-        require(entry_points.iter().all(|e| self.derivations.contains_key(&e.drv_path)))?;
+        require(entry_points.iter().all(|e| self.derivations.contains(&e.drv_path)))?;
         for entry_point in entry_points {
             self.entry_points
                 .insert((evaluation, entry_point.attribute.clone()), entry_point.clone());
@@ -659,7 +666,7 @@ impl State {
     ) -> Result<Vec<Build>> {
         require(self.evaluations.contains_key(&evaluation) && self.orgs.contains_key(&org))?;
         let wanted: BTreeSet<&String> = drv_paths.iter().collect();
-        require(wanted.iter().all(|path| self.derivations.contains_key(*path)))?;
+        require(wanted.iter().all(|path| self.derivations.contains(*path)))?;
         let mut builds = Vec::with_capacity(wanted.len());
         for drv_path in wanted {
             let build = self

@@ -1,0 +1,75 @@
+//! Start-up steps that change stored data: registrations stored before proof keys were sealed are sealed
+//! before `/proto` listens.
+
+use gradient_domain::crypt::Sealed;
+use gradient_domain::model::{Org, User, WorkerRegistration, truncate_to_micros};
+use gradient_domain::ports::storage::{Orgs, Users, Workers};
+use gradient_domain::{Email, Name, OrgId, PeerId, UserId, WorkerId};
+use gradient_server::config::Config;
+use std::collections::HashMap;
+
+fn config(dir: &std::path::Path) -> Config {
+    let env: HashMap<String, String> = [("GRADIENT_BASE_DIR".to_owned(), dir.display().to_string())].into();
+    Config::from_vars(&env).expect("config")
+}
+
+#[tokio::test]
+async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = gradient_server::build_state(&config(dir.path()))
+        .await
+        .expect("first start");
+    // A row as a version before sealing stored it: SHA-256 of the token as hex, the key itself.
+    let storage = first.app.storage.clone();
+    let now = truncate_to_micros(chrono::Utc::now());
+    let user = User {
+        id: UserId::new(),
+        username: Name::parse("alice").expect("name"),
+        name: "Alice".to_owned(),
+        email: Email::parse("alice@example.com").expect("email"),
+        password_hash: None,
+        email_verified: true,
+        created_at: now,
+    };
+    storage.create_user(&user).await.expect("user");
+    let org = Org {
+        id: OrgId::new(),
+        name: Name::parse("acme").expect("name"),
+        display_name: "Acme".to_owned(),
+        description: String::new(),
+        public: false,
+        created_by: user.id,
+        created_at: now,
+    };
+    storage.create_org(&org).await.expect("org");
+    let token = gradient_domain::service::generate_token();
+    let key = gradient_domain::proto::proof_key(&token);
+    let plain = Sealed(key.iter().map(|b| format!("{b:02x}")).collect());
+    let legacy = WorkerRegistration {
+        peer_id: PeerId::new(),
+        org_id: org.id,
+        worker_id: WorkerId::new(),
+        proof_key: plain.clone(),
+        created_at: now,
+    };
+    storage.create_worker_registration(&legacy).await.expect("registration");
+    drop((first, storage));
+
+    let second = gradient_server::build_state(&config(dir.path()))
+        .await
+        .expect("restart");
+    let stored = second
+        .app
+        .storage
+        .worker_registration(legacy.peer_id)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_ne!(stored.proof_key, plain, "no longer the usable key");
+    assert!(!stored.proof_key.0.contains(&plain.0));
+    assert_eq!(
+        gradient_domain::proto::open_proof_key(&second.app.crypt, &stored.proof_key),
+        Some(key),
+        "sealed with this server's crypt secret"
+    );
+}
