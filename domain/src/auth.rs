@@ -151,8 +151,10 @@ pub struct JobClaims {
     pub kind: String,
     pub org: crate::OrgId,
     pub job: crate::model::JobId,
-    /// The worker the job was assigned to: when the job is requeued and assigned again, the old token stays dead.
+    /// The worker the job was assigned to, and when (microseconds since the epoch): when the job is requeued and
+    /// assigned again, even to the same worker, the old token stays dead.
     pub worker: crate::WorkerId,
+    pub assigned_at: i64,
     /// The only cache the token may push to.
     #[serde(default)]
     pub push: Option<crate::CacheId>,
@@ -167,7 +169,7 @@ impl TokenSigner {
         &self,
         org: crate::OrgId,
         job: crate::model::JobId,
-        worker: crate::WorkerId,
+        (worker, assigned_at): (crate::WorkerId, Timestamp),
         push: Option<crate::CacheId>,
         expires: Timestamp,
     ) -> String {
@@ -176,6 +178,7 @@ impl TokenSigner {
             org,
             job,
             worker,
+            assigned_at: assigned_at.timestamp_micros(),
             push,
             exp: expires.timestamp(),
         };
@@ -242,7 +245,7 @@ mod tests {
         let token = signer.issue_job(
             org,
             crate::model::JobId::new(),
-            crate::WorkerId::new(),
+            (crate::WorkerId::new(), now),
             Some(cache),
             now + TimeDelta::hours(1),
         );

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use chrono::TimeDelta;
 use common::ManualClock;
 use gradient_domain::WorkerId;
-use gradient_domain::model::{Cache, JobId, JobKind, JobRecord, JobState};
+use gradient_domain::model::{Cache, JobId, JobKind, JobRecord, JobState, Timestamp};
 use gradient_domain::nix::hash::sha256_of;
 use gradient_domain::nix::narinfo::NarInfo;
 use gradient_domain::nix::nix32;
@@ -239,7 +239,7 @@ async fn uploads_that_are_not_what_they_claim_leave_nothing() {
 }
 
 /// A build job of `org`, assigned to `worker`.
-async fn assigned_job(app: &App, org: gradient_domain::OrgId, worker: WorkerId) -> JobId {
+async fn assigned_job(app: &App, org: gradient_domain::OrgId, worker: WorkerId) -> (JobId, Timestamp) {
     let job = JobRecord {
         id: JobId::new(),
         org_id: org,
@@ -253,8 +253,9 @@ async fn assigned_job(app: &App, org: gradient_domain::OrgId, worker: WorkerId) 
         attempts: 0,
     };
     app.storage.enqueue_job(&job).await.unwrap();
-    assert!(app.storage.assign_job(job.id, worker, app.clock.now()).await.unwrap());
-    job.id
+    let at = app.clock.now();
+    assert!(app.storage.assign_job(job.id, worker, at).await.unwrap());
+    (job.id, at)
 }
 
 #[tokio::test]
@@ -271,10 +272,14 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
     .await
     .unwrap();
     let worker = WorkerId::new();
-    let job = assigned_job(&app, org.id, worker).await;
-    let token = app
-        .tokens
-        .issue_job(org.id, job, worker, Some(cache.id), clock.now() + TimeDelta::hours(1));
+    let (job, at) = assigned_job(&app, org.id, worker).await;
+    let token = app.tokens.issue_job(
+        org.id,
+        job,
+        (worker, at),
+        Some(cache.id),
+        clock.now() + TimeDelta::hours(1),
+    );
     let reads = |name: &'static str| {
         let (app, token) = (&app, &token);
         async move {
@@ -322,7 +327,7 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
     let stolen = app.tokens.issue_job(
         org.id,
         job,
-        WorkerId::new(),
+        (WorkerId::new(), at),
         Some(cache.id),
         clock.now() + TimeDelta::hours(1),
     );
@@ -350,10 +355,23 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
         .unwrap();
     assert_eq!(reads("spare").await, None, "the job is over");
 
-    let job = assigned_job(&app, org.id, worker).await;
+    let (job, at) = assigned_job(&app, org.id, worker).await;
     let token = app
         .tokens
-        .issue_job(org.id, job, worker, None, clock.now() + TimeDelta::hours(1));
+        .issue_job(org.id, job, (worker, at), None, clock.now() + TimeDelta::hours(1));
+    assert!(app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some());
+    // Requeued and assigned again, even to the same worker: the old assignment's token stays dead.
+    app.storage.requeue_jobs_of(worker).await.unwrap();
+    clock.advance(TimeDelta::seconds(3));
+    let again = clock.now();
+    assert!(app.storage.assign_job(job, worker, again).await.unwrap());
+    assert!(
+        app.cache_for_job_token(&token, "spare", false).await.unwrap().is_none(),
+        "an earlier assignment's token"
+    );
+    let token = app
+        .tokens
+        .issue_job(org.id, job, (worker, again), None, clock.now() + TimeDelta::hours(1));
     assert!(app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some());
     clock.advance(TimeDelta::hours(2));
     assert!(
@@ -418,6 +436,41 @@ async fn subscriptions_grant_reads_only_as_the_cache_owner_chooses() {
         "removed from acme, she reads nothing of it"
     );
     let _ = (acme, public);
+
+    // A member's cache lent to the organization goes with the member.
+    app.set_member(&owner, "acme", "mallory", "Admin").await.unwrap();
+    app.create_cache(
+        &mallory,
+        NewCache {
+            name: "hers".into(),
+            ..NewCache::default()
+        },
+    )
+    .await
+    .unwrap();
+    app.set_push_cache(&mallory, "acme", "hers").await.unwrap();
+    assert_eq!(
+        app.push_cache(&owner, "acme")
+            .await
+            .unwrap()
+            .map(|c| c.name.to_string())
+            .as_deref(),
+        Some("hers")
+    );
+    app.remove_member(&owner, "acme", "mallory").await.unwrap();
+    assert_eq!(
+        app.push_cache(&owner, "acme").await.unwrap(),
+        None,
+        "no push to an outsider's cache"
+    );
+    assert!(
+        app.subscriptions(&owner, "acme")
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.cache.name.as_str() != "hers"),
+        "nor trust of its key"
+    );
 
     // A public cache subscribed without a grant is read only while public.
     app.subscribe(&mallory, "theirs", "public").await.unwrap();

@@ -468,3 +468,77 @@ async fn a_workers_reports_for_another_workers_job_are_refused() {
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
 }
+
+#[tokio::test]
+async fn a_link_speaks_only_for_the_organizations_it_proved_even_under_a_borrowed_worker_id() {
+    let app = common::app(SystemClock, Settings::default());
+    let alice = common::signed_up(&app, "alice").await;
+    let mallory = common::signed_up(&app, "mallory").await;
+    let victim = common::org(&app, &alice, "victim").await;
+    let attacker = common::org(&app, &mallory, "attacker").await;
+    let vp = common::project(&app, &alice, "victim", "p", "https://example.com/p.git").await;
+    // One worker id, registered by both tenants: the real worker's link proved the victim's registration.
+    let real = builder(1, victim.id, true, 4);
+    app.queue_evaluation(victim.id, &vp, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let job = app.dispatch(vec![real.clone()], "http://gradient.test").await.unwrap()[0]
+        .job
+        .id();
+
+    // Mallory's link under the same id proved only her own organization.
+    let hers = BTreeSet::from([attacker.id]);
+    assert_eq!(
+        app.check_report_scope(job, real.id, &hers).await.unwrap_err().code(),
+        "forbidden",
+        "a report on the victim's job from her link"
+    );
+    assert!(app.check_report_scope(job, real.id, &real.orgs).await.is_ok());
+    assert!(app.check_report_scope(JobId::new(), real.id, &real.orgs).await.is_err());
+
+    // An abort is not told to a link that did not prove the job's organization.
+    let mut impostor = real.clone();
+    impostor.orgs = hers.clone();
+    let running = app
+        .abort_evaluation(
+            &alice,
+            app.storage
+                .job(job)
+                .await
+                .unwrap()
+                .map(|j| match j.kind {
+                    gradient_domain::model::JobKind::Evaluate { evaluation_id } => evaluation_id,
+                    _ => unreachable!("an evaluation job"),
+                })
+                .unwrap(),
+            &[impostor],
+        )
+        .await
+        .unwrap();
+    assert!(running.is_empty(), "the impostor's link hears of no job: {running:?}");
+
+    // Her link claims to hold the victim's job: it goes back to the queue instead of staying hers.
+    let real = builder(5, victim.id, true, 4);
+    let vp2 = common::project(&app, &alice, "victim", "q", "https://example.com/q.git").await;
+    app.queue_evaluation(victim.id, &vp2, &"b".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let job = app.dispatch(vec![real.clone()], "http://gradient.test").await.unwrap()[0]
+        .job
+        .id();
+    assert_eq!(app.worker_connected(real.id, &[job], &hers).await.unwrap(), 1);
+    assert_eq!(
+        app.storage.job(job).await.unwrap().map(|j| j.state),
+        Some(gradient_domain::model::JobState::Queued),
+        "requeued, not left to her"
+    );
+    // The real worker's own reconnection keeps what it holds.
+    let job = app.dispatch(vec![real.clone()], "http://gradient.test").await.unwrap()[0]
+        .job
+        .id();
+    assert_eq!(app.worker_connected(real.id, &[job], &real.orgs).await.unwrap(), 0);
+    assert!(matches!(
+        app.storage.job(job).await.unwrap().map(|j| j.state),
+        Some(gradient_domain::model::JobState::Assigned { .. })
+    ));
+}

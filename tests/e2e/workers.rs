@@ -304,6 +304,18 @@ async fn the_co_located_worker_is_registered_in_every_new_organization() {
     let url = format!("ws://{}/proto", server.url.trim_start_matches("http://"));
     let w = Worker::start(dir.path(), "local", &worker_vars(&url, &id, &peers));
     wait_connected(&c, vec![true]).await;
+    // Nobody registers the server's own worker id with a token of their own (to take its place on the link).
+    let peer = list[0]["peer_id"].as_str().expect("peer").to_owned();
+    c.ok(Method::DELETE, &format!("/orgs/builders/workers/{peer}"), None)
+        .await;
+    let (status, answer) = c
+        .call(Method::POST, "/orgs/builders/workers", Some(json!({"worker_id": id})))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (409, Some("worker_id_reserved")),
+        "{answer}"
+    );
     w.kill();
     server.stop();
 }

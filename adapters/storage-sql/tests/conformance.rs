@@ -432,6 +432,99 @@ async fn sqlite_migration_0011_keeps_registrations_and_gives_each_organization_i
     );
 }
 
+/// Migration 0009 on a database written before it: a subscription becomes a grant (and the org's first granted
+/// cache its push cache) only where the cache's owner created the organization and is still its Admin. A
+/// subscription another tenant made to a public cache, with the owner added to her organization without asking,
+/// reads the cache only while it is public and pushes nowhere.
+#[tokio::test]
+async fn sqlite_migration_0009_grants_only_what_the_cache_owner_made() {
+    let path = sqlite_path();
+    let url = sqlite_url(&path);
+    let before = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.as_str() < "0009" {
+            std::fs::copy(entry.path(), before.path().join(&name)).unwrap();
+        }
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let (victim, mallory) = (UserId::new(), UserId::new());
+    let (theirs, hers) = (OrgId::new(), OrgId::new());
+    let (cache, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let t = "'2020-01-01T00:00:00Z'";
+    let statements: Vec<(String, Vec<uuid::Uuid>)> = vec![
+        (
+            "INSERT INTO users (id, username, name, email, password_hash, email_verified, created_at) VALUES \
+             ($1, 'v', 'v', 'v@example.com', NULL, 1, '2020-01-01T00:00:00Z'), \
+             ($2, 'm', 'm', 'm@example.com', NULL, 1, '2020-01-01T00:00:00Z')"
+                .into(),
+            vec![victim.0, mallory.0],
+        ),
+        (
+            format!(
+                "INSERT INTO orgs (id, name, display_name, description, public, created_by, created_at) VALUES \
+                 ($1, 'theirs', 't', '', 0, $2, {t}), ($3, 'hers', 'h', '', 0, $4, {t})"
+            ),
+            vec![theirs.0, victim.0, hers.0, mallory.0],
+        ),
+        (
+            "INSERT INTO memberships (org_id, user_id, builtin_role, role_id) VALUES \
+             ($1, $2, 'Admin', NULL), ($3, $4, 'Admin', NULL), ($3, $2, 'View', NULL)"
+                .into(),
+            vec![theirs.0, victim.0, hers.0, mallory.0],
+        ),
+        (
+            format!(
+                "INSERT INTO caches (id, name, display_name, description, public, priority, local_priority, \
+                 compression, created_by, created_at) VALUES \
+                 ($1, 'main', 'main', '', 1, 30, NULL, 'zstd', $2, {t}), \
+                 ($3, 'zeta', 'zeta', '', 0, 30, NULL, 'zstd', $2, {t})"
+            ),
+            vec![cache, victim.0, other],
+        ),
+        (
+            "INSERT INTO subscriptions (org_id, cache_id) VALUES ($1, $2), ($1, $3), ($4, $2)".into(),
+            vec![theirs.0, cache, other, hers.0],
+        ),
+    ];
+    for (sql, binds) in statements {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in binds {
+            q = q.bind(v);
+        }
+        q.execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let s = connect(&url, pools()).await.unwrap();
+    let flags = |subs: Vec<gradient_domain::model::SubscribedCache>| {
+        subs.into_iter()
+            .map(|c| (c.cache.name.to_string(), c.granted, c.push))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        flags(s.subscriptions(theirs).await.unwrap()),
+        vec![("main".to_owned(), true, true), ("zeta".to_owned(), true, false)],
+        "the owner's own organization: granted, and its first cache by name is its push cache"
+    );
+    assert_eq!(
+        flags(s.subscriptions(hers).await.unwrap()),
+        vec![("main".to_owned(), false, false)],
+        "another tenant's subscription: no grant, no push, though she made the owner a member"
+    );
+}
+
 /// A database file created by the server is readable by its owner only, and so are SQLite's WAL files.
 #[tokio::test]
 async fn sqlite_database_files_are_owner_only() {

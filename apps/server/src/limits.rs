@@ -1,5 +1,5 @@
 //! Rate limits at the HTTP edge: how many logins and registrations one account and one client address may
-//! attempt. Every quota is here, and `docs/security-edge.md` lists them for operators. The limiters are
+//! attempt. Every quota is here, and `docs/security.md` lists them for operators. The limiters are
 //! `governor`'s keyed GCRA limiters: a key has a burst of attempts, and gets one more back every period; an
 //! attempt refused does not use anything up, so a client that waits as told gets in.
 //!
@@ -20,14 +20,15 @@ pub struct Limit {
     pub every: Duration,
 }
 
-/// Login attempts for one account (the login name as typed, lowercased), from anywhere: 10 at once, then one
-/// every 6 seconds (10 a minute). Guessing one password is slow whatever the number of addresses.
+/// Login attempts for one account (the login name as typed, lowercased) from one client network (an IPv4
+/// address, an IPv6 /64): 10 at once, then one every 6 seconds (10 a minute). Guessing a password is slow, and
+/// someone guessing from elsewhere cannot lock the account's owner out.
 pub const LOGIN_PER_ACCOUNT: Limit = Limit {
     burst: 10,
     every: Duration::from_secs(6),
 };
 
-/// Login attempts from one client address, whatever the accounts: 30 at once, then one every 2 seconds
+/// Login attempts from one client network (an IPv4 address, an IPv6 /64), whatever the accounts: 30 at once, then one every 2 seconds
 /// (30 a minute). Trying one password on many accounts is slow too; an office behind one NAT address still
 /// logs in.
 pub const LOGIN_PER_ADDRESS: Limit = Limit {
@@ -35,7 +36,7 @@ pub const LOGIN_PER_ADDRESS: Limit = Limit {
     every: Duration::from_secs(2),
 };
 
-/// Registrations from one client address: 20 at once, then one every 30 seconds (2 a minute).
+/// Registrations from one client network (an IPv4 address, an IPv6 /64): 20 at once, then one every 30 seconds (2 a minute).
 pub const REGISTER_PER_ADDRESS: Limit = Limit {
     burst: 20,
     every: Duration::from_secs(30),
@@ -46,7 +47,7 @@ const MAX_ACCOUNT_KEY: usize = 256;
 
 /// The server's limiters.
 pub struct Limits {
-    login_account: DefaultKeyedRateLimiter<String>,
+    login_account: DefaultKeyedRateLimiter<(String, IpAddr)>,
     login_address: DefaultKeyedRateLimiter<IpAddr>,
     register_address: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -83,17 +84,18 @@ impl Limits {
     /// Counts a login attempt for `login` (a username or an email) from `client`; `Err` says how long to
     /// wait. The address is checked first, so a refused address does not use up the account's attempts.
     pub fn login(&self, login: &str, client: IpAddr) -> Result<(), Duration> {
-        check(&self.login_address, &client)?;
+        let network = network_of(client);
+        check(&self.login_address, &network)?;
         let mut account = login.trim().to_lowercase();
         if account.len() > MAX_ACCOUNT_KEY {
             account = String::from("\u{0}too-long");
         }
-        check(&self.login_account, &account)
+        check(&self.login_account, &(account, network))
     }
 
     /// Counts a registration from `client`; `Err` says how long to wait.
     pub fn register(&self, client: IpAddr) -> Result<(), Duration> {
-        check(&self.register_address, &client)
+        check(&self.register_address, &network_of(client))
     }
 
     /// Forgets keys whose attempts are all back (run now and then, so memory follows recent traffic).
@@ -104,6 +106,22 @@ impl Limits {
         }
         self.login_account.retain_recent();
         self.login_account.shrink_to_fit();
+    }
+}
+
+/// What one client is counted as: its IPv4 address, or the /64 of its IPv6 address (one host usually holds a
+/// whole /64, so counting single IPv6 addresses would let it through as many times as it likes).
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -131,18 +149,25 @@ mod tests {
     }
 
     #[test]
-    fn an_account_gets_its_burst_then_waits_whatever_the_address() {
+    fn an_account_gets_its_burst_per_network_and_others_still_log_in() {
         let limits = Limits::default();
         for i in 0..LOGIN_PER_ACCOUNT.burst {
-            let from = IpAddr::from([10, 0, 0, i as u8]);
-            assert_eq!(limits.login("Alice", from), Ok(()), "attempt {i}");
+            assert_eq!(limits.login("Alice", ip("10.0.0.1")), Ok(()), "attempt {i}");
         }
         let wait = limits
-            .login(" alice ", ip("10.0.1.1"))
-            .expect_err("the account is limited");
+            .login(" alice ", ip("10.0.0.1"))
+            .expect_err("the account is limited from there");
         assert!(wait > Duration::ZERO && wait <= LOGIN_PER_ACCOUNT.every, "{wait:?}");
-        // Another account from another address is not affected.
-        assert_eq!(limits.login("bob", ip("10.0.2.1")), Ok(()));
+        // The account's owner, elsewhere, is not locked out; another account is not affected.
+        assert_eq!(limits.login("alice", ip("10.0.1.1")), Ok(()));
+        assert_eq!(limits.login("bob", ip("10.0.0.1")), Ok(()));
+        // One IPv6 host is one client, whichever address of its /64 it uses.
+        for i in 0..LOGIN_PER_ACCOUNT.burst {
+            let from = format!("2001:db8:1:2::{:x}", i + 1);
+            assert_eq!(limits.login("carol", ip(&from)), Ok(()), "attempt {i}");
+        }
+        assert!(limits.login("carol", ip("2001:db8:1:2:ffff::1")).is_err());
+        assert_eq!(limits.login("carol", ip("2001:db8:1:3::1")), Ok(()));
     }
 
     #[test]
@@ -170,7 +195,8 @@ mod tests {
             assert_eq!(limits.register(ip("::1")), Ok(()));
         }
         assert!(limits.register(ip("::1")).is_err());
-        assert_eq!(limits.register(ip("::2")), Ok(()));
+        assert!(limits.register(ip("::2")).is_err(), "the same /64");
+        assert_eq!(limits.register(ip("2001:db8::1")), Ok(()));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The authorization matrix: every operation of the OpenAPI document × every kind of caller, with the HTTP
 //! status each must get. The table is written to what the rules of issue #11 require (see
-//! `docs/security-matrix.md`); where today's server answers otherwise, the cell is listed in [`KNOWN_GAPS`]
+//! `docs/security.md`); where today's server answers otherwise, the cell is listed in [`KNOWN_GAPS`]
 //! (printed and tolerated until fixed, then it must leave the list). A new operation in the document without a
 //! row fails the test, and so does a row or gap naming no operation.
 //!

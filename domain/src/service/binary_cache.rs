@@ -156,17 +156,22 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok((!write || claims.push == Some(cache.id)).then_some(cache))
     }
 
-    /// Whether the job a token was issued for is still assigned, in the token's organization: a job token is
-    /// revoked when its job ends, is aborted or requeued. Remembered for [`super::memo::JOB_ALIVE_TTL`].
+    /// Whether the job a token was issued for is still assigned as it was then (same worker, same assignment),
+    /// in the token's organization: a job token is revoked when its job ends, is aborted or requeued. Remembered for [`super::memo::JOB_ALIVE_TTL`].
     async fn job_holds_token(&self, claims: &crate::auth::JobClaims, now: crate::model::Timestamp) -> Result<bool> {
-        if let Some(alive) = self.memo.job_alive(claims.job, claims.worker, now) {
+        if let Some(alive) = self
+            .memo
+            .job_alive((claims.job, claims.worker, claims.assigned_at), now)
+        {
             return Ok(alive);
         }
         let alive = self.storage.job(claims.job).await?.is_some_and(|j| {
             j.org_id == claims.org
-                && matches!(j.state, crate::model::JobState::Assigned { worker, .. } if worker == claims.worker)
+                && matches!(j.state, crate::model::JobState::Assigned { worker, since }
+                    if worker == claims.worker && since.timestamp_micros() == claims.assigned_at)
         });
-        self.memo.remember_job_alive(claims.job, claims.worker, alive, now);
+        self.memo
+            .remember_job_alive((claims.job, claims.worker, claims.assigned_at), alive, now);
         Ok(alive)
     }
 

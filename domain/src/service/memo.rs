@@ -43,10 +43,14 @@ struct JobAccess {
     found: HashMap<(OrgId, String, bool), (Cache, Timestamp)>,
 }
 
+/// A job's assignment as a token names it: the job, its worker, and when it was assigned (microseconds).
+pub type JobAssignment = (JobId, WorkerId, i64);
+
 /// Jobs found assigned (or not) to a worker, at a time; and jobs whose tokens were revoked before they ended.
 #[derive(Default)]
 struct JobsAlive {
-    found: HashMap<(JobId, WorkerId), (bool, Timestamp)>,
+    /// (job, worker, assigned at in microseconds) → assigned so, found at.
+    found: HashMap<JobAssignment, (bool, Timestamp)>,
     revoked: std::collections::HashSet<JobId>,
 }
 
@@ -107,29 +111,29 @@ impl ServeMemo {
     }
 
     /// Whether the job was found assigned to the worker within [`JOB_ALIVE_TTL`]; `Some(false)` once revoked.
-    pub fn job_alive(&self, job: JobId, worker: WorkerId, now: Timestamp) -> Option<bool> {
+    pub fn job_alive(&self, assignment: JobAssignment, now: Timestamp) -> Option<bool> {
         let jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
-        if jobs.revoked.contains(&job) {
+        if jobs.revoked.contains(&assignment.0) {
             return Some(false);
         }
         jobs.found
-            .get(&(job, worker))
+            .get(&assignment)
             .filter(|(_, at)| now - *at < JOB_ALIVE_TTL && *at <= now)
             .map(|(alive, _)| *alive)
     }
 
-    pub fn remember_job_alive(&self, job: JobId, worker: WorkerId, alive: bool, now: Timestamp) {
+    pub fn remember_job_alive(&self, assignment: JobAssignment, alive: bool, now: Timestamp) {
         let mut jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
         if jobs.found.len() >= 10_000 {
             jobs.found.retain(|_, (_, at)| now - *at < JOB_ALIVE_TTL);
         }
-        jobs.found.insert((job, worker), (alive, now));
+        jobs.found.insert(assignment, (alive, now));
     }
 
     /// The job ended (or went back to the queue): the next use of its token asks storage.
     pub fn forget_job(&self, job: JobId) {
         let mut jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
-        jobs.found.retain(|(j, _), _| *j != job);
+        jobs.found.retain(|(j, _, _), _| *j != job);
         jobs.revoked.remove(&job);
     }
 

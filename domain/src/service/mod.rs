@@ -262,12 +262,6 @@ fn check_size(field: &'static str, value: &str, max: usize) -> Result<()> {
             format!("{field} must be at most {max} characters"),
         ));
     }
-    if value.contains('\0') {
-        return Err(ServiceError::invalid(
-            "invalid_input",
-            format!("{field} must not contain NUL characters"),
-        ));
-    }
     Ok(())
 }
 

@@ -236,7 +236,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Removes a member: everything they could do through the membership ends with it (access is decided
-    /// at every request; subscriptions are granted by cache owners, never through a membership). Nobody removes
+    /// at every request), and so do the organization's subscriptions to the member's own caches. Nobody removes
     /// a member holding a permission they do not hold, nor the last Admin.
     pub async fn remove_member(&self, caller: &Caller, org: &str, username: &str) -> Result<()> {
         let (org, mine) = self.org_with_permission(caller, org, Permission::ManageMembers).await?;
@@ -255,6 +255,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             return Err(last_admin());
         }
         self.storage.delete_membership(org.id, user.id).await?;
+        // What the member lent the organization goes with them: its subscriptions to their caches (grants and
+        // push), so its jobs neither push to nor trust the keys of an outsider's caches.
+        self.memo.forget_job_access();
+        for sub in self.storage.subscriptions(org.id).await? {
+            if sub.cache.created_by == user.id {
+                self.storage.unsubscribe(org.id, sub.cache.id).await?;
+            }
+        }
         self.memo.forget_job_access();
         Ok(())
     }

@@ -35,6 +35,14 @@ fn not_assigned(job: JobId, worker: WorkerId) -> ServiceError {
     ServiceError::Forbidden(format!("job {} is not assigned to worker {}", job.0, worker.0))
 }
 
+/// What a report for a job of an organization the reporting connection did not prove a registration in gets.
+fn not_authorized(job: JobId, worker: WorkerId) -> ServiceError {
+    ServiceError::Forbidden(format!(
+        "job {} belongs to an organization worker {} did not prove a registration in on this link",
+        job.0, worker.0
+    ))
+}
+
 /// The pseudo-worker the server assigns jobs to when it ends them itself.
 const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
 
@@ -268,7 +276,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
                 slot.insert(self.org_caches(record.org_id, public_url).await?);
             }
-            let wired = self.wire_job(&record, worker, &caches[&record.org_id]).await?;
+            let wired = self.wire_job(&record, (worker, now), &caches[&record.org_id]).await?;
             if !self.storage.assign_job(job_id, worker, now).await? {
                 continue;
             }
@@ -356,14 +364,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// The wire form of a queued job; `None` when what it refers to is gone. `caches` are the job's
     /// organization's (see `org_caches`).
-    async fn wire_job(&self, record: &JobRecord, worker: WorkerId, caches: &OrgCaches) -> Result<Option<proto::Job>> {
+    /// `assignment` is the worker the job is about to be assigned to, and when.
+    async fn wire_job(
+        &self,
+        record: &JobRecord,
+        assignment: (WorkerId, crate::model::Timestamp),
+        caches: &OrgCaches,
+    ) -> Result<Option<proto::Job>> {
         let (substituters, trusted_public_keys, push_to) = caches.clone();
         // One token per job: it reads the org's caches and pushes to its push cache, while the job is this
         // worker's.
         let token = self.tokens.issue_job(
             record.org_id,
             record.id,
-            worker,
+            assignment,
             push_to.as_ref().map(|(cache, _)| *cache),
             self.clock.now() + JOB_TOKEN_LIFETIME,
         );
@@ -471,6 +485,41 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.storage.update_evaluation(&e).await?;
         }
         Ok(())
+    }
+
+    /// Whether a link that proved registrations in `orgs` may report on `job` at all: the job must belong to
+    /// one of them. A worker id is chosen by whoever registers it, so two tenants may register the same id; the
+    /// link's proved organizations, not the id, decide whose jobs it speaks for. (Each `record_*` also requires
+    /// the job to be assigned to the reporting worker.)
+    pub async fn check_report_scope(&self, job: JobId, worker: WorkerId, orgs: &BTreeSet<OrgId>) -> Result<()> {
+        match self.storage.job(job).await? {
+            Some(record) if orgs.contains(&record.org_id) => Ok(()),
+            Some(_) => Err(not_authorized(job, worker)),
+            None => Err(not_assigned(job, worker)),
+        }
+    }
+
+    /// A worker's link was proved for `orgs`, holding `held` jobs from an earlier link. Jobs assigned to the
+    /// worker go back to the queue when it holds none (it restarted), and all of them when any belongs to an
+    /// organization this link did not prove (they were handed to another link under the same worker id, which
+    /// this one must not finish). Answers how many were requeued.
+    pub async fn worker_connected(&self, worker: WorkerId, held: &[JobId], orgs: &BTreeSet<OrgId>) -> Result<u64> {
+        let assigned = self.storage.jobs_assigned_to(worker).await?;
+        let foreign = assigned.iter().any(|j| !orgs.contains(&j.org_id));
+        if !held.is_empty() && !foreign {
+            return Ok(0);
+        }
+        self.worker_disconnected(worker).await
+    }
+
+    /// A worker's link ended: the jobs it held go back to the queue, and their tokens die.
+    pub async fn worker_disconnected(&self, worker: WorkerId) -> Result<u64> {
+        let assigned = self.storage.jobs_assigned_to(worker).await?;
+        let requeued = self.storage.requeue_jobs_of(worker).await?;
+        for job in assigned {
+            self.memo.forget_job(job.id);
+        }
+        Ok(requeued)
     }
 
     /// A worker finished a job.
@@ -765,7 +814,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         &self,
         caller: &Caller,
         id: EvaluationId,
-        workers: &[WorkerId],
+        workers: &[WorkerInfo],
     ) -> Result<Vec<(WorkerId, JobId)>> {
         let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
         let e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
@@ -780,7 +829,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 format!("the evaluation already ended ({})", e.status.as_str()),
             ));
         }
-        self.stop_evaluation(e, o.id, workers).await
+        // Only links proved for the organization hear of its jobs (another tenant's connection under the same
+        // worker id must not learn their ids).
+        let workers: Vec<WorkerId> = workers
+            .iter()
+            .filter(|w| w.orgs.contains(&o.id))
+            .map(|w| w.id)
+            .collect();
+        self.stop_evaluation(e, o.id, &workers).await
     }
 
     /// Ends a live evaluation Aborted and stops what only it needs (see `abort_evaluation`).

@@ -70,6 +70,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     ) -> Result<NewRegistration> {
         let org = self.org_requiring(caller, org, Permission::ManageWorkers).await?;
         let worker_id = parse_worker_id(worker_id)?;
+        // The co-located worker's registrations are the server's own: nobody registers its id with a token of
+        // their choosing (and so takes its place on the link while it is away).
+        if self.settings.local_worker.as_ref().is_some_and(|l| l.id == worker_id) {
+            return Err(ServiceError::conflict(
+                "worker_id_reserved",
+                format!("worker {worker_id} is this server's own worker; choose another id"),
+            ));
+        }
         let (token, shown) = match token {
             Some(t) => {
                 check_token(&t)?;

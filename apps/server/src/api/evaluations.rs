@@ -258,7 +258,7 @@ impl EvaluationsApi {
                 format!("unknown method '{}' (abort, restart)", body.0.method),
             ));
         }
-        let workers: Vec<_> = self.0.links.infos().iter().map(|w| w.id).collect();
+        let workers = self.0.links.infos();
         let running = self
             .0
             .app

@@ -4,13 +4,14 @@
 use gradient_domain::logs::LogBuffer;
 use gradient_domain::model::JobId;
 use gradient_domain::{OrgId, WorkerId};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 #[derive(Default)]
 struct Inner {
-    /// Each running build's log, with the worker it was handed to (the only one that may write it).
-    logs: HashMap<JobId, (WorkerId, LogBuffer)>,
+    /// Each running build's log, with the worker it was handed to and the job's organization: only a link of
+    /// that worker proved for that organization may write it.
+    logs: HashMap<JobId, (WorkerId, OrgId, LogBuffer)>,
     /// The job building each organization's derivation now (organizations build a derivation apart).
     by_drv: HashMap<(OrgId, String), JobId>,
 }
@@ -30,7 +31,7 @@ impl LiveLogs {
     pub fn started(&self, job: JobId, worker: WorkerId, org: OrgId, drv_path: &str) {
         let mut inner = self.lock();
         inner.by_drv.insert((org, drv_path.to_owned()), job);
-        inner.logs.insert(job, (worker, LogBuffer::default()));
+        inner.logs.insert(job, (worker, org, LogBuffer::default()));
     }
 
     /// Whether the job is a build this process handed out and still runs.
@@ -38,12 +39,13 @@ impl LiveLogs {
         self.lock().logs.contains_key(&job)
     }
 
-    /// More of a running build's log, from `worker`. Text for a job that is not running a build here (an
-    /// evaluation, or a job already finished or aborted) is dropped, so nothing accumulates for it. Answers
-    /// false only when the build runs on another worker: that text is refused, never written.
-    pub fn append(&self, job: JobId, worker: WorkerId, text: &str) -> bool {
+    /// More of a running build's log, from `worker` on a link proved for `orgs`. Text for a job that is not
+    /// running a build here (an evaluation, or a job already finished or aborted) is dropped, so nothing
+    /// accumulates for it. Answers false when the build runs on another worker or belongs to an organization the
+    /// link did not prove: that text is refused, never written.
+    pub fn append(&self, job: JobId, worker: WorkerId, orgs: &BTreeSet<OrgId>, text: &str) -> bool {
         match self.lock().logs.get_mut(&job) {
-            Some((owner, log)) if *owner == worker => {
+            Some((owner, org, log)) if *owner == worker && orgs.contains(org) => {
                 log.append(text);
                 true
             }
@@ -61,17 +63,22 @@ impl LiveLogs {
     pub fn take(&self, job: JobId) -> Option<LogBuffer> {
         let mut inner = self.lock();
         inner.by_drv.retain(|_, j| *j != job);
-        inner.logs.remove(&job).map(|(_, log)| log)
+        inner.logs.remove(&job).map(|(_, _, log)| log)
     }
 
-    /// `worker` reports the job ended: its log is taken only if the job runs on that worker.
-    pub fn take_own(&self, job: JobId, worker: WorkerId) -> Option<LogBuffer> {
+    /// `worker`, on a link proved for `orgs`, reports the job ended: its log is taken only if the job runs on
+    /// that worker for one of those organizations.
+    pub fn take_own(&self, job: JobId, worker: WorkerId, orgs: &BTreeSet<OrgId>) -> Option<LogBuffer> {
         let mut inner = self.lock();
-        if inner.logs.get(&job).is_some_and(|(owner, _)| *owner != worker) {
+        if inner
+            .logs
+            .get(&job)
+            .is_some_and(|(owner, org, _)| *owner != worker || !orgs.contains(org))
+        {
             return None;
         }
         inner.by_drv.retain(|_, j| *j != job);
-        inner.logs.remove(&job).map(|(_, log)| log)
+        inner.logs.remove(&job).map(|(_, _, log)| log)
     }
 
     /// What the organization's running build of `drv_path` logged from byte `offset` on, and the offset after
@@ -79,7 +86,7 @@ impl LiveLogs {
     pub fn read(&self, org: OrgId, drv_path: &str, offset: usize) -> Option<(String, usize)> {
         let inner = self.lock();
         let job = inner.by_drv.get(&(org, drv_path.to_owned()))?;
-        let (text, end) = inner.logs.get(job)?.1.read_from(offset as u64);
+        let (text, end) = inner.logs.get(job)?.2.read_from(offset as u64);
         Some((text, end as usize))
     }
 }
@@ -91,25 +98,35 @@ mod tests {
     const ORG: OrgId = OrgId(uuid::Uuid::from_u128(1));
     const WORKER: WorkerId = WorkerId(uuid::Uuid::from_u128(7));
 
+    /// What a link of `WORKER` proved: `ORG`.
+    fn proved() -> BTreeSet<OrgId> {
+        BTreeSet::from([ORG])
+    }
+
     #[test]
     fn only_the_worker_running_a_build_writes_or_ends_its_log() {
         let logs = LiveLogs::default();
         let job = JobId::new();
         let intruder = WorkerId(uuid::Uuid::from_u128(8));
         logs.started(job, WORKER, ORG, "/nix/store/x.drv");
-        assert!(logs.append(job, WORKER, "real\n"));
-        assert!(!logs.append(job, intruder, "forged\n"), "refused");
+        assert!(logs.append(job, WORKER, &proved(), "real\n"));
+        assert!(!logs.append(job, intruder, &proved(), "forged\n"), "refused");
         assert!(
-            logs.take_own(job, intruder).is_none(),
+            logs.take_own(job, intruder, &proved()).is_none(),
             "another worker's report takes nothing"
         );
+        // A link under the same worker id proved only for another organization (another tenant registered the
+        // same id) neither writes nor ends the log.
+        let elsewhere = BTreeSet::from([OrgId(uuid::Uuid::from_u128(3))]);
+        assert!(!logs.append(job, WORKER, &elsewhere, "forged\n"), "refused");
+        assert!(logs.take_own(job, WORKER, &elsewhere).is_none());
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 0), Some(("real\n".into(), 5)));
         assert!(
-            logs.append(JobId::new(), intruder, "an evaluation's log\n"),
+            logs.append(JobId::new(), intruder, &proved(), "an evaluation's log\n"),
             "not held: dropped, not refused"
         );
         assert_eq!(
-            logs.take_own(job, WORKER).map(|l| l.finish().0).as_deref(),
+            logs.take_own(job, WORKER, &proved()).map(|l| l.finish().0).as_deref(),
             Some("real\n")
         );
     }
@@ -121,19 +138,19 @@ mod tests {
         assert!(logs.read(ORG, "/nix/store/x.drv", 0).is_none());
         logs.started(job, WORKER, ORG, "/nix/store/x.drv");
         assert_eq!(logs.jobs(), [job]);
-        logs.append(job, WORKER, "one\n");
+        logs.append(job, WORKER, &proved(), "one\n");
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 0), Some(("one\n".into(), 4)));
         let other_org = OrgId(uuid::Uuid::from_u128(2));
         assert!(
             logs.read(other_org, "/nix/store/x.drv", 0).is_none(),
             "another organization's build"
         );
-        logs.append(job, WORKER, "two\n");
+        logs.append(job, WORKER, &proved(), "two\n");
         assert_eq!(logs.read(ORG, "/nix/store/x.drv", 4), Some(("two\n".into(), 8)));
         assert_eq!(logs.take(job).map(|l| l.finish().0).as_deref(), Some("one\ntwo\n"));
         assert!(logs.read(ORG, "/nix/store/x.drv", 8).is_none(), "finished");
         assert!(logs.jobs().is_empty());
-        logs.append(job, WORKER, "late\n");
+        logs.append(job, WORKER, &proved(), "late\n");
         assert!(
             logs.take(job).is_none(),
             "nothing is kept for a job that is not running"
@@ -147,7 +164,7 @@ mod tests {
         logs.started(job, WORKER, ORG, "d");
         let line = "x".repeat(1000) + "\n";
         for _ in 0..3000 {
-            logs.append(job, WORKER, &line);
+            logs.append(job, WORKER, &proved(), &line);
         }
         let (text, end) = logs.read(ORG, "d", 0).unwrap();
         assert_eq!(end, 1001 * 3000, "offsets count everything the build printed");

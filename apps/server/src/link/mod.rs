@@ -11,7 +11,7 @@ pub use registry::{Links, Outgoing};
 
 use crate::state::AppState;
 use futures_util::{SinkExt, StreamExt};
-use gradient_domain::ports::storage::{Queue, Workers};
+use gradient_domain::ports::storage::Workers;
 use gradient_domain::proto::{
     self, Challenge, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected, ServerMessage, Stage,
     WorkerMessage,
@@ -316,13 +316,13 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         return reject(&mut socket, r).await;
     };
     let worker = hello.worker_id;
-    // A worker that holds no jobs (it restarted) cannot finish the ones assigned to it before: requeue them.
-    if hello.held_jobs.is_empty() {
-        match state.app.storage.requeue_jobs_of(worker).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) worker {worker} no longer holds"),
-            Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
+    let orgs = proto::authorized_orgs(&registrations, &welcome.authorized);
+    match state.app.worker_connected(worker, &hello.held_jobs, &orgs).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(target: "gradient::proto", "requeued {n} job(s) worker {worker} cannot finish on this link")
         }
+        Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
     }
     state.links.set_info(
         worker,
@@ -333,7 +333,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
             features: hello.features.clone(),
             max_concurrent_builds: hello.max_concurrent_builds,
             max_concurrent_evaluations: hello.max_concurrent_evaluations,
-            orgs: proto::authorized_orgs(&registrations, &welcome.authorized),
+            orgs: orgs.clone(),
             pushing: Default::default(),
         },
     );
@@ -356,7 +356,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
                 }
                 Ok(other) => {
                     deadline = tokio::time::Instant::now() + lost_after;
-                    handle(&state, worker, other).await;
+                    handle(&state, worker, &orgs, other).await;
                 }
                 Err(r) => break r,
             },
@@ -378,7 +378,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         reject(&mut socket, r).await;
     }
     // Jobs the worker held go back to the queue for another worker.
-    match state.app.storage.requeue_jobs_of(worker).await {
+    match state.app.worker_disconnected(worker).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) of worker {worker}"),
         Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
@@ -387,16 +387,24 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
 }
 
 /// What a connected worker reports.
-async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: WorkerMessage) {
+async fn handle(
+    state: &AppState,
+    worker: gradient_domain::WorkerId,
+    orgs: &std::collections::BTreeSet<gradient_domain::OrgId>,
+    msg: WorkerMessage,
+) {
     let result = match msg {
         WorkerMessage::EvalResult {
             job_id,
             derivations,
             errors,
-        } => state.app.record_eval_result(job_id, worker, derivations, errors).await,
+        } => match state.app.check_report_scope(job_id, worker, orgs).await {
+            Ok(()) => state.app.record_eval_result(job_id, worker, derivations, errors).await,
+            Err(e) => Err(e),
+        },
         WorkerMessage::JobLog { job_id, text, .. } => {
-            // Only the worker the job was handed to writes its log.
-            if state.logs.append(job_id, worker, &text) {
+            // Only the worker the job was handed to, on a link proved for the job's organization, writes its log.
+            if state.logs.append(job_id, worker, orgs, &text) {
                 Ok(())
             } else {
                 Err(gradient_domain::service::ServiceError::Forbidden(format!(
@@ -411,20 +419,27 @@ async fn handle(state: &AppState, worker: gradient_domain::WorkerId, msg: Worker
         } => {
             // A build that only uploads now frees its build slot: the worker may get its next builds. An
             // evaluation that pushes its `.drv` files has reported every derivation: its builds start.
-            state.links.pushing(worker, job_id);
-            let r = if state.logs.is_build(job_id) {
-                Ok(())
-            } else {
-                state.app.record_evaluation_pushing(job_id, worker).await
+            let r = match state.app.check_report_scope(job_id, worker, orgs).await {
+                Err(e) => Err(e),
+                Ok(()) if state.logs.is_build(job_id) => Ok(()),
+                Ok(()) => state.app.record_evaluation_pushing(job_id, worker).await,
             };
+            if r.is_ok() {
+                state.links.pushing(worker, job_id);
+            }
             state.dispatch.notify_one();
             r
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
             state.links.finished(worker, job_id);
             // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
-            let log = state.logs.take_own(job_id, worker);
-            let r = state.app.record_job_finished(job_id, worker, outcome, log).await;
+            let r = match state.app.check_report_scope(job_id, worker, orgs).await {
+                Ok(()) => {
+                    let log = state.logs.take_own(job_id, worker, orgs);
+                    state.app.record_job_finished(job_id, worker, outcome, log).await
+                }
+                Err(e) => Err(e),
+            };
             state.dispatch.notify_one();
             r
         }
