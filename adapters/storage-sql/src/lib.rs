@@ -88,6 +88,8 @@ pub struct SqlStorage {
     pub(crate) pool: Pool,
     main: Pool,
     web: Pool,
+    /// Whether `pool` is the web pool.
+    on_web: bool,
 }
 
 /// Runs `$body` with `$p` bound to the active pool, whichever engine it is: `with_pool!(self, |p| …)`. The
@@ -161,6 +163,7 @@ pub async fn connect(url: &str, pools: PoolSizes) -> Result<SqlStorage> {
         pool: main.clone(),
         main,
         web,
+        on_web: false,
     })
 }
 
@@ -171,7 +174,13 @@ impl SqlStorage {
             pool: self.web.clone(),
             main: self.main.clone(),
             web: self.web.clone(),
+            on_web: true,
         }
+    }
+
+    /// `"web"` for a handle from [`Self::for_web`], `"main"` otherwise.
+    pub fn pool_name(&self) -> &'static str {
+        if self.on_web { "web" } else { "main" }
     }
 
     /// `"sqlite"` or `"postgres"`.

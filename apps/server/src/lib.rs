@@ -282,7 +282,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         ..Settings::default()
     };
     let app = Gradient::new(
-        storage.for_web(),
+        storage.clone(),
         SystemClock,
         TokenSigner::new(&jwt),
         Crypt::from_secret(&crypt),
@@ -323,7 +323,15 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         },
     };
     let public_url = config.public_url.clone();
-    Ok(AppState::new(app, http, nars, link, public_url, forge))
+    Ok(AppState::new(
+        app,
+        storage.for_web(),
+        http,
+        nars,
+        link,
+        public_url,
+        forge,
+    ))
 }
 
 async fn open_nar_store(config: &config::NarStoreConfig) -> Result<nars::NarStorage, StartError> {
@@ -386,7 +394,7 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
             tick.tick().await;
             // Fetches not yet written must count, or a busy path could be collected.
             flush_fetches(&state).await;
-            match state.app.collect_garbage(&state.nars, ttl).await {
+            match state.core.collect_garbage(&state.nars, ttl).await {
                 Ok(r) if r.paths + r.nar_files > 0 => {
                     tracing::info!(target: "gradient::cache", "collected {} paths and {} NAR files", r.paths, r.nar_files)
                 }
@@ -402,7 +410,7 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
 /// ends, so only such leftovers are dropped.
 async fn drop_ended_logs(state: &AppState) {
     for job in state.logs.jobs() {
-        if let Ok(false) = state.app.job_is_active(job).await {
+        if let Ok(false) = state.core.job_is_active(job).await {
             state.logs.take(job);
         }
     }
@@ -430,7 +438,7 @@ pub fn spawn_dispatcher(state: AppState) {
                 .is_ok()
                 {}
             }
-            match state.app.dispatch(state.links.infos(), &state.public_url).await {
+            match state.core.dispatch(state.links.infos(), &state.public_url).await {
                 Ok(assigned) => {
                     for gradient_domain::service::Dispatched { worker, org, job } in assigned {
                         if let gradient_domain::proto::Job::Build { job_id, drv_path, .. } = &job {
@@ -457,7 +465,7 @@ pub fn spawn_status_delivery(state: AppState) {
         let forge = state.forge.clone();
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            if let Err(e) = state.app.deliver_due_statuses(&forge, 100).await {
+            if let Err(e) = state.core.deliver_due_statuses(&forge, 100).await {
                 tracing::error!(target: "gradient::forge", "delivering commit statuses failed: {e:?}");
             }
         }
@@ -467,12 +475,12 @@ pub fn spawn_status_delivery(state: AppState) {
 /// Polls the branch heads of projects with a poll interval and queues evaluations of new commits.
 pub fn spawn_poller(state: AppState) {
     tokio::spawn(async move {
-        let git = gradient_git_cli::GitCli::new(state.app.settings.network);
+        let git = gradient_git_cli::GitCli::new(state.core.settings.network);
         let mut last: std::collections::HashMap<gradient_domain::ProjectId, std::time::Instant> = Default::default();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let projects = match gradient_domain::ports::storage::Projects::polled_projects(&state.app.storage).await {
+            let projects = match gradient_domain::ports::storage::Projects::polled_projects(&state.core.storage).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!("listing projects to poll failed: {e}");
@@ -485,7 +493,7 @@ pub fn spawn_poller(state: AppState) {
                     continue;
                 }
                 last.insert(p.id, std::time::Instant::now());
-                match state.app.poll_project(&git, &p).await {
+                match state.core.poll_project(&git, &p).await {
                     Ok(Some(e)) => {
                         tracing::info!("polling {}: new commit {}", p.name, e.commit);
                         state.dispatch.notify_one();
@@ -501,10 +509,10 @@ pub fn spawn_poller(state: AppState) {
 /// Writes the recorded fetch times.
 pub async fn flush_fetches(state: &AppState) {
     use gradient_domain::ports::storage::CacheContents;
-    let now = gradient_domain::ports::Clock::now(&state.app.clock);
+    let now = gradient_domain::ports::Clock::now(&state.core.clock);
     for (cache, paths) in state.fetches.drain() {
         let paths: Vec<String> = paths.into_iter().collect();
-        if let Err(e) = state.app.storage.touch_cached_paths(cache, &paths, now).await {
+        if let Err(e) = state.core.storage.touch_cached_paths(cache, &paths, now).await {
             tracing::warn!(target: "gradient::cache", "recording fetch times failed: {e}");
         }
     }

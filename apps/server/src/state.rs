@@ -29,7 +29,11 @@ pub struct HttpSettings {
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
+    /// The application as HTTP API requests use it: its queries run on the web pool.
     pub app: App,
+    /// The same application on the main pool, for the server's own work: the scheduler, the worker link, the
+    /// binary cache and the background loops, so a burst of API traffic cannot starve them (and the reverse).
+    pub core: App,
     pub http: HttpSettings,
     pub nars: NarStorage,
     pub fetches: FetchLog,
@@ -55,7 +59,8 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(
-        app: App,
+        core: App,
+        web: gradient_storage_sql::SqlStorage,
         http: HttpSettings,
         nars: NarStorage,
         link: LinkSettings,
@@ -63,7 +68,8 @@ impl AppState {
         forge: HttpForge,
     ) -> Self {
         Self(Arc::new(Inner {
-            app,
+            app: core.with_storage(web),
+            core,
             http,
             nars,
             fetches: FetchLog::default(),

@@ -73,3 +73,17 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
         "sealed with this server's crypt secret"
     );
 }
+
+/// The two documented database pools are both used: API requests on the web pool, the server's own work
+/// (scheduler, worker link, binary cache, background loops) on the main pool, sharing what they keep in memory.
+#[tokio::test]
+async fn api_requests_and_the_servers_own_work_use_their_own_pools() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = gradient_server::build_state(&config(dir.path())).await.expect("state");
+    assert_eq!(state.app.storage.pool_name(), "web");
+    assert_eq!(state.core.storage.pool_name(), "main");
+    assert!(
+        std::sync::Arc::ptr_eq(&state.app.memo, &state.core.memo),
+        "one memory of served answers for both"
+    );
+}

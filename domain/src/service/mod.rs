@@ -193,6 +193,24 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
+    /// The same application (settings, secrets and everything it keeps in memory, shared) over another handle
+    /// of storage: the server runs HTTP requests on one database pool and its own work on another.
+    pub fn with_storage<S2: Storage>(&self, storage: S2) -> Gradient<S2, C>
+    where
+        C: Clone,
+    {
+        Gradient {
+            storage,
+            clock: self.clock.clone(),
+            tokens: self.tokens.clone(),
+            crypt: self.crypt.clone(),
+            settings: self.settings.clone(),
+            memo: self.memo.clone(),
+            derivations: self.derivations.clone(),
+            pins: self.pins.clone(),
+        }
+    }
+
     /// Checks that the crypt secret is the one this database was first used with: a sealed check value is
     /// stored on first start and must open on every later one. Changing the secret would make every stored
     /// secret unreadable, so it is refused at start-up instead of failing later.

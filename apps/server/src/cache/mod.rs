@@ -101,28 +101,28 @@ fn credential(req: &Request) -> Option<String> {
 async fn caller(state: &AppState, req: &Request) -> Result<Caller, ServiceError> {
     match credential(req) {
         Some(token) if token.starts_with(JOB_TOKEN_PREFIX) => Ok(Caller::Anonymous),
-        token => state.app.authenticate(token.as_deref()).await,
+        token => state.core.authenticate(token.as_deref()).await,
     }
 }
 
 async fn read_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
     if let Some(token) = credential(req)
-        && let Some(cache) = state.app.cache_for_job_token(&token, name, false).await?
+        && let Some(cache) = state.core.cache_for_job_token(&token, name, false).await?
     {
         return Ok(cache);
     }
     let caller = caller(state, req).await?;
-    state.app.readable_cache(&caller, name).await
+    state.core.readable_cache(&caller, name).await
 }
 
 async fn write_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
     if let Some(token) = credential(req)
-        && let Some(cache) = state.app.cache_for_job_token(&token, name, true).await?
+        && let Some(cache) = state.core.cache_for_job_token(&token, name, true).await?
     {
         return Ok(cache);
     }
     let caller = caller(state, req).await?;
-    state.app.writable_cache(&caller, name).await
+    state.core.writable_cache(&caller, name).await
 }
 
 #[handler]
@@ -166,7 +166,7 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
         match *req.method() {
             Method::GET | Method::HEAD => {
                 let cache = read_cache(state, req, &cache).await?;
-                let Some(text_body) = state.app.signed_narinfo(&cache, hash_part).await? else {
+                let Some(text_body) = state.core.signed_narinfo(&cache, hash_part).await? else {
                     return Err(ServiceError::NotFound(format!("{hash_part} is not in this cache")));
                 };
                 state.fetches.record(cache.id, hash_part);
@@ -236,7 +236,7 @@ async fn missing_paths(req: &Request, Path(cache): Path<String>, body: Body) -> 
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ServiceError::invalid("invalid_path_list", "store paths are UTF-8 text, one per line"))?;
         let paths: Vec<String> = text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
-        let missing = state.app.missing_paths(&cache, &paths).await?;
+        let missing = state.core.missing_paths(&cache, &paths).await?;
         let mut answer = missing.join("\n");
         if !answer.is_empty() {
             answer.push('\n');
@@ -268,7 +268,7 @@ fn text_response(body: String) -> Response {
 
 async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) -> Result<Response, ServiceError> {
     let missing = || ServiceError::NotFound(format!("{url} is not in this cache"));
-    let file = state.app.nar_file(cache, url).await?.ok_or_else(missing)?;
+    let file = state.core.nar_file(cache, url).await?.ok_or_else(missing)?;
     let range = match req.header(header::RANGE) {
         None => None,
         Some(h) => match range::parse(h, file.file_size) {

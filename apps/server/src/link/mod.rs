@@ -236,7 +236,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
             .await;
         }
     };
-    let registrations = match state.app.storage.worker_registrations_for(hello.worker_id).await {
+    let registrations = match state.core.storage.worker_registrations_for(hello.worker_id).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(target: "gradient::proto", "reading registrations: {e}");
@@ -287,7 +287,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         &nonce,
         &answers,
         &state.link.policy,
-        &state.app.crypt,
+        &state.core.crypt,
     ) {
         Ok(w) => w,
         Err(r) => return reject(&mut socket, r).await,
@@ -317,7 +317,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
     };
     let worker = hello.worker_id;
     let orgs = proto::authorized_orgs(&registrations, &welcome.authorized);
-    match state.app.worker_connected(worker, &hello.held_jobs, &orgs).await {
+    match state.core.worker_connected(worker, &hello.held_jobs, &orgs).await {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!(target: "gradient::proto", "requeued {n} job(s) worker {worker} cannot finish on this link")
@@ -378,7 +378,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         reject(&mut socket, r).await;
     }
     // Jobs the worker held go back to the queue for another worker.
-    match state.app.worker_disconnected(worker).await {
+    match state.core.worker_disconnected(worker).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) of worker {worker}"),
         Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
@@ -398,8 +398,8 @@ async fn handle(
             job_id,
             derivations,
             errors,
-        } => match state.app.check_report_scope(job_id, worker, orgs).await {
-            Ok(()) => state.app.record_eval_result(job_id, worker, derivations, errors).await,
+        } => match state.core.check_report_scope(job_id, worker, orgs).await {
+            Ok(()) => state.core.record_eval_result(job_id, worker, derivations, errors).await,
             Err(e) => Err(e),
         },
         WorkerMessage::JobLog { job_id, text, .. } => {
@@ -419,10 +419,10 @@ async fn handle(
         } => {
             // A build that only uploads now frees its build slot: the worker may get its next builds. An
             // evaluation that pushes its `.drv` files has reported every derivation: its builds start.
-            let r = match state.app.check_report_scope(job_id, worker, orgs).await {
+            let r = match state.core.check_report_scope(job_id, worker, orgs).await {
                 Err(e) => Err(e),
                 Ok(()) if state.logs.is_build(job_id) => Ok(()),
-                Ok(()) => state.app.record_evaluation_pushing(job_id, worker).await,
+                Ok(()) => state.core.record_evaluation_pushing(job_id, worker).await,
             };
             if r.is_ok() {
                 state.links.pushing(worker, job_id);
@@ -433,10 +433,10 @@ async fn handle(
         WorkerMessage::JobFinished { job_id, outcome } => {
             state.links.finished(worker, job_id);
             // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
-            let r = match state.app.check_report_scope(job_id, worker, orgs).await {
+            let r = match state.core.check_report_scope(job_id, worker, orgs).await {
                 Ok(()) => {
                     let log = state.logs.take_own(job_id, worker, orgs);
-                    state.app.record_job_finished(job_id, worker, outcome, log).await
+                    state.core.record_job_finished(job_id, worker, outcome, log).await
                 }
                 Err(e) => Err(e),
             };
