@@ -542,3 +542,39 @@ async fn a_link_speaks_only_for_the_organizations_it_proved_even_under_a_borrowe
         Some(gradient_domain::model::JobState::Assigned { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_lost_workers_build_and_evaluation_say_queued_again() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let url = "http://gradient.test";
+    let (w1, w2) = (builder(1, org.id, true, 4), builder(2, org.id, true, 4));
+    let e = app
+        .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let eval_job = app.dispatch(vec![w1.clone()], url).await.unwrap()[0].job.id();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Fetching);
+    // Lost while fetching: the evaluation is Queued again and goes to the next worker.
+    assert_eq!(app.worker_disconnected(w1.id).await.unwrap(), 1);
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Queued);
+    let sent = app.dispatch(vec![w2.clone()], url).await.unwrap();
+    assert_eq!(sent[0].job.id(), eval_job, "the same job, requeued");
+    app.record_eval_result(eval_job, w2.id, vec![derivation("x")], vec![])
+        .await
+        .unwrap();
+    app.record_job_finished(eval_job, w2.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    let sent = app.dispatch(vec![w1.clone()], url).await.unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Building);
+    // Lost while building: the build is Queued again (not Building while its job waits), then finishes elsewhere.
+    app.worker_disconnected(w1.id).await.unwrap();
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued);
+    let sent = app.dispatch(vec![w2.clone()], url).await.unwrap();
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Building);
+    app.record_job_finished(build_job(&sent[0].job), w2.id, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
+}

@@ -512,12 +512,29 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.worker_disconnected(worker).await
     }
 
-    /// A worker's link ended: the jobs it held go back to the queue, and their tokens die.
+    /// A worker's link ended: the jobs it held go back to the queue, their tokens die, and what they were doing
+    /// says so: a build that was `Building` is `Queued` again, an evaluation being fetched or evaluated is
+    /// `Queued` again (an evaluation already building waits for its builds as before).
     pub async fn worker_disconnected(&self, worker: WorkerId) -> Result<u64> {
         let assigned = self.storage.jobs_assigned_to(worker).await?;
         let requeued = self.storage.requeue_jobs_of(worker).await?;
         for job in assigned {
             self.memo.forget_job(job.id);
+            match &job.kind {
+                JobKind::Build { derivation, .. } => {
+                    self.move_build(job.org_id, derivation, BuildStatus::Queued).await?;
+                }
+                JobKind::Evaluate { evaluation_id } => {
+                    let fetching =
+                        self.storage.evaluation(*evaluation_id).await?.is_some_and(|e| {
+                            matches!(e.status, EvaluationStatus::Fetching | EvaluationStatus::Evaluating)
+                        });
+                    if fetching {
+                        self.set_evaluation_status(*evaluation_id, EvaluationStatus::Queued)
+                            .await?;
+                    }
+                }
+            }
         }
         Ok(requeued)
     }
