@@ -353,8 +353,27 @@ async fn a_worker_killed_mid_build_is_lost_and_another_worker_finishes_the_build
     let first = start_worker(&c, dir.path(), &server.url, "first").await;
     let id = evaluate(&c, &commit).await;
     first.wait_for_log("running build job").await;
-    let second = start_worker(&c, dir.path(), &server.url, "second").await;
     first.sigkill();
+    // The lost worker's build says Queued again (not Building while its job waits) within the lost-after time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(32);
+    loop {
+        let builds = c.ok(Method::GET, &format!("/evals/{id}/builds"), None).await;
+        let statuses: Vec<&str> = builds
+            .as_array()
+            .expect("builds")
+            .iter()
+            .filter_map(|b| b["status"].as_str())
+            .collect();
+        if statuses == ["Queued"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost worker's build still says {statuses:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let second = start_worker(&c, dir.path(), &server.url, "second").await;
     wait_for_completed(&c, &server, &id, &second).await;
     assert!(
         second.log_text().contains("running build job"),
