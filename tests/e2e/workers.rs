@@ -142,6 +142,23 @@ async fn a_registered_worker_connects_and_deleting_its_registration_disconnects_
 }
 
 #[tokio::test]
+async fn deleting_an_organization_disconnects_its_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]).await;
+    let c = org_with_admin(&server).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (peer, token) = register(&c, &id).await;
+    let peers = peers_file(dir.path(), "peers", &format!("{peer}:{token}\n"));
+    let url = format!("ws://{}/proto", server.url.trim_start_matches("http://"));
+    let worker = Worker::start(dir.path(), "a", &worker_vars(&url, &id, &peers));
+    wait_connected(&c, vec![true]).await;
+    c.ok(Method::DELETE, "/orgs/builders", None).await;
+    worker.wait_for_log("revoked").await;
+    worker.kill();
+    server.stop();
+}
+
+#[tokio::test]
 async fn wrong_tokens_unknown_workers_and_malformed_peers_files_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path(), &[]).await;

@@ -161,12 +161,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(org)
     }
 
-    pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<()> {
+    /// Deletes the organization with everything in it. Answers its worker registrations, gone with it: the
+    /// caller ends every link authorized by them (as when one registration is deleted).
+    pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<Vec<crate::PeerId>> {
         let org = self.org_requiring(caller, name, Permission::DeleteOrg).await?;
+        let peers = self
+            .storage
+            .worker_registrations(org.id)
+            .await?
+            .into_iter()
+            .map(|r| r.peer_id)
+            .collect();
         self.memo.forget_job_access();
         self.storage.delete_org(org.id).await?;
         self.memo.forget_job_access();
-        Ok(())
+        Ok(peers)
     }
 
     pub async fn members(&self, caller: &Caller, org: &str) -> Result<Vec<Member>> {

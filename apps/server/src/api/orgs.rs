@@ -95,11 +95,14 @@ impl OrgsApi {
         ok(OrgView::from(&self.0.app.update_org(&caller, &org, changes).await?))
     }
 
-    /// Deletes the organization with its projects, roles and subscriptions (`delete_org`).
+    /// Deletes the organization with its projects, roles, subscriptions and worker registrations
+    /// (`delete_org`); workers connected for it lose those registrations at once.
     #[oai(path = "/orgs/:org", method = "delete")]
     async fn delete(&self, auth: Token, org: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
-        self.0.app.delete_org(&caller, &org).await?;
+        for peer in self.0.app.delete_org(&caller, &org).await? {
+            self.0.links.revoke_peer(peer);
+        }
         ok("deleted".to_owned())
     }
 
