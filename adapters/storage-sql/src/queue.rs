@@ -243,6 +243,17 @@ impl Queue for SqlStorage {
         Ok(finished > 0)
     }
 
+    async fn cancel_queued_job(&self, id: JobId) -> Result<bool> {
+        let sql = "UPDATE jobs SET state = 'failed' WHERE id = $1 AND state = 'queued'";
+        let cancelled = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(cancelled > 0)
+    }
+
     async fn jobs_assigned_to(&self, worker: WorkerId) -> Result<Vec<JobRecord>> {
         let sql = concat!(
             "SELECT ",

@@ -274,6 +274,9 @@ pub trait Queue {
     fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> impl Future<Output = Result<bool>> + Send;
     /// The jobs assigned to `worker`, oldest first (ties by id).
     fn jobs_assigned_to(&self, worker: WorkerId) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
+    /// Ends a job no worker holds: `Queued → Failed`. Ok(false), changing nothing, when the job is not queued
+    /// (assigned, finished) or does not exist.
+    fn cancel_queued_job(&self, id: JobId) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// The CI loop's records: evaluations, the derivations they find, their entry points, and the builds they need.

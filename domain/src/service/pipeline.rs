@@ -43,9 +43,6 @@ fn not_authorized(job: JobId, worker: WorkerId) -> ServiceError {
     ))
 }
 
-/// The pseudo-worker the server assigns jobs to when it ends them itself.
-const SERVER: WorkerId = WorkerId(uuid::Uuid::nil());
-
 /// An organization looked up by id (from an evaluation or a build the caller named) and hidden from the
 /// caller is answered as the thing the caller named being missing: its name was not the caller's to learn.
 pub(super) fn hide_org(e: ServiceError, missing: impl Fn() -> ServiceError) -> ServiceError {
@@ -309,10 +306,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             {
                 self.move_build(org_id, &derivation, BuildStatus::DependencyFailed)
                     .await?;
-                // The queue ends jobs only from Assigned: the server takes the job itself and fails it.
-                if self.storage.assign_job(job_id, SERVER, now).await? {
-                    self.storage.finish_job(job_id, SERVER, false).await?;
-                }
+                self.storage.cancel_queued_job(job_id).await?;
             }
         }
         Ok(out)
@@ -907,14 +901,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 abandoned.insert(b.drv_path.clone());
             }
         }
-        let now = self.clock.now();
         let mut running = Vec::new();
         for job in self.storage.queued_jobs(10_000).await? {
-            if job.org_id == org
-                && self.job_is_for(&job, id, &abandoned)
-                && self.storage.assign_job(job.id, SERVER, now).await?
-            {
-                self.storage.finish_job(job.id, SERVER, false).await?;
+            if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
+                self.storage.cancel_queued_job(job.id).await?;
             }
         }
         for w in workers {

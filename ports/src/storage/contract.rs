@@ -149,6 +149,7 @@ macro_rules! storage_contract {
             assign_job_is_compare_and_set,
             requeue_jobs_of_a_lost_worker_counts_attempts,
             finish_job_only_from_assigned,
+            cancel_queued_job_only_from_queued,
             jobs_assigned_to_lists_a_workers_jobs_oldest_first,
             delete_org_removes_its_jobs,
             // Evaluations, derivations, entry points and builds.

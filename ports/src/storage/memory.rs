@@ -363,6 +363,18 @@ impl Queue for MemoryStorage {
         let assigned = |j: &JobRecord| matches!(j.state, JobState::Assigned { worker: w, .. } if w == worker);
         self.with(|s| Ok(s.jobs(assigned, u32::MAX)))
     }
+
+    async fn cancel_queued_job(&self, id: JobId) -> Result<bool> {
+        self.with(|s| {
+            Ok(match s.jobs.get_mut(&id) {
+                Some(job) if job.state == JobState::Queued => {
+                    job.state = JobState::Failed;
+                    true
+                }
+                _ => false,
+            })
+        })
+    }
 }
 
 impl Evaluations for MemoryStorage {

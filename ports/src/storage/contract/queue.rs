@@ -568,6 +568,54 @@ pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
     );
 }
 
+/// Only a queued job can be cancelled (`Queued → Failed`), once; an assigned or finished one is left as it is.
+pub async fn cancel_queued_job_only_from_queued<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let worker = WorkerId::new();
+    let queued = enqueue(s, new_build_job(acme.id, "queued")).await;
+    let running = enqueue(s, new_build_job(acme.id, "running")).await;
+    let at = now();
+    assert!(s.assign_job(running.id, worker, at).await.expect("assign_job"));
+    assert!(s.cancel_queued_job(queued.id).await.expect("cancel_queued_job"));
+    assert_eq!(
+        s.job(queued.id).await.expect("job"),
+        Some(JobRecord {
+            state: JobState::Failed,
+            ..queued.clone()
+        }),
+        "failed, otherwise as enqueued"
+    );
+    assert!(
+        !s.cancel_queued_job(queued.id).await.expect("cancel_queued_job"),
+        "not twice"
+    );
+    assert!(
+        !s.cancel_queued_job(running.id).await.expect("cancel_queued_job"),
+        "a running job is its worker's to end"
+    );
+    assert_eq!(
+        state_of(s, running.id).await,
+        Some(JobState::Assigned { worker, since: at })
+    );
+    assert!(
+        !s.cancel_queued_job(gradient_domain::model::JobId::new())
+            .await
+            .expect("cancel_queued_job"),
+        "an unknown job"
+    );
+    assert_eq!(
+        s.queued_jobs(100)
+            .await
+            .expect("queued_jobs")
+            .iter()
+            .filter(|j| j.org_id == acme.id)
+            .count(),
+        0,
+        "a cancelled job is not handed out"
+    );
+}
+
 /// A worker's assigned jobs, across organizations, oldest first (ties by id), and only its own.
 pub async fn jobs_assigned_to_lists_a_workers_jobs_oldest_first<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
