@@ -46,6 +46,8 @@ pub struct Work<N> {
     handles: std::collections::HashMap<JobId, tokio::task::AbortHandle>,
     /// Build jobs waiting for the batcher, which runs them together (see [`batcher`]).
     batch_tx: mpsc::UnboundedSender<Job>,
+    /// Builds that run alone (not batchable) wait for one of the machine's parallel builds.
+    solo_builds: Arc<tokio::sync::Semaphore>,
 }
 
 /// Builds per Nix run at most.
@@ -59,6 +61,14 @@ const BATCHES_AT_ONCE: usize = 2;
 const GATHER: Duration = Duration::from_millis(20);
 /// ... or this long at most.
 const GATHER_AT_MOST: Duration = Duration::from_millis(200);
+
+/// How many build jobs the worker takes at once (announced as `hello.max_concurrent_builds`): enough to fill its
+/// batches, whatever the number of derivations it builds in parallel (`maxConcurrentBuilds`, Nix's
+/// `--max-jobs` over all runs). Few parallel builds must not mean small batches: each batch costs a Nix start-up
+/// and a round trip, which is what made a 2-slot worker ten times slower than `nix build`.
+pub fn build_jobs_accepted(parallel_builds: u32) -> u32 {
+    parallel_builds.max((MAX_BATCH * BATCHES_AT_ONCE) as u32)
+}
 
 /// How many Nix runs at once, and how many builds each may run in parallel, for a machine that builds
 /// `parallel_builds` derivations at once: together never more (a build beyond Nix's build users waits for
@@ -251,6 +261,7 @@ impl<N: Nix> Work<N> {
             book,
             handles: Default::default(),
             batch_tx,
+            solo_builds: Arc::new(tokio::sync::Semaphore::new(parallel_builds.max(1) as usize)),
         }
     }
 
@@ -275,7 +286,12 @@ impl<N: Nix> Work<N> {
             self.book.clone(),
         );
         let id = job.id();
+        let solo = matches!(job, Job::Build { .. }).then(|| self.solo_builds.clone());
         let task = tokio::spawn(async move {
+            let _permit = match solo {
+                Some(s) => s.acquire_owned().await.ok(),
+                None => None,
+            };
             let outcome = jobs::run(&*nix, &dirs, job, &out).await;
             // Reported once: unless an abort already answered for it.
             if running.lock().0.remove(&id) {
@@ -493,5 +509,15 @@ mod tests {
             assert_eq!(run_shape(parallel), (runs, per_run), "{parallel}");
             assert!(parallel == 0 || runs as u32 * per_run <= parallel, "{parallel}");
         }
+    }
+
+    #[test]
+    fn few_parallel_builds_still_take_whole_batches() {
+        // A 1- or 2-slot worker takes as many build jobs as two full batches hold (it builds them 1 or 2 at a
+        // time); a bigger machine takes at least its parallel builds.
+        for parallel in [1, 2, 100] {
+            assert_eq!(build_jobs_accepted(parallel), (MAX_BATCH * BATCHES_AT_ONCE) as u32);
+        }
+        assert_eq!(build_jobs_accepted(1000), 1000);
     }
 }

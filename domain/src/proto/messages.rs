@@ -68,6 +68,7 @@ pub struct Hello {
     /// Nix system features the worker supports (`kvm`, `big-parallel`, …).
     #[serde(default)]
     pub features: Vec<String>,
+    /// Build jobs the worker takes at once (it may build fewer of them in parallel; see `docs/protocol.md`).
     pub max_concurrent_builds: u32,
     pub max_concurrent_evaluations: u32,
     /// Jobs the worker still holds from an earlier connection: running, or finished and not yet reported.
