@@ -175,6 +175,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(alive)
     }
 
+    /// Who asks the binary cache, when [`Self::cache_for_job_token`] did not accept the credential: a job token
+    /// (wrong cache, not its push cache, job over) is answered as an anonymous request would be, never as a
+    /// user; anything else is a session or an API key.
+    pub async fn cache_caller(&self, credential: Option<&str>) -> Result<Caller> {
+        match credential {
+            Some(token) if token.starts_with(crate::auth::JOB_TOKEN_PREFIX) => Ok(Caller::Anonymous),
+            token => self.authenticate(token).await,
+        }
+    }
+
     /// The cache, if the caller may push to it: its owner, with an unrestricted session or key.
     pub async fn writable_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
         caller.require_user()?;

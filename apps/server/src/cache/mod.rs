@@ -12,7 +12,6 @@ mod range;
 pub use fetches::FetchLog;
 
 use crate::state::AppState;
-use gradient_domain::auth::JOB_TOKEN_PREFIX;
 use gradient_domain::model::Cache;
 use gradient_domain::ports::nar_store::NarStore;
 use gradient_domain::service::{Caller, MAX_MISSING_QUERY, ServiceError, nar_key, nix_cache_info};
@@ -96,13 +95,8 @@ fn credential(req: &Request) -> Option<String> {
     Some(if password.is_empty() { login } else { password }.to_owned())
 }
 
-/// Who asks: a job token the cache does not accept for this (wrong cache, not its push cache, job over) is
-/// answered as an anonymous request would be, never as a user.
 async fn caller(state: &AppState, req: &Request) -> Result<Caller, ServiceError> {
-    match credential(req) {
-        Some(token) if token.starts_with(JOB_TOKEN_PREFIX) => Ok(Caller::Anonymous),
-        token => state.core.authenticate(token.as_deref()).await,
-    }
+    state.core.cache_caller(credential(req).as_deref()).await
 }
 
 async fn read_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
