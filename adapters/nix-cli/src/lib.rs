@@ -254,6 +254,31 @@ impl Nix for NixCli {
 mod tests {
     use super::*;
 
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn only_the_chosen_substituters_are_passed_to_every_command() {
+        let option = ["--option", "substituters", "file:///a http://b"].map(str::to_owned);
+        let has = |cmd: &Command| args(cmd).windows(3).any(|w| w == option);
+        let cli = NixCli::new();
+        assert!(!has(&cli.nix()) && !has(&cli.command("nix-store")));
+        let cli = cli.only_substituters(vec!["file:///a".into(), "http://b".into()]);
+        assert!(has(&cli.nix()) && has(&cli.command("nix-store")) && has(&cli.command("nix-instantiate")));
+        // `nix --version` takes no options.
+        assert!(!has(&cli.command("nix")));
+        let none = NixCli::new().only_substituters(Vec::new());
+        assert!(
+            args(&none.command("nix-store"))
+                .windows(3)
+                .any(|w| w == ["--option", "substituters", ""])
+        );
+    }
+
     #[test]
     fn versions() {
         let table = [
