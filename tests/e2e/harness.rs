@@ -259,6 +259,20 @@ impl Worker {
     }
 
     pub fn start(dir: &Path, name: &str, vars: &[(&str, &str)]) -> Worker {
+        Self::start_as(dir, name, vars, false)
+    }
+
+    /// [`Worker::start`] as a script's background job (`gradient-worker &`): with SIGINT and SIGQUIT ignored.
+    pub fn start_as_background_job(dir: &Path, name: &str, vars: &[(&str, &str)]) -> Worker {
+        Self::start_as(dir, name, vars, true)
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn start_as(dir: &Path, name: &str, vars: &[(&str, &str)], background_job: bool) -> Worker {
         let bin = server_binary().with_file_name("gradient-worker");
         assert!(
             bin.exists(),
@@ -267,7 +281,13 @@ impl Worker {
         );
         let log = dir.join(format!("worker-{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(bin);
+        let mut cmd = if background_job {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(["-c", r#"trap "" INT QUIT; exec "$0""#]).arg(bin);
+            sh
+        } else {
+            Command::new(bin)
+        };
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("GRADIENT_STATE_DIR", dir.join(format!("worker-{name}")))

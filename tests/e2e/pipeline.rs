@@ -314,6 +314,17 @@ pub(crate) async fn start_worker_with(
     name: &str,
     extra: &[(&str, &str)],
 ) -> Worker {
+    start_worker_as(c, dir, server_url, name, extra, false).await
+}
+
+async fn start_worker_as(
+    c: &Client,
+    dir: &Path,
+    server_url: &str,
+    name: &str,
+    extra: &[(&str, &str)],
+    background_job: bool,
+) -> Worker {
     let id = uuid::Uuid::new_v4().to_string();
     let r = c
         .ok(Method::POST, "/orgs/acme/workers", Some(json!({"worker_id": id})))
@@ -339,7 +350,11 @@ pub(crate) async fn start_worker_with(
         ("NIX_CONFIG", NIX_CONFIG),
     ];
     let vars: Vec<(&str, &str)> = vars.iter().chain(extra).copied().collect();
-    let w = Worker::start(dir, name, &vars);
+    let w = if background_job {
+        Worker::start_as_background_job(dir, name, &vars)
+    } else {
+        Worker::start(dir, name, &vars)
+    };
     w.wait_for_log("connected to").await;
     w
 }
@@ -407,7 +422,8 @@ async fn a_server_restart_mid_build_loses_no_job() {
 async fn aborting_an_evaluation_stops_its_running_build() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The builder's command line is this test's own, so that its process can be found.
-    // It would run 12 s; stopped, it is gone within a few.
+    // It would run 12 s; stopped, it is gone within 2 s, with the Nix that ran it, even though the worker was
+    // started as a script's background job (SIGINT ignored: Nix must not inherit that).
     let sleep = format!("sleep 12.{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000);
     let (repository, commit) = script_repo(
         dir.path(),
@@ -417,8 +433,20 @@ async fn aborting_an_evaluation_stops_its_running_build() {
     );
     let server = Server::start(dir.path(), &[]).await;
     let c = org_with_project(&server, &repository, "packages.*.*").await;
-    let worker = start_worker(&c, dir.path(), &server.url, "w").await;
+    let worker = start_worker_as(&c, dir.path(), &server.url, "w", &[], true).await;
     let id = evaluate(&c, &commit).await;
+    // The worker's running Nix processes (its children named nix…, zombies left out).
+    let nix_children = || {
+        let out = Command::new("ps")
+            .args(["-o", "stat=,pid=,args=", "--ppid", &worker.pid().to_string()])
+            .output()
+            .expect("ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('Z') && l.split_whitespace().nth(2).is_some_and(|p| p.contains("nix")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let running = || {
         Command::new("pgrep")
             .args(["-f", &sleep])
@@ -436,18 +464,40 @@ async fn aborting_an_evaluation_stops_its_running_build() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let nix_running = nix_children();
+    let nix_pid = nix_running
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Nix process of the worker runs the build"));
+    // It reacts to SIGINT and SIGQUIT, which the worker has ignored.
+    let status = std::fs::read_to_string(format!("/proc/{nix_pid}/status")).expect("Nix's status");
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigIgn");
+    assert_eq!(
+        ignored & 0b110,
+        0,
+        "Nix ({nix_running}) ignores SIGINT or SIGQUIT: {ignored:x}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
     let aborted = c
         .ok(Method::POST, &format!("/evals/{id}"), Some(json!({"method": "abort"})))
         .await;
     assert_eq!(aborted["status"], "Aborted");
     worker.wait_for_log("aborting job").await;
-    let deadline = Instant::now() + Duration::from_secs(8);
     loop {
-        if !running() {
+        if !running() && nix_children().is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "the build's process still runs");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            Instant::now() < deadline,
+            "2 s after the abort, the builder runs: {}, the worker's Nix processes: {:?}",
+            running(),
+            nix_children()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let done = c.ok(Method::GET, &format!("/evals/{id}"), None).await;
     assert_eq!(done["builds"][0]["status"], "Aborted", "{done}");

@@ -28,6 +28,26 @@ impl HttpCacheClient {
     }
 }
 
+/// Whether the Nix binary cache at `url` answers `GET <url>/nix-cache-info` within `limit`, whatever it
+/// answers: one that does not is one that every Nix run would first wait for. Only `http(s)://` caches are
+/// asked; any other kind of store (`file://`, `daemon`, `ssh://`, …) counts as answering.
+pub async fn substituter_answers(url: &str, limit: Duration) -> bool {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return true;
+    }
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(limit)
+        .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+    else {
+        return true;
+    };
+    http.get(format!("{}/nix-cache-info", url.trim_end_matches('/')))
+        .send()
+        .await
+        .is_ok()
+}
+
 fn endpoint(target: &PushTarget, what: &str) -> String {
     format!("{}/{what}", target.cache_url.trim_end_matches('/'))
 }
@@ -95,5 +115,45 @@ impl CacheClient for HttpCacheClient {
             .strip_prefix("imported ")
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| CacheClientError::Unavailable(format!("unexpected answer to an import: {text}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// A cache that answers `nix-cache-info`, one that takes connections and never answers, and no cache.
+    #[tokio::test]
+    async fn a_substituter_answers_only_when_it_does_in_time() {
+        let answering = TcpListener::bind("127.0.0.1:0").unwrap();
+        let answering_url = format!("http://{}", answering.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut conn in answering.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let body = "StoreDir: /nix/store\n";
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+        // The kernel completes the connection; nobody reads the request or answers it.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+        let closed_url = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+
+        let limit = Duration::from_millis(500);
+        assert!(substituter_answers(&answering_url, limit).await);
+        let started = Instant::now();
+        assert!(!substituter_answers(&silent_url, limit).await);
+        let waited = started.elapsed();
+        assert!(waited >= limit && waited < limit * 4, "{waited:?}");
+        assert!(!substituter_answers(&closed_url, limit).await);
+        assert!(substituter_answers("daemon", limit).await);
+        drop(silent);
     }
 }

@@ -91,6 +91,7 @@ impl GitCli {
         if self.policy.allow_local {
             protocols.push("file");
         }
+        gradient_process::reset_for_children();
         let mut cmd = Command::new("git");
         cmd.args(["-c", "protocol.allow=never", "-c", "http.followRedirects=false"]);
         for p in &protocols {

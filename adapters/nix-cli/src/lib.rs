@@ -36,6 +36,7 @@ use tokio::process::Command;
 pub struct NixCli {
     bin_dir: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
+    substituters: Option<Vec<String>>,
     version: Arc<OnceLock<(u32, u32)>>,
 }
 
@@ -56,13 +57,52 @@ impl NixCli {
         self
     }
 
+    /// Replaces Nix's configured `substituters` with `list` in every command (`--option substituters`); the
+    /// `extra-substituters` of a build are still added to them.
+    pub fn only_substituters(mut self, list: Vec<String>) -> Self {
+        self.substituters = Some(list);
+        self
+    }
+
+    /// Nix's configured `substituters` (`nix show-config`), as this process's Nix sees them.
+    pub async fn configured_substituters(&self) -> Result<Vec<String>> {
+        let config = self.config(self.version().await?).await?;
+        Ok(config_strings(&config, "substituters"))
+    }
+
+    /// `nix show-config --json` (`nix config show --json` from Nix 2.20 on).
+    async fn config(&self, version: (u32, u32)) -> Result<Value> {
+        let mut cmd = self.command("nix");
+        cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+        if version >= (2, 20) {
+            cmd.args(["config", "show", "--json"]);
+        } else {
+            cmd.args(["show-config", "--json"]);
+        }
+        let out = process::output(cmd).await?.success_or(NixError::Unavailable)?;
+        serde_json::from_slice(&out).map_err(|e| NixError::Unavailable(format!("nix configuration is not JSON: {e}")))
+    }
+
+    /// The `--option substituters` of [`NixCli::only_substituters`], if set.
+    fn substituter_options(&self, cmd: &mut Command) {
+        if let Some(list) = &self.substituters {
+            cmd.args(["--option", "substituters", &list.join(" ")]);
+        }
+    }
+
     fn command(&self, program: &str) -> Command {
+        // Nix and its builders start with SIGINT at its default, so an abort's SIGINT stops them.
+        gradient_process::reset_for_children();
         let mut cmd = match &self.bin_dir {
             Some(dir) => Command::new(dir.join(program)),
             None => Command::new(program),
         };
         cmd.env("NO_COLOR", "1");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        // `nix` gets them in `nix()` (not `nix --version`).
+        if program != "nix" {
+            self.substituter_options(&mut cmd);
+        }
         cmd
     }
 
@@ -70,6 +110,7 @@ impl NixCli {
     fn nix(&self) -> Command {
         let mut cmd = self.command("nix");
         cmd.args(["--extra-experimental-features", "nix-command flakes"]);
+        self.substituter_options(&mut cmd);
         cmd
     }
 
@@ -116,6 +157,15 @@ fn build_users(etc_group: &str, group: &str) -> Option<u32> {
     u32::try_from(members).ok().filter(|&n| n > 0)
 }
 
+/// A setting of `nix show-config --json`: a list, or a string of words.
+fn config_strings(config: &Value, key: &str) -> Vec<String> {
+    match &config[key]["value"] {
+        Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// `nix (Nix) 2.8.0`, `nix (Lix, like Nix) 2.91.1` → `(2, 8)`, `(2, 91)`.
 fn parse_version(text: &str) -> Option<(u32, u32)> {
     let version = text.split_whitespace().last()?;
@@ -128,22 +178,8 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
 impl Nix for NixCli {
     async fn host(&self) -> Result<HostInfo> {
         let (text, version) = self.version_text().await?;
-        let mut cmd = self.nix();
-        if version >= (2, 20) {
-            cmd.args(["config", "show", "--json"]);
-        } else {
-            cmd.args(["show-config", "--json"]);
-        }
-        let out = process::output(cmd).await?.success_or(NixError::Unavailable)?;
-        let config: Value = serde_json::from_slice(&out)
-            .map_err(|e| NixError::Unavailable(format!("nix configuration is not JSON: {e}")))?;
-        let strings = |key: &str| -> Vec<String> {
-            match &config[key]["value"] {
-                Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-                Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
-                _ => Vec::new(),
-            }
-        };
+        let config = self.config(version).await?;
+        let strings = |key: &str| config_strings(&config, key);
         let mut systems = strings("system");
         for extra in strings("extra-platforms") {
             if !systems.contains(&extra) {
@@ -217,6 +253,31 @@ impl Nix for NixCli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn only_the_chosen_substituters_are_passed_to_every_command() {
+        let option = ["--option", "substituters", "file:///a http://b"].map(str::to_owned);
+        let has = |cmd: &Command| args(cmd).windows(3).any(|w| w == option);
+        let cli = NixCli::new();
+        assert!(!has(&cli.nix()) && !has(&cli.command("nix-store")));
+        let cli = cli.only_substituters(vec!["file:///a".into(), "http://b".into()]);
+        assert!(has(&cli.nix()) && has(&cli.command("nix-store")) && has(&cli.command("nix-instantiate")));
+        // `nix --version` takes no options.
+        assert!(!has(&cli.command("nix")));
+        let none = NixCli::new().only_substituters(Vec::new());
+        assert!(
+            args(&none.command("nix-store"))
+                .windows(3)
+                .any(|w| w == ["--option", "substituters", ""])
+        );
+    }
 
     #[test]
     fn versions() {

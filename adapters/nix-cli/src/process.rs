@@ -87,6 +87,7 @@ pub async fn run(
     deadline: Option<Duration>,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Ended, NixError> {
+    gradient_process::reset_for_children();
     let program = format!("{:?}", cmd.as_std().get_program());
     let mut child = cmd
         .stdin(Stdio::null())
@@ -265,6 +266,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_deadline_kills_the_command() {
+        deadline_stops_the_command_at_once().await;
+    }
+
+    /// Interrupted when its deadline passes, the command stops at once (long before [`STOP_GRACE`]).
+    async fn deadline_stops_the_command_at_once() {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "echo started >&2; exec /usr/bin/sleep 60"]);
         let started = std::time::Instant::now();
@@ -274,7 +280,37 @@ mod tests {
             .unwrap();
         assert!(matches!(ended, Ended::TimedOut(tail) if tail.text() == "started"));
         assert_eq!(lines, ["started"]);
-        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "stopped after {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A worker started as a script's background job has SIGINT and SIGQUIT ignored; what it runs does not.
+    #[tokio::test]
+    async fn children_start_with_sigint_at_its_default_when_ours_is_ignored() {
+        use gradient_process::{SIGINT, SIGQUIT, contains, signal_set, testing};
+        if !testing::in_rerun() {
+            testing::rerun_with_ignored_signals(
+                "process::tests::children_start_with_sigint_at_its_default_when_ours_is_ignored",
+            );
+            return;
+        }
+        let ours = signal_set(&std::fs::read_to_string("/proc/self/status").unwrap(), "SigIgn").unwrap();
+        assert!(contains(ours, SIGINT), "the re-run must start with SIGINT ignored");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "grep -E '^Sig(Ign|Blk):' /proc/self/status"]);
+        let status = String::from_utf8(output(cmd).await.unwrap().success_or(NixError::Unavailable).unwrap()).unwrap();
+        let ignored = signal_set(&status, "SigIgn").unwrap();
+        assert!(
+            !contains(ignored, SIGINT) && !contains(ignored, SIGQUIT),
+            "child: {status}"
+        );
+        let blocked = signal_set(&status, "SigBlk").unwrap();
+        assert!(!contains(blocked, SIGINT), "child: {status}");
+        // And the abort's SIGINT stops the command at once, not after the grace period.
+        deadline_stops_the_command_at_once().await;
     }
 
     #[test]

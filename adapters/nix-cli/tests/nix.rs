@@ -261,6 +261,24 @@ async fn host_reports_this_machine() {
 }
 
 #[tokio::test]
+async fn substituters_are_read_from_nix_and_can_be_replaced() {
+    let configured = nix()
+        .env("NIX_CONFIG", "substituters = http://127.0.0.1:9 file:///nonexistent")
+        .configured_substituters()
+        .await
+        .unwrap();
+    assert_eq!(configured, ["http://127.0.0.1:9", "file:///nonexistent"]);
+    // A build with none of Nix's substituters (the worker's choice when none answers) still builds.
+    let drv = drv_of("packages.*.two").await;
+    let out = nix()
+        .only_substituters(Vec::new())
+        .build(&drv, &BuildOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(names(&out.outputs), ["dev", "out"]);
+}
+
+#[tokio::test]
 async fn fetch_puts_the_flake_at_the_commit_in_the_store() {
     let f = fixture();
     let none = BTreeMap::new();

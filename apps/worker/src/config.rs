@@ -24,6 +24,9 @@ pub struct WorkerConfig {
     pub max_concurrent_evaluations: u32,
     pub max_evaluations_per_worker: u32,
     pub gcroots_dir: Option<PathBuf>,
+    /// Ask Nix's substituters at start and leave out those that do not answer (`GRADIENT_PROBE_SUBSTITUTERS`,
+    /// default true).
+    pub probe_substituters: bool,
 }
 
 impl WorkerConfig {
@@ -85,6 +88,7 @@ impl WorkerConfig {
             eval_workers: num("GRADIENT_EVAL_WORKERS", 1)?,
             max_concurrent_evaluations: num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
             max_evaluations_per_worker: num("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
+            probe_substituters: get("GRADIENT_PROBE_SUBSTITUTERS").is_none() || flag("GRADIENT_PROBE_SUBSTITUTERS")?,
             // Unset: the default directory; set but empty: no GC roots.
             gcroots_dir: match vars.get("GRADIENT_GCROOTS_DIR").map(|v| v.trim()) {
                 None => Some(PathBuf::from("/nix/var/nix/gcroots/gradient")),
@@ -122,6 +126,13 @@ mod tests {
             (1, 1, 20)
         );
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/gradient-worker"));
+        assert!(c.probe_substituters);
+        let off = WorkerConfig::from_vars(&vars(&[
+            ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto"),
+            ("GRADIENT_PROBE_SUBSTITUTERS", "false"),
+        ]))
+        .unwrap();
+        assert!(!off.probe_substituters);
     }
 
     #[test]

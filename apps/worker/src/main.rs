@@ -6,6 +6,7 @@ mod identity;
 mod jobs;
 mod link;
 mod peers;
+mod substituters;
 
 fn fail(e: &dyn std::fmt::Display) -> ! {
     eprintln!("gradient-worker: {e}");
@@ -25,10 +26,25 @@ async fn main() {
         Some(f) => peers::load(f).unwrap_or_else(|e| fail(&e)),
         None => peers::Peers::default(),
     };
-    let nix = gradient_nix_cli::NixCli::new();
+    let mut nix = gradient_nix_cli::NixCli::new();
     let host = gradient_domain::ports::nix::Nix::host(&nix)
         .await
         .unwrap_or_else(|e| fail(&format!("nix: {e}")));
+    if config.probe_substituters {
+        let configured = nix
+            .configured_substituters()
+            .await
+            .unwrap_or_else(|e| fail(&format!("nix: {e}")));
+        let (answering, silent) = substituters::split(&configured, substituters::PROBE_TIMEOUT).await;
+        if !silent.is_empty() {
+            tracing::warn!(
+                "substituters not answering within {:?}, left out of every Nix run: {} (GRADIENT_PROBE_SUBSTITUTERS=false keeps them)",
+                substituters::PROBE_TIMEOUT,
+                silent.join(" ")
+            );
+            nix = nix.only_substituters(answering);
+        }
+    }
     tracing::info!(
         "worker {worker_id} starting (Nix {}, systems {:?})",
         host.nix_version,
