@@ -17,8 +17,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::process::Command;
 
-/// How long asking a remote may take.
+/// How long asking a remote may take (resolving its name, then running git).
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many git processes this server process runs at once (the poller and `evaluate` without a commit
+/// together): callers asking the API for many evaluations at once wait their turn instead of filling the
+/// machine with git processes.
+const MAX_RUNNING: usize = 16;
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RUNNING);
 
 #[derive(Clone, Debug, Default)]
 pub struct GitCli {
@@ -33,8 +39,14 @@ impl GitCli {
 
     /// The addresses `host` resolves to, all of them permitted; an error naming the first that is not.
     async fn resolve(&self, repository: &str, host: &str, port: u16) -> Result<Vec<IpAddr>, GitError> {
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let found: Vec<SocketAddr> = tokio::time::timeout(TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
+            .map_err(|_| {
+                GitError::Unavailable(format!(
+                    "{repository}: {host} not resolved within {}s",
+                    TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| GitError::Unavailable(format!("{repository}: cannot resolve {host}: {e}")))?
             .collect();
         if found.is_empty() {
@@ -142,6 +154,10 @@ impl GitCli {
             pin = Pin::of(remote.transport, name, remote.port, &addresses);
         }
         let mut cmd = self.ls_remote_with(options, &remote.git_url, reference, pin.as_ref());
+        let _turn = RUNNING
+            .acquire()
+            .await
+            .map_err(|_| GitError::Unavailable("the git limit is closed".into()))?;
         let out = tokio::time::timeout(TIMEOUT, cmd.output())
             .await
             .map_err(|_| GitError::Unavailable(format!("{repository}: no answer within {}s", TIMEOUT.as_secs())))?
