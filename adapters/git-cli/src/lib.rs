@@ -1,4 +1,5 @@
-//! The Git port on the `git` command line: `git ls-remote` answers where a branch points without cloning.
+//! The Git port on the `git` command line: `git ls-remote` answers where a branch points without cloning, and
+//! `git ls-remote --symref <url> HEAD` which branch is the default one (smart and plain "dumb" HTTP alike).
 //!
 //! The repository is a user's URL, so git is held to the server's [`NetworkPolicy`]:
 //! - only the transports https, http, ssh and git are allowed (`file` too with `allow_local`), through
@@ -10,14 +11,20 @@
 //!   first checked address (`-o HostName=<address>`), still matching the name in the operator's ssh
 //!   configuration and `known_hosts` (`-o HostKeyAlias=<name>`). git:// connects by name after the check.
 
-use gradient_domain::ports::git::{Git, GitError};
+use gradient_domain::ports::git::{self, Git, GitError, RemoteHead};
 use gradient_domain::reach::{self, Host, NetworkPolicy, Transport};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::process::Command;
 
-/// How long asking a remote may take.
+/// How long asking a remote may take (resolving its name, then running git).
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many git processes this server process runs at once (the poller and `evaluate` without a commit
+/// together): callers asking the API for many evaluations at once wait their turn instead of filling the
+/// machine with git processes.
+const MAX_RUNNING: usize = 16;
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_RUNNING);
 
 #[derive(Clone, Debug, Default)]
 pub struct GitCli {
@@ -32,8 +39,14 @@ impl GitCli {
 
     /// The addresses `host` resolves to, all of them permitted; an error naming the first that is not.
     async fn resolve(&self, repository: &str, host: &str, port: u16) -> Result<Vec<IpAddr>, GitError> {
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let found: Vec<SocketAddr> = tokio::time::timeout(TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
+            .map_err(|_| {
+                GitError::Unavailable(format!(
+                    "{repository}: {host} not resolved within {}s",
+                    TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| GitError::Unavailable(format!("{repository}: cannot resolve {host}: {e}")))?
             .collect();
         if found.is_empty() {
@@ -86,7 +99,13 @@ impl Pin {
 
 impl GitCli {
     /// `git ls-remote` restricted to the allowed transports, without redirects, pinned when given.
+    #[cfg(test)]
     fn ls_remote(&self, url: &str, reference: &str, pin: Option<&Pin>) -> Command {
+        self.ls_remote_with(&[], url, reference, pin)
+    }
+
+    /// [`Self::ls_remote`] with `options` (such as `--symref`) before the URL.
+    fn ls_remote_with(&self, options: &[&str], url: &str, reference: &str, pin: Option<&Pin>) -> Command {
         let mut protocols = vec!["https", "http", "ssh", "git"];
         if self.policy.allow_local {
             protocols.push("file");
@@ -109,7 +128,9 @@ impl GitCli {
             }
             None => {}
         }
-        cmd.args(["ls-remote", "--", url, reference])
+        cmd.arg("ls-remote")
+            .args(options)
+            .args(["--", url, reference])
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_SSH_COMMAND", ssh)
             .env("GIT_SSH_VARIANT", "ssh")
@@ -120,8 +141,10 @@ impl GitCli {
     }
 }
 
-impl Git for GitCli {
-    async fn head(&self, repository: &str, branch: Option<&str>) -> Result<Option<String>, GitError> {
+impl GitCli {
+    /// Runs `git ls-remote [options] <repository> <reference>` once the repository passed the network policy
+    /// (checked, resolved and pinned); answers its output.
+    async fn ask(&self, repository: &str, options: &[&str], reference: &str) -> Result<String, GitError> {
         let remote = reach::parse_remote(repository)
             .ok_or_else(|| GitError::Unavailable(format!("'{repository}' is not a repository URL")))?;
         reach::check_remote(&remote, &self.policy)
@@ -131,11 +154,11 @@ impl Git for GitCli {
             let addresses = self.resolve(repository, name, remote.port).await?;
             pin = Pin::of(remote.transport, name, remote.port, &addresses);
         }
-        let reference = match branch {
-            Some(b) => format!("refs/heads/{b}"),
-            None => "HEAD".to_owned(),
-        };
-        let mut cmd = self.ls_remote(&remote.git_url, &reference, pin.as_ref());
+        let mut cmd = self.ls_remote_with(options, &remote.git_url, reference, pin.as_ref());
+        let _turn = RUNNING
+            .acquire()
+            .await
+            .map_err(|_| GitError::Unavailable("the git limit is closed".into()))?;
         let out = tokio::time::timeout(TIMEOUT, cmd.output())
             .await
             .map_err(|_| GitError::Unavailable(format!("{repository}: no answer within {}s", TIMEOUT.as_secs())))?
@@ -144,12 +167,27 @@ impl Git for GitCli {
             let err = String::from_utf8_lossy(&out.stderr);
             return Err(GitError::Unavailable(format!("{repository}: {}", err.trim())));
         }
-        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Git for GitCli {
+    async fn head(&self, repository: &str, branch: Option<&str>) -> Result<Option<String>, GitError> {
+        let reference = match branch {
+            Some(b) => format!("refs/heads/{b}"),
+            None => "HEAD".to_owned(),
+        };
+        let text = self.ask(repository, &[], &reference).await?;
         Ok(text
             .lines()
             .filter_map(|l| l.split_whitespace().next())
             .find(|h| h.len() == 40 && h.chars().all(|c| c.is_ascii_hexdigit()))
             .map(str::to_owned))
+    }
+
+    async fn remote_head(&self, repository: &str) -> Result<Option<RemoteHead>, GitError> {
+        let text = self.ask(repository, &["--symref"], "HEAD").await?;
+        Ok(git::parse_symref_head(&text))
     }
 }
 
@@ -195,6 +233,141 @@ mod tests {
             Some(two.as_str())
         );
         assert!(cli.head("file:///nonexistent/repo", None).await.is_err());
+    }
+}
+
+#[cfg(test)]
+mod default_branch {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A bare repository whose default branch is `trunk` (neither `main` nor `master`), with one commit on it
+    /// and another branch; answers the bare repository's path and the commit of `trunk`.
+    fn bare_repo(root: &std::path::Path) -> (std::path::PathBuf, String) {
+        let work = root.join("work");
+        std::fs::create_dir(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "trunk"]);
+        std::fs::write(work.join("f"), "1").unwrap();
+        git(&work, &["add", "f"]);
+        git(&work, &["commit", "-q", "-m", "one"]);
+        let trunk = git(&work, &["rev-parse", "HEAD"]);
+        git(&work, &["checkout", "-q", "-b", "other"]);
+        git(&work, &["commit", "-q", "--allow-empty", "-m", "two"]);
+        git(&work, &["checkout", "-q", "trunk"]);
+        let bare = root.join("srv").join("r.git");
+        git(
+            root,
+            &["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()],
+        );
+        git(&bare, &["update-server-info"]);
+        (bare, trunk)
+    }
+
+    /// A plain static file server over `root` on loopback (no git on the server side: "dumb" HTTP); answers
+    /// its port.
+    async fn static_files(root: std::path::PathBuf) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let root = root.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let path = request.split_whitespace().nth(1).unwrap_or("/");
+                    let path = path.split('?').next().unwrap_or_default().trim_start_matches('/');
+                    let file = (!path.contains(".."))
+                        .then(|| std::fs::read(root.join(path)).ok())
+                        .flatten();
+                    let reply = match file {
+                        Some(body) => {
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .into_bytes();
+                            r.extend(body);
+                            r
+                        }
+                        None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    };
+                    let _ = socket.write_all(&reply).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn the_default_branch_is_what_head_names_on_a_local_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, trunk) = bare_repo(dir.path());
+        let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
+        let head = cli
+            .remote_head(&format!("file://{}", bare.display()))
+            .await
+            .unwrap()
+            .expect("a head");
+        assert_eq!(
+            head,
+            RemoteHead {
+                branch: Some("trunk".into()),
+                commit: trunk
+            }
+        );
+        let empty = dir.path().join("empty.git");
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", "-b", "main", empty.to_str().unwrap()],
+        );
+        assert_eq!(
+            cli.remote_head(&format!("file://{}", empty.display())).await.unwrap(),
+            None
+        );
+        assert!(cli.remote_head("file:///nonexistent/repo").await.is_err());
+        // The policy holds here too.
+        let refused = GitCli::default()
+            .remote_head(&format!("file://{}", bare.display()))
+            .await
+            .expect_err("local repositories are refused by default");
+        assert!(refused.to_string().contains("not allowed"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn the_default_branch_is_read_from_a_plain_static_http_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, trunk) = bare_repo(dir.path());
+        let port = static_files(dir.path().join("srv")).await;
+        let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
+        let url = format!("http://127.0.0.1:{port}/r.git");
+        assert_eq!(
+            cli.remote_head(&url).await.unwrap(),
+            Some(RemoteHead {
+                branch: Some("trunk".into()),
+                commit: trunk.clone()
+            })
+        );
+        assert_eq!(cli.head(&url, Some("trunk")).await.unwrap(), Some(trunk));
+        assert!(
+            cli.remote_head(&format!("http://127.0.0.1:{port}/missing.git"))
+                .await
+                .is_err()
+        );
     }
 }
 

@@ -105,6 +105,13 @@ async fn limit_body<E: Endpoint>(
     if let Err(problem) = schemas.check(req.method(), req.uri().path(), &body) {
         return Ok(api::ApiError::bad_request("invalid_json", problem).into_response());
     }
+    // An operation whose body is optional, called with none at all: read as JSON without a value.
+    if body.is_empty() && req.content_type().is_none() && schemas.body_may_be_absent(req.method(), req.uri().path()) {
+        req.headers_mut().insert(
+            poem::http::header::CONTENT_TYPE,
+            poem::http::HeaderValue::from_static("application/json"),
+        );
+    }
     req.set_body(body);
     Ok(ep.call(req).await?.into_response())
 }

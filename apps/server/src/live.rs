@@ -185,10 +185,74 @@ fn stream_log(state: &AppState, req: &Request, watched: Watched, org: gradient_d
     SSE::new(stream).keep_alive(Duration::from_secs(15)).into_response()
 }
 
+/// Where a reader of an evaluation's events is: the change time (microseconds since the epoch) and the key
+/// (empty for the evaluation itself, the `.drv` path for a build) of the last change it got. Changes are sent
+/// in (time, key) order, so the ids of one stream are unique and strictly increasing, and a reader resuming
+/// with `Last-Event-ID` gets exactly the changes after that one, even when many changed at the same time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Cursor {
+    at: i64,
+    key: String,
+}
+
+impl Cursor {
+    /// The event id: `<at>` for the evaluation, `<at><drv path>` for a build (`.drv` paths start with `/`).
+    fn id(&self) -> String {
+        format!("{}{}", self.at, self.key)
+    }
+
+    /// Reads an id written by [`Cursor::id`]; `None` for anything else (the stream starts from the beginning).
+    fn parse(id: &str) -> Option<Cursor> {
+        let id = id.trim();
+        let (at, key) = id.find('/').map_or((id, ""), |i| id.split_at(i));
+        Some(Cursor {
+            at: at.parse().ok()?,
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// The events for what changed after `after` (everything when `None`), in id order.
+fn evaluation_changes(
+    e: &gradient_domain::model::Evaluation,
+    builds: &[gradient_domain::model::Build],
+    after: Option<&Cursor>,
+) -> Vec<(Cursor, Event)> {
+    let mut changes: Vec<(Cursor, Event)> = Vec::new();
+    let evaluation = Cursor {
+        at: e.updated_at.timestamp_micros(),
+        key: String::new(),
+    };
+    if after.is_none_or(|a| evaluation > *a) {
+        let body = serde_json::json!({"kind": "evaluation", "status": e.status.as_str(),
+            "errors": e.errors.iter().map(|x| serde_json::json!({"attribute": x.attribute, "message": x.message})).collect::<Vec<_>>()});
+        changes.push((evaluation, Event::message(body.to_string()).event_type("evaluation")));
+    }
+    for b in builds {
+        let at = Cursor {
+            at: b.updated_at.timestamp_micros(),
+            key: b.drv_path.clone(),
+        };
+        if after.is_none_or(|a| at > *a) {
+            let body = serde_json::json!({"kind": "build", "drv_path": b.drv_path, "status": b.status.as_str()});
+            changes.push((at, Event::message(body.to_string()).event_type("build")));
+        }
+    }
+    changes.sort_by(|a, b| a.0.cmp(&b.0));
+    changes
+        .into_iter()
+        .map(|(cursor, event)| {
+            let id = cursor.id();
+            (cursor, event.id(id))
+        })
+        .collect()
+}
+
 /// An evaluation's progress as Server-Sent Events: `GET /api/v1/evals/{id}/events`. Each event is the JSON of
-/// the evaluation or of one of its builds that changed, with the change's time (microseconds since the epoch)
-/// as its id, so `Last-Event-ID` resumes after the last change seen. The stream ends with an `end` event once
-/// the evaluation has ended.
+/// the evaluation or of one of its builds that changed; its id is the change's time (microseconds since the
+/// epoch), followed for a build by its `.drv` path ([`Cursor`]): unique and increasing within the stream, so
+/// `Last-Event-ID` resumes right after the last change seen. The stream ends with an `end` event once the
+/// evaluation has ended.
 #[handler]
 pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Response {
     let state: &AppState = req.data().expect("state is attached to the live routes");
@@ -199,19 +263,16 @@ pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Res
     if let Err(e) = state.app.evaluation_for(&caller, EvaluationId(id)).await {
         return ApiError::from(e).into_response();
     }
-    let since: i64 = req
-        .header("last-event-id")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(i64::MIN);
+    let since: Option<Cursor> = req.header("last-event-id").and_then(Cursor::parse);
     let (guard_state, token) = (state.clone(), bearer(req));
     let state = state.clone();
     let stream = futures_util::stream::unfold(
-        (since, Vec::<Event>::new(), false),
+        (since, std::collections::VecDeque::<Event>::new(), false),
         move |(since, mut pending, finished)| {
             let (state, caller) = (state.clone(), caller.clone());
             async move {
                 loop {
-                    if let Some(event) = pending.pop() {
+                    if let Some(event) = pending.pop_front() {
                         return Some((event, (since, pending, finished)));
                     }
                     if finished {
@@ -220,37 +281,17 @@ pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Res
                     let Ok((e, builds)) = state.app.evaluation_for(&caller, EvaluationId(id)).await else {
                         return Some((Event::message("gone").event_type("end"), (since, pending, true)));
                     };
-                    let mut changes: Vec<(i64, Event)> = Vec::new();
-                    let at = e.updated_at.timestamp_micros();
-                    if at > since {
-                        let body = serde_json::json!({"kind": "evaluation", "status": e.status.as_str(),
-                            "errors": e.errors.iter().map(|x| serde_json::json!({"attribute": x.attribute, "message": x.message})).collect::<Vec<_>>()});
-                        changes.push((at, Event::message(body.to_string()).event_type("evaluation")));
-                    }
-                    for b in &builds {
-                        let at = b.updated_at.timestamp_micros();
-                        if at > since {
-                            let body = serde_json::json!({"kind": "build", "drv_path": b.drv_path, "status": b.status.as_str()});
-                            changes.push((at, Event::message(body.to_string()).event_type("build")));
-                        }
-                    }
-                    changes.sort_by_key(|(at, _)| *at);
-                    let newest = changes.last().map_or(since, |(at, _)| *at);
-                    // Newest last in `pending` order is popped last: push in reverse.
-                    pending = changes
-                        .into_iter()
-                        .rev()
-                        .map(|(at, ev)| ev.id(at.to_string()))
-                        .collect();
+                    let changes = evaluation_changes(&e, &builds, since.as_ref());
+                    let newest = changes.last().map(|(c, _)| c.clone()).or_else(|| since.clone());
+                    pending = changes.into_iter().map(|(_, ev)| ev).collect();
                     let ended = e.status.is_terminal() && builds.iter().all(|b| b.status.is_terminal());
                     if ended {
-                        pending.insert(0, Event::message(e.status.as_str()).event_type("end"));
+                        pending.push_back(Event::message(e.status.as_str()).event_type("end"));
                     }
-                    if pending.is_empty() {
+                    let Some(event) = pending.pop_front() else {
                         tokio::time::sleep(POLL).await;
                         continue;
-                    }
-                    let event = pending.pop()?;
+                    };
                     return Some((event, (newest, pending, ended)));
                 }
             }
@@ -258,4 +299,32 @@ pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Res
     );
     let stream = guarded(guard_state, token, Watched::Evaluation(EvaluationId(id)), stream);
     SSE::new(stream).keep_alive(Duration::from_secs(15)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cursor;
+
+    #[test]
+    fn event_ids_are_read_back_and_ordered_by_time_then_key() {
+        let evaluation = Cursor {
+            at: 17,
+            key: String::new(),
+        };
+        let build = Cursor {
+            at: 17,
+            key: "/nix/store/aaaa-a.drv".into(),
+        };
+        let later = Cursor {
+            at: 18,
+            key: String::new(),
+        };
+        for c in [&evaluation, &build, &later] {
+            assert_eq!(Cursor::parse(&c.id()).as_ref(), Some(c));
+        }
+        assert_eq!(build.id(), "17/nix/store/aaaa-a.drv");
+        assert!(evaluation < build && build < later);
+        assert_eq!(Cursor::parse("nonsense"), None);
+        assert_eq!(Cursor::parse(""), None);
+    }
 }

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 
 struct Server {
     client: TestClient<BoxEndpoint<'static, poem::Response>>,
+    /// The server's state, for tests that set up what no API call makes (builds).
+    state: gradient_server::state::AppState,
     _dir: tempfile::TempDir,
 }
 
@@ -20,9 +22,10 @@ async fn server_with(vars: &[(&str, &str)]) -> Server {
     env.insert("GRADIENT_BASE_DIR".into(), dir.path().display().to_string());
     let config = Config::from_vars(&env).expect("config");
     let state = gradient_server::build_state(&config).await.expect("state");
-    let ep = gradient_server::app(state).boxed();
+    let ep = gradient_server::app(state.clone()).boxed();
     Server {
         client: TestClient::new(ep),
+        state,
         _dir: dir,
     }
 }
@@ -1108,9 +1111,17 @@ struct Events(std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<bytes::By
 
 impl Events {
     async fn open(s: &Server, path: &str, token: Option<&str>) -> Events {
+        Self::resume(s, path, token, None).await
+    }
+
+    /// Opens the stream with `Last-Event-ID: last` when given.
+    async fn resume(s: &Server, path: &str, token: Option<&str>, last: Option<&str>) -> Events {
         let mut req = s.client.get(format!("/api/v1{path}"));
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        if let Some(id) = last {
+            req = req.header("Last-Event-ID", id);
         }
         let resp = req.send().await;
         resp.assert_status_is_ok();
@@ -1131,6 +1142,211 @@ impl Events {
         }
         text
     }
+}
+
+/// Runs git in `dir`.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn evaluating_without_a_commit_evaluates_the_head_of_the_branch() {
+    let s = server_with(&[("GRADIENT_ALLOW_LOCAL_REPOSITORIES", "true")]).await;
+    let owner = s.user("olga").await;
+    let o = Some(owner.as_str());
+    let repo = tempfile::tempdir().expect("tempdir");
+    git(repo.path(), &["init", "-q", "-b", "trunk"]);
+    git(repo.path(), &["commit", "-q", "--allow-empty", "-m", "one"]);
+    let trunk = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["checkout", "-q", "-b", "dev"]);
+    git(repo.path(), &["commit", "-q", "--allow-empty", "-m", "two"]);
+    let dev = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["checkout", "-q", "trunk"]);
+    let url = format!("file://{}", repo.path().display());
+    s.ok(Method::POST, "/orgs", o, Some(json!({"name": "acme"}))).await;
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        o,
+        Some(json!({"name": "web", "repository": url})),
+    )
+    .await;
+    // No body at all (no Content-Type either), `{}`, `null`: the default branch's head, and its name.
+    for body in [None, Some(json!({})), Some(Value::Null)] {
+        let e = s.ok(Method::POST, "/projects/acme/web/evaluate", o, body.clone()).await;
+        assert_eq!(
+            (e["commit"].as_str(), e["branch"].as_str()),
+            (Some(trunk.as_str()), Some("trunk")),
+            "{body:?}: {e}"
+        );
+        assert_eq!(e["trigger"], "Manual");
+    }
+    // A commit: that one.
+    let e = s
+        .ok(
+            Method::POST,
+            "/projects/acme/web/evaluate",
+            o,
+            Some(json!({"commit": dev})),
+        )
+        .await;
+    assert_eq!(e["commit"].as_str(), Some(dev.as_str()));
+    // The project's branch when it has one.
+    s.ok(Method::PATCH, "/projects/acme/web", o, Some(json!({"branch": "dev"})))
+        .await;
+    let e = s.ok(Method::POST, "/projects/acme/web/evaluate", o, None).await;
+    assert_eq!(
+        (e["commit"].as_str(), e["branch"].as_str()),
+        (Some(dev.as_str()), Some("dev")),
+        "{e}"
+    );
+    // A branch the repository lacks, a commit of the wrong type.
+    s.ok(Method::PATCH, "/projects/acme/web", o, Some(json!({"branch": "gone"})))
+        .await;
+    let (status, v) = s.call(Method::POST, "/projects/acme/web/evaluate", o, None).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("branch_not_found")),
+        "{v}"
+    );
+    let (status, v) = s
+        .call(
+            Method::POST,
+            "/projects/acme/web/evaluate",
+            o,
+            Some(json!({"commit": 5})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json")),
+        "{v}"
+    );
+    // A repository that cannot be read: 422, not 500.
+    s.ok(
+        Method::PATCH,
+        "/projects/acme/web",
+        o,
+        Some(json!({"branch": null, "repository": "file:///nonexistent/gradient-repo"})),
+    )
+    .await;
+    let (status, v) = s.call(Method::POST, "/projects/acme/web/evaluate", o, None).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("repository_unreachable")),
+        "{v}"
+    );
+}
+
+/// The `(event type, id, data)` of each complete event in an SSE text.
+fn sse_events(text: &str) -> Vec<(String, String, String)> {
+    text.split("\n\n")
+        .filter(|block| block.lines().any(|l| l.starts_with("data:")))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(name))
+                    .map(|v| v.strip_prefix(' ').unwrap_or(v))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let kind = field("event:");
+            let kind = if kind.is_empty() { "message".to_owned() } else { kind };
+            (kind, field("id:"), field("data:"))
+        })
+        .collect()
+}
+
+/// The numeric order of an evaluation event's id: its time, then its key (`""` or the `.drv` path).
+fn event_order(id: &str) -> (i64, String) {
+    let (at, key) = id.find('/').map_or((id, ""), |i| id.split_at(i));
+    (at.parse().expect("an event id starts with a time"), key.to_owned())
+}
+
+#[tokio::test]
+async fn evaluation_event_ids_are_unique_and_increasing_and_resuming_skips_nothing() {
+    use gradient_domain::ports::Clock;
+    use gradient_domain::ports::storage::{Evaluations, Projects};
+    let s = server().await;
+    let owner = s.user("olga").await;
+    let id = queued_evaluation(&s, &owner).await;
+    let storage = &s.state.app.storage;
+    let evaluation = gradient_domain::EvaluationId(id.parse().expect("uuid"));
+    let e = storage.evaluation(evaluation).await.expect("read").expect("evaluation");
+    let org = storage
+        .project_by_id(e.project_id)
+        .await
+        .expect("read")
+        .expect("project")
+        .org_id;
+    // Four builds that appear at the same instant (as one worker's report creates them).
+    let paths: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| format!("/nix/store/{}-{n}.drv", n.repeat(32)))
+        .collect();
+    let derivations: Vec<_> = paths
+        .iter()
+        .map(|p| gradient_domain::model::Derivation {
+            drv_path: p.clone(),
+            system: "x86_64-linux".into(),
+            required_features: vec![],
+            outputs: Default::default(),
+            inputs: vec![],
+        })
+        .collect();
+    storage.put_derivations(org, &derivations).await.expect("derivations");
+    let at = s.state.app.clock.now();
+    let builds = storage.link_builds(evaluation, org, &paths, at).await.expect("builds");
+
+    let path = format!("/evals/{id}/events");
+    let within = std::time::Duration::from_secs(5);
+    let mut all = Events::open(&s, &path, Some(&owner)).await;
+    let text = all.read_until(paths[3].as_str(), within).await;
+    let events = sse_events(&text);
+    let builds_seen: Vec<&(String, String, String)> = events.iter().filter(|e| e.0 == "build").collect();
+    assert_eq!(builds_seen.len(), 4, "one event per build: {events:?}");
+    let ids: Vec<(i64, String)> = events.iter().map(|e| event_order(&e.1)).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids strictly increase, none shared: {events:?}"
+    );
+
+    // A reader that got only the first of the builds resumes with the other three, nothing twice.
+    let first_build = &builds_seen[0].1;
+    let mut resumed = Events::resume(&s, &path, Some(&owner), Some(first_build)).await;
+    let text = resumed.read_until(paths[3].as_str(), within).await;
+    let rest: Vec<String> = sse_events(&text).into_iter().map(|e| e.2).collect();
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    for (p, data) in paths[1..].iter().zip(&rest) {
+        assert!(data.contains(p.as_str()), "{p} in order: {rest:?}");
+    }
+
+    // A later change to one build comes after everything, with a greater id.
+    let mut b = builds.into_iter().find(|b| b.drv_path == paths[1]).expect("build b");
+    b.move_to(
+        gradient_domain::status::BuildStatus::Aborted,
+        at + chrono::TimeDelta::milliseconds(5),
+    );
+    storage.update_build(&b).await.expect("update");
+    let text = all.read_until("Aborted", within).await;
+    let later = sse_events(&text);
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert!(later[0].2.contains(&paths[1]), "{later:?}");
+    assert!(
+        event_order(&later[0].1) > *ids.last().expect("ids"),
+        "{later:?} after {ids:?}"
+    );
 }
 
 /// An org `acme` of `owner` with a project and a queued evaluation; answers the evaluation's id.

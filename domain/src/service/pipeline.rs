@@ -56,13 +56,17 @@ pub(super) fn hide_org(e: ServiceError, missing: impl Fn() -> ServiceError) -> S
 const JOB_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
-    /// Queues an evaluation of the project at a commit (`trigger_evaluation`).
-    pub async fn trigger_evaluation(
+    /// Queues an evaluation of the project (`trigger_evaluation`): at `commit` when given (on the project's
+    /// branch, if it has one), otherwise at the head of the project's branch, or of the repository's default
+    /// branch when the project has none, asked of the repository through `git`. The evaluation names the
+    /// commit and the branch it was found on, so the worker fetches that branch.
+    pub async fn trigger_evaluation<G: crate::ports::git::Git>(
         &self,
+        git: &G,
         caller: &Caller,
         org: &str,
         project: &str,
-        commit: &str,
+        commit: Option<&str>,
     ) -> Result<Evaluation> {
         let o = self.org_requiring(caller, org, Permission::TriggerEvaluation).await?;
         let name =
@@ -72,14 +76,37 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .project(o.id, &name)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("project '{org}/{project}' not found")))?;
-        let commit = commit.trim().to_lowercase();
-        if !crate::forge::is_commit(&commit) {
-            return Err(ServiceError::invalid(
-                "invalid_commit",
-                "give the full commit hash (40 hexadecimal characters, or 64 in a SHA-256 repository)",
-            ));
-        }
-        self.queue_evaluation(o.id, &p, &commit, EvaluationTrigger::Manual)
+        let (commit, branch) = match commit {
+            Some(commit) => {
+                let commit = commit.trim().to_lowercase();
+                if !crate::forge::is_commit(&commit) {
+                    return Err(ServiceError::invalid(
+                        "invalid_commit",
+                        "give the full commit hash (40 hexadecimal characters, or 64 in a SHA-256 repository)",
+                    ));
+                }
+                (commit, p.branch.clone())
+            }
+            None => match branch_head(git, &p).await {
+                Ok(Some(head)) => head,
+                Ok(None) => {
+                    return Err(ServiceError::invalid(
+                        "branch_not_found",
+                        match &p.branch {
+                            Some(b) => format!("the repository has no branch '{b}'"),
+                            None => "the repository has no commit on its default branch".to_owned(),
+                        },
+                    ));
+                }
+                Err(e) => {
+                    return Err(ServiceError::invalid(
+                        "repository_unreachable",
+                        format!("cannot read the repository's branch head (give a commit to evaluate it): {e}"),
+                    ));
+                }
+            },
+        };
+        self.queue_evaluation_on(o.id, &p, &commit, branch, EvaluationTrigger::Manual)
             .await
     }
 
@@ -990,18 +1017,36 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         git: &G,
         project: &crate::model::Project,
     ) -> Result<Option<Evaluation>> {
-        let head = git
-            .head(&project.repository, project.branch.as_deref())
+        let head = branch_head(git, project)
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let Some(head) = head else { return Ok(None) };
+        let Some((head, branch)) = head else { return Ok(None) };
         let newest = self.storage.evaluations(project.id, 1).await?;
         if newest.first().is_some_and(|e| e.commit == head) {
             return Ok(None);
         }
         Ok(Some(
-            self.queue_evaluation(project.org_id, project, &head, EvaluationTrigger::Poll)
+            self.queue_evaluation_on(project.org_id, project, &head, branch, EvaluationTrigger::Poll)
                 .await?,
         ))
+    }
+}
+
+/// The head of the project's branch, or of the repository's default branch when the project has none, with
+/// the branch it is on (`None` only when the server does not name its default branch); `Ok(None)` when that
+/// branch does not exist or has no commit.
+async fn branch_head<G: crate::ports::git::Git>(
+    git: &G,
+    project: &crate::model::Project,
+) -> std::result::Result<Option<(String, Option<String>)>, crate::ports::git::GitError> {
+    match &project.branch {
+        Some(b) => Ok(git
+            .head(&project.repository, Some(b))
+            .await?
+            .map(|commit| (commit, Some(b.clone())))),
+        None => Ok(git
+            .remote_head(&project.repository)
+            .await?
+            .map(|h| (h.commit, h.branch))),
     }
 }

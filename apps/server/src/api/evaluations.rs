@@ -13,10 +13,13 @@ use uuid::Uuid;
 
 pub struct EvaluationsApi(pub AppState);
 
+/// What to evaluate. The body may be absent or `{}`: the head of the project's branch (or of the
+/// repository's default branch) is evaluated.
 #[derive(Object)]
 pub struct EvaluateRequest {
-    /// The full commit hash to evaluate.
-    pub commit: String,
+    /// The full commit hash to evaluate; absent: the head of the project's branch, or of the repository's
+    /// default branch when the project has none.
+    pub commit: Option<String>,
 }
 
 #[derive(Object)]
@@ -223,20 +226,27 @@ pub struct EvaluationDetail {
 
 #[OpenApi(tag = "Tag::Projects")]
 impl EvaluationsApi {
-    /// Queues an evaluation of the project at a commit (`trigger_evaluation`).
+    /// Queues an evaluation of the project (`trigger_evaluation`).
+    ///
+    /// At `commit`, or, with no body, `{}` or no `commit`, at the head of the project's branch (the repository's default branch when the project has
+    /// none), which the server asks the repository for. The answer names the commit and the branch.
+    /// 422 `branch_not_found` when that branch has no commit, `repository_unreachable` when the repository
+    /// cannot be read.
     #[oai(path = "/projects/:org/:project/evaluate", method = "post")]
     async fn evaluate(
         &self,
         auth: Token,
         org: Path<String>,
         project: Path<String>,
-        body: Json<EvaluateRequest>,
+        body: Json<Option<EvaluateRequest>>,
     ) -> Reply<EvaluationView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
+        let commit = body.0.and_then(|b| b.commit);
+        let git = gradient_git_cli::GitCli::new(self.0.app.settings.network);
         let e = self
             .0
             .app
-            .trigger_evaluation(&caller, &org, &project, &body.0.commit)
+            .trigger_evaluation(&git, &caller, &org, &project, commit.as_deref())
             .await?;
         self.0.dispatch.notify_one();
         ok(EvaluationView::from(&e))

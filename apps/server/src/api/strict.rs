@@ -24,6 +24,8 @@ struct Route {
     /// Path segments; `None` for a `{parameter}`.
     segments: Vec<Option<String>>,
     schema: Value,
+    /// Whether the document says the body may be absent (`requestBody.required` is not `true`).
+    optional: bool,
 }
 
 impl BodySchemas {
@@ -43,8 +45,10 @@ impl BodySchemas {
                         .and_then(Value::as_object)
                         .and_then(|c| c.iter().find(|(ct, _)| ct.starts_with("application/json")))
                         .and_then(|(_, media)| media.get("schema"));
+                    let optional = op.pointer("/requestBody/required").and_then(Value::as_bool) != Some(true);
                     if let Some(schema) = json_schema {
                         routes.push(Route {
+                            optional,
                             method,
                             segments: segments(path)
                                 .map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| s.to_owned()))
@@ -63,21 +67,33 @@ impl BodySchemas {
         Self { routes, components }
     }
 
-    /// Checks a request body for `method` `path` (relative to `/api/v1`, with or without that prefix).
-    /// Answers what is wrong, for people; bodies that are not JSON, and operations without a JSON body, are
-    /// left to poem-openapi.
-    pub fn check(&self, method: &Method, path: &str, body: &[u8]) -> Result<(), String> {
+    /// The JSON operation `method` `path` names (relative to `/api/v1`, with or without that prefix).
+    fn route(&self, method: &Method, path: &str) -> Option<&Route> {
         let path = path.strip_prefix("/api/v1").unwrap_or(path);
         let parts: Vec<&str> = segments(path).collect();
-        let route = self.routes.iter().find(|r| {
+        self.routes.iter().find(|r| {
             r.method == method
                 && r.segments.len() == parts.len()
                 && r.segments
                     .iter()
                     .zip(&parts)
                     .all(|(want, got)| want.as_deref().is_none_or(|w| w == *got))
-        });
-        let Some(route) = route else { return Ok(()) };
+        })
+    }
+
+    /// Whether `method` `path` takes a JSON body the document says may be absent: such a request may come
+    /// without a body and without a `Content-Type` (`curl -X POST`), and is then read as JSON with no value.
+    pub fn body_may_be_absent(&self, method: &Method, path: &str) -> bool {
+        self.route(method, path).is_some_and(|r| r.optional)
+    }
+
+    /// Checks a request body for `method` `path` (relative to `/api/v1`, with or without that prefix).
+    /// Answers what is wrong, for people; bodies that are not JSON, and operations without a JSON body, are
+    /// left to poem-openapi.
+    pub fn check(&self, method: &Method, path: &str, body: &[u8]) -> Result<(), String> {
+        let Some(route) = self.route(method, path) else {
+            return Ok(());
+        };
         let Ok(value) = serde_json::from_slice::<Value>(body) else {
             return Ok(());
         };
