@@ -149,19 +149,25 @@ impl GitCli {
             .ok_or_else(|| GitError::Unavailable(format!("'{repository}' is not a repository URL")))?;
         reach::check_remote(&remote, &self.policy)
             .map_err(|why| GitError::Unavailable(format!("{repository}: {why}")))?;
+        // One time limit for everything: waiting for a turn, resolving the name, and git itself. A turn is taken
+        // before resolving, so names that never resolve cannot hold more than the limit's worth of lookups.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let late = || GitError::Unavailable(format!("{repository}: no answer within {}s", TIMEOUT.as_secs()));
+        let _turn = tokio::time::timeout_at(deadline, RUNNING.acquire())
+            .await
+            .map_err(|_| GitError::Unavailable(format!("{repository}: too many git requests at once; try again")))?
+            .map_err(|_| GitError::Unavailable("the git limit is closed".into()))?;
         let mut pin = None;
         if let Host::Name(name) = &remote.host {
-            let addresses = self.resolve(repository, name, remote.port).await?;
+            let addresses = tokio::time::timeout_at(deadline, self.resolve(repository, name, remote.port))
+                .await
+                .map_err(|_| late())??;
             pin = Pin::of(remote.transport, name, remote.port, &addresses);
         }
         let mut cmd = self.ls_remote_with(options, &remote.git_url, reference, pin.as_ref());
-        let _turn = RUNNING
-            .acquire()
+        let out = tokio::time::timeout_at(deadline, cmd.output())
             .await
-            .map_err(|_| GitError::Unavailable("the git limit is closed".into()))?;
-        let out = tokio::time::timeout(TIMEOUT, cmd.output())
-            .await
-            .map_err(|_| GitError::Unavailable(format!("{repository}: no answer within {}s", TIMEOUT.as_secs())))?
+            .map_err(|_| late())?
             .map_err(|e| GitError::Unavailable(format!("cannot run git: {e}")))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);

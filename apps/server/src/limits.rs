@@ -28,6 +28,14 @@ pub const LOGIN_PER_ACCOUNT: Limit = Limit {
     every: Duration::from_secs(6),
 };
 
+/// Login attempts for one account from everywhere together: 100 at once, then one every 36 seconds (100 an
+/// hour). Far above what its owner needs, so guessing from elsewhere does not lock them out quickly, but it caps
+/// guessing however many networks a guesser has.
+pub const LOGIN_PER_ACCOUNT_EVERYWHERE: Limit = Limit {
+    burst: 100,
+    every: Duration::from_secs(36),
+};
+
 /// Login attempts from one client network (an IPv4 address, an IPv6 /64), whatever the accounts: 30 at once, then one every 2 seconds
 /// (30 a minute). Trying one password on many accounts is slow too; an office behind one NAT address still
 /// logs in.
@@ -48,6 +56,7 @@ const MAX_ACCOUNT_KEY: usize = 256;
 /// The server's limiters.
 pub struct Limits {
     login_account: DefaultKeyedRateLimiter<(String, IpAddr)>,
+    login_account_everywhere: DefaultKeyedRateLimiter<String>,
     login_address: DefaultKeyedRateLimiter<IpAddr>,
     register_address: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -76,6 +85,7 @@ impl Limits {
     pub fn new(login_account: Limit, login_address: Limit, register_address: Limit) -> Self {
         Self {
             login_account: RateLimiter::keyed(quota(login_account)),
+            login_account_everywhere: RateLimiter::keyed(quota(LOGIN_PER_ACCOUNT_EVERYWHERE)),
             login_address: RateLimiter::keyed(quota(login_address)),
             register_address: RateLimiter::keyed(quota(register_address)),
         }
@@ -90,7 +100,8 @@ impl Limits {
         if account.len() > MAX_ACCOUNT_KEY {
             account = String::from("\u{0}too-long");
         }
-        check(&self.login_account, &(account, network))
+        check(&self.login_account, &(account.clone(), network))?;
+        check(&self.login_account_everywhere, &account)
     }
 
     /// Counts a registration from `client`; `Err` says how long to wait.
@@ -106,6 +117,8 @@ impl Limits {
         }
         self.login_account.retain_recent();
         self.login_account.shrink_to_fit();
+        self.login_account_everywhere.retain_recent();
+        self.login_account_everywhere.shrink_to_fit();
     }
 }
 
@@ -168,6 +181,21 @@ mod tests {
         }
         assert!(limits.login("carol", ip("2001:db8:1:2:ffff::1")).is_err());
         assert_eq!(limits.login("carol", ip("2001:db8:1:3::1")), Ok(()));
+    }
+
+    #[test]
+    fn guessing_from_many_networks_is_capped_per_account() {
+        let limits = Limits::default();
+        let mut allowed = 0;
+        for i in 0..=255u8 {
+            for j in 0..2u8 {
+                if limits.login("dave", IpAddr::from([10, 1, i, j])).is_ok() {
+                    allowed += 1;
+                }
+            }
+        }
+        assert_eq!(allowed, LOGIN_PER_ACCOUNT_EVERYWHERE.burst, "512 networks, one account");
+        assert_eq!(limits.login("erin", ip("10.1.0.0")), Ok(()), "another account");
     }
 
     #[test]

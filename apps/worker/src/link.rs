@@ -62,13 +62,21 @@ const GATHER: Duration = Duration::from_millis(20);
 /// ... or this long at most.
 const GATHER_AT_MOST: Duration = Duration::from_millis(200);
 
-/// How many build jobs the worker takes at once (announced as `hello.max_concurrent_builds`): enough to fill its
-/// batches, whatever the number of derivations it builds in parallel (`maxConcurrentBuilds`, Nix's
-/// `--max-jobs` over all runs). Few parallel builds must not mean small batches: each batch costs a Nix start-up
-/// and a round trip, which is what made a 2-slot worker ten times slower than `nix build`.
+/// How many build jobs the worker takes at once (announced as `hello.max_concurrent_builds`): its parallel
+/// builds (`maxConcurrentBuilds`, Nix's `--max-jobs` over all runs), but never fewer than
+/// [`MIN_BUILD_JOBS_ACCEPTED`] so that few parallel builds do not mean tiny batches (each batch costs a Nix
+/// start-up and a round trip: that made a 2-slot worker ten times slower than `nix build`). A worker that builds
+/// nothing (0) takes nothing. Bigger machines still announce more, so the scheduler keeps preferring them.
 pub fn build_jobs_accepted(parallel_builds: u32) -> u32 {
-    parallel_builds.max((MAX_BATCH * BATCHES_AT_ONCE) as u32)
+    if parallel_builds == 0 {
+        0
+    } else {
+        parallel_builds.max(MIN_BUILD_JOBS_ACCEPTED)
+    }
 }
+
+/// Build jobs a worker that builds anything takes at once, at least (half a full batch).
+pub const MIN_BUILD_JOBS_ACCEPTED: u32 = (MAX_BATCH / 2) as u32;
 
 /// How many Nix runs at once, and how many builds each may run in parallel, for a machine that builds
 /// `parallel_builds` derivations at once: together never more (a build beyond Nix's build users waits for
@@ -512,12 +520,10 @@ mod tests {
     }
 
     #[test]
-    fn few_parallel_builds_still_take_whole_batches() {
-        // A 1- or 2-slot worker takes as many build jobs as two full batches hold (it builds them 1 or 2 at a
-        // time); a bigger machine takes at least its parallel builds.
-        for parallel in [1, 2, 100] {
-            assert_eq!(build_jobs_accepted(parallel), (MAX_BATCH * BATCHES_AT_ONCE) as u32);
+    fn few_parallel_builds_still_take_large_batches_and_bigger_machines_more() {
+        // (parallel builds, build jobs taken at once)
+        for (parallel, taken) in [(0, 0), (1, 64), (2, 64), (64, 64), (100, 100), (1000, 1000)] {
+            assert_eq!(build_jobs_accepted(parallel), taken, "{parallel}");
         }
-        assert_eq!(build_jobs_accepted(1000), 1000);
     }
 }

@@ -44,7 +44,12 @@ pub fn parse_symref_head(text: &str) -> Option<RemoteHead> {
             continue;
         };
         if let Some(target) = left.strip_prefix("ref: ") {
-            branch = target.trim().strip_prefix("refs/heads/").map(str::to_owned);
+            // A branch name a project could not name (control characters, over 255 bytes…) is no branch at all.
+            branch = target
+                .trim()
+                .strip_prefix("refs/heads/")
+                .filter(|b| crate::names::check_branch(b).is_ok())
+                .map(str::to_owned);
         } else if crate::forge::is_commit(left.trim()) && commit.is_none() {
             commit = Some(left.trim().to_lowercase());
         }
@@ -58,6 +63,15 @@ pub fn parse_symref_head(text: &str) -> Option<RemoteHead> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_branch_no_project_could_name_is_none() {
+        let commit = "a".repeat(40);
+        let text = format!("ref: refs/heads/{}\tHEAD\n{commit}\tHEAD\n", "x".repeat(300));
+        assert_eq!(parse_symref_head(&text).map(|h| h.branch), Some(None));
+        let text = format!("ref: refs/heads/a\u{1b}[31m\tHEAD\n{commit}\tHEAD\n");
+        assert_eq!(parse_symref_head(&text).map(|h| h.branch), Some(None));
+    }
 
     #[test]
     fn the_default_branch_is_read_from_the_symref() {

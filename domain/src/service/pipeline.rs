@@ -98,10 +98,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         },
                     ));
                 }
-                Err(e) => {
+                // git's own words stay out of the answer: they would tell the caller more about the server's
+                // network and credentials than whether the repository answered.
+                Err(_) => {
                     return Err(ServiceError::invalid(
                         "repository_unreachable",
-                        format!("cannot read the repository's branch head (give a commit to evaluate it): {e}"),
+                        "the server cannot read the repository's branch head: check its URL and that the server may \
+                         reach it, or give a commit to evaluate",
                     ));
                 }
             },

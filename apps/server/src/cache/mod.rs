@@ -179,7 +179,7 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
                 let content = String::from_utf8(bytes.to_vec())
                     .map_err(|_| ServiceError::invalid("invalid_narinfo", "a narinfo is UTF-8 text"))?;
                 state
-                    .app
+                    .core
                     .receive_narinfo(&state.nars, &cache, hash_part, &content)
                     .await?;
                 Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
@@ -204,7 +204,7 @@ async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: B
             Method::PUT => {
                 let cache = write_cache(state, req, &cache).await?;
                 state
-                    .app
+                    .core
                     .receive_nar(&state.nars, &cache, &url, body.into_bytes_stream())
                     .await?;
                 Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
@@ -247,7 +247,7 @@ async fn import_paths(req: &Request, Path(cache): Path<String>, body: Body) -> R
     let result = async {
         let cache = write_cache(state, req, &cache).await?;
         let imported = state
-            .app
+            .core
             .import_paths(&state.nars, &cache, body.into_bytes_stream())
             .await?;
         Ok(text_response(format!("imported {imported}\n")))

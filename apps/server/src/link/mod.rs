@@ -372,16 +372,17 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
             }
         }
     };
-    state.links.remove(worker, session);
-    state.dispatch.notify_one();
-    if let Some(r) = ending {
-        reject(&mut socket, r).await;
-    }
-    // Jobs the worker held go back to the queue for another worker.
+    // Jobs the worker held go back to the queue for another worker, before the link leaves the registry: a
+    // reconnection under the same id is refused until then, so it never has its new jobs taken back.
     match state.core.worker_disconnected(worker).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) of worker {worker}"),
         Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
+    }
+    state.links.remove(worker, session);
+    state.dispatch.notify_one();
+    if let Some(r) = ending {
+        reject(&mut socket, r).await;
     }
     tracing::info!(target: "gradient::proto", "worker {worker} disconnected");
 }
