@@ -540,9 +540,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// says so: a build that was `Building` is `Queued` again, an evaluation being fetched or evaluated is
     /// `Queued` again (an evaluation already building waits for its builds as before).
     pub async fn worker_disconnected(&self, worker: WorkerId) -> Result<u64> {
+        // What the jobs were doing says Queued first, and only then do they go back to the queue: a job
+        // handed out again at once is moved to Building after this, never back to Queued by it.
         let assigned = self.storage.jobs_assigned_to(worker).await?;
-        let requeued = self.storage.requeue_jobs_of(worker).await?;
-        for job in assigned {
+        for job in &assigned {
             self.memo.forget_job(job.id);
             match &job.kind {
                 JobKind::Build { derivation, .. } => {
@@ -560,7 +561,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
         }
-        Ok(requeued)
+        Ok(self.storage.requeue_jobs_of(worker).await?)
     }
 
     /// A worker finished a job.
