@@ -138,6 +138,7 @@ fn builder(n: u128, org: gradient_domain::OrgId, eval: bool, builds: u32) -> Wor
         features: vec![],
         max_concurrent_builds: builds,
         max_concurrent_evaluations: 1,
+        queued_builds: 0,
         orgs: BTreeSet::from([org]),
         pushing: Default::default(),
     }

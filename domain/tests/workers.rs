@@ -23,6 +23,7 @@ fn hello(worker: WorkerId) -> Hello {
         features: vec![],
         max_concurrent_builds: 1,
         max_concurrent_evaluations: 1,
+        queued_builds: 0,
         held_jobs: vec![],
     }
 }

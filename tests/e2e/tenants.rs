@@ -39,6 +39,7 @@ async fn connect_worker(server: &Server, worker: WorkerId, peer: PeerId, token: 
         features: vec![],
         max_concurrent_builds: 1,
         max_concurrent_evaluations: 1,
+        queued_builds: 0,
         held_jobs: vec![],
     });
     send(&mut ws, &hello).await;

@@ -639,6 +639,7 @@ impl Env {
             features: Vec::new(),
             max_concurrent_builds: 4,
             max_concurrent_evaluations: 4,
+            queued_builds: 0,
             orgs: [org].into_iter().collect(),
             pushing: Default::default(),
         };

@@ -23,6 +23,8 @@ pub struct Identity {
     pub features: Vec<String>,
     pub max_concurrent_builds: u32,
     pub max_concurrent_evaluations: u32,
+    /// Build jobs it takes beyond its slots, to batch them (see [`build_jobs_queued`]).
+    pub queued_builds: u32,
 }
 
 /// Why a session ended.
@@ -62,20 +64,19 @@ const GATHER: Duration = Duration::from_millis(20);
 /// ... or this long at most.
 const GATHER_AT_MOST: Duration = Duration::from_millis(200);
 
-/// How many build jobs the worker takes at once (announced as `hello.max_concurrent_builds`): its parallel
-/// builds (`maxConcurrentBuilds`, Nix's `--max-jobs` over all runs), but never fewer than
-/// [`MIN_BUILD_JOBS_ACCEPTED`] so that few parallel builds do not mean tiny batches (each batch costs a Nix
-/// start-up and a round trip: that made a 2-slot worker ten times slower than `nix build`). A worker that builds
-/// nothing (0) takes nothing. Bigger machines still announce more, so the scheduler keeps preferring them.
-pub fn build_jobs_accepted(parallel_builds: u32) -> u32 {
+/// How many build jobs the worker takes beyond its parallel builds (announced as `hello.queued_builds`): the
+/// server gives them only when no worker has a free slot, and the worker builds them in the same batches, so few
+/// parallel builds do not mean tiny batches (each batch costs a Nix start-up and a round trip: that made a
+/// 2-slot worker ten times slower than `nix build`). A worker that builds nothing (0) takes nothing.
+pub fn build_jobs_queued(parallel_builds: u32) -> u32 {
     if parallel_builds == 0 {
         0
     } else {
-        parallel_builds.max(MIN_BUILD_JOBS_ACCEPTED)
+        MIN_BUILD_JOBS_ACCEPTED.saturating_sub(parallel_builds)
     }
 }
 
-/// Build jobs a worker that builds anything takes at once, at least (half a full batch).
+/// Build jobs a worker that builds anything holds at once, at least: its slots plus its queue (half a batch).
 pub const MIN_BUILD_JOBS_ACCEPTED: u32 = (MAX_BATCH / 2) as u32;
 
 /// How many Nix runs at once, and how many builds each may run in parallel, for a machine that builds
@@ -390,6 +391,7 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
         features: identity.features.clone(),
         max_concurrent_builds: identity.max_concurrent_builds,
         max_concurrent_evaluations: identity.max_concurrent_evaluations,
+        queued_builds: identity.queued_builds,
         held_jobs: work.held(),
     };
     if let Err(e) = tx.send(&WorkerMessage::Hello(hello)).await {
@@ -520,10 +522,10 @@ mod tests {
     }
 
     #[test]
-    fn few_parallel_builds_still_take_large_batches_and_bigger_machines_more() {
-        // (parallel builds, build jobs taken at once)
-        for (parallel, taken) in [(0, 0), (1, 64), (2, 64), (64, 64), (100, 100), (1000, 1000)] {
-            assert_eq!(build_jobs_accepted(parallel), taken, "{parallel}");
+    fn few_parallel_builds_still_hold_half_a_batch() {
+        // (parallel builds, build jobs queued beyond them)
+        for (parallel, queued) in [(0, 0), (1, 63), (2, 62), (64, 0), (100, 0)] {
+            assert_eq!(build_jobs_queued(parallel), queued, "{parallel}");
         }
     }
 }

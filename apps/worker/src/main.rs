@@ -72,8 +72,9 @@ async fn main() {
         capabilities: config.capabilities,
         systems: host.systems.clone(),
         features: host.features.clone(),
-        max_concurrent_builds: link::build_jobs_accepted(parallel_builds),
+        max_concurrent_builds: config.max_concurrent_builds,
         max_concurrent_evaluations: config.max_concurrent_evaluations,
+        queued_builds: link::build_jobs_queued(parallel_builds),
     };
     tokio::select! {
         _ = link::run(&config.server_url, &identity, &peers, &mut work) => {}

@@ -68,9 +68,13 @@ pub struct Hello {
     /// Nix system features the worker supports (`kvm`, `big-parallel`, …).
     #[serde(default)]
     pub features: Vec<String>,
-    /// Build jobs the worker takes at once (it may build fewer of them in parallel; see `docs/protocol.md`).
+    /// Derivations the worker builds at once: its build slots.
     pub max_concurrent_builds: u32,
     pub max_concurrent_evaluations: u32,
+    /// Build jobs the worker takes beyond its slots, to build in the same batches as the running ones (so few
+    /// slots do not mean small batches). They are given only when no worker has a free slot for the job.
+    #[serde(default)]
+    pub queued_builds: u32,
     /// Jobs the worker still holds from an earlier connection: running, or finished and not yet reported.
     /// Jobs the server had assigned to this worker that are not listed go back to the queue.
     #[serde(default)]

@@ -26,6 +26,7 @@ fn hello() -> Hello {
         features: vec!["kvm".into()],
         max_concurrent_builds: 8,
         max_concurrent_evaluations: 2,
+        queued_builds: 0,
         held_jobs: vec![JobId(id(9))],
     }
 }

@@ -87,6 +87,8 @@ pub struct WorkerInfo {
     pub features: Vec<String>,
     pub max_concurrent_builds: u32,
     pub max_concurrent_evaluations: u32,
+    /// Build jobs it takes beyond its build slots (see `proto::Hello::queued_builds`).
+    pub queued_builds: u32,
     /// The organizations of the registrations this link was authorized for.
     pub orgs: BTreeSet<OrgId>,
     /// Its build jobs that are built and only pushing their outputs: they hold no build slot, so the worker
@@ -127,7 +129,9 @@ pub fn schedule(snapshot: &Snapshot) -> Vec<(JobId, WorkerId)> {
 /// Decides, for every queued job, oldest first (ties by id): settle it without a worker (substituted,
 /// dependency failed), assign it, or leave it queued (inputs not ready yet, its derivation is already being
 /// built for its organization, or no worker fits). Among the workers that fit and have a free slot of the
-/// job's kind, the one with the most such free slots gets it (ties: the lowest worker id), which spreads work.
+/// job's kind, the one with the most such free slots gets it (ties: the lowest worker id), which spreads work;
+/// a build no worker has a free slot for goes to the worker with the most room in slots and queue together
+/// (see [`WorkerInfo::queued_builds`]), to be built in its batches.
 /// A build that is only pushing its outputs holds no slot (see [`WorkerInfo::pushing`]).
 pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut free: HashMap<WorkerId, Slots> = snapshot.workers.iter().map(|w| (w.id, Slots::of(w))).collect();
@@ -173,9 +177,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             .workers
             .iter()
             .filter(|w| fits(w, job))
-            .filter_map(|w| Some((w.id, free.get(&w.id)?.free_for(&job.needs))))
-            .filter(|&(_, n)| n > 0)
-            .max_by_key(|&(id, n)| (n, Reverse(id)));
+            .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs)?)))
+            .max_by_key(|&(id, rank)| (rank, Reverse(id)));
         if let Some((worker, _)) = best {
             if let Some(slots) = free.get_mut(&worker) {
                 slots.take(&job.needs);
@@ -212,6 +215,8 @@ fn has(per_org: &HashMap<OrgId, HashSet<String>>, org: OrgId, drv: &str) -> bool
 #[derive(Clone, Copy, Debug)]
 struct Slots {
     builds: u32,
+    /// Builds it takes beyond its slots (taken only once its slots are).
+    queued: u32,
     evaluations: u32,
 }
 
@@ -219,21 +224,32 @@ impl Slots {
     fn of(w: &WorkerInfo) -> Self {
         Self {
             builds: w.max_concurrent_builds,
+            queued: if w.max_concurrent_builds == 0 {
+                0
+            } else {
+                w.queued_builds
+            },
             evaluations: w.max_concurrent_evaluations,
         }
     }
 
-    fn free_for(&self, needs: &Needs) -> u32 {
+    /// How the worker ranks for a job: free slots first (a free slot beats any queue), then free slots and
+    /// room in its queue together; `None` when it has neither.
+    fn rank_for(&self, needs: &Needs) -> Option<(bool, u32, u32)> {
         match needs {
-            Needs::Evaluation => self.evaluations,
-            Needs::Build(_) => self.builds,
+            Needs::Evaluation => (self.evaluations > 0).then_some((true, self.evaluations, self.evaluations)),
+            Needs::Build(_) => {
+                let total = self.builds + self.queued;
+                (total > 0).then_some((self.builds > 0, self.builds, total))
+            }
         }
     }
 
     fn take(&mut self, needs: &Needs) {
         match needs {
             Needs::Evaluation => self.evaluations = self.evaluations.saturating_sub(1),
-            Needs::Build(_) => self.builds = self.builds.saturating_sub(1),
+            Needs::Build(_) if self.builds > 0 => self.builds -= 1,
+            Needs::Build(_) => self.queued = self.queued.saturating_sub(1),
         }
     }
 }

@@ -39,6 +39,7 @@ fn worker(n: u128) -> WorkerInfo {
         features: vec![],
         max_concurrent_builds: 2,
         max_concurrent_evaluations: 1,
+        queued_builds: 0,
         orgs: BTreeSet::from([org(1)]),
         pushing: HashSet::new(),
     }
@@ -233,6 +234,7 @@ fn slots_bound_what_a_worker_runs() {
     let w = |builds, evals| WorkerInfo {
         max_concurrent_builds: builds,
         max_concurrent_evaluations: evals,
+        queued_builds: 0,
         ..worker(1)
     };
     let queued = || {
@@ -579,4 +581,38 @@ fn combined_two_orgs_three_workers_a_lost_worker_and_a_shared_derivation() {
     // Round 4: org 2 now has the lib; with drv(5) from its cache, the tool is ready.
     let p = plan(&snap);
     assert_eq!(p.assignments, vec![(jid(20), wid(2))]);
+}
+
+#[test]
+fn builds_fill_free_slots_everywhere_before_any_queue() {
+    // Two workers with 2 slots and room for 3 more builds each (their queues).
+    let w = |n| WorkerInfo {
+        max_concurrent_builds: 2,
+        queued_builds: 3,
+        ..worker(n)
+    };
+    let jobs: Vec<QueueEntry> = (1..=12).map(|n| build(n, n as i64, &[])).collect();
+    let plan = schedule(&snapshot(jobs.clone(), vec![w(1), w(2)]));
+    let on = |worker: u128, jobs: &[(JobId, WorkerId)]| jobs.iter().filter(|(_, x)| *x == wid(worker)).count();
+    assert_eq!(plan.len(), 10, "2 slots and 3 queued builds on each worker: {plan:?}");
+    // The four oldest builds go to free slots, two on each worker, before any waits in a queue.
+    let first_four = &plan[..4];
+    assert_eq!((on(1, first_four), on(2, first_four)), (2, 2), "{plan:?}");
+    assert_eq!((on(1, &plan), on(2, &plan)), (5, 5));
+    // A worker whose slots are free gets a build before one whose queue has room.
+    let busy = WorkerInfo {
+        max_concurrent_builds: 1,
+        queued_builds: 50,
+        ..worker(1)
+    };
+    let running_one = running(build(20, 0, &[]), 1);
+    let plan = schedule(&snapshot(vec![running_one, build(21, 1, &[])], vec![busy, w(2)]));
+    assert_eq!(plan, vec![(jid(21), wid(2))], "a free slot beats a long queue");
+    // A worker without build slots takes no builds, queue or not.
+    let none = WorkerInfo {
+        max_concurrent_builds: 0,
+        queued_builds: 50,
+        ..worker(3)
+    };
+    assert!(schedule(&snapshot(jobs, vec![none])).is_empty());
 }

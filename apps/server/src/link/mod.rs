@@ -333,6 +333,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
             features: hello.features.clone(),
             max_concurrent_builds: hello.max_concurrent_builds,
             max_concurrent_evaluations: hello.max_concurrent_evaluations,
+            queued_builds: hello.queued_builds,
             orgs: orgs.clone(),
             pushing: Default::default(),
         },
