@@ -177,7 +177,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             .workers
             .iter()
             .filter(|w| fits(w, job))
-            .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs)?)))
+            .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs, job.pinned_to.is_some())?)))
             .max_by_key(|&(id, rank)| (rank, Reverse(id)));
         if let Some((worker, _)) = best {
             if let Some(slots) = free.get_mut(&worker) {
@@ -234,12 +234,14 @@ impl Slots {
     }
 
     /// How the worker ranks for a job: free slots first (a free slot beats any queue), then free slots and
-    /// room in its queue together; `None` when it has neither.
-    fn rank_for(&self, needs: &Needs) -> Option<(bool, u32, u32)> {
+    /// room in its queue together; `None` when it has neither. A job pinned to a worker (held for it while it
+    /// pushes the `.drv` files) waits for a free slot rather than its queue, so that once released it can go to
+    /// any worker.
+    fn rank_for(&self, needs: &Needs, pinned: bool) -> Option<(bool, u32, u32)> {
         match needs {
             Needs::Evaluation => (self.evaluations > 0).then_some((true, self.evaluations, self.evaluations)),
             Needs::Build(_) => {
-                let total = self.builds + self.queued;
+                let total = self.builds + if pinned { 0 } else { self.queued };
                 (total > 0).then_some((self.builds > 0, self.builds, total))
             }
         }

@@ -181,6 +181,25 @@ fn a_pinned_job_waits_for_its_worker() {
         pinned_to: Some(wid(to)),
         ..build(n, 0, &[])
     };
+    // Its worker's slot is taken: the job does not wait in that worker's queue (once released, it may go
+    // anywhere); an unpinned one would.
+    let one_slot_long_queue = WorkerInfo {
+        max_concurrent_builds: 1,
+        queued_builds: 50,
+        ..worker(2)
+    };
+    let busy = running(build(9, 0, &[]), 2);
+    assert!(
+        schedule(&snapshot(
+            vec![busy.clone(), pinned(1, 2)],
+            vec![one_slot_long_queue.clone()]
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        schedule(&snapshot(vec![busy, build(1, 0, &[])], vec![one_slot_long_queue])),
+        vec![(jid(1), wid(2))]
+    );
     // (connected workers, job, assigned to)
     let table = [
         (vec![worker(1), worker(2)], pinned(1, 2), Some(2)),
