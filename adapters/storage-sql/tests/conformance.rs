@@ -315,20 +315,17 @@ async fn postgres_queue_survives_reconnect() {
     queue_survives_reconnect(&create_postgres_database().await).await;
 }
 
-/// Migration 0011 on a database written by the version before it: registrations keep their stored proof key
-/// (sealed at the server's next start), and each organization gets the derivations its builds and entry points
-/// use with their inputs' closure, and no other organization's.
-#[tokio::test]
-async fn sqlite_migration_0011_keeps_registrations_and_gives_each_organization_its_derivations() {
+/// A fresh SQLite database with the schema as it was before migration `version` (the migrations numbered below
+/// it): its URL and a pool to write old rows with.
+async fn sqlite_before(version: &str) -> (String, sqlx::SqlitePool) {
     let path = sqlite_path();
     let url = sqlite_url(&path);
-    // The schema before 0011.
     let before = tempfile::tempdir().unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.as_str() < "0011" {
+        if name.as_str() < version {
             std::fs::copy(entry.path(), before.path().join(&name)).unwrap();
         }
     }
@@ -342,6 +339,15 @@ async fn sqlite_migration_0011_keeps_registrations_and_gives_each_organization_i
         .run(&pool)
         .await
         .unwrap();
+    (url, pool)
+}
+
+/// Migration 0011 on a database written by the version before it: registrations keep their stored proof key
+/// (sealed at the server's next start), and each organization gets the derivations its builds and entry points
+/// use with their inputs' closure, and no other organization's.
+#[tokio::test]
+async fn sqlite_migration_0011_keeps_registrations_and_gives_each_organization_its_derivations() {
+    let (url, pool) = sqlite_before("0011").await;
     let (a, b) = (OrgId::new(), OrgId::new());
     let (user, project, evaluation, peer) = (UserId::new(), uuid::Uuid::new_v4(), EvaluationId::new(), PeerId::new());
     let key_hex = "06dd158119b33cabff2f809a9b37c4b8054c73fec81715cd65353b1b520bcedc";
@@ -438,27 +444,7 @@ async fn sqlite_migration_0011_keeps_registrations_and_gives_each_organization_i
 /// reads the cache only while it is public and pushes nowhere.
 #[tokio::test]
 async fn sqlite_migration_0009_grants_only_what_the_cache_owner_made() {
-    let path = sqlite_path();
-    let url = sqlite_url(&path);
-    let before = tempfile::tempdir().unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.as_str() < "0009" {
-            std::fs::copy(entry.path(), before.path().join(&name)).unwrap();
-        }
-    }
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true);
-    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-    sqlx::migrate::Migrator::new(before.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    let (url, pool) = sqlite_before("0009").await;
     let (victim, mallory) = (UserId::new(), UserId::new());
     let (theirs, hers) = (OrgId::new(), OrgId::new());
     let (cache, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
