@@ -173,11 +173,16 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 continue;
             }
         }
+        // A job held for one worker waits for a free slot there rather than its queue, when another worker could
+        // take it once released; with no such worker, the queue is as good.
+        let slots_only = job
+            .pinned_to
+            .is_some_and(|p| snapshot.workers.iter().any(|w| w.id != p && could_run(w, job)));
         let best = snapshot
             .workers
             .iter()
             .filter(|w| fits(w, job))
-            .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs, job.pinned_to.is_some())?)))
+            .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs, slots_only)?)))
             .max_by_key(|&(id, rank)| (rank, Reverse(id)));
         if let Some((worker, _)) = best {
             if let Some(slots) = free.get_mut(&worker) {
@@ -194,7 +199,12 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 
 /// Whether the worker may and can run the job, slots aside.
 pub fn fits(worker: &WorkerInfo, job: &QueueEntry) -> bool {
-    if !worker.orgs.contains(&job.org) || job.pinned_to.is_some_and(|w| w != worker.id) {
+    job.pinned_to.is_none_or(|w| w == worker.id) && could_run(worker, job)
+}
+
+/// Whether the worker may and can run the job, slots and pins aside.
+fn could_run(worker: &WorkerInfo, job: &QueueEntry) -> bool {
+    if !worker.orgs.contains(&job.org) {
         return false;
     }
     let caps = worker.capabilities;
@@ -234,14 +244,12 @@ impl Slots {
     }
 
     /// How the worker ranks for a job: free slots first (a free slot beats any queue), then free slots and
-    /// room in its queue together; `None` when it has neither. A job pinned to a worker (held for it while it
-    /// pushes the `.drv` files) waits for a free slot rather than its queue, so that once released it can go to
-    /// any worker.
-    fn rank_for(&self, needs: &Needs, pinned: bool) -> Option<(bool, u32, u32)> {
+    /// room in its queue together (only free slots count when `slots_only`); `None` when it has neither.
+    fn rank_for(&self, needs: &Needs, slots_only: bool) -> Option<(bool, u32, u32)> {
         match needs {
             Needs::Evaluation => (self.evaluations > 0).then_some((true, self.evaluations, self.evaluations)),
             Needs::Build(_) => {
-                let total = self.builds + if pinned { 0 } else { self.queued };
+                let total = self.builds + if slots_only { 0 } else { self.queued };
                 (total > 0).then_some((self.builds > 0, self.builds, total))
             }
         }

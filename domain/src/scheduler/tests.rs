@@ -181,8 +181,8 @@ fn a_pinned_job_waits_for_its_worker() {
         pinned_to: Some(wid(to)),
         ..build(n, 0, &[])
     };
-    // Its worker's slot is taken: the job does not wait in that worker's queue (once released, it may go
-    // anywhere); an unpinned one would.
+    // Its worker's slot is taken: the job does not wait in that worker's queue when another worker could take it
+    // once released; with no such worker the queue is as good. An unpinned one waits in the queue.
     let one_slot_long_queue = WorkerInfo {
         max_concurrent_builds: 1,
         queued_builds: 50,
@@ -192,9 +192,18 @@ fn a_pinned_job_waits_for_its_worker() {
     assert!(
         schedule(&snapshot(
             vec![busy.clone(), pinned(1, 2)],
-            vec![one_slot_long_queue.clone()]
+            vec![one_slot_long_queue.clone(), worker(1)]
         ))
-        .is_empty()
+        .is_empty(),
+        "another worker could take it once released"
+    );
+    assert_eq!(
+        schedule(&snapshot(
+            vec![busy.clone(), pinned(1, 2)],
+            vec![one_slot_long_queue.clone()]
+        )),
+        vec![(jid(1), wid(2))],
+        "no other worker could: the queue is as good"
     );
     assert_eq!(
         schedule(&snapshot(vec![busy, build(1, 0, &[])], vec![one_slot_long_queue])),
