@@ -170,28 +170,12 @@ impl GithubApp {
         path: &str,
     ) -> Result<Option<T>, ForgeError> {
         let url = format!("{}{path}", self.api_url);
-        let response = client
+        let request = client
             .get(&url)
             .bearer_auth(token)
             .header("Accept", "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .send()
-            .await
-            .map_err(|e| ForgeError::Unavailable(format!("GET {url}: {e}")))?;
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| ForgeError::Unavailable(format!("GET {url}: reading the answer: {e}")))?;
-        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(crate::refusal(&url, status, &body));
-        }
-        serde_json::from_str(&body)
-            .map(Some)
-            .map_err(|e| ForgeError::Unavailable(format!("GET {url} answered something unexpected: {e}")))
+            .header("X-GitHub-Api-Version", "2022-11-28");
+        json_answer(request, &format!("GET {url}"), ABSENT).await
     }
 
     /// What GitHub says about the user who was handed `code` and the installation (see the module's
@@ -207,27 +191,17 @@ impl GithubApp {
             .as_ref()
             .ok_or_else(|| ForgeError::Rejected("the GitHub App's client id and secret are not configured".into()))?;
         let url = format!("{}/login/oauth/access_token", oauth.web_url);
-        let response = client
+        let request = client
             .post(&url)
             .header("Accept", "application/json")
             .json(&serde_json::json!({
                 "client_id": oauth.client_id,
                 "client_secret": oauth.client_secret,
                 "code": code,
-            }))
-            .send()
-            .await
-            .map_err(|e| ForgeError::Unavailable(format!("POST {url}: {e}")))?;
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| ForgeError::Unavailable(format!("POST {url}: reading the answer: {e}")))?;
-        if !status.is_success() {
-            return Err(crate::refusal(&url, status, &body));
-        }
-        let answer: UserToken = serde_json::from_str(&body)
-            .map_err(|e| ForgeError::Unavailable(format!("POST {url} answered something unexpected: {e}")))?;
+            }));
+        let answer: UserToken = json_answer(request, &format!("POST {url}"), &[])
+            .await?
+            .ok_or_else(|| ForgeError::Unavailable(format!("POST {url} answered nothing")))?;
         let token = match answer {
             UserToken {
                 access_token: Some(token),
@@ -312,24 +286,14 @@ impl GithubApp {
         }
         let url = format!("{}/app/installations/{installation}/access_tokens", self.api_url);
         let jwt = self.jwt(SystemTime::now())?;
-        let response = client
+        let request = client
             .post(&url)
             .bearer_auth(jwt)
             .header("Accept", "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .send()
-            .await
-            .map_err(|e| ForgeError::Unavailable(format!("POST {url}: {e}")))?;
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| ForgeError::Unavailable(format!("POST {url}: reading the answer: {e}")))?;
-        if !status.is_success() {
-            return Err(crate::refusal(&url, status, &body));
-        }
-        let answer: AccessToken = serde_json::from_str(&body)
-            .map_err(|e| ForgeError::Unavailable(format!("POST {url} answered something else than a token: {e}")))?;
+            .header("X-GitHub-Api-Version", "2022-11-28");
+        let answer: AccessToken = json_answer(request, &format!("POST {url}"), &[])
+            .await?
+            .ok_or_else(|| ForgeError::Unavailable(format!("POST {url} answered nothing")))?;
         // Kept until shortly before it expires; an answer without a readable expiry is used once.
         let expires = answer
             .expires_at
@@ -349,6 +313,37 @@ impl GithubApp {
         }
         Ok(answer.token)
     }
+}
+
+/// Statuses GitHub answers for something the token may not see or that does not exist.
+const ABSENT: &[reqwest::StatusCode] = &[reqwest::StatusCode::NOT_FOUND, reqwest::StatusCode::FORBIDDEN];
+
+/// Sends `request` (described as `what`, e.g. `GET <url>`) and reads its JSON answer: `Ok(None)` for a status in
+/// `absent`; other refusals as [`crate::refusal`] classifies them; an answer that is not the JSON expected is
+/// `Unavailable`.
+async fn json_answer<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    absent: &[reqwest::StatusCode],
+) -> Result<Option<T>, ForgeError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ForgeError::Unavailable(format!("{what}: {e}")))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|e| ForgeError::Unavailable(format!("{what}: reading the answer: {e}")))?;
+    if absent.contains(&status) {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(crate::refusal(what, status, &body));
+    }
+    serde_json::from_str(&body)
+        .map(Some)
+        .map_err(|e| ForgeError::Unavailable(format!("{what} answered something unexpected: {e}")))
 }
 
 #[cfg(test)]

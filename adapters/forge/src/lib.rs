@@ -263,7 +263,7 @@ impl ForgeApi for HttpForge {
             return Ok(());
         }
         let body = response.text().await.unwrap_or_default();
-        Err(refusal(&request.url, status, &body))
+        Err(refusal(&format!("POST {}", request.url), status, &body))
     }
 
     async fn installation_token(&self, installation: u64) -> Result<String, ForgeError> {
@@ -286,9 +286,10 @@ impl ForgeApi for HttpForge {
 }
 
 /// A forge's answer other than success: worth retrying (server error, rate limit) or not (anything else).
-pub(crate) fn refusal(url: &str, status: reqwest::StatusCode, body: &str) -> ForgeError {
+/// `what` names the request (`POST <url>`).
+pub(crate) fn refusal(what: &str, status: reqwest::StatusCode, body: &str) -> ForgeError {
     let snippet: String = body.chars().take(200).collect();
-    let message = format!("POST {url} answered {status}: {snippet}");
+    let message = format!("{what} answered {status}: {snippet}");
     if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
         ForgeError::Unavailable(message)
     } else {

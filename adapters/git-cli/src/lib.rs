@@ -201,7 +201,8 @@ impl Git for GitCli {
 mod tests {
     use super::*;
 
-    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    /// Runs git in `dir` as a test author; answers what it printed.
+    pub(super) fn git(dir: &std::path::Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .args(args)
             .current_dir(dir)
@@ -244,22 +245,9 @@ mod tests {
 
 #[cfg(test)]
 mod default_branch {
+    use super::tests::git;
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn git(dir: &std::path::Path, args: &[&str]) -> String {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
 
     /// A bare repository whose default branch is `trunk` (neither `main` nor `master`), with one commit on it
     /// and another branch; answers the bare repository's path and the commit of `trunk`.
