@@ -487,6 +487,36 @@ async fn subscriptions_grant_reads_only_as_the_cache_owner_chooses() {
     assert_eq!(app.cache(&mallory, "public").await.unwrap_err().code(), "not_found");
     let subs = app.storage.subscriptions(theirs.id).await.unwrap();
     assert!(subs.iter().all(|s| !s.readable()), "the subscription reads nothing now");
+    assert!(
+        app.subscriptions(&mallory, "theirs").await.unwrap().is_empty(),
+        "nor does her org's list show the now private cache"
+    );
+    // A public organization's list shows a visitor only the caches the visitor may read.
+    app.create_org(
+        &owner,
+        gradient_domain::service::NewOrg {
+            name: "open".into(),
+            display_name: None,
+            description: None,
+            public: true,
+        },
+    )
+    .await
+    .unwrap();
+    app.subscribe(&owner, "open", "main").await.unwrap();
+    let names = |subs: Vec<gradient_domain::model::SubscribedCache>| {
+        subs.into_iter().map(|s| s.cache.name.to_string()).collect::<Vec<_>>()
+    };
+    let visitor = common::signed_up(&app, "visitor").await;
+    assert!(names(app.subscriptions(&visitor, "open").await.unwrap()).is_empty());
+    assert_eq!(names(app.subscriptions(&owner, "open").await.unwrap()), ["main"]);
+    app.set_push_cache(&owner, "open", "main").await.unwrap();
+    assert_eq!(
+        app.push_cache(&visitor, "open").await.unwrap(),
+        None,
+        "nor its push cache"
+    );
+    assert!(app.push_cache(&owner, "open").await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -196,9 +196,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// The organization's subscriptions, with what each lets it do.
+    /// The organization's subscriptions to caches the caller may read: a private cache stays hidden from
+    /// whoever cannot read it (a visitor of a public organization, or members of one that only followed a cache
+    /// that has since become private).
     pub async fn subscriptions(&self, caller: &Caller, org: &str) -> Result<Vec<SubscribedCache>> {
         let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
-        Ok(self.storage.subscriptions(org.id).await?)
+        let mut readable = Vec::new();
+        for sub in self.storage.subscriptions(org.id).await? {
+            if self.can_read_cache(caller, &sub.cache).await? {
+                readable.push(sub);
+            }
+        }
+        Ok(readable)
     }
 
     /// Subscribes the organization to a cache. The cache's owner grants it (the org's members and jobs read it
@@ -253,9 +262,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The organization's push cache: where its jobs push what they build.
     pub async fn push_cache(&self, caller: &Caller, org: &str) -> Result<Option<Cache>> {
         let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        // Shown only to whoever may read it (see `subscriptions`).
         Ok(self
-            .storage
-            .subscriptions(org.id)
+            .subscriptions(caller, org.name.as_str())
             .await?
             .into_iter()
             .find(|s| s.push)
