@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# CI loop benchmark: from the trigger until every build of a flake with 300 trivial independent derivations
-# plus one aggregate is done and cached, on Gradient (server + one co-located worker), against a plain
-# `nix build` of the same flake on the same machine. Prints both times and their ratio (target <= 1.2).
-# The two alternate for ROUNDS rounds (default 5), each on a flake new to both, and the medians are compared:
-# one plain `nix build` alone varies by 20 % on a busy machine.
-# Usage: bench/ci.sh [ROUNDS]   (installs what is missing with apt-get)
+# CI loop benchmark: Gradient (server + one co-located worker) from the trigger until every build of a flake is
+# done and cached, against a plain `nix build` of the same flake on the same machine. Prints every figure with
+# its target (issue #12); never asserts.
+#
+#   wide    300 trivial independent derivations + one aggregate, at build slots 100, 2 and 1 (ratio <= 1.2)
+#   one     a one-derivation flake                                   (Gradient <= nix build + 1 s)
+#   chain   100 derivations, each depending on the one before         (ratio <= 1.5)
+#
+# Each scenario alternates plain and Gradient for ROUNDS rounds (default 3), each on a flake new to both, and
+# compares the medians: one plain `nix build` alone varies by 20 % on a busy machine. `bench/scale.sh` measures
+# the size figures (10,000 derivations, RSS, PostgreSQL).
+# Usage: bench/ci.sh [ROUNDS] [SCENARIO...]   (scenarios: wide wide2 wide1 one chain; default all)
+# Installs what is missing with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -17,28 +24,52 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0'
 work=$(mktemp -d /tmp/gradient-ci-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+server_pid=""
+worker_pid=""
+cleanup() { kill $server_pid $worker_pid 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-# The flake; NONCE makes its derivations new for each build, so every round does the same work.
+rounds=${1:-3}
+shift || true
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(wide wide2 wide1 one chain)
+
+# The flake of a shape (wide, one, chain); NONCE makes its derivations new for each build.
 write_flake() {
-  local dir=$1 nonce=$2
+  local dir=$1 shape=$2 nonce=$3 body
+  case "$shape" in
+    wide) body='
+    leaf = i: derivation {
+      name = "leaf-${toString i}"; inherit system; builder = "/bin/sh"; inherit nonce;
+      args = [ "-c" "echo ${toString i} > $out" ];
+    };
+    leaves = builtins.genList leaf 300;
+    top = derivation {
+      name = "all"; inherit system; builder = "/bin/sh"; inherit nonce leaves;
+      args = [ "-c" "echo $leaves > $out" ];
+    };' ;;
+    one) body='
+    top = derivation {
+      name = "one"; inherit system; builder = "/bin/sh"; inherit nonce;
+      args = [ "-c" "echo one > $out" ];
+    };' ;;
+    chain) body='
+    link = i: derivation {
+      name = "link-${toString i}"; inherit system; builder = "/bin/sh"; inherit nonce;
+      prev = if i == 0 then "" else link (i - 1);
+      args = [ "-c" "echo ${toString i} $prev > $out" ];
+    };
+    top = link 99;' ;;
+  esac
   mkdir -p "$dir"
   cat > "$dir/flake.nix" <<NIX
 {
   outputs = { self }: let
     system = "x86_64-linux";
-    leaf = i: derivation {
-      name = "leaf-\${toString i}"; inherit system; builder = "/bin/sh"; nonce = "$nonce";
-      args = [ "-c" "echo \${toString i} > \$out" ];
-    };
-    leaves = builtins.genList leaf 300;
+    nonce = "$nonce";
+$body
   in {
-    packages.\${system}.all = derivation {
-      name = "all"; inherit system; builder = "/bin/sh"; nonce = "$nonce"; inherit leaves;
-      args = [ "-c" "echo \$leaves > \$out" ];
-    };
+    packages.\${system}.all = top;
   };
 }
 NIX
@@ -47,8 +78,7 @@ NIX
   git -C "$dir" -c user.name=bench -c user.email=bench@example.com commit -q -m "bench $nonce"
 }
 
-rounds=${1:-5}
-write_flake "$work/gradient-repo" "gradient-0-$RANDOM"
+builds_of() { case "$1" in wide) echo 301 ;; one) echo 1 ;; chain) echo 100 ;; esac; }
 
 say "starting Gradient with a co-located worker"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -58,7 +88,7 @@ echo "*:$(cat "$work/token")" > "$work/peers"
 GRADIENT_BASE_DIR="$work/server" GRADIENT_PORT=$port GRADIENT_LOG_LEVEL_DEFAULT=warn GRADIENT_ALLOW_LOCAL_REPOSITORIES=true \
 GRADIENT_LOCAL_WORKER_ID=$worker_id GRADIENT_LOCAL_WORKER_TOKEN_FILE="$work/token" \
   "$bin/gradient-server" >"$work/server.log" 2>&1 &
-pids+=($!)
+server_pid=$!
 api="http://127.0.0.1:$port/api/v1"
 for _ in $(seq 1 100); do curl -fs "$api/health" >/dev/null && break; sleep 0.1; done
 curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
@@ -69,61 +99,93 @@ auth=(-H "Authorization: Bearer $jwt" -H 'Content-Type: application/json')
 curl -fs -X POST "$api/orgs" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
 curl -fs -X POST "$api/caches" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
 curl -fs -X PUT "$api/orgs/bench/push-cache/bench" "${auth[@]}" >/dev/null
-curl -fs -X POST "$api/projects/bench" "${auth[@]}" \
-  -d "{\"name\":\"bench\",\"repository\":\"file://$work/gradient-repo\",\"wildcard\":\"packages.*.*\"}" >/dev/null
-GRADIENT_SERVER_URL="ws://127.0.0.1:$port/proto" GRADIENT_WORKER_ID=$worker_id GRADIENT_PEERS_FILE="$work/peers" \
-GRADIENT_STATE_DIR="$work/worker" GRADIENT_CAPABILITIES_FETCH=true GRADIENT_CAPABILITIES_EVAL=true \
-GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=info \
-  "$bin/gradient-worker" >>"$work/worker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  curl -fs "$api/orgs/bench/workers" "${auth[@]}" | jq -e '.message[0].connected' >/dev/null && break
-  sleep 0.1
+for shape in wide one chain; do
+  write_flake "$work/repo-$shape" "$shape" "gradient-0-$RANDOM"
+  curl -fs -X POST "$api/projects/bench" "${auth[@]}" \
+    -d "{\"name\":\"$shape\",\"repository\":\"file://$work/repo-$shape\",\"wildcard\":\"packages.*.*\"}" >/dev/null
 done
 
-plain_times=()
-gradient_times=()
-for round in $(seq 1 "$rounds"); do
-  say "round $round of $rounds: plain nix build"
-  write_flake "$work/plain-$round" "plain-$round-$RANDOM-$RANDOM"
-  start=$(date +%s.%N)
-  nix build --no-link "git+file://$work/plain-$round#all" >&2
-  plain_times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
-
-  say "round $round of $rounds: Gradient, trigger → every build done and cached"
-  write_flake "$work/gradient-repo" "gradient-$round-$RANDOM-$RANDOM"
-  commit=$(git -C "$work/gradient-repo" rev-parse HEAD)
-  server_cpu=$(awk '{print $14+$15}' /proc/"${pids[0]}"/stat)
-  start=$(date +%s.%N)
-  id=$(curl -fs -X POST "$api/projects/bench/bench/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
-  while :; do
-    status=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq -r .message.evaluation.status)
-    case "$status" in Completed) break ;; Failed|Aborted)
-        curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.errors[]?.message' >&2
-        failed=$(curl -fs "$api/evals/$id/builds" "${auth[@]}" | jq -r '[.message[] | select(.status != "Completed")][0].id // empty')
-        [ -n "$failed" ] && curl -fs "$api/builds/$failed/log" "${auth[@]}" | tail -20 >&2
-        tail -20 "$work/worker.log" >&2
-        die "the evaluation ended $status" ;; esac
+# (Re)starts the worker with SLOTS build slots.
+start_worker() {
+  local slots=$1
+  if [ -n "$worker_pid" ]; then
+    kill "$worker_pid" 2>/dev/null || true
+    wait "$worker_pid" 2>/dev/null || true
+  fi
+  GRADIENT_SERVER_URL="ws://127.0.0.1:$port/proto" GRADIENT_WORKER_ID=$worker_id GRADIENT_PEERS_FILE="$work/peers" \
+  GRADIENT_STATE_DIR="$work/worker" GRADIENT_CAPABILITIES_FETCH=true GRADIENT_CAPABILITIES_EVAL=true \
+  GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=info GRADIENT_MAX_CONCURRENT_BUILDS=$slots \
+    "$bin/gradient-worker" >>"$work/worker.log" 2>&1 &
+  worker_pid=$!
+  # Connected when the server shows the registration connected.
+  for _ in $(seq 1 100); do
+    curl -fs "$api/orgs/bench/workers" "${auth[@]}" | jq -e '.message[0].connected' >/dev/null && return 0
     sleep 0.1
   done
-  gradient_times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
-  builds=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq '[.message.builds[] | select(.status == "Completed")] | length')
-  [ "$builds" = 301 ] || die "round $round: $builds of 301 builds completed"
-
-  # Where the time went: the server's CPU, the worker's batches, and when the evaluation took each status.
-  printf '  server CPU %.2f s; %s builds completed and cached\n' \
-    "$(echo "($(awk '{print $14+$15}' /proc/"${pids[0]}"/stat) - $server_cpu) / 100" | bc -l)" "$builds" >&2
-  grep -oE '(batch of|evaluated|pushed).*' "$work/worker.log" | sed 's/^/  /' >&2 || true
-  : > "$work/worker.log"
-  curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.transitions[] | "  \(.at)  \(.status)"' >&2
-  printf '  round %s: plain %.2f s, Gradient %.2f s, ratio %.2f\n' "$round" "${plain_times[-1]}" \
-    "${gradient_times[-1]}" "$(echo "${gradient_times[-1]} / ${plain_times[-1]}" | bc -l)" >&2
-done
+  die "the worker did not connect"
+}
 
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
-plain=$(median "${plain_times[@]}")
-gradient=$(median "${gradient_times[@]}")
-printf '\n%-44s %10s\n' "median of $rounds rounds" "seconds"
-printf '%-44s %10.2f\n' "plain nix build (301 derivations)" "$plain"
-printf '%-44s %10.2f   (301 builds completed and cached)\n' "Gradient, trigger to done" "$gradient"
-printf '%-44s %10.2f   (target <= 1.2)\n' "ratio" "$(echo "$gradient / $plain" | bc -l)"
+
+# Runs ROUNDS alternating rounds of SHAPE; prints one line per round and sets PLAIN and GRADIENT (medians).
+measure() {
+  local shape=$1 label=$2 want plain_times=() gradient_times=()
+  want=$(builds_of "$shape")
+  for round in $(seq 1 "$rounds"); do
+    write_flake "$work/plain-$shape-$round" "$shape" "plain-$label-$round-$RANDOM-$RANDOM"
+    local start
+    start=$(date +%s.%N)
+    nix build --no-link "git+file://$work/plain-$shape-$round#all" >&2
+    plain_times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
+
+    write_flake "$work/repo-$shape" "$shape" "gradient-$label-$round-$RANDOM-$RANDOM"
+    local commit id status server_cpu builds
+    commit=$(git -C "$work/repo-$shape" rev-parse HEAD)
+    server_cpu=$(awk '{print $14+$15}' /proc/"$server_pid"/stat)
+    : > "$work/worker.log"
+    start=$(date +%s.%N)
+    id=$(curl -fs -X POST "$api/projects/bench/$shape/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
+    while :; do
+      status=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq -r .message.evaluation.status)
+      case "$status" in Completed) break ;; Failed|Aborted)
+          curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.errors[]?.message' >&2
+          tail -20 "$work/worker.log" >&2
+          die "$label round $round: the evaluation ended $status" ;; esac
+      sleep 0.05
+    done
+    gradient_times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
+    builds=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq '[.message.builds[] | select(.status == "Completed")] | length')
+    [ "$builds" = "$want" ] || die "$label round $round: $builds of $want builds completed"
+    printf '  %-7s round %s: plain %6.2f s, Gradient %6.2f s (server CPU %.2f s, %s batches)\n' "$label" "$round" \
+      "${plain_times[-1]}" "${gradient_times[-1]}" \
+      "$(echo "($(awk '{print $14+$15}' /proc/"$server_pid"/stat) - $server_cpu) / 100" | bc -l)" \
+      "$(grep -c 'batch of' "$work/worker.log" || true)" >&2
+  done
+  PLAIN=$(median "${plain_times[@]}")
+  GRADIENT=$(median "${gradient_times[@]}")
+}
+
+results=()
+for scenario in "${scenarios[@]}"; do
+  case "$scenario" in
+    wide) slots=100 shape=wide ;;
+    wide2) slots=2 shape=wide ;;
+    wide1) slots=1 shape=wide ;;
+    one) slots=100 shape=one ;;
+    chain) slots=100 shape=chain ;;
+    *) die "unknown scenario $scenario (wide wide2 wide1 one chain)" ;;
+  esac
+  say "$scenario: $(builds_of "$shape") builds, $slots build slots, $rounds rounds"
+  start_worker "$slots"
+  measure "$shape" "$scenario"
+  case "$scenario" in
+    one) target=$(printf 'Gradient - plain = %.2f s (target <= 1 s)' "$(echo "$GRADIENT - $PLAIN" | bc -l)") ;;
+    chain) target=$(printf 'ratio %.2f (target <= 1.5)' "$(echo "$GRADIENT / $PLAIN" | bc -l)") ;;
+    *) target=$(printf 'ratio %.2f (target <= 1.2)' "$(echo "$GRADIENT / $PLAIN" | bc -l)") ;;
+  esac
+  results+=("$(printf '%-8s %5s %6s %10.2f %10.2f   %s' "$scenario" "$(builds_of "$shape")" "$slots" "$PLAIN" "$GRADIENT" "$target")")
+done
+
+printf '\nmedians of %s rounds (seconds)\n' "$rounds"
+printf '%-8s %5s %6s %10s %10s\n' scenario builds slots "nix build" Gradient
+printf '%s\n' "${results[@]}"

@@ -15,11 +15,10 @@ use gradient_domain::nix::nix32;
 use gradient_domain::ports::Clock;
 use gradient_domain::ports::nar_store::NarStore;
 use gradient_domain::ports::storage::{CacheContents, Caches, Queue};
-use gradient_domain::service::{Caller, Gradient, NewCache, ServiceError, Settings, nar_key};
+use gradient_domain::service::{Caller, NewCache, ServiceError, Settings, nar_key};
 use gradient_ports::nar_store::MemoryNarStore;
-use gradient_ports::storage::MemoryStorage;
 
-type App = Gradient<MemoryStorage, ManualClock>;
+type App = common::TestApp<ManualClock>;
 
 async fn setup() -> (App, ManualClock, MemoryNarStore, Cache, Caller) {
     let clock = ManualClock::new();
@@ -350,9 +349,15 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
     // The job ends: its token dies with it (within the liveness memo's few seconds in another process; at once
     // here, where the job ended).
     assert_eq!(reads("spare").await.as_deref(), Some("spare"));
-    app.record_job_finished(job, worker, gradient_domain::proto::JobOutcome::Success, None)
-        .await
-        .unwrap();
+    app.record_job_finished(
+        job,
+        worker,
+        &[org.id].into(),
+        gradient_domain::proto::JobOutcome::Success,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(reads("spare").await, None, "the job is over");
 
     let (job, at) = assigned_job(&app, org.id, worker).await;
@@ -361,7 +366,7 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
         .issue_job(org.id, job, (worker, at), None, clock.now() + TimeDelta::hours(1));
     assert!(app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some());
     // Requeued and assigned again, even to the same worker: the old assignment's token stays dead.
-    app.storage.requeue_jobs_of(worker).await.unwrap();
+    app.storage.requeue_jobs(worker, &[job]).await.unwrap();
     clock.advance(TimeDelta::seconds(3));
     let again = clock.now();
     assert!(app.storage.assign_job(job, worker, again).await.unwrap());

@@ -9,13 +9,12 @@ use gradient_domain::model::{EvaluationTrigger, Project};
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::git::{Git, GitError, RemoteHead};
 use gradient_domain::ports::storage::Evaluations;
-use gradient_domain::service::{Caller, Gradient, NewProject, ServiceError, Settings};
+use gradient_domain::service::{Caller, NewProject, ServiceError, Settings};
 use gradient_domain::status::EvaluationStatus;
-use gradient_ports::storage::MemoryStorage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-type App = Gradient<MemoryStorage, SystemClock>;
+type App = common::TestApp<SystemClock>;
 
 const REPO: &str = "https://example.com/p.git";
 const TRUNK: &str = "1111111111111111111111111111111111111111";

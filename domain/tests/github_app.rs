@@ -13,15 +13,14 @@ use gradient_domain::model::{CommitState, Evaluation, Org, Project};
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::forge::{ForgeApi, ForgeError, ForgeTarget, InstallationAccess};
 use gradient_domain::ports::storage::{Evaluations, Integrations};
-use gradient_domain::service::{Caller, GithubAppSettings, Gradient, ServiceError, Settings};
-use gradient_ports::storage::MemoryStorage;
+use gradient_domain::service::{Caller, GithubAppSettings, ServiceError, Settings};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-type App = Gradient<MemoryStorage, SystemClock>;
+type App = common::TestApp<SystemClock>;
 
 const SECRET: &[u8] = b"the-apps-webhook-secret";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -136,7 +135,7 @@ impl World {
 
     /// Aborts a queued evaluation, which reports `error` on its commit if anything covers its repository.
     async fn abort(&self, e: &Evaluation) {
-        self.app.abort_evaluation(&self.caller, e.id, &[]).await.unwrap();
+        self.app.abort_evaluation(&self.caller, e.id).await.unwrap();
     }
 
     /// Links installation `id` of `account` (an organization GitHub says the user administers) to `org`.
@@ -443,7 +442,7 @@ async fn an_unlinked_organization_gets_nothing_through_the_app_and_unlinking_sto
         )
         .await
         .unwrap();
-    w.app.abort_evaluation(&mallory, e.id, &[]).await.unwrap();
+    w.app.abort_evaluation(&mallory, e.id).await.unwrap();
     assert!(w.app.evaluation_statuses(&mallory, e.id).await.unwrap().is_empty());
     let forge = FakeGithub::default();
     w.abort(&queued[0]).await;

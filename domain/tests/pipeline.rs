@@ -4,17 +4,17 @@
 mod common;
 
 use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, Org, Project};
+use gradient_domain::ports::Fleet;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::Evaluations;
 use gradient_domain::ports::storage::Queue;
-use gradient_domain::proto::{EvaluatedDerivation, JobOutcome};
+use gradient_domain::proto::{EvaluatedDerivation, JobOutcome, Stage};
 use gradient_domain::scheduler::WorkerInfo;
-use gradient_domain::service::{Caller, Gradient, Settings};
+use gradient_domain::service::{Caller, Dispatched, Settings};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
-use gradient_ports::storage::MemoryStorage;
 use std::collections::{BTreeMap, BTreeSet};
 
-type App = Gradient<MemoryStorage, SystemClock>;
+type App = common::TestApp<SystemClock>;
 
 async fn app_with_project(settings: Settings) -> (App, Org, Project) {
     let (app, _, org, project) = app_with_caller(settings).await;
@@ -125,6 +125,17 @@ async fn a_push_supersedes_the_running_evaluation_of_its_branch() {
     assert_eq!(still.status, EvaluationStatus::Queued, "switched off");
 }
 
+/// One dispatch round with exactly `workers` connected.
+async fn dispatch(app: &App, workers: &[&WorkerInfo]) -> Vec<Dispatched> {
+    for w in app.fleet.connected() {
+        app.fleet.disconnect(w.id);
+    }
+    for w in workers {
+        app.fleet.connect((*w).clone(), &[gradient_domain::PeerId::new()]);
+    }
+    app.dispatch().await.unwrap()
+}
+
 fn builder(n: u128, org: gradient_domain::OrgId, eval: bool, builds: u32) -> WorkerInfo {
     WorkerInfo {
         id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
@@ -172,26 +183,33 @@ fn build_job(job: &gradient_domain::proto::Job) -> JobId {
 #[tokio::test]
 async fn builds_wait_for_the_evaluating_worker_until_it_has_pushed_the_drv_files() {
     let (app, org, project) = app_with_project(Settings::default()).await;
-    let url = "http://gradient.test";
     // Worker 1 evaluates and has one build slot; worker 2 only builds, with more slots (it would win).
     let (w1, w2) = (builder(1, org.id, true, 1), builder(2, org.id, false, 8));
-    let workers = || vec![w1.clone(), w2.clone()];
+    let workers = [&w1, &w2];
     let e = app
         .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let sent = app.dispatch(workers(), url).await.unwrap();
+    let sent = dispatch(&app, &workers).await;
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].worker, w1.id);
     let eval_job = sent[0].job.id();
-    app.record_eval_result(eval_job, w1.id, vec![derivation("x"), derivation("y")], vec![])
-        .await
-        .unwrap();
+    app.record_eval_result(
+        eval_job,
+        w1.id,
+        &w1.orgs,
+        vec![derivation("x"), derivation("y")],
+        vec![],
+    )
+    .await
+    .unwrap();
 
     // Every derivation is reported; the `.drv` files are being pushed: the builds start on worker 1 only.
-    app.record_evaluation_pushing(eval_job, w1.id).await.unwrap();
+    app.record_job_progress(eval_job, w1.id, &w1.orgs, Stage::Pushing)
+        .await
+        .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
-    let sent = app.dispatch(workers(), url).await.unwrap();
+    let sent = dispatch(&app, &workers).await;
     assert_eq!(
         sent.iter().map(|d| d.worker).collect::<Vec<_>>(),
         vec![w1.id],
@@ -199,27 +217,27 @@ async fn builds_wait_for_the_evaluating_worker_until_it_has_pushed_the_drv_files
     );
     let first = build_job(&sent[0].job);
     assert!(
-        app.dispatch(workers(), url).await.unwrap().is_empty(),
+        dispatch(&app, &workers).await.is_empty(),
         "the other build waits for worker 1"
     );
 
     // Its build ends; the evaluation is not done while its `.drv` files are still being pushed.
-    app.record_job_finished(first, w1.id, JobOutcome::Success, None)
+    app.record_job_finished(first, w1.id, &w1.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
 
     // Pushed: the evaluation job ends, and the other build may go to any worker (worker 2 has more slots).
-    app.record_job_finished(eval_job, w1.id, JobOutcome::Success, None)
+    app.record_job_finished(eval_job, w1.id, &w1.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
-    let sent = app.dispatch(workers(), url).await.unwrap();
+    let sent = dispatch(&app, &workers).await;
     assert_eq!(
         sent.iter().map(|d| d.worker).collect::<Vec<_>>(),
         vec![w2.id],
         "{sent:?}"
     );
-    app.record_job_finished(build_job(&sent[0].job), w2.id, JobOutcome::Success, None)
+    app.record_job_finished(build_job(&sent[0].job), w2.id, &w2.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
@@ -233,7 +251,6 @@ async fn build_status(app: &App, org: &Org, name: &str) -> BuildStatus {
 #[tokio::test]
 async fn a_pin_ends_with_its_evaluation_job_however_that_ends() {
     let (app, caller, org, project) = app_with_caller(Settings::default()).await;
-    let url = "http://gradient.test";
     // Worker 1 evaluates and builds; worker 3 only evaluates; worker 2 only builds.
     let (w1, w2, w3) = (
         builder(1, org.id, true, 4),
@@ -244,32 +261,31 @@ async fn a_pin_ends_with_its_evaluation_job_however_that_ends() {
         .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let a_job = app.dispatch(vec![w1.clone()], url).await.unwrap()[0].job.id();
+    let a_job = dispatch(&app, &[&w1]).await[0].job.id();
     let b = app
         .queue_evaluation(org.id, &project, &"b".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let b_job = app.dispatch(vec![w3.clone()], url).await.unwrap()[0].job.id();
+    let b_job = dispatch(&app, &[&w3]).await[0].job.id();
     // B is evaluated and done; A reports the same derivation and pushes its `.drv` files: x waits for worker 1.
-    app.record_eval_result(b_job, w3.id, vec![derivation("x")], vec![])
+    app.record_eval_result(b_job, w3.id, &w3.orgs, vec![derivation("x")], vec![])
         .await
         .unwrap();
-    app.record_job_finished(b_job, w3.id, JobOutcome::Success, None)
+    app.record_job_finished(b_job, w3.id, &w3.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
-    app.record_eval_result(a_job, w1.id, vec![derivation("x")], vec![])
+    app.record_eval_result(a_job, w1.id, &w1.orgs, vec![derivation("x")], vec![])
         .await
         .unwrap();
-    app.record_evaluation_pushing(a_job, w1.id).await.unwrap();
+    app.record_job_progress(a_job, w1.id, &w1.orgs, Stage::Pushing)
+        .await
+        .unwrap();
 
     // Worker 1 is lost (its jobs are requeued), then A is aborted: its evaluation job ends without a report.
-    app.storage.requeue_jobs_of(w1.id).await.unwrap();
-    assert!(
-        app.dispatch(vec![w2.clone()], url).await.unwrap().is_empty(),
-        "x still waits"
-    );
-    app.abort_evaluation(&caller, a.id, &[]).await.unwrap();
-    let sent = app.dispatch(vec![w2.clone()], url).await.unwrap();
+    app.worker_lost(w1.id).await.unwrap();
+    assert!(dispatch(&app, &[&w2]).await.is_empty(), "x still waits");
+    app.abort_evaluation(&caller, a.id).await.unwrap();
+    let sent = dispatch(&app, &[&w2]).await;
     assert_eq!(
         sent.iter().map(|d| d.worker).collect::<Vec<_>>(),
         vec![w2.id],
@@ -281,23 +297,24 @@ async fn a_pin_ends_with_its_evaluation_job_however_that_ends() {
 #[tokio::test]
 async fn a_superseded_evaluation_stays_ended_and_its_running_builds_finish() {
     let (app, org, project) = app_with_project(Settings::default()).await;
-    let url = "http://gradient.test";
     let w1 = builder(1, org.id, true, 4);
     let a = app
         .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Webhook)
         .await
         .unwrap();
-    let a_job = app.dispatch(vec![w1.clone()], url).await.unwrap()[0].job.id();
-    app.record_eval_result(a_job, w1.id, vec![derivation("x"), derivation("y")], vec![])
+    let a_job = dispatch(&app, &[&w1]).await[0].job.id();
+    app.record_eval_result(a_job, w1.id, &w1.orgs, vec![derivation("x"), derivation("y")], vec![])
         .await
         .unwrap();
-    app.record_evaluation_pushing(a_job, w1.id).await.unwrap();
+    app.record_job_progress(a_job, w1.id, &w1.orgs, Stage::Pushing)
+        .await
+        .unwrap();
     // One build runs on worker 1 (x), the other is still queued (y) when a push supersedes A.
     let w1_one_slot = WorkerInfo {
         max_concurrent_builds: 1,
         ..w1.clone()
     };
-    let sent = app.dispatch(vec![w1_one_slot], url).await.unwrap();
+    let sent = dispatch(&app, &[&w1_one_slot]).await;
     let x_job = build_job(&sent[0].job);
     // Whichever of the two went first is "x" below.
     let (x, y) = match &sent[0].job {
@@ -310,15 +327,17 @@ async fn a_superseded_evaluation_stays_ended_and_its_running_builds_finish() {
     assert_eq!(status(&app, a.id).await, EvaluationStatus::Aborted);
 
     // A's job goes on reporting: A stays Aborted, and what only it needed is not queued again.
-    app.record_evaluation_pushing(a_job, w1.id).await.unwrap();
-    app.record_job_finished(a_job, w1.id, JobOutcome::Success, None)
+    app.record_job_progress(a_job, w1.id, &w1.orgs, Stage::Pushing)
+        .await
+        .unwrap();
+    app.record_job_finished(a_job, w1.id, &w1.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(status(&app, a.id).await, EvaluationStatus::Aborted);
     let states = (build_status(&app, &org, x).await, build_status(&app, &org, y).await);
     assert_eq!(states, (BuildStatus::Building, BuildStatus::Aborted));
     // The running build finishes, its outputs useful to whatever needs them next.
-    app.record_job_finished(x_job, w1.id, JobOutcome::Success, None)
+    app.record_job_finished(x_job, w1.id, &w1.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(build_status(&app, &org, x).await, BuildStatus::Completed);
@@ -336,7 +355,6 @@ async fn another_organizations_worker_cannot_change_what_a_derivation_is_here() 
     let attacker = common::org(&app, &mallory, "attacker").await;
     let vp = common::project(&app, &alice, "victim", "p", "https://example.com/p.git").await;
     let ap = common::project(&app, &mallory, "attacker", "p", "https://example.com/q.git").await;
-    let url = "http://gradient.test";
     let (wv, wa) = (builder(1, victim.id, true, 4), builder(2, attacker.id, true, 4));
     let real = derivation("x");
     let mut forged = real.clone();
@@ -347,11 +365,11 @@ async fn another_organizations_worker_cannot_change_what_a_derivation_is_here() 
     app.queue_evaluation(attacker.id, &ap, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let a_job = app.dispatch(vec![wa.clone()], url).await.unwrap()[0].job.id();
-    app.record_eval_result(a_job, wa.id, vec![forged.clone()], vec![])
+    let a_job = dispatch(&app, &[&wa]).await[0].job.id();
+    app.record_eval_result(a_job, wa.id, &wa.orgs, vec![forged.clone()], vec![])
         .await
         .unwrap();
-    app.record_job_finished(a_job, wa.id, JobOutcome::Success, None)
+    app.record_job_finished(a_job, wa.id, &wa.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
 
@@ -360,17 +378,17 @@ async fn another_organizations_worker_cannot_change_what_a_derivation_is_here() 
         .queue_evaluation(victim.id, &vp, &"b".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let v_job = app.dispatch(vec![wv.clone()], url).await.unwrap()[0].job.id();
-    app.record_eval_result(v_job, wv.id, vec![real.clone()], vec![])
+    let v_job = dispatch(&app, &[&wv]).await[0].job.id();
+    app.record_eval_result(v_job, wv.id, &wv.orgs, vec![real.clone()], vec![])
         .await
         .unwrap();
-    app.record_job_finished(v_job, wv.id, JobOutcome::Success, None)
+    app.record_job_finished(v_job, wv.id, &wv.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
 
     // The build job sent to the victim's worker names the real outputs, and it does not wait for the forged
     // input (which the victim never reported).
-    let sent = app.dispatch(vec![wv.clone()], url).await.unwrap();
+    let sent = dispatch(&app, &[&wv]).await;
     let outputs = sent
         .iter()
         .find_map(|d| match &d.job {
@@ -409,24 +427,27 @@ async fn a_workers_reports_for_another_workers_job_are_refused() {
     let victim = common::org(&app, &alice, "victim").await;
     let attacker = common::org(&app, &mallory, "attacker").await;
     let vp = common::project(&app, &alice, "victim", "p", "https://example.com/p.git").await;
-    let url = "http://gradient.test";
     let (wv, wa) = (builder(1, victim.id, true, 4), builder(2, attacker.id, true, 4));
     let e = app
         .queue_evaluation(victim.id, &vp, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let job = app.dispatch(vec![wv.clone()], url).await.unwrap()[0].job.id();
+    let job = dispatch(&app, &[&wv]).await[0].job.id();
     let before = app.storage.evaluation(e.id).await.unwrap().unwrap();
 
     let refused = |r: gradient_domain::service::Result<()>| {
         assert_eq!(r.unwrap_err().code(), "forbidden");
     };
-    refused(app.record_eval_result(job, wa.id, vec![derivation("x")], vec![]).await);
-    refused(app.record_evaluation_pushing(job, wa.id).await);
+    refused(
+        app.record_eval_result(job, wa.id, &wa.orgs, vec![derivation("x")], vec![])
+            .await,
+    );
+    refused(app.record_job_progress(job, wa.id, &wa.orgs, Stage::Pushing).await);
     refused(
         app.record_job_finished(
             job,
             wa.id,
+            &wa.orgs,
             JobOutcome::Failed {
                 kind: gradient_domain::proto::FailureKind::EvaluationFailed,
                 message: "forged".into(),
@@ -436,7 +457,7 @@ async fn a_workers_reports_for_another_workers_job_are_refused() {
         .await,
     );
     refused(
-        app.record_job_finished(JobId::new(), wa.id, JobOutcome::Success, None)
+        app.record_job_finished(JobId::new(), wa.id, &wa.orgs, JobOutcome::Success, None)
             .await,
     );
     assert_eq!(
@@ -461,10 +482,10 @@ async fn a_workers_reports_for_another_workers_job_are_refused() {
     assert!(app.job_is_active(job).await.unwrap(), "still assigned to its worker");
 
     // Its own worker's reports are taken.
-    app.record_eval_result(job, wv.id, vec![derivation("x")], vec![])
+    app.record_eval_result(job, wv.id, &wv.orgs, vec![derivation("x")], vec![])
         .await
         .unwrap();
-    app.record_job_finished(job, wv.id, JobOutcome::Success, None)
+    app.record_job_finished(job, wv.id, &wv.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Building);
@@ -483,40 +504,44 @@ async fn a_link_speaks_only_for_the_organizations_it_proved_even_under_a_borrowe
     app.queue_evaluation(victim.id, &vp, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let job = app.dispatch(vec![real.clone()], "http://gradient.test").await.unwrap()[0]
-        .job
-        .id();
+    let job = dispatch(&app, &[&real]).await[0].job.id();
 
     // Mallory's link under the same id proved only her own organization.
     let hers = BTreeSet::from([attacker.id]);
     assert_eq!(
-        app.check_report_scope(job, real.id, &hers).await.unwrap_err().code(),
+        app.record_eval_result(job, real.id, &hers, vec![], vec![])
+            .await
+            .unwrap_err()
+            .code(),
         "forbidden",
         "a report on the victim's job from her link"
     );
-    assert!(app.check_report_scope(job, real.id, &real.orgs).await.is_ok());
-    assert!(app.check_report_scope(JobId::new(), real.id, &real.orgs).await.is_err());
+    assert!(
+        app.record_eval_result(job, real.id, &real.orgs, vec![], vec![])
+            .await
+            .is_ok()
+    );
+    assert!(
+        app.record_eval_result(JobId::new(), real.id, &real.orgs, vec![], vec![])
+            .await
+            .is_err()
+    );
 
     // An abort is not told to a link that did not prove the job's organization.
     let mut impostor = real.clone();
     impostor.orgs = hers.clone();
-    let running = app
-        .abort_evaluation(
-            &alice,
-            app.storage
-                .job(job)
-                .await
-                .unwrap()
-                .map(|j| match j.kind {
-                    gradient_domain::model::JobKind::Evaluate { evaluation_id } => evaluation_id,
-                    _ => unreachable!("an evaluation job"),
-                })
-                .unwrap(),
-            &[impostor],
-        )
-        .await
-        .unwrap();
-    assert!(running.is_empty(), "the impostor's link hears of no job: {running:?}");
+    app.fleet.disconnect(real.id);
+    app.fleet.connect(impostor.clone(), &[gradient_domain::PeerId::new()]);
+    let evaluation = match app.storage.job(job).await.unwrap().unwrap().kind {
+        gradient_domain::model::JobKind::Evaluate { evaluation_id } => evaluation_id,
+        _ => unreachable!("an evaluation job"),
+    };
+    app.abort_evaluation(&alice, evaluation).await.unwrap();
+    assert_eq!(
+        app.fleet.delivered(impostor.id),
+        vec![],
+        "the impostor's link hears of no job"
+    );
 
     // Her link claims to hold the victim's job: it goes back to the queue instead of staying hers.
     let real = builder(5, victim.id, true, 4);
@@ -524,9 +549,7 @@ async fn a_link_speaks_only_for_the_organizations_it_proved_even_under_a_borrowe
     app.queue_evaluation(victim.id, &vp2, &"b".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let job = app.dispatch(vec![real.clone()], "http://gradient.test").await.unwrap()[0]
-        .job
-        .id();
+    let job = dispatch(&app, &[&real]).await[0].job.id();
     assert_eq!(app.worker_connected(real.id, &[job], &hers).await.unwrap(), 1);
     assert_eq!(
         app.storage.job(job).await.unwrap().map(|j| j.state),
@@ -534,9 +557,7 @@ async fn a_link_speaks_only_for_the_organizations_it_proved_even_under_a_borrowe
         "requeued, not left to her"
     );
     // The real worker's own reconnection keeps what it holds.
-    let job = app.dispatch(vec![real.clone()], "http://gradient.test").await.unwrap()[0]
-        .job
-        .id();
+    let job = dispatch(&app, &[&real]).await[0].job.id();
     assert_eq!(app.worker_connected(real.id, &[job], &real.orgs).await.unwrap(), 0);
     assert!(matches!(
         app.storage.job(job).await.unwrap().map(|j| j.state),
@@ -547,35 +568,177 @@ async fn a_link_speaks_only_for_the_organizations_it_proved_even_under_a_borrowe
 #[tokio::test]
 async fn a_lost_workers_build_and_evaluation_say_queued_again() {
     let (app, org, project) = app_with_project(Settings::default()).await;
-    let url = "http://gradient.test";
     let (w1, w2) = (builder(1, org.id, true, 4), builder(2, org.id, true, 4));
     let e = app
         .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    let eval_job = app.dispatch(vec![w1.clone()], url).await.unwrap()[0].job.id();
+    let eval_job = dispatch(&app, &[&w1]).await[0].job.id();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Fetching);
     // Lost while fetching: the evaluation is Queued again and goes to the next worker.
-    assert_eq!(app.worker_disconnected(w1.id).await.unwrap(), 1);
+    app.fleet.woken();
+    assert_eq!(app.worker_lost(w1.id).await.unwrap(), 1);
+    assert!(app.fleet.woken(), "its work is worth a dispatch round at once");
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Queued);
-    let sent = app.dispatch(vec![w2.clone()], url).await.unwrap();
+    let sent = dispatch(&app, &[&w2]).await;
     assert_eq!(sent[0].job.id(), eval_job, "the same job, requeued");
-    app.record_eval_result(eval_job, w2.id, vec![derivation("x")], vec![])
+    app.record_eval_result(eval_job, w2.id, &w2.orgs, vec![derivation("x")], vec![])
         .await
         .unwrap();
-    app.record_job_finished(eval_job, w2.id, JobOutcome::Success, None)
+    app.record_job_finished(eval_job, w2.id, &w2.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
-    let sent = app.dispatch(vec![w1.clone()], url).await.unwrap();
+    let sent = dispatch(&app, &[&w1]).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Building);
     // Lost while building: the build is Queued again (not Building while its job waits), then finishes elsewhere.
-    app.worker_disconnected(w1.id).await.unwrap();
+    app.worker_lost(w1.id).await.unwrap();
     assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued);
-    let sent = app.dispatch(vec![w2.clone()], url).await.unwrap();
+    let sent = dispatch(&app, &[&w2]).await;
     assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Building);
-    app.record_job_finished(build_job(&sent[0].job), w2.id, JobOutcome::Success, None)
+    app.record_job_finished(build_job(&sent[0].job), w2.id, &w2.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
+}
+
+/// A derivation `name` that takes the output of `inputs`.
+fn derivation_on(name: &str, inputs: &[&str]) -> EvaluatedDerivation {
+    EvaluatedDerivation {
+        input_drvs: inputs.iter().map(|i| derivation(i).drv_path).collect(),
+        ..derivation(name)
+    }
+}
+
+/// The build jobs among what a round sent, by derivation name.
+fn sent_build(sent: &[Dispatched], name: &str) -> JobId {
+    let drv = derivation(name).drv_path;
+    sent.iter()
+        .find_map(|d| match &d.job {
+            gradient_domain::proto::Job::Build { job_id, drv_path, .. } if *drv_path == drv => Some(*job_id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no build of {name} in {sent:?}"))
+}
+
+/// An evaluation of `derivations` evaluated by `w` (and its job ended), answering it.
+async fn evaluated(
+    app: &App,
+    org: &Org,
+    project: &Project,
+    w: &WorkerInfo,
+    derivations: Vec<EvaluatedDerivation>,
+) -> gradient_domain::model::Evaluation {
+    let e = app
+        .queue_evaluation(org.id, project, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let job = dispatch(app, &[w]).await[0].job.id();
+    app.record_eval_result(job, w.id, &w.orgs, derivations, vec![])
+        .await
+        .unwrap();
+    app.record_job_finished(job, w.id, &w.orgs, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    e
+}
+
+#[tokio::test]
+async fn a_failed_build_fails_what_depends_on_it_and_its_evaluation_and_a_restart_queues_them_again() {
+    let (app, caller, org, project) = app_with_caller(Settings::default()).await;
+    let w = builder(1, org.id, true, 4);
+    let e = evaluated(
+        &app,
+        &org,
+        &project,
+        &w,
+        vec![derivation("x"), derivation_on("y", &["x"])],
+    )
+    .await;
+    let sent = dispatch(&app, &[&w]).await;
+    assert_eq!(sent.len(), 1, "y waits for x: {sent:?}");
+    let failed = JobOutcome::Failed {
+        kind: gradient_domain::proto::FailureKind::BuilderFailed,
+        message: "exit 1".into(),
+    };
+    app.fleet.woken();
+    app.record_job_finished(sent_build(&sent, "x"), w.id, &w.orgs, failed, None)
+        .await
+        .unwrap();
+    assert!(app.fleet.woken(), "a finished job wakes the dispatcher for its slot");
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Failed);
+    assert_eq!(build_status(&app, &org, "y").await, BuildStatus::DependencyFailed);
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Failed);
+
+    let restarted = app.restart_evaluation(&caller, e.id).await.unwrap();
+    assert_eq!(restarted.status, EvaluationStatus::Building);
+    assert!(app.fleet.woken(), "the restarted builds are worth a dispatch round");
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued);
+    assert_eq!(build_status(&app, &org, "y").await, BuildStatus::Queued);
+    let sent = dispatch(&app, &[&w]).await;
+    app.record_job_finished(sent_build(&sent, "x"), w.id, &w.orgs, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    let sent = dispatch(&app, &[&w]).await;
+    app.record_job_finished(sent_build(&sent, "y"), w.id, &w.orgs, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
+}
+
+#[tokio::test]
+async fn an_abort_stops_the_evaluations_jobs_on_the_workers_running_them() {
+    let (app, caller, org, project) = app_with_caller(Settings::default()).await;
+    let w = builder(1, org.id, true, 4);
+    let e = evaluated(&app, &org, &project, &w, vec![derivation("x"), derivation("y")]).await;
+    let sent = dispatch(&app, &[&w]).await;
+    assert_eq!(sent.len(), 2);
+    app.fleet.delivered(w.id);
+    let aborted = app.abort_evaluation(&caller, e.id).await.unwrap();
+    assert_eq!(aborted.status, EvaluationStatus::Aborted);
+    let mut stopped: Vec<JobId> = app
+        .fleet
+        .delivered(w.id)
+        .into_iter()
+        .map(|d| match d {
+            gradient_ports::fleet::Delivered::Abort(job) => job,
+            other => panic!("only aborts: {other:?}"),
+        })
+        .collect();
+    stopped.sort();
+    let mut running = vec![sent_build(&sent, "x"), sent_build(&sent, "y")];
+    running.sort();
+    assert_eq!(stopped, running, "both running builds are stopped on their worker");
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Aborted);
+}
+
+#[tokio::test]
+async fn deleting_an_organization_stops_its_jobs_and_closes_its_workers_links() {
+    let (app, caller, org, _) = app_with_caller(Settings::default()).await;
+    let registered = app
+        .register_worker(&caller, "o", &uuid::Uuid::new_v4().to_string(), None)
+        .await
+        .unwrap()
+        .registration;
+    let w = WorkerInfo {
+        id: registered.worker_id,
+        ..builder(1, org.id, true, 4)
+    };
+    let project = common::project(&app, &caller, "o", "q", "https://example.com/q.git").await;
+    app.queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    app.fleet.connect(w.clone(), &[registered.peer_id]);
+    let job = app.dispatch().await.unwrap()[0].job.id();
+    app.fleet.delivered(w.id);
+    app.delete_org(&caller, "o").await.unwrap();
+    assert_eq!(
+        app.fleet.delivered(w.id),
+        vec![
+            gradient_ports::fleet::Delivered::Abort(job),
+            gradient_ports::fleet::Delivered::Revoked
+        ],
+        "its job is stopped, then its link closed"
+    );
+    assert!(app.fleet.connected().is_empty());
 }

@@ -67,7 +67,7 @@ async fn statuses_are_queued_with_a_connection_and_retried_until_delivered() {
         .queue_evaluation(org.id, &project, &commit, EvaluationTrigger::Manual)
         .await
         .unwrap();
-    app.abort_evaluation(&caller, e.id, &[]).await.unwrap();
+    app.abort_evaluation(&caller, e.id).await.unwrap();
     assert!(app.evaluation_statuses(&caller, e.id).await.unwrap().is_empty());
 
     // Bad connections are refused.
@@ -98,7 +98,7 @@ async fn statuses_are_queued_with_a_connection_and_retried_until_delivered() {
         .queue_evaluation(org.id, &project, &commit, EvaluationTrigger::Manual)
         .await
         .unwrap();
-    app.abort_evaluation(&caller, e.id, &[]).await.unwrap();
+    app.abort_evaluation(&caller, e.id).await.unwrap();
     *forge.failures.lock().unwrap() = 2;
     assert_eq!(app.deliver_due_statuses(&forge, 10).await.unwrap(), 0);
     let statuses = app.evaluation_statuses(&caller, e.id).await.unwrap();

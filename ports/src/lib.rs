@@ -4,5 +4,6 @@
 //! tests (see [`storage_contract!`]); the in-memory implementations pass the same suites, so services can be
 //! tested against them and trusted to behave like the real thing.
 
+pub mod fleet;
 pub mod nar_store;
 pub mod storage;

@@ -214,6 +214,34 @@ impl CacheContents for SqlStorage {
         row.map(CachedPathRow::into_cached_path).transpose()
     }
 
+    async fn held_hash_parts(&self, cache: CacheId, hash_parts: &[String]) -> Result<Vec<String>> {
+        let wanted: Vec<&String> = hash_parts
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut held = Vec::new();
+        // Well under SQLite's and PostgreSQL's limits on bound parameters.
+        for chunk in wanted.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT hash_part FROM cached_paths WHERE cache_id = $1 AND hash_part IN ({})",
+                placeholders.join(", ")
+            );
+            let rows = with_pool!(self, |p| {
+                // Only numbered placeholders are formatted into the text.
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone())).bind(cache.0);
+                for h in chunk {
+                    q = q.bind(h.as_str());
+                }
+                q.fetch_all(p).await
+            })
+            .map_err(db_error)?;
+            held.extend(rows);
+        }
+        Ok(held)
+    }
+
     async fn nar_url_in_use(&self, cache: CacheId, url: &str) -> Result<bool> {
         let sql = "SELECT 1 FROM cached_paths WHERE cache_id = $1 AND url = $2 LIMIT 1";
         let found = with_pool!(self, |p| sqlx::query_scalar::<_, i32>(sql)

@@ -215,17 +215,23 @@ impl Queue for SqlStorage {
         Ok(done > 0)
     }
 
-    async fn requeue_jobs_of(&self, worker: WorkerId) -> Result<u64> {
-        // Attempts stop at u32::MAX, as in memory, so the row still reads back.
+    async fn requeue_jobs(&self, worker: WorkerId, jobs: &[JobId]) -> Result<u64> {
+        // Attempts stop at u32::MAX, as in memory, so the row still reads back. One statement per job: a lost
+        // worker holds at most its slots and its queue.
         let sql = "UPDATE jobs SET state = 'queued', worker_id = NULL, assigned_at = NULL, \
                    attempts = CASE WHEN attempts < 4294967295 THEN attempts + 1 ELSE attempts END \
-                   WHERE state = 'assigned' AND worker_id = $1";
-        with_pool!(self, |p| sqlx::query(sql)
-            .bind(worker.0)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-        .map_err(db_error)
+                   WHERE id = $1 AND state = 'assigned' AND worker_id = $2";
+        let mut requeued = 0;
+        for job in jobs {
+            requeued += with_pool!(self, |p| sqlx::query(sql)
+                .bind(job.0)
+                .bind(worker.0)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()))
+            .map_err(db_error)?;
+        }
+        Ok(requeued)
     }
 
     async fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> Result<bool> {

@@ -226,7 +226,7 @@ async fn queue_survives_reconnect(url: &str) {
         "still built once"
     );
     assert_eq!(
-        s.requeue_jobs_of(worker).await.unwrap(),
+        s.requeue_jobs(worker, &[evaluation.id]).await.unwrap(),
         1,
         "the worker's job is taken back after the restart"
     );

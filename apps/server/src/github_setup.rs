@@ -66,7 +66,7 @@ pub async fn setup(req: &Request, Query(q): Query<SetupQuery>) -> Response {
         Some("update") => "updated",
         _ => "installed",
     };
-    let url = format!("{}/api/v1/orgs/ORG/github-installations", state.public_url);
+    let url = format!("{}/api/v1/orgs/ORG/github-installations", state.public_url());
     page(
         StatusCode::OK,
         &format!(

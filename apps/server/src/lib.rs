@@ -288,12 +288,14 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         },
         ..Settings::default()
     };
+    let fleet = std::sync::Arc::new(link::LinkFleet::default());
     let app = Gradient::new(
         storage.clone(),
         SystemClock,
         TokenSigner::new(&jwt),
         Crypt::from_secret(&crypt),
         settings,
+        fleet.clone(),
     );
     app.check_crypt_secret().await.map_err(|e| match e {
         gradient_domain::service::ServiceError::Internal(m) => StartError::Config(ConfigError {
@@ -329,16 +331,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             ..Default::default()
         },
     };
-    let public_url = config.public_url.clone();
-    Ok(AppState::new(
-        app,
-        storage.for_web(),
-        http,
-        nars,
-        link,
-        public_url,
-        forge,
-    ))
+    Ok(AppState::new(fleet, app, storage.for_web(), http, nars, link, forge))
 }
 
 async fn open_nar_store(config: &config::NarStoreConfig) -> Result<nars::NarStorage, StartError> {
@@ -416,9 +409,9 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
 /// their worker was lost, or gone with their evaluation): a worker's report takes its job's log before the job
 /// ends, so only such leftovers are dropped.
 async fn drop_ended_logs(state: &AppState) {
-    for job in state.logs.jobs() {
+    for job in state.fleet.logs.jobs() {
         if let Ok(false) = state.core.job_is_active(job).await {
-            state.logs.take(job);
+            state.fleet.logs.take(job);
         }
     }
 }
@@ -432,34 +425,21 @@ const DISPATCH_COALESCE_AT_MOST: std::time::Duration = std::time::Duration::from
 pub fn spawn_dispatcher(state: AppState) {
     tokio::spawn(async move {
         loop {
-            let woken = tokio::time::timeout(std::time::Duration::from_secs(1), state.dispatch.notified()).await;
+            let woken = tokio::time::timeout(std::time::Duration::from_secs(1), state.fleet.dispatch.notified()).await;
             if woken.is_ok() {
                 // Changes come in bursts (a worker reports a whole batch of builds): take them in one round,
                 // once they stop coming for a moment (or after a short while at most).
                 let until = tokio::time::Instant::now() + DISPATCH_COALESCE_AT_MOST;
                 while tokio::time::timeout_at(
                     (tokio::time::Instant::now() + DISPATCH_COALESCE).min(until),
-                    state.dispatch.notified(),
+                    state.fleet.dispatch.notified(),
                 )
                 .await
                 .is_ok()
                 {}
             }
-            match state.core.dispatch(state.links.infos(), &state.public_url).await {
-                Ok(assigned) => {
-                    for gradient_domain::service::Dispatched { worker, org, job } in assigned {
-                        if let gradient_domain::proto::Job::Build { job_id, drv_path, .. } = &job {
-                            state.logs.started(*job_id, worker, org, drv_path);
-                        }
-                        if !state
-                            .links
-                            .send(worker, gradient_domain::proto::ServerMessage::Assign { job })
-                        {
-                            tracing::warn!(target: "gradient::proto", "worker {worker} left before its job was sent");
-                        }
-                    }
-                }
-                Err(e) => tracing::error!(target: "gradient::proto", "dispatching failed: {e:?}"),
+            if let Err(e) = state.core.dispatch().await {
+                tracing::error!(target: "gradient::proto", "dispatching failed: {e:?}");
             }
         }
     });
@@ -482,12 +462,12 @@ pub fn spawn_status_delivery(state: AppState) {
 /// Polls the branch heads of projects with a poll interval and queues evaluations of new commits.
 pub fn spawn_poller(state: AppState) {
     tokio::spawn(async move {
-        let git = gradient_git_cli::GitCli::new(state.core.settings.network);
+        let git = gradient_git_cli::GitCli::new(state.core.settings().network);
         let mut last: std::collections::HashMap<gradient_domain::ProjectId, std::time::Instant> = Default::default();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let projects = match gradient_domain::ports::storage::Projects::polled_projects(&state.core.storage).await {
+            let projects = match state.core.polled_projects().await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!("listing projects to poll failed: {e}");
@@ -501,10 +481,7 @@ pub fn spawn_poller(state: AppState) {
                 }
                 last.insert(p.id, std::time::Instant::now());
                 match state.core.poll_project(&git, &p).await {
-                    Ok(Some(e)) => {
-                        tracing::info!("polling {}: new commit {}", p.name, e.commit);
-                        state.dispatch.notify_one();
-                    }
+                    Ok(Some(e)) => tracing::info!("polling {}: new commit {}", p.name, e.commit),
                     Ok(None) => {}
                     Err(e) => tracing::warn!("polling {} failed: {e:?}", p.name),
                 }
@@ -515,11 +492,9 @@ pub fn spawn_poller(state: AppState) {
 
 /// Writes the recorded fetch times.
 pub async fn flush_fetches(state: &AppState) {
-    use gradient_domain::ports::storage::CacheContents;
-    let now = gradient_domain::ports::Clock::now(&state.core.clock);
     for (cache, paths) in state.fetches.drain() {
         let paths: Vec<String> = paths.into_iter().collect();
-        if let Err(e) = state.core.storage.touch_cached_paths(cache, &paths, now).await {
+        if let Err(e) = state.core.record_fetches(cache, &paths).await {
             tracing::warn!(target: "gradient::cache", "recording fetch times failed: {e}");
         }
     }

@@ -12,7 +12,6 @@
 use crate::api::ApiError;
 use crate::state::AppState;
 use futures_util::StreamExt;
-use gradient_domain::ports::storage::Evaluations;
 use gradient_domain::service::{Caller, ServiceError};
 use gradient_domain::{BuildId, EvaluationId};
 use poem::web::sse::{Event, SSE};
@@ -146,14 +145,14 @@ fn stream_log(state: &AppState, req: &Request, watched: Watched, org: gradient_d
                 return None;
             }
             loop {
-                if let Some((text, end)) = state.logs.read(org, &drv, offset) {
+                if let Some((text, end)) = state.fleet.logs.read(org, &drv, offset) {
                     if !text.is_empty() {
                         return Some((Event::message(text).id(end.to_string()), (end, false)));
                     }
                     tokio::time::sleep(POLL).await;
                     continue;
                 }
-                match state.app.storage.build(org, &drv).await {
+                match state.app.build_now(org, &drv).await {
                     Ok(Some(b)) if b.status.is_terminal() => {
                         let (stored, omitted) = match state.app.stored_log(&b).await {
                             Ok(Some(log)) => (log.text, log.omitted),

@@ -2,7 +2,7 @@
 //! the HTTP layer itself needs.
 
 use crate::cache::FetchLog;
-use crate::link::{LinkSettings, Links, LiveLogs};
+use crate::link::{LinkFleet, LinkSettings};
 use crate::nars::NarStorage;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::service::{Caller, Gradient};
@@ -37,13 +37,10 @@ pub struct Inner {
     pub http: HttpSettings,
     pub nars: NarStorage,
     pub fetches: FetchLog,
-    pub links: Links,
+    /// The connected workers, their running builds' logs and the dispatcher's wake-up; the use cases reach
+    /// it as their fleet port.
+    pub fleet: Arc<LinkFleet>,
     pub link: LinkSettings,
-    pub logs: LiveLogs,
-    /// Wakes the dispatcher when something changed (a worker connected or finished a job).
-    pub dispatch: tokio::sync::Notify,
-    /// The server's public base URL, as workers and Nix clients reach it.
-    pub public_url: String,
     /// Where commit statuses are sent (with the GitHub App's tokens when one is configured).
     pub forge: HttpForge,
     /// Login and registration rate limits (`limits.rs`).
@@ -59,12 +56,12 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(
+        fleet: Arc<LinkFleet>,
         core: App,
         web: gradient_storage_sql::SqlStorage,
         http: HttpSettings,
         nars: NarStorage,
         link: LinkSettings,
-        public_url: String,
         forge: HttpForge,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -73,14 +70,16 @@ impl AppState {
             http,
             nars,
             fetches: FetchLog::default(),
-            links: Links::default(),
+            fleet,
             link,
-            logs: LiveLogs::default(),
-            dispatch: tokio::sync::Notify::new(),
-            public_url,
             forge,
             limits: crate::limits::Limits::default(),
         }))
+    }
+
+    /// The server's public base URL, as workers and Nix clients reach it.
+    pub fn public_url(&self) -> &str {
+        &self.core.settings().public_url
     }
 
     /// Resolves the caller of a request from its bearer token.

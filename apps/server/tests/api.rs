@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 struct Server {
     client: TestClient<BoxEndpoint<'static, poem::Response>>,
-    /// The server's state, for tests that set up what no API call makes (builds).
-    state: gradient_server::state::AppState,
+    /// The server's database, opened a second time, for tests that set up what no API call makes (builds).
+    storage: gradient_storage_sql::SqlStorage,
     _dir: tempfile::TempDir,
 }
 
@@ -22,10 +22,18 @@ async fn server_with(vars: &[(&str, &str)]) -> Server {
     env.insert("GRADIENT_BASE_DIR".into(), dir.path().display().to_string());
     let config = Config::from_vars(&env).expect("config");
     let state = gradient_server::build_state(&config).await.expect("state");
-    let ep = gradient_server::app(state.clone()).boxed();
+    let pools = gradient_storage_sql::PoolSizes {
+        max: 2,
+        min: 0,
+        web_max: 1,
+        web_min: 0,
+    };
+    let url = config.resolve_database_url().expect("database URL");
+    let storage = gradient_storage_sql::connect(&url, pools).await.expect("database");
+    let ep = gradient_server::app(state).boxed();
     Server {
         client: TestClient::new(ep),
-        state,
+        storage,
         _dir: dir,
     }
 }
@@ -1281,7 +1289,7 @@ async fn evaluation_event_ids_are_unique_and_increasing_and_resuming_skips_nothi
     let s = server().await;
     let owner = s.user("olga").await;
     let id = queued_evaluation(&s, &owner).await;
-    let storage = &s.state.app.storage;
+    let storage = &s.storage;
     let evaluation = gradient_domain::EvaluationId(id.parse().expect("uuid"));
     let e = storage.evaluation(evaluation).await.expect("read").expect("evaluation");
     let org = storage
@@ -1306,7 +1314,7 @@ async fn evaluation_event_ids_are_unique_and_increasing_and_resuming_skips_nothi
         })
         .collect();
     storage.put_derivations(org, &derivations).await.expect("derivations");
-    let at = s.state.app.clock.now();
+    let at = gradient_domain::ports::clock::SystemClock.now();
     let builds = storage.link_builds(evaluation, org, &paths, at).await.expect("builds");
 
     let path = format!("/evals/{id}/events");

@@ -18,7 +18,6 @@ use gradient_domain::logs::LogBuffer;
 use gradient_domain::model::Capabilities;
 use gradient_domain::proto::{EvaluatedDerivation, Job, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;
-use gradient_domain::service::Dispatched;
 use gradient_domain::{OrgId, WorkerId};
 use gradient_server::config::Config;
 use gradient_server::state::AppState;
@@ -383,6 +382,8 @@ struct Account {
 struct Env {
     client: TestClient<BoxEndpoint<'static, poem::Response>>,
     state: AppState,
+    /// What each worker the fixtures connected is sent (the tests play their links).
+    links: std::sync::Mutex<HashMap<WorkerId, tokio::sync::mpsc::UnboundedReceiver<gradient_server::link::Outgoing>>>,
     /// Creates the organizations (and is their first Admin).
     owner: Account,
     outsider: Account,
@@ -446,6 +447,7 @@ impl Env {
         let mut env = Self {
             client,
             state,
+            links: Default::default(),
             owner: placeholder(),
             outsider: placeholder(),
             view: placeholder(),
@@ -644,7 +646,7 @@ impl Env {
             pushing: Default::default(),
         };
         let dispatched = self.dispatch(&worker).await;
-        let Some(Job::Evaluate { job_id, push, .. }) = dispatched.into_iter().map(|d| d.job).next() else {
+        let Some(Job::Evaluate { job_id, push, .. }) = dispatched.into_iter().next() else {
             panic!("fixture: the evaluation was not dispatched to the organization's worker");
         };
         fx.job_token = Some(push.expect("the organization subscribes to a cache: jobs push").token);
@@ -661,18 +663,18 @@ impl Env {
             required_features: Vec::new(),
             input_drvs: Vec::new(),
         };
-        app.record_eval_result(job_id, worker.id, vec![derivation], Vec::new())
+        app.record_eval_result(job_id, worker.id, &worker.orgs, vec![derivation], Vec::new())
             .await
             .expect("eval result");
-        app.record_job_finished(job_id, worker.id, JobOutcome::Success, None)
+        app.record_job_finished(job_id, worker.id, &worker.orgs, JobOutcome::Success, None)
             .await
             .expect("eval finished");
-        let Some(Job::Build { job_id, .. }) = self.dispatch(&worker).await.into_iter().map(|d| d.job).next() else {
+        let Some(Job::Build { job_id, .. }) = self.dispatch(&worker).await.into_iter().next() else {
             panic!("fixture: the build was not dispatched");
         };
         let mut log = LogBuffer::default();
         log.append("building hello\n");
-        app.record_job_finished(job_id, worker.id, JobOutcome::Success, Some(log))
+        app.record_job_finished(job_id, worker.id, &worker.orgs, JobOutcome::Success, Some(log))
             .await
             .expect("build finished");
         let builds = self
@@ -686,15 +688,35 @@ impl Env {
         fx.build = Some(builds[0]["id"].as_str().expect("build id").to_owned());
     }
 
-    async fn dispatch(&self, worker: &WorkerInfo) -> Vec<Dispatched> {
-        self.state
-            .app
-            .dispatch(vec![worker.clone()], &self.state.public_url)
-            .await
-            .expect("dispatch")
-            .into_iter()
-            .filter(|d| d.worker == worker.id)
-            .collect()
+    /// Connects `worker` (once) and runs dispatch rounds until it is handed something: rounds are global and
+    /// fixtures run at once, so another fixture's round may be the one that hands this worker its job.
+    async fn dispatch(&self, worker: &WorkerInfo) -> Vec<Job> {
+        let links = &self.state.fleet.links;
+        if !links.is_worker_connected(worker.id) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            links.insert(worker.id, [gradient_domain::PeerId::new()].into(), tx);
+            links.set_info(worker.id, worker.clone());
+            self.links.lock().expect("links").insert(worker.id, rx);
+        }
+        for _ in 0..100 {
+            self.state.app.dispatch().await.expect("dispatch");
+            let mut jobs = Vec::new();
+            if let Some(rx) = self.links.lock().expect("links").get_mut(&worker.id) {
+                while let Ok(out) = rx.try_recv() {
+                    if let gradient_server::link::Outgoing::Send(gradient_domain::proto::ServerMessage::Assign {
+                        job,
+                    }) = out
+                    {
+                        jobs.push(job);
+                    }
+                }
+            }
+            if !jobs.is_empty() {
+                return jobs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Vec::new()
     }
 
     /// Calls `op` as `who` with the fixture's names and a valid body; answers the status and the body.

@@ -20,7 +20,7 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
         .await
         .expect("first start");
     // A row as a version before sealing stored it: SHA-256 of the token as hex, the key itself.
-    let storage = first.app.storage.clone();
+    let storage = database(dir.path()).await;
     let now = truncate_to_micros(chrono::Utc::now());
     let user = User {
         id: UserId::new(),
@@ -58,9 +58,8 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
     let second = gradient_server::build_state(&config(dir.path()))
         .await
         .expect("restart");
-    let stored = second
-        .app
-        .storage
+    let stored = database(dir.path())
+        .await
         .worker_registration(legacy.peer_id)
         .await
         .expect("read")
@@ -68,22 +67,37 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
     assert_ne!(stored.proof_key, plain, "no longer the usable key");
     assert!(!stored.proof_key.0.contains(&plain.0));
     assert_eq!(
-        gradient_domain::proto::open_proof_key(&second.app.crypt, &stored.proof_key),
+        gradient_domain::proto::open_proof_key(second.app.crypt(), &stored.proof_key),
         Some(key),
         "sealed with this server's crypt secret"
     );
 }
 
-/// The two documented database pools are both used: API requests on the web pool, the server's own work
-/// (scheduler, worker link, binary cache, background loops) on the main pool, sharing what they keep in memory.
+/// API requests (on the web pool) and the server's own work (scheduler, worker link, binary cache,
+/// background loops, on the main pool) share what they keep in memory and one fleet.
 #[tokio::test]
-async fn api_requests_and_the_servers_own_work_use_their_own_pools() {
+async fn api_requests_and_the_servers_own_work_share_one_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = gradient_server::build_state(&config(dir.path())).await.expect("state");
-    assert_eq!(state.app.storage.pool_name(), "web");
-    assert_eq!(state.core.storage.pool_name(), "main");
+    assert!(state.app.shares_memory_with(&state.core));
+    let other = tempfile::tempdir().expect("tempdir");
+    let another = gradient_server::build_state(&config(other.path()))
+        .await
+        .expect("state");
     assert!(
-        std::sync::Arc::ptr_eq(&state.app.memo, &state.core.memo),
-        "one memory of served answers for both"
+        !state.app.shares_memory_with(&another.core),
+        "another server's memory is its own"
     );
+}
+
+/// The server's database, opened once more (for what no API call sets up).
+async fn database(dir: &std::path::Path) -> gradient_storage_sql::SqlStorage {
+    let url = config(dir).resolve_database_url().expect("database URL");
+    let pools = gradient_storage_sql::PoolSizes {
+        max: 2,
+        min: 0,
+        web_max: 1,
+        web_min: 0,
+    };
+    gradient_storage_sql::connect(&url, pools).await.expect("database")
 }

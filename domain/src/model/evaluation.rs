@@ -31,6 +31,27 @@ impl Evaluation {
         self.transitions.push(super::Transition { status: to, at });
         true
     }
+
+    /// Moves the evaluation to `to` at `at`, through the states on the way a skipped report would have set
+    /// (a worker that evaluates nothing still went through `Fetching` and `Evaluating`); answers whether it
+    /// moved. A move the state machine does not allow (out of an ended evaluation, say) changes nothing.
+    pub fn advance_to(&mut self, to: EvaluationStatus, at: Timestamp) -> bool {
+        use EvaluationStatus::*;
+        let on_the_way: &[EvaluationStatus] = match to {
+            Evaluating | Failed => &[Fetching],
+            Building => &[Fetching, Evaluating],
+            Completed => &[Fetching, Evaluating, Building],
+            _ => &[],
+        };
+        let mut moved = false;
+        for step in on_the_way {
+            if self.status == to || self.status.can_become(to) {
+                break;
+            }
+            moved |= self.move_to(*step, at);
+        }
+        moved | self.move_to(to, at)
+    }
 }
 
 /// What started an evaluation.

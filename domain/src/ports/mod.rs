@@ -3,6 +3,7 @@
 
 pub mod cache_client;
 pub mod clock;
+pub mod fleet;
 pub mod forge;
 pub mod git;
 pub mod nar_store;
@@ -11,4 +12,5 @@ pub mod storage;
 
 pub use cache_client::CacheClient;
 pub use clock::Clock;
+pub use fleet::Fleet;
 pub use storage::{Storage, StorageError};

@@ -196,6 +196,13 @@ pub trait CacheContents {
     /// NotFound when the cache does not exist.
     fn put_cached_path(&self, path: &CachedPath) -> impl Future<Output = Result<bool>> + Send;
     fn cached_path(&self, cache: CacheId, hash_part: &str) -> impl Future<Output = Result<Option<CachedPath>>> + Send;
+    /// Which of `hash_parts` the cache holds, in one question whatever their number (a push asks about a whole
+    /// closure, an evaluation about every output). Each held one once, in no particular order.
+    fn held_hash_parts(
+        &self,
+        cache: CacheId,
+        hash_parts: &[String],
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Whether any cached path of the cache refers to this NAR url.
     fn nar_url_in_use(&self, cache: CacheId, url: &str) -> impl Future<Output = Result<bool>> + Send;
     /// Sets `last_fetched_at = at` for the given paths of the cache (unknown hash parts are ignored);
@@ -265,9 +272,11 @@ pub trait Queue {
     /// Hands a queued job to `worker`: `Queued → Assigned { worker, since: at }`. Ok(false), changing nothing,
     /// when the job is not queued (already assigned, finished) or does not exist.
     fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> impl Future<Output = Result<bool>> + Send;
-    /// Takes back every job assigned to `worker` (it was lost): `Assigned → Queued`, one more attempt each
-    /// (saturating at `u32::MAX`), creation time (so place in the queue) kept. Answers how many were requeued.
-    fn requeue_jobs_of(&self, worker: WorkerId) -> impl Future<Output = Result<u64>> + Send;
+    /// Takes back the listed jobs that are assigned to `worker` (it was lost, or no longer holds them):
+    /// `Assigned → Queued`, one more attempt each (saturating at `u32::MAX`), creation time (so place in the
+    /// queue) kept. Listed jobs not assigned to that worker are left as they are. Answers how many were
+    /// requeued.
+    fn requeue_jobs(&self, worker: WorkerId, jobs: &[JobId]) -> impl Future<Output = Result<u64>> + Send;
     /// Records the outcome of a job assigned to `worker`: `Assigned → Done` when `done`, else `Failed`.
     /// Ok(false), changing nothing, when the job is not assigned to that worker (queued, finished, requeued
     /// and handed to another) or does not exist.

@@ -1,26 +1,9 @@
-//! Keeping the queue honest when workers come and go.
+//! Keeping the queue honest when workers come and go. Whether a worker is lost is its link's to say (closed,
+//! or silent past `workerLostAfterSecs`); these rules decide what happens to its jobs.
 
 use super::QueueEntry;
 use crate::WorkerId;
-use crate::model::{JobId, JobState, Timestamp};
-use std::collections::HashMap;
-use std::time::Duration;
-
-/// The workers silent for longer than `timeout` (any frame counts as a sign of life), sorted. A closed link
-/// does not make a worker lost by itself: it has until the timeout to reconnect and report its jobs.
-pub fn lost_workers(now: Timestamp, last_seen: &HashMap<WorkerId, Timestamp>, timeout: Duration) -> Vec<WorkerId> {
-    // A timeout too large for chrono is one nobody will outlive.
-    let Ok(timeout) = chrono::TimeDelta::from_std(timeout) else {
-        return Vec::new();
-    };
-    let mut lost: Vec<WorkerId> = last_seen
-        .iter()
-        .filter(|&(_, &seen)| now.signed_duration_since(seen) > timeout)
-        .map(|(&id, _)| id)
-        .collect();
-    lost.sort();
-    lost
-}
+use crate::model::{JobId, JobState};
 
 /// The jobs assigned to lost workers, oldest first: they go back to the queue with the same id and place (the
 /// queue's `requeue_jobs_of`; a build's status `Building → Queued`, an evaluation's `Fetching`/`Evaluating →

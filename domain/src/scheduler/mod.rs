@@ -7,8 +7,10 @@
 //! restart loses nothing), asks [`plan`], records the decisions, and sends `Assign` frames.
 
 mod liveness;
+mod pins;
 
-pub use liveness::{jobs_to_requeue, lost_workers, orphaned_jobs};
+pub use liveness::{jobs_to_requeue, orphaned_jobs};
+pub use pins::Pins;
 
 use crate::model::{Capabilities, JobId, JobKind, JobRecord, JobState, Timestamp};
 use crate::{OrgId, WorkerId};

@@ -1,5 +1,4 @@
 use super::*;
-use std::time::Duration;
 use uuid::Uuid;
 
 fn uid(n: u128) -> Uuid {
@@ -431,25 +430,7 @@ fn oldest_first_and_spread_to_the_worker_with_most_free_slots() {
 }
 
 #[test]
-fn silent_workers_are_lost_and_their_jobs_requeued() {
-    let seen = HashMap::from([(wid(1), at(100)), (wid(2), at(70)), (wid(3), at(69)), (wid(4), at(200))]);
-    // (now, timeout, lost)
-    let table: [(i64, u64, Vec<u128>); 4] = [
-        (100, 30, vec![3]),
-        (101, 30, vec![2, 3]),
-        (100, 1000, vec![]),
-        (1000, 0, vec![1, 2, 3, 4]),
-    ];
-    for (i, (now, timeout, want)) in table.into_iter().enumerate() {
-        let want: Vec<WorkerId> = want.into_iter().map(wid).collect();
-        assert_eq!(
-            lost_workers(at(now), &seen, Duration::from_secs(timeout)),
-            want,
-            "case {i}"
-        );
-    }
-    assert_eq!(lost_workers(at(100), &seen, Duration::MAX), vec![]);
-
+fn a_lost_workers_jobs_are_requeued_oldest_first() {
     let jobs = vec![
         running(build(1, 5, &[]), 1),
         running(eval(2, 1), 1),
@@ -572,9 +553,7 @@ fn combined_two_orgs_three_workers_a_lost_worker_and_a_shared_derivation() {
     assert_eq!(plan(&snap), Plan::default(), "nothing else is ready");
 
     // Worker 2 goes silent: lost, and its jobs go back to the queue. Worker 1 finishes the lib.
-    let seen = HashMap::from([(wid(1), at(100)), (wid(2), at(40)), (wid(3), at(100))]);
-    let lost = lost_workers(at(100), &seen, Duration::from_secs(30));
-    assert_eq!(lost, vec![wid(2)]);
+    let lost = vec![wid(2)];
     let requeued = jobs_to_requeue(&snap.jobs, &lost);
     assert_eq!(requeued, vec![jid(30), jid(40)]);
     for j in snap.jobs.iter_mut().filter(|j| requeued.contains(&j.id)) {

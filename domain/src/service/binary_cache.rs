@@ -98,6 +98,15 @@ where
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Records that the cache's paths (hash parts) were fetched now, keeping them from garbage collection for
+    /// another `cacheTtlHours`. One call per batch of fetches, not per request.
+    pub async fn record_fetches(&self, cache: crate::CacheId, hash_parts: &[String]) -> Result<()> {
+        self.storage
+            .touch_cached_paths(cache, hash_parts, self.clock.now())
+            .await?;
+        Ok(())
+    }
+
     /// The cache, if the caller may read it. Anonymous callers are asked to authenticate (401) for every
     /// cache that is not public, existing or not, so the answer reveals nothing.
     pub async fn readable_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
@@ -397,15 +406,35 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 format!("ask about at most {MAX_MISSING_QUERY} paths at once"),
             ));
         }
-        let mut missing = Vec::new();
+        let mut parsed = Vec::with_capacity(paths.len());
         for path in paths {
-            let parsed = StorePath::parse(path)
+            let p = StorePath::parse(path)
                 .map_err(|e| invalid("invalid_store_path", format!("'{path}' is not a store path: {e}")))?;
-            if !self.holds(cache, parsed.hash_part()).await? {
-                missing.push(path.clone());
-            }
+            parsed.push(p.hash_part().to_owned());
         }
-        Ok(missing)
+        // The memo answers what was asked lately; the rest is one question to storage.
+        let remembered: Vec<Option<bool>> = parsed
+            .iter()
+            .map(|h| self.memo.narinfo(cache.id, h).map(|known| known.is_some()))
+            .collect();
+        let unknown: Vec<String> = parsed
+            .iter()
+            .zip(&remembered)
+            .filter(|(_, r)| r.is_none())
+            .map(|(h, _)| h.clone())
+            .collect();
+        let held: std::collections::HashSet<String> = self
+            .storage
+            .held_hash_parts(cache.id, &unknown)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(paths
+            .iter()
+            .zip(parsed.iter().zip(&remembered))
+            .filter(|(_, (h, r))| !r.unwrap_or_else(|| held.contains(*h)))
+            .map(|(p, _)| p.clone())
+            .collect())
     }
 
     async fn holds(&self, cache: &Cache, hash_part: &str) -> Result<bool> {

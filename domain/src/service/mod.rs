@@ -31,7 +31,7 @@ use crate::auth::TokenSigner;
 use crate::crypt::Crypt;
 use crate::names::{Name, NameError};
 use crate::ports::storage::StorageError;
-use crate::ports::{Clock, Storage};
+use crate::ports::{Clock, Fleet, Storage};
 
 /// Why a use case did not happen. Each variant maps to one HTTP status; `code()` is the stable,
 /// machine-readable identifier clients match on.
@@ -163,28 +163,39 @@ impl Default for Settings {
     }
 }
 
-/// The application: ports plus settings. Cheap to clone when the ports are.
+/// The application: ports plus settings. Cheap to clone when the ports are. Its fields are private: the
+/// apps reach storage, the fleet and the in-memory registries only through use cases.
 #[derive(Clone)]
 pub struct Gradient<S, C> {
-    pub storage: S,
-    pub clock: C,
-    pub tokens: TokenSigner,
-    pub crypt: Crypt,
-    pub settings: Settings,
+    storage: S,
+    clock: C,
+    tokens: TokenSigner,
+    crypt: Crypt,
+    settings: Settings,
+    /// The workers connected right now, shared by clones.
+    fleet: std::sync::Arc<dyn Fleet>,
     /// Answers the binary cache serves repeatedly; shared by clones.
-    pub memo: std::sync::Arc<memo::ServeMemo>,
+    memo: std::sync::Arc<memo::ServeMemo>,
     /// Derivation inputs the scheduler asks for at every dispatch; shared by clones.
-    pub derivations: std::sync::Arc<memo::DerivationMemo>,
+    derivations: std::sync::Arc<memo::DerivationMemo>,
     /// Builds waiting for the worker that evaluated them to push their `.drv` files; shared by clones.
-    pub pins: std::sync::Arc<memo::Pins>,
+    pins: std::sync::Arc<crate::scheduler::Pins>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
-    pub fn new(storage: S, clock: C, tokens: TokenSigner, crypt: Crypt, settings: Settings) -> Self {
+    pub fn new(
+        storage: S,
+        clock: C,
+        tokens: TokenSigner,
+        crypt: Crypt,
+        settings: Settings,
+        fleet: std::sync::Arc<dyn Fleet>,
+    ) -> Self {
         Self {
             memo: Default::default(),
             derivations: Default::default(),
             pins: Default::default(),
+            fleet,
             storage,
             clock,
             tokens,
@@ -193,8 +204,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
-    /// The same application (settings, secrets and everything it keeps in memory, shared) over another handle
-    /// of storage: the server runs HTTP requests on one database pool and its own work on another.
+    /// The same application (settings, secrets, fleet and everything it keeps in memory, shared) over another
+    /// handle of storage: the server runs HTTP requests on one database pool and its own work on another.
     pub fn with_storage<S2: Storage>(&self, storage: S2) -> Gradient<S2, C>
     where
         C: Clone,
@@ -205,10 +216,36 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             tokens: self.tokens.clone(),
             crypt: self.crypt.clone(),
             settings: self.settings.clone(),
+            fleet: self.fleet.clone(),
             memo: self.memo.clone(),
             derivations: self.derivations.clone(),
             pins: self.pins.clone(),
         }
+    }
+
+    /// Whether both share what they keep in memory (memos, pins) and their fleet: true for the handles
+    /// [`Self::with_storage`] makes of one application.
+    pub fn shares_memory_with<S2>(&self, other: &Gradient<S2, C>) -> bool {
+        std::sync::Arc::ptr_eq(&self.memo, &other.memo)
+            && std::sync::Arc::ptr_eq(&self.derivations, &other.derivations)
+            && std::sync::Arc::ptr_eq(&self.pins, &other.pins)
+            && std::sync::Arc::ptr_eq(&self.fleet, &other.fleet)
+    }
+
+    /// The installation's settings, as configured.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The secret box sealing stored secrets (the worker link opens proof keys with it).
+    pub fn crypt(&self) -> &Crypt {
+        &self.crypt
+    }
+
+    /// Whether the database answers (the health check).
+    pub async fn check_database(&self) -> Result<()> {
+        self.storage.meta("crypt_check").await?;
+        Ok(())
     }
 
     /// Checks that the crypt secret is the one this database was first used with: a sealed check value is

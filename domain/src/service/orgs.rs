@@ -161,21 +161,36 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(org)
     }
 
-    /// Deletes the organization with everything in it. Answers its worker registrations, gone with it: the
-    /// caller ends every link authorized by them (as when one registration is deleted).
-    pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<Vec<crate::PeerId>> {
+    /// Deletes the organization with everything in it. Its jobs running on connected workers are stopped
+    /// there, and every link authorized by its worker registrations loses them (a link left with none is
+    /// closed), as when one registration is deleted.
+    pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<()> {
         let org = self.org_requiring(caller, name, Permission::DeleteOrg).await?;
-        let peers = self
+        let peers: Vec<crate::PeerId> = self
             .storage
             .worker_registrations(org.id)
             .await?
             .into_iter()
             .map(|r| r.peer_id)
             .collect();
+        let mut running = Vec::new();
+        for w in self.fleet.connected().iter().filter(|w| w.orgs.contains(&org.id)) {
+            for job in self.storage.jobs_assigned_to(w.id).await? {
+                if job.org_id == org.id {
+                    running.push((w.id, job.id));
+                }
+            }
+        }
         self.memo.forget_job_access();
         self.storage.delete_org(org.id).await?;
         self.memo.forget_job_access();
-        Ok(peers)
+        for (worker, job) in running {
+            self.fleet.abort(worker, job);
+        }
+        for peer in peers {
+            self.fleet.revoke(peer);
+        }
+        Ok(())
     }
 
     pub async fn members(&self, caller: &Caller, org: &str) -> Result<Vec<Member>> {

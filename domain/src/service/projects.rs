@@ -88,6 +88,11 @@ fn check_overrides(o: &BTreeMap<String, InputOverride>) -> Result<()> {
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// The projects the poller looks at: active ones with a poll interval.
+    pub async fn polled_projects(&self) -> Result<Vec<crate::model::Project>> {
+        Ok(self.storage.polled_projects().await?)
+    }
+
     pub async fn projects(&self, caller: &Caller, org: &str) -> Result<Vec<Project>> {
         let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
         Ok(self.storage.projects(org.id).await?)

@@ -61,6 +61,11 @@ pub fn generate_token() -> String {
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Every registration of the worker, in all organizations: what a connecting worker is challenged for.
+    pub async fn registrations_of_worker(&self, worker: crate::WorkerId) -> Result<Vec<WorkerRegistration>> {
+        Ok(self.storage.worker_registrations_for(worker).await?)
+    }
+
     pub async fn register_worker(
         &self,
         caller: &Caller,
@@ -133,13 +138,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(self.storage.worker_registrations(org.id).await?)
     }
 
-    /// Deletes a registration; the caller disconnects the worker's link for it.
-    pub async fn delete_worker_registration(&self, caller: &Caller, org: &str, peer: &str) -> Result<PeerId> {
+    /// Deletes a registration; a worker's link proved with it loses it at once (and is closed when it has no
+    /// other).
+    pub async fn delete_worker_registration(&self, caller: &Caller, org: &str, peer: &str) -> Result<()> {
         let org = self.org_requiring(caller, org, Permission::ManageWorkers).await?;
         let missing = || ServiceError::NotFound(format!("no worker registration {peer} in '{}'", org.name));
         let peer = uuid::Uuid::parse_str(peer).map(PeerId).map_err(|_| missing())?;
         if self.storage.delete_worker_registration(org.id, peer).await? {
-            Ok(peer)
+            self.fleet.revoke(peer);
+            Ok(())
         } else {
             Err(missing())
         }

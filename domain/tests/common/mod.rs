@@ -7,6 +7,7 @@ use gradient_domain::crypt::Crypt;
 use gradient_domain::model::{Org, Project, Timestamp, truncate_to_micros};
 use gradient_domain::ports::Clock;
 use gradient_domain::service::{Caller, Gradient, NewOrg, NewProject, Registration, Settings};
+use gradient_ports::fleet::MemoryFleet;
 use gradient_ports::storage::MemoryStorage;
 use std::sync::{Arc, Mutex};
 
@@ -31,14 +32,45 @@ impl Clock for ManualClock {
     }
 }
 
-pub fn app<C: Clock>(clock: C, settings: Settings) -> Gradient<MemoryStorage, C> {
-    Gradient::new(
-        MemoryStorage::default(),
+/// The application under test, with handles on what it was built from: its storage and fleet (to arrange
+/// and inspect state the use cases do not show), its clock, token signer and crypt. Derefs to the
+/// application, so use cases are called on it directly.
+pub struct TestApp<C> {
+    pub app: Gradient<MemoryStorage, C>,
+    pub storage: MemoryStorage,
+    pub fleet: Arc<MemoryFleet>,
+    pub clock: C,
+    pub tokens: TokenSigner,
+    pub crypt: Crypt,
+}
+
+impl<C> std::ops::Deref for TestApp<C> {
+    type Target = Gradient<MemoryStorage, C>;
+    fn deref(&self) -> &Self::Target {
+        &self.app
+    }
+}
+
+pub fn app<C: Clock + Clone>(clock: C, settings: Settings) -> TestApp<C> {
+    let storage = MemoryStorage::default();
+    let fleet = Arc::new(MemoryFleet::default());
+    let tokens = TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!");
+    let crypt = Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes");
+    TestApp {
+        app: Gradient::new(
+            storage.clone(),
+            clock.clone(),
+            tokens.clone(),
+            crypt.clone(),
+            settings,
+            fleet.clone(),
+        ),
+        storage,
+        fleet,
         clock,
-        TokenSigner::new(b"a-jwt-secret-of-at-least-32-bytes!!"),
-        Crypt::from_secret(b"a-crypt-secret-of-at-least-32-bytes"),
-        settings,
-    )
+        tokens,
+        crypt,
+    }
 }
 
 /// Registers `username` (password `password123`) and answers a session of theirs.

@@ -119,6 +119,7 @@ macro_rules! storage_contract {
             cache_contents_of_unknown_cache_are_not_found,
             absent_cache_contents_are_none,
             nar_url_in_use_is_per_cache,
+            held_hash_parts_are_those_of_the_cache_only,
             orphan_nar_files_are_unreferenced_and_older_than_the_cutoff,
             orphan_nar_files_are_oldest_first_and_limited,
             touching_cached_paths_records_only_their_last_fetch,

@@ -270,6 +270,17 @@ impl CacheContents for MemoryStorage {
         self.with(|s| Ok(s.cached_paths.get(&(cache, hash_part.to_owned())).cloned()))
     }
 
+    async fn held_hash_parts(&self, cache: CacheId, hash_parts: &[String]) -> Result<Vec<String>> {
+        self.with(|s| {
+            let wanted: std::collections::BTreeSet<&String> = hash_parts.iter().collect();
+            Ok(wanted
+                .into_iter()
+                .filter(|h| s.cached_paths.contains_key(&(cache, (*h).clone())))
+                .cloned()
+                .collect())
+        })
+    }
+
     async fn nar_url_in_use(&self, cache: CacheId, url: &str) -> Result<bool> {
         self.with(|s| Ok(s.nar_url_in_use(cache, url)))
     }
@@ -351,8 +362,8 @@ impl Queue for MemoryStorage {
         self.with(|s| Ok(s.assign_job(id, worker, at)))
     }
 
-    async fn requeue_jobs_of(&self, worker: WorkerId) -> Result<u64> {
-        self.with(|s| Ok(s.requeue_jobs_of(worker)))
+    async fn requeue_jobs(&self, worker: WorkerId, jobs: &[JobId]) -> Result<u64> {
+        self.with(|s| Ok(s.requeue_jobs(worker, jobs)))
     }
 
     async fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> Result<bool> {

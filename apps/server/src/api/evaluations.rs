@@ -242,13 +242,12 @@ impl EvaluationsApi {
     ) -> Reply<EvaluationView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let commit = body.0.and_then(|b| b.commit);
-        let git = gradient_git_cli::GitCli::new(self.0.app.settings.network);
+        let git = gradient_git_cli::GitCli::new(self.0.app.settings().network);
         let e = self
             .0
             .app
             .trigger_evaluation(&git, &caller, &org, &project, commit.as_deref())
             .await?;
-        self.0.dispatch.notify_one();
         ok(EvaluationView::from(&e))
     }
 
@@ -259,7 +258,6 @@ impl EvaluationsApi {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         if body.0.method == "restart" {
             let e = self.0.app.restart_evaluation(&caller, EvaluationId(id.0)).await?;
-            self.0.dispatch.notify_one();
             return ok(EvaluationView::from(&e));
         }
         if body.0.method != "abort" {
@@ -268,18 +266,7 @@ impl EvaluationsApi {
                 format!("unknown method '{}' (abort, restart)", body.0.method),
             ));
         }
-        let workers = self.0.links.infos();
-        let running = self
-            .0
-            .app
-            .abort_evaluation(&caller, EvaluationId(id.0), &workers)
-            .await?;
-        for (worker, job_id) in running {
-            self.0
-                .links
-                .send(worker, gradient_domain::proto::ServerMessage::Abort { job_id });
-        }
-        let (e, _) = self.0.app.evaluation_for(&caller, EvaluationId(id.0)).await?;
+        let e = self.0.app.abort_evaluation(&caller, EvaluationId(id.0)).await?;
         ok(EvaluationView::from(&e))
     }
 

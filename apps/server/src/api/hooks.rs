@@ -168,7 +168,7 @@ impl HooksApi {
     async fn create_secret(&self, auth: Token, org: Path<String>) -> Reply<WebhookSecretView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let (o, secret) = self.0.app.create_webhook_secret(&caller, &org).await?;
-        let base = format!("{}/api/v1/hooks", self.0.public_url);
+        let base = format!("{}/api/v1/hooks", self.0.public_url());
         ok(WebhookSecretView {
             url: format!("{base}/{{forge}}/{}", o.name),
             urls: Forge::ALL
@@ -212,9 +212,6 @@ impl HooksApi {
             hub_signature_256: hub_signature_256.0,
         };
         let queued = self.0.app.receive_webhook(&forge, &org, &headers, &body.0).await?;
-        if !queued.is_empty() {
-            self.0.dispatch.notify_one();
-        }
         ok(WebhookReceipt {
             queued: queued.iter().map(|e| e.id.0).collect(),
         })
@@ -241,9 +238,6 @@ impl HooksApi {
             ..HookHeaders::default()
         };
         let queued = self.0.app.receive_github_app_webhook(&headers, &body.0).await?;
-        if !queued.is_empty() {
-            self.0.dispatch.notify_one();
-        }
         ok(WebhookReceipt {
             queued: queued.iter().map(|e| e.id.0).collect(),
         })

@@ -1,7 +1,6 @@
 use super::Tag;
 use super::dto::{Reply, ok};
 use crate::state::AppState;
-use gradient_domain::ports::storage::Meta;
 use poem_openapi::{Object, OpenApi};
 
 pub struct MetaApi(pub AppState);
@@ -29,12 +28,7 @@ impl MetaApi {
     /// Whether the server is up and its database reachable.
     #[oai(path = "/health", method = "get")]
     async fn health(&self) -> Reply<Health> {
-        self.0
-            .app
-            .storage
-            .meta("crypt_check")
-            .await
-            .map_err(gradient_domain::service::ServiceError::from)?;
+        self.0.app.check_database().await?;
         ok(Health {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -44,7 +38,7 @@ impl MetaApi {
     /// The server's public settings.
     #[oai(path = "/config", method = "get")]
     async fn config(&self) -> Reply<PublicConfig> {
-        let s = &self.0.app.settings;
+        let s = self.0.app.settings();
         ok(PublicConfig {
             version: env!("CARGO_PKG_VERSION").into(),
             registration_enabled: s.enable_registration && !s.oidc_required,

@@ -100,9 +100,7 @@ impl OrgsApi {
     #[oai(path = "/orgs/:org", method = "delete")]
     async fn delete(&self, auth: Token, org: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
-        for peer in self.0.app.delete_org(&caller, &org).await? {
-            self.0.links.revoke_peer(peer);
-        }
+        self.0.app.delete_org(&caller, &org).await?;
         ok("deleted".to_owned())
     }
 

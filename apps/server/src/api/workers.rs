@@ -47,7 +47,7 @@ impl WorkersApi {
             .map(|r| WorkerView {
                 peer_id: r.peer_id.0,
                 worker_id: r.worker_id.0,
-                connected: self.0.links.is_connected(r.peer_id),
+                connected: self.0.fleet.links.is_connected(r.peer_id),
                 created_at: r.created_at,
             })
             .collect())
@@ -77,8 +77,7 @@ impl WorkersApi {
     #[oai(path = "/orgs/:org/workers/:peer", method = "delete")]
     async fn delete(&self, auth: Token, org: Path<String>, peer: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
-        let peer = self.0.app.delete_worker_registration(&caller, &org, &peer).await?;
-        self.0.links.revoke_peer(peer);
+        self.0.app.delete_worker_registration(&caller, &org, &peer).await?;
         ok("deleted".to_owned())
     }
 }

@@ -3,18 +3,18 @@
 //! connection (malformed or oversized frame, silence, a message out of turn) is closed with a reason; the
 //! others are untouched.
 
+mod fleet;
 mod logs;
 mod registry;
 
+pub use fleet::LinkFleet;
 pub use logs::LiveLogs;
 pub use registry::{Links, Outgoing};
 
 use crate::state::AppState;
 use futures_util::{SinkExt, StreamExt};
-use gradient_domain::ports::storage::Workers;
 use gradient_domain::proto::{
-    self, Challenge, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected, ServerMessage, Stage,
-    WorkerMessage,
+    self, Challenge, HandshakePolicy, MAX_FRAME_BYTES, ProtoError, RejectCode, Rejected, ServerMessage, WorkerMessage,
 };
 use poem::http::{Method, StatusCode, header};
 use poem::{IntoResponse, Request, Response, handler};
@@ -67,7 +67,7 @@ pub async fn endpoint(req: &Request) -> Response {
     }
     // A connection that has proved nothing takes a slot of the anonymous pool only; it gets an authenticated
     // link's slot once its handshake proves a registration, so idle sockets cannot lock workers out.
-    let Some(slot) = state.links.try_anonymous_slot(state.link.max_anonymous) else {
+    let Some(slot) = state.fleet.links.try_anonymous_slot(state.link.max_anonymous) else {
         return Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
             .header(header::RETRY_AFTER, "10")
@@ -236,7 +236,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
             .await;
         }
     };
-    let registrations = match state.core.storage.worker_registrations_for(hello.worker_id).await {
+    let registrations = match state.core.registrations_of_worker(hello.worker_id).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(target: "gradient::proto", "reading registrations: {e}");
@@ -247,7 +247,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
             .await;
         }
     };
-    let connected = state.links.is_worker_connected(hello.worker_id);
+    let connected = state.fleet.links.is_worker_connected(hello.worker_id);
     let peers = match proto::check_hello(&hello, &registrations, connected, &state.link.policy) {
         Ok(p) => p,
         Err(r) => return reject(&mut socket, r).await,
@@ -287,13 +287,13 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         &nonce,
         &answers,
         &state.link.policy,
-        &state.core.crypt,
+        state.core.crypt(),
     ) {
         Ok(w) => w,
         Err(r) => return reject(&mut socket, r).await,
     };
     // Proved: the connection leaves the anonymous pool for an authenticated link's slot.
-    let Some(_slot) = state.links.try_slot(state.link.max_connections) else {
+    let Some(_slot) = state.fleet.links.try_slot(state.link.max_connections) else {
         let r = Rejected::new(
             RejectCode::ServerFull,
             format!(
@@ -306,6 +306,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
     drop(anonymous);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let Some(session) = state
+        .fleet
         .links
         .insert(hello.worker_id, welcome.authorized.iter().copied().collect(), tx)
     else {
@@ -324,7 +325,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         }
         Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
     }
-    state.links.set_info(
+    state.fleet.links.set_info(
         worker,
         gradient_domain::scheduler::WorkerInfo {
             id: worker,
@@ -342,10 +343,11 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
     let lost_after = Duration::from_secs(u64::from(welcome.lost_after_secs));
     let heartbeat = Duration::from_secs(u64::from(welcome.heartbeat_interval_secs));
     if send(&mut socket, &ServerMessage::Welcome(welcome)).await.is_err() {
-        state.links.remove(worker, session);
+        state.fleet.links.remove(worker, session);
         return;
     }
-    state.dispatch.notify_one();
+    // Its free slots are worth a dispatch round now.
+    gradient_domain::ports::Fleet::wake(&*state.fleet);
     let mut beat = tokio::time::interval(heartbeat);
     let mut deadline = tokio::time::Instant::now() + lost_after;
     let ending: Option<Rejected> = loop {
@@ -375,13 +377,12 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
     };
     // Jobs the worker held go back to the queue for another worker, before the link leaves the registry: a
     // reconnection under the same id is refused until then, so it never has its new jobs taken back.
-    match state.core.worker_disconnected(worker).await {
+    match state.core.worker_lost(worker).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) of worker {worker}"),
         Err(e) => tracing::error!(target: "gradient::proto", "requeueing jobs of {worker}: {e}"),
     }
-    state.links.remove(worker, session);
-    state.dispatch.notify_one();
+    state.fleet.links.remove(worker, session);
     if let Some(r) = ending {
         reject(&mut socket, r).await;
     }
@@ -400,13 +401,15 @@ async fn handle(
             job_id,
             derivations,
             errors,
-        } => match state.core.check_report_scope(job_id, worker, orgs).await {
-            Ok(()) => state.core.record_eval_result(job_id, worker, derivations, errors).await,
-            Err(e) => Err(e),
-        },
+        } => {
+            state
+                .core
+                .record_eval_result(job_id, worker, orgs, derivations, errors)
+                .await
+        }
         WorkerMessage::JobLog { job_id, text, .. } => {
             // Only the worker the job was handed to, on a link proved for the job's organization, writes its log.
-            if state.logs.append(job_id, worker, orgs, &text) {
+            if state.fleet.logs.append(job_id, worker, orgs, &text) {
                 Ok(())
             } else {
                 Err(gradient_domain::service::ServiceError::Forbidden(format!(
@@ -415,35 +418,13 @@ async fn handle(
                 )))
             }
         }
-        WorkerMessage::JobProgress {
-            job_id,
-            stage: Stage::Pushing,
-        } => {
-            // A build that only uploads now frees its build slot: the worker may get its next builds. An
-            // evaluation that pushes its `.drv` files has reported every derivation: its builds start.
-            let r = match state.core.check_report_scope(job_id, worker, orgs).await {
-                Err(e) => Err(e),
-                Ok(()) if state.logs.is_build(job_id) => Ok(()),
-                Ok(()) => state.core.record_evaluation_pushing(job_id, worker).await,
-            };
-            if r.is_ok() {
-                state.links.pushing(worker, job_id);
-            }
-            state.dispatch.notify_one();
-            r
+        WorkerMessage::JobProgress { job_id, stage } => {
+            state.core.record_job_progress(job_id, worker, orgs, stage).await
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
-            state.links.finished(worker, job_id);
             // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
-            let r = match state.core.check_report_scope(job_id, worker, orgs).await {
-                Ok(()) => {
-                    let log = state.logs.take_own(job_id, worker, orgs);
-                    state.core.record_job_finished(job_id, worker, outcome, log).await
-                }
-                Err(e) => Err(e),
-            };
-            state.dispatch.notify_one();
-            r
+            let log = state.fleet.logs.take_own(job_id, worker, orgs);
+            state.core.record_job_finished(job_id, worker, orgs, outcome, log).await
         }
         _ => Ok(()),
     };

@@ -122,9 +122,14 @@ impl Links {
         }
     }
 
-    /// The connected workers the scheduler may give jobs to.
+    /// The connected workers the scheduler may give jobs to: done with their handshake, and still holding a
+    /// registration (a link whose last one was revoked is closing).
     pub fn infos(&self) -> Vec<WorkerInfo> {
-        self.lock().values().filter_map(|c| c.info.clone()).collect()
+        self.lock()
+            .values()
+            .filter(|c| !c.peers.is_empty())
+            .filter_map(|c| c.info.clone())
+            .collect()
     }
 
     /// The worker's job is built and only pushing (see [`WorkerInfo::pushing`]).
@@ -141,11 +146,11 @@ impl Links {
         }
     }
 
-    /// Sends to a connected worker; false if it is not connected.
+    /// Sends to a connected worker; false if it is not connected, or its link lost its last registration.
     pub fn send(&self, worker: WorkerId, msg: ServerMessage) -> bool {
         self.lock()
             .get(&worker)
-            .is_some_and(|c| c.tx.send(Outgoing::Send(msg)).is_ok())
+            .is_some_and(|c| !c.peers.is_empty() && c.tx.send(Outgoing::Send(msg)).is_ok())
     }
 
     pub fn count(&self) -> usize {

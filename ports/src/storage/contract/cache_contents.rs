@@ -301,6 +301,39 @@ pub async fn nar_url_in_use_is_per_cache<S: Storage>(s: &S) {
     );
 }
 
+/// `held_hash_parts` answers, in one question of any size, which hash parts the cache itself holds.
+pub async fn held_hash_parts_are_those_of_the_cache_only<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let main = cache(s, "main", alice.id, false).await;
+    let other = cache(s, "other", alice.id, false).await;
+    let a = cached_path(s, main.id, "a").await;
+    let b = cached_path(s, main.id, "b").await;
+    let elsewhere = cached_path(s, other.id, "c").await;
+    // More than one chunk of any sensible batch size, with duplicates.
+    let mut asked: Vec<String> = (0..1500).map(|i| format!("{i:032}")).collect();
+    asked.extend([
+        a.hash_part.clone(),
+        b.hash_part.clone(),
+        a.hash_part.clone(),
+        elsewhere.hash_part.clone(),
+    ]);
+    let mut held = s.held_hash_parts(main.id, &asked).await.expect("held_hash_parts");
+    held.sort();
+    let mut want = vec![a.hash_part.clone(), b.hash_part.clone()];
+    want.sort();
+    assert_eq!(
+        held, want,
+        "each held one once; another cache's path is not this cache's"
+    );
+    assert!(
+        s.held_hash_parts(main.id, &[])
+            .await
+            .expect("held_hash_parts")
+            .is_empty(),
+        "nothing asked"
+    );
+}
+
 /// Orphans are the NAR files no path of their own cache refers to, created strictly before the cutoff.
 pub async fn orphan_nar_files_are_unreferenced_and_older_than_the_cutoff<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;

@@ -80,9 +80,9 @@ pub async fn absent_jobs_are_none<S: Storage>(s: &S) {
         "finishing an unknown job"
     );
     assert_eq!(
-        s.requeue_jobs_of(worker).await.expect("requeue_jobs_of"),
+        s.requeue_jobs(worker, &[unknown]).await.expect("requeue_jobs"),
         0,
-        "requeueing for a worker with no jobs"
+        "requeueing an unknown job"
     );
     assert_eq!(
         s.jobs_assigned_to(worker).await.expect("jobs_assigned_to"),
@@ -434,10 +434,20 @@ pub async fn requeue_jobs_of_a_lost_worker_counts_attempts<S: Storage>(s: &S) {
         "finish"
     );
 
+    let all: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     assert_eq!(
-        s.requeue_jobs_of(lost).await.expect("requeue_jobs_of"),
-        2,
-        "the lost worker's two assigned jobs"
+        s.requeue_jobs(lost, &[second.id]).await.expect("requeue_jobs"),
+        1,
+        "only a listed job is requeued"
+    );
+    assert!(
+        matches!(state_of(s, oldest.id).await, Some(JobState::Assigned { .. })),
+        "a job not listed stays assigned"
+    );
+    assert_eq!(
+        s.requeue_jobs(lost, &all).await.expect("requeue_jobs"),
+        1,
+        "the lost worker's other assigned job; the rest are not assigned to it"
     );
     for job in [&oldest, &second] {
         assert_eq!(
@@ -477,7 +487,7 @@ pub async fn requeue_jobs_of_a_lost_worker_counts_attempts<S: Storage>(s: &S) {
         "requeued jobs keep their place in the queue"
     );
     assert_eq!(
-        s.requeue_jobs_of(lost).await.expect("requeue_jobs_of"),
+        s.requeue_jobs(lost, &all).await.expect("requeue_jobs"),
         0,
         "nothing left to requeue"
     );
@@ -487,7 +497,7 @@ pub async fn requeue_jobs_of_a_lost_worker_counts_attempts<S: Storage>(s: &S) {
         "reassign"
     );
     assert_eq!(
-        s.requeue_jobs_of(alive).await.expect("requeue_jobs_of"),
+        s.requeue_jobs(alive, &all).await.expect("requeue_jobs"),
         2,
         "the other worker is lost too"
     );
@@ -562,7 +572,7 @@ pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
         "finished jobs are no longer assigned"
     );
     assert_eq!(
-        s.requeue_jobs_of(worker).await.expect("requeue_jobs_of"),
+        s.requeue_jobs(worker, &[good.id, bad.id]).await.expect("requeue_jobs"),
         0,
         "finished jobs are not requeued"
     );
@@ -707,7 +717,9 @@ pub async fn delete_org_removes_its_jobs<S: Storage>(s: &S) {
         "the worker keeps only the other org's job"
     );
     assert_eq!(
-        s.requeue_jobs_of(worker).await.expect("requeue_jobs_of"),
+        s.requeue_jobs(worker, &[queued.id, assigned.id, finished.id, survivor.id])
+            .await
+            .expect("requeue_jobs"),
         1,
         "only the other org's job is requeued"
     );

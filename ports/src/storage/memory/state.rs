@@ -565,10 +565,10 @@ impl State {
         }
     }
 
-    pub(super) fn requeue_jobs_of(&mut self, worker: WorkerId) -> u64 {
+    pub(super) fn requeue_jobs(&mut self, worker: WorkerId, jobs: &[JobId]) -> u64 {
         let mut requeued = 0;
         for job in self.jobs.values_mut() {
-            if matches!(job.state, JobState::Assigned { worker: w, .. } if w == worker) {
+            if jobs.contains(&job.id) && matches!(job.state, JobState::Assigned { worker: w, .. } if w == worker) {
                 job.state = JobState::Queued;
                 job.attempts = job.attempts.saturating_add(1);
                 requeued += 1;

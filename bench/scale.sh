@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Scale benchmark: Gradient (server + one co-located worker) on flakes of N independent trivial derivations plus
+# a 100-long chain and an aggregate over all of them, for N = 300, 3,000 and 10,000 (or the sizes given), on
+# SQLite and on PostgreSQL. Prints, per database and size, the time from the trigger until everything is built
+# and cached, the time per derivation (it should grow at most linearly: the per-derivation figure should stay
+# flat), and the server's peak resident memory (goal <= 300 MB at 10,000). Never asserts.
+# Usage: bench/scale.sh [SIZE...]   (installs what is missing with apt-get; PostgreSQL is started as in tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_packages nix-bin git curl jq bc postgresql
+ensure_rust
+say "building gradient-server and gradient-worker (release)"
+cargo build --release --locked -p gradient-server -p gradient-worker >&2
+bin="${CARGO_TARGET_DIR:-target}/release"
+admin_url=$(ensure_postgres)
+
+export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0'
+work=$(mktemp -d /tmp/gradient-scale-bench.XXXXXX)
+server_pid=""
+worker_pid=""
+db=""
+cleanup() {
+  kill $server_pid $worker_pid 2>/dev/null || true
+  [ -z "$db" ] || psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(300 3000 10000)
+
+write_flake() {
+  local dir=$1 n=$2 nonce=$3
+  mkdir -p "$dir"
+  cat > "$dir/flake.nix" <<NIX
+{
+  outputs = { self }: let
+    system = "x86_64-linux";
+    nonce = "$nonce";
+    leaf = i: derivation {
+      name = "leaf-\${toString i}"; inherit system nonce; builder = "/bin/sh";
+      args = [ "-c" "echo \${toString i} > \$out" ];
+    };
+    link = i: derivation {
+      name = "link-\${toString i}"; inherit system nonce; builder = "/bin/sh";
+      prev = if i == 0 then "" else link (i - 1);
+      args = [ "-c" "echo \${toString i} \$prev > \$out" ];
+    };
+    # The aggregate lists its inputs in a file, not its environment: 10,000 paths exceed the argument limit.
+    leaves = builtins.genList leaf $n;
+  in {
+    packages.\${system}.all = derivation {
+      name = "all"; inherit system nonce; builder = "/bin/sh";
+      inputs = leaves ++ [ (link 99) ]; passAsFile = [ "inputs" ];
+      args = [ "-c" "cp \$inputsPath \$out" ];
+    };
+  };
+}
+NIX
+  [ -d "$dir/.git" ] || git -C "$dir" init -q -b main
+  git -C "$dir" add flake.nix
+  git -C "$dir" -c user.name=bench -c user.email=bench@example.com commit -q -m "bench $nonce"
+}
+
+# Starts a server on DATABASE (sqlite or postgres) with its worker; sets api and auth.
+start() {
+  local database=$1 url=()
+  kill $server_pid $worker_pid 2>/dev/null || true
+  wait $server_pid $worker_pid 2>/dev/null || true
+  rm -rf "$work/server" "$work/worker"
+  if [ "$database" = postgres ]; then
+    [ -z "$db" ] || psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db" >/dev/null
+    db="gradient_bench_$RANDOM"
+    psql "$admin_url" -qc "CREATE DATABASE $db" >/dev/null
+    url=(GRADIENT_DATABASE_URL="postgres:///$db?host=/var/run/postgresql&user=$(id -un)")
+  fi
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  worker_id=$(cat /proc/sys/kernel/random/uuid)
+  head -c 48 /dev/urandom | base64 -w0 > "$work/token"
+  echo "*:$(cat "$work/token")" > "$work/peers"
+  env "${url[@]}" GRADIENT_BASE_DIR="$work/server" GRADIENT_PORT=$port GRADIENT_LOG_LEVEL_DEFAULT=warn \
+    GRADIENT_ALLOW_LOCAL_REPOSITORIES=true GRADIENT_LOCAL_WORKER_ID=$worker_id \
+    GRADIENT_LOCAL_WORKER_TOKEN_FILE="$work/token" "$bin/gradient-server" >"$work/server.log" 2>&1 &
+  server_pid=$!
+  api="http://127.0.0.1:$port/api/v1"
+  for _ in $(seq 1 100); do curl -fs "$api/health" >/dev/null && break; sleep 0.1; done
+  curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
+    -d '{"username":"bench","name":"Bench","email":"bench@example.com","password":"benchmark1"}' >/dev/null
+  jwt=$(curl -fs -X POST "$api/auth/basic/login" -H 'Content-Type: application/json' \
+    -d '{"loginname":"bench","password":"benchmark1"}' | jq -r .message)
+  auth=(-H "Authorization: Bearer $jwt" -H 'Content-Type: application/json')
+  curl -fs -X POST "$api/orgs" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
+  curl -fs -X POST "$api/caches" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
+  curl -fs -X PUT "$api/orgs/bench/push-cache/bench" "${auth[@]}" >/dev/null
+  GRADIENT_SERVER_URL="ws://127.0.0.1:$port/proto" GRADIENT_WORKER_ID=$worker_id GRADIENT_PEERS_FILE="$work/peers" \
+  GRADIENT_STATE_DIR="$work/worker" GRADIENT_CAPABILITIES_FETCH=true GRADIENT_CAPABILITIES_EVAL=true \
+  GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=warn \
+    "$bin/gradient-worker" >"$work/worker.log" 2>&1 &
+  worker_pid=$!
+}
+
+rss_peak_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/"$server_pid"/status; }
+
+results=()
+for database in sqlite postgres; do
+  for n in "${sizes[@]}"; do
+    say "$database: $n independent derivations + a 100-long chain + an aggregate"
+    start "$database"
+    write_flake "$work/repo-$database-$n" "$n" "scale-$database-$n-$RANDOM"
+    curl -fs -X POST "$api/projects/bench" "${auth[@]}" \
+      -d "{\"name\":\"s$n\",\"repository\":\"file://$work/repo-$database-$n\",\"wildcard\":\"packages.*.*\"}" >/dev/null
+    commit=$(git -C "$work/repo-$database-$n" rev-parse HEAD)
+    total=$((n + 101))
+    start_at=$(date +%s.%N)
+    id=$(curl -fs -X POST "$api/projects/bench/s$n/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
+    while :; do
+      status=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq -r .message.evaluation.status)
+      case "$status" in Completed) break ;; Failed|Aborted)
+          curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.errors[]?.message' >&2
+          tail -20 "$work/worker.log" "$work/server.log" >&2
+          die "$database $n: the evaluation ended $status" ;; esac
+      sleep 0.5
+    done
+    seconds=$(echo "$(date +%s.%N) - $start_at" | bc -l)
+    done_builds=$(curl -fs "$api/evals/$id/builds" "${auth[@]}" | jq '[.message[] | select(.status == "Completed")] | length')
+    results+=("$(printf '%-9s %7s %9.1f %12.2f %10s %8s' "$database" "$total" "$seconds" \
+      "$(echo "$seconds * 1000 / $total" | bc -l)" "$(rss_peak_mb)" "$done_builds")")
+    printf '  %s\n' "${results[-1]}" >&2
+  done
+done
+
+printf '\n%-9s %7s %9s %12s %10s %8s\n' database builds seconds "ms/build" "RSS MB" completed
+printf '%s\n' "${results[@]}"
+echo "(goals: ms/build flat or falling with size; server peak RSS <= 300 MB at 10,000)"

@@ -1,0 +1,65 @@
+//! The worker fleet: the workers connected to this server right now and the way to reach them.
+//!
+//! The server's link registry (`apps/server/src/link`) implements it over the workers' WebSocket
+//! connections; `gradient-ports` has an in-memory fleet and the contract suite both pass. The use cases call
+//! it for every follow-up of a change (hand out a job, stop one, drop a revoked registration's link, wake the
+//! dispatcher), so request handlers and the link only translate.
+//!
+//! Calls never block on the network: a message is queued for the connection's writer and delivered in order.
+
+use crate::model::JobId;
+use crate::proto::Job;
+use crate::scheduler::WorkerInfo;
+use crate::{OrgId, PeerId, WorkerId};
+
+pub trait Fleet: Send + Sync + 'static {
+    /// The connected workers the scheduler may give jobs to, as their handshake described them, with the jobs
+    /// they are only pushing. A link left without any registration is not among them.
+    fn connected(&self) -> Vec<WorkerInfo>;
+
+    /// Hands a job of `org` to a connected worker (`Assign`). False, sending nothing, when the worker is not
+    /// connected (any more).
+    fn assign(&self, worker: WorkerId, org: OrgId, job: Job) -> bool;
+
+    /// Tells a connected worker to stop a job it runs (`Abort`). False when it is not connected.
+    fn abort(&self, worker: WorkerId, job: JobId) -> bool;
+
+    /// A registration was deleted: a link proved with it loses it at once, and a link left with none is
+    /// closed (code `revoked`) and gets no more jobs.
+    fn revoke(&self, peer: PeerId);
+
+    /// The worker's job is built (or its `.drv` files are evaluated) and only uploads now: it holds no build
+    /// slot any more.
+    fn job_pushing(&self, worker: WorkerId, job: JobId);
+
+    /// The worker's job ended.
+    fn job_ended(&self, worker: WorkerId, job: JobId);
+
+    /// Something changed that may let queued jobs run (a job queued or ended, a worker came or went): the
+    /// dispatcher runs soon. Wakes close together are taken in one round.
+    fn wake(&self);
+}
+
+impl<F: Fleet + ?Sized> Fleet for std::sync::Arc<F> {
+    fn connected(&self) -> Vec<WorkerInfo> {
+        (**self).connected()
+    }
+    fn assign(&self, worker: WorkerId, org: OrgId, job: Job) -> bool {
+        (**self).assign(worker, org, job)
+    }
+    fn abort(&self, worker: WorkerId, job: JobId) -> bool {
+        (**self).abort(worker, job)
+    }
+    fn revoke(&self, peer: PeerId) {
+        (**self).revoke(peer)
+    }
+    fn job_pushing(&self, worker: WorkerId, job: JobId) {
+        (**self).job_pushing(worker, job)
+    }
+    fn job_ended(&self, worker: WorkerId, job: JobId) {
+        (**self).job_ended(worker, job)
+    }
+    fn wake(&self) {
+        (**self).wake()
+    }
+}

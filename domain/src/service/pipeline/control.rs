@@ -1,0 +1,155 @@
+//! Stopping and restarting: an evaluation aborted by a person or superseded by a push, and the failed builds
+//! of an ended evaluation queued again.
+
+use super::super::Caller;
+use super::{Gradient, Result, ServiceError, build_job, hide_org};
+use crate::model::{Build, Evaluation, JobKind, JobRecord};
+use crate::permissions::Permission;
+use crate::ports::{Clock, Storage};
+use crate::status::{BuildStatus, EvaluationStatus};
+use crate::{EvaluationId, OrgId, WorkerId};
+use std::collections::HashSet;
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Aborts an evaluation (`abort_evaluation`): it ends Aborted, its queued builds that no other live
+    /// evaluation needs end Aborted too, and the connected workers running its jobs are told to stop them.
+    /// Answers the evaluation as it is now.
+    pub async fn abort_evaluation(&self, caller: &Caller, id: EvaluationId) -> Result<Evaluation> {
+        let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
+        let e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
+        let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
+        let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
+        self.org_requiring(caller, o.name.as_str(), Permission::AbortEvaluation)
+            .await
+            .map_err(|e| hide_org(e, missing))?;
+        if e.status.is_terminal() {
+            return Err(ServiceError::conflict(
+                "already_finished",
+                format!("the evaluation already ended ({})", e.status.as_str()),
+            ));
+        }
+        // Only links proved for the organization hear of its jobs (another tenant's connection under the same
+        // worker id must not learn their ids).
+        let workers: Vec<WorkerId> = self
+            .fleet
+            .connected()
+            .into_iter()
+            .filter(|w| w.orgs.contains(&o.id))
+            .map(|w| w.id)
+            .collect();
+        self.stop_evaluation(e, o.id, &workers).await
+    }
+
+    /// Ends a live evaluation Aborted and stops what only it needs (see `abort_evaluation`), on `workers`.
+    pub(super) async fn stop_evaluation(
+        &self,
+        mut e: Evaluation,
+        org: OrgId,
+        workers: &[WorkerId],
+    ) -> Result<Evaluation> {
+        let id = e.id;
+        let from = e.status;
+        if !e.move_to(EvaluationStatus::Aborted, self.clock.now()) {
+            return Err(ServiceError::Internal(format!(
+                "an evaluation cannot go from {} to Aborted",
+                e.status.as_str()
+            )));
+        }
+        self.save_evaluation(from, &e).await?;
+        self.abandon_builds(id, org, workers).await?;
+        Ok(e)
+    }
+
+    /// Ends Aborted the unfinished builds only the (ended) evaluation needs, and its queued jobs; its jobs
+    /// running on `workers` are stopped there. Without workers, builds already running go on: their outputs
+    /// are still useful.
+    pub(super) async fn abandon_builds(&self, id: EvaluationId, org: OrgId, workers: &[WorkerId]) -> Result<()> {
+        let mut abandoned: HashSet<String> = HashSet::new();
+        for b in self.storage.builds_of_evaluation(id).await? {
+            if b.status.is_terminal() || (workers.is_empty() && b.status == BuildStatus::Building) {
+                continue;
+            }
+            let mut needed_elsewhere = false;
+            for other in self.storage.evaluations_needing(org, &b.drv_path).await? {
+                if other != id
+                    && self
+                        .storage
+                        .evaluation(other)
+                        .await?
+                        .is_some_and(|x| !x.status.is_terminal())
+                {
+                    needed_elsewhere = true;
+                    break;
+                }
+            }
+            if !needed_elsewhere {
+                abandoned.insert(b.drv_path.clone());
+            }
+        }
+        for job in self.storage.queued_jobs(super::ABORT_WINDOW).await? {
+            if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
+                self.storage.cancel_queued_job(job.id).await?;
+            }
+        }
+        for w in workers {
+            for job in self.storage.jobs_assigned_to(*w).await? {
+                if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
+                    // Its token stops working now, not when its worker reports.
+                    self.memo.revoke_job(job.id);
+                    self.fleet.abort(*w, job.id);
+                }
+            }
+        }
+        for drv in &abandoned {
+            self.move_build(org, drv, BuildStatus::Aborted).await?;
+        }
+        Ok(())
+    }
+
+    fn job_is_for(&self, job: &JobRecord, evaluation: EvaluationId, drvs: &HashSet<String>) -> bool {
+        match &job.kind {
+            JobKind::Evaluate { evaluation_id } => *evaluation_id == evaluation,
+            JobKind::Build { derivation, .. } => drvs.contains(derivation),
+        }
+    }
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Restarts the failed, aborted and dependency-failed builds of an evaluation that got as far as building
+    /// (`abort_evaluation` covers stopping and restarting): they are queued again and the evaluation goes
+    /// back to Building.
+    pub async fn restart_evaluation(&self, caller: &Caller, id: EvaluationId) -> Result<Evaluation> {
+        let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
+        let mut e = self.storage.evaluation(id).await?.ok_or_else(missing)?;
+        let p = self.storage.project_by_id(e.project_id).await?.ok_or_else(missing)?;
+        let o = self.storage.org(p.org_id).await?.ok_or_else(missing)?;
+        self.org_requiring(caller, o.name.as_str(), Permission::AbortEvaluation)
+            .await
+            .map_err(|e| hide_org(e, missing))?;
+        let builds = self.storage.builds_of_evaluation(id).await?;
+        let again: Vec<&Build> = builds
+            .iter()
+            .filter(|b| b.status.is_terminal() && !b.status.provides_outputs())
+            .collect();
+        if again.is_empty() || !e.status.can_become(EvaluationStatus::Building) {
+            return Err(ServiceError::conflict(
+                "nothing_to_restart",
+                "only an evaluation that ended with failed or aborted builds can be restarted",
+            ));
+        }
+        let now = self.clock.now();
+        for b in again {
+            self.move_build(o.id, &b.drv_path, BuildStatus::Queued).await?;
+            let Some(d) = self.derivation(o.id, &b.drv_path).await? else {
+                continue;
+            };
+            self.storage.enqueue_job(&build_job(o.id, &d, now)).await?;
+        }
+        let from = e.status;
+        e.advance_to(EvaluationStatus::Building, now);
+        e.errors.retain(|x| !x.attribute.is_empty());
+        self.save_evaluation(from, &e).await?;
+        self.fleet.wake();
+        Ok(e)
+    }
+}

@@ -1,0 +1,252 @@
+//! Handing queued jobs to connected workers: one round decides with the scheduler ([`scheduler::plan`]) over
+//! a snapshot of the queue and the fleet, records the decisions, and sends the jobs.
+
+use super::{Gradient, JOB_TOKEN_LIFETIME, Result};
+use crate::model::{JobId, JobKind, JobRecord};
+use crate::ports::{Clock, Storage};
+use crate::proto::{self, PushTarget};
+use crate::scheduler::{self, QueueEntry, Snapshot};
+use crate::status::{BuildStatus, EvaluationStatus};
+use crate::{OrgId, WorkerId};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// An org's substituter URLs, their public keys, and its push cache with its URL.
+type OrgCaches = (Vec<String>, Vec<String>, Option<(crate::CacheId, String)>);
+
+/// A job a dispatch round handed to a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispatched {
+    pub worker: WorkerId,
+    /// The organization the job is for.
+    pub org: OrgId,
+    pub job: proto::Job,
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// One dispatch round: decides who runs what now among the connected workers, records it, and hands the
+    /// jobs out through the fleet. Queued builds that can never run (an input failed) end DependencyFailed,
+    /// and ones whose outputs are already available end Substituted. A worker that left before its job
+    /// reached it is lost: its jobs go back to the queue. Answers the jobs handed out.
+    pub async fn dispatch(&self) -> Result<Vec<Dispatched>> {
+        let workers = self.fleet.connected();
+        let mut jobs = Vec::new();
+        // A pin lasts while its evaluation job is queued or running: one ended another way (aborted,
+        // superseded) releases its builds.
+        for job in self.pins.jobs() {
+            if !self.job_is_active(job).await? {
+                self.pins.release(job);
+            }
+        }
+        let pinned = self.pins.pinned();
+        let mut queued: HashMap<JobId, JobRecord> = HashMap::new();
+        for record in self.storage.queued_jobs(super::DISPATCH_WINDOW).await? {
+            let mut entry = self.entry(&record).await?;
+            if let scheduler::Needs::Build(b) = &entry.needs {
+                entry.pinned_to = pinned.get(&(record.org_id, b.drv_path.clone())).copied();
+            }
+            jobs.push(entry);
+            queued.insert(record.id, record);
+        }
+        for w in &workers {
+            for record in self.storage.jobs_assigned_to(w.id).await? {
+                jobs.push(self.entry(&record).await?);
+            }
+        }
+        let mut inputs: HashMap<OrgId, BTreeSet<String>> = HashMap::new();
+        for j in &jobs {
+            if let scheduler::Needs::Build(b) = &j.needs {
+                inputs.entry(j.org).or_default().extend(b.inputs.iter().cloned());
+            }
+        }
+        let mut available: HashMap<OrgId, HashSet<String>> = HashMap::new();
+        let mut failed: HashMap<OrgId, HashSet<String>> = HashMap::new();
+        for (org, paths) in inputs {
+            let paths: Vec<String> = paths.into_iter().collect();
+            for (path, status) in self.storage.build_statuses(org, &paths).await? {
+                if status.provides_outputs() {
+                    available.entry(org).or_default().insert(path);
+                } else if status.is_terminal() {
+                    failed.entry(org).or_default().insert(path);
+                }
+            }
+        }
+        let plan = scheduler::plan(&Snapshot {
+            jobs,
+            workers,
+            available,
+            failed,
+        });
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        let mut lost = BTreeSet::new();
+        let mut caches: HashMap<OrgId, OrgCaches> = HashMap::new();
+        for (job_id, worker) in plan.assignments {
+            let Some(record) = queued.remove(&job_id) else {
+                continue;
+            };
+            if lost.contains(&worker) {
+                continue;
+            }
+            // The message is made before the job is assigned: a failure here leaves it queued, not assigned
+            // to a worker that never hears of it.
+            if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
+                slot.insert(self.org_caches(record.org_id).await?);
+            }
+            let Some(job) = self.wire_job(&record, (worker, now), &caches[&record.org_id]).await? else {
+                // What it refers to is gone (its evaluation was deleted): it ends without a worker.
+                self.storage.cancel_queued_job(job_id).await?;
+                continue;
+            };
+            if !self.storage.assign_job(job_id, worker, now).await? {
+                continue;
+            }
+            match &record.kind {
+                JobKind::Evaluate { evaluation_id } => {
+                    self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
+                        .await?;
+                }
+                JobKind::Build { derivation, .. } => {
+                    self.move_build(record.org_id, derivation, BuildStatus::Building)
+                        .await?;
+                }
+            }
+            if self.fleet.assign(worker, record.org_id, job.clone()) {
+                out.push(Dispatched {
+                    worker,
+                    org: record.org_id,
+                    job,
+                });
+            } else {
+                // It left between the snapshot and now: what it was given goes back to the queue.
+                lost.insert(worker);
+            }
+        }
+        for worker in lost {
+            self.worker_lost(worker).await?;
+        }
+        for job_id in plan.dependency_failed {
+            self.settle_without_worker(job_id, BuildStatus::DependencyFailed)
+                .await?;
+        }
+        for job_id in plan.substituted {
+            self.settle_without_worker(job_id, BuildStatus::Substituted).await?;
+        }
+        Ok(out)
+    }
+
+    /// Ends a queued build job the scheduler found nothing to run for: its build takes `status`, the job
+    /// ends, a failure reaches what depends on it, and the evaluations needing it settle.
+    async fn settle_without_worker(&self, job_id: JobId, status: BuildStatus) -> Result<()> {
+        let Some(JobRecord {
+            org_id,
+            kind: JobKind::Build { derivation, .. },
+            ..
+        }) = self.storage.job(job_id).await?
+        else {
+            return Ok(());
+        };
+        if !self.storage.cancel_queued_job(job_id).await? {
+            return Ok(());
+        }
+        self.move_build(org_id, &derivation, status).await?;
+        if !status.provides_outputs() {
+            self.fail_dependents(org_id, &derivation).await?;
+        }
+        self.settle_evaluations_needing(org_id, &derivation).await
+    }
+
+    async fn entry(&self, record: &JobRecord) -> Result<QueueEntry> {
+        let inputs = match &record.kind {
+            JobKind::Build { derivation, .. } => self
+                .derivation(record.org_id, derivation)
+                .await?
+                .map(|d| d.inputs.clone())
+                .unwrap_or_default(),
+            JobKind::Evaluate { .. } => Vec::new(),
+        };
+        Ok(QueueEntry::from_record(record, inputs))
+    }
+
+    /// The caches the org reads as substituters with their keys, and its push cache (where its jobs push).
+    async fn org_caches(&self, org: OrgId) -> Result<OrgCaches> {
+        let mut urls = Vec::new();
+        let mut keys = Vec::new();
+        let mut push = None;
+        for s in self.storage.subscriptions(org).await? {
+            if !s.readable() {
+                continue;
+            }
+            let url = format!("{}/cache/{}", self.settings.public_url, s.cache.name);
+            if s.push {
+                push = Some((s.cache.id, url.clone()));
+            }
+            urls.push(url);
+            keys.push(self.cache_secret_key(&s.cache)?.public().to_string());
+        }
+        Ok((urls, keys, push))
+    }
+
+    /// The wire form of a queued job; `None` when what it refers to is gone. `caches` are the job's
+    /// organization's (see `org_caches`).
+    /// `assignment` is the worker the job is about to be assigned to, and when.
+    async fn wire_job(
+        &self,
+        record: &JobRecord,
+        assignment: (WorkerId, crate::model::Timestamp),
+        caches: &OrgCaches,
+    ) -> Result<Option<proto::Job>> {
+        let (substituters, trusted_public_keys, push_to) = caches.clone();
+        // One token per job: it reads the org's caches and pushes to its push cache, while the job is this
+        // worker's.
+        let token = self.tokens.issue_job(
+            record.org_id,
+            record.id,
+            assignment,
+            push_to.as_ref().map(|(cache, _)| *cache),
+            self.clock.now() + JOB_TOKEN_LIFETIME,
+        );
+        let push = push_to.map(|(_, cache_url)| PushTarget {
+            cache_url,
+            token: token.clone(),
+        });
+        Ok(match &record.kind {
+            JobKind::Evaluate { evaluation_id } => {
+                let Some(e) = self.storage.evaluation(*evaluation_id).await? else {
+                    return Ok(None);
+                };
+                let Some(p) = self.storage.project_by_id(e.project_id).await? else {
+                    return Ok(None);
+                };
+                Some(proto::Job::Evaluate {
+                    job_id: record.id,
+                    repository: p.repository.clone(),
+                    commit: e.commit.clone(),
+                    git_ref: e.branch.clone(),
+                    wildcard: p.wildcard.clone(),
+                    flake_input_overrides: p
+                        .flake_input_overrides
+                        .clone()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into()))
+                        .collect(),
+                    push,
+                })
+            }
+            JobKind::Build { derivation, .. } => {
+                let Some(d) = self.derivation(record.org_id, derivation).await? else {
+                    return Ok(None);
+                };
+                Some(proto::Job::Build {
+                    job_id: record.id,
+                    drv_path: d.drv_path.clone(),
+                    outputs: d.outputs.clone(),
+                    substituter_token: (!substituters.is_empty()).then_some(token),
+                    substituters,
+                    trusted_public_keys,
+                    push,
+                    timeout_secs: None,
+                })
+            }
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! The CI loop on the server's side: an evaluation is queued as a job; a worker evaluates it and reports
+//! derivations; every derivation of the closure gets the organization's build (once, however many
+//! evaluations need it) and a build job unless its outputs are already in one of the org's caches; jobs go
+//! to workers as the scheduler decides; results move builds and evaluations through their state machines.
+//!
+//! One use case per file: `queue` (an evaluation is asked for), `dispatch` (jobs go to workers), `results`
+//! (what workers report), `control` (abort and restart), `liveness` (workers come and go). Each does its own
+//! follow-up through the fleet port (wake the dispatcher, send or stop jobs), so the apps only translate.
+
+mod control;
+mod dispatch;
+mod liveness;
+mod queue;
+mod results;
+
+pub use dispatch::Dispatched;
+
+use super::{Gradient, Result, ServiceError};
+use crate::model::{Derivation, Evaluation, JobId, JobKind, JobRecord, JobState};
+use crate::ports::{Clock, Storage};
+use crate::status::{BuildStatus, EvaluationStatus};
+use crate::{EvaluationId, OrgId, WorkerId};
+
+/// How many queued jobs one dispatch round looks at (oldest first); the rest wait for the next round.
+const DISPATCH_WINDOW: u32 = 500;
+/// How many queued jobs an abort looks through for the ones of its evaluation.
+const ABORT_WINDOW: u32 = 10_000;
+/// How many running evaluations of a project a push supersedes at most.
+const SUPERSEDE_WINDOW: u32 = 50;
+/// How many evaluations of a project pruning looks at.
+const PRUNE_WINDOW: u32 = 10_000;
+/// How long a worker may use the credential it got with a job.
+const JOB_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// What a report (results, progress, outcome) for a job not assigned to the reporting worker gets: nothing
+/// changes, and the caller logs it. A worker is trusted only for its own jobs.
+fn not_assigned(job: JobId, worker: WorkerId) -> ServiceError {
+    ServiceError::Forbidden(format!("job {} is not assigned to worker {}", job.0, worker.0))
+}
+
+/// An organization looked up by id (from an evaluation or a build the caller named) and hidden from the
+/// caller is answered as the thing the caller named being missing: its name was not the caller's to learn.
+pub(super) fn hide_org(e: ServiceError, missing: impl Fn() -> ServiceError) -> ServiceError {
+    match e {
+        ServiceError::NotFound(_) => missing(),
+        other => other,
+    }
+}
+
+/// A build job of the organization for the derivation, queued now.
+fn build_job(org: OrgId, d: &Derivation, now: crate::model::Timestamp) -> JobRecord {
+    JobRecord {
+        id: JobId::new(),
+        org_id: org,
+        kind: JobKind::Build {
+            derivation: d.drv_path.clone(),
+            system: d.system.clone(),
+            required_features: d.required_features.clone(),
+        },
+        state: JobState::Queued,
+        created_at: now,
+        attempts: 0,
+    }
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Moves the evaluation towards `to` (through the states a skipped report would have set, see
+    /// [`Evaluation::advance_to`]) and saves it when it moved.
+    async fn advance_evaluation(&self, id: EvaluationId, to: EvaluationStatus) -> Result<()> {
+        let Some(mut e) = self.storage.evaluation(id).await? else {
+            return Ok(());
+        };
+        let from = e.status;
+        if e.advance_to(to, self.clock.now()) {
+            self.save_evaluation(from, &e).await?;
+        }
+        Ok(())
+    }
+
+    /// The one way an evaluation's change is saved: stored, then its commit status and events follow.
+    async fn save_evaluation(&self, from: EvaluationStatus, e: &Evaluation) -> Result<()> {
+        self.storage.update_evaluation(e).await?;
+        self.report_status_change(from, e).await
+    }
+
+    /// Moves the organization's build of `drv` to `to` when its state machine allows it.
+    async fn move_build(&self, org: OrgId, drv: &str, to: BuildStatus) -> Result<()> {
+        let Some(mut b) = self.storage.build(org, drv).await? else {
+            return Ok(());
+        };
+        if b.move_to(to, self.clock.now()) {
+            self.storage.update_build(&b).await?;
+        }
+        Ok(())
+    }
+
+    /// The organization's derivation, from memory when it was seen before (see
+    /// [`super::memo::DerivationMemo`]).
+    async fn derivation(&self, org: OrgId, drv_path: &str) -> Result<Option<std::sync::Arc<Derivation>>> {
+        if let Some(d) = self.derivations.get(org, drv_path) {
+            return Ok(Some(d));
+        }
+        Ok(self
+            .storage
+            .derivation(org, drv_path)
+            .await?
+            .map(|d| self.derivations.remember(org, d)))
+    }
+
+    /// Whether the job is still queued or running (not ended, and not gone with its evaluation).
+    pub async fn job_is_active(&self, job: JobId) -> Result<bool> {
+        Ok(self.storage.job(job).await?.is_some_and(|r| r.state.is_active()))
+    }
+}
