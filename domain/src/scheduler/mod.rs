@@ -110,6 +110,10 @@ pub struct Snapshot {
     /// Per organization, the `.drv` paths whose build ended without outputs (failed, aborted, dependency
     /// failed) and was not restarted.
     pub failed: HashMap<OrgId, HashSet<String>>,
+    /// Per organization, the `.drv` paths built by a worker that is still pushing their outputs: that worker
+    /// has them already, so a build waiting only for them may run there at once instead of after the push
+    /// (a chain of builds does not wait for every link's upload).
+    pub built_on: HashMap<OrgId, HashMap<String, WorkerId>>,
 }
 
 /// What to do now.
@@ -161,6 +165,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 
     let mut plan = Plan::default();
     for job in queued {
+        // A build whose missing inputs one worker has just built runs on that worker only.
+        let mut only_on = None;
         if let Needs::Build(b) = &job.needs {
             if has(&snapshot.available, job.org, &b.drv_path) {
                 plan.substituted.push(job.id);
@@ -170,9 +176,13 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 plan.dependency_failed.push(job.id);
                 continue;
             }
-            let ready = b.inputs.iter().all(|i| has(&snapshot.available, job.org, i));
-            if !ready || building.contains(&(job.org, b.drv_path.as_str())) {
+            if building.contains(&(job.org, b.drv_path.as_str())) {
                 continue;
+            }
+            match local_inputs(snapshot, job.org, b) {
+                Ready::Everywhere => {}
+                Ready::On(worker) => only_on = Some(worker),
+                Ready::No => continue,
             }
         }
         // A job held for one worker waits for a free slot there rather than its queue, when another worker could
@@ -183,7 +193,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         let best = snapshot
             .workers
             .iter()
-            .filter(|w| fits(w, job))
+            .filter(|w| fits(w, job) && only_on.is_none_or(|o| o == w.id))
             .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs, slots_only)?)))
             .max_by_key(|&(id, rank)| (rank, Reverse(id)));
         if let Some((worker, _)) = best {
@@ -197,6 +207,26 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         }
     }
     plan
+}
+
+/// Where a build's inputs are.
+enum Ready {
+    /// Every input is available to any worker of its organization.
+    Everywhere,
+    /// The inputs not available yet were all built by this worker, which still pushes them.
+    On(WorkerId),
+    No,
+}
+
+fn local_inputs(snapshot: &Snapshot, org: OrgId, b: &BuildNeeds) -> Ready {
+    let mut on = None;
+    for input in b.inputs.iter().filter(|i| !has(&snapshot.available, org, i)) {
+        match snapshot.built_on.get(&org).and_then(|m| m.get(input)) {
+            Some(w) if on.is_none_or(|o| o == *w) => on = Some(*w),
+            _ => return Ready::No,
+        }
+    }
+    on.map_or(Ready::Everywhere, Ready::On)
 }
 
 /// Whether the worker may and can run the job, slots aside.

@@ -330,6 +330,7 @@ fn a_build_waits_for_its_inputs() {
             workers: vec![worker(1)],
             available: HashMap::from([(org(1), drvs(available_org1)), (org(2), drvs(available_org2))]),
             failed: HashMap::from([(org(1), drvs(failed_org1)), (org(2), drvs(failed_org2))]),
+            ..Snapshot::default()
         };
     let assigned = Plan {
         assignments: vec![(jid(3), wid(1))],
@@ -359,6 +360,48 @@ fn a_build_waits_for_its_inputs() {
     for (i, (snap, want)) in table.into_iter().enumerate() {
         assert_eq!(plan(&snap), want, "case {i}");
     }
+}
+
+#[test]
+fn a_build_whose_inputs_one_worker_just_built_runs_there_without_waiting_for_the_push() {
+    // drv(2) is built from drv(1); worker 1 built drv(1) (job 1) and is pushing it; worker 2 has more free slots.
+    let roomy = WorkerInfo {
+        max_concurrent_builds: 8,
+        ..worker(2)
+    };
+    let pushing = WorkerInfo {
+        pushing: HashSet::from([jid(1)]),
+        ..worker(1)
+    };
+    let with = |built_on: &[(u128, u128)], workers: Vec<WorkerInfo>| Snapshot {
+        jobs: vec![running(build(1, 0, &[]), 1), build(2, 1, &[1])],
+        workers,
+        built_on: HashMap::from([(org(1), built_on.iter().map(|&(d, w)| (drv(d), wid(w))).collect())]),
+        ..Snapshot::default()
+    };
+    assert_eq!(
+        plan(&with(&[(1, 1)], vec![pushing.clone(), roomy.clone()])).assignments,
+        vec![(jid(2), wid(1))],
+        "on the worker that has its input, not the roomier one"
+    );
+    assert_eq!(
+        plan(&with(&[], vec![pushing.clone(), roomy.clone()])).assignments,
+        vec![],
+        "an input still being built is not there yet"
+    );
+    // Inputs built on two different workers: none has them all, so the build waits for the pushes.
+    let two = Snapshot {
+        jobs: vec![build(3, 2, &[1, 2])],
+        ..with(&[(1, 1), (2, 2)], vec![pushing.clone(), roomy.clone()])
+    };
+    assert_eq!(plan(&two).assignments, vec![]);
+    // Once an input is available to everyone, only the rest decides.
+    let mixed = Snapshot {
+        jobs: vec![build(3, 2, &[1, 2])],
+        available: HashMap::from([(org(1), drvs(&[2]))]),
+        ..with(&[(1, 1)], vec![pushing, roomy])
+    };
+    assert_eq!(plan(&mixed).assignments, vec![(jid(3), wid(1))]);
 }
 
 #[test]

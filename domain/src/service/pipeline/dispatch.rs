@@ -47,8 +47,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             jobs.push(entry);
             queued.insert(record.id, record);
         }
+        let mut built_on: HashMap<OrgId, HashMap<String, WorkerId>> = HashMap::new();
         for w in &workers {
             for record in self.storage.jobs_assigned_to(w.id).await? {
+                if let JobKind::Build { derivation, .. } = &record.kind
+                    && w.pushing.contains(&record.id)
+                {
+                    built_on
+                        .entry(record.org_id)
+                        .or_default()
+                        .insert(derivation.clone(), w.id);
+                }
                 jobs.push(self.entry(&record).await?);
             }
         }
@@ -75,6 +84,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             workers,
             available,
             failed,
+            built_on,
         });
         let now = self.clock.now();
         let mut out = Vec::new();
