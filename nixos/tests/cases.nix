@@ -174,6 +174,15 @@ in
     };
   };
 
+  # A worker with every default.
+  workerDefaults = {
+    imports = [ packages ];
+    services.gradient.worker = {
+      enable = true;
+      serverUrl = "ws://127.0.0.1:3000/proto";
+    };
+  };
+
   # A secret given as a Nix path literal would be copied to the store: refused by the option's type.
   storeSecret = {
     imports = [ packages ];

@@ -7,11 +7,16 @@
 }:
 let
   cases = import ./cases.nix;
+  # The flake's nixosModules.default, its outputs called without nixpkgs: the module must not need it.
+  flake = (import ../../flake.nix).outputs {
+    self = flake;
+    nixpkgs = throw "nixosModules.default needed nixpkgs";
+  };
   eval = lib.evalModules {
     modules = [
-      ../module.nix
+      (if case == "flake" then flake.nixosModules.default else ../module.nix)
       ./stubs.nix
-      cases.${case}
+      cases.${if case == "flake" then "minimal" else case}
     ];
   };
   c = eval.config;
