@@ -151,7 +151,12 @@ fn nixos_module_declares_every_seed_option_with_its_default() {
     assert!(seed.len() >= 58, "the seed's tables: {} options", seed.len());
     let mut problems = Vec::new();
     for (name, seed_default) in &seed {
-        let Some(option) = options.as_array().unwrap().iter().find(|o| o["name"] == name.as_str()) else {
+        let Some(option) = options
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|o| o["name"] == name.as_str())
+        else {
             problems.push(format!("{name}: missing from the module"));
             continue;
         };
@@ -184,7 +189,10 @@ fn nixos_module_declares_every_seed_option_with_its_default() {
 /// name, and nothing else; secret files go through credentials, everything else never does.
 fn check_environment(binary: &Path, unit: &Value, pending: &[&str]) {
     let schema = schema(binary);
-    let read: BTreeSet<String> = schema.iter().map(|v| v["name"].as_str().unwrap().to_owned()).collect();
+    let read: BTreeSet<String> = schema
+        .iter()
+        .map(|v| v["name"].as_str().expect("a string").to_owned())
+        .collect();
     let set = gradient_vars(unit);
     let unset: Vec<_> = read.difference(&set).collect();
     assert!(
@@ -203,8 +211,8 @@ fn check_environment(binary: &Path, unit: &Value, pending: &[&str]) {
     );
     let credentials = strings(&unit["serviceConfig"]["LoadCredential"]);
     for var in &schema {
-        let name = var["name"].as_str().unwrap();
-        let value = unit["environment"][name].as_str().unwrap();
+        let name = var["name"].as_str().expect("a string");
+        let value = unit["environment"][name].as_str().expect("a string");
         if var["secret_file"] == true {
             let credential = value
                 .strip_prefix("%d/")
@@ -219,9 +227,9 @@ fn check_environment(binary: &Path, unit: &Value, pending: &[&str]) {
             assert!(!value.starts_with("%d/"), "{name}={value} is not a secret");
         }
     }
-    for value in unit["environment"].as_object().unwrap().values() {
+    for value in unit["environment"].as_object().expect("an object").values() {
         assert!(
-            !value.as_str().unwrap().contains("/run/secrets"),
+            !value.as_str().expect("a string").contains("/run/secrets"),
             "a secret's path in the environment: {value}"
         );
     }
@@ -282,7 +290,12 @@ fn nixos_server_unit_postgres_and_nginx_of_the_seeds_minimal_setup() {
     assert_eq!(sc["NoNewPrivileges"], true);
     assert_eq!(sc["PrivateTmp"], true);
     assert_eq!(sc["CapabilityBoundingSet"], "");
-    assert!(sc["ExecReload"].as_str().unwrap().ends_with("kill -HUP $MAINPID"));
+    assert!(
+        sc["ExecReload"]
+            .as_str()
+            .expect("a string")
+            .ends_with("kill -HUP $MAINPID")
+    );
     assert_eq!(server["wantedBy"], serde_json::json!(["multi-user.target"]));
     assert!(
         strings(&server["path"]).contains(&"git".to_owned()),
@@ -325,7 +338,7 @@ fn nixos_server_unit_postgres_and_nginx_of_the_seeds_minimal_setup() {
     for path in ["/api/", "/cache/"] {
         let l = &locations[path];
         assert_eq!(l["proxyPass"], "http://127.0.0.1:3000", "{path}");
-        let conf = l["extraConfig"].as_str().unwrap();
+        let conf = l["extraConfig"].as_str().expect("a string");
         for directive in [
             "client_max_body_size 0;",
             "proxy_request_buffering off;",
@@ -364,7 +377,7 @@ fn nixos_caddy_routes_the_backend_streams_and_appends_extra_config() {
     let Some(v) = eval_ok("caddy") else { return };
     let host = &v["services"]["caddy"]["virtualHosts"]["gradient.example.com"];
     assert_eq!(host["useACMEHost"], "example.com");
-    let conf = host["extraConfig"].as_str().unwrap();
+    let conf = host["extraConfig"].as_str().expect("a string");
     assert!(
         conf.contains("@backend path /api/* /cache/* /proto /github/setup"),
         "{conf}"
@@ -546,12 +559,15 @@ fn nixos_state_renders_every_entity_kind_with_secrets_as_credentials() {
     // The document sits at a stable path, checked at build time; a change reloads (SIGHUP), not restarts.
     assert_eq!(server["environment"]["GRADIENT_STATE_FILE"], "/etc/gradient/state.json");
     let etc = &v["etc"]["gradient/state.json"];
-    let script = etc["script"].as_str().unwrap();
+    let script = etc["script"].as_str().expect("a string");
     assert!(
         script.contains("/bin/gradient-server state check --offline "),
         "{script}"
     );
-    assert_eq!(strings(&server["reloadTriggers"]), [etc["source"].as_str().unwrap()]);
+    assert_eq!(
+        strings(&server["reloadTriggers"]),
+        [etc["source"].as_str().expect("a string")]
+    );
 
     // docs/state.md's complete example (the server's contract) is this configuration: every field it shows
     // is rendered the same.

@@ -304,7 +304,7 @@ impl<'a> Env<'a> {
         default: T,
         expected: &str,
     ) -> Result<T, ConfigError> {
-        match self.raw_or(option, &default.to_string()) {
+        match self.raw_or(option, default.to_string()) {
             (_, None) => Ok(default),
             (var, Some(v)) => v
                 .parse()
