@@ -597,3 +597,143 @@ fn contains(want: &Value, got: &Value, at: &str) {
         _ => assert_eq!(want, got, "{at}"),
     }
 }
+
+/// The document of case `state` as the server would see it: the credentials directory is `dir/credentials`,
+/// holding a valid secret for each credential the module loads.
+fn rendered_state_in(dir: &Path) -> Option<PathBuf> {
+    use base64::Engine;
+    let v = eval_ok("state")?;
+    let credentials = dir.join("credentials");
+    std::fs::create_dir_all(&credentials).expect("mkdir");
+    let keys = dir.join("cache-key");
+    let status = Command::new("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg("main-1")
+        .arg(keys.with_extension("sec"))
+        .arg(keys.with_extension("pub"))
+        .status()
+        .expect("nix-store runs");
+    assert!(status.success());
+    let signing_key = std::fs::read_to_string(keys.with_extension("sec")).expect("secret key");
+    let token = base64::engine::general_purpose::STANDARD.encode([7u8; 48]);
+    for (name, contents) in [
+        ("state-user-alice", "correct horse battery staple\n".to_owned()),
+        ("state-cache-main", signing_key),
+        ("state-api-key-ci-runner", format!("GRAD{}\n", "ab".repeat(32))),
+        ("state-worker-builder-1", format!("{token}\n")),
+        ("state-integration-acme-hooks", "a webhook secret\n".to_owned()),
+        ("state-integration-acme-statuses", "a gitea access token\n".to_owned()),
+    ] {
+        std::fs::write(credentials.join(name), contents).expect("write secret");
+    }
+    let text = v["state"]
+        .to_string()
+        .replace("/run/credentials/gradient-server.service/", &format!("{}/", credentials.display()));
+    let file = dir.join("state.json");
+    std::fs::write(&file, text).expect("write state");
+    Some(file)
+}
+
+/// `gradient-server state check [--offline] FILE` with the given variables: exit status, stdout, stderr.
+fn state_check(offline: bool, file: &Path, vars: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(server_binary());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["state", "check"]);
+    if offline {
+        cmd.arg("--offline");
+    }
+    cmd.arg(file).envs(vars.iter().copied());
+    let out = cmd.output().expect("gradient-server runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The server applies what the module renders: `state check --offline` (what the module runs at build
+/// time) accepts it and plans every entity, a real server applies it at start-up (alice logs in with her
+/// password file, acme is managed and refuses changes), and checked again against that database nothing is
+/// left to change. Runs once the server reads `GRADIENT_STATE_FILE` (the declarative state's branch).
+async fn rendered_state_is_applied(postgres: bool) {
+    let server_reads_state = schema(&server_binary())
+        .iter()
+        .any(|v| v["name"] == "GRADIENT_STATE_FILE");
+    if !server_reads_state {
+        eprintln!("SKIPPED: this gradient-server does not read GRADIENT_STATE_FILE yet");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(file) = rendered_state_in(dir.path()) else { return };
+
+    let (status, plan, err) = state_check(true, &file, &[]);
+    assert_eq!(status, 0, "state check --offline refused the module's document: {err}");
+    for line in [
+        "create user alice",
+        "create user ci-bot",
+        "create organization acme",
+        "create role ",
+        "create project ",
+        "create cache main",
+        "create cache scratch",
+        "create api key ",
+        "create worker ",
+        "create integration ",
+    ] {
+        assert!(plan.lines().any(|l| l.starts_with(line)), "no `{line}` in the plan:\n{plan}");
+    }
+    assert!(
+        plan.trim_end().ends_with("to create, 0 to update, 0 to delete, 0 to unmanage"),
+        "{plan}"
+    );
+
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).expect("mkdir");
+    let database = postgres.then(crate::harness::fresh_postgres_database);
+    let mut vars = vec![("GRADIENT_STATE_FILE", file.to_str().expect("utf-8"))];
+    if let Some(url) = &database {
+        vars.push(("GRADIENT_DATABASE_URL", url));
+    }
+    let server = crate::harness::Server::start(&base, &vars).await;
+    let mut client = crate::harness::Client::new(&server);
+    let jwt = client
+        .ok(
+            reqwest::Method::POST,
+            "/auth/basic/login",
+            Some(serde_json::json!({"loginname": "alice", "password": "correct horse battery staple"})),
+        )
+        .await;
+    client.token = Some(jwt.as_str().expect("a token").to_owned());
+    let acme = client.ok(reqwest::Method::GET, "/orgs/acme", None).await;
+    assert_eq!(acme["managed"], true, "{acme}");
+    assert_eq!(acme["display_name"], "ACME Corporation");
+    let (status, refused) = client
+        .call(
+            reqwest::Method::PATCH,
+            "/orgs/acme",
+            Some(serde_json::json!({"description": "changed by hand"})),
+        )
+        .await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("managed")), "{refused}");
+    server.stop();
+
+    let base_dir = base.to_str().expect("utf-8");
+    let mut vars = vec![("GRADIENT_BASE_DIR", base_dir)];
+    if let Some(url) = &database {
+        vars.push(("GRADIENT_DATABASE_URL", url));
+    }
+    let (status, plan, err) = state_check(false, &file, &vars);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(plan.trim_end(), "plan: no changes");
+}
+
+#[tokio::test]
+async fn nixos_rendered_state_is_applied_by_the_server_on_sqlite() {
+    rendered_state_is_applied(false).await;
+}
+
+#[tokio::test]
+async fn nixos_rendered_state_is_applied_by_the_server_on_postgres() {
+    rendered_state_is_applied(true).await;
+}
