@@ -71,11 +71,13 @@
         {
           gradient-server = rust "gradient-server";
           gradient-worker = rust "gradient-worker";
-          # The web UI's static files in share/gradient-frontend (built from web/ with its package-lock.json).
+          # The web UI's static files in share/gradient-frontend (built from web/ with its package-lock.json;
+          # the build generates its API client from ../openapi, so the whole tree is the source).
           gradient-frontend = pkgs.buildNpmPackage {
             pname = "gradient-frontend";
             version = "0.1.0";
-            src = ./web;
+            src = nixpkgs.lib.cleanSource ./.;
+            sourceRoot = "source/web";
             npmDeps = pkgs.importNpmLock { npmRoot = ./web; };
             npmConfigHook = pkgs.importNpmLock.npmConfigHook;
             installPhase = ''

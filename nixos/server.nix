@@ -101,6 +101,7 @@ let
   upstream = "http://${
     if lib.hasInfix ":" cfg.listenAddr then "[${cfg.listenAddr}]" else cfg.listenAddr
   }:${toString cfg.port}";
+  # The web UI's files, served by the server itself (GRADIENT_FRONTEND_DIR).
   frontendRoot = "${cfg.frontend.package}/share/gradient-frontend";
   anyProxy = cfg.reverseProxy.nginx.enable || cfg.reverseProxy.caddy.enable;
 in
@@ -114,7 +115,7 @@ in
       description = "The gradient-server package (the flake's `packages.<system>.gradient-server`).";
     };
     frontend = {
-      enable = mkEnableOption "serving the web UI at `/` of the reverse proxy's virtual host";
+      enable = mkEnableOption "the web UI, served by gradient-server at `/` from `frontend.package` (`GRADIENT_FRONTEND_DIR`)";
       package = mkOption {
         type = types.package;
         description = "The web UI build, its files in `share/gradient-frontend` (the flake's `packages.<system>.gradient-frontend`).";
@@ -391,7 +392,6 @@ in
                 proxy_send_timeout 1h;
               '';
             };
-            "= /github/setup".proxyPass = upstream;
             # The worker link: a WebSocket that lives for days.
             "= /proto" = {
               proxyPass = upstream;
@@ -402,12 +402,9 @@ in
                 proxy_send_timeout 7d;
               '';
             };
-          }
-          // lib.optionalAttrs cfg.frontend.enable {
-            "/" = {
-              root = frontendRoot;
-              tryFiles = "$uri $uri/ /index.html";
-            };
+            # Everything else: the server, which serves the web UI (GRADIENT_FRONTEND_DIR, when frontend.enable)
+            # with its single-page fallback and cache headers, and answers 404 otherwise.
+            "/".proxyPass = upstream;
           };
         };
       };
@@ -418,25 +415,13 @@ in
         enable = true;
         virtualHosts.${cfg.domain} = {
           inherit (cfg.reverseProxy.caddy) useACMEHost;
+          # Everything goes to the server (the API, the cache, /proto's WebSocket upgrade, the web UI when
+          # frontend.enable). Responses are flushed as they come (NARs, live logs); Caddy buffers no request
+          # body unless told to (`request_buffers`), so pushes stream, sets no body limit, and keeps an
+          # upgraded WebSocket open without a timeout.
           extraConfig = ''
-            @backend path /api/* /cache/* /proto /github/setup
-            handle @backend {
-              reverse_proxy ${upstream} {
-                # Stream responses (NARs, live logs) as they come; the request body is never buffered by
-                # default, so pushes stream too. WebSocket upgrades (/proto) pass through.
-                flush_interval -1
-                transport http {
-                  read_timeout 0
-                  write_timeout 0
-                }
-              }
-            }
-          ''
-          + lib.optionalString cfg.frontend.enable ''
-            handle {
-              root * ${frontendRoot}
-              try_files {path} /index.html
-              file_server
+            reverse_proxy ${upstream} {
+              flush_interval -1
             }
           ''
           + cfg.reverseProxy.caddy.extraConfig;

@@ -356,11 +356,12 @@ fn nixos_server_unit_postgres_and_nginx_of_the_seeds_minimal_setup() {
             .unwrap()
             .contains("proxy_read_timeout 7d;")
     );
+    // The rest, the web UI among it, is the server's: it serves the UI from the frontend package.
+    assert_eq!(locations["/"]["proxyPass"], "http://127.0.0.1:3000");
     assert_eq!(
-        locations["/"]["root"],
+        env["GRADIENT_FRONTEND_DIR"],
         "/nix/store/11111111111111111111111111111111-gradient-frontend/share/gradient-frontend"
     );
-    assert_eq!(locations["/"]["tryFiles"], "$uri $uri/ /index.html");
     assert_eq!(
         v["networking"]["firewall"]["allowedTCPPorts"],
         serde_json::json!([80, 443])
@@ -373,25 +374,21 @@ fn nixos_server_unit_postgres_and_nginx_of_the_seeds_minimal_setup() {
 }
 
 #[test]
-fn nixos_caddy_routes_the_backend_streams_and_appends_extra_config() {
+fn nixos_caddy_proxies_everything_to_the_server_streaming_and_appends_extra_config() {
     let Some(v) = eval_ok("caddy") else { return };
     let host = &v["services"]["caddy"]["virtualHosts"]["gradient.example.com"];
     assert_eq!(host["useACMEHost"], "example.com");
     let conf = host["extraConfig"].as_str().expect("a string");
-    assert!(
-        conf.contains("@backend path /api/* /cache/* /proto /github/setup"),
-        "{conf}"
-    );
-    assert!(conf.contains("reverse_proxy http://127.0.0.1:3000"), "{conf}");
+    // Everything to the server (WebSocket upgrades pass through reverse_proxy), flushed as it comes, no
+    // request buffering.
+    assert!(conf.contains("reverse_proxy http://127.0.0.1:3000 {"), "{conf}");
     assert!(conf.contains("flush_interval -1"), "responses stream: {conf}");
-    assert!(
-        conf.contains("read_timeout 0"),
-        "the worker link has no timeout: {conf}"
+    assert!(!conf.contains("request_buffers"), "pushes are not buffered: {conf}");
+    assert!(!conf.contains("handle"), "no path is kept from the server: {conf}");
+    assert_eq!(
+        unit(&v, "gradient-server")["environment"]["GRADIENT_FRONTEND_DIR"],
+        "/nix/store/11111111111111111111111111111111-gradient-frontend/share/gradient-frontend"
     );
-    assert!(
-        conf.contains("root * /nix/store/11111111111111111111111111111111-gradient-frontend/share/gradient-frontend")
-    );
-    assert!(conf.contains("try_files {path} /index.html"));
     assert!(
         conf.trim_end().ends_with("encode zstd"),
         "extraConfig comes after the proxy set-up"
@@ -464,6 +461,10 @@ fn nixos_module_refuses_secrets_in_the_store_and_inconsistent_settings() {
     assert!(e.contains("services.gradient.jwtSecretFile"), "{e}");
     assert!(e.contains("outside the Nix store"), "{e}");
     let Some(v) = eval_ok("conflicts") else { return };
+    assert!(
+        unit(&v, "gradient-server")["environment"]["GRADIENT_FRONTEND_DIR"].is_null(),
+        "no web UI without frontend.enable"
+    );
     let failed = strings(&v["assertions"]);
     for want in [
         "services.gradient.reverseProxy: enable nginx or caddy, not both",
@@ -626,9 +627,10 @@ fn rendered_state_in(dir: &Path) -> Option<PathBuf> {
     ] {
         std::fs::write(credentials.join(name), contents).expect("write secret");
     }
-    let text = v["state"]
-        .to_string()
-        .replace("/run/credentials/gradient-server.service/", &format!("{}/", credentials.display()));
+    let text = v["state"].to_string().replace(
+        "/run/credentials/gradient-server.service/",
+        &format!("{}/", credentials.display()),
+    );
     let file = dir.join("state.json");
     std::fs::write(&file, text).expect("write state");
     Some(file)
@@ -665,7 +667,9 @@ async fn rendered_state_is_applied(postgres: bool) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(file) = rendered_state_in(dir.path()) else { return };
+    let Some(file) = rendered_state_in(dir.path()) else {
+        return;
+    };
 
     let (status, plan, err) = state_check(true, &file, &[]);
     assert_eq!(status, 0, "state check --offline refused the module's document: {err}");
@@ -681,10 +685,14 @@ async fn rendered_state_is_applied(postgres: bool) {
         "create worker ",
         "create integration ",
     ] {
-        assert!(plan.lines().any(|l| l.starts_with(line)), "no `{line}` in the plan:\n{plan}");
+        assert!(
+            plan.lines().any(|l| l.starts_with(line)),
+            "no `{line}` in the plan:\n{plan}"
+        );
     }
     assert!(
-        plan.trim_end().ends_with("to create, 0 to update, 0 to delete, 0 to unmanage"),
+        plan.trim_end()
+            .ends_with("to create, 0 to update, 0 to delete, 0 to unmanage"),
         "{plan}"
     );
 
