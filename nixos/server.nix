@@ -300,12 +300,18 @@ in
         description = "Gradient server";
       };
       users.groups.gradient = { };
+      # A baseDir outside /var/lib is not the unit's StateDirectory: created here instead.
+      systemd.tmpfiles.rules = lib.optional (
+        !lib.hasPrefix "/var/lib/" cfg.baseDir
+      ) "d ${cfg.baseDir} 0700 gradient gradient - -";
 
       systemd.services.gradient-server = {
         description = "Gradient CI server";
         wantedBy = [ "multi-user.target" ];
-        wants = [ "network-online.target" ];
-        after = [ "network-online.target" ] ++ lib.optional cfg.configurePostgres "postgresql.service";
+        # The database and role exist once postgresql.target is reached (NixOS 25.11 and later create them in
+        # postgresql-setup.service; before, postgresql.service did).
+        wants = [ "network-online.target" ] ++ lib.optional cfg.configurePostgres "postgresql.target";
+        after = [ "network-online.target" ] ++ lib.optionals cfg.configurePostgres [ "postgresql.service" "postgresql.target" ];
         requires = lib.optional cfg.configurePostgres "postgresql.service";
         # git polls repositories (`git ls-remote`), over https or ssh.
         path = [ pkgs.git pkgs.openssh ];

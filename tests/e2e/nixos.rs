@@ -327,6 +327,8 @@ fn nixos_server_unit_postgres_and_nginx_of_the_seeds_minimal_setup() {
     assert!(env.get("GRADIENT_DATABASE_URL_FILE").is_none());
     assert!(strings(&server["requires"]).contains(&"postgresql.service".to_owned()));
     assert!(strings(&server["after"]).contains(&"postgresql.service".to_owned()));
+    assert!(strings(&server["after"]).contains(&"postgresql.target".to_owned()));
+    assert_eq!(v["systemd"]["tmpfiles"], serde_json::json!([]), "baseDir is the StateDirectory");
 
     // nginx: one virtual host; /api and /cache unbuffered with no body limit, /proto a long WebSocket, / the UI.
     let nginx = &v["services"]["nginx"];
@@ -416,7 +418,10 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     );
     assert_eq!(
         full["systemd"]["tmpfiles"],
-        serde_json::json!(["d /nix/var/nix/gcroots/ci 0755 gradient-worker gradient-worker - -"])
+        serde_json::json!([
+            "d /nix/var/nix/gcroots/ci 0755 gradient-worker gradient-worker - -",
+            "d /srv/gradient 0700 gradient gradient - -"
+        ])
     );
     assert!(strings(&worker["requires"]).contains(&"nix-daemon.socket".to_owned()));
     assert_eq!(strings(&worker["path"]), ["nix", "git", "openssh"]);
@@ -439,6 +444,7 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
         server["serviceConfig"]["ReadWritePaths"],
         serde_json::json!(["/srv/gradient"])
     );
+    assert!(server["serviceConfig"]["StateDirectory"].is_null());
     assert_eq!(server["environment"]["GRADIENT_BASE_DIR"], "/srv/gradient");
 
     // A remote build machine imports the worker alone; seed options without effect here are warned about.
