@@ -141,6 +141,100 @@ fn seed_options(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The options the seed's Nix examples set (`services.gradient.oidc = { clientId = …; };`, the worker's,
+/// `state.projects.<name>.flake_input_overrides`, …) and the state fields its lists name (`key_file(required,
+/// path): …` under "API keys" and "Roles"), as option paths.
+fn seed_example_options(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack: Vec<String> = Vec::new();
+    let mut section = "";
+    for line in text.lines().map(str::trim) {
+        if line.ends_with('¶') {
+            section = line;
+        }
+        // `required = false; # set true to …`
+        let line = line.split(" # ").next().unwrap_or(line).trim_end();
+        let state_list = match section {
+            "API keys¶" => Some("services.gradient.state.api_keys.<name>."),
+            "Roles¶" => Some("services.gradient.state.roles.<name>."),
+            _ => None,
+        };
+        if let Some(prefix) = state_list {
+            // The list's items run together on one line: `key_file(required, path): ….owned_by(required, …`.
+            for (at, _) in line.match_indices('(') {
+                let after = &line[at + 1..];
+                if !["required", "optional", "defaults"]
+                    .iter()
+                    .any(|w| after.starts_with(w))
+                {
+                    continue;
+                }
+                let before = &line[..at];
+                let start = before
+                    .rfind(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .map_or(0, |i| i + 1);
+                out.push(format!("{prefix}{}", &before[start..]));
+            }
+            continue;
+        }
+        let top = line.starts_with("services.gradient");
+        if let Some(path) = line.strip_suffix(" = {") {
+            if top {
+                stack = vec![path.to_owned()];
+            } else if let Some(parent) = stack.last() {
+                stack.push(format!("{parent}.{path}"));
+            }
+        } else if line == "};" {
+            stack.pop();
+        } else if let Some((name, _)) = line.split_once(" = ").filter(|_| line.ends_with(';')) {
+            if top {
+                out.push(name.to_owned());
+            } else if let Some(parent) = stack.last() {
+                out.push(format!("{parent}.{name}"));
+            }
+        }
+    }
+    out
+}
+
+/// An option path matches a declared option, whose attribute-set entries are `<name>`.
+fn declared(options: &Value, path: &str) -> bool {
+    let want: Vec<&str> = path.split('.').collect();
+    options.as_array().expect("a list").iter().any(|o| {
+        let name: Vec<&str> = o["name"].as_str().expect("a string").split('.').collect();
+        name.len() == want.len() && name.iter().zip(&want).all(|(n, w)| n == w || *n == "<name>")
+    })
+}
+
+#[test]
+fn nixos_module_declares_every_option_the_seeds_examples_set() {
+    let Some(seed) = shared("GRADIENT_SEED_CONFIGURATION", "shared/seed/configuration.md") else {
+        return;
+    };
+    let Some(options) = eval_ok("options") else { return };
+    let used = seed_example_options(&std::fs::read_to_string(seed).expect("seed"));
+    for expected in [
+        "services.gradient.oidc.clientSecretFile",
+        "services.gradient.oidc.required",
+        "services.gradient.oidc.iconUrl",
+        "services.gradient.email.smtpPasswordFile",
+        "services.gradient.githubApp.webhookSecretFile",
+        "services.gradient.worker.capabilities.sign",
+        "services.gradient.state.projects.my-project.flake_input_overrides.flake-utils.keep_url",
+        "services.gradient.state.api_keys.<name>.owned_by",
+    ] {
+        assert!(
+            used.iter().any(|u| u == expected),
+            "{expected} not found in the seed's examples: {used:?}"
+        );
+    }
+    let missing: Vec<_> = used.iter().filter(|u| !declared(&options, u)).collect();
+    assert!(
+        missing.is_empty(),
+        "set in the seed's examples, not declared: {missing:?}"
+    );
+}
+
 #[test]
 fn nixos_module_declares_every_seed_option_with_its_default() {
     let Some(seed) = shared("GRADIENT_SEED_CONFIGURATION", "shared/seed/configuration.md") else {
@@ -328,7 +422,11 @@ fn nixos_server_unit_postgres_and_nginx_of_the_seeds_minimal_setup() {
     assert!(strings(&server["requires"]).contains(&"postgresql.service".to_owned()));
     assert!(strings(&server["after"]).contains(&"postgresql.service".to_owned()));
     assert!(strings(&server["after"]).contains(&"postgresql.target".to_owned()));
-    assert_eq!(v["systemd"]["tmpfiles"], serde_json::json!([]), "baseDir is the StateDirectory");
+    assert_eq!(
+        v["systemd"]["tmpfiles"],
+        serde_json::json!([]),
+        "baseDir is the StateDirectory"
+    );
 
     // nginx: one virtual host; /api and /cache unbuffered with no body limit, /proto a long WebSocket, / the UI.
     let nginx = &v["services"]["nginx"];
