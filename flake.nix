@@ -49,6 +49,14 @@
         };
       };
 
+      # The NixOS module in a VM (needs KVM; not run on the project's CI, see nixos/tests/vm.nix).
+      checks = nixpkgs.lib.genAttrs [ "x86_64-linux" ] (system: {
+        nixos-module = import ./nixos/tests/vm.nix {
+          pkgs = nixpkgs.legacyPackages.${system};
+          module = self.nixosModules.default;
+        };
+      });
+
       packages = forAllSystems (
         pkgs:
         let

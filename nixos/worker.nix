@@ -134,7 +134,11 @@ in
 
     # The worker imports NARs and passes --option substituters to Nix: both need a trusted user of the
     # Nix daemon. Builds themselves run in the daemon's sandbox as its build users.
-    nix.settings.trusted-users = [ "gradient-worker" ];
+    # root is listed too: a definition here replaces the option's default ([ "root" ]).
+    nix.settings.trusted-users = [
+      "root"
+      "gradient-worker"
+    ];
 
     systemd.tmpfiles.rules = lib.optional (
       cfg.settings.gcrootsDir != ""

@@ -505,7 +505,7 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     assert_eq!(full["users"]["users"]["gradient-worker"]["isSystemUser"], true);
     assert_eq!(
         full["nix"]["settings"]["trusted-users"],
-        serde_json::json!(["gradient-worker"])
+        serde_json::json!(["root", "gradient-worker"])
     );
     assert_eq!(sc["StateDirectory"], "gradient-worker");
     assert_eq!(sc["ProtectSystem"], "strict");
