@@ -159,10 +159,15 @@ let
 
   stateJson = builtins.toJSON rendered;
   stateFile = pkgs.writeText "gradient-state.json" stateJson;
-  # `state check --offline` at build time: a bad document fails nixos-rebuild, not the service.
+  # `state check --offline` at build time: a bad document fails nixos-rebuild, not the service. It sees the
+  # server's settings that judge a document (which repositories are allowed, the domain that names generated
+  # keys, deleteState, the co-located worker), not its secrets (credentials exist only in the unit).
+  checkEnvironment = lib.filterAttrs (
+    name: value: !lib.hasPrefix "%d/" value && name != "GRADIENT_STATE_FILE" && name != "GRADIENT_FRONTEND_DIR"
+  ) cfg.environment;
   checkedStateFile =
     if cfg.state.check then
-      pkgs.runCommand "gradient-state.json" { } ''
+      pkgs.runCommand "gradient-state.json" checkEnvironment ''
         ${cfg.package}/bin/gradient-server state check --offline ${stateFile}
         cp ${stateFile} $out
       ''

@@ -48,6 +48,7 @@ else
       source = e.source.outPath;
       text = e.source.text or null;
       script = e.source.script or null;
+      env = e.source.env or null;
     }) c.environment.etc;
   }
   // lib.optionalAttrs gradient.enable {

@@ -50,6 +50,6 @@ in
     openssh = fakeDrv "openssh" { };
     coreutils = fakeDrv "coreutils" { };
     writeText = name: text: fakeDrv name { inherit text; };
-    runCommand = name: env: script: fakeDrv name { inherit script; };
+    runCommand = name: env: script: fakeDrv name { inherit env script; };
   };
 }

@@ -669,6 +669,13 @@ fn nixos_state_renders_every_entity_kind_with_secrets_as_credentials() {
         script.contains("/bin/gradient-server state check --offline "),
         "{script}"
     );
+    // The check judges the document with the server's settings, never its secrets.
+    let check_env = etc["env"].as_object().expect("the check's environment");
+    assert_eq!(check_env["GRADIENT_ALLOW_LOCAL_REPOSITORIES"], "false");
+    assert_eq!(check_env["GRADIENT_DOMAIN"], "gradient.example.com");
+    assert_eq!(check_env["GRADIENT_DELETE_STATE"], "true");
+    assert!(check_env.keys().all(|k| !k.ends_with("_SECRET_FILE")), "{check_env:?}");
+    assert!(check_env.get("GRADIENT_STATE_FILE").is_none());
     assert_eq!(
         strings(&server["reloadTriggers"]),
         [etc["source"].as_str().expect("a string")]
