@@ -129,8 +129,18 @@ in
     };
     publicUrl = mkOption {
       type = types.nullOr types.str;
-      default = if anyProxy then "https://${cfg.domain}" else null;
-      defaultText = literalMD "`https://<domain>` with a reverse proxy, else `null` (the server's `http://<domain>`)";
+      default =
+        let
+          nginx = cfg.reverseProxy.nginx;
+          tls = nginx.forceSSL || nginx.enableACME || nginx.useACMEHost != null;
+        in
+        if cfg.reverseProxy.caddy.enable || (nginx.enable && tls) then
+          "https://${cfg.domain}"
+        else if nginx.enable then
+          "http://${cfg.domain}"
+        else
+          null;
+      defaultText = literalMD "`https://<domain>` with a reverse proxy serving TLS, else `null` (the server's `http://<domain>`)";
       description = "Base URL of links in commit statuses and webhook URLs, and of the cache URLs given to workers (`GRADIENT_PUBLIC_URL`).";
     };
     baseDir = opt types.str "/var/lib/gradient" "Data directory (the unit's StateDirectory when under /var/lib).";
