@@ -9,6 +9,7 @@ mod github_app;
 mod harness;
 mod hooks;
 mod nix;
+mod nixos;
 mod pipeline;
 mod reach;
 mod server;

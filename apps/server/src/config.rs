@@ -204,26 +204,107 @@ pub enum NarStoreConfig {
     },
 }
 
-/// Reads typed values from a variable source, remembering nothing but the source.
-struct Env<'a>(&'a HashMap<String, String>);
+/// One variable the server reads, as `gradient-server --print-config-schema` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Variable {
+    pub name: String,
+    /// The NixOS module's option, in the naming rule's spelling (`settings.` is dropped).
+    pub option: String,
+    /// The variable names a file holding a secret (the NixOS module passes it as a systemd credential).
+    pub secret_file: bool,
+    /// The value taken when the variable is unset, when it is a constant.
+    pub default: Option<String>,
+}
 
-impl Env<'_> {
-    fn raw(&self, option: &str) -> (String, Option<String>) {
+impl Variable {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "option": self.option,
+            "secret_file": self.secret_file,
+            "default": self.default,
+        })
+    }
+}
+
+/// Reads typed values from a variable source and records every variable it is asked for, so the list of
+/// variables (`schema`) is the parser's own.
+struct Env<'a> {
+    vars: &'a HashMap<String, String>,
+    read: std::cell::RefCell<Vec<Variable>>,
+}
+
+impl<'a> Env<'a> {
+    fn new(vars: &'a HashMap<String, String>) -> Self {
+        Self {
+            vars,
+            read: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, option: &str, secret_file: bool, default: Option<String>) -> String {
         let var = env_name(option);
-        let value = self.0.get(&var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let mut read = self.read.borrow_mut();
+        match read.iter_mut().find(|v| v.name == var) {
+            Some(v) => {
+                v.secret_file |= secret_file;
+                v.default = v.default.take().or(default);
+            }
+            None => read.push(Variable {
+                name: var.clone(),
+                option: option.strip_prefix("settings.").unwrap_or(option).to_owned(),
+                secret_file,
+                default,
+            }),
+        }
+        var
+    }
+
+    fn lookup(&self, var: &str) -> Option<String> {
+        self.vars
+            .get(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn raw(&self, option: &str) -> (String, Option<String>) {
+        let var = self.record(option, false, None);
+        let value = self.lookup(&var);
         (var, value)
     }
 
-    fn string(&self, option: &str) -> Option<String> {
-        self.raw(option).1
+    /// A variable with a constant default: recorded with it.
+    fn raw_or(&self, option: &str, default: impl ToString) -> (String, Option<String>) {
+        let var = self.record(option, false, Some(default.to_string()));
+        let value = self.lookup(&var);
+        (var, value)
+    }
+
+    fn string_or(&self, option: &str, default: &str) -> String {
+        self.raw_or(option, default).1.unwrap_or_else(|| default.to_owned())
     }
 
     fn path(&self, option: &str) -> Option<PathBuf> {
         self.string(option).map(PathBuf::from)
     }
 
-    fn parse<T: std::str::FromStr>(&self, option: &str, default: T, expected: &str) -> Result<T, ConfigError> {
-        match self.raw(option) {
+    /// The path of a file holding a secret.
+    fn secret_file(&self, option: &str) -> Option<PathBuf> {
+        let var = self.record(option, true, None);
+        self.lookup(&var).map(PathBuf::from)
+    }
+
+    fn string(&self, option: &str) -> Option<String> {
+        self.raw(option).1
+    }
+
+    fn parse<T: std::str::FromStr + ToString>(
+        &self,
+        option: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.raw_or(option, default.to_string()) {
             (_, None) => Ok(default),
             (var, Some(v)) => v
                 .parse()
@@ -242,7 +323,7 @@ impl Env<'_> {
     }
 
     fn bool(&self, option: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.raw(option) {
+        match self.raw_or(option, default) {
             (_, None) => Ok(default),
             (var, Some(v)) => match v.to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => Ok(true),
@@ -270,8 +351,13 @@ impl Env<'_> {
         }
     }
 
+    fn level_or(&self, option: &str, default: LogLevel) -> Result<LogLevel, ConfigError> {
+        self.record(option, false, Some(default.as_str().to_owned()));
+        Ok(self.level(option)?.unwrap_or(default))
+    }
+
     fn cidrs(&self, option: &str, default: &str) -> Result<Vec<IpNet>, ConfigError> {
-        let (var, value) = self.raw(option);
+        let (var, value) = self.raw_or(option, default);
         let value = value.unwrap_or_else(|| default.to_owned());
         value
             .split(',')
@@ -294,7 +380,19 @@ impl Config {
 
     /// Reads the given variables (tests pass their own).
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let e = Env(vars);
+        Self::read(&Env::new(vars))
+    }
+
+    /// Every variable `from_vars` reads, in its order (`gradient-server --print-config-schema`): the parser
+    /// itself run on an environment that takes every branch (an S3 NAR store), recording what it asks for.
+    pub fn schema() -> Vec<Variable> {
+        let probe = HashMap::from([(env_name("narStore"), "s3://probe".to_owned())]);
+        let e = Env::new(&probe);
+        Self::read(&e).expect("the schema probe's variables parse");
+        e.read.into_inner()
+    }
+
+    fn read(e: &Env) -> Result<Self, ConfigError> {
         let port: u16 = e.parse("port", 3000, "a port number (1-65535)")?;
         if port == 0 {
             return Err(err(
@@ -329,10 +427,11 @@ impl Config {
             enable: e.bool("oidc.enable", false)?,
             required: e.bool("oidc.required", false)?,
             client_id: e.string("oidc.clientId"),
-            client_secret_file: e.path("oidc.clientSecretFile"),
+            client_secret_file: e.secret_file("oidc.clientSecretFile"),
             discovery_url: e.string("oidc.discoveryUrl"),
             scopes: e
-                .string("oidc.scopes")
+                .raw_or("oidc.scopes", "openid,email,profile")
+                .1
                 .map(|s| {
                     s.split([',', ' '])
                         .filter(|x| !x.is_empty())
@@ -348,7 +447,7 @@ impl Config {
                 "OIDC is enabled but GRADIENT_OIDC_CLIENT_ID or GRADIENT_OIDC_DISCOVERY_URL is missing",
             ));
         }
-        let github_app = github_app(&e)?;
+        let github_app = github_app(e)?;
         let listen_addr: IpAddr = e.parse("listenAddr", IpAddr::from([127, 0, 0, 1]), "an IP address")?;
         let domain = e.string("domain").unwrap_or_else(|| match listen_addr {
             IpAddr::V6(a) => format!("[{a}]:{port}"),
@@ -359,13 +458,13 @@ impl Config {
         Ok(Self {
             public_url,
             domain,
-            base_dir: e.path("baseDir").unwrap_or_else(|| PathBuf::from("/var/lib/gradient")),
+            base_dir: PathBuf::from(e.string_or("baseDir", "/var/lib/gradient")),
             listen_addr,
             port,
-            jwt_secret_file: e.path("jwtSecretFile"),
-            crypt_secret_file: e.path("cryptSecretFile"),
-            metrics_token_file: e.path("metricsTokenFile"),
-            database_url_file: e.path("databaseUrlFile"),
+            jwt_secret_file: e.secret_file("jwtSecretFile"),
+            crypt_secret_file: e.secret_file("cryptSecretFile"),
+            metrics_token_file: e.secret_file("metricsTokenFile"),
+            database_url_file: e.secret_file("databaseUrlFile"),
             database_url,
             database_max_connections: max,
             database_min_connections: min,
@@ -381,7 +480,7 @@ impl Config {
             supersede_evaluations: e.bool("settings.supersedeEvaluations", true)?,
             max_request_size,
             log_level: LogLevels {
-                default: e.level("settings.logLevel.default")?.unwrap_or(LogLevel::Info),
+                default: e.level_or("settings.logLevel.default", LogLevel::Info)?,
                 cache: e.level("settings.logLevel.cache")?,
                 web: e.level("settings.logLevel.web")?,
                 proto: e.level("settings.logLevel.proto")?,
@@ -405,13 +504,13 @@ impl Config {
                 smtp_host: e.string("email.smtpHost"),
                 smtp_port: e.parse("email.smtpPort", 587, "a port number")?,
                 smtp_username: e.string("email.smtpUsername"),
-                smtp_password_file: e.path("email.smtpPasswordFile"),
+                smtp_password_file: e.secret_file("email.smtpPasswordFile"),
                 from_address: e.string("email.fromAddress"),
-                from_name: e.string("email.fromName").unwrap_or_else(|| "Gradient".into()),
+                from_name: e.string_or("email.fromName", "Gradient"),
             },
             github_app,
-            nar_store: nar_store(&e)?,
-            local_worker: match (e.raw("localWorkerId"), e.path("localWorkerTokenFile")) {
+            nar_store: nar_store(e)?,
+            local_worker: match (e.raw("localWorkerId"), e.secret_file("localWorkerTokenFile")) {
                 ((_, None), None) => None,
                 ((var, Some(id)), Some(file)) => match uuid::Uuid::parse_str(&id) {
                     Ok(u) if u.get_version_num() == 4 => Some((u, file)),
@@ -445,7 +544,7 @@ impl Config {
 }
 
 fn github_app(e: &Env) -> Result<GithubAppConfig, ConfigError> {
-    let (api_var, api_url) = e.raw("githubApp.apiUrl");
+    let (api_var, api_url) = e.raw_or("githubApp.apiUrl", gradient_domain::github_app::DEFAULT_API_URL);
     let api_url = api_url.unwrap_or_else(|| gradient_domain::github_app::DEFAULT_API_URL.to_owned());
     let api_url = api_url.trim_end_matches('/').to_owned();
     let host = api_url
@@ -460,10 +559,10 @@ fn github_app(e: &Env) -> Result<GithubAppConfig, ConfigError> {
     let app = GithubAppConfig {
         enable: e.bool("githubApp.enable", false)?,
         app_id: e.parse_opt("githubApp.appId", "a numeric GitHub App id")?,
-        private_key_file: e.path("githubApp.privateKeyFile"),
-        webhook_secret_file: e.path("githubApp.webhookSecretFile"),
+        private_key_file: e.secret_file("githubApp.privateKeyFile"),
+        webhook_secret_file: e.secret_file("githubApp.webhookSecretFile"),
         client_id: e.string("githubApp.clientId"),
-        client_secret_file: e.path("githubApp.clientSecretFile"),
+        client_secret_file: e.secret_file("githubApp.clientSecretFile"),
         web_url: e
             .string("githubApp.webUrl")
             .map(|u| u.trim_end_matches('/').to_owned())
@@ -516,9 +615,9 @@ fn nar_store(e: &Env) -> Result<NarStoreConfig, ConfigError> {
         bucket: bucket.to_owned(),
         prefix: prefix.trim_matches('/').to_owned(),
         endpoint: e.string("s3Endpoint").unwrap_or_default(),
-        region: e.string("s3Region").unwrap_or_else(|| "us-east-1".into()),
+        region: e.string_or("s3Region", "us-east-1"),
         access_key_id: e.string("s3AccessKeyId").unwrap_or_default(),
-        secret_access_key_file: e.path("s3SecretAccessKeyFile"),
+        secret_access_key_file: e.secret_file("s3SecretAccessKeyFile"),
         path_style: e.bool("s3PathStyle", true)?,
     })
 }
@@ -614,6 +713,54 @@ mod tests {
         for (option, var) in table {
             assert_eq!(env_name(option), var, "{option}");
         }
+    }
+
+    #[test]
+    fn the_schema_lists_what_the_parser_reads_with_secrets_and_defaults() {
+        let schema = Config::schema();
+        let find = |name: &str| {
+            schema
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        assert_eq!(find("GRADIENT_PORT").default.as_deref(), Some("3000"));
+        assert_eq!(find("GRADIENT_PORT").option, "port");
+        assert_eq!(find("GRADIENT_LOG_LEVEL_WEB").option, "logLevel.web");
+        assert_eq!(find("GRADIENT_LOG_LEVEL_DEFAULT").default.as_deref(), Some("info"));
+        assert_eq!(
+            find("GRADIENT_TRUSTED_PROXIES").default.as_deref(),
+            Some("127.0.0.1/32,::1/128")
+        );
+        assert_eq!(find("GRADIENT_BASE_DIR").default.as_deref(), Some("/var/lib/gradient"));
+        // The S3 settings are read only for an s3:// store: the probe takes that branch.
+        assert_eq!(find("GRADIENT_S3_REGION").default.as_deref(), Some("us-east-1"));
+        let secrets: Vec<_> = schema
+            .iter()
+            .filter(|v| v.secret_file)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                "GRADIENT_OIDC_CLIENT_SECRET_FILE",
+                "GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE",
+                "GRADIENT_GITHUB_APP_WEBHOOK_SECRET_FILE",
+                "GRADIENT_GITHUB_APP_CLIENT_SECRET_FILE",
+                "GRADIENT_JWT_SECRET_FILE",
+                "GRADIENT_CRYPT_SECRET_FILE",
+                "GRADIENT_METRICS_TOKEN_FILE",
+                "GRADIENT_DATABASE_URL_FILE",
+                "GRADIENT_EMAIL_SMTP_PASSWORD_FILE",
+                "GRADIENT_S3_SECRET_ACCESS_KEY_FILE",
+                "GRADIENT_LOCAL_WORKER_TOKEN_FILE",
+            ]
+        );
+        let mut names: Vec<_> = schema.iter().map(|v| &v.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), schema.len(), "each variable once");
+        assert!(schema.iter().all(|v| v.name == env_name(&v.option)));
     }
 
     #[test]

@@ -27,30 +27,107 @@ pub struct WorkerConfig {
     /// Ask Nix's substituters at start and leave out those that do not answer (`GRADIENT_PROBE_SUBSTITUTERS`,
     /// default true).
     pub probe_substituters: bool,
+    /// The log filter (`GRADIENT_LOG_LEVEL_DEFAULT`, default `info`).
+    pub log_level: String,
+}
+
+/// One variable the worker reads, as `gradient-worker --print-config-schema` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    pub name: &'static str,
+    /// The variable names a file holding a secret (the NixOS module passes it as a systemd credential).
+    pub secret_file: bool,
+    /// The value taken when the variable is unset, when it is a constant.
+    pub default: Option<String>,
+}
+
+/// The variables, recording every one the parser asks for (with its default), so the schema is the parser's own.
+struct Vars<'a> {
+    vars: &'a HashMap<String, String>,
+    read: std::cell::RefCell<Vec<Variable>>,
+}
+
+impl Vars<'_> {
+    fn record(&self, name: &'static str, secret_file: bool, default: Option<String>) {
+        let mut read = self.read.borrow_mut();
+        match read.iter_mut().find(|v| v.name == name) {
+            Some(v) => v.default = v.default.take().or(default),
+            None => read.push(Variable {
+                name,
+                secret_file,
+                default,
+            }),
+        }
+    }
+
+    /// The value, untrimmed, even when empty.
+    fn exact(&self, var: &'static str, default: Option<&str>) -> Option<&str> {
+        self.record(var, false, default.map(str::to_owned));
+        self.vars.get(var).map(String::as_str)
+    }
+
+    fn get(&self, var: &'static str) -> Option<String> {
+        self.get_or(var, None)
+    }
+
+    fn get_or(&self, var: &'static str, default: Option<&str>) -> Option<String> {
+        self.exact(var, default)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn secret_file(&self, var: &'static str) -> Option<PathBuf> {
+        self.record(var, true, None);
+        self.get(var).map(PathBuf::from)
+    }
+
+    fn num(&self, var: &'static str, default: u32) -> Result<u32, ConfigError> {
+        self.get_or(var, Some(&default.to_string())).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| ConfigError {
+                var,
+                problem: format!("invalid value '{v}': expected a number"),
+            })
+        })
+    }
+
+    fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self
+            .get_or(var, Some(if default { "true" } else { "false" }))
+            .as_deref()
+        {
+            None => Ok(default),
+            Some("false" | "0" | "no") => Ok(false),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some(v) => Err(ConfigError {
+                var,
+                problem: format!("invalid value '{v}': expected true or false"),
+            }),
+        }
+    }
 }
 
 impl WorkerConfig {
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |var: &str| vars.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let num = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
-            get(var).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| ConfigError {
-                    var,
-                    problem: format!("invalid value '{v}': expected a number"),
-                })
-            })
+        Self::read(&Vars {
+            vars,
+            read: Default::default(),
+        })
+    }
+
+    /// Every variable `from_vars` reads, in its order (`gradient-worker --print-config-schema`): the parser itself
+    /// run on the least environment it accepts, recording what it asks for.
+    pub fn schema() -> Vec<Variable> {
+        let probe = HashMap::from([("GRADIENT_SERVER_URL".to_owned(), "ws://probe/proto".to_owned())]);
+        let v = Vars {
+            vars: &probe,
+            read: Default::default(),
         };
-        let flag = |var: &'static str| -> Result<bool, ConfigError> {
-            match get(var).as_deref() {
-                None | Some("false" | "0" | "no") => Ok(false),
-                Some("true" | "1" | "yes") => Ok(true),
-                Some(v) => Err(ConfigError {
-                    var,
-                    problem: format!("invalid value '{v}': expected true or false"),
-                }),
-            }
-        };
-        let server_url = get("GRADIENT_SERVER_URL").ok_or(ConfigError {
+        Self::read(&v).expect("the schema probe's variables parse");
+        v.read.into_inner()
+    }
+
+    fn read(v: &Vars) -> Result<Self, ConfigError> {
+        let server_url = v.get("GRADIENT_SERVER_URL").ok_or(ConfigError {
             var: "GRADIENT_SERVER_URL",
             problem: "required (e.g. ws://127.0.0.1:3000/proto)".into(),
         })?;
@@ -60,14 +137,14 @@ impl WorkerConfig {
                 problem: format!("'{server_url}' is not a ws:// or wss:// URL"),
             });
         }
-        let worker_id = match get("GRADIENT_WORKER_ID") {
+        let worker_id = match v.get("GRADIENT_WORKER_ID") {
             None => None,
-            Some(v) => match uuid::Uuid::parse_str(&v) {
+            Some(id) => match uuid::Uuid::parse_str(&id) {
                 Ok(id) if id.get_version_num() == 4 => Some(id),
                 _ => {
                     return Err(ConfigError {
                         var: "GRADIENT_WORKER_ID",
-                        problem: format!("'{v}' is not a v4 UUID"),
+                        problem: format!("'{id}' is not a v4 UUID"),
                     });
                 }
             },
@@ -75,29 +152,40 @@ impl WorkerConfig {
         Ok(Self {
             server_url,
             worker_id,
-            peers_file: get("GRADIENT_PEERS_FILE").map(PathBuf::from),
-            state_dir: get("GRADIENT_STATE_DIR")
-                .map_or_else(|| PathBuf::from("/var/lib/gradient-worker"), PathBuf::from),
+            peers_file: v.secret_file("GRADIENT_PEERS_FILE"),
+            state_dir: PathBuf::from(
+                v.get_or("GRADIENT_STATE_DIR", Some(DEFAULT_STATE_DIR))
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
+            ),
             capabilities: gradient_domain::model::Capabilities {
-                fetch: flag("GRADIENT_CAPABILITIES_FETCH")?,
-                eval: flag("GRADIENT_CAPABILITIES_EVAL")?,
-                build: flag("GRADIENT_CAPABILITIES_BUILD")?,
-                sign: flag("GRADIENT_CAPABILITIES_SIGN")?,
+                fetch: v.flag("GRADIENT_CAPABILITIES_FETCH", false)?,
+                eval: v.flag("GRADIENT_CAPABILITIES_EVAL", false)?,
+                build: v.flag("GRADIENT_CAPABILITIES_BUILD", false)?,
+                sign: v.flag("GRADIENT_CAPABILITIES_SIGN", false)?,
             },
-            max_concurrent_builds: num("GRADIENT_MAX_CONCURRENT_BUILDS", 100)?,
-            eval_workers: num("GRADIENT_EVAL_WORKERS", 1)?,
-            max_concurrent_evaluations: num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
-            max_evaluations_per_worker: num("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
-            probe_substituters: get("GRADIENT_PROBE_SUBSTITUTERS").is_none() || flag("GRADIENT_PROBE_SUBSTITUTERS")?,
+            max_concurrent_builds: v.num("GRADIENT_MAX_CONCURRENT_BUILDS", 100)?,
+            eval_workers: v.num("GRADIENT_EVAL_WORKERS", 1)?,
+            max_concurrent_evaluations: v.num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
+            max_evaluations_per_worker: v.num("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
+            probe_substituters: v.flag("GRADIENT_PROBE_SUBSTITUTERS", true)?,
             // Unset: the default directory; set but empty: no GC roots.
-            gcroots_dir: match vars.get("GRADIENT_GCROOTS_DIR").map(|v| v.trim()) {
-                None => Some(PathBuf::from("/nix/var/nix/gcroots/gradient")),
+            gcroots_dir: match v
+                .exact("GRADIENT_GCROOTS_DIR", Some(DEFAULT_GCROOTS_DIR))
+                .map(str::trim)
+            {
+                None => Some(PathBuf::from(DEFAULT_GCROOTS_DIR)),
                 Some("") => None,
-                Some(v) => Some(PathBuf::from(v)),
+                Some(dir) => Some(PathBuf::from(dir)),
             },
+            log_level: v
+                .get_or("GRADIENT_LOG_LEVEL_DEFAULT", Some("info"))
+                .unwrap_or_else(|| "info".to_owned()),
         })
     }
 }
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/gradient-worker";
+const DEFAULT_GCROOTS_DIR: &str = "/nix/var/nix/gcroots/gradient";
 
 #[cfg(test)]
 mod tests {
@@ -133,6 +221,36 @@ mod tests {
         ]))
         .unwrap();
         assert!(!off.probe_substituters);
+    }
+
+    #[test]
+    fn the_schema_lists_what_the_parser_reads() {
+        let schema = WorkerConfig::schema();
+        let names: Vec<_> = schema.iter().map(|v| v.name).collect();
+        assert_eq!(
+            names,
+            [
+                "GRADIENT_SERVER_URL",
+                "GRADIENT_WORKER_ID",
+                "GRADIENT_PEERS_FILE",
+                "GRADIENT_STATE_DIR",
+                "GRADIENT_CAPABILITIES_FETCH",
+                "GRADIENT_CAPABILITIES_EVAL",
+                "GRADIENT_CAPABILITIES_BUILD",
+                "GRADIENT_CAPABILITIES_SIGN",
+                "GRADIENT_MAX_CONCURRENT_BUILDS",
+                "GRADIENT_EVAL_WORKERS",
+                "GRADIENT_MAX_CONCURRENT_EVALUATIONS",
+                "GRADIENT_MAX_EVALUATIONS_PER_WORKER",
+                "GRADIENT_PROBE_SUBSTITUTERS",
+                "GRADIENT_GCROOTS_DIR",
+                "GRADIENT_LOG_LEVEL_DEFAULT",
+            ]
+        );
+        let peers = &schema[2];
+        assert!(peers.secret_file && schema.iter().filter(|v| v.secret_file).count() == 1);
+        assert_eq!(schema[8].default.as_deref(), Some("100"));
+        assert_eq!(schema[13].default.as_deref(), Some("/nix/var/nix/gcroots/gradient"));
     }
 
     #[test]

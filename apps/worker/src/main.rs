@@ -15,11 +15,23 @@ fn fail(e: &dyn std::fmt::Display) -> ! {
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--print-config-schema") {
+        let schema: Vec<_> = config::WorkerConfig::schema()
+            .iter()
+            .map(|v| {
+                serde_json::json!({
+                    "name": v.name,
+                    "secret_file": v.secret_file,
+                    "default": v.default,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(schema));
+        return;
+    }
     let config = config::WorkerConfig::from_vars(&std::env::vars().collect()).unwrap_or_else(|e| fail(&e));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("GRADIENT_LOG_LEVEL_DEFAULT").unwrap_or_else(|_| "info".into()),
-        ))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .try_init();
     let worker_id = identity::resolve(config.worker_id, &config.state_dir).unwrap_or_else(|e| fail(&e));
     let peers = match &config.peers_file {

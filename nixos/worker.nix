@@ -1,0 +1,193 @@
+# services.gradient.worker: a gradient-worker dialling a server's /proto, doing its Nix work through the
+# local Nix daemon. Importable alone on a build machine (the flake's nixosModules.gradient-worker).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption mkEnableOption types mkIf;
+  glib = import ./lib.nix { inherit lib; };
+  cfg = config.services.gradient.worker;
+
+  logLevel = types.enum [ "trace" "debug" "info" "warn" "error" ];
+  opt =
+    type: default: description:
+    mkOption { inherit type default description; };
+  nullOpt = type: description: opt (types.nullOr type) null description;
+
+  stateDir = "/var/lib/gradient-worker";
+  # The options passed as plain variables, by the naming rule.
+  plainOptions = [
+    "serverUrl"
+    "workerId"
+    "capabilities.fetch"
+    "capabilities.eval"
+    "capabilities.build"
+    "capabilities.sign"
+    "settings.maxConcurrentBuilds"
+    "settings.evalWorkers"
+    "settings.maxConcurrentEvaluations"
+    "settings.maxEvaluationsPerWorker"
+    "settings.probeSubstituters"
+    "settings.gcrootsDir"
+    "settings.logLevel.default"
+  ];
+  secretOptions = [ "peersFile" ];
+  credentials = glib.credentialsFor cfg secretOptions;
+
+  # Options of the seed this worker accepts but that have no effect: it dials the server and has no
+  # listener of its own (no reverse-proxy mode, no federation), talks to Nix through the nix CLI (no
+  # connection pool), and logs with one level. Setting one to anything but its default is warned about.
+  withoutEffect = {
+    useTls = true;
+    discoverable = false;
+    listenAddr = "127.0.0.1";
+    port = 3100;
+    "capabilities.federate" = false;
+    "settings.maxNixdaemonConnections" = 32;
+    "settings.maxProtoConnections" = 16;
+    "settings.logLevel.eval" = null;
+    "settings.logLevel.build" = null;
+    "settings.logLevel.proto" = null;
+  };
+in
+{
+  options.services.gradient.worker = {
+    enable = mkEnableOption "a Gradient worker (services.gradient.worker)";
+    package = mkOption {
+      type = types.package;
+      description = "The gradient-worker package (the flake's `packages.<system>.gradient-worker`).";
+    };
+    serverUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "wss://gradient.example.com/proto";
+      description = "WebSocket URL of the server's /proto endpoint (required).";
+    };
+    workerId = nullOpt types.str "Override the worker UUID; when null, read from the state directory's `worker-id` or generated on first start.";
+    peersFile = opt (types.nullOr glib.secretPathType) null "Path to the peers file (`peer_id:token` per line, `*` = any peer).";
+    useTls = opt types.bool true "Enable TLS (ACME + forceSSL) on the nginx vhost (reverse-proxy mode; no effect in this worker).";
+    discoverable = opt types.bool false "Accept incoming connections from the server (reverse-proxy mode; no effect in this worker).";
+    listenAddr = opt types.str "127.0.0.1" "Bind address for the worker listener (no effect in this worker).";
+    port = opt types.port 3100 "Listener port when discoverable is enabled (no effect in this worker).";
+    capabilities = {
+      fetch = opt types.bool false "Prefetch flake inputs.";
+      eval = opt types.bool false "Run Nix evaluations.";
+      build = opt types.bool false "Execute Nix builds.";
+      sign = opt types.bool false "Sign store paths.";
+      federate = opt types.bool false "Act as a federation relay (requires discoverable; no effect in this worker).";
+    };
+    settings = {
+      maxConcurrentBuilds = opt types.ints.positive 100 "Parallel build slots.";
+      evalWorkers = opt types.ints.positive 1 "Number of evaluator subprocesses.";
+      maxConcurrentEvaluations = opt types.ints.positive 1 "Parallel evaluations.";
+      maxEvaluationsPerWorker = opt types.ints.unsigned 20 "Recycle evaluator subprocess after N jobs (0 = never).";
+      maxNixdaemonConnections = opt types.ints.positive 32 "Local nix-daemon connection pool size (no effect in this worker: it runs the nix CLI).";
+      maxProtoConnections = opt types.ints.positive 16 "Max simultaneous WebSocket connections in discoverable mode (no effect in this worker).";
+      gcrootsDir = opt types.str "/nix/var/nix/gcroots/gradient" "Directory for worker-held indirect GC roots; empty string disables.";
+      probeSubstituters = opt types.bool true "Ask Nix's substituters at start and leave out those that do not answer.";
+      logLevel = {
+        default = opt logLevel "info" "Worker log level.";
+        eval = nullOpt logLevel "Evaluator log level override (no effect in this worker yet).";
+        build = nullOpt logLevel "Builder log level override (no effect in this worker yet).";
+        proto = nullOpt logLevel "Protocol log level override (no effect in this worker yet).";
+      };
+    };
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      readOnly = true;
+      internal = true;
+      description = "The GRADIENT_* variables of gradient-worker.service, secrets as `%d/<credential>` paths.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    services.gradient.worker.environment =
+      glib.environmentFor cfg plainOptions
+      // credentials.environment
+      // {
+        GRADIENT_STATE_DIR = stateDir;
+      };
+
+    assertions = [
+      {
+        assertion = cfg.serverUrl != null;
+        message = "services.gradient.worker.serverUrl must be set (e.g. wss://gradient.example.com/proto)";
+      }
+    ];
+    warnings = lib.concatLists (
+      lib.mapAttrsToList (
+        option: default:
+        lib.optional (glib.valueAt cfg option != default) "services.gradient.worker.${option} has no effect in this Gradient worker"
+      ) withoutEffect
+    );
+
+    users.users.gradient-worker = {
+      isSystemUser = true;
+      group = "gradient-worker";
+      home = stateDir;
+      description = "Gradient worker";
+    };
+    users.groups.gradient-worker = { };
+
+    # The worker imports NARs and passes --option substituters to Nix: both need a trusted user of the
+    # Nix daemon. Builds themselves run in the daemon's sandbox as its build users.
+    # root is listed too: a definition here replaces the option's default ([ "root" ]).
+    nix.settings.trusted-users = [
+      "root"
+      "gradient-worker"
+    ];
+
+    systemd.tmpfiles.rules = lib.optional (
+      cfg.settings.gcrootsDir != ""
+    ) "d ${cfg.settings.gcrootsDir} 0755 gradient-worker gradient-worker - -";
+
+    systemd.services.gradient-worker = {
+      description = "Gradient CI worker";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" "nix-daemon.socket" ];
+      requires = [ "nix-daemon.socket" ];
+      # The nix CLI (talking to the daemon) and git for flake inputs.
+      path = [ config.nix.package pkgs.git pkgs.openssh ];
+      environment = cfg.environment // {
+        # Nix's own caches (fetched flakes, evaluation cache) go to the state directory.
+        HOME = stateDir;
+        XDG_CACHE_HOME = "${stateDir}/.cache";
+        NIX_REMOTE = "daemon";
+      };
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/gradient-worker";
+        User = "gradient-worker";
+        Group = "gradient-worker";
+        LoadCredential = credentials.loadCredential;
+        Restart = "always";
+        RestartSec = 5;
+        StateDirectory = "gradient-worker";
+        StateDirectoryMode = "0700";
+        WorkingDirectory = stateDir;
+        UMask = "0077";
+        # Hardening that keeps Nix working: the daemon does the privileged part (builds, store writes).
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectHostname = true;
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        CapabilityBoundingSet = "";
+        # The daemon's socket, and the GC roots the worker links through it.
+        ReadWritePaths = [ "/nix/var/nix/daemon-socket" ] ++ lib.optional (cfg.settings.gcrootsDir != "") cfg.settings.gcrootsDir;
+      };
+    };
+  };
+}
