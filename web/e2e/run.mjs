@@ -148,6 +148,7 @@ try {
   await page.goto(`${base}/caches/main`);
   await page.getByTestId('nix-conf').waitFor();
   await waitForText(page.getByTestId('nix-conf'), /extra-trusted-public-keys = \S*main:\S+/, 10000);
+  await waitForText(page.getByTestId('cache-stats'), /^[1-9][0-9]* paths?, /, 10000);
   const nixConf = (await page.getByTestId('nix-conf').textContent()) ?? '';
   await look('cache');
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { age, between, commitUrl, duration, statusRank, statusWords, storeName } from './format';
+import { age, between, bytes, commitUrl, duration, statusRank, statusWords, storeName } from './format';
 
 describe('format', () => {
   it('writes durations the way people read them', () => {
@@ -27,6 +27,11 @@ describe('format', () => {
   it('names statuses and store paths in words', () => {
     expect(statusWords('DependencyFailed')).toBe('dependency failed');
     expect(storeName('/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello-1.0.drv')).toBe('hello-1.0.drv');
+  });
+  it('writes sizes in binary units', () => {
+    expect(bytes(0)).toBe('0 B');
+    expect(bytes(1536)).toBe('1.5 KiB');
+    expect(bytes(3 * 1024 ** 3)).toBe('3.0 GiB');
   });
   it('links commits of known forges only', () => {
     expect(commitUrl('https://github.com/a/b.git', 'abc')).toBe('https://github.com/a/b/commit/abc');

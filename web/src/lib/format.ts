@@ -104,3 +104,15 @@ export function commitUrl(repository: string, commit: string): string | null {
     ? `https://${host}/${repo}/-/commit/${commit}`
     : `https://${host}/${repo}/commit/${commit}`;
 }
+
+/** A size in bytes as people read it: `0 B`, `1.5 KiB`, `2.0 GiB`. */
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
+}
