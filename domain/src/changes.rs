@@ -51,7 +51,10 @@ pub struct AttributeChange {
 
 /// A build that did not succeed by its own fault or by a dependency's.
 pub fn is_failure(s: BuildStatus) -> bool {
-    matches!(s, BuildStatus::Failed | BuildStatus::DependencyFailed | BuildStatus::Aborted)
+    matches!(
+        s,
+        BuildStatus::Failed | BuildStatus::DependencyFailed | BuildStatus::Aborted
+    )
 }
 
 fn is_success(s: BuildStatus) -> bool {
@@ -187,7 +190,13 @@ mod tests {
 
     #[test]
     fn attributes_are_sorted_into_what_broke_what_was_fixed_what_still_fails_and_what_came_and_went() {
-        let before = [at("a", Completed), at("b", Failed), at("c", Failed), at("gone", Completed), at("same", Completed)];
+        let before = [
+            at("a", Completed),
+            at("b", Failed),
+            at("c", Failed),
+            at("gone", Completed),
+            at("same", Completed),
+        ];
         let now = [
             at("a", Failed),
             at("b", Substituted),
@@ -244,7 +253,11 @@ mod tests {
             .collect();
         assert_eq!(
             shown,
-            vec![(Some("lib"), vec!["mid", "app"]), (Some("other"), vec![]), (None, vec!["orphan"])]
+            vec![
+                (Some("lib"), vec!["mid", "app"]),
+                (Some("other"), vec![]),
+                (None, vec!["orphan"])
+            ]
         );
     }
 }

@@ -61,7 +61,10 @@ impl Frontend {
     }
 
     async fn respond(&self, path: &str) -> Response {
-        if NOT_PAGES.iter().any(|p| path == *p || path.starts_with(&format!("{p}/"))) {
+        if NOT_PAGES
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+        {
             return not_found(format!("no route for {path}"));
         }
         let is_file = |p: &Path| p.is_file();
@@ -79,7 +82,11 @@ impl Frontend {
                 .header(header::CONTENT_TYPE, content_type(&file))
                 .header(
                     header::CACHE_CONTROL,
-                    if immutable { "public, max-age=31536000, immutable" } else { "no-cache" },
+                    if immutable {
+                        "public, max-age=31536000, immutable"
+                    } else {
+                        "no-cache"
+                    },
                 )
                 .header("X-Content-Type-Options", "nosniff")
                 .body(Body::from(bytes)),
@@ -142,8 +149,15 @@ mod tests {
         let built = tempfile::tempdir().expect("dir");
         std::fs::write(built.path().join("index.html"), "<html>").expect("write");
         let empty = tempfile::tempdir().expect("dir");
-        assert_eq!(locate(Some(built.path()), empty.path()), Ok(Located::Serve(built.path().to_owned())));
-        assert!(locate(Some(empty.path()), built.path()).expect_err("refused").contains("no index.html"));
+        assert_eq!(
+            locate(Some(built.path()), empty.path()),
+            Ok(Located::Serve(built.path().to_owned()))
+        );
+        assert!(
+            locate(Some(empty.path()), built.path())
+                .expect_err("refused")
+                .contains("no index.html")
+        );
         assert_eq!(locate(None, built.path()), Ok(Located::Serve(built.path().to_owned())));
         match locate(None, empty.path()) {
             Ok(Located::Off(line)) => assert!(line.contains("web UI off"), "{line}"),
@@ -153,7 +167,9 @@ mod tests {
 
     #[test]
     fn paths_cannot_leave_the_directory() {
-        let f = Frontend { dir: PathBuf::from("/srv/ui") };
+        let f = Frontend {
+            dir: PathBuf::from("/srv/ui"),
+        };
         assert_eq!(f.file("/assets/a.js"), Some(PathBuf::from("/srv/ui/assets/a.js")));
         assert_eq!(f.file("/../etc/passwd"), None);
         assert_eq!(f.file("/assets/../../x"), None);

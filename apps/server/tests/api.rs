@@ -2120,8 +2120,18 @@ async fn evaluation_with_builds(
     let storage = &s.state.app.storage;
     let evaluation = gradient_domain::EvaluationId(id.parse().expect("uuid"));
     let e = storage.evaluation(evaluation).await.expect("read").expect("evaluation");
-    let org = storage.project_by_id(e.project_id).await.expect("read").expect("project").org_id;
-    let drv = |name: &str| format!("/nix/store/{}-{name}.drv", name.chars().next().unwrap_or('x').to_string().repeat(32));
+    let org = storage
+        .project_by_id(e.project_id)
+        .await
+        .expect("read")
+        .expect("project")
+        .org_id;
+    let drv = |name: &str| {
+        format!(
+            "/nix/store/{}-{name}.drv",
+            name.chars().next().unwrap_or('x').to_string().repeat(32)
+        )
+    };
     let derivations: Vec<_> = builds
         .iter()
         .map(|(_, name, _, inputs)| gradient_domain::model::Derivation {
@@ -2145,7 +2155,10 @@ async fn evaluation_with_builds(
             drv_path: drv(name),
         })
         .collect();
-    storage.add_entry_points(evaluation, &entries).await.expect("entry points");
+    storage
+        .add_entry_points(evaluation, &entries)
+        .await
+        .expect("entry points");
     for mut b in linked {
         let status = builds.iter().find(|(_, n, ..)| drv(n) == b.drv_path).expect("build").2;
         if !b.move_to(status, at + chrono::TimeDelta::milliseconds(1)) {
@@ -2167,12 +2180,21 @@ async fn the_diff_names_what_broke_what_was_fixed_and_the_failure_that_broke_the
     evaluation_with_builds(
         &s,
         &first,
-        &[("pkgs.lib", "lib", Completed, &[]), ("pkgs.ok", "ok", Failed, &[]), ("pkgs.gone", "gone", Completed, &[])],
+        &[
+            ("pkgs.lib", "lib", Completed, &[]),
+            ("pkgs.ok", "ok", Failed, &[]),
+            ("pkgs.gone", "gone", Completed, &[]),
+        ],
     )
     .await;
     let alone = s.ok(Method::GET, &format!("/evals/{first}/diff"), o, None).await;
     assert_eq!(alone["previous"], Value::Null, "{alone}");
-    let news: Vec<&str> = alone["changes"].as_array().expect("changes").iter().map(|c| c["change"].as_str().unwrap_or("")).collect();
+    let news: Vec<&str> = alone["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["change"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(news, ["new", "new", "new"], "{alone}");
 
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -2202,7 +2224,13 @@ async fn the_diff_names_what_broke_what_was_fixed_and_the_failure_that_broke_the
         .as_array()
         .expect("changes")
         .iter()
-        .map(|c| (c["change"].as_str().unwrap_or("").to_owned(), c["attribute"].as_str().unwrap_or("").to_owned(), c["previous_status"].clone()))
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap_or("").to_owned(),
+                c["attribute"].as_str().unwrap_or("").to_owned(),
+                c["previous_status"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         changes,
@@ -2218,14 +2246,24 @@ async fn the_diff_names_what_broke_what_was_fixed_and_the_failure_that_broke_the
     assert_eq!(causes.len(), 1, "{d}");
     assert_eq!(causes[0]["cause"]["attributes"], json!(["pkgs.lib"]), "{d}");
     assert!(causes[0]["cause"]["build_id"].is_string(), "{d}");
-    let broken: Vec<&str> = causes[0]["dependents"].as_array().expect("dependents").iter().map(|b| b["drv_path"].as_str().unwrap_or("")).collect();
+    let broken: Vec<&str> = causes[0]["dependents"]
+        .as_array()
+        .expect("dependents")
+        .iter()
+        .map(|b| b["drv_path"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(broken.len(), 2, "mid and app, through mid: {d}");
 
     // Someone who may not see the organization gets what a missing evaluation gets.
     let outsider = s.user("oscar").await;
     let (status, body) = s.get(&format!("/evals/{second}/diff"), Some(&outsider)).await;
-    let (missing_status, missing) = s.get(&format!("/evals/{}/diff", uuid::Uuid::new_v4()), Some(&outsider)).await;
-    assert_eq!((status, body["code"].clone()), (missing_status, missing["code"].clone()));
+    let (missing_status, missing) = s
+        .get(&format!("/evals/{}/diff", uuid::Uuid::new_v4()), Some(&outsider))
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (missing_status, missing["code"].clone())
+    );
 }
 
 #[tokio::test]
@@ -2233,9 +2271,19 @@ async fn cache_stats_count_the_paths_a_cache_holds() {
     let s = server().await;
     let owner = s.user("olga").await;
     let o = Some(owner.as_str());
-    s.ok(Method::POST, "/caches", o, Some(json!({"name": "main", "public": false}))).await;
+    s.ok(
+        Method::POST,
+        "/caches",
+        o,
+        Some(json!({"name": "main", "public": false})),
+    )
+    .await;
     let stats = s.ok(Method::GET, "/caches/main/stats", o, None).await;
     assert_eq!(stats, json!({"paths": 0, "bytes": 0}));
     let (status, v) = s.get("/caches/main/stats", None).await;
-    assert_eq!((status, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{v}"
+    );
 }

@@ -51,7 +51,12 @@ async fn get(ui: &Ui, path: &str) -> (StatusCode, String, String, String) {
 #[tokio::test]
 async fn the_page_is_served_at_the_root_and_for_deep_links_without_caching() {
     let ui = server_with_ui().await;
-    for path in ["/", "/evals/0b9e0c4e-5f7e-4f0c-9a51-2d3c4b5a6e7f", "/orgs/acme/projects/hello", "/signin"] {
+    for path in [
+        "/",
+        "/evals/0b9e0c4e-5f7e-4f0c-9a51-2d3c4b5a6e7f",
+        "/orgs/acme/projects/hello",
+        "/signin",
+    ] {
         let (status, ct, cc, body) = get(&ui, path).await;
         assert_eq!(status, StatusCode::OK, "{path}");
         assert!(ct.starts_with("text/html"), "{path}: {ct}");
@@ -68,13 +73,22 @@ async fn hashed_assets_are_cached_for_a_year_and_other_files_are_revalidated() {
     assert!(ct.starts_with("text/javascript"), "{ct}");
     assert_eq!(cc, "public, max-age=31536000, immutable");
     let (status, ct, cc, _) = get(&ui, "/assets/version.json").await;
-    assert_eq!((status, ct.as_str(), cc.as_str()), (StatusCode::OK, "application/json", "no-cache"));
+    assert_eq!(
+        (status, ct.as_str(), cc.as_str()),
+        (StatusCode::OK, "application/json", "no-cache")
+    );
 }
 
 #[tokio::test]
 async fn a_missing_asset_and_the_servers_own_paths_are_not_answered_with_the_page() {
     let ui = server_with_ui().await;
-    for path in ["/assets/immutable/gone.js", "/api/v2/orgs", "/api", "/cache/x/nix-cache-info-nope", "/metrics/x"] {
+    for path in [
+        "/assets/immutable/gone.js",
+        "/api/v2/orgs",
+        "/api",
+        "/cache/x/nix-cache-info-nope",
+        "/metrics/x",
+    ] {
         let (status, _, _, body) = get(&ui, path).await;
         assert_ne!(status, StatusCode::OK, "{path}");
         assert!(!body.contains("<title>Gradient</title>"), "{path}: {body}");
@@ -107,5 +121,8 @@ async fn a_configured_directory_without_a_build_stops_start_up_naming_the_variab
         panic!("started without a UI build");
     };
     let line = e.to_string();
-    assert!(line.starts_with("GRADIENT_FRONTEND_DIR:") && line.contains("no index.html"), "{line}");
+    assert!(
+        line.starts_with("GRADIENT_FRONTEND_DIR:") && line.contains("no index.html"),
+        "{line}"
+    );
 }

@@ -3,12 +3,12 @@
 //! NotFound, as if it did not exist.
 
 use super::{Caller, Gradient, Result, ServiceError};
+use crate::changes::{self, AttributeBuild, AttributeChange, RootCause};
 use crate::model::{Build, Derivation, Evaluation};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
-use crate::{BuildId, EvaluationId, OrgId};
-use crate::changes::{self, AttributeBuild, AttributeChange, RootCause};
 use crate::status::BuildStatus;
+use crate::{BuildId, EvaluationId, OrgId};
 use std::collections::{BTreeMap, HashMap};
 
 /// A build as an evaluation lists it: with the attributes of the evaluation that selected its derivation
@@ -144,13 +144,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         };
         let changes = changes::compare(&attribute_builds(&before), &attribute_builds(&builds));
         let mut inputs = HashMap::new();
-        for b in builds.iter().filter(|b| b.build.status == BuildStatus::DependencyFailed) {
+        for b in builds
+            .iter()
+            .filter(|b| b.build.status == BuildStatus::DependencyFailed)
+        {
             if let Some(d) = self.storage.derivation(b.build.org_id, &b.build.drv_path).await? {
                 inputs.insert(b.build.drv_path.clone(), d.inputs);
             }
         }
-        let statuses: Vec<(String, BuildStatus)> =
-            builds.iter().map(|b| (b.build.drv_path.clone(), b.build.status)).collect();
+        let statuses: Vec<(String, BuildStatus)> = builds
+            .iter()
+            .map(|b| (b.build.drv_path.clone(), b.build.status))
+            .collect();
         Ok(EvaluationDiff {
             previous: previous.map(|p| p.id),
             changes,
