@@ -23,6 +23,21 @@ ensure_rust() {
   command -v cargo >/dev/null 2>&1 || export PATH="$HOME/.cargo/bin:$PATH"
 }
 
+# Node and npm (Debian's nodejs 20 carries npm on some machines; Debian's npm package otherwise), the UI's locked
+# dependencies (npm ci), then the UI itself: the API client is generated from openapi/gradient.json and
+# type-checked, and web/dist is what gradient-server serves at /.
+ensure_web() {
+  ensure_packages nodejs
+  command -v npm >/dev/null 2>&1 || ensure_packages npm
+  say "building the web UI (web/dist)"
+  (cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent) >&2
+}
+
+# Debian's chromium, for the browser tests (driven by playwright-core; no browser is ever downloaded).
+ensure_chromium() {
+  ensure_packages chromium fonts-dejavu-core
+}
+
 # Starts the distribution's PostgreSQL cluster and makes the current user a superuser on it.
 # Prints the admin URL (unix socket) on stdout, and nothing else there.
 ensure_postgres() {

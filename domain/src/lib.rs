@@ -6,6 +6,7 @@
 //! reqwest, or tokio's net/fs features; `apps/server/tests` enforces that by reading `cargo metadata`.
 
 pub mod auth;
+pub mod changes;
 pub mod codec;
 pub mod crypt;
 pub mod forge;

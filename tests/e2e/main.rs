@@ -15,4 +15,5 @@ mod reach;
 mod server;
 mod statuses;
 mod tenants;
+mod web;
 mod workers;

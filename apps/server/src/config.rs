@@ -160,6 +160,8 @@ pub struct Config {
     pub keep_evaluations: u32,
     /// A push supersedes the still-running evaluations of its branch (`GRADIENT_SUPERSEDE_EVALUATIONS`).
     pub supersede_evaluations: bool,
+    /// The built web UI to serve at `/` (`GRADIENT_FRONTEND_DIR`); `None`: the repository's `web/dist` if built.
+    pub frontend_dir: Option<PathBuf>,
     pub max_request_size: usize,
     pub log_level: LogLevels,
     pub enable_registration: bool,
@@ -478,6 +480,7 @@ impl Config {
             worker_lost_after_secs: e.parse("settings.workerLostAfterSecs", 30, "a number of seconds")?,
             keep_evaluations: e.parse("settings.keepEvaluations", 5, "a number of evaluations")?,
             supersede_evaluations: e.bool("settings.supersedeEvaluations", true)?,
+            frontend_dir: e.path("frontendDir"),
             max_request_size,
             log_level: LogLevels {
                 default: e.level_or("settings.logLevel.default", LogLevel::Info)?,

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod frontend;
 pub mod github_setup;
 pub mod limits;
 pub mod link;
@@ -27,6 +28,7 @@ use std::os::unix::fs::DirBuilderExt;
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let max = state.http.max_request_size;
+    let frontend = state.http.frontend.clone();
     let state_for_cache = state.clone();
     let api = api::service(state);
     let spec = api.spec_endpoint();
@@ -42,7 +44,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
             .catch_all_error(|e| async move { api::error_response(e) }),
         allowed,
     };
-    Route::new()
+    let routes = Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
         .at(
             "/api/v1/evals/:id/log",
@@ -66,8 +68,14 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
         .nest("/api/v1/docs", docs)
-        .nest("/api/v1", api)
-        .map_to_response()
+        .nest("/api/v1", api);
+    let routes = match frontend {
+        Some(dir) => routes
+            .at("/", frontend::Frontend { dir: dir.clone() })
+            .at("/*path", frontend::Frontend { dir }),
+        None => routes,
+    };
+    routes.map_to_response()
 }
 
 /// Errors of the routes outside the OpenAPI service that still speak the API's JSON (the live streams).
@@ -319,6 +327,23 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         nar_open_timeout_secs: config.nar_storage_open_timeout_secs,
         oidc_enabled: config.oidc.enable,
         email_verification: config.email.enable && config.email.require_verification,
+        frontend: match frontend::locate(config.frontend_dir.as_deref(), &frontend::built_in_dir()) {
+            Ok(frontend::Located::Serve(dir)) => {
+                tracing::info!(target: "gradient::web", "web UI: serving {}", dir.display());
+                Some(dir)
+            }
+            Ok(frontend::Located::Off(line)) => {
+                tracing::info!(target: "gradient::web", "{line}");
+                None
+            }
+            Err(problem) => {
+                return Err(ConfigError {
+                    var: config::env_name("frontendDir"),
+                    problem,
+                }
+                .into());
+            }
+        },
     };
     let link = link::LinkSettings {
         discoverable: config.discoverable,

@@ -23,6 +23,8 @@ pub struct HttpSettings {
     pub nar_open_timeout_secs: u64,
     pub oidc_enabled: bool,
     pub email_verification: bool,
+    /// The web UI's files, served at `/` (none: no UI).
+    pub frontend: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]

@@ -2116,3 +2116,182 @@ async fn roles_cannot_be_escalated() {
     s.ok(Method::DELETE, "/orgs/corp/users", h, Some(json!({"user": "hana"})))
         .await;
 }
+
+/// Gives evaluation `id` builds of `(attribute, derivation name, status, input names)`, straight in storage.
+async fn evaluation_with_builds(
+    s: &Server,
+    id: &str,
+    builds: &[(&str, &str, gradient_domain::status::BuildStatus, &[&str])],
+) {
+    use gradient_domain::ports::Clock;
+    use gradient_domain::ports::storage::{Evaluations, Projects};
+    let storage = &s.storage;
+    let evaluation = gradient_domain::EvaluationId(id.parse().expect("uuid"));
+    let e = storage.evaluation(evaluation).await.expect("read").expect("evaluation");
+    let org = storage
+        .project_by_id(e.project_id)
+        .await
+        .expect("read")
+        .expect("project")
+        .org_id;
+    let drv = |name: &str| {
+        format!(
+            "/nix/store/{}-{name}.drv",
+            name.chars().next().unwrap_or('x').to_string().repeat(32)
+        )
+    };
+    let derivations: Vec<_> = builds
+        .iter()
+        .map(|(_, name, _, inputs)| gradient_domain::model::Derivation {
+            drv_path: drv(name),
+            system: "x86_64-linux".into(),
+            required_features: vec![],
+            outputs: Default::default(),
+            inputs: inputs.iter().map(|i| drv(i)).collect(),
+        })
+        .collect();
+    storage.put_derivations(org, &derivations).await.expect("derivations");
+    let paths: Vec<String> = builds.iter().map(|(_, name, _, _)| drv(name)).collect();
+    let at = gradient_domain::ports::clock::SystemClock.now();
+    let linked = storage.link_builds(evaluation, org, &paths, at).await.expect("builds");
+    let entries: Vec<_> = builds
+        .iter()
+        .filter(|(attr, ..)| !attr.is_empty())
+        .map(|(attr, name, ..)| gradient_domain::model::EntryPoint {
+            evaluation_id: evaluation,
+            attribute: (*attr).to_owned(),
+            drv_path: drv(name),
+        })
+        .collect();
+    storage
+        .add_entry_points(evaluation, &entries)
+        .await
+        .expect("entry points");
+    for mut b in linked {
+        let status = builds.iter().find(|(_, n, ..)| drv(n) == b.drv_path).expect("build").2;
+        if !b.move_to(status, at + chrono::TimeDelta::milliseconds(1)) {
+            // Completed and Failed come after Building.
+            b.move_to(gradient_domain::status::BuildStatus::Building, at);
+            assert!(b.move_to(status, at + chrono::TimeDelta::milliseconds(1)), "{status:?}");
+        }
+        storage.update_build(&b).await.expect("update");
+    }
+}
+
+#[tokio::test]
+async fn the_diff_names_what_broke_what_was_fixed_and_the_failure_that_broke_the_rest() {
+    use gradient_domain::status::BuildStatus::{Completed, DependencyFailed, Failed};
+    let s = server().await;
+    let owner = s.user("olga").await;
+    let o = Some(owner.as_str());
+    let first = queued_evaluation(&s, &owner).await;
+    evaluation_with_builds(
+        &s,
+        &first,
+        &[
+            ("pkgs.lib", "lib", Completed, &[]),
+            ("pkgs.ok", "ok", Failed, &[]),
+            ("pkgs.gone", "gone", Completed, &[]),
+        ],
+    )
+    .await;
+    let alone = s.ok(Method::GET, &format!("/evals/{first}/diff"), o, None).await;
+    assert_eq!(alone["previous"], Value::Null, "{alone}");
+    let news: Vec<&str> = alone["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["change"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(news, ["new", "new", "new"], "{alone}");
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let second = s
+        .ok(
+            Method::POST,
+            "/projects/acme/web/evaluate",
+            o,
+            Some(json!({"commit": "1123456789abcdef0123456789abcdef01234567"})),
+        )
+        .await;
+    let second = second["id"].as_str().expect("id").to_owned();
+    evaluation_with_builds(
+        &s,
+        &second,
+        &[
+            ("pkgs.lib", "lib2", Failed, &[]),
+            ("pkgs.ok", "ok2", Completed, &[]),
+            ("pkgs.app", "app", DependencyFailed, &["mid"]),
+            ("", "mid", DependencyFailed, &["lib2"]),
+        ],
+    )
+    .await;
+    let d = s.ok(Method::GET, &format!("/evals/{second}/diff"), o, None).await;
+    assert_eq!(d["previous"], first.as_str(), "{d}");
+    let changes: Vec<(String, String, Value)> = d["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().unwrap_or("").to_owned(),
+                c["attribute"].as_str().unwrap_or("").to_owned(),
+                c["previous_status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("newly_failing".to_owned(), "pkgs.lib".to_owned(), json!("Completed")),
+            ("newly_fixed".to_owned(), "pkgs.ok".to_owned(), json!("Failed")),
+            ("new".to_owned(), "pkgs.app".to_owned(), Value::Null),
+            ("removed".to_owned(), "pkgs.gone".to_owned(), json!("Completed")),
+        ],
+        "{d}"
+    );
+    let causes = d["root_causes"].as_array().expect("causes");
+    assert_eq!(causes.len(), 1, "{d}");
+    assert_eq!(causes[0]["cause"]["attributes"], json!(["pkgs.lib"]), "{d}");
+    assert!(causes[0]["cause"]["build_id"].is_string(), "{d}");
+    let broken: Vec<&str> = causes[0]["dependents"]
+        .as_array()
+        .expect("dependents")
+        .iter()
+        .map(|b| b["drv_path"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(broken.len(), 2, "mid and app, through mid: {d}");
+
+    // Someone who may not see the organization gets what a missing evaluation gets.
+    let outsider = s.user("oscar").await;
+    let (status, body) = s.get(&format!("/evals/{second}/diff"), Some(&outsider)).await;
+    let (missing_status, missing) = s
+        .get(&format!("/evals/{}/diff", uuid::Uuid::new_v4()), Some(&outsider))
+        .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (missing_status, missing["code"].clone())
+    );
+}
+
+#[tokio::test]
+async fn cache_stats_count_the_paths_a_cache_holds() {
+    let s = server().await;
+    let owner = s.user("olga").await;
+    let o = Some(owner.as_str());
+    s.ok(
+        Method::POST,
+        "/caches",
+        o,
+        Some(json!({"name": "main", "public": false})),
+    )
+    .await;
+    let stats = s.ok(Method::GET, "/caches/main/stats", o, None).await;
+    assert_eq!(stats, json!({"paths": 0, "bytes": 0}));
+    let (status, v) = s.get("/caches/main/stats", None).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{v}"
+    );
+}

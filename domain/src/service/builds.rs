@@ -3,11 +3,13 @@
 //! NotFound, as if it did not exist.
 
 use super::{Caller, Gradient, Result, ServiceError};
+use crate::changes::{self, AttributeBuild, AttributeChange, RootCause};
 use crate::model::{Build, Derivation, Evaluation};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
+use crate::status::BuildStatus;
 use crate::{BuildId, EvaluationId, OrgId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A build as an evaluation lists it: with the attributes of the evaluation that selected its derivation
 /// (empty for a dependency).
@@ -18,6 +20,30 @@ pub struct EvaluationBuildView {
     /// The build existed before this evaluation (an earlier evaluation needed the same derivation): it was not
     /// built again for this one.
     pub reused: bool,
+}
+
+/// An evaluation compared with the project's previous one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvaluationDiff {
+    pub previous: Option<EvaluationId>,
+    pub changes: Vec<AttributeChange>,
+    pub root_causes: Vec<RootCause>,
+    /// This evaluation's builds (the ones the changes and causes name, and the rest).
+    pub builds: Vec<EvaluationBuildView>,
+}
+
+/// One row per attribute of an evaluation's builds.
+fn attribute_builds(builds: &[EvaluationBuildView]) -> Vec<AttributeBuild> {
+    builds
+        .iter()
+        .flat_map(|b| {
+            b.attributes.iter().map(|a| AttributeBuild {
+                attribute: a.clone(),
+                drv_path: b.build.drv_path.clone(),
+                status: b.build.status,
+            })
+        })
+        .collect()
 }
 
 /// A stored log's text and what was left out of it.
@@ -104,5 +130,43 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             text,
             omitted: log.omitted,
         }))
+    }
+
+    /// What changed since the previous evaluation of the same project (by creation time), attribute by
+    /// attribute, and this evaluation's failures grouped by root cause. `previous` is `None` for a project's
+    /// first evaluation (then every attribute is new).
+    pub async fn evaluation_diff(&self, caller: &Caller, id: EvaluationId) -> Result<EvaluationDiff> {
+        let (e, builds) = self.evaluation_builds(caller, id).await?;
+        let previous = self
+            .storage
+            .evaluations(e.project_id, super::EVALUATION_LIST_LIMIT)
+            .await?
+            .into_iter()
+            .filter(|p| p.id != e.id && p.created_at < e.created_at)
+            .max_by_key(|p| p.created_at);
+        let before = match &previous {
+            Some(p) => self.evaluation_builds(caller, p.id).await?.1,
+            None => Vec::new(),
+        };
+        let changes = changes::compare(&attribute_builds(&before), &attribute_builds(&builds));
+        let mut inputs = HashMap::new();
+        for b in builds
+            .iter()
+            .filter(|b| b.build.status == BuildStatus::DependencyFailed)
+        {
+            if let Some(d) = self.storage.derivation(b.build.org_id, &b.build.drv_path).await? {
+                inputs.insert(b.build.drv_path.clone(), d.inputs);
+            }
+        }
+        let statuses: Vec<(String, BuildStatus)> = builds
+            .iter()
+            .map(|b| (b.build.drv_path.clone(), b.build.status))
+            .collect();
+        Ok(EvaluationDiff {
+            previous: previous.map(|p| p.id),
+            changes,
+            root_causes: changes::root_causes(&statuses, &inputs),
+            builds,
+        })
     }
 }

@@ -10,6 +10,13 @@ use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
 use crate::{CacheId, Name};
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheStats {
+    pub paths: u64,
+    /// Compressed (NAR file) bytes.
+    pub bytes: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct NewCache {
     pub name: String,
@@ -107,6 +114,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.storage.update_cache(&cache).await?;
         }
         Ok(cache)
+    }
+
+    /// How much a cache the caller may read holds: its number of paths and their compressed bytes.
+    pub async fn cache_stats(&self, caller: &Caller, name: &str) -> Result<CacheStats> {
+        let cache = self.cache(caller, name).await?;
+        let (paths, bytes) = self.storage.cache_usage(cache.id).await?;
+        Ok(CacheStats { paths, bytes })
     }
 
     /// The cache, if the caller owns it (and, with an API key, the key is not restricted).

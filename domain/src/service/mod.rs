@@ -17,8 +17,8 @@ mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, nar_key, nix_cache_info};
-pub use builds::{EvaluationBuildView, LogText};
-pub use caches::{CacheChanges, NewCache};
+pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
+pub use caches::{CacheChanges, CacheStats, NewCache};
 pub use github_app::GithubAppSettings;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use pipeline::Dispatched;

@@ -8,6 +8,15 @@ use poem_openapi::{Object, OpenApi};
 
 pub struct CachesApi(pub AppState);
 
+/// What a cache holds.
+#[derive(Object)]
+pub struct CacheStatsView {
+    /// Store paths (narinfos) in the cache.
+    pub paths: u64,
+    /// Their compressed NAR size in bytes.
+    pub bytes: u64,
+}
+
 #[derive(Object)]
 pub struct NewCacheRequest {
     /// Lowercase letters, digits, `-` and `_`; 1 to 64 characters.
@@ -91,6 +100,17 @@ impl CachesApi {
     async fn public_key(&self, auth: MaybeToken, cache: Path<String>) -> Reply<String> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self.0.app.cache_public_key(&caller, &cache).await?.to_string())
+    }
+
+    /// How much the cache holds: its number of store paths and their compressed size.
+    #[oai(path = "/caches/:cache/stats", method = "get")]
+    async fn stats(&self, auth: MaybeToken, cache: Path<String>) -> Reply<CacheStatsView> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let s = self.0.app.cache_stats(&caller, &cache).await?;
+        ok(CacheStatsView {
+            paths: s.paths,
+            bytes: s.bytes,
+        })
     }
 
     /// Every organization subscribed to the cache, with what each subscription allows (owner only).

@@ -141,6 +141,49 @@ impl From<&EvaluationBuildView> for EvaluationBuildItem {
     }
 }
 
+/// An evaluation compared with the previous evaluation of its project.
+#[derive(Object)]
+pub struct EvaluationDiffView {
+    /// The evaluation compared with; `null` for a project's first evaluation (every attribute is new).
+    pub previous: Nullable<Uuid>,
+    /// The attributes whose outcome changed, by change then attribute.
+    pub changes: Vec<AttributeChangeView>,
+    /// Failed builds with the dependency-failed builds they broke, the most harmful first; a cause of `null`
+    /// groups dependency failures whose failed dependency is not among this evaluation's builds.
+    pub root_causes: Vec<RootCauseView>,
+}
+
+/// One attribute whose outcome changed.
+#[derive(Object)]
+pub struct AttributeChangeView {
+    /// newly_failing, newly_fixed, still_failing, new or removed.
+    pub change: String,
+    pub attribute: String,
+    /// Its build in this evaluation (in the previous one, for a removed attribute).
+    pub build: BuildRef,
+    pub status: String,
+    /// Its build's status in the previous evaluation; `null` for a new attribute.
+    pub previous_status: Nullable<String>,
+}
+
+/// A failed build and what it broke.
+#[derive(Object)]
+pub struct RootCauseView {
+    pub cause: Nullable<BuildRef>,
+    pub dependents: Vec<BuildRef>,
+}
+
+/// A build named in a comparison.
+#[derive(Object)]
+pub struct BuildRef {
+    pub drv_path: String,
+    /// `null` when the build is not one of this evaluation's (a removed attribute's).
+    pub build_id: Nullable<Uuid>,
+    /// The attributes of this evaluation that selected it.
+    pub attributes: Vec<String>,
+    pub status: Nullable<String>,
+}
+
 /// The derivation a build realises.
 #[derive(Object)]
 pub struct DerivationView {
@@ -276,6 +319,48 @@ impl EvaluationsApi {
         let caller = self.0.caller(auth.bearer()).await?;
         let (_, builds) = self.0.app.evaluation_builds(&caller, EvaluationId(id.0)).await?;
         ok(builds.iter().map(EvaluationBuildItem::from).collect())
+    }
+
+    /// What changed since the previous evaluation of the same project: attributes newly failing, newly fixed,
+    /// still failing, new and removed; and this evaluation's failures grouped by root cause (a
+    /// dependency-failed build under each failed build it depends on).
+    #[oai(path = "/evals/:id/diff", method = "get")]
+    async fn diff(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<EvaluationDiffView> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let d = self.0.app.evaluation_diff(&caller, EvaluationId(id.0)).await?;
+        let by_drv: BTreeMap<&str, &EvaluationBuildView> =
+            d.builds.iter().map(|b| (b.build.drv_path.as_str(), b)).collect();
+        let build_ref = |drv: &str| {
+            let b = by_drv.get(drv);
+            BuildRef {
+                drv_path: drv.to_owned(),
+                build_id: b.map(|b| b.build.id.0).into(),
+                attributes: b.map(|b| b.attributes.clone()).unwrap_or_default(),
+                status: b.map(|b| b.build.status.as_str().to_owned()).into(),
+            }
+        };
+        ok(EvaluationDiffView {
+            previous: d.previous.map(|p| p.0).into(),
+            changes: d
+                .changes
+                .iter()
+                .map(|c| AttributeChangeView {
+                    change: c.change.as_str().to_owned(),
+                    attribute: c.attribute.clone(),
+                    build: build_ref(&c.drv_path),
+                    status: c.status.as_str().to_owned(),
+                    previous_status: c.previous_status.map(|s| s.as_str().to_owned()).into(),
+                })
+                .collect(),
+            root_causes: d
+                .root_causes
+                .iter()
+                .map(|r| RootCauseView {
+                    cause: r.cause.as_deref().map(&build_ref).into(),
+                    dependents: r.dependents.iter().map(|d| build_ref(d)).collect(),
+                })
+                .collect(),
+        })
     }
 
     /// One build with its derivation.

@@ -1,0 +1,201 @@
+// The browser end-to-end run: Debian's chromium driven by playwright-core (no browser is downloaded) against
+// a real gradient-server (GRADIENT_URL) with a real worker; started by tests/e2e/web.rs, which then uses what
+// the cache page said (written to E2E_RESULT) with real nix. Screenshots of every page, at 1280 px and 375 px,
+// light and dark, go to E2E_OUT; axe-core checks every page and any serious or critical violation fails the run.
+import { chromium } from 'playwright-core';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+
+const base = process.env.GRADIENT_URL ?? 'http://127.0.0.1:3000';
+const repository = process.env.E2E_REPOSITORY;
+const out = process.env.E2E_OUT ?? 'test-output';
+const axePath = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
+mkdirSync(out, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.E2E_BROWSER ?? '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+});
+const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+const page = await context.newPage();
+const violations = [];
+const consoleErrors = [];
+page.on('pageerror', (e) => consoleErrors.push(String(e)));
+
+function step(what) {
+  console.log(`- ${what}`);
+}
+
+/** Screenshots (wide, narrow, dark) and an axe-core check of the page as it is now. */
+async function look(name) {
+  await page.waitForLoadState('networkidle').catch(() => undefined);
+  await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
+  await check(name, 'light');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.screenshot({ path: join(out, `${name}-dark.png`), fullPage: true });
+  await check(name, 'dark');
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.setViewportSize({ width: 375, height: 800 });
+  await page.screenshot({ path: join(out, `${name}-375.png`), fullPage: true });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 1) violations.push(`${name}: the page is ${overflow}px wider than a 375px screen`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+}
+
+async function check(name, scheme) {
+  await page.addScriptTag({ path: axePath });
+  const found = await page.evaluate(async () => {
+    // eslint-disable-next-line no-undef
+    const r = await axe.run(document, { resultTypes: ['violations'] });
+    return r.violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join('; ')}`);
+  });
+  for (const v of found) violations.push(`${name} [${scheme}]: ${v}`);
+}
+
+async function waitForText(locator, pattern, timeout) {
+  await locator.filter({ hasText: pattern }).first().waitFor({ timeout });
+}
+
+try {
+  step('a visitor is sent to the sign-in page');
+  await page.goto(`${base}/`);
+  await page.waitForURL(/\/signin\?next=%2F$/);
+  await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+  await look('signin');
+
+  step('registers');
+  await page.getByRole('link', { name: 'Register' }).click();
+  await page.getByRole('heading', { name: 'Register' }).waitFor();
+  await page.getByLabel('Username').fill('alice');
+  await page.getByLabel('Full name').fill('Alice Liddell');
+  await page.getByLabel('Email').fill('alice@example.com');
+  await page.getByLabel('Password').fill('short');
+  await page.getByRole('button', { name: 'Register' }).click();
+  // The API's sentence, next to the field it is about.
+  await page.locator('input[name=password] ~ *, .error').filter({ hasText: /password/i }).first().waitFor();
+  await look('register-error');
+  await page.getByLabel('Password').fill('a long enough password');
+  await page.getByRole('button', { name: 'Register' }).click();
+  await page.getByRole('heading', { name: 'Home' }).waitFor();
+
+  step('creates an organization');
+  await page.getByLabel('Name (in URLs)').fill('acme');
+  await page.getByRole('button', { name: 'Create organization' }).click();
+  await page.waitForURL(/\/orgs\/acme$/);
+
+  step('creates a public cache the organization pushes to');
+  await page.getByLabel('New cache name').fill('main');
+  await page.getByLabel('Public', { exact: true }).check();
+  await page.getByRole('button', { name: 'Create cache and push to it' }).click();
+  await waitForText(page.locator('p'), /Push cache: main/, 10000);
+  step('sees the co-located worker connected');
+  await waitForText(page.locator('li'), /— connected/, 30000);
+
+  step('creates a project');
+  await page.getByText('New project').click();
+  await page.getByLabel('Name', { exact: true }).fill('demo');
+  await page.getByLabel('Repository (git URL)').fill(repository);
+  await page.getByLabel('Wildcard (empty: the server\'s default)').fill('packages.*.*');
+  await page.getByRole('button', { name: 'Create project' }).click();
+  await page.waitForURL(/\/orgs\/acme\/projects\/demo$/);
+  await look('project-new');
+
+  step('evaluates now and watches it go green without reloading');
+  await page.getByRole('button', { name: 'Evaluate now' }).click();
+  await page.waitForURL(/\/evals\/[0-9a-f-]+$/);
+  const firstEval = page.url();
+  await page.evaluate(() => (window.__sameDocument = true));
+  await waitForText(page.getByTestId('evaluation-status'), /completed/, 240000);
+  if (!(await page.evaluate(() => window.__sameDocument === true))) throw new Error('the evaluation page reloaded');
+  await waitForText(page.getByRole('listitem'), /packages\.x86_64-linux\.c/, 10000);
+  await look('evaluation-green');
+
+  step('opens a built package and reads its output path');
+  await page.getByRole('link', { name: 'packages.x86_64-linux.a' }).click();
+  await page.getByTestId('output-out').waitFor();
+  const output = (await page.getByTestId('output-out').textContent())?.trim();
+  await waitForText(page.locator('pre.log'), /building a/, 20000);
+  await look('build');
+
+  step('changes the settings: an invalid wildcard is refused next to its field, then the checks are added');
+  await page.goto(`${base}/orgs/acme/projects/demo`);
+  await page.getByLabel('Wildcard', { exact: true }).fill('');
+  await page.getByRole('button', { name: 'Save settings' }).click();
+  await waitForText(page.locator('input[name=wildcard] + *, label:has(input[name=wildcard]) + .error'), /wildcard/i, 10000);
+  await look('project-settings-error');
+  await page.getByLabel('Wildcard', { exact: true }).fill('packages.*.*, checks.*.*');
+  await page.getByRole('button', { name: 'Save settings' }).click();
+  await page.getByText('Saved.').waitFor();
+
+  step('evaluates again: the failing check fails, live');
+  await page.getByRole('button', { name: 'Evaluate now' }).click();
+  await page.waitForURL((u) => /\/evals\/[0-9a-f-]+$/.test(u.pathname) && u.href !== firstEval);
+  await waitForText(page.getByTestId('evaluation-status'), /failed/, 240000);
+  await waitForText(page.locator('summary'), /New \(2\)/, 20000);
+  await waitForText(page.locator('section'), /Failures by root cause/, 20000);
+  await look('evaluation-failed');
+
+  step("opens the failing build's log in one click");
+  await page.locator('section[aria-labelledby=causes-h]').getByRole('link', { name: 'checks.x86_64-linux.fails' }).click();
+  await waitForText(page.locator('pre.log'), /this check fails on purpose/, 20000);
+  await page.locator('.line.err').first().waitFor();
+  await look('build-failed');
+
+  step('reads the cache page');
+  await page.goto(`${base}/caches/main`);
+  await page.getByTestId('nix-conf').waitFor();
+  await waitForText(page.getByTestId('nix-conf'), /extra-trusted-public-keys = \S*main:\S+/, 10000);
+  await waitForText(page.getByTestId('cache-stats'), /^[1-9][0-9]* paths?, /, 10000);
+  const nixConf = (await page.getByTestId('nix-conf').textContent()) ?? '';
+  await look('cache');
+
+  step('creates and revokes an API key');
+  await page.goto(`${base}/account`);
+  await page.getByLabel('Key name').fill('ci');
+  await page.getByRole('button', { name: 'Create API key' }).click();
+  await waitForText(page.getByTestId('new-key'), /^GRAD/, 10000);
+  await look('account');
+  await page.getByRole('button', { name: 'Revoke ci' }).click();
+  await page.getByText('No API keys.').waitFor();
+
+  step('the organization page, and home with the recent evaluations');
+  await page.goto(`${base}/orgs/acme`);
+  await waitForText(page.locator('td'), /failed/, 10000);
+  await look('organization');
+  await page.goto(`${base}/`);
+  await waitForText(page.locator('td'), /acme\/demo/, 10000);
+  await look('home');
+
+  step('signs out; a deep link signs in again and comes back');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.waitForURL(/\/signin/);
+  await page.goto(`${base}/orgs/acme/projects/demo`);
+  await page.waitForURL(/\/signin\?next=/);
+  await page.getByLabel('Username or email').fill('alice');
+  await page.getByLabel('Password').fill('a long enough password');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.waitForURL(/\/orgs\/acme\/projects\/demo$/);
+
+  step('an expired session (401) goes to sign-in and back');
+  await page.evaluate(() => localStorage.setItem('gradient.token', 'not-a-valid-token'));
+  await page.goto(`${base}/orgs/acme`);
+  await page.waitForURL(/\/signin\?next=%2Forgs%2Facme$/);
+
+  writeFileSync(process.env.E2E_RESULT ?? join(out, 'result.json'), JSON.stringify({ nixConf, output }));
+} catch (e) {
+  await page.screenshot({ path: join(out, 'failure.png'), fullPage: true }).catch(() => undefined);
+  console.error(`failed at ${page.url()}: ${e}`);
+  console.error(`page errors: ${consoleErrors.join('\n')}`);
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
+if (consoleErrors.length) console.log(`page errors:\n${consoleErrors.join('\n')}`);
+if (violations.length) {
+  console.error(`accessibility and layout problems:\n${violations.join('\n')}`);
+  process.exit(1);
+}
+console.log(`ok: screenshots in ${out}`);
