@@ -126,6 +126,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         check_text("name", &r.name, 256)?;
         auth::check_password_policy(&r.password).map_err(|m| ServiceError::invalid("weak_password", m))?;
         let user = User {
+            managed: false,
             id: UserId::new(),
             username,
             name: r.name.trim().to_owned(),
@@ -222,6 +223,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         };
         let NewApiKeyToken { token, hash } = auth::generate_api_key();
         let key = ApiKey {
+            managed: false,
             id: ApiKeyId::new(),
             user_id: user.id,
             name: name.to_owned(),

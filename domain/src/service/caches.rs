@@ -36,7 +36,7 @@ fn not_found(name: &str) -> ServiceError {
     ServiceError::NotFound(format!("cache '{name}' not found"))
 }
 
-fn check_priority(p: i32) -> Result<()> {
+pub(crate) fn check_priority(p: i32) -> Result<()> {
     if (0..=1000).contains(&p) {
         Ok(())
     } else {
@@ -136,6 +136,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let cache = Cache {
+            managed: false,
             signing_key: self.new_signing_key(&name)?,
             id: CacheId::new(),
             display_name,

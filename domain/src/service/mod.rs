@@ -5,15 +5,15 @@
 mod accounts;
 mod binary_cache;
 mod builds;
-mod caches;
+pub(crate) mod caches;
 mod github_app;
 mod memo;
 mod orgs;
 mod pipeline;
-mod projects;
-mod statuses;
+pub(crate) mod projects;
+pub(crate) mod statuses;
 mod webhooks;
-mod workers;
+pub(crate) mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, nar_key, nix_cache_info};

@@ -113,6 +113,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let name = Name::parse_as(new.name.trim_matches(' '), "organization name")?;
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let org = Org {
+            managed: false,
             id: OrgId::new(),
             display_name,
             name,
@@ -130,6 +131,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         })?;
         if let Some(local) = &self.settings.local_worker {
             let registration = crate::model::WorkerRegistration {
+                managed: false,
                 peer_id: crate::PeerId::new(),
                 org_id: org.id,
                 worker_id: local.id,

@@ -128,6 +128,7 @@ mod tests {
 
     fn project(repository: &str, branch: Option<&str>, active: bool) -> Project {
         Project {
+            managed: false,
             id: ProjectId::new(),
             org_id: OrgId::new(),
             name: Name::parse("web").expect("name"),

@@ -89,6 +89,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         };
         let registration = WorkerRegistration {
+            managed: false,
             peer_id: PeerId::new(),
             org_id: org.id,
             worker_id,

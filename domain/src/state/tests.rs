@@ -1,0 +1,1 @@
+//! Tests of the state document and the planner.
