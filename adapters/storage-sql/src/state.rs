@@ -8,9 +8,9 @@ use crate::projects::{ProjectRow, project_columns};
 use crate::users::{ApiKeyRow, UserRow, api_key_columns, user_columns};
 use crate::workers::{RegistrationRow, registration_columns};
 use crate::{SqlStorage, db_error, to_json, with_pool};
+use gradient_domain::OrgId;
 use gradient_domain::model::{Timestamp, WorkerRegistration};
 use gradient_domain::ports::storage::{Declared, ManagedEntities, Result, StateWrite, StorageError};
-use gradient_domain::OrgId;
 use uuid::Uuid;
 
 const PUT_USER: &str = concat!(
@@ -89,12 +89,28 @@ fn delete_sql(write: &StateWrite) -> Option<(&'static str, Uuid)> {
 
 impl Declared for SqlStorage {
     async fn managed_entities(&self) -> Result<ManagedEntities> {
-        let users = concat!("SELECT ", user_columns!(), " FROM users WHERE managed ORDER BY username");
+        let users = concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE managed ORDER BY username"
+        );
         let orgs = concat!("SELECT ", org_columns!(), " FROM orgs WHERE managed ORDER BY name");
-        let roles = concat!("SELECT ", role_columns!(), " FROM roles WHERE managed ORDER BY org_id, name");
-        let projects = concat!("SELECT ", project_columns!(), " FROM projects WHERE managed ORDER BY org_id, name");
+        let roles = concat!(
+            "SELECT ",
+            role_columns!(),
+            " FROM roles WHERE managed ORDER BY org_id, name"
+        );
+        let projects = concat!(
+            "SELECT ",
+            project_columns!(),
+            " FROM projects WHERE managed ORDER BY org_id, name"
+        );
         let caches = concat!("SELECT ", cache_columns!(), " FROM caches WHERE managed ORDER BY name");
-        let keys = concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE managed ORDER BY created_at, id");
+        let keys = concat!(
+            "SELECT ",
+            api_key_columns!(),
+            " FROM api_keys WHERE managed ORDER BY created_at, id"
+        );
         let workers = concat!(
             "SELECT ",
             registration_columns!(),
@@ -103,27 +119,29 @@ impl Declared for SqlStorage {
         let secrets = "SELECT org_id FROM org_webhook_secrets WHERE managed ORDER BY org_id";
         let connections = "SELECT org_id, forge, api_url, token, managed FROM org_forge_connections \
                            WHERE managed ORDER BY org_id";
-        let (users, orgs, roles, projects, caches, keys, workers, secrets, connections) =
-            with_pool!(self, |p| async {
-                Ok::<_, sqlx::Error>((
-                    sqlx::query_as::<_, UserRow>(users).fetch_all(p).await?,
-                    sqlx::query_as::<_, OrgRow>(orgs).fetch_all(p).await?,
-                    sqlx::query_as::<_, RoleRow>(roles).fetch_all(p).await?,
-                    sqlx::query_as::<_, ProjectRow>(projects).fetch_all(p).await?,
-                    sqlx::query_as::<_, CacheRow>(caches).fetch_all(p).await?,
-                    sqlx::query_as::<_, ApiKeyRow>(keys).fetch_all(p).await?,
-                    sqlx::query_as::<_, RegistrationRow>(workers).fetch_all(p).await?,
-                    sqlx::query_as::<_, (Uuid,)>(secrets).fetch_all(p).await?,
-                    sqlx::query_as::<_, ConnectionRow>(connections).fetch_all(p).await?,
-                ))
-            }
-            .await)
-            .map_err(db_error)?;
+        let (users, orgs, roles, projects, caches, keys, workers, secrets, connections) = with_pool!(self, |p| async {
+            Ok::<_, sqlx::Error>((
+                sqlx::query_as::<_, UserRow>(users).fetch_all(p).await?,
+                sqlx::query_as::<_, OrgRow>(orgs).fetch_all(p).await?,
+                sqlx::query_as::<_, RoleRow>(roles).fetch_all(p).await?,
+                sqlx::query_as::<_, ProjectRow>(projects).fetch_all(p).await?,
+                sqlx::query_as::<_, CacheRow>(caches).fetch_all(p).await?,
+                sqlx::query_as::<_, ApiKeyRow>(keys).fetch_all(p).await?,
+                sqlx::query_as::<_, RegistrationRow>(workers).fetch_all(p).await?,
+                sqlx::query_as::<_, (Uuid,)>(secrets).fetch_all(p).await?,
+                sqlx::query_as::<_, ConnectionRow>(connections).fetch_all(p).await?,
+            ))
+        }
+        .await)
+        .map_err(db_error)?;
         let mut m = ManagedEntities {
             users: users.into_iter().map(UserRow::into_user).collect::<Result<_>>()?,
             orgs: orgs.into_iter().map(OrgRow::into_org).collect::<Result<_>>()?,
             roles: roles.into_iter().map(RoleRow::into_role).collect::<Result<_>>()?,
-            projects: projects.into_iter().map(ProjectRow::into_project).collect::<Result<_>>()?,
+            projects: projects
+                .into_iter()
+                .map(ProjectRow::into_project)
+                .collect::<Result<_>>()?,
             caches: caches.into_iter().map(CacheRow::into_cache).collect::<Result<_>>()?,
             api_keys: keys.into_iter().map(ApiKeyRow::into_key).collect::<Result<_>>()?,
             workers: workers.into_iter().map(WorkerRegistration::from).collect(),
@@ -180,37 +198,43 @@ impl Declared for SqlStorage {
                     continue;
                 }
                 let done = match write {
-                    StateWrite::PutUser(u) => sqlx::query(PUT_USER)
-                        .bind(u.id.0)
-                        .bind(u.username.as_str())
-                        .bind(&u.name)
-                        .bind(u.email.as_str())
-                        .bind(u.password_hash.as_deref())
-                        .bind(u.email_verified)
-                        .bind(u.created_at)
-                        .bind(u.managed)
-                        .execute(&mut *tx)
-                        .await,
-                    StateWrite::PutOrg(o) => sqlx::query(PUT_ORG)
-                        .bind(o.id.0)
-                        .bind(o.name.as_str())
-                        .bind(&o.display_name)
-                        .bind(&o.description)
-                        .bind(o.public)
-                        .bind(o.created_by.0)
-                        .bind(o.created_at)
-                        .bind(o.managed)
-                        .execute(&mut *tx)
-                        .await,
-                    StateWrite::PutRole(r) => sqlx::query(PUT_ROLE)
-                        .bind(r.id.0)
-                        .bind(r.org_id.0)
-                        .bind(&r.name)
-                        .bind(r.name.to_ascii_lowercase())
-                        .bind(json)
-                        .bind(r.managed)
-                        .execute(&mut *tx)
-                        .await,
+                    StateWrite::PutUser(u) => {
+                        sqlx::query(PUT_USER)
+                            .bind(u.id.0)
+                            .bind(u.username.as_str())
+                            .bind(&u.name)
+                            .bind(u.email.as_str())
+                            .bind(u.password_hash.as_deref())
+                            .bind(u.email_verified)
+                            .bind(u.created_at)
+                            .bind(u.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
+                    StateWrite::PutOrg(o) => {
+                        sqlx::query(PUT_ORG)
+                            .bind(o.id.0)
+                            .bind(o.name.as_str())
+                            .bind(&o.display_name)
+                            .bind(&o.description)
+                            .bind(o.public)
+                            .bind(o.created_by.0)
+                            .bind(o.created_at)
+                            .bind(o.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
+                    StateWrite::PutRole(r) => {
+                        sqlx::query(PUT_ROLE)
+                            .bind(r.id.0)
+                            .bind(r.org_id.0)
+                            .bind(&r.name)
+                            .bind(r.name.to_ascii_lowercase())
+                            .bind(json)
+                            .bind(r.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
                     StateWrite::SetMembership(m) => {
                         let (builtin, custom) = role_columns_of(&m.role);
                         sqlx::query(SET_MEMBERSHIP)
@@ -228,39 +252,43 @@ impl Declared for SqlStorage {
                             .execute(&mut *tx)
                             .await
                     }
-                    StateWrite::PutProject(p) => sqlx::query(PUT_PROJECT)
-                        .bind(p.id.0)
-                        .bind(p.org_id.0)
-                        .bind(p.name.as_str())
-                        .bind(&p.display_name)
-                        .bind(&p.description)
-                        .bind(&p.repository)
-                        .bind(p.branch.as_deref())
-                        .bind(&p.wildcard)
-                        .bind(json)
-                        .bind(p.keep_evaluations.map(i64::from))
-                        .bind(p.poll_interval_secs.map(i64::from))
-                        .bind(p.active)
-                        .bind(p.created_by.0)
-                        .bind(p.created_at)
-                        .bind(p.managed)
-                        .execute(&mut *tx)
-                        .await,
-                    StateWrite::PutCache(c) => sqlx::query(PUT_CACHE)
-                        .bind(c.id.0)
-                        .bind(c.name.as_str())
-                        .bind(&c.display_name)
-                        .bind(&c.description)
-                        .bind(c.public)
-                        .bind(c.priority)
-                        .bind(c.local_priority)
-                        .bind(c.compression.as_str())
-                        .bind(&c.signing_key.0)
-                        .bind(c.created_by.0)
-                        .bind(c.created_at)
-                        .bind(c.managed)
-                        .execute(&mut *tx)
-                        .await,
+                    StateWrite::PutProject(p) => {
+                        sqlx::query(PUT_PROJECT)
+                            .bind(p.id.0)
+                            .bind(p.org_id.0)
+                            .bind(p.name.as_str())
+                            .bind(&p.display_name)
+                            .bind(&p.description)
+                            .bind(&p.repository)
+                            .bind(p.branch.as_deref())
+                            .bind(&p.wildcard)
+                            .bind(json)
+                            .bind(p.keep_evaluations.map(i64::from))
+                            .bind(p.poll_interval_secs.map(i64::from))
+                            .bind(p.active)
+                            .bind(p.created_by.0)
+                            .bind(p.created_at)
+                            .bind(p.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
+                    StateWrite::PutCache(c) => {
+                        sqlx::query(PUT_CACHE)
+                            .bind(c.id.0)
+                            .bind(c.name.as_str())
+                            .bind(&c.display_name)
+                            .bind(&c.description)
+                            .bind(c.public)
+                            .bind(c.priority)
+                            .bind(c.local_priority)
+                            .bind(c.compression.as_str())
+                            .bind(&c.signing_key.0)
+                            .bind(c.created_by.0)
+                            .bind(c.created_at)
+                            .bind(c.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
                     StateWrite::Grant { org, cache } => {
                         sqlx::query(GRANT).bind(org.0).bind(cache.0).execute(&mut *tx).await
                     }
@@ -296,42 +324,50 @@ impl Declared for SqlStorage {
                             }
                         }
                     }
-                    StateWrite::PutApiKey(k) => sqlx::query(PUT_API_KEY)
-                        .bind(k.id.0)
-                        .bind(k.user_id.0)
-                        .bind(&k.name)
-                        .bind(&k.hash)
-                        .bind(json)
-                        .bind(k.created_at)
-                        .bind(k.last_used_at)
-                        .bind(k.managed)
-                        .execute(&mut *tx)
-                        .await,
-                    StateWrite::PutWorkerRegistration(r) => sqlx::query(PUT_WORKER)
-                        .bind(r.peer_id.0)
-                        .bind(r.org_id.0)
-                        .bind(r.worker_id.0)
-                        .bind(&r.proof_key.0)
-                        .bind(r.created_at)
-                        .bind(r.managed)
-                        .execute(&mut *tx)
-                        .await,
-                    StateWrite::PutWebhookSecret { org, secret, managed } => sqlx::query(PUT_WEBHOOK_SECRET)
-                        .bind(org.0)
-                        .bind(&secret.0)
-                        .bind(at)
-                        .bind(*managed)
-                        .execute(&mut *tx)
-                        .await,
-                    StateWrite::PutForgeConnection(c) => sqlx::query(PUT_FORGE_CONNECTION)
-                        .bind(c.org_id.0)
-                        .bind(c.forge.as_str())
-                        .bind(&c.api_url)
-                        .bind(&c.token.0)
-                        .bind(at)
-                        .bind(c.managed)
-                        .execute(&mut *tx)
-                        .await,
+                    StateWrite::PutApiKey(k) => {
+                        sqlx::query(PUT_API_KEY)
+                            .bind(k.id.0)
+                            .bind(k.user_id.0)
+                            .bind(&k.name)
+                            .bind(&k.hash)
+                            .bind(json)
+                            .bind(k.created_at)
+                            .bind(k.last_used_at)
+                            .bind(k.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
+                    StateWrite::PutWorkerRegistration(r) => {
+                        sqlx::query(PUT_WORKER)
+                            .bind(r.peer_id.0)
+                            .bind(r.org_id.0)
+                            .bind(r.worker_id.0)
+                            .bind(&r.proof_key.0)
+                            .bind(r.created_at)
+                            .bind(r.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
+                    StateWrite::PutWebhookSecret { org, secret, managed } => {
+                        sqlx::query(PUT_WEBHOOK_SECRET)
+                            .bind(org.0)
+                            .bind(&secret.0)
+                            .bind(at)
+                            .bind(*managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
+                    StateWrite::PutForgeConnection(c) => {
+                        sqlx::query(PUT_FORGE_CONNECTION)
+                            .bind(c.org_id.0)
+                            .bind(c.forge.as_str())
+                            .bind(&c.api_url)
+                            .bind(&c.token.0)
+                            .bind(at)
+                            .bind(c.managed)
+                            .execute(&mut *tx)
+                            .await
+                    }
                     // Deletes ran above.
                     _ => continue,
                 };

@@ -498,7 +498,10 @@ pub enum StateWrite {
     DeleteRole(RoleId),
     /// As [`Orgs::set_membership`].
     SetMembership(Membership),
-    DeleteMembership { org: OrgId, user: UserId },
+    DeleteMembership {
+        org: OrgId,
+        user: UserId,
+    },
     /// Updates every field [`Projects::update_project`] does.
     PutProject(Project),
     DeleteProject(ProjectId),
@@ -506,11 +509,20 @@ pub enum StateWrite {
     PutCache(Cache),
     DeleteCache(CacheId),
     /// Subscribes the org to the cache as a grant (or makes its subscription one).
-    Grant { org: OrgId, cache: CacheId },
+    Grant {
+        org: OrgId,
+        cache: CacheId,
+    },
     /// Removes the org's subscription to the cache (and so its push flag).
-    Revoke { org: OrgId, cache: CacheId },
+    Revoke {
+        org: OrgId,
+        cache: CacheId,
+    },
     /// As [`Caches::set_push_cache`]; NotFound (failing the batch) when `cache` is not a granted subscription.
-    SetPushCache { org: OrgId, cache: Option<CacheId> },
+    SetPushCache {
+        org: OrgId,
+        cache: Option<CacheId>,
+    },
     /// Updates name, hash and scope.
     PutApiKey(ApiKey),
     DeleteApiKey(ApiKeyId),

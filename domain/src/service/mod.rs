@@ -11,6 +11,7 @@ mod memo;
 mod orgs;
 mod pipeline;
 pub(crate) mod projects;
+mod state;
 pub(crate) mod statuses;
 mod webhooks;
 pub(crate) mod workers;
@@ -224,6 +225,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "the crypt secret differs from the one this database was created with".into(),
             )),
         }
+    }
+}
+
+/// Refuses to change something the server's declarative state manages (409 `managed`): only the state
+/// document changes it.
+pub(crate) fn refuse_managed(managed: bool, what: impl std::fmt::Display) -> Result<()> {
+    if managed {
+        Err(ServiceError::conflict(
+            "managed",
+            format!("{what} is managed by the server's declarative state: change it in the state document"),
+        ))
+    } else {
+        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Projects: a repository holding a flake, inside an organization.
 
-use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
 use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -146,6 +146,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn update_project(&self, caller: &Caller, org: &str, name: &str, c: ProjectChanges) -> Result<Project> {
         let o = self.org_requiring(caller, org, Permission::EditProject).await?;
         let mut p = self.project_in(o.id, org, name).await?;
+        refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
         if let Some(v) = c.display_name {
             check_text("display_name", &v, 256)?;
             p.display_name = v.trim().to_owned();
@@ -186,6 +187,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn delete_project(&self, caller: &Caller, org: &str, name: &str) -> Result<()> {
         let o = self.org_requiring(caller, org, Permission::DeleteProject).await?;
         let p = self.project_in(o.id, org, name).await?;
+        refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
         self.storage.delete_project(p.id).await?;
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! in order (pending, then the end); a report whose evaluation already has a newer one delivered is not sent any
 //! more (it would overwrite the newer state on the forge).
 
-use super::{Caller, Gradient, Result, ServiceError};
+use super::{Caller, Gradient, Result, ServiceError, refuse_managed};
 use crate::EvaluationId;
 use crate::StatusReportId;
 use crate::forge::Forge;
@@ -93,6 +93,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         token: &str,
     ) -> Result<ForgeConnection> {
         let o = self.org_requiring(caller, org, Permission::ManageIntegrations).await?;
+        let managed = self.storage.forge_connection(o.id).await?.is_some_and(|c| c.managed);
+        refuse_managed(
+            managed,
+            format_args!("the forge connection of organization '{}'", o.name),
+        )?;
         let forge = Forge::parse(forge).ok_or_else(|| {
             ServiceError::invalid("invalid_forge", "the forge is one of gitea, forgejo, gitlab, github")
         })?;

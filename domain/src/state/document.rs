@@ -29,7 +29,8 @@ pub const COLLECTIONS: [&str; 8] = [
 /// A read and checked state document. Each collection is in key order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Document {
-    pub delete_state: bool,
+    /// `None`: the server's own setting decides (`GRADIENT_DELETE_STATE`).
+    pub delete_state: Option<bool>,
     pub users: Vec<UserEntry>,
     pub orgs: Vec<OrgEntry>,
     pub roles: Vec<RoleEntry>,
@@ -198,8 +199,8 @@ impl Document {
     /// document (names unique, references between entries that must be declared here). References to what
     /// may already exist in the database are checked by the planner.
     pub fn parse(json: &str, network: &NetworkPolicy) -> Result<Self, StateError> {
-        let value: Value = serde_json::from_str(json)
-            .map_err(|e| StateError::new("document", format!("not valid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| StateError::new("document", format!("not valid JSON: {e}")))?;
         let Value::Object(top) = value else {
             return Err(StateError::new("document", "must be a JSON object"));
         };
@@ -209,7 +210,7 @@ impl Document {
         {
             return Err(doc.err("version", format!("must be {VERSION} (the only version)")));
         }
-        let delete_state = doc.bool("delete_state")?.unwrap_or(false);
+        let delete_state = doc.bool("delete_state")?;
         let mut entries: BTreeMap<&str, Vec<(String, &Map<String, Value>)>> = BTreeMap::new();
         for collection in COLLECTIONS {
             let mut list = Vec::new();
@@ -296,9 +297,7 @@ impl Document {
     }
 
     fn check_unique(&self) -> Result<(), StateError> {
-        fn first_twice<'a, K: Ord>(
-            items: impl IntoIterator<Item = (K, &'a str)>,
-        ) -> Option<(&'a str, &'a str)> {
+        fn first_twice<'a, K: Ord>(items: impl IntoIterator<Item = (K, &'a str)>) -> Option<(&'a str, &'a str)> {
             let mut seen: BTreeMap<K, &str> = BTreeMap::new();
             for (k, key) in items {
                 if let Some(first) = seen.insert(k, key) {
@@ -346,11 +345,11 @@ impl Document {
         ) {
             return Err(dup("api_keys", "name", d));
         }
-        if let Some(d) = first_twice(
-            self.workers
+        if let Some(d) = first_twice(self.workers.iter().flat_map(|w| {
+            w.organizations
                 .iter()
-                .flat_map(|w| w.organizations.iter().map(|o| ((o.clone(), w.worker_id), w.key.as_str()))),
-        ) {
+                .map(|o| ((o.clone(), w.worker_id), w.key.as_str()))
+        })) {
             return Err(dup("workers", "worker_id", d));
         }
         if let Some(d) = first_twice(
@@ -360,7 +359,10 @@ impl Document {
         ) {
             return Err(StateError::new(
                 format!("integrations.{}.kind", d.1),
-                format!("integrations.{} already is this organization's integration of this kind", d.0),
+                format!(
+                    "integrations.{} already is this organization's integration of this kind",
+                    d.0
+                ),
             ));
         }
         Ok(())
@@ -378,7 +380,10 @@ impl Document {
                 if !granted {
                     return Err(StateError::new(
                         format!("organizations.{}.push_cache", o.key),
-                        format!("no cache '{cache}' in the document lists '{}' in its organizations", o.name),
+                        format!(
+                            "no cache '{cache}' in the document lists '{}' in its organizations",
+                            o.name
+                        ),
                     ));
                 }
             }
@@ -451,7 +456,10 @@ impl<'a> Fields<'a> {
     fn int(&mut self, field: &'static str) -> Result<Option<i64>, StateError> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| self.err(field, "must be an integer")),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.err(field, "must be an integer")),
         }
     }
 
@@ -639,7 +647,9 @@ fn role(key: &str, map: &Map<String, Value>) -> Result<RoleEntry, StateError> {
         return Err(f.err("name", "is a built-in role's name (Admin, Write, View)"));
     }
     let organization = f.required_name("organization", "organization name")?;
-    let permissions = f.permissions("permissions")?.ok_or_else(|| f.err("permissions", "is required"))?;
+    let permissions = f
+        .permissions("permissions")?
+        .ok_or_else(|| f.err("permissions", "is required"))?;
     if permissions.is_empty() {
         return Err(f.err("permissions", "must not be empty"));
     }
@@ -788,7 +798,9 @@ fn integration(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> 
     let kind = f.required_str("kind")?;
     let forge = match f.str("forge_type")? {
         None => None,
-        Some(s) => Some(Forge::parse(&s).ok_or_else(|| f.err("forge_type", "must be github, gitea, forgejo or gitlab"))?),
+        Some(s) => {
+            Some(Forge::parse(&s).ok_or_else(|| f.err("forge_type", "must be github, gitea, forgejo or gitlab"))?)
+        }
     };
     let secret_file = f.path("secret_file")?;
     let endpoint_url = f.str("endpoint_url")?;

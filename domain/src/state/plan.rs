@@ -167,7 +167,8 @@ impl Current {
     }
 
     fn org_name(&self, id: OrgId) -> String {
-        self.org_by_id(id).map_or_else(|| id.to_string(), |o| o.name.to_string())
+        self.org_by_id(id)
+            .map_or_else(|| id.to_string(), |o| o.name.to_string())
     }
 }
 
@@ -274,7 +275,7 @@ impl<'a> Planner<'a> {
 
     /// Whether an existing managed entity leaves the document and is deleted (so cannot be referred to).
     fn deleting(&self) -> bool {
-        self.doc.delete_state
+        self.doc.delete_state == Some(true)
     }
 
     fn resolve_user(&self, at: String, name: &Name) -> Result<UserId, StateError> {
@@ -295,16 +296,16 @@ impl<'a> Planner<'a> {
     }
 
     fn resolve_org(&self, at: String, name: &Name) -> Result<OrgId, StateError> {
-        self.org_ids.get(name).copied().ok_or_else(|| match self.cur.orgs.get(name) {
-            Some(_) => StateError::new(
-                at,
-                format!("organization '{name}' leaves the document and is deleted (delete_state)"),
-            ),
-            None => StateError::new(
-                at,
-                format!("no organization '{name}' in the document or the database"),
-            ),
-        })
+        self.org_ids
+            .get(name)
+            .copied()
+            .ok_or_else(|| match self.cur.orgs.get(name) {
+                Some(_) => StateError::new(
+                    at,
+                    format!("organization '{name}' leaves the document and is deleted (delete_state)"),
+                ),
+                None => StateError::new(at, format!("no organization '{name}' in the document or the database")),
+            })
     }
 
     fn users(&mut self) -> Result<(), StateError> {
@@ -493,17 +494,17 @@ impl<'a> Planner<'a> {
                 let user_id = self.resolve_user(at.clone(), &user)?;
                 let role = match BuiltinRole::parse(&role) {
                     Some(b) => RoleRef::Builtin(b),
-                    None => RoleRef::Custom(
-                        *self
-                            .role_ids
-                            .get(&(org.id, role.to_ascii_lowercase()))
-                            .ok_or_else(|| {
-                                StateError::new(
-                                    at,
-                                    format!("no role '{role}' in organization '{}' (Admin, Write, View or a custom role)", o.name),
-                                )
-                            })?,
-                    ),
+                    None => {
+                        RoleRef::Custom(*self.role_ids.get(&(org.id, role.to_ascii_lowercase())).ok_or_else(|| {
+                            StateError::new(
+                                at,
+                                format!(
+                                    "no role '{role}' in organization '{}' (Admin, Write, View or a custom role)",
+                                    o.name
+                                ),
+                            )
+                        })?)
+                    }
                 };
                 desired.insert(user_id, role);
             }
@@ -586,8 +587,18 @@ impl<'a> Planner<'a> {
                         &e.flake_input_overrides,
                         &project.flake_input_overrides,
                     );
-                    diff(&mut f, "keep_evaluations", &e.keep_evaluations, &project.keep_evaluations);
-                    diff(&mut f, "poll_interval_secs", &e.poll_interval_secs, &project.poll_interval_secs);
+                    diff(
+                        &mut f,
+                        "keep_evaluations",
+                        &e.keep_evaluations,
+                        &project.keep_evaluations,
+                    );
+                    diff(
+                        &mut f,
+                        "poll_interval_secs",
+                        &e.poll_interval_secs,
+                        &project.poll_interval_secs,
+                    );
                     diff(&mut f, "active", &e.active, &project.active);
                     diff(&mut f, "managed", &e.managed, &project.managed);
                     if f.is_empty() {
@@ -603,8 +614,12 @@ impl<'a> Planner<'a> {
 
     fn new_signing_key(&self, cache: &Name) -> Result<Sealed, StateError> {
         let host = self.cx.domain.rsplit_once(':').map_or(self.cx.domain, |(h, _)| h);
-        let key = SecretKey::generate(&format!("{host}-{cache}"))
-            .map_err(|e| StateError::new(format!("caches.{cache}.name"), format!("cannot name the signing key: {e}")))?;
+        let key = SecretKey::generate(&format!("{host}-{cache}")).map_err(|e| {
+            StateError::new(
+                format!("caches.{cache}.name"),
+                format!("cannot name the signing key: {e}"),
+            )
+        })?;
         Ok(self.cx.crypt.seal(key.to_string().as_bytes()))
     }
 
@@ -912,7 +927,11 @@ impl<'a> Planner<'a> {
                             continue;
                         }
                     }
-                    let action = if existing.is_some() { Action::Update } else { Action::Create };
+                    let action = if existing.is_some() {
+                        Action::Update
+                    } else {
+                        Action::Create
+                    };
                     self.change(action, "integration", name, f);
                     self.w.integrations.push(StateWrite::PutWebhookSecret {
                         org: org_id,
@@ -963,7 +982,11 @@ impl<'a> Planner<'a> {
                             continue;
                         }
                     }
-                    let action = if existing.is_some() { Action::Update } else { Action::Create };
+                    let action = if existing.is_some() {
+                        Action::Update
+                    } else {
+                        Action::Create
+                    };
                     self.change(action, "integration", name, f);
                     self.w.integrations.push(StateWrite::PutForgeConnection(connection));
                 }
@@ -977,7 +1000,7 @@ impl<'a> Planner<'a> {
         let cur: &'a Current = self.cur;
         let doc: &'a Document = self.doc;
         let m = &cur.managed;
-        let delete = self.doc.delete_state;
+        let delete = self.deleting();
         let action = if delete { Action::Delete } else { Action::Unmanage };
         let leave = |p: &mut Self, kind: &'static str, name: String, rank: u8, del: StateWrite, keep: StateWrite| {
             p.change(action, kind, name, vec![]);
@@ -1019,12 +1042,21 @@ impl<'a> Planner<'a> {
 
         for k in &m.api_keys {
             if !self.kept_api_keys.contains(&k.id) {
-                let owner = cur.user_by_id(k.user_id).map_or_else(|| k.user_id.to_string(), |u| u.username.to_string());
+                let owner = cur
+                    .user_by_id(k.user_id)
+                    .map_or_else(|| k.user_id.to_string(), |u| u.username.to_string());
                 let keep = ApiKey {
                     managed: false,
                     ..k.clone()
                 };
-                leave(self, "api key", format!("{owner}/{}", k.name), 0, StateWrite::DeleteApiKey(k.id), StateWrite::PutApiKey(keep));
+                leave(
+                    self,
+                    "api key",
+                    format!("{owner}/{}", k.name),
+                    0,
+                    StateWrite::DeleteApiKey(k.id),
+                    StateWrite::PutApiKey(keep),
+                );
             }
         }
         for r in &m.workers {
@@ -1034,19 +1066,36 @@ impl<'a> Planner<'a> {
                     ..r.clone()
                 };
                 let name = format!("{}/{}", cur.org_name(r.org_id), r.worker_id);
-                leave(self, "worker", name, 0, StateWrite::DeleteWorkerRegistration(r.peer_id), StateWrite::PutWorkerRegistration(keep));
+                leave(
+                    self,
+                    "worker",
+                    name,
+                    0,
+                    StateWrite::DeleteWorkerRegistration(r.peer_id),
+                    StateWrite::PutWorkerRegistration(keep),
+                );
             }
         }
         for org in &m.webhook_secrets {
             let org_name = cur.org_name(*org);
             if !inbound.contains(&org_name) {
-                let secret = cur.webhook_secrets.get(org).map_or_else(|| Sealed(String::new()), |(s, _)| s.clone());
+                let secret = cur
+                    .webhook_secrets
+                    .get(org)
+                    .map_or_else(|| Sealed(String::new()), |(s, _)| s.clone());
                 let keep = StateWrite::PutWebhookSecret {
                     org: *org,
                     secret,
                     managed: false,
                 };
-                leave(self, "integration", format!("{org_name}/inbound"), 0, StateWrite::DeleteWebhookSecret(*org), keep);
+                leave(
+                    self,
+                    "integration",
+                    format!("{org_name}/inbound"),
+                    0,
+                    StateWrite::DeleteWebhookSecret(*org),
+                    keep,
+                );
             }
         }
         for c in &m.forge_connections {
@@ -1056,7 +1105,14 @@ impl<'a> Planner<'a> {
                     managed: false,
                     ..c.clone()
                 };
-                leave(self, "integration", format!("{org_name}/outbound"), 0, StateWrite::DeleteForgeConnection(c.org_id), StateWrite::PutForgeConnection(keep));
+                leave(
+                    self,
+                    "integration",
+                    format!("{org_name}/outbound"),
+                    0,
+                    StateWrite::DeleteForgeConnection(c.org_id),
+                    StateWrite::PutForgeConnection(keep),
+                );
             }
         }
         for p in &m.projects {
@@ -1066,7 +1122,14 @@ impl<'a> Planner<'a> {
                     managed: false,
                     ..p.clone()
                 };
-                leave(self, "project", format!("{org_name}/{}", p.name), 1, StateWrite::DeleteProject(p.id), StateWrite::PutProject(keep));
+                leave(
+                    self,
+                    "project",
+                    format!("{org_name}/{}", p.name),
+                    1,
+                    StateWrite::DeleteProject(p.id),
+                    StateWrite::PutProject(keep),
+                );
             }
         }
         for r in &m.roles {
@@ -1076,7 +1139,14 @@ impl<'a> Planner<'a> {
                     managed: false,
                     ..r.clone()
                 };
-                leave(self, "role", format!("{org_name}/{}", r.name), 2, StateWrite::DeleteRole(r.id), StateWrite::PutRole(keep));
+                leave(
+                    self,
+                    "role",
+                    format!("{org_name}/{}", r.name),
+                    2,
+                    StateWrite::DeleteRole(r.id),
+                    StateWrite::PutRole(keep),
+                );
             }
         }
         for c in &m.caches {
@@ -1085,7 +1155,14 @@ impl<'a> Planner<'a> {
                     managed: false,
                     ..c.clone()
                 };
-                leave(self, "cache", c.name.to_string(), 3, StateWrite::DeleteCache(c.id), StateWrite::PutCache(keep));
+                leave(
+                    self,
+                    "cache",
+                    c.name.to_string(),
+                    3,
+                    StateWrite::DeleteCache(c.id),
+                    StateWrite::PutCache(keep),
+                );
             }
         }
         for o in &m.orgs {
@@ -1094,7 +1171,14 @@ impl<'a> Planner<'a> {
                     managed: false,
                     ..o.clone()
                 };
-                leave(self, "organization", o.name.to_string(), 4, StateWrite::DeleteOrg(o.id), StateWrite::PutOrg(keep));
+                leave(
+                    self,
+                    "organization",
+                    o.name.to_string(),
+                    4,
+                    StateWrite::DeleteOrg(o.id),
+                    StateWrite::PutOrg(keep),
+                );
             }
         }
         for u in &m.users {
@@ -1103,7 +1187,14 @@ impl<'a> Planner<'a> {
                     managed: false,
                     ..u.clone()
                 };
-                leave(self, "user", u.username.to_string(), 5, StateWrite::DeleteUser(u.id), StateWrite::PutUser(keep));
+                leave(
+                    self,
+                    "user",
+                    u.username.to_string(),
+                    5,
+                    StateWrite::DeleteUser(u.id),
+                    StateWrite::PutUser(keep),
+                );
             }
         }
     }

@@ -3,9 +3,9 @@
 
 use super::MemoryStorage;
 use super::state::State;
+use gradient_domain::OrgId;
 use gradient_domain::model::{Subscription, Timestamp};
 use gradient_domain::ports::storage::{Declared, ManagedEntities, Result, StateWrite, StorageError};
-use gradient_domain::OrgId;
 use std::sync::PoisonError;
 
 impl State {
@@ -204,7 +204,12 @@ impl State {
             projects: self.projects.values().filter(|p| p.managed).cloned().collect(),
             caches: self.caches.values().filter(|c| c.managed).cloned().collect(),
             api_keys: self.api_keys.values().filter(|k| k.managed).cloned().collect(),
-            workers: self.worker_registrations.values().filter(|w| w.managed).cloned().collect(),
+            workers: self
+                .worker_registrations
+                .values()
+                .filter(|w| w.managed)
+                .cloned()
+                .collect(),
             webhook_secrets: self.managed_webhook_secrets.iter().copied().collect(),
             forge_connections: self.forge_connections.values().filter(|c| c.managed).cloned().collect(),
         };
