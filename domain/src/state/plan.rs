@@ -7,7 +7,8 @@
 //! * Managed entities the document no longer declares are unmanaged, or deleted with `delete_state`.
 //! * Writes are ordered so each refers only to what exists by then: puts (users, organizations, roles,
 //!   memberships, projects, caches, grants, push caches, keys, workers, integrations), then unmanaging, then
-//!   deletes (keys, workers, integrations, projects, roles, caches, organizations, users).
+//!   deletes (organizations, with what they hold; projects, roles, caches, users). Leaving keys, worker
+//!   registrations and integrations are deleted before anything else: nothing refers to them.
 
 use super::StateError;
 use super::document::{Document, IntegrationEntry, IntegrationKind};
@@ -1126,7 +1127,7 @@ impl<'a> Planner<'a> {
                     self,
                     "project",
                     format!("{org_name}/{}", p.name),
-                    1,
+                    2,
                     StateWrite::DeleteProject(p.id),
                     StateWrite::PutProject(keep),
                 );
@@ -1175,7 +1176,7 @@ impl<'a> Planner<'a> {
                     self,
                     "organization",
                     o.name.to_string(),
-                    4,
+                    1,
                     StateWrite::DeleteOrg(o.id),
                     StateWrite::PutOrg(keep),
                 );
@@ -1219,8 +1220,10 @@ impl<'a> Planner<'a> {
                 None => false,
             }
         });
-        let w = self.w;
-        let mut writes = Vec::new();
+        let mut w = self.w;
+        // Keys, registrations and integrations that leave go first: nothing refers to them, and a new key may
+        // reuse a leaving one's token.
+        let mut writes = w.deletes.remove(&0).unwrap_or_default();
         for part in [
             w.users,
             w.orgs,
