@@ -24,6 +24,7 @@ pub mod push;
 pub mod reach;
 pub mod scheduler;
 pub mod service;
+pub mod state;
 pub mod status;
 pub mod wildcard;
 

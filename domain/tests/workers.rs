@@ -49,6 +49,7 @@ async fn proof_keys_are_stored_sealed_and_old_rows_are_sealed_at_start_up() {
     // A row as an older version stored it.
     let old_worker = WorkerId::new();
     let legacy = WorkerRegistration {
+        managed: false,
         peer_id: PeerId::new(),
         org_id: org.id,
         worker_id: old_worker,

@@ -10,11 +10,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Variables the module sets that the binaries of this branch may not read yet: they come with the
-/// declarative state (`GRADIENT_STATE_FILE`) and the web UI (`GRADIENT_FRONTEND_DIR`) branches. Once merged,
-/// the schema lists them and this list can go.
-const PENDING: &[&str] = &["GRADIENT_STATE_FILE", "GRADIENT_FRONTEND_DIR"];
-
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -281,7 +276,7 @@ fn nixos_module_declares_every_seed_option_with_its_default() {
 
 /// Every variable the binary reads is set by the module's `full` case (every option set), under the same
 /// name, and nothing else; secret files go through credentials, everything else never does.
-fn check_environment(binary: &Path, unit: &Value, pending: &[&str]) {
+fn check_environment(binary: &Path, unit: &Value) {
     let schema = schema(binary);
     let read: BTreeSet<String> = schema
         .iter()
@@ -294,10 +289,7 @@ fn check_environment(binary: &Path, unit: &Value, pending: &[&str]) {
         "read by {} but never set by the module: {unset:?}",
         binary.display()
     );
-    let unknown: Vec<_> = set
-        .difference(&read)
-        .filter(|v| !pending.contains(&v.as_str()))
-        .collect();
+    let unknown: Vec<_> = set.difference(&read).collect();
     assert!(
         unknown.is_empty(),
         "set by the module but not read by {}: {unknown:?}",
@@ -350,8 +342,8 @@ fn nixos_module_environment_is_exactly_what_the_binaries_read() {
     let Some(full) = eval_ok("full") else { return };
     let server = server_binary();
     let worker = server.with_file_name("gradient-worker");
-    check_environment(&server, unit(&full, "gradient-server"), PENDING);
-    check_environment(&worker, unit(&full, "gradient-worker"), &[]);
+    check_environment(&server, unit(&full, "gradient-server"));
+    check_environment(&worker, unit(&full, "gradient-worker"));
     let env = &unit(&full, "gradient-server")["environment"];
     assert_eq!(env["GRADIENT_LISTEN_ADDR"], "::1");
     assert_eq!(env["GRADIENT_LOG_LEVEL_PROTO"], "trace");

@@ -29,12 +29,13 @@ use uuid::Uuid;
 macro_rules! cache_columns {
     () => {
         "id, name, display_name, description, public, priority, local_priority, compression, signing_key, \
-         created_by, created_at"
+         created_by, created_at, managed"
     };
 }
+pub(crate) use cache_columns;
 
 #[derive(sqlx::FromRow)]
-struct CacheRow {
+pub(crate) struct CacheRow {
     id: Uuid,
     name: String,
     display_name: String,
@@ -46,10 +47,11 @@ struct CacheRow {
     signing_key: String,
     created_by: Uuid,
     created_at: DateTime<Utc>,
+    managed: bool,
 }
 
 impl CacheRow {
-    fn into_cache(self) -> Result<Cache> {
+    pub(crate) fn into_cache(self) -> Result<Cache> {
         Ok(Cache {
             id: CacheId(self.id),
             name: stored_name(&self.name, "cache name")?,
@@ -63,6 +65,7 @@ impl CacheRow {
             signing_key: Sealed(self.signing_key),
             created_by: UserId(self.created_by),
             created_at: self.created_at,
+            managed: self.managed,
         })
     }
 }
@@ -72,7 +75,7 @@ impl Caches for SqlStorage {
         let sql = concat!(
             "INSERT INTO caches (",
             cache_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         with_pool!(self, |p| sqlx::query(sql)
             .bind(cache.id.0)
@@ -86,6 +89,7 @@ impl Caches for SqlStorage {
             .bind(&cache.signing_key.0)
             .bind(cache.created_by.0)
             .bind(cache.created_at)
+            .bind(cache.managed)
             .execute(p)
             .await
             .map(|_| ()))

@@ -212,11 +212,24 @@ macro_rules! report_columns {
 }
 
 #[derive(sqlx::FromRow)]
-struct ConnectionRow {
+pub(crate) struct ConnectionRow {
     org_id: Uuid,
     forge: String,
     api_url: String,
     token: String,
+    managed: bool,
+}
+
+impl ConnectionRow {
+    pub(crate) fn into_connection(self) -> Result<ForgeConnection> {
+        Ok(ForgeConnection {
+            org_id: OrgId(self.org_id),
+            forge: Forge::parse(&self.forge).ok_or_else(|| corrupt("forge", &self.forge))?,
+            api_url: self.api_url,
+            token: Sealed(self.token),
+            managed: self.managed,
+        })
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -259,15 +272,17 @@ impl ReportRow {
 impl SqlStorage {
     pub(crate) async fn set_forge_connection_row(&self, c: &ForgeConnection, at: Timestamp) -> Result<()> {
         // An unknown organization fails the foreign key: NotFound.
-        let sql = "INSERT INTO org_forge_connections (org_id, forge, api_url, token, updated_at) \
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (org_id) DO UPDATE SET forge = excluded.forge, \
-                   api_url = excluded.api_url, token = excluded.token, updated_at = excluded.updated_at";
+        let sql = "INSERT INTO org_forge_connections (org_id, forge, api_url, token, updated_at, managed) \
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id) DO UPDATE SET forge = excluded.forge, \
+                   api_url = excluded.api_url, token = excluded.token, updated_at = excluded.updated_at, \
+                   managed = excluded.managed";
         with_pool!(self, |p| sqlx::query(sql)
             .bind(c.org_id.0)
             .bind(c.forge.as_str())
             .bind(&c.api_url)
             .bind(&c.token.0)
             .bind(at)
+            .bind(c.managed)
             .execute(p)
             .await
             .map(|_| ()))
@@ -275,21 +290,13 @@ impl SqlStorage {
     }
 
     pub(crate) async fn forge_connection_row(&self, org: OrgId) -> Result<Option<ForgeConnection>> {
-        let sql = "SELECT org_id, forge, api_url, token FROM org_forge_connections WHERE org_id = $1";
+        let sql = "SELECT org_id, forge, api_url, token, managed FROM org_forge_connections WHERE org_id = $1";
         let row = with_pool!(self, |p| sqlx::query_as::<_, ConnectionRow>(sql)
             .bind(org.0)
             .fetch_optional(p)
             .await)
         .map_err(db_error)?;
-        row.map(|r| {
-            Ok(ForgeConnection {
-                org_id: OrgId(r.org_id),
-                forge: Forge::parse(&r.forge).ok_or_else(|| corrupt("forge", &r.forge))?,
-                api_url: r.api_url,
-                token: Sealed(r.token),
-            })
-        })
-        .transpose()
+        row.map(ConnectionRow::into_connection).transpose()
     }
 
     pub(crate) async fn enqueue_status_row(&self, r: &StatusReport) -> Result<()> {

@@ -24,6 +24,7 @@ mod meta;
 mod orgs;
 mod projects;
 mod queue;
+mod state;
 mod users;
 mod workers;
 

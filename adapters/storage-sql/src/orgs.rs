@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 macro_rules! org_columns {
     () => {
-        "id, name, display_name, description, public, created_by, created_at"
+        "id, name, display_name, description, public, created_by, created_at, managed"
     };
 }
 pub(crate) use org_columns;
@@ -21,6 +21,7 @@ macro_rules! role_columns {
         "id, org_id, name, permissions, managed"
     };
 }
+pub(crate) use role_columns;
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct OrgRow {
@@ -31,6 +32,7 @@ pub(crate) struct OrgRow {
     public: bool,
     created_by: Uuid,
     created_at: DateTime<Utc>,
+    managed: bool,
 }
 
 impl OrgRow {
@@ -43,12 +45,13 @@ impl OrgRow {
             public: self.public,
             created_by: UserId(self.created_by),
             created_at: self.created_at,
+            managed: self.managed,
         })
     }
 }
 
 #[derive(sqlx::FromRow)]
-struct RoleRow {
+pub(crate) struct RoleRow {
     id: Uuid,
     org_id: Uuid,
     name: String,
@@ -57,7 +60,7 @@ struct RoleRow {
 }
 
 impl RoleRow {
-    fn into_role(self) -> Result<Role> {
+    pub(crate) fn into_role(self) -> Result<Role> {
         Ok(Role {
             id: RoleId(self.id),
             org_id: OrgId(self.org_id),
@@ -78,7 +81,7 @@ struct MemberRow {
 }
 
 /// Stored form of a role reference: (built-in role name, custom role id), exactly one set.
-fn role_columns_of(role: &RoleRef) -> (Option<&'static str>, Option<Uuid>) {
+pub(crate) fn role_columns_of(role: &RoleRef) -> (Option<&'static str>, Option<Uuid>) {
     match role {
         RoleRef::Builtin(b) => (Some(b.as_str()), None),
         RoleRef::Custom(id) => (None, Some(id.0)),
@@ -103,7 +106,7 @@ impl Orgs for SqlStorage {
         let insert_org = concat!(
             "INSERT INTO orgs (",
             org_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         );
         let insert_admin = "INSERT INTO memberships (org_id, user_id, builtin_role) VALUES ($1, $2, $3)";
         with_pool!(self, |p| async {
@@ -116,6 +119,7 @@ impl Orgs for SqlStorage {
                 .bind(org.public)
                 .bind(org.created_by.0)
                 .bind(org.created_at)
+                .bind(org.managed)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(insert_admin)

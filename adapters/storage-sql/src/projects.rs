@@ -12,12 +12,13 @@ use uuid::Uuid;
 macro_rules! project_columns {
     () => {
         "id, org_id, name, display_name, description, repository, branch, wildcard, flake_input_overrides, \
-         keep_evaluations, poll_interval_secs, active, created_by, created_at"
+         keep_evaluations, poll_interval_secs, active, created_by, created_at, managed"
     };
 }
+pub(crate) use project_columns;
 
 #[derive(sqlx::FromRow)]
-struct ProjectRow {
+pub(crate) struct ProjectRow {
     id: Uuid,
     org_id: Uuid,
     name: String,
@@ -32,10 +33,11 @@ struct ProjectRow {
     active: bool,
     created_by: Uuid,
     created_at: DateTime<Utc>,
+    managed: bool,
 }
 
 impl ProjectRow {
-    fn into_project(self) -> Result<Project> {
+    pub(crate) fn into_project(self) -> Result<Project> {
         Ok(Project {
             id: ProjectId(self.id),
             org_id: OrgId(self.org_id),
@@ -54,6 +56,7 @@ impl ProjectRow {
             active: self.active,
             created_by: UserId(self.created_by),
             created_at: self.created_at,
+            managed: self.managed,
         })
     }
 }
@@ -63,7 +66,7 @@ impl Projects for SqlStorage {
         let sql = concat!(
             "INSERT INTO projects (",
             project_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         let overrides = to_json(&project.flake_input_overrides)?;
         with_pool!(self, |p| sqlx::query(sql)
@@ -81,6 +84,7 @@ impl Projects for SqlStorage {
             .bind(project.active)
             .bind(project.created_by.0)
             .bind(project.created_at)
+            .bind(project.managed)
             .execute(p)
             .await
             .map(|_| ()))

@@ -10,18 +10,20 @@ use uuid::Uuid;
 
 macro_rules! user_columns {
     () => {
-        "id, username, name, email, password_hash, email_verified, created_at"
+        "id, username, name, email, password_hash, email_verified, created_at, managed"
     };
 }
+pub(crate) use user_columns;
 
 macro_rules! api_key_columns {
     () => {
-        "id, user_id, name, hash, scope, created_at, last_used_at"
+        "id, user_id, name, hash, scope, created_at, last_used_at, managed"
     };
 }
+pub(crate) use api_key_columns;
 
 #[derive(sqlx::FromRow)]
-struct UserRow {
+pub(crate) struct UserRow {
     id: Uuid,
     username: String,
     name: String,
@@ -29,10 +31,11 @@ struct UserRow {
     password_hash: Option<String>,
     email_verified: bool,
     created_at: DateTime<Utc>,
+    managed: bool,
 }
 
 impl UserRow {
-    fn into_user(self) -> Result<User> {
+    pub(crate) fn into_user(self) -> Result<User> {
         Ok(User {
             id: UserId(self.id),
             username: stored_name(&self.username, "username")?,
@@ -41,6 +44,7 @@ impl UserRow {
             password_hash: self.password_hash,
             email_verified: self.email_verified,
             created_at: self.created_at,
+            managed: self.managed,
         })
     }
 }
@@ -54,7 +58,7 @@ struct SessionRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct ApiKeyRow {
+pub(crate) struct ApiKeyRow {
     id: Uuid,
     user_id: Uuid,
     name: String,
@@ -62,10 +66,11 @@ struct ApiKeyRow {
     scope: String,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
+    managed: bool,
 }
 
 impl ApiKeyRow {
-    fn into_key(self) -> Result<ApiKey> {
+    pub(crate) fn into_key(self) -> Result<ApiKey> {
         Ok(ApiKey {
             id: ApiKeyId(self.id),
             user_id: UserId(self.user_id),
@@ -74,6 +79,7 @@ impl ApiKeyRow {
             scope: from_json::<KeyScope>(&self.scope, "api key scope")?,
             created_at: self.created_at,
             last_used_at: self.last_used_at,
+            managed: self.managed,
         })
     }
 }
@@ -83,7 +89,7 @@ impl Users for SqlStorage {
         let sql = concat!(
             "INSERT INTO users (",
             user_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         );
         with_pool!(self, |p| sqlx::query(sql)
             .bind(user.id.0)
@@ -93,6 +99,7 @@ impl Users for SqlStorage {
             .bind(user.password_hash.as_deref())
             .bind(user.email_verified)
             .bind(user.created_at)
+            .bind(user.managed)
             .execute(p)
             .await
             .map(|_| ()))
@@ -174,7 +181,7 @@ impl Users for SqlStorage {
         let sql = concat!(
             "INSERT INTO api_keys (",
             api_key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         );
         let scope = to_json(&key.scope)?;
         with_pool!(self, |p| sqlx::query(sql)
@@ -185,6 +192,7 @@ impl Users for SqlStorage {
             .bind(&scope)
             .bind(key.created_at)
             .bind(key.last_used_at)
+            .bind(key.managed)
             .execute(p)
             .await
             .map(|_| ()))

@@ -10,17 +10,19 @@ use uuid::Uuid;
 
 macro_rules! registration_columns {
     () => {
-        "peer_id, org_id, worker_id, proof_key, created_at"
+        "peer_id, org_id, worker_id, proof_key, created_at, managed"
     };
 }
+pub(crate) use registration_columns;
 
 #[derive(sqlx::FromRow)]
-struct RegistrationRow {
+pub(crate) struct RegistrationRow {
     peer_id: Uuid,
     org_id: Uuid,
     worker_id: Uuid,
     proof_key: String,
     created_at: DateTime<Utc>,
+    managed: bool,
 }
 
 impl From<RegistrationRow> for WorkerRegistration {
@@ -31,6 +33,7 @@ impl From<RegistrationRow> for WorkerRegistration {
             worker_id: WorkerId(r.worker_id),
             proof_key: gradient_domain::crypt::Sealed(r.proof_key),
             created_at: r.created_at,
+            managed: r.managed,
         }
     }
 }
@@ -41,7 +44,7 @@ impl Workers for SqlStorage {
         let sql = concat!(
             "INSERT INTO worker_registrations (",
             registration_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5)"
+            ") VALUES ($1, $2, $3, $4, $5, $6)"
         );
         with_pool!(self, |p| sqlx::query(sql)
             .bind(registration.peer_id.0)
@@ -49,6 +52,7 @@ impl Workers for SqlStorage {
             .bind(registration.worker_id.0)
             .bind(&registration.proof_key.0)
             .bind(registration.created_at)
+            .bind(registration.managed)
             .execute(p)
             .await
             .map(|_| ()))

@@ -121,6 +121,7 @@ mod postgres {
 
 fn user(username: &str) -> User {
     User {
+        managed: false,
         id: UserId::new(),
         username: Name::parse(username).unwrap(),
         name: "Alice Example".to_owned(),
@@ -133,6 +134,7 @@ fn user(username: &str) -> User {
 
 fn org(name: &str, creator: UserId) -> Org {
     Org {
+        managed: false,
         id: OrgId::new(),
         name: Name::parse(name).unwrap(),
         display_name: "Example".to_owned(),
@@ -170,6 +172,7 @@ async fn queue_survives_reconnect(url: &str) {
     let now = gradient_domain::model::truncate_to_micros(chrono::Utc::now());
     let worker = WorkerId::new();
     let registration = WorkerRegistration {
+        managed: false,
         peer_id: PeerId::new(),
         org_id: acme.id,
         worker_id: worker,
@@ -623,6 +626,7 @@ async fn sizes_beyond_i64_are_unavailable(s: SqlStorage, url: &str) {
     s.create_user(&gina).await.unwrap();
     let now = gradient_domain::model::truncate_to_micros(chrono::Utc::now());
     let cache = Cache {
+        managed: false,
         id: CacheId::new(),
         name: Name::parse("main").unwrap(),
         display_name: "Main".to_owned(),

@@ -188,6 +188,9 @@ pub struct Config {
     /// The co-located worker's id (`GRADIENT_LOCAL_WORKER_ID`) and token file
     /// (`GRADIENT_LOCAL_WORKER_TOKEN_FILE`): it is registered in every organization created.
     pub local_worker: Option<(uuid::Uuid, PathBuf)>,
+    /// The declarative state document (`GRADIENT_STATE_FILE`, `docs/state.md`), applied at start-up and on
+    /// `SIGHUP`.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Where NARs are kept: `GRADIENT_NAR_STORE` is `file:///path` (default `<baseDir>/nars`) or
@@ -513,6 +516,7 @@ impl Config {
             },
             github_app,
             nar_store: nar_store(e)?,
+            state_file: e.path("stateFile"),
             local_worker: match (e.raw("localWorkerId"), e.secret_file("localWorkerTokenFile")) {
                 ((_, None), None) => None,
                 ((var, Some(id)), Some(file)) => match uuid::Uuid::parse_str(&id) {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod declared;
 pub mod frontend;
 pub mod github_setup;
 pub mod limits;
@@ -153,6 +154,9 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot set up the HTTP client for forges: {0}")]
     Forge(String),
+    /// The state document (`GRADIENT_STATE_FILE`) is invalid or could not be applied: nothing was changed.
+    #[error("state: {0}")]
+    State(#[from] gradient_domain::state::StateError),
 }
 
 /// The GitHub App, when enabled: the domain's half (API URL, webhook secret) and the adapter's (the private
@@ -545,6 +549,11 @@ fn redact(url: &str) -> String {
 /// Starts the server and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let state = build_state(&config).await?;
+    if let Some(path) = &config.state_file {
+        let plan = declared::apply_file(&state.core, path, config.delete_state).await?;
+        declared::log_applied(path, &plan);
+        declared::spawn_reload(state.core.clone(), path.clone(), config.delete_state);
+    }
     spawn_dispatcher(state.clone());
     spawn_poller(state.clone());
     spawn_status_delivery(state.clone());

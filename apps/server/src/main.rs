@@ -4,15 +4,43 @@ use gradient_server::config::Config;
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--print-config-schema") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--print-config-schema") {
         let schema: Vec<_> = Config::schema().iter().map(|v| v.to_json()).collect();
         println!("{}", serde_json::Value::Array(schema));
         return;
+    }
+    if args.first().map(String::as_str) == Some("state") {
+        std::process::exit(state_command(&args[1..]).await);
     }
     let config = Config::from_env().unwrap_or_else(|e| fail(&e));
     gradient_server::init_logging(&config.log_level);
     if let Err(e) = gradient_server::run(config).await {
         fail(&e);
+    }
+}
+
+/// `state check [--offline] FILE`: prints the plan; exit status 1 with one line on standard error when the
+/// document is invalid, 2 for a usage error.
+async fn state_command(args: &[String]) -> i32 {
+    let usage = "usage: gradient-server state check [--offline] FILE";
+    let (offline, file) = match args {
+        [check, file] if check == "check" => (false, file),
+        [check, flag, file] if check == "check" && flag == "--offline" => (true, file),
+        _ => {
+            eprintln!("{usage}");
+            return 2;
+        }
+    };
+    match gradient_server::declared::check(std::path::Path::new(file), offline).await {
+        Ok(plan) => {
+            println!("{plan}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
     }
 }
 

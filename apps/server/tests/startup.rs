@@ -23,6 +23,7 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
     let storage = database(dir.path()).await;
     let now = truncate_to_micros(chrono::Utc::now());
     let user = User {
+        managed: false,
         id: UserId::new(),
         username: Name::parse("alice").expect("name"),
         name: "Alice".to_owned(),
@@ -33,6 +34,7 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
     };
     storage.create_user(&user).await.expect("user");
     let org = Org {
+        managed: false,
         id: OrgId::new(),
         name: Name::parse("acme").expect("name"),
         display_name: "Acme".to_owned(),
@@ -46,6 +48,7 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
     let key = gradient_domain::proto::proof_key(&token);
     let plain = Sealed(key.iter().map(|b| format!("{b:02x}")).collect());
     let legacy = WorkerRegistration {
+        managed: false,
         peer_id: PeerId::new(),
         org_id: org.id,
         worker_id: WorkerId::new(),

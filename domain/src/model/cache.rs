@@ -20,6 +20,8 @@ pub struct Cache {
     pub signing_key: crate::crypt::Sealed,
     pub created_by: UserId,
     pub created_at: Timestamp,
+    /// Declared in the server's declarative state: the API cannot change or delete it.
+    pub managed: bool,
 }
 
 /// An organization's use of a cache. Reading a cache and writing it are different rights:

@@ -9,6 +9,8 @@ pub struct ForgeConnection {
     pub forge: crate::forge::Forge,
     pub api_url: String,
     pub token: crate::crypt::Sealed,
+    /// Declared in the server's declarative state (an `outbound` integration): the API cannot replace it.
+    pub managed: bool,
 }
 
 /// The state a commit status reports.

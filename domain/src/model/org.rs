@@ -13,6 +13,8 @@ pub struct Org {
     pub public: bool,
     pub created_by: UserId,
     pub created_at: Timestamp,
+    /// Declared in the server's declarative state: the API cannot change or delete it, nor its members.
+    pub managed: bool,
 }
 
 /// A custom role of one organization: a name and the permissions it grants.

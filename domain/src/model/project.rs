@@ -27,6 +27,8 @@ pub struct Project {
     pub active: bool,
     pub created_by: UserId,
     pub created_at: Timestamp,
+    /// Declared in the server's declarative state: the API cannot change or delete it.
+    pub managed: bool,
 }
 
 /// One flake input override: exactly one of a replacement URL or "update, keeping the declared URL".

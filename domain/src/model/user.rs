@@ -14,6 +14,8 @@ pub struct User {
     pub password_hash: Option<String>,
     pub email_verified: bool,
     pub created_at: Timestamp,
+    /// Declared in the server's declarative state (`docs/state.md`): only the state document changes it.
+    pub managed: bool,
 }
 
 /// A login: the JWT a user holds names one of these, and logging out deletes it.
@@ -36,4 +38,6 @@ pub struct ApiKey {
     pub scope: KeyScope,
     pub created_at: Timestamp,
     pub last_used_at: Option<Timestamp>,
+    /// Declared in the server's declarative state: the API cannot delete it.
+    pub managed: bool,
 }

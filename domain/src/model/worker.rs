@@ -13,6 +13,8 @@ pub struct WorkerRegistration {
     /// [`crate::service::Gradient::seal_worker_proof_keys`] seals them at start-up; such rows never verify.
     pub proof_key: crate::crypt::Sealed,
     pub created_at: Timestamp,
+    /// Declared in the server's declarative state: the API cannot delete it.
+    pub managed: bool,
 }
 
 /// What a worker can do; the server's and the worker's sets are AND-ed.

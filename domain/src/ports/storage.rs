@@ -47,6 +47,7 @@ pub trait Storage:
     + Queue
     + Evaluations
     + Integrations
+    + Declared
     + Meta
     + Send
     + Sync
@@ -64,6 +65,7 @@ impl<
         + Queue
         + Evaluations
         + Integrations
+        + Declared
         + Meta
         + Send
         + Sync
@@ -460,6 +462,104 @@ pub trait Integrations {
     fn github_installation_orgs(&self, installation: u64) -> impl Future<Output = Result<Vec<OrgId>>> + Send;
     /// Removes the link. Ok(false) when there is no such link.
     fn unlink_github_installation(&self, org: OrgId, installation: u64) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// Everything the declarative state (`docs/state.md`) manages, as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManagedEntities {
+    /// By username.
+    pub users: Vec<User>,
+    /// By name.
+    pub orgs: Vec<Org>,
+    /// By organization id, then name.
+    pub roles: Vec<Role>,
+    /// By organization id, then name.
+    pub projects: Vec<Project>,
+    /// By name.
+    pub caches: Vec<Cache>,
+    /// Oldest first (ties by id).
+    pub api_keys: Vec<ApiKey>,
+    /// Oldest first (ties by peer id).
+    pub workers: Vec<WorkerRegistration>,
+    /// The organizations whose webhook secret is managed, sorted.
+    pub webhook_secrets: Vec<OrgId>,
+    /// By organization id.
+    pub forge_connections: Vec<crate::model::ForgeConnection>,
+}
+
+/// One write of a declarative state plan. `Put…` inserts the row, or updates the stored row with the same id
+/// (the fields each names; `managed` always). [`Declared::apply_state`] runs a list of them as one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateWrite {
+    /// Updates username, name, email, password hash, email verified.
+    PutUser(User),
+    /// Deletes the user with their sessions, keys and memberships. NotFound (failing the batch) while the
+    /// user is recorded as the creator of an organization, project or cache.
+    DeleteUser(UserId),
+    /// Inserts the organization **without** making its creator a member; updates display name, description,
+    /// public.
+    PutOrg(Org),
+    /// As [`Orgs::delete_org`].
+    DeleteOrg(OrgId),
+    /// Updates the permissions.
+    PutRole(Role),
+    /// Conflict("role in use") while a member holds it.
+    DeleteRole(RoleId),
+    /// As [`Orgs::set_membership`].
+    SetMembership(Membership),
+    DeleteMembership {
+        org: OrgId,
+        user: UserId,
+    },
+    /// Updates every field [`Projects::update_project`] does.
+    PutProject(Project),
+    DeleteProject(ProjectId),
+    /// Updates every field [`Caches::update_cache`] does, and the owner (`created_by`).
+    PutCache(Cache),
+    DeleteCache(CacheId),
+    /// Subscribes the org to the cache as a grant (or makes its subscription one).
+    Grant {
+        org: OrgId,
+        cache: CacheId,
+    },
+    /// Removes the org's subscription to the cache (and so its push flag).
+    Revoke {
+        org: OrgId,
+        cache: CacheId,
+    },
+    /// As [`Caches::set_push_cache`]; NotFound (failing the batch) when `cache` is not a granted subscription.
+    SetPushCache {
+        org: OrgId,
+        cache: Option<CacheId>,
+    },
+    /// Updates name, hash and scope.
+    PutApiKey(ApiKey),
+    DeleteApiKey(ApiKeyId),
+    /// Updates the proof key.
+    PutWorkerRegistration(WorkerRegistration),
+    DeleteWorkerRegistration(PeerId),
+    /// Stores the organization's webhook secret (replacing it) with its managed flag.
+    PutWebhookSecret {
+        org: OrgId,
+        secret: crate::crypt::Sealed,
+        managed: bool,
+    },
+    DeleteWebhookSecret(OrgId),
+    /// As [`Integrations::set_forge_connection`], with its managed flag.
+    PutForgeConnection(crate::model::ForgeConnection),
+    DeleteForgeConnection(OrgId),
+}
+
+/// The declarative state's storage: which entities it manages, and its plan written all at once.
+pub trait Declared {
+    fn managed_entities(&self) -> impl Future<Output = Result<ManagedEntities>> + Send;
+    /// Whether the organization's webhook secret is managed (false when it has none).
+    fn webhook_secret_managed(&self, org: OrgId) -> impl Future<Output = Result<bool>> + Send;
+    /// Runs the writes in order in **one transaction**: all of them or, on the first error (which is
+    /// answered), none. A `Delete…` of something absent is no error; the other writes fail as the port's
+    /// single operations do (NotFound for a missing referenced row, Conflict for a uniqueness rule).
+    /// `at` is the time recorded where a row keeps one (`updated_at`).
+    fn apply_state(&self, writes: &[StateWrite], at: Timestamp) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).

@@ -387,6 +387,7 @@ fn crypt() -> crate::crypt::Crypt {
 
 fn registration(peer: u128, org: u128, worker: u128, token: &str) -> WorkerRegistration {
     WorkerRegistration {
+        managed: false,
         peer_id: PeerId(id(peer)),
         org_id: OrgId(id(org)),
         worker_id: WorkerId(id(worker)),

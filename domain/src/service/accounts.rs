@@ -1,6 +1,6 @@
 //! Registration, login, sessions and API keys.
 
-use super::{Gradient, Result, ServiceError, check_text};
+use super::{Gradient, Result, ServiceError, check_text, refuse_managed};
 use crate::auth::{self, NewApiKeyToken};
 use crate::model::{ApiKey, Session, User};
 use crate::permissions::{KeyScope, PermissionSet};
@@ -126,6 +126,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         check_text("name", &r.name, 256)?;
         auth::check_password_policy(&r.password).map_err(|m| ServiceError::invalid("weak_password", m))?;
         let user = User {
+            managed: false,
             id: UserId::new(),
             username,
             name: r.name.trim().to_owned(),
@@ -222,6 +223,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         };
         let NewApiKeyToken { token, hash } = auth::generate_api_key();
         let key = ApiKey {
+            managed: false,
             id: ApiKeyId::new(),
             user_id: user.id,
             name: name.to_owned(),
@@ -244,6 +246,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn delete_api_key(&self, caller: &Caller, id: ApiKeyId) -> Result<()> {
         let user = caller.require_unrestricted("delete API keys")?;
+        if let Some(key) = self.storage.api_keys(user.id).await?.iter().find(|k| k.id == id) {
+            refuse_managed(key.managed, format_args!("API key '{}'", key.name))?;
+        }
         if self.storage.delete_api_key(user.id, id).await? {
             Ok(())
         } else {

@@ -3,7 +3,7 @@
 //! granted it to. Writing is the owner's, and the jobs' of the organizations whose push cache it is (set by the
 //! owner). See `docs/security.md`.
 
-use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
 use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org, SubscribedCache, Subscriber, Subscription};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
@@ -43,7 +43,7 @@ fn not_found(name: &str) -> ServiceError {
     ServiceError::NotFound(format!("cache '{name}' not found"))
 }
 
-fn check_priority(p: i32) -> Result<()> {
+pub(crate) fn check_priority(p: i32) -> Result<()> {
     if (0..=1000).contains(&p) {
         Ok(())
     } else {
@@ -150,6 +150,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let cache = Cache {
+            managed: false,
             signing_key: self.new_signing_key(&name)?,
             id: CacheId::new(),
             display_name,
@@ -173,6 +174,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn update_cache(&self, caller: &Caller, name: &str, c: CacheChanges) -> Result<Cache> {
         let mut cache = self.owned_cache(caller, name).await?;
+        refuse_managed(cache.managed, format_args!("cache '{}'", cache.name))?;
         if let Some(v) = c.display_name {
             check_text("display_name", &v, 256)?;
             cache.display_name = v.trim().to_owned();
@@ -204,6 +206,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn delete_cache(&self, caller: &Caller, name: &str) -> Result<()> {
         let cache = self.owned_cache(caller, name).await?;
+        refuse_managed(cache.managed, format_args!("cache '{}'", cache.name))?;
         self.storage.delete_cache(cache.id).await?;
         self.memo.forget_cache(cache.id);
         Ok(())
@@ -297,6 +300,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 cache.name
             )));
         }
+        refuse_managed(
+            org.managed,
+            format_args!("the push cache of organization '{}'", org.name),
+        )?;
         self.memo.forget_job_access();
         self.storage
             .subscribe(&Subscription {
@@ -320,6 +327,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The organization's jobs no longer push anywhere (they still build and read their caches).
     pub async fn clear_push_cache(&self, caller: &Caller, org: &str) -> Result<()> {
         let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
+        refuse_managed(
+            org.managed,
+            format_args!("the push cache of organization '{}'", org.name),
+        )?;
         self.memo.forget_job_access();
         self.storage.set_push_cache(org.id, None).await?;
         self.memo.forget_job_access();
@@ -338,6 +349,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let missing = || ServiceError::NotFound(format!("no organization '{org}' subscribes to '{}'", cache.name));
         let parsed = Name::parse(org).map_err(|_| missing())?;
         let found = self.storage.org_by_name(&parsed).await?.ok_or_else(missing)?;
+        refuse_managed(cache.managed, format_args!("the grants of cache '{}'", cache.name))?;
         self.memo.forget_job_access();
         let removed = self.storage.unsubscribe(found.id, cache.id).await?;
         self.memo.forget_job_access();

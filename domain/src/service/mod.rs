@@ -5,15 +5,16 @@
 mod accounts;
 mod binary_cache;
 mod builds;
-mod caches;
+pub(crate) mod caches;
 mod github_app;
 mod memo;
 mod orgs;
 mod pipeline;
-mod projects;
-mod statuses;
+pub(crate) mod projects;
+mod state;
+pub(crate) mod statuses;
 mod webhooks;
-mod workers;
+pub(crate) mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, nar_key, nix_cache_info};
@@ -261,6 +262,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "the crypt secret differs from the one this database was created with".into(),
             )),
         }
+    }
+}
+
+/// Refuses to change something the server's declarative state manages (409 `managed`): only the state
+/// document changes it.
+pub(crate) fn refuse_managed(managed: bool, what: impl std::fmt::Display) -> Result<()> {
+    if managed {
+        Err(ServiceError::conflict(
+            "managed",
+            format!("{what} is managed by the server's declarative state: change it in the state document"),
+        ))
+    } else {
+        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Organizations, their members and their roles.
 
-use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
 use crate::model::{Member, Membership, Org, Role, RoleRef};
 use crate::permissions::{BuiltinRole, OrgAccess, Permission, PermissionSet, org_access};
 use crate::ports::{Clock, Storage, StorageError};
@@ -113,6 +113,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let name = Name::parse_as(new.name.trim_matches(' '), "organization name")?;
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let org = Org {
+            managed: false,
             id: OrgId::new(),
             display_name,
             name,
@@ -130,6 +131,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         })?;
         if let Some(local) = &self.settings.local_worker {
             let registration = crate::model::WorkerRegistration {
+                managed: false,
                 peer_id: crate::PeerId::new(),
                 org_id: org.id,
                 worker_id: local.id,
@@ -146,6 +148,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn update_org(&self, caller: &Caller, name: &str, changes: OrgChanges) -> Result<Org> {
         let mut org = self.org_requiring(caller, name, Permission::EditOrg).await?;
+        refuse_managed(org.managed, format_args!("organization '{}'", org.name))?;
         if let Some(d) = changes.display_name {
             check_text("display_name", &d, 256)?;
             org.display_name = d.trim().to_owned();
@@ -166,6 +169,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// closed), as when one registration is deleted.
     pub async fn delete_org(&self, caller: &Caller, name: &str) -> Result<()> {
         let org = self.org_requiring(caller, name, Permission::DeleteOrg).await?;
+        refuse_managed(org.managed, format_args!("organization '{}'", org.name))?;
         let peers: Vec<crate::PeerId> = self
             .storage
             .worker_registrations(org.id)
@@ -223,6 +227,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// not hold, changes the role of someone holding one they do not, or demotes the last Admin.
     pub async fn set_member(&self, caller: &Caller, org: &str, username: &str, role: &str) -> Result<Member> {
         let (org, mine) = self.org_with_permission(caller, org, Permission::ManageMembers).await?;
+        refuse_managed(
+            org.managed,
+            format_args!("the membership of organization '{}'", org.name),
+        )?;
         let user = self.user_named(username).await?;
         let role = self.resolve_role(org.id, role).await?;
         let granted = self.role_permissions(&role).await?;
@@ -264,6 +272,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// a member holding a permission they do not hold, nor the last Admin.
     pub async fn remove_member(&self, caller: &Caller, org: &str, username: &str) -> Result<()> {
         let (org, mine) = self.org_with_permission(caller, org, Permission::ManageMembers).await?;
+        refuse_managed(
+            org.managed,
+            format_args!("the membership of organization '{}'", org.name),
+        )?;
         let user = self.user_named(username).await?;
         let current = self.storage.membership(org.id, user.id).await?;
         let Some(current) = current else {
@@ -391,11 +403,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .role_by_name(org.id, name.trim())
             .await?
             .ok_or_else(missing)?;
-        if role.managed {
-            return Err(ServiceError::Forbidden(format!(
-                "'{name}' is managed by the server's declarative state"
-            )));
-        }
+        refuse_managed(role.managed, format_args!("role '{}'", role.name))?;
         if !role.permissions.is_subset(&mine) {
             return Err(exceeds_yours("delete a role with permissions you do not hold"));
         }

@@ -1,6 +1,6 @@
 //! Projects: a repository holding a flake, inside an organization.
 
-use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts};
+use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
 use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -44,7 +44,7 @@ fn not_found(org: &str, name: &str) -> ServiceError {
 /// Accepts the repository URL forms of [`reach::parse_remote`] that `policy` lets the server reach: a
 /// malformed URL is `invalid_repository`, a `file://` URL or a local (or, when denied, private) host is
 /// `repository_not_allowed`.
-fn check_repository(url: &str, policy: &NetworkPolicy) -> Result<()> {
+pub(crate) fn check_repository(url: &str, policy: &NetworkPolicy) -> Result<()> {
     let remote = reach::parse_remote(url).ok_or_else(|| {
         ServiceError::invalid(
             "invalid_repository",
@@ -58,21 +58,21 @@ fn check_repository(url: &str, policy: &NetworkPolicy) -> Result<()> {
     reach::check_remote(&remote, policy).map_err(|why| ServiceError::invalid("repository_not_allowed", why))
 }
 
-fn check_wildcard(w: &str) -> Result<()> {
+pub(crate) fn check_wildcard(w: &str) -> Result<()> {
     check_text("wildcard", w, 2048)?;
     Wildcard::parse(w)
         .map(|_| ())
         .map_err(|m| ServiceError::invalid("invalid_wildcard", m))
 }
 
-fn check_branch(branch: &Option<String>) -> Result<()> {
+pub(crate) fn check_branch(branch: &Option<String>) -> Result<()> {
     match branch {
         Some(b) => super::check_branch(b),
         None => Ok(()),
     }
 }
 
-fn check_overrides(o: &BTreeMap<String, InputOverride>) -> Result<()> {
+pub(crate) fn check_overrides(o: &BTreeMap<String, InputOverride>) -> Result<()> {
     for (input, value) in o {
         if input.is_empty() || !input.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
             return Err(ServiceError::invalid(
@@ -122,6 +122,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         check_overrides(&new.flake_input_overrides)?;
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let project = Project {
+            managed: false,
             id: ProjectId::new(),
             org_id: o.id,
             display_name,
@@ -150,6 +151,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn update_project(&self, caller: &Caller, org: &str, name: &str, c: ProjectChanges) -> Result<Project> {
         let o = self.org_requiring(caller, org, Permission::EditProject).await?;
         let mut p = self.project_in(o.id, org, name).await?;
+        refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
         if let Some(v) = c.display_name {
             check_text("display_name", &v, 256)?;
             p.display_name = v.trim().to_owned();
@@ -190,6 +192,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn delete_project(&self, caller: &Caller, org: &str, name: &str) -> Result<()> {
         let o = self.org_requiring(caller, org, Permission::DeleteProject).await?;
         let p = self.project_in(o.id, org, name).await?;
+        refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
         self.storage.delete_project(p.id).await?;
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! in order (pending, then the end); a report whose evaluation already has a newer one delivered is not sent any
 //! more (it would overwrite the newer state on the forge).
 
-use super::{Caller, Gradient, Result, ServiceError};
+use super::{Caller, Gradient, Result, ServiceError, refuse_managed};
 use crate::EvaluationId;
 use crate::StatusReportId;
 use crate::forge::Forge;
@@ -57,6 +57,30 @@ fn describe(state: CommitState) -> &'static str {
     }
 }
 
+/// Checks a forge's API base URL (an http:// or https:// URL the network policy lets the server reach);
+/// answers it without surrounding spaces and trailing slashes.
+pub(crate) fn check_api_url(api_url: &str, policy: &crate::reach::NetworkPolicy) -> Result<String> {
+    let api_url = api_url.trim().trim_end_matches('/');
+    let plain = api_url.len() <= 2048 && !api_url.contains(|c: char| c.is_whitespace() || c.is_control());
+    let Some(remote) = plain.then(|| crate::reach::parse_http_url(api_url)).flatten() else {
+        return Err(ServiceError::invalid(
+            "invalid_api_url",
+            "the API URL is an http:// or https:// URL",
+        ));
+    };
+    crate::reach::check_remote(&remote, policy).map_err(|why| ServiceError::invalid("api_url_not_allowed", why))?;
+    Ok(api_url.to_owned())
+}
+
+/// Checks a forge access token; answers it without surrounding whitespace.
+pub(crate) fn check_forge_token(token: &str) -> Result<&str> {
+    let token = token.trim();
+    if token.is_empty() || token.len() > 4096 {
+        return Err(ServiceError::invalid("invalid_token", "give the forge's access token"));
+    }
+    Ok(token)
+}
+
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Sets where the organization's commit statuses go (`manage_integrations`). The token is stored sealed
     /// and never answered.
@@ -69,27 +93,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         token: &str,
     ) -> Result<ForgeConnection> {
         let o = self.org_requiring(caller, org, Permission::ManageIntegrations).await?;
+        let managed = self.storage.forge_connection(o.id).await?.is_some_and(|c| c.managed);
+        refuse_managed(
+            managed,
+            format_args!("the forge connection of organization '{}'", o.name),
+        )?;
         let forge = Forge::parse(forge).ok_or_else(|| {
             ServiceError::invalid("invalid_forge", "the forge is one of gitea, forgejo, gitlab, github")
         })?;
-        let api_url = api_url.trim().trim_end_matches('/');
-        let plain = api_url.len() <= 2048 && !api_url.contains(|c: char| c.is_whitespace() || c.is_control());
-        let Some(remote) = plain.then(|| crate::reach::parse_http_url(api_url)).flatten() else {
-            return Err(ServiceError::invalid(
-                "invalid_api_url",
-                "the API URL is an http:// or https:// URL",
-            ));
-        };
-        crate::reach::check_remote(&remote, &self.settings.network)
-            .map_err(|why| ServiceError::invalid("api_url_not_allowed", why))?;
-        let token = token.trim();
-        if token.is_empty() || token.len() > 4096 {
-            return Err(ServiceError::invalid("invalid_token", "give the forge's access token"));
-        }
+        let api_url = check_api_url(api_url, &self.settings.network)?;
+        let token = check_forge_token(token)?;
         let connection = ForgeConnection {
+            managed: false,
             org_id: o.id,
             forge,
-            api_url: api_url.to_owned(),
+            api_url,
             token: self.crypt.seal(token.as_bytes()),
         };
         self.storage.set_forge_connection(&connection, self.clock.now()).await?;

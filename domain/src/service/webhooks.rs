@@ -11,7 +11,7 @@
 //! * a signed push: one evaluation per active project whose repository is the pushed one and whose branch
 //!   (or, without a branch, the repository's default branch when the payload names it) is the pushed one.
 
-use super::{Caller, Gradient, Result, ServiceError};
+use super::{Caller, Gradient, Result, ServiceError, refuse_managed};
 use crate::forge::{self, Forge, HookHeaders};
 use crate::model::{Evaluation, EvaluationTrigger, Org, Project};
 use crate::permissions::Permission;
@@ -46,6 +46,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// one. The secret is stored sealed and answered only here. Requires `manage_integrations`.
     pub async fn create_webhook_secret(&self, caller: &Caller, org: &str) -> Result<(Org, String)> {
         let o = self.org_requiring(caller, org, Permission::ManageIntegrations).await?;
+        let managed = self.storage.webhook_secret_managed(o.id).await?;
+        refuse_managed(managed, format_args!("the webhook secret of organization '{}'", o.name))?;
         let mut raw = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let secret = hex::encode(raw);
@@ -128,6 +130,7 @@ mod tests {
 
     fn project(repository: &str, branch: Option<&str>, active: bool) -> Project {
         Project {
+            managed: false,
             id: ProjectId::new(),
             org_id: OrgId::new(),
             name: Name::parse("web").expect("name"),

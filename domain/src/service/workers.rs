@@ -2,7 +2,7 @@
 //! holds the proof key of a token only the worker knows (SHA-256 of the token, sealed with the crypt secret);
 //! the worker proves it on every connection.
 
-use super::{Caller, Gradient, Result, ServiceError};
+use super::{Caller, Gradient, Result, ServiceError, refuse_managed};
 use crate::model::WorkerRegistration;
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -94,6 +94,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         };
         let registration = WorkerRegistration {
+            managed: false,
             peer_id: PeerId::new(),
             org_id: org.id,
             worker_id,
@@ -144,6 +145,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let org = self.org_requiring(caller, org, Permission::ManageWorkers).await?;
         let missing = || ServiceError::NotFound(format!("no worker registration {peer} in '{}'", org.name));
         let peer = uuid::Uuid::parse_str(peer).map(PeerId).map_err(|_| missing())?;
+        if let Some(r) = self.storage.worker_registration(peer).await?
+            && r.org_id == org.id
+        {
+            refuse_managed(r.managed, format_args!("worker registration {peer}"))?;
+        }
         if self.storage.delete_worker_registration(org.id, peer).await? {
             self.fleet.revoke(peer);
             Ok(())

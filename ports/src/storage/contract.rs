@@ -10,6 +10,7 @@
 
 mod cache_contents;
 mod caches;
+mod declared;
 mod evaluations;
 mod integrations;
 mod members;
@@ -24,6 +25,7 @@ mod workers;
 
 pub use cache_contents::*;
 pub use caches::*;
+pub use declared::*;
 pub use evaluations::*;
 pub use integrations::*;
 pub use members::*;
@@ -189,6 +191,10 @@ macro_rules! storage_contract {
             an_account_has_one_github_installation,
             delete_github_installation_forgets_only_it,
             github_installation_links_belong_to_their_organization,
+            // Declarative state.
+            state_writes_create_managed_rows,
+            state_writes_update_unmanage_and_delete,
+            state_writes_are_all_or_nothing,
             // Meta.
             meta_init_keeps_the_first_value,
         );

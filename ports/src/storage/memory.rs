@@ -4,6 +4,7 @@
 //! writes (see `state`), so a failing write changes nothing and a multi-row write is all-or-nothing. The lock is
 //! never held across an `.await`.
 
+mod declared;
 mod state;
 
 use gradient_domain::model::{

@@ -34,6 +34,8 @@ pub struct UserView {
     pub email: String,
     pub email_verified: bool,
     pub created_at: DateTime<Utc>,
+    /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
+    pub managed: bool,
 }
 
 impl From<&model::User> for UserView {
@@ -45,6 +47,7 @@ impl From<&model::User> for UserView {
             email: u.email.to_string(),
             email_verified: u.email_verified,
             created_at: u.created_at,
+            managed: u.managed,
         }
     }
 }
@@ -60,6 +63,8 @@ pub struct ApiKeyView {
     pub created_at: DateTime<Utc>,
     /// `null` until the key is first used.
     pub last_used_at: Nullable<DateTime<Utc>>,
+    /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
+    pub managed: bool,
 }
 
 impl From<&model::ApiKey> for ApiKeyView {
@@ -71,6 +76,7 @@ impl From<&model::ApiKey> for ApiKeyView {
             permissions: k.scope.permissions.as_ref().map(permission_names).into(),
             created_at: k.created_at,
             last_used_at: k.last_used_at.into(),
+            managed: k.managed,
         }
     }
 }
@@ -104,6 +110,8 @@ pub struct OrgView {
     pub public: bool,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
+    /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
+    pub managed: bool,
 }
 
 impl From<&model::Org> for OrgView {
@@ -116,6 +124,7 @@ impl From<&model::Org> for OrgView {
             public: o.public,
             created_by: o.created_by.0,
             created_at: o.created_at,
+            managed: o.managed,
         }
     }
 }
@@ -218,6 +227,8 @@ pub struct ProjectView {
     pub active: bool,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
+    /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
+    pub managed: bool,
 }
 
 impl ProjectView {
@@ -237,6 +248,7 @@ impl ProjectView {
             active: p.active,
             created_by: p.created_by.0,
             created_at: p.created_at,
+            managed: p.managed,
         }
     }
 }
@@ -255,6 +267,8 @@ pub struct CacheView {
     pub compression: String,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
+    /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
+    pub managed: bool,
 }
 
 impl From<&model::Cache> for CacheView {
@@ -270,6 +284,7 @@ impl From<&model::Cache> for CacheView {
             compression: c.compression.as_str().to_owned(),
             created_by: c.created_by.0,
             created_at: c.created_at,
+            managed: c.managed,
         }
     }
 }

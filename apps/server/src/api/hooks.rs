@@ -46,6 +46,8 @@ pub struct ForgeConnectionRequest {
 pub struct ForgeConnectionView {
     pub forge: String,
     pub api_url: String,
+    /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
+    pub managed: bool,
 }
 
 impl From<&gradient_domain::model::ForgeConnection> for ForgeConnectionView {
@@ -53,6 +55,7 @@ impl From<&gradient_domain::model::ForgeConnection> for ForgeConnectionView {
         Self {
             forge: c.forge.as_str().to_owned(),
             api_url: c.api_url.clone(),
+            managed: c.managed,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct WorkerView {
     /// Whether the worker is connected and authorized for this registration now.
     pub connected: bool,
     pub created_at: DateTime<Utc>,
+    /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
+    pub managed: bool,
 }
 
 #[OpenApi(tag = "Tag::Orgs")]
@@ -49,6 +51,7 @@ impl WorkersApi {
                 worker_id: r.worker_id.0,
                 connected: self.0.fleet.links.is_connected(r.peer_id),
                 created_at: r.created_at,
+                managed: r.managed,
             })
             .collect())
     }

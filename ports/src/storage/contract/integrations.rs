@@ -89,6 +89,7 @@ pub async fn delete_org_removes_its_webhook_secret<S: Storage>(s: &S) {
 
 fn connection(org: OrgId, forge: Forge, token: &str) -> ForgeConnection {
     ForgeConnection {
+        managed: false,
         org_id: org,
         forge,
         api_url: "https://git.example.com".to_owned(),

@@ -129,6 +129,7 @@ pub async fn update_project_changes_only_editable_fields<S: Storage>(s: &S) {
     let other = org(s, "other", alice.id, false).await;
     let original = project(s, acme.id, "app", alice.id).await;
     let edit = gradient_domain::model::Project {
+        managed: false,
         id: original.id,
         org_id: other.id,
         name: name("renamed"),

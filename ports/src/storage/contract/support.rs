@@ -39,6 +39,7 @@ pub(super) fn hash() -> String {
 pub(super) fn new_user(prefix: &str) -> User {
     let username = name(prefix);
     User {
+        managed: false,
         id: UserId::new(),
         email: Email::parse(&format!("{username}@example.com")).expect("scenario emails are valid"),
         name: format!("{prefix} the tester"),
@@ -67,6 +68,7 @@ pub(super) fn new_session(user: UserId) -> Session {
 
 pub(super) fn new_api_key(user: UserId, name: &str) -> ApiKey {
     ApiKey {
+        managed: false,
         id: ApiKeyId::new(),
         user_id: user,
         name: name.to_owned(),
@@ -79,6 +81,7 @@ pub(super) fn new_api_key(user: UserId, name: &str) -> ApiKey {
 
 pub(super) fn new_org(prefix: &str, creator: UserId, public: bool) -> Org {
     Org {
+        managed: false,
         id: OrgId::new(),
         name: name(prefix),
         display_name: format!("The {prefix} organization"),
@@ -123,6 +126,7 @@ pub(super) fn new_project(org: OrgId, prefix: &str, creator: UserId) -> Project 
         ("utils".to_owned(), InputOverride::KeepUrl),
     ]);
     Project {
+        managed: false,
         id: ProjectId::new(),
         org_id: org,
         name: name(prefix),
@@ -150,6 +154,7 @@ pub(super) async fn project<S: Storage>(s: &S, org: OrgId, prefix: &str, creator
 
 pub(super) fn new_cache(prefix: &str, creator: UserId, public: bool) -> Cache {
     Cache {
+        managed: false,
         id: CacheId::new(),
         name: name(prefix),
         display_name: format!("Cache {prefix}"),
@@ -281,6 +286,7 @@ pub(super) fn membership(org: OrgId, user: UserId, role: RoleRef) -> Membership 
 /// A registration of `worker` under `org`, created now.
 pub(super) fn new_worker_registration(org: OrgId, worker: WorkerId) -> WorkerRegistration {
     WorkerRegistration {
+        managed: false,
         peer_id: PeerId::new(),
         org_id: org,
         worker_id: worker,

@@ -13,7 +13,7 @@ use gradient_domain::{
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct State {
     pub(super) users: HashMap<UserId, User>,
     pub(super) sessions: HashMap<SessionId, Session>,
@@ -47,6 +47,8 @@ pub(super) struct State {
     pub(super) meta: HashMap<String, String>,
     /// Sealed webhook secrets by organization.
     pub(super) webhook_secrets: HashMap<OrgId, gradient_domain::crypt::Sealed>,
+    /// Organizations whose webhook secret the declarative state manages.
+    pub(super) managed_webhook_secrets: HashSet<OrgId>,
     pub(super) forge_connections: HashMap<OrgId, gradient_domain::model::ForgeConnection>,
     /// The status outbox, in the order reports were enqueued.
     pub(super) status_reports: Vec<gradient_domain::model::StatusReport>,
@@ -174,6 +176,7 @@ impl State {
         self.worker_registrations.retain(|_, r| r.org_id != id);
         self.jobs.retain(|_, j| j.org_id != id);
         self.webhook_secrets.remove(&id);
+        self.managed_webhook_secrets.remove(&id);
         self.forge_connections.remove(&id);
         self.github_installation_links.retain(|(org, _), _| *org != id);
         self.status_reports.retain(|r| r.org_id != id);

@@ -1,0 +1,403 @@
+#![allow(clippy::unwrap_used)]
+//! Declarative state on the in-memory storage: a document is planned and applied in one go, applying it again
+//! changes nothing, what it manages refuses the API's changes, and what leaves it is unmanaged or deleted.
+
+mod common;
+
+use common::ManualClock;
+use gradient_domain::ports::storage::{Declared, Users};
+use gradient_domain::reach::NetworkPolicy;
+use gradient_domain::service::{Caller, OrgChanges, ProjectChanges, Settings};
+use gradient_domain::state::{Action, Document, Plan, Secrets};
+use gradient_domain::{Name, WorkerId};
+
+type App = common::TestApp<ManualClock>;
+
+const WORKER: &str = "550e8400-e29b-41d4-a716-446655440001";
+const KEY: &str = "GRADabcdefghijklmnopqrstuvwxyz0123456789";
+const TOKEN: &str = "c2VjcmV0LXRva2VuLW9mLWF0LWxlYXN0LTMyLWJ5dGVzLWxvbmch";
+
+fn secrets() -> Secrets {
+    let mut s = Secrets::new();
+    s.insert("/s/alice", "correct horse battery\n");
+    s.insert("/s/key", &format!("{KEY}\n"));
+    s.insert("/s/worker", TOKEN);
+    s.insert("/s/hook", "hook-secret");
+    s.insert("/s/forge", "forge-token");
+    s
+}
+
+fn sample(repository: &str, with_cache: bool, delete_state: bool) -> String {
+    let cache = if with_cache {
+        r#""scratch": {"created_by": "alice"},"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{
+  "delete_state": {delete_state},
+  "users": {{
+    "alice": {{"name": "Alice", "email": "alice@example.com", "password_file": "/s/alice"}},
+    "ci-bot": {{"email": "ci@example.com"}}
+  }},
+  "organizations": {{
+    "acme": {{"created_by": "alice", "members": {{"ci-bot": "releaser"}}, "push_cache": "main"}}
+  }},
+  "roles": {{"releaser": {{"organization": "acme", "permissions": ["view_org", "trigger_evaluation"]}}}},
+  "projects": {{
+    "web": {{"organization": "acme", "repository": "{repository}", "created_by": "alice",
+             "flake_input_overrides": {{"nixpkgs": {{"url": "github:NixOS/nixpkgs/nixos-unstable"}}}}}}
+  }},
+  "caches": {{
+    {cache}
+    "main": {{"created_by": "alice", "public": true, "organizations": ["acme"]}}
+  }},
+  "api_keys": {{"ci": {{"key_file": "/s/key", "owned_by": "ci-bot", "permissions": ["view_org"], "organization": "acme"}}}},
+  "workers": {{"builder": {{"worker_id": "{WORKER}", "organizations": ["acme"], "token_file": "/s/worker"}}}},
+  "integrations": {{
+    "hooks": {{"organization": "acme", "kind": "inbound", "forge_type": "gitea", "secret_file": "/s/hook"}},
+    "statuses": {{"organization": "acme", "kind": "outbound", "forge_type": "gitea",
+                  "endpoint_url": "https://gitea.example.com", "access_token_file": "/s/forge"}}
+  }}
+}}"#
+    )
+}
+
+fn doc(json: &str) -> Document {
+    Document::parse(json, &NetworkPolicy::default()).unwrap()
+}
+
+async fn apply(app: &App, json: &str) -> Plan {
+    app.apply_state(&doc(json), &secrets()).await.unwrap()
+}
+
+fn lines(plan: &Plan) -> Vec<String> {
+    plan.changes.iter().map(ToString::to_string).collect()
+}
+
+async fn alice(app: &App) -> Caller {
+    let token = app.login("alice", "correct horse battery").await.unwrap();
+    app.authenticate(Some(&token)).await.unwrap()
+}
+
+fn app() -> App {
+    common::app(ManualClock::new(), Settings::default())
+}
+
+#[tokio::test]
+async fn a_document_is_applied_once_and_then_changes_nothing() {
+    let app = app();
+    let plan = apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    assert_eq!(
+        lines(&plan),
+        [
+            "create user alice",
+            "create user ci-bot",
+            "create role acme/releaser",
+            "create organization acme",
+            "create project acme/web",
+            "create cache main",
+            "create cache scratch",
+            "create api key ci-bot/ci",
+            &format!("create worker acme/{WORKER}"),
+            "create integration acme/inbound",
+            "create integration acme/outbound",
+        ]
+    );
+    assert_eq!(
+        plan.summary(),
+        "plan: 11 to create, 0 to update, 0 to delete, 0 to unmanage"
+    );
+
+    let again = apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    assert!(again.is_empty(), "{again}");
+    assert!(again.writes.is_empty());
+    assert_eq!(again.summary(), "plan: no changes");
+
+    // Everything is there, managed, as declared.
+    let alice = alice(&app).await;
+    let org = app.visible_org(&alice, "acme").await.unwrap();
+    assert!(org.managed);
+    let members: Vec<(String, String)> = app
+        .members(&alice, "acme")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.username.to_string(), m.role_name))
+        .collect();
+    assert_eq!(
+        members,
+        [("alice".into(), "Admin".into()), ("ci-bot".into(), "releaser".into())]
+    );
+    let project = app.project(&alice, "acme", "web").await.unwrap();
+    assert!(project.managed);
+    assert_eq!(project.flake_input_overrides.len(), 1);
+    let main = app.cache(&alice, "main").await.unwrap();
+    assert!(main.managed && main.public);
+    assert_eq!(
+        app.push_cache(&alice, "acme")
+            .await
+            .unwrap()
+            .map(|c| c.name.to_string()),
+        Some("main".into())
+    );
+    let workers = app.worker_registrations(&alice, "acme").await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert!(workers[0].managed);
+    assert_eq!(
+        workers[0].worker_id,
+        gradient_domain::service::parse_worker_id(WORKER).unwrap()
+    );
+    let forge = app.forge_connection_of(&alice, "acme").await.unwrap().unwrap();
+    assert!(forge.managed);
+    assert_eq!(forge.api_url, "https://gitea.example.com");
+
+    // The key file's token is the bot's key, pinned to acme.
+    let bot = app.authenticate(Some(KEY)).await.unwrap();
+    assert_eq!(bot.user().unwrap().username.as_str(), "ci-bot");
+    assert!(bot.scope().unwrap().organization.is_some());
+    // A user without a password file cannot log in with a password.
+    assert!(app.login("ci-bot", "").await.is_err());
+    assert!(app.login("ci@example.com", "anything-at-all").await.is_err());
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_change_what_the_state_manages() {
+    let app = app();
+    apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    let alice = alice(&app).await;
+    let managed = |r: Result<_, gradient_domain::service::ServiceError>| match r {
+        Err(e) => {
+            assert_eq!(e.code(), "managed", "{e}");
+            assert!(
+                matches!(e, gradient_domain::service::ServiceError::Conflict { .. }),
+                "409: {e}"
+            );
+        }
+        Ok(_) => panic!("a managed entity was changed"),
+    };
+    managed(
+        app.update_org(
+            &alice,
+            "acme",
+            OrgChanges {
+                public: Some(true),
+                ..OrgChanges::default()
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
+    managed(app.delete_org(&alice, "acme").await.map(|_| ()));
+    managed(app.set_member(&alice, "acme", "ci-bot", "Admin").await.map(|_| ()));
+    managed(app.remove_member(&alice, "acme", "ci-bot").await);
+    managed(app.delete_role(&alice, "acme", "releaser").await);
+    managed(
+        app.update_project(
+            &alice,
+            "acme",
+            "web",
+            ProjectChanges {
+                active: Some(false),
+                ..ProjectChanges::default()
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
+    managed(app.delete_project(&alice, "acme", "web").await);
+    managed(app.delete_cache(&alice, "main").await);
+    managed(app.clear_push_cache(&alice, "acme").await);
+    let peer = app.worker_registrations(&alice, "acme").await.unwrap()[0].peer_id;
+    managed(
+        app.delete_worker_registration(&alice, "acme", &peer.to_string())
+            .await
+            .map(|_| ()),
+    );
+    managed(app.create_webhook_secret(&alice, "acme").await.map(|_| ()));
+    managed(
+        app.set_forge_connection(&alice, "acme", "gitea", "https://gitea.example.com", "other")
+            .await
+            .map(|_| ()),
+    );
+    let bot_session = {
+        let mut s = secrets();
+        s.insert("/s/bot", "bot password 123");
+        let json = sample("https://example.com/web.git", true, false).replace(
+            r#""ci-bot": {"email": "ci@example.com"}"#,
+            r#""ci-bot": {"email": "ci@example.com", "password_file": "/s/bot"}"#,
+        );
+        app.apply_state(&doc(&json), &s).await.unwrap();
+        let t = app.login("ci-bot", "bot password 123").await.unwrap();
+        app.authenticate(Some(&t)).await.unwrap()
+    };
+    let key = app.api_keys(&bot_session).await.unwrap()[0].id;
+    managed(app.delete_api_key(&bot_session, key).await);
+}
+
+#[tokio::test]
+async fn an_edited_document_updates_in_place() {
+    let app = app();
+    apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    let before = app.storage.managed_entities().await.unwrap();
+    let plan = apply(&app, &sample("https://example.com/other.git", true, false)).await;
+    assert_eq!(lines(&plan), ["update project acme/web: repository"]);
+    let alice = alice(&app).await;
+    let project = app.project(&alice, "acme", "web").await.unwrap();
+    assert_eq!(project.repository, "https://example.com/other.git");
+    assert_eq!(project.id, before.projects[0].id, "the same project, updated");
+
+    // A new password file content is a new password; the old one no longer works.
+    let mut s = secrets();
+    s.insert("/s/alice", "a new password!");
+    let plan = app
+        .apply_state(&doc(&sample("https://example.com/other.git", true, false)), &s)
+        .await
+        .unwrap();
+    assert_eq!(lines(&plan), ["update user alice: password_file"]);
+    assert!(app.login("alice", "correct horse battery").await.is_err());
+    assert!(app.login("alice", "a new password!").await.is_ok());
+}
+
+#[tokio::test]
+async fn what_leaves_the_document_is_unmanaged_or_with_delete_state_deleted() {
+    let app = app();
+    apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    let plan = apply(&app, &sample("https://example.com/web.git", false, false)).await;
+    assert_eq!(lines(&plan), ["unmanage cache scratch"]);
+    let alice = alice(&app).await;
+    let scratch = app.cache(&alice, "scratch").await.unwrap();
+    assert!(!scratch.managed);
+    // Unmanaged, the API may change it again.
+    app.delete_cache(&alice, "scratch").await.unwrap();
+
+    // Adopted again, then deleted with delete_state.
+    let plan = apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    assert_eq!(lines(&plan), ["create cache scratch"]);
+    let plan = apply(&app, &sample("https://example.com/web.git", false, true)).await;
+    assert_eq!(lines(&plan), ["delete cache scratch"]);
+    assert!(app.cache(&alice, "scratch").await.is_err());
+
+    // Everything leaves: deleted in an order that works (keys, workers, integrations, projects, roles, caches,
+    // organizations, users).
+    let plan = apply(&app, r#"{"delete_state": true}"#).await;
+    assert_eq!(plan.count(Action::Delete), 10, "{plan}");
+    assert!(app.storage.managed_entities().await.unwrap() == Default::default());
+    assert!(app.login("alice", "correct horse battery").await.is_err());
+}
+
+#[tokio::test]
+async fn an_invalid_document_changes_nothing() {
+    let app = app();
+    apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    // A reference to nothing: refused with the entry and field named, before anything is written.
+    let bad = sample("https://example.com/changed.git", true, false)
+        .replace(r#""owned_by": "ci-bot""#, r#""owned_by": "nobody""#);
+    let e = app.apply_state(&doc(&bad), &secrets()).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "api_keys.ci.owned_by: no user 'nobody' in the document or the database"
+    );
+    let alice = alice(&app).await;
+    assert_eq!(
+        app.project(&alice, "acme", "web").await.unwrap().repository,
+        "https://example.com/web.git"
+    );
+
+    // A secret that is not what its field needs.
+    let mut s = secrets();
+    s.insert("/s/key", "not-a-key");
+    let e = app
+        .apply_state(&doc(&sample("https://example.com/changed.git", true, false)), &s)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("api_keys.ci.key_file: must hold the whole token"),
+        "{e}"
+    );
+    assert_eq!(
+        app.project(&alice, "acme", "web").await.unwrap().repository,
+        "https://example.com/web.git"
+    );
+
+    // A write that fails half-way (a user still recorded as the creator of an organization the API made)
+    // rolls back everything before it.
+    common::signed_up(&app, "bob").await;
+    let json = sample("https://example.com/changed.git", true, true)
+        .replace(
+            r#""ci-bot": {"email": "ci@example.com"}"#,
+            r#""bob": {"email": "bob@example.com"}"#,
+        )
+        .replace(r#"{"ci-bot": "releaser"}"#, r#"{"bob": "releaser"}"#)
+        .replace(r#""owned_by": "ci-bot""#, r#""owned_by": "bob""#);
+    apply(&app, &json).await;
+    let bob = {
+        let t = app.login("bob", "password123").await;
+        assert!(t.is_err(), "bob is managed now, without a password file");
+        let bob = app
+            .storage
+            .user_by_username(&Name::parse("bob").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        Caller::Session {
+            user: bob,
+            session: gradient_domain::SessionId::new(),
+        }
+    };
+    common::org(&app, &bob, "bobs").await;
+    let gone = json
+        .replace(",\n    \"bob\": {\"email\": \"bob@example.com\"}", "")
+        .replace(r#"{"bob": "releaser"}"#, "{}")
+        .replace(
+            r#""ci": {"key_file": "/s/key", "owned_by": "bob", "permissions": ["view_org"], "organization": "acme"}"#,
+            "",
+        );
+    let e = app.apply_state(&doc(&gone), &secrets()).await.unwrap_err();
+    assert!(e.to_string().starts_with("database: nothing was changed"), "{e}");
+    assert_eq!(
+        app.project(&alice, "acme", "web").await.unwrap().repository,
+        "https://example.com/changed.git"
+    );
+    let members = app.members(&alice, "acme").await.unwrap();
+    assert!(
+        members.iter().any(|m| m.username.as_str() == "bob"),
+        "the membership removal was rolled back"
+    );
+}
+
+#[tokio::test]
+async fn an_existing_entity_is_adopted_and_its_worker_id_is_checked() {
+    let app = app();
+    let bob = common::signed_up(&app, "bob").await;
+    common::org(&app, &bob, "legacy").await;
+    let plan = apply(
+        &app,
+        r#"{"organizations": {"legacy": {"created_by": "bob", "description": "now declared"}}}"#,
+    )
+    .await;
+    assert_eq!(lines(&plan), ["update organization legacy: description, managed"]);
+    assert!(app.visible_org(&bob, "legacy").await.unwrap().managed);
+
+    let local = WorkerId::new();
+    let settings = Settings {
+        local_worker: Some(gradient_domain::service::LocalWorker {
+            id: local,
+            proof_key: [0; 32],
+        }),
+        ..Settings::default()
+    };
+    let app = common::app(ManualClock::new(), settings);
+    common::signed_up(&app, "bob").await;
+    let json = format!(
+        r#"{{"organizations": {{"o": {{"created_by": "bob"}}}},
+             "workers": {{"w": {{"worker_id": "{}", "organizations": ["o"], "token_file": "/s/worker"}}}}}}"#,
+        local.0
+    );
+    let e = app.apply_state(&doc(&json), &secrets()).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "workers.w.worker_id: is this server's own worker's id; choose another"
+    );
+}
