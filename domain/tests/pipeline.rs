@@ -131,7 +131,7 @@ async fn dispatch(app: &App, workers: &[&WorkerInfo]) -> Vec<Dispatched> {
         app.fleet.disconnect(w.id);
     }
     for w in workers {
-        app.fleet.connect((*w).clone(), &[gradient_domain::PeerId::new()]);
+        app.fleet.connect_proved((*w).clone());
     }
     app.dispatch().await.unwrap()
 }
@@ -531,7 +531,7 @@ async fn a_link_speaks_only_for_the_organizations_it_proved_even_under_a_borrowe
     let mut impostor = real.clone();
     impostor.orgs = hers.clone();
     app.fleet.disconnect(real.id);
-    app.fleet.connect(impostor.clone(), &[gradient_domain::PeerId::new()]);
+    app.fleet.connect_proved(impostor.clone());
     let evaluation = match app.storage.job(job).await.unwrap().unwrap().kind {
         gradient_domain::model::JobKind::Evaluate { evaluation_id } => evaluation_id,
         _ => unreachable!("an evaluation job"),
@@ -728,7 +728,7 @@ async fn deleting_an_organization_stops_its_jobs_and_closes_its_workers_links() 
     app.queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
         .unwrap();
-    app.fleet.connect(w.clone(), &[registered.peer_id]);
+    app.fleet.connect(w.clone(), &[(registered.peer_id, org.id)]);
     let job = app.dispatch().await.unwrap()[0].job.id();
     app.fleet.delivered(w.id);
     app.delete_org(&caller, "o").await.unwrap();
@@ -741,4 +741,42 @@ async fn deleting_an_organization_stops_its_jobs_and_closes_its_workers_links() 
         "its job is stopped, then its link closed"
     );
     assert!(app.fleet.connected().is_empty());
+}
+
+#[tokio::test]
+async fn a_build_goes_to_the_worker_that_just_built_its_input_while_that_worker_pushes_it() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let w = builder(1, org.id, true, 2);
+    let roomy = builder(2, org.id, false, 8);
+    let e = evaluated(
+        &app,
+        &org,
+        &project,
+        &w,
+        vec![derivation("x"), derivation_on("y", &["x"])],
+    )
+    .await;
+    // Both connected from now on, as their links would be.
+    app.fleet.connect_proved(w.clone());
+    app.fleet.connect_proved(roomy.clone());
+    let sent = app.dispatch().await.unwrap();
+    assert_eq!(sent.len(), 1, "y waits for x: {sent:?}");
+    let (x_job, x_worker) = (sent_build(&sent, "x"), sent[0].worker);
+    let on = if x_worker == w.id { &w } else { &roomy };
+    assert!(app.dispatch().await.unwrap().is_empty(), "x is still being built");
+    // x is built and only pushing: y runs where x is, not on the other worker, without waiting for the push.
+    app.record_job_progress(x_job, on.id, &on.orgs, Stage::Pushing)
+        .await
+        .unwrap();
+    let sent = app.dispatch().await.unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].worker, on.id, "y goes to the worker that has x");
+    assert_eq!(build_status(&app, &org, "y").await, BuildStatus::Building);
+    app.record_job_finished(x_job, on.id, &on.orgs, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    app.record_job_finished(sent_build(&sent, "y"), on.id, &on.orgs, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
 }

@@ -216,19 +216,25 @@ impl Queue for SqlStorage {
     }
 
     async fn requeue_jobs(&self, worker: WorkerId, jobs: &[JobId]) -> Result<u64> {
-        // Attempts stop at u32::MAX, as in memory, so the row still reads back. One statement per job: a lost
-        // worker holds at most its slots and its queue.
-        let sql = "UPDATE jobs SET state = 'queued', worker_id = NULL, assigned_at = NULL, \
-                   attempts = CASE WHEN attempts < 4294967295 THEN attempts + 1 ELSE attempts END \
-                   WHERE id = $1 AND state = 'assigned' AND worker_id = $2";
         let mut requeued = 0;
-        for job in jobs {
-            requeued += with_pool!(self, |p| sqlx::query(sql)
-                .bind(job.0)
-                .bind(worker.0)
-                .execute(p)
-                .await
-                .map(|r| r.rows_affected()))
+        // Well under SQLite's and PostgreSQL's limits on bound parameters.
+        for chunk in jobs.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            // Attempts stop at u32::MAX, as in memory, so the row still reads back.
+            let sql = format!(
+                "UPDATE jobs SET state = 'queued', worker_id = NULL, assigned_at = NULL, \
+                 attempts = CASE WHEN attempts < 4294967295 THEN attempts + 1 ELSE attempts END \
+                 WHERE state = 'assigned' AND worker_id = $1 AND id IN ({})",
+                placeholders.join(", ")
+            );
+            requeued += with_pool!(self, |p| {
+                // Only numbered placeholders are formatted into the text.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(worker.0);
+                for job in chunk {
+                    q = q.bind(job.0);
+                }
+                q.execute(p).await.map(|r| r.rows_affected())
+            })
             .map_err(db_error)?;
         }
         Ok(requeued)

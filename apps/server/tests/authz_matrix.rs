@@ -696,7 +696,12 @@ impl Env {
         let links = &self.state.fleet.links;
         if !links.is_worker_connected(worker.id) {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            links.insert(worker.id, [gradient_domain::PeerId::new()].into(), tx);
+            let proved = worker
+                .orgs
+                .iter()
+                .map(|o| (gradient_domain::PeerId::new(), *o))
+                .collect();
+            links.insert(worker.id, proved, tx);
             links.set_info(worker.id, worker.clone());
             self.links.lock().expect("links").insert(worker.id, rx);
         }

@@ -32,11 +32,15 @@ impl Evaluation {
         true
     }
 
-    /// Moves the evaluation to `to` at `at`, through the states on the way a skipped report would have set
-    /// (a worker that evaluates nothing still went through `Fetching` and `Evaluating`); answers whether it
-    /// moved. A move the state machine does not allow (out of an ended evaluation, say) changes nothing.
+    /// Moves the running evaluation to `to` at `at`, through the states on the way a skipped report would have
+    /// set (a worker that evaluates nothing still went through `Fetching` and `Evaluating`); answers whether it
+    /// moved. An ended evaluation does not move (a restart, the one way back, is an explicit
+    /// [`Self::move_to`]), nor does a move the state machine does not allow.
     pub fn advance_to(&mut self, to: EvaluationStatus, at: Timestamp) -> bool {
         use EvaluationStatus::*;
+        if self.status.is_terminal() {
+            return false;
+        }
         let on_the_way: &[EvaluationStatus] = match to {
             Evaluating | Failed => &[Fetching],
             Building => &[Fetching, Evaluating],
@@ -83,4 +87,55 @@ impl EvaluationTrigger {
 pub struct AttributeError {
     pub attribute: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use EvaluationStatus::*;
+
+    fn at(status: EvaluationStatus) -> Evaluation {
+        let now = chrono::DateTime::UNIX_EPOCH;
+        Evaluation {
+            id: EvaluationId::new(),
+            project_id: ProjectId::new(),
+            commit: "a".repeat(40),
+            branch: None,
+            trigger: super::EvaluationTrigger::Manual,
+            status,
+            errors: Vec::new(),
+            transitions: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn path(e: &Evaluation) -> Vec<EvaluationStatus> {
+        e.transitions.iter().map(|t| t.status).collect()
+    }
+
+    #[test]
+    fn advancing_walks_the_states_a_skipped_report_would_have_set() {
+        let now = chrono::DateTime::UNIX_EPOCH;
+        // (from, to, moved, the transitions recorded)
+        let table = [
+            (Queued, Building, true, vec![Fetching, Evaluating, Building]),
+            (Queued, Evaluating, true, vec![Fetching, Evaluating]),
+            (Queued, Failed, true, vec![Fetching, Failed]),
+            (Fetching, Queued, true, vec![Queued]),
+            (Evaluating, Completed, true, vec![Completed]),
+            (Building, Completed, true, vec![Completed]),
+            (Building, Queued, false, vec![]),
+            (Building, Building, false, vec![]),
+            // An ended evaluation stays ended, though a restart could take it back to Building.
+            (Aborted, Completed, false, vec![]),
+            (Failed, Building, false, vec![]),
+            (Completed, Evaluating, false, vec![]),
+        ];
+        for (i, (from, to, moved, want)) in table.into_iter().enumerate() {
+            let mut e = at(from);
+            assert_eq!(e.advance_to(to, now), moved, "case {i}");
+            assert_eq!(path(&e), want, "case {i}");
+        }
+    }
 }

@@ -13,19 +13,23 @@ use crate::scheduler::WorkerInfo;
 use crate::{OrgId, PeerId, WorkerId};
 
 pub trait Fleet: Send + Sync + 'static {
-    /// The connected workers the scheduler may give jobs to, as their handshake described them, with the jobs
-    /// they are only pushing. A link left without any registration is not among them.
+    /// The connected workers the scheduler may give jobs to, as their handshake described them, with the
+    /// organizations their registrations still prove and the jobs they are only pushing. A link left without
+    /// any registration, or ending, is not among them.
     fn connected(&self) -> Vec<WorkerInfo>;
 
     /// Hands a job of `org` to a connected worker (`Assign`). False, sending nothing, when the worker is not
-    /// connected (any more).
+    /// connected (any more) or its link is not proved for `org` (a worker id is chosen by whoever registers
+    /// it: another tenant's link under the same id never hears of this organization's jobs).
     fn assign(&self, worker: WorkerId, org: OrgId, job: Job) -> bool;
 
-    /// Tells a connected worker to stop a job it runs (`Abort`). False when it is not connected.
-    fn abort(&self, worker: WorkerId, job: JobId) -> bool;
+    /// Tells a connected worker to stop a job of `org` it runs (`Abort`). False when it is not connected or
+    /// not proved for `org`.
+    fn abort(&self, worker: WorkerId, org: OrgId, job: JobId) -> bool;
 
-    /// A registration was deleted: a link proved with it loses it at once, and a link left with none is
-    /// closed (code `revoked`) and gets no more jobs.
+    /// A registration was deleted: a link proved with it loses it, and its organization, at once (unless
+    /// another of its registrations is in that organization); a link left with none is closed (code
+    /// `revoked`) and gets no more jobs.
     fn revoke(&self, peer: PeerId);
 
     /// The worker's job is built (or its `.drv` files are evaluated) and only uploads now: it holds no build
@@ -47,8 +51,8 @@ impl<F: Fleet + ?Sized> Fleet for std::sync::Arc<F> {
     fn assign(&self, worker: WorkerId, org: OrgId, job: Job) -> bool {
         (**self).assign(worker, org, job)
     }
-    fn abort(&self, worker: WorkerId, job: JobId) -> bool {
-        (**self).abort(worker, job)
+    fn abort(&self, worker: WorkerId, org: OrgId, job: JobId) -> bool {
+        (**self).abort(worker, org, job)
     }
     fn revoke(&self, peer: PeerId) {
         (**self).revoke(peer)

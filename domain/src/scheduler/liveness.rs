@@ -6,7 +6,7 @@ use crate::WorkerId;
 use crate::model::{JobId, JobState};
 
 /// The jobs assigned to lost workers, oldest first: they go back to the queue with the same id and place (the
-/// queue's `requeue_jobs_of`; a build's status `Building → Queued`, an evaluation's `Fetching`/`Evaluating →
+/// queue's `requeue_jobs`; a build's status `Building → Queued`, an evaluation's `Fetching`/`Evaluating →
 /// Queued`), for any worker to take.
 pub fn jobs_to_requeue(jobs: &[QueueEntry], lost: &[WorkerId]) -> Vec<JobId> {
     assigned_oldest_first(jobs, |worker| lost.contains(&worker), |_| true)

@@ -185,11 +185,11 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 Ready::No => continue,
             }
         }
-        // A job held for one worker waits for a free slot there rather than its queue, when another worker could
-        // take it once released; with no such worker, the queue is as good.
-        let slots_only = job
-            .pinned_to
-            .is_some_and(|p| snapshot.workers.iter().any(|w| w.id != p && could_run(w, job)));
+        // A build held for one worker waits for a free slot there rather than its queue, when another worker
+        // could take it once released (its pin ends, or the inputs' push does); with no such worker, the queue
+        // is as good.
+        let held_to = job.pinned_to.or(only_on);
+        let slots_only = held_to.is_some_and(|p| snapshot.workers.iter().any(|w| w.id != p && could_run(w, job)));
         let best = snapshot
             .workers
             .iter()

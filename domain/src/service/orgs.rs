@@ -189,7 +189,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.storage.delete_org(org.id).await?;
         self.memo.forget_job_access();
         for (worker, job) in running {
-            self.fleet.abort(worker, job);
+            self.fleet.abort(worker, org.id, job);
         }
         for peer in peers {
             self.fleet.revoke(peer);

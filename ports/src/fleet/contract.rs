@@ -25,8 +25,9 @@ pub enum Delivered {
 pub trait FleetHarness: Send + Sync {
     type Fleet: Fleet;
     fn fleet(&self) -> &Self::Fleet;
-    /// A worker's link proved `peers` (registrations) and offers what `info` says.
-    fn connect(&self, info: WorkerInfo, peers: &[PeerId]);
+    /// A worker's link proved `peers` (registrations, each in its organization) and offers what `info`
+    /// says; `info.orgs` are those organizations.
+    fn connect(&self, info: WorkerInfo, peers: &[(PeerId, OrgId)]);
     /// The worker's link ended.
     fn disconnect(&self, worker: WorkerId);
     /// What the worker's connection was given since the last call.
@@ -46,6 +47,8 @@ macro_rules! fleet_contract {
             jobs_reach_only_connected_workers,
             aborts_reach_only_connected_workers,
             revoking_the_last_registration_closes_the_link,
+            revoking_a_registration_takes_its_organization_away,
+            a_link_hears_only_of_the_organizations_it_proved,
             a_pushing_job_frees_its_slot_until_it_ends,
             a_wake_is_kept_until_taken,
         );
@@ -109,8 +112,8 @@ pub async fn connected_workers_are_listed_with_their_offer<H: FleetHarness>(h: &
     assert!(h.fleet().connected().is_empty(), "a fresh fleet has no worker");
     let org = OrgId::new();
     let (a, b) = (worker(org), worker(org));
-    h.connect(a.clone(), &[PeerId::new()]);
-    h.connect(b.clone(), &[PeerId::new()]);
+    h.connect(a.clone(), &[(PeerId::new(), org)]);
+    h.connect(b.clone(), &[(PeerId::new(), org)]);
     assert_eq!(
         sorted(h.fleet().connected()),
         sorted(vec![a.clone(), b.clone()]),
@@ -127,7 +130,7 @@ pub async fn connected_workers_are_listed_with_their_offer<H: FleetHarness>(h: &
 pub async fn jobs_reach_only_connected_workers<H: FleetHarness>(h: &H) {
     let org = OrgId::new();
     let w = worker(org);
-    h.connect(w.clone(), &[PeerId::new()]);
+    h.connect(w.clone(), &[(PeerId::new(), org)]);
     let job = build_job();
     assert!(
         h.fleet().assign(w.id, org, job.clone()),
@@ -147,18 +150,18 @@ pub async fn jobs_reach_only_connected_workers<H: FleetHarness>(h: &H) {
 pub async fn aborts_reach_only_connected_workers<H: FleetHarness>(h: &H) {
     let org = OrgId::new();
     let w = worker(org);
-    h.connect(w.clone(), &[PeerId::new()]);
+    h.connect(w.clone(), &[(PeerId::new(), org)]);
     let job = JobId::new();
-    assert!(h.fleet().abort(w.id, job));
+    assert!(h.fleet().abort(w.id, org, job));
     assert_eq!(h.delivered(w.id), vec![Delivered::Abort(job)]);
-    assert!(!h.fleet().abort(WorkerId::new(), job));
+    assert!(!h.fleet().abort(WorkerId::new(), org, job));
 }
 
 pub async fn revoking_the_last_registration_closes_the_link<H: FleetHarness>(h: &H) {
     let org = OrgId::new();
     let w = worker(org);
     let (p1, p2) = (PeerId::new(), PeerId::new());
-    h.connect(w.clone(), &[p1, p2]);
+    h.connect(w.clone(), &[(p1, org), (p2, org)]);
     h.fleet().revoke(p1);
     assert!(h.delivered(w.id).is_empty(), "one registration is left: the link stays");
     assert_eq!(h.fleet().connected().len(), 1, "and it still gets jobs");
@@ -183,7 +186,7 @@ pub async fn revoking_the_last_registration_closes_the_link<H: FleetHarness>(h: 
 pub async fn a_pushing_job_frees_its_slot_until_it_ends<H: FleetHarness>(h: &H) {
     let org = OrgId::new();
     let w = worker(org);
-    h.connect(w.clone(), &[PeerId::new()]);
+    h.connect(w.clone(), &[(PeerId::new(), org)]);
     let job = JobId::new();
     h.fleet().job_pushing(w.id, job);
     let listed = h.fleet().connected();
@@ -207,4 +210,38 @@ pub async fn a_wake_is_kept_until_taken<H: FleetHarness>(h: &H) {
     h.fleet().wake();
     assert!(h.woken(), "a wake is kept for the dispatcher");
     assert!(!h.woken(), "wakes close together are taken in one round");
+}
+
+pub async fn revoking_a_registration_takes_its_organization_away<H: FleetHarness>(h: &H) {
+    let (a, b) = (OrgId::new(), OrgId::new());
+    let mut w = worker(a);
+    w.orgs = [a, b].into();
+    let (pa, pb) = (PeerId::new(), PeerId::new());
+    h.connect(w.clone(), &[(pa, a), (pb, b)]);
+    h.fleet().revoke(pa);
+    let listed = h.fleet().connected();
+    assert_eq!(listed.len(), 1, "the link stays for its other registration");
+    assert_eq!(
+        listed[0].orgs,
+        [b].into(),
+        "but no longer offers the revoked one's organization"
+    );
+    assert!(!h.fleet().assign(w.id, a, build_job()), "nor takes its jobs");
+    assert!(!h.fleet().abort(w.id, a, JobId::new()), "nor hears of them");
+    assert!(
+        h.fleet().assign(w.id, b, build_job()),
+        "the other organization's jobs still reach it"
+    );
+}
+
+pub async fn a_link_hears_only_of_the_organizations_it_proved<H: FleetHarness>(h: &H) {
+    let (mine, theirs) = (OrgId::new(), OrgId::new());
+    let w = worker(mine);
+    h.connect(w.clone(), &[(PeerId::new(), mine)]);
+    assert!(
+        !h.fleet().assign(w.id, theirs, build_job()),
+        "a job of an organization the link did not prove is not sent, whatever the worker id"
+    );
+    assert!(!h.fleet().abort(w.id, theirs, JobId::new()));
+    assert!(h.delivered(w.id).is_empty());
 }

@@ -7,7 +7,7 @@ use gradient_domain::ports::Fleet;
 use gradient_domain::proto::Job;
 use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::{OrgId, PeerId, WorkerId};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -19,8 +19,14 @@ pub struct MemoryFleet {
 
 struct Link {
     info: WorkerInfo,
-    peers: BTreeSet<PeerId>,
+    peers: BTreeMap<PeerId, OrgId>,
     delivered: Vec<Delivered>,
+}
+
+impl Link {
+    fn proves(&self, org: OrgId) -> bool {
+        self.peers.values().any(|o| *o == org)
+    }
 }
 
 impl MemoryFleet {
@@ -28,8 +34,10 @@ impl MemoryFleet {
         self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Connects a worker proved for `peers`.
-    pub fn connect(&self, info: WorkerInfo, peers: &[PeerId]) {
+    /// Connects a worker proved for `peers` (registrations, each in its organization); the organizations it
+    /// offers are theirs.
+    pub fn connect(&self, mut info: WorkerInfo, peers: &[(PeerId, OrgId)]) {
+        info.orgs = peers.iter().map(|(_, o)| *o).collect();
         self.lock().insert(
             info.id,
             Link {
@@ -38,6 +46,12 @@ impl MemoryFleet {
                 delivered: Vec::new(),
             },
         );
+    }
+
+    /// Connects a worker with one registration in each organization its `info` names.
+    pub fn connect_proved(&self, info: WorkerInfo) {
+        let peers: Vec<(PeerId, OrgId)> = info.orgs.iter().map(|o| (PeerId::new(), *o)).collect();
+        self.connect(info, &peers);
     }
 
     /// The worker's link ended.
@@ -58,9 +72,9 @@ impl MemoryFleet {
         self.woken.swap(false, Ordering::SeqCst)
     }
 
-    fn deliver(&self, worker: WorkerId, what: Delivered) -> bool {
+    fn deliver(&self, worker: WorkerId, org: OrgId, what: Delivered) -> bool {
         match self.lock().get_mut(&worker) {
-            Some(l) if !l.peers.is_empty() => {
+            Some(l) if l.proves(org) => {
                 l.delivered.push(what);
                 true
             }
@@ -78,17 +92,21 @@ impl Fleet for MemoryFleet {
             .collect()
     }
 
-    fn assign(&self, worker: WorkerId, _org: OrgId, job: Job) -> bool {
-        self.deliver(worker, Delivered::Assign(job))
+    fn assign(&self, worker: WorkerId, org: OrgId, job: Job) -> bool {
+        self.deliver(worker, org, Delivered::Assign(job))
     }
 
-    fn abort(&self, worker: WorkerId, job: JobId) -> bool {
-        self.deliver(worker, Delivered::Abort(job))
+    fn abort(&self, worker: WorkerId, org: OrgId, job: JobId) -> bool {
+        self.deliver(worker, org, Delivered::Abort(job))
     }
 
     fn revoke(&self, peer: PeerId) {
         for l in self.lock().values_mut() {
-            if l.peers.remove(&peer) && l.peers.is_empty() {
+            if l.peers.remove(&peer).is_none() {
+                continue;
+            }
+            l.info.orgs = l.peers.values().copied().collect();
+            if l.peers.is_empty() {
                 l.delivered.push(Delivered::Revoked);
             }
         }
@@ -116,7 +134,7 @@ impl FleetHarness for MemoryFleet {
     fn fleet(&self) -> &Self {
         self
     }
-    fn connect(&self, info: WorkerInfo, peers: &[PeerId]) {
+    fn connect(&self, info: WorkerInfo, peers: &[(PeerId, OrgId)]) {
         MemoryFleet::connect(self, info, peers)
     }
     fn disconnect(&self, worker: WorkerId) {

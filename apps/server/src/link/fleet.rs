@@ -23,18 +23,18 @@ impl Fleet for LinkFleet {
     }
 
     fn assign(&self, worker: WorkerId, org: OrgId, job: Job) -> bool {
-        if !self.links.is_worker_connected(worker) {
+        if !self.links.proved_orgs(worker).contains(&org) {
             return false;
         }
         // The log is open before the worker can write to it.
         if let Job::Build { job_id, drv_path, .. } = &job {
             self.logs.started(*job_id, worker, org, drv_path);
         }
-        self.links.send(worker, ServerMessage::Assign { job })
+        self.links.send(worker, org, ServerMessage::Assign { job })
     }
 
-    fn abort(&self, worker: WorkerId, job: JobId) -> bool {
-        self.links.send(worker, ServerMessage::Abort { job_id: job })
+    fn abort(&self, worker: WorkerId, org: OrgId, job: JobId) -> bool {
+        self.links.send(worker, org, ServerMessage::Abort { job_id: job })
     }
 
     fn revoke(&self, peer: PeerId) {
@@ -75,7 +75,7 @@ mod tests {
         fn fleet(&self) -> &LinkFleet {
             &self.fleet
         }
-        fn connect(&self, info: WorkerInfo, peers: &[PeerId]) {
+        fn connect(&self, info: WorkerInfo, peers: &[(PeerId, OrgId)]) {
             let (tx, rx) = mpsc::unbounded_channel();
             let session = self
                 .fleet
@@ -117,7 +117,7 @@ mod tests {
         let harness = Harness::default();
         let org = OrgId::new();
         let w = gradient_ports::fleet::contract::worker(org);
-        harness.connect(w.clone(), &[PeerId::new()]);
+        harness.connect(w.clone(), &[(PeerId::new(), org)]);
         let job = gradient_ports::fleet::contract::build_job();
         assert!(harness.fleet.assign(w.id, org, job.clone()));
         let id = job.id();

@@ -305,11 +305,12 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
     };
     drop(anonymous);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let Some(session) = state
-        .fleet
-        .links
-        .insert(hello.worker_id, welcome.authorized.iter().copied().collect(), tx)
-    else {
+    let proved = registrations
+        .iter()
+        .filter(|r| welcome.authorized.contains(&r.peer_id))
+        .map(|r| (r.peer_id, r.org_id))
+        .collect();
+    let Some(session) = state.fleet.links.insert(hello.worker_id, proved, tx) else {
         let r = Rejected::new(
             RejectCode::DuplicateConnection,
             format!("worker {} is already connected", hello.worker_id),
@@ -359,7 +360,8 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
                 }
                 Ok(other) => {
                     deadline = tokio::time::Instant::now() + lost_after;
-                    handle(&state, worker, &orgs, other).await;
+                    // What the link is proved for now: a registration deleted meanwhile no longer counts.
+                    handle(&state, worker, &state.fleet.links.proved_orgs(worker), other).await;
                 }
                 Err(r) => break r,
             },
@@ -376,7 +378,9 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         }
     };
     // Jobs the worker held go back to the queue for another worker, before the link leaves the registry: a
-    // reconnection under the same id is refused until then, so it never has its new jobs taken back.
+    // reconnection under the same id is refused until then, so it never has its new jobs taken back. Closing
+    // first: no round hands the ending link anything meanwhile.
+    state.fleet.links.closing(worker, session);
     match state.core.worker_lost(worker).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) of worker {worker}"),

@@ -4,8 +4,8 @@
 use gradient_domain::model::JobId;
 use gradient_domain::proto::{RejectCode, ServerMessage};
 use gradient_domain::scheduler::WorkerInfo;
-use gradient_domain::{PeerId, WorkerId};
-use std::collections::{BTreeSet, HashMap};
+use gradient_domain::{OrgId, PeerId, WorkerId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
@@ -19,7 +19,11 @@ pub enum Outgoing {
 
 #[derive(Clone, Debug)]
 pub struct Connected {
-    pub peers: BTreeSet<PeerId>,
+    /// The registrations this link proved, with their organizations.
+    pub peers: BTreeMap<PeerId, OrgId>,
+    /// The link is ending: it gets nothing more, but its entry stays until its jobs are requeued, so a
+    /// reconnection under the same id is refused until then.
+    pub closing: bool,
     /// What the scheduler needs to know about the worker.
     pub info: Option<WorkerInfo>,
     pub tx: mpsc::UnboundedSender<Outgoing>,
@@ -67,14 +71,24 @@ impl Links {
     }
 
     pub fn is_connected(&self, peer: PeerId) -> bool {
-        self.lock().values().any(|c| c.peers.contains(&peer))
+        self.lock().values().any(|c| !c.closing && c.peers.contains_key(&peer))
+    }
+
+    /// The organizations the worker's link is proved for now (registrations revoked since its handshake no
+    /// longer count); empty when it is not connected or closing.
+    pub fn proved_orgs(&self, worker: WorkerId) -> BTreeSet<OrgId> {
+        self.lock()
+            .get(&worker)
+            .filter(|c| !c.closing)
+            .map(|c| c.peers.values().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Registers an authorized connection; `None` if the worker already has one (it is never displaced).
     pub fn insert(
         &self,
         worker: WorkerId,
-        peers: BTreeSet<PeerId>,
+        peers: BTreeMap<PeerId, OrgId>,
         tx: mpsc::UnboundedSender<Outgoing>,
     ) -> Option<u64> {
         let mut workers = self.lock();
@@ -86,12 +100,21 @@ impl Links {
             worker,
             Connected {
                 peers,
+                closing: false,
                 info: None,
                 tx,
                 session,
             },
         );
         Some(session)
+    }
+
+    /// The link of this session is ending: from now on it is not offered to the scheduler and gets no
+    /// message, while its jobs are taken back.
+    pub fn closing(&self, worker: WorkerId, session: u64) {
+        if let Some(c) = self.lock().get_mut(&worker).filter(|c| c.session == session) {
+            c.closing = true;
+        }
     }
 
     /// Forgets the connection if it is still the given session.
@@ -102,11 +125,19 @@ impl Links {
         }
     }
 
-    /// A registration was deleted: the worker loses it, and a worker left with none is disconnected.
+    /// A registration was deleted: the worker loses it (and its organization, unless another registration
+    /// of the link is in it), and a worker left with none is disconnected.
     pub fn revoke_peer(&self, peer: PeerId) {
         let mut workers = self.lock();
         for c in workers.values_mut() {
-            if c.peers.remove(&peer) && c.peers.is_empty() {
+            if c.peers.remove(&peer).is_none() {
+                continue;
+            }
+            let orgs: BTreeSet<OrgId> = c.peers.values().copied().collect();
+            if let Some(info) = c.info.as_mut() {
+                info.orgs = orgs;
+            }
+            if c.peers.is_empty() {
                 let _ = c.tx.send(Outgoing::Close(
                     RejectCode::Revoked,
                     "the worker's registration was deleted".into(),
@@ -127,7 +158,7 @@ impl Links {
     pub fn infos(&self) -> Vec<WorkerInfo> {
         self.lock()
             .values()
-            .filter(|c| !c.peers.is_empty())
+            .filter(|c| !c.peers.is_empty() && !c.closing)
             .filter_map(|c| c.info.clone())
             .collect()
     }
@@ -146,11 +177,12 @@ impl Links {
         }
     }
 
-    /// Sends to a connected worker; false if it is not connected, or its link lost its last registration.
-    pub fn send(&self, worker: WorkerId, msg: ServerMessage) -> bool {
-        self.lock()
-            .get(&worker)
-            .is_some_and(|c| !c.peers.is_empty() && c.tx.send(Outgoing::Send(msg)).is_ok())
+    /// Sends what concerns `org` to a connected worker; false if it is not connected, closing, or its link is
+    /// not (any more) proved for that organization.
+    pub fn send(&self, worker: WorkerId, org: OrgId, msg: ServerMessage) -> bool {
+        self.lock().get(&worker).is_some_and(|c| {
+            !c.closing && c.peers.values().any(|o| *o == org) && c.tx.send(Outgoing::Send(msg)).is_ok()
+        })
     }
 
     pub fn count(&self) -> usize {
@@ -210,8 +242,9 @@ mod tests {
         let worker = WorkerId::new();
         let (p1, p2) = (PeerId::new(), PeerId::new());
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let session = links.insert(worker, [p1, p2].into(), tx.clone()).unwrap();
-        assert!(links.insert(worker, [p1].into(), tx).is_none(), "duplicate");
+        let org = OrgId::new();
+        let session = links.insert(worker, [(p1, org), (p2, org)].into(), tx.clone()).unwrap();
+        assert!(links.insert(worker, [(p1, org)].into(), tx).is_none(), "duplicate");
         assert!(links.is_connected(p1) && links.is_connected(p2));
         links.revoke_peer(p1);
         assert!(!links.is_connected(p1) && links.is_connected(p2));

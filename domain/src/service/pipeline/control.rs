@@ -96,7 +96,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
                     // Its token stops working now, not when its worker reports.
                     self.memo.revoke_job(job.id);
-                    self.fleet.abort(*w, job.id);
+                    self.fleet.abort(*w, org, job.id);
                 }
             }
         }
@@ -138,15 +138,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ));
         }
         let now = self.clock.now();
-        for b in again {
+        // Every build is Queued before any job is: a dispatch round in between must not find a restarted
+        // build's input still Failed and fail it again.
+        for b in &again {
             self.move_build(o.id, &b.drv_path, BuildStatus::Queued).await?;
+        }
+        for b in again {
             let Some(d) = self.derivation(o.id, &b.drv_path).await? else {
                 continue;
             };
             self.storage.enqueue_job(&build_job(o.id, &d, now)).await?;
         }
         let from = e.status;
-        e.advance_to(EvaluationStatus::Building, now);
+        e.move_to(EvaluationStatus::Building, now);
         e.errors.retain(|x| !x.attribute.is_empty());
         self.save_evaluation(from, &e).await?;
         self.fleet.wake();

@@ -2,7 +2,7 @@
 //! a snapshot of the queue and the fleet, records the decisions, and sends the jobs.
 
 use super::{Gradient, JOB_TOKEN_LIFETIME, Result};
-use crate::model::{JobId, JobKind, JobRecord};
+use crate::model::{JobId, JobKind, JobRecord, JobState};
 use crate::ports::{Clock, Storage};
 use crate::proto::{self, PushTarget};
 use crate::scheduler::{self, QueueEntry, Snapshot};
@@ -88,15 +88,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         });
         let now = self.clock.now();
         let mut out = Vec::new();
-        let mut lost = BTreeSet::new();
         let mut caches: HashMap<OrgId, OrgCaches> = HashMap::new();
         for (job_id, worker) in plan.assignments {
             let Some(record) = queued.remove(&job_id) else {
                 continue;
             };
-            if lost.contains(&worker) {
-                continue;
-            }
             // The message is made before the job is assigned: a failure here leaves it queued, not assigned
             // to a worker that never hears of it.
             if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
@@ -110,29 +106,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if !self.storage.assign_job(job_id, worker, now).await? {
                 continue;
             }
-            match &record.kind {
-                JobKind::Evaluate { evaluation_id } => {
-                    self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
-                        .await?;
-                }
-                JobKind::Build { derivation, .. } => {
-                    self.move_build(record.org_id, derivation, BuildStatus::Building)
-                        .await?;
-                }
+            let assigned = JobRecord {
+                state: JobState::Assigned { worker, since: now },
+                ..record
+            };
+            if let Err(e) = self.mark_started(&assigned).await {
+                // Not left assigned to a worker that never hears of it.
+                self.requeue(worker, std::slice::from_ref(&assigned), &[job_id]).await?;
+                return Err(e);
             }
-            if self.fleet.assign(worker, record.org_id, job.clone()) {
+            if self.fleet.assign(worker, assigned.org_id, job.clone()) {
                 out.push(Dispatched {
                     worker,
-                    org: record.org_id,
+                    org: assigned.org_id,
                     job,
                 });
             } else {
-                // It left between the snapshot and now: what it was given goes back to the queue.
-                lost.insert(worker);
+                // Its link ended (or lost the organization) between the snapshot and now: the job goes back.
+                self.requeue(worker, std::slice::from_ref(&assigned), &[job_id]).await?;
             }
-        }
-        for worker in lost {
-            self.worker_lost(worker).await?;
         }
         for job_id in plan.dependency_failed {
             self.settle_without_worker(job_id, BuildStatus::DependencyFailed)
@@ -142,6 +134,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.settle_without_worker(job_id, BuildStatus::Substituted).await?;
         }
         Ok(out)
+    }
+
+    /// A job was handed to a worker: its evaluation is being fetched, or its build is building.
+    async fn mark_started(&self, record: &JobRecord) -> Result<()> {
+        match &record.kind {
+            JobKind::Evaluate { evaluation_id } => {
+                self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
+                    .await
+            }
+            JobKind::Build { derivation, .. } => {
+                self.move_build(record.org_id, derivation, BuildStatus::Building).await
+            }
+        }
     }
 
     /// Ends a queued build job the scheduler found nothing to run for: its build takes `status`, the job

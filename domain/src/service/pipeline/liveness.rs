@@ -41,17 +41,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// Requeues `ids` (of the worker's `assigned` jobs). What the jobs were doing says Queued first, and only
     /// then do they go back to the queue: a job handed out again at once is moved to Building after this,
-    /// never back to Queued by it.
-    async fn requeue(&self, worker: WorkerId, assigned: &[JobRecord], ids: &[JobId]) -> Result<u64> {
+    /// never back to Queued by it. A build that ended meanwhile (aborted with its evaluation) stays ended and
+    /// its job is dropped instead of run again.
+    pub(super) async fn requeue(&self, worker: WorkerId, assigned: &[JobRecord], ids: &[JobId]) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
+        let mut dropped = Vec::new();
         for job in assigned.iter().filter(|j| ids.contains(&j.id)) {
             self.memo.forget_job(job.id);
             match &job.kind {
-                JobKind::Build { derivation, .. } => {
-                    self.move_build(job.org_id, derivation, BuildStatus::Queued).await?;
-                }
+                JobKind::Build { derivation, .. } => match self.storage.build(job.org_id, derivation).await? {
+                    Some(b) if b.status == BuildStatus::Building => {
+                        self.move_build(job.org_id, derivation, BuildStatus::Queued).await?;
+                    }
+                    Some(b) if b.status.is_terminal() => dropped.push(job.id),
+                    _ => {}
+                },
                 // Only a fetch or an evaluation goes back (`Building` cannot become `Queued`).
                 JobKind::Evaluate { evaluation_id } => {
                     self.advance_evaluation(*evaluation_id, EvaluationStatus::Queued)
@@ -59,7 +65,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
         }
-        Ok(self.storage.requeue_jobs(worker, ids).await?)
+        let requeued = self.storage.requeue_jobs(worker, ids).await?;
+        for job in dropped {
+            self.storage.cancel_queued_job(job).await?;
+        }
+        Ok(requeued)
     }
 }
 
