@@ -12,6 +12,7 @@ mod nix;
 mod pipeline;
 mod reach;
 mod server;
+mod state;
 mod statuses;
 mod tenants;
 mod workers;
