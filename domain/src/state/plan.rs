@@ -279,12 +279,18 @@ impl<'a> Planner<'a> {
         self.doc.delete_state == Some(true)
     }
 
+    /// Whether an existing entity stays in the database (one the document still declares, or one that is
+    /// unmanaged, or kept unmanaged without `delete_state`).
+    fn stays(&self, managed: bool) -> bool {
+        !(managed && self.deleting())
+    }
+
     fn resolve_user(&self, at: String, name: &Name) -> Result<UserId, StateError> {
         if let Some(id) = self.user_ids.get(name) {
             return Ok(*id);
         }
         match self.cur.users.get(name) {
-            Some(u) if !(u.managed && self.deleting()) => Ok(u.id),
+            Some(u) if self.stays(u.managed) => Ok(u.id),
             Some(_) => Err(StateError::new(
                 at,
                 format!("user '{name}' leaves the document and is deleted (delete_state)"),
@@ -371,7 +377,7 @@ impl<'a> Planner<'a> {
         }
         // Existing users the document refers to without declaring them.
         for (name, u) in &self.cur.users {
-            if !self.user_ids.contains_key(name) && !(u.managed && self.deleting()) {
+            if !self.user_ids.contains_key(name) && self.stays(u.managed) {
                 self.user_ids.insert(name.clone(), u.id);
             }
         }
@@ -385,7 +391,7 @@ impl<'a> Planner<'a> {
             self.org_ids.insert(o.name.clone(), id);
         }
         for (name, o) in &self.cur.orgs {
-            if !self.org_ids.contains_key(name) && !(o.managed && self.deleting()) {
+            if !self.org_ids.contains_key(name) && self.stays(o.managed) {
                 self.org_ids.insert(name.clone(), o.id);
             }
         }
@@ -735,12 +741,8 @@ impl<'a> Planner<'a> {
                 None
             };
             // A revoked grant takes the push flag with it: set it again when the plan revokes the current one.
-            let revoked = current.is_some_and(|c| {
-                self.w
-                    .grants
-                    .iter()
-                    .any(|g| *g == StateWrite::Revoke { org: org_id, cache: c })
-            });
+            let revoked =
+                current.is_some_and(|c| self.w.grants.contains(&StateWrite::Revoke { org: org_id, cache: c }));
             let effective = if revoked { None } else { current };
             if desired != effective {
                 self.w.push.push(StateWrite::SetPushCache {
