@@ -390,7 +390,7 @@ async fn an_existing_entity_is_adopted_and_its_worker_id_is_checked() {
         ..Settings::default()
     };
     let app = common::app(ManualClock::new(), settings);
-    common::signed_up(&app, "bob").await;
+    let bob = common::signed_up(&app, "bob").await;
     let json = format!(
         r#"{{"organizations": {{"o": {{"created_by": "bob"}}}},
              "workers": {{"w": {{"worker_id": "{}", "organizations": ["o"], "token_file": "/s/worker"}}}}}}"#,
@@ -401,4 +401,11 @@ async fn an_existing_entity_is_adopted_and_its_worker_id_is_checked() {
         e.to_string(),
         "workers.w.worker_id: is this server's own worker's id; choose another"
     );
+    // An organization the state creates gets the co-located worker's registration, as one the API creates.
+    let plan = apply(&app, r#"{"organizations": {"o": {"created_by": "bob"}}}"#).await;
+    assert_eq!(lines(&plan), ["create organization o"]);
+    let workers = app.worker_registrations(&bob, "o").await.unwrap();
+    let found: Vec<_> = workers.iter().map(|w| (w.worker_id, w.managed)).collect();
+    assert_eq!(found, [(local, false)]);
+    assert!(apply(&app, r#"{"organizations": {"o": {"created_by": "bob"}}}"#).await.is_empty());
 }

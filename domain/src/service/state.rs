@@ -113,7 +113,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             crypt: &self.crypt,
             now: self.clock.now(),
             domain: &self.settings.domain,
-            local_worker: self.settings.local_worker.as_ref().map(|l| l.id),
+            local_worker: self.settings.local_worker.as_ref(),
         }
     }
 

@@ -21,7 +21,7 @@ use crate::model::{
 use crate::nix::signing::SecretKey;
 use crate::permissions::{BuiltinRole, KeyScope};
 use crate::ports::storage::{ManagedEntities, StateWrite};
-use crate::{ApiKeyId, CacheId, Name, OrgId, PeerId, ProjectId, RoleId, UserId, WorkerId};
+use crate::{ApiKeyId, CacheId, Name, OrgId, PeerId, ProjectId, RoleId, UserId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -132,8 +132,9 @@ pub struct Context<'a> {
     pub now: Timestamp,
     /// The server's public host name: generated cache signing keys are named `<host>-<cache>`.
     pub domain: &'a str,
-    /// The co-located worker's id, which no registration may take.
-    pub local_worker: Option<WorkerId>,
+    /// The co-located worker: no declared registration may take its id, and every organization the state
+    /// creates gets its registration (unmanaged: the server's own), as organizations the API creates do.
+    pub local_worker: Option<&'a crate::service::LocalWorker>,
 }
 
 /// What the database holds that the plan depends on: every entity the document names or refers to (looked
@@ -483,6 +484,16 @@ impl<'a> Planner<'a> {
             if existing.is_none() || !fields.is_empty() {
                 self.w.orgs.push(StateWrite::PutOrg(org.clone()));
             }
+            if let (None, Some(local)) = (existing, self.cx.local_worker) {
+                self.w.workers.push(StateWrite::PutWorkerRegistration(WorkerRegistration {
+                    peer_id: PeerId::new(),
+                    org_id: org.id,
+                    worker_id: local.id,
+                    proof_key: crate::proto::seal_proof_key(self.cx.crypt, &local.proof_key),
+                    created_at: self.cx.now,
+                    managed: false,
+                }));
+            }
             // Members: the whole membership.
             let current: BTreeMap<UserId, RoleRef> = match existing {
                 None => BTreeMap::new(),
@@ -829,7 +840,7 @@ impl<'a> Planner<'a> {
 
     fn workers(&mut self) -> Result<(), StateError> {
         for wk in &self.doc.workers {
-            if self.cx.local_worker == Some(wk.worker_id) {
+            if self.cx.local_worker.map(|l| l.id) == Some(wk.worker_id) {
                 return Err(StateError::new(
                     format!("workers.{}.worker_id", wk.key),
                     "is this server's own worker's id; choose another",
