@@ -485,14 +485,16 @@ impl<'a> Planner<'a> {
                 self.w.orgs.push(StateWrite::PutOrg(org.clone()));
             }
             if let (None, Some(local)) = (existing, self.cx.local_worker) {
-                self.w.workers.push(StateWrite::PutWorkerRegistration(WorkerRegistration {
-                    peer_id: PeerId::new(),
-                    org_id: org.id,
-                    worker_id: local.id,
-                    proof_key: crate::proto::seal_proof_key(self.cx.crypt, &local.proof_key),
-                    created_at: self.cx.now,
-                    managed: false,
-                }));
+                self.w
+                    .workers
+                    .push(StateWrite::PutWorkerRegistration(WorkerRegistration {
+                        peer_id: PeerId::new(),
+                        org_id: org.id,
+                        worker_id: local.id,
+                        proof_key: crate::proto::seal_proof_key(self.cx.crypt, &local.proof_key),
+                        created_at: self.cx.now,
+                        managed: false,
+                    }));
             }
             // Members: the whole membership.
             let current: BTreeMap<UserId, RoleRef> = match existing {
@@ -817,6 +819,26 @@ impl<'a> Planner<'a> {
                 last_used_at: existing.and_then(|e| e.last_used_at),
                 managed: true,
             };
+            // The token of another key (one that stays, unmanaged or not): refused here rather than by the
+            // database's uniqueness rule, so the message names the entry.
+            let taken = self
+                .cur
+                .api_keys
+                .values()
+                .flatten()
+                .chain(&self.cur.managed.api_keys)
+                .find(|other| other.id != key.id && other.hash == key.hash && !key.hash.is_empty());
+            if let Some(other) = taken
+                && !(other.managed && self.deleting())
+            {
+                return Err(StateError::new(
+                    format!("api_keys.{}.key_file", k.key),
+                    format!(
+                        "holds the token of another API key ('{}'); give each key its own",
+                        other.name
+                    ),
+                ));
+            }
             self.kept_api_keys.insert(key.id);
             let name = format!("{}/{}", k.owned_by, k.name);
             match existing {
