@@ -95,8 +95,8 @@ async fn a_document_is_applied_once_and_then_changes_nothing() {
         [
             "create user alice",
             "create user ci-bot",
-            "create role acme/releaser",
             "create organization acme",
+            "create role acme/releaser",
             "create project acme/web",
             "create cache main",
             "create cache scratch",

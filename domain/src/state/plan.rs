@@ -388,8 +388,21 @@ impl<'a> Planner<'a> {
     /// Ids of the organizations declared (existing or new) and of existing ones that stay.
     fn org_ids(&mut self) {
         for o in &self.doc.orgs {
-            let id = self.cur.orgs.get(&o.name).map_or_else(OrgId::new, |e| e.id);
-            self.org_ids.insert(o.name.clone(), id);
+            let existing = self.cur.orgs.get(&o.name);
+            self.org_ids
+                .insert(o.name.clone(), existing.map_or_else(OrgId::new, |e| e.id));
+            // Listed here, before what the organization holds; its fields (and whether it is listed at all) are
+            // settled by `finish`, once its members and push cache are planned.
+            self.changes.push(Change {
+                action: if existing.is_some() {
+                    Action::Update
+                } else {
+                    Action::Create
+                },
+                kind: "organization",
+                name: o.name.to_string(),
+                fields: vec![],
+            });
         }
         for (name, o) in &self.cur.orgs {
             if !self.org_ids.contains_key(name) && self.stays(o.managed) {
@@ -553,14 +566,6 @@ impl<'a> Planner<'a> {
             if action == Action::Create || !fields.is_empty() {
                 self.org_changes.insert(o.name.clone(), (action, fields));
             }
-            // Listed here; its fields (and whether it is listed at all) are settled by `finish`, once the push
-            // caches are planned.
-            self.changes.push(Change {
-                action,
-                kind: "organization",
-                name: o.name.to_string(),
-                fields: vec![],
-            });
         }
         Ok(())
     }
