@@ -21,6 +21,7 @@ fn secrets() -> Secrets {
     let mut s = Secrets::new();
     s.insert("/s/alice", "correct horse battery\n");
     s.insert("/s/key", &format!("{KEY}\n"));
+    s.insert("/s/key-bob", "GRADbobs-own-key-0123456789abcdefghijklmnopq");
     s.insert("/s/worker", TOKEN);
     s.insert("/s/hook", "hook-secret");
     s.insert("/s/forge", "forge-token");
@@ -93,8 +94,8 @@ async fn a_document_is_applied_once_and_then_changes_nothing() {
         [
             "create user alice",
             "create user ci-bot",
-            "create role acme/releaser",
             "create organization acme",
+            "create role acme/releaser",
             "create project acme/web",
             "create cache main",
             "create cache scratch",
@@ -304,6 +305,15 @@ async fn an_invalid_document_changes_nothing() {
         "https://example.com/web.git"
     );
 
+    // A token another key (kept, unmanaged) already is.
+    let moved =
+        sample("https://example.com/web.git", true, false).replace(r#""owned_by": "ci-bot""#, r#""owned_by": "alice""#);
+    let e = app.apply_state(&doc(&moved), &secrets()).await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "api_keys.ci.key_file: holds the token of another API key ('ci'); give each key its own"
+    );
+
     // A secret that is not what its field needs.
     let mut s = secrets();
     s.insert("/s/key", "not-a-key");
@@ -389,7 +399,7 @@ async fn an_existing_entity_is_adopted_and_its_worker_id_is_checked() {
         ..Settings::default()
     };
     let app = common::app(ManualClock::new(), settings);
-    common::signed_up(&app, "bob").await;
+    let bob = common::signed_up(&app, "bob").await;
     let json = format!(
         r#"{{"organizations": {{"o": {{"created_by": "bob"}}}},
              "workers": {{"w": {{"worker_id": "{}", "organizations": ["o"], "token_file": "/s/worker"}}}}}}"#,
@@ -400,4 +410,182 @@ async fn an_existing_entity_is_adopted_and_its_worker_id_is_checked() {
         e.to_string(),
         "workers.w.worker_id: is this server's own worker's id; choose another"
     );
+    // An organization the state creates gets the co-located worker's registration, as one the API creates.
+    let plan = apply(&app, r#"{"organizations": {"o": {"created_by": "bob"}}}"#).await;
+    assert_eq!(lines(&plan), ["create organization o"]);
+    let workers = app.worker_registrations(&bob, "o").await.unwrap();
+    let found: Vec<_> = workers.iter().map(|w| (w.worker_id, w.managed)).collect();
+    assert_eq!(found, [(local, false)]);
+    assert!(
+        apply(&app, r#"{"organizations": {"o": {"created_by": "bob"}}}"#)
+            .await
+            .is_empty()
+    );
+}
+
+/// A document made of optional parts whose references always resolve.
+#[derive(Clone, Debug)]
+struct Shape {
+    bob: bool,
+    beta: bool,
+    role: bool,
+    project: Option<bool>,
+    cache: Option<(bool, bool)>,
+    key: bool,
+    worker: Option<bool>,
+    inbound: bool,
+    outbound: bool,
+    delete_state: bool,
+}
+
+impl Shape {
+    fn json(&self) -> (String, usize) {
+        let mut declared = 2; // alice, acme
+        let mut users = serde_json::json!({"alice": {"email": "alice@example.com"}});
+        let mut acme_members = serde_json::json!({});
+        if self.bob {
+            users["bob"] = serde_json::json!({"email": "bob@example.com"});
+            acme_members["bob"] = serde_json::json!(if self.role { "releaser" } else { "View" });
+            declared += 1;
+        }
+        let mut orgs = serde_json::json!({"acme": {"created_by": "alice", "members": acme_members}});
+        if self.beta {
+            orgs["beta"] = serde_json::json!({"created_by": "alice", "public": true});
+            declared += 1;
+        }
+        let mut roles = serde_json::json!({});
+        if self.role {
+            roles["releaser"] = serde_json::json!({"organization": "acme", "permissions": ["view_org"]});
+            declared += 1;
+        }
+        let mut projects = serde_json::json!({});
+        if let Some(other) = self.project {
+            let repo = if other {
+                "https://example.com/b.git"
+            } else {
+                "https://example.com/a.git"
+            };
+            projects["web"] = serde_json::json!({"organization": "acme", "repository": repo, "created_by": "alice"});
+            declared += 1;
+        }
+        let mut caches = serde_json::json!({});
+        if let Some((grant_beta, push)) = self.cache {
+            let mut granted = vec!["acme"];
+            if grant_beta && self.beta {
+                granted.push("beta");
+            }
+            caches["main"] = serde_json::json!({"created_by": "alice", "organizations": granted});
+            if push {
+                orgs["acme"]["push_cache"] = serde_json::json!("main");
+            }
+            declared += 1;
+        }
+        let mut keys = serde_json::json!({});
+        if self.key {
+            let (owner, file) = if self.bob {
+                ("bob", "/s/key-bob")
+            } else {
+                ("alice", "/s/key")
+            };
+            keys["ci"] = serde_json::json!({"key_file": file, "owned_by": owner});
+            declared += 1;
+        }
+        let mut workers = serde_json::json!({});
+        if let Some(both) = self.worker {
+            let mut in_orgs = vec!["acme"];
+            if both && self.beta {
+                in_orgs.push("beta");
+            }
+            declared += in_orgs.len();
+            workers["w"] =
+                serde_json::json!({"worker_id": WORKER, "organizations": in_orgs, "token_file": "/s/worker"});
+        }
+        let mut integrations = serde_json::json!({});
+        if self.inbound {
+            integrations["in"] =
+                serde_json::json!({"organization": "acme", "kind": "inbound", "secret_file": "/s/hook"});
+            declared += 1;
+        }
+        if self.outbound {
+            integrations["out"] = serde_json::json!({"organization": "acme", "kind": "outbound", "forge_type": "gitlab",
+                "endpoint_url": "https://gitlab.example.com", "access_token_file": "/s/forge"});
+            declared += 1;
+        }
+        let doc = serde_json::json!({
+            "delete_state": self.delete_state, "users": users, "organizations": orgs, "roles": roles,
+            "projects": projects, "caches": caches, "api_keys": keys, "workers": workers,
+            "integrations": integrations,
+        });
+        (doc.to_string(), declared)
+    }
+}
+
+fn shapes() -> impl proptest::strategy::Strategy<Value = Shape> {
+    use proptest::prelude::*;
+    (
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::option::of(any::<bool>()),
+        ),
+        (
+            proptest::option::of((any::<bool>(), any::<bool>())),
+            any::<bool>(),
+            proptest::option::of(any::<bool>()),
+        ),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |((bob, beta, role, project), (cache, key, worker), (inbound, outbound, delete_state))| Shape {
+                bob,
+                beta,
+                role,
+                project,
+                cache,
+                key,
+                worker,
+                inbound,
+                outbound,
+                delete_state,
+            },
+        )
+}
+
+fn count_managed(m: &gradient_domain::ports::storage::ManagedEntities) -> usize {
+    m.users.len()
+        + m.orgs.len()
+        + m.roles.len()
+        + m.projects.len()
+        + m.caches.len()
+        + m.api_keys.len()
+        + m.workers.len()
+        + m.webhook_secrets.len()
+        + m.forge_connections.len()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Whatever documents follow each other: each applies, applying it again plans nothing, and with
+    /// `delete_state` exactly what it declares is managed (without it, at least that).
+    #[test]
+    fn any_sequence_of_documents_applies_and_is_then_stable(steps in proptest::collection::vec(shapes(), 1..4)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let app = app();
+            for shape in &steps {
+                let (json, declared) = shape.json();
+                apply(&app, &json).await;
+                let again = apply(&app, &json).await;
+                assert!(again.is_empty(), "{shape:?} planned again:\n{again}");
+                let managed = count_managed(&app.storage.managed_entities().await.unwrap());
+                if shape.delete_state {
+                    assert_eq!(managed, declared, "{shape:?}");
+                } else {
+                    assert!(managed >= declared, "{shape:?}: {managed} < {declared}");
+                }
+            }
+        });
+    }
 }

@@ -124,6 +124,15 @@ impl Server {
         }
     }
 
+    /// Sends the server a signal (`HUP`, …), as `systemctl reload` or `kill` would.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     /// Stops the server with SIGTERM, as systemd would, and waits for it to exit.
     pub fn stop(mut self) {
         let _ = Command::new("kill")

@@ -13,6 +13,7 @@ mod nixos;
 mod pipeline;
 mod reach;
 mod server;
+mod state;
 mod statuses;
 mod tenants;
 mod web;

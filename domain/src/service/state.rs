@@ -113,7 +113,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             crypt: &self.crypt,
             now: self.clock.now(),
             domain: &self.settings.domain,
-            local_worker: self.settings.local_worker.as_ref().map(|l| l.id),
+            local_worker: self.settings.local_worker.as_ref(),
         }
     }
 
@@ -141,7 +141,22 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         self.memo.forget_job_access();
-        result.map_err(|e| StateError::new("database", format!("nothing was changed: {e}")))?;
+        result.map_err(|e| {
+            let why = match e {
+                StorageError::NotFound => "a write refers to a row that is missing, or deletes a user still recorded \
+                                           as the creator of an organization, project or cache"
+                    .to_owned(),
+                StorageError::Conflict(what) if what == "role in use" => {
+                    "a role to delete is still held by a member of an organization the document does not manage"
+                        .to_owned()
+                }
+                StorageError::Conflict(what) => {
+                    format!("the {what} is taken by something the document does not manage")
+                }
+                StorageError::Unavailable(m) => m,
+            };
+            StateError::new("database", format!("nothing was changed: {why}"))
+        })?;
         Ok(plan)
     }
 }

@@ -211,7 +211,7 @@ impl Document {
             return Err(doc.err("version", format!("must be {VERSION} (the only version)")));
         }
         let delete_state = doc.bool("delete_state")?;
-        let mut entries: BTreeMap<&str, Vec<(String, &Map<String, Value>)>> = BTreeMap::new();
+        let mut entries: BTreeMap<&str, Vec<Entry<'_>>> = BTreeMap::new();
         for collection in COLLECTIONS {
             let mut list = Vec::new();
             if let Some(map) = doc.object(collection)? {
@@ -391,6 +391,9 @@ impl Document {
         Ok(())
     }
 }
+
+/// An entry of a collection: its key and its fields.
+type Entry<'a> = (String, &'a Map<String, Value>);
 
 /// An entry's fields, read one by one so each error names its field; unknown fields are refused.
 struct Fields<'a> {

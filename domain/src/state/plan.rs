@@ -21,7 +21,7 @@ use crate::model::{
 use crate::nix::signing::SecretKey;
 use crate::permissions::{BuiltinRole, KeyScope};
 use crate::ports::storage::{ManagedEntities, StateWrite};
-use crate::{ApiKeyId, CacheId, Name, OrgId, PeerId, ProjectId, RoleId, UserId, WorkerId};
+use crate::{ApiKeyId, CacheId, Name, OrgId, PeerId, ProjectId, RoleId, UserId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -132,8 +132,9 @@ pub struct Context<'a> {
     pub now: Timestamp,
     /// The server's public host name: generated cache signing keys are named `<host>-<cache>`.
     pub domain: &'a str,
-    /// The co-located worker's id, which no registration may take.
-    pub local_worker: Option<WorkerId>,
+    /// The co-located worker: no declared registration may take its id, and every organization the state
+    /// creates gets its registration (unmanaged: the server's own), as organizations the API creates do.
+    pub local_worker: Option<&'a crate::service::LocalWorker>,
 }
 
 /// What the database holds that the plan depends on: every entity the document names or refers to (looked
@@ -279,12 +280,18 @@ impl<'a> Planner<'a> {
         self.doc.delete_state == Some(true)
     }
 
+    /// Whether an existing entity stays in the database (one the document still declares, or one that is
+    /// unmanaged, or kept unmanaged without `delete_state`).
+    fn stays(&self, managed: bool) -> bool {
+        !(managed && self.deleting())
+    }
+
     fn resolve_user(&self, at: String, name: &Name) -> Result<UserId, StateError> {
         if let Some(id) = self.user_ids.get(name) {
             return Ok(*id);
         }
         match self.cur.users.get(name) {
-            Some(u) if !(u.managed && self.deleting()) => Ok(u.id),
+            Some(u) if self.stays(u.managed) => Ok(u.id),
             Some(_) => Err(StateError::new(
                 at,
                 format!("user '{name}' leaves the document and is deleted (delete_state)"),
@@ -371,7 +378,7 @@ impl<'a> Planner<'a> {
         }
         // Existing users the document refers to without declaring them.
         for (name, u) in &self.cur.users {
-            if !self.user_ids.contains_key(name) && !(u.managed && self.deleting()) {
+            if !self.user_ids.contains_key(name) && self.stays(u.managed) {
                 self.user_ids.insert(name.clone(), u.id);
             }
         }
@@ -381,11 +388,24 @@ impl<'a> Planner<'a> {
     /// Ids of the organizations declared (existing or new) and of existing ones that stay.
     fn org_ids(&mut self) {
         for o in &self.doc.orgs {
-            let id = self.cur.orgs.get(&o.name).map_or_else(OrgId::new, |e| e.id);
-            self.org_ids.insert(o.name.clone(), id);
+            let existing = self.cur.orgs.get(&o.name);
+            self.org_ids
+                .insert(o.name.clone(), existing.map_or_else(OrgId::new, |e| e.id));
+            // Listed here, before what the organization holds; its fields (and whether it is listed at all) are
+            // settled by `finish`, once its members and push cache are planned.
+            self.changes.push(Change {
+                action: if existing.is_some() {
+                    Action::Update
+                } else {
+                    Action::Create
+                },
+                kind: "organization",
+                name: o.name.to_string(),
+                fields: vec![],
+            });
         }
         for (name, o) in &self.cur.orgs {
-            if !self.org_ids.contains_key(name) && !(o.managed && self.deleting()) {
+            if !self.org_ids.contains_key(name) && self.stays(o.managed) {
                 self.org_ids.insert(name.clone(), o.id);
             }
         }
@@ -477,6 +497,18 @@ impl<'a> Planner<'a> {
             if existing.is_none() || !fields.is_empty() {
                 self.w.orgs.push(StateWrite::PutOrg(org.clone()));
             }
+            if let (None, Some(local)) = (existing, self.cx.local_worker) {
+                self.w
+                    .workers
+                    .push(StateWrite::PutWorkerRegistration(WorkerRegistration {
+                        peer_id: PeerId::new(),
+                        org_id: org.id,
+                        worker_id: local.id,
+                        proof_key: crate::proto::seal_proof_key(self.cx.crypt, &local.proof_key),
+                        created_at: self.cx.now,
+                        managed: false,
+                    }));
+            }
             // Members: the whole membership.
             let current: BTreeMap<UserId, RoleRef> = match existing {
                 None => BTreeMap::new(),
@@ -534,14 +566,6 @@ impl<'a> Planner<'a> {
             if action == Action::Create || !fields.is_empty() {
                 self.org_changes.insert(o.name.clone(), (action, fields));
             }
-            // Listed here; its fields (and whether it is listed at all) are settled by `finish`, once the push
-            // caches are planned.
-            self.changes.push(Change {
-                action,
-                kind: "organization",
-                name: o.name.to_string(),
-                fields: vec![],
-            });
         }
         Ok(())
     }
@@ -735,12 +759,8 @@ impl<'a> Planner<'a> {
                 None
             };
             // A revoked grant takes the push flag with it: set it again when the plan revokes the current one.
-            let revoked = current.is_some_and(|c| {
-                self.w
-                    .grants
-                    .iter()
-                    .any(|g| *g == StateWrite::Revoke { org: org_id, cache: c })
-            });
+            let revoked =
+                current.is_some_and(|c| self.w.grants.contains(&StateWrite::Revoke { org: org_id, cache: c }));
             let effective = if revoked { None } else { current };
             if desired != effective {
                 self.w.push.push(StateWrite::SetPushCache {
@@ -804,6 +824,26 @@ impl<'a> Planner<'a> {
                 last_used_at: existing.and_then(|e| e.last_used_at),
                 managed: true,
             };
+            // The token of another key (one that stays, unmanaged or not): refused here rather than by the
+            // database's uniqueness rule, so the message names the entry.
+            let taken = self
+                .cur
+                .api_keys
+                .values()
+                .flatten()
+                .chain(&self.cur.managed.api_keys)
+                .find(|other| other.id != key.id && other.hash == key.hash && !key.hash.is_empty());
+            if let Some(other) = taken
+                && !(other.managed && self.deleting())
+            {
+                return Err(StateError::new(
+                    format!("api_keys.{}.key_file", k.key),
+                    format!(
+                        "holds the token of another API key ('{}'); give each key its own",
+                        other.name
+                    ),
+                ));
+            }
             self.kept_api_keys.insert(key.id);
             let name = format!("{}/{}", k.owned_by, k.name);
             match existing {
@@ -827,7 +867,7 @@ impl<'a> Planner<'a> {
 
     fn workers(&mut self) -> Result<(), StateError> {
         for wk in &self.doc.workers {
-            if self.cx.local_worker == Some(wk.worker_id) {
+            if self.cx.local_worker.map(|l| l.id) == Some(wk.worker_id) {
                 return Err(StateError::new(
                     format!("workers.{}.worker_id", wk.key),
                     "is this server's own worker's id; choose another",
