@@ -3,6 +3,7 @@
 
 mod acceptance;
 mod cache;
+mod cli;
 mod evaluate;
 mod fuzz;
 mod github_app;

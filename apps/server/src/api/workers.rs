@@ -38,7 +38,7 @@ pub struct WorkerView {
 #[OpenApi(tag = "Tag::Orgs")]
 impl WorkersApi {
     /// The organization's worker registrations and whether each worker is connected.
-    #[oai(path = "/orgs/:org/workers", method = "get")]
+    #[oai(path = "/orgs/:org/workers", method = "get", operation_id = "list_workers")]
     async fn list(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<WorkerView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         let regs = self.0.app.worker_registrations(&caller, &org).await?;
@@ -54,7 +54,7 @@ impl WorkersApi {
     }
 
     /// Registers a worker under the organization (`manage_workers`).
-    #[oai(path = "/orgs/:org/workers", method = "post")]
+    #[oai(path = "/orgs/:org/workers", method = "post", operation_id = "register_worker")]
     async fn register(
         &self,
         auth: Token,
@@ -74,7 +74,7 @@ impl WorkersApi {
     }
 
     /// Deletes a registration (`manage_workers`); a worker connected for it is disconnected at once.
-    #[oai(path = "/orgs/:org/workers/:peer", method = "delete")]
+    #[oai(path = "/orgs/:org/workers/:peer", method = "delete", operation_id = "delete_worker")]
     async fn delete(&self, auth: Token, org: Path<String>, peer: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let peer = self.0.app.delete_worker_registration(&caller, &org, &peer).await?;

@@ -1,0 +1,220 @@
+//! The network side: polls the overview every [`POLL`], follows the open evaluation and log over the
+//! server's event streams, and sends [`Update`]s to the UI. Runs on its own thread; the UI never waits for it.
+
+use crate::state::{Action, BuildRow, EvaluationDetail, EvaluationRow, QueueRow, Update, WorkerRow, is_finished};
+use gradient_client::events::{self, LogEvent};
+use gradient_client::{Client, Failure};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+pub const POLL: Duration = Duration::from_secs(2);
+/// The evaluations of each project the overview reads.
+const PER_PROJECT: usize = 10;
+
+/// Runs until the UI goes away (its receiver is dropped).
+pub async fn run(client: Client, tx: UnboundedSender<Update>, mut actions: UnboundedReceiver<Action>) {
+    let mut follower: Option<tokio::task::JoinHandle<()>> = None;
+    let mut log: Option<tokio::task::JoinHandle<()>> = None;
+    let mut known_user = false;
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if !known_user && let Ok(u) = client.get_user().await {
+                    known_user = true;
+                    let _ = tx.send(Update::Identity { user: u.into_inner().message.username });
+                }
+                match overview(&client).await {
+                    Ok(updates) => {
+                        let _ = tx.send(Update::Connected(true));
+                        for u in updates {
+                            if tx.send(u).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(Failure::Unreachable(_)) => {
+                        if tx.send(Update::Connected(false)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if tx.send(Update::Error(e.to_string())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            action = actions.recv() => match action {
+                None | Some(Action::Quit) => return,
+                Some(Action::None) => {}
+                Some(Action::OpenEvaluation(id)) => {
+                    if let Some(f) = follower.take() {
+                        f.abort();
+                    }
+                    follower = Some(tokio::spawn(follow_evaluation(client.clone(), id, tx.clone())));
+                }
+                Some(Action::OpenLog { build, .. }) => {
+                    if let Some(f) = log.take() {
+                        f.abort();
+                    }
+                    log = Some(tokio::spawn(follow_log(client.clone(), build, tx.clone())));
+                }
+            },
+        }
+    }
+}
+
+/// Workers, evaluations and the queue of every organization the caller sees.
+async fn overview(client: &Client) -> Result<Vec<Update>, Failure> {
+    let orgs = client.list_orgs().await?.into_inner().message;
+    let mut workers = Vec::new();
+    let mut evaluations = Vec::new();
+    let mut active: Vec<(String, Vec<BuildRow>)> = Vec::new();
+    for org in &orgs {
+        // Only an organization's admins may list its workers: the others skip it.
+        if let Ok(list) = client.list_workers(&org.name).await {
+            workers.extend(list.into_inner().message.into_iter().map(|w| WorkerRow {
+                org: org.name.clone(),
+                peer_id: w.peer_id.to_string(),
+                worker_id: w.worker_id.to_string(),
+                connected: w.connected,
+                registered_at: w.created_at,
+            }));
+        }
+        let projects = client.list_projects(&org.name).await?.into_inner().message;
+        for p in projects {
+            let list = client.list_project_evaluations(&org.name, &p.name).await?.into_inner().message;
+            for e in list.into_iter().take(PER_PROJECT) {
+                let builds = builds_of(client, e.id).await?;
+                let done = builds.iter().filter(|b| is_finished(&b.status)).count();
+                if !matches!(e.status.as_str(), "Completed" | "Failed" | "Aborted") {
+                    active.push((org.name.clone(), builds.clone()));
+                }
+                evaluations.push(EvaluationRow {
+                    id: e.id,
+                    org: org.name.clone(),
+                    project: p.name.clone(),
+                    commit: e.commit,
+                    status: e.status,
+                    created_at: e.created_at,
+                    done,
+                    total: builds.len(),
+                });
+            }
+        }
+    }
+    evaluations.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    Ok(vec![
+        Update::Workers(workers),
+        Update::Queue(queue_rows(&active)),
+        Update::Evaluations(evaluations),
+    ])
+}
+
+async fn builds_of(client: &Client, evaluation: uuid::Uuid) -> Result<Vec<BuildRow>, Failure> {
+    let list = client.list_evaluation_builds(&evaluation).await?.into_inner().message;
+    Ok(list
+        .into_iter()
+        .map(|b| BuildRow {
+            id: b.id,
+            drv_path: b.drv_path,
+            status: b.status,
+            created_at: b.created_at,
+            started_at: b.started_at,
+            finished_at: b.finished_at,
+        })
+        .collect())
+}
+
+/// Builds queued and building per organization, from the builds of its running evaluations (a build
+/// shared by two evaluations counts once).
+pub fn queue_rows(active: &[(String, Vec<BuildRow>)]) -> Vec<QueueRow> {
+    let mut seen = std::collections::HashSet::new();
+    let mut rows: BTreeMap<&str, QueueRow> = BTreeMap::new();
+    for (org, builds) in active {
+        for b in builds {
+            if !seen.insert(b.id) || is_finished(&b.status) {
+                continue;
+            }
+            let row = rows.entry(org).or_insert_with(|| QueueRow {
+                org: org.clone(),
+                queued: 0,
+                building: 0,
+                oldest_waiting: None,
+            });
+            if b.status == "Queued" {
+                row.queued += 1;
+                row.oldest_waiting = Some(row.oldest_waiting.map_or(b.created_at, |t| t.min(b.created_at)));
+            } else {
+                row.building += 1;
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
+async fn evaluation_detail(client: &Client, id: uuid::Uuid) -> Result<EvaluationDetail, Failure> {
+    let detail = client.get_evaluation(&id).await?.into_inner().message;
+    let e = detail.evaluation;
+    let builds = builds_of(client, id).await?;
+    let done = builds.iter().filter(|b| is_finished(&b.status)).count();
+    Ok(EvaluationDetail {
+        row: EvaluationRow {
+            id,
+            org: String::new(),
+            project: String::new(),
+            commit: e.commit,
+            status: e.status,
+            created_at: e.created_at,
+            done,
+            total: builds.len(),
+        },
+        errors: e
+            .errors
+            .into_iter()
+            .map(|x| if x.attribute.is_empty() { x.message } else { format!("{}: {}", x.attribute, x.message) })
+            .collect(),
+        builds,
+    })
+}
+
+/// Reads the evaluation again at every change its event stream reports.
+async fn follow_evaluation(client: Client, id: uuid::Uuid, tx: UnboundedSender<Update>) {
+    let refresh = |client: Client, tx: UnboundedSender<Update>| async move {
+        if let Ok(d) = evaluation_detail(&client, id).await {
+            let _ = tx.send(Update::Evaluation(d));
+        }
+    };
+    refresh(client.clone(), tx.clone()).await;
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let streamed = client.clone();
+    let stream = async move {
+        // The sender goes with the stream: the refresher below ends when the stream does.
+        let _ = events::follow_evaluation(&streamed, id, move |_| {
+            let _ = changed_tx.send(());
+        })
+        .await;
+    };
+    let refresher = async {
+        while changed.recv().await.is_some() {
+            while changed.try_recv().is_ok() {}
+            refresh(client.clone(), tx.clone()).await;
+        }
+    };
+    tokio::join!(stream, refresher);
+}
+
+async fn follow_log(client: Client, build: uuid::Uuid, tx: UnboundedSender<Update>) {
+    let result = events::follow_log(&client, build, |e| {
+        let _ = tx.send(match e {
+            LogEvent::Text(text) => Update::LogText { build, text },
+            LogEvent::End(status) => Update::LogEnd { build, status },
+        });
+    })
+    .await;
+    if let Err(e) = result {
+        let _ = tx.send(Update::Error(format!("the log: {e}")));
+    }
+}
