@@ -61,22 +61,29 @@ pub fn draw(f: &mut Frame, app: &App) {
 }
 
 fn draw_header(f: &mut Frame, app: &App, area: Rect) {
-    let (queued, building, failed, workers) = app.counts();
+    let (queued, building, failed, connected) = app.counts();
     let (live, colour) = if app.live {
         ("● live", Color::Green)
     } else {
         ("○ disconnected", Color::Red)
     };
     let user = if app.user.is_empty() { "?" } else { &app.user };
-    let line = Line::from(vec![
-        Span::styled("gradient ", Style::new().add_modifier(Modifier::BOLD)),
-        Span::raw(format!("{} {user} ", app.server)),
+    let mut line = vec![
+        Span::styled(format!("{} ", app.server), Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(format!("{user} ")),
         Span::styled(live, Style::new().fg(colour)),
-        Span::raw(format!(
-            " │ ⏸ {queued} queued ⏵ {building} building ✗ {failed} failed/24h │ {workers} workers"
-        )),
+        Span::raw(" │ "),
+    ];
+    // Narrow terminals get the symbols alone (the Evaluation view's legend says what they mean).
+    let words = area.width >= 90;
+    let (q, b, x) = if words { (" queued", " building", " failed") } else { ("", "", "") };
+    line.extend([
+        Span::styled(format!("⏸ {queued}{q} "), Style::new().fg(Color::Blue)),
+        Span::styled(format!("⏵ {building}{b} "), Style::new().fg(Color::Yellow)),
+        Span::styled(format!("✗ {failed}{x}/24h"), Style::new().fg(Color::Red)),
+        Span::raw(format!(" │ {connected}/{} workers", app.workers.len())),
     ]);
-    f.render_widget(Paragraph::new(line), area);
+    f.render_widget(Paragraph::new(Line::from(line)), area);
 }
 
 fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
@@ -124,8 +131,9 @@ fn draw_workers(f: &mut Frame, app: &App, area: Rect) {
             Row::new(vec![
                 Cell::from(Span::styled(state, Style::new().fg(colour))),
                 Cell::from(w.org.clone()),
-                Cell::from(w.worker_id.clone()),
-                Cell::from(w.peer_id.clone()),
+                Cell::from(short_id(&w.worker_id)),
+                Cell::from(short_id(&w.peer_id)),
+                Cell::from(w.registered_at.format("%Y-%m-%d %H:%M").to_string()),
             ])
         })
         .collect();
@@ -134,18 +142,24 @@ fn draw_workers(f: &mut Frame, app: &App, area: Rect) {
         rows,
         [
             Constraint::Length(12),
-            Constraint::Length(14),
             Constraint::Fill(1),
-            Constraint::Fill(1),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(16),
         ],
     )
-    .header(Row::new(["STATE", "ORG", "WORKER", "PEER"]).style(Style::new().add_modifier(Modifier::BOLD)))
+    .header(Row::new(["STATE", "ORG", "WORKER", "PEER", "REGISTERED"]).style(Style::new().add_modifier(Modifier::BOLD)))
     .row_highlight_style(highlight())
     .block(Block::new().borders(Borders::TOP).title(" Workers "));
     f.render_stateful_widget(table, area, &mut table_state(app.selected));
     if empty {
         placeholder(f, area, "No workers registered in your organizations.");
     }
+}
+
+/// The first 8 characters of a UUID: enough to tell workers apart on a screen.
+fn short_id(id: &str) -> String {
+    id.chars().take(8).collect()
 }
 
 fn draw_queue(f: &mut Frame, app: &App, area: Rect) {

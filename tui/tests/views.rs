@@ -34,7 +34,7 @@ fn evaluation_row(n: u128, project: &str, status: &str, done: usize, total: usiz
         id: id(n),
         org: "acme".into(),
         project: project.into(),
-        commit: format!("{:040x}", n * 0x1234567),
+        commit: format!("{:08x}{}", (n as u32).wrapping_mul(0x9e37_79b9), "0".repeat(32)),
         status: status.into(),
         created_at: at(11, 50 - n as u32, 0),
         done,
@@ -50,15 +50,15 @@ fn app() -> App {
     app.apply(Update::Workers(vec![
         WorkerRow {
             org: "acme".into(),
-            peer_id: id(0xa1).to_string(),
-            worker_id: id(0xb1).to_string(),
+            peer_id: "a1b2c3d4-0000-4000-8000-000000000001".into(),
+            worker_id: "5e1f0c2a-0000-4000-8000-000000000001".into(),
             connected: true,
             registered_at: at(9, 0, 0),
         },
         WorkerRow {
             org: "acme".into(),
-            peer_id: id(0xa2).to_string(),
-            worker_id: id(0xb2).to_string(),
+            peer_id: "77c0ffee-0000-4000-8000-000000000002".into(),
+            worker_id: "9d8e7f60-0000-4000-8000-000000000002".into(),
             connected: false,
             registered_at: at(9, 5, 0),
         },
