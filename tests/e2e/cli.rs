@@ -92,7 +92,12 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
     let listed = ok(home, &["project", "list", "acme"]);
     assert!(listed.contains("green") && listed.contains("red"), "{listed}");
     let _worker = start_worker(&c, home, &server.url, "one").await;
-    assert_eq!(json(home, &["worker", "list", "acme"])[0]["connected"], true);
+    let workers = json(home, &["worker", "list", "acme"]);
+    assert_eq!(workers[0]["connected"], true, "{workers}");
+    assert!(
+        workers[0]["systems"].as_array().is_some_and(|s| s.iter().any(|x| x == "x86_64-linux")),
+        "the connected worker's systems: {workers}"
+    );
 
     // A green flake: exit 0, one line for its finished build.
     let out = gradient(home, &["eval", "acme/green", "--watch"], "");
@@ -189,4 +194,36 @@ async fn usage_errors_exit_2_and_an_unreachable_server_exits_3() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
     assert!(stderr.contains("Could not reach the server"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_overview_shows_a_running_build_on_its_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    let server = Server::start(home, &[]).await;
+    let mut c = Client::new(&server);
+    let key = c.register_with_key("bob").await;
+    c.acme_with_cache().await;
+    let (repo, _) = crate::pipeline::slow_repo(home, 8);
+    let project = serde_json::json!({"name": "slow", "repository": repo, "wildcard": "packages.*.*"});
+    c.ok(Method::POST, "/projects/acme", Some(project)).await;
+    let _worker = start_worker(&c, home, &server.url, "one").await;
+    let out = gradient(home, &["login", &server.url], &format!("{key}\n"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    ok(home, &["eval", "acme/slow"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let workers = json(home, &["worker", "list", "acme"]);
+        let jobs = workers[0]["jobs"].as_array().cloned().unwrap_or_default();
+        if jobs.iter().any(|j| j["kind"] == "build" && j["subject"].as_str().is_some_and(|s| s.ends_with("-slow.drv"))) {
+            let overview = c.ok(Method::GET, "/orgs/acme/overview", None).await;
+            assert_eq!(overview["queue"]["running"], 1, "{overview}");
+            assert_eq!(overview["queue"]["systems"][0]["system"], "x86_64-linux", "{overview}");
+            assert_eq!(overview["workers"][0]["build_slots"].as_u64().map(|n| n > 0), Some(true), "{overview}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slow build never showed on its worker: {workers}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

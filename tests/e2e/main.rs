@@ -15,4 +15,5 @@ mod reach;
 mod server;
 mod statuses;
 mod tenants;
+mod tui;
 mod workers;

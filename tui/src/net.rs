@@ -4,7 +4,6 @@
 use crate::state::{Action, BuildRow, EvaluationDetail, EvaluationRow, QueueRow, Update, WorkerRow, is_finished};
 use gradient_client::events::{self, LogEvent};
 use gradient_client::{Client, Failure};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
@@ -70,28 +69,41 @@ pub async fn run(client: Client, tx: UnboundedSender<Update>, mut actions: Unbou
 async fn overview(client: &Client) -> Result<Vec<Update>, Failure> {
     let orgs = client.list_orgs().await?.into_inner().message;
     let mut workers = Vec::new();
+    let mut queue = Vec::new();
     let mut evaluations = Vec::new();
-    let mut active: Vec<(String, Vec<BuildRow>)> = Vec::new();
     for org in &orgs {
-        // Only an organization's admins may list its workers: the others skip it.
-        if let Ok(list) = client.list_workers(&org.name).await {
-            workers.extend(list.into_inner().message.into_iter().map(|w| WorkerRow {
-                org: org.name.clone(),
-                peer_id: w.peer_id.to_string(),
-                worker_id: w.worker_id.to_string(),
-                connected: w.connected,
-                registered_at: w.created_at,
-            }));
-        }
+        let fleet = client.get_org_overview(&org.name).await?.into_inner().message;
+        workers.extend(fleet.workers.into_iter().map(|w| WorkerRow {
+            org: org.name.clone(),
+            peer_id: w.peer_id.to_string(),
+            worker_id: w.worker_id.to_string(),
+            connected: w.connected,
+            registered_at: w.registered_at,
+            systems: w.systems,
+            features: w.features,
+            build_slots: w.build_slots,
+            jobs: w
+                .jobs
+                .iter()
+                .map(|j| match j.kind.as_str() {
+                    "build" => crate::ui::drv_name(&j.subject).to_owned(),
+                    other => other.to_owned(),
+                })
+                .collect(),
+        }));
+        queue.extend(fleet.queue.systems.into_iter().map(|s| QueueRow {
+            org: org.name.clone(),
+            system: s.system,
+            queued: s.queued as usize,
+            building: s.running as usize,
+            oldest_waiting: s.oldest_queued_at,
+        }));
         let projects = client.list_projects(&org.name).await?.into_inner().message;
         for p in projects {
             let list = client.list_project_evaluations(&org.name, &p.name).await?.into_inner().message;
             for e in list.into_iter().take(PER_PROJECT) {
                 let builds = builds_of(client, e.id).await?;
                 let done = builds.iter().filter(|b| is_finished(&b.status)).count();
-                if !matches!(e.status.as_str(), "Completed" | "Failed" | "Aborted") {
-                    active.push((org.name.clone(), builds.clone()));
-                }
                 evaluations.push(EvaluationRow {
                     id: e.id,
                     org: org.name.clone(),
@@ -108,7 +120,7 @@ async fn overview(client: &Client) -> Result<Vec<Update>, Failure> {
     evaluations.sort_by(|a, b| b.created_at.cmp(&a.created_at));
     Ok(vec![
         Update::Workers(workers),
-        Update::Queue(queue_rows(&active)),
+        Update::Queue(queue),
         Update::Evaluations(evaluations),
     ])
 }
@@ -126,33 +138,6 @@ async fn builds_of(client: &Client, evaluation: uuid::Uuid) -> Result<Vec<BuildR
             finished_at: b.finished_at,
         })
         .collect())
-}
-
-/// Builds queued and building per organization, from the builds of its running evaluations (a build
-/// shared by two evaluations counts once).
-pub fn queue_rows(active: &[(String, Vec<BuildRow>)]) -> Vec<QueueRow> {
-    let mut seen = std::collections::HashSet::new();
-    let mut rows: BTreeMap<&str, QueueRow> = BTreeMap::new();
-    for (org, builds) in active {
-        for b in builds {
-            if !seen.insert(b.id) || is_finished(&b.status) {
-                continue;
-            }
-            let row = rows.entry(org).or_insert_with(|| QueueRow {
-                org: org.clone(),
-                queued: 0,
-                building: 0,
-                oldest_waiting: None,
-            });
-            if b.status == "Queued" {
-                row.queued += 1;
-                row.oldest_waiting = Some(row.oldest_waiting.map_or(b.created_at, |t| t.min(b.created_at)));
-            } else {
-                row.building += 1;
-            }
-        }
-    }
-    rows.into_values().collect()
 }
 
 async fn evaluation_detail(client: &Client, id: uuid::Uuid) -> Result<EvaluationDetail, Failure> {

@@ -45,6 +45,11 @@ pub struct WorkerRow {
     pub worker_id: String,
     pub connected: bool,
     pub registered_at: DateTime<Utc>,
+    pub systems: Vec<String>,
+    pub features: Vec<String>,
+    pub build_slots: u32,
+    /// The names of the jobs it runs for the organization (derivation names, `evaluation`).
+    pub jobs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +82,11 @@ pub struct EvaluationDetail {
     pub errors: Vec<String>,
 }
 
-/// Builds waiting and running in one organization.
+/// Jobs waiting and running in one organization for one system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueRow {
     pub org: String,
+    pub system: String,
     pub queued: usize,
     pub building: usize,
     pub oldest_waiting: Option<DateTime<Utc>>,

@@ -128,12 +128,18 @@ fn draw_workers(f: &mut Frame, app: &App, area: Rect) {
             } else {
                 ("○ offline", Color::DarkGray)
             };
+            let slots = if w.connected {
+                format!("{}/{}", w.jobs.len(), w.build_slots)
+            } else {
+                "-".into()
+            };
             Row::new(vec![
                 Cell::from(Span::styled(state, Style::new().fg(colour))),
                 Cell::from(w.org.clone()),
                 Cell::from(short_id(&w.worker_id)),
-                Cell::from(short_id(&w.peer_id)),
-                Cell::from(w.registered_at.format("%Y-%m-%d %H:%M").to_string()),
+                Cell::from(w.systems.join(" ")),
+                Cell::from(slots),
+                Cell::from(w.jobs.join(", ")),
             ])
         })
         .collect();
@@ -141,14 +147,17 @@ fn draw_workers(f: &mut Frame, app: &App, area: Rect) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(12),
+            Constraint::Length(11),
+            Constraint::Length(10),
+            Constraint::Length(8),
+            Constraint::Length(14),
+            Constraint::Length(5),
             Constraint::Fill(1),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(16),
         ],
     )
-    .header(Row::new(["STATE", "ORG", "WORKER", "PEER", "REGISTERED"]).style(Style::new().add_modifier(Modifier::BOLD)))
+    .header(
+        Row::new(["STATE", "ORG", "WORKER", "SYSTEMS", "BUSY", "JOBS"]).style(Style::new().add_modifier(Modifier::BOLD)),
+    )
     .row_highlight_style(highlight())
     .block(Block::new().borders(Borders::TOP).title(" Workers "));
     f.render_stateful_widget(table, area, &mut table_state(app.selected));
@@ -169,6 +178,7 @@ fn draw_queue(f: &mut Frame, app: &App, area: Rect) {
         .map(|q| {
             Row::new(vec![
                 q.org.clone(),
+                q.system.clone(),
                 q.queued.to_string(),
                 q.building.to_string(),
                 q.oldest_waiting
@@ -181,12 +191,13 @@ fn draw_queue(f: &mut Frame, app: &App, area: Rect) {
         rows,
         [
             Constraint::Fill(1),
+            Constraint::Fill(1),
+            Constraint::Length(7),
             Constraint::Length(8),
-            Constraint::Length(9),
             Constraint::Length(15),
         ],
     )
-    .header(Row::new(["ORG", "QUEUED", "BUILDING", "OLDEST WAITING"]).style(Style::new().add_modifier(Modifier::BOLD)))
+    .header(Row::new(["ORG", "SYSTEM", "QUEUED", "RUNNING", "OLDEST WAITING"]).style(Style::new().add_modifier(Modifier::BOLD)))
     .row_highlight_style(highlight())
     .block(Block::new().borders(Borders::TOP).title(" Queue "));
     f.render_stateful_widget(table, area, &mut table_state(app.selected));

@@ -54,6 +54,10 @@ fn app() -> App {
             worker_id: "5e1f0c2a-0000-4000-8000-000000000001".into(),
             connected: true,
             registered_at: at(9, 0, 0),
+            systems: vec!["x86_64-linux".into(), "i686-linux".into()],
+            features: vec!["kvm".into()],
+            build_slots: 4,
+            jobs: vec!["docs".into(), "evaluation".into()],
         },
         WorkerRow {
             org: "acme".into(),
@@ -61,17 +65,30 @@ fn app() -> App {
             worker_id: "9d8e7f60-0000-4000-8000-000000000002".into(),
             connected: false,
             registered_at: at(9, 5, 0),
+            systems: vec![],
+            features: vec![],
+            build_slots: 0,
+            jobs: vec![],
         },
     ]));
     app.apply(Update::Queue(vec![
         QueueRow {
             org: "acme".into(),
+            system: "x86_64-linux".into(),
             queued: 3,
             building: 1,
             oldest_waiting: Some(at(11, 58, 30)),
         },
         QueueRow {
+            org: "acme".into(),
+            system: "evaluation".into(),
+            queued: 0,
+            building: 1,
+            oldest_waiting: None,
+        },
+        QueueRow {
             org: "widgets".into(),
+            system: "aarch64-linux".into(),
             queued: 0,
             building: 2,
             oldest_waiting: None,
@@ -240,15 +257,4 @@ fn a_lost_connection_shows_in_the_header() {
     app.apply(Update::Connected(false));
     let screen = render(&app, 80, 24);
     assert!(screen.contains("disconnected"), "{screen}");
-}
-
-#[test]
-fn the_queue_counts_each_shared_build_once() {
-    let b = |n, status: &str| build(n, "x", status, None, None);
-    let rows = gradient_tui::net::queue_rows(&[
-        ("acme".into(), vec![b(1, "Queued"), b(2, "Building"), b(3, "Completed")]),
-        ("acme".into(), vec![b(1, "Queued"), b(4, "Queued")]),
-    ]);
-    assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].queued, rows[0].building), (2, 1));
 }

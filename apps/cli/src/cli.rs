@@ -216,7 +216,7 @@ pub enum CacheCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum WorkerCommand {
-    /// An organization's worker registrations.
+    /// An organization's workers: connected or not, their systems, busy slots and jobs.
     List { org: String },
     /// Register a worker; prints the `peer_id:token` line for the worker's peers file.
     Create {
@@ -375,9 +375,16 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
 pub async fn worker(s: &Session, c: WorkerCommand, out: Out) -> Result<u8> {
     match c {
         WorkerCommand::List { org } => {
-            let list = s.client.list_workers(&org).await?.into_inner().message;
-            out.table(&list, &["PEER", "WORKER", "CONNECTED"], |w| {
-                vec![w.peer_id.to_string(), w.worker_id.to_string(), yes_no(w.connected)]
+            let list = s.client.get_org_overview(&org).await?.into_inner().message.workers;
+            out.table(&list, &["PEER", "WORKER", "CONNECTED", "SYSTEMS", "BUSY", "JOBS"], |w| {
+                vec![
+                    w.peer_id.to_string(),
+                    w.worker_id.to_string(),
+                    yes_no(w.connected),
+                    w.systems.join(" "),
+                    format!("{}/{}", w.jobs.len(), w.build_slots),
+                    w.jobs.iter().map(|j| j.subject.as_str()).collect::<Vec<_>>().join(" "),
+                ]
             });
         }
         WorkerCommand::Create { org, worker_id, token } => {
