@@ -218,8 +218,11 @@ async fn the_overview_shows_a_running_build_on_its_worker() {
         let jobs = workers[0]["jobs"].as_array().cloned().unwrap_or_default();
         if jobs.iter().any(|j| j["kind"] == "build" && j["subject"].as_str().is_some_and(|s| s.ends_with("-slow.drv"))) {
             let overview = c.ok(Method::GET, "/orgs/acme/overview", None).await;
-            assert_eq!(overview["queue"]["running"], 1, "{overview}");
-            assert_eq!(overview["queue"]["systems"][0]["system"], "x86_64-linux", "{overview}");
+            // The evaluation's job may still hold the worker while it pushes the `.drv` files.
+            let systems = overview["queue"]["systems"].as_array().cloned().unwrap_or_default();
+            let linux = systems.iter().find(|s| s["system"] == "x86_64-linux");
+            assert_eq!(linux.map(|s| s["running"].clone()), Some(1.into()), "{overview}");
+            assert!(overview["queue"]["running"].as_u64().is_some_and(|n| n >= 1), "{overview}");
             assert_eq!(overview["workers"][0]["build_slots"].as_u64().map(|n| n > 0), Some(true), "{overview}");
             break;
         }

@@ -137,7 +137,11 @@ fn draw_workers(f: &mut Frame, app: &App, area: Rect) {
                 Cell::from(Span::styled(state, Style::new().fg(colour))),
                 Cell::from(w.org.clone()),
                 Cell::from(short_id(&w.worker_id)),
-                Cell::from(w.systems.join(" ")),
+                Cell::from(match w.systems.as_slice() {
+                    [] => String::new(),
+                    [one] => one.clone(),
+                    [first, rest @ ..] => format!("{first} +{}", rest.len()),
+                }),
                 Cell::from(slots),
                 Cell::from(w.jobs.join(", ")),
             ])
@@ -150,7 +154,7 @@ fn draw_workers(f: &mut Frame, app: &App, area: Rect) {
             Constraint::Length(11),
             Constraint::Length(10),
             Constraint::Length(8),
-            Constraint::Length(14),
+            Constraint::Length(15),
             Constraint::Length(5),
             Constraint::Fill(1),
         ],
