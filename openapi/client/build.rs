@@ -14,7 +14,9 @@ fn main() {
     let mut settings = progenitor::GenerationSettings::default();
     settings.with_interface(progenitor::InterfaceStyle::Positional);
     let mut generator = progenitor::Generator::new(&settings);
-    let tokens = generator.generate_tokens(&spec).expect("progenitor understands openapi/gradient.json");
+    let tokens = generator
+        .generate_tokens(&spec)
+        .expect("progenitor understands openapi/gradient.json");
     let file: syn::File = syn::parse2(tokens).expect("progenitor writes valid Rust");
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("generated.rs");
     std::fs::write(out, prettyplease::unparse(&file)).expect("OUT_DIR is writable");

@@ -14,7 +14,11 @@ use std::process::{Command, Output, Stdio};
 /// Runs `gradient args…` with its configuration in `dir`, feeding `stdin`.
 fn gradient(dir: &Path, args: &[&str], stdin: &str) -> Output {
     let bin = server_binary().with_file_name("gradient");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p gradient-cli` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p gradient-cli` first",
+        bin.display()
+    );
     let mut child = Command::new(bin)
         .args(args)
         .env_clear()
@@ -70,7 +74,11 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
     // Login with the key on standard input; the file keeps it, readable by the user only.
     let out = gradient(home, &["login", &server.url, "--name", "local"], &format!("{key}\n"));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("as alice"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("as alice"),
+        "{}",
+        text(&out)
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(home.join("gradient.toml")).expect("config written");
@@ -87,7 +95,18 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
     let (red, _) = script_repo(home, "red-repo", "red", "echo this build fails on purpose; exit 1");
     for (name, repo) in [("green", &green), ("red", &red)] {
         let project = format!("acme/{name}");
-        ok(home, &["project", "create", &project, "--repository", repo, "--wildcard", "packages.*.*"]);
+        ok(
+            home,
+            &[
+                "project",
+                "create",
+                &project,
+                "--repository",
+                repo,
+                "--wildcard",
+                "packages.*.*",
+            ],
+        );
     }
     let listed = ok(home, &["project", "list", "acme"]);
     assert!(listed.contains("green") && listed.contains("red"), "{listed}");
@@ -95,7 +114,9 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
     let workers = json(home, &["worker", "list", "acme"]);
     assert_eq!(workers[0]["connected"], true, "{workers}");
     assert!(
-        workers[0]["systems"].as_array().is_some_and(|s| s.iter().any(|x| x == "x86_64-linux")),
+        workers[0]["systems"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "x86_64-linux")),
         "the connected worker's systems: {workers}"
     );
 
@@ -104,7 +125,9 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.lines().any(|l| l.starts_with("Completed\t/nix/store/") && l.ends_with("-green.drv")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("Completed\t/nix/store/") && l.ends_with("-green.drv")),
         "{}",
         text(&out)
     );
@@ -112,7 +135,11 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
     // A failing flake: exit 1, and the failed build's log.
     let out = gradient(home, &["eval", "acme/red", "--watch"], "");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Failed\t/nix/store/"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Failed\t/nix/store/"),
+        "{}",
+        text(&out)
+    );
     let evals = json(home, &["evals", "acme/red"]);
     let red_eval = evals[0]["id"].as_str().expect("an evaluation").to_owned();
     assert_eq!(evals[0]["status"], "Failed");
@@ -128,16 +155,39 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
     assert_eq!(out.status.code(), Some(1), "the build failed: {}", text(&out));
 
     // `cache use`, then a fresh store substitutes the green output with signatures required.
-    let green_eval = json(home, &["evals", "acme/green"])[0]["id"].as_str().expect("id").to_owned();
-    let green_build = json(home, &["builds", &green_eval])[0]["id"].as_str().expect("id").to_owned();
+    let green_eval = json(home, &["evals", "acme/green"])[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let green_build = json(home, &["builds", &green_eval])[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let detail = c.ok(Method::GET, &format!("/builds/{green_build}"), None).await;
-    let output = detail["derivation"]["outputs"]["out"].as_str().expect("out path").to_owned();
+    let output = detail["derivation"]["outputs"]["out"]
+        .as_str()
+        .expect("out path")
+        .to_owned();
     let nix_conf = home.join("nix.conf");
     std::fs::write(&nix_conf, "substituters =\n").expect("nix.conf");
     let netrc = home.join("netrc");
-    ok(home, &["cache", "use", "main", "--nix-conf", nix_conf.to_str().expect("path"), "--netrc", netrc.to_str().expect("path")]);
+    ok(
+        home,
+        &[
+            "cache",
+            "use",
+            "main",
+            "--nix-conf",
+            nix_conf.to_str().expect("path"),
+            "--netrc",
+            netrc.to_str().expect("path"),
+        ],
+    );
     let written = std::fs::read_to_string(&nix_conf).expect("nix.conf");
-    assert!(written.contains(&format!("extra-substituters = {}/cache/main", server.url)), "{written}");
+    assert!(
+        written.contains(&format!("extra-substituters = {}/cache/main", server.url)),
+        "{written}"
+    );
     let fresh = home.join("fresh-store");
     let out = Command::new("nix")
         .args(["build", "--no-link", "--store", fresh.to_str().expect("path"), &output])
@@ -150,7 +200,10 @@ async fn the_cli_logs_in_evaluates_follows_logs_and_uses_and_pushes_a_cache() {
         .output()
         .expect("nix runs");
     assert!(out.status.success(), "substituting {output}: {}", text(&out));
-    assert!(fresh.join(output.trim_start_matches('/')).exists(), "{output} is in the fresh store");
+    assert!(
+        fresh.join(output.trim_start_matches('/')).exists(),
+        "{output} is in the fresh store"
+    );
 
     // `cache push` of a local closure: then another fresh store substitutes all of it.
     let closure = build_closure(home, "cli", 1);
@@ -185,7 +238,11 @@ async fn usage_errors_exit_2_and_an_unreachable_server_exits_3() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = gradient(home, &["whoami"], "");
     assert_eq!(out.status.code(), Some(2), "not logged in: {}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("gradient login"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gradient login"),
+        "{}",
+        text(&out)
+    );
 
     // A server that is not there: login cannot reach it.
     let port = crate::harness::free_port();
@@ -216,17 +273,30 @@ async fn the_overview_shows_a_running_build_on_its_worker() {
     loop {
         let workers = json(home, &["worker", "list", "acme"]);
         let jobs = workers[0]["jobs"].as_array().cloned().unwrap_or_default();
-        if jobs.iter().any(|j| j["kind"] == "build" && j["subject"].as_str().is_some_and(|s| s.ends_with("-slow.drv"))) {
+        if jobs
+            .iter()
+            .any(|j| j["kind"] == "build" && j["subject"].as_str().is_some_and(|s| s.ends_with("-slow.drv")))
+        {
             let overview = c.ok(Method::GET, "/orgs/acme/overview", None).await;
             // The evaluation's job may still hold the worker while it pushes the `.drv` files.
             let systems = overview["queue"]["systems"].as_array().cloned().unwrap_or_default();
             let linux = systems.iter().find(|s| s["system"] == "x86_64-linux");
             assert_eq!(linux.map(|s| s["running"].clone()), Some(1.into()), "{overview}");
-            assert!(overview["queue"]["running"].as_u64().is_some_and(|n| n >= 1), "{overview}");
-            assert_eq!(overview["workers"][0]["build_slots"].as_u64().map(|n| n > 0), Some(true), "{overview}");
+            assert!(
+                overview["queue"]["running"].as_u64().is_some_and(|n| n >= 1),
+                "{overview}"
+            );
+            assert_eq!(
+                overview["workers"][0]["build_slots"].as_u64().map(|n| n > 0),
+                Some(true),
+                "{overview}"
+            );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the slow build never showed on its worker: {workers}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow build never showed on its worker: {workers}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

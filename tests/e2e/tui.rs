@@ -36,7 +36,10 @@ impl Tmux {
             if screen.contains(needle) {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "{what}: {needle:?} never appeared:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {needle:?} never appeared:\n{screen}"
+            );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -50,7 +53,11 @@ impl Drop for Tmux {
 
 fn write_config(home: &Path, url: &str, key: &str) -> std::path::PathBuf {
     let path = home.join("gradient.toml");
-    std::fs::write(&path, format!("default = \"e2e\"\n[servers.e2e]\nurl = \"{url}\"\nkey = \"{key}\"\n")).expect("config");
+    std::fs::write(
+        &path,
+        format!("default = \"e2e\"\n[servers.e2e]\nurl = \"{url}\"\nkey = \"{key}\"\n"),
+    )
+    .expect("config");
     path
 }
 
@@ -61,7 +68,11 @@ async fn the_monitor_shows_a_connected_worker_and_a_running_builds_log() {
         return;
     }
     let bin = server_binary().with_file_name("gradient-tui");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p gradient-tui` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p gradient-tui` first",
+        bin.display()
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path();
     let server = Server::start(home, &[]).await;
@@ -89,7 +100,8 @@ async fn the_monitor_shows_a_connected_worker_and_a_running_builds_log() {
 
     c.ok(Method::POST, "/projects/acme/demo/evaluate", None).await;
     tmux.keys(&["3"]);
-    tmux.wait_for("acme/demo", "the evaluation on the Evaluations view").await;
+    tmux.wait_for("acme/demo", "the evaluation on the Evaluations view")
+        .await;
     // The build shows once the evaluation has run; then its log, live.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

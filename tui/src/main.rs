@@ -46,9 +46,14 @@ fn server() -> Result<(String, Server), String> {
             base.join("gradient/config.toml")
         }
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|_| format!("not logged in: run `gradient login SERVER` first (no {})", path.display()))?;
-    let mut config: Config = toml::from_str(&text).map_err(|e| format!("{} is not valid: {}", path.display(), e.message()))?;
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        format!(
+            "not logged in: run `gradient login SERVER` first (no {})",
+            path.display()
+        )
+    })?;
+    let mut config: Config =
+        toml::from_str(&text).map_err(|e| format!("{} is not valid: {}", path.display(), e.message()))?;
     let name = name
         .or(config.default.clone())
         .or_else(|| config.servers.keys().next().cloned())
@@ -90,7 +95,7 @@ fn main() -> ExitCode {
     });
 
     let mut terminal = ratatui::init();
-    let mut app = App::new(format!("{name}"), chrono::Utc::now());
+    let mut app = App::new(name, chrono::Utc::now());
     let result = (|| -> std::io::Result<()> {
         loop {
             while let Ok(u) = updates.try_recv() {

@@ -73,23 +73,25 @@ async fn overview(client: &Client) -> Result<Vec<Update>, Failure> {
     let mut evaluations = Vec::new();
     for org in &orgs {
         let fleet = client.get_org_overview(&org.name).await?.into_inner().message;
-        workers.extend(fleet.workers.into_iter().map(|w| WorkerRow {
-            org: org.name.clone(),
-            peer_id: w.peer_id.to_string(),
-            worker_id: w.worker_id.to_string(),
-            connected: w.connected,
-            registered_at: w.registered_at,
-            systems: w.systems,
-            features: w.features,
-            build_slots: w.build_slots,
-            jobs: w
-                .jobs
-                .iter()
-                .map(|j| match j.kind.as_str() {
-                    "build" => crate::ui::drv_name(&j.subject).to_owned(),
-                    other => other.to_owned(),
-                })
-                .collect(),
+        workers.extend(fleet.workers.into_iter().map(|w| {
+            WorkerRow {
+                org: org.name.clone(),
+                peer_id: w.peer_id.to_string(),
+                worker_id: w.worker_id.to_string(),
+                connected: w.connected,
+                registered_at: w.registered_at,
+                systems: w.systems,
+                features: w.features,
+                build_slots: w.build_slots,
+                jobs: w
+                    .jobs
+                    .iter()
+                    .map(|j| match j.kind.as_str() {
+                        "build" => crate::ui::drv_name(&j.subject).to_owned(),
+                        other => other.to_owned(),
+                    })
+                    .collect(),
+            }
         }));
         queue.extend(fleet.queue.systems.into_iter().map(|s| QueueRow {
             org: org.name.clone(),
@@ -100,7 +102,11 @@ async fn overview(client: &Client) -> Result<Vec<Update>, Failure> {
         }));
         let projects = client.list_projects(&org.name).await?.into_inner().message;
         for p in projects {
-            let list = client.list_project_evaluations(&org.name, &p.name).await?.into_inner().message;
+            let list = client
+                .list_project_evaluations(&org.name, &p.name)
+                .await?
+                .into_inner()
+                .message;
             for e in list.into_iter().take(PER_PROJECT) {
                 let builds = builds_of(client, e.id).await?;
                 let done = builds.iter().filter(|b| is_finished(&b.status)).count();
@@ -117,7 +123,7 @@ async fn overview(client: &Client) -> Result<Vec<Update>, Failure> {
             }
         }
     }
-    evaluations.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    evaluations.sort_by_key(|e| std::cmp::Reverse(e.created_at));
     Ok(vec![
         Update::Workers(workers),
         Update::Queue(queue),
@@ -159,7 +165,13 @@ async fn evaluation_detail(client: &Client, id: uuid::Uuid) -> Result<Evaluation
         errors: e
             .errors
             .into_iter()
-            .map(|x| if x.attribute.is_empty() { x.message } else { format!("{}: {}", x.attribute, x.message) })
+            .map(|x| {
+                if x.attribute.is_empty() {
+                    x.message
+                } else {
+                    format!("{}: {}", x.attribute, x.message)
+                }
+            })
             .collect(),
         builds,
     })

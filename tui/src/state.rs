@@ -110,12 +110,10 @@ impl LogView {
 
     /// The first line that looks like an error, as Nix and compilers print them.
     pub fn first_error(&self) -> Option<usize> {
-        self.text
-            .lines()
-            .position(|l| {
-                let l = l.to_lowercase();
-                l.contains("error") || l.contains("failed")
-            })
+        self.text.lines().position(|l| {
+            let l = l.to_lowercase();
+            l.contains("error") || l.contains("failed")
+        })
     }
 
     fn next_match(&self, from: usize) -> Option<usize> {
@@ -457,7 +455,11 @@ impl App {
             KeyCode::Char(c) => text.push(c),
             _ => {}
         }
-        self.prompt = Some(if is_command { Prompt::Command(text) } else { Prompt::Filter(text) });
+        self.prompt = Some(if is_command {
+            Prompt::Command(text)
+        } else {
+            Prompt::Filter(text)
+        });
         Action::None
     }
 

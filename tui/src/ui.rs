@@ -76,7 +76,11 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
     ];
     // Narrow terminals get the symbols alone (the Evaluation view's legend says what they mean).
     let words = area.width >= 90;
-    let (q, b, x) = if words { (" queued", " building", " failed") } else { ("", "", "") };
+    let (q, b, x) = if words {
+        (" queued", " building", " failed")
+    } else {
+        ("", "", "")
+    };
     line.extend([
         Span::styled(format!("⏸ {queued}{q} "), Style::new().fg(Color::Blue)),
         Span::styled(format!("⏵ {building}{b} "), Style::new().fg(Color::Yellow)),
@@ -97,7 +101,10 @@ fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
         spans.push(Span::styled(format!(" {} {} ", i + 1, v.title()), style));
     }
     match app.view {
-        View::Evaluation => spans.push(Span::styled(" › Evaluation ", Style::new().add_modifier(Modifier::REVERSED))),
+        View::Evaluation => spans.push(Span::styled(
+            " › Evaluation ",
+            Style::new().add_modifier(Modifier::REVERSED),
+        )),
         View::Log => spans.push(Span::styled(
             format!(" › Log {} ", app.log.title),
             Style::new().add_modifier(Modifier::REVERSED),
@@ -105,7 +112,10 @@ fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
         _ => {}
     }
     if !app.filter.is_empty() {
-        spans.push(Span::styled(format!("  filter: {}", app.filter), Style::new().fg(Color::Cyan)));
+        spans.push(Span::styled(
+            format!("  filter: {}", app.filter),
+            Style::new().fg(Color::Cyan),
+        ));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
@@ -160,7 +170,8 @@ fn draw_workers(f: &mut Frame, app: &App, area: Rect) {
         ],
     )
     .header(
-        Row::new(["STATE", "ORG", "WORKER", "SYSTEMS", "BUSY", "JOBS"]).style(Style::new().add_modifier(Modifier::BOLD)),
+        Row::new(["STATE", "ORG", "WORKER", "SYSTEMS", "BUSY", "JOBS"])
+            .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .row_highlight_style(highlight())
     .block(Block::new().borders(Borders::TOP).title(" Workers "));
@@ -185,8 +196,7 @@ fn draw_queue(f: &mut Frame, app: &App, area: Rect) {
                 q.system.clone(),
                 q.queued.to_string(),
                 q.building.to_string(),
-                q.oldest_waiting
-                    .map_or_else(|| "-".into(), |t| elapsed(t, app.now)),
+                q.oldest_waiting.map_or_else(|| "-".into(), |t| elapsed(t, app.now)),
             ])
         })
         .collect();
@@ -201,7 +211,10 @@ fn draw_queue(f: &mut Frame, app: &App, area: Rect) {
             Constraint::Length(15),
         ],
     )
-    .header(Row::new(["ORG", "SYSTEM", "QUEUED", "RUNNING", "OLDEST WAITING"]).style(Style::new().add_modifier(Modifier::BOLD)))
+    .header(
+        Row::new(["ORG", "SYSTEM", "QUEUED", "RUNNING", "OLDEST WAITING"])
+            .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
     .row_highlight_style(highlight())
     .block(Block::new().borders(Borders::TOP).title(" Queue "));
     f.render_stateful_widget(table, area, &mut table_state(app.selected));
@@ -354,9 +367,12 @@ fn draw_log(f: &mut Frame, app: &App, area: Rect) {
         (None, None) => " following ".into(),
         (None, Some(_)) => " paused (f: follow) ".into(),
     };
-    let block = Block::new()
-        .borders(Borders::TOP)
-        .title(format!(" {} · line {}/{} ·{state}", app.log.title, first + 1, lines.len().max(1)));
+    let block = Block::new().borders(Borders::TOP).title(format!(
+        " {} · line {}/{} ·{state}",
+        app.log.title,
+        first + 1,
+        lines.len().max(1)
+    ));
     f.render_widget(Paragraph::new(shown).block(block), area);
 }
 

@@ -11,7 +11,9 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use uuid::Uuid;
 
 fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 12, 5, h, m, s).single().expect("a valid time")
+    Utc.with_ymd_and_hms(2026, 12, 5, h, m, s)
+        .single()
+        .expect("a valid time")
 }
 
 fn id(n: u128) -> Uuid {

@@ -43,7 +43,7 @@ pub async fn run(server: Option<&str>, c: CacheCommand, out: Out) -> Result<u8> 
                 display_name: fields.display_name,
                 description: fields.description,
                 public: fields.public.unwrap_or_default(),
-                priority: fields.priority.map(Into::into),
+                priority: fields.priority,
                 local_priority: None,
                 compression: None,
             };
@@ -54,7 +54,7 @@ pub async fn run(server: Option<&str>, c: CacheCommand, out: Out) -> Result<u8> 
                 display_name: fields.display_name,
                 description: fields.description,
                 public: fields.public,
-                priority: fields.priority.map(Into::into),
+                priority: fields.priority,
                 local_priority: None,
                 compression: None,
             };
@@ -174,7 +174,13 @@ fn write_private(p: &Path, text: &str, private: bool) -> Result<()> {
 
 /// The netrc line that lets Nix read a private cache: the server's host, the API key as the password.
 pub fn netrc_entry(server: &str, key: &str) -> String {
-    format!("machine {} login gradient password {key}", crate::config::default_name(server).split(':').next().unwrap_or_default())
+    format!(
+        "machine {} login gradient password {key}",
+        crate::config::default_name(server)
+            .split(':')
+            .next()
+            .unwrap_or_default()
+    )
 }
 
 /// `netrc` with `line` in place of any line for the same machine.
@@ -212,10 +218,9 @@ impl Settings {
     pub fn merge_into(&self, conf: &str) -> String {
         let mut lines: Vec<String> = conf.lines().map(str::to_owned).collect();
         let mut add = |setting: &str, value: &str, list: bool| {
-            let found = lines.iter_mut().find(|l| {
-                l.split_once('=')
-                    .is_some_and(|(k, _)| k.trim() == setting)
-            });
+            let found = lines
+                .iter_mut()
+                .find(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == setting));
             match found {
                 Some(line) if list => {
                     let values: Vec<&str> = line.split_once('=').map_or("", |(_, v)| v).split_whitespace().collect();

@@ -104,7 +104,9 @@ pub struct OrgFields {
 #[derive(Debug, Subcommand)]
 pub enum OrgCommand {
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
     Create {
         name: String,
         #[command(flatten)]
@@ -115,7 +117,9 @@ pub enum OrgCommand {
         #[command(flatten)]
         fields: OrgFields,
     },
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -143,8 +147,12 @@ pub struct ProjectFields {
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     /// An organization's projects.
-    List { org: String },
-    Show { project: String },
+    List {
+        org: String,
+    },
+    Show {
+        project: String,
+    },
     Create {
         /// ORG/PROJECT
         project: String,
@@ -161,7 +169,9 @@ pub enum ProjectCommand {
         #[command(flatten)]
         fields: ProjectFields,
     },
-    Delete { project: String },
+    Delete {
+        project: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -180,7 +190,9 @@ pub struct CacheFields {
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
     Create {
         name: String,
         #[command(flatten)]
@@ -191,7 +203,9 @@ pub enum CacheCommand {
         #[command(flatten)]
         fields: CacheFields,
     },
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
     /// Make Nix substitute from the cache: substituters and trusted-public-keys in nix.conf (and the netrc
     /// line for a private cache).
     Use {
@@ -244,7 +258,9 @@ pub enum KeyCommand {
         #[arg(long = "permission")]
         permissions: Vec<String>,
     },
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
 }
 
 fn yes_no(b: bool) -> String {
@@ -317,7 +333,12 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
         ProjectCommand::List { org } => {
             let list = s.client.list_projects(&org).await?.into_inner().message;
             out.table(&list, &["NAME", "BRANCH", "ACTIVE", "REPOSITORY"], |p| {
-                vec![p.name.clone(), p.branch.clone().unwrap_or_else(|| "-".into()), yes_no(p.active), p.repository.clone()]
+                vec![
+                    p.name.clone(),
+                    p.branch.clone().unwrap_or_else(|| "-".into()),
+                    yes_no(p.active),
+                    p.repository.clone(),
+                ]
             });
         }
         ProjectCommand::Show { project } => {
@@ -337,8 +358,8 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 description: fields.description,
                 branch: fields.branch,
                 wildcard: fields.wildcard,
-                keep_evaluations: fields.keep_evaluations.map(Into::into),
-                poll_interval_secs: fields.poll_interval_secs.map(Into::into),
+                keep_evaluations: fields.keep_evaluations,
+                poll_interval_secs: fields.poll_interval_secs,
                 active: fields.active,
                 flake_input_overrides: Default::default(),
             };
@@ -356,8 +377,8 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 description: fields.description,
                 branch: fields.branch,
                 wildcard: fields.wildcard,
-                keep_evaluations: fields.keep_evaluations.map(Into::into),
-                poll_interval_secs: fields.poll_interval_secs.map(Into::into),
+                keep_evaluations: fields.keep_evaluations,
+                poll_interval_secs: fields.poll_interval_secs,
                 active: fields.active,
                 flake_input_overrides: Default::default(),
             };
@@ -376,16 +397,20 @@ pub async fn worker(s: &Session, c: WorkerCommand, out: Out) -> Result<u8> {
     match c {
         WorkerCommand::List { org } => {
             let list = s.client.get_org_overview(&org).await?.into_inner().message.workers;
-            out.table(&list, &["PEER", "WORKER", "CONNECTED", "SYSTEMS", "BUSY", "JOBS"], |w| {
-                vec![
-                    w.peer_id.to_string(),
-                    w.worker_id.to_string(),
-                    yes_no(w.connected),
-                    w.systems.join(" "),
-                    format!("{}/{}", w.jobs.len(), w.build_slots),
-                    w.jobs.iter().map(|j| j.subject.as_str()).collect::<Vec<_>>().join(" "),
-                ]
-            });
+            out.table(
+                &list,
+                &["PEER", "WORKER", "CONNECTED", "SYSTEMS", "BUSY", "JOBS"],
+                |w| {
+                    vec![
+                        w.peer_id.to_string(),
+                        w.worker_id.to_string(),
+                        yes_no(w.connected),
+                        w.systems.join(" "),
+                        format!("{}/{}", w.jobs.len(), w.build_slots),
+                        w.jobs.iter().map(|j| j.subject.as_str()).collect::<Vec<_>>().join(" "),
+                    ]
+                },
+            );
         }
         WorkerCommand::Create { org, worker_id, token } => {
             let body = types::RegisterWorkerRequest {

@@ -30,8 +30,10 @@ pub fn path() -> Result<PathBuf, String> {
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME") {
         Some(x) if !x.is_empty() => PathBuf::from(x),
-        _ => PathBuf::from(std::env::var_os("HOME").ok_or("HOME is not set, so there is no ~/.config; set GRADIENT_CONFIG")?)
-            .join(".config"),
+        _ => PathBuf::from(
+            std::env::var_os("HOME").ok_or("HOME is not set, so there is no ~/.config; set GRADIENT_CONFIG")?,
+        )
+        .join(".config"),
     };
     Ok(base.join("gradient").join("config.toml"))
 }
@@ -40,7 +42,8 @@ impl Config {
     /// The file's contents, or an empty configuration when there is no file yet.
     pub fn load(path: &Path) -> Result<Config, String> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| format!("{} is not a valid configuration: {}", path.display(), e.message())),
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| format!("{} is not a valid configuration: {}", path.display(), e.message())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }

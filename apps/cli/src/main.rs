@@ -45,7 +45,9 @@ impl From<Failure> for Fail {
                 code: 3,
                 message: format!("Could not reach the server ({cause}); check the address and that it is running."),
             },
-            Failure::Refused { status: 401, message, .. } => Fail::failed(format!(
+            Failure::Refused {
+                status: 401, message, ..
+            } => Fail::failed(format!(
                 "The server refused the credentials ({message}); run `gradient login` again."
             )),
             Failure::Refused { message, .. } => Fail::failed(sentence(&message)),
@@ -65,7 +67,10 @@ impl From<gradient_client::Error<types::ErrorBody>> for Fail {
 fn sentence(m: &str) -> String {
     let m = m.trim();
     let mut chars = m.chars();
-    let mut s: String = chars.next().map(|c| c.to_uppercase().collect::<String>()).unwrap_or_default();
+    let mut s: String = chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>())
+        .unwrap_or_default();
     s.push_str(chars.as_str());
     if !s.ends_with(['.', '!', '?']) {
         s.push('.');
@@ -125,7 +130,10 @@ fn session(server: Option<&str>) -> Result<Session> {
     let (_, config) = load_config()?;
     let (name, s) = config.server(server).map_err(Fail::usage)?;
     // GRADIENT_API_KEY overrides the stored key (CI jobs keep it in a secret).
-    let key = std::env::var("GRADIENT_API_KEY").ok().filter(|k| !k.is_empty()).unwrap_or_else(|| s.key.clone());
+    let key = std::env::var("GRADIENT_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| s.key.clone());
     Ok(Session {
         client: gradient_client::connect(&s.url, Some(&key))?,
         name,
@@ -138,13 +146,19 @@ fn session(server: Option<&str>) -> Result<Session> {
 fn org_and_name(arg: &str, what: &str) -> Result<(String, String)> {
     match arg.split_once('/') {
         Some((o, n)) if !o.is_empty() && !n.is_empty() && !n.contains('/') => Ok((o.to_owned(), n.to_owned())),
-        _ => Err(Fail::usage(format!("\"{arg}\" is not ORG/{what}: write the organization, a slash and the {}.", what.to_lowercase()))),
+        _ => Err(Fail::usage(format!(
+            "\"{arg}\" is not ORG/{what}: write the organization, a slash and the {}.",
+            what.to_lowercase()
+        ))),
     }
 }
 
 fn parse_id(arg: &str, what: &str) -> Result<uuid::Uuid> {
-    arg.parse()
-        .map_err(|_| Fail::usage(format!("\"{arg}\" is not {what} id (a UUID, as `gradient builds` and `gradient evals` print them).")))
+    arg.parse().map_err(|_| {
+        Fail::usage(format!(
+            "\"{arg}\" is not {what} id (a UUID, as `gradient builds` and `gradient evals` print them)."
+        ))
+    })
 }
 
 async fn run(cli: Cli, out: Out) -> Result<u8> {
@@ -172,7 +186,12 @@ async fn run(cli: Cli, out: Out) -> Result<u8> {
             let s = session(server)?;
             let (org, name) = org_and_name(&project, "PROJECT")?;
             let body = types::EvaluateRequest { commit };
-            let evaluation = s.client.evaluate_project(&org, &name, &body).await?.into_inner().message;
+            let evaluation = s
+                .client
+                .evaluate_project(&org, &name, &body)
+                .await?
+                .into_inner()
+                .message;
             if !watch {
                 out.show(&evaluation, || format!("{}\t{}", evaluation.id, evaluation.status));
                 return Ok(0);
@@ -182,9 +201,19 @@ async fn run(cli: Cli, out: Out) -> Result<u8> {
         Command::Evals { project } => {
             let s = session(server)?;
             let (org, name) = org_and_name(&project, "PROJECT")?;
-            let list = s.client.list_project_evaluations(&org, &name).await?.into_inner().message;
+            let list = s
+                .client
+                .list_project_evaluations(&org, &name)
+                .await?
+                .into_inner()
+                .message;
             out.table(&list, &["ID", "STATUS", "COMMIT", "CREATED"], |e| {
-                vec![e.id.to_string(), e.status.clone(), short(&e.commit), e.created_at.to_rfc3339()]
+                vec![
+                    e.id.to_string(),
+                    e.status.clone(),
+                    short(&e.commit),
+                    e.created_at.to_rfc3339(),
+                ]
             });
             Ok(0)
         }
@@ -200,7 +229,9 @@ async fn run(cli: Cli, out: Out) -> Result<u8> {
             });
             Ok(0)
         }
-        Command::Log { build, follow } => watch::log(&session(server)?, parse_id(&build, "a build")?, follow, out).await,
+        Command::Log { build, follow } => {
+            watch::log(&session(server)?, parse_id(&build, "a build")?, follow, out).await
+        }
         Command::Abort { evaluation } => act(&session(server)?, &evaluation, "abort", out).await,
         Command::Restart { evaluation } => act(&session(server)?, &evaluation, "restart", out).await,
     }
@@ -208,7 +239,9 @@ async fn run(cli: Cli, out: Out) -> Result<u8> {
 
 async fn act(s: &Session, evaluation: &str, method: &str, out: Out) -> Result<u8> {
     let id = parse_id(evaluation, "an evaluation")?;
-    let body = types::EvaluationAction { method: method.to_owned() };
+    let body = types::EvaluationAction {
+        method: method.to_owned(),
+    };
     let e = s.client.act_on_evaluation(&id, &body).await?.into_inner().message;
     out.show(&e, || format!("{}\t{}", e.id, e.status));
     Ok(0)
@@ -238,7 +271,9 @@ fn read_key() -> Result<String> {
     };
     let key = key.trim().to_owned();
     if key.is_empty() {
-        return Err(Fail::usage("No API key was given: type it at the prompt, pipe it in, or set GRADIENT_API_KEY."));
+        return Err(Fail::usage(
+            "No API key was given: type it at the prompt, pipe it in, or set GRADIENT_API_KEY.",
+        ));
     }
     Ok(key)
 }
@@ -255,12 +290,15 @@ async fn login(url: &str, name: Option<String>, out: Out) -> Result<u8> {
     let user = client.get_user().await?.into_inner().message;
     let (path, mut config) = load_config()?;
     let name = name.unwrap_or_else(|| config::default_name(&url));
-    config.servers.insert(name.clone(), config::Server { url: url.clone(), key });
+    config
+        .servers
+        .insert(name.clone(), config::Server { url: url.clone(), key });
     config.default = Some(name.clone());
     config.save(&path).map_err(Fail::failed)?;
-    out.show(&serde_json::json!({"server": name, "url": url, "username": user.username}), || {
-        format!("Logged in to {name} ({url}) as {}.", user.username)
-    });
+    out.show(
+        &serde_json::json!({"server": name, "url": url, "username": user.username}),
+        || format!("Logged in to {name} ({url}) as {}.", user.username),
+    );
     Ok(0)
 }
 
@@ -272,6 +310,8 @@ fn logout(name: Option<&str>, out: Out) -> Result<u8> {
         config.default = config.servers.keys().next().cloned();
     }
     config.save(&path).map_err(Fail::failed)?;
-    out.show(&serde_json::json!({"server": name}), || format!("Logged out of {name}; its key is forgotten."));
+    out.show(&serde_json::json!({"server": name}), || {
+        format!("Logged out of {name}; its key is forgotten.")
+    });
     Ok(0)
 }

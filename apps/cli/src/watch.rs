@@ -106,7 +106,11 @@ pub async fn evaluation(s: &Session, id: uuid::Uuid, out: Out) -> Result<u8> {
     }
     let end = ended.unwrap_or(status);
     for e in &errors {
-        let at = if e.attribute.is_empty() { "evaluation" } else { &e.attribute };
+        let at = if e.attribute.is_empty() {
+            "evaluation"
+        } else {
+            &e.attribute
+        };
         eprintln!("error in {at}: {}", e.message);
     }
     if out.json {
@@ -147,7 +151,11 @@ pub async fn log(s: &Session, build: uuid::Uuid, follow: bool, out: Out) -> Resu
     } else {
         eprintln!("Build {build} {}.", status.to_lowercase());
     }
-    Ok(if matches!(status.as_str(), "Completed" | "Substituted") { 0 } else { 1 })
+    Ok(if matches!(status.as_str(), "Completed" | "Substituted") {
+        0
+    } else {
+        1
+    })
 }
 
 async fn collect(body: gradient_client::ByteStream) -> Result<Vec<u8>> {
@@ -171,7 +179,10 @@ mod tests {
         assert!(!t.record("/nix/store/a-x.drv", "Queued"));
         assert!(!t.record("/nix/store/a-x.drv", "Building"));
         assert!(t.record("/nix/store/a-x.drv", "Failed"));
-        assert!(!t.record("/nix/store/a-x.drv", "Failed"), "a repeated event is no new finish");
+        assert!(
+            !t.record("/nix/store/a-x.drv", "Failed"),
+            "a repeated event is no new finish"
+        );
         assert!(t.record("/nix/store/b-y.drv", "Completed"));
         assert!(!t.record("/nix/store/c-z.drv", "Queued"));
         assert_eq!((t.total(), t.finished()), (3, 2));

@@ -159,7 +159,10 @@ mod tests {
             org_id: OrgId(uuid::Uuid::from_u128(1)),
             kind,
             state: JobState::Queued,
-            created_at: chrono::Utc.with_ymd_and_hms(2026, 12, 5, 12, minute, 0).single().expect("time"),
+            created_at: chrono::Utc
+                .with_ymd_and_hms(2026, 12, 5, 12, minute, 0)
+                .single()
+                .expect("time"),
             attempts: 0,
         }
     }
@@ -177,13 +180,24 @@ mod tests {
         let eval = JobKind::Evaluate {
             evaluation_id: EvaluationId(uuid::Uuid::from_u128(9)),
         };
-        let queued = [job(1, build("x86_64-linux"), 5), job(2, build("x86_64-linux"), 3), job(3, eval, 4)];
+        let queued = [
+            job(1, build("x86_64-linux"), 5),
+            job(2, build("x86_64-linux"), 3),
+            job(3, eval, 4),
+        ];
         let running = [job(4, build("aarch64-linux"), 1)];
         let q = queue_overview(&queued, &running);
         assert_eq!((q.queued, q.running), (3, 1));
         assert_eq!(q.oldest_queued_at, Some(queued[1].created_at));
-        let by: Vec<(&str, u64, u64)> = q.systems.iter().map(|s| (s.system.as_str(), s.queued, s.running)).collect();
-        assert_eq!(by, [("aarch64-linux", 0, 1), ("evaluation", 1, 0), ("x86_64-linux", 2, 0)]);
+        let by: Vec<(&str, u64, u64)> = q
+            .systems
+            .iter()
+            .map(|s| (s.system.as_str(), s.queued, s.running))
+            .collect();
+        assert_eq!(
+            by,
+            [("aarch64-linux", 0, 1), ("evaluation", 1, 0), ("x86_64-linux", 2, 0)]
+        );
         assert_eq!(q.systems[2].oldest_queued_at, Some(queued[1].created_at));
         assert_eq!(q.systems[0].oldest_queued_at, None);
     }

@@ -20,7 +20,9 @@ pub use accounts::{Caller, NewKey, Registration};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, LogText};
 pub use caches::{CacheChanges, NewCache};
-pub use fleet::{FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview};
+pub use fleet::{
+    FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview,
+};
 pub use github_app::GithubAppSettings;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use pipeline::Dispatched;
