@@ -300,3 +300,104 @@ async fn the_overview_shows_a_running_build_on_its_worker() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Reads `resp`'s events until one satisfies `done` (or 60 s pass); answers (type, data, id) of each.
+async fn events_until(
+    resp: &mut reqwest::Response,
+    done: impl Fn(&(String, String, String)) -> bool,
+) -> Vec<(String, String, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (mut buffer, mut events) = (String::new(), Vec::new());
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let chunk = tokio::time::timeout(left, resp.chunk()).await;
+        let Ok(Ok(Some(chunk))) = chunk else {
+            panic!("the stream ended or stalled before the awaited event: {events:?}");
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut kind, mut data, mut id) = (String::from("message"), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    kind = v.into();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = v.into();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.into();
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let event = (kind, data, id);
+            let stop = done(&event);
+            events.push(event);
+            if stop {
+                return events;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_org_event_stream_reports_evaluation_changes_resumes_and_hides_from_outsiders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    let server = Server::start(home, &[]).await;
+    let mut c = Client::new(&server);
+    let key = c.register_with_key("dora").await;
+    c.acme_with_cache().await;
+    let (repo, _) = script_repo(home, "events-repo", "quick", "echo quick > $out");
+    let project = serde_json::json!({"name": "demo", "repository": repo, "wildcard": "packages.*.*"});
+    c.ok(Method::POST, "/projects/acme", Some(project)).await;
+    let url = format!("{}/api/v1/orgs/acme/events", server.url);
+    let http = reqwest::Client::new();
+
+    let mut outsider = Client::new(&server);
+    let other = outsider.register_with_key("eve").await;
+    let hidden = http.get(&url).bearer_auth(&other).send().await.expect("request");
+    assert_eq!(
+        hidden.status().as_u16(),
+        404,
+        "an outsider learns nothing of a private organization"
+    );
+    let anonymous = http.get(&url).send().await.expect("request");
+    assert_eq!(anonymous.status().as_u16(), 404);
+
+    let mut stream = http.get(&url).bearer_auth(&key).send().await.expect("request");
+    assert_eq!(stream.status().as_u16(), 200);
+    let _worker = start_worker(&c, home, &server.url, "one").await;
+    let queued = c.ok(Method::POST, "/projects/acme/demo/evaluate", None).await;
+    let id = queued["id"].as_str().expect("id").to_owned();
+    let seen = events_until(&mut stream, |(_, data, _)| {
+        data.contains(&id) && data.contains("\"status\":\"Completed\"")
+    })
+    .await;
+    let first = &seen[0];
+    assert_eq!(first.0, "evaluation", "{seen:?}");
+    let body: Value = serde_json::from_str(&first.1).expect("JSON");
+    assert_eq!(
+        (body["project"].as_str(), body["id"].as_str()),
+        (Some("demo"), Some(id.as_str())),
+        "{seen:?}"
+    );
+    drop(stream);
+
+    // Resuming after the last event seen: nothing old again, the next change comes.
+    let last = seen.last().expect("an event").2.clone();
+    let mut resumed = http
+        .get(&url)
+        .bearer_auth(&key)
+        .header("Last-Event-ID", &last)
+        .send()
+        .await
+        .expect("request");
+    let again = c.ok(Method::POST, "/projects/acme/demo/evaluate", None).await;
+    let again = again["id"].as_str().expect("id").to_owned();
+    let next = events_until(&mut resumed, |(_, data, _)| data.contains(&again)).await;
+    assert!(
+        next.iter().all(|(_, data, _)| !data.contains(&id)),
+        "an old change again: {next:?}"
+    );
+}

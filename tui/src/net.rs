@@ -7,7 +7,8 @@ use gradient_client::{Client, Failure};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-pub const POLL: Duration = Duration::from_secs(2);
+/// The overview is read again at every change an organization's event stream reports, and at least this often.
+pub const POLL: Duration = Duration::from_secs(10);
 /// The evaluations of each project the overview reads.
 const PER_PROJECT: usize = 10;
 
@@ -17,9 +18,18 @@ pub async fn run(client: Client, tx: UnboundedSender<Update>, mut actions: Unbou
     let mut log: Option<tokio::task::JoinHandle<()>> = None;
     let mut known_user = false;
     let mut tick = tokio::time::interval(POLL);
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut followed = std::collections::HashSet::new();
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            _ = refresh_due(&mut tick, &mut changed) => {
+                if let Ok(orgs) = client.list_orgs().await {
+                    for org in orgs.into_inner().message {
+                        if followed.insert(org.name.clone()) {
+                            tokio::spawn(follow_org(client.clone(), org.name, changed_tx.clone()));
+                        }
+                    }
+                }
                 if !known_user && let Ok(u) = client.get_user().await {
                     known_user = true;
                     let _ = tx.send(Update::Identity { user: u.into_inner().message.username });
@@ -62,6 +72,32 @@ pub async fn run(client: Client, tx: UnboundedSender<Update>, mut actions: Unbou
                 }
             },
         }
+    }
+}
+
+/// Waits for the next poll, or for a change reported by an organization's stream (several at once count once).
+async fn refresh_due(tick: &mut tokio::time::Interval, changed: &mut UnboundedReceiver<()>) {
+    tokio::select! {
+        _ = tick.tick() => {}
+        Some(()) = changed.recv() => {
+            // Let a burst of changes settle, then read once.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while changed.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// Follows one organization's event stream for as long as the monitor runs, signalling every change.
+async fn follow_org(client: Client, org: String, changed: UnboundedSender<()>) {
+    loop {
+        let _ = events::follow_org(&client, &org, |_| {
+            let _ = changed.send(());
+        })
+        .await;
+        if changed.is_closed() {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

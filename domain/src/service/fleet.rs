@@ -3,7 +3,7 @@
 //! organization's queue by system. Another organization's jobs on a shared worker are never counted or shown.
 
 use super::{Caller, Gradient, Result};
-use crate::model::{JobKind, JobRecord, JobState, Timestamp, WorkerRegistration};
+use crate::model::{Evaluation, JobKind, JobRecord, JobState, Project, Timestamp, WorkerRegistration};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
 use crate::scheduler::WorkerInfo;
@@ -143,6 +143,28 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             workers,
             queue: queue_overview(&queued, &running),
         })
+    }
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// The newest evaluations of each of the organization's projects (at most `per_project` each), with
+    /// their project, oldest change first; for those who may view the organization. What the organization's
+    /// event stream (`GET /orgs/{org}/events`) reads at every poll.
+    pub async fn org_evaluations(
+        &self,
+        caller: &Caller,
+        org: &str,
+        per_project: u32,
+    ) -> Result<Vec<(Project, Evaluation)>> {
+        let org = self.org_requiring(caller, org, Permission::ViewOrg).await?;
+        let mut all = Vec::new();
+        for project in self.storage.projects(org.id).await? {
+            for e in self.storage.evaluations(project.id, per_project).await? {
+                all.push((project.clone(), e));
+            }
+        }
+        all.sort_by_key(|(_, e)| (e.updated_at, e.id.0));
+        Ok(all)
     }
 }
 

@@ -81,3 +81,27 @@ pub async fn follow_log(client: &Client, build: uuid::Uuid, mut on_event: impl F
     .await
     .map_err(Failure::from)
 }
+
+/// A change of one of an organization's evaluations, as `GET /orgs/{org}/events` sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct OrgChange {
+    pub id: uuid::Uuid,
+    pub project: String,
+    pub status: String,
+    pub commit: String,
+}
+
+/// Follows an organization's evaluations (first the newest of each project, then every change) until the
+/// reader may no longer see it; reconnects with the last id after a dropped connection.
+pub async fn follow_org(client: &Client, org: &str, mut on_change: impl FnMut(OrgChange)) -> Result<(), Failure> {
+    let url = format!("{}/orgs/{org}/events", client.baseurl());
+    sse::follow(client.client(), &url, None, u32::MAX, |e| {
+        if e.event == "evaluation"
+            && let Ok(change) = serde_json::from_str(&e.data)
+        {
+            on_change(change);
+        }
+    })
+    .await
+    .map_err(Failure::from)
+}
