@@ -175,6 +175,7 @@ async fn builds_of(client: &Client, evaluation: uuid::Uuid) -> Result<Vec<BuildR
             id: b.id,
             drv_path: b.drv_path,
             status: b.status,
+            broken_by: None,
             created_at: b.created_at,
             started_at: b.started_at,
             finished_at: b.finished_at,
@@ -185,7 +186,8 @@ async fn builds_of(client: &Client, evaluation: uuid::Uuid) -> Result<Vec<BuildR
 async fn evaluation_detail(client: &Client, id: uuid::Uuid) -> Result<EvaluationDetail, Failure> {
     let detail = client.get_evaluation(&id).await?.into_inner().message;
     let e = detail.evaluation;
-    let builds = builds_of(client, id).await?;
+    let mut builds = builds_of(client, id).await?;
+    broken_by(client, &mut builds).await;
     let done = builds.iter().filter(|b| is_finished(&b.status)).count();
     Ok(EvaluationDetail {
         row: EvaluationRow {
@@ -211,6 +213,44 @@ async fn evaluation_detail(client: &Client, id: uuid::Uuid) -> Result<Evaluation
             .collect(),
         builds,
     })
+}
+
+/// Finds, for each build whose dependency failed, the failed input among the evaluation's builds that broke
+/// it (directly, or through inputs that themselves failed for a dependency).
+async fn broken_by(client: &Client, builds: &mut [BuildRow]) {
+    let failed: std::collections::HashSet<String> = builds
+        .iter()
+        .filter(|b| matches!(b.status.as_str(), "Failed" | "Aborted"))
+        .map(|b| b.drv_path.clone())
+        .collect();
+    let mut inputs: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for b in builds.iter().filter(|b| b.status == "DependencyFailed") {
+        if let Ok(detail) = client.get_build(&b.id).await
+            && let Some(d) = detail.into_inner().message.derivation
+        {
+            inputs.insert(b.drv_path.clone(), d.inputs);
+        }
+    }
+    for b in builds.iter_mut().filter(|b| b.status == "DependencyFailed") {
+        b.broken_by = culprit(&b.drv_path, &inputs, &failed, 0);
+    }
+}
+
+/// The failed build under `drv`, following inputs that failed for a dependency (at most a few levels).
+fn culprit(
+    drv: &str,
+    inputs: &std::collections::HashMap<String, Vec<String>>,
+    failed: &std::collections::HashSet<String>,
+    depth: usize,
+) -> Option<String> {
+    let direct = inputs.get(drv)?;
+    if let Some(f) = direct.iter().find(|i| failed.contains(*i)) {
+        return Some(f.clone());
+    }
+    if depth >= 8 {
+        return None;
+    }
+    direct.iter().find_map(|i| culprit(i, inputs, failed, depth + 1))
 }
 
 /// Reads the evaluation again at every change its event stream reports.

@@ -70,6 +70,8 @@ pub struct BuildRow {
     pub id: Uuid,
     pub drv_path: String,
     pub status: String,
+    /// For a build whose dependency failed: the `.drv` path of the failed input of this evaluation, when known.
+    pub broken_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -241,7 +243,8 @@ impl App {
             .collect()
     }
 
-    /// The open evaluation's builds in the order shown: failed, running, queued, done.
+    /// The open evaluation's builds in the order shown: failed ones, each followed by what it broke (the
+    /// builds whose dependency it was: [`App::depth`] 1), then running, queued and done.
     pub fn visible_builds(&self) -> Vec<&BuildRow> {
         let Some(e) = &self.evaluation else { return Vec::new() };
         let rank = |s: &str| match s {
@@ -250,13 +253,41 @@ impl App {
             "Queued" => 2,
             _ => 3,
         };
-        let mut builds: Vec<&BuildRow> = e
-            .builds
-            .iter()
-            .filter(|b| self.matches(&format!("{} {}", b.drv_path, b.status)))
-            .collect();
-        builds.sort_by_key(|b| (rank(&b.status), b.drv_path.clone()));
-        builds
+        let shown = |b: &&BuildRow| self.matches(&format!("{} {}", b.drv_path, b.status));
+        let is_child = |b: &BuildRow| {
+            b.broken_by
+                .as_ref()
+                .is_some_and(|d| e.builds.iter().any(|x| &x.drv_path == d && x.drv_path != b.drv_path))
+        };
+        let mut roots: Vec<&BuildRow> = e.builds.iter().filter(|b| !is_child(b)).collect();
+        roots.sort_by_key(|b| (rank(&b.status), b.drv_path.clone()));
+        let mut out = Vec::new();
+        for root in roots {
+            if shown(&root) {
+                out.push(root);
+            }
+            let mut children: Vec<&BuildRow> = e
+                .builds
+                .iter()
+                .filter(|b| b.broken_by.as_deref() == Some(root.drv_path.as_str()) && is_child(b))
+                .filter(shown)
+                .collect();
+            children.sort_by_key(|b| b.drv_path.clone());
+            out.extend(children);
+        }
+        out
+    }
+
+    /// How far a build is indented under the failure that broke it (0 or 1).
+    pub fn depth(&self, build: &BuildRow) -> usize {
+        let known = self.evaluation.as_ref().is_some_and(|e| {
+            build.broken_by.as_ref().is_some_and(|d| {
+                e.builds
+                    .iter()
+                    .any(|x| &x.drv_path == d && x.drv_path != build.drv_path)
+            })
+        });
+        usize::from(known)
     }
 
     fn rows(&self) -> usize {

@@ -312,10 +312,10 @@ fn draw_evaluation(f: &mut Frame, app: &App, area: Rect) {
                 (None, None) if b.status == "Queued" => format!("waiting {}", elapsed(b.created_at, app.now)),
                 _ => String::new(),
             };
-            let name = if b.status == "DependencyFailed" {
-                format!("{} (a dependency failed)", drv_name(&b.drv_path))
-            } else {
-                drv_name(&b.drv_path).to_owned()
+            let name = match (app.depth(b), b.status.as_str()) {
+                (1, _) => format!("└ {} (its dependency failed)", drv_name(&b.drv_path)),
+                (_, "DependencyFailed") => format!("{} (a dependency failed)", drv_name(&b.drv_path)),
+                _ => drv_name(&b.drv_path).to_owned(),
             };
             Row::new(vec![
                 Cell::from(Span::styled(sym, Style::new().fg(colour))),

@@ -25,6 +25,7 @@ fn build(n: u128, name: &str, status: &str, started: Option<u32>, finished: Opti
         id: id(n),
         drv_path: format!("/nix/store/{:032}-{name}.drv", n),
         status: status.into(),
+        broken_by: None,
         created_at: at(12, 0, 0),
         started_at: started.map(|s| at(12, 0, s)),
         finished_at: finished.map(|s| at(12, 1, s)),
@@ -116,7 +117,11 @@ fn open_evaluation(app: &mut App) {
         builds: vec![
             build(11, "hello-2.12", "Completed", Some(0), Some(10)),
             build(12, "libfoo-1.0", "Failed", Some(5), Some(40)),
-            build(13, "app-1.0", "DependencyFailed", None, Some(41)),
+            BuildRow {
+                broken_by: Some(build(12, "libfoo-1.0", "Failed", None, None).drv_path),
+                ..build(13, "app-1.0", "DependencyFailed", None, Some(41))
+            },
+            build(18, "orphan-2.0", "DependencyFailed", None, Some(42)),
             build(14, "docs", "Building", Some(30), None),
             build(15, "bar-0.3", "Queued", None, None),
             build(16, "baz-0.4", "Queued", None, None),
@@ -190,6 +195,21 @@ fn evaluation_view_groups_builds_by_status() {
     let mut app = app();
     open_evaluation(&mut app);
     assert_eq!(app.view, View::Evaluation);
+    let order: Vec<&str> = app.visible_builds().iter().map(|b| ui::drv_name(&b.drv_path)).collect();
+    assert_eq!(
+        order,
+        [
+            "libfoo-1.0",
+            "app-1.0",
+            "orphan-2.0",
+            "docs",
+            "bar-0.3",
+            "baz-0.4",
+            "hello-2.12",
+            "zlib-1.3"
+        ],
+        "failures first, each with what it broke under it"
+    );
     both_sizes("evaluation", &app);
 }
 
