@@ -4,6 +4,22 @@
 //! Exit codes: 0 success (for `eval --watch`: the evaluation completed), 1 failure (a refusal, or the
 //! evaluation failed or was aborted), 2 a usage error, 3 the server could not be reached.
 
+/// `println!` that ignores a closed standard output (`gradient log BUILD | head`) instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod cache;
 mod cli;
 mod config;
@@ -27,13 +43,13 @@ impl Fail {
     pub fn usage(message: impl Into<String>) -> Fail {
         Fail {
             code: 2,
-            message: message.into(),
+            message: sentence(&message.into()),
         }
     }
     pub fn failed(message: impl Into<String>) -> Fail {
         Fail {
             code: 1,
-            message: message.into(),
+            message: sentence(&message.into()),
         }
     }
 }
@@ -174,7 +190,9 @@ async fn run(cli: Cli, out: Out) -> Result<u8> {
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "gradient", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "gradient", &mut script);
+            say_raw!("{}", String::from_utf8_lossy(&script));
             Ok(0)
         }
         Command::Org(c) => cli::org(&session(server)?, c, out).await,

@@ -11,20 +11,20 @@ impl Out {
     /// One thing: its JSON, or the line `human` writes.
     pub fn show<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
         } else {
-            println!("{}", human());
+            say!("{}", human());
         }
     }
 
     /// A list: its JSON, or a table with `headers` and a row per item.
     pub fn table<T: Serialize>(&self, items: &[T], headers: &[&str], row: impl Fn(&T) -> Vec<String>) {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(items).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(items).unwrap_or_default());
             return;
         }
         let rows: Vec<Vec<String>> = items.iter().map(row).collect();
-        print!("{}", columns(headers, &rows));
+        say_raw!("{}", columns(headers, &rows));
     }
 }
 

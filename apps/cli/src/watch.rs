@@ -89,9 +89,9 @@ pub async fn evaluation(s: &Session, id: uuid::Uuid, out: Out) -> Result<u8> {
                 }
                 None if finished => {
                     if out.json {
-                        println!("{}", serde_json::json!({"drv_path": drv_path, "status": st}));
+                        say!("{}", serde_json::json!({"drv_path": drv_path, "status": st}));
                     } else {
-                        println!("{st}\t{drv_path}");
+                        say!("{st}\t{drv_path}");
                     }
                     let _ = std::io::stdout().flush();
                 }
@@ -114,9 +114,9 @@ pub async fn evaluation(s: &Session, id: uuid::Uuid, out: Out) -> Result<u8> {
         eprintln!("error in {at}: {}", e.message);
     }
     if out.json {
-        println!("{}", serde_json::json!({"evaluation": id, "status": end}));
+        say!("{}", serde_json::json!({"evaluation": id, "status": end}));
     } else {
-        println!("Evaluation {id} {}: {}", end.to_lowercase(), tally.summary());
+        say!("Evaluation {id} {}: {}", end.to_lowercase(), tally.summary());
     }
     Ok(if end == "Completed" { 0 } else { 1 })
 }
@@ -127,9 +127,9 @@ pub async fn log(s: &Session, build: uuid::Uuid, follow: bool, out: Out) -> Resu
         let bytes = collect(body).await?;
         let text = String::from_utf8_lossy(&bytes);
         if out.json {
-            println!("{}", serde_json::json!({"build": build, "log": text}));
+            say!("{}", serde_json::json!({"build": build, "log": text}));
         } else {
-            print!("{text}");
+            say_raw!("{text}");
         }
         return Ok(0);
     }
@@ -137,9 +137,9 @@ pub async fn log(s: &Session, build: uuid::Uuid, follow: bool, out: Out) -> Resu
     events::follow_log(&s.client, build, |event| match event {
         LogEvent::Text(t) => {
             if out.json {
-                println!("{}", serde_json::json!({"text": t}));
+                say!("{}", serde_json::json!({"text": t}));
             } else {
-                print!("{t}");
+                say_raw!("{t}");
             }
             let _ = std::io::stdout().flush();
         }
@@ -147,7 +147,7 @@ pub async fn log(s: &Session, build: uuid::Uuid, follow: bool, out: Out) -> Resu
     })
     .await?;
     if out.json {
-        println!("{}", serde_json::json!({"build": build, "status": status}));
+        say!("{}", serde_json::json!({"build": build, "status": status}));
     } else {
         eprintln!("Build {build} {}.", status.to_lowercase());
     }
