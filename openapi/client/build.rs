@@ -9,6 +9,7 @@ fn main() {
     let text = std::fs::read_to_string(&spec_path).expect("openapi/gradient.json is readable");
     let mut doc: serde_json::Value = serde_json::from_str(&text).expect("openapi/gradient.json is JSON");
     plain_media_types(&mut doc);
+    name_unnamed_operations(&mut doc);
     let spec: openapiv3::OpenAPI = serde_json::from_value(doc).expect("openapi/gradient.json is OpenAPI 3.0");
 
     let mut settings = progenitor::GenerationSettings::default();
@@ -38,5 +39,35 @@ fn plain_media_types(v: &mut serde_json::Value) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(plain_media_types),
         _ => {}
+    }
+}
+
+/// Progenitor names each method after its operation's `operationId`. Every route should set one
+/// (`operation_id` in `#[oai(...)]`); one that does not gets a name from its method and path
+/// (`GET /evals/{id}/events` → `get_evals_id_events`) and a build warning, so a route added without one
+/// still builds.
+fn name_unnamed_operations(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(serde_json::Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for (method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else { continue };
+            if op.contains_key("operationId") || !op.contains_key("responses") {
+                continue;
+            }
+            let words: Vec<String> = path
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect();
+            let name = format!("{method}_{}", words.join("_"));
+            println!(
+                "cargo:warning=openapi/gradient.json: {} {path} has no operationId; the client calls it {name}",
+                method.to_uppercase()
+            );
+            op.insert("operationId".into(), serde_json::Value::String(name));
+        }
     }
 }
