@@ -95,3 +95,103 @@ async fn proof_keys_are_stored_sealed_and_old_rows_are_sealed_at_start_up() {
     assert_eq!(fresh, new, "sealed rows are left alone");
     assert!(check(std::slice::from_ref(&fresh), worker).is_ok());
 }
+
+/// The overview of an organization shows its workers and queue; a worker shared with another organization shows
+/// only this organization's jobs, the queue counts only its jobs, and an outsider learns nothing.
+#[tokio::test]
+async fn the_fleet_overview_shows_only_the_organizations_own_jobs() {
+    use gradient_domain::model::{JobId, JobKind, JobRecord, JobState};
+    use gradient_domain::ports::storage::Queue;
+    use gradient_domain::scheduler::WorkerInfo;
+    use gradient_domain::service::ServiceError;
+
+    let app = common::app(SystemClock, Settings::default());
+    let alice = common::signed_up(&app, "alice").await;
+    let bob = common::signed_up(&app, "bob").await;
+    let mallory = common::signed_up(&app, "mallory").await;
+    let ours = common::org(&app, &alice, "ours").await;
+    let theirs = common::org(&app, &bob, "theirs").await;
+    let shared = WorkerId::new();
+    let idle = WorkerId::new();
+    for (caller, org, worker) in [
+        (&alice, "ours", shared),
+        (&bob, "theirs", shared),
+        (&alice, "ours", idle),
+    ] {
+        app.register_worker(caller, org, &worker.0.to_string(), None)
+            .await
+            .unwrap();
+    }
+    let now = gradient_domain::model::truncate_to_micros(chrono::Utc::now());
+    let job = |org, drv: &str, system: &str| JobRecord {
+        id: JobId(uuid::Uuid::new_v4()),
+        org_id: org,
+        kind: JobKind::Build {
+            derivation: drv.into(),
+            system: system.into(),
+            required_features: vec![],
+        },
+        state: JobState::Queued,
+        created_at: now,
+        attempts: 0,
+    };
+    let running_ours = app
+        .storage
+        .enqueue_job(&job(ours.id, "/nix/store/a-ours.drv", "x86_64-linux"))
+        .await
+        .unwrap();
+    let running_theirs = app
+        .storage
+        .enqueue_job(&job(theirs.id, "/nix/store/b-theirs.drv", "aarch64-linux"))
+        .await
+        .unwrap();
+    app.storage
+        .enqueue_job(&job(ours.id, "/nix/store/c-waits.drv", "x86_64-linux"))
+        .await
+        .unwrap();
+    app.storage
+        .enqueue_job(&job(theirs.id, "/nix/store/d-waits.drv", "riscv64-linux"))
+        .await
+        .unwrap();
+    for j in [&running_ours, &running_theirs] {
+        assert!(app.storage.assign_job(j.id, shared, now).await.unwrap());
+    }
+    app.fleet.connect_proved(WorkerInfo {
+        id: shared,
+        capabilities: Default::default(),
+        systems: vec!["x86_64-linux".into(), "aarch64-linux".into()],
+        features: vec!["kvm".into()],
+        max_concurrent_builds: 4,
+        max_concurrent_evaluations: 1,
+        queued_builds: 0,
+        orgs: [ours.id, theirs.id].into_iter().collect(),
+        pushing: Default::default(),
+    });
+
+    let o = app.fleet_overview(&alice, "ours").await.unwrap();
+    assert_eq!(o.workers.len(), 2);
+    let live = o
+        .workers
+        .iter()
+        .find(|w| w.registration.worker_id == shared)
+        .and_then(|w| w.live.clone());
+    let live = live.expect("the shared worker is connected");
+    assert_eq!(live.build_slots, 4);
+    let jobs: Vec<&JobId> = live.jobs.iter().map(|j| &j.job.id).collect();
+    assert_eq!(
+        jobs,
+        [&running_ours.id],
+        "only this organization's job on the shared worker"
+    );
+    assert!(
+        o.workers
+            .iter()
+            .any(|w| w.registration.worker_id == idle && w.live.is_none())
+    );
+    assert_eq!((o.queue.queued, o.queue.running), (1, 1));
+    let systems: Vec<&str> = o.queue.systems.iter().map(|s| s.system.as_str()).collect();
+    assert_eq!(systems, ["x86_64-linux"], "no system of the other organization's jobs");
+
+    let hidden = app.fleet_overview(&mallory, "ours").await.unwrap_err();
+    assert!(matches!(hidden, ServiceError::NotFound(_)), "{hidden:?}");
+}

@@ -3,6 +3,7 @@
 
 mod acceptance;
 mod cache;
+mod cli;
 mod evaluate;
 mod fuzz;
 mod github_app;
@@ -16,5 +17,6 @@ mod server;
 mod state;
 mod statuses;
 mod tenants;
+mod tui;
 mod web;
 mod workers;

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod link;
 pub mod live;
 pub mod nars;
+pub mod org_events;
 pub mod state;
 
 use config::{Config, ConfigError, LogLevels};
@@ -62,6 +63,12 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .at(
             "/api/v1/evals/:id/events",
             live::evaluation_events
+                .data(state_for_cache.clone())
+                .catch_all_error(json_error),
+        )
+        .at(
+            "/api/v1/orgs/:org/events",
+            org_events::org_events
                 .data(state_for_cache.clone())
                 .catch_all_error(json_error),
         )

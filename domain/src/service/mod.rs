@@ -9,6 +9,7 @@ pub(crate) mod caches;
 mod github_app;
 mod memo;
 mod orgs;
+mod overview;
 mod pipeline;
 pub(crate) mod projects;
 mod state;
@@ -22,6 +23,9 @@ pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
 pub use github_app::GithubAppSettings;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
+pub use overview::{
+    FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview,
+};
 pub use pipeline::Dispatched;
 pub use projects::{NewProject, ProjectChanges};
 pub use statuses::{FIRST_RETRY, LAST_RETRY, commit_state, retry_delay};

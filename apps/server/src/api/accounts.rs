@@ -53,7 +53,7 @@ pub struct CreatedKey {
 #[OpenApi(tag = "Tag::Accounts")]
 impl AccountsApi {
     /// Creates an account with a password. Rate limited per client address (429 with `Retry-After`).
-    #[oai(path = "/auth/basic/register", method = "post")]
+    #[oai(path = "/auth/basic/register", method = "post", operation_id = "register")]
     async fn register(&self, req: &poem::Request, body: Json<RegisterRequest>) -> Limited<UserView> {
         let client = crate::limits::client_ip(req, &self.0.http.trusted_proxies);
         self.0.limits.register(client).map_err(LimitedError::rate_limited)?;
@@ -73,7 +73,7 @@ impl AccountsApi {
 
     /// Logs in with a username or email and a password; answers a session token (a JWT) as `message`.
     /// Rate limited per account and per client address (429 with `Retry-After`).
-    #[oai(path = "/auth/basic/login", method = "post")]
+    #[oai(path = "/auth/basic/login", method = "post", operation_id = "login")]
     async fn login(&self, req: &poem::Request, body: Json<LoginRequest>) -> Limited<String> {
         let client = crate::limits::client_ip(req, &self.0.http.trusted_proxies);
         self.0
@@ -84,7 +84,7 @@ impl AccountsApi {
     }
 
     /// Ends the session whose token authenticates this request; the token stops working at once.
-    #[oai(path = "/auth/logout", method = "post")]
+    #[oai(path = "/auth/logout", method = "post", operation_id = "logout")]
     async fn logout(&self, auth: Token) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.logout(&caller).await?;
@@ -92,14 +92,14 @@ impl AccountsApi {
     }
 
     /// The logged-in user.
-    #[oai(path = "/user", method = "get")]
+    #[oai(path = "/user", method = "get", operation_id = "get_user")]
     async fn user(&self, auth: Token) -> Reply<UserView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         ok(UserView::from(caller.require_user()?))
     }
 
     /// The user's API keys (without their secrets).
-    #[oai(path = "/user/keys", method = "get")]
+    #[oai(path = "/user/keys", method = "get", operation_id = "list_keys")]
     async fn keys(&self, auth: Token) -> Reply<Vec<ApiKeyView>> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         ok(self
@@ -113,7 +113,7 @@ impl AccountsApi {
     }
 
     /// Creates an API key. The secret is in the answer's `key` and is never shown again.
-    #[oai(path = "/user/keys", method = "post")]
+    #[oai(path = "/user/keys", method = "post", operation_id = "create_key")]
     async fn create_key(&self, auth: Token, body: Json<NewKeyRequest>) -> Reply<CreatedKey> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let permissions = body.0.permissions.as_deref().map(parse_permissions).transpose()?;
@@ -131,7 +131,7 @@ impl AccountsApi {
     }
 
     /// Deletes an API key; it stops working at once.
-    #[oai(path = "/user/keys/:id", method = "delete")]
+    #[oai(path = "/user/keys/:id", method = "delete", operation_id = "delete_key")]
     async fn delete_key(&self, auth: Token, id: Path<Uuid>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.delete_api_key(&caller, ApiKeyId(id.0)).await?;

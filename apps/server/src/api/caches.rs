@@ -48,14 +48,14 @@ pub struct CachePatch {
 #[OpenApi(tag = "Tag::Caches")]
 impl CachesApi {
     /// Public caches, the caller's own, and those subscribed by the caller's organizations.
-    #[oai(path = "/caches", method = "get")]
+    #[oai(path = "/caches", method = "get", operation_id = "list_caches")]
     async fn list(&self, auth: MaybeToken) -> Reply<Vec<CacheView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self.0.app.caches(&caller).await?.iter().map(CacheView::from).collect())
     }
 
     /// Creates a cache owned by the caller.
-    #[oai(path = "/caches", method = "post")]
+    #[oai(path = "/caches", method = "post", operation_id = "create_cache")]
     async fn create(&self, auth: Token, body: Json<NewCacheRequest>) -> Reply<CacheView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let b = body.0;
@@ -71,14 +71,14 @@ impl CachesApi {
         ok(CacheView::from(&self.0.app.create_cache(&caller, new).await?))
     }
 
-    #[oai(path = "/caches/:cache", method = "get")]
+    #[oai(path = "/caches/:cache", method = "get", operation_id = "get_cache")]
     async fn get(&self, auth: MaybeToken, cache: Path<String>) -> Reply<CacheView> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(CacheView::from(&self.0.app.cache(&caller, &cache).await?))
     }
 
     /// Changes a cache (owner only).
-    #[oai(path = "/caches/:cache", method = "patch")]
+    #[oai(path = "/caches/:cache", method = "patch", operation_id = "edit_cache")]
     async fn patch(&self, auth: Token, cache: Path<String>, body: Json<CachePatch>) -> Reply<CacheView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let b = body.0;
@@ -96,14 +96,18 @@ impl CachesApi {
     }
 
     /// The cache's public signing key (`name:base64`), for Nix's `trusted-public-keys`.
-    #[oai(path = "/caches/:cache/public-key", method = "get")]
+    #[oai(
+        path = "/caches/:cache/public-key",
+        method = "get",
+        operation_id = "get_cache_public_key"
+    )]
     async fn public_key(&self, auth: MaybeToken, cache: Path<String>) -> Reply<String> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self.0.app.cache_public_key(&caller, &cache).await?.to_string())
     }
 
     /// How much the cache holds: its number of store paths and their compressed size.
-    #[oai(path = "/caches/:cache/stats", method = "get")]
+    #[oai(path = "/caches/:cache/stats", method = "get", operation_id = "get_cache_stats")]
     async fn stats(&self, auth: MaybeToken, cache: Path<String>) -> Reply<CacheStatsView> {
         let caller = self.0.caller(auth.bearer()).await?;
         let s = self.0.app.cache_stats(&caller, &cache).await?;
@@ -114,7 +118,11 @@ impl CachesApi {
     }
 
     /// Every organization subscribed to the cache, with what each subscription allows (owner only).
-    #[oai(path = "/caches/:cache/subscribers", method = "get")]
+    #[oai(
+        path = "/caches/:cache/subscribers",
+        method = "get",
+        operation_id = "list_cache_subscribers"
+    )]
     async fn subscribers(&self, auth: Token, cache: Path<String>) -> Reply<Vec<SubscriberView>> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         ok(self
@@ -128,7 +136,11 @@ impl CachesApi {
     }
 
     /// Ends an organization's subscription to the cache, and any push by its jobs (owner only).
-    #[oai(path = "/caches/:cache/subscribers/:org", method = "delete")]
+    #[oai(
+        path = "/caches/:cache/subscribers/:org",
+        method = "delete",
+        operation_id = "revoke_cache_subscriber"
+    )]
     async fn revoke_subscriber(&self, auth: Token, cache: Path<String>, org: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.revoke_subscriber(&caller, &cache, &org).await?;
@@ -136,7 +148,7 @@ impl CachesApi {
     }
 
     /// Deletes a cache and its subscriptions (owner only).
-    #[oai(path = "/caches/:cache", method = "delete")]
+    #[oai(path = "/caches/:cache", method = "delete", operation_id = "delete_cache")]
     async fn delete(&self, auth: Token, cache: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.delete_cache(&caller, &cache).await?;

@@ -275,7 +275,11 @@ impl EvaluationsApi {
     /// none), which the server asks the repository for. The answer names the commit and the branch.
     /// 422 `branch_not_found` when that branch has no commit, `repository_unreachable` when the repository
     /// cannot be read.
-    #[oai(path = "/projects/:org/:project/evaluate", method = "post")]
+    #[oai(
+        path = "/projects/:org/:project/evaluate",
+        method = "post",
+        operation_id = "evaluate_project"
+    )]
     async fn evaluate(
         &self,
         auth: Token,
@@ -296,7 +300,7 @@ impl EvaluationsApi {
 
     /// Acts on an evaluation: `{"method": "abort"}` (`abort_evaluation`) stops it; queued builds only it
     /// needs end Aborted and running ones are stopped on their workers.
-    #[oai(path = "/evals/:id", method = "post")]
+    #[oai(path = "/evals/:id", method = "post", operation_id = "act_on_evaluation")]
     async fn act(&self, auth: Token, id: Path<Uuid>, body: Json<EvaluationAction>) -> Reply<EvaluationView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         if body.0.method == "restart" {
@@ -314,7 +318,7 @@ impl EvaluationsApi {
     }
 
     /// The builds an evaluation needs, by `.drv` path, with the attributes that selected them.
-    #[oai(path = "/evals/:id/builds", method = "get")]
+    #[oai(path = "/evals/:id/builds", method = "get", operation_id = "list_evaluation_builds")]
     async fn builds(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<Vec<EvaluationBuildItem>> {
         let caller = self.0.caller(auth.bearer()).await?;
         let (_, builds) = self.0.app.evaluation_builds(&caller, EvaluationId(id.0)).await?;
@@ -324,7 +328,7 @@ impl EvaluationsApi {
     /// What changed since the previous evaluation of the same project: attributes newly failing, newly fixed,
     /// still failing, new and removed; and this evaluation's failures grouped by root cause (a
     /// dependency-failed build under each failed build it depends on).
-    #[oai(path = "/evals/:id/diff", method = "get")]
+    #[oai(path = "/evals/:id/diff", method = "get", operation_id = "get_evaluation_diff")]
     async fn diff(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<EvaluationDiffView> {
         let caller = self.0.caller(auth.bearer()).await?;
         let d = self.0.app.evaluation_diff(&caller, EvaluationId(id.0)).await?;
@@ -364,7 +368,7 @@ impl EvaluationsApi {
     }
 
     /// One build with its derivation.
-    #[oai(path = "/builds/:id", method = "get")]
+    #[oai(path = "/builds/:id", method = "get", operation_id = "get_build")]
     async fn build(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<BuildDetail> {
         let caller = self.0.caller(auth.bearer()).await?;
         let (build, derivation) = self.0.app.build_for(&caller, BuildId(id.0)).await?;
@@ -376,7 +380,7 @@ impl EvaluationsApi {
 
     /// A build's stored log (`text/plain`), once the build has run; a running build's log is streamed by
     /// `GET /evals/{id}/log?drv=…`.
-    #[oai(path = "/builds/:id/log", method = "get")]
+    #[oai(path = "/builds/:id/log", method = "get", operation_id = "get_build_log")]
     async fn build_log(&self, auth: MaybeToken, id: Path<Uuid>) -> Result<LogResponse, super::ApiError> {
         let caller = self.0.caller(auth.bearer()).await?;
         let log = self.0.app.build_log_for(&caller, BuildId(id.0)).await?;
@@ -384,7 +388,7 @@ impl EvaluationsApi {
     }
 
     /// An evaluation with its builds.
-    #[oai(path = "/evals/:id", method = "get")]
+    #[oai(path = "/evals/:id", method = "get", operation_id = "get_evaluation")]
     async fn get(&self, auth: MaybeToken, id: Path<Uuid>) -> Reply<EvaluationDetail> {
         let caller = self.0.caller(auth.bearer()).await?;
         let (e, builds) = self.0.app.evaluation_for(&caller, EvaluationId(id.0)).await?;

@@ -97,7 +97,11 @@ impl HooksApi {
     /// through the App. GitHub must confirm, through the `code` of the App's setup URL, that the GitHub user is
     /// the installation's account or an admin of its organization. 403 when it does not; 422 `code_refused`
     /// when GitHub refuses the code; 404 when no GitHub App is configured.
-    #[oai(path = "/orgs/:org/github-installations", method = "post")]
+    #[oai(
+        path = "/orgs/:org/github-installations",
+        method = "post",
+        operation_id = "link_github_installation"
+    )]
     async fn link_github_installation(
         &self,
         auth: Token,
@@ -114,7 +118,11 @@ impl HooksApi {
     }
 
     /// The GitHub App installations linked to the organization (`manage_integrations`).
-    #[oai(path = "/orgs/:org/github-installations", method = "get")]
+    #[oai(
+        path = "/orgs/:org/github-installations",
+        method = "get",
+        operation_id = "list_github_installations"
+    )]
     async fn github_installations(&self, auth: Token, org: Path<String>) -> Reply<Vec<GithubInstallationLinkView>> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let links = self.0.app.github_installation_links_of(&caller, &org).await?;
@@ -123,7 +131,11 @@ impl HooksApi {
 
     /// Unlinks the installation from the organization (`manage_integrations`): the App no longer queues
     /// evaluations or reports statuses for it. 404 when it is not linked.
-    #[oai(path = "/orgs/:org/github-installations/:installation", method = "delete")]
+    #[oai(
+        path = "/orgs/:org/github-installations/:installation",
+        method = "delete",
+        operation_id = "unlink_github_installation"
+    )]
     async fn unlink_github_installation(
         &self,
         auth: Token,
@@ -140,7 +152,7 @@ impl HooksApi {
 
     /// Sets where the organization's commit statuses go (`manage_integrations`): pending when an evaluation
     /// starts, then success, failure or error, linking to the evaluation.
-    #[oai(path = "/orgs/:org/forge", method = "put")]
+    #[oai(path = "/orgs/:org/forge", method = "put", operation_id = "set_forge")]
     async fn set_forge(
         &self,
         auth: Token,
@@ -158,7 +170,7 @@ impl HooksApi {
     }
 
     /// The organization's forge connection, without its token (`manage_integrations`); null when none is set.
-    #[oai(path = "/orgs/:org/forge", method = "get")]
+    #[oai(path = "/orgs/:org/forge", method = "get", operation_id = "get_forge")]
     async fn get_forge(&self, auth: Token, org: Path<String>) -> Reply<Nullable<ForgeConnectionView>> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let c = self.0.app.forge_connection_of(&caller, &org).await?;
@@ -167,7 +179,11 @@ impl HooksApi {
 
     /// Generates the organization's webhook secret, replacing the previous one (`manage_integrations`).
     /// The answer is the only time the secret is shown.
-    #[oai(path = "/orgs/:org/webhook-secret", method = "post")]
+    #[oai(
+        path = "/orgs/:org/webhook-secret",
+        method = "post",
+        operation_id = "create_webhook_secret"
+    )]
     async fn create_secret(&self, auth: Token, org: Path<String>) -> Reply<WebhookSecretView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let (o, secret) = self.0.app.create_webhook_secret(&caller, &org).await?;
@@ -188,7 +204,7 @@ impl HooksApi {
     /// of the organization whose repository and branch it matches; other events are accepted and ignored.
     /// 401 when the signature is missing or wrong, and likewise for an unknown organization or one without a
     /// webhook secret (a delivery learns nothing about which organizations exist); 404 for an unknown forge.
-    #[oai(path = "/hooks/:forge/:org", method = "post")]
+    #[oai(path = "/hooks/:forge/:org", method = "post", operation_id = "receive_forge_hook")]
     #[allow(clippy::too_many_arguments)]
     async fn receive(
         &self,
@@ -228,7 +244,7 @@ impl HooksApi {
     /// commit for every active project of the organizations linked to that installation whose repository and
     /// branch it matches; other events are accepted and ignored. 401 when the signature is missing or wrong;
     /// 404 when no GitHub App is configured.
-    #[oai(path = "/hooks/github", method = "post")]
+    #[oai(path = "/hooks/github", method = "post", operation_id = "receive_github_app_hook")]
     async fn receive_github_app(
         &self,
         #[oai(name = "X-GitHub-Event")] github_event: Header<Option<String>>,
@@ -247,7 +263,12 @@ impl HooksApi {
     }
 
     /// The project's newest evaluations (at most 50), newest first.
-    #[oai(path = "/projects/:org/:project/evaluations", method = "get", tag = "Tag::Projects")]
+    #[oai(
+        path = "/projects/:org/:project/evaluations",
+        method = "get",
+        operation_id = "list_project_evaluations",
+        tag = "Tag::Projects"
+    )]
     async fn evaluations(
         &self,
         auth: MaybeToken,

@@ -26,7 +26,7 @@ pub struct PublicConfig {
 #[OpenApi(tag = "Tag::Meta")]
 impl MetaApi {
     /// Whether the server is up and its database reachable.
-    #[oai(path = "/health", method = "get")]
+    #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> Reply<Health> {
         self.0.app.check_database().await?;
         ok(Health {
@@ -36,7 +36,7 @@ impl MetaApi {
     }
 
     /// The server's public settings.
-    #[oai(path = "/config", method = "get")]
+    #[oai(path = "/config", method = "get", operation_id = "get_config")]
     async fn config(&self) -> Reply<PublicConfig> {
         let s = self.0.app.settings();
         ok(PublicConfig {

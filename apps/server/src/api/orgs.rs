@@ -56,14 +56,14 @@ pub struct RemoveRoleRequest {
 #[OpenApi(tag = "Tag::Orgs")]
 impl OrgsApi {
     /// Organizations the caller belongs to, and public ones.
-    #[oai(path = "/orgs", method = "get")]
+    #[oai(path = "/orgs", method = "get", operation_id = "list_orgs")]
     async fn list(&self, auth: MaybeToken) -> Reply<Vec<OrgView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self.0.app.orgs(&caller).await?.iter().map(OrgView::from).collect())
     }
 
     /// Creates an organization; the caller becomes its Admin.
-    #[oai(path = "/orgs", method = "post")]
+    #[oai(path = "/orgs", method = "post", operation_id = "create_org")]
     async fn create(&self, auth: Token, body: Json<NewOrgRequest>) -> Reply<OrgView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let b = body.0;
@@ -76,14 +76,14 @@ impl OrgsApi {
         ok(OrgView::from(&self.0.app.create_org(&caller, new).await?))
     }
 
-    #[oai(path = "/orgs/:org", method = "get")]
+    #[oai(path = "/orgs/:org", method = "get", operation_id = "get_org")]
     async fn get(&self, auth: MaybeToken, org: Path<String>) -> Reply<OrgView> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(OrgView::from(&self.0.app.visible_org(&caller, &org).await?))
     }
 
     /// Changes the display name, description or visibility (`edit_org`).
-    #[oai(path = "/orgs/:org", method = "patch")]
+    #[oai(path = "/orgs/:org", method = "patch", operation_id = "edit_org")]
     async fn patch(&self, auth: Token, org: Path<String>, body: Json<OrgPatch>) -> Reply<OrgView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let b = body.0;
@@ -97,7 +97,7 @@ impl OrgsApi {
 
     /// Deletes the organization with its projects, roles, subscriptions and worker registrations
     /// (`delete_org`); workers connected for it lose those registrations at once.
-    #[oai(path = "/orgs/:org", method = "delete")]
+    #[oai(path = "/orgs/:org", method = "delete", operation_id = "delete_org")]
     async fn delete(&self, auth: Token, org: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.delete_org(&caller, &org).await?;
@@ -105,7 +105,7 @@ impl OrgsApi {
     }
 
     /// Members and their roles.
-    #[oai(path = "/orgs/:org/users", method = "get")]
+    #[oai(path = "/orgs/:org/users", method = "get", operation_id = "list_org_members")]
     async fn members(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<MemberView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self
@@ -119,7 +119,7 @@ impl OrgsApi {
     }
 
     /// Adds a member, or changes a member's role (`manage_members`). The last Admin cannot be demoted.
-    #[oai(path = "/orgs/:org/users", method = "post")]
+    #[oai(path = "/orgs/:org/users", method = "post", operation_id = "set_org_member")]
     async fn set_member(&self, auth: Token, org: Path<String>, body: Json<MemberRequest>) -> Reply<MemberView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let role = body.0.role.unwrap_or_else(|| "View".to_owned());
@@ -129,7 +129,7 @@ impl OrgsApi {
     }
 
     /// Removes a member (`manage_members`). The last Admin cannot be removed.
-    #[oai(path = "/orgs/:org/users", method = "delete")]
+    #[oai(path = "/orgs/:org/users", method = "delete", operation_id = "remove_org_member")]
     async fn remove_member(&self, auth: Token, org: Path<String>, body: Json<RemoveMemberRequest>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.remove_member(&caller, &org, &body.0.user).await?;
@@ -137,7 +137,7 @@ impl OrgsApi {
     }
 
     /// Built-in and custom roles.
-    #[oai(path = "/orgs/:org/roles", method = "get")]
+    #[oai(path = "/orgs/:org/roles", method = "get", operation_id = "list_org_roles")]
     async fn roles(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<RoleView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self
@@ -151,7 +151,7 @@ impl OrgsApi {
     }
 
     /// Creates a custom role (`manage_roles`).
-    #[oai(path = "/orgs/:org/roles", method = "post")]
+    #[oai(path = "/orgs/:org/roles", method = "post", operation_id = "create_org_role")]
     async fn create_role(&self, auth: Token, org: Path<String>, body: Json<NewRoleRequest>) -> Reply<RoleView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let perms = parse_permissions(&body.0.permissions)?;
@@ -161,7 +161,7 @@ impl OrgsApi {
     }
 
     /// Deletes a custom role no member holds (`manage_roles`).
-    #[oai(path = "/orgs/:org/roles", method = "delete")]
+    #[oai(path = "/orgs/:org/roles", method = "delete", operation_id = "delete_org_role")]
     async fn delete_role(&self, auth: Token, org: Path<String>, body: Json<RemoveRoleRequest>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.delete_role(&caller, &org, &body.0.name).await?;
@@ -169,7 +169,11 @@ impl OrgsApi {
     }
 
     /// The caches the organization subscribes to, with what each subscription allows.
-    #[oai(path = "/orgs/:org/subscribe", method = "get")]
+    #[oai(
+        path = "/orgs/:org/subscribe",
+        method = "get",
+        operation_id = "list_org_subscriptions"
+    )]
     async fn subscriptions(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<SubscriptionView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self
@@ -185,7 +189,11 @@ impl OrgsApi {
     /// Subscribes the organization to a cache (`manage_subscriptions`): its workers substitute from it. The
     /// cache's owner grants it (read even when private); anyone else may subscribe only to a public cache,
     /// read while it stays public. Jobs push only to the push cache (`PUT /orgs/{org}/push-cache/{cache}`).
-    #[oai(path = "/orgs/:org/subscribe/:cache", method = "post")]
+    #[oai(
+        path = "/orgs/:org/subscribe/:cache",
+        method = "post",
+        operation_id = "subscribe_org"
+    )]
     async fn subscribe(&self, auth: Token, org: Path<String>, cache: Path<String>) -> Reply<CacheView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let (_, cache) = self.0.app.subscribe(&caller, &org, &cache).await?;
@@ -193,7 +201,11 @@ impl OrgsApi {
     }
 
     /// Ends a subscription (`manage_subscriptions`).
-    #[oai(path = "/orgs/:org/subscribe/:cache", method = "delete")]
+    #[oai(
+        path = "/orgs/:org/subscribe/:cache",
+        method = "delete",
+        operation_id = "unsubscribe_org"
+    )]
     async fn unsubscribe(&self, auth: Token, org: Path<String>, cache: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.unsubscribe(&caller, &org, &cache).await?;
@@ -202,7 +214,7 @@ impl OrgsApi {
 
     /// The organization's push cache, where its jobs push what they build; `null` when it has none (its jobs
     /// then build without pushing).
-    #[oai(path = "/orgs/:org/push-cache", method = "get")]
+    #[oai(path = "/orgs/:org/push-cache", method = "get", operation_id = "get_org_push_cache")]
     async fn push_cache(&self, auth: MaybeToken, org: Path<String>) -> Reply<Option<CacheView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(self
@@ -216,7 +228,11 @@ impl OrgsApi {
 
     /// Makes a cache the organization's push cache (`manage_subscriptions` in the organization, and only the
     /// cache's owner with a session or an unrestricted key): the organization is subscribed with a grant.
-    #[oai(path = "/orgs/:org/push-cache/:cache", method = "put")]
+    #[oai(
+        path = "/orgs/:org/push-cache/:cache",
+        method = "put",
+        operation_id = "set_org_push_cache"
+    )]
     async fn set_push_cache(&self, auth: Token, org: Path<String>, cache: Path<String>) -> Reply<CacheView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let (_, cache) = self.0.app.set_push_cache(&caller, &org, &cache).await?;
@@ -224,7 +240,11 @@ impl OrgsApi {
     }
 
     /// The organization's jobs stop pushing (`manage_subscriptions`); its subscriptions stay.
-    #[oai(path = "/orgs/:org/push-cache", method = "delete")]
+    #[oai(
+        path = "/orgs/:org/push-cache",
+        method = "delete",
+        operation_id = "clear_org_push_cache"
+    )]
     async fn clear_push_cache(&self, auth: Token, org: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.clear_push_cache(&caller, &org).await?;

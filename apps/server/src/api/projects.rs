@@ -50,7 +50,7 @@ pub struct ProjectPatch {
 #[OpenApi(tag = "Tag::Projects")]
 impl ProjectsApi {
     /// The organization's projects.
-    #[oai(path = "/projects/:org", method = "get")]
+    #[oai(path = "/projects/:org", method = "get", operation_id = "list_projects")]
     async fn list(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<ProjectView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         let projects = self.0.app.projects(&caller, &org).await?;
@@ -58,7 +58,7 @@ impl ProjectsApi {
     }
 
     /// Creates a project (`create_project`).
-    #[oai(path = "/projects/:org", method = "post")]
+    #[oai(path = "/projects/:org", method = "post", operation_id = "create_project")]
     async fn create(&self, auth: Token, org: Path<String>, body: Json<NewProjectRequest>) -> Reply<ProjectView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let b = body.0;
@@ -78,7 +78,7 @@ impl ProjectsApi {
         ok(ProjectView::new(&org, &p))
     }
 
-    #[oai(path = "/projects/:org/:project", method = "get")]
+    #[oai(path = "/projects/:org/:project", method = "get", operation_id = "get_project")]
     async fn get(&self, auth: MaybeToken, org: Path<String>, project: Path<String>) -> Reply<ProjectView> {
         let caller = self.0.caller(auth.bearer()).await?;
         ok(ProjectView::new(
@@ -88,7 +88,7 @@ impl ProjectsApi {
     }
 
     /// Changes a project (`edit_project`).
-    #[oai(path = "/projects/:org/:project", method = "patch")]
+    #[oai(path = "/projects/:org/:project", method = "patch", operation_id = "edit_project")]
     async fn patch(
         &self,
         auth: Token,
@@ -114,7 +114,7 @@ impl ProjectsApi {
     }
 
     /// Deletes a project (`delete_project`).
-    #[oai(path = "/projects/:org/:project", method = "delete")]
+    #[oai(path = "/projects/:org/:project", method = "delete", operation_id = "delete_project")]
     async fn delete(&self, auth: Token, org: Path<String>, project: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.delete_project(&caller, &org, &project).await?;

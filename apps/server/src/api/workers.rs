@@ -1,4 +1,4 @@
-use super::dto::{Reply, ok};
+use super::dto::{Nullable, Reply, ok};
 use super::{MaybeToken, Tag, Token};
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
@@ -37,10 +37,82 @@ pub struct WorkerView {
     pub managed: bool,
 }
 
+/// An organization's workers and queue now (`GET /orgs/{org}/overview`).
+#[derive(Object)]
+pub struct FleetOverviewView {
+    pub workers: Vec<FleetWorkerView>,
+    pub queue: QueueOverviewView,
+}
+
+/// A registered worker; what its link offers while it is connected for this organization (empty lists and
+/// zero slots otherwise).
+#[derive(Object)]
+pub struct FleetWorkerView {
+    pub peer_id: Uuid,
+    pub worker_id: Uuid,
+    pub connected: bool,
+    pub registered_at: DateTime<Utc>,
+    /// The systems it builds for, e.g. `x86_64-linux`.
+    pub systems: Vec<String>,
+    /// Its system features (`kvm`, `big-parallel`, …).
+    pub features: Vec<String>,
+    pub build_slots: u32,
+    pub evaluation_slots: u32,
+    /// This organization's jobs it holds, oldest first (another organization's are not shown).
+    pub jobs: Vec<RunningJobView>,
+}
+
+#[derive(Object)]
+pub struct RunningJobView {
+    pub job_id: Uuid,
+    /// `build` or `evaluation`.
+    pub kind: String,
+    /// The `.drv` path of a build, the evaluation's id for an evaluation.
+    pub subject: String,
+    /// The system a build needs; `evaluation` for an evaluation.
+    pub system: String,
+    /// When the worker got it.
+    pub since: DateTime<Utc>,
+}
+
+/// The organization's jobs waiting for a worker and running on one.
+#[derive(Object)]
+pub struct QueueOverviewView {
+    pub queued: u64,
+    pub running: u64,
+    /// When the job waiting longest was queued; `null` when none waits.
+    pub oldest_queued_at: Nullable<DateTime<Utc>>,
+    /// The same per system (`evaluation` for evaluations), by name.
+    pub systems: Vec<SystemQueueView>,
+}
+
+#[derive(Object)]
+pub struct SystemQueueView {
+    pub system: String,
+    pub queued: u64,
+    pub running: u64,
+    pub oldest_queued_at: Nullable<DateTime<Utc>>,
+}
+
+fn job_view(j: &gradient_domain::service::RunningJob) -> RunningJobView {
+    use gradient_domain::model::JobKind;
+    let (kind, subject) = match &j.job.kind {
+        JobKind::Build { derivation, .. } => ("build", derivation.clone()),
+        JobKind::Evaluate { evaluation_id } => ("evaluation", evaluation_id.0.to_string()),
+    };
+    RunningJobView {
+        job_id: j.job.id.0,
+        kind: kind.to_owned(),
+        subject,
+        system: gradient_domain::service::job_system(&j.job).to_owned(),
+        since: j.since,
+    }
+}
+
 #[OpenApi(tag = "Tag::Orgs")]
 impl WorkersApi {
     /// The organization's worker registrations and whether each worker is connected.
-    #[oai(path = "/orgs/:org/workers", method = "get")]
+    #[oai(path = "/orgs/:org/workers", method = "get", operation_id = "list_workers")]
     async fn list(&self, auth: MaybeToken, org: Path<String>) -> Reply<Vec<WorkerView>> {
         let caller = self.0.caller(auth.bearer()).await?;
         let regs = self.0.app.worker_registrations(&caller, &org).await?;
@@ -56,8 +128,52 @@ impl WorkersApi {
             .collect())
     }
 
+    /// The organization's workers (systems, slots, the jobs each runs) and its queue per system, for the
+    /// members and visitors who may view it.
+    #[oai(path = "/orgs/:org/overview", method = "get", operation_id = "get_org_overview")]
+    async fn overview(&self, auth: MaybeToken, org: Path<String>) -> Reply<FleetOverviewView> {
+        let caller = self.0.caller(auth.bearer()).await?;
+        let o = self.0.app.fleet_overview(&caller, &org).await?;
+        ok(FleetOverviewView {
+            workers: o
+                .workers
+                .iter()
+                .map(|w| {
+                    let live = w.live.as_ref();
+                    FleetWorkerView {
+                        peer_id: w.registration.peer_id.0,
+                        worker_id: w.registration.worker_id.0,
+                        connected: live.is_some(),
+                        registered_at: w.registration.created_at,
+                        systems: live.map(|l| l.systems.clone()).unwrap_or_default(),
+                        features: live.map(|l| l.features.clone()).unwrap_or_default(),
+                        build_slots: live.map_or(0, |l| l.build_slots),
+                        evaluation_slots: live.map_or(0, |l| l.evaluation_slots),
+                        jobs: live.map(|l| l.jobs.iter().map(job_view).collect()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            queue: QueueOverviewView {
+                queued: o.queue.queued,
+                running: o.queue.running,
+                oldest_queued_at: o.queue.oldest_queued_at.into(),
+                systems: o
+                    .queue
+                    .systems
+                    .into_iter()
+                    .map(|s| SystemQueueView {
+                        system: s.system,
+                        queued: s.queued,
+                        running: s.running,
+                        oldest_queued_at: s.oldest_queued_at.into(),
+                    })
+                    .collect(),
+            },
+        })
+    }
+
     /// Registers a worker under the organization (`manage_workers`).
-    #[oai(path = "/orgs/:org/workers", method = "post")]
+    #[oai(path = "/orgs/:org/workers", method = "post", operation_id = "register_worker")]
     async fn register(
         &self,
         auth: Token,
@@ -77,7 +193,7 @@ impl WorkersApi {
     }
 
     /// Deletes a registration (`manage_workers`); a worker connected for it is disconnected at once.
-    #[oai(path = "/orgs/:org/workers/:peer", method = "delete")]
+    #[oai(path = "/orgs/:org/workers/:peer", method = "delete", operation_id = "delete_worker")]
     async fn delete(&self, auth: Token, org: Path<String>, peer: Path<String>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         self.0.app.delete_worker_registration(&caller, &org, &peer).await?;
