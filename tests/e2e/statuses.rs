@@ -115,7 +115,7 @@ async fn org_with_forge(server: &Server, repository: &str, wildcard: &str, forge
         .await;
     assert_eq!(
         set,
-        json!({"forge": "gitea", "api_url": forge.url}),
+        json!({"forge": "gitea", "api_url": forge.url, "managed": false}),
         "the token is never answered"
     );
     let got = c.ok(Method::GET, "/orgs/acme/forge", None).await;
