@@ -46,24 +46,6 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     };
     let routes = Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
-        .at(
-            "/api/v1/evals/:id/log",
-            live::build_log
-                .data(state_for_cache.clone())
-                .catch_all_error(json_error),
-        )
-        .at(
-            "/api/v1/builds/:id/log/live",
-            live::build_log_by_id
-                .data(state_for_cache.clone())
-                .catch_all_error(json_error),
-        )
-        .at(
-            "/api/v1/evals/:id/events",
-            live::evaluation_events
-                .data(state_for_cache.clone())
-                .catch_all_error(json_error),
-        )
         .at("/github/setup", github_setup::setup.data(state_for_cache.clone()))
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
@@ -76,11 +58,6 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         None => routes,
     };
     routes.map_to_response()
-}
-
-/// Errors of the routes outside the OpenAPI service that still speak the API's JSON (the live streams).
-async fn json_error(e: poem::Error) -> Response {
-    api::error_response(e)
 }
 
 /// Reads the body up to `max` bytes before the handler sees it, so an oversized request is refused with 413
