@@ -92,7 +92,7 @@ try {
   await page.getByRole('button', { name: 'Create cache and push to it' }).click();
   await waitForText(page.locator('p'), /Push cache: main/, 10000);
   step('sees the co-located worker connected');
-  await waitForText(page.locator('li'), /— connected/, 30000);
+  await waitForText(page.locator('li'), /— connected · fetch, eval, build · x86_64-linux/, 30000);
 
   step('creates a project');
   await page.getByText('New project').click();

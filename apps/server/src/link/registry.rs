@@ -70,6 +70,14 @@ impl Links {
         self.lock().values().any(|c| c.peers.contains(&peer))
     }
 
+    /// What the worker connected for this registration offers, once its handshake is done.
+    pub fn info_for_peer(&self, peer: PeerId) -> Option<WorkerInfo> {
+        self.lock()
+            .values()
+            .find(|c| c.peers.contains(&peer))
+            .and_then(|c| c.info.clone())
+    }
+
     /// Registers an authorized connection; `None` if the worker already has one (it is never displaced).
     pub fn insert(
         &self,
