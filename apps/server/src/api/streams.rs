@@ -6,11 +6,23 @@ use super::{ApiError, MaybeToken, Tag};
 use crate::state::AppState;
 use poem::{IntoResponse, Request, Response};
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry};
-use poem_openapi::{ApiResponse, OpenApi};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 
 pub struct StreamsApi(pub AppState);
+
+/// One event of a stream, as a client's SSE parser reads it.
+#[derive(Object)]
+pub struct ServerSentEvent {
+    /// The event type: absent for a plain message (log text), else `evaluation`, `build` or `end`.
+    pub event: Option<String>,
+    /// The event's data: log text, or JSON for `evaluation` and `build` events, or the final word of `end`.
+    pub data: String,
+    /// Where the stream is: send it back as `Last-Event-ID` to resume after this event.
+    pub id: Option<String>,
+}
 
 /// A stream of Server-Sent Events (`text/event-stream`).
 pub struct EventStream(Response);
@@ -25,14 +37,16 @@ impl ApiResponse for EventStream {
                 status_range: None,
                 content: vec![MetaMediaType {
                     content_type: "text/event-stream",
-                    schema: MetaSchemaRef::Inline(Box::new(MetaSchema::new("string"))),
+                    schema: ServerSentEvent::schema_ref(),
                 }],
                 headers: vec![],
             }],
         }
     }
 
-    fn register(_registry: &mut Registry) {}
+    fn register(registry: &mut Registry) {
+        ServerSentEvent::register(registry);
+    }
 }
 
 impl IntoResponse for EventStream {
