@@ -122,6 +122,8 @@ try {
 
   step('changes the settings: an invalid wildcard is refused next to its field, then the checks are added');
   await page.goto(`${base}/orgs/acme/projects/demo`);
+  // The form is filled from the API first; edit it after that.
+  await page.waitForFunction(() => document.querySelector('input[name=wildcard]')?.value === 'packages.*.*');
   await page.getByLabel('Wildcard', { exact: true }).fill('');
   await page.getByRole('button', { name: 'Save settings' }).click();
   await waitForText(page.locator('input[name=wildcard] + *, label:has(input[name=wildcard]) + .error'), /wildcard/i, 10000);
