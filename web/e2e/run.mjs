@@ -92,7 +92,7 @@ try {
   await page.getByRole('button', { name: 'Create cache and push to it' }).click();
   await waitForText(page.locator('p'), /Push cache: main/, 10000);
   step('sees the co-located worker connected');
-  await waitForText(page.locator('li'), /— connected/, 30000);
+  await waitForText(page.locator('li'), /— connected · fetch, eval, build · x86_64-linux/, 30000);
 
   step('creates a project');
   await page.getByText('New project').click();
@@ -122,6 +122,8 @@ try {
 
   step('changes the settings: an invalid wildcard is refused next to its field, then the checks are added');
   await page.goto(`${base}/orgs/acme/projects/demo`);
+  // The form is filled from the API first; edit it after that.
+  await page.waitForFunction(() => document.querySelector('input[name=wildcard]')?.value === 'packages.*.*');
   await page.getByLabel('Wildcard', { exact: true }).fill('');
   await page.getByRole('button', { name: 'Save settings' }).click();
   await waitForText(page.locator('input[name=wildcard] + *, label:has(input[name=wildcard]) + .error'), /wildcard/i, 10000);

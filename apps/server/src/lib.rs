@@ -49,24 +49,6 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let routes = Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
         .at(
-            "/api/v1/evals/:id/log",
-            live::build_log
-                .data(state_for_cache.clone())
-                .catch_all_error(json_error),
-        )
-        .at(
-            "/api/v1/builds/:id/log/live",
-            live::build_log_by_id
-                .data(state_for_cache.clone())
-                .catch_all_error(json_error),
-        )
-        .at(
-            "/api/v1/evals/:id/events",
-            live::evaluation_events
-                .data(state_for_cache.clone())
-                .catch_all_error(json_error),
-        )
-        .at(
             "/api/v1/orgs/:org/events",
             org_events::org_events
                 .data(state_for_cache.clone())
@@ -86,7 +68,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     routes.map_to_response()
 }
 
-/// Errors of the routes outside the OpenAPI service that still speak the API's JSON (the live streams).
+/// An error of a route outside the OpenAPI document (the organization's event stream) as the API's JSON error.
 async fn json_error(e: poem::Error) -> Response {
     api::error_response(e)
 }

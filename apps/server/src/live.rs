@@ -15,12 +15,10 @@ use futures_util::StreamExt;
 use gradient_domain::service::{Caller, ServiceError};
 use gradient_domain::{BuildId, EvaluationId};
 use poem::web::sse::{Event, SSE};
-use poem::web::{Path, Query};
-use poem::{IntoResponse, Request, Response, handler};
+use poem::{IntoResponse, Request, Response};
 use std::time::Duration;
 
-#[derive(serde::Deserialize)]
-pub struct LogQuery {
+struct LogQuery {
     drv: String,
 }
 
@@ -94,9 +92,8 @@ where
     })
 }
 
-#[handler]
-pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Query<LogQuery>) -> Response {
-    let state: &AppState = req.data().expect("state is attached to the live routes");
+pub async fn build_log(state: &AppState, req: &Request, id: uuid::Uuid, drv: String) -> Response {
+    let q = LogQuery { drv };
     let found = async {
         let caller = caller(state, req).await?;
         state.app.evaluation_for(&caller, EvaluationId(id)).await
@@ -114,9 +111,7 @@ pub async fn build_log(req: &Request, Path(id): Path<uuid::Uuid>, Query(q): Quer
 }
 
 /// The same stream for a build by id: `GET /api/v1/builds/{id}/log/live`.
-#[handler]
-pub async fn build_log_by_id(req: &Request, Path(id): Path<uuid::Uuid>) -> Response {
-    let state: &AppState = req.data().expect("state is attached to the live routes");
+pub async fn build_log_by_id(state: &AppState, req: &Request, id: uuid::Uuid) -> Response {
     let found = async {
         let caller = caller(state, req).await?;
         state.app.build_for(&caller, gradient_domain::BuildId(id)).await
@@ -252,9 +247,7 @@ fn evaluation_changes(
 /// epoch), followed for a build by its `.drv` path ([`Cursor`]): unique and increasing within the stream, so
 /// `Last-Event-ID` resumes right after the last change seen. The stream ends with an `end` event once the
 /// evaluation has ended.
-#[handler]
-pub async fn evaluation_events(req: &Request, Path(id): Path<uuid::Uuid>) -> Response {
-    let state: &AppState = req.data().expect("state is attached to the live routes");
+pub async fn evaluation_events(state: &AppState, req: &Request, id: uuid::Uuid) -> Response {
     let caller = match caller(state, req).await {
         Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),

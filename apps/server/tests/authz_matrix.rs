@@ -79,6 +79,7 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("POST /auth/logout",                       [401, 200, 200, 200, 200, 422, 422, 401, 401]),
     ("GET /builds/{id}",                        [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /builds/{id}/log",                    [404, 404, 200, 200, 200, 200, 200, 401, 401]),
+    ("GET /builds/{id}/log/live",               [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /caches",                             [200, 200, 200, 200, 200, 200, 200, 401, 401]),
     ("POST /caches",                            [401, 200, 200, 200, 200, 403, 403, 401, 401]),
     ("DELETE /caches/{cache}",                  [401, 404, 403, 403, 200, 403, 403, 401, 401]),
@@ -93,6 +94,8 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("POST /evals/{id}",                        [401, 404, 403, 200, 200, 200, 403, 401, 401]),
     ("GET /evals/{id}/builds",                  [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /evals/{id}/diff",                    [404, 404, 200, 200, 200, 200, 200, 401, 401]),
+    ("GET /evals/{id}/events",                  [404, 404, 200, 200, 200, 200, 200, 401, 401]),
+    ("GET /evals/{id}/log",                     [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("POST /hooks/github",                      [404, 404, 404, 404, 404, 404, 404, 404, 404]),
     ("POST /hooks/{forge}/{org}",               [200, 200, 200, 200, 200, 200, 200, 200, 200]),
     ("GET /health",                             [200, 200, 200, 200, 200, 200, 200, 200, 200]),
@@ -410,6 +413,8 @@ struct Fixture {
     project: String,
     evaluation: Option<String>,
     build: Option<String>,
+    /// The `.drv` of the fixture's build.
+    drv: Option<String>,
     peer: Option<String>,
     worker_token: Option<String>,
     job_token: Option<String>,
@@ -429,6 +434,7 @@ impl Fixture {
             project: "web".to_owned(),
             evaluation: id(),
             build: id(),
+            drv: None,
             peer: id(),
             admin_key_id: id(),
             ..Self::default()
@@ -520,6 +526,16 @@ impl Env {
         }
         let resp = req.send().await;
         let status = resp.0.status().as_u16();
+        // A live stream may not end: its status is the answer; dropping it closes the stream.
+        let streams = resp
+            .0
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if streams {
+            return (status, String::new());
+        }
         (status, resp.0.into_body().into_string().await.expect("body"))
     }
 
@@ -613,7 +629,8 @@ impl Env {
             fx.worker_token = Some(reg["token"].as_str().expect("token").to_owned());
         }
         if path.starts_with("/evals/") || path.starts_with("/builds/") || who == Who::Job {
-            self.evaluation(&mut fx, n, org_id, path.starts_with("/builds/")).await;
+            let build = path.starts_with("/builds/") || path == "/evals/{id}/log";
+            self.evaluation(&mut fx, n, org_id, build).await;
         }
         fx
     }
@@ -658,6 +675,7 @@ impl Env {
         }
         let app = &self.state.app;
         let drv = format!("/nix/store/{}-hello.drv", nix_hash(n));
+        fx.drv = Some(drv.clone());
         let derivation = EvaluatedDerivation {
             attribute: Some("packages.x86_64-linux.hello".into()),
             drv_path: drv.clone(),
@@ -751,6 +769,12 @@ impl Env {
             .replace("{installation}", "4242")
             .replace("{peer}", fx.peer.as_deref().unwrap_or("-"))
             .replace("{id}", id.as_deref().unwrap_or("-"));
+        // The log stream by evaluation names its build's `.drv` in the query.
+        let path = if op == "GET /evals/{id}/log" {
+            format!("{path}?drv={}", fx.drv.as_deref().unwrap_or("/nix/store/none.drv"))
+        } else {
+            path
+        };
         assert!(
             !path.contains(['{', '}']),
             "{op}: a path parameter has no value in the fixture"

@@ -24,3 +24,52 @@ describe('restoreChunk', () => {
     expect(restoreChunk('x', 0, null)).toBe('x');
   });
 });
+
+describe('follow', () => {
+  it('reports a lost connection and resumes with Last-Event-ID, stopping at the end event', async () => {
+    const { follow } = await import('./sse');
+    const seen: string[] = [];
+    const states: boolean[] = [];
+    const calls: (string | null)[] = [];
+    const stream = (text: string, thenFail: boolean) => {
+        let sent = false;
+        return new ReadableStream<Uint8Array>({
+          pull(c) {
+            if (!sent) {
+              sent = true;
+              c.enqueue(new TextEncoder().encode(text));
+            } else if (thenFail) c.error(new Error('connection reset'));
+            else c.close();
+          },
+        });
+      };
+    const realFetch = globalThis.fetch;
+    globalThis.fetch = (async (_url: string, init: RequestInit) => {
+      const headers = init.headers as Record<string, string>;
+      calls.push(headers['Last-Event-ID'] ?? null);
+      const body =
+        calls.length === 1
+          ? stream('id: 5\ndata: first\n\n', true)
+          : stream('id: 9\ndata: second\n\nevent: end\ndata: Completed\n\n', false);
+      return new Response(body, { headers: { 'content-type': 'text/event-stream' } });
+    }) as typeof fetch;
+    try {
+      await new Promise<void>((resolve) => {
+        follow('/api/v1/evals/x/events', {
+          token: 't',
+          retryMs: 1,
+          onConnection: (c) => states.push(c),
+          onEvent: (e) => {
+            seen.push(`${e.event}:${e.data}`);
+            if (e.event === 'end') resolve();
+          },
+        });
+      });
+    } finally {
+      globalThis.fetch = realFetch;
+    }
+    expect(calls).toEqual([null, '5']);
+    expect(seen).toEqual(['message:first', 'message:second', 'end:Completed']);
+    expect(states).toEqual([true, false, true]);
+  });
+});

@@ -14,6 +14,7 @@ mod meta;
 mod nullable;
 mod orgs;
 mod projects;
+mod streams;
 pub mod strict;
 mod workers;
 
@@ -71,6 +72,7 @@ pub type Api = (
     workers::WorkersApi,
     evaluations::EvaluationsApi,
     hooks::HooksApi,
+    streams::StreamsApi,
 );
 
 /// The API service, with the document's fixed metadata (the spec must not depend on the configuration).
@@ -84,7 +86,8 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
             caches::CachesApi(state.clone()),
             workers::WorkersApi(state.clone()),
             evaluations::EvaluationsApi(state.clone()),
-            hooks::HooksApi(state),
+            hooks::HooksApi(state.clone()),
+            streams::StreamsApi(state),
         ),
         "Gradient",
         env!("CARGO_PKG_VERSION"),

@@ -32,6 +32,12 @@ pub struct WorkerView {
     pub worker_id: Uuid,
     /// Whether the worker is connected and authorized for this registration now.
     pub connected: bool,
+    /// While connected: what it does (`fetch`, `eval`, `build`, `sign`, as far as this server allows).
+    pub capabilities: Vec<String>,
+    /// While connected: the systems it builds for.
+    pub systems: Vec<String>,
+    /// While connected: how many builds it runs at once; `null` otherwise.
+    pub max_concurrent_builds: Nullable<u32>,
     pub created_at: DateTime<Utc>,
     /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
     pub managed: bool,
@@ -118,12 +124,31 @@ impl WorkersApi {
         let regs = self.0.app.worker_registrations(&caller, &org).await?;
         ok(regs
             .iter()
-            .map(|r| WorkerView {
-                peer_id: r.peer_id.0,
-                worker_id: r.worker_id.0,
-                connected: self.0.fleet.links.is_connected(r.peer_id),
-                created_at: r.created_at,
-                managed: r.managed,
+            .map(|r| {
+                let info = self.0.fleet.links.info_for_peer(r.peer_id);
+                let capabilities = info.as_ref().map_or_else(Vec::new, |i| {
+                    let c = i.capabilities;
+                    [
+                        ("fetch", c.fetch),
+                        ("eval", c.eval),
+                        ("build", c.build),
+                        ("sign", c.sign),
+                    ]
+                    .into_iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(name, _)| name.to_owned())
+                    .collect()
+                });
+                WorkerView {
+                    peer_id: r.peer_id.0,
+                    worker_id: r.worker_id.0,
+                    connected: self.0.fleet.links.is_connected(r.peer_id),
+                    capabilities,
+                    systems: info.as_ref().map(|i| i.systems.clone()).unwrap_or_default(),
+                    max_concurrent_builds: info.map(|i| i.max_concurrent_builds).into(),
+                    created_at: r.created_at,
+                    managed: r.managed,
+                }
             })
             .collect())
     }

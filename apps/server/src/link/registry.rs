@@ -84,6 +84,14 @@ impl Links {
             .unwrap_or_default()
     }
 
+    /// What the worker connected for this registration offers, once its handshake is done.
+    pub fn info_for_peer(&self, peer: PeerId) -> Option<WorkerInfo> {
+        self.lock()
+            .values()
+            .find(|c| !c.closing && c.peers.contains_key(&peer))
+            .and_then(|c| c.info.clone())
+    }
+
     /// Registers an authorized connection; `None` if the worker already has one (it is never displaced).
     pub fn insert(
         &self,

@@ -72,3 +72,20 @@ export async function fetchText(path: string): Promise<string> {
   }
   return r.text();
 }
+
+/** The paths of the document whose answer is a Server-Sent Events stream. */
+export type StreamPath = {
+  [P in keyof paths]: paths[P] extends { get: { responses: { 200: { content: { 'text/event-stream': unknown } } } } }
+    ? P
+    : never;
+}[keyof paths];
+
+/**
+ * The URL of a live stream of the document, its `{placeholders}` filled: a stream the API no longer has fails
+ * the type check like any other call.
+ */
+export function streamUrl(path: StreamPath, params: Record<string, string>, query?: Record<string, string>): string {
+  const filled = path.replace(/\{(\w+)\}/g, (_, k: string) => encodeURIComponent(params[k] ?? ''));
+  const q = query ? `?${new URLSearchParams(query).toString()}` : '';
+  return `/api/v1${filled}${q}`;
+}
