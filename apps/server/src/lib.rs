@@ -159,6 +159,7 @@ pub fn init_logging(levels: &LogLevels) {
         }
     }
     let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .try_init();
 }

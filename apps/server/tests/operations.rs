@@ -540,3 +540,73 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn the_database_pools_are_sized_as_configured() {
+    let s = server_with(&[
+        ("GRADIENT_METRICS_TOKEN_FILE", "@token"),
+        ("GRADIENT_DATABASE_MAX_CONNECTIONS", "7"),
+        ("GRADIENT_DATABASE_MIN_CONNECTIONS", "3"),
+        ("GRADIENT_DATABASE_WEB_MAX_CONNECTIONS", "5"),
+        ("GRADIENT_DATABASE_WEB_MIN_CONNECTIONS", "2"),
+    ])
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = s.metrics().await;
+        let at = |pool: &str, state: &str| {
+            sample(
+                &m,
+                &format!("gradient_db_connections{{pool=\"{pool}\",state=\"{state}\"}}"),
+            )
+            .expect("series")
+        };
+        assert_eq!((at("main", "max"), at("web", "max")), (7.0, 5.0), "{m}");
+        // The minimums are kept open (sqlx opens them in the background).
+        if at("main", "open") >= 3.0 && at("web", "open") >= 2.0 {
+            assert!(at("main", "open") <= 7.0 && at("web", "open") <= 5.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the minimums are not kept open:\n{m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Registrations from distinct `X-Forwarded-For` addresses: counted per address only when the peer (here the
+/// in-process client, 127.0.0.1) is a trusted proxy.
+#[tokio::test]
+async fn only_trusted_proxies_name_the_client_address() {
+    async fn registrations_allowed(s: &Server) -> usize {
+        let mut allowed = 0;
+        for i in 0..25 {
+            let body = json!({"username": format!("u{i}"), "name": "U", "email": format!("u{i}@example.com"),
+                "password": "password123"});
+            let resp = s
+                .client
+                .post("/api/v1/auth/basic/register")
+                .header("X-Forwarded-For", format!("198.51.100.{i}"))
+                .body_json(&body)
+                .send()
+                .await;
+            if resp.0.status() == StatusCode::OK {
+                allowed += 1;
+            }
+        }
+        allowed
+    }
+    let trusted = server_with(&[]).await;
+    assert_eq!(
+        registrations_allowed(&trusted).await,
+        25,
+        "each forwarded address has its own budget"
+    );
+    let untrusted = server_with(&[("GRADIENT_TRUSTED_PROXIES", "192.0.2.1/32")]).await;
+    assert_eq!(
+        registrations_allowed(&untrusted).await,
+        gradient_server::limits::REGISTER_PER_ADDRESS.burst as usize,
+        "an untrusted peer is one client whatever it forwards"
+    );
+}
