@@ -70,6 +70,8 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    // One caller (`build_state`), naming each part.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         fleet: Arc<LinkFleet>,
         core: App,
