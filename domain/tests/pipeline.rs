@@ -754,7 +754,11 @@ async fn the_observer_hears_each_build_and_evaluation_end_once() {
             self.0.lock().unwrap().push(format!("evaluation {}", status.as_str()));
         }
         fn build_ended(&self, status: BuildStatus, built_for: Option<std::time::Duration>) {
-            let ran = if built_for.is_some() { "after building" } else { "without building" };
+            let ran = if built_for.is_some() {
+                "after building"
+            } else {
+                "without building"
+            };
             self.0.lock().unwrap().push(format!("build {} {ran}", status.as_str()));
         }
     }

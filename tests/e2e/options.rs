@@ -81,9 +81,9 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_EMAIL_SMTP_PASSWORD_FILE", &["options_that_cannot_work_yet_refuse_to_start"]),
     ("GRADIENT_EMAIL_FROM_ADDRESS", &["options_that_cannot_work_yet_refuse_to_start"]),
     ("GRADIENT_EMAIL_FROM_NAME", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_REPORT_ERRORS", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_SENTRY_DSN", &["options_that_cannot_work_yet_refuse_to_start"]),
     ("GRADIENT_DELETE_STATE", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_REPORT_ERRORS", &["internal_errors_are_reported_without_secrets", "options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_SENTRY_DSN", &["internal_errors_are_reported_without_secrets", "options_that_cannot_work_yet_refuse_to_start"]),
     // Worker.
     ("GRADIENT_SERVER_URL", &["a_registered_worker_connects_and_deleting_its_registration_disconnects_it"]),
     ("GRADIENT_WORKER_ID", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache"]),
@@ -186,8 +186,6 @@ async fn options_that_cannot_work_yet_refuse_to_start() {
         ("GRADIENT_EMAIL_SMTP_PASSWORD_FILE", "/run/secrets/smtp"),
         ("GRADIENT_EMAIL_FROM_ADDRESS", "ci@example.com"),
         ("GRADIENT_EMAIL_FROM_NAME", "CI"),
-        ("GRADIENT_REPORT_ERRORS", "true"),
-        ("GRADIENT_SENTRY_DSN", "https://key@sentry.example.com/1"),
         ("GRADIENT_DELETE_STATE", "false"),
     ] {
         let out = start_failure(dir.path(), &[(var, value)]);
@@ -197,6 +195,16 @@ async fn options_that_cannot_work_yet_refuse_to_start() {
             lines[0].contains(var) && lines[0].contains("not supported"),
             "{var}={value}: {out}"
         );
+    }
+    // Error reports need both settings: one alone is refused, never silently off or sent elsewhere.
+    for (var, value) in [
+        ("GRADIENT_REPORT_ERRORS", "true"),
+        ("GRADIENT_SENTRY_DSN", "https://key@sentry.example.com/1"),
+    ] {
+        let out = start_failure(dir.path(), &[(var, value)]);
+        let lines: Vec<_> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: one line, got:\n{out}");
+        assert!(lines[0].contains(&format!("{var}: ")), "{var}={value}: {out}");
     }
     // Their defaults (what the NixOS module writes when they are left alone) start.
     let server = Server::start(

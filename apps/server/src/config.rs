@@ -677,8 +677,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("email.smtpPasswordFile", "email"),
     ("email.fromAddress", "email"),
     ("email.fromName", "email"),
-    ("reportErrors", "error reporting (Sentry)"),
-    ("settings.sentryDsn", "error reporting (Sentry)"),
     ("settings.deleteState", "declarative state"),
 ];
 

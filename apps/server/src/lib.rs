@@ -12,6 +12,7 @@ pub mod link;
 pub mod live;
 pub mod metrics;
 pub mod nars;
+pub mod reporting;
 pub mod state;
 
 use config::{Config, ConfigError, LogLevels};
@@ -589,6 +590,7 @@ fn redact(url: &str) -> String {
 
 /// Starts the server and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let _reporting = reporting::start(&config)?;
     let state = build_state(&config).await?;
     spawn_dispatcher(state.clone());
     spawn_poller(state.clone());

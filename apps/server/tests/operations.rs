@@ -14,6 +14,7 @@ const TOKEN: &str = "scrape-token-4f6c1e0b9a8d7c6b5a4f3e2d1c0b";
 
 struct Server {
     client: TestClient<BoxEndpoint<'static, poem::Response>>,
+    config: Config,
     state: gradient_server::state::AppState,
     dir: tempfile::TempDir,
 }
@@ -38,6 +39,7 @@ async fn server_with(vars: &[(&str, &str)]) -> Server {
     let ep = gradient_server::app(state.clone()).boxed();
     Server {
         client: TestClient::new(ep),
+        config,
         state,
         dir,
     }
@@ -609,4 +611,111 @@ async fn only_trusted_proxies_name_the_client_address() {
         gradient_server::limits::REGISTER_PER_ADDRESS.burst as usize,
         "an untrusted peer is one client whatever it forwards"
     );
+}
+
+/// A local HTTP endpoint posing as Sentry: answers every request 200 and hands over each request's text.
+async fn fake_sentry() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            let _ = tx.send(text);
+                            break;
+                        }
+                    }
+                }
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn internal_errors_are_reported_without_secrets() {
+    let (port, mut reports) = fake_sentry().await;
+    let dsn = format!("http://publickey@127.0.0.1:{port}/42");
+    let (s, _, token, path, _) = listening_with_nar(
+        &[
+            ("GRADIENT_REPORT_ERRORS", "true"),
+            ("GRADIENT_SENTRY_DSN", &dsn),
+            ("GRADIENT_METRICS_TOKEN_FILE", "@token"),
+        ],
+        1024,
+    )
+    .await;
+    let _reporting = gradient_server::reporting::start(&s.config)
+        .expect("settings")
+        .expect("reporting is on");
+    // The NAR's file becomes a link to itself: the store cannot open it, an internal error.
+    let file = path.rsplit('/').next().expect("file name").to_owned();
+    let stored = walk(&s.dir.path().join("nars"))
+        .into_iter()
+        .find(|p| p.ends_with(&file))
+        .expect("the NAR's file");
+    std::fs::remove_file(&stored).expect("remove");
+    std::os::unix::fs::symlink(&stored, &stored).expect("symlink");
+    let resp = s
+        .client
+        .get(&path)
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Cookie", "session=cookie-secret-value")
+        .send()
+        .await;
+    assert_eq!(resp.0.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let report = loop {
+        let text = tokio::time::timeout(std::time::Duration::from_secs(15), reports.recv())
+            .await
+            .expect("a report arrives within 15 s")
+            .expect("the endpoint runs");
+        if text.contains("opening") {
+            break text;
+        }
+    };
+    assert!(report.starts_with("POST /api/42/envelope/"), "{report}");
+    assert!(report.contains("sentry_key=publickey"), "{report}");
+    assert!(
+        report.contains("cache: opening"),
+        "the internal error is the message: {report}"
+    );
+    let jwt = std::fs::read_to_string(s.dir.path().join("jwt-secret")).expect("jwt secret");
+    let crypt = std::fs::read_to_string(s.dir.path().join("crypt-secret")).expect("crypt secret");
+    for secret in [
+        token.as_str(),
+        TOKEN,
+        jwt.trim(),
+        crypt.trim(),
+        "cookie-secret-value",
+        "Bearer",
+        "password123",
+    ] {
+        assert!(
+            !report.contains(secret),
+            "the report holds a secret ({secret}):\n{report}"
+        );
+    }
 }

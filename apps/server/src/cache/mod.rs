@@ -74,6 +74,7 @@ fn failure(e: ServiceError) -> Response {
         ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
         ServiceError::Internal(detail) => {
             tracing::error!(target: "gradient::cache", "{detail}");
+            crate::reporting::internal_error("cache", detail);
             StatusCode::INTERNAL_SERVER_ERROR
         }
     };
