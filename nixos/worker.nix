@@ -33,13 +33,16 @@ let
     "settings.probeSubstituters"
     "settings.gcrootsDir"
     "settings.logLevel.default"
+    "settings.logLevel.eval"
+    "settings.logLevel.build"
+    "settings.logLevel.proto"
   ];
   secretOptions = [ "peersFile" ];
   credentials = glib.credentialsFor cfg secretOptions;
 
   # Options of the seed this worker accepts but that have no effect: it dials the server and has no
   # listener of its own (no reverse-proxy mode, no federation), talks to Nix through the nix CLI (no
-  # connection pool), and logs with one level. Setting one to anything but its default is warned about.
+  # connection pool). Setting one to anything but its default is warned about.
   withoutEffect = {
     useTls = true;
     discoverable = false;
@@ -48,9 +51,6 @@ let
     "capabilities.federate" = false;
     "settings.maxNixdaemonConnections" = 32;
     "settings.maxProtoConnections" = 16;
-    "settings.logLevel.eval" = null;
-    "settings.logLevel.build" = null;
-    "settings.logLevel.proto" = null;
   };
 in
 {
@@ -90,9 +90,9 @@ in
       probeSubstituters = opt types.bool true "Ask Nix's substituters at start and leave out those that do not answer.";
       logLevel = {
         default = opt logLevel "info" "Worker log level.";
-        eval = nullOpt logLevel "Evaluator log level override (no effect in this worker yet).";
-        build = nullOpt logLevel "Builder log level override (no effect in this worker yet).";
-        proto = nullOpt logLevel "Protocol log level override (no effect in this worker yet).";
+        eval = nullOpt logLevel "Evaluation log level override (null inherits default).";
+        build = nullOpt logLevel "Build log level override (null inherits default).";
+        proto = nullOpt logLevel "Protocol (link to the server) log level override (null inherits default).";
       };
     };
     environment = mkOption {

@@ -780,3 +780,55 @@ async fn a_build_goes_to_the_worker_that_just_built_its_input_while_that_worker_
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
 }
+
+/// What an observer (the server's metrics) hears: each build and evaluation once, when it ends, with its status;
+/// a build that ran with how long it was building.
+#[tokio::test]
+async fn the_observer_hears_each_build_and_evaluation_end_once() {
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<String>>);
+    impl gradient_domain::ports::Observer for Heard {
+        fn evaluation_ended(&self, status: EvaluationStatus, _: std::time::Duration) {
+            self.0.lock().unwrap().push(format!("evaluation {}", status.as_str()));
+        }
+        fn build_ended(&self, status: BuildStatus, built_for: Option<std::time::Duration>) {
+            let ran = if built_for.is_some() {
+                "after building"
+            } else {
+                "without building"
+            };
+            self.0.lock().unwrap().push(format!("build {} {ran}", status.as_str()));
+        }
+    }
+    let (mut app, _caller, org, project) = app_with_caller(Settings::default()).await;
+    let heard = std::sync::Arc::new(Heard::default());
+    app.app = app.app.clone().observed_by(heard.clone());
+    let w = builder(1, org.id, true, 4);
+    let e = evaluated(
+        &app,
+        &org,
+        &project,
+        &w,
+        vec![derivation("x"), derivation_on("y", &["x"])],
+    )
+    .await;
+    let sent = dispatch(&app, &[&w]).await;
+    let failed = JobOutcome::Failed {
+        kind: gradient_domain::proto::FailureKind::BuilderFailed,
+        message: "exit 1".into(),
+    };
+    app.record_job_finished(sent_build(&sent, "x"), w.id, &w.orgs, failed, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Failed);
+    let mut heard = heard.0.lock().unwrap().clone();
+    heard.sort();
+    assert_eq!(
+        heard,
+        [
+            "build DependencyFailed without building",
+            "build Failed after building",
+            "evaluation Failed"
+        ]
+    );
+}

@@ -155,7 +155,12 @@ in
           maxEvaluationsPerWorker = 0;
           gcrootsDir = "/nix/var/nix/gcroots/ci";
           probeSubstituters = false;
-          logLevel.default = "debug";
+          logLevel = {
+            default = "debug";
+            eval = "info";
+            build = "warn";
+            proto = "trace";
+          };
         };
       };
     };

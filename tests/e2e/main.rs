@@ -11,6 +11,7 @@ mod harness;
 mod hooks;
 mod nix;
 mod nixos;
+mod options;
 mod pipeline;
 mod reach;
 mod server;

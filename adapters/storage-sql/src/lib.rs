@@ -82,6 +82,15 @@ impl Pool {
     }
 }
 
+/// One pool's connections (see [`SqlStorage::pool_use`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUse {
+    pub name: &'static str,
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// The storage port on SQL. Cheap to clone; clones share the pools.
 #[derive(Clone, Debug)]
 pub struct SqlStorage {
@@ -182,6 +191,25 @@ impl SqlStorage {
     /// `"web"` for a handle from [`Self::for_web`], `"main"` otherwise.
     pub fn pool_name(&self) -> &'static str {
         if self.on_web { "web" } else { "main" }
+    }
+
+    /// Each pool (`main`, `web`) with its open and idle connections and its maximum, for the server's metrics.
+    pub fn pool_use(&self) -> [PoolUse; 2] {
+        let of = |name, pool: &Pool| match pool {
+            Pool::Sqlite(p) => PoolUse {
+                name,
+                open: p.size(),
+                idle: p.num_idle() as u32,
+                max: p.options().get_max_connections(),
+            },
+            Pool::Postgres(p) => PoolUse {
+                name,
+                open: p.size(),
+                idle: p.num_idle() as u32,
+                max: p.options().get_max_connections(),
+            },
+        };
+        [of("main", &self.main), of("web", &self.web)]
     }
 
     /// `"sqlite"` or `"postgres"`.

@@ -11,8 +11,10 @@ pub mod github_setup;
 pub mod limits;
 pub mod link;
 pub mod live;
+pub mod metrics;
 pub mod nars;
 pub mod org_events;
+pub mod reporting;
 pub mod state;
 
 use config::{Config, ConfigError, LogLevels};
@@ -37,6 +39,19 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let docs = api.swagger_ui();
     let schemas = std::sync::Arc::new(api::strict::BodySchemas::from_spec(&api.spec()));
     let allowed = api::AllowedMethods::from_openapi(&api.spec());
+    let metrics = state_for_cache.metrics.clone();
+    let mut templates = api::AllowedMethods::from_openapi(&api.spec()).under("/api/v1");
+    templates.extend(cache::templates().under("/cache"));
+    templates.extend(api::AllowedMethods::from_routes(&[
+        ("/proto", &["GET"]),
+        ("/metrics", &["GET"]),
+        ("/github/setup", &["GET"]),
+        ("/api/v1/openapi.json", &["GET"]),
+        ("/api/v1/docs", &["GET"]),
+        ("/api/v1/evals/{id}/log", &["GET"]),
+        ("/api/v1/builds/{id}/log/live", &["GET"]),
+        ("/api/v1/evals/{id}/events", &["GET"]),
+    ]));
     let api = api::WithAllow {
         inner: api
             .around(move |ep, req| {
@@ -55,6 +70,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
                 .catch_all_error(json_error),
         )
         .at("/github/setup", github_setup::setup.data(state_for_cache.clone()))
+        .at("/metrics", metrics::endpoint.data(state_for_cache.clone()))
         .nest("/cache", cache::routes(state_for_cache))
         .at("/api/v1/openapi.json", spec)
         .nest("/api/v1/docs", docs)
@@ -65,7 +81,11 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
             .at("/*path", frontend::Frontend { dir }),
         None => routes,
     };
-    routes.map_to_response()
+    metrics::Measured {
+        inner: routes.map_to_response(),
+        routes: templates,
+        metrics,
+    }
 }
 
 /// An error of a route outside the OpenAPI document (the organization's event stream) as the API's JSON error.
@@ -114,8 +134,10 @@ async fn limit_body<E: Endpoint>(
     Ok(ep.call(req).await?.into_response())
 }
 
-/// Sets up logging: the default level, with per-area overrides (`gradient::web`, `gradient::cache`,
-/// `gradient::proto`).
+/// Sets up logging: the default level, with per-area overrides. The seed's areas are tracing targets:
+/// `web` → `gradient::web` (HTTP API, web UI, live streams), `cache` → `gradient::cache` (binary cache, NAR
+/// store, garbage collection), `proto` → `gradient::proto` (the worker link and the dispatcher); everything
+/// else (start-up, forges, polling) follows the default. `sqlx` logs only warnings.
 pub fn init_logging(levels: &LogLevels) {
     let mut filter = format!("{},sqlx=warn", levels.default.as_str());
     for (target, level) in [
@@ -128,6 +150,7 @@ pub fn init_logging(levels: &LogLevels) {
         }
     }
     let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .try_init();
 }
@@ -290,6 +313,11 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         ..Settings::default()
     };
     let fleet = std::sync::Arc::new(link::LinkFleet::default());
+    let metrics_token = match &config.metrics_token_file {
+        Some(file) => Some(metrics::read_token(file)?),
+        None => None,
+    };
+    let metrics = std::sync::Arc::new(metrics::Metrics::new(metrics_token));
     let app = Gradient::new(
         storage.clone(),
         SystemClock,
@@ -297,7 +325,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         Crypt::from_secret(&crypt),
         settings,
         fleet.clone(),
-    );
+    )
+    .observed_by(metrics.clone());
     app.check_crypt_secret().await.map_err(|e| match e {
         gradient_domain::service::ServiceError::Internal(m) => StartError::Config(ConfigError {
             var: config::env_name("cryptSecretFile"),
@@ -312,12 +341,15 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         Err(e) => return Err(StartError::Database(e.to_string())),
     }
     let nars = open_nar_store(&config.nar_store).await?;
-    tracing::info!("NAR store: {}", nars.kind());
+    tracing::info!(target: "gradient::cache", "NAR store: {}", nars.kind());
     let http = HttpSettings {
         max_request_size: config.max_request_size,
         trusted_proxies: config.trusted_proxies.clone(),
         local_ips: config.local_ips.clone(),
         nar_open_timeout_secs: config.nar_storage_open_timeout_secs,
+        nar_send_chunk_timeout_secs: config.nar_send_chunk_timeout_secs,
+        max_concurrent_nar_serves: config.max_concurrent_nar_serves,
+        max_nar_buffer_bytes: config.max_nar_buffer_bytes,
         oidc_enabled: config.oidc.enable,
         email_verification: config.email.enable && config.email.require_verification,
         frontend: match frontend::locate(config.frontend_dir.as_deref(), &frontend::built_in_dir()) {
@@ -349,7 +381,21 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
             ..Default::default()
         },
     };
-    Ok(AppState::new(fleet, app, storage.for_web(), http, nars, link, forge))
+    if link.discoverable {
+        tracing::info!(target: "gradient::proto", "worker link at /proto: up to {} connections", link.max_connections);
+    } else {
+        tracing::info!(target: "gradient::proto", "worker link at /proto: closed (GRADIENT_DISCOVERABLE=false)");
+    }
+    Ok(AppState::new(
+        fleet,
+        app,
+        storage.for_web(),
+        http,
+        nars,
+        link,
+        forge,
+        metrics,
+    ))
 }
 
 async fn open_nar_store(config: &config::NarStoreConfig) -> Result<nars::NarStorage, StartError> {
@@ -537,6 +583,7 @@ fn redact(url: &str) -> String {
 
 /// Starts the server and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let _reporting = reporting::start(&config)?;
     let state = build_state(&config).await?;
     if let Some(path) = &config.state_file {
         let plan = declared::apply_file(&state.core, path, config.delete_state).await?;

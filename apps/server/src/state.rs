@@ -20,7 +20,14 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Clients that get a cache's local priority.
     pub local_ips: Vec<ipnet::IpNet>,
+    /// Seconds opening a NAR in the store may take (`narStorageOpenTimeoutSecs`).
     pub nar_open_timeout_secs: u64,
+    /// Seconds a download may wait for its reader to take the next piece (`narSendChunkTimeoutSecs`).
+    pub nar_send_chunk_timeout_secs: u64,
+    /// NAR downloads served at once (`maxConcurrentNarServes`).
+    pub max_concurrent_nar_serves: u32,
+    /// Bytes one download may hold read from the store and not yet taken by its reader (`maxNarBufferBytes`).
+    pub max_nar_buffer_bytes: u64,
     pub oidc_enabled: bool,
     pub email_verification: bool,
     /// The web UI's files, served at `/` (none: no UI).
@@ -47,6 +54,12 @@ pub struct Inner {
     pub forge: HttpForge,
     /// Login and registration rate limits (`limits.rs`).
     pub limits: crate::limits::Limits,
+    /// `/metrics` and the counters kept as things happen (`metrics.rs`).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// One permit per NAR download being served (`maxConcurrentNarServes`).
+    pub nar_serves: Arc<tokio::sync::Semaphore>,
+    /// The database handle, for its pools' numbers.
+    db: gradient_storage_sql::SqlStorage,
 }
 
 impl std::ops::Deref for AppState {
@@ -57,6 +70,8 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    // One caller (`build_state`), naming each part.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         fleet: Arc<LinkFleet>,
         core: App,
@@ -65,8 +80,12 @@ impl AppState {
         nars: NarStorage,
         link: LinkSettings,
         forge: HttpForge,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self(Arc::new(Inner {
+            db: web.clone(),
+            nar_serves: Arc::new(tokio::sync::Semaphore::new(http.max_concurrent_nar_serves as usize)),
+            metrics,
             app: core.with_storage(web),
             core,
             http,
@@ -77,6 +96,11 @@ impl AppState {
             forge,
             limits: crate::limits::Limits::default(),
         }))
+    }
+
+    /// Each database pool's connections.
+    pub fn storage_pools(&self) -> [gradient_storage_sql::PoolUse; 2] {
+        self.db.pool_use()
     }
 
     /// The server's public base URL, as workers and Nix clients reach it.

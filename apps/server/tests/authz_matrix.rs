@@ -140,6 +140,18 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("DELETE /user/keys/{id}",                  [401, 404, 404, 404, 200, 403, 403, 401, 401]),
 ];
 
+/// Routes outside the document (not under `/api/v1`, not JSON) × the same callers. `/metrics` is for the scraper
+/// holding the metrics token (`GRADIENT_METRICS_TOKEN_FILE`, configured here) only: no user, key, job or worker
+/// credential reads it (the scraper's 200 is checked apart).
+#[rustfmt::skip]
+const OUTSIDE_THE_DOCUMENT: &[(&str, [u16; 9])] = &[
+    //                                           anon outs view writ admn okey vkey job  wrkr
+    ("GET /metrics",                            [401, 401, 401, 401, 401, 401, 401, 401, 401]),
+];
+
+/// The metrics scraper's token in the matrix's server.
+const METRICS_TOKEN: &str = "matrix-metrics-token-0123456789abcdef";
+
 /// Cells where today's server does not yet do what the table requires: (operation, caller, required, actual).
 /// They are printed and tolerated; any other mismatch fails, and so does a gap that is fixed (remove it here).
 /// Each belongs to a rule of issue #11 that another branch implements.
@@ -212,6 +224,21 @@ async fn run_matrix(backend: &str, database_url: Option<String>, concurrent_cell
     let checked = results.len();
     let mut tolerated = Vec::new();
     let mut failures = Vec::new();
+    for (op, row) in OUTSIDE_THE_DOCUMENT {
+        let (method, path) = op.split_once(' ').expect("METHOD /path");
+        for (who, expected) in CALLERS.into_iter().zip(row.iter().copied()) {
+            let fx = env.fixture(env.next(), op, who).await;
+            let status = env.outside(method, path, env.credential(&fx, who)).await;
+            if status != expected {
+                failures.push(format!("{op} as {who:?}: expected {expected}, got {status}"));
+            }
+        }
+    }
+    assert_eq!(
+        env.outside("GET", "/metrics", Some(METRICS_TOKEN)).await,
+        200,
+        "the scraper reads /metrics"
+    );
     let mut fixed_gaps = Vec::new();
     for Cell {
         op,
@@ -450,6 +477,12 @@ impl Env {
         if let Some(url) = database_url {
             vars.insert("GRADIENT_DATABASE_URL".to_owned(), url);
         }
+        let token_file = dir.path().join("metrics-token");
+        std::fs::write(&token_file, format!("{METRICS_TOKEN}\n")).expect("metrics token");
+        vars.insert(
+            "GRADIENT_METRICS_TOKEN_FILE".to_owned(),
+            token_file.display().to_string(),
+        );
         let config = Config::from_vars(&vars).expect("config");
         let state = gradient_server::build_state(&config).await.expect("state");
         let client = TestClient::new(gradient_server::app(state.clone()).boxed());
@@ -506,6 +539,31 @@ impl Env {
     }
 
     /// Sends a request; answers the status and the body as text.
+    /// The bearer credential a caller holds (sessions, keys and tokens as in the matrix).
+    fn credential<'a>(&'a self, fx: &'a Fixture, who: Who) -> Option<&'a str> {
+        match who {
+            Who::Anonymous => None,
+            Who::Outsider => Some(self.outsider.session.as_str()),
+            Who::View => Some(self.view.session.as_str()),
+            Who::Write => Some(self.write.session.as_str()),
+            Who::Admin => Some(self.admin.session.as_str()),
+            Who::OrgKey => fx.org_key.as_deref(),
+            Who::ViewKey => Some(self.view_key.as_str()),
+            Who::Job => fx.job_token.as_deref(),
+            Who::Worker => fx.worker_token.as_deref(),
+        }
+    }
+
+    /// A request to a route outside the API document; answers the status.
+    async fn outside(&self, method: &str, path: &str, token: Option<&str>) -> u16 {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, path);
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        req.send().await.0.status().as_u16()
+    }
+
     async fn send(
         &self,
         method: Method,

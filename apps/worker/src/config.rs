@@ -27,9 +27,20 @@ pub struct WorkerConfig {
     /// Ask Nix's substituters at start and leave out those that do not answer (`GRADIENT_PROBE_SUBSTITUTERS`,
     /// default true).
     pub probe_substituters: bool,
-    /// The log filter (`GRADIENT_LOG_LEVEL_DEFAULT`, default `info`).
-    pub log_level: String,
+    /// Log levels: the default (`GRADIENT_LOG_LEVEL_DEFAULT`, default `info`) and per area (`…_EVAL`,
+    /// `…_BUILD`, `…_PROTO`; unset or `null`: the default). See [`WorkerConfig::log_filter`].
+    pub log_level: LogLevels,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLevels {
+    pub default: &'static str,
+    pub eval: Option<&'static str>,
+    pub build: Option<&'static str>,
+    pub proto: Option<&'static str>,
+}
+
+const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
 /// One variable the worker reads, as `gradient-worker --print-config-schema` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +87,22 @@ impl Vars<'_> {
             .filter(|v| !v.is_empty())
     }
 
+    /// A log level (`trace` … `error`); `null` or unset: `None`.
+    fn level(&self, var: &'static str, default: Option<&str>) -> Result<Option<&'static str>, ConfigError> {
+        match self.get_or(var, default) {
+            None => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("null") => Ok(None),
+            Some(v) => LEVELS
+                .into_iter()
+                .find(|l| l.eq_ignore_ascii_case(&v))
+                .map(Some)
+                .ok_or_else(|| ConfigError {
+                    var,
+                    problem: format!("invalid value '{v}': expected trace, debug, info, warn or error"),
+                }),
+        }
+    }
+
     fn secret_file(&self, var: &'static str) -> Option<PathBuf> {
         self.record(var, true, None);
         self.get(var).map(PathBuf::from)
@@ -88,6 +115,21 @@ impl Vars<'_> {
                 problem: format!("invalid value '{v}': expected a number"),
             })
         })
+    }
+
+    /// A number this worker cannot honour yet: it evaluates with one `nix` process per job (no pool of
+    /// evaluator subprocesses to size or recycle). Anything but the default stops start-up with one line.
+    fn unsupported(&self, var: &'static str, default: u32) -> Result<u32, ConfigError> {
+        let value = self.num(var, default)?;
+        if value != default {
+            return Err(ConfigError {
+                var,
+                problem: format!(
+                    "not supported by this worker yet (it runs one nix process per evaluation); unset it or set {default}"
+                ),
+            });
+        }
+        Ok(value)
     }
 
     fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -164,9 +206,9 @@ impl WorkerConfig {
                 sign: v.flag("GRADIENT_CAPABILITIES_SIGN", false)?,
             },
             max_concurrent_builds: v.num("GRADIENT_MAX_CONCURRENT_BUILDS", 100)?,
-            eval_workers: v.num("GRADIENT_EVAL_WORKERS", 1)?,
+            eval_workers: v.unsupported("GRADIENT_EVAL_WORKERS", 1)?,
             max_concurrent_evaluations: v.num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
-            max_evaluations_per_worker: v.num("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
+            max_evaluations_per_worker: v.unsupported("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
             probe_substituters: v.flag("GRADIENT_PROBE_SUBSTITUTERS", true)?,
             // Unset: the default directory; set but empty: no GC roots.
             gcroots_dir: match v
@@ -177,10 +219,31 @@ impl WorkerConfig {
                 Some("") => None,
                 Some(dir) => Some(PathBuf::from(dir)),
             },
-            log_level: v
-                .get_or("GRADIENT_LOG_LEVEL_DEFAULT", Some("info"))
-                .unwrap_or_else(|| "info".to_owned()),
+            log_level: LogLevels {
+                default: v.level("GRADIENT_LOG_LEVEL_DEFAULT", Some("info"))?.unwrap_or("info"),
+                eval: v.level("GRADIENT_LOG_LEVEL_EVAL", None)?,
+                build: v.level("GRADIENT_LOG_LEVEL_BUILD", None)?,
+                proto: v.level("GRADIENT_LOG_LEVEL_PROTO", None)?,
+            },
         })
+    }
+
+    /// The tracing filter: the default level, and each area's own where set. The areas are targets:
+    /// `gradient::eval` (evaluating and pushing `.drv` files), `gradient::build` (building and pushing outputs),
+    /// `gradient::proto` (the link to the server: dialing, handshake, jobs handed out, losses).
+    pub fn log_filter(&self) -> String {
+        let l = &self.log_level;
+        let mut filter = l.default.to_owned();
+        for (target, level) in [
+            ("gradient::eval", l.eval),
+            ("gradient::build", l.build),
+            ("gradient::proto", l.proto),
+        ] {
+            if let Some(level) = level {
+                filter.push_str(&format!(",{target}={level}"));
+            }
+        }
+        filter
     }
 }
 
@@ -224,6 +287,43 @@ mod tests {
     }
 
     #[test]
+    fn options_without_an_effect_refuse_anything_but_their_default() {
+        let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
+        for (var, default) in [
+            ("GRADIENT_EVAL_WORKERS", "1"),
+            ("GRADIENT_MAX_EVALUATIONS_PER_WORKER", "20"),
+        ] {
+            assert!(WorkerConfig::from_vars(&vars(&[url, (var, default)])).is_ok());
+            let e = WorkerConfig::from_vars(&vars(&[url, (var, "4")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("{var}: not supported")), "{e}");
+            assert!(!e.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn log_levels_per_area_make_the_filter() {
+        let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
+        let c = WorkerConfig::from_vars(&vars(&[url])).unwrap();
+        assert_eq!(c.log_filter(), "info");
+        let c = WorkerConfig::from_vars(&vars(&[
+            url,
+            ("GRADIENT_LOG_LEVEL_DEFAULT", "warn"),
+            ("GRADIENT_LOG_LEVEL_BUILD", "DEBUG"),
+            ("GRADIENT_LOG_LEVEL_PROTO", "null"),
+        ]))
+        .unwrap();
+        assert_eq!(c.log_filter(), "warn,gradient::build=debug");
+        let e = WorkerConfig::from_vars(&vars(&[url, ("GRADIENT_LOG_LEVEL_EVAL", "loud")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("GRADIENT_LOG_LEVEL_EVAL: invalid value 'loud'"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_schema_lists_what_the_parser_reads() {
         let schema = WorkerConfig::schema();
         let names: Vec<_> = schema.iter().map(|v| v.name).collect();
@@ -245,6 +345,9 @@ mod tests {
                 "GRADIENT_PROBE_SUBSTITUTERS",
                 "GRADIENT_GCROOTS_DIR",
                 "GRADIENT_LOG_LEVEL_DEFAULT",
+                "GRADIENT_LOG_LEVEL_EVAL",
+                "GRADIENT_LOG_LEVEL_BUILD",
+                "GRADIENT_LOG_LEVEL_PROTO",
             ]
         );
         let peers = &schema[2];

@@ -202,6 +202,7 @@ async fn evaluate<N: Nix>(
         return failure(FailureKind::EvaluationFailed, &e);
     }
     tracing::info!(
+        target: "gradient::eval",
         "evaluated {} derivation(s) in {:.2}s",
         drvs.len(),
         started.elapsed().as_secs_f64()
@@ -219,6 +220,7 @@ async fn evaluate<N: Nix>(
         let started = std::time::Instant::now();
         let pushed = gradient_domain::push::push(nix, &dirs.cache, &target, &drvs).await;
         tracing::info!(
+            target: "gradient::eval",
             "pushed {} derivation(s) in {:.2}s",
             drvs.len(),
             started.elapsed().as_secs_f64()
@@ -522,6 +524,7 @@ pub async fn run_batch<N: Nix>(
             let pushing = std::time::Instant::now();
             let pushed = gradient_domain::push::push(nix, &dirs.cache, target, &built).await;
             tracing::info!(
+                target: "gradient::build",
                 "batch of {} build(s): built in {:.2}s, pushed {} path(s) in {:.2}s",
                 ids.len(),
                 built_in.as_secs_f64(),

@@ -348,22 +348,23 @@ impl<N: Nix> Work<N> {
 pub async fn run<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &mut Work<N>) {
     let mut backoff = Duration::from_secs(1);
     loop {
+        tracing::debug!(target: "gradient::proto", "dialing {url}");
         let most = match session(url, identity, peers, work).await {
             End::Lost(why) => {
-                tracing::warn!("link lost: {why}");
+                tracing::warn!(target: "gradient::proto", "link lost: {why}");
                 Duration::from_secs(60)
             }
             End::Rejected(why) => {
                 // Retrying helps once the worker is registered (a co-located worker: once the first
                 // organization exists), so keep trying, neither eagerly nor so slowly that the user waits.
-                tracing::error!("the server refused this worker: {why}");
+                tracing::error!(target: "gradient::proto", "the server refused this worker: {why}");
                 backoff = backoff.max(Duration::from_secs(4));
                 Duration::from_secs(15)
             }
         };
         let jitter = rand::thread_rng().gen_range(0.5..1.5);
         let wait = backoff.mul_f64(jitter).min(most);
-        tracing::info!("reconnecting in {:.1}s", wait.as_secs_f64());
+        tracing::info!(target: "gradient::proto", "reconnecting in {:.1}s", wait.as_secs_f64());
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(Duration::from_secs(60));
     }
@@ -414,6 +415,7 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
         Err(e) => return End::Lost(e.to_string()),
     };
     tracing::info!(
+        target: "gradient::proto",
         "connected to {url} as {} for {} registration(s)",
         identity.worker_id,
         welcome.authorized.len()
@@ -437,13 +439,13 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
             msg = rx.recv() => { heard = tokio::time::Instant::now(); match msg {
                 Ok(ServerMessage::Heartbeat) => {}
                 Ok(ServerMessage::Abort { job_id }) => {
-                    tracing::info!("aborting job {job_id}");
+                    tracing::info!(target: "gradient::proto", "aborting job {job_id}");
                     work.abort(job_id);
                 }
                 Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
                 Ok(ServerMessage::Assign { job }) => {
                     let kind = match &job { Job::Evaluate { .. } => "evaluation", Job::Build { .. } => "build" };
-                    tracing::info!("running {kind} job {}", job.id());
+                    tracing::info!(target: "gradient::proto", "running {kind} job {}", job.id());
                     work.start(job);
                 }
                 Ok(_) => {}

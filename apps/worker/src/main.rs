@@ -31,7 +31,8 @@ async fn main() {
     }
     let config = config::WorkerConfig::from_vars(&std::env::vars().collect()).unwrap_or_else(|e| fail(&e));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(config.log_filter()))
         .try_init();
     let worker_id = identity::resolve(config.worker_id, &config.state_dir).unwrap_or_else(|e| fail(&e));
     let peers = match &config.peers_file {

@@ -8,9 +8,11 @@ pub mod forge;
 pub mod git;
 pub mod nar_store;
 pub mod nix;
+pub mod observer;
 pub mod storage;
 
 pub use cache_client::CacheClient;
 pub use clock::Clock;
 pub use fleet::Fleet;
+pub use observer::Observer;
 pub use storage::{Storage, StorageError};

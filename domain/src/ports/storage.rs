@@ -562,8 +562,27 @@ pub trait Declared {
     fn apply_state(&self, writes: &[StateWrite], at: Timestamp) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// Installation-wide counts (the server's metrics): numbers by kind, never a name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Evaluations by status; statuses without any are left out.
+    pub evaluations: Vec<(crate::status::EvaluationStatus, u64)>,
+    /// Builds by status; statuses without any are left out.
+    pub builds: Vec<(crate::status::BuildStatus, u64)>,
+    /// Jobs waiting for a worker, and when the oldest of them was queued.
+    pub queued_jobs: u64,
+    pub oldest_queued_job: Option<Timestamp>,
+    /// Jobs handed to workers and not ended.
+    pub assigned_jobs: u64,
+    /// NAR files recorded in all caches, and their bytes as stored.
+    pub nar_files: u64,
+    pub nar_bytes: u64,
+}
+
 /// Small installation-wide values (e.g. the check value that detects a changed crypt secret).
 pub trait Meta {
+    /// Counts over the whole installation (one query per family of numbers).
+    fn totals(&self) -> impl Future<Output = Result<Totals>> + Send;
     fn meta(&self, key: &str) -> impl Future<Output = Result<Option<String>>> + Send;
     /// Stores the value unless the key is already set; returns the value now stored.
     fn meta_init(&self, key: &str, value: &str) -> impl Future<Output = Result<String>> + Send;

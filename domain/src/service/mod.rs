@@ -8,6 +8,7 @@ mod builds;
 pub(crate) mod caches;
 mod github_app;
 mod memo;
+mod operations;
 mod orgs;
 mod overview;
 mod pipeline;
@@ -22,6 +23,7 @@ pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, nar_key, nix_cache_i
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
 pub use github_app::GithubAppSettings;
+pub use operations::Operations;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use overview::{
     FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview,
@@ -185,6 +187,8 @@ pub struct Gradient<S, C> {
     derivations: std::sync::Arc<memo::DerivationMemo>,
     /// Builds waiting for the worker that evaluated them to push their `.drv` files; shared by clones.
     pins: std::sync::Arc<crate::scheduler::Pins>,
+    /// Told when evaluations and builds end (the server's metrics); shared by clones.
+    observer: std::sync::Arc<dyn crate::ports::Observer>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
@@ -200,6 +204,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             memo: Default::default(),
             derivations: Default::default(),
             pins: Default::default(),
+            observer: std::sync::Arc::new(crate::ports::observer::Unobserved),
             fleet,
             storage,
             clock,
@@ -225,7 +230,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             memo: self.memo.clone(),
             derivations: self.derivations.clone(),
             pins: self.pins.clone(),
+            observer: self.observer.clone(),
         }
+    }
+
+    /// The same application, telling `observer` when evaluations and builds end.
+    pub fn observed_by(mut self, observer: std::sync::Arc<dyn crate::ports::Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Whether both share what they keep in memory (memos, pins) and their fleet: true for the handles

@@ -173,6 +173,7 @@ macro_rules! storage_contract {
             builds_are_found_by_id,
             build_statuses_answer_many_paths_at_once,
             count_builds_counts_by_status,
+            totals_count_by_status_the_queue_and_nar_files,
             build_logs_round_trip_and_are_replaced,
             build_statuses_round_trip,
             delete_evaluation_removes_its_entry_points_and_links,

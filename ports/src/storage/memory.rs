@@ -651,6 +651,41 @@ impl Integrations for MemoryStorage {
 }
 
 impl Meta for MemoryStorage {
+    async fn totals(&self) -> Result<gradient_domain::ports::storage::Totals> {
+        use gradient_domain::model::JobState;
+        use std::collections::BTreeMap;
+        self.with(|s| {
+            let mut evaluations = BTreeMap::new();
+            for e in s.evaluations.values() {
+                *evaluations.entry(e.status.as_str()).or_insert(0u64) += 1;
+            }
+            let mut builds = BTreeMap::new();
+            for b in s.builds.values() {
+                *builds.entry(b.status.as_str()).or_insert(0u64) += 1;
+            }
+            let queued = s.jobs.values().filter(|j| j.state == JobState::Queued);
+            Ok(gradient_domain::ports::storage::Totals {
+                evaluations: evaluations
+                    .into_iter()
+                    .filter_map(|(k, n)| gradient_domain::status::EvaluationStatus::parse(k).map(|st| (st, n)))
+                    .collect(),
+                builds: builds
+                    .into_iter()
+                    .filter_map(|(k, n)| gradient_domain::status::BuildStatus::parse(k).map(|st| (st, n)))
+                    .collect(),
+                queued_jobs: queued.clone().count() as u64,
+                oldest_queued_job: queued.map(|j| j.created_at).min(),
+                assigned_jobs: s
+                    .jobs
+                    .values()
+                    .filter(|j| matches!(j.state, JobState::Assigned { .. }))
+                    .count() as u64,
+                nar_files: s.nar_files.len() as u64,
+                nar_bytes: s.nar_files.values().map(|f| f.file_size).sum(),
+            })
+        })
+    }
+
     async fn meta(&self, key: &str) -> Result<Option<String>> {
         self.with(|s| Ok(s.meta.get(key).cloned()))
     }

@@ -11,8 +11,8 @@ const ORDER: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 
 #[derive(Debug, Default)]
 pub struct AllowedMethods {
-    /// Each path template as segments (`None` for a `{parameter}`), with its `Allow` value.
-    paths: Vec<(Vec<Option<String>>, HeaderValue)>,
+    /// Each path template as segments (`None` for a `{parameter}`), with its `Allow` value and the template.
+    paths: Vec<(Vec<Option<String>>, HeaderValue, String)>,
 }
 
 impl AllowedMethods {
@@ -51,23 +51,47 @@ impl AllowedMethods {
             .split('/')
             .map(|s| (!(s.starts_with('{') && s.ends_with('}'))).then(|| s.to_owned()))
             .collect();
-        self.paths.push((segments, value));
+        self.paths.push((segments, value, template.to_owned()));
+    }
+
+    /// The same templates under `prefix` (`/api/v1`), for matching whole request paths.
+    pub fn under(self, prefix: &str) -> Self {
+        let mut out = Self::default();
+        for (_, value, template) in self.paths {
+            let methods = value.to_str().unwrap_or_default().to_owned();
+            let methods: Vec<&str> = methods.split(", ").collect();
+            out.add(&format!("{prefix}{template}"), &methods);
+        }
+        out
+    }
+
+    /// Adds `other`'s templates to these.
+    pub fn extend(&mut self, other: Self) {
+        self.paths.extend(other.paths);
+    }
+
+    /// The template (`/orgs/{org}`) a request path matches; a literal segment beats a parameter.
+    pub fn template_for(&self, path: &str) -> Option<&str> {
+        self.matching(path).map(|(_, _, template)| template.as_str())
     }
 
     /// The `Allow` value for a request path; a literal segment beats a parameter, as in the router.
     pub fn for_path(&self, path: &str) -> Option<&HeaderValue> {
+        self.matching(path).map(|(_, value, _)| value)
+    }
+
+    fn matching(&self, path: &str) -> Option<&(Vec<Option<String>>, HeaderValue, String)> {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         self.paths
             .iter()
-            .filter(|(template, _)| {
+            .filter(|(template, _, _)| {
                 template.len() == segments.len()
                     && template.iter().zip(&segments).all(|(t, s)| match t {
                         Some(literal) => literal == s,
                         None => !s.is_empty(),
                     })
             })
-            .max_by_key(|(template, _)| template.iter().filter(|t| t.is_some()).count())
-            .map(|(_, value)| value)
+            .max_by_key(|(template, _, _)| template.iter().filter(|t| t.is_some()).count())
     }
 }
 
@@ -138,5 +162,19 @@ mod tests {
         assert!(a.for_path("/orgs").is_none());
         assert!(a.for_path("/orgs/").is_none());
         assert!(a.for_path("/nothing/here/at/all").is_none());
+    }
+
+    #[test]
+    fn a_path_is_named_by_its_template_never_by_its_values() {
+        let mut a = allowed().under("/api/v1");
+        a.extend(AllowedMethods::from_routes(&[("/cache/{cache}/nar/{file}", &["GET"])]));
+        assert_eq!(a.template_for("/api/v1/orgs/secret-org"), Some("/api/v1/orgs/{org}"));
+        assert_eq!(a.template_for("/api/v1/x/y"), Some("/api/v1/x/y"));
+        assert_eq!(a.for_path("/api/v1/orgs/acme").unwrap(), "GET, HEAD, PATCH, DELETE");
+        assert_eq!(
+            a.template_for("/cache/private/nar/abc.nar"),
+            Some("/cache/{cache}/nar/{file}")
+        );
+        assert_eq!(a.template_for("/orgs/acme"), None);
     }
 }

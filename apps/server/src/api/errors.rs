@@ -80,6 +80,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid { .. } => Self::Unprocessable(b),
             ServiceError::Internal(detail) => {
                 tracing::error!(target: "gradient::web", "internal error: {detail}");
+                crate::reporting::internal_error("api", &detail);
                 Self::Internal(b)
             }
         }

@@ -35,15 +35,33 @@ pub fn routes(state: AppState) -> impl Endpoint<Output = Response> {
         .at("/:cache/:file", narinfo)
         .data(state)
         .map_to_response();
-    // What each route answers, for `Allow` on a 405.
-    let allowed = crate::api::AllowedMethods::from_routes(&[
+    crate::api::WithAllow {
+        inner: routes,
+        allowed: templates(),
+    }
+}
+
+/// What each route answers, for `Allow` on a 405 (and the route templates of the metrics).
+pub fn templates() -> crate::api::AllowedMethods {
+    crate::api::AllowedMethods::from_routes(&[
         ("/{cache}/nix-cache-info", &["GET", "PUT"]),
         ("/{cache}/nar/{file}", &["GET", "PUT"]),
         ("/{cache}/missing", &["POST"]),
         ("/{cache}/import", &["POST"]),
         ("/{cache}/{file}", &["GET", "PUT"]),
-    ]);
-    crate::api::WithAllow { inner: routes, allowed }
+    ])
+}
+
+/// `stream`, counting its bytes on `counter` as they pass.
+fn counted<S, E>(stream: S, counter: metrics::Counter) -> impl futures_util::Stream<Item = Result<bytes::Bytes, E>>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    futures_util::StreamExt::inspect(stream, move |chunk| {
+        if let Ok(bytes) = chunk {
+            counter.increment(bytes.len() as u64);
+        }
+    })
 }
 
 /// A failure answered as plain text, as Nix expects; 401 asks for HTTP Basic credentials.
@@ -56,6 +74,7 @@ fn failure(e: ServiceError) -> Response {
         ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
         ServiceError::Internal(detail) => {
             tracing::error!(target: "gradient::cache", "{detail}");
+            crate::reporting::internal_error("cache", detail);
             StatusCode::INTERNAL_SERVER_ERROR
         }
     };
@@ -122,6 +141,7 @@ async fn write_cache(state: &AppState, req: &Request, name: &str) -> Result<Cach
 #[handler]
 async fn cache_info(req: &Request, Path(cache): Path<String>, remote: &RemoteAddr, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
+    state.metrics.cache_request("nix-cache-info");
     let result = async {
         if !matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT) {
             return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
@@ -153,6 +173,7 @@ async fn cache_info(req: &Request, Path(cache): Path<String>, remote: &RemoteAdd
 #[handler]
 async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
+    state.metrics.cache_request("narinfo");
     let Some(hash_part) = file.strip_suffix(".narinfo") else {
         return failure(ServiceError::NotFound(format!("no such file: {file}")));
     };
@@ -160,7 +181,9 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
         match *req.method() {
             Method::GET | Method::HEAD => {
                 let cache = read_cache(state, req, &cache).await?;
-                let Some(text_body) = state.core.signed_narinfo(&cache, hash_part).await? else {
+                let found = state.core.signed_narinfo(&cache, hash_part).await?;
+                state.metrics.cache_lookup("narinfo", found.is_some());
+                let Some(text_body) = found else {
                     return Err(ServiceError::NotFound(format!("{hash_part} is not in this cache")));
                 };
                 state.fetches.record(cache.id, hash_part);
@@ -194,6 +217,7 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
 #[handler]
 async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
+    state.metrics.cache_request("nar");
     let url = format!("nar/{file}");
     let result = async {
         match *req.method() {
@@ -205,7 +229,12 @@ async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: B
                 let cache = write_cache(state, req, &cache).await?;
                 state
                     .core
-                    .receive_nar(&state.nars, &cache, &url, body.into_bytes_stream())
+                    .receive_nar(
+                        &state.nars,
+                        &cache,
+                        &url,
+                        counted(body.into_bytes_stream(), state.metrics.cache_pushed_bytes()),
+                    )
                     .await?;
                 Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
             }
@@ -219,6 +248,7 @@ async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: B
 #[handler]
 async fn missing_paths(req: &Request, Path(cache): Path<String>, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
+    state.metrics.cache_request("missing");
     let result = async {
         let cache = write_cache(state, req, &cache).await?;
         let bytes = body.into_bytes_limit(MAX_MISSING_BODY).await.map_err(|_| {
@@ -244,11 +274,16 @@ async fn missing_paths(req: &Request, Path(cache): Path<String>, body: Body) -> 
 #[handler]
 async fn import_paths(req: &Request, Path(cache): Path<String>, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
+    state.metrics.cache_request("import");
     let result = async {
         let cache = write_cache(state, req, &cache).await?;
         let imported = state
             .core
-            .import_paths(&state.nars, &cache, body.into_bytes_stream())
+            .import_paths(
+                &state.nars,
+                &cache,
+                counted(body.into_bytes_stream(), state.metrics.cache_pushed_bytes()),
+            )
             .await?;
         Ok(text_response(format!("imported {imported}\n")))
     }
@@ -260,9 +295,33 @@ fn text_response(body: String) -> Response {
     text(StatusCode::OK, "text/plain; charset=utf-8", body, false)
 }
 
+/// How long a NAR download waits for one of the `maxConcurrentNarServes` slots before it is answered 503.
+pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
+/// What a download reads ahead of its reader at most, whatever `maxNarBufferBytes` allows.
+pub const NAR_READ_AHEAD: u64 = 4 * 1024 * 1024;
+
+/// 503 with `Retry-After`, as plain text.
+fn unavailable(retry_after_secs: u64, message: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header(header::RETRY_AFTER, retry_after_secs)
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{message}\n"))
+}
+
+/// Serves a NAR file (or a range of it). The limits of `docs/configuration` apply here:
+/// - at most `maxConcurrentNarServes` downloads at once: another waits up to [`NAR_SERVE_WAIT`] for a slot,
+///   then gets 503 with `Retry-After`;
+/// - opening the file in the NAR store may take `narStorageOpenTimeoutSecs`, then 503 with `Retry-After`;
+/// - the bytes go through a pipe of `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes: the store is read only as
+///   far ahead of the reader as that, so one download holds at most that much (plus one piece being copied);
+/// - a reader that takes nothing for `narSendChunkTimeoutSecs` while the pipe is full is cut off (the body
+///   ends short of its `Content-Length` and the connection closes), freeing its slot.
 async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) -> Result<Response, ServiceError> {
     let missing = || ServiceError::NotFound(format!("{url} is not in this cache"));
-    let file = state.core.nar_file(cache, url).await?.ok_or_else(missing)?;
+    let file = state.core.nar_file(cache, url).await?;
+    state.metrics.cache_lookup("nar", file.is_some());
+    let file = file.ok_or_else(missing)?;
     let range = match req.header(header::RANGE) {
         None => None,
         Some(h) => match range::parse(h, file.file_size) {
@@ -283,18 +342,78 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
             .header(header::ACCEPT_RANGES, "bytes")
             .finish());
     }
+    let permit = match tokio::time::timeout(NAR_SERVE_WAIT, state.nar_serves.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            state
+                .metrics
+                .counter("gradient_nar_serves_refused_total", &[])
+                .increment(1);
+            tracing::info!(target: "gradient::cache", "a NAR download was refused: all {} slots are busy", state.http.max_concurrent_nar_serves);
+            return Ok(unavailable(
+                NAR_SERVE_WAIT.as_secs(),
+                "too many NAR downloads at once; try again shortly",
+            ));
+        }
+    };
     let timeout = Duration::from_secs(state.http.nar_open_timeout_secs);
     let key = nar_key(cache, url);
-    let opened = tokio::time::timeout(timeout, state.nars.open(&key, range.map(|(s, e)| (s, Some(e)))))
-        .await
-        .map_err(|_| ServiceError::Internal(format!("opening {key} took longer than {}s", timeout.as_secs())))?
-        .map_err(|e| ServiceError::Internal(format!("opening {key}: {e}")))?;
+    let opened = match tokio::time::timeout(timeout, state.nars.open(&key, range.map(|(s, e)| (s, Some(e))))).await {
+        Ok(opened) => opened.map_err(|e| ServiceError::Internal(format!("opening {key}: {e}")))?,
+        Err(_) => {
+            tracing::warn!(target: "gradient::cache", "opening {key} in the NAR store took longer than {}s", timeout.as_secs());
+            return Ok(unavailable(
+                timeout.as_secs().max(1),
+                "the NAR store did not answer in time; try again later",
+            ));
+        }
+    };
     let Some((total, stream)) = opened else {
         return Err(missing());
     };
-    let body = Body::from_bytes_stream(futures_util::StreamExt::map(stream, |r| {
-        r.map_err(std::io::Error::other)
-    }));
+    let pipe = state.http.max_nar_buffer_bytes.min(NAR_READ_AHEAD) as usize;
+    let chunk_timeout = Duration::from_secs(state.http.nar_send_chunk_timeout_secs);
+    let (mut tx, rx) = tokio::io::duplex(pipe);
+    let buffered = state.metrics.nar_buffered();
+    let fill = buffered.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _permit = permit;
+        let mut stream = stream;
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            let Ok(mut chunk) = chunk else {
+                // The body ends short of its length: the reader sees the download fail.
+                return;
+            };
+            // Each write takes what fits in the pipe; one that takes nothing for the timeout cuts the reader off.
+            while !chunk.is_empty() {
+                match tokio::time::timeout(chunk_timeout, tx.write(&chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return, // the reader went away
+                    Ok(Ok(n)) => {
+                        fill.add(n);
+                        let _ = chunk.split_to(n);
+                    }
+                    Err(_) => {
+                        tracing::info!(
+                            target: "gradient::cache",
+                            "a NAR download's reader took nothing for {}s: cut off",
+                            chunk_timeout.as_secs()
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.shutdown().await;
+    });
+    let served = state.metrics.cache_served_bytes();
+    let reader = futures_util::StreamExt::inspect(tokio_util::io::ReaderStream::new(rx), move |chunk| {
+        if let Ok(bytes) = chunk {
+            buffered.take(bytes.len());
+            served.increment(bytes.len() as u64);
+        }
+    });
+    let body = Body::from_bytes_stream(reader);
     let resp = Response::builder()
         .content_type(content_type)
         .header(header::ACCEPT_RANGES, "bytes");

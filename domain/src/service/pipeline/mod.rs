@@ -80,6 +80,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The one way an evaluation's change is saved: stored, then its commit status and events follow.
     async fn save_evaluation(&self, from: EvaluationStatus, e: &Evaluation) -> Result<()> {
         self.storage.update_evaluation(e).await?;
+        if e.status.is_terminal() && !from.is_terminal() {
+            let took = (e.updated_at - e.created_at).to_std().unwrap_or_default();
+            self.observer.evaluation_ended(e.status, took);
+        }
         self.report_status_change(from, e).await
     }
 
@@ -90,8 +94,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         };
         if b.move_to(to, self.clock.now()) {
             self.storage.update_build(&b).await?;
+            self.observe_build(&b);
         }
         Ok(())
+    }
+
+    /// Tells the observer about a build that just ended (it moved and was saved).
+    fn observe_build(&self, b: &crate::model::Build) {
+        if b.status.is_terminal() {
+            let built_for = b.started_at().and_then(|s| (b.updated_at - s).to_std().ok());
+            self.observer.build_ended(b.status, built_for);
+        }
     }
 
     /// The organization's derivation, from memory when it was seen before (see

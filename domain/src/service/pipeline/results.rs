@@ -170,6 +170,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
                     if b.move_to(status, self.clock.now()) {
                         self.storage.update_build(&b).await?;
+                        self.observe_build(&b);
                     }
                     stored = self.store_log(&b, log).await;
                 }

@@ -1141,3 +1141,49 @@ pub async fn delete_org_removes_its_evaluations_and_builds<S: Storage>(s: &S) {
         "the other org's evaluation still needs its build"
     );
 }
+
+/// `totals` counts evaluations and builds by status (statuses without any left out), the queued and assigned
+/// jobs with the oldest queued one's time, and the NAR files with their bytes (beyond 2^32).
+pub async fn totals_count_by_status_the_queue_and_nar_files<S: Storage>(s: &S) {
+    use super::support::{cache, enqueue, nar_file, new_build_job, new_evaluation_job};
+    let empty = s.totals().await.expect("totals");
+    assert_eq!(empty, Default::default(), "a fresh store counts nothing");
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let first = evaluation(s, app.id).await;
+    let _second = evaluation(s, app.id).await;
+    let mut failed = new_evaluation(app.id);
+    failed.status = EvaluationStatus::Failed;
+    s.create_evaluation(&failed).await.expect("create_evaluation");
+    let paths = derivations(s, &["t1", "t2", "t3"]).await;
+    let at = now();
+    s.link_builds(first.id, acme.id, &paths, at).await.expect("link_builds");
+    let building = moved(queued(acme.id, &paths[0], at), BuildStatus::Building, at + seconds(1));
+    s.update_build(&building).await.expect("update_build");
+    let mut older = new_build_job(acme.id, "old");
+    older.created_at = at - seconds(60);
+    let older = enqueue(s, older).await;
+    enqueue(s, new_evaluation_job(acme.id)).await;
+    let assigned = enqueue(s, new_build_job(acme.id, "assigned")).await;
+    assert!(
+        s.assign_job(assigned.id, gradient_domain::WorkerId::new(), at)
+            .await
+            .expect("assign_job")
+    );
+    let store = cache(s, "store", alice.id, false).await;
+    nar_file(s, store.id).await;
+    nar_file(s, store.id).await;
+
+    let mut totals = s.totals().await.expect("totals");
+    totals.evaluations.sort_by_key(|(st, _)| st.as_str());
+    totals.builds.sort_by_key(|(st, _)| st.as_str());
+    assert_eq!(
+        totals.evaluations,
+        [(EvaluationStatus::Failed, 1), (EvaluationStatus::Queued, 2)]
+    );
+    assert_eq!(totals.builds, [(BuildStatus::Building, 1), (BuildStatus::Queued, 2)]);
+    assert_eq!((totals.queued_jobs, totals.assigned_jobs), (2, 1));
+    assert_eq!(totals.oldest_queued_job, Some(older.created_at));
+    assert_eq!((totals.nar_files, totals.nar_bytes), (2, 10_000_000_000));
+}

@@ -1,0 +1,20 @@
+//! What the use cases tell an onlooker as things happen (the server's metrics): kinds and numbers only, never
+//! a name. The default onlooker ignores everything; the domain never waits on it.
+
+use crate::status::{BuildStatus, EvaluationStatus};
+use std::time::Duration;
+
+pub trait Observer: Send + Sync {
+    /// An evaluation ended with `status`, `took` after it was created.
+    fn evaluation_ended(&self, status: EvaluationStatus, took: Duration);
+    /// A build ended with `status`; `built_for` is how long it was building, when it was.
+    fn build_ended(&self, status: BuildStatus, built_for: Option<Duration>);
+}
+
+/// Nobody is watching.
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn evaluation_ended(&self, _: EvaluationStatus, _: Duration) {}
+    fn build_ended(&self, _: BuildStatus, _: Option<Duration>) {}
+}

@@ -1,0 +1,326 @@
+//! No option without an effect: every `GRADIENT_*` variable the binaries read (`--print-config-schema`) is
+//! exercised by a named test, and an option that cannot be honoured yet stops start-up with one line. Also the
+//! log levels per area, seen in what the real binaries print.
+
+use crate::harness::{Server, free_port, server_binary, start_failure};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Every variable of the server and the worker → the tests that exercise it (at least one; each must exist).
+#[rustfmt::skip]
+const OPTION_TESTS: &[(&str, &[&str])] = &[
+    // Server.
+    ("GRADIENT_PORT", &["sqlite_quick_start_flow_survives_a_restart", "bad_values_name_the_variable"]),
+    ("GRADIENT_LISTEN_ADDR", &["values_are_read", "bad_values_name_the_variable"]),
+    ("GRADIENT_DOMAIN", &["nixos_server_unit_postgres_and_nginx_of_the_seeds_minimal_setup"]),
+    ("GRADIENT_PUBLIC_URL", &["signed_forge_pushes_queue_evaluations_of_the_matching_project"]),
+    ("GRADIENT_BASE_DIR", &["first_start_generates_private_secrets_and_a_changed_crypt_secret_is_refused"]),
+    ("GRADIENT_JWT_SECRET_FILE", &["secrets_are_generated_once_with_mode_0600_and_checked"]),
+    ("GRADIENT_CRYPT_SECRET_FILE", &["bad_configuration_stops_start_up_with_one_line_naming_the_variable"]),
+    ("GRADIENT_METRICS_TOKEN_FILE", &["metrics_need_the_token_and_count_what_happens_without_naming_anything", "metrics_are_404_without_a_token_file"]),
+    ("GRADIENT_DATABASE_URL", &["postgres_quick_start_flow_survives_a_restart", "every_operation_answers_every_caller_as_the_matrix_says_on_postgresql"]),
+    ("GRADIENT_DATABASE_URL_FILE", &["bad_configuration_stops_start_up_with_one_line_naming_the_variable", "schemathesis_finds_no_server_error_and_no_answer_outside_the_document_on_postgres"]),
+    ("GRADIENT_DATABASE_MAX_CONNECTIONS", &["the_database_pools_are_sized_as_configured"]),
+    ("GRADIENT_DATABASE_MIN_CONNECTIONS", &["the_database_pools_are_sized_as_configured"]),
+    ("GRADIENT_DATABASE_WEB_MAX_CONNECTIONS", &["the_database_pools_are_sized_as_configured"]),
+    ("GRADIENT_DATABASE_WEB_MIN_CONNECTIONS", &["the_database_pools_are_sized_as_configured"]),
+    ("GRADIENT_MAX_REQUEST_SIZE", &["malformed_and_oversized_requests_are_refused_with_json_errors"]),
+    ("GRADIENT_DISCOVERABLE", &["a_server_that_is_not_discoverable_refuses_upgrades"]),
+    ("GRADIENT_MAX_PROTO_CONNECTIONS", &["connection_limits_and_bad_frames_affect_only_the_offending_connection"]),
+    ("GRADIENT_WORKER_HEARTBEAT_SECS", &["welcome_carries_the_anded_capabilities_and_heartbeat_settings"]),
+    ("GRADIENT_WORKER_LOST_AFTER_SECS", &["welcome_carries_the_anded_capabilities_and_heartbeat_settings", "a_worker_killed_mid_build_is_lost_and_another_worker_finishes_the_build"]),
+    ("GRADIENT_KEEP_EVALUATIONS", &["only_the_newest_finished_evaluations_are_kept"]),
+    ("GRADIENT_SUPERSEDE_EVALUATIONS", &["a_push_supersedes_the_running_evaluation_of_its_branch"]),
+    ("GRADIENT_FRONTEND_DIR", &["the_page_is_served_at_the_root_and_for_deep_links_without_caching", "a_configured_directory_without_a_build_stops_start_up_naming_the_variable"]),
+    ("GRADIENT_LOG_LEVEL_DEFAULT", &["log_levels_per_area_change_what_the_server_logs"]),
+    ("GRADIENT_LOG_LEVEL_CACHE", &["log_levels_per_area_change_what_the_server_logs"]),
+    ("GRADIENT_LOG_LEVEL_WEB", &["log_levels_per_area_change_what_the_server_logs"]),
+    ("GRADIENT_LOG_LEVEL_PROTO", &["log_levels_per_area_change_what_the_server_logs", "log_levels_per_area_change_what_the_worker_logs"]),
+    ("GRADIENT_ENABLE_REGISTRATION", &["registration_can_be_disabled"]),
+    ("GRADIENT_CACHE_TTL_HOURS", &["paths_not_fetched_within_the_ttl_are_collected_with_their_bytes"]),
+    ("GRADIENT_CACHE_GC_INTERVAL_SECS", &["paths_not_fetched_within_the_ttl_are_collected_with_their_bytes"]),
+    ("GRADIENT_NAR_STORAGE_OPEN_TIMEOUT_SECS", &["a_store_that_does_not_open_the_nar_in_time_gets_503"]),
+    ("GRADIENT_NAR_SEND_CHUNK_TIMEOUT_SECS", &["a_reader_that_stops_reading_is_cut_off_after_the_chunk_timeout", "a_stalled_reader_is_not_cut_off_before_the_chunk_timeout"]),
+    ("GRADIENT_MAX_CONCURRENT_NAR_SERVES", &["downloads_beyond_the_limit_get_503_with_retry_after"]),
+    ("GRADIENT_MAX_NAR_BUFFER_BYTES", &["a_download_holds_at_most_the_buffer_size"]),
+    ("GRADIENT_TRUSTED_PROXIES", &["only_trusted_proxies_name_the_client_address"]),
+    ("GRADIENT_LOCAL_IPS", &["priority_follows_the_client_address_and_nars_serve_byte_ranges"]),
+    ("GRADIENT_ALLOW_LOCAL_REPOSITORIES", &["repositories_on_this_machine_are_refused_unless_the_operator_allows_them"]),
+    ("GRADIENT_DENY_PRIVATE_NETWORKS", &["repositories_on_this_machine_are_refused_unless_the_operator_allows_them"]),
+    ("GRADIENT_GITHUB_APP_ENABLE", &["the_github_app_queues_pushes_and_reports_statuses_with_a_cached_installation_token"]),
+    ("GRADIENT_GITHUB_APP_APP_ID", &["the_github_app_queues_pushes_and_reports_statuses_with_a_cached_installation_token"]),
+    ("GRADIENT_GITHUB_APP_PRIVATE_KEY_FILE", &["the_github_app_queues_pushes_and_reports_statuses_with_a_cached_installation_token"]),
+    ("GRADIENT_GITHUB_APP_WEBHOOK_SECRET_FILE", &["the_github_app_hook_needs_an_app_a_valid_key_and_a_signature"]),
+    ("GRADIENT_GITHUB_APP_API_URL", &["the_github_app_queues_pushes_and_reports_statuses_with_a_cached_installation_token"]),
+    ("GRADIENT_GITHUB_APP_CLIENT_ID", &["the_github_app_queues_pushes_and_reports_statuses_with_a_cached_installation_token"]),
+    ("GRADIENT_GITHUB_APP_CLIENT_SECRET_FILE", &["the_github_app_queues_pushes_and_reports_statuses_with_a_cached_installation_token"]),
+    ("GRADIENT_GITHUB_APP_WEB_URL", &["the_github_app_needs_its_id_and_files_when_enabled"]),
+    ("GRADIENT_NAR_STORE", &["the_same_with_nars_on_an_s3_compatible_server"]),
+    ("GRADIENT_S3_ENDPOINT", &["the_same_with_nars_on_an_s3_compatible_server"]),
+    ("GRADIENT_S3_REGION", &["the_same_with_nars_on_an_s3_compatible_server"]),
+    ("GRADIENT_S3_ACCESS_KEY_ID", &["the_same_with_nars_on_an_s3_compatible_server"]),
+    ("GRADIENT_S3_SECRET_ACCESS_KEY_FILE", &["the_same_with_nars_on_an_s3_compatible_server"]),
+    ("GRADIENT_S3_PATH_STYLE", &["the_same_with_nars_on_an_s3_compatible_server"]),
+    ("GRADIENT_LOCAL_WORKER_ID", &["the_co_located_worker_is_registered_in_every_new_organization"]),
+    ("GRADIENT_LOCAL_WORKER_TOKEN_FILE", &["the_co_located_worker_is_registered_in_every_new_organization"]),
+    // Refused at start-up until they work (`config::UNSUPPORTED`).
+    ("GRADIENT_OIDC_ENABLE", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_OIDC_REQUIRED", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_OIDC_CLIENT_ID", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_OIDC_CLIENT_SECRET_FILE", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_OIDC_DISCOVERY_URL", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_OIDC_SCOPES", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_OIDC_ICON_URL", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_ENABLE", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_REQUIRE_VERIFICATION", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_SMTP_HOST", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_SMTP_PORT", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_SMTP_USERNAME", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_SMTP_PASSWORD_FILE", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_FROM_ADDRESS", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_EMAIL_FROM_NAME", &["options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_DELETE_STATE", &["sqlite_declarative_state", "postgres_declarative_state"]),
+    ("GRADIENT_STATE_FILE", &["sqlite_declarative_state", "postgres_declarative_state", "an_invalid_state_document_stops_start_up"]),
+    ("GRADIENT_REPORT_ERRORS", &["internal_errors_are_reported_without_secrets", "options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_SENTRY_DSN", &["internal_errors_are_reported_without_secrets", "options_that_cannot_work_yet_refuse_to_start"]),
+    // Worker.
+    ("GRADIENT_SERVER_URL", &["a_registered_worker_connects_and_deleting_its_registration_disconnects_it"]),
+    ("GRADIENT_WORKER_ID", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache"]),
+    ("GRADIENT_PEERS_FILE", &["wrong_tokens_unknown_workers_and_malformed_peers_files_are_refused", "the_wildcard_peer_answers_any_challenge"]),
+    ("GRADIENT_STATE_DIR", &["a_state_dir_created_here_is_owner_only"]),
+    ("GRADIENT_CAPABILITIES_FETCH", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache", "capability_decides_the_kind_of_job"]),
+    ("GRADIENT_CAPABILITIES_EVAL", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache", "capability_decides_the_kind_of_job"]),
+    ("GRADIENT_CAPABILITIES_BUILD", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache", "capability_decides_the_kind_of_job"]),
+    ("GRADIENT_CAPABILITIES_SIGN", &["welcome_carries_the_anded_capabilities_and_heartbeat_settings"]),
+    ("GRADIENT_MAX_CONCURRENT_BUILDS", &["defaults_and_values", "slots_bound_what_a_worker_runs"]),
+    ("GRADIENT_EVAL_WORKERS", &["options_without_an_effect_refuse_anything_but_their_default"]),
+    ("GRADIENT_MAX_CONCURRENT_EVALUATIONS", &["slots_bound_what_a_worker_runs"]),
+    ("GRADIENT_MAX_EVALUATIONS_PER_WORKER", &["options_without_an_effect_refuse_anything_but_their_default"]),
+    ("GRADIENT_PROBE_SUBSTITUTERS", &["defaults_and_values"]),
+    ("GRADIENT_GCROOTS_DIR", &["defaults_and_values"]),
+    ("GRADIENT_LOG_LEVEL_EVAL", &["log_levels_per_area_make_the_filter"]),
+    ("GRADIENT_LOG_LEVEL_BUILD", &["log_levels_per_area_make_the_filter"]),
+];
+
+fn worker_binary() -> PathBuf {
+    server_binary().with_file_name("gradient-worker")
+}
+
+fn schema(binary: &Path) -> Vec<String> {
+    let out = Command::new(binary)
+        .arg("--print-config-schema")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("schema JSON");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// The text of every Rust source of the workspace (tests are found by their `fn` lines).
+fn sources() -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if p.is_dir() && !["target", "node_modules", ".git", "web"].contains(&name) {
+                walk(&p, out);
+            } else if name.ends_with(".rs") {
+                out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = String::new();
+    walk(&root, &mut out);
+    out
+}
+
+#[test]
+fn every_variable_is_exercised_by_a_test_that_exists() {
+    let mut read: BTreeSet<String> = schema(&server_binary()).into_iter().collect();
+    read.extend(schema(&worker_binary()));
+    let table: BTreeSet<String> = OPTION_TESTS.iter().map(|(v, _)| (*v).to_owned()).collect();
+    let untested: Vec<_> = read.difference(&table).collect();
+    assert!(
+        untested.is_empty(),
+        "variables no test exercises (add them to OPTION_TESTS): {untested:?}"
+    );
+    let unread: Vec<_> = table.difference(&read).collect();
+    assert!(
+        unread.is_empty(),
+        "OPTION_TESTS names variables no binary reads: {unread:?}"
+    );
+    let code = sources();
+    for (var, tests) in OPTION_TESTS {
+        assert!(!tests.is_empty(), "{var}: no test");
+        for test in *tests {
+            assert!(
+                code.contains(&format!("fn {test}(")),
+                "{var}: the test {test} does not exist"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn options_that_cannot_work_yet_refuse_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (var, value) in [
+        ("GRADIENT_OIDC_REQUIRED", "true"),
+        ("GRADIENT_OIDC_ENABLE", "true"),
+        ("GRADIENT_OIDC_CLIENT_ID", "gradient"),
+        ("GRADIENT_OIDC_CLIENT_SECRET_FILE", "/run/secrets/oidc"),
+        ("GRADIENT_OIDC_DISCOVERY_URL", "https://auth.example.com"),
+        ("GRADIENT_OIDC_SCOPES", "openid"),
+        ("GRADIENT_OIDC_ICON_URL", "https://auth.example.com/icon.png"),
+        ("GRADIENT_EMAIL_ENABLE", "yes"),
+        ("GRADIENT_EMAIL_REQUIRE_VERIFICATION", "true"),
+        ("GRADIENT_EMAIL_SMTP_HOST", "smtp.example.com"),
+        ("GRADIENT_EMAIL_SMTP_PORT", "25"),
+        ("GRADIENT_EMAIL_SMTP_USERNAME", "gradient"),
+        ("GRADIENT_EMAIL_SMTP_PASSWORD_FILE", "/run/secrets/smtp"),
+        ("GRADIENT_EMAIL_FROM_ADDRESS", "ci@example.com"),
+        ("GRADIENT_EMAIL_FROM_NAME", "CI"),
+    ] {
+        let out = start_failure(dir.path(), &[(var, value)]);
+        let lines: Vec<_> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: one line, got:\n{out}");
+        assert!(
+            lines[0].contains(var) && lines[0].contains("not supported"),
+            "{var}={value}: {out}"
+        );
+    }
+    // Error reports need both settings: one alone is refused, never silently off or sent elsewhere.
+    for (var, value) in [
+        ("GRADIENT_REPORT_ERRORS", "true"),
+        ("GRADIENT_SENTRY_DSN", "https://key@sentry.example.com/1"),
+    ] {
+        let out = start_failure(dir.path(), &[(var, value)]);
+        let lines: Vec<_> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: one line, got:\n{out}");
+        assert!(lines[0].contains(&format!("{var}: ")), "{var}={value}: {out}");
+    }
+    // Their defaults (what the NixOS module writes when they are left alone) start.
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("GRADIENT_OIDC_ENABLE", "false"),
+            ("GRADIENT_OIDC_REQUIRED", "false"),
+            ("GRADIENT_OIDC_SCOPES", "openid,email,profile"),
+            ("GRADIENT_EMAIL_SMTP_PORT", "587"),
+            ("GRADIENT_EMAIL_FROM_NAME", "Gradient"),
+            ("GRADIENT_REPORT_ERRORS", "false"),
+        ],
+    )
+    .await;
+    server.stop();
+}
+
+/// Runs a binary for `run` with these variables; answers what it printed on stderr.
+fn output_of(binary: &Path, vars: &[(&str, &str)], run: Duration) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("stderr");
+    let mut cmd = Command::new(binary);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("GRADIENT_BASE_DIR", dir.path())
+        .env("GRADIENT_STATE_DIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"));
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starts");
+    std::thread::sleep(run);
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(&log).unwrap_or_default()
+}
+
+#[test]
+fn log_levels_per_area_change_what_the_server_logs() {
+    let port = free_port().to_string();
+    let quiet_default = output_of(
+        &server_binary(),
+        &[
+            ("GRADIENT_PORT", &port),
+            ("GRADIENT_LOG_LEVEL_DEFAULT", "error"),
+            ("GRADIENT_LOG_LEVEL_WEB", "info"),
+            ("GRADIENT_LOG_LEVEL_PROTO", "debug"),
+            ("GRADIENT_LOG_LEVEL_CACHE", "error"),
+        ],
+        Duration::from_secs(3),
+    );
+    assert!(quiet_default.contains("web UI"), "web at info:\n{quiet_default}");
+    assert!(
+        quiet_default.contains("worker link at /proto"),
+        "proto at debug:\n{quiet_default}"
+    );
+    assert!(!quiet_default.contains("NAR store"), "cache at error:\n{quiet_default}");
+    assert!(
+        !quiet_default.contains("listening on"),
+        "the default at error:\n{quiet_default}"
+    );
+
+    let port = free_port().to_string();
+    let quiet_areas = output_of(
+        &server_binary(),
+        &[
+            ("GRADIENT_PORT", &port),
+            ("GRADIENT_LOG_LEVEL_DEFAULT", "info"),
+            ("GRADIENT_LOG_LEVEL_WEB", "error"),
+            ("GRADIENT_LOG_LEVEL_PROTO", "warn"),
+        ],
+        Duration::from_secs(3),
+    );
+    assert!(
+        quiet_areas.contains("listening on"),
+        "the default at info:\n{quiet_areas}"
+    );
+    assert!(quiet_areas.contains("NAR store"), "cache inherits info:\n{quiet_areas}");
+    assert!(!quiet_areas.contains("web UI"), "web at error:\n{quiet_areas}");
+    assert!(
+        !quiet_areas.contains("worker link at /proto"),
+        "proto at warn:\n{quiet_areas}"
+    );
+}
+
+#[test]
+fn log_levels_per_area_change_what_the_worker_logs() {
+    // A server that is not there: the worker dials, loses the link and retries.
+    let url = format!("ws://127.0.0.1:{}/proto", free_port());
+    let common = [
+        ("GRADIENT_SERVER_URL", url.as_str()),
+        ("GRADIENT_PROBE_SUBSTITUTERS", "false"),
+        ("GRADIENT_GCROOTS_DIR", ""),
+    ];
+    let mut vars = common.to_vec();
+    vars.extend([
+        ("GRADIENT_LOG_LEVEL_DEFAULT", "error"),
+        ("GRADIENT_LOG_LEVEL_PROTO", "debug"),
+    ]);
+    let proto_debug = output_of(&worker_binary(), &vars, Duration::from_secs(3));
+    assert!(proto_debug.contains("dialing ws://"), "proto at debug:\n{proto_debug}");
+    assert!(proto_debug.contains("link lost"), "proto at debug:\n{proto_debug}");
+    assert!(
+        !proto_debug.contains("starting"),
+        "the default at error:\n{proto_debug}"
+    );
+
+    let mut vars = common.to_vec();
+    vars.extend([
+        ("GRADIENT_LOG_LEVEL_DEFAULT", "info"),
+        ("GRADIENT_LOG_LEVEL_PROTO", "error"),
+    ]);
+    let proto_error = output_of(&worker_binary(), &vars, Duration::from_secs(3));
+    assert!(proto_error.contains("starting"), "the default at info:\n{proto_error}");
+    assert!(!proto_error.contains("link lost"), "proto at error:\n{proto_error}");
+    assert!(!proto_error.contains("reconnecting"), "proto at error:\n{proto_error}");
+}
