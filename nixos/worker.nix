@@ -68,6 +68,12 @@ in
     };
     workerId = nullOpt types.str "Override the worker UUID; when null, read from the state directory's `worker-id` or generated on first start.";
     peersFile = opt (types.nullOr glib.secretPathType) null "Path to the peers file (`peer_id:token` per line, `*` = any peer).";
+    caFile = nullOpt types.path ''
+      PEM file of extra CA certificates the worker trusts besides the webpki roots: for a `wss://` server
+      URL and https caches whose certificates come from a private CA (not a secret: a Nix path literal is
+      copied to the store). Nix's own fetches do not use it: add the CA to `security.pki.certificateFiles`
+      for those.
+    '';
     useTls = opt types.bool true "Enable TLS (ACME + forceSSL) on the nginx vhost (reverse-proxy mode; no effect in this worker).";
     discoverable = opt types.bool false "Accept incoming connections from the server (reverse-proxy mode; no effect in this worker).";
     listenAddr = opt types.str "127.0.0.1" "Bind address for the worker listener (no effect in this worker).";
@@ -107,6 +113,8 @@ in
     services.gradient.worker.environment =
       glib.environmentFor cfg plainOptions
       // credentials.environment
+      # Interpolated: a path literal becomes its copy in the store, a string stays the path it names.
+      // lib.optionalAttrs (cfg.caFile != null) { GRADIENT_CA_FILE = "${cfg.caFile}"; }
       // {
         GRADIENT_STATE_DIR = stateDir;
       };

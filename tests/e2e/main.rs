@@ -17,6 +17,7 @@ mod server;
 mod state;
 mod statuses;
 mod tenants;
+mod tls;
 mod tui;
 mod web;
 mod workers;

@@ -18,28 +18,46 @@ pub struct HttpCacheClient {
 }
 
 impl HttpCacheClient {
+    /// A client trusting the webpki roots.
     pub fn new() -> std::result::Result<Self, String> {
-        let http = reqwest::Client::builder()
+        Self::with_extra_roots(None)
+    }
+
+    /// A client trusting the webpki roots and every certificate of `extra_ca_pem` (a PEM bundle, e.g. a
+    /// private CA's certificate).
+    pub fn with_extra_roots(extra_ca_pem: Option<&[u8]>) -> std::result::Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("CA certificates: {e}"))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self { http })
     }
 }
 
 /// Whether the Nix binary cache at `url` answers `GET <url>/nix-cache-info` within `limit`, whatever it
 /// answers: one that does not is one that every Nix run would first wait for. Only `http(s)://` caches are
-/// asked; any other kind of store (`file://`, `daemon`, `ssh://`, …) counts as answering.
-pub async fn substituter_answers(url: &str, limit: Duration) -> bool {
+/// asked; any other kind of store (`file://`, `daemon`, `ssh://`, …) counts as answering. `extra_ca_pem` is
+/// trusted besides the webpki roots.
+pub async fn substituter_answers(url: &str, limit: Duration, extra_ca_pem: Option<&[u8]>) -> bool {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return true;
     }
-    let Ok(http) = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(limit)
-        .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")))
-        .build()
-    else {
+        .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")));
+    for cert in extra_ca_pem
+        .and_then(|pem| reqwest::Certificate::from_pem_bundle(pem).ok())
+        .unwrap_or_default()
+    {
+        builder = builder.add_root_certificate(cert);
+    }
+    let Ok(http) = builder.build() else {
         return true;
     };
     http.get(format!("{}/nix-cache-info", url.trim_end_matches('/')))
@@ -147,13 +165,13 @@ mod tests {
         };
 
         let limit = Duration::from_millis(500);
-        assert!(substituter_answers(&answering_url, limit).await);
+        assert!(substituter_answers(&answering_url, limit, None).await);
         let started = Instant::now();
-        assert!(!substituter_answers(&silent_url, limit).await);
+        assert!(!substituter_answers(&silent_url, limit, None).await);
         let waited = started.elapsed();
         assert!(waited >= limit && waited < limit * 4, "{waited:?}");
-        assert!(!substituter_answers(&closed_url, limit).await);
-        assert!(substituter_answers("daemon", limit).await);
+        assert!(!substituter_answers(&closed_url, limit, None).await);
+        assert!(substituter_answers("daemon", limit, None).await);
         drop(silent);
     }
 }

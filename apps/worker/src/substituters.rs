@@ -8,12 +8,14 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `configured` split into the substituters that answer within `limit` and those that do not, all asked at
 /// once, each list in the configured order.
-pub async fn split(configured: &[String], limit: Duration) -> (Vec<String>, Vec<String>) {
+/// `extra_ca_pem` is trusted besides the webpki roots, as Nix trusts it (`GRADIENT_CA_FILE`).
+pub async fn split(configured: &[String], limit: Duration, extra_ca_pem: Option<&[u8]>) -> (Vec<String>, Vec<String>) {
     let probes: Vec<_> = configured
         .iter()
         .map(|url| {
             let url = url.clone();
-            tokio::spawn(async move { gradient_cache_http::substituter_answers(&url, limit).await })
+            let ca = extra_ca_pem.map(<[u8]>::to_vec);
+            tokio::spawn(async move { gradient_cache_http::substituter_answers(&url, limit, ca.as_deref()).await })
         })
         .collect();
     let (mut answering, mut silent) = (Vec::new(), Vec::new());
@@ -50,7 +52,7 @@ mod tests {
 
         let limit = Duration::from_millis(500);
         let started = std::time::Instant::now();
-        let (kept, skipped) = split(&configured, limit).await;
+        let (kept, skipped) = split(&configured, limit, None).await;
         assert_eq!(kept, [answering_url, "daemon".to_owned()]);
         assert_eq!(skipped, [silent_url]);
         assert!(

@@ -1,0 +1,52 @@
+//! The extra CA certificates of `GRADIENT_CA_FILE`: trusted by the link (`wss://`), the cache client (pushes and
+//! questions over https), the substituter probe, and the Nix commands the worker runs — those get a bundle of
+//! the certificates Nix would trust anyway plus the extra ones (`NIX_SSL_CERT_FILE`), since Nix's setting
+//! replaces its bundle rather than adding to it. (A Nix daemon's own downloads are the daemon's: see the README.)
+
+use std::path::{Path, PathBuf};
+
+/// Where Nix finds its CA bundle when nothing says otherwise (Debian, NixOS, most distributions).
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The bundle Nix would use: `NIX_SSL_CERT_FILE`, else `SSL_CERT_FILE`, else the system's, when readable.
+fn nix_bundle(var: impl Fn(&str) -> Option<String>) -> Option<Vec<u8>> {
+    let path = var("NIX_SSL_CERT_FILE")
+        .or_else(|| var("SSL_CERT_FILE"))
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| SYSTEM_BUNDLE.to_owned());
+    std::fs::read(path).ok()
+}
+
+/// Writes `<state_dir>/ca-bundle.pem`: Nix's usual bundle (if any) followed by `extra`; answers its path.
+pub fn write_nix_bundle(state_dir: &Path, extra: &[u8]) -> std::io::Result<PathBuf> {
+    let mut bundle = nix_bundle(|v| std::env::var(v).ok()).unwrap_or_default();
+    if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(extra);
+    std::fs::create_dir_all(state_dir)?;
+    let path = state_dir.join("ca-bundle.pem");
+    std::fs::write(&path, bundle)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundle_is_nixs_own_followed_by_the_extra_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.pem");
+        std::fs::write(&base, "BASE").unwrap();
+        let from = |name: &str| {
+            let base = base.to_str().unwrap().to_owned();
+            move |v: &str| (v == name).then(|| base.clone())
+        };
+        assert_eq!(nix_bundle(from("NIX_SSL_CERT_FILE")).as_deref(), Some(&b"BASE"[..]));
+        assert_eq!(nix_bundle(from("SSL_CERT_FILE")).as_deref(), Some(&b"BASE"[..]));
+        let path = write_nix_bundle(&dir.path().join("state"), b"EXTRA\n").unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.ends_with("EXTRA\n"), "{text}");
+    }
+}
