@@ -354,3 +354,25 @@ async fn a_worker_without_the_ca_is_refused_by_tls_verification_and_never_falls_
     worker.kill();
     server.stop();
 }
+
+#[tokio::test]
+async fn an_unreadable_or_empty_ca_file_stops_the_worker_at_start_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("file");
+    let missing = dir.path().join("missing.pem");
+    for (name, file, says) in [
+        ("not-pem", &not_pem, "GRADIENT_CA_FILE: holds no PEM certificate"),
+        ("missing", &missing, "GRADIENT_CA_FILE: cannot read"),
+    ] {
+        let worker = crate::harness::Worker::start(
+            dir.path(),
+            name,
+            &[
+                ("GRADIENT_SERVER_URL", "wss://127.0.0.1:1/proto"),
+                ("GRADIENT_CA_FILE", file.to_str().expect("path")),
+            ],
+        );
+        worker.wait_for_log(says).await;
+    }
+}

@@ -17,16 +17,22 @@ fn nix_bundle(var: impl Fn(&str) -> Option<String>) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
-/// Writes `<state_dir>/ca-bundle.pem`: Nix's usual bundle (if any) followed by `extra`; answers its path.
-pub fn write_nix_bundle(state_dir: &Path, extra: &[u8]) -> std::io::Result<PathBuf> {
-    let mut bundle = nix_bundle(|v| std::env::var(v).ok()).unwrap_or_default();
+/// `base` (Nix's usual bundle, if any) followed by `extra`, on a line of its own.
+fn bundle(base: Option<Vec<u8>>, extra: &[u8]) -> Vec<u8> {
+    let mut bundle = base.unwrap_or_default();
     if !bundle.is_empty() && !bundle.ends_with(b"\n") {
         bundle.push(b'\n');
     }
     bundle.extend_from_slice(extra);
+    bundle
+}
+
+/// Writes `<state_dir>/ca-bundle.pem`: Nix's usual bundle (if any) followed by `extra`; answers its path.
+pub fn write_nix_bundle(state_dir: &Path, extra: &[u8]) -> std::io::Result<PathBuf> {
+    let contents = bundle(nix_bundle(|v| std::env::var(v).ok()), extra);
     std::fs::create_dir_all(state_dir)?;
     let path = state_dir.join("ca-bundle.pem");
-    std::fs::write(&path, bundle)?;
+    std::fs::write(&path, contents)?;
     Ok(path)
 }
 
@@ -39,14 +45,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.pem");
         std::fs::write(&base, "BASE").unwrap();
-        let from = |name: &str| {
-            let base = base.to_str().unwrap().to_owned();
-            move |v: &str| (v == name).then(|| base.clone())
-        };
-        assert_eq!(nix_bundle(from("NIX_SSL_CERT_FILE")).as_deref(), Some(&b"BASE"[..]));
-        assert_eq!(nix_bundle(from("SSL_CERT_FILE")).as_deref(), Some(&b"BASE"[..]));
+        let base = base.to_str().unwrap().to_owned();
+        let nix = base.clone();
+        assert_eq!(
+            nix_bundle(|v| (v == "NIX_SSL_CERT_FILE").then(|| nix.clone())).as_deref(),
+            Some(&b"BASE"[..])
+        );
+        assert_eq!(
+            nix_bundle(|v| (v == "SSL_CERT_FILE").then(|| base.clone())).as_deref(),
+            Some(&b"BASE"[..])
+        );
+        assert_eq!(bundle(Some(b"BASE".to_vec()), b"EXTRA\n"), b"BASE\nEXTRA\n");
+        assert_eq!(bundle(None, b"EXTRA\n"), b"EXTRA\n");
         let path = write_nix_bundle(&dir.path().join("state"), b"EXTRA\n").unwrap();
-        let text = std::fs::read_to_string(path).unwrap();
-        assert!(text.ends_with("EXTRA\n"), "{text}");
+        assert!(std::fs::read_to_string(path).unwrap().ends_with("EXTRA\n"));
     }
 }
