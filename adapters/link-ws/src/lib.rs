@@ -19,7 +19,11 @@ pub enum LinkError {
     Refused { status: u16, retry_after_secs: Option<u64> },
     #[error("cannot connect: {0}")]
     Connect(String),
-    /// The TLS handshake failed, most often because the server's certificate is not trusted.
+    /// The server's certificate did not verify; `unknown_issuer` when no trusted CA signed it (a private CA's
+    /// certificate the worker was not given, or a self-signed one).
+    #[error("the server's certificate is not trusted ({reason})")]
+    Untrusted { reason: String, unknown_issuer: bool },
+    /// The TLS handshake failed otherwise (e.g. the other end does not speak TLS).
     #[error("TLS handshake failed: {0}")]
     Tls(String),
     /// The server sent something that is not a protocol message.
@@ -95,22 +99,21 @@ pub async fn connect(url: &str, tls: &TlsRoots) -> Result<(LinkSender, LinkRecei
                 retry_after_secs,
             })
         }
-        Err(tungstenite::Error::Io(e)) if tls_failure(&e).is_some() => {
-            Err(LinkError::Tls(tls_failure(&e).unwrap_or_default()))
-        }
+        Err(tungstenite::Error::Io(e)) => Err(tls_failure(&e).unwrap_or_else(|| LinkError::Connect(e.to_string()))),
         Err(tungstenite::Error::Tls(e)) => Err(LinkError::Tls(e.to_string())),
         Err(e) => Err(LinkError::Connect(e.to_string())),
     }
 }
 
-/// The rustls error inside an I/O error of the handshake, said plainly.
-fn tls_failure(e: &std::io::Error) -> Option<String> {
+/// The rustls error inside an I/O error of the handshake, if that is what it is.
+fn tls_failure(e: &std::io::Error) -> Option<LinkError> {
     let e = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     Some(match e {
-        rustls::Error::InvalidCertificate(why) => {
-            format!("the server's certificate is not trusted ({why:?})")
-        }
-        other => other.to_string(),
+        rustls::Error::InvalidCertificate(why) => LinkError::Untrusted {
+            reason: format!("{why:?}"),
+            unknown_issuer: matches!(why, rustls::CertificateError::UnknownIssuer),
+        },
+        other => LinkError::Tls(other.to_string()),
     })
 }
 

@@ -390,10 +390,13 @@ async fn session<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: 
             return End::Lost(format!("HTTP {status}"));
         }
         // Never retried as plain ws://: the operator fixes the trust (or the server's certificate).
-        Err(LinkError::Tls(why)) => {
-            return End::Untrusted(format!(
-                "TLS verification of {url} failed: {why}; a server certificate from a private CA needs its CA in GRADIENT_CA_FILE"
-            ));
+        Err(e @ LinkError::Untrusted { unknown_issuer, .. }) => {
+            let hint = if unknown_issuer {
+                "; a server certificate from a private CA needs its CA in GRADIENT_CA_FILE"
+            } else {
+                ""
+            };
+            return End::Untrusted(format!("TLS verification of {url} failed: {e}{hint}"));
         }
         Err(e) => return End::Lost(e.to_string()),
     };
