@@ -376,3 +376,28 @@ async fn an_unreadable_or_empty_ca_file_stops_the_worker_at_start_naming_the_var
         worker.wait_for_log(says).await;
     }
 }
+
+/// A CA the machine trusts (its bundle, here through `SSL_CERT_FILE`) needs no `GRADIENT_CA_FILE`.
+#[tokio::test]
+async fn a_ca_in_the_systems_bundle_is_trusted_without_the_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, _) = flake_repo(dir.path());
+    let (server, nginx) = server_behind(dir.path()).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let ca = nginx.ca();
+    let worker = start_worker_with(
+        &c,
+        dir.path(),
+        &nginx.url,
+        "system",
+        &[("SSL_CERT_FILE", ca.to_str().expect("path"))],
+    )
+    .await;
+    assert!(
+        worker.log_text().contains("connected to wss://127.0.0.1:"),
+        "{}",
+        worker.log_text()
+    );
+    worker.kill();
+    server.stop();
+}

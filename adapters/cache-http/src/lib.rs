@@ -20,20 +20,21 @@ pub struct HttpCacheClient {
 impl HttpCacheClient {
     /// A client trusting the webpki roots.
     pub fn new() -> std::result::Result<Self, String> {
-        Self::with_extra_roots(None)
+        Self::build(None)
     }
 
-    /// A client trusting the webpki roots and every certificate of `extra_ca_pem` (a PEM bundle, e.g. a
-    /// private CA's certificate).
-    pub fn with_extra_roots(extra_ca_pem: Option<&[u8]>) -> std::result::Result<Self, String> {
+    /// A client with the given TLS configuration (the worker's: the webpki roots, the system's bundle and its
+    /// extra CA certificates, as its link trusts them).
+    pub fn with_tls(tls: rustls::ClientConfig) -> std::result::Result<Self, String> {
+        Self::build(Some(tls))
+    }
+
+    fn build(tls: Option<rustls::ClientConfig>) -> std::result::Result<Self, String> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = extra_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("CA certificates: {e}"))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls);
         }
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self { http })
@@ -42,20 +43,17 @@ impl HttpCacheClient {
 
 /// Whether the Nix binary cache at `url` answers `GET <url>/nix-cache-info` within `limit`, whatever it
 /// answers: one that does not is one that every Nix run would first wait for. Only `http(s)://` caches are
-/// asked; any other kind of store (`file://`, `daemon`, `ssh://`, …) counts as answering. `extra_ca_pem` is
-/// trusted besides the webpki roots.
-pub async fn substituter_answers(url: &str, limit: Duration, extra_ca_pem: Option<&[u8]>) -> bool {
+/// asked; any other kind of store (`file://`, `daemon`, `ssh://`, …) counts as answering. `tls`, when given,
+/// is the TLS configuration to ask with (the worker's trust).
+pub async fn substituter_answers(url: &str, limit: Duration, tls: Option<rustls::ClientConfig>) -> bool {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return true;
     }
     let mut builder = reqwest::Client::builder()
         .timeout(limit)
         .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")));
-    for cert in extra_ca_pem
-        .and_then(|pem| reqwest::Certificate::from_pem_bundle(pem).ok())
-        .unwrap_or_default()
-    {
-        builder = builder.add_root_certificate(cert);
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
     }
     let Ok(http) = builder.build() else {
         return true;

@@ -1,8 +1,8 @@
 //! The worker's end of the `/proto` link: dials the server's WebSocket, sends `WorkerMessage`s and
 //! receives `ServerMessage`s as JSON text frames, enforcing the protocol's frame size limit both ways.
 //! (The server's end lives in the server app, on poem's WebSocket.) `wss://` runs over rustls (ring), trusting
-//! the webpki roots and the extra CA certificates the worker is given ([`TlsRoots`]); nothing falls back to plain
-//! `ws://`.
+//! the webpki roots, the system's bundle and the extra CA certificates the worker is given ([`TlsRoots`]);
+//! nothing falls back to plain `ws://`.
 
 use futures_util::{SinkExt, StreamExt};
 use gradient_domain::proto::{self, MAX_FRAME_BYTES, ServerMessage, WorkerMessage};
@@ -41,18 +41,24 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct LinkSender(futures_util::stream::SplitSink<Ws, Message>);
 pub struct LinkReceiver(futures_util::stream::SplitStream<Ws>);
 
-/// What a `wss://` link trusts: the webpki roots (Mozilla's list) and any extra CA certificates.
+/// What a `wss://` link trusts: the webpki roots (Mozilla's list), the system's bundle and any extra CA
+/// certificates; [`TlsRoots::client_config`] gives the same trust to the worker's other https clients.
 #[derive(Clone, Debug)]
 pub struct TlsRoots(Arc<rustls::ClientConfig>);
 
 impl TlsRoots {
-    /// The webpki roots plus every certificate of `extra_ca_pem` (a PEM bundle, e.g. a private CA); an extra
-    /// bundle holding no certificate is an error, so a wrong file is noticed at start.
-    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<Self, String> {
+    /// The webpki roots, the certificates of `system_pem` that can be roots (the system's bundle; the others
+    /// are skipped, as any TLS client does), and every certificate of `extra_ca_pem` (a PEM bundle, e.g. a
+    /// private CA). An extra bundle holding no certificate, or one that cannot be a root, is an error, so a wrong
+    /// file is noticed at start.
+    pub fn new(extra_ca_pem: Option<&[u8]>, system_pem: Option<&[u8]>) -> Result<Self, String> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = system_pem {
+            roots.add_parsable_certificates(CertificateDer::pem_slice_iter(pem).filter_map(Result::ok));
+        }
         if let Some(pem) = extra_ca_pem {
             let mut added = 0;
             for cert in CertificateDer::pem_slice_iter(pem) {
@@ -73,6 +79,11 @@ impl TlsRoots {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self(Arc::new(config)))
+    }
+
+    /// The rustls client configuration with this trust, for another client (the cache client's reqwest).
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        (*self.0).clone()
     }
 }
 
@@ -175,14 +186,17 @@ MAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgLQWe3e++r5DDTQ0TNQjs1rHO4Cwmpybu
 
     #[test]
     fn extra_roots_are_pem_certificates() {
-        assert!(TlsRoots::new(None).is_ok());
-        assert!(TlsRoots::new(Some(CA.as_bytes())).is_ok());
+        assert!(TlsRoots::new(None, None).is_ok());
+        assert!(TlsRoots::new(Some(CA.as_bytes()), None).is_ok());
         let two = format!("{CA}{CA}");
-        assert!(TlsRoots::new(Some(two.as_bytes())).is_ok());
-        let e = TlsRoots::new(Some(b"not a certificate\n")).unwrap_err();
+        assert!(TlsRoots::new(Some(two.as_bytes()), None).is_ok());
+        let e = TlsRoots::new(Some(b"not a certificate\n"), None).unwrap_err();
         assert_eq!(e, "holds no PEM certificate");
         let truncated = &CA[..200];
-        assert!(TlsRoots::new(Some(truncated.as_bytes())).is_err());
+        assert!(TlsRoots::new(Some(truncated.as_bytes()), None).is_err());
+        // The system's bundle is taken as it is: what cannot be a root is skipped.
+        let system = format!("{CA}garbage\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        assert!(TlsRoots::new(None, Some(system.as_bytes())).is_ok());
     }
 
     /// A `wss://` dial to something that does not speak TLS fails in the TLS handshake, as such; it is not
@@ -203,7 +217,7 @@ MAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgLQWe3e++r5DDTQ0TNQjs1rHO4Cwmpybu
                 }
             }
         });
-        let tls = TlsRoots::new(None).unwrap();
+        let tls = TlsRoots::new(None, None).unwrap();
         match connect(&format!("wss://127.0.0.1:{port}/proto"), &tls).await {
             Err(LinkError::Tls(why)) => assert!(!why.is_empty()),
             Err(e) => panic!("not a TLS failure: {e}"),

@@ -17,8 +17,8 @@ pub struct WorkerConfig {
     pub server_url: String,
     pub worker_id: Option<uuid::Uuid>,
     pub peers_file: Option<PathBuf>,
-    /// A PEM file of extra CA certificates trusted besides the webpki roots (`GRADIENT_CA_FILE`): for a
-    /// `wss://` server and https caches whose certificates come from a private CA.
+    /// A PEM file of extra CA certificates trusted besides the webpki roots and the system's bundle
+    /// (`GRADIENT_CA_FILE`): for a `wss://` server and https caches whose certificates come from a private CA.
     pub ca_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub capabilities: gradient_domain::model::Capabilities,

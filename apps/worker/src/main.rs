@@ -43,7 +43,7 @@ async fn main() {
     let extra_ca = config.ca_file.as_ref().map(|f| {
         std::fs::read(f).unwrap_or_else(|e| fail(&format!("GRADIENT_CA_FILE: cannot read {}: {e}", f.display())))
     });
-    let tls = gradient_link_ws::TlsRoots::new(extra_ca.as_deref())
+    let tls = gradient_link_ws::TlsRoots::new(extra_ca.as_deref(), trust::system_bundle().as_deref())
         .unwrap_or_else(|e| fail(&format!("GRADIENT_CA_FILE: {e}")));
     let mut nix = gradient_nix_cli::NixCli::new();
     if let Some(extra) = &extra_ca {
@@ -59,8 +59,7 @@ async fn main() {
             .configured_substituters()
             .await
             .unwrap_or_else(|e| fail(&format!("nix: {e}")));
-        let (answering, silent) =
-            substituters::split(&configured, substituters::PROBE_TIMEOUT, extra_ca.as_deref()).await;
+        let (answering, silent) = substituters::split(&configured, substituters::PROBE_TIMEOUT, &tls).await;
         if !silent.is_empty() {
             tracing::warn!(
                 "substituters not answering within {:?}, left out of every Nix run: {} (GRADIENT_PROBE_SUBSTITUTERS=false keeps them)",
@@ -77,8 +76,7 @@ async fn main() {
     );
     let dirs = jobs::Local {
         state: config.state_dir.clone(),
-        cache: gradient_cache_http::HttpCacheClient::with_extra_roots(extra_ca.as_deref())
-            .unwrap_or_else(|e| fail(&format!("GRADIENT_CA_FILE: {e}"))),
+        cache: gradient_cache_http::HttpCacheClient::with_tls(tls.client_config()).unwrap_or_else(|e| fail(&e)),
         gcroots: config.gcroots_dir.clone(),
     };
     // Nix builds as many derivations at once as it has build users: more would wait for one.

@@ -8,14 +8,18 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `configured` split into the substituters that answer within `limit` and those that do not, all asked at
 /// once, each list in the configured order.
-/// `extra_ca_pem` is trusted besides the webpki roots, as Nix trusts it (`GRADIENT_CA_FILE`).
-pub async fn split(configured: &[String], limit: Duration, extra_ca_pem: Option<&[u8]>) -> (Vec<String>, Vec<String>) {
+/// Asked with the worker's TLS trust (`tls`: the roots plus `GRADIENT_CA_FILE`).
+pub async fn split(
+    configured: &[String],
+    limit: Duration,
+    tls: &gradient_link_ws::TlsRoots,
+) -> (Vec<String>, Vec<String>) {
     let probes: Vec<_> = configured
         .iter()
         .map(|url| {
             let url = url.clone();
-            let ca = extra_ca_pem.map(<[u8]>::to_vec);
-            tokio::spawn(async move { gradient_cache_http::substituter_answers(&url, limit, ca.as_deref()).await })
+            let tls = tls.client_config();
+            tokio::spawn(async move { gradient_cache_http::substituter_answers(&url, limit, Some(tls)).await })
         })
         .collect();
     let (mut answering, mut silent) = (Vec::new(), Vec::new());
@@ -52,7 +56,12 @@ mod tests {
 
         let limit = Duration::from_millis(500);
         let started = std::time::Instant::now();
-        let (kept, skipped) = split(&configured, limit, None).await;
+        let (kept, skipped) = split(
+            &configured,
+            limit,
+            &gradient_link_ws::TlsRoots::new(None, None).unwrap(),
+        )
+        .await;
         assert_eq!(kept, [answering_url, "daemon".to_owned()]);
         assert_eq!(skipped, [silent_url]);
         assert!(

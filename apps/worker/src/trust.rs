@@ -1,7 +1,8 @@
-//! The extra CA certificates of `GRADIENT_CA_FILE`: trusted by the link (`wss://`), the cache client (pushes and
-//! questions over https), the substituter probe, and the Nix commands the worker runs — those get a bundle of
-//! the certificates Nix would trust anyway plus the extra ones (`NIX_SSL_CERT_FILE`), since Nix's setting
-//! replaces its bundle rather than adding to it. (A Nix daemon's own downloads are the daemon's: see the README.)
+//! What the worker trusts for TLS: the webpki roots, the system's bundle and the extra CA certificates of
+//! `GRADIENT_CA_FILE`, for the link (`wss://`), the cache client (pushes and questions over https) and the
+//! substituter probe alike; the Nix commands the worker runs get a bundle of the certificates Nix would trust
+//! anyway plus the extra ones (`NIX_SSL_CERT_FILE`), since Nix's setting replaces its bundle rather than adding
+//! to it. (A Nix daemon's own downloads are the daemon's: see the README.)
 
 use std::path::{Path, PathBuf};
 
@@ -27,9 +28,14 @@ fn bundle(base: Option<Vec<u8>>, extra: &[u8]) -> Vec<u8> {
     bundle
 }
 
+/// The system's bundle as Nix finds it (the link and the cache client trust it too).
+pub fn system_bundle() -> Option<Vec<u8>> {
+    nix_bundle(|v| std::env::var(v).ok())
+}
+
 /// Writes `<state_dir>/ca-bundle.pem`: Nix's usual bundle (if any) followed by `extra`; answers its path.
 pub fn write_nix_bundle(state_dir: &Path, extra: &[u8]) -> std::io::Result<PathBuf> {
-    let contents = bundle(nix_bundle(|v| std::env::var(v).ok()), extra);
+    let contents = bundle(system_bundle(), extra);
     std::fs::create_dir_all(state_dir)?;
     let path = state_dir.join("ca-bundle.pem");
     std::fs::write(&path, contents)?;
