@@ -68,6 +68,13 @@ in
     };
     workerId = nullOpt types.str "Override the worker UUID; when null, read from the state directory's `worker-id` or generated on first start.";
     peersFile = opt (types.nullOr glib.secretPathType) null "Path to the peers file (`peer_id:token` per line, `*` = any peer).";
+    caFile = nullOpt types.path ''
+      PEM file of extra CA certificates the worker trusts besides the webpki roots and the system's bundle:
+      for a `wss://` server URL and https caches whose certificates come from a private CA (not a secret: a
+      Nix path literal is copied to the store). The worker's own Nix commands trust it too; the Nix daemon
+      does not: add the CA to `security.pki.certificateFiles` for it (which the worker then trusts as well,
+      making this option unnecessary).
+    '';
     useTls = opt types.bool true "Enable TLS (ACME + forceSSL) on the nginx vhost (reverse-proxy mode; no effect in this worker).";
     discoverable = opt types.bool false "Accept incoming connections from the server (reverse-proxy mode; no effect in this worker).";
     listenAddr = opt types.str "127.0.0.1" "Bind address for the worker listener (no effect in this worker).";
@@ -107,6 +114,8 @@ in
     services.gradient.worker.environment =
       glib.environmentFor cfg plainOptions
       // credentials.environment
+      # Interpolated: a path literal becomes its copy in the store, a string stays the path it names.
+      // lib.optionalAttrs (cfg.caFile != null) { GRADIENT_CA_FILE = "${cfg.caFile}"; }
       // {
         GRADIENT_STATE_DIR = stateDir;
       };

@@ -142,6 +142,7 @@ in
         serverUrl = "ws://[::1]:8080/proto";
         workerId = "550e8400-e29b-41d4-a716-446655440001";
         peersFile = "/run/secrets/peers";
+        caFile = "/etc/gradient/ca.pem";
         capabilities = {
           fetch = true;
           eval = true;

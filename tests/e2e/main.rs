@@ -18,6 +18,7 @@ mod server;
 mod state;
 mod statuses;
 mod tenants;
+mod tls;
 mod tui;
 mod web;
 mod workers;

@@ -519,6 +519,8 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     let env = &worker["environment"];
     assert_eq!(env["GRADIENT_PEERS_FILE"], "%d/peersFile");
     assert_eq!(env["GRADIENT_SERVER_URL"], "ws://[::1]:8080/proto");
+    // The CA file is not a secret: a plain path, readable by the worker, no credential.
+    assert_eq!(env["GRADIENT_CA_FILE"], "/etc/gradient/ca.pem");
     assert_eq!(env["GRADIENT_CAPABILITIES_SIGN"], "true");
     assert_eq!(env["GRADIENT_GCROOTS_DIR"], "/nix/var/nix/gcroots/ci");
     assert_eq!(env["HOME"], "/var/lib/gradient-worker");
@@ -548,6 +550,7 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     let env = &unit(&remote, "gradient-worker")["environment"];
     assert_eq!(env["GRADIENT_SERVER_URL"], "wss://gradient.example.com/proto");
     assert_eq!(env["GRADIENT_MAX_CONCURRENT_BUILDS"], "8");
+    assert!(env["GRADIENT_CA_FILE"].is_null(), "no CA file unless one is given");
 }
 
 #[test]

@@ -89,6 +89,7 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_SERVER_URL", &["a_registered_worker_connects_and_deleting_its_registration_disconnects_it"]),
     ("GRADIENT_WORKER_ID", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache"]),
     ("GRADIENT_PEERS_FILE", &["wrong_tokens_unknown_workers_and_malformed_peers_files_are_refused", "the_wildcard_peer_answers_any_challenge"]),
+    ("GRADIENT_CA_FILE", &["a_worker_dials_wss_through_a_tls_terminator_and_builds_a_flake_pushing_over_https", "an_unreadable_or_empty_ca_file_stops_the_worker_at_start_naming_the_variable"]),
     ("GRADIENT_STATE_DIR", &["a_state_dir_created_here_is_owner_only"]),
     ("GRADIENT_CAPABILITIES_FETCH", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache", "capability_decides_the_kind_of_job"]),
     ("GRADIENT_CAPABILITIES_EVAL", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache", "capability_decides_the_kind_of_job"]),

@@ -339,7 +339,11 @@ async fn start_worker_as(
         ),
     )
     .expect("peers");
-    let url = format!("ws://{}/proto", server_url.trim_start_matches("http://"));
+    // A server behind a TLS terminator (`https://…`) is dialed over wss://.
+    let url = match server_url.strip_prefix("https://") {
+        Some(host) => format!("wss://{host}/proto"),
+        None => format!("ws://{}/proto", server_url.trim_start_matches("http://")),
+    };
     let vars = [
         ("GRADIENT_SERVER_URL", url.as_str()),
         ("GRADIENT_WORKER_ID", id.as_str()),

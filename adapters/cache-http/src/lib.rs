@@ -18,28 +18,44 @@ pub struct HttpCacheClient {
 }
 
 impl HttpCacheClient {
+    /// A client trusting the webpki roots.
     pub fn new() -> std::result::Result<Self, String> {
-        let http = reqwest::Client::builder()
+        Self::build(None)
+    }
+
+    /// A client with the given TLS configuration (the worker's: the webpki roots, the system's bundle and its
+    /// extra CA certificates, as its link trusts them).
+    pub fn with_tls(tls: rustls::ClientConfig) -> std::result::Result<Self, String> {
+        Self::build(Some(tls))
+    }
+
+    fn build(tls: Option<rustls::ClientConfig>) -> std::result::Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Self { http })
     }
 }
 
 /// Whether the Nix binary cache at `url` answers `GET <url>/nix-cache-info` within `limit`, whatever it
 /// answers: one that does not is one that every Nix run would first wait for. Only `http(s)://` caches are
-/// asked; any other kind of store (`file://`, `daemon`, `ssh://`, …) counts as answering.
-pub async fn substituter_answers(url: &str, limit: Duration) -> bool {
+/// asked; any other kind of store (`file://`, `daemon`, `ssh://`, …) counts as answering. `tls`, when given,
+/// is the TLS configuration to ask with (the worker's trust).
+pub async fn substituter_answers(url: &str, limit: Duration, tls: Option<rustls::ClientConfig>) -> bool {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return true;
     }
-    let Ok(http) = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(limit)
-        .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")))
-        .build()
-    else {
+        .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    let Ok(http) = builder.build() else {
         return true;
     };
     http.get(format!("{}/nix-cache-info", url.trim_end_matches('/')))
@@ -147,13 +163,13 @@ mod tests {
         };
 
         let limit = Duration::from_millis(500);
-        assert!(substituter_answers(&answering_url, limit).await);
+        assert!(substituter_answers(&answering_url, limit, None).await);
         let started = Instant::now();
-        assert!(!substituter_answers(&silent_url, limit).await);
+        assert!(!substituter_answers(&silent_url, limit, None).await);
         let waited = started.elapsed();
         assert!(waited >= limit && waited < limit * 4, "{waited:?}");
-        assert!(!substituter_answers(&closed_url, limit).await);
-        assert!(substituter_answers("daemon", limit).await);
+        assert!(!substituter_answers(&closed_url, limit, None).await);
+        assert!(substituter_answers("daemon", limit, None).await);
         drop(silent);
     }
 }

@@ -17,6 +17,9 @@ pub struct WorkerConfig {
     pub server_url: String,
     pub worker_id: Option<uuid::Uuid>,
     pub peers_file: Option<PathBuf>,
+    /// A PEM file of extra CA certificates trusted besides the webpki roots and the system's bundle
+    /// (`GRADIENT_CA_FILE`): for a `wss://` server and https caches whose certificates come from a private CA.
+    pub ca_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub capabilities: gradient_domain::model::Capabilities,
     pub max_concurrent_builds: u32,
@@ -195,6 +198,7 @@ impl WorkerConfig {
             server_url,
             worker_id,
             peers_file: v.secret_file("GRADIENT_PEERS_FILE"),
+            ca_file: v.get("GRADIENT_CA_FILE").map(PathBuf::from),
             state_dir: PathBuf::from(
                 v.get_or("GRADIENT_STATE_DIR", Some(DEFAULT_STATE_DIR))
                     .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
@@ -284,6 +288,13 @@ mod tests {
         ]))
         .unwrap();
         assert!(!off.probe_substituters);
+        assert_eq!(off.ca_file, None);
+        let ca = WorkerConfig::from_vars(&vars(&[
+            ("GRADIENT_SERVER_URL", "wss://gradient.example.com/proto"),
+            ("GRADIENT_CA_FILE", "/etc/gradient/ca.pem"),
+        ]))
+        .unwrap();
+        assert_eq!(ca.ca_file, Some(PathBuf::from("/etc/gradient/ca.pem")));
     }
 
     #[test]
@@ -333,6 +344,7 @@ mod tests {
                 "GRADIENT_SERVER_URL",
                 "GRADIENT_WORKER_ID",
                 "GRADIENT_PEERS_FILE",
+                "GRADIENT_CA_FILE",
                 "GRADIENT_STATE_DIR",
                 "GRADIENT_CAPABILITIES_FETCH",
                 "GRADIENT_CAPABILITIES_EVAL",
@@ -352,8 +364,8 @@ mod tests {
         );
         let peers = &schema[2];
         assert!(peers.secret_file && schema.iter().filter(|v| v.secret_file).count() == 1);
-        assert_eq!(schema[8].default.as_deref(), Some("100"));
-        assert_eq!(schema[13].default.as_deref(), Some("/nix/var/nix/gcroots/gradient"));
+        assert_eq!(schema[9].default.as_deref(), Some("100"));
+        assert_eq!(schema[14].default.as_deref(), Some("/nix/var/nix/gcroots/gradient"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use gradient_domain::model::JobId;
 use gradient_domain::ports::nix::Nix;
 use gradient_domain::proto::Job;
 use gradient_domain::proto::{self, Hello, PROTOCOL_VERSION, ServerMessage, WorkerMessage};
-use gradient_link_ws::{LinkError, connect};
+use gradient_link_ws::{LinkError, TlsRoots, connect};
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -33,6 +33,9 @@ enum End {
     Lost(String),
     /// The server refused us; retrying may still help later (e.g. once registered), but slowly.
     Rejected(String),
+    /// The server's TLS certificate is not trusted: retried (the certificate or the CA file may be fixed), never
+    /// over plain ws://.
+    Untrusted(String),
 }
 
 /// Jobs in flight and reports waiting for a link: they survive reconnections.
@@ -345,13 +348,18 @@ impl<N: Nix> Work<N> {
 }
 
 /// Runs forever, reconnecting after every loss.
-pub async fn run<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &mut Work<N>) {
+pub async fn run<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: &Peers, work: &mut Work<N>) {
     let mut backoff = Duration::from_secs(1);
     loop {
         tracing::debug!(target: "gradient::proto", "dialing {url}");
-        let most = match session(url, identity, peers, work).await {
+        let most = match session(url, tls, identity, peers, work).await {
             End::Lost(why) => {
                 tracing::warn!(target: "gradient::proto", "link lost: {why}");
+                Duration::from_secs(60)
+            }
+            End::Untrusted(why) => {
+                tracing::error!("{why}");
+                backoff = backoff.max(Duration::from_secs(4));
                 Duration::from_secs(60)
             }
             End::Rejected(why) => {
@@ -370,8 +378,8 @@ pub async fn run<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
     }
 }
 
-async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &mut Work<N>) -> End {
-    let (mut tx, mut rx) = match connect(url).await {
+async fn session<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: &Peers, work: &mut Work<N>) -> End {
+    let (mut tx, mut rx) = match connect(url, tls).await {
         Ok(link) => link,
         Err(LinkError::Refused {
             status,
@@ -381,6 +389,15 @@ async fn session<N: Nix>(url: &str, identity: &Identity, peers: &Peers, work: &m
                 tokio::time::sleep(Duration::from_secs(s)).await;
             }
             return End::Lost(format!("HTTP {status}"));
+        }
+        // Never retried as plain ws://: the operator fixes the trust (or the server's certificate).
+        Err(e @ LinkError::Untrusted { unknown_issuer, .. }) => {
+            let hint = if unknown_issuer {
+                "; a server certificate from a private CA needs its CA in GRADIENT_CA_FILE"
+            } else {
+                ""
+            };
+            return End::Untrusted(format!("TLS verification of {url} failed: {e}{hint}"));
         }
         Err(e) => return End::Lost(e.to_string()),
     };

@@ -7,6 +7,7 @@ mod jobs;
 mod link;
 mod peers;
 mod substituters;
+mod trust;
 
 fn fail(e: &dyn std::fmt::Display) -> ! {
     eprintln!("gradient-worker: {e}");
@@ -39,7 +40,18 @@ async fn main() {
         Some(f) => peers::load(f).unwrap_or_else(|e| fail(&e)),
         None => peers::Peers::default(),
     };
+    // The extra CA certificates, read once: the link and the cache client both trust them.
+    let extra_ca = config.ca_file.as_ref().map(|f| {
+        std::fs::read(f).unwrap_or_else(|e| fail(&format!("GRADIENT_CA_FILE: cannot read {}: {e}", f.display())))
+    });
+    let tls = gradient_link_ws::TlsRoots::new(extra_ca.as_deref(), trust::system_bundle().as_deref())
+        .unwrap_or_else(|e| fail(&format!("GRADIENT_CA_FILE: {e}")));
     let mut nix = gradient_nix_cli::NixCli::new();
+    if let Some(extra) = &extra_ca {
+        let bundle = trust::write_nix_bundle(&config.state_dir, extra)
+            .unwrap_or_else(|e| fail(&format!("cannot write the CA bundle for Nix: {e}")));
+        nix = nix.env("NIX_SSL_CERT_FILE", bundle);
+    }
     let host = gradient_domain::ports::nix::Nix::host(&nix)
         .await
         .unwrap_or_else(|e| fail(&format!("nix: {e}")));
@@ -48,7 +60,7 @@ async fn main() {
             .configured_substituters()
             .await
             .unwrap_or_else(|e| fail(&format!("nix: {e}")));
-        let (answering, silent) = substituters::split(&configured, substituters::PROBE_TIMEOUT).await;
+        let (answering, silent) = substituters::split(&configured, substituters::PROBE_TIMEOUT, &tls).await;
         if !silent.is_empty() {
             tracing::warn!(
                 "substituters not answering within {:?}, left out of every Nix run: {} (GRADIENT_PROBE_SUBSTITUTERS=false keeps them)",
@@ -65,7 +77,7 @@ async fn main() {
     );
     let dirs = jobs::Local {
         state: config.state_dir.clone(),
-        cache: gradient_cache_http::HttpCacheClient::new().unwrap_or_else(|e| fail(&e)),
+        cache: gradient_cache_http::HttpCacheClient::with_tls(tls.client_config()).unwrap_or_else(|e| fail(&e)),
         gcroots: config.gcroots_dir.clone(),
     };
     // Nix builds as many derivations at once as it has build users: more would wait for one.
@@ -90,7 +102,7 @@ async fn main() {
         queued_builds: link::build_jobs_queued(parallel_builds),
     };
     tokio::select! {
-        _ = link::run(&config.server_url, &identity, &peers, &mut work) => {}
+        _ = link::run(&config.server_url, &tls, &identity, &peers, &mut work) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
     }
 }

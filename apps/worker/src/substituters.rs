@@ -8,12 +8,18 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `configured` split into the substituters that answer within `limit` and those that do not, all asked at
 /// once, each list in the configured order.
-pub async fn split(configured: &[String], limit: Duration) -> (Vec<String>, Vec<String>) {
+/// Asked with the worker's TLS trust (`tls`: the roots plus `GRADIENT_CA_FILE`).
+pub async fn split(
+    configured: &[String],
+    limit: Duration,
+    tls: &gradient_link_ws::TlsRoots,
+) -> (Vec<String>, Vec<String>) {
     let probes: Vec<_> = configured
         .iter()
         .map(|url| {
             let url = url.clone();
-            tokio::spawn(async move { gradient_cache_http::substituter_answers(&url, limit).await })
+            let tls = tls.client_config();
+            tokio::spawn(async move { gradient_cache_http::substituter_answers(&url, limit, Some(tls)).await })
         })
         .collect();
     let (mut answering, mut silent) = (Vec::new(), Vec::new());
@@ -50,7 +56,12 @@ mod tests {
 
         let limit = Duration::from_millis(500);
         let started = std::time::Instant::now();
-        let (kept, skipped) = split(&configured, limit).await;
+        let (kept, skipped) = split(
+            &configured,
+            limit,
+            &gradient_link_ws::TlsRoots::new(None, None).unwrap(),
+        )
+        .await;
         assert_eq!(kept, [answering_url, "daemon".to_owned()]);
         assert_eq!(skipped, [silent_url]);
         assert!(
