@@ -157,6 +157,24 @@ async fn nix_log_prints_a_built_derivations_log_from_its_organizations_private_p
         worker.log_text()
     );
 
+    // By an output path too: Nix finds the derivation in the output's narinfo (`Deriver:`).
+    let shown: Value = serde_json::from_str(&nix_ok(&["show-derivation", &drv])).expect("JSON");
+    let output = shown[&drv]["outputs"]["out"]["path"].as_str().expect("out").to_owned();
+    let out = nix(&["log", "--store", &cache_url, "--option", "netrc-file", netrc, &output]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the greeter was built here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // It came from the cache: without credentials the same command gets nothing.
+    let out = nix(&["log", "--store", &cache_url, &drv]);
+    assert!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("the greeter"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Over HTTP: plain text; the cache's read rules apply, and a derivation nobody built has no log.
     let drv_name = Path::new(&drv).file_name().and_then(|n| n.to_str()).expect("name");
     let url = format!("{cache_url}/log/{drv_name}");
