@@ -733,3 +733,140 @@ async fn a_narinfo_with_an_invalid_content_address_is_refused_before_it_is_signe
         .expect("served");
     assert!(served.contains(&format!("\nCA: {good}\n")), "{served}");
 }
+
+/// A build of `drv` by the organization `org`, with `log` stored.
+async fn built_with_log(app: &App, caller: &Caller, org: &gradient_domain::model::Org, drv: &str, log: &str) {
+    use gradient_domain::model::{BuildLog, Derivation, Evaluation, EvaluationTrigger, Transition};
+    use gradient_domain::ports::storage::Evaluations;
+    use gradient_domain::status::EvaluationStatus;
+    let project = common::project(app, caller, &org.name.to_string(), "p", "https://example.com/r.git").await;
+    let at = app.clock.now();
+    let evaluation = Evaluation {
+        id: gradient_domain::EvaluationId::new(),
+        project_id: project.id,
+        commit: "0".repeat(40),
+        branch: Some("main".into()),
+        trigger: EvaluationTrigger::Poll,
+        status: EvaluationStatus::Queued,
+        errors: vec![],
+        transitions: vec![Transition {
+            status: EvaluationStatus::Queued,
+            at,
+        }],
+        created_at: at,
+        updated_at: at,
+    };
+    app.storage.create_evaluation(&evaluation).await.unwrap();
+    let derivation = Derivation {
+        drv_path: drv.into(),
+        system: "x86_64-linux".into(),
+        required_features: vec![],
+        outputs: [("out".to_owned(), format!("/nix/store/{}-x", "b".repeat(32)))].into(),
+        inputs: vec![],
+    };
+    app.storage.put_derivations(org.id, &[derivation]).await.unwrap();
+    let build = app
+        .storage
+        .link_builds(evaluation.id, org.id, &[drv.to_owned()], at)
+        .await
+        .unwrap()
+        .remove(0);
+    app.storage
+        .put_build_log(&BuildLog {
+            build_id: build.id,
+            compressed: gradient_domain::logs::compress(log).unwrap(),
+            size: log.len() as u64,
+            omitted: 0,
+            created_at: at,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_cache_serves_the_build_logs_of_the_organizations_that_push_to_it_only() {
+    let (app, _clock, _nars, cache, owner) = setup().await;
+    let drv = format!("/nix/store/{}-x.drv", "a".repeat(32));
+    let basename = &drv["/nix/store/".len()..];
+    let acme = common::org(&app, &owner, "acme").await;
+    let readers = common::org(&app, &owner, "readers").await;
+    let mallory = common::signed_up(&app, "mallory").await;
+    let theirs = common::org(&app, &mallory, "theirs").await;
+    // acme pushes to the cache; readers only read it; theirs has nothing to do with it. All built the same .drv.
+    app.subscribe(&owner, "acme", "main").await.unwrap();
+    app.set_push_cache(&owner, "acme", "main").await.unwrap();
+    app.subscribe(&owner, "readers", "main").await.unwrap();
+    assert_eq!(
+        app.cache_build_log(&cache, basename).await.unwrap(),
+        None,
+        "nobody built it yet"
+    );
+    built_with_log(&app, &mallory, &theirs, &drv, "mallory's build\n").await;
+    built_with_log(&app, &owner, &readers, &drv, "a reader's build\n").await;
+    assert_eq!(
+        app.cache_build_log(&cache, basename).await.unwrap(),
+        None,
+        "only the builds of organizations pushing to the cache"
+    );
+    built_with_log(&app, &owner, &acme, &drv, "acme's build\n").await;
+    let log = app
+        .cache_build_log(&cache, basename)
+        .await
+        .unwrap()
+        .expect("acme's log");
+    assert_eq!(log.text, "acme's build\n");
+    // Not a derivation, or not a store path at all: nothing.
+    for name in [&basename[..basename.len() - 4], "x.drv", "../x.drv", ""] {
+        assert_eq!(app.cache_build_log(&cache, name).await.unwrap(), None, "{name}");
+    }
+    // Once acme no longer pushes here, its logs are no longer the cache's.
+    app.clear_push_cache(&owner, "acme").await.unwrap();
+    assert_eq!(app.cache_build_log(&cache, basename).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_accepted_nar_gets_its_listing_next_to_it_which_goes_with_it() {
+    let (app, clock, nars, cache, _) = setup().await;
+    let url = push(&app, &nars, &cache, b"hello world").await;
+    let read = |hash: &'static str| {
+        let (app, nars, cache) = (&app, &nars, &cache);
+        async move {
+            let (size, mut stream) = app.nar_listing(nars, cache, hash).await.unwrap()?;
+            let mut text = Vec::new();
+            while let Some(chunk) =
+                std::future::poll_fn(|cx| futures_core::Stream::poll_next(stream.as_mut(), cx)).await
+            {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(size, text.len() as u64);
+            Some(String::from_utf8(text).unwrap())
+        }
+    };
+    assert_eq!(
+        read(&PATH[11..43]).await.as_deref(),
+        Some(r#"{"version":1,"root":{"type":"regular","size":11,"narOffset":96}}"#)
+    );
+    assert!(nars.size(&format!("{}/{url}.ls", cache.id)).await.unwrap().is_some());
+    assert_eq!(
+        read("00000000000000000000000000000000").await,
+        None,
+        "a path the cache lacks"
+    );
+
+    // An imported path has one too.
+    let other = "/nix/store/1123456789abcdfghijklmnpqrsvwxyz-other";
+    let mut stream = Vec::new();
+    exported(&mut stream, other, &nar_of(b"imported"), &[], "");
+    int(&mut stream, 0);
+    assert_eq!(app.import_paths(&nars, &cache, body(stream)).await.unwrap(), 1);
+    assert_eq!(
+        read(&other[11..43]).await.as_deref(),
+        Some(r#"{"version":1,"root":{"type":"regular","size":8,"narOffset":96}}"#)
+    );
+
+    // Collected with its NAR.
+    clock.advance(TimeDelta::hours(400));
+    let report = app.collect_garbage(&nars, Some(TimeDelta::hours(336))).await.unwrap();
+    assert_eq!(report.nar_files, 2);
+    assert_eq!(nars.size(&format!("{}/{url}.ls", cache.id)).await.unwrap(), None);
+}

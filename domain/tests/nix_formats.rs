@@ -253,3 +253,38 @@ fn store_paths_from_nix_parse() {
     }
     assert_eq!(read("cache/nix-cache-info"), "StoreDir: /nix/store\n");
 }
+
+/// The `.ls` listing of every dump is byte for byte the one Nix wrote into a binary cache
+/// (`tests/fixtures/make-listings.sh`), however the NAR is chunked.
+#[test]
+fn nar_listings_are_the_ones_nix_writes() {
+    let dir = fixtures().join("listings");
+    let mut checked = 0;
+    for entry in fs::read_dir(&dir).expect("the fixture listings exist") {
+        let path = entry.expect("readable directory").path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let expected = fs::read_to_string(&path).unwrap();
+        let nar = fs::read(fixtures().join(format!("dumps/{name}.nar"))).unwrap();
+        for chunk in [1, 5, 8, 4096] {
+            let mut reader = NarReader::with_listing();
+            for c in nar.chunks(chunk) {
+                reader.update(c).unwrap();
+            }
+            let (summary, listing) = reader.finish_with_listing().unwrap();
+            assert_eq!(summary.nar_size, nar.len() as u64);
+            assert_eq!(
+                listing.as_deref(),
+                Some(expected.as_str()),
+                "{name} in chunks of {chunk}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, paths().len(), "one listing per fixture path");
+    // A reader not asked for a listing makes none.
+    let mut reader = NarReader::new();
+    reader
+        .update(&fs::read(fixtures().join("dumps/tree.nar")).unwrap())
+        .unwrap();
+    assert_eq!(reader.finish_with_listing().unwrap().1, None);
+}

@@ -134,6 +134,32 @@ fn read_nar(pieces: &[&[u8]]) -> Result<gradient_domain::nix::nar::NarSummary, g
     reader.finish()
 }
 
+/// `listing` (a node of a `.ls` listing) says what `node` is; a file's `narOffset` points at its contents.
+fn describes(listing: &serde_json::Value, node: &Node, nar: &[u8]) -> Result<(), TestCaseError> {
+    match node {
+        Node::File { executable, contents } => {
+            prop_assert_eq!(&listing["type"], "regular");
+            prop_assert_eq!(&listing["size"], contents.len());
+            prop_assert_eq!(listing.get("executable").is_some(), *executable);
+            let at = listing["narOffset"].as_u64().expect("narOffset") as usize;
+            prop_assert_eq!(&nar[at..at + contents.len()], contents.as_slice());
+        }
+        Node::Symlink { target } => {
+            prop_assert_eq!(&listing["type"], "symlink");
+            prop_assert_eq!(&listing["target"], target.as_str());
+        }
+        Node::Directory(entries) => {
+            prop_assert_eq!(&listing["type"], "directory");
+            let listed = listing["entries"].as_object().expect("entries");
+            prop_assert_eq!(listed.len(), entries.len());
+            for (name, child) in entries {
+                describes(&listed[name], child, nar)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config(96))]
 
@@ -160,6 +186,19 @@ proptest! {
         let summary = read_nar(&chunks(&bytes, &cuts)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(summary.nar_hash, sha256_of(&bytes));
         prop_assert_eq!(summary.nar_size, bytes.len() as u64);
+    }
+
+    #[test]
+    fn a_nars_listing_describes_every_entry_whatever_the_chunking(node in node(), cuts in prop::collection::vec(any::<usize>(), 0..6)) {
+        let bytes = nar(&node);
+        let mut reader = NarReader::with_listing();
+        for piece in chunks(&bytes, &cuts) {
+            reader.update(piece).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        let (_, listing) = reader.finish_with_listing().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let listing: serde_json::Value = serde_json::from_str(&listing.expect("a listing")).expect("JSON");
+        prop_assert_eq!(&listing["version"], 1);
+        describes(&listing["root"], &node, &bytes)?;
     }
 
     #[test]

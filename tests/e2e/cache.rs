@@ -13,15 +13,15 @@ use reqwest::Method;
 use serde_json::json;
 use std::path::Path;
 
-struct Cache {
-    server: Server,
-    url: String,
-    public_key: String,
-    netrc: String,
-    key: String,
+pub(crate) struct Cache {
+    pub(crate) server: Server,
+    pub(crate) url: String,
+    pub(crate) public_key: String,
+    pub(crate) netrc: String,
+    pub(crate) key: String,
 }
 
-async fn private_cache(dir: &Path, vars: &[(&str, &str)]) -> Cache {
+pub(crate) async fn private_cache(dir: &Path, vars: &[(&str, &str)]) -> Cache {
     let server = Server::start(dir, vars).await;
     let mut c = Client::new(&server);
     let key = c.register_with_key("pusher").await;
@@ -83,7 +83,7 @@ fn target(cache: &Cache) -> PushTarget {
 }
 
 /// Pushes as a worker does (the closure, one question, one export stream): how many paths were imported.
-async fn worker_push(cache: &Cache, paths: &[String]) -> u64 {
+pub(crate) async fn worker_push(cache: &Cache, paths: &[String]) -> u64 {
     let nix = NixCli::new().env("NIX_CONFIG", NIX_CONFIG);
     let client = HttpCacheClient::new().expect("client");
     gradient_domain::push::push(&nix, &client, &target(cache), paths)

@@ -3,6 +3,7 @@
 
 mod acceptance;
 mod cache;
+mod cache_clients;
 mod cli;
 mod evaluate;
 mod fuzz;

@@ -1865,6 +1865,8 @@ async fn a_method_a_path_does_not_have_is_405_with_allow() {
         (Method::DELETE, "/cache/main/nix-cache-info", "GET, HEAD, PUT"),
         (Method::POST, "/cache/main/nar/abc.nar.zst", "GET, HEAD, PUT"),
         (Method::DELETE, "/cache/main/abc.narinfo", "GET, HEAD, PUT"),
+        (Method::DELETE, "/cache/main/abc.ls", "GET, HEAD, PUT"),
+        (Method::PUT, "/cache/main/log/abc-x.drv", "GET, HEAD"),
     ] {
         let resp = s
             .client

@@ -63,6 +63,8 @@ pub struct ExportedPath {
     pub deriver: Option<StorePath>,
     pub nar_hash: Hash,
     pub nar_size: u64,
+    /// The NAR's `.ls` listing (see [`super::nar`]), unless the NAR was too large to list.
+    pub listing: Option<String>,
 }
 
 /// What the bytes just consumed were.
@@ -192,7 +194,7 @@ impl ExportReader {
                     None => None,
                     Some(1) => {
                         self.entry += 1;
-                        self.nar = NarReader::new();
+                        self.nar = NarReader::with_listing();
                         self.state = State::Nar;
                         Some(ExportEvent::NarStart)
                     }
@@ -280,7 +282,9 @@ impl ExportReader {
 
     fn path_done(&mut self) -> Result<ExportEvent<'static>, ExportErrorKind> {
         self.state = State::Marker;
-        let summary = std::mem::take(&mut self.nar).finish().map_err(ExportErrorKind::Nar)?;
+        let (summary, listing) = std::mem::take(&mut self.nar)
+            .finish_with_listing()
+            .map_err(ExportErrorKind::Nar)?;
         let path = self.path.take().ok_or(ExportErrorKind::Truncated)?;
         Ok(ExportEvent::Path(ExportedPath {
             path,
@@ -288,6 +292,7 @@ impl ExportReader {
             deriver: self.deriver.take(),
             nar_hash: summary.nar_hash,
             nar_size: summary.nar_size,
+            listing,
         }))
     }
 

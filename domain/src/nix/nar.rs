@@ -13,6 +13,20 @@
 //!
 //! Directory entries must be strictly increasing by bytes, and names must not be empty, `.`, `..`, or
 //! contain `/` or NUL.
+//!
+//! A reader made with [`NarReader::with_listing`] also writes the archive's listing as the entries pass: the
+//! JSON Nix writes next to a NAR as `<hash>.ls` in a binary cache (`write-nar-listing`), read by `nix store
+//! ls`-style browsers (Hydra) to show a path's files without the NAR:
+//!
+//! ```text
+//! {"version":1,"root":NODE}
+//! NODE = {"type":"regular","size":N[,"executable":true],"narOffset":N}   narOffset: where the contents begin
+//!      | {"type":"symlink","target":"…"}
+//!      | {"type":"directory","entries":{"name":NODE,…}}                  in the archive's (byte) order
+//! ```
+//!
+//! The listing is text written in archive order, never a tree, and it is given up (the archive is still
+//! checked) past [`MAX_LISTING_LEN`] bytes, so memory stays bounded.
 
 use super::hash::{Hash, Sha256Hasher};
 
@@ -21,6 +35,9 @@ pub const MAGIC: &[u8] = b"nix-archive-1";
 pub const MAX_TOKEN_LEN: u64 = 4096;
 /// Deepest directory nesting accepted (each level keeps the previous entry name to check the order).
 pub const MAX_DEPTH: usize = 1024;
+/// Longest listing kept (about 80,000 files): what a push may hold in memory for it. A larger archive has
+/// no listing.
+pub const MAX_LISTING_LEN: usize = 8 << 20;
 
 /// Where a NAR went wrong: the byte offset in the archive and what was wrong there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +160,11 @@ pub struct NarReader {
     /// One element per open directory: the name of its last entry so far.
     dirs: Vec<Option<Vec<u8>>>,
     failed: Option<NarError>,
+    /// The listing so far, when one is wanted and it has not grown past [`MAX_LISTING_LEN`].
+    listing: Option<String>,
+    wants_listing: bool,
+    /// The regular file being read is executable (the listing says so after its size, as Nix does).
+    executable: bool,
 }
 
 impl Default for NarReader {
@@ -176,6 +198,51 @@ impl NarReader {
             token: Vec::new(),
             dirs: Vec::new(),
             failed: None,
+            listing: None,
+            wants_listing: false,
+            executable: false,
+        }
+    }
+
+    /// A reader that also writes the archive's listing; see the module documentation.
+    pub fn with_listing() -> Self {
+        Self {
+            listing: Some(String::from(r#"{"version":1,"root":"#)),
+            wants_listing: true,
+            ..Self::new()
+        }
+    }
+
+    /// Like [`Self::finish`], with the listing when one was asked for and the archive was small enough.
+    pub fn finish_with_listing(mut self) -> Result<(NarSummary, Option<String>), NarError> {
+        let listing = self.listing.take();
+        let summary = self.finish()?;
+        Ok((
+            summary,
+            listing.map(|mut l| {
+                l.push('}');
+                l
+            }),
+        ))
+    }
+
+    /// Appends to the listing, giving it up once it is too long.
+    fn list(&mut self, parts: &[&str]) {
+        if let Some(listing) = &mut self.listing {
+            for part in parts {
+                listing.push_str(part);
+            }
+            if listing.len() > MAX_LISTING_LEN {
+                self.listing = None;
+            }
+        }
+    }
+
+    /// Appends a JSON string.
+    fn list_string(&mut self, bytes: &[u8]) {
+        if self.listing.is_some() {
+            let text = serde_json::to_string(&String::from_utf8_lossy(bytes)).unwrap_or_default();
+            self.list(&[&text]);
         }
     }
 
@@ -330,6 +397,14 @@ impl NarReader {
             return Err(NarErrorKind::BadMagic);
         }
         if self.expect == Expect::ContentsData {
+            let executable = std::mem::take(&mut self.executable);
+            if self.wants_listing {
+                let size = len.to_string();
+                // The contents start right after their 8-byte length.
+                let offset = (self.token_start + 8).to_string();
+                let executable = if executable { r#","executable":true"# } else { "" };
+                self.list(&[r#","size":"#, &size, executable, r#","narOffset":"#, &offset, "}"]);
+            }
             // File contents are streamed whatever their size.
             self.expect = Expect::CloseNode;
             self.lex = match (len, padding(len)) {
@@ -361,16 +436,26 @@ impl NarReader {
             (Magic, _) => return Err(NarErrorKind::BadMagic),
             (Open, b"(") => Type,
             (Type, b"type") => TypeValue,
-            (TypeValue, b"regular") => RegularAttr,
-            (TypeValue, b"symlink") => Target,
+            (TypeValue, b"regular") => {
+                self.list(&[r#"{"type":"regular""#]);
+                RegularAttr
+            }
+            (TypeValue, b"symlink") => {
+                self.list(&[r#"{"type":"symlink","target":"#]);
+                Target
+            }
             (TypeValue, b"directory") => {
                 if self.dirs.len() >= MAX_DEPTH {
                     return Err(NarErrorKind::TooDeep);
                 }
                 self.dirs.push(None);
+                self.list(&[r#"{"type":"directory","entries":{"#]);
                 DirNext
             }
-            (RegularAttr, b"executable") => ExecutableValue,
+            (RegularAttr, b"executable") => {
+                self.executable = true;
+                ExecutableValue
+            }
             (ExecutableValue, b"") => Contents,
             (RegularAttr | Contents, b"contents") => ContentsData,
             (Target, b"target") => TargetValue,
@@ -378,11 +463,14 @@ impl NarReader {
                 if target.is_empty() || target.contains(&0) {
                     return Err(NarErrorKind::BadTarget(lossy(target)));
                 }
+                self.list_string(target);
+                self.list(&["}"]);
                 CloseNode
             }
             (DirNext, b"entry") => EntryOpen,
             (DirNext, b")") => {
                 self.dirs.pop();
+                self.list(&["}}"]);
                 self.node_done()
             }
             (EntryOpen, b"(") => Name,
@@ -399,9 +487,15 @@ impl NarReader {
                         name: lossy(name),
                     });
                 }
+                let first = matches!(self.dirs.last(), Some(None));
                 if let Some(last) = self.dirs.last_mut() {
                     *last = Some(name.to_vec());
                 }
+                if !first {
+                    self.list(&[","]);
+                }
+                self.list_string(name);
+                self.list(&[":"]);
                 Node
             }
             (Node, b"node") => Open,
@@ -744,6 +838,62 @@ mod tests {
             Ok(archive.len() - 8)
         );
         assert!(!reader.is_complete());
+    }
+
+    fn listing(bytes: &[u8], chunk: usize) -> Option<String> {
+        let mut reader = NarReader::with_listing();
+        for c in bytes.chunks(chunk) {
+            reader.update(c).unwrap();
+        }
+        reader.finish_with_listing().unwrap().1
+    }
+
+    #[test]
+    fn lists_every_entry_as_nix_does_in_any_chunking() {
+        // `narOffset` is where a file's bytes begin (checked below): `B`'s after the magic (24 bytes), "(" "type"
+        // "directory" (56), its entry's tokens up to "contents" (176) and the 8-byte length.
+        let expected = concat!(
+            r#"{"version":1,"root":{"type":"directory","entries":{"#,
+            r#""B":{"type":"regular","size":9,"executable":true,"narOffset":264},"#,
+            r#""a":{"type":"directory","entries":{"empty":{"type":"directory","entries":{}},"#,
+            r#""file":{"type":"regular","size":0,"narOffset":768}}},"#,
+            r#""a-b":{"type":"symlink","target":"a/file"},"#,
+            r#""a.b":{"type":"regular","size":8,"narOffset":1176}}}}"#
+        );
+        let tree = nar(TREE);
+        for chunk in CHUNKS {
+            assert_eq!(listing(&tree, chunk).as_deref(), Some(expected), "in chunks of {chunk}");
+        }
+        // The offsets are where the contents are.
+        assert_eq!(&tree[264..273], b"#!/bin/sh");
+        assert_eq!(&tree[1176..1184], b"12345678");
+        // Names and targets are JSON strings.
+        let quoted = nar(r#"nix-archive-1 ( type directory entry ( name "\ node ( type symlink target é"\ ) ) )"#);
+        assert_eq!(
+            listing(&quoted, 3).as_deref(),
+            Some(r#"{"version":1,"root":{"type":"directory","entries":{"\"\\":{"type":"symlink","target":"é\"\\"}}}}"#)
+        );
+        assert_eq!(
+            listing(&nar("nix-archive-1 ( type symlink target /nix/store/x )"), 1).as_deref(),
+            Some(r#"{"version":1,"root":{"type":"symlink","target":"/nix/store/x"}}"#)
+        );
+    }
+
+    #[test]
+    fn gives_the_listing_up_past_its_limit_but_still_checks_the_archive() {
+        let names: Vec<Vec<u8>> = (0..MAX_LISTING_LEN / 200)
+            .map(|i| format!("{i:0>250}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        let big = dir(&refs);
+        let mut reader = NarReader::with_listing();
+        reader.update(&big).unwrap();
+        let (summary, listing) = reader.finish_with_listing().unwrap();
+        assert_eq!(summary.nar_size, big.len() as u64);
+        assert_eq!(listing, None);
+        // A bad archive is refused whether it is listed or not.
+        let mut reader = NarReader::with_listing();
+        assert!(reader.update(&dir(&[b"b", b"a"])).is_err());
     }
 
     #[test]

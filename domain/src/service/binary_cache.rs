@@ -12,7 +12,7 @@ use crate::nix::nar::{NarError, NarReader};
 use crate::nix::narinfo::NarInfo;
 use crate::nix::nix32;
 use crate::nix::store_path::StorePath;
-use crate::ports::nar_store::{NarStore, NarStoreError, NarUpload};
+use crate::ports::nar_store::{ByteStream, NarStore, NarStoreError, NarUpload};
 use crate::ports::{Clock, Storage};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -47,6 +47,19 @@ impl NarUrl {
 /// Where a cache's NAR lives in the NAR store.
 pub fn nar_key(cache: &Cache, url: &str) -> String {
     format!("{}/{url}", cache.id)
+}
+
+/// Where the `.ls` listing of a cache's NAR lives in the NAR store: next to the NAR, under its key with `.ls`
+/// appended (never a NAR's key: those end in `.nar[.zst|.xz]`). It comes and goes with the NAR file.
+pub fn listing_key(cache: crate::CacheId, url: &str) -> String {
+    format!("{cache}/{url}.ls")
+}
+
+/// The store path of a derivation named by its basename (`<hash>-<name>.drv`), as `log/<basename>` asks.
+pub fn drv_from_basename(basename: &str) -> Option<StorePath> {
+    StorePath::from_basename(basename)
+        .ok()
+        .filter(|p| p.basename().ends_with(".drv"))
 }
 
 /// `nix-cache-info`, with the local priority for clients on `localIps`.
@@ -273,7 +286,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut sha = Sha256::new();
         let mut file_size = 0u64;
         let mut decompressor = Decompressor::new(nar_url.compression);
-        let mut reader = NarReader::new();
+        let mut reader = NarReader::with_listing();
         let outcome: std::result::Result<(), ServiceError> = async {
             while let Some(chunk) = next(&mut body).await {
                 let chunk = chunk.map_err(|e| invalid("upload_failed", format!("reading the upload failed: {e}")))?;
@@ -293,7 +306,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             let _ = upload.abort().await;
             return Err(e);
         }
-        let summary = match reader.finish() {
+        let (summary, listing) = match reader.finish_with_listing() {
             Ok(s) => s,
             Err(e) => {
                 let _ = upload.abort().await;
@@ -313,6 +326,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ));
         }
         upload.commit().await.map_err(store_failure)?;
+        if let Err(e) = store_listing(nars, cache.id, url, listing).await {
+            delete_nar(nars, cache.id, url).await;
+            return Err(e);
+        }
         let file = NarFile {
             cache_id: cache.id,
             url: url.to_owned(),
@@ -324,7 +341,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             created_at: self.clock.now(),
         };
         if let Err(e) = self.storage.put_nar_file(&file).await {
-            let _ = nars.delete(&nar_key(cache, url)).await;
+            delete_nar(nars, cache.id, url).await;
             return Err(e.into());
         }
         self.memo.remember_received(&file);
@@ -362,6 +379,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Err(problem) = check_against_file(&info, &file) {
             if !self.storage.nar_url_in_use(cache.id, &file.url).await? {
                 nars.delete(&nar_key(cache, &file.url)).await.map_err(store_failure)?;
+                nars.delete(&listing_key(cache.id, &file.url))
+                    .await
+                    .map_err(store_failure)?;
                 self.storage.delete_nar_file(cache.id, &file.url).await?;
             }
             return Err(invalid("narinfo_mismatch", problem));
@@ -511,6 +531,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             deriver,
             nar_hash,
             nar_size,
+            listing,
         } = exported;
         let checked: Result<()> = async {
             incoming.end().await?;
@@ -556,6 +577,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         } = incoming;
         let compression = cache.compression;
         upload.commit().await.map_err(store_failure)?;
+        if let Err(e) = store_listing(nars, cache.id, &url, listing).await {
+            delete_nar(nars, cache.id, &url).await;
+            return Err(e);
+        }
         let now = self.clock.now();
         let digest: [u8; 32] = sha.finalize().into();
         let file = NarFile {
@@ -569,7 +594,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             created_at: now,
         };
         if let Err(e) = self.storage.put_nar_file(&file).await {
-            let _ = nars.delete(&nar_key(cache, &url)).await;
+            delete_nar(nars, cache.id, &url).await;
             return Err(e.into());
         }
         let mut references: Vec<String> = references.iter().map(|r| r.basename().to_owned()).collect();
@@ -607,6 +632,52 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(())
     }
 
+    /// The `.ls` listing of a path the cache holds (its size and bytes), `None` when the cache does not hold the
+    /// path or the path has no listing (pushed before listings were written, or too large to list): Nix then
+    /// reads the NAR itself. The caller checked the cache's read rules.
+    pub async fn nar_listing<N: NarStore>(
+        &self,
+        nars: &N,
+        cache: &Cache,
+        hash_part: &str,
+    ) -> Result<Option<(u64, ByteStream)>> {
+        let Some(path) = self.storage.cached_path(cache.id, hash_part).await? else {
+            return Ok(None);
+        };
+        nars.open(&listing_key(cache.id, &path.url), None)
+            .await
+            .map_err(store_failure)
+    }
+
+    /// The build log `nix log --store <cache>` asks for (`log/<drv basename>`): the stored log of the
+    /// derivation's build by an organization whose push cache this cache is now, since those builds are what
+    /// the cache's paths come from; when several such organizations built it, the most recently updated build
+    /// with a log. `None` for anything else: a derivation none of them built or whose build has no log yet, or
+    /// a name that is not a `.drv`. The caller checked the cache's read rules: whoever reads a cache reads the
+    /// logs of the builds that push to it (docs/security.md).
+    pub async fn cache_build_log(&self, cache: &Cache, drv_basename: &str) -> Result<Option<super::LogText>> {
+        let Some(drv) = drv_from_basename(drv_basename) else {
+            return Ok(None);
+        };
+        let drv_path = drv.to_string();
+        let mut builds = Vec::new();
+        for subscriber in self.storage.subscribers(cache.id).await? {
+            if !subscriber.push {
+                continue;
+            }
+            if let Some(build) = self.storage.build(subscriber.org.id, &drv_path).await? {
+                builds.push(build);
+            }
+        }
+        builds.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.0.cmp(&b.id.0)));
+        for build in &builds {
+            if let Some(log) = self.stored_log(build).await? {
+                return Ok(Some(log));
+            }
+        }
+        Ok(None)
+    }
+
     /// Removes paths not fetched since `now - ttl` (when a TTL is set) and NAR files no path refers to
     /// (after a grace period for pushes in progress). Bytes go first, then rows, so a crash in between
     /// leaves a row the next sweep finishes, never a file nothing accounts for.
@@ -633,6 +704,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 nars.delete(&format!("{}/{}", f.cache_id, f.url))
                     .await
                     .map_err(store_failure)?;
+                nars.delete(&listing_key(f.cache_id, &f.url))
+                    .await
+                    .map_err(store_failure)?;
                 self.storage.delete_nar_file(f.cache_id, &f.url).await?;
                 report.nar_files += 1;
             }
@@ -642,6 +716,26 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         Ok(report)
     }
+}
+
+/// Writes a NAR's listing next to it (nothing when it has none).
+async fn store_listing<N: NarStore>(nars: &N, cache: crate::CacheId, url: &str, listing: Option<String>) -> Result<()> {
+    let Some(listing) = listing else {
+        return Ok(());
+    };
+    let mut upload = nars.begin(&listing_key(cache, url)).await.map_err(store_failure)?;
+    if let Err(e) = upload.write(Bytes::from(listing)).await {
+        let _ = upload.abort().await;
+        return Err(store_failure(e));
+    }
+    upload.commit().await.map_err(store_failure)?;
+    Ok(())
+}
+
+/// Removes a NAR and its listing after a failed push (best effort: collection removes what is left).
+async fn delete_nar<N: NarStore>(nars: &N, cache: crate::CacheId, url: &str) {
+    let _ = nars.delete(&format!("{cache}/{url}")).await;
+    let _ = nars.delete(&listing_key(cache, url)).await;
 }
 
 /// A push of a path the cache already holds: the same NAR is a no-op answering what is held; another NAR is

@@ -19,7 +19,7 @@ mod webhooks;
 pub(crate) mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
-pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, nar_key, nix_cache_info};
+pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, drv_from_basename, listing_key, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
 pub use github_app::GithubAppSettings;

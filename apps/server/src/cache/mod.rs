@@ -5,6 +5,10 @@
 //! Two additions let a worker push many paths in two requests instead of three per path:
 //! `POST missing` (store paths, one per line → the ones the cache lacks) and `POST import` (a
 //! `nix-store --export` stream of them, references first → `imported <n>`).
+//!
+//! Two more files Nix tools ask a cache for: `log/<drv basename>` (`nix log --store <cache> <drv>`), the build
+//! log of that derivation, and `<hash>.ls`, the JSON listing of a path's NAR (what Nix writes with
+//! `write-nar-listing`), written when a NAR is accepted.
 
 mod fetches;
 mod range;
@@ -14,6 +18,7 @@ pub use fetches::FetchLog;
 use crate::state::AppState;
 use gradient_domain::model::Cache;
 use gradient_domain::ports::nar_store::NarStore;
+use gradient_domain::service::LogText;
 use gradient_domain::service::{Caller, MAX_MISSING_QUERY, ServiceError, nar_key, nix_cache_info};
 use poem::http::{Method, StatusCode, header};
 use poem::web::{Path, RemoteAddr};
@@ -30,6 +35,7 @@ pub fn routes(state: AppState) -> impl Endpoint<Output = Response> {
     let routes = Route::new()
         .at("/:cache/nix-cache-info", cache_info)
         .at("/:cache/nar/:file", nar)
+        .at("/:cache/log/:file", build_log)
         .at("/:cache/missing", poem::post(missing_paths))
         .at("/:cache/import", poem::post(import_paths))
         .at("/:cache/:file", narinfo)
@@ -46,6 +52,7 @@ pub fn templates() -> crate::api::AllowedMethods {
     crate::api::AllowedMethods::from_routes(&[
         ("/{cache}/nix-cache-info", &["GET", "PUT"]),
         ("/{cache}/nar/{file}", &["GET", "PUT"]),
+        ("/{cache}/log/{file}", &["GET"]),
         ("/{cache}/missing", &["POST"]),
         ("/{cache}/import", &["POST"]),
         ("/{cache}/{file}", &["GET", "PUT"]),
@@ -173,6 +180,12 @@ async fn cache_info(req: &Request, Path(cache): Path<String>, remote: &RemoteAdd
 #[handler]
 async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, body: Body) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
+    if let Some(hash_part) = file.strip_suffix(".ls") {
+        state.metrics.cache_request("listing");
+        return listing(state, req, &cache, hash_part, body)
+            .await
+            .unwrap_or_else(failure);
+    }
     state.metrics.cache_request("narinfo");
     let Some(hash_part) = file.strip_suffix(".narinfo") else {
         return failure(ServiceError::NotFound(format!("no such file: {file}")));
@@ -209,6 +222,69 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
             }
             _ => Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish()),
         }
+    }
+    .await;
+    result.unwrap_or_else(failure)
+}
+
+/// `<hash>.ls`: the path's NAR listing, read like a narinfo. A push of one (`nix copy` with
+/// `write-nar-listing=true`) is accepted and dropped: the server wrote its own from the NAR it checked.
+async fn listing(
+    state: &AppState,
+    req: &Request,
+    cache: &str,
+    hash_part: &str,
+    body: Body,
+) -> Result<Response, ServiceError> {
+    match *req.method() {
+        Method::GET | Method::HEAD => {
+            let cache = read_cache(state, req, cache).await?;
+            let missing = || ServiceError::NotFound(format!("{hash_part} has no listing in this cache"));
+            let (size, stream) = state
+                .core
+                .nar_listing(&state.nars, &cache, hash_part)
+                .await?
+                .ok_or_else(missing)?;
+            let resp = Response::builder()
+                .content_type("application/json")
+                .header(header::CONTENT_LENGTH, size);
+            if req.method() == Method::HEAD {
+                return Ok(resp.body(Body::empty()));
+            }
+            Ok(
+                resp.body(Body::from_bytes_stream(futures_util::StreamExt::map(stream, |r| {
+                    r.map_err(std::io::Error::other)
+                }))),
+            )
+        }
+        Method::PUT => {
+            write_cache(state, req, cache).await?;
+            drop(body);
+            Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
+        }
+        _ => Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish()),
+    }
+}
+
+/// `log/<drv basename>`: the derivation's build log as plain text (see `cache_build_log` for which build).
+#[handler]
+async fn build_log(req: &Request, Path((cache, file)): Path<(String, String)>) -> Response {
+    let state: &AppState = req.data().expect("state is attached to the cache routes");
+    let result = async {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
+        }
+        let cache = read_cache(state, req, &cache).await?;
+        // A log cut in the middle already carries the marker line saying so.
+        let Some(LogText { text: log, .. }) = state.core.cache_build_log(&cache, &file).await? else {
+            return Err(ServiceError::NotFound(format!("no build log of {file} in this cache")));
+        };
+        Ok(text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            log,
+            req.method() == Method::HEAD,
+        ))
     }
     .await;
     result.unwrap_or_else(failure)
