@@ -63,12 +63,6 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     };
     let routes = Route::new()
         .at("/proto", link::endpoint.data(state_for_cache.clone()))
-        .at(
-            "/api/v1/orgs/:org/events",
-            org_events::org_events
-                .data(state_for_cache.clone())
-                .catch_all_error(json_error),
-        )
         .at("/github/setup", github_setup::setup.data(state_for_cache.clone()))
         .at("/metrics", metrics::endpoint.data(state_for_cache.clone()))
         .nest("/cache", cache::routes(state_for_cache))
@@ -86,11 +80,6 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         routes: templates,
         metrics,
     }
-}
-
-/// An error of a route outside the OpenAPI document (the organization's event stream) as the API's JSON error.
-async fn json_error(e: poem::Error) -> Response {
-    api::error_response(e)
 }
 
 /// Reads the body up to `max` bytes before the handler sees it, so an oversized request is refused with 413

@@ -1,5 +1,5 @@
-//! An organization's activity as Server-Sent Events: `GET /api/v1/orgs/{org}/events` (not in the OpenAPI
-//! document, like the other streams). At first (no `Last-Event-ID`) it sends the newest evaluations of every
+//! An organization's activity as Server-Sent Events: `GET /api/v1/orgs/{org}/events` (an operation of the
+//! OpenAPI document through `api/streams.rs`, like the other streams). At first (no `Last-Event-ID`) it sends the newest evaluations of every
 //! project ([`PER_PROJECT`] each), then one `evaluation` event for every change of one, oldest change first.
 //! Each event's id is the change's time in microseconds and the evaluation's id (`<micros>:<uuid>`), so a
 //! reader reconnecting with `Last-Event-ID` gets only later changes. The caller is authenticated and
@@ -9,9 +9,8 @@
 use crate::api::ApiError;
 use crate::state::AppState;
 use gradient_domain::model::{Evaluation, Project};
-use poem::web::Path;
 use poem::web::sse::{Event, SSE};
-use poem::{IntoResponse, Request, Response, handler};
+use poem::{IntoResponse, Request, Response};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -83,12 +82,9 @@ fn bearer(req: &Request) -> Option<String> {
         .map(str::to_owned)
 }
 
-#[handler]
-pub async fn org_events(req: &Request, Path(org): Path<String>) -> Response {
-    let state: AppState = req
-        .data::<AppState>()
-        .expect("state is attached to the live routes")
-        .clone();
+/// The stream for `org`, or the API's JSON error when the caller may not see it (as a missing organization).
+pub async fn org_events(state: &AppState, req: &Request, org: String) -> Response {
+    let state = state.clone();
     let token = bearer(req);
     let first = async {
         let caller = state.app.authenticate(token.as_deref()).await?;

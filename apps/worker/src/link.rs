@@ -79,8 +79,9 @@ pub fn build_jobs_queued(parallel_builds: u32) -> u32 {
     }
 }
 
-/// Build jobs a worker that builds anything holds at once, at least: its slots plus its queue (half a batch).
-pub const MIN_BUILD_JOBS_ACCEPTED: u32 = (MAX_BATCH / 2) as u32;
+/// Build jobs a worker that builds anything holds at once, at least: its slots plus its queue, a full batch for
+/// each of its Nix runs (with half a batch, a 2-slot worker needed 19 batches for 301 builds, 1.36× `nix build`).
+pub const MIN_BUILD_JOBS_ACCEPTED: u32 = (MAX_BATCH * BATCHES_AT_ONCE) as u32;
 
 /// How many Nix runs at once, and how many builds each may run in parallel, for a machine that builds
 /// `parallel_builds` derivations at once: together never more (a build beyond Nix's build users waits for
@@ -541,9 +542,9 @@ mod tests {
     }
 
     #[test]
-    fn few_parallel_builds_still_hold_half_a_batch() {
+    fn few_parallel_builds_still_hold_a_batch_per_run() {
         // (parallel builds, build jobs queued beyond them)
-        for (parallel, queued) in [(0, 0), (1, 63), (2, 62), (64, 0), (100, 0)] {
+        for (parallel, queued) in [(0, 0), (1, 255), (2, 254), (64, 192), (256, 0), (300, 0)] {
             assert_eq!(build_jobs_queued(parallel), queued, "{parallel}");
         }
     }

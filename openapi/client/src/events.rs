@@ -1,8 +1,9 @@
-//! The live streams as types: an evaluation's progress (`GET /evals/{id}/events`) and a build's log
-//! (`GET /builds/{id}/log/live`), each followed across reconnections with `Last-Event-ID`.
+//! The live streams as types: an evaluation's progress (`GET /evals/{id}/events`), a build's log
+//! (`GET /builds/{id}/log/live`) and an organization's evaluations (`GET /orgs/{org}/events`), each opened by
+//! its generated operation and followed across reconnections with `Last-Event-ID`.
 
 use crate::sse::{self, Event};
-use crate::{Client, ClientInfo, Failure};
+use crate::{Client, Failure};
 use serde::Deserialize;
 
 /// One change of an evaluation or one of its builds, as `GET /evals/{id}/events` sends it.
@@ -59,27 +60,26 @@ pub async fn follow_evaluation(
     evaluation: uuid::Uuid,
     mut on_event: impl FnMut(EvaluationEvent),
 ) -> Result<(), Failure> {
-    let url = format!("{}/evals/{evaluation}/events", client.baseurl());
-    sse::follow(client.client(), &url, None, 30, |e| {
+    let open =
+        |last: Option<String>| async move { client.follow_evaluation_events(&evaluation, last.as_deref()).await };
+    sse::follow(open, 30, |e| {
         if let Some(event) = EvaluationEvent::from_sse(e) {
             on_event(event);
         }
     })
     .await
-    .map_err(Failure::from)
 }
 
 /// Follows a build's log until the build ends; `on_event` gets the text as it comes.
 pub async fn follow_log(client: &Client, build: uuid::Uuid, mut on_event: impl FnMut(LogEvent)) -> Result<(), Failure> {
-    let url = format!("{}/builds/{build}/log/live", client.baseurl());
-    sse::follow(client.client(), &url, None, 30, |e| {
+    let open = |last: Option<String>| async move { client.follow_build_log(&build, last.as_deref()).await };
+    sse::follow(open, 30, |e| {
         on_event(match e.event.as_str() {
             "end" => LogEvent::End(e.data.clone()),
             _ => LogEvent::Text(e.data.clone()),
         })
     })
     .await
-    .map_err(Failure::from)
 }
 
 /// A change of one of an organization's evaluations, as `GET /orgs/{org}/events` sends it.
@@ -94,8 +94,8 @@ pub struct OrgChange {
 /// Follows an organization's evaluations (first the newest of each project, then every change) until the
 /// reader may no longer see it; reconnects with the last id after a dropped connection.
 pub async fn follow_org(client: &Client, org: &str, mut on_change: impl FnMut(OrgChange)) -> Result<(), Failure> {
-    let url = format!("{}/orgs/{org}/events", client.baseurl());
-    sse::follow(client.client(), &url, None, u32::MAX, |e| {
+    let open = |last: Option<String>| async move { client.follow_org_events(org, last.as_deref()).await };
+    sse::follow(open, u32::MAX, |e| {
         if e.event == "evaluation"
             && let Ok(change) = serde_json::from_str(&e.data)
         {
@@ -103,5 +103,4 @@ pub async fn follow_org(client: &Client, org: &str, mut on_change: impl FnMut(Or
         }
     })
     .await
-    .map_err(Failure::from)
 }

@@ -86,15 +86,6 @@ impl From<progenitor_client::Error<types::ErrorBody>> for Failure {
     }
 }
 
-impl From<sse::StreamError> for Failure {
-    fn from(e: sse::StreamError) -> Self {
-        match e {
-            sse::StreamError::Refused { status, code, message } => Failure::Refused { status, code, message },
-            sse::StreamError::Unreachable(m) => Failure::Unreachable(m),
-        }
-    }
-}
-
 /// A reqwest error with its innermost cause, which names what actually failed (e.g. "Connection refused").
 fn sentence_of(e: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = e;

@@ -1,7 +1,9 @@
 //! Server-Sent Events: a parser for the `text/event-stream` format (sans I/O, fed bytes as they arrive) and a
 //! reader that follows a stream across reconnections, sending `Last-Event-ID` so nothing is seen twice.
 
+use crate::{Failure, types};
 use futures_util::StreamExt;
+use progenitor_client::{ByteStream, ResponseValue};
 use std::time::Duration;
 
 /// One event as the server sent it: its type (`message` when unnamed), data and id.
@@ -56,58 +58,34 @@ impl Parser {
     }
 }
 
-/// Why a stream could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// The server answered with an error (`{"error": true, …}`): its status and message.
-    #[error("{message}")]
-    Refused { status: u16, code: String, message: String },
-    /// The server could not be reached (after retrying).
-    #[error("could not reach the server: {0}")]
-    Unreachable(String),
-}
-
-/// Follows an event stream at `url` (a URL the generated client made), reconnecting after a dropped
-/// connection with the last id seen until an `end` event arrives; `on_event` gets every event. A refusal
-/// (4xx/5xx) ends it; an unreachable server is retried `retries` times, a second apart.
-pub async fn follow(
-    http: &reqwest::Client,
-    url: &str,
-    mut last_id: Option<String>,
-    retries: u32,
-    mut on_event: impl FnMut(&Event),
-) -> Result<(), StreamError> {
+/// Follows an event stream opened by `open` (a generated operation of the document, given the `Last-Event-ID`
+/// to resume from), reconnecting after a dropped connection with the last id seen until an `end` event
+/// arrives; `on_event` gets every event. A refusal (the server's error body) ends it; an unreachable server is
+/// retried `retries` times, a second apart.
+pub async fn follow<F, Fut>(mut open: F, retries: u32, mut on_event: impl FnMut(&Event)) -> Result<(), Failure>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<ResponseValue<ByteStream>, progenitor_client::Error<types::ErrorBody>>>,
+{
+    let mut last_id: Option<String> = None;
     let mut failures = 0;
     loop {
-        let mut request = http.get(url).header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(id) = &last_id {
-            request = request.header("Last-Event-ID", id);
-        }
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                failures += 1;
-                if failures > retries {
-                    return Err(StreamError::Unreachable(e.to_string()));
+        let mut body = match open(last_id.clone()).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => match Failure::from(e) {
+                Failure::Unreachable(m) => {
+                    failures += 1;
+                    if failures > retries {
+                        return Err(Failure::Unreachable(m));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+                other => return Err(other),
+            },
         };
-        let status = response.status();
-        if !status.is_success() {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            return Err(StreamError::Refused {
-                status: status.as_u16(),
-                code: body["code"].as_str().unwrap_or_default().to_owned(),
-                message: body["message"]
-                    .as_str()
-                    .map_or_else(|| format!("the server answered {status}"), str::to_owned),
-            });
-        }
         failures = 0;
         let mut parser = Parser::default();
-        let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let Ok(chunk) = chunk else { break };
             for event in parser.feed(&chunk) {

@@ -92,6 +92,22 @@ impl StreamsApi {
         Ok(EventStream(crate::live::build_log_by_id(&self.0, req, id.0).await))
     }
 
+    /// An organization's evaluations: at first the newest of each project, then an `evaluation` event
+    /// (`{"kind","id","project","status","commit","updated_at"}`) per change, oldest first; an `end` event
+    /// `access_revoked` closes it when the reader may no longer see the organization.
+    #[oai(path = "/orgs/:org/events", method = "get", operation_id = "follow_org_events")]
+    async fn org_events(
+        &self,
+        _auth: MaybeToken,
+        org: Path<String>,
+        /// The `id` of the last event seen: the stream resumes with the changes after it.
+        #[oai(name = "Last-Event-ID")]
+        _last_event_id: Header<Option<String>>,
+        req: &Request,
+    ) -> Result<EventStream, ApiError> {
+        Ok(EventStream(crate::org_events::org_events(&self.0, req, org.0).await))
+    }
+
     /// The same log stream, for the evaluation's build of a `.drv`.
     #[oai(
         path = "/evals/:id/log",
