@@ -123,14 +123,33 @@ pub async fn run(server: Option<&str>, c: CacheCommand, out: Out) -> Result<u8> 
                 cache_url: gradient_client::cache_url(&s.url, &name),
                 token: s.key.clone(),
             };
-            let spinner = (!out.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+            // A spinner while Nix lists the closure and the cache says what it lacks, then a bar counting the
+            // paths sent.
+            let bar = (!out.json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
                 let bar = indicatif::ProgressBar::new_spinner();
-                bar.set_message(format!("pushing {} path(s) and their closure to {name}", paths.len()));
+                bar.set_message(format!("asking {name} which of the closure's paths it lacks"));
                 bar.enable_steady_tick(std::time::Duration::from_millis(120));
                 bar
             });
-            let result = gradient_domain::push::push(&nix, &cache_client, &target, &paths).await;
-            if let Some(bar) = spinner {
+            let progress = |p: gradient_domain::push::Progress| {
+                let Some(bar) = &bar else { return };
+                match p {
+                    gradient_domain::push::Progress::Missing { closure, missing } => {
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} paths")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        );
+                        bar.set_length(missing as u64);
+                        bar.set_message(format!(
+                            "pushing to {name} ({} of {closure} already there)",
+                            closure - missing
+                        ));
+                    }
+                    gradient_domain::push::Progress::Sent(n) => bar.inc(n as u64),
+                }
+            };
+            let result = gradient_domain::push::push_reporting(&nix, &cache_client, &target, &paths, progress).await;
+            if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
             let imported = result.map_err(|e| Fail::failed(format!("The push to {name} failed: {e}.")))?;
