@@ -54,7 +54,7 @@ write_flake() {
     packages.\${system}.all = derivation {
       name = "all"; inherit system nonce; builder = "/bin/sh";
       inputs = leaves ++ [ (link 99) ]; passAsFile = [ "inputs" ];
-      args = [ "-c" "cp \$inputsPath \$out" ];
+      args = [ "-c" "read -r all < \$inputsPath; echo \"\$all\" > \$out" ];
     };
   };
 }
@@ -99,6 +99,12 @@ start() {
   GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=warn \
     "$bin/gradient-worker" >"$work/worker.log" 2>&1 &
   worker_pid=$!
+  chmod 600 "$work/peers"
+  for _ in $(seq 1 100); do
+    curl -fs "$api/orgs/bench/workers" "${auth[@]}" | jq -e '.message[0].connected' >/dev/null && return 0
+    sleep 0.1
+  done
+  die "the worker did not connect"
 }
 
 rss_peak_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/"$server_pid"/status; }
@@ -119,7 +125,9 @@ for database in sqlite postgres; do
       status=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq -r .message.evaluation.status)
       case "$status" in Completed) break ;; Failed|Aborted)
           curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.errors[]?.message' >&2
-          tail -20 "$work/worker.log" "$work/server.log" >&2
+          failed=$(curl -fs "$api/evals/$id/builds" "${auth[@]}" | jq -r '[.message[] | select(.status == "Failed")][0].id // empty')
+          [ -z "$failed" ] || curl -fs "$api/builds/$failed/log" "${auth[@]}" | jq -r .message.text 2>/dev/null | tail -n 20 >&2
+          tail -n 20 "$work/worker.log" "$work/server.log" >&2
           die "$database $n: the evaluation ended $status" ;; esac
       sleep 0.5
     done
