@@ -209,6 +209,21 @@ async fn the_api_refuses_to_change_what_the_state_manages() {
     managed(app.delete_project(&alice, "acme", "web").await);
     managed(app.delete_cache(&alice, "main").await);
     managed(app.clear_push_cache(&alice, "acme").await);
+    // Nor through the subscription: removing the declared grant (and push cache), or granting the managed cache
+    // to an organization the document does not list.
+    managed(app.unsubscribe(&alice, "acme", "main").await);
+    app.create_org(
+        &alice,
+        gradient_domain::service::NewOrg {
+            name: "extra".into(),
+            display_name: None,
+            description: None,
+            public: false,
+        },
+    )
+    .await
+    .unwrap();
+    managed(app.subscribe(&alice, "extra", "main").await.map(|_| ()));
     let peer = app.worker_registrations(&alice, "acme").await.unwrap()[0].peer_id;
     managed(
         app.delete_worker_registration(&alice, "acme", &peer.to_string())

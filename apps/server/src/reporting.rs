@@ -61,6 +61,8 @@ pub fn start(config: &Config) -> Result<Option<Reporting>, ConfigError> {
         event.user = None;
         event.breadcrumbs = Default::default();
         event.extra.clear();
+        // The machine's host name is the operator's, not the report's.
+        event.server_name = None;
         Some(event)
     }));
     let guard = sentry::init(options);

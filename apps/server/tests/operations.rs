@@ -718,4 +718,9 @@ async fn internal_errors_are_reported_without_secrets() {
             "the report holds a secret ({secret}):\n{report}"
         );
     }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name");
+    assert!(
+        !report.contains(&format!("\"server_name\":\"{}\"", host.trim())),
+        "the report names the server's host:\n{report}"
+    );
 }

@@ -235,6 +235,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let org = self.org_requiring(caller, org, Permission::ManageSubscriptions).await?;
         let cache = self.cache(caller, cache).await?;
         let granted = Self::is_owner(caller, &cache);
+        if granted {
+            // A managed cache's grants are the state document's whole list.
+            refuse_managed(cache.managed, format_args!("the grants of cache '{}'", cache.name))?;
+        }
         if !granted && !cache.public {
             return Err(ServiceError::Forbidden(format!(
                 "only the owner of the private cache '{}' may subscribe organizations to it",
@@ -270,6 +274,24 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let missing = || ServiceError::NotFound(format!("'{}' is not subscribed to '{cache}'", org.name));
         let parsed = Name::parse(cache).map_err(|_| missing())?;
         let found = self.storage.cache_by_name(&parsed).await?.ok_or_else(missing)?;
+        // Removing a grant or the push cache the state document declared is the document's to do.
+        if let Some(s) = self
+            .storage
+            .subscriptions(org.id)
+            .await?
+            .into_iter()
+            .find(|s| s.cache.id == found.id)
+        {
+            if s.granted {
+                refuse_managed(found.managed, format_args!("the grants of cache '{}'", found.name))?;
+            }
+            if s.push {
+                refuse_managed(
+                    org.managed,
+                    format_args!("the push cache of organization '{}'", org.name),
+                )?;
+            }
+        }
         self.memo.forget_job_access();
         let removed = self.storage.unsubscribe(org.id, found.id).await?;
         self.memo.forget_job_access();

@@ -270,6 +270,7 @@ async fn listing(
 #[handler]
 async fn build_log(req: &Request, Path((cache, file)): Path<(String, String)>) -> Response {
     let state: &AppState = req.data().expect("state is attached to the cache routes");
+    state.metrics.cache_request("log");
     let result = async {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
