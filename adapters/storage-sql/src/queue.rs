@@ -201,6 +201,21 @@ impl Queue for SqlStorage {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
+    async fn queued_jobs_of(&self, org: OrgId, limit: u32) -> Result<Vec<JobRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE state = 'queued' AND org_id = $2 ORDER BY created_at, id LIMIT $1"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, JobRow>(sql)
+            .bind(i64::from(limit))
+            .bind(org.0)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
     async fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> Result<bool> {
         let sql = "UPDATE jobs SET state = 'assigned', worker_id = $2, assigned_at = $3 \
                    WHERE id = $1 AND state = 'queued'";

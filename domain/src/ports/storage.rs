@@ -271,6 +271,9 @@ pub trait Queue {
     fn job(&self, id: JobId) -> impl Future<Output = Result<Option<JobRecord>>> + Send;
     /// Queued jobs of every organization, oldest first (ties by id), at most `limit`.
     fn queued_jobs(&self, limit: u32) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
+    /// Queued jobs of one organization, oldest first (ties by id), at most `limit`: what others queue does not
+    /// crowd them out.
+    fn queued_jobs_of(&self, org: OrgId, limit: u32) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
     /// Hands a queued job to `worker`: `Queued → Assigned { worker, since: at }`. Ok(false), changing nothing,
     /// when the job is not queued (already assigned, finished) or does not exist.
     fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> impl Future<Output = Result<bool>> + Send;

@@ -8,7 +8,7 @@ use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
 use std::collections::BTreeMap;
 
-/// How many queued jobs of every organization the overview reads (the queue is read oldest first).
+/// How many of the organization's queued jobs the overview reads (oldest first).
 pub const OVERVIEW_QUEUE_LIMIT: u32 = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,13 +132,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // One worker may hold two registrations of the organization: count its jobs once.
         running.sort_by_key(|j| j.id.0);
         running.dedup_by_key(|j| j.id);
-        let queued: Vec<JobRecord> = self
-            .storage
-            .queued_jobs(OVERVIEW_QUEUE_LIMIT)
-            .await?
-            .into_iter()
-            .filter(|j| j.org_id == org.id)
-            .collect();
+        let queued: Vec<JobRecord> = self.storage.queued_jobs_of(org.id, OVERVIEW_QUEUE_LIMIT).await?;
         Ok(FleetOverview {
             workers,
             queue: queue_overview(&queued, &running),

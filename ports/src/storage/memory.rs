@@ -359,6 +359,10 @@ impl Queue for MemoryStorage {
         self.with(|s| Ok(s.jobs(|j| j.state == JobState::Queued, limit)))
     }
 
+    async fn queued_jobs_of(&self, org: OrgId, limit: u32) -> Result<Vec<JobRecord>> {
+        self.with(|s| Ok(s.jobs(|j| j.state == JobState::Queued && j.org_id == org, limit)))
+    }
+
     async fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> Result<bool> {
         self.with(|s| Ok(s.assign_job(id, worker, at)))
     }

@@ -86,8 +86,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 abandoned.insert(b.drv_path.clone());
             }
         }
-        for job in self.storage.queued_jobs(super::ABORT_WINDOW).await? {
-            if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
+        for job in self.storage.queued_jobs_of(org, super::ABORT_WINDOW).await? {
+            if self.job_is_for(&job, id, &abandoned) {
                 self.storage.cancel_queued_job(job.id).await?;
             }
         }

@@ -23,7 +23,7 @@ use crate::{EvaluationId, OrgId, WorkerId};
 
 /// How many queued jobs one dispatch round looks at (oldest first); the rest wait for the next round.
 const DISPATCH_WINDOW: u32 = 500;
-/// How many queued jobs an abort looks through for the ones of its evaluation.
+/// How many of the organization's queued jobs an abort looks through for the ones of its evaluation.
 const ABORT_WINDOW: u32 = 10_000;
 /// How many running evaluations of a project a push supersedes at most.
 const SUPERSEDE_WINDOW: u32 = 50;

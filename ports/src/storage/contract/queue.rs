@@ -334,6 +334,19 @@ pub async fn queued_jobs_are_oldest_first_and_limited<S: Storage>(s: &S) {
         "the assigned job is not queued"
     );
     assert_eq!(s.queued_jobs(0).await.expect("queued_jobs"), vec![], "a limit of zero");
+
+    // One organization's: the others' do not crowd it out of the limit.
+    let acme_queued: Vec<JobRecord> = queued.iter().filter(|j| j.org_id == acme.id).cloned().collect();
+    assert_eq!(
+        s.queued_jobs_of(acme.id, u32::MAX).await.expect("queued_jobs_of"),
+        acme_queued,
+        "only acme's queued jobs, oldest first, ties by id"
+    );
+    assert_eq!(
+        s.queued_jobs_of(acme.id, 2).await.expect("queued_jobs_of"),
+        acme_queued[..2].to_vec(),
+        "acme's two oldest, though other's are older"
+    );
 }
 
 /// Assignment is a compare-and-set from Queued: the first assignment wins, a second one (even at the same
