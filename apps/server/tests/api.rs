@@ -2207,6 +2207,16 @@ async fn the_diff_names_what_broke_what_was_fixed_and_the_failure_that_broke_the
         .collect();
     assert_eq!(news, ["new", "new", "new"], "{alone}");
 
+    // An evaluation in between that never got to builds (it failed to evaluate, or still evaluates) is not
+    // what the next one is compared with.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    s.ok(
+        Method::POST,
+        "/projects/acme/web/evaluate",
+        o,
+        Some(json!({"commit": "2123456789abcdef0123456789abcdef01234567"})),
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let second = s
         .ok(

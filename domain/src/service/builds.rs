@@ -132,22 +132,31 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }))
     }
 
-    /// What changed since the previous evaluation of the same project (by creation time), attribute by
-    /// attribute, and this evaluation's failures grouped by root cause. `previous` is `None` for a project's
-    /// first evaluation (then every attribute is new).
+    /// What changed since the previous evaluation of the same project (the newest one created before it that has
+    /// builds), attribute by attribute, and this evaluation's failures grouped by root cause. `previous` is
+    /// `None` when there is none (then every attribute is new).
     pub async fn evaluation_diff(&self, caller: &Caller, id: EvaluationId) -> Result<EvaluationDiff> {
         let (e, builds) = self.evaluation_builds(caller, id).await?;
-        let previous = self
+        // The newest earlier evaluation that got as far as builds: one that failed to evaluate (or is still
+        // evaluating) has none, and comparing with it would call every failure new.
+        let mut earlier: Vec<_> = self
             .storage
             .evaluations(e.project_id, super::EVALUATION_LIST_LIMIT)
             .await?
             .into_iter()
             .filter(|p| p.id != e.id && p.created_at < e.created_at)
-            .max_by_key(|p| p.created_at);
-        let before = match &previous {
-            Some(p) => self.evaluation_builds(caller, p.id).await?.1,
-            None => Vec::new(),
-        };
+            .collect();
+        earlier.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+        let mut previous = None;
+        let mut before = Vec::new();
+        for p in earlier {
+            let (_, theirs) = self.evaluation_builds(caller, p.id).await?;
+            if !theirs.is_empty() {
+                previous = Some(p);
+                before = theirs;
+                break;
+            }
+        }
         let changes = changes::compare(&attribute_builds(&before), &attribute_builds(&builds));
         let mut inputs = HashMap::new();
         for b in builds
