@@ -91,17 +91,22 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 self.storage.cancel_queued_job(job.id).await?;
             }
         }
+        let mut running = Vec::new();
         for w in workers {
             for job in self.storage.jobs_assigned_to(*w).await? {
                 if job.org_id == org && self.job_is_for(&job, id, &abandoned) {
                     // Its token stops working now, not when its worker reports.
                     self.memo.revoke_job(job.id);
-                    self.fleet.abort(*w, org, job.id);
+                    running.push((*w, job.id));
                 }
             }
         }
         for drv in &abandoned {
             self.move_build(org, drv, BuildStatus::Aborted).await?;
+        }
+        // Told only once the builds say Aborted: the worker's answer cannot come first and make them Failed.
+        for (worker, job) in running {
+            self.fleet.abort(worker, org, job);
         }
         Ok(())
     }

@@ -156,10 +156,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
             JobKind::Build { derivation, .. } => {
-                let status = if success {
-                    BuildStatus::Completed
-                } else {
-                    BuildStatus::Failed
+                let status = match outcome {
+                    JobOutcome::Success => BuildStatus::Completed,
+                    JobOutcome::Aborted => BuildStatus::Aborted,
+                    JobOutcome::Failed { .. } => BuildStatus::Failed,
                 };
                 let mut log = log.unwrap_or_default();
                 if let JobOutcome::Failed { message, .. } = &outcome {
