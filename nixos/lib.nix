@@ -2,6 +2,25 @@
 # (the same as apps/server/src/config.rs's `env_name`) and the rendering of values.
 { lib }:
 rec {
+  # systemd hardening both units share: what neither the server nor the worker needs of the system. Each unit
+  # adds what only it can do without (the worker keeps what the Nix client it runs needs).
+  hardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectHostname = true;
+    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+  };
+
   # "settings.logLevel.web" -> "GRADIENT_LOG_LEVEL_WEB": drop a leading `settings.`, split camelCase into
   # words, join with `_`, upper-case, prefix `GRADIENT_`.
   envName =

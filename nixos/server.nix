@@ -326,7 +326,7 @@ in
         # git polls repositories (`git ls-remote`), over https or ssh.
         path = [ pkgs.git pkgs.openssh ];
         environment = cfg.environment;
-        serviceConfig = {
+        serviceConfig = glib.hardening // {
           ExecStart = "${cfg.package}/bin/gradient-server";
           # SIGHUP re-applies the state file without a restart.
           ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
@@ -340,24 +340,10 @@ in
           ReadWritePaths = mkIf (!lib.hasPrefix "/var/lib/" cfg.baseDir) [ cfg.baseDir ];
           WorkingDirectory = cfg.baseDir;
           UMask = "0077";
-          # Hardening: the server needs the network, its data directory and nothing else of the system.
-          NoNewPrivileges = true;
-          ProtectSystem = "strict";
-          ProtectHome = true;
-          PrivateTmp = true;
-          PrivateDevices = true;
-          ProtectKernelTunables = true;
-          ProtectKernelModules = true;
-          ProtectKernelLogs = true;
-          ProtectControlGroups = true;
+          # Hardening beyond glib.hardening: the server needs the network, its data directory and nothing else.
           ProtectClock = true;
-          ProtectHostname = true;
           ProtectProc = "invisible";
-          RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
           RestrictNamespaces = true;
-          RestrictRealtime = true;
-          RestrictSUIDSGID = true;
-          LockPersonality = true;
           MemoryDenyWriteExecute = true;
           SystemCallArchitectures = "native";
           SystemCallFilter = [ "@system-service" "~@privileged" ];

@@ -167,7 +167,7 @@ in
         XDG_CACHE_HOME = "${stateDir}/.cache";
         NIX_REMOTE = "daemon";
       };
-      serviceConfig = {
+      serviceConfig = glib.hardening // {
         ExecStart = "${cfg.package}/bin/gradient-worker";
         User = "gradient-worker";
         Group = "gradient-worker";
@@ -178,21 +178,7 @@ in
         StateDirectoryMode = "0700";
         WorkingDirectory = stateDir;
         UMask = "0077";
-        # Hardening that keeps Nix working: the daemon does the privileged part (builds, store writes).
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectHostname = true;
-        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
+        # Hardening beyond glib.hardening that keeps Nix working: the daemon does the privileged part.
         CapabilityBoundingSet = "";
         # The daemon's socket, and the GC roots the worker links through it.
         ReadWritePaths = [ "/nix/var/nix/daemon-socket" ] ++ lib.optional (cfg.settings.gcrootsDir != "") cfg.settings.gcrootsDir;
