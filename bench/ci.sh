@@ -11,6 +11,7 @@
 # compares the medians: one plain `nix build` alone varies by 20 % on a busy machine. `bench/scale.sh` measures
 # the size figures (10,000 derivations, RSS, PostgreSQL).
 # Usage: bench/ci.sh [ROUNDS] [SCENARIO...]   (scenarios: wide wide2 wide1 one chain; default all)
+# GRADIENT_BENCH_BIN=DIR runs the binaries in DIR instead of a release build.
 # Installs what is missing with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +19,15 @@ cd "$(dirname "$0")/.."
 
 ensure_packages nix-bin git curl jq bc
 ensure_rust
-say "building gradient-server and gradient-worker (release)"
-cargo build --release --locked -p gradient-server -p gradient-worker >&2
-bin="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${GRADIENT_BENCH_BIN:-}" ]; then
+  # Binaries built elsewhere (say a debug build, to compare two changes on a machine where a release build is
+  # too costly): the figures then say nothing about the targets.
+  bin=$GRADIENT_BENCH_BIN
+else
+  say "building gradient-server and gradient-worker (release)"
+  cargo build --release --locked -p gradient-server -p gradient-worker >&2
+  bin="${CARGO_TARGET_DIR:-target}/release"
+fi
 
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0'
 work=$(mktemp -d /tmp/gradient-ci-bench.XXXXXX)

@@ -140,6 +140,8 @@ impl BuildStatus {
         match (self, to) {
             (Queued, Building | Substituted | DependencyFailed | Aborted) => true,
             (Building, Completed | Failed | Aborted) => true,
+            // Built in one Nix run with its inputs (a chain handed to one worker), one of which failed.
+            (Building, DependencyFailed) => true,
             // The worker was lost mid-build: back to the queue for another worker.
             (Building, Queued) => true,
             // Restarting a build that did not succeed.
@@ -205,6 +207,7 @@ mod tests {
             (Queued, Completed, false),
             (Building, Completed, true),
             (Building, Failed, true),
+            (Building, DependencyFailed, true),
             (Building, Queued, true),
             (Failed, Queued, true),
             (DependencyFailed, Queued, true),

@@ -646,7 +646,8 @@ async fn evaluated(
 #[tokio::test]
 async fn a_failed_build_fails_what_depends_on_it_and_its_evaluation_and_a_restart_queues_them_again() {
     let (app, caller, org, project) = app_with_caller(Settings::default()).await;
-    let w = builder(1, org.id, true, 4);
+    // One build slot: y cannot join x on the worker, so it waits in the queue.
+    let w = builder(1, org.id, true, 1);
     let e = evaluated(
         &app,
         &org,
@@ -746,7 +747,8 @@ async fn deleting_an_organization_stops_its_jobs_and_closes_its_workers_links() 
 #[tokio::test]
 async fn a_build_goes_to_the_worker_that_just_built_its_input_while_that_worker_pushes_it() {
     let (app, org, project) = app_with_project(Settings::default()).await;
-    let w = builder(1, org.id, true, 2);
+    // One build slot: y cannot join x there.
+    let w = builder(1, org.id, true, 1);
     let roomy = builder(2, org.id, false, 8);
     let e = evaluated(
         &app,
@@ -756,28 +758,191 @@ async fn a_build_goes_to_the_worker_that_just_built_its_input_while_that_worker_
         vec![derivation("x"), derivation_on("y", &["x"])],
     )
     .await;
-    // Both connected from now on, as their links would be.
     app.fleet.connect_proved(w.clone());
-    app.fleet.connect_proved(roomy.clone());
     let sent = app.dispatch().await.unwrap();
     assert_eq!(sent.len(), 1, "y waits for x: {sent:?}");
-    let (x_job, x_worker) = (sent_build(&sent, "x"), sent[0].worker);
-    let on = if x_worker == w.id { &w } else { &roomy };
+    let x_job = sent_build(&sent, "x");
+    // The roomy worker connects: y needs x, which worker 1 builds, so it does not go there.
+    app.fleet.connect_proved(roomy.clone());
     assert!(app.dispatch().await.unwrap().is_empty(), "x is still being built");
     // x is built and only pushing: y runs where x is, not on the other worker, without waiting for the push.
-    app.record_job_progress(x_job, on.id, &on.orgs, Stage::Pushing)
+    app.record_job_progress(x_job, w.id, &w.orgs, Stage::Pushing)
         .await
         .unwrap();
     let sent = app.dispatch().await.unwrap();
     assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0].worker, on.id, "y goes to the worker that has x");
+    assert_eq!(sent[0].worker, w.id, "y goes to the worker that has x");
     assert_eq!(build_status(&app, &org, "y").await, BuildStatus::Building);
-    app.record_job_finished(x_job, on.id, &on.orgs, JobOutcome::Success, None)
+    app.record_job_finished(x_job, w.id, &w.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
-    app.record_job_finished(sent_build(&sent, "y"), on.id, &on.orgs, JobOutcome::Success, None)
+    app.record_job_finished(sent_build(&sent, "y"), w.id, &w.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
+}
+
+/// `n` links: link0 ← link1 ← … (each takes the output of the one before).
+fn chain(n: usize) -> Vec<EvaluatedDerivation> {
+    (0..n)
+        .map(|i| {
+            let name = format!("link{i}");
+            if i == 0 {
+                derivation(&name)
+            } else {
+                derivation_on(&name, &[&format!("link{}", i - 1)])
+            }
+        })
+        .collect()
+}
+
+/// The `batch_inputs` of a build job.
+fn batch_inputs(job: &gradient_domain::proto::Job) -> Vec<String> {
+    match job {
+        gradient_domain::proto::Job::Build { batch_inputs, .. } => batch_inputs.clone(),
+        other => panic!("not a build: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_chain_is_handed_to_one_worker_in_one_round_and_completes() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let w = builder(1, org.id, true, 100);
+    let e = evaluated(&app, &org, &project, &w, chain(20)).await;
+    let sent = dispatch(&app, &[&w]).await;
+    assert_eq!(sent.len(), 20, "the whole chain at once: {sent:?}");
+    for i in 1..20 {
+        let job = sent_build(&sent, &format!("link{i}"));
+        let link = sent.iter().find(|d| d.job.id() == job).unwrap();
+        assert_eq!(
+            batch_inputs(&link.job),
+            vec![derivation(&format!("link{}", i - 1)).drv_path],
+            "link{i} is built with its input"
+        );
+    }
+    assert!(
+        batch_inputs(&sent[0].job).is_empty(),
+        "the first link needs nothing: {sent:?}"
+    );
+    for i in 0..20 {
+        assert_eq!(
+            build_status(&app, &org, &format!("link{i}")).await,
+            BuildStatus::Building
+        );
+    }
+    for d in &sent {
+        app.record_job_finished(d.job.id(), w.id, &w.orgs, JobOutcome::Success, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_failure_in_the_middle_of_a_chain_handed_out_together_fails_what_follows_as_dependency_failed() {
+    let (app, caller, org, project) = app_with_caller(Settings::default()).await;
+    let w = builder(1, org.id, true, 100);
+    let e = evaluated(&app, &org, &project, &w, chain(6)).await;
+    let sent = dispatch(&app, &[&w]).await;
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    // The worker's batch: link0 and link1 built, link2's builder failed, link3..5 not built because of it
+    // (Nix's dependency failure, reported after link2's own failure).
+    let job = |i: usize| sent_build(&sent, &format!("link{i}"));
+    let dependency_failed = || JobOutcome::Failed {
+        kind: gradient_domain::proto::FailureKind::DependencyFailed,
+        message: "dependency failed".into(),
+    };
+    for (i, outcome) in [
+        (0, JobOutcome::Success),
+        (1, JobOutcome::Success),
+        (
+            2,
+            JobOutcome::Failed {
+                kind: gradient_domain::proto::FailureKind::BuilderFailed,
+                message: "exit 1".into(),
+            },
+        ),
+        (3, dependency_failed()),
+        (4, dependency_failed()),
+        (5, dependency_failed()),
+    ] {
+        app.record_job_finished(job(i), w.id, &w.orgs, outcome, None)
+            .await
+            .unwrap();
+    }
+    let want = [
+        BuildStatus::Completed,
+        BuildStatus::Completed,
+        BuildStatus::Failed,
+        BuildStatus::DependencyFailed,
+        BuildStatus::DependencyFailed,
+        BuildStatus::DependencyFailed,
+    ];
+    for (i, want) in want.into_iter().enumerate() {
+        assert_eq!(build_status(&app, &org, &format!("link{i}")).await, want, "link{i}");
+    }
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Failed);
+    // Each dependency failure points at the failed link: the evaluation's root cause is link2, breaking 3..5.
+    let diff = app.evaluation_diff(&caller, e.id).await.unwrap();
+    assert_eq!(diff.root_causes.len(), 1, "{:?}", diff.root_causes);
+    assert_eq!(diff.root_causes[0].cause, Some(derivation("link2").drv_path));
+    let mut broken = diff.root_causes[0].dependents.clone();
+    broken.sort();
+    let mut want: Vec<String> = (3..6).map(|i| derivation(&format!("link{i}")).drv_path).collect();
+    want.sort();
+    assert_eq!(broken, want);
+    // link3 never ran: like a dependency failure in the queue, it has no log.
+    let build = app
+        .storage
+        .build(org.id, &derivation("link3").drv_path)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(app.storage.build_log(build.id).await.unwrap().is_none());
+    // A restart queues the failed link and those it broke again.
+    let restarted = app.restart_evaluation(&caller, e.id).await.unwrap();
+    assert_eq!(restarted.status, EvaluationStatus::Building);
+    let sent = dispatch(&app, &[&w]).await;
+    assert_eq!(sent.len(), 4, "link2..5 handed out together again: {sent:?}");
+}
+
+#[tokio::test]
+async fn two_workers_do_not_both_get_links_of_one_chain() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let evaluator = builder(1, org.id, true, 0);
+    let e = evaluated(&app, &org, &project, &evaluator, chain(10)).await;
+    // Two builders; each has room for 6 builds, so the chain cannot all go to one of them now.
+    let (a, b) = (builder(2, org.id, false, 6), builder(3, org.id, false, 6));
+    let sent = dispatch(&app, &[&a, &b]).await;
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    let on = sent[0].worker;
+    assert!(
+        sent.iter().all(|d| d.worker == on),
+        "one worker has every link handed out: {sent:?}"
+    );
+    let other = if on == a.id { &b } else { &a };
+    assert!(
+        dispatch(&app, &[&a, &b]).await.is_empty(),
+        "the rest waits for that worker, not for {:?}",
+        other.id
+    );
+    // That worker builds its six; the rest follows (now available to any worker).
+    let w = if on == a.id { &a } else { &b };
+    for d in &sent {
+        app.record_job_finished(d.job.id(), w.id, &w.orgs, JobOutcome::Success, None)
+            .await
+            .unwrap();
+    }
+    let sent = dispatch(&app, &[&a, &b]).await;
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    let on = sent[0].worker;
+    assert!(sent.iter().all(|d| d.worker == on), "{sent:?}");
+    let w = if on == a.id { &a } else { &b };
+    for d in &sent {
+        app.record_job_finished(d.job.id(), w.id, &w.orgs, JobOutcome::Success, None)
+            .await
+            .unwrap();
+    }
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
 }
 
@@ -803,7 +968,7 @@ async fn the_observer_hears_each_build_and_evaluation_end_once() {
     let (mut app, _caller, org, project) = app_with_caller(Settings::default()).await;
     let heard = std::sync::Arc::new(Heard::default());
     app.app = app.app.clone().observed_by(heard.clone());
-    let w = builder(1, org.id, true, 4);
+    let w = builder(1, org.id, true, 1);
     let e = evaluated(
         &app,
         &org,

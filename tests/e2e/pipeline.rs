@@ -587,6 +587,90 @@ async fn failed_builds_can_be_restarted() {
     server.stop();
 }
 
+/// A chain handed to one worker at once, whose middle link fails: the worker's Nix builds what it can in one run,
+/// the failed link ends Failed, the links after it DependencyFailed (never run: no log), and a restart builds the
+/// rest once the link is fixed.
+#[tokio::test]
+async fn a_chain_with_a_failing_link_ends_dependency_failed_after_it_and_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("link2-may-pass");
+    let flake = format!(
+        r#"{{
+  outputs = {{ self }}: let
+    system = "x86_64-linux";
+    link = i: derivation {{
+      name = "link${{toString i}}"; inherit system; builder = "/bin/sh"; nonce = "{nonce}";
+      prev = if i == 0 then "" else link (i - 1);
+      args = [ "-c" (if i == 2 then "if [ -e {flag} ]; then echo 2 $prev > $out; else echo link2 fails; exit 1; fi"
+                     else "echo ${{toString i}} $prev > $out") ];
+    }};
+  in {{ packages.${{system}}.top = link 5; }};
+}}
+"#,
+        nonce = uuid::Uuid::new_v4().simple(),
+        flag = flag.display()
+    );
+    let (repository, commit) = commit_flake(dir.path(), "chain-repo", &flake);
+    let server = Server::start(dir.path(), &[]).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let worker = start_worker(&c, dir.path(), &server.url, "w").await;
+    let id = evaluate(&c, &commit).await;
+    let done = wait_for_end(&c, &server, &id).await;
+    assert_eq!(done["evaluation"]["status"], "Failed", "{done}");
+    let builds = done["builds"].as_array().expect("builds").clone();
+    let link = |i: usize| -> Value {
+        builds
+            .iter()
+            .find(|b| {
+                b["drv_path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("-link{i}.drv")))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("link{i} in {builds:?}"))
+    };
+    let want = [
+        "Completed",
+        "Completed",
+        "Failed",
+        "DependencyFailed",
+        "DependencyFailed",
+        "DependencyFailed",
+    ];
+    for (i, want) in want.iter().enumerate() {
+        assert_eq!(link(i)["status"], *want, "link{i}: {done}\n{}", worker.log_text());
+    }
+    let link3 = link(3)["id"].as_str().expect("id").to_owned();
+    let (status, body) = c.text(&format!("/builds/{link3}/log")).await;
+    assert_eq!(status, 404, "a link that never ran has no log: {body}");
+    let link2 = link(2)["id"].as_str().expect("id").to_owned();
+    let (status, body) = c.text(&format!("/builds/{link2}/log")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("link2 fails"), "{body}");
+    // The failed link's root cause groups the three it broke.
+    let diff = c.ok(Method::GET, &format!("/evals/{id}/diff"), None).await;
+    let causes = diff["root_causes"].as_array().expect("root causes");
+    assert_eq!(causes.len(), 1, "{diff}");
+    assert!(
+        causes[0]["cause"]["drv_path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("-link2.drv")),
+        "{diff}"
+    );
+    assert_eq!(causes[0]["dependents"].as_array().map(Vec::len), Some(3), "{diff}");
+
+    std::fs::write(&flag, "yes").expect("flag");
+    c.ok(
+        Method::POST,
+        &format!("/evals/{id}"),
+        Some(json!({"method": "restart"})),
+    )
+    .await;
+    wait_for_completed(&c, &server, &id, &worker).await;
+    worker.kill();
+    server.stop();
+}
+
 /// Reads a Server-Sent Events stream until its `end` event; answers (event type, id, data) triples.
 async fn read_events(mut resp: reqwest::Response) -> Vec<(String, String, String)> {
     let mut buffer = String::new();

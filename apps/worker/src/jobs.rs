@@ -388,8 +388,9 @@ fn build_failure(e: &NixError) -> JobOutcome {
 
 /// Runs build jobs with the same [`batch_key`] as one Nix run and one push: what makes many small builds
 /// cheap. Each job still gets its own log, outcome and report; jobs in `skip` (aborted meanwhile) are not
-/// reported (see [`BatchHooks`]). `built` is called once Nix has built (before pushing), so the next batch can
-/// start building while this one pushes.
+/// reported (see [`BatchHooks`]). `built` is called once Nix has built (before pushing), with the drvs it did not
+/// build, so the next batch can start building while this one pushes. A build that failed because an input in the
+/// same run failed is reported after the others (the server then knows which input failed).
 pub async fn run_batch<N: Nix>(
     nix: &N,
     dirs: &Local,
@@ -397,7 +398,7 @@ pub async fn run_batch<N: Nix>(
     max_jobs: u32,
     out: UnboundedSender<WorkerMessage>,
     hooks: &BatchHooks<'_>,
-    built: impl FnOnce(),
+    built: impl FnOnce(Vec<String>),
 ) {
     let mut drvs = Vec::new();
     let mut ids = Vec::new();
@@ -488,31 +489,60 @@ pub async fn run_batch<N: Nix>(
     let started = std::time::Instant::now();
     let results = nix.build_many(&drvs, &opts, on_log).await;
     let built_in = started.elapsed();
-    built();
-    let mut outcomes: Vec<JobOutcome> = match results {
-        Ok(results) => results
+    let not_built: Vec<String> = match &results {
+        Ok(results) => drvs
             .iter()
-            .map(|r| match r {
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|((d, _), _)| d.clone())
+            .collect(),
+        Err(_) => drvs.iter().map(|(d, _)| d.clone()).collect(),
+    };
+    let mut outcomes: Vec<(JobId, JobOutcome)> = match results {
+        Ok(results) => ids
+            .iter()
+            .copied()
+            .zip(results.iter().map(|r| match r {
                 Ok(_) => JobOutcome::Success,
                 Err(e) => build_failure(e),
-            })
+            }))
             .collect(),
-        Err(e) => vec![failure(FailureKind::Infrastructure, &e); ids.len()],
+        Err(e) => ids
+            .iter()
+            .map(|id| (*id, failure(FailureKind::Infrastructure, &e)))
+            .collect(),
     };
+    // Failures have nothing to push: reported at once, a builder's own before those of the builds that needed
+    // it (the server then knows which input failed), and before the batcher hears what was not built (it
+    // answers what waits for those).
+    let (succeeded, mut failed): (Vec<_>, Vec<_>) =
+        outcomes.drain(..).partition(|(_, o)| matches!(o, JobOutcome::Success));
+    failed.sort_by_key(|(_, o)| {
+        matches!(
+            o,
+            JobOutcome::Failed {
+                kind: FailureKind::DependencyFailed,
+                ..
+            }
+        )
+    });
+    for (id, outcome) in failed {
+        if (hooks.claim)(id) {
+            finished(&out, id, outcome);
+        }
+    }
+    built(not_built);
+    let mut outcomes = succeeded;
     if let Some(target) = &push {
         let built: Vec<String> = drvs
             .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| matches!(o, JobOutcome::Success))
+            .zip(&ids)
+            .filter(|(_, id)| outcomes.iter().any(|(s, _)| s == *id))
             .flat_map(|((_, outputs), _)| outputs.values().cloned())
             .collect();
         if !built.is_empty() {
             // Only the builds that succeeded push (and may free their slot); aborted ones are not reported.
-            for (id, _) in ids
-                .iter()
-                .zip(&outcomes)
-                .filter(|(id, o)| matches!(o, JobOutcome::Success) && !(hooks.is_aborted)(**id))
-            {
+            for (id, _) in outcomes.iter().filter(|(id, _)| !(hooks.is_aborted)(*id)) {
                 send(
                     &out,
                     WorkerMessage::JobProgress {
@@ -533,15 +563,15 @@ pub async fn run_batch<N: Nix>(
             );
             if let Err(e) = pushed {
                 let failed = failure(FailureKind::Infrastructure, &e);
-                for o in outcomes.iter_mut().filter(|o| matches!(o, JobOutcome::Success)) {
+                for (_, o) in outcomes.iter_mut() {
                     *o = failed.clone();
                 }
             }
         }
     }
-    for (id, outcome) in ids.iter().zip(outcomes) {
-        if (hooks.claim)(*id) {
-            finished(&out, *id, outcome);
+    for (id, outcome) in outcomes {
+        if (hooks.claim)(id) {
+            finished(&out, id, outcome);
         }
     }
 }

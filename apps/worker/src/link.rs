@@ -55,8 +55,7 @@ pub struct Work<N> {
     solo_builds: Arc<tokio::sync::Semaphore>,
 }
 
-/// Builds per Nix run at most.
-const MAX_BATCH: usize = 128;
+use crate::batches::{self, MAX_BATCH};
 /// Fewer jobs than this are not split between run slots (a Nix run costs a start-up).
 const MIN_SPLIT: usize = 8;
 /// Nix runs of batched builds at once.
@@ -91,9 +90,42 @@ fn run_shape(parallel_builds: u32) -> (usize, u32) {
     (runs, (parallel_builds / runs as u32).max(1))
 }
 
+/// What a run tells the batcher once Nix is done with it (or it was stopped): every drv it had leaves the
+/// runs in progress; those it did not build are remembered, so that what needs them is not built again.
+struct RunBuilt {
+    drvs: Vec<String>,
+    not_built: Vec<String>,
+}
+
+/// Sends a run's [`RunBuilt`] once: when Nix is done, or else when the run is dropped (stopped: its drvs count as
+/// neither built nor failed, and whatever needs them lets Nix build them).
+struct BuiltNotice {
+    tx: mpsc::UnboundedSender<RunBuilt>,
+    drvs: Option<Vec<String>>,
+}
+
+impl BuiltNotice {
+    fn send(&mut self, not_built: Vec<String>) {
+        if let Some(drvs) = self.drvs.take() {
+            let _ = self.tx.send(RunBuilt { drvs, not_built });
+        }
+    }
+}
+
+impl Drop for BuiltNotice {
+    fn drop(&mut self) {
+        self.send(Vec::new());
+    }
+}
+
+/// Drvs remembered as not built by this worker's runs, at most (the oldest are forgotten first).
+const NOT_BUILT_KEPT: usize = 4096;
+
 /// Runs batchable build jobs (see [`jobs::batchable`]) in groups: once a run slot is free, everything queued
-/// (up to [`MAX_BATCH`], grouped by [`jobs::batch_key`]) goes into one `nix-store --realise` and one push, so
-/// many small builds cost one Nix start-up instead of one each.
+/// (split by [`batches::plan_runs`]: at most [`MAX_BATCH`] a run, grouped by [`jobs::batch_key`], a build with
+/// its batch inputs) goes into one `nix-store --realise` and one push, so many small builds cost one Nix
+/// start-up instead of one each. A build whose batch inputs a run is still building waits for that run to have
+/// built; if one was not built, it is answered `dependency_failed` without running Nix.
 async fn batcher<N: Nix>(
     nix: Arc<N>,
     dirs: Arc<Local>,
@@ -104,22 +136,53 @@ async fn batcher<N: Nix>(
 ) {
     let (runs, max_jobs_per_run) = run_shape(parallel_builds);
     let slots = Arc::new(tokio::sync::Semaphore::new(runs));
-    while let Some(first) = rx.recv().await {
+    let (built_tx, mut built_rx) = mpsc::unbounded_channel::<RunBuilt>();
+    // Drvs of runs that have not built yet (how many runs have each), and drvs recent runs did not build.
+    let mut building: std::collections::HashMap<String, usize> = Default::default();
+    let mut not_built: std::collections::VecDeque<String> = Default::default();
+    let mut waiting: Vec<Job> = Vec::new();
+    let mut arrived: Vec<Job> = Vec::new();
+    loop {
+        let mut notices = Vec::new();
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => arrived.push(job),
+                None => return,
+            },
+            Some(notice) = built_rx.recv() => notices.push(notice),
+        }
+        if arrived.is_empty() && (notices.is_empty() || waiting.is_empty()) {
+            for n in notices {
+                forget_run(&mut building, &mut not_built, n);
+            }
+            continue;
+        }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut queued = vec![first];
-        let until = tokio::time::Instant::now() + GATHER_AT_MOST;
-        while let Ok(Some(job)) =
-            tokio::time::timeout_at((tokio::time::Instant::now() + GATHER).min(until), rx.recv()).await
-        {
-            queued.push(job);
-            while let Ok(job) = rx.try_recv() {
-                queued.push(job);
+        if !arrived.is_empty() {
+            let until = tokio::time::Instant::now() + GATHER_AT_MOST;
+            while let Ok(Some(job)) =
+                tokio::time::timeout_at((tokio::time::Instant::now() + GATHER).min(until), rx.recv()).await
+            {
+                arrived.push(job);
+                while let Ok(job) = rx.try_recv() {
+                    arrived.push(job);
+                }
             }
         }
-        // Groups in arrival order, each at most `size` jobs: what is queued is shared between the run slots
-        // free now (this one and the others), so that they all build. Jobs aborted while waiting are dropped.
+        // What runs finished building meanwhile (a run says so before it frees its slot).
+        while let Ok(n) = built_rx.try_recv() {
+            notices.push(n);
+        }
+        for n in notices {
+            forget_run(&mut building, &mut not_built, n);
+        }
+        // A job arriving is a new attempt at its drv.
+        not_built.retain(|d| !arrived.iter().any(|j| batches::drv_of(j) == d));
+        let mut queued: Vec<Job> = std::mem::take(&mut waiting);
+        queued.append(&mut arrived);
+        // Jobs aborted while waiting are dropped.
         queued.retain(|job| {
             let aborted = book.is_aborted(job.id());
             if aborted {
@@ -127,23 +190,51 @@ async fn batcher<N: Nix>(
             }
             !aborted
         });
+        // A build whose batch input was not built here fails as Nix would have failed it, without a run.
+        loop {
+            let Some(i) = queued
+                .iter()
+                .position(|j| batches::inputs_of(j).iter().any(|i| not_built.contains(i)))
+            else {
+                break;
+            };
+            let job = queued.remove(i);
+            let input = batches::inputs_of(&job)
+                .iter()
+                .find(|i| not_built.contains(i))
+                .cloned()
+                .unwrap_or_default();
+            remember_not_built(&mut not_built, batches::drv_of(&job).to_owned());
+            if book.claim(job.id()) {
+                let _ = out.send(WorkerMessage::JobFinished {
+                    job_id: job.id(),
+                    outcome: proto::JobOutcome::Failed {
+                        kind: proto::FailureKind::DependencyFailed,
+                        message: format!("dependency failed: {input} was not built"),
+                    },
+                });
+            }
+            book.finished(&[job.id()]);
+        }
+        // What is queued is shared between the run slots free now (this one and the others), so that they all
+        // build; a build stays with its inputs.
         let free = 1 + slots.available_permits();
         let size = queued.len().div_ceil(free).clamp(MIN_SPLIT, MAX_BATCH);
-        let mut groups: Vec<Vec<Job>> = Vec::new();
-        for job in queued {
-            let key = jobs::batch_key(&job);
-            match groups
-                .iter_mut()
-                .find(|g| g.len() < size && jobs::batch_key(&g[0]) == key)
-            {
-                Some(g) => g.push(job),
-                None => groups.push(vec![job]),
-            }
-        }
+        let held = building.keys().cloned().collect();
+        let planned = batches::plan_runs(queued, &held, size);
+        waiting = planned.waiting;
         let mut slot = Some(slot);
-        for group in groups {
+        for group in planned.groups {
             let (nix, dirs, out, book2, slots) = (nix.clone(), dirs.clone(), out.clone(), book.clone(), slots.clone());
             let ids: Vec<JobId> = group.iter().map(Job::id).collect();
+            let drvs: Vec<String> = group.iter().map(|j| batches::drv_of(j).to_owned()).collect();
+            for d in &drvs {
+                *building.entry(d.clone()).or_default() += 1;
+            }
+            let mut notice = BuiltNotice {
+                tx: built_tx.clone(),
+                drvs: Some(drvs),
+            };
             let permit = slot.take();
             // The task waits until it is registered, so that its end always finds its entry.
             let (go, registered) = tokio::sync::oneshot::channel::<()>();
@@ -166,12 +257,45 @@ async fn batcher<N: Nix>(
                         claim: &|id| book2.claim(id),
                     };
                     let max_jobs = max_jobs_per_run.min(u32::try_from(group.len()).unwrap_or(u32::MAX));
-                    jobs::run_batch(&*nix, &dirs, group, max_jobs, out.clone(), &hooks, || drop(slot.take())).await;
+                    jobs::run_batch(&*nix, &dirs, group, max_jobs, out.clone(), &hooks, |not_built| {
+                        // Told before the slot frees: the batcher's next round knows what this run built.
+                        notice.send(not_built);
+                        drop(slot.take());
+                    })
+                    .await;
                     book2.finished(&ids);
                 }
             });
             book.register(ids, task.abort_handle());
             let _ = go.send(());
+        }
+    }
+}
+
+/// A run is done building: its drvs leave `building`; those it did not build are remembered.
+fn forget_run(
+    building: &mut std::collections::HashMap<String, usize>,
+    not_built: &mut std::collections::VecDeque<String>,
+    run: RunBuilt,
+) {
+    for d in run.drvs {
+        if let std::collections::hash_map::Entry::Occupied(mut e) = building.entry(d) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+    for d in run.not_built {
+        remember_not_built(not_built, d);
+    }
+}
+
+fn remember_not_built(not_built: &mut std::collections::VecDeque<String>, drv: String) {
+    if !not_built.contains(&drv) {
+        not_built.push_back(drv);
+        if not_built.len() > NOT_BUILT_KEPT {
+            not_built.pop_front();
         }
     }
 }

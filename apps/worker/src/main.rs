@@ -1,6 +1,7 @@
 //! `gradient-worker`: reads its configuration from `GRADIENT_*` variables, resolves its identity and
 //! peers, and keeps a link to the server's `/proto`.
 
+mod batches;
 mod config;
 mod identity;
 mod jobs;

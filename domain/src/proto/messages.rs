@@ -303,6 +303,12 @@ pub enum Job {
         /// The build fails with kind `timeout` after this long.
         #[serde(default)]
         timeout_secs: Option<u64>,
+        /// Inputs of `drv_path` (their `.drv` paths) not built yet whose builds were handed to this worker too:
+        /// it builds this job in the same Nix run as them, or after the run that builds them, and reports it
+        /// failed with kind `dependency_failed` when one of them was not built. A chain of builds arrives this
+        /// way at once.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        batch_inputs: Vec<String>,
     },
 }
 

@@ -44,6 +44,7 @@ fn build_job() -> Job {
             token: "push".into(),
         }),
         timeout_secs: Some(3600),
+        batch_inputs: vec!["/nix/store/cccc-lib.drv".into()],
     }
 }
 

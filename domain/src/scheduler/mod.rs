@@ -121,6 +121,11 @@ pub struct Snapshot {
 pub struct Plan {
     /// Send `Assign` for these (and record them with the queue's `assign_job`).
     pub assignments: Vec<(JobId, WorkerId)>,
+    /// For assigned builds whose inputs are not built yet but handed to the same worker (in this round or an
+    /// earlier one): those inputs' `.drv` paths. The worker builds the job in the same Nix run as them, or
+    /// after the run building them (see `proto::Job::Build::batch_inputs`). Builds absent here need nothing
+    /// of their worker.
+    pub batch_inputs: HashMap<JobId, Vec<String>>,
     /// Queued builds with nothing to do: their outputs are already available to their organization.
     pub substituted: Vec<JobId>,
     /// Queued builds that can never run: an input's build failed.
@@ -139,9 +144,19 @@ pub fn schedule(snapshot: &Snapshot) -> Vec<(JobId, WorkerId)> {
 /// a build no worker has a free slot for goes to the worker with the most room in slots and queue together
 /// (see [`WorkerInfo::queued_builds`]), to be built in its batches.
 /// A build that is only pushing its outputs holds no slot (see [`WorkerInfo::pushing`]).
+///
+/// A build whose inputs are not available yet may still go to a worker that has them or gets them: every
+/// missing input was built there and is being pushed ([`Snapshot::built_on`]), or its build is assigned to
+/// that worker, earlier or in this very round. Nix then builds the inputs and the build in one run, so a chain
+/// of dependent builds is handed to one worker at once instead of one link per round trip. The decisions are
+/// repeated until nothing more can be assigned (a fixpoint), so the order the links were queued in does not
+/// matter; such a build goes to that worker only, within its slots and queue, pins and organizations still
+/// applying.
 pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut free: HashMap<WorkerId, Slots> = snapshot.workers.iter().map(|w| (w.id, Slots::of(w))).collect();
     let mut building: HashSet<(OrgId, &str)> = HashSet::new();
+    // The organization's builds assigned to a worker and not built yet: a build needing them may join them.
+    let mut assigned_to: HashMap<(OrgId, &str), WorkerId> = HashMap::new();
     let pushing: HashSet<(WorkerId, JobId)> = snapshot
         .workers
         .iter()
@@ -149,13 +164,17 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         .collect();
     for job in &snapshot.jobs {
         if let JobState::Assigned { worker, .. } = job.state {
+            let built = pushing.contains(&(worker, job.id));
             if let Some(slots) = free.get_mut(&worker)
-                && !pushing.contains(&(worker, job.id))
+                && !built
             {
                 slots.take(&job.needs);
             }
             if let Needs::Build(b) = &job.needs {
                 building.insert((job.org, &b.drv_path));
+                if !built && free.contains_key(&worker) {
+                    assigned_to.insert((job.org, &b.drv_path), worker);
+                }
             }
         }
     }
@@ -164,47 +183,68 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     queued.sort_by_key(|j| (j.queued_at, j.id));
 
     let mut plan = Plan::default();
-    for job in queued {
-        // A build whose missing inputs one worker has just built runs on that worker only.
-        let mut only_on = None;
-        if let Needs::Build(b) = &job.needs {
-            if has(&snapshot.available, job.org, &b.drv_path) {
-                plan.substituted.push(job.id);
-                continue;
-            }
-            if b.inputs.iter().any(|i| has(&snapshot.failed, job.org, i)) {
-                plan.dependency_failed.push(job.id);
-                continue;
-            }
-            if building.contains(&(job.org, b.drv_path.as_str())) {
-                continue;
-            }
-            match local_inputs(snapshot, job.org, b) {
-                Ready::Everywhere => {}
-                Ready::On(worker) => only_on = Some(worker),
-                Ready::No => continue,
-            }
-        }
-        // A build held for one worker waits for a free slot there rather than its queue, when another worker
-        // could take it once released (its pin ends, or the inputs' push does); with no such worker, the queue
-        // is as good.
-        let held_to = job.pinned_to.or(only_on);
-        let slots_only = held_to.is_some_and(|p| snapshot.workers.iter().any(|w| w.id != p && could_run(w, job)));
-        let best = snapshot
-            .workers
-            .iter()
-            .filter(|w| fits(w, job) && only_on.is_none_or(|o| o == w.id))
-            .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs, slots_only)?)))
-            .max_by_key(|&(id, rank)| (rank, Reverse(id)));
-        if let Some((worker, _)) = best {
-            if let Some(slots) = free.get_mut(&worker) {
-                slots.take(&job.needs);
-            }
+    loop {
+        // Builds whose inputs were not ready: tried again once this pass assigned something.
+        let mut waiting = Vec::new();
+        let assigned_before = plan.assignments.len();
+        for job in queued {
+            // A build whose missing inputs one worker has (or gets) runs on that worker only.
+            let mut only_on = None;
+            let mut joins = Vec::new();
             if let Needs::Build(b) = &job.needs {
-                building.insert((job.org, &b.drv_path));
+                if has(&snapshot.available, job.org, &b.drv_path) {
+                    plan.substituted.push(job.id);
+                    continue;
+                }
+                if b.inputs.iter().any(|i| has(&snapshot.failed, job.org, i)) {
+                    plan.dependency_failed.push(job.id);
+                    continue;
+                }
+                if building.contains(&(job.org, b.drv_path.as_str())) {
+                    continue;
+                }
+                match local_inputs(snapshot, &assigned_to, job.org, b) {
+                    Ready::Everywhere => {}
+                    Ready::On(worker, inputs) => {
+                        only_on = Some(worker);
+                        joins = inputs;
+                    }
+                    Ready::No => {
+                        waiting.push(job);
+                        continue;
+                    }
+                }
             }
-            plan.assignments.push((job.id, worker));
+            // A build held for one worker waits for a free slot there rather than its queue, when another
+            // worker could take it once released (its pin ends, or the inputs' push does); with no such worker,
+            // or when it joins inputs that worker builds (they may well be in its queue), the queue is as good.
+            let held_to = job.pinned_to.or(only_on);
+            let slots_only = joins.is_empty()
+                && held_to.is_some_and(|p| snapshot.workers.iter().any(|w| w.id != p && could_run(w, job)));
+            let best = snapshot
+                .workers
+                .iter()
+                .filter(|w| fits(w, job) && only_on.is_none_or(|o| o == w.id))
+                .filter_map(|w| Some((w.id, free.get(&w.id)?.rank_for(&job.needs, slots_only)?)))
+                .max_by_key(|&(id, rank)| (rank, Reverse(id)));
+            if let Some((worker, _)) = best {
+                if let Some(slots) = free.get_mut(&worker) {
+                    slots.take(&job.needs);
+                }
+                if let Needs::Build(b) = &job.needs {
+                    building.insert((job.org, &b.drv_path));
+                    assigned_to.insert((job.org, &b.drv_path), worker);
+                }
+                if !joins.is_empty() {
+                    plan.batch_inputs.insert(job.id, joins);
+                }
+                plan.assignments.push((job.id, worker));
+            }
         }
+        if waiting.is_empty() || plan.assignments.len() == assigned_before {
+            break;
+        }
+        queued = waiting;
     }
     plan
 }
@@ -213,20 +253,37 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 enum Ready {
     /// Every input is available to any worker of its organization.
     Everywhere,
-    /// The inputs not available yet were all built by this worker, which still pushes them.
-    On(WorkerId),
+    /// The inputs not available yet are all on this worker: built and being pushed, or assigned to it (those
+    /// are listed: the build joins them).
+    On(WorkerId, Vec<String>),
     No,
 }
 
-fn local_inputs(snapshot: &Snapshot, org: OrgId, b: &BuildNeeds) -> Ready {
+fn local_inputs(
+    snapshot: &Snapshot,
+    assigned_to: &HashMap<(OrgId, &str), WorkerId>,
+    org: OrgId,
+    b: &BuildNeeds,
+) -> Ready {
     let mut on = None;
+    let mut joins = Vec::new();
     for input in b.inputs.iter().filter(|i| !has(&snapshot.available, org, i)) {
-        match snapshot.built_on.get(&org).and_then(|m| m.get(input)) {
-            Some(w) if on.is_none_or(|o| o == *w) => on = Some(*w),
-            _ => return Ready::No,
+        let w = match assigned_to.get(&(org, input.as_str())) {
+            Some(w) => {
+                joins.push(input.clone());
+                *w
+            }
+            None => match snapshot.built_on.get(&org).and_then(|m| m.get(input)) {
+                Some(w) => *w,
+                None => return Ready::No,
+            },
+        };
+        if on.is_some_and(|o| o != w) {
+            return Ready::No;
         }
+        on = Some(w);
     }
-    on.map_or(Ready::Everywhere, Ready::On)
+    on.map_or(Ready::Everywhere, |w| Ready::On(w, joins))
 }
 
 /// Whether the worker may and can run the job, slots aside.

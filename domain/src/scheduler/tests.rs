@@ -568,9 +568,10 @@ fn combined_two_orgs_three_workers_a_lost_worker_and_a_shared_derivation() {
                 max_concurrent_builds: 1,
                 ..worker(1)
             },
-            // Org 2's builder and evaluator, two build slots.
+            // Org 2's builder and evaluator, one build slot (with two, the tool would join its lib there).
             WorkerInfo {
                 orgs: BTreeSet::from([org(2)]),
+                max_concurrent_builds: 1,
                 ..worker(2)
             },
             // Org 1's kvm machine, evaluations off.
@@ -586,7 +587,8 @@ fn combined_two_orgs_three_workers_a_lost_worker_and_a_shared_derivation() {
     };
 
     // Round 1: oldest first. The lib goes to org 1's workers (1 and 3 tie on one free slot: the lower id);
-    // org 2's evaluation and its own lib job go to worker 2; everything else waits for inputs.
+    // org 2's evaluation and its own lib job go to worker 2; everything else waits for inputs (the app could
+    // join the lib on worker 1, but its one slot is taken).
     let p = plan(&snap);
     assert_eq!(
         p.assignments,
@@ -621,6 +623,7 @@ fn combined_two_orgs_three_workers_a_lost_worker_and_a_shared_derivation() {
     assert_eq!(orphaned_jobs(&snap.jobs, wid(2), &[]), vec![]);
     snap.workers.push(WorkerInfo {
         orgs: BTreeSet::from([org(2)]),
+        max_concurrent_builds: 1,
         ..worker(2)
     });
     let p = plan(&snap);
@@ -665,4 +668,102 @@ fn builds_fill_free_slots_everywhere_before_any_queue() {
         ..worker(3)
     };
     assert!(schedule(&snapshot(jobs, vec![none])).is_empty());
+}
+
+#[test]
+fn a_chain_goes_to_one_worker_in_one_round_whatever_its_queue_order() {
+    // drv(1) ← drv(2) ← … ← drv(6), queued newest link first; two workers, the second roomier.
+    let roomy = WorkerInfo {
+        max_concurrent_builds: 4,
+        queued_builds: 4,
+        ..worker(2)
+    };
+    let jobs: Vec<QueueEntry> = (1..=6u128)
+        .map(|n| {
+            let input = [n - 1];
+            build(n, 10 - n as i64, if n == 1 { &[] } else { &input })
+        })
+        .collect();
+    let p = plan(&snapshot(jobs.clone(), vec![worker(1), roomy.clone()]));
+    assert_eq!(p.assignments.len(), 6, "{p:?}");
+    assert!(
+        p.assignments.iter().all(|(_, w)| *w == wid(2)),
+        "one worker has them all: {p:?}"
+    );
+    let order: Vec<JobId> = p.assignments.iter().map(|(j, _)| *j).collect();
+    assert_eq!(order, (1..=6).map(jid).collect::<Vec<_>>(), "each link after its input");
+    assert_eq!(
+        p.batch_inputs.get(&jid(1)),
+        None,
+        "the first link needs nothing of its worker"
+    );
+    assert_eq!(p.batch_inputs[&jid(4)], vec![drv(3)]);
+
+    // Room for 3: the rest of the chain waits, and does not go to the other worker.
+    let small = WorkerInfo {
+        max_concurrent_builds: 3,
+        queued_builds: 0,
+        ..worker(2)
+    };
+    let p = plan(&snapshot(jobs.clone(), vec![worker(1), small]));
+    let on_2: Vec<JobId> = p
+        .assignments
+        .iter()
+        .filter(|(_, w)| *w == wid(2))
+        .map(|(j, _)| *j)
+        .collect();
+    assert_eq!(on_2, vec![jid(1), jid(2), jid(3)], "{p:?}");
+    assert!(
+        p.assignments.iter().all(|(_, w)| *w == wid(2)),
+        "none on worker 1: {p:?}"
+    );
+
+    // A link whose input an earlier round gave a worker joins it there.
+    let queue_of_1 = WorkerInfo {
+        queued_builds: 8,
+        ..worker(1)
+    };
+    let mut snap = snapshot(jobs, vec![queue_of_1, roomy]);
+    snap.jobs[0] = running(build(1, 9, &[]), 1);
+    let p = plan(&snap);
+    assert_eq!(p.assignments.len(), 5);
+    assert!(p.assignments.iter().all(|(_, w)| *w == wid(1)), "{p:?}");
+    assert_eq!(p.batch_inputs[&jid(2)], vec![drv(1)]);
+}
+
+#[test]
+fn a_build_needing_inputs_handed_to_two_workers_waits_and_pins_and_organizations_still_hold() {
+    // drv(3) ← drv(1), drv(2): with one slot each, the inputs go to two workers and the build waits.
+    let one = |n| WorkerInfo {
+        max_concurrent_builds: 1,
+        ..worker(n)
+    };
+    let p = plan(&snapshot(
+        vec![build(1, 0, &[]), build(2, 1, &[]), build(3, 2, &[1, 2])],
+        vec![one(1), one(2)],
+    ));
+    assert_eq!(p.assignments, vec![(jid(1), wid(1)), (jid(2), wid(2))]);
+    // A link pinned to another worker than its input's does not join it.
+    let mut pinned = build(2, 1, &[1]);
+    pinned.pinned_to = Some(wid(1));
+    let p = plan(&snapshot(
+        vec![build(1, 0, &[]), pinned],
+        vec![
+            worker(1),
+            WorkerInfo {
+                max_concurrent_builds: 8,
+                ..worker(2)
+            },
+        ],
+    ));
+    assert_eq!(p.assignments, vec![(jid(1), wid(2))], "{p:?}");
+    // Another organization's build of the input is not this one's.
+    let p = plan(&snapshot(
+        vec![of_org(2, build(1, 0, &[])), build(2, 1, &[1])],
+        vec![WorkerInfo {
+            orgs: BTreeSet::from([org(1), org(2)]),
+            ..worker(1)
+        }],
+    ));
+    assert_eq!(p.assignments, vec![(jid(1), wid(1))], "{p:?}");
 }

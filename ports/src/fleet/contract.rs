@@ -100,6 +100,7 @@ pub fn build_job() -> Job {
         substituter_token: None,
         push: None,
         timeout_secs: None,
+        batch_inputs: Vec::new(),
     }
 }
 

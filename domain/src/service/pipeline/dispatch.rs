@@ -98,7 +98,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
                 slot.insert(self.org_caches(record.org_id).await?);
             }
-            let Some(job) = self.wire_job(&record, (worker, now), &caches[&record.org_id]).await? else {
+            let batch_inputs = plan.batch_inputs.get(&job_id).cloned().unwrap_or_default();
+            let Some(job) = self
+                .wire_job(&record, (worker, now), &caches[&record.org_id], batch_inputs)
+                .await?
+            else {
                 // What it refers to is gone (its evaluation was deleted): it ends without a worker.
                 self.storage.cancel_queued_job(job_id).await?;
                 continue;
@@ -203,12 +207,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// The wire form of a queued job; `None` when what it refers to is gone. `caches` are the job's
     /// organization's (see `org_caches`).
-    /// `assignment` is the worker the job is about to be assigned to, and when.
+    /// `assignment` is the worker the job is about to be assigned to, and when; `batch_inputs` a build's
+    /// inputs that worker builds too (see [`scheduler::Plan::batch_inputs`]).
     async fn wire_job(
         &self,
         record: &JobRecord,
         assignment: (WorkerId, crate::model::Timestamp),
         caches: &OrgCaches,
+        batch_inputs: Vec<String>,
     ) -> Result<Option<proto::Job>> {
         let (substituters, trusted_public_keys, push_to) = caches.clone();
         // One token per job: it reads the org's caches and pushes to its push cache, while the job is this
@@ -260,6 +266,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     trusted_public_keys,
                     push,
                     timeout_secs: None,
+                    batch_inputs,
                 })
             }
         })

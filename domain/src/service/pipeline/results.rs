@@ -156,13 +156,28 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
             JobKind::Build { derivation, .. } => {
+                // A build handed out with its inputs (a chain in one batch) whose input failed there did not run:
+                // it ends DependencyFailed like the queued ones, its log naming the input.
+                let failed_input = match &outcome {
+                    JobOutcome::Failed {
+                        kind: proto::FailureKind::DependencyFailed,
+                        ..
+                    } => self.failed_input(record.org_id, &derivation).await?,
+                    _ => None,
+                };
                 let status = match outcome {
                     JobOutcome::Success => BuildStatus::Completed,
                     JobOutcome::Aborted => BuildStatus::Aborted,
+                    JobOutcome::Failed { .. } if failed_input.is_some() => BuildStatus::DependencyFailed,
                     JobOutcome::Failed { .. } => BuildStatus::Failed,
                 };
                 let mut log = log.unwrap_or_default();
-                if let JobOutcome::Failed { message, .. } = &outcome {
+                // One that never ran has no log, as when it ends DependencyFailed in the queue (the evaluation's
+                // root causes name the input that broke it).
+                let keep_log = failed_input.is_none() || !log.is_empty();
+                if let Some(input) = &failed_input {
+                    log.append(&format!("\n[gradient: not built: its input {input} failed]\n"));
+                } else if let JobOutcome::Failed { message, .. } = &outcome {
                     log.append(&format!("\n[gradient: the build failed: {message}]\n"));
                 }
                 // The outcome first: a log that cannot be stored must not leave the build running.
@@ -172,7 +187,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         self.storage.update_build(&b).await?;
                         self.observe_build(&b);
                     }
-                    stored = self.store_log(&b, log).await;
+                    if keep_log {
+                        stored = self.store_log(&b, log).await;
+                    }
                 }
                 if !success {
                     self.fail_dependents(record.org_id, &derivation).await?;
@@ -313,6 +330,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             created_at: self.clock.now(),
         };
         Ok(self.storage.put_build_log(&log).await?)
+    }
+
+    /// An input of the organization's derivation whose build ended without outputs (failed, aborted, dependency
+    /// failed), if any.
+    async fn failed_input(&self, org: OrgId, drv: &str) -> Result<Option<String>> {
+        let Some(d) = self.derivation(org, drv).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .storage
+            .build_statuses(org, &d.inputs)
+            .await?
+            .into_iter()
+            .find(|(_, s)| s.is_terminal() && !s.provides_outputs())
+            .map(|(input, _)| input))
     }
 
     /// Marks every queued build depending (transitively) on `failed` as DependencyFailed.
