@@ -89,6 +89,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let now = self.clock.now();
         let mut out = Vec::new();
         let mut caches: HashMap<OrgId, OrgCaches> = HashMap::new();
+        let mut recorded: Vec<(JobRecord, proto::Job)> = Vec::new();
         for (job_id, worker) in plan.assignments {
             let Some(record) = queued.remove(&job_id) else {
                 continue;
@@ -115,10 +116,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 ..record
             };
             if let Err(e) = self.mark_started(&assigned).await {
-                // Not left assigned to a worker that never hears of it.
-                self.requeue(worker, std::slice::from_ref(&assigned), &[job_id]).await?;
+                // Not left assigned to a worker that never hears of it, nor are those recorded before it.
+                recorded.push((assigned, job));
+                for (r, _) in &recorded {
+                    if let JobState::Assigned { worker, .. } = r.state {
+                        self.requeue(worker, std::slice::from_ref(r), &[r.id]).await?;
+                    }
+                }
                 return Err(e);
             }
+            recorded.push((assigned, job));
+        }
+        // Handed out once all are recorded, back to back: a worker gets the round's jobs as one burst, which it
+        // builds together (a chain in one Nix run) instead of starting a run with the first few.
+        for (assigned, job) in recorded {
+            let JobState::Assigned { worker, .. } = assigned.state else {
+                continue;
+            };
             if self.fleet.assign(worker, assigned.org_id, job.clone()) {
                 out.push(Dispatched {
                     worker,
@@ -127,7 +141,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 });
             } else {
                 // Its link ended (or lost the organization) between the snapshot and now: the job goes back.
-                self.requeue(worker, std::slice::from_ref(&assigned), &[job_id]).await?;
+                self.requeue(worker, std::slice::from_ref(&assigned), &[assigned.id])
+                    .await?;
             }
         }
         for job_id in plan.dependency_failed {

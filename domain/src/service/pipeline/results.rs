@@ -23,6 +23,37 @@ fn not_authorized(job: JobId, worker: WorkerId) -> ServiceError {
     ))
 }
 
+/// The derivations with each after those of its inputs that are among them (otherwise in the order given).
+fn inputs_first(drvs: Vec<&std::sync::Arc<Derivation>>) -> Vec<&std::sync::Arc<Derivation>> {
+    let index: HashMap<String, usize> = drvs.iter().enumerate().map(|(i, d)| (d.drv_path.clone(), i)).collect();
+    let mut placed = vec![false; drvs.len()];
+    let mut order = Vec::with_capacity(drvs.len());
+    for start in 0..drvs.len() {
+        // Depth first, inputs before the derivation, without recursion.
+        let mut stack = vec![(start, false)];
+        while let Some((i, inputs_done)) = stack.pop() {
+            if placed[i] {
+                continue;
+            }
+            if inputs_done {
+                placed[i] = true;
+                order.push(i);
+                continue;
+            }
+            stack.push((i, true));
+            for input in &drvs[i].inputs {
+                if let Some(&j) = index.get(input)
+                    && !placed[j]
+                {
+                    stack.push((j, false));
+                }
+            }
+        }
+    }
+    let mut slots: Vec<Option<&std::sync::Arc<Derivation>>> = drvs.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Derivations and attribute errors reported by an evaluating worker.
     pub async fn record_eval_result(
@@ -307,6 +338,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
             to_queue.push(d);
         }
+        // Inputs first: a dispatch round that runs meanwhile sees whole chains' beginnings, which it hands out
+        // together, and the rest joins them on the same worker in the next round.
+        let to_queue = inputs_first(to_queue);
         if let Some((job, worker)) = pin {
             let drvs = to_queue.iter().map(|d| d.drv_path.clone()).collect();
             self.pins.pin(job, worker, org, evaluation_id, drvs);
@@ -409,5 +443,35 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.settle_evaluation(e).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_are_queued_inputs_first() {
+        let d = |name: &str, inputs: &[&str]| {
+            std::sync::Arc::new(Derivation {
+                drv_path: name.to_owned(),
+                system: "x86_64-linux".into(),
+                required_features: vec![],
+                outputs: Default::default(),
+                inputs: inputs.iter().map(|i| i.to_string()).collect(),
+            })
+        };
+        // c ← b ← a, and d ← a, c; "elsewhere" is not among them.
+        let all = [
+            d("d", &["a", "c"]),
+            d("c", &["b", "elsewhere"]),
+            d("a", &[]),
+            d("b", &["a"]),
+        ];
+        let order: Vec<&str> = inputs_first(all.iter().collect())
+            .into_iter()
+            .map(|d| d.drv_path.as_str())
+            .collect();
+        assert_eq!(order, ["a", "b", "c", "d"]);
     }
 }
