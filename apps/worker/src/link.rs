@@ -191,13 +191,10 @@ async fn batcher<N: Nix>(
             !aborted
         });
         // A build whose batch input was not built here fails as Nix would have failed it, without a run.
-        loop {
-            let Some(i) = queued
-                .iter()
-                .position(|j| batches::inputs_of(j).iter().any(|i| not_built.contains(i)))
-            else {
-                break;
-            };
+        while let Some(i) = queued
+            .iter()
+            .position(|j| batches::inputs_of(j).iter().any(|i| not_built.contains(i)))
+        {
             let job = queued.remove(i);
             let input = batches::inputs_of(&job)
                 .iter()

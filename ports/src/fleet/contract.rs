@@ -15,7 +15,7 @@ use gradient_domain::{OrgId, PeerId, WorkerId};
 /// What a worker's connection was given, in the order it was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivered {
-    Assign(Job),
+    Assign(Box<Job>),
     Abort(JobId),
     /// The connection was closed because its last registration was revoked.
     Revoked,
@@ -137,7 +137,7 @@ pub async fn jobs_reach_only_connected_workers<H: FleetHarness>(h: &H) {
         h.fleet().assign(w.id, org, job.clone()),
         "a connected worker takes a job"
     );
-    assert_eq!(h.delivered(w.id), vec![Delivered::Assign(job.clone())]);
+    assert_eq!(h.delivered(w.id), vec![Delivered::Assign(Box::new(job.clone()))]);
     let absent = WorkerId::new();
     assert!(
         !h.fleet().assign(absent, org, job.clone()),

@@ -93,7 +93,7 @@ impl Fleet for MemoryFleet {
     }
 
     fn assign(&self, worker: WorkerId, org: OrgId, job: Job) -> bool {
-        self.deliver(worker, org, Delivered::Assign(job))
+        self.deliver(worker, org, Delivered::Assign(Box::new(job)))
     }
 
     fn abort(&self, worker: WorkerId, org: OrgId, job: JobId) -> bool {

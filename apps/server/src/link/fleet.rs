@@ -95,7 +95,7 @@ mod tests {
             if let Some((_, rx)) = self.writers.lock().unwrap().get_mut(&worker) {
                 while let Ok(o) = rx.try_recv() {
                     out.push(match o {
-                        Outgoing::Send(ServerMessage::Assign { job }) => Delivered::Assign(job),
+                        Outgoing::Send(ServerMessage::Assign { job }) => Delivered::Assign(Box::new(job)),
                         Outgoing::Send(ServerMessage::Abort { job_id }) => Delivered::Abort(job_id),
                         Outgoing::Close(gradient_domain::proto::RejectCode::Revoked, _) => Delivered::Revoked,
                         other => panic!("unexpected message to a worker: {other:?}"),
