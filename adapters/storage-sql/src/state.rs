@@ -232,7 +232,6 @@ impl Declared for SqlStorage {
                             .bind(r.name.to_ascii_lowercase())
                             .bind(json)
                             .bind(r.managed)
-                            .bind(&r.url)
                             .execute(&mut *tx)
                             .await
                     }
@@ -346,6 +345,7 @@ impl Declared for SqlStorage {
                             .bind(&r.proof_key.0)
                             .bind(r.created_at)
                             .bind(r.managed)
+                            .bind(&r.url)
                             .execute(&mut *tx)
                             .await
                     }

@@ -94,7 +94,7 @@ pub async fn endpoint(req: &Request) -> Response {
             return;
         };
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        serve(state, socket, Side::Accepted(slot)).await;
+        serve(state, socket, Side::Accepted { _anonymous: slot }).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -224,7 +224,8 @@ async fn next_message<S: Io>(socket: &mut WebSocketStream<S>) -> Result<WorkerMe
 /// Which side dialed: the worker (its connection took a slot of the anonymous pool) or the server (to a
 /// listening worker's registered URL, for that worker).
 pub(crate) enum Side {
-    Accepted(registry::Slot),
+    /// Held until the handshake proves a registration.
+    Accepted { _anonymous: registry::Slot },
     Dialed { worker: gradient_domain::WorkerId, url: String },
 }
 
@@ -253,7 +254,7 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
     let registrations = match state.core.registrations_of_worker(hello.worker_id).await {
         // A link the server dialed is for the registrations that name its URL, and only for them.
         Ok(r) => match &side {
-            Side::Accepted(_) => r,
+            Side::Accepted { .. } => r,
             Side::Dialed { worker, url } => proto::dialed_registrations(&r, *worker, url),
         },
         Err(e) => {
@@ -275,7 +276,7 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
     let nonce = proto::nonce_from_bytes(&raw);
     // On a link it dialed, the server proves itself first: the listening worker answers nothing before.
     let server_proofs = match &side {
-        Side::Accepted(_) => Vec::new(),
+        Side::Accepted { .. } => Vec::new(),
         Side::Dialed { .. } => match proto::server_proofs(&hello, &registrations, state.core.crypt()) {
             Ok(p) => p,
             Err(r) => return reject(&mut socket, r).await,
