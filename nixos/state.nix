@@ -89,6 +89,7 @@ let
     worker_id = req types.str "The worker's id (a v4 UUID).";
     organizations = req (types.nonEmptyListOf types.str) "Organizations the worker is registered in.";
     token_file = req secretFile "File holding the registration's token (`openssl rand -base64 48`).";
+    url = nullOpt types.str "A listening worker's /proto URL (ws:// or wss://), which the server dials; null: the worker dials the server.";
   });
   integrations = entry (name: {
     organization = req types.str "The organization's name.";

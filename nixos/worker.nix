@@ -21,15 +21,21 @@ let
   # The options passed as plain variables, by the naming rule.
   plainOptions = [
     "serverUrl"
+    "discoverable"
+    "listenAddr"
+    "port"
     "workerId"
     "capabilities.fetch"
     "capabilities.eval"
     "capabilities.build"
     "capabilities.sign"
+    "capabilities.federate"
+    "settings.maxProtoConnections"
     "settings.maxConcurrentBuilds"
     "settings.evalWorkers"
     "settings.maxConcurrentEvaluations"
     "settings.maxEvaluationsPerWorker"
+    "settings.maxNixdaemonConnections"
     "settings.probeSubstituters"
     "settings.gcrootsDir"
     "settings.logLevel.default"
@@ -40,18 +46,8 @@ let
   secretOptions = [ "peersFile" ];
   credentials = glib.credentialsFor cfg secretOptions;
 
-  # Options of the seed this worker accepts but that have no effect: it dials the server and has no
-  # listener of its own (no reverse-proxy mode, no federation), talks to Nix through the nix CLI (no
-  # connection pool). Setting one to anything but its default is warned about.
-  withoutEffect = {
-    useTls = true;
-    discoverable = false;
-    listenAddr = "127.0.0.1";
-    port = 3100;
-    "capabilities.federate" = false;
-    "settings.maxNixdaemonConnections" = 32;
-    "settings.maxProtoConnections" = 16;
-  };
+  # nginx in front of a discoverable worker's listener, at `domain`: TLS (ACME, forceSSL) when useTls.
+  proxied = cfg.discoverable && cfg.domain != null;
 in
 {
   options.services.gradient.worker = {
@@ -64,7 +60,7 @@ in
       type = types.nullOr types.str;
       default = null;
       example = "wss://gradient.example.com/proto";
-      description = "WebSocket URL of the server's /proto endpoint (required).";
+      description = "WebSocket URL of the server's /proto endpoint (required unless `discoverable`: a discoverable worker is dialed by the server and dials nothing).";
     };
     workerId = nullOpt types.str "Override the worker UUID; when null, read from the state directory's `worker-id` or generated on first start.";
     peersFile = opt (types.nullOr glib.secretPathType) null "Path to the peers file (`peer_id:token` per line, `*` = any peer).";
@@ -75,24 +71,28 @@ in
       does not: add the CA to `security.pki.certificateFiles` for it (which the worker then trusts as well,
       making this option unnecessary).
     '';
-    useTls = opt types.bool true "Enable TLS (ACME + forceSSL) on the nginx vhost (reverse-proxy mode; no effect in this worker).";
-    discoverable = opt types.bool false "Accept incoming connections from the server (reverse-proxy mode; no effect in this worker).";
-    listenAddr = opt types.str "127.0.0.1" "Bind address for the worker listener (no effect in this worker).";
-    port = opt types.port 3100 "Listener port when discoverable is enabled (no effect in this worker).";
+    useTls = opt types.bool true "Enable TLS (ACME + forceSSL) on the nginx vhost of a discoverable worker with a `domain` (the server then dials `wss://<domain>/proto`).";
+    discoverable = opt types.bool false "Accept incoming connections from the server: the worker listens at `listenAddr`:`port` (`/proto`) and the server dials the URL it is registered with (`serverUrl` must be null).";
+    listenAddr = opt types.str "127.0.0.1" "Bind address for the worker listener (an IP address).";
+    port = opt types.port 3100 "Listener port when discoverable is enabled.";
+    domain = nullOpt types.str ''
+      With `discoverable`: the name of an nginx virtual host proxying `/proto` to the listener (TLS with ACME
+      when `useTls`); register the worker with `wss://<domain>/proto` (or `ws://` without TLS). Null: no nginx.
+    '';
     capabilities = {
       fetch = opt types.bool false "Prefetch flake inputs.";
       eval = opt types.bool false "Run Nix evaluations.";
       build = opt types.bool false "Execute Nix builds.";
-      sign = opt types.bool false "Sign store paths.";
-      federate = opt types.bool false "Act as a federation relay (requires discoverable; no effect in this worker).";
+      sign = opt types.bool false "Sign store paths. Refused at start: the server signs every path with its cache's key as it is pushed; a worker holds no signing key.";
+      federate = opt types.bool false "Act as a federation relay (requires discoverable). Refused at start: Gradient has no federation of servers to relay between.";
     };
     settings = {
       maxConcurrentBuilds = opt types.ints.positive 100 "Parallel build slots.";
       evalWorkers = opt types.ints.positive 1 "Number of evaluator subprocesses.";
       maxConcurrentEvaluations = opt types.ints.positive 1 "Parallel evaluations.";
       maxEvaluationsPerWorker = opt types.ints.unsigned 20 "Recycle evaluator subprocess after N jobs (0 = never).";
-      maxNixdaemonConnections = opt types.ints.positive 32 "Local nix-daemon connection pool size (no effect in this worker: it runs the nix CLI).";
-      maxProtoConnections = opt types.ints.positive 16 "Max simultaneous WebSocket connections in discoverable mode (no effect in this worker).";
+      maxNixdaemonConnections = opt types.ints.positive 32 "Nix processes (each a session with the nix-daemon) the worker runs at once: builds, pushes, evaluations and queries together.";
+      maxProtoConnections = opt types.ints.positive 16 "Max simultaneous WebSocket connections in discoverable mode; beyond them the worker answers 503 with Retry-After.";
       gcrootsDir = opt types.str "/nix/var/nix/gcroots/gradient" "Directory for worker-held indirect GC roots; empty string disables.";
       probeSubstituters = opt types.bool true "Ask Nix's substituters at start and leave out those that do not answer.";
       logLevel = {
@@ -122,16 +122,24 @@ in
 
     assertions = [
       {
-        assertion = cfg.serverUrl != null;
-        message = "services.gradient.worker.serverUrl must be set (e.g. wss://gradient.example.com/proto)";
+        assertion = (cfg.serverUrl != null) != cfg.discoverable;
+        message = "services.gradient.worker: set serverUrl (the worker dials the server, e.g. wss://gradient.example.com/proto) or discoverable = true (the server dials the worker), one of the two";
       }
     ];
-    warnings = lib.concatLists (
-      lib.mapAttrsToList (
-        option: default:
-        lib.optional (glib.valueAt cfg option != default) "services.gradient.worker.${option} has no effect in this Gradient worker"
-      ) withoutEffect
-    );
+    warnings = lib.optional (!proxied && !cfg.useTls) "services.gradient.worker.useTls has an effect only on the nginx virtual host of a discoverable worker with a domain";
+
+    services.nginx = mkIf proxied {
+      enable = true;
+      recommendedProxySettings = true;
+      virtualHosts.${cfg.domain} = {
+        enableACME = cfg.useTls;
+        forceSSL = cfg.useTls;
+        locations."/proto" = {
+          proxyPass = "http://${if lib.hasInfix ":" cfg.listenAddr then "[${cfg.listenAddr}]" else cfg.listenAddr}:${toString cfg.port}";
+          proxyWebsockets = true;
+        };
+      };
+    };
 
     users.users.gradient-worker = {
       isSystemUser = true;

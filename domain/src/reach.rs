@@ -361,6 +361,21 @@ pub fn parse_http_url(url: &str) -> Option<Remote> {
     parse_remote(url).filter(|r| matches!(r.transport, Transport::Https | Transport::Http))
 }
 
+/// Reads a listening worker's `/proto` URL: `ws://` or `wss://` with a host (the server dials it). The answer's
+/// transport is `Http` or `Https` (the same connection before the upgrade).
+pub fn parse_ws_url(url: &str) -> Option<Remote> {
+    let url = url.trim();
+    let lower = url.get(..6).unwrap_or(url).to_ascii_lowercase();
+    let http = if lower.starts_with("wss://") {
+        format!("https://{}", &url[6..])
+    } else if lower.starts_with("ws://") {
+        format!("http://{}", &url[5..])
+    } else {
+        return None;
+    };
+    parse_http_url(&http)
+}
+
 /// Whether the policy lets the server reach `remote`, judged by what the URL says (a literal address,
 /// `localhost`, `file://`); a name is judged again by what it resolves to when the server connects.
 pub fn check_remote(remote: &Remote, policy: &NetworkPolicy) -> Result<(), String> {
@@ -383,6 +398,22 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn worker_urls_are_websocket_urls_judged_as_any_other() {
+        let r = parse_ws_url("wss://builder.example.com/proto").unwrap();
+        assert_eq!((r.transport, r.port), (Transport::Https, 443));
+        let r = parse_ws_url("ws://10.0.0.7:3100/proto").unwrap();
+        assert_eq!((r.transport, r.port), (Transport::Http, 3100));
+        for bad in ["http://x/proto", "ws://", "file:///proto", "ws://-x/proto", "builder:3100"] {
+            assert_eq!(parse_ws_url(bad), None, "{bad}");
+        }
+        let local = parse_ws_url("ws://127.0.0.1:3100/proto").unwrap();
+        assert!(check_remote(&local, &NetworkPolicy::default()).is_err());
+        assert!(check_remote(&local, &NetworkPolicy::ALLOW_ALL).is_ok());
+        let named = parse_ws_url("ws://localhost:3100/proto").unwrap();
+        assert!(check_remote(&named, &NetworkPolicy::default()).is_err());
     }
 
     #[test]

@@ -717,7 +717,7 @@ async fn an_abort_stops_the_evaluations_jobs_on_the_workers_running_them() {
 async fn deleting_an_organization_stops_its_jobs_and_closes_its_workers_links() {
     let (app, caller, org, _) = app_with_caller(Settings::default()).await;
     let registered = app
-        .register_worker(&caller, "o", &uuid::Uuid::new_v4().to_string(), None)
+        .register_worker(&caller, "o", &uuid::Uuid::new_v4().to_string(), None, None)
         .await
         .unwrap()
         .registration;

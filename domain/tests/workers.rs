@@ -25,6 +25,7 @@ fn hello(worker: WorkerId) -> Hello {
         max_concurrent_evaluations: 1,
         queued_builds: 0,
         held_jobs: vec![],
+        server_nonce: None,
     }
 }
 
@@ -38,7 +39,7 @@ async fn proof_keys_are_stored_sealed_and_old_rows_are_sealed_at_start_up() {
     let worker = WorkerId::new();
     let token = gradient_domain::service::generate_token();
     let new = app
-        .register_worker(&caller, "o", &worker.0.to_string(), Some(token.clone()))
+        .register_worker(&caller, "o", &worker.0.to_string(), Some(token.clone()), None)
         .await
         .unwrap()
         .registration;
@@ -55,6 +56,7 @@ async fn proof_keys_are_stored_sealed_and_old_rows_are_sealed_at_start_up() {
         worker_id: old_worker,
         proof_key: Sealed(key_hex.clone()),
         created_at: gradient_domain::model::truncate_to_micros(chrono::Utc::now()),
+        url: None,
     };
     app.storage.create_worker_registration(&legacy).await.unwrap();
     let nonce = gradient_domain::proto::nonce_from_bytes(&[3; 32]);
@@ -63,6 +65,7 @@ async fn proof_keys_are_stored_sealed_and_old_rows_are_sealed_at_start_up() {
             &Challenge {
                 nonce: nonce.clone(),
                 peers: vec![peer],
+                server_proofs: vec![],
             },
             &BTreeMap::new(),
             Some(&token),
@@ -118,7 +121,7 @@ async fn the_fleet_overview_shows_only_the_organizations_own_jobs() {
         (&bob, "theirs", shared),
         (&alice, "ours", idle),
     ] {
-        app.register_worker(caller, org, &worker.0.to_string(), None)
+        app.register_worker(caller, org, &worker.0.to_string(), None, None)
             .await
             .unwrap();
     }

@@ -167,16 +167,19 @@ in
     };
   };
 
-  # A remote build machine: the worker module alone, with seed options that have no effect here.
+  # A remote build machine: the worker module alone, listening behind nginx with TLS for the server to dial.
   remoteWorker = {
     imports = [ packages ];
     services.gradient.worker = {
       enable = true;
-      serverUrl = "wss://gradient.example.com/proto";
       peersFile = "/run/secrets/gradient-worker-peers";
       discoverable = true;
+      port = 3200;
+      domain = "builder.example.com";
       capabilities.build = true;
       settings.maxConcurrentBuilds = 8;
+      settings.maxProtoConnections = 4;
+      settings.maxNixdaemonConnections = 64;
     };
   };
 

@@ -10,6 +10,7 @@ mod fuzz;
 mod github_app;
 mod harness;
 mod hooks;
+mod listening;
 mod nix;
 mod nixos;
 mod options;

@@ -539,17 +539,23 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     assert!(server["serviceConfig"]["StateDirectory"].is_null());
     assert_eq!(server["environment"]["GRADIENT_BASE_DIR"], "/srv/gradient");
 
-    // A remote build machine imports the worker alone; seed options without effect here are warned about.
+    // A remote build machine imports the worker alone: a discoverable one listens behind nginx (TLS with ACME).
     let Some(remote) = eval_ok("remoteWorker") else { return };
     assert!(unit(&remote, "gradient-server").is_null());
     assert_eq!(remote["assertions"], serde_json::json!([]));
-    assert_eq!(
-        remote["warnings"],
-        serde_json::json!(["services.gradient.worker.discoverable has no effect in this Gradient worker"])
-    );
+    assert_eq!(remote["warnings"], serde_json::json!([]));
     let env = &unit(&remote, "gradient-worker")["environment"];
-    assert_eq!(env["GRADIENT_SERVER_URL"], "wss://gradient.example.com/proto");
+    assert!(env["GRADIENT_SERVER_URL"].is_null(), "a discoverable worker dials nothing");
+    assert_eq!(env["GRADIENT_DISCOVERABLE"], "true");
+    assert_eq!(env["GRADIENT_LISTEN_ADDR"], "127.0.0.1");
+    assert_eq!(env["GRADIENT_PORT"], "3200");
+    assert_eq!(env["GRADIENT_MAX_PROTO_CONNECTIONS"], "4");
+    assert_eq!(env["GRADIENT_MAX_NIXDAEMON_CONNECTIONS"], "64");
     assert_eq!(env["GRADIENT_MAX_CONCURRENT_BUILDS"], "8");
+    let vhost = &remote["services"]["nginx"]["virtualHosts"]["builder.example.com"];
+    assert_eq!((&vhost["enableACME"], &vhost["forceSSL"]), (&Value::Bool(true), &Value::Bool(true)));
+    assert_eq!(vhost["locations"]["/proto"]["proxyPass"], "http://127.0.0.1:3200");
+    assert_eq!(vhost["locations"]["/proto"]["proxyWebsockets"], true);
     assert!(env["GRADIENT_CA_FILE"].is_null(), "no CA file unless one is given");
 }
 
@@ -568,7 +574,7 @@ fn nixos_module_refuses_secrets_in_the_store_and_inconsistent_settings() {
     for want in [
         "services.gradient.reverseProxy: enable nginx or caddy, not both",
         "services.gradient.githubApp: enable needs appId, privateKeyFile and webhookSecretFile",
-        "services.gradient.worker.serverUrl must be set (e.g. wss://gradient.example.com/proto)",
+        "services.gradient.worker: set serverUrl (the worker dials the server, e.g. wss://gradient.example.com/proto) or discoverable = true (the server dials the worker), one of the two",
     ] {
         assert!(failed.contains(&want.to_owned()), "{failed:?}");
     }

@@ -41,6 +41,7 @@ async fn connect_worker(server: &Server, worker: WorkerId, peer: PeerId, token: 
         max_concurrent_evaluations: 1,
         queued_builds: 0,
         held_jobs: vec![],
+        server_nonce: None,
     });
     send(&mut ws, &hello).await;
     let ServerMessage::Challenge(challenge) = receive(&mut ws).await else {

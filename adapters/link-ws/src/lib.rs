@@ -99,20 +99,94 @@ pub async fn connect(url: &str, tls: &TlsRoots) -> Result<(LinkSender, LinkRecei
             let (tx, rx) = ws.split();
             Ok((LinkSender(tx), LinkReceiver(rx)))
         }
-        Err(tungstenite::Error::Http(resp)) => {
-            let retry_after_secs = resp
+        Err(e) => Err(handshake_failure(e)),
+    }
+}
+
+/// A WebSocket over TCP, with TLS when dialled as `wss://`: the server's end of a link it dialled to a
+/// listening worker (the server frames its own messages on it).
+pub type RawLink = Ws;
+
+/// Dials `url` (`ws://` or `wss://`, verified against `tls`) at `addr`, an address the caller resolved and
+/// checked (the connection goes exactly there; the URL's host is still the TLS name and the `Host` header).
+/// For the server dialling a listening worker; the link is returned whole, for the server's own framing.
+pub async fn dial_at(url: &str, addr: std::net::SocketAddr, tls: &TlsRoots) -> Result<RawLink, LinkError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let connector = Connector::Rustls(tls.0.clone());
+    match tokio_tungstenite::client_async_tls_with_config(url, tcp, Some(config), Some(connector)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(e) => Err(handshake_failure(e)),
+    }
+}
+
+/// What a listening worker does with a connection that reaches its listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Upgrade it.
+    Yes,
+    /// Answer `503 Service Unavailable` with `Retry-After` (seconds): the worker holds its maximum of links.
+    Full { retry_after_secs: u64 },
+}
+
+/// The listening worker's end: upgrades a connection that reached its listener at `path`, or answers it with an
+/// HTTP status (404 for another path, 503 + `Retry-After` when `admit` says it is full), which is then an error.
+pub async fn accept(stream: TcpStream, path: &str, admit: Admit) -> Result<(LinkSender, LinkReceiver), LinkError> {
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let refuse = |status: u16, retry_after: Option<u64>, body: &str| -> ErrorResponse {
+        let mut resp = tungstenite::http::Response::builder().status(status);
+        if let Some(secs) = retry_after {
+            resp = resp.header("retry-after", secs.to_string());
+        }
+        resp.body(Some(body.to_owned()))
+            .unwrap_or_else(|_| tungstenite::http::Response::new(None))
+    };
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != path {
+            return Err(refuse(404, None, "this worker listens at /proto only\n"));
+        }
+        match admit {
+            Admit::Yes => Ok(resp),
+            Admit::Full { retry_after_secs } => Err(refuse(
+                503,
+                Some(retry_after_secs),
+                "this worker holds its maximum of links; retry later\n",
+            )),
+        }
+    };
+    match tokio_tungstenite::accept_hdr_async_with_config(MaybeTlsStream::Plain(stream), callback, Some(config)).await {
+        Ok(ws) => {
+            let (tx, rx) = ws.split();
+            Ok((LinkSender(tx), LinkReceiver(rx)))
+        }
+        Err(tungstenite::Error::Http(resp)) => Err(LinkError::Refused {
+            status: resp.status().as_u16(),
+            retry_after_secs: None,
+        }),
+        Err(e) => Err(LinkError::Connect(e.to_string())),
+    }
+}
+
+fn handshake_failure(e: tungstenite::Error) -> LinkError {
+    match e {
+        tungstenite::Error::Http(resp) => LinkError::Refused {
+            status: resp.status().as_u16(),
+            retry_after_secs: resp
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            Err(LinkError::Refused {
-                status: resp.status().as_u16(),
-                retry_after_secs,
-            })
-        }
-        Err(tungstenite::Error::Io(e)) => Err(tls_failure(&e).unwrap_or_else(|| LinkError::Connect(e.to_string()))),
-        Err(tungstenite::Error::Tls(e)) => Err(LinkError::Tls(e.to_string())),
-        Err(e) => Err(LinkError::Connect(e.to_string())),
+                .and_then(|v| v.parse().ok()),
+        },
+        tungstenite::Error::Io(e) => tls_failure(&e).unwrap_or_else(|| LinkError::Connect(e.to_string())),
+        tungstenite::Error::Tls(e) => LinkError::Tls(e.to_string()),
+        e => LinkError::Connect(e.to_string()),
     }
 }
 

@@ -36,7 +36,7 @@ pub async fn requisites(cli: &NixCli, paths: &[String]) -> Result<Vec<String>> {
     Ok(closure)
 }
 
-pub fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
+pub async fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
     for path in paths {
         check_store_path(path)?;
     }
@@ -52,6 +52,8 @@ pub fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Held by the stream until it is read to its end or dropped (`NixCli::max_sessions`).
+    let session = cmd.session().await;
     let mut child = cmd
         .spawn()
         .map_err(|e| NixError::Unavailable(format!("cannot run nix-store: {e}")))?;
@@ -77,8 +79,14 @@ pub fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
         child: tokio::process::Child,
         stdout: tokio::process::ChildStdout,
         errors: tokio::task::JoinHandle<String>,
+        _session: Option<tokio::sync::OwnedSemaphorePermit>,
     }
-    let state = Some(Reading { child, stdout, errors });
+    let state = Some(Reading {
+        child,
+        stdout,
+        errors,
+        _session: session,
+    });
     let stream = futures_util::stream::unfold(state, |state| async move {
         let mut reading = state?;
         let mut buf = vec![0u8; READ_SIZE];

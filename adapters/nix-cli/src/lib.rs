@@ -30,6 +30,42 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use tokio::process::Command;
 
+/// A Nix command and the session bound it runs under ([`NixCli::max_sessions`]).
+pub(crate) struct NixCommand {
+    cmd: Command,
+    sessions: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl NixCommand {
+    /// Waits for a session: held until the returned permit is dropped (after the process has exited).
+    pub(crate) async fn session(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.sessions {
+            // The semaphore is never closed.
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+}
+
+impl From<Command> for NixCommand {
+    fn from(cmd: Command) -> Self {
+        Self { cmd, sessions: None }
+    }
+}
+
+impl std::ops::Deref for NixCommand {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.cmd
+    }
+}
+
+impl std::ops::DerefMut for NixCommand {
+    fn deref_mut(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+}
+
 /// Runs the Nix found on `PATH` (or in a given directory) with this process's environment, plus any variables
 /// set with [`NixCli::env`] (such as `NIX_CONFIG`).
 #[derive(Clone, Debug, Default)]
@@ -38,6 +74,8 @@ pub struct NixCli {
     env: Vec<(OsString, OsString)>,
     substituters: Option<Vec<String>>,
     version: Arc<OnceLock<(u32, u32)>>,
+    /// Nix processes at once, over every clone (see [`NixCli::max_sessions`]); `None`: no bound.
+    sessions: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl NixCli {
@@ -54,6 +92,15 @@ impl NixCli {
     /// Sets an environment variable for every command run.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// At most `n` Nix processes (each a session with the store, through the daemon) run at once, over this
+    /// value and all its clones: builds, evaluations, queries and export streams together. A command waits for a
+    /// session before it starts and holds it until its process has exited (an export stream: until it is read to
+    /// its end or dropped). No operation holds two at once, so any `n` ≥ 1 makes progress.
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.sessions = Some(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
         self
     }
 
@@ -84,18 +131,21 @@ impl NixCli {
     }
 
     /// The `--option substituters` of [`NixCli::only_substituters`], if set.
-    fn substituter_options(&self, cmd: &mut Command) {
+    fn substituter_options(&self, cmd: &mut NixCommand) {
         if let Some(list) = &self.substituters {
             cmd.args(["--option", "substituters", &list.join(" ")]);
         }
     }
 
-    fn command(&self, program: &str) -> Command {
+    fn command(&self, program: &str) -> NixCommand {
         // Nix and its builders start with SIGINT at its default, so an abort's SIGINT stops them.
         gradient_process::reset_for_children();
-        let mut cmd = match &self.bin_dir {
-            Some(dir) => Command::new(dir.join(program)),
-            None => Command::new(program),
+        let mut cmd = NixCommand {
+            cmd: match &self.bin_dir {
+                Some(dir) => Command::new(dir.join(program)),
+                None => Command::new(program),
+            },
+            sessions: self.sessions.clone(),
         };
         cmd.env("NO_COLOR", "1");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -107,7 +157,7 @@ impl NixCli {
     }
 
     /// `nix` with the experimental features this adapter needs enabled, whatever the machine's configuration.
-    fn nix(&self) -> Command {
+    fn nix(&self) -> NixCommand {
         let mut cmd = self.command("nix");
         cmd.args(["--extra-experimental-features", "nix-command flakes"]);
         self.substituter_options(&mut cmd);
@@ -134,7 +184,7 @@ impl NixCli {
     }
 
     /// `nix show-derivation` (Nix < 2.15) or `nix derivation show`.
-    async fn show_derivation(&self) -> Result<Command> {
+    async fn show_derivation(&self) -> Result<NixCommand> {
         let mut cmd = self.nix();
         if self.version().await? >= (2, 15) {
             cmd.args(["derivation", "show"]);
@@ -246,7 +296,7 @@ impl Nix for NixCli {
     }
 
     async fn export(&self, paths: &[String]) -> Result<ExportStream> {
-        export::export(self, paths)
+        export::export(self, paths).await
     }
 }
 

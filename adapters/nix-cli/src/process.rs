@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use crate::NixCommand;
+#[cfg(test)]
 use tokio::process::Command;
 
 /// How much of stderr is kept for error messages and log tails.
@@ -83,10 +85,13 @@ impl Tail {
 
 /// Runs `cmd` to completion (or until `deadline`), passing each stderr line to `on_line`.
 pub async fn run(
-    mut cmd: Command,
+    cmd: impl Into<NixCommand>,
     deadline: Option<Duration>,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Ended, NixError> {
+    let mut cmd = cmd.into();
+    // A session (`NixCli::max_sessions`) before the process starts, held until it is gone.
+    let session = cmd.session().await;
     gradient_process::reset_for_children();
     let program = format!("{:?}", cmd.as_std().get_program());
     let mut child = cmd
@@ -96,7 +101,7 @@ pub async fn run(
         .spawn()
         .map_err(|e| NixError::Unavailable(format!("cannot run {program}: {e}")))?;
     // Stopped, not killed, whenever the caller stops waiting (an aborted job): see `Stop`.
-    let mut stop = Stop(child.id());
+    let mut stop = Stop(child.id(), session);
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(NixError::Unavailable(format!("{program}: no pipes")));
     };
@@ -145,23 +150,42 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Stops a Nix process still running when it is dropped. Killing Nix would leave its builders running: they
 /// run as a build user, and a change of user clears the signal Linux would send them when their parent dies.
 /// Interrupted (SIGINT), Nix kills them itself; if it has not exited after [`STOP_GRACE`], it is killed.
-struct Stop(Option<u32>);
+/// It holds the command's session, released once the process is gone.
+struct Stop(Option<u32>, Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl Drop for Stop {
     fn drop(&mut self) {
         let Some(pid) = self.0 else { return };
         interrupt(pid);
+        let session = self.1.take();
         std::thread::spawn(move || {
-            std::thread::sleep(STOP_GRACE);
+            let until = std::time::Instant::now() + STOP_GRACE;
+            while std::time::Instant::now() < until && running(pid) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             // Only if that process is still a Nix one (its id is not someone else's by now).
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim().starts_with("nix")
+            if running(pid)
+                && comm.trim().starts_with("nix")
                 && let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw)
             {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
+            drop(session);
         });
     }
+}
+
+/// Whether process `pid` still runs (exists and is not a zombie waiting to be reaped).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) state ...`: the state follows the last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
 }
 
 fn interrupt(pid: u32) {
@@ -171,7 +195,7 @@ fn interrupt(pid: u32) {
 }
 
 /// Runs `cmd` without a deadline and without looking at stderr as it comes.
-pub async fn output(cmd: Command) -> Result<Finished, NixError> {
+pub async fn output(cmd: impl Into<NixCommand>) -> Result<Finished, NixError> {
     match run(cmd, None, &mut |_| {}).await? {
         Ended::Exited(finished) => Ok(finished),
         Ended::TimedOut(_) => Err(NixError::Unavailable("timed out without a deadline".into())),

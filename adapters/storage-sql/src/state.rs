@@ -60,8 +60,8 @@ const PUT_API_KEY: &str = concat!(
 const PUT_WORKER: &str = concat!(
     "INSERT INTO worker_registrations (",
     registration_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (peer_id) DO UPDATE SET proof_key = excluded.proof_key, \
-     managed = excluded.managed"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (peer_id) DO UPDATE SET proof_key = excluded.proof_key, \
+     managed = excluded.managed, url = excluded.url"
 );
 const PUT_WEBHOOK_SECRET: &str = "INSERT INTO org_webhook_secrets (org_id, secret, updated_at, managed) \
                                   VALUES ($1, $2, $3, $4) ON CONFLICT (org_id) DO UPDATE SET \
@@ -345,6 +345,7 @@ impl Declared for SqlStorage {
                             .bind(&r.proof_key.0)
                             .bind(r.created_at)
                             .bind(r.managed)
+                            .bind(&r.url)
                             .execute(&mut *tx)
                             .await
                     }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 macro_rules! registration_columns {
     () => {
-        "peer_id, org_id, worker_id, proof_key, created_at, managed"
+        "peer_id, org_id, worker_id, proof_key, created_at, managed, url"
     };
 }
 pub(crate) use registration_columns;
@@ -23,6 +23,7 @@ pub(crate) struct RegistrationRow {
     proof_key: String,
     created_at: DateTime<Utc>,
     managed: bool,
+    url: Option<String>,
 }
 
 impl From<RegistrationRow> for WorkerRegistration {
@@ -34,6 +35,7 @@ impl From<RegistrationRow> for WorkerRegistration {
             proof_key: gradient_domain::crypt::Sealed(r.proof_key),
             created_at: r.created_at,
             managed: r.managed,
+            url: r.url,
         }
     }
 }
@@ -44,7 +46,7 @@ impl Workers for SqlStorage {
         let sql = concat!(
             "INSERT INTO worker_registrations (",
             registration_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
         );
         with_pool!(self, |p| sqlx::query(sql)
             .bind(registration.peer_id.0)
@@ -53,6 +55,7 @@ impl Workers for SqlStorage {
             .bind(&registration.proof_key.0)
             .bind(registration.created_at)
             .bind(registration.managed)
+            .bind(&registration.url)
             .execute(p)
             .await
             .map(|_| ()))

@@ -178,6 +178,7 @@ async fn queue_survives_reconnect(url: &str) {
         worker_id: worker,
         proof_key: gradient_domain::crypt::Sealed("v1:sealed-proof-key".to_owned()),
         created_at: now,
+        url: None,
     };
     let queued = JobRecord {
         id: JobId::new(),

@@ -240,6 +240,9 @@ pub enum WorkerCommand {
         /// Your own token (default: the server makes one).
         #[arg(long)]
         token: Option<String>,
+        /// A listening worker's /proto URL (ws://host:3100/proto): the server dials it.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Remove a registration.
     Delete { org: String, peer: String },
@@ -412,10 +415,16 @@ pub async fn worker(s: &Session, c: WorkerCommand, out: Out) -> Result<u8> {
                 },
             );
         }
-        WorkerCommand::Create { org, worker_id, token } => {
+        WorkerCommand::Create {
+            org,
+            worker_id,
+            token,
+            url,
+        } => {
             let body = types::RegisterWorkerRequest {
                 worker_id,
                 token: token.clone(),
+                url,
             };
             let r = s.client.register_worker(&org, &body).await?.into_inner().message;
             out.show(&r, || match &r.token {

@@ -155,6 +155,8 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot set up the HTTP client for forges: {0}")]
     Forge(String),
+    #[error("cannot set up TLS for dialing listening workers: {0}")]
+    Tls(String),
     /// The state document (`GRADIENT_STATE_FILE`) is invalid or could not be applied: nothing was changed.
     #[error("state: {0}")]
     State(#[from] gradient_domain::state::StateError),
@@ -580,6 +582,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         declared::spawn_reload(state.core.clone(), path.clone(), config.delete_state);
     }
     spawn_dispatcher(state.clone());
+    // Listening workers are dialed, trusting the webpki roots and the system's bundle for wss:// URLs.
+    let system_bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok();
+    let tls = gradient_link_ws::TlsRoots::new(None, system_bundle.as_deref()).map_err(StartError::Tls)?;
+    link::spawn_dialer(state.clone(), tls);
     spawn_poller(state.clone());
     spawn_status_delivery(state.clone());
     spawn_upkeep(

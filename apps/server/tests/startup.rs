@@ -54,6 +54,7 @@ async fn registrations_stored_with_a_plain_proof_key_are_sealed_at_start_up() {
         worker_id: WorkerId::new(),
         proof_key: plain.clone(),
         created_at: now,
+        url: None,
     };
     storage.create_worker_registration(&legacy).await.expect("registration");
     drop((first, storage));

@@ -14,7 +14,8 @@ pub struct ConfigError {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerConfig {
-    pub server_url: String,
+    /// Who dials: the worker (`GRADIENT_SERVER_URL`) or the server (`GRADIENT_DISCOVERABLE`).
+    pub link: LinkMode,
     pub worker_id: Option<uuid::Uuid>,
     pub peers_file: Option<PathBuf>,
     /// A PEM file of extra CA certificates trusted besides the webpki roots and the system's bundle
@@ -26,6 +27,9 @@ pub struct WorkerConfig {
     pub eval_workers: u32,
     pub max_concurrent_evaluations: u32,
     pub max_evaluations_per_worker: u32,
+    /// Nix processes at once, over builds, pushes, evaluations and queries (`GRADIENT_MAX_NIXDAEMON_CONNECTIONS`,
+    /// default 32): each talks to the store (the daemon) for as long as it runs.
+    pub max_nixdaemon_connections: u32,
     pub gcroots_dir: Option<PathBuf>,
     /// Ask Nix's substituters at start and leave out those that do not answer (`GRADIENT_PROBE_SUBSTITUTERS`,
     /// default true).
@@ -33,6 +37,20 @@ pub struct WorkerConfig {
     /// Log levels: the default (`GRADIENT_LOG_LEVEL_DEFAULT`, default `info`) and per area (`…_EVAL`,
     /// `…_BUILD`, `…_PROTO`; unset or `null`: the default). See [`WorkerConfig::log_filter`].
     pub log_level: LogLevels,
+}
+
+/// How the worker and the server meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkMode {
+    /// The worker dials the server's `/proto` at this URL (a worker behind NAT).
+    Dial(String),
+    /// The worker listens (`GRADIENT_DISCOVERABLE`) at `GRADIENT_LISTEN_ADDR`:`GRADIENT_PORT`, path `/proto`,
+    /// and the server dials it (a server behind a firewall); at most `max_connections`
+    /// (`GRADIENT_MAX_PROTO_CONNECTIONS`) connections at once, beyond which it answers 503 with `Retry-After`.
+    Listen {
+        addr: std::net::SocketAddr,
+        max_connections: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +153,17 @@ impl Vars<'_> {
         Ok(value)
     }
 
+    /// A capability this worker does not have: `true` stops start-up with `why`.
+    fn refused_flag(&self, var: &'static str, why: &str) -> Result<bool, ConfigError> {
+        if self.flag(var, false)? {
+            return Err(ConfigError {
+                var,
+                problem: format!("not supported: {why}; unset it or set false"),
+            });
+        }
+        Ok(false)
+    }
+
     fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self
             .get_or(var, Some(if default { "true" } else { "false" }))
@@ -172,16 +201,48 @@ impl WorkerConfig {
     }
 
     fn read(v: &Vars) -> Result<Self, ConfigError> {
-        let server_url = v.get("GRADIENT_SERVER_URL").ok_or(ConfigError {
-            var: "GRADIENT_SERVER_URL",
-            problem: "required (e.g. ws://127.0.0.1:3000/proto)".into(),
+        let server_url = v.get("GRADIENT_SERVER_URL");
+        let discoverable = v.flag("GRADIENT_DISCOVERABLE", false)?;
+        let listen_ip = v
+            .get_or("GRADIENT_LISTEN_ADDR", Some(DEFAULT_LISTEN_ADDR))
+            .unwrap_or_else(|| DEFAULT_LISTEN_ADDR.to_owned());
+        let listen_ip: std::net::IpAddr = listen_ip.trim_matches(['[', ']']).parse().map_err(|_| ConfigError {
+            var: "GRADIENT_LISTEN_ADDR",
+            problem: format!("'{listen_ip}' is not an IP address"),
         })?;
-        if !(server_url.starts_with("ws://") || server_url.starts_with("wss://")) {
-            return Err(ConfigError {
-                var: "GRADIENT_SERVER_URL",
-                problem: format!("'{server_url}' is not a ws:// or wss:// URL"),
-            });
-        }
+        let port = v.num("GRADIENT_PORT", 3100)?;
+        let port = u16::try_from(port).map_err(|_| ConfigError {
+            var: "GRADIENT_PORT",
+            problem: format!("{port} is not a port"),
+        })?;
+        let link = match (server_url, discoverable) {
+            (Some(url), false) => {
+                if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                    return Err(ConfigError {
+                        var: "GRADIENT_SERVER_URL",
+                        problem: format!("'{url}' is not a ws:// or wss:// URL"),
+                    });
+                }
+                LinkMode::Dial(url)
+            }
+            (None, false) => {
+                return Err(ConfigError {
+                    var: "GRADIENT_SERVER_URL",
+                    problem: "required (e.g. ws://127.0.0.1:3000/proto), unless GRADIENT_DISCOVERABLE=true".into(),
+                });
+            }
+            (Some(_), true) => {
+                return Err(ConfigError {
+                    var: "GRADIENT_SERVER_URL",
+                    problem: "a discoverable worker is dialed by the server and dials nothing; unset one of the two"
+                        .into(),
+                });
+            }
+            (None, true) => LinkMode::Listen {
+                addr: std::net::SocketAddr::new(listen_ip, port),
+                max_connections: 0,
+            },
+        };
         let worker_id = match v.get("GRADIENT_WORKER_ID") {
             None => None,
             Some(id) => match uuid::Uuid::parse_str(&id) {
@@ -194,25 +255,55 @@ impl WorkerConfig {
                 }
             },
         };
-        Ok(Self {
-            server_url,
-            worker_id,
-            peers_file: v.secret_file("GRADIENT_PEERS_FILE"),
-            ca_file: v.get("GRADIENT_CA_FILE").map(PathBuf::from),
-            state_dir: PathBuf::from(
-                v.get_or("GRADIENT_STATE_DIR", Some(DEFAULT_STATE_DIR))
-                    .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
-            ),
-            capabilities: gradient_domain::model::Capabilities {
-                fetch: v.flag("GRADIENT_CAPABILITIES_FETCH", false)?,
-                eval: v.flag("GRADIENT_CAPABILITIES_EVAL", false)?,
-                build: v.flag("GRADIENT_CAPABILITIES_BUILD", false)?,
-                sign: v.flag("GRADIENT_CAPABILITIES_SIGN", false)?,
+        let peers_file = v.secret_file("GRADIENT_PEERS_FILE");
+        let ca_file = v.get("GRADIENT_CA_FILE").map(PathBuf::from);
+        let state_dir = PathBuf::from(
+            v.get_or("GRADIENT_STATE_DIR", Some(DEFAULT_STATE_DIR))
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned()),
+        );
+        let capabilities = gradient_domain::model::Capabilities {
+            fetch: v.flag("GRADIENT_CAPABILITIES_FETCH", false)?,
+            eval: v.flag("GRADIENT_CAPABILITIES_EVAL", false)?,
+            build: v.flag("GRADIENT_CAPABILITIES_BUILD", false)?,
+            sign: v.refused_flag("GRADIENT_CAPABILITIES_SIGN", SIGN_REFUSED)?,
+        };
+        v.refused_flag("GRADIENT_CAPABILITIES_FEDERATE", FEDERATE_REFUSED)?;
+        let max_proto_connections = match v.num("GRADIENT_MAX_PROTO_CONNECTIONS", 16)? {
+            0 => {
+                return Err(ConfigError {
+                    var: "GRADIENT_MAX_PROTO_CONNECTIONS",
+                    problem: "must be at least 1".into(),
+                });
+            }
+            n => n,
+        };
+        let link = match link {
+            LinkMode::Listen { addr, .. } => LinkMode::Listen {
+                addr,
+                max_connections: max_proto_connections,
             },
+            dial => dial,
+        };
+        Ok(Self {
+            link,
+            worker_id,
+            peers_file,
+            ca_file,
+            state_dir,
+            capabilities,
             max_concurrent_builds: v.num("GRADIENT_MAX_CONCURRENT_BUILDS", 100)?,
             eval_workers: v.unsupported("GRADIENT_EVAL_WORKERS", 1)?,
             max_concurrent_evaluations: v.num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
             max_evaluations_per_worker: v.unsupported("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
+            max_nixdaemon_connections: match v.num("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", 32)? {
+                0 => {
+                    return Err(ConfigError {
+                        var: "GRADIENT_MAX_NIXDAEMON_CONNECTIONS",
+                        problem: "must be at least 1".into(),
+                    });
+                }
+                n => n,
+            },
             probe_substituters: v.flag("GRADIENT_PROBE_SUBSTITUTERS", true)?,
             // Unset: the default directory; set but empty: no GC roots.
             gcroots_dir: match v
@@ -251,7 +342,14 @@ impl WorkerConfig {
     }
 }
 
+/// Why `capabilities.sign` is refused.
+pub const SIGN_REFUSED: &str = "the server signs every path with its cache's own key as the path is pushed, so \
+Nix clients trust one key per cache; a worker holds no signing key";
+/// Why `capabilities.federate` is refused.
+pub const FEDERATE_REFUSED: &str = "Gradient has no federation of servers for a worker to relay between";
+
 const DEFAULT_STATE_DIR: &str = "/var/lib/gradient-worker";
+const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1";
 const DEFAULT_GCROOTS_DIR: &str = "/nix/var/nix/gcroots/gradient";
 
 #[cfg(test)]
@@ -314,6 +412,82 @@ mod tests {
     }
 
     #[test]
+    fn a_discoverable_worker_listens_instead_of_dialing() {
+        let c = WorkerConfig::from_vars(&vars(&[("GRADIENT_DISCOVERABLE", "true")])).unwrap();
+        assert_eq!(
+            c.link,
+            LinkMode::Listen {
+                addr: "127.0.0.1:3100".parse().unwrap(),
+                max_connections: 16
+            }
+        );
+        let c = WorkerConfig::from_vars(&vars(&[
+            ("GRADIENT_DISCOVERABLE", "true"),
+            ("GRADIENT_LISTEN_ADDR", "::"),
+            ("GRADIENT_PORT", "4100"),
+            ("GRADIENT_MAX_PROTO_CONNECTIONS", "2"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.link,
+            LinkMode::Listen {
+                addr: "[::]:4100".parse().unwrap(),
+                max_connections: 2
+            }
+        );
+        let dial = WorkerConfig::from_vars(&vars(&[("GRADIENT_SERVER_URL", "ws://x/proto")])).unwrap();
+        assert_eq!(dial.link, LinkMode::Dial("ws://x/proto".into()));
+        for (pairs, want) in [
+            (
+                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_SERVER_URL", "ws://x/proto")],
+                "GRADIENT_SERVER_URL: a discoverable worker",
+            ),
+            (
+                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_LISTEN_ADDR", "example.com")],
+                "GRADIENT_LISTEN_ADDR: 'example.com' is not an IP address",
+            ),
+            (
+                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_PORT", "70000")],
+                "GRADIENT_PORT: 70000 is not a port",
+            ),
+            (
+                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_MAX_PROTO_CONNECTIONS", "0")],
+                "GRADIENT_MAX_PROTO_CONNECTIONS: must be at least 1",
+            ),
+        ] {
+            let e = WorkerConfig::from_vars(&vars(&pairs)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn signing_and_federating_refuse_to_start_saying_why() {
+        let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
+        for (var, why) in [
+            ("GRADIENT_CAPABILITIES_SIGN", "the server signs every path"),
+            ("GRADIENT_CAPABILITIES_FEDERATE", "no federation"),
+        ] {
+            assert!(WorkerConfig::from_vars(&vars(&[url, (var, "false")])).is_ok());
+            let e = WorkerConfig::from_vars(&vars(&[url, (var, "true")]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("{var}: not supported: ")), "{e}");
+            assert!(e.contains(why) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_nix_daemon_connections_bound_is_at_least_one() {
+        let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
+        let c = WorkerConfig::from_vars(&vars(&[url])).unwrap();
+        assert_eq!(c.max_nixdaemon_connections, 32);
+        let c = WorkerConfig::from_vars(&vars(&[url, ("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", "3")])).unwrap();
+        assert_eq!(c.max_nixdaemon_connections, 3);
+        let e = WorkerConfig::from_vars(&vars(&[url, ("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", "0")])).unwrap_err();
+        assert_eq!(e.to_string(), "GRADIENT_MAX_NIXDAEMON_CONNECTIONS: must be at least 1");
+    }
+
+    #[test]
     fn log_levels_per_area_make_the_filter() {
         let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
         let c = WorkerConfig::from_vars(&vars(&[url])).unwrap();
@@ -342,6 +516,9 @@ mod tests {
             names,
             [
                 "GRADIENT_SERVER_URL",
+                "GRADIENT_DISCOVERABLE",
+                "GRADIENT_LISTEN_ADDR",
+                "GRADIENT_PORT",
                 "GRADIENT_WORKER_ID",
                 "GRADIENT_PEERS_FILE",
                 "GRADIENT_CA_FILE",
@@ -350,10 +527,13 @@ mod tests {
                 "GRADIENT_CAPABILITIES_EVAL",
                 "GRADIENT_CAPABILITIES_BUILD",
                 "GRADIENT_CAPABILITIES_SIGN",
+                "GRADIENT_CAPABILITIES_FEDERATE",
+                "GRADIENT_MAX_PROTO_CONNECTIONS",
                 "GRADIENT_MAX_CONCURRENT_BUILDS",
                 "GRADIENT_EVAL_WORKERS",
                 "GRADIENT_MAX_CONCURRENT_EVALUATIONS",
                 "GRADIENT_MAX_EVALUATIONS_PER_WORKER",
+                "GRADIENT_MAX_NIXDAEMON_CONNECTIONS",
                 "GRADIENT_PROBE_SUBSTITUTERS",
                 "GRADIENT_GCROOTS_DIR",
                 "GRADIENT_LOG_LEVEL_DEFAULT",
@@ -362,10 +542,16 @@ mod tests {
                 "GRADIENT_LOG_LEVEL_PROTO",
             ]
         );
-        let peers = &schema[2];
+        let peers = &schema[5];
         assert!(peers.secret_file && schema.iter().filter(|v| v.secret_file).count() == 1);
-        assert_eq!(schema[9].default.as_deref(), Some("100"));
-        assert_eq!(schema[14].default.as_deref(), Some("/nix/var/nix/gcroots/gradient"));
+        let default = |name: &str| schema.iter().find(|v| v.name == name).unwrap().default.clone();
+        assert_eq!(default("GRADIENT_MAX_CONCURRENT_BUILDS").as_deref(), Some("100"));
+        assert_eq!(default("GRADIENT_MAX_NIXDAEMON_CONNECTIONS").as_deref(), Some("32"));
+        assert_eq!(default("GRADIENT_CAPABILITIES_FEDERATE").as_deref(), Some("false"));
+        assert_eq!(
+            default("GRADIENT_GCROOTS_DIR").as_deref(),
+            Some("/nix/var/nix/gcroots/gradient")
+        );
     }
 
     #[test]

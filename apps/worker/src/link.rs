@@ -9,7 +9,8 @@ use gradient_domain::model::JobId;
 use gradient_domain::ports::nix::Nix;
 use gradient_domain::proto::Job;
 use gradient_domain::proto::{self, Hello, PROTOCOL_VERSION, ServerMessage, WorkerMessage};
-use gradient_link_ws::{LinkError, TlsRoots, connect};
+use gradient_link_ws::{Admit, LinkError, TlsRoots, accept, connect};
+use rand::RngCore;
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -501,7 +502,7 @@ pub async fn run<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: 
 }
 
 async fn session<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: &Peers, work: &mut Work<N>) -> End {
-    let (mut tx, mut rx) = match connect(url, tls).await {
+    let (tx, rx) = match connect(url, tls).await {
         Ok(link) => link,
         Err(LinkError::Refused {
             status,
@@ -523,6 +524,74 @@ async fn session<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: 
         }
         Err(e) => return End::Lost(e.to_string()),
     };
+    linked(tx, rx, identity, peers, work, None, url).await
+}
+
+/// The server dials a listening worker: it accepts at most `max_connections` connections at once at `/proto`
+/// (beyond them, 503 with `Retry-After: 10`), and runs a link on each in turn, making the server prove a
+/// registration's key before it proves its own. Runs forever.
+pub async fn listen<N: Nix>(
+    listener: tokio::net::TcpListener,
+    max_connections: u32,
+    identity: &Identity,
+    peers: &Peers,
+    work: &mut Work<N>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1) as usize));
+    let (conns, mut accepted) = mpsc::channel(max_connections.max(1) as usize);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, from) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(target: "gradient::proto", "accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let slot = slots.clone().try_acquire_owned();
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                let admit = if slot.is_ok() {
+                    Admit::Yes
+                } else {
+                    Admit::Full { retry_after_secs: 10 }
+                };
+                match accept(tcp, "/proto", admit).await {
+                    Ok((tx, rx)) => {
+                        tracing::debug!(target: "gradient::proto", "connection from {from}");
+                        let _ = conns.send((tx, rx, slot)).await;
+                    }
+                    Err(e) => tracing::info!(target: "gradient::proto", "refused a connection from {from}: {e}"),
+                }
+            });
+        }
+    });
+    while let Some((tx, rx, _slot)) = accepted.recv().await {
+        let mut raw = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let nonce = proto::nonce_from_bytes(&raw);
+        match linked(tx, rx, identity, peers, work, Some(nonce), "the server").await {
+            End::Lost(why) => tracing::warn!(target: "gradient::proto", "link lost: {why}"),
+            End::Untrusted(why) | End::Rejected(why) => {
+                tracing::error!(target: "gradient::proto", "link refused: {why}")
+            }
+        }
+    }
+}
+
+/// A link from `hello` on, whichever side dialed. `server_nonce`: the server dialed, and must prove a
+/// registration's key over this nonce in its `challenge` before the worker answers.
+async fn linked<N: Nix>(
+    mut tx: gradient_link_ws::LinkSender,
+    mut rx: gradient_link_ws::LinkReceiver,
+    identity: &Identity,
+    peers: &Peers,
+    work: &mut Work<N>,
+    server_nonce: Option<String>,
+    url: &str,
+) -> End {
+    let handshake = Duration::from_secs(u64::from(proto::HANDSHAKE_TIMEOUT_SECS));
     let hello = Hello {
         version: PROTOCOL_VERSION,
         worker_id: identity.worker_id,
@@ -533,25 +602,35 @@ async fn session<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: 
         max_concurrent_evaluations: identity.max_concurrent_evaluations,
         queued_builds: identity.queued_builds,
         held_jobs: work.held(),
+        server_nonce: server_nonce.clone(),
     };
     if let Err(e) = tx.send(&WorkerMessage::Hello(hello)).await {
         return End::Lost(e.to_string());
     }
-    let challenge = match rx.recv().await {
-        Ok(ServerMessage::Challenge(c)) => c,
-        Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
-        Ok(other) => return End::Lost(format!("unexpected {other:?} during the handshake")),
-        Err(e) => return End::Lost(e.to_string()),
+    let challenge = match tokio::time::timeout(handshake, rx.recv()).await {
+        Err(_) => return End::Lost("no challenge in time".into()),
+        Ok(Ok(ServerMessage::Challenge(c))) => c,
+        Ok(Ok(ServerMessage::Rejected(r))) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
+        Ok(Ok(other)) => return End::Lost(format!("unexpected {other:?} during the handshake")),
+        Ok(Err(e)) => return End::Lost(e.to_string()),
     };
+    // A server that dialed proves a registration's key first: whoever cannot is not given a proof to relay.
+    if let Some(nonce) = &server_nonce
+        && !proto::check_server_proofs(&challenge, nonce, &peers.tokens, peers.any.as_deref())
+    {
+        tx.close().await;
+        return End::Rejected("the dialing side proved no registration's key: not the server this worker is registered with".into());
+    }
     let answers = proto::answer_challenge(&challenge, &peers.tokens, peers.any.as_deref());
     if let Err(e) = tx.send(&WorkerMessage::ChallengeResponse(answers)).await {
         return End::Lost(e.to_string());
     }
-    let welcome = match rx.recv().await {
-        Ok(ServerMessage::Welcome(w)) => w,
-        Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
-        Ok(other) => return End::Lost(format!("unexpected {other:?} during the handshake")),
-        Err(e) => return End::Lost(e.to_string()),
+    let welcome = match tokio::time::timeout(handshake, rx.recv()).await {
+        Err(_) => return End::Lost("no welcome in time".into()),
+        Ok(Ok(ServerMessage::Welcome(w))) => w,
+        Ok(Ok(ServerMessage::Rejected(r))) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
+        Ok(Ok(other)) => return End::Lost(format!("unexpected {other:?} during the handshake")),
+        Ok(Err(e)) => return End::Lost(e.to_string()),
     };
     tracing::info!(
         target: "gradient::proto",

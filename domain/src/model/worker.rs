@@ -15,6 +15,9 @@ pub struct WorkerRegistration {
     pub created_at: Timestamp,
     /// Declared in the server's declarative state: the API cannot delete it.
     pub managed: bool,
+    /// A listening worker's `/proto` URL (`ws://` or `wss://`): the server dials it instead of waiting for the
+    /// worker to dial. `None`: the worker dials the server.
+    pub url: Option<String>,
 }
 
 /// What a worker can do; the server's and the worker's sets are AND-ed.

@@ -3,7 +3,8 @@
 
 use super::{
     Capabilities, Challenge, ChallengeResponse, DEFAULT_HEARTBEAT_INTERVAL_SECS, DEFAULT_LOST_AFTER_SECS, Hello,
-    PROTOCOL_VERSION, PeerAnswer, RejectCode, Rejected, Welcome, make_proof, open_proof_key, verify_proof,
+    PROTOCOL_VERSION, PeerAnswer, RejectCode, Rejected, Welcome, make_proof, make_server_proof, open_proof_key,
+    verify_proof, verify_server_proof,
 };
 use crate::crypt::Crypt;
 use crate::model::WorkerRegistration;
@@ -139,6 +140,68 @@ pub fn answer_challenge(
         })
         .collect();
     ChallengeResponse { answers }
+}
+
+/// On a link the server dialed to `url`: the registrations it may be authorized for, those of the worker it
+/// dialed that name this URL. Registrations of the same worker without a URL, or with another, are neither
+/// challenged nor proved on it: an organization that registers someone else's worker id at an address of its
+/// own choosing learns no proof of the other organizations' keys, and gets no link authorized for them.
+pub fn dialed_registrations(
+    registrations: &[WorkerRegistration],
+    worker: crate::WorkerId,
+    url: &str,
+) -> Vec<WorkerRegistration> {
+    registrations
+        .iter()
+        .filter(|r| r.worker_id == worker && r.url.as_deref() == Some(url))
+        .cloned()
+        .collect()
+}
+
+/// The server's proofs for a listening worker's `hello.server_nonce`, one per registration whose key opens
+/// (`registrations` as [`dialed_registrations`] chose them). A `hello` without a nonce is refused: a worker the
+/// server dialed must make the server prove itself before it proves anything.
+pub fn server_proofs(
+    hello: &Hello,
+    registrations: &[WorkerRegistration],
+    crypt: &Crypt,
+) -> Result<Vec<PeerAnswer>, Rejected> {
+    let Some(nonce) = hello.server_nonce.as_deref().filter(|n| !n.is_empty()) else {
+        return Err(Rejected::new(
+            RejectCode::UnexpectedMessage,
+            "a worker the server dials sends hello.server_nonce",
+        ));
+    };
+    Ok(registrations
+        .iter()
+        .filter(|r| r.worker_id == hello.worker_id)
+        .filter_map(|r| {
+            let key = open_proof_key(crypt, &r.proof_key)?;
+            Some(PeerAnswer {
+                peer_id: r.peer_id,
+                proof: make_server_proof(&key, nonce),
+            })
+        })
+        .collect())
+}
+
+/// The listening worker's check of the server that dialed it: whether one of `challenge.server_proofs`, for a
+/// challenged peer, proves that peer's token (from the peers file; `any` for peers without a line of their own)
+/// over `nonce`, the worker's `hello.server_nonce`.
+pub fn check_server_proofs(
+    challenge: &Challenge,
+    nonce: &str,
+    tokens: &BTreeMap<PeerId, String>,
+    any: Option<&str>,
+) -> bool {
+    challenge.server_proofs.iter().any(|p| {
+        challenge.peers.contains(&p.peer_id)
+            && tokens
+                .get(&p.peer_id)
+                .map(String::as_str)
+                .or(any)
+                .is_some_and(|token| verify_server_proof(token, nonce, &p.proof))
+    })
 }
 
 /// The organizations whose jobs a link authorized for `authorized` may take.

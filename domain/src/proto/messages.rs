@@ -79,6 +79,10 @@ pub struct Hello {
     /// Jobs the server had assigned to this worker that are not listed go back to the queue.
     #[serde(default)]
     pub held_jobs: Vec<JobId>,
+    /// Sent by a listening worker on a link the server dialed: a fresh nonce (base64 of 32 random bytes) the
+    /// server proves a registration's key over in `challenge.server_proofs`, before the worker proves anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_nonce: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +91,10 @@ pub struct Challenge {
     pub nonce: String,
     /// The registrations (peers) of this worker id; the worker proves it holds a token for each it can.
     pub peers: Vec<PeerId>,
+    /// On a link the server dialed: the server's proofs over the worker's `hello.server_nonce`
+    /// ([`super::make_server_proof`]), one per challenged peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_proofs: Vec<PeerAnswer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,10 +6,14 @@ mod handshake;
 mod messages;
 mod proof;
 
-pub use handshake::{HandshakePolicy, answer_challenge, authorized_orgs, check_answers, check_hello};
+pub use handshake::{
+    HandshakePolicy, answer_challenge, authorized_orgs, check_answers, check_hello, check_server_proofs,
+    dialed_registrations, server_proofs,
+};
 pub use messages::*;
 pub use proof::{
-    legacy_proof_key, make_proof, nonce_from_bytes, open_proof_key, proof_key, seal_proof_key, verify_proof,
+    legacy_proof_key, make_proof, make_server_proof, nonce_from_bytes, open_proof_key, proof_key, seal_proof_key,
+    verify_proof, verify_server_proof,
 };
 
 use serde::{Deserialize, Serialize};

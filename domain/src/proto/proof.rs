@@ -57,6 +57,21 @@ pub fn verify_proof(key: &[u8; 32], nonce: &str, proof: &str) -> bool {
     !expected.is_empty() && crate::auth::secrets_equal(expected.as_bytes(), proof.as_bytes())
 }
 
+/// What the server answers a listening worker's `hello.server_nonce` with, on a link the server dialed: lowercase
+/// hex of HMAC-SHA256(key = SHA-256(token), `"server:"` + nonce). The prefix keeps the two directions apart, so
+/// neither side's proof ever answers a challenge of the other.
+pub fn make_server_proof(key: &[u8; 32], nonce: &str) -> String {
+    hmac_hex(key, &format!("{SERVER_PROOF_PREFIX}{nonce}"))
+}
+
+/// Whether `proof` is the server's proof of the token `token` for `nonce` (constant-time comparison).
+pub fn verify_server_proof(token: &str, nonce: &str, proof: &str) -> bool {
+    let expected = make_server_proof(&proof_key(token), nonce);
+    !expected.is_empty() && crate::auth::secrets_equal(expected.as_bytes(), proof.as_bytes())
+}
+
+const SERVER_PROOF_PREFIX: &str = "server:";
+
 fn hmac_hex(key: &[u8], nonce: &str) -> String {
     // HMAC takes keys of any length, so this cannot fail; an empty proof never verifies if it somehow did.
     let Ok(mut mac) = HmacSha256::new_from_slice(key) else {

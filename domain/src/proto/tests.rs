@@ -28,6 +28,7 @@ fn hello() -> Hello {
         max_concurrent_evaluations: 2,
         queued_builds: 0,
         held_jobs: vec![JobId(id(9))],
+        server_nonce: None,
     }
 }
 
@@ -126,6 +127,7 @@ fn server_samples() -> Vec<ServerMessage> {
         ServerMessage::Challenge(Challenge {
             nonce: nonce_from_bytes(&[7; 32]),
             peers: vec![PeerId(id(3)), PeerId(id(4))],
+            server_proofs: vec![],
         }),
         ServerMessage::Welcome(Welcome {
             authorized: vec![PeerId(id(3))],
@@ -394,6 +396,7 @@ fn registration(peer: u128, org: u128, worker: u128, token: &str) -> WorkerRegis
         worker_id: WorkerId(id(worker)),
         proof_key: seal_proof_key(&crypt(), &proof_key(token)),
         created_at: chrono::DateTime::UNIX_EPOCH,
+        url: None,
     }
 }
 
@@ -449,6 +452,7 @@ fn answers_authorize_the_peers_whose_tokens_they_prove() {
     let challenge = Challenge {
         nonce: nonce.clone(),
         peers: check_hello(&hello(), &regs, false, &HandshakePolicy::default()).unwrap(),
+        server_proofs: vec![],
     };
     let p = |n| PeerId(id(n));
     let tokens = |pairs: &[(u128, &str)]| -> BTreeMap<PeerId, String> {
@@ -519,6 +523,7 @@ fn a_database_row_alone_cannot_prove_a_registration() {
     let challenge = Challenge {
         nonce: nonce.clone(),
         peers: vec![row.peer_id],
+        server_proofs: vec![],
     };
     let policy = HandshakePolicy::default();
     // The real token works.
@@ -575,6 +580,7 @@ fn welcome_carries_the_anded_capabilities_and_heartbeat_settings() {
         &Challenge {
             nonce: nonce.clone(),
             peers: vec![PeerId(id(3))],
+            server_proofs: vec![],
         },
         &BTreeMap::new(),
         Some("t3"),
@@ -668,4 +674,70 @@ fn the_protocol_document_shows_every_message_and_its_examples_decode() {
     for limit in [MAX_FRAME_BYTES, MAX_LOG_CHUNK_BYTES] {
         assert!(doc.contains(&limit.to_string()), "limit {limit} undocumented");
     }
+}
+
+#[test]
+fn the_server_proves_itself_to_a_listening_worker_for_the_registrations_of_the_url_it_dialed() {
+    let token = "c2VjcmV0LXRva2VuLW9mLWZvcnR5LWVpZ2h0LWJ5dGVzLWJhc2U2NC1lbmNvZGVkISE=";
+    let nonce = nonce_from_bytes(&[2; 32]);
+    // The worked example of docs/protocol.md (Python's hmac and hashlib, message "server:" + nonce).
+    assert_eq!(nonce, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+    assert_eq!(
+        make_server_proof(&proof_key(token), &nonce),
+        "d153eea6b825f3882827743f69384b4ff1de6556e1792710ae9e481f591babe0"
+    );
+    // The two directions never answer each other's challenges.
+    assert_ne!(make_server_proof(&proof_key(token), &nonce), make_proof(token, &nonce));
+
+    let url = "ws://builder:3100/proto";
+    let ours = WorkerRegistration {
+        url: Some(url.into()),
+        ..registration(3, 100, 1, "t3")
+    };
+    let elsewhere = WorkerRegistration {
+        url: Some("ws://attacker:3100/proto".into()),
+        ..registration(4, 200, 1, "t4")
+    };
+    let dialing = registration(5, 300, 1, "t5");
+    let other_worker = WorkerRegistration {
+        url: Some(url.into()),
+        ..registration(6, 400, 2, "t6")
+    };
+    let all = [ours.clone(), elsewhere, dialing, other_worker];
+    let dialed = dialed_registrations(&all, WorkerId(id(1)), url);
+    assert_eq!(dialed, [ours.clone()], "only this worker's registrations naming this URL");
+
+    let mut hello = hello();
+    hello.server_nonce = Some(nonce.clone());
+    let proofs = server_proofs(&hello, &dialed, &crypt()).unwrap();
+    assert_eq!(proofs.len(), 1);
+    let challenge = Challenge {
+        nonce: nonce_from_bytes(&[7; 32]),
+        peers: vec![ours.peer_id],
+        server_proofs: proofs,
+    };
+    let p = |n| PeerId(id(n));
+    let tokens = |t: &str| BTreeMap::from([(p(3), t.to_owned())]);
+    assert!(check_server_proofs(&challenge, &nonce, &tokens("t3"), None));
+    assert!(check_server_proofs(&challenge, &nonce, &BTreeMap::new(), Some("t3")), "the * line");
+    assert!(!check_server_proofs(&challenge, &nonce, &tokens("t4"), None), "another token");
+    assert!(
+        !check_server_proofs(&challenge, &nonce_from_bytes(&[8; 32]), &tokens("t3"), None),
+        "another nonce"
+    );
+    // A proof for a peer that was not challenged does not count.
+    let unchallenged = Challenge {
+        peers: vec![p(9)],
+        ..challenge.clone()
+    };
+    assert!(!check_server_proofs(&unchallenged, &nonce, &tokens("t3"), Some("t3")));
+    let none = Challenge {
+        server_proofs: vec![],
+        ..challenge
+    };
+    assert!(!check_server_proofs(&none, &nonce, &tokens("t3"), None));
+    // A worker the server dialed that sends no nonce is refused.
+    hello.server_nonce = None;
+    let refused = server_proofs(&hello, &dialed, &crypt()).unwrap_err();
+    assert_eq!(refused.code, RejectCode::UnexpectedMessage);
 }

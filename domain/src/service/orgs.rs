@@ -137,6 +137,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 worker_id: local.id,
                 proof_key: crate::proto::seal_proof_key(&self.crypt, &local.proof_key),
                 created_at: self.clock.now(),
+                url: None,
             };
             match self.storage.create_worker_registration(&registration).await {
                 Ok(()) | Err(StorageError::Conflict(_)) => {}

@@ -60,6 +60,26 @@ pub fn generate_token() -> String {
     STANDARD.encode(raw)
 }
 
+/// A listening worker's URL as registered: `ws://` or `wss://` with a host (`invalid_worker_url`), at an address
+/// the network policy lets the server reach (`worker_url_not_allowed`: loopback, link-local, `localhost` unless
+/// `GRADIENT_ALLOW_LOCAL_REPOSITORIES`, private ranges when `GRADIENT_DENY_PRIVATE_NETWORKS`), at most 2048 bytes
+/// without control characters. Answers the URL trimmed.
+pub fn check_worker_url(url: &str, policy: &crate::reach::NetworkPolicy) -> Result<String> {
+    let url = url.trim();
+    let invalid = || {
+        ServiceError::invalid(
+            "invalid_worker_url",
+            "a worker URL is ws://host[:port]/path or wss://host[:port]/path (the worker's /proto listener)",
+        )
+    };
+    if url.len() > 2048 || url.chars().any(char::is_control) {
+        return Err(invalid());
+    }
+    let remote = crate::reach::parse_ws_url(url).ok_or_else(invalid)?;
+    crate::reach::check_remote(&remote, policy).map_err(|why| ServiceError::invalid("worker_url_not_allowed", why))?;
+    Ok(url.to_owned())
+}
+
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Every registration of the worker, in all organizations: what a connecting worker is challenged for.
     pub async fn registrations_of_worker(&self, worker: crate::WorkerId) -> Result<Vec<WorkerRegistration>> {
@@ -72,9 +92,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         org: &str,
         worker_id: &str,
         token: Option<String>,
+        url: Option<String>,
     ) -> Result<NewRegistration> {
         let org = self.org_requiring(caller, org, Permission::ManageWorkers).await?;
         let worker_id = parse_worker_id(worker_id)?;
+        let url = url.map(|u| check_worker_url(&u, &self.settings.network)).transpose()?;
         // The co-located worker's registrations are the server's own: nobody registers its id with a token of
         // their choosing (and so takes its place on the link while it is away).
         if self.settings.local_worker.as_ref().is_some_and(|l| l.id == worker_id) {
@@ -100,6 +122,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             worker_id,
             proof_key: crate::proto::seal_proof_key(&self.crypt, &crate::proto::proof_key(&token)),
             created_at: self.clock.now(),
+            url,
         };
         self.storage
             .create_worker_registration(&registration)
@@ -115,6 +138,22 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             registration,
             token: shown,
         })
+    }
+
+    /// The listening workers the server dials: each worker id and URL some registration names, once, oldest
+    /// registration first. The network policy is applied again by the dialer to the addresses the URL resolves
+    /// to; a URL it no longer permits (saved while local addresses were allowed) is left out here.
+    pub async fn listening_workers(&self) -> Result<Vec<(crate::WorkerId, String)>> {
+        let mut seen = std::collections::BTreeSet::new();
+        Ok(self
+            .storage
+            .all_worker_registrations()
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((r.worker_id, r.url?)))
+            .filter(|(_, url)| check_worker_url(url, &self.settings.network).is_ok())
+            .filter(|pair| seen.insert(pair.clone()))
+            .collect())
     }
 
     /// Seals the proof keys of registrations stored before sealing existed (they held SHA-256 of the token
@@ -162,6 +201,37 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_urls_follow_the_network_policy() {
+        use crate::reach::NetworkPolicy;
+        let code = |url: &str, policy: &NetworkPolicy| match check_worker_url(url, policy) {
+            Ok(_) => None,
+            Err(ServiceError::Invalid { code, .. }) => Some(code),
+            Err(e) => panic!("{e:?}"),
+        };
+        let default = NetworkPolicy::default();
+        assert_eq!(code("wss://builder.example.com/proto", &default), None);
+        assert_eq!(code("ws://10.1.2.3:3100/proto", &default), None);
+        for local in [
+            "ws://127.0.0.1:3100/proto",
+            "ws://localhost:3100/proto",
+            "ws://169.254.169.254/proto",
+            "ws://[::1]:3100/proto",
+            "ws://2130706433:3100/proto",
+        ] {
+            assert_eq!(code(local, &default), Some("worker_url_not_allowed"), "{local}");
+            assert_eq!(code(local, &NetworkPolicy::ALLOW_ALL), None, "{local}");
+        }
+        let deny_private = NetworkPolicy {
+            allow_local: false,
+            deny_private: true,
+        };
+        assert_eq!(code("ws://10.1.2.3:3100/proto", &deny_private), Some("worker_url_not_allowed"));
+        for bad in ["http://builder/proto", "builder:3100", "ws://", "ws://a b/proto", "ws://x/a\u{7}b"] {
+            assert_eq!(code(bad, &NetworkPolicy::ALLOW_ALL), Some("invalid_worker_url"), "{bad}");
+        }
+    }
 
     #[test]
     fn worker_ids_must_be_v4() {

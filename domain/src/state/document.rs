@@ -131,6 +131,8 @@ pub struct WorkerEntry {
     pub worker_id: WorkerId,
     pub organizations: BTreeSet<Name>,
     pub token_file: String,
+    /// A listening worker's `/proto` URL, which the server dials (`None`: the worker dials).
+    pub url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -248,7 +250,7 @@ impl Document {
             d.api_keys.push(api_key(key, map)?);
         }
         for (key, map) in &entries["workers"] {
-            d.workers.push(worker(key, map)?);
+            d.workers.push(worker(key, map, network)?);
         }
         for (key, map) in &entries["integrations"] {
             d.integrations.push(integration(key, map, network)?);
@@ -775,7 +777,7 @@ fn api_key(key: &str, map: &Map<String, Value>) -> Result<ApiKeyEntry, StateErro
     Ok(entry)
 }
 
-fn worker(key: &str, map: &Map<String, Value>) -> Result<WorkerEntry, StateError> {
+fn worker(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> Result<WorkerEntry, StateError> {
     let mut f = Fields::entry("workers", key, map);
     let id = f.required_str("worker_id")?;
     let worker_id = crate::service::workers::parse_worker_id(&id).map_err(|e| f.err("worker_id", e.to_string()))?;
@@ -790,6 +792,12 @@ fn worker(key: &str, map: &Map<String, Value>) -> Result<WorkerEntry, StateError
         worker_id,
         organizations,
         token_file: f.required_path("token_file")?,
+        url: match f.str("url")? {
+            None => None,
+            Some(url) => Some(
+                crate::service::workers::check_worker_url(&url, network).map_err(|e| f.err("url", e.to_string()))?,
+            ),
+        },
     };
     f.finish()?;
     Ok(entry)

@@ -507,6 +507,7 @@ impl<'a> Planner<'a> {
                         proof_key: crate::proto::seal_proof_key(self.cx.crypt, &local.proof_key),
                         created_at: self.cx.now,
                         managed: false,
+                        url: None,
                     }));
             }
             // Members: the whole membership.
@@ -904,6 +905,7 @@ impl<'a> Planner<'a> {
                     },
                     created_at: existing.map_or(self.cx.now, |e| e.created_at),
                     managed: true,
+                    url: wk.url.clone(),
                 };
                 self.kept_workers.insert(registration.peer_id);
                 let name = format!("{org}/{}", wk.worker_id);
@@ -915,6 +917,7 @@ impl<'a> Planner<'a> {
                             f.push("token_file");
                         }
                         diff(&mut f, "managed", &e.managed, &registration.managed);
+                        diff(&mut f, "url", &e.url, &registration.url);
                         if f.is_empty() {
                             continue;
                         }

@@ -132,6 +132,7 @@ macro_rules! storage_contract {
             cache_usage_counts_paths_and_their_file_sizes,
             // Worker registrations.
             worker_registration_round_trips,
+            a_listening_worker_url_round_trips,
             absent_worker_registrations_are_none,
             worker_registration_of_unknown_org_is_not_found,
             worker_registered_twice_in_an_org_conflicts,

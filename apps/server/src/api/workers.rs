@@ -15,6 +15,11 @@ pub struct RegisterWorkerRequest {
     pub worker_id: String,
     /// Your own token (`openssl rand -base64 48`); when omitted the server generates one and answers it.
     pub token: Option<String>,
+    /// A listening worker's `/proto` URL (`ws://host:3100/proto`, `wss://…`): the server dials it and keeps
+    /// redialling when the link drops. Omitted: the worker dials the server. Held to the server's network
+    /// policy (422 `worker_url_not_allowed` for loopback, link-local and `localhost` unless the operator allows
+    /// local addresses; 422 `invalid_worker_url` for anything but a `ws://`/`wss://` URL).
+    pub url: Option<String>,
 }
 
 /// A registration. Put `peer_id:token` in the worker's peers file.
@@ -41,6 +46,8 @@ pub struct WorkerView {
     pub created_at: DateTime<Utc>,
     /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
     pub managed: bool,
+    /// The URL the server dials for a listening worker; `null` when the worker dials the server.
+    pub url: Nullable<String>,
 }
 
 /// An organization's workers and queue now (`GET /orgs/{org}/overview`).
@@ -148,6 +155,7 @@ impl WorkersApi {
                     max_concurrent_builds: info.map(|i| i.max_concurrent_builds).into(),
                     created_at: r.created_at,
                     managed: r.managed,
+                    url: r.url.clone().into(),
                 }
             })
             .collect())
@@ -209,7 +217,7 @@ impl WorkersApi {
         let new = self
             .0
             .app
-            .register_worker(&caller, &org, &body.0.worker_id, body.0.token)
+            .register_worker(&caller, &org, &body.0.worker_id, body.0.token, body.0.url)
             .await?;
         ok(RegisteredWorker {
             peer_id: new.registration.peer_id.0,

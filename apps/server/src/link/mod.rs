@@ -3,10 +3,12 @@
 //! connection (malformed or oversized frame, silence, a message out of turn) is closed with a reason; the
 //! others are untouched.
 
+mod dial;
 mod fleet;
 mod logs;
 mod registry;
 
+pub use dial::spawn_dialer;
 pub use fleet::LinkFleet;
 pub use logs::LiveLogs;
 pub use registry::{Links, Outgoing};
@@ -26,7 +28,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-type WebSocketStream = tokio_tungstenite::WebSocketStream<poem::Upgraded>;
+/// A link's socket: an upgraded `/proto` request, or a connection the server dialed to a listening worker.
+type WebSocketStream<S> = tokio_tungstenite::WebSocketStream<S>;
+
+/// What a link runs over.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long a refused connection is drained after its close was sent, so a worker still writing an oversized
 /// frame finishes and reads the close instead of having its connection reset.
@@ -87,7 +94,7 @@ pub async fn endpoint(req: &Request) -> Response {
             return;
         };
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        serve(state, socket, slot).await;
+        serve(state, socket, Side::Accepted { _anonymous: slot }).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -134,7 +141,7 @@ fn close_code(code: RejectCode) -> CloseCode {
 /// Sends `Rejected` and closes with the code as reason. After an oversized frame the transport stopped reading
 /// mid-frame: what the worker still sends is read and dropped for a moment, so it finishes
 /// writing and reads the close instead of having its connection reset.
-async fn reject(socket: &mut WebSocketStream, rejected: Rejected) {
+async fn reject<S: Io>(socket: &mut WebSocketStream<S>, rejected: Rejected) {
     tracing::info!(target: "gradient::proto", "rejecting worker: {} ({})", rejected.reason, rejected.code.as_str());
     if let Ok(text) = proto::encode(&ServerMessage::Rejected(rejected.clone())) {
         let _ = socket.send(Message::text(text)).await;
@@ -153,7 +160,7 @@ async fn reject(socket: &mut WebSocketStream, rejected: Rejected) {
 }
 
 /// Reads and drops what the peer still sends, until it closes or [`DRAIN_AFTER_CLOSE`] passes; nothing is kept.
-async fn drain(io: &mut poem::Upgraded) {
+async fn drain<S: Io>(io: &mut S) {
     let _ = io.flush().await;
     let mut buf = vec![0u8; 64 * 1024];
     let _ = tokio::time::timeout(DRAIN_AFTER_CLOSE, async {
@@ -168,7 +175,7 @@ async fn drain(io: &mut poem::Upgraded) {
 }
 
 /// The next worker message, or why the connection must end.
-async fn next_message(socket: &mut WebSocketStream) -> Result<WorkerMessage, Option<Rejected>> {
+async fn next_message<S: Io>(socket: &mut WebSocketStream<S>) -> Result<WorkerMessage, Option<Rejected>> {
     loop {
         match socket.next().await {
             None | Some(Ok(Message::Close(_))) => return Err(None),
@@ -214,7 +221,15 @@ async fn next_message(socket: &mut WebSocketStream) -> Result<WorkerMessage, Opt
     }
 }
 
-async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry::Slot) {
+/// Which side dialed: the worker (its connection took a slot of the anonymous pool) or the server (to a
+/// listening worker's registered URL, for that worker).
+pub(crate) enum Side {
+    /// Held until the handshake proves a registration.
+    Accepted { _anonymous: registry::Slot },
+    Dialed { worker: gradient_domain::WorkerId, url: String },
+}
+
+pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>, side: Side) {
     // One deadline for the whole handshake: a connection proves a registration within it, or is closed.
     let deadline = tokio::time::Instant::now() + state.link.handshake_timeout;
     let hello = match tokio::time::timeout_at(deadline, next_message(&mut socket)).await {
@@ -237,7 +252,11 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         }
     };
     let registrations = match state.core.registrations_of_worker(hello.worker_id).await {
-        Ok(r) => r,
+        // A link the server dialed is for the registrations that name its URL, and only for them.
+        Ok(r) => match &side {
+            Side::Accepted { .. } => r,
+            Side::Dialed { worker, url } => proto::dialed_registrations(&r, *worker, url),
+        },
         Err(e) => {
             tracing::error!(target: "gradient::proto", "reading registrations: {e}");
             return reject(
@@ -255,9 +274,18 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let nonce = proto::nonce_from_bytes(&raw);
+    // On a link it dialed, the server proves itself first: the listening worker answers nothing before.
+    let server_proofs = match &side {
+        Side::Accepted { .. } => Vec::new(),
+        Side::Dialed { .. } => match proto::server_proofs(&hello, &registrations, state.core.crypt()) {
+            Ok(p) => p,
+            Err(r) => return reject(&mut socket, r).await,
+        },
+    };
     let challenge = ServerMessage::Challenge(Challenge {
         nonce: nonce.clone(),
         peers,
+        server_proofs,
     });
     if send(&mut socket, &challenge).await.is_err() {
         return;
@@ -303,7 +331,7 @@ async fn serve(state: AppState, mut socket: WebSocketStream, anonymous: registry
         );
         return reject(&mut socket, r).await;
     };
-    drop(anonymous);
+    drop(side);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let proved = registrations
         .iter()
@@ -442,7 +470,7 @@ async fn handle(
     }
 }
 
-async fn send(socket: &mut WebSocketStream, msg: &ServerMessage) -> Result<(), ()> {
+async fn send<S: Io>(socket: &mut WebSocketStream<S>, msg: &ServerMessage) -> Result<(), ()> {
     let text = proto::encode(msg).map_err(|_| ())?;
     socket.send(Message::text(text)).await.map_err(|_| ())
 }

@@ -292,6 +292,7 @@ pub(super) fn new_worker_registration(org: OrgId, worker: WorkerId) -> WorkerReg
         worker_id: worker,
         proof_key: gradient_domain::crypt::Sealed(format!("v1:{}", hash())),
         created_at: now(),
+        url: None,
     }
 }
 

@@ -34,6 +34,35 @@ pub async fn worker_registration_round_trips<S: Storage>(s: &S) {
     );
 }
 
+/// A listening worker's URL is kept with its registration and read back by every query, the list of all
+/// registrations included (which the server's dialer reads).
+pub async fn a_listening_worker_url_round_trips<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let listening = WorkerRegistration {
+        url: Some("wss://builder.example.com:3100/proto".to_owned()),
+        ..new_worker_registration(acme.id, WorkerId::new())
+    };
+    let dialing = new_worker_registration(acme.id, WorkerId::new());
+    for r in [&listening, &dialing] {
+        s.create_worker_registration(r).await.expect("create_worker_registration");
+    }
+    assert_eq!(
+        s.worker_registration(listening.peer_id).await.expect("worker_registration"),
+        Some(listening.clone())
+    );
+    assert_eq!(
+        s.worker_registrations_for(listening.worker_id)
+            .await
+            .expect("worker_registrations_for"),
+        vec![listening.clone()]
+    );
+    let all = s.all_worker_registrations().await.expect("all_worker_registrations");
+    let url_of = |peer: PeerId| all.iter().find(|r| r.peer_id == peer).map(|r| r.url.clone());
+    assert_eq!(url_of(listening.peer_id), Some(listening.url.clone()));
+    assert_eq!(url_of(dialing.peer_id), Some(None));
+}
+
 /// Nothing registered answers None or an empty list.
 pub async fn absent_worker_registrations_are_none<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
