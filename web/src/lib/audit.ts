@@ -33,7 +33,7 @@ export function describeAgent(agent: string | null | undefined): string {
 /** `project.created` → `created project`, `push_cache.set` → `set push cache`. */
 export function actionWords(action: string): string {
   const [what, verb] = action.split('.', 2);
-  if (!verb) return action.replaceAll('_', ' ');
+  if (what === undefined || verb === undefined) return action.replaceAll('_', ' ');
   return `${verb.replaceAll('_', ' ')} ${what.replaceAll('_', ' ')}`;
 }
 
