@@ -57,6 +57,15 @@ async function check(name, scheme) {
   for (const v of found) violations.push(`${name} [${scheme}]: ${v}`);
 }
 
+/** Polls `test` until it answers true, or fails after `timeout` ms saying what it waited for. */
+async function until(test, timeout, what) {
+  const deadline = Date.now() + timeout;
+  while (!(await test())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 async function waitForText(locator, pattern, timeout) {
   await locator.filter({ hasText: pattern }).first().waitFor({ timeout });
 }
@@ -146,9 +155,8 @@ try {
   const timeline = page.locator('ol.timeline > li');
   const before = await timeline.count();
   await page.getByRole('button', { name: 'Restart' }).click();
-  await page.waitForFunction((n) => document.querySelectorAll('ol.timeline > li').length >= n + 2, before, {
-    timeout: 240000,
-  });
+  // The page reloads itself after a restart: count the timeline's entries until Building and Failed are added.
+  await until(async () => (await timeline.count().catch(() => 0)) >= before + 2, 240000, 'the restarted evaluation to fail again');
   await waitForText(page.getByTestId('evaluation-status'), /failed/, 240000);
   await page.getByRole('button', { name: 'Restart' }).waitFor();
 
@@ -209,11 +217,15 @@ try {
   step('aborts a running evaluation from its page');
   // A new commit adds a check that runs for minutes, so the evaluation is surely running when aborted.
   const repoDir = fileURLToPath(repository);
-  const flake = readFileSync(join(repoDir, 'flake.nix'), 'utf8').replace(
+  const original = readFileSync(join(repoDir, 'flake.nix'), 'utf8');
+  // The run's nonce keeps the slow check a new derivation, never one a previous run built.
+  const nonce = /nonce = "([0-9a-f]+)"/.exec(original)?.[1] ?? String(Date.now());
+  const flake = original.replace(
     'checks.${system} = { inherit fails after; };',
     'checks.${system} = { inherit fails after; slow = derivation { name = "slow"; inherit system; builder = "/bin/sh"; ' +
-      'args = [ "-c" "/usr/bin/sleep 600; echo > $out" ]; }; };',
+      `nonce = "${nonce}"; args = [ "-c" "/usr/bin/sleep 300; echo > $out" ]; }; };`,
   );
+  if (flake === original) throw new Error('the flake of tests/e2e/pipeline.rs changed: add the slow check another way');
   writeFileSync(join(repoDir, 'flake.nix'), flake);
   const git = (...args) =>
     execFileSync('git', args, {
