@@ -71,6 +71,25 @@ impl Permission {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// What the permission allows, in a sentence (`GET /user/keys/permissions` answers it for clients to show).
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::ViewOrg => "See the organization, its members, projects, evaluations, builds and logs.",
+            Self::EditOrg => "Change the organization's display name, description and visibility.",
+            Self::DeleteOrg => "Delete the organization with everything in it.",
+            Self::ManageMembers => "Add and remove members and change their roles.",
+            Self::ManageRoles => "Create and delete custom roles.",
+            Self::CreateProject => "Create projects.",
+            Self::EditProject => "Change projects' settings.",
+            Self::DeleteProject => "Delete projects.",
+            Self::TriggerEvaluation => "Start evaluations by hand.",
+            Self::AbortEvaluation => "Abort evaluations and restart failed builds.",
+            Self::ManageWorkers => "Register and remove workers.",
+            Self::ManageIntegrations => "Generate forge webhook secrets and manage forge integrations.",
+            Self::ManageSubscriptions => "Subscribe the organization to caches and unsubscribe it.",
+        }
+    }
 }
 
 pub type PermissionSet = BTreeSet<Permission>;

@@ -604,3 +604,43 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test]
+async fn applying_a_document_is_recorded_in_the_audit_logs_of_its_organizations() {
+    use gradient_domain::model::{AuditAction, AuditVia};
+    use gradient_domain::ports::storage::{Audit, Orgs};
+    let app = app();
+    apply(&app, &sample("https://example.com/web.git", true, false)).await;
+    apply(&app, &sample("https://example.com/other.git", true, false)).await;
+    let acme = app
+        .storage
+        .org_by_name(&Name::parse("acme").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = app.storage.audit_log(acme.id, None, 100).await.unwrap();
+    assert!(
+        log.iter()
+            .all(|e| e.via == AuditVia::State && e.actor == "state" && e.actor_id.is_none()
+                && e.action == AuditAction::StateApplied),
+        "{log:?}"
+    );
+    let lines: Vec<String> = log.iter().map(|e| format!("{}: {}", e.target, e.detail)).collect();
+    assert_eq!(
+        lines,
+        [
+            "project 'acme/web': update: repository".to_owned(),
+            "integration 'acme/outbound': create".to_owned(),
+            "integration 'acme/inbound': create".to_owned(),
+            format!("worker 'acme/{WORKER}': create"),
+            "project 'acme/web': create".to_owned(),
+            "role 'acme/releaser': create".to_owned(),
+            "organization 'acme': create".to_owned(),
+        ],
+        "newest first; the repository URL, the hook secret and the tokens are not in it"
+    );
+    let text = format!("{log:?}");
+    for secret in ["hook-secret", "forge-token", TOKEN, KEY, "other.git"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+}

@@ -3,7 +3,9 @@
 // the cache page said (written to E2E_RESULT) with real nix. Screenshots of every page, at 1280 px and 375 px,
 // light and dark, go to E2E_OUT; axe-core checks every page and any serious or critical violation fails the run.
 import { chromium } from 'playwright-core';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
@@ -53,6 +55,15 @@ async function check(name, scheme) {
       .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join('; ')}`);
   });
   for (const v of found) violations.push(`${name} [${scheme}]: ${v}`);
+}
+
+/** Polls `test` until it answers true, or fails after `timeout` ms saying what it waited for. */
+async function until(test, timeout, what) {
+  const deadline = Date.now() + timeout;
+  while (!(await test())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
 
 async function waitForText(locator, pattern, timeout) {
@@ -140,22 +151,51 @@ try {
   await waitForText(page.locator('section'), /Failures by root cause/, 20000);
   await look('evaluation-failed');
 
+  step('restarts the failed evaluation from its page: the failed builds run (and fail) again');
+  const timeline = page.locator('ol.timeline > li');
+  const before = await timeline.count();
+  await page.getByRole('button', { name: 'Restart' }).click();
+  // The page reloads itself after a restart: count the timeline's entries until Building and Failed are added.
+  await until(async () => (await timeline.count().catch(() => 0)) >= before + 2, 240000, 'the restarted evaluation to fail again');
+  await waitForText(page.getByTestId('evaluation-status'), /failed/, 240000);
+  await page.getByRole('button', { name: 'Restart' }).waitFor();
+
   step("opens the failing build's log in one click");
   await page.locator('section[aria-labelledby=causes-h]').getByRole('link', { name: 'checks.x86_64-linux.fails' }).click();
   await waitForText(page.locator('pre.log'), /this check fails on purpose/, 20000);
   await page.locator('.line.err').first().waitFor();
   await look('build-failed');
 
-  step('reads the cache page');
+  step('reads the cache page, with the path Nix just asked for among the recent hits');
+  // What a Nix client substituting the output asks first.
+  const hashPart = output.slice('/nix/store/'.length, '/nix/store/'.length + 32);
+  const asked = await fetch(`${base}/cache/main/${hashPart}.narinfo`);
+  if (asked.status !== 200) throw new Error(`the output's narinfo answered ${asked.status}`);
   await page.goto(`${base}/caches/main`);
+  await waitForText(page.getByTestId('recent-hits'), output, 10000);
   await page.getByTestId('nix-conf').waitFor();
   await waitForText(page.getByTestId('nix-conf'), /extra-trusted-public-keys = \S*main:\S+/, 10000);
   await waitForText(page.getByTestId('cache-stats'), /^[1-9][0-9]* paths?, /, 10000);
   const nixConf = (await page.getByTestId('nix-conf').textContent()) ?? '';
   await look('cache');
 
-  step('creates and revokes an API key');
+  step('lists its sessions, and signs out the others');
+  // A second session, from another client.
+  const other = await fetch(`${base}/api/v1/auth/basic/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'user-agent': 'curl/8.5.0' },
+    body: JSON.stringify({ loginname: 'alice', password: 'a long enough password' }),
+  });
+  const otherToken = (await other.json()).message;
   await page.goto(`${base}/account`);
+  await waitForText(page.getByTestId('sessions'), /curl/, 10000);
+  await waitForText(page.getByTestId('sessions'), /\(this browser\)/, 10000);
+  await page.getByRole('button', { name: 'Sign out all other sessions' }).click();
+  await page.getByTestId('sessions').locator('tbody tr').filter({ hasText: 'curl' }).waitFor({ state: 'detached' });
+  const revoked = await fetch(`${base}/api/v1/user`, { headers: { authorization: `Bearer ${otherToken}` } });
+  if (revoked.status !== 401) throw new Error(`a revoked session's token answered ${revoked.status}`);
+
+  step('creates and revokes an API key');
   await page.getByLabel('Key name').fill('ci');
   await page.getByRole('button', { name: 'Create API key' }).click();
   await waitForText(page.getByTestId('new-key'), /^GRAD/, 10000);
@@ -166,10 +206,41 @@ try {
   step('the organization page, and home with the recent evaluations');
   await page.goto(`${base}/orgs/acme`);
   await waitForText(page.locator('td'), /failed/, 10000);
+  // The audit log, for its admin: what alice did, newest first.
+  await waitForText(page.getByTestId('audit-log'), /created project\s*project 'demo'/, 10000);
+  await waitForText(page.getByTestId('audit-log'), /restarted evaluation/, 10000);
   await look('organization');
   await page.goto(`${base}/`);
   await waitForText(page.locator('td'), /acme\/demo/, 10000);
   await look('home');
+
+  step('aborts a running evaluation from its page');
+  // A new commit adds a check that runs for minutes, so the evaluation is surely running when aborted.
+  const repoDir = fileURLToPath(repository);
+  const original = readFileSync(join(repoDir, 'flake.nix'), 'utf8');
+  // The run's nonce keeps the slow check a new derivation, never one a previous run built.
+  const nonce = /nonce = "([0-9a-f]+)"/.exec(original)?.[1] ?? String(Date.now());
+  const flake = original.replace(
+    'checks.${system} = { inherit fails after; };',
+    'checks.${system} = { inherit fails after; slow = derivation { name = "slow"; inherit system; builder = "/bin/sh"; ' +
+      `nonce = "${nonce}"; args = [ "-c" "/usr/bin/sleep 300; echo > $out" ]; }; };`,
+  );
+  if (flake === original) throw new Error('the flake of tests/e2e/pipeline.rs changed: add the slow check another way');
+  writeFileSync(join(repoDir, 'flake.nix'), flake);
+  const git = (...args) =>
+    execFileSync('git', args, {
+      cwd: repoDir,
+      env: { ...process.env, GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com', GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com' },
+    });
+  git('commit', '-q', '-am', 'a slow check');
+  await page.goto(`${base}/orgs/acme/projects/demo`);
+  await page.getByRole('button', { name: 'Evaluate now' }).click();
+  await page.waitForURL(/\/evals\/[0-9a-f-]+$/);
+  await waitForText(page.getByRole('listitem'), /checks\.x86_64-linux\.slow/, 240000);
+  await page.getByRole('button', { name: 'Abort' }).click();
+  await waitForText(page.getByTestId('evaluation-status'), /aborted/, 30000);
+  await page.getByRole('button', { name: 'Restart' }).waitFor();
+  await look('evaluation-aborted');
 
   step('signs out; a deep link signs in again and comes back');
   await page.getByRole('button', { name: 'Sign out' }).click();

@@ -16,6 +16,7 @@
 //!   is reported as `Unavailable`.
 //! * Rows that do not decode into domain types (an invalid name, bad JSON) are reported as `Unavailable`.
 
+mod audit;
 mod cache_contents;
 mod caches;
 mod evaluations;

@@ -2,7 +2,7 @@
 
 use crate::{SqlStorage, corrupt, db_error, from_json, stored_name, to_json, with_pool};
 use chrono::{DateTime, Utc};
-use gradient_domain::model::{ApiKey, Session, User};
+use gradient_domain::model::{ApiKey, Session, SessionInfo, User};
 use gradient_domain::permissions::KeyScope;
 use gradient_domain::ports::storage::{Result, Users};
 use gradient_domain::{ApiKeyId, Email, Name, SessionId, UserId};
@@ -55,6 +55,31 @@ struct SessionRow {
     user_id: Uuid,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionInfoRow {
+    id: Uuid,
+    user_id: Uuid,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    user_agent: Option<String>,
+}
+
+impl SessionInfoRow {
+    fn into_info(self) -> SessionInfo {
+        SessionInfo {
+            session: Session {
+                id: SessionId(self.id),
+                user_id: UserId(self.user_id),
+                created_at: self.created_at,
+                expires_at: self.expires_at,
+            },
+            last_used_at: self.last_used_at,
+            user_agent: self.user_agent,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -175,6 +200,76 @@ impl Users for SqlStorage {
             .map(|r| r.rows_affected()))
         .map_err(db_error)?;
         Ok(done > 0)
+    }
+
+    async fn session_info(&self, id: SessionId) -> Result<Option<SessionInfo>> {
+        let sql = "SELECT id, user_id, created_at, expires_at, last_used_at, user_agent FROM sessions WHERE id = $1";
+        let row = with_pool!(self, |p| sqlx::query_as::<_, SessionInfoRow>(sql)
+            .bind(id.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        Ok(row.map(SessionInfoRow::into_info))
+    }
+
+    async fn sessions_of(&self, user: UserId, now: chrono::DateTime<Utc>) -> Result<Vec<SessionInfo>> {
+        let sql = "SELECT id, user_id, created_at, expires_at, last_used_at, user_agent FROM sessions \
+                   WHERE user_id = $1 AND expires_at > $2 ORDER BY created_at DESC, id DESC";
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, SessionInfoRow>(sql)
+            .bind(user.0)
+            .bind(now)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        Ok(rows.into_iter().map(SessionInfoRow::into_info).collect())
+    }
+
+    async fn touch_session(&self, id: SessionId, at: chrono::DateTime<Utc>) -> Result<bool> {
+        let sql = "UPDATE sessions SET last_used_at = $2 WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .bind(at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn set_session_user_agent(&self, id: SessionId, user_agent: &str) -> Result<bool> {
+        let sql = "UPDATE sessions SET user_agent = $2 WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .bind(user_agent)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+
+    async fn delete_sessions_of(&self, user: UserId, keep: Option<SessionId>) -> Result<u64> {
+        let done = match keep {
+            Some(keep) => {
+                let sql = "DELETE FROM sessions WHERE user_id = $1 AND id <> $2";
+                with_pool!(self, |p| sqlx::query(sql)
+                    .bind(user.0)
+                    .bind(keep.0)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected()))
+            }
+            None => {
+                let sql = "DELETE FROM sessions WHERE user_id = $1";
+                with_pool!(self, |p| sqlx::query(sql)
+                    .bind(user.0)
+                    .execute(p)
+                    .await
+                    .map(|r| r.rows_affected()))
+            }
+        }
+        .map_err(db_error)?;
+        Ok(done)
     }
 
     async fn create_api_key(&self, key: &ApiKey) -> Result<()> {

@@ -139,7 +139,18 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("GET /user/keys",                          [401, 200, 200, 200, 200, 403, 403, 401, 401]),
     ("POST /user/keys",                         [401, 200, 200, 200, 200, 403, 403, 401, 401]),
     ("DELETE /user/keys/{id}",                  [401, 404, 404, 404, 200, 403, 403, 401, 401]),
+    ("GET /user/keys/permissions",              [401, 200, 200, 200, 200, 200, 200, 401, 401]),
+    ("GET /user/sessions",                      [401, 200, 200, 200, 200, 403, 403, 401, 401]),
+    // With `keep_current=true`, and after every other cell (see `LAST`): it revokes the caller's other sessions.
+    ("DELETE /user/sessions",                   [401, 200, 200, 200, 200, 403, 403, 401, 401]),
+    // `{id}` is a fresh session of the Admin's: another user's session is answered like a missing one.
+    ("DELETE /user/sessions/{id}",              [401, 404, 404, 404, 200, 403, 403, 401, 401]),
+    ("GET /orgs/{org}/audit-log",               [401, 404, 403, 403, 200, 200, 403, 401, 401]),
 ];
+
+/// Operations whose cells run one at a time after all the others: revoking a user's other sessions would end the
+/// fresh sessions other cells open meanwhile.
+const LAST: &[&str] = &["DELETE /user/sessions"];
 
 /// Routes outside the document (not under `/api/v1`, not JSON) × the same callers. `/metrics` is for the scraper
 /// holding the metrics token (`GRADIENT_METRICS_TOKEN_FILE`, configured here) only: no user, key, job or worker
@@ -186,16 +197,20 @@ async fn run_matrix(backend: &str, database_url: Option<String>, concurrent_cell
     let operations = document_operations(&env).await;
     check_table_covers(&operations);
 
-    // Cells are independent (each has its own fixture), so they may run at once.
-    let cells = MATRIX.iter().flat_map(|(op, row)| {
-        CALLERS
-            .into_iter()
-            .zip(row.iter().copied())
-            .map(move |(who, want)| (*op, who, want))
-    });
+    // Cells are independent (each has its own fixture), so they may run at once; those of `LAST` afterwards.
+    let cells = |last: bool| {
+        MATRIX
+            .iter()
+            .filter(move |(op, _)| LAST.contains(op) == last)
+            .flat_map(|(op, row)| {
+                CALLERS
+                    .into_iter()
+                    .zip(row.iter().copied())
+                    .map(move |(who, want)| (*op, who, want))
+            })
+    };
     let env = &env;
-    let mut results: Vec<Cell> = futures_util::stream::iter(cells)
-        .map(|(op, who, expected)| async move {
+    let run_cell = |(op, who, expected): (&'static str, Who, u16)| async move {
             let n = env.next();
             let fx = env.fixture(n, op, who).await;
             let actual = env.call_operation(&fx, op, who).await;
@@ -216,10 +231,15 @@ async fn run_matrix(backend: &str, database_url: Option<String>, concurrent_cell
                 actual,
                 leak,
             }
-        })
+    };
+    let mut results: Vec<Cell> = futures_util::stream::iter(cells(false))
+        .map(run_cell)
         .buffer_unordered(concurrent_cells)
         .collect()
         .await;
+    for cell in cells(true) {
+        results.push(run_cell(cell).await);
+    }
     results.sort_by_key(|c| c.n);
 
     let checked = results.len();
@@ -674,6 +694,18 @@ impl Env {
                 .await;
             fx.admin_key_id = Some(key["id"].as_str().expect("id").to_owned());
         }
+        if op == "DELETE /user/sessions/{id}" {
+            // A fresh session of the Admin's, found through its own list; kept where `{id}` is read from.
+            let token = self.login(&self.admin.name).await;
+            let sessions = self.ok(Method::GET, "/user/sessions", Some(&token), None).await;
+            let current = sessions
+                .as_array()
+                .expect("sessions")
+                .iter()
+                .find(|s| s["current"] == true)
+                .expect("the current session is listed");
+            fx.admin_key_id = Some(current["id"].as_str().expect("id").to_owned());
+        }
         if who == Who::OrgKey {
             let body = json!({"name": format!("pinned{n}"), "organization": fx.org});
             let key = self.ok(Method::POST, "/user/keys", admin, Some(body)).await;
@@ -831,6 +863,9 @@ impl Env {
         // The log stream by evaluation names its build's `.drv` in the query.
         let path = if op == "GET /evals/{id}/log" {
             format!("{path}?drv={}", fx.drv.as_deref().unwrap_or("/nix/store/none.drv"))
+        } else if op == "DELETE /user/sessions" {
+            // The shared sessions of the matrix's users must outlive their cell.
+            format!("{path}?keep_current=true")
         } else {
             path
         };

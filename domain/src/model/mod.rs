@@ -1,6 +1,7 @@
 //! The things Gradient knows about. Plain data: the rules that govern them live in `permissions`, `status`
 //! and the services.
 
+mod audit;
 mod build;
 mod cache;
 mod evaluation;
@@ -11,6 +12,7 @@ mod queue;
 mod user;
 mod worker;
 
+pub use audit::*;
 pub use build::*;
 pub use cache::*;
 pub use evaluation::*;

@@ -41,3 +41,12 @@ pub struct ApiKey {
     /// Declared in the server's declarative state: the API cannot delete it.
     pub managed: bool,
 }
+
+/// A session as its owner's list of sessions shows it: when it was last used (recorded at most once a minute)
+/// and the `User-Agent` of the login that opened it, when the login said one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub session: Session,
+    pub last_used_at: Option<Timestamp>,
+    pub user_agent: Option<String>,
+}

@@ -11,8 +11,8 @@
 //! * `Unavailable` is for the backend failing (connection lost, disk full); its text is for logs only.
 
 use crate::model::{
-    ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member,
-    Membership, NarFile, Org, Project, Role, RoleRef, Session, SubscribedCache, Subscriber, Subscription, Timestamp,
+    ApiKey, AuditEntry, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, SessionInfo, SubscribedCache, Subscriber, Subscription, Timestamp,
     User, WorkerRegistration,
 };
 use crate::{
@@ -49,6 +49,7 @@ pub trait Storage:
     + Integrations
     + Declared
     + Meta
+    + Audit
     + Send
     + Sync
     + 'static
@@ -67,6 +68,7 @@ impl<
         + Integrations
         + Declared
         + Meta
+        + Audit
         + Send
         + Sync
         + 'static,
@@ -88,6 +90,16 @@ pub trait Users {
     fn session(&self, id: SessionId) -> impl Future<Output = Result<Option<Session>>> + Send;
     /// Ok(false) when there was no such session.
     fn delete_session(&self, id: SessionId) -> impl Future<Output = Result<bool>> + Send;
+    /// The session with what is known of its use.
+    fn session_info(&self, id: SessionId) -> impl Future<Output = Result<Option<SessionInfo>>> + Send;
+    /// The user's sessions that have not expired at `now`, newest first (ties by id descending).
+    fn sessions_of(&self, user: UserId, now: Timestamp) -> impl Future<Output = Result<Vec<SessionInfo>>> + Send;
+    /// Records when the session was last used (only that changes). Ok(false) if the session does not exist.
+    fn touch_session(&self, id: SessionId, at: Timestamp) -> impl Future<Output = Result<bool>> + Send;
+    /// Records the `User-Agent` of the login that opened the session. Ok(false) if the session does not exist.
+    fn set_session_user_agent(&self, id: SessionId, user_agent: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Deletes every session of the user except `keep`; answers how many were deleted.
+    fn delete_sessions_of(&self, user: UserId, keep: Option<SessionId>) -> impl Future<Output = Result<u64>> + Send;
 
     /// NotFound when the owner does not exist; Conflict("api key") when the hash is already stored.
     fn create_api_key(&self, key: &ApiKey) -> impl Future<Output = Result<()>> + Send;
@@ -589,4 +601,20 @@ pub trait Meta {
     fn meta(&self, key: &str) -> impl Future<Output = Result<Option<String>>> + Send;
     /// Stores the value unless the key is already set; returns the value now stored.
     fn meta_init(&self, key: &str, value: &str) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// Organizations' audit logs (`docs/audit.md`): appended by the use cases, read newest first, bounded per
+/// organization, deleted with their organization.
+pub trait Audit {
+    /// Appends the entry with the next `seq` (increasing across the installation) and deletes the oldest entries
+    /// of its organization beyond the newest `keep`, atomically. Answers the `seq` given. NotFound when the
+    /// organization does not exist.
+    fn record_audit(&self, entry: &AuditEntry, keep: u32) -> impl Future<Output = Result<u64>> + Send;
+    /// The organization's entries with `seq` below `before` (all when `None`), newest first, at most `limit`.
+    fn audit_log(
+        &self,
+        org: OrgId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>>> + Send;
 }

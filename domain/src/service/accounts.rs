@@ -106,10 +106,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let now = self.clock.now();
         let claims = self.tokens.verify(token, now).ok_or_else(unauthenticated)?;
-        let session = self.storage.session(claims.sid).await?.ok_or_else(unauthenticated)?;
+        let info = self.storage.session_info(claims.sid).await?.ok_or_else(unauthenticated)?;
+        let session = &info.session;
         if session.user_id != claims.sub || session.expires_at <= now {
             return Err(unauthenticated());
         }
+        self.note_session_use(&info, now).await?;
         let user = self.storage.user(session.user_id).await?.ok_or_else(unauthenticated)?;
         Ok(Caller::Session {
             user,
@@ -236,6 +238,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             last_used_at: None,
         };
         self.storage.create_api_key(&key).await?;
+        if let Some(org) = key.scope.organization {
+            // A key pinned to the organization is recorded in its log, by name and permissions (never the token).
+            self.audit(
+                caller,
+                org,
+                crate::model::AuditAction::ApiKeyCreated,
+                format!("API key '{}' of '{}'", key.name, user.username),
+                key_permissions(&key),
+            )
+            .await?;
+        }
         Ok((key, token))
     }
 
@@ -246,13 +259,35 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     pub async fn delete_api_key(&self, caller: &Caller, id: ApiKeyId) -> Result<()> {
         let user = caller.require_unrestricted("delete API keys")?;
-        if let Some(key) = self.storage.api_keys(user.id).await?.iter().find(|k| k.id == id) {
+        let key = self.storage.api_keys(user.id).await?.into_iter().find(|k| k.id == id);
+        if let Some(key) = &key {
             refuse_managed(key.managed, format_args!("API key '{}'", key.name))?;
         }
         if self.storage.delete_api_key(user.id, id).await? {
+            if let Some(key) = key
+                && let Some(org) = key.scope.organization
+                && self.storage.org(org).await?.is_some()
+            {
+                self.audit(
+                    caller,
+                    org,
+                    crate::model::AuditAction::ApiKeyDeleted,
+                    format!("API key '{}' of '{}'", key.name, user.username),
+                    "",
+                )
+                .await?;
+            }
             Ok(())
         } else {
             Err(ServiceError::NotFound("no such API key".into()))
         }
+    }
+}
+
+/// What an audit entry says of a key's permissions.
+fn key_permissions(key: &ApiKey) -> String {
+    match &key.scope.permissions {
+        Some(perms) => perms.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
+        None => "all of the owner's permissions".to_owned(),
     }
 }

@@ -221,11 +221,22 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// The signed narinfo of a path the cache holds.
     pub async fn signed_narinfo(&self, cache: &Cache, hash_part: &str) -> Result<Option<Arc<str>>> {
-        if let Some(known) = self.memo.narinfo(cache.id, hash_part) {
-            return Ok(known);
+        let text = match self.memo.narinfo(cache.id, hash_part) {
+            Some(known) => known,
+            None => {
+                let text = self.sign_narinfo(cache, hash_part).await?.map(Arc::<str>::from);
+                self.memo.remember_narinfo(cache.id, hash_part, text.clone());
+                text
+            }
+        };
+        // A hit is remembered for the cache's page; the narinfo's first line names the path.
+        if let Some(path) = text
+            .as_deref()
+            .and_then(|t| t.lines().next())
+            .and_then(|l| l.strip_prefix("StorePath: "))
+        {
+            self.memo.recent_hits.record(cache.id, path, self.clock.now());
         }
-        let text = self.sign_narinfo(cache, hash_part).await?.map(Arc::<str>::from);
-        self.memo.remember_narinfo(cache.id, hash_part, text.clone());
         Ok(text)
     }
 

@@ -4,7 +4,7 @@
 //! owner). See `docs/security.md`.
 
 use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
-use crate::model::{Cache, Compression, DEFAULT_CACHE_PRIORITY, Org, SubscribedCache, Subscriber, Subscription};
+use crate::model::{AuditAction, Cache, Compression, DEFAULT_CACHE_PRIORITY, Org, SubscribedCache, Subscriber, Subscription};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -15,6 +15,8 @@ pub struct CacheStats {
     pub paths: u64,
     /// Compressed (NAR file) bytes.
     pub bytes: u64,
+    /// The paths this server served last, newest first (see [`super::recent_hits`] for the bounds).
+    pub recent_hits: Vec<super::CacheHit>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -120,7 +122,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn cache_stats(&self, caller: &Caller, name: &str) -> Result<CacheStats> {
         let cache = self.cache(caller, name).await?;
         let (paths, bytes) = self.storage.cache_usage(cache.id).await?;
-        Ok(CacheStats { paths, bytes })
+        Ok(CacheStats {
+            paths,
+            bytes,
+            recent_hits: self.memo.recent_hits.of(cache.id),
+        })
     }
 
     /// The cache, if the caller owns it (and, with an API key, the key is not restricted).
@@ -266,6 +272,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             })
             .await?;
         self.memo.forget_job_access();
+        let detail = if granted { "granted by its owner" } else { "public cache" };
+        self.audit(caller, org.id, AuditAction::CacheSubscribed, format!("cache '{}'", cache.name), detail)
+            .await?;
         Ok((org, cache))
     }
 
@@ -295,7 +304,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.memo.forget_job_access();
         let removed = self.storage.unsubscribe(org.id, found.id).await?;
         self.memo.forget_job_access();
-        if removed { Ok(()) } else { Err(missing()) }
+        if !removed {
+            return Err(missing());
+        }
+        self.audit(caller, org.id, AuditAction::CacheUnsubscribed, format!("cache '{}'", found.name), "")
+            .await
     }
 
     /// The organization's push cache: where its jobs push what they build.
@@ -343,6 +356,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 cache.name, org.name
             )));
         }
+        self.audit(caller, org.id, AuditAction::PushCacheSet, format!("cache '{}'", cache.name), "")
+            .await?;
         Ok((org, cache))
     }
 
@@ -356,7 +371,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.memo.forget_job_access();
         self.storage.set_push_cache(org.id, None).await?;
         self.memo.forget_job_access();
-        Ok(())
+        self.audit(caller, org.id, AuditAction::PushCacheCleared, format!("organization '{}'", org.name), "")
+            .await
     }
 
     /// Every organization subscribed to the cache, with what each may do: for its owner only.
@@ -375,7 +391,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.memo.forget_job_access();
         let removed = self.storage.unsubscribe(found.id, cache.id).await?;
         self.memo.forget_job_access();
-        if removed { Ok(()) } else { Err(missing()) }
+        if !removed {
+            return Err(missing());
+        }
+        self.audit(
+            caller,
+            found.id,
+            AuditAction::CacheUnsubscribed,
+            format!("cache '{}'", cache.name),
+            "revoked by the cache's owner",
+        )
+        .await
     }
 }
 

@@ -205,6 +205,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             created_at: self.clock.now(),
         };
         self.storage.link_github_installation(&link).await?;
+        self.audit(
+            caller,
+            o.id,
+            crate::model::AuditAction::GithubInstallationLinked,
+            format!("GitHub installation {installation}"),
+            format!("account '{}'", link.account),
+        )
+        .await?;
         Ok(link)
     }
 
@@ -230,6 +238,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 o.name
             )));
         }
-        Ok(())
+        self.audit(
+            caller,
+            o.id,
+            crate::model::AuditAction::GithubInstallationUnlinked,
+            format!("GitHub installation {installation}"),
+            "",
+        )
+        .await
     }
 }

@@ -28,6 +28,8 @@ pub struct ServeMemo {
     /// NAR files this process just received, until their narinfo comes: Nix pushes the two back to back, and
     /// the narinfo is checked against the file's record.
     received: Mutex<HashMap<(CacheId, String), NarFile>>,
+    /// The paths each cache served last (its page shows them).
+    pub(super) recent_hits: super::recent_hits::RecentHits,
 }
 
 /// A received NAR file's record is taken from memory for this long after its upload (well within the grace

@@ -3,6 +3,7 @@
 //! through the storage port. The HTTP API only translates requests into these calls.
 
 mod accounts;
+mod audit;
 mod binary_cache;
 mod builds;
 pub(crate) mod caches;
@@ -12,13 +13,16 @@ mod operations;
 mod orgs;
 mod overview;
 mod pipeline;
+mod recent_hits;
 pub(crate) mod projects;
+mod sessions;
 mod state;
 pub(crate) mod statuses;
 mod webhooks;
 pub(crate) mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
+pub use audit::{AUDIT_KEEP, AUDIT_PAGE, AuditPage};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, drv_from_basename, listing_key, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
@@ -29,7 +33,9 @@ pub use overview::{
     FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview,
 };
 pub use pipeline::Dispatched;
+pub use recent_hits::{CacheHit, RECENT_HITS, TRACKED_CACHES};
 pub use projects::{NewProject, ProjectChanges};
+pub use sessions::{MAX_USER_AGENT, SessionView, clean_user_agent};
 pub use statuses::{FIRST_RETRY, LAST_RETRY, commit_state, retry_delay};
 pub use webhooks::EVALUATION_LIST_LIMIT;
 pub use workers::{NewRegistration, check_token, generate_token, parse_worker_id};

@@ -1,7 +1,7 @@
 //! Organizations, their members and their roles.
 
 use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
-use crate::model::{Member, Membership, Org, Role, RoleRef};
+use crate::model::{AuditAction, Member, Membership, Org, Role, RoleRef};
 use crate::permissions::{BuiltinRole, OrgAccess, Permission, PermissionSet, org_access};
 use crate::ports::{Clock, Storage, StorageError};
 use crate::{Name, OrgId, RoleId};
@@ -129,6 +129,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ),
             other => other.into(),
         })?;
+        self.audit(caller, org.id, AuditAction::OrgCreated, format!("organization '{}'", org.name), "")
+            .await?;
         if let Some(local) = &self.settings.local_worker {
             let registration = crate::model::WorkerRegistration {
                 managed: false,
@@ -150,18 +152,30 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn update_org(&self, caller: &Caller, name: &str, changes: OrgChanges) -> Result<Org> {
         let mut org = self.org_requiring(caller, name, Permission::EditOrg).await?;
         refuse_managed(org.managed, format_args!("organization '{}'", org.name))?;
+        let mut changed = Vec::new();
         if let Some(d) = changes.display_name {
             check_text("display_name", &d, 256)?;
             org.display_name = d.trim().to_owned();
+            changed.push("display_name".to_owned());
         }
         if let Some(d) = changes.description {
             check_multiline_text("description", &d, 4096)?;
             org.description = d;
+            changed.push("description".to_owned());
         }
         if let Some(p) = changes.public {
             org.public = p;
+            changed.push(format!("public = {p}"));
         }
         self.storage.update_org(&org).await?;
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::OrgUpdated,
+            format!("organization '{}'", org.name),
+            changed.join(", "),
+        )
+        .await?;
         Ok(org)
     }
 
@@ -260,6 +274,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             })
             .await?;
         let role_name = self.role_name(&role).await?;
+        let detail = match &current {
+            Some(old) => format!("role {} → {role_name}", self.role_name(old).await?),
+            None => format!("added as {role_name}"),
+        };
+        self.audit(caller, org.id, AuditAction::MemberSet, format!("member '{}'", user.username), detail)
+            .await?;
         Ok(Member {
             user_id: user.id,
             username: user.username,
@@ -292,6 +312,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             return Err(last_admin());
         }
         self.storage.delete_membership(org.id, user.id).await?;
+        let detail = format!("was {}", self.role_name(&current).await?);
+        self.audit(caller, org.id, AuditAction::MemberRemoved, format!("member '{}'", user.username), detail)
+            .await?;
         // What the member lent the organization goes with them: its subscriptions to their caches (grants and
         // push), so its jobs neither push to nor trust the keys of an outsider's caches.
         self.memo.forget_job_access();
@@ -379,6 +402,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             StorageError::Conflict(_) => ServiceError::conflict("role_exists", format!("a role named '{name}' exists")),
             other => other.into(),
         })?;
+        let detail: Vec<&str> = role.permissions.iter().map(|p| p.as_str()).collect();
+        self.audit(caller, org.id, AuditAction::RoleCreated, format!("role '{}'", role.name), detail.join(", "))
+            .await?;
         Ok(RoleView {
             name: role.name,
             permissions: role.permissions,
@@ -414,6 +440,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
             other => other.into(),
         })?;
+        self.audit(caller, org.id, AuditAction::RoleDeleted, format!("role '{}'", role.name), "")
+            .await?;
         Ok(())
     }
 }

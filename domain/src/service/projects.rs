@@ -1,7 +1,7 @@
 //! Projects: a repository holding a flake, inside an organization.
 
 use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
-use crate::model::{DEFAULT_WILDCARD, InputOverride, Project};
+use crate::model::{AuditAction, DEFAULT_WILDCARD, InputOverride, Project};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
 use crate::reach::{self, NetworkPolicy};
@@ -145,6 +145,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ),
             other => other.into(),
         })?;
+        self.audit(caller, o.id, AuditAction::ProjectCreated, format!("project '{}'", project.name), "")
+            .await?;
         Ok(project)
     }
 
@@ -152,6 +154,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let o = self.org_requiring(caller, org, Permission::EditProject).await?;
         let mut p = self.project_in(o.id, org, name).await?;
         refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
+        // Which fields changed, by name only: a repository URL may carry credentials.
+        let changed: Vec<&str> = [
+            ("display_name", c.display_name.is_some()),
+            ("description", c.description.is_some()),
+            ("repository", c.repository.is_some()),
+            ("branch", c.branch.is_some()),
+            ("wildcard", c.wildcard.is_some()),
+            ("flake_input_overrides", c.flake_input_overrides.is_some()),
+            ("keep_evaluations", c.keep_evaluations.is_some()),
+            ("poll_interval_secs", c.poll_interval_secs.is_some()),
+            ("active", c.active.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
         if let Some(v) = c.display_name {
             check_text("display_name", &v, 256)?;
             p.display_name = v.trim().to_owned();
@@ -186,6 +203,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             p.active = v;
         }
         self.storage.update_project(&p).await?;
+        self.audit(
+            caller,
+            o.id,
+            AuditAction::ProjectUpdated,
+            format!("project '{}'", p.name),
+            changed.join(", "),
+        )
+        .await?;
         Ok(p)
     }
 
@@ -194,6 +219,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let p = self.project_in(o.id, org, name).await?;
         refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
         self.storage.delete_project(p.id).await?;
+        self.audit(caller, o.id, AuditAction::ProjectDeleted, format!("project '{}'", p.name), "")
+            .await?;
         Ok(())
     }
 }

@@ -157,6 +157,38 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             };
             StateError::new("database", format!("nothing was changed: {why}"))
         })?;
+        self.audit_state_changes(&plan)
+            .await
+            .map_err(|e| StateError::new("database", format!("the state was applied, its audit entries not: {e}")))?;
         Ok(plan)
+    }
+
+    /// One audit entry per change the plan made inside an organization that still exists (its organization,
+    /// roles, members, projects, workers and integrations), in the organization's log.
+    async fn audit_state_changes(&self, plan: &Plan) -> crate::service::Result<()> {
+        for change in &plan.changes {
+            let org_name = match change.kind {
+                "organization" => change.name.as_str(),
+                "role" | "project" | "worker" | "integration" => match change.name.split_once('/') {
+                    Some((org, _)) => org,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let Ok(name) = crate::Name::parse(org_name) else {
+                continue;
+            };
+            let Some(org) = self.storage.org_by_name(&name).await? else {
+                continue;
+            };
+            let mut detail = change.action.as_str().to_owned();
+            if !change.fields.is_empty() {
+                detail.push_str(": ");
+                detail.push_str(&change.fields.join(", "));
+            }
+            self.audit_state(org.id, format!("{} '{}'", change.kind, change.name), detail)
+                .await?;
+        }
+        Ok(())
     }
 }

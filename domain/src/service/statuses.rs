@@ -111,6 +111,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             token: self.crypt.seal(token.as_bytes()),
         };
         self.storage.set_forge_connection(&connection, self.clock.now()).await?;
+        // The forge's kind only: neither the token nor the API URL (which could name a private host) is kept.
+        self.audit(
+            caller,
+            o.id,
+            crate::model::AuditAction::ForgeConnectionSet,
+            format!("organization '{}'", o.name),
+            format!("forge {}", forge.as_str()),
+        )
+        .await?;
         Ok(connection)
     }
 

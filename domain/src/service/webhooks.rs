@@ -54,6 +54,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.storage
             .set_webhook_secret(o.id, &self.crypt.seal(secret.as_bytes()), self.clock.now())
             .await?;
+        // That a new secret replaced the old one; never the secret.
+        self.audit(
+            caller,
+            o.id,
+            crate::model::AuditAction::WebhookSecretCreated,
+            format!("organization '{}'", o.name),
+            "new secret",
+        )
+        .await?;
         Ok((o, secret))
     }
 

@@ -134,6 +134,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 ),
                 other => other.into(),
             })?;
+        // The worker and its registration by id; the token (shown once, or the caller's) is never recorded.
+        self.audit(
+            caller,
+            org.id,
+            crate::model::AuditAction::WorkerRegistered,
+            format!("worker {worker_id}"),
+            format!("registration {}", registration.peer_id.0),
+        )
+        .await?;
         Ok(NewRegistration {
             registration,
             token: shown,
@@ -191,7 +200,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         if self.storage.delete_worker_registration(org.id, peer).await? {
             self.fleet.revoke(peer);
-            Ok(())
+            self.audit(
+                caller,
+                org.id,
+                crate::model::AuditAction::WorkerDeleted,
+                format!("registration {}", peer.0),
+                "",
+            )
+            .await
         } else {
             Err(missing())
         }

@@ -19,6 +19,7 @@ mod orgs;
 mod projects;
 mod queue;
 mod roles;
+mod sessions_audit;
 mod support;
 mod users;
 mod workers;
@@ -34,6 +35,7 @@ pub use orgs::*;
 pub use projects::*;
 pub use queue::*;
 pub use roles::*;
+pub use sessions_audit::*;
 pub use users::*;
 pub use workers::*;
 
@@ -199,6 +201,11 @@ macro_rules! storage_contract {
             state_writes_are_all_or_nothing,
             // Meta.
             meta_init_keeps_the_first_value,
+            // Sessions as listed, and audit logs.
+            sessions_are_listed_newest_first_with_their_use,
+            deleting_a_users_sessions_keeps_the_one_asked_for,
+            audit_entries_read_back_newest_first_by_page,
+            audit_log_is_bounded_and_deleted_with_its_organization,
         );
     };
 }

@@ -9,7 +9,7 @@ mod state;
 
 use gradient_domain::model::{
     ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, JobState, Member,
-    Membership, NarFile, Org, Project, Role, RoleRef, Session, SubscribedCache, Subscriber, Subscription, Timestamp,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, SessionInfo, SubscribedCache, Subscriber, Subscription, Timestamp,
     User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
@@ -68,6 +68,53 @@ impl Users for MemoryStorage {
 
     async fn delete_session(&self, id: SessionId) -> Result<bool> {
         self.with(|s| Ok(s.sessions.remove(&id).is_some()))
+    }
+
+    async fn session_info(&self, id: SessionId) -> Result<Option<SessionInfo>> {
+        self.with(|s| Ok(s.sessions.get(&id).map(|session| s.session_info(session))))
+    }
+
+    async fn sessions_of(&self, user: UserId, now: Timestamp) -> Result<Vec<SessionInfo>> {
+        self.with(|s| {
+            let mut found: Vec<SessionInfo> = s
+                .sessions
+                .values()
+                .filter(|x| x.user_id == user && x.expires_at > now)
+                .map(|x| s.session_info(x))
+                .collect();
+            found.sort_by(|a, b| {
+                (b.session.created_at, b.session.id.0).cmp(&(a.session.created_at, a.session.id.0))
+            });
+            Ok(found)
+        })
+    }
+
+    async fn touch_session(&self, id: SessionId, at: Timestamp) -> Result<bool> {
+        self.with(|s| {
+            if !s.sessions.contains_key(&id) {
+                return Ok(false);
+            }
+            s.session_activity.entry(id).or_default().0 = Some(at);
+            Ok(true)
+        })
+    }
+
+    async fn set_session_user_agent(&self, id: SessionId, user_agent: &str) -> Result<bool> {
+        self.with(|s| {
+            if !s.sessions.contains_key(&id) {
+                return Ok(false);
+            }
+            s.session_activity.entry(id).or_default().1 = Some(user_agent.to_owned());
+            Ok(true)
+        })
+    }
+
+    async fn delete_sessions_of(&self, user: UserId, keep: Option<SessionId>) -> Result<u64> {
+        self.with(|s| {
+            let before = s.sessions.len();
+            s.sessions.retain(|id, x| x.user_id != user || Some(*id) == keep);
+            Ok((before - s.sessions.len()) as u64)
+        })
     }
 
     async fn create_api_key(&self, key: &ApiKey) -> Result<()> {
@@ -651,6 +698,50 @@ impl Integrations for MemoryStorage {
 
     async fn unlink_github_installation(&self, org: OrgId, installation: u64) -> Result<bool> {
         self.with(|s| Ok(s.github_installation_links.remove(&(org, installation)).is_some()))
+    }
+}
+
+impl gradient_domain::ports::storage::Audit for MemoryStorage {
+    async fn record_audit(&self, entry: &gradient_domain::model::AuditEntry, keep: u32) -> Result<u64> {
+        self.with(|s| {
+            if !s.orgs.contains_key(&entry.org_id) {
+                return Err(gradient_domain::ports::StorageError::NotFound);
+            }
+            s.audit_seq += 1;
+            let seq = s.audit_seq;
+            s.audit_log.push(gradient_domain::model::AuditEntry {
+                seq,
+                ..entry.clone()
+            });
+            let held = s.audit_log.iter().filter(|e| e.org_id == entry.org_id).count();
+            let mut excess = held.saturating_sub(keep as usize);
+            s.audit_log.retain(|e| {
+                if excess > 0 && e.org_id == entry.org_id {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            Ok(seq)
+        })
+    }
+
+    async fn audit_log(
+        &self,
+        org: OrgId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<gradient_domain::model::AuditEntry>> {
+        self.with(|s| {
+            Ok(s.audit_log
+                .iter()
+                .rev()
+                .filter(|e| e.org_id == org && before.is_none_or(|b| e.seq < b))
+                .take(limit as usize)
+                .cloned()
+                .collect())
+        })
     }
 }
 

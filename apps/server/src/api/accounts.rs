@@ -80,7 +80,13 @@ impl AccountsApi {
             .limits
             .login(&body.loginname, client)
             .map_err(LimitedError::rate_limited)?;
-        Ok(ok(self.0.app.login(&body.loginname, &body.password).await?)?)
+        let token = self.0.app.login(&body.loginname, &body.password).await?;
+        // The sessions list shows which browser or client opened each session.
+        self.0
+            .app
+            .note_session_client(&token, req.header(poem::http::header::USER_AGENT))
+            .await?;
+        Ok(ok(token)?)
     }
 
     /// Ends the session whose token authenticates this request; the token stops working at once.

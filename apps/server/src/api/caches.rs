@@ -15,6 +15,16 @@ pub struct CacheStatsView {
     pub paths: u64,
     /// Their compressed NAR size in bytes.
     pub bytes: u64,
+    /// The store paths this server served last (their narinfo answered), newest first: each path once, at most
+    /// 20, kept in memory only (a restart starts empty).
+    pub recent_hits: Vec<CacheHitView>,
+}
+
+#[derive(Object)]
+pub struct CacheHitView {
+    pub store_path: String,
+    /// When it was last served.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Object)]
@@ -114,6 +124,14 @@ impl CachesApi {
         ok(CacheStatsView {
             paths: s.paths,
             bytes: s.bytes,
+            recent_hits: s
+                .recent_hits
+                .into_iter()
+                .map(|h| CacheHitView {
+                    store_path: h.store_path,
+                    at: h.at,
+                })
+                .collect(),
         })
     }
 

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod allow;
+mod audit;
 mod caches;
 mod dto;
 mod errors;
@@ -14,6 +15,7 @@ mod meta;
 mod nullable;
 mod orgs;
 mod projects;
+mod sessions;
 mod streams;
 pub mod strict;
 mod workers;
@@ -73,6 +75,8 @@ pub type Api = (
     evaluations::EvaluationsApi,
     hooks::HooksApi,
     streams::StreamsApi,
+    sessions::SessionsApi,
+    audit::AuditApi,
 );
 
 /// The API service, with the document's fixed metadata (the spec must not depend on the configuration).
@@ -87,7 +91,9 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
             workers::WorkersApi(state.clone()),
             evaluations::EvaluationsApi(state.clone()),
             hooks::HooksApi(state.clone()),
-            streams::StreamsApi(state),
+            streams::StreamsApi(state.clone()),
+            sessions::SessionsApi(state.clone()),
+            audit::AuditApi(state),
         ),
         "Gradient",
         env!("CARGO_PKG_VERSION"),

@@ -37,7 +37,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .filter(|w| w.orgs.contains(&o.id))
             .map(|w| w.id)
             .collect();
-        self.stop_evaluation(e, o.id, &workers).await
+        let stopped = self.stop_evaluation(e, o.id, &workers).await?;
+        self.audit(
+            caller,
+            o.id,
+            crate::model::AuditAction::EvaluationAborted,
+            format!("evaluation {} of project '{}'", id.0, p.name),
+            "",
+        )
+        .await?;
+        Ok(stopped)
     }
 
     /// Ends a live evaluation Aborted and stops what only it needs (see `abort_evaluation`), on `workers`.
@@ -142,6 +151,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 "only an evaluation that ended with failed or aborted builds can be restarted",
             ));
         }
+        let restarted = again.len();
         let now = self.clock.now();
         // Every build is Queued before any job is: a dispatch round in between must not find a restarted
         // build's input still Failed and fail it again.
@@ -159,6 +169,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         e.errors.retain(|x| !x.attribute.is_empty());
         self.save_evaluation(from, &e).await?;
         self.fleet.wake();
+        self.audit(
+            caller,
+            o.id,
+            crate::model::AuditAction::EvaluationRestarted,
+            format!("evaluation {} of project '{}'", id.0, p.name),
+            format!("{restarted} builds queued again"),
+        )
+        .await?;
         Ok(e)
     }
 }

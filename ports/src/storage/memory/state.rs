@@ -17,6 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 pub(super) struct State {
     pub(super) users: HashMap<UserId, User>,
     pub(super) sessions: HashMap<SessionId, Session>,
+    /// Sessions' last use and user agent (an entry of a deleted session is never read: lookups go through
+    /// `sessions`).
+    pub(super) session_activity: HashMap<SessionId, (Option<Timestamp>, Option<String>)>,
+    /// Audit entries of every organization, oldest first, and the last `seq` given.
+    pub(super) audit_log: Vec<gradient_domain::model::AuditEntry>,
+    pub(super) audit_seq: u64,
     pub(super) api_keys: HashMap<ApiKeyId, ApiKey>,
     pub(super) orgs: HashMap<OrgId, Org>,
     pub(super) roles: HashMap<RoleId, Role>,
@@ -87,6 +93,15 @@ impl State {
         }
         self.users.insert(user.id, user.clone());
         Ok(())
+    }
+
+    pub(super) fn session_info(&self, session: &Session) -> gradient_domain::model::SessionInfo {
+        let (last_used_at, user_agent) = self.session_activity.get(&session.id).cloned().unwrap_or_default();
+        gradient_domain::model::SessionInfo {
+            session: session.clone(),
+            last_used_at,
+            user_agent,
+        }
     }
 
     pub(super) fn create_session(&mut self, session: &Session) -> Result<()> {
@@ -180,6 +195,7 @@ impl State {
         self.forge_connections.remove(&id);
         self.github_installation_links.retain(|(org, _), _| *org != id);
         self.status_reports.retain(|r| r.org_id != id);
+        self.audit_log.retain(|e| e.org_id != id);
         true
     }
 
