@@ -7,6 +7,7 @@ mod accounts;
 mod allow;
 mod caches;
 mod dto;
+mod email;
 mod errors;
 mod evaluations;
 mod hooks;
@@ -66,6 +67,7 @@ impl MaybeToken {
 pub type Api = (
     meta::MetaApi,
     accounts::AccountsApi,
+    email::EmailApi,
     orgs::OrgsApi,
     projects::ProjectsApi,
     caches::CachesApi,
@@ -81,6 +83,7 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
         (
             meta::MetaApi(state.clone()),
             accounts::AccountsApi(state.clone()),
+            email::EmailApi(state.clone()),
             orgs::OrgsApi(state.clone()),
             projects::ProjectsApi(state.clone()),
             caches::CachesApi(state.clone()),
