@@ -36,10 +36,10 @@ impl Mailbox for Sink {
     }
 }
 
-/// `=?utf-8?b?…?=` words decoded (the rest kept), the whitespace between two words dropped.
+/// `=?utf-8?b?…?=` words decoded (the rest kept), the whitespace between two encoded words dropped (RFC 2047).
 fn decode_header(value: &str) -> String {
     let mut bytes = Vec::new();
-    let mut previous_was_word = false;
+    let mut previous_was_word = None;
     for part in value.split_whitespace() {
         let word = part
             .strip_prefix("=?")
@@ -49,21 +49,16 @@ fn decode_header(value: &str) -> String {
                 let (_charset, enc, text) = (it.next()?, it.next()?, it.next()?);
                 enc.eq_ignore_ascii_case("b").then(|| STANDARD.decode(text).ok()).flatten()
             });
-        match word {
-            Some(w) => {
-                bytes.extend(w);
-                previous_was_word = true;
-            }
-            None => {
-                if !bytes.is_empty() {
-                    bytes.push(b' ');
-                }
-                bytes.extend(part.as_bytes());
-                previous_was_word = false;
-            }
+        let is_word = word.is_some();
+        if previous_was_word.is_some() && !(previous_was_word == Some(true) && is_word) {
+            bytes.push(b' ');
         }
+        match word {
+            Some(w) => bytes.extend(w),
+            None => bytes.extend(part.as_bytes()),
+        }
+        previous_was_word = Some(is_word);
     }
-    let _ = previous_was_word;
     String::from_utf8(bytes).expect("UTF-8 subject")
 }
 

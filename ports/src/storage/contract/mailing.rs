@@ -1,6 +1,6 @@
 //! Email tokens, verified addresses, password resets and the evaluation mail setting.
 
-use super::support::{hash, new_session, now, seconds, user};
+use super::support::{hash, new_session, new_user, now, seconds, user};
 use gradient_domain::UserId;
 use gradient_domain::model::{EmailToken, TokenPurpose};
 use gradient_domain::ports::{Storage, StorageError};
@@ -77,8 +77,13 @@ pub async fn email_tokens_are_single_use_per_purpose<S: Storage>(s: &S) {
 
 /// Verifying an address and resetting a password change only that user; a reset ends all their sessions.
 pub async fn password_reset_ends_the_users_sessions<S: Storage>(s: &S) {
-    let ada = user(s, "ada").await;
-    let bob = user(s, "bob").await;
+    let unverified = |prefix| gradient_domain::model::User {
+        email_verified: false,
+        ..new_user(prefix)
+    };
+    let (ada, bob) = (unverified("ada"), unverified("bob"));
+    s.create_user(&ada).await.expect("create_user");
+    s.create_user(&bob).await.expect("create_user");
     let (a1, a2, b1) = (new_session(ada.id), new_session(ada.id), new_session(bob.id));
     for x in [&a1, &a2, &b1] {
         s.create_session(x).await.expect("create_session");
