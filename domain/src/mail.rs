@@ -106,7 +106,14 @@ pub fn reset_mail(user: &User, public_url: &str, token: &str) -> Mail {
 }
 
 /// The mail telling `user` that the project's health changed with evaluation `e`.
-pub fn health_mail(user: &User, public_url: &str, org: &Org, project: &Project, e: &Evaluation, change: HealthChange) -> Mail {
+pub fn health_mail(
+    user: &User,
+    public_url: &str,
+    org: &Org,
+    project: &Project,
+    e: &Evaluation,
+    change: HealthChange,
+) -> Mail {
     let what = match change {
         HealthChange::Failing => "is failing",
         HealthChange::Fixed => "is fixed",

@@ -50,7 +50,11 @@ async fn register(app: &App, username: &str) -> gradient_domain::model::User {
 /// The token of the link to `page` in the mail.
 fn link_token(mail: &Mail, page: &str) -> String {
     let prefix = format!("https://ci.example.com/{page}?token=");
-    let start = mail.body.find(&prefix).unwrap_or_else(|| panic!("no {page} link in {}", mail.body)) + prefix.len();
+    let start = mail
+        .body
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no {page} link in {}", mail.body))
+        + prefix.len();
     mail.body[start..]
         .split(|c: char| c.is_whitespace())
         .next()
@@ -82,9 +86,15 @@ async fn registration_mails_a_single_use_link_and_login_waits_for_it() {
         "invalid_token",
         "the link works once"
     );
-    assert_eq!(app.verify_email("not a token").await.unwrap_err().code(), "invalid_token");
+    assert_eq!(
+        app.verify_email("not a token").await.unwrap_err().code(),
+        "invalid_token"
+    );
     app.resend_verification("ada").await.unwrap();
-    assert!(mailer.take().is_empty(), "a verified address gets no more verification mail");
+    assert!(
+        mailer.take().is_empty(),
+        "a verified address gets no more verification mail"
+    );
 }
 
 #[tokio::test]
@@ -93,9 +103,15 @@ async fn a_verification_link_expires_and_a_new_one_can_be_asked_for_once_a_minut
     register(&app, "bob").await;
     let old = link_token(&mailer.take()[0], "verify-email");
     app.resend_verification("bob@example.com").await.unwrap();
-    assert!(mailer.take().is_empty(), "within a minute of the last mail, none is sent");
+    assert!(
+        mailer.take().is_empty(),
+        "within a minute of the last mail, none is sent"
+    );
     app.resend_verification("nobody").await.unwrap();
-    assert!(mailer.take().is_empty(), "an unknown account answers the same and gets nothing");
+    assert!(
+        mailer.take().is_empty(),
+        "an unknown account answers the same and gets nothing"
+    );
 
     app.clock.advance(chrono::TimeDelta::hours(25));
     assert_eq!(
@@ -174,7 +190,10 @@ async fn a_password_reset_reveals_no_account_works_once_and_ends_every_session()
     let token = link_token(&mailer.take()[0], "reset-password");
     app.clock.advance(chrono::TimeDelta::minutes(61));
     assert_eq!(
-        app.reset_password(&token, "too-late-password").await.unwrap_err().code(),
+        app.reset_password(&token, "too-late-password")
+            .await
+            .unwrap_err()
+            .code(),
         "invalid_token"
     );
 }
@@ -202,7 +221,12 @@ fn evaluator(org: &Org) -> WorkerInfo {
 async fn evaluation_that(app: &App, org: &Org, project: &Project, completes: bool, n: u8) -> EvaluationStatus {
     app.clock.advance(chrono::TimeDelta::seconds(10));
     let e = app
-        .queue_evaluation(org.id, project, &format!("{n:x}").repeat(40)[..40], EvaluationTrigger::Manual)
+        .queue_evaluation(
+            org.id,
+            project,
+            &format!("{n:x}").repeat(40)[..40],
+            EvaluationTrigger::Manual,
+        )
         .await
         .unwrap();
     let w = evaluator(org);
@@ -210,7 +234,9 @@ async fn evaluation_that(app: &App, org: &Org, project: &Project, completes: boo
     let sent = app.dispatch().await.unwrap();
     let job = sent[0].job.id();
     let outcome = if completes {
-        app.record_eval_result(job, w.id, &w.orgs, vec![], vec![]).await.unwrap();
+        app.record_eval_result(job, w.id, &w.orgs, vec![], vec![])
+            .await
+            .unwrap();
         JobOutcome::Success
     } else {
         JobOutcome::Failed {
@@ -218,7 +244,9 @@ async fn evaluation_that(app: &App, org: &Org, project: &Project, completes: boo
             message: "error: attribute missing".into(),
         }
     };
-    app.record_job_finished(job, w.id, &w.orgs, outcome, None).await.unwrap();
+    app.record_job_finished(job, w.id, &w.orgs, outcome, None)
+        .await
+        .unwrap();
     app.fleet.disconnect(w.id);
     use gradient_domain::ports::storage::Evaluations;
     app.storage.evaluation(e.id).await.unwrap().unwrap().status
@@ -237,24 +265,43 @@ async fn members_get_one_mail_when_a_project_starts_failing_and_one_when_it_is_f
     common::signed_up(&app, "outsider").await;
     mailer.take();
 
-    assert_eq!(evaluation_that(&app, &org, &project, true, 1).await, EvaluationStatus::Completed);
+    assert_eq!(
+        evaluation_that(&app, &org, &project, true, 1).await,
+        EvaluationStatus::Completed
+    );
     assert!(mailer.take().is_empty(), "a first evaluation that passes is no news");
 
-    assert_eq!(evaluation_that(&app, &org, &project, false, 2).await, EvaluationStatus::Failed);
+    assert_eq!(
+        evaluation_that(&app, &org, &project, false, 2).await,
+        EvaluationStatus::Failed
+    );
     let sent = mailer.take();
     assert_eq!(sent.len(), 1, "one mail, to the member who did not opt out: {sent:?}");
     assert_eq!(sent[0].to.as_str(), "admin@example.com");
     assert_eq!(sent[0].subject, "acme/web is failing");
-    assert!(sent[0].body.contains("https://ci.example.com/evals/"), "{}", sent[0].body);
+    assert!(
+        sent[0].body.contains("https://ci.example.com/evals/"),
+        "{}",
+        sent[0].body
+    );
 
-    assert_eq!(evaluation_that(&app, &org, &project, false, 3).await, EvaluationStatus::Failed);
+    assert_eq!(
+        evaluation_that(&app, &org, &project, false, 3).await,
+        EvaluationStatus::Failed
+    );
     assert!(mailer.take().is_empty(), "still failing: no news");
 
-    assert_eq!(evaluation_that(&app, &org, &project, true, 4).await, EvaluationStatus::Completed);
+    assert_eq!(
+        evaluation_that(&app, &org, &project, true, 4).await,
+        EvaluationStatus::Completed
+    );
     let sent = mailer.take();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].subject, "acme/web is fixed");
 
-    assert_eq!(evaluation_that(&app, &org, &project, true, 5).await, EvaluationStatus::Completed);
+    assert_eq!(
+        evaluation_that(&app, &org, &project, true, 5).await,
+        EvaluationStatus::Completed
+    );
     assert!(mailer.take().is_empty(), "still passing: no news");
 }

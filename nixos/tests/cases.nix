@@ -200,7 +200,7 @@ in
     };
   };
 
-  # Both proxies, an incomplete GitHub App: refused with assertions.
+  # Both proxies, an incomplete GitHub App, mail without a server: refused with assertions.
   conflicts = {
     imports = [ packages ];
     services.gradient = {
@@ -211,6 +211,7 @@ in
       reverseProxy.nginx.enable = true;
       reverseProxy.caddy.enable = true;
       githubApp.enable = true;
+      email.enable = true;
       worker.enable = true;
     };
   };

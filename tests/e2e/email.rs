@@ -52,7 +52,12 @@ impl Smtp {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/smtp_sink.py");
         let mut child = Command::new(python)
             .arg(script)
-            .args([&port.to_string(), SMTP_LOGIN, SMTP_PASSWORD, inbox.to_str().expect("path")])
+            .args([
+                &port.to_string(),
+                SMTP_LOGIN,
+                SMTP_PASSWORD,
+                inbox.to_str().expect("path"),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("aiosmtpd starts");
@@ -94,7 +99,10 @@ impl Smtp {
             ("GRADIENT_EMAIL_SMTP_HOST".into(), "127.0.0.1".into()),
             ("GRADIENT_EMAIL_SMTP_PORT".into(), self.port.to_string()),
             ("GRADIENT_EMAIL_SMTP_USERNAME".into(), SMTP_LOGIN.into()),
-            ("GRADIENT_EMAIL_SMTP_PASSWORD_FILE".into(), password.display().to_string()),
+            (
+                "GRADIENT_EMAIL_SMTP_PASSWORD_FILE".into(),
+                password.display().to_string(),
+            ),
             ("GRADIENT_EMAIL_FROM_ADDRESS".into(), "ci@example.com".into()),
             ("GRADIENT_EMAIL_FROM_NAME".into(), "Acme CI".into()),
         ]
@@ -112,7 +120,9 @@ impl Drop for Smtp {
 fn link_token(mail: &Value, public_url: &str, page: &str) -> String {
     let body = mail["body"].as_str().expect("body");
     let prefix = format!("{public_url}/{page}?token=");
-    let start = body.find(&prefix).unwrap_or_else(|| panic!("no {prefix} link in:\n{body}"));
+    let start = body
+        .find(&prefix)
+        .unwrap_or_else(|| panic!("no {prefix} link in:\n{body}"));
     let link = body[start..].split_whitespace().next().expect("link");
     link[prefix.len()..].to_owned()
 }
@@ -144,11 +154,22 @@ async fn registration_mails_a_link_that_verifies_the_address_before_login() {
     let server = start_server(dir.path(), &smtp, &[("GRADIENT_EMAIL_REQUIRE_VERIFICATION", "true")]).await;
     let c = Client::new(&server);
     let config = c.ok(Method::GET, "/config", None).await;
-    assert_eq!((config["email_enabled"].as_bool(), config["email_verification_required"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (
+            config["email_enabled"].as_bool(),
+            config["email_verification_required"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
     let reg = json!({"username": "ada", "name": "Ada Lovelace", "email": "ada@example.com", "password": "password123"});
     c.ok(Method::POST, "/auth/basic/register", Some(reg)).await;
     let mails = smtp.wait_for(1, |m| m["envelope_to"][0] == "ada@example.com").await;
-    assert_eq!(mails.len(), 1, "one verification mail: {mails:?}\n{}", std::fs::read_to_string(&server.log).unwrap_or_default());
+    assert_eq!(
+        mails.len(),
+        1,
+        "one verification mail: {mails:?}\n{}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
     let mail = &mails[0];
     assert_eq!(mail["from"], "Acme CI <ci@example.com>", "the configured sender");
     assert_eq!(mail["to"], "Ada Lovelace <ada@example.com>");
@@ -160,22 +181,40 @@ async fn registration_mails_a_link_that_verifies_the_address_before_login() {
 
     let token = link_token(mail, &server.url, "verify-email");
     let page = open_page(&server, "verify-email", &token).await;
-    assert!(page == 200 || page == 404, "the link opens a page of the web UI (404 without a built UI): {page}");
-    c.ok(Method::POST, "/auth/email/verify", Some(json!({"token": token}))).await;
+    assert!(
+        page == 200 || page == 404,
+        "the link opens a page of the web UI (404 without a built UI): {page}"
+    );
+    c.ok(Method::POST, "/auth/email/verify", Some(json!({"token": token})))
+        .await;
     c.ok(Method::POST, "/auth/basic/login", Some(login)).await;
-    let (status, v) = c.call(Method::POST, "/auth/email/verify", Some(json!({"token": token}))).await;
-    assert_eq!((status, v["code"].as_str()), (422, Some("invalid_token")), "the link works once: {v}");
+    let (status, v) = c
+        .call(Method::POST, "/auth/email/verify", Some(json!({"token": token})))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (422, Some("invalid_token")),
+        "the link works once: {v}"
+    );
 
     // A new verification mail for an unverified account; none for a verified one, an unknown one answers the same.
     let reg = json!({"username": "bob", "name": "Bob", "email": "bob@example.com", "password": "password123"});
     c.ok(Method::POST, "/auth/basic/register", Some(reg)).await;
     let first = smtp.wait_for(1, |m| m["envelope_to"][0] == "bob@example.com").await;
     assert_eq!(first.len(), 1);
-    let answer = c.ok(Method::POST, "/auth/email/resend", Some(json!({"loginname": "nobody"}))).await;
-    let same = c.ok(Method::POST, "/auth/email/resend", Some(json!({"loginname": "ada"}))).await;
+    let answer = c
+        .ok(Method::POST, "/auth/email/resend", Some(json!({"loginname": "nobody"})))
+        .await;
+    let same = c
+        .ok(Method::POST, "/auth/email/resend", Some(json!({"loginname": "ada"})))
+        .await;
     assert_eq!(answer, same, "no account is revealed");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(smtp.messages().len(), 2, "no mail for unknown or verified accounts, nor twice a minute");
+    assert_eq!(
+        smtp.messages().len(),
+        2,
+        "no mail for unknown or verified accounts, nor twice a minute"
+    );
     server.stop();
 }
 
@@ -188,19 +227,36 @@ async fn a_password_reset_mail_sets_a_new_password_and_ends_the_sessions() {
     let reg = json!({"username": "eve", "name": "Eve", "email": "eve@example.com", "password": "password123"});
     c.ok(Method::POST, "/auth/basic/register", Some(reg)).await;
     let session = c
-        .ok(Method::POST, "/auth/basic/login", Some(json!({"loginname": "eve", "password": "password123"})))
+        .ok(
+            Method::POST,
+            "/auth/basic/login",
+            Some(json!({"loginname": "eve", "password": "password123"})),
+        )
         .await;
     c.token = session.as_str().map(str::to_owned);
     c.ok(Method::GET, "/user", None).await;
 
     let unknown = c
-        .ok(Method::POST, "/auth/password/forgot", Some(json!({"email": "nobody@example.com"})))
+        .ok(
+            Method::POST,
+            "/auth/password/forgot",
+            Some(json!({"email": "nobody@example.com"})),
+        )
         .await;
     let known = c
-        .ok(Method::POST, "/auth/password/forgot", Some(json!({"email": "eve@example.com"})))
+        .ok(
+            Method::POST,
+            "/auth/password/forgot",
+            Some(json!({"email": "eve@example.com"})),
+        )
         .await;
-    assert_eq!(unknown, known, "the answer does not say whether an account has the address");
-    let mails = smtp.wait_for(1, |m| m["subject"] == "Reset your Gradient password").await;
+    assert_eq!(
+        unknown, known,
+        "the answer does not say whether an account has the address"
+    );
+    let mails = smtp
+        .wait_for(1, |m| m["subject"] == "Reset your Gradient password")
+        .await;
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert_eq!(mails[0]["envelope_to"][0], "eve@example.com");
     let token = link_token(&mails[0], &server.url, "reset-password");
@@ -209,27 +265,51 @@ async fn a_password_reset_mail_sets_a_new_password_and_ends_the_sessions() {
 
     let anonymous = Client::new(&server);
     anonymous
-        .ok(Method::POST, "/auth/password/reset", Some(json!({"token": token, "password": "a-new-password"})))
+        .ok(
+            Method::POST,
+            "/auth/password/reset",
+            Some(json!({"token": token, "password": "a-new-password"})),
+        )
         .await;
     let (status, _) = c.call(Method::GET, "/user", None).await;
     assert_eq!(status, 401, "the session from before the reset ended");
     let (status, _) = anonymous
-        .call(Method::POST, "/auth/basic/login", Some(json!({"loginname": "eve", "password": "password123"})))
+        .call(
+            Method::POST,
+            "/auth/basic/login",
+            Some(json!({"loginname": "eve", "password": "password123"})),
+        )
         .await;
     assert_eq!(status, 401, "the old password is gone");
     anonymous
-        .ok(Method::POST, "/auth/basic/login", Some(json!({"loginname": "eve", "password": "a-new-password"})))
+        .ok(
+            Method::POST,
+            "/auth/basic/login",
+            Some(json!({"loginname": "eve", "password": "a-new-password"})),
+        )
         .await;
     let (status, v) = anonymous
-        .call(Method::POST, "/auth/password/reset", Some(json!({"token": token, "password": "third-password"})))
+        .call(
+            Method::POST,
+            "/auth/password/reset",
+            Some(json!({"token": token, "password": "third-password"})),
+        )
         .await;
-    assert_eq!((status, v["code"].as_str()), (422, Some("invalid_token")), "the link works once");
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (422, Some("invalid_token")),
+        "the link works once"
+    );
     server.stop();
 }
 
 /// A flake whose one package passes or fails, new at every call.
 fn flake(passes: bool) -> String {
-    let script = if passes { "echo ok > $out" } else { "echo failing on purpose; exit 1" };
+    let script = if passes {
+        "echo ok > $out"
+    } else {
+        "echo failing on purpose; exit 1"
+    };
     format!(
         r#"{{
   outputs = {{ self }}: let system = "x86_64-linux"; in {{
@@ -261,9 +341,19 @@ async fn a_project_that_fails_and_is_fixed_mails_its_members_exactly_twice() {
     // A second member who turned evaluation mail off.
     let mut quiet = Client::new(&server);
     quiet.register_with_key("quiet").await;
-    quiet.ok(Method::PUT, "/user/mail", Some(json!({"evaluation_mail": false}))).await;
-    assert_eq!(quiet.ok(Method::GET, "/user/mail", None).await["evaluation_mail"], false);
-    c.ok(Method::POST, "/orgs/acme/users", Some(json!({"user": "quiet", "role": "Write"}))).await;
+    quiet
+        .ok(Method::PUT, "/user/mail", Some(json!({"evaluation_mail": false})))
+        .await;
+    assert_eq!(
+        quiet.ok(Method::GET, "/user/mail", None).await["evaluation_mail"],
+        false
+    );
+    c.ok(
+        Method::POST,
+        "/orgs/acme/users",
+        Some(json!({"user": "quiet", "role": "Write"})),
+    )
+    .await;
     let worker = start_worker(&c, dir.path(), &server.url, "w").await;
 
     let about = |m: &Value| m["subject"].as_str().is_some_and(|s| s.starts_with("acme/demo "));
@@ -273,8 +363,17 @@ async fn a_project_that_fails_and_is_fixed_mails_its_members_exactly_twice() {
     let mails = smtp.wait_for(1, about).await;
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert_eq!(mails[0]["subject"], "acme/demo is failing");
-    assert_eq!(mails[0]["envelope_to"], json!(["ci@example.com"]), "only the member who wants it");
-    assert!(mails[0]["body"].as_str().expect("body").contains(&format!("{}/evals/{id}", server.url)));
+    assert_eq!(
+        mails[0]["envelope_to"],
+        json!(["ci@example.com"]),
+        "only the member who wants it"
+    );
+    assert!(
+        mails[0]["body"]
+            .as_str()
+            .expect("body")
+            .contains(&format!("{}/evals/{id}", server.url))
+    );
 
     let still_failing = commit(&repo, &flake(false));
     let id = evaluate(&c, &still_failing).await;
@@ -290,10 +389,17 @@ async fn a_project_that_fails_and_is_fixed_mails_its_members_exactly_twice() {
 
     let still_fixed = commit(&repo, &flake(true));
     let id = evaluate(&c, &still_fixed).await;
-    assert_eq!(wait_for_end(&c, &server, &id).await["evaluation"]["status"], "Completed");
+    assert_eq!(
+        wait_for_end(&c, &server, &id).await["evaluation"]["status"],
+        "Completed"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let about_demo: Vec<Value> = smtp.messages().into_iter().filter(about).collect();
-    assert_eq!(about_demo.len(), 2, "one mail per change, none while the health stays: {about_demo:?}");
+    assert_eq!(
+        about_demo.len(),
+        2,
+        "one mail per change, none while the health stays: {about_demo:?}"
+    );
     worker.kill();
     server.stop();
 }

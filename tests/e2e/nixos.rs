@@ -568,6 +568,7 @@ fn nixos_module_refuses_secrets_in_the_store_and_inconsistent_settings() {
     for want in [
         "services.gradient.reverseProxy: enable nginx or caddy, not both",
         "services.gradient.githubApp: enable needs appId, privateKeyFile and webhookSecretFile",
+        "services.gradient.email: enable needs smtpHost and fromAddress",
         "services.gradient.worker.serverUrl must be set (e.g. wss://gradient.example.com/proto)",
     ] {
         assert!(failed.contains(&want.to_owned()), "{failed:?}");

@@ -121,13 +121,20 @@ impl SmtpMailer {
                 .parse()
                 .map_err(|e| MailError::Rejected(format!("the address '{}' is not valid: {e}", mail.to)))?,
         );
-        let body = Body::new_with_encoding(mail.body.replace("\r\n", "\n").replace('\n', "\r\n"), ContentTransferEncoding::Base64)
-            .map_err(|_| MailError::Rejected("the body cannot be encoded".into()))?;
+        let body = Body::new_with_encoding(
+            mail.body.replace("\r\n", "\n").replace('\n', "\r\n"),
+            ContentTransferEncoding::Base64,
+        )
+        .map_err(|_| MailError::Rejected("the body cannot be encoded".into()))?;
         Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(mail.subject.replace(['\r', '\n'], " "))
-            .message_id(Some(format!("<{}@{}>", uuid::Uuid::new_v4().simple(), self.from_domain)))
+            .message_id(Some(format!(
+                "<{}@{}>",
+                uuid::Uuid::new_v4().simple(),
+                self.from_domain
+            )))
             .header(ContentType::TEXT_PLAIN)
             .body(body)
             .map_err(|e| MailError::Rejected(format!("the message cannot be built: {e}")))

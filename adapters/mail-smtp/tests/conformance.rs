@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The SMTP mailer passes the mail contract against a small SMTP server run by the test on loopback, which
 //! keeps each message as its recipient would read it (subject and body decoded). The end-to-end tests
 //! (`tests/e2e/email.rs`) send through a real one, aiosmtpd.
@@ -47,7 +48,9 @@ fn decode_header(value: &str) -> String {
             .and_then(|r| {
                 let mut it = r.splitn(3, '?');
                 let (_charset, enc, text) = (it.next()?, it.next()?, it.next()?);
-                enc.eq_ignore_ascii_case("b").then(|| STANDARD.decode(text).ok()).flatten()
+                enc.eq_ignore_ascii_case("b")
+                    .then(|| STANDARD.decode(text).ok())
+                    .flatten()
             });
         let is_word = word.is_some();
         if previous_was_word.is_some() && !(previous_was_word == Some(true) && is_word) {
@@ -66,18 +69,18 @@ fn parse(rcpt: &str, data: &str) -> Mail {
     let (head, body) = data.split_once("\r\n\r\n").expect("headers and body");
     let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
     let header = |name: &str| {
-        unfolded
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+        unfolded.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_owned())
+        })
     };
     assert_eq!(
         header("Content-Transfer-Encoding").as_deref(),
         Some("base64"),
         "bodies travel as base64"
     );
-    let body = STANDARD
-        .decode(body.replace("\r\n", "").trim())
-        .expect("a base64 body");
+    let body = STANDARD.decode(body.replace("\r\n", "").trim()).expect("a base64 body");
     Mail {
         to: Email::parse(rcpt).expect("recipient"),
         to_name: String::new(),

@@ -30,7 +30,8 @@ impl TokenRow {
 
 impl Mailing for SqlStorage {
     async fn put_email_token(&self, token: &EmailToken) -> Result<()> {
-        let sql = "INSERT INTO email_tokens (hash, user_id, purpose, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
+        let sql =
+            "INSERT INTO email_tokens (hash, user_id, purpose, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
         with_pool!(self, |p| sqlx::query(sql)
             .bind(&token.hash)
             .bind(token.user_id.0)

@@ -577,7 +577,10 @@ fn email(e: &Env) -> Result<EmailConfig, ConfigError> {
         from_name: e.string_or("email.fromName", "Gradient"),
     };
     if email.smtp_port == 0 {
-        return Err(err(&env_name("email.smtpPort"), "invalid value '0': expected a port number"));
+        return Err(err(
+            &env_name("email.smtpPort"),
+            "invalid value '0': expected a port number",
+        ));
     }
     if email.require_verification && !email.enable {
         return Err(err(
@@ -1091,14 +1094,22 @@ mod tests {
             (2, "GRADIENT_EMAIL_FROM_ADDRESS: "),
             (4, "GRADIENT_EMAIL_SMTP_USERNAME: "),
         ] {
-            let partial: Vec<_> = full.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).collect();
+            let partial: Vec<_> = full
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, v)| *v)
+                .collect();
             let e = Config::from_vars(&vars(&partial)).unwrap_err().to_string();
             assert!(e.starts_with(want), "{e}");
         }
         let e = Config::from_vars(&vars(&[("GRADIENT_EMAIL_REQUIRE_VERIFICATION", "true")]))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("GRADIENT_EMAIL_REQUIRE_VERIFICATION: requires mail"), "{e}");
+        assert!(
+            e.starts_with("GRADIENT_EMAIL_REQUIRE_VERIFICATION: requires mail"),
+            "{e}"
+        );
         let e = Config::from_vars(&vars(&[
             ("GRADIENT_EMAIL_ENABLE", "true"),
             ("GRADIENT_EMAIL_SMTP_HOST", "smtp.example.com"),

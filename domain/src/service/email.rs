@@ -17,7 +17,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 
 /// What a password reset request answers, whether or not an account has the address.
-pub const RESET_REQUESTED: &str = "if an account has this address, a mail with a link to set a new password is on its way";
+pub const RESET_REQUESTED: &str =
+    "if an account has this address, a mail with a link to set a new password is on its way";
 
 /// How many of a project's evaluations are looked at for the previous ended one.
 const HEALTH_WINDOW: u32 = 50;
@@ -41,7 +42,12 @@ fn bad_link() -> ServiceError {
 /// The hash of a token as a link carries it, or the answer to a malformed one.
 fn token_hash(token: &str) -> Result<String> {
     let token = token.trim();
-    if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if token.is_empty()
+        || token.len() > 128
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(bad_link());
     }
     Ok(auth::sha256_hex(token.as_bytes()))
@@ -145,7 +151,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn request_password_reset(&self, email: &str) -> Result<&'static str> {
         self.require_mail()?;
         let Ok(email) = Email::parse(email) else {
-            return Err(ServiceError::invalid("invalid_email", "give the account's email address"));
+            return Err(ServiceError::invalid(
+                "invalid_email",
+                "give the account's email address",
+            ));
         };
         let Some(user) = self.storage.user_by_email(email.as_str()).await? else {
             return Ok(RESET_REQUESTED);
@@ -168,7 +177,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let hash = token_hash(token)?;
         // Checked before the token is used, so a refused password does not spend the link.
         auth::check_password_policy(password).map_err(|m| ServiceError::invalid("weak_password", m))?;
-        let Some(t) = self.storage.take_email_token(&hash, TokenPurpose::ResetPassword).await? else {
+        let Some(t) = self
+            .storage
+            .take_email_token(&hash, TokenPurpose::ResetPassword)
+            .await?
+        else {
             return Err(bad_link());
         };
         if t.expires_at <= self.clock.now() {
@@ -246,7 +259,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for user in mail::recipients(members, self.settings.email.require_verification) {
             let _ = self
                 .mailer
-                .send(mail::health_mail(&user, &self.settings.public_url, &org, &project, e, change))
+                .send(mail::health_mail(
+                    &user,
+                    &self.settings.public_url,
+                    &org,
+                    &project,
+                    e,
+                    change,
+                ))
                 .await;
         }
         Ok(())

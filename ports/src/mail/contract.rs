@@ -75,7 +75,11 @@ pub async fn a_message_arrives_once_as_sent<M: Mailbox>(m: &M) {
     assert_eq!(got.len(), 1, "one message sent, one delivered: {got:?}");
     assert_eq!(got[0].to, sent.to, "delivered to its recipient");
     assert_eq!(got[0].subject, sent.subject);
-    assert!(same_text(&got[0].body, &sent.body), "body changed on the way: {:?}", got[0].body);
+    assert!(
+        same_text(&got[0].body, &sent.body),
+        "body changed on the way: {:?}",
+        got[0].body
+    );
 }
 
 pub async fn text_survives_the_trip<M: Mailbox>(m: &M) {
@@ -88,15 +92,29 @@ pub async fn text_survives_the_trip<M: Mailbox>(m: &M) {
     let got = arrived(m, 1).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].subject, sent.subject, "the subject's non-ASCII text survives");
-    assert!(same_text(&got[0].body, &body), "body changed on the way: {:?}", got[0].body);
+    assert!(
+        same_text(&got[0].body, &body),
+        "body changed on the way: {:?}",
+        got[0].body
+    );
 }
 
 pub async fn each_message_reaches_only_its_recipient<M: Mailbox>(m: &M) {
-    m.send(mail("one@example.com", "For one", "one\n")).await.expect("accepted");
-    m.send(mail("two@example.com", "For two", "two\n")).await.expect("accepted");
+    m.send(mail("one@example.com", "For one", "one\n"))
+        .await
+        .expect("accepted");
+    m.send(mail("two@example.com", "For two", "two\n"))
+        .await
+        .expect("accepted");
     let mut got = arrived(m, 2).await;
     assert_eq!(got.len(), 2, "{got:?}");
     got.sort_by(|a, b| a.to.as_str().cmp(b.to.as_str()));
-    assert_eq!((got[0].to.as_str(), got[0].subject.as_str()), ("one@example.com", "For one"));
-    assert_eq!((got[1].to.as_str(), got[1].subject.as_str()), ("two@example.com", "For two"));
+    assert_eq!(
+        (got[0].to.as_str(), got[0].subject.as_str()),
+        ("one@example.com", "For one")
+    );
+    assert_eq!(
+        (got[1].to.as_str(), got[1].subject.as_str()),
+        ("two@example.com", "For two")
+    );
 }

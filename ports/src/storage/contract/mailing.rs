@@ -31,45 +31,62 @@ pub async fn email_tokens_are_single_use_per_purpose<S: Storage>(s: &S) {
         "a hash is stored once"
     );
     assert_eq!(
-        s.last_email_token_at(ada.id, TokenPurpose::VerifyEmail).await.expect("last"),
+        s.last_email_token_at(ada.id, TokenPurpose::VerifyEmail)
+            .await
+            .expect("last"),
         Some(new.created_at),
         "the newest verification token's time"
     );
     assert_eq!(
-        s.last_email_token_at(ada.id, TokenPurpose::ResetPassword).await.expect("last"),
+        s.last_email_token_at(ada.id, TokenPurpose::ResetPassword)
+            .await
+            .expect("last"),
         Some(reset.created_at)
     );
     assert_eq!(
-        s.take_email_token(&reset.hash, TokenPurpose::VerifyEmail).await.expect("take"),
+        s.take_email_token(&reset.hash, TokenPurpose::VerifyEmail)
+            .await
+            .expect("take"),
         None,
         "a reset token does not verify an address"
     );
     assert_eq!(
-        s.take_email_token(&new.hash, TokenPurpose::VerifyEmail).await.expect("take"),
+        s.take_email_token(&new.hash, TokenPurpose::VerifyEmail)
+            .await
+            .expect("take"),
         Some(new.clone()),
         "the token reads back whole"
     );
     assert_eq!(
-        s.take_email_token(&new.hash, TokenPurpose::VerifyEmail).await.expect("take"),
+        s.take_email_token(&new.hash, TokenPurpose::VerifyEmail)
+            .await
+            .expect("take"),
         None,
         "and only once"
     );
     assert_eq!(
-        s.delete_email_tokens(ada.id, TokenPurpose::VerifyEmail).await.expect("delete"),
+        s.delete_email_tokens(ada.id, TokenPurpose::VerifyEmail)
+            .await
+            .expect("delete"),
         1,
         "the other verification token"
     );
     assert_eq!(
-        s.take_email_token(&old.hash, TokenPurpose::VerifyEmail).await.expect("take"),
+        s.take_email_token(&old.hash, TokenPurpose::VerifyEmail)
+            .await
+            .expect("take"),
         None
     );
     assert_eq!(
-        s.take_email_token(&reset.hash, TokenPurpose::ResetPassword).await.expect("take"),
+        s.take_email_token(&reset.hash, TokenPurpose::ResetPassword)
+            .await
+            .expect("take"),
         Some(reset),
         "deleting one purpose's tokens leaves the other's"
     );
     assert_eq!(
-        s.put_email_token(&token(UserId::new(), TokenPurpose::VerifyEmail, 0)).await,
+        s.put_email_token(&token(UserId::new(), TokenPurpose::VerifyEmail, 0))
+            .await,
         Err(StorageError::NotFound),
         "a token of an unknown user"
     );
@@ -90,8 +107,14 @@ pub async fn password_reset_ends_the_users_sessions<S: Storage>(s: &S) {
     }
     assert!(s.set_email_verified(bob.id).await.expect("verify"));
     assert!(s.user(bob.id).await.expect("user").expect("bob").email_verified);
-    assert!(!s.user(ada.id).await.expect("user").expect("ada").email_verified, "only bob");
-    assert!(!s.set_email_verified(UserId::new()).await.expect("verify"), "unknown user");
+    assert!(
+        !s.user(ada.id).await.expect("user").expect("ada").email_verified,
+        "only bob"
+    );
+    assert!(
+        !s.set_email_verified(UserId::new()).await.expect("verify"),
+        "unknown user"
+    );
 
     assert!(s.reset_password(ada.id, "$argon2id$new").await.expect("reset"));
     let after = s.user(ada.id).await.expect("user").expect("ada");
@@ -105,7 +128,10 @@ pub async fn password_reset_ends_the_users_sessions<S: Storage>(s: &S) {
         bob.password_hash,
         "bob's password stays"
     );
-    assert!(!s.reset_password(UserId::new(), "x").await.expect("reset"), "unknown user");
+    assert!(
+        !s.reset_password(UserId::new(), "x").await.expect("reset"),
+        "unknown user"
+    );
 }
 
 /// Evaluation mail is on unless the user turned it off; the setting belongs to one user.
