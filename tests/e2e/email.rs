@@ -403,3 +403,61 @@ async fn a_project_that_fails_and_is_fixed_mails_its_members_exactly_twice() {
     worker.kill();
     server.stop();
 }
+
+/// The web UI's pages the mails link to, in a real browser (`web/e2e/email.mjs`; runs when
+/// `GRADIENT_TEST_BROWSER` names it, as `scripts/test` sets after building the UI).
+#[tokio::test]
+async fn the_web_ui_follows_the_mails_links_and_turns_evaluation_mail_off() {
+    let Ok(browser) = std::env::var("GRADIENT_TEST_BROWSER") else {
+        eprintln!("skipped: GRADIENT_TEST_BROWSER is not set (scripts/test sets it)");
+        return;
+    };
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
+    let dist = web.join("dist");
+    assert!(
+        dist.join("index.html").is_file(),
+        "build the UI first (cd web && npm ci && npm run build)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(smtp) = Smtp::start(dir.path()) else { return };
+    let server = start_server(
+        dir.path(),
+        &smtp,
+        &[
+            ("GRADIENT_EMAIL_REQUIRE_VERIFICATION", "true"),
+            ("GRADIENT_FRONTEND_DIR", dist.to_str().expect("path")),
+        ],
+    )
+    .await;
+    let c = Client::new(&server);
+    let reg = json!({"username": "ada", "name": "Ada Lovelace", "email": "ada@example.com", "password": "password123"});
+    c.ok(Method::POST, "/auth/basic/register", Some(reg)).await;
+    let run = Command::new("node")
+        .arg(web.join("e2e/email.mjs"))
+        .env("GRADIENT_URL", &server.url)
+        .env("E2E_BROWSER", &browser)
+        .env("E2E_INBOX", &smtp.inbox)
+        .env("E2E_OUT", web.join("test-output"))
+        .output()
+        .expect("node runs");
+    assert!(
+        run.status.success(),
+        "the browser run failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
+    // What the browser did, as the API sees it.
+    let mut ada = Client::new(&server);
+    let jwt = ada
+        .ok(
+            Method::POST,
+            "/auth/basic/login",
+            Some(json!({"loginname": "ada", "password": "a brand new password"})),
+        )
+        .await;
+    ada.token = jwt.as_str().map(str::to_owned);
+    assert_eq!(ada.ok(Method::GET, "/user", None).await["email_verified"], true);
+    assert_eq!(ada.ok(Method::GET, "/user/mail", None).await["evaluation_mail"], false);
+    server.stop();
+}
