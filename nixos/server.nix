@@ -228,13 +228,13 @@ in
       iconUrl = nullOpt types.str "Optional provider logo URL.";
     };
     email = {
-      enable = opt types.bool false "Send email.";
-      requireVerification = opt types.bool false "Require a verified address to log in.";
-      smtpHost = nullOpt types.str "SMTP host.";
-      smtpPort = opt types.port 587 "SMTP port.";
-      smtpUsername = nullOpt types.str "SMTP user.";
-      smtpPasswordFile = secretOpt "File holding the SMTP password.";
-      fromAddress = nullOpt types.str "Sender address.";
+      enable = opt types.bool false "Send email: address verification, password reset, and mail when a project starts failing or is fixed.";
+      requireVerification = opt types.bool false "Refuse password login until the account's address is verified (needs enable).";
+      smtpHost = nullOpt types.str "SMTP host (required with enable).";
+      smtpPort = opt types.port 587 "SMTP port: 465 speaks TLS at once; any other port must offer STARTTLS (except on a loopback host).";
+      smtpUsername = nullOpt types.str "SMTP user to log in as (AUTH); null sends without logging in.";
+      smtpPasswordFile = secretOpt "File holding the SMTP password (passed as a systemd credential).";
+      fromAddress = nullOpt types.str "Sender address (required with enable).";
       fromName = opt types.str "Gradient" "Sender name.";
     };
     githubApp = {
@@ -296,6 +296,14 @@ in
             !cfg.githubApp.enable
             || (cfg.githubApp.appId != null && cfg.githubApp.privateKeyFile != null && cfg.githubApp.webhookSecretFile != null);
           message = "services.gradient.githubApp: enable needs appId, privateKeyFile and webhookSecretFile";
+        }
+        {
+          assertion = !cfg.email.enable || (cfg.email.smtpHost != null && cfg.email.fromAddress != null);
+          message = "services.gradient.email: enable needs smtpHost and fromAddress";
+        }
+        {
+          assertion = !cfg.email.requireVerification || cfg.email.enable;
+          message = "services.gradient.email: requireVerification needs enable (nobody could verify an address otherwise)";
         }
         {
           assertion = !cfg.oidc.enable || (cfg.oidc.clientId != null && cfg.oidc.discoveryUrl != null);

@@ -117,6 +117,27 @@ ensure_schemathesis() {
   echo "$venv/bin/st"
 }
 
+# The aiosmtpd release the email end-to-end tests (tests/e2e/email.rs) run as their SMTP server.
+AIOSMTPD_VERSION=1.4.6
+
+# Installs aiosmtpd (a real SMTP server the email tests start on loopback) into the test venv and prints the path
+# of the venv's python on stdout, and nothing else there.
+ensure_aiosmtpd() {
+  ensure_packages python3 python3-venv >&2
+  local python=/usr/bin/python3 venv="$GRADIENT_TEST_CACHE/venv"
+  [ -x "$python" ] || python=$(command -v python3) || die "python3 is missing"
+  mkdir -p "$GRADIENT_TEST_CACHE"
+  if [ ! -x "$venv/bin/pip" ]; then
+    "$python" -m venv "$venv" >&2 || die "could not create a Python venv in $venv"
+  fi
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('aiosmtpd') != '$AIOSMTPD_VERSION')" 2>/dev/null; then
+    say "installing aiosmtpd $AIOSMTPD_VERSION into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION" >&2 \
+      || die "could not install aiosmtpd from PyPI"
+  fi
+  echo "$venv/bin/python"
+}
+
 # Stops the moto server ensure_moto started, if it is still running.
 stop_moto() {
   [ -f "$MOTO_PID_FILE" ] || return 0

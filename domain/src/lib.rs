@@ -13,6 +13,7 @@ pub mod forge;
 pub mod github_app;
 pub mod ids;
 pub mod logs;
+pub mod mail;
 pub mod model;
 pub mod names;
 pub mod net;

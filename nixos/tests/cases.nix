@@ -203,7 +203,7 @@ in
     };
   };
 
-  # Both proxies, an incomplete GitHub App: refused with assertions.
+  # Both proxies, an incomplete GitHub App, mail without a server: refused with assertions.
   conflicts = {
     imports = [ packages ];
     services.gradient = {
@@ -214,6 +214,7 @@ in
       reverseProxy.nginx.enable = true;
       reverseProxy.caddy.enable = true;
       githubApp.enable = true;
+      email.enable = true;
       worker.enable = true;
     };
   };

@@ -5,5 +5,6 @@
 //! tested against them and trusted to behave like the real thing.
 
 pub mod fleet;
+pub mod mail;
 pub mod nar_store;
 pub mod storage;

@@ -5,6 +5,7 @@ mod acceptance;
 mod cache;
 mod cache_clients;
 mod cli;
+mod email;
 mod evaluate;
 mod fuzz;
 mod github_app;

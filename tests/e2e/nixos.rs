@@ -575,6 +575,7 @@ fn nixos_module_refuses_secrets_in_the_store_and_inconsistent_settings() {
         "services.gradient.reverseProxy: enable nginx or caddy, not both",
         "services.gradient.githubApp: enable needs appId, privateKeyFile and webhookSecretFile",
         "services.gradient.worker: set serverUrl (the worker dials the server, e.g. wss://gradient.example.com/proto) or discoverable = true (the server dials the worker), one of the two",
+        "services.gradient.email: enable needs smtpHost and fromAddress",
     ] {
         assert!(failed.contains(&want.to_owned()), "{failed:?}");
     }

@@ -21,6 +21,7 @@ mod cache_contents;
 mod caches;
 mod evaluations;
 mod integrations;
+mod mailing;
 mod meta;
 mod orgs;
 mod projects;
@@ -276,6 +277,7 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     ("projects_name_key", "projects.org_id, projects.name", "project name"),
     ("caches_name_key", "caches.name", "cache name"),
     ("api_keys_hash_key", "api_keys.hash", "api key"),
+    ("email_tokens_pkey", "email_tokens.hash", "email token"),
     ("worker_registrations_pkey", "worker_registrations.peer_id", "peer id"),
     (
         "worker_registrations_worker_key",

@@ -524,16 +524,7 @@ impl Config {
             allow_local_repositories: e.bool("settings.allowLocalRepositories", false)?,
             deny_private_networks: e.bool("settings.denyPrivateNetworks", false)?,
             oidc,
-            email: EmailConfig {
-                enable: e.bool("email.enable", false)?,
-                require_verification: e.bool("email.requireVerification", false)?,
-                smtp_host: e.string("email.smtpHost"),
-                smtp_port: e.parse("email.smtpPort", 587, "a port number")?,
-                smtp_username: e.string("email.smtpUsername"),
-                smtp_password_file: e.secret_file("email.smtpPasswordFile"),
-                from_address: e.string("email.fromAddress"),
-                from_name: e.string_or("email.fromName", "Gradient"),
-            },
+            email: email(e)?,
             github_app,
             nar_store: nar_store(e)?,
             state_file: e.path("stateFile"),
@@ -570,6 +561,61 @@ impl Config {
         }
         Ok(format!("sqlite://{}", self.base_dir.join("gradient.db").display()))
     }
+}
+
+/// `email.*`: with `enable`, the SMTP host and the sender's address are required; `requireVerification` needs
+/// mail (nobody could verify an address otherwise, and nobody could log in).
+fn email(e: &Env) -> Result<EmailConfig, ConfigError> {
+    let email = EmailConfig {
+        enable: e.bool("email.enable", false)?,
+        require_verification: e.bool("email.requireVerification", false)?,
+        smtp_host: e.string("email.smtpHost"),
+        smtp_port: e.parse("email.smtpPort", 587, "a port number")?,
+        smtp_username: e.string("email.smtpUsername"),
+        smtp_password_file: e.secret_file("email.smtpPasswordFile"),
+        from_address: e.string("email.fromAddress"),
+        from_name: e.string_or("email.fromName", "Gradient"),
+    };
+    if email.smtp_port == 0 {
+        return Err(err(
+            &env_name("email.smtpPort"),
+            "invalid value '0': expected a port number",
+        ));
+    }
+    if email.require_verification && !email.enable {
+        return Err(err(
+            &env_name("email.requireVerification"),
+            "requires mail (GRADIENT_EMAIL_ENABLE=true): without it nobody could verify an address, nor log in",
+        ));
+    }
+    if email.enable {
+        for (option, missing) in [
+            ("email.smtpHost", email.smtp_host.is_none()),
+            ("email.fromAddress", email.from_address.is_none()),
+        ] {
+            if missing {
+                return Err(err(
+                    &env_name(option),
+                    "email is enabled (GRADIENT_EMAIL_ENABLE) but this is not set",
+                ));
+            }
+        }
+        if let Some(from) = &email.from_address
+            && gradient_domain::Email::parse(from).is_err()
+        {
+            return Err(err(
+                &env_name("email.fromAddress"),
+                format!("invalid value '{from}': expected an email address"),
+            ));
+        }
+        if email.smtp_password_file.is_some() && email.smtp_username.is_none() {
+            return Err(err(
+                &env_name("email.smtpUsername"),
+                "a password file is set (GRADIENT_EMAIL_SMTP_PASSWORD_FILE) but no username to log in with",
+            ));
+        }
+    }
+    Ok(email)
 }
 
 fn github_app(e: &Env) -> Result<GithubAppConfig, ConfigError> {
@@ -664,7 +710,7 @@ fn check_database_url(var: &str, url: &str) -> Result<(), ConfigError> {
 
 /// Options of the seed this server cannot honour yet, with what they are for. Set to anything but their default,
 /// start-up stops with one line saying so (never a setting that silently does nothing): `GRADIENT_OIDC_REQUIRED=true`
-/// would otherwise lock everyone out, `GRADIENT_EMAIL_REQUIRE_VERIFICATION=true` promise checks nobody makes.
+/// would otherwise lock everyone out.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("oidc.enable", "OIDC login"),
     ("oidc.required", "OIDC login"),
@@ -673,14 +719,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("oidc.discoveryUrl", "OIDC login"),
     ("oidc.scopes", "OIDC login"),
     ("oidc.iconUrl", "OIDC login"),
-    ("email.enable", "email"),
-    ("email.requireVerification", "email verification"),
-    ("email.smtpHost", "email"),
-    ("email.smtpPort", "email"),
-    ("email.smtpUsername", "email"),
-    ("email.smtpPasswordFile", "email"),
-    ("email.fromAddress", "email"),
-    ("email.fromName", "email"),
 ];
 
 /// A value as compared with its default: booleans by meaning, lists by their items.
@@ -1036,6 +1074,52 @@ mod tests {
             assert!(e.starts_with(want), "{var}={value}: {e}");
             assert!(!e.contains('\n'));
         }
+    }
+
+    #[test]
+    fn email_needs_a_server_and_a_sender_and_verification_needs_email() {
+        let full = [
+            ("GRADIENT_EMAIL_ENABLE", "true"),
+            ("GRADIENT_EMAIL_SMTP_HOST", "smtp.example.com"),
+            ("GRADIENT_EMAIL_FROM_ADDRESS", "gradient@example.com"),
+            ("GRADIENT_EMAIL_REQUIRE_VERIFICATION", "true"),
+            ("GRADIENT_EMAIL_SMTP_USERNAME", "gradient"),
+            ("GRADIENT_EMAIL_SMTP_PASSWORD_FILE", "/run/secrets/smtp"),
+        ];
+        let c = Config::from_vars(&vars(&full)).unwrap();
+        assert!(c.email.enable && c.email.require_verification);
+        assert_eq!((c.email.smtp_port, c.email.from_name.as_str()), (587, "Gradient"));
+        for (i, want) in [
+            (1, "GRADIENT_EMAIL_SMTP_HOST: "),
+            (2, "GRADIENT_EMAIL_FROM_ADDRESS: "),
+            (4, "GRADIENT_EMAIL_SMTP_USERNAME: "),
+        ] {
+            let partial: Vec<_> = full
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, v)| *v)
+                .collect();
+            let e = Config::from_vars(&vars(&partial)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
+        let e = Config::from_vars(&vars(&[("GRADIENT_EMAIL_REQUIRE_VERIFICATION", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("GRADIENT_EMAIL_REQUIRE_VERIFICATION: requires mail"),
+            "{e}"
+        );
+        let e = Config::from_vars(&vars(&[
+            ("GRADIENT_EMAIL_ENABLE", "true"),
+            ("GRADIENT_EMAIL_SMTP_HOST", "smtp.example.com"),
+            ("GRADIENT_EMAIL_FROM_ADDRESS", "not an address"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("GRADIENT_EMAIL_FROM_ADDRESS: invalid value"), "{e}");
+        // Disabled, the other settings are kept but need nothing.
+        assert!(Config::from_vars(&vars(&[("GRADIENT_EMAIL_SMTP_HOST", "smtp.example.com")])).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod github_setup;
 pub mod limits;
 pub mod link;
 pub mod live;
+pub mod mail;
 pub mod metrics;
 pub mod nars;
 pub mod org_events;
@@ -224,6 +225,54 @@ fn github_app(
     Ok(Some((settings, app)))
 }
 
+/// The mailer for `email.*` when mail is on: the SMTP adapter behind the outgoing queue ([`mail::Outgoing`]),
+/// with the password read from its file.
+fn mailer(config: &Config) -> Result<Option<mail::Outgoing>, ConfigError> {
+    let email = &config.email;
+    if !email.enable {
+        return Ok(None);
+    }
+    let password = match &email.smtp_password_file {
+        Some(file) => {
+            let var = config::env_name("email.smtpPasswordFile");
+            let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+                var: var.clone(),
+                problem: format!("cannot read {}: {e}", file.display()),
+            })?;
+            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        None => None,
+    };
+    let settings = gradient_mail_smtp::SmtpSettings {
+        host: email.smtp_host.clone().unwrap_or_default(),
+        port: email.smtp_port,
+        username: email.smtp_username.clone(),
+        password,
+        from_address: email.from_address.clone().unwrap_or_default(),
+        from_name: email.from_name.clone(),
+        // The domain without its port (`[::1]:3000` → `::1`).
+        hello_name: match config.domain.rsplit_once(':') {
+            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => config.domain.as_str(),
+        }
+        .trim_matches(['[', ']'])
+        .to_owned(),
+    };
+    let smtp = gradient_mail_smtp::SmtpMailer::new(&settings).map_err(|e| ConfigError {
+        var: config::env_name("email.fromAddress"),
+        problem: e.to_string(),
+    })?;
+    tracing::info!(
+        target: "gradient::mail",
+        "mail through {}:{} from {}{}",
+        settings.host,
+        settings.port,
+        settings.from_address,
+        if email.require_verification { "; logins need a verified address" } else { "" }
+    );
+    Ok(Some(mail::Outgoing::start(smtp)))
+}
+
 /// What the server may connect to for users (repositories, forge APIs), from the configuration.
 pub fn network_policy(config: &Config) -> gradient_domain::reach::NetworkPolicy {
     gradient_domain::reach::NetworkPolicy {
@@ -284,6 +333,10 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         public_url: config.public_url.clone(),
         github_app: github_app_settings,
         network,
+        email: gradient_domain::service::EmailSettings {
+            enabled: config.email.enable,
+            require_verification: config.email.enable && config.email.require_verification,
+        },
         local_worker: match &config.local_worker {
             None => None,
             Some((id, file)) => {
@@ -309,7 +362,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         None => None,
     };
     let metrics = std::sync::Arc::new(metrics::Metrics::new(metrics_token));
-    let app = Gradient::new(
+    let outgoing = mailer(config)?;
+    let mut app = Gradient::new(
         storage.clone(),
         SystemClock,
         TokenSigner::new(&jwt),
@@ -318,6 +372,9 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         fleet.clone(),
     )
     .observed_by(metrics.clone());
+    if let Some(outgoing) = outgoing {
+        app = app.mailing_with(std::sync::Arc::new(outgoing));
+    }
     app.check_crypt_secret().await.map_err(|e| match e {
         gradient_domain::service::ServiceError::Internal(m) => StartError::Config(ConfigError {
             var: config::env_name("cryptSecretFile"),
@@ -343,6 +400,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         max_nar_buffer_bytes: config.max_nar_buffer_bytes,
         oidc_enabled: config.oidc.enable,
         email_verification: config.email.enable && config.email.require_verification,
+        email_enabled: config.email.enable,
         frontend: match frontend::locate(config.frontend_dir.as_deref(), &frontend::built_in_dir()) {
             Ok(frontend::Located::Serve(dir)) => {
                 tracing::info!(target: "gradient::web", "web UI: serving {}", dir.display());

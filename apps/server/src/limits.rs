@@ -50,6 +50,14 @@ pub const REGISTER_PER_ADDRESS: Limit = Limit {
     every: Duration::from_secs(30),
 };
 
+/// Requests that send mail to an account (a new verification mail, a password reset) from one client network:
+/// 5 at once, then one a minute. Each account also gets at most one mail of each kind a minute (the domain's
+/// rule, `gradient_domain::mail::RESEND_INTERVAL`); this keeps one client from mailing many accounts.
+pub const MAIL_PER_ADDRESS: Limit = Limit {
+    burst: 5,
+    every: Duration::from_secs(60),
+};
+
 /// The longest login name kept as a key; longer ones (which match no account) share one key.
 const MAX_ACCOUNT_KEY: usize = 256;
 
@@ -59,6 +67,7 @@ pub struct Limits {
     login_account_everywhere: DefaultKeyedRateLimiter<String>,
     login_address: DefaultKeyedRateLimiter<IpAddr>,
     register_address: DefaultKeyedRateLimiter<IpAddr>,
+    mail_address: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 impl Default for Limits {
@@ -88,6 +97,7 @@ impl Limits {
             login_account_everywhere: RateLimiter::keyed(quota(LOGIN_PER_ACCOUNT_EVERYWHERE)),
             login_address: RateLimiter::keyed(quota(login_address)),
             register_address: RateLimiter::keyed(quota(register_address)),
+            mail_address: RateLimiter::keyed(quota(MAIL_PER_ADDRESS)),
         }
     }
 
@@ -109,9 +119,15 @@ impl Limits {
         check(&self.register_address, &network_of(client))
     }
 
+    /// Counts a request that mails an account (verification, password reset) from `client`; `Err` says how long
+    /// to wait.
+    pub fn mail(&self, client: IpAddr) -> Result<(), Duration> {
+        check(&self.mail_address, &network_of(client))
+    }
+
     /// Forgets keys whose attempts are all back (run now and then, so memory follows recent traffic).
     pub fn forget_idle(&self) {
-        for limiter in [&self.login_address, &self.register_address] {
+        for limiter in [&self.login_address, &self.register_address, &self.mail_address] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }

@@ -30,6 +30,8 @@ pub struct HttpSettings {
     pub max_nar_buffer_bytes: u64,
     pub oidc_enabled: bool,
     pub email_verification: bool,
+    /// Mail is sent (`email.enable`): the web UI offers password reset and the evaluation mail setting.
+    pub email_enabled: bool,
     /// The web UI's files, served at `/` (none: no UI).
     pub frontend: Option<std::path::PathBuf>,
 }

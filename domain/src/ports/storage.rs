@@ -50,6 +50,7 @@ pub trait Storage:
     + Declared
     + Meta
     + Audit
+    + Mailing
     + Send
     + Sync
     + 'static
@@ -69,6 +70,7 @@ impl<
         + Declared
         + Meta
         + Audit
+        + Mailing
         + Send
         + Sync
         + 'static,
@@ -477,6 +479,42 @@ pub trait Integrations {
     fn github_installation_orgs(&self, installation: u64) -> impl Future<Output = Result<Vec<OrgId>>> + Send;
     /// Removes the link. Ok(false) when there is no such link.
     fn unlink_github_installation(&self, org: OrgId, installation: u64) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// What email needs: single-use tokens (stored as hashes), a user's verified address and new password, and who
+/// does not want mail about evaluations.
+pub trait Mailing {
+    /// Stores the token. NotFound when the user does not exist; Conflict("email token") when the hash is taken.
+    fn put_email_token(&self, token: &crate::model::EmailToken) -> impl Future<Output = Result<()>> + Send;
+    /// Removes the token with this hash and purpose and answers it (so it is used once, even by two requests
+    /// at the same time: only one gets it). None when there is none, expired or not.
+    fn take_email_token(
+        &self,
+        hash: &str,
+        purpose: crate::model::TokenPurpose,
+    ) -> impl Future<Output = Result<Option<crate::model::EmailToken>>> + Send;
+    /// When the newest of the user's tokens of `purpose` was made, if they have one.
+    fn last_email_token_at(
+        &self,
+        user: UserId,
+        purpose: crate::model::TokenPurpose,
+    ) -> impl Future<Output = Result<Option<Timestamp>>> + Send;
+    /// Deletes the user's tokens of `purpose`; answers how many there were.
+    fn delete_email_tokens(
+        &self,
+        user: UserId,
+        purpose: crate::model::TokenPurpose,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// Marks the user's address verified. Ok(false) when there is no such user.
+    fn set_email_verified(&self, user: UserId) -> impl Future<Output = Result<bool>> + Send;
+    /// Sets the user's password hash, marks the address verified and deletes every session of the user, in one
+    /// transaction. Ok(false) when there is no such user.
+    fn reset_password(&self, user: UserId, password_hash: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Whether the user wants mail about their organizations' evaluations (true unless they said no; true for
+    /// an unknown user).
+    fn evaluation_mail(&self, user: UserId) -> impl Future<Output = Result<bool>> + Send;
+    /// Records whether the user wants that mail. NotFound when there is no such user.
+    fn set_evaluation_mail(&self, user: UserId, wanted: bool) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Everything the declarative state (`docs/state.md`) manages, as stored.

@@ -146,6 +146,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
             other => other.into(),
         })?;
+        // The account exists whatever happens to its mail: a verification mail can be asked for again.
+        let _ = self.send_verification(&user).await;
         Ok(user)
     }
 
@@ -177,6 +179,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             Some(u) if ok && u.password_hash.is_some() => u,
             _ => return Err(ServiceError::InvalidCredentials),
         };
+        // Said only to whoever knows the password.
+        if self.settings.email.require_verification && !user.email_verified {
+            return Err(ServiceError::EmailNotVerified);
+        }
         let now = self.clock.now();
         let session = Session {
             id: SessionId::new(),

@@ -7,6 +7,7 @@ mod audit;
 mod binary_cache;
 mod builds;
 pub(crate) mod caches;
+mod email;
 mod github_app;
 mod memo;
 mod operations;
@@ -26,6 +27,7 @@ pub use audit::{AUDIT_KEEP, AUDIT_PAGE, AuditPage};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, drv_from_basename, listing_key, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
+pub use email::RESET_REQUESTED;
 pub use github_app::GithubAppSettings;
 pub use operations::Operations;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
@@ -61,6 +63,9 @@ pub enum ServiceError {
     Forbidden(String),
     #[error("registration is disabled on this server")]
     RegistrationDisabled,
+    /// The password is right but the account's address is not verified yet and the server requires it (403).
+    #[error("confirm your email address first: follow the link in the verification mail, or ask for a new one")]
+    EmailNotVerified,
     /// Absent, or hidden from this caller (404).
     #[error("{0}")]
     NotFound(String),
@@ -82,6 +87,7 @@ impl ServiceError {
             Self::InvalidCredentials => "invalid_credentials",
             Self::Forbidden(_) => "forbidden",
             Self::RegistrationDisabled => "registration_disabled",
+            Self::EmailNotVerified => "email_not_verified",
             Self::NotFound(_) => "not_found",
             Self::Conflict { code, .. } | Self::Invalid { code, .. } => code,
             Self::Internal(_) => "internal_error",
@@ -149,6 +155,17 @@ pub struct Settings {
     pub github_app: Option<GithubAppSettings>,
     /// What the server may connect to for users: repositories and forge APIs (see [`crate::reach`]).
     pub network: crate::reach::NetworkPolicy,
+    /// Email (`email.*`): whether mail is sent, and whether login needs a verified address.
+    pub email: EmailSettings,
+}
+
+/// What the use cases need to know of `email.*`; the mailer itself is given with [`Gradient::mailing_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmailSettings {
+    /// Mail is sent: verification, password reset, evaluation mail.
+    pub enabled: bool,
+    /// Password login is refused (403 `email_not_verified`) until the account's address is verified.
+    pub require_verification: bool,
 }
 
 /// The co-located worker: its id and its token's proof key ([`crate::proto::proof_key`]), read from the
@@ -172,6 +189,7 @@ impl Default for Settings {
             public_url: "http://localhost".into(),
             github_app: None,
             network: crate::reach::NetworkPolicy::default(),
+            email: EmailSettings::default(),
         }
     }
 }
@@ -195,6 +213,8 @@ pub struct Gradient<S, C> {
     pins: std::sync::Arc<crate::scheduler::Pins>,
     /// Told when evaluations and builds end (the server's metrics); shared by clones.
     observer: std::sync::Arc<dyn crate::ports::Observer>,
+    /// Hands mail over for delivery; shared by clones.
+    mailer: std::sync::Arc<dyn crate::ports::Mailer>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
@@ -211,6 +231,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             derivations: Default::default(),
             pins: Default::default(),
             observer: std::sync::Arc::new(crate::ports::observer::Unobserved),
+            mailer: std::sync::Arc::new(crate::ports::mail::NoMail),
             fleet,
             storage,
             clock,
@@ -237,12 +258,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             derivations: self.derivations.clone(),
             pins: self.pins.clone(),
             observer: self.observer.clone(),
+            mailer: self.mailer.clone(),
         }
     }
 
     /// The same application, telling `observer` when evaluations and builds end.
     pub fn observed_by(mut self, observer: std::sync::Arc<dyn crate::ports::Observer>) -> Self {
         self.observer = observer;
+        self
+    }
+
+    /// The same application, sending its mail through `mailer` (when [`EmailSettings::enabled`]).
+    pub fn mailing_with(mut self, mailer: std::sync::Arc<dyn crate::ports::Mailer>) -> Self {
+        self.mailer = mailer;
         self
     }
 

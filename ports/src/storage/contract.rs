@@ -13,6 +13,7 @@ mod caches;
 mod declared;
 mod evaluations;
 mod integrations;
+mod mailing;
 mod members;
 mod meta;
 mod orgs;
@@ -29,6 +30,7 @@ pub use caches::*;
 pub use declared::*;
 pub use evaluations::*;
 pub use integrations::*;
+pub use mailing::*;
 pub use members::*;
 pub use meta::*;
 pub use orgs::*;
@@ -72,6 +74,10 @@ macro_rules! storage_contract {
             taken_api_key_hash_conflicts,
             api_key_is_deleted_only_by_its_owner,
             touching_an_api_key_records_only_its_last_use,
+            // Email tokens, verification, password reset, the evaluation mail setting.
+            email_tokens_are_single_use_per_purpose,
+            password_reset_ends_the_users_sessions,
+            evaluation_mail_is_on_until_turned_off,
             // Organizations.
             org_round_trips_and_creator_is_admin,
             absent_orgs_are_none,

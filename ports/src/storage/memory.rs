@@ -5,6 +5,7 @@
 //! never held across an `.await`.
 
 mod declared;
+mod mailing;
 mod state;
 
 use gradient_domain::model::{

@@ -74,7 +74,9 @@ impl From<ServiceError> for ApiError {
         let b = body(e.code(), e.to_string());
         match e {
             ServiceError::Unauthenticated(_) | ServiceError::InvalidCredentials => Self::Unauthorized(b),
-            ServiceError::Forbidden(_) | ServiceError::RegistrationDisabled => Self::Forbidden(b),
+            ServiceError::Forbidden(_) | ServiceError::RegistrationDisabled | ServiceError::EmailNotVerified => {
+                Self::Forbidden(b)
+            }
             ServiceError::NotFound(_) => Self::NotFound(b),
             ServiceError::Conflict { .. } => Self::Conflict(b),
             ServiceError::Invalid { .. } => Self::Unprocessable(b),

@@ -21,6 +21,8 @@ pub struct PublicConfig {
     /// When true, password login is disabled and users log in through OIDC.
     pub oidc_required: bool,
     pub email_verification_required: bool,
+    /// Mail is sent: password reset by mail and mail about evaluations are available.
+    pub email_enabled: bool,
 }
 
 #[OpenApi(tag = "Tag::Meta")]
@@ -45,6 +47,7 @@ impl MetaApi {
             oidc_enabled: self.0.http.oidc_enabled,
             oidc_required: s.oidc_required,
             email_verification_required: self.0.http.email_verification,
+            email_enabled: self.0.http.email_enabled,
         })
     }
 }

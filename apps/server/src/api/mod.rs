@@ -8,6 +8,7 @@ mod allow;
 mod audit;
 mod caches;
 mod dto;
+mod email;
 mod errors;
 mod evaluations;
 mod hooks;
@@ -68,6 +69,7 @@ impl MaybeToken {
 pub type Api = (
     meta::MetaApi,
     accounts::AccountsApi,
+    email::EmailApi,
     orgs::OrgsApi,
     projects::ProjectsApi,
     caches::CachesApi,
@@ -85,6 +87,7 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
         (
             meta::MetaApi(state.clone()),
             accounts::AccountsApi(state.clone()),
+            email::EmailApi(state.clone()),
             orgs::OrgsApi(state.clone()),
             projects::ProjectsApi(state.clone()),
             caches::CachesApi(state.clone()),

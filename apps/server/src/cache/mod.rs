@@ -75,7 +75,9 @@ where
 fn failure(e: ServiceError) -> Response {
     let status = match &e {
         ServiceError::Unauthenticated(_) | ServiceError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-        ServiceError::Forbidden(_) | ServiceError::RegistrationDisabled => StatusCode::FORBIDDEN,
+        ServiceError::Forbidden(_) | ServiceError::RegistrationDisabled | ServiceError::EmailNotVerified => {
+            StatusCode::FORBIDDEN
+        }
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict { .. } => StatusCode::CONFLICT,
         ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,

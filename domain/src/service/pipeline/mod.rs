@@ -83,6 +83,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if e.status.is_terminal() && !from.is_terminal() {
             let took = (e.updated_at - e.created_at).to_std().unwrap_or_default();
             self.observer.evaluation_ended(e.status, took);
+            self.mail_health_change(e).await?;
         }
         self.report_status_change(from, e).await
     }

@@ -43,6 +43,8 @@ impl State {
                 self.sessions.retain(|_, s| s.user_id != *id);
                 self.api_keys.retain(|_, k| k.user_id != *id);
                 self.memberships.retain(|(_, user), _| user != id);
+                self.email_tokens.retain(|_, t| t.user_id != *id);
+                self.no_evaluation_mail.remove(id);
                 Ok(())
             }
             StateWrite::PutOrg(org) => match self.orgs.get_mut(&org.id) {

@@ -62,6 +62,10 @@ pub(super) struct State {
     pub(super) github_installations: HashMap<u64, gradient_domain::model::GithubInstallation>,
     /// Links of installations to organizations, by (organization, installation).
     pub(super) github_installation_links: BTreeMap<(OrgId, u64), gradient_domain::model::GithubInstallationLink>,
+    /// Mailed single-use tokens by hash.
+    pub(super) email_tokens: HashMap<String, gradient_domain::model::EmailToken>,
+    /// Users who turned mail about evaluations off.
+    pub(super) no_evaluation_mail: HashSet<UserId>,
 }
 
 fn conflict(what: &str) -> StorageError {
