@@ -12,6 +12,7 @@ mod harness;
 mod hooks;
 mod nix;
 mod nixos;
+mod oidc;
 mod options;
 mod pipeline;
 mod reach;

@@ -77,6 +77,9 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("POST /auth/basic/login",                  [200, 200, 200, 200, 200, 200, 200, 200, 200]),
     ("POST /auth/basic/register",               [200, 200, 200, 200, 200, 200, 200, 200, 200]),
     ("POST /auth/logout",                       [401, 200, 200, 200, 200, 422, 422, 401, 401]),
+    // No OpenID Provider is configured here: single sign-on is 404 for everyone who may reach it.
+    ("GET /auth/oidc/login",                    [404, 404, 404, 404, 404, 404, 404, 404, 404]),
+    ("GET /auth/oidc/callback",                 [404, 404, 404, 404, 404, 404, 404, 404, 404]),
     ("GET /builds/{id}",                        [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /builds/{id}/log",                    [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /builds/{id}/log/live",               [404, 404, 200, 200, 200, 200, 200, 401, 401]),
@@ -139,6 +142,8 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("GET /user/keys",                          [401, 200, 200, 200, 200, 403, 403, 401, 401]),
     ("POST /user/keys",                         [401, 200, 200, 200, 200, 403, 403, 401, 401]),
     ("DELETE /user/keys/{id}",                  [401, 404, 404, 404, 200, 403, 403, 401, 401]),
+    ("GET /user/oidc",                          [401, 200, 200, 200, 200, 403, 403, 401, 401]),
+    ("POST /user/oidc/link",                    [401, 404, 404, 404, 404, 404, 404, 401, 401]),
 ];
 
 /// Routes outside the document (not under `/api/v1`, not JSON) × the same callers. `/metrics` is for the scraper

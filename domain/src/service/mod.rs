@@ -8,6 +8,7 @@ mod builds;
 pub(crate) mod caches;
 mod github_app;
 mod memo;
+mod oidc;
 mod operations;
 mod orgs;
 mod overview;
@@ -23,6 +24,7 @@ pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, drv_from_basename, l
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
 pub use github_app::GithubAppSettings;
+pub use oidc::{OIDC_FLOW_LIFETIME, OidcClaims, OidcOutcome, OidcStart, username_from_claims};
 pub use operations::Operations;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use overview::{

@@ -12,6 +12,7 @@ mod cache_contents;
 mod caches;
 mod declared;
 mod evaluations;
+mod identities;
 mod integrations;
 mod members;
 mod meta;
@@ -27,6 +28,7 @@ pub use cache_contents::*;
 pub use caches::*;
 pub use declared::*;
 pub use evaluations::*;
+pub use identities::*;
 pub use integrations::*;
 pub use members::*;
 pub use meta::*;
@@ -70,6 +72,11 @@ macro_rules! storage_contract {
             taken_api_key_hash_conflicts,
             api_key_is_deleted_only_by_its_owner,
             touching_an_api_key_records_only_its_last_use,
+            // OIDC identities and sign-ins in progress.
+            oidc_user_round_trips_by_issuer_and_subject,
+            oidc_user_creation_conflicts_leave_nothing,
+            oidc_identities_link_once_and_list_oldest_first,
+            oidc_flows_are_taken_once_and_expire,
             // Organizations.
             org_round_trips_and_creator_is_admin,
             absent_orgs_are_none,

@@ -5,6 +5,7 @@
 //! never held across an `.await`.
 
 mod declared;
+mod identities;
 mod state;
 
 use gradient_domain::model::{

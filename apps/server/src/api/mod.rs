@@ -12,6 +12,7 @@ mod evaluations;
 mod hooks;
 mod meta;
 mod nullable;
+mod oidc;
 mod orgs;
 mod projects;
 mod streams;
@@ -66,6 +67,7 @@ impl MaybeToken {
 pub type Api = (
     meta::MetaApi,
     accounts::AccountsApi,
+    oidc::OidcApi,
     orgs::OrgsApi,
     projects::ProjectsApi,
     caches::CachesApi,
@@ -81,6 +83,7 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
         (
             meta::MetaApi(state.clone()),
             accounts::AccountsApi(state.clone()),
+            oidc::OidcApi(state.clone()),
             orgs::OrgsApi(state.clone()),
             projects::ProjectsApi(state.clone()),
             caches::CachesApi(state.clone()),

@@ -43,6 +43,8 @@ impl State {
                 self.sessions.retain(|_, s| s.user_id != *id);
                 self.api_keys.retain(|_, k| k.user_id != *id);
                 self.memberships.retain(|(_, user), _| user != id);
+                self.oidc_identities.retain(|_, i| i.user_id != *id);
+                self.oidc_flows.retain(|_, f| f.link_user != Some(*id));
                 Ok(())
             }
             StateWrite::PutOrg(org) => match self.orgs.get_mut(&org.id) {

@@ -56,6 +56,10 @@ pub(super) struct State {
     pub(super) github_installations: HashMap<u64, gradient_domain::model::GithubInstallation>,
     /// Links of installations to organizations, by (organization, installation).
     pub(super) github_installation_links: BTreeMap<(OrgId, u64), gradient_domain::model::GithubInstallationLink>,
+    /// OIDC identities by (issuer, subject).
+    pub(super) oidc_identities: BTreeMap<(String, String), gradient_domain::model::OidcIdentity>,
+    /// OIDC sign-ins in progress by state.
+    pub(super) oidc_flows: HashMap<String, gradient_domain::model::OidcFlow>,
 }
 
 fn conflict(what: &str) -> StorageError {
@@ -76,6 +80,13 @@ impl State {
     // Users.
 
     pub(super) fn create_user(&mut self, user: &User) -> Result<()> {
+        self.check_new_user(user)?;
+        self.users.insert(user.id, user.clone());
+        Ok(())
+    }
+
+    /// The conflicts creating `user` would meet.
+    pub(super) fn check_new_user(&self, user: &User) -> Result<()> {
         if self.users.contains_key(&user.id) {
             return Err(conflict("user id"));
         }
@@ -85,7 +96,6 @@ impl State {
         if self.users.values().any(|u| u.email == user.email) {
             return Err(conflict("email"));
         }
-        self.users.insert(user.id, user.clone());
         Ok(())
     }
 
