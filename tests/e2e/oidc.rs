@@ -420,3 +420,48 @@ async fn required_oidc_refuses_password_login_and_registration_and_needs_a_worki
     assert_eq!(user(&server, get(&landing, "token").expect("token")).await.0, StatusCode::OK);
     server.stop();
 }
+
+/// The web UI's side in Debian's chromium (`web/e2e/oidc.mjs`): the sign-in page's button with the provider's
+/// icon, the provider's forms, and back on the page the visitor wanted, signed in. Runs when
+/// `GRADIENT_TEST_BROWSER` is set too, with the UI built (`web/dist`).
+#[tokio::test]
+async fn the_web_ui_signs_in_with_single_sign_on_in_a_browser() {
+    let Some(script) = provider_script() else { return };
+    let Ok(chromium) = std::env::var("GRADIENT_TEST_BROWSER") else {
+        eprintln!("skipped: GRADIENT_TEST_BROWSER is not set (scripts/test sets it)");
+        return;
+    };
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
+    let dist = web.join("dist");
+    assert!(dist.join("index.html").is_file(), "build the UI first (cd web && npm ci && npm run build)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let provider = start_provider(&script, dir.path(), port);
+    let icon_url = format!("{}/logo.svg", provider.issuer);
+    let server = server_with(
+        dir.path(),
+        port,
+        &provider,
+        &[
+            ("GRADIENT_FRONTEND_DIR", dist.to_str().expect("path")),
+            ("GRADIENT_OIDC_ICON_URL", &icon_url),
+        ],
+    )
+    .await;
+    let out = Command::new("node")
+        .arg(web.join("e2e/oidc.mjs"))
+        .env("GRADIENT_URL", &server.url)
+        .env("E2E_BROWSER", &chromium)
+        .env("E2E_OUT", web.join("test-output"))
+        .env("E2E_OIDC_LOGIN", "scully")
+        .env("E2E_OIDC_ICON", &icon_url)
+        .output()
+        .expect("node runs");
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser run failed:\n{said}");
+    server.stop();
+}

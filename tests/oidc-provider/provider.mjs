@@ -6,7 +6,7 @@
 //   OIDC_CLIENT_SECRET  its secret
 //   OIDC_REDIRECT_URI   its one redirect URI (Gradient's callback)
 //   OIDC_USERS          JSON: { "<login>": { "email": …, "email_verified": …, "name": …, … } }
-// Prints "ready <issuer>" once it listens.
+// Prints "ready <issuer>" once it listens. Also serves a logo at /logo.svg (for Gradient's oidc.iconUrl).
 import Provider from 'oidc-provider';
 
 const env = (name) => {
@@ -47,6 +47,15 @@ const provider = new Provider(issuer, {
   },
   cookies: { keys: ['gradient-e2e-oidc-provider-cookie-signing-key'] },
   features: { devInteractions: { enabled: true } },
+});
+
+// The provider's logo, as a real provider would publish one.
+provider.use(async (ctx, next) => {
+  if (ctx.path !== '/logo.svg') return next();
+  ctx.type = 'image/svg+xml';
+  ctx.body =
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 20 20"><circle cx="10" cy="10" r="9" fill="#2a7ae2"/>' +
+    '<path d="M6 10l3 3 5-6" stroke="#fff" stroke-width="2" fill="none"/></svg>';
 });
 
 provider.listen(port, '127.0.0.1').on('listening', () => console.log(`ready ${issuer}`));
