@@ -48,7 +48,9 @@ async fn a_new_identity_makes_an_account_and_signs_in_as_it_again() {
     // Later: the same subject at the same issuer, whatever its email now, is the same account.
     let again = t.begin_oidc_sign_in().await.unwrap();
     let flow = t.take_oidc_flow(&again.state, Some(&again.binding)).await.unwrap();
-    let OidcOutcome::SignedIn { user: same, created, .. } = t
+    let OidcOutcome::SignedIn {
+        user: same, created, ..
+    } = t
         .finish_oidc(&flow, claims("sub-1", "dana@fbi.example.com", true))
         .await
         .unwrap()
@@ -80,7 +82,10 @@ async fn a_flow_is_single_use_bound_to_its_browser_and_expires() {
     let start = t.begin_oidc_sign_in().await.unwrap();
     assert_ne!(start.state, start.nonce);
     assert!(start.pkce_verifier.len() >= 43, "RFC 7636: 43 to 128 characters");
-    assert_eq!(code(t.take_oidc_flow("not-a-state", Some(&start.binding)).await), "oidc_state_invalid");
+    assert_eq!(
+        code(t.take_oidc_flow("not-a-state", Some(&start.binding)).await),
+        "oidc_state_invalid"
+    );
     t.take_oidc_flow(&start.state, Some(&start.binding)).await.unwrap();
     assert_eq!(
         code(t.take_oidc_flow(&start.state, Some(&start.binding)).await),
@@ -94,12 +99,18 @@ async fn a_flow_is_single_use_bound_to_its_browser_and_expires() {
         "oidc_state_invalid"
     );
     assert_eq!(
-        code(t.take_oidc_flow(&other_browser.state, Some(&other_browser.binding)).await),
+        code(
+            t.take_oidc_flow(&other_browser.state, Some(&other_browser.binding))
+                .await
+        ),
         "oidc_state_invalid",
         "a refused callback used the flow up"
     );
     let no_cookie = t.begin_oidc_sign_in().await.unwrap();
-    assert_eq!(code(t.take_oidc_flow(&no_cookie.state, None).await), "oidc_state_invalid");
+    assert_eq!(
+        code(t.take_oidc_flow(&no_cookie.state, None).await),
+        "oidc_state_invalid"
+    );
 
     let late = t.begin_oidc_sign_in().await.unwrap();
     clock.advance(OIDC_FLOW_LIFETIME + chrono::TimeDelta::seconds(1));
@@ -121,7 +132,10 @@ async fn an_existing_account_is_never_taken_over_and_only_its_owner_links_it() {
         let start = t.begin_oidc_sign_in().await.unwrap();
         let flow = t.take_oidc_flow(&start.state, Some(&start.binding)).await.unwrap();
         assert_eq!(
-            code(t.finish_oidc(&flow, claims("fox-at-idp", "fox@example.com", verified)).await),
+            code(
+                t.finish_oidc(&flow, claims("fox-at-idp", "fox@example.com", verified))
+                    .await
+            ),
             "oidc_account_exists"
         );
     }
@@ -156,7 +170,10 @@ async fn an_existing_account_is_never_taken_over_and_only_its_owner_links_it() {
     assert_eq!(user.id, owner_id);
     let linked = t.oidc_identities(&owner).await.unwrap();
     assert_eq!(
-        linked.iter().map(|i| (i.issuer.as_str(), i.subject.as_str())).collect::<Vec<_>>(),
+        linked
+            .iter()
+            .map(|i| (i.issuer.as_str(), i.subject.as_str()))
+            .collect::<Vec<_>>(),
         [(ISSUER, "fox-at-idp")]
     );
 
@@ -177,7 +194,10 @@ async fn an_existing_account_is_never_taken_over_and_only_its_owner_links_it() {
     let start = t.begin_oidc_link(&other).await.unwrap();
     let flow = t.take_oidc_flow(&start.state, Some(&start.binding)).await.unwrap();
     assert_eq!(
-        code(t.finish_oidc(&flow, claims("fox-at-idp", "skinner@example.com", true)).await),
+        code(
+            t.finish_oidc(&flow, claims("fox-at-idp", "skinner@example.com", true))
+                .await
+        ),
         "oidc_identity_taken"
     );
 }

@@ -133,7 +133,10 @@ async fn follow(browser: &reqwest::Client, url: &str, login: &str) -> (Vec<(Stri
             assert!(get("code_challenge").is_some_and(|c| c.len() == 43));
             assert!(get("state").is_some_and(|s| s.len() >= 32) && get("nonce").is_some_and(|n| n.len() >= 32));
             let scopes: Vec<_> = get("scope").unwrap_or_default().split(' ').collect();
-            assert!(["openid", "email", "profile"].iter().all(|s| scopes.contains(s)), "{scopes:?}");
+            assert!(
+                ["openid", "email", "profile"].iter().all(|s| scopes.contains(s)),
+                "{scopes:?}"
+            );
         }
         let resp = browser.get(url.clone()).send().await.expect("GET");
         let status = resp.status();
@@ -175,7 +178,9 @@ fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 /// Signs in through the provider as `login` in a fresh browser; answers the landing page's fragment.
 async fn sign_in(server: &Server, login: &str) -> Vec<(String, String)> {
     let b = browser();
-    follow(&b, &format!("{}/api/v1/auth/oidc/login", server.url), login).await.0
+    follow(&b, &format!("{}/api/v1/auth/oidc/login", server.url), login)
+        .await
+        .0
 }
 
 /// `GET /api/v1/user` with a bearer token.
@@ -189,7 +194,13 @@ async fn user(server: &Server, token: &str) -> (StatusCode, Value) {
     (resp.status(), resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn api(server: &Server, method: reqwest::Method, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+async fn api(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
     let mut req = reqwest::Client::new().request(method, format!("{}/api/v1{path}", server.url));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -233,7 +244,10 @@ async fn oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_i
     );
     let flow_cookie = cookie.split(';').next().expect("name=value").to_owned();
     let authorize = resp.headers()["location"].to_str().expect("location").to_owned();
-    assert!(authorize.starts_with(&format!("{}/auth?", provider.issuer)), "{authorize}");
+    assert!(
+        authorize.starts_with(&format!("{}/auth?", provider.issuer)),
+        "{authorize}"
+    );
     let (landing, callback) = follow(&b, &authorize, "scully").await;
     let token = get(&landing, "token").unwrap_or_else(|| panic!("signed in: {landing:?}"));
     let (status, me) = user(&server, token).await;
@@ -265,11 +279,17 @@ async fn oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_i
         .await
         .expect("replay");
     let location = resp.headers()["location"].to_str().expect("location");
-    assert!(location.starts_with("/signin/oidc#error=oidc_state_invalid"), "a replayed callback: {location}");
+    assert!(
+        location.starts_with("/signin/oidc#error=oidc_state_invalid"),
+        "a replayed callback: {location}"
+    );
 
     // A callback whose state the server never issued, and one from a browser that did not start the flow.
     let stranger = browser();
-    let wrong = format!("{}/api/v1/auth/oidc/callback?code=abc&state=not-a-state-we-issued", server.url);
+    let wrong = format!(
+        "{}/api/v1/auth/oidc/callback?code=abc&state=not-a-state-we-issued",
+        server.url
+    );
     let (landing, _) = follow(&stranger, &wrong, "scully").await;
     assert_eq!(get(&landing, "error"), Some("oidc_state_invalid"));
     let victim = browser();
@@ -287,7 +307,11 @@ async fn oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_i
     let attacker = browser();
     let forged = format!("{}/api/v1/auth/oidc/callback?code=abc&state={state}", server.url);
     let (landing, _) = follow(&attacker, &forged, "scully").await;
-    assert_eq!(get(&landing, "error"), Some("oidc_state_invalid"), "another browser's flow");
+    assert_eq!(
+        get(&landing, "error"),
+        Some("oidc_state_invalid"),
+        "another browser's flow"
+    );
 
     // Signing in again is the same account; another provider account is another Gradient account, and a
     // provider account without a verified address makes an unverified one.
@@ -297,7 +321,10 @@ async fn oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_i
     let skinner = sign_in(&server, "skinner").await;
     let (_, me) = user(&server, get(&skinner, "token").expect("token")).await;
     assert_eq!(me["message"]["username"], "skinner");
-    assert_eq!(me["message"]["email_verified"], false, "no email_verified claim is unverified");
+    assert_eq!(
+        me["message"]["email_verified"], false,
+        "no email_verified claim is unverified"
+    );
 
     // Logging out ends the session the provider's sign-in opened.
     let token = get(&again, "token").expect("token");
@@ -322,9 +349,16 @@ async fn an_existing_account_is_never_taken_over_and_its_owner_links_it_with_a_v
     // The provider's accounts with mulder's address, verified or not, do not get into mulder's account.
     for login in ["mulder-idp", "mulder-unverified"] {
         let landing = sign_in(&server, login).await;
-        assert_eq!(get(&landing, "error"), Some("oidc_account_exists"), "{login}: {landing:?}");
+        assert_eq!(
+            get(&landing, "error"),
+            Some("oidc_account_exists"),
+            "{login}: {landing:?}"
+        );
         assert_eq!(get(&landing, "token"), None);
-        assert!(get(&landing, "message").is_some_and(|m| m.contains("link")), "{landing:?}");
+        assert!(
+            get(&landing, "message").is_some_and(|m| m.contains("link")),
+            "{landing:?}"
+        );
     }
 
     // Mulder, signed in with his password, links: not with the unverified account, yes with the verified one.
@@ -370,8 +404,18 @@ async fn an_existing_account_is_never_taken_over_and_its_owner_links_it_with_a_v
     )
     .await;
     let key = key["message"]["key"].as_str().expect("key");
-    let (status, body) = api(&server, reqwest::Method::POST, "/user/oidc/link", Some(key), Value::Null).await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, body) = api(
+        &server,
+        reqwest::Method::POST,
+        "/user/oidc/link",
+        Some(key),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let (status, _) = api(&server, reqwest::Method::POST, "/user/oidc/link", None, Value::Null).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     server.stop();
@@ -412,12 +456,21 @@ async fn required_oidc_refuses_password_login_and_registration_and_needs_a_worki
     let register = json!({"username": "kersh", "name": "Kersh", "email": "kersh@example.test",
                           "password": "password-password"});
     let (status, body) = api(&server, reqwest::Method::POST, "/auth/basic/register", None, register).await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::FORBIDDEN, Some("registration_disabled")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("registration_disabled"))
+    );
     let login = json!({"loginname": "kersh", "password": "password-password"});
     let (status, body) = api(&server, reqwest::Method::POST, "/auth/basic/login", None, login).await;
-    assert_eq!((status, body["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let landing = sign_in(&server, "scully").await;
-    assert_eq!(user(&server, get(&landing, "token").expect("token")).await.0, StatusCode::OK);
+    assert_eq!(
+        user(&server, get(&landing, "token").expect("token")).await.0,
+        StatusCode::OK
+    );
     server.stop();
 }
 
@@ -433,7 +486,10 @@ async fn the_web_ui_signs_in_with_single_sign_on_in_a_browser() {
     };
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web");
     let dist = web.join("dist");
-    assert!(dist.join("index.html").is_file(), "build the UI first (cd web && npm ci && npm run build)");
+    assert!(
+        dist.join("index.html").is_file(),
+        "build the UI first (cd web && npm ci && npm run build)"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let provider = start_provider(&script, dir.path(), port);

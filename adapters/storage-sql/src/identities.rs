@@ -26,7 +26,8 @@ struct FlowRow {
     expires_at: DateTime<Utc>,
 }
 
-const INSERT_IDENTITY: &str = "INSERT INTO oidc_identities (issuer, subject, user_id, created_at) VALUES ($1, $2, $3, $4)";
+const INSERT_IDENTITY: &str =
+    "INSERT INTO oidc_identities (issuer, subject, user_id, created_at) VALUES ($1, $2, $3, $4)";
 
 impl Identities for SqlStorage {
     async fn create_oidc_user(&self, user: &User, identity: &OidcIdentity) -> Result<()> {

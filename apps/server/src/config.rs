@@ -588,7 +588,11 @@ fn oidc(e: &Env) -> Result<OidcConfig, ConfigError> {
             "OIDC is required but not enabled (GRADIENT_OIDC_ENABLE): nobody could sign in",
         ));
     }
-    if let Some(scope) = oidc.scopes.iter().find(|s| s.chars().any(|c| c.is_control() || c == '"')) {
+    if let Some(scope) = oidc
+        .scopes
+        .iter()
+        .find(|s| s.chars().any(|c| c.is_control() || c == '"'))
+    {
         return Err(err(&env_name("oidc.scopes"), format!("invalid scope {scope:?}")));
     }
     if let Some(icon) = &oidc.icon_url
@@ -990,7 +994,11 @@ mod tests {
             bad.retain(|(v, _)| *v != var);
             bad.push((var, value));
             let e = Config::from_vars(&vars(&bad)).unwrap_err().to_string();
-            let named = if var == "GRADIENT_OIDC_ENABLE" { "GRADIENT_OIDC_REQUIRED" } else { var };
+            let named = if var == "GRADIENT_OIDC_ENABLE" {
+                "GRADIENT_OIDC_REQUIRED"
+            } else {
+                var
+            };
             assert!(e.starts_with(&format!("{named}: ")), "{var}={value}: {e}");
         }
         // Disabled, nothing else is needed.

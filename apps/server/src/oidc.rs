@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-type Client = CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
+type Client =
+    CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
 
 /// How long discovered metadata and keys are used before they are fetched again.
 const REFRESH_AFTER: Duration = Duration::from_secs(3600);
@@ -208,7 +209,9 @@ impl Oidc {
             let actual = AccessTokenHash::from_token(response.access_token(), alg, key)
                 .map_err(|e| OidcError::IdToken(chain(&e)))?;
             if actual != *expected {
-                return Err(OidcError::IdToken("the access token does not match its hash (at_hash)".into()));
+                return Err(OidcError::IdToken(
+                    "the access token does not match its hash (at_hash)".into(),
+                ));
             }
         }
         let mut out = OidcClaims {

@@ -111,11 +111,7 @@ pub trait Identities {
     /// identity") when the issuer and subject are already linked (to anyone).
     fn link_oidc_identity(&self, identity: &OidcIdentity) -> impl Future<Output = Result<()>> + Send;
     /// The user the issuer's subject signs in as.
-    fn user_by_oidc_identity(
-        &self,
-        issuer: &str,
-        subject: &str,
-    ) -> impl Future<Output = Result<Option<User>>> + Send;
+    fn user_by_oidc_identity(&self, issuer: &str, subject: &str) -> impl Future<Output = Result<Option<User>>> + Send;
     /// The identities linked to the user, oldest first.
     fn oidc_identities(&self, user: UserId) -> impl Future<Output = Result<Vec<OidcIdentity>>> + Send;
 

@@ -33,9 +33,15 @@ pub async fn oidc_user_round_trips_by_issuer_and_subject<S: Storage>(s: &S) {
     new.email_verified = false;
     let id = identity(new.id, "https://idp.example.com");
     s.create_oidc_user(&new, &id).await.expect("create_oidc_user");
-    assert_eq!(s.user(new.id).await.expect("user"), Some(new.clone()), "the user is created");
     assert_eq!(
-        s.user_by_oidc_identity(&id.issuer, &id.subject).await.expect("by identity"),
+        s.user(new.id).await.expect("user"),
+        Some(new.clone()),
+        "the user is created"
+    );
+    assert_eq!(
+        s.user_by_oidc_identity(&id.issuer, &id.subject)
+            .await
+            .expect("by identity"),
         Some(new.clone()),
         "found by issuer and subject"
     );
@@ -79,7 +85,9 @@ pub async fn oidc_user_creation_conflicts_leave_nothing<S: Storage>(s: &S) {
     );
     assert_eq!(s.user(again.id).await.expect("user"), None, "no user was created");
     assert_eq!(
-        s.user_by_oidc_identity(&fresh.issuer, &fresh.subject).await.expect("by identity"),
+        s.user_by_oidc_identity(&fresh.issuer, &fresh.subject)
+            .await
+            .expect("by identity"),
         None,
         "no identity was linked"
     );
@@ -108,12 +116,15 @@ pub async fn oidc_identities_link_once_and_list_oldest_first<S: Storage>(s: &S) 
         "an identity links to one user only"
     );
     assert_eq!(
-        s.user_by_oidc_identity(&first.issuer, &first.subject).await.expect("by identity"),
+        s.user_by_oidc_identity(&first.issuer, &first.subject)
+            .await
+            .expect("by identity"),
         Some(alice.clone()),
         "it still signs in as its first user"
     );
     assert_eq!(
-        s.link_oidc_identity(&identity(UserId::new(), "https://a.example.com")).await,
+        s.link_oidc_identity(&identity(UserId::new(), "https://a.example.com"))
+            .await,
         Err(StorageError::NotFound),
         "an unknown user"
     );
@@ -131,7 +142,8 @@ pub async fn oidc_flows_are_taken_once_and_expire<S: Storage>(s: &S) {
         "a state is used once"
     );
     assert_eq!(
-        s.create_oidc_flow(&flow(Some(UserId::new()), now() + seconds(600))).await,
+        s.create_oidc_flow(&flow(Some(UserId::new()), now() + seconds(600)))
+            .await,
         Err(StorageError::NotFound),
         "a link flow for an unknown user"
     );
