@@ -113,8 +113,8 @@ fn form_action(html: &str) -> String {
     html[start..end].replace("&#x2F;", "/").replace("&amp;", "&")
 }
 
-/// Follows redirects from `url`, signing in at the provider as `login` when its login form appears and
-/// consenting when asked, until the server sends the browser to the web UI's `/signin/oidc` page; answers
+/// Follows redirects from `url`, signing in at the provider as `login` when its login form appears (or, for
+/// the login `!abort`, cancelling there) and consenting when asked, until the server sends the browser to the web UI's `/signin/oidc` page; answers
 /// that page's fragment as pairs. Also answers the callback URL the provider sent the browser to.
 async fn follow(browser: &reqwest::Client, url: &str, login: &str) -> (Vec<(String, String)>, String) {
     let mut url = reqwest::Url::parse(url).expect("url");
@@ -156,6 +156,17 @@ async fn follow(browser: &reqwest::Client, url: &str, login: &str) -> (Vec<(Stri
         let text = resp.text().await.expect("body");
         assert_eq!(status, StatusCode::OK, "{url}: {text}");
         let action = url.join(&form_action(&text)).expect("action");
+        if login == "!abort" {
+            // oidc-provider's "cancel" link: /interaction/<uid>/abort.
+            let resp = browser
+                .get(url.join(&format!("{}/abort", url.path())).expect("abort"))
+                .send()
+                .await;
+            let resp = resp.expect("abort");
+            let location = resp.headers()["location"].to_str().expect("location").to_owned();
+            url = url.join(&location).expect("location");
+            continue;
+        }
         let form: Vec<(&str, &str)> = if text.contains("name=\"prompt\" value=\"login\"") {
             vec![("prompt", "login"), ("login", login), ("password", "any")]
         } else if text.contains("name=\"prompt\" value=\"consent\"") {
@@ -318,6 +329,14 @@ async fn oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_i
     let again = sign_in(&server, "scully").await;
     let (_, me) = user(&server, get(&again, "token").expect("token")).await;
     assert_eq!(me["message"]["id"], scully_id);
+    // Someone who cancels at the provider comes back to the web UI told so.
+    let cancelled = sign_in(&server, "!abort").await;
+    assert_eq!(get(&cancelled, "error"), Some("oidc_denied"), "{cancelled:?}");
+    assert!(
+        get(&cancelled, "message").is_some_and(|m| m.contains("access_denied")),
+        "{cancelled:?}"
+    );
+
     let skinner = sign_in(&server, "skinner").await;
     let (_, me) = user(&server, get(&skinner, "token").expect("token")).await;
     assert_eq!(me["message"]["username"], "skinner");
