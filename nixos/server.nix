@@ -219,13 +219,13 @@ in
     };
 
     oidc = {
-      enable = opt types.bool false "Log in with OpenID Connect.";
-      required = opt types.bool false "Disable username/password login and require OIDC for all users.";
+      enable = opt types.bool false "Sign in with an OpenID Provider (authorization code flow with PKCE; callback `<publicUrl>/api/v1/auth/oidc/callback`).";
+      required = opt types.bool false "Disable username/password login and registration and require OIDC for all users; the server refuses to start when the provider cannot be discovered.";
       clientId = nullOpt types.str "OIDC client id.";
-      clientSecretFile = secretOpt "File holding the OIDC client secret.";
-      discoveryUrl = nullOpt types.str "Issuer URL (`/.well-known/openid-configuration` is appended).";
-      scopes = opt (types.listOf types.str) [ "openid" "email" "profile" ] "Scopes requested.";
-      iconUrl = nullOpt types.str "Optional provider logo URL.";
+      clientSecretFile = secretOpt "File holding the OIDC client secret (null: a public client, PKCE only).";
+      discoveryUrl = nullOpt types.str "Issuer URL (`/.well-known/openid-configuration` is appended); the provider's metadata must name exactly this issuer.";
+      scopes = opt (types.listOf types.str) [ "openid" "email" "profile" ] "Scopes requested (`email` is needed for new accounts).";
+      iconUrl = nullOpt types.str "Optional http(s) URL of the provider's logo, shown on the sign-in button.";
     };
     email = {
       enable = opt types.bool false "Send email: address verification, password reset, and mail when a project starts failing or is fixed.";
@@ -308,6 +308,10 @@ in
         {
           assertion = !cfg.oidc.enable || (cfg.oidc.clientId != null && cfg.oidc.discoveryUrl != null);
           message = "services.gradient.oidc: enable needs clientId and discoveryUrl";
+        }
+        {
+          assertion = !cfg.oidc.required || cfg.oidc.enable;
+          message = "services.gradient.oidc: required needs enable (nobody could sign in otherwise)";
         }
       ];
 

@@ -33,6 +33,16 @@ ensure_web() {
   (cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build --silent) >&2
 }
 
+# The OpenID Provider of the OIDC end-to-end tests (tests/e2e/oidc.rs): oidc-provider from npm, its locked version
+# (tests/oidc-provider/package-lock.json). Prints the path of the provider script on stdout, and nothing else there.
+ensure_oidc_provider() {
+  ensure_packages nodejs >&2
+  command -v npm >/dev/null 2>&1 || ensure_packages npm >&2
+  (cd tests/oidc-provider && npm ci --no-audit --no-fund --loglevel=error) >&2 \
+    || die "could not install oidc-provider from npm (tests/oidc-provider)"
+  echo "$PWD/tests/oidc-provider/provider.mjs"
+}
+
 # Debian's chromium, for the browser tests (driven by playwright-core; no browser is ever downloaded).
 ensure_chromium() {
   ensure_packages chromium fonts-dejavu-core

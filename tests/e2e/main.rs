@@ -14,6 +14,7 @@ mod hooks;
 mod listening;
 mod nix;
 mod nixos;
+mod oidc;
 mod options;
 mod pipeline;
 mod reach;

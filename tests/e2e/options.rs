@@ -66,13 +66,6 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_LOCAL_WORKER_ID", &["the_co_located_worker_is_registered_in_every_new_organization"]),
     ("GRADIENT_LOCAL_WORKER_TOKEN_FILE", &["the_co_located_worker_is_registered_in_every_new_organization"]),
     // Refused at start-up until they work (`config::UNSUPPORTED`).
-    ("GRADIENT_OIDC_ENABLE", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_OIDC_REQUIRED", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_OIDC_CLIENT_ID", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_OIDC_CLIENT_SECRET_FILE", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_OIDC_DISCOVERY_URL", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_OIDC_SCOPES", &["options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_OIDC_ICON_URL", &["options_that_cannot_work_yet_refuse_to_start"]),
     ("GRADIENT_EMAIL_ENABLE", &["registration_mails_a_link_that_verifies_the_address_before_login", "email_needs_a_server_and_a_sender_and_verification_needs_email"]),
     ("GRADIENT_EMAIL_REQUIRE_VERIFICATION", &["registration_mails_a_link_that_verifies_the_address_before_login", "email_needs_a_server_and_a_sender_and_verification_needs_email"]),
     ("GRADIENT_EMAIL_SMTP_HOST", &["registration_mails_a_link_that_verifies_the_address_before_login"]),
@@ -81,10 +74,17 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_EMAIL_SMTP_PASSWORD_FILE", &["registration_mails_a_link_that_verifies_the_address_before_login"]),
     ("GRADIENT_EMAIL_FROM_ADDRESS", &["registration_mails_a_link_that_verifies_the_address_before_login"]),
     ("GRADIENT_EMAIL_FROM_NAME", &["registration_mails_a_link_that_verifies_the_address_before_login"]),
+    ("GRADIENT_OIDC_ENABLE", &["oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_it_again", "oidc_settings_are_checked"]),
+    ("GRADIENT_OIDC_REQUIRED", &["required_oidc_refuses_password_login_and_registration_and_needs_a_working_provider", "oidc_settings_are_checked"]),
+    ("GRADIENT_OIDC_CLIENT_ID", &["oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_it_again", "oidc_settings_are_checked"]),
+    ("GRADIENT_OIDC_CLIENT_SECRET_FILE", &["oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_it_again"]),
+    ("GRADIENT_OIDC_DISCOVERY_URL", &["oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_it_again", "oidc_settings_are_checked"]),
+    ("GRADIENT_OIDC_SCOPES", &["oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_it_again"]),
+    ("GRADIENT_OIDC_ICON_URL", &["oidc_sign_in_through_a_real_provider_makes_an_account_and_signs_in_as_it_again", "oidc_settings_are_checked"]),
     ("GRADIENT_DELETE_STATE", &["sqlite_declarative_state", "postgres_declarative_state"]),
     ("GRADIENT_STATE_FILE", &["sqlite_declarative_state", "postgres_declarative_state", "an_invalid_state_document_stops_start_up"]),
-    ("GRADIENT_REPORT_ERRORS", &["internal_errors_are_reported_without_secrets", "options_that_cannot_work_yet_refuse_to_start"]),
-    ("GRADIENT_SENTRY_DSN", &["internal_errors_are_reported_without_secrets", "options_that_cannot_work_yet_refuse_to_start"]),
+    ("GRADIENT_REPORT_ERRORS", &["internal_errors_are_reported_without_secrets", "error_reports_need_both_settings_and_the_defaults_start"]),
+    ("GRADIENT_SENTRY_DSN", &["internal_errors_are_reported_without_secrets", "error_reports_need_both_settings_and_the_defaults_start"]),
     // Worker.
     ("GRADIENT_SERVER_URL", &["a_registered_worker_connects_and_deleting_its_registration_disconnects_it"]),
     ("GRADIENT_WORKER_ID", &["two_workers_evaluate_and_build_a_flake_into_the_signed_cache"]),
@@ -172,25 +172,8 @@ fn every_variable_is_exercised_by_a_test_that_exists() {
 }
 
 #[tokio::test]
-async fn options_that_cannot_work_yet_refuse_to_start() {
+async fn error_reports_need_both_settings_and_the_defaults_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (var, value) in [
-        ("GRADIENT_OIDC_REQUIRED", "true"),
-        ("GRADIENT_OIDC_ENABLE", "true"),
-        ("GRADIENT_OIDC_CLIENT_ID", "gradient"),
-        ("GRADIENT_OIDC_CLIENT_SECRET_FILE", "/run/secrets/oidc"),
-        ("GRADIENT_OIDC_DISCOVERY_URL", "https://auth.example.com"),
-        ("GRADIENT_OIDC_SCOPES", "openid"),
-        ("GRADIENT_OIDC_ICON_URL", "https://auth.example.com/icon.png"),
-    ] {
-        let out = start_failure(dir.path(), &[(var, value)]);
-        let lines: Vec<_> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "{var}={value}: one line, got:\n{out}");
-        assert!(
-            lines[0].contains(var) && lines[0].contains("not supported"),
-            "{var}={value}: {out}"
-        );
-    }
     // Error reports need both settings: one alone is refused, never silently off or sent elsewhere.
     for (var, value) in [
         ("GRADIENT_REPORT_ERRORS", "true"),

@@ -20,6 +20,7 @@ mod audit;
 mod cache_contents;
 mod caches;
 mod evaluations;
+mod identities;
 mod integrations;
 mod mailing;
 mod meta;
@@ -290,6 +291,12 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     ("status_reports_id_key", "status_reports.id", "status report id"),
     // `put_github_installation` replaces by id and deletes the account's other installation first; listed
     // for completeness.
+    (
+        "oidc_identities_pkey",
+        "oidc_identities.issuer, oidc_identities.subject",
+        "oidc identity",
+    ),
+    ("oidc_flows_pkey", "oidc_flows.state", "oidc flow"),
     (
         "github_installations_account_key",
         "github_installations.account",

@@ -14,6 +14,7 @@ pub mod live;
 pub mod mail;
 pub mod metrics;
 pub mod nars;
+pub mod oidc;
 pub mod org_events;
 pub mod reporting;
 pub mod state;
@@ -158,6 +159,9 @@ pub enum StartError {
     Forge(String),
     #[error("cannot set up TLS for dialing listening workers: {0}")]
     Tls(String),
+    /// OIDC is required (`GRADIENT_OIDC_REQUIRED`) and its provider cannot be discovered.
+    #[error("{0} (GRADIENT_OIDC_REQUIRED is true: nobody could sign in)")]
+    Oidc(oidc::OidcError),
     /// The state document (`GRADIENT_STATE_FILE`) is invalid or could not be applied: nothing was changed.
     #[error("state: {0}")]
     State(#[from] gradient_domain::state::StateError),
@@ -388,6 +392,7 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         Ok(n) => tracing::info!(target: "gradient::proto", "sealed the proof keys of {n} worker registration(s)"),
         Err(e) => return Err(StartError::Database(e.to_string())),
     }
+    let oidc = oidc_provider(config).await?;
     let nars = open_nar_store(&config.nar_store).await?;
     tracing::info!(target: "gradient::cache", "NAR store: {}", nars.kind());
     let http = HttpSettings {
@@ -444,7 +449,66 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         link,
         forge,
         metrics,
+        oidc,
     ))
+}
+
+/// The OpenID Provider, when OIDC is enabled: its client secret read, and discovered now. A provider that
+/// cannot be discovered stops start-up when OIDC is required (nobody could sign in otherwise); else it is
+/// discovered again at the first sign-in.
+async fn oidc_provider(config: &Config) -> Result<Option<std::sync::Arc<oidc::Oidc>>, StartError> {
+    let c = &config.oidc;
+    if !c.enable {
+        return Ok(None);
+    }
+    let missing = |option: &str| ConfigError {
+        var: config::env_name(option),
+        problem: "OIDC is enabled (GRADIENT_OIDC_ENABLE) but this is not set".into(),
+    };
+    let client_id = c.client_id.clone().ok_or_else(|| missing("oidc.clientId"))?;
+    let discovery_url = c.discovery_url.as_deref().ok_or_else(|| missing("oidc.discoveryUrl"))?;
+    let client_secret = match &c.client_secret_file {
+        None => None,
+        Some(file) => {
+            let var = config::env_name("oidc.clientSecretFile");
+            let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+                var: var.clone(),
+                problem: format!("cannot read {}: {e}", file.display()),
+            })?;
+            let text = text.trim().to_owned();
+            if text.is_empty() {
+                return Err(ConfigError {
+                    var,
+                    problem: format!("{} is empty", file.display()),
+                }
+                .into());
+            }
+            Some(text)
+        }
+    };
+    let settings = oidc::OidcSettings {
+        issuer: oidc::issuer_of(discovery_url),
+        client_id,
+        client_secret,
+        scopes: c.scopes.clone(),
+        redirect_url: format!("{}{}", config.public_url, oidc::CALLBACK_PATH),
+        icon_url: c.icon_url.clone(),
+    };
+    let provider = oidc::Oidc::new(settings).map_err(|problem| ConfigError {
+        var: config::env_name("oidc.discoveryUrl"),
+        problem,
+    })?;
+    match provider.check().await {
+        Ok(()) => tracing::info!(
+            target: "gradient::web",
+            "OIDC sign-in with {} (callback {})",
+            provider.settings.issuer,
+            provider.settings.redirect_url
+        ),
+        Err(e) if c.required => return Err(StartError::Oidc(e)),
+        Err(e) => tracing::warn!(target: "gradient::web", "{e}; trying again at the first sign-in"),
+    }
+    Ok(Some(std::sync::Arc::new(provider)))
 }
 
 async fn open_nar_store(config: &config::NarStoreConfig) -> Result<nars::NarStorage, StartError> {

@@ -60,6 +60,8 @@ pub struct Inner {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// One permit per NAR download being served (`maxConcurrentNarServes`).
     pub nar_serves: Arc<tokio::sync::Semaphore>,
+    /// The OpenID Provider, when OIDC sign-in is enabled (`oidc.*`).
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// The database handle, for its pools' numbers.
     db: gradient_storage_sql::SqlStorage,
 }
@@ -83,8 +85,10 @@ impl AppState {
         link: LinkSettings,
         forge: HttpForge,
         metrics: Arc<crate::metrics::Metrics>,
+        oidc: Option<Arc<crate::oidc::Oidc>>,
     ) -> Self {
         Self(Arc::new(Inner {
+            oidc,
             db: web.clone(),
             nar_serves: Arc::new(tokio::sync::Semaphore::new(http.max_concurrent_nar_serves as usize)),
             metrics,

@@ -82,6 +82,9 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("POST /auth/password/forgot",              [422, 422, 422, 422, 422, 422, 422, 422, 422]),
     ("POST /auth/password/reset",               [422, 422, 422, 422, 422, 422, 422, 422, 422]),
     ("POST /auth/logout",                       [401, 200, 200, 200, 200, 422, 422, 401, 401]),
+    // No OpenID Provider is configured here: single sign-on is 404 for everyone who may reach it.
+    ("GET /auth/oidc/login",                    [404, 404, 404, 404, 404, 404, 404, 404, 404]),
+    ("GET /auth/oidc/callback",                 [404, 404, 404, 404, 404, 404, 404, 404, 404]),
     ("GET /builds/{id}",                        [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /builds/{id}/log",                    [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /builds/{id}/log/live",               [404, 404, 200, 200, 200, 200, 200, 401, 401]),
@@ -153,6 +156,8 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     // `{id}` is a fresh session of the Admin's: another user's session is answered like a missing one.
     ("DELETE /user/sessions/{id}",              [401, 404, 404, 404, 200, 403, 403, 401, 401]),
     ("GET /orgs/{org}/audit-log",               [401, 404, 403, 403, 200, 200, 403, 401, 401]),
+    ("GET /user/oidc",                          [401, 200, 200, 200, 200, 403, 403, 401, 401]),
+    ("POST /user/oidc/link",                    [401, 404, 404, 404, 404, 404, 404, 401, 401]),
 ];
 
 /// Operations whose cells run one at a time after all the others: revoking a user's other sessions would end the

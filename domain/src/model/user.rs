@@ -50,3 +50,32 @@ pub struct SessionInfo {
     pub last_used_at: Option<Timestamp>,
     pub user_agent: Option<String>,
 }
+
+/// An account at an OpenID Provider that signs in as a Gradient user: the provider (its issuer URL) and the
+/// account's subject there, which together never change and are never reused (OIDC Core §5.7). Emails and
+/// names can change at the provider; this pair cannot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcIdentity {
+    pub issuer: String,
+    pub subject: String,
+    pub user_id: UserId,
+    pub created_at: Timestamp,
+}
+
+/// A sign-in (or link) through the OpenID Provider in progress: what the callback needs to finish it. Made
+/// when the browser is sent to the provider, taken (and so deleted) by the callback: single use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OidcFlow {
+    /// The `state` parameter sent to the provider and returned by it on the callback.
+    pub state: String,
+    /// SHA-256 (hex) of the random value in the browser's flow cookie: the callback must come from the
+    /// browser that started the flow.
+    pub binding_hash: String,
+    /// The PKCE code verifier (the provider was sent its S256 challenge).
+    pub pkce_verifier: String,
+    /// The nonce the ID token must carry.
+    pub nonce: String,
+    /// The signed-in user linking the provider's account to theirs; `None` for a sign-in.
+    pub link_user: Option<UserId>,
+    pub expires_at: Timestamp,
+}

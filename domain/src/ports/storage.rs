@@ -12,8 +12,8 @@
 
 use crate::model::{
     ApiKey, AuditEntry, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member,
-    Membership, NarFile, Org, Project, Role, RoleRef, Session, SessionInfo, SubscribedCache, Subscriber, Subscription, Timestamp,
-    User, WorkerRegistration,
+    Membership, NarFile, OidcFlow, OidcIdentity, Org, Project, Role, RoleRef, Session, SessionInfo, SubscribedCache,
+    Subscriber, Subscription, Timestamp, User, WorkerRegistration,
 };
 use crate::{
     ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
@@ -39,6 +39,7 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 /// Everything Gradient stores. Split by aggregate so an adapter's file can follow the same shape.
 pub trait Storage:
     Users
+    + Identities
     + Orgs
     + Projects
     + Caches
@@ -59,6 +60,7 @@ pub trait Storage:
 
 impl<
     T: Users
+        + Identities
         + Orgs
         + Projects
         + Caches
@@ -112,6 +114,28 @@ pub trait Users {
     fn delete_api_key(&self, user: UserId, id: ApiKeyId) -> impl Future<Output = Result<bool>> + Send;
     /// Records when the key was last used (only `last_used_at` changes). Ok(false) if the key does not exist.
     fn touch_api_key(&self, id: ApiKeyId, at: Timestamp) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// Accounts at OpenID Providers (issuer + subject) that sign in as users, and the sign-ins in progress.
+pub trait Identities {
+    /// Creates the user and links the identity to it, atomically. Conflict("username") or Conflict("email")
+    /// when taken, Conflict("oidc identity") when the issuer and subject already sign in as someone.
+    fn create_oidc_user(&self, user: &User, identity: &OidcIdentity) -> impl Future<Output = Result<()>> + Send;
+    /// Links the identity to its (existing) user. NotFound when the user does not exist; Conflict("oidc
+    /// identity") when the issuer and subject are already linked (to anyone).
+    fn link_oidc_identity(&self, identity: &OidcIdentity) -> impl Future<Output = Result<()>> + Send;
+    /// The user the issuer's subject signs in as.
+    fn user_by_oidc_identity(&self, issuer: &str, subject: &str) -> impl Future<Output = Result<Option<User>>> + Send;
+    /// The identities linked to the user, oldest first.
+    fn oidc_identities(&self, user: UserId) -> impl Future<Output = Result<Vec<OidcIdentity>>> + Send;
+
+    /// Conflict("oidc flow") when a flow with this state exists; NotFound when `link_user` names no user.
+    fn create_oidc_flow(&self, flow: &OidcFlow) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the flow with this state and answers it: of two concurrent takes, one gets it and the other
+    /// `None` (whether or not it has expired; the caller checks).
+    fn take_oidc_flow(&self, state: &str) -> impl Future<Output = Result<Option<OidcFlow>>> + Send;
+    /// Deletes the flows that expired before `now`; answers how many.
+    fn delete_expired_oidc_flows(&self, now: Timestamp) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// Organizations, their custom roles and their members.

@@ -10,6 +10,7 @@ pub(crate) mod caches;
 mod email;
 mod github_app;
 mod memo;
+mod oidc;
 mod operations;
 mod orgs;
 mod overview;
@@ -29,6 +30,7 @@ pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
 pub use email::RESET_REQUESTED;
 pub use github_app::GithubAppSettings;
+pub use oidc::{OIDC_FLOW_LIFETIME, OidcClaims, OidcOutcome, OidcStart, username_from_claims};
 pub use operations::Operations;
 pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use overview::{

@@ -12,6 +12,7 @@ mod cache_contents;
 mod caches;
 mod declared;
 mod evaluations;
+mod identities;
 mod integrations;
 mod mailing;
 mod members;
@@ -29,6 +30,7 @@ pub use cache_contents::*;
 pub use caches::*;
 pub use declared::*;
 pub use evaluations::*;
+pub use identities::*;
 pub use integrations::*;
 pub use mailing::*;
 pub use members::*;
@@ -78,6 +80,11 @@ macro_rules! storage_contract {
             email_tokens_are_single_use_per_purpose,
             password_reset_ends_the_users_sessions,
             evaluation_mail_is_on_until_turned_off,
+            // OIDC identities and sign-ins in progress.
+            oidc_user_round_trips_by_issuer_and_subject,
+            oidc_user_creation_conflicts_leave_nothing,
+            oidc_identities_link_once_and_list_oldest_first,
+            oidc_flows_are_taken_once_and_expire,
             // Organizations.
             org_round_trips_and_creator_is_admin,
             absent_orgs_are_none,

@@ -6,6 +6,7 @@
 
 mod declared;
 mod mailing;
+mod identities;
 mod state;
 
 use gradient_domain::model::{

@@ -1,5 +1,5 @@
 use super::Tag;
-use super::dto::{Reply, ok};
+use super::dto::{Nullable, Reply, ok};
 use crate::state::AppState;
 use poem_openapi::{Object, OpenApi};
 
@@ -18,8 +18,10 @@ pub struct PublicConfig {
     pub version: String,
     pub registration_enabled: bool,
     pub oidc_enabled: bool,
-    /// When true, password login is disabled and users log in through OIDC.
+    /// When true, password login and registration are disabled and users sign in through OIDC.
     pub oidc_required: bool,
+    /// The OIDC provider's logo for the sign-in button (`oidc.iconUrl`), when configured.
+    pub oidc_icon_url: Nullable<String>,
     pub email_verification_required: bool,
     /// Mail is sent: password reset by mail and mail about evaluations are available.
     pub email_enabled: bool,
@@ -46,6 +48,7 @@ impl MetaApi {
             registration_enabled: s.enable_registration && !s.oidc_required,
             oidc_enabled: self.0.http.oidc_enabled,
             oidc_required: s.oidc_required,
+            oidc_icon_url: self.0.oidc.as_ref().and_then(|o| o.settings.icon_url.clone()).into(),
             email_verification_required: self.0.http.email_verification,
             email_enabled: self.0.http.email_enabled,
         })

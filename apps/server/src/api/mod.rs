@@ -14,6 +14,7 @@ mod evaluations;
 mod hooks;
 mod meta;
 mod nullable;
+mod oidc;
 mod orgs;
 mod projects;
 mod sessions;
@@ -70,6 +71,7 @@ pub type Api = (
     meta::MetaApi,
     accounts::AccountsApi,
     email::EmailApi,
+    oidc::OidcApi,
     orgs::OrgsApi,
     projects::ProjectsApi,
     caches::CachesApi,
@@ -88,6 +90,7 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
             meta::MetaApi(state.clone()),
             accounts::AccountsApi(state.clone()),
             email::EmailApi(state.clone()),
+            oidc::OidcApi(state.clone()),
             orgs::OrgsApi(state.clone()),
             projects::ProjectsApi(state.clone()),
             caches::CachesApi(state.clone()),

@@ -45,6 +45,8 @@ impl State {
                 self.memberships.retain(|(_, user), _| user != id);
                 self.email_tokens.retain(|_, t| t.user_id != *id);
                 self.no_evaluation_mail.remove(id);
+                self.oidc_identities.retain(|_, i| i.user_id != *id);
+                self.oidc_flows.retain(|_, f| f.link_user != Some(*id));
                 Ok(())
             }
             StateWrite::PutOrg(org) => match self.orgs.get_mut(&org.id) {

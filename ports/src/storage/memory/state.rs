@@ -66,6 +66,10 @@ pub(super) struct State {
     pub(super) email_tokens: HashMap<String, gradient_domain::model::EmailToken>,
     /// Users who turned mail about evaluations off.
     pub(super) no_evaluation_mail: HashSet<UserId>,
+    /// OIDC identities by (issuer, subject).
+    pub(super) oidc_identities: BTreeMap<(String, String), gradient_domain::model::OidcIdentity>,
+    /// OIDC sign-ins in progress by state.
+    pub(super) oidc_flows: HashMap<String, gradient_domain::model::OidcFlow>,
 }
 
 fn conflict(what: &str) -> StorageError {
@@ -86,6 +90,13 @@ impl State {
     // Users.
 
     pub(super) fn create_user(&mut self, user: &User) -> Result<()> {
+        self.check_new_user(user)?;
+        self.users.insert(user.id, user.clone());
+        Ok(())
+    }
+
+    /// The conflicts creating `user` would meet.
+    pub(super) fn check_new_user(&self, user: &User) -> Result<()> {
         if self.users.contains_key(&user.id) {
             return Err(conflict("user id"));
         }
@@ -95,7 +106,6 @@ impl State {
         if self.users.values().any(|u| u.email == user.email) {
             return Err(conflict("email"));
         }
-        self.users.insert(user.id, user.clone());
         Ok(())
     }
 
