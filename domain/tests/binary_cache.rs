@@ -120,6 +120,33 @@ async fn a_pushed_path_is_served_signed_by_the_cache_key() {
 }
 
 #[tokio::test]
+async fn served_paths_are_the_caches_recent_hits_and_misses_are_not() {
+    let (app, clock, nars, cache, owner) = setup().await;
+    push(&app, &nars, &cache, b"hello world").await;
+    assert!(
+        app.cache_stats(&owner, "main").await.unwrap().recent_hits.is_empty(),
+        "nothing served yet"
+    );
+    app.signed_narinfo(&cache, &PATH[11..43])
+        .await
+        .unwrap()
+        .expect("served");
+    let missing = "11111111111111111111111111111111";
+    assert_eq!(app.signed_narinfo(&cache, missing).await.unwrap(), None);
+    let first = clock.now();
+    clock.advance(chrono::TimeDelta::seconds(30));
+    // Served again (from memory this time): listed once, with the newer time.
+    app.signed_narinfo(&cache, &PATH[11..43])
+        .await
+        .unwrap()
+        .expect("served");
+    let stats = app.cache_stats(&owner, "main").await.unwrap();
+    assert_eq!(stats.recent_hits.len(), 1, "{:?}", stats.recent_hits);
+    assert_eq!(stats.recent_hits[0].store_path, PATH);
+    assert_eq!(stats.recent_hits[0].at, first + chrono::TimeDelta::seconds(30));
+}
+
+#[tokio::test]
 async fn a_narinfo_without_its_nar_or_lying_about_it_is_refused() {
     let (app, _, nars, cache, _) = setup().await;
     let nar = nar_of(b"data");

@@ -620,9 +620,10 @@ async fn applying_a_document_is_recorded_in_the_audit_logs_of_its_organizations(
         .unwrap();
     let log = app.storage.audit_log(acme.id, None, 100).await.unwrap();
     assert!(
-        log.iter()
-            .all(|e| e.via == AuditVia::State && e.actor == "state" && e.actor_id.is_none()
-                && e.action == AuditAction::StateApplied),
+        log.iter().all(|e| e.via == AuditVia::State
+            && e.actor == "state"
+            && e.actor_id.is_none()
+            && e.action == AuditAction::StateApplied),
         "{log:?}"
     );
     let lines: Vec<String> = log.iter().map(|e| format!("{}: {}", e.target, e.detail)).collect();

@@ -237,6 +237,12 @@ try {
   await page.getByRole('button', { name: 'Evaluate now' }).click();
   await page.waitForURL(/\/evals\/[0-9a-f-]+$/);
   await waitForText(page.getByRole('listitem'), /checks\.x86_64-linux\.slow/, 240000);
+  const slowEval = page.url();
+  step("sees the slow build among the worker's current jobs on the organization page");
+  await page.goto(`${base}/orgs/acme`);
+  await waitForText(page.getByTestId('worker-jobs'), /build slow \(x86_64-linux\)/, 30000);
+  await look('organization-jobs');
+  await page.goto(slowEval);
   await page.getByRole('button', { name: 'Abort' }).click();
   await waitForText(page.getByTestId('evaluation-status'), /aborted/, 30000);
   await page.getByRole('button', { name: 'Restart' }).waitFor();

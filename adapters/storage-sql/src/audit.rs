@@ -57,7 +57,11 @@ impl Audit for SqlStorage {
                 .bind(&entry.detail)
                 .fetch_one(&mut *tx)
                 .await?;
-            sqlx::query(trim).bind(entry.org_id.0).bind(keep).execute(&mut *tx).await?;
+            sqlx::query(trim)
+                .bind(entry.org_id.0)
+                .bind(keep)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(seq)
         }

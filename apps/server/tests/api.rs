@@ -2299,7 +2299,7 @@ async fn cache_stats_count_the_paths_a_cache_holds() {
     )
     .await;
     let stats = s.ok(Method::GET, "/caches/main/stats", o, None).await;
-    assert_eq!(stats, json!({"paths": 0, "bytes": 0}));
+    assert_eq!(stats, json!({"paths": 0, "bytes": 0, "recent_hits": []}));
     let (status, v) = s.get("/caches/main/stats", None).await;
     assert_eq!(
         (status, v["code"].as_str()),

@@ -223,26 +223,26 @@ async fn run_matrix(backend: &str, database_url: Option<String>, concurrent_cell
     };
     let env = &env;
     let run_cell = |(op, who, expected): (&'static str, Who, u16)| async move {
-            let n = env.next();
-            let fx = env.fixture(n, op, who).await;
-            let actual = env.call_operation(&fx, op, who).await;
-            // Rule: a caller who may not see a thing is answered exactly as about a missing thing.
-            let leak = if matches!(who, Who::Anonymous | Who::Outsider) && names_a_thing(op) {
-                let ghost = Fixture::ghost(n);
-                let missing = env.call_operation(&ghost, op, who).await;
-                let (seen, unseen) = (answer_shape(&actual, &fx), answer_shape(&missing, &ghost));
-                (seen != unseen).then(|| format!("{seen:?} for a private thing, {unseen:?} for a missing one"))
-            } else {
-                None
-            };
-            Cell {
-                n,
-                op,
-                who,
-                expected,
-                actual,
-                leak,
-            }
+        let n = env.next();
+        let fx = env.fixture(n, op, who).await;
+        let actual = env.call_operation(&fx, op, who).await;
+        // Rule: a caller who may not see a thing is answered exactly as about a missing thing.
+        let leak = if matches!(who, Who::Anonymous | Who::Outsider) && names_a_thing(op) {
+            let ghost = Fixture::ghost(n);
+            let missing = env.call_operation(&ghost, op, who).await;
+            let (seen, unseen) = (answer_shape(&actual, &fx), answer_shape(&missing, &ghost));
+            (seen != unseen).then(|| format!("{seen:?} for a private thing, {unseen:?} for a missing one"))
+        } else {
+            None
+        };
+        Cell {
+            n,
+            op,
+            who,
+            expected,
+            actual,
+            leak,
+        }
     };
     let mut results: Vec<Cell> = futures_util::stream::iter(cells(false))
         .map(run_cell)

@@ -60,7 +60,8 @@ impl Server {
     }
 
     async fn register(&self, name: &str) {
-        let body = json!({"username": name, "name": name, "email": format!("{name}@example.com"), "password": PASSWORD});
+        let body =
+            json!({"username": name, "name": name, "email": format!("{name}@example.com"), "password": PASSWORD});
         self.ok(Method::POST, "/auth/basic/register", None, Some(body)).await;
     }
 
@@ -98,7 +99,11 @@ async fn a_user_lists_their_sessions_and_revokes_one_the_others_or_all() {
     let bobs = s.login("bob", Some("curl/8")).await;
 
     let listed = s.ok(Method::GET, "/user/sessions", Some(&laptop), None).await;
-    assert_eq!(listed.as_array().map(Vec::len), Some(3), "alice's three sessions, not bob's: {listed}");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(3),
+        "alice's three sessions, not bob's: {listed}"
+    );
     let mine = by_agent(&listed, "Firefox/130 (X11; Linux)");
     assert_eq!(mine["current"], true, "the laptop's session is the current one");
     assert!(mine["last_used_at"].is_string(), "using it recorded its use: {mine}");
@@ -113,7 +118,13 @@ async fn a_user_lists_their_sessions_and_revokes_one_the_others_or_all() {
     let bob_sessions = s.ok(Method::GET, "/user/sessions", Some(&bobs), None).await;
     let bob_id = bob_sessions[0]["id"].as_str().expect("id").to_owned();
     let (status, theirs) = s
-        .call(Method::DELETE, &format!("/user/sessions/{bob_id}"), Some(&laptop), None, None)
+        .call(
+            Method::DELETE,
+            &format!("/user/sessions/{bob_id}"),
+            Some(&laptop),
+            None,
+            None,
+        )
         .await;
     let (missing_status, missing) = s
         .call(
@@ -126,13 +137,25 @@ async fn a_user_lists_their_sessions_and_revokes_one_the_others_or_all() {
         .await;
     assert_eq!((status, missing_status), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
     assert_eq!(theirs, missing, "another user's session reads as a missing one");
-    assert_eq!(s.status(Method::GET, "/user", Some(&bobs)).await, StatusCode::OK, "bob's still works");
+    assert_eq!(
+        s.status(Method::GET, "/user", Some(&bobs)).await,
+        StatusCode::OK,
+        "bob's still works"
+    );
 
     // One revoked: its token stops at once.
     let phone_id = phone_entry["id"].as_str().expect("id");
-    s.ok(Method::DELETE, &format!("/user/sessions/{phone_id}"), Some(&laptop), None)
-        .await;
-    assert_eq!(s.status(Method::GET, "/user", Some(&phone)).await, StatusCode::UNAUTHORIZED);
+    s.ok(
+        Method::DELETE,
+        &format!("/user/sessions/{phone_id}"),
+        Some(&laptop),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s.status(Method::GET, "/user", Some(&phone)).await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A key limited to some permissions may not touch sessions; an unrestricted one may list them.
     let key = s
@@ -144,23 +167,42 @@ async fn a_user_lists_their_sessions_and_revokes_one_the_others_or_all() {
         )
         .await;
     let narrow = key["key"].as_str().expect("key");
-    assert_eq!(s.status(Method::GET, "/user/sessions", Some(narrow)).await, StatusCode::FORBIDDEN);
-    assert_eq!(s.status(Method::DELETE, "/user/sessions", Some(narrow)).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.status(Method::GET, "/user/sessions", Some(narrow)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.status(Method::DELETE, "/user/sessions", Some(narrow)).await,
+        StatusCode::FORBIDDEN
+    );
 
     // The others, keeping this one.
     let revoked = s
         .ok(Method::DELETE, "/user/sessions?keep_current=true", Some(&laptop), None)
         .await;
     assert_eq!(revoked["revoked"], 1, "the spare session");
-    assert_eq!(s.status(Method::GET, "/user", Some(&spare)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.status(Method::GET, "/user", Some(&spare)).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(s.status(Method::GET, "/user", Some(&laptop)).await, StatusCode::OK);
 
     // All of them, this one too.
     let revoked = s.ok(Method::DELETE, "/user/sessions", Some(&laptop), None).await;
     assert_eq!(revoked["revoked"], 1);
-    assert_eq!(s.status(Method::GET, "/user", Some(&laptop)).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(s.status(Method::GET, "/user", Some(&bobs)).await, StatusCode::OK, "bob is untouched");
-    assert_eq!(s.status(Method::GET, "/user/sessions", None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.status(Method::GET, "/user", Some(&laptop)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        s.status(Method::GET, "/user", Some(&bobs)).await,
+        StatusCode::OK,
+        "bob is untouched"
+    );
+    assert_eq!(
+        s.status(Method::GET, "/user/sessions", None).await,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -176,7 +218,12 @@ async fn the_permissions_a_key_can_be_limited_to_are_listed_with_what_they_allow
         .map(|p| p["name"].as_str().expect("name"))
         .collect();
     assert_eq!(names.len(), 13, "{list}");
-    for name in ["view_org", "trigger_evaluation", "manage_workers", "manage_subscriptions"] {
+    for name in [
+        "view_org",
+        "trigger_evaluation",
+        "manage_workers",
+        "manage_subscriptions",
+    ] {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
     assert!(
@@ -210,7 +257,8 @@ async fn the_audit_log_records_who_changed_what_without_secrets_for_admins_only(
     let alice = s.login("alice", None).await;
     let bob = s.login("bob", None).await;
     let eve = s.login("eve", None).await;
-    s.ok(Method::POST, "/orgs", Some(&alice), Some(json!({"name": "acme"}))).await;
+    s.ok(Method::POST, "/orgs", Some(&alice), Some(json!({"name": "acme"})))
+        .await;
     s.ok(
         Method::POST,
         "/orgs/acme/users",
@@ -239,7 +287,9 @@ async fn the_audit_log_records_who_changed_what_without_secrets_for_admins_only(
         Some(json!({"branch": "dev", "repository": "https://user:other-password@git.example.com/acme/web.git"})),
     )
     .await;
-    let hook = s.ok(Method::POST, "/orgs/acme/webhook-secret", Some(&alice), None).await;
+    let hook = s
+        .ok(Method::POST, "/orgs/acme/webhook-secret", Some(&alice), None)
+        .await;
     let webhook_secret = hook["secret"].as_str().expect("secret").to_owned();
     s.ok(
         Method::PUT,
@@ -326,11 +376,18 @@ async fn the_audit_log_records_who_changed_what_without_secrets_for_admins_only(
     }
 
     // Pages newest first, cut by the cursor.
-    let first = s.ok(Method::GET, "/orgs/acme/audit-log?limit=4", Some(&alice), None).await;
+    let first = s
+        .ok(Method::GET, "/orgs/acme/audit-log?limit=4", Some(&alice), None)
+        .await;
     assert_eq!(first["entries"].as_array().map(Vec::len), Some(4));
     let next = first["next"].as_u64().expect("a next page");
     let second = s
-        .ok(Method::GET, &format!("/orgs/acme/audit-log?limit=4&before={next}"), Some(&alice), None)
+        .ok(
+            Method::GET,
+            &format!("/orgs/acme/audit-log?limit=4&before={next}"),
+            Some(&alice),
+            None,
+        )
         .await;
     let third_cursor = second["next"].as_u64().expect("a third page");
     let third = s
@@ -350,7 +407,10 @@ async fn the_audit_log_records_who_changed_what_without_secrets_for_admins_only(
     let (status, v) = s
         .call(Method::GET, "/orgs/acme/audit-log?limit=0", Some(&alice), None, None)
         .await;
-    assert_eq!((status, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_input")));
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_input"))
+    );
 
     // Admins only; an outsider is answered as for a missing organization.
     s.ok(
@@ -360,9 +420,16 @@ async fn the_audit_log_records_who_changed_what_without_secrets_for_admins_only(
         Some(json!({"user": "bob", "role": "Write"})),
     )
     .await;
-    assert_eq!(s.status(Method::GET, "/orgs/acme/audit-log", Some(&bob)).await, StatusCode::FORBIDDEN);
-    let hidden = s.call(Method::GET, "/orgs/acme/audit-log", Some(&eve), None, None).await;
-    let missing = s.call(Method::GET, "/orgs/nothing/audit-log", Some(&eve), None, None).await;
+    assert_eq!(
+        s.status(Method::GET, "/orgs/acme/audit-log", Some(&bob)).await,
+        StatusCode::FORBIDDEN
+    );
+    let hidden = s
+        .call(Method::GET, "/orgs/acme/audit-log", Some(&eve), None, None)
+        .await;
+    let missing = s
+        .call(Method::GET, "/orgs/nothing/audit-log", Some(&eve), None, None)
+        .await;
     assert_eq!(hidden.0, StatusCode::NOT_FOUND);
     assert_eq!(
         hidden.1["message"].as_str().map(|m| m.replace("acme", "X")),

@@ -106,7 +106,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let now = self.clock.now();
         let claims = self.tokens.verify(token, now).ok_or_else(unauthenticated)?;
-        let info = self.storage.session_info(claims.sid).await?.ok_or_else(unauthenticated)?;
+        let info = self
+            .storage
+            .session_info(claims.sid)
+            .await?
+            .ok_or_else(unauthenticated)?;
         let session = &info.session;
         if session.user_id != claims.sub || session.expires_at <= now {
             return Err(unauthenticated());

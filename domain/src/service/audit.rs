@@ -9,10 +9,10 @@
 //! organization's admins (callers holding every permission there) read it.
 
 use super::{Caller, Gradient, Result, ServiceError};
+use crate::OrgId;
 use crate::model::{AuditAction, AuditEntry, AuditVia};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
-use crate::OrgId;
 
 /// Entries kept per organization; the oldest go first.
 pub const AUDIT_KEEP: u32 = 10_000;
@@ -93,7 +93,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Records a change the declarative state made.
-    pub(crate) async fn audit_state(&self, org: OrgId, target: impl Into<String>, detail: impl Into<String>) -> Result<()> {
+    pub(crate) async fn audit_state(
+        &self,
+        org: OrgId,
+        target: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Result<()> {
         self.record(AuditEntry {
             seq: 0,
             org_id: org,

@@ -4,7 +4,9 @@
 //! owner). See `docs/security.md`.
 
 use super::{Caller, Gradient, Result, ServiceError, check_multiline_text, check_text, display_texts, refuse_managed};
-use crate::model::{AuditAction, Cache, Compression, DEFAULT_CACHE_PRIORITY, Org, SubscribedCache, Subscriber, Subscription};
+use crate::model::{
+    AuditAction, Cache, Compression, DEFAULT_CACHE_PRIORITY, Org, SubscribedCache, Subscriber, Subscription,
+};
 use crate::nix::signing::{PublicKey, SecretKey};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage, StorageError};
@@ -272,9 +274,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             })
             .await?;
         self.memo.forget_job_access();
-        let detail = if granted { "granted by its owner" } else { "public cache" };
-        self.audit(caller, org.id, AuditAction::CacheSubscribed, format!("cache '{}'", cache.name), detail)
-            .await?;
+        let detail = if granted {
+            "granted by its owner"
+        } else {
+            "public cache"
+        };
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::CacheSubscribed,
+            format!("cache '{}'", cache.name),
+            detail,
+        )
+        .await?;
         Ok((org, cache))
     }
 
@@ -307,8 +319,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !removed {
             return Err(missing());
         }
-        self.audit(caller, org.id, AuditAction::CacheUnsubscribed, format!("cache '{}'", found.name), "")
-            .await
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::CacheUnsubscribed,
+            format!("cache '{}'", found.name),
+            "",
+        )
+        .await
     }
 
     /// The organization's push cache: where its jobs push what they build.
@@ -356,8 +374,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 cache.name, org.name
             )));
         }
-        self.audit(caller, org.id, AuditAction::PushCacheSet, format!("cache '{}'", cache.name), "")
-            .await?;
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::PushCacheSet,
+            format!("cache '{}'", cache.name),
+            "",
+        )
+        .await?;
         Ok((org, cache))
     }
 
@@ -371,8 +395,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.memo.forget_job_access();
         self.storage.set_push_cache(org.id, None).await?;
         self.memo.forget_job_access();
-        self.audit(caller, org.id, AuditAction::PushCacheCleared, format!("organization '{}'", org.name), "")
-            .await
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::PushCacheCleared,
+            format!("organization '{}'", org.name),
+            "",
+        )
+        .await
     }
 
     /// Every organization subscribed to the cache, with what each may do: for its owner only.

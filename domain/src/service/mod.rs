@@ -15,8 +15,8 @@ mod operations;
 mod orgs;
 mod overview;
 mod pipeline;
-mod recent_hits;
 pub(crate) mod projects;
+mod recent_hits;
 mod sessions;
 mod state;
 pub(crate) mod statuses;
@@ -37,8 +37,8 @@ pub use overview::{
     FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview,
 };
 pub use pipeline::Dispatched;
-pub use recent_hits::{CacheHit, RECENT_HITS, TRACKED_CACHES};
 pub use projects::{NewProject, ProjectChanges};
+pub use recent_hits::{CacheHit, RECENT_HITS, TRACKED_CACHES};
 pub use sessions::{MAX_USER_AGENT, SessionView, clean_user_agent};
 pub use statuses::{FIRST_RETRY, LAST_RETRY, commit_state, retry_delay};
 pub use webhooks::EVALUATION_LIST_LIMIT;

@@ -129,8 +129,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ),
             other => other.into(),
         })?;
-        self.audit(caller, org.id, AuditAction::OrgCreated, format!("organization '{}'", org.name), "")
-            .await?;
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::OrgCreated,
+            format!("organization '{}'", org.name),
+            "",
+        )
+        .await?;
         if let Some(local) = &self.settings.local_worker {
             let registration = crate::model::WorkerRegistration {
                 managed: false,
@@ -152,20 +158,27 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     pub async fn update_org(&self, caller: &Caller, name: &str, changes: OrgChanges) -> Result<Org> {
         let mut org = self.org_requiring(caller, name, Permission::EditOrg).await?;
         refuse_managed(org.managed, format_args!("organization '{}'", org.name))?;
-        let mut changed = Vec::new();
+        let before = org.clone();
         if let Some(d) = changes.display_name {
             check_text("display_name", &d, 256)?;
             org.display_name = d.trim().to_owned();
-            changed.push("display_name".to_owned());
         }
         if let Some(d) = changes.description {
             check_multiline_text("description", &d, 4096)?;
             org.description = d;
-            changed.push("description".to_owned());
         }
         if let Some(p) = changes.public {
             org.public = p;
-            changed.push(format!("public = {p}"));
+        }
+        let mut changed = Vec::new();
+        if before.display_name != org.display_name {
+            changed.push("display_name".to_owned());
+        }
+        if before.description != org.description {
+            changed.push("description".to_owned());
+        }
+        if before.public != org.public {
+            changed.push(format!("public = {}", org.public));
         }
         self.storage.update_org(&org).await?;
         self.audit(
@@ -278,8 +291,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             Some(old) => format!("role {} → {role_name}", self.role_name(old).await?),
             None => format!("added as {role_name}"),
         };
-        self.audit(caller, org.id, AuditAction::MemberSet, format!("member '{}'", user.username), detail)
-            .await?;
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::MemberSet,
+            format!("member '{}'", user.username),
+            detail,
+        )
+        .await?;
         Ok(Member {
             user_id: user.id,
             username: user.username,
@@ -313,8 +332,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         self.storage.delete_membership(org.id, user.id).await?;
         let detail = format!("was {}", self.role_name(&current).await?);
-        self.audit(caller, org.id, AuditAction::MemberRemoved, format!("member '{}'", user.username), detail)
-            .await?;
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::MemberRemoved,
+            format!("member '{}'", user.username),
+            detail,
+        )
+        .await?;
         // What the member lent the organization goes with them: its subscriptions to their caches (grants and
         // push), so its jobs neither push to nor trust the keys of an outsider's caches.
         self.memo.forget_job_access();
@@ -403,8 +428,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             other => other.into(),
         })?;
         let detail: Vec<&str> = role.permissions.iter().map(|p| p.as_str()).collect();
-        self.audit(caller, org.id, AuditAction::RoleCreated, format!("role '{}'", role.name), detail.join(", "))
-            .await?;
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::RoleCreated,
+            format!("role '{}'", role.name),
+            detail.join(", "),
+        )
+        .await?;
         Ok(RoleView {
             name: role.name,
             permissions: role.permissions,
@@ -440,8 +471,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
             other => other.into(),
         })?;
-        self.audit(caller, org.id, AuditAction::RoleDeleted, format!("role '{}'", role.name), "")
-            .await?;
+        self.audit(
+            caller,
+            org.id,
+            AuditAction::RoleDeleted,
+            format!("role '{}'", role.name),
+            "",
+        )
+        .await?;
         Ok(())
     }
 }

@@ -145,8 +145,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ),
             other => other.into(),
         })?;
-        self.audit(caller, o.id, AuditAction::ProjectCreated, format!("project '{}'", project.name), "")
-            .await?;
+        self.audit(
+            caller,
+            o.id,
+            AuditAction::ProjectCreated,
+            format!("project '{}'", project.name),
+            "",
+        )
+        .await?;
         Ok(project)
     }
 
@@ -154,21 +160,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let o = self.org_requiring(caller, org, Permission::EditProject).await?;
         let mut p = self.project_in(o.id, org, name).await?;
         refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
-        // Which fields changed, by name only: a repository URL may carry credentials.
-        let changed: Vec<&str> = [
-            ("display_name", c.display_name.is_some()),
-            ("description", c.description.is_some()),
-            ("repository", c.repository.is_some()),
-            ("branch", c.branch.is_some()),
-            ("wildcard", c.wildcard.is_some()),
-            ("flake_input_overrides", c.flake_input_overrides.is_some()),
-            ("keep_evaluations", c.keep_evaluations.is_some()),
-            ("poll_interval_secs", c.poll_interval_secs.is_some()),
-            ("active", c.active.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(name, set)| set.then_some(name))
-        .collect();
+        let before = p.clone();
         if let Some(v) = c.display_name {
             check_text("display_name", &v, 256)?;
             p.display_name = v.trim().to_owned();
@@ -203,6 +195,24 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             p.active = v;
         }
         self.storage.update_project(&p).await?;
+        // Which fields changed, by name only: a repository URL may carry credentials.
+        let changed: Vec<&str> = [
+            ("display_name", before.display_name != p.display_name),
+            ("description", before.description != p.description),
+            ("repository", before.repository != p.repository),
+            ("branch", before.branch != p.branch),
+            ("wildcard", before.wildcard != p.wildcard),
+            (
+                "flake_input_overrides",
+                before.flake_input_overrides != p.flake_input_overrides,
+            ),
+            ("keep_evaluations", before.keep_evaluations != p.keep_evaluations),
+            ("poll_interval_secs", before.poll_interval_secs != p.poll_interval_secs),
+            ("active", before.active != p.active),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect();
         self.audit(
             caller,
             o.id,
@@ -219,8 +229,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let p = self.project_in(o.id, org, name).await?;
         refuse_managed(p.managed, format_args!("project '{org}/{}'", p.name))?;
         self.storage.delete_project(p.id).await?;
-        self.audit(caller, o.id, AuditAction::ProjectDeleted, format!("project '{}'", p.name), "")
-            .await?;
+        self.audit(
+            caller,
+            o.id,
+            AuditAction::ProjectDeleted,
+            format!("project '{}'", p.name),
+            "",
+        )
+        .await?;
         Ok(())
     }
 }

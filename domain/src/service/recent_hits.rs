@@ -54,7 +54,10 @@ impl RecentHits {
     /// The cache's hits, newest first.
     pub fn of(&self, cache: CacheId) -> Vec<CacheHit> {
         let caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
-        caches.get(&cache).map(|h| h.iter().cloned().collect()).unwrap_or_default()
+        caches
+            .get(&cache)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -77,9 +80,19 @@ mod tests {
         hits.record(cache, "/nix/store/p15", t(100));
         let got = hits.of(cache);
         assert_eq!(got.len(), RECENT_HITS);
-        assert_eq!(got[0], CacheHit { store_path: "/nix/store/p15".into(), at: t(100) });
+        assert_eq!(
+            got[0],
+            CacheHit {
+                store_path: "/nix/store/p15".into(),
+                at: t(100)
+            }
+        );
         assert_eq!(got[1].store_path, "/nix/store/p29");
-        assert_eq!(got.iter().filter(|h| h.store_path == "/nix/store/p15").count(), 1, "a path is listed once");
+        assert_eq!(
+            got.iter().filter(|h| h.store_path == "/nix/store/p15").count(),
+            1,
+            "a path is listed once"
+        );
         assert!(hits.of(CacheId::new()).is_empty(), "another cache has none");
     }
 

@@ -7,9 +7,9 @@
 //! than a session list needs.
 
 use super::{Caller, Gradient, Result, ServiceError};
+use crate::SessionId;
 use crate::model::{SessionInfo, Timestamp};
 use crate::ports::{Clock, Storage};
-use crate::SessionId;
 
 /// The longest `User-Agent` kept for a session, in characters.
 pub const MAX_USER_AGENT: usize = 256;
@@ -28,11 +28,7 @@ pub struct SessionView {
 /// A `User-Agent` as kept: control characters dropped, at most [`MAX_USER_AGENT`] characters, `None` when
 /// nothing is left.
 pub fn clean_user_agent(agent: &str) -> Option<String> {
-    let cleaned: String = agent
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_USER_AGENT)
-        .collect();
+    let cleaned: String = agent.chars().filter(|c| !c.is_control()).take(MAX_USER_AGENT).collect();
     let cleaned = cleaned.trim();
     (!cleaned.is_empty()).then(|| cleaned.to_owned())
 }

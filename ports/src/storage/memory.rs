@@ -11,8 +11,8 @@ mod state;
 
 use gradient_domain::model::{
     ApiKey, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, JobState, Member,
-    Membership, NarFile, Org, Project, Role, RoleRef, Session, SessionInfo, SubscribedCache, Subscriber, Subscription, Timestamp,
-    User, WorkerRegistration,
+    Membership, NarFile, Org, Project, Role, RoleRef, Session, SessionInfo, SubscribedCache, Subscriber, Subscription,
+    Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
     CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
@@ -84,9 +84,7 @@ impl Users for MemoryStorage {
                 .filter(|x| x.user_id == user && x.expires_at > now)
                 .map(|x| s.session_info(x))
                 .collect();
-            found.sort_by(|a, b| {
-                (b.session.created_at, b.session.id.0).cmp(&(a.session.created_at, a.session.id.0))
-            });
+            found.sort_by_key(|x| std::cmp::Reverse((x.session.created_at, x.session.id.0)));
             Ok(found)
         })
     }
@@ -711,10 +709,8 @@ impl gradient_domain::ports::storage::Audit for MemoryStorage {
             }
             s.audit_seq += 1;
             let seq = s.audit_seq;
-            s.audit_log.push(gradient_domain::model::AuditEntry {
-                seq,
-                ..entry.clone()
-            });
+            s.audit_log
+                .push(gradient_domain::model::AuditEntry { seq, ..entry.clone() });
             let held = s.audit_log.iter().filter(|e| e.org_id == entry.org_id).count();
             let mut excess = held.saturating_sub(keep as usize);
             s.audit_log.retain(|e| {

@@ -88,7 +88,11 @@ impl SessionsApi {
     }
 
     /// Every permission an API key (or a custom role) can be limited to, with what it allows.
-    #[oai(path = "/user/keys/permissions", method = "get", operation_id = "list_key_permissions")]
+    #[oai(
+        path = "/user/keys/permissions",
+        method = "get",
+        operation_id = "list_key_permissions"
+    )]
     async fn permissions(&self, auth: Token) -> Reply<Vec<PermissionView>> {
         self.0.caller(Some(&auth.0.token)).await?.require_user()?;
         ok(Permission::ALL

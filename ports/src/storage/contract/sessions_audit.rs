@@ -27,14 +27,24 @@ pub async fn sessions_are_listed_newest_first_with_their_use<S: Storage>(s: &S) 
     for x in [&older, &newer, &expired, &bobs] {
         s.create_session(x).await.expect("create_session");
     }
-    assert!(s.touch_session(older.id, t).await.expect("touch_session"), "touching a session");
     assert!(
-        s.set_session_user_agent(older.id, "Firefox/130").await.expect("set_session_user_agent"),
+        s.touch_session(older.id, t).await.expect("touch_session"),
+        "touching a session"
+    );
+    assert!(
+        s.set_session_user_agent(older.id, "Firefox/130")
+            .await
+            .expect("set_session_user_agent"),
         "setting a user agent"
     );
-    assert!(!s.touch_session(SessionId::new(), t).await.expect("touch_session"), "an unknown session");
     assert!(
-        !s.set_session_user_agent(SessionId::new(), "x").await.expect("set_session_user_agent"),
+        !s.touch_session(SessionId::new(), t).await.expect("touch_session"),
+        "an unknown session"
+    );
+    assert!(
+        !s.set_session_user_agent(SessionId::new(), "x")
+            .await
+            .expect("set_session_user_agent"),
         "an unknown session has no user agent to set"
     );
     let listed = s.sessions_of(alice.id, t).await.expect("sessions_of");
@@ -55,7 +65,10 @@ pub async fn sessions_are_listed_newest_first_with_their_use<S: Storage>(s: &S) 
         "alice's live sessions, newest first, with what is known of their use"
     );
     assert_eq!(
-        s.session_info(older.id).await.expect("session_info").map(|i| i.last_used_at),
+        s.session_info(older.id)
+            .await
+            .expect("session_info")
+            .map(|i| i.last_used_at),
         Some(Some(t)),
         "session_info reads the last use"
     );
@@ -80,12 +93,36 @@ pub async fn deleting_a_users_sessions_keeps_the_one_asked_for<S: Storage>(s: &S
     for x in [&a1, &a2, &a3, &b1] {
         s.create_session(x).await.expect("create_session");
     }
-    assert_eq!(s.delete_sessions_of(alice.id, Some(a2.id)).await.expect("delete_sessions_of"), 2);
-    assert_eq!(s.session(a1.id).await.expect("session"), None, "another session is gone");
-    assert_eq!(s.session(a2.id).await.expect("session"), Some(a2.clone()), "the kept one stays");
-    assert_eq!(s.session(b1.id).await.expect("session"), Some(b1.clone()), "bob's stays");
-    assert_eq!(s.delete_sessions_of(alice.id, None).await.expect("delete_sessions_of"), 1);
-    assert_eq!(s.session(a2.id).await.expect("session"), None, "all of alice's are gone");
+    assert_eq!(
+        s.delete_sessions_of(alice.id, Some(a2.id))
+            .await
+            .expect("delete_sessions_of"),
+        2
+    );
+    assert_eq!(
+        s.session(a1.id).await.expect("session"),
+        None,
+        "another session is gone"
+    );
+    assert_eq!(
+        s.session(a2.id).await.expect("session"),
+        Some(a2.clone()),
+        "the kept one stays"
+    );
+    assert_eq!(
+        s.session(b1.id).await.expect("session"),
+        Some(b1.clone()),
+        "bob's stays"
+    );
+    assert_eq!(
+        s.delete_sessions_of(alice.id, None).await.expect("delete_sessions_of"),
+        1
+    );
+    assert_eq!(
+        s.session(a2.id).await.expect("session"),
+        None,
+        "all of alice's are gone"
+    );
     assert_eq!(s.session(b1.id).await.expect("session"), Some(b1), "bob's still stays");
 }
 
@@ -146,7 +183,9 @@ pub async fn audit_log_is_bounded_and_deleted_with_its_organization<S: Storage>(
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;
     let other = org(s, "other", alice.id, false).await;
-    s.record_audit(&entry(other.id, "alice", "kept"), 3).await.expect("record_audit");
+    s.record_audit(&entry(other.id, "alice", "kept"), 3)
+        .await
+        .expect("record_audit");
     for i in 0..5 {
         s.record_audit(&entry(acme.id, "alice", &format!("t{i}")), 3)
             .await
@@ -160,9 +199,17 @@ pub async fn audit_log_is_bounded_and_deleted_with_its_organization<S: Storage>(
         .map(|e| e.target)
         .collect();
     assert_eq!(targets, ["t4", "t3", "t2"], "only the newest 3 are kept");
-    assert_eq!(s.audit_log(other.id, None, 100).await.expect("audit_log").len(), 1, "other org untouched");
+    assert_eq!(
+        s.audit_log(other.id, None, 100).await.expect("audit_log").len(),
+        1,
+        "other org untouched"
+    );
     assert!(s.delete_org(acme.id).await.expect("delete_org"));
-    assert_eq!(s.audit_log(acme.id, None, 100).await.expect("audit_log"), vec![], "deleted with it");
+    assert_eq!(
+        s.audit_log(acme.id, None, 100).await.expect("audit_log"),
+        vec![],
+        "deleted with it"
+    );
     assert_eq!(
         s.record_audit(&entry(acme.id, "alice", "late"), 3).await,
         Err(StorageError::NotFound),
