@@ -187,7 +187,14 @@ impl OidcApi {
             Err(e) => return Ok(self.provider_failed(&e)),
         };
         match self.0.app.finish_oidc(&flow, claims).await {
-            Ok(OidcOutcome::SignedIn { token, .. }) => Ok(self.back(&[("token", &token)])),
+            Ok(OidcOutcome::SignedIn { token, .. }) => {
+                // The sessions list shows which browser opened each session, as for a password login.
+                self.0
+                    .app
+                    .note_session_client(&token, req.header(poem::http::header::USER_AGENT))
+                    .await?;
+                Ok(self.back(&[("token", &token)]))
+            }
             Ok(OidcOutcome::Linked { .. }) => Ok(self.back(&[("linked", "1")])),
             Err(e) => {
                 if let ServiceError::Internal(detail) = &e {
