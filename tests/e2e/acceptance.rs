@@ -301,10 +301,11 @@ async fn a_signed_push_is_built_cached_reported_and_substituted() {
         );
     }
     let build_jobs = worker.log_text().matches("running build job").count();
-    assert_eq!(
-        build_jobs,
-        5 + 3,
-        "a, b, c, two and fails for the first push; a, b and c for the second:\n{}",
+    // `after` goes out with `fails` when they are handed out in one round (it joins the check it needs); it
+    // fails in the queue instead when `fails` has already failed.
+    assert!(
+        build_jobs == 5 + 3 || build_jobs == 6 + 3,
+        "a, b, c, two, fails (and after) for the first push; a, b and c for the second: {build_jobs}\n{}",
         worker.log_text()
     );
     let reported = statuses_delivered(&c, &id2).await;

@@ -221,8 +221,16 @@ async fn batcher<N: Nix>(
         let held = building.keys().cloned().collect();
         let planned = batches::plan_runs(queued, &held, size);
         waiting = planned.waiting;
+        let mut groups = planned.groups;
+        // Only as many runs as there are free slots: the rest is planned again when a slot frees, with what
+        // arrived meanwhile (so that a build needing several of them can join the last run instead of one more).
+        if groups.len() > free {
+            for group in groups.drain(free..) {
+                waiting.extend(group);
+            }
+        }
         let mut slot = Some(slot);
-        for group in planned.groups {
+        for group in groups {
             let (nix, dirs, out, book2, slots) = (nix.clone(), dirs.clone(), out.clone(), book.clone(), slots.clone());
             let ids: Vec<JobId> = group.iter().map(Job::id).collect();
             let drvs: Vec<String> = group.iter().map(|j| batches::drv_of(j).to_owned()).collect();

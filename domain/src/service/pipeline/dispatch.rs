@@ -28,6 +28,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// and ones whose outputs are already available end Substituted. A worker that left before its job
     /// reached it is lost: its jobs go back to the queue. Answers the jobs handed out.
     pub async fn dispatch(&self) -> Result<Vec<Dispatched>> {
+        // An evaluation's builds being queued now are handed out once all are (it wakes the dispatcher then), so
+        // that a chain goes out whole; a queueing that takes long does not hold the others' work for longer.
+        if self
+            .pins
+            .queueing_since()
+            .is_some_and(|since| self.clock.now() - since < super::QUEUEING_HOLDS_DISPATCH)
+        {
+            return Ok(Vec::new());
+        }
         let workers = self.fleet.connected();
         let mut jobs = Vec::new();
         // A pin lasts while its evaluation job is queued or running: one ended another way (aborted,

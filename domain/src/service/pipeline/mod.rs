@@ -29,6 +29,8 @@ const ABORT_WINDOW: u32 = 10_000;
 const SUPERSEDE_WINDOW: u32 = 50;
 /// How many evaluations of a project pruning looks at.
 const PRUNE_WINDOW: u32 = 10_000;
+/// How long dispatch rounds wait at most for an evaluation's builds being queued (see `Pins::queueing`).
+const QUEUEING_HOLDS_DISPATCH: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 /// How long a worker may use the credential it got with a job.
 const JOB_TOKEN_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 

@@ -295,6 +295,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let drvs: Vec<String> = closure.into_iter().filter(|d| derivations.contains_key(d)).collect();
         let now = self.clock.now();
+        // Dispatch rounds wait until these builds are all queued (see `Pins::queueing`).
+        let queueing = self.pins.queueing(now);
         let builds = self.storage.link_builds(evaluation_id, org, &drvs, now).await?;
         self.advance_evaluation(evaluation_id, EvaluationStatus::Building)
             .await?;
@@ -348,6 +350,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for d in to_queue {
             self.storage.enqueue_job(&build_job(org, d, now)).await?;
         }
+        drop(queueing);
         self.fleet.wake();
         self.settle_evaluation(evaluation_id).await
     }
