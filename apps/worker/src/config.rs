@@ -439,11 +439,17 @@ mod tests {
         assert_eq!(dial.link, LinkMode::Dial("ws://x/proto".into()));
         for (pairs, want) in [
             (
-                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_SERVER_URL", "ws://x/proto")],
+                vec![
+                    ("GRADIENT_DISCOVERABLE", "true"),
+                    ("GRADIENT_SERVER_URL", "ws://x/proto"),
+                ],
                 "GRADIENT_SERVER_URL: a discoverable worker",
             ),
             (
-                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_LISTEN_ADDR", "example.com")],
+                vec![
+                    ("GRADIENT_DISCOVERABLE", "true"),
+                    ("GRADIENT_LISTEN_ADDR", "example.com"),
+                ],
                 "GRADIENT_LISTEN_ADDR: 'example.com' is not an IP address",
             ),
             (
@@ -451,7 +457,10 @@ mod tests {
                 "GRADIENT_PORT: 70000 is not a port",
             ),
             (
-                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_MAX_PROTO_CONNECTIONS", "0")],
+                vec![
+                    ("GRADIENT_DISCOVERABLE", "true"),
+                    ("GRADIENT_MAX_PROTO_CONNECTIONS", "0"),
+                ],
                 "GRADIENT_MAX_PROTO_CONNECTIONS: must be at least 1",
             ),
         ] {

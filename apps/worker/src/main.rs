@@ -108,9 +108,11 @@ async fn main() {
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
         },
         config::LinkMode::Listen { addr, max_connections } => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .unwrap_or_else(|e| fail(&format!("GRADIENT_LISTEN_ADDR/GRADIENT_PORT: cannot listen on {addr}: {e}")));
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| {
+                fail(&format!(
+                    "GRADIENT_LISTEN_ADDR/GRADIENT_PORT: cannot listen on {addr}: {e}"
+                ))
+            });
             tracing::info!(target: "gradient::proto", "listening on ws://{addr}/proto for the server to dial");
             tokio::select! {
                 _ = link::listen(listener, *max_connections, &identity, &peers, &mut work) => {}
