@@ -97,7 +97,7 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_CAPABILITIES_SIGN", &["welcome_carries_the_anded_capabilities_and_heartbeat_settings", "signing_and_federating_refuse_to_start_saying_why"]),
     ("GRADIENT_CAPABILITIES_FEDERATE", &["signing_and_federating_refuse_to_start_saying_why"]),
     ("GRADIENT_MAX_CONCURRENT_BUILDS", &["defaults_and_values", "slots_bound_what_a_worker_runs"]),
-    ("GRADIENT_EVAL_WORKERS", &["options_without_an_effect_refuse_anything_but_their_default"]),
+    ("GRADIENT_EVAL_WORKERS", &["evaluator_processes_are_at_least_one", "an_evaluation_is_split_between_evaluator_processes"]),
     ("GRADIENT_MAX_CONCURRENT_EVALUATIONS", &["slots_bound_what_a_worker_runs"]),
     ("GRADIENT_MAX_EVALUATIONS_PER_WORKER", &["options_without_an_effect_refuse_anything_but_their_default"]),
     ("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", &["the_nix_daemon_connections_bound_is_at_least_one", "never_more_nix_processes_than_the_bound_over_all_clones"]),
