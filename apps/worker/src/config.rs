@@ -407,14 +407,13 @@ mod tests {
     #[test]
     fn options_without_an_effect_refuse_anything_but_their_default() {
         let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
-        for (var, default) in [("GRADIENT_MAX_EVALUATIONS_PER_WORKER", "20")] {
-            assert!(WorkerConfig::from_vars(&vars(&[url, (var, default)])).is_ok());
-            let e = WorkerConfig::from_vars(&vars(&[url, (var, "4")]))
-                .unwrap_err()
-                .to_string();
-            assert!(e.starts_with(&format!("{var}: not supported")), "{e}");
-            assert!(!e.contains('\n'));
-        }
+        let var = "GRADIENT_MAX_EVALUATIONS_PER_WORKER";
+        assert!(WorkerConfig::from_vars(&vars(&[url, (var, "20")])).is_ok());
+        let e = WorkerConfig::from_vars(&vars(&[url, (var, "4")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&format!("{var}: not supported")), "{e}");
+        assert!(!e.contains('\n'));
     }
 
     #[test]
