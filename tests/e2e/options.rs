@@ -100,7 +100,7 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_EVAL_WORKERS", &["evaluator_processes_are_at_least_one", "an_evaluation_is_split_between_evaluator_processes"]),
     ("GRADIENT_MAX_CONCURRENT_EVALUATIONS", &["slots_bound_what_a_worker_runs"]),
     ("GRADIENT_MAX_EVALUATIONS_PER_WORKER", &["options_without_an_effect_refuse_anything_but_their_default"]),
-    ("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", &["the_nix_daemon_connections_bound_is_at_least_one", "never_more_nix_processes_than_the_bound_over_all_clones"]),
+    ("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", &["the_nix_daemon_connections_bound_is_at_least_one", "never_more_nix_processes_than_the_bound_over_all_clones", "a_worker_runs_no_more_nix_processes_at_once_than_its_bound"]),
     ("GRADIENT_PROBE_SUBSTITUTERS", &["defaults_and_values"]),
     ("GRADIENT_GCROOTS_DIR", &["defaults_and_values"]),
     ("GRADIENT_LOG_LEVEL_EVAL", &["log_levels_per_area_make_the_filter"]),
