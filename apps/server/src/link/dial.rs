@@ -37,6 +37,15 @@ pub fn spawn_dialer(state: AppState, tls: TlsRoots) {
                         if dialing.contains_key(&pair) {
                             continue;
                         }
+                        // At most `maxProtoConnections` URLs are dialed at once, however many are registered.
+                        if dialing.len() >= state.link.max_connections {
+                            tracing::warn!(
+                                target: "gradient::proto",
+                                "more listening workers are registered than maxProtoConnections ({}); some are not dialed",
+                                state.link.max_connections
+                            );
+                            break;
+                        }
                         let (worker, url) = pair.clone();
                         let task = tokio::spawn(keep_dialing(state.clone(), tls.clone(), worker, url));
                         dialing.insert(pair, task);
