@@ -6,11 +6,13 @@
 #   wide    300 trivial independent derivations + one aggregate, at build slots 100, 2 and 1 (ratio <= 1.2)
 #   one     a one-derivation flake                                   (Gradient <= nix build + 1 s)
 #   chain   100 derivations, each depending on the one before         (ratio <= 1.5)
+#   eval1, eval2   a flake of 300 attributes, each costly to evaluate: the evaluation time (trigger until the
+#           builds are planned) with GRADIENT_EVAL_WORKERS=1 and 2 (no target; printed only)
 #
 # Each scenario alternates plain and Gradient for ROUNDS rounds (default 3), each on a flake new to both, and
 # compares the medians: one plain `nix build` alone varies by 20 % on a busy machine. `bench/scale.sh` measures
 # the size figures (10,000 derivations, RSS, PostgreSQL).
-# Usage: bench/ci.sh [ROUNDS] [SCENARIO...]   (scenarios: wide wide2 wide1 one chain; default all)
+# Usage: bench/ci.sh [ROUNDS] [SCENARIO...]   (scenarios: wide wide2 wide1 one chain eval1 eval2; default all)
 # GRADIENT_BENCH_BIN=DIR runs the binaries in DIR instead of a release build.
 # Installs what is missing with apt-get.
 set -euo pipefail
@@ -39,7 +41,7 @@ trap cleanup EXIT
 rounds=${1:-3}
 shift || true
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(wide wide2 wide1 one chain)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(wide wide2 wide1 one chain eval1 eval2)
 
 # The flake of a shape (wide, one, chain); NONCE makes its derivations new for each build.
 write_flake() {
@@ -67,6 +69,14 @@ write_flake() {
       args = [ "-c" "echo ${toString i} $prev > $out" ];
     };
     top = link 99;' ;;
+    attrs) body='
+    # Each attribute costs a little evaluation (a sum over 20,000 numbers) before its derivation exists.
+    cost = i: builtins.foldl'"'"' (a: b: a + b) i (builtins.genList (x: x) 20000);
+    attr = i: derivation {
+      name = "attr-${toString i}"; inherit system; builder = "/bin/sh"; inherit nonce;
+      args = [ "-c" "echo ${toString (cost i)} > $out" ];
+    };
+    many = builtins.listToAttrs (builtins.genList (i: { name = "a${toString i}"; value = attr i; }) 300);' ;;
   esac
   mkdir -p "$dir"
   cat > "$dir/flake.nix" <<NIX
@@ -76,7 +86,7 @@ write_flake() {
     nonce = "$nonce";
 $body
   in {
-    packages.\${system}.all = top;
+    packages.\${system} = $( [ "$shape" = attrs ] && echo 'many' || echo '{ all = top; }' );
   };
 }
 NIX
@@ -85,7 +95,7 @@ NIX
   git -C "$dir" -c user.name=bench -c user.email=bench@example.com commit -q -m "bench $nonce"
 }
 
-builds_of() { case "$1" in wide) echo 301 ;; one) echo 1 ;; chain) echo 100 ;; esac; }
+builds_of() { case "$1" in wide) echo 301 ;; one) echo 1 ;; chain) echo 100 ;; attrs) echo 300 ;; esac; }
 
 say "starting Gradient with a co-located worker"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -106,15 +116,15 @@ auth=(-H "Authorization: Bearer $jwt" -H 'Content-Type: application/json')
 curl -fs -X POST "$api/orgs" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
 curl -fs -X POST "$api/caches" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
 curl -fs -X PUT "$api/orgs/bench/push-cache/bench" "${auth[@]}" >/dev/null
-for shape in wide one chain; do
+for shape in wide one chain attrs; do
   write_flake "$work/repo-$shape" "$shape" "gradient-0-$RANDOM"
   curl -fs -X POST "$api/projects/bench" "${auth[@]}" \
     -d "{\"name\":\"$shape\",\"repository\":\"file://$work/repo-$shape\",\"wildcard\":\"packages.*.*\"}" >/dev/null
 done
 
-# (Re)starts the worker with SLOTS build slots.
+# (Re)starts the worker with SLOTS build slots (and EVAL evaluator processes, default 1).
 start_worker() {
-  local slots=$1
+  local slots=$1 eval_workers=${2:-1}
   if [ -n "$worker_pid" ]; then
     kill "$worker_pid" 2>/dev/null || true
     wait "$worker_pid" 2>/dev/null || true
@@ -122,6 +132,7 @@ start_worker() {
   GRADIENT_SERVER_URL="ws://127.0.0.1:$port/proto" GRADIENT_WORKER_ID=$worker_id GRADIENT_PEERS_FILE="$work/peers" \
   GRADIENT_STATE_DIR="$work/worker" GRADIENT_CAPABILITIES_FETCH=true GRADIENT_CAPABILITIES_EVAL=true \
   GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=info GRADIENT_MAX_CONCURRENT_BUILDS=$slots \
+  GRADIENT_EVAL_WORKERS=$eval_workers \
     "$bin/gradient-worker" >>"$work/worker.log" 2>&1 &
   worker_pid=$!
   # Connected when the server shows the registration connected.
@@ -172,15 +183,45 @@ measure() {
   GRADIENT=$(median "${gradient_times[@]}")
 }
 
+# Runs ROUNDS evaluations of the attrs flake; sets EVAL (median seconds from the trigger until the evaluation
+# leaves Evaluating, its builds planned).
+measure_eval() {
+  local label=$1 times=() commit id status start
+  for round in $(seq 1 "$rounds"); do
+    write_flake "$work/repo-attrs" attrs "gradient-$label-$round-$RANDOM-$RANDOM"
+    commit=$(git -C "$work/repo-attrs" rev-parse HEAD)
+    start=$(date +%s.%N)
+    id=$(curl -fs -X POST "$api/projects/bench/attrs/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
+    while :; do
+      status=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq -r .message.evaluation.status)
+      case "$status" in Queued|Fetching|Evaluating) sleep 0.05 ;; Failed|Aborted) die "$label round $round: $status" ;; *) break ;; esac
+    done
+    times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
+    printf '  %-7s round %s: evaluated in %6.2f s\n' "$label" "$round" "${times[-1]}" >&2
+    # Its builds are not measured: stop them before the next round.
+    curl -fs -X POST "$api/evals/$id" "${auth[@]}" -d '{"method":"abort"}' >/dev/null || true
+  done
+  EVAL=$(median "${times[@]}")
+}
+
 results=()
 for scenario in "${scenarios[@]}"; do
+  case "$scenario" in
+    eval1|eval2)
+      n=${scenario#eval}
+      say "$scenario: evaluating 300 attributes with $n evaluator process(es), $rounds rounds"
+      start_worker 100 "$n"
+      measure_eval "$scenario"
+      results+=("$(printf '%-8s %5s %6s %10s %10.2f   evaluation only, %s eval worker(s)' "$scenario" 300 100 - "$EVAL" "$n")")
+      continue ;;
+  esac
   case "$scenario" in
     wide) slots=100 shape=wide ;;
     wide2) slots=2 shape=wide ;;
     wide1) slots=1 shape=wide ;;
     one) slots=100 shape=one ;;
     chain) slots=100 shape=chain ;;
-    *) die "unknown scenario $scenario (wide wide2 wide1 one chain)" ;;
+    *) die "unknown scenario $scenario (wide wide2 wide1 one chain eval1 eval2)" ;;
   esac
   say "$scenario: $(builds_of "$shape") builds, $slots build slots, $rounds rounds"
   start_worker "$slots"

@@ -88,7 +88,7 @@ in
     };
     settings = {
       maxConcurrentBuilds = opt types.ints.positive 100 "Parallel build slots.";
-      evalWorkers = opt types.ints.positive 1 "Number of evaluator subprocesses.";
+      evalWorkers = opt types.ints.positive 1 "Number of evaluator subprocesses: `nix eval` processes that share one evaluation's attributes at once.";
       maxConcurrentEvaluations = opt types.ints.positive 1 "Parallel evaluations.";
       maxEvaluationsPerWorker = opt types.ints.unsigned 20 "Recycle evaluator subprocess after N jobs (0 = never).";
       maxNixdaemonConnections = opt types.ints.positive 32 "Nix processes (each a session with the nix-daemon) the worker runs at once: builds, pushes, evaluations and queries together.";

@@ -406,7 +406,13 @@ mod tests {
         assert_eq!((r.transport, r.port), (Transport::Https, 443));
         let r = parse_ws_url("ws://10.0.0.7:3100/proto").unwrap();
         assert_eq!((r.transport, r.port), (Transport::Http, 3100));
-        for bad in ["http://x/proto", "ws://", "file:///proto", "ws://-x/proto", "builder:3100"] {
+        for bad in [
+            "http://x/proto",
+            "ws://",
+            "file:///proto",
+            "ws://-x/proto",
+            "builder:3100",
+        ] {
             assert_eq!(parse_ws_url(bad), None, "{bad}");
         }
         let local = parse_ws_url("ws://127.0.0.1:3100/proto").unwrap();

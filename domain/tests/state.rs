@@ -645,3 +645,43 @@ async fn applying_a_document_is_recorded_in_the_audit_logs_of_its_organizations(
         assert!(!text.contains(secret), "{secret} in {text}");
     }
 }
+
+/// A declared worker may name the URL the server dials (a listening worker); the URL is held to the network
+/// policy as the API holds it, and a changed URL is an update of the registration.
+#[tokio::test]
+async fn a_declared_listening_worker_keeps_its_url() {
+    let app = app();
+    common::signed_up(&app, "bob").await;
+    let json = |url: &str| {
+        format!(
+            r#"{{"organizations": {{"o": {{"created_by": "bob"}}}},
+                 "workers": {{"w": {{"worker_id": "{WORKER}", "organizations": ["o"], "token_file": "/s/worker",
+                                    "url": "{url}"}}}}}}"#
+        )
+    };
+    let plan = apply(&app, &json("ws://builder.example.com:3100/proto")).await;
+    assert!(lines(&plan).contains(&format!("create worker o/{WORKER}")), "{plan:?}");
+    assert_eq!(
+        app.listening_workers().await.unwrap(),
+        [(
+            WorkerId(WORKER.parse().unwrap()),
+            "ws://builder.example.com:3100/proto".to_owned()
+        )]
+    );
+    assert!(
+        apply(&app, &json("ws://builder.example.com:3100/proto"))
+            .await
+            .is_empty()
+    );
+    let plan = apply(&app, &json("wss://builder.example.com/proto")).await;
+    assert_eq!(lines(&plan), [format!("update worker o/{WORKER}: url")]);
+    for (url, want) in [
+        ("ws://127.0.0.1:3100/proto", "127.0.0.1 is a loopback address"),
+        ("http://builder.example.com/proto", "a worker URL is ws://"),
+    ] {
+        let e = Document::parse(&json(url), &NetworkPolicy::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("workers.w.url: ") && e.contains(want), "{e}");
+    }
+}

@@ -108,7 +108,9 @@ async fn a_dialing_and_a_listening_worker_build_the_same_flake() {
     let entry = listed.iter().find(|w| w["worker_id"] == id.as_str()).expect("listed");
     assert_eq!(entry["url"], format!("ws://127.0.0.1:{port}/proto"));
     assert!(
-        listed.iter().any(|w| w["worker_id"] != id.as_str() && w["url"].is_null()),
+        listed
+            .iter()
+            .any(|w| w["worker_id"] != id.as_str() && w["url"].is_null()),
         "{listed:?}"
     );
 
@@ -196,7 +198,9 @@ async fn a_listening_worker_makes_the_dialer_prove_itself_and_answers_503_when_f
         "server_proofs": [{"peer_id": peer, "proof": "00".repeat(32)}],
     });
     ws.send(Message::text(challenge.to_string())).await.expect("send");
-    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an answer in time");
+    let answer = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an answer in time");
     match answer {
         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {}
         Some(Ok(m)) => panic!("the worker answered an impostor: {m:?}"),

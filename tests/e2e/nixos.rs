@@ -545,7 +545,10 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     assert_eq!(remote["assertions"], serde_json::json!([]));
     assert_eq!(remote["warnings"], serde_json::json!([]));
     let env = &unit(&remote, "gradient-worker")["environment"];
-    assert!(env["GRADIENT_SERVER_URL"].is_null(), "a discoverable worker dials nothing");
+    assert!(
+        env["GRADIENT_SERVER_URL"].is_null(),
+        "a discoverable worker dials nothing"
+    );
     assert_eq!(env["GRADIENT_DISCOVERABLE"], "true");
     assert_eq!(env["GRADIENT_LISTEN_ADDR"], "127.0.0.1");
     assert_eq!(env["GRADIENT_PORT"], "3200");
@@ -553,7 +556,10 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     assert_eq!(env["GRADIENT_MAX_NIXDAEMON_CONNECTIONS"], "64");
     assert_eq!(env["GRADIENT_MAX_CONCURRENT_BUILDS"], "8");
     let vhost = &remote["services"]["nginx"]["virtualHosts"]["builder.example.com"];
-    assert_eq!((&vhost["enableACME"], &vhost["forceSSL"]), (&Value::Bool(true), &Value::Bool(true)));
+    assert_eq!(
+        (&vhost["enableACME"], &vhost["forceSSL"]),
+        (&Value::Bool(true), &Value::Bool(true))
+    );
     assert_eq!(vhost["locations"]["/proto"]["proxyPass"], "http://127.0.0.1:3200");
     assert_eq!(vhost["locations"]["/proto"]["proxyWebsockets"], true);
     assert!(env["GRADIENT_CA_FILE"].is_null(), "no CA file unless one is given");

@@ -954,3 +954,61 @@ async fn a_huge_build_log_is_stored_capped_with_its_start_end_and_a_visible_cut(
     worker.kill();
     server.stop();
 }
+
+/// `GRADIENT_MAX_NIXDAEMON_CONNECTIONS=1`: the worker evaluates, builds and pushes a whole flake with the real
+/// Nix, never running two Nix processes at once. Each `nix`, `nix-store` and `nix-instantiate` on its `PATH`
+/// wraps the real one and writes `+` when it starts and `-` when it ends.
+#[tokio::test]
+async fn a_worker_runs_no_more_nix_processes_at_once_than_its_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, commit) = flake_repo(dir.path());
+    let server = Server::start(dir.path(), &[]).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let wrappers = dir.path().join("counting-nix");
+    std::fs::create_dir_all(&wrappers).expect("mkdir");
+    let log = dir.path().join("nix-processes");
+    for program in ["nix", "nix-store", "nix-instantiate"] {
+        let out = Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .expect("sh");
+        let real = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!real.is_empty(), "{program} is on PATH");
+        let script = format!(
+            "#!/bin/sh\necho + >> {log}\n{real} \"$@\"\nrc=$?\necho - >> {log}\nexit $rc\n",
+            log = log.display()
+        );
+        let bin = wrappers.join(program);
+        std::fs::write(&bin, script).expect("wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let path = format!("{}:{}", wrappers.display(), std::env::var("PATH").unwrap_or_default());
+    let worker = start_worker_with(
+        &c,
+        dir.path(),
+        &server.url,
+        "bounded",
+        &[("PATH", path.as_str()), ("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", "1")],
+    )
+    .await;
+    let id = evaluate(&c, &commit).await;
+    let done = wait_for_completed(&c, &server, &id, &worker).await;
+    assert_eq!(done["builds"].as_array().map(Vec::len), Some(4), "{done}");
+    let text = std::fs::read_to_string(&log).expect("the wrappers ran");
+    let (mut now, mut most, mut started) = (0i32, 0i32, 0);
+    for line in text.lines() {
+        if line == "+" {
+            now += 1;
+            started += 1;
+        } else {
+            now -= 1;
+        }
+        most = most.max(now);
+    }
+    assert!(
+        started >= 5,
+        "evaluation, builds and pushes ran Nix: {started} processes"
+    );
+    assert_eq!(most, 1, "Nix processes at once");
+}

@@ -148,6 +148,8 @@ pub async fn accept(stream: TcpStream, path: &str, admit: Admit) -> Result<(Link
         resp.body(Some(body.to_owned()))
             .unwrap_or_else(|_| tungstenite::http::Response::new(None))
     };
+    // The callback's type is tungstenite's: its error is the HTTP response to send.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             return Err(refuse(404, None, "this worker listens at /proto only\n"));

@@ -112,10 +112,18 @@ pub async fn evaluate(
             );
             continue;
         }
-        for chunk in leaves.chunks(BATCH) {
-            let mut batch = ev.batch(chunk).await?;
-            batch.errors.splice(0..0, std::mem::take(&mut errors));
-            ev.emit(on_batch, batch);
+        // Split between the evaluator processes (`NixCli::eval_processes`): up to that many chunks are
+        // evaluated at once, each by its own `nix eval`, and described and reported in order.
+        let parallel = cli.eval_processes.max(1);
+        let size = leaves.len().div_ceil(parallel).clamp(1, BATCH);
+        let chunks: Vec<&[Vec<String>]> = leaves.chunks(size).collect();
+        for group in chunks.chunks(parallel) {
+            let results = futures_util::future::join_all(group.iter().map(|chunk| ev.drv_paths(chunk))).await;
+            for (chunk, results) in group.iter().zip(results) {
+                let mut batch = ev.describe(chunk, results?).await?;
+                batch.errors.splice(0..0, std::mem::take(&mut errors));
+                ev.emit(on_batch, batch);
+            }
         }
     }
     if !unlisted.is_empty() {
@@ -255,9 +263,11 @@ impl Evaluator<'_> {
         })
     }
 
-    async fn batch(&mut self, leaves: &[Vec<String>]) -> Result<EvalBatch> {
+    /// Each leaf's `{ d = <drvPath>; }` (or what it is instead), from one `nix eval` of the batch (or one per
+    /// leaf when that one fails as a whole). Only reads: several run at once.
+    async fn drv_paths(&self, leaves: &[Vec<String>]) -> Result<Vec<std::result::Result<Value, String>>> {
         let Some(top) = leaves.first().and_then(|l| l.first()) else {
-            return Ok(EvalBatch::default());
+            return Ok(Vec::new());
         };
         let items: Vec<String> = leaves
             .iter()
@@ -279,7 +289,16 @@ impl Evaluator<'_> {
                     alone
                 }
             };
+        Ok(results)
+    }
 
+    /// The batch as reported: each leaf's derivation or error, and the derivations not reported yet, after
+    /// their inputs (`nix show-derivation -r`).
+    async fn describe(
+        &mut self,
+        leaves: &[Vec<String>],
+        results: Vec<std::result::Result<Value, String>>,
+    ) -> Result<EvalBatch> {
         let mut batch = EvalBatch::default();
         let mut drvs = Vec::new();
         for (leaf, result) in leaves.iter().zip(results) {

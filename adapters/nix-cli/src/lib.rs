@@ -76,6 +76,8 @@ pub struct NixCli {
     version: Arc<OnceLock<(u32, u32)>>,
     /// Nix processes at once, over every clone (see [`NixCli::max_sessions`]); `None`: no bound.
     sessions: Option<Arc<tokio::sync::Semaphore>>,
+    /// `nix eval` processes one evaluation runs at once (see [`NixCli::eval_processes`]); 0 counts as 1.
+    eval_processes: usize,
 }
 
 impl NixCli {
@@ -101,6 +103,15 @@ impl NixCli {
     /// its end or dropped). No operation holds two at once, so any `n` ≥ 1 makes progress.
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.sessions = Some(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+        self
+    }
+
+    /// An evaluation's attributes are split between `n` evaluator processes that run at once: the attributes
+    /// the wildcard selects are cut into `n` parts (at most 64 attributes each) and each part is one `nix eval`
+    /// (a process that evaluates that part and exits). Listing the attributes and describing the derivations
+    /// stay one process each. Each process still takes a session ([`NixCli::max_sessions`]).
+    pub fn eval_processes(mut self, n: usize) -> Self {
+        self.eval_processes = n.max(1);
         self
     }
 

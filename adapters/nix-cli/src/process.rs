@@ -2,12 +2,12 @@
 //! callback, the last few KiB kept for error messages), an optional deadline, and the child stopped whenever
 //! the caller stops waiting (see `Stop`).
 
+use crate::NixCommand;
 use gradient_domain::ports::nix::NixError;
 use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use crate::NixCommand;
 #[cfg(test)]
 use tokio::process::Command;
 

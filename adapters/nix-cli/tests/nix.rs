@@ -783,3 +783,68 @@ async fn a_flake_that_does_not_evaluate_is_an_eval_error() {
         "{err:?}"
     );
 }
+
+/// `eval_processes`: the selected attributes are split between that many `nix eval` processes running at once,
+/// counted by a `nix` that wraps the real one; the evaluation reports the same as with one process.
+#[tokio::test]
+async fn an_evaluation_is_split_between_evaluator_processes() {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v nix"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "#!/bin/sh\necho + >> {log}\n{real} \"$@\"\nrc=$?\necho - >> {log}\nexit $rc\n",
+        log = log.display()
+    );
+    let bin = dir.path().join("nix");
+    std::fs::write(&bin, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let most_at_once = || {
+        let (mut now, mut most) = (0i32, 0i32);
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            now += if line == "+" { 1 } else { -1 };
+            most = most.max(now);
+        }
+        most
+    };
+    let flake = fetched().await;
+    let run = |processes: usize| {
+        let cli = nix().with_bin_dir(dir.path()).eval_processes(processes);
+        let flake = flake.clone();
+        async move {
+            let mut batches: Vec<EvalBatch> = Vec::new();
+            cli.evaluate(&flake, "packages.*.*", |b| batches.push(b)).await.unwrap();
+            let mut attributes: Vec<(String, String)> = batches
+                .iter()
+                .flat_map(|b| b.attributes.iter().map(|a| (a.attribute(), a.drv_path.clone())))
+                .collect();
+            let mut errors: Vec<String> = batches
+                .iter()
+                .flat_map(|b| b.errors.iter().map(|e| e.attribute()))
+                .collect();
+            attributes.sort();
+            errors.sort();
+            let derivations: usize = batches.iter().map(|b| b.derivations.len()).sum();
+            (attributes, errors, derivations)
+        }
+    };
+    let one = run(1).await;
+    assert_eq!(most_at_once(), 1, "one process at a time");
+    std::fs::remove_file(&log).unwrap();
+    let three = run(3).await;
+    assert!(
+        most_at_once() >= 2,
+        "the six attributes were evaluated by processes at once"
+    );
+    assert_eq!(three, one, "the same evaluation");
+    assert_eq!((one.0.len(), one.1.len(), one.2), (4, 2, 4));
+}

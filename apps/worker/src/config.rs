@@ -138,15 +138,16 @@ impl Vars<'_> {
         })
     }
 
-    /// A number this worker cannot honour yet: it evaluates with one `nix` process per job (no pool of
-    /// evaluator subprocesses to size or recycle). Anything but the default stops start-up with one line.
+    /// A number this worker cannot honour: its evaluator processes are never reused (each `nix eval` evaluates
+    /// one part of one evaluation and exits), so there is nothing to recycle. Anything but the default stops
+    /// start-up with one line.
     fn unsupported(&self, var: &'static str, default: u32) -> Result<u32, ConfigError> {
         let value = self.num(var, default)?;
         if value != default {
             return Err(ConfigError {
                 var,
                 problem: format!(
-                    "not supported by this worker yet (it runs one nix process per evaluation); unset it or set {default}"
+                    "not supported by this worker (its evaluator processes are never reused: each evaluates one part of one evaluation and exits); unset it or set {default}"
                 ),
             });
         }
@@ -292,7 +293,15 @@ impl WorkerConfig {
             state_dir,
             capabilities,
             max_concurrent_builds: v.num("GRADIENT_MAX_CONCURRENT_BUILDS", 100)?,
-            eval_workers: v.unsupported("GRADIENT_EVAL_WORKERS", 1)?,
+            eval_workers: match v.num("GRADIENT_EVAL_WORKERS", 1)? {
+                0 => {
+                    return Err(ConfigError {
+                        var: "GRADIENT_EVAL_WORKERS",
+                        problem: "must be at least 1".into(),
+                    });
+                }
+                n => n,
+            },
             max_concurrent_evaluations: v.num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
             max_evaluations_per_worker: v.unsupported("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
             max_nixdaemon_connections: match v.num("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", 32)? {
@@ -398,17 +407,13 @@ mod tests {
     #[test]
     fn options_without_an_effect_refuse_anything_but_their_default() {
         let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
-        for (var, default) in [
-            ("GRADIENT_EVAL_WORKERS", "1"),
-            ("GRADIENT_MAX_EVALUATIONS_PER_WORKER", "20"),
-        ] {
-            assert!(WorkerConfig::from_vars(&vars(&[url, (var, default)])).is_ok());
-            let e = WorkerConfig::from_vars(&vars(&[url, (var, "4")]))
-                .unwrap_err()
-                .to_string();
-            assert!(e.starts_with(&format!("{var}: not supported")), "{e}");
-            assert!(!e.contains('\n'));
-        }
+        let var = "GRADIENT_MAX_EVALUATIONS_PER_WORKER";
+        assert!(WorkerConfig::from_vars(&vars(&[url, (var, "20")])).is_ok());
+        let e = WorkerConfig::from_vars(&vars(&[url, (var, "4")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&format!("{var}: not supported")), "{e}");
+        assert!(!e.contains('\n'));
     }
 
     #[test]
@@ -439,11 +444,17 @@ mod tests {
         assert_eq!(dial.link, LinkMode::Dial("ws://x/proto".into()));
         for (pairs, want) in [
             (
-                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_SERVER_URL", "ws://x/proto")],
+                vec![
+                    ("GRADIENT_DISCOVERABLE", "true"),
+                    ("GRADIENT_SERVER_URL", "ws://x/proto"),
+                ],
                 "GRADIENT_SERVER_URL: a discoverable worker",
             ),
             (
-                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_LISTEN_ADDR", "example.com")],
+                vec![
+                    ("GRADIENT_DISCOVERABLE", "true"),
+                    ("GRADIENT_LISTEN_ADDR", "example.com"),
+                ],
                 "GRADIENT_LISTEN_ADDR: 'example.com' is not an IP address",
             ),
             (
@@ -451,7 +462,10 @@ mod tests {
                 "GRADIENT_PORT: 70000 is not a port",
             ),
             (
-                vec![("GRADIENT_DISCOVERABLE", "true"), ("GRADIENT_MAX_PROTO_CONNECTIONS", "0")],
+                vec![
+                    ("GRADIENT_DISCOVERABLE", "true"),
+                    ("GRADIENT_MAX_PROTO_CONNECTIONS", "0"),
+                ],
                 "GRADIENT_MAX_PROTO_CONNECTIONS: must be at least 1",
             ),
         ] {
@@ -474,6 +488,15 @@ mod tests {
             assert!(e.starts_with(&format!("{var}: not supported: ")), "{e}");
             assert!(e.contains(why) && !e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn evaluator_processes_are_at_least_one() {
+        let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
+        let c = WorkerConfig::from_vars(&vars(&[url, ("GRADIENT_EVAL_WORKERS", "4")])).unwrap();
+        assert_eq!(c.eval_workers, 4);
+        let e = WorkerConfig::from_vars(&vars(&[url, ("GRADIENT_EVAL_WORKERS", "0")])).unwrap_err();
+        assert_eq!(e.to_string(), "GRADIENT_EVAL_WORKERS: must be at least 1");
     }
 
     #[test]

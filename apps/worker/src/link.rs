@@ -10,8 +10,8 @@ use gradient_domain::ports::nix::Nix;
 use gradient_domain::proto::Job;
 use gradient_domain::proto::{self, Hello, PROTOCOL_VERSION, ServerMessage, WorkerMessage};
 use gradient_link_ws::{Admit, LinkError, TlsRoots, accept, connect};
-use rand::RngCore;
 use rand::Rng;
+use rand::RngCore;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -627,7 +627,9 @@ async fn linked<N: Nix>(
         && !proto::check_server_proofs(&challenge, nonce, &peers.tokens, peers.any.as_deref())
     {
         tx.close().await;
-        return End::Rejected("the dialing side proved no registration's key: not the server this worker is registered with".into());
+        return End::Rejected(
+            "the dialing side proved no registration's key: not the server this worker is registered with".into(),
+        );
     }
     let answers = proto::answer_challenge(&challenge, &peers.tokens, peers.any.as_deref());
     if let Err(e) = tx.send(&WorkerMessage::ChallengeResponse(answers)).await {

@@ -48,7 +48,10 @@ async fn main() {
     let tls = gradient_link_ws::TlsRoots::new(extra_ca.as_deref(), trust::system_bundle().as_deref())
         .unwrap_or_else(|e| fail(&format!("GRADIENT_CA_FILE: {e}")));
     // Every Nix process the worker starts (builds, pushes, evaluations, queries) holds one of these.
-    let mut nix = gradient_nix_cli::NixCli::new().max_sessions(config.max_nixdaemon_connections as usize);
+    let mut nix = gradient_nix_cli::NixCli::new()
+        .max_sessions(config.max_nixdaemon_connections as usize)
+        // An evaluation's attributes are split between this many `nix eval` processes at once.
+        .eval_processes(config.eval_workers as usize);
     if let Some(extra) = &extra_ca {
         let bundle = trust::write_nix_bundle(&config.state_dir, extra)
             .unwrap_or_else(|e| fail(&format!("cannot write the CA bundle for Nix: {e}")));
@@ -109,9 +112,11 @@ async fn main() {
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
         },
         config::LinkMode::Listen { addr, max_connections } => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .unwrap_or_else(|e| fail(&format!("GRADIENT_LISTEN_ADDR/GRADIENT_PORT: cannot listen on {addr}: {e}")));
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| {
+                fail(&format!(
+                    "GRADIENT_LISTEN_ADDR/GRADIENT_PORT: cannot listen on {addr}: {e}"
+                ))
+            });
             tracing::info!(target: "gradient::proto", "listening on ws://{addr}/proto for the server to dial");
             tokio::select! {
                 _ = link::listen(listener, *max_connections, &identity, &peers, &mut work) => {}

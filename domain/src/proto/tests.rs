@@ -705,7 +705,11 @@ fn the_server_proves_itself_to_a_listening_worker_for_the_registrations_of_the_u
     };
     let all = [ours.clone(), elsewhere, dialing, other_worker];
     let dialed = dialed_registrations(&all, WorkerId(id(1)), url);
-    assert_eq!(dialed, [ours.clone()], "only this worker's registrations naming this URL");
+    assert_eq!(
+        dialed,
+        std::slice::from_ref(&ours),
+        "only this worker's registrations naming this URL"
+    );
 
     let mut hello = hello();
     hello.server_nonce = Some(nonce.clone());
@@ -719,8 +723,14 @@ fn the_server_proves_itself_to_a_listening_worker_for_the_registrations_of_the_u
     let p = |n| PeerId(id(n));
     let tokens = |t: &str| BTreeMap::from([(p(3), t.to_owned())]);
     assert!(check_server_proofs(&challenge, &nonce, &tokens("t3"), None));
-    assert!(check_server_proofs(&challenge, &nonce, &BTreeMap::new(), Some("t3")), "the * line");
-    assert!(!check_server_proofs(&challenge, &nonce, &tokens("t4"), None), "another token");
+    assert!(
+        check_server_proofs(&challenge, &nonce, &BTreeMap::new(), Some("t3")),
+        "the * line"
+    );
+    assert!(
+        !check_server_proofs(&challenge, &nonce, &tokens("t4"), None),
+        "another token"
+    );
     assert!(
         !check_server_proofs(&challenge, &nonce_from_bytes(&[8; 32]), &tokens("t3"), None),
         "another nonce"

@@ -243,9 +243,22 @@ mod tests {
             allow_local: false,
             deny_private: true,
         };
-        assert_eq!(code("ws://10.1.2.3:3100/proto", &deny_private), Some("worker_url_not_allowed"));
-        for bad in ["http://builder/proto", "builder:3100", "ws://", "ws://a b/proto", "ws://x/a\u{7}b"] {
-            assert_eq!(code(bad, &NetworkPolicy::ALLOW_ALL), Some("invalid_worker_url"), "{bad}");
+        assert_eq!(
+            code("ws://10.1.2.3:3100/proto", &deny_private),
+            Some("worker_url_not_allowed")
+        );
+        for bad in [
+            "http://builder/proto",
+            "builder:3100",
+            "ws://",
+            "ws://a b/proto",
+            "ws://x/a\u{7}b",
+        ] {
+            assert_eq!(
+                code(bad, &NetworkPolicy::ALLOW_ALL),
+                Some("invalid_worker_url"),
+                "{bad}"
+            );
         }
     }
 

@@ -37,6 +37,15 @@ pub fn spawn_dialer(state: AppState, tls: TlsRoots) {
                         if dialing.contains_key(&pair) {
                             continue;
                         }
+                        // At most `maxProtoConnections` URLs are dialed at once, however many are registered.
+                        if dialing.len() >= state.link.max_connections {
+                            tracing::warn!(
+                                target: "gradient::proto",
+                                "more listening workers are registered than maxProtoConnections ({}); some are not dialed",
+                                state.link.max_connections
+                            );
+                            break;
+                        }
                         let (worker, url) = pair.clone();
                         let task = tokio::spawn(keep_dialing(state.clone(), tls.clone(), worker, url));
                         dialing.insert(pair, task);
@@ -91,7 +100,10 @@ async fn keep_dialing(state: AppState, tls: TlsRoots, worker: WorkerId, url: Str
             }
             Err(e) => tracing::warn!(target: "gradient::proto", "cannot reach worker {worker} at {url}: {e}"),
         }
-        let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.5)).min(MAX_BACKOFF).max(floor);
+        let wait = backoff
+            .mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+            .min(MAX_BACKOFF)
+            .max(floor);
         tokio::time::sleep(wait).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -108,7 +120,8 @@ enum DialError {
 /// Resolves the URL's host, keeps the addresses `policy` permits (all of them must be: a name with one forbidden
 /// address is refused, as the forge client does) and dials the first.
 async fn dial(url: &str, policy: &NetworkPolicy, tls: &TlsRoots) -> Result<gradient_link_ws::RawLink, DialError> {
-    let remote = gradient_domain::reach::parse_ws_url(url).ok_or_else(|| DialError::Refused("not a ws:// URL".into()))?;
+    let remote =
+        gradient_domain::reach::parse_ws_url(url).ok_or_else(|| DialError::Refused("not a ws:// URL".into()))?;
     gradient_domain::reach::check_remote(&remote, policy).map_err(DialError::Refused)?;
     let addrs: Vec<SocketAddr> = match &remote.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, remote.port)],
@@ -125,5 +138,7 @@ async fn dial(url: &str, policy: &NetworkPolicy, tls: &TlsRoots) -> Result<gradi
     let addr = addrs
         .first()
         .ok_or_else(|| DialError::Refused("the host has no address".into()))?;
-    gradient_link_ws::dial_at(url, *addr, tls).await.map_err(DialError::Link)
+    gradient_link_ws::dial_at(url, *addr, tls)
+        .await
+        .map_err(DialError::Link)
 }

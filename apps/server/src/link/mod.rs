@@ -226,7 +226,10 @@ async fn next_message<S: Io>(socket: &mut WebSocketStream<S>) -> Result<WorkerMe
 pub(crate) enum Side {
     /// Held until the handshake proves a registration.
     Accepted { _anonymous: registry::Slot },
-    Dialed { worker: gradient_domain::WorkerId, url: String },
+    Dialed {
+        worker: gradient_domain::WorkerId,
+        url: String,
+    },
 }
 
 pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>, side: Side) {

@@ -45,10 +45,14 @@ pub async fn a_listening_worker_url_round_trips<S: Storage>(s: &S) {
     };
     let dialing = new_worker_registration(acme.id, WorkerId::new());
     for r in [&listening, &dialing] {
-        s.create_worker_registration(r).await.expect("create_worker_registration");
+        s.create_worker_registration(r)
+            .await
+            .expect("create_worker_registration");
     }
     assert_eq!(
-        s.worker_registration(listening.peer_id).await.expect("worker_registration"),
+        s.worker_registration(listening.peer_id)
+            .await
+            .expect("worker_registration"),
         Some(listening.clone())
     );
     assert_eq!(
