@@ -255,3 +255,29 @@ async fn required_oidc_refuses_password_login_and_registration() {
         Ok(OidcOutcome::SignedIn { created: true, .. })
     ));
 }
+
+/// `requireVerification` holds for single sign-on too: an account whose provider did not vouch for its address
+/// gets no session until the address is verified; one the provider vouched for signs in.
+#[tokio::test]
+async fn required_verification_holds_for_single_sign_on() {
+    let settings = Settings {
+        email: gradient_domain::service::EmailSettings {
+            enabled: true,
+            require_verification: true,
+        },
+        ..Settings::default()
+    };
+    let t = app(ManualClock::new(), settings);
+    let start = t.begin_oidc_sign_in().await.unwrap();
+    let flow = t.take_oidc_flow(&start.state, Some(&start.binding)).await.unwrap();
+    assert_eq!(
+        code(t.finish_oidc(&flow, claims("sub-1", "dana@example.com", false)).await),
+        "email_not_verified"
+    );
+    let start = t.begin_oidc_sign_in().await.unwrap();
+    let flow = t.take_oidc_flow(&start.state, Some(&start.binding)).await.unwrap();
+    assert!(matches!(
+        t.finish_oidc(&flow, claims("sub-2", "fox@example.com", true)).await,
+        Ok(OidcOutcome::SignedIn { .. })
+    ));
+}

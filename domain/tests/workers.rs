@@ -198,3 +198,38 @@ async fn the_fleet_overview_shows_only_the_organizations_own_jobs() {
     let hidden = app.fleet_overview(&mallory, "ours").await.unwrap_err();
     assert!(matches!(hidden, ServiceError::NotFound(_)), "{hidden:?}");
 }
+
+/// The server dials every registered listening worker for as long as it is registered: one organization's
+/// registrations cannot take more than their share of the dialer.
+#[tokio::test]
+async fn an_organization_registers_a_bounded_number_of_listening_workers() {
+    use gradient_domain::service::{MAX_LISTENING_WORKERS_PER_ORG, ServiceError};
+    let app = common::app(SystemClock, Settings::default());
+    let caller = common::signed_up(&app, "alice").await;
+    common::org(&app, &caller, "o").await;
+    for n in 0..MAX_LISTENING_WORKERS_PER_ORG {
+        let url = format!("ws://builder-{n}.example.com:3100/proto");
+        app.register_worker(&caller, "o", &WorkerId::new().0.to_string(), None, Some(url))
+            .await
+            .unwrap();
+    }
+    let refused = app
+        .register_worker(
+            &caller,
+            "o",
+            &WorkerId::new().0.to_string(),
+            None,
+            Some("ws://one-more.example.com:3100/proto".into()),
+        )
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&refused, ServiceError::Conflict { code, .. } if *code == "too_many_listening_workers"),
+        "{refused:?}"
+    );
+    // Workers that dial the server are not limited by this.
+    app.register_worker(&caller, "o", &WorkerId::new().0.to_string(), None, None)
+        .await
+        .unwrap();
+}

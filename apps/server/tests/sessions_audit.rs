@@ -436,4 +436,28 @@ async fn the_audit_log_records_who_changed_what_without_secrets_for_admins_only(
         missing.1["message"].as_str().map(|m| m.replace("nothing", "X")),
         "same answer as for a missing organization"
     );
+
+    // An outsider may pin a key to a public organization, but writes nothing into its log (else anyone could
+    // flood a public organization's log and push its real history out).
+    s.ok(Method::PATCH, "/orgs/acme", Some(&alice), Some(json!({"public": true})))
+        .await;
+    let before = s.ok(Method::GET, "/orgs/acme/audit-log", Some(&alice), None).await;
+    let outsider_key = s
+        .ok(
+            Method::POST,
+            "/user/keys",
+            Some(&eve),
+            Some(json!({"name": "flood", "organization": "acme"})),
+        )
+        .await;
+    let outsider_key_id = outsider_key["id"].as_str().expect("id").to_owned();
+    s.ok(
+        Method::DELETE,
+        &format!("/user/keys/{outsider_key_id}"),
+        Some(&eve),
+        None,
+    )
+    .await;
+    let after = s.ok(Method::GET, "/orgs/acme/audit-log", Some(&alice), None).await;
+    assert_eq!(before["entries"], after["entries"], "an outsider's key left no entry");
 }

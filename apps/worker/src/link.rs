@@ -622,15 +622,31 @@ async fn linked<N: Nix>(
         Ok(Ok(other)) => return End::Lost(format!("unexpected {other:?} during the handshake")),
         Ok(Err(e)) => return End::Lost(e.to_string()),
     };
-    // A server that dialed proves a registration's key first: whoever cannot is not given a proof to relay.
-    if let Some(nonce) = &server_nonce
-        && !proto::check_server_proofs(&challenge, nonce, &peers.tokens, peers.any.as_deref())
-    {
+    // Only a nonce of the server's form is answered: any other could make an answer serve as a proof elsewhere.
+    if !proto::is_challenge_nonce(&challenge.nonce) {
         tx.close().await;
-        return End::Rejected(
-            "the dialing side proved no registration's key: not the server this worker is registered with".into(),
-        );
+        return End::Rejected("the challenge's nonce is not 32 random bytes in base64: not answered".into());
     }
+    // A server that dialed proves a registration's key first: whoever cannot is not given a proof to relay. The
+    // worker then answers for the registrations proved on this link only, so a dialer that knows one
+    // organization's token learns no proof of the worker's other organizations.
+    let challenge = match &server_nonce {
+        Some(nonce) => {
+            let proved = proto::server_proved_peers(&challenge, nonce, &peers.tokens, peers.any.as_deref());
+            if proved.is_empty() {
+                tx.close().await;
+                return End::Rejected(
+                    "the dialing side proved no registration's key: not the server this worker is registered with"
+                        .into(),
+                );
+            }
+            proto::Challenge {
+                peers: proved,
+                ..challenge
+            }
+        }
+        None => challenge,
+    };
     let answers = proto::answer_challenge(&challenge, &peers.tokens, peers.any.as_deref());
     if let Err(e) = tx.send(&WorkerMessage::ChallengeResponse(answers)).await {
         return End::Lost(e.to_string());

@@ -11,9 +11,9 @@
 //! * `Unavailable` is for the backend failing (connection lost, disk full); its text is for logs only.
 
 use crate::model::{
-    ApiKey, AuditEntry, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord, Member,
-    Membership, NarFile, OidcFlow, OidcIdentity, Org, Project, Role, RoleRef, Session, SessionInfo, SubscribedCache,
-    Subscriber, Subscription, Timestamp, User, WorkerRegistration,
+    ApiKey, AuditEntry, Build, BuildLog, Cache, CachedPath, Derivation, EntryPoint, Evaluation, JobId, JobRecord,
+    Member, Membership, NarFile, OidcFlow, OidcIdentity, Org, Project, Role, RoleRef, Session, SessionInfo,
+    SubscribedCache, Subscriber, Subscription, Timestamp, User, WorkerRegistration,
 };
 use crate::{
     ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,

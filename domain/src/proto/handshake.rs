@@ -185,23 +185,50 @@ pub fn server_proofs(
         .collect())
 }
 
-/// The listening worker's check of the server that dialed it: whether one of `challenge.server_proofs`, for a
-/// challenged peer, proves that peer's token (from the peers file; `any` for peers without a line of their own)
-/// over `nonce`, the worker's `hello.server_nonce`.
+/// The listening worker's check of the server that dialed it: the challenged peers whose
+/// `challenge.server_proofs` prove that peer's token (from the peers file; `any` for peers without a line of
+/// their own) over `nonce`, the worker's `hello.server_nonce`. The worker answers the challenge for these peers
+/// only: a dialer that proves one organization's registration (that organization knows its own token) must not
+/// obtain the proofs of the worker's other organizations and relay them to the real server.
+pub fn server_proved_peers(
+    challenge: &Challenge,
+    nonce: &str,
+    tokens: &BTreeMap<PeerId, String>,
+    any: Option<&str>,
+) -> Vec<PeerId> {
+    let proved: BTreeSet<PeerId> = challenge
+        .server_proofs
+        .iter()
+        .filter(|p| {
+            challenge.peers.contains(&p.peer_id)
+                && tokens
+                    .get(&p.peer_id)
+                    .map(String::as_str)
+                    .or(any)
+                    .is_some_and(|token| verify_server_proof(token, nonce, &p.proof))
+        })
+        .map(|p| p.peer_id)
+        .collect();
+    proved.into_iter().collect()
+}
+
+/// Whether one of `challenge.server_proofs` proves a challenged peer (see [`server_proved_peers`]).
 pub fn check_server_proofs(
     challenge: &Challenge,
     nonce: &str,
     tokens: &BTreeMap<PeerId, String>,
     any: Option<&str>,
 ) -> bool {
-    challenge.server_proofs.iter().any(|p| {
-        challenge.peers.contains(&p.peer_id)
-            && tokens
-                .get(&p.peer_id)
-                .map(String::as_str)
-                .or(any)
-                .is_some_and(|token| verify_server_proof(token, nonce, &p.proof))
-    })
+    !server_proved_peers(challenge, nonce, tokens, any).is_empty()
+}
+
+/// Whether a challenge's nonce has the form the server makes (base64 of 32 random bytes). A worker answers no
+/// other: a nonce such as `"server:…"` would make its answer a server proof for someone else's link.
+pub fn is_challenge_nonce(nonce: &str) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(nonce)
+        .is_ok_and(|bytes| bytes.len() == 32)
 }
 
 /// The organizations whose jobs a link authorized for `authorized` may take.

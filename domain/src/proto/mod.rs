@@ -8,7 +8,7 @@ mod proof;
 
 pub use handshake::{
     HandshakePolicy, answer_challenge, authorized_orgs, check_answers, check_hello, check_server_proofs,
-    dialed_registrations, server_proofs,
+    dialed_registrations, is_challenge_nonce, server_proofs, server_proved_peers,
 };
 pub use messages::*;
 pub use proof::{

@@ -751,3 +751,47 @@ fn the_server_proves_itself_to_a_listening_worker_for_the_registrations_of_the_u
     let refused = server_proofs(&hello, &dialed, &crypt()).unwrap_err();
     assert_eq!(refused.code, RejectCode::UnexpectedMessage);
 }
+
+/// A dialer that proves one organization's registration of a shared listening worker (that organization knows
+/// its own token) gets the worker's answer for that registration only, never a proof of another organization's
+/// registration it could relay to the real server; and a nonce not of the server's form is never answered.
+#[test]
+fn a_listening_worker_answers_only_for_the_registrations_the_dialer_proved() {
+    let p = |n| PeerId(id(n));
+    let server_nonce = nonce_from_bytes(&[5; 32]);
+    let tokens = BTreeMap::from([(p(1), "token-a".to_owned()), (p(2), "token-b".to_owned())]);
+    // The rogue dialer knows B's token only: it proves peer 2, and challenges both peers.
+    let challenge = Challenge {
+        nonce: nonce_from_bytes(&[6; 32]),
+        peers: vec![p(1), p(2)],
+        server_proofs: vec![
+            PeerAnswer {
+                peer_id: p(2),
+                proof: make_server_proof(&proof_key("token-b"), &server_nonce),
+            },
+            PeerAnswer {
+                peer_id: p(1),
+                proof: make_server_proof(&proof_key("a-guess"), &server_nonce),
+            },
+        ],
+    };
+    let proved = server_proved_peers(&challenge, &server_nonce, &tokens, None);
+    assert_eq!(proved, [p(2)]);
+    let answered = answer_challenge(
+        &Challenge {
+            peers: proved,
+            ..challenge.clone()
+        },
+        &tokens,
+        None,
+    );
+    assert_eq!(
+        answered.answers.iter().map(|a| a.peer_id).collect::<Vec<_>>(),
+        [p(2)],
+        "no proof for A's registration"
+    );
+    assert!(is_challenge_nonce(&challenge.nonce));
+    for bad in ["", "server:AAAA", &nonce_from_bytes(&[1; 32])[..20], "not base64!"] {
+        assert!(!is_challenge_nonce(bad), "{bad:?}");
+    }
+}

@@ -17,6 +17,8 @@ use std::sync::{Mutex, PoisonError};
 pub struct Pins {
     by_job: Mutex<HashMap<JobId, Pin>>,
     queueing: Mutex<HashMap<u64, Timestamp>>,
+    /// Since when dispatch rounds have been held by queueings, one after another.
+    held_since: Mutex<Option<Timestamp>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -96,6 +98,24 @@ impl Pins {
             .copied()
     }
 
+    /// Whether a dispatch round at `now` waits for builds being queued: while a queueing younger than `limit` goes
+    /// on, but never for longer than `limit` in a row. Queueings that overlap one after another (a busy
+    /// installation's evaluations) therefore cannot hold every organization's rounds off for longer than that.
+    pub fn holds_dispatch(&self, now: Timestamp, limit: chrono::TimeDelta) -> bool {
+        let busy = self.queueing_since().is_some_and(|since| now - since < limit);
+        let mut held = self.held_since.lock().unwrap_or_else(PoisonError::into_inner);
+        if !busy {
+            *held = None;
+            return false;
+        }
+        let start = *held.get_or_insert(now);
+        if now - start >= limit {
+            *held = None;
+            return false;
+        }
+        true
+    }
+
     /// Every pinned build (organization and derivation) and the worker it waits for.
     pub fn pinned(&self) -> HashMap<(OrgId, String), WorkerId> {
         self.lock()
@@ -121,5 +141,34 @@ mod tests {
         assert_eq!(pins.queueing_since(), Some(at(7)));
         drop(second);
         assert_eq!(pins.queueing_since(), None);
+    }
+
+    #[test]
+    fn overlapping_queueings_hold_dispatch_for_the_limit_at_most() {
+        let pins = Pins::default();
+        let at = |ms| chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::milliseconds(ms);
+        let limit = chrono::TimeDelta::seconds(2);
+        assert!(!pins.holds_dispatch(at(0), limit), "nothing being queued");
+        // Each queueing lasts 1.5 s and the next starts before it ends: one is always younger than the limit.
+        let mut guards = std::collections::VecDeque::new();
+        let mut ran = Vec::new();
+        for step in 0..12 {
+            let now = at(step * 500);
+            if step % 2 == 0 {
+                guards.push_back(pins.queueing(now));
+            }
+            if guards.len() > 2 {
+                guards.pop_front();
+            }
+            if !pins.holds_dispatch(now, limit) {
+                ran.push(step * 500);
+            }
+        }
+        assert!(!ran.is_empty(), "a round ran");
+        let gaps: Vec<i64> = ran.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.iter().all(|g| *g <= 2500),
+            "rounds at most about 2 s apart: {ran:?}"
+        );
     }
 }

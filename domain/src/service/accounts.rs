@@ -248,8 +248,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             last_used_at: None,
         };
         self.storage.create_api_key(&key).await?;
-        if let Some(org) = key.scope.organization {
-            // A key pinned to the organization is recorded in its log, by name and permissions (never the token).
+        if let Some(org) = key.scope.organization
+            && self.storage.membership(org, user.id).await?.is_some()
+        {
+            // A member's key pinned to the organization is recorded in its log, by name and permissions (never the
+            // token). A key pinned to a public organization by an outsider is not: outsiders must not be able to
+            // write into (and so push old entries out of) an organization's log.
             self.audit(
                 caller,
                 org,
@@ -277,6 +281,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             if let Some(key) = key
                 && let Some(org) = key.scope.organization
                 && self.storage.org(org).await?.is_some()
+                && self.storage.membership(org, user.id).await?.is_some()
             {
                 self.audit(
                     caller,

@@ -42,7 +42,7 @@ pub use recent_hits::{CacheHit, RECENT_HITS, TRACKED_CACHES};
 pub use sessions::{MAX_USER_AGENT, SessionView, clean_user_agent};
 pub use statuses::{FIRST_RETRY, LAST_RETRY, commit_state, retry_delay};
 pub use webhooks::EVALUATION_LIST_LIMIT;
-pub use workers::{NewRegistration, check_token, generate_token, parse_worker_id};
+pub use workers::{MAX_LISTENING_WORKERS_PER_ORG, NewRegistration, check_token, generate_token, parse_worker_id};
 
 use crate::auth::TokenSigner;
 use crate::crypt::Crypt;
@@ -166,7 +166,8 @@ pub struct Settings {
 pub struct EmailSettings {
     /// Mail is sent: verification, password reset, evaluation mail.
     pub enabled: bool,
-    /// Password login is refused (403 `email_not_verified`) until the account's address is verified.
+    /// Password login (and single sign-on into an account the provider did not vouch for) is refused (403
+    /// `email_not_verified`) until the account's address is verified.
     pub require_verification: bool,
 }
 

@@ -333,6 +333,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     async fn open_oidc_session(&self, user: &User) -> Result<String> {
+        // `requireVerification` holds for every way in: an account whose address neither the provider vouched
+        // for nor a verification link confirmed gets no session (a verification mail can be asked for by address).
+        if self.settings.email.require_verification && !user.email_verified {
+            return Err(ServiceError::EmailNotVerified);
+        }
         let now = self.clock.now();
         let session = Session {
             id: SessionId::new(),

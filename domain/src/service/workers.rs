@@ -60,6 +60,9 @@ pub fn generate_token() -> String {
     STANDARD.encode(raw)
 }
 
+/// How many registrations with a URL (listening workers the server dials) one organization may hold.
+pub const MAX_LISTENING_WORKERS_PER_ORG: usize = 16;
+
 /// A listening worker's URL as registered: `ws://` or `wss://` with a host (`invalid_worker_url`), at an address
 /// the network policy lets the server reach (`worker_url_not_allowed`: loopback, link-local, `localhost` unless
 /// `GRADIENT_ALLOW_LOCAL_REPOSITORIES`, private ranges when `GRADIENT_DENY_PRIVATE_NETWORKS`), at most 2048 bytes
@@ -97,6 +100,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let org = self.org_requiring(caller, org, Permission::ManageWorkers).await?;
         let worker_id = parse_worker_id(worker_id)?;
         let url = url.map(|u| check_worker_url(&u, &self.settings.network)).transpose()?;
+        // The server dials every registered URL for as long as it is registered: one organization's registrations
+        // must not take the dialer's whole capacity.
+        if url.is_some()
+            && self
+                .storage
+                .worker_registrations(org.id)
+                .await?
+                .iter()
+                .filter(|r| r.url.is_some())
+                .count()
+                >= MAX_LISTENING_WORKERS_PER_ORG
+        {
+            return Err(ServiceError::conflict(
+                "too_many_listening_workers",
+                format!(
+                    "an organization may register at most {MAX_LISTENING_WORKERS_PER_ORG} listening workers (with a URL the server dials)"
+                ),
+            ));
+        }
         // The co-located worker's registrations are the server's own: nobody registers its id with a token of
         // their choosing (and so takes its place on the link while it is away).
         if self.settings.local_worker.as_ref().is_some_and(|l| l.id == worker_id) {

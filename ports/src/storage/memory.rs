@@ -5,8 +5,8 @@
 //! never held across an `.await`.
 
 mod declared;
-mod mailing;
 mod identities;
+mod mailing;
 mod state;
 
 use gradient_domain::model::{

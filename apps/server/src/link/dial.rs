@@ -13,8 +13,9 @@ use gradient_domain::WorkerId;
 use gradient_domain::reach::{Host, NetworkPolicy};
 use gradient_link_ws::{LinkError, TlsRoots};
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How often the registrations are read for listening workers to dial.
@@ -29,10 +30,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub fn spawn_dialer(state: AppState, tls: TlsRoots) {
     tokio::spawn(async move {
         let mut dialing: HashMap<(WorkerId, String), tokio::task::JoinHandle<()>> = HashMap::new();
+        // The one scan of the registrations, shared with every dialing task (none reads them itself).
+        let (registered, _) = tokio::sync::watch::channel(Arc::new(HashSet::<(WorkerId, String)>::new()));
         loop {
             dialing.retain(|_, task| !task.is_finished());
             match state.core.listening_workers().await {
                 Ok(listening) => {
+                    registered.send_replace(Arc::new(listening.iter().cloned().collect()));
                     for pair in listening {
                         if dialing.contains_key(&pair) {
                             continue;
@@ -47,7 +51,13 @@ pub fn spawn_dialer(state: AppState, tls: TlsRoots) {
                             break;
                         }
                         let (worker, url) = pair.clone();
-                        let task = tokio::spawn(keep_dialing(state.clone(), tls.clone(), worker, url));
+                        let task = tokio::spawn(keep_dialing(
+                            state.clone(),
+                            tls.clone(),
+                            registered.subscribe(),
+                            worker,
+                            url,
+                        ));
                         dialing.insert(pair, task);
                     }
                 }
@@ -59,13 +69,19 @@ pub fn spawn_dialer(state: AppState, tls: TlsRoots) {
 }
 
 /// Dials `url` for `worker` until no registration names it any more.
-async fn keep_dialing(state: AppState, tls: TlsRoots, worker: WorkerId, url: String) {
+async fn keep_dialing(
+    state: AppState,
+    tls: TlsRoots,
+    registered: tokio::sync::watch::Receiver<Arc<HashSet<(WorkerId, String)>>>,
+    worker: WorkerId,
+    url: String,
+) {
     let mut backoff = Duration::from_secs(1);
+    let pair = (worker, url.clone());
     loop {
-        match state.core.listening_workers().await {
-            Ok(listening) if !listening.iter().any(|(w, u)| *w == worker && *u == url) => return,
-            Ok(_) => {}
-            Err(e) => tracing::error!(target: "gradient::proto", "reading listening workers: {e}"),
+        // As of the dialer's latest scan (every `SCAN`).
+        if !registered.borrow().contains(&pair) {
+            return;
         }
         // Connected some other way (it dialed in, or through another registered URL): nothing to do.
         if state.fleet.links.is_worker_connected(worker) {

@@ -32,8 +32,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // that a chain goes out whole; a queueing that takes long does not hold the others' work for longer.
         if self
             .pins
-            .queueing_since()
-            .is_some_and(|since| self.clock.now() - since < super::QUEUEING_HOLDS_DISPATCH)
+            .holds_dispatch(self.clock.now(), super::QUEUEING_HOLDS_DISPATCH)
         {
             return Ok(Vec::new());
         }

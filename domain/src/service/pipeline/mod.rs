@@ -82,12 +82,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The one way an evaluation's change is saved: stored, then its commit status and events follow.
     async fn save_evaluation(&self, from: EvaluationStatus, e: &Evaluation) -> Result<()> {
         self.storage.update_evaluation(e).await?;
-        if e.status.is_terminal() && !from.is_terminal() {
+        let mailed = if e.status.is_terminal() && !from.is_terminal() {
             let took = (e.updated_at - e.created_at).to_std().unwrap_or_default();
             self.observer.evaluation_ended(e.status, took);
-            self.mail_health_change(e).await?;
-        }
-        self.report_status_change(from, e).await
+            self.mail_health_change(e).await
+        } else {
+            Ok(())
+        };
+        // The commit status and events follow even when the mail could not be prepared.
+        self.report_status_change(from, e).await?;
+        mailed
     }
 
     /// Moves the organization's build of `drv` to `to` when its state machine allows it.
