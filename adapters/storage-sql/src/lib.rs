@@ -42,13 +42,6 @@ type Result<T> = std::result::Result<T, StorageError>;
 /// How long an SQLite connection waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The page cache of each SQLite connection, in KiB (SQLite's default is 2,000). Every connection of both pools
-/// has its own, inside the server's memory, and a pool grows to its maximum while writers wait for each other:
-/// at SQLite's default, 48 connections could hold 96 MB of pages. A connection's cache is emptied anyway
-/// whenever another connection writes, which in the CI loop is all the time; reads between are served from the
-/// operating system's file cache.
-const SQLITE_CACHE_KIB: u32 = 512;
-
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -137,8 +130,7 @@ pub async fn connect(url: &str, pools: PoolSizes) -> Result<SqlStorage> {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"));
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
         create_private_file(options.get_filename())?;
         let open = |max: u32, min: u32| {
             SqlitePoolOptions::new()
