@@ -5,15 +5,19 @@
 # and cached, the time per derivation (it should grow at most linearly: the per-derivation figure should stay
 # flat), and the server's peak resident memory (goal <= 300 MB at 10,000). Never asserts.
 # Usage: bench/scale.sh [SIZE...]   (installs what is missing with apt-get; PostgreSQL is started as in tests)
+# BENCH_PROFILE=dev uses unoptimized binaries (a machine where a release build is too costly; figures are then
+# slower than release ones, and only comparable with each other); BENCH_DATABASES="sqlite" or "postgres" runs
+# one database only; BENCH_LOGS=DIR keeps each run's server and worker logs there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_packages nix-bin git curl jq bc postgresql
 ensure_rust
-say "building gradient-server and gradient-worker (release)"
-cargo build --release --locked -p gradient-server -p gradient-worker >&2
-bin="${CARGO_TARGET_DIR:-target}/release"
+profile=${BENCH_PROFILE:-release}
+say "building gradient-server and gradient-worker ($profile)"
+cargo build --profile "$profile" --locked -p gradient-server -p gradient-worker >&2
+bin="${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 admin_url=$(ensure_postgres)
 
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0'
@@ -110,7 +114,8 @@ start() {
 rss_peak_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/"$server_pid"/status; }
 
 results=()
-for database in sqlite postgres; do
+read -r -a databases <<<"${BENCH_DATABASES:-sqlite postgres}"
+for database in "${databases[@]}"; do
   for n in "${sizes[@]}"; do
     say "$database: $n independent derivations + a 100-long chain + an aggregate"
     start "$database"
@@ -136,6 +141,11 @@ for database in sqlite postgres; do
     results+=("$(printf '%-9s %7s %9.1f %12.2f %10s %8s' "$database" "$total" "$seconds" \
       "$(echo "$seconds * 1000 / $total" | bc -l)" "$(rss_peak_mb)" "$done_builds")")
     printf '  %s\n' "${results[-1]}" >&2
+    if [ -n "${BENCH_LOGS:-}" ]; then
+      mkdir -p "$BENCH_LOGS"
+      cp "$work/server.log" "$BENCH_LOGS/server-$database-$n.log"
+      cp "$work/worker.log" "$BENCH_LOGS/worker-$database-$n.log"
+    fi
   done
 done
 

@@ -997,3 +997,72 @@ async fn the_observer_hears_each_build_and_evaluation_end_once() {
         ]
     );
 }
+
+/// Dispatch rounds until one sends nothing (a round looks at a window of the queue), answering all they sent.
+async fn dispatch_all(app: &App, w: &WorkerInfo) -> Vec<Dispatched> {
+    let mut sent = Vec::new();
+    loop {
+        let round = dispatch(app, &[w]).await;
+        if round.is_empty() {
+            return sent;
+        }
+        sent.extend(round);
+    }
+}
+
+#[tokio::test]
+async fn a_build_over_many_inputs_runs_once_the_last_is_built_and_fails_with_any_of_them() {
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let w = builder(1, org.id, true, 1_000);
+    // More inputs than a dispatch round reads at once, finished out of their order in the derivation.
+    let leaves: Vec<String> = (0..600).map(|i| format!("leaf{i}")).collect();
+    let names: Vec<&str> = leaves.iter().map(String::as_str).collect();
+    let mut drvs: Vec<EvaluatedDerivation> = names.iter().map(|n| derivation(n)).collect();
+    drvs.push(derivation_on("all", &names));
+    let e = evaluated(&app, &org, &project, &w, drvs).await;
+    let sent = dispatch_all(&app, &w).await;
+    assert_eq!(sent.len(), 600, "the aggregate waits for its inputs");
+    let mut order: Vec<&str> = names.clone();
+    order.reverse();
+    let (last, rest) = order.split_last().unwrap();
+    for chunk in rest.chunks(150) {
+        for name in chunk {
+            app.record_job_finished(sent_build(&sent, name), w.id, &w.orgs, JobOutcome::Success, None)
+                .await
+                .unwrap();
+        }
+        assert!(dispatch(&app, &[&w]).await.is_empty(), "one input is still building");
+    }
+    app.record_job_finished(sent_build(&sent, last), w.id, &w.orgs, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    let sent = dispatch(&app, &[&w]).await;
+    app.record_job_finished(sent_build(&sent, "all"), w.id, &w.orgs, JobOutcome::Success, None)
+        .await
+        .unwrap();
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
+
+    // The same shape where one input in the middle fails: the aggregate never runs.
+    let (app, org, project) = app_with_project(Settings::default()).await;
+    let w = builder(1, org.id, true, 1_000);
+    let mut drvs: Vec<EvaluatedDerivation> = names.iter().map(|n| derivation(n)).collect();
+    drvs.push(derivation_on("all", &names));
+    let e = evaluated(&app, &org, &project, &w, drvs).await;
+    let sent = dispatch_all(&app, &w).await;
+    for name in &names {
+        let outcome = if *name == "leaf450" {
+            JobOutcome::Failed {
+                kind: gradient_domain::proto::FailureKind::BuilderFailed,
+                message: "exit 1".into(),
+            }
+        } else {
+            JobOutcome::Success
+        };
+        app.record_job_finished(sent_build(&sent, name), w.id, &w.orgs, outcome, None)
+            .await
+            .unwrap();
+    }
+    assert!(dispatch(&app, &[&w]).await.is_empty(), "nothing left to run");
+    assert_eq!(build_status(&app, &org, "all").await, BuildStatus::DependencyFailed);
+    assert_eq!(status(&app, e.id).await, EvaluationStatus::Failed);
+}

@@ -230,7 +230,10 @@ impl CacheContents for SqlStorage {
             );
             let rows = with_pool!(self, |p| {
                 // Only numbered placeholders are formatted into the text.
-                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone())).bind(cache.0);
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false)
+                    .bind(cache.0);
                 for h in chunk {
                     q = q.bind(h.as_str());
                 }

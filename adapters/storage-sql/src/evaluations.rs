@@ -26,6 +26,9 @@ macro_rules! build_columns {
 }
 
 /// An attribute error as stored in the JSON `errors` column.
+/// Inputs of one derivation written per statement (each a bound parameter, with the two of the derivation).
+const EDGES_PER_INSERT: usize = 500;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredError {
     attribute: String,
@@ -287,7 +290,7 @@ impl Evaluations for SqlStorage {
             let mut tx = p.begin().await?;
             for (d, (features, outputs, inputs)) in derivations.iter().zip(&encoded) {
                 sqlx::query(known).bind(&d.drv_path).execute(&mut *tx).await?;
-                sqlx::query(sql)
+                let added = sqlx::query(sql)
                     .bind(org.0)
                     .bind(&d.drv_path)
                     .bind(&d.system)
@@ -295,7 +298,30 @@ impl Evaluations for SqlStorage {
                     .bind(outputs)
                     .bind(inputs)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                // The edges of the derivation stored now (one kept from before has its own already).
+                if added == 0 {
+                    continue;
+                }
+                let edges: Vec<&String> = d.inputs.iter().collect::<BTreeSet<_>>().into_iter().collect();
+                for chunk in edges.chunks(EDGES_PER_INSERT) {
+                    let rows: Vec<String> = (0..chunk.len()).map(|i| format!("($1, $2, ${})", i + 3)).collect();
+                    let insert = format!(
+                        "INSERT INTO derivation_inputs (org_id, drv_path, input) VALUES {} ON CONFLICT DO NOTHING",
+                        rows.join(", ")
+                    );
+                    // Only numbered placeholders are formatted into the text.
+                    // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(insert))
+                        .persistent(false)
+                        .bind(org.0)
+                        .bind(&d.drv_path);
+                    for input in chunk {
+                        q = q.bind(input.as_str());
+                    }
+                    q.execute(&mut *tx).await?;
+                }
             }
             tx.commit().await
         }
@@ -457,7 +483,10 @@ impl Evaluations for SqlStorage {
             );
             let rows = with_pool!(self, |p| {
                 // Only numbered placeholders are formatted into the text.
-                let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql.clone())).bind(org.0);
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false)
+                    .bind(org.0);
                 for path in chunk {
                     q = q.bind(path.as_str());
                 }
@@ -492,6 +521,28 @@ impl Evaluations for SqlStorage {
         })
         .map_err(db_error)?;
         stored_size(count, "build count")
+    }
+
+    async fn has_builds(&self, evaluation: EvaluationId, statuses: &[BuildStatus]) -> Result<bool> {
+        if statuses.is_empty() {
+            return Ok(false);
+        }
+        let placeholders: Vec<String> = (0..statuses.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT 1 FROM evaluation_builds l JOIN builds b ON b.org_id = l.org_id AND b.drv_path = l.drv_path \
+             WHERE l.evaluation_id = $1 AND b.status IN ({}) LIMIT 1",
+            placeholders.join(", ")
+        );
+        let found = with_pool!(self, |p| {
+            // Only numbered placeholders are formatted into the text.
+            let mut q = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(sql.clone())).bind(evaluation.0);
+            for status in statuses {
+                q = q.bind(status.as_str());
+            }
+            q.fetch_optional(p).await
+        })
+        .map_err(db_error)?;
+        Ok(found.is_some())
     }
 
     async fn build_by_id(&self, id: BuildId) -> Result<Option<Build>> {
@@ -569,6 +620,16 @@ impl Evaluations for SqlStorage {
             .map(|r| r.rows_affected()))
         .map_err(db_error)?;
         if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
+    }
+
+    async fn dependents(&self, org: OrgId, drv_path: &str) -> Result<Vec<String>> {
+        let sql = "SELECT drv_path FROM derivation_inputs WHERE org_id = $1 AND input = $2 ORDER BY drv_path";
+        with_pool!(self, |p| sqlx::query_scalar::<_, String>(sql)
+            .bind(org.0)
+            .bind(drv_path)
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)
     }
 
     async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {

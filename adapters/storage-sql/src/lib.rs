@@ -5,6 +5,9 @@
 //!   opens two connection pools — the main one (scheduler, workers, cache) and a smaller one for the HTTP
 //!   API, reached through [`SqlStorage::for_web`] — and runs the migrations (`migrations/sqlite`,
 //!   `migrations/postgres`).
+//! * Queries over a list of values (`IN ($2, $3, …)`) take at most 500 values each (far below both engines'
+//!   limits on bound parameters, 65,535 on PostgreSQL) and are not kept prepared (`persistent(false)`): their
+//!   text changes with the list's length, and sqlx keeps up to 100 prepared statements per connection.
 //! * Every query is written once, with `$1, $2…` placeholders and `Uuid` / `DateTime<Utc>` binds that both
 //!   engines understand; the `with_pool!` macro runs the same body against whichever pool is active.
 //! * The schema enforces the rules: unique constraints (named the same on both engines) become

@@ -244,7 +244,10 @@ impl Queue for SqlStorage {
             );
             requeued += with_pool!(self, |p| {
                 // Only numbered placeholders are formatted into the text.
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(worker.0);
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false)
+                    .bind(worker.0);
                 for job in chunk {
                     q = q.bind(job.0);
                 }

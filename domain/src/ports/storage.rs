@@ -358,6 +358,9 @@ pub trait Evaluations {
     /// one organization stores is never what another reads, whatever the path. Atomic; NotFound when the
     /// organization does not exist (and derivations are given).
     fn put_derivations(&self, org: OrgId, derivations: &[Derivation]) -> impl Future<Output = Result<()>> + Send;
+    /// The `.drv` paths of `org`'s stored derivations that take `drv_path` as an input, by path (what a failure
+    /// of `drv_path` breaks, found without reading the builds of every evaluation).
+    fn dependents(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// The derivation as `org` stored it; `None` when only other organizations (or nobody) stored it.
     fn derivation(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Option<Derivation>>> + Send;
 
@@ -402,6 +405,14 @@ pub trait Evaluations {
         evaluation: EvaluationId,
         statuses: &[crate::status::BuildStatus],
     ) -> impl Future<Output = Result<u64>> + Send;
+    /// Whether any build linked to the evaluation has one of `statuses`: stops at the first one found, so
+    /// settling an evaluation after each of its builds ends costs little however many builds it has (a count
+    /// reads them all, which made a 10,000-build evaluation quadratic).
+    fn has_builds(
+        &self,
+        evaluation: EvaluationId,
+        statuses: &[crate::status::BuildStatus],
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// The builds linked to the evaluation, by `.drv` path.
     fn builds_of_evaluation(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<Build>>> + Send;
     /// Updates status, transitions and `updated_at` of the build of (`build.org_id`, `build.drv_path`).

@@ -214,6 +214,9 @@ pub struct Gradient<S, C> {
     derivations: std::sync::Arc<memo::DerivationMemo>,
     /// Builds waiting for the worker that evaluated them to push their `.drv` files; shared by clones.
     pins: std::sync::Arc<crate::scheduler::Pins>,
+    /// How far each queued build's inputs were found available, so a dispatch round reads only the rest;
+    /// shared by clones.
+    input_progress: std::sync::Arc<pipeline::InputProgress>,
     /// Told when evaluations and builds end (the server's metrics); shared by clones.
     observer: std::sync::Arc<dyn crate::ports::Observer>,
     /// Hands mail over for delivery; shared by clones.
@@ -233,6 +236,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             memo: Default::default(),
             derivations: Default::default(),
             pins: Default::default(),
+            input_progress: Default::default(),
             observer: std::sync::Arc::new(crate::ports::observer::Unobserved),
             mailer: std::sync::Arc::new(crate::ports::mail::NoMail),
             fleet,
@@ -260,6 +264,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             memo: self.memo.clone(),
             derivations: self.derivations.clone(),
             pins: self.pins.clone(),
+            input_progress: self.input_progress.clone(),
             observer: self.observer.clone(),
             mailer: self.mailer.clone(),
         }

@@ -180,6 +180,7 @@ macro_rules! storage_contract {
             derivation_round_trips,
             put_derivations_ignores_stored_paths,
             derivations_are_kept_per_organization,
+            dependents_are_the_organizations_derivations_taking_an_input,
             entry_points_round_trip_by_attribute,
             entry_points_with_unknown_references_are_refused,
             link_builds_builds_once_per_org,

@@ -469,6 +469,19 @@ impl Evaluations for MemoryStorage {
         self.with(|s| Ok(s.org_derivations.get(&(org, drv_path.to_owned())).cloned()))
     }
 
+    async fn dependents(&self, org: OrgId, drv_path: &str) -> Result<Vec<String>> {
+        self.with(|s| {
+            let mut found: Vec<String> = s
+                .org_derivations
+                .iter()
+                .filter(|((o, _), d)| *o == org && d.inputs.iter().any(|i| i == drv_path))
+                .map(|((_, path), _)| path.clone())
+                .collect();
+            found.sort();
+            Ok(found)
+        })
+    }
+
     async fn add_entry_points(&self, evaluation: EvaluationId, entry_points: &[EntryPoint]) -> Result<()> {
         self.with(|s| s.add_entry_points(evaluation, entry_points))
     }
@@ -515,6 +528,18 @@ impl Evaluations for MemoryStorage {
                 .iter()
                 .filter(|b| statuses.contains(&b.status))
                 .count() as u64)
+        })
+    }
+
+    async fn has_builds(
+        &self,
+        evaluation: EvaluationId,
+        statuses: &[gradient_domain::status::BuildStatus],
+    ) -> Result<bool> {
+        self.with(|s| {
+            Ok(s.builds_of_evaluation(evaluation)
+                .iter()
+                .any(|b| statuses.contains(&b.status)))
         })
     }
 

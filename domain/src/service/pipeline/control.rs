@@ -8,7 +8,7 @@ use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{EvaluationId, OrgId, WorkerId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Aborts an evaluation (`abort_evaluation`): it ends Aborted, its queued builds that no other live
@@ -74,19 +74,30 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// are still useful.
     pub(super) async fn abandon_builds(&self, id: EvaluationId, org: OrgId, workers: &[WorkerId]) -> Result<()> {
         let mut abandoned: HashSet<String> = HashSet::new();
+        // Whether each other evaluation met is still live, read once however many builds it shares.
+        let mut live: HashMap<EvaluationId, bool> = HashMap::new();
         for b in self.storage.builds_of_evaluation(id).await? {
             if b.status.is_terminal() || (workers.is_empty() && b.status == BuildStatus::Building) {
                 continue;
             }
             let mut needed_elsewhere = false;
             for other in self.storage.evaluations_needing(org, &b.drv_path).await? {
-                if other != id
-                    && self
-                        .storage
-                        .evaluation(other)
-                        .await?
-                        .is_some_and(|x| !x.status.is_terminal())
-                {
+                if other == id {
+                    continue;
+                }
+                let is_live = match live.get(&other) {
+                    Some(known) => *known,
+                    None => {
+                        let found = self
+                            .storage
+                            .evaluation(other)
+                            .await?
+                            .is_some_and(|x| !x.status.is_terminal());
+                        live.insert(other, found);
+                        found
+                    }
+                };
+                if is_live {
                     needed_elsewhere = true;
                     break;
                 }

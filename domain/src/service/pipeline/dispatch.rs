@@ -8,7 +8,7 @@ use crate::proto::{self, PushTarget};
 use crate::scheduler::{self, QueueEntry, Snapshot};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{OrgId, WorkerId};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 
 /// An org's substituter URLs, their public keys, and its push cache with its URL.
 type OrgCaches = (Vec<String>, Vec<String>, Option<(crate::CacheId, String)>);
@@ -69,24 +69,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 jobs.push(self.entry(&record).await?);
             }
         }
-        let mut inputs: HashMap<OrgId, BTreeSet<String>> = HashMap::new();
-        for j in &jobs {
-            if let scheduler::Needs::Build(b) = &j.needs {
-                inputs.entry(j.org).or_default().extend(b.inputs.iter().cloned());
-            }
-        }
-        let mut available: HashMap<OrgId, HashSet<String>> = HashMap::new();
-        let mut failed: HashMap<OrgId, HashSet<String>> = HashMap::new();
-        for (org, paths) in inputs {
-            let paths: Vec<String> = paths.into_iter().collect();
-            for (path, status) in self.storage.build_statuses(org, &paths).await? {
-                if status.provides_outputs() {
-                    available.entry(org).or_default().insert(path);
-                } else if status.is_terminal() {
-                    failed.entry(org).or_default().insert(path);
-                }
-            }
-        }
+        let (available, failed) = self.input_statuses(&mut jobs, &built_on).await?;
         let plan = scheduler::plan(&Snapshot {
             jobs,
             workers,

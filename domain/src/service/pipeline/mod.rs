@@ -11,9 +11,11 @@ mod control;
 mod dispatch;
 mod liveness;
 mod queue;
+mod readiness;
 mod results;
 
 pub use dispatch::Dispatched;
+pub use readiness::InputProgress;
 
 use super::{Gradient, Result, ServiceError};
 use crate::model::{Derivation, Evaluation, JobId, JobKind, JobRecord, JobState};

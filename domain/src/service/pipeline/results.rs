@@ -384,27 +384,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .map(|(input, _)| input))
     }
 
-    /// Marks every queued build depending (transitively) on `failed` as DependencyFailed.
+    /// Marks every queued build depending (transitively) on `failed` as DependencyFailed. The dependents are
+    /// found through storage's reverse edges (`dependents`), so a failure costs what it breaks, not the size of
+    /// the evaluations needing it.
     pub(super) async fn fail_dependents(&self, org: OrgId, failed: &str) -> Result<()> {
         let mut todo = vec![failed.to_owned()];
         let mut seen = HashSet::new();
         while let Some(drv) = todo.pop() {
-            if !seen.insert(drv.clone()) {
-                continue;
-            }
-            for e in self.storage.evaluations_needing(org, &drv).await? {
-                for b in self.storage.builds_of_evaluation(e).await? {
-                    if b.status != BuildStatus::Queued {
-                        continue;
-                    }
-                    let depends = self
-                        .derivation(org, &b.drv_path)
-                        .await?
-                        .is_some_and(|d| d.inputs.contains(&drv));
-                    if depends {
-                        self.move_build(org, &b.drv_path, BuildStatus::DependencyFailed).await?;
-                        todo.push(b.drv_path.clone());
-                    }
+            for dependent in self.storage.dependents(org, &drv).await? {
+                if !seen.insert(dependent.clone()) {
+                    continue;
+                }
+                let queued = self
+                    .storage
+                    .build(org, &dependent)
+                    .await?
+                    .is_some_and(|b| b.status == BuildStatus::Queued);
+                if queued {
+                    self.move_build(org, &dependent, BuildStatus::DependencyFailed).await?;
+                    todo.push(dependent);
                 }
             }
         }
@@ -424,11 +422,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             return Ok(());
         }
         let unfinished = [BuildStatus::Queued, BuildStatus::Building];
-        if self.storage.count_builds(id, &unfinished).await? > 0 {
+        if self.storage.has_builds(id, &unfinished).await? {
             return Ok(());
         }
         let without_outputs = [BuildStatus::Failed, BuildStatus::Aborted, BuildStatus::DependencyFailed];
-        let ok = e.errors.is_empty() && self.storage.count_builds(id, &without_outputs).await? == 0;
+        let ok = e.errors.is_empty() && !self.storage.has_builds(id, &without_outputs).await?;
         self.advance_evaluation(
             id,
             if ok {

@@ -455,6 +455,66 @@ pub async fn derivations_are_kept_per_organization<S: Storage>(s: &S) {
     );
 }
 
+/// dependents answers the organization's derivations taking a path as an input, by path: not another
+/// organization's (which may report other inputs for the same path), not a second report's (the first stays),
+/// and none after the organization is deleted.
+pub async fn dependents_are_the_organizations_derivations_taking_an_input<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let lib = new_derivation("lib");
+    let with_inputs = |name: &str, inputs: Vec<String>| Derivation {
+        inputs,
+        ..new_derivation(name)
+    };
+    let (app, tool) = (
+        with_inputs("app", vec![lib.drv_path.clone(), drv_path("bash")]),
+        with_inputs("tool", vec![lib.drv_path.clone(), lib.drv_path.clone()]),
+    );
+    let unrelated = new_derivation("unrelated");
+    s.put_derivations(acme.id, &[lib.clone(), tool.clone(), app.clone(), unrelated])
+        .await
+        .expect("put_derivations");
+    // Another organization's derivation taking the same input is its own.
+    let forged = with_inputs("forged", vec![lib.drv_path.clone()]);
+    s.put_derivations(other.id, std::slice::from_ref(&forged))
+        .await
+        .expect("put_derivations of another organization");
+    // A second report of `tool` with other inputs changes nothing (the first is kept).
+    let again = Derivation {
+        inputs: vec![app.drv_path.clone()],
+        ..tool.clone()
+    };
+    s.put_derivations(acme.id, &[again])
+        .await
+        .expect("put_derivations again");
+    let mut expected = vec![app.drv_path.clone(), tool.drv_path.clone()];
+    expected.sort();
+    assert_eq!(
+        s.dependents(acme.id, &lib.drv_path).await.expect("dependents"),
+        expected
+    );
+    assert_eq!(
+        s.dependents(acme.id, &app.drv_path).await.expect("dependents"),
+        Vec::<String>::new(),
+        "a second report adds no input"
+    );
+    assert_eq!(
+        s.dependents(other.id, &lib.drv_path).await.expect("dependents"),
+        vec![forged.drv_path.clone()]
+    );
+    assert_eq!(
+        s.dependents(acme.id, &drv_path("nothing")).await.expect("dependents"),
+        Vec::<String>::new()
+    );
+    assert!(s.delete_org(acme.id).await.expect("delete_org"));
+    assert_eq!(
+        s.dependents(acme.id, &lib.drv_path).await.expect("dependents"),
+        Vec::<String>::new(),
+        "gone with its organization"
+    );
+}
+
 /// Entry points read back by attribute, per evaluation; recording an attribute again replaces its derivation.
 pub async fn entry_points_round_trip_by_attribute<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
@@ -859,7 +919,8 @@ pub async fn build_statuses_answer_many_paths_at_once<S: Storage>(s: &S) {
     assert_eq!(s.build_statuses(acme.id, &[]).await.expect("build_statuses"), vec![]);
 }
 
-/// count_builds counts an evaluation's builds by status, and nothing of other evaluations.
+/// count_builds counts an evaluation's builds by status, and nothing of other evaluations; has_builds says
+/// whether there is any.
 pub async fn count_builds_counts_by_status<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;
@@ -887,6 +948,16 @@ pub async fn count_builds_counts_by_status<S: Storage>(s: &S) {
     assert_eq!(count(first.id, &[]).await, 0);
     assert_eq!(count(second.id, &[BuildStatus::Queued, BuildStatus::Building]).await, 2);
     assert_eq!(count(EvaluationId::new(), &[BuildStatus::Queued]).await, 0);
+    let has = |e: EvaluationId, st: &'static [BuildStatus]| async move { s.has_builds(e, st).await.expect("has") };
+    assert!(has(first.id, &[BuildStatus::Queued, BuildStatus::Building]).await);
+    assert!(has(first.id, &[BuildStatus::Failed]).await);
+    assert!(!has(first.id, &[BuildStatus::Completed]).await);
+    assert!(!has(first.id, &[]).await);
+    assert!(
+        !has(second.id, &[BuildStatus::Failed]).await,
+        "another evaluation's failure"
+    );
+    assert!(!has(EvaluationId::new(), &[BuildStatus::Queued]).await);
 }
 
 /// A build's log is stored (binary, several hundred KiB), replaced when stored again, absent before, refused

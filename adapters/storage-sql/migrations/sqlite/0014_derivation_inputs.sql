@@ -1,0 +1,17 @@
+-- Each organization's derivation → input edges as rows, so the builds depending on a failed one are found by
+-- an index instead of reading every build of every evaluation needing it (quadratic when many builds fail).
+-- `org_derivations.inputs` stays the list in its order; this table is written with it and never changed.
+CREATE TABLE derivation_inputs (
+    org_id BLOB NOT NULL,
+    drv_path TEXT NOT NULL,
+    input TEXT NOT NULL,
+    PRIMARY KEY (org_id, drv_path, input),
+    FOREIGN KEY (org_id, drv_path) REFERENCES org_derivations (org_id, drv_path) ON DELETE CASCADE
+);
+-- the derivations taking an input
+CREATE INDEX derivation_inputs_input ON derivation_inputs (org_id, input);
+
+INSERT OR IGNORE INTO derivation_inputs (org_id, drv_path, input)
+SELECT d.org_id, d.drv_path, i.value
+FROM org_derivations d
+JOIN json_each(d.inputs) i;
