@@ -1014,11 +1014,21 @@ async fn dispatch_all(app: &App, w: &WorkerInfo) -> Vec<Dispatched> {
 async fn a_build_over_many_inputs_runs_once_the_last_is_built_and_fails_with_any_of_them() {
     let (app, org, project) = app_with_project(Settings::default()).await;
     let w = builder(1, org.id, true, 1_000);
+    // The aggregate needs a feature only `big` has, so it never joins its inputs on `w` (a chain handed out
+    // whole is another test's): it waits for them, and runs on `big` once the last is built.
+    let big = WorkerInfo {
+        features: vec!["big".into()],
+        ..builder(2, org.id, false, 1_000)
+    };
+    let aggregate = |inputs: &[&str]| EvaluatedDerivation {
+        required_features: vec!["big".into()],
+        ..derivation_on("all", inputs)
+    };
     // More inputs than a dispatch round reads at once, finished out of their order in the derivation.
     let leaves: Vec<String> = (0..600).map(|i| format!("leaf{i}")).collect();
     let names: Vec<&str> = leaves.iter().map(String::as_str).collect();
     let mut drvs: Vec<EvaluatedDerivation> = names.iter().map(|n| derivation(n)).collect();
-    drvs.push(derivation_on("all", &names));
+    drvs.push(aggregate(&names));
     let e = evaluated(&app, &org, &project, &w, drvs).await;
     let sent = dispatch_all(&app, &w).await;
     assert_eq!(sent.len(), 600, "the aggregate waits for its inputs");
@@ -1031,13 +1041,13 @@ async fn a_build_over_many_inputs_runs_once_the_last_is_built_and_fails_with_any
                 .await
                 .unwrap();
         }
-        assert!(dispatch(&app, &[&w]).await.is_empty(), "one input is still building");
+        assert!(dispatch(&app, &[&big]).await.is_empty(), "one input is still building");
     }
     app.record_job_finished(sent_build(&sent, last), w.id, &w.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
-    let sent = dispatch(&app, &[&w]).await;
-    app.record_job_finished(sent_build(&sent, "all"), w.id, &w.orgs, JobOutcome::Success, None)
+    let sent = dispatch(&app, &[&big]).await;
+    app.record_job_finished(sent_build(&sent, "all"), big.id, &big.orgs, JobOutcome::Success, None)
         .await
         .unwrap();
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Completed);
@@ -1045,8 +1055,12 @@ async fn a_build_over_many_inputs_runs_once_the_last_is_built_and_fails_with_any
     // The same shape where one input in the middle fails: the aggregate never runs.
     let (app, org, project) = app_with_project(Settings::default()).await;
     let w = builder(1, org.id, true, 1_000);
+    let big = WorkerInfo {
+        features: vec!["big".into()],
+        ..builder(2, org.id, false, 1_000)
+    };
     let mut drvs: Vec<EvaluatedDerivation> = names.iter().map(|n| derivation(n)).collect();
-    drvs.push(derivation_on("all", &names));
+    drvs.push(aggregate(&names));
     let e = evaluated(&app, &org, &project, &w, drvs).await;
     let sent = dispatch_all(&app, &w).await;
     for name in &names {
@@ -1062,7 +1076,7 @@ async fn a_build_over_many_inputs_runs_once_the_last_is_built_and_fails_with_any
             .await
             .unwrap();
     }
-    assert!(dispatch(&app, &[&w]).await.is_empty(), "nothing left to run");
+    assert!(dispatch(&app, &[&w, &big]).await.is_empty(), "nothing left to run");
     assert_eq!(build_status(&app, &org, "all").await, BuildStatus::DependencyFailed);
     assert_eq!(status(&app, e.id).await, EvaluationStatus::Failed);
 }

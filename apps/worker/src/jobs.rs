@@ -405,6 +405,8 @@ pub async fn run_batch<N: Nix>(
     // Substituters, keys, substituter token and push target, the same for the whole batch.
     type Shared = (Vec<String>, Vec<String>, Option<String>, Option<PushTarget>);
     let mut first: Option<Shared> = None;
+    // Each job's push target: its token is the job's own, and the server refuses it once that job has ended.
+    let mut push_of: std::collections::HashMap<JobId, PushTarget> = Default::default();
     for job in jobs {
         let Job::Build {
             job_id,
@@ -428,6 +430,9 @@ pub async fn run_batch<N: Nix>(
                     stage: Stage::Building,
                 },
             );
+        }
+        if let Some(target) = &push {
+            push_of.insert(job_id, target.clone());
         }
         if first.is_none() {
             first = Some((substituters, trusted_public_keys, substituter_token, push));
@@ -533,6 +538,12 @@ pub async fn run_batch<N: Nix>(
     }
     built(not_built);
     let mut outcomes = succeeded;
+    // The push goes with the token of a build that succeeded: the failed ones were reported above, so their
+    // tokens (the batch's first job's among them) no longer open the cache.
+    let push = outcomes
+        .iter()
+        .find_map(|(id, _)| push_of.get(id).cloned())
+        .or(push);
     if let Some(target) = &push {
         let built: Vec<String> = drvs
             .iter()
@@ -562,6 +573,7 @@ pub async fn run_batch<N: Nix>(
                 pushing.elapsed().as_secs_f64()
             );
             if let Err(e) = pushed {
+                tracing::warn!(target: "gradient::build", "the batch's push failed: {e}");
                 let failed = failure(FailureKind::Infrastructure, &e);
                 for (_, o) in outcomes.iter_mut() {
                     *o = failed.clone();
