@@ -540,10 +540,7 @@ pub async fn run_batch<N: Nix>(
     let mut outcomes = succeeded;
     // The push goes with the token of a build that succeeded: the failed ones were reported above, so their
     // tokens (the batch's first job's among them) no longer open the cache.
-    let push = outcomes
-        .iter()
-        .find_map(|(id, _)| push_of.get(id).cloned())
-        .or(push);
+    let push = outcomes.iter().find_map(|(id, _)| push_of.get(id).cloned()).or(push);
     if let Some(target) = &push {
         let built: Vec<String> = drvs
             .iter()
