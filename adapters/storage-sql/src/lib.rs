@@ -42,8 +42,10 @@ use std::time::Duration;
 
 type Result<T> = std::result::Result<T, StorageError>;
 
-/// How long an SQLite connection waits for another writer before giving up.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an SQLite connection waits for another writer before giving up. Generous: on a loaded machine a
+/// writer's commit with its WAL checkpoint can take seconds, and a request that waits is better than one that
+/// fails with "database is locked" (seen once with 5 s in a contract scenario while the whole suite ran).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
