@@ -35,7 +35,12 @@ export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\
 work=$(mktemp -d /tmp/gradient-ci-bench.XXXXXX)
 server_pid=""
 worker_pid=""
-cleanup() { kill $server_pid $worker_pid 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  kill $server_pid $worker_pid 2>/dev/null || true
+  # Wait for them to exit: a server still writing a NAR would make the removal fail (and the script exit 1).
+  wait $server_pid $worker_pid 2>/dev/null || true
+  rm -rf "$work" || true
+}
 trap cleanup EXIT
 
 rounds=${1:-3}
