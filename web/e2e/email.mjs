@@ -2,34 +2,17 @@
 // server mailing through a real SMTP server whose deliveries the test writes to E2E_INBOX (JSON lines): the
 // verification link opens /verify-email; "Forgot your password?" on the sign-in page mails a reset link that
 // opens /reset-password; the account page's switch turns mail about evaluations off. axe-core checks each page.
-import { chromium } from 'playwright-core';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { openBrowser, look as shoot } from './browser.mjs';
 import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 
 const base = process.env.GRADIENT_URL;
 const inbox = process.env.E2E_INBOX;
-const out = process.env.E2E_OUT ?? 'test-output';
-const axePath = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
-mkdirSync(out, { recursive: true });
-
-const browser = await chromium.launch({
-  executablePath: process.env.E2E_BROWSER ?? '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-dev-shm-usage'],
-});
-const page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+const { browser, page, out } = await openBrowser();
 const problems = [];
 
 async function look(name) {
-  await page.waitForLoadState('networkidle').catch(() => undefined);
-  await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
-  await page.addScriptTag({ path: axePath });
-  const found = await page.evaluate(async () => {
-    // eslint-disable-next-line no-undef
-    const r = await axe.run(document, { resultTypes: ['violations'] });
-    return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) => `${v.id}: ${v.help}`);
-  });
-  for (const v of found) problems.push(`${name}: ${v}`);
+  problems.push(...(await shoot(page, out, name)));
 }
 
 /** The link to `path` in the first mail whose subject is `subject`, waiting up to 30 s for it. */

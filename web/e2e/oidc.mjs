@@ -2,35 +2,17 @@
 // (GRADIENT_URL) whose OpenID Provider is the test's oidc-provider; started by tests/e2e/oidc.rs. From the sign-in
 // page's button (with the provider's icon) through the provider's login and consent forms back to the web UI,
 // signed in, on the page the visitor wanted. Screenshots go to E2E_OUT; axe-core checks the sign-in pages.
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { openBrowser, look as shoot } from './browser.mjs';
 import { join } from 'node:path';
 
 const base = process.env.GRADIENT_URL ?? 'http://127.0.0.1:3000';
 const login = process.env.E2E_OIDC_LOGIN ?? 'scully';
-const out = process.env.E2E_OUT ?? 'test-output';
-const axePath = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
-mkdirSync(out, { recursive: true });
-
-const browser = await chromium.launch({
-  executablePath: process.env.E2E_BROWSER ?? '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-dev-shm-usage'],
-});
-const page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+const { browser, page, out } = await openBrowser();
 const problems = [];
 page.on('pageerror', (e) => problems.push(`page error: ${e}`));
 
 async function look(name) {
-  await page.waitForLoadState('networkidle').catch(() => undefined);
-  await page.screenshot({ path: join(out, `${name}.png`), fullPage: true });
-  await page.addScriptTag({ path: axePath });
-  const found = await page.evaluate(async () => {
-    // eslint-disable-next-line no-undef
-    const r = await axe.run(document, { resultTypes: ['violations'] });
-    return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) => `${v.id}: ${v.help}`);
-  });
-  for (const v of found) problems.push(`${name}: ${v}`);
+  problems.push(...(await shoot(page, out, name)));
 }
 
 try {

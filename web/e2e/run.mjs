@@ -2,25 +2,15 @@
 // a real gradient-server (GRADIENT_URL) with a real worker; started by tests/e2e/web.rs, which then uses what
 // the cache page said (written to E2E_RESULT) with real nix. Screenshots of every page, at 1280 px and 375 px,
 // light and dark, go to E2E_OUT; axe-core checks every page and any serious or critical violation fails the run.
-import { chromium } from 'playwright-core';
+import { openBrowser, axeViolations } from './browser.mjs';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
 const base = process.env.GRADIENT_URL ?? 'http://127.0.0.1:3000';
 const repository = process.env.E2E_REPOSITORY;
-const out = process.env.E2E_OUT ?? 'test-output';
-const axePath = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
-mkdirSync(out, { recursive: true });
-
-const browser = await chromium.launch({
-  executablePath: process.env.E2E_BROWSER ?? '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-dev-shm-usage'],
-});
-const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-const page = await context.newPage();
+const { browser, page, out } = await openBrowser();
 const violations = [];
 const consoleErrors = [];
 page.on('pageerror', (e) => consoleErrors.push(String(e)));
@@ -46,15 +36,7 @@ async function look(name) {
 }
 
 async function check(name, scheme) {
-  await page.addScriptTag({ path: axePath });
-  const found = await page.evaluate(async () => {
-    // eslint-disable-next-line no-undef
-    const r = await axe.run(document, { resultTypes: ['violations'] });
-    return r.violations
-      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
-      .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join('; ')}`);
-  });
-  for (const v of found) violations.push(`${name} [${scheme}]: ${v}`);
+  for (const v of await axeViolations(page)) violations.push(`${name} [${scheme}]: ${v}`);
 }
 
 /** Polls `test` until it answers true, or fails after `timeout` ms saying what it waited for. */
