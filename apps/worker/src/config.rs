@@ -283,7 +283,19 @@ impl WorkerConfig {
                 addr,
                 max_connections: max_proto_connections,
             },
-            dial => dial,
+            dial => {
+                // A dialing worker listens on nothing: a listener option set for it is a mistake (or a variable
+                // meant for the server), not something to ignore silently.
+                for var in LISTENER_ONLY {
+                    if v.vars.get(var).is_some_and(|value| !value.trim().is_empty()) {
+                        return Err(ConfigError {
+                            var,
+                            problem: "only a listening worker uses it (GRADIENT_DISCOVERABLE=true); this worker dials GRADIENT_SERVER_URL, so unset it".into(),
+                        });
+                    }
+                }
+                dial
+            }
         };
         Ok(Self {
             link,
@@ -356,6 +368,13 @@ pub const SIGN_REFUSED: &str = "the server signs every path with its cache's own
 Nix clients trust one key per cache; a worker holds no signing key";
 /// Why `capabilities.federate` is refused.
 pub const FEDERATE_REFUSED: &str = "Gradient has no federation of servers for a worker to relay between";
+
+/// The listener's options, refused on a dialing worker.
+const LISTENER_ONLY: [&str; 3] = [
+    "GRADIENT_LISTEN_ADDR",
+    "GRADIENT_PORT",
+    "GRADIENT_MAX_PROTO_CONNECTIONS",
+];
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/gradient-worker";
 const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1";
@@ -442,6 +461,9 @@ mod tests {
         );
         let dial = WorkerConfig::from_vars(&vars(&[("GRADIENT_SERVER_URL", "ws://x/proto")])).unwrap();
         assert_eq!(dial.link, LinkMode::Dial("ws://x/proto".into()));
+        // Empty counts as unset.
+        let dial = WorkerConfig::from_vars(&vars(&[("GRADIENT_SERVER_URL", "ws://x/proto"), ("GRADIENT_PORT", "")]));
+        assert!(dial.is_ok());
         for (pairs, want) in [
             (
                 vec![
@@ -471,6 +493,26 @@ mod tests {
         ] {
             let e = WorkerConfig::from_vars(&vars(&pairs)).unwrap_err().to_string();
             assert!(e.starts_with(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_dialing_worker_refuses_the_listeners_options() {
+        let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
+        for (var, value) in [
+            ("GRADIENT_LISTEN_ADDR", "127.0.0.1"),
+            ("GRADIENT_PORT", "3000"),
+            ("GRADIENT_MAX_PROTO_CONNECTIONS", "16"),
+        ] {
+            let e = WorkerConfig::from_vars(&vars(&[url, (var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "{var}: only a listening worker uses it (GRADIENT_DISCOVERABLE=true); this worker dials GRADIENT_SERVER_URL, so unset it"
+                )
+            );
         }
     }
 
