@@ -22,15 +22,12 @@ let
   plainOptions = [
     "serverUrl"
     "discoverable"
-    "listenAddr"
-    "port"
     "workerId"
     "capabilities.fetch"
     "capabilities.eval"
     "capabilities.build"
     "capabilities.sign"
     "capabilities.federate"
-    "settings.maxProtoConnections"
     "settings.maxConcurrentBuilds"
     "settings.evalWorkers"
     "settings.maxConcurrentEvaluations"
@@ -43,6 +40,16 @@ let
     "settings.logLevel.build"
     "settings.logLevel.proto"
   ];
+  # The listener's options: passed to a discoverable worker only (a dialing worker refuses them at start).
+  listenerOptions = {
+    listenAddr = "127.0.0.1";
+    port = 3100;
+    "settings.maxProtoConnections" = 16;
+  };
+  # Those a dialing worker has set to something else than their default: they would have no effect.
+  unusedListenerOptions = lib.filter (o: glib.valueAt cfg o != listenerOptions.${o}) (
+    lib.attrNames listenerOptions
+  );
   secretOptions = [ "peersFile" ];
   credentials = glib.credentialsFor cfg secretOptions;
 
@@ -88,9 +95,9 @@ in
     };
     settings = {
       maxConcurrentBuilds = opt types.ints.positive 100 "Parallel build slots.";
-      evalWorkers = opt types.ints.positive 1 "Number of evaluator subprocesses: `nix eval` processes that share one evaluation's attributes at once.";
+      evalWorkers = opt types.ints.positive 1 "Number of evaluator subprocesses: each runs one evaluation at a time (more wait for one), splitting its attributes between this many `nix eval` processes at once.";
       maxConcurrentEvaluations = opt types.ints.positive 1 "Parallel evaluations.";
-      maxEvaluationsPerWorker = opt types.ints.unsigned 20 "Recycle evaluator subprocess after N jobs (0 = never).";
+      maxEvaluationsPerWorker = opt types.ints.unsigned 20 "Recycle evaluator subprocess after N jobs (0 = never): an evaluator subprocess is replaced by a fresh one after this many evaluations.";
       maxNixdaemonConnections = opt types.ints.positive 32 "Nix processes (each a session with the nix-daemon) the worker runs at once: builds, pushes, evaluations and queries together.";
       maxProtoConnections = opt types.ints.positive 16 "Max simultaneous WebSocket connections in discoverable mode; beyond them the worker answers 503 with Retry-After.";
       gcrootsDir = opt types.str "/nix/var/nix/gcroots/gradient" "Directory for worker-held indirect GC roots; empty string disables.";
@@ -112,7 +119,7 @@ in
 
   config = mkIf cfg.enable {
     services.gradient.worker.environment =
-      glib.environmentFor cfg plainOptions
+      glib.environmentFor cfg (plainOptions ++ lib.optionals cfg.discoverable (lib.attrNames listenerOptions))
       // credentials.environment
       # Interpolated: a path literal becomes its copy in the store, a string stays the path it names.
       // lib.optionalAttrs (cfg.caFile != null) { GRADIENT_CA_FILE = "${cfg.caFile}"; }
@@ -126,7 +133,11 @@ in
         message = "services.gradient.worker: set serverUrl (the worker dials the server, e.g. wss://gradient.example.com/proto) or discoverable = true (the server dials the worker), one of the two";
       }
     ];
-    warnings = lib.optional (!proxied && !cfg.useTls) "services.gradient.worker.useTls has an effect only on the nginx virtual host of a discoverable worker with a domain";
+    warnings =
+      lib.optional (!proxied && !cfg.useTls) "services.gradient.worker.useTls has an effect only on the nginx virtual host of a discoverable worker with a domain"
+      ++ lib.optional (
+        !cfg.discoverable && unusedListenerOptions != [ ]
+      ) "services.gradient.worker: ${lib.concatStringsSep ", " unusedListenerOptions} have an effect only on a discoverable worker (this one dials serverUrl)";
 
     services.nginx = mkIf proxied {
       enable = true;

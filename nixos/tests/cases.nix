@@ -183,6 +183,30 @@ in
     };
   };
 
+  # The same without TLS on its nginx virtual host.
+  remoteWorkerWithoutTls = {
+    imports = [ packages ];
+    services.gradient.worker = {
+      enable = true;
+      discoverable = true;
+      domain = "builder.example.com";
+      useTls = false;
+      capabilities.build = true;
+    };
+  };
+
+  # A dialing worker given a listener's options: they are not passed (the worker would refuse them), with a
+  # warning.
+  dialingWithListenerOptions = {
+    imports = [ packages ];
+    services.gradient.worker = {
+      enable = true;
+      serverUrl = "ws://127.0.0.1:3000/proto";
+      port = 4100;
+      settings.maxProtoConnections = 2;
+    };
+  };
+
   # A worker with every default.
   workerDefaults = {
     imports = [ packages ];

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Registers a listening worker at `url` in `acme` and starts it (building only) on `port`; answers it once the
 /// server has dialed it and the handshake is done.
-async fn start_listening_worker(c: &Client, dir: &Path, name: &str, id: &str, port: u16) -> Worker {
+pub(crate) async fn start_listening_worker(c: &Client, dir: &Path, name: &str, id: &str, port: u16) -> Worker {
     let url = format!("ws://127.0.0.1:{port}/proto");
     let r = c
         .ok(
@@ -36,7 +36,7 @@ async fn start_listening_worker(c: &Client, dir: &Path, name: &str, id: &str, po
     start_listening(dir, name, id, port, peers.to_str().expect("path"), &[])
 }
 
-fn start_listening(dir: &Path, name: &str, id: &str, port: u16, peers: &str, extra: &[(&str, &str)]) -> Worker {
+pub(crate) fn start_listening(dir: &Path, name: &str, id: &str, port: u16, peers: &str, extra: &[(&str, &str)]) -> Worker {
     let port = port.to_string();
     let vars = [
         ("GRADIENT_DISCOVERABLE", "true"),
@@ -60,7 +60,7 @@ async fn workers_of_acme(c: &Client) -> Vec<Value> {
         .clone()
 }
 
-async fn wait_until_connected(c: &Client, id: &str, worker: &Worker) {
+pub(crate) async fn wait_until_connected(c: &Client, id: &str, worker: &Worker) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = workers_of_acme(c).await;

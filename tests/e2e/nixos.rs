@@ -276,14 +276,28 @@ fn nixos_module_declares_every_seed_option_with_its_default() {
 
 /// Every variable the binary reads is set by the module's `full` case (every option set), under the same
 /// name, and nothing else; secret files go through credentials, everything else never does.
-fn check_environment(binary: &Path, unit: &Value) {
+/// The worker's variables a dialing worker's unit leaves unset: a dialing worker refuses them.
+const LISTENER_ONLY: [&str; 3] = [
+    "GRADIENT_LISTEN_ADDR",
+    "GRADIENT_PORT",
+    "GRADIENT_MAX_PROTO_CONNECTIONS",
+];
+
+/// The unit sets exactly the variables the binary reads, but for those in `unset`, which it must leave out.
+fn check_environment(binary: &Path, unit: &Value, unset_here: &[&str]) {
     let schema = schema(binary);
     let read: BTreeSet<String> = schema
         .iter()
         .map(|v| v["name"].as_str().expect("a string").to_owned())
         .collect();
     let set = gradient_vars(unit);
-    let unset: Vec<_> = read.difference(&set).collect();
+    for var in unset_here {
+        assert!(!set.contains(*var), "{var} is set: {set:?}");
+    }
+    let unset: Vec<_> = read
+        .difference(&set)
+        .filter(|v| !unset_here.contains(&v.as_str()))
+        .collect();
     assert!(
         unset.is_empty(),
         "read by {} but never set by the module: {unset:?}",
@@ -298,6 +312,9 @@ fn check_environment(binary: &Path, unit: &Value) {
     let credentials = strings(&unit["serviceConfig"]["LoadCredential"]);
     for var in &schema {
         let name = var["name"].as_str().expect("a string");
+        if unset_here.contains(&name) {
+            continue;
+        }
         let value = unit["environment"][name].as_str().expect("a string");
         if var["secret_file"] == true {
             let credential = value
@@ -342,8 +359,13 @@ fn nixos_module_environment_is_exactly_what_the_binaries_read() {
     let Some(full) = eval_ok("full") else { return };
     let server = server_binary();
     let worker = server.with_file_name("gradient-worker");
-    check_environment(&server, unit(&full, "gradient-server"));
-    check_environment(&worker, unit(&full, "gradient-worker"));
+    check_environment(&server, unit(&full, "gradient-server"), &[]);
+    // The worker of this host dials the server: the listener's options are left out.
+    check_environment(&worker, unit(&full, "gradient-worker"), &LISTENER_ONLY);
+    let env = &unit(&full, "gradient-worker")["environment"];
+    assert_eq!(env["GRADIENT_EVAL_WORKERS"], "2");
+    assert_eq!(env["GRADIENT_MAX_EVALUATIONS_PER_WORKER"], "0");
+    assert_eq!(env["GRADIENT_DISCOVERABLE"], "false");
     let env = &unit(&full, "gradient-server")["environment"];
     assert_eq!(env["GRADIENT_LISTEN_ADDR"], "::1");
     assert_eq!(env["GRADIENT_LOG_LEVEL_PROTO"], "trace");
@@ -563,6 +585,29 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     assert_eq!(vhost["locations"]["/proto"]["proxyPass"], "http://127.0.0.1:3200");
     assert_eq!(vhost["locations"]["/proto"]["proxyWebsockets"], true);
     assert!(env["GRADIENT_CA_FILE"].is_null(), "no CA file unless one is given");
+    assert_eq!(env["GRADIENT_EVAL_WORKERS"], "1");
+    assert_eq!(env["GRADIENT_MAX_EVALUATIONS_PER_WORKER"], "20");
+    // Without TLS the vhost is plain http.
+    let Some(plain) = eval_ok("remoteWorkerWithoutTls") else { return };
+    let vhost = &plain["services"]["nginx"]["virtualHosts"]["builder.example.com"];
+    assert_eq!(
+        (&vhost["enableACME"], &vhost["forceSSL"]),
+        (&Value::Bool(false), &Value::Bool(false))
+    );
+    assert_eq!(plain["warnings"], serde_json::json!([]));
+
+    // A dialing worker given the listener's options: they are left out of its environment, with a warning.
+    let Some(dialing) = eval_ok("dialingWithListenerOptions") else { return };
+    let env = unit(&dialing, "gradient-worker")["environment"].as_object().expect("env");
+    for var in LISTENER_ONLY {
+        assert!(!env.contains_key(var), "{var}: {env:?}");
+    }
+    assert_eq!(
+        dialing["warnings"],
+        serde_json::json!([
+            "services.gradient.worker: port, settings.maxProtoConnections have an effect only on a discoverable worker (this one dials serverUrl)"
+        ])
+    );
 }
 
 #[test]

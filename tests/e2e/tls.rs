@@ -1,8 +1,11 @@
 //! `wss://` for real: the server behind nginx terminating TLS on loopback with a certificate of a CA the test
 //! makes (openssl), the worker dialing `wss://` and trusting that CA through `GRADIENT_CA_FILE`, its pushes to
 //! the cache going over https through the same nginx; and a worker without the CA refused by verification.
+//! The other direction too: a listening worker behind nginx, dialed by the server over `wss://` trusting the
+//! CA through the server's own `GRADIENT_CA_FILE`.
 
 use crate::harness::{Server, free_port};
+use crate::listening::{start_listening, wait_until_connected};
 use crate::nix::NIX_CONFIG;
 use crate::pipeline::{evaluate, flake_repo, org_with_project, start_worker_with, wait_for_completed};
 use reqwest::Method;
@@ -400,4 +403,94 @@ async fn a_ca_in_the_systems_bundle_is_trusted_without_the_ca_file() {
     );
     worker.kill();
     server.stop();
+}
+
+/// A listening worker behind nginx (TLS with the test CA's certificate, proxying to the worker's plain port):
+/// the server trusts the CA through its `GRADIENT_CA_FILE`, dials `wss://`, and the worker builds a flake. A
+/// server without the CA never gets a link: the certificate fails verification.
+#[tokio::test]
+async fn the_server_dials_a_listening_worker_over_wss_trusting_its_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, commit) = flake_repo(dir.path());
+    let worker_port = free_port();
+    let nginx = Nginx::start(dir.path(), &format!("http://127.0.0.1:{worker_port}")).await;
+    let ca = nginx.ca();
+    let wss = format!("wss://{}/proto", nginx.url.trim_start_matches("https://"));
+
+    // Without the CA: the server dials, verification fails, nothing reaches the worker.
+    let untrusting = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(untrusting.path(), &[("GRADIENT_LOG_LEVEL_PROTO", "debug")]).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let registered = c
+        .ok(
+            Method::POST,
+            "/orgs/acme/workers",
+            Some(serde_json::json!({"worker_id": id, "url": wss})),
+        )
+        .await;
+    let peers = dir.path().join("peers");
+    std::fs::write(
+        &peers,
+        format!(
+            "{}:{}\n",
+            registered["peer_id"].as_str().expect("peer"),
+            registered["token"].as_str().expect("token")
+        ),
+    )
+    .expect("peers");
+    let peers = peers.to_str().expect("path");
+    let all = [
+        ("GRADIENT_CAPABILITIES_FETCH", "true"),
+        ("GRADIENT_CAPABILITIES_EVAL", "true"),
+    ];
+    let worker = start_listening(dir.path(), "behind-nginx", &id, worker_port, peers, &all);
+    worker.wait_for_log("listening on ws://").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        if log.contains(&format!("cannot reach worker {id} at {wss}")) {
+            assert!(log.to_lowercase().contains("certificate"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never dialed: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!worker.log_text().contains("connected to the server"), "{}", worker.log_text());
+    server.stop();
+
+    // With the CA: the link goes through nginx and the worker evaluates and builds the flake.
+    let server = Server::start(dir.path(), &[("GRADIENT_CA_FILE", ca.to_str().expect("path"))]).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let registered = c
+        .ok(
+            Method::POST,
+            "/orgs/acme/workers",
+            Some(serde_json::json!({"worker_id": id, "url": wss})),
+        )
+        .await;
+    std::fs::write(
+        peers,
+        format!(
+            "{}:{}\n",
+            registered["peer_id"].as_str().expect("peer"),
+            registered["token"].as_str().expect("token")
+        ),
+    )
+    .expect("peers");
+    drop(worker);
+    let worker = start_listening(dir.path(), "behind-nginx-again", &id, worker_port, peers, &all);
+    wait_until_connected(&c, &id, &worker).await;
+    let eval = evaluate(&c, &commit).await;
+    let done = wait_for_completed(&c, &server, &eval, &worker).await;
+    let builds = done["builds"].as_array().expect("builds");
+    assert_eq!(builds.len(), 4, "{done}");
+    assert!(builds.iter().all(|b| b["status"] == "Completed"), "{done}");
+    // The link went through nginx: nginx logs the upgrade (101) when the link ends.
+    worker.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nginx.access_log().contains("GET /proto HTTP/1.1\" 101") {
+        assert!(Instant::now() < deadline, "{}", nginx.access_log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -11,10 +11,14 @@
 //! | `build`    | `nix-store --realise --add-root`, `nix-instantiate --add-root` (the `.drv`), `nix show-derivation` |
 //! | `requisites` | `nix-store --query --requisites`                                                               |
 //! | `export`   | `nix-store --export` (read as it is written)                                                     |
+//!
+//! Evaluations can run in evaluator subprocesses instead of this process ([`NixCli::evaluators`],
+//! [`evaluator`]).
 
 mod build;
 mod derivation;
 mod eval;
+pub mod evaluator;
 mod export;
 mod fetch;
 mod process;
@@ -76,8 +80,12 @@ pub struct NixCli {
     version: Arc<OnceLock<(u32, u32)>>,
     /// Nix processes at once, over every clone (see [`NixCli::max_sessions`]); `None`: no bound.
     sessions: Option<Arc<tokio::sync::Semaphore>>,
+    /// The bound of `sessions` (see [`NixCli::max_sessions`]).
+    session_count: usize,
     /// `nix eval` processes one evaluation runs at once (see [`NixCli::eval_processes`]); 0 counts as 1.
     eval_processes: usize,
+    /// Where evaluations run when set: evaluator subprocesses (see [`NixCli::evaluators`]).
+    evaluators: Option<Arc<evaluator::Evaluators>>,
 }
 
 impl NixCli {
@@ -103,6 +111,16 @@ impl NixCli {
     /// its end or dropped). No operation holds two at once, so any `n` ≥ 1 makes progress.
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.sessions = Some(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+        self.session_count = n.max(1);
+        self
+    }
+
+    /// Evaluations run in a pool of evaluator subprocesses ([`evaluator::Evaluators`]): at most `processes` of
+    /// `program args…` (a program that calls [`evaluator::serve`], such as the worker's own binary), each
+    /// replaced after `per_process` evaluations (0: never). Shared by all clones. The split between
+    /// [`NixCli::eval_processes`] `nix eval`s and the session bound apply inside each subprocess.
+    pub fn evaluators(mut self, program: impl Into<PathBuf>, args: Vec<OsString>, processes: usize, per_process: u32) -> Self {
+        self.evaluators = Some(Arc::new(evaluator::Evaluators::new(program, args, processes, per_process)));
         self
     }
 
@@ -281,7 +299,10 @@ impl Nix for NixCli {
         wildcard: &str,
         mut on_batch: impl FnMut(EvalBatch) + Send,
     ) -> Result<EvalSummary> {
-        eval::evaluate(self, flake, wildcard, &mut on_batch).await
+        match &self.evaluators {
+            Some(pool) => pool.evaluate(self, flake, wildcard, &mut on_batch).await,
+            None => eval::evaluate(self, flake, wildcard, &mut on_batch).await,
+        }
     }
 
     async fn build(

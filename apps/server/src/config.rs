@@ -162,6 +162,10 @@ pub struct Config {
     pub supersede_evaluations: bool,
     /// The built web UI to serve at `/` (`GRADIENT_FRONTEND_DIR`); `None`: the repository's `web/dist` if built.
     pub frontend_dir: Option<PathBuf>,
+    /// A PEM file of extra CA certificates trusted, besides the webpki roots and the system's bundle, when the
+    /// server dials a listening worker's `wss://` URL (`GRADIENT_CA_FILE`, as the worker's): for workers whose
+    /// certificates come from a private CA.
+    pub ca_file: Option<PathBuf>,
     pub max_request_size: usize,
     pub log_level: LogLevels,
     pub enable_registration: bool,
@@ -487,6 +491,7 @@ impl Config {
             keep_evaluations: e.parse("settings.keepEvaluations", 5, "a number of evaluations")?,
             supersede_evaluations: e.bool("settings.supersedeEvaluations", true)?,
             frontend_dir: e.path("frontendDir"),
+            ca_file: e.path("caFile"),
             max_request_size,
             log_level: LogLevels {
                 default: e.level_or("settings.logLevel.default", LogLevel::Info)?,

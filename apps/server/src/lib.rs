@@ -697,6 +697,17 @@ fn redact(url: &str) -> String {
 /// Starts the server and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let _reporting = reporting::start(&config)?;
+    // Listening workers are dialed, trusting the webpki roots, the system's bundle and `GRADIENT_CA_FILE` for
+    // wss:// URLs.
+    let system_bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok();
+    let extra_ca = match &config.ca_file {
+        Some(file) => Some(std::fs::read(file).map_err(|e| {
+            StartError::Tls(format!("{}: cannot read {}: {e}", config::env_name("caFile"), file.display()))
+        })?),
+        None => None,
+    };
+    let tls = gradient_link_ws::TlsRoots::new(extra_ca.as_deref(), system_bundle.as_deref())
+        .map_err(|e| StartError::Tls(format!("{}: {e}", config::env_name("caFile"))))?;
     let state = build_state(&config).await?;
     if let Some(path) = &config.state_file {
         let plan = declared::apply_file(&state.core, path, config.delete_state).await?;
@@ -704,9 +715,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         declared::spawn_reload(state.core.clone(), path.clone(), config.delete_state);
     }
     spawn_dispatcher(state.clone());
-    // Listening workers are dialed, trusting the webpki roots and the system's bundle for wss:// URLs.
-    let system_bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok();
-    let tls = gradient_link_ws::TlsRoots::new(None, system_bundle.as_deref()).map_err(StartError::Tls)?;
     link::spawn_dialer(state.clone(), tls);
     spawn_poller(state.clone());
     spawn_status_delivery(state.clone());

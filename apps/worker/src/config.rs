@@ -138,22 +138,6 @@ impl Vars<'_> {
         })
     }
 
-    /// A number this worker cannot honour: its evaluator processes are never reused (each `nix eval` evaluates
-    /// one part of one evaluation and exits), so there is nothing to recycle. Anything but the default stops
-    /// start-up with one line.
-    fn unsupported(&self, var: &'static str, default: u32) -> Result<u32, ConfigError> {
-        let value = self.num(var, default)?;
-        if value != default {
-            return Err(ConfigError {
-                var,
-                problem: format!(
-                    "not supported by this worker (its evaluator processes are never reused: each evaluates one part of one evaluation and exits); unset it or set {default}"
-                ),
-            });
-        }
-        Ok(value)
-    }
-
     /// A capability this worker does not have: `true` stops start-up with `why`.
     fn refused_flag(&self, var: &'static str, why: &str) -> Result<bool, ConfigError> {
         if self.flag(var, false)? {
@@ -315,7 +299,7 @@ impl WorkerConfig {
                 n => n,
             },
             max_concurrent_evaluations: v.num("GRADIENT_MAX_CONCURRENT_EVALUATIONS", 1)?,
-            max_evaluations_per_worker: v.unsupported("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
+            max_evaluations_per_worker: v.num("GRADIENT_MAX_EVALUATIONS_PER_WORKER", 20)?,
             max_nixdaemon_connections: match v.num("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", 32)? {
                 0 => {
                     return Err(ConfigError {
@@ -424,15 +408,15 @@ mod tests {
     }
 
     #[test]
-    fn options_without_an_effect_refuse_anything_but_their_default() {
+    fn evaluations_per_evaluator_process_are_read_zero_meaning_never() {
         let url = ("GRADIENT_SERVER_URL", "ws://127.0.0.1:3000/proto");
         let var = "GRADIENT_MAX_EVALUATIONS_PER_WORKER";
-        assert!(WorkerConfig::from_vars(&vars(&[url, (var, "20")])).is_ok());
-        let e = WorkerConfig::from_vars(&vars(&[url, (var, "4")]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with(&format!("{var}: not supported")), "{e}");
-        assert!(!e.contains('\n'));
+        for (value, want) in [("4", 4), ("0", 0)] {
+            let c = WorkerConfig::from_vars(&vars(&[url, (var, value)])).unwrap();
+            assert_eq!(c.max_evaluations_per_worker, want);
+        }
+        let e = WorkerConfig::from_vars(&vars(&[url, (var, "-1")])).unwrap_err();
+        assert_eq!(e.to_string(), format!("{var}: invalid value '-1': expected a number"));
     }
 
     #[test]

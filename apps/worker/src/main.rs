@@ -15,8 +15,18 @@ fn fail(e: &dyn std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+/// The argument that makes this binary one of the worker's evaluator subprocesses.
+const EVALUATOR: &str = "--evaluator";
+
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some(EVALUATOR) {
+        // Answers evaluations on stdin until the worker closes it (`gradient_nix_cli::evaluator`).
+        if let Err(e) = gradient_nix_cli::evaluator::serve().await {
+            fail(&format!("evaluator: {e}"));
+        }
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("--print-config-schema") {
         let schema: Vec<_> = config::WorkerConfig::schema()
             .iter()
@@ -52,6 +62,15 @@ async fn main() {
         .max_sessions(config.max_nixdaemon_connections as usize)
         // An evaluation's attributes are split between this many `nix eval` processes at once.
         .eval_processes(config.eval_workers as usize);
+    // Evaluations run in `evalWorkers` subprocesses (this binary again), each replaced after
+    // `maxEvaluationsPerWorker` evaluations.
+    let program = std::env::current_exe().unwrap_or_else(|e| fail(&format!("cannot find this program: {e}")));
+    nix = nix.evaluators(
+        program,
+        vec![EVALUATOR.into()],
+        config.eval_workers as usize,
+        config.max_evaluations_per_worker,
+    );
     if let Some(extra) = &extra_ca {
         let bundle = trust::write_nix_bundle(&config.state_dir, extra)
             .unwrap_or_else(|e| fail(&format!("cannot write the CA bundle for Nix: {e}")));

@@ -19,7 +19,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable: the worker's evaluator subprocesses send it back to the worker (`nix-cli`'s `evaluator`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum NixError {
     /// The repository or one of the flake's inputs could not be fetched at the requested revision: unreachable
     /// host, unknown commit or branch, refused credentials, no `flake.nix`, an override naming no input.
@@ -111,7 +112,7 @@ pub struct HostInfo {
 
 /// A flake fetched into the store at one revision, with its inputs resolved. Only meaningful to the
 /// implementation (and machine) that produced it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FetchedFlake {
     /// A locked flake reference to exactly this source, e.g. `git+https://host/repo?ref=main&rev=<sha>`.
     pub flake_ref: String,
@@ -132,7 +133,7 @@ pub struct FetchedFlake {
 }
 
 /// An attribute the wildcard selected, evaluated to a derivation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EvaluatedAttribute {
     /// `["packages", "x86_64-linux", "hello"]`
     pub attr_path: Vec<String>,
@@ -147,7 +148,7 @@ impl EvaluatedAttribute {
 }
 
 /// A store derivation found by an evaluation: a selected attribute's or one in its closure.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DerivationInfo {
     pub drv_path: String,
     /// Output name → store path. An output whose path is only known after building (a floating
@@ -160,7 +161,7 @@ pub struct DerivationInfo {
 }
 
 /// A selected attribute that did not evaluate to a derivation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttributeError {
     pub attr_path: Vec<String>,
     /// Nix's message, starting at its `error:` line (bounded, a few KiB).
@@ -177,7 +178,7 @@ impl AttributeError {
 /// Part of an evaluation's result. Within one evaluation each derivation is reported once, in the first batch
 /// that needs it, and only after every derivation it depends on (earlier in the batch or in an earlier batch),
 /// so a consumer can insert them in order. Every `attributes[i].drv_path` is in this batch or an earlier one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EvalBatch {
     pub attributes: Vec<EvaluatedAttribute>,
     pub derivations: Vec<DerivationInfo>,
@@ -185,7 +186,7 @@ pub struct EvalBatch {
 }
 
 /// Totals over all batches of an evaluation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EvalSummary {
     pub attributes: usize,
     pub derivations: usize,
