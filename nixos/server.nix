@@ -156,6 +156,11 @@ in
       example = "/run/secrets/gradient-crypt";
       description = "Path to the encryption secret file (required): encrypts the secrets stored in the database.";
     };
+    caFile = nullOpt types.path ''
+      PEM file of extra CA certificates the server trusts besides the webpki roots and the system's bundle when
+      it dials a discoverable worker's `wss://` URL whose certificate comes from a private CA (not a secret: a
+      Nix path literal is copied to the store).
+    '';
     metricsTokenFile = secretOpt "When set, enables GET /metrics; scrapers present the file's contents as `Authorization: Bearer <token>`.";
     databaseUrlFile = mkOption {
       type = types.nullOr glib.secretPathType;
@@ -280,7 +285,9 @@ in
       services.gradient.environment =
         glib.environmentFor cfg plainOptions
         // credentials.environment
-        // lib.optionalAttrs cfg.frontend.enable { GRADIENT_FRONTEND_DIR = frontendRoot; };
+        // lib.optionalAttrs cfg.frontend.enable { GRADIENT_FRONTEND_DIR = frontendRoot; }
+        # Interpolated: a path literal becomes its copy in the store, a string stays the path it names.
+        // lib.optionalAttrs (cfg.caFile != null) { GRADIENT_CA_FILE = "${cfg.caFile}"; };
 
       assertions = [
         {

@@ -61,6 +61,7 @@ in
       jwtSecretFile = "/run/secrets/jwt";
       cryptSecretFile = "/run/secrets/crypt";
       metricsTokenFile = "/run/secrets/metrics";
+      caFile = "/etc/gradient/workers-ca.pem";
       databaseUrlFile = "/run/secrets/db-url";
       databaseUrl = "postgresql:///gradient?host=/run/postgresql";
       databaseMaxConnections = 40;

@@ -372,6 +372,7 @@ fn nixos_module_environment_is_exactly_what_the_binaries_read() {
     assert_eq!(env["GRADIENT_OIDC_SCOPES"], "openid,email");
     assert_eq!(env["GRADIENT_S3_PATH_STYLE"], "false");
     assert_eq!(env["GRADIENT_GITHUB_APP_APP_ID"], "123456");
+    assert_eq!(env["GRADIENT_CA_FILE"], "/etc/gradient/workers-ca.pem");
 
     let Some(minimal) = eval_ok("minimal") else { return };
     check_defaults(&server, unit(&minimal, "gradient-server"));
