@@ -1012,3 +1012,61 @@ async fn a_worker_runs_no_more_nix_processes_at_once_than_its_bound() {
     );
     assert_eq!(most, 1, "Nix processes at once");
 }
+
+/// `GRADIENT_MAX_EVALUATIONS_PER_WORKER=1`: the worker evaluates in evaluator subprocesses of its own (its
+/// binary again), a fresh one for each evaluation. A `nix` on its `PATH` wraps the real one and writes, for
+/// each `nix eval`, the process that started it and that process's parent.
+#[tokio::test]
+async fn the_worker_replaces_its_evaluator_process_after_its_evaluations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (repository, commit) = flake_repo(dir.path());
+    let server = Server::start(dir.path(), &[]).await;
+    let c = org_with_project(&server, &repository, "packages.*.*").await;
+    let wrappers = dir.path().join("evaluator-nix");
+    std::fs::create_dir_all(&wrappers).expect("mkdir");
+    let log = dir.path().join("evaluators");
+    let out = Command::new("sh")
+        .args(["-c", "command -v nix"])
+        .output()
+        .expect("sh");
+    let real = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" eval \"*) echo \"$PPID $(cut -d' ' -f4 /proc/$PPID/stat)\" >> {log};; esac\n\
+         exec {real} \"$@\"\n",
+        log = log.display()
+    );
+    let bin = wrappers.join("nix");
+    std::fs::write(&bin, script).expect("wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", wrappers.display(), std::env::var("PATH").unwrap_or_default());
+    let worker = start_worker_with(
+        &c,
+        dir.path(),
+        &server.url,
+        "recycling",
+        &[("PATH", path.as_str()), ("GRADIENT_MAX_EVALUATIONS_PER_WORKER", "1")],
+    )
+    .await;
+    let mut evaluators = Vec::new();
+    for _ in 0..2 {
+        let id = evaluate(&c, &commit).await;
+        wait_for_completed(&c, &server, &id, &worker).await;
+        let text = std::fs::read_to_string(&log).expect("the wrapper ran");
+        std::fs::remove_file(&log).expect("rm");
+        let mut pairs: Vec<(u32, u32)> = text
+            .lines()
+            .map(|l| {
+                let mut it = l.split_whitespace().map(|x| x.parse::<u32>().expect("pid"));
+                (it.next().expect("pid"), it.next().expect("ppid"))
+            })
+            .collect();
+        pairs.dedup();
+        assert_eq!(pairs.len(), 1, "one evaluator process per evaluation: {pairs:?}");
+        let (evaluator, parent) = pairs[0];
+        assert_ne!(evaluator, worker.pid(), "not evaluated in the worker's own process");
+        assert_eq!(parent, worker.pid(), "the evaluator is the worker's child");
+        evaluators.push(evaluator);
+    }
+    assert_ne!(evaluators[0], evaluators[1], "a fresh evaluator for the second evaluation");
+}
