@@ -36,7 +36,14 @@ pub(crate) async fn start_listening_worker(c: &Client, dir: &Path, name: &str, i
     start_listening(dir, name, id, port, peers.to_str().expect("path"), &[])
 }
 
-pub(crate) fn start_listening(dir: &Path, name: &str, id: &str, port: u16, peers: &str, extra: &[(&str, &str)]) -> Worker {
+pub(crate) fn start_listening(
+    dir: &Path,
+    name: &str,
+    id: &str,
+    port: u16,
+    peers: &str,
+    extra: &[(&str, &str)],
+) -> Worker {
     let port = port.to_string();
     let vars = [
         ("GRADIENT_DISCOVERABLE", "true"),

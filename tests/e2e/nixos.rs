@@ -589,7 +589,9 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     assert_eq!(env["GRADIENT_EVAL_WORKERS"], "1");
     assert_eq!(env["GRADIENT_MAX_EVALUATIONS_PER_WORKER"], "20");
     // Without TLS the vhost is plain http.
-    let Some(plain) = eval_ok("remoteWorkerWithoutTls") else { return };
+    let Some(plain) = eval_ok("remoteWorkerWithoutTls") else {
+        return;
+    };
     let vhost = &plain["services"]["nginx"]["virtualHosts"]["builder.example.com"];
     assert_eq!(
         (&vhost["enableACME"], &vhost["forceSSL"]),
@@ -598,8 +600,12 @@ fn nixos_worker_units_trust_the_nix_daemon_and_take_the_peers_file_as_a_credenti
     assert_eq!(plain["warnings"], serde_json::json!([]));
 
     // A dialing worker given the listener's options: they are left out of its environment, with a warning.
-    let Some(dialing) = eval_ok("dialingWithListenerOptions") else { return };
-    let env = unit(&dialing, "gradient-worker")["environment"].as_object().expect("env");
+    let Some(dialing) = eval_ok("dialingWithListenerOptions") else {
+        return;
+    };
+    let env = unit(&dialing, "gradient-worker")["environment"]
+        .as_object()
+        .expect("env");
     for var in LISTENER_ONLY {
         assert!(!env.contains_key(var), "{var}: {env:?}");
     }

@@ -1025,10 +1025,7 @@ async fn the_worker_replaces_its_evaluator_process_after_its_evaluations() {
     let wrappers = dir.path().join("evaluator-nix");
     std::fs::create_dir_all(&wrappers).expect("mkdir");
     let log = dir.path().join("evaluators");
-    let out = Command::new("sh")
-        .args(["-c", "command -v nix"])
-        .output()
-        .expect("sh");
+    let out = Command::new("sh").args(["-c", "command -v nix"]).output().expect("sh");
     let real = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let script = format!(
         "#!/bin/sh\ncase \" $* \" in *\" eval \"*) echo \"$PPID $(cut -d' ' -f4 /proc/$PPID/stat)\" >> {log};; esac\n\
@@ -1068,5 +1065,8 @@ async fn the_worker_replaces_its_evaluator_process_after_its_evaluations() {
         assert_eq!(parent, worker.pid(), "the evaluator is the worker's child");
         evaluators.push(evaluator);
     }
-    assert_ne!(evaluators[0], evaluators[1], "a fresh evaluator for the second evaluation");
+    assert_ne!(
+        evaluators[0], evaluators[1],
+        "a fresh evaluator for the second evaluation"
+    );
 }

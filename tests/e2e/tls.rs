@@ -456,7 +456,11 @@ async fn the_server_dials_a_listening_worker_over_wss_trusting_its_ca_file() {
         assert!(Instant::now() < deadline, "the server never dialed: {log}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(!worker.log_text().contains("connected to the server"), "{}", worker.log_text());
+    assert!(
+        !worker.log_text().contains("connected to the server"),
+        "{}",
+        worker.log_text()
+    );
     server.stop();
 
     // With the CA: the link goes through nginx and the worker evaluates and builds the flake.

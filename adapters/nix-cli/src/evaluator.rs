@@ -132,7 +132,9 @@ impl Evaluators {
                 None => return self.spawn(cli),
                 Some(mut ev) => match ev.child.try_wait() {
                     Ok(None) => return Ok(ev),
-                    _ => tracing::warn!(target: "gradient::eval", "evaluator process {} had ended; replacing it", ev.pid),
+                    _ => {
+                        tracing::warn!(target: "gradient::eval", "evaluator process {} had ended; replacing it", ev.pid)
+                    }
                 },
             }
         }
@@ -196,7 +198,10 @@ impl Evaluators {
                 Err(e) => return Err(NixError::Unavailable(format!("evaluator process {pid}: {e}"))),
             }
         };
-        let ev = running.0.as_mut().ok_or_else(|| NixError::Unavailable("no evaluator".into()))?;
+        let ev = running
+            .0
+            .as_mut()
+            .ok_or_else(|| NixError::Unavailable("no evaluator".into()))?;
         let pid = ev.pid;
         let lost = |why: String| NixError::Unavailable(format!("evaluator process {pid}: {why}"));
         let result = loop {

@@ -119,8 +119,19 @@ impl NixCli {
     /// `program args…` (a program that calls [`evaluator::serve`], such as the worker's own binary), each
     /// replaced after `per_process` evaluations (0: never). Shared by all clones. The split between
     /// [`NixCli::eval_processes`] `nix eval`s and the session bound apply inside each subprocess.
-    pub fn evaluators(mut self, program: impl Into<PathBuf>, args: Vec<OsString>, processes: usize, per_process: u32) -> Self {
-        self.evaluators = Some(Arc::new(evaluator::Evaluators::new(program, args, processes, per_process)));
+    pub fn evaluators(
+        mut self,
+        program: impl Into<PathBuf>,
+        args: Vec<OsString>,
+        processes: usize,
+        per_process: u32,
+    ) -> Self {
+        self.evaluators = Some(Arc::new(evaluator::Evaluators::new(
+            program,
+            args,
+            processes,
+            per_process,
+        )));
         self
     }
 

@@ -702,7 +702,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let system_bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").ok();
     let extra_ca = match &config.ca_file {
         Some(file) => Some(std::fs::read(file).map_err(|e| {
-            StartError::Tls(format!("{}: cannot read {}: {e}", config::env_name("caFile"), file.display()))
+            StartError::Tls(format!(
+                "{}: cannot read {}: {e}",
+                config::env_name("caFile"),
+                file.display()
+            ))
         })?),
         None => None,
     };

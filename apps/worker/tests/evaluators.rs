@@ -25,8 +25,16 @@ const FLAKE: &str = r#"{
 "#;
 
 fn run(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -39,7 +47,17 @@ async fn fetched(dir: &Path) -> FetchedFlake {
     run(&repo, &["git", "add", "flake.nix"]);
     run(
         &repo,
-        &["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "flake"],
+        &[
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "flake",
+        ],
     );
     let commit = run(&repo, &["git", "rev-parse", "HEAD"]);
     plain()
@@ -106,7 +124,10 @@ async fn evaluate(cli: &NixCli, flake: &FetchedFlake) -> (Vec<(String, String)>,
 /// Whether process `pid` runs (exists and is no zombie).
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().next().unwrap_or("");
+        let state = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
         state != "Z" && state != "X"
     })
 }
@@ -145,7 +166,10 @@ async fn an_evaluator_process_is_replaced_after_its_evaluations() {
         assert!(Instant::now() < deadline, "evaluator {} still runs", evaluators[0]);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(running(evaluators[2]), "the current one is kept for the next evaluation");
+    assert!(
+        running(evaluators[2]),
+        "the current one is kept for the next evaluation"
+    );
 
     let never = pooled(0);
     for _ in 0..3 {
@@ -196,11 +220,7 @@ async fn an_aborted_evaluation_stops_its_evaluator_and_its_nix_processes() {
         _ = tokio::time::timeout(Duration::from_secs(60), started) => {}
     }
     let text = std::fs::read_to_string(&log).unwrap();
-    let pids: Vec<u32> = text
-        .split_whitespace()
-        .take(2)
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids: Vec<u32> = text.split_whitespace().take(2).map(|p| p.parse().unwrap()).collect();
     let deadline = Instant::now() + Duration::from_secs(15);
     while pids.iter().any(|p| running(*p)) {
         assert!(
@@ -217,9 +237,7 @@ async fn an_aborted_evaluation_stops_its_evaluator_and_its_nix_processes() {
 #[tokio::test]
 async fn evaluator_processes_do_not_inherit_an_ignored_sigint() {
     if !gradient_process::testing::in_rerun() {
-        gradient_process::testing::rerun_with_ignored_signals(
-            "evaluator_processes_do_not_inherit_an_ignored_sigint",
-        );
+        gradient_process::testing::rerun_with_ignored_signals("evaluator_processes_do_not_inherit_an_ignored_sigint");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
