@@ -97,7 +97,7 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_CAPABILITIES_SIGN", &["welcome_carries_the_anded_capabilities_and_heartbeat_settings", "signing_and_federating_refuse_to_start_saying_why"]),
     ("GRADIENT_CAPABILITIES_FEDERATE", &["signing_and_federating_refuse_to_start_saying_why"]),
     ("GRADIENT_MAX_CONCURRENT_BUILDS", &["defaults_and_values", "slots_bound_what_a_worker_runs"]),
-    ("GRADIENT_EVAL_WORKERS", &["evaluator_processes_are_at_least_one", "an_evaluation_is_split_between_evaluator_processes", "an_evaluator_process_is_replaced_after_its_evaluations"]),
+    ("GRADIENT_EVAL_WORKERS", &["evaluator_processes_are_at_least_one", "an_evaluation_is_split_between_evaluator_processes", "an_evaluator_process_is_replaced_after_its_evaluations", "evaluator_processes_work_side_by_side_and_split_their_evaluations"]),
     ("GRADIENT_MAX_CONCURRENT_EVALUATIONS", &["slots_bound_what_a_worker_runs"]),
     ("GRADIENT_MAX_EVALUATIONS_PER_WORKER", &["evaluations_per_evaluator_process_are_read_zero_meaning_never", "an_evaluator_process_is_replaced_after_its_evaluations"]),
     ("GRADIENT_MAX_NIXDAEMON_CONNECTIONS", &["the_nix_daemon_connections_bound_is_at_least_one", "never_more_nix_processes_than_the_bound_over_all_clones", "a_worker_runs_no_more_nix_processes_at_once_than_its_bound"]),

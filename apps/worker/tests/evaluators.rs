@@ -255,3 +255,40 @@ async fn evaluator_processes_do_not_inherit_an_ignored_sigint() {
         "the evaluator's {status}"
     );
 }
+
+/// Two evaluator processes evaluate two evaluations side by side, each in its own process, and each still
+/// splits its attributes between `nix eval`s (`eval_processes`): two for the four attributes instead of one.
+#[tokio::test]
+async fn evaluator_processes_work_side_by_side_and_split_their_evaluations() {
+    let dir = tempfile::tempdir().unwrap();
+    let flake = fetched(dir.path()).await;
+    // Long enough for the two evaluations to overlap.
+    let log = wrapping_nix(dir.path(), "/usr/bin/sleep 0.3");
+    let evals_per_evaluator = |text: &str| {
+        let mut count: BTreeMap<u32, usize> = BTreeMap::new();
+        for line in text.lines() {
+            *count
+                .entry(line.split_whitespace().next().unwrap().parse().unwrap())
+                .or_default() += 1;
+        }
+        count
+    };
+    let alone = plain()
+        .with_bin_dir(dir.path())
+        .evaluators(WORKER, vec!["--evaluator".into()], 1, 0);
+    let expected = evaluate(&alone, &flake).await;
+    // Listing, one `nix eval` for the four attributes, the failed one's message.
+    let one = evals_per_evaluator(&std::fs::read_to_string(&log).unwrap());
+    assert_eq!(one.values().copied().collect::<Vec<_>>(), [3], "{one:?}");
+    std::fs::remove_file(&log).unwrap();
+
+    let pool = plain()
+        .with_bin_dir(dir.path())
+        .eval_processes(2)
+        .evaluators(WORKER, vec!["--evaluator".into()], 2, 0);
+    let (a, b) = tokio::join!(evaluate(&pool, &flake), evaluate(&pool, &flake));
+    assert_eq!((&a, &b), (&expected, &expected));
+    let two = evals_per_evaluator(&std::fs::read_to_string(&log).unwrap());
+    // Two evaluators, each: listing, two `nix eval`s for two attributes each, the message.
+    assert_eq!(two.values().copied().collect::<Vec<_>>(), [4, 4], "{two:?}");
+}
