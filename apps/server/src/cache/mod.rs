@@ -81,7 +81,7 @@ fn failure(e: ServiceError) -> Response {
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict { .. } => StatusCode::CONFLICT,
         ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
-        ServiceError::Internal(detail) => {
+        ServiceError::Internal(detail) | ServiceError::Unavailable(detail) => {
             tracing::error!(target: "gradient::cache", "{detail}");
             crate::reporting::internal_error("cache", detail);
             StatusCode::INTERNAL_SERVER_ERROR
