@@ -409,13 +409,15 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
     );
     // Taken by another worker: the token dies.
     app.storage.requeue_jobs(worker, &[job]).await.unwrap();
-    assert!(app.storage.assign_job(job, WorkerId::new(), clock.now()).await.unwrap());
+    let other = WorkerId::new();
+    assert!(app.storage.assign_job(job, other, clock.now()).await.unwrap());
     clock.advance(TimeDelta::seconds(3));
     assert!(
         app.cache_for_job_token(&token, "spare", false).await.unwrap().is_none(),
         "another worker's job"
     );
-    app.storage.requeue_jobs(WorkerId::new(), &[job]).await.unwrap();
+    app.storage.requeue_jobs(other, &[job]).await.unwrap();
+    assert!(app.storage.assign_job(job, worker, clock.now()).await.unwrap());
     let again = clock.now();
     let token = app
         .tokens

@@ -7,7 +7,7 @@ mod common;
 
 use common::ManualClock;
 use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, JobState, Org, Project};
-use gradient_domain::ports::Fleet;
+use gradient_domain::ports::{Clock, Fleet};
 use gradient_domain::ports::storage::{Evaluations, Queue};
 use gradient_domain::proto::{AttributeError, EvaluatedDerivation, Job, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;

@@ -490,7 +490,7 @@ fn hello_is_checked_in_order_version_registration_duplicate_capability() {
         );
     }
     let err = check_hello(&old, &regs, false, &policy).unwrap_err();
-    assert_eq!(err.reason, "the worker speaks protocol version 0, this server speaks 1");
+    assert_eq!(err.reason, "the worker speaks protocol version 0, this server speaks 2");
 }
 
 #[test]
