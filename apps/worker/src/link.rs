@@ -43,10 +43,12 @@ enum End {
 pub struct Work<N> {
     pub nix: Arc<N>,
     pub dirs: Arc<Local>,
+    /// Where jobs report; a task of its own writes each report to the outbox as it comes (whether a link is up
+    /// or not) and passes everything on to `out_rx`, reports as `report`s.
     out_tx: mpsc::UnboundedSender<WorkerMessage>,
     out_rx: mpsc::UnboundedReceiver<WorkerMessage>,
     /// Reports not acknowledged yet, on disk: sent again after every `welcome` until the server's `ack`.
-    outbox: crate::outbox::Outbox,
+    outbox: Arc<Mutex<crate::outbox::Outbox>>,
     /// Every job held, and the batches.
     book: Book,
     handles: std::collections::HashMap<JobId, tokio::task::AbortHandle>,
@@ -383,7 +385,26 @@ impl Book {
 impl<N: Nix> Work<N> {
     /// `parallel_builds`: how many derivations this machine builds at once, over all runs.
     pub fn new(nix: N, dirs: Local, parallel_builds: u32, outbox: crate::outbox::Outbox) -> Self {
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, mut reports) = mpsc::unbounded_channel();
+        let (to_link, out_rx) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Mutex::new(outbox));
+        // A report is on disk as soon as its job makes it, not when a link takes it: a worker that stops
+        // meanwhile still has it, and `hello.held_jobs` names its job.
+        tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                while let Some(msg) = reports.recv().await {
+                    let msg = if reported(&msg) {
+                        WorkerMessage::Report(outbox.lock().unwrap_or_else(PoisonError::into_inner).push(msg))
+                    } else {
+                        msg
+                    };
+                    if to_link.send(msg).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (nix, dirs) = (Arc::new(nix), Arc::new(dirs));
         let book = Book::default();
@@ -468,9 +489,13 @@ impl<N: Nix> Work<N> {
         }
     }
 
+    fn outbox(&self) -> MutexGuard<'_, crate::outbox::Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn held(&self) -> Vec<JobId> {
         let mut held: Vec<JobId> = self.book.lock().0.iter().copied().collect();
-        held.extend(self.outbox.finished_jobs());
+        held.extend(self.outbox().finished_jobs());
         held.sort();
         held.dedup();
         held
@@ -674,10 +699,32 @@ async fn linked<N: Nix>(
     // (packets dropped, the socket's buffer full) is the same.
     let lost_after = Duration::from_secs(u64::from(welcome.lost_after_secs.max(1)));
     // The reports not acknowledged yet, in their first order, before anything new.
-    let pending: Vec<WorkerMessage> = work.outbox.pending().cloned().map(WorkerMessage::Report).collect();
-    if !pending.is_empty() {
-        tracing::info!(target: "gradient::proto", "sending {} report(s) not acknowledged yet", pending.len());
+    // What jobs said while no link was up is waiting in the channel: the reports among it are in the outbox too.
+    // The older reports of the outbox go first, then that, in order (so a log piece still comes before its job's
+    // end).
+    let mut waiting = Vec::new();
+    while let Ok(msg) = work.out_rx.try_recv() {
+        waiting.push(msg);
     }
+    let queued: BTreeSet<proto::ReportId> = waiting
+        .iter()
+        .filter_map(|m| match m {
+            WorkerMessage::Report(r) => Some(r.report_id),
+            _ => None,
+        })
+        .collect();
+    let mut pending: Vec<WorkerMessage> = work
+        .outbox()
+        .pending()
+        .filter(|r| !queued.contains(&r.report_id))
+        .cloned()
+        .map(WorkerMessage::Report)
+        .collect();
+    let resent = pending.len() + queued.len();
+    if resent > 0 {
+        tracing::info!(target: "gradient::proto", "sending {resent} report(s) not acknowledged yet");
+    }
+    pending.extend(waiting);
     for msg in pending {
         if let Err(e) = send_within(&mut tx, &msg, lost_after).await {
             return End::Lost(e);
@@ -698,7 +745,7 @@ async fn linked<N: Nix>(
                 }
                 Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
                 Ok(ServerMessage::Ack { report_id }) => {
-                    work.outbox.ack(report_id);
+                    work.outbox().ack(report_id);
                 }
                 Ok(ServerMessage::Assign { job }) => {
                     let kind = match &job { Job::Evaluate { .. } => "evaluation", Job::Build { .. } => "build" };
@@ -710,9 +757,8 @@ async fn linked<N: Nix>(
                 Err(e) => return End::Lost(e.to_string()),
             }},
             Some(msg) = work.out_rx.recv() => {
-                // What changes state on the server is kept until acknowledged (sent again on the next link if
-                // this one is lost); a log piece of a lost link may be dropped.
-                let msg = if reported(&msg) { WorkerMessage::Report(work.outbox.push(msg)) } else { msg };
+                // What changes state on the server is in the outbox until acknowledged (sent again on the next
+                // link if this one is lost); a log piece of a lost link may be dropped.
                 if let Err(e) = send_within(&mut tx, &msg, lost_after).await {
                     return End::Lost(e);
                 }

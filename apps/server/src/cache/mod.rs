@@ -81,10 +81,15 @@ fn failure(e: ServiceError) -> Response {
         ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
         ServiceError::Conflict { .. } => StatusCode::CONFLICT,
         ServiceError::Invalid { .. } => StatusCode::BAD_REQUEST,
-        ServiceError::Internal(detail) | ServiceError::Unavailable(detail) => {
+        ServiceError::Internal(detail) => {
             tracing::error!(target: "gradient::cache", "{detail}");
             crate::reporting::internal_error("cache", detail);
             StatusCode::INTERNAL_SERVER_ERROR
+        }
+        // The database is down: the client (Nix, a worker's push) may try again later.
+        ServiceError::Unavailable(detail) => {
+            tracing::warn!(target: "gradient::cache", "{detail}");
+            StatusCode::SERVICE_UNAVAILABLE
         }
     };
     let mut resp = Response::builder()
@@ -92,6 +97,9 @@ fn failure(e: ServiceError) -> Response {
         .content_type("text/plain; charset=utf-8");
     if status == StatusCode::UNAUTHORIZED {
         resp = resp.header(header::WWW_AUTHENTICATE, "Basic realm=\"Gradient cache\"");
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp = resp.header(header::RETRY_AFTER, "5");
     }
     resp.body(format!("{} ({})\n", e, e.code()))
 }
