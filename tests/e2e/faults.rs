@@ -235,11 +235,12 @@ async fn postgresql_restarted_and_stopped_mid_batch_loses_no_report_and_health_s
     let paused = count(&server_log, "paused: the database is unavailable");
     let resumed = count(&server_log, "resumed: the database answers again");
     let dispatch_errors = count(&server_log, "dispatching failed");
+    let push_retries = count(&worker_log, "the push failed");
     let ran = count(&worker_log, "running build job");
     println!(
         "evaluation {}; {completed}/{} builds Completed; the server held {waited} report(s) until the database \
          answered; loops paused {paused} time(s) and resumed {resumed} time(s) ({dispatch_errors} dispatch error \
-         line(s)); the worker ran {ran} build job(s)",
+         line(s)); the worker ran {ran} build job(s) and retried {push_retries} push(es)",
         done["evaluation"]["status"],
         b.len()
     );

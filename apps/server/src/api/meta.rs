@@ -48,7 +48,7 @@ pub struct PublicConfig {
 impl MetaApi {
     /// Whether the server is up and its database reachable.
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> HealthReply {
+    async fn health(&self) -> Result<HealthReply, super::errors::ApiError> {
         // What failed is the loops' to log (once per outage); an anonymous caller learns only that it failed.
         let answered = match tokio::time::timeout(HEALTH_DATABASE_TIMEOUT, self.0.app.check_database()).await {
             Ok(Ok(())) => "",
@@ -56,18 +56,18 @@ impl MetaApi {
             Err(_) => "the database did not answer in time",
         };
         if answered.is_empty() {
-            return HealthReply::Ok(Json(Envelope {
+            return Ok(HealthReply::Ok(Json(Envelope {
                 error: false,
                 message: Health {
                     status: "ok".into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                 },
-            }));
+            })));
         }
-        HealthReply::Unavailable(body(
+        Ok(HealthReply::Unavailable(body(
             "database_unavailable",
             format!("{answered}; the server resumes by itself once it answers"),
-        ))
+        )))
     }
 
     /// The server's public settings.
