@@ -7,8 +7,8 @@ mod common;
 
 use common::ManualClock;
 use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, JobState, Org, Project};
-use gradient_domain::ports::{Clock, Fleet};
 use gradient_domain::ports::storage::{Evaluations, Queue};
+use gradient_domain::ports::{Clock, Fleet};
 use gradient_domain::proto::{AttributeError, EvaluatedDerivation, Job, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::service::{Dispatched, Settings};
@@ -85,7 +85,13 @@ async fn eval_status(app: &App, id: gradient_domain::EvaluationId) -> Evaluation
 }
 
 /// An evaluation of `names` evaluated by `w`, its builds queued; answers it.
-async fn evaluated(app: &App, org: &Org, project: &Project, w: &WorkerInfo, names: &[&str]) -> gradient_domain::model::Evaluation {
+async fn evaluated(
+    app: &App,
+    org: &Org,
+    project: &Project,
+    w: &WorkerInfo,
+    names: &[&str],
+) -> gradient_domain::model::Evaluation {
     let e = app
         .queue_evaluation(org.id, project, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
@@ -153,7 +159,10 @@ async fn a_report_sent_again_changes_nothing_twice() {
             None,
         )
         .await;
-    assert!(matches!(again, Err(gradient_domain::service::ServiceError::Forbidden(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(gradient_domain::service::ServiceError::Forbidden(_))),
+        "{again:?}"
+    );
     assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Completed);
     let after = app.storage.evaluation(e.id).await.unwrap().unwrap();
     assert_eq!(after.status, before.status);
@@ -183,11 +192,17 @@ async fn a_returning_worker_gets_back_the_jobs_it_held_and_its_offline_outcomes_
     assert_eq!(app.worker_connected(w1.id, &jobs, &w1.orgs).await.unwrap(), 0);
     for job in &jobs {
         let r = app.storage.job(*job).await.unwrap().unwrap();
-        assert!(matches!(r.state, JobState::Assigned { worker, .. } if worker == w1.id), "{r:?}");
+        assert!(
+            matches!(r.state, JobState::Assigned { worker, .. } if worker == w1.id),
+            "{r:?}"
+        );
         assert_eq!(r.attempts, 1, "requeued once");
     }
     assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Building);
-    assert!(dispatch(&app, &[&w1, &w2]).await.is_empty(), "nothing is handed out twice");
+    assert!(
+        dispatch(&app, &[&w1, &w2]).await.is_empty(),
+        "nothing is handed out twice"
+    );
     // Its outbox is sent: each outcome is recorded once.
     for job in &jobs {
         app.record_job_finished(*job, w1.id, &w1.orgs, JobOutcome::Success, None)
@@ -219,7 +234,10 @@ async fn a_held_job_another_worker_took_is_not_given_back_and_a_never_requeued_j
     assert_eq!(build_jobs(&dispatch(&app, &[&w2]).await), [job], "w2 took it");
     app.worker_connected(w1.id, &[job], &w1.orgs).await.unwrap();
     let r = app.storage.job(job).await.unwrap().unwrap();
-    assert!(matches!(r.state, JobState::Assigned { worker, .. } if worker == w2.id), "{r:?}");
+    assert!(
+        matches!(r.state, JobState::Assigned { worker, .. } if worker == w2.id),
+        "{r:?}"
+    );
     assert!(
         app.record_job_finished(job, w1.id, &w1.orgs, JobOutcome::Success, None)
             .await
@@ -314,7 +332,11 @@ async fn reconciliation_settles_an_evaluation_whose_builds_all_ended_and_queues_
     assert_eq!(eval_status(&app, e.id).await, EvaluationStatus::Building);
     app.clock.advance(LOST_AFTER + chrono::TimeDelta::seconds(1));
     app.reconcile(LOST_AFTER).await.unwrap();
-    assert_eq!(eval_status(&app, e.id).await, EvaluationStatus::Completed, "nothing else would have");
+    assert_eq!(
+        eval_status(&app, e.id).await,
+        EvaluationStatus::Completed,
+        "nothing else would have"
+    );
 
     // An evaluation left Queued without a job (its job was never written): it gets one.
     let e2 = app
@@ -329,9 +351,6 @@ async fn reconciliation_settles_an_evaluation_whose_builds_all_ended_and_queues_
     let done = app.reconcile(LOST_AFTER).await.unwrap();
     assert_eq!(done.jobs_queued, 1, "{done:?}");
     let sent = dispatch(&app, &[&w]).await;
-    assert!(
-        sent.iter().any(|d| matches!(&d.job, Job::Evaluate { .. })),
-        "{sent:?}"
-    );
+    assert!(sent.iter().any(|d| matches!(&d.job, Job::Evaluate { .. })), "{sent:?}");
     assert_eq!(eval_status(&app, e2.id).await, EvaluationStatus::Fetching);
 }

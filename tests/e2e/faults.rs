@@ -42,15 +42,32 @@ impl PrivatePostgres {
             as_postgres,
         };
         let data = pg.data();
-        let out = pg.run("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        let out = pg.run(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        );
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         pg.up();
         let out = Command::new("psql")
-            .args(["-h", pg.socket_dir(), "-p", &pg.port.to_string(), "-U", "postgres", "-d", "postgres", "-q"])
+            .args([
+                "-h",
+                pg.socket_dir(),
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+            ])
             .args(["-c", "CREATE DATABASE gradient"])
             .output()
             .expect("psql runs");
-        assert!(out.status.success(), "createdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         pg
     }
 
@@ -87,7 +104,16 @@ impl PrivatePostgres {
         let options = format!("-p {} -k {} -c listen_addresses=''", self.port, self.socket_dir());
         let out = self.run(
             "pg_ctl",
-            &["-D", &self.data(), "-l", log.to_str().expect("path"), "-o", &options, "-w", "start"],
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                log.to_str().expect("path"),
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
         );
         assert!(
             out.status.success(),
@@ -100,7 +126,11 @@ impl PrivatePostgres {
     /// Stops it as an operator's `systemctl stop postgresql` would (fast: sessions are cut).
     fn down(&self) {
         let out = self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
-        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -121,7 +151,8 @@ fn batch_repo(dir: &Path, n: usize, secs: u32) -> (String, String) {
             )
         })
         .collect();
-    let flake = format!("{{\n  outputs = {{ self }}: {{\n    packages.x86_64-linux = {{\n{packages}    }};\n  }};\n}}\n");
+    let flake =
+        format!("{{\n  outputs = {{ self }}: {{\n    packages.x86_64-linux = {{\n{packages}    }};\n  }};\n}}\n");
     commit_flake(dir, "batch", &flake)
 }
 
@@ -188,7 +219,14 @@ async fn postgresql_restarted_and_stopped_mid_batch_loses_no_report_and_health_s
     let url = pg.url();
     let server = Server::start(dir.path(), &[("GRADIENT_DATABASE_URL", url.as_str())]).await;
     let c = org_with_project(&server, &repository, "packages.*.*").await;
-    let worker = start_worker_with(&c, dir.path(), &server.url, "w", &[("GRADIENT_MAX_CONCURRENT_BUILDS", "4")]).await;
+    let worker = start_worker_with(
+        &c,
+        dir.path(),
+        &server.url,
+        "w",
+        &[("GRADIENT_MAX_CONCURRENT_BUILDS", "4")],
+    )
+    .await;
     let (status, _) = health(&server).await;
     assert_eq!(status, 200);
 
@@ -222,7 +260,10 @@ async fn postgresql_restarted_and_stopped_mid_batch_loses_no_report_and_health_s
     assert_eq!(body["error"], true, "{body}");
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(stopped.elapsed())).await;
     pg.up();
-    println!("started PostgreSQL again after {:.1} s", stopped.elapsed().as_secs_f64());
+    println!(
+        "started PostgreSQL again after {:.1} s",
+        stopped.elapsed().as_secs_f64()
+    );
     let (body, took) = health_becomes(&server, 200, Duration::from_secs(40)).await;
     println!("health answered 200 again after {:.1} s: {body}", took.as_secs_f64());
 
@@ -244,7 +285,10 @@ async fn postgresql_restarted_and_stopped_mid_batch_loses_no_report_and_health_s
         done["evaluation"]["status"],
         b.len()
     );
-    assert_eq!(done["evaluation"]["status"], "Completed", "{done}\n{worker_log}\n{server_log}");
+    assert_eq!(
+        done["evaluation"]["status"], "Completed",
+        "{done}\n{worker_log}\n{server_log}"
+    );
     assert_eq!(b.len(), n, "{b:?}");
     assert_eq!(completed, n, "{b:?}");
     for build in &b {
@@ -301,7 +345,11 @@ impl Drop for Proxy {
 
 /// Copies `from` to `to`, dropping what it reads while `dropping`; an end read while dropping is not passed on
 /// either (no FIN crosses a network that drops packets): the connection is held open, silent.
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, dropping: Arc<AtomicBool>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    dropping: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = from.read(&mut buf).await.unwrap_or(0);
@@ -337,8 +385,14 @@ async fn a_worker_whose_packets_are_dropped_is_lost_its_builds_requeued_once_and
     let proxy = Proxy::start(port).await;
     // The link goes through the proxy; pushes go to the server's public URL, past it.
     let proxied = format!("http://127.0.0.1:{}", proxy.port);
-    let worker: Worker =
-        start_worker_with(&c, dir.path(), &proxied, "w", &[("GRADIENT_MAX_CONCURRENT_BUILDS", "8")]).await;
+    let worker: Worker = start_worker_with(
+        &c,
+        dir.path(),
+        &proxied,
+        "w",
+        &[("GRADIENT_MAX_CONCURRENT_BUILDS", "8")],
+    )
+    .await;
 
     let id = evaluate(&c, &commit).await;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -347,7 +401,11 @@ async fn a_worker_whose_packets_are_dropped_is_lost_its_builds_requeued_once_and
         if b.len() == n && statuses(&b).iter().all(|s| s == "Building") {
             break;
         }
-        assert!(Instant::now() < deadline, "the builds did not start: {b:?}\n{}", worker.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the builds did not start: {b:?}\n{}",
+            worker.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     proxy.drop_packets(true);
@@ -393,7 +451,10 @@ async fn a_worker_whose_packets_are_dropped_is_lost_its_builds_requeued_once_and
         cut.elapsed().as_secs_f64(),
         statuses(&b)
     );
-    assert_eq!(done["evaluation"]["status"], "Completed", "{done}\n{worker_log}\n{server_log}");
+    assert_eq!(
+        done["evaluation"]["status"], "Completed",
+        "{done}\n{worker_log}\n{server_log}"
+    );
     assert_eq!(ran, n, "nothing was built twice:\n{worker_log}");
     assert!(resent, "the outcomes finished offline were sent again:\n{worker_log}");
     for build in &b {

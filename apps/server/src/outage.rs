@@ -37,7 +37,10 @@ impl Outage {
         match result {
             Err(ServiceError::Unavailable(e)) => {
                 if self.down_since.is_none() {
-                    tracing::warn!("{} paused: the database is unavailable ({e}); retrying with backoff", self.what);
+                    tracing::warn!(
+                        "{} paused: the database is unavailable ({e}); retrying with backoff",
+                        self.what
+                    );
                     self.down_since = Some(Instant::now());
                     self.pause = Duration::from_secs(1);
                 } else {

@@ -38,7 +38,10 @@ impl LiveLogs {
     pub fn resumed(&self, job: JobId, worker: WorkerId, org: OrgId, drv_path: &str) {
         let mut inner = self.lock();
         inner.by_drv.insert((org, drv_path.to_owned()), job);
-        let entry = inner.logs.entry(job).or_insert_with(|| (worker, org, LogBuffer::default()));
+        let entry = inner
+            .logs
+            .entry(job)
+            .or_insert_with(|| (worker, org, LogBuffer::default()));
         entry.0 = worker;
         entry.1 = org;
     }

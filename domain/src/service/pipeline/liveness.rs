@@ -55,7 +55,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             n += 1;
             match &record.kind {
                 JobKind::Build { derivation, .. } => {
-                    self.move_build(record.org_id, derivation, BuildStatus::Building).await?;
+                    self.move_build(record.org_id, derivation, BuildStatus::Building)
+                        .await?;
                     self.fleet.resumed(worker, record.org_id, id, Some(derivation));
                 }
                 JobKind::Evaluate { evaluation_id } => {
