@@ -392,15 +392,33 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
         .tokens
         .issue_job(org.id, job, (worker, at), None, clock.now() + TimeDelta::hours(1));
     assert!(app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some());
-    // Requeued and assigned again, even to the same worker: the old assignment's token stays dead.
+    // Requeued (its worker was lost): the token lives while no other worker took the job, since its worker may
+    // have built offline and push before it comes back; given back to that worker, it still lives.
     app.storage.requeue_jobs(worker, &[job]).await.unwrap();
     clock.advance(TimeDelta::seconds(3));
+    assert!(
+        app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some(),
+        "queued again, nobody else's yet"
+    );
     let again = clock.now();
     assert!(app.storage.assign_job(job, worker, again).await.unwrap());
+    clock.advance(TimeDelta::seconds(3));
+    assert!(
+        app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some(),
+        "the same worker's again"
+    );
+    // Taken by another worker: the token dies.
+    app.storage.requeue_jobs(worker, &[job]).await.unwrap();
+    let other = WorkerId::new();
+    assert!(app.storage.assign_job(job, other, clock.now()).await.unwrap());
+    clock.advance(TimeDelta::seconds(3));
     assert!(
         app.cache_for_job_token(&token, "spare", false).await.unwrap().is_none(),
-        "an earlier assignment's token"
+        "another worker's job"
     );
+    app.storage.requeue_jobs(other, &[job]).await.unwrap();
+    assert!(app.storage.assign_job(job, worker, clock.now()).await.unwrap());
+    let again = clock.now();
     let token = app
         .tokens
         .issue_job(org.id, job, (worker, again), None, clock.now() + TimeDelta::hours(1));

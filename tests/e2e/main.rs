@@ -7,6 +7,7 @@ mod cache_clients;
 mod cli;
 mod email;
 mod evaluate;
+mod faults;
 mod fuzz;
 mod github_app;
 mod harness;

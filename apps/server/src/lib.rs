@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nars;
 pub mod oidc;
 pub mod org_events;
+pub mod outage;
 pub mod reporting;
 pub mod state;
 
@@ -567,17 +568,18 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
     tokio::spawn(async move {
         let ttl = (cache_ttl_hours > 0).then(|| chrono::TimeDelta::hours(cache_ttl_hours as i64));
         let mut tick = tokio::time::interval(sweep);
+        let mut outage = outage::Outage::new("garbage collection");
         loop {
             tick.tick().await;
             // Fetches not yet written must count, or a busy path could be collected.
             flush_fetches(&state).await;
-            match state.core.collect_garbage(&state.nars, ttl).await {
-                Ok(r) if r.paths + r.nar_files > 0 => {
-                    tracing::info!(target: "gradient::cache", "collected {} paths and {} NAR files", r.paths, r.nar_files)
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(target: "gradient::cache", "garbage collection failed: {e:?}"),
+            let collected = state.core.collect_garbage(&state.nars, ttl).await;
+            if let Ok(r) = &collected
+                && r.paths + r.nar_files > 0
+            {
+                tracing::info!(target: "gradient::cache", "collected {} paths and {} NAR files", r.paths, r.nar_files)
             }
+            outage.settle(&collected).await;
         }
     });
 }
@@ -601,6 +603,7 @@ const DISPATCH_COALESCE_AT_MOST: std::time::Duration = std::time::Duration::from
 
 pub fn spawn_dispatcher(state: AppState) {
     tokio::spawn(async move {
+        let mut outage = outage::Outage::new("dispatching");
         loop {
             let woken = tokio::time::timeout(std::time::Duration::from_secs(1), state.fleet.dispatch.notified()).await;
             if woken.is_ok() {
@@ -615,9 +618,36 @@ pub fn spawn_dispatcher(state: AppState) {
                 .is_ok()
                 {}
             }
-            if let Err(e) = state.core.dispatch().await {
-                tracing::error!(target: "gradient::proto", "dispatching failed: {e:?}");
+            let round = state.core.dispatch().await;
+            outage.settle(&round).await;
+        }
+    });
+}
+
+/// Runs the reconciliation ([`gradient_domain::service::Gradient::reconcile`]) every `lost_after` (at least
+/// 10 s), the first time once workers had `lost_after` to reconnect after a start: it finds what nothing would
+/// move again (after a database outage, a lost report, a crash) and puts it back on the way.
+pub fn spawn_reconciler(state: AppState, lost_after: std::time::Duration) {
+    tokio::spawn(async move {
+        let period = lost_after.max(std::time::Duration::from_secs(10));
+        let grace = chrono::TimeDelta::from_std(lost_after).unwrap_or(chrono::TimeDelta::seconds(30));
+        let mut outage = outage::Outage::new("reconciliation");
+        tokio::time::sleep(lost_after).await;
+        loop {
+            let pass = state.core.reconcile(grace).await;
+            if let Ok(r) = &pass
+                && !r.is_empty()
+            {
+                tracing::info!(
+                    target: "gradient::proto",
+                    "reconciliation: {} job(s) queued anew, {} status(es) corrected, {} job(s) of absent workers requeued",
+                    r.jobs_queued,
+                    r.statuses_corrected,
+                    r.jobs_requeued
+                );
             }
+            outage.settle(&pass).await;
+            tokio::time::sleep(period).await;
         }
     });
 }
@@ -627,11 +657,11 @@ pub fn spawn_dispatcher(state: AppState) {
 pub fn spawn_status_delivery(state: AppState) {
     tokio::spawn(async move {
         let forge = state.forge.clone();
+        let mut outage = outage::Outage::new("delivering commit statuses");
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            if let Err(e) = state.core.deliver_due_statuses(&forge, 100).await {
-                tracing::error!(target: "gradient::forge", "delivering commit statuses failed: {e:?}");
-            }
+            let delivered = state.core.deliver_due_statuses(&forge, 100).await;
+            outage.settle(&delivered).await;
         }
     });
 }
@@ -642,14 +672,13 @@ pub fn spawn_poller(state: AppState) {
         let git = gradient_git_cli::GitCli::new(state.core.settings().network);
         let mut last: std::collections::HashMap<gradient_domain::ProjectId, std::time::Instant> = Default::default();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut outage = outage::Outage::new("polling");
         loop {
             tick.tick().await;
-            let projects = match state.core.polled_projects().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!("listing projects to poll failed: {e}");
-                    continue;
-                }
+            let listed = state.core.polled_projects().await;
+            outage.settle(&listed).await;
+            let Ok(projects) = listed else {
+                continue;
             };
             for p in projects {
                 let interval = std::time::Duration::from_secs(u64::from(p.poll_interval_secs.unwrap_or(60).max(1)));
@@ -722,6 +751,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     link::spawn_dialer(state.clone(), tls);
     spawn_poller(state.clone());
     spawn_status_delivery(state.clone());
+    spawn_reconciler(
+        state.clone(),
+        std::time::Duration::from_secs(u64::from(config.worker_lost_after_secs)),
+    );
     spawn_upkeep(
         state.clone(),
         config.cache_ttl_hours,

@@ -34,6 +34,33 @@ fn finished(out: &UnboundedSender<WorkerMessage>, job_id: JobId, outcome: JobOut
     send(out, WorkerMessage::JobFinished { job_id, outcome });
 }
 
+/// The pauses between the attempts of a push the cache could not take (it answered 5xx, or did not answer):
+/// about 2.5 minutes in all, so a server whose database restarts or is down for a while gets the outputs
+/// instead of the builds failing. A refusal (4xx) is not retried.
+const PUSH_RETRIES: [u64; 9] = [1, 2, 4, 8, 16, 30, 30, 30, 30];
+
+/// [`gradient_domain::push::push`], tried again after [`PUSH_RETRIES`] while the cache is unavailable.
+async fn push_retrying(
+    nix: &impl Nix,
+    cache: &HttpCacheClient,
+    target: &PushTarget,
+    paths: &[String],
+) -> Result<u64, NixError> {
+    let mut pauses = PUSH_RETRIES.iter();
+    loop {
+        match gradient_domain::push::push(nix, cache, target, paths).await {
+            Err(NixError::Push(m)) if m.starts_with("cache unavailable") => match pauses.next() {
+                Some(secs) => {
+                    tracing::warn!(target: "gradient::build", "the push failed ({m}); trying again in {secs}s");
+                    tokio::time::sleep(Duration::from_secs(*secs)).await;
+                }
+                None => return Err(NixError::Push(m)),
+            },
+            other => return other,
+        }
+    }
+}
+
 fn failure(kind: FailureKind, e: &NixError) -> JobOutcome {
     let mut message = e.to_string();
     if let Some(tail) = e.log_tail() {
@@ -218,7 +245,7 @@ async fn evaluate<N: Nix>(
             },
         );
         let started = std::time::Instant::now();
-        let pushed = gradient_domain::push::push(nix, &dirs.cache, &target, &drvs).await;
+        let pushed = push_retrying(nix, &dirs.cache, &target, &drvs).await;
         tracing::info!(
             target: "gradient::eval",
             "pushed {} derivation(s) in {:.2}s",
@@ -339,7 +366,7 @@ async fn build<N: Nix>(
             },
         );
         let paths: Vec<String> = built.outputs.values().cloned().collect();
-        if let Err(e) = gradient_domain::push::push(nix, cache, target, &paths).await {
+        if let Err(e) = push_retrying(nix, cache, target, &paths).await {
             return failure(FailureKind::Infrastructure, &e);
         }
     }
@@ -560,7 +587,7 @@ pub async fn run_batch<N: Nix>(
                 );
             }
             let pushing = std::time::Instant::now();
-            let pushed = gradient_domain::push::push(nix, &dirs.cache, target, &built).await;
+            let pushed = push_retrying(nix, &dirs.cache, target, &built).await;
             tracing::info!(
                 target: "gradient::build",
                 "batch of {} build(s): built in {:.2}s, pushed {} path(s) in {:.2}s",

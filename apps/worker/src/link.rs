@@ -43,10 +43,12 @@ enum End {
 pub struct Work<N> {
     pub nix: Arc<N>,
     pub dirs: Arc<Local>,
+    /// Where jobs report; a task of its own writes each report to the outbox as it comes (whether a link is up
+    /// or not) and passes everything on to `out_rx`, reports as `report`s.
     out_tx: mpsc::UnboundedSender<WorkerMessage>,
     out_rx: mpsc::UnboundedReceiver<WorkerMessage>,
-    /// Finished reports the link could not deliver; sent first after reconnecting.
-    unsent: Vec<WorkerMessage>,
+    /// Reports not acknowledged yet, on disk: sent again after every `welcome` until the server's `ack`.
+    outbox: Arc<Mutex<crate::outbox::Outbox>>,
     /// Every job held, and the batches.
     book: Book,
     handles: std::collections::HashMap<JobId, tokio::task::AbortHandle>,
@@ -382,8 +384,27 @@ impl Book {
 
 impl<N: Nix> Work<N> {
     /// `parallel_builds`: how many derivations this machine builds at once, over all runs.
-    pub fn new(nix: N, dirs: Local, parallel_builds: u32) -> Self {
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+    pub fn new(nix: N, dirs: Local, parallel_builds: u32, outbox: crate::outbox::Outbox) -> Self {
+        let (out_tx, mut reports) = mpsc::unbounded_channel();
+        let (to_link, out_rx) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Mutex::new(outbox));
+        // A report is on disk as soon as its job makes it, not when a link takes it: a worker that stops
+        // meanwhile still has it, and `hello.held_jobs` names its job.
+        tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                while let Some(msg) = reports.recv().await {
+                    let msg = if reported(&msg) {
+                        WorkerMessage::Report(outbox.lock().unwrap_or_else(PoisonError::into_inner).push(msg))
+                    } else {
+                        msg
+                    };
+                    if to_link.send(msg).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (nix, dirs) = (Arc::new(nix), Arc::new(dirs));
         let book = Book::default();
@@ -400,7 +421,7 @@ impl<N: Nix> Work<N> {
             dirs,
             out_tx,
             out_rx,
-            unsent: Vec::new(),
+            outbox,
             book,
             handles: Default::default(),
             batch_tx,
@@ -468,12 +489,15 @@ impl<N: Nix> Work<N> {
         }
     }
 
+    fn outbox(&self) -> MutexGuard<'_, crate::outbox::Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn held(&self) -> Vec<JobId> {
         let mut held: Vec<JobId> = self.book.lock().0.iter().copied().collect();
-        held.extend(self.unsent.iter().filter_map(|m| match m {
-            WorkerMessage::JobFinished { job_id, .. } => Some(*job_id),
-            _ => None,
-        }));
+        held.extend(self.outbox().finished_jobs());
+        held.sort();
+        held.dedup();
         held
     }
 }
@@ -510,7 +534,14 @@ pub async fn run<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: 
 }
 
 async fn session<N: Nix>(url: &str, tls: &TlsRoots, identity: &Identity, peers: &Peers, work: &mut Work<N>) -> End {
-    let (tx, rx) = match connect(url, tls).await {
+    // A dial that hangs (packets dropped on the way) is given up like a handshake that does not finish.
+    let dialed = tokio::time::timeout(
+        Duration::from_secs(u64::from(proto::HANDSHAKE_TIMEOUT_SECS)),
+        connect(url, tls),
+    )
+    .await
+    .unwrap_or_else(|_| Err(LinkError::Connect("no answer to the dial in time".into())));
+    let (tx, rx) = match dialed {
         Ok(link) => link,
         Err(LinkError::Refused {
             status,
@@ -664,15 +695,41 @@ async fn linked<N: Nix>(
         identity.worker_id,
         welcome.authorized.len()
     );
-    // Reports of jobs that finished while the link was down.
-    for msg in std::mem::take(&mut work.unsent) {
-        if let Err(e) = tx.send(&msg).await {
-            work.unsent.push(msg);
-            return End::Lost(e.to_string());
+    // A server silent for this long is gone: drop the link and reconnect. A send that cannot leave for as long
+    // (packets dropped, the socket's buffer full) is the same.
+    let lost_after = Duration::from_secs(u64::from(welcome.lost_after_secs.max(1)));
+    // The reports not acknowledged yet, in their first order, before anything new.
+    // What jobs said while no link was up is waiting in the channel: the reports among it are in the outbox too.
+    // The older reports of the outbox go first, then that, in order (so a log piece still comes before its job's
+    // end).
+    let mut waiting = Vec::new();
+    while let Ok(msg) = work.out_rx.try_recv() {
+        waiting.push(msg);
+    }
+    let queued: BTreeSet<proto::ReportId> = waiting
+        .iter()
+        .filter_map(|m| match m {
+            WorkerMessage::Report(r) => Some(r.report_id),
+            _ => None,
+        })
+        .collect();
+    let mut pending: Vec<WorkerMessage> = work
+        .outbox()
+        .pending()
+        .filter(|r| !queued.contains(&r.report_id))
+        .cloned()
+        .map(WorkerMessage::Report)
+        .collect();
+    let resent = pending.len() + queued.len();
+    if resent > 0 {
+        tracing::info!(target: "gradient::proto", "sending {resent} report(s) not acknowledged yet");
+    }
+    pending.extend(waiting);
+    for msg in pending {
+        if let Err(e) = send_within(&mut tx, &msg, lost_after).await {
+            return End::Lost(e);
         }
     }
-    // A server silent for this long is gone: drop the link and reconnect.
-    let lost_after = Duration::from_secs(u64::from(welcome.lost_after_secs.max(1)));
     let mut heard = tokio::time::Instant::now();
     let mut beat = tokio::time::interval(Duration::from_secs(u64::from(welcome.heartbeat_interval_secs.max(1))));
     loop {
@@ -687,6 +744,9 @@ async fn linked<N: Nix>(
                     work.abort(job_id);
                 }
                 Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
+                Ok(ServerMessage::Ack { report_id }) => {
+                    work.outbox().ack(report_id);
+                }
                 Ok(ServerMessage::Assign { job }) => {
                     let kind = match &job { Job::Evaluate { .. } => "evaluation", Job::Build { .. } => "build" };
                     tracing::info!(target: "gradient::proto", "running {kind} job {}", job.id());
@@ -697,20 +757,37 @@ async fn linked<N: Nix>(
                 Err(e) => return End::Lost(e.to_string()),
             }},
             Some(msg) = work.out_rx.recv() => {
-                if let Err(e) = tx.send(&msg).await {
-                    // A finished job's report must reach the server; logs of a lost link may be dropped.
-                    if matches!(msg, WorkerMessage::JobFinished { .. }) {
-                        work.unsent.push(msg);
-                    }
-                    return End::Lost(e.to_string());
+                // What changes state on the server is in the outbox until acknowledged (sent again on the next
+                // link if this one is lost); a log piece of a lost link may be dropped.
+                if let Err(e) = send_within(&mut tx, &msg, lost_after).await {
+                    return End::Lost(e);
                 }
             }
             _ = beat.tick() => {
-                if let Err(e) = tx.send(&WorkerMessage::Heartbeat).await {
-                    return End::Lost(e.to_string());
+                if let Err(e) = send_within(&mut tx, &WorkerMessage::Heartbeat, lost_after).await {
+                    return End::Lost(e);
                 }
             }
         }
+    }
+}
+
+/// Whether a message goes through the outbox: the job reports that change state on the server (`job_started`
+/// changes nothing there and goes bare, as do log pieces and heartbeats).
+fn reported(msg: &WorkerMessage) -> bool {
+    proto::Report::is_reportable(msg) && !matches!(msg, WorkerMessage::JobStarted { .. })
+}
+
+/// Sends within `limit`: a frame that cannot leave for that long means the link is gone.
+async fn send_within(
+    tx: &mut gradient_link_ws::LinkSender,
+    msg: &WorkerMessage,
+    limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, tx.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("a frame could not be sent for {}s", limit.as_secs())),
     }
 }
 

@@ -6,6 +6,7 @@ mod config;
 mod identity;
 mod jobs;
 mod link;
+mod outbox;
 mod peers;
 mod substituters;
 mod trust;
@@ -115,7 +116,10 @@ async fn main() {
         }
         _ => config.max_concurrent_builds,
     };
-    let mut work = link::Work::new(nix, dirs, parallel_builds);
+    // Reports not acknowledged before the worker stopped are sent again once linked.
+    let outbox = outbox::Outbox::open(&config.state_dir)
+        .unwrap_or_else(|e| fail(&format!("{}/outbox: {e}", config.state_dir.display())));
+    let mut work = link::Work::new(nix, dirs, parallel_builds, outbox);
     let identity = link::Identity {
         worker_id,
         capabilities: config.capabilities,

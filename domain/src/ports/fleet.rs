@@ -39,6 +39,12 @@ pub trait Fleet: Send + Sync + 'static {
     /// The worker's job ended.
     fn job_ended(&self, worker: WorkerId, job: JobId);
 
+    /// A job that went back to the queue while its worker was away was given back to it (it still holds the job,
+    /// see `scheduler::reclaimable`): no `assign` is sent, but the job is the worker's again (a build's live log
+    /// is open for it, `drv_path` given). Nothing to do for a fleet that keeps no such state.
+    fn resumed(&self, worker: WorkerId, org: OrgId, job: JobId, drv_path: Option<&str>) {
+        let _ = (worker, org, job, drv_path);
+    }
     /// Something changed that may let queued jobs run (a job queued or ended, a worker came or went): the
     /// dispatcher runs soon. Wakes close together are taken in one round.
     fn wake(&self);
@@ -62,6 +68,9 @@ impl<F: Fleet + ?Sized> Fleet for std::sync::Arc<F> {
     }
     fn job_ended(&self, worker: WorkerId, job: JobId) {
         (**self).job_ended(worker, job)
+    }
+    fn resumed(&self, worker: WorkerId, org: OrgId, job: JobId, drv_path: Option<&str>) {
+        (**self).resumed(worker, org, job, drv_path)
     }
     fn wake(&self) {
         (**self).wake()

@@ -35,6 +35,74 @@ pub enum WorkerMessage {
     },
     /// The job ended; its slot is free again.
     JobFinished { job_id: JobId, outcome: JobOutcome },
+    /// A report that changes state (`job_progress`, `eval_result`, `job_finished`), under an id the worker keeps
+    /// it by until the server's `ack` names it: the worker sends it again after reconnecting (or restarting)
+    /// until then, and the server answers a repeated one without changing anything twice.
+    Report(Report),
+}
+
+/// Identifies one report of one worker, chosen by the worker (a random v4 UUID) and kept with the report until
+/// it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReportId(pub uuid::Uuid);
+
+impl ReportId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for ReportId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for ReportId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A state-changing message under its [`ReportId`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub report_id: ReportId,
+    /// `job_started`, `job_progress`, `eval_result` or `job_finished` ([`Report::is_reportable`]).
+    pub report: Box<WorkerMessage>,
+}
+
+impl Report {
+    pub fn new(message: WorkerMessage) -> Self {
+        Self {
+            report_id: ReportId::new(),
+            report: Box::new(message),
+        }
+    }
+
+    /// Whether a message may travel as a report: the job reports, never the handshake, heartbeats, log pieces
+    /// (live, best effort) or another report.
+    pub fn is_reportable(message: &WorkerMessage) -> bool {
+        matches!(
+            message,
+            WorkerMessage::JobStarted { .. }
+                | WorkerMessage::JobProgress { .. }
+                | WorkerMessage::EvalResult { .. }
+                | WorkerMessage::JobFinished { .. }
+        )
+    }
+
+    /// The job the report is about.
+    pub fn job_id(&self) -> Option<JobId> {
+        match &*self.report {
+            WorkerMessage::JobStarted { job_id }
+            | WorkerMessage::JobProgress { job_id, .. }
+            | WorkerMessage::EvalResult { job_id, .. }
+            | WorkerMessage::JobFinished { job_id, .. } => Some(*job_id),
+            _ => None,
+        }
+    }
 }
 
 /// Server → worker.
@@ -53,6 +121,13 @@ pub enum ServerMessage {
     /// Stop this job; the worker answers `JobFinished` with outcome `aborted`.
     Abort {
         job_id: JobId,
+    },
+    /// The report is recorded (durably written), or refused for good (it can never apply: the job is not
+    /// this worker's, or ended): the worker forgets it. A report the server could not record yet (its
+    /// database is unavailable) is not acknowledged; the server retries it in order on this link, and the
+    /// worker sends it again after reconnecting.
+    Ack {
+        report_id: ReportId,
     },
 }
 

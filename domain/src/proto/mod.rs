@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// The version this code speaks. Bumped by any change an older peer would misread; additive optional fields
 /// (which older peers ignore) do not bump it.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame either side accepts (1 MiB of JSON text). Larger frames close the connection.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;

@@ -119,6 +119,13 @@ fn worker_samples() -> Vec<WorkerMessage> {
             job_id,
             outcome: JobOutcome::Aborted,
         },
+        WorkerMessage::Report(Report {
+            report_id: ReportId(id(30)),
+            report: Box::new(WorkerMessage::JobFinished {
+                job_id,
+                outcome: JobOutcome::Success,
+            }),
+        }),
     ]
 }
 
@@ -140,6 +147,9 @@ fn server_samples() -> Vec<ServerMessage> {
         ServerMessage::Assign { job: build_job() },
         ServerMessage::Assign { job: eval_job() },
         ServerMessage::Abort { job_id: JobId(id(20)) },
+        ServerMessage::Ack {
+            report_id: ReportId(id(30)),
+        },
     ]
 }
 
@@ -154,6 +164,7 @@ fn worker_type(m: &WorkerMessage) -> &'static str {
         WorkerMessage::JobLog { .. } => "job_log",
         WorkerMessage::EvalResult { .. } => "eval_result",
         WorkerMessage::JobFinished { .. } => "job_finished",
+        WorkerMessage::Report(_) => "report",
     }
 }
 
@@ -168,6 +179,7 @@ fn server_type(m: &ServerMessage) -> &'static str {
         } => "assign/evaluate",
         ServerMessage::Assign { job: Job::Build { .. } } => "assign/build",
         ServerMessage::Abort { .. } => "abort",
+        ServerMessage::Ack { .. } => "ack",
     }
 }
 
@@ -224,6 +236,46 @@ fn wire_shapes_are_pinned() {
     assert!(
         assign.contains(r#""nixpkgs":{"url":"github:NixOS/nixpkgs/nixos-unstable"}"#),
         "{assign}"
+    );
+}
+
+#[test]
+fn a_report_wraps_a_job_report_under_its_id() {
+    let job_id = JobId(id(20));
+    let frame = encode(&WorkerMessage::Report(Report {
+        report_id: ReportId(id(30)),
+        report: Box::new(WorkerMessage::JobProgress {
+            job_id,
+            stage: Stage::Pushing,
+        }),
+    }))
+    .unwrap();
+    assert_eq!(
+        frame,
+        r#"{"type":"report","report_id":"00000000-0000-0000-0000-00000000001e","report":{"type":"job_progress","job_id":"00000000-0000-0000-0000-000000000014","stage":"pushing"}}"#
+    );
+    let WorkerMessage::Report(r) = decode_worker(&frame).unwrap() else {
+        panic!("a report")
+    };
+    assert_eq!(r.job_id(), Some(job_id));
+    assert!(Report::is_reportable(&r.report));
+    for not in [
+        WorkerMessage::Heartbeat,
+        WorkerMessage::JobLog {
+            job_id,
+            seq: 0,
+            text: "x".into(),
+        },
+        WorkerMessage::Report(r.clone()),
+    ] {
+        assert!(!Report::is_reportable(&not), "{not:?}");
+    }
+    assert_eq!(
+        encode(&ServerMessage::Ack {
+            report_id: ReportId(id(30))
+        })
+        .unwrap(),
+        r#"{"type":"ack","report_id":"00000000-0000-0000-0000-00000000001e"}"#
     );
 }
 
@@ -438,7 +490,7 @@ fn hello_is_checked_in_order_version_registration_duplicate_capability() {
         );
     }
     let err = check_hello(&old, &regs, false, &policy).unwrap_err();
-    assert_eq!(err.reason, "the worker speaks protocol version 0, this server speaks 1");
+    assert_eq!(err.reason, "the worker speaks protocol version 0, this server speaks 2");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 mod liveness;
 mod pins;
 
-pub use liveness::{jobs_to_requeue, orphaned_jobs};
+pub use liveness::{assignment_is_stale, jobs_to_requeue, orphaned_jobs, reclaimable};
 pub use pins::Pins;
 
 use crate::model::{Capabilities, JobId, JobKind, JobRecord, JobState, Timestamp};

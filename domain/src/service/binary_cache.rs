@@ -178,8 +178,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok((!write || claims.push == Some(cache.id)).then_some(cache))
     }
 
-    /// Whether the job a token was issued for is still assigned as it was then (same worker, same assignment),
-    /// in the token's organization: a job token is revoked when its job ends, is aborted or requeued. Remembered for [`super::memo::JOB_ALIVE_TTL`].
+    /// Whether the job a token was issued for is still the token's worker's, in the token's organization: still
+    /// assigned to it, or back in the queue after that worker was lost and taken by no other worker yet (the
+    /// worker may have built it offline and push its outputs before it comes back and is given the job back,
+    /// see `scheduler::reclaimable`). A job token is revoked when its job ends, is aborted, or goes to another
+    /// worker. Remembered for [`super::memo::JOB_ALIVE_TTL`].
     async fn job_holds_token(&self, claims: &crate::auth::JobClaims, now: crate::model::Timestamp) -> Result<bool> {
         if let Some(alive) = self
             .memo
@@ -189,8 +192,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let alive = self.storage.job(claims.job).await?.is_some_and(|j| {
             j.org_id == claims.org
-                && matches!(j.state, crate::model::JobState::Assigned { worker, since }
-                    if worker == claims.worker && since.timestamp_micros() == claims.assigned_at)
+                && match j.state {
+                    crate::model::JobState::Assigned { worker, .. } => worker == claims.worker,
+                    crate::model::JobState::Queued => j.attempts > 0,
+                    _ => false,
+                }
         });
         self.memo
             .remember_job_alive((claims.job, claims.worker, claims.assigned_at), alive, now);

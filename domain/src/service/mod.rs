@@ -36,7 +36,7 @@ pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use overview::{
     FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview,
 };
-pub use pipeline::Dispatched;
+pub use pipeline::{Dispatched, Reconciled};
 pub use projects::{NewProject, ProjectChanges};
 pub use recent_hits::{CacheHit, RECENT_HITS, TRACKED_CACHES};
 pub use sessions::{MAX_USER_AGENT, SessionView, clean_user_agent};
@@ -80,6 +80,10 @@ pub enum ServiceError {
     /// Something on our side failed (500/503). The text is logged, not shown.
     #[error("internal error")]
     Internal(String),
+    /// A backend (the database) cannot be reached now; the same call may work later. The text is logged, not
+    /// shown. Loops back off and retry on it; a worker's report is retried, not refused.
+    #[error("temporarily unavailable")]
+    Unavailable(String),
 }
 
 impl ServiceError {
@@ -93,6 +97,7 @@ impl ServiceError {
             Self::NotFound(_) => "not_found",
             Self::Conflict { code, .. } | Self::Invalid { code, .. } => code,
             Self::Internal(_) => "internal_error",
+            Self::Unavailable(_) => "unavailable",
         }
     }
 
@@ -128,7 +133,7 @@ impl From<StorageError> for ServiceError {
         match e {
             StorageError::Conflict(what) => Self::conflict("conflict", format!("{what} already exists")),
             StorageError::NotFound => Self::NotFound("not found".into()),
-            StorageError::Unavailable(msg) => Self::Internal(msg),
+            StorageError::Unavailable(msg) => Self::Unavailable(msg),
         }
     }
 }

@@ -51,7 +51,7 @@ pub enum ApiError {
     Internal(Json<ErrorBody>),
 }
 
-fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
+pub(crate) fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
         error: true,
         message: message.into(),
@@ -80,7 +80,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => Self::NotFound(b),
             ServiceError::Conflict { .. } => Self::Conflict(b),
             ServiceError::Invalid { .. } => Self::Unprocessable(b),
-            ServiceError::Internal(detail) => {
+            ServiceError::Internal(detail) | ServiceError::Unavailable(detail) => {
                 tracing::error!(target: "gradient::web", "internal error: {detail}");
                 crate::reporting::internal_error("api", &detail);
                 Self::Internal(b)

@@ -1,7 +1,12 @@
 use super::Tag;
-use super::dto::{Nullable, Reply, ok};
+use super::dto::{Envelope, Nullable, Reply, ok};
+use super::errors::{ErrorBody, body};
 use crate::state::AppState;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+/// How long the health check waits for the database before answering that it does not answer.
+const HEALTH_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct MetaApi(pub AppState);
 
@@ -10,6 +15,18 @@ pub struct Health {
     /// `ok` when the server can reach its database.
     pub status: String,
     pub version: String,
+}
+
+/// The health check's answers.
+#[derive(ApiResponse)]
+pub enum HealthReply {
+    /// The server is up and its database answers.
+    #[oai(status = 200)]
+    Ok(Json<Envelope<Health>>),
+    /// The database does not answer (`code` `database_unavailable`; `message` says what failed): the server
+    /// waits for it and resumes by itself, but cannot record anything meanwhile.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
 }
 
 /// What a client needs to know before logging in.
@@ -31,12 +48,26 @@ pub struct PublicConfig {
 impl MetaApi {
     /// Whether the server is up and its database reachable.
     #[oai(path = "/health", method = "get", operation_id = "health")]
-    async fn health(&self) -> Reply<Health> {
-        self.0.app.check_database().await?;
-        ok(Health {
-            status: "ok".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        })
+    async fn health(&self) -> Result<HealthReply, super::errors::ApiError> {
+        // What failed is the loops' to log (once per outage); an anonymous caller learns only that it failed.
+        let answered = match tokio::time::timeout(HEALTH_DATABASE_TIMEOUT, self.0.app.check_database()).await {
+            Ok(Ok(())) => "",
+            Ok(Err(_)) => "the database refused or failed the check",
+            Err(_) => "the database did not answer in time",
+        };
+        if answered.is_empty() {
+            return Ok(HealthReply::Ok(Json(Envelope {
+                error: false,
+                message: Health {
+                    status: "ok".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+            })));
+        }
+        Ok(HealthReply::Unavailable(body(
+            "database_unavailable",
+            format!("{answered}; the server resumes by itself once it answers"),
+        )))
     }
 
     /// The server's public settings.

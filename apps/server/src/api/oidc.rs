@@ -197,7 +197,7 @@ impl OidcApi {
             }
             Ok(OidcOutcome::Linked { .. }) => Ok(self.back(&[("linked", "1")])),
             Err(e) => {
-                if let ServiceError::Internal(detail) = &e {
+                if let ServiceError::Internal(detail) | ServiceError::Unavailable(detail) = &e {
                     tracing::error!(target: "gradient::web", "internal error: {detail}");
                     crate::reporting::internal_error("api", detail);
                 }

@@ -86,12 +86,20 @@ fn failure(e: ServiceError) -> Response {
             crate::reporting::internal_error("cache", detail);
             StatusCode::INTERNAL_SERVER_ERROR
         }
+        // The database is down: the client (Nix, a worker's push) may try again later.
+        ServiceError::Unavailable(detail) => {
+            tracing::warn!(target: "gradient::cache", "{detail}");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     let mut resp = Response::builder()
         .status(status)
         .content_type("text/plain; charset=utf-8");
     if status == StatusCode::UNAUTHORIZED {
         resp = resp.header(header::WWW_AUTHENTICATE, "Basic realm=\"Gradient cache\"");
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp = resp.header(header::RETRY_AFTER, "5");
     }
     resp.body(format!("{} ({})\n", e, e.code()))
 }

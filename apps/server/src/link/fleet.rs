@@ -49,6 +49,12 @@ impl Fleet for LinkFleet {
         self.links.finished(worker, job);
     }
 
+    fn resumed(&self, worker: WorkerId, org: OrgId, job: JobId, drv_path: Option<&str>) {
+        if let Some(drv) = drv_path {
+            self.logs.resumed(job, worker, org, drv);
+        }
+    }
+
     fn wake(&self) {
         self.dispatch.notify_one();
     }

@@ -34,6 +34,18 @@ impl LiveLogs {
         inner.logs.insert(job, (worker, org, LogBuffer::default()));
     }
 
+    /// A build job went back to `worker` (it held it while away): the log it had goes on, or starts empty.
+    pub fn resumed(&self, job: JobId, worker: WorkerId, org: OrgId, drv_path: &str) {
+        let mut inner = self.lock();
+        inner.by_drv.insert((org, drv_path.to_owned()), job);
+        let entry = inner
+            .logs
+            .entry(job)
+            .or_insert_with(|| (worker, org, LogBuffer::default()));
+        entry.0 = worker;
+        entry.1 = org;
+    }
+
     /// Whether the job is a build this process handed out and still runs.
     pub fn is_build(&self, job: JobId) -> bool {
         self.lock().logs.contains_key(&job)

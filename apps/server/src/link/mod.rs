@@ -336,6 +336,7 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
     };
     drop(side);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let acks = tx.clone();
     let proved = registrations
         .iter()
         .filter(|r| welcome.authorized.contains(&r.peer_id))
@@ -382,6 +383,10 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
     gradient_domain::ports::Fleet::wake(&*state.fleet);
     let mut beat = tokio::time::interval(heartbeat);
     let mut deadline = tokio::time::Instant::now() + lost_after;
+    // The link's reports are recorded one after the other, in order, by a task of their own: one that cannot be
+    // recorded yet (the database is down) is retried and holds those behind it, while heartbeats go on.
+    let (reports, queued) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_reports(state.clone(), worker, queued, acks));
     let ending: Option<Rejected> = loop {
         tokio::select! {
             msg = next_message(&mut socket) => match msg {
@@ -389,19 +394,26 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
                 Ok(WorkerMessage::Hello(_) | WorkerMessage::ChallengeResponse(_)) => {
                     break Some(Rejected::new(RejectCode::UnexpectedMessage, "the handshake is over"));
                 }
+                Ok(WorkerMessage::Report(r)) if !proto::Report::is_reportable(&r.report) => {
+                    break Some(Rejected::new(
+                        RejectCode::UnexpectedMessage,
+                        "a report wraps job_started, job_progress, eval_result or job_finished only",
+                    ));
+                }
                 Ok(other) => {
                     deadline = tokio::time::Instant::now() + lost_after;
-                    // What the link is proved for now: a registration deleted meanwhile no longer counts.
-                    handle(&state, worker, &state.fleet.links.proved_orgs(worker), other).await;
+                    let _ = reports.send(other);
                 }
                 Err(r) => break r,
             },
+            // A frame that cannot leave before the worker would be declared lost (packets dropped, its socket's
+            // buffer full) ends the link as silence does.
             out = rx.recv() => match out {
-                Some(Outgoing::Send(m)) => if send(&mut socket, &m).await.is_err() { break None },
+                Some(Outgoing::Send(m)) => if !sent_by(deadline, &mut socket, &m).await { break None },
                 Some(Outgoing::Close(code, reason)) => break Some(Rejected::new(code, reason)),
                 None => break None,
             },
-            _ = beat.tick() => if send(&mut socket, &ServerMessage::Heartbeat).await.is_err() { break None },
+            _ = beat.tick() => if !sent_by(deadline, &mut socket, &ServerMessage::Heartbeat).await { break None },
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(target: "gradient::proto", "worker {worker} went silent; declaring it lost");
                 break None;
@@ -412,6 +424,8 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
     // reconnection under the same id is refused until then, so it never has its new jobs taken back. Closing
     // first: no round hands the ending link anything meanwhile.
     state.fleet.links.closing(worker, session);
+    // What was not recorded is not acknowledged: the worker sends it again on its next link.
+    recorder.abort();
     match state.core.worker_lost(worker).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(target: "gradient::proto", "requeued {n} job(s) of worker {worker}"),
@@ -419,19 +433,87 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
     }
     state.fleet.links.remove(worker, session);
     if let Some(r) = ending {
-        reject(&mut socket, r).await;
+        // Bounded: a worker whose packets are dropped never reads the close.
+        let _ = tokio::time::timeout(Duration::from_secs(10), reject(&mut socket, r)).await;
     }
     tracing::info!(target: "gradient::proto", "worker {worker} disconnected");
 }
 
-/// What a connected worker reports.
+/// The most a report waits between two attempts while the database is unavailable.
+const REPORT_RETRY_AT_MOST: Duration = Duration::from_secs(10);
+
+/// Records a link's reports in the order they came. A report recorded, or refused for good, is acknowledged
+/// (when it came as a `report`); one that cannot be recorded now (storage unavailable) is tried again with
+/// backoff, and those behind it wait: a job's reports are never applied out of order. One line is logged when
+/// a report starts waiting and one when it is recorded, not one per attempt.
+async fn record_reports(
+    state: AppState,
+    worker: gradient_domain::WorkerId,
+    mut queued: mpsc::UnboundedReceiver<WorkerMessage>,
+    acks: mpsc::UnboundedSender<Outgoing>,
+) {
+    while let Some(msg) = queued.recv().await {
+        let (report_id, msg) = match msg {
+            WorkerMessage::Report(r) => (Some(r.report_id), *r.report),
+            other => (None, other),
+        };
+        // A finished job's live log is taken once, and handed to every attempt.
+        let log = match &msg {
+            WorkerMessage::JobFinished { job_id, .. } => {
+                state
+                    .fleet
+                    .logs
+                    .take_own(*job_id, worker, &state.fleet.links.proved_orgs(worker))
+            }
+            _ => None,
+        };
+        let mut wait = Duration::from_millis(500);
+        let mut waited = false;
+        loop {
+            // What the link is proved for now: a registration deleted meanwhile no longer counts.
+            let orgs = state.fleet.links.proved_orgs(worker);
+            match handle(&state, worker, &orgs, msg.clone(), log.clone()).await {
+                Err(gradient_domain::service::ServiceError::Unavailable(e)) => {
+                    if !waited {
+                        tracing::warn!(
+                            target: "gradient::proto",
+                            "cannot record a report of worker {worker} now ({e}); retrying it until the database answers"
+                        );
+                        waited = true;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(REPORT_RETRY_AT_MOST);
+                }
+                Ok(()) => break,
+                // A report for a job that is not this worker's: refused, nothing changed.
+                Err(gradient_domain::service::ServiceError::Forbidden(m)) => {
+                    tracing::warn!(target: "gradient::proto", "refused a report of worker {worker}: {m}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}");
+                    break;
+                }
+            }
+        }
+        if waited {
+            tracing::info!(target: "gradient::proto", "recorded the waiting report of worker {worker}");
+        }
+        if let Some(report_id) = report_id {
+            let _ = acks.send(Outgoing::Send(ServerMessage::Ack { report_id }));
+        }
+    }
+}
+
+/// What a connected worker reports; `log`: a finished job's live log.
 async fn handle(
     state: &AppState,
     worker: gradient_domain::WorkerId,
     orgs: &std::collections::BTreeSet<gradient_domain::OrgId>,
     msg: WorkerMessage,
-) {
-    let result = match msg {
+    log: Option<gradient_domain::logs::LogBuffer>,
+) -> Result<(), gradient_domain::service::ServiceError> {
+    match msg {
         WorkerMessage::EvalResult {
             job_id,
             derivations,
@@ -458,19 +540,15 @@ async fn handle(
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
             // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
-            let log = state.fleet.logs.take_own(job_id, worker, orgs);
             state.core.record_job_finished(job_id, worker, orgs, outcome, log).await
         }
         _ => Ok(()),
-    };
-    match result {
-        Ok(()) => {}
-        // A report for a job that is not this worker's: refused, nothing changed.
-        Err(gradient_domain::service::ServiceError::Forbidden(m)) => {
-            tracing::warn!(target: "gradient::proto", "refused a report of worker {worker}: {m}")
-        }
-        Err(e) => tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}"),
     }
+}
+
+/// Sends before `deadline`; false when the frame could not leave by then or the link failed.
+async fn sent_by<S: Io>(deadline: tokio::time::Instant, socket: &mut WebSocketStream<S>, msg: &ServerMessage) -> bool {
+    matches!(tokio::time::timeout_at(deadline, send(socket, msg)).await, Ok(Ok(())))
 }
 
 async fn send<S: Io>(socket: &mut WebSocketStream<S>, msg: &ServerMessage) -> Result<(), ()> {

@@ -24,12 +24,54 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             scheduler::orphaned_jobs(&entries, worker, held)
         };
         let n = self.requeue(worker, &assigned, &requeue).await?;
+        if !assigned.iter().any(|j| !orgs.contains(&j.org_id)) {
+            self.reclaim(worker, held, orgs).await?;
+        }
         self.fleet.wake();
         Ok(n)
     }
 
+    /// Gives back to a returning worker the held jobs that went back to the queue while it was away and that no
+    /// other worker took ([`scheduler::reclaimable`]): assigned to it again (no new `assign`: it runs them, or
+    /// its outbox holds their outcome), their builds or evaluations moving on as at dispatch. Answers how many.
+    pub(super) async fn reclaim(&self, worker: WorkerId, held: &[JobId], orgs: &BTreeSet<OrgId>) -> Result<u64> {
+        let mut records = Vec::new();
+        for id in held {
+            if let Some(r) = self.storage.job(*id).await?
+                && orgs.contains(&r.org_id)
+            {
+                records.push(r);
+            }
+        }
+        let now = self.clock.now();
+        let mut n = 0;
+        for id in scheduler::reclaimable(&records) {
+            let Some(record) = records.iter().find(|r| r.id == id) else {
+                continue;
+            };
+            if !self.storage.assign_job(id, worker, now).await? {
+                continue;
+            }
+            n += 1;
+            match &record.kind {
+                JobKind::Build { derivation, .. } => {
+                    self.move_build(record.org_id, derivation, BuildStatus::Building)
+                        .await?;
+                    self.fleet.resumed(worker, record.org_id, id, Some(derivation));
+                }
+                JobKind::Evaluate { evaluation_id } => {
+                    self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
+                        .await?;
+                    self.fleet.resumed(worker, record.org_id, id, None);
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// A worker's link ended (closed, silent past `workerLostAfterSecs`, or gone before its job reached it):
-    /// every job it held goes back to the queue, its token dies, and its build or evaluation says `Queued`
+    /// every job it held goes back to the queue (its token lives until another worker takes it, see
+    /// `job_holds_token`), and its build or evaluation says `Queued`
     /// again (an evaluation already building waits for its builds as before). Answers how many were requeued.
     pub async fn worker_lost(&self, worker: WorkerId) -> Result<u64> {
         let assigned = self.storage.jobs_assigned_to(worker).await?;

@@ -4,7 +4,8 @@
 //! to workers as the scheduler decides; results move builds and evaluations through their state machines.
 //!
 //! One use case per file: `queue` (an evaluation is asked for), `dispatch` (jobs go to workers), `results`
-//! (what workers report), `control` (abort and restart), `liveness` (workers come and go). Each does its own
+//! (what workers report), `control` (abort and restart), `liveness` (workers come and go), `reconcile` (a
+//! periodic pass that puts back on the way what nothing would move again). Each does its own
 //! follow-up through the fleet port (wake the dispatcher, send or stop jobs), so the apps only translate.
 
 mod control;
@@ -12,10 +13,12 @@ mod dispatch;
 mod liveness;
 mod queue;
 mod readiness;
+mod reconcile;
 mod results;
 
 pub use dispatch::Dispatched;
 pub use readiness::InputProgress;
+pub use reconcile::Reconciled;
 
 use super::{Gradient, Result, ServiceError};
 use crate::model::{Derivation, Evaluation, JobId, JobKind, JobRecord, JobState};

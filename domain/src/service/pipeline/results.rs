@@ -107,13 +107,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !errors.is_empty()
             && let Some(mut e) = self.storage.evaluation(evaluation_id).await?
         {
-            e.errors
-                .extend(errors.into_iter().map(|x| crate::model::AttributeError {
+            // A report sent again (its acknowledgement was lost with the link) adds nothing twice.
+            let before = e.errors.len();
+            for x in errors {
+                let error = crate::model::AttributeError {
                     attribute: x.attribute,
                     message: x.message,
-                }));
-            e.updated_at = self.clock.now();
-            self.storage.update_evaluation(&e).await?;
+                };
+                if !e.errors.contains(&error) {
+                    e.errors.push(error);
+                }
+            }
+            if e.errors.len() > before {
+                e.updated_at = self.clock.now();
+                self.storage.update_evaluation(&e).await?;
+            }
         }
         Ok(())
     }
@@ -147,14 +155,40 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let Some(record) = self.storage.job(job_id).await? else {
             return Err(not_assigned(job_id, worker));
         };
+        if !matches!(record.state, JobState::Assigned { worker: w, .. } if w == worker) {
+            // Not this worker's job (any more: it was lost and the job went to another, or it ended, which is
+            // also what a report sent again after it was recorded finds): nothing changes.
+            return Err(not_assigned(job_id, worker));
+        }
         let success = matches!(outcome, JobOutcome::Success);
+        // Every effect first, the job's end last: a report interrupted half-way (the database went away) is
+        // applied again whole when it comes again, each effect being safe to repeat; once the job has ended, a
+        // repeated report changes nothing.
+        self.apply_outcome(&record, outcome, log).await?;
         if !self.storage.finish_job(job_id, worker, success).await? {
-            // Not this worker's job (any more: it was lost and the job went to another, or it ended): nothing
-            // changes.
             return Err(not_assigned(job_id, worker));
         }
         self.memo.forget_job(job_id);
-        match record.kind {
+        // The evaluation's `.drv` files are pushed: its builds may go to any worker, and it may be done.
+        if let JobKind::Evaluate { evaluation_id } = record.kind
+            && success
+        {
+            self.settle_evaluation(evaluation_id).await?;
+        }
+        Ok(())
+    }
+
+    /// What a job's outcome changes, before the job itself ends (see [`Self::record_job_finished`]); safe to
+    /// apply twice.
+    async fn apply_outcome(
+        &self,
+        record: &JobRecord,
+        outcome: JobOutcome,
+        log: Option<crate::logs::LogBuffer>,
+    ) -> Result<()> {
+        let success = matches!(outcome, JobOutcome::Success);
+        let job_id = record.id;
+        match record.kind.clone() {
             JobKind::Evaluate { evaluation_id } => {
                 // Builds planned when the push of the `.drv` files began may now go to any worker.
                 let planned = self.pins.release(job_id);
@@ -168,17 +202,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     let Some(mut e) = self.storage.evaluation(evaluation_id).await? else {
                         return Ok(());
                     };
-                    if let JobOutcome::Failed { message, .. } = outcome {
-                        e.errors.push(crate::model::AttributeError {
-                            attribute: String::new(),
-                            message,
-                        });
+                    // Ended already (aborted meanwhile, or this outcome applied before): nothing to add.
+                    if !e.status.is_terminal() {
+                        if let JobOutcome::Failed { message, .. } = outcome {
+                            e.errors.push(crate::model::AttributeError {
+                                attribute: String::new(),
+                                message,
+                            });
+                        }
+                        let from = e.status;
+                        let now = self.clock.now();
+                        e.advance_to(EvaluationStatus::Failed, now);
+                        e.updated_at = now;
+                        self.save_evaluation(from, &e).await?;
                     }
-                    let from = e.status;
-                    let now = self.clock.now();
-                    e.advance_to(EvaluationStatus::Failed, now);
-                    e.updated_at = now;
-                    self.save_evaluation(from, &e).await?;
                     if planned {
                         // Its `.drv` files may not all be in the cache: what only it needs is not built.
                         self.abandon_builds(evaluation_id, record.org_id, &[]).await?;
@@ -410,7 +447,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// Completes (or fails) an evaluation whose builds have all ended.
-    async fn settle_evaluation(&self, id: EvaluationId) -> Result<()> {
+    pub(super) async fn settle_evaluation(&self, id: EvaluationId) -> Result<()> {
         // Not done while its `.drv` files are still being pushed, even if every build is.
         if self.pins.holds(id) {
             return Ok(());
