@@ -636,7 +636,22 @@ pub fn spawn_status_delivery(state: AppState) {
     });
 }
 
-/// Polls the branch heads of projects with a poll interval and queues evaluations of new commits.
+/// Delivers the due webhook deliveries of projects' actions, every second. A target that fails is retried later
+/// (the domain backs off and gives up after a few attempts).
+pub fn spawn_action_delivery(state: AppState) {
+    tokio::spawn(async move {
+        let sender = state.forge.clone();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if let Err(e) = state.core.deliver_due_webhooks(&sender, 50).await {
+                tracing::error!(target: "gradient::forge", "delivering webhooks failed: {e:?}");
+            }
+        }
+    });
+}
+
+/// Polls the branch heads of projects with a poll interval and queues evaluations of new commits; runs the
+/// projects' schedules that are due (checked every second, so a schedule's time is met within about a second).
 pub fn spawn_poller(state: AppState) {
     tokio::spawn(async move {
         let git = gradient_git_cli::GitCli::new(state.core.settings().network);
@@ -644,6 +659,17 @@ pub fn spawn_poller(state: AppState) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
+            match state.core.run_schedules(&git).await {
+                Ok((queued, failed)) => {
+                    for e in queued {
+                        tracing::info!("schedule: evaluating commit {} (evaluation {})", e.commit, e.id.0);
+                    }
+                    for (p, why) in failed {
+                        tracing::warn!("schedule of {}: the branch head cannot be read: {why}", p.name);
+                    }
+                }
+                Err(e) => tracing::warn!("running schedules failed: {e:?}"),
+            }
             let projects = match state.core.polled_projects().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -710,6 +736,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     link::spawn_dialer(state.clone(), tls);
     spawn_poller(state.clone());
     spawn_status_delivery(state.clone());
+    spawn_action_delivery(state.clone());
     spawn_upkeep(
         state.clone(),
         config.cache_ttl_hours,
