@@ -68,7 +68,7 @@ impl Schedule {
         for _ in 0..GAP_SAMPLES {
             let Some(next) = self.next_after(at) else {
                 return if previous.is_none() {
-                    Err(format!("'{expression}' never runs"))
+                    Err(format!("the schedule '{expression}' never runs"))
                 } else {
                     Ok(())
                 };
@@ -77,7 +77,7 @@ impl Schedule {
                 && next - p < MIN_GAP
             {
                 return Err(format!(
-                    "'{expression}' runs more often than every {} seconds",
+                    "the schedule '{expression}' runs more often than every {} seconds",
                     MIN_GAP.num_seconds()
                 ));
             }
