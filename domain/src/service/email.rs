@@ -245,6 +245,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// organization who wants it, and the project's actions that follow what happened. Mail that cannot be
     /// handed over is dropped: the CI loop never waits for or fails on mail.
     pub(super) async fn mail_health_change(&self, e: &Evaluation) -> Result<()> {
+        if !self.settings.email.enabled && self.storage.actions_of(e.project_id).await?.is_empty() {
+            return Ok(());
+        }
         let change = self.health_change_of(e).await?;
         let fired = self.fire_actions(e, change).await;
         if !self.settings.email.enabled {
