@@ -53,7 +53,8 @@ pub fn fired(events: &[ActionEvent], status: EvaluationStatus, change: Option<He
     {
         return Some(e);
     }
-    (status == EvaluationStatus::Completed && events.contains(&ActionEvent::Completed)).then_some(ActionEvent::Completed)
+    (status == EvaluationStatus::Completed && events.contains(&ActionEvent::Completed))
+        .then_some(ActionEvent::Completed)
 }
 
 /// Sorts and deduplicates events; the default when none are given; `Err` naming an unknown one.
@@ -135,7 +136,13 @@ pub fn test_body(org: &Org, project: &Project, action: &str, at: Timestamp) -> S
 }
 
 /// The subject and body of an action's mail for `event` of evaluation `e` (the members' health mail's words).
-pub fn mail_text(public_url: &str, org: &Org, project: &Project, e: &Evaluation, event: ActionEvent) -> (String, String) {
+pub fn mail_text(
+    public_url: &str,
+    org: &Org,
+    project: &Project,
+    e: &Evaluation,
+    event: ActionEvent,
+) -> (String, String) {
     let what = match event {
         ActionEvent::Failed => "is failing",
         ActionEvent::Fixed => "is fixed",
@@ -171,7 +178,15 @@ mod tests {
     /// The events a default action (failed, fixed) and one with `completed` too see along a project's history.
     #[test]
     fn actions_fire_on_changes_of_health_by_default() {
-        let history = [S::Completed, S::Failed, S::Failed, S::Completed, S::Completed, S::Aborted, S::Failed];
+        let history = [
+            S::Completed,
+            S::Failed,
+            S::Failed,
+            S::Completed,
+            S::Completed,
+            S::Aborted,
+            S::Failed,
+        ];
         let mut previous = None;
         let mut default_saw = Vec::new();
         let mut all_saw = Vec::new();
@@ -199,7 +214,10 @@ mod tests {
                 Some(Failed)
             ]
         );
-        assert_eq!(fired(&[Completed], S::Completed, Some(HealthChange::Fixed)), Some(Completed));
+        assert_eq!(
+            fired(&[Completed], S::Completed, Some(HealthChange::Fixed)),
+            Some(Completed)
+        );
         assert_eq!(fired(&[Fixed], S::Completed, None), None);
     }
 

@@ -5,12 +5,12 @@
 //! Architecture invariant: this crate does no I/O. It never depends on sqlx, poem, tungstenite, lettre, s3,
 //! reqwest, or tokio's net/fs features; `apps/server/tests` enforces that by reading `cargo metadata`.
 
+pub mod actions;
 pub mod auth;
 pub mod changes;
 pub mod codec;
 pub mod crypt;
 pub mod forge;
-pub mod actions;
 pub mod github_app;
 pub mod ids;
 pub mod logs;

@@ -124,15 +124,34 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(h: u32, m: u32, s: u32) -> Timestamp {
-        chrono::Utc.with_ymd_and_hms(2026, 3, 2, h, m, s).single().expect("a time")
+        chrono::Utc
+            .with_ymd_and_hms(2026, 3, 2, h, m, s)
+            .single()
+            .expect("a time")
     }
 
     #[test]
     fn expressions_have_five_or_six_fields_or_are_aliases() {
-        for ok in ["0 3 * * *", "*/15 * * * *", "*/30 * * * * *", "@daily", "@hourly", "0 0 * * MON", " 5 4 * * * "] {
+        for ok in [
+            "0 3 * * *",
+            "*/15 * * * *",
+            "*/30 * * * * *",
+            "@daily",
+            "@hourly",
+            "0 0 * * MON",
+            " 5 4 * * * ",
+        ] {
             assert!(Schedule::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "* * * *", "0 0 0 * * * 2030", "61 * * * *", "a b c d e", "* * * * * *", "*/5 * * * * *"] {
+        for bad in [
+            "",
+            "* * * *",
+            "0 0 0 * * * 2030",
+            "61 * * * *",
+            "a b c d e",
+            "* * * * * *",
+            "*/5 * * * * *",
+        ] {
             assert!(Schedule::parse(bad).is_err(), "{bad}");
         }
         assert!(Schedule::parse("* * * * * *").unwrap_err().contains("more often"));

@@ -86,10 +86,13 @@ async fn a_schedule_runs_at_its_times_without_new_commits_and_once_after_downtim
     assert_eq!(scheduled_count(&app, &p).await, 0);
     // Until the next full hour, nothing; then one evaluation of the same commit, then nothing until the next.
     let now = app.clock.now();
-    let next_hour = chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::hours(1)).unwrap()
-        + chrono::TimeDelta::hours(1);
+    let next_hour =
+        chrono::DurationRound::duration_trunc(now, chrono::TimeDelta::hours(1)).unwrap() + chrono::TimeDelta::hours(1);
     app.clock.advance(next_hour - now - chrono::TimeDelta::seconds(1));
-    assert!(app.run_schedules(&git).await.unwrap().0.is_empty(), "one second before the hour");
+    assert!(
+        app.run_schedules(&git).await.unwrap().0.is_empty(),
+        "one second before the hour"
+    );
     app.clock.advance(chrono::TimeDelta::seconds(2));
     let (queued, failed) = app.run_schedules(&git).await.unwrap();
     assert!(failed.is_empty());
@@ -104,7 +107,11 @@ async fn a_schedule_runs_at_its_times_without_new_commits_and_once_after_downtim
     app.clock.advance(chrono::TimeDelta::hours(5));
     assert_eq!(app.run_schedules(&git).await.unwrap().0.len(), 1, "one catch-up run");
     assert!(app.run_schedules(&git).await.unwrap().0.is_empty());
-    assert_eq!(scheduled_count(&app, &p).await, 2, "same commit, evaluated again each time");
+    assert_eq!(
+        scheduled_count(&app, &p).await,
+        2,
+        "same commit, evaluated again each time"
+    );
     app.clock.advance(chrono::TimeDelta::hours(1));
     assert_eq!(app.run_schedules(&git).await.unwrap().0.len(), 1);
 
@@ -262,7 +269,10 @@ async fn actions_fire_on_changes_of_health_and_completed_only_when_asked() {
         evaluation_that(&app, &org, &p, completes, n as u8 + 1).await;
     }
     assert_eq!(events(&app, hook.action.id).await, ["failed", "fixed"]);
-    assert_eq!(events(&app, every.action.id).await, ["completed", "completed", "completed"]);
+    assert_eq!(
+        events(&app, every.action.id).await,
+        ["completed", "completed", "completed"]
+    );
     assert_eq!(events(&app, mail.action.id).await, ["failed", "fixed"]);
     let to_oncall: Vec<String> = mailer
         .take()
@@ -287,23 +297,49 @@ async fn actions_fire_on_changes_of_health_and_completed_only_when_asked() {
         );
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["project"], "web");
-        assert_eq!(Some(body["event"].as_str().unwrap().to_owned()), header("X-Gradient-Event"));
+        assert_eq!(
+            Some(body["event"].as_str().unwrap().to_owned()),
+            header("X-Gradient-Event")
+        );
     }
-    let log = app.action_deliveries(&admin, "acme", "web", hook.action.id).await.unwrap();
-    assert!(log.iter().all(|d| d.state == DeliveryState::Pending && d.attempts == 1 && d.status_code == Some(500)));
-    assert_eq!(app.deliver_due_webhooks(&web, 100).await.unwrap(), 0, "not before the backoff");
+    let log = app
+        .action_deliveries(&admin, "acme", "web", hook.action.id)
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .all(|d| d.state == DeliveryState::Pending && d.attempts == 1 && d.status_code == Some(500))
+    );
+    assert_eq!(
+        app.deliver_due_webhooks(&web, 100).await.unwrap(),
+        0,
+        "not before the backoff"
+    );
     web.answer("https://hooks.example.com/ci", 204);
     app.clock.advance(chrono::TimeDelta::seconds(5));
-    assert_eq!(app.deliver_due_webhooks(&web, 100).await.unwrap(), 2, "the retry goes through");
-    let log = app.action_deliveries(&admin, "acme", "web", hook.action.id).await.unwrap();
-    assert!(log.iter().all(|d| d.state == DeliveryState::Delivered && d.attempts == 2 && d.status_code == Some(204)));
+    assert_eq!(
+        app.deliver_due_webhooks(&web, 100).await.unwrap(),
+        2,
+        "the retry goes through"
+    );
+    let log = app
+        .action_deliveries(&admin, "acme", "web", hook.action.id)
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .all(|d| d.state == DeliveryState::Delivered && d.attempts == 2 && d.status_code == Some(204))
+    );
 
     // A target that never answers is given up after five attempts.
     for _ in 0..10 {
         app.clock.advance(chrono::TimeDelta::minutes(5));
         app.deliver_due_webhooks(&web, 100).await.unwrap();
     }
-    let log = app.action_deliveries(&admin, "acme", "web", every.action.id).await.unwrap();
+    let log = app
+        .action_deliveries(&admin, "acme", "web", every.action.id)
+        .await
+        .unwrap();
     assert_eq!(log.len(), 3);
     for d in log {
         assert_eq!((d.state, d.attempts), (DeliveryState::Failed, 5), "{d:?}");
@@ -326,13 +362,31 @@ async fn actions_are_for_editors_and_members_only() {
         url: Some("https://hooks.example.com/ci".into()),
         ..NewAction::default()
     };
-    assert_eq!(app.create_action(&viewer, "acme", "web", new()).await.unwrap_err().code(), "forbidden");
-    assert_eq!(app.create_action(&outsider, "acme", "web", new()).await.unwrap_err().code(), "not_found");
+    assert_eq!(
+        app.create_action(&viewer, "acme", "web", new())
+            .await
+            .unwrap_err()
+            .code(),
+        "forbidden"
+    );
+    assert_eq!(
+        app.create_action(&outsider, "acme", "web", new())
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
     let made = app.create_action(&admin, "acme", "web", new()).await.unwrap();
     assert_eq!(app.actions(&viewer, "acme", "web").await.unwrap().len(), 1);
-    assert_eq!(app.actions(&outsider, "acme", "web").await.unwrap_err().code(), "not_found");
     assert_eq!(
-        app.test_action(&viewer, "acme", "web", made.action.id).await.unwrap_err().code(),
+        app.actions(&outsider, "acme", "web").await.unwrap_err().code(),
+        "not_found"
+    );
+    assert_eq!(
+        app.test_action(&viewer, "acme", "web", made.action.id)
+            .await
+            .unwrap_err()
+            .code(),
         "forbidden"
     );
     let d = app.test_action(&admin, "acme", "web", made.action.id).await.unwrap();

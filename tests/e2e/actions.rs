@@ -104,7 +104,11 @@ fn signed(headers: &[(String, String)], body: &[u8]) -> bool {
 
 /// A flake whose one package passes or fails, new at every call.
 fn flake(passes: bool) -> String {
-    let script = if passes { "echo ok > $out" } else { "echo failing on purpose; exit 1" };
+    let script = if passes {
+        "echo ok > $out"
+    } else {
+        "echo failing on purpose; exit 1"
+    };
     format!(
         r#"{{
   outputs = {{ self }}: let system = "x86_64-linux"; in {{
@@ -149,7 +153,10 @@ async fn a_project_that_fails_and_is_fixed_posts_signed_webhooks_retried_after_a
     // The receiver answers 500 first: the same delivery comes again, after the backoff.
     let first_two = received(&got, 2, &server).await;
     for (headers, body) in &first_two {
-        assert!(signed(headers, body), "HMAC-SHA256 of the body under the secret: {headers:?}");
+        assert!(
+            signed(headers, body),
+            "HMAC-SHA256 of the body under the secret: {headers:?}"
+        );
         assert_eq!(header(headers, "x-gradient-event"), Some("failed"));
         let v: Value = serde_json::from_slice(body).expect("JSON body");
         assert_eq!(v["event"], "failed");
@@ -173,16 +180,30 @@ async fn a_project_that_fails_and_is_fixed_posts_signed_webhooks_retried_after_a
 
     // The delivery log: the fix delivered at once, the failure on its second attempt after a 500.
     let log = c
-        .ok(Method::GET, &format!("/projects/acme/demo/actions/{id}/deliveries"), None)
+        .ok(
+            Method::GET,
+            &format!("/projects/acme/demo/actions/{id}/deliveries"),
+            None,
+        )
         .await;
     let log = log.as_array().expect("list").clone();
     assert_eq!(log.len(), 2, "{log:?}");
     assert_eq!(
-        (log[0]["event"].clone(), log[0]["state"].clone(), log[0]["attempts"].clone(), log[0]["status_code"].clone()),
+        (
+            log[0]["event"].clone(),
+            log[0]["state"].clone(),
+            log[0]["attempts"].clone(),
+            log[0]["status_code"].clone()
+        ),
         (json!("fixed"), json!("delivered"), json!(1), json!(200))
     );
     assert_eq!(
-        (log[1]["event"].clone(), log[1]["state"].clone(), log[1]["attempts"].clone(), log[1]["status_code"].clone()),
+        (
+            log[1]["event"].clone(),
+            log[1]["state"].clone(),
+            log[1]["attempts"].clone(),
+            log[1]["status_code"].clone()
+        ),
         (json!("failed"), json!("delivered"), json!(2), json!(200))
     );
     // A member reads the action, never its secret.
@@ -208,29 +229,39 @@ async fn a_scheduled_project_is_evaluated_again_without_a_new_commit() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let scheduled = loop {
+    let first_two: Vec<String> = loop {
         let list = c.ok(Method::GET, "/projects/acme/demo/evaluations", None).await;
-        let scheduled: Vec<Value> = list
+        // Newest first: the two oldest scheduled evaluations.
+        let ids: Vec<String> = list
             .as_array()
             .expect("list")
             .iter()
+            .rev()
             .filter(|e| e["trigger"] == "Schedule")
-            .cloned()
+            .map(|e| e["id"].as_str().expect("id").to_owned())
+            .take(2)
             .collect();
-        if scheduled.len() >= 2 && scheduled.iter().all(|e| ["Completed", "Failed"].contains(&e["status"].as_str().unwrap_or(""))) {
-            break scheduled;
+        if ids.len() == 2 {
+            break ids;
         }
         assert!(
             Instant::now() < deadline,
-            "two scheduled evaluations did not end: {list}\n{}",
+            "no two scheduled evaluations: {list}\n{}",
             std::fs::read_to_string(&server.log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    for e in &scheduled {
-        assert_eq!(e["commit"], head.as_str(), "the same commit, evaluated again");
-        assert_eq!(e["status"], "Completed", "{e}\n{}", worker.log_text());
+    for id in &first_two {
+        let e = wait_for_end(&c, &server, id).await;
+        assert_eq!(
+            e["evaluation"]["commit"],
+            head.as_str(),
+            "the same commit, evaluated again"
+        );
+        assert_eq!(e["evaluation"]["status"], "Completed", "{e}\n{}", worker.log_text());
     }
+    c.ok(Method::PATCH, "/projects/acme/demo", Some(json!({"schedule": null})))
+        .await;
     worker.kill();
     server.stop();
 }

@@ -14,7 +14,10 @@ impl WebhookSender for HttpForge {
         let url = reqwest::Url::parse(&request.url)
             .map_err(|e| OutgoingError::Refused(format!("'{}' is not a URL: {e}", request.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(OutgoingError::Refused(format!("'{}' is not an http(s) URL", request.url)));
+            return Err(OutgoingError::Refused(format!(
+                "'{}' is not an http(s) URL",
+                request.url
+            )));
         }
         check_literal(&url, &self.policy).map_err(OutgoingError::Refused)?;
         let mut builder = self.outgoing.post(url);

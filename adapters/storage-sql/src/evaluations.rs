@@ -205,7 +205,11 @@ impl Evaluations for SqlStorage {
         );
         let errors = errors_json(&evaluation.errors)?;
         let scheduled = evaluation.trigger == EvaluationTrigger::Schedule;
-        let trigger = if scheduled { EvaluationTrigger::Poll } else { evaluation.trigger };
+        let trigger = if scheduled {
+            EvaluationTrigger::Poll
+        } else {
+            evaluation.trigger
+        };
         let transitions = transitions_json(&evaluation.transitions, EvaluationStatus::as_str)?;
         with_pool!(self, |p| sqlx::query(sql)
             .bind(evaluation.id.0)

@@ -2317,11 +2317,19 @@ async fn schedules_are_checked_and_kept_with_the_project() {
     let repo = "https://git.example.com/acme/web.git";
     for bad in ["every day", "* * * *", "61 * * * *", "* * * * * *", "0 0 0 * * * 2030"] {
         let answer = s
-            .post("/projects/acme", t, json!({"name": "web", "repository": repo, "schedule": bad}))
+            .post(
+                "/projects/acme",
+                t,
+                json!({"name": "web", "repository": repo, "schedule": bad}),
+            )
             .await;
         assert_err(answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule");
     }
-    assert_eq!(s.get("/projects/acme/web", t).await.0, StatusCode::NOT_FOUND, "nothing half-written");
+    assert_eq!(
+        s.get("/projects/acme/web", t).await.0,
+        StatusCode::NOT_FOUND,
+        "nothing half-written"
+    );
     let p = s
         .ok(
             Method::POST,
@@ -2332,11 +2340,21 @@ async fn schedules_are_checked_and_kept_with_the_project() {
         .await;
     assert_eq!(p["schedule"], "0 3 * * *");
     let p = s
-        .ok(Method::PATCH, "/projects/acme/web", t, Some(json!({"schedule": "*/30 * * * * *"})))
+        .ok(
+            Method::PATCH,
+            "/projects/acme/web",
+            t,
+            Some(json!({"schedule": "*/30 * * * * *"})),
+        )
         .await;
     assert_eq!(p["schedule"], "*/30 * * * * *");
     let bad = s
-        .call(Method::PATCH, "/projects/acme/web", t, Some(json!({"schedule": "nonsense"})))
+        .call(
+            Method::PATCH,
+            "/projects/acme/web",
+            t,
+            Some(json!({"schedule": "nonsense"})),
+        )
         .await;
     assert_err(bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule");
     let p = s
@@ -2353,29 +2371,70 @@ async fn actions_are_managed_by_editors_read_by_members_and_never_show_their_sec
     let outsider = s.user("eve").await;
     let (o, v, x) = (Some(owner.as_str()), Some(viewer.as_str()), Some(outsider.as_str()));
     s.ok(Method::POST, "/orgs", o, Some(json!({"name": "acme"}))).await;
-    s.ok(Method::POST, "/orgs/acme/users", o, Some(json!({"user": "bob", "role": "View"})))
-        .await;
+    s.ok(
+        Method::POST,
+        "/orgs/acme/users",
+        o,
+        Some(json!({"user": "bob", "role": "View"})),
+    )
+    .await;
     let repo = "https://git.example.com/acme/web.git";
-    s.ok(Method::POST, "/projects/acme", o, Some(json!({"name": "web", "repository": repo})))
-        .await;
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        o,
+        Some(json!({"name": "web", "repository": repo})),
+    )
+    .await;
     let base = "/projects/acme/web/actions";
 
     // Refusals, each with its code, and nothing written.
     let table = [
         (json!({"name": "h", "kind": "webhook"}), "invalid_url"),
-        (json!({"name": "h", "kind": "webhook", "url": "ftp://x/y"}), "invalid_url"),
-        (json!({"name": "h", "kind": "webhook", "url": "http://127.0.0.1:9/h"}), "url_not_allowed"),
-        (json!({"name": "h", "kind": "webhook", "url": "http://localhost/h"}), "url_not_allowed"),
-        (json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "secret": "short"}), "invalid_secret"),
-        (json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "events": ["broken"]}), "invalid_events"),
-        (json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "events": []}), "invalid_events"),
-        (json!({"name": "h", "kind": "pager", "url": "https://h.example.com"}), "invalid_kind"),
-        (json!({"name": "", "kind": "webhook", "url": "https://h.example.com"}), "invalid_input"),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "ftp://x/y"}),
+            "invalid_url",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "http://127.0.0.1:9/h"}),
+            "url_not_allowed",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "http://localhost/h"}),
+            "url_not_allowed",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "secret": "short"}),
+            "invalid_secret",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "events": ["broken"]}),
+            "invalid_events",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "events": []}),
+            "invalid_events",
+        ),
+        (
+            json!({"name": "h", "kind": "pager", "url": "https://h.example.com"}),
+            "invalid_kind",
+        ),
+        (
+            json!({"name": "", "kind": "webhook", "url": "https://h.example.com"}),
+            "invalid_input",
+        ),
         // Mail is off on this server.
-        (json!({"name": "m", "kind": "mail", "recipients": ["ops@example.com"]}), "email_disabled"),
+        (
+            json!({"name": "m", "kind": "mail", "recipients": ["ops@example.com"]}),
+            "email_disabled",
+        ),
     ];
     for (body, code) in table {
-        assert_err(s.post(base, o, body.clone()).await, StatusCode::UNPROCESSABLE_ENTITY, code);
+        assert_err(
+            s.post(base, o, body.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+        );
     }
     assert_eq!(s.ok(Method::GET, base, o, None).await, json!([]));
 
@@ -2389,12 +2448,20 @@ async fn actions_are_managed_by_editors_read_by_members_and_never_show_their_sec
         .await;
     let secret = made["secret"].as_str().expect("the generated secret, once").to_owned();
     assert!(secret.len() >= 32, "{secret}");
-    assert_eq!(made["events"], json!(["failed", "fixed"]), "changes of health by default");
+    assert_eq!(
+        made["events"],
+        json!(["failed", "fixed"]),
+        "changes of health by default"
+    );
     let id = made["id"].as_str().expect("id").to_owned();
     let one = format!("{base}/{id}");
     assert_err(
-        s.post(base, o, json!({"name": "hook", "kind": "webhook", "url": "https://hooks.example.com/2"}))
-            .await,
+        s.post(
+            base,
+            o,
+            json!({"name": "hook", "kind": "webhook", "url": "https://hooks.example.com/2"}),
+        )
+        .await,
         StatusCode::CONFLICT,
         "name_taken",
     );
@@ -2431,7 +2498,8 @@ async fn actions_are_managed_by_editors_read_by_members_and_never_show_their_sec
     let new_secret = changed["secret"].as_str().expect("the new secret").to_owned();
     assert_ne!(new_secret, secret);
     assert_err(
-        s.call(Method::PATCH, &one, o, Some(json!({"url": "http://[::1]/h"}))).await,
+        s.call(Method::PATCH, &one, o, Some(json!({"url": "http://[::1]/h"})))
+            .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "url_not_allowed",
     );
@@ -2449,8 +2517,12 @@ async fn actions_are_managed_by_editors_read_by_members_and_never_show_their_sec
         s.ok(Method::POST, base, o, Some(body)).await;
     }
     assert_err(
-        s.post(base, o, json!({"name": "h20", "kind": "webhook", "url": "https://hooks.example.com/x"}))
-            .await,
+        s.post(
+            base,
+            o,
+            json!({"name": "h20", "kind": "webhook", "url": "https://hooks.example.com/x"}),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "too_many_actions",
     );
@@ -2459,6 +2531,12 @@ async fn actions_are_managed_by_editors_read_by_members_and_never_show_their_sec
     assert_err(s.get(&one, o).await, StatusCode::NOT_FOUND, "not_found");
     let audit = s.ok(Method::GET, "/orgs/acme/audit-log", o, None).await;
     let text = audit.to_string();
-    assert!(text.contains("action.created") && text.contains("action.deleted"), "{text}");
-    assert!(!text.contains(&secret) && !text.contains("hooks.example.com"), "no secret or URL in the audit log");
+    assert!(
+        text.contains("action.created") && text.contains("action.deleted"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&secret) && !text.contains("hooks.example.com"),
+        "no secret or URL in the audit log"
+    );
 }

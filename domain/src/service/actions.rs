@@ -11,9 +11,7 @@
 use super::{Caller, Gradient, Result, ServiceError, check_text};
 use crate::actions::{self, DELIVERY_LOG_KEEP, MAX_ACTIONS_PER_PROJECT, MAX_ATTEMPTS, MAX_RECIPIENTS, SECRET_LEN};
 use crate::mail::HealthChange;
-use crate::model::{
-    Action, ActionEvent, ActionKind, AuditAction, Delivery, DeliveryState, Evaluation, Org, Project,
-};
+use crate::model::{Action, ActionEvent, ActionKind, AuditAction, Delivery, DeliveryState, Evaluation, Org, Project};
 use crate::permissions::Permission;
 use crate::ports::mail::Mail;
 use crate::ports::webhook::{Outgoing, OutgoingError, WebhookSender};
@@ -192,13 +190,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// The project's actions (members of its organization).
     pub async fn actions(&self, caller: &Caller, org: &str, project: &str) -> Result<Vec<Action>> {
-        let (_, p) = self.project_for_actions(caller, org, project, Permission::ViewOrg).await?;
+        let (_, p) = self
+            .project_for_actions(caller, org, project, Permission::ViewOrg)
+            .await?;
         Ok(self.storage.actions_of(p.id).await?)
     }
 
     /// One action of the project (members of its organization).
     pub async fn action(&self, caller: &Caller, org: &str, project: &str, id: ActionId) -> Result<Action> {
-        let (_, p) = self.project_for_actions(caller, org, project, Permission::ViewOrg).await?;
+        let (_, p) = self
+            .project_for_actions(caller, org, project, Permission::ViewOrg)
+            .await?;
         self.action_of(&p, id).await
     }
 
@@ -211,7 +213,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         project: &str,
         new: NewAction,
     ) -> Result<ActionWithSecret> {
-        let (o, p) = self.project_for_actions(caller, org, project, Permission::EditProject).await?;
+        let (o, p) = self
+            .project_for_actions(caller, org, project, Permission::EditProject)
+            .await?;
         let name = check_name(&new.name)?;
         let events = check_events(new.events.as_deref())?;
         let (kind, secret) = match new.kind.trim() {
@@ -220,9 +224,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     return Err(ServiceError::invalid("invalid_input", "a webhook has no recipients"));
                 }
                 let url = check_url(
-                    new.url.as_deref().ok_or_else(|| {
-                        ServiceError::invalid("invalid_url", "a webhook needs the URL it posts to")
-                    })?,
+                    new.url
+                        .as_deref()
+                        .ok_or_else(|| ServiceError::invalid("invalid_url", "a webhook needs the URL it posts to"))?,
                     &self.settings.network,
                 )?;
                 let secret = match new.secret {
@@ -266,7 +270,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             enabled: new.enabled.unwrap_or(true),
             created_at: self.clock.now(),
         };
-        self.storage.create_action(&action).await.map_err(|e| name_taken(e, &action.name))?;
+        self.storage
+            .create_action(&action)
+            .await
+            .map_err(|e| name_taken(e, &action.name))?;
         self.audit(
             caller,
             o.id,
@@ -287,7 +294,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         id: ActionId,
         c: ActionChanges,
     ) -> Result<ActionWithSecret> {
-        let (o, p) = self.project_for_actions(caller, org, project, Permission::EditProject).await?;
+        let (o, p) = self
+            .project_for_actions(caller, org, project, Permission::EditProject)
+            .await?;
         let mut a = self.action_of(&p, id).await?;
         let mut shown = None;
         if let Some(name) = c.name {
@@ -335,7 +344,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
         }
-        self.storage.update_action(&a).await.map_err(|e| name_taken(e, &a.name))?;
+        self.storage
+            .update_action(&a)
+            .await
+            .map_err(|e| name_taken(e, &a.name))?;
         self.audit(
             caller,
             o.id,
@@ -352,7 +364,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// Deletes an action with its deliveries (`edit_project`).
     pub async fn delete_action(&self, caller: &Caller, org: &str, project: &str, id: ActionId) -> Result<()> {
-        let (o, p) = self.project_for_actions(caller, org, project, Permission::EditProject).await?;
+        let (o, p) = self
+            .project_for_actions(caller, org, project, Permission::EditProject)
+            .await?;
         let a = self.action_of(&p, id).await?;
         self.storage.delete_action(a.id).await?;
         self.audit(
@@ -374,7 +388,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         project: &str,
         id: ActionId,
     ) -> Result<Vec<Delivery>> {
-        let (_, p) = self.project_for_actions(caller, org, project, Permission::ViewOrg).await?;
+        let (_, p) = self
+            .project_for_actions(caller, org, project, Permission::ViewOrg)
+            .await?;
         let a = self.action_of(&p, id).await?;
         Ok(self.storage.deliveries_of(a.id, DELIVERY_PAGE).await?)
     }
@@ -382,7 +398,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Sends a test delivery (`edit_project`): a webhook's is queued (event `test`) and goes out with the next
     /// deliveries; a mail action's test mail is handed over at once. Answers the delivery as recorded.
     pub async fn test_action(&self, caller: &Caller, org: &str, project: &str, id: ActionId) -> Result<Delivery> {
-        let (o, p) = self.project_for_actions(caller, org, project, Permission::EditProject).await?;
+        let (o, p) = self
+            .project_for_actions(caller, org, project, Permission::EditProject)
+            .await?;
         let a = self.action_of(&p, id).await?;
         let now = self.clock.now();
         match &a.kind {
@@ -437,7 +455,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         continue;
                     }
                     let (subject, body) = actions::mail_text(&self.settings.public_url, &org, &project, e, event);
-                    self.mail_all(a, recipients, Some(e.id), Some(event), subject, body).await?;
+                    self.mail_all(a, recipients, Some(e.id), Some(event), subject, body)
+                        .await?;
                 }
             }
         }
@@ -573,9 +592,10 @@ fn pending(
 
 fn name_taken(e: StorageError, name: &str) -> ServiceError {
     match e {
-        StorageError::Conflict(_) => {
-            ServiceError::conflict("name_taken", format!("the project already has an action named '{name}'"))
-        }
+        StorageError::Conflict(_) => ServiceError::conflict(
+            "name_taken",
+            format!("the project already has an action named '{name}'"),
+        ),
         other => other.into(),
     }
 }

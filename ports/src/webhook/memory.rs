@@ -40,7 +40,10 @@ impl MemoryWebhooks {
 impl WebhookSender for MemoryWebhooks {
     async fn post(&self, request: &Outgoing) -> Result<u16, OutgoingError> {
         let Some(remote) = gradient_domain::reach::parse_http_url(&request.url) else {
-            return Err(OutgoingError::Refused(format!("'{}' is not an http(s) URL", request.url)));
+            return Err(OutgoingError::Refused(format!(
+                "'{}' is not an http(s) URL",
+                request.url
+            )));
         };
         gradient_domain::reach::check_remote(&remote, &self.policy).map_err(OutgoingError::Refused)?;
         let status = self
@@ -50,7 +53,10 @@ impl WebhookSender for MemoryWebhooks {
             .get(&request.url)
             .copied();
         let Some(status) = status else {
-            return Err(OutgoingError::Unavailable(format!("nothing answers at {}", request.url)));
+            return Err(OutgoingError::Unavailable(format!(
+                "nothing answers at {}",
+                request.url
+            )));
         };
         self.received
             .lock()
@@ -71,7 +77,11 @@ impl Receiving for MemoryWebhooks {
         self.requests()
             .into_iter()
             .map(|r| {
-                let headers = r.headers.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)).collect();
+                let headers = r
+                    .headers
+                    .into_iter()
+                    .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                    .collect();
                 (headers, r.body)
             })
             .collect()

@@ -128,7 +128,11 @@ impl From<&Delivery> for DeliveryView {
 #[OpenApi(tag = "Tag::Projects")]
 impl ActionsApi {
     /// The project's actions (members of its organization; never a secret).
-    #[oai(path = "/projects/:org/:project/actions", method = "get", operation_id = "list_actions")]
+    #[oai(
+        path = "/projects/:org/:project/actions",
+        method = "get",
+        operation_id = "list_actions"
+    )]
     async fn list(&self, auth: Token, org: Path<String>, project: Path<String>) -> Reply<Vec<ActionView>> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let actions = self.0.app.actions(&caller, &org, &project).await?;
@@ -136,7 +140,11 @@ impl ActionsApi {
     }
 
     /// Adds an action to the project (`edit_project`); a webhook's secret is answered this once.
-    #[oai(path = "/projects/:org/:project/actions", method = "post", operation_id = "create_action")]
+    #[oai(
+        path = "/projects/:org/:project/actions",
+        method = "post",
+        operation_id = "create_action"
+    )]
     async fn create(
         &self,
         auth: Token,
@@ -158,8 +166,18 @@ impl ActionsApi {
         ok(self.0.app.create_action(&caller, &org, &project, new).await?.into())
     }
 
-    #[oai(path = "/projects/:org/:project/actions/:action", method = "get", operation_id = "get_action")]
-    async fn get(&self, auth: Token, org: Path<String>, project: Path<String>, action: Path<Uuid>) -> Reply<ActionView> {
+    #[oai(
+        path = "/projects/:org/:project/actions/:action",
+        method = "get",
+        operation_id = "get_action"
+    )]
+    async fn get(
+        &self,
+        auth: Token,
+        org: Path<String>,
+        project: Path<String>,
+        action: Path<Uuid>,
+    ) -> Reply<ActionView> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let a = self
             .0
@@ -170,7 +188,11 @@ impl ActionsApi {
     }
 
     /// Changes an action (`edit_project`).
-    #[oai(path = "/projects/:org/:project/actions/:action", method = "patch", operation_id = "edit_action")]
+    #[oai(
+        path = "/projects/:org/:project/actions/:action",
+        method = "patch",
+        operation_id = "edit_action"
+    )]
     async fn patch(
         &self,
         auth: Token,
@@ -191,11 +213,20 @@ impl ActionsApi {
             enabled: b.enabled,
         };
         let id = gradient_domain::ActionId(action.0);
-        ok(self.0.app.update_action(&caller, &org, &project, id, changes).await?.into())
+        ok(self
+            .0
+            .app
+            .update_action(&caller, &org, &project, id, changes)
+            .await?
+            .into())
     }
 
     /// Deletes an action with its deliveries (`edit_project`).
-    #[oai(path = "/projects/:org/:project/actions/:action", method = "delete", operation_id = "delete_action")]
+    #[oai(
+        path = "/projects/:org/:project/actions/:action",
+        method = "delete",
+        operation_id = "delete_action"
+    )]
     async fn delete(&self, auth: Token, org: Path<String>, project: Path<String>, action: Path<Uuid>) -> Reply<String> {
         let caller = self.0.caller(Some(&auth.0.token)).await?;
         let id = gradient_domain::ActionId(action.0);
@@ -224,7 +255,11 @@ impl ActionsApi {
 
     /// Sends a test delivery (`edit_project`, event `test`): a webhook's goes out with the next deliveries, a mail
     /// action's at once.
-    #[oai(path = "/projects/:org/:project/actions/:action/test", method = "post", operation_id = "test_action")]
+    #[oai(
+        path = "/projects/:org/:project/actions/:action/test",
+        method = "post",
+        operation_id = "test_action"
+    )]
     async fn test(
         &self,
         auth: Token,

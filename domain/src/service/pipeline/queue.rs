@@ -219,8 +219,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     self.storage.set_schedule_anchor(project.id, Some(now)).await?;
                     match branch_head(git, &project).await {
                         Ok(Some((head, branch))) => queued.push(
-                            self.queue_evaluation_on(project.org_id, &project, &head, branch, EvaluationTrigger::Schedule)
-                                .await?,
+                            self.queue_evaluation_on(
+                                project.org_id,
+                                &project,
+                                &head,
+                                branch,
+                                EvaluationTrigger::Schedule,
+                            )
+                            .await?,
                         ),
                         Ok(None) => failed.push((project, "the branch has no commit".to_owned())),
                         Err(e) => failed.push((project, e.to_string())),

@@ -69,7 +69,10 @@ pub async fn actions_round_trip_and_go_with_their_project<S: Storage>(s: &S) {
         Err(StorageError::NotFound),
         "an unknown project has no actions"
     );
-    assert_eq!(s.actions_of(p.id).await.expect("actions_of"), vec![mail.clone(), hook.clone()]);
+    assert_eq!(
+        s.actions_of(p.id).await.expect("actions_of"),
+        vec![mail.clone(), hook.clone()]
+    );
     let changed = Action {
         name: "renamed".to_owned(),
         events: vec![ActionEvent::Failed],
@@ -149,6 +152,10 @@ pub async fn schedule_anchors_are_kept_apart_from_updates<S: Storage>(s: &S) {
     let mut off = p.clone();
     off.schedule = None;
     s.update_project(&off).await.expect("update_project");
-    assert_eq!(anchor(s.scheduled_projects().await.expect("scheduled")), None, "no schedule");
+    assert_eq!(
+        anchor(s.scheduled_projects().await.expect("scheduled")),
+        None,
+        "no schedule"
+    );
     assert!(!s.set_schedule_anchor(ProjectId::new(), None).await.expect("unknown"));
 }

@@ -2,9 +2,9 @@
 
 use super::MemoryStorage;
 use gradient_domain::ActionId;
+use gradient_domain::ProjectId;
 use gradient_domain::model::{Action, Delivery, DeliveryState, Timestamp};
 use gradient_domain::ports::storage::{Actions, Result, StorageError};
-use gradient_domain::ProjectId;
 
 impl Actions for MemoryStorage {
     async fn create_action(&self, action: &Action) -> Result<()> {
@@ -15,8 +15,7 @@ impl Actions for MemoryStorage {
             if s.actions.contains_key(&action.id) {
                 return Err(StorageError::Conflict("action id".into()));
             }
-            if s
-                .actions
+            if s.actions
                 .values()
                 .any(|a| a.project_id == action.project_id && a.name == action.name)
             {
@@ -33,7 +32,12 @@ impl Actions for MemoryStorage {
 
     async fn actions_of(&self, project: ProjectId) -> Result<Vec<Action>> {
         self.with(|s| {
-            let mut actions: Vec<Action> = s.actions.values().filter(|a| a.project_id == project).cloned().collect();
+            let mut actions: Vec<Action> = s
+                .actions
+                .values()
+                .filter(|a| a.project_id == project)
+                .cloned()
+                .collect();
             actions.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(actions)
         })
@@ -45,8 +49,7 @@ impl Actions for MemoryStorage {
                 return Err(StorageError::NotFound);
             };
             let project = stored.project_id;
-            if s
-                .actions
+            if s.actions
                 .values()
                 .any(|a| a.project_id == project && a.id != action.id && a.name == action.name)
             {

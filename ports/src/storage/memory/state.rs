@@ -349,8 +349,12 @@ impl State {
             self.delete_evaluation(evaluation);
         }
         self.schedule_anchors.remove(&id);
-        let actions: HashSet<gradient_domain::ActionId> =
-            self.actions.values().filter(|a| a.project_id == id).map(|a| a.id).collect();
+        let actions: HashSet<gradient_domain::ActionId> = self
+            .actions
+            .values()
+            .filter(|a| a.project_id == id)
+            .map(|a| a.id)
+            .collect();
         self.actions.retain(|a, _| !actions.contains(a));
         self.deliveries.retain(|d| !actions.contains(&d.action_id));
         true
