@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SECRET: &str = "the-receivers-shared-secret";
 
 /// One request the receiver got: its headers (names lowercase) and body.
-type Got = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+type Request = (Vec<(String, String)>, Vec<u8>);
+type Got = Arc<Mutex<Vec<Request>>>;
 
 /// An HTTP receiver on loopback answering 500 to its first request and 200 to the others; answers its URL.
 async fn receiver(got: Got) -> String {
@@ -71,7 +72,7 @@ async fn receiver(got: Got) -> String {
 }
 
 /// Waits until the receiver got `n` requests (or fails after a while).
-async fn received(got: &Got, n: usize, server: &Server) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+async fn received(got: &Got, n: usize, server: &Server) -> Vec<Request> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = got.lock().expect("lock").clone();

@@ -7,7 +7,9 @@ use gradient_forge::HttpForge;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-type Received = Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>;
+use gradient_ports::webhook::contract::Received as Request;
+
+type Received = Arc<Mutex<Vec<Request>>>;
 
 /// The adapter with loopback allowed and private ranges denied, and what its receivers got.
 struct Harness {
@@ -72,7 +74,7 @@ impl gradient_ports::webhook::contract::Receiving for Harness {
         format!("http://127.0.0.1:{port}/hook")
     }
 
-    async fn received(&self) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+    async fn received(&self) -> Vec<Request> {
         self.received.lock().unwrap().clone()
     }
 

@@ -4,7 +4,7 @@ use crate::{SqlStorage, db_error, from_json, stored_name, stored_u32, to_json, w
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{InputOverride, Project};
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{Projects, Result};
+use gradient_domain::ports::storage::{Projects, Result, ScheduledProject};
 use gradient_domain::{Name, OrgId, ProjectId, UserId};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -185,7 +185,7 @@ impl Projects for SqlStorage {
         Ok(done > 0)
     }
 
-    async fn scheduled_projects(&self) -> Result<Vec<(Project, Option<DateTime<Utc>>)>> {
+    async fn scheduled_projects(&self) -> Result<Vec<ScheduledProject>> {
         let sql = concat!(
             "SELECT ",
             project_columns!(),

@@ -194,11 +194,14 @@ pub trait Projects {
     fn delete_project(&self, id: ProjectId) -> impl Future<Output = Result<bool>> + Send;
     /// Every active project with a schedule, of any organization, by id, with its schedule's anchor (when it
     /// last ran or was first seen; see [`Projects::set_schedule_anchor`]).
-    fn scheduled_projects(&self) -> impl Future<Output = Result<Vec<(Project, Option<Timestamp>)>>> + Send;
+    fn scheduled_projects(&self) -> impl Future<Output = Result<Vec<ScheduledProject>>> + Send;
     /// Records the project's schedule anchor (`None` forgets it: the schedule starts anew). Only that changes;
     /// [`Projects::update_project`] leaves it. Ok(false) if the project does not exist.
     fn set_schedule_anchor(&self, id: ProjectId, at: Option<Timestamp>) -> impl Future<Output = Result<bool>> + Send;
 }
+
+/// A project with its schedule's anchor (see [`Projects::scheduled_projects`]).
+pub type ScheduledProject = (Project, Option<Timestamp>);
 
 /// Projects' actions (outgoing webhooks and mail on evaluation events) and their deliveries. Deleted with their
 /// project (and so with their organization).

@@ -247,7 +247,7 @@ impl Projects for MemoryStorage {
         self.with(|s| Ok(s.delete_project(id)))
     }
 
-    async fn scheduled_projects(&self) -> Result<Vec<(Project, Option<Timestamp>)>> {
+    async fn scheduled_projects(&self) -> Result<Vec<gradient_domain::ports::storage::ScheduledProject>> {
         self.with(|s| {
             let mut projects: Vec<(Project, Option<Timestamp>)> = s
                 .projects

@@ -6,12 +6,15 @@
 use gradient_domain::ports::webhook::{Outgoing, OutgoingError, WebhookSender};
 use std::future::Future;
 
+/// One request as a receiver got it: its headers (names lowercase) and its body.
+pub type Received = (Vec<(String, String)>, Vec<u8>);
+
 /// A sender together with a receiver it may reach.
 pub trait Receiving: WebhookSender {
     /// The URL of a new receiver that answers every POST with `status`.
     fn target(&self, status: u16) -> impl Future<Output = String> + Send;
     /// What the receivers got, oldest first: each request's headers (names lowercase) and body.
-    fn received(&self) -> impl Future<Output = Vec<(Vec<(String, String)>, Vec<u8>)>> + Send;
+    fn received(&self) -> impl Future<Output = Vec<Received>> + Send;
     /// A URL whose address the sender's network policy forbids (nothing is sent there).
     fn forbidden(&self) -> String;
     /// A URL where nothing answers.

@@ -1,6 +1,6 @@
 //! Webhooks delivered in memory: receivers are URLs registered with the status they answer.
 
-use super::contract::Receiving;
+use super::contract::{Received, Receiving};
 use gradient_domain::ports::webhook::{Outgoing, OutgoingError, WebhookSender};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,7 +73,7 @@ impl Receiving for MemoryWebhooks {
         url
     }
 
-    async fn received(&self) -> Vec<(Vec<(String, String)>, Vec<u8>)> {
+    async fn received(&self) -> Vec<Received> {
         self.requests()
             .into_iter()
             .map(|r| {
