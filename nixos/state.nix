@@ -55,6 +55,7 @@ let
     wildcard = opt types.str "packages.*.*, checks.*.*" "Attribute patterns.";
     keep_evaluations = nullOpt types.ints.positive "Evaluations kept (null: settings.keepEvaluations).";
     poll_interval_secs = nullOpt types.ints.positive "Polling interval (null: webhooks only).";
+    schedule = nullOpt types.str "Cron expression in UTC evaluating the branch head at those times, new commit or not (null: none).";
     active = opt types.bool true "Whether the project is evaluated.";
     created_by = req types.str "Username recorded as the creator.";
     flake_input_overrides = opt (types.attrsOf (

@@ -48,4 +48,8 @@ id_type!(
     PeerId,
     /// A commit status in the outbox.
     StatusReportId,
+    /// A project's action (an outgoing webhook or mail on evaluation events).
+    ActionId,
+    /// One delivery of an action.
+    DeliveryId,
 );

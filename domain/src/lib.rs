@@ -5,6 +5,7 @@
 //! Architecture invariant: this crate does no I/O. It never depends on sqlx, poem, tungstenite, lettre, s3,
 //! reqwest, or tokio's net/fs features; `apps/server/tests` enforces that by reading `cargo metadata`.
 
+pub mod actions;
 pub mod auth;
 pub mod changes;
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod ports;
 pub mod proto;
 pub mod push;
 pub mod reach;
+pub mod schedule;
 pub mod scheduler;
 pub mod service;
 pub mod state;

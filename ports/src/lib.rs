@@ -8,3 +8,4 @@ pub mod fleet;
 pub mod mail;
 pub mod nar_store;
 pub mod storage;
+pub mod webhook;

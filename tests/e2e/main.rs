@@ -2,6 +2,7 @@
 //! and on PostgreSQL. Build the binary first (`cargo build -p gradient-server`; `scripts/test` does).
 
 mod acceptance;
+mod actions;
 mod cache;
 mod cache_clients;
 mod cli;

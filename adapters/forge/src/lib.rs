@@ -15,6 +15,7 @@
 //! describes.
 
 pub mod github_app;
+mod webhook;
 
 pub use github_app::{GithubApp, OAuthClient};
 
@@ -124,6 +125,7 @@ pub fn status_request(
 pub struct HttpForge {
     client: reqwest::Client,
     trusted: reqwest::Client,
+    outgoing: reqwest::Client,
     policy: NetworkPolicy,
     github_app: Option<std::sync::Arc<GithubApp>>,
 }
@@ -208,9 +210,18 @@ impl HttpForge {
                 .build()
                 .map_err(|e| ForgeError::Unavailable(format!("building the HTTP client: {e}")))
         };
+        // Outgoing webhooks (the webhook port, `webhook.rs`): the same resolver, no redirect followed.
+        let outgoing = reqwest::Client::builder()
+            .timeout(webhook::TIMEOUT)
+            .user_agent(concat!("gradient/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(std::sync::Arc::new(PolicyResolver(policy)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ForgeError::Unavailable(format!("building the HTTP client: {e}")))?;
         Ok(Self {
             client: build(true)?,
             trusted: build(false)?,
+            outgoing,
             policy,
             github_app: None,
         })

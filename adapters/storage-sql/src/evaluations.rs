@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 macro_rules! evaluation_columns {
     () => {
-        "id, project_id, commit_hash, branch, trigger_kind, status, errors, transitions, created_at, updated_at"
+        "id, project_id, commit_hash, branch, trigger_kind, status, errors, transitions, created_at, updated_at, scheduled"
     };
 }
 
@@ -80,6 +80,7 @@ struct EvaluationRow {
     transitions: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    scheduled: bool,
 }
 
 impl EvaluationRow {
@@ -90,8 +91,13 @@ impl EvaluationRow {
             project_id: ProjectId(self.project_id),
             commit: self.commit_hash,
             branch: self.branch,
-            trigger: EvaluationTrigger::parse(&self.trigger_kind)
-                .ok_or_else(|| corrupt("evaluation trigger", &self.trigger_kind))?,
+            // A scheduled evaluation is stored as polled with the `scheduled` flag (the column's CHECK predates
+            // schedules).
+            trigger: match EvaluationTrigger::parse(&self.trigger_kind) {
+                Some(EvaluationTrigger::Poll) if self.scheduled => EvaluationTrigger::Schedule,
+                Some(t) => t,
+                None => return Err(corrupt("evaluation trigger", &self.trigger_kind)),
+            },
             status: EvaluationStatus::parse(&self.status).ok_or_else(|| corrupt("evaluation status", &self.status))?,
             errors: errors
                 .into_iter()
@@ -195,21 +201,28 @@ impl Evaluations for SqlStorage {
         let sql = concat!(
             "INSERT INTO evaluations (",
             evaluation_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         );
         let errors = errors_json(&evaluation.errors)?;
+        let scheduled = evaluation.trigger == EvaluationTrigger::Schedule;
+        let trigger = if scheduled {
+            EvaluationTrigger::Poll
+        } else {
+            evaluation.trigger
+        };
         let transitions = transitions_json(&evaluation.transitions, EvaluationStatus::as_str)?;
         with_pool!(self, |p| sqlx::query(sql)
             .bind(evaluation.id.0)
             .bind(evaluation.project_id.0)
             .bind(&evaluation.commit)
             .bind(evaluation.branch.as_deref())
-            .bind(evaluation.trigger.as_str())
+            .bind(trigger.as_str())
             .bind(evaluation.status.as_str())
             .bind(&errors)
             .bind(&transitions)
             .bind(evaluation.created_at)
             .bind(evaluation.updated_at)
+            .bind(scheduled)
             .execute(p)
             .await
             .map(|_| ()))

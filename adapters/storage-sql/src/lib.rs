@@ -19,6 +19,7 @@
 //!   is reported as `Unavailable`.
 //! * Rows that do not decode into domain types (an invalid name, bad JSON) are reported as `Unavailable`.
 
+mod actions;
 mod audit;
 mod cache_contents;
 mod caches;
@@ -294,6 +295,9 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     ("jobs_pkey", "jobs.id", "job id"),
     ("evaluations_pkey", "evaluations.id", "evaluation id"),
     ("status_reports_id_key", "status_reports.id", "status report id"),
+    ("actions_pkey", "actions.id", "action id"),
+    ("actions_name_key", "actions.project_id, actions.name", "action name"),
+    ("action_deliveries_pkey", "action_deliveries.id", "delivery id"),
     // `put_github_installation` replaces by id and deletes the account's other installation first; listed
     // for completeness.
     (

@@ -4,7 +4,7 @@ use crate::{SqlStorage, db_error, from_json, stored_name, stored_u32, to_json, w
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{InputOverride, Project};
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{Projects, Result};
+use gradient_domain::ports::storage::{Projects, Result, ScheduledProject};
 use gradient_domain::{Name, OrgId, ProjectId, UserId};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -12,7 +12,7 @@ use uuid::Uuid;
 macro_rules! project_columns {
     () => {
         "id, org_id, name, display_name, description, repository, branch, wildcard, flake_input_overrides, \
-         keep_evaluations, poll_interval_secs, active, created_by, created_at, managed"
+         keep_evaluations, poll_interval_secs, active, created_by, created_at, managed, schedule"
     };
 }
 pub(crate) use project_columns;
@@ -34,6 +34,7 @@ pub(crate) struct ProjectRow {
     created_by: Uuid,
     created_at: DateTime<Utc>,
     managed: bool,
+    schedule: Option<String>,
 }
 
 impl ProjectRow {
@@ -53,6 +54,7 @@ impl ProjectRow {
             )?,
             keep_evaluations: stored_u32(self.keep_evaluations, "keep_evaluations")?,
             poll_interval_secs: stored_u32(self.poll_interval_secs, "poll_interval_secs")?,
+            schedule: self.schedule,
             active: self.active,
             created_by: UserId(self.created_by),
             created_at: self.created_at,
@@ -66,7 +68,7 @@ impl Projects for SqlStorage {
         let sql = concat!(
             "INSERT INTO projects (",
             project_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         );
         let overrides = to_json(&project.flake_input_overrides)?;
         with_pool!(self, |p| sqlx::query(sql)
@@ -85,6 +87,7 @@ impl Projects for SqlStorage {
             .bind(project.created_by.0)
             .bind(project.created_at)
             .bind(project.managed)
+            .bind(project.schedule.as_deref())
             .execute(p)
             .await
             .map(|_| ()))
@@ -150,7 +153,7 @@ impl Projects for SqlStorage {
     async fn update_project(&self, project: &Project) -> Result<()> {
         let sql = "UPDATE projects SET display_name = $2, description = $3, repository = $4, branch = $5, \
                    wildcard = $6, flake_input_overrides = $7, keep_evaluations = $8, poll_interval_secs = $9, \
-                   active = $10 WHERE id = $1";
+                   active = $10, schedule = $11 WHERE id = $1";
         let overrides = to_json(&project.flake_input_overrides)?;
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(project.id.0)
@@ -163,6 +166,7 @@ impl Projects for SqlStorage {
             .bind(project.keep_evaluations.map(i64::from))
             .bind(project.poll_interval_secs.map(i64::from))
             .bind(project.active)
+            .bind(project.schedule.as_deref())
             .execute(p)
             .await
             .map(|r| r.rows_affected()))
@@ -180,4 +184,35 @@ impl Projects for SqlStorage {
         .map_err(db_error)?;
         Ok(done > 0)
     }
+
+    async fn scheduled_projects(&self) -> Result<Vec<ScheduledProject>> {
+        let sql = concat!(
+            "SELECT ",
+            project_columns!(),
+            ", schedule_anchor FROM projects WHERE active AND schedule IS NOT NULL ORDER BY id"
+        );
+        let rows = with_pool!(self, |p| sqlx::query_as::<_, ScheduledRow>(sql).fetch_all(p).await).map_err(db_error)?;
+        rows.into_iter()
+            .map(|r| Ok((r.project.into_project()?, r.schedule_anchor)))
+            .collect()
+    }
+
+    async fn set_schedule_anchor(&self, id: ProjectId, at: Option<DateTime<Utc>>) -> Result<bool> {
+        let sql = "UPDATE projects SET schedule_anchor = $2 WHERE id = $1";
+        let done = with_pool!(self, |p| sqlx::query(sql)
+            .bind(id.0)
+            .bind(at)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(done > 0)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ScheduledRow {
+    #[sqlx(flatten)]
+    project: ProjectRow,
+    schedule_anchor: Option<DateTime<Utc>>,
 }

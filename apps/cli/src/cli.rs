@@ -140,6 +140,9 @@ pub struct ProjectFields {
     /// Poll the branch every so many seconds (0: never).
     #[arg(long)]
     pub poll_interval_secs: Option<u32>,
+    /// Evaluate the branch head on a cron schedule (UTC), e.g. `0 3 * * *`.
+    #[arg(long)]
+    pub schedule: Option<String>,
     #[arg(long)]
     pub active: Option<bool>,
 }
@@ -363,6 +366,7 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 wildcard: fields.wildcard,
                 keep_evaluations: fields.keep_evaluations,
                 poll_interval_secs: fields.poll_interval_secs,
+                schedule: fields.schedule,
                 active: fields.active,
                 flake_input_overrides: Default::default(),
             };
@@ -382,6 +386,7 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 wildcard: fields.wildcard,
                 keep_evaluations: fields.keep_evaluations,
                 poll_interval_secs: fields.poll_interval_secs,
+                schedule: fields.schedule,
                 active: fields.active,
                 flake_input_overrides: Default::default(),
             };

@@ -666,7 +666,22 @@ pub fn spawn_status_delivery(state: AppState) {
     });
 }
 
-/// Polls the branch heads of projects with a poll interval and queues evaluations of new commits.
+/// Delivers the due webhook deliveries of projects' actions, every second. A target that fails is retried later
+/// (the domain backs off and gives up after a few attempts).
+pub fn spawn_action_delivery(state: AppState) {
+    tokio::spawn(async move {
+        let sender = state.forge.clone();
+        let mut outage = outage::Outage::new("delivering webhooks");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let delivered = state.core.deliver_due_webhooks(&sender, 50).await;
+            outage.settle(&delivered).await;
+        }
+    });
+}
+
+/// Polls the branch heads of projects with a poll interval and queues evaluations of new commits; runs the
+/// projects' schedules that are due (checked every second, so a schedule's time is met within about a second).
 pub fn spawn_poller(state: AppState) {
     tokio::spawn(async move {
         let git = gradient_git_cli::GitCli::new(state.core.settings().network);
@@ -675,6 +690,19 @@ pub fn spawn_poller(state: AppState) {
         let mut outage = outage::Outage::new("polling");
         loop {
             tick.tick().await;
+            let scheduled = state.core.run_schedules(&git).await;
+            if let Ok((queued, failed)) = &scheduled {
+                for e in queued {
+                    tracing::info!("schedule: evaluating commit {} (evaluation {})", e.commit, e.id.0);
+                }
+                for (p, why) in failed {
+                    tracing::warn!("schedule of {}: the branch head cannot be read: {why}", p.name);
+                }
+            }
+            outage.settle(&scheduled).await;
+            if scheduled.is_err() {
+                continue;
+            }
             let listed = state.core.polled_projects().await;
             outage.settle(&listed).await;
             let Ok(projects) = listed else {
@@ -755,6 +783,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         state.clone(),
         std::time::Duration::from_secs(u64::from(config.worker_lost_after_secs)),
     );
+    spawn_action_delivery(state.clone());
     spawn_upkeep(
         state.clone(),
         config.cache_ttl_hours,

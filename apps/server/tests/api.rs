@@ -2307,3 +2307,236 @@ async fn cache_stats_count_the_paths_a_cache_holds() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn schedules_are_checked_and_kept_with_the_project() {
+    let s = server().await;
+    let t = s.user("alice").await;
+    let t = Some(t.as_str());
+    s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
+    let repo = "https://git.example.com/acme/web.git";
+    for bad in ["every day", "* * * *", "61 * * * *", "* * * * * *", "0 0 0 * * * 2030"] {
+        let answer = s
+            .post(
+                "/projects/acme",
+                t,
+                json!({"name": "web", "repository": repo, "schedule": bad}),
+            )
+            .await;
+        assert_err(answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule");
+    }
+    assert_eq!(
+        s.get("/projects/acme/web", t).await.0,
+        StatusCode::NOT_FOUND,
+        "nothing half-written"
+    );
+    let p = s
+        .ok(
+            Method::POST,
+            "/projects/acme",
+            t,
+            Some(json!({"name": "web", "repository": repo, "schedule": " 0 3 * * * "})),
+        )
+        .await;
+    assert_eq!(p["schedule"], "0 3 * * *");
+    let p = s
+        .ok(
+            Method::PATCH,
+            "/projects/acme/web",
+            t,
+            Some(json!({"schedule": "*/30 * * * * *"})),
+        )
+        .await;
+    assert_eq!(p["schedule"], "*/30 * * * * *");
+    let bad = s
+        .call(
+            Method::PATCH,
+            "/projects/acme/web",
+            t,
+            Some(json!({"schedule": "nonsense"})),
+        )
+        .await;
+    assert_err(bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_schedule");
+    let p = s
+        .ok(Method::PATCH, "/projects/acme/web", t, Some(json!({"schedule": null})))
+        .await;
+    assert_eq!(p["schedule"], Value::Null);
+}
+
+#[tokio::test]
+async fn actions_are_managed_by_editors_read_by_members_and_never_show_their_secret_again() {
+    let s = server().await;
+    let owner = s.user("alice").await;
+    let viewer = s.user("bob").await;
+    let outsider = s.user("eve").await;
+    let (o, v, x) = (Some(owner.as_str()), Some(viewer.as_str()), Some(outsider.as_str()));
+    s.ok(Method::POST, "/orgs", o, Some(json!({"name": "acme"}))).await;
+    s.ok(
+        Method::POST,
+        "/orgs/acme/users",
+        o,
+        Some(json!({"user": "bob", "role": "View"})),
+    )
+    .await;
+    let repo = "https://git.example.com/acme/web.git";
+    s.ok(
+        Method::POST,
+        "/projects/acme",
+        o,
+        Some(json!({"name": "web", "repository": repo})),
+    )
+    .await;
+    let base = "/projects/acme/web/actions";
+
+    // Refusals, each with its code, and nothing written.
+    let table = [
+        (json!({"name": "h", "kind": "webhook"}), "invalid_url"),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "ftp://x/y"}),
+            "invalid_url",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "http://127.0.0.1:9/h"}),
+            "url_not_allowed",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "http://localhost/h"}),
+            "url_not_allowed",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "secret": "short"}),
+            "invalid_secret",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "events": ["broken"]}),
+            "invalid_events",
+        ),
+        (
+            json!({"name": "h", "kind": "webhook", "url": "https://h.example.com", "events": []}),
+            "invalid_events",
+        ),
+        (
+            json!({"name": "h", "kind": "pager", "url": "https://h.example.com"}),
+            "invalid_kind",
+        ),
+        (
+            json!({"name": "", "kind": "webhook", "url": "https://h.example.com"}),
+            "invalid_input",
+        ),
+        // Mail is off on this server.
+        (
+            json!({"name": "m", "kind": "mail", "recipients": ["ops@example.com"]}),
+            "email_disabled",
+        ),
+    ];
+    for (body, code) in table {
+        assert_err(
+            s.post(base, o, body.clone()).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+        );
+    }
+    assert_eq!(s.ok(Method::GET, base, o, None).await, json!([]));
+
+    let made = s
+        .ok(
+            Method::POST,
+            base,
+            o,
+            Some(json!({"name": "hook", "kind": "webhook", "url": "https://hooks.example.com/ci"})),
+        )
+        .await;
+    let secret = made["secret"].as_str().expect("the generated secret, once").to_owned();
+    assert!(secret.len() >= 32, "{secret}");
+    assert_eq!(
+        made["events"],
+        json!(["failed", "fixed"]),
+        "changes of health by default"
+    );
+    let id = made["id"].as_str().expect("id").to_owned();
+    let one = format!("{base}/{id}");
+    assert_err(
+        s.post(
+            base,
+            o,
+            json!({"name": "hook", "kind": "webhook", "url": "https://hooks.example.com/2"}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "name_taken",
+    );
+
+    // Members read, without the secret; the viewer may not change anything; an outsider learns nothing.
+    let listed = s.ok(Method::GET, base, v, None).await;
+    assert_eq!(listed[0]["url"], "https://hooks.example.com/ci");
+    assert_eq!(listed[0]["secret"], Value::Null);
+    assert_eq!(s.ok(Method::GET, &one, v, None).await["secret"], Value::Null);
+    assert_err(
+        s.call(Method::PATCH, &one, v, Some(json!({"enabled": false}))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    for path in [base.to_owned(), one.clone(), format!("{one}/deliveries")] {
+        assert_err(s.get(&path, x).await, StatusCode::NOT_FOUND, "not_found");
+    }
+    assert_err(
+        s.get(&format!("{base}/{}", uuid::Uuid::new_v4()), o).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Changes; a new secret is shown in that answer only.
+    let changed = s
+        .ok(
+            Method::PATCH,
+            &one,
+            o,
+            Some(json!({"events": ["completed", "failed"], "regenerate_secret": true})),
+        )
+        .await;
+    assert_eq!(changed["events"], json!(["failed", "completed"]));
+    let new_secret = changed["secret"].as_str().expect("the new secret").to_owned();
+    assert_ne!(new_secret, secret);
+    assert_err(
+        s.call(Method::PATCH, &one, o, Some(json!({"url": "http://[::1]/h"})))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "url_not_allowed",
+    );
+
+    // A test delivery is queued and shows in the log.
+    let test = s.ok(Method::POST, &format!("{one}/test"), o, None).await;
+    assert_eq!(test["event"], "test");
+    assert_eq!(test["state"], "pending");
+    let log = s.ok(Method::GET, &format!("{one}/deliveries"), v, None).await;
+    assert_eq!(log.as_array().map(Vec::len), Some(1), "{log}");
+
+    // At most 20 actions per project.
+    for i in 1..20 {
+        let body = json!({"name": format!("h{i}"), "kind": "webhook", "url": "https://hooks.example.com/x"});
+        s.ok(Method::POST, base, o, Some(body)).await;
+    }
+    assert_err(
+        s.post(
+            base,
+            o,
+            json!({"name": "h20", "kind": "webhook", "url": "https://hooks.example.com/x"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_many_actions",
+    );
+
+    s.ok(Method::DELETE, &one, o, None).await;
+    assert_err(s.get(&one, o).await, StatusCode::NOT_FOUND, "not_found");
+    let audit = s.ok(Method::GET, "/orgs/acme/audit-log", o, None).await;
+    let text = audit.to_string();
+    assert!(
+        text.contains("action.created") && text.contains("action.deleted"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&secret) && !text.contains("hooks.example.com"),
+        "no secret or URL in the audit log"
+    );
+}

@@ -143,6 +143,15 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("PATCH /projects/{org}/{project}",         [401, 404, 403, 200, 200, 200, 403, 401, 401]),
     ("POST /projects/{org}/{project}/evaluate", [401, 404, 403, 200, 200, 200, 403, 401, 401]),
     ("GET /projects/{org}/{project}/evaluations", [404, 404, 200, 200, 200, 200, 200, 401, 401]),
+    // Actions: members read (no secret), whoever may edit the project manages; `{action}` is a webhook action of
+    // the project.
+    ("GET /projects/{org}/{project}/actions",   [401, 404, 200, 200, 200, 200, 200, 401, 401]),
+    ("POST /projects/{org}/{project}/actions",  [401, 404, 403, 200, 200, 200, 403, 401, 401]),
+    ("GET /projects/{org}/{project}/actions/{action}", [401, 404, 200, 200, 200, 200, 200, 401, 401]),
+    ("PATCH /projects/{org}/{project}/actions/{action}", [401, 404, 403, 200, 200, 200, 403, 401, 401]),
+    ("DELETE /projects/{org}/{project}/actions/{action}", [401, 404, 403, 200, 200, 200, 403, 401, 401]),
+    ("GET /projects/{org}/{project}/actions/{action}/deliveries", [401, 404, 200, 200, 200, 200, 200, 401, 401]),
+    ("POST /projects/{org}/{project}/actions/{action}/test", [401, 404, 403, 200, 200, 200, 403, 401, 401]),
     ("GET /user",                               [401, 200, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /user/mail",                          [401, 200, 200, 200, 200, 200, 200, 401, 401]),
     ("PUT /user/mail",                          [401, 200, 200, 200, 200, 403, 403, 401, 401]),
@@ -481,6 +490,7 @@ struct Fixture {
     org_key: Option<String>,
     admin_key_id: Option<String>,
     webhook_secret: Option<String>,
+    action: Option<String>,
 }
 
 impl Fixture {
@@ -497,6 +507,7 @@ impl Fixture {
             drv: None,
             peer: id(),
             admin_key_id: id(),
+            action: id(),
             ..Self::default()
         }
     }
@@ -689,6 +700,18 @@ impl Env {
             self.ok(Method::POST, &format!("/orgs/{}/roles", fx.org), owner, Some(body))
                 .await;
         }
+        if path.contains("{action}") {
+            let body = json!({"name": "hook", "kind": "webhook", "url": "https://hooks.example.com/ci"});
+            let action = self
+                .ok(
+                    Method::POST,
+                    &format!("/projects/{}/{}/actions", fx.org, fx.project),
+                    owner,
+                    Some(body),
+                )
+                .await;
+            fx.action = Some(action["id"].as_str().expect("id").to_owned());
+        }
         if op == "POST /hooks/{forge}/{org}" {
             let secret = self
                 .ok(Method::POST, &format!("/orgs/{}/webhook-secret", fx.org), owner, None)
@@ -871,6 +894,7 @@ impl Env {
             .replace("{forge}", "gitlab")
             .replace("{installation}", "4242")
             .replace("{peer}", fx.peer.as_deref().unwrap_or("-"))
+            .replace("{action}", fx.action.as_deref().unwrap_or("-"))
             .replace("{id}", id.as_deref().unwrap_or("-"));
         // The log stream by evaluation names its build's `.drv` in the query.
         let path = if op == "GET /evals/{id}/log" {
@@ -988,6 +1012,10 @@ fn request_for(op: &str, n: usize, fx: &Fixture, env: &Env) -> (Option<Value>, V
             json!({"name": format!("project{n}"), "repository": "https://git.example.com/acme/new.git"})
         }
         "PATCH /projects/{org}/{project}" => json!({"description": "changed"}),
+        "POST /projects/{org}/{project}/actions" => {
+            json!({"name": format!("hook{n}"), "kind": "webhook", "url": "https://hooks.example.com/new"})
+        }
+        "PATCH /projects/{org}/{project}/actions/{action}" => json!({"enabled": false}),
         "POST /projects/{org}/{project}/evaluate" => json!({"commit": format!("{:040x}", n + (1 << 40))}),
         "POST /user/keys" => json!({"name": format!("key{n}")}),
         _ => return (None, Vec::new()),

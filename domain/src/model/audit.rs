@@ -75,10 +75,13 @@ pub enum AuditAction {
     EvaluationAborted,
     EvaluationRestarted,
     StateApplied,
+    ActionCreated,
+    ActionUpdated,
+    ActionDeleted,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 27] = [
         Self::OrgCreated,
         Self::OrgUpdated,
         Self::MemberSet,
@@ -103,6 +106,9 @@ impl AuditAction {
         Self::EvaluationAborted,
         Self::EvaluationRestarted,
         Self::StateApplied,
+        Self::ActionCreated,
+        Self::ActionUpdated,
+        Self::ActionDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +137,9 @@ impl AuditAction {
             Self::EvaluationAborted => "evaluation.aborted",
             Self::EvaluationRestarted => "evaluation.restarted",
             Self::StateApplied => "state.applied",
+            Self::ActionCreated => "action.created",
+            Self::ActionUpdated => "action.updated",
+            Self::ActionDeleted => "action.deleted",
         }
     }
 

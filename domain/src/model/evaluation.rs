@@ -64,16 +64,19 @@ pub enum EvaluationTrigger {
     Manual,
     Poll,
     Webhook,
+    /// The project's schedule (evaluated whether or not the commit is new).
+    Schedule,
 }
 
 impl EvaluationTrigger {
-    pub const ALL: [Self; 3] = [Self::Manual, Self::Poll, Self::Webhook];
+    pub const ALL: [Self; 4] = [Self::Manual, Self::Poll, Self::Webhook, Self::Schedule];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Manual => "Manual",
             Self::Poll => "Poll",
             Self::Webhook => "Webhook",
+            Self::Schedule => "Schedule",
         }
     }
 

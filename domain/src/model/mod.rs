@@ -1,6 +1,7 @@
 //! The things Gradient knows about. Plain data: the rules that govern them live in `permissions`, `status`
 //! and the services.
 
+mod action;
 mod audit;
 mod build;
 mod cache;
@@ -13,6 +14,7 @@ mod queue;
 mod user;
 mod worker;
 
+pub use action::*;
 pub use audit::*;
 pub use build::*;
 pub use cache::*;

@@ -23,6 +23,9 @@ pub struct Project {
     pub keep_evaluations: Option<u32>,
     /// Seconds between polls of the branch head; `None` disables polling (webhooks only).
     pub poll_interval_secs: Option<u32>,
+    /// A cron expression (UTC; see [`crate::schedule`]): the branch head is evaluated at these times, new commit
+    /// or not. `None`: no schedule.
+    pub schedule: Option<String>,
     /// Inactive projects are neither polled nor triggered by webhooks.
     pub active: bool,
     pub created_by: UserId,

@@ -11,6 +11,7 @@ pub mod nar_store;
 pub mod nix;
 pub mod observer;
 pub mod storage;
+pub mod webhook;
 
 pub use cache_client::CacheClient;
 pub use clock::Clock;
@@ -18,3 +19,4 @@ pub use fleet::Fleet;
 pub use mail::{Mail, MailError, Mailer};
 pub use observer::Observer;
 pub use storage::{Storage, StorageError};
+pub use webhook::{Outgoing, OutgoingError, WebhookSender};

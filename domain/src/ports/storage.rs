@@ -52,6 +52,7 @@ pub trait Storage:
     + Meta
     + Audit
     + Mailing
+    + Actions
     + Send
     + Sync
     + 'static
@@ -73,6 +74,7 @@ impl<
         + Meta
         + Audit
         + Mailing
+        + Actions
         + Send
         + Sync
         + 'static,
@@ -187,8 +189,51 @@ pub trait Projects {
     fn active_projects(&self) -> impl Future<Output = Result<Vec<Project>>> + Send;
     /// Updates every field but id, org, name, creator and creation time. NotFound if absent.
     fn update_project(&self, project: &Project) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes the project with its evaluations (see [`Evaluations::delete_evaluation`]). Ok(false) if absent.
+    /// Deletes the project with its evaluations (see [`Evaluations::delete_evaluation`]) and its actions (with
+    /// their deliveries). Ok(false) if absent.
     fn delete_project(&self, id: ProjectId) -> impl Future<Output = Result<bool>> + Send;
+    /// Every active project with a schedule, of any organization, by id, with its schedule's anchor (when it
+    /// last ran or was first seen; see [`Projects::set_schedule_anchor`]).
+    fn scheduled_projects(&self) -> impl Future<Output = Result<Vec<ScheduledProject>>> + Send;
+    /// Records the project's schedule anchor (`None` forgets it: the schedule starts anew). Only that changes;
+    /// [`Projects::update_project`] leaves it. Ok(false) if the project does not exist.
+    fn set_schedule_anchor(&self, id: ProjectId, at: Option<Timestamp>) -> impl Future<Output = Result<bool>> + Send;
+}
+
+/// A project with its schedule's anchor (see [`Projects::scheduled_projects`]).
+pub type ScheduledProject = (Project, Option<Timestamp>);
+
+/// Projects' actions (outgoing webhooks and mail on evaluation events) and their deliveries. Deleted with their
+/// project (and so with their organization).
+pub trait Actions {
+    /// NotFound when the project does not exist; Conflict("action name") when the project has an action of that
+    /// name.
+    fn create_action(&self, action: &crate::model::Action) -> impl Future<Output = Result<()>> + Send;
+    fn action(&self, id: crate::ActionId) -> impl Future<Output = Result<Option<crate::model::Action>>> + Send;
+    /// The project's actions, by name.
+    fn actions_of(&self, project: ProjectId) -> impl Future<Output = Result<Vec<crate::model::Action>>> + Send;
+    /// Updates name, kind (URL, secret, recipients), events and enabled. NotFound if absent; Conflict("action
+    /// name") when another action of the project has that name.
+    fn update_action(&self, action: &crate::model::Action) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the action with its deliveries. Ok(false) if absent.
+    fn delete_action(&self, id: crate::ActionId) -> impl Future<Output = Result<bool>> + Send;
+    /// Adds a delivery and deletes the action's oldest deliveries beyond the newest `keep` (by creation time,
+    /// ties by id), atomically. NotFound when the action does not exist.
+    fn add_delivery(&self, delivery: &crate::model::Delivery, keep: u32) -> impl Future<Output = Result<()>> + Send;
+    /// Pending deliveries whose `next_attempt_at` is at or before `now`, oldest first, at most `limit`.
+    fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<crate::model::Delivery>>> + Send;
+    /// Updates state, attempts, status code, last error, next attempt and `updated_at`. NotFound if absent.
+    fn update_delivery(&self, delivery: &crate::model::Delivery) -> impl Future<Output = Result<()>> + Send;
+    /// The action's deliveries, newest first (ties by id), at most `limit`.
+    fn deliveries_of(
+        &self,
+        action: crate::ActionId,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<crate::model::Delivery>>> + Send;
 }
 
 pub trait Caches {

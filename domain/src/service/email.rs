@@ -217,12 +217,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(wanted)
     }
 
-    /// After evaluation `e` ended: when it changed its project's health (see [`mail::health_change`]), one mail
-    /// to each member of the organization who wants it. Mail that cannot be handed over is dropped: the CI
-    /// loop never waits for or fails on mail.
-    pub(super) async fn mail_health_change(&self, e: &Evaluation) -> Result<()> {
-        if !self.settings.email.enabled || !mail::tells_health(e.status) {
-            return Ok(());
+    /// How evaluation `e`, which just ended, changed its project's health (see [`mail::health_change`]).
+    pub(super) async fn health_change_of(&self, e: &Evaluation) -> Result<Option<mail::HealthChange>> {
+        if !mail::tells_health(e.status) {
+            return Ok(None);
         }
         // The project's health before: how its latest end before this one came out, whether that was another
         // evaluation's or this one's before a restart.
@@ -240,14 +238,29 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .filter(|t| mail::tells_health(t.status))
             .map(|t| (t.at, t.status));
         let previous = others.chain(earlier_ends).max_by_key(|(at, _)| *at).map(|(_, s)| s);
-        let Some(change) = mail::health_change(previous, e.status) else {
+        Ok(mail::health_change(previous, e.status))
+    }
+
+    /// After evaluation `e` ended: when it changed its project's health, one mail to each member of the
+    /// organization who wants it, and the project's actions that follow what happened. Mail that cannot be
+    /// handed over is dropped: the CI loop never waits for or fails on mail.
+    pub(super) async fn mail_health_change(&self, e: &Evaluation) -> Result<()> {
+        if !self.settings.email.enabled && self.storage.actions_of(e.project_id).await?.is_empty() {
             return Ok(());
+        }
+        let change = self.health_change_of(e).await?;
+        let fired = self.fire_actions(e, change).await;
+        if !self.settings.email.enabled {
+            return fired;
+        }
+        let Some(change) = change else {
+            return fired;
         };
         let Some(project) = self.storage.project_by_id(e.project_id).await? else {
-            return Ok(());
+            return fired;
         };
         let Some(org) = self.storage.org(project.org_id).await? else {
-            return Ok(());
+            return fired;
         };
         let mut members = Vec::new();
         for m in self.storage.members(org.id).await? {
@@ -269,7 +282,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 ))
                 .await;
         }
-        Ok(())
+        fired
     }
 }
 

@@ -3,6 +3,7 @@
 //! through the storage port. The HTTP API only translates requests into these calls.
 
 mod accounts;
+mod actions;
 mod audit;
 mod binary_cache;
 mod builds;
@@ -24,6 +25,7 @@ mod webhooks;
 pub(crate) mod workers;
 
 pub use accounts::{Caller, NewKey, Registration};
+pub use actions::{ActionChanges, ActionWithSecret, DELIVERY_PAGE, NewAction};
 pub use audit::{AUDIT_KEEP, AUDIT_PAGE, AuditPage};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, drv_from_basename, listing_key, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};

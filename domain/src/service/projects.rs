@@ -20,6 +20,8 @@ pub struct NewProject {
     pub flake_input_overrides: BTreeMap<String, InputOverride>,
     pub keep_evaluations: Option<u32>,
     pub poll_interval_secs: Option<u32>,
+    /// A cron expression (see [`crate::schedule`]).
+    pub schedule: Option<String>,
     pub active: Option<bool>,
 }
 
@@ -34,6 +36,7 @@ pub struct ProjectChanges {
     pub flake_input_overrides: Option<BTreeMap<String, InputOverride>>,
     pub keep_evaluations: Option<Option<u32>>,
     pub poll_interval_secs: Option<Option<u32>>,
+    pub schedule: Option<Option<String>>,
     pub active: Option<bool>,
 }
 
@@ -56,6 +59,13 @@ pub(crate) fn check_repository(url: &str, policy: &NetworkPolicy) -> Result<()> 
         )
     })?;
     reach::check_remote(&remote, policy).map_err(|why| ServiceError::invalid("repository_not_allowed", why))
+}
+
+/// Checks a schedule (422 `invalid_schedule`); answers it trimmed.
+pub(crate) fn check_schedule(schedule: Option<String>) -> Result<Option<String>> {
+    schedule
+        .map(|s| crate::schedule::check(&s).map_err(|m| ServiceError::invalid("invalid_schedule", m)))
+        .transpose()
 }
 
 pub(crate) fn check_wildcard(w: &str) -> Result<()> {
@@ -120,6 +130,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         check_wildcard(&wildcard)?;
         check_branch(&new.branch)?;
         check_overrides(&new.flake_input_overrides)?;
+        let schedule = check_schedule(new.schedule)?;
         let (display_name, description) = display_texts(&name, new.display_name, new.description)?;
         let project = Project {
             managed: false,
@@ -134,6 +145,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             flake_input_overrides: new.flake_input_overrides,
             keep_evaluations: new.keep_evaluations,
             poll_interval_secs: new.poll_interval_secs,
+            schedule,
             active: new.active.unwrap_or(true),
             created_by: user.id,
             created_at: self.clock.now(),
@@ -191,10 +203,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(v) = c.poll_interval_secs {
             p.poll_interval_secs = v;
         }
+        if let Some(v) = c.schedule {
+            p.schedule = check_schedule(v)?;
+        }
         if let Some(v) = c.active {
             p.active = v;
         }
         self.storage.update_project(&p).await?;
+        if before.schedule != p.schedule {
+            // A changed schedule starts anew: its first run is at its next time, not a catch-up of the old one's.
+            self.storage.set_schedule_anchor(p.id, None).await?;
+        }
         // Which fields changed, by name only: a repository URL may carry credentials.
         let changed: Vec<&str> = [
             ("display_name", before.display_name != p.display_name),
@@ -208,6 +227,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ),
             ("keep_evaluations", before.keep_evaluations != p.keep_evaluations),
             ("poll_interval_secs", before.poll_interval_secs != p.poll_interval_secs),
+            ("schedule", before.schedule != p.schedule),
             ("active", before.active != p.active),
         ]
         .into_iter()

@@ -151,6 +151,7 @@ mod tests {
             flake_input_overrides: Default::default(),
             keep_evaluations: None,
             poll_interval_secs: None,
+            schedule: None,
             active,
             created_by: UserId::new(),
             created_at: chrono::Utc::now(),

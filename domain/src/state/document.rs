@@ -95,6 +95,7 @@ pub struct ProjectEntry {
     pub wildcard: String,
     pub keep_evaluations: Option<u32>,
     pub poll_interval_secs: Option<u32>,
+    pub schedule: Option<String>,
     pub active: bool,
     pub created_by: Name,
     pub flake_input_overrides: BTreeMap<String, InputOverride>,
@@ -681,6 +682,10 @@ fn project(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> Resu
     f.check("wildcard", check_wildcard(&wildcard))?;
     let keep_evaluations = f.positive_u32("keep_evaluations")?;
     let poll_interval_secs = f.positive_u32("poll_interval_secs")?;
+    let schedule = match f.str("schedule")? {
+        Some(s) => Some(crate::schedule::check(&s).map_err(|m| f.err("schedule", m))?),
+        None => None,
+    };
     let active = f.bool("active")?.unwrap_or(true);
     let created_by = f.required_name("created_by", "username")?;
     let mut overrides = BTreeMap::new();
@@ -711,6 +716,7 @@ fn project(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> Resu
         wildcard,
         keep_evaluations,
         poll_interval_secs,
+        schedule,
         active,
         created_by,
         flake_input_overrides: overrides,

@@ -592,6 +592,7 @@ impl<'a> Planner<'a> {
                 flake_input_overrides: p.flake_input_overrides.clone(),
                 keep_evaluations: p.keep_evaluations,
                 poll_interval_secs: p.poll_interval_secs,
+                schedule: p.schedule.clone(),
                 active: p.active,
                 created_by: existing.map_or(creator, |e| e.created_by),
                 created_at: existing.map_or(self.cx.now, |e| e.created_at),
@@ -625,6 +626,7 @@ impl<'a> Planner<'a> {
                         &e.poll_interval_secs,
                         &project.poll_interval_secs,
                     );
+                    diff(&mut f, "schedule", &e.schedule, &project.schedule);
                     diff(&mut f, "active", &e.active, &project.active);
                     diff(&mut f, "managed", &e.managed, &project.managed);
                     if f.is_empty() {

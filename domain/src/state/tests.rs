@@ -90,6 +90,10 @@ fn errors_name_the_entry_and_the_field() {
             "projects.web.repository:",
         ),
         (
+            r#"{"projects": {"web": {"organization": "acme", "repository": "https://e.com/r.git", "created_by": "a", "schedule": "every day"}}}"#,
+            "projects.web.schedule: 'every day' has 2 fields",
+        ),
+        (
             r#"{"projects": {"web": {"organization": "acme", "repository": "https://e.com/r.git", "created_by": "a", "flake_input_overrides": {"nixpkgs": {"url": "github:x/y", "keep_url": true}}}}}"#,
             "projects.web.flake_input_overrides.nixpkgs: set either url or keep_url",
         ),

@@ -8,6 +8,7 @@
 //! The scenario list lives in one place: the `storage_contract!` macro below. A scenario not listed there is not
 //! run by any adapter.
 
+mod actions;
 mod cache_contents;
 mod caches;
 mod declared;
@@ -26,6 +27,7 @@ mod support;
 mod users;
 mod workers;
 
+pub use actions::*;
 pub use cache_contents::*;
 pub use caches::*;
 pub use declared::*;
@@ -62,6 +64,10 @@ macro_rules! storage_contract {
     ($fresh:expr) => {
         $crate::__storage_contract_tests!(
             $fresh;
+            // Actions, deliveries, schedule anchors.
+            actions_round_trip_and_go_with_their_project,
+            deliveries_are_bounded_and_due_in_order,
+            schedule_anchors_are_kept_apart_from_updates,
             // Users, sessions, API keys.
             user_round_trips,
             absent_users_are_none,

@@ -4,6 +4,7 @@
 //! writes (see `state`), so a failing write changes nothing and a multi-row write is all-or-nothing. The lock is
 //! never held across an `.await`.
 
+mod actions;
 mod declared;
 mod identities;
 mod mailing;
@@ -244,6 +245,32 @@ impl Projects for MemoryStorage {
 
     async fn delete_project(&self, id: ProjectId) -> Result<bool> {
         self.with(|s| Ok(s.delete_project(id)))
+    }
+
+    async fn scheduled_projects(&self) -> Result<Vec<gradient_domain::ports::storage::ScheduledProject>> {
+        self.with(|s| {
+            let mut projects: Vec<(Project, Option<Timestamp>)> = s
+                .projects
+                .values()
+                .filter(|p| p.active && p.schedule.is_some())
+                .map(|p| (p.clone(), s.schedule_anchors.get(&p.id).copied()))
+                .collect();
+            projects.sort_by_key(|(p, _)| p.id);
+            Ok(projects)
+        })
+    }
+
+    async fn set_schedule_anchor(&self, id: ProjectId, at: Option<Timestamp>) -> Result<bool> {
+        self.with(|s| {
+            if !s.projects.contains_key(&id) {
+                return Ok(false);
+            }
+            match at {
+                Some(at) => s.schedule_anchors.insert(id, at),
+                None => s.schedule_anchors.remove(&id),
+            };
+            Ok(true)
+        })
     }
 }
 

@@ -224,6 +224,8 @@ pub struct ProjectView {
     pub keep_evaluations: Nullable<u32>,
     /// `null` disables polling.
     pub poll_interval_secs: Nullable<u32>,
+    /// Cron expression (UTC); `null`: no schedule.
+    pub schedule: Nullable<String>,
     pub active: bool,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
@@ -245,6 +247,7 @@ impl ProjectView {
             flake_input_overrides: overrides_to_view(&p.flake_input_overrides),
             keep_evaluations: p.keep_evaluations.into(),
             poll_interval_secs: p.poll_interval_secs.into(),
+            schedule: p.schedule.clone().into(),
             active: p.active,
             created_by: p.created_by.0,
             created_at: p.created_at,

@@ -4,6 +4,7 @@
 //! `{"error": true, "message": …, "code": …}`.
 
 mod accounts;
+mod actions;
 mod allow;
 mod audit;
 mod caches;
@@ -74,6 +75,7 @@ pub type Api = (
     oidc::OidcApi,
     orgs::OrgsApi,
     projects::ProjectsApi,
+    actions::ActionsApi,
     caches::CachesApi,
     workers::WorkersApi,
     evaluations::EvaluationsApi,
@@ -93,6 +95,7 @@ pub fn service(state: AppState) -> OpenApiService<Api, ()> {
             oidc::OidcApi(state.clone()),
             orgs::OrgsApi(state.clone()),
             projects::ProjectsApi(state.clone()),
+            actions::ActionsApi(state.clone()),
             caches::CachesApi(state.clone()),
             workers::WorkersApi(state.clone()),
             evaluations::EvaluationsApi(state.clone()),

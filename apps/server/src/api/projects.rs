@@ -28,11 +28,15 @@ pub struct NewProjectRequest {
     pub keep_evaluations: Option<u32>,
     /// Seconds between polls of the branch head; default: no polling.
     pub poll_interval_secs: Option<u32>,
+    /// A cron expression in UTC (`0 3 * * *`; six fields with leading seconds; `@daily`): the branch head is
+    /// evaluated at those times, new commit or not. Runs at least 10 s apart (422 `invalid_schedule`).
+    pub schedule: Option<String>,
     /// Default: true.
     pub active: Option<bool>,
 }
 
-/// Fields left out stay as they are; `null` clears `branch`, `keep_evaluations` and `poll_interval_secs`.
+/// Fields left out stay as they are; `null` clears `branch`, `keep_evaluations`, `poll_interval_secs` and
+/// `schedule`.
 #[derive(Object)]
 pub struct ProjectPatch {
     pub display_name: Option<String>,
@@ -44,6 +48,8 @@ pub struct ProjectPatch {
     pub flake_input_overrides: Option<BTreeMap<String, InputOverrideView>>,
     pub keep_evaluations: Clearable<u32>,
     pub poll_interval_secs: Clearable<u32>,
+    /// `null` removes the schedule.
+    pub schedule: Clearable<String>,
     pub active: Option<bool>,
 }
 
@@ -72,6 +78,7 @@ impl ProjectsApi {
             flake_input_overrides: overrides_from_view(b.flake_input_overrides.unwrap_or_default())?,
             keep_evaluations: b.keep_evaluations,
             poll_interval_secs: b.poll_interval_secs,
+            schedule: b.schedule,
             active: b.active,
         };
         let p = self.0.app.create_project(&caller, &org, new).await?;
@@ -107,6 +114,7 @@ impl ProjectsApi {
             flake_input_overrides: b.flake_input_overrides.map(overrides_from_view).transpose()?,
             keep_evaluations: b.keep_evaluations.change(),
             poll_interval_secs: b.poll_interval_secs.change(),
+            schedule: b.schedule.change(),
             active: b.active,
         };
         let p = self.0.app.update_project(&caller, &org, &project, changes).await?;

@@ -118,7 +118,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         };
         self.storage.enqueue_job(&job).await?;
         self.fleet.wake();
-        if self.settings.supersede_evaluations && trigger != EvaluationTrigger::Manual {
+        // A manual or scheduled evaluation is asked for as such: it supersedes nothing (a schedule re-evaluating a
+        // branch must not abort the evaluation of a push that is running).
+        if self.settings.supersede_evaluations
+            && !matches!(trigger, EvaluationTrigger::Manual | EvaluationTrigger::Schedule)
+        {
             self.supersede(project, &evaluation).await?;
         }
         self.prune_evaluations(project).await?;
@@ -183,6 +187,54 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.queue_evaluation_on(project.org_id, project, &head, branch, EvaluationTrigger::Poll)
                 .await?,
         ))
+    }
+}
+
+impl<S: Storage, C: Clock> Gradient<S, C> {
+    /// Runs the schedules that are due (see [`crate::schedule`]): for each active project with a schedule whose
+    /// time came since its anchor, its branch head is queued (trigger Schedule), whether or not it was evaluated
+    /// before; the anchor moves to now (so the times missed while the server was down make one run). A project
+    /// seen for the first time only gets its anchor. A branch head that cannot be read is logged by the caller
+    /// and that run is skipped (the anchor moves all the same: the next run is at the next time). Answers the
+    /// evaluations queued, and the projects whose head could not be read with why.
+    pub async fn run_schedules<G: crate::ports::git::Git>(
+        &self,
+        git: &G,
+    ) -> Result<(Vec<Evaluation>, Vec<(crate::model::Project, String)>)> {
+        use crate::schedule::{self, Decision, Schedule};
+        let now = self.clock.now();
+        let mut queued = Vec::new();
+        let mut failed = Vec::new();
+        for (project, anchor) in self.storage.scheduled_projects().await? {
+            let Some(expression) = &project.schedule else { continue };
+            let Ok(parsed) = Schedule::parse(expression) else {
+                continue;
+            };
+            match schedule::due(&parsed, anchor, now) {
+                Decision::Wait => continue,
+                Decision::Start => {
+                    self.storage.set_schedule_anchor(project.id, Some(now)).await?;
+                }
+                Decision::Run => {
+                    self.storage.set_schedule_anchor(project.id, Some(now)).await?;
+                    match branch_head(git, &project).await {
+                        Ok(Some((head, branch))) => queued.push(
+                            self.queue_evaluation_on(
+                                project.org_id,
+                                &project,
+                                &head,
+                                branch,
+                                EvaluationTrigger::Schedule,
+                            )
+                            .await?,
+                        ),
+                        Ok(None) => failed.push((project, "the branch has no commit".to_owned())),
+                        Err(e) => failed.push((project, e.to_string())),
+                    }
+                }
+            }
+        }
+        Ok((queued, failed))
     }
 }
 

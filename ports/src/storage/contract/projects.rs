@@ -147,6 +147,7 @@ pub async fn update_project_changes_only_editable_fields<S: Storage>(s: &S) {
         ]),
         keep_evaluations: None,
         poll_interval_secs: None,
+        schedule: Some("*/10 * * * * *".to_owned()),
         active: false,
         created_by: bob.id,
         created_at: original.created_at - seconds(3600),

@@ -138,6 +138,7 @@ pub(super) fn new_project(org: OrgId, prefix: &str, creator: UserId) -> Project 
         flake_input_overrides: overrides,
         keep_evaluations: Some(25),
         poll_interval_secs: Some(300),
+        schedule: Some("0 3 * * *".to_owned()),
         active: true,
         created_by: creator,
         created_at: now(),

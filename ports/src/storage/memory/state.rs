@@ -70,6 +70,12 @@ pub(super) struct State {
     pub(super) oidc_identities: BTreeMap<(String, String), gradient_domain::model::OidcIdentity>,
     /// OIDC sign-ins in progress by state.
     pub(super) oidc_flows: HashMap<String, gradient_domain::model::OidcFlow>,
+    /// Schedule anchors by project.
+    pub(super) schedule_anchors: HashMap<ProjectId, Timestamp>,
+    /// Projects' actions by id.
+    pub(super) actions: HashMap<gradient_domain::ActionId, gradient_domain::model::Action>,
+    /// Deliveries of actions, in the order they were added.
+    pub(super) deliveries: Vec<gradient_domain::model::Delivery>,
 }
 
 fn conflict(what: &str) -> StorageError {
@@ -342,6 +348,15 @@ impl State {
         for evaluation in evaluations {
             self.delete_evaluation(evaluation);
         }
+        self.schedule_anchors.remove(&id);
+        let actions: HashSet<gradient_domain::ActionId> = self
+            .actions
+            .values()
+            .filter(|a| a.project_id == id)
+            .map(|a| a.id)
+            .collect();
+        self.actions.retain(|a, _| !actions.contains(a));
+        self.deliveries.retain(|d| !actions.contains(&d.action_id));
         true
     }
 
