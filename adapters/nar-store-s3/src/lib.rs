@@ -4,8 +4,10 @@
 //! Uploads buffer one part at a time and send it as a part of a multipart upload, which S3 only turns into
 //! an object on completion: nothing is visible before `commit`. Objects that fit in one part are sent with a
 //! single PUT at commit instead. An upload dropped unfinished aborts its multipart upload from a background
-//! task when a Tokio runtime is still there; buckets should also have a lifecycle rule aborting incomplete
-//! multipart uploads after a day, for the ones a crash leaves behind.
+//! task when a Tokio runtime is still there. The ones a crash leaves behind (incomplete multipart uploads under
+//! the prefix) are what `sweep` aborts, by the time they began; a lifecycle rule aborting incomplete multipart
+//! uploads after a day does the same for a bucket no Gradient sweeps any more. An HTTP 507 (a full
+//! S3-compatible server, e.g. MinIO's disks) is `Full`.
 //!
 //! Reads ask for the object's size and ETag, then GET the wanted range with `If-Match` on that ETag, so a
 //! stream never mixes two versions of an object; the body is passed on as it arrives.
@@ -176,12 +178,25 @@ impl S3NarStore {
 pub(crate) fn s3_error(e: S3Error) -> NarStoreError {
     match &e {
         S3Error::Reqwest(r) if r.is_timeout() => NarStoreError::Timeout,
+        S3Error::HttpFailWithBody(507, _) => NarStoreError::Full(format!("S3: {e}")),
         _ => NarStoreError::Unavailable(format!("S3: {e}")),
     }
 }
 
 pub(crate) fn status_error(method: &str, path: &str, status: u16) -> NarStoreError {
-    NarStoreError::Unavailable(format!("S3 {method} {path}: HTTP {status}"))
+    let message = format!("S3 {method} {path}: HTTP {status}");
+    if status == 507 {
+        NarStoreError::Full(message)
+    } else {
+        NarStoreError::Unavailable(message)
+    }
+}
+
+/// The time an S3 listing gives (`2026-12-05T17:45:00.000Z`) as a system time; `None` when unreadable.
+fn s3_time(text: &str) -> Option<std::time::SystemTime> {
+    let at = chrono::DateTime::parse_from_rfc3339(text.trim()).ok()?;
+    let millis = u64::try_from(at.timestamp_millis()).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_millis(millis))
 }
 
 /// Whether `value` can go in an HTTP header as is (rust-s3 panics on one that cannot).
@@ -268,5 +283,32 @@ impl NarStore for S3NarStore {
             404 => Ok(false),
             status => Err(status_error("DELETE", &path, status)),
         }
+    }
+
+    async fn sweep(&self, older_than: Duration) -> Result<u64> {
+        let prefix = (!self.prefix.is_empty()).then_some(self.prefix.as_str());
+        let pages = self
+            .bucket
+            .list_multiparts_uploads(prefix, None)
+            .await
+            .map_err(s3_error)?;
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for upload in pages.iter().flat_map(|p| &p.uploads) {
+            // An unreadable time counts as old: nothing but a leftover can be left unaccounted for.
+            let age = s3_time(&upload.initiated).map_or(Duration::MAX, |at| {
+                now.duration_since(at).unwrap_or(Duration::ZERO)
+            });
+            if age < older_than {
+                continue;
+            }
+            match self.bucket.abort_upload(&upload.key, &upload.id).await {
+                Ok(()) => removed += 1,
+                // Completed or aborted meanwhile.
+                Err(S3Error::HttpFailWithBody(404, _)) => {}
+                Err(e) => return Err(s3_error(e)),
+            }
+        }
+        Ok(removed)
     }
 }

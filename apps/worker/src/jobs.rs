@@ -218,7 +218,7 @@ async fn evaluate<N: Nix>(
             },
         );
         let started = std::time::Instant::now();
-        let pushed = gradient_domain::push::push(nix, &dirs.cache, &target, &drvs).await;
+        let pushed = push_retrying(nix, &dirs.cache, &target, &drvs).await;
         tracing::info!(
             target: "gradient::eval",
             "pushed {} derivation(s) in {:.2}s",
@@ -339,11 +339,31 @@ async fn build<N: Nix>(
             },
         );
         let paths: Vec<String> = built.outputs.values().cloned().collect();
-        if let Err(e) = gradient_domain::push::push(nix, cache, target, &paths).await {
+        if let Err(e) = push_retrying(nix, cache, target, &paths).await {
             return failure(FailureKind::Infrastructure, &e);
         }
     }
     JobOutcome::Success
+}
+
+/// Pushes `paths` (and their closures) to the job's cache, trying again after a failure that may pass (the
+/// cache or its storage unavailable or full) as `gradient_domain::push::PUSH_RETRY_DELAYS` says, without
+/// building anything again.
+async fn push_retrying<N: Nix>(
+    nix: &N,
+    cache: &HttpCacheClient,
+    target: &PushTarget,
+    paths: &[String],
+) -> Result<u64, gradient_domain::ports::nix::NixError> {
+    gradient_domain::push::push_retrying(nix, cache, target, paths, |delay, e| {
+        tracing::warn!(
+            target: "gradient::build",
+            "push failed: {e}; trying again in {}s",
+            delay.as_secs()
+        );
+        tokio::time::sleep(delay)
+    })
+    .await
 }
 
 /// Whether a job may share one Nix run with others: a build without a time limit of its own whose outputs
@@ -560,7 +580,7 @@ pub async fn run_batch<N: Nix>(
                 );
             }
             let pushing = std::time::Instant::now();
-            let pushed = gradient_domain::push::push(nix, &dirs.cache, target, &built).await;
+            let pushed = push_retrying(nix, &dirs.cache, target, &built).await;
             tracing::info!(
                 target: "gradient::build",
                 "batch of {} build(s): built in {:.2}s, pushed {} path(s) in {:.2}s",

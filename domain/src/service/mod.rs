@@ -80,6 +80,13 @@ pub enum ServiceError {
     /// Something on our side failed (500/503). The text is logged, not shown.
     #[error("internal error")]
     Internal(String),
+    /// The NAR store cannot take or give bytes now: unreachable, failing or too slow (503
+    /// `storage_unavailable`); nothing was stored, and trying again later may work. The text is logged.
+    #[error("the cache's storage is unavailable; nothing was stored, try again later")]
+    StorageUnavailable(String),
+    /// The NAR store has no room left (507 `insufficient_storage`); nothing was stored. The text is logged.
+    #[error("the cache's storage is full; nothing was stored")]
+    StorageFull(String),
 }
 
 impl ServiceError {
@@ -93,6 +100,8 @@ impl ServiceError {
             Self::NotFound(_) => "not_found",
             Self::Conflict { code, .. } | Self::Invalid { code, .. } => code,
             Self::Internal(_) => "internal_error",
+            Self::StorageUnavailable(_) => "storage_unavailable",
+            Self::StorageFull(_) => "insufficient_storage",
         }
     }
 
