@@ -5,7 +5,8 @@
 //! an object on completion: nothing is visible before `commit`. Objects that fit in one part are sent with a
 //! single PUT at commit instead. An upload dropped unfinished aborts its multipart upload from a background
 //! task when a Tokio runtime is still there. The ones a crash leaves behind (incomplete multipart uploads under
-//! the prefix) are what `sweep` aborts, by the time they began; a lifecycle rule aborting incomplete multipart
+//! the prefix) are what `sweep` aborts: this process's own as old as their last part, others as old as S3's
+//! `Initiated` says (moto answers a fixed date in 2010, so there they always count as old); a lifecycle rule aborting incomplete multipart
 //! uploads after a day does the same for a bucket no Gradient sweeps any more. An HTTP 507 (a full
 //! S3-compatible server, e.g. MinIO's disks) is `Full`.
 //!
@@ -78,6 +79,8 @@ pub struct S3NarStore {
     bucket: Arc<Bucket>,
     /// For downloads: no overall deadline, `IDLE_TIMEOUT` between pieces instead.
     reader: Arc<Bucket>,
+    /// The multipart uploads this process has under way, by id, with when each last sent a part.
+    live: upload::Live,
     /// Empty, or ending with `/`.
     prefix: String,
 }
@@ -126,6 +129,7 @@ impl S3NarStore {
             bucket: Arc::new(bucket),
             reader: Arc::new(reader),
             prefix,
+            live: upload::Live::default(),
         };
         store.probe().await?;
         Ok(store)
@@ -226,7 +230,7 @@ impl NarStore for S3NarStore {
 
     async fn begin(&self, key: &str) -> Result<S3Upload> {
         let path = self.path(key)?;
-        Ok(S3Upload::new(self.bucket.clone(), path))
+        Ok(S3Upload::new(self.bucket.clone(), path, self.live.clone()))
     }
 
     async fn open(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(u64, ByteStream)>> {
@@ -295,10 +299,14 @@ impl NarStore for S3NarStore {
         let now = std::time::SystemTime::now();
         let mut removed = 0;
         for upload in pages.iter().flat_map(|p| &p.uploads) {
-            // An unreadable time counts as old: nothing but a leftover can be left unaccounted for.
-            let age = s3_time(&upload.initiated).map_or(Duration::MAX, |at| {
-                now.duration_since(at).unwrap_or(Duration::ZERO)
-            });
+            // This process's own uploads are as old as their last part; others (a crashed process's) as S3
+            // says they are, an unreadable time counting as old.
+            let age = match self.live.idle(&upload.id) {
+                Some(idle) => idle,
+                None => s3_time(&upload.initiated).map_or(Duration::MAX, |at| {
+                    now.duration_since(at).unwrap_or(Duration::ZERO)
+                }),
+            };
             if age < older_than {
                 continue;
             }
