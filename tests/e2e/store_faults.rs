@@ -419,7 +419,11 @@ async fn a_workers_push_that_meets_a_stalled_s3_is_retried_without_building_agai
         .unwrap_or_default()
         .to_owned();
     println!("the worker: {line}");
-    assert!(line.contains("storage_unavailable"), "{line}");
+    assert!(
+        line.contains("storage_unavailable"),
+        "{line}\nserver log:\n{}",
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
     moto.signal("CONT");
     println!("moto continued");
 

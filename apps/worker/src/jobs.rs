@@ -358,7 +358,7 @@ async fn push_retrying<N: Nix>(
     gradient_domain::push::push_retrying(nix, cache, target, paths, |delay, e| {
         tracing::warn!(
             target: "gradient::build",
-            "push failed: {e}; trying again in {}s",
+            "{e}; trying again in {}s",
             delay.as_secs()
         );
         tokio::time::sleep(delay)
