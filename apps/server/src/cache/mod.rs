@@ -90,12 +90,15 @@ fn failure(e: ServiceError) -> Response {
             crate::reporting::internal_error("cache", detail);
             StatusCode::INTERNAL_SERVER_ERROR
         }
+        // The operator must hear of the storage failing as of any other failure on our side.
         ServiceError::StorageUnavailable(detail) => {
-            tracing::warn!(target: "gradient::cache", "{detail}");
+            tracing::error!(target: "gradient::cache", "{detail}");
+            crate::reporting::internal_error("cache", detail);
             StatusCode::SERVICE_UNAVAILABLE
         }
         ServiceError::StorageFull(detail) => {
-            tracing::warn!(target: "gradient::cache", "{detail}");
+            tracing::error!(target: "gradient::cache", "{detail}");
+            crate::reporting::internal_error("cache", detail);
             StatusCode::INSUFFICIENT_STORAGE
         }
     };
