@@ -122,10 +122,7 @@ async fn attempt<N: Nix, C: CacheClient>(
     let closure = nix.requisites(paths).await.map_err(|e| nix_failed(e, 0))?;
     let mut missing = Vec::new();
     for chunk in closure.chunks(MAX_MISSING_QUERY) {
-        let lacking = cache
-            .missing(target, chunk)
-            .await
-            .map_err(|e| cache_failed(e, 0))?;
+        let lacking = cache.missing(target, chunk).await.map_err(|e| cache_failed(e, 0))?;
         missing.extend(lacking);
     }
     progress(Progress::Missing {

@@ -919,7 +919,11 @@ async fn a_full_or_unavailable_nar_store_refuses_pushes_typed_and_keeps_nothing_
     let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
     let e = app.receive_nar(&nars, &cache, &url, body(nar)).await.unwrap_err();
     assert_eq!(e.code(), "insufficient_storage");
-    assert_eq!(app.nar_file(&cache, &url).await.unwrap(), None, "no record of the refused NAR");
+    assert_eq!(
+        app.nar_file(&cache, &url).await.unwrap(),
+        None,
+        "no record of the refused NAR"
+    );
     assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), [OTHER.to_owned()]);
     assert_eq!(nars.uploads_in_progress(), 0, "nothing staged is left behind");
     // What the cache holds is still served.
@@ -937,7 +941,11 @@ async fn a_full_or_unavailable_nar_store_refuses_pushes_typed_and_keeps_nothing_
     assert_eq!(nars.uploads_in_progress(), 0);
     nars.set_unavailable(false);
     assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), [OTHER.to_owned()]);
-    assert_eq!(app.import_paths(&nars, &cache, body(other)).await.unwrap(), 1, "it works again");
+    assert_eq!(
+        app.import_paths(&nars, &cache, body(other)).await.unwrap(),
+        1,
+        "it works again"
+    );
 }
 
 #[tokio::test]

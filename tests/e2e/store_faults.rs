@@ -257,7 +257,10 @@ async fn an_s3_server_that_disappears_mid_push_fails_it_clearly_and_the_push_suc
         tokio::spawn(async move {
             let nix = NixCli::new().env("NIX_CONFIG", NIX_CONFIG);
             let client = HttpCacheClient::new().expect("client");
-            let target = PushTarget { cache_url: url, token: key };
+            let target = PushTarget {
+                cache_url: url,
+                token: key,
+            };
             gradient_domain::push::push(&nix, &client, &target, &paths)
                 .await
                 .map_err(|e| e.to_string())
@@ -283,7 +286,10 @@ async fn an_s3_server_that_disappears_mid_push_fails_it_clearly_and_the_push_suc
 
     // While S3 is gone: 503 storage_unavailable with Retry-After, nothing recorded.
     let (status, retry, body) = raw_import(&cache, &paths).await;
-    println!("an import while S3 is gone: {status}, Retry-After {retry:?}, {}", body.trim());
+    println!(
+        "an import while S3 is gone: {status}, Retry-After {retry:?}, {}",
+        body.trim()
+    );
     assert_eq!(status, 503);
     assert!(retry.is_some() && body.contains("storage_unavailable"), "{body}");
     assert!(
@@ -313,8 +319,15 @@ async fn an_s3_server_that_disappears_mid_push_fails_it_clearly_and_the_push_suc
     let held = listed(&cache, &paths).await;
     assert_eq!(held, paths);
     verifies(&cache, &dir.path().join("fresh"), &held);
-    assert_eq!(moto.uploads_in_progress(&bucket).await, 0, "no multipart upload is left");
-    println!("all {} listed paths substitute with require-sigs; no multipart upload is left", held.len());
+    assert_eq!(
+        moto.uploads_in_progress(&bucket).await,
+        0,
+        "no multipart upload is left"
+    );
+    println!(
+        "all {} listed paths substitute with require-sigs; no multipart upload is left",
+        held.len()
+    );
 
     // A stalled S3 (moto stopped, SIGSTOP): a download is answered 503 after narStorageOpenTimeoutSecs (2 s)
     // instead of hanging; one already streaming is cut off after 2 s without a byte from the store.
@@ -449,7 +462,11 @@ async fn a_workers_push_that_meets_a_stalled_s3_is_retried_without_building_agai
         .expect("key")
         .to_owned();
     let detail = c
-        .ok(Method::GET, &format!("/builds/{}", build["id"].as_str().expect("id")), None)
+        .ok(
+            Method::GET,
+            &format!("/builds/{}", build["id"].as_str().expect("id")),
+            None,
+        )
         .await;
     let out_path = detail["derivation"]["outputs"]["out"]
         .as_str()
@@ -458,7 +475,10 @@ async fn a_workers_push_that_meets_a_stalled_s3_is_retried_without_building_agai
     let netrc = dir.path().join("netrc-ci");
     std::fs::write(
         &netrc,
-        format!("machine 127.0.0.1 login t password {}\n", c.token.clone().expect("token")),
+        format!(
+            "machine 127.0.0.1 login t password {}\n",
+            c.token.clone().expect("token")
+        ),
     )
     .expect("netrc");
     let fresh = dir.path().join("fresh");
@@ -520,11 +540,17 @@ async fn a_full_disk_refuses_the_push_with_507_keeps_serving_and_leaves_no_tempo
     // 100 MiB of random bytes do not fit: a worker's import and `nix copy --to` are both refused.
     let big = build_closure(dir.path(), "disk-big", 100);
     let (status, retry, body) = raw_import(&cache, &big).await;
-    println!("an import of a 100 MiB closure: {status}, Retry-After {retry:?}, {}", body.trim());
+    println!(
+        "an import of a 100 MiB closure: {status}, Retry-After {retry:?}, {}",
+        body.trim()
+    );
     assert_eq!(status, 507);
     assert!(body.contains("insufficient_storage"), "{body}");
     let failed = push_once(&cache, &big).await.expect_err("the worker's push fails");
-    assert!(failed.contains("507") && failed.contains("insufficient_storage"), "{failed}");
+    assert!(
+        failed.contains("507") && failed.contains("insufficient_storage"),
+        "{failed}"
+    );
     let to = format!("{}?compression=none", cache.url);
     let copy = nix(&["copy", "--to", &to, "--option", "netrc-file", &cache.netrc, &big[0]]);
     let stderr = String::from_utf8_lossy(&copy.stderr);
@@ -599,8 +625,13 @@ async fn a_server_killed_mid_import_leaves_no_partial_path_and_no_temporary_file
         tokio::spawn(async move {
             let nix = NixCli::new().env("NIX_CONFIG", NIX_CONFIG);
             let client = HttpCacheClient::new().expect("client");
-            let target = PushTarget { cache_url: url, token: key };
-            gradient_domain::push::push(&nix, &client, &target, &paths).await.is_ok()
+            let target = PushTarget {
+                cache_url: url,
+                token: key,
+            };
+            gradient_domain::push::push(&nix, &client, &target, &paths)
+                .await
+                .is_ok()
         })
     };
     let seen = kill_mid_upload(&cache.server, &nars, || pushing.is_finished()).await;
@@ -611,9 +642,15 @@ async fn a_server_killed_mid_import_leaves_no_partial_path_and_no_temporary_file
     println!("after the restart, temporary files: {left:?}");
     assert!(left.is_empty(), "the start-up sweep removed them");
     let held = listed(&cache, &candidates).await;
-    assert_eq!(held, before, "the cache lists what it held before, and nothing of the interrupted push");
+    assert_eq!(
+        held, before,
+        "the cache lists what it held before, and nothing of the interrupted push"
+    );
     verifies(&cache, &dir.path().join("fresh-1"), &held);
-    println!("listed after the crash: {} path(s), all substitute with require-sigs", held.len());
+    println!(
+        "listed after the crash: {} path(s), all substitute with require-sigs",
+        held.len()
+    );
 
     // 2. `nix copy --to` (a NAR PUT, then its narinfo), killed while the big NAR is being written.
     let to = format!("{}?compression=zstd", cache.url);
@@ -627,30 +664,51 @@ async fn a_server_killed_mid_import_leaves_no_partial_path_and_no_temporary_file
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("nix copy");
-    let seen = kill_mid_upload(&cache.server, &nars, || {
-        copy.try_wait().expect("wait").is_some()
-    })
-    .await;
+    let seen = kill_mid_upload(&cache.server, &nars, || copy.try_wait().expect("wait").is_some()).await;
     println!("server SIGKILLed during `nix copy --to`, with {seen:?} being written");
-    assert!(!copy.wait().expect("nix copy ends").success(), "the interrupted copy failed");
+    assert!(
+        !copy.wait().expect("nix copy ends").success(),
+        "the interrupted copy failed"
+    );
     cache.server = restart(dir.path(), port, cache.server).await;
     let left = temporary_files(&nars);
     println!("after the restart, temporary files: {left:?}");
     assert!(left.is_empty());
     let held = listed(&cache, &candidates).await;
-    assert_eq!(held, before, "the cache lists what it held before, and nothing of the interrupted copy");
+    assert_eq!(
+        held, before,
+        "the cache lists what it held before, and nothing of the interrupted copy"
+    );
     verifies(&cache, &dir.path().join("fresh-2"), &held);
-    println!("listed after the crash: {} path(s), all substitute with require-sigs", held.len());
+    println!(
+        "listed after the crash: {} path(s), all substitute with require-sigs",
+        held.len()
+    );
 
     // Both pushes again: everything arrives whole.
     assert!(push_once(&cache, &paths).await.is_ok());
-    let copy = nix(&["copy", "--to", &to, "--option", "netrc-file", &cache.netrc, &copied[copied.len() - 1]]);
+    let copy = nix(&[
+        "copy",
+        "--to",
+        &to,
+        "--option",
+        "netrc-file",
+        &cache.netrc,
+        &copied[copied.len() - 1],
+    ]);
     assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
     let held = listed(&cache, &candidates).await;
-    assert_eq!(held.len(), candidates.len(), "everything is held after the pushes again");
+    assert_eq!(
+        held.len(),
+        candidates.len(),
+        "everything is held after the pushes again"
+    );
     verifies(&cache, &dir.path().join("fresh-3"), &held);
     assert!(temporary_files(&nars).is_empty());
-    println!("pushed again: all {} paths substitute with require-sigs, no temporary file", held.len());
+    println!(
+        "pushed again: all {} paths substitute with require-sigs, no temporary file",
+        held.len()
+    );
     cache.server.stop();
 }
 

@@ -59,7 +59,6 @@ impl FsNarStore {
         check_key(key)?;
         Ok(self.root.join(key))
     }
-
 }
 
 /// Whether `e` means "nothing under this path" (a missing file, or a path going through a file).

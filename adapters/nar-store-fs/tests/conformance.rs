@@ -264,6 +264,13 @@ async fn a_full_disk_is_full_and_leaves_no_temporary_file() {
     upload.write(Bytes::from(pattern(33, 0, 800_000))).await.unwrap();
     let e = upload.commit().await.unwrap_err();
     assert!(matches!(e, NarStoreError::Full(_)), "a commit on a full disk: {e:?}");
-    assert!(temp_files(&small).is_empty(), "no temporary file is left after a commit");
-    assert_eq!(read(&store, &kept, None).await.unwrap().1, data, "the object held stays");
+    assert!(
+        temp_files(&small).is_empty(),
+        "no temporary file is left after a commit"
+    );
+    assert_eq!(
+        read(&store, &kept, None).await.unwrap().1,
+        data,
+        "the object held stays"
+    );
 }

@@ -303,9 +303,8 @@ impl NarStore for S3NarStore {
             // says they are, an unreadable time counting as old.
             let age = match self.live.idle(&upload.id) {
                 Some(idle) => idle,
-                None => s3_time(&upload.initiated).map_or(Duration::MAX, |at| {
-                    now.duration_since(at).unwrap_or(Duration::ZERO)
-                }),
+                None => s3_time(&upload.initiated)
+                    .map_or(Duration::MAX, |at| now.duration_since(at).unwrap_or(Duration::ZERO)),
             };
             if age < older_than {
                 continue;

@@ -399,7 +399,9 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     match app.sweep_uploads_at_start(&nars).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(target: "gradient::cache", "removed {n} unfinished upload(s) left in the NAR store"),
-        Err(e) => tracing::warn!(target: "gradient::cache", "could not sweep the NAR store's unfinished uploads: {e:?}"),
+        Err(e) => {
+            tracing::warn!(target: "gradient::cache", "could not sweep the NAR store's unfinished uploads: {e:?}")
+        }
     }
     let http = HttpSettings {
         max_request_size: config.max_request_size,

@@ -410,7 +410,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             // Not received by this process lately: the record may be of a push that never committed (a crash
             // between the two), so the file must be in the NAR store too.
             None => match self.storage.nar_file(cache.id, &info.url).await? {
-                Some(file) if nars.size(&nar_key(cache, &file.url)).await.map_err(store_failure)?.is_some() => {
+                Some(file)
+                    if nars
+                        .size(&nar_key(cache, &file.url))
+                        .await
+                        .map_err(store_failure)?
+                        .is_some() =>
+                {
                     Some(file)
                 }
                 _ => None,

@@ -471,7 +471,11 @@ pub async fn uncommitted_uploads_are_invisible_and_swept<S: NarStore>(s: &S) {
         1,
         "a sweep of everything removes the dead upload's leftovers"
     );
-    assert_eq!(s.sweep(Duration::ZERO).await.expect("sweep"), 0, "nothing is left to sweep");
+    assert_eq!(
+        s.sweep(Duration::ZERO).await.expect("sweep"),
+        0,
+        "nothing is left to sweep"
+    );
     assert_absent(s, &crashed, "after the sweep").await;
     assert_holds(s, &kept, &data, "a committed object is never swept").await;
     // The key is still usable.

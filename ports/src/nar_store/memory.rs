@@ -43,7 +43,9 @@ impl State {
 
     fn available(&self) -> Result<()> {
         if self.unavailable {
-            return Err(NarStoreError::Unavailable("the in-memory store is set unavailable".to_owned()));
+            return Err(NarStoreError::Unavailable(
+                "the in-memory store is set unavailable".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -161,7 +163,9 @@ impl NarUpload for MemoryUpload {
             if let Some(limit) = s.limit
                 && s.used() + chunk.len() as u64 > limit
             {
-                return Err(NarStoreError::Full(format!("the in-memory store holds at most {limit} bytes")));
+                return Err(NarStoreError::Full(format!(
+                    "the in-memory store holds at most {limit} bytes"
+                )));
             }
             let staged = s.staged.get_mut(&id).ok_or(NarStoreError::NotFound)?;
             staged.data.extend_from_slice(&chunk);
