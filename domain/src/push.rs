@@ -2,10 +2,12 @@
 //! order, skipping what the cache already holds. Three steps whatever the number of paths: the closure from
 //! Nix, one question to the cache, one export stream per [`MAX_EXPORT`] missing paths.
 
-use crate::ports::cache_client::CacheClient;
+use crate::ports::cache_client::{CacheClient, CacheClientError};
 use crate::ports::nix::{MAX_EXPORT, Nix, NixError};
 use crate::proto::PushTarget;
 use crate::service::MAX_MISSING_QUERY;
+use std::future::Future;
+use std::time::Duration;
 
 /// How far a push is, for a progress bar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,16 +37,95 @@ pub async fn push_reporting<N: Nix, C: CacheClient>(
     paths: &[String],
     mut progress: impl FnMut(Progress),
 ) -> Result<u64, NixError> {
+    attempt(nix, cache, target, paths, &mut progress)
+        .await
+        .map_err(|failed| failed.error)
+}
+
+/// How long a worker waits before each new attempt of a push that failed for a reason that may pass (the
+/// cache unreachable, failing, its storage unavailable or full, its database restarting: anything but a
+/// refusal): seven more attempts over about two and a half minutes, then the push fails. A new attempt asks again what the cache lacks, so it sends only
+/// what earlier attempts did not get in, and builds nothing again.
+pub const PUSH_RETRY_DELAYS: [Duration; 7] = [
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+    Duration::from_secs(30),
+    Duration::from_secs(30),
+    Duration::from_secs(30),
+];
+
+/// [`push`], tried again after each of [`PUSH_RETRY_DELAYS`] while it fails for a reason that may pass.
+/// `wait(delay, error)` is called before each new attempt and waits `delay` (the caller's timer: the domain
+/// has none), telling whoever watches why.
+pub async fn push_retrying<N, C, W, F>(
+    nix: &N,
+    cache: &C,
+    target: &PushTarget,
+    paths: &[String],
+    mut wait: W,
+) -> Result<u64, NixError>
+where
+    N: Nix,
+    C: CacheClient,
+    W: FnMut(Duration, &NixError) -> F,
+    F: Future<Output = ()>,
+{
+    let mut delays = PUSH_RETRY_DELAYS.iter();
+    let mut imported = 0;
+    loop {
+        match attempt(nix, cache, target, paths, &mut |_| {}).await {
+            Ok(n) => return Ok(imported + n),
+            Err(failed) => {
+                imported += failed.imported;
+                match delays.next() {
+                    Some(delay) if failed.may_pass => wait(*delay, &failed.error).await,
+                    _ => return Err(failed.error),
+                }
+            }
+        }
+    }
+}
+
+/// Why one attempt of a push failed, and what it got in before.
+struct Failed {
+    error: NixError,
+    /// The cache could not be reached or failed (not a refusal, not Nix): trying again later may work.
+    may_pass: bool,
+    imported: u64,
+}
+
+fn cache_failed(e: CacheClientError, imported: u64) -> Failed {
+    Failed {
+        may_pass: matches!(e, CacheClientError::Unavailable(_)),
+        error: NixError::Push(e.to_string()),
+        imported,
+    }
+}
+
+fn nix_failed(error: NixError, imported: u64) -> Failed {
+    Failed {
+        error,
+        may_pass: false,
+        imported,
+    }
+}
+
+async fn attempt<N: Nix, C: CacheClient>(
+    nix: &N,
+    cache: &C,
+    target: &PushTarget,
+    paths: &[String],
+    progress: &mut impl FnMut(Progress),
+) -> Result<u64, Failed> {
     if paths.is_empty() {
         return Ok(0);
     }
-    let closure = nix.requisites(paths).await?;
+    let closure = nix.requisites(paths).await.map_err(|e| nix_failed(e, 0))?;
     let mut missing = Vec::new();
     for chunk in closure.chunks(MAX_MISSING_QUERY) {
-        let lacking = cache
-            .missing(target, chunk)
-            .await
-            .map_err(|e| NixError::Push(e.to_string()))?;
+        let lacking = cache.missing(target, chunk).await.map_err(|e| cache_failed(e, 0))?;
         missing.extend(lacking);
     }
     progress(Progress::Missing {
@@ -54,11 +135,11 @@ pub async fn push_reporting<N: Nix, C: CacheClient>(
     // The closure lists each path after those it refers to, and so does every chunk of it in turn.
     let mut imported = 0;
     for chunk in missing.chunks(MAX_EXPORT) {
-        let export = nix.export(chunk).await?;
+        let export = nix.export(chunk).await.map_err(|e| nix_failed(e, imported))?;
         imported += cache
             .import(target, export)
             .await
-            .map_err(|e| NixError::Push(e.to_string()))?;
+            .map_err(|e| cache_failed(e, imported))?;
         progress(Progress::Sent(chunk.len()));
     }
     Ok(imported)

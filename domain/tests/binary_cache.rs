@@ -915,3 +915,121 @@ async fn an_accepted_nar_gets_its_listing_next_to_it_which_goes_with_it() {
     assert_eq!(report.nar_files, 2);
     assert_eq!(nars.size(&format!("{}/{url}.ls", cache.id)).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_full_or_unavailable_nar_store_refuses_pushes_typed_and_keeps_nothing_of_them() {
+    let (app, _, nars, cache, _) = setup().await;
+    let mut first = Vec::new();
+    exported(&mut first, PATH, &nar_of(b"first"), &[], "");
+    int(&mut first, 0);
+    assert_eq!(app.import_paths(&nars, &cache, body(first)).await.unwrap(), 1);
+    let paths = [PATH.to_owned(), OTHER.to_owned()];
+
+    // Full: an import and a NAR upload are 507 `insufficient_storage`; nothing is recorded or staged.
+    nars.limit_bytes(nars_used(&nars, &cache, &app).await + 10_000);
+    let mut big = Vec::new();
+    exported(&mut big, OTHER, &nar_of(&pseudo_random(200_000)), &[PATH], "");
+    int(&mut big, 0);
+    let e = app.import_paths(&nars, &cache, body(big)).await.unwrap_err();
+    assert!(matches!(e, ServiceError::StorageFull(_)), "{e:?}");
+    assert_eq!(e.code(), "insufficient_storage");
+    let nar = nar_of(&pseudo_random(100_000));
+    let url = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
+    let e = app.receive_nar(&nars, &cache, &url, body(nar)).await.unwrap_err();
+    assert_eq!(e.code(), "insufficient_storage");
+    assert_eq!(
+        app.nar_file(&cache, &url).await.unwrap(),
+        None,
+        "no record of the refused NAR"
+    );
+    assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), [OTHER.to_owned()]);
+    assert_eq!(nars.uploads_in_progress(), 0, "nothing staged is left behind");
+    // What the cache holds is still served.
+    assert!(app.signed_narinfo(&cache, &PATH[11..43]).await.unwrap().is_some());
+
+    // Unavailable: 503 `storage_unavailable`, the same nothing kept.
+    nars.limit_bytes(u64::MAX);
+    nars.set_unavailable(true);
+    let mut other = Vec::new();
+    exported(&mut other, OTHER, &nar_of(b"other"), &[PATH], "");
+    int(&mut other, 0);
+    let e = app.import_paths(&nars, &cache, body(other.clone())).await.unwrap_err();
+    assert!(matches!(e, ServiceError::StorageUnavailable(_)), "{e:?}");
+    assert_eq!(e.code(), "storage_unavailable");
+    assert_eq!(nars.uploads_in_progress(), 0);
+    nars.set_unavailable(false);
+    assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), [OTHER.to_owned()]);
+    assert_eq!(
+        app.import_paths(&nars, &cache, body(other)).await.unwrap(),
+        1,
+        "it works again"
+    );
+}
+
+#[tokio::test]
+async fn uploads_left_by_a_crash_are_swept_at_start_and_by_collection_once_idle() {
+    let (app, _, nars, cache, _) = setup().await;
+    let mut upload = nars.begin(&nar_key(&cache, "nar/crashed.nar")).await.unwrap();
+    gradient_domain::ports::nar_store::NarUpload::write(&mut upload, Bytes::from_static(b"partial"))
+        .await
+        .unwrap();
+    std::mem::forget(upload);
+    assert_eq!(
+        app.collect_garbage(&nars, None).await.unwrap().uploads,
+        0,
+        "collection leaves an upload active within the last day"
+    );
+    assert_eq!(app.sweep_uploads_at_start(&nars).await.unwrap(), 1);
+    assert_eq!(nars.uploads_in_progress(), 0);
+}
+
+#[tokio::test]
+async fn a_narinfo_for_a_recorded_nar_the_store_lacks_is_refused() {
+    let (app, _, nars, cache, _) = setup().await;
+    let url = push(&app, &nars, &cache, b"hello world").await;
+    // The record of a second NAR whose bytes never reached the store (a crash between the two), as a
+    // narinfo from another process (not the one that received the NAR) would find it.
+    let nar = nar_of(b"never stored");
+    let lost = format!("nar/{}.nar", nix32::encode(&sha256_of(&nar).bytes));
+    let mut file = app.nar_file(&cache, &url).await.unwrap().unwrap();
+    file.url = lost.clone();
+    file.nar_hash = format!("sha256:{}", nix32::encode(&sha256_of(&nar).bytes));
+    file.nar_size = nar.len() as u64;
+    file.compression = gradient_domain::model::Compression::None;
+    app.storage.put_nar_file(&file).await.unwrap();
+    let other = "/nix/store/1123456789abcdfghijklmnpqrsvwxyz-other";
+    let narinfo = format!(
+        "StorePath: {other}\nURL: {lost}\nCompression: none\nNarHash: {}\nNarSize: {}\nReferences: \n",
+        file.nar_hash, file.nar_size
+    );
+    let e = app
+        .receive_narinfo(&nars, &cache, &other[11..43], &narinfo)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "nar_missing");
+}
+
+/// Bytes that do not compress.
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// What the NAR store holds now (the cache's one path), roughly: its NAR and listing.
+async fn nars_used(nars: &MemoryNarStore, cache: &Cache, app: &App) -> u64 {
+    let info = app.signed_narinfo(cache, &PATH[11..43]).await.unwrap().unwrap();
+    let url = NarInfo::parse(&info).unwrap().url;
+    nars.size(&nar_key(cache, &url)).await.unwrap().unwrap_or(0)
+        + nars
+            .size(&format!("{}.ls", nar_key(cache, &url)))
+            .await
+            .unwrap()
+            .unwrap_or(0)
+}

@@ -23,6 +23,7 @@ mod reach;
 mod server;
 mod state;
 mod statuses;
+mod store_faults;
 mod tenants;
 mod tls;
 mod tui;

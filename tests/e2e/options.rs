@@ -41,7 +41,7 @@ const OPTION_TESTS: &[(&str, &[&str])] = &[
     ("GRADIENT_ENABLE_REGISTRATION", &["registration_can_be_disabled"]),
     ("GRADIENT_CACHE_TTL_HOURS", &["paths_not_fetched_within_the_ttl_are_collected_with_their_bytes"]),
     ("GRADIENT_CACHE_GC_INTERVAL_SECS", &["paths_not_fetched_within_the_ttl_are_collected_with_their_bytes"]),
-    ("GRADIENT_NAR_STORAGE_OPEN_TIMEOUT_SECS", &["a_store_that_does_not_open_the_nar_in_time_gets_503"]),
+    ("GRADIENT_NAR_STORAGE_OPEN_TIMEOUT_SECS", &["a_store_that_does_not_open_the_nar_in_time_gets_503", "an_s3_server_that_disappears_mid_push_fails_it_clearly_and_the_push_succeeds_on_retry"]),
     ("GRADIENT_NAR_SEND_CHUNK_TIMEOUT_SECS", &["a_reader_that_stops_reading_is_cut_off_after_the_chunk_timeout", "a_stalled_reader_is_not_cut_off_before_the_chunk_timeout"]),
     ("GRADIENT_MAX_CONCURRENT_NAR_SERVES", &["downloads_beyond_the_limit_get_503_with_retry_after"]),
     ("GRADIENT_MAX_NAR_BUFFER_BYTES", &["a_download_holds_at_most_the_buffer_size"]),

@@ -11,6 +11,11 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a question about missing paths may take, answer included.
 const ASK_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long bytes sent may go unacknowledged before the connection is given up (`TCP_USER_TIMEOUT`;
+/// reqwest's default is 30 s). A server whose storage stalls stops reading a push's body until its own
+/// storage request gives up (60 s for S3) and then answers 503 `storage_unavailable`; the push must outlast
+/// that to hear why, not die of a timed-out connection first.
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone, Debug)]
 pub struct HttpCacheClient {
@@ -33,6 +38,10 @@ impl HttpCacheClient {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("gradient-worker/", env!("CARGO_PKG_VERSION")));
+        #[cfg(target_os = "linux")]
+        {
+            builder = builder.tcp_user_timeout(UNACKNOWLEDGED_TIMEOUT);
+        }
         if let Some(tls) = tls {
             builder = builder.use_preconfigured_tls(tls);
         }

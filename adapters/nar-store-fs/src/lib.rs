@@ -1,9 +1,11 @@
 //! The NAR store port on a local directory: each object is the file `<root>/<key>`.
 //!
-//! Uploads write to a uniquely named file in `<root>/.tmp/` (keys cannot start a segment with `.`, so no key
-//! lands there), which `commit` flushes, fsyncs and renames over the key's path: a rename within one
+//! Uploads write to a uniquely named file `<root>/.tmp/<uuid>.part` (keys cannot start a segment with `.`, so
+//! no key lands there), which `commit` flushes, fsyncs and renames over the key's path: a rename within one
 //! filesystem is atomic, so readers see the old object or the new one, never a part. Readers keep reading
-//! the file they opened even if it is replaced or deleted meanwhile.
+//! the file they opened even if it is replaced or deleted meanwhile. A process that dies mid-upload leaves its
+//! `.part` file; `sweep` removes those not written to for the age it is given. A full disk (or quota) is
+//! `Full`, and the failed upload's file is removed like any other's.
 //!
 //! Unlike S3's flat namespace, a key here cannot be both an object and the directory of other keys (`a` and
 //! `a/b`): committing the second fails with `Unavailable`. Gradient's keys never do that. Deleting an object
@@ -28,10 +30,6 @@ pub const READ_CHUNK: usize = 256 * 1024;
 /// Where uploads in progress live, below the root.
 const TMP_DIR: &str = ".tmp";
 
-/// Temporary files older than this are left over from a crash and removed when a store is opened. Long
-/// enough that no upload still running (from another process sharing the root) can be that old.
-const STALE_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// A `NarStore` on a directory. Clones share the same directory.
 #[derive(Clone, Debug)]
 pub struct FsNarStore {
@@ -40,8 +38,8 @@ pub struct FsNarStore {
 }
 
 impl FsNarStore {
-    /// Opens the store at `root`, creating the directory if needed, and removes temporary files left over
-    /// by crashed uploads. `Unavailable` when the directory cannot be created or written.
+    /// Opens the store at `root`, creating the directory if needed. `Unavailable` when the directory cannot
+    /// be created or written. Temporary files a crashed process left stay until a `sweep`.
     pub async fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         let tmp = root.join(TMP_DIR);
@@ -49,9 +47,7 @@ impl FsNarStore {
         blocking(move || private_dirs(&dir))
             .await?
             .map_err(|e| io_error(&tmp, e))?;
-        let store = Self { root, tmp };
-        store.remove_stale_uploads().await?;
-        Ok(store)
+        Ok(Self { root, tmp })
     }
 
     /// The directory objects are stored under.
@@ -63,20 +59,6 @@ impl FsNarStore {
         check_key(key)?;
         Ok(self.root.join(key))
     }
-
-    async fn remove_stale_uploads(&self) -> Result<()> {
-        let mut entries = fs::read_dir(&self.tmp).await.map_err(|e| io_error(&self.tmp, e))?;
-        let now = SystemTime::now();
-        while let Some(entry) = entries.next_entry().await.map_err(|e| io_error(&self.tmp, e))? {
-            let modified = entry.metadata().await.and_then(|m| m.modified());
-            let stale = modified.is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > STALE_AFTER));
-            // Best-effort: another process may have removed or renamed it already.
-            if stale {
-                let _ = fs::remove_file(entry.path()).await;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Whether `e` means "nothing under this path" (a missing file, or a path going through a file).
@@ -87,6 +69,9 @@ fn absent(e: &std::io::Error) -> bool {
 fn io_error(path: &Path, e: std::io::Error) -> NarStoreError {
     match e.kind() {
         ErrorKind::TimedOut => NarStoreError::Timeout,
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge => {
+            NarStoreError::Full(format!("{}: {e}", path.display()))
+        }
         _ => NarStoreError::Unavailable(format!("{}: {e}", path.display())),
     }
 }
@@ -148,6 +133,31 @@ impl NarStore for FsNarStore {
             Err(e) if absent(&e) || e.kind() == ErrorKind::IsADirectory => Ok(false),
             Err(e) => Err(io_error(&path, e)),
         }
+    }
+
+    async fn sweep(&self, older_than: Duration) -> Result<u64> {
+        let mut entries = fs::read_dir(&self.tmp).await.map_err(|e| io_error(&self.tmp, e))?;
+        let now = SystemTime::now();
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await.map_err(|e| io_error(&self.tmp, e))? {
+            let Ok(meta) = entry.metadata().await else {
+                continue; // removed meanwhile
+            };
+            // A modification time ahead of the clock counts as written just now.
+            let idle = meta
+                .modified()
+                .map(|m| now.duration_since(m).unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::MAX);
+            if !meta.is_file() || idle < older_than {
+                continue;
+            }
+            match fs::remove_file(entry.path()).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&entry.path(), e)),
+            }
+        }
+        Ok(removed)
     }
 }
 

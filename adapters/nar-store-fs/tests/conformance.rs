@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gradient_domain::ports::nar_store::{ByteRange, ByteStream, NarStore, NarUpload, Result};
+use gradient_domain::ports::nar_store::{ByteRange, ByteStream, NarStore, NarStoreError, NarUpload, Result};
 use gradient_nar_store_fs::{FsNarStore, FsUpload};
 use gradient_ports::nar_store::contract::{key, pattern, put, read};
 use std::path::Path;
@@ -35,6 +35,10 @@ impl NarStore for TestStore {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         self.store.delete(key).await
+    }
+
+    async fn sweep(&self, older_than: Duration) -> Result<u64> {
+        self.store.sweep(older_than).await
     }
 }
 
@@ -163,14 +167,24 @@ async fn objects_survive_a_new_store_on_the_same_root() {
     assert_eq!(read(&again, &key, None).await.unwrap(), (10_000, data));
 }
 
+/// Temporary files are `.tmp/*.part`; a sweep removes those idle for its age, opening a store removes none.
 #[tokio::test]
-async fn stale_temporary_files_are_removed_on_open() {
+async fn a_sweep_removes_temporary_files_idle_for_its_age() {
     let s = fresh_fs().await;
     let root = s.store.root().to_owned();
+    let mut upload = s.begin(&key()).await.unwrap();
+    upload
+        .write(Bytes::from(vec![1u8; gradient_nar_store_fs::SPILL_AT]))
+        .await
+        .unwrap();
+    let names = temp_files(&root);
+    assert!(
+        names.len() == 1 && names[0].ends_with(".part"),
+        "an upload's temporary file: {names:?}"
+    );
+    std::mem::forget(upload);
     let stale = root.join(".tmp/old.part");
-    let fresh = root.join(".tmp/new.part");
     std::fs::write(&stale, b"x").unwrap();
-    std::fs::write(&fresh, b"x").unwrap();
     let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 60 * 60);
     std::fs::File::options()
         .write(true)
@@ -179,7 +193,11 @@ async fn stale_temporary_files_are_removed_on_open() {
         .set_modified(two_days_ago)
         .unwrap();
     FsNarStore::new(&root).await.unwrap();
-    assert_eq!(temp_files(&root), vec!["new.part".to_owned()]);
+    assert_eq!(temp_files(&root).len(), 2, "opening a store removes nothing");
+    assert_eq!(s.sweep(Duration::from_secs(24 * 60 * 60)).await.unwrap(), 1);
+    assert_eq!(temp_files(&root), names, "only the file idle for a day went");
+    assert_eq!(s.sweep(Duration::ZERO).await.unwrap(), 1);
+    assert!(temp_files(&root).is_empty());
 }
 
 #[tokio::test]
@@ -191,4 +209,68 @@ async fn an_unusable_root_is_unavailable() {
         FsNarStore::new(&file).await,
         Err(gradient_domain::ports::nar_store::NarStoreError::Unavailable(_))
     ));
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk is `Full`, whether the write or the commit meets it; the failed upload leaves no temporary
+/// file and what the store held is still there. Needs to mount a 2 MiB tmpfs (root): says so and passes
+/// otherwise.
+#[tokio::test]
+async fn a_full_disk_is_full_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .output();
+    if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+        println!("SKIPPED: cannot mount a tmpfs here ({mounted:?})");
+        return;
+    }
+    let _mounted = Mounted(small.clone());
+    let store = FsNarStore::new(&small).await.unwrap();
+    let kept = key();
+    let data = pattern(30, 0, 100_000);
+    put(&store, &kept, &data, 10_000).await;
+
+    // A large upload meets the full disk in a write (it spills to its temporary file past SPILL_AT).
+    let mut upload = store.begin(&key()).await.unwrap();
+    let mut refused = None;
+    for i in 0..4 {
+        let chunk = gradient_nar_store_fs::SPILL_AT;
+        if let Err(e) = upload.write(Bytes::from(pattern(31, i * chunk, (i + 1) * chunk))).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("3 MiB do not fit in 2");
+    upload.abort().await.unwrap();
+    assert!(matches!(e, NarStoreError::Full(_)), "a write on a full disk: {e:?}");
+    assert!(temp_files(&small).is_empty(), "no temporary file is left after a write");
+
+    // A small one (kept in memory until then) meets it at commit.
+    let filler = key();
+    put(&store, &filler, &pattern(32, 0, 1_700_000), 100_000).await;
+    let mut upload = store.begin(&key()).await.unwrap();
+    upload.write(Bytes::from(pattern(33, 0, 800_000))).await.unwrap();
+    let e = upload.commit().await.unwrap_err();
+    assert!(matches!(e, NarStoreError::Full(_)), "a commit on a full disk: {e:?}");
+    assert!(
+        temp_files(&small).is_empty(),
+        "no temporary file is left after a commit"
+    );
+    assert_eq!(
+        read(&store, &kept, None).await.unwrap().1,
+        data,
+        "the object held stays"
+    );
 }

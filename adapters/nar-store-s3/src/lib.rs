@@ -4,8 +4,11 @@
 //! Uploads buffer one part at a time and send it as a part of a multipart upload, which S3 only turns into
 //! an object on completion: nothing is visible before `commit`. Objects that fit in one part are sent with a
 //! single PUT at commit instead. An upload dropped unfinished aborts its multipart upload from a background
-//! task when a Tokio runtime is still there; buckets should also have a lifecycle rule aborting incomplete
-//! multipart uploads after a day, for the ones a crash leaves behind.
+//! task when a Tokio runtime is still there. The ones a crash leaves behind (incomplete multipart uploads under
+//! the prefix) are what `sweep` aborts: this process's own as old as their last part, others as old as S3's
+//! `Initiated` says (moto answers a fixed date in 2010, so there they always count as old); a lifecycle rule aborting incomplete multipart
+//! uploads after a day does the same for a bucket no Gradient sweeps any more. An HTTP 507 (a full
+//! S3-compatible server, e.g. MinIO's disks) is `Full`.
 //!
 //! Reads ask for the object's size and ETag, then GET the wanted range with `If-Match` on that ETag, so a
 //! stream never mixes two versions of an object; the body is passed on as it arrives.
@@ -76,6 +79,8 @@ pub struct S3NarStore {
     bucket: Arc<Bucket>,
     /// For downloads: no overall deadline, `IDLE_TIMEOUT` between pieces instead.
     reader: Arc<Bucket>,
+    /// The multipart uploads this process has under way, by id, with when each last sent a part.
+    live: upload::Live,
     /// Empty, or ending with `/`.
     prefix: String,
 }
@@ -124,6 +129,7 @@ impl S3NarStore {
             bucket: Arc::new(bucket),
             reader: Arc::new(reader),
             prefix,
+            live: upload::Live::default(),
         };
         store.probe().await?;
         Ok(store)
@@ -176,12 +182,25 @@ impl S3NarStore {
 pub(crate) fn s3_error(e: S3Error) -> NarStoreError {
     match &e {
         S3Error::Reqwest(r) if r.is_timeout() => NarStoreError::Timeout,
+        S3Error::HttpFailWithBody(507, _) => NarStoreError::Full(format!("S3: {e}")),
         _ => NarStoreError::Unavailable(format!("S3: {e}")),
     }
 }
 
 pub(crate) fn status_error(method: &str, path: &str, status: u16) -> NarStoreError {
-    NarStoreError::Unavailable(format!("S3 {method} {path}: HTTP {status}"))
+    let message = format!("S3 {method} {path}: HTTP {status}");
+    if status == 507 {
+        NarStoreError::Full(message)
+    } else {
+        NarStoreError::Unavailable(message)
+    }
+}
+
+/// The time an S3 listing gives (`2026-12-05T17:45:00.000Z`) as a system time; `None` when unreadable.
+fn s3_time(text: &str) -> Option<std::time::SystemTime> {
+    let at = chrono::DateTime::parse_from_rfc3339(text.trim()).ok()?;
+    let millis = u64::try_from(at.timestamp_millis()).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_millis(millis))
 }
 
 /// Whether `value` can go in an HTTP header as is (rust-s3 panics on one that cannot).
@@ -211,7 +230,7 @@ impl NarStore for S3NarStore {
 
     async fn begin(&self, key: &str) -> Result<S3Upload> {
         let path = self.path(key)?;
-        Ok(S3Upload::new(self.bucket.clone(), path))
+        Ok(S3Upload::new(self.bucket.clone(), path, self.live.clone()))
     }
 
     async fn open(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(u64, ByteStream)>> {
@@ -268,5 +287,35 @@ impl NarStore for S3NarStore {
             404 => Ok(false),
             status => Err(status_error("DELETE", &path, status)),
         }
+    }
+
+    async fn sweep(&self, older_than: Duration) -> Result<u64> {
+        let prefix = (!self.prefix.is_empty()).then_some(self.prefix.as_str());
+        let pages = self
+            .bucket
+            .list_multiparts_uploads(prefix, None)
+            .await
+            .map_err(s3_error)?;
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for upload in pages.iter().flat_map(|p| &p.uploads) {
+            // This process's own uploads are as old as their last part; others (a crashed process's) as S3
+            // says they are, an unreadable time counting as old.
+            let age = match self.live.idle(&upload.id) {
+                Some(idle) => idle,
+                None => s3_time(&upload.initiated)
+                    .map_or(Duration::MAX, |at| now.duration_since(at).unwrap_or(Duration::ZERO)),
+            };
+            if age < older_than {
+                continue;
+            }
+            match self.bucket.abort_upload(&upload.key, &upload.id).await {
+                Ok(()) => removed += 1,
+                // Completed or aborted meanwhile.
+                Err(S3Error::HttpFailWithBody(404, _)) => {}
+                Err(e) => return Err(s3_error(e)),
+            }
+        }
+        Ok(removed)
     }
 }

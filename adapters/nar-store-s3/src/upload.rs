@@ -6,7 +6,34 @@ use gradient_domain::ports::nar_store::{NarStoreError, NarUpload, Result};
 use s3::Bucket;
 use s3::error::S3Error;
 use s3::serde_types::Part;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The multipart uploads of one store (and its clones) under way in this process, by id, with when each last
+/// sent a part: their age for `sweep`, by this process's clock rather than the server's `Initiated` (which
+/// some S3-compatible servers do not keep).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Live(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Live {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, Instant>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn touch(&self, id: &str) {
+        self.with(|m| m.insert(id.to_owned(), Instant::now()));
+    }
+
+    fn end(&self, id: &str) {
+        self.with(|m| m.remove(id));
+    }
+
+    /// How long the upload has sent nothing, `None` when it is not one of this process's.
+    pub(crate) fn idle(&self, id: &str) -> Option<Duration> {
+        self.with(|m| m.get(id).map(Instant::elapsed))
+    }
+}
 
 /// The first parts' size. S3 wants at least 5 MiB in every part but the last, and at most 10,000 parts.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -30,6 +57,7 @@ pub struct S3Upload {
     size: u64,
     /// Set once committed or aborted, so `Drop` leaves S3 alone.
     finished: bool,
+    live: Live,
 }
 
 impl std::fmt::Debug for S3Upload {
@@ -60,7 +88,7 @@ fn completed_anyway(e: &S3Error) -> bool {
 }
 
 impl S3Upload {
-    pub(crate) fn new(bucket: Arc<Bucket>, path: String) -> Self {
+    pub(crate) fn new(bucket: Arc<Bucket>, path: String, live: Live) -> Self {
         Self {
             bucket,
             path,
@@ -69,6 +97,7 @@ impl S3Upload {
             parts: Vec::new(),
             size: 0,
             finished: false,
+            live,
         }
     }
 
@@ -90,6 +119,7 @@ impl S3Upload {
                 started.upload_id
             }
         };
+        self.live.touch(&upload_id);
         let number =
             u32::try_from(self.parts.len() + 1).map_err(|_| NarStoreError::Unavailable("too many parts".to_owned()))?;
         let sent = self
@@ -156,6 +186,7 @@ impl NarUpload for S3Upload {
         let Some(upload_id) = self.upload_id.take() else {
             return Ok(());
         };
+        self.live.end(&upload_id);
         match self.bucket.abort_upload(&self.path, &upload_id).await {
             Ok(()) => Ok(()),
             // Already gone: aborted by a failed part, or by the bucket's lifecycle rules.
@@ -167,6 +198,9 @@ impl NarUpload for S3Upload {
 
 impl Drop for S3Upload {
     fn drop(&mut self) {
+        if let Some(id) = &self.upload_id {
+            self.live.end(id);
+        }
         if self.finished {
             return;
         }

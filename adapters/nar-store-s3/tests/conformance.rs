@@ -177,3 +177,24 @@ async fn an_invalid_prefix_is_refused() {
         Err(NarStoreError::InvalidKey(_))
     ));
 }
+
+/// What a killed process left (its store gone without commit, abort or drop) is swept by the next one.
+#[tokio::test]
+async fn a_new_store_sweeps_the_multipart_uploads_a_killed_one_left() {
+    let bucket = new_bucket().await;
+    let crashed = S3NarStore::new(config(&bucket, "cache")).await.unwrap();
+    let mut upload = crashed.begin(&key()).await.unwrap();
+    upload.write(Bytes::from(pattern(1, 0, 9 * 1024 * 1024))).await.unwrap();
+    std::mem::forget(upload);
+    drop(crashed);
+    assert_eq!(open_multipart_uploads(&bucket).await, 1, "the killed upload is left");
+    let other_prefix = S3NarStore::new(config(&bucket, "other")).await.unwrap();
+    assert_eq!(
+        other_prefix.sweep(std::time::Duration::ZERO).await.unwrap(),
+        0,
+        "a store sweeps only its prefix"
+    );
+    let restarted = S3NarStore::new(config(&bucket, "cache")).await.unwrap();
+    assert_eq!(restarted.sweep(std::time::Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(open_multipart_uploads(&bucket).await, 0);
+}

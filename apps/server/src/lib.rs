@@ -396,6 +396,14 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
     let oidc = oidc_provider(config).await?;
     let nars = open_nar_store(&config.nar_store).await?;
     tracing::info!(target: "gradient::cache", "NAR store: {}", nars.kind());
+    // Uploads a previous run left when it was killed mid-push: invisible, but taking space until swept.
+    match app.sweep_uploads_at_start(&nars).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(target: "gradient::cache", "removed {n} unfinished upload(s) left in the NAR store"),
+        Err(e) => {
+            tracing::warn!(target: "gradient::cache", "could not sweep the NAR store's unfinished uploads: {e:?}")
+        }
+    }
     let http = HttpSettings {
         max_request_size: config.max_request_size,
         trusted_proxies: config.trusted_proxies.clone(),
@@ -575,9 +583,15 @@ pub fn spawn_upkeep(state: AppState, cache_ttl_hours: u64, sweep: std::time::Dur
             flush_fetches(&state).await;
             let collected = state.core.collect_garbage(&state.nars, ttl).await;
             if let Ok(r) = &collected
-                && r.paths + r.nar_files > 0
+                && r.paths + r.nar_files + r.uploads > 0
             {
-                tracing::info!(target: "gradient::cache", "collected {} paths and {} NAR files", r.paths, r.nar_files)
+                tracing::info!(
+                    target: "gradient::cache",
+                    "collected {} paths, {} NAR files and {} unfinished uploads",
+                    r.paths,
+                    r.nar_files,
+                    r.uploads
+                )
             }
             outage.settle(&collected).await;
         }

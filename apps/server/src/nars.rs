@@ -64,6 +64,13 @@ impl NarStore for NarStorage {
             Self::S3(s) => s.delete(key).await,
         }
     }
+
+    async fn sweep(&self, older_than: std::time::Duration) -> Result<u64> {
+        match self {
+            Self::Fs(s) => s.sweep(older_than).await,
+            Self::S3(s) => s.sweep(older_than).await,
+        }
+    }
 }
 
 impl NarUpload for Upload {

@@ -671,7 +671,7 @@ async fn internal_errors_are_reported_without_secrets() {
     let _reporting = gradient_server::reporting::start(&s.config)
         .expect("settings")
         .expect("reporting is on");
-    // The NAR's file becomes a link to itself: the store cannot open it, an internal error.
+    // The NAR's file becomes a link to itself: the store cannot open it, a storage failure (503), reported.
     let file = path.rsplit('/').next().expect("file name").to_owned();
     let stored = walk(&s.dir.path().join("nars"))
         .into_iter()
@@ -686,7 +686,7 @@ async fn internal_errors_are_reported_without_secrets() {
         .header("Cookie", "session=cookie-secret-value")
         .send()
         .await;
-    assert_eq!(resp.0.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(resp.0.status(), StatusCode::SERVICE_UNAVAILABLE);
     let report = loop {
         let text = tokio::time::timeout(std::time::Duration::from_secs(15), reports.recv())
             .await

@@ -34,33 +34,6 @@ fn finished(out: &UnboundedSender<WorkerMessage>, job_id: JobId, outcome: JobOut
     send(out, WorkerMessage::JobFinished { job_id, outcome });
 }
 
-/// The pauses between the attempts of a push the cache could not take (it answered 5xx, or did not answer):
-/// about 2.5 minutes in all, so a server whose database restarts or is down for a while gets the outputs
-/// instead of the builds failing. A refusal (4xx) is not retried.
-const PUSH_RETRIES: [u64; 9] = [1, 2, 4, 8, 16, 30, 30, 30, 30];
-
-/// [`gradient_domain::push::push`], tried again after [`PUSH_RETRIES`] while the cache is unavailable.
-async fn push_retrying(
-    nix: &impl Nix,
-    cache: &HttpCacheClient,
-    target: &PushTarget,
-    paths: &[String],
-) -> Result<u64, NixError> {
-    let mut pauses = PUSH_RETRIES.iter();
-    loop {
-        match gradient_domain::push::push(nix, cache, target, paths).await {
-            Err(NixError::Push(m)) if m.starts_with("cache unavailable") => match pauses.next() {
-                Some(secs) => {
-                    tracing::warn!(target: "gradient::build", "the push failed ({m}); trying again in {secs}s");
-                    tokio::time::sleep(Duration::from_secs(*secs)).await;
-                }
-                None => return Err(NixError::Push(m)),
-            },
-            other => return other,
-        }
-    }
-}
-
 fn failure(kind: FailureKind, e: &NixError) -> JobOutcome {
     let mut message = e.to_string();
     if let Some(tail) = e.log_tail() {
@@ -371,6 +344,26 @@ async fn build<N: Nix>(
         }
     }
     JobOutcome::Success
+}
+
+/// Pushes `paths` (and their closures) to the job's cache, trying again after a failure that may pass (the
+/// cache or its storage unavailable or full) as `gradient_domain::push::PUSH_RETRY_DELAYS` says, without
+/// building anything again.
+async fn push_retrying<N: Nix>(
+    nix: &N,
+    cache: &HttpCacheClient,
+    target: &PushTarget,
+    paths: &[String],
+) -> Result<u64, gradient_domain::ports::nix::NixError> {
+    gradient_domain::push::push_retrying(nix, cache, target, paths, |delay, e| {
+        tracing::warn!(
+            target: "gradient::build",
+            "{e}; trying again in {}s",
+            delay.as_secs()
+        );
+        tokio::time::sleep(delay)
+    })
+    .await
 }
 
 /// Whether a job may share one Nix run with others: a build without a time limit of its own whose outputs

@@ -10,6 +10,11 @@
 //!   object visible at once, replacing the previous one. A reader that opened the previous object either reads
 //!   it whole or fails; it never sees a mix. An upload aborted, failed or dropped leaves nothing behind
 //!   (dropping is best-effort cleanup: prefer [`NarUpload::abort`]).
+//! * Until `commit`, an upload's bytes live under the adapter's own temporary names, which no key can name
+//!   (a directory's `.tmp/`, a bucket's incomplete multipart uploads): a process that dies mid-upload leaves
+//!   them there, invisible, and [`NarStore::sweep`] removes them. A swept upload that is still running never
+//!   commits a part: its `commit` fails with [`NarStoreError::NotFound`] (or, if it had sent nothing to the
+//!   backend yet, commits the whole object).
 //! * Data is streamed both ways: an implementation never holds a whole object in memory (a bounded buffer,
 //!   such as one multipart part, is fine).
 //! * Ranges are clamped to the object, HTTP-style: `(start, end)` reads `start..=min(end, size - 1)`. A range
@@ -20,6 +25,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// Keys longer than this are refused: S3's own limit, so every backend accepts the same keys.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -40,6 +46,10 @@ pub enum NarStoreError {
     /// The backend did not answer in time (a request or I/O timeout); retrying later may work.
     #[error("NAR store timed out")]
     Timeout,
+    /// The backend has no room for the write (disk full, quota exceeded); retrying after space is freed may
+    /// work. The text is for logs only.
+    #[error("NAR store full: {0}")]
+    Full(String),
 }
 
 pub type Result<T> = std::result::Result<T, NarStoreError>;
@@ -70,6 +80,13 @@ pub trait NarStore: Send + Sync + 'static {
 
     /// Deletes the object; `Ok(false)` when it was absent. Readers that already opened it may finish reading.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Removes what uploads neither committed nor aborted left in the backend (a crashed process's temporary
+    /// files, incomplete multipart uploads) whose last activity the backend knows of (when the upload began
+    /// or, where the backend tracks it, was last written to) is at least `older_than` ago; answers how many.
+    /// Never touches a committed object. `Duration::ZERO` removes every one, running uploads included: for a
+    /// process starting, when no upload of its own can be running.
+    fn sweep(&self, older_than: Duration) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// An upload in progress, from [`NarStore::begin`]. It ends with `commit` or `abort`; dropped without

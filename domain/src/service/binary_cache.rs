@@ -77,14 +77,25 @@ pub fn nix_cache_info(cache: &Cache, client_is_local: bool) -> String {
 pub struct GcReport {
     pub paths: u64,
     pub nar_files: u64,
+    /// Uploads a crashed process left in the NAR store (temporary files, incomplete multipart uploads).
+    pub uploads: u64,
 }
 
 fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
     ServiceError::invalid(code, message)
 }
 
+/// How a NAR store failure reaches the caller: a full store is 507, an unreachable, failing or slow one 503
+/// (an upload vanishing under us is one swept from a store that was restarted meanwhile); a refused key is
+/// our bug.
 fn store_failure(e: NarStoreError) -> ServiceError {
-    ServiceError::Internal(format!("NAR store: {e}"))
+    match e {
+        NarStoreError::Full(_) => ServiceError::StorageFull(e.to_string()),
+        NarStoreError::Unavailable(_) | NarStoreError::Timeout | NarStoreError::NotFound => {
+            ServiceError::StorageUnavailable(e.to_string())
+        }
+        NarStoreError::InvalidKey(_) => ServiceError::Internal(format!("NAR store: {e}")),
+    }
 }
 
 /// Why receiving a NAR stopped.
@@ -102,6 +113,11 @@ impl From<CodecError> for Refusal {
 /// How long an uploaded NAR may wait for its narinfo before it is collected. The cutoff is on the file's
 /// upload time, so a file whose paths were just collected by TTL (uploaded long ago) goes at once.
 pub const ORPHAN_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// How long an upload may go without activity before garbage collection takes it for a crashed process's
+/// leftover and sweeps it (S3 counts from when it began, so this is longer than any push should take). At
+/// start-up every leftover goes at once ([`Gradient::sweep_uploads_at_start`]).
+pub const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 async fn next<B, E>(body: &mut B) -> Option<std::result::Result<Bytes, E>>
 where
@@ -342,11 +358,6 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 ),
             ));
         }
-        upload.commit().await.map_err(store_failure)?;
-        if let Err(e) = store_listing(nars, cache.id, url, listing).await {
-            delete_nar(nars, cache.id, url).await;
-            return Err(e);
-        }
         let file = NarFile {
             cache_id: cache.id,
             url: url.to_owned(),
@@ -357,9 +368,26 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             nar_size: summary.nar_size,
             created_at: self.clock.now(),
         };
+        // The record comes first: a crash after the commit then leaves a file garbage collection knows of
+        // (an unreferenced NAR file, removed after its grace), never bytes nothing accounts for.
         if let Err(e) = self.storage.put_nar_file(&file).await {
-            delete_nar(nars, cache.id, url).await;
+            let _ = upload.abort().await;
             return Err(e.into());
+        }
+        if let Err(e) = upload.commit().await {
+            // The record goes again unless an earlier push of the same bytes is there to back it.
+            if let Ok(None) = nars.size(&nar_key(cache, url)).await {
+                let _ = self.storage.delete_nar_file(cache.id, url).await;
+            }
+            return Err(store_failure(e));
+        }
+        if let Err(e) = store_listing(nars, cache.id, url, listing).await {
+            // Bytes a path already stands on stay (an earlier push of the same NAR); otherwise nothing does.
+            if let Ok(false) = self.storage.nar_url_in_use(cache.id, url).await {
+                delete_nar(nars, cache.id, url).await;
+                let _ = self.storage.delete_nar_file(cache.id, url).await;
+            }
+            return Err(e);
         }
         self.memo.remember_received(&file);
         Ok(file)
@@ -385,7 +413,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let received = self.memo.take_received(cache.id, &info.url, self.clock.now());
         let known = match received {
             Some(file) => Some(file),
-            None => self.storage.nar_file(cache.id, &info.url).await?,
+            // Not received by this process lately: the record may be of a push that never committed (a crash
+            // between the two), so the file must be in the NAR store too.
+            None => match self.storage.nar_file(cache.id, &info.url).await? {
+                Some(file)
+                    if nars
+                        .size(&nar_key(cache, &file.url))
+                        .await
+                        .map_err(store_failure)?
+                        .is_some() =>
+                {
+                    Some(file)
+                }
+                _ => None,
+            },
         };
         let file = known.ok_or_else(|| {
             invalid(
@@ -593,11 +634,6 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ..
         } = incoming;
         let compression = cache.compression;
-        upload.commit().await.map_err(store_failure)?;
-        if let Err(e) = store_listing(nars, cache.id, &url, listing).await {
-            delete_nar(nars, cache.id, &url).await;
-            return Err(e);
-        }
         let now = self.clock.now();
         let digest: [u8; 32] = sha.finalize().into();
         let file = NarFile {
@@ -610,9 +646,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             nar_size,
             created_at: now,
         };
+        // Recorded before the commit, so a crash in between leaves a NAR file collection removes (see
+        // `receive_nar`); the path is recorded only once its NAR and listing are whole.
         if let Err(e) = self.storage.put_nar_file(&file).await {
-            delete_nar(nars, cache.id, &url).await;
+            let _ = upload.abort().await;
             return Err(e.into());
+        }
+        if let Err(e) = upload.commit().await {
+            // A fresh name: nothing else backs the record.
+            let _ = self.storage.delete_nar_file(cache.id, &url).await;
+            return Err(store_failure(e));
+        }
+        if let Err(e) = store_listing(nars, cache.id, &url, listing).await {
+            delete_nar(nars, cache.id, &url).await;
+            let _ = self.storage.delete_nar_file(cache.id, &url).await;
+            return Err(e);
         }
         let mut references: Vec<String> = references.iter().map(|r| r.basename().to_owned()).collect();
         references.sort();
@@ -695,9 +743,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(None)
     }
 
-    /// Removes paths not fetched since `now - ttl` (when a TTL is set) and NAR files no path refers to
-    /// (after a grace period for pushes in progress). Bytes go first, then rows, so a crash in between
-    /// leaves a row the next sweep finishes, never a file nothing accounts for.
+    /// Removes paths not fetched since `now - ttl` (when a TTL is set), NAR files no path refers to (after a
+    /// grace period for pushes in progress) and uploads left unfinished for [`UPLOAD_GRACE`]. Bytes go first,
+    /// then rows, so a crash in between leaves a row the next sweep finishes, never a file nothing accounts
+    /// for.
     pub async fn collect_garbage<N: NarStore>(&self, nars: &N, ttl: Option<chrono::TimeDelta>) -> Result<GcReport> {
         const BATCH: u32 = 500;
         let mut report = GcReport::default();
@@ -731,7 +780,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 break;
             }
         }
+        report.uploads = nars.sweep(UPLOAD_GRACE).await.map_err(store_failure)?;
         Ok(report)
+    }
+
+    /// Removes every upload a previous run of the server left unfinished in the NAR store (it was killed
+    /// mid-push): at start-up, before this process begins any upload of its own. Answers how many.
+    pub async fn sweep_uploads_at_start<N: NarStore>(&self, nars: &N) -> Result<u64> {
+        nars.sweep(std::time::Duration::ZERO).await.map_err(store_failure)
     }
 }
 

@@ -86,6 +86,13 @@ pub enum ServiceError {
     /// shown. Loops back off and retry on it; a worker's report is retried, not refused.
     #[error("temporarily unavailable")]
     Unavailable(String),
+    /// The NAR store cannot take or give bytes now: unreachable, failing or too slow (503
+    /// `storage_unavailable`); nothing was stored, and trying again later may work. The text is logged.
+    #[error("the cache's storage is unavailable; nothing was stored, try again later")]
+    StorageUnavailable(String),
+    /// The NAR store has no room left (507 `insufficient_storage`); nothing was stored. The text is logged.
+    #[error("the cache's storage is full; nothing was stored")]
+    StorageFull(String),
 }
 
 impl ServiceError {
@@ -100,6 +107,8 @@ impl ServiceError {
             Self::Conflict { code, .. } | Self::Invalid { code, .. } => code,
             Self::Internal(_) => "internal_error",
             Self::Unavailable(_) => "unavailable",
+            Self::StorageUnavailable(_) => "storage_unavailable",
+            Self::StorageFull(_) => "insufficient_storage",
         }
     }
 

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gradient_domain::ports::nar_store::{ByteRange, ByteStream, NarStore, NarStoreError, NarUpload};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Runs the NAR store contract suite: one `#[tokio::test]` per scenario, each on a fresh store.
@@ -49,6 +50,8 @@ macro_rules! nar_store_contract {
             large_object_round_trips_in_chunks,
             concurrent_uploads_to_different_keys,
             invalid_keys_are_refused,
+            uncommitted_uploads_are_invisible_and_swept,
+            a_swept_upload_never_commits_a_part,
         );
     };
 }
@@ -432,4 +435,78 @@ pub async fn invalid_keys_are_refused<S: NarStore>(s: &S) {
         assert!(refused(s.size(key).await.map(drop)), "size refuses {key:?}");
         assert!(refused(s.delete(key).await.map(drop)), "delete refuses {key:?}");
     }
+}
+
+/// What an upload sends before its process dies: more than any adapter keeps in memory (a directory's
+/// adapter spills past 1 MiB, S3's sends 8 MiB parts), so it reaches the backend's temporary names.
+const SPILLED: usize = 9 * MIB;
+
+/// Begins an upload to `key` and writes [`SPILLED`] bytes of object `seed`.
+async fn spilled_upload<S: NarStore>(s: &S, key: &str, seed: u64) -> S::Upload {
+    let mut upload = s.begin(key).await.expect("begin");
+    for start in (0..SPILLED).step_by(MIB) {
+        upload
+            .write(Bytes::from(pattern(seed, start, start + MIB)))
+            .await
+            .expect("write");
+    }
+    upload
+}
+
+/// A process killed mid-upload (neither commit, abort nor drop runs: `mem::forget`) leaves nothing visible,
+/// and `sweep` removes what it left once it is old enough, and nothing else.
+pub async fn uncommitted_uploads_are_invisible_and_swept<S: NarStore>(s: &S) {
+    let (kept, crashed) = (key(), key());
+    let data = pattern(20, 0, 5_000);
+    put(s, &kept, &data, 1_000).await;
+    std::mem::forget(spilled_upload(s, &crashed, 21).await);
+    assert_absent(s, &crashed, "an upload whose process died").await;
+    assert_eq!(
+        s.sweep(Duration::from_secs(3600)).await.expect("sweep"),
+        0,
+        "a sweep of what is older than an hour leaves an upload just begun"
+    );
+    assert_eq!(
+        s.sweep(Duration::ZERO).await.expect("sweep"),
+        1,
+        "a sweep of everything removes the dead upload's leftovers"
+    );
+    assert_eq!(
+        s.sweep(Duration::ZERO).await.expect("sweep"),
+        0,
+        "nothing is left to sweep"
+    );
+    assert_absent(s, &crashed, "after the sweep").await;
+    assert_holds(s, &kept, &data, "a committed object is never swept").await;
+    // The key is still usable.
+    put(s, &crashed, &data, 1_000).await;
+    assert_holds(s, &crashed, &data, "an upload after a swept one").await;
+}
+
+/// An upload swept while still running fails at commit and leaves the key as it was.
+pub async fn a_swept_upload_never_commits_a_part<S: NarStore>(s: &S) {
+    let key = key();
+    let old = pattern(22, 0, 3_000);
+    put(s, &key, &old, 1_000).await;
+    let mut upload = spilled_upload(s, &key, 23).await;
+    assert!(
+        s.sweep(Duration::ZERO).await.expect("sweep") >= 1,
+        "the running upload's temporary state is swept"
+    );
+    // Writing on may already notice; committing must.
+    let wrote = upload.write(Bytes::from(pattern(23, SPILLED, SPILLED + MIB))).await;
+    assert!(
+        matches!(wrote, Ok(()) | Err(NarStoreError::NotFound)),
+        "a write after the sweep: {wrote:?}"
+    );
+    if wrote.is_ok() {
+        let committed = upload.commit().await;
+        assert!(
+            matches!(committed, Err(NarStoreError::NotFound)),
+            "a swept upload's commit answers NotFound, not {committed:?}"
+        );
+    } else {
+        let _ = upload.abort().await;
+    }
+    assert_holds(s, &key, &old, "the key keeps its object after a swept replacement").await;
 }

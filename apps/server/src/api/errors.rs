@@ -80,7 +80,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => Self::NotFound(b),
             ServiceError::Conflict { .. } => Self::Conflict(b),
             ServiceError::Invalid { .. } => Self::Unprocessable(b),
-            ServiceError::Internal(detail) | ServiceError::Unavailable(detail) => {
+            // No operation of the API reaches the NAR store (only `/cache` does, with its own answers): were
+            // one to, its failure is this server's.
+            ServiceError::Internal(detail)
+            | ServiceError::Unavailable(detail)
+            | ServiceError::StorageUnavailable(detail)
+            | ServiceError::StorageFull(detail) => {
                 tracing::error!(target: "gradient::web", "internal error: {detail}");
                 crate::reporting::internal_error("api", &detail);
                 Self::Internal(b)

@@ -71,7 +71,11 @@ where
     })
 }
 
-/// A failure answered as plain text, as Nix expects; 401 asks for HTTP Basic credentials.
+/// How long a pusher is told to wait after the NAR store failed (`Retry-After` of 503 `storage_unavailable`).
+const STORAGE_RETRY_AFTER_SECS: u64 = 10;
+
+/// A failure answered as plain text, as Nix expects; 401 asks for HTTP Basic credentials. The NAR store
+/// failing is 503 `storage_unavailable` (with `Retry-After`) or, full, 507 `insufficient_storage`.
 fn failure(e: ServiceError) -> Response {
     let status = match &e {
         ServiceError::Unauthenticated(_) | ServiceError::InvalidCredentials => StatusCode::UNAUTHORIZED,
@@ -91,6 +95,17 @@ fn failure(e: ServiceError) -> Response {
             tracing::warn!(target: "gradient::cache", "{detail}");
             StatusCode::SERVICE_UNAVAILABLE
         }
+        // The operator must hear of the storage failing as of any other failure on our side.
+        ServiceError::StorageUnavailable(detail) => {
+            tracing::error!(target: "gradient::cache", "{detail}");
+            crate::reporting::internal_error("cache", detail);
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ServiceError::StorageFull(detail) => {
+            tracing::error!(target: "gradient::cache", "{detail}");
+            crate::reporting::internal_error("cache", detail);
+            StatusCode::INSUFFICIENT_STORAGE
+        }
     };
     let mut resp = Response::builder()
         .status(status)
@@ -99,7 +114,7 @@ fn failure(e: ServiceError) -> Response {
         resp = resp.header(header::WWW_AUTHENTICATE, "Basic realm=\"Gradient cache\"");
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp = resp.header(header::RETRY_AFTER, "5");
+        resp = resp.header(header::RETRY_AFTER, STORAGE_RETRY_AFTER_SECS);
     }
     resp.body(format!("{} ({})\n", e, e.code()))
 }
@@ -399,7 +414,8 @@ fn unavailable(retry_after_secs: u64, message: &str) -> Response {
 /// Serves a NAR file (or a range of it). The limits of `docs/configuration` apply here:
 /// - at most `maxConcurrentNarServes` downloads at once: another waits up to [`NAR_SERVE_WAIT`] for a slot,
 ///   then gets 503 with `Retry-After`;
-/// - opening the file in the NAR store may take `narStorageOpenTimeoutSecs`, then 503 with `Retry-After`;
+/// - opening the file in the NAR store may take `narStorageOpenTimeoutSecs`, then 503 with `Retry-After`; a
+///   store that then sends nothing for as long is cut off (the body ends short and the connection closes);
 /// - the bytes go through a pipe of `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes: the store is read only as
 ///   far ahead of the reader as that, so one download holds at most that much (plus one piece being copied);
 /// - a reader that takes nothing for `narSendChunkTimeoutSecs` while the pipe is full is cut off (the body
@@ -446,7 +462,7 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
     let timeout = Duration::from_secs(state.http.nar_open_timeout_secs);
     let key = nar_key(cache, url);
     let opened = match tokio::time::timeout(timeout, state.nars.open(&key, range.map(|(s, e)| (s, Some(e))))).await {
-        Ok(opened) => opened.map_err(|e| ServiceError::Internal(format!("opening {key}: {e}")))?,
+        Ok(opened) => opened.map_err(|e| ServiceError::StorageUnavailable(format!("opening {key}: {e}")))?,
         Err(_) => {
             tracing::warn!(target: "gradient::cache", "opening {key} in the NAR store took longer than {}s", timeout.as_secs());
             return Ok(unavailable(
@@ -467,7 +483,20 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
         use tokio::io::AsyncWriteExt;
         let _permit = permit;
         let mut stream = stream;
-        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        loop {
+            // A store that stalls mid-body gets as long for each piece as for the open.
+            let chunk = match tokio::time::timeout(timeout, futures_util::StreamExt::next(&mut stream)).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        target: "gradient::cache",
+                        "the NAR store sent nothing of {key} for {}s: the download was cut off",
+                        timeout.as_secs()
+                    );
+                    return;
+                }
+            };
             let Ok(mut chunk) = chunk else {
                 // The body ends short of its length: the reader sees the download fail.
                 return;
