@@ -12,7 +12,8 @@ use uuid::Uuid;
 macro_rules! project_columns {
     () => {
         "id, org_id, name, display_name, description, repository, branch, wildcard, flake_input_overrides, \
-         keep_evaluations, poll_interval_secs, active, created_by, created_at, managed"
+         keep_evaluations, poll_interval_secs, active, created_by, created_at, managed, pull_requests, \
+         fork_pull_requests"
     };
 }
 pub(crate) use project_columns;
@@ -34,6 +35,8 @@ pub(crate) struct ProjectRow {
     created_by: Uuid,
     created_at: DateTime<Utc>,
     managed: bool,
+    pull_requests: bool,
+    fork_pull_requests: bool,
 }
 
 impl ProjectRow {
@@ -54,6 +57,8 @@ impl ProjectRow {
             keep_evaluations: stored_u32(self.keep_evaluations, "keep_evaluations")?,
             poll_interval_secs: stored_u32(self.poll_interval_secs, "poll_interval_secs")?,
             active: self.active,
+            pull_requests: self.pull_requests,
+            fork_pull_requests: self.fork_pull_requests,
             created_by: UserId(self.created_by),
             created_at: self.created_at,
             managed: self.managed,
@@ -66,7 +71,7 @@ impl Projects for SqlStorage {
         let sql = concat!(
             "INSERT INTO projects (",
             project_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         );
         let overrides = to_json(&project.flake_input_overrides)?;
         with_pool!(self, |p| sqlx::query(sql)
@@ -85,6 +90,8 @@ impl Projects for SqlStorage {
             .bind(project.created_by.0)
             .bind(project.created_at)
             .bind(project.managed)
+            .bind(project.pull_requests)
+            .bind(project.fork_pull_requests)
             .execute(p)
             .await
             .map(|_| ()))
@@ -150,7 +157,7 @@ impl Projects for SqlStorage {
     async fn update_project(&self, project: &Project) -> Result<()> {
         let sql = "UPDATE projects SET display_name = $2, description = $3, repository = $4, branch = $5, \
                    wildcard = $6, flake_input_overrides = $7, keep_evaluations = $8, poll_interval_secs = $9, \
-                   active = $10 WHERE id = $1";
+                   active = $10, pull_requests = $11, fork_pull_requests = $12 WHERE id = $1";
         let overrides = to_json(&project.flake_input_overrides)?;
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(project.id.0)
@@ -163,6 +170,8 @@ impl Projects for SqlStorage {
             .bind(project.keep_evaluations.map(i64::from))
             .bind(project.poll_interval_secs.map(i64::from))
             .bind(project.active)
+            .bind(project.pull_requests)
+            .bind(project.fork_pull_requests)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))

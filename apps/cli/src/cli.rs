@@ -142,6 +142,12 @@ pub struct ProjectFields {
     pub poll_interval_secs: Option<u32>,
     #[arg(long)]
     pub active: Option<bool>,
+    /// Evaluate pull requests from the project's own repository (default on).
+    #[arg(long)]
+    pub pull_requests: Option<bool>,
+    /// Evaluate pull requests from forks too: their flakes run on your workers (default off).
+    #[arg(long)]
+    pub fork_pull_requests: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -364,6 +370,8 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 keep_evaluations: fields.keep_evaluations,
                 poll_interval_secs: fields.poll_interval_secs,
                 active: fields.active,
+                pull_requests: fields.pull_requests,
+                fork_pull_requests: fields.fork_pull_requests,
                 flake_input_overrides: Default::default(),
             };
             show(&s.client.create_project(&org, &body).await?.into_inner().message);
@@ -383,6 +391,8 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 keep_evaluations: fields.keep_evaluations,
                 poll_interval_secs: fields.poll_interval_secs,
                 active: fields.active,
+                pull_requests: fields.pull_requests,
+                fork_pull_requests: fields.fork_pull_requests,
                 flake_input_overrides: Default::default(),
             };
             show(&s.client.edit_project(&org, &name, &body).await?.into_inner().message);

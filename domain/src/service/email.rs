@@ -221,7 +221,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// to each member of the organization who wants it. Mail that cannot be handed over is dropped: the CI
     /// loop never waits for or fails on mail.
     pub(super) async fn mail_health_change(&self, e: &Evaluation) -> Result<()> {
-        if !self.settings.email.enabled || !mail::tells_health(e.status) {
+        // A pull request's evaluation says nothing of the project's branch.
+        if !self.settings.email.enabled || !mail::tells_health(e.status) || e.pull_request.is_some() {
             return Ok(());
         }
         // The project's health before: how its latest end before this one came out, whether that was another
@@ -231,7 +232,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .evaluations(e.project_id, HEALTH_WINDOW)
             .await?
             .into_iter()
-            .filter(|p| p.id != e.id && mail::tells_health(p.status) && p.updated_at <= e.updated_at)
+            .filter(|p| {
+                p.id != e.id && p.pull_request.is_none() && mail::tells_health(p.status) && p.updated_at <= e.updated_at
+            })
             .map(|p| (p.updated_at, p.status));
         let earlier_ends = e
             .transitions

@@ -21,6 +21,10 @@ pub struct NewProject {
     pub keep_evaluations: Option<u32>,
     pub poll_interval_secs: Option<u32>,
     pub active: Option<bool>,
+    /// Default: true.
+    pub pull_requests: Option<bool>,
+    /// Default: false.
+    pub fork_pull_requests: Option<bool>,
 }
 
 /// A partial update; `None` leaves a field unchanged. For the optional fields, `Some(None)` clears them.
@@ -35,6 +39,8 @@ pub struct ProjectChanges {
     pub keep_evaluations: Option<Option<u32>>,
     pub poll_interval_secs: Option<Option<u32>>,
     pub active: Option<bool>,
+    pub pull_requests: Option<bool>,
+    pub fork_pull_requests: Option<bool>,
 }
 
 fn not_found(org: &str, name: &str) -> ServiceError {
@@ -135,6 +141,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             keep_evaluations: new.keep_evaluations,
             poll_interval_secs: new.poll_interval_secs,
             active: new.active.unwrap_or(true),
+            pull_requests: new.pull_requests.unwrap_or(true),
+            fork_pull_requests: new.fork_pull_requests.unwrap_or(false),
             created_by: user.id,
             created_at: self.clock.now(),
         };
@@ -194,6 +202,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(v) = c.active {
             p.active = v;
         }
+        if let Some(v) = c.pull_requests {
+            p.pull_requests = v;
+        }
+        if let Some(v) = c.fork_pull_requests {
+            p.fork_pull_requests = v;
+        }
         self.storage.update_project(&p).await?;
         // Which fields changed, by name only: a repository URL may carry credentials.
         let changed: Vec<&str> = [
@@ -209,6 +223,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ("keep_evaluations", before.keep_evaluations != p.keep_evaluations),
             ("poll_interval_secs", before.poll_interval_secs != p.poll_interval_secs),
             ("active", before.active != p.active),
+            ("pull_requests", before.pull_requests != p.pull_requests),
+            ("fork_pull_requests", before.fork_pull_requests != p.fork_pull_requests),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))

@@ -96,6 +96,8 @@ pub struct ProjectEntry {
     pub keep_evaluations: Option<u32>,
     pub poll_interval_secs: Option<u32>,
     pub active: bool,
+    pub pull_requests: bool,
+    pub fork_pull_requests: bool,
     pub created_by: Name,
     pub flake_input_overrides: BTreeMap<String, InputOverride>,
 }
@@ -682,6 +684,8 @@ fn project(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> Resu
     let keep_evaluations = f.positive_u32("keep_evaluations")?;
     let poll_interval_secs = f.positive_u32("poll_interval_secs")?;
     let active = f.bool("active")?.unwrap_or(true);
+    let pull_requests = f.bool("pull_requests")?.unwrap_or(true);
+    let fork_pull_requests = f.bool("fork_pull_requests")?.unwrap_or(false);
     let created_by = f.required_name("created_by", "username")?;
     let mut overrides = BTreeMap::new();
     if let Some(m) = f.object("flake_input_overrides")? {
@@ -712,6 +716,8 @@ fn project(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> Resu
         keep_evaluations,
         poll_interval_secs,
         active,
+        pull_requests,
+        fork_pull_requests,
         created_by,
         flake_input_overrides: overrides,
     })

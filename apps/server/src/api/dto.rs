@@ -225,6 +225,10 @@ pub struct ProjectView {
     /// `null` disables polling.
     pub poll_interval_secs: Nullable<u32>,
     pub active: bool,
+    /// Pull requests (GitLab: merge requests) from the project's own repository are evaluated.
+    pub pull_requests: bool,
+    /// Pull requests from forks are evaluated too (their flakes run their authors' code on the workers).
+    pub fork_pull_requests: bool,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
     /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
@@ -246,6 +250,8 @@ impl ProjectView {
             keep_evaluations: p.keep_evaluations.into(),
             poll_interval_secs: p.poll_interval_secs.into(),
             active: p.active,
+            pull_requests: p.pull_requests,
+            fork_pull_requests: p.fork_pull_requests,
             created_by: p.created_by.0,
             created_at: p.created_at,
             managed: p.managed,

@@ -30,6 +30,11 @@ pub struct NewProjectRequest {
     pub poll_interval_secs: Option<u32>,
     /// Default: true.
     pub active: Option<bool>,
+    /// Evaluate pull requests (GitLab: merge requests) from the project's own repository. Default: true.
+    pub pull_requests: Option<bool>,
+    /// Evaluate pull requests from forks too: their flakes run their authors' code on the organization's
+    /// workers. Default: false.
+    pub fork_pull_requests: Option<bool>,
 }
 
 /// Fields left out stay as they are; `null` clears `branch`, `keep_evaluations` and `poll_interval_secs`.
@@ -45,6 +50,8 @@ pub struct ProjectPatch {
     pub keep_evaluations: Clearable<u32>,
     pub poll_interval_secs: Clearable<u32>,
     pub active: Option<bool>,
+    pub pull_requests: Option<bool>,
+    pub fork_pull_requests: Option<bool>,
 }
 
 #[OpenApi(tag = "Tag::Projects")]
@@ -73,6 +80,8 @@ impl ProjectsApi {
             keep_evaluations: b.keep_evaluations,
             poll_interval_secs: b.poll_interval_secs,
             active: b.active,
+            pull_requests: b.pull_requests,
+            fork_pull_requests: b.fork_pull_requests,
         };
         let p = self.0.app.create_project(&caller, &org, new).await?;
         ok(ProjectView::new(&org, &p))
@@ -108,6 +117,8 @@ impl ProjectsApi {
             keep_evaluations: b.keep_evaluations.change(),
             poll_interval_secs: b.poll_interval_secs.change(),
             active: b.active,
+            pull_requests: b.pull_requests,
+            fork_pull_requests: b.fork_pull_requests,
         };
         let p = self.0.app.update_project(&caller, &org, &project, changes).await?;
         ok(ProjectView::new(&org, &p))

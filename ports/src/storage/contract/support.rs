@@ -139,6 +139,8 @@ pub(super) fn new_project(org: OrgId, prefix: &str, creator: UserId) -> Project 
         keep_evaluations: Some(25),
         poll_interval_secs: Some(300),
         active: true,
+        pull_requests: true,
+        fork_pull_requests: false,
         created_by: creator,
         created_at: now(),
     }
