@@ -391,8 +391,35 @@ mod tests {
     }
 
     #[test]
+    fn pull_requests_name_their_installation_and_what_they_ask() {
+        let path = format!("{}/tests/fixtures/forge/github_pull_request_opened.json", env!("CARGO_MANIFEST_DIR"));
+        let mut body: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
+        match parse("pull_request", body.clone()) {
+            Ok(AppEvent::PullRequest {
+                installation: None,
+                pull_request: Some(pr),
+            }) => assert_eq!(pr.number, 12),
+            other => panic!("{other:?}"),
+        }
+        body["installation"] = json!({"id": 7});
+        match parse("pull_request", body.clone()) {
+            Ok(AppEvent::PullRequest {
+                installation: Some(i),
+                pull_request: Some(_),
+            }) => assert_eq!(i, InstallationRef { id: 7, account: "acme".into() }),
+            other => panic!("{other:?}"),
+        }
+        body["action"] = json!("labeled");
+        assert!(matches!(
+            parse("pull_request", body),
+            Ok(AppEvent::PullRequest { installation: Some(_), pull_request: None })
+        ));
+        assert!(parse_event(Some("pull_request"), b"not json").is_err());
+    }
+
+    #[test]
     fn other_events_are_ignored_unread() {
-        for event in [Some("ping"), Some("pull_request"), Some("check_suite"), None] {
+        for event in [Some("ping"), Some("pull_request_review"), Some("check_suite"), None] {
             assert_eq!(parse_event(event, b"not even json"), Ok(AppEvent::Ignored), "{event:?}");
         }
         assert_eq!(

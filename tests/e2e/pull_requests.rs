@@ -149,7 +149,7 @@ async fn a_signed_github_pull_request_is_built_by_its_ref_and_closing_it_aborts_
 
     // New commits: a build that takes long, evaluated at the head (no merge commit this time).
     git(&repo.work, &["checkout", "-q", "feature"]);
-    let slow = r#"slow = d { name = "slow"; args = [ "-c" "sleep 300; echo slow > $out" ]; };"#;
+    let slow = r#"slow = d { name = "slow"; args = [ "-c" "echo starting; /usr/bin/sleep 300; echo slow > $out" ]; };"#;
     std::fs::write(repo.work.join("flake.nix"), flake(&nonce, slow)).expect("flake.nix");
     git(&repo.work, &["commit", "-q", "-am", "slow"]);
     let head2 = git(&repo.work, &["rev-parse", "HEAD"]);
