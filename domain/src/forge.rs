@@ -365,9 +365,7 @@ fn head_url(repo: &RepositoryUrls) -> Option<String> {
 
 fn is_fork(head: Option<&RepositoryUrls>, base_urls: &[String]) -> bool {
     let Some(head) = head else { return true };
-    !head
-        .urls()
-        .any(|h| base_urls.iter().any(|b| same_repository(h, b)))
+    !head.urls().any(|h| base_urls.iter().any(|b| same_repository(h, b)))
 }
 
 /// Reads a pull request event's payload (see [`PullRequestEvent`]). `Ok(None)` for actions that change no
@@ -827,7 +825,11 @@ mod tests {
         assert!(!pr.fork);
         assert_eq!(pr.base_branch, "main");
         assert_eq!(pr.default_branch.as_deref(), Some("main"));
-        assert!(pr.repository_urls.iter().any(|u| same_repository(u, "git@github.com:acme/web.git")));
+        assert!(
+            pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "git@github.com:acme/web.git"))
+        );
     }
 
     #[test]
@@ -840,9 +842,16 @@ mod tests {
         assert_eq!(pr.commit, "c3499c2729730a7f807efb8676a92dcb6f8a3f8f");
         assert_eq!(pr.fetch_ref, "refs/pull/12/merge");
         assert_eq!(pr.head_commit, "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3");
-        assert_eq!(pr.head_repository.as_deref(), Some("https://github.com/mallory/web.git"));
+        assert_eq!(
+            pr.head_repository.as_deref(),
+            Some("https://github.com/mallory/web.git")
+        );
         // The base repository is the one named, never the fork.
-        assert!(pr.repository_urls.iter().all(|u| !same_repository(u, "https://github.com/mallory/web")));
+        assert!(
+            pr.repository_urls
+                .iter()
+                .all(|u| !same_repository(u, "https://github.com/mallory/web"))
+        );
         // Gitea has no merge ref: the same payload from Gitea evaluates the head.
         let gitea = parse_pull_request(Forge::Gitea, &fixture("github_pull_request_synchronize_fork"))
             .expect("parses")
@@ -870,8 +879,15 @@ mod tests {
             .expect("parses")
             .expect("acted on");
         assert_eq!(reopened.action, PullRequestAction::Evaluate);
-        for action in ["edited", "assigned", "review_requested", "ready_for_review", "converted_to_draft"] {
-            let mut v: serde_json::Value = serde_json::from_slice(&fixture("github_pull_request_opened")).expect("json");
+        for action in [
+            "edited",
+            "assigned",
+            "review_requested",
+            "ready_for_review",
+            "converted_to_draft",
+        ] {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&fixture("github_pull_request_opened")).expect("json");
             v["action"] = action.into();
             assert_eq!(
                 parse_pull_request(Forge::GitHub, v.to_string().as_bytes()),
@@ -892,7 +908,11 @@ mod tests {
         assert_eq!(pr.fetch_ref, "refs/pull/3/head");
         assert_eq!(pr.head_branch, "faster-checks");
         assert!(!pr.fork);
-        assert!(pr.repository_urls.iter().any(|u| same_repository(u, "https://git.example.com/acme/web")));
+        assert!(
+            pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "https://git.example.com/acme/web"))
+        );
     }
 
     #[test]
@@ -907,9 +927,20 @@ mod tests {
         assert_eq!(pr.fetch_ref, "refs/merge-requests/7/head");
         assert_eq!(pr.head_branch, "pin-nixpkgs");
         assert!(pr.fork, "source project 31, target 14");
-        assert_eq!(pr.head_repository.as_deref(), Some("https://gitlab.example.com/carol/web.git"));
-        assert!(pr.repository_urls.iter().any(|u| same_repository(u, "git@gitlab.example.com:acme/web.git")));
-        assert!(!pr.repository_urls.iter().any(|u| same_repository(u, "https://gitlab.example.com/carol/web")));
+        assert_eq!(
+            pr.head_repository.as_deref(),
+            Some("https://gitlab.example.com/carol/web.git")
+        );
+        assert!(
+            pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "git@gitlab.example.com:acme/web.git"))
+        );
+        assert!(
+            !pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "https://gitlab.example.com/carol/web"))
+        );
         // An update without `oldrev` (here: a label added) changed no commit.
         assert_eq!(
             parse_pull_request(Forge::GitLab, &fixture("gitlab_merge_request_update_labels")),
@@ -930,8 +961,7 @@ mod tests {
 
     #[test]
     fn bad_pull_request_payloads_are_refused() {
-        let opened: serde_json::Value =
-            serde_json::from_slice(&fixture("github_pull_request_opened")).expect("json");
+        let opened: serde_json::Value = serde_json::from_slice(&fixture("github_pull_request_opened")).expect("json");
         let broken = |f: &dyn Fn(&mut serde_json::Value)| {
             let mut v = opened.clone();
             f(&mut v);
@@ -940,16 +970,20 @@ mod tests {
         assert!(broken(&|v| v["pull_request"]["head"]["sha"] = "main".into()).is_err());
         assert!(broken(&|v| v["pull_request"]["head"]["ref"] = "a b".into()).is_err());
         assert!(broken(&|v| v["pull_request"]["head"]["ref"] = "x".repeat(300).into()).is_err());
-        assert!(broken(&|v| {
-            v["number"] = 0.into();
-            v["pull_request"]["number"] = 0.into();
-        })
-        .is_err());
-        assert!(broken(&|v| {
-            v["repository"] = serde_json::Value::Null;
-            v["pull_request"]["base"]["repo"] = serde_json::Value::Null;
-        })
-        .is_err());
+        assert!(
+            broken(&|v| {
+                v["number"] = 0.into();
+                v["pull_request"]["number"] = 0.into();
+            })
+            .is_err()
+        );
+        assert!(
+            broken(&|v| {
+                v["repository"] = serde_json::Value::Null;
+                v["pull_request"]["base"]["repo"] = serde_json::Value::Null;
+            })
+            .is_err()
+        );
         // A deleted fork: its repository is null; it counts as a fork.
         let gone = broken(&|v| v["pull_request"]["head"]["repo"] = serde_json::Value::Null)
             .expect("parses")

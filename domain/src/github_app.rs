@@ -392,7 +392,10 @@ mod tests {
 
     #[test]
     fn pull_requests_name_their_installation_and_what_they_ask() {
-        let path = format!("{}/tests/fixtures/forge/github_pull_request_opened.json", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/forge/github_pull_request_opened.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let mut body: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
         match parse("pull_request", body.clone()) {
             Ok(AppEvent::PullRequest {
@@ -406,13 +409,22 @@ mod tests {
             Ok(AppEvent::PullRequest {
                 installation: Some(i),
                 pull_request: Some(_),
-            }) => assert_eq!(i, InstallationRef { id: 7, account: "acme".into() }),
+            }) => assert_eq!(
+                i,
+                InstallationRef {
+                    id: 7,
+                    account: "acme".into()
+                }
+            ),
             other => panic!("{other:?}"),
         }
         body["action"] = json!("labeled");
         assert!(matches!(
             parse("pull_request", body),
-            Ok(AppEvent::PullRequest { installation: Some(_), pull_request: None })
+            Ok(AppEvent::PullRequest {
+                installation: Some(_),
+                pull_request: None
+            })
         ));
         assert!(parse_event(Some("pull_request"), b"not json").is_err());
     }

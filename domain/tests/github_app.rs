@@ -644,18 +644,34 @@ async fn pull_requests_delivered_by_the_app_evaluate_only_in_linked_organization
         v["installation"] = json!({"id": 7, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNw=="});
         v
     };
-    let queued = w.deliver("pull_request", &fixture("github_pull_request_opened")).await.unwrap();
+    let queued = w
+        .deliver("pull_request", &fixture("github_pull_request_opened"))
+        .await
+        .unwrap();
     assert_eq!(queued.len(), 1, "only the linked organization's project");
     let pr = queued[0].pull_request.as_ref().unwrap();
     assert_eq!((pr.number, pr.fork), (12, false));
     assert_eq!(pr.fetch_ref, "refs/pull/12/head");
     // A fork's pull request: off by default, in the linked organization too.
-    let fork = w.deliver("pull_request", &fixture("github_pull_request_synchronize_fork")).await.unwrap();
+    let fork = w
+        .deliver("pull_request", &fixture("github_pull_request_synchronize_fork"))
+        .await
+        .unwrap();
     assert_eq!(fork, []);
     // Closed: the running evaluation is aborted.
-    assert_eq!(w.deliver("pull_request", &fixture("github_pull_request_closed")).await.unwrap(), []);
+    assert_eq!(
+        w.deliver("pull_request", &fixture("github_pull_request_closed"))
+            .await
+            .unwrap(),
+        []
+    );
     let e = w.app.storage.evaluation(queued[0].id).await.unwrap().unwrap();
     assert_eq!(e.status, gradient_domain::status::EvaluationStatus::Aborted);
     // Labels: nothing.
-    assert_eq!(w.deliver("pull_request", &fixture("github_pull_request_labeled")).await.unwrap(), []);
+    assert_eq!(
+        w.deliver("pull_request", &fixture("github_pull_request_labeled"))
+            .await
+            .unwrap(),
+        []
+    );
 }

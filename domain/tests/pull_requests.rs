@@ -26,7 +26,11 @@ const FORK_HEAD: &str = "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3";
 const FORK_MERGE: &str = "c3499c2729730a7f807efb8676a92dcb6f8a3f8f";
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/forge/{name}.json", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/tests/fixtures/forge/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 struct World {
@@ -62,7 +66,10 @@ impl World {
     }
 
     async fn change(&self, changes: ProjectChanges) {
-        self.app.update_project(&self.caller, "acme", "web", changes).await.unwrap();
+        self.app
+            .update_project(&self.caller, "acme", "web", changes)
+            .await
+            .unwrap();
     }
 
     async fn status(&self, e: &Evaluation) -> EvaluationStatus {
@@ -98,7 +105,10 @@ fn evaluator(org: gradient_domain::OrgId) -> WorkerInfo {
 #[tokio::test]
 async fn a_pull_request_from_the_same_repository_is_evaluated_at_its_head_by_its_ref() {
     let w = World::new("git@github.com:acme/web.git").await;
-    let queued = w.github("pull_request", &fixture("github_pull_request_opened")).await.unwrap();
+    let queued = w
+        .github("pull_request", &fixture("github_pull_request_opened"))
+        .await
+        .unwrap();
     assert_eq!(queued.len(), 1);
     let e = &queued[0];
     assert_eq!(e.commit, HEAD);
@@ -139,7 +149,11 @@ async fn a_pull_request_from_the_same_repository_is_evaluated_at_its_head_by_its
 async fn forks_run_only_when_the_project_allows_them_and_pull_requests_can_be_turned_off() {
     let w = World::new("https://github.com/acme/web").await;
     let fork = fixture("github_pull_request_synchronize_fork");
-    assert_eq!(w.github("pull_request", &fork).await.unwrap(), vec![], "forks are off by default");
+    assert_eq!(
+        w.github("pull_request", &fork).await.unwrap(),
+        vec![],
+        "forks are off by default"
+    );
 
     w.change(ProjectChanges {
         fork_pull_requests: Some(true),
@@ -154,7 +168,10 @@ async fn forks_run_only_when_the_project_allows_them_and_pull_requests_can_be_tu
     let pr = queued[0].pull_request.as_ref().unwrap();
     assert!(pr.fork);
     assert_eq!(pr.fetch_ref, "refs/pull/12/merge");
-    assert_eq!(pr.head_repository.as_deref(), Some("https://github.com/mallory/web.git"));
+    assert_eq!(
+        pr.head_repository.as_deref(),
+        Some("https://github.com/mallory/web.git")
+    );
 
     // Its commit status goes on the head, the commit GitHub shows on the pull request, not on the test merge.
     w.app
@@ -174,7 +191,9 @@ async fn forks_run_only_when_the_project_allows_them_and_pull_requests_can_be_tu
     .await;
     assert_eq!(w.github("pull_request", &fork).await.unwrap(), vec![]);
     assert_eq!(
-        w.github("pull_request", &fixture("github_pull_request_opened")).await.unwrap(),
+        w.github("pull_request", &fixture("github_pull_request_opened"))
+            .await
+            .unwrap(),
         vec![]
     );
 }
@@ -185,27 +204,43 @@ async fn new_commits_supersede_the_pull_requests_evaluation_and_closing_aborts_i
     let project = w.app.project(&w.caller, "acme", "web").await.unwrap();
     let branch = w
         .app
-        .queue_evaluation(project.org_id, &project, &"b".repeat(40), gradient_domain::model::EvaluationTrigger::Webhook)
+        .queue_evaluation(
+            project.org_id,
+            &project,
+            &"b".repeat(40),
+            gradient_domain::model::EvaluationTrigger::Webhook,
+        )
         .await
         .unwrap();
-    let first = w.github("pull_request", &fixture("github_pull_request_opened")).await.unwrap();
+    let first = w
+        .github("pull_request", &fixture("github_pull_request_opened"))
+        .await
+        .unwrap();
     // Another pull request (number 13) of the same repository.
     let mut other: serde_json::Value = serde_json::from_slice(&fixture("github_pull_request_opened")).unwrap();
     other["number"] = 13.into();
     other["pull_request"]["number"] = 13.into();
     other["pull_request"]["head"]["sha"] = "d".repeat(40).into();
-    let other = w.github("pull_request", &serde_json::to_vec(&other).unwrap()).await.unwrap();
+    let other = w
+        .github("pull_request", &serde_json::to_vec(&other).unwrap())
+        .await
+        .unwrap();
 
     // Labels change nothing.
     assert_eq!(
-        w.github("pull_request", &fixture("github_pull_request_labeled")).await.unwrap(),
+        w.github("pull_request", &fixture("github_pull_request_labeled"))
+            .await
+            .unwrap(),
         vec![]
     );
     assert_eq!(w.status(&first[0]).await, EvaluationStatus::Queued);
 
     // New commits on #12: its evaluation is superseded; the branch's and #13's go on.
     let again = w
-        .github("pull_request", &with_action("github_pull_request_opened", "synchronize"))
+        .github(
+            "pull_request",
+            &with_action("github_pull_request_opened", "synchronize"),
+        )
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -214,19 +249,30 @@ async fn new_commits_supersede_the_pull_requests_evaluation_and_closing_aborts_i
     assert_eq!(w.status(&other[0]).await, EvaluationStatus::Queued);
     // A branch push does not supersede a pull request's evaluation either.
     w.app
-        .queue_evaluation(project.org_id, &project, &"c".repeat(40), gradient_domain::model::EvaluationTrigger::Webhook)
+        .queue_evaluation(
+            project.org_id,
+            &project,
+            &"c".repeat(40),
+            gradient_domain::model::EvaluationTrigger::Webhook,
+        )
         .await
         .unwrap();
     assert_eq!(w.status(&branch).await, EvaluationStatus::Aborted);
     assert_eq!(w.status(&again[0]).await, EvaluationStatus::Queued);
 
     // #12 closed: its running evaluation is aborted, saying why; nothing is queued; #13's goes on.
-    let closed = w.github("pull_request", &fixture("github_pull_request_closed")).await.unwrap();
+    let closed = w
+        .github("pull_request", &fixture("github_pull_request_closed"))
+        .await
+        .unwrap();
     assert_eq!(closed, vec![]);
     let aborted = w.app.storage.evaluation(again[0].id).await.unwrap().unwrap();
     assert_eq!(aborted.status, EvaluationStatus::Aborted);
     assert!(
-        aborted.errors.iter().any(|e| e.message.contains("pull request #12 was closed")),
+        aborted
+            .errors
+            .iter()
+            .any(|e| e.message.contains("pull request #12 was closed")),
         "{aborted:?}"
     );
     assert_eq!(w.status(&other[0]).await, EvaluationStatus::Queued);
@@ -247,7 +293,9 @@ async fn a_pull_request_into_another_branch_than_the_projects_queues_nothing() {
     })
     .await;
     assert_eq!(
-        w.github("pull_request", &fixture("github_pull_request_opened")).await.unwrap(),
+        w.github("pull_request", &fixture("github_pull_request_opened"))
+            .await
+            .unwrap(),
         vec![]
     );
 }
@@ -277,7 +325,10 @@ async fn gitea_and_gitlab_pull_requests() {
         async move { app.receive_webhook("gitlab", "acme", &headers, &body).await }
     };
     // A fork's merge request: off by default.
-    assert_eq!(gitlab(fixture("gitlab_merge_request_update_fork")).await.unwrap(), vec![]);
+    assert_eq!(
+        gitlab(fixture("gitlab_merge_request_update_fork")).await.unwrap(),
+        vec![]
+    );
     w.change(ProjectChanges {
         fork_pull_requests: Some(true),
         ..ProjectChanges::default()
@@ -312,10 +363,17 @@ async fn a_bad_signature_or_payload_is_refused() {
         hub_signature_256: Some(format!("sha256={}", "0".repeat(64))),
         ..HookHeaders::default()
     };
-    let refused = w.app.receive_webhook("github", "acme", &headers, &body).await.unwrap_err();
+    let refused = w
+        .app
+        .receive_webhook("github", "acme", &headers, &body)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), "unauthenticated");
     let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     v["pull_request"]["head"]["sha"] = "not-a-commit".into();
-    let bad = w.github("pull_request", &serde_json::to_vec(&v).unwrap()).await.unwrap_err();
+    let bad = w
+        .github("pull_request", &serde_json::to_vec(&v).unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), "invalid_payload");
 }

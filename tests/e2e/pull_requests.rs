@@ -35,7 +35,8 @@ fn pull_request_event(repo_url: &str, action: &str, head: &str, merge: Option<&s
         "{}/../domain/tests/fixtures/forge/github_pull_request_opened.json",
         env!("CARGO_MANIFEST_DIR")
     );
-    let text = std::fs::read_to_string(&path).expect("fixture")
+    let text = std::fs::read_to_string(&path)
+        .expect("fixture")
         .replace("https://github.com/acme/web.git", repo_url)
         .replace("https://github.com/acme/web", repo_url.trim_end_matches(".git"));
     let mut v: Value = serde_json::from_str(&text).expect("json");
@@ -76,7 +77,13 @@ async fn a_signed_github_pull_request_is_built_by_its_ref_and_closing_it_aborts_
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = HttpRepo::start(dir.path());
     let nonce = uuid::Uuid::new_v4().simple().to_string();
-    repo.push(&flake(&nonce, r#"main = d { name = "main"; args = [ "-c" "echo main > $out" ]; };"#), "main");
+    repo.push(
+        &flake(
+            &nonce,
+            r#"main = d { name = "main"; args = [ "-c" "echo main > $out" ]; };"#,
+        ),
+        "main",
+    );
     // The pull request: one commit on a branch the base repository does not have, kept only under the refs a
     // forge keeps for it; GitHub's test merge with main under refs/pull/1/merge.
     git(&repo.work, &["checkout", "-q", "-b", "feature"]);
@@ -86,13 +93,22 @@ async fn a_signed_github_pull_request_is_built_by_its_ref_and_closing_it_aborts_
     git(&repo.work, &["commit", "-q", "-am", "feature"]);
     let head = git(&repo.work, &["rev-parse", "HEAD"]);
     git(&repo.work, &["checkout", "-q", "--detach", "main"]);
-    git(&repo.work, &["merge", "-q", "--no-ff", "-m", "Merge feature into main", "feature"]);
+    git(
+        &repo.work,
+        &["merge", "-q", "--no-ff", "-m", "Merge feature into main", "feature"],
+    );
     let merge = git(&repo.work, &["rev-parse", "HEAD"]);
     let bare = repo.bare.to_str().expect("path");
-    git(&repo.work, &["push", "-q", bare, "feature:refs/pull/1/head", "HEAD:refs/pull/1/merge"]);
+    git(
+        &repo.work,
+        &["push", "-q", bare, "feature:refs/pull/1/head", "HEAD:refs/pull/1/merge"],
+    );
     git(&repo.bare, &["update-server-info"]);
     let branches = git(&repo.bare, &["branch", "--contains", &head]);
-    assert_eq!(branches, "", "the pull request's commit is on no branch of the base repository");
+    assert_eq!(
+        branches, "",
+        "the pull request's commit is on no branch of the base repository"
+    );
     repo.wait_until_served().await;
 
     let forge = FakeForge::start(0).await;
@@ -115,9 +131,21 @@ async fn a_signed_github_pull_request_is_built_by_its_ref_and_closing_it_aborts_
     let worker = start_worker(&c, dir.path(), &server.url, "one").await;
 
     // Opened, GitHub having found it mergeable: its test merge is evaluated and built.
-    let id = queued_one(&signed(&c, &secret, &pull_request_event(&repo.url, "opened", &head, Some(&merge))).await);
+    let id = queued_one(
+        &signed(
+            &c,
+            &secret,
+            &pull_request_event(&repo.url, "opened", &head, Some(&merge)),
+        )
+        .await,
+    );
     let done = wait_for_end(&c, &server, &id).await;
-    assert_eq!(done["evaluation"]["status"], "Completed", "{done}\n{}", worker.log_text());
+    assert_eq!(
+        done["evaluation"]["status"],
+        "Completed",
+        "{done}\n{}",
+        worker.log_text()
+    );
     assert_eq!(done["evaluation"]["commit"], merge.as_str());
     let pr = &done["evaluation"]["pull_request"];
     assert_eq!(pr["number"], 1, "{done}");
@@ -130,11 +158,23 @@ async fn a_signed_github_pull_request_is_built_by_its_ref_and_closing_it_aborts_
         .as_array()
         .expect("builds")
         .iter()
-        .filter_map(|b| b["drv_path"].as_str()?.rsplit_once('-').map(|(_, n)| n.trim_end_matches(".drv")))
+        .filter_map(|b| {
+            b["drv_path"]
+                .as_str()?
+                .rsplit_once('-')
+                .map(|(_, n)| n.trim_end_matches(".drv"))
+        })
         .collect();
-    assert!(names.contains(&"feature"), "the pull request's package was built: {builds}");
     assert!(
-        builds.as_array().expect("builds").iter().all(|b| b["status"] == "Completed"),
+        names.contains(&"feature"),
+        "the pull request's package was built: {builds}"
+    );
+    assert!(
+        builds
+            .as_array()
+            .expect("builds")
+            .iter()
+            .all(|b| b["status"] == "Completed"),
         "{builds}"
     );
     // Its statuses went on the head, the commit GitHub shows on the pull request.
@@ -159,7 +199,10 @@ async fn a_signed_github_pull_request_is_built_by_its_ref_and_closing_it_aborts_
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let builds = c.ok(Method::GET, &format!("/evals/{id2}/builds"), None).await;
-        if builds.as_array().is_some_and(|b| b.iter().any(|b| b["status"] == "Building")) {
+        if builds
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["status"] == "Building"))
+        {
             break;
         }
         let e = c.ok(Method::GET, &format!("/evals/{id2}"), None).await;
@@ -180,13 +223,18 @@ async fn a_signed_github_pull_request_is_built_by_its_ref_and_closing_it_aborts_
     let aborted = c.ok(Method::GET, &format!("/evals/{id2}"), None).await;
     assert_eq!(aborted["evaluation"]["status"], "Aborted", "{aborted}");
     assert!(
-        aborted["evaluation"]["errors"].to_string().contains("pull request #1 was closed"),
+        aborted["evaluation"]["errors"]
+            .to_string()
+            .contains("pull request #1 was closed"),
         "{aborted}"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let builds = c.ok(Method::GET, &format!("/evals/{id2}/builds"), None).await;
-        if builds.as_array().is_some_and(|b| b.iter().all(|b| b["status"] == "Aborted")) {
+        if builds
+            .as_array()
+            .is_some_and(|b| b.iter().all(|b| b["status"] == "Aborted"))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the slow build was not stopped: {builds}");

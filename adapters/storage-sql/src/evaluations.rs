@@ -4,8 +4,8 @@
 use crate::{SqlStorage, corrupt, db_error, db_size, from_json, stored_size, to_json, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{
-    AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, PullRequestSource, Timestamp,
-    Transition,
+    AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, PullRequestSource,
+    Timestamp, Transition,
 };
 use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{Evaluations, Result};

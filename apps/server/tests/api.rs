@@ -1724,7 +1724,10 @@ async fn deliver_hook(s: &Server, path: &str, headers: &[(&str, String)], body: 
     let resp = req.send().await;
     let status = resp.0.status();
     let text = resp.0.into_body().into_string().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
 }
 
 #[tokio::test]
@@ -1741,7 +1744,10 @@ async fn pull_requests_through_the_webhooks_follow_the_projects_settings() {
             Some(json!({"name": "web", "repository": "https://github.com/acme/web.git"})),
         )
         .await;
-    assert_eq!((web["pull_requests"].clone(), web["fork_pull_requests"].clone()), (json!(true), json!(false)));
+    assert_eq!(
+        (web["pull_requests"].clone(), web["fork_pull_requests"].clone()),
+        (json!(true), json!(false))
+    );
     let off = s
         .ok(
             Method::POST,
@@ -1757,7 +1763,10 @@ async fn pull_requests_through_the_webhooks_follow_the_projects_settings() {
         let sig = openssl(&["dgst", "-sha256", "-hmac", &secret], body);
         vec![
             ("X-GitHub-Event", event.to_owned()),
-            ("X-Hub-Signature-256", format!("sha256={}", sig.split_whitespace().last().expect("digest"))),
+            (
+                "X-Hub-Signature-256",
+                format!("sha256={}", sig.split_whitespace().last().expect("digest")),
+            ),
         ]
     };
 
@@ -1795,7 +1804,11 @@ async fn pull_requests_through_the_webhooks_follow_the_projects_settings() {
     // A fork's: nothing until the project allows forks; then its test merge, by the merge ref.
     let fork = forge_fixture("github_pull_request_synchronize_fork");
     let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &fork), &fork).await;
-    assert_eq!((status, v["message"]["queued"].clone()), (StatusCode::OK, json!([])), "{v}");
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
     let patched = s
         .ok(
             Method::PATCH,
@@ -1804,15 +1817,24 @@ async fn pull_requests_through_the_webhooks_follow_the_projects_settings() {
             Some(json!({"fork_pull_requests": true})),
         )
         .await;
-    assert_eq!((patched["pull_requests"].clone(), patched["fork_pull_requests"].clone()), (json!(true), json!(true)));
+    assert_eq!(
+        (patched["pull_requests"].clone(), patched["fork_pull_requests"].clone()),
+        (json!(true), json!(true))
+    );
     let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &fork), &fork).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let fork_id = v["message"]["queued"][0].as_str().expect("queued").to_owned();
     let e = s.ok(Method::GET, &format!("/evals/{fork_id}"), t, None).await;
-    assert_eq!(e["evaluation"]["commit"], "c3499c2729730a7f807efb8676a92dcb6f8a3f8f", "{e}");
+    assert_eq!(
+        e["evaluation"]["commit"], "c3499c2729730a7f807efb8676a92dcb6f8a3f8f",
+        "{e}"
+    );
     assert_eq!(e["evaluation"]["pull_request"]["fork"], true);
     assert_eq!(e["evaluation"]["pull_request"]["fetch_ref"], "refs/pull/12/merge");
-    assert_eq!(e["evaluation"]["pull_request"]["head_commit"], "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3");
+    assert_eq!(
+        e["evaluation"]["pull_request"]["head_commit"],
+        "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
+    );
     // Its new commits superseded the same pull request's evaluation.
     let first = s.ok(Method::GET, &format!("/evals/{id}"), t, None).await;
     assert_eq!(first["evaluation"]["status"], "Aborted", "{first}");
@@ -1820,14 +1842,24 @@ async fn pull_requests_through_the_webhooks_follow_the_projects_settings() {
     // Labels: accepted, nothing queued. Closed: the running evaluation is aborted.
     let labeled = forge_fixture("github_pull_request_labeled");
     let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &labeled), &labeled).await;
-    assert_eq!((status, v["message"]["queued"].clone()), (StatusCode::OK, json!([])), "{v}");
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
     let closed = forge_fixture("github_pull_request_closed");
     let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &closed), &closed).await;
-    assert_eq!((status, v["message"]["queued"].clone()), (StatusCode::OK, json!([])), "{v}");
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
     let e = s.ok(Method::GET, &format!("/evals/{fork_id}"), t, None).await;
     assert_eq!(e["evaluation"]["status"], "Aborted", "{e}");
     assert!(
-        e["evaluation"]["errors"].to_string().contains("pull request #12 was closed"),
+        e["evaluation"]["errors"]
+            .to_string()
+            .contains("pull request #12 was closed"),
         "{e}"
     );
 
@@ -1858,16 +1890,26 @@ async fn pull_requests_through_the_webhooks_follow_the_projects_settings() {
     assert_eq!(status, StatusCode::OK, "{v}");
     let mr_id = v["message"]["queued"][0].as_str().expect("queued").to_owned();
     let e = s.ok(Method::GET, &format!("/evals/{mr_id}"), t, None).await;
-    assert_eq!(e["evaluation"]["pull_request"]["fetch_ref"], "refs/merge-requests/7/head", "{e}");
+    assert_eq!(
+        e["evaluation"]["pull_request"]["fetch_ref"], "refs/merge-requests/7/head",
+        "{e}"
+    );
     assert_eq!(e["evaluation"]["pull_request"]["fork"], true);
     let labels = forge_fixture("gitlab_merge_request_update_labels");
     let (status, v) = deliver_hook(&s, "/hooks/gitlab/acme", &headers, &labels).await;
-    assert_eq!((status, v["message"]["queued"].clone()), (StatusCode::OK, json!([])), "{v}");
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
     let pr = forge_fixture("gitea_pull_request_synchronized");
     let sig = openssl(&["dgst", "-sha256", "-hmac", &secret], &pr);
     let headers = [
         ("X-Gitea-Event", "pull_request".to_owned()),
-        ("X-Gitea-Signature", sig.split_whitespace().last().expect("digest").to_owned()),
+        (
+            "X-Gitea-Signature",
+            sig.split_whitespace().last().expect("digest").to_owned(),
+        ),
     ];
     let (status, v) = deliver_hook(&s, "/hooks/gitea/acme", &headers, &pr).await;
     assert_eq!(status, StatusCode::OK, "{v}");

@@ -67,7 +67,10 @@ fn a_projects_pull_request_settings_are_read() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("projects.web.fork_pull_requests: must be true or false"), "{e}");
+    assert!(
+        e.contains("projects.web.fork_pull_requests: must be true or false"),
+        "{e}"
+    );
 }
 
 #[test]
