@@ -57,6 +57,8 @@ let
     poll_interval_secs = nullOpt types.ints.positive "Polling interval (null: webhooks only).";
     schedule = nullOpt types.str "Cron expression in UTC evaluating the branch head at those times, new commit or not (null: none).";
     active = opt types.bool true "Whether the project is evaluated.";
+    pull_requests = opt types.bool true "Whether pull requests from the project's own repository are evaluated.";
+    fork_pull_requests = opt types.bool false "Whether pull requests from forks are evaluated (they run their code on the workers).";
     created_by = req types.str "Username recorded as the creator.";
     flake_input_overrides = opt (types.attrsOf (
       types.submodule {

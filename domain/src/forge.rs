@@ -215,6 +215,267 @@ pub fn parse_push(forge: Forge, body: &[u8]) -> Result<Option<Push>, PayloadErro
     }))
 }
 
+/// Whether the delivery is a pull request event: GitHub's and Gitea's/Forgejo's `pull_request` (Gitea also
+/// names its synchronize deliveries `pull_request_sync`), GitLab's `Merge Request Hook`.
+pub fn is_pull_request(forge: Forge, headers: &HookHeaders) -> bool {
+    let event = match forge {
+        Forge::Gitea => headers.gitea_event.as_ref().or(headers.forgejo_event.as_ref()),
+        Forge::Forgejo => headers.forgejo_event.as_ref().or(headers.gitea_event.as_ref()),
+        Forge::GitLab => return headers.gitlab_event.as_deref().map(str::trim) == Some("Merge Request Hook"),
+        Forge::GitHub => return headers.github_event.as_deref().map(str::trim) == Some("pull_request"),
+    };
+    event.is_some_and(|e| matches!(e.trim(), "pull_request" | "pull_request_sync"))
+}
+
+/// What a pull request event asks of the pull request's evaluations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullRequestAction {
+    /// Opened, reopened or new commits pushed: evaluate its commit (superseding its running evaluation).
+    Evaluate,
+    /// Closed or merged: abort its running evaluation.
+    Close,
+}
+
+/// A pull request (a GitLab merge request) as its event describes it. Which commit is evaluated and where the
+/// worker finds it:
+///
+/// | Forge  | commit evaluated                                                   | ref fetched from the base repository |
+/// |--------|--------------------------------------------------------------------|--------------------------------------|
+/// | GitHub | the test merge commit when `mergeable` is `true`, else the head     | `refs/pull/N/merge`, else `refs/pull/N/head` |
+/// | Gitea, Forgejo | the head                                                    | `refs/pull/N/head`                   |
+/// | GitLab | the head (`last_commit`)                                           | `refs/merge-requests/N/head`          |
+///
+/// Commit statuses always go on the head commit: it is the one the forge shows on the pull request (a status
+/// on GitHub's test merge commit would be seen by nobody).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    pub action: PullRequestAction,
+    /// The pull request's number (GitLab: the merge request's `iid`).
+    pub number: u64,
+    /// The commit to evaluate (lowercase hex).
+    pub commit: String,
+    /// The ref of the base repository that holds `commit`.
+    pub fetch_ref: String,
+    /// The pull request's head commit, where statuses go.
+    pub head_commit: String,
+    /// The branch of the head repository the pull request comes from.
+    pub head_branch: String,
+    /// The head repository's clone (or web) URL; `None` when the forge no longer knows it (a deleted fork).
+    pub head_repository: Option<String>,
+    /// Whether the head repository is another repository than the base one (a fork); a deleted head
+    /// repository counts as a fork.
+    pub fork: bool,
+    /// The branch the pull request asks to merge into.
+    pub base_branch: String,
+    /// The base repository's default branch, when the payload says.
+    pub default_branch: Option<String>,
+    /// Every URL the payload gives for the base repository.
+    pub repository_urls: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PrEnd {
+    #[serde(rename = "ref")]
+    branch: Option<String>,
+    sha: Option<String>,
+    repo: Option<RepositoryUrls>,
+}
+
+#[derive(Deserialize)]
+struct PrBody {
+    number: Option<u64>,
+    mergeable: Option<bool>,
+    merge_commit_sha: Option<String>,
+    head: Option<PrEnd>,
+    base: Option<PrEnd>,
+}
+
+/// GitHub's and Gitea's `pull_request` payload.
+#[derive(Deserialize)]
+struct PrPayload {
+    action: Option<String>,
+    number: Option<u64>,
+    pull_request: Option<PrBody>,
+    repository: Option<RepositoryUrls>,
+}
+
+#[derive(Deserialize)]
+struct MrCommit {
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MrAttributes {
+    iid: Option<u64>,
+    action: Option<String>,
+    oldrev: Option<String>,
+    source_branch: Option<String>,
+    target_branch: Option<String>,
+    source_project_id: Option<u64>,
+    target_project_id: Option<u64>,
+    last_commit: Option<MrCommit>,
+    source: Option<RepositoryUrls>,
+    target: Option<RepositoryUrls>,
+}
+
+/// GitLab's `Merge Request Hook` payload.
+#[derive(Deserialize)]
+struct MrPayload {
+    object_attributes: Option<MrAttributes>,
+    project: Option<RepositoryUrls>,
+}
+
+fn commit_field(value: Option<&String>, what: &str) -> Result<String, PayloadError> {
+    let c = value
+        .ok_or_else(|| PayloadError(format!("no {what}")))?
+        .trim()
+        .to_ascii_lowercase();
+    if !is_commit(&c) {
+        return Err(PayloadError(format!("'{c}' is not a commit hash ({what})")));
+    }
+    Ok(c)
+}
+
+fn branch_field(value: Option<&String>, what: &str) -> Result<String, PayloadError> {
+    let b = value.ok_or_else(|| PayloadError(format!("no {what}")))?;
+    crate::names::check_branch(b).map_err(|m| PayloadError(format!("{what}: {m}")))?;
+    Ok(b.clone())
+}
+
+fn collect_urls<'a>(sources: impl IntoIterator<Item = Option<&'a RepositoryUrls>>) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for url in sources.into_iter().flatten().flat_map(|r| r.urls()) {
+        if !url.is_empty() && !urls.contains(url) {
+            urls.push(url.clone());
+        }
+    }
+    urls
+}
+
+/// The URL a head repository is named by: its clone URL, else any other.
+fn head_url(repo: &RepositoryUrls) -> Option<String> {
+    let url = repo
+        .clone_url
+        .as_ref()
+        .or(repo.git_http_url.as_ref())
+        .or_else(|| repo.urls().next())?;
+    let url = url.trim();
+    (!url.is_empty() && url.len() <= 2048 && !url.chars().any(char::is_control)).then(|| url.to_owned())
+}
+
+fn is_fork(head: Option<&RepositoryUrls>, base_urls: &[String]) -> bool {
+    let Some(head) = head else { return true };
+    !head.urls().any(|h| base_urls.iter().any(|b| same_repository(h, b)))
+}
+
+/// Reads a pull request event's payload (see [`PullRequestEvent`]). `Ok(None)` for actions that change no
+/// commit: labels, assignees, reviews, edits of the title or description (GitLab's `update` without
+/// `oldrev`), and everything else that is neither opened, reopened, new commits, closed nor merged.
+pub fn parse_pull_request(forge: Forge, body: &[u8]) -> Result<Option<PullRequestEvent>, PayloadError> {
+    match forge {
+        Forge::GitLab => parse_merge_request(body),
+        _ => parse_github_like(forge, body),
+    }
+}
+
+fn parse_github_like(forge: Forge, body: &[u8]) -> Result<Option<PullRequestEvent>, PayloadError> {
+    let p: PrPayload = serde_json::from_slice(body).map_err(|e| PayloadError(e.to_string()))?;
+    let action = match p.action.as_deref().map(str::trim).unwrap_or_default() {
+        "opened" | "reopened" | "synchronize" | "synchronized" => PullRequestAction::Evaluate,
+        "closed" => PullRequestAction::Close,
+        _ => return Ok(None),
+    };
+    let pr = p.pull_request.ok_or_else(|| PayloadError("no pull_request".into()))?;
+    let number = p
+        .number
+        .or(pr.number)
+        .filter(|n| *n > 0 && i64::try_from(*n).is_ok())
+        .ok_or_else(|| PayloadError("no pull request number".into()))?;
+    let head = pr.head.ok_or_else(|| PayloadError("no pull_request.head".into()))?;
+    let base = pr.base.ok_or_else(|| PayloadError("no pull_request.base".into()))?;
+    let head_commit = commit_field(head.sha.as_ref(), "pull_request.head.sha")?;
+    let head_branch = branch_field(head.branch.as_ref(), "pull_request.head.ref")?;
+    let base_branch = branch_field(base.branch.as_ref(), "pull_request.base.ref")?;
+    let repository_urls = collect_urls([p.repository.as_ref(), base.repo.as_ref()]);
+    if repository_urls.is_empty() {
+        return Err(PayloadError("no repository URL".into()));
+    }
+    let default_branch = [p.repository.as_ref(), base.repo.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|r| r.default_branch.clone());
+    let merge = match (forge, pr.mergeable, pr.merge_commit_sha.as_ref()) {
+        (Forge::GitHub, Some(true), Some(sha)) => Some(commit_field(Some(sha), "pull_request.merge_commit_sha")?),
+        _ => None,
+    };
+    let (commit, fetch_ref) = match merge {
+        Some(merge) => (merge, format!("refs/pull/{number}/merge")),
+        None => (head_commit.clone(), format!("refs/pull/{number}/head")),
+    };
+    Ok(Some(PullRequestEvent {
+        action,
+        number,
+        commit,
+        fetch_ref,
+        head_commit,
+        head_branch,
+        head_repository: head.repo.as_ref().and_then(head_url),
+        fork: is_fork(head.repo.as_ref(), &repository_urls),
+        base_branch,
+        default_branch,
+        repository_urls,
+    }))
+}
+
+fn parse_merge_request(body: &[u8]) -> Result<Option<PullRequestEvent>, PayloadError> {
+    let p: MrPayload = serde_json::from_slice(body).map_err(|e| PayloadError(e.to_string()))?;
+    let a = p
+        .object_attributes
+        .ok_or_else(|| PayloadError("no object_attributes".into()))?;
+    let action = match a.action.as_deref().map(str::trim).unwrap_or_default() {
+        "open" | "reopen" => PullRequestAction::Evaluate,
+        // An update with `oldrev` brought new commits; without, it changed the title, labels, ...
+        "update" if a.oldrev.as_deref().is_some_and(|r| !r.trim().is_empty()) => PullRequestAction::Evaluate,
+        "close" | "merge" => PullRequestAction::Close,
+        _ => return Ok(None),
+    };
+    let number = a
+        .iid
+        .filter(|n| *n > 0 && i64::try_from(*n).is_ok())
+        .ok_or_else(|| PayloadError("no object_attributes.iid".into()))?;
+    let head_commit = commit_field(
+        a.last_commit.as_ref().and_then(|c| c.id.as_ref()),
+        "object_attributes.last_commit.id",
+    )?;
+    let head_branch = branch_field(a.source_branch.as_ref(), "object_attributes.source_branch")?;
+    let base_branch = branch_field(a.target_branch.as_ref(), "object_attributes.target_branch")?;
+    let repository_urls = collect_urls([p.project.as_ref(), a.target.as_ref()]);
+    if repository_urls.is_empty() {
+        return Err(PayloadError("no repository URL".into()));
+    }
+    let default_branch = [p.project.as_ref(), a.target.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|r| r.default_branch.clone());
+    let fork = match (a.source_project_id, a.target_project_id) {
+        (Some(source), Some(target)) => source != target,
+        _ => is_fork(a.source.as_ref(), &repository_urls),
+    };
+    Ok(Some(PullRequestEvent {
+        action,
+        number,
+        commit: head_commit.clone(),
+        fetch_ref: format!("refs/merge-requests/{number}/head"),
+        head_commit,
+        head_branch,
+        head_repository: a.source.as_ref().and_then(head_url),
+        fork,
+        base_branch,
+        default_branch,
+        repository_urls,
+    }))
+}
+
 /// A repository URL reduced to `host/owner/repo`, lowercased, so https, ssh (`ssh://git@host/owner/repo.git`,
 /// `git@host:owner/repo.git`), `git://` and web URLs of one repository compare equal. Users, ports, a `.git`
 /// suffix and trailing slashes are dropped. `None` when nothing is left to compare.
@@ -511,6 +772,225 @@ mod tests {
         let not_a_commit = serde_json::json!({"ref": "refs/heads/main", "after": "main", "repository": repo});
         assert!(parse_push(Forge::Gitea, not_a_commit.to_string().as_bytes()).is_err());
         assert!(parse_push(Forge::Gitea, b"not json").is_err());
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/forge/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn pull_request_events_are_recognized_per_forge() {
+        let s = |v: &str| Some(v.to_owned());
+        let gitea = |e: &str| HookHeaders {
+            gitea_event: s(e),
+            ..Default::default()
+        };
+        assert!(is_pull_request(Forge::Gitea, &gitea("pull_request")));
+        assert!(is_pull_request(Forge::Forgejo, &gitea("pull_request_sync")));
+        assert!(!is_pull_request(Forge::Gitea, &gitea("pull_request_comment")));
+        assert!(!is_pull_request(Forge::Gitea, &gitea("push")));
+        let gitlab = HookHeaders {
+            gitlab_event: s("Merge Request Hook"),
+            ..Default::default()
+        };
+        assert!(is_pull_request(Forge::GitLab, &gitlab));
+        assert!(!is_push(Forge::GitLab, &gitlab));
+        let github = HookHeaders {
+            github_event: s("pull_request"),
+            ..Default::default()
+        };
+        assert!(is_pull_request(Forge::GitHub, &github));
+        assert!(!is_push(Forge::GitHub, &github));
+        let review = HookHeaders {
+            github_event: s("pull_request_review"),
+            ..Default::default()
+        };
+        assert!(!is_pull_request(Forge::GitHub, &review));
+    }
+
+    #[test]
+    fn a_github_pull_request_from_the_same_repository_evaluates_its_head() {
+        let pr = parse_pull_request(Forge::GitHub, &fixture("github_pull_request_opened"))
+            .expect("parses")
+            .expect("acted on");
+        assert_eq!(pr.action, PullRequestAction::Evaluate);
+        assert_eq!(pr.number, 12);
+        // `mergeable` is null while GitHub computes it: the head, by its ref.
+        assert_eq!(pr.commit, "3f786850e387550fdab836ed7e6dc881de23001b");
+        assert_eq!(pr.head_commit, pr.commit);
+        assert_eq!(pr.fetch_ref, "refs/pull/12/head");
+        assert_eq!(pr.head_branch, "docs-theme");
+        assert_eq!(pr.head_repository.as_deref(), Some("https://github.com/acme/web.git"));
+        assert!(!pr.fork);
+        assert_eq!(pr.base_branch, "main");
+        assert_eq!(pr.default_branch.as_deref(), Some("main"));
+        assert!(
+            pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "git@github.com:acme/web.git"))
+        );
+    }
+
+    #[test]
+    fn a_mergeable_github_fork_pull_request_evaluates_the_test_merge_with_statuses_on_its_head() {
+        let pr = parse_pull_request(Forge::GitHub, &fixture("github_pull_request_synchronize_fork"))
+            .expect("parses")
+            .expect("acted on");
+        assert_eq!(pr.action, PullRequestAction::Evaluate);
+        assert!(pr.fork);
+        assert_eq!(pr.commit, "c3499c2729730a7f807efb8676a92dcb6f8a3f8f");
+        assert_eq!(pr.fetch_ref, "refs/pull/12/merge");
+        assert_eq!(pr.head_commit, "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3");
+        assert_eq!(
+            pr.head_repository.as_deref(),
+            Some("https://github.com/mallory/web.git")
+        );
+        // The base repository is the one named, never the fork.
+        assert!(
+            pr.repository_urls
+                .iter()
+                .all(|u| !same_repository(u, "https://github.com/mallory/web"))
+        );
+        // Gitea has no merge ref: the same payload from Gitea evaluates the head.
+        let gitea = parse_pull_request(Forge::Gitea, &fixture("github_pull_request_synchronize_fork"))
+            .expect("parses")
+            .expect("acted on");
+        assert_eq!(gitea.commit, gitea.head_commit);
+        assert_eq!(gitea.fetch_ref, "refs/pull/12/head");
+    }
+
+    #[test]
+    fn closed_and_other_github_actions() {
+        let closed = parse_pull_request(Forge::GitHub, &fixture("github_pull_request_closed"))
+            .expect("parses")
+            .expect("acted on");
+        assert_eq!(closed.action, PullRequestAction::Close);
+        assert_eq!(closed.number, 12);
+        assert_eq!(
+            parse_pull_request(Forge::GitHub, &fixture("github_pull_request_labeled")),
+            Ok(None),
+            "labels change no commit"
+        );
+        let mut reopened: serde_json::Value =
+            serde_json::from_slice(&fixture("github_pull_request_closed")).expect("json");
+        reopened["action"] = "reopened".into();
+        let reopened = parse_pull_request(Forge::GitHub, reopened.to_string().as_bytes())
+            .expect("parses")
+            .expect("acted on");
+        assert_eq!(reopened.action, PullRequestAction::Evaluate);
+        for action in [
+            "edited",
+            "assigned",
+            "review_requested",
+            "ready_for_review",
+            "converted_to_draft",
+        ] {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&fixture("github_pull_request_opened")).expect("json");
+            v["action"] = action.into();
+            assert_eq!(
+                parse_pull_request(Forge::GitHub, v.to_string().as_bytes()),
+                Ok(None),
+                "{action}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gitea_synchronized_pull_request_evaluates_its_head() {
+        let pr = parse_pull_request(Forge::Gitea, &fixture("gitea_pull_request_synchronized"))
+            .expect("parses")
+            .expect("acted on");
+        assert_eq!(pr.action, PullRequestAction::Evaluate);
+        assert_eq!(pr.number, 3);
+        assert_eq!(pr.commit, "de9f2c7fd25e1b3afad3e85a0bd17d9b100db4b3");
+        assert_eq!(pr.fetch_ref, "refs/pull/3/head");
+        assert_eq!(pr.head_branch, "faster-checks");
+        assert!(!pr.fork);
+        assert!(
+            pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "https://git.example.com/acme/web"))
+        );
+    }
+
+    #[test]
+    fn gitlab_merge_requests_evaluate_new_commits_only() {
+        let pr = parse_pull_request(Forge::GitLab, &fixture("gitlab_merge_request_update_fork"))
+            .expect("parses")
+            .expect("acted on");
+        assert_eq!(pr.action, PullRequestAction::Evaluate);
+        assert_eq!(pr.number, 7);
+        assert_eq!(pr.commit, "0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33");
+        assert_eq!(pr.head_commit, pr.commit);
+        assert_eq!(pr.fetch_ref, "refs/merge-requests/7/head");
+        assert_eq!(pr.head_branch, "pin-nixpkgs");
+        assert!(pr.fork, "source project 31, target 14");
+        assert_eq!(
+            pr.head_repository.as_deref(),
+            Some("https://gitlab.example.com/carol/web.git")
+        );
+        assert!(
+            pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "git@gitlab.example.com:acme/web.git"))
+        );
+        assert!(
+            !pr.repository_urls
+                .iter()
+                .any(|u| same_repository(u, "https://gitlab.example.com/carol/web"))
+        );
+        // An update without `oldrev` (here: a label added) changed no commit.
+        assert_eq!(
+            parse_pull_request(Forge::GitLab, &fixture("gitlab_merge_request_update_labels")),
+            Ok(None)
+        );
+        let with_action = |action: &str| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&fixture("gitlab_merge_request_update_labels")).expect("json");
+            v["object_attributes"]["action"] = action.into();
+            parse_pull_request(Forge::GitLab, v.to_string().as_bytes()).map(|p| p.map(|p| p.action))
+        };
+        assert_eq!(with_action("open"), Ok(Some(PullRequestAction::Evaluate)));
+        assert_eq!(with_action("reopen"), Ok(Some(PullRequestAction::Evaluate)));
+        assert_eq!(with_action("close"), Ok(Some(PullRequestAction::Close)));
+        assert_eq!(with_action("merge"), Ok(Some(PullRequestAction::Close)));
+        assert_eq!(with_action("approved"), Ok(None));
+    }
+
+    #[test]
+    fn bad_pull_request_payloads_are_refused() {
+        let opened: serde_json::Value = serde_json::from_slice(&fixture("github_pull_request_opened")).expect("json");
+        let broken = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = opened.clone();
+            f(&mut v);
+            parse_pull_request(Forge::GitHub, v.to_string().as_bytes())
+        };
+        assert!(broken(&|v| v["pull_request"]["head"]["sha"] = "main".into()).is_err());
+        assert!(broken(&|v| v["pull_request"]["head"]["ref"] = "a b".into()).is_err());
+        assert!(broken(&|v| v["pull_request"]["head"]["ref"] = "x".repeat(300).into()).is_err());
+        assert!(
+            broken(&|v| {
+                v["number"] = 0.into();
+                v["pull_request"]["number"] = 0.into();
+            })
+            .is_err()
+        );
+        assert!(
+            broken(&|v| {
+                v["repository"] = serde_json::Value::Null;
+                v["pull_request"]["base"]["repo"] = serde_json::Value::Null;
+            })
+            .is_err()
+        );
+        // A deleted fork: its repository is null; it counts as a fork.
+        let gone = broken(&|v| v["pull_request"]["head"]["repo"] = serde_json::Value::Null)
+            .expect("parses")
+            .expect("acted on");
+        assert!(gone.fork);
+        assert_eq!(gone.head_repository, None);
+        assert!(parse_pull_request(Forge::GitLab, b"[]").is_err());
     }
 
     #[test]

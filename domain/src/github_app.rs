@@ -8,12 +8,13 @@
 //! | `installation`             | `deleted`, `suspend`                                | forget the installation  |
 //! | `installation_repositories`| any (`added`, `removed`)                            | store the installation   |
 //! | `push`                     | —                                                   | store the installation named by `installation.id` for the repository's owner, then queue evaluations |
+//! | `pull_request`             | `opened`, `reopened`, `synchronize`; `closed`       | as a push, then evaluate the pull request (see [`crate::forge::PullRequestEvent`]); closed: abort its evaluations |
 //! | anything else (`ping`, …)  | —                                                   | ignored                  |
 //!
 //! An installation belongs to one GitHub account (organization or user), named by its login; logins are
 //! compared ignoring case, so they are kept lowercase.
 
-use crate::forge::{self, Forge, PayloadError, Push};
+use crate::forge::{self, Forge, PayloadError, PullRequestEvent, Push};
 use crate::ports::forge::InstallationAccess;
 use serde::Deserialize;
 
@@ -42,6 +43,12 @@ pub enum AppEvent {
     Push {
         installation: Option<InstallationRef>,
         push: Option<Push>,
+    },
+    /// A pull request event: the installation that delivered it, when the payload names one, and what it asks
+    /// (`None` for actions that change no commit: labels, edits, reviews, ...).
+    PullRequest {
+        installation: Option<InstallationRef>,
+        pull_request: Option<PullRequestEvent>,
     },
     /// Pings and every other event or action.
     Ignored,
@@ -119,7 +126,10 @@ fn required_installation_id(payload: &Payload) -> Result<u64, PayloadError> {
 /// signature is checked before: this only reads.
 pub fn parse_event(event: Option<&str>, body: &[u8]) -> Result<AppEvent, PayloadError> {
     let event = event.map(str::trim).unwrap_or_default().to_ascii_lowercase();
-    if !matches!(event.as_str(), "installation" | "installation_repositories" | "push") {
+    if !matches!(
+        event.as_str(),
+        "installation" | "installation_repositories" | "push" | "pull_request"
+    ) {
         return Ok(AppEvent::Ignored);
     }
     let payload: Payload = serde_json::from_slice(body).map_err(|e| PayloadError(e.to_string()))?;
@@ -134,28 +144,39 @@ pub fn parse_event(event: Option<&str>, body: &[u8]) -> Result<AppEvent, Payload
             _ => Ok(AppEvent::Ignored),
         },
         "installation_repositories" => Ok(AppEvent::Installed(required_installation(&payload)?)),
+        "pull_request" => {
+            let pull_request = forge::parse_pull_request(Forge::GitHub, body)?;
+            let installation = repository_installation(&payload)?;
+            Ok(AppEvent::PullRequest {
+                installation,
+                pull_request,
+            })
+        }
         _ => {
             let push = forge::parse_push(Forge::GitHub, body)?;
-            let installation = match payload.installation.as_ref().and_then(|i| i.id.as_ref()) {
-                None => None,
-                Some(id) => {
-                    let id = installation_id(id)?;
-                    // A push's installation names no account: it is the repository's owner's.
-                    let owner = payload
-                        .repository
-                        .as_ref()
-                        .and_then(|r| r.owner.as_ref())
-                        .and_then(|o| o.login.as_deref().or(o.name.as_deref()))
-                        .ok_or_else(|| PayloadError("no repository owner".into()))?;
-                    Some(InstallationRef {
-                        id,
-                        account: login(owner)?,
-                    })
-                }
-            };
+            let installation = repository_installation(&payload)?;
             Ok(AppEvent::Push { installation, push })
         }
     }
+}
+
+/// The installation a repository's event (push, pull request) was delivered by, when it names one.
+fn repository_installation(payload: &Payload) -> Result<Option<InstallationRef>, PayloadError> {
+    let Some(id) = payload.installation.as_ref().and_then(|i| i.id.as_ref()) else {
+        return Ok(None);
+    };
+    let id = installation_id(id)?;
+    // Such an event's installation names no account: it is the repository's owner's.
+    let owner = payload
+        .repository
+        .as_ref()
+        .and_then(|r| r.owner.as_ref())
+        .and_then(|o| o.login.as_deref().or(o.name.as_deref()))
+        .ok_or_else(|| PayloadError("no repository owner".into()))?;
+    Ok(Some(InstallationRef {
+        id,
+        account: login(owner)?,
+    }))
 }
 
 /// The host of a URL (`https://user@Host:443/path` → `host`), lowercase.
@@ -370,8 +391,47 @@ mod tests {
     }
 
     #[test]
+    fn pull_requests_name_their_installation_and_what_they_ask() {
+        let path = format!(
+            "{}/tests/fixtures/forge/github_pull_request_opened.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut body: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
+        match parse("pull_request", body.clone()) {
+            Ok(AppEvent::PullRequest {
+                installation: None,
+                pull_request: Some(pr),
+            }) => assert_eq!(pr.number, 12),
+            other => panic!("{other:?}"),
+        }
+        body["installation"] = json!({"id": 7});
+        match parse("pull_request", body.clone()) {
+            Ok(AppEvent::PullRequest {
+                installation: Some(i),
+                pull_request: Some(_),
+            }) => assert_eq!(
+                i,
+                InstallationRef {
+                    id: 7,
+                    account: "acme".into()
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        body["action"] = json!("labeled");
+        assert!(matches!(
+            parse("pull_request", body),
+            Ok(AppEvent::PullRequest {
+                installation: Some(_),
+                pull_request: None
+            })
+        ));
+        assert!(parse_event(Some("pull_request"), b"not json").is_err());
+    }
+
+    #[test]
     fn other_events_are_ignored_unread() {
-        for event in [Some("ping"), Some("pull_request"), Some("check_suite"), None] {
+        for event in [Some("ping"), Some("pull_request_review"), Some("check_suite"), None] {
             assert_eq!(parse_event(event, b"not even json"), Ok(AppEvent::Ignored), "{event:?}");
         }
         assert_eq!(

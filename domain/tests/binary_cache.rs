@@ -792,6 +792,7 @@ async fn built_with_log(app: &App, caller: &Caller, org: &gradient_domain::model
         commit: "0".repeat(40),
         branch: Some("main".into()),
         trigger: EvaluationTrigger::Poll,
+        pull_request: None,
         status: EvaluationStatus::Queued,
         errors: vec![],
         transitions: vec![Transition {

@@ -629,3 +629,49 @@ async fn linking_needs_manage_integrations_and_githubs_word_that_the_user_admini
         .unwrap_err();
     assert!(matches!(e, ServiceError::NotFound(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn pull_requests_delivered_by_the_app_evaluate_only_in_linked_organizations() {
+    let w = World::new(settings(true)).await;
+    w.org("acme").await;
+    w.org("other").await;
+    w.project("acme", "web", "https://github.com/acme/web").await;
+    w.project("other", "web", "https://github.com/acme/web").await;
+    w.link("acme", 7, "acme").await;
+    let fixture = |name: &str| -> Value {
+        let path = format!("{}/tests/fixtures/forge/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let mut v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v["installation"] = json!({"id": 7, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNw=="});
+        v
+    };
+    let queued = w
+        .deliver("pull_request", &fixture("github_pull_request_opened"))
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "only the linked organization's project");
+    let pr = queued[0].pull_request.as_ref().unwrap();
+    assert_eq!((pr.number, pr.fork), (12, false));
+    assert_eq!(pr.fetch_ref, "refs/pull/12/head");
+    // A fork's pull request: off by default, in the linked organization too.
+    let fork = w
+        .deliver("pull_request", &fixture("github_pull_request_synchronize_fork"))
+        .await
+        .unwrap();
+    assert_eq!(fork, []);
+    // Closed: the running evaluation is aborted.
+    assert_eq!(
+        w.deliver("pull_request", &fixture("github_pull_request_closed"))
+            .await
+            .unwrap(),
+        []
+    );
+    let e = w.app.storage.evaluation(queued[0].id).await.unwrap().unwrap();
+    assert_eq!(e.status, gradient_domain::status::EvaluationStatus::Aborted);
+    // Labels: nothing.
+    assert_eq!(
+        w.deliver("pull_request", &fixture("github_pull_request_labeled"))
+            .await
+            .unwrap(),
+        []
+    );
+}

@@ -39,15 +39,15 @@ fn flake(nonce: &str, leaf: &str) -> String {
 
 /// A bare repository served by a plain static HTTP server (git's "dumb" HTTP protocol), as a forge would
 /// serve it, and the working copy commits are made in.
-struct HttpRepo {
-    work: std::path::PathBuf,
-    bare: std::path::PathBuf,
-    url: String,
+pub(crate) struct HttpRepo {
+    pub(crate) work: std::path::PathBuf,
+    pub(crate) bare: std::path::PathBuf,
+    pub(crate) url: String,
     server: Child,
 }
 
 impl HttpRepo {
-    fn start(dir: &Path) -> HttpRepo {
+    pub(crate) fn start(dir: &Path) -> HttpRepo {
         let work = dir.join("work");
         let served = dir.join("served");
         std::fs::create_dir_all(&work).expect("mkdir");
@@ -76,7 +76,7 @@ impl HttpRepo {
     }
 
     /// Commits `flake.nix` and pushes it; answers the commit.
-    fn push(&self, flake: &str, message: &str) -> String {
+    pub(crate) fn push(&self, flake: &str, message: &str) -> String {
         std::fs::write(self.work.join("flake.nix"), flake).expect("flake.nix");
         git(&self.work, &["add", "flake.nix"]);
         git(&self.work, &["commit", "-q", "-m", message]);
@@ -85,7 +85,7 @@ impl HttpRepo {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
-    async fn wait_until_served(&self) {
+    pub(crate) async fn wait_until_served(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let info = format!("{}/info/refs", self.url);
         loop {

@@ -19,6 +19,7 @@ mod nixos;
 mod oidc;
 mod options;
 mod pipeline;
+mod pull_requests;
 mod reach;
 mod server;
 mod state;

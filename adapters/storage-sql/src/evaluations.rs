@@ -4,7 +4,8 @@
 use crate::{SqlStorage, corrupt, db_error, db_size, from_json, stored_size, to_json, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{
-    AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp, Transition,
+    AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, PullRequestSource,
+    Timestamp, Transition,
 };
 use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{Evaluations, Result};
@@ -15,7 +16,8 @@ use uuid::Uuid;
 
 macro_rules! evaluation_columns {
     () => {
-        "id, project_id, commit_hash, branch, trigger_kind, status, errors, transitions, created_at, updated_at, scheduled"
+        "id, project_id, commit_hash, branch, trigger_kind, status, errors, transitions, created_at, updated_at, \
+         scheduled, pull_request"
     };
 }
 
@@ -81,6 +83,7 @@ struct EvaluationRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     scheduled: bool,
+    pull_request: Option<String>,
 }
 
 impl EvaluationRow {
@@ -98,6 +101,11 @@ impl EvaluationRow {
                 Some(t) => t,
                 None => return Err(corrupt("evaluation trigger", &self.trigger_kind)),
             },
+            pull_request: self
+                .pull_request
+                .as_deref()
+                .map(|json| from_json::<PullRequestSource>(json, "evaluation pull request"))
+                .transpose()?,
             status: EvaluationStatus::parse(&self.status).ok_or_else(|| corrupt("evaluation status", &self.status))?,
             errors: errors
                 .into_iter()
@@ -201,7 +209,7 @@ impl Evaluations for SqlStorage {
         let sql = concat!(
             "INSERT INTO evaluations (",
             evaluation_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         let errors = errors_json(&evaluation.errors)?;
         let scheduled = evaluation.trigger == EvaluationTrigger::Schedule;
@@ -211,6 +219,7 @@ impl Evaluations for SqlStorage {
             evaluation.trigger
         };
         let transitions = transitions_json(&evaluation.transitions, EvaluationStatus::as_str)?;
+        let pull_request = evaluation.pull_request.as_ref().map(to_json).transpose()?;
         with_pool!(self, |p| sqlx::query(sql)
             .bind(evaluation.id.0)
             .bind(evaluation.project_id.0)
@@ -223,6 +232,7 @@ impl Evaluations for SqlStorage {
             .bind(evaluation.created_at)
             .bind(evaluation.updated_at)
             .bind(scheduled)
+            .bind(pull_request.as_deref())
             .execute(p)
             .await
             .map(|_| ()))

@@ -12,7 +12,8 @@ use uuid::Uuid;
 macro_rules! project_columns {
     () => {
         "id, org_id, name, display_name, description, repository, branch, wildcard, flake_input_overrides, \
-         keep_evaluations, poll_interval_secs, active, created_by, created_at, managed, schedule"
+         keep_evaluations, poll_interval_secs, active, created_by, created_at, managed, schedule, pull_requests, \
+         fork_pull_requests"
     };
 }
 pub(crate) use project_columns;
@@ -35,6 +36,8 @@ pub(crate) struct ProjectRow {
     created_at: DateTime<Utc>,
     managed: bool,
     schedule: Option<String>,
+    pull_requests: bool,
+    fork_pull_requests: bool,
 }
 
 impl ProjectRow {
@@ -56,6 +59,8 @@ impl ProjectRow {
             poll_interval_secs: stored_u32(self.poll_interval_secs, "poll_interval_secs")?,
             schedule: self.schedule,
             active: self.active,
+            pull_requests: self.pull_requests,
+            fork_pull_requests: self.fork_pull_requests,
             created_by: UserId(self.created_by),
             created_at: self.created_at,
             managed: self.managed,
@@ -68,7 +73,7 @@ impl Projects for SqlStorage {
         let sql = concat!(
             "INSERT INTO projects (",
             project_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         );
         let overrides = to_json(&project.flake_input_overrides)?;
         with_pool!(self, |p| sqlx::query(sql)
@@ -88,6 +93,8 @@ impl Projects for SqlStorage {
             .bind(project.created_at)
             .bind(project.managed)
             .bind(project.schedule.as_deref())
+            .bind(project.pull_requests)
+            .bind(project.fork_pull_requests)
             .execute(p)
             .await
             .map(|_| ()))
@@ -153,7 +160,7 @@ impl Projects for SqlStorage {
     async fn update_project(&self, project: &Project) -> Result<()> {
         let sql = "UPDATE projects SET display_name = $2, description = $3, repository = $4, branch = $5, \
                    wildcard = $6, flake_input_overrides = $7, keep_evaluations = $8, poll_interval_secs = $9, \
-                   active = $10, schedule = $11 WHERE id = $1";
+                   active = $10, schedule = $11, pull_requests = $12, fork_pull_requests = $13 WHERE id = $1";
         let overrides = to_json(&project.flake_input_overrides)?;
         let done = with_pool!(self, |p| sqlx::query(sql)
             .bind(project.id.0)
@@ -167,6 +174,8 @@ impl Projects for SqlStorage {
             .bind(project.poll_interval_secs.map(i64::from))
             .bind(project.active)
             .bind(project.schedule.as_deref())
+            .bind(project.pull_requests)
+            .bind(project.fork_pull_requests)
             .execute(p)
             .await
             .map(|r| r.rows_affected()))

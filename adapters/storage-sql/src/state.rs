@@ -35,11 +35,12 @@ const SET_MEMBERSHIP: &str = "INSERT INTO memberships (org_id, user_id, builtin_
 const PUT_PROJECT: &str = concat!(
     "INSERT INTO projects (",
     project_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (id) DO UPDATE SET \
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT (id) DO UPDATE SET \
      display_name = excluded.display_name, description = excluded.description, repository = excluded.repository, \
      branch = excluded.branch, wildcard = excluded.wildcard, flake_input_overrides = excluded.flake_input_overrides, \
      keep_evaluations = excluded.keep_evaluations, poll_interval_secs = excluded.poll_interval_secs, \
-     active = excluded.active, managed = excluded.managed, schedule = excluded.schedule"
+     active = excluded.active, managed = excluded.managed, schedule = excluded.schedule, pull_requests = excluded.pull_requests, \
+     fork_pull_requests = excluded.fork_pull_requests"
 );
 const PUT_CACHE: &str = concat!(
     "INSERT INTO caches (",
@@ -270,6 +271,8 @@ impl Declared for SqlStorage {
                             .bind(p.created_at)
                             .bind(p.managed)
                             .bind(p.schedule.as_deref())
+                            .bind(p.pull_requests)
+                            .bind(p.fork_pull_requests)
                             .execute(&mut *tx)
                             .await
                     }

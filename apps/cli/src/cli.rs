@@ -145,6 +145,12 @@ pub struct ProjectFields {
     pub schedule: Option<String>,
     #[arg(long)]
     pub active: Option<bool>,
+    /// Evaluate pull requests from the project's own repository (default on).
+    #[arg(long)]
+    pub pull_requests: Option<bool>,
+    /// Evaluate pull requests from forks too: their flakes run on your workers (default off).
+    #[arg(long)]
+    pub fork_pull_requests: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +374,8 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 poll_interval_secs: fields.poll_interval_secs,
                 schedule: fields.schedule,
                 active: fields.active,
+                pull_requests: fields.pull_requests,
+                fork_pull_requests: fields.fork_pull_requests,
                 flake_input_overrides: Default::default(),
             };
             show(&s.client.create_project(&org, &body).await?.into_inner().message);
@@ -388,6 +396,8 @@ pub async fn project(s: &Session, c: ProjectCommand, out: Out) -> Result<u8> {
                 poll_interval_secs: fields.poll_interval_secs,
                 schedule: fields.schedule,
                 active: fields.active,
+                pull_requests: fields.pull_requests,
+                fork_pull_requests: fields.fork_pull_requests,
                 flake_input_overrides: Default::default(),
             };
             show(&s.client.edit_project(&org, &name, &body).await?.into_inner().message);

@@ -1702,6 +1702,220 @@ async fn a_push_to_a_3000_character_branch_queues_nothing() {
     assert_eq!(v["message"]["queued"].as_array().map(Vec::len), Some(1), "{v}");
 }
 
+/// A forge's payload as written by hand from its documented format (`domain/tests/fixtures/forge/`).
+fn forge_fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../domain/tests/fixtures/forge/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Posts a forge delivery to `/api/v1{path}` with `headers` and exactly `body`.
+async fn deliver_hook(s: &Server, path: &str, headers: &[(&str, String)], body: &[u8]) -> (StatusCode, Value) {
+    let mut req = s
+        .client
+        .post(format!("/api/v1{path}"))
+        .header("Content-Type", "application/json")
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, v.clone());
+    }
+    let resp = req.send().await;
+    let status = resp.0.status();
+    let text = resp.0.into_body().into_string().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+#[tokio::test]
+async fn pull_requests_through_the_webhooks_follow_the_projects_settings() {
+    let s = server().await;
+    let token = s.user("paula").await;
+    let t = Some(token.as_str());
+    s.ok(Method::POST, "/orgs", t, Some(json!({"name": "acme"}))).await;
+    let web = s
+        .ok(
+            Method::POST,
+            "/projects/acme",
+            t,
+            Some(json!({"name": "web", "repository": "https://github.com/acme/web.git"})),
+        )
+        .await;
+    assert_eq!(
+        (web["pull_requests"].clone(), web["fork_pull_requests"].clone()),
+        (json!(true), json!(false))
+    );
+    let off = s
+        .ok(
+            Method::POST,
+            "/projects/acme",
+            t,
+            Some(json!({"name": "off", "repository": "https://github.com/acme/web.git", "pull_requests": false})),
+        )
+        .await;
+    assert_eq!(off["pull_requests"], false);
+    let secret = s.ok(Method::POST, "/orgs/acme/webhook-secret", t, None).await;
+    let secret = secret["secret"].as_str().expect("secret").to_owned();
+    let github = |event: &str, body: &[u8]| {
+        let sig = openssl(&["dgst", "-sha256", "-hmac", &secret], body);
+        vec![
+            ("X-GitHub-Event", event.to_owned()),
+            (
+                "X-Hub-Signature-256",
+                format!("sha256={}", sig.split_whitespace().last().expect("digest")),
+            ),
+        ]
+    };
+
+    // Opened in the repository itself: one evaluation (project `off` has pull requests off), at the head.
+    let opened = forge_fixture("github_pull_request_opened");
+    let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &opened), &opened).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let queued = v["message"]["queued"].as_array().expect("queued").clone();
+    assert_eq!(queued.len(), 1, "{v}");
+    let id = queued[0].as_str().expect("id");
+    let e = s.ok(Method::GET, &format!("/evals/{id}"), t, None).await;
+    let e = &e["evaluation"];
+    assert_eq!(e["commit"], "3f786850e387550fdab836ed7e6dc881de23001b", "{e}");
+    assert_eq!(e["trigger"], "Webhook");
+    assert_eq!(e["branch"], "docs-theme");
+    assert_eq!(
+        e["pull_request"],
+        json!({"number": 12, "fork": false, "head_repository": "https://github.com/acme/web.git",
+               "head_branch": "docs-theme", "head_commit": "3f786850e387550fdab836ed7e6dc881de23001b",
+               "fetch_ref": "refs/pull/12/head"}),
+        "{e}"
+    );
+    let list = s.ok(Method::GET, "/projects/acme/web/evaluations", t, None).await;
+    assert_eq!(list[0]["pull_request"]["number"], 12, "{list}");
+
+    // The same delivery with a wrong signature: 401, nothing queued.
+    let mut forged = github("pull_request", &opened);
+    forged[1].1 = format!("sha256={}", "0".repeat(64));
+    assert_err(
+        deliver_hook(&s, "/hooks/github/acme", &forged, &opened).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+
+    // A fork's: nothing until the project allows forks; then its test merge, by the merge ref.
+    let fork = forge_fixture("github_pull_request_synchronize_fork");
+    let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &fork), &fork).await;
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
+    let patched = s
+        .ok(
+            Method::PATCH,
+            "/projects/acme/web",
+            t,
+            Some(json!({"fork_pull_requests": true})),
+        )
+        .await;
+    assert_eq!(
+        (patched["pull_requests"].clone(), patched["fork_pull_requests"].clone()),
+        (json!(true), json!(true))
+    );
+    let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &fork), &fork).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let fork_id = v["message"]["queued"][0].as_str().expect("queued").to_owned();
+    let e = s.ok(Method::GET, &format!("/evals/{fork_id}"), t, None).await;
+    assert_eq!(
+        e["evaluation"]["commit"], "c3499c2729730a7f807efb8676a92dcb6f8a3f8f",
+        "{e}"
+    );
+    assert_eq!(e["evaluation"]["pull_request"]["fork"], true);
+    assert_eq!(e["evaluation"]["pull_request"]["fetch_ref"], "refs/pull/12/merge");
+    assert_eq!(
+        e["evaluation"]["pull_request"]["head_commit"],
+        "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3"
+    );
+    // Its new commits superseded the same pull request's evaluation.
+    let first = s.ok(Method::GET, &format!("/evals/{id}"), t, None).await;
+    assert_eq!(first["evaluation"]["status"], "Aborted", "{first}");
+
+    // Labels: accepted, nothing queued. Closed: the running evaluation is aborted.
+    let labeled = forge_fixture("github_pull_request_labeled");
+    let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &labeled), &labeled).await;
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
+    let closed = forge_fixture("github_pull_request_closed");
+    let (status, v) = deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &closed), &closed).await;
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
+    let e = s.ok(Method::GET, &format!("/evals/{fork_id}"), t, None).await;
+    assert_eq!(e["evaluation"]["status"], "Aborted", "{e}");
+    assert!(
+        e["evaluation"]["errors"]
+            .to_string()
+            .contains("pull request #12 was closed"),
+        "{e}"
+    );
+
+    // A signed pull request whose head is not a commit: 422 invalid_payload.
+    let mut bad: Value = serde_json::from_slice(&opened).expect("json");
+    bad["pull_request"]["head"]["sha"] = json!("main");
+    let bad = serde_json::to_vec(&bad).expect("json");
+    assert_err(
+        deliver_hook(&s, "/hooks/github/acme", &github("pull_request", &bad), &bad).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_payload",
+    );
+
+    // GitLab (the token is the secret) and Gitea (hex HMAC), each on a project of its own repository.
+    for (name, repository) in [
+        ("gl", "https://gitlab.example.com/acme/web.git"),
+        ("gt", "https://git.example.com/acme/web.git"),
+    ] {
+        let body = json!({"name": name, "repository": repository, "fork_pull_requests": true});
+        s.ok(Method::POST, "/projects/acme", t, Some(body)).await;
+    }
+    let mr = forge_fixture("gitlab_merge_request_update_fork");
+    let headers = [
+        ("X-Gitlab-Event", "Merge Request Hook".to_owned()),
+        ("X-Gitlab-Token", secret.clone()),
+    ];
+    let (status, v) = deliver_hook(&s, "/hooks/gitlab/acme", &headers, &mr).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let mr_id = v["message"]["queued"][0].as_str().expect("queued").to_owned();
+    let e = s.ok(Method::GET, &format!("/evals/{mr_id}"), t, None).await;
+    assert_eq!(
+        e["evaluation"]["pull_request"]["fetch_ref"], "refs/merge-requests/7/head",
+        "{e}"
+    );
+    assert_eq!(e["evaluation"]["pull_request"]["fork"], true);
+    let labels = forge_fixture("gitlab_merge_request_update_labels");
+    let (status, v) = deliver_hook(&s, "/hooks/gitlab/acme", &headers, &labels).await;
+    assert_eq!(
+        (status, v["message"]["queued"].clone()),
+        (StatusCode::OK, json!([])),
+        "{v}"
+    );
+    let pr = forge_fixture("gitea_pull_request_synchronized");
+    let sig = openssl(&["dgst", "-sha256", "-hmac", &secret], &pr);
+    let headers = [
+        ("X-Gitea-Event", "pull_request".to_owned()),
+        (
+            "X-Gitea-Signature",
+            sig.split_whitespace().last().expect("digest").to_owned(),
+        ),
+    ];
+    let (status, v) = deliver_hook(&s, "/hooks/gitea/acme", &headers, &pr).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["message"]["queued"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
 #[tokio::test]
 async fn a_webhook_of_an_unknown_org_answers_as_one_without_a_secret_or_a_wrong_signature() {
     let s = server().await;

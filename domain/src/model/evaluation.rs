@@ -11,6 +11,8 @@ pub struct Evaluation {
     pub commit: String,
     pub branch: Option<String>,
     pub trigger: EvaluationTrigger,
+    /// The pull request (GitLab: merge request) this evaluation is of; `None` for a branch's commit.
+    pub pull_request: Option<PullRequestSource>,
     pub status: EvaluationStatus,
     /// Attribute-level errors (the attribute's path and Nix's message); others still build.
     pub errors: Vec<AttributeError>,
@@ -21,6 +23,19 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// The ref the worker fetches the commit by: the pull request's ref in the base repository, or the branch.
+    pub fn fetch_ref(&self) -> Option<String> {
+        match &self.pull_request {
+            Some(pr) => Some(pr.fetch_ref.clone()),
+            None => self.branch.clone(),
+        }
+    }
+
+    /// The commit statuses are set on: a pull request's head, else the evaluated commit.
+    pub fn status_commit(&self) -> &str {
+        self.pull_request.as_ref().map_or(&self.commit, |pr| &pr.head_commit)
+    }
+
     /// Moves the evaluation to `to` at `at` when its state machine allows it; answers whether it moved.
     pub fn move_to(&mut self, to: EvaluationStatus, at: Timestamp) -> bool {
         if self.status == to || !self.status.can_become(to) {
@@ -56,6 +71,24 @@ impl Evaluation {
         }
         moved | self.move_to(to, at)
     }
+}
+
+/// Where a pull request's evaluation comes from (see [`crate::forge::PullRequestEvent`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullRequestSource {
+    /// The pull request's number (GitLab: the merge request's iid).
+    pub number: u64,
+    /// Whether it comes from another repository than the project's (a fork).
+    pub fork: bool,
+    /// The head repository's URL, when the forge named it.
+    pub head_repository: Option<String>,
+    /// The head repository's branch.
+    pub head_branch: String,
+    /// The pull request's head commit: commit statuses go there.
+    pub head_commit: String,
+    /// The ref of the project's repository the worker fetches the evaluated commit by (`refs/pull/N/head`,
+    /// `refs/pull/N/merge`, `refs/merge-requests/N/head`).
+    pub fetch_ref: String,
 }
 
 /// What started an evaluation.
@@ -105,6 +138,7 @@ mod tests {
             commit: "a".repeat(40),
             branch: None,
             trigger: super::EvaluationTrigger::Manual,
+            pull_request: None,
             status,
             errors: Vec::new(),
             transitions: Vec::new(),

@@ -28,6 +28,11 @@ pub struct Project {
     pub schedule: Option<String>,
     /// Inactive projects are neither polled nor triggered by webhooks.
     pub active: bool,
+    /// Pull requests (GitLab: merge requests) from the project's own repository are evaluated (default on).
+    pub pull_requests: bool,
+    /// Pull requests from forks are evaluated too (default off: a fork's flake would run anyone's code on the
+    /// organization's workers). Only with `pull_requests`.
+    pub fork_pull_requests: bool,
     pub created_by: UserId,
     pub created_at: Timestamp,
     /// Declared in the server's declarative state: the API cannot change or delete it.

@@ -145,6 +145,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .await?
             .into_iter()
             .filter(|p| p.id != e.id && p.created_at < e.created_at)
+            // A branch's evaluation is compared with the branch's; a pull request's with its own earlier ones or
+            // the branch's.
+            .filter(|p| {
+                p.pull_request.is_none()
+                    || p.pull_request.as_ref().map(|pr| pr.number) == e.pull_request.as_ref().map(|pr| pr.number)
+            })
             .collect();
         earlier.sort_by_key(|p| std::cmp::Reverse(p.created_at));
         let mut previous = None;

@@ -217,9 +217,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(wanted)
     }
 
-    /// How evaluation `e`, which just ended, changed its project's health (see [`mail::health_change`]).
+    /// How evaluation `e`, which just ended, changed its project's health (see [`mail::health_change`]). A pull
+    /// request's evaluation says nothing of the project's branch.
     pub(super) async fn health_change_of(&self, e: &Evaluation) -> Result<Option<mail::HealthChange>> {
-        if !mail::tells_health(e.status) {
+        if !mail::tells_health(e.status) || e.pull_request.is_some() {
             return Ok(None);
         }
         // The project's health before: how its latest end before this one came out, whether that was another
@@ -229,7 +230,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .evaluations(e.project_id, HEALTH_WINDOW)
             .await?
             .into_iter()
-            .filter(|p| p.id != e.id && mail::tells_health(p.status) && p.updated_at <= e.updated_at)
+            .filter(|p| {
+                p.id != e.id && p.pull_request.is_none() && mail::tells_health(p.status) && p.updated_at <= e.updated_at
+            })
             .map(|p| (p.updated_at, p.status));
         let earlier_ends = e
             .transitions
@@ -244,7 +247,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// After evaluation `e` ended: when it changed its project's health, one mail to each member of the
     /// organization who wants it, and the project's actions that follow what happened. Mail that cannot be
     /// handed over is dropped: the CI loop never waits for or fails on mail.
+    /// A pull request's evaluation is the pull request's business, not the project's: no mail, no action.
     pub(super) async fn mail_health_change(&self, e: &Evaluation) -> Result<()> {
+        if e.pull_request.is_some() {
+            return Ok(());
+        }
         if !self.settings.email.enabled && self.storage.actions_of(e.project_id).await?.is_empty() {
             return Ok(());
         }

@@ -20,7 +20,8 @@
 //! * otherwise what [`crate::github_app::parse_event`] says it means: an installation stored or forgotten, a
 //!   push's installation stored and one evaluation queued per active project of an organization linked to
 //!   that installation whose repository and branch it matches (as for an organization's own webhook); a push
-//!   naming no installation queues nothing; anything else is ignored.
+//!   naming no installation queues nothing; a pull request event likewise, for those organizations' active
+//!   projects, as for an organization's own webhook ([`super::webhooks`]); anything else is ignored.
 
 use super::{Caller, Gradient, Result, ServiceError};
 use crate::OrgId;
@@ -85,27 +86,49 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 let Some(push) = push else {
                     return Ok(Vec::new());
                 };
-                // Only the organizations linked to the installation that delivered the push.
-                let linked: HashSet<OrgId> = self
-                    .storage
-                    .github_installation_orgs(installation.id)
-                    .await?
-                    .into_iter()
-                    .collect();
-                if linked.is_empty() {
+                let projects = self.linked_projects(&installation).await?;
+                if projects.is_empty() {
                     return Ok(Vec::new());
                 }
-                let projects = self
-                    .storage
-                    .active_projects()
-                    .await?
-                    .into_iter()
-                    .filter(|p| linked.contains(&p.org_id))
-                    .collect();
                 self.queue_push(projects, &push).await
+            }
+            AppEvent::PullRequest {
+                installation,
+                pull_request,
+            } => {
+                let Some(installation) = installation else {
+                    return Ok(Vec::new());
+                };
+                self.keep_installation(&installation).await?;
+                let Some(pull_request) = pull_request else {
+                    return Ok(Vec::new());
+                };
+                let projects = self.linked_projects(&installation).await?;
+                self.handle_pull_request(projects, &pull_request).await
             }
             AppEvent::Ignored => Ok(Vec::new()),
         }
+    }
+
+    /// The active projects of the organizations linked to the installation that delivered an event (only
+    /// they hear of it).
+    async fn linked_projects(&self, installation: &InstallationRef) -> Result<Vec<crate::model::Project>> {
+        let linked: HashSet<OrgId> = self
+            .storage
+            .github_installation_orgs(installation.id)
+            .await?
+            .into_iter()
+            .collect();
+        if linked.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .storage
+            .active_projects()
+            .await?
+            .into_iter()
+            .filter(|p| linked.contains(&p.org_id))
+            .collect())
     }
 
     async fn keep_installation(&self, installation: &InstallationRef) -> Result<()> {

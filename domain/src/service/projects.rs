@@ -23,6 +23,10 @@ pub struct NewProject {
     /// A cron expression (see [`crate::schedule`]).
     pub schedule: Option<String>,
     pub active: Option<bool>,
+    /// Default: true.
+    pub pull_requests: Option<bool>,
+    /// Default: false.
+    pub fork_pull_requests: Option<bool>,
 }
 
 /// A partial update; `None` leaves a field unchanged. For the optional fields, `Some(None)` clears them.
@@ -38,6 +42,8 @@ pub struct ProjectChanges {
     pub poll_interval_secs: Option<Option<u32>>,
     pub schedule: Option<Option<String>>,
     pub active: Option<bool>,
+    pub pull_requests: Option<bool>,
+    pub fork_pull_requests: Option<bool>,
 }
 
 fn not_found(org: &str, name: &str) -> ServiceError {
@@ -147,6 +153,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             poll_interval_secs: new.poll_interval_secs,
             schedule,
             active: new.active.unwrap_or(true),
+            pull_requests: new.pull_requests.unwrap_or(true),
+            fork_pull_requests: new.fork_pull_requests.unwrap_or(false),
             created_by: user.id,
             created_at: self.clock.now(),
         };
@@ -209,6 +217,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(v) = c.active {
             p.active = v;
         }
+        if let Some(v) = c.pull_requests {
+            p.pull_requests = v;
+        }
+        if let Some(v) = c.fork_pull_requests {
+            p.fork_pull_requests = v;
+        }
         self.storage.update_project(&p).await?;
         if before.schedule != p.schedule {
             // A changed schedule starts anew: its first run is at its next time, not a catch-up of the old one's.
@@ -229,6 +243,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ("poll_interval_secs", before.poll_interval_secs != p.poll_interval_secs),
             ("schedule", before.schedule != p.schedule),
             ("active", before.active != p.active),
+            ("pull_requests", before.pull_requests != p.pull_requests),
+            ("fork_pull_requests", before.fork_pull_requests != p.fork_pull_requests),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))

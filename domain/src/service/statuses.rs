@@ -165,7 +165,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             org_id: p.org_id,
             evaluation_id: e.id,
             repository: p.repository.clone(),
-            commit: e.commit.clone(),
+            // A pull request's status goes on its head, the commit the forge shows on it.
+            commit: e.status_commit().to_owned(),
             state,
             target_url: format!(
                 "{}/api/v1/evals/{}",

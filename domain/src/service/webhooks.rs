@@ -9,11 +9,15 @@
 //! * a signed delivery that is not a push (pings included), a deleted branch or a tag: nothing queued;
 //! * a signed push whose payload does not parse: `Invalid { code: "invalid_payload" }` (422);
 //! * a signed push: one evaluation per active project whose repository is the pushed one and whose branch
-//!   (or, without a branch, the repository's default branch when the payload names it) is the pushed one.
+//!   (or, without a branch, the repository's default branch when the payload names it) is the pushed one;
+//! * a signed pull request event (GitHub's and Gitea's `pull_request`, GitLab's `Merge Request Hook`): opened,
+//!   reopened or new commits: one evaluation of the pull request's commit (see [`forge::PullRequestEvent`]) per
+//!   project [`pull_request_triggers`], superseding that pull request's running evaluation; closed or merged:
+//!   the pull request's running evaluations are aborted; any other action (labels, edits, reviews): nothing.
 
 use super::{Caller, Gradient, Result, ServiceError, refuse_managed};
 use crate::forge::{self, Forge, HookHeaders};
-use crate::model::{Evaluation, EvaluationTrigger, Org, Project};
+use crate::model::{Evaluation, EvaluationTrigger, Org, Project, PullRequestSource};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
 use crate::{Name, ProjectId};
@@ -39,6 +43,35 @@ pub(super) fn push_triggers(project: &Project, push: &forge::Push) -> bool {
         (None, Some(default)) => *default == push.branch,
         (None, None) => true,
     }
+}
+
+/// Whether a pull request event is about `project`'s repository and the branch it evaluates: the pull request
+/// asks to merge into the project's branch (or, without one, the repository's default branch when the payload
+/// names it).
+fn pull_request_targets(project: &Project, pr: &forge::PullRequestEvent) -> bool {
+    pull_request_repository(project, pr)
+        && match (&project.branch, &pr.default_branch) {
+            (Some(branch), _) => *branch == pr.base_branch,
+            (None, Some(default)) => *default == pr.base_branch,
+            (None, None) => true,
+        }
+}
+
+/// Whether the pull request is one of `project`'s repository.
+fn pull_request_repository(project: &Project, pr: &forge::PullRequestEvent) -> bool {
+    pr.repository_urls
+        .iter()
+        .any(|url| forge::same_repository(url, &project.repository))
+}
+
+/// Whether a pull request's new commit is evaluated for `project`: an active project with pull requests on
+/// that the pull request targets, and for a fork's pull request only with `fork_pull_requests` (a fork's flake
+/// runs its author's code on the organization's workers).
+pub(super) fn pull_request_triggers(project: &Project, pr: &forge::PullRequestEvent) -> bool {
+    project.active
+        && project.pull_requests
+        && (!pr.fork || project.fork_pull_requests)
+        && pull_request_targets(project, pr)
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
@@ -88,6 +121,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !forge::verify_signature(forge, headers, &secret, body) {
             return Err(refused());
         }
+        if forge::is_pull_request(forge, headers) {
+            let Some(pr) = forge::parse_pull_request(forge, body)
+                .map_err(|e| ServiceError::invalid("invalid_payload", e.to_string()))?
+            else {
+                return Ok(Vec::new());
+            };
+            let projects = self.storage.projects(o.id).await?;
+            return self.handle_pull_request(projects, &pr).await;
+        }
         if !forge::is_push(forge, headers) {
             return Ok(Vec::new());
         }
@@ -123,6 +165,48 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(queued)
     }
 
+    /// Acts on a pull request event for `projects` (see the module's documentation); answers the evaluations
+    /// queued (none for a closed pull request, whose running evaluations are aborted).
+    pub(super) async fn handle_pull_request(
+        &self,
+        projects: Vec<Project>,
+        pr: &forge::PullRequestEvent,
+    ) -> Result<Vec<Evaluation>> {
+        let mut queued = Vec::new();
+        for project in projects {
+            match pr.action {
+                forge::PullRequestAction::Evaluate if pull_request_triggers(&project, pr) => {
+                    let source = PullRequestSource {
+                        number: pr.number,
+                        fork: pr.fork,
+                        head_repository: pr.head_repository.clone(),
+                        head_branch: pr.head_branch.clone(),
+                        head_commit: pr.head_commit.clone(),
+                        fetch_ref: pr.fetch_ref.clone(),
+                    };
+                    queued.push(
+                        self.queue_evaluation_of(
+                            project.org_id,
+                            &project,
+                            &pr.commit,
+                            Some(pr.head_branch.clone()),
+                            EvaluationTrigger::Webhook,
+                            Some(source),
+                        )
+                        .await?,
+                    );
+                }
+                // Whatever the settings and its base branch are now: what runs of a closed pull request is
+                // wasted work.
+                forge::PullRequestAction::Close if pull_request_repository(&project, pr) => {
+                    self.close_pull_request(&project, pr.number).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(queued)
+    }
+
     /// The project's newest evaluations (at most [`EVALUATION_LIST_LIMIT`]), for callers who may view the
     /// organization.
     pub async fn project_evaluations(&self, caller: &Caller, org: &str, project: &str) -> Result<Vec<Evaluation>> {
@@ -153,6 +237,8 @@ mod tests {
             poll_interval_secs: None,
             schedule: None,
             active,
+            pull_requests: true,
+            fork_pull_requests: false,
             created_by: UserId::new(),
             created_at: chrono::Utc::now(),
         }

@@ -97,6 +97,8 @@ pub struct ProjectEntry {
     pub poll_interval_secs: Option<u32>,
     pub schedule: Option<String>,
     pub active: bool,
+    pub pull_requests: bool,
+    pub fork_pull_requests: bool,
     pub created_by: Name,
     pub flake_input_overrides: BTreeMap<String, InputOverride>,
 }
@@ -687,6 +689,8 @@ fn project(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> Resu
         None => None,
     };
     let active = f.bool("active")?.unwrap_or(true);
+    let pull_requests = f.bool("pull_requests")?.unwrap_or(true);
+    let fork_pull_requests = f.bool("fork_pull_requests")?.unwrap_or(false);
     let created_by = f.required_name("created_by", "username")?;
     let mut overrides = BTreeMap::new();
     if let Some(m) = f.object("flake_input_overrides")? {
@@ -718,6 +722,8 @@ fn project(key: &str, map: &Map<String, Value>, network: &NetworkPolicy) -> Resu
         poll_interval_secs,
         schedule,
         active,
+        pull_requests,
+        fork_pull_requests,
         created_by,
         flake_input_overrides: overrides,
     })

@@ -594,6 +594,8 @@ impl<'a> Planner<'a> {
                 poll_interval_secs: p.poll_interval_secs,
                 schedule: p.schedule.clone(),
                 active: p.active,
+                pull_requests: p.pull_requests,
+                fork_pull_requests: p.fork_pull_requests,
                 created_by: existing.map_or(creator, |e| e.created_by),
                 created_at: existing.map_or(self.cx.now, |e| e.created_at),
                 managed: true,
@@ -628,6 +630,13 @@ impl<'a> Planner<'a> {
                     );
                     diff(&mut f, "schedule", &e.schedule, &project.schedule);
                     diff(&mut f, "active", &e.active, &project.active);
+                    diff(&mut f, "pull_requests", &e.pull_requests, &project.pull_requests);
+                    diff(
+                        &mut f,
+                        "fork_pull_requests",
+                        &e.fork_pull_requests,
+                        &project.fork_pull_requests,
+                    );
                     diff(&mut f, "managed", &e.managed, &project.managed);
                     if f.is_empty() {
                         continue;

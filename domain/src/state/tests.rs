@@ -44,11 +44,32 @@ fn defaults_come_from_the_key_and_the_documented_values() {
     let p = &d.projects[0];
     assert_eq!(p.wildcard, crate::model::DEFAULT_WILDCARD);
     assert!(p.active && p.branch.is_none());
+    assert!(p.pull_requests && !p.fork_pull_requests, "pull requests on, forks off");
     assert_eq!(p.flake_input_overrides["nixpkgs"], crate::model::InputOverride::KeepUrl);
     let c = &d.caches[0];
     assert_eq!(
         (c.priority, c.compression, c.description.as_str()),
         (30, crate::model::Compression::Zstd, "")
+    );
+}
+
+#[test]
+fn a_projects_pull_request_settings_are_read() {
+    let d = parse(
+        r#"{"projects": {"web": {"organization": "acme", "repository": "https://example.com/web.git",
+                                  "created_by": "alice", "pull_requests": false, "fork_pull_requests": true}}}"#,
+    )
+    .unwrap();
+    assert!(!d.projects[0].pull_requests && d.projects[0].fork_pull_requests);
+    let e = parse(
+        r#"{"projects": {"web": {"organization": "acme", "repository": "https://example.com/web.git",
+                                  "created_by": "alice", "fork_pull_requests": "yes"}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("projects.web.fork_pull_requests: must be true or false"),
+        "{e}"
     );
 }
 

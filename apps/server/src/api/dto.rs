@@ -227,6 +227,10 @@ pub struct ProjectView {
     /// Cron expression (UTC); `null`: no schedule.
     pub schedule: Nullable<String>,
     pub active: bool,
+    /// Pull requests (GitLab: merge requests) from the project's own repository are evaluated.
+    pub pull_requests: bool,
+    /// Pull requests from forks are evaluated too (their flakes run their authors' code on the workers).
+    pub fork_pull_requests: bool,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
     /// Declared in the server's declarative state: the API refuses to change or delete it (409 `managed`).
@@ -249,6 +253,8 @@ impl ProjectView {
             poll_interval_secs: p.poll_interval_secs.into(),
             schedule: p.schedule.clone().into(),
             active: p.active,
+            pull_requests: p.pull_requests,
+            fork_pull_requests: p.fork_pull_requests,
             created_by: p.created_by.0,
             created_at: p.created_at,
             managed: p.managed,

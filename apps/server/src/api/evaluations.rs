@@ -38,6 +38,8 @@ pub struct EvaluationView {
     pub branch: Nullable<String>,
     /// What started it: Manual, Poll or Webhook.
     pub trigger: String,
+    /// The pull request (GitLab: merge request) it evaluates; `null` for a branch's commit.
+    pub pull_request: Nullable<PullRequestView>,
     /// Queued, Fetching, Evaluating, Building, Completed, Failed or Aborted.
     pub status: String,
     pub errors: Vec<AttributeErrorView>,
@@ -45,6 +47,38 @@ pub struct EvaluationView {
     pub transitions: Vec<TransitionView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Where a pull request's evaluation comes from.
+#[derive(Object)]
+pub struct PullRequestView {
+    /// The pull request's number (GitLab: the merge request's iid).
+    pub number: u64,
+    /// Whether it comes from a fork: another repository than the project's.
+    pub fork: bool,
+    /// The repository the pull request comes from; `null` when the forge no longer names it (a deleted fork).
+    pub head_repository: Nullable<String>,
+    /// The branch of that repository.
+    pub head_branch: String,
+    /// The pull request's head commit, where commit statuses go. `commit` is the one evaluated: the same,
+    /// or GitHub's test merge commit when GitHub said the pull request merges cleanly.
+    pub head_commit: String,
+    /// The ref of the project's repository the commit is fetched by (`refs/pull/N/head`, `refs/pull/N/merge`,
+    /// `refs/merge-requests/N/head`).
+    pub fetch_ref: String,
+}
+
+impl From<&gradient_domain::model::PullRequestSource> for PullRequestView {
+    fn from(pr: &gradient_domain::model::PullRequestSource) -> Self {
+        Self {
+            number: pr.number,
+            fork: pr.fork,
+            head_repository: pr.head_repository.clone().into(),
+            head_branch: pr.head_branch.clone(),
+            head_commit: pr.head_commit.clone(),
+            fetch_ref: pr.fetch_ref.clone(),
+        }
+    }
 }
 
 /// A status something took, and when.
@@ -71,6 +105,7 @@ impl From<&Evaluation> for EvaluationView {
             commit: e.commit.clone(),
             branch: e.branch.clone().into(),
             trigger: e.trigger.as_str().to_owned(),
+            pull_request: e.pull_request.as_ref().map(PullRequestView::from).into(),
             status: e.status.as_str().to_owned(),
             errors: e
                 .errors

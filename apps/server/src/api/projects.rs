@@ -33,6 +33,11 @@ pub struct NewProjectRequest {
     pub schedule: Option<String>,
     /// Default: true.
     pub active: Option<bool>,
+    /// Evaluate pull requests (GitLab: merge requests) from the project's own repository. Default: true.
+    pub pull_requests: Option<bool>,
+    /// Evaluate pull requests from forks too: their flakes run their authors' code on the organization's
+    /// workers. Default: false.
+    pub fork_pull_requests: Option<bool>,
 }
 
 /// Fields left out stay as they are; `null` clears `branch`, `keep_evaluations`, `poll_interval_secs` and
@@ -51,6 +56,8 @@ pub struct ProjectPatch {
     /// `null` removes the schedule.
     pub schedule: Clearable<String>,
     pub active: Option<bool>,
+    pub pull_requests: Option<bool>,
+    pub fork_pull_requests: Option<bool>,
 }
 
 #[OpenApi(tag = "Tag::Projects")]
@@ -80,6 +87,8 @@ impl ProjectsApi {
             poll_interval_secs: b.poll_interval_secs,
             schedule: b.schedule,
             active: b.active,
+            pull_requests: b.pull_requests,
+            fork_pull_requests: b.fork_pull_requests,
         };
         let p = self.0.app.create_project(&caller, &org, new).await?;
         ok(ProjectView::new(&org, &p))
@@ -116,6 +125,8 @@ impl ProjectsApi {
             poll_interval_secs: b.poll_interval_secs.change(),
             schedule: b.schedule.change(),
             active: b.active,
+            pull_requests: b.pull_requests,
+            fork_pull_requests: b.fork_pull_requests,
         };
         let p = self.0.app.update_project(&caller, &org, &project, changes).await?;
         ok(ProjectView::new(&org, &p))

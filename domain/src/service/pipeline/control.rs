@@ -28,15 +28,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 format!("the evaluation already ended ({})", e.status.as_str()),
             ));
         }
-        // Only links proved for the organization hear of its jobs (another tenant's connection under the same
-        // worker id must not learn their ids).
-        let workers: Vec<WorkerId> = self
-            .fleet
-            .connected()
-            .into_iter()
-            .filter(|w| w.orgs.contains(&o.id))
-            .map(|w| w.id)
-            .collect();
+        let workers = self.workers_of(o.id);
         let stopped = self.stop_evaluation(e, o.id, &workers).await?;
         self.audit(
             caller,
@@ -46,6 +38,39 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             "",
         )
         .await?;
+        Ok(stopped)
+    }
+
+    /// The connected workers proved for the organization: only they hear of its jobs (another tenant's
+    /// connection under the same worker id must not learn their ids).
+    fn workers_of(&self, org: OrgId) -> Vec<WorkerId> {
+        self.fleet
+            .connected()
+            .into_iter()
+            .filter(|w| w.orgs.contains(&org))
+            .map(|w| w.id)
+            .collect()
+    }
+
+    /// A closed (or merged) pull request: the project's running evaluations of it end Aborted, as by
+    /// `abort_evaluation`, their jobs stopped on the workers. Answers the evaluations aborted.
+    pub(crate) async fn close_pull_request(
+        &self,
+        project: &crate::model::Project,
+        number: u64,
+    ) -> Result<Vec<Evaluation>> {
+        let mut stopped = Vec::new();
+        for mut e in self.storage.evaluations(project.id, super::SUPERSEDE_WINDOW).await? {
+            if e.status.is_terminal() || e.pull_request.as_ref().map(|pr| pr.number) != Some(number) {
+                continue;
+            }
+            e.errors.push(crate::model::AttributeError {
+                attribute: String::new(),
+                message: format!("pull request #{number} was closed"),
+            });
+            let workers = self.workers_of(project.org_id);
+            stopped.push(self.stop_evaluation(e, project.org_id, &workers).await?);
+        }
         Ok(stopped)
     }
 

@@ -248,7 +248,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     job_id: record.id,
                     repository: p.repository.clone(),
                     commit: e.commit.clone(),
-                    git_ref: e.branch.clone(),
+                    git_ref: e.fetch_ref(),
                     wildcard: p.wildcard.clone(),
                     flake_input_overrides: p
                         .flake_input_overrides

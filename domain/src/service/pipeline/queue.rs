@@ -89,6 +89,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         branch: Option<String>,
         trigger: EvaluationTrigger,
     ) -> Result<Evaluation> {
+        self.queue_evaluation_of(org, project, commit, branch, trigger, None)
+            .await
+    }
+
+    /// Queues an evaluation of `commit`, of the pull request `pull_request` when given (fetched by its ref,
+    /// superseding that pull request's running evaluations rather than the branch's).
+    pub(crate) async fn queue_evaluation_of(
+        &self,
+        org: OrgId,
+        project: &crate::model::Project,
+        commit: &str,
+        branch: Option<String>,
+        trigger: EvaluationTrigger,
+        pull_request: Option<crate::model::PullRequestSource>,
+    ) -> Result<Evaluation> {
         let now = self.clock.now();
         let evaluation = Evaluation {
             id: EvaluationId::new(),
@@ -96,6 +111,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             commit: commit.to_owned(),
             branch,
             trigger,
+            pull_request,
             status: EvaluationStatus::Queued,
             errors: Vec::new(),
             transitions: vec![crate::model::Transition {
@@ -129,11 +145,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(evaluation)
     }
 
-    /// A push supersedes the evaluations of the same branch still running: they end Aborted (their queued
-    /// builds that nothing else needs are dropped; builds already running finish, their outputs still useful).
+    /// A push supersedes the evaluations of the same branch still running (a pull request's new commits, those
+    /// of the same pull request): they end Aborted (their queued builds that nothing else needs are dropped;
+    /// builds already running finish, their outputs still useful).
     async fn supersede(&self, project: &crate::model::Project, newer: &Evaluation) -> Result<()> {
+        let number = |e: &Evaluation| e.pull_request.as_ref().map(|pr| pr.number);
         for e in self.storage.evaluations(project.id, super::SUPERSEDE_WINDOW).await? {
-            if e.id != newer.id && !e.status.is_terminal() && e.branch == newer.branch {
+            let same = match number(newer) {
+                Some(n) => number(&e) == Some(n),
+                None => number(&e).is_none() && e.branch == newer.branch,
+            };
+            if e.id != newer.id && !e.status.is_terminal() && same {
                 let mut e = e;
                 e.errors.push(crate::model::AttributeError {
                     attribute: String::new(),
@@ -179,8 +201,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let Some((head, branch)) = head else { return Ok(None) };
-        let newest = self.storage.evaluations(project.id, 1).await?;
-        if newest.first().is_some_and(|e| e.commit == head) {
+        // The newest evaluation of a branch: pull requests' evaluations are of other commits.
+        let newest = self.storage.evaluations(project.id, super::SUPERSEDE_WINDOW).await?;
+        if newest
+            .iter()
+            .find(|e| e.pull_request.is_none())
+            .is_some_and(|e| e.commit == head)
+        {
             return Ok(None);
         }
         Ok(Some(

@@ -23,6 +23,7 @@ fn new_evaluation(project: ProjectId) -> Evaluation {
         ),
         branch: Some("main".to_owned()),
         trigger: EvaluationTrigger::Poll,
+        pull_request: None,
         status: EvaluationStatus::Queued,
         errors: Vec::new(),
         transitions: vec![Transition {
@@ -122,6 +123,15 @@ pub async fn evaluation_round_trips<S: Storage>(s: &S) {
     full.trigger = EvaluationTrigger::Webhook;
     full.status = EvaluationStatus::Building;
     full.branch = Some("feature/ünïcode".to_owned());
+    // A pull request from a fork, evaluated at GitHub's test merge commit.
+    full.pull_request = Some(gradient_domain::model::PullRequestSource {
+        number: 4_294_967_296,
+        fork: true,
+        head_repository: Some("https://github.com/mallory/app.git".to_owned()),
+        head_branch: "fix/ünïcode".to_owned(),
+        head_commit: "e".repeat(40),
+        fetch_ref: "refs/pull/4294967296/merge".to_owned(),
+    });
     full.errors = vec![
         AttributeError {
             attribute: "packages.x86_64-linux.broken".to_owned(),
@@ -273,6 +283,7 @@ pub async fn update_evaluation_changes_only_status_errors_and_update_time<S: Sto
         commit: "f".repeat(40),
         branch: None,
         trigger: EvaluationTrigger::Manual,
+        pull_request: None,
         status: EvaluationStatus::Evaluating,
         errors: vec![AttributeError {
             attribute: "packages.x86_64-linux.bad".to_owned(),

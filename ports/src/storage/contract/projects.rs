@@ -149,6 +149,8 @@ pub async fn update_project_changes_only_editable_fields<S: Storage>(s: &S) {
         poll_interval_secs: None,
         schedule: Some("*/10 * * * * *".to_owned()),
         active: false,
+        pull_requests: false,
+        fork_pull_requests: true,
         created_by: bob.id,
         created_at: original.created_at - seconds(3600),
     };
@@ -183,6 +185,8 @@ pub async fn update_project_changes_only_editable_fields<S: Storage>(s: &S) {
     back.poll_interval_secs = Some(60);
     back.flake_input_overrides.clear();
     back.active = true;
+    back.pull_requests = true;
+    back.fork_pull_requests = false;
     s.update_project(&back)
         .await
         .expect("update_project setting the options again");

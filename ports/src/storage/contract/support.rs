@@ -140,6 +140,8 @@ pub(super) fn new_project(org: OrgId, prefix: &str, creator: UserId) -> Project 
         poll_interval_secs: Some(300),
         schedule: Some("0 3 * * *".to_owned()),
         active: true,
+        pull_requests: true,
+        fork_pull_requests: false,
         created_by: creator,
         created_at: now(),
     }
