@@ -17,6 +17,7 @@ mod nixos;
 mod oidc;
 mod options;
 mod pipeline;
+mod private_repos;
 mod reach;
 mod server;
 mod state;

@@ -67,6 +67,7 @@ pub enum AuditAction {
     WorkerRegistered,
     WorkerDeleted,
     WebhookSecretCreated,
+    SshKeyRotated,
     ForgeConnectionSet,
     GithubInstallationLinked,
     GithubInstallationUnlinked,
@@ -78,7 +79,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::OrgCreated,
         Self::OrgUpdated,
         Self::MemberSet,
@@ -95,6 +96,7 @@ impl AuditAction {
         Self::WorkerRegistered,
         Self::WorkerDeleted,
         Self::WebhookSecretCreated,
+        Self::SshKeyRotated,
         Self::ForgeConnectionSet,
         Self::GithubInstallationLinked,
         Self::GithubInstallationUnlinked,
@@ -123,6 +125,7 @@ impl AuditAction {
             Self::WorkerRegistered => "worker.registered",
             Self::WorkerDeleted => "worker.deleted",
             Self::WebhookSecretCreated => "webhook_secret.created",
+            Self::SshKeyRotated => "ssh_key.rotated",
             Self::ForgeConnectionSet => "forge_connection.set",
             Self::GithubInstallationLinked => "github_installation.linked",
             Self::GithubInstallationUnlinked => "github_installation.unlinked",
