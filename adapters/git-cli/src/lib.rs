@@ -590,3 +590,32 @@ mod ssh_pinning {
         );
     }
 }
+
+#[cfg(test)]
+mod deploy_keys {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn openssh_reads_the_generated_private_key_as_the_public_keys_pair() {
+        if std::process::Command::new("ssh-keygen").arg("-?").output().is_err() {
+            eprintln!("no ssh-keygen: skipped");
+            return;
+        }
+        let key = gradient_domain::deploy_key::generate("acme");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, &key.private).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = std::process::Command::new("ssh-keygen").arg("-y").arg("-f").arg(&file).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // `-y` prints the public key with the file's comment.
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key.public);
+        let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(&file).output().unwrap();
+        let fingerprint = gradient_domain::deploy_key::fingerprint(&key.public).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&fingerprint),
+            "{} vs {fingerprint}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

@@ -17,7 +17,7 @@
 use base64::Engine;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 /// The environment a git process needs to use a credential, and the files behind it (deleted on drop).
 pub struct GitAccess {
@@ -43,7 +43,10 @@ impl GitAccess {
     /// The private key file `private_key` (OpenSSH format) for `ssh`, with `ssh_options` (such as
     /// `-o HostName=…`, shell-safe) before the key's own.
     pub fn ssh_key(private_key: &str, ssh_options: &str) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("gradient-git-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("gradient-git-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
         let path = dir.path();
         let text = path
             .to_str()

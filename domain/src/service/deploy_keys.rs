@@ -6,7 +6,8 @@
 //!   organization's creation, or at the first read for organizations older than keys.
 //! * Rotating: `manage_integrations` (Admins); the old key stops working at once (its private half is gone).
 //! * The private half is opened only by [`Gradient::repository_credential`], for the server's own `git` and
-//!   for an evaluation job's assignment; no answer of the API carries it.
+//!   for an evaluation job's assignment; no answer of the API carries it. The same function gives an https
+//!   repository covered by the GitHub App's installation linked to the organization an installation token.
 
 use super::{Caller, Gradient, Result, ServiceError};
 use crate::deploy_key::{self, RepositoryCredential};
@@ -92,26 +93,44 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(view)
     }
 
-    /// What the organization `org` fetches `repository` with: its deploy key for SSH URLs; nothing otherwise
-    /// (the URL alone). `Internal` when the key does not open with this crypt secret.
+    /// What the organization `org` fetches `repository` with: its deploy key for SSH URLs; for an https
+    /// repository the GitHub App's installation linked to `org` covers, a token of that installation; nothing
+    /// otherwise (the URL alone). A key that does not open or a token GitHub does not give is no credential
+    /// (the fetch then fails saying the repository refused it, or works for a public repository): one
+    /// organization's trouble never stops the dispatch of other jobs. Storage errors are errors.
     pub(crate) async fn repository_credential(
         &self,
         org: OrgId,
         repository: &str,
     ) -> Result<Option<RepositoryCredential>> {
-        if !deploy_key::uses_ssh(repository) {
-            return Ok(None);
-        }
-        let Some(o) = self.storage.org(org).await? else {
+        let Some(remote) = crate::reach::parse_remote(repository) else {
             return Ok(None);
         };
-        let key = self.ensure_org_ssh_key(&o).await?;
-        let private = self
-            .crypt
-            .open(&key.private_key)
-            .map_err(|e| ServiceError::Internal(format!("opening the SSH key of '{}': {e}", o.name)))?;
-        let private_key = String::from_utf8(private)
-            .map_err(|_| ServiceError::Internal(format!("the SSH key of '{}' is not text", o.name)))?;
-        Ok(Some(RepositoryCredential::SshKey { private_key }))
+        match remote.transport {
+            crate::reach::Transport::Ssh => {
+                let Some(o) = self.storage.org(org).await? else {
+                    return Ok(None);
+                };
+                let key = self.ensure_org_ssh_key(&o).await?;
+                Ok(self
+                    .crypt
+                    .open(&key.private_key)
+                    .ok()
+                    .and_then(|k| String::from_utf8(k).ok())
+                    .map(|private_key| RepositoryCredential::SshKey { private_key }))
+            }
+            crate::reach::Transport::Https => {
+                let Some(installation) = self.github_app_installation(org, repository).await? else {
+                    return Ok(None);
+                };
+                Ok(self
+                    .app_tokens
+                    .repository_token(installation.id)
+                    .await
+                    .ok()
+                    .map(|token| RepositoryCredential::HttpsToken { token }))
+            }
+            _ => Ok(None),
+        }
     }
 }

@@ -223,6 +223,8 @@ pub struct Gradient<S, C> {
     observer: std::sync::Arc<dyn crate::ports::Observer>,
     /// Hands mail over for delivery; shared by clones.
     mailer: std::sync::Arc<dyn crate::ports::Mailer>,
+    /// The GitHub App's installation tokens, to fetch the repositories it covers; shared by clones.
+    app_tokens: std::sync::Arc<dyn crate::ports::forge::InstallationTokens>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
@@ -241,6 +243,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             input_progress: Default::default(),
             observer: std::sync::Arc::new(crate::ports::observer::Unobserved),
             mailer: std::sync::Arc::new(crate::ports::mail::NoMail),
+            app_tokens: std::sync::Arc::new(crate::ports::forge::NoInstallationTokens),
             fleet,
             storage,
             clock,
@@ -269,6 +272,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             input_progress: self.input_progress.clone(),
             observer: self.observer.clone(),
             mailer: self.mailer.clone(),
+            app_tokens: self.app_tokens.clone(),
         }
     }
 
@@ -281,6 +285,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The same application, sending its mail through `mailer` (when [`EmailSettings::enabled`]).
     pub fn mailing_with(mut self, mailer: std::sync::Arc<dyn crate::ports::Mailer>) -> Self {
         self.mailer = mailer;
+        self
+    }
+
+    /// The same application, fetching the repositories the GitHub App's installations cover with tokens from
+    /// `tokens` (see [`Self::repository_credential`]).
+    pub fn fetching_with(mut self, tokens: std::sync::Arc<dyn crate::ports::forge::InstallationTokens>) -> Self {
+        self.app_tokens = tokens;
         self
     }
 
