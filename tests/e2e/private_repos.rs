@@ -136,7 +136,10 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
         &["clone", "-q", "--bare", work.to_str().expect("path"), bare.to_str().expect("path")],
     );
     let port = free_port();
-    let sshd = Sshd::start(&root.join("sshd"), port);
+    // Apart from the server's and the worker's files, which are searched for private keys at the end (sshd's
+    // host key is one).
+    let sshd_dir = tempfile::tempdir().expect("tempdir");
+    let sshd = Sshd::start(sshd_dir.path(), port);
     let repository = format!("ssh://root@127.0.0.1:{port}{}", bare.display());
 
     let server = Server::start(root, &[("TMPDIR", tmp_var.as_str())]).await;
@@ -164,7 +167,8 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
     answers.push(key.clone());
     sshd.authorize(&public_key);
 
-    let project = json!({"name": "demo", "repository": repository, "wildcard": "packages.*.*"});
+    // On its branch, so the commits given below are fetched by that ref (Nix 2.8 looks for `master` otherwise).
+    let project = json!({"name": "demo", "repository": repository, "branch": "main", "wildcard": "packages.*.*"});
     answers.push(c.ok(Method::POST, "/projects/acme", Some(project)).await);
     let worker = start_worker_with(&c, root, &server.url, "w", &[("TMPDIR", tmp_var.as_str())]).await;
 
@@ -198,7 +202,7 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
     // The server's own read of the branch head is refused: 422, without git's words.
     let (status, refused) = c.call(Method::POST, "/projects/acme/demo/evaluate", None).await;
     assert_eq!(status, 422, "{refused}");
-    assert_eq!(refused["message"]["code"], "repository_unreachable", "{refused}");
+    assert_eq!(refused["code"], "repository_unreachable", "{refused}");
     answers.push(refused);
     // The worker's fetch is refused: the evaluation fails saying why.
     let e = c
