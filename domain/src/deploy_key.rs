@@ -157,7 +157,11 @@ mod tests {
     fn the_private_key_file_holds_the_key_of_the_public_line() {
         let seed = [7u8; 32];
         let key = from_seed(&seed, "gradient-acme");
-        assert!(key.public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"), "{}", key.public);
+        assert!(
+            key.public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"),
+            "{}",
+            key.public
+        );
         assert!(key.public.ends_with(" gradient-acme"));
         let text = key.private.trim();
         let inner = text
@@ -173,10 +177,7 @@ mod tests {
         assert_eq!(&b[..4], &[0, 0, 0, 1]);
         b = &b[4..];
         let blob = read_string(&mut b);
-        assert_eq!(
-            STANDARD.encode(&blob),
-            key.public.split_whitespace().nth(1).unwrap()
-        );
+        assert_eq!(STANDARD.encode(&blob), key.public.split_whitespace().nth(1).unwrap());
         let section = read_string(&mut b);
         assert!(b.is_empty());
         assert_eq!(section.len() % 8, 0);
@@ -188,7 +189,10 @@ mod tests {
         assert_eq!(pair[..32], seed);
         assert_eq!(pair[32..], public[..]);
         assert_eq!(read_string(&mut s), b"gradient-acme");
-        assert!(s.iter().enumerate().all(|(i, &p)| p as usize == i + 1), "padding 1, 2, 3…");
+        assert!(
+            s.iter().enumerate().all(|(i, &p)| p as usize == i + 1),
+            "padding 1, 2, 3…"
+        );
     }
 
     #[test]
@@ -207,7 +211,11 @@ mod tests {
 
     #[test]
     fn ssh_repositories_are_recognized() {
-        for ssh in ["ssh://git@h/a.git", "git+ssh://git@h:2222/a.git", "git@github.com:a/b.git"] {
+        for ssh in [
+            "ssh://git@h/a.git",
+            "git+ssh://git@h:2222/a.git",
+            "git@github.com:a/b.git",
+        ] {
             assert!(uses_ssh(ssh), "{ssh}");
         }
         for other in ["https://github.com/a/b", "git://h/a", "file:///srv/r", "nonsense"] {

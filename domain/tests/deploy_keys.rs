@@ -52,7 +52,12 @@ async fn members_read_the_key_admins_rotate_it_and_others_see_no_organization() 
     app.set_member(&admin, "acme", "viewer", "View").await.unwrap();
 
     // Made with the organization: stored before anyone asked.
-    let stored = app.storage.org_ssh_key(acme.id).await.unwrap().expect("a key from creation");
+    let stored = app
+        .storage
+        .org_ssh_key(acme.id)
+        .await
+        .unwrap()
+        .expect("a key from creation");
     let key = app.org_ssh_key(&admin, "acme").await.unwrap();
     assert_eq!(key.public_key, stored.public_key);
     assert!(key.public_key.starts_with("ssh-ed25519 AAAA"), "{key:?}");
@@ -64,7 +69,10 @@ async fn members_read_the_key_admins_rotate_it_and_others_see_no_organization() 
     assert!(stored.private_key.0.starts_with("v1:"));
     assert!(!stored.private_key.0.contains("OPENSSH"));
     let private = String::from_utf8(app.crypt.open(&stored.private_key).unwrap()).unwrap();
-    assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"), "opens to a key file");
+    assert!(
+        private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"),
+        "opens to a key file"
+    );
 
     // An outsider gets the missing organization's answer, also once the organization is public.
     for _ in 0..2 {
@@ -93,7 +101,10 @@ async fn members_read_the_key_admins_rotate_it_and_others_see_no_organization() 
         .iter()
         .find(|e| e.action.as_str() == "ssh_key.rotated")
         .expect("the rotation is audited");
-    assert_eq!(entry.detail, rotated.fingerprint, "with the new fingerprint, never the key");
+    assert_eq!(
+        entry.detail, rotated.fingerprint,
+        "with the new fingerprint, never the key"
+    );
 }
 
 #[tokio::test]
@@ -111,10 +122,17 @@ async fn an_organization_without_a_key_gets_one_at_first_use() {
         created_at: chrono::Utc::now(),
         managed: false,
     };
-    gradient_domain::ports::storage::Orgs::create_org(&app.storage, &old).await.unwrap();
+    gradient_domain::ports::storage::Orgs::create_org(&app.storage, &old)
+        .await
+        .unwrap();
     assert_eq!(app.storage.org_ssh_key(old.id).await.unwrap(), None);
     let key = app.org_ssh_key(&admin, "old").await.unwrap();
-    let stored = app.storage.org_ssh_key(old.id).await.unwrap().expect("made at first use");
+    let stored = app
+        .storage
+        .org_ssh_key(old.id)
+        .await
+        .unwrap()
+        .expect("made at first use");
     assert_eq!(stored.public_key, key.public_key);
     assert_eq!(app.org_ssh_key(&admin, "old").await.unwrap(), key, "and kept");
 }
@@ -131,10 +149,7 @@ async fn the_git_port_gets_the_key_for_the_organizations_ssh_repositories_only()
     common::project(&app, &admin, "other", "ssh", "ssh://git@git.example.com/acme/app.git").await;
     let git = SeenGit::default();
     for (org, project) in [("acme", "ssh"), ("acme", "scp"), ("acme", "web"), ("other", "ssh")] {
-        let e = app
-            .trigger_evaluation(&git, &admin, org, project, None)
-            .await
-            .unwrap();
+        let e = app.trigger_evaluation(&git, &admin, org, project, None).await.unwrap();
         assert_eq!(e.commit, COMMIT);
     }
     let key_of = |org| {

@@ -680,7 +680,9 @@ async fn https_repositories_the_app_covers_for_a_linked_organization_are_read_wi
     let w = World { app, caller };
     w.org("acme").await;
     w.org("other").await;
-    w.deliver("installation", &installation("created", 7, "acme")).await.unwrap();
+    w.deliver("installation", &installation("created", 7, "acme"))
+        .await
+        .unwrap();
     w.link("acme", 7, "acme").await;
     w.project("acme", "web", "https://github.com/acme/web").await;
     w.project("acme", "elsewhere", "https://git.example.com/acme/web").await;

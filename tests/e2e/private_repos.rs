@@ -133,7 +133,13 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
     let bare = root.join("srv/demo.git");
     git(
         root,
-        &["clone", "-q", "--bare", work.to_str().expect("path"), bare.to_str().expect("path")],
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().expect("path"),
+            bare.to_str().expect("path"),
+        ],
     );
     let port = free_port();
     // Apart from the server's and the worker's files, which are searched for private keys at the end (sshd's
@@ -157,7 +163,11 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
     // What ssh-keygen makes of the line is what the API says its fingerprint is.
     let line = root.join("acme.pub");
     std::fs::write(&line, format!("{public_key}\n")).expect("key file");
-    let out = Command::new("ssh-keygen").arg("-lf").arg(&line).output().expect("ssh-keygen");
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&line)
+        .output()
+        .expect("ssh-keygen");
     let fingerprint = key["fingerprint"].as_str().expect("fingerprint").to_owned();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&fingerprint),
@@ -206,7 +216,11 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
     answers.push(refused);
     // The worker's fetch is refused: the evaluation fails saying why.
     let e = c
-        .ok(Method::POST, "/projects/acme/demo/evaluate", Some(json!({"commit": second})))
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": second})),
+        )
         .await;
     let id = e["id"].as_str().expect("id").to_owned();
     let failed = wait_for_end(&c, &server, &id).await;
@@ -221,7 +235,11 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
     // Once the new public key is in the repository's authorized keys, the same commit is fetched and built.
     sshd.authorize(rotated["public_key"].as_str().expect("public key"));
     let e = c
-        .ok(Method::POST, "/projects/acme/demo/evaluate", Some(json!({"commit": second})))
+        .ok(
+            Method::POST,
+            "/projects/acme/demo/evaluate",
+            Some(json!({"commit": second})),
+        )
         .await;
     let id = e["id"].as_str().expect("id").to_owned();
     answers.push(wait_for_completed(&c, &server, &id, &worker).await);
@@ -234,8 +252,14 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
     let (server_log, worker_log) = (server.log.clone(), worker.log.clone());
     worker.kill();
     server.stop();
-    no_private_key_in("the server's log", &std::fs::read_to_string(server_log).unwrap_or_default());
-    no_private_key_in("the worker's log", &std::fs::read_to_string(worker_log).unwrap_or_default());
+    no_private_key_in(
+        "the server's log",
+        &std::fs::read_to_string(server_log).unwrap_or_default(),
+    );
+    no_private_key_in(
+        "the worker's log",
+        &std::fs::read_to_string(worker_log).unwrap_or_default(),
+    );
     for needle in [PRIVATE_KEY_ARMOR, PRIVATE_KEY_MAGIC] {
         let found = files_containing(root, needle);
         assert!(found.is_empty(), "files hold a private key: {found:?}");
@@ -248,4 +272,3 @@ async fn a_repository_served_over_ssh_is_fetched_with_the_organizations_deploy_k
         .collect();
     assert!(leftovers.is_empty(), "key directories left behind: {leftovers:?}");
 }
-

@@ -12,8 +12,8 @@
 //!   configuration and `known_hosts` (`-o HostKeyAlias=<name>`). git:// connects by name after the check.
 
 use gradient_domain::ports::git::{self, Git, GitError, RemoteHead, RepositoryCredential};
-use gradient_process::git_access::GitAccess;
 use gradient_domain::reach::{self, Host, NetworkPolicy, Transport};
+use gradient_process::git_access::GitAccess;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::process::Command;
@@ -381,7 +381,9 @@ mod default_branch {
             &["init", "-q", "--bare", "-b", "main", empty.to_str().unwrap()],
         );
         assert_eq!(
-            cli.remote_head(&format!("file://{}", empty.display()), None).await.unwrap(),
+            cli.remote_head(&format!("file://{}", empty.display()), None)
+                .await
+                .unwrap(),
             None
         );
         assert!(cli.remote_head("file:///nonexistent/repo", None).await.is_err());
@@ -558,7 +560,11 @@ mod pinning {
     async fn an_allowed_local_name_is_resolved_checked_and_reached() {
         let (port, mut seen) = listener().await;
         let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
-        assert!(cli.head(&format!("http://localhost:{port}/a.git"), None, None).await.is_err());
+        assert!(
+            cli.head(&format!("http://localhost:{port}/a.git"), None, None)
+                .await
+                .is_err()
+        );
         assert!(seen.try_recv().is_ok(), "the allowed repository was reached");
     }
 }
@@ -606,11 +612,20 @@ mod deploy_keys {
         let file = dir.path().join("key");
         std::fs::write(&file, &key.private).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let out = std::process::Command::new("ssh-keygen").arg("-y").arg("-f").arg(&file).output().unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         // `-y` prints the public key with the file's comment.
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key.public);
-        let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(&file).output().unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&file)
+            .output()
+            .unwrap();
         let fingerprint = gradient_domain::deploy_key::fingerprint(&key.public).unwrap();
         assert!(
             String::from_utf8_lossy(&out.stdout).contains(&fingerprint),

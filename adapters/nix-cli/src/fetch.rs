@@ -5,8 +5,8 @@
 use crate::{NixCli, process};
 use gradient_domain::deploy_key::RepositoryCredential;
 use gradient_domain::model::InputOverride;
-use gradient_process::git_access::GitAccess;
 use gradient_domain::ports::nix::{FetchedFlake, NixError, Result};
+use gradient_process::git_access::GitAccess;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 

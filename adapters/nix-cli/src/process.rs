@@ -406,6 +406,9 @@ mod tests {
              error: Cannot find Git revision 'abc' in ref 'main'"
         );
         // Other errors are Nix's alone.
-        assert_eq!(said(&["noise", "error: undefined variable"]), "error: undefined variable");
+        assert_eq!(
+            said(&["noise", "error: undefined variable"]),
+            "error: undefined variable"
+        );
     }
 }

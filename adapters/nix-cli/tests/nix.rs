@@ -283,7 +283,10 @@ async fn fetch_puts_the_flake_at_the_commit_in_the_store() {
     let f = fixture();
     let none = BTreeMap::new();
     for (commit, version) in [(&f.first, "1"), (&f.second, "2")] {
-        let flake = nix().fetch(&url(&f.repo), Some("main"), commit, &none, None).await.unwrap();
+        let flake = nix()
+            .fetch(&url(&f.repo), Some("main"), commit, &none, None)
+            .await
+            .unwrap();
         assert_eq!(flake.rev.as_deref(), Some(commit.as_str()));
         assert!(flake.flake_ref.starts_with("git+file://") && flake.flake_ref.contains(commit.as_str()));
         assert!(flake.nar_hash.as_deref().is_some_and(|h| h.starts_with("sha256-")));
@@ -295,7 +298,9 @@ async fn fetch_puts_the_flake_at_the_commit_in_the_store() {
     let flake = nix().fetch(&url(&f.repo), None, &f.first, &none, None).await.unwrap();
     assert_eq!(flake.rev.as_deref(), Some(f.first.as_str()));
 
-    let unknown = nix().fetch(&url(&f.repo), Some("main"), &"ab".repeat(20), &none, None).await;
+    let unknown = nix()
+        .fetch(&url(&f.repo), Some("main"), &"ab".repeat(20), &none, None)
+        .await;
     assert!(matches!(unknown, Err(NixError::Fetch(_))), "{unknown:?}");
     let nowhere = nix()
         .fetch(&url(&f.root.join("nope")), None, &"cd".repeat(20), &none, None)

@@ -66,7 +66,10 @@ impl GitAccess {
         file.sync_all()?;
         let command = ssh_command(&text, ssh_options);
         Ok(Self {
-            env: vec![("GIT_SSH_COMMAND".into(), command.into()), ("GIT_SSH_VARIANT".into(), "ssh".into())],
+            env: vec![
+                ("GIT_SSH_COMMAND".into(), command.into()),
+                ("GIT_SSH_VARIANT".into(), "ssh".into()),
+            ],
             _dir: Some(dir),
         })
     }
@@ -81,7 +84,10 @@ impl GitAccess {
                     "GIT_CONFIG_KEY_0".into(),
                     format!("http.{}/.extraHeader", origin.trim_end_matches('/')).into(),
                 ),
-                ("GIT_CONFIG_VALUE_0".into(), format!("Authorization: Basic {basic}").into()),
+                (
+                    "GIT_CONFIG_VALUE_0".into(),
+                    format!("Authorization: Basic {basic}").into(),
+                ),
             ],
             _dir: None,
         }
@@ -138,7 +144,10 @@ mod tests {
             .unwrap();
         assert!(command.starts_with("ssh -o BatchMode=yes -o Port=22 -i '"), "{command}");
         assert!(command.contains("IdentitiesOnly=yes"));
-        assert!(!command.contains("secret"), "the key is in a file, never in the command");
+        assert!(
+            !command.contains("secret"),
+            "the key is in a file, never in the command"
+        );
         let dir = command.split('\'').nth(1).unwrap().trim_end_matches("/key").to_owned();
         let key = std::path::Path::new(&dir).join("key");
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
@@ -160,7 +169,10 @@ mod tests {
             env,
             [
                 ("GIT_CONFIG_COUNT".to_owned(), "1".to_owned()),
-                ("GIT_CONFIG_KEY_0".to_owned(), "http.https://github.com/.extraHeader".to_owned()),
+                (
+                    "GIT_CONFIG_KEY_0".to_owned(),
+                    "http.https://github.com/.extraHeader".to_owned()
+                ),
                 // base64("x-access-token:ghs_abc")
                 (
                     "GIT_CONFIG_VALUE_0".to_owned(),

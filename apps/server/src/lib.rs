@@ -745,6 +745,17 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The GitHub App's installation tokens from the forge adapter, for the use cases that fetch the repositories an
+/// installation covers (without an App, the adapter refuses every token).
+struct AppTokens(gradient_forge::HttpForge);
+
+impl gradient_domain::ports::forge::InstallationTokens for AppTokens {
+    fn repository_token(&self, installation: u64) -> gradient_domain::ports::forge::TokenAnswer<'_> {
+        use gradient_domain::ports::forge::ForgeApi;
+        Box::pin(self.0.installation_token(installation))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -766,16 +777,5 @@ mod tests {
             super::redact("sqlite:///var/lib/gradient/gradient.db"),
             "sqlite:///var/lib/gradient/gradient.db"
         );
-    }
-}
-
-/// The GitHub App's installation tokens from the forge adapter, for the use cases that fetch the repositories an
-/// installation covers (without an App, the adapter refuses every token).
-struct AppTokens(gradient_forge::HttpForge);
-
-impl gradient_domain::ports::forge::InstallationTokens for AppTokens {
-    fn repository_token(&self, installation: u64) -> gradient_domain::ports::forge::TokenAnswer<'_> {
-        use gradient_domain::ports::forge::ForgeApi;
-        Box::pin(self.0.installation_token(installation))
     }
 }

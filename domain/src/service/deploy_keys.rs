@@ -10,11 +10,11 @@
 //!   repository covered by the GitHub App's installation linked to the organization an installation token.
 
 use super::{Caller, Gradient, Result, ServiceError};
+use crate::OrgId;
 use crate::deploy_key::{self, RepositoryCredential};
 use crate::model::{AuditAction, Org, OrgSshKey, Timestamp};
 use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
-use crate::OrgId;
 
 /// An organization's public key as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +78,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// key.
     pub async fn rotate_org_ssh_key(&self, caller: &Caller, org: &str) -> Result<SshKeyView> {
         let o = self.org_of_member(caller, org).await?;
-        let o = self.org_requiring(caller, o.name.as_str(), Permission::ManageIntegrations).await?;
+        let o = self
+            .org_requiring(caller, o.name.as_str(), Permission::ManageIntegrations)
+            .await?;
         let key = self.new_ssh_key(&o);
         self.storage.set_org_ssh_key(&key).await?;
         let view = SshKeyView::of(&key);

@@ -41,7 +41,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
                 (commit, p.branch.clone())
             }
-            None => match branch_head(git, &p, self.repository_credential(p.org_id, &p.repository).await?.as_ref()).await {
+            None => match branch_head(
+                git,
+                &p,
+                self.repository_credential(p.org_id, &p.repository).await?.as_ref(),
+            )
+            .await
+            {
                 Ok(Some(head)) => head,
                 Ok(None) => {
                     return Err(ServiceError::invalid(

@@ -490,14 +490,8 @@ pub async fn org_ssh_keys_are_kept_once_replaced_and_deleted_with_their_org<S: S
     assert_eq!(s.org_ssh_key(acme.id).await.expect("org_ssh_key"), Some(rotated));
     assert_eq!(s.org_ssh_key(other.id).await.expect("org_ssh_key"), None);
     let ghost = OrgId::new();
-    assert_eq!(
-        s.set_org_ssh_key(&key(ghost, "x")).await,
-        Err(StorageError::NotFound)
-    );
-    assert_eq!(
-        s.init_org_ssh_key(&key(ghost, "x")).await,
-        Err(StorageError::NotFound)
-    );
+    assert_eq!(s.set_org_ssh_key(&key(ghost, "x")).await, Err(StorageError::NotFound));
+    assert_eq!(s.init_org_ssh_key(&key(ghost, "x")).await, Err(StorageError::NotFound));
     assert!(s.delete_org(acme.id).await.expect("delete_org"));
     assert_eq!(s.org_ssh_key(acme.id).await.expect("org_ssh_key"), None);
 }
