@@ -10,6 +10,7 @@ pub mod auth;
 pub mod changes;
 pub mod codec;
 pub mod crypt;
+pub mod deploy_key;
 pub mod forge;
 pub mod github_app;
 pub mod ids;

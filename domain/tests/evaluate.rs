@@ -45,7 +45,12 @@ impl FakeGit {
 }
 
 impl Git for FakeGit {
-    async fn head(&self, repository: &str, branch: Option<&str>) -> Result<Option<String>, GitError> {
+    async fn head(
+        &self,
+        repository: &str,
+        branch: Option<&str>,
+        _credential: Option<&gradient_domain::deploy_key::RepositoryCredential>,
+    ) -> Result<Option<String>, GitError> {
         self.asked.lock().unwrap().push(format!("head {repository} {branch:?}"));
         if self.unreachable {
             return Err(GitError::Unavailable("connection refused".into()));
@@ -54,7 +59,11 @@ impl Git for FakeGit {
         Ok(branch.and_then(|b| self.branches.get(&b).cloned()))
     }
 
-    async fn remote_head(&self, repository: &str) -> Result<Option<RemoteHead>, GitError> {
+    async fn remote_head(
+        &self,
+        repository: &str,
+        _credential: Option<&gradient_domain::deploy_key::RepositoryCredential>,
+    ) -> Result<Option<RemoteHead>, GitError> {
         self.asked.lock().unwrap().push(format!("remote_head {repository}"));
         if self.unreachable {
             return Err(GitError::Unavailable("connection refused".into()));

@@ -675,3 +675,88 @@ async fn pull_requests_delivered_by_the_app_evaluate_only_in_linked_organization
         []
     );
 }
+
+/// The fake's installation tokens, as the server hands the forge adapter's to the use cases.
+struct Tokens(std::sync::Arc<FakeGithub>);
+
+impl gradient_domain::ports::forge::InstallationTokens for Tokens {
+    fn repository_token(&self, installation: u64) -> gradient_domain::ports::forge::TokenAnswer<'_> {
+        Box::pin(self.0.installation_token(installation))
+    }
+}
+
+/// A repository at `COMMIT` on `main`; records the credential of every question.
+#[derive(Default)]
+struct SeenGit(Mutex<Vec<Option<gradient_domain::deploy_key::RepositoryCredential>>>);
+
+impl gradient_domain::ports::git::Git for SeenGit {
+    async fn head(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        credential: Option<&gradient_domain::deploy_key::RepositoryCredential>,
+    ) -> Result<Option<String>, gradient_domain::ports::git::GitError> {
+        self.0.lock().unwrap().push(credential.cloned());
+        Ok(Some(COMMIT.into()))
+    }
+
+    async fn remote_head(
+        &self,
+        _: &str,
+        credential: Option<&gradient_domain::deploy_key::RepositoryCredential>,
+    ) -> Result<Option<gradient_domain::ports::git::RemoteHead>, gradient_domain::ports::git::GitError> {
+        self.0.lock().unwrap().push(credential.cloned());
+        Ok(Some(gradient_domain::ports::git::RemoteHead {
+            branch: Some("main".into()),
+            commit: COMMIT.into(),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn https_repositories_the_app_covers_for_a_linked_organization_are_read_with_an_installation_token() {
+    use gradient_domain::deploy_key::RepositoryCredential;
+    let github = std::sync::Arc::new(FakeGithub::default());
+    let t = common::app(SystemClock, settings(true));
+    let app = common::TestApp {
+        app: t.app.fetching_with(std::sync::Arc::new(Tokens(github.clone()))),
+        ..t
+    };
+    let caller = common::signed_up(&app, "u").await;
+    let w = World { app, caller };
+    w.org("acme").await;
+    w.org("other").await;
+    w.deliver("installation", &installation("created", 7, "acme"))
+        .await
+        .unwrap();
+    w.link("acme", 7, "acme").await;
+    w.project("acme", "web", "https://github.com/acme/web").await;
+    w.project("acme", "elsewhere", "https://git.example.com/acme/web").await;
+    w.project("other", "web", "https://github.com/acme/web").await;
+    let git = SeenGit::default();
+    for (org, project) in [("acme", "web"), ("acme", "elsewhere"), ("other", "web")] {
+        w.app
+            .trigger_evaluation(&git, &w.caller, org, project, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        *git.0.lock().unwrap(),
+        [
+            Some(RepositoryCredential::HttpsToken {
+                token: "token-7".into()
+            }),
+            None,
+            None
+        ],
+        "the linked organization's covered repository only"
+    );
+    // A token GitHub does not give: read without one (a public repository still works), nothing fails.
+    *github.refuse.lock().unwrap() = true;
+    let git = SeenGit::default();
+    w.app
+        .trigger_evaluation(&git, &w.caller, "acme", "web", None)
+        .await
+        .unwrap();
+    assert_eq!(*git.0.lock().unwrap(), [None]);
+}

@@ -20,6 +20,7 @@ mod oidc;
 mod options;
 mod pipeline;
 mod pull_requests;
+mod private_repos;
 mod reach;
 mod server;
 mod state;

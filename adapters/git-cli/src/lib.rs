@@ -11,8 +11,9 @@
 //!   first checked address (`-o HostName=<address>`), still matching the name in the operator's ssh
 //!   configuration and `known_hosts` (`-o HostKeyAlias=<name>`). git:// connects by name after the check.
 
-use gradient_domain::ports::git::{self, Git, GitError, RemoteHead};
+use gradient_domain::ports::git::{self, Git, GitError, RemoteHead, RepositoryCredential};
 use gradient_domain::reach::{self, Host, NetworkPolicy, Transport};
+use gradient_process::git_access::GitAccess;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::process::Command;
@@ -101,11 +102,19 @@ impl GitCli {
     /// `git ls-remote` restricted to the allowed transports, without redirects, pinned when given.
     #[cfg(test)]
     fn ls_remote(&self, url: &str, reference: &str, pin: Option<&Pin>) -> Command {
-        self.ls_remote_with(&[], url, reference, pin)
+        self.ls_remote_with(&[], url, reference, pin, &GitAccess::none())
     }
 
-    /// [`Self::ls_remote`] with `options` (such as `--symref`) before the URL.
-    fn ls_remote_with(&self, options: &[&str], url: &str, reference: &str, pin: Option<&Pin>) -> Command {
+    /// [`Self::ls_remote`] with `options` (such as `--symref`) before the URL, and the repository's credential
+    /// (`access`, made with [`ssh_options`] for an SSH key).
+    fn ls_remote_with(
+        &self,
+        options: &[&str],
+        url: &str,
+        reference: &str,
+        pin: Option<&Pin>,
+        access: &GitAccess,
+    ) -> Command {
         let mut protocols = vec!["https", "http", "ssh", "git"];
         if self.policy.allow_local {
             protocols.push("file");
@@ -116,18 +125,13 @@ impl GitCli {
         for p in &protocols {
             cmd.args(["-c", &format!("protocol.{p}.allow=always")]);
         }
-        // The name and address come from the checked URL (letters, digits, `-`, `_`, `.`) and the resolver,
-        // so they are safe in the shell command git runs for ssh.
-        let mut ssh = "ssh -o BatchMode=yes".to_owned();
-        match pin {
-            Some(Pin::Curl(r)) => {
-                cmd.args(["-c", &format!("http.curloptResolve={r}")]);
-            }
-            Some(Pin::Ssh { name, address }) => {
-                ssh.push_str(&format!(" -o HostName={address} -o HostKeyAlias={name}"));
-            }
-            None => {}
+        if let Some(Pin::Curl(r)) = pin {
+            cmd.args(["-c", &format!("http.curloptResolve={r}")]);
         }
+        let ssh = match ssh_options(pin).as_str() {
+            "" => "ssh -o BatchMode=yes".to_owned(),
+            o => format!("ssh -o BatchMode=yes {o}"),
+        };
         cmd.arg("ls-remote")
             .args(options)
             .args(["--", url, reference])
@@ -136,15 +140,52 @@ impl GitCli {
             .env("GIT_SSH_VARIANT", "ssh")
             .env("GIT_ALLOW_PROTOCOL", protocols.join(":"))
             .env("GIT_PROTOCOL_FROM_USER", "0")
+            .envs(access.env().iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true);
         cmd
     }
 }
 
+/// The options that send ssh to the pinned address under the name's host key. The name and address come from
+/// the checked URL (letters, digits, `-`, `_`, `.`) and the resolver, so they are safe in the shell command git
+/// runs for ssh.
+fn ssh_options(pin: Option<&Pin>) -> String {
+    match pin {
+        Some(Pin::Ssh { name, address }) => format!("-o HostName={address} -o HostKeyAlias={name}"),
+        _ => String::new(),
+    }
+}
+
+/// What git needs to use `credential` for `repository` this once (an SSH key only for SSH URLs, a token only
+/// for https ones); the files go when it is dropped.
+fn access_for(
+    repository: &str,
+    transport: Transport,
+    credential: Option<&RepositoryCredential>,
+    pin: Option<&Pin>,
+) -> Result<GitAccess, GitError> {
+    Ok(match (credential, transport) {
+        (Some(RepositoryCredential::SshKey { private_key }), Transport::Ssh) => {
+            GitAccess::ssh_key(private_key, &ssh_options(pin))
+                .map_err(|e| GitError::Unavailable(format!("{repository}: cannot write the SSH key: {e}")))?
+        }
+        (Some(RepositoryCredential::HttpsToken { token }), Transport::Https) => {
+            GitAccess::https_token_for(repository, token).unwrap_or_else(GitAccess::none)
+        }
+        _ => GitAccess::none(),
+    })
+}
+
 impl GitCli {
     /// Runs `git ls-remote [options] <repository> <reference>` once the repository passed the network policy
     /// (checked, resolved and pinned); answers its output.
-    async fn ask(&self, repository: &str, options: &[&str], reference: &str) -> Result<String, GitError> {
+    async fn ask(
+        &self,
+        repository: &str,
+        options: &[&str],
+        reference: &str,
+        credential: Option<&RepositoryCredential>,
+    ) -> Result<String, GitError> {
         let remote = reach::parse_remote(repository)
             .ok_or_else(|| GitError::Unavailable(format!("'{repository}' is not a repository URL")))?;
         reach::check_remote(&remote, &self.policy)
@@ -164,7 +205,8 @@ impl GitCli {
                 .map_err(|_| late())??;
             pin = Pin::of(remote.transport, name, remote.port, &addresses);
         }
-        let mut cmd = self.ls_remote_with(options, &remote.git_url, reference, pin.as_ref());
+        let access = access_for(repository, remote.transport, credential, pin.as_ref())?;
+        let mut cmd = self.ls_remote_with(options, &remote.git_url, reference, pin.as_ref(), &access);
         let out = tokio::time::timeout_at(deadline, cmd.output())
             .await
             .map_err(|_| late())?
@@ -178,12 +220,17 @@ impl GitCli {
 }
 
 impl Git for GitCli {
-    async fn head(&self, repository: &str, branch: Option<&str>) -> Result<Option<String>, GitError> {
+    async fn head(
+        &self,
+        repository: &str,
+        branch: Option<&str>,
+        credential: Option<&RepositoryCredential>,
+    ) -> Result<Option<String>, GitError> {
         let reference = match branch {
             Some(b) => format!("refs/heads/{b}"),
             None => "HEAD".to_owned(),
         };
-        let text = self.ask(repository, &[], &reference).await?;
+        let text = self.ask(repository, &[], &reference, credential).await?;
         Ok(text
             .lines()
             .filter_map(|l| l.split_whitespace().next())
@@ -191,8 +238,12 @@ impl Git for GitCli {
             .map(str::to_owned))
     }
 
-    async fn remote_head(&self, repository: &str) -> Result<Option<RemoteHead>, GitError> {
-        let text = self.ask(repository, &["--symref"], "HEAD").await?;
+    async fn remote_head(
+        &self,
+        repository: &str,
+        credential: Option<&RepositoryCredential>,
+    ) -> Result<Option<RemoteHead>, GitError> {
+        let text = self.ask(repository, &["--symref"], "HEAD", credential).await?;
         Ok(git::parse_symref_head(&text))
     }
 }
@@ -227,19 +278,19 @@ mod tests {
         let url = format!("file://{}", dir.path().display());
         let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
         assert_eq!(
-            cli.head(&url, Some("main")).await.unwrap().as_deref(),
+            cli.head(&url, Some("main"), None).await.unwrap().as_deref(),
             Some(one.as_str())
         );
-        assert_eq!(cli.head(&url, None).await.unwrap().as_deref(), Some(one.as_str()));
-        assert_eq!(cli.head(&url, Some("nope")).await.unwrap(), None);
+        assert_eq!(cli.head(&url, None, None).await.unwrap().as_deref(), Some(one.as_str()));
+        assert_eq!(cli.head(&url, Some("nope"), None).await.unwrap(), None);
         std::fs::write(dir.path().join("f"), "2").unwrap();
         git(dir.path(), &["commit", "-q", "-am", "two"]);
         let two = git(dir.path(), &["rev-parse", "HEAD"]);
         assert_eq!(
-            cli.head(&url, Some("main")).await.unwrap().as_deref(),
+            cli.head(&url, Some("main"), None).await.unwrap().as_deref(),
             Some(two.as_str())
         );
-        assert!(cli.head("file:///nonexistent/repo", None).await.is_err());
+        assert!(cli.head("file:///nonexistent/repo", None, None).await.is_err());
     }
 }
 
@@ -313,7 +364,7 @@ mod default_branch {
         let (bare, trunk) = bare_repo(dir.path());
         let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
         let head = cli
-            .remote_head(&format!("file://{}", bare.display()))
+            .remote_head(&format!("file://{}", bare.display()), None)
             .await
             .unwrap()
             .expect("a head");
@@ -330,13 +381,15 @@ mod default_branch {
             &["init", "-q", "--bare", "-b", "main", empty.to_str().unwrap()],
         );
         assert_eq!(
-            cli.remote_head(&format!("file://{}", empty.display())).await.unwrap(),
+            cli.remote_head(&format!("file://{}", empty.display()), None)
+                .await
+                .unwrap(),
             None
         );
-        assert!(cli.remote_head("file:///nonexistent/repo").await.is_err());
+        assert!(cli.remote_head("file:///nonexistent/repo", None).await.is_err());
         // The policy holds here too.
         let refused = GitCli::default()
-            .remote_head(&format!("file://{}", bare.display()))
+            .remote_head(&format!("file://{}", bare.display()), None)
             .await
             .expect_err("local repositories are refused by default");
         assert!(refused.to_string().contains("not allowed"), "{refused}");
@@ -350,15 +403,15 @@ mod default_branch {
         let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
         let url = format!("http://127.0.0.1:{port}/r.git");
         assert_eq!(
-            cli.remote_head(&url).await.unwrap(),
+            cli.remote_head(&url, None).await.unwrap(),
             Some(RemoteHead {
                 branch: Some("trunk".into()),
                 commit: trunk.clone()
             })
         );
-        assert_eq!(cli.head(&url, Some("trunk")).await.unwrap(), Some(trunk));
+        assert_eq!(cli.head(&url, Some("trunk"), None).await.unwrap(), Some(trunk));
         assert!(
-            cli.remote_head(&format!("http://127.0.0.1:{port}/missing.git"))
+            cli.remote_head(&format!("http://127.0.0.1:{port}/missing.git"), None)
                 .await
                 .is_err()
         );
@@ -388,11 +441,11 @@ mod policy {
             "git@127.0.0.1:a/b.git".to_owned(),
             "http://localhost:9/a.git".to_owned(),
         ] {
-            let e = git.head(&url, None).await.expect_err(&url).to_string();
+            let e = git.head(&url, None, None).await.expect_err(&url).to_string();
             assert!(e.contains("not allowed"), "{url}: {e}");
         }
         for url in ["ext::sh -c true", "fd::3"] {
-            assert!(git.head(url, None).await.is_err(), "{url}");
+            assert!(git.head(url, None, None).await.is_err(), "{url}");
         }
     }
 
@@ -507,7 +560,11 @@ mod pinning {
     async fn an_allowed_local_name_is_resolved_checked_and_reached() {
         let (port, mut seen) = listener().await;
         let cli = GitCli::new(NetworkPolicy::ALLOW_ALL);
-        assert!(cli.head(&format!("http://localhost:{port}/a.git"), None).await.is_err());
+        assert!(
+            cli.head(&format!("http://localhost:{port}/a.git"), None, None)
+                .await
+                .is_err()
+        );
         assert!(seen.try_recv().is_ok(), "the allowed repository was reached");
     }
 }
@@ -536,6 +593,44 @@ mod ssh_pinning {
         assert_eq!(
             ssh.as_deref(),
             Some("ssh -o BatchMode=yes -o HostName=2001:db8::7 -o HostKeyAlias=git.example.com")
+        );
+    }
+}
+
+#[cfg(test)]
+mod deploy_keys {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn openssh_reads_the_generated_private_key_as_the_public_keys_pair() {
+        if std::process::Command::new("ssh-keygen").arg("-?").output().is_err() {
+            eprintln!("no ssh-keygen: skipped");
+            return;
+        }
+        let key = gradient_domain::deploy_key::generate("acme");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, &key.private).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // `-y` prints the public key with the file's comment.
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key.public);
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let fingerprint = gradient_domain::deploy_key::fingerprint(&key.public).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&fingerprint),
+            "{} vs {fingerprint}",
+            String::from_utf8_lossy(&out.stdout)
         );
     }
 }

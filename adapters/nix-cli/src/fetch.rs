@@ -3,8 +3,10 @@
 //! Overridden inputs are pinned to the locked references Nix chose, so later calls see the same inputs.
 
 use crate::{NixCli, process};
+use gradient_domain::deploy_key::RepositoryCredential;
 use gradient_domain::model::InputOverride;
 use gradient_domain::ports::nix::{FetchedFlake, NixError, Result};
+use gradient_process::git_access::GitAccess;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -14,8 +16,21 @@ pub async fn fetch(
     git_ref: Option<&str>,
     commit: &str,
     overrides: &BTreeMap<String, InputOverride>,
+    credential: Option<&RepositoryCredential>,
 ) -> Result<FetchedFlake> {
     let url = flake_url(repository, git_ref, commit)?;
+    // The credential reaches the git Nix runs through the environment, for these two commands only; its files
+    // go when `access` is dropped, on every path out of this function.
+    let access = match credential {
+        Some(RepositoryCredential::SshKey { private_key }) if gradient_domain::deploy_key::uses_ssh(repository) => {
+            GitAccess::ssh_key(private_key, "")
+                .map_err(|e| NixError::Unavailable(format!("cannot write the repository's SSH key: {e}")))?
+        }
+        Some(RepositoryCredential::HttpsToken { token }) => {
+            GitAccess::https_token_for(repository, token).unwrap_or_else(GitAccess::none)
+        }
+        _ => GitAccess::none(),
+    };
     let mut override_args = vec!["--no-write-lock-file".to_owned()];
     for (input, o) in overrides {
         match o {
@@ -26,6 +41,7 @@ pub async fn fetch(
 
     let mut cmd = cli.nix();
     cmd.args(["flake", "metadata", "--json", &url]).args(&override_args);
+    cmd.envs(access.env().iter().map(|(k, v)| (k, v)));
     // Locking reads `flake.nix`: an error located in one is the flake's fault, anything else is fetching's.
     let classify = |message: String| {
         if message.contains("/flake.nix:") {
@@ -41,6 +57,7 @@ pub async fn fetch(
     // Fetches every input (with `--dry-run`, Nix would only compute where they would go).
     let mut cmd = cli.nix();
     cmd.args(["flake", "archive", "--json", &url]).args(&override_args);
+    cmd.envs(access.env().iter().map(|(k, v)| (k, v)));
     process::output(cmd).await?.success_or(classify)?;
 
     let text = |v: &Value| v.as_str().map(str::to_owned);

@@ -300,8 +300,9 @@ impl Nix for NixCli {
         git_ref: Option<&str>,
         commit: &str,
         overrides: &BTreeMap<String, InputOverride>,
+        credential: Option<&gradient_domain::deploy_key::RepositoryCredential>,
     ) -> Result<FetchedFlake> {
-        fetch::fetch(self, repository, git_ref, commit, overrides).await
+        fetch::fetch(self, repository, git_ref, commit, overrides, credential).await
     }
 
     async fn evaluate(

@@ -69,11 +69,30 @@ impl Tail {
     }
 
     /// Nix's error message: from the first `error:` line on (warnings and progress before it dropped), or the
-    /// whole tail when there is none.
+    /// whole tail when there is none. When it is that `git` failed (or that a commit is not in the clone git
+    /// could not update), the last lines before it come first: what git and ssh said
+    /// (`Permission denied (publickey)`, `fatal: repository not found`…), which Nix 2.8 passes through
+    /// before saying only that git failed.
     pub fn error_message(&self) -> String {
         let lines: Vec<&str> = self.lines().collect();
         let start = lines.iter().position(|l| l.starts_with("error:")).unwrap_or(0);
-        let message = lines[start..].join("\n");
+        let mut message = lines[start..].join("\n");
+        let git_failed = |l: &&str| l.contains("program 'git' failed") || l.contains("Cannot find Git revision");
+        if lines.get(start).is_some_and(git_failed) {
+            // With a local clone of the repository, Nix 2.8 only warns that updating it failed, then fails to find
+            // the commit in it: the warning and git's words before it are the reason.
+            let said: Vec<&str> = lines[..start]
+                .iter()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(6)
+                .copied()
+                .collect();
+            if !said.is_empty() {
+                let said: Vec<&str> = said.into_iter().rev().collect();
+                message = format!("{}\n{message}", said.join("\n"));
+            }
+        }
         let message = message.trim();
         if message.is_empty() {
             "nix failed without a message".to_owned()
@@ -348,5 +367,48 @@ mod tests {
         assert!(tail.text().len() <= STDERR_TAIL);
         assert!(tail.text().ends_with("at here"));
         assert_eq!(tail.error_message(), "error: it broke\n       at here");
+    }
+
+    #[test]
+    fn a_failed_git_says_what_git_said() {
+        let said = |lines: &[&str]| {
+            let mut tail = Tail::default();
+            for line in lines {
+                tail.push(line);
+            }
+            tail.error_message()
+        };
+        assert_eq!(
+            said(&[
+                "copying",
+                "unpacking",
+                "fetching Git repository 'ssh://git@h/r.git'",
+                "git@h: Permission denied (publickey).",
+                "fatal: Could not read from remote repository.",
+                "",
+                "Please make sure you have the correct access rights",
+                "and the repository exists.",
+                "error: program 'git' failed with exit code 128",
+            ]),
+            "unpacking\nfetching Git repository 'ssh://git@h/r.git'\ngit@h: Permission denied (publickey).\n\
+             fatal: Could not read from remote repository.\nPlease make sure you have the correct access rights\n\
+             and the repository exists.\nerror: program 'git' failed with exit code 128"
+        );
+        // At most six lines. A clone Nix could not update: its warning and git's reason come first.
+        assert_eq!(
+            said(&[
+                "git@h: Permission denied (publickey).",
+                "warning: could not update local clone of Git repository 'ssh://git@h/r.git'",
+                "error: Cannot find Git revision 'abc' in ref 'main'",
+            ]),
+            "git@h: Permission denied (publickey).\n\
+             warning: could not update local clone of Git repository 'ssh://git@h/r.git'\n\
+             error: Cannot find Git revision 'abc' in ref 'main'"
+        );
+        // Other errors are Nix's alone.
+        assert_eq!(
+            said(&["noise", "error: undefined variable"]),
+            "error: undefined variable"
+        );
     }
 }

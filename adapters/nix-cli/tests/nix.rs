@@ -193,7 +193,7 @@ fn url(path: &Path) -> String {
 async fn fetched() -> FetchedFlake {
     let f = fixture();
     nix()
-        .fetch(&url(&f.repo), Some("main"), &f.second, &BTreeMap::new())
+        .fetch(&url(&f.repo), Some("main"), &f.second, &BTreeMap::new(), None)
         .await
         .unwrap()
 }
@@ -283,7 +283,10 @@ async fn fetch_puts_the_flake_at_the_commit_in_the_store() {
     let f = fixture();
     let none = BTreeMap::new();
     for (commit, version) in [(&f.first, "1"), (&f.second, "2")] {
-        let flake = nix().fetch(&url(&f.repo), Some("main"), commit, &none).await.unwrap();
+        let flake = nix()
+            .fetch(&url(&f.repo), Some("main"), commit, &none, None)
+            .await
+            .unwrap();
         assert_eq!(flake.rev.as_deref(), Some(commit.as_str()));
         assert!(flake.flake_ref.starts_with("git+file://") && flake.flake_ref.contains(commit.as_str()));
         assert!(flake.nar_hash.as_deref().is_some_and(|h| h.starts_with("sha256-")));
@@ -292,16 +295,18 @@ async fn fetch_puts_the_flake_at_the_commit_in_the_store() {
         assert_eq!(std::fs::read_to_string(store.join("version")).unwrap(), version);
     }
     // Without a ref, a local repository still finds the commit.
-    let flake = nix().fetch(&url(&f.repo), None, &f.first, &none).await.unwrap();
+    let flake = nix().fetch(&url(&f.repo), None, &f.first, &none, None).await.unwrap();
     assert_eq!(flake.rev.as_deref(), Some(f.first.as_str()));
 
-    let unknown = nix().fetch(&url(&f.repo), Some("main"), &"ab".repeat(20), &none).await;
+    let unknown = nix()
+        .fetch(&url(&f.repo), Some("main"), &"ab".repeat(20), &none, None)
+        .await;
     assert!(matches!(unknown, Err(NixError::Fetch(_))), "{unknown:?}");
     let nowhere = nix()
-        .fetch(&url(&f.root.join("nope")), None, &"cd".repeat(20), &none)
+        .fetch(&url(&f.root.join("nope")), None, &"cd".repeat(20), &none, None)
         .await;
     assert!(matches!(nowhere, Err(NixError::Fetch(_))), "{nowhere:?}");
-    let branch = nix().fetch(&url(&f.repo), Some("main"), "main", &none).await;
+    let branch = nix().fetch(&url(&f.repo), Some("main"), "main", &none, None).await;
     assert!(matches!(branch, Err(NixError::InvalidRequest(_))), "{branch:?}");
 }
 
@@ -323,7 +328,7 @@ async fn fetch_applies_input_overrides_and_evaluation_keeps_them() {
     };
     let fetch = |overrides: BTreeMap<String, InputOverride>| async move {
         nix()
-            .fetch(&url(&f.consumer), Some("main"), &f.consumer_commit, &overrides)
+            .fetch(&url(&f.consumer), Some("main"), &f.consumer_commit, &overrides, None)
             .await
             .unwrap()
     };
@@ -348,7 +353,7 @@ async fn fetch_applies_input_overrides_and_evaluation_keeps_them() {
 
     let wrong = BTreeMap::from([("nope".to_owned(), InputOverride::Url(url(&f.dep)))]);
     let result = nix()
-        .fetch(&url(&f.consumer), Some("main"), &f.consumer_commit, &wrong)
+        .fetch(&url(&f.consumer), Some("main"), &f.consumer_commit, &wrong, None)
         .await;
     // Nix 2.8 ignores an override of an input the flake does not have; newer Nix refuses it.
     assert!(matches!(result, Ok(_) | Err(NixError::Fetch(_))), "{result:?}");
@@ -766,14 +771,14 @@ async fn a_flake_that_does_not_evaluate_is_an_eval_error() {
     let none = BTreeMap::new();
 
     let (repo, rev) = flake_at("syntax-error", "{ outputs = { self }: { packages = ; }; }\n");
-    let err = nix().fetch(&repo, Some("main"), &rev, &none).await.unwrap_err();
+    let err = nix().fetch(&repo, Some("main"), &rev, &none, None).await.unwrap_err();
     assert!(
         matches!(&err, NixError::Eval(m) if m.contains("syntax error")),
         "{err:?}"
     );
 
     let (repo, rev) = flake_at("throws", "{ outputs = { self }: throw \"no outputs today\"; }\n");
-    let flake = nix().fetch(&repo, Some("main"), &rev, &none).await.unwrap();
+    let flake = nix().fetch(&repo, Some("main"), &rev, &none, None).await.unwrap();
     let err = nix()
         .evaluate(&flake, "packages.*.*, checks.*.*", |_| {})
         .await

@@ -17,6 +17,8 @@
 //!
 //! Every adapter that starts a process calls [`reset_for_children`] first (it does its work once).
 
+pub mod git_access;
+
 use std::sync::Arc;
 use std::sync::Once;
 use std::sync::atomic::AtomicBool;

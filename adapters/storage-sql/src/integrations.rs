@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
 use gradient_domain::forge::Forge;
 use gradient_domain::model::{
-    CommitState, ForgeConnection, GithubInstallation, GithubInstallationLink, StatusReport, Timestamp,
+    CommitState, ForgeConnection, GithubInstallation, GithubInstallationLink, OrgSshKey, StatusReport, Timestamp,
 };
 use gradient_domain::ports::storage::{Integrations, Result};
 use gradient_domain::{EvaluationId, OrgId, StatusReportId};
@@ -36,6 +36,54 @@ impl Integrations for SqlStorage {
             .await)
         .map_err(db_error)?;
         Ok(secret.map(Sealed))
+    }
+
+    async fn set_org_ssh_key(&self, key: &OrgSshKey) -> Result<()> {
+        // An unknown organization fails the foreign key: NotFound.
+        let sql = "INSERT INTO org_ssh_keys (org_id, public_key, private_key, created_at) VALUES ($1, $2, $3, $4) \
+                   ON CONFLICT (org_id) DO UPDATE SET public_key = excluded.public_key, \
+                   private_key = excluded.private_key, created_at = excluded.created_at";
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(key.org_id.0)
+            .bind(&key.public_key)
+            .bind(&key.private_key.0)
+            .bind(key.created_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)
+    }
+
+    async fn init_org_ssh_key(&self, key: &OrgSshKey) -> Result<OrgSshKey> {
+        let sql = "INSERT INTO org_ssh_keys (org_id, public_key, private_key, created_at) VALUES ($1, $2, $3, $4) \
+                   ON CONFLICT (org_id) DO NOTHING";
+        with_pool!(self, |p| sqlx::query(sql)
+            .bind(key.org_id.0)
+            .bind(&key.public_key)
+            .bind(&key.private_key.0)
+            .bind(key.created_at)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(db_error)?;
+        self.org_ssh_key(key.org_id)
+            .await?
+            .ok_or(gradient_domain::ports::StorageError::NotFound)
+    }
+
+    async fn org_ssh_key(&self, org: OrgId) -> Result<Option<OrgSshKey>> {
+        let sql = "SELECT public_key, private_key, created_at FROM org_ssh_keys WHERE org_id = $1";
+        let row = with_pool!(self, |p| sqlx::query_as::<_, (String, String, DateTime<Utc>)>(sql)
+            .bind(org.0)
+            .fetch_optional(p)
+            .await)
+        .map_err(db_error)?;
+        Ok(row.map(|(public_key, private_key, created_at)| OrgSshKey {
+            org_id: org,
+            public_key,
+            private_key: Sealed(private_key),
+            created_at,
+        }))
     }
 
     async fn set_forge_connection(&self, connection: &ForgeConnection, at: Timestamp) -> Result<()> {

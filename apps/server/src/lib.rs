@@ -376,7 +376,8 @@ pub async fn build_state(config: &Config) -> Result<AppState, StartError> {
         settings,
         fleet.clone(),
     )
-    .observed_by(metrics.clone());
+    .observed_by(metrics.clone())
+    .fetching_with(std::sync::Arc::new(AppTokens(forge.clone())));
     if let Some(outgoing) = outgoing {
         app = app.mailing_with(std::sync::Arc::new(outgoing));
     }
@@ -830,6 +831,17 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// The GitHub App's installation tokens from the forge adapter, for the use cases that fetch the repositories an
+/// installation covers (without an App, the adapter refuses every token).
+struct AppTokens(gradient_forge::HttpForge);
+
+impl gradient_domain::ports::forge::InstallationTokens for AppTokens {
+    fn repository_token(&self, installation: u64) -> gradient_domain::ports::forge::TokenAnswer<'_> {
+        use gradient_domain::ports::forge::ForgeApi;
+        Box::pin(self.0.installation_token(installation))
+    }
 }
 
 #[cfg(test)]

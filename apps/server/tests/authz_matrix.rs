@@ -131,6 +131,9 @@ const MATRIX: &[(&str, [u16; 9])] = &[
     ("GET /orgs/{org}/users",                   [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("POST /orgs/{org}/users",                  [401, 404, 403, 403, 200, 200, 403, 401, 401]),
     ("POST /orgs/{org}/webhook-secret",         [401, 404, 403, 403, 200, 200, 403, 401, 401]),
+    // The deploy key: members read it (anyone else gets the missing organization's 404); Admins rotate it.
+    ("GET /orgs/{org}/ssh-key",                 [401, 404, 200, 200, 200, 200, 200, 401, 401]),
+    ("POST /orgs/{org}/ssh-key/rotate",         [401, 404, 403, 403, 200, 200, 403, 401, 401]),
     ("GET /orgs/{org}/workers",                 [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /orgs/{org}/events",                  [404, 404, 200, 200, 200, 200, 200, 401, 401]),
     ("GET /orgs/{org}/overview",                [404, 404, 200, 200, 200, 200, 200, 401, 401]),

@@ -103,6 +103,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Local, job: Job, out: &UnboundedSender<
             wildcard,
             flake_input_overrides,
             push,
+            credential,
             ..
         } => {
             let overrides = flake_input_overrides
@@ -126,6 +127,7 @@ pub async fn run<N: Nix>(nix: &N, dirs: &Local, job: Job, out: &UnboundedSender<
                 &commit,
                 &wildcard,
                 &overrides,
+                credential.as_ref(),
                 push,
                 out,
             )
@@ -169,6 +171,7 @@ async fn evaluate<N: Nix>(
     commit: &str,
     wildcard: &str,
     overrides: &std::collections::BTreeMap<String, gradient_domain::model::InputOverride>,
+    credential: Option<&gradient_domain::deploy_key::RepositoryCredential>,
     push: Option<PushTarget>,
     out: &UnboundedSender<WorkerMessage>,
 ) -> JobOutcome {
@@ -179,7 +182,7 @@ async fn evaluate<N: Nix>(
             stage: Stage::Fetching,
         },
     );
-    let flake = match nix.fetch(repository, git_ref, commit, overrides).await {
+    let flake = match nix.fetch(repository, git_ref, commit, overrides, credential).await {
         Ok(f) => f,
         Err(e) => return failure(FailureKind::FetchFailed, &e),
     };

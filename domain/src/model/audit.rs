@@ -67,6 +67,7 @@ pub enum AuditAction {
     WorkerRegistered,
     WorkerDeleted,
     WebhookSecretCreated,
+    SshKeyRotated,
     ForgeConnectionSet,
     GithubInstallationLinked,
     GithubInstallationUnlinked,
@@ -81,7 +82,7 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 27] = [
+    pub const ALL: [Self; 28] = [
         Self::OrgCreated,
         Self::OrgUpdated,
         Self::MemberSet,
@@ -98,6 +99,7 @@ impl AuditAction {
         Self::WorkerRegistered,
         Self::WorkerDeleted,
         Self::WebhookSecretCreated,
+        Self::SshKeyRotated,
         Self::ForgeConnectionSet,
         Self::GithubInstallationLinked,
         Self::GithubInstallationUnlinked,
@@ -129,6 +131,7 @@ impl AuditAction {
             Self::WorkerRegistered => "worker.registered",
             Self::WorkerDeleted => "worker.deleted",
             Self::WebhookSecretCreated => "webhook_secret.created",
+            Self::SshKeyRotated => "ssh_key.rotated",
             Self::ForgeConnectionSet => "forge_connection.set",
             Self::GithubInstallationLinked => "github_installation.linked",
             Self::GithubInstallationUnlinked => "github_installation.unlinked",

@@ -52,3 +52,13 @@ pub struct Member {
     pub role: RoleRef,
     pub role_name: String,
 }
+
+/// An organization's SSH deploy key (see [`crate::deploy_key`]): the public `authorized_keys` line and the
+/// private key file, sealed with the crypt secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgSshKey {
+    pub org_id: OrgId,
+    pub public_key: String,
+    pub private_key: crate::crypt::Sealed,
+    pub created_at: Timestamp,
+}

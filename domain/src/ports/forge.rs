@@ -93,6 +93,25 @@ pub fn owner_and_repo(repository_url: &str, full_path: bool) -> Option<(String, 
     Some((owner, (*repo).to_owned()))
 }
 
+/// What [`InstallationTokens::repository_token`] answers.
+pub type TokenAnswer<'a> = std::pin::Pin<Box<dyn Future<Output = Result<String, ForgeError>> + Send + 'a>>;
+
+/// The GitHub App's installation tokens, for fetching the repositories an installation covers over https (the
+/// server's `git ls-remote`, and an evaluation job's fetch). Held as `dyn` by the use cases, like the mailer;
+/// [`NoInstallationTokens`] without an App. The apps implement it over [`ForgeApi::installation_token`].
+pub trait InstallationTokens: Send + Sync {
+    fn repository_token(&self, installation: u64) -> TokenAnswer<'_>;
+}
+
+/// No GitHub App: no token.
+pub struct NoInstallationTokens;
+
+impl InstallationTokens for NoInstallationTokens {
+    fn repository_token(&self, _: u64) -> TokenAnswer<'_> {
+        Box::pin(async { Err(ForgeError::Rejected("no GitHub App is configured".into())) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! Reading where a repository's branches point, for polling and for evaluating a branch's head.
 
+pub use crate::deploy_key::RepositoryCredential;
 use std::future::Future;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +20,8 @@ pub struct RemoteHead {
     pub commit: String,
 }
 
+/// Both operations take the repository's `credential` when it needs one (see [`RepositoryCredential`]): the
+/// adapter uses it for that call only and never shows it, in its errors included.
 pub trait Git: Send + Sync + 'static {
     /// The full commit hash the branch points at (the remote's default branch when `branch` is `None`);
     /// `Ok(None)` when the repository has no such branch.
@@ -26,11 +29,16 @@ pub trait Git: Send + Sync + 'static {
         &self,
         repository: &str,
         branch: Option<&str>,
+        credential: Option<&RepositoryCredential>,
     ) -> impl Future<Output = Result<Option<String>, GitError>> + Send;
 
     /// The remote's default branch and its commit (`git ls-remote --symref <url> HEAD`), from any git server,
     /// plain ("dumb") HTTP included; `Ok(None)` when the repository has no `HEAD` commit (an empty repository).
-    fn remote_head(&self, repository: &str) -> impl Future<Output = Result<Option<RemoteHead>, GitError>> + Send;
+    fn remote_head(
+        &self,
+        repository: &str,
+        credential: Option<&RepositoryCredential>,
+    ) -> impl Future<Output = Result<Option<RemoteHead>, GitError>> + Send;
 }
 
 /// Reads `git ls-remote --symref <url> HEAD`'s answer: `ref: refs/heads/<branch>\tHEAD`, then

@@ -230,12 +230,15 @@ pub trait Nix: Send + Sync + 'static {
     /// (by input path: `url` replaces the input, `keep_url` updates it to the newest revision of its declared
     /// URL). Fails with `Fetch` when the source or an input cannot be fetched, `Eval` when `flake.nix` itself
     /// does not parse (its inputs cannot be read), `InvalidRequest` when `commit` is not a commit hash.
+    /// `credential` is what `repository` is fetched with when it needs one: used for this fetch only, never
+    /// shown (in errors included) and gone when it returns.
     fn fetch(
         &self,
         repository: &str,
         git_ref: Option<&str>,
         commit: &str,
         overrides: &BTreeMap<String, InputOverride>,
+        credential: Option<&crate::deploy_key::RepositoryCredential>,
     ) -> impl Future<Output = Result<FetchedFlake>> + Send;
 
     /// Evaluates the attributes of `flake` that `wildcard` (a project's selection, see

@@ -487,6 +487,17 @@ pub trait Integrations {
     ) -> impl Future<Output = Result<()>> + Send;
     fn webhook_secret(&self, org: OrgId) -> impl Future<Output = Result<Option<crate::crypt::Sealed>>> + Send;
 
+    /// Stores the organization's SSH deploy key, replacing the previous one. NotFound when the organization
+    /// does not exist. Deleted with the organization.
+    fn set_org_ssh_key(&self, key: &crate::model::OrgSshKey) -> impl Future<Output = Result<()>> + Send;
+    /// Stores the organization's SSH deploy key unless it has one; answers the key it has then (of two
+    /// concurrent first readers, both get the same key). NotFound when the organization does not exist.
+    fn init_org_ssh_key(
+        &self,
+        key: &crate::model::OrgSshKey,
+    ) -> impl Future<Output = Result<crate::model::OrgSshKey>> + Send;
+    fn org_ssh_key(&self, org: OrgId) -> impl Future<Output = Result<Option<crate::model::OrgSshKey>>> + Send;
+
     /// Stores where the organization's commit statuses go, replacing the previous connection. NotFound when
     /// the organization does not exist. Deleted with the organization.
     fn set_forge_connection(

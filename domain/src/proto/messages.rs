@@ -363,6 +363,10 @@ pub enum Job {
         /// Where to push the `.drv` files found, so that any builder can substitute them.
         #[serde(default)]
         push: Option<PushTarget>,
+        /// What the repository is fetched with, when its URL is not enough (the organization's SSH deploy key
+        /// for `ssh://` and `user@host:path` URLs): for this job only, never stored or logged by the worker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<crate::deploy_key::RepositoryCredential>,
     },
     /// Build one derivation and push its outputs.
     Build {

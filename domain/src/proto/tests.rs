@@ -64,6 +64,9 @@ fn eval_job() -> Job {
             ("utils".into(), InputOverride::KeepUrl),
         ]),
         push: None,
+        credential: Some(crate::deploy_key::RepositoryCredential::SshKey {
+            private_key: "-----BEGIN OPENSSH PRIVATE KEY-----\n…".into(),
+        }),
     }
 }
 

@@ -8,6 +8,7 @@ mod audit;
 mod binary_cache;
 mod builds;
 pub(crate) mod caches;
+mod deploy_keys;
 mod email;
 mod github_app;
 mod memo;
@@ -30,6 +31,7 @@ pub use audit::{AUDIT_KEEP, AUDIT_PAGE, AuditPage};
 pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, drv_from_basename, listing_key, nar_key, nix_cache_info};
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
+pub use deploy_keys::SshKeyView;
 pub use email::RESET_REQUESTED;
 pub use github_app::GithubAppSettings;
 pub use oidc::{OIDC_FLOW_LIFETIME, OidcClaims, OidcOutcome, OidcStart, username_from_claims};
@@ -237,6 +239,8 @@ pub struct Gradient<S, C> {
     observer: std::sync::Arc<dyn crate::ports::Observer>,
     /// Hands mail over for delivery; shared by clones.
     mailer: std::sync::Arc<dyn crate::ports::Mailer>,
+    /// The GitHub App's installation tokens, to fetch the repositories it covers; shared by clones.
+    app_tokens: std::sync::Arc<dyn crate::ports::forge::InstallationTokens>,
 }
 
 impl<S: Storage, C: Clock> Gradient<S, C> {
@@ -255,6 +259,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             input_progress: Default::default(),
             observer: std::sync::Arc::new(crate::ports::observer::Unobserved),
             mailer: std::sync::Arc::new(crate::ports::mail::NoMail),
+            app_tokens: std::sync::Arc::new(crate::ports::forge::NoInstallationTokens),
             fleet,
             storage,
             clock,
@@ -283,6 +288,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             input_progress: self.input_progress.clone(),
             observer: self.observer.clone(),
             mailer: self.mailer.clone(),
+            app_tokens: self.app_tokens.clone(),
         }
     }
 
@@ -295,6 +301,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The same application, sending its mail through `mailer` (when [`EmailSettings::enabled`]).
     pub fn mailing_with(mut self, mailer: std::sync::Arc<dyn crate::ports::Mailer>) -> Self {
         self.mailer = mailer;
+        self
+    }
+
+    /// The same application, fetching the repositories the GitHub App's installations cover with tokens from
+    /// `tokens` (see [`Self::repository_credential`]).
+    pub fn fetching_with(mut self, tokens: std::sync::Arc<dyn crate::ports::forge::InstallationTokens>) -> Self {
+        self.app_tokens = tokens;
         self
     }
 

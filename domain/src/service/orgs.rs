@@ -137,6 +137,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             "",
         )
         .await?;
+        // Its deploy key, so members can add it to their forge before the first project.
+        self.ensure_org_ssh_key(&org).await?;
         if let Some(local) = &self.settings.local_worker {
             let registration = crate::model::WorkerRegistration {
                 managed: false,

@@ -207,6 +207,7 @@ macro_rules! storage_contract {
             set_webhook_secret_replaces,
             webhook_secret_of_unknown_org_is_not_found,
             delete_org_removes_its_webhook_secret,
+            org_ssh_keys_are_kept_once_replaced_and_deleted_with_their_org,
             forge_connection_round_trips_and_is_replaced,
             due_statuses_are_undelivered_reports_whose_time_has_come,
             status_attempts_are_recorded,

@@ -615,6 +615,32 @@ impl Integrations for MemoryStorage {
         self.with(|s| Ok(s.webhook_secrets.get(&org).cloned()))
     }
 
+    async fn set_org_ssh_key(&self, key: &gradient_domain::model::OrgSshKey) -> Result<()> {
+        self.with(|s| {
+            if !s.orgs.contains_key(&key.org_id) {
+                return Err(gradient_domain::ports::StorageError::NotFound);
+            }
+            s.ssh_keys.insert(key.org_id, key.clone());
+            Ok(())
+        })
+    }
+
+    async fn init_org_ssh_key(
+        &self,
+        key: &gradient_domain::model::OrgSshKey,
+    ) -> Result<gradient_domain::model::OrgSshKey> {
+        self.with(|s| {
+            if !s.orgs.contains_key(&key.org_id) {
+                return Err(gradient_domain::ports::StorageError::NotFound);
+            }
+            Ok(s.ssh_keys.entry(key.org_id).or_insert_with(|| key.clone()).clone())
+        })
+    }
+
+    async fn org_ssh_key(&self, org: OrgId) -> Result<Option<gradient_domain::model::OrgSshKey>> {
+        self.with(|s| Ok(s.ssh_keys.get(&org).cloned()))
+    }
+
     async fn set_forge_connection(
         &self,
         connection: &gradient_domain::model::ForgeConnection,

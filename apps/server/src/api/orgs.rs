@@ -250,4 +250,46 @@ impl OrgsApi {
         self.0.app.clear_push_cache(&caller, &org).await?;
         ok("cleared".to_owned())
     }
+
+    /// The organization's SSH deploy key, to add to the forge as a read-only deploy key: repositories with
+    /// `ssh://` or `git@host:path` URLs are fetched with it. Members only (anyone else: 404, as for a missing
+    /// organization). Generated with the organization (or now, for an older one); the private half never
+    /// leaves the server but inside the evaluation jobs that fetch such a repository.
+    #[oai(path = "/orgs/:org/ssh-key", method = "get", operation_id = "get_org_ssh_key")]
+    async fn ssh_key(&self, auth: Token, org: Path<String>) -> Reply<SshKeyView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        ok(SshKeyView::from(&self.0.app.org_ssh_key(&caller, &org).await?))
+    }
+
+    /// Replaces the organization's SSH deploy key with a new one (`manage_integrations`): the old key stops
+    /// working at once, so the new public key must be added to the forge before the next fetch.
+    #[oai(
+        path = "/orgs/:org/ssh-key/rotate",
+        method = "post",
+        operation_id = "rotate_org_ssh_key"
+    )]
+    async fn rotate_ssh_key(&self, auth: Token, org: Path<String>) -> Reply<SshKeyView> {
+        let caller = self.0.caller(Some(&auth.0.token)).await?;
+        ok(SshKeyView::from(&self.0.app.rotate_org_ssh_key(&caller, &org).await?))
+    }
+}
+
+/// An organization's SSH deploy key (its public half).
+#[derive(Object)]
+pub struct SshKeyView {
+    /// The OpenSSH `authorized_keys` line: `ssh-ed25519 AAAA… gradient-<org>`.
+    pub public_key: String,
+    /// `SHA256:…`, as `ssh-keygen -l` and the forges show it.
+    pub fingerprint: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&gradient_domain::service::SshKeyView> for SshKeyView {
+    fn from(k: &gradient_domain::service::SshKeyView) -> Self {
+        Self {
+            public_key: k.public_key.clone(),
+            fingerprint: k.fingerprint.clone(),
+            created_at: k.created_at,
+        }
+    }
 }

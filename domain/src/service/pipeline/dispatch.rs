@@ -244,6 +244,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 let Some(p) = self.storage.project_by_id(e.project_id).await? else {
                     return Ok(None);
                 };
+                let credential = self.repository_credential(p.org_id, &p.repository).await?;
                 Some(proto::Job::Evaluate {
                     job_id: record.id,
                     repository: p.repository.clone(),
@@ -257,6 +258,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         .map(|(k, v)| (k, v.into()))
                         .collect(),
                     push,
+                    credential,
                 })
             }
             JobKind::Build { derivation, .. } => {

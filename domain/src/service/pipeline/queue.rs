@@ -41,7 +41,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
                 (commit, p.branch.clone())
             }
-            None => match branch_head(git, &p).await {
+            None => match branch_head(
+                git,
+                &p,
+                self.repository_credential(p.org_id, &p.repository).await?.as_ref(),
+            )
+            .await
+            {
                 Ok(Some(head)) => head,
                 Ok(None) => {
                     return Err(ServiceError::invalid(
@@ -197,7 +203,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         git: &G,
         project: &crate::model::Project,
     ) -> Result<Option<Evaluation>> {
-        let head = branch_head(git, project)
+        let credential = self.repository_credential(project.org_id, &project.repository).await?;
+        let head = branch_head(git, project, credential.as_ref())
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let Some((head, branch)) = head else { return Ok(None) };
@@ -271,14 +278,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 async fn branch_head<G: crate::ports::git::Git>(
     git: &G,
     project: &crate::model::Project,
+    credential: Option<&crate::deploy_key::RepositoryCredential>,
 ) -> std::result::Result<Option<(String, Option<String>)>, crate::ports::git::GitError> {
     match &project.branch {
         Some(b) => Ok(git
-            .head(&project.repository, Some(b))
+            .head(&project.repository, Some(b), credential)
             .await?
             .map(|commit| (commit, Some(b.clone())))),
         None => Ok(git
-            .remote_head(&project.repository)
+            .remote_head(&project.repository, credential)
             .await?
             .map(|h| (h.commit, h.branch))),
     }

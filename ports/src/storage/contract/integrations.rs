@@ -461,3 +461,37 @@ pub async fn github_installation_links_belong_to_their_organization<S: Storage>(
         "links outlive a suspended installation"
     );
 }
+
+/// An organization's SSH deploy key: the first one stored is kept by `init` (a second `init` answers it),
+/// `set` replaces it, other organizations have none, an unknown organization is NotFound, and deleting the
+/// organization deletes it.
+pub async fn org_ssh_keys_are_kept_once_replaced_and_deleted_with_their_org<S: Storage>(s: &S) {
+    use gradient_domain::model::OrgSshKey;
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let key = |org: OrgId, n: &str| OrgSshKey {
+        org_id: org,
+        public_key: format!("ssh-ed25519 AAAA{n} gradient-acme"),
+        private_key: Sealed(format!("v1:{n}")),
+        created_at: now(),
+    };
+    assert_eq!(s.org_ssh_key(acme.id).await.expect("org_ssh_key"), None);
+    let first = key(acme.id, "first");
+    assert_eq!(s.init_org_ssh_key(&first).await.expect("init"), first);
+    assert_eq!(
+        s.init_org_ssh_key(&key(acme.id, "second")).await.expect("init again"),
+        first,
+        "a second init answers the key stored first"
+    );
+    assert_eq!(s.org_ssh_key(acme.id).await.expect("org_ssh_key"), Some(first));
+    let rotated = key(acme.id, "rotated");
+    s.set_org_ssh_key(&rotated).await.expect("set");
+    assert_eq!(s.org_ssh_key(acme.id).await.expect("org_ssh_key"), Some(rotated));
+    assert_eq!(s.org_ssh_key(other.id).await.expect("org_ssh_key"), None);
+    let ghost = OrgId::new();
+    assert_eq!(s.set_org_ssh_key(&key(ghost, "x")).await, Err(StorageError::NotFound));
+    assert_eq!(s.init_org_ssh_key(&key(ghost, "x")).await, Err(StorageError::NotFound));
+    assert!(s.delete_org(acme.id).await.expect("delete_org"));
+    assert_eq!(s.org_ssh_key(acme.id).await.expect("org_ssh_key"), None);
+}

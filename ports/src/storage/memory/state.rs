@@ -53,6 +53,7 @@ pub(super) struct State {
     pub(super) meta: HashMap<String, String>,
     /// Sealed webhook secrets by organization.
     pub(super) webhook_secrets: HashMap<OrgId, gradient_domain::crypt::Sealed>,
+    pub(super) ssh_keys: HashMap<OrgId, gradient_domain::model::OrgSshKey>,
     /// Organizations whose webhook secret the declarative state manages.
     pub(super) managed_webhook_secrets: HashSet<OrgId>,
     pub(super) forge_connections: HashMap<OrgId, gradient_domain::model::ForgeConnection>,
@@ -211,6 +212,7 @@ impl State {
         self.worker_registrations.retain(|_, r| r.org_id != id);
         self.jobs.retain(|_, j| j.org_id != id);
         self.webhook_secrets.remove(&id);
+        self.ssh_keys.remove(&id);
         self.managed_webhook_secrets.remove(&id);
         self.forge_connections.remove(&id);
         self.github_installation_links.retain(|(org, _), _| *org != id);
