@@ -66,6 +66,7 @@ async fn fetched(dir: &Path) -> FetchedFlake {
             Some("main"),
             &commit,
             &BTreeMap::new(),
+            None,
         )
         .await
         .unwrap()

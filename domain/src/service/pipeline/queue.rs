@@ -251,7 +251,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
                 Decision::Run => {
                     self.storage.set_schedule_anchor(project.id, Some(now)).await?;
-                    match branch_head(git, &project).await {
+                    let credential = self.repository_credential(project.org_id, &project.repository).await?;
+                    match branch_head(git, &project, credential.as_ref()).await {
                         Ok(Some((head, branch))) => queued.push(
                             self.queue_evaluation_on(
                                 project.org_id,
