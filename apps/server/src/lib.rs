@@ -615,8 +615,16 @@ pub fn spawn_dispatcher(state: AppState) {
                 .is_ok()
                 {}
             }
-            if let Err(e) = state.core.dispatch().await {
-                tracing::error!(target: "gradient::proto", "dispatching failed: {e:?}");
+            let started = std::time::Instant::now();
+            match state.core.dispatch().await {
+                Ok(out) if !out.is_empty() => tracing::debug!(
+                    target: "gradient::proto",
+                    "dispatch round handed out {} job(s) in {:.1} ms",
+                    out.len(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(target: "gradient::proto", "dispatching failed: {e:?}"),
             }
         }
     });

@@ -431,6 +431,16 @@ async fn handle(
     orgs: &std::collections::BTreeSet<gradient_domain::OrgId>,
     msg: WorkerMessage,
 ) {
+    // What each report costs the link (debug): the link handles one report at a time.
+    let started = std::time::Instant::now();
+    let what = match &msg {
+        WorkerMessage::EvalResult { job_id, derivations, .. } => {
+            format!("eval_result of job {job_id} ({} derivations)", derivations.len())
+        }
+        WorkerMessage::JobProgress { job_id, stage } => format!("job_progress {stage:?} of job {job_id}"),
+        WorkerMessage::JobFinished { job_id, .. } => format!("job_finished of job {job_id}"),
+        _ => String::new(),
+    };
     let result = match msg {
         WorkerMessage::EvalResult {
             job_id,
@@ -463,6 +473,9 @@ async fn handle(
         }
         _ => Ok(()),
     };
+    if !what.is_empty() {
+        tracing::debug!(target: "gradient::proto", "{what} handled in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
     match result {
         Ok(()) => {}
         // A report for a job that is not this worker's: refused, nothing changed.
