@@ -434,7 +434,9 @@ async fn handle(
     // What each report costs the link (debug): the link handles one report at a time.
     let started = std::time::Instant::now();
     let what = match &msg {
-        WorkerMessage::EvalResult { job_id, derivations, .. } => {
+        WorkerMessage::EvalResult {
+            job_id, derivations, ..
+        } => {
             format!("eval_result of job {job_id} ({} derivations)", derivations.len())
         }
         WorkerMessage::JobProgress { job_id, stage } => format!("job_progress {stage:?} of job {job_id}"),
