@@ -13,7 +13,10 @@
 # compares the medians: one plain `nix build` alone varies by 20 % on a busy machine. `bench/scale.sh` measures
 # the size figures (10,000 derivations, RSS, PostgreSQL).
 # Usage: bench/ci.sh [ROUNDS] [SCENARIO...]   (scenarios: wide wide2 wide1 one chain eval1 eval2; default all)
-# GRADIENT_BENCH_BIN=DIR runs the binaries in DIR instead of a release build.
+# GRADIENT_BENCH_BIN=DIR runs the binaries in DIR instead of a release build. BENCH_LOGS=DIR keeps the server's log
+# and each Gradient round's worker log there, with when each round was triggered (`rounds.txt`, seconds since
+# the epoch); BENCH_LOG_LEVEL sets both programs' GRADIENT_LOG_LEVEL_DEFAULT (default: server warn, worker info;
+# `debug` times each report the server handles and each dispatch round).
 # Installs what is missing with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +42,10 @@ cleanup() {
   kill $server_pid $worker_pid 2>/dev/null || true
   # Wait for them to exit: a server still writing a NAR would make the removal fail (and the script exit 1).
   wait $server_pid $worker_pid 2>/dev/null || true
+  if [ -n "${BENCH_LOGS:-}" ]; then
+    mkdir -p "$BENCH_LOGS"
+    cp "$work/server.log" "$BENCH_LOGS/server.log" || true
+  fi
   rm -rf "$work" || true
 }
 trap cleanup EXIT
@@ -107,7 +114,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 worker_id=$(cat /proc/sys/kernel/random/uuid)
 head -c 48 /dev/urandom | base64 -w0 > "$work/token"
 echo "*:$(cat "$work/token")" > "$work/peers"
-GRADIENT_BASE_DIR="$work/server" GRADIENT_PORT=$port GRADIENT_LOG_LEVEL_DEFAULT=warn GRADIENT_ALLOW_LOCAL_REPOSITORIES=true \
+GRADIENT_BASE_DIR="$work/server" GRADIENT_PORT=$port GRADIENT_LOG_LEVEL_DEFAULT=${BENCH_LOG_LEVEL:-warn} GRADIENT_ALLOW_LOCAL_REPOSITORIES=true \
 GRADIENT_LOCAL_WORKER_ID=$worker_id GRADIENT_LOCAL_WORKER_TOKEN_FILE="$work/token" \
   "$bin/gradient-server" >"$work/server.log" 2>&1 &
 server_pid=$!
@@ -136,7 +143,7 @@ start_worker() {
   fi
   GRADIENT_SERVER_URL="ws://127.0.0.1:$port/proto" GRADIENT_WORKER_ID=$worker_id GRADIENT_PEERS_FILE="$work/peers" \
   GRADIENT_STATE_DIR="$work/worker" GRADIENT_CAPABILITIES_FETCH=true GRADIENT_CAPABILITIES_EVAL=true \
-  GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=info GRADIENT_MAX_CONCURRENT_BUILDS=$slots \
+  GRADIENT_CAPABILITIES_BUILD=true GRADIENT_LOG_LEVEL_DEFAULT=${BENCH_LOG_LEVEL:-info} GRADIENT_MAX_CONCURRENT_BUILDS=$slots \
   GRADIENT_EVAL_WORKERS=$eval_workers \
     "$bin/gradient-worker" >>"$work/worker.log" 2>&1 &
   worker_pid=$!
@@ -177,6 +184,11 @@ measure() {
       sleep 0.05
     done
     gradient_times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
+    if [ -n "${BENCH_LOGS:-}" ]; then
+      mkdir -p "$BENCH_LOGS"
+      cp "$work/worker.log" "$BENCH_LOGS/worker-$label-$round.log"
+      echo "$label $round $start ${gradient_times[-1]}" >> "$BENCH_LOGS/rounds.txt"
+    fi
     builds=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq '[.message.builds[] | select(.status == "Completed")] | length')
     [ "$builds" = "$want" ] || die "$label round $round: $builds of $want builds completed"
     printf '  %-7s round %s: plain %6.2f s, Gradient %6.2f s (server CPU %.2f s, %s batches)\n' "$label" "$round" \

@@ -633,7 +633,18 @@ pub fn spawn_dispatcher(state: AppState) {
                 .is_ok()
                 {}
             }
+            let started = std::time::Instant::now();
             let round = state.core.dispatch().await;
+            if let Ok(out) = &round
+                && !out.is_empty()
+            {
+                tracing::debug!(
+                    target: "gradient::proto",
+                    "dispatch round handed out {} job(s) in {:.1} ms",
+                    out.len(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
             outage.settle(&round).await;
         }
     });

@@ -7,9 +7,27 @@
 use crate::jobs;
 use gradient_domain::proto::Job;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 /// Builds per Nix run at most.
 pub const MAX_BATCH: usize = 128;
+
+/// How long the batcher waits for more of a burst of assignments once none came (see [`quiet_for`]).
+pub const GATHER: Duration = Duration::from_millis(20);
+/// The same while a chain is being handed out.
+pub const GATHER_CHAIN: Duration = Duration::from_millis(60);
+
+/// How long a pause in the assignments arriving ends the gathering of a run: longer once a build handed out with
+/// batch inputs (a chain's link) arrived. A server's round comes as one burst, but a busy machine may pause it for
+/// a few tens of milliseconds; a chain cut there costs a whole Nix run after the first (its links wait for the
+/// run building their inputs), where independent builds cut apart only start in the next run slot.
+pub fn quiet_for(arrived: &[Job]) -> Duration {
+    if arrived.iter().any(|j| !inputs_of(j).is_empty()) {
+        GATHER_CHAIN
+    } else {
+        GATHER
+    }
+}
 
 /// The `.drv` path of a build job (empty for an evaluation).
 pub fn drv_of(job: &Job) -> &str {
@@ -181,6 +199,15 @@ mod tests {
         assert_eq!(names(&runs.waiting), vec!["b", "c"]);
         assert_eq!(runs.groups.len(), 1);
         assert_eq!(names(&runs.groups[0]), vec!["x"]);
+    }
+
+    #[test]
+    fn a_burst_with_a_chain_is_gathered_longer() {
+        assert_eq!(quiet_for(&[]), GATHER);
+        let independent: Vec<Job> = (0..5).map(|i| build(&format!("leaf{i}"), &[])).collect();
+        assert_eq!(quiet_for(&independent), GATHER);
+        assert_eq!(quiet_for(&chain(3)), GATHER_CHAIN, "its links name their inputs");
+        assert!(GATHER_CHAIN > GATHER);
     }
 
     #[test]

@@ -63,10 +63,8 @@ use crate::batches::{self, MAX_BATCH};
 const MIN_SPLIT: usize = 8;
 /// Nix runs of batched builds at once.
 const BATCHES_AT_ONCE: usize = 2;
-/// The batcher lets a burst of assignments arrive before starting a run: it waits until none came for this
-/// long...
-const GATHER: Duration = Duration::from_millis(20);
-/// ... or this long at most.
+/// The batcher lets a burst of assignments arrive before starting a run: it waits until none came for
+/// [`batches::quiet_for`] (longer while a chain is being handed out) or this long at most.
 const GATHER_AT_MOST: Duration = Duration::from_millis(200);
 
 /// How many build jobs the worker takes beyond its parallel builds (announced as `hello.queued_builds`): the
@@ -165,8 +163,11 @@ async fn batcher<N: Nix>(
         };
         if !arrived.is_empty() {
             let until = tokio::time::Instant::now() + GATHER_AT_MOST;
-            while let Ok(Some(job)) =
-                tokio::time::timeout_at((tokio::time::Instant::now() + GATHER).min(until), rx.recv()).await
+            while let Ok(Some(job)) = tokio::time::timeout_at(
+                (tokio::time::Instant::now() + batches::quiet_for(&arrived)).min(until),
+                rx.recv(),
+            )
+            .await
             {
                 arrived.push(job);
                 while let Ok(job) = rx.try_recv() {
