@@ -69,8 +69,10 @@ in {
   small = builtins.genList (i: mk "gradient-bench-small-${toString i}" "echo ${toString i} > $out") 300;
 }
 NIX
-large=$(nix-build --no-out-link "$work/paths.nix" -A large)
-mapfile -t small < <(nix-build --no-out-link --max-jobs 4 "$work/paths.nix" -A small)
+large=$(nix-build --no-out-link "$work/paths.nix" -A large 2>"$work/nix-build.log") || die "$(cat "$work/nix-build.log")"
+nix-build --no-out-link --max-jobs 4 "$work/paths.nix" -A small >"$work/small" 2>>"$work/nix-build.log" \
+  || die "$(tail -n 20 "$work/nix-build.log")"
+mapfile -t small <"$work/small"
 lhash=$(basename "$large" | cut -c1-32)
 
 rss_of() { # the resident set of these processes together, in KiB
@@ -104,11 +106,12 @@ basic="Authorization: Basic $(printf 'bench:%s' "$key" | base64 -w0)"
 bearer="Authorization: Bearer $key"
 
 say "pushing with nix copy (uncompressed NARs, as in the file:// tree)"
-nix copy --to "$g/cache/bench?compression=none" --option netrc-file "$work/netrc" "$large"
+copy() { nix copy --to "$@" 2>>"$work/nix-copy.log" || die "nix copy failed: $(tail -n 5 "$work/nix-copy.log")"; }
+copy "$g/cache/bench?compression=none" --option netrc-file "$work/netrc" "$large"
 g_rss_push=$(rss_of "$gpid")
-nix copy --to "$g/cache/bench?compression=none" --option netrc-file "$work/netrc" "${small[@]}"
-nix copy --to "$g/cache/private?compression=none" --option netrc-file "$work/netrc" "$large" "${small[@]}"
-nix copy --to "file://$work/tree?compression=none" "$large" "${small[@]}"
+copy "$g/cache/bench?compression=none" --option netrc-file "$work/netrc" "${small[@]}"
+copy "$g/cache/private?compression=none" --option netrc-file "$work/netrc" "$large" "${small[@]}"
+copy "file://$work/tree?compression=none" "$large" "${small[@]}"
 
 say "starting nginx on the file:// tree"
 nport=$(free_port)

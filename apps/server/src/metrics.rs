@@ -198,7 +198,12 @@ impl Metrics {
 
     /// Adds one to the counter `name{kind="<kind>"}`.
     fn count_kind(&self, name: &'static str, kind: &'static str) {
-        if let Some(counter) = self.kinds.read().unwrap_or_else(PoisonError::into_inner).get(&(name, kind)) {
+        if let Some(counter) = self
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(name, kind))
+        {
             counter.increment(1);
             return;
         }
