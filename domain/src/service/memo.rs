@@ -393,10 +393,10 @@ mod tests {
         assert!(bytes() <= MAX_NARINFO_BYTES);
         assert_eq!(memo.narinfo(cache, &format!("{:032}", 1)), Some(Some(text.clone())));
         // One more does not fit: everything else is forgotten.
-        memo.remember_narinfo(cache, "new", None);
-        assert_eq!(memo.narinfo(cache, "new"), Some(None));
+        memo.remember_narinfo(cache, "new", Some(text.clone()));
+        assert_eq!(memo.narinfo(cache, "new"), Some(Some(text.clone())));
         assert_eq!(memo.narinfo(cache, &format!("{:032}", 1)), None);
-        assert_eq!(bytes(), narinfo_cost(&None));
+        assert_eq!(bytes(), narinfo_cost(&Some(text.clone())));
         memo.forget_narinfo(cache, "new");
         assert_eq!((memo.narinfo(cache, "new"), bytes()), (None, 0));
     }
