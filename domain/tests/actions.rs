@@ -27,11 +27,20 @@ const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
 struct StillRepository;
 
 impl Git for StillRepository {
-    async fn head(&self, _: &str, _: Option<&str>) -> Result<Option<String>, GitError> {
+    async fn head(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: Option<&gradient_domain::deploy_key::RepositoryCredential>,
+    ) -> Result<Option<String>, GitError> {
         Ok(Some(HEAD.to_owned()))
     }
 
-    async fn remote_head(&self, _: &str) -> Result<Option<RemoteHead>, GitError> {
+    async fn remote_head(
+        &self,
+        _: &str,
+        _: Option<&gradient_domain::deploy_key::RepositoryCredential>,
+    ) -> Result<Option<RemoteHead>, GitError> {
         Ok(Some(RemoteHead {
             branch: Some("main".into()),
             commit: HEAD.to_owned(),

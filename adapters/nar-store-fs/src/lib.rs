@@ -12,19 +12,17 @@
 //! leaves its (possibly empty) directories in place.
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use gradient_domain::ports::nar_store::{
     ByteRange, ByteStream, NarStore, NarStoreError, NarUpload, Result, check_key, clamp_range,
 };
-use std::io::{ErrorKind, SeekFrom};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use tokio::fs::{self, File};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
+use tokio::fs;
 
-/// Read size for downloads: large enough that a fast client is not held back by per-chunk overhead,
-/// small enough that many concurrent downloads stay cheap (8 at once hold 2 MiB).
+/// Read size for downloads: large enough that a fast client is not held back by per-chunk overhead (one
+/// `pread` and one trip to the blocking pool per chunk), small enough that many concurrent downloads stay
+/// cheap (8 at once reading hold 2 MiB).
 pub const READ_CHUNK: usize = 256 * 1024;
 
 /// Where uploads in progress live, below the root.
@@ -84,6 +82,7 @@ impl NarStore for FsNarStore {
         let temp = self.tmp.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
         Ok(FsUpload {
             pending: Vec::new(),
+            pending_len: 0,
             file: None,
             temp,
             target,
@@ -94,26 +93,50 @@ impl NarStore for FsNarStore {
 
     async fn open(&self, key: &str, range: Option<ByteRange>) -> Result<Option<(u64, ByteStream)>> {
         let path = self.path(key)?;
-        let mut file = match File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if absent(&e) => return Ok(None),
-            Err(e) => return Err(io_error(&path, e)),
+        let opened = {
+            let at = path.clone();
+            blocking(move || -> std::io::Result<Option<(std::fs::File, u64)>> {
+                let file = match std::fs::File::open(&at) {
+                    Ok(file) => file,
+                    Err(e) if absent(&e) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let meta = file.metadata()?;
+                Ok(meta.is_file().then(|| (file, meta.len())))
+            })
+            .await?
+            .map_err(|e| io_error(&path, e))?
         };
-        let meta = file.metadata().await.map_err(|e| io_error(&path, e))?;
-        if !meta.is_file() {
-            return Ok(None);
-        }
         // The size of the file just opened: a replacement renamed over the path afterwards does not change it.
-        let size = meta.len();
+        let Some((file, size)) = opened else {
+            return Ok(None);
+        };
         let range = clamp_range(range, size);
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start))
-                .await
-                .map_err(|e| io_error(&path, e))?;
-        }
-        let reader = file.take(range.end - range.start);
-        let stream = ReaderStream::with_capacity(reader, READ_CHUNK).map_err(move |e| io_error(&path, e));
-        Ok(Some((size, Box::pin(stream))))
+        let chunks = futures_util::stream::try_unfold(
+            (file, range.start, range.end, path),
+            |(file, at, end, path)| async move {
+                if at >= end {
+                    return Ok(None);
+                }
+                let want = (end - at).min(READ_CHUNK as u64) as usize;
+                // Allocated here, on the runtime's few threads, where the connection frees it after sending:
+                // the allocator's per-thread arenas of the many blocking threads never hold download buffers.
+                let buf = vec![0u8; want];
+                let (file, read) = blocking(move || {
+                    let read = read_at(&file, at, buf);
+                    (file, read)
+                })
+                .await?;
+                let chunk = read.map_err(|e| io_error(&path, e))?;
+                if chunk.is_empty() {
+                    // The file is shorter than when it was opened: end short of the promised length.
+                    return Err(io_error(&path, ErrorKind::UnexpectedEof.into()));
+                }
+                let next = at + chunk.len() as u64;
+                Ok(Some((chunk, (file, next, end, path))))
+            },
+        );
+        Ok(Some((size, Box::pin(chunks))))
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {
@@ -169,8 +192,9 @@ pub const SPILL_AT: usize = 1024 * 1024;
 /// `commit`. Dropped unfinished, it removes its temporary file.
 #[derive(Debug)]
 pub struct FsUpload {
-    /// Written but not yet in the temporary file.
-    pending: Vec<u8>,
+    /// Written but not yet in the temporary file: the chunks as they came (no copy), `pending_len` bytes.
+    pending: Vec<Bytes>,
+    pending_len: usize,
     /// The temporary file, once opened.
     file: Option<std::fs::File>,
     temp: PathBuf,
@@ -180,8 +204,8 @@ pub struct FsUpload {
     finished: bool,
 }
 
-/// Appends `bytes` to the temporary file, creating it first if needed (blocking).
-fn append(file: Option<std::fs::File>, temp: &Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+/// Appends `chunks` to the temporary file, creating it first if needed (blocking).
+fn append(file: Option<std::fs::File>, temp: &Path, chunks: &[Bytes]) -> std::io::Result<std::fs::File> {
     use std::io::Write;
     let mut file = match file {
         Some(f) => f,
@@ -195,7 +219,9 @@ fn append(file: Option<std::fs::File>, temp: &Path, bytes: &[u8]) -> std::io::Re
                 .open(temp)?
         }
     };
-    file.write_all(bytes)?;
+    for chunk in chunks {
+        file.write_all(chunk)?;
+    }
     Ok(file)
 }
 
@@ -203,6 +229,24 @@ fn append(file: Option<std::fs::File>, temp: &Path, bytes: &[u8]) -> std::io::Re
 fn private_dirs(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// `buf.len()` bytes of `file` from `offset` (fewer only at its end), read straight into the buffer the
+/// download sends: one copy from the page cache, no intermediate buffer. Blocking.
+fn read_at(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let want = buf.len();
+    let mut filled = 0;
+    while filled < want {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
 }
 
 /// Runs blocking file work off the async threads.
@@ -218,8 +262,10 @@ impl NarUpload for FsUpload {
             return Err(NarStoreError::Unavailable("upload already finished".to_owned()));
         }
         self.size += chunk.len() as u64;
-        self.pending.extend_from_slice(&chunk);
-        if self.pending.len() >= SPILL_AT {
+        self.pending_len += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_len >= SPILL_AT {
+            self.pending_len = 0;
             let (file, temp, bytes) = (self.file.take(), self.temp.clone(), std::mem::take(&mut self.pending));
             let written = blocking(move || append(file, &temp, &bytes)).await?;
             self.file = Some(written.map_err(|e| io_error(&self.temp, e))?);
@@ -254,6 +300,7 @@ impl NarUpload for FsUpload {
     async fn abort(mut self) -> Result<()> {
         drop(self.file.take());
         self.pending = Vec::new();
+        self.pending_len = 0;
         self.finished = true;
         match fs::remove_file(&self.temp).await {
             Ok(()) => Ok(()),

@@ -20,7 +20,9 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use poem::http::{StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response, handler};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 /// Scrapes allowed: 6 a second, in bursts of at most 5 (the seed's numbers).
@@ -136,6 +138,10 @@ pub struct Metrics {
     /// The scrapers' bearer token; `None`: `/metrics` is 404.
     token: Option<Vec<u8>>,
     scrapes: DefaultDirectRateLimiter,
+    /// Counters counted on every request, once registered: by (series, kind), and by (method, status) then
+    /// route template. Looking one up here costs no allocation, unlike building the recorder's key.
+    kinds: RwLock<HashMap<(&'static str, &'static str), Counter>>,
+    requests: RwLock<HashMap<(&'static str, u16), HashMap<String, Counter>>>,
 }
 
 const METADATA: Metadata<'static> = Metadata::new("gradient::metrics", metrics::Level::INFO, None);
@@ -163,6 +169,8 @@ impl Metrics {
             recorder,
             token,
             scrapes: RateLimiter::direct(quota),
+            kinds: RwLock::default(),
+            requests: RwLock::default(),
         }
     }
 
@@ -188,10 +196,28 @@ impl Metrics {
         self.recorder.register_histogram(&Self::key(name, labels), &METADATA)
     }
 
+    /// Adds one to the counter `name{kind="<kind>"}`.
+    fn count_kind(&self, name: &'static str, kind: &'static str) {
+        if let Some(counter) = self
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(name, kind))
+        {
+            counter.increment(1);
+            return;
+        }
+        let counter = self.counter(name, &[("kind", kind.into())]);
+        counter.increment(1);
+        self.kinds
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((name, kind), counter);
+    }
+
     /// A binary cache request of `kind` (`narinfo`, `nar`, …).
     pub fn cache_request(&self, kind: &'static str) {
-        self.counter("gradient_cache_requests_total", &[("kind", kind.into())])
-            .increment(1);
+        self.count_kind("gradient_cache_requests_total", kind);
     }
 
     /// A binary cache read of `kind` found (`hit`) or not.
@@ -201,7 +227,7 @@ impl Metrics {
         } else {
             "gradient_cache_misses_total"
         };
-        self.counter(name, &[("kind", kind.into())]).increment(1);
+        self.count_kind(name, kind);
     }
 
     /// The bytes one NAR download holds in its pipe, counted in `gradient_nar_buffered_bytes` too.
@@ -220,16 +246,28 @@ impl Metrics {
         self.counter("gradient_cache_pushed_bytes_total", &[])
     }
 
-    fn http_request(&self, route: &str, method: &str, status: u16) {
-        self.counter(
+    fn http_request(&self, route: &str, method: &'static str, status: u16) {
+        let known = self.requests.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = known.get(&(method, status)).and_then(|routes| routes.get(route)) {
+            counter.increment(1);
+            return;
+        }
+        drop(known);
+        let counter = self.counter(
             "gradient_http_requests_total",
             &[
                 ("route", route.to_owned()),
                 ("method", method.to_owned()),
                 ("status", status.to_string()),
             ],
-        )
-        .increment(1);
+        );
+        counter.increment(1);
+        self.requests
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((method, status))
+            .or_default()
+            .insert(route.to_owned(), counter);
     }
 
     /// Sets the gauges read at scrape time and renders everything.
@@ -401,7 +439,7 @@ impl<E: Endpoint> Endpoint for Measured<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
-        let route = self.routes.template_for(req.uri().path()).unwrap_or("other").to_owned();
+        let route = self.routes.template_for(req.uri().path()).unwrap_or("other");
         let method = METHODS
             .into_iter()
             .find(|m| *m == req.method().as_str())
@@ -410,7 +448,7 @@ impl<E: Endpoint> Endpoint for Measured<E> {
             Ok(resp) => resp.into_response(),
             Err(e) => e.into_response(),
         };
-        self.metrics.http_request(&route, method, resp.status().as_u16());
+        self.metrics.http_request(route, method, resp.status().as_u16());
         Ok(resp)
     }
 }

@@ -380,7 +380,7 @@ async fn drain(conn: &mut tokio::net::TcpStream, want: usize, limit: std::time::
     (total, false)
 }
 
-/// Larger than what the sockets and a 4 MiB pipe hold, so a reader that stops reading stalls the download.
+/// Larger than what the sockets and the read-ahead hold, so a reader that stops reading stalls the download.
 const BIG: usize = 16 * 1024 * 1024;
 
 #[tokio::test]
@@ -479,7 +479,8 @@ async fn downloads_beyond_the_limit_get_503_with_retry_after() {
 
 #[tokio::test]
 async fn a_download_holds_at_most_the_buffer_size() {
-    for (limit, bound) in [("65536", 65_536.0), ("10737418240", 4.0 * 1024.0 * 1024.0)] {
+    let read_ahead = gradient_server::cache::NAR_READ_AHEAD as f64;
+    for (limit, bound) in [("65536", 65_536.0), ("10737418240", read_ahead)] {
         let (s, addr, token, path, _) = listening_with_nar(
             &[
                 ("GRADIENT_MAX_NAR_BUFFER_BYTES", limit),
@@ -490,7 +491,7 @@ async fn a_download_holds_at_most_the_buffer_size() {
         .await;
         let (_stalled, status, _, _) = raw_get(addr, &path, &token).await;
         assert_eq!(status, 200);
-        // The socket's buffers fill, then the pipe.
+        // The socket's buffers fill, then the read-ahead.
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         let held = sample(&s.metrics().await, "gradient_nar_buffered_bytes").expect("gauge");
         assert!(held <= bound, "limit {limit}: {held} bytes held");

@@ -92,17 +92,24 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         };
         let unauthenticated = || ServiceError::Unauthenticated("the token is invalid, expired or revoked".into());
         if let Some(hash) = auth::api_key_hash(token) {
+            // A key found valid a moment ago is trusted for a moment more (`memo::API_KEY_TTL`).
+            let now = self.clock.now();
+            let (known, generation) = self.memo.api_key(&hash, now);
+            if let Some(caller) = known {
+                return Ok(caller);
+            }
             let key = self.storage.api_key_by_hash(&hash).await?.ok_or_else(unauthenticated)?;
             let user = self.storage.user(key.user_id).await?.ok_or_else(unauthenticated)?;
             // Record the use, at most once a minute per key so busy clients do not write on every request.
-            let now = self.clock.now();
             if key
                 .last_used_at
                 .is_none_or(|last| now - last >= chrono::TimeDelta::minutes(1))
             {
                 self.storage.touch_api_key(key.id, now).await?;
             }
-            return Ok(Caller::Key { user, scope: key.scope });
+            let caller = Caller::Key { user, scope: key.scope };
+            self.memo.remember_api_key(&hash, &caller, now, generation);
+            return Ok(caller);
         }
         let now = self.clock.now();
         let claims = self.tokens.verify(token, now).ok_or_else(unauthenticated)?;
@@ -277,7 +284,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(key) = &key {
             refuse_managed(key.managed, format_args!("API key '{}'", key.name))?;
         }
-        if self.storage.delete_api_key(user.id, id).await? {
+        self.memo.forget_api_keys();
+        let deleted = self.storage.delete_api_key(user.id, id).await;
+        self.memo.forget_api_keys();
+        if deleted? {
             if let Some(key) = key
                 && let Some(org) = key.scope.organization
                 && self.storage.org(org).await?.is_some()

@@ -7,8 +7,11 @@ use crate::{CacheId, OrgId, WorkerId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// Past this many narinfos the memo starts over rather than tracking recency: cheap, and bounded.
-const MAX_NARINFOS: usize = 100_000;
+/// Past this many bytes of narinfos (their text and a fixed [`NARINFO_OVERHEAD`] each, about 20,000 signed
+/// narinfos) the memo starts over rather than tracking recency: cheap, and bounded.
+pub const MAX_NARINFO_BYTES: usize = 16 * 1024 * 1024;
+/// What one remembered narinfo costs besides its text: its key, the map's slot and the shared string's header.
+const NARINFO_OVERHEAD: usize = 128;
 
 /// A signed narinfo, or `None` for a path the cache does not hold.
 type Narinfo = Option<Arc<str>>;
@@ -17,7 +20,7 @@ type Narinfo = Option<Arc<str>>;
 pub struct ServeMemo {
     caches: Mutex<HashMap<String, Cache>>,
     /// `None` remembers that the cache does not hold the path (Nix asks for many missing paths).
-    narinfos: Mutex<HashMap<(CacheId, String), Narinfo>>,
+    narinfos: Mutex<Narinfos>,
     /// That an organization's job tokens may read (or push to) a cache, as found at a time: a worker asks
     /// for every path it substitutes and pushes. Trusted for [`JOB_ACCESS_TTL`], and dropped at once when
     /// this process changes a subscription, an organization or the cache.
@@ -30,6 +33,35 @@ pub struct ServeMemo {
     received: Mutex<HashMap<(CacheId, String), NarFile>>,
     /// The paths each cache served last (its page shows them).
     pub(super) recent_hits: super::recent_hits::RecentHits,
+    /// Who an API key is, as found at a time: Nix sends its netrc key with every request to a private cache.
+    /// Trusted for [`API_KEY_TTL`], and dropped at once when this process deletes a key or applies a state.
+    api_keys: Mutex<ApiKeys>,
+}
+
+/// How long an API key found valid is trusted without asking storage again (a key deleted by another process
+/// stops working within it; at once in this one, see [`ServeMemo::forget_api_keys`]).
+pub const API_KEY_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+/// API keys remembered at most; past that, the expired ones are dropped, or all if none is.
+const MAX_API_KEYS: usize = 10_000;
+
+/// Memoized API keys (by the key's hash), and a generation bumped whenever they are all forgotten: a lookup
+/// that started before a deletion is not remembered after it.
+#[derive(Default)]
+struct ApiKeys {
+    generation: u64,
+    found: HashMap<String, (super::Caller, Timestamp)>,
+}
+
+/// Signed narinfos by cache and hash part, and what they cost in bytes together.
+#[derive(Default)]
+struct Narinfos {
+    /// By cache, then hash part (two levels, so a lookup borrows the hash part instead of copying it).
+    known: HashMap<CacheId, HashMap<Box<str>, Narinfo>>,
+    bytes: usize,
+}
+
+fn narinfo_cost(text: &Narinfo) -> usize {
+    NARINFO_OVERHEAD + text.as_deref().map_or(0, str::len)
 }
 
 /// A received NAR file's record is taken from memory for this long after its upload (well within the grace
@@ -149,6 +181,40 @@ impl ServeMemo {
         jobs.revoked.insert(job);
     }
 
+    /// The caller an API key (by its hash) was found to be within [`API_KEY_TTL`], and the generation to pass
+    /// to [`Self::remember_api_key`] after looking it up anew.
+    pub fn api_key(&self, hash: &str, now: Timestamp) -> (Option<super::Caller>, u64) {
+        let keys = self.api_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = keys
+            .found
+            .get(hash)
+            .filter(|(_, at)| now - *at < API_KEY_TTL && *at <= now)
+            .map(|(caller, _)| caller.clone());
+        (found, keys.generation)
+    }
+
+    /// Remembers a lookup begun at `generation`, unless every key was forgotten since.
+    pub fn remember_api_key(&self, hash: &str, caller: &super::Caller, now: Timestamp, generation: u64) {
+        let mut keys = self.api_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.generation != generation {
+            return;
+        }
+        if keys.found.len() >= MAX_API_KEYS {
+            keys.found.retain(|_, (_, at)| now - *at < API_KEY_TTL);
+            if keys.found.len() >= MAX_API_KEYS {
+                keys.found.clear();
+            }
+        }
+        keys.found.insert(hash.to_owned(), (caller.clone(), now));
+    }
+
+    /// Forgets every API key (a key was deleted, or a state applied): the next use of any asks storage.
+    pub fn forget_api_keys(&self) {
+        let mut keys = self.api_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.generation += 1;
+        keys.found.clear();
+    }
+
     /// Forgets every subscription check (when a subscription or an organization changes: called before and
     /// after the change, so no check straddling it is kept).
     pub fn forget_job_access(&self) {
@@ -168,10 +234,13 @@ impl ServeMemo {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, c| c.id != id);
-        self.narinfos
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(c, _), _| *c != id);
+        {
+            let mut narinfos = self.narinfos.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(gone) = narinfos.known.remove(&id) {
+                let freed: usize = gone.values().map(narinfo_cost).sum();
+                narinfos.bytes = narinfos.bytes.saturating_sub(freed);
+            }
+        }
         self.received
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -182,16 +251,26 @@ impl ServeMemo {
         self.narinfos
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(cache, hash_part.to_owned()))
+            .known
+            .get(&cache)?
+            .get(hash_part)
             .cloned()
     }
 
+    /// Remembers a narinfo (or that the path is missing); past [`MAX_NARINFO_BYTES`] all are forgotten first.
     pub fn remember_narinfo(&self, cache: CacheId, hash_part: &str, text: Option<Arc<str>>) {
         let mut narinfos = self.narinfos.lock().unwrap_or_else(PoisonError::into_inner);
-        if narinfos.len() >= MAX_NARINFOS {
-            narinfos.clear();
+        let cost = narinfo_cost(&text);
+        let Narinfos { known, bytes } = &mut *narinfos;
+        if let Some(old) = known.get_mut(&cache).and_then(|c| c.remove(hash_part)) {
+            *bytes = bytes.saturating_sub(narinfo_cost(&old));
         }
-        narinfos.insert((cache, hash_part.to_owned()), text);
+        if *bytes + cost > MAX_NARINFO_BYTES {
+            known.clear();
+            *bytes = 0;
+        }
+        known.entry(cache).or_default().insert(hash_part.into(), text);
+        *bytes += cost;
     }
 
     pub fn remember_received(&self, file: &NarFile) {
@@ -212,16 +291,17 @@ impl ServeMemo {
     }
 
     pub fn forget_narinfo(&self, cache: CacheId, hash_part: &str) {
-        self.narinfos
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(cache, hash_part.to_owned()));
+        let mut narinfos = self.narinfos.lock().unwrap_or_else(PoisonError::into_inner);
+        let removed = narinfos.known.get_mut(&cache).and_then(|c| c.remove(hash_part));
+        if let Some(removed) = removed {
+            narinfos.bytes = narinfos.bytes.saturating_sub(narinfo_cost(&removed));
+        }
     }
 }
 
 /// Past this many derivations the memo starts over: a derivation with its outputs and inputs is about a
-/// kilobyte, so the memo stays within tens of megabytes, and a few large evaluations fit.
-const MAX_DERIVATIONS: usize = 50_000;
+/// kilobyte, so the memo stays within about 20 MB, and a few large evaluations fit.
+pub const MAX_DERIVATIONS: usize = 20_000;
 
 /// Derivations as each organization stored them, which never change once stored and are never deleted: the
 /// scheduler asks for every queued build's inputs at every dispatch, and each job sent needs its outputs.
@@ -294,5 +374,49 @@ mod tests {
             None,
             "forgotten with its cache"
         );
+    }
+
+    #[test]
+    fn the_narinfo_memo_stays_within_its_bytes_and_starts_over_past_them() {
+        let memo = ServeMemo::default();
+        let cache = CacheId(uuid::Uuid::from_u128(1));
+        let text: Arc<str> = Arc::from("x".repeat(1000));
+        let fit = MAX_NARINFO_BYTES / narinfo_cost(&Some(text.clone()));
+        for i in 0..fit {
+            memo.remember_narinfo(cache, &format!("{i:032}"), Some(text.clone()));
+        }
+        let bytes = || memo.narinfos.lock().map(|n| n.bytes).unwrap_or_default();
+        assert!(bytes() <= MAX_NARINFO_BYTES);
+        assert_eq!(memo.narinfo(cache, &format!("{:032}", 0)), Some(Some(text.clone())));
+        // Remembering the same path again costs nothing more.
+        memo.remember_narinfo(cache, &format!("{:032}", 0), Some(text.clone()));
+        assert!(bytes() <= MAX_NARINFO_BYTES);
+        assert_eq!(memo.narinfo(cache, &format!("{:032}", 1)), Some(Some(text.clone())));
+        // One more does not fit: everything else is forgotten.
+        memo.remember_narinfo(cache, "new", Some(text.clone()));
+        assert_eq!(memo.narinfo(cache, "new"), Some(Some(text.clone())));
+        assert_eq!(memo.narinfo(cache, &format!("{:032}", 1)), None);
+        assert_eq!(bytes(), narinfo_cost(&Some(text.clone())));
+        memo.forget_narinfo(cache, "new");
+        assert_eq!((memo.narinfo(cache, "new"), bytes()), (None, 0));
+    }
+
+    #[test]
+    fn an_api_key_is_trusted_for_its_ttl_and_forgotten_at_once_when_keys_change() {
+        let memo = ServeMemo::default();
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let known = |hash: &str, now| memo.api_key(hash, now).0.is_some();
+        let (_, generation) = memo.api_key("h", at);
+        memo.remember_api_key("h", &super::super::Caller::Anonymous, at, generation);
+        assert!(known("h", at + chrono::TimeDelta::seconds(1)));
+        assert!(!known("h", at + API_KEY_TTL), "asked again after its time");
+        assert!(!known("other", at));
+        memo.forget_api_keys();
+        assert!(!known("h", at));
+        // A lookup begun before the keys were forgotten is not remembered after.
+        let (_, stale) = memo.api_key("h", at);
+        memo.forget_api_keys();
+        memo.remember_api_key("h", &super::super::Caller::Anonymous, at, stale);
+        assert!(!known("h", at));
     }
 }

@@ -41,13 +41,22 @@ impl RecentHits {
             }
         }
         let hits = caches.entry(cache).or_default();
-        if let Some(i) = hits.iter().position(|h| h.store_path == store_path) {
-            hits.remove(i);
-        }
-        hits.push_front(CacheHit {
+        // The entry moved to the front is the path's own, or the oldest one's reused: no allocation once full.
+        let hit = match hits.iter().position(|h| h.store_path == store_path) {
+            Some(i) => hits.remove(i),
+            None if hits.len() >= RECENT_HITS => hits.pop_back().map(|mut oldest| {
+                oldest.store_path.clear();
+                oldest.store_path.push_str(store_path);
+                oldest
+            }),
+            None => None,
+        };
+        let mut hit = hit.unwrap_or_else(|| CacheHit {
             store_path: store_path.to_owned(),
             at,
         });
+        hit.at = at;
+        hits.push_front(hit);
         hits.truncate(RECENT_HITS);
     }
 

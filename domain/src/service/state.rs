@@ -131,6 +131,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             return Ok(plan);
         }
         self.memo.forget_job_access();
+        self.memo.forget_api_keys();
         let result = self.storage.apply_state(&plan.writes, self.clock.now()).await;
         // Whatever happened, nothing remembered about the caches this plan touches may be kept.
         for write in &plan.writes {
@@ -141,6 +142,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         self.memo.forget_job_access();
+        self.memo.forget_api_keys();
         result.map_err(|e| {
             let why = match e {
                 StorageError::NotFound => "a write refers to a row that is missing, or deletes a user still recorded \

@@ -23,6 +23,7 @@ use gradient_domain::service::{Caller, MAX_MISSING_QUERY, ServiceError, nar_key,
 use poem::http::{Method, StatusCode, header};
 use poem::web::{Path, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest narinfo accepted in a push.
@@ -119,7 +120,8 @@ fn failure(e: ServiceError) -> Response {
     resp.body(format!("{} ({})\n", e, e.code()))
 }
 
-fn text(status: StatusCode, content_type: &str, body: String, head: bool) -> Response {
+fn text(status: StatusCode, content_type: &str, body: impl Into<bytes::Bytes>, head: bool) -> Response {
+    let body = body.into();
     let len = body.len();
     let resp = Response::builder()
         .status(status)
@@ -129,6 +131,15 @@ fn text(status: StatusCode, content_type: &str, body: String, head: bool) -> Res
         resp.body(Body::empty())
     } else {
         resp.body(body)
+    }
+}
+
+/// A memoized narinfo as a response body, without copying it.
+struct Shared(Arc<str>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
     }
 }
 
@@ -228,7 +239,7 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
                 Ok(text(
                     StatusCode::OK,
                     "text/x-nix-narinfo",
-                    text_body.to_string(),
+                    bytes::Bytes::from_owner(Shared(text_body)),
                     req.method() == Method::HEAD,
                 ))
             }
@@ -399,8 +410,11 @@ fn text_response(body: String) -> Response {
 
 /// How long a NAR download waits for one of the `maxConcurrentNarServes` slots before it is answered 503.
 pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
-/// What a download reads ahead of its reader at most, whatever `maxNarBufferBytes` allows.
-pub const NAR_READ_AHEAD: u64 = 4 * 1024 * 1024;
+/// What a download reads ahead of its reader at most, whatever `maxNarBufferBytes` allows: a few of the
+/// file store's 256 KiB reads, enough to keep the connection busy while the next one is read.
+pub const NAR_READ_AHEAD: u64 = 1024 * 1024;
+/// The least a chunk counts against a download's read-ahead, however small.
+const NAR_CHUNK_FLOOR: usize = 4096;
 
 /// 503 with `Retry-After`, as plain text.
 fn unavailable(retry_after_secs: u64, message: &str) -> Response {
@@ -416,9 +430,10 @@ fn unavailable(retry_after_secs: u64, message: &str) -> Response {
 ///   then gets 503 with `Retry-After`;
 /// - opening the file in the NAR store may take `narStorageOpenTimeoutSecs`, then 503 with `Retry-After`; a
 ///   store that then sends nothing for as long is cut off (the body ends short and the connection closes);
-/// - the bytes go through a pipe of `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes: the store is read only as
-///   far ahead of the reader as that, so one download holds at most that much (plus one piece being copied);
-/// - a reader that takes nothing for `narSendChunkTimeoutSecs` while the pipe is full is cut off (the body
+/// - the store's chunks go to the connection as they are (no copy), queued up to
+///   `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes: the store is read only as far ahead of the reader as that,
+///   so one download holds at most that much (plus the chunk being read and what the connection is writing);
+/// - a reader that takes nothing for `narSendChunkTimeoutSecs` while the queue is full is cut off (the body
 ///   ends short of its `Content-Length` and the connection closes), freeing its slot.
 async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) -> Result<Response, ServiceError> {
     let missing = || ServiceError::NotFound(format!("{url} is not in this cache"));
@@ -474,13 +489,15 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
     let Some((total, stream)) = opened else {
         return Err(missing());
     };
-    let pipe = state.http.max_nar_buffer_bytes.min(NAR_READ_AHEAD) as usize;
+    let pipe = (state.http.max_nar_buffer_bytes.min(NAR_READ_AHEAD) as usize).max(1);
     let chunk_timeout = Duration::from_secs(state.http.nar_send_chunk_timeout_secs);
-    let (mut tx, rx) = tokio::io::duplex(pipe);
+    // The store's chunks go to the body as they are (no copy); `room` holds a permit per byte queued, so the
+    // store is read at most `pipe` bytes ahead of what the reader took.
+    let room = Arc::new(tokio::sync::Semaphore::new(pipe));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>();
     let buffered = state.metrics.nar_buffered();
     let fill = buffered.clone();
     tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
         let _permit = permit;
         let mut stream = stream;
         loop {
@@ -501,14 +518,15 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
                 // The body ends short of its length: the reader sees the download fail.
                 return;
             };
-            // Each write takes what fits in the pipe; one that takes nothing for the timeout cuts the reader off.
             while !chunk.is_empty() {
-                match tokio::time::timeout(chunk_timeout, tx.write(&chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => return, // the reader went away
-                    Ok(Ok(n)) => {
-                        fill.add(n);
-                        let _ = chunk.split_to(n);
-                    }
+                // A chunk larger than the read-ahead goes in pieces (views of it, not copies).
+                let piece = chunk.split_to(chunk.len().min(pipe));
+                // Tiny pieces are charged a floor so the queue stays short in items too.
+                let cost = u32::try_from(piece.len().max(NAR_CHUNK_FLOOR).min(pipe)).unwrap_or(u32::MAX);
+                // Waiting for room that does not come for the timeout cuts the reader off.
+                let taken = match tokio::time::timeout(chunk_timeout, room.clone().acquire_many_owned(cost)).await {
+                    Ok(Ok(taken)) => taken,
+                    Ok(Err(_)) => return,
                     Err(_) => {
                         tracing::info!(
                             target: "gradient::cache",
@@ -517,17 +535,21 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
                         );
                         return;
                     }
+                };
+                fill.add(piece.len());
+                if tx.send((piece, taken)).is_err() {
+                    return; // the reader went away
                 }
             }
         }
-        let _ = tx.shutdown().await;
     });
     let served = state.metrics.cache_served_bytes();
-    let reader = futures_util::StreamExt::inspect(tokio_util::io::ReaderStream::new(rx), move |chunk| {
-        if let Ok(bytes) = chunk {
-            buffered.take(bytes.len());
-            served.increment(bytes.len() as u64);
-        }
+    let reader = futures_util::stream::unfold((rx, buffered, served), |(mut rx, buffered, served)| async move {
+        // The permit goes as the chunk goes to the connection, making room for the next read.
+        let (chunk, _taken) = rx.recv().await?;
+        buffered.take(chunk.len());
+        served.increment(chunk.len() as u64);
+        Some((Ok::<_, std::io::Error>(chunk), (rx, buffered, served)))
     });
     let body = Body::from_bytes_stream(reader);
     let resp = Response::builder()
