@@ -110,7 +110,7 @@ pub fn webhook_body(
         "event": event.as_str(),
         "organization": org.name.as_str(),
         "project": project.name.as_str(),
-        "repository": project.repository,
+        "repository": without_userinfo(&project.repository),
         "evaluation": {
             "id": e.id.0.to_string(),
             "commit": e.commit,
@@ -168,9 +168,35 @@ pub fn mail_text(
     )
 }
 
+/// A repository URL without the user and password it may carry (`https://user:token@host/…`): a webhook's body
+/// goes to a third party and into the delivery log.
+fn without_userinfo(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return format!("{scheme}://{host}{tail}");
+        }
+    }
+    url.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhook_never_carries_the_repository_credentials() {
+        assert_eq!(
+            without_userinfo("https://bot:s3cret@git.example.com/acme/web.git"),
+            "https://git.example.com/acme/web.git"
+        );
+        assert_eq!(without_userinfo("git@github.com:acme/web"), "git@github.com:acme/web");
+        assert_eq!(
+            without_userinfo("https://github.com/acme/web"),
+            "https://github.com/acme/web"
+        );
+    }
     use crate::mail::health_change;
     use ActionEvent::*;
     use EvaluationStatus as S;

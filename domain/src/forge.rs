@@ -491,6 +491,12 @@ pub fn normalize_repository_url(url: &str) -> Option<String> {
         }
         (authority, path)
     };
+    // Where a URL parser (git's, the network policy's) ends the host: an authority holding one of these is not
+    // one host, and must never be read as the part after its last `@` (`https://evil.example?@github.com/o/r`
+    // connects to evil.example).
+    if authority.contains(['?', '#', '\\']) {
+        return None;
+    }
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = if host.starts_with('[') {
         // [IPv6]:port
@@ -517,6 +523,21 @@ pub fn same_repository(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authority_that_is_not_one_host_names_no_repository() {
+        for url in [
+            "https://evil.example.com?@github.com/acme/web",
+            "https://evil.example.com#@github.com/acme/web",
+            "https://evil.example.com\\@github.com/acme/web",
+        ] {
+            assert_eq!(normalize_repository_url(url), None, "{url}");
+        }
+        assert_eq!(
+            normalize_repository_url("https://x-access-token@github.com/acme/web.git?x#y").as_deref(),
+            Some("github.com/acme/web")
+        );
+    }
 
     const SECRET: &[u8] = b"s3cret";
     const BODY: &[u8] = br#"{"ref":"refs/heads/main"}"#;

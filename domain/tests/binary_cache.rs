@@ -392,8 +392,14 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
         .tokens
         .issue_job(org.id, job, (worker, at), None, clock.now() + TimeDelta::hours(1));
     assert!(app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some());
-    // Requeued (its worker was lost): the token lives while no other worker took the job, since its worker may
-    // have built offline and push before it comes back; given back to that worker, it still lives.
+    // Requeued (its worker was lost): the token lives while no other worker took the job and its worker is still
+    // registered in the organization, since that worker may have built offline and push before it comes back;
+    // given back to that worker, it still lives.
+    let registration = app
+        .register_worker(&caller, "acme", &worker.0.to_string(), None, None)
+        .await
+        .unwrap()
+        .registration;
     app.storage.requeue_jobs(worker, &[job]).await.unwrap();
     clock.advance(TimeDelta::seconds(3));
     assert!(
@@ -427,6 +433,24 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
     assert!(
         app.cache_for_job_token(&token, "spare", false).await.unwrap().is_none(),
         "expired"
+    );
+
+    // The organization removes the worker: the token of its job waiting in the queue dies with the registration.
+    assert!(app.storage.finish_job(job, worker, true).await.unwrap());
+    let (job, at) = assigned_job(&app, org.id, worker).await;
+    let token = app
+        .tokens
+        .issue_job(org.id, job, (worker, at), None, clock.now() + TimeDelta::hours(1));
+    app.storage.requeue_jobs(worker, &[job]).await.unwrap();
+    clock.advance(TimeDelta::seconds(3));
+    assert!(app.cache_for_job_token(&token, "spare", false).await.unwrap().is_some());
+    app.delete_worker_registration(&caller, "acme", &registration.peer_id.0.to_string())
+        .await
+        .unwrap();
+    clock.advance(TimeDelta::seconds(3));
+    assert!(
+        app.cache_for_job_token(&token, "spare", false).await.unwrap().is_none(),
+        "a removed worker's queued job"
     );
 }
 

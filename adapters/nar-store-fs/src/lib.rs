@@ -102,7 +102,7 @@ impl NarStore for FsNarStore {
                     Err(e) => return Err(e),
                 };
                 let meta = file.metadata()?;
-                Ok(meta.is_file().then(|| (file, meta.len())))
+                Ok(meta.is_file().then_some((file, meta.len())))
             })
             .await?
             .map_err(|e| io_error(&path, e))?

@@ -16,8 +16,8 @@
 //! * The job queue's state changes are single conditional `UPDATE`s (compare-and-set), and build-once is a
 //!   partial unique index over active jobs.
 //! * Sizes (`u64` in the domain) are stored as signed 64-bit integers; a value that does not fit either way
-//!   is reported as `Unavailable`.
-//! * Rows that do not decode into domain types (an invalid name, bad JSON) are reported as `Unavailable`.
+//!   is reported as `Failed`.
+//! * Rows that do not decode into domain types (an invalid name, bad JSON) are reported as `Failed`.
 
 mod actions;
 mod audit;
@@ -313,8 +313,10 @@ const UNIQUE_RULES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Maps a database error: unique violation → `Conflict(what)`, foreign key violation → `NotFound`, anything
-/// else → `Unavailable`.
+/// Maps a database error: unique violation → `Conflict(what)`, foreign key violation → `NotFound`; the
+/// database out of reach (I/O, TLS, the pool, a crashed connection) → `Unavailable`, which loops and worker
+/// reports retry; anything else (a refused statement, a value that does not decode) → `Failed`, which retrying
+/// would not cure.
 pub(crate) fn db_error(e: sqlx::Error) -> StorageError {
     if let sqlx::Error::Database(d) = &e {
         match d.kind() {
@@ -330,13 +332,26 @@ pub(crate) fn db_error(e: sqlx::Error) -> StorageError {
             _ => {}
         }
     }
-    StorageError::Unavailable(e.to_string())
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StorageError::Unavailable(e.to_string()),
+        // A server shutting down or restarting answers with an error of its own (PostgreSQL's class 57P,
+        // 08: connection exceptions) rather than a closed socket.
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) => {
+            StorageError::Unavailable(e.to_string())
+        }
+        _ => StorageError::Failed(e.to_string()),
+    }
 }
 
 /// A stored value that does not decode into its domain type.
 /// A size, count or id as stored: a signed 64-bit integer on both engines.
 pub(crate) fn db_size(v: u64, what: &str) -> Result<i64> {
-    i64::try_from(v).map_err(|_| StorageError::Unavailable(format!("{what} {v} is too large for the database")))
+    i64::try_from(v).map_err(|_| StorageError::Failed(format!("{what} {v} is too large for the database")))
 }
 
 /// A stored size, count or id read back.
@@ -345,7 +360,7 @@ pub(crate) fn stored_size(v: i64, what: &str) -> Result<u64> {
 }
 
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
-    StorageError::Unavailable(format!("stored {what} is invalid: {e}"))
+    StorageError::Failed(format!("stored {what} is invalid: {e}"))
 }
 
 /// Parses a stored name.
@@ -360,7 +375,7 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> 
 
 /// Encodes a value as a JSON document for storage.
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| StorageError::Unavailable(format!("encoding a JSON column: {e}")))
+    serde_json::to_string(value).map_err(|e| StorageError::Failed(format!("encoding a JSON column: {e}")))
 }
 
 /// Converts a stored count that must fit a `u32`.

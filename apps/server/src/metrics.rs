@@ -131,6 +131,9 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Request counters by (method, status), then by route template.
+type RequestCounters = HashMap<(&'static str, u16), HashMap<String, Counter>>;
+
 /// The server's metrics.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -141,7 +144,7 @@ pub struct Metrics {
     /// Counters counted on every request, once registered: by (series, kind), and by (method, status) then
     /// route template. Looking one up here costs no allocation, unlike building the recorder's key.
     kinds: RwLock<HashMap<(&'static str, &'static str), Counter>>,
-    requests: RwLock<HashMap<(&'static str, u16), HashMap<String, Counter>>>,
+    requests: RwLock<RequestCounters>,
 }
 
 const METADATA: Metadata<'static> = Metadata::new("gradient::metrics", metrics::Level::INFO, None);

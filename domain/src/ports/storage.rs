@@ -29,9 +29,12 @@ pub enum StorageError {
     /// e.g. `username`, `email`, `org name`, `role in use`.
     #[error("conflict: {0}")]
     Conflict(String),
-    /// The backend failed; retrying later may work.
+    /// The backend cannot be reached now (connection, pool, I/O); retrying later may work.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused the operation or a stored value does not decode: retrying will not help.
+    #[error("storage failed: {0}")]
+    Failed(String),
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;

@@ -197,8 +197,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Whether the job a token was issued for is still the token's worker's, in the token's organization: still
     /// assigned to it, or back in the queue after that worker was lost and taken by no other worker yet (the
     /// worker may have built it offline and push its outputs before it comes back and is given the job back,
-    /// see `scheduler::reclaimable`). A job token is revoked when its job ends, is aborted, or goes to another
-    /// worker. Remembered for [`super::memo::JOB_ALIVE_TTL`].
+    /// see `scheduler::reclaimable`) — then only while that worker still has a registration in the token's
+    /// organization, so a worker the organization removed loses the token with its link. A job token is revoked
+    /// when its job ends, is aborted, or goes to another worker. Remembered for [`super::memo::JOB_ALIVE_TTL`].
     async fn job_holds_token(&self, claims: &crate::auth::JobClaims, now: crate::model::Timestamp) -> Result<bool> {
         if let Some(alive) = self
             .memo
@@ -206,14 +207,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         {
             return Ok(alive);
         }
-        let alive = self.storage.job(claims.job).await?.is_some_and(|j| {
-            j.org_id == claims.org
-                && match j.state {
-                    crate::model::JobState::Assigned { worker, .. } => worker == claims.worker,
-                    crate::model::JobState::Queued => j.attempts > 0,
-                    _ => false,
-                }
-        });
+        let alive = match self.storage.job(claims.job).await? {
+            Some(j) if j.org_id == claims.org => match j.state {
+                crate::model::JobState::Assigned { worker, .. } => worker == claims.worker,
+                crate::model::JobState::Queued if j.attempts > 0 => self
+                    .storage
+                    .worker_registrations_for(claims.worker)
+                    .await?
+                    .iter()
+                    .any(|r| r.org_id == claims.org),
+                _ => false,
+            },
+            _ => false,
+        };
         self.memo
             .remember_job_alive((claims.job, claims.worker, claims.assigned_at), alive, now);
         Ok(alive)

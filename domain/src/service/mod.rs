@@ -147,6 +147,7 @@ impl From<StorageError> for ServiceError {
             StorageError::Conflict(what) => Self::conflict("conflict", format!("{what} already exists")),
             StorageError::NotFound => Self::NotFound("not found".into()),
             StorageError::Unavailable(msg) => Self::Unavailable(msg),
+            StorageError::Failed(msg) => Self::Internal(msg),
         }
     }
 }

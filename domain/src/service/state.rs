@@ -155,7 +155,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 StorageError::Conflict(what) => {
                     format!("the {what} is taken by something the document does not manage")
                 }
-                StorageError::Unavailable(m) => m,
+                StorageError::Unavailable(m) | StorageError::Failed(m) => m,
             };
             StateError::new("database", format!("nothing was changed: {why}"))
         })?;

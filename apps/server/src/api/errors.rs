@@ -49,6 +49,9 @@ pub enum ApiError {
     /// The server failed; details are in its log.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// The database cannot be reached now (`unavailable`): the same request may work in a moment.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
 }
 
 pub(crate) fn body(code: &str, message: impl Into<String>) -> Json<ErrorBody> {
@@ -82,8 +85,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid { .. } => Self::Unprocessable(b),
             // No operation of the API reaches the NAR store (only `/cache` does, with its own answers): were
             // one to, its failure is this server's.
+            // An outage is the operator's to see in the log (and in `/api/v1/health`), not an error report each.
+            ServiceError::Unavailable(detail) => {
+                tracing::warn!(target: "gradient::web", "the database is unavailable: {detail}");
+                Self::Unavailable(b)
+            }
             ServiceError::Internal(detail)
-            | ServiceError::Unavailable(detail)
             | ServiceError::StorageUnavailable(detail)
             | ServiceError::StorageFull(detail) => {
                 tracing::error!(target: "gradient::web", "internal error: {detail}");

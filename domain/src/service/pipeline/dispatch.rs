@@ -244,7 +244,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 let Some(p) = self.storage.project_by_id(e.project_id).await? else {
                     return Ok(None);
                 };
-                let credential = self.repository_credential(p.org_id, &p.repository).await?;
+                // A fork's pull request is code from outside the organization: its flake could name the
+                // organization's other private repositories as inputs, fetched with the credential.
+                let credential = if e.pull_request.as_ref().is_some_and(|pr| pr.fork) {
+                    None
+                } else {
+                    self.repository_credential(p.org_id, &p.repository).await?
+                };
                 Some(proto::Job::Evaluate {
                     job_id: record.id,
                     repository: p.repository.clone(),
