@@ -74,18 +74,24 @@ impl GitAccess {
         })
     }
 
-    /// `token` sent as HTTP basic credentials to `origin` (`https://host[:port]`) only.
+    /// `token` sent as HTTP basic credentials to `origin` (`https://host[:port]`) only. Entries this process's
+    /// own environment gives git (`GIT_CONFIG_COUNT`, e.g. an operator's `insteadOf`) are kept: the header is
+    /// one more.
     pub fn https_token(origin: &str, token: &str) -> Self {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+        let n: u32 = std::env::var("GIT_CONFIG_COUNT")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         Self {
             env: vec![
-                ("GIT_CONFIG_COUNT".into(), "1".into()),
+                ("GIT_CONFIG_COUNT".into(), (n + 1).to_string().into()),
                 (
-                    "GIT_CONFIG_KEY_0".into(),
+                    format!("GIT_CONFIG_KEY_{n}").into(),
                     format!("http.{}/.extraHeader", origin.trim_end_matches('/')).into(),
                 ),
                 (
-                    "GIT_CONFIG_VALUE_0".into(),
+                    format!("GIT_CONFIG_VALUE_{n}").into(),
                     format!("Authorization: Basic {basic}").into(),
                 ),
             ],

@@ -568,7 +568,7 @@ async fn postgres_multiple_collisions_report_the_first_rule() {
 }
 
 /// A stored row that is no longer valid in the domain is reported, not a panic.
-async fn invalid_rows_are_unavailable(s: SqlStorage, url: &str) {
+async fn invalid_rows_fail(s: SqlStorage, url: &str) {
     let frank = user("frank");
     s.create_user(&frank).await.unwrap();
     let sql = "UPDATE users SET username = 'Not A Name' WHERE username = 'frank'";
@@ -580,10 +580,10 @@ async fn invalid_rows_are_unavailable(s: SqlStorage, url: &str) {
         sqlx::query(sql).execute(&mut conn).await.unwrap();
     }
     match s.user(frank.id).await {
-        Err(StorageError::Unavailable(message)) => {
+        Err(StorageError::Failed(message)) => {
             assert!(message.contains("username"), "{message}")
         }
-        other => panic!("expected Unavailable, got {other:?}"),
+        other => panic!("expected Failed, got {other:?}"),
     }
 }
 
@@ -609,20 +609,20 @@ async fn concurrent_writers_agree(s: SqlStorage) {
 }
 
 #[tokio::test]
-async fn sqlite_invalid_rows_are_unavailable() {
+async fn sqlite_invalid_rows_fail() {
     let url = sqlite_url(&sqlite_path());
-    invalid_rows_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+    invalid_rows_fail(connect(&url, pools()).await.unwrap(), &url).await;
 }
 
 #[tokio::test]
-async fn postgres_invalid_rows_are_unavailable() {
+async fn postgres_invalid_rows_fail() {
     let url = create_postgres_database().await;
-    invalid_rows_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+    invalid_rows_fail(connect(&url, pools()).await.unwrap(), &url).await;
 }
 
-/// Sizes are stored as signed 64-bit integers: a larger one is refused as Unavailable and stores nothing, and
+/// Sizes are stored as signed 64-bit integers: a larger one is refused as Failed and stores nothing, and
 /// a negative stored one is reported, not wrapped.
-async fn sizes_beyond_i64_are_unavailable(s: SqlStorage, url: &str) {
+async fn sizes_beyond_i64_fail(s: SqlStorage, url: &str) {
     let gina = user("gina");
     s.create_user(&gina).await.unwrap();
     let now = gradient_domain::model::truncate_to_micros(chrono::Utc::now());
@@ -651,7 +651,7 @@ async fn sizes_beyond_i64_are_unavailable(s: SqlStorage, url: &str) {
         nar_size: 1,
         created_at: now,
     };
-    assert!(matches!(s.put_nar_file(&file).await, Err(StorageError::Unavailable(_))));
+    assert!(matches!(s.put_nar_file(&file).await, Err(StorageError::Failed(_))));
     assert_eq!(s.nar_file(cache.id, &file.url).await.unwrap(), None);
     let path = CachedPath {
         cache_id: cache.id,
@@ -672,7 +672,7 @@ async fn sizes_beyond_i64_are_unavailable(s: SqlStorage, url: &str) {
     };
     assert!(matches!(
         s.put_cached_path(&path).await,
-        Err(StorageError::Unavailable(_))
+        Err(StorageError::Failed(_))
     ));
     assert_eq!(s.cached_path(cache.id, &path.hash_part).await.unwrap(), None);
 
@@ -691,21 +691,21 @@ async fn sizes_beyond_i64_are_unavailable(s: SqlStorage, url: &str) {
         sqlx::query(sql).execute(&mut conn).await.unwrap();
     }
     match s.cached_path(cache.id, &path.hash_part).await {
-        Err(StorageError::Unavailable(message)) => assert!(message.contains("size"), "{message}"),
-        other => panic!("expected Unavailable, got {other:?}"),
+        Err(StorageError::Failed(message)) => assert!(message.contains("size"), "{message}"),
+        other => panic!("expected Failed, got {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn sqlite_sizes_beyond_i64_are_unavailable() {
+async fn sqlite_sizes_beyond_i64_fail() {
     let url = sqlite_url(&sqlite_path());
-    sizes_beyond_i64_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+    sizes_beyond_i64_fail(connect(&url, pools()).await.unwrap(), &url).await;
 }
 
 #[tokio::test]
-async fn postgres_sizes_beyond_i64_are_unavailable() {
+async fn postgres_sizes_beyond_i64_fail() {
     let url = create_postgres_database().await;
-    sizes_beyond_i64_are_unavailable(connect(&url, pools()).await.unwrap(), &url).await;
+    sizes_beyond_i64_fail(connect(&url, pools()).await.unwrap(), &url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
