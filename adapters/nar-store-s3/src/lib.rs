@@ -5,7 +5,7 @@
 //! an object on completion: nothing is visible before `commit`. Objects that fit in one part are sent with a
 //! single PUT at commit instead. An upload dropped unfinished aborts its multipart upload from a background
 //! task when a Tokio runtime is still there. The ones a crash leaves behind (incomplete multipart uploads under
-//! the prefix) are what `sweep` aborts: this process's own as old as their last part, others as old as S3's
+//! the prefix, of keys a Gradient server writes: `<cache id>/…`) are what `sweep` aborts: this process's own as old as their last part, others as old as S3's
 //! `Initiated` says (moto answers a fixed date in 2010, so there they always count as old); a lifecycle rule aborting incomplete multipart
 //! uploads after a day does the same for a bucket no Gradient sweeps any more. An HTTP 507 (a full
 //! S3-compatible server, e.g. MinIO's disks) is `Full`.
@@ -298,7 +298,16 @@ impl NarStore for S3NarStore {
             .map_err(s3_error)?;
         let now = std::time::SystemTime::now();
         let mut removed = 0;
-        for upload in pages.iter().flat_map(|p| &p.uploads) {
+        // Only uploads of keys a Gradient server writes (`<cache id>/…`): a bucket without a prefix may hold
+        // other programs' uploads, which are theirs to finish.
+        let ours = |key: &str| {
+            key.strip_prefix(self.prefix.as_str())
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(first, _)| {
+                    first.len() == 36 && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+                })
+        };
+        for upload in pages.iter().flat_map(|p| &p.uploads).filter(|u| ours(&u.key)) {
             // This process's own uploads are as old as their last part; others (a crashed process's) as S3
             // says they are, an unreadable time counting as old.
             let age = match self.live.idle(&upload.id) {

@@ -67,6 +67,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         let active = self.storage.enqueue_job(&job).await?;
                         note(&active);
                         if active.id == job.id {
+                            // The evaluation may have moved on between reading it and queueing (its worker's
+                            // report arrived): then the new job goes again, before anyone takes it.
+                            if !self
+                                .storage
+                                .evaluation(e.id)
+                                .await?
+                                .is_some_and(|now| now.status == e.status)
+                            {
+                                self.storage.cancel_queued_job(job.id).await?;
+                                continue;
+                            }
                             done.jobs_queued += 1;
                         }
                         if active.state == JobState::Queued && e.status != EvaluationStatus::Queued {
@@ -90,6 +101,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                             let active = self.storage.enqueue_job(&job).await?;
                             note(&active);
                             if active.id == job.id {
+                                // The build may have ended between reading it and queueing (its worker's
+                                // report arrived): then the new job goes again, before anyone takes it.
+                                let still = self.storage.build(b.org_id, &b.drv_path).await?.is_some_and(|now| {
+                                    matches!(now.status, BuildStatus::Queued | BuildStatus::Building)
+                                });
+                                if !still {
+                                    self.storage.cancel_queued_job(job.id).await?;
+                                    continue;
+                                }
                                 done.jobs_queued += 1;
                             }
                             if active.state == JobState::Queued && b.status == BuildStatus::Building {
