@@ -670,10 +670,7 @@ async fn sizes_beyond_i64_fail(s: SqlStorage, url: &str) {
         created_at: now,
         last_fetched_at: now,
     };
-    assert!(matches!(
-        s.put_cached_path(&path).await,
-        Err(StorageError::Failed(_))
-    ));
+    assert!(matches!(s.put_cached_path(&path).await, Err(StorageError::Failed(_))));
     assert_eq!(s.cached_path(cache.id, &path.hash_part).await.unwrap(), None);
 
     let largest = CachedPath {
