@@ -178,43 +178,56 @@ impl Evaluators {
         let mut line = serde_json::to_string(&request)
             .map_err(|e| NixError::Unavailable(format!("cannot encode the evaluation: {e}")))?;
         line.push('\n');
-        // An idle evaluator may end just before it is given the evaluation: then a fresh one gets it.
+        // An idle evaluator may end just before it is given the evaluation (the write fails, or it answers
+        // nothing at all): then a fresh one gets it, once.
         let mut fresh = false;
-        let mut running = loop {
-            let mut ev = if fresh { self.spawn(cli)? } else { self.take(cli)? };
-            let pid = ev.pid;
-            let sent = async {
-                ev.stdin.write_all(line.as_bytes()).await?;
-                ev.stdin.flush().await
-            }
-            .await;
-            match sent {
-                Ok(()) => break Running(Some(ev)),
-                Err(e) if !fresh => {
-                    tracing::warn!(target: "gradient::eval", "evaluator process {pid} is gone ({e}); starting another");
-                    drop(Running(Some(ev)));
-                    fresh = true;
+        let (running, result, pid) = 'attempt: loop {
+            let mut running = loop {
+                let mut ev = if fresh { self.spawn(cli)? } else { self.take(cli)? };
+                let pid = ev.pid;
+                let sent = async {
+                    ev.stdin.write_all(line.as_bytes()).await?;
+                    ev.stdin.flush().await
                 }
-                Err(e) => return Err(NixError::Unavailable(format!("evaluator process {pid}: {e}"))),
-            }
-        };
-        let ev = running
-            .0
-            .as_mut()
-            .ok_or_else(|| NixError::Unavailable("no evaluator".into()))?;
-        let pid = ev.pid;
-        let lost = |why: String| NixError::Unavailable(format!("evaluator process {pid}: {why}"));
-        let result = loop {
-            let Some(line) = ev.stdout.next_line().await.map_err(|e| lost(e.to_string()))? else {
-                // Ended mid-evaluation: never reused (`Running` stops what is left of its group).
-                return Err(lost("ended during the evaluation".into()));
+                .await;
+                match sent {
+                    Ok(()) => break Running(Some(ev)),
+                    Err(e) if !fresh => {
+                        tracing::warn!(target: "gradient::eval", "evaluator process {pid} is gone ({e}); starting another");
+                        drop(Running(Some(ev)));
+                        fresh = true;
+                    }
+                    Err(e) => return Err(NixError::Unavailable(format!("evaluator process {pid}: {e}"))),
+                }
             };
-            match serde_json::from_str::<Answer>(&line) {
-                Ok(Answer::Batch(batch)) => on_batch(batch),
-                Ok(Answer::Done(summary)) => break Ok(summary),
-                Ok(Answer::Failed(e)) => break Err(e),
-                Err(e) => return Err(lost(format!("answered something else than an evaluation: {e}"))),
-            }
+            let ev = running
+                .0
+                .as_mut()
+                .ok_or_else(|| NixError::Unavailable("no evaluator".into()))?;
+            let pid = ev.pid;
+            let lost = |why: String| NixError::Unavailable(format!("evaluator process {pid}: {why}"));
+            let mut answered = false;
+            let result = loop {
+                let Some(line) = ev.stdout.next_line().await.map_err(|e| lost(e.to_string()))? else {
+                    if !answered && !fresh {
+                        // It had ended before it could read the evaluation: nothing was reported yet.
+                        tracing::warn!(target: "gradient::eval", "evaluator process {pid} ended before answering; starting another");
+                        drop(running);
+                        fresh = true;
+                        continue 'attempt;
+                    }
+                    // Ended mid-evaluation: never reused (`Running` stops what is left of its group).
+                    return Err(lost("ended during the evaluation".into()));
+                };
+                answered = true;
+                match serde_json::from_str::<Answer>(&line) {
+                    Ok(Answer::Batch(batch)) => on_batch(batch),
+                    Ok(Answer::Done(summary)) => break Ok(summary),
+                    Ok(Answer::Failed(e)) => break Err(e),
+                    Err(e) => return Err(lost(format!("answered something else than an evaluation: {e}"))),
+                }
+            };
+            break (running, result, pid);
         };
         let mut ev = running.finished();
         ev.evaluations += 1;
