@@ -196,7 +196,9 @@ nar_run() { # URL pids [header]
   t0=$(date +%s.%N)
   for _ in $(seq 1 8); do curl -fs -o /dev/null -H "$hdr" "$url" & dl+=($!); done
   # shellcheck disable=SC2086
-  while jobs -r | grep -q .; do now=$(rss_of $procs); [ "$now" -gt "$peak" ] && peak=$now; sleep 0.05; done
+  # The downloads' own pids, not `jobs`: inside `$(...)` bash also lists the calling shell's jobs (the servers).
+  alive() { local p; for p in "${dl[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+  while alive; do now=$(rss_of $procs); [ "$now" -gt "$peak" ] && peak=$now; sleep 0.05; done
   for p in "${dl[@]}"; do wait "$p" || die "a download of $url failed"; done
   t1=$(date +%s.%N)
   echo "$(echo "8 * ${size_mib} / ($t1 - $t0)" | bc -l) $peak"
