@@ -232,13 +232,14 @@ mod tests {
 }
 
 /// Builds several derivations with one `nix-store --realise --keep-going`, reading Nix's structured log
-/// (`--log-format internal-json`) to tell whose build printed each line and whose builder failed, then asks
-/// Nix which outputs are valid.
+/// (`--log-format internal-json`) to tell whose build printed each line and whose builder failed, and when a
+/// build ended (its outputs then valid: `on_built`), then asks Nix which outputs are valid.
 pub async fn build_many(
     cli: &NixCli,
     drvs: &[(String, BTreeMap<String, String>)],
     opts: &BuildOptions,
     on_log: &mut (dyn FnMut(&str, &str) + Send),
+    on_built: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Vec<Result<BuildOutput>>> {
     for (drv_path, outputs) in drvs {
         check_store_path(drv_path)?;
@@ -268,12 +269,74 @@ pub async fn build_many(
     cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
     realise_options(&mut cmd, opts);
     let mut log = StructuredLog::default();
-    let ended = process::run(cmd, opts.timeout.map(|t| t + GRACE), &mut |line| {
+    // Builds seen starting (whose outputs are then looked at each time Nix counts one more build done) and
+    // those already told to `on_built`.
+    let watch = std::sync::Mutex::new(Watch::default());
+    let wake = tokio::sync::Notify::new();
+    let outputs_of: HashMap<&str, &BTreeMap<String, String>> = drvs
+        .iter()
+        .filter(|(_, outputs)| !outputs.is_empty())
+        .map(|(d, o)| (d.as_str(), o))
+        .collect();
+    let mut read_line = |line: &str| {
+        let done = log.builds_done;
         if let Some((drv, text)) = log.read(line) {
             on_log(&drv, &text);
         }
-    })
-    .await?;
+        if !log.started.is_empty() {
+            let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for drv in log.started.drain(..) {
+                if outputs_of.contains_key(drv.as_str()) {
+                    w.running.insert(drv);
+                }
+            }
+        }
+        if log.builds_done > done {
+            wake.notify_one();
+        }
+    };
+    let run = process::run(cmd, opts.timeout.map(|t| t + GRACE), &mut read_line);
+    // Nix 2.8 says a build of the command line's derivations has ended only when the whole run ends (their
+    // build activities stop then); what it says at once is that one more build is done (the progress of its
+    // "builds" activity, counted once the outputs are registered). So each time, the outputs of the builds
+    // that started are looked at: one `nix-store --check-validity` at a time, whatever number of builds ended
+    // meanwhile. Those valid are built.
+    let watching = async {
+        loop {
+            wake.notified().await;
+            let candidates: Vec<String> = {
+                let w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                w.running.iter().cloned().collect()
+            };
+            if candidates.is_empty() {
+                continue;
+            }
+            let paths: Vec<&String> = candidates
+                .iter()
+                .flat_map(|d| outputs_of.get(d.as_str()).into_iter().flat_map(|o| o.values()))
+                .collect();
+            let Ok(invalid) = invalid_paths(cli, paths).await else {
+                continue;
+            };
+            for drv in candidates {
+                let valid = outputs_of
+                    .get(drv.as_str())
+                    .is_some_and(|o| o.values().all(|p| !invalid.contains(p)));
+                if valid {
+                    watch
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .running
+                        .remove(&drv);
+                    on_built(&drv);
+                }
+            }
+        }
+    };
+    let ended = tokio::select! {
+        ended = run => ended?,
+        _ = watching => unreachable!("it never ends"),
+    };
     let (code, timed_out) = match &ended {
         Ended::TimedOut(_) => (None, true),
         Ended::Exited(f) => (f.status.code(), false),
@@ -283,16 +346,7 @@ pub async fn build_many(
     let invalid: std::collections::HashSet<String> = if code == Some(0) {
         Default::default()
     } else {
-        let mut cmd = cli.command("nix-store");
-        cmd.args(["--check-validity", "--print-invalid"]);
-        cmd.args(drvs.iter().flat_map(|(_, outputs)| outputs.values()));
-        match process::output(cmd).await? {
-            finished if finished.status.success() => String::from_utf8_lossy(&finished.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect(),
-            finished => return Err(NixError::Unavailable(finished.stderr.error_message())),
-        }
+        invalid_paths(cli, drvs.iter().flat_map(|(_, outputs)| outputs.values())).await?
     };
     // Nix adds the roots only when every build succeeded: root what was built anyway.
     if let Some(dir) = &opts.gc_root
@@ -336,6 +390,29 @@ pub async fn build_many(
         .collect())
 }
 
+/// Which of `paths` are not valid in the store, in one question.
+async fn invalid_paths<'a>(
+    cli: &NixCli,
+    paths: impl IntoIterator<Item = &'a String>,
+) -> Result<std::collections::HashSet<String>> {
+    let mut cmd = cli.command("nix-store");
+    cmd.args(["--check-validity", "--print-invalid"]);
+    cmd.args(paths);
+    match process::output(cmd).await? {
+        finished if finished.status.success() => Ok(String::from_utf8_lossy(&finished.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()),
+        finished => Err(NixError::Unavailable(finished.stderr.error_message())),
+    }
+}
+
+/// The builds of a run that started and are not known built yet.
+#[derive(Default)]
+struct Watch {
+    running: std::collections::BTreeSet<String>,
+}
+
 /// A directory of its own for one Nix process's binary cache metadata (`$XDG_CACHE_HOME/nix/
 /// binary-cache-v6.sqlite`): Nix 2.8 processes registering the same binary cache at once in a shared one can
 /// make each other fail ("constraint failed"), and the worker runs several at once. Removed when dropped.
@@ -368,6 +445,11 @@ impl Drop for PrivateNixCache {
 #[derive(Default)]
 struct StructuredLog {
     builds: HashMap<u64, String>,
+    /// Builds that started since the caller last took them.
+    started: Vec<String>,
+    /// The "builds" activity (type 104) whose progress counts the builds done, and that count.
+    builds_activity: Option<u64>,
+    builds_done: u64,
     /// Builders that failed.
     failed: std::collections::HashSet<String>,
     /// The last lines of each build, for error tails.
@@ -387,7 +469,17 @@ impl StructuredLog {
         match v["action"].as_str()? {
             "start" if v["type"] == 105 => {
                 let drv = v["fields"][0].as_str()?.to_owned();
-                self.builds.insert(v["id"].as_u64()?, drv);
+                self.builds.insert(v["id"].as_u64()?, drv.clone());
+                self.started.push(drv);
+                None
+            }
+            "start" if v["type"] == 104 => {
+                self.builds_activity = v["id"].as_u64();
+                None
+            }
+            // Progress of the builds: `[done, expected, running, failed]`.
+            "result" if v["type"] == 105 && v["id"].as_u64() == self.builds_activity => {
+                self.builds_done = self.builds_done.max(v["fields"][0].as_u64()?);
                 None
             }
             "result" if v["type"] == 101 => {
