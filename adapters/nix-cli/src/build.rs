@@ -269,8 +269,7 @@ pub async fn build_many(
     cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
     realise_options(&mut cmd, opts);
     let mut log = StructuredLog::default();
-    // Builds seen starting (whose outputs are then looked at each time Nix counts one more build done) and
-    // those already told to `on_built`.
+    // Which of the run's builds have ended, as far as Nix has said (see `Watch`).
     let watch = std::sync::Mutex::new(Watch::default());
     let wake = tokio::sync::Notify::new();
     let outputs_of: HashMap<&str, &BTreeMap<String, String>> = drvs
@@ -279,58 +278,65 @@ pub async fn build_many(
         .map(|(d, o)| (d.as_str(), o))
         .collect();
     let mut read_line = |line: &str| {
-        let done = log.builds_done;
+        let before = log.progress;
         if let Some((drv, text)) = log.read(line) {
             on_log(&drv, &text);
         }
-        if !log.started.is_empty() {
-            let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for drv in log.started.drain(..) {
-                if outputs_of.contains_key(drv.as_str()) {
-                    w.running.insert(drv);
-                }
+        if log.started.is_empty() && log.progress == before {
+            return;
+        }
+        let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for drv in log.started.drain(..) {
+            if outputs_of.contains_key(drv.as_str()) {
+                w.running.insert(drv);
             }
         }
-        if log.builds_done > done {
+        // Only a change of the progress says something (a build's start comes before its `running` count).
+        if log.progress != before && w.progressed(log.progress) {
             wake.notify_one();
         }
     };
     let run = process::run(cmd, opts.timeout.map(|t| t + GRACE), &mut read_line);
-    // Nix 2.8 says a build of the command line's derivations has ended only when the whole run ends (their
-    // build activities stop then); what it says at once is that one more build is done (the progress of its
-    // "builds" activity, counted once the outputs are registered). So each time, the outputs of the builds
-    // that started are looked at: one `nix-store --check-validity` at a time, whatever number of builds ended
-    // meanwhile. Those valid are built.
+    // Tells `on_built` what `Watch` found built, and looks (one `nix-store --check-validity` at a time, at most
+    // every `CHECK_SPACING`) at the builds that may have ended.
     let watching = async {
         loop {
             wake.notified().await;
-            let candidates: Vec<String> = {
-                let w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                w.running.iter().cloned().collect()
-            };
-            if candidates.is_empty() {
+            let (built, ended, look) = watch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            for drv in &built {
+                on_built(drv);
+            }
+            if ended.is_empty() && look.is_empty() {
                 continue;
             }
-            let paths: Vec<&String> = candidates
+            let checking = tokio::time::Instant::now();
+            let paths: Vec<&String> = ended
                 .iter()
+                .chain(&look)
                 .flat_map(|d| outputs_of.get(d.as_str()).into_iter().flat_map(|o| o.values()))
                 .collect();
-            let Ok(invalid) = invalid_paths(cli, paths).await else {
-                continue;
-            };
-            for drv in candidates {
-                let valid = outputs_of
-                    .get(drv.as_str())
-                    .is_some_and(|o| o.values().all(|p| !invalid.contains(p)));
-                if valid {
-                    watch
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .running
-                        .remove(&drv);
-                    on_built(&drv);
+            if let Ok(invalid) = invalid_paths(cli, paths).await {
+                let valid = |drv: &str| {
+                    outputs_of
+                        .get(drv)
+                        .is_some_and(|o| o.values().all(|p| !invalid.contains(p)))
+                };
+                for drv in ended.iter().filter(|d| valid(d)) {
+                    on_built(drv);
+                }
+                for drv in look.iter().filter(|d| valid(d)) {
+                    // Unless meanwhile found built (or ended) otherwise.
+                    let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if w.running.remove(drv) {
+                        drop(w);
+                        on_built(drv);
+                    }
                 }
             }
+            tokio::time::sleep_until(checking + CHECK_SPACING).await;
         }
     };
     let ended = tokio::select! {
@@ -407,10 +413,60 @@ async fn invalid_paths<'a>(
     }
 }
 
-/// The builds of a run that started and are not known built yet.
+/// Validity checks of a run's builds while it goes on are this far apart at least (each is a Nix process).
+const CHECK_SPACING: Duration = Duration::from_millis(200);
+
+/// Which builds of a run have ended. Nix 2.8 says a build of the command line's derivations has ended only when
+/// the whole run ends (their build activities stop then); what it says at once is the progress of all builds:
+/// `[done, expected, running, failed]`, `done` counted once the outputs are registered valid. When none runs
+/// any more, every build that started has ended: all built if none failed since (without asking Nix anything:
+/// one build at a time, or a chain), else looked at once (`ended`). When `done` grew while others still run,
+/// which one is not said: the outputs of those running are looked at (`look`), those valid are built.
 #[derive(Default)]
 struct Watch {
+    /// The run's derivations whose build started and whose end is not known.
     running: std::collections::BTreeSet<String>,
+    /// Built, to be told.
+    built: Vec<String>,
+    /// Ended, built or failed: to be looked at once.
+    ended: Vec<String>,
+    /// Some of `running` may have been built.
+    look: bool,
+    /// The last progress, and the builds failed when none last ran.
+    last: [u64; 4],
+    failed_before: u64,
+}
+
+impl Watch {
+    /// Nix's progress is now `p`: whether there is something to tell or look at.
+    fn progressed(&mut self, p: [u64; 4]) -> bool {
+        let [done, _, running, failed] = p;
+        let more_done = done > self.last[0];
+        self.last = p;
+        if running == 0 {
+            let ended = std::mem::take(&mut self.running);
+            if failed == self.failed_before {
+                self.built.extend(ended);
+            } else {
+                self.ended.extend(ended);
+            }
+            self.failed_before = failed;
+            self.look = false;
+        } else if more_done && !self.running.is_empty() {
+            self.look = true;
+        }
+        !self.built.is_empty() || !self.ended.is_empty() || self.look
+    }
+
+    /// What to tell, what to look at once, and which running builds to look at.
+    fn take(&mut self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let look = if std::mem::take(&mut self.look) {
+            self.running.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        (std::mem::take(&mut self.built), std::mem::take(&mut self.ended), look)
+    }
 }
 
 /// A directory of its own for one Nix process's binary cache metadata (`$XDG_CACHE_HOME/nix/
@@ -447,9 +503,9 @@ struct StructuredLog {
     builds: HashMap<u64, String>,
     /// Builds that started since the caller last took them.
     started: Vec<String>,
-    /// The "builds" activity (type 104) whose progress counts the builds done, and that count.
+    /// The "builds" activity (type 104), and its last progress: `[done, expected, running, failed]`.
     builds_activity: Option<u64>,
-    builds_done: u64,
+    progress: [u64; 4],
     /// Builders that failed.
     failed: std::collections::HashSet<String>,
     /// The last lines of each build, for error tails.
@@ -479,7 +535,8 @@ impl StructuredLog {
             }
             // Progress of the builds: `[done, expected, running, failed]`.
             "result" if v["type"] == 105 && v["id"].as_u64() == self.builds_activity => {
-                self.builds_done = self.builds_done.max(v["fields"][0].as_u64()?);
+                let field = |i: usize| v["fields"][i].as_u64();
+                self.progress = [field(0)?, field(1)?, field(2)?, field(3)?];
                 None
             }
             "result" if v["type"] == 101 => {

@@ -598,6 +598,10 @@ pub async fn run_batch<N: Nix>(
     );
 }
 
+/// The pushes of one Nix run's builds while it goes on start this far apart at least: each costs two Nix
+/// processes and two requests whatever its size, taken from the builds on a busy machine.
+const PUSH_SPACING: Duration = Duration::from_millis(250);
+
 /// What the pushes of one run did, for the log.
 #[derive(Default)]
 struct Pushed {
@@ -626,11 +630,25 @@ async fn push_as_built<N: Nix>(
     let mut pushed = Pushed::default();
     let mut in_cache: std::collections::HashSet<String> = Default::default();
     let mut done: std::collections::HashSet<String> = Default::default();
-    while let Some(first) = built.recv().await {
-        let mut group = vec![first];
-        while let Ok(more) = built.try_recv() {
-            group.push(more);
+    let mut next = tokio::time::Instant::now();
+    let mut open = true;
+    while open {
+        // What was built since the last push, once PUSH_SPACING has passed since it started (or Nix ended).
+        let mut group: Vec<String> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                drv = built.recv() => match drv {
+                    Some(drv) => group.push(drv),
+                    None => {
+                        open = false;
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep_until(next), if !group.is_empty() => break,
+            }
         }
+        next = tokio::time::Instant::now() + PUSH_SPACING;
         group.retain(|d| done.insert(d.clone()));
         // The group's jobs (a drv may be several jobs'), those still wanted, and the outputs to push.
         let jobs: Vec<(usize, JobId)> = drvs
