@@ -302,10 +302,7 @@ pub async fn build_many(
     let watching = async {
         loop {
             wake.notified().await;
-            let (built, ended, look) = watch
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
+            let (built, ended, look) = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             for drv in &built {
                 on_built(drv);
             }

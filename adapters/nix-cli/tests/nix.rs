@@ -872,7 +872,16 @@ in {expr}"#
         ),
     )
     .unwrap();
-    let names = run("nix-instantiate", &["--eval", "--json", "-E", &format!("builtins.attrNames (import {})", file.display())], dir.path());
+    let names = run(
+        "nix-instantiate",
+        &[
+            "--eval",
+            "--json",
+            "-E",
+            &format!("builtins.attrNames (import {})", file.display()),
+        ],
+        dir.path(),
+    );
     let names: Vec<String> = serde_json::from_str(&names).unwrap();
     names
         .into_iter()
@@ -903,16 +912,24 @@ async fn built_before_the_gate(
     gate: &Path,
     want: usize,
     max_jobs: u32,
-) -> (Vec<String>, Vec<gradient_domain::ports::nix::Result<gradient_domain::ports::nix::BuildOutput>>) {
+) -> (
+    Vec<String>,
+    Vec<gradient_domain::ports::nix::Result<gradient_domain::ports::nix::BuildOutput>>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let opts = BuildOptions {
         max_jobs: Some(max_jobs),
         ..BuildOptions::default()
     };
     let nix = nix();
-    let building = nix.build_many(drvs, &opts, |_, _| {}, |d| {
-        let _ = tx.send(d.to_owned());
-    });
+    let building = nix.build_many(
+        drvs,
+        &opts,
+        |_, _| {},
+        |d| {
+            let _ = tx.send(d.to_owned());
+        },
+    );
     let watching = async {
         let mut told = Vec::new();
         let until = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -933,7 +950,10 @@ async fn built_before_the_gate(
 async fn a_batch_tells_each_build_once_built_while_the_others_still_run() {
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("go");
-    let wait = format!("while [ ! -e {} ]; do /usr/bin/sleep 0.05; done; echo slow > $out", gate.display());
+    let wait = format!(
+        "while [ ! -e {} ]; do /usr/bin/sleep 0.05; done; echo slow > $out",
+        gate.display()
+    );
     // In parallel: which of two running builds ended is looked up.
     let d = instantiate(&format!(
         r#"{{ quick = mk "quick" "echo quick > $out" {{ }}; slow = mk "slow" "{wait}" {{ }}; }}"#

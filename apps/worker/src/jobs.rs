@@ -409,11 +409,13 @@ fn build_failure(e: &NixError) -> JobOutcome {
     failure(kind, e)
 }
 
-/// Runs build jobs with the same [`batch_key`] as one Nix run and one push: what makes many small builds
-/// cheap. Each job still gets its own log, outcome and report; jobs in `skip` (aborted meanwhile) are not
-/// reported (see [`BatchHooks`]). `built` is called once Nix has built (before pushing), with the drvs it did not
-/// build, so the next batch can start building while this one pushes. A build that failed because an input in the
-/// same run failed is reported after the others (the server then knows which input failed).
+/// Runs build jobs with the same [`batch_key`] as one Nix run: what makes many small builds cheap. Each build is
+/// pushed as soon as Nix has built it, while the run goes on ([`push_as_built`]), and reported `Success` once
+/// pushed. Each job still gets its own log, outcome and report; jobs aborted meanwhile are not reported (see
+/// [`BatchHooks`]). `built` is called once Nix has ended (before the last push), with the drvs it did not
+/// build, so the next batch can start building while this one pushes. Failures are reported when Nix has ended; a
+/// build that failed because an input in the same run failed after the others (the server then knows which input
+/// failed).
 pub async fn run_batch<N: Nix>(
     nix: &N,
     dirs: &Local,
@@ -670,10 +672,7 @@ async fn push_as_built<N: Nix>(
         let outcome = match target {
             None => JobOutcome::Success,
             Some(target) => {
-                let paths: Vec<String> = jobs
-                    .iter()
-                    .flat_map(|(i, _)| drvs[*i].1.values().cloned())
-                    .collect();
+                let paths: Vec<String> = jobs.iter().flat_map(|(i, _)| drvs[*i].1.values().cloned()).collect();
                 for id in &live {
                     send(
                         out,
@@ -684,22 +683,16 @@ async fn push_as_built<N: Nix>(
                     );
                 }
                 let pushing = std::time::Instant::now();
-                let result = gradient_domain::push::push_more_retrying(
-                    nix,
-                    cache,
-                    target,
-                    &paths,
-                    &mut in_cache,
-                    |delay, e| {
+                let result =
+                    gradient_domain::push::push_more_retrying(nix, cache, target, &paths, &mut in_cache, |delay, e| {
                         tracing::warn!(
                             target: "gradient::build",
                             "{e}; trying again in {}s",
                             delay.as_secs()
                         );
                         tokio::time::sleep(delay)
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 pushed.busy += pushing.elapsed();
                 pushed.pushes += 1;
                 pushed.paths += paths.len();
