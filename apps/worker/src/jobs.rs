@@ -600,9 +600,8 @@ pub async fn run_batch<N: Nix>(
     );
 }
 
-/// The pushes of one Nix run's builds while it goes on start this far apart at least (and twice as far apart as
-/// the last one took): each costs two Nix processes and two requests whatever its size, taken from the builds
-/// on a busy machine.
+/// The pushes of one Nix run's builds while it goes on start this far apart at least: each costs two Nix
+/// processes and two requests whatever its size, taken from the builds on a busy machine.
 const PUSH_SPACING: Duration = Duration::from_millis(250);
 
 /// What the pushes of one run did, for the log.
@@ -651,8 +650,7 @@ async fn push_as_built<N: Nix>(
                 _ = tokio::time::sleep_until(next), if !group.is_empty() => break,
             }
         }
-        let group_start = tokio::time::Instant::now();
-        next = group_start + PUSH_SPACING;
+        next = tokio::time::Instant::now() + PUSH_SPACING;
         group.retain(|d| done.insert(d.clone()));
         // The group's jobs (a drv may be several jobs'), those still wanted, and the outputs to push.
         let jobs: Vec<(usize, JobId)> = drvs
@@ -696,9 +694,6 @@ async fn push_as_built<N: Nix>(
                     })
                     .await;
                 pushed.busy += pushing.elapsed();
-                // Pushing takes at most half the time while Nix builds: on a busy machine, where each push costs
-                // more, fewer and larger ones.
-                next = next.max(group_start + pushing.elapsed() * 2);
                 pushed.pushes += 1;
                 pushed.paths += paths.len();
                 tracing::debug!(
