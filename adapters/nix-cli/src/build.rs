@@ -223,6 +223,37 @@ mod tests {
     }
 
     #[test]
+    fn builds_are_known_built_when_none_runs_and_none_failed_else_looked_at() {
+        let mut w = Watch::default();
+        let start = |w: &mut Watch, d: &str| {
+            w.running.insert(d.to_owned());
+        };
+        // One at a time: a ends, then b.
+        start(&mut w, "a");
+        assert!(!w.progressed([0, 3, 1, 0]), "a runs");
+        assert!(w.progressed([1, 3, 0, 0]));
+        assert_eq!(w.take(), (vec!["a".to_owned()], vec![], vec![]));
+        // Two at once: one of them ended, which is not said.
+        start(&mut w, "b");
+        start(&mut w, "c");
+        assert!(!w.progressed([1, 3, 2, 0]));
+        assert!(w.progressed([2, 3, 1, 0]));
+        assert_eq!(w.take(), (vec![], vec![], vec!["b".to_owned(), "c".to_owned()]));
+        w.running.remove("b");
+        // c failed: what ran since the last time none ran is looked at once.
+        start(&mut w, "d");
+        assert!(!w.progressed([2, 3, 2, 0]));
+        assert!(w.progressed([3, 3, 0, 1]));
+        assert_eq!(w.take(), (vec![], vec!["c".to_owned(), "d".to_owned()], vec![]));
+        // After that, none failed since: known built again.
+        start(&mut w, "e");
+        assert!(!w.progressed([3, 4, 1, 1]));
+        assert!(w.progressed([4, 4, 0, 1]));
+        assert_eq!(w.take().0, vec!["e".to_owned()]);
+        assert!(w.running.is_empty());
+    }
+
+    #[test]
     fn store_paths_are_checked() {
         assert!(check_store_path(DRV).is_ok());
         for bad in ["", "relative/x", "/nix/store/a b", "/nix/store/x\"", "/nix/store/"] {
