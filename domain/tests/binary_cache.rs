@@ -1082,11 +1082,18 @@ async fn an_import_of_several_batches_records_every_path_with_its_nar_and_listin
         } else {
             format!("path {i}").into_bytes()
         };
-        let refs: Vec<&str> = if i == 0 { vec![] } else { vec![paths[i - 1].as_str(), path.as_str()] };
+        let refs: Vec<&str> = if i == 0 {
+            vec![]
+        } else {
+            vec![paths[i - 1].as_str(), path.as_str()]
+        };
         exported(&mut stream, path, &nar_of(&contents), &refs, "");
     }
     int(&mut stream, 0);
-    assert_eq!(app.import_paths(&nars, &cache, body(stream)).await.unwrap(), count as u64);
+    assert_eq!(
+        app.import_paths(&nars, &cache, body(stream)).await.unwrap(),
+        count as u64
+    );
     assert!(app.missing_paths(&cache, &paths).await.unwrap().is_empty());
     for (i, path) in paths.iter().enumerate() {
         let text = app
@@ -1098,9 +1105,15 @@ async fn an_import_of_several_batches_records_every_path_with_its_nar_and_listin
         if i > 0 {
             assert_eq!(info.references.len(), 2, "{text}");
         }
-        assert!(nars.size(&nar_key(&cache, &info.url)).await.unwrap().is_some(), "{path}: its NAR");
         assert!(
-            nars.size(&format!("{}.ls", nar_key(&cache, &info.url))).await.unwrap().is_some(),
+            nars.size(&nar_key(&cache, &info.url)).await.unwrap().is_some(),
+            "{path}: its NAR"
+        );
+        assert!(
+            nars.size(&format!("{}.ls", nar_key(&cache, &info.url)))
+                .await
+                .unwrap()
+                .is_some(),
             "{path}: its listing"
         );
     }
@@ -1127,7 +1140,11 @@ async fn a_path_refused_within_a_batch_keeps_the_paths_before_it_and_nothing_of_
     let e = app.import_paths(&nars, &cache, body(stream)).await.unwrap_err();
     assert_eq!(e.code(), "reference_missing", "{e}");
     assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), paths[5..].to_vec());
-    assert_eq!(nars.uploads_in_progress(), 0, "nothing of the refused paths is left staged");
+    assert_eq!(
+        nars.uploads_in_progress(),
+        0,
+        "nothing of the refused paths is left staged"
+    );
     let unreferenced = app
         .storage
         .orphan_nar_files(app.clock.now() + TimeDelta::days(1), 1000)
@@ -1153,7 +1170,10 @@ async fn a_path_refused_within_a_batch_keeps_the_paths_before_it_and_nothing_of_
     assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), paths[8..].to_vec());
     let text = app.signed_narinfo(&cache, &paths[7][11..43]).await.unwrap().unwrap();
     assert!(
-        text.contains(&format!("NarHash: sha256:{}", nix32::encode(&sha256_of(&nar_of(b"path 7")).bytes))),
+        text.contains(&format!(
+            "NarHash: sha256:{}",
+            nix32::encode(&sha256_of(&nar_of(b"path 7")).bytes)
+        )),
         "the first contents stay: {text}"
     );
     assert_eq!(nars.uploads_in_progress(), 0);
@@ -1197,7 +1217,11 @@ async fn paths_whose_batch_cannot_be_made_durable_are_not_recorded_and_collectio
     let e = app.import_paths(&nars, &cache, body).await.unwrap_err();
     assert_eq!(e.code(), "storage_unavailable", "{e}");
     nars.set_unavailable(false);
-    assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), paths, "nothing is recorded");
+    assert_eq!(
+        app.missing_paths(&cache, &paths).await.unwrap(),
+        paths,
+        "nothing is recorded"
+    );
     assert_eq!(nars.uploads_in_progress(), 0, "nothing is left staged");
     // What the failed batch recorded of its files goes with collection.
     clock.advance(TimeDelta::hours(2));

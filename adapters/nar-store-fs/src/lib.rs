@@ -281,7 +281,10 @@ fn commit_group(uploads: &mut [FsUpload]) -> Result<Vec<u64>> {
         let file = append(upload.file.take(), &upload.temp, &pending).map_err(|e| io_error(&upload.temp, e))?;
         files.push(file);
     }
-    let synced: Vec<(std::fs::File, &Path)> = files.into_iter().zip(uploads.iter().map(|u| u.temp.as_path())).collect();
+    let synced: Vec<(std::fs::File, &Path)> = files
+        .into_iter()
+        .zip(uploads.iter().map(|u| u.temp.as_path()))
+        .collect();
     sync_files(&synced)?;
     drop(synced);
     let mut dirs = std::collections::BTreeSet::new();
@@ -323,7 +326,10 @@ fn sync_files(files: &[(std::fs::File, &Path)]) -> Result<()> {
     }
     let per_thread = files.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|scope| {
-        let running: Vec<_> = files.chunks(per_thread).map(|group| scope.spawn(move || sync(group))).collect();
+        let running: Vec<_> = files
+            .chunks(per_thread)
+            .map(|group| scope.spawn(move || sync(group)))
+            .collect();
         running.into_iter().try_for_each(|thread| {
             thread
                 .join()

@@ -188,10 +188,15 @@ impl CacheContents for SqlStorage {
     async fn put_nar_file(&self, file: &NarFile) -> Result<()> {
         // A missing cache fails the foreign key: NotFound.
         let (file_size, nar_size) = nar_file_sizes(file)?;
-        with_pool!(self, |p| bind_nar_file(sqlx::query(PUT_NAR_FILE), file, file_size, nar_size)
-            .execute(p)
-            .await
-            .map(|_| ()))
+        with_pool!(self, |p| bind_nar_file(
+            sqlx::query(PUT_NAR_FILE),
+            file,
+            file_size,
+            nar_size
+        )
+        .execute(p)
+        .await
+        .map(|_| ()))
         .map_err(db_error)
     }
 
@@ -281,7 +286,10 @@ impl CacheContents for SqlStorage {
             let mut tx = p.begin().await?;
             let mut stored = Vec::with_capacity(paths.len());
             for (path, values) in paths.iter().zip(&values) {
-                let done = values.bind(sqlx::query(PUT_CACHED_PATH), path).execute(&mut *tx).await?;
+                let done = values
+                    .bind(sqlx::query(PUT_CACHED_PATH), path)
+                    .execute(&mut *tx)
+                    .await?;
                 stored.push(done.rows_affected() > 0);
             }
             tx.commit().await?;

@@ -565,8 +565,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                                     let _ = incoming.upload.abort().await;
                                     return Err(e);
                                 }
-                                batch_bytes += incoming.file_size
-                                    + exported.listing.as_ref().map_or(0, |l| l.len() as u64);
+                                batch_bytes +=
+                                    incoming.file_size + exported.listing.as_ref().map_or(0, |l| l.len() as u64);
                                 batch.push(Received { incoming, exported });
                                 if batch.len() >= IMPORT_BATCH_PATHS || batch_bytes >= IMPORT_BATCH_BYTES {
                                     self.record_imports(nars, cache, &mut batch, &mut imported).await?;
@@ -653,9 +653,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             let path = &r.exported.path;
             let hash_part = path.hash_part().to_owned();
             let nar_hash = r.exported.nar_hash.to_string();
-            let missing = r.exported.references.iter().find(|x| {
-                !(*x == path || imported.contains(x.hash_part()) || held.contains(x.hash_part()))
-            });
+            let missing = r
+                .exported
+                .references
+                .iter()
+                .find(|x| !(*x == path || imported.contains(x.hash_part()) || held.contains(x.hash_part())));
             if let Some(missing) = missing {
                 failure = Some(invalid(
                     "reference_missing",
@@ -929,9 +931,7 @@ async fn delete_nar<N: NarStore>(nars: &N, cache: crate::CacheId, url: &str) {
 fn path_exists(store_path: &str, nar_hash: &str) -> ServiceError {
     ServiceError::conflict(
         "path_exists",
-        format!(
-            "the cache already holds {store_path} with NAR hash {nar_hash}; a path's contents are never replaced"
-        ),
+        format!("the cache already holds {store_path} with NAR hash {nar_hash}; a path's contents are never replaced"),
     )
 }
 

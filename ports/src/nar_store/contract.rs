@@ -517,7 +517,10 @@ pub async fn a_swept_upload_never_commits_a_part<S: NarStore>(s: &S) {
 /// sizes in order, replaces an existing object, takes a large (spilled) upload among small ones, leaves
 /// nothing for a sweep, and commits an empty group as nothing.
 pub async fn commit_all_makes_every_object_visible<S: NarStore>(s: &S) {
-    assert_eq!(s.commit_all(Vec::new()).await.expect("commit_all of nothing"), Vec::<u64>::new());
+    assert_eq!(
+        s.commit_all(Vec::new()).await.expect("commit_all of nothing"),
+        Vec::<u64>::new()
+    );
     let replaced = key();
     put(s, &replaced, &pattern(30, 0, 9_000), 1_000).await;
     let mut objects: Vec<(String, Vec<u8>)> = (0..5u64)
@@ -566,7 +569,11 @@ pub async fn commit_all_with_a_swept_upload_fails_and_keeps_every_key_whole<S: N
     first.write(Bytes::copy_from_slice(&data)).await.expect("write");
     let mut second = spilled_upload(s, &swept, 42).await;
     s.sweep(Duration::ZERO).await.expect("sweep");
-    if second.write(Bytes::from(pattern(42, SPILLED, SPILLED + 10))).await.is_err() {
+    if second
+        .write(Bytes::from(pattern(42, SPILLED, SPILLED + 10)))
+        .await
+        .is_err()
+    {
         // The backend noticed the sweep already: the group cannot be tried.
         let _ = second.abort().await;
         let _ = first.abort().await;
@@ -579,5 +586,9 @@ pub async fn commit_all_with_a_swept_upload_fails_and_keeps_every_key_whole<S: N
         None => {}
         Some((_, bytes)) => assert!(bytes == data, "the other key holds the whole new object or nothing"),
     }
-    assert_eq!(s.sweep(Duration::ZERO).await.expect("sweep"), 0, "nothing of the group is left behind");
+    assert_eq!(
+        s.sweep(Duration::ZERO).await.expect("sweep"),
+        0,
+        "nothing of the group is left behind"
+    );
 }
