@@ -538,7 +538,7 @@ pub async fn commit_all_makes_every_object_visible<S: NarStore>(s: &S) {
     }
     let large = key();
     uploads.push(spilled_upload(s, &large, 37).await);
-    for (key, data) in &objects {
+    for (key, _) in &objects {
         if key != &replaced {
             assert_absent(s, key, "before the group commits").await;
         }
