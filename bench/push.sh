@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 n=${2:-300}
 
-ensure_packages nix-bin curl jq python3
+ensure_packages nix-bin curl jq python3 bc
 ensure_rust
 server_bin=${GRADIENT_SERVER:-}
 if [ -z "$server_bin" ]; then
