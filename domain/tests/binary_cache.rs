@@ -1058,3 +1058,178 @@ async fn nars_used(nars: &MemoryNarStore, cache: &Cache, app: &App) -> u64 {
             .unwrap()
             .unwrap_or(0)
 }
+
+/// The store path numbered `i` of a long import: `/nix/store/<hash>-p<i>`.
+fn numbered(i: usize) -> String {
+    let mut seed = [7u8; 20];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    format!("/nix/store/{}-p{i}", nix32::encode(&seed))
+}
+
+#[tokio::test]
+async fn an_import_of_several_batches_records_every_path_with_its_nar_and_listing() {
+    use gradient_domain::service::{IMPORT_BATCH_BYTES, IMPORT_BATCH_PATHS};
+    let (app, _, nars, cache, _) = setup().await;
+    // More paths than two batches hold, each referring to the one before it (in its batch or an earlier
+    // one), with a NAR larger than a batch's bytes among them, which ends its batch.
+    let count = 2 * IMPORT_BATCH_PATHS + 7;
+    let big = IMPORT_BATCH_PATHS + 3;
+    let paths: Vec<String> = (0..count).map(numbered).collect();
+    let mut stream = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let contents = if i == big {
+            pseudo_random(IMPORT_BATCH_BYTES as usize + 100_000)
+        } else {
+            format!("path {i}").into_bytes()
+        };
+        let refs: Vec<&str> = if i == 0 {
+            vec![]
+        } else {
+            vec![paths[i - 1].as_str(), path.as_str()]
+        };
+        exported(&mut stream, path, &nar_of(&contents), &refs, "");
+    }
+    int(&mut stream, 0);
+    assert_eq!(
+        app.import_paths(&nars, &cache, body(stream)).await.unwrap(),
+        count as u64
+    );
+    assert!(app.missing_paths(&cache, &paths).await.unwrap().is_empty());
+    for (i, path) in paths.iter().enumerate() {
+        let text = app
+            .signed_narinfo(&cache, &path[11..43])
+            .await
+            .unwrap()
+            .expect("served");
+        let info = NarInfo::parse(&text).unwrap();
+        if i > 0 {
+            assert_eq!(info.references.len(), 2, "{text}");
+        }
+        assert!(
+            nars.size(&nar_key(&cache, &info.url)).await.unwrap().is_some(),
+            "{path}: its NAR"
+        );
+        assert!(
+            nars.size(&format!("{}.ls", nar_key(&cache, &info.url)))
+                .await
+                .unwrap()
+                .is_some(),
+            "{path}: its listing"
+        );
+    }
+    assert_eq!(nars.uploads_in_progress(), 0);
+    let unreferenced = app
+        .storage
+        .orphan_nar_files(app.clock.now() + TimeDelta::days(1), 1000)
+        .await
+        .unwrap();
+    assert_eq!(unreferenced, vec![], "every NAR file recorded is a path's");
+}
+
+#[tokio::test]
+async fn a_path_refused_within_a_batch_keeps_the_paths_before_it_and_nothing_of_it_or_after() {
+    let (app, _, nars, cache, _) = setup().await;
+    let paths: Vec<String> = (0..10).map(numbered).collect();
+    let mut stream = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        // The sixth refers to a path neither in the cache nor earlier in the stream: a later one.
+        let refs: Vec<&str> = if i == 5 { vec![paths[8].as_str()] } else { vec![] };
+        exported(&mut stream, path, &nar_of(format!("path {i}").as_bytes()), &refs, "");
+    }
+    int(&mut stream, 0);
+    let e = app.import_paths(&nars, &cache, body(stream)).await.unwrap_err();
+    assert_eq!(e.code(), "reference_missing", "{e}");
+    assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), paths[5..].to_vec());
+    assert_eq!(
+        nars.uploads_in_progress(),
+        0,
+        "nothing of the refused paths is left staged"
+    );
+    let unreferenced = app
+        .storage
+        .orphan_nar_files(app.clock.now() + TimeDelta::days(1), 1000)
+        .await
+        .unwrap();
+    assert_eq!(unreferenced, vec![], "no NAR file was recorded for a refused path");
+
+    // A path twice in one stream: the same contents count once; other contents are refused, keeping the
+    // first and what came before.
+    let mut stream = Vec::new();
+    exported(&mut stream, &paths[5], &nar_of(b"path 5"), &[], "");
+    exported(&mut stream, &paths[5], &nar_of(b"path 5"), &[], "");
+    exported(&mut stream, &paths[6], &nar_of(b"path 6"), &[], "");
+    int(&mut stream, 0);
+    assert_eq!(app.import_paths(&nars, &cache, body(stream)).await.unwrap(), 2);
+    let mut stream = Vec::new();
+    exported(&mut stream, &paths[7], &nar_of(b"path 7"), &[], "");
+    exported(&mut stream, &paths[7], &nar_of(b"not path 7"), &[], "");
+    exported(&mut stream, &paths[8], &nar_of(b"path 8"), &[], "");
+    int(&mut stream, 0);
+    let e = app.import_paths(&nars, &cache, body(stream)).await.unwrap_err();
+    assert_eq!(e.code(), "path_exists", "{e}");
+    assert_eq!(app.missing_paths(&cache, &paths).await.unwrap(), paths[8..].to_vec());
+    let text = app.signed_narinfo(&cache, &paths[7][11..43]).await.unwrap().unwrap();
+    assert!(
+        text.contains(&format!(
+            "NarHash: sha256:{}",
+            nix32::encode(&sha256_of(&nar_of(b"path 7")).bytes)
+        )),
+        "the first contents stay: {text}"
+    );
+    assert_eq!(nars.uploads_in_progress(), 0);
+}
+
+/// A body that makes the NAR store unavailable once its last byte has been read: the paths are whole, but
+/// their group commit fails.
+struct ThenUnavailable<I> {
+    chunks: I,
+    nars: MemoryNarStore,
+}
+impl<I: Iterator<Item = Result<Bytes, std::io::Error>> + Unpin> futures_core::Stream for ThenUnavailable<I> {
+    type Item = Result<Bytes, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = self.chunks.next();
+        if next.is_none() {
+            self.nars.set_unavailable(true);
+        }
+        std::task::Poll::Ready(next)
+    }
+}
+
+#[tokio::test]
+async fn paths_whose_batch_cannot_be_made_durable_are_not_recorded_and_collection_removes_their_files() {
+    let (app, clock, nars, cache, _) = setup().await;
+    let paths: Vec<String> = (0..3).map(numbered).collect();
+    let mut stream = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        exported(&mut stream, path, &nar_of(format!("path {i}").as_bytes()), &[], "");
+    }
+    int(&mut stream, 0);
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        stream.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let body = ThenUnavailable {
+        chunks: chunks.into_iter(),
+        nars: nars.clone(),
+    };
+    let e = app.import_paths(&nars, &cache, body).await.unwrap_err();
+    assert_eq!(e.code(), "storage_unavailable", "{e}");
+    nars.set_unavailable(false);
+    assert_eq!(
+        app.missing_paths(&cache, &paths).await.unwrap(),
+        paths,
+        "nothing is recorded"
+    );
+    assert_eq!(nars.uploads_in_progress(), 0, "nothing is left staged");
+    // What the failed batch recorded of its files goes with collection.
+    clock.advance(TimeDelta::hours(2));
+    app.collect_garbage(&nars, None).await.unwrap();
+    let unreferenced = app
+        .storage
+        .orphan_nar_files(app.clock.now() + TimeDelta::days(1), 1000)
+        .await
+        .unwrap();
+    assert_eq!(unreferenced, vec![]);
+}

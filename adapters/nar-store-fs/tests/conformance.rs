@@ -40,6 +40,10 @@ impl NarStore for TestStore {
     async fn sweep(&self, older_than: Duration) -> Result<u64> {
         self.store.sweep(older_than).await
     }
+
+    async fn commit_all(&self, uploads: Vec<FsUpload>) -> Result<Vec<u64>> {
+        self.store.commit_all(uploads).await
+    }
 }
 
 async fn fresh_fs() -> TestStore {

@@ -18,7 +18,7 @@ mod upload;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use gradient_domain::ports::nar_store::{
-    ByteRange, ByteStream, NarStore, NarStoreError, Result, check_key, clamp_range,
+    ByteRange, ByteStream, NarStore, NarStoreError, NarUpload, Result, check_key, clamp_range,
 };
 use s3::Bucket;
 use s3::creds::Credentials;
@@ -225,6 +225,9 @@ fn empty_stream() -> ByteStream {
     Box::pin(futures_util::stream::empty::<Result<Bytes>>())
 }
 
+/// Commits of one group (`commit_all`) sent at once, at most.
+const COMMITS_IN_FLIGHT: usize = 8;
+
 impl NarStore for S3NarStore {
     type Upload = S3Upload;
 
@@ -287,6 +290,17 @@ impl NarStore for S3NarStore {
             404 => Ok(false),
             status => Err(status_error("DELETE", &path, status)),
         }
+    }
+
+    async fn commit_all(&self, uploads: Vec<S3Upload>) -> Result<Vec<u64>> {
+        // Each commit is its own request (the upload's completion is its commit): several in flight at once,
+        // answers in order. A failed one fails the group; the others are committed or not, each whole.
+        let done: Vec<Result<u64>> = futures_util::stream::iter(uploads)
+            .map(|u| u.commit())
+            .buffered(COMMITS_IN_FLIGHT)
+            .collect()
+            .await;
+        done.into_iter().collect()
     }
 
     async fn sweep(&self, older_than: Duration) -> Result<u64> {

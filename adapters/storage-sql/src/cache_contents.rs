@@ -93,31 +93,130 @@ impl CachedPathRow {
     }
 }
 
+const PUT_NAR_FILE: &str = concat!(
+    "INSERT INTO nar_files (",
+    nar_file_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ",
+    "ON CONFLICT (cache_id, url) DO UPDATE SET compression = excluded.compression, ",
+    "file_hash = excluded.file_hash, file_size = excluded.file_size, nar_hash = excluded.nar_hash, ",
+    "nar_size = excluded.nar_size, created_at = excluded.created_at"
+);
+
+const PUT_CACHED_PATH: &str = concat!(
+    "INSERT INTO cached_paths (",
+    cached_path_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ",
+    "ON CONFLICT (cache_id, hash_part) DO NOTHING"
+);
+
+fn nar_file_sizes(file: &NarFile) -> Result<(i64, i64)> {
+    Ok((
+        db_size(file.file_size, "nar file size")?,
+        db_size(file.nar_size, "nar size")?,
+    ))
+}
+
+fn bind_nar_file<'q, DB: sqlx::Database>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    file: &'q NarFile,
+    file_size: i64,
+    nar_size: i64,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(file.cache_id.0)
+        .bind(file.url.as_str())
+        .bind(file.compression.as_str())
+        .bind(file.file_hash.as_str())
+        .bind(file_size)
+        .bind(file.nar_hash.as_str())
+        .bind(nar_size)
+        .bind(file.created_at)
+}
+
+/// A cached path's values that are converted before binding.
+struct CachedPathValues {
+    file_size: i64,
+    nar_size: i64,
+    refs: String,
+}
+
+impl CachedPathValues {
+    fn of(path: &CachedPath) -> Result<Self> {
+        Ok(Self {
+            file_size: db_size(path.file_size, "cached path file size")?,
+            nar_size: db_size(path.nar_size, "cached path nar size")?,
+            refs: to_json(&path.references)?,
+        })
+    }
+
+    fn bind<'q, DB: sqlx::Database>(
+        &'q self,
+        q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+        path: &'q CachedPath,
+    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+    where
+        Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        q.bind(path.cache_id.0)
+            .bind(path.hash_part.as_str())
+            .bind(path.store_path.as_str())
+            .bind(path.url.as_str())
+            .bind(path.compression.as_str())
+            .bind(path.file_hash.as_str())
+            .bind(self.file_size)
+            .bind(path.nar_hash.as_str())
+            .bind(self.nar_size)
+            .bind(self.refs.as_str())
+            .bind(path.deriver.as_deref())
+            .bind(path.system.as_deref())
+            .bind(path.ca.as_deref())
+            .bind(path.created_at)
+            .bind(path.last_fetched_at)
+    }
+}
+
 impl CacheContents for SqlStorage {
     async fn put_nar_file(&self, file: &NarFile) -> Result<()> {
         // A missing cache fails the foreign key: NotFound.
-        let sql = concat!(
-            "INSERT INTO nar_files (",
-            nar_file_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ",
-            "ON CONFLICT (cache_id, url) DO UPDATE SET compression = excluded.compression, ",
-            "file_hash = excluded.file_hash, file_size = excluded.file_size, nar_hash = excluded.nar_hash, ",
-            "nar_size = excluded.nar_size, created_at = excluded.created_at"
-        );
-        let file_size = db_size(file.file_size, "nar file size")?;
-        let nar_size = db_size(file.nar_size, "nar size")?;
-        with_pool!(self, |p| sqlx::query(sql)
-            .bind(file.cache_id.0)
-            .bind(&file.url)
-            .bind(file.compression.as_str())
-            .bind(&file.file_hash)
-            .bind(file_size)
-            .bind(&file.nar_hash)
-            .bind(nar_size)
-            .bind(file.created_at)
-            .execute(p)
-            .await
-            .map(|_| ()))
+        let (file_size, nar_size) = nar_file_sizes(file)?;
+        with_pool!(self, |p| bind_nar_file(
+            sqlx::query(PUT_NAR_FILE),
+            file,
+            file_size,
+            nar_size
+        )
+        .execute(p)
+        .await
+        .map(|_| ()))
+        .map_err(db_error)
+    }
+
+    async fn put_nar_files(&self, files: &[NarFile]) -> Result<()> {
+        // One statement per file in one transaction: the text (and its prepared statement) stays the same
+        // whatever the batch size, far from any limit on bound parameters.
+        if files.is_empty() {
+            return Ok(());
+        }
+        let sizes = files.iter().map(nar_file_sizes).collect::<Result<Vec<_>>>()?;
+        with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            for (file, (file_size, nar_size)) in files.iter().zip(&sizes) {
+                bind_nar_file(sqlx::query(PUT_NAR_FILE), file, *file_size, *nar_size)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await)
         .map_err(db_error)
     }
 
@@ -168,34 +267,35 @@ impl CacheContents for SqlStorage {
 
     async fn put_cached_path(&self, path: &CachedPath) -> Result<bool> {
         // A missing cache fails the foreign key: NotFound. A path already there is kept as it is.
-        let sql = concat!(
-            "INSERT INTO cached_paths (",
-            cached_path_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ",
-            "ON CONFLICT (cache_id, hash_part) DO NOTHING"
-        );
-        let file_size = db_size(path.file_size, "cached path file size")?;
-        let nar_size = db_size(path.nar_size, "cached path nar size")?;
-        let refs = to_json(&path.references)?;
-        with_pool!(self, |p| sqlx::query(sql)
-            .bind(path.cache_id.0)
-            .bind(&path.hash_part)
-            .bind(&path.store_path)
-            .bind(&path.url)
-            .bind(path.compression.as_str())
-            .bind(&path.file_hash)
-            .bind(file_size)
-            .bind(&path.nar_hash)
-            .bind(nar_size)
-            .bind(&refs)
-            .bind(&path.deriver)
-            .bind(&path.system)
-            .bind(&path.ca)
-            .bind(path.created_at)
-            .bind(path.last_fetched_at)
+        let values = CachedPathValues::of(path)?;
+        with_pool!(self, |p| values
+            .bind(sqlx::query(PUT_CACHED_PATH), path)
             .execute(p)
             .await
             .map(|r| r.rows_affected() > 0))
+        .map_err(db_error)
+    }
+
+    async fn put_cached_paths(&self, paths: &[CachedPath]) -> Result<Vec<bool>> {
+        // As `put_nar_files`: one statement per path, in order, in one transaction.
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = paths.iter().map(CachedPathValues::of).collect::<Result<Vec<_>>>()?;
+        with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            let mut stored = Vec::with_capacity(paths.len());
+            for (path, values) in paths.iter().zip(&values) {
+                let done = values
+                    .bind(sqlx::query(PUT_CACHED_PATH), path)
+                    .execute(&mut *tx)
+                    .await?;
+                stored.push(done.rows_affected() > 0);
+            }
+            tx.commit().await?;
+            Ok(stored)
+        }
+        .await)
         .map_err(db_error)
     }
 

@@ -2,7 +2,7 @@
 //! `<baseDir>/nars`) or an S3 bucket (`s3://bucket/prefix`). One delegating enum instead of `dyn`.
 
 use bytes::Bytes;
-use gradient_domain::ports::nar_store::{ByteStream, NarStore, NarUpload, Result};
+use gradient_domain::ports::nar_store::{ByteStream, NarStore, NarStoreError, NarUpload, Result};
 use gradient_nar_store_fs::FsNarStore;
 use gradient_nar_store_s3::{S3Config, S3NarStore};
 
@@ -69,6 +69,27 @@ impl NarStore for NarStorage {
         match self {
             Self::Fs(s) => s.sweep(older_than).await,
             Self::S3(s) => s.sweep(older_than).await,
+        }
+    }
+
+    async fn commit_all(&self, uploads: Vec<Upload>) -> Result<Vec<u64>> {
+        // Every upload came from this store's `begin`, so each is of its kind.
+        let other = || NarStoreError::Unavailable("an upload of another NAR store".to_owned());
+        match self {
+            Self::Fs(s) => {
+                let uploads = uploads.into_iter().map(|u| match u {
+                    Upload::Fs(u) => Ok(u),
+                    Upload::S3(_) => Err(other()),
+                });
+                s.commit_all(uploads.collect::<Result<_>>()?).await
+            }
+            Self::S3(s) => {
+                let uploads = uploads.into_iter().map(|u| match u {
+                    Upload::S3(u) => Ok(u),
+                    Upload::Fs(_) => Err(other()),
+                });
+                s.commit_all(uploads.collect::<Result<_>>()?).await
+            }
         }
     }
 }

@@ -87,6 +87,30 @@ pub trait NarStore: Send + Sync + 'static {
     /// Never touches a committed object. `Duration::ZERO` removes every one, running uploads included: for a
     /// process starting, when no upload of its own can be running.
     fn sweep(&self, older_than: Duration) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Commits several uploads as one group: once it answers, every object is visible and durable, as if
+    /// each had been committed; answers their sizes, in order. Backends that pay per commit for durability
+    /// (a directory's fsyncs) pay once per group where they can. On error, each key holds its previous
+    /// object or the whole new one (as [`NarUpload::commit`] says), and nothing of an upload that did not
+    /// commit remains. By default the uploads commit one after the other.
+    fn commit_all(&self, uploads: Vec<Self::Upload>) -> impl Future<Output = Result<Vec<u64>>> + Send {
+        async move {
+            let mut sizes = Vec::with_capacity(uploads.len());
+            let mut uploads = uploads.into_iter();
+            while let Some(upload) = uploads.next() {
+                match upload.commit().await {
+                    Ok(size) => sizes.push(size),
+                    Err(e) => {
+                        for rest in uploads {
+                            let _ = rest.abort().await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(sizes)
+        }
+    }
 }
 
 /// An upload in progress, from [`NarStore::begin`]. It ends with `commit` or `abort`; dropped without

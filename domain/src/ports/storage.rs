@@ -283,6 +283,13 @@ pub trait CacheContents {
     /// left as it is: a cache never replaces what it has. Ok(false) when one was there.
     /// NotFound when the cache does not exist.
     fn put_cached_path(&self, path: &CachedPath) -> impl Future<Output = Result<bool>> + Send;
+    /// Records several received NAR files in one transaction, each as [`Self::put_nar_file`] does: all of them
+    /// or, on error, none. NotFound when a cache does not exist.
+    fn put_nar_files(&self, files: &[NarFile]) -> impl Future<Output = Result<()>> + Send;
+    /// Stores several paths in one transaction, each as [`Self::put_cached_path`] does (in order, so of two
+    /// with one hash part the first is kept); answers, in order, whether each was stored. All or, on error,
+    /// none. NotFound when a cache does not exist.
+    fn put_cached_paths(&self, paths: &[CachedPath]) -> impl Future<Output = Result<Vec<bool>>> + Send;
     fn cached_path(&self, cache: CacheId, hash_part: &str) -> impl Future<Output = Result<Option<CachedPath>>> + Send;
     /// Which of `hash_parts` the cache holds, in one question whatever their number (a push asks about a whole
     /// closure, an evaluation about every output). Each held one once, in no particular order.

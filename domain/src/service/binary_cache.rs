@@ -46,7 +46,12 @@ impl NarUrl {
 
 /// Where a cache's NAR lives in the NAR store.
 pub fn nar_key(cache: &Cache, url: &str) -> String {
-    format!("{}/{url}", cache.id)
+    nar_key_of(cache.id, url)
+}
+
+/// [`nar_key`] by the cache's id.
+fn nar_key_of(cache: crate::CacheId, url: &str) -> String {
+    format!("{cache}/{url}")
 }
 
 /// Where the `.ls` listing of a cache's NAR lives in the NAR store: next to the NAR, under its key with `.ls`
@@ -521,17 +526,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .collect())
     }
 
-    async fn holds(&self, cache: &Cache, hash_part: &str) -> Result<bool> {
-        if let Some(known) = self.memo.narinfo(cache.id, hash_part) {
-            return Ok(known.is_some());
-        }
-        Ok(self.storage.cached_path(cache.id, hash_part).await?.is_some())
-    }
-
-    /// Imports the store paths of a `nix-store --export` stream, each as it completes: its NAR is checked,
-    /// measured and compressed (in the cache's compression) on the way into the NAR store, and the path is
-    /// recorded once its NAR is whole and every path it refers to is in the cache (or earlier in the stream).
-    /// Paths imported before a failure stay; the one being read is discarded. Answers how many were imported.
+    /// Imports the store paths of a `nix-store --export` stream: each NAR is checked, measured and compressed
+    /// (in the cache's compression) on the way into the NAR store, and a path is recorded once its NAR and
+    /// listing are durable and every path it refers to is in the cache (or earlier in the stream). Paths are
+    /// made durable and recorded in batches (group commit): up to [`IMPORT_BATCH_PATHS`] paths or
+    /// [`IMPORT_BATCH_BYTES`] (a NAR that large ends its batch), or what is left when the stream ends, are
+    /// committed in one group and recorded in one transaction. Paths read whole before a failure stay; the one
+    /// being read is discarded. Answers how many were imported.
     pub async fn import_paths<N, B, E>(&self, nars: &N, cache: &Cache, mut body: B) -> Result<u64>
     where
         N: NarStore,
@@ -541,7 +542,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut reader = ExportReader::new();
         let mut current: Option<Incoming<N::Upload>> = None;
         let mut imported = HashSet::new();
+        let mut batch: Vec<Received<N::Upload>> = Vec::new();
         let outcome: Result<()> = async {
+            let mut batch_bytes = 0u64;
             while let Some(chunk) = next(&mut body).await {
                 let chunk = chunk.map_err(|e| invalid("upload_failed", format!("reading the upload failed: {e}")))?;
                 let mut rest = &chunk[..];
@@ -556,11 +559,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                                 incoming.feed(bytes).await?;
                             }
                         }
-                        Some(ExportEvent::Path(path)) => {
-                            if let Some(incoming) = current.take() {
-                                let hash_part = path.path.hash_part().to_owned();
-                                self.record_import(nars, cache, incoming, path, &imported).await?;
-                                imported.insert(hash_part);
+                        Some(ExportEvent::Path(exported)) => {
+                            if let Some(mut incoming) = current.take() {
+                                if let Err(e) = incoming.end().await {
+                                    let _ = incoming.upload.abort().await;
+                                    return Err(e);
+                                }
+                                batch_bytes +=
+                                    incoming.file_size + exported.listing.as_ref().map_or(0, |l| l.len() as u64);
+                                batch.push(Received { incoming, exported });
+                                if batch.len() >= IMPORT_BATCH_PATHS || batch_bytes >= IMPORT_BATCH_BYTES {
+                                    self.record_imports(nars, cache, &mut batch, &mut imported).await?;
+                                    batch_bytes = 0;
+                                }
                             }
                         }
                         Some(ExportEvent::End) | None => {}
@@ -568,139 +579,238 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     rest = &rest[used..];
                 }
             }
-            reader.finish().map_err(|e| invalid("invalid_export", e.to_string()))
+            reader.finish().map_err(|e| invalid("invalid_export", e.to_string()))?;
+            self.record_imports(nars, cache, &mut batch, &mut imported).await
         }
         .await;
         if let Err(e) = outcome {
             if let Some(incoming) = current {
                 let _ = incoming.upload.abort().await;
             }
+            // The paths read whole before the failure stay (a batch that failed itself is empty by now).
+            let _ = self.record_imports(nars, cache, &mut batch, &mut imported).await;
             return Err(e);
         }
         Ok(imported.len() as u64)
     }
 
-    /// Records one imported path whose NAR has been read whole.
-    async fn record_import<U: NarUpload>(
+    /// Records a batch of imported paths whose NARs have been read whole, in stream order, and empties it:
+    /// which of the paths and their references the cache holds is one question (after the memo); the NAR
+    /// files are recorded in one transaction, committed (NARs and listings) as one group, and then the paths
+    /// are recorded in one transaction. The first path refused (a missing reference, other contents under a
+    /// held path) fails the import: the paths before it are recorded, it and those after it discarded.
+    async fn record_imports<U: NarUpload>(
         &self,
         nars: &impl NarStore<Upload = U>,
         cache: &Cache,
-        mut incoming: Incoming<U>,
-        exported: ExportedPath,
-        imported: &HashSet<String>,
+        batch: &mut Vec<Received<U>>,
+        imported: &mut HashSet<String>,
     ) -> Result<()> {
-        let ExportedPath {
-            path,
-            references,
-            deriver,
-            nar_hash,
-            nar_size,
-            listing,
-        } = exported;
-        let checked: Result<()> = async {
-            incoming.end().await?;
-            for r in &references {
-                let present =
-                    r == &path || imported.contains(r.hash_part()) || self.holds(cache, r.hash_part()).await?;
-                if !present {
-                    return Err(invalid(
-                        "reference_missing",
-                        format!("{path} refers to {r}, which is neither in the cache nor earlier in the stream"),
-                    ));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let received = std::mem::take(batch);
+        let mut asked = std::collections::BTreeSet::new();
+        for r in &received {
+            asked.insert(r.exported.path.hash_part());
+            for reference in &r.exported.references {
+                if !imported.contains(reference.hash_part()) {
+                    asked.insert(reference.hash_part());
                 }
             }
-            Ok(())
         }
-        .await;
-        let checked = match checked {
-            Ok(()) => self
-                .storage
-                .cached_path(cache.id, path.hash_part())
-                .await
-                .map_err(Into::into),
-            Err(e) => Err(e),
-        };
-        match checked {
-            Err(e) => {
-                let _ = incoming.upload.abort().await;
-                return Err(e);
+        let mut held = HashSet::new();
+        let mut unknown = Vec::new();
+        for hash_part in asked {
+            match self.memo.narinfo(cache.id, hash_part) {
+                Some(known) => {
+                    if known.is_some() {
+                        held.insert(hash_part.to_owned());
+                    }
+                }
+                None => unknown.push(hash_part.to_owned()),
+            }
+        }
+        if !unknown.is_empty() {
+            match self.storage.held_hash_parts(cache.id, &unknown).await {
+                Ok(answer) => held.extend(answer),
+                Err(e) => {
+                    abort_all(received.into_iter().map(|r| r.incoming.upload)).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        // Which paths to record, in order, up to the first refused one.
+        let mut failure: Option<ServiceError> = None;
+        let mut accepted = Vec::with_capacity(received.len());
+        let mut discarded = Vec::new();
+        let mut in_batch: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        for r in received {
+            if failure.is_some() {
+                discarded.push(r.incoming.upload);
+                continue;
+            }
+            let path = &r.exported.path;
+            let hash_part = path.hash_part().to_owned();
+            let nar_hash = r.exported.nar_hash.to_string();
+            let missing = r
+                .exported
+                .references
+                .iter()
+                .find(|x| !(*x == path || imported.contains(x.hash_part()) || held.contains(x.hash_part())));
+            if let Some(missing) = missing {
+                failure = Some(invalid(
+                    "reference_missing",
+                    format!("{path} refers to {missing}, which is neither in the cache nor earlier in the stream"),
+                ));
+                discarded.push(r.incoming.upload);
+                continue;
+            }
+            // Twice in one batch: the first is the one recorded.
+            if let Some(first) = in_batch.get(&hash_part) {
+                if *first != nar_hash {
+                    failure = Some(path_exists(&path.to_string(), first));
+                }
+                discarded.push(r.incoming.upload);
+                continue;
             }
             // Already held: the same contents are a no-op, others are refused; nothing is stored either way.
-            Ok(Some(existing)) => {
-                let _ = incoming.upload.abort().await;
-                return same_path(existing, &nar_hash.to_string()).map(|_| ());
+            if held.contains(&hash_part) {
+                match self.storage.cached_path(cache.id, &hash_part).await {
+                    Ok(Some(existing)) => {
+                        discarded.push(r.incoming.upload);
+                        match same_path(existing, &nar_hash) {
+                            Ok(_) => {
+                                imported.insert(hash_part);
+                            }
+                            Err(e) => failure = Some(e),
+                        }
+                        continue;
+                    }
+                    // Collected meanwhile: imported again.
+                    Ok(None) => {}
+                    Err(e) => {
+                        failure = Some(e.into());
+                        discarded.push(r.incoming.upload);
+                        continue;
+                    }
+                }
             }
-            Ok(None) => {}
+            imported.insert(hash_part.clone());
+            in_batch.insert(hash_part, nar_hash);
+            accepted.push(r);
         }
-        let Incoming {
-            upload,
-            url,
-            sha,
-            file_size,
-            ..
-        } = incoming;
-        let compression = cache.compression;
+        abort_all(discarded).await;
+        if accepted.is_empty() {
+            return failure.map_or(Ok(()), Err);
+        }
         let now = self.clock.now();
-        let digest: [u8; 32] = sha.finalize().into();
-        let file = NarFile {
-            cache_id: cache.id,
-            url: url.clone(),
-            compression,
-            file_hash: format!("sha256:{}", nix32::encode(&digest)),
-            file_size,
-            nar_hash: nar_hash.to_string(),
-            nar_size,
-            created_at: now,
-        };
-        // Recorded before the commit, so a crash in between leaves a NAR file collection removes (see
-        // `receive_nar`); the path is recorded only once its NAR and listing are whole.
-        if let Err(e) = self.storage.put_nar_file(&file).await {
-            let _ = upload.abort().await;
-            return Err(e.into());
-        }
-        if let Err(e) = upload.commit().await {
-            // A fresh name: nothing else backs the record.
-            let _ = self.storage.delete_nar_file(cache.id, &url).await;
-            return Err(store_failure(e));
-        }
-        if let Err(e) = store_listing(nars, cache.id, &url, listing).await {
-            delete_nar(nars, cache.id, &url).await;
-            let _ = self.storage.delete_nar_file(cache.id, &url).await;
-            return Err(e);
-        }
-        let mut references: Vec<String> = references.iter().map(|r| r.basename().to_owned()).collect();
-        references.sort();
-        let hash_part = path.hash_part().to_owned();
-        let nar_hash_text = file.nar_hash.clone();
-        let stored = self
-            .storage
-            .put_cached_path(&CachedPath {
-                cache_id: cache.id,
-                hash_part: hash_part.clone(),
-                store_path: path.to_string(),
+        let compression = cache.compression;
+        let mut files = Vec::with_capacity(accepted.len());
+        let mut paths = Vec::with_capacity(accepted.len());
+        let mut listings = Vec::with_capacity(accepted.len());
+        let mut uploads = Vec::with_capacity(2 * accepted.len());
+        for Received { incoming, exported } in accepted {
+            let Incoming {
+                upload,
                 url,
-                compression,
-                file_hash: file.file_hash,
+                sha,
                 file_size,
-                nar_hash: file.nar_hash,
-                nar_size,
+                ..
+            } = incoming;
+            let digest: [u8; 32] = sha.finalize().into();
+            let file = NarFile {
+                cache_id: cache.id,
+                url: url.clone(),
+                compression,
+                file_hash: format!("sha256:{}", nix32::encode(&digest)),
+                file_size,
+                nar_hash: exported.nar_hash.to_string(),
+                nar_size: exported.nar_size,
+                created_at: now,
+            };
+            let mut references: Vec<String> = exported.references.iter().map(|r| r.basename().to_owned()).collect();
+            references.sort();
+            paths.push(CachedPath {
+                cache_id: cache.id,
+                hash_part: exported.path.hash_part().to_owned(),
+                store_path: exported.path.to_string(),
+                url: url.clone(),
+                compression,
+                file_hash: file.file_hash.clone(),
+                file_size,
+                nar_hash: file.nar_hash.clone(),
+                nar_size: exported.nar_size,
                 references,
-                deriver: deriver.as_ref().map(|d| d.basename().to_owned()),
+                deriver: exported.deriver.as_ref().map(|d| d.basename().to_owned()),
                 system: None,
                 ca: None,
                 created_at: now,
                 last_fetched_at: now,
-            })
-            .await?;
-        if !stored {
-            // Pushed meanwhile by another request: the first stays, and this NAR file is left to collection.
-            if let Some(existing) = self.storage.cached_path(cache.id, &hash_part).await? {
-                same_path(existing, &nar_hash_text)?;
+            });
+            if let Some(listing) = exported.listing {
+                listings.push((url, listing));
             }
-            return Ok(());
+            files.push(file);
+            uploads.push(upload);
         }
-        self.memo.forget_narinfo(cache.id, &hash_part);
-        Ok(())
+        // The files are recorded before they are committed, so a crash in between leaves NAR files collection
+        // removes (see `receive_nar`); the paths are recorded only once their NARs and listings are durable.
+        if let Err(e) = self.storage.put_nar_files(&files).await {
+            abort_all(uploads).await;
+            return Err(e.into());
+        }
+        for (url, listing) in listings {
+            let listed = async {
+                let mut upload = nars.begin(&listing_key(cache.id, &url)).await?;
+                match upload.write(Bytes::from(listing)).await {
+                    Ok(()) => Ok(upload),
+                    Err(e) => {
+                        let _ = upload.abort().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match listed {
+                Ok(upload) => uploads.push(upload),
+                Err(e) => {
+                    abort_all(uploads).await;
+                    self.forget_nar_files(nars, &files).await;
+                    return Err(store_failure(e));
+                }
+            }
+        }
+        if let Err(e) = nars.commit_all(uploads).await {
+            self.forget_nar_files(nars, &files).await;
+            return Err(store_failure(e));
+        }
+        let stored = self.storage.put_cached_paths(&paths).await?;
+        for (path, stored) in paths.iter().zip(stored) {
+            if stored {
+                self.memo.forget_narinfo(cache.id, &path.hash_part);
+                continue;
+            }
+            // Pushed meanwhile by another request: the first stays, and this NAR file is left to collection.
+            if let Some(existing) = self.storage.cached_path(cache.id, &path.hash_part).await?
+                && let Err(e) = same_path(existing, &path.nar_hash)
+            {
+                failure.get_or_insert(e);
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// After a failed group commit: removes what may have reached the NAR store of freshly named files and,
+    /// where that worked, their records (best effort: collection removes what is left).
+    async fn forget_nar_files<N: NarStore>(&self, nars: &N, files: &[NarFile]) {
+        for f in files {
+            let nar = nars.delete(&nar_key_of(f.cache_id, &f.url)).await;
+            let listing = nars.delete(&listing_key(f.cache_id, &f.url)).await;
+            if nar.is_ok() && listing.is_ok() {
+                let _ = self.storage.delete_nar_file(f.cache_id, &f.url).await;
+            }
+        }
     }
 
     /// The `.ls` listing of a path the cache holds (its size and bytes), `None` when the cache does not hold the
@@ -817,6 +927,14 @@ async fn delete_nar<N: NarStore>(nars: &N, cache: crate::CacheId, url: &str) {
     let _ = nars.delete(&listing_key(cache, url)).await;
 }
 
+/// 409 `path_exists`: the cache (or the stream, earlier) holds `store_path` with other contents.
+fn path_exists(store_path: &str, nar_hash: &str) -> ServiceError {
+    ServiceError::conflict(
+        "path_exists",
+        format!("the cache already holds {store_path} with NAR hash {nar_hash}; a path's contents are never replaced"),
+    )
+}
+
 /// A push of a path the cache already holds: the same NAR is a no-op answering what is held; another NAR is
 /// refused (409 `path_exists`). A cache never replaces what it has, so nothing is ever signed over bytes other
 /// than those first accepted for a path.
@@ -824,15 +942,28 @@ fn same_path(existing: CachedPath, nar_hash: &str) -> Result<CachedPath> {
     if existing.nar_hash == nar_hash {
         Ok(existing)
     } else {
-        Err(ServiceError::conflict(
-            "path_exists",
-            format!(
-                "the cache already holds {} with NAR hash {}; a path's contents are never replaced",
-                existing.store_path, existing.nar_hash
-            ),
-        ))
+        Err(path_exists(&existing.store_path, &existing.nar_hash))
     }
 }
+
+/// Discards uploads (best effort: a leftover is swept).
+async fn abort_all<U: NarUpload>(uploads: impl IntoIterator<Item = U>) {
+    for upload in uploads {
+        let _ = upload.abort().await;
+    }
+}
+
+/// A path of an import read whole, waiting for its batch to be committed and recorded.
+struct Received<U> {
+    incoming: Incoming<U>,
+    exported: ExportedPath,
+}
+
+/// Paths an import commits and records together, at most.
+pub const IMPORT_BATCH_PATHS: usize = 64;
+/// Compressed bytes (and listings) an import's batch gathers at most before it is committed: a NAR this
+/// large ends its batch, so what a batch holds in memory stays bounded whatever the paths' sizes.
+pub const IMPORT_BATCH_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Store paths one `missing_paths` question may ask about, at most.
 pub const MAX_MISSING_QUERY: usize = 20_000;
@@ -868,7 +999,8 @@ impl<U: NarUpload> Incoming<U> {
     async fn begin<N: NarStore<Upload = U>>(nars: &N, cache: &Cache) -> Result<Self> {
         use rand::RngCore;
         let mut name = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut name);
+        // The thread's CSPRNG (seeded from the OS): unguessable names without a system call per path.
+        rand::thread_rng().fill_bytes(&mut name);
         let compression = cache.compression;
         let url = format!("nar/{}{}", nix32::encode(&name), compression.nar_suffix());
         let upload = nars.begin(&nar_key(cache, &url)).await.map_err(store_failure)?;

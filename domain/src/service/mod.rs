@@ -28,7 +28,10 @@ pub(crate) mod workers;
 pub use accounts::{Caller, NewKey, Registration};
 pub use actions::{ActionChanges, ActionWithSecret, DELIVERY_PAGE, NewAction};
 pub use audit::{AUDIT_KEEP, AUDIT_PAGE, AuditPage};
-pub use binary_cache::{GcReport, MAX_MISSING_QUERY, NarUrl, drv_from_basename, listing_key, nar_key, nix_cache_info};
+pub use binary_cache::{
+    GcReport, IMPORT_BATCH_BYTES, IMPORT_BATCH_PATHS, MAX_MISSING_QUERY, NarUrl, drv_from_basename, listing_key,
+    nar_key, nix_cache_info,
+};
 pub use builds::{EvaluationBuildView, EvaluationDiff, LogText};
 pub use caches::{CacheChanges, CacheStats, NewCache};
 pub use deploy_keys::SshKeyView;

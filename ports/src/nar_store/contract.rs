@@ -52,6 +52,8 @@ macro_rules! nar_store_contract {
             invalid_keys_are_refused,
             uncommitted_uploads_are_invisible_and_swept,
             a_swept_upload_never_commits_a_part,
+            commit_all_makes_every_object_visible,
+            commit_all_with_a_swept_upload_fails_and_keeps_every_key_whole,
         );
     };
 }
@@ -509,4 +511,84 @@ pub async fn a_swept_upload_never_commits_a_part<S: NarStore>(s: &S) {
         let _ = upload.abort().await;
     }
     assert_holds(s, &key, &old, "the key keeps its object after a swept replacement").await;
+}
+
+/// A group commit (what an import does for a batch of paths) makes every object visible whole, answers their
+/// sizes in order, replaces an existing object, takes a large (spilled) upload among small ones, leaves
+/// nothing for a sweep, and commits an empty group as nothing.
+pub async fn commit_all_makes_every_object_visible<S: NarStore>(s: &S) {
+    assert_eq!(
+        s.commit_all(Vec::new()).await.expect("commit_all of nothing"),
+        Vec::<u64>::new()
+    );
+    let replaced = key();
+    put(s, &replaced, &pattern(30, 0, 9_000), 1_000).await;
+    let mut objects: Vec<(String, Vec<u8>)> = (0..5u64)
+        .map(|i| (key(), pattern(31 + i, 0, 600 + i as usize * 97)))
+        .collect();
+    objects.push((replaced.clone(), pattern(36, 0, 4_000)));
+    objects.push((key(), Vec::new()));
+    let mut uploads = Vec::new();
+    for (key, data) in &objects {
+        let mut upload = s.begin(key).await.expect("begin");
+        for part in data.chunks(256) {
+            upload.write(Bytes::copy_from_slice(part)).await.expect("write");
+        }
+        uploads.push(upload);
+    }
+    let large = key();
+    uploads.push(spilled_upload(s, &large, 37).await);
+    for (key, _) in &objects {
+        if key != &replaced {
+            assert_absent(s, key, "before the group commits").await;
+        }
+    }
+    let sizes = s.commit_all(uploads).await.expect("commit_all");
+    let mut expected: Vec<u64> = objects.iter().map(|(_, d)| d.len() as u64).collect();
+    expected.push(SPILLED as u64);
+    assert_eq!(sizes, expected, "commit_all answers each object's size, in order");
+    for (key, data) in &objects {
+        assert_holds(s, key, data, "after the group commits").await;
+    }
+    assert_holds(s, &large, &pattern(37, 0, SPILLED), "a spilled upload in the group").await;
+    assert_eq!(
+        s.sweep(Duration::ZERO).await.expect("sweep"),
+        0,
+        "a group commit leaves nothing to sweep"
+    );
+}
+
+/// A group with an upload swept while running fails, and every key of the group holds either its previous
+/// object or the whole new one; nothing is left to sweep.
+pub async fn commit_all_with_a_swept_upload_fails_and_keeps_every_key_whole<S: NarStore>(s: &S) {
+    let (small, swept) = (key(), key());
+    let old = pattern(40, 0, 2_000);
+    put(s, &swept, &old, 1_000).await;
+    let data = pattern(41, 0, 1_500);
+    let mut first = s.begin(&small).await.expect("begin");
+    first.write(Bytes::copy_from_slice(&data)).await.expect("write");
+    let mut second = spilled_upload(s, &swept, 42).await;
+    s.sweep(Duration::ZERO).await.expect("sweep");
+    if second
+        .write(Bytes::from(pattern(42, SPILLED, SPILLED + 10)))
+        .await
+        .is_err()
+    {
+        // The backend noticed the sweep already: the group cannot be tried.
+        let _ = second.abort().await;
+        let _ = first.abort().await;
+        return;
+    }
+    let done = s.commit_all(vec![first, second]).await;
+    assert!(done.is_err(), "a group with a swept upload fails, not {done:?}");
+    assert_holds(s, &swept, &old, "the swept upload's key keeps its object").await;
+    match read(s, &small, None).await {
+        None => {}
+        Some((_, bytes)) => assert!(bytes == data, "the other key holds the whole new object or nothing"),
+    }
+    assert_eq!(
+        s.sweep(Duration::ZERO).await.expect("sweep"),
+        0,
+        "nothing of the group is left behind"
+    );
 }

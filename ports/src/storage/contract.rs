@@ -139,6 +139,8 @@ macro_rules! storage_contract {
             put_nar_file_replaces_by_url,
             cached_path_round_trips,
             put_cached_path_keeps_the_first,
+            batches_of_nar_files_and_paths_are_stored_whole,
+            batches_with_an_unknown_cache_store_nothing,
             cache_contents_of_unknown_cache_are_not_found,
             absent_cache_contents_are_none,
             nar_url_in_use_is_per_cache,

@@ -341,6 +341,14 @@ impl CacheContents for MemoryStorage {
         self.with(|s| s.put_cached_path(path))
     }
 
+    async fn put_nar_files(&self, files: &[NarFile]) -> Result<()> {
+        self.with(|s| s.put_nar_files(files))
+    }
+
+    async fn put_cached_paths(&self, paths: &[CachedPath]) -> Result<Vec<bool>> {
+        self.with(|s| s.put_cached_paths(paths))
+    }
+
     async fn cached_path(&self, cache: CacheId, hash_part: &str) -> Result<Option<CachedPath>> {
         self.with(|s| Ok(s.cached_paths.get(&(cache, hash_part.to_owned())).cloned()))
     }

@@ -194,6 +194,92 @@ pub async fn put_cached_path_keeps_the_first<S: Storage>(s: &S) {
     );
 }
 
+/// A batch of NAR file records and then of paths (what an import records at once) is stored whole, each
+/// read back as put; a path whose hash part is held already, or comes twice in the batch, keeps the first
+/// and answers false in its place; an empty batch is nothing.
+pub async fn batches_of_nar_files_and_paths_are_stored_whole<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let main = cache(s, "main", alice.id, false).await;
+    let held = cached_path(s, main.id, "held").await;
+    let files: Vec<NarFile> = (0..3).map(|_| new_nar_file(main.id)).collect();
+    s.put_nar_files(&files).await.expect("put_nar_files");
+    s.put_nar_files(&[]).await.expect("put_nar_files of nothing");
+    for f in &files {
+        assert_eq!(
+            s.nar_file(main.id, &f.url).await.expect("nar_file"),
+            Some(f.clone()),
+            "every file of the batch reads back whole"
+        );
+    }
+    let a = new_cached_path(&files[0], "a");
+    let b = new_cached_path(&files[1], "b");
+    let again_held = CachedPath {
+        hash_part: held.hash_part.clone(),
+        store_path: held.store_path.clone(),
+        ..new_cached_path(&files[2], "held")
+    };
+    let b_twice = CachedPath {
+        url: files[2].url.clone(),
+        ..b.clone()
+    };
+    assert_eq!(
+        s.put_cached_paths(&[a.clone(), again_held, b.clone(), b_twice])
+            .await
+            .expect("put_cached_paths"),
+        vec![true, false, true, false],
+        "new paths are stored; one held or earlier in the batch is not"
+    );
+    assert_eq!(
+        s.put_cached_paths(&[]).await.expect("put_cached_paths of nothing"),
+        Vec::<bool>::new()
+    );
+    for (path, expected) in [(&a, &a), (&b, &b), (&held, &held)] {
+        assert_eq!(
+            s.cached_path(main.id, &path.hash_part).await.expect("cached_path"),
+            Some(expected.clone()),
+            "{} reads back as first put",
+            path.store_path
+        );
+    }
+    assert!(
+        !s.nar_url_in_use(main.id, &files[2].url).await.expect("nar_url_in_use"),
+        "the refused paths' file is not in use"
+    );
+}
+
+/// A batch naming a cache that does not exist is refused with NotFound, and nothing of it is stored, not even
+/// the rows of caches that exist.
+pub async fn batches_with_an_unknown_cache_store_nothing<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let main = cache(s, "main", alice.id, false).await;
+    let ghost = CacheId::new();
+    let ours = new_nar_file(main.id);
+    assert_eq!(
+        s.put_nar_files(&[ours.clone(), new_nar_file(ghost)]).await,
+        Err(StorageError::NotFound)
+    );
+    assert_eq!(
+        s.nar_file(main.id, &ours.url).await.expect("nar_file"),
+        None,
+        "the batch's other file is not stored"
+    );
+    let file = nar_file(s, main.id).await;
+    let path = new_cached_path(&file, "kept-out");
+    let lost = CachedPath {
+        cache_id: ghost,
+        ..new_cached_path(&file, "ghost")
+    };
+    assert_eq!(
+        s.put_cached_paths(&[path.clone(), lost]).await,
+        Err(StorageError::NotFound)
+    );
+    assert_eq!(
+        s.cached_path(main.id, &path.hash_part).await.expect("cached_path"),
+        None,
+        "the batch's other path is not stored"
+    );
+}
+
 /// Contents of a cache that does not exist are refused with NotFound and not stored.
 pub async fn cache_contents_of_unknown_cache_are_not_found<S: Storage>(s: &S) {
     let ghost = CacheId::new();

@@ -509,6 +509,22 @@ impl State {
         Ok(true)
     }
 
+    /// All or nothing: every cache is checked before anything changes.
+    pub(super) fn put_nar_files(&mut self, files: &[NarFile]) -> Result<()> {
+        for f in files {
+            require(self.caches.contains_key(&f.cache_id))?;
+        }
+        files.iter().try_for_each(|f| self.put_nar_file(f))
+    }
+
+    /// All or nothing: every cache is checked before anything changes.
+    pub(super) fn put_cached_paths(&mut self, paths: &[CachedPath]) -> Result<Vec<bool>> {
+        for p in paths {
+            require(self.caches.contains_key(&p.cache_id))?;
+        }
+        paths.iter().map(|p| self.put_cached_path(p)).collect()
+    }
+
     pub(super) fn touch_cached_paths(&mut self, cache: CacheId, hash_parts: &[String], at: Timestamp) -> u64 {
         let wanted: BTreeSet<&String> = hash_parts.iter().collect();
         let mut touched = 0;
