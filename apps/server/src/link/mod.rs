@@ -469,6 +469,7 @@ async fn record_reports(
         };
         let mut wait = Duration::from_millis(500);
         let mut waited = false;
+        let started = std::time::Instant::now();
         loop {
             // What the link is proved for now: a registration deleted meanwhile no longer counts.
             let orgs = state.fleet.links.proved_orgs(worker);
@@ -499,6 +500,11 @@ async fn record_reports(
         if waited {
             tracing::info!(target: "gradient::proto", "recorded the waiting report of worker {worker}");
         }
+        tracing::debug!(
+            target: "gradient::proto",
+            "recorded 1 report(s) of worker {worker} in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         if let Some(report_id) = report_id {
             let _ = acks.send(Outgoing::Send(ServerMessage::Ack { report_id }));
         }
