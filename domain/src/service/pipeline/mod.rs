@@ -18,6 +18,7 @@ mod results;
 
 pub use dispatch::Dispatched;
 pub use readiness::InputProgress;
+pub use results::JobReport;
 pub use reconcile::Reconciled;
 
 use super::{Gradient, Result, ServiceError};
