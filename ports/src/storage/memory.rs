@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStorage {
     state: Arc<Mutex<State>>,
+    /// For service tests of faults: how many operations still succeed before every one answers `Unavailable`
+    /// (`None`: no limit). See [`MemoryStorage::go_down_after`].
+    down_after: Arc<Mutex<Option<u64>>>,
 }
 
 impl MemoryStorage {
@@ -35,8 +38,22 @@ impl MemoryStorage {
         Self::default()
     }
 
+    /// After `ops` more operations, every operation answers `StorageError::Unavailable` (a database that went
+    /// away mid-way, for service tests); `None` brings it back.
+    pub fn go_down_after(&self, ops: Option<u64>) {
+        *self.down_after.lock().unwrap_or_else(PoisonError::into_inner) = ops;
+    }
+
     /// Runs `f` on the state under the lock.
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        if let Some(left) = self.down_after.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            if *left == 0 {
+                return Err(gradient_domain::ports::storage::StorageError::Unavailable(
+                    "the in-memory storage was taken down by the test".into(),
+                ));
+            }
+            *left -= 1;
+        }
         // Writes validate before they change anything, so a panic elsewhere cannot have left the state
         // half-written: a poisoned lock is safe to keep using.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
