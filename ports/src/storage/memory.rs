@@ -466,6 +466,10 @@ impl Queue for MemoryStorage {
         self.with(|s| Ok(s.finish_job(id, worker, done)))
     }
 
+    async fn finish_jobs(&self, worker: WorkerId, jobs: &[(JobId, bool)]) -> Result<Vec<bool>> {
+        self.with(|s| Ok(jobs.iter().map(|(id, done)| s.finish_job(*id, worker, *done)).collect()))
+    }
+
     async fn jobs_assigned_to(&self, worker: WorkerId) -> Result<Vec<JobRecord>> {
         let assigned = |j: &JobRecord| matches!(j.state, JobState::Assigned { worker: w, .. } if w == worker);
         self.with(|s| Ok(s.jobs(assigned, u32::MAX)))
@@ -605,6 +609,29 @@ impl Evaluations for MemoryStorage {
 
     async fn update_build(&self, build: &Build) -> Result<()> {
         self.with(|s| s.update_build(build))
+    }
+
+    async fn end_builds(&self, builds: &[Build], logs: &[BuildLog]) -> Result<()> {
+        self.with(|s| {
+            // Checked first: all or nothing.
+            for b in builds {
+                if !s.builds.contains_key(&(b.org_id, b.drv_path.clone())) {
+                    return Err(gradient_domain::ports::StorageError::NotFound);
+                }
+            }
+            for l in logs {
+                if !s.builds.values().any(|b| b.id == l.build_id) {
+                    return Err(gradient_domain::ports::StorageError::NotFound);
+                }
+            }
+            for b in builds {
+                s.update_build(b)?;
+            }
+            for l in logs {
+                s.put_build_log(l)?;
+            }
+            Ok(())
+        })
     }
 
     async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {

@@ -54,6 +54,15 @@ fn inputs_first(drvs: Vec<&std::sync::Arc<Derivation>>) -> Vec<&std::sync::Arc<D
     order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
+/// What a batch of reports writes together (see [`Gradient::record_reports`]): the ended builds that succeeded
+/// and their logs (one storage write), and the evaluations their ends may settle (each settled once).
+#[derive(Default)]
+struct BatchWrites {
+    settle: BTreeSet<EvaluationId>,
+    builds: Vec<Build>,
+    logs: Vec<crate::model::BuildLog>,
+}
+
 /// One report of a batch a worker sent together (`proto::Report::is_reportable`), with the live log of the job a
 /// `job_finished` ends (taken by the link).
 #[derive(Debug)]
@@ -164,8 +173,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     }
 
     /// The effects of a `job_finished` (see [`Self::record_job_finished`]) but the job's end, after checking the
-    /// job is the worker's; answers the job. With `settle`, the evaluations a build's end may settle are
-    /// collected there instead of settled now (a batch settles each once, see [`Self::record_reports`]).
+    /// job is the worker's; answers the job. With `batch`, a build that succeeded is written with the batch's
+    /// others, and the evaluations a build's end may settle are collected there instead of settled now (a batch
+    /// settles each once, see [`Self::record_reports`]).
     async fn apply_finished(
         &self,
         job_id: JobId,
@@ -173,7 +183,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         orgs: &BTreeSet<OrgId>,
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
-        settle: Option<&mut BTreeSet<EvaluationId>>,
+        batch: Option<&mut BatchWrites>,
     ) -> Result<JobRecord> {
         let record = self.check_report_scope(job_id, worker, orgs).await?;
         if !matches!(record.state, JobState::Assigned { worker: w, .. } if w == worker) {
@@ -184,7 +194,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Every effect first, the job's end last: a report interrupted half-way (the database went away) is
         // applied again whole when it comes again, each effect being safe to repeat; once the job has ended, a
         // repeated report changes nothing.
-        self.apply_outcome(&record, outcome, log, settle).await?;
+        self.apply_outcome(&record, outcome, log, batch).await?;
         Ok(record)
     }
 
@@ -208,9 +218,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     ///
     /// - a `job_progress` whose job's `job_finished` is in the same batch is not applied on its own: the end
     ///   does all the progress would (frees the slot, plans an evaluation's builds) and more;
-    /// - the evaluations that the batch's ended builds may complete are settled once each, after every build's
-    ///   new status is saved and before any of those jobs ends (a job still ends last of its effects, so a
-    ///   batch interrupted half-way is applied again whole when it comes again);
+    /// - the builds that succeeded are saved with their logs in one storage write (`end_builds`), the
+    ///   evaluations the batch's ended builds may complete are settled once each, and then those jobs end in
+    ///   one storage write (`finish_jobs`): a job still ends last of its effects, so a batch interrupted
+    ///   half-way is applied again whole when it comes again (a failed build is saved at once: what depends on
+    ///   it is failed in order, and the batch's later reports read it);
     /// - the dispatcher is woken once for the batch's freed slots, not once per job.
     ///
     /// A report refused for its job (`Forbidden`: not this worker's, or ended, as a repeated one finds it) is
@@ -239,7 +251,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.fleet.wake();
         }
         let mut results: Vec<Option<Result<()>>> = (0..reports.len()).map(|_| None).collect();
-        let mut settle = BTreeSet::new();
+        let mut writes = BatchWrites::default();
         // Builds whose outcome is applied and whose job ends once the batch's evaluations are settled.
         let mut ending: Vec<(usize, JobRecord, bool)> = Vec::new();
         let mut stopped = None;
@@ -257,7 +269,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 proto::WorkerMessage::JobFinished { job_id, outcome } => {
                     let success = matches!(outcome, JobOutcome::Success);
                     match self
-                        .apply_finished(job_id, worker, orgs, outcome, report.log, Some(&mut settle))
+                        .apply_finished(job_id, worker, orgs, outcome, report.log, Some(&mut writes))
                         .await
                     {
                         Ok(record) if matches!(record.kind, JobKind::Build { .. }) => {
@@ -280,17 +292,38 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
             results[i] = Some(result);
         }
-        // The batch's ended builds: their evaluations settle once each, then their jobs end.
-        let mut settled = Ok(());
-        for evaluation in settle {
-            if let Err(e) = self.settle_evaluation(evaluation).await {
-                settled = Err(e);
-                break;
+        // The batch's ended builds: the successes are written together, their evaluations settle once each,
+        // then their jobs end, together.
+        let mut settled: Result<()> = Ok(());
+        if !writes.builds.is_empty() || !writes.logs.is_empty() {
+            match self.storage.end_builds(&writes.builds, &writes.logs).await {
+                Ok(()) => writes.builds.iter().for_each(|b| self.observe_build(b)),
+                Err(e) => settled = Err(e.into()),
             }
         }
-        for (i, record, success) in ending {
-            results[i] = Some(match &settled {
-                Ok(()) => self.end_job(&record, worker, success).await,
+        if settled.is_ok() {
+            for evaluation in std::mem::take(&mut writes.settle) {
+                if let Err(e) = self.settle_evaluation(evaluation).await {
+                    settled = Err(e);
+                    break;
+                }
+            }
+        }
+        let ended = match &settled {
+            Ok(()) if !ending.is_empty() => {
+                let jobs: Vec<(JobId, bool)> = ending.iter().map(|(_, r, success)| (r.id, *success)).collect();
+                self.storage.finish_jobs(worker, &jobs).await.map_err(ServiceError::from)
+            }
+            Ok(()) => Ok(Vec::new()),
+            Err(e) => Err(e.clone()),
+        };
+        for (n, (i, record, _)) in ending.into_iter().enumerate() {
+            results[i] = Some(match &ended {
+                Ok(ended) if ended.get(n) == Some(&true) => {
+                    self.memo.forget_job(record.id);
+                    Ok(())
+                }
+                Ok(_) => Err(not_assigned(record.id, worker)),
                 Err(e) => Err(e.clone()),
             });
         }
@@ -320,7 +353,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         record: &JobRecord,
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
-        settle: Option<&mut BTreeSet<EvaluationId>>,
+        mut batch: Option<&mut BatchWrites>,
     ) -> Result<()> {
         let success = matches!(outcome, JobOutcome::Success);
         let job_id = record.id;
@@ -387,19 +420,35 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 // The outcome first: a log that cannot be stored must not leave the build running.
                 let mut stored = Ok(());
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
-                    if b.move_to(status, self.clock.now()) {
-                        self.storage.update_build(&b).await?;
-                        self.observe_build(&b);
-                    }
-                    if keep_log {
-                        stored = self.store_log(&b, log).await;
+                    let moved = b.move_to(status, self.clock.now());
+                    match batch.as_deref_mut() {
+                        // A success changes nothing the batch's later reports read: written with the others.
+                        Some(w) if success => {
+                            if keep_log {
+                                w.logs.push(self.log_record(&b, log)?);
+                            }
+                            if moved {
+                                w.builds.push(b);
+                            }
+                        }
+                        _ => {
+                            if moved {
+                                self.storage.update_build(&b).await?;
+                                self.observe_build(&b);
+                            }
+                            if keep_log {
+                                stored = self.store_log(&b, log).await;
+                            }
+                        }
                     }
                 }
                 if !success {
                     self.fail_dependents(record.org_id, &derivation).await?;
                 }
-                match settle {
-                    Some(later) => later.extend(self.storage.evaluations_needing(record.org_id, &derivation).await?),
+                match batch {
+                    Some(w) => w
+                        .settle
+                        .extend(self.storage.evaluations_needing(record.org_id, &derivation).await?),
                     None => self.settle_evaluations_needing(record.org_id, &derivation).await?,
                 }
                 stored
@@ -532,16 +581,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// Stores what a build printed (capped and compressed, see [`crate::logs`]) as its log.
     async fn store_log(&self, b: &Build, log: crate::logs::LogBuffer) -> Result<()> {
+        let log = self.log_record(b, log)?;
+        Ok(self.storage.put_build_log(&log).await?)
+    }
+
+    /// What a build printed, capped and compressed, as the log to store.
+    fn log_record(&self, b: &Build, log: crate::logs::LogBuffer) -> Result<crate::model::BuildLog> {
         let (text, omitted) = log.finish();
-        let log = crate::model::BuildLog {
+        Ok(crate::model::BuildLog {
             build_id: b.id,
             compressed: crate::logs::compress(&text)
                 .map_err(|e| ServiceError::Internal(format!("compressing the log of build {}: {e}", b.id)))?,
             size: text.len() as u64,
             omitted,
             created_at: self.clock.now(),
-        };
-        Ok(self.storage.put_build_log(&log).await?)
+        })
     }
 
     /// An input of the organization's derivation whose build ended without outputs (failed, aborted, dependency
