@@ -146,7 +146,10 @@ async fn evaluated_in_one_batch(
         .await;
     assert_eq!(verdicts(&results), ["ok", "ok", "ok"]);
     assert_eq!(evaluation_status(app, e.id).await, EvaluationStatus::Building);
-    assert!(matches!(app.storage.job(job).await.unwrap().unwrap().state, JobState::Done));
+    assert!(matches!(
+        app.storage.job(job).await.unwrap().unwrap().state,
+        JobState::Done
+    ));
     (e.id, builds(&dispatch(app, w).await))
 }
 
@@ -174,7 +177,10 @@ async fn a_batch_of_ends_completes_the_evaluation_and_again_changes_nothing() {
     }
     assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed);
     for j in jobs.values() {
-        assert!(matches!(app.storage.job(*j).await.unwrap().unwrap().state, JobState::Done));
+        assert!(matches!(
+            app.storage.job(*j).await.unwrap().unwrap().state,
+            JobState::Done
+        ));
     }
 
     // The same batch again (its `ack` was lost with the link): every job has ended, nothing changes. The
@@ -284,16 +290,26 @@ async fn a_batch_the_storage_drops_half_way_is_recorded_whole_when_it_comes_agai
         let results = app.record_reports(w.id, &w.orgs, again).await;
         assert!(verdicts(&results).iter().all(|r| *r == "ok"), "{ops}: {results:?}");
         for n in names {
-            let want = if n == "c" { BuildStatus::Failed } else { BuildStatus::Completed };
+            let want = if n == "c" {
+                BuildStatus::Failed
+            } else {
+                BuildStatus::Completed
+            };
             assert_eq!(build_status(&app, &org, n).await, want, "{ops}: {n}");
         }
         assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Failed, "{ops}");
         for j in jobs.values() {
-            assert!(!matches!(app.storage.job(*j).await.unwrap().unwrap().state, JobState::Assigned { .. }));
+            assert!(!matches!(
+                app.storage.job(*j).await.unwrap().unwrap().state,
+                JobState::Assigned { .. }
+            ));
         }
         assert!(ops < 1000, "the batch never fits");
     }
-    assert!(partly > 0, "some cut wrote part of the batch's effects before the storage went away");
+    assert!(
+        partly > 0,
+        "some cut wrote part of the batch's effects before the storage went away"
+    );
 }
 
 #[tokio::test]
@@ -329,6 +345,12 @@ async fn an_evaluations_progress_followed_by_its_failure_in_one_batch_plans_noth
     assert_eq!(verdicts(&results), ["ok", "ok", "ok"]);
     assert_eq!(evaluation_status(&app, e.id).await, EvaluationStatus::Failed);
     // Its progress was answered by its end: no build was planned for the `.drv` files it could not push.
-    assert!(app.storage.build(org.id, &derivation("x", &[]).drv_path).await.unwrap().is_none());
+    assert!(
+        app.storage
+            .build(org.id, &derivation("x", &[]).drv_path)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(dispatch(&app, &w).await.is_empty());
 }

@@ -131,7 +131,9 @@ impl Outbox {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(target: "gradient::proto", "cannot delete acknowledged reports {}: {e}", path.display()),
+                Err(e) => {
+                    tracing::warn!(target: "gradient::proto", "cannot delete acknowledged reports {}: {e}", path.display())
+                }
             }
         }
         true
@@ -252,13 +254,22 @@ mod tests {
         let ids: Vec<ReportId> = outbox.pending().map(|r| r.report_id).collect();
         assert_eq!(
             ids,
-            [single.report_id, batch[0].report_id, batch[1].report_id, batch[2].report_id]
+            [
+                single.report_id,
+                batch[0].report_id,
+                batch[1].report_id,
+                batch[2].report_id
+            ]
         );
         assert_eq!(outbox.finished_jobs(), [c, a, b]);
         for r in &batch {
             assert!(outbox.ack(r.report_id));
         }
-        assert_eq!(files(state.path()).len(), 1, "the batch's file is gone, the single one stays");
+        assert_eq!(
+            files(state.path()).len(),
+            1,
+            "the batch's file is gone, the single one stays"
+        );
         let later = outbox.push(finished(JobId::new()));
         drop(outbox);
         let outbox = Outbox::open(state.path()).unwrap();
@@ -281,9 +292,17 @@ mod tests {
         // A batch whose write was cut off before its rename (the worker stopped): its temporary file is removed.
         // Nothing of it was sent (a batch goes out once on disk), and its jobs are not held: the server requeues
         // them.
-        std::fs::write(dir.join("00000000000000000005-z.tmp"), r#"{"type":"reports","reports":[{"#).unwrap();
+        std::fs::write(
+            dir.join("00000000000000000005-z.tmp"),
+            r#"{"type":"reports","reports":[{"#,
+        )
+        .unwrap();
         // A truncated batch under its final name (a disk that lied about fsync): set aside, never sent.
-        std::fs::write(dir.join("00000000000000000006-y.json"), r#"{"type":"reports","reports":[{"#).unwrap();
+        std::fs::write(
+            dir.join("00000000000000000006-y.json"),
+            r#"{"type":"reports","reports":[{"#,
+        )
+        .unwrap();
         let mut outbox = Outbox::open(state.path()).unwrap();
         assert_eq!(outbox.pending().collect::<Vec<_>>(), [&old]);
         let names = files(state.path());
@@ -291,7 +310,9 @@ mod tests {
         assert!(names.iter().any(|n| n.ends_with(".unreadable")), "{names:?}");
         let next = outbox.push(finished(JobId::new()));
         assert!(
-            files(state.path()).iter().any(|n| n.starts_with("00000000000000000005-")),
+            files(state.path())
+                .iter()
+                .any(|n| n.starts_with("00000000000000000005-")),
             "numbered after the files read"
         );
         assert!(outbox.ack(old.report_id));

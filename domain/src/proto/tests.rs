@@ -304,7 +304,10 @@ fn a_report_wraps_a_job_report_under_its_id() {
         batch,
         r#"{"type":"reports","reports":[{"report_id":"00000000-0000-0000-0000-00000000001e","report":{"type":"job_progress","job_id":"00000000-0000-0000-0000-000000000014","stage":"pushing"}}]}"#
     );
-    assert!(!Report::is_reportable(&decode_worker(&batch).unwrap()), "a batch is not nested");
+    assert!(
+        !Report::is_reportable(&decode_worker(&batch).unwrap()),
+        "a batch is not nested"
+    );
 }
 
 #[test]
@@ -344,7 +347,11 @@ fn reports_travel_in_as_few_frames_as_fit_in_their_order() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(sizes, [4, 3, 1], "three big ones and the small one, then three, then one");
+    assert_eq!(
+        sizes,
+        [4, 3, 1],
+        "three big ones and the small one, then three, then one"
+    );
     let mut again = Vec::new();
     for f in frames {
         let text = encode(&f).expect("within the frame limit");

@@ -504,7 +504,11 @@ async fn record_batch(
     let started = std::time::Instant::now();
     let count = batch.len();
     // A finished job's live log is taken once, and handed to every attempt.
-    let mut todo: Vec<(Option<proto::ReportId>, WorkerMessage, Option<gradient_domain::logs::LogBuffer>)> = batch
+    let mut todo: Vec<(
+        Option<proto::ReportId>,
+        WorkerMessage,
+        Option<gradient_domain::logs::LogBuffer>,
+    )> = batch
         .into_iter()
         .map(|(id, msg)| {
             let log = match &msg {

@@ -312,7 +312,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let ended = match &settled {
             Ok(()) if !ending.is_empty() => {
                 let jobs: Vec<(JobId, bool)> = ending.iter().map(|(_, r, success)| (r.id, *success)).collect();
-                self.storage.finish_jobs(worker, &jobs).await.map_err(ServiceError::from)
+                self.storage
+                    .finish_jobs(worker, &jobs)
+                    .await
+                    .map_err(ServiceError::from)
             }
             Ok(()) => Ok(Vec::new()),
             Err(e) => Err(e.clone()),

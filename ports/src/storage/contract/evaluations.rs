@@ -1055,11 +1055,17 @@ pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S)
         ..log(&builds[0], b"x")
     };
     for (batch, logs) in [
-        (vec![ended(&builds[0], BuildStatus::Building), absent], vec![log(&builds[0], b"a")]),
+        (
+            vec![ended(&builds[0], BuildStatus::Building), absent],
+            vec![log(&builds[0], b"a")],
+        ),
         (vec![ended(&builds[0], BuildStatus::Building)], vec![stray_log]),
     ] {
         assert_eq!(s.end_builds(&batch, &logs).await, Err(StorageError::NotFound));
-        assert_eq!(s.build(acme.id, &builds[0].drv_path).await.expect("build"), Some(builds[0].clone()));
+        assert_eq!(
+            s.build(acme.id, &builds[0].drv_path).await.expect("build"),
+            Some(builds[0].clone())
+        );
         assert_eq!(s.build_log(builds[0].id).await.expect("build_log"), None);
     }
 

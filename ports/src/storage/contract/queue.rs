@@ -540,7 +540,10 @@ pub async fn finish_jobs_ends_each_assigned_job_of_the_worker<S: Storage>(s: &S)
     assert!(s.assign_job(mine.id, worker, at).await.expect("assign_job"));
     assert!(s.assign_job(failed.id, worker, at).await.expect("assign_job"));
     assert!(s.assign_job(theirs.id, stranger, at).await.expect("assign_job"));
-    assert_eq!(s.finish_jobs(worker, &[]).await.expect("finish_jobs"), Vec::<bool>::new());
+    assert_eq!(
+        s.finish_jobs(worker, &[]).await.expect("finish_jobs"),
+        Vec::<bool>::new()
+    );
     let ended = s
         .finish_jobs(
             worker,
@@ -566,7 +569,11 @@ pub async fn finish_jobs_ends_each_assigned_job_of_the_worker<S: Storage>(s: &S)
         }),
         "another worker's job is untouched"
     );
-    assert_eq!(state_of(s, queued.id).await, Some(JobState::Queued), "a queued job is untouched");
+    assert_eq!(
+        state_of(s, queued.id).await,
+        Some(JobState::Queued),
+        "a queued job is untouched"
+    );
 }
 
 pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
