@@ -64,6 +64,27 @@ pub async fn push_retrying<N, C, W, F>(
     cache: &C,
     target: &PushTarget,
     paths: &[String],
+    wait: W,
+) -> Result<u64, NixError>
+where
+    N: Nix,
+    C: CacheClient,
+    W: FnMut(Duration, &NixError) -> F,
+    F: Future<Output = ()>,
+{
+    push_more_retrying(nix, cache, target, paths, &mut Default::default(), wait).await
+}
+
+/// [`push_retrying`] for one of several pushes of the same run (the builds of one Nix run, pushed as they are
+/// built): `in_cache` holds the paths known to be in the cache with their closure (what the run's earlier pushes
+/// sent or found there), which are neither asked about nor sent again; those of this push join it once it
+/// succeeded. A push whose paths are all known asks nothing of Nix or the cache.
+pub async fn push_more_retrying<N, C, W, F>(
+    nix: &N,
+    cache: &C,
+    target: &PushTarget,
+    paths: &[String],
+    in_cache: &mut std::collections::HashSet<String>,
     mut wait: W,
 ) -> Result<u64, NixError>
 where
@@ -72,10 +93,11 @@ where
     W: FnMut(Duration, &NixError) -> F,
     F: Future<Output = ()>,
 {
+    let paths: Vec<String> = paths.iter().filter(|p| !in_cache.contains(*p)).cloned().collect();
     let mut delays = PUSH_RETRY_DELAYS.iter();
     let mut imported = 0;
     loop {
-        match attempt(nix, cache, target, paths, &mut |_| {}).await {
+        match attempt_more(nix, cache, target, &paths, in_cache, &mut |_| {}).await {
             Ok(n) => return Ok(imported + n),
             Err(failed) => {
                 imported += failed.imported;
@@ -119,10 +141,36 @@ async fn attempt<N: Nix, C: CacheClient>(
     paths: &[String],
     progress: &mut impl FnMut(Progress),
 ) -> Result<u64, Failed> {
+    attempt_more(nix, cache, target, paths, &mut Default::default(), progress).await
+}
+
+/// One attempt; the closure's paths in `in_cache` are left out, and the whole closure joins it on success.
+async fn attempt_more<N: Nix, C: CacheClient>(
+    nix: &N,
+    cache: &C,
+    target: &PushTarget,
+    paths: &[String],
+    in_cache: &mut std::collections::HashSet<String>,
+    progress: &mut impl FnMut(Progress),
+) -> Result<u64, Failed> {
     if paths.is_empty() {
         return Ok(0);
     }
     let closure = nix.requisites(paths).await.map_err(|e| nix_failed(e, 0))?;
+    let unknown: Vec<String> = closure.iter().filter(|p| !in_cache.contains(*p)).cloned().collect();
+    let imported = send_missing(nix, cache, target, &unknown, progress).await?;
+    in_cache.extend(closure);
+    Ok(imported)
+}
+
+/// Asks the cache which of `closure` (in dependency order) it lacks and sends those.
+async fn send_missing<N: Nix, C: CacheClient>(
+    nix: &N,
+    cache: &C,
+    target: &PushTarget,
+    closure: &[String],
+    progress: &mut impl FnMut(Progress),
+) -> Result<u64, Failed> {
     let mut missing = Vec::new();
     for chunk in closure.chunks(MAX_MISSING_QUERY) {
         let lacking = cache.missing(target, chunk).await.map_err(|e| cache_failed(e, 0))?;

@@ -1070,3 +1070,100 @@ async fn the_worker_replaces_its_evaluator_process_after_its_evaluations() {
         "a fresh evaluator for the second evaluation"
     );
 }
+
+#[tokio::test]
+async fn a_quick_build_is_cached_and_completed_while_a_slow_one_of_its_nix_run_still_builds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `slow` waits for this file; `quick` (on top of `base`) is quick. All three go in one Nix run.
+    let gate = dir.path().join("gate");
+    let flake = format!(
+        r#"{{
+  outputs = {{ self }}: let
+    mk = name: script: extra: derivation ({{
+      inherit name; system = "x86_64-linux"; builder = "/bin/sh"; nonce = "{}"; args = [ "-c" script ];
+    }} // extra);
+    base = mk "base" "echo base > $out" {{ }};
+  in {{
+    packages.x86_64-linux = {{
+      quick = mk "quick" "echo quick $dep > $out" {{ dep = base; }};
+      slow = mk "slow" "while [ ! -e {} ]; do /usr/bin/sleep 0.1; done; echo slow > $out" {{ }};
+    }};
+  }};
+}}
+"#,
+        uuid::Uuid::new_v4().simple(),
+        gate.display()
+    );
+    let (repository, commit) = commit_flake(dir.path(), "repo", &flake);
+    let server = Server::start(dir.path(), &[]).await;
+    let mut c = Client::new(&server);
+    let key = c.register_with_key("ci").await;
+    let public_key = c.acme_with_cache().await;
+    let project = json!({"name": "demo", "repository": repository, "wildcard": "packages.*.*"});
+    c.ok(Method::POST, "/projects/acme", Some(project)).await;
+    let worker = start_worker(&c, dir.path(), &server.url, "w").await;
+    let id = evaluate(&c, &commit).await;
+    let status_of = |e: &Value, name: &str| -> String {
+        e["builds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| {
+                b["drv_path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(&format!("-{name}.drv")))
+            })
+            .and_then(|b| b["status"].as_str())
+            .unwrap_or("missing")
+            .to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let e = loop {
+        let e = c.ok(Method::GET, &format!("/evals/{id}"), None).await;
+        if status_of(&e, "quick") == "Completed" {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "quick never completed while slow waits: {e}\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status_of(&e, "base"), "Completed", "{e}");
+    assert_eq!(status_of(&e, "slow"), "Building", "{e}");
+    // Its output, with its closure, is served by the cache already (signatures required).
+    let quick_drv = e["builds"]
+        .as_array()
+        .expect("builds")
+        .iter()
+        .find_map(|b| b["drv_path"].as_str().filter(|p| p.ends_with("-quick.drv")))
+        .expect("quick")
+        .to_owned();
+    let shown: Value = serde_json::from_slice(&nix(&["show-derivation", &quick_drv]).stdout).expect("json");
+    let quick_out = shown[&quick_drv]["outputs"]["out"]["path"]
+        .as_str()
+        .expect("out path")
+        .to_owned();
+    let netrc = dir.path().join("netrc-client");
+    std::fs::write(&netrc, format!("machine 127.0.0.1 login t password {key}\n")).expect("netrc");
+    let fresh = dir.path().join("client-store");
+    let out = substitute(
+        &format!("{}/cache/main", server.url),
+        fresh.to_str().expect("path"),
+        netrc.to_str(),
+        &public_key,
+        &[&quick_out],
+    );
+    assert!(
+        out.status.success(),
+        "substituting {quick_out}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&gate, "go").expect("gate");
+    wait_for_completed(&c, &server, &id, &worker).await;
+    // One Nix run built all three (its line is written once its last job is reported).
+    worker.wait_for_log("batch of 3 build(s)").await;
+    worker.kill();
+    server.stop();
+}

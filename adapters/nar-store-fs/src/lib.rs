@@ -119,14 +119,22 @@ impl NarStore for FsNarStore {
                     return Ok(None);
                 }
                 let want = (end - at).min(READ_CHUNK as u64) as usize;
-                // Allocated here, on the runtime's few threads, where the connection frees it after sending:
-                // the allocator's per-thread arenas of the many blocking threads never hold download buffers.
-                let buf = vec![0u8; want];
-                let (file, read) = blocking(move || {
-                    let read = read_at(&file, at, buf);
-                    (file, read)
-                })
-                .await?;
+                // Taken here, on the runtime's few threads, not on a blocking thread: the allocator's per-thread
+                // arenas of the many blocking threads never hold download buffers.
+                let mut buf = pool::take(want);
+                // What the page cache holds is read right here; only a read that would wait for the disk goes
+                // to the blocking pool (a thread hop per chunk otherwise).
+                let (file, read) = match read_cached(&file, at, &mut buf) {
+                    Some(Ok(n)) => (file, Ok(buf.into_bytes(n))),
+                    Some(Err(e)) => (file, Err(e)),
+                    None => {
+                        blocking(move || {
+                            let read = read_at(&file, at, buf);
+                            (file, read)
+                        })
+                        .await?
+                    }
+                };
                 let chunk = read.map_err(|e| io_error(&path, e))?;
                 if chunk.is_empty() {
                     // The file is shorter than when it was opened: end short of the promised length.
@@ -233,20 +241,111 @@ fn private_dirs(dir: &Path) -> std::io::Result<()> {
 
 /// `buf.len()` bytes of `file` from `offset` (fewer only at its end), read straight into the buffer the
 /// download sends: one copy from the page cache, no intermediate buffer. Blocking.
-fn read_at(file: &std::fs::File, offset: u64, mut buf: Vec<u8>) -> std::io::Result<Bytes> {
+/// Fills `buf` from `offset`, waiting for the disk if need be; fewer bytes only at the end of the file.
+fn read_at(file: &std::fs::File, offset: u64, mut buf: pool::Buf) -> std::io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
-    let want = buf.len();
+    let want = buf.as_mut().len();
     let mut filled = 0;
     while filled < want {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+        match file.read_at(&mut buf.as_mut()[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    buf.truncate(filled);
-    Ok(Bytes::from(buf))
+    Ok(buf.into_bytes(filled))
+}
+
+/// Whether reads that would block are refused (`RWF_NOWAIT`) here; cleared the first time the kernel or
+/// filesystem says it does not support that, so every later read goes to the blocking pool directly.
+static NOWAIT_WORKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Fills `buf` from `offset` when the page cache holds all of it (`preadv2` with `RWF_NOWAIT`, which fails
+/// rather than wait for the disk): `Some(Ok(len))`; `None` when it must be read from the disk (or part of it).
+fn read_cached(file: &std::fs::File, offset: u64, buf: &mut pool::Buf) -> Option<std::io::Result<usize>> {
+    use std::sync::atomic::Ordering;
+    if !NOWAIT_WORKS.load(Ordering::Relaxed) {
+        return None;
+    }
+    let want = buf.as_mut().len();
+    let read = rustix::io::preadv2(
+        file,
+        &mut [std::io::IoSliceMut::new(buf.as_mut())],
+        offset,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    );
+    match read {
+        Ok(n) if n == want => Some(Ok(n)),
+        // Part of it is cached (or the file ended early): the blocking read finds out which.
+        Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => None,
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+            NOWAIT_WORKS.store(false, Ordering::Relaxed);
+            None
+        }
+        Err(e) => Some(Err(e.into())),
+    }
+}
+
+/// Download buffers, reused: a chunk handed to a connection comes back here when the connection has sent it
+/// (its `Bytes` is dropped), so a download neither zeroes nor allocates a fresh buffer per chunk. At most
+/// [`pool::KEPT`] idle buffers are kept ([`READ_CHUNK`] each); more in use than that are freed when they come back.
+mod pool {
+    use super::READ_CHUNK;
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    /// Idle buffers kept: 4 MiB at most.
+    pub const KEPT: usize = 16;
+
+    static IDLE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// A buffer of [`READ_CHUNK`] bytes (fewer when `want` is smaller: short reads at the end of a file use
+    /// their own), returned to the pool when dropped.
+    pub struct Buf {
+        bytes: Vec<u8>,
+        len: usize,
+    }
+
+    pub fn take(want: usize) -> Buf {
+        let reused = if want == READ_CHUNK {
+            IDLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
+        } else {
+            None
+        };
+        let bytes = reused.unwrap_or_else(|| vec![0; want]);
+        Buf { bytes, len: 0 }
+    }
+
+    impl Buf {
+        pub fn as_mut(&mut self) -> &mut [u8] {
+            &mut self.bytes
+        }
+
+        /// The first `len` bytes, sent without copying; the buffer comes back when they are dropped.
+        pub fn into_bytes(mut self, len: usize) -> Bytes {
+            self.len = len.min(self.bytes.len());
+            Bytes::from_owner(self)
+        }
+    }
+
+    impl AsRef<[u8]> for Buf {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes[..self.len]
+        }
+    }
+
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            if self.bytes.len() != READ_CHUNK {
+                return;
+            }
+            let mut idle = IDLE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < KEPT {
+                idle.push(std::mem::take(&mut self.bytes));
+            }
+        }
+    }
 }
 
 /// Runs blocking file work off the async threads.

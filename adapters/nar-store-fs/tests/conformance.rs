@@ -145,6 +145,29 @@ async fn reads_are_streamed_in_bounded_chunks() {
 }
 
 #[tokio::test]
+async fn a_file_no_longer_in_the_page_cache_reads_the_same() {
+    // Chunks the page cache holds are read on the runtime's thread; the others (here: all of them, dropped
+    // from the cache) from the disk on the blocking pool. Both give the same bytes, ranges included.
+    let s = fresh_fs().await;
+    let key = key();
+    let data = pattern(5, 0, 3 * gradient_nar_store_fs::READ_CHUNK + 12_345);
+    put(&s, &key, &data, 70_000).await;
+    let drop_cached = || {
+        let file = std::fs::File::open(s.store.root().join(&key)).unwrap();
+        file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    };
+    drop_cached();
+    assert!(read(&s, &key, None).await.unwrap().1 == data);
+    drop_cached();
+    let from = gradient_nar_store_fs::READ_CHUNK as u64 - 7;
+    let (_, part) = read(&s, &key, Some((from, Some(from + 300_000)))).await.unwrap();
+    assert!(part[..] == data[from as usize..=(from + 300_000) as usize]);
+    // And again while it is cached.
+    assert!(read(&s, &key, None).await.unwrap().1 == data);
+}
+
+#[tokio::test]
 async fn a_reader_keeps_the_object_it_opened() {
     let s = fresh_fs().await;
     let key = key();

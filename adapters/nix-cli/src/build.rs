@@ -223,6 +223,37 @@ mod tests {
     }
 
     #[test]
+    fn builds_are_known_built_when_none_runs_and_none_failed_else_looked_at() {
+        let mut w = Watch::default();
+        let start = |w: &mut Watch, d: &str| {
+            w.running.insert(d.to_owned());
+        };
+        // One at a time: a ends, then b.
+        start(&mut w, "a");
+        assert!(!w.progressed([0, 3, 1, 0]), "a runs");
+        assert!(w.progressed([1, 3, 0, 0]));
+        assert_eq!(w.take(), (vec!["a".to_owned()], vec![], vec![]));
+        // Two at once: one of them ended, which is not said.
+        start(&mut w, "b");
+        start(&mut w, "c");
+        assert!(!w.progressed([1, 3, 2, 0]));
+        assert!(w.progressed([2, 3, 1, 0]));
+        assert_eq!(w.take(), (vec![], vec![], vec!["b".to_owned(), "c".to_owned()]));
+        w.running.remove("b");
+        // c failed: what ran since the last time none ran is looked at once.
+        start(&mut w, "d");
+        assert!(!w.progressed([2, 3, 2, 0]));
+        assert!(w.progressed([3, 3, 0, 1]));
+        assert_eq!(w.take(), (vec![], vec!["c".to_owned(), "d".to_owned()], vec![]));
+        // After that, none failed since: known built again.
+        start(&mut w, "e");
+        assert!(!w.progressed([3, 4, 1, 1]));
+        assert!(w.progressed([4, 4, 0, 1]));
+        assert_eq!(w.take().0, vec!["e".to_owned()]);
+        assert!(w.running.is_empty());
+    }
+
+    #[test]
     fn store_paths_are_checked() {
         assert!(check_store_path(DRV).is_ok());
         for bad in ["", "relative/x", "/nix/store/a b", "/nix/store/x\"", "/nix/store/"] {
@@ -232,13 +263,14 @@ mod tests {
 }
 
 /// Builds several derivations with one `nix-store --realise --keep-going`, reading Nix's structured log
-/// (`--log-format internal-json`) to tell whose build printed each line and whose builder failed, then asks
-/// Nix which outputs are valid.
+/// (`--log-format internal-json`) to tell whose build printed each line and whose builder failed, and when a
+/// build ended (its outputs then valid: `on_built`), then asks Nix which outputs are valid.
 pub async fn build_many(
     cli: &NixCli,
     drvs: &[(String, BTreeMap<String, String>)],
     opts: &BuildOptions,
     on_log: &mut (dyn FnMut(&str, &str) + Send),
+    on_built: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Vec<Result<BuildOutput>>> {
     for (drv_path, outputs) in drvs {
         check_store_path(drv_path)?;
@@ -268,12 +300,77 @@ pub async fn build_many(
     cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
     realise_options(&mut cmd, opts);
     let mut log = StructuredLog::default();
-    let ended = process::run(cmd, opts.timeout.map(|t| t + GRACE), &mut |line| {
+    // Which of the run's builds have ended, as far as Nix has said (see `Watch`).
+    let watch = std::sync::Mutex::new(Watch::default());
+    let wake = tokio::sync::Notify::new();
+    let outputs_of: HashMap<&str, &BTreeMap<String, String>> = drvs
+        .iter()
+        .filter(|(_, outputs)| !outputs.is_empty())
+        .map(|(d, o)| (d.as_str(), o))
+        .collect();
+    let mut read_line = |line: &str| {
+        let before = log.progress;
         if let Some((drv, text)) = log.read(line) {
             on_log(&drv, &text);
         }
-    })
-    .await?;
+        if log.started.is_empty() && log.progress == before {
+            return;
+        }
+        let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for drv in log.started.drain(..) {
+            if outputs_of.contains_key(drv.as_str()) {
+                w.running.insert(drv);
+            }
+        }
+        // Only a change of the progress says something (a build's start comes before its `running` count).
+        if log.progress != before && w.progressed(log.progress) {
+            wake.notify_one();
+        }
+    };
+    let run = process::run(cmd, opts.timeout.map(|t| t + GRACE), &mut read_line);
+    // Tells `on_built` what `Watch` found built, and looks (one `nix-store --check-validity` at a time, at most
+    // every `CHECK_SPACING`) at the builds that may have ended.
+    let watching = async {
+        loop {
+            wake.notified().await;
+            let (built, ended, look) = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            for drv in &built {
+                on_built(drv);
+            }
+            if ended.is_empty() && look.is_empty() {
+                continue;
+            }
+            let checking = tokio::time::Instant::now();
+            let paths: Vec<&String> = ended
+                .iter()
+                .chain(&look)
+                .flat_map(|d| outputs_of.get(d.as_str()).into_iter().flat_map(|o| o.values()))
+                .collect();
+            if let Ok(invalid) = invalid_paths(cli, paths).await {
+                let valid = |drv: &str| {
+                    outputs_of
+                        .get(drv)
+                        .is_some_and(|o| o.values().all(|p| !invalid.contains(p)))
+                };
+                for drv in ended.iter().filter(|d| valid(d)) {
+                    on_built(drv);
+                }
+                for drv in look.iter().filter(|d| valid(d)) {
+                    // Unless meanwhile found built (or ended) otherwise.
+                    let mut w = watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if w.running.remove(drv) {
+                        drop(w);
+                        on_built(drv);
+                    }
+                }
+            }
+            tokio::time::sleep_until(checking + CHECK_SPACING).await;
+        }
+    };
+    let ended = tokio::select! {
+        ended = run => ended?,
+        _ = watching => unreachable!("it never ends"),
+    };
     let (code, timed_out) = match &ended {
         Ended::TimedOut(_) => (None, true),
         Ended::Exited(f) => (f.status.code(), false),
@@ -283,16 +380,7 @@ pub async fn build_many(
     let invalid: std::collections::HashSet<String> = if code == Some(0) {
         Default::default()
     } else {
-        let mut cmd = cli.command("nix-store");
-        cmd.args(["--check-validity", "--print-invalid"]);
-        cmd.args(drvs.iter().flat_map(|(_, outputs)| outputs.values()));
-        match process::output(cmd).await? {
-            finished if finished.status.success() => String::from_utf8_lossy(&finished.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect(),
-            finished => return Err(NixError::Unavailable(finished.stderr.error_message())),
-        }
+        invalid_paths(cli, drvs.iter().flat_map(|(_, outputs)| outputs.values())).await?
     };
     // Nix adds the roots only when every build succeeded: root what was built anyway.
     if let Some(dir) = &opts.gc_root
@@ -336,6 +424,79 @@ pub async fn build_many(
         .collect())
 }
 
+/// Which of `paths` are not valid in the store, in one question.
+async fn invalid_paths<'a>(
+    cli: &NixCli,
+    paths: impl IntoIterator<Item = &'a String>,
+) -> Result<std::collections::HashSet<String>> {
+    let mut cmd = cli.command("nix-store");
+    cmd.args(["--check-validity", "--print-invalid"]);
+    cmd.args(paths);
+    match process::output(cmd).await? {
+        finished if finished.status.success() => Ok(String::from_utf8_lossy(&finished.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()),
+        finished => Err(NixError::Unavailable(finished.stderr.error_message())),
+    }
+}
+
+/// Validity checks of a run's builds while it goes on are this far apart at least (each is a Nix process).
+const CHECK_SPACING: Duration = Duration::from_millis(200);
+
+/// Which builds of a run have ended. Nix 2.8 says a build of the command line's derivations has ended only when
+/// the whole run ends (their build activities stop then); what it says at once is the progress of all builds:
+/// `[done, expected, running, failed]`, `done` counted once the outputs are registered valid. When none runs
+/// any more, every build that started has ended: all built if none failed since (without asking Nix anything:
+/// one build at a time, or a chain), else looked at once (`ended`). When `done` grew while others still run,
+/// which one is not said: the outputs of those running are looked at (`look`), those valid are built.
+#[derive(Default)]
+struct Watch {
+    /// The run's derivations whose build started and whose end is not known.
+    running: std::collections::BTreeSet<String>,
+    /// Built, to be told.
+    built: Vec<String>,
+    /// Ended, built or failed: to be looked at once.
+    ended: Vec<String>,
+    /// Some of `running` may have been built.
+    look: bool,
+    /// The last progress, and the builds failed when none last ran.
+    last: [u64; 4],
+    failed_before: u64,
+}
+
+impl Watch {
+    /// Nix's progress is now `p`: whether there is something to tell or look at.
+    fn progressed(&mut self, p: [u64; 4]) -> bool {
+        let [done, _, running, failed] = p;
+        let more_done = done > self.last[0];
+        self.last = p;
+        if running == 0 {
+            let ended = std::mem::take(&mut self.running);
+            if failed == self.failed_before {
+                self.built.extend(ended);
+            } else {
+                self.ended.extend(ended);
+            }
+            self.failed_before = failed;
+            self.look = false;
+        } else if more_done && !self.running.is_empty() {
+            self.look = true;
+        }
+        !self.built.is_empty() || !self.ended.is_empty() || self.look
+    }
+
+    /// What to tell, what to look at once, and which running builds to look at.
+    fn take(&mut self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let look = if std::mem::take(&mut self.look) {
+            self.running.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        (std::mem::take(&mut self.built), std::mem::take(&mut self.ended), look)
+    }
+}
+
 /// A directory of its own for one Nix process's binary cache metadata (`$XDG_CACHE_HOME/nix/
 /// binary-cache-v6.sqlite`): Nix 2.8 processes registering the same binary cache at once in a shared one can
 /// make each other fail ("constraint failed"), and the worker runs several at once. Removed when dropped.
@@ -368,6 +529,11 @@ impl Drop for PrivateNixCache {
 #[derive(Default)]
 struct StructuredLog {
     builds: HashMap<u64, String>,
+    /// Builds that started since the caller last took them.
+    started: Vec<String>,
+    /// The "builds" activity (type 104), and its last progress: `[done, expected, running, failed]`.
+    builds_activity: Option<u64>,
+    progress: [u64; 4],
     /// Builders that failed.
     failed: std::collections::HashSet<String>,
     /// The last lines of each build, for error tails.
@@ -387,7 +553,18 @@ impl StructuredLog {
         match v["action"].as_str()? {
             "start" if v["type"] == 105 => {
                 let drv = v["fields"][0].as_str()?.to_owned();
-                self.builds.insert(v["id"].as_u64()?, drv);
+                self.builds.insert(v["id"].as_u64()?, drv.clone());
+                self.started.push(drv);
+                None
+            }
+            "start" if v["type"] == 104 => {
+                self.builds_activity = v["id"].as_u64();
+                None
+            }
+            // Progress of the builds: `[done, expected, running, failed]`.
+            "result" if v["type"] == 105 && v["id"].as_u64() == self.builds_activity => {
+                let field = |i: usize| v["fields"][i].as_u64();
+                self.progress = [field(0)?, field(1)?, field(2)?, field(3)?];
                 None
             }
             "result" if v["type"] == 101 => {

@@ -331,8 +331,9 @@ impl Nix for NixCli {
         drvs: &[(String, BTreeMap<String, String>)],
         opts: &BuildOptions,
         mut on_log: impl FnMut(&str, &str) + Send,
+        mut on_built: impl FnMut(&str) + Send,
     ) -> Result<Vec<Result<BuildOutput>>> {
-        build::build_many(self, drvs, opts, &mut on_log).await
+        build::build_many(self, drvs, opts, &mut on_log, &mut on_built).await
     }
 
     async fn requisites(&self, paths: &[String]) -> Result<Vec<String>> {

@@ -528,7 +528,7 @@ async fn many_builds_run_in_one_nix_and_each_gets_its_own_outcome_and_log() {
     };
     let mut log: Vec<(String, String)> = Vec::new();
     let outcomes = nix()
-        .build_many(&drvs, &opts, |d, l| log.push((d.to_owned(), l.to_owned())))
+        .build_many(&drvs, &opts, |d, l| log.push((d.to_owned(), l.to_owned())), |_| {})
         .await
         .unwrap();
     assert_eq!(outcomes.len(), 4);
@@ -569,13 +569,13 @@ async fn many_builds_run_in_one_nix_and_each_gets_its_own_outcome_and_log() {
 
     // Built already: the same answers, without building.
     let again = nix()
-        .build_many(&drvs[..1], &BuildOptions::default(), |_, _| {})
+        .build_many(&drvs[..1], &BuildOptions::default(), |_, _| {}, |_| {})
         .await
         .unwrap();
     assert_eq!(again[0].as_ref().unwrap(), two);
     assert!(matches!(
         nix()
-            .build_many(&[("not/a.drv".into(), BTreeMap::new())], &opts, |_, _| {})
+            .build_many(&[("not/a.drv".into(), BTreeMap::new())], &opts, |_, _| {}, |_| {})
             .await,
         Err(NixError::InvalidRequest(_))
     ));
@@ -852,4 +852,136 @@ async fn an_evaluation_is_split_between_evaluator_processes() {
     );
     assert_eq!(three, one, "the same evaluation");
     assert_eq!((one.0.len(), one.1.len(), one.2), (4, 2, 4));
+}
+
+/// Derivations of `expr` (an attribute set of derivations; `mk name script extra` makes one with this test's own
+/// nonce), instantiated: name → (drv, outputs).
+fn instantiate(expr: &str) -> BTreeMap<String, (String, BTreeMap<String, String>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let nonce = format!("{:?}-{}", Instant::now(), std::process::id());
+    let file = dir.path().join("default.nix");
+    std::fs::write(
+        &file,
+        format!(
+            r#"let
+  mk = name: script: extra: derivation ({{
+    inherit name; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" script ];
+    nonce = "{nonce}";
+  }} // extra);
+in {expr}"#
+        ),
+    )
+    .unwrap();
+    let names = run(
+        "nix-instantiate",
+        &[
+            "--eval",
+            "--json",
+            "-E",
+            &format!("builtins.attrNames (import {})", file.display()),
+        ],
+        dir.path(),
+    );
+    let names: Vec<String> = serde_json::from_str(&names).unwrap();
+    names
+        .into_iter()
+        .map(|name| {
+            let drv = run("nix-instantiate", &["-A", &name, file.to_str().unwrap()], dir.path())
+                .trim()
+                .to_owned();
+            let outputs = run("nix-store", &["--query", "--outputs", &drv], dir.path());
+            let outputs = [("out".to_owned(), outputs.trim().to_owned())].into();
+            (name, (drv, outputs))
+        })
+        .collect()
+}
+
+fn valid(path: &str) -> bool {
+    Command::new("nix-store")
+        .args(["--check-validity", path])
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Runs `drvs` in one `build_many` whose build `gate` waits for a file: answers what `on_built` told before the
+/// file was written (once `want` were told, or after a minute), with the outcomes.
+async fn built_before_the_gate(
+    drvs: &[(String, BTreeMap<String, String>)],
+    gate: &Path,
+    want: usize,
+    max_jobs: u32,
+) -> (
+    Vec<String>,
+    Vec<gradient_domain::ports::nix::Result<gradient_domain::ports::nix::BuildOutput>>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let opts = BuildOptions {
+        max_jobs: Some(max_jobs),
+        ..BuildOptions::default()
+    };
+    let nix = nix();
+    let building = nix.build_many(
+        drvs,
+        &opts,
+        |_, _| {},
+        |d| {
+            let _ = tx.send(d.to_owned());
+        },
+    );
+    let watching = async {
+        let mut told = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while told.len() < want {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(d)) => told.push(d),
+                _ => break,
+            }
+        }
+        std::fs::write(gate, "go").unwrap();
+        told
+    };
+    let (outcomes, told) = tokio::join!(building, watching);
+    (told, outcomes.unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_tells_each_build_once_built_while_the_others_still_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("go");
+    let wait = format!(
+        "while [ ! -e {} ]; do /usr/bin/sleep 0.05; done; echo slow > $out",
+        gate.display()
+    );
+    // In parallel: which of two running builds ended is looked up.
+    let d = instantiate(&format!(
+        r#"{{ quick = mk "quick" "echo quick > $out" {{ }}; slow = mk "slow" "{wait}" {{ }}; }}"#
+    ));
+    let drvs = vec![d["slow"].clone(), d["quick"].clone()];
+    let (told, outcomes) = built_before_the_gate(&drvs, &gate, 1, 2).await;
+    assert_eq!(told, vec![d["quick"].0.clone()], "quick is told while slow waits");
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert!(valid(&d["slow"].1["out"]));
+
+    // One build at a time (a chain, then a failure, then another build): known built as each ends; the failed
+    // build is never told.
+    std::fs::remove_file(&gate).unwrap();
+    let d = instantiate(&format!(
+        r#"rec {{
+  a = mk "a" "echo a > $out" {{ }};
+  b = mk "b" "echo b > $out" {{ inherit a; }};
+  bad = mk "bad" "exit 1" {{ inherit b; }};
+  c = mk "c" "echo c > $out" {{ inherit b; after = bad; }};
+  d = mk "d" "echo d > $out" {{ inherit b; }};
+  z = mk "z" "{wait}" {{ inherit d; }};
+}}"#
+    ));
+    let drvs: Vec<_> = ["a", "b", "bad", "c", "d", "z"].iter().map(|n| d[*n].clone()).collect();
+    let (told, outcomes) = built_before_the_gate(&drvs, &gate, 3, 1).await;
+    let name = |drv: &String| d.iter().find(|(_, (p, _))| p == drv).unwrap().0.clone();
+    let told: Vec<String> = told.iter().map(name).collect();
+    assert_eq!(told, ["a", "b", "d"], "in the order built, z still waiting");
+    let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, true, false, false, true, true]);
 }

@@ -18,6 +18,7 @@ pub mod oidc;
 pub mod org_events;
 pub mod outage;
 pub mod reporting;
+pub mod serve;
 pub mod state;
 
 use config::{Config, ConfigError, LogLevels};
@@ -27,7 +28,6 @@ use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::service::{Gradient, Settings};
 use gradient_storage_sql::PoolSizes;
 use poem::http::StatusCode;
-use poem::listener::TcpListener;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use state::{AppState, HttpSettings};
 use std::os::unix::fs::DirBuilderExt;
@@ -816,20 +816,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         std::time::Duration::from_secs(config.cache_gc_interval_secs),
     );
     let addr = std::net::SocketAddr::new(config.listen_addr, config.port);
-    let acceptor = poem::listener::Listener::into_acceptor(TcpListener::bind(addr))
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen {
             addr: addr.to_string(),
             source,
         })?;
     tracing::info!("Gradient {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown_signal(), Some(std::time::Duration::from_secs(10)))
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: addr.to_string(),
-            source,
-        })
+    serve::serve(
+        listener,
+        app(state),
+        shutdown_signal(),
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .map_err(|source| StartError::Listen {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 async fn shutdown_signal() {

@@ -409,11 +409,13 @@ fn build_failure(e: &NixError) -> JobOutcome {
     failure(kind, e)
 }
 
-/// Runs build jobs with the same [`batch_key`] as one Nix run and one push: what makes many small builds
-/// cheap. Each job still gets its own log, outcome and report; jobs in `skip` (aborted meanwhile) are not
-/// reported (see [`BatchHooks`]). `built` is called once Nix has built (before pushing), with the drvs it did not
-/// build, so the next batch can start building while this one pushes. A build that failed because an input in the
-/// same run failed is reported after the others (the server then knows which input failed).
+/// Runs build jobs with the same [`batch_key`] as one Nix run: what makes many small builds cheap. Each build is
+/// pushed as soon as Nix has built it, while the run goes on ([`push_as_built`]), and reported `Success` once
+/// pushed. Each job still gets its own log, outcome and report; jobs aborted meanwhile are not reported (see
+/// [`BatchHooks`]). `built` is called once Nix has ended (before the last push), with the drvs it did not
+/// build, so the next batch can start building while this one pushes. Failures are reported when Nix has ended; a
+/// build that failed because an input in the same run failed after the others (the server then knows which input
+/// failed).
 pub async fn run_batch<N: Nix>(
     nix: &N,
     dirs: &Local,
@@ -514,98 +516,208 @@ pub async fn run_batch<N: Nix>(
             }
         }
     };
+    // Each build is pushed as soon as Nix has built it, while the run goes on (see `push_as_built`): the
+    // builds Nix says are built go to `built_tx`, and so do, once the run has ended, those it answers built.
+    let (built_tx, built_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let started = std::time::Instant::now();
-    let results = nix.build_many(&drvs, &opts, on_log).await;
-    let built_in = started.elapsed();
-    let not_built: Vec<String> = match &results {
-        Ok(results) => drvs
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.is_err())
-            .map(|((d, _), _)| d.clone())
-            .collect(),
-        Err(_) => drvs.iter().map(|(d, _)| d.clone()).collect(),
-    };
-    let mut outcomes: Vec<(JobId, JobOutcome)> = match results {
-        Ok(results) => ids
-            .iter()
-            .copied()
-            .zip(results.iter().map(|r| match r {
-                Ok(_) => JobOutcome::Success,
-                Err(e) => build_failure(e),
-            }))
-            .collect(),
-        Err(e) => ids
-            .iter()
-            .map(|id| (*id, failure(FailureKind::Infrastructure, &e)))
-            .collect(),
-    };
-    // Failures have nothing to push: reported at once, a builder's own before those of the builds that needed
-    // it (the server then knows which input failed), and before the batcher hears what was not built (it
-    // answers what waits for those).
-    let (succeeded, mut failed): (Vec<_>, Vec<_>) =
-        outcomes.drain(..).partition(|(_, o)| matches!(o, JobOutcome::Success));
-    failed.sort_by_key(|(_, o)| {
-        matches!(
-            o,
-            JobOutcome::Failed {
-                kind: FailureKind::DependencyFailed,
-                ..
+    let building = async {
+        let results = nix
+            .build_many(&drvs, &opts, on_log, |drv: &str| {
+                let _ = built_tx.send(drv.to_owned());
+            })
+            .await;
+        let built_in = started.elapsed();
+        let not_built: Vec<String> = match &results {
+            Ok(results) => drvs
+                .iter()
+                .zip(results)
+                .filter(|(_, r)| r.is_err())
+                .map(|((d, _), _)| d.clone())
+                .collect(),
+            Err(_) => drvs.iter().map(|(d, _)| d.clone()).collect(),
+        };
+        // Failures have nothing to push: reported at once, a builder's own before those of the builds that
+        // needed it (the server then knows which input failed), and before the batcher hears what was not built
+        // (it answers what waits for those).
+        let mut failed: Vec<(JobId, JobOutcome)> = match &results {
+            Ok(results) => ids
+                .iter()
+                .zip(results)
+                .filter_map(|(id, r)| r.as_ref().err().map(|e| (*id, build_failure(e))))
+                .collect(),
+            Err(e) => ids
+                .iter()
+                .map(|id| (*id, failure(FailureKind::Infrastructure, e)))
+                .collect(),
+        };
+        failed.sort_by_key(|(_, o)| {
+            matches!(
+                o,
+                JobOutcome::Failed {
+                    kind: FailureKind::DependencyFailed,
+                    ..
+                }
+            )
+        });
+        for (id, outcome) in failed {
+            if (hooks.claim)(id) {
+                finished(&out, id, outcome);
             }
-        )
-    });
-    for (id, outcome) in failed {
-        if (hooks.claim)(id) {
-            finished(&out, id, outcome);
         }
-    }
-    built(not_built);
-    let mut outcomes = succeeded;
-    // The push goes with the token of a build that succeeded: the failed ones were reported above, so their
-    // tokens (the batch's first job's among them) no longer open the cache.
-    let push = outcomes.iter().find_map(|(id, _)| push_of.get(id).cloned()).or(push);
-    if let Some(target) = &push {
-        let built: Vec<String> = drvs
-            .iter()
-            .zip(&ids)
-            .filter(|(_, id)| outcomes.iter().any(|(s, _)| s == *id))
-            .flat_map(|((_, outputs), _)| outputs.values().cloned())
-            .collect();
-        if !built.is_empty() {
-            // Only the builds that succeeded push (and may free their slot); aborted ones are not reported.
-            for (id, _) in outcomes.iter().filter(|(id, _)| !(hooks.is_aborted)(*id)) {
-                send(
-                    &out,
-                    WorkerMessage::JobProgress {
-                        job_id: *id,
-                        stage: Stage::Pushing,
-                    },
-                );
-            }
-            let pushing = std::time::Instant::now();
-            let pushed = push_retrying(nix, &dirs.cache, target, &built).await;
-            tracing::info!(
-                target: "gradient::build",
-                "batch of {} build(s): built in {:.2}s, pushed {} path(s) in {:.2}s",
-                ids.len(),
-                built_in.as_secs_f64(),
-                built.len(),
-                pushing.elapsed().as_secs_f64()
-            );
-            if let Err(e) = pushed {
-                tracing::warn!(target: "gradient::build", "the batch's push failed: {e}");
-                let failed = failure(FailureKind::Infrastructure, &e);
-                for (_, o) in outcomes.iter_mut() {
-                    *o = failed.clone();
+        built(not_built);
+        // What was built and not told yet goes in the last push.
+        if let Ok(results) = &results {
+            for ((drv, _), r) in drvs.iter().zip(results) {
+                if r.is_ok() {
+                    let _ = built_tx.send(drv.clone());
                 }
             }
         }
-    }
-    for (id, outcome) in outcomes {
-        if (hooks.claim)(id) {
-            finished(&out, id, outcome);
+        drop(built_tx);
+        built_in
+    };
+    let pushing = push_as_built(
+        nix,
+        &dirs.cache,
+        &drvs,
+        &ids,
+        push.as_ref(),
+        &push_of,
+        &out,
+        hooks,
+        built_rx,
+    );
+    let (built_in, pushed) = tokio::join!(building, pushing);
+    tracing::info!(
+        target: "gradient::build",
+        "batch of {} build(s): built in {:.2}s, pushed {} path(s) in {} push(es) taking {:.2}s, {:.2}s after Nix ended",
+        ids.len(),
+        built_in.as_secs_f64(),
+        pushed.paths,
+        pushed.pushes,
+        pushed.busy.as_secs_f64(),
+        started.elapsed().saturating_sub(built_in).as_secs_f64()
+    );
+}
+
+/// The pushes of one Nix run's builds while it goes on start this far apart at least: each costs two Nix
+/// processes and two requests whatever its size, taken from the builds on a busy machine.
+const PUSH_SPACING: Duration = Duration::from_millis(250);
+
+/// What the pushes of one run did, for the log.
+#[derive(Default)]
+struct Pushed {
+    paths: usize,
+    pushes: usize,
+    busy: Duration,
+}
+
+/// Pushes a run's builds as `built` names them (until it closes), those told while a push goes on together in
+/// the next one, each with the token of one of its jobs (the others' may have been reported already, and the
+/// server refuses a finished job's token); each job is reported `Success` once its outputs and their closure
+/// are in the cache (or failed if the push failed). A push skips what the run's earlier pushes put in the cache.
+/// Builds whose jobs were all aborted are not pushed.
+#[allow(clippy::too_many_arguments)]
+async fn push_as_built<N: Nix>(
+    nix: &N,
+    cache: &HttpCacheClient,
+    drvs: &[(String, std::collections::BTreeMap<String, String>)],
+    ids: &[JobId],
+    push: Option<&PushTarget>,
+    push_of: &std::collections::HashMap<JobId, PushTarget>,
+    out: &UnboundedSender<WorkerMessage>,
+    hooks: &BatchHooks<'_>,
+    mut built: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> Pushed {
+    let mut pushed = Pushed::default();
+    let mut in_cache: std::collections::HashSet<String> = Default::default();
+    let mut done: std::collections::HashSet<String> = Default::default();
+    let mut next = tokio::time::Instant::now();
+    let mut open = true;
+    while open {
+        // What was built since the last push, once PUSH_SPACING has passed since it started (or Nix ended).
+        let mut group: Vec<String> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                drv = built.recv() => match drv {
+                    Some(drv) => group.push(drv),
+                    None => {
+                        open = false;
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep_until(next), if !group.is_empty() => break,
+            }
+        }
+        next = tokio::time::Instant::now() + PUSH_SPACING;
+        group.retain(|d| done.insert(d.clone()));
+        // The group's jobs (a drv may be several jobs'), those still wanted, and the outputs to push.
+        let jobs: Vec<(usize, JobId)> = drvs
+            .iter()
+            .zip(ids)
+            .enumerate()
+            .filter(|(_, ((d, _), _))| group.contains(d))
+            .map(|(i, (_, id))| (i, *id))
+            .collect();
+        let live: Vec<JobId> = jobs
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| !(hooks.is_aborted)(*id))
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let target = live.iter().find_map(|id| push_of.get(id)).or(push);
+        let outcome = match target {
+            None => JobOutcome::Success,
+            Some(target) => {
+                let paths: Vec<String> = jobs.iter().flat_map(|(i, _)| drvs[*i].1.values().cloned()).collect();
+                for id in &live {
+                    send(
+                        out,
+                        WorkerMessage::JobProgress {
+                            job_id: *id,
+                            stage: Stage::Pushing,
+                        },
+                    );
+                }
+                let pushing = std::time::Instant::now();
+                let result =
+                    gradient_domain::push::push_more_retrying(nix, cache, target, &paths, &mut in_cache, |delay, e| {
+                        tracing::warn!(
+                            target: "gradient::build",
+                            "{e}; trying again in {}s",
+                            delay.as_secs()
+                        );
+                        tokio::time::sleep(delay)
+                    })
+                    .await;
+                pushed.busy += pushing.elapsed();
+                pushed.pushes += 1;
+                pushed.paths += paths.len();
+                tracing::debug!(
+                    target: "gradient::build",
+                    "pushed {} build(s) in {:.3}s",
+                    group.len(),
+                    pushing.elapsed().as_secs_f64()
+                );
+                match result {
+                    Ok(_) => JobOutcome::Success,
+                    Err(e) => {
+                        tracing::warn!(target: "gradient::build", "a push of the batch failed: {e}");
+                        failure(FailureKind::Infrastructure, &e)
+                    }
+                }
+            }
+        };
+        for id in live {
+            if (hooks.claim)(id) {
+                finished(out, id, outcome.clone());
+            }
         }
     }
+    pushed
 }
 
 /// Removes a batch's netrc file and GC roots directory when dropped.

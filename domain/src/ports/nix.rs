@@ -269,11 +269,16 @@ pub trait Nix: Send + Sync + 'static {
     /// (name → store path). Every line a build prints goes to `on_log` with its derivation; Nix's own
     /// messages are not passed on. Answers one outcome per derivation, in order: its outputs, or why it was
     /// not built (as [`Nix::build`] classifies failures). Fails as a whole only when Nix cannot run at all.
+    /// While the run goes on, `on_built` is told each derivation (at most once) whose outputs are valid in the
+    /// store, as soon as the implementation sees it (so that they can be pushed before the run ends); a
+    /// derivation told there is `Ok` in the answer. Derivations not told (outputs valid before the run,
+    /// substituted, or seen late) are answered only at the end.
     fn build_many(
         &self,
         drvs: &[(String, BTreeMap<String, String>)],
         opts: &BuildOptions,
         on_log: impl FnMut(&str, &str) + Send,
+        on_built: impl FnMut(&str) + Send,
     ) -> impl Future<Output = Result<Vec<Result<BuildOutput>>>> + Send;
 
     /// The closure of `paths` (outputs, or `.drv` files with the derivations and sources they refer to): the
