@@ -16,7 +16,7 @@
 # GRADIENT_BENCH_BIN=DIR runs the binaries in DIR instead of a release build. BENCH_LOGS=DIR keeps the server's log
 # and each Gradient round's worker log there, with when each round was triggered (`rounds.txt`, seconds since
 # the epoch); BENCH_LOG_LEVEL sets both programs' GRADIENT_LOG_LEVEL_DEFAULT (default: server warn, worker info;
-# `debug` times each report the server handles and each dispatch round).
+# `debug` times each batch of reports the server records and each dispatch round).
 # Installs what is missing with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."

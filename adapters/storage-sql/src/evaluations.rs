@@ -645,6 +645,61 @@ impl Evaluations for SqlStorage {
         if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
     }
 
+    async fn end_builds(&self, builds: &[Build], logs: &[BuildLog]) -> Result<()> {
+        // The statements of `update_build` and `put_build_log`, in one transaction: a build that is absent
+        // rolls everything back.
+        let update =
+            "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 WHERE org_id = $1 AND drv_path = $2";
+        let put = "INSERT INTO build_logs (build_id, compressed, size, omitted, created_at) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (build_id) DO UPDATE SET \
+                   compressed = excluded.compressed, size = excluded.size, omitted = excluded.omitted, \
+                   created_at = excluded.created_at";
+        if builds.is_empty() && logs.is_empty() {
+            return Ok(());
+        }
+        let mut updates = Vec::with_capacity(builds.len());
+        for b in builds {
+            updates.push((b, transitions_json(&b.transitions, BuildStatus::as_str)?));
+        }
+        let mut puts = Vec::with_capacity(logs.len());
+        for l in logs {
+            puts.push((l, db_size(l.size, "log size")?, db_size(l.omitted, "log omitted")?));
+        }
+        let found = with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            for (b, transitions) in &updates {
+                let n = sqlx::query(update)
+                    .bind(b.org_id.0)
+                    .bind(&b.drv_path)
+                    .bind(b.status.as_str())
+                    .bind(transitions)
+                    .bind(b.updated_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+            for (l, size, omitted) in &puts {
+                sqlx::query(put)
+                    .bind(l.build_id.0)
+                    .bind(&l.compressed)
+                    .bind(*size)
+                    .bind(*omitted)
+                    .bind(l.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await)
+        .map_err(db_error)?;
+        if found { Ok(()) } else { Err(StorageError::NotFound) }
+    }
+
     async fn dependents(&self, org: OrgId, drv_path: &str) -> Result<Vec<String>> {
         let sql = "SELECT drv_path FROM derivation_inputs WHERE org_id = $1 AND input = $2 ORDER BY drv_path";
         with_pool!(self, |p| sqlx::query_scalar::<_, String>(sql)

@@ -394,14 +394,20 @@ impl<N: Nix> Work<N> {
         tokio::spawn({
             let outbox = outbox.clone();
             async move {
-                while let Some(msg) = reports.recv().await {
-                    let msg = if reported(&msg) {
-                        WorkerMessage::Report(outbox.lock().unwrap_or_else(PoisonError::into_inner).push(msg))
-                    } else {
-                        msg
-                    };
-                    if to_link.send(msg).is_err() {
-                        return;
+                // What jobs said while the last batch was written goes together: one file (one fsync pair) and
+                // as few `reports` frames as fit, with no wait beyond what is already queued. Log pieces and the
+                // other bare messages go first, so a job's log still comes before its end.
+                while let Some(first) = reports.recv().await {
+                    let mut messages = vec![first];
+                    while let Ok(more) = reports.try_recv() {
+                        messages.push(more);
+                    }
+                    let (kept, bare): (Vec<_>, Vec<_>) = messages.into_iter().partition(reported);
+                    let kept = outbox.lock().unwrap_or_else(PoisonError::into_inner).push_all(kept);
+                    for msg in bare.into_iter().chain(proto::report_frames(kept)) {
+                        if to_link.send(msg).is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -709,19 +715,20 @@ async fn linked<N: Nix>(
     }
     let queued: BTreeSet<proto::ReportId> = waiting
         .iter()
-        .filter_map(|m| match m {
-            WorkerMessage::Report(r) => Some(r.report_id),
-            _ => None,
+        .flat_map(|m| match m {
+            WorkerMessage::Report(r) => vec![r.report_id],
+            WorkerMessage::Reports { reports } => reports.iter().map(|r| r.report_id).collect(),
+            _ => Vec::new(),
         })
         .collect();
-    let mut pending: Vec<WorkerMessage> = work
+    let older: Vec<proto::Report> = work
         .outbox()
         .pending()
         .filter(|r| !queued.contains(&r.report_id))
         .cloned()
-        .map(WorkerMessage::Report)
         .collect();
-    let resent = pending.len() + queued.len();
+    let resent = older.len() + queued.len();
+    let mut pending = proto::report_frames(older);
     if resent > 0 {
         tracing::info!(target: "gradient::proto", "sending {resent} report(s) not acknowledged yet");
     }
@@ -745,8 +752,11 @@ async fn linked<N: Nix>(
                     work.abort(job_id);
                 }
                 Ok(ServerMessage::Rejected(r)) => return End::Rejected(format!("{} ({})", r.reason, r.code.as_str())),
-                Ok(ServerMessage::Ack { report_id }) => {
-                    work.outbox().ack(report_id);
+                Ok(ServerMessage::Ack { report_ids }) => {
+                    let mut outbox = work.outbox();
+                    for id in report_ids {
+                        outbox.ack(id);
+                    }
                 }
                 Ok(ServerMessage::Assign { job }) => {
                     let kind = match &job { Job::Evaluate { .. } => "evaluation", Job::Build { .. } => "build" };
@@ -773,10 +783,21 @@ async fn linked<N: Nix>(
     }
 }
 
-/// Whether a message goes through the outbox: the job reports that change state on the server (`job_started`
-/// changes nothing there and goes bare, as do log pieces and heartbeats).
+/// Whether a message goes through the outbox: the job reports that change state on the server. `job_started`
+/// and the stages before `pushing` change nothing there and go bare, as do log pieces and heartbeats.
 fn reported(msg: &WorkerMessage) -> bool {
-    proto::Report::is_reportable(msg) && !matches!(msg, WorkerMessage::JobStarted { .. })
+    proto::Report::is_reportable(msg)
+        && !matches!(
+            msg,
+            WorkerMessage::JobStarted { .. }
+                | WorkerMessage::JobProgress {
+                    stage: proto::Stage::Fetching
+                        | proto::Stage::Evaluating
+                        | proto::Stage::Substituting
+                        | proto::Stage::Building,
+                    ..
+                }
+        )
 }
 
 /// Sends within `limit`: a frame that cannot leave for that long means the link is gone.
@@ -850,6 +871,51 @@ mod tests {
         // (parallel builds, build jobs queued beyond them)
         for (parallel, queued) in [(0, 0), (1, 255), (2, 254), (64, 192), (256, 0), (300, 0)] {
             assert_eq!(build_jobs_queued(parallel), queued, "{parallel}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+    use gradient_domain::proto::Stage;
+
+    #[test]
+    fn only_what_changes_state_on_the_server_is_kept_in_the_outbox() {
+        let job_id = JobId::new();
+        let progress = |stage| WorkerMessage::JobProgress { job_id, stage };
+        for (msg, kept) in [
+            (progress(Stage::Pushing), true),
+            (
+                WorkerMessage::JobFinished {
+                    job_id,
+                    outcome: proto::JobOutcome::Success,
+                },
+                true,
+            ),
+            (
+                WorkerMessage::EvalResult {
+                    job_id,
+                    derivations: vec![],
+                    errors: vec![],
+                },
+                true,
+            ),
+            (progress(Stage::Building), false),
+            (progress(Stage::Substituting), false),
+            (progress(Stage::Fetching), false),
+            (progress(Stage::Evaluating), false),
+            (WorkerMessage::JobStarted { job_id }, false),
+            (
+                WorkerMessage::JobLog {
+                    job_id,
+                    seq: 0,
+                    text: "x".into(),
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(reported(&msg), kept, "{msg:?}");
         }
     }
 }

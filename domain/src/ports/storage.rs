@@ -379,6 +379,10 @@ pub trait Queue {
     /// Ok(false), changing nothing, when the job is not assigned to that worker (queued, finished, requeued
     /// and handed to another) or does not exist.
     fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> impl Future<Output = Result<bool>> + Send;
+    /// [`Queue::finish_job`] for several jobs of `worker` (`(job, done)`), in one transaction: answers, in
+    /// order, whether each was assigned to the worker (and so ended). A job listed twice ends once (the second
+    /// answer is false).
+    fn finish_jobs(&self, worker: WorkerId, jobs: &[(JobId, bool)]) -> impl Future<Output = Result<Vec<bool>>> + Send;
     /// The jobs assigned to `worker`, oldest first (ties by id).
     fn jobs_assigned_to(&self, worker: WorkerId) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
     /// Ends a job no worker holds: `Queued → Failed`. Ok(false), changing nothing, when the job is not queued
@@ -476,6 +480,9 @@ pub trait Evaluations {
     /// Stores the build's log, replacing the one it had (a restarted build logs anew). NotFound when the
     /// build does not exist; deleting the build deletes its log.
     fn put_build_log(&self, log: &BuildLog) -> impl Future<Output = Result<()>> + Send;
+    /// [`Evaluations::update_build`] for each of `builds`, then [`Evaluations::put_build_log`] for each of
+    /// `logs`, in one transaction: all or nothing (NotFound, nothing written, when one build is absent).
+    fn end_builds(&self, builds: &[Build], logs: &[BuildLog]) -> impl Future<Output = Result<()>> + Send;
     fn build_log(&self, build: BuildId) -> impl Future<Output = Result<Option<BuildLog>>> + Send;
     /// The evaluations linked to the organization's build of `drv_path`, oldest first (ties by id): the ones
     /// to update when that build changes.

@@ -39,6 +39,9 @@ pub enum WorkerMessage {
     /// it by until the server's `ack` names it: the worker sends it again after reconnecting (or restarting)
     /// until then, and the server answers a repeated one without changing anything twice.
     Report(Report),
+    /// Several reports at once, in the order the worker made them: what its jobs reported while the previous
+    /// frame was being written travels, is kept and is acknowledged together (`docs/protocol.md`, `reports`).
+    Reports { reports: Vec<Report> },
 }
 
 /// Identifies one report of one worker, chosen by the worker (a random v4 UUID) and kept with the report until
@@ -127,7 +130,8 @@ pub enum ServerMessage {
     /// database is unavailable) is not acknowledged; the server retries it in order on this link, and the
     /// worker sends it again after reconnecting.
     Ack {
-        report_id: ReportId,
+        /// Every report done with since the last `ack`, in the order they came.
+        report_ids: Vec<ReportId>,
     },
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// The version this code speaks. Bumped by any change an older peer would misread; additive optional fields
 /// (which older peers ignore) do not bump it.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The largest frame either side accepts (1 MiB of JSON text). Larger frames close the connection.
 pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
@@ -123,6 +123,31 @@ pub fn hello_version(frame: &str) -> Option<u32> {
     }
     let peek: Peek = serde_json::from_str(frame).ok()?;
     (peek.kind == "hello").then_some(peek.version)
+}
+
+/// The frames that carry `reports`, in their order: as few `reports` frames as fit within [`MAX_FRAME_BYTES`]
+/// each (a report that would not fit in a frame of its own is refused when it is encoded, as it always was).
+pub fn report_frames(reports: Vec<Report>) -> Vec<WorkerMessage> {
+    // `{"type":"reports","reports":[` … `]}`, and a comma between two reports.
+    const ENVELOPE: usize = 32;
+    let mut frames = Vec::new();
+    let mut current: Vec<Report> = Vec::new();
+    let mut size = ENVELOPE;
+    for report in reports {
+        let len = serde_json::to_string(&report).map_or(0, |t| t.len()) + 1;
+        if !current.is_empty() && size + len > MAX_FRAME_BYTES {
+            frames.push(WorkerMessage::Reports {
+                reports: std::mem::take(&mut current),
+            });
+            size = ENVELOPE;
+        }
+        size += len;
+        current.push(report);
+    }
+    if !current.is_empty() {
+        frames.push(WorkerMessage::Reports { reports: current });
+    }
+    frames
 }
 
 /// Splits a log into `JobLog` pieces of at most [`MAX_LOG_CHUNK_BYTES`], never inside a UTF-8 character.

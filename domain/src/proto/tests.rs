@@ -129,6 +129,24 @@ fn worker_samples() -> Vec<WorkerMessage> {
                 outcome: JobOutcome::Success,
             }),
         }),
+        WorkerMessage::Reports {
+            reports: vec![
+                Report {
+                    report_id: ReportId(id(31)),
+                    report: Box::new(WorkerMessage::JobProgress {
+                        job_id,
+                        stage: Stage::Pushing,
+                    }),
+                },
+                Report {
+                    report_id: ReportId(id(32)),
+                    report: Box::new(WorkerMessage::JobFinished {
+                        job_id,
+                        outcome: JobOutcome::Success,
+                    }),
+                },
+            ],
+        },
     ]
 }
 
@@ -151,7 +169,7 @@ fn server_samples() -> Vec<ServerMessage> {
         ServerMessage::Assign { job: eval_job() },
         ServerMessage::Abort { job_id: JobId(id(20)) },
         ServerMessage::Ack {
-            report_id: ReportId(id(30)),
+            report_ids: vec![ReportId(id(30)), ReportId(id(31))],
         },
     ]
 }
@@ -168,6 +186,7 @@ fn worker_type(m: &WorkerMessage) -> &'static str {
         WorkerMessage::EvalResult { .. } => "eval_result",
         WorkerMessage::JobFinished { .. } => "job_finished",
         WorkerMessage::Report(_) => "report",
+        WorkerMessage::Reports { .. } => "reports",
     }
 }
 
@@ -275,11 +294,73 @@ fn a_report_wraps_a_job_report_under_its_id() {
     }
     assert_eq!(
         encode(&ServerMessage::Ack {
-            report_id: ReportId(id(30))
+            report_ids: vec![ReportId(id(30))]
         })
         .unwrap(),
-        r#"{"type":"ack","report_id":"00000000-0000-0000-0000-00000000001e"}"#
+        r#"{"type":"ack","report_ids":["00000000-0000-0000-0000-00000000001e"]}"#
     );
+    let batch = encode(&WorkerMessage::Reports { reports: vec![r] }).unwrap();
+    assert_eq!(
+        batch,
+        r#"{"type":"reports","reports":[{"report_id":"00000000-0000-0000-0000-00000000001e","report":{"type":"job_progress","job_id":"00000000-0000-0000-0000-000000000014","stage":"pushing"}}]}"#
+    );
+    assert!(
+        !Report::is_reportable(&decode_worker(&batch).unwrap()),
+        "a batch is not nested"
+    );
+}
+
+#[test]
+fn reports_travel_in_as_few_frames_as_fit_in_their_order() {
+    assert!(report_frames(vec![]).is_empty());
+    let finished = |n: u128| Report {
+        report_id: ReportId(id(n)),
+        report: Box::new(WorkerMessage::JobFinished {
+            job_id: JobId(id(n)),
+            outcome: JobOutcome::Success,
+        }),
+    };
+    // 300 small reports: one frame.
+    let small: Vec<Report> = (1..=300).map(finished).collect();
+    let frames = report_frames(small.clone());
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0], WorkerMessage::Reports { reports: small });
+    // Reports of ~300 KB each: three fit in a frame, not four; every frame encodes within the limit.
+    let big = |n: u128| Report {
+        report_id: ReportId(id(n)),
+        report: Box::new(WorkerMessage::EvalResult {
+            job_id: JobId(id(n)),
+            derivations: vec![],
+            errors: vec![AttributeError {
+                attribute: "a".into(),
+                message: "x".repeat(300 * 1024),
+            }],
+        }),
+    };
+    let mut reports: Vec<Report> = (1..=7).map(big).collect();
+    reports.insert(3, finished(100));
+    let frames = report_frames(reports.clone());
+    let sizes: Vec<usize> = frames
+        .iter()
+        .map(|f| match f {
+            WorkerMessage::Reports { reports } => reports.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [4, 3, 1],
+        "three big ones and the small one, then three, then one"
+    );
+    let mut again = Vec::new();
+    for f in frames {
+        let text = encode(&f).expect("within the frame limit");
+        let WorkerMessage::Reports { reports } = decode_worker(&text).unwrap() else {
+            panic!()
+        };
+        again.extend(reports);
+    }
+    assert_eq!(again, reports, "the same reports in the same order");
 }
 
 #[test]
@@ -493,7 +574,7 @@ fn hello_is_checked_in_order_version_registration_duplicate_capability() {
         );
     }
     let err = check_hello(&old, &regs, false, &policy).unwrap_err();
-    assert_eq!(err.reason, "the worker speaks protocol version 0, this server speaks 2");
+    assert_eq!(err.reason, "the worker speaks protocol version 0, this server speaks 3");
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub use orgs::{NewOrg, OrgChanges, RoleView};
 pub use overview::{
     FleetOverview, FleetWorker, LiveWorker, QueueOverview, RunningJob, SystemQueue, job_system, queue_overview,
 };
-pub use pipeline::{Dispatched, Reconciled};
+pub use pipeline::{Dispatched, JobReport, Reconciled};
 pub use projects::{NewProject, ProjectChanges};
 pub use recent_hits::{CacheHit, RECENT_HITS, TRACKED_CACHES};
 pub use sessions::{MAX_USER_AGENT, SessionView, clean_user_agent};

@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStorage {
     state: Arc<Mutex<State>>,
+    /// For service tests of faults: how many operations still succeed before every one answers `Unavailable`
+    /// (`None`: no limit). See [`MemoryStorage::go_down_after`].
+    down_after: Arc<Mutex<Option<u64>>>,
 }
 
 impl MemoryStorage {
@@ -35,8 +38,22 @@ impl MemoryStorage {
         Self::default()
     }
 
+    /// After `ops` more operations, every operation answers `StorageError::Unavailable` (a database that went
+    /// away mid-way, for service tests); `None` brings it back.
+    pub fn go_down_after(&self, ops: Option<u64>) {
+        *self.down_after.lock().unwrap_or_else(PoisonError::into_inner) = ops;
+    }
+
     /// Runs `f` on the state under the lock.
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        if let Some(left) = self.down_after.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            if *left == 0 {
+                return Err(gradient_domain::ports::storage::StorageError::Unavailable(
+                    "the in-memory storage was taken down by the test".into(),
+                ));
+            }
+            *left -= 1;
+        }
         // Writes validate before they change anything, so a panic elsewhere cannot have left the state
         // half-written: a poisoned lock is safe to keep using.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -457,6 +474,10 @@ impl Queue for MemoryStorage {
         self.with(|s| Ok(s.finish_job(id, worker, done)))
     }
 
+    async fn finish_jobs(&self, worker: WorkerId, jobs: &[(JobId, bool)]) -> Result<Vec<bool>> {
+        self.with(|s| Ok(jobs.iter().map(|(id, done)| s.finish_job(*id, worker, *done)).collect()))
+    }
+
     async fn jobs_assigned_to(&self, worker: WorkerId) -> Result<Vec<JobRecord>> {
         let assigned = |j: &JobRecord| matches!(j.state, JobState::Assigned { worker: w, .. } if w == worker);
         self.with(|s| Ok(s.jobs(assigned, u32::MAX)))
@@ -596,6 +617,29 @@ impl Evaluations for MemoryStorage {
 
     async fn update_build(&self, build: &Build) -> Result<()> {
         self.with(|s| s.update_build(build))
+    }
+
+    async fn end_builds(&self, builds: &[Build], logs: &[BuildLog]) -> Result<()> {
+        self.with(|s| {
+            // Checked first: all or nothing.
+            for b in builds {
+                if !s.builds.contains_key(&(b.org_id, b.drv_path.clone())) {
+                    return Err(gradient_domain::ports::StorageError::NotFound);
+                }
+            }
+            for l in logs {
+                if !s.builds.values().any(|b| b.id == l.build_id) {
+                    return Err(gradient_domain::ports::StorageError::NotFound);
+                }
+            }
+            for b in builds {
+                s.update_build(b)?;
+            }
+            for l in logs {
+                s.put_build_log(l)?;
+            }
+            Ok(())
+        })
     }
 
     async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {

@@ -400,6 +400,14 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
                         "a report wraps job_started, job_progress, eval_result or job_finished only",
                     ));
                 }
+                Ok(WorkerMessage::Reports { reports: batch })
+                    if !batch.iter().all(|r| proto::Report::is_reportable(&r.report)) =>
+                {
+                    break Some(Rejected::new(
+                        RejectCode::UnexpectedMessage,
+                        "a report wraps job_started, job_progress, eval_result or job_finished only",
+                    ));
+                }
                 Ok(other) => {
                     deadline = tokio::time::Instant::now() + lost_after;
                     let _ = reports.send(other);
@@ -442,90 +450,146 @@ pub(crate) async fn serve<S: Io>(state: AppState, mut socket: WebSocketStream<S>
 /// The most a report waits between two attempts while the database is unavailable.
 const REPORT_RETRY_AT_MOST: Duration = Duration::from_secs(10);
 
-/// Records a link's reports in the order they came. A report recorded, or refused for good, is acknowledged
-/// (when it came as a `report`); one that cannot be recorded now (storage unavailable) is tried again with
-/// backoff, and those behind it wait: a job's reports are never applied out of order. One line is logged when
-/// a report starts waiting and one when it is recorded, not one per attempt.
+/// Records a link's reports in the order they came. What queued up while the previous ones were recorded is
+/// recorded together (`Gradient::record_reports`: one settling per evaluation, one wake of the dispatcher) and
+/// acknowledged in one `ack`. A report recorded, or refused for good, is acknowledged (when it came as a
+/// report); one that cannot be recorded now (storage unavailable) is tried again with backoff, with those
+/// behind it: a job's reports are never applied out of order. One line is logged when reports start waiting
+/// and one when they are recorded, not one per attempt.
 async fn record_reports(
     state: AppState,
     worker: gradient_domain::WorkerId,
     mut queued: mpsc::UnboundedReceiver<WorkerMessage>,
     acks: mpsc::UnboundedSender<Outgoing>,
 ) {
-    while let Some(msg) = queued.recv().await {
-        let (report_id, msg) = match msg {
-            WorkerMessage::Report(r) => (Some(r.report_id), *r.report),
-            other => (None, other),
-        };
-        // A finished job's live log is taken once, and handed to every attempt.
-        let log = match &msg {
-            WorkerMessage::JobFinished { job_id, .. } => {
-                state
-                    .fleet
-                    .logs
-                    .take_own(*job_id, worker, &state.fleet.links.proved_orgs(worker))
-            }
-            _ => None,
-        };
-        let mut wait = Duration::from_millis(500);
-        let mut waited = false;
-        loop {
-            // What the link is proved for now: a registration deleted meanwhile no longer counts.
-            let orgs = state.fleet.links.proved_orgs(worker);
-            match handle(&state, worker, &orgs, msg.clone(), log.clone()).await {
-                Err(gradient_domain::service::ServiceError::Unavailable(e)) => {
-                    if !waited {
-                        tracing::warn!(
-                            target: "gradient::proto",
-                            "cannot record a report of worker {worker} now ({e}); retrying it until the database answers"
-                        );
-                        waited = true;
+    while let Some(first) = queued.recv().await {
+        let mut messages = vec![first];
+        while let Ok(more) = queued.try_recv() {
+            messages.push(more);
+        }
+        // Runs of job reports are recorded together; a log piece keeps its place between them.
+        let mut batch: Vec<(Option<proto::ReportId>, WorkerMessage)> = Vec::new();
+        for msg in messages {
+            match msg {
+                WorkerMessage::Report(r) => batch.push((Some(r.report_id), *r.report)),
+                WorkerMessage::Reports { reports } => {
+                    batch.extend(reports.into_iter().map(|r| (Some(r.report_id), *r.report)))
+                }
+                m if proto::Report::is_reportable(&m) => batch.push((None, m)),
+                other => {
+                    record_batch(&state, worker, std::mem::take(&mut batch), &acks).await;
+                    let orgs = state.fleet.links.proved_orgs(worker);
+                    if let Err(e) = log_piece(&state, worker, &orgs, other) {
+                        tracing::warn!(target: "gradient::proto", "refused a message of worker {worker}: {e}");
                     }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(REPORT_RETRY_AT_MOST);
-                }
-                Ok(()) => break,
-                // A report for a job that is not this worker's: refused, nothing changed.
-                Err(gradient_domain::service::ServiceError::Forbidden(m)) => {
-                    tracing::warn!(target: "gradient::proto", "refused a report of worker {worker}: {m}");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}");
-                    break;
                 }
             }
         }
-        if waited {
-            tracing::info!(target: "gradient::proto", "recorded the waiting report of worker {worker}");
-        }
-        if let Some(report_id) = report_id {
-            let _ = acks.send(Outgoing::Send(ServerMessage::Ack { report_id }));
-        }
+        record_batch(&state, worker, batch, &acks).await;
     }
 }
 
-/// What a connected worker reports; `log`: a finished job's live log.
-async fn handle(
+/// Records job reports that came together, retrying with backoff while storage is unavailable, and acknowledges
+/// those that came as reports.
+async fn record_batch(
+    state: &AppState,
+    worker: gradient_domain::WorkerId,
+    batch: Vec<(Option<proto::ReportId>, WorkerMessage)>,
+    acks: &mpsc::UnboundedSender<Outgoing>,
+) {
+    use gradient_domain::service::{JobReport, ServiceError};
+    if batch.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let count = batch.len();
+    // A finished job's live log is taken once, and handed to every attempt.
+    let mut todo: Vec<(
+        Option<proto::ReportId>,
+        WorkerMessage,
+        Option<gradient_domain::logs::LogBuffer>,
+    )> = batch
+        .into_iter()
+        .map(|(id, msg)| {
+            let log = match &msg {
+                WorkerMessage::JobFinished { job_id, .. } => {
+                    state
+                        .fleet
+                        .logs
+                        .take_own(*job_id, worker, &state.fleet.links.proved_orgs(worker))
+                }
+                _ => None,
+            };
+            (id, msg, log)
+        })
+        .collect();
+    let mut wait = Duration::from_millis(500);
+    let mut waited = false;
+    loop {
+        // What the link is proved for now: a registration deleted meanwhile no longer counts.
+        let orgs = state.fleet.links.proved_orgs(worker);
+        let reports = todo
+            .iter()
+            .map(|(_, message, log)| JobReport {
+                message: message.clone(),
+                log: log.clone(),
+            })
+            .collect();
+        let results = state.core.record_reports(worker, &orgs, reports).await;
+        let done = results
+            .iter()
+            .position(|r| matches!(r, Err(ServiceError::Unavailable(_))))
+            .unwrap_or(results.len());
+        let mut report_ids = Vec::new();
+        for ((id, _, _), result) in todo.iter().zip(&results).take(done) {
+            match result {
+                Ok(()) => {}
+                // A report for a job that is not this worker's: refused, nothing changed.
+                Err(ServiceError::Forbidden(m)) => {
+                    tracing::warn!(target: "gradient::proto", "refused a report of worker {worker}: {m}")
+                }
+                Err(e) => tracing::error!(target: "gradient::proto", "handling a report of worker {worker}: {e:?}"),
+            }
+            report_ids.extend(*id);
+        }
+        if !report_ids.is_empty() {
+            let _ = acks.send(Outgoing::Send(ServerMessage::Ack { report_ids }));
+        }
+        todo.drain(..done);
+        let Some(Err(e)) = results.get(done) else {
+            break;
+        };
+        if !waited {
+            tracing::warn!(
+                target: "gradient::proto",
+                "cannot record {} report(s) of worker {worker} now ({e}); retrying them until the database answers",
+                todo.len()
+            );
+            waited = true;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(REPORT_RETRY_AT_MOST);
+    }
+    if waited {
+        tracing::info!(target: "gradient::proto", "recorded the waiting reports of worker {worker}");
+    }
+    tracing::debug!(
+        target: "gradient::proto",
+        "recorded {count} report(s) of worker {worker} in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// A live log piece of a connected worker: only the worker the job was handed to, on a link proved for the
+/// job's organization, writes its log. (Job reports go to `record_batch`.)
+fn log_piece(
     state: &AppState,
     worker: gradient_domain::WorkerId,
     orgs: &std::collections::BTreeSet<gradient_domain::OrgId>,
     msg: WorkerMessage,
-    log: Option<gradient_domain::logs::LogBuffer>,
 ) -> Result<(), gradient_domain::service::ServiceError> {
     match msg {
-        WorkerMessage::EvalResult {
-            job_id,
-            derivations,
-            errors,
-        } => {
-            state
-                .core
-                .record_eval_result(job_id, worker, orgs, derivations, errors)
-                .await
-        }
         WorkerMessage::JobLog { job_id, text, .. } => {
-            // Only the worker the job was handed to, on a link proved for the job's organization, writes its log.
             if state.fleet.logs.append(job_id, worker, orgs, &text) {
                 Ok(())
             } else {
@@ -534,13 +598,6 @@ async fn handle(
                     job_id.0
                 )))
             }
-        }
-        WorkerMessage::JobProgress { job_id, stage } => {
-            state.core.record_job_progress(job_id, worker, orgs, stage).await
-        }
-        WorkerMessage::JobFinished { job_id, outcome } => {
-            // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
-            state.core.record_job_finished(job_id, worker, orgs, outcome, log).await
         }
         _ => Ok(()),
     }

@@ -19,6 +19,7 @@ mod results;
 pub use dispatch::Dispatched;
 pub use readiness::InputProgress;
 pub use reconcile::Reconciled;
+pub use results::JobReport;
 
 use super::{Gradient, Result, ServiceError};
 use crate::model::{Derivation, Evaluation, JobId, JobKind, JobRecord, JobState};

@@ -1022,6 +1022,70 @@ pub async fn build_logs_round_trip_and_are_replaced<S: Storage>(s: &S) {
     );
 }
 
+/// Many builds' ends and logs in one write: all or nothing.
+pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["one", "two", "three"]).await;
+    let at = now();
+    let builds = s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds");
+    let ended = |b: &Build, status: BuildStatus| {
+        let mut b = b.clone();
+        assert!(b.move_to(status, at + seconds(5)));
+        b
+    };
+    let log = |b: &Build, text: &[u8]| BuildLog {
+        build_id: b.id,
+        compressed: text.to_vec(),
+        size: text.len() as u64,
+        omitted: 0,
+        created_at: at + seconds(5),
+    };
+    s.end_builds(&[], &[]).await.expect("nothing to write");
+
+    // One build unknown (its row is absent): nothing of the batch is written.
+    let absent = Build {
+        drv_path: drv_path("absent"),
+        ..ended(&builds[2], BuildStatus::Building)
+    };
+    let stray_log = BuildLog {
+        build_id: BuildId::new(),
+        ..log(&builds[0], b"x")
+    };
+    for (batch, logs) in [
+        (
+            vec![ended(&builds[0], BuildStatus::Building), absent],
+            vec![log(&builds[0], b"a")],
+        ),
+        (vec![ended(&builds[0], BuildStatus::Building)], vec![stray_log]),
+    ] {
+        assert_eq!(s.end_builds(&batch, &logs).await, Err(StorageError::NotFound));
+        assert_eq!(
+            s.build(acme.id, &builds[0].drv_path).await.expect("build"),
+            Some(builds[0].clone())
+        );
+        assert_eq!(s.build_log(builds[0].id).await.expect("build_log"), None);
+    }
+
+    let done = [
+        ended(&builds[0], BuildStatus::DependencyFailed),
+        ended(&builds[1], BuildStatus::Aborted),
+    ];
+    let logs = [log(&builds[0], b"first"), log(&builds[1], b"second")];
+    s.end_builds(&done, &logs).await.expect("end_builds");
+    for (b, l) in done.iter().zip(&logs) {
+        assert_eq!(s.build(acme.id, &b.drv_path).await.expect("build").as_ref(), Some(b));
+        assert_eq!(s.build_log(b.id).await.expect("build_log").as_ref(), Some(l));
+    }
+    assert_eq!(
+        s.build(acme.id, &builds[2].drv_path).await.expect("build"),
+        Some(builds[2].clone()),
+        "the others untouched"
+    );
+}
+
 /// Every build status reads back.
 pub async fn build_statuses_round_trip<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;

@@ -527,6 +527,55 @@ pub async fn requeue_jobs_of_a_lost_worker_counts_attempts<S: Storage>(s: &S) {
 }
 
 /// A job is finished only from Assigned, by the worker it is assigned to: Done or Failed, once.
+/// Several jobs of a worker end at once, each as `finish_job` would end it.
+pub async fn finish_jobs_ends_each_assigned_job_of_the_worker<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let (worker, stranger) = (WorkerId::new(), WorkerId::new());
+    let at = now();
+    let mine = enqueue(s, new_build_job(acme.id, "mine")).await;
+    let failed = enqueue(s, new_build_job(acme.id, "failed")).await;
+    let theirs = enqueue(s, new_build_job(acme.id, "theirs")).await;
+    let queued = enqueue(s, new_evaluation_job(acme.id)).await;
+    assert!(s.assign_job(mine.id, worker, at).await.expect("assign_job"));
+    assert!(s.assign_job(failed.id, worker, at).await.expect("assign_job"));
+    assert!(s.assign_job(theirs.id, stranger, at).await.expect("assign_job"));
+    assert_eq!(
+        s.finish_jobs(worker, &[]).await.expect("finish_jobs"),
+        Vec::<bool>::new()
+    );
+    let ended = s
+        .finish_jobs(
+            worker,
+            &[
+                (mine.id, true),
+                (theirs.id, true),
+                (failed.id, false),
+                (queued.id, true),
+                (mine.id, true),
+                (JobId::new(), true),
+            ],
+        )
+        .await
+        .expect("finish_jobs");
+    assert_eq!(ended, [true, false, true, false, false, false]);
+    assert_eq!(state_of(s, mine.id).await, Some(JobState::Done));
+    assert_eq!(state_of(s, failed.id).await, Some(JobState::Failed));
+    assert_eq!(
+        state_of(s, theirs.id).await,
+        Some(JobState::Assigned {
+            worker: stranger,
+            since: at
+        }),
+        "another worker's job is untouched"
+    );
+    assert_eq!(
+        state_of(s, queued.id).await,
+        Some(JobState::Queued),
+        "a queued job is untouched"
+    );
+}
+
 pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;

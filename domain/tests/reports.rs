@@ -1,0 +1,356 @@
+#![allow(clippy::unwrap_used)]
+//! Reports a worker sent together (`docs/protocol.md`, `reports`), recorded together over the in-memory storage:
+//! the same outcome as one by one, a repeated batch changes nothing, a job's reports apply in their order, a
+//! report refused for one job does not hold the others, and a batch the storage drops half-way is recorded whole
+//! when it comes again.
+
+mod common;
+
+use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, JobState, Org, Project};
+use gradient_domain::ports::Fleet;
+use gradient_domain::ports::clock::SystemClock;
+use gradient_domain::ports::storage::{Evaluations, Queue};
+use gradient_domain::proto::{EvaluatedDerivation, FailureKind, Job, JobOutcome, Stage, WorkerMessage};
+use gradient_domain::scheduler::WorkerInfo;
+use gradient_domain::service::{Dispatched, JobReport, ServiceError, Settings};
+use gradient_domain::status::{BuildStatus, EvaluationStatus};
+use std::collections::{BTreeMap, BTreeSet};
+
+type App = common::TestApp<SystemClock>;
+
+async fn setup() -> (App, Org, Project) {
+    let app = common::app(SystemClock, Settings::default());
+    let caller = common::signed_up(&app, "u").await;
+    let org = common::org(&app, &caller, "o").await;
+    let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+    (app, org, project)
+}
+
+fn worker(n: u128, org: &Org) -> WorkerInfo {
+    WorkerInfo {
+        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
+        capabilities: Capabilities {
+            fetch: true,
+            eval: true,
+            build: true,
+            sign: false,
+        },
+        systems: vec!["x86_64-linux".into()],
+        features: vec![],
+        max_concurrent_builds: 64,
+        max_concurrent_evaluations: 1,
+        queued_builds: 0,
+        orgs: BTreeSet::from([org.id]),
+        pushing: Default::default(),
+    }
+}
+
+fn derivation(name: &str, inputs: &[&str]) -> EvaluatedDerivation {
+    let path = |n: &str| format!("/nix/store/{}-{n}", n.repeat(32).get(..32).unwrap());
+    EvaluatedDerivation {
+        attribute: Some(format!("packages.x86_64-linux.{name}")),
+        drv_path: format!("{}.drv", path(name)),
+        outputs: BTreeMap::from([("out".into(), path(name))]),
+        system: "x86_64-linux".into(),
+        required_features: vec![],
+        input_drvs: inputs.iter().map(|i| format!("{}.drv", path(i))).collect(),
+    }
+}
+
+async fn dispatch(app: &App, w: &WorkerInfo) -> Vec<Dispatched> {
+    for c in app.fleet.connected() {
+        app.fleet.disconnect(c.id);
+    }
+    app.fleet.connect_proved(w.clone());
+    app.dispatch().await.unwrap()
+}
+
+fn report(message: WorkerMessage) -> JobReport {
+    JobReport { message, log: None }
+}
+
+fn finished(job_id: JobId, outcome: JobOutcome) -> JobReport {
+    report(WorkerMessage::JobFinished { job_id, outcome })
+}
+
+fn pushing(job_id: JobId) -> JobReport {
+    report(WorkerMessage::JobProgress {
+        job_id,
+        stage: Stage::Pushing,
+    })
+}
+
+/// The build jobs a round sent, by derivation name.
+fn builds(sent: &[Dispatched]) -> BTreeMap<String, JobId> {
+    sent.iter()
+        .filter_map(|d| match &d.job {
+            Job::Build { job_id, drv_path, .. } => {
+                let name = drv_path.rsplit_once('-').unwrap().1.trim_end_matches(".drv").to_owned();
+                Some((name, *job_id))
+            }
+            Job::Evaluate { .. } => None,
+        })
+        .collect()
+}
+
+async fn build_status(app: &App, org: &Org, name: &str) -> BuildStatus {
+    let drv = derivation(name, &[]).drv_path;
+    app.storage.build(org.id, &drv).await.unwrap().unwrap().status
+}
+
+async fn evaluation_status(app: &App, id: gradient_domain::EvaluationId) -> EvaluationStatus {
+    app.storage.evaluation(id).await.unwrap().unwrap().status
+}
+
+fn verdicts(results: &[Result<(), ServiceError>]) -> Vec<&'static str> {
+    results
+        .iter()
+        .map(|r| match r {
+            Ok(()) => "ok",
+            Err(ServiceError::Forbidden(_)) => "refused",
+            Err(ServiceError::Unavailable(_)) => "unavailable",
+            Err(_) => "other",
+        })
+        .collect()
+}
+
+/// An evaluation of `derivations` reported, pushed and ended in one batch by `w`; its builds handed out.
+async fn evaluated_in_one_batch(
+    app: &App,
+    org: &Org,
+    project: &Project,
+    w: &WorkerInfo,
+    derivations: Vec<EvaluatedDerivation>,
+) -> (gradient_domain::EvaluationId, BTreeMap<String, JobId>) {
+    let e = app
+        .queue_evaluation(org.id, project, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let job = dispatch(app, w).await[0].job.id();
+    // The evaluation's results, its push and its end in one batch: applied in their order, so the end finds
+    // every derivation reported and plans their builds.
+    let results = app
+        .record_reports(
+            w.id,
+            &w.orgs,
+            vec![
+                report(WorkerMessage::EvalResult {
+                    job_id: job,
+                    derivations,
+                    errors: vec![],
+                }),
+                pushing(job),
+                finished(job, JobOutcome::Success),
+            ],
+        )
+        .await;
+    assert_eq!(verdicts(&results), ["ok", "ok", "ok"]);
+    assert_eq!(evaluation_status(app, e.id).await, EvaluationStatus::Building);
+    assert!(matches!(
+        app.storage.job(job).await.unwrap().unwrap().state,
+        JobState::Done
+    ));
+    (e.id, builds(&dispatch(app, w).await))
+}
+
+#[tokio::test]
+async fn a_batch_of_ends_completes_the_evaluation_and_again_changes_nothing() {
+    let (app, org, project) = setup().await;
+    let w = worker(1, &org);
+    let names = ["a", "b", "c", "d", "e"];
+    let drvs = names.iter().map(|n| derivation(n, &[])).collect();
+    let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+    assert_eq!(jobs.len(), 5, "{jobs:?}");
+
+    // Each build's push and its end in the same batch, as a Nix run's tail arrives.
+    let batch = || {
+        let mut batch: Vec<JobReport> = jobs.values().map(|j| pushing(*j)).collect();
+        batch.extend(jobs.values().map(|j| finished(*j, JobOutcome::Success)));
+        batch
+    };
+    app.fleet.woken();
+    let results = app.record_reports(w.id, &w.orgs, batch()).await;
+    assert_eq!(verdicts(&results), ["ok"; 10]);
+    assert!(app.fleet.woken(), "the freed slots are worth a dispatch round");
+    for n in names {
+        assert_eq!(build_status(&app, &org, n).await, BuildStatus::Completed, "{n}");
+    }
+    assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed);
+    for j in jobs.values() {
+        assert!(matches!(
+            app.storage.job(*j).await.unwrap().unwrap().state,
+            JobState::Done
+        ));
+    }
+
+    // The same batch again (its `ack` was lost with the link): every job has ended, nothing changes. The
+    // progress reports are answered by the ends they come with.
+    let before = app.storage.evaluation(e).await.unwrap().unwrap();
+    let results = app.record_reports(w.id, &w.orgs, batch()).await;
+    assert_eq!(
+        verdicts(&results),
+        [["ok"; 5].as_slice(), ["refused"; 5].as_slice()].concat()
+    );
+    assert_eq!(app.storage.evaluation(e).await.unwrap().unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_report_refused_for_one_job_does_not_hold_the_others_and_a_failure_fails_its_dependents() {
+    let (app, org, project) = setup().await;
+    let w = worker(1, &org);
+    let other = worker(2, &org);
+    // x and y build; z needs x and goes to the same worker with it (a chain handed out at once).
+    let drvs = vec![derivation("x", &[]), derivation("y", &[]), derivation("z", &["x"])];
+    let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+    let (x, y, z) = (jobs["x"], jobs["y"], jobs["z"]);
+    let failed = JobOutcome::Failed {
+        kind: FailureKind::BuilderFailed,
+        message: "exit 1".into(),
+    };
+    // Worker 2 claims x's end among its own reports: refused, and its other report (of a job it never had)
+    // too; worker 1's batch then has x failed, an unknown job in the middle, z not built for want of x, and y
+    // done.
+    let results = app
+        .record_reports(other.id, &other.orgs, vec![finished(x, JobOutcome::Success)])
+        .await;
+    assert_eq!(verdicts(&results), ["refused"]);
+    let results = app
+        .record_reports(
+            w.id,
+            &w.orgs,
+            vec![
+                finished(x, failed),
+                finished(JobId::new(), JobOutcome::Success),
+                finished(
+                    z,
+                    JobOutcome::Failed {
+                        kind: FailureKind::DependencyFailed,
+                        message: "dependency failed".into(),
+                    },
+                ),
+                finished(y, JobOutcome::Success),
+            ],
+        )
+        .await;
+    assert_eq!(verdicts(&results), ["ok", "refused", "ok", "ok"]);
+    assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Failed);
+    assert_eq!(build_status(&app, &org, "y").await, BuildStatus::Completed);
+    assert_eq!(build_status(&app, &org, "z").await, BuildStatus::DependencyFailed);
+    assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Failed);
+}
+
+#[tokio::test]
+async fn a_batch_the_storage_drops_half_way_is_recorded_whole_when_it_comes_again() {
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let mut partly = 0;
+    // The database goes away after each number of operations in turn, until the batch fits before it.
+    for ops in 0.. {
+        let (app, org, project) = setup().await;
+        let w = worker(1, &org);
+        let drvs = names.iter().map(|n| derivation(n, &[])).collect();
+        let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+        // c fails: its build is saved at once; the successes are saved together.
+        let outcome = |name: &str| match name {
+            "c" => JobOutcome::Failed {
+                kind: FailureKind::BuilderFailed,
+                message: "exit 1".into(),
+            },
+            _ => JobOutcome::Success,
+        };
+        let batch = || -> Vec<JobReport> { jobs.iter().map(|(n, j)| finished(*j, outcome(n))).collect() };
+        app.storage.go_down_after(Some(ops));
+        let results = app.record_reports(w.id, &w.orgs, batch()).await;
+        app.storage.go_down_after(None);
+        // What was recorded is answered so; from the first report not recorded on, every one is answered
+        // `Unavailable` (sent again, in order), and its job has not ended: a job ends last of its effects.
+        let v = verdicts(&results);
+        let Some(first) = v.iter().position(|r| *r == "unavailable") else {
+            break;
+        };
+        assert!(v[first..].iter().all(|r| *r == "unavailable"), "{ops}: {v:?}");
+        assert!(v[..first].iter().all(|r| *r == "ok"), "{ops}: {v:?}");
+        // Effects written, jobs not ended: what comes again must apply whole.
+        let mut written = false;
+        for n in names {
+            written |= build_status(&app, &org, n).await != BuildStatus::Building;
+        }
+        if written {
+            partly += 1;
+        }
+        for (j, verdict) in jobs.values().zip(&v) {
+            let state = app.storage.job(*j).await.unwrap().unwrap().state;
+            assert_eq!(
+                matches!(state, JobState::Assigned { .. }),
+                *verdict == "unavailable",
+                "{ops}: {v:?}"
+            );
+        }
+        // The rest comes again (the link sends again what was not acknowledged): everything is recorded once.
+        let again: Vec<JobReport> = batch().into_iter().skip(first).collect();
+        let results = app.record_reports(w.id, &w.orgs, again).await;
+        assert!(verdicts(&results).iter().all(|r| *r == "ok"), "{ops}: {results:?}");
+        for n in names {
+            let want = if n == "c" {
+                BuildStatus::Failed
+            } else {
+                BuildStatus::Completed
+            };
+            assert_eq!(build_status(&app, &org, n).await, want, "{ops}: {n}");
+        }
+        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Failed, "{ops}");
+        for j in jobs.values() {
+            assert!(!matches!(
+                app.storage.job(*j).await.unwrap().unwrap().state,
+                JobState::Assigned { .. }
+            ));
+        }
+        assert!(ops < 1000, "the batch never fits");
+    }
+    assert!(
+        partly > 0,
+        "some cut wrote part of the batch's effects before the storage went away"
+    );
+}
+
+#[tokio::test]
+async fn an_evaluations_progress_followed_by_its_failure_in_one_batch_plans_nothing() {
+    let (app, org, project) = setup().await;
+    let w = worker(1, &org);
+    let e = app
+        .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let job = dispatch(&app, &w).await[0].job.id();
+    let results = app
+        .record_reports(
+            w.id,
+            &w.orgs,
+            vec![
+                report(WorkerMessage::EvalResult {
+                    job_id: job,
+                    derivations: vec![derivation("x", &[])],
+                    errors: vec![],
+                }),
+                pushing(job),
+                finished(
+                    job,
+                    JobOutcome::Failed {
+                        kind: FailureKind::Infrastructure,
+                        message: "the push of the .drv files failed".into(),
+                    },
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(verdicts(&results), ["ok", "ok", "ok"]);
+    assert_eq!(evaluation_status(&app, e.id).await, EvaluationStatus::Failed);
+    // Its progress was answered by its end: no build was planned for the `.drv` files it could not push.
+    assert!(
+        app.storage
+            .build(org.id, &derivation("x", &[]).drv_path)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(dispatch(&app, &w).await.is_empty());
+}
