@@ -348,6 +348,26 @@ pub(crate) fn db_error(e: sqlx::Error) -> StorageError {
     }
 }
 
+/// How many rows (or values of a list) one statement takes at most: a few thousand bound parameters at the
+/// widest row, far below both engines' limits (65,535 on PostgreSQL).
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
+/// `$first, $first+1, …`: `n` numbered placeholders, for `IN (…)`.
+pub(crate) fn placeholders(n: usize, first: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($first, …), (…), …`: `rows` groups of `width` numbered placeholders, for a multi-row `VALUES`.
+pub(crate) fn value_rows(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(width, first + r * width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A stored value that does not decode into its domain type.
 /// A size, count or id as stored: a signed 64-bit integer on both engines.
 pub(crate) fn db_size(v: u64, what: &str) -> Result<i64> {

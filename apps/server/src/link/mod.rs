@@ -519,10 +519,17 @@ async fn handle(
             derivations,
             errors,
         } => {
-            state
+            let (started, count) = (std::time::Instant::now(), derivations.len());
+            let recorded = state
                 .core
                 .record_eval_result(job_id, worker, orgs, derivations, errors)
-                .await
+                .await;
+            tracing::debug!(
+                target: "gradient::proto",
+                "recorded an evaluation result of {count} derivation(s) in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            recorded
         }
         WorkerMessage::JobLog { job_id, text, .. } => {
             // Only the worker the job was handed to, on a link proved for the job's organization, writes its log.
@@ -536,7 +543,16 @@ async fn handle(
             }
         }
         WorkerMessage::JobProgress { job_id, stage } => {
-            state.core.record_job_progress(job_id, worker, orgs, stage).await
+            let started = std::time::Instant::now();
+            let recorded = state.core.record_job_progress(job_id, worker, orgs, stage).await;
+            // An evaluation job that pushes its `.drv` files has its builds planned and queued now.
+            tracing::debug!(
+                target: "gradient::proto",
+                "recorded progress {stage:?} of job {} in {:.1} ms",
+                job_id.0,
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            recorded
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
             // Another worker's report neither takes nor ends the job's log (the domain refuses the report).
