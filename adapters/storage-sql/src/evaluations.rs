@@ -2,7 +2,7 @@
 //! build-once is the builds table's primary key (organization, `.drv` path) with `ON CONFLICT DO NOTHING`.
 
 use crate::{
-    ROWS_PER_STATEMENT, SqlStorage, corrupt, db_error, db_size, from_json, placeholders, stored_size, to_json,
+    SqlStorage, corrupt, db_error, db_size, from_json, placeholders, rows_per_statement, stored_size, to_json,
     value_rows, with_pool,
 };
 use chrono::{DateTime, Utc};
@@ -317,8 +317,8 @@ impl Evaluations for SqlStorage {
             let mut tx = p.begin().await?;
             let mut added: HashSet<String> = HashSet::new();
             for (chunk, encoded) in derivations
-                .chunks(ROWS_PER_STATEMENT)
-                .zip(encoded.chunks(ROWS_PER_STATEMENT))
+                .chunks(rows_per_statement(6, 0))
+                .zip(encoded.chunks(rows_per_statement(6, 0)))
             {
                 let known = format!(
                     "INSERT INTO derivations (drv_path) VALUES {} ON CONFLICT (drv_path) DO NOTHING",
@@ -361,7 +361,7 @@ impl Evaluations for SqlStorage {
                         .map(|input| (d.drv_path.as_str(), input.as_str()))
                 })
                 .collect();
-            for chunk in edges.chunks(ROWS_PER_STATEMENT) {
+            for chunk in edges.chunks(rows_per_statement(2, 1)) {
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
                     .collect();
@@ -397,7 +397,7 @@ impl Evaluations for SqlStorage {
     async fn derivations(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<Derivation>> {
         let wanted: Vec<&String> = drv_paths.iter().collect::<BTreeSet<_>>().into_iter().collect();
         let mut found = Vec::with_capacity(wanted.len());
-        for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
+        for chunk in wanted.chunks(rows_per_statement(1, 1)) {
             let sql = format!(
                 "SELECT drv_path, system, required_features, outputs, inputs FROM org_derivations \
                  WHERE org_id = $1 AND drv_path IN ({})",
@@ -444,7 +444,7 @@ impl Evaluations for SqlStorage {
         let last: Vec<(&str, &str)> = last.into_iter().collect();
         with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
-            for chunk in last.chunks(ROWS_PER_STATEMENT) {
+            for chunk in last.chunks(rows_per_statement(2, 1)) {
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
                     .collect();
@@ -508,7 +508,8 @@ impl Evaluations for SqlStorage {
         let ids: Vec<Uuid> = wanted.iter().map(|_| BuildId::new().0).collect();
         let mut rows = with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
-            for (chunk, ids) in wanted.chunks(ROWS_PER_STATEMENT).zip(ids.chunks(ROWS_PER_STATEMENT)) {
+            let per = rows_per_statement(2, 4);
+            for (chunk, ids) in wanted.chunks(per).zip(ids.chunks(per)) {
                 // Every build shares the organization, status, transitions and time: $1 to $4.
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| format!("(${}, $1, ${}, $2, $3, $4, $4)", 2 * i + 5, 2 * i + 6))
@@ -552,7 +553,7 @@ impl Evaluations for SqlStorage {
                 q.execute(&mut *tx).await?;
             }
             let mut rows = Vec::with_capacity(wanted.len());
-            for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
+            for chunk in wanted.chunks(rows_per_statement(1, 1)) {
                 let select = format!(
                     concat!(
                         "SELECT ",
@@ -597,7 +598,7 @@ impl Evaluations for SqlStorage {
     async fn builds(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<Build>> {
         let wanted: Vec<&String> = drv_paths.iter().collect::<BTreeSet<_>>().into_iter().collect();
         let mut found = Vec::with_capacity(wanted.len());
-        for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
+        for chunk in wanted.chunks(rows_per_statement(1, 1)) {
             let sql = format!(
                 concat!(
                     "SELECT ",
@@ -794,7 +795,7 @@ impl Evaluations for SqlStorage {
         // fewer rows than listed, and the transaction is then dropped, undoing the rest.
         let updated = with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            for chunk in rows.chunks(rows_per_statement(5, 0)) {
                 let sql = format!(
                     "UPDATE builds SET status = v.column3, transitions = v.column4, updated_at = v.column5 \
                      FROM (VALUES {}) AS v WHERE builds.org_id = v.column1 AND builds.drv_path = v.column2",

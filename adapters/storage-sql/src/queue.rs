@@ -2,7 +2,7 @@
 //! both engines; build-once is two partial unique indexes over the active (queued or assigned) jobs.
 
 use crate::{
-    ROWS_PER_STATEMENT, SqlStorage, corrupt, db_error, from_json, placeholders, to_json, value_rows, with_pool,
+    SqlStorage, corrupt, db_error, from_json, placeholders, rows_per_statement, to_json, value_rows, with_pool,
 };
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{JobId, JobKind, JobRecord, JobState, Timestamp};
@@ -194,7 +194,8 @@ impl Queue for SqlStorage {
             let standing: Option<Vec<Result<JobRecord>>> = with_pool!(self, |p| async {
                 let mut tx = p.begin().await?;
                 let mut inserted: HashSet<Uuid> = HashSet::new();
-                for (chunk, cols) in jobs.chunks(ROWS_PER_STATEMENT).zip(columns.chunks(ROWS_PER_STATEMENT)) {
+                let per = rows_per_statement(12, 0);
+                for (chunk, cols) in jobs.chunks(per).zip(columns.chunks(per)) {
                     let sql = format!(
                         concat!(
                             "INSERT INTO jobs (",
@@ -237,7 +238,7 @@ impl Queue for SqlStorage {
                 }
                 let mut active: HashMap<(Uuid, Option<Uuid>, Option<String>), JobRow> = HashMap::new();
                 for (org, (drvs, evaluations)) in &subjects {
-                    for chunk in drvs.chunks(ROWS_PER_STATEMENT) {
+                    for chunk in drvs.chunks(rows_per_statement(1, 1)) {
                         let sql = format!(
                             concat!(
                                 "SELECT ",
@@ -258,7 +259,7 @@ impl Queue for SqlStorage {
                             active.insert((row.org_id, None, row.derivation.clone()), row);
                         }
                     }
-                    for chunk in evaluations.chunks(ROWS_PER_STATEMENT) {
+                    for chunk in evaluations.chunks(rows_per_statement(1, 1)) {
                         let sql = format!(
                             concat!(
                                 "SELECT ",
@@ -296,7 +297,7 @@ impl Queue for SqlStorage {
                         }
                     }
                 }
-                for chunk in unresolved.chunks(ROWS_PER_STATEMENT) {
+                for chunk in unresolved.chunks(rows_per_statement(1, 0)) {
                     let sql = format!("SELECT id FROM jobs WHERE id IN ({})", placeholders(chunk.len(), 1));
                     // Only numbered placeholders are formatted into the text.
                     let mut q = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -399,7 +400,7 @@ impl Queue for SqlStorage {
             let mut tx = p.begin().await?;
             let mut assigned = HashSet::new();
             for (worker, jobs) in &per_worker {
-                for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+                for chunk in jobs.chunks(rows_per_statement(1, 2)) {
                     let sql = format!(
                         "UPDATE jobs SET state = 'assigned', worker_id = $1, assigned_at = $2 \
                          WHERE state = 'queued' AND id IN ({}) RETURNING id",

@@ -545,13 +545,15 @@ async fn handle(
         WorkerMessage::JobProgress { job_id, stage } => {
             let started = std::time::Instant::now();
             let recorded = state.core.record_job_progress(job_id, worker, orgs, stage).await;
-            // An evaluation job that pushes its `.drv` files has its builds planned and queued now.
-            tracing::debug!(
-                target: "gradient::proto",
-                "recorded progress {stage:?} of job {} in {:.1} ms",
-                job_id.0,
-                started.elapsed().as_secs_f64() * 1000.0
-            );
+            // An evaluation job that starts pushing its `.drv` files has its builds planned and queued here.
+            if stage == gradient_domain::proto::Stage::Pushing {
+                tracing::debug!(
+                    target: "gradient::proto",
+                    "recorded that job {} pushes in {:.1} ms",
+                    job_id.0,
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
             recorded
         }
         WorkerMessage::JobFinished { job_id, outcome } => {
