@@ -1,7 +1,10 @@
 //! Evaluations, derivations, entry points and builds. Writes that touch several rows run in one transaction;
 //! build-once is the builds table's primary key (organization, `.drv` path) with `ON CONFLICT DO NOTHING`.
 
-use crate::{SqlStorage, corrupt, db_error, db_size, from_json, stored_size, to_json, with_pool};
+use crate::{
+    SqlStorage, corrupt, db_error, db_size, from_json, placeholders, rows_per_statement, stored_size, to_json,
+    value_rows, with_pool,
+};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{
     AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, PullRequestSource,
@@ -11,7 +14,7 @@ use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{Evaluations, Result};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
 use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use uuid::Uuid;
 
 macro_rules! evaluation_columns {
@@ -28,9 +31,6 @@ macro_rules! build_columns {
 }
 
 /// An attribute error as stored in the JSON `errors` column.
-/// Inputs of one derivation written per statement (each a bound parameter, with the two of the derivation).
-const EDGES_PER_INSERT: usize = 500;
-
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredError {
     attribute: String,
@@ -293,12 +293,15 @@ impl Evaluations for SqlStorage {
     }
 
     async fn put_derivations(&self, org: OrgId, derivations: &[Derivation]) -> Result<()> {
-        let known = "INSERT INTO derivations (drv_path) VALUES ($1) ON CONFLICT (drv_path) DO NOTHING";
-        let sql = "INSERT INTO org_derivations (org_id, drv_path, system, required_features, outputs, inputs) \
-                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, drv_path) DO NOTHING";
         if derivations.is_empty() {
             return Ok(());
         }
+        // Within the list, the first of a path wins.
+        let mut seen = HashSet::new();
+        let derivations: Vec<&Derivation> = derivations
+            .iter()
+            .filter(|d| seen.insert(d.drv_path.as_str()))
+            .collect();
         let encoded = derivations
             .iter()
             .map(|d| {
@@ -309,42 +312,69 @@ impl Evaluations for SqlStorage {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
+        // A few multi-row statements for the whole list, in one transaction.
         with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
-            for (d, (features, outputs, inputs)) in derivations.iter().zip(&encoded) {
-                sqlx::query(known).bind(&d.drv_path).execute(&mut *tx).await?;
-                let added = sqlx::query(sql)
-                    .bind(org.0)
-                    .bind(&d.drv_path)
-                    .bind(&d.system)
-                    .bind(features)
-                    .bind(outputs)
-                    .bind(inputs)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                // The edges of the derivation stored now (one kept from before has its own already).
-                if added == 0 {
-                    continue;
+            let mut added: HashSet<String> = HashSet::new();
+            for (chunk, encoded) in derivations
+                .chunks(rows_per_statement(6, 0))
+                .zip(encoded.chunks(rows_per_statement(6, 0)))
+            {
+                let known = format!(
+                    "INSERT INTO derivations (drv_path) VALUES {} ON CONFLICT (drv_path) DO NOTHING",
+                    value_rows(chunk.len(), 1, 1)
+                );
+                // Only numbered placeholders are formatted into the text.
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(known)).persistent(false);
+                for d in chunk {
+                    q = q.bind(d.drv_path.as_str());
                 }
-                let edges: Vec<&String> = d.inputs.iter().collect::<BTreeSet<_>>().into_iter().collect();
-                for chunk in edges.chunks(EDGES_PER_INSERT) {
-                    let rows: Vec<String> = (0..chunk.len()).map(|i| format!("($1, $2, ${})", i + 3)).collect();
-                    let insert = format!(
-                        "INSERT INTO derivation_inputs (org_id, drv_path, input) VALUES {} ON CONFLICT DO NOTHING",
-                        rows.join(", ")
-                    );
-                    // Only numbered placeholders are formatted into the text.
-                    // Not kept prepared: the text changes with the number of values (see the crate documentation).
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(insert))
-                        .persistent(false)
+                q.execute(&mut *tx).await?;
+                let insert = format!(
+                    "INSERT INTO org_derivations (org_id, drv_path, system, required_features, outputs, inputs) \
+                     VALUES {} ON CONFLICT (org_id, drv_path) DO NOTHING RETURNING drv_path",
+                    value_rows(chunk.len(), 6, 1)
+                );
+                // Only numbered placeholders are formatted into the text.
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(insert)).persistent(false);
+                for (d, (features, outputs, inputs)) in chunk.iter().zip(encoded) {
+                    q = q
                         .bind(org.0)
-                        .bind(&d.drv_path);
-                    for input in chunk {
-                        q = q.bind(input.as_str());
-                    }
-                    q.execute(&mut *tx).await?;
+                        .bind(d.drv_path.as_str())
+                        .bind(d.system.as_str())
+                        .bind(features.as_str())
+                        .bind(outputs.as_str())
+                        .bind(inputs.as_str());
                 }
+                added.extend(q.fetch_all(&mut *tx).await?);
+            }
+            // The edges of the derivations stored now (one kept from before has its own already).
+            let edges: Vec<(&str, &str)> = derivations
+                .iter()
+                .filter(|d| added.contains(&d.drv_path))
+                .flat_map(|d| {
+                    d.inputs
+                        .iter()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .map(|input| (d.drv_path.as_str(), input.as_str()))
+                })
+                .collect();
+            for chunk in edges.chunks(rows_per_statement(2, 1)) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                    .collect();
+                let insert = format!(
+                    "INSERT INTO derivation_inputs (org_id, drv_path, input) VALUES {} ON CONFLICT DO NOTHING",
+                    rows.join(", ")
+                );
+                // Only numbered placeholders are formatted into the text.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(insert)).persistent(false).bind(org.0);
+                for (drv_path, input) in chunk {
+                    q = q.bind(*drv_path).bind(*input);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await
         }
@@ -364,6 +394,35 @@ impl Evaluations for SqlStorage {
         row.map(DerivationRow::into_derivation).transpose()
     }
 
+    async fn derivations(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<Derivation>> {
+        let wanted: Vec<&String> = drv_paths.iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut found = Vec::with_capacity(wanted.len());
+        for chunk in wanted.chunks(rows_per_statement(1, 1)) {
+            let sql = format!(
+                "SELECT drv_path, system, required_features, outputs, inputs FROM org_derivations \
+                 WHERE org_id = $1 AND drv_path IN ({})",
+                placeholders(chunk.len(), 2)
+            );
+            let rows = with_pool!(self, |p| {
+                // Only numbered placeholders are formatted into the text.
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query_as::<_, DerivationRow>(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false)
+                    .bind(org.0);
+                for path in chunk {
+                    q = q.bind(path.as_str());
+                }
+                q.fetch_all(p).await
+            })
+            .map_err(db_error)?;
+            for row in rows {
+                found.push(row.into_derivation()?);
+            }
+        }
+        found.sort_by(|a, b| a.drv_path.cmp(&b.drv_path));
+        Ok(found)
+    }
+
     async fn add_entry_points(&self, evaluation: EvaluationId, entry_points: &[EntryPoint]) -> Result<()> {
         if entry_points.iter().any(|e| e.evaluation_id != evaluation) {
             return Err(StorageError::Conflict("entry point evaluation".to_owned()));
@@ -377,17 +436,32 @@ impl Evaluations for SqlStorage {
         }
         // The foreign keys report a missing evaluation or derivation (NotFound); the transaction is then
         // dropped, undoing the rows already written.
-        let sql = "INSERT INTO entry_points (evaluation_id, attribute, drv_path) VALUES ($1, $2, $3) \
-                   ON CONFLICT (evaluation_id, attribute) DO UPDATE SET drv_path = excluded.drv_path";
+        // An attribute given twice takes its last derivation (one statement may not change a row twice).
+        let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+        for entry_point in entry_points {
+            last.insert(&entry_point.attribute, &entry_point.drv_path);
+        }
+        let last: Vec<(&str, &str)> = last.into_iter().collect();
         with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
-            for entry_point in entry_points {
-                sqlx::query(sql)
-                    .bind(evaluation.0)
-                    .bind(&entry_point.attribute)
-                    .bind(&entry_point.drv_path)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in last.chunks(rows_per_statement(2, 1)) {
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO entry_points (evaluation_id, attribute, drv_path) VALUES {} \
+                     ON CONFLICT (evaluation_id, attribute) DO UPDATE SET drv_path = excluded.drv_path",
+                    rows.join(", ")
+                );
+                // Only numbered placeholders are formatted into the text.
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .persistent(false)
+                    .bind(evaluation.0);
+                for (attribute, drv_path) in chunk {
+                    q = q.bind(*attribute).bind(*drv_path);
+                }
+                q.execute(&mut *tx).await?;
             }
             tx.commit().await
         }
@@ -429,53 +503,80 @@ impl Evaluations for SqlStorage {
         }
         // Writes first, so the foreign keys report a missing organization, derivation or evaluation (NotFound)
         // and an SQLite transaction never has to upgrade from reading to writing.
-        let insert_build = concat!(
-            "INSERT INTO builds (",
-            build_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (org_id, drv_path) DO NOTHING"
-        );
-        let insert_link = "INSERT INTO evaluation_builds (evaluation_id, org_id, drv_path) VALUES ($1, $2, $3) \
-                           ON CONFLICT (evaluation_id, drv_path) DO NOTHING";
-        let select = concat!(
-            "SELECT ",
-            build_columns!(),
-            " FROM builds WHERE org_id = $1 AND drv_path = $2"
-        );
+        let wanted: Vec<&str> = wanted.into_iter().collect();
         let queued = transitions_json(&Build::queued(org, "", at).transitions, BuildStatus::as_str)?;
-        let rows = with_pool!(self, |p| async {
+        let ids: Vec<Uuid> = wanted.iter().map(|_| BuildId::new().0).collect();
+        let mut rows = with_pool!(self, |p| async {
             let mut tx = p.begin().await?;
-            for drv_path in &wanted {
-                sqlx::query(insert_build)
-                    .bind(BuildId::new().0)
+            let per = rows_per_statement(2, 4);
+            for (chunk, ids) in wanted.chunks(per).zip(ids.chunks(per)) {
+                // Every build shares the organization, status, transitions and time: $1 to $4.
+                let rows: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("(${}, $1, ${}, $2, $3, $4, $4)", 2 * i + 5, 2 * i + 6))
+                    .collect();
+                let insert = format!(
+                    concat!(
+                        "INSERT INTO builds (",
+                        build_columns!(),
+                        ") VALUES {} ON CONFLICT (org_id, drv_path) DO NOTHING"
+                    ),
+                    rows.join(", ")
+                );
+                // Only numbered placeholders are formatted into the text.
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(insert))
+                    .persistent(false)
                     .bind(org.0)
-                    .bind(*drv_path)
                     .bind(BuildStatus::Queued.as_str())
                     .bind(&queued)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(insert_link)
+                    .bind(at);
+                for (drv_path, id) in chunk.iter().zip(ids) {
+                    q = q.bind(*id).bind(*drv_path);
+                }
+                q.execute(&mut *tx).await?;
+                let link = format!(
+                    "INSERT INTO evaluation_builds (evaluation_id, org_id, drv_path) VALUES {} \
+                     ON CONFLICT (evaluation_id, drv_path) DO NOTHING",
+                    (0..chunk.len())
+                        .map(|i| format!("($1, $2, ${})", i + 3))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                // Only numbered placeholders are formatted into the text.
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(link))
+                    .persistent(false)
                     .bind(evaluation.0)
-                    .bind(org.0)
-                    .bind(*drv_path)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(org.0);
+                for drv_path in chunk {
+                    q = q.bind(*drv_path);
+                }
+                q.execute(&mut *tx).await?;
             }
             let mut rows = Vec::with_capacity(wanted.len());
-            for drv_path in &wanted {
-                rows.push(
-                    sqlx::query_as::<_, BuildRow>(select)
-                        .bind(org.0)
-                        .bind(*drv_path)
-                        .fetch_one(&mut *tx)
-                        .await?,
+            for chunk in wanted.chunks(rows_per_statement(1, 1)) {
+                let select = format!(
+                    concat!(
+                        "SELECT ",
+                        build_columns!(),
+                        " FROM builds WHERE org_id = $1 AND drv_path IN ({})"
+                    ),
+                    placeholders(chunk.len(), 2)
                 );
+                // Only numbered placeholders are formatted into the text.
+                let mut q = sqlx::query_as::<_, BuildRow>(sqlx::AssertSqlSafe(select))
+                    .persistent(false)
+                    .bind(org.0);
+                for drv_path in chunk {
+                    q = q.bind(*drv_path);
+                }
+                rows.extend(q.fetch_all(&mut *tx).await?);
             }
             tx.commit().await?;
-            Ok(rows)
+            Ok::<_, sqlx::Error>(rows)
         }
         .await)
         .map_err(db_error)?;
+        rows.sort_by(|a, b| a.drv_path.cmp(&b.drv_path));
         rows.into_iter().map(BuildRow::into_build).collect()
     }
 
@@ -492,6 +593,38 @@ impl Evaluations for SqlStorage {
             .await)
         .map_err(db_error)?;
         row.map(BuildRow::into_build).transpose()
+    }
+
+    async fn builds(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<Build>> {
+        let wanted: Vec<&String> = drv_paths.iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let mut found = Vec::with_capacity(wanted.len());
+        for chunk in wanted.chunks(rows_per_statement(1, 1)) {
+            let sql = format!(
+                concat!(
+                    "SELECT ",
+                    build_columns!(),
+                    " FROM builds WHERE org_id = $1 AND drv_path IN ({})"
+                ),
+                placeholders(chunk.len(), 2)
+            );
+            let rows = with_pool!(self, |p| {
+                // Only numbered placeholders are formatted into the text.
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query_as::<_, BuildRow>(sqlx::AssertSqlSafe(sql.clone()))
+                    .persistent(false)
+                    .bind(org.0);
+                for path in chunk {
+                    q = q.bind(path.as_str());
+                }
+                q.fetch_all(p).await
+            })
+            .map_err(db_error)?;
+            for row in rows {
+                found.push(row.into_build()?);
+            }
+        }
+        found.sort_by(|a, b| a.drv_path.cmp(&b.drv_path));
+        Ok(found)
     }
 
     async fn build_statuses(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<(String, BuildStatus)>> {
@@ -698,6 +831,52 @@ impl Evaluations for SqlStorage {
         .await)
         .map_err(db_error)?;
         if found { Ok(()) } else { Err(StorageError::NotFound) }
+    }
+
+    async fn update_builds(&self, builds: &[Build]) -> Result<()> {
+        // A build listed twice takes its last.
+        let mut last: BTreeMap<(Uuid, &str), &Build> = BTreeMap::new();
+        for b in builds {
+            last.insert((b.org_id.0, b.drv_path.as_str()), b);
+        }
+        let rows = last
+            .into_values()
+            .map(|b| Ok((b, transitions_json(&b.transitions, BuildStatus::as_str)?)))
+            .collect::<Result<Vec<_>>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // One statement per group of builds (UPDATE … FROM VALUES, on both engines); a build missing updates
+        // fewer rows than listed, and the transaction is then dropped, undoing the rest.
+        let updated = with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            for chunk in rows.chunks(rows_per_statement(5, 0)) {
+                let sql = format!(
+                    "UPDATE builds SET status = v.column3, transitions = v.column4, updated_at = v.column5 \
+                     FROM (VALUES {}) AS v WHERE builds.org_id = v.column1 AND builds.drv_path = v.column2",
+                    value_rows(chunk.len(), 5, 1)
+                );
+                // Only numbered placeholders are formatted into the text.
+                // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+                for (b, transitions) in chunk {
+                    q = q
+                        .bind(b.org_id.0)
+                        .bind(b.drv_path.as_str())
+                        .bind(b.status.as_str())
+                        .bind(transitions.as_str())
+                        .bind(b.updated_at);
+                }
+                if q.execute(&mut *tx).await?.rows_affected() < chunk.len() as u64 {
+                    return Ok(false);
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(true)
+        }
+        .await)
+        .map_err(db_error)?;
+        if updated { Ok(()) } else { Err(StorageError::NotFound) }
     }
 
     async fn dependents(&self, org: OrgId, drv_path: &str) -> Result<Vec<String>> {

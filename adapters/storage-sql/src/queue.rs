@@ -1,12 +1,15 @@
 //! The persistent job queue. Each state change is one conditional `UPDATE`, so it is a compare-and-set on
 //! both engines; build-once is two partial unique indexes over the active (queued or assigned) jobs.
 
-use crate::{SqlStorage, corrupt, db_error, from_json, to_json, with_pool};
+use crate::{
+    SqlStorage, corrupt, db_error, from_json, placeholders, rows_per_statement, to_json, value_rows, with_pool,
+};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{JobId, JobKind, JobRecord, JobState, Timestamp};
 use gradient_domain::ports::StorageError;
 use gradient_domain::ports::storage::{Queue, Result};
 use gradient_domain::{EvaluationId, OrgId, WorkerId};
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 macro_rules! job_columns {
@@ -19,7 +22,7 @@ macro_rules! job_columns {
 /// How many times `enqueue_job` tries again when the job in its way finishes between its statements.
 const ENQUEUE_TRIES: usize = 5;
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 struct JobRow {
     id: Uuid,
     org_id: Uuid,
@@ -177,6 +180,153 @@ impl Queue for SqlStorage {
         ))
     }
 
+    async fn enqueue_jobs(&self, jobs: &[JobRecord]) -> Result<Vec<JobRecord>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let columns = jobs
+            .iter()
+            .map(|j| Ok((kind_columns(&j.kind)?, state_columns(&j.state))))
+            .collect::<Result<Vec<_>>>()?;
+        for _ in 0..ENQUEUE_TRIES {
+            // As `enqueue_job`, a few statements for the whole list: the inserts do nothing where a unique rule
+            // stands in the way; the active jobs then answer for theirs, and a taken id fails the whole list.
+            let standing: Option<Vec<Result<JobRecord>>> = with_pool!(self, |p| async {
+                let mut tx = p.begin().await?;
+                let mut inserted: HashSet<Uuid> = HashSet::new();
+                let per = rows_per_statement(12, 0);
+                for (chunk, cols) in jobs.chunks(per).zip(columns.chunks(per)) {
+                    let sql = format!(
+                        concat!(
+                            "INSERT INTO jobs (",
+                            job_columns!(),
+                            ") VALUES {} ON CONFLICT DO NOTHING RETURNING id"
+                        ),
+                        value_rows(chunk.len(), 12, 1)
+                    );
+                    // Only numbered placeholders are formatted into the text.
+                    // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                    let mut q = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(sql)).persistent(false);
+                    for (job, ((kind, evaluation_id, derivation, system, features), (state, worker, at))) in
+                        chunk.iter().zip(cols)
+                    {
+                        q = q
+                            .bind(job.id.0)
+                            .bind(job.org_id.0)
+                            .bind(*kind)
+                            .bind(*evaluation_id)
+                            .bind(*derivation)
+                            .bind(*system)
+                            .bind(features.as_deref())
+                            .bind(*state)
+                            .bind(*worker)
+                            .bind(*at)
+                            .bind(i64::from(job.attempts))
+                            .bind(job.created_at);
+                    }
+                    inserted.extend(q.fetch_all(&mut *tx).await?);
+                }
+                // The active jobs standing for the subjects of those not inserted, per organization.
+                let mut subjects: HashMap<Uuid, (Vec<&str>, Vec<Uuid>)> = HashMap::new();
+                for (job, ((_, evaluation_id, derivation, ..), _)) in jobs.iter().zip(&columns) {
+                    if inserted.contains(&job.id.0) || !job.state.is_active() {
+                        continue;
+                    }
+                    let (drvs, evaluations) = subjects.entry(job.org_id.0).or_default();
+                    drvs.extend(derivation);
+                    evaluations.extend(evaluation_id);
+                }
+                let mut active: HashMap<(Uuid, Option<Uuid>, Option<String>), JobRow> = HashMap::new();
+                for (org, (drvs, evaluations)) in &subjects {
+                    for chunk in drvs.chunks(rows_per_statement(1, 1)) {
+                        let sql = format!(
+                            concat!(
+                                "SELECT ",
+                                job_columns!(),
+                                " FROM jobs WHERE org_id = $1 AND state IN ('queued', 'assigned') ",
+                                "AND derivation IN ({})"
+                            ),
+                            placeholders(chunk.len(), 2)
+                        );
+                        // Only numbered placeholders are formatted into the text.
+                        let mut q = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
+                            .persistent(false)
+                            .bind(*org);
+                        for d in chunk {
+                            q = q.bind(*d);
+                        }
+                        for row in q.fetch_all(&mut *tx).await? {
+                            active.insert((row.org_id, None, row.derivation.clone()), row);
+                        }
+                    }
+                    for chunk in evaluations.chunks(rows_per_statement(1, 1)) {
+                        let sql = format!(
+                            concat!(
+                                "SELECT ",
+                                job_columns!(),
+                                " FROM jobs WHERE org_id = $1 AND state IN ('queued', 'assigned') ",
+                                "AND evaluation_id IN ({})"
+                            ),
+                            placeholders(chunk.len(), 2)
+                        );
+                        // Only numbered placeholders are formatted into the text.
+                        let mut q = sqlx::query_as::<_, JobRow>(sqlx::AssertSqlSafe(sql))
+                            .persistent(false)
+                            .bind(*org);
+                        for e in chunk {
+                            q = q.bind(*e);
+                        }
+                        for row in q.fetch_all(&mut *tx).await? {
+                            active.insert((row.org_id, row.evaluation_id, None), row);
+                        }
+                    }
+                }
+                let mut standing = Vec::with_capacity(jobs.len());
+                let mut unresolved = Vec::new();
+                for (job, ((_, evaluation_id, derivation, ..), _)) in jobs.iter().zip(&columns) {
+                    if inserted.contains(&job.id.0) {
+                        standing.push(Ok(job.clone()));
+                        continue;
+                    }
+                    let key = (job.org_id.0, *evaluation_id, derivation.map(str::to_owned));
+                    match active.get(&key).filter(|_| job.state.is_active()) {
+                        Some(row) => standing.push(row.clone().into_job()),
+                        None => {
+                            unresolved.push(job.id.0);
+                            standing.push(Err(StorageError::NotFound));
+                        }
+                    }
+                }
+                for chunk in unresolved.chunks(rows_per_statement(1, 0)) {
+                    let sql = format!("SELECT id FROM jobs WHERE id IN ({})", placeholders(chunk.len(), 1));
+                    // Only numbered placeholders are formatted into the text.
+                    let mut q = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(sql)).persistent(false);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    if !q.fetch_all(&mut *tx).await?.is_empty() {
+                        // Dropped, the transaction undoes the inserts.
+                        return Ok(Err(StorageError::Conflict("job id".to_owned())));
+                    }
+                }
+                if !unresolved.is_empty() {
+                    // The active job in the way finished (or its organization went) in between: try again.
+                    return Ok(Ok(None));
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(Ok(Some(standing)))
+            }
+            .await)
+            .map_err(db_error)??;
+            if let Some(standing) = standing {
+                return standing.into_iter().collect();
+            }
+        }
+        Err(StorageError::Unavailable(
+            "enqueueing jobs kept racing with concurrent changes".to_owned(),
+        ))
+    }
+
     async fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
         let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
         let row = with_pool!(self, |p| sqlx::query_as::<_, JobRow>(sql)
@@ -228,6 +378,57 @@ impl Queue for SqlStorage {
             .map(|r| r.rows_affected()))
         .map_err(db_error)?;
         Ok(done > 0)
+    }
+
+    async fn assign_jobs(&self, assignments: &[(JobId, WorkerId)], at: Timestamp) -> Result<Vec<JobId>> {
+        // Per worker, the jobs for it (a job listed twice goes to its first worker).
+        let mut seen = HashSet::new();
+        let mut per_worker: Vec<(WorkerId, Vec<Uuid>)> = Vec::new();
+        for (job, worker) in assignments {
+            if !seen.insert(*job) {
+                continue;
+            }
+            match per_worker.iter_mut().find(|(w, _)| w == worker) {
+                Some((_, jobs)) => jobs.push(job.0),
+                None => per_worker.push((*worker, vec![job.0])),
+            }
+        }
+        if per_worker.is_empty() {
+            return Ok(Vec::new());
+        }
+        let assigned: HashSet<Uuid> = with_pool!(self, |p| async {
+            let mut tx = p.begin().await?;
+            let mut assigned = HashSet::new();
+            for (worker, jobs) in &per_worker {
+                for chunk in jobs.chunks(rows_per_statement(1, 2)) {
+                    let sql = format!(
+                        "UPDATE jobs SET state = 'assigned', worker_id = $1, assigned_at = $2 \
+                         WHERE state = 'queued' AND id IN ({}) RETURNING id",
+                        placeholders(chunk.len(), 3)
+                    );
+                    // Only numbered placeholders are formatted into the text.
+                    // Not kept prepared: the text changes with the number of values (see the crate documentation).
+                    let mut q = sqlx::query_scalar::<_, Uuid>(sqlx::AssertSqlSafe(sql))
+                        .persistent(false)
+                        .bind(worker.0)
+                        .bind(at);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    assigned.extend(q.fetch_all(&mut *tx).await?);
+                }
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(assigned)
+        }
+        .await)
+        .map_err(db_error)?;
+        let mut answered = HashSet::new();
+        Ok(assignments
+            .iter()
+            .map(|(job, _)| *job)
+            .filter(|job| assigned.contains(&job.0) && answered.insert(*job))
+            .collect())
     }
 
     async fn requeue_jobs(&self, worker: WorkerId, jobs: &[JobId]) -> Result<u64> {

@@ -361,6 +361,11 @@ pub trait Queue {
     /// active job (build-once; compare the ids to tell). Otherwise Conflict("job id") when the id is taken,
     /// NotFound when the organization does not exist, and on success the job itself.
     fn enqueue_job(&self, job: &JobRecord) -> impl Future<Output = Result<JobRecord>> + Send;
+    /// Enqueues each job as [`Queue::enqueue_job`] does, in the order given, in one transaction, and answers
+    /// the job now standing for each, in that order (a job for the subject of an earlier one in the list
+    /// answers the earlier). Atomic: on an error (Conflict("job id"), NotFound) nothing is stored. However
+    /// many jobs, a few statements (an evaluation queues all its builds at once).
+    fn enqueue_jobs(&self, jobs: &[JobRecord]) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
     fn job(&self, id: JobId) -> impl Future<Output = Result<Option<JobRecord>>> + Send;
     /// Queued jobs of every organization, oldest first (ties by id), at most `limit`.
     fn queued_jobs(&self, limit: u32) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
@@ -370,6 +375,14 @@ pub trait Queue {
     /// Hands a queued job to `worker`: `Queued → Assigned { worker, since: at }`. Ok(false), changing nothing,
     /// when the job is not queued (already assigned, finished) or does not exist.
     fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> impl Future<Output = Result<bool>> + Send;
+    /// Hands each listed job to its worker as [`Queue::assign_job`] does (each a compare-and-set), at `at`, in
+    /// one transaction; answers the jobs assigned, in the order given (one not queued or absent is left out and
+    /// left as it is; a job listed twice is assigned once, to its first worker). A dispatch round's decisions.
+    fn assign_jobs(
+        &self,
+        assignments: &[(JobId, WorkerId)],
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Vec<JobId>>> + Send;
     /// Takes back the listed jobs that are assigned to `worker` (it was lost, or no longer holds them):
     /// `Assigned → Queued`, one more attempt each (saturating at `u32::MAX`), creation time (so place in the
     /// queue) kept. Listed jobs not assigned to that worker are left as they are. Answers how many were
@@ -422,6 +435,9 @@ pub trait Evaluations {
     fn dependents(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// The derivation as `org` stored it; `None` when only other organizations (or nobody) stored it.
     fn derivation(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Option<Derivation>>> + Send;
+    /// The derivations of `drv_paths` as `org` stored them, by `.drv` path, each once; paths `org` did not store
+    /// are left out. Any number of paths, in a few questions.
+    fn derivations(&self, org: OrgId, drv_paths: &[String]) -> impl Future<Output = Result<Vec<Derivation>>> + Send;
 
     /// Records entry points of `evaluation`, replacing the derivation of an attribute already recorded for it
     /// (a re-evaluation after a lost worker may report it again). Every entry point must name `evaluation`:
@@ -448,6 +464,9 @@ pub trait Evaluations {
         at: Timestamp,
     ) -> impl Future<Output = Result<Vec<Build>>> + Send;
     fn build(&self, org: OrgId, drv_path: &str) -> impl Future<Output = Result<Option<Build>>> + Send;
+    /// The organization's builds of `drv_paths` that exist, by `.drv` path, each once. Any number of paths, in a
+    /// few questions.
+    fn builds(&self, org: OrgId, drv_paths: &[String]) -> impl Future<Output = Result<Vec<Build>>> + Send;
     fn build_by_id(&self, id: BuildId) -> impl Future<Output = Result<Option<Build>>> + Send;
     /// The statuses of the organization's builds of `drv_paths` that exist, by `.drv` path, in one
     /// question (the scheduler asks about every input of every queued build at each dispatch). Any number of
@@ -477,6 +496,9 @@ pub trait Evaluations {
     /// Updates status, transitions and `updated_at` of the build of (`build.org_id`, `build.drv_path`).
     /// NotFound if absent.
     fn update_build(&self, build: &Build) -> impl Future<Output = Result<()>> + Send;
+    /// Updates each build as [`Evaluations::update_build`] does, in one transaction (a build listed twice takes
+    /// its last). Atomic: NotFound, changing nothing, when any of them is absent.
+    fn update_builds(&self, builds: &[Build]) -> impl Future<Output = Result<()>> + Send;
     /// Stores the build's log, replacing the one it had (a restarted build logs anew). NotFound when the
     /// build does not exist; deleting the build deletes its log.
     fn put_build_log(&self, log: &BuildLog) -> impl Future<Output = Result<()>> + Send;

@@ -450,6 +450,10 @@ impl Queue for MemoryStorage {
         self.with(|s| s.enqueue_job(job))
     }
 
+    async fn enqueue_jobs(&self, jobs: &[JobRecord]) -> Result<Vec<JobRecord>> {
+        self.with(|s| s.enqueue_jobs(jobs))
+    }
+
     async fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
         self.with(|s| Ok(s.jobs.get(&id).cloned()))
     }
@@ -464,6 +468,16 @@ impl Queue for MemoryStorage {
 
     async fn assign_job(&self, id: JobId, worker: WorkerId, at: Timestamp) -> Result<bool> {
         self.with(|s| Ok(s.assign_job(id, worker, at)))
+    }
+
+    async fn assign_jobs(&self, assignments: &[(JobId, WorkerId)], at: Timestamp) -> Result<Vec<JobId>> {
+        self.with(|s| {
+            Ok(assignments
+                .iter()
+                .filter(|(id, worker)| s.assign_job(*id, *worker, at))
+                .map(|(id, _)| *id)
+                .collect())
+        })
     }
 
     async fn requeue_jobs(&self, worker: WorkerId, jobs: &[JobId]) -> Result<u64> {
@@ -525,6 +539,16 @@ impl Evaluations for MemoryStorage {
         self.with(|s| Ok(s.org_derivations.get(&(org, drv_path.to_owned())).cloned()))
     }
 
+    async fn derivations(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<Derivation>> {
+        let wanted: std::collections::BTreeSet<&String> = drv_paths.iter().collect();
+        self.with(|s| {
+            Ok(wanted
+                .into_iter()
+                .filter_map(|p| s.org_derivations.get(&(org, p.clone())).cloned())
+                .collect())
+        })
+    }
+
     async fn dependents(&self, org: OrgId, drv_path: &str) -> Result<Vec<String>> {
         self.with(|s| {
             let mut found: Vec<String> = s
@@ -558,6 +582,16 @@ impl Evaluations for MemoryStorage {
 
     async fn build(&self, org: OrgId, drv_path: &str) -> Result<Option<Build>> {
         self.with(|s| Ok(s.builds.get(&(org, drv_path.to_owned())).cloned()))
+    }
+
+    async fn builds(&self, org: OrgId, drv_paths: &[String]) -> Result<Vec<Build>> {
+        let wanted: std::collections::BTreeSet<&String> = drv_paths.iter().collect();
+        self.with(|s| {
+            Ok(wanted
+                .into_iter()
+                .filter_map(|p| s.builds.get(&(org, p.clone())).cloned())
+                .collect())
+        })
     }
 
     async fn build_statuses(
@@ -640,6 +674,10 @@ impl Evaluations for MemoryStorage {
             }
             Ok(())
         })
+    }
+
+    async fn update_builds(&self, builds: &[Build]) -> Result<()> {
+        self.with(|s| s.update_builds(builds))
     }
 
     async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {

@@ -8,7 +8,7 @@ use crate::proto::{self, PushTarget};
 use crate::scheduler::{self, QueueEntry, Snapshot};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{OrgId, WorkerId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// An org's substituter URLs, their public keys, and its push cache with its URL.
 type OrgCaches = (Vec<String>, Vec<String>, Option<(crate::CacheId, String)>);
@@ -80,13 +80,13 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let now = self.clock.now();
         let mut out = Vec::new();
         let mut caches: HashMap<OrgId, OrgCaches> = HashMap::new();
-        let mut recorded: Vec<(JobRecord, proto::Job)> = Vec::new();
+        // Each job's message is made before any is assigned: a failure here leaves them queued, not assigned to
+        // a worker that never hears of them.
+        let mut decided: Vec<(JobRecord, WorkerId, proto::Job)> = Vec::new();
         for (job_id, worker) in plan.assignments {
             let Some(record) = queued.remove(&job_id) else {
                 continue;
             };
-            // The message is made before the job is assigned: a failure here leaves it queued, not assigned
-            // to a worker that never hears of it.
             if let std::collections::hash_map::Entry::Vacant(slot) = caches.entry(record.org_id) {
                 slot.insert(self.org_caches(record.org_id).await?);
             }
@@ -99,24 +99,40 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 self.storage.cancel_queued_job(job_id).await?;
                 continue;
             };
-            if !self.storage.assign_job(job_id, worker, now).await? {
-                continue;
-            }
-            let assigned = JobRecord {
-                state: JobState::Assigned { worker, since: now },
-                ..record
-            };
-            if let Err(e) = self.mark_started(&assigned).await {
-                // Not left assigned to a worker that never hears of it, nor are those recorded before it.
-                recorded.push((assigned, job));
-                for (r, _) in &recorded {
-                    if let JobState::Assigned { worker, .. } = r.state {
-                        self.requeue(worker, std::slice::from_ref(r), &[r.id]).await?;
-                    }
+            decided.push((record, worker, job));
+        }
+        // The round's assignments in one write (each still a compare-and-set: a job taken meanwhile is left
+        // out), then what the jobs do moves, in one write per organization.
+        let assignments: Vec<(JobId, WorkerId)> = decided.iter().map(|(r, w, _)| (r.id, *w)).collect();
+        let assigned: HashSet<JobId> = if assignments.is_empty() {
+            HashSet::new()
+        } else {
+            self.storage.assign_jobs(&assignments, now).await?.into_iter().collect()
+        };
+        let recorded: Vec<(JobRecord, proto::Job)> = decided
+            .into_iter()
+            .filter(|(r, ..)| assigned.contains(&r.id))
+            .map(|(record, worker, job)| {
+                let assigned = JobRecord {
+                    state: JobState::Assigned { worker, since: now },
+                    ..record
+                };
+                (assigned, job)
+            })
+            .collect();
+        if let Err(e) = self.mark_started(&recorded).await {
+            // Not left assigned to workers that never hear of them.
+            let mut per_worker: HashMap<WorkerId, Vec<JobRecord>> = HashMap::new();
+            for (r, _) in recorded {
+                if let JobState::Assigned { worker, .. } = r.state {
+                    per_worker.entry(worker).or_default().push(r);
                 }
-                return Err(e);
             }
-            recorded.push((assigned, job));
+            for (worker, records) in per_worker {
+                let ids: Vec<JobId> = records.iter().map(|r| r.id).collect();
+                self.requeue(worker, &records, &ids).await?;
+            }
+            return Err(e);
         }
         // Handed out once all are recorded, back to back: a worker gets the round's jobs as one burst, which it
         // builds together (a chain in one Nix run) instead of starting a run with the first few.
@@ -146,17 +162,26 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(out)
     }
 
-    /// A job was handed to a worker: its evaluation is being fetched, or its build is building.
-    async fn mark_started(&self, record: &JobRecord) -> Result<()> {
-        match &record.kind {
-            JobKind::Evaluate { evaluation_id } => {
-                self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
-                    .await
-            }
-            JobKind::Build { derivation, .. } => {
-                self.move_build(record.org_id, derivation, BuildStatus::Building).await
+    /// Jobs were handed to workers: their evaluations are being fetched, their builds are building (moved in
+    /// one write per organization).
+    async fn mark_started(&self, recorded: &[(JobRecord, proto::Job)]) -> Result<()> {
+        let mut building: HashMap<OrgId, Vec<(String, BuildStatus)>> = HashMap::new();
+        for (record, _) in recorded {
+            match &record.kind {
+                JobKind::Evaluate { evaluation_id } => {
+                    self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
+                        .await?;
+                }
+                JobKind::Build { derivation, .. } => building
+                    .entry(record.org_id)
+                    .or_default()
+                    .push((derivation.clone(), BuildStatus::Building)),
             }
         }
+        for (org, moves) in building {
+            self.move_builds(org, &moves).await?;
+        }
+        Ok(())
     }
 
     /// Ends a queued build job the scheduler found nothing to run for: its build takes `status`, the job

@@ -112,6 +112,62 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(())
     }
 
+    /// Moves the organization's builds of the listed `.drv` paths, each to its status (in the order listed; a
+    /// path listed twice moves twice), where their state machine allows it: one read and one write for all.
+    async fn move_builds(&self, org: OrgId, moves: &[(String, BuildStatus)]) -> Result<()> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let paths: Vec<String> = moves.iter().map(|(p, _)| p.clone()).collect();
+        let mut builds: std::collections::HashMap<String, crate::model::Build> = self
+            .storage
+            .builds(org, &paths)
+            .await?
+            .into_iter()
+            .map(|b| (b.drv_path.clone(), b))
+            .collect();
+        let now = self.clock.now();
+        let mut moved = std::collections::BTreeSet::new();
+        for (path, to) in moves {
+            if let Some(b) = builds.get_mut(path)
+                && b.move_to(*to, now)
+            {
+                moved.insert(path.as_str());
+            }
+        }
+        let changed: Vec<crate::model::Build> = moved.iter().filter_map(|p| builds.remove(*p)).collect();
+        self.storage.update_builds(&changed).await?;
+        for b in &changed {
+            self.observe_build(b);
+        }
+        Ok(())
+    }
+
+    /// The organization's derivations of `drv_paths` that it stored, from memory where they were seen before
+    /// and in one question to storage for the rest (see [`super::memo::DerivationMemo`]).
+    async fn derivations_of(
+        &self,
+        org: OrgId,
+        drv_paths: &[String],
+    ) -> Result<std::collections::HashMap<String, std::sync::Arc<Derivation>>> {
+        let mut found = std::collections::HashMap::new();
+        let mut missing = Vec::new();
+        for path in drv_paths {
+            match self.derivations.get(org, path) {
+                Some(d) => {
+                    found.insert(path.clone(), d);
+                }
+                None => missing.push(path.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            for d in self.storage.derivations(org, &missing).await? {
+                found.insert(d.drv_path.clone(), self.derivations.remember(org, d));
+            }
+        }
+        Ok(found)
+    }
+
     /// Tells the observer about a build that just ended (it moved and was saved).
     fn observe_build(&self, b: &crate::model::Build) {
         if b.status.is_terminal() {

@@ -109,6 +109,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Kept for this job's organization only: another organization's worker cannot decide what this one's
         // builds of the same paths need or show, nor this worker what theirs do.
         self.storage.put_derivations(org_id, &drvs).await?;
+        // Read back as stored, in a few questions, for planning the builds and the dispatch rounds after.
+        let paths: Vec<String> = drvs.iter().map(|d| d.drv_path.clone()).collect();
+        self.derivations_of(org_id, &paths).await?;
         let entries: Vec<EntryPoint> = derivations
             .iter()
             .filter_map(|d| {
@@ -511,12 +514,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut closure: BTreeSet<String> = BTreeSet::new();
         let mut todo: Vec<String> = entries.iter().map(|e| e.drv_path.clone()).collect();
         let mut derivations = HashMap::new();
-        while let Some(drv) = todo.pop() {
-            if !closure.insert(drv.clone()) {
-                continue;
-            }
-            if let Some(d) = self.derivation(org, &drv).await? {
-                todo.extend(d.inputs.iter().cloned());
+        // A level of the closure at a time, each in one question for what memory does not hold.
+        while !todo.is_empty() {
+            let level: Vec<String> = todo.drain(..).filter(|d| closure.insert(d.clone())).collect();
+            for (drv, d) in self.derivations_of(org, &level).await? {
+                todo.extend(d.inputs.iter().filter(|i| !closure.contains(*i)).cloned());
                 derivations.insert(drv, d);
             }
         }
@@ -549,10 +551,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             held.extend(self.storage.held_hash_parts(c.id, &hashes).await?);
         }
         let mut to_queue = Vec::new();
+        let mut moves = Vec::new();
         for mut b in builds {
             // A build aborted with another evaluation is wanted again: queue it anew.
             if b.status == BuildStatus::Aborted {
-                self.move_build(org, &b.drv_path, BuildStatus::Queued).await?;
+                moves.push((b.drv_path.clone(), BuildStatus::Queued));
                 b.status = BuildStatus::Queued;
             }
             if b.status != BuildStatus::Queued {
@@ -562,11 +565,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 continue;
             };
             if !d.outputs.is_empty() && d.outputs.values().all(|p| held.contains(hash_part(p))) {
-                self.move_build(org, &b.drv_path, BuildStatus::Substituted).await?;
+                moves.push((b.drv_path.clone(), BuildStatus::Substituted));
                 continue;
             }
             to_queue.push(d);
         }
+        self.move_builds(org, &moves).await?;
         // Inputs first: a dispatch round that runs meanwhile sees whole chains' beginnings, which it hands out
         // together, and the rest joins them on the same worker in the next round.
         let to_queue = inputs_first(to_queue);
@@ -574,9 +578,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             let drvs = to_queue.iter().map(|d| d.drv_path.clone()).collect();
             self.pins.pin(job, worker, org, evaluation_id, drvs);
         }
-        for d in to_queue {
-            self.storage.enqueue_job(&build_job(org, d, now)).await?;
-        }
+        let jobs: Vec<JobRecord> = to_queue.into_iter().map(|d| build_job(org, d, now)).collect();
+        self.storage.enqueue_jobs(&jobs).await?;
         drop(queueing);
         self.fleet.wake();
         self.settle_evaluation(evaluation_id).await

@@ -1333,3 +1333,109 @@ pub async fn totals_count_by_status_the_queue_and_nar_files<S: Storage>(s: &S) {
     assert_eq!(totals.oldest_queued_job, Some(older.created_at));
     assert_eq!((totals.nar_files, totals.nar_bytes), (2, 10_000_000_000));
 }
+
+/// derivations and builds read any number of paths at once: the organization's own, by path, each once (paths
+/// it did not store, or another organization's, are left out). put_derivations and link_builds take any number
+/// of paths too, and a derivation's edges however many inputs it has.
+pub async fn derivations_and_builds_are_read_many_at_once<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let mut stored: Vec<Derivation> = (0..1_100).map(|i| new_derivation(&format!("d{i}"))).collect();
+    let wide_inputs: Vec<String> = (0..1_200).map(|i| drv_path(&format!("input-{i}"))).collect();
+    stored[0].inputs = wide_inputs.clone();
+    s.put_derivations(acme.id, &stored)
+        .await
+        .expect("put_derivations of many");
+    let theirs = derivations_of(s, other.id, &["theirs"]).await;
+    let mut paths: Vec<String> = stored.iter().map(|d| d.drv_path.clone()).collect();
+    let mut asked = paths.clone();
+    asked.push(paths[3].clone());
+    asked.push(theirs[0].clone());
+    asked.push(drv_path("unknown"));
+    stored.sort_by(|a, b| a.drv_path.cmp(&b.drv_path));
+    assert_eq!(
+        s.derivations(acme.id, &asked).await.expect("derivations"),
+        stored,
+        "the organization's own, by path, each once"
+    );
+    assert_eq!(s.derivations(acme.id, &[]).await.expect("derivations"), vec![]);
+    assert_eq!(
+        s.dependents(acme.id, &wide_inputs[1_150]).await.expect("dependents"),
+        vec![paths[0].clone()],
+        "every input of a derivation with many is an edge"
+    );
+
+    let at = now();
+    let linked = s
+        .link_builds(eval.id, acme.id, &paths, at)
+        .await
+        .expect("link_builds of many");
+    paths.sort();
+    let expected: Vec<Build> = paths.iter().map(|p| queued(acme.id, p, at)).collect();
+    assert_eq!(anon_all(linked.clone()), expected, "every build, by path");
+    assert_eq!(
+        s.builds(acme.id, &asked).await.expect("builds"),
+        linked,
+        "read back as linked, by path, each once"
+    );
+    assert_eq!(
+        s.builds(other.id, &asked).await.expect("builds"),
+        vec![],
+        "another organization has none of them"
+    );
+    assert_eq!(
+        s.builds_of_evaluation(eval.id)
+            .await
+            .expect("builds_of_evaluation")
+            .len(),
+        paths.len(),
+        "all linked"
+    );
+}
+
+/// update_builds updates each listed build as update_build does (a build listed twice takes its last), in one
+/// transaction: a missing build fails the whole list with NotFound and changes nothing.
+pub async fn update_builds_updates_all_or_nothing<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let names: Vec<String> = (0..700).map(|i| format!("b{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let paths = derivations(s, &names).await;
+    let t1 = now();
+    let linked = s.link_builds(eval.id, acme.id, &paths, t1).await.expect("link_builds");
+    assert_eq!(s.update_builds(&[]).await, Ok(()), "nothing to update");
+    let t2 = t1 + seconds(1);
+    let building: Vec<Build> = linked
+        .iter()
+        .map(|b| moved(b.clone(), BuildStatus::Building, t2))
+        .collect();
+    let completed = moved(building[0].clone(), BuildStatus::Completed, t2 + seconds(1));
+    let mut listed = building.clone();
+    listed.push(completed.clone());
+    s.update_builds(&listed).await.expect("update_builds");
+    let mut expected = building.clone();
+    expected[0] = completed.clone();
+    assert_eq!(
+        s.builds(acme.id, &paths).await.expect("builds"),
+        expected,
+        "each updated, the last of a build listed twice"
+    );
+
+    let failed = moved(building[1].clone(), BuildStatus::Failed, t2 + seconds(2));
+    let absent = Build::queued(acme.id, &drv_path("absent"), t2);
+    assert_eq!(
+        s.update_builds(&[failed, absent]).await,
+        Err(StorageError::NotFound),
+        "a missing build"
+    );
+    assert_eq!(
+        s.build(acme.id, &building[1].drv_path).await.expect("build"),
+        Some(building[1].clone()),
+        "nothing changed"
+    );
+}

@@ -786,3 +786,187 @@ pub async fn delete_org_removes_its_jobs<S: Storage>(s: &S) {
         "only the other org's job is requeued"
     );
 }
+
+/// enqueue_jobs stores a list as enqueue_job would one by one, in a few statements: each new job is stored,
+/// one for the subject of an active job (stored before or earlier in the list) answers that job and stores
+/// nothing, and any number of jobs may be given. A taken id, or an unknown organization, fails the whole list.
+pub async fn enqueue_jobs_stores_a_list_as_enqueue_job_does<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    assert_eq!(s.enqueue_jobs(&[]).await.expect("enqueue_jobs of nothing"), vec![]);
+    let active = enqueue(s, new_build_job(acme.id, "active")).await;
+    let fresh = new_build_job(acme.id, "fresh");
+    let again = |j: &JobRecord| JobRecord {
+        id: JobId::new(),
+        ..j.clone()
+    };
+    let (for_active, for_fresh) = (again(&active), again(&fresh));
+    let evaluation = new_evaluation_job(acme.id);
+    let done = JobRecord {
+        state: JobState::Done,
+        ..new_build_job(acme.id, "done")
+    };
+    let done_again = JobRecord {
+        id: JobId::new(),
+        ..done.clone()
+    };
+    let standing = s
+        .enqueue_jobs(&[
+            fresh.clone(),
+            for_active.clone(),
+            for_fresh.clone(),
+            evaluation.clone(),
+            done.clone(),
+            done_again.clone(),
+        ])
+        .await
+        .expect("enqueue_jobs");
+    assert_eq!(
+        standing,
+        vec![
+            fresh.clone(),
+            active.clone(),
+            fresh.clone(),
+            evaluation.clone(),
+            done.clone(),
+            done_again.clone()
+        ],
+        "each answered by the job standing for its work, in the order given"
+    );
+    for (job, stored) in [
+        (&fresh, true),
+        (&for_active, false),
+        (&for_fresh, false),
+        (&evaluation, true),
+        (&done, true),
+        (&done_again, true),
+    ] {
+        assert_eq!(
+            s.job(job.id).await.expect("job"),
+            stored.then(|| job.clone()),
+            "stored only when it was new work (ended jobs are not build-once)"
+        );
+    }
+
+    let many: Vec<JobRecord> = (0..1_200)
+        .map(|i| new_build_job(acme.id, &format!("many-{i}")))
+        .collect();
+    assert_eq!(
+        s.enqueue_jobs(&many).await.expect("enqueue_jobs of many"),
+        many,
+        "more jobs than one statement takes"
+    );
+    let queued = s.queued_jobs_of(acme.id, 5_000).await.expect("queued_jobs_of");
+    let many_refs: Vec<&JobRecord> = many.iter().collect();
+    assert_eq!(ids(&queued, &many_refs).len(), many.len(), "all of them are queued");
+
+    let first = new_build_job(acme.id, "first");
+    let taken = JobRecord {
+        id: fresh.id,
+        ..new_build_job(acme.id, "taken")
+    };
+    assert_eq!(
+        s.enqueue_jobs(&[first.clone(), taken]).await,
+        Err(conflict("job id")),
+        "a taken id"
+    );
+    assert_eq!(
+        s.job(first.id).await.expect("job"),
+        None,
+        "nothing of the list is stored"
+    );
+    let orphan = new_build_job(OrgId::new(), "orphan");
+    let second = new_build_job(acme.id, "second");
+    assert_eq!(
+        s.enqueue_jobs(&[second.clone(), orphan.clone()]).await,
+        Err(StorageError::NotFound),
+        "an unknown organization"
+    );
+    assert_eq!(
+        s.job(second.id).await.expect("job"),
+        None,
+        "nothing of the list is stored"
+    );
+}
+
+/// assign_jobs hands each listed queued job to its worker, a compare-and-set per job: one assigned already,
+/// ended or unknown is left out and left as it is, a job listed twice goes to its first worker, and any number
+/// of jobs may be given.
+pub async fn assign_jobs_assigns_only_queued_jobs<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let (w0, w1, w2) = (WorkerId::new(), WorkerId::new(), WorkerId::new());
+    let at = now();
+    assert_eq!(s.assign_jobs(&[], at).await.expect("assign_jobs of nothing"), vec![]);
+    let first = enqueue(s, new_build_job(acme.id, "first")).await;
+    let second = enqueue(s, new_evaluation_job(acme.id)).await;
+    let taken = enqueue(s, new_build_job(acme.id, "taken")).await;
+    let ended = enqueue(s, new_build_job(acme.id, "ended")).await;
+    assert!(s.assign_job(taken.id, w0, at - seconds(5)).await.expect("assign_job"));
+    assert!(s.cancel_queued_job(ended.id).await.expect("cancel_queued_job"));
+    let unknown = JobId::new();
+    let assigned = s
+        .assign_jobs(
+            &[
+                (first.id, w1),
+                (taken.id, w1),
+                (unknown, w1),
+                (ended.id, w2),
+                (second.id, w2),
+                (first.id, w2),
+            ],
+            at,
+        )
+        .await
+        .expect("assign_jobs");
+    assert_eq!(
+        assigned,
+        vec![first.id, second.id],
+        "only the queued ones, in the order given"
+    );
+    assert_eq!(
+        state_of(s, first.id).await,
+        Some(JobState::Assigned { worker: w1, since: at }),
+        "to its first worker"
+    );
+    assert_eq!(
+        state_of(s, second.id).await,
+        Some(JobState::Assigned { worker: w2, since: at })
+    );
+    assert_eq!(
+        state_of(s, taken.id).await,
+        Some(JobState::Assigned {
+            worker: w0,
+            since: at - seconds(5)
+        }),
+        "one assigned already stays its worker's"
+    );
+    assert_eq!(
+        state_of(s, ended.id).await,
+        Some(JobState::Failed),
+        "an ended one stays ended"
+    );
+    assert_eq!(s.job(unknown).await.expect("job"), None, "nothing is created");
+
+    let many: Vec<JobRecord> = (0..1_100)
+        .map(|i| new_build_job(acme.id, &format!("many-{i}")))
+        .collect();
+    s.enqueue_jobs(&many).await.expect("enqueue_jobs");
+    let pairs: Vec<(JobId, WorkerId)> = many
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.id, if i % 2 == 0 { w1 } else { w2 }))
+        .collect();
+    let assigned = s.assign_jobs(&pairs, at).await.expect("assign_jobs of many");
+    assert_eq!(
+        assigned,
+        many.iter().map(|j| j.id).collect::<Vec<_>>(),
+        "more jobs than one statement takes"
+    );
+    assert_eq!(
+        state_of(s, many[1].id).await,
+        Some(JobState::Assigned { worker: w2, since: at })
+    );
+    let of_w1 = s.jobs_assigned_to(w1).await.expect("jobs_assigned_to");
+    assert_eq!(of_w1.len(), 1 + many.len().div_ceil(2), "each to its own worker");
+}

@@ -614,6 +614,22 @@ impl State {
         Ok(job.clone())
     }
 
+    /// Each job as `enqueue_job`, all or none.
+    pub(super) fn enqueue_jobs(&mut self, jobs: &[JobRecord]) -> Result<Vec<JobRecord>> {
+        let before = self.jobs.clone();
+        let mut standing = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.enqueue_job(job) {
+                Ok(j) => standing.push(j),
+                Err(e) => {
+                    self.jobs = before;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(standing)
+    }
+
     /// The jobs matching `keep`, oldest first, ties by id, at most `limit`.
     pub(super) fn jobs(&self, keep: impl Fn(&JobRecord) -> bool, limit: u32) -> Vec<JobRecord> {
         let mut found: Vec<&JobRecord> = self.jobs.values().filter(|j| keep(j)).collect();
@@ -763,6 +779,19 @@ impl State {
         stored.status = build.status;
         stored.transitions.clone_from(&build.transitions);
         stored.updated_at = build.updated_at;
+        Ok(())
+    }
+
+    /// Each build as `update_build`, all or none.
+    pub(super) fn update_builds(&mut self, builds: &[Build]) -> Result<()> {
+        require(
+            builds
+                .iter()
+                .all(|b| self.builds.contains_key(&(b.org_id, b.drv_path.clone()))),
+        )?;
+        for build in builds {
+            self.update_build(build)?;
+        }
         Ok(())
     }
 
