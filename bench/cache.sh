@@ -222,6 +222,9 @@ for r in $(seq 1 "$rounds"); do
   add "mib basic" "$mib"
 done
 
+# Of Gradient's resident set, the part that is its binary's code and data mapped from the file (not its heap).
+g_rss_file=$(awk '/RssFile/ {print $2}' "/proc/$gpid/status")
+
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 m() { echo "${res[$1]:-}" | median; }
 ratio() { [ -n "$2" ] && [ "$2" != 0 ] && printf '%.2f' "$(echo "$1 / $2" | bc -l)" || echo "-"; }
@@ -241,6 +244,7 @@ printf '%-28s %10s %10s %10s %10s %12s\n' "peak RSS serving them, MB" "$(mb "$(m
   "${hr:+$(mb "$hr")}" "$(mb "$(m "rss gradient")")" "" "$(ratio "$(m "rss gradient")" "$hr")"
 printf '%-28s %10s\n' "Gradient RSS after start, MB" "$(mb "$g_rss_start")"
 printf '%-28s %10s\n' "Gradient RSS after 1 GiB push" "$(mb "$g_rss_push")"
+printf '%-28s %10s  (of its RSS at the end: code and data mapped from its binary)\n' "Gradient RSS file-backed, MB" "$(mb "$g_rss_file")"
 pub_rps=$(m "rps gradient"); pub_mib=$(m "mib gradient")
 printf '%-28s %10.0f  (%+.1f %% against public)\n' "private narinfo/s, Basic" "$(m "rps basic")" \
   "$(echo "($pub_rps / $(m "rps basic") - 1) * 100" | bc -l)"

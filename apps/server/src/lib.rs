@@ -37,13 +37,15 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let max = state.http.max_request_size;
     let frontend = state.http.frontend.clone();
     let state_for_cache = state.clone();
+    // The document and the Swagger UI are made when asked for (see `OnDemand`), from a service kept for that.
+    let docs_api = std::sync::Arc::new(api::service(state.clone()));
     let api = api::service(state);
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
-    let schemas = std::sync::Arc::new(api::strict::BodySchemas::from_spec(&api.spec()));
-    let allowed = api::AllowedMethods::from_openapi(&api.spec());
+    let spec = api.spec();
+    let schemas = std::sync::Arc::new(api::strict::BodySchemas::from_spec(&spec));
+    let allowed = api::AllowedMethods::from_openapi(&spec);
     let metrics = state_for_cache.metrics.clone();
-    let mut templates = api::AllowedMethods::from_openapi(&api.spec()).under("/api/v1");
+    let mut templates = api::AllowedMethods::from_openapi(&spec).under("/api/v1");
+    drop(spec);
     templates.extend(cache::templates().under("/cache"));
     templates.extend(api::AllowedMethods::from_routes(&[
         ("/proto", &["GET"]),
@@ -69,8 +71,20 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         .at("/github/setup", github_setup::setup.data(state_for_cache.clone()))
         .at("/metrics", metrics::endpoint.data(state_for_cache.clone()))
         .nest("/cache", cache::routes(state_for_cache))
-        .at("/api/v1/openapi.json", spec)
-        .nest("/api/v1/docs", docs)
+        .at(
+            "/api/v1/openapi.json",
+            OnDemand {
+                api: docs_api.clone(),
+                doc: Doc::Spec,
+            },
+        )
+        .nest(
+            "/api/v1/docs",
+            OnDemand {
+                api: docs_api,
+                doc: Doc::SwaggerUi,
+            },
+        )
         .nest("/api/v1", api);
     let routes = match frontend {
         Some(dir) => routes
@@ -82,6 +96,30 @@ pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
         inner: routes.map_to_response(),
         routes: templates,
         metrics,
+    }
+}
+
+/// `/api/v1/openapi.json` (the document, ~0.5 MB of JSON) and the Swagger UI at `/api/v1/docs` (~3 MB:
+/// Swagger's bundle with the document inlined), each made for the request that asks and dropped after it. Both
+/// are asked for rarely; made once at start-up they stayed resident in every server (4 MB, `bench/cache.sh`).
+struct OnDemand {
+    api: std::sync::Arc<poem_openapi::OpenApiService<api::Api, ()>>,
+    doc: Doc,
+}
+
+enum Doc {
+    Spec,
+    SwaggerUi,
+}
+
+impl Endpoint for OnDemand {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        Ok(match self.doc {
+            Doc::Spec => self.api.spec_endpoint().call(req).await?.into_response(),
+            Doc::SwaggerUi => self.api.swagger_ui().call(req).await?.into_response(),
+        })
     }
 }
 

@@ -410,10 +410,11 @@ fn text_response(body: String) -> Response {
 
 /// How long a NAR download waits for one of the `maxConcurrentNarServes` slots before it is answered 503.
 pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
-/// What a download reads ahead of its reader at most, whatever `maxNarBufferBytes` allows: two of the file
-/// store's 256 KiB reads, enough to keep the connection busy while the next one is read. Less than 1 MiB also
-/// costs less CPU per byte (measured with `bench/cache.sh`: a chunk is still in the CPU's cache when it is sent).
-pub const NAR_READ_AHEAD: u64 = 512 * 1024;
+/// What a download reads ahead of its reader at most, whatever `maxNarBufferBytes` allows: one of the file
+/// store's 256 KiB reads. The connection (hyper) itself queues up to ~400 KiB more before it stops taking
+/// chunks, so the socket never waits for a read; 1 MiB here held 6 MB more over 8 downloads for no more MiB/s
+/// (`bench/cache.sh`).
+pub const NAR_READ_AHEAD: u64 = 256 * 1024;
 /// The least a chunk counts against a download's read-ahead, however small.
 const NAR_CHUNK_FLOOR: usize = 4096;
 
