@@ -354,3 +354,50 @@ async fn an_evaluations_progress_followed_by_its_failure_in_one_batch_plans_noth
     );
     assert!(dispatch(&app, &w).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_build_ended_in_a_batch_before_the_evaluation_that_needs_it_is_recorded_completes_that_evaluation_too() {
+    let app = common::app(SystemClock, Settings::default());
+    let caller = common::signed_up(&app, "u").await;
+    let org = common::org(&app, &caller, "o").await;
+    let p0 = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+    let p1 = common::project(&app, &caller, "o", "q", "https://example.com/q.git").await;
+    let w = worker(1, &org);
+    let (e0, jobs) = evaluated_in_one_batch(&app, &org, &p0, &w, vec![derivation("a", &[])]).await;
+    let a = jobs["a"];
+    let e1 = app
+        .queue_evaluation(org.id, &p1, &"b".repeat(40), EvaluationTrigger::Manual)
+        .await
+        .unwrap();
+    let sent = dispatch(&app, &w).await;
+    let eval_job = sent
+        .iter()
+        .find(|d| matches!(d.job, Job::Evaluate { .. }))
+        .unwrap()
+        .job
+        .id();
+    let results = app
+        .record_reports(
+            w.id,
+            &w.orgs,
+            vec![
+                finished(a, JobOutcome::Success),
+                report(WorkerMessage::EvalResult {
+                    job_id: eval_job,
+                    derivations: vec![derivation("a", &[])],
+                    errors: vec![],
+                }),
+                pushing(eval_job),
+                finished(eval_job, JobOutcome::Success),
+            ],
+        )
+        .await;
+    assert_eq!(verdicts(&results), ["ok", "ok", "ok", "ok"]);
+    assert_eq!(build_status(&app, &org, "a").await, BuildStatus::Completed);
+    assert_eq!(evaluation_status(&app, e0).await, EvaluationStatus::Completed);
+    assert_eq!(
+        evaluation_status(&app, e1.id).await,
+        EvaluationStatus::Completed,
+        "the later evaluation, recorded after the build ended in the same batch"
+    );
+}

@@ -345,7 +345,22 @@ pub(crate) fn db_error(e: sqlx::Error) -> StorageError {
         sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) => {
             StorageError::Unavailable(e.to_string())
         }
+        // Contention that passes: PostgreSQL's deadlock (40P01) and serialization failure (40001), SQLite's
+        // busy and locked (primary codes 5 and 6, extended codes in the bits above). Tried again, it goes
+        // through: unavailable, not failed (a worker's reports are then kept and sent again).
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| transient(&c)) => {
+            StorageError::Unavailable(e.to_string())
+        }
         _ => StorageError::Failed(e.to_string()),
+    }
+}
+
+/// Whether a database error code is contention that passes when tried again (see `db_error`).
+/// PostgreSQL's codes are SQLSTATEs, five characters; SQLite's are numbers below 10,000.
+fn transient(code: &str) -> bool {
+    match code.len() {
+        5 => code == "40P01" || code == "40001",
+        _ => code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6)),
     }
 }
 
@@ -409,4 +424,20 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 /// Converts a stored count that must fit a `u32`.
 pub(crate) fn stored_u32(v: Option<i64>, what: &str) -> Result<Option<u32>> {
     v.map(|v| u32::try_from(v).map_err(|e| corrupt(what, e))).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn contention_is_told_from_other_database_errors() {
+        // SQLite: busy (5), locked (6) and their extended codes (busy_snapshot 517, locked_sharedcache 262,
+        // busy_timeout 773); PostgreSQL: deadlock and serialization failure.
+        for code in ["5", "6", "517", "262", "773", "40P01", "40001"] {
+            assert!(super::transient(code), "{code}");
+        }
+        // SQLite's constraint (19, 2067), PostgreSQL's unique violation, syntax error and truncation.
+        for code in ["19", "2067", "23505", "42601", "22001"] {
+            assert!(!super::transient(code), "{code}");
+        }
+    }
 }

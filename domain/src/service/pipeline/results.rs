@@ -4,7 +4,7 @@
 
 use super::{Gradient, Result, ServiceError, build_job, not_assigned};
 use crate::model::{Build, Cache, Derivation, EntryPoint, JobId, JobKind, JobRecord, JobState, SubscribedCache};
-use crate::ports::{Clock, Storage};
+use crate::ports::{Clock, Storage, StorageError};
 use crate::proto::{self, JobOutcome};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{EvaluationId, OrgId, WorkerId};
@@ -58,7 +58,9 @@ fn inputs_first(drvs: Vec<&std::sync::Arc<Derivation>>) -> Vec<&std::sync::Arc<D
 /// and their logs (one storage write), and the evaluations their ends may settle (each settled once).
 #[derive(Default)]
 struct BatchWrites {
-    settle: BTreeSet<EvaluationId>,
+    /// The builds (organization, derivation) that ended: the evaluations needing them are looked up once the
+    /// batch's writes are done (an evaluation the batch itself records may need one).
+    ended: Vec<(OrgId, String)>,
     builds: Vec<Build>,
     logs: Vec<crate::model::BuildLog>,
 }
@@ -201,6 +203,36 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(record)
     }
 
+    /// Writes a batch's successful builds and their logs in one storage write; when that write fails for a
+    /// reason of one build (its row is gone: its organization was deleted meanwhile), each is written on its
+    /// own, so one organization's missing row does not cost another's builds their results. A build whose row
+    /// is gone has nothing left to record.
+    async fn end_builds(&self, builds: &[Build], logs: &[crate::model::BuildLog]) -> Result<()> {
+        match self.storage.end_builds(builds, logs).await {
+            Ok(()) => {
+                builds.iter().for_each(|b| self.observe_build(b));
+                Ok(())
+            }
+            Err(StorageError::NotFound) => {
+                for b in builds {
+                    match self.storage.update_build(b).await {
+                        Ok(()) => self.observe_build(b),
+                        Err(StorageError::NotFound) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                for l in logs {
+                    match self.storage.put_build_log(l).await {
+                        Ok(()) | Err(StorageError::NotFound) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Ends a job whose outcome is applied: the last step of a `job_finished`.
     async fn end_job(&self, record: &JobRecord, worker: WorkerId, success: bool) -> Result<()> {
         if !self.storage.finish_job(record.id, worker, success).await? {
@@ -299,16 +331,27 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // then their jobs end, together.
         let mut settled: Result<()> = Ok(());
         if !writes.builds.is_empty() || !writes.logs.is_empty() {
-            match self.storage.end_builds(&writes.builds, &writes.logs).await {
-                Ok(()) => writes.builds.iter().for_each(|b| self.observe_build(b)),
-                Err(e) => settled = Err(e.into()),
-            }
+            settled = self.end_builds(&writes.builds, &writes.logs).await;
         }
         if settled.is_ok() {
-            for evaluation in std::mem::take(&mut writes.settle) {
-                if let Err(e) = self.settle_evaluation(evaluation).await {
-                    settled = Err(e);
-                    break;
+            // Looked up now, after the writes: an evaluation recorded later in the batch than a build's end may
+            // need that build too, and settles only once it reads the build ended.
+            let mut settle = BTreeSet::new();
+            for (org, drv) in &writes.ended {
+                match self.storage.evaluations_needing(*org, drv).await {
+                    Ok(needing) => settle.extend(needing),
+                    Err(e) => {
+                        settled = Err(e.into());
+                        break;
+                    }
+                }
+            }
+            if settled.is_ok() {
+                for evaluation in settle {
+                    if let Err(e) = self.settle_evaluation(evaluation).await {
+                        settled = Err(e);
+                        break;
+                    }
                 }
             }
         }
@@ -452,9 +495,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     self.fail_dependents(record.org_id, &derivation).await?;
                 }
                 match batch {
-                    Some(w) => w
-                        .settle
-                        .extend(self.storage.evaluations_needing(record.org_id, &derivation).await?),
+                    Some(w) => w.ended.push((record.org_id, derivation.clone())),
                     None => self.settle_evaluations_needing(record.org_id, &derivation).await?,
                 }
                 stored
