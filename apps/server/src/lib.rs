@@ -866,6 +866,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         app(state),
         shutdown_signal(),
         std::time::Duration::from_secs(10),
+        serve::HEADER_READ_TIMEOUT,
     )
     .await
     .map_err(|source| StartError::Listen {

@@ -7,7 +7,7 @@
 //! itself and queues body chunks for `writev` as they are.
 
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use poem::web::{LocalAddr, RemoteAddr};
@@ -19,20 +19,29 @@ use std::time::Duration;
 
 type ResponseBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// How long a client may take to send a request's headers (HTTP/1) before its connection is closed: a
+/// connection that trickles them (or opens and says nothing) does not hold its slot for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `ep` on `listener` until `shutdown` completes; then accepts nothing more, lets requests in flight end
-/// for up to `grace`, and returns.
+/// for up to `grace`, and returns. A client has `header_timeout` to send each request's headers.
 pub async fn serve<E>(
     listener: tokio::net::TcpListener,
     ep: E,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    header_timeout: Duration,
 ) -> std::io::Result<()>
 where
     E: Endpoint + 'static,
 {
     let ep = Arc::new(ep.map_to_response());
     let local = LocalAddr(poem::Addr::SocketAddr(listener.local_addr()?));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -80,4 +89,46 @@ where
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let ep = poem::Route::new().at("/", poem::endpoint::make_sync(|_| "hello"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            ep,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+        ));
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+        let mut fast = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        fast.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        fast.read_to_string(&mut answer).await.expect("read");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"),
+            "{answer}"
+        );
+        // The slow one never finished its headers: closed (408 or nothing) within the timeout, not left open.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection was still open after 5 s");
+        assert!(!String::from_utf8_lossy(&rest).contains("200"));
+        let _ = stop.send(());
+        server.await.expect("server task").expect("serve");
+    }
 }
