@@ -6,14 +6,14 @@
 mod common;
 
 use common::ManualClock;
-use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, JobState, Org, Project};
+use gradient_domain::model::{EvaluationTrigger, JobId, JobState, Org, Project};
 use gradient_domain::ports::storage::{Evaluations, Queue};
 use gradient_domain::ports::{Clock, Fleet};
 use gradient_domain::proto::{AttributeError, EvaluatedDerivation, Job, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::service::{Dispatched, Settings};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 type App = common::TestApp<ManualClock>;
 
@@ -29,22 +29,7 @@ async fn setup() -> (App, Org, Project) {
 }
 
 fn worker(n: u128, org: &Org) -> WorkerInfo {
-    WorkerInfo {
-        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
-        capabilities: Capabilities {
-            fetch: true,
-            eval: true,
-            build: true,
-            sign: false,
-        },
-        systems: vec!["x86_64-linux".into()],
-        features: vec![],
-        max_concurrent_builds: 8,
-        max_concurrent_evaluations: 1,
-        queued_builds: 0,
-        orgs: BTreeSet::from([org.id]),
-        pushing: Default::default(),
-    }
+    common::worker(n, org, 8)
 }
 
 fn derivation(name: &str) -> EvaluatedDerivation {

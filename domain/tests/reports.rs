@@ -6,7 +6,7 @@
 
 mod common;
 
-use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, JobState, Org, Project};
+use gradient_domain::model::{EvaluationTrigger, JobId, JobState, Org, Project};
 use gradient_domain::ports::Fleet;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::{Evaluations, Queue};
@@ -14,7 +14,7 @@ use gradient_domain::proto::{EvaluatedDerivation, FailureKind, Job, JobOutcome, 
 use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::service::{Dispatched, JobReport, ServiceError, Settings};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 type App = common::TestApp<SystemClock>;
 
@@ -27,22 +27,7 @@ async fn setup() -> (App, Org, Project) {
 }
 
 fn worker(n: u128, org: &Org) -> WorkerInfo {
-    WorkerInfo {
-        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
-        capabilities: Capabilities {
-            fetch: true,
-            eval: true,
-            build: true,
-            sign: false,
-        },
-        systems: vec!["x86_64-linux".into()],
-        features: vec![],
-        max_concurrent_builds: 64,
-        max_concurrent_evaluations: 1,
-        queued_builds: 0,
-        orgs: BTreeSet::from([org.id]),
-        pushing: Default::default(),
-    }
+    common::worker(n, org, 64)
 }
 
 fn derivation(name: &str, inputs: &[&str]) -> EvaluatedDerivation {

@@ -116,3 +116,23 @@ pub async fn project<C: Clock>(
     };
     app.create_project(caller, org, new).await.unwrap()
 }
+
+/// A connected worker of `org` that fetches, evaluates and builds for x86_64-linux, with `builds` build slots.
+pub fn worker(n: u128, org: &Org, builds: u32) -> gradient_domain::scheduler::WorkerInfo {
+    gradient_domain::scheduler::WorkerInfo {
+        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
+        capabilities: gradient_domain::model::Capabilities {
+            fetch: true,
+            eval: true,
+            build: true,
+            sign: false,
+        },
+        systems: vec!["x86_64-linux".into()],
+        features: vec![],
+        max_concurrent_builds: builds,
+        max_concurrent_evaluations: 1,
+        queued_builds: 0,
+        orgs: std::collections::BTreeSet::from([org.id]),
+        pushing: Default::default(),
+    }
+}
