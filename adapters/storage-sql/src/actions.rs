@@ -1,5 +1,6 @@
 //! Projects' actions and their deliveries.
 
+use crate::BeginWrite;
 use crate::{SqlStorage, corrupt, db_error, from_json, to_json, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
@@ -221,7 +222,7 @@ impl Actions for SqlStorage {
                      ORDER BY created_at DESC, id DESC LIMIT $2)";
         let keep = i64::from(keep);
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(insert)
                 .bind(delivery.id.0)
                 .bind(delivery.action_id.0)

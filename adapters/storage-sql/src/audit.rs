@@ -1,5 +1,6 @@
 //! Organizations' audit logs.
 
+use crate::BeginWrite;
 use crate::{SqlStorage, corrupt, db_error, db_size, stored_size, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{AuditAction, AuditEntry, AuditVia};
@@ -45,7 +46,7 @@ impl Audit for SqlStorage {
                     (SELECT seq FROM audit_log WHERE org_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)";
         let keep = i64::from(keep);
         let seq = with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let seq: i64 = sqlx::query_scalar(insert)
                 .bind(entry.org_id.0)
                 .bind(entry.at)

@@ -1,5 +1,6 @@
 //! What caches hold: NAR file records and cached paths (narinfos).
 
+use crate::BeginWrite;
 use crate::{SqlStorage, corrupt, db_error, db_size, from_json, stored_size, to_json, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::CacheId;
@@ -208,7 +209,7 @@ impl CacheContents for SqlStorage {
         }
         let sizes = files.iter().map(nar_file_sizes).collect::<Result<Vec<_>>>()?;
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for (file, (file_size, nar_size)) in files.iter().zip(&sizes) {
                 bind_nar_file(sqlx::query(PUT_NAR_FILE), file, *file_size, *nar_size)
                     .execute(&mut *tx)
@@ -283,7 +284,7 @@ impl CacheContents for SqlStorage {
         }
         let values = paths.iter().map(CachedPathValues::of).collect::<Result<Vec<_>>>()?;
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let mut stored = Vec::with_capacity(paths.len());
             for (path, values) in paths.iter().zip(&values) {
                 let done = values
@@ -365,7 +366,7 @@ impl CacheContents for SqlStorage {
             return Ok(0);
         }
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let mut touched = 0;
             for hash_part in &distinct {
                 touched += sqlx::query(sql)

@@ -1,5 +1,6 @@
 //! Caches and the organizations' subscriptions to them.
 
+use crate::BeginWrite;
 use crate::orgs::{OrgRow, org_columns};
 use crate::{SqlStorage, corrupt, db_error, stored_name, with_pool};
 use chrono::{DateTime, Utc};
@@ -170,7 +171,7 @@ impl Caches for SqlStorage {
         let upsert = "INSERT INTO subscriptions (org_id, cache_id, granted, push) VALUES ($1, $2, $3, FALSE) \
                       ON CONFLICT (org_id, cache_id) DO UPDATE SET granted = subscriptions.granted OR excluded.granted";
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let existed = sqlx::query(exists)
                 .bind(sub.org_id.0)
                 .bind(sub.cache_id.0)
@@ -195,7 +196,7 @@ impl Caches for SqlStorage {
         let clear = "UPDATE subscriptions SET push = FALSE WHERE org_id = $1 AND push";
         let set = "UPDATE subscriptions SET push = TRUE WHERE org_id = $1 AND cache_id = $2 AND granted";
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(clear).bind(org.0).execute(&mut *tx).await?;
             if let Some(cache) = cache {
                 let done = sqlx::query(set)

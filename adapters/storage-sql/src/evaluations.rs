@@ -1,6 +1,7 @@
 //! Evaluations, derivations, entry points and builds. Writes that touch several rows run in one transaction;
 //! build-once is the builds table's primary key (organization, `.drv` path) with `ON CONFLICT DO NOTHING`.
 
+use crate::BeginWrite;
 use crate::{
     SqlStorage, corrupt, db_error, db_size, from_json, placeholders, rows_per_statement, stored_size, to_json,
     value_rows, with_pool,
@@ -314,7 +315,7 @@ impl Evaluations for SqlStorage {
             .collect::<Result<Vec<_>>>()?;
         // A few multi-row statements for the whole list, in one transaction.
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let mut added: HashSet<String> = HashSet::new();
             for (chunk, encoded) in derivations
                 .chunks(rows_per_statement(6, 0))
@@ -443,7 +444,7 @@ impl Evaluations for SqlStorage {
         }
         let last: Vec<(&str, &str)> = last.into_iter().collect();
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for chunk in last.chunks(rows_per_statement(2, 1)) {
                 let rows: Vec<String> = (0..chunk.len())
                     .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
@@ -507,7 +508,7 @@ impl Evaluations for SqlStorage {
         let queued = transitions_json(&Build::queued(org, "", at).transitions, BuildStatus::as_str)?;
         let ids: Vec<Uuid> = wanted.iter().map(|_| BuildId::new().0).collect();
         let mut rows = with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let per = rows_per_statement(2, 4);
             for (chunk, ids) in wanted.chunks(per).zip(ids.chunks(per)) {
                 // Every build shares the organization, status, transitions and time: $1 to $4.
@@ -799,7 +800,7 @@ impl Evaluations for SqlStorage {
             puts.push((l, db_size(l.size, "log size")?, db_size(l.omitted, "log omitted")?));
         }
         let found = with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for (b, transitions) in &updates {
                 let n = sqlx::query(update)
                     .bind(b.org_id.0)
@@ -849,7 +850,7 @@ impl Evaluations for SqlStorage {
         // One statement per group of builds (UPDATE … FROM VALUES, on both engines); a build missing updates
         // fewer rows than listed, and the transaction is then dropped, undoing the rest.
         let updated = with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for chunk in rows.chunks(rows_per_statement(5, 0)) {
                 let sql = format!(
                     "UPDATE builds SET status = v.column3, transitions = v.column4, updated_at = v.column5 \

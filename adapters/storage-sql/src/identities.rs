@@ -1,5 +1,6 @@
 //! OIDC identities (issuer + subject → user) and sign-ins in progress.
 
+use crate::BeginWrite;
 use crate::users::{UserRow, user_columns};
 use crate::{SqlStorage, db_error, with_pool};
 use chrono::{DateTime, Utc};
@@ -37,7 +38,7 @@ impl Identities for SqlStorage {
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         );
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(insert_user)
                 .bind(user.id.0)
                 .bind(user.username.as_str())

@@ -2,6 +2,7 @@
 //! given), the commit status outbox (`seq` keeps the order reports were enqueued in), and the GitHub App's
 //! installations.
 
+use crate::BeginWrite;
 use crate::{SqlStorage, corrupt, db_error, db_size, stored_size, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::crypt::Sealed;
@@ -122,7 +123,7 @@ impl Integrations for SqlStorage {
                    ON CONFLICT (installation_id) DO UPDATE SET account = excluded.account, \
                    updated_at = excluded.updated_at";
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(forget)
                 .bind(&installation.account)
                 .bind(id)

@@ -49,6 +49,37 @@ type Result<T> = std::result::Result<T, StorageError>;
 /// fails with "database is locked" (seen once with 5 s in a contract scenario while the whole suite ran).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Opens a transaction that will write. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a
+/// deferred transaction that reads and then writes cannot wait for another connection's write — SQLite refuses
+/// that upgrade at once with "database is locked", without its busy timeout — so any read-then-write
+/// transaction failed whenever another connection wrote at the same moment. PostgreSQL's `BEGIN` is kept.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = std::result::Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = std::result::Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send
+    {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = std::result::Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send
+    {
+        self.begin()
+    }
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

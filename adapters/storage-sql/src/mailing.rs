@@ -1,5 +1,6 @@
 //! Email tokens (by hash), verified addresses, password resets and the evaluation mail setting.
 
+use crate::BeginWrite;
 use crate::{SqlStorage, corrupt, db_error, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::UserId;
@@ -94,7 +95,7 @@ impl Mailing for SqlStorage {
         let set = "UPDATE users SET password_hash = $1, email_verified = TRUE WHERE id = $2";
         let end = "DELETE FROM sessions WHERE user_id = $1";
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let done = sqlx::query(set)
                 .bind(password_hash)
                 .bind(user.0)

@@ -1,5 +1,6 @@
 //! Organizations, their custom roles and their members.
 
+use crate::BeginWrite;
 use crate::{SqlStorage, corrupt, db_error, from_json, stored_name, to_json, with_pool};
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{Member, Membership, Org, Role, RoleRef};
@@ -110,7 +111,7 @@ impl Orgs for SqlStorage {
         );
         let insert_admin = "INSERT INTO memberships (org_id, user_id, builtin_role) VALUES ($1, $2, $3)";
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(insert_org)
                 .bind(org.id.0)
                 .bind(org.name.as_str())

@@ -1,6 +1,7 @@
 //! The persistent job queue. Each state change is one conditional `UPDATE`, so it is a compare-and-set on
 //! both engines; build-once is two partial unique indexes over the active (queued or assigned) jobs.
 
+use crate::BeginWrite;
 use crate::{
     SqlStorage, corrupt, db_error, from_json, placeholders, rows_per_statement, to_json, value_rows, with_pool,
 };
@@ -192,7 +193,7 @@ impl Queue for SqlStorage {
             // As `enqueue_job`, a few statements for the whole list: the inserts do nothing where a unique rule
             // stands in the way; the active jobs then answer for theirs, and a taken id fails the whole list.
             let standing: Option<Vec<Result<JobRecord>>> = with_pool!(self, |p| async {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 let mut inserted: HashSet<Uuid> = HashSet::new();
                 let per = rows_per_statement(12, 0);
                 for (chunk, cols) in jobs.chunks(per).zip(columns.chunks(per)) {
@@ -397,7 +398,7 @@ impl Queue for SqlStorage {
             return Ok(Vec::new());
         }
         let assigned: HashSet<Uuid> = with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let mut assigned = HashSet::new();
             for (worker, jobs) in &per_worker {
                 for chunk in jobs.chunks(rows_per_statement(1, 2)) {
@@ -482,7 +483,7 @@ impl Queue for SqlStorage {
             return Ok(Vec::new());
         }
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let mut ended = Vec::with_capacity(jobs.len());
             for (id, done) in jobs {
                 let n = sqlx::query(sql)

@@ -1,6 +1,7 @@
 //! The declarative state's storage ([`Declared`]): the managed rows of each table, and a plan's writes run in
 //! one transaction (the first failing write rolls back all of them).
 
+use crate::BeginWrite;
 use crate::caches::{CacheRow, cache_columns};
 use crate::integrations::ConnectionRow;
 use crate::orgs::{OrgRow, RoleRow, org_columns, role_columns, role_columns_of};
@@ -182,7 +183,7 @@ impl Declared for SqlStorage {
             });
         }
         with_pool!(self, |p| async {
-            let mut tx = p.begin().await.map_err(db_error)?;
+            let mut tx = p.begin_write().await.map_err(db_error)?;
             for (write, json) in writes.iter().zip(&json) {
                 let json = json.as_deref().unwrap_or_default();
                 if let Some((sql, id)) = delete_sql(write) {

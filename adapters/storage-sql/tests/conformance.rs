@@ -786,3 +786,58 @@ fn database_name_is_replaced_in_urls() {
         assert_eq!(with_database(url, "t"), want);
     }
 }
+
+/// A transaction that reads and then writes waits for another connection's write to end, as a single write
+/// does, instead of failing with "database is locked": SQLite refuses a deferred transaction's upgrade from
+/// reading to writing at once, without its busy timeout, so the adapter's writing transactions start with
+/// `BEGIN IMMEDIATE`. (Seen in CI: `subscribe` — a read, then an upsert — failed while the pool's other
+/// connection was still rolling back the failed write before it.)
+#[tokio::test]
+async fn sqlite_a_read_then_write_transaction_waits_for_another_writer() {
+    let path = sqlite_path();
+    let url = sqlite_url(&path);
+    let s = connect(&url, pools()).await.unwrap();
+    let alice = user("alice");
+    let acme = org("acme", alice.id);
+    s.create_user(&alice).await.unwrap();
+    s.create_org(&acme).await.unwrap();
+    let cache = Cache {
+        managed: false,
+        id: CacheId::new(),
+        name: Name::parse("main").unwrap(),
+        display_name: "Main".to_owned(),
+        description: String::new(),
+        public: false,
+        priority: 30,
+        local_priority: None,
+        compression: Compression::Zstd,
+        signing_key: Sealed("v1:key".to_owned()),
+        created_by: alice.id,
+        created_at: gradient_domain::model::truncate_to_micros(chrono::Utc::now()),
+    };
+    s.create_cache(&cache).await.unwrap();
+
+    // Another connection holds the write lock for a moment.
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    sqlx::query("INSERT INTO meta (name, value) VALUES ('held', 'yes')")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        other
+    });
+
+    let subscription = gradient_domain::model::Subscription {
+        org_id: acme.id,
+        cache_id: cache.id,
+        granted: true,
+        push: false,
+    };
+    assert_eq!(s.subscribe(&subscription).await, Ok(true), "waits, then subscribes");
+    release.await.unwrap().close().await.unwrap();
+    assert_eq!(s.meta("held").await.unwrap().as_deref(), Some("yes"));
+    s.close().await;
+}
