@@ -42,6 +42,9 @@ pub async fn build(
     metadata.apply(&mut cmd);
     cmd.args(["--realise", drv_path]);
     realise_options(&mut cmd, opts);
+    if substitutes_unneeded(vec![drv_path.to_owned()]).await {
+        cmd.args(["--option", "substitute", "false"]);
+    }
     let finished = match process::run(cmd, opts.timeout.map(|t| t + GRACE), on_log).await? {
         Ended::TimedOut(tail) => return Err(NixError::Timeout { log_tail: tail.text() }),
         Ended::Exited(finished) => finished,
@@ -165,6 +168,52 @@ fn classify(code: Option<i32>, lines: &[&str], drv_path: &str, log_tail: String)
     } else {
         NixError::BuildFailed { log_tail }
     }
+}
+
+/// Whether Nix building `drvs` in one run would have nothing to substitute: their `.drv` files are in the store,
+/// and so is everything they need that the run does not build (the outputs of their other input derivations and
+/// their sources), as their `.drv` files say. Then the run goes without substituters: Nix would otherwise ask each
+/// of them about each output of the run before building it (several requests per build, one after another
+/// along a chain), only to hear it is not there. `false` whenever it cannot be told: a file missing or not what
+/// Nix writes, an output whose path is not known before building. A path present is taken as valid: if it is
+/// not (being built by another Nix), Nix waits for it or builds it from its `.drv`, which is in the store.
+fn nothing_to_substitute(drvs: &[String]) -> bool {
+    let in_store = |path: &str| std::fs::symlink_metadata(path).is_ok();
+    let read = |drv: &str| {
+        std::fs::read(drv)
+            .ok()
+            .and_then(|text| gradient_domain::nix::parse_derivation(&text).ok())
+    };
+    let run: std::collections::HashSet<&str> = drvs.iter().map(String::as_str).collect();
+    for drv in drvs {
+        let Some(d) = read(drv) else { return false };
+        if !d.input_srcs.iter().all(|src| in_store(src)) {
+            return false;
+        }
+        for (input, wanted) in &d.input_drvs {
+            if run.contains(input.as_str()) {
+                continue;
+            }
+            let Some(input) = read(input) else { return false };
+            let present = wanted.iter().all(|name| {
+                input
+                    .outputs
+                    .get(name)
+                    .is_some_and(|path| !path.is_empty() && in_store(path))
+            });
+            if !present {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// [`nothing_to_substitute`] off the async threads (it reads files).
+async fn substitutes_unneeded(drvs: Vec<String>) -> bool {
+    tokio::task::spawn_blocking(move || nothing_to_substitute(&drvs))
+        .await
+        .unwrap_or(false)
 }
 
 pub fn check_store_path(path: &str) -> Result<()> {
@@ -299,6 +348,9 @@ pub async fn build_many(
     cmd.args(["--realise", "--keep-going", "--log-format", "internal-json"]);
     cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
     realise_options(&mut cmd, opts);
+    if substitutes_unneeded(drvs.iter().map(|(d, _)| d.clone()).collect()).await {
+        cmd.args(["--option", "substitute", "false"]);
+    }
     let mut log = StructuredLog::default();
     // Which of the run's builds have ended, as far as Nix has said (see `Watch`).
     let watch = std::sync::Mutex::new(Watch::default());

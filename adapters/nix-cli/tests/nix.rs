@@ -985,3 +985,79 @@ async fn a_batch_tells_each_build_once_built_while_the_others_still_run() {
     let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
     assert_eq!(ok, [true, true, false, false, true, true]);
 }
+
+/// A binary cache holding nothing, served over HTTP on loopback: its `nix-cache-info`, and 404 for anything
+/// else. Answers its URL and how many narinfos Nix asked it for so far.
+fn empty_cache() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+            if path.ends_with(".narinfo") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let (status, body) = if path == "/nix-cache-info" {
+                ("200 OK", "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n")
+            } else {
+                ("404 Not Found", "")
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, asked)
+}
+
+#[tokio::test]
+async fn a_run_with_everything_it_needs_in_the_store_asks_no_substituter() {
+    let (url, asked) = empty_cache();
+    let opts = BuildOptions {
+        substituters: vec![url],
+        ..BuildOptions::default()
+    };
+    let d = instantiate(
+        r#"rec {
+  a = mk "a" "echo a > $out" { };
+  b = mk "b" "echo b > $out" { inherit a; };
+  c = mk "c" "echo c > $out" { inherit b; };
+  x = mk "x" "echo x > $out" { };
+  y = mk "y" "echo y > $out" { inherit x; };
+}"#,
+    );
+    let build = |names: &[&str]| {
+        let drvs: Vec<_> = names.iter().map(|n| d[*n].clone()).collect();
+        let opts = &opts;
+        async move { nix().build_many(&drvs, opts, |_, _| {}, |_| {}).await.unwrap() }
+    };
+    let count = || asked.load(std::sync::atomic::Ordering::SeqCst);
+
+    // a alone, then a chain of two needing a: each run has in the store all it does not build itself.
+    assert!(build(&["a"]).await.iter().all(Result::is_ok));
+    let outcomes = build(&["b", "c"]).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert!(valid(&d["c"].1["out"]));
+    assert_eq!(count(), 0, "no substituter was asked");
+
+    // y needs x, which is not built: the substituter is asked (it has nothing, so Nix builds x itself).
+    let outcomes = build(&["y"]).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert!(valid(&d["x"].1["out"]));
+    assert!(count() > 0, "the substituter was asked for what the run lacks");
+}
