@@ -77,6 +77,52 @@ fn features(d: &Value) -> Vec<String> {
     list(&d["structuredAttrs"]["requiredSystemFeatures"]).unwrap_or_default()
 }
 
+/// The derivations of the closure of `drvs` that are not in `seen` (whose closures were read before), read from
+/// their `.drv` files without running Nix; `None` if one cannot be read or is not what Nix writes (the caller
+/// then asks Nix: `nix show-derivation -r`).
+pub fn read_closure(drvs: &[String], seen: &HashSet<String>) -> Option<BTreeMap<String, DerivationInfo>> {
+    let mut out = BTreeMap::new();
+    let mut todo: Vec<String> = drvs.to_vec();
+    while let Some(drv_path) = todo.pop() {
+        if seen.contains(&drv_path) || out.contains_key(&drv_path) {
+            continue;
+        }
+        let text = std::fs::read(&drv_path).ok()?;
+        let d = gradient_domain::nix::parse_derivation(&text).ok()?;
+        let input_drvs: Vec<String> = d.input_drvs.keys().cloned().collect();
+        todo.extend(input_drvs.iter().cloned());
+        let required_system_features = match d.env.get("requiredSystemFeatures") {
+            Some(s) => s.split_whitespace().map(str::to_owned).collect(),
+            None => d
+                .env
+                .get("__json")
+                .and_then(|json| serde_json::from_str::<Value>(json).ok())
+                .and_then(|attrs| {
+                    Some(
+                        attrs["requiredSystemFeatures"]
+                            .as_array()?
+                            .iter()
+                            .filter_map(|f| f.as_str().map(str::to_owned))
+                            .collect(),
+                    )
+                })
+                .unwrap_or_default(),
+        };
+        out.insert(
+            drv_path.clone(),
+            DerivationInfo {
+                drv_path,
+                // An output whose path is only known after building is absent, as Nix's JSON leaves it out.
+                outputs: d.outputs.into_iter().filter(|(_, path)| !path.is_empty()).collect(),
+                system: d.system,
+                required_system_features,
+                input_drvs,
+            },
+        );
+    }
+    Some(out)
+}
+
 /// The derivations of `found` not in `seen`, each after the ones it depends on; marks them seen.
 pub fn new_in_order(found: &mut BTreeMap<String, DerivationInfo>, seen: &mut HashSet<String>) -> Vec<DerivationInfo> {
     let mut order = Vec::new();

@@ -6,8 +6,9 @@
 //!    each one's `drvPath` under `builtins.tryEval` (if Nix aborts anyway, every attribute of the batch is
 //!    evaluated alone, so one bad attribute cannot hide the others), and a failed attribute is evaluated once
 //!    more alone to get Nix's message;
-//! 3. describe: `nix show-derivation -r` on the batch's derivations gives outputs, system, features and the
-//!    graph of the whole closure; each derivation is reported once, after its inputs.
+//! 3. describe: the batch's `.drv` files and those of their closure not reported yet, read directly (ATerm;
+//!    `nix show-derivation -r` when one cannot be read), give outputs, system, features and the graph; each
+//!    derivation is reported once, after its inputs.
 //!
 //! `nix eval <ref>#checks` resolves `packages.<system>.checks` first if that exists (Nix's installable rules),
 //! so a package named like a top-level output would shadow it.
@@ -339,11 +340,25 @@ impl Evaluator<'_> {
         drvs.sort();
         drvs.dedup();
         if let Some(first) = drvs.first() {
-            let store_dir = first.rsplit_once('/').map_or("/nix/store", |(dir, _)| dir).to_owned();
-            let mut cmd = self.cli.show_derivation().await?;
-            cmd.arg("-r").args(&drvs);
-            let out = process::output(cmd).await?.success_or(NixError::Unavailable)?;
-            let mut found = derivation::parse(&out, &store_dir).map_err(NixError::Unavailable)?;
+            // Read from the `.drv` files `nix eval` just wrote (no Nix process); Nix is asked when they cannot be.
+            let read = {
+                let (drvs, seen) = (drvs.clone(), std::mem::take(&mut self.seen));
+                let (read, seen) = tokio::task::spawn_blocking(move || (derivation::read_closure(&drvs, &seen), seen))
+                    .await
+                    .map_err(|e| NixError::Unavailable(format!("reading derivations: {e}")))?;
+                self.seen = seen;
+                read
+            };
+            let mut found = match read {
+                Some(found) => found,
+                None => {
+                    let store_dir = first.rsplit_once('/').map_or("/nix/store", |(dir, _)| dir).to_owned();
+                    let mut cmd = self.cli.show_derivation().await?;
+                    cmd.arg("-r").args(&drvs);
+                    let out = process::output(cmd).await?.success_or(NixError::Unavailable)?;
+                    derivation::parse(&out, &store_dir).map_err(NixError::Unavailable)?
+                }
+            };
             batch.derivations = derivation::new_in_order(&mut found, &mut self.seen);
         }
         Ok(batch)

@@ -1,5 +1,6 @@
 //! Fetching: the repository at the commit through `nix flake metadata` (which locks the flake, applying input
-//! overrides), then `nix flake archive` so every input is in the store before evaluation starts.
+//! overrides), then, if the lock names inputs, `nix flake archive` so every input is in the store before
+//! evaluation starts.
 //! Overridden inputs are pinned to the locked references Nix chose, so later calls see the same inputs.
 
 use crate::{NixCli, process};
@@ -54,11 +55,15 @@ pub async fn fetch(
     let meta: Value = serde_json::from_slice(&out)
         .map_err(|e| NixError::Unavailable(format!("nix flake metadata answered something else than JSON: {e}")))?;
 
-    // Fetches every input (with `--dry-run`, Nix would only compute where they would go).
-    let mut cmd = cli.nix();
-    cmd.args(["flake", "archive", "--json", &url]).args(&override_args);
-    cmd.envs(access.env().iter().map(|(k, v)| (k, v)));
-    process::output(cmd).await?.success_or(classify)?;
+    // Fetches every input (with `--dry-run`, Nix would only compute where they would go). A flake whose lock
+    // names no input is whole in the store already (`path`): no second Nix process for it.
+    let has_inputs = meta["locks"]["nodes"].as_object().is_none_or(|nodes| nodes.len() > 1);
+    if has_inputs {
+        let mut cmd = cli.nix();
+        cmd.args(["flake", "archive", "--json", &url]).args(&override_args);
+        cmd.envs(access.env().iter().map(|(k, v)| (k, v)));
+        process::output(cmd).await?.success_or(classify)?;
+    }
 
     let text = |v: &Value| v.as_str().map(str::to_owned);
     let flake_ref = text(&meta["lockedUrl"])

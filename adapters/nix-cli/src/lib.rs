@@ -6,8 +6,8 @@
 //! | operation  | commands                                                                                         |
 //! |------------|--------------------------------------------------------------------------------------------------|
 //! | `host`     | `nix --version`, `nix show-config --json`                                                        |
-//! | `fetch`    | `nix flake metadata --json`, `nix flake archive --json` (both with `--override-input`)           |
-//! | `evaluate` | `nix eval --json <ref>#<output> --apply <walker>` per output, per batch, `nix show-derivation -r`  |
+//! | `fetch`    | `nix flake metadata --json`, `nix flake archive --json` if the lock has inputs (`--override-input`) |
+//! | `evaluate` | `nix eval --json <ref>#<output> --apply <walker>` per output, per batch; `.drv` files read (ATerm) |
 //! | `build`    | `nix-store --realise --add-root`, `nix-instantiate --add-root` (the `.drv`), `nix show-derivation` |
 //! | `requisites` | `nix-store --query --requisites`                                                               |
 //! | `export`   | `nix-store --export` (read as it is written)                                                     |

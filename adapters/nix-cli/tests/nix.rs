@@ -1061,3 +1061,84 @@ async fn a_run_with_everything_it_needs_in_the_store_asks_no_substituter() {
     assert!(valid(&d["x"].1["out"]));
     assert!(count() > 0, "the substituter was asked for what the run lacks");
 }
+
+/// Nix's commands on this machine behind scripts that write each command, on one line, to `log` first.
+fn logged_nix(dir: &Path, log: &Path) -> NixCli {
+    use std::os::unix::fs::PermissionsExt;
+    for program in ["nix", "nix-store", "nix-instantiate"] {
+        let real = run("sh", &["-c", &format!("command -v {program}")], Path::new("/"));
+        let script = dir.join(program);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"{program} $*\" | tr '\\n' ' ' >> '{log}'\necho >> '{log}'\nexec '{real}' \"$@\"\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    nix().with_bin_dir(dir)
+}
+
+#[tokio::test]
+async fn fetching_and_evaluating_a_flake_without_inputs_takes_three_nix_processes() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let nix = logged_nix(dir.path(), &log);
+    let flake = nix
+        .fetch(&url(&f.repo), Some("main"), &f.second, &BTreeMap::new(), None)
+        .await
+        .unwrap();
+    let mut derivations = Vec::new();
+    nix.evaluate(&flake, "packages.*.c", |b| derivations.extend(b.derivations))
+        .await
+        .unwrap();
+    // c's closure (a, b, c), read from the `.drv` files: no `nix show-derivation`.
+    let mut names: Vec<&str> = derivations
+        .iter()
+        .map(|d| d.drv_path.rsplit_once('-').unwrap().1)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.drv", "b.drv", "c.drv"]);
+    assert_eq!(
+        derivations
+            .iter()
+            .find(|d| d.drv_path.ends_with("-b.drv"))
+            .unwrap()
+            .input_drvs,
+        [derivations
+            .iter()
+            .find(|d| d.drv_path.ends_with("-a.drv"))
+            .unwrap()
+            .drv_path
+            .clone()]
+    );
+    // Locking, listing, evaluating the selected attributes: no `nix flake archive` without inputs.
+    let commands = std::fs::read_to_string(&log).unwrap();
+    let kinds: Vec<&str> = commands
+        .lines()
+        .map(|l| {
+            ["flake metadata", "flake archive", "show-derivation", " eval "]
+                .into_iter()
+                .find(|k| l.contains(k))
+                .unwrap_or(l)
+        })
+        .collect();
+    assert_eq!(kinds, ["flake metadata", " eval ", " eval "], "{commands}");
+
+    // A flake with an input still has it fetched before evaluation.
+    std::fs::remove_file(&log).unwrap();
+    nix.fetch(
+        &url(&f.consumer),
+        Some("main"),
+        &f.consumer_commit,
+        &BTreeMap::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    let commands = std::fs::read_to_string(&log).unwrap();
+    assert!(commands.contains("flake archive"), "{commands}");
+}
