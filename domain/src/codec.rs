@@ -156,8 +156,45 @@ pub struct Compressor {
     out: Vec<u8>,
 }
 
+/// zstd encoders (level 3) and output buffers of ended compressors, kept for the next ones: a new encoder
+/// allocates and clears its window and tables (megabytes) on its first use, which cost more than compressing a
+/// small NAR; a reused one starts its next frame without that. At most this many are kept.
+const KEPT_ENCODERS: usize = 8;
+
+type KeptEncoder = (Box<zstd::stream::raw::Encoder<'static>>, Vec<u8>);
+
+static ENCODERS: std::sync::Mutex<Vec<KeptEncoder>> = std::sync::Mutex::new(Vec::new());
+
+fn kept_encoders() -> std::sync::MutexGuard<'static, Vec<KeptEncoder>> {
+    ENCODERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Compressor {
+    fn drop(&mut self) {
+        if let Encoder::Zstd(e) = std::mem::replace(&mut self.inner, Encoder::None) {
+            use zstd::stream::raw::Operation;
+            let mut e = e;
+            // Whatever it was doing (ended or dropped midway), it starts a new frame with the same level.
+            if e.reinit().is_ok() {
+                let mut kept = kept_encoders();
+                if kept.len() < KEPT_ENCODERS {
+                    kept.push((e, std::mem::take(&mut self.out)));
+                }
+            }
+        }
+    }
+}
+
 impl Compressor {
     pub fn new(compression: Compression) -> Result<Self, CodecError> {
+        if compression == Compression::Zstd
+            && let Some((e, out)) = kept_encoders().pop()
+        {
+            return Ok(Self {
+                inner: Encoder::Zstd(e),
+                out,
+            });
+        }
         let inner = match compression {
             Compression::None => Encoder::None,
             Compression::Zstd => Encoder::Zstd(Box::new(
@@ -344,5 +381,29 @@ mod tests {
         let mut trailing = x.clone();
         trailing.extend_from_slice(b"junk");
         assert!(run(Compression::Xz, &trailing, 4096).is_err(), "xz with trailing bytes");
+    }
+
+    #[test]
+    fn a_compressor_after_others_ended_or_were_dropped_midway_compresses_only_its_own_input() {
+        let compress = |data: &[u8], end: bool| -> Vec<u8> {
+            let mut c = Compressor::new(Compression::Zstd).unwrap();
+            let mut out = Vec::new();
+            let mut sink = |b: &[u8]| -> Result<(), CodecError> {
+                out.extend_from_slice(b);
+                Ok(())
+            };
+            c.feed(data, &mut sink).unwrap();
+            if end {
+                c.finish(&mut sink).unwrap();
+            }
+            out
+        };
+        let first: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        compress(&first, false);
+        compress(b"ended", true);
+        for data in [&b"small"[..], &first[..1000], &first] {
+            let z = compress(data, true);
+            assert_eq!(run(Compression::Zstd, &z, 4096).unwrap(), data);
+        }
     }
 }
