@@ -1,4 +1,5 @@
-//! Evaluation in three steps per top-level output the wildcard can reach (`packages`, `checks`, …):
+//! Evaluation in three steps per top-level output the wildcard can reach (`packages`, `checks`, …), the first
+//! two in one `nix eval` when no pattern excludes and one process evaluates (see `evaluate`):
 //! 1. list: one `nix eval --apply <walker>` lists attribute names level by level, descending only where a
 //!    pattern can still match, without forcing the attributes themselves (`builtins.tryEval` around each
 //!    level, so a throwing attribute set is reported and its siblings still listed);
@@ -37,16 +38,17 @@ const STANDARD_OUTPUTS: &[&str] = &[
     "packages",
 ];
 
-/// Lists names below the output, following the patterns (lists of names, `null` for `*`). Each node is `{}`
-/// (not descended), `{ e = true; }` (could not be evaluated) or `{ c = { <name> = node; … }; }`.
-const WALKER: &str = r#"pats: v: let
+/// Lists names below the output, following the patterns (lists of names, `null` for `*`). Each node is
+/// `leaf x` where every pattern ends (`{}` when only listing, [`TRY_DRV`] when listing and evaluating at once),
+/// `{ e = true; }` (could not be evaluated) or `{ c = { <name> = node; … }; }`.
+const WALKER: &str = r#"leaf: pats: v: let
   isDrv = x: (x.type or null) == "derivation";
   walk = pats: x:
     let
       deeper = builtins.filter (p: p != [ ]) pats;
       r = builtins.tryEval (builtins.isAttrs x && !(isDrv x));
     in
-    if deeper == [ ] then { }
+    if deeper == [ ] then leaf x
     else if !r.success then { e = true; }
     else if !r.value then { }
     else {
@@ -82,8 +84,53 @@ pub async fn evaluate(
     };
     let mut unlisted = Vec::new();
     let mut listed_any = false;
+    // Listing and evaluating in one `nix eval` (one Nix process fewer, the flake loaded once) when every listed
+    // leaf is wanted (no excluding pattern, which may exclude an attribute for its cost) and one process
+    // evaluates anyway; if that `nix eval` fails as a whole (an error `tryEval` does not catch, in the listing or
+    // in an attribute), the two steps are taken one after the other.
+    let at_once = cli.eval_processes <= 1 && !wildcard.split(',').any(|p| p.trim().starts_with('!'));
     for (top, tails) in plan(wildcard) {
-        let tree = match ev.list(&top, &tails).await? {
+        let tree = if at_once {
+            match ev.list(&top, &tails, true).await? {
+                Listing::Missing => continue,
+                Listing::Tree(tree) => Some(tree),
+                Listing::Failed(_) => None,
+            }
+        } else {
+            None
+        };
+        if let Some(tree) = tree {
+            listed_any = true;
+            let mut leaves = Vec::new();
+            let mut broken = Vec::new();
+            flatten_evaluated(vec![top], &tree, &selection, &mut leaves, &mut broken);
+            let mut errors = Vec::new();
+            for attr_path in broken {
+                let message = ev.message(&attr_path).await?;
+                errors.push(AttributeError { attr_path, message });
+            }
+            if leaves.is_empty() {
+                if !errors.is_empty() {
+                    ev.emit(
+                        on_batch,
+                        EvalBatch {
+                            errors,
+                            ..EvalBatch::default()
+                        },
+                    );
+                }
+                continue;
+            }
+            for chunk in leaves.chunks(BATCH) {
+                let (paths, results): (Vec<Vec<String>>, Vec<std::result::Result<Value, String>>) =
+                    chunk.iter().cloned().map(|(p, v)| (p, Ok(v))).unzip();
+                let mut batch = ev.describe(&paths, results).await?;
+                batch.errors.splice(0..0, std::mem::take(&mut errors));
+                ev.emit(on_batch, batch);
+            }
+            continue;
+        }
+        let tree = match ev.list(&top, &tails, false).await? {
             Listing::Missing => continue,
             Listing::Failed(message) => {
                 unlisted.push(AttributeError {
@@ -192,6 +239,31 @@ fn flatten(
     }
 }
 
+/// Like [`flatten`], for a tree listed with each leaf's [`TRY_DRV`] answer: the selected leaves with their
+/// answers, and the nodes that failed (a leaf whose evaluation failed among them).
+fn flatten_evaluated(
+    path: Vec<String>,
+    node: &Value,
+    selection: &Wildcard,
+    leaves: &mut Vec<(Vec<String>, Value)>,
+    broken: &mut Vec<Vec<String>>,
+) {
+    if node.get("e").is_some() {
+        broken.push(path);
+    } else if let Some(children) = node.get("c").and_then(Value::as_object) {
+        for (name, child) in children {
+            let mut p = path.clone();
+            p.push(name.clone());
+            flatten_evaluated(p, child, selection, leaves, broken);
+        }
+    } else {
+        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+        if selection.matches(&refs) {
+            leaves.push((path, node.clone()));
+        }
+    }
+}
+
 enum Listing {
     /// The flake has no such output.
     Missing,
@@ -237,7 +309,8 @@ impl Evaluator<'_> {
             .map_err(|e| NixError::Unavailable(format!("nix eval answered something else than JSON: {e}")))
     }
 
-    async fn list(&self, top: &str, tails: &[Pattern]) -> Result<Listing> {
+    /// The tree of names below `top` (see [`WALKER`]); `evaluated`: with each leaf's [`TRY_DRV`] answer.
+    async fn list(&self, top: &str, tails: &[Pattern], evaluated: bool) -> Result<Listing> {
         let patterns: Vec<String> = tails
             .iter()
             .map(|p| {
@@ -248,7 +321,8 @@ impl Evaluator<'_> {
                 format!("[ {} ]", items.join(" "))
             })
             .collect();
-        let apply = format!("({WALKER}) [ {} ]", patterns.join(" "));
+        let leaf = if evaluated { TRY_DRV } else { "x: { }" };
+        let apply = format!("({WALKER}) ({leaf}) [ {} ]", patterns.join(" "));
         Ok(match self.eval(&[top.to_owned()], &apply).await? {
             Ok(tree) => Listing::Tree(tree),
             Err(message) if message.contains("does not provide attribute") => Listing::Missing,
