@@ -155,6 +155,11 @@ start_worker() {
   die "the worker did not connect"
 }
 
+# CPU seconds (user + system) this shell's waited-for children have used so far.
+children_cpu() { awk '{ printf "%.2f", ($16 + $17) / 100 }' /proc/$$/stat; }
+# CPU seconds of a process and of its waited-for children (for the worker: its Nix processes and their builders).
+process_cpu() { awk '{ printf "%.2f", ($14 + $15 + $16 + $17) / 100 }' /proc/"$1"/stat; }
+
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 
 # Runs ROUNDS alternating rounds of SHAPE; prints one line per round and sets PLAIN and GRADIENT (medians).
@@ -165,18 +170,25 @@ measure() {
     write_flake "$work/plain-$shape-$round" "$shape" "plain-$label-$round-$RANDOM-$RANDOM"
     local start
     start=$(date +%s.%N)
+    local plain_cpu
+    plain_cpu=$(children_cpu)
     nix build --no-link "git+file://$work/plain-$shape-$round#all" >&2
     plain_times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
+    plain_cpu=$(echo "$(children_cpu) - $plain_cpu" | bc -l)
 
     write_flake "$work/repo-$shape" "$shape" "gradient-$label-$round-$RANDOM-$RANDOM"
-    local commit id status server_cpu builds
+    local commit id status server_cpu worker_cpu builds
     commit=$(git -C "$work/repo-$shape" rev-parse HEAD)
-    server_cpu=$(awk '{print $14+$15}' /proc/"$server_pid"/stat)
+    server_cpu=$(process_cpu "$server_pid")
+    worker_cpu=$(process_cpu "$worker_pid")
     : > "$work/worker.log"
     start=$(date +%s.%N)
     id=$(curl -fs -X POST "$api/projects/bench/$shape/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
     while :; do
-      status=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq -r .message.evaluation.status)
+      # The project's list of evaluations, not the evaluation with its builds: reading hundreds of builds 20
+      # times a second cost the server more CPU than the CI loop itself (on the same 2 cores).
+      status=$(curl -fs "$api/projects/bench/$shape/evaluations" "${auth[@]}" \
+        | jq -r --arg id "$id" '.message[] | select(.id == $id) | .status')
       case "$status" in Completed) break ;; Failed|Aborted)
           curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.errors[]?.message' >&2
           tail -20 "$work/worker.log" >&2
@@ -191,9 +203,11 @@ measure() {
     fi
     builds=$(curl -fs "$api/evals/$id" "${auth[@]}" | jq '[.message.builds[] | select(.status == "Completed")] | length')
     [ "$builds" = "$want" ] || die "$label round $round: $builds of $want builds completed"
-    printf '  %-7s round %s: plain %6.2f s, Gradient %6.2f s (server CPU %.2f s, %s batches)\n' "$label" "$round" \
-      "${plain_times[-1]}" "${gradient_times[-1]}" \
-      "$(echo "($(awk '{print $14+$15}' /proc/"$server_pid"/stat) - $server_cpu) / 100" | bc -l)" \
+    # CPU seconds as well as wall time: on a machine others share, the CPU each side used varies much less.
+    printf '  %-7s round %s: plain %6.2f s (CPU %.2f s), Gradient %6.2f s (CPU: server %.2f s, worker with its Nix %.2f s; %s batches)\n' \
+      "$label" "$round" "${plain_times[-1]}" "$plain_cpu" "${gradient_times[-1]}" \
+      "$(echo "$(process_cpu "$server_pid") - $server_cpu" | bc -l)" \
+      "$(echo "$(process_cpu "$worker_pid") - $worker_cpu" | bc -l)" \
       "$(grep -c 'batch of' "$work/worker.log" || true)" >&2
   done
   PLAIN=$(median "${plain_times[@]}")
