@@ -604,6 +604,14 @@ pub async fn run_batch<N: Nix>(
 /// processes and two requests whatever its size, taken from the builds on a busy machine.
 const PUSH_SPACING: Duration = Duration::from_millis(250);
 
+/// When the next push of a run may start, given when this one started and ended: [`PUSH_SPACING`] after it
+/// started, and no sooner after it ended than it took. Pushing then takes at most about half of the time while
+/// Nix builds: on a busy machine, where each push (two Nix processes, two requests, the server's import) takes
+/// longer, the run's Nix gets more of the machine and the builds are pushed in fewer, larger pushes.
+fn next_push(started: tokio::time::Instant, ended: tokio::time::Instant) -> tokio::time::Instant {
+    (started + PUSH_SPACING).max(ended + ended.saturating_duration_since(started))
+}
+
 /// What the pushes of one run did, for the log.
 #[derive(Default)]
 struct Pushed {
@@ -635,7 +643,7 @@ async fn push_as_built<N: Nix>(
     let mut next = tokio::time::Instant::now();
     let mut open = true;
     while open {
-        // What was built since the last push, once PUSH_SPACING has passed since it started (or Nix ended).
+        // What was built since the last push, once `next_push` lets the next start (or Nix ended).
         let mut group: Vec<String> = Vec::new();
         loop {
             tokio::select! {
@@ -650,7 +658,8 @@ async fn push_as_built<N: Nix>(
                 _ = tokio::time::sleep_until(next), if !group.is_empty() => break,
             }
         }
-        next = tokio::time::Instant::now() + PUSH_SPACING;
+        let started = tokio::time::Instant::now();
+        next = started + PUSH_SPACING;
         group.retain(|d| done.insert(d.clone()));
         // The group's jobs (a drv may be several jobs'), those still wanted, and the outputs to push.
         let jobs: Vec<(usize, JobId)> = drvs
@@ -694,6 +703,7 @@ async fn push_as_built<N: Nix>(
                     })
                     .await;
                 pushed.busy += pushing.elapsed();
+                next = next_push(started, tokio::time::Instant::now());
                 pushed.pushes += 1;
                 pushed.paths += paths.len();
                 tracing::debug!(
@@ -731,5 +741,20 @@ impl Drop for Cleanup {
         if let Some(roots) = &self.1 {
             let _ = std::fs::remove_dir_all(roots);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_are_spaced_by_the_spacing_or_by_as_long_as_the_last_one_took() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        // A quick push: the spacing.
+        assert_eq!(next_push(t0, t0 + ms(40)), t0 + PUSH_SPACING);
+        // A push taking 300 ms (a busy machine): as long again after it ended.
+        assert_eq!(next_push(t0, t0 + ms(300)), t0 + ms(600));
     }
 }
