@@ -41,10 +41,8 @@ pub async fn build(
     let mut cmd = cli.command("nix-store");
     metadata.apply(&mut cmd);
     cmd.args(["--realise", drv_path]);
-    realise_options(&mut cmd, opts);
-    if substitutes_unneeded(vec![drv_path.to_owned()]).await {
-        cmd.args(["--option", "substitute", "false"]);
-    }
+    let caches_needed = !inputs_all_present(vec![drv_path.to_owned()]).await;
+    realise_options(&mut cmd, opts, caches_needed);
     let finished = match process::run(cmd, opts.timeout.map(|t| t + GRACE), on_log).await? {
         Ended::TimedOut(tail) => return Err(NixError::Timeout { log_tail: tail.text() }),
         Ended::Exited(finished) => finished,
@@ -77,10 +75,13 @@ pub async fn build(
 
 /// What every `nix-store --realise` gets from the build options: the extra substituters with their keys and
 /// credentials, the GC root, the time limit.
-fn realise_options(cmd: &mut tokio::process::Command, opts: &BuildOptions) {
+/// Options of a `nix-store --realise` run. `gradient_caches`: whether the run is given Gradient's caches
+/// (`opts.substituters`) as extra substituters; Nix's own substituters (the machine's `nix.conf`) are always
+/// kept, so what the public caches hold is still fetched rather than built.
+fn realise_options(cmd: &mut tokio::process::Command, opts: &BuildOptions, gradient_caches: bool) {
     // A path missing from Gradient's cache a minute ago may be there now: never trust a cached "absent".
     cmd.args(["--option", "narinfo-cache-negative-ttl", "0"]);
-    if !opts.substituters.is_empty() {
+    if gradient_caches && !opts.substituters.is_empty() {
         cmd.args(["--option", "extra-substituters", &opts.substituters.join(" ")]);
     }
     if !opts.trusted_public_keys.is_empty() {
@@ -170,14 +171,15 @@ fn classify(code: Option<i32>, lines: &[&str], drv_path: &str, log_tail: String)
     }
 }
 
-/// Whether Nix building `drvs` in one run would have nothing to substitute: their `.drv` files are in the store,
-/// and so is everything they need that the run does not build (the outputs of their other input derivations and
-/// their sources), as their `.drv` files say. Then the run goes without substituters: Nix would otherwise ask each
-/// of them about each output of the run before building it (several requests per build, one after another
-/// along a chain), only to hear it is not there. `false` whenever it cannot be told: a file missing or not what
+/// Whether Nix building `drvs` in one run would need nothing from Gradient's caches: their `.drv` files are in
+/// the store, and so is everything they need that the run does not build (the outputs of their other input
+/// derivations and their sources), as their `.drv` files say. Then the run goes without Gradient's caches as
+/// substituters: the server hands out a build only when its outputs are in none of the organization's caches,
+/// and Nix would otherwise ask each cache about each output of the run before building it (several requests
+/// per build, one after another along a chain), only to hear it is not there. Nix's own substituters stay. `false` whenever it cannot be told: a file missing or not what
 /// Nix writes, an output whose path is not known before building. A path present is taken as valid: if it is
 /// not (being built by another Nix), Nix waits for it or builds it from its `.drv`, which is in the store.
-fn nothing_to_substitute(drvs: &[String]) -> bool {
+fn nothing_needed_from_caches(drvs: &[String]) -> bool {
     let in_store = |path: &str| std::fs::symlink_metadata(path).is_ok();
     let read = |drv: &str| {
         std::fs::read(drv)
@@ -209,9 +211,9 @@ fn nothing_to_substitute(drvs: &[String]) -> bool {
     true
 }
 
-/// [`nothing_to_substitute`] off the async threads (it reads files).
-async fn substitutes_unneeded(drvs: Vec<String>) -> bool {
-    tokio::task::spawn_blocking(move || nothing_to_substitute(&drvs))
+/// [`nothing_needed_from_caches`] off the async threads (it reads files).
+async fn inputs_all_present(drvs: Vec<String>) -> bool {
+    tokio::task::spawn_blocking(move || nothing_needed_from_caches(&drvs))
         .await
         .unwrap_or(false)
 }
@@ -347,10 +349,8 @@ pub async fn build_many(
     metadata.apply(&mut cmd);
     cmd.args(["--realise", "--keep-going", "--log-format", "internal-json"]);
     cmd.args(drvs.iter().map(|(d, _)| d.as_str()));
-    realise_options(&mut cmd, opts);
-    if substitutes_unneeded(drvs.iter().map(|(d, _)| d.clone()).collect()).await {
-        cmd.args(["--option", "substitute", "false"]);
-    }
+    let caches_needed = !inputs_all_present(drvs.iter().map(|(d, _)| d.clone()).collect()).await;
+    realise_options(&mut cmd, opts, caches_needed);
     let mut log = StructuredLog::default();
     // Which of the run's builds have ended, as far as Nix has said (see `Watch`).
     let watch = std::sync::Mutex::new(Watch::default());

@@ -1143,3 +1143,44 @@ async fn fetching_and_evaluating_a_flake_without_inputs_takes_two_nix_processes(
     let commands = std::fs::read_to_string(&log).unwrap();
     assert!(commands.contains("flake archive"), "{commands}");
 }
+
+#[tokio::test]
+async fn a_run_that_needs_nothing_from_gradients_caches_still_fetches_from_the_machines_own_substituters() {
+    // z builds only while a flag file exists; once built, its output goes to a file:// cache that is the
+    // machine's own substituter, and leaves the store; then the flag goes. Realising z again must fetch it.
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("flag");
+    let cache = dir.path().join("cache");
+    std::fs::write(&flag, "").unwrap();
+    let d = instantiate(&format!(
+        r#"{{ z = mk "z" "if [ -e {} ]; then echo z > $out; else exit 1; fi" {{ }}; }}"#,
+        flag.display()
+    ));
+    let (url, asked) = empty_cache();
+    let opts = BuildOptions {
+        substituters: vec![url],
+        ..BuildOptions::default()
+    };
+    let z = vec![d["z"].clone()];
+    let out = d["z"].1["out"].clone();
+    let outcomes = nix().build_many(&z, &opts, |_, _| {}, |_| {}).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let cache_url = format!("file://{}", cache.display());
+    run("nix", &["copy", "--to", &cache_url, &out], dir.path());
+    run("nix-store", &["--delete", &out], dir.path());
+    assert!(!valid(&out));
+    std::fs::remove_file(&flag).unwrap();
+
+    let own_cache = NixCli::new().env(
+        "NIX_CONFIG",
+        format!("{NIX_CONFIG}\nsubstituters = {cache_url}\nrequire-sigs = false"),
+    );
+    let outcomes = own_cache.build_many(&z, &opts, |_, _| {}, |_| {}).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "fetched, not built: {outcomes:?}");
+    assert!(valid(&out));
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "Gradient's cache was not asked: the run needed nothing from it"
+    );
+}
