@@ -39,7 +39,8 @@ const STANDARD_OUTPUTS: &[&str] = &[
 ];
 
 /// Lists names below the output, following the patterns (lists of names, `null` for `*`). Each node is
-/// `leaf x` where every pattern ends (`{}` when only listing, [`TRY_DRV`] when listing and evaluating at once),
+/// `leaf x` where every pattern ends, or where one ends at a value that cannot be walked into (a derivation
+/// selected by `a.*` while `a.*.*` goes on) (`{}` when only listing, [`TRY_DRV`] when listing and evaluating at once),
 /// `{ e = true; }` (could not be evaluated) or `{ c = { <name> = node; … }; }`.
 const WALKER: &str = r#"leaf: pats: v: let
   isDrv = x: (x.type or null) == "derivation";
@@ -50,7 +51,7 @@ const WALKER: &str = r#"leaf: pats: v: let
     in
     if deeper == [ ] then leaf x
     else if !r.success then { e = true; }
-    else if !r.value then { }
+    else if !r.value then (if builtins.elem [ ] pats then leaf x else { })
     else {
       c = builtins.listToAttrs (builtins.concatMap (name:
         let sub = map builtins.tail (builtins.filter (p: builtins.head p == null || builtins.head p == name) deeper);

@@ -421,6 +421,16 @@ async fn wildcards_select_exclude_and_skip() {
     assert_eq!(names(&jobs.attributes), ["hydraJobs.rooted", "hydraJobs.top"]);
     assert!(jobs.errors["hydraJobs.notadrv"].contains("not a derivation"));
 
+    // Patterns of different depths: a derivation selected by the shorter one is built, not an error because the
+    // longer one goes on (listing and evaluating at once answered it as failed).
+    let mixed = evaluate(&flake, "hydraJobs.*, hydraJobs.*.*").await;
+    assert_eq!(names(&mixed.attributes), ["hydraJobs.rooted", "hydraJobs.top"]);
+    assert!(
+        mixed.errors.keys().all(|k| k == "hydraJobs.notadrv"),
+        "{:?}",
+        mixed.errors
+    );
+
     let one = evaluate(&flake, &format!("packages.{sys}.a")).await;
     assert_eq!(names(&one.attributes), [format!("packages.{sys}.a")]);
 
