@@ -608,9 +608,16 @@ const PUSH_SPACING: Duration = Duration::from_millis(250);
 /// started, and no sooner after it ended than it took. Pushing then takes at most about half of the time while
 /// Nix builds: on a busy machine, where each push (two Nix processes, two requests, the server's import) takes
 /// longer, the run's Nix gets more of the machine and the builds are pushed in fewer, larger pushes.
-fn next_push(started: tokio::time::Instant, ended: tokio::time::Instant) -> tokio::time::Instant {
-    (started + PUSH_SPACING).max(ended + ended.saturating_duration_since(started))
+/// The time a push spent waiting to retry after a failure does not count as taking long (the server may be back),
+/// and the pause after a push is at most [`MAX_PUSH_PAUSE`]: where pushes are slow for the network rather than
+/// the machine (a remote worker, large outputs), the builds' reports are not held back for longer.
+fn next_push(started: tokio::time::Instant, ended: tokio::time::Instant, waited: Duration) -> tokio::time::Instant {
+    let took = ended.saturating_duration_since(started).saturating_sub(waited);
+    (started + PUSH_SPACING).max(ended + took.min(MAX_PUSH_PAUSE))
 }
+
+/// The longest pause [`next_push`] puts after a push.
+const MAX_PUSH_PAUSE: Duration = Duration::from_secs(1);
 
 /// What the pushes of one run did, for the log.
 #[derive(Default)]
@@ -692,8 +699,10 @@ async fn push_as_built<N: Nix>(
                     );
                 }
                 let pushing = std::time::Instant::now();
+                let mut waited = Duration::ZERO;
                 let result =
                     gradient_domain::push::push_more_retrying(nix, cache, target, &paths, &mut in_cache, |delay, e| {
+                        waited += delay;
                         tracing::warn!(
                             target: "gradient::build",
                             "{e}; trying again in {}s",
@@ -703,7 +712,7 @@ async fn push_as_built<N: Nix>(
                     })
                     .await;
                 pushed.busy += pushing.elapsed();
-                next = next_push(started, tokio::time::Instant::now());
+                next = next_push(started, tokio::time::Instant::now(), waited);
                 pushed.pushes += 1;
                 pushed.paths += paths.len();
                 tracing::debug!(
@@ -753,8 +762,12 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let ms = Duration::from_millis;
         // A quick push: the spacing.
-        assert_eq!(next_push(t0, t0 + ms(40)), t0 + PUSH_SPACING);
+        assert_eq!(next_push(t0, t0 + ms(40), ms(0)), t0 + PUSH_SPACING);
         // A push taking 300 ms (a busy machine): as long again after it ended.
-        assert_eq!(next_push(t0, t0 + ms(300)), t0 + ms(600));
+        assert_eq!(next_push(t0, t0 + ms(300), ms(0)), t0 + ms(600));
+        // A push that waited 20 s to retry and then took 300 ms: the wait does not count.
+        assert_eq!(next_push(t0, t0 + ms(20_300), ms(20_000)), t0 + ms(20_600));
+        // A push taking 5 s (a slow network): at most a second's pause.
+        assert_eq!(next_push(t0, t0 + ms(5_000), ms(0)), t0 + ms(6_000));
     }
 }
