@@ -27,6 +27,8 @@ pub type ResponseBody = http_body_util::combinators::BoxBody<Bytes, std::io::Err
 /// Answers some requests itself, before the application: `answer` takes a request it answers (the future
 /// makes the response) and hands any other back untouched.
 pub trait Shortcut: Send + Sync + 'static {
+    // The request goes back as it came (moved, not boxed): boxing it would cost an allocation per request.
+    #[allow(clippy::result_large_err)]
     fn answer<B: Send + 'static>(
         &self,
         req: http::Request<B>,

@@ -21,7 +21,7 @@ use crate::state::AppState;
 use gradient_domain::model::Cache;
 use gradient_domain::ports::nar_store::NarStore;
 use gradient_domain::service::LogText;
-use gradient_domain::service::{Caller, MAX_MISSING_QUERY, ServiceError, nar_key, nix_cache_info};
+use gradient_domain::service::{MAX_MISSING_QUERY, ServiceError, nar_key, nix_cache_info};
 use poem::http::{HeaderMap, Method, StatusCode, header};
 use poem::web::{Path, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
@@ -159,28 +159,29 @@ fn credential(headers: &HeaderMap) -> Option<String> {
     Some(if password.is_empty() { login } else { password }.to_owned())
 }
 
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServiceError> {
-    state.core.cache_caller(credential(headers).as_deref()).await
+/// The cache, for reading (`write: false`) or pushing, as the request's credential allows: a job token's
+/// organization's rights first, else the session's or key's (the credential is read once).
+async fn cache_for(state: &AppState, headers: &HeaderMap, name: &str, write: bool) -> Result<Cache, ServiceError> {
+    let token = credential(headers);
+    if let Some(token) = &token
+        && let Some(cache) = state.core.cache_for_job_token(token, name, write).await?
+    {
+        return Ok(cache);
+    }
+    let caller = state.core.cache_caller(token.as_deref()).await?;
+    if write {
+        state.core.writable_cache(&caller, name).await
+    } else {
+        state.core.readable_cache(&caller, name).await
+    }
 }
 
 async fn read_cache(state: &AppState, headers: &HeaderMap, name: &str) -> Result<Cache, ServiceError> {
-    if let Some(token) = credential(headers)
-        && let Some(cache) = state.core.cache_for_job_token(&token, name, false).await?
-    {
-        return Ok(cache);
-    }
-    let caller = caller(state, headers).await?;
-    state.core.readable_cache(&caller, name).await
+    cache_for(state, headers, name, false).await
 }
 
 async fn write_cache(state: &AppState, headers: &HeaderMap, name: &str) -> Result<Cache, ServiceError> {
-    if let Some(token) = credential(headers)
-        && let Some(cache) = state.core.cache_for_job_token(&token, name, true).await?
-    {
-        return Ok(cache);
-    }
-    let caller = caller(state, headers).await?;
-    state.core.writable_cache(&caller, name).await
+    cache_for(state, headers, name, true).await
 }
 
 #[handler]
