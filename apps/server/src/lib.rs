@@ -863,7 +863,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("Gradient {} listening on http://{addr}", env!("CARGO_PKG_VERSION"));
     serve::serve(
         listener,
-        app(state),
+        app(state.clone()),
+        cache::NarinfoShortcut::new(state),
         shutdown_signal(),
         std::time::Duration::from_secs(10),
         serve::HEADER_READ_TIMEOUT,

@@ -249,7 +249,8 @@ impl Metrics {
         self.counter("gradient_cache_pushed_bytes_total", &[])
     }
 
-    fn http_request(&self, route: &str, method: &'static str, status: u16) {
+    /// An HTTP request answered, by route template, method and status.
+    pub(crate) fn http_request(&self, route: &str, method: &'static str, status: u16) {
         let known = self.requests.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(counter) = known.get(&(method, status)).and_then(|routes| routes.get(route)) {
             counter.increment(1);

@@ -12,15 +12,17 @@
 
 mod fetches;
 mod range;
+mod shortcut;
 
 pub use fetches::FetchLog;
+pub use shortcut::NarinfoShortcut;
 
 use crate::state::AppState;
 use gradient_domain::model::Cache;
 use gradient_domain::ports::nar_store::NarStore;
 use gradient_domain::service::LogText;
-use gradient_domain::service::{Caller, MAX_MISSING_QUERY, ServiceError, nar_key, nix_cache_info};
-use poem::http::{Method, StatusCode, header};
+use gradient_domain::service::{MAX_MISSING_QUERY, ServiceError, nar_key, nix_cache_info};
+use poem::http::{HeaderMap, Method, StatusCode, header};
 use poem::web::{Path, RemoteAddr};
 use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, handler};
 use std::sync::Arc;
@@ -144,9 +146,9 @@ impl AsRef<[u8]> for Shared {
 }
 
 /// The token a request carries: a bearer token, or the password (else the login) of HTTP Basic.
-fn credential(req: &Request) -> Option<String> {
+fn credential(headers: &HeaderMap) -> Option<String> {
     use base64::Engine;
-    let value = req.header(header::AUTHORIZATION)?;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     if let Some(token) = value.strip_prefix("Bearer ") {
         return Some(token.trim().to_owned());
     }
@@ -157,28 +159,29 @@ fn credential(req: &Request) -> Option<String> {
     Some(if password.is_empty() { login } else { password }.to_owned())
 }
 
-async fn caller(state: &AppState, req: &Request) -> Result<Caller, ServiceError> {
-    state.core.cache_caller(credential(req).as_deref()).await
-}
-
-async fn read_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
-    if let Some(token) = credential(req)
-        && let Some(cache) = state.core.cache_for_job_token(&token, name, false).await?
+/// The cache, for reading (`write: false`) or pushing, as the request's credential allows: a job token's
+/// organization's rights first, else the session's or key's (the credential is read once).
+async fn cache_for(state: &AppState, headers: &HeaderMap, name: &str, write: bool) -> Result<Cache, ServiceError> {
+    let token = credential(headers);
+    if let Some(token) = &token
+        && let Some(cache) = state.core.cache_for_job_token(token, name, write).await?
     {
         return Ok(cache);
     }
-    let caller = caller(state, req).await?;
-    state.core.readable_cache(&caller, name).await
+    let caller = state.core.cache_caller(token.as_deref()).await?;
+    if write {
+        state.core.writable_cache(&caller, name).await
+    } else {
+        state.core.readable_cache(&caller, name).await
+    }
 }
 
-async fn write_cache(state: &AppState, req: &Request, name: &str) -> Result<Cache, ServiceError> {
-    if let Some(token) = credential(req)
-        && let Some(cache) = state.core.cache_for_job_token(&token, name, true).await?
-    {
-        return Ok(cache);
-    }
-    let caller = caller(state, req).await?;
-    state.core.writable_cache(&caller, name).await
+async fn read_cache(state: &AppState, headers: &HeaderMap, name: &str) -> Result<Cache, ServiceError> {
+    cache_for(state, headers, name, false).await
+}
+
+async fn write_cache(state: &AppState, headers: &HeaderMap, name: &str) -> Result<Cache, ServiceError> {
+    cache_for(state, headers, name, true).await
 }
 
 #[handler]
@@ -191,11 +194,11 @@ async fn cache_info(req: &Request, Path(cache): Path<String>, remote: &RemoteAdd
         }
         if req.method() == Method::PUT {
             // Nix writes nix-cache-info into a fresh store; ours always exists, so only check the right.
-            write_cache(state, req, &cache).await?;
+            write_cache(state, req.headers(), &cache).await?;
             drop(body);
             return Ok(Response::builder().status(StatusCode::NO_CONTENT).finish());
         }
-        let cache = read_cache(state, req, &cache).await?;
+        let cache = read_cache(state, req.headers(), &cache).await?;
         let local = remote.as_socket_addr().is_some_and(|peer| {
             let forwarded = req.header("x-forwarded-for");
             let ip = gradient_domain::net::client_ip(peer.ip(), forwarded, &state.http.trusted_proxies);
@@ -229,22 +232,16 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
     let result = async {
         match *req.method() {
             Method::GET | Method::HEAD => {
-                let cache = read_cache(state, req, &cache).await?;
-                let found = state.core.signed_narinfo(&cache, hash_part).await?;
-                state.metrics.cache_lookup("narinfo", found.is_some());
-                let Some(text_body) = found else {
-                    return Err(ServiceError::NotFound(format!("{hash_part} is not in this cache")));
-                };
-                state.fetches.record(cache.id, hash_part);
+                let text_body = read_narinfo(state, req.headers(), &cache, hash_part).await?;
                 Ok(text(
                     StatusCode::OK,
-                    "text/x-nix-narinfo",
+                    NARINFO_TYPE,
                     bytes::Bytes::from_owner(Shared(text_body)),
                     req.method() == Method::HEAD,
                 ))
             }
             Method::PUT => {
-                let cache = write_cache(state, req, &cache).await?;
+                let cache = write_cache(state, req.headers(), &cache).await?;
                 let bytes = body.into_bytes_limit(MAX_NARINFO).await.map_err(|_| {
                     ServiceError::invalid("narinfo_too_large", format!("a narinfo is at most {MAX_NARINFO} bytes"))
                 })?;
@@ -263,6 +260,27 @@ async fn narinfo(req: &Request, Path((cache, file)): Path<(String, String)>, bod
     result.unwrap_or_else(failure)
 }
 
+/// The `Content-Type` of a narinfo.
+const NARINFO_TYPE: &str = "text/x-nix-narinfo";
+
+/// A narinfo read (`GET`/`HEAD {cache}/{hash_part}.narinfo`), for the handler and the shortcut alike: the
+/// cache's read rules for the request's credentials, the signed text, and the counts of hits and fetches.
+async fn read_narinfo(
+    state: &AppState,
+    headers: &HeaderMap,
+    cache: &str,
+    hash_part: &str,
+) -> Result<Arc<str>, ServiceError> {
+    let cache = read_cache(state, headers, cache).await?;
+    let found = state.core.signed_narinfo(&cache, hash_part).await?;
+    state.metrics.cache_lookup("narinfo", found.is_some());
+    let Some(text) = found else {
+        return Err(ServiceError::NotFound(format!("{hash_part} is not in this cache")));
+    };
+    state.fetches.record(cache.id, hash_part);
+    Ok(text)
+}
+
 /// `<hash>.ls`: the path's NAR listing, read like a narinfo. A push of one (`nix copy` with
 /// `write-nar-listing=true`) is accepted and dropped: the server wrote its own from the NAR it checked.
 async fn listing(
@@ -274,7 +292,7 @@ async fn listing(
 ) -> Result<Response, ServiceError> {
     match *req.method() {
         Method::GET | Method::HEAD => {
-            let cache = read_cache(state, req, cache).await?;
+            let cache = read_cache(state, req.headers(), cache).await?;
             let missing = || ServiceError::NotFound(format!("{hash_part} has no listing in this cache"));
             let (size, stream) = state
                 .core
@@ -294,7 +312,7 @@ async fn listing(
             )
         }
         Method::PUT => {
-            write_cache(state, req, cache).await?;
+            write_cache(state, req.headers(), cache).await?;
             drop(body);
             Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
         }
@@ -311,7 +329,7 @@ async fn build_log(req: &Request, Path((cache, file)): Path<(String, String)>) -
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             return Ok(Response::builder().status(StatusCode::METHOD_NOT_ALLOWED).finish());
         }
-        let cache = read_cache(state, req, &cache).await?;
+        let cache = read_cache(state, req.headers(), &cache).await?;
         // A log cut in the middle already carries the marker line saying so.
         let Some(LogText { text: log, .. }) = state.core.cache_build_log(&cache, &file).await? else {
             return Err(ServiceError::NotFound(format!("no build log of {file} in this cache")));
@@ -335,11 +353,11 @@ async fn nar(req: &Request, Path((cache, file)): Path<(String, String)>, body: B
     let result = async {
         match *req.method() {
             Method::GET | Method::HEAD => {
-                let cache = read_cache(state, req, &cache).await?;
+                let cache = read_cache(state, req.headers(), &cache).await?;
                 serve_nar(state, req, &cache, &url).await
             }
             Method::PUT => {
-                let cache = write_cache(state, req, &cache).await?;
+                let cache = write_cache(state, req.headers(), &cache).await?;
                 state
                     .core
                     .receive_nar(
@@ -363,7 +381,7 @@ async fn missing_paths(req: &Request, Path(cache): Path<String>, body: Body) -> 
     let state: &AppState = req.data().expect("state is attached to the cache routes");
     state.metrics.cache_request("missing");
     let result = async {
-        let cache = write_cache(state, req, &cache).await?;
+        let cache = write_cache(state, req.headers(), &cache).await?;
         let bytes = body.into_bytes_limit(MAX_MISSING_BODY).await.map_err(|_| {
             ServiceError::invalid(
                 "request_too_large",
@@ -389,7 +407,7 @@ async fn import_paths(req: &Request, Path(cache): Path<String>, body: Body) -> R
     let state: &AppState = req.data().expect("state is attached to the cache routes");
     state.metrics.cache_request("import");
     let result = async {
-        let cache = write_cache(state, req, &cache).await?;
+        let cache = write_cache(state, req.headers(), &cache).await?;
         let imported = state
             .core
             .import_paths(
