@@ -60,7 +60,7 @@ impl HttpRepo {
             &["init", "-q", "--bare", "-b", "main", bare.to_str().expect("path")],
         );
         let port = crate::harness::free_port();
-        let server = Command::new("python3")
+        let server = crate::harness::tied("python3")
             .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
             .current_dir(&served)
             .stdout(Stdio::null())
@@ -100,8 +100,7 @@ impl HttpRepo {
 
 impl Drop for HttpRepo {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        crate::harness::kill_group(&mut self.server);
     }
 }
 

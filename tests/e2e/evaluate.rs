@@ -17,7 +17,7 @@ struct StaticFiles {
 
 impl StaticFiles {
     fn start(root: &std::path::Path) -> Self {
-        let mut child = Command::new("python3")
+        let mut child = crate::harness::tied("python3")
             .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
             .arg(root)
             .stdout(Stdio::piped())
@@ -41,8 +41,7 @@ impl StaticFiles {
 
 impl Drop for StaticFiles {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::kill_group(&mut self.child);
     }
 }
 
