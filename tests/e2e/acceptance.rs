@@ -11,7 +11,7 @@ use crate::statuses::FakeForge;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// The flake: a chain a ← b ← c, a derivation with two outputs, a failing check and a check depending on it.

@@ -7,7 +7,7 @@ use crate::harness::Server;
 use crate::pipeline::{git, org_with_project, script_repo, start_worker, wait_for_completed};
 use reqwest::Method;
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 /// Python's static file server over `root` on 127.0.0.1; killed when dropped.
 struct StaticFiles {
