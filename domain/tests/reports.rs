@@ -9,7 +9,7 @@ mod common;
 use gradient_domain::model::{EvaluationTrigger, JobId, JobState, Org, Project};
 use gradient_domain::ports::Fleet;
 use gradient_domain::ports::clock::SystemClock;
-use gradient_domain::ports::storage::{Evaluations, Queue};
+use gradient_domain::ports::storage::{Evaluations, Orgs, Queue};
 use gradient_domain::proto::{EvaluatedDerivation, FailureKind, Job, JobOutcome, Stage, WorkerMessage};
 use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::service::{Dispatched, JobReport, ServiceError, Settings};
@@ -385,4 +385,160 @@ async fn a_build_ended_in_a_batch_before_the_evaluation_that_needs_it_is_recorde
         EvaluationStatus::Completed,
         "the later evaluation, recorded after the build ended in the same batch"
     );
+}
+
+/// Runs a future of the in-memory ports to its end here and now (they never wait): for what a test interleaves
+/// between two storage operations of a use case (`MemoryStorage::interleave`).
+fn at_once<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the in-memory ports never wait"),
+    }
+}
+
+#[tokio::test]
+async fn an_abort_committed_while_ends_are_recorded_wins_and_nothing_is_lost() {
+    let names = ["a", "b", "c"];
+    for batched in [true, false] {
+        let mut aborted_first = 0;
+        // The abort commits before each storage operation of the reports in turn, until they fit before it.
+        for ops in 0.. {
+            let app = common::app(SystemClock, Settings::default());
+            let caller = common::signed_up(&app, "u").await;
+            let org = common::org(&app, &caller, "o").await;
+            let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+            let w = worker(1, &org);
+            let drvs = names.iter().map(|n| derivation(n, &[])).collect();
+            let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+            let aborted = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let (other, seen) = (app.app.clone(), aborted.clone());
+            app.storage.interleave(ops, move || {
+                *seen.lock().unwrap() = Some(at_once(other.abort_evaluation(&caller, e)).is_ok());
+            });
+            let results = if batched {
+                let batch = jobs.values().map(|j| finished(*j, JobOutcome::Success)).collect();
+                app.record_reports(w.id, &w.orgs, batch).await
+            } else {
+                let mut results = Vec::new();
+                for j in jobs.values() {
+                    results.push(
+                        app.record_job_finished(*j, w.id, &w.orgs, JobOutcome::Success, None)
+                            .await,
+                    );
+                }
+                results
+            };
+            let Some(abort_won) = *aborted.lock().unwrap() else {
+                break;
+            };
+            // The jobs the abort told the worker to stop: those whose build it found unfinished and aborted.
+            let told: Vec<JobId> = app
+                .fleet
+                .delivered(w.id)
+                .into_iter()
+                .filter_map(|d| match d {
+                    gradient_ports::fleet::Delivered::Abort(job) => Some(job),
+                    _ => None,
+                })
+                .collect();
+            // Every report is recorded (none to send again), every job ended, every log kept.
+            assert_eq!(verdicts(&results), ["ok"; 3], "{batched} {ops}");
+            let mut some_aborted = false;
+            for n in names {
+                let b = app
+                    .storage
+                    .build(org.id, &derivation(n, &[]).drv_path)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                // An abort that found the build unfinished wins: its worker's late success does not undo it.
+                assert_eq!(
+                    b.status == BuildStatus::Aborted,
+                    told.contains(&jobs[n]),
+                    "{batched} {ops} {n}: {:?}",
+                    b.transitions
+                );
+                let want: &[BuildStatus] = if abort_won {
+                    &[BuildStatus::Aborted, BuildStatus::Completed]
+                } else {
+                    &[BuildStatus::Completed]
+                };
+                assert!(want.contains(&b.status), "{batched} {ops} {n}: {:?}", b.status);
+                some_aborted |= b.status == BuildStatus::Aborted;
+                assert!(
+                    app.storage.build_log(b.id).await.unwrap().is_some(),
+                    "{batched} {ops} {n}"
+                );
+            }
+            for j in jobs.values() {
+                assert_eq!(
+                    app.storage.job(*j).await.unwrap().unwrap().state,
+                    JobState::Done,
+                    "{ops}"
+                );
+            }
+            let status = evaluation_status(&app, e).await;
+            assert_eq!(
+                status,
+                if abort_won {
+                    EvaluationStatus::Aborted
+                } else {
+                    EvaluationStatus::Completed
+                },
+                "{batched} {ops} {abort_won}"
+            );
+            if some_aborted {
+                aborted_first += 1;
+            }
+            assert!(ops < 1000, "the reports never fit");
+        }
+        assert!(
+            aborted_first > 0,
+            "{batched}: some abort came before a build's end was written"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_batch_whose_organization_of_one_build_is_deleted_meanwhile_records_the_others() {
+    let names = ["a", "b", "c"];
+    // The organization "gone" is deleted before each storage operation of the batch in turn: among them,
+    // after its build was read and before the batch's builds are written together, which then finds that
+    // build's row gone (NotFound) and writes each on its own.
+    for ops in 0.. {
+        let app = common::app(SystemClock, Settings::default());
+        let caller = common::signed_up(&app, "u").await;
+        let kept = common::org(&app, &caller, "kept").await;
+        let gone = common::org(&app, &caller, "gone").await;
+        let p_kept = common::project(&app, &caller, "kept", "p", "https://example.com/p.git").await;
+        let p_gone = common::project(&app, &caller, "gone", "p", "https://example.com/p.git").await;
+        // One worker proved for both organizations; "gone" has one build, "kept" three.
+        let mut w = worker(1, &kept);
+        w.orgs.insert(gone.id);
+        let drvs = names.iter().map(|n| derivation(n, &[])).collect();
+        let (e, jobs) = evaluated_in_one_batch(&app, &kept, &p_kept, &w, drvs).await;
+        let (_, lost) = evaluated_in_one_batch(&app, &gone, &p_gone, &w, vec![derivation("x", &[])]).await;
+        let deleted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (storage, seen, id) = (app.storage.clone(), deleted.clone(), gone.id);
+        app.storage.interleave(ops, move || {
+            assert!(at_once(storage.delete_org(id)).unwrap());
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // The lost organization's build first: read while it exists, written with the others after.
+        let mut batch = vec![finished(lost["x"], JobOutcome::Success)];
+        batch.extend(jobs.values().map(|j| finished(*j, JobOutcome::Success)));
+        let results = app.record_reports(w.id, &w.orgs, batch).await;
+        if !deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        // "kept"'s builds are recorded whatever happened to "gone" meanwhile.
+        assert_eq!(verdicts(&results)[1..], ["ok"; 3], "{ops}: {results:?}");
+        for n in names {
+            assert_eq!(build_status(&app, &kept, n).await, BuildStatus::Completed, "{ops} {n}");
+        }
+        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed, "{ops}");
+        assert!(ops < 1000, "the batch never fits");
+    }
 }

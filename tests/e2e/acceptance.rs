@@ -11,7 +11,7 @@ use crate::statuses::FakeForge;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// The flake: a chain a ← b ← c, a derivation with two outputs, a failing check and a check depending on it.
@@ -60,7 +60,7 @@ impl HttpRepo {
             &["init", "-q", "--bare", "-b", "main", bare.to_str().expect("path")],
         );
         let port = crate::harness::free_port();
-        let server = Command::new("python3")
+        let server = crate::harness::tied("python3")
             .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
             .current_dir(&served)
             .stdout(Stdio::null())
@@ -100,8 +100,7 @@ impl HttpRepo {
 
 impl Drop for HttpRepo {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        crate::harness::kill_group(&mut self.server);
     }
 }
 

@@ -50,7 +50,7 @@ impl Smtp {
         let port = free_port();
         let inbox = dir.join("inbox.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/smtp_sink.py");
-        let mut child = Command::new(python)
+        let mut child = crate::harness::tied(python)
             .arg(script)
             .args([
                 &port.to_string(),
@@ -111,8 +111,7 @@ impl Smtp {
 
 impl Drop for Smtp {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::kill_group(&mut self.child);
     }
 }
 

@@ -7,7 +7,7 @@ use crate::harness::Server;
 use crate::pipeline::{git, org_with_project, script_repo, start_worker, wait_for_completed};
 use reqwest::Method;
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 /// Python's static file server over `root` on 127.0.0.1; killed when dropped.
 struct StaticFiles {
@@ -17,7 +17,7 @@ struct StaticFiles {
 
 impl StaticFiles {
     fn start(root: &std::path::Path) -> Self {
-        let mut child = Command::new("python3")
+        let mut child = crate::harness::tied("python3")
             .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory"])
             .arg(root)
             .stdout(Stdio::piped())
@@ -41,8 +41,7 @@ impl StaticFiles {
 
 impl Drop for StaticFiles {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::kill_group(&mut self.child);
     }
 }
 

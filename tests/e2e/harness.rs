@@ -21,6 +21,28 @@ pub fn server_binary() -> PathBuf {
     bin
 }
 
+/// A command for a process that must not outlive its test: it runs through util-linux's `setpriv --pdeathsig
+/// KILL`, so the kernel kills it when the thread that started it (the test's) ends, however the test ends (even
+/// killed, when no `Drop` runs), and in a process group of its own, which [`kill_group`] ends with whatever the
+/// process started (nginx's workers, a worker's Nix processes). `setpriv` execs the program: the child's pid
+/// is the program's.
+pub fn tied(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program).process_group(0);
+    cmd
+}
+
+/// Kills a process started with [`tied`] and its whole process group, and reaps it.
+pub fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -90,7 +112,7 @@ impl Server {
 
     fn spawn(base_dir: &Path, port: u16, vars: &[(&str, &str)], log: &Path) -> Child {
         let out = std::fs::File::create(log).expect("log file");
-        let mut cmd = Command::new(server_binary());
+        let mut cmd = tied(server_binary());
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("GRADIENT_BASE_DIR", base_dir)
@@ -152,8 +174,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -291,11 +312,11 @@ impl Worker {
         let log = dir.join(format!("worker-{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let mut cmd = if background_job {
-            let mut sh = Command::new("/bin/sh");
+            let mut sh = tied("/bin/sh");
             sh.args(["-c", r#"trap "" INT QUIT; exec "$0""#]).arg(bin);
             sh
         } else {
-            Command::new(bin)
+            tied(bin)
         };
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -336,7 +357,82 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
+}
+
+/// Whether a process whose command line contains `needle` runs (zombies left out: dead, not yet reaped).
+fn runs(needle: &str) -> bool {
+    let out = Command::new("ps").args(["-eo", "stat=,args="]).output().expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| !l.trim_start().starts_with('Z') && l.contains(needle))
+}
+
+/// The processes whose command line contains `needle`, as `ps` shows them.
+fn matching(needle: &str) -> String {
+    let out = Command::new("ps")
+        .args(["-eo", "pid,ppid,stat,args"])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits up to 10 s for no process matching `needle` to run; answers whether none does.
+fn gone(needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runs(needle) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+#[test]
+fn a_tied_process_dies_with_the_thread_that_started_it_and_with_its_group_everything_it_started() {
+    let unique = || format!("sleep 300.{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000);
+    // Started by a thread that ends without killing it (a test that died before any `Drop` ran).
+    let left = unique();
+    let command = left.clone();
+    std::thread::spawn(move || {
+        let child = tied("/bin/sh")
+            .args(["-c", &format!("exec {command}")])
+            .spawn()
+            .expect("sh");
+        // Running (so `setpriv` has set its parent-death signal) before the thread ends, as in any test.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !runs(&command) {
+            assert!(Instant::now() < deadline, "the process did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::mem::forget(child);
+    })
+    .join()
+    .expect("thread");
+    assert!(
+        gone(&left),
+        "the process outlived the thread that started it: {}",
+        matching(&left)
+    );
+
+    // A process that started another in the background (nginx's master and its workers): both end.
+    let (first, second) = (unique(), unique());
+    let mut child = tied("/bin/sh")
+        .args(["-c", &format!("{first} & {second}")])
+        .spawn()
+        .expect("sh");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(runs(&first) && runs(&second)) {
+        assert!(Instant::now() < deadline, "the processes did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_group(&mut child);
+    assert!(gone(&second), "the process itself");
+    assert!(gone(&first), "what it started in the background");
 }

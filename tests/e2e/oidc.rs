@@ -25,8 +25,7 @@ struct Provider {
 
 impl Drop for Provider {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::kill_group(&mut self.child);
     }
 }
 
@@ -56,7 +55,7 @@ fn users() -> Value {
 fn start_provider(script: &str, dir: &Path, server_port: u16) -> Provider {
     let port = free_port();
     let log = dir.join(format!("oidc-provider-{port}.log"));
-    let child = Command::new("node")
+    let child = crate::harness::tied("node")
         .arg(script)
         .env("OIDC_PORT", port.to_string())
         .env("OIDC_CLIENT_ID", CLIENT_ID)

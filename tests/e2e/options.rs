@@ -202,7 +202,7 @@ async fn error_reports_need_both_settings_and_the_defaults_start() {
 fn output_of(binary: &Path, vars: &[(&str, &str)], run: Duration) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("stderr");
-    let mut cmd = Command::new(binary);
+    let mut cmd = crate::harness::tied(binary);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir.path())
@@ -215,8 +215,7 @@ fn output_of(binary: &Path, vars: &[(&str, &str)], run: Duration) -> String {
     }
     let mut child = cmd.spawn().expect("starts");
     std::thread::sleep(run);
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::harness::kill_group(&mut child);
     std::fs::read_to_string(&log).unwrap_or_default()
 }
 

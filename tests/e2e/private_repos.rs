@@ -52,7 +52,7 @@ impl Sshd {
         // sshd wants its privilege separation directory, which Debian's init scripts make.
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
         let log = dir.join("sshd.log");
-        let child = Command::new("/usr/sbin/sshd")
+        let child = crate::harness::tied("/usr/sbin/sshd")
             .args(["-D", "-f"])
             .arg(&config)
             .arg("-E")
@@ -87,8 +87,7 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::kill_group(&mut self.child);
     }
 }
 

@@ -59,7 +59,7 @@ impl Moto {
             .append(true)
             .open(&self.log)
             .expect("moto log");
-        let child = Command::new(bin)
+        let child = crate::harness::tied(bin)
             .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(out.try_clone().expect("clone"))
             .stderr(out)
@@ -118,8 +118,7 @@ impl Drop for Moto {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // A stopped process must be continued to die of SIGTERM; SIGKILL needs neither.
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::harness::kill_group(&mut child);
         }
     }
 }

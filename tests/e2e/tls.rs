@@ -103,6 +103,7 @@ impl Nginx {
         let conf = format!(
             r#"{user}
 daemon off;
+master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
@@ -140,7 +141,8 @@ http {{
             .find(|p| Path::new(p).exists())
             .unwrap_or("nginx");
         let conf = dir.join("nginx.conf");
-        let child = Command::new(nginx)
+        // One process (`master_process off`), tied to the test: nothing of it outlives the test.
+        let child = crate::harness::tied(nginx)
             .args(["-p"])
             .arg(&dir)
             .args(["-e"])
@@ -178,8 +180,7 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::kill_group(&mut self.child);
     }
 }
 

@@ -205,6 +205,38 @@ struct BuildLogRow {
     created_at: DateTime<Utc>,
 }
 
+/// Inside an async block answering `sqlx::Error`: the statement of `update_build_if` on executor `$e` (an
+/// expression evaluated once per statement, e.g. `&mut *tx`): Some(written), or None when the build is absent.
+macro_rules! update_build_from {
+    ($e:expr, $from:expr, $build:expr, $transitions:expr) => {{
+        let b: &Build = $build;
+        let n = sqlx::query(
+            "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 \
+             WHERE org_id = $1 AND drv_path = $2 AND status = $6",
+        )
+        .bind(b.org_id.0)
+        .bind(&b.drv_path)
+        .bind(b.status.as_str())
+        .bind($transitions)
+        .bind(b.updated_at)
+        .bind(BuildStatus::as_str($from))
+        .execute($e)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            Some(true)
+        } else {
+            // Its status moved meanwhile, or it is absent.
+            let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM builds WHERE org_id = $1 AND drv_path = $2")
+                .bind(b.org_id.0)
+                .bind(&b.drv_path)
+                .fetch_one($e)
+                .await?;
+            (found > 0).then_some(false)
+        }
+    }};
+}
+
 impl Evaluations for SqlStorage {
     async fn create_evaluation(&self, evaluation: &Evaluation) -> Result<()> {
         let sql = concat!(
@@ -280,6 +312,35 @@ impl Evaluations for SqlStorage {
             .map(|r| r.rows_affected()))
         .map_err(db_error)?;
         if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
+    }
+
+    async fn update_evaluation_if(&self, from: EvaluationStatus, evaluation: &Evaluation) -> Result<bool> {
+        let sql = "UPDATE evaluations SET status = $2, errors = $3, updated_at = $4, transitions = $5 \
+                   WHERE id = $1 AND status = $6";
+        let exists = "SELECT COUNT(*) FROM evaluations WHERE id = $1";
+        let errors = errors_json(&evaluation.errors)?;
+        let transitions = transitions_json(&evaluation.transitions, EvaluationStatus::as_str)?;
+        let written = with_pool!(self, |p| async {
+            let n = sqlx::query(sql)
+                .bind(evaluation.id.0)
+                .bind(evaluation.status.as_str())
+                .bind(&errors)
+                .bind(evaluation.updated_at)
+                .bind(&transitions)
+                .bind(from.as_str())
+                .execute(p)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                return Ok(Some(true));
+            }
+            // Its status moved meanwhile, or it is absent.
+            let found: i64 = sqlx::query_scalar(exists).bind(evaluation.id.0).fetch_one(p).await?;
+            Ok::<_, sqlx::Error>((found > 0).then_some(false))
+        }
+        .await)
+        .map_err(db_error)?;
+        written.ok_or(StorageError::NotFound)
     }
 
     async fn delete_evaluation(&self, id: EvaluationId) -> Result<bool> {
@@ -779,41 +840,45 @@ impl Evaluations for SqlStorage {
         if done == 0 { Err(StorageError::NotFound) } else { Ok(()) }
     }
 
-    async fn end_builds(&self, builds: &[Build], logs: &[BuildLog]) -> Result<()> {
-        // The statements of `update_build` and `put_build_log`, in one transaction: a build that is absent
+    async fn update_build_if(&self, from: BuildStatus, build: &Build) -> Result<bool> {
+        let transitions = transitions_json(&build.transitions, BuildStatus::as_str)?;
+        let written = with_pool!(self, |p| async {
+            let written: Option<bool> = update_build_from!(p, from, build, &transitions);
+            Ok::<_, sqlx::Error>(written)
+        }
+        .await)
+        .map_err(db_error)?;
+        written.ok_or(StorageError::NotFound)
+    }
+
+    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[BuildLog]) -> Result<Vec<bool>> {
+        // The statements of `update_build_if` and `put_build_log`, in one transaction: a build that is absent
         // rolls everything back.
-        let update =
-            "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 WHERE org_id = $1 AND drv_path = $2";
         let put = "INSERT INTO build_logs (build_id, compressed, size, omitted, created_at) \
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (build_id) DO UPDATE SET \
                    compressed = excluded.compressed, size = excluded.size, omitted = excluded.omitted, \
                    created_at = excluded.created_at";
         if builds.is_empty() && logs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut updates = Vec::with_capacity(builds.len());
-        for b in builds {
-            updates.push((b, transitions_json(&b.transitions, BuildStatus::as_str)?));
+        for (from, b) in builds {
+            updates.push((*from, b, transitions_json(&b.transitions, BuildStatus::as_str)?));
         }
         let mut puts = Vec::with_capacity(logs.len());
         for l in logs {
             puts.push((l, db_size(l.size, "log size")?, db_size(l.omitted, "log omitted")?));
         }
-        let found = with_pool!(self, |p| async {
+        let written = with_pool!(self, |p| async {
             let mut tx = p.begin_write().await?;
-            for (b, transitions) in &updates {
-                let n = sqlx::query(update)
-                    .bind(b.org_id.0)
-                    .bind(&b.drv_path)
-                    .bind(b.status.as_str())
-                    .bind(transitions)
-                    .bind(b.updated_at)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
+            let mut written = Vec::with_capacity(updates.len());
+            for (from, b, transitions) in &updates {
+                match update_build_from!(&mut *tx, *from, *b, transitions) {
+                    Some(w) => written.push(w),
+                    None => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
                 }
             }
             for (l, size, omitted) in &puts {
@@ -827,11 +892,11 @@ impl Evaluations for SqlStorage {
                     .await?;
             }
             tx.commit().await?;
-            Ok(true)
+            Ok(Some(written))
         }
         .await)
         .map_err(db_error)?;
-        if found { Ok(()) } else { Err(StorageError::NotFound) }
+        written.ok_or(StorageError::NotFound)
     }
 
     async fn update_builds(&self, builds: &[Build]) -> Result<()> {

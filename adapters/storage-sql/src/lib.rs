@@ -48,6 +48,12 @@ type Result<T> = std::result::Result<T, StorageError>;
 /// writer's commit with its WAL checkpoint can take seconds, and a request that waits is better than one that
 /// fails with "database is locked" (seen once with 5 s in a contract scenario while the whole suite ran).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Each SQLite connection's page cache, in KiB (SQLite's default is 2,000). The pools grow to 40-odd
+/// connections under load, each with its own cache in the server's memory (up to 48 × 2 MB with the default
+/// pool sizes); the operating system caches the database file for all of them, and in WAL mode a
+/// connection's cache is emptied whenever another connection has written, which a CI server's connections do
+/// all the time: a large one per connection mostly holds pages that will be thrown away.
+const SQLITE_CACHE_KIB: u32 = 256;
 
 /// Opens a transaction that will write. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a
 /// deferred transaction that reads and then writes cannot wait for another connection's write — SQLite refuses
@@ -168,7 +174,9 @@ pub async fn connect(url: &str, pools: PoolSizes) -> Result<SqlStorage> {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+            // A negative size is in KiB.
+            .pragma("cache_size", format!("-{SQLITE_CACHE_KIB}"));
         create_private_file(options.get_filename())?;
         let open = |max: u32, min: u32| {
             SqlitePoolOptions::new()
@@ -459,6 +467,20 @@ pub(crate) fn stored_u32(v: Option<i64>, what: &str) -> Result<Option<u32>> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn sqlite_connections_of_both_pools_keep_a_small_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gradient.db").display());
+        let storage = super::connect(&url, super::PoolSizes::default()).await.unwrap();
+        for handle in [&storage, &storage.for_web()] {
+            let super::Pool::Sqlite(pool) = &handle.pool else {
+                panic!("an SQLite pool")
+            };
+            let size: i64 = sqlx::query_scalar("PRAGMA cache_size").fetch_one(pool).await.unwrap();
+            assert_eq!(size, -i64::from(super::SQLITE_CACHE_KIB), "{}", handle.pool_name());
+        }
+    }
+
     #[test]
     fn contention_is_told_from_other_database_errors() {
         // SQLite: busy (5), locked (6) and their extended codes (busy_snapshot 517, locked_sharedcache 262,

@@ -421,6 +421,14 @@ pub trait Evaluations {
     fn evaluations(&self, project: ProjectId, limit: u32) -> impl Future<Output = Result<Vec<Evaluation>>> + Send;
     /// Updates status, errors and `updated_at` (everything else is fixed). NotFound if absent.
     fn update_evaluation(&self, evaluation: &Evaluation) -> impl Future<Output = Result<()>> + Send;
+    /// [`Evaluations::update_evaluation`] when the stored evaluation's status is still `from` (what the caller
+    /// read and moved it from): a compare-and-set, so a move committed meanwhile (an abort while its last build
+    /// ended) is not overwritten. Ok(false), changing nothing, when its status is another. NotFound if absent.
+    fn update_evaluation_if(
+        &self,
+        from: crate::status::EvaluationStatus,
+        evaluation: &Evaluation,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes the evaluation with its entry points and build links (not the derivations or builds).
     /// Ok(false) if absent.
     fn delete_evaluation(&self, id: EvaluationId) -> impl Future<Output = Result<bool>> + Send;
@@ -494,17 +502,31 @@ pub trait Evaluations {
     /// The builds linked to the evaluation, by `.drv` path.
     fn builds_of_evaluation(&self, evaluation: EvaluationId) -> impl Future<Output = Result<Vec<Build>>> + Send;
     /// Updates status, transitions and `updated_at` of the build of (`build.org_id`, `build.drv_path`).
-    /// NotFound if absent.
+    /// NotFound if absent. Unconditional: the use cases move builds with [`Evaluations::update_build_if`].
     fn update_build(&self, build: &Build) -> impl Future<Output = Result<()>> + Send;
+    /// [`Evaluations::update_build`] when the stored build's status is still `from` (the status the caller
+    /// read and moved it from): a compare-and-set, so a move committed meanwhile (an abort, a restart, another
+    /// report) is not overwritten. Ok(false), changing nothing, when its status is another. NotFound if absent.
+    fn update_build_if(
+        &self,
+        from: crate::status::BuildStatus,
+        build: &Build,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Updates each build as [`Evaluations::update_build`] does, in one transaction (a build listed twice takes
     /// its last). Atomic: NotFound, changing nothing, when any of them is absent.
     fn update_builds(&self, builds: &[Build]) -> impl Future<Output = Result<()>> + Send;
     /// Stores the build's log, replacing the one it had (a restarted build logs anew). NotFound when the
     /// build does not exist; deleting the build deletes its log.
     fn put_build_log(&self, log: &BuildLog) -> impl Future<Output = Result<()>> + Send;
-    /// [`Evaluations::update_build`] for each of `builds`, then [`Evaluations::put_build_log`] for each of
-    /// `logs`, in one transaction: all or nothing (NotFound, nothing written, when one build is absent).
-    fn end_builds(&self, builds: &[Build], logs: &[BuildLog]) -> impl Future<Output = Result<()>> + Send;
+    /// [`Evaluations::update_build_if`] for each `(from, build)` of `builds`, then
+    /// [`Evaluations::put_build_log`] for each of `logs`, in one transaction; answers, in order, whether each
+    /// build was written (false: its status was no longer `from`; its log is written all the same). All or
+    /// nothing: NotFound, nothing written, when one build is absent.
+    fn end_builds(
+        &self,
+        builds: &[(crate::status::BuildStatus, Build)],
+        logs: &[BuildLog],
+    ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     fn build_log(&self, build: BuildId) -> impl Future<Output = Result<Option<BuildLog>>> + Send;
     /// The evaluations linked to the organization's build of `drv_path`, oldest first (ties by id): the ones
     /// to update when that build changes.

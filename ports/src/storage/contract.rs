@@ -206,6 +206,7 @@ macro_rules! storage_contract {
             totals_count_by_status_the_queue_and_nar_files,
             build_logs_round_trip_and_are_replaced,
             end_builds_writes_every_build_and_log_or_nothing,
+            build_writes_keep_a_move_committed_meanwhile,
             build_statuses_round_trip,
             delete_evaluation_removes_its_entry_points_and_links,
             delete_project_removes_its_evaluations,

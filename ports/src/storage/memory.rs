@@ -18,6 +18,7 @@ use gradient_domain::model::{
 use gradient_domain::ports::storage::{
     CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
 };
+use gradient_domain::status::BuildStatus;
 use gradient_domain::{
     ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
 };
@@ -31,6 +32,20 @@ pub struct MemoryStorage {
     /// For service tests of faults: how many operations still succeed before every one answers `Unavailable`
     /// (`None`: no limit). See [`MemoryStorage::go_down_after`].
     down_after: Arc<Mutex<Option<u64>>>,
+    /// For service tests of races: what runs before an operation to come. See [`MemoryStorage::interleave`].
+    interleaved: Arc<Mutex<Option<Interleaved>>>,
+}
+
+/// What runs before the operation a number of operations from now (see [`MemoryStorage::interleave`]).
+struct Interleaved {
+    after: u64,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl std::fmt::Debug for Interleaved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Interleaved(after {} operations)", self.after)
+    }
 }
 
 impl MemoryStorage {
@@ -44,8 +59,32 @@ impl MemoryStorage {
         *self.down_after.lock().unwrap_or_else(PoisonError::into_inner) = ops;
     }
 
+    /// For service tests of races: `run` runs once, just before the operation `ops` operations from now (0: the
+    /// next), outside the lock, so it may use this storage: as another request whose writes commit between
+    /// two of a use case's operations. Replaces what was set before.
+    pub fn interleave(&self, ops: u64, run: impl FnOnce() + Send + 'static) {
+        *self.interleaved.lock().unwrap_or_else(PoisonError::into_inner) = Some(Interleaved {
+            after: ops,
+            run: Box::new(run),
+        });
+    }
+
     /// Runs `f` on the state under the lock.
     fn with<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let due = {
+            let mut interleaved = self.interleaved.lock().unwrap_or_else(PoisonError::into_inner);
+            match interleaved.as_mut() {
+                Some(i) if i.after == 0 => interleaved.take().map(|i| i.run),
+                Some(i) => {
+                    i.after -= 1;
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(run) = due {
+            run();
+        }
         if let Some(left) = self.down_after.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
             if *left == 0 {
                 return Err(gradient_domain::ports::storage::StorageError::Unavailable(
@@ -527,6 +566,24 @@ impl Evaluations for MemoryStorage {
         self.with(|s| s.update_evaluation(evaluation))
     }
 
+    async fn update_evaluation_if(
+        &self,
+        from: gradient_domain::status::EvaluationStatus,
+        evaluation: &Evaluation,
+    ) -> Result<bool> {
+        self.with(|s| {
+            let stored = s
+                .evaluations
+                .get(&evaluation.id)
+                .ok_or(gradient_domain::ports::StorageError::NotFound)?;
+            if stored.status != from {
+                return Ok(false);
+            }
+            s.update_evaluation(evaluation)?;
+            Ok(true)
+        })
+    }
+
     async fn delete_evaluation(&self, id: EvaluationId) -> Result<bool> {
         self.with(|s| Ok(s.delete_evaluation(id)))
     }
@@ -653,10 +710,14 @@ impl Evaluations for MemoryStorage {
         self.with(|s| s.update_build(build))
     }
 
-    async fn end_builds(&self, builds: &[Build], logs: &[BuildLog]) -> Result<()> {
+    async fn update_build_if(&self, from: BuildStatus, build: &Build) -> Result<bool> {
+        self.with(|s| s.update_build_if(from, build))
+    }
+
+    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[BuildLog]) -> Result<Vec<bool>> {
         self.with(|s| {
             // Checked first: all or nothing.
-            for b in builds {
+            for (_, b) in builds {
                 if !s.builds.contains_key(&(b.org_id, b.drv_path.clone())) {
                     return Err(gradient_domain::ports::StorageError::NotFound);
                 }
@@ -666,13 +727,14 @@ impl Evaluations for MemoryStorage {
                     return Err(gradient_domain::ports::StorageError::NotFound);
                 }
             }
-            for b in builds {
-                s.update_build(b)?;
+            let mut written = Vec::with_capacity(builds.len());
+            for (from, b) in builds {
+                written.push(s.update_build_if(*from, b)?);
             }
             for l in logs {
                 s.put_build_log(l)?;
             }
-            Ok(())
+            Ok(written)
         })
     }
 

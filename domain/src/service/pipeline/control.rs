@@ -89,7 +89,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 e.status.as_str()
             )));
         }
-        self.save_evaluation(from, &e).await?;
+        if !self.save_evaluation(from, &e).await? {
+            // It ended (or went) meanwhile: nothing of it to stop.
+            return self
+                .storage
+                .evaluation(id)
+                .await?
+                .ok_or_else(|| ServiceError::NotFound(format!("evaluation {} not found", id.0)));
+        }
         self.abandon_builds(id, org, workers).await?;
         Ok(e)
     }

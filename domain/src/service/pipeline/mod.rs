@@ -85,9 +85,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(())
     }
 
-    /// The one way an evaluation's change is saved: stored, then its commit status and events follow.
-    async fn save_evaluation(&self, from: EvaluationStatus, e: &Evaluation) -> Result<()> {
-        self.storage.update_evaluation(e).await?;
+    /// The one way an evaluation's change is saved: stored if its status is still `from`, then its commit
+    /// status and events follow. Answers whether it was saved.
+    async fn save_evaluation(&self, from: EvaluationStatus, e: &Evaluation) -> Result<bool> {
+        match self.storage.update_evaluation_if(from, e).await {
+            Ok(true) => {}
+            // Moved since it was read (aborted while its last build ended, …): that move stands, and was
+            // followed by whoever made it.
+            Ok(false) => return Ok(false),
+            // Deleted since it was read (its project or organization deleted meanwhile): nothing to follow.
+            Err(crate::ports::StorageError::NotFound) => return Ok(false),
+            Err(err) => return Err(err.into()),
+        }
         let mailed = if e.status.is_terminal() && !from.is_terminal() {
             let took = (e.updated_at - e.created_at).to_std().unwrap_or_default();
             self.observer.evaluation_ended(e.status, took);
@@ -97,19 +106,22 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         };
         // The commit status and events follow even when the mail could not be prepared.
         self.report_status_change(from, e).await?;
-        mailed
+        mailed.map(|()| true)
     }
 
-    /// Moves the organization's build of `drv` to `to` when its state machine allows it.
-    async fn move_build(&self, org: OrgId, drv: &str, to: BuildStatus) -> Result<()> {
+    /// Moves the organization's build of `drv` to `to` when its state machine allows it and its status is
+    /// still the one read (a move committed in between, e.g. a worker's report, is not overwritten); answers
+    /// whether it moved.
+    async fn move_build(&self, org: OrgId, drv: &str, to: BuildStatus) -> Result<bool> {
         let Some(mut b) = self.storage.build(org, drv).await? else {
-            return Ok(());
+            return Ok(false);
         };
-        if b.move_to(to, self.clock.now()) {
-            self.storage.update_build(&b).await?;
+        let from = b.status;
+        if b.move_to(to, self.clock.now()) && self.storage.update_build_if(from, &b).await? {
             self.observe_build(&b);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Moves the organization's builds of the listed `.drv` paths, each to its status (in the order listed; a

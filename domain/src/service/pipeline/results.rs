@@ -61,7 +61,8 @@ struct BatchWrites {
     /// The builds (organization, derivation) that ended: the evaluations needing them are looked up once the
     /// batch's writes are done (an evaluation the batch itself records may need one).
     ended: Vec<(OrgId, String)>,
-    builds: Vec<Build>,
+    /// Each with the status it was read in and moved from: written only if it is still that.
+    builds: Vec<(BuildStatus, Build)>,
     logs: Vec<crate::model::BuildLog>,
 }
 
@@ -206,18 +207,24 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Writes a batch's successful builds and their logs in one storage write; when that write fails for a
     /// reason of one build (its row is gone: its organization was deleted meanwhile), each is written on its
     /// own, so one organization's missing row does not cost another's builds their results. A build whose row
-    /// is gone has nothing left to record.
-    async fn end_builds(&self, builds: &[Build], logs: &[crate::model::BuildLog]) -> Result<()> {
+    /// is gone has nothing left to record. A build whose status moved since the batch read it (aborted,
+    /// restarted meanwhile) keeps that move: the abort wins, the build is not observed ending (its log, what
+    /// the worker printed, is kept).
+    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[crate::model::BuildLog]) -> Result<()> {
         match self.storage.end_builds(builds, logs).await {
-            Ok(()) => {
-                builds.iter().for_each(|b| self.observe_build(b));
+            Ok(written) => {
+                for ((_, b), written) in builds.iter().zip(written) {
+                    if written {
+                        self.observe_build(b);
+                    }
+                }
                 Ok(())
             }
             Err(StorageError::NotFound) => {
-                for b in builds {
-                    match self.storage.update_build(b).await {
-                        Ok(()) => self.observe_build(b),
-                        Err(StorageError::NotFound) => {}
+                for (from, b) in builds {
+                    match self.storage.update_build_if(*from, b).await {
+                        Ok(true) => self.observe_build(b),
+                        Ok(false) | Err(StorageError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -468,7 +475,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
                 // The outcome first: a log that cannot be stored must not leave the build running.
                 let mut stored = Ok(());
+                // Whether the build's status is this outcome's to decide: false when it moved since it was
+                // read (aborted, restarted meanwhile), and then what that move decided stands.
+                let mut current = true;
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
+                    let from = b.status;
                     let moved = b.move_to(status, self.clock.now());
                     match batch.as_deref_mut() {
                         // A success changes nothing the batch's later reports read: written with the others.
@@ -477,13 +488,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                                 w.logs.push(self.log_record(&b, log)?);
                             }
                             if moved {
-                                w.builds.push(b);
+                                w.builds.push((from, b));
                             }
                         }
                         _ => {
                             if moved {
-                                self.storage.update_build(&b).await?;
-                                self.observe_build(&b);
+                                current = self.storage.update_build_if(from, &b).await?;
+                                if current {
+                                    self.observe_build(&b);
+                                }
                             }
                             if keep_log {
                                 stored = self.store_log(&b, log).await;
@@ -491,7 +504,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         }
                     }
                 }
-                if !success {
+                // A build restarted meanwhile has its dependents queued again: they are not failed.
+                if !success && current {
                     self.fail_dependents(record.org_id, &derivation).await?;
                 }
                 match batch {
@@ -676,8 +690,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     .build(org, &dependent)
                     .await?
                     .is_some_and(|b| b.status == BuildStatus::Queued);
-                if queued {
-                    self.move_build(org, &dependent, BuildStatus::DependencyFailed).await?;
+                if queued && self.move_build(org, &dependent, BuildStatus::DependencyFailed).await? {
                     todo.push(dependent);
                 }
             }

@@ -1043,7 +1043,8 @@ pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S)
         omitted: 0,
         created_at: at + seconds(5),
     };
-    s.end_builds(&[], &[]).await.expect("nothing to write");
+    let from_queued = |b: Build| (BuildStatus::Queued, b);
+    assert_eq!(s.end_builds(&[], &[]).await, Ok(vec![]), "nothing to write");
 
     // One build unknown (its row is absent): nothing of the batch is written.
     let absent = Build {
@@ -1056,10 +1057,16 @@ pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S)
     };
     for (batch, logs) in [
         (
-            vec![ended(&builds[0], BuildStatus::Building), absent],
+            vec![
+                from_queued(ended(&builds[0], BuildStatus::Building)),
+                from_queued(absent),
+            ],
             vec![log(&builds[0], b"a")],
         ),
-        (vec![ended(&builds[0], BuildStatus::Building)], vec![stray_log]),
+        (
+            vec![from_queued(ended(&builds[0], BuildStatus::Building))],
+            vec![stray_log],
+        ),
     ] {
         assert_eq!(s.end_builds(&batch, &logs).await, Err(StorageError::NotFound));
         assert_eq!(
@@ -1074,7 +1081,8 @@ pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S)
         ended(&builds[1], BuildStatus::Aborted),
     ];
     let logs = [log(&builds[0], b"first"), log(&builds[1], b"second")];
-    s.end_builds(&done, &logs).await.expect("end_builds");
+    let batch: Vec<(BuildStatus, Build)> = done.iter().cloned().map(from_queued).collect();
+    assert_eq!(s.end_builds(&batch, &logs).await, Ok(vec![true, true]));
     for (b, l) in done.iter().zip(&logs) {
         assert_eq!(s.build(acme.id, &b.drv_path).await.expect("build").as_ref(), Some(b));
         assert_eq!(s.build_log(b.id).await.expect("build_log").as_ref(), Some(l));
@@ -1083,6 +1091,93 @@ pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S)
         s.build(acme.id, &builds[2].drv_path).await.expect("build"),
         Some(builds[2].clone()),
         "the others untouched"
+    );
+}
+
+/// update_build_if and end_builds write a build only if its stored status is still the one it was moved from
+/// (compare-and-set): a move committed in between (an abort while a worker's success was on its way) stands,
+/// the late write changes nothing of the build and says so; end_builds still writes the batch's other builds
+/// and every log. An absent build is NotFound.
+pub async fn build_writes_keep_a_move_committed_meanwhile<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["raced", "alone", "other"]).await;
+    let at = now();
+    let builds = s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds");
+    let mut building = Vec::new();
+    for b in &builds {
+        let b = moved(b.clone(), BuildStatus::Building, at + seconds(1));
+        assert_eq!(
+            s.update_build_if(BuildStatus::Queued, &b).await,
+            Ok(true),
+            "queued → building"
+        );
+        building.push(b);
+    }
+    assert_eq!(
+        s.update_build_if(BuildStatus::Queued, &building[0]).await,
+        Ok(false),
+        "a second write from the same status finds it moved"
+    );
+    // Two writers read the builds Building; the aborts of "raced" and "alone" commit first.
+    let aborted: Vec<Build> = building[..2]
+        .iter()
+        .map(|b| moved(b.clone(), BuildStatus::Aborted, at + seconds(2)))
+        .collect();
+    for b in &aborted {
+        assert_eq!(s.update_build_if(BuildStatus::Building, b).await, Ok(true), "the abort");
+    }
+    let completed: Vec<Build> = building
+        .iter()
+        .map(|b| moved(b.clone(), BuildStatus::Completed, at + seconds(3)))
+        .collect();
+    assert_eq!(
+        s.update_build_if(BuildStatus::Building, &completed[1]).await,
+        Ok(false),
+        "the late success of an aborted build"
+    );
+    let logs: Vec<BuildLog> = completed
+        .iter()
+        .map(|b| BuildLog {
+            build_id: b.id,
+            compressed: b.drv_path.as_bytes().to_vec(),
+            size: b.drv_path.len() as u64,
+            omitted: 0,
+            created_at: at + seconds(3),
+        })
+        .collect();
+    let batch = vec![
+        (BuildStatus::Building, completed[0].clone()),
+        (BuildStatus::Building, completed[2].clone()),
+    ];
+    assert_eq!(
+        s.end_builds(&batch, &logs).await,
+        Ok(vec![false, true]),
+        "written where still Building only"
+    );
+    for (b, want) in builds.iter().zip([&aborted[0], &aborted[1], &completed[2]]) {
+        assert_eq!(s.build(acme.id, &b.drv_path).await.expect("build").as_ref(), Some(want));
+    }
+    for l in &logs {
+        assert_eq!(
+            s.build_log(l.build_id).await.expect("build_log").as_ref(),
+            Some(l),
+            "every log is kept"
+        );
+    }
+    let absent = Build {
+        drv_path: drv_path("absent"),
+        ..completed[2].clone()
+    };
+    assert_eq!(
+        s.update_build_if(BuildStatus::Building, &absent).await,
+        Err(StorageError::NotFound)
+    );
+    assert_eq!(
+        s.end_builds(&[(BuildStatus::Building, absent)], &[]).await,
+        Err(StorageError::NotFound)
     );
 }
 

@@ -8,6 +8,7 @@ use gradient_domain::model::{
 };
 use gradient_domain::permissions::BuiltinRole;
 use gradient_domain::ports::storage::{Result, StorageError};
+use gradient_domain::status::BuildStatus;
 use gradient_domain::{
     ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
 };
@@ -780,6 +781,19 @@ impl State {
         stored.transitions.clone_from(&build.transitions);
         stored.updated_at = build.updated_at;
         Ok(())
+    }
+
+    /// `update_build` when the stored status is still `from`; answers whether it was.
+    pub(super) fn update_build_if(&mut self, from: BuildStatus, build: &Build) -> Result<bool> {
+        let stored = self
+            .builds
+            .get(&(build.org_id, build.drv_path.clone()))
+            .ok_or(StorageError::NotFound)?;
+        if stored.status != from {
+            return Ok(false);
+        }
+        self.update_build(build)?;
+        Ok(true)
     }
 
     /// Each build as `update_build`, all or none.
