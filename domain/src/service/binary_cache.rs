@@ -11,7 +11,7 @@ use crate::nix::hash::Hash;
 use crate::nix::nar::{NarError, NarReader};
 use crate::nix::narinfo::NarInfo;
 use crate::nix::nix32;
-use crate::nix::store_path::StorePath;
+use crate::nix::store_path::{StorePath, is_hash_part};
 use crate::ports::nar_store::{ByteStream, NarStore, NarStoreError, NarUpload};
 use crate::ports::{Clock, Storage};
 use bytes::Bytes;
@@ -254,6 +254,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// The signed narinfo of a path the cache holds.
     pub async fn signed_narinfo(&self, cache: &Cache, hash_part: &str) -> Result<Option<Arc<str>>> {
+        // What cannot be a store path's hash part is in no cache: answered without a lookup, and never
+        // remembered (a client could otherwise fill the memo with long made-up names).
+        if !is_hash_part(hash_part) {
+            return Ok(None);
+        }
         let text = match self.memo.narinfo(cache.id, hash_part) {
             Some(known) => known,
             None => {
@@ -822,6 +827,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         cache: &Cache,
         hash_part: &str,
     ) -> Result<Option<(u64, ByteStream)>> {
+        if !is_hash_part(hash_part) {
+            return Ok(None);
+        }
         let Some(path) = self.storage.cached_path(cache.id, hash_part).await? else {
             return Ok(None);
         };
