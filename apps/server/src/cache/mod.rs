@@ -500,13 +500,24 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
     let buffered = state.metrics.nar_buffered();
     let fill = buffered.clone();
+    // The bytes the body promises: once they are sent the slot is freed at once (the connection need not ask
+    // again for what it knows is not coming).
+    let mut left = match range {
+        Some((start, end)) => end - start + 1,
+        None => total,
+    };
     tokio::spawn(async move {
         let _permit = permit;
         let mut stream = stream;
         let mut chunk = bytes::Bytes::new();
-        loop {
-            // A connection that asks for nothing for the timeout (its reader takes nothing) is cut off.
-            match tokio::time::timeout(chunk_timeout, wanted.acquire()).await {
+        while left > 0 {
+            // A connection that asks for nothing for the timeout (its reader takes nothing) is cut off; one
+            // that is gone frees the slot at once.
+            let ask = tokio::select! {
+                ask = tokio::time::timeout(chunk_timeout, wanted.acquire()) => ask,
+                () = tx.closed() => return,
+            };
+            match ask {
                 Ok(Ok(ask)) => ask.forget(),
                 Ok(Err(_)) => return,
                 Err(_) => {
@@ -537,6 +548,7 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
             }
             // A chunk larger than `pipe` goes in pieces (views of it, not copies), one per request for more.
             let piece = chunk.split_to(chunk.len().min(pipe));
+            left = left.saturating_sub(piece.len() as u64);
             fill.add(piece.len());
             if tx.send(piece).is_err() {
                 return; // the reader went away
