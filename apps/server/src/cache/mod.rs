@@ -411,9 +411,9 @@ fn text_response(body: String) -> Response {
 /// How long a NAR download waits for one of the `maxConcurrentNarServes` slots before it is answered 503.
 pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
 /// The largest piece a download hands its connection at once, whatever `maxNarBufferBytes` allows: one of the
-/// file store's 256 KiB reads. Nothing is read ahead of the connection's asking: a 256 KiB read-ahead (and
-/// hyper's default ~400 KiB write queue) held ~2 MiB more per 8 downloads for no more MiB/s, a 1 MiB one 6 MB
-/// more (`bench/cache.sh`).
+/// file store's 256 KiB reads. Nothing is read ahead of the connection's asking: a read-ahead of one chunk
+/// plus one read while it waited, with hyper's default ~400 KiB write queue, held ~6 MB more over 8 downloads
+/// (a 1 MiB read-ahead 6 MB more again) for no more MiB/s (README, issue #20).
 pub const NAR_READ_AHEAD: u64 = 256 * 1024;
 
 /// 503 with `Retry-After`, as plain text.
