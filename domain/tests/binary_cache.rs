@@ -152,9 +152,17 @@ async fn a_name_that_cannot_be_a_store_path_hash_is_missing_without_a_lookup() {
     push(&app, &nars, &cache, b"hello world").await;
     // Storage answers nothing now: a name that needed it would fail instead of being missing.
     app.storage.go_down_after(Some(0));
-    for name in ["x".repeat(60_000), "e".repeat(32), PATH[11..42].to_owned(), String::new()] {
+    for name in [
+        "x".repeat(60_000),
+        "e".repeat(32),
+        PATH[11..42].to_owned(),
+        String::new(),
+    ] {
         assert_eq!(app.signed_narinfo(&cache, &name).await.unwrap(), None, "{name:.40}");
-        assert!(app.nar_listing(&nars, &cache, &name).await.unwrap().is_none(), "{name:.40}");
+        assert!(
+            app.nar_listing(&nars, &cache, &name).await.unwrap().is_none(),
+            "{name:.40}"
+        );
     }
     app.storage.go_down_after(None);
     assert!(app.signed_narinfo(&cache, &PATH[11..43]).await.unwrap().is_some());

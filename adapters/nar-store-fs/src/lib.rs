@@ -315,8 +315,8 @@ mod pool {
     use bytes::Bytes;
     use std::sync::Mutex;
 
-    /// Idle buffers kept: 4 MiB at most.
-    pub const KEPT: usize = 16;
+    /// Idle buffers kept: 2 MiB at most (a download holds about two while it runs).
+    pub const KEPT: usize = 8;
 
     static IDLE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 

@@ -51,6 +51,12 @@ impl Shortcut for NoShortcut {
 /// connection that trickles them (or opens and says nothing) does not hold its slot for ever.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What an HTTP/1 connection buffers at most: a request's headers, and the body chunks it queues for writing
+/// (it takes the next chunk only while less than this is left to send). hyper's default (~400 KiB) held two of
+/// the NAR store's 256 KiB chunks per download; with 64 KiB a download holds the chunk being sent and rarely a
+/// second, and the socket's own buffer keeps the line busy meanwhile.
+pub const HTTP1_MAX_BUF: usize = 64 * 1024;
+
 /// Serves `ep` on `listener` (what `shortcut` answers itself excepted) until `shutdown` completes; then accepts
 /// nothing more, lets requests in flight end for up to `grace`, and returns. A client has `header_timeout` to
 /// send each request's headers.
@@ -73,7 +79,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_buf_size(HTTP1_MAX_BUF);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

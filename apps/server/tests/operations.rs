@@ -491,14 +491,10 @@ async fn a_download_holds_at_most_the_buffer_size() {
         .await;
         let (_stalled, status, _, _) = raw_get(addr, &path, &token).await;
         assert_eq!(status, 200);
-        // The socket's buffers fill, then the read-ahead.
+        // The socket's buffers fill; the store is read only when the connection asks for more, one piece.
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         let held = sample(&s.metrics().await, "gradient_nar_buffered_bytes").expect("gauge");
         assert!(held <= bound, "limit {limit}: {held} bytes held");
-        assert!(
-            held > bound / 2.0,
-            "limit {limit}: the pipe fills up to it ({held} bytes held)"
-        );
     }
 }
 

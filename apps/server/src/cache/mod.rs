@@ -428,13 +428,11 @@ fn text_response(body: String) -> Response {
 
 /// How long a NAR download waits for one of the `maxConcurrentNarServes` slots before it is answered 503.
 pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
-/// What a download reads ahead of its reader at most, whatever `maxNarBufferBytes` allows: one of the file
-/// store's 256 KiB reads. The connection (hyper) itself queues up to ~400 KiB more before it stops taking
-/// chunks, so the socket never waits for a read; 1 MiB here held 6 MB more over 8 downloads for no more MiB/s
-/// (`bench/cache.sh`).
+/// The largest piece a download hands its connection at once, whatever `maxNarBufferBytes` allows: one of the
+/// file store's 256 KiB reads. Nothing is read ahead of the connection's asking: a read-ahead of one chunk
+/// plus one read while it waited, with hyper's default ~400 KiB write queue, held ~6 MB more over 8 downloads
+/// (a 1 MiB read-ahead 6 MB more again) for no more MiB/s (README, issue #20).
 pub const NAR_READ_AHEAD: u64 = 256 * 1024;
-/// The least a chunk counts against a download's read-ahead, however small.
-const NAR_CHUNK_FLOOR: usize = 4096;
 
 /// 503 with `Retry-After`, as plain text.
 fn unavailable(retry_after_secs: u64, message: &str) -> Response {
@@ -451,8 +449,9 @@ fn unavailable(retry_after_secs: u64, message: &str) -> Response {
 /// - opening the file in the NAR store may take `narStorageOpenTimeoutSecs`, then 503 with `Retry-After`; a
 ///   store that then sends nothing for as long is cut off (the body ends short and the connection closes);
 /// - the store's chunks go to the connection as they are (no copy), queued up to
-///   `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes: the store is read only as far ahead of the reader as that,
-///   so one download holds at most that much (plus the chunk being read and what the connection is writing);
+///   pieces of at most `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes, each read from the store only when the
+///   connection asks for the next one, so one download holds about one piece (plus what the connection is
+///   still writing of the last, below `serve::HTTP1_MAX_BUF`);
 /// - a reader that takes nothing for `narSendChunkTimeoutSecs` while the queue is full is cut off (the body
 ///   ends short of its `Content-Length` and the connection closes), freeing its slot.
 async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) -> Result<Response, ServiceError> {
@@ -511,66 +510,80 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
     };
     let pipe = (state.http.max_nar_buffer_bytes.min(NAR_READ_AHEAD) as usize).max(1);
     let chunk_timeout = Duration::from_secs(state.http.nar_send_chunk_timeout_secs);
-    // The store's chunks go to the body as they are (no copy); `room` holds a permit per byte queued, so the
-    // store is read at most `pipe` bytes ahead of what the reader took.
-    let room = Arc::new(tokio::sync::Semaphore::new(pipe));
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(bytes::Bytes, tokio::sync::OwnedSemaphorePermit)>();
+    // The store's chunks go to the body as they are (no copy), one piece each time the connection asks for
+    // more: `wanted` gets a permit each time the body is polled for its next piece, and the store is read
+    // only then. Nothing waits read ahead in memory; the socket's own buffer keeps the line busy meanwhile.
+    let wanted = Arc::new(tokio::sync::Semaphore::new(0));
+    let asking = wanted.clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
     let buffered = state.metrics.nar_buffered();
     let fill = buffered.clone();
+    // The bytes the body promises: once they are sent the slot is freed at once (the connection need not ask
+    // again for what it knows is not coming).
+    let mut left = match range {
+        Some((start, end)) => end - start + 1,
+        None => total,
+    };
     tokio::spawn(async move {
         let _permit = permit;
         let mut stream = stream;
-        loop {
-            // A store that stalls mid-body gets as long for each piece as for the open.
-            let chunk = match tokio::time::timeout(timeout, futures_util::StreamExt::next(&mut stream)).await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
+        let mut chunk = bytes::Bytes::new();
+        while left > 0 {
+            // A connection that asks for nothing for the timeout (its reader takes nothing) is cut off; one
+            // that is gone frees the slot at once.
+            let ask = tokio::select! {
+                ask = tokio::time::timeout(chunk_timeout, wanted.acquire()) => ask,
+                () = tx.closed() => return,
+            };
+            match ask {
+                Ok(Ok(ask)) => ask.forget(),
+                Ok(Err(_)) => return,
                 Err(_) => {
-                    tracing::warn!(
+                    tracing::info!(
                         target: "gradient::cache",
-                        "the NAR store sent nothing of {key} for {}s: the download was cut off",
-                        timeout.as_secs()
+                        "a NAR download's reader took nothing for {}s: cut off",
+                        chunk_timeout.as_secs()
                     );
                     return;
                 }
-            };
-            let Ok(mut chunk) = chunk else {
-                // The body ends short of its length: the reader sees the download fail.
-                return;
-            };
-            while !chunk.is_empty() {
-                // A chunk larger than the read-ahead goes in pieces (views of it, not copies).
-                let piece = chunk.split_to(chunk.len().min(pipe));
-                // Tiny pieces are charged a floor so the queue stays short in items too.
-                let cost = u32::try_from(piece.len().max(NAR_CHUNK_FLOOR).min(pipe)).unwrap_or(u32::MAX);
-                // Waiting for room that does not come for the timeout cuts the reader off.
-                let taken = match tokio::time::timeout(chunk_timeout, room.clone().acquire_many_owned(cost)).await {
-                    Ok(Ok(taken)) => taken,
-                    Ok(Err(_)) => return,
+            }
+            if chunk.is_empty() {
+                // A store that stalls mid-body gets as long for each piece as for the open.
+                chunk = match tokio::time::timeout(timeout, futures_util::StreamExt::next(&mut stream)).await {
+                    Ok(Some(Ok(chunk))) => chunk,
+                    Ok(None) => return,
+                    // The body ends short of its length: the reader sees the download fail.
+                    Ok(Some(Err(_))) => return,
                     Err(_) => {
-                        tracing::info!(
+                        tracing::warn!(
                             target: "gradient::cache",
-                            "a NAR download's reader took nothing for {}s: cut off",
-                            chunk_timeout.as_secs()
+                            "the NAR store sent nothing of {key} for {}s: the download was cut off",
+                            timeout.as_secs()
                         );
                         return;
                     }
                 };
-                fill.add(piece.len());
-                if tx.send((piece, taken)).is_err() {
-                    return; // the reader went away
-                }
+            }
+            // A chunk larger than `pipe` goes in pieces (views of it, not copies), one per request for more.
+            let piece = chunk.split_to(chunk.len().min(pipe));
+            left = left.saturating_sub(piece.len() as u64);
+            fill.add(piece.len());
+            if tx.send(piece).is_err() {
+                return; // the reader went away
             }
         }
     });
     let served = state.metrics.cache_served_bytes();
-    let reader = futures_util::stream::unfold((rx, buffered, served), |(mut rx, buffered, served)| async move {
-        // The permit goes as the chunk goes to the connection, making room for the next read.
-        let (chunk, _taken) = rx.recv().await?;
-        buffered.take(chunk.len());
-        served.increment(chunk.len() as u64);
-        Some((Ok::<_, std::io::Error>(chunk), (rx, buffered, served)))
-    });
+    let reader = futures_util::stream::unfold(
+        (rx, asking, buffered, served),
+        |(mut rx, asking, buffered, served)| async move {
+            asking.add_permits(1);
+            let chunk = rx.recv().await?;
+            buffered.take(chunk.len());
+            served.increment(chunk.len() as u64);
+            Some((Ok::<_, std::io::Error>(chunk), (rx, asking, buffered, served)))
+        },
+    );
     let body = Body::from_bytes_stream(reader);
     let resp = Response::builder()
         .content_type(content_type)
