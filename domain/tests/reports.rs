@@ -542,3 +542,91 @@ async fn a_batch_whose_organization_of_one_build_is_deleted_meanwhile_records_th
         assert!(ops < 1000, "the batch never fits");
     }
 }
+
+#[tokio::test]
+async fn an_abort_of_an_evaluation_that_moves_on_meanwhile_still_aborts_it() {
+    // The evaluation is dispatched (Queued -> Fetching) before each storage operation of the abort in turn.
+    let mut moved_during = 0;
+    for ops in 0.. {
+        let app = common::app(SystemClock, Settings::default());
+        let caller = common::signed_up(&app, "u").await;
+        common::org(&app, &caller, "o").await;
+        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+        let e = app
+            .queue_evaluation(project.org_id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
+            .await
+            .unwrap();
+        let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (storage, seen) = (app.storage.clone(), moved.clone());
+        app.storage.interleave(ops, move || {
+            let mut x = at_once(storage.evaluation(e.id)).unwrap().unwrap();
+            if x.move_to(EvaluationStatus::Fetching, chrono::Utc::now()) {
+                at_once(storage.update_evaluation(&x)).unwrap();
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let answer = app.abort_evaluation(&caller, e.id).await;
+        let stored = app.storage.evaluation(e.id).await.unwrap().unwrap().status;
+        if !moved.load(std::sync::atomic::Ordering::SeqCst) {
+            assert_eq!(answer.unwrap().status, EvaluationStatus::Aborted);
+            break;
+        }
+        moved_during += 1;
+        assert_eq!(
+            answer.map(|x| x.status),
+            Ok(EvaluationStatus::Aborted),
+            "moved on before operation {ops}"
+        );
+        assert_eq!(stored, EvaluationStatus::Aborted, "moved on before operation {ops}");
+    }
+    assert!(
+        moved_during > 3,
+        "the evaluation moved on during the abort {moved_during} times"
+    );
+}
+
+#[tokio::test]
+async fn an_abort_committed_while_attribute_errors_are_recorded_stays() {
+    // The evaluation is aborted before each storage operation of recording an evaluation result with errors.
+    let mut aborted_during = 0;
+    for ops in 0.. {
+        let app = common::app(SystemClock, Settings::default());
+        let caller = common::signed_up(&app, "u").await;
+        let org = common::org(&app, &caller, "o").await;
+        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+        let w = worker(1, &org);
+        let e = app
+            .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
+            .await
+            .unwrap();
+        let job = dispatch(&app, &w).await[0].job.id();
+        let aborted = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (other, seen, who) = (app.app.clone(), aborted.clone(), caller.clone());
+        app.storage.interleave(ops, move || {
+            *seen.lock().unwrap() = Some(at_once(other.abort_evaluation(&who, e.id)).is_ok());
+        });
+        let error = gradient_domain::proto::AttributeError {
+            attribute: "packages.x86_64-linux.broken".to_owned(),
+            message: "error: broken".to_owned(),
+        };
+        let recorded = app
+            .record_eval_result(job, w.id, &w.orgs, vec![derivation("a", &[])], vec![error])
+            .await;
+        let stored = app.storage.evaluation(e.id).await.unwrap().unwrap();
+        let Some(abort_won) = *aborted.lock().unwrap() else {
+            recorded.unwrap();
+            break;
+        };
+        aborted_during += 1;
+        assert!(abort_won, "before operation {ops}");
+        assert_eq!(
+            stored.status,
+            EvaluationStatus::Aborted,
+            "before operation {ops}: {recorded:?}"
+        );
+    }
+    assert!(
+        aborted_during > 3,
+        "aborted during the recording {aborted_during} times"
+    );
+}

@@ -10,6 +10,10 @@ use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{EvaluationId, OrgId, WorkerId};
 use std::collections::{HashMap, HashSet};
 
+/// How many times `stop_evaluation` reads an evaluation that keeps moving on before it gives up (each attempt
+/// follows a step of its pipeline: there are few).
+const STOP_ATTEMPTS: usize = 8;
+
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Aborts an evaluation (`abort_evaluation`): it ends Aborted, its queued builds that no other live
     /// evaluation needs end Aborted too, and the connected workers running its jobs are told to stop them.
@@ -30,6 +34,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let workers = self.workers_of(o.id);
         let stopped = self.stop_evaluation(e, o.id, &workers).await?;
+        if stopped.status != EvaluationStatus::Aborted {
+            return Err(ServiceError::conflict(
+                "already_finished",
+                format!("the evaluation already ended ({})", stopped.status.as_str()),
+            ));
+        }
         self.audit(
             caller,
             o.id,
@@ -74,7 +84,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(stopped)
     }
 
-    /// Ends a live evaluation Aborted and stops what only it needs (see `abort_evaluation`), on `workers`.
+    /// Ends a live evaluation Aborted and stops what only it needs (see `abort_evaluation`), on `workers`. The
+    /// status is written only over the one read; an evaluation that moved on meanwhile (dispatched, evaluated,
+    /// its builds planned) is read again and aborted from where it is now, with the errors `e` carries that it
+    /// does not; one that ended meanwhile is answered as it ended.
     pub(super) async fn stop_evaluation(
         &self,
         mut e: Evaluation,
@@ -82,23 +95,32 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         workers: &[WorkerId],
     ) -> Result<Evaluation> {
         let id = e.id;
-        let from = e.status;
-        if !e.move_to(EvaluationStatus::Aborted, self.clock.now()) {
-            return Err(ServiceError::Internal(format!(
-                "an evaluation cannot go from {} to Aborted",
-                e.status.as_str()
-            )));
+        let missing = || ServiceError::NotFound(format!("evaluation {} not found", id.0));
+        for _ in 0..STOP_ATTEMPTS {
+            if e.status.is_terminal() {
+                return Ok(e);
+            }
+            let from = e.status;
+            let mut stopped = e.clone();
+            if !stopped.move_to(EvaluationStatus::Aborted, self.clock.now()) {
+                return Err(ServiceError::Internal(format!(
+                    "an evaluation cannot go from {} to Aborted",
+                    e.status.as_str()
+                )));
+            }
+            if self.save_evaluation(from, &stopped).await? {
+                self.abandon_builds(id, org, workers).await?;
+                return Ok(stopped);
+            }
+            let now = self.storage.evaluation(id).await?.ok_or_else(missing)?;
+            let added: Vec<_> = e.errors.into_iter().filter(|x| !now.errors.contains(x)).collect();
+            e = now;
+            e.errors.extend(added);
         }
-        if !self.save_evaluation(from, &e).await? {
-            // It ended (or went) meanwhile: nothing of it to stop.
-            return self
-                .storage
-                .evaluation(id)
-                .await?
-                .ok_or_else(|| ServiceError::NotFound(format!("evaluation {} not found", id.0)));
-        }
-        self.abandon_builds(id, org, workers).await?;
-        Ok(e)
+        Err(ServiceError::Unavailable(format!(
+            "evaluation {} kept changing while it was being aborted",
+            id.0
+        )))
     }
 
     /// Ends Aborted the unfinished builds only the (ended) evaluation needs, and its queued jobs; its jobs

@@ -74,6 +74,9 @@ pub struct JobReport {
     pub log: Option<crate::logs::LogBuffer>,
 }
 
+/// How many times an evaluation's attribute errors are read and written again when its status moved between.
+const ERROR_WRITE_ATTEMPTS: usize = 8;
+
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Derivations and attribute errors reported by an evaluating worker.
     pub async fn record_eval_result(
@@ -126,23 +129,34 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             })
             .collect();
         self.storage.add_entry_points(evaluation_id, &entries).await?;
-        if !errors.is_empty()
-            && let Some(mut e) = self.storage.evaluation(evaluation_id).await?
-        {
-            // A report sent again (its acknowledgement was lost with the link) adds nothing twice.
-            let before = e.errors.len();
-            for x in errors {
-                let error = crate::model::AttributeError {
+        if !errors.is_empty() {
+            let errors: Vec<crate::model::AttributeError> = errors
+                .into_iter()
+                .map(|x| crate::model::AttributeError {
                     attribute: x.attribute,
                     message: x.message,
+                })
+                .collect();
+            // Written over the status read only: an abort committed meanwhile is not undone. Read again and
+            // added to whatever it is now (a few steps of the pipeline at most).
+            for _ in 0..ERROR_WRITE_ATTEMPTS {
+                let Some(mut e) = self.storage.evaluation(evaluation_id).await? else {
+                    break;
                 };
-                if !e.errors.contains(&error) {
-                    e.errors.push(error);
+                // A report sent again (its acknowledgement was lost with the link) adds nothing twice.
+                let before = e.errors.len();
+                for error in &errors {
+                    if !e.errors.contains(error) {
+                        e.errors.push(error.clone());
+                    }
                 }
-            }
-            if e.errors.len() > before {
+                if e.errors.len() == before {
+                    break;
+                }
                 e.updated_at = self.clock.now();
-                self.storage.update_evaluation(&e).await?;
+                if self.storage.update_evaluation_if(e.status, &e).await? {
+                    break;
+                }
             }
         }
         Ok(())
