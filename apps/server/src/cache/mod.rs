@@ -564,8 +564,9 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
                     }
                 };
             }
-            // A chunk larger than `pipe` goes in pieces (views of it, not copies), one per request for more.
-            let piece = chunk.split_to(chunk.len().min(pipe));
+            // A chunk larger than `pipe` goes in pieces (views of it, not copies), one per request for more; never
+            // past the length the response promised, whatever the store sent.
+            let piece = chunk.split_to(chunk.len().min(pipe).min(usize::try_from(left).unwrap_or(usize::MAX)));
             left = left.saturating_sub(piece.len() as u64);
             fill.add(piece.len());
             if tx.send(piece).is_err() {
