@@ -223,15 +223,9 @@ async fn a_worker_dials_wss_through_a_tls_terminator_and_builds_a_flake_pushing_
     let done = wait_for_completed(&c, &server, &id, &worker).await;
     assert_eq!(done["evaluation"]["status"], "Completed");
 
-    // The pushes went through nginx (the imports answered), and the worker's Nix asked the cache over https
-    // too, trusting the CA through the worker's bundle (it got its answers: 200s and 404s, no TLS failure).
+    // The pushes went through nginx (the imports answered). (The worker's Nix no longer asks the cache here: a
+    // run whose inputs are all in the store goes without Gradient's caches as substituters.)
     let access = nginx.access_log();
-    assert!(
-        access
-            .lines()
-            .any(|l| l.contains(".narinfo HTTP/1.1\"") && l.contains("Nix/")),
-        "{access}"
-    );
     let imports = access
         .lines()
         .filter(|l| l.contains("POST /cache/main/import") && l.contains("\" 200 "))
