@@ -104,7 +104,7 @@ pub async fn evaluate(
             listed_any = true;
             let mut leaves = Vec::new();
             let mut broken = Vec::new();
-            flatten_evaluated(vec![top], &tree, &selection, &mut leaves, &mut broken);
+            flatten_nodes(vec![top], &tree, &selection, &mut leaves, &mut broken);
             let mut errors = Vec::new();
             for attr_path in broken {
                 let message = ev.message(&attr_path).await?;
@@ -216,33 +216,9 @@ fn plan(wildcard: &str) -> BTreeMap<String, Vec<Pattern>> {
     plan
 }
 
-/// Collects the selected leaves (attribute paths the walk did not descend into) and the nodes that failed.
-fn flatten(
-    path: Vec<String>,
-    node: &Value,
-    selection: &Wildcard,
-    leaves: &mut Vec<Vec<String>>,
-    broken: &mut Vec<Vec<String>>,
-) {
-    if node.get("e").is_some() {
-        broken.push(path);
-    } else if let Some(children) = node.get("c").and_then(Value::as_object) {
-        for (name, child) in children {
-            let mut p = path.clone();
-            p.push(name.clone());
-            flatten(p, child, selection, leaves, broken);
-        }
-    } else {
-        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
-        if selection.matches(&refs) {
-            leaves.push(path);
-        }
-    }
-}
-
-/// Like [`flatten`], for a tree listed with each leaf's [`TRY_DRV`] answer: the selected leaves with their
-/// answers, and the nodes that failed (a leaf whose evaluation failed among them).
-fn flatten_evaluated(
+/// The selected leaves of a listed tree, each with its node (`{}` when only listed, its [`TRY_DRV`] answer when
+/// listed and evaluated at once), and the nodes that failed (`{ e = true; }`).
+fn flatten_nodes(
     path: Vec<String>,
     node: &Value,
     selection: &Wildcard,
@@ -255,7 +231,7 @@ fn flatten_evaluated(
         for (name, child) in children {
             let mut p = path.clone();
             p.push(name.clone());
-            flatten_evaluated(p, child, selection, leaves, broken);
+            flatten_nodes(p, child, selection, leaves, broken);
         }
     } else {
         let refs: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -263,6 +239,19 @@ fn flatten_evaluated(
             leaves.push((path, node.clone()));
         }
     }
+}
+
+/// [`flatten_nodes`] for a tree only listed: the selected leaves' paths.
+fn flatten(
+    path: Vec<String>,
+    node: &Value,
+    selection: &Wildcard,
+    leaves: &mut Vec<Vec<String>>,
+    broken: &mut Vec<Vec<String>>,
+) {
+    let mut found = Vec::new();
+    flatten_nodes(path, node, selection, &mut found, broken);
+    leaves.extend(found.into_iter().map(|(p, _)| p));
 }
 
 enum Listing {
