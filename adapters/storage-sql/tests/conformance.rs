@@ -145,6 +145,24 @@ fn org(name: &str, creator: UserId) -> Org {
     }
 }
 
+/// A private cache named "main" made by `creator`.
+fn main_cache(creator: UserId) -> Cache {
+    Cache {
+        managed: false,
+        id: CacheId::new(),
+        name: Name::parse("main").unwrap(),
+        display_name: "Main".to_owned(),
+        description: String::new(),
+        public: false,
+        priority: 30,
+        local_priority: None,
+        compression: Compression::Zstd,
+        signing_key: Sealed("v1:key".to_owned()),
+        created_by: creator,
+        created_at: gradient_domain::model::truncate_to_micros(chrono::Utc::now()),
+    }
+}
+
 /// Writes through one connection, closes it, reads back through a new one.
 async fn survives_reconnect(url: &str) {
     let alice = user("alice");
@@ -625,21 +643,8 @@ async fn postgres_invalid_rows_fail() {
 async fn sizes_beyond_i64_fail(s: SqlStorage, url: &str) {
     let gina = user("gina");
     s.create_user(&gina).await.unwrap();
-    let now = gradient_domain::model::truncate_to_micros(chrono::Utc::now());
-    let cache = Cache {
-        managed: false,
-        id: CacheId::new(),
-        name: Name::parse("main").unwrap(),
-        display_name: "Main".to_owned(),
-        description: String::new(),
-        public: false,
-        priority: 30,
-        local_priority: None,
-        compression: Compression::Zstd,
-        signing_key: Sealed("v1:key".to_owned()),
-        created_by: gina.id,
-        created_at: now,
-    };
+    let cache = main_cache(gina.id);
+    let now = cache.created_at;
     s.create_cache(&cache).await.unwrap();
     let file = NarFile {
         cache_id: cache.id,
@@ -801,20 +806,7 @@ async fn sqlite_a_read_then_write_transaction_waits_for_another_writer() {
     let acme = org("acme", alice.id);
     s.create_user(&alice).await.unwrap();
     s.create_org(&acme).await.unwrap();
-    let cache = Cache {
-        managed: false,
-        id: CacheId::new(),
-        name: Name::parse("main").unwrap(),
-        display_name: "Main".to_owned(),
-        description: String::new(),
-        public: false,
-        priority: 30,
-        local_priority: None,
-        compression: Compression::Zstd,
-        signing_key: Sealed("v1:key".to_owned()),
-        created_by: alice.id,
-        created_at: gradient_domain::model::truncate_to_micros(chrono::Utc::now()),
-    };
+    let cache = main_cache(alice.id);
     s.create_cache(&cache).await.unwrap();
 
     // Another connection holds the write lock for a moment.
