@@ -161,6 +161,35 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
+    /// The cache `name` as a request's credential (a job token, an API key, a session, or none) may read it:
+    /// a job token's organization's rights first, else the session's or key's, as [`Self::readable_cache`]
+    /// decides. What an API key may read is remembered for [`super::memo::API_KEY_TTL`] (by the key as sent,
+    /// so a hit costs no hash of it and no query), and forgotten at once on any change in this process that
+    /// can take the right away (see `ServeMemo::reads`).
+    pub async fn cache_to_read(&self, credential: Option<&str>, name: &str) -> Result<Cache> {
+        let key = credential.filter(|c| c.starts_with(crate::auth::API_KEY_PREFIX));
+        let mut generation = None;
+        if let Some(key) = key {
+            let (known, at) = self.memo.read(key, name, self.clock.now());
+            if let Some(cache) = known {
+                return Ok(cache);
+            }
+            generation = Some(at);
+        }
+        if let Some(token) = credential
+            && let Some(cache) = self.cache_for_job_token(token, name, false).await?
+        {
+            return Ok(cache);
+        }
+        let caller = self.cache_caller(credential).await?;
+        let cache = self.readable_cache(&caller, name).await?;
+        if let (Some(key), Some(generation)) = (key, generation) {
+            self.memo
+                .remember_read(key, name, &cache, self.clock.now(), generation);
+        }
+        Ok(cache)
+    }
+
     /// The cache, if `token` is the job token of a job still assigned and the job's organization may use the
     /// cache so: reading any cache the org reads (a grant, or a public cache it subscribes to); writing only the
     /// push cache named in the token, while it is still the org's push cache. `None` when the token is not a

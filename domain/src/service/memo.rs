@@ -36,6 +36,24 @@ pub struct ServeMemo {
     /// Who an API key is, as found at a time: Nix sends its netrc key with every request to a private cache.
     /// Trusted for [`API_KEY_TTL`], and dropped at once when this process deletes a key or applies a state.
     api_keys: Mutex<ApiKeys>,
+    /// Which caches an API key may read, as found at a time: Nix sends its netrc key with every narinfo it asks
+    /// a private cache for. Trusted for [`API_KEY_TTL`], and dropped at once when this process changes anything
+    /// that can take the right away (a key deleted, a member removed, a grant or subscription ended, a cache
+    /// changed or deleted, an organization deleted, a state applied).
+    reads: Mutex<Reads>,
+}
+
+/// Readable caches remembered at most (key and cache pairs); past that, the expired ones are dropped, or all
+/// if none is. About 1 KB each (the key, the cache's record): 10 MB at most, a few kilobytes in practice.
+pub const MAX_READS: usize = 10_000;
+
+/// Memoized read rights: by the API key as sent (so a hit costs no hash of it), then the cache's name; and a
+/// generation bumped whenever they are all forgotten, so a check begun before a change is not kept after it.
+#[derive(Default)]
+struct Reads {
+    generation: u64,
+    len: usize,
+    found: HashMap<Box<str>, HashMap<Box<str>, (Cache, Timestamp)>>,
 }
 
 /// How long an API key found valid is trusted without asking storage again (a key deleted by another process
@@ -210,21 +228,72 @@ impl ServeMemo {
 
     /// Forgets every API key (a key was deleted, or a state applied): the next use of any asks storage.
     pub fn forget_api_keys(&self) {
-        let mut keys = self.api_keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.generation += 1;
-        keys.found.clear();
+        {
+            let mut keys = self.api_keys.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.generation += 1;
+            keys.found.clear();
+        }
+        self.forget_reads();
     }
 
-    /// Forgets every subscription check (when a subscription or an organization changes: called before and
-    /// after the change, so no check straddling it is kept).
+    /// The cache `name` if the API key `key` (as sent) was found allowed to read it within [`API_KEY_TTL`],
+    /// and the generation to pass to [`Self::remember_read`] after checking anew.
+    pub fn read(&self, key: &str, name: &str, now: Timestamp) -> (Option<Cache>, u64) {
+        let reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = reads
+            .found
+            .get(key)
+            .and_then(|caches| caches.get(name))
+            .filter(|(_, at)| now - *at < API_KEY_TTL && *at <= now)
+            .map(|(cache, _)| cache.clone());
+        (found, reads.generation)
+    }
+
+    /// Remembers that `key` may read `cache` (as the request named it), found by a check begun at
+    /// `generation`, unless anything that can revoke it changed since.
+    pub fn remember_read(&self, key: &str, name: &str, cache: &Cache, now: Timestamp, generation: u64) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        if reads.generation != generation {
+            return;
+        }
+        if reads.len >= MAX_READS {
+            for caches in reads.found.values_mut() {
+                caches.retain(|_, (_, at)| now - *at < API_KEY_TTL);
+            }
+            reads.found.retain(|_, caches| !caches.is_empty());
+            reads.len = reads.found.values().map(HashMap::len).sum();
+            if reads.len >= MAX_READS {
+                reads.found.clear();
+                reads.len = 0;
+            }
+        }
+        let caches = reads.found.entry(key.into()).or_default();
+        let added = caches.insert(name.into(), (cache.clone(), now)).is_none();
+        reads.len += usize::from(added);
+    }
+
+    /// Forgets every remembered read right (see [`ServeMemo::reads`] for when).
+    fn forget_reads(&self) {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        reads.generation += 1;
+        reads.found.clear();
+        reads.len = 0;
+    }
+
+    /// Forgets every subscription check (when a subscription, a membership or an organization changes: called
+    /// before and after the change, so no check straddling it is kept), and with them every read right.
     pub fn forget_job_access(&self) {
-        let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
-        access.generation += 1;
-        access.found.clear();
+        {
+            let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
+            access.generation += 1;
+            access.found.clear();
+        }
+        self.forget_reads();
     }
 
-    /// Forgets a cache and everything served from it (after it changed or was deleted).
+    /// Forgets a cache and everything served from it (after it changed or was deleted), and every read right.
     pub fn forget_cache(&self, id: CacheId) {
+        self.forget_reads();
         {
             let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
             access.generation += 1;
@@ -418,5 +487,58 @@ mod tests {
         memo.forget_api_keys();
         memo.remember_api_key("h", &super::super::Caller::Anonymous, at, stale);
         assert!(!known("h", at));
+    }
+
+    #[test]
+    fn a_read_right_holds_for_its_ttl_and_goes_with_any_change_that_can_revoke_it() {
+        let memo = ServeMemo::default();
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let cache = crate::model::Cache {
+            id: CacheId(uuid::Uuid::from_u128(1)),
+            name: crate::Name::parse("private").expect("a name"),
+            display_name: String::new(),
+            description: String::new(),
+            public: false,
+            priority: 40,
+            local_priority: None,
+            compression: Compression::None,
+            signing_key: crate::crypt::Sealed(String::new()),
+            created_by: crate::UserId(uuid::Uuid::from_u128(2)),
+            created_at: at,
+            managed: false,
+        };
+        let known = |key: &str, name: &str, now| memo.read(key, name, now).0.is_some();
+        let remember = || {
+            let (_, generation) = memo.read("GRADk", "private", at);
+            memo.remember_read("GRADk", "private", &cache, at, generation);
+            assert!(known("GRADk", "private", at));
+        };
+        remember();
+        assert!(known("GRADk", "private", at + chrono::TimeDelta::seconds(1)));
+        assert!(!known("GRADk", "private", at + API_KEY_TTL), "asked again after its time");
+        assert!(!known("GRADother", "private", at));
+        assert!(!known("GRADk", "other", at));
+        memo.forget_api_keys();
+        assert!(!known("GRADk", "private", at), "a key deleted");
+        remember();
+        memo.forget_job_access();
+        assert!(!known("GRADk", "private", at), "a member removed, a grant ended");
+        remember();
+        memo.forget_cache(CacheId(uuid::Uuid::from_u128(99)));
+        assert!(!known("GRADk", "private", at), "a cache changed");
+        // A check begun before a change is not remembered after it.
+        let (_, stale) = memo.read("GRADk", "private", at);
+        memo.forget_job_access();
+        memo.remember_read("GRADk", "private", &cache, at, stale);
+        assert!(!known("GRADk", "private", at));
+        // Bounded: past MAX_READS the expired ones go, or all.
+        for i in 0..MAX_READS {
+            let (_, generation) = memo.read("GRADk", "x", at);
+            memo.remember_read(&format!("GRADk{i}"), "private", &cache, at, generation);
+        }
+        let (_, generation) = memo.read("GRADk", "x", at);
+        memo.remember_read("GRADlast", "private", &cache, at, generation);
+        assert!(memo.reads.lock().map(|r| r.len).unwrap_or_default() <= MAX_READS);
+        assert!(known("GRADlast", "private", at));
     }
 }

@@ -145,35 +145,46 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-/// The token a request carries: a bearer token, or the password (else the login) of HTTP Basic.
-fn credential(headers: &HeaderMap) -> Option<String> {
+/// The token a request carries: a bearer token, or the password (else the login) of HTTP Basic. The scheme's
+/// name is case-insensitive (RFC 7235): `bearer x` and `BASIC …` are read too. A bearer token is borrowed from
+/// the header, not copied.
+fn credential(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
     use base64::Engine;
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    if let Some(token) = value.strip_prefix("Bearer ") {
-        return Some(token.trim().to_owned());
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("Bearer") {
+        return Some(std::borrow::Cow::Borrowed(rest.trim()));
     }
-    let b64 = value.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (login, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
-    Some(if password.is_empty() { login } else { password }.to_owned())
+    if !scheme.eq_ignore_ascii_case("Basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let mut decoded = String::from_utf8(decoded).ok()?;
+    match decoded.split_once(':') {
+        Some((_, password)) if !password.is_empty() => {
+            let at = decoded.len() - password.len();
+            decoded.drain(..at);
+        }
+        Some((login, _)) => decoded.truncate(login.len()),
+        None => {}
+    }
+    Some(std::borrow::Cow::Owned(decoded))
 }
 
 /// The cache, for reading (`write: false`) or pushing, as the request's credential allows: a job token's
 /// organization's rights first, else the session's or key's (the credential is read once).
 async fn cache_for(state: &AppState, headers: &HeaderMap, name: &str, write: bool) -> Result<Cache, ServiceError> {
     let token = credential(headers);
+    if !write {
+        return state.core.cache_to_read(token.as_deref(), name).await;
+    }
     if let Some(token) = &token
         && let Some(cache) = state.core.cache_for_job_token(token, name, write).await?
     {
         return Ok(cache);
     }
     let caller = state.core.cache_caller(token.as_deref()).await?;
-    if write {
-        state.core.writable_cache(&caller, name).await
-    } else {
-        state.core.readable_cache(&caller, name).await
-    }
+    state.core.writable_cache(&caller, name).await
 }
 
 async fn read_cache(state: &AppState, headers: &HeaderMap, name: &str) -> Result<Cache, ServiceError> {
@@ -434,6 +445,28 @@ pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
 /// (a 1 MiB read-ahead 6 MB more again) for no more MiB/s (README, issue #20).
 pub const NAR_READ_AHEAD: u64 = 256 * 1024;
 
+/// The NAR store's next chunk of a download, `None` when the download must end here: the store ended, failed
+/// (the body then ends short of its length, and the reader sees the download fail) or, stalling mid-body, sent
+/// nothing for `timeout` (as long as an open may take).
+async fn next_chunk(
+    stream: &mut gradient_domain::ports::nar_store::ByteStream,
+    timeout: Duration,
+    key: &str,
+) -> Option<bytes::Bytes> {
+    match tokio::time::timeout(timeout, futures_util::StreamExt::next(stream)).await {
+        Ok(Some(Ok(chunk))) => Some(chunk),
+        Ok(None | Some(Err(_))) => None,
+        Err(_) => {
+            tracing::warn!(
+                target: "gradient::cache",
+                "the NAR store sent nothing of {key} for {}s: the download was cut off",
+                timeout.as_secs()
+            );
+            None
+        }
+    }
+}
+
 /// 503 with `Retry-After`, as plain text.
 fn unavailable(retry_after_secs: u64, message: &str) -> Response {
     Response::builder()
@@ -529,6 +562,14 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
         let mut stream = stream;
         let mut chunk = bytes::Bytes::new();
         while left > 0 {
+            // The next store chunk is read as soon as the last piece of the one before is queued, before the
+            // connection asks for it: its ask then finds the bytes ready (one chunk read ahead, no more).
+            if chunk.is_empty() {
+                chunk = match next_chunk(&mut stream, timeout, &key).await {
+                    Some(chunk) => chunk,
+                    None => return,
+                };
+            }
             // A connection that asks for nothing for the timeout (its reader takes nothing) is cut off; one
             // that is gone frees the slot at once.
             let ask = tokio::select! {
@@ -546,23 +587,6 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
                     );
                     return;
                 }
-            }
-            if chunk.is_empty() {
-                // A store that stalls mid-body gets as long for each piece as for the open.
-                chunk = match tokio::time::timeout(timeout, futures_util::StreamExt::next(&mut stream)).await {
-                    Ok(Some(Ok(chunk))) => chunk,
-                    Ok(None) => return,
-                    // The body ends short of its length: the reader sees the download fail.
-                    Ok(Some(Err(_))) => return,
-                    Err(_) => {
-                        tracing::warn!(
-                            target: "gradient::cache",
-                            "the NAR store sent nothing of {key} for {}s: the download was cut off",
-                            timeout.as_secs()
-                        );
-                        return;
-                    }
-                };
             }
             // A chunk larger than `pipe` goes in pieces (views of it, not copies), one per request for more; never
             // past the length the response promised, whatever the store sent.
@@ -598,4 +622,36 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
         None => resp.header(header::CONTENT_LENGTH, total).body(body),
     }
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn credential_of(value: &str) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().expect("a header value"));
+        credential(&headers).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn the_auth_scheme_is_read_whatever_its_case() {
+        let basic = |userpass: &str| base64::engine::general_purpose::STANDARD.encode(userpass);
+        for (value, want) in [
+            ("Bearer GRADabc".to_owned(), Some("GRADabc")),
+            ("bearer GRADabc".to_owned(), Some("GRADabc")),
+            ("BEARER  GRADabc ".to_owned(), Some("GRADabc")),
+            (format!("Basic {}", basic("me:GRADkey")), Some("GRADkey")),
+            (format!("BASIC {}", basic("me:GRADkey")), Some("GRADkey")),
+            (format!("basic {}", basic("GRADlogin:")), Some("GRADlogin")),
+            (format!("bAsIc {}", basic("GRADlogin")), Some("GRADlogin")),
+            (format!("Basic {}", basic("me:pass:with:colons")), Some("pass:with:colons")),
+            ("Digest abc".to_owned(), None),
+            ("Bearer".to_owned(), None),
+            ("Basic !!!".to_owned(), None),
+        ] {
+            assert_eq!(credential_of(&value).as_deref(), want, "{value}");
+        }
+    }
 }
