@@ -344,3 +344,97 @@ async fn only_narinfo_reads_are_taken_and_they_are_counted_as_the_route_counts_t
         .await;
     assert_eq!(count(&s.metrics().await, "GET", 200) - count(&after, "GET", 200), 1);
 }
+
+/// A read right once used (and so remembered, see `ServeMemo::reads`) ends at once with whatever granted it:
+/// the key deleted, the member removed, the grant ended, the cache made private. Each answer comes from both
+/// the shortcut and the route.
+#[tokio::test]
+async fn a_read_right_ends_at_once_with_what_granted_it() {
+    let s = server().await;
+    let owner = s.user("owner").await;
+    let member = s.user("member").await;
+    s.cache(&owner, "closed", false).await;
+    s.cache(&owner, "open", true).await;
+    let hash = s.push_fixture("closed", &owner).await;
+    s.push_fixture("open", &owner).await;
+    let path = |cache: &str| format!("/cache/{cache}/{hash}.narinfo");
+    let status = |auth: String, cache: &'static str| {
+        let path = path(cache);
+        let s = &s;
+        async move { s.answer(Method::GET, &path, Some(&auth)).await.status }
+    };
+
+    // A second key of the owner's reads, twice (the second from memory), then is deleted: refused at once.
+    let key = s
+        .api(Method::POST, "/user/keys", Some(&owner), json!({"name": "second"}))
+        .await;
+    let (id, second) = (key["id"].as_str().expect("id"), key["key"].as_str().expect("key"));
+    for _ in 0..2 {
+        assert_eq!(status(basic("nix", second), "closed").await, StatusCode::OK);
+        assert_eq!(status(format!("Bearer {second}"), "closed").await, StatusCode::OK);
+    }
+    s.api(Method::DELETE, &format!("/user/keys/{id}"), Some(&owner), json!({}))
+        .await;
+    assert_eq!(status(basic("nix", second), "closed").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(format!("Bearer {second}"), "closed").await, StatusCode::UNAUTHORIZED);
+
+    // A member of an organization the cache is granted to reads it; removed from it, refused at once.
+    s.api(Method::POST, "/orgs", Some(&owner), json!({"name": "team"})).await;
+    let add = json!({"user": "member", "role": "View"});
+    s.api(Method::POST, "/orgs/team/users", Some(&owner), add.clone()).await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
+    s.api(Method::POST, "/orgs/team/subscribe/closed", Some(&owner), json!({}))
+        .await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
+    s.api(Method::DELETE, "/orgs/team/users", Some(&owner), json!({"user": "member"}))
+        .await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
+
+    // Back in the organization (the grant stayed: the cache is the owner's, not the removed member's), then the
+    // grant ends: refused at once.
+    s.api(Method::POST, "/orgs/team/users", Some(&owner), add).await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
+    s.api(Method::DELETE, "/orgs/team/subscribe/closed", Some(&owner), json!({}))
+        .await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
+
+    // A public cache read with a key, then made private: the outsider is refused at once.
+    assert_eq!(status(format!("Bearer {member}"), "open").await, StatusCode::OK);
+    s.api(Method::PATCH, "/caches/open", Some(&owner), json!({"public": false}))
+        .await;
+    assert_eq!(status(format!("Bearer {member}"), "open").await, StatusCode::NOT_FOUND);
+    assert_eq!(status(format!("Bearer {owner}"), "open").await, StatusCode::OK);
+
+    // The organization deleted with a grant in place: refused at once.
+    s.api(Method::POST, "/orgs/team/subscribe/closed", Some(&owner), json!({}))
+        .await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
+    s.api(Method::DELETE, "/orgs/team", Some(&owner), json!({})).await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
+}
+
+/// HTTP authentication scheme names are case-insensitive (RFC 7235): `bearer`, `BASIC` and the like work.
+#[tokio::test]
+async fn the_auth_scheme_name_is_case_insensitive() {
+    use base64::Engine;
+    let s = server().await;
+    let owner = s.user("owner").await;
+    s.cache(&owner, "closed", false).await;
+    let hash = s.push_fixture("closed", &owner).await;
+    let path = format!("/cache/closed/{hash}.narinfo");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("nix:{owner}"));
+    for auth in [
+        format!("bearer {owner}"),
+        format!("BEARER {owner}"),
+        format!("basic {encoded}"),
+        format!("BASIC {encoded}"),
+        format!("bAsIc {encoded}"),
+    ] {
+        let answer = s.answer(Method::GET, &path, Some(&auth)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{auth}: {}", answer.body);
+        assert!(answer.body.lines().any(|l| l.starts_with("Sig: ")), "{}", answer.body);
+    }
+    let other = s.answer(Method::GET, &path, Some(&format!("Token {owner}"))).await;
+    assert_eq!(other.status, StatusCode::UNAUTHORIZED, "an unknown scheme is no credential");
+}

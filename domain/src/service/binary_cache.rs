@@ -131,6 +131,12 @@ where
     std::future::poll_fn(|cx| Pin::new(&mut *body).poll_next(cx)).await
 }
 
+/// Whether a credential is an API key (whose read rights are remembered), not a job token (which shares the
+/// prefix, and whose rights end with its job) nor a session.
+fn is_api_key(credential: &str) -> bool {
+    credential.starts_with(crate::auth::API_KEY_PREFIX) && !credential.starts_with(crate::auth::JOB_TOKEN_PREFIX)
+}
+
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Records that the cache's paths (hash parts) were fetched now, keeping them from garbage collection for
     /// another `cacheTtlHours`. One call per batch of fetches, not per request.
@@ -167,7 +173,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// so a hit costs no hash of it and no query), and forgotten at once on any change in this process that
     /// can take the right away (see `ServeMemo::reads`).
     pub async fn cache_to_read(&self, credential: Option<&str>, name: &str) -> Result<Cache> {
-        let key = credential.filter(|c| c.starts_with(crate::auth::API_KEY_PREFIX));
+        let key = credential.filter(|c| is_api_key(c));
         let mut generation = None;
         if let Some(key) = key {
             let (known, at) = self.memo.read(key, name, self.clock.now());
@@ -1128,6 +1134,15 @@ fn check_against_file(info: &NarInfo, file: &NarFile) -> std::result::Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_api_keys_have_their_read_rights_remembered() {
+        assert!(is_api_key("GRADabcdef"));
+        // A job token's rights end with its job (`forget_job`), which the read memo does not follow.
+        assert!(!is_api_key(&format!("{}header.claims.sig", crate::auth::JOB_TOKEN_PREFIX)));
+        assert!(!is_api_key("eyJhbGciOiJIUzI1NiJ9.session.sig"));
+        assert!(!is_api_key(""));
+    }
 
     #[test]
     fn nar_urls() {

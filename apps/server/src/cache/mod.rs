@@ -440,9 +440,10 @@ fn text_response(body: String) -> Response {
 /// How long a NAR download waits for one of the `maxConcurrentNarServes` slots before it is answered 503.
 pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
 /// The largest piece a download hands its connection at once, whatever `maxNarBufferBytes` allows: one of the
-/// file store's 256 KiB reads. Nothing is read ahead of the connection's asking: a read-ahead of one chunk
-/// plus one read while it waited, with hyper's default ~400 KiB write queue, held ~6 MB more over 8 downloads
-/// (a 1 MiB read-ahead 6 MB more again) for no more MiB/s (README, issue #20).
+/// file store's 256 KiB reads. With pieces this large, one store chunk is read ahead of the connection's asking
+/// (256 KiB per download): reading only on demand cost NAR throughput (session 10: 1.07x -> 0.96x nginx); a
+/// read-ahead of one chunk plus one read while it waited, with hyper's default ~400 KiB write queue, had held
+/// ~6 MB more over 8 downloads (a 1 MiB read-ahead 6 MB more again) (README, issue #20).
 pub const NAR_READ_AHEAD: u64 = 256 * 1024;
 
 /// The NAR store's next chunk of a download, `None` when the download must end here: the store ended, failed
@@ -481,10 +482,11 @@ fn unavailable(retry_after_secs: u64, message: &str) -> Response {
 ///   then gets 503 with `Retry-After`;
 /// - opening the file in the NAR store may take `narStorageOpenTimeoutSecs`, then 503 with `Retry-After`; a
 ///   store that then sends nothing for as long is cut off (the body ends short and the connection closes);
-/// - the store's chunks go to the connection as they are (no copy), queued up to
-///   pieces of at most `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes, each read from the store only when the
-///   connection asks for the next one, so one download holds about one piece (plus what the connection is
-///   still writing of the last, below `serve::HTTP1_MAX_BUF`);
+/// - the store's chunks go to the connection as they are (no copy), in pieces of at most
+///   `min(maxNarBufferBytes, NAR_READ_AHEAD)` bytes, one each time the connection asks for more; with pieces of
+///   [`NAR_READ_AHEAD`] the next store chunk is read while the connection sends the last piece, so one download
+///   holds about two chunks (one being written, below `serve::HTTP1_MAX_BUF` queued, and one read ahead);
+///   with smaller pieces, the store is read only when a piece is asked for and none is left;
 /// - a reader that takes nothing for `narSendChunkTimeoutSecs` while the queue is full is cut off (the body
 ///   ends short of its `Content-Length` and the connection closes), freeing its slot.
 async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) -> Result<Response, ServiceError> {
@@ -542,10 +544,11 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
         return Err(missing());
     };
     let pipe = (state.http.max_nar_buffer_bytes.min(NAR_READ_AHEAD) as usize).max(1);
+    let read_ahead = pipe as u64 >= NAR_READ_AHEAD;
     let chunk_timeout = Duration::from_secs(state.http.nar_send_chunk_timeout_secs);
     // The store's chunks go to the body as they are (no copy), one piece each time the connection asks for
-    // more: `wanted` gets a permit each time the body is polled for its next piece, and the store is read
-    // only then. Nothing waits read ahead in memory; the socket's own buffer keeps the line busy meanwhile.
+    // more: `wanted` gets a permit each time the body is polled for its next piece. At most one store chunk
+    // waits read ahead; the socket's own buffer keeps the line busy meanwhile.
     let wanted = Arc::new(tokio::sync::Semaphore::new(0));
     let asking = wanted.clone();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
@@ -563,8 +566,9 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
         let mut chunk = bytes::Bytes::new();
         while left > 0 {
             // The next store chunk is read as soon as the last piece of the one before is queued, before the
-            // connection asks for it: its ask then finds the bytes ready (one chunk read ahead, no more).
-            if chunk.is_empty() {
+            // connection asks for it: its ask then finds the bytes ready (one chunk read ahead, no more). Below
+            // a piece of [`NAR_READ_AHEAD`] (`maxNarBufferBytes` smaller), nothing is read before it is asked for.
+            if chunk.is_empty() && read_ahead {
                 chunk = match next_chunk(&mut stream, timeout, &key).await {
                     Some(chunk) => chunk,
                     None => return,
@@ -587,6 +591,12 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
                     );
                     return;
                 }
+            }
+            if chunk.is_empty() {
+                chunk = match next_chunk(&mut stream, timeout, &key).await {
+                    Some(chunk) => chunk,
+                    None => return,
+                };
             }
             // A chunk larger than `pipe` goes in pieces (views of it, not copies), one per request for more; never
             // past the length the response promised, whatever the store sent.
