@@ -376,10 +376,14 @@ async fn a_read_right_ends_at_once_with_what_granted_it() {
     s.api(Method::DELETE, &format!("/user/keys/{id}"), Some(&owner), json!({}))
         .await;
     assert_eq!(status(basic("nix", second), "closed").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(status(format!("Bearer {second}"), "closed").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(format!("Bearer {second}"), "closed").await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // A member of an organization the cache is granted to reads it; removed from it, refused at once.
-    s.api(Method::POST, "/orgs", Some(&owner), json!({"name": "team"})).await;
+    s.api(Method::POST, "/orgs", Some(&owner), json!({"name": "team"}))
+        .await;
     let add = json!({"user": "member", "role": "View"});
     s.api(Method::POST, "/orgs/team/users", Some(&owner), add.clone()).await;
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
@@ -387,8 +391,13 @@ async fn a_read_right_ends_at_once_with_what_granted_it() {
         .await;
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
-    s.api(Method::DELETE, "/orgs/team/users", Some(&owner), json!({"user": "member"}))
-        .await;
+    s.api(
+        Method::DELETE,
+        "/orgs/team/users",
+        Some(&owner),
+        json!({"user": "member"}),
+    )
+    .await;
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
 
     // Back in the organization (the grant stayed: the cache is the owner's, not the removed member's), then the
@@ -436,5 +445,9 @@ async fn the_auth_scheme_name_is_case_insensitive() {
         assert!(answer.body.lines().any(|l| l.starts_with("Sig: ")), "{}", answer.body);
     }
     let other = s.answer(Method::GET, &path, Some(&format!("Token {owner}"))).await;
-    assert_eq!(other.status, StatusCode::UNAUTHORIZED, "an unknown scheme is no credential");
+    assert_eq!(
+        other.status,
+        StatusCode::UNAUTHORIZED,
+        "an unknown scheme is no credential"
+    );
 }

@@ -190,8 +190,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let caller = self.cache_caller(credential).await?;
         let cache = self.readable_cache(&caller, name).await?;
         if let (Some(key), Some(generation)) = (key, generation) {
-            self.memo
-                .remember_read(key, name, &cache, self.clock.now(), generation);
+            self.memo.remember_read(key, name, &cache, self.clock.now(), generation);
         }
         Ok(cache)
     }
@@ -1139,7 +1138,10 @@ mod tests {
     fn only_api_keys_have_their_read_rights_remembered() {
         assert!(is_api_key("GRADabcdef"));
         // A job token's rights end with its job (`forget_job`), which the read memo does not follow.
-        assert!(!is_api_key(&format!("{}header.claims.sig", crate::auth::JOB_TOKEN_PREFIX)));
+        assert!(!is_api_key(&format!(
+            "{}header.claims.sig",
+            crate::auth::JOB_TOKEN_PREFIX
+        )));
         assert!(!is_api_key("eyJhbGciOiJIUzI1NiJ9.session.sig"));
         assert!(!is_api_key(""));
     }

@@ -53,8 +53,11 @@ pub const MAX_READS: usize = 10_000;
 struct Reads {
     generation: u64,
     len: usize,
-    found: HashMap<Box<str>, HashMap<Box<str>, (Cache, Timestamp)>>,
+    found: HashMap<Box<str>, ReadsOfKey>,
 }
+
+/// One key's readable caches by name, each with when it was found so.
+type ReadsOfKey = HashMap<Box<str>, (Cache, Timestamp)>;
 
 /// How long an API key found valid is trusted without asking storage again (a key deleted by another process
 /// stops working within it; at once in this one, see [`ServeMemo::forget_api_keys`]).
@@ -515,7 +518,10 @@ mod tests {
         };
         remember();
         assert!(known("GRADk", "private", at + chrono::TimeDelta::seconds(1)));
-        assert!(!known("GRADk", "private", at + API_KEY_TTL), "asked again after its time");
+        assert!(
+            !known("GRADk", "private", at + API_KEY_TTL),
+            "asked again after its time"
+        );
         assert!(!known("GRADother", "private", at));
         assert!(!known("GRADk", "other", at));
         memo.forget_api_keys();

@@ -656,7 +656,10 @@ mod tests {
             (format!("BASIC {}", basic("me:GRADkey")), Some("GRADkey")),
             (format!("basic {}", basic("GRADlogin:")), Some("GRADlogin")),
             (format!("bAsIc {}", basic("GRADlogin")), Some("GRADlogin")),
-            (format!("Basic {}", basic("me:pass:with:colons")), Some("pass:with:colons")),
+            (
+                format!("Basic {}", basic("me:pass:with:colons")),
+                Some("pass:with:colons"),
+            ),
             ("Digest abc".to_owned(), None),
             ("Bearer".to_owned(), None),
             ("Basic !!!".to_owned(), None),
