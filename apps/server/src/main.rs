@@ -8,34 +8,8 @@ use gradient_server::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// glibc's malloc arenas at most. Rust's allocations go to mimalloc; glibc's malloc serves C code, SQLite
-/// above all, which sqlx runs on a thread per connection. glibc gives such threads arenas of their own (up to 8
-/// per core) and keeps what they freed there after the threads end (8.8 MB after a push burst, README); one
-/// arena shared by all keeps only what is in use. SQLite allocates under its own locks, briefly: one arena's
-/// lock costs nothing measurable here (`bench/cache.sh`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MALLOC_ARENAS: i32 = 1;
-
-/// Caps glibc's malloc arenas ([`MALLOC_ARENAS`]); must run before any other thread starts.
-#[allow(unsafe_code)]
-fn cap_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets one of malloc's parameters; no other thread exists yet.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-    }
-}
-
-fn main() {
-    cap_malloc_arenas();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| fail(&format!("cannot start the runtime: {e}")));
-    runtime.block_on(serve());
-}
-
-async fn serve() {
+#[tokio::main]
+async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--print-config-schema") {
         let schema: Vec<_> = Config::schema().iter().map(|v| v.to_json()).collect();
