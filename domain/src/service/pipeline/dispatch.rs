@@ -55,6 +55,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             jobs.push(entry);
             queued.insert(record.id, record);
         }
+        // Every decision of a round is about a queued job: with none, the workers' jobs need not be read (a
+        // round runs at each report of a running batch).
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut built_on: HashMap<OrgId, HashMap<String, WorkerId>> = HashMap::new();
         for w in &workers {
             for record in self.storage.jobs_assigned_to(w.id).await? {
