@@ -73,7 +73,16 @@ where
     W: FnMut(Duration, &NixError) -> F,
     F: Future<Output = ()>,
 {
-    push_more_retrying(nix, cache, target, paths, &mut Default::default(), &Default::default(), wait).await
+    push_more_retrying(
+        nix,
+        cache,
+        target,
+        paths,
+        &mut Default::default(),
+        &Default::default(),
+        wait,
+    )
+    .await
 }
 
 /// [`push_retrying`] for one of several pushes of the same run (the builds of one Nix run, pushed as they are
@@ -160,11 +169,7 @@ pub fn known_closure(
     // Each path after those of `new` it may refer to (in the order given otherwise).
     let mut placed: HashSet<&str> = HashSet::new();
     let mut order = Vec::with_capacity(new.len());
-    let mut rest: Vec<&str> = paths
-        .iter()
-        .map(String::as_str)
-        .filter(|p| new.contains(p))
-        .collect();
+    let mut rest: Vec<&str> = paths.iter().map(String::as_str).filter(|p| new.contains(p)).collect();
     rest.dedup();
     while !rest.is_empty() {
         let before = rest.len();

@@ -236,18 +236,31 @@ mod tests {
             "dep.drv",
             r#"Derive([("dev","/s/dep-dev","",""),("out","/s/dep","","")],[],[],"x","/bin/sh",[],[])"#.into(),
         );
-        write("ca.drv", r#"Derive([("out","","r:sha256","")],[],[],"x","/bin/sh",[],[])"#.into());
+        write(
+            "ca.drv",
+            r#"Derive([("out","","r:sha256","")],[],[],"x","/bin/sh",[],[])"#.into(),
+        );
         let uses = |input: &str, outputs: &str| {
-            format!(r#"Derive([("out","/s/top","","")],[("{}",[{outputs}])],["/s/src"],"x","/bin/sh",[],[])"#, path(input))
+            format!(
+                r#"Derive([("out","/s/top","","")],[("{}",[{outputs}])],["/s/src"],"x","/bin/sh",[],[])"#,
+                path(input)
+            )
         };
         write("top.drv", uses("dep.drv", r#""out""#));
         write("on-ca.drv", uses("ca.drv", r#""out""#));
         write("on-missing.drv", uses("missing.drv", r#""out""#));
         let drvs = ["top.drv", "on-ca.drv", "on-missing.drv", "dep.drv", "absent.drv"].map(path);
         let got = build_inputs(&drvs);
-        assert_eq!(got.get(&path("top.drv")), Some(&vec!["/s/src".to_owned(), "/s/dep".to_owned()]));
+        assert_eq!(
+            got.get(&path("top.drv")),
+            Some(&vec!["/s/src".to_owned(), "/s/dep".to_owned()])
+        );
         assert_eq!(got.get(&path("dep.drv")), Some(&vec![]));
-        assert_eq!(got.len(), 2, "an output only known after building, or a file missing, is not known: {got:?}");
+        assert_eq!(
+            got.len(),
+            2,
+            "an output only known after building, or a file missing, is not known: {got:?}"
+        );
     }
 
     #[test]

@@ -33,7 +33,13 @@ pub fn quiet_for(arrived: &[Job]) -> Duration {
 /// (`proto::Job::Build::round_rest`), so nothing more of it is waited for. A server that does not tell leaves the
 /// gathering to [`quiet_for`].
 pub fn round_in(arrived: &[Job]) -> bool {
-    matches!(arrived.last(), Some(Job::Build { round_rest: Some(0), .. }))
+    matches!(
+        arrived.last(),
+        Some(Job::Build {
+            round_rest: Some(0),
+            ..
+        })
+    )
 }
 
 /// The `.drv` path of a build job (empty for an evaluation).
@@ -230,8 +236,14 @@ mod tests {
         assert!(!round_in(&[]));
         assert!(!round_in(&[with_rest("a", Some(1))]), "one more follows");
         assert!(round_in(&[with_rest("a", Some(1)), with_rest("b", Some(0))]));
-        assert!(!round_in(&[with_rest("a", None)]), "an older server does not tell: wait for a pause");
-        assert!(!round_in(&[with_rest("a", Some(0)), with_rest("b", Some(2))]), "the next round began");
+        assert!(
+            !round_in(&[with_rest("a", None)]),
+            "an older server does not tell: wait for a pause"
+        );
+        assert!(
+            !round_in(&[with_rest("a", Some(0)), with_rest("b", Some(2))]),
+            "the next round began"
+        );
     }
 
     #[test]
