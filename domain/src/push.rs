@@ -122,10 +122,7 @@ where
                     imported += failed.imported;
                     continue;
                 }
-                sent.map(|n| {
-                    in_cache.extend(closure);
-                    n
-                })
+                sent.inspect(|_| in_cache.extend(closure))
             }
             None => attempt_more(nix, cache, target, &paths, in_cache, &mut |_| {}).await,
         };
