@@ -824,6 +824,15 @@ async fn a_chain_is_handed_to_one_worker_in_one_round_and_completes() {
         batch_inputs(&sent[0].job).is_empty(),
         "the first link needs nothing: {sent:?}"
     );
+    // Each says how many of the round's builds follow it to the worker: the worker knows when the burst is in.
+    let rests: Vec<Option<u32>> = sent
+        .iter()
+        .map(|d| match &d.job {
+            gradient_domain::proto::Job::Build { round_rest, .. } => *round_rest,
+            other => panic!("not a build: {other:?}"),
+        })
+        .collect();
+    assert_eq!(rests, (0..20).rev().map(Some).collect::<Vec<_>>());
     for i in 0..20 {
         assert_eq!(
             build_status(&app, &org, &format!("link{i}")).await,

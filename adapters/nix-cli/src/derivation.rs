@@ -123,6 +123,33 @@ pub fn read_closure(drvs: &[String], seen: &HashSet<String>) -> Option<BTreeMap<
     Some(out)
 }
 
+/// What each of `drvs` builds with (see `Nix::build_inputs`), read from the `.drv` files: its input sources and
+/// the outputs of its input derivations that it uses. A derivation is left out when its file or an input's cannot
+/// be read, or an output it uses has no path before building.
+pub fn build_inputs(drvs: &[String]) -> BTreeMap<String, Vec<String>> {
+    let read = |drv: &str| {
+        std::fs::read(drv)
+            .ok()
+            .and_then(|text| gradient_domain::nix::parse_derivation(&text).ok())
+    };
+    let mut inputs_of = BTreeMap::new();
+    'drvs: for drv in drvs {
+        let Some(d) = read(drv) else { continue };
+        let mut inputs = d.input_srcs;
+        for (input, wanted) in &d.input_drvs {
+            let Some(input) = read(input) else { continue 'drvs };
+            for name in wanted {
+                match input.outputs.get(name) {
+                    Some(path) if !path.is_empty() => inputs.push(path.clone()),
+                    _ => continue 'drvs,
+                }
+            }
+        }
+        inputs_of.insert(drv.clone(), inputs);
+    }
+    inputs_of
+}
+
 /// The derivations of `found` not in `seen`, each after the ones it depends on; marks them seen.
 pub fn new_in_order(found: &mut BTreeMap<String, DerivationInfo>, seen: &mut HashSet<String>) -> Vec<DerivationInfo> {
     let mut order = Vec::new();
@@ -197,6 +224,42 @@ mod tests {
         assert_eq!(
             parse(json, "/nix/store").unwrap()["/nix/store/x.drv"].input_drvs,
             ["/nix/store/y.drv"]
+        );
+    }
+
+    #[test]
+    fn build_inputs_are_the_sources_and_the_used_outputs_of_input_derivations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let write = |name: &str, text: String| std::fs::write(path(name), text).unwrap();
+        write(
+            "dep.drv",
+            r#"Derive([("dev","/s/dep-dev","",""),("out","/s/dep","","")],[],[],"x","/bin/sh",[],[])"#.into(),
+        );
+        write(
+            "ca.drv",
+            r#"Derive([("out","","r:sha256","")],[],[],"x","/bin/sh",[],[])"#.into(),
+        );
+        let uses = |input: &str, outputs: &str| {
+            format!(
+                r#"Derive([("out","/s/top","","")],[("{}",[{outputs}])],["/s/src"],"x","/bin/sh",[],[])"#,
+                path(input)
+            )
+        };
+        write("top.drv", uses("dep.drv", r#""out""#));
+        write("on-ca.drv", uses("ca.drv", r#""out""#));
+        write("on-missing.drv", uses("missing.drv", r#""out""#));
+        let drvs = ["top.drv", "on-ca.drv", "on-missing.drv", "dep.drv", "absent.drv"].map(path);
+        let got = build_inputs(&drvs);
+        assert_eq!(
+            got.get(&path("top.drv")),
+            Some(&vec!["/s/src".to_owned(), "/s/dep".to_owned()])
+        );
+        assert_eq!(got.get(&path("dep.drv")), Some(&vec![]));
+        assert_eq!(
+            got.len(),
+            2,
+            "an output only known after building, or a file missing, is not known: {got:?}"
         );
     }
 

@@ -23,8 +23,25 @@ use gradient_domain::wildcard::Wildcard;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 
-/// Attributes per `nix eval` and per reported batch.
+/// Attributes per reported batch, and per `nix eval` when one process evaluates.
 const BATCH: usize = 64;
+
+/// Attributes per `nix eval` at most when several evaluate at once (each loads the flake again: a few large
+/// chunks cost less than many small ones).
+const PARALLEL_CHUNK: usize = 4 * BATCH;
+
+/// The chunks `parallel` `nix eval`s evaluate, `parallel` at a time: the leaves shared out evenly, each chunk
+/// at most [`PARALLEL_CHUNK`] (one [`BATCH`] when one process evaluates), so every round but the last keeps
+/// every process busy and the flake is loaded as few times as that allows.
+fn eval_chunks(leaves: &[Vec<String>], parallel: usize) -> Vec<&[Vec<String>]> {
+    let parallel = parallel.max(1);
+    if parallel == 1 {
+        return leaves.chunks(BATCH).collect();
+    }
+    let rounds = leaves.len().div_ceil(parallel * PARALLEL_CHUNK).max(1);
+    let size = leaves.len().div_ceil(parallel * rounds).max(1);
+    leaves.chunks(size).collect()
+}
 
 /// What a leading `*` stands for: the flake outputs that hold derivations (not `legacyPackages`, which is a
 /// whole package set: name it explicitly).
@@ -162,16 +179,18 @@ pub async fn evaluate(
             continue;
         }
         // Split between the evaluator processes (`NixCli::eval_processes`): up to that many chunks are
-        // evaluated at once, each by its own `nix eval`, and described and reported in order.
+        // evaluated at once, each by its own `nix eval`, and described and reported in order, in batches of
+        // [`BATCH`].
         let parallel = cli.eval_processes.max(1);
-        let size = leaves.len().div_ceil(parallel).clamp(1, BATCH);
-        let chunks: Vec<&[Vec<String>]> = leaves.chunks(size).collect();
-        for group in chunks.chunks(parallel) {
+        for group in eval_chunks(&leaves, parallel).chunks(parallel) {
             let results = futures_util::future::join_all(group.iter().map(|chunk| ev.drv_paths(chunk))).await;
             for (chunk, results) in group.iter().zip(results) {
-                let mut batch = ev.describe(chunk, results?).await?;
-                batch.errors.splice(0..0, std::mem::take(&mut errors));
-                ev.emit(on_batch, batch);
+                let mut results = results?.into_iter();
+                for part in chunk.chunks(BATCH) {
+                    let mut batch = ev.describe(part, results.by_ref().take(part.len()).collect()).await?;
+                    batch.errors.splice(0..0, std::mem::take(&mut errors));
+                    ev.emit(on_batch, batch);
+                }
             }
         }
     }
@@ -481,6 +500,26 @@ mod tests {
             broken,
             [vec!["checks", "aarch64-linux"], vec!["checks", "x86_64-linux", "bad"]]
         );
+    }
+
+    #[test]
+    fn parallel_evaluations_share_the_leaves_evenly_in_few_chunks() {
+        let leaves = |n: usize| -> Vec<Vec<String>> { (0..n).map(|i| vec![format!("a{i}")]).collect() };
+        let sizes = |n: usize, p: usize| -> Vec<usize> {
+            let l = leaves(n);
+            eval_chunks(&l, p).iter().map(|c| c.len()).collect()
+        };
+        // One process: batches of BATCH, as reported.
+        assert_eq!(sizes(300, 1), vec![64, 64, 64, 64, 44]);
+        // Two: one chunk each, the flake loaded twice rather than five times.
+        assert_eq!(sizes(300, 2), vec![150, 150]);
+        assert_eq!(sizes(3, 2), vec![2, 1]);
+        // Larger than a round: even rounds of chunks of at most PARALLEL_CHUNK.
+        let big = sizes(2000, 2);
+        assert!(big.iter().all(|&s| s <= PARALLEL_CHUNK), "{big:?}");
+        assert_eq!(big.len() % 2, 0, "{big:?}");
+        assert_eq!(big.iter().sum::<usize>(), 2000);
+        assert!(sizes(0, 2).is_empty());
     }
 
     #[test]

@@ -343,6 +343,13 @@ impl Nix for NixCli {
     async fn export(&self, paths: &[String]) -> Result<ExportStream> {
         export::export(self, paths).await
     }
+
+    async fn build_inputs(&self, drvs: &[String]) -> Result<BTreeMap<String, Vec<String>>> {
+        let drvs = drvs.to_vec();
+        tokio::task::spawn_blocking(move || derivation::build_inputs(&drvs))
+            .await
+            .map_err(|e| NixError::Unavailable(format!("reading derivations: {e}")))
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,19 @@ pub fn quiet_for(arrived: &[Job]) -> Duration {
     }
 }
 
+/// Whether the burst is in: the last job that arrived was the last build of its dispatch round
+/// (`proto::Job::Build::round_rest`), so nothing more of it is waited for. A server that does not tell leaves the
+/// gathering to [`quiet_for`].
+pub fn round_in(arrived: &[Job]) -> bool {
+    matches!(
+        arrived.last(),
+        Some(Job::Build {
+            round_rest: Some(0),
+            ..
+        })
+    )
+}
+
 /// The `.drv` path of a build job (empty for an evaluation).
 pub fn drv_of(job: &Job) -> &str {
     match job {
@@ -145,6 +158,7 @@ mod tests {
             push: None,
             timeout_secs: None,
             batch_inputs: inputs.iter().map(|i| format!("/nix/store/{i}.drv")).collect(),
+            round_rest: None,
         }
     }
 
@@ -208,6 +222,28 @@ mod tests {
         assert_eq!(quiet_for(&independent), GATHER);
         assert_eq!(quiet_for(&chain(3)), GATHER_CHAIN, "its links name their inputs");
         assert!(GATHER_CHAIN > GATHER);
+    }
+
+    #[test]
+    fn a_round_is_in_once_its_last_build_arrived() {
+        let with_rest = |name: &str, rest: Option<u32>| {
+            let mut job = build(name, &[]);
+            if let Job::Build { round_rest, .. } = &mut job {
+                *round_rest = rest;
+            }
+            job
+        };
+        assert!(!round_in(&[]));
+        assert!(!round_in(&[with_rest("a", Some(1))]), "one more follows");
+        assert!(round_in(&[with_rest("a", Some(1)), with_rest("b", Some(0))]));
+        assert!(
+            !round_in(&[with_rest("a", None)]),
+            "an older server does not tell: wait for a pause"
+        );
+        assert!(
+            !round_in(&[with_rest("a", Some(0)), with_rest("b", Some(2))]),
+            "the next round began"
+        );
     }
 
     #[test]

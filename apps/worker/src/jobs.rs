@@ -646,6 +646,9 @@ async fn push_as_built<N: Nix>(
 ) -> Pushed {
     let mut pushed = Pushed::default();
     let mut in_cache: std::collections::HashSet<String> = Default::default();
+    // What each output of the run may refer to, read once the first push is due (off the way of the build).
+    let mut may_refer: Option<std::collections::HashMap<String, Vec<String>>> = None;
+    let no_refs = std::collections::HashMap::new();
     let mut done: std::collections::HashSet<String> = Default::default();
     let mut next = tokio::time::Instant::now();
     let mut open = true;
@@ -700,8 +703,18 @@ async fn push_as_built<N: Nix>(
                 }
                 let pushing = std::time::Instant::now();
                 let mut waited = Duration::ZERO;
-                let result =
-                    gradient_domain::push::push_more_retrying(nix, cache, target, &paths, &mut in_cache, |delay, e| {
+                if may_refer.is_none() {
+                    may_refer = Some(may_refer_of(nix, drvs).await);
+                }
+                let may_refer = may_refer.as_ref().unwrap_or(&no_refs);
+                let result = gradient_domain::push::push_more_retrying(
+                    nix,
+                    cache,
+                    target,
+                    &paths,
+                    &mut in_cache,
+                    may_refer,
+                    |delay, e| {
                         waited += delay;
                         tracing::warn!(
                             target: "gradient::build",
@@ -709,8 +722,9 @@ async fn push_as_built<N: Nix>(
                             delay.as_secs()
                         );
                         tokio::time::sleep(delay)
-                    })
-                    .await;
+                    },
+                )
+                .await;
                 pushed.busy += pushing.elapsed();
                 next = next_push(started, tokio::time::Instant::now(), waited);
                 pushed.pushes += 1;
@@ -737,6 +751,29 @@ async fn push_as_built<N: Nix>(
         }
     }
     pushed
+}
+
+/// For each output of the run's single-output derivations, the store paths it may refer to besides itself: its
+/// derivation's build inputs (see `Nix::build_inputs`). A multi-output derivation's outputs may refer to each other,
+/// in an order only Nix knows: they are left out (their pushes ask Nix for the closure), as are derivations whose
+/// inputs cannot be told.
+async fn may_refer_of<N: Nix>(
+    nix: &N,
+    drvs: &[(String, std::collections::BTreeMap<String, String>)],
+) -> std::collections::HashMap<String, Vec<String>> {
+    let single: Vec<String> = drvs
+        .iter()
+        .filter(|(_, outputs)| outputs.len() == 1)
+        .map(|(d, _)| d.clone())
+        .collect();
+    let inputs = nix.build_inputs(&single).await.unwrap_or_default();
+    drvs.iter()
+        .filter(|(_, outputs)| outputs.len() == 1)
+        .filter_map(|(drv, outputs)| {
+            let output = outputs.values().next()?;
+            Some((output.clone(), inputs.get(drv)?.clone()))
+        })
+        .collect()
 }
 
 /// Removes a batch's netrc file and GC roots directory when dropped.

@@ -163,11 +163,12 @@ async fn batcher<N: Nix>(
         };
         if !arrived.is_empty() {
             let until = tokio::time::Instant::now() + GATHER_AT_MOST;
-            while let Ok(Some(job)) = tokio::time::timeout_at(
-                (tokio::time::Instant::now() + batches::quiet_for(&arrived)).min(until),
-                rx.recv(),
-            )
-            .await
+            while !batches::round_in(&arrived)
+                && let Ok(Some(job)) = tokio::time::timeout_at(
+                    (tokio::time::Instant::now() + batches::quiet_for(&arrived)).min(until),
+                    rx.recv(),
+                )
+                .await
             {
                 arrived.push(job);
                 while let Ok(job) = rx.try_recv() {

@@ -286,6 +286,14 @@ pub trait Nix: Send + Sync + 'static {
     /// Fails with `Push` when a path is not in the local store.
     fn requisites(&self, paths: &[String]) -> impl Future<Output = Result<Vec<String>>> + Send;
 
+    /// For each of `drvs` (`.drv` files in the local store), what its build sees of the store: the outputs of its
+    /// input derivations that it uses and its input sources. An output refers to no other store path than
+    /// those, itself and its derivation's other outputs (Nix looks for references only there), which lets a
+    /// push of what a run built know the closure without asking Nix (see [`crate::push::known_closure`]). A
+    /// derivation whose `.drv` cannot be read, or one of whose inputs has an output path not known before
+    /// building, is left out (its pushes ask Nix).
+    fn build_inputs(&self, drvs: &[String]) -> impl Future<Output = Result<BTreeMap<String, Vec<String>>>> + Send;
+
     /// `paths` (at most [`MAX_EXPORT`]) as a `nix-store --export` stream (see [`crate::nix::export`]), each
     /// after those among them it refers to. The stream's last item is an error (`Push`) if Nix fails; dropping
     /// the stream stops Nix.

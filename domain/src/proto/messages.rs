@@ -400,6 +400,11 @@ pub enum Job {
         /// way at once.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         batch_inputs: Vec<String>,
+        /// How many more build jobs of the same dispatch round follow this one to this worker (0: this is the
+        /// round's last); absent when not told (an older server). A worker that gathers a round's builds into
+        /// one Nix run starts it once the round is in, rather than after a pause in the assignments.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        round_rest: Option<u32>,
     },
 }
 

@@ -46,6 +46,7 @@ fn build_job() -> Job {
         }),
         timeout_secs: Some(3600),
         batch_inputs: vec!["/nix/store/cccc-lib.drv".into()],
+        round_rest: Some(0),
     }
 }
 

@@ -101,6 +101,7 @@ pub fn build_job() -> Job {
         push: None,
         timeout_secs: None,
         batch_inputs: Vec::new(),
+        round_rest: None,
     }
 }
 

@@ -55,6 +55,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             jobs.push(entry);
             queued.insert(record.id, record);
         }
+        // Every decision of a round is about a queued job: with none, the workers' jobs need not be read (a
+        // round runs at each report of a running batch).
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut built_on: HashMap<OrgId, HashMap<String, WorkerId>> = HashMap::new();
         for w in &workers {
             for record in self.storage.jobs_assigned_to(w.id).await? {
@@ -135,11 +140,24 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             return Err(e);
         }
         // Handed out once all are recorded, back to back: a worker gets the round's jobs as one burst, which it
-        // builds together (a chain in one Nix run) instead of starting a run with the first few.
-        for (assigned, job) in recorded {
+        // builds together (a chain in one Nix run) instead of starting a run with the first few. Each build says
+        // how many more of the round's builds follow to its worker, so the worker knows when the burst is in.
+        let mut builds_left: HashMap<WorkerId, u32> = HashMap::new();
+        for (assigned, job) in &recorded {
+            if let (JobState::Assigned { worker, .. }, proto::Job::Build { .. }) = (&assigned.state, job) {
+                *builds_left.entry(*worker).or_default() += 1;
+            }
+        }
+        for (assigned, mut job) in recorded {
             let JobState::Assigned { worker, .. } = assigned.state else {
                 continue;
             };
+            if let proto::Job::Build { round_rest, .. } = &mut job
+                && let Some(left) = builds_left.get_mut(&worker)
+            {
+                *left = left.saturating_sub(1);
+                *round_rest = Some(*left);
+            }
             if self.fleet.assign(worker, assigned.org_id, job.clone()) {
                 out.push(Dispatched {
                     worker,
@@ -306,6 +324,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     push,
                     timeout_secs: None,
                     batch_inputs,
+                    // Told when the round is recorded (see `dispatch`).
+                    round_rest: None,
                 })
             }
         })
