@@ -7,7 +7,10 @@
 # Usage: bench/scale.sh [SIZE...]   (installs what is missing with apt-get; PostgreSQL is started as in tests)
 # BENCH_PROFILE=dev uses unoptimized binaries (a machine where a release build is too costly; figures are then
 # slower than release ones, and only comparable with each other); BENCH_DATABASES="sqlite" or "postgres" runs
-# one database only; BENCH_LOGS=DIR keeps each run's server and worker logs there.
+# one database only; BENCH_LOGS=DIR keeps each run's server and worker logs there, with the server's memory
+# sampled once a second; BENCH_BIN=DIR runs the gradient-server and gradient-worker found there instead of
+# building them (e.g. a non-LTO release build, or another branch's for an A/B run side by side);
+# BENCH_HEAPTRACK=DIR records the server's allocations with heaptrack (what it held at its peak).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
