@@ -7,26 +7,39 @@
 # Usage: bench/scale.sh [SIZE...]   (installs what is missing with apt-get; PostgreSQL is started as in tests)
 # BENCH_PROFILE=dev uses unoptimized binaries (a machine where a release build is too costly; figures are then
 # slower than release ones, and only comparable with each other); BENCH_DATABASES="sqlite" or "postgres" runs
-# one database only; BENCH_LOGS=DIR keeps each run's server and worker logs there.
+# one database only; BENCH_LOGS=DIR keeps each run's server and worker logs there, with the server's memory
+# sampled once a second; BENCH_BIN=DIR runs the gradient-server and gradient-worker found there instead of
+# building them (e.g. a non-LTO release build, or another branch's for an A/B run side by side);
+# BENCH_HEAPTRACK=DIR records the server's allocations with heaptrack (what it held at its peak).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_packages nix-bin git curl jq bc postgresql
+[ -z "${BENCH_HEAPTRACK:-}" ] || ensure_packages heaptrack
 ensure_rust
 profile=${BENCH_PROFILE:-release}
-say "building gradient-server and gradient-worker ($profile)"
-cargo build --profile "$profile" --locked -p gradient-server -p gradient-worker >&2
-bin="${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")"
-admin_url=$(ensure_postgres)
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$(cd "$BENCH_BIN" && pwd)
+else
+  say "building gradient-server and gradient-worker ($profile)"
+  cargo build --profile "$profile" --locked -p gradient-server -p gradient-worker >&2
+  bin="${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+fi
+read -r -a databases <<<"${BENCH_DATABASES:-sqlite postgres}"
+admin_url=""
+case " ${databases[*]} " in *" postgres "*) admin_url=$(ensure_postgres) ;; esac
 
 export NIX_CONFIG=$'experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\nnarinfo-cache-positive-ttl = 0\nnarinfo-cache-negative-ttl = 0'
 work=$(mktemp -d /tmp/gradient-scale-bench.XXXXXX)
 server_pid=""
+server_proc=""
 worker_pid=""
+sampler_pid=""
 db=""
 cleanup() {
-  kill $server_pid $worker_pid 2>/dev/null || true
+  kill $server_proc $worker_pid $sampler_pid 2>/dev/null || true
+  wait $server_pid 2>/dev/null || true
   [ -z "$db" ] || psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -70,8 +83,15 @@ NIX
 
 # Starts a server on DATABASE (sqlite or postgres) with its worker; sets api and auth.
 start() {
-  local database=$1 url=()
-  kill $server_pid $worker_pid 2>/dev/null || true
+  local database=$1 n=$2 url=() profiler=()
+  # BENCH_HEAPTRACK=DIR records the server's allocations with heaptrack into DIR/heaptrack-DATABASE-N.*.zst
+  # (`heaptrack_print -p 0 -a 0 -T 0 -n 40 -f FILE` shows what was held at the peak; the peak RSS printed is
+  # then heaptrack's too).
+  if [ -n "${BENCH_HEAPTRACK:-}" ]; then
+    mkdir -p "$BENCH_HEAPTRACK"
+    profiler=(heaptrack -o "$BENCH_HEAPTRACK/heaptrack-$database-$n")
+  fi
+  kill $server_proc $worker_pid 2>/dev/null || true
   wait $server_pid $worker_pid 2>/dev/null || true
   rm -rf "$work/server" "$work/worker"
   if [ "$database" = postgres ]; then
@@ -86,8 +106,15 @@ start() {
   echo "*:$(cat "$work/token")" > "$work/peers"
   env "${url[@]}" GRADIENT_BASE_DIR="$work/server" GRADIENT_PORT=$port GRADIENT_LOG_LEVEL_DEFAULT=warn \
     GRADIENT_ALLOW_LOCAL_REPOSITORIES=true GRADIENT_LOCAL_WORKER_ID=$worker_id \
-    GRADIENT_LOCAL_WORKER_TOKEN_FILE="$work/token" "$bin/gradient-server" >"$work/server.log" 2>&1 &
+    GRADIENT_LOCAL_WORKER_TOKEN_FILE="$work/token" "${profiler[@]}" "$bin/gradient-server" >"$work/server.log" 2>&1 &
   server_pid=$!
+  server_proc=$server_pid
+  if [ ${#profiler[@]} -gt 0 ]; then
+    for _ in $(seq 1 100); do
+      server_proc=$(pgrep -P "$server_pid" -x gradient-server) && break
+      sleep 0.1
+    done
+  fi
   api="http://127.0.0.1:$port/api/v1"
   for _ in $(seq 1 100); do curl -fs "$api/health" >/dev/null && break; sleep 0.1; done
   curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
@@ -111,19 +138,38 @@ start() {
   die "the worker did not connect"
 }
 
-rss_peak_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/"$server_pid"/status; }
+# With BENCH_LOGS, the server's memory once a second (MB: resident, anonymous, file-backed, shared; threads;
+# the SQLite write-ahead log's size) goes to DIR/memory-DATABASE-N.tsv, to see what grows and when.
+sample_memory() {
+  local out=$1
+  printf 'seconds\trss\tanon\tfile\tshmem\tthreads\twal\n' >"$out"
+  local t0 ; t0=$(date +%s)
+  while kill -0 "$server_proc" 2>/dev/null; do
+    awk -v t=$(($(date +%s) - t0)) -v wal=$(stat -c %s "$work/server/gradient.db-wal" 2>/dev/null || echo 0) '
+      /^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} /^RssShmem/ {s=$2} /^Threads/ {n=$2}
+      END {printf "%d\t%.0f\t%.0f\t%.0f\t%.0f\t%d\t%.0f\n", t, r/1024, a/1024, f/1024, s/1024, n, wal/1048576}' \
+      /proc/"$server_proc"/status >>"$out" 2>/dev/null || break
+    sleep 1
+  done
+}
+
+rss_peak_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/"$server_proc"/status; }
 
 results=()
-read -r -a databases <<<"${BENCH_DATABASES:-sqlite postgres}"
 for database in "${databases[@]}"; do
   for n in "${sizes[@]}"; do
     say "$database: $n independent derivations + a 100-long chain + an aggregate"
-    start "$database"
+    start "$database" "$n"
     write_flake "$work/repo-$database-$n" "$n" "scale-$database-$n-$RANDOM"
     curl -fs -X POST "$api/projects/bench" "${auth[@]}" \
       -d "{\"name\":\"s$n\",\"repository\":\"file://$work/repo-$database-$n\",\"wildcard\":\"packages.*.*\"}" >/dev/null
     commit=$(git -C "$work/repo-$database-$n" rev-parse HEAD)
     total=$((n + 101))
+    if [ -n "${BENCH_LOGS:-}" ]; then
+      mkdir -p "$BENCH_LOGS"
+      sample_memory "$BENCH_LOGS/memory-$database-$n.tsv" &
+      sampler_pid=$!
+    fi
     start_at=$(date +%s.%N)
     id=$(curl -fs -X POST "$api/projects/bench/s$n/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
     while :; do
@@ -141,6 +187,7 @@ for database in "${databases[@]}"; do
     results+=("$(printf '%-9s %7s %9.1f %12.2f %10s %8s' "$database" "$total" "$seconds" \
       "$(echo "$seconds * 1000 / $total" | bc -l)" "$(rss_peak_mb)" "$done_builds")")
     printf '  %s\n' "${results[-1]}" >&2
+    [ -z "$sampler_pid" ] || { kill "$sampler_pid" 2>/dev/null || true; sampler_pid=""; }
     if [ -n "${BENCH_LOGS:-}" ]; then
       mkdir -p "$BENCH_LOGS"
       cp "$work/server.log" "$BENCH_LOGS/server-$database-$n.log"

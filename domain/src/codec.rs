@@ -169,8 +169,29 @@ fn kept_encoders() -> std::sync::MutexGuard<'static, Vec<KeptEncoder>> {
     ENCODERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Compressors (zstd or xz) alive now, and the most alive at once since the process started: each holds
+/// megabytes (a zstd encoder at level 3 about 4 MB, an xz one at level 6 far more), so what holds them must
+/// hold few at a time (an import holds one while a NAR is read, none while its batch waits, see
+/// `service::binary_cache`).
+static COMPRESSORS_ALIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static COMPRESSORS_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most compressors (zstd or xz; not the kept idle ones) that were alive at once in this process.
+pub fn compressors_peak() -> usize {
+    COMPRESSORS_PEAK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn compressor_born() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let alive = COMPRESSORS_ALIVE.fetch_add(1, Relaxed) + 1;
+    COMPRESSORS_PEAK.fetch_max(alive, Relaxed);
+}
+
 impl Drop for Compressor {
     fn drop(&mut self) {
+        if !matches!(self.inner, Encoder::None) {
+            COMPRESSORS_ALIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Encoder::Zstd(e) = std::mem::replace(&mut self.inner, Encoder::None) {
             use zstd::stream::raw::Operation;
             let mut e = e;
@@ -190,6 +211,7 @@ impl Compressor {
         if compression == Compression::Zstd
             && let Some((e, out)) = kept_encoders().pop()
         {
+            compressor_born();
             return Ok(Self {
                 inner: Encoder::Zstd(e),
                 out,
@@ -205,6 +227,9 @@ impl Compressor {
                     .map_err(|_| CodecError::Corrupt("xz"))?,
             )),
         };
+        if !matches!(inner, Encoder::None) {
+            compressor_born();
+        }
         Ok(Self {
             inner,
             out: vec![0; OUT],

@@ -1031,7 +1031,9 @@ fn measure<'a>(
 struct Incoming<U> {
     upload: U,
     url: String,
-    compressor: Compressor,
+    /// Until the NAR ends: a compressor holds megabytes, and an ended NAR waits for its batch (up to
+    /// [`IMPORT_BATCH_PATHS`] of them) without it, so an import holds one at a time.
+    compressor: Option<Compressor>,
     sha: Sha256,
     file_size: u64,
     pending: Vec<u8>,
@@ -1050,7 +1052,7 @@ impl<U: NarUpload> Incoming<U> {
         Ok(Self {
             upload,
             url,
-            compressor,
+            compressor: Some(compressor),
             sha: Sha256::new(),
             file_size: 0,
             pending: Vec::new(),
@@ -1060,19 +1062,23 @@ impl<U: NarUpload> Incoming<U> {
     /// Compresses the next bytes of the NAR.
     async fn feed(&mut self, bytes: &[u8]) -> Result<()> {
         {
+            let compressor = self
+                .compressor
+                .as_mut()
+                .ok_or_else(|| ServiceError::Internal("NAR bytes after its end".to_owned()))?;
             let mut sink = measure(&mut self.sha, &mut self.file_size, &mut self.pending);
-            self.compressor
+            compressor
                 .feed(bytes, &mut sink)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
         }
         self.flush(false).await
     }
 
-    /// Ends the compressed file and writes what is left of it.
+    /// Ends the compressed file, lets its compressor go, and writes what is left of the file.
     async fn end(&mut self) -> Result<()> {
-        {
+        if let Some(mut compressor) = self.compressor.take() {
             let mut sink = measure(&mut self.sha, &mut self.file_size, &mut self.pending);
-            self.compressor
+            compressor
                 .finish(&mut sink)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
         }

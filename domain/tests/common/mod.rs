@@ -11,6 +11,8 @@ use gradient_ports::fleet::MemoryFleet;
 use gradient_ports::storage::MemoryStorage;
 use std::sync::{Arc, Mutex};
 
+pub mod export;
+
 /// A clock that stands still until the test moves it.
 #[derive(Clone)]
 pub struct ManualClock(Arc<Mutex<Timestamp>>);
