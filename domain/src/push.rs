@@ -118,8 +118,10 @@ where
                 if let Err(failed) = &sent
                     && !failed.may_pass
                 {
-                    // Not what Nix would have said, or Nix failed: once more the usual way.
+                    // Not what Nix would have said, or Nix failed: once more the usual way, asking the cache
+                    // about the whole closure again (what the run believed it holds may be what was missing).
                     imported += failed.imported;
+                    in_cache.clear();
                     continue;
                 }
                 sent.inspect(|_| in_cache.extend(closure))

@@ -364,6 +364,15 @@ impl Evaluator<'_> {
         let results: Vec<std::result::Result<Value, String>> =
             match self.eval(std::slice::from_ref(top), &apply).await? {
                 Ok(Value::Array(list)) if list.len() == leaves.len() => list.into_iter().map(Ok).collect(),
+                // A chunk larger than a batch is tried again as batches first: one attribute no `tryEval`
+                // catches then costs one batch its loads one by one, not the whole chunk.
+                _ if leaves.len() > BATCH => {
+                    let mut all = Vec::with_capacity(leaves.len());
+                    for part in leaves.chunks(BATCH) {
+                        all.extend(Box::pin(self.drv_paths(part)).await?);
+                    }
+                    all
+                }
                 _ => {
                     // Something no `tryEval` catches: evaluate each attribute on its own.
                     let mut alone = Vec::with_capacity(leaves.len());

@@ -162,6 +162,11 @@ async fn batcher<N: Nix>(
             return;
         };
         if !arrived.is_empty() {
+            // What came while every slot was busy joins this run first: a backlog of one-build rounds (each
+            // saying it is complete) still goes to Nix as one run, not one run per build.
+            while let Ok(job) = rx.try_recv() {
+                arrived.push(job);
+            }
             let until = tokio::time::Instant::now() + GATHER_AT_MOST;
             while !batches::round_in(&arrived)
                 && let Ok(Some(job)) = tokio::time::timeout_at(

@@ -288,8 +288,10 @@ pub trait Nix: Send + Sync + 'static {
 
     /// For each of `drvs` (`.drv` files in the local store), what its build sees of the store: the outputs of its
     /// input derivations that it uses and its input sources. An output refers to no other store path than
-    /// those, itself and its derivation's other outputs (Nix looks for references only there), which lets a
-    /// push of what a run built know the closure without asking Nix (see [`crate::push::known_closure`]). A
+    /// those, their closures, itself and its derivation's other outputs (Nix looks for references only among
+    /// the closure of the inputs), so once every input's closure is in the cache a push of what a run built
+    /// knows its closure without asking Nix (see [`crate::push::known_closure`], whose `in_cache` must hold
+    /// whole closures). A
     /// derivation whose `.drv` cannot be read, or one of whose inputs has an output path not known before
     /// building, is left out (its pushes ask Nix).
     fn build_inputs(&self, drvs: &[String]) -> impl Future<Output = Result<BTreeMap<String, Vec<String>>>> + Send;
