@@ -39,6 +39,17 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// What a compare-and-set of one build's status found (see [`Evaluations::update_builds_if`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildSwap {
+    /// Its status was the one expected: the build was written.
+    Written,
+    /// Its status was this other one (a move committed meanwhile): nothing was written.
+    Moved(crate::status::BuildStatus),
+    /// It does not exist (its organization was deleted meanwhile): nothing was written.
+    Absent,
+}
+
 /// Everything Gradient stores. Split by aggregate so an adapter's file can follow the same shape.
 pub trait Storage:
     Users
@@ -512,9 +523,15 @@ pub trait Evaluations {
         from: crate::status::BuildStatus,
         build: &Build,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Updates each build as [`Evaluations::update_build`] does, in one transaction (a build listed twice takes
-    /// its last). Atomic: NotFound, changing nothing, when any of them is absent.
-    fn update_builds(&self, builds: &[Build]) -> impl Future<Output = Result<()>> + Send;
+    /// [`Evaluations::update_build_if`] for each `(from, build)`, in one transaction: each build is written
+    /// only if its stored status is still `from`, and answers, in order, what each found ([`BuildSwap`]). A
+    /// build that lost the race or is absent changes nothing and does not stop the others. Each build is listed
+    /// at most once: Conflict("build listed twice"), nothing written, otherwise. Any number of builds, in a
+    /// few statements (a dispatch round moves its builds at once).
+    fn update_builds_if(
+        &self,
+        builds: &[(crate::status::BuildStatus, Build)],
+    ) -> impl Future<Output = Result<Vec<BuildSwap>>> + Send;
     /// Stores the build's log, replacing the one it had (a restarted build logs anew). NotFound when the
     /// build does not exist; deleting the build deletes its log.
     fn put_build_log(&self, log: &BuildLog) -> impl Future<Output = Result<()>> + Send;

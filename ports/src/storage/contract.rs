@@ -198,7 +198,7 @@ macro_rules! storage_contract {
             link_builds_returns_existing_status,
             link_builds_with_unknown_references_is_not_found,
             derivations_and_builds_are_read_many_at_once,
-            update_builds_updates_all_or_nothing,
+            update_builds_if_compares_each_build,
             update_build_changes_only_status_transitions_and_update_time,
             builds_are_found_by_id,
             build_statuses_answer_many_paths_at_once,

@@ -16,7 +16,7 @@ use gradient_domain::model::{
     Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
-    CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
+    BuildSwap, CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
 };
 use gradient_domain::status::BuildStatus;
 use gradient_domain::{
@@ -738,8 +738,8 @@ impl Evaluations for MemoryStorage {
         })
     }
 
-    async fn update_builds(&self, builds: &[Build]) -> Result<()> {
-        self.with(|s| s.update_builds(builds))
+    async fn update_builds_if(&self, builds: &[(BuildStatus, Build)]) -> Result<Vec<BuildSwap>> {
+        self.with(|s| s.update_builds_if(builds))
     }
 
     async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {

@@ -8,7 +8,7 @@ use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{EvaluationId, OrgId, WorkerId};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// How many times `stop_evaluation` reads an evaluation that keeps moving on before it gives up (each attempt
 /// follows a step of its pipeline: there are few).
@@ -127,7 +127,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// running on `workers` are stopped there. Without workers, builds already running go on: their outputs
     /// are still useful.
     pub(super) async fn abandon_builds(&self, id: EvaluationId, org: OrgId, workers: &[WorkerId]) -> Result<()> {
-        let mut abandoned: HashSet<String> = HashSet::new();
+        // Each with the status it was read in: moved from that only.
+        let mut abandoned: HashMap<String, BuildStatus> = HashMap::new();
         // Whether each other evaluation met is still live, read once however many builds it shares.
         let mut live: HashMap<EvaluationId, bool> = HashMap::new();
         for b in self.storage.builds_of_evaluation(id).await? {
@@ -157,7 +158,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
             if !needed_elsewhere {
-                abandoned.insert(b.drv_path.clone());
+                abandoned.insert(b.drv_path.clone(), b.status);
             }
         }
         for job in self.storage.queued_jobs_of(org, super::ABORT_WINDOW).await? {
@@ -175,8 +176,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
         }
-        for drv in &abandoned {
-            self.move_build(org, drv, BuildStatus::Aborted).await?;
+        for (drv, from) in &abandoned {
+            self.move_build(org, drv, *from, BuildStatus::Aborted).await?;
         }
         // Told only once the builds say Aborted: the worker's answer cannot come first and make them Failed.
         for (worker, job) in running {
@@ -185,10 +186,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(())
     }
 
-    fn job_is_for(&self, job: &JobRecord, evaluation: EvaluationId, drvs: &HashSet<String>) -> bool {
+    fn job_is_for(&self, job: &JobRecord, evaluation: EvaluationId, drvs: &HashMap<String, BuildStatus>) -> bool {
         match &job.kind {
             JobKind::Evaluate { evaluation_id } => *evaluation_id == evaluation,
-            JobKind::Build { derivation, .. } => drvs.contains(derivation),
+            JobKind::Build { derivation, .. } => drvs.contains_key(derivation),
         }
     }
 }
@@ -221,7 +222,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Every build is Queued before any job is: a dispatch round in between must not find a restarted
         // build's input still Failed and fail it again.
         for b in &again {
-            self.move_build(o.id, &b.drv_path, BuildStatus::Queued).await?;
+            self.move_build(o.id, &b.drv_path, b.status, BuildStatus::Queued).await?;
         }
         for b in again {
             let Some(d) = self.derivation(o.id, &b.drv_path).await? else {

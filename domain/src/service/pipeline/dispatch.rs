@@ -120,26 +120,36 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 (assigned, job)
             })
             .collect();
-        if let Err(e) = self.mark_started(&recorded).await {
-            // Not left assigned to workers that never hear of them.
-            let mut per_worker: HashMap<WorkerId, Vec<JobRecord>> = HashMap::new();
-            for (r, _) in recorded {
-                if let JobState::Assigned { worker, .. } = r.state {
-                    per_worker.entry(worker).or_default().push(r);
+        let withheld = match self.mark_started(&recorded).await {
+            Ok(withheld) => withheld,
+            Err(e) => {
+                // Not left assigned to workers that never hear of them.
+                let mut per_worker: HashMap<WorkerId, Vec<JobRecord>> = HashMap::new();
+                for (r, _) in recorded {
+                    if let JobState::Assigned { worker, .. } = r.state {
+                        per_worker.entry(worker).or_default().push(r);
+                    }
                 }
+                for (worker, records) in per_worker {
+                    let ids: Vec<JobId> = records.iter().map(|r| r.id).collect();
+                    self.requeue(worker, &records, &ids).await?;
+                }
+                return Err(e);
             }
-            for (worker, records) in per_worker {
-                let ids: Vec<JobId> = records.iter().map(|r| r.id).collect();
-                self.requeue(worker, &records, &ids).await?;
-            }
-            return Err(e);
-        }
+        };
         // Handed out once all are recorded, back to back: a worker gets the round's jobs as one burst, which it
         // builds together (a chain in one Nix run) instead of starting a run with the first few.
         for (assigned, job) in recorded {
             let JobState::Assigned { worker, .. } = assigned.state else {
                 continue;
             };
+            if withheld.contains(&assigned.id) {
+                // What it was for ended between the round's read and its start (aborted, failed, substituted):
+                // it ends here, never reaching the worker with a token the abort revoked.
+                self.memo.forget_job(assigned.id);
+                self.storage.finish_job(assigned.id, worker, false).await?;
+                continue;
+            }
             if self.fleet.assign(worker, assigned.org_id, job.clone()) {
                 out.push(Dispatched {
                     worker,
@@ -162,26 +172,41 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(out)
     }
 
-    /// Jobs were handed to workers: their evaluations are being fetched, their builds are building (moved in
-    /// one write per organization).
-    async fn mark_started(&self, recorded: &[(JobRecord, proto::Job)]) -> Result<()> {
-        let mut building: HashMap<OrgId, Vec<(String, BuildStatus)>> = HashMap::new();
+    /// Jobs were assigned to workers: their evaluations are being fetched, their builds are building (moved in
+    /// one compare-and-set write per organization, from Queued). Answers the jobs not to hand out: those whose
+    /// build or evaluation was moved meanwhile (aborted, failed, substituted) and is not running now.
+    async fn mark_started(&self, recorded: &[(JobRecord, proto::Job)]) -> Result<HashSet<JobId>> {
+        let mut withheld = HashSet::new();
+        let mut building: HashMap<OrgId, Vec<(String, BuildStatus, BuildStatus)>> = HashMap::new();
         for (record, _) in recorded {
             match &record.kind {
                 JobKind::Evaluate { evaluation_id } => {
-                    self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
-                        .await?;
+                    if !self
+                        .advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
+                        .await?
+                    {
+                        withheld.insert(record.id);
+                    }
                 }
-                JobKind::Build { derivation, .. } => building
-                    .entry(record.org_id)
-                    .or_default()
-                    .push((derivation.clone(), BuildStatus::Building)),
+                JobKind::Build { derivation, .. } => building.entry(record.org_id).or_default().push((
+                    derivation.clone(),
+                    BuildStatus::Queued,
+                    BuildStatus::Building,
+                )),
             }
         }
         for (org, moves) in building {
-            self.move_builds(org, &moves).await?;
+            let now = self.move_builds(org, &moves).await?;
+            for (record, _) in recorded {
+                if let JobKind::Build { derivation, .. } = &record.kind
+                    && record.org_id == org
+                    && now.get(derivation).is_some_and(|s| *s != BuildStatus::Building)
+                {
+                    withheld.insert(record.id);
+                }
+            }
         }
-        Ok(())
+        Ok(withheld)
     }
 
     /// Ends a queued build job the scheduler found nothing to run for: its build takes `status`, the job
@@ -198,8 +223,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !self.storage.cancel_queued_job(job_id).await? {
             return Ok(());
         }
-        self.move_build(org_id, &derivation, status).await?;
-        if !status.provides_outputs() {
+        let moved = self.move_build(org_id, &derivation, BuildStatus::Queued, status).await?;
+        // One moved otherwise meanwhile was followed by whoever moved it.
+        if moved && !status.provides_outputs() {
             self.fail_dependents(org_id, &derivation).await?;
         }
         self.settle_evaluations_needing(org_id, &derivation).await

@@ -113,7 +113,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                                 done.jobs_queued += 1;
                             }
                             if active.state == JobState::Queued && b.status == BuildStatus::Building {
-                                self.move_build(b.org_id, &b.drv_path, BuildStatus::Queued).await?;
+                                self.move_build(b.org_id, &b.drv_path, BuildStatus::Building, BuildStatus::Queued)
+                                    .await?;
                                 done.statuses_corrected += 1;
                             }
                         }

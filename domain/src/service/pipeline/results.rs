@@ -188,8 +188,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.fleet.job_ended(worker, job_id);
         self.fleet.wake();
         let success = matches!(outcome, JobOutcome::Success);
-        let record = self.apply_finished(job_id, worker, orgs, outcome, log, None).await?;
-        self.end_job(&record, worker, success).await
+        let (record, waiting) = self.apply_finished(job_id, worker, orgs, outcome, log, None).await?;
+        self.end_job(&record, worker, success).await?;
+        if waiting {
+            self.queue_again(&record).await?;
+        }
+        Ok(())
     }
 
     /// The effects of a `job_finished` (see [`Self::record_job_finished`]) but the job's end, after checking the
@@ -204,7 +208,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
         batch: Option<&mut BatchWrites>,
-    ) -> Result<JobRecord> {
+    ) -> Result<(JobRecord, bool)> {
         let record = self.check_report_scope(job_id, worker, orgs).await?;
         if !matches!(record.state, JobState::Assigned { worker: w, .. } if w == worker) {
             // Not this worker's job (any more: it was lost and the job went to another, or it ended, which is
@@ -214,8 +218,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Every effect first, the job's end last: a report interrupted half-way (the database went away) is
         // applied again whole when it comes again, each effect being safe to repeat; once the job has ended, a
         // repeated report changes nothing.
-        self.apply_outcome(&record, outcome, log, batch).await?;
-        Ok(record)
+        let waiting = self.apply_outcome(&record, outcome, log, batch).await?;
+        Ok((record, waiting))
     }
 
     /// Writes a batch's successful builds and their logs in one storage write; when that write fails for a
@@ -310,6 +314,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut writes = BatchWrites::default();
         // Builds whose outcome is applied and whose job ends once the batch's evaluations are settled.
         let mut ending: Vec<(usize, JobRecord, bool)> = Vec::new();
+        // Builds restarted while the run a report ends was still out: queued again once its job ended.
+        let mut waiting: HashSet<JobId> = HashSet::new();
         let mut stopped = None;
         for (i, report) in reports.into_iter().enumerate() {
             let result = match report.message {
@@ -328,12 +334,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         .apply_finished(job_id, worker, orgs, outcome, report.log, Some(&mut writes))
                         .await
                     {
-                        Ok(record) if matches!(record.kind, JobKind::Build { .. }) => {
+                        Ok((record, again)) if matches!(record.kind, JobKind::Build { .. }) => {
+                            if again {
+                                waiting.insert(record.id);
+                            }
                             ending.push((i, record, success));
                             continue;
                         }
                         // An evaluation's end settles it and releases its builds: in its place in the order.
-                        Ok(record) => self.end_job(&record, worker, success).await,
+                        Ok((record, _)) => self.end_job(&record, worker, success).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -391,7 +400,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             results[i] = Some(match &ended {
                 Ok(ended) if ended.get(n) == Some(&true) => {
                     self.memo.forget_job(record.id);
-                    Ok(())
+                    if waiting.contains(&record.id) {
+                        self.queue_again(&record).await
+                    } else {
+                        Ok(())
+                    }
                 }
                 Ok(_) => Err(not_assigned(record.id, worker)),
                 Err(e) => Err(e.clone()),
@@ -424,7 +437,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
         mut batch: Option<&mut BatchWrites>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let success = matches!(outcome, JobOutcome::Success);
         let job_id = record.id;
         match record.kind.clone() {
@@ -433,13 +446,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 let planned = self.pins.release(job_id);
                 if success {
                     if planned {
-                        self.settle_evaluation(evaluation_id).await
+                        self.settle_evaluation(evaluation_id).await?;
                     } else {
-                        self.plan_builds(record.org_id, evaluation_id, None).await
+                        self.plan_builds(record.org_id, evaluation_id, None).await?;
                     }
+                    Ok(false)
                 } else {
                     let Some(mut e) = self.storage.evaluation(evaluation_id).await? else {
-                        return Ok(());
+                        return Ok(false);
                     };
                     // Ended already (aborted meanwhile, or this outcome applied before): nothing to add.
                     if !e.status.is_terminal() {
@@ -459,7 +473,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         // Its `.drv` files may not all be in the cache: what only it needs is not built.
                         self.abandon_builds(evaluation_id, record.org_id, &[]).await?;
                     }
-                    Ok(())
+                    Ok(false)
                 }
             }
             JobKind::Build { derivation, .. } => {
@@ -492,9 +506,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 // Whether the build's status is this outcome's to decide: false when it moved since it was
                 // read (aborted, restarted meanwhile), and then what that move decided stands.
                 let mut current = true;
+                // Whether the build was restarted while this run was still out: it waits for a job of its own.
+                let mut waiting = false;
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
                     let from = b.status;
-                    let moved = b.move_to(status, self.clock.now());
+                    // A worker's outcome belongs to its run: it moves the build only from Building. A build in
+                    // another status was moved since this run began (aborted, or aborted and queued again by a
+                    // restart), unless it is already this outcome (this report, applied before, sent again):
+                    // then what moved it stands, and this late report changes nothing but the log it brings.
+                    current = from == BuildStatus::Building || from == status;
+                    waiting = from == BuildStatus::Queued;
+                    let moved = from == BuildStatus::Building && b.move_to(status, self.clock.now());
+                    if !current {
+                        self.observer.build_move_lost(b.id, BuildStatus::Building, Some(from), status);
+                    }
                     match batch.as_deref_mut() {
                         // A success changes nothing the batch's later reports read: written with the others.
                         Some(w) if success => {
@@ -526,7 +551,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     Some(w) => w.ended.push((record.org_id, derivation.clone())),
                     None => self.settle_evaluations_needing(record.org_id, &derivation).await?,
                 }
-                stored
+                stored.map(|()| waiting)
             }
         }
     }
@@ -624,7 +649,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for mut b in builds {
             // A build aborted with another evaluation is wanted again: queue it anew.
             if b.status == BuildStatus::Aborted {
-                moves.push((b.drv_path.clone(), BuildStatus::Queued));
+                moves.push((b.drv_path.clone(), BuildStatus::Aborted, BuildStatus::Queued));
                 b.status = BuildStatus::Queued;
             }
             if b.status != BuildStatus::Queued {
@@ -634,7 +659,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 continue;
             };
             if !d.outputs.is_empty() && d.outputs.values().all(|p| held.contains(hash_part(p))) {
-                moves.push((b.drv_path.clone(), BuildStatus::Substituted));
+                moves.push((b.drv_path.clone(), BuildStatus::Queued, BuildStatus::Substituted));
                 continue;
             }
             to_queue.push(d);
@@ -652,6 +677,29 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         drop(queueing);
         self.fleet.wake();
         self.settle_evaluation(evaluation_id).await
+    }
+
+    /// A build job whose run ended after its build was restarted (the restart found the job still out, so
+    /// queued nothing): the build, still Queued, gets a job of its own now, and the dispatcher is woken.
+    async fn queue_again(&self, record: &JobRecord) -> Result<()> {
+        let JobKind::Build { derivation, .. } = &record.kind else {
+            return Ok(());
+        };
+        let queued = self
+            .storage
+            .build(record.org_id, derivation)
+            .await?
+            .is_some_and(|b| b.status == BuildStatus::Queued);
+        let Some(d) = self.derivation(record.org_id, derivation).await? else {
+            return Ok(());
+        };
+        if queued {
+            self.storage
+                .enqueue_job(&build_job(record.org_id, &d, self.clock.now()))
+                .await?;
+            self.fleet.wake();
+        }
+        Ok(())
     }
 
     /// Stores what a build printed (capped and compressed, see [`crate::logs`]) as its log.
@@ -690,21 +738,33 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// Marks every queued build depending (transitively) on `failed` as DependencyFailed. The dependents are
     /// found through storage's reverse edges (`dependents`), so a failure costs what it breaks, not the size of
-    /// the evaluations needing it.
+    /// the evaluations needing it. Each build moves only from Queued, in one compare-and-set write per
+    /// derivation failed: one handed out meanwhile builds (its own run fails it, or not).
     pub(super) async fn fail_dependents(&self, org: OrgId, failed: &str) -> Result<()> {
         let mut todo = vec![failed.to_owned()];
         let mut seen = HashSet::new();
         while let Some(drv) = todo.pop() {
-            for dependent in self.storage.dependents(org, &drv).await? {
-                if !seen.insert(dependent.clone()) {
-                    continue;
-                }
-                let queued = self
-                    .storage
-                    .build(org, &dependent)
-                    .await?
-                    .is_some_and(|b| b.status == BuildStatus::Queued);
-                if queued && self.move_build(org, &dependent, BuildStatus::DependencyFailed).await? {
+            let dependents: Vec<String> = self
+                .storage
+                .dependents(org, &drv)
+                .await?
+                .into_iter()
+                .filter(|d| seen.insert(d.clone()))
+                .collect();
+            if dependents.is_empty() {
+                continue;
+            }
+            let moves: Vec<(String, BuildStatus, BuildStatus)> = self
+                .storage
+                .build_statuses(org, &dependents)
+                .await?
+                .into_iter()
+                .filter(|(_, s)| *s == BuildStatus::Queued)
+                .map(|(d, _)| (d, BuildStatus::Queued, BuildStatus::DependencyFailed))
+                .collect();
+            let now = self.move_builds(org, &moves).await?;
+            for (dependent, ..) in moves {
+                if now.get(&dependent) == Some(&BuildStatus::DependencyFailed) {
                     todo.push(dependent);
                 }
             }
@@ -739,6 +799,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             },
         )
         .await
+        .map(|_| ())
     }
 
     /// Settles every evaluation that needs the organization's build of `drv` (it just ended).

@@ -4,6 +4,7 @@ use super::support::{conflict, derivation as drv_path, now, org, project, second
 use gradient_domain::model::{
     AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp, Transition,
 };
+use gradient_domain::ports::storage::BuildSwap;
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
 use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId};
@@ -1491,46 +1492,57 @@ pub async fn derivations_and_builds_are_read_many_at_once<S: Storage>(s: &S) {
     );
 }
 
-/// update_builds updates each listed build as update_build does (a build listed twice takes its last), in one
-/// transaction: a missing build fails the whole list with NotFound and changes nothing.
-pub async fn update_builds_updates_all_or_nothing<S: Storage>(s: &S) {
+/// update_builds_if writes each listed build whose status is still the one given (a compare-and-set per build,
+/// however many, in one transaction), and answers what each found: a build moved meanwhile (an abort between a
+/// dispatch round's read and its write) keeps that move and answers its status, an absent one answers so,
+/// neither stops the others; a build listed twice fails the whole list with Conflict and changes nothing.
+pub async fn update_builds_if_compares_each_build<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
     let app = project(s, acme.id, "app", alice.id).await;
     let eval = evaluation(s, app.id).await;
+    // More than one statement's worth of values on either engine.
     let names: Vec<String> = (0..700).map(|i| format!("b{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let paths = derivations(s, &names).await;
     let t1 = now();
     let linked = s.link_builds(eval.id, acme.id, &paths, t1).await.expect("link_builds");
-    assert_eq!(s.update_builds(&[]).await, Ok(()), "nothing to update");
+    assert_eq!(s.update_builds_if(&[]).await, Ok(vec![]), "nothing to write");
     let t2 = t1 + seconds(1);
+    // The abort that commits between the read and the write.
+    let aborted = moved(linked[1].clone(), BuildStatus::Aborted, t2);
+    assert_eq!(s.update_build_if(BuildStatus::Queued, &aborted).await, Ok(true));
     let building: Vec<Build> = linked
         .iter()
-        .map(|b| moved(b.clone(), BuildStatus::Building, t2))
+        .map(|b| moved(b.clone(), BuildStatus::Building, t2 + seconds(1)))
         .collect();
-    let completed = moved(building[0].clone(), BuildStatus::Completed, t2 + seconds(1));
-    let mut listed = building.clone();
-    listed.push(completed.clone());
-    s.update_builds(&listed).await.expect("update_builds");
+    let mut listed: Vec<(BuildStatus, Build)> = building.iter().map(|b| (BuildStatus::Queued, b.clone())).collect();
+    // The same path of another organization, which has no build of it.
+    let elsewhere = Build::queued(other.id, &paths[0], t2);
+    listed.push((BuildStatus::Queued, moved(elsewhere, BuildStatus::Building, t2)));
+    let mut twice = listed.clone();
+    twice.push(listed[5].clone());
+    assert_eq!(
+        s.update_builds_if(&twice).await,
+        Err(StorageError::Conflict("build listed twice".into())),
+        "a build listed twice"
+    );
+    let mut expected = linked.clone();
+    expected[1] = aborted.clone();
+    assert_eq!(s.builds(acme.id, &paths).await.expect("builds"), expected, "nothing written");
+
+    let found = s.update_builds_if(&listed).await.expect("update_builds_if");
+    let mut want = vec![BuildSwap::Written; linked.len()];
+    want[1] = BuildSwap::Moved(BuildStatus::Aborted);
+    want.push(BuildSwap::Absent);
+    assert_eq!(found, want, "each build's compare-and-set");
     let mut expected = building.clone();
-    expected[0] = completed.clone();
+    expected[1] = aborted;
     assert_eq!(
         s.builds(acme.id, &paths).await.expect("builds"),
         expected,
-        "each updated, the last of a build listed twice"
+        "written but the one aborted meanwhile, which stays aborted"
     );
-
-    let failed = moved(building[1].clone(), BuildStatus::Failed, t2 + seconds(2));
-    let absent = Build::queued(acme.id, &drv_path("absent"), t2);
-    assert_eq!(
-        s.update_builds(&[failed, absent]).await,
-        Err(StorageError::NotFound),
-        "a missing build"
-    );
-    assert_eq!(
-        s.build(acme.id, &building[1].drv_path).await.expect("build"),
-        Some(building[1].clone()),
-        "nothing changed"
-    );
+    assert_eq!(s.build(other.id, &paths[0]).await.expect("build"), None, "nothing created");
 }
