@@ -107,6 +107,18 @@ async fn evaluated_in_one_batch(
     w: &WorkerInfo,
     derivations: Vec<EvaluatedDerivation>,
 ) -> (gradient_domain::EvaluationId, BTreeMap<String, JobId>) {
+    let e = planned_in_one_batch(app, org, project, w, derivations).await;
+    (e, builds(&dispatch(app, w).await))
+}
+
+/// An evaluation of `derivations` reported, pushed and ended in one batch by `w`; its builds queued.
+async fn planned_in_one_batch(
+    app: &App,
+    org: &Org,
+    project: &Project,
+    w: &WorkerInfo,
+    derivations: Vec<EvaluatedDerivation>,
+) -> gradient_domain::EvaluationId {
     let e = app
         .queue_evaluation(org.id, project, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
@@ -135,7 +147,7 @@ async fn evaluated_in_one_batch(
         app.storage.job(job).await.unwrap().unwrap().state,
         JobState::Done
     ));
-    (e.id, builds(&dispatch(app, w).await))
+    e.id
 }
 
 #[tokio::test]
@@ -629,4 +641,222 @@ async fn an_abort_committed_while_attribute_errors_are_recorded_stays() {
         aborted_during > 3,
         "aborted during the recording {aborted_during} times"
     );
+}
+
+/// Build moves lost to a move committed meanwhile, as the observer hears them: build, expected, actual, to.
+#[derive(Default)]
+struct LostMoves(std::sync::Mutex<Vec<(gradient_domain::BuildId, BuildStatus, Option<BuildStatus>, BuildStatus)>>);
+
+impl gradient_domain::ports::Observer for LostMoves {
+    fn evaluation_ended(&self, _: EvaluationStatus, _: std::time::Duration) {}
+    fn build_ended(&self, _: BuildStatus, _: Option<std::time::Duration>) {}
+    fn build_move_lost(
+        &self,
+        build: gradient_domain::BuildId,
+        expected: BuildStatus,
+        actual: Option<BuildStatus>,
+        to: BuildStatus,
+    ) {
+        self.0.lock().unwrap().push((build, expected, actual, to));
+    }
+}
+
+#[tokio::test]
+async fn a_build_aborted_while_a_dispatch_round_starts_it_is_not_handed_out_to_run() {
+    let names = ["a", "b", "c"];
+    let mut aborted_during = 0;
+    // The evaluation is aborted before each storage operation of a dispatch round in turn: among them, after
+    // the round read the queued jobs and before it moved their builds to Building.
+    for ops in 0.. {
+        let mut app = common::app(SystemClock, Settings::default());
+        let lost = std::sync::Arc::new(LostMoves::default());
+        app.app = app.app.clone().observed_by(lost.clone());
+        let caller = common::signed_up(&app, "u").await;
+        let org = common::org(&app, &caller, "o").await;
+        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+        let w = worker(1, &org);
+        let drvs = names.iter().map(|n| derivation(n, &[])).collect();
+        let e = planned_in_one_batch(&app, &org, &project, &w, drvs).await;
+        app.fleet.delivered(w.id);
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen) = (app.app.clone(), aborted.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.abort_evaluation(&caller, e)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        app.fleet.connect_proved(w.clone());
+        let sent = app.dispatch().await.unwrap();
+        if !aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            assert_eq!(builds(&sent).len(), names.len());
+            break;
+        }
+        aborted_during += 1;
+        let delivered = app.fleet.delivered(w.id);
+        // A build job the worker was given is one it is told to stop after: none runs for an aborted build
+        // with the token the abort revoked.
+        for (i, d) in delivered.iter().enumerate() {
+            if let gradient_ports::fleet::Delivered::Assign(job) = d {
+                assert!(
+                    delivered[i + 1..].contains(&gradient_ports::fleet::Delivered::Abort(job.id())),
+                    "before operation {ops}: {:?} handed out after its build was aborted: {delivered:?}",
+                    job.id()
+                );
+            }
+        }
+        for n in names {
+            assert_eq!(
+                build_status(&app, &org, n).await,
+                BuildStatus::Aborted,
+                "before operation {ops}: {n}"
+            );
+        }
+        // No job left out: each ended, or assigned to the worker that was told to stop it.
+        for j in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            assert!(
+                delivered.contains(&gradient_ports::fleet::Delivered::Abort(j.id)),
+                "before operation {ops}: {j:?}"
+            );
+        }
+        assert!(app.storage.queued_jobs(100).await.unwrap().is_empty(), "{ops}");
+        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Aborted);
+        // A round that lost its moves says so, with what it found.
+        for (_, expected, actual, to) in lost.0.lock().unwrap().iter() {
+            assert_eq!(
+                (*expected, *actual, *to),
+                (BuildStatus::Queued, Some(BuildStatus::Aborted), BuildStatus::Building),
+                "{ops}"
+            );
+        }
+    }
+    assert!(aborted_during > 3, "aborted during the round {aborted_during} times");
+}
+
+#[tokio::test]
+async fn a_lost_worker_s_build_aborted_while_it_is_requeued_is_not_queued_again() {
+    // The evaluation is aborted (by a member, while another worker of the organization is connected) before
+    // each storage operation of taking back the lost worker's job in turn.
+    let (mut aborted_during, mut lost_during) = (0, 0);
+    for ops in 0.. {
+        let mut app = common::app(SystemClock, Settings::default());
+        let lost = std::sync::Arc::new(LostMoves::default());
+        app.app = app.app.clone().observed_by(lost.clone());
+        let caller = common::signed_up(&app, "u").await;
+        let org = common::org(&app, &caller, "o").await;
+        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+        let (w, other_worker) = (worker(1, &org), worker(2, &org));
+        let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, vec![derivation("a", &[])]).await;
+        assert_eq!(build_status(&app, &org, "a").await, BuildStatus::Building);
+        app.fleet.disconnect(w.id);
+        app.fleet.connect_proved(other_worker.clone());
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen) = (app.app.clone(), aborted.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.abort_evaluation(&caller, e)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        app.worker_lost(w.id).await.unwrap();
+        if !aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        aborted_during += 1;
+        assert_eq!(build_status(&app, &org, "a").await, BuildStatus::Aborted, "{ops}");
+        let requeue_lost = lost
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, from, now, to)| (*from, *now, *to) == (BuildStatus::Building, Some(BuildStatus::Aborted), BuildStatus::Queued));
+        if requeue_lost {
+            lost_during += 1;
+            // The abort landed between the requeue's read of the build and its write: the job is dropped then.
+            assert!(
+                !app.storage.job(jobs["a"]).await.unwrap().unwrap().state.is_active(),
+                "before operation {ops}: a lost move does not requeue the aborted build's job"
+            );
+        }
+        // Its job is not run again: dropped by the requeue (or, when the abort came after the requeue had moved
+        // the build back to Queued, by the next round, which finds the build aborted).
+        assert!(
+            builds(&dispatch(&app, &other_worker).await).is_empty(),
+            "before operation {ops}: nothing to build"
+        );
+        assert!(
+            !app.storage.job(jobs["a"]).await.unwrap().unwrap().state.is_active(),
+            "before operation {ops}: the aborted build's job ended"
+        );
+    }
+    assert!(aborted_during > 3, "aborted during the requeue {aborted_during} times");
+    assert!(lost_during > 0, "the requeue's move never lost to the abort");
+}
+
+#[tokio::test]
+async fn a_late_report_of_a_run_aborted_then_restarted_changes_nothing_and_the_restart_builds() {
+    let failed = JobOutcome::Failed {
+        kind: FailureKind::BuilderFailed,
+        message: "exit 1".into(),
+    };
+    for late in [failed, JobOutcome::Aborted, JobOutcome::Success] {
+        let mut app = common::app(SystemClock, Settings::default());
+        let lost = std::sync::Arc::new(LostMoves::default());
+        app.app = app.app.clone().observed_by(lost.clone());
+        let caller = common::signed_up(&app, "u").await;
+        let org = common::org(&app, &caller, "o").await;
+        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+        let w = worker(1, &org);
+        // y takes x's output: x is handed out first.
+        let drvs = vec![derivation("x", &[]), derivation("y", &["x"])];
+        let (e, first) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["x", "y"], "a chain, handed out together");
+        // Aborted while x and y build on w (told to stop them), then restarted before w answers.
+        app.abort_evaluation(&caller, e).await.unwrap();
+        app.restart_evaluation(&caller, e).await.unwrap();
+        assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued);
+        let x_id = app
+            .storage
+            .build(org.id, &derivation("x", &[]).drv_path)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        // The old run's answer comes late: it belongs to a run that is over, and decides nothing.
+        app.record_job_finished(first["x"], w.id, &w.orgs, late.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued, "{late:?}");
+        assert_eq!(
+            build_status(&app, &org, "y").await,
+            BuildStatus::Queued,
+            "{late:?}: not failed by the old run"
+        );
+        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Building);
+        app.record_job_finished(first["y"], w.id, &w.orgs, JobOutcome::Aborted, None)
+            .await
+            .unwrap();
+        assert_eq!(build_status(&app, &org, "y").await, BuildStatus::Queued, "{late:?}");
+        assert!(
+            lost.0.lock().unwrap().contains(&(
+                x_id,
+                BuildStatus::Building,
+                Some(BuildStatus::Queued),
+                match late {
+                    JobOutcome::Success => BuildStatus::Completed,
+                    JobOutcome::Aborted => BuildStatus::Aborted,
+                    JobOutcome::Failed { .. } => BuildStatus::Failed,
+                }
+            )),
+            "{late:?}: the observer hears the lost move"
+        );
+        // The restart goes on: x and y get runs of their own, and the evaluation completes.
+        let again = builds(&dispatch(&app, &w).await);
+        assert_eq!(again.keys().collect::<Vec<_>>(), ["x", "y"], "{late:?}");
+        assert_ne!(again["x"], first["x"], "{late:?}: a new job");
+        assert_ne!(again["y"], first["y"], "{late:?}: a new job");
+        assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Building);
+        for n in ["x", "y"] {
+            app.record_job_finished(again[n], w.id, &w.orgs, JobOutcome::Success, None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed, "{late:?}");
+    }
 }

@@ -8,7 +8,7 @@ use crate::permissions::Permission;
 use crate::ports::{Clock, Storage};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{EvaluationId, OrgId, WorkerId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// How many times `stop_evaluation` reads an evaluation that keeps moving on before it gives up (each attempt
 /// follows a step of its pipeline: there are few).
@@ -127,8 +127,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// running on `workers` are stopped there. Without workers, builds already running go on: their outputs
     /// are still useful.
     pub(super) async fn abandon_builds(&self, id: EvaluationId, org: OrgId, workers: &[WorkerId]) -> Result<()> {
-        // Each with the status it was read in: moved from that only.
-        let mut abandoned: HashMap<String, BuildStatus> = HashMap::new();
+        let mut abandoned: HashSet<String> = HashSet::new();
         // Whether each other evaluation met is still live, read once however many builds it shares.
         let mut live: HashMap<EvaluationId, bool> = HashMap::new();
         for b in self.storage.builds_of_evaluation(id).await? {
@@ -158,7 +157,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
             if !needed_elsewhere {
-                abandoned.insert(b.drv_path.clone(), b.status);
+                abandoned.insert(b.drv_path.clone());
             }
         }
         for job in self.storage.queued_jobs_of(org, super::ABORT_WINDOW).await? {
@@ -176,8 +175,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
             }
         }
-        for (drv, from) in &abandoned {
-            self.move_build(org, drv, *from, BuildStatus::Aborted).await?;
+        for drv in &abandoned {
+            self.abort_build(org, drv, !workers.is_empty()).await?;
         }
         // Told only once the builds say Aborted: the worker's answer cannot come first and make them Failed.
         for (worker, job) in running {
@@ -186,10 +185,28 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(())
     }
 
-    fn job_is_for(&self, job: &JobRecord, evaluation: EvaluationId, drvs: &HashMap<String, BuildStatus>) -> bool {
+    /// Ends the organization's build of `drv` Aborted from whatever unfinished status it has (queued, or
+    /// handed out by a dispatch round meanwhile, unless not `running` too): each try a compare-and-set on the
+    /// status just read.
+    async fn abort_build(&self, org: OrgId, drv: &str, running: bool) -> Result<()> {
+        for _ in 0..STOP_ATTEMPTS {
+            let Some(b) = self.storage.build(org, drv).await? else {
+                return Ok(());
+            };
+            if b.status.is_terminal()
+                || (!running && b.status == BuildStatus::Building)
+                || self.move_build(org, drv, b.status, BuildStatus::Aborted).await?
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn job_is_for(&self, job: &JobRecord, evaluation: EvaluationId, drvs: &HashSet<String>) -> bool {
         match &job.kind {
             JobKind::Evaluate { evaluation_id } => *evaluation_id == evaluation,
-            JobKind::Build { derivation, .. } => drvs.contains_key(derivation),
+            JobKind::Build { derivation, .. } => drvs.contains(derivation),
         }
     }
 }
