@@ -12,7 +12,7 @@ use gradient_domain::model::{
     Timestamp, Transition,
 };
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{BuildSwap, Evaluations, Result};
+use gradient_domain::ports::storage::{BuildSwap, Evaluations, Result, Run};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
 use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -208,21 +208,35 @@ struct BuildLogRow {
 /// Inside an async block answering `sqlx::Error`: the statement of `update_build_if` on executor `$e` (an
 /// expression evaluated once per statement, e.g. `&mut *tx`): Some(written), or None when the build is absent.
 macro_rules! update_build_from {
-    ($e:expr, $from:expr, $build:expr, $transitions:expr) => {{
+    ($e:expr, $from:expr, $build:expr, $transitions:expr) => {
+        update_build_from!($e, $from, $build, $transitions, None::<Run>)
+    };
+    ($e:expr, $from:expr, $build:expr, $transitions:expr, $run:expr) => {{
         let b: &Build = $build;
-        let n = sqlx::query(
-            "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 \
-             WHERE org_id = $1 AND drv_path = $2 AND status = $6",
-        )
+        let run: Option<Run> = $run;
+        let update = sqlx::query(match run {
+            None => {
+                "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 \
+                 WHERE org_id = $1 AND drv_path = $2 AND status = $6"
+            }
+            // Only while the run's job is still in that assignment.
+            Some(_) => {
+                "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 \
+                 WHERE org_id = $1 AND drv_path = $2 AND status = $6 AND EXISTS (SELECT 1 FROM jobs \
+                 WHERE jobs.id = $7 AND jobs.state = 'assigned' AND jobs.worker_id = $8 AND jobs.attempts = $9)"
+            }
+        })
         .bind(b.org_id.0)
         .bind(&b.drv_path)
         .bind(b.status.as_str())
         .bind($transitions)
         .bind(b.updated_at)
-        .bind(BuildStatus::as_str($from))
-        .execute($e)
-        .await?
-        .rows_affected();
+        .bind(BuildStatus::as_str($from));
+        let update = match run {
+            None => update,
+            Some(r) => update.bind(r.job.0).bind(r.worker.0).bind(i64::from(r.attempts)),
+        };
+        let n = update.execute($e).await?.rows_affected();
         if n > 0 {
             Some(true)
         } else {
@@ -851,7 +865,7 @@ impl Evaluations for SqlStorage {
         written.ok_or(StorageError::NotFound)
     }
 
-    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[BuildLog]) -> Result<Vec<bool>> {
+    async fn end_builds(&self, builds: &[(BuildStatus, Build, Option<Run>)], logs: &[BuildLog]) -> Result<Vec<bool>> {
         // The statements of `update_build_if` and `put_build_log`, in one transaction: a build that is absent
         // rolls everything back.
         let put = "INSERT INTO build_logs (build_id, compressed, size, omitted, created_at) \
@@ -862,8 +876,8 @@ impl Evaluations for SqlStorage {
             return Ok(Vec::new());
         }
         let mut updates = Vec::with_capacity(builds.len());
-        for (from, b) in builds {
-            updates.push((*from, b, transitions_json(&b.transitions, BuildStatus::as_str)?));
+        for (from, b, run) in builds {
+            updates.push((*from, b, transitions_json(&b.transitions, BuildStatus::as_str)?, *run));
         }
         let mut puts = Vec::with_capacity(logs.len());
         for l in logs {
@@ -872,8 +886,8 @@ impl Evaluations for SqlStorage {
         let written = with_pool!(self, |p| async {
             let mut tx = p.begin_write().await?;
             let mut written = Vec::with_capacity(updates.len());
-            for (from, b, transitions) in &updates {
-                match update_build_from!(&mut *tx, *from, *b, transitions) {
+            for (from, b, transitions, run) in &updates {
+                match update_build_from!(&mut *tx, *from, *b, transitions, *run) {
                     Some(w) => written.push(w),
                     None => {
                         tx.rollback().await?;

@@ -39,6 +39,17 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// The run of a build a worker's report belongs to: its job, assigned to `worker`, taken back from lost workers
+/// `attempts` times (see [`JobRecord::attempts`]) when the report was checked. A job requeued and handed out
+/// again is another run, though its id is the same: a write guarded by a run lands only while its job is still
+/// in that assignment (see [`Evaluations::end_builds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub job: JobId,
+    pub worker: WorkerId,
+    pub attempts: u32,
+}
+
 /// What a compare-and-set of one build's status found (see [`Evaluations::update_builds_if`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildSwap {
@@ -535,13 +546,14 @@ pub trait Evaluations {
     /// Stores the build's log, replacing the one it had (a restarted build logs anew). NotFound when the
     /// build does not exist; deleting the build deletes its log.
     fn put_build_log(&self, log: &BuildLog) -> impl Future<Output = Result<()>> + Send;
-    /// [`Evaluations::update_build_if`] for each `(from, build)` of `builds`, then
+    /// [`Evaluations::update_build_if`] for each `(from, build, run)` of `builds`, then
     /// [`Evaluations::put_build_log`] for each of `logs`, in one transaction; answers, in order, whether each
-    /// build was written (false: its status was no longer `from`; its log is written all the same). All or
-    /// nothing: NotFound, nothing written, when one build is absent.
+    /// build was written (false: its status was no longer `from`, or, with a `run`, that run's job is no longer
+    /// in that assignment — requeued, handed to another worker, ended —; its log is written all the same). All
+    /// or nothing: NotFound, nothing written, when one build is absent.
     fn end_builds(
         &self,
-        builds: &[(crate::status::BuildStatus, Build)],
+        builds: &[(crate::status::BuildStatus, Build, Option<Run>)],
         logs: &[BuildLog],
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     fn build_log(&self, build: BuildId) -> impl Future<Output = Result<Option<BuildLog>>> + Send;

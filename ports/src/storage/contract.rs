@@ -199,6 +199,7 @@ macro_rules! storage_contract {
             link_builds_with_unknown_references_is_not_found,
             derivations_and_builds_are_read_many_at_once,
             update_builds_if_compares_each_build,
+            end_builds_with_a_run_write_only_while_its_job_is_in_that_assignment,
             update_build_changes_only_status_transitions_and_update_time,
             builds_are_found_by_id,
             build_statuses_answer_many_paths_at_once,

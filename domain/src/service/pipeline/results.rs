@@ -4,6 +4,7 @@
 
 use super::{Gradient, Result, ServiceError, build_job, not_assigned};
 use crate::model::{Build, Cache, Derivation, EntryPoint, JobId, JobKind, JobRecord, JobState, SubscribedCache};
+use crate::ports::storage::Run;
 use crate::ports::{Clock, Storage, StorageError};
 use crate::proto::{self, JobOutcome};
 use crate::status::{BuildStatus, EvaluationStatus};
@@ -61,8 +62,9 @@ struct BatchWrites {
     /// The builds (organization, derivation) that ended: the evaluations needing them are looked up once the
     /// batch's writes are done (an evaluation the batch itself records may need one).
     ended: Vec<(OrgId, String)>,
-    /// Each with the status it was read in and moved from: written only if it is still that.
-    builds: Vec<(BuildStatus, Build)>,
+    /// Each with the status it was read in and moved from, and the run its report belongs to: written only if
+    /// it is still that status and the job still that run.
+    builds: Vec<(BuildStatus, Build, Option<Run>)>,
     logs: Vec<crate::model::BuildLog>,
 }
 
@@ -228,21 +230,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// is gone has nothing left to record. A build whose status moved since the batch read it (aborted,
     /// restarted meanwhile) keeps that move: the abort wins, the build is not observed ending (its log, what
     /// the worker printed, is kept).
-    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[crate::model::BuildLog]) -> Result<()> {
+    async fn end_builds(
+        &self,
+        builds: &[(BuildStatus, Build, Option<Run>)],
+        logs: &[crate::model::BuildLog],
+    ) -> Result<()> {
         match self.storage.end_builds(builds, logs).await {
             Ok(written) => {
-                for ((_, b), written) in builds.iter().zip(written) {
-                    if written {
-                        self.observe_build(b);
-                    }
+                for ((from, b, _), written) in builds.iter().zip(written) {
+                    self.observe_end(*from, b, written);
                 }
                 Ok(())
             }
             Err(StorageError::NotFound) => {
-                for (from, b) in builds {
-                    match self.storage.update_build_if(*from, b).await {
-                        Ok(true) => self.observe_build(b),
-                        Ok(false) | Err(StorageError::NotFound) => {}
+                for (from, b, run) in builds {
+                    match self.storage.end_builds(&[(*from, b.clone(), *run)], &[]).await {
+                        Ok(written) => self.observe_end(*from, b, written.first() == Some(&true)),
+                        Err(StorageError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -255,6 +259,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 Ok(())
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tells the observer about a build a report ended (`written`), or about the move it lost (the build moved
+    /// meanwhile, or its job was taken from the run the report belongs to).
+    fn observe_end(&self, from: BuildStatus, b: &Build, written: bool) {
+        if written {
+            self.observe_build(b);
+        } else {
+            self.observer.build_move_lost(b.id, from, None, b.status);
         }
     }
 
@@ -503,6 +517,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
                 // The outcome first: a log that cannot be stored must not leave the build running.
                 let mut stored = Ok(());
+                // The run this report belongs to: the job's assignment to the worker, as checked.
+                let JobState::Assigned { worker, .. } = record.state else {
+                    return Ok(false);
+                };
+                let run = Run {
+                    job: record.id,
+                    worker,
+                    attempts: record.attempts,
+                };
                 // Whether the build's status is this outcome's to decide: false when it moved since it was
                 // read (aborted, restarted meanwhile), and then what that move decided stands.
                 let mut current = true;
@@ -527,15 +550,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                                 w.logs.push(self.log_record(&b, log)?);
                             }
                             if moved {
-                                w.builds.push((from, b));
+                                w.builds.push((from, b, Some(run)));
                             }
                         }
                         _ => {
                             if moved {
-                                current = self.storage.update_build_if(from, &b).await?;
-                                if current {
-                                    self.observe_build(&b);
-                                }
+                                let written = self.storage.end_builds(&[(from, b.clone(), Some(run))], &[]).await?;
+                                current = written.first() == Some(&true);
+                                self.observe_end(from, &b, current);
                             }
                             if keep_log {
                                 stored = self.store_log(&b, log).await;
