@@ -860,3 +860,67 @@ async fn a_late_report_of_a_run_aborted_then_restarted_changes_nothing_and_the_r
         assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed, "{late:?}");
     }
 }
+
+#[tokio::test]
+async fn a_report_of_a_run_taken_back_and_handed_out_again_meanwhile_changes_nothing() {
+    for batched in [true, false] {
+        let mut handed_again = 0;
+        // While w1's success is recorded, before each storage operation in turn, w1 is found lost and its job
+        // goes to w2: the same job, another run.
+        for ops in 0.. {
+            let app = common::app(SystemClock, Settings::default());
+            let caller = common::signed_up(&app, "u").await;
+            let org = common::org(&app, &caller, "o").await;
+            let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+            let (w1, w2) = (worker(1, &org), worker(2, &org));
+            let (_, jobs) = evaluated_in_one_batch(&app, &org, &project, &w1, vec![derivation("a", &[])]).await;
+            app.fleet.disconnect(w1.id);
+            app.fleet.connect_proved(w2.clone());
+            let again = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let (other, seen, lost) = (app.app.clone(), again.clone(), w1.id);
+            app.storage.interleave(ops, move || {
+                at_once(other.worker_lost(lost)).unwrap();
+                *seen.lock().unwrap() = Some(builds(&at_once(other.dispatch()).unwrap()));
+            });
+            let result = if batched {
+                let batch = vec![finished(jobs["a"], JobOutcome::Success)];
+                app.record_reports(w1.id, &w1.orgs, batch).await.remove(0)
+            } else {
+                app.record_job_finished(jobs["a"], w1.id, &w1.orgs, JobOutcome::Success, None)
+                    .await
+            };
+            let Some(sent) = again.lock().unwrap().take() else {
+                result.unwrap();
+                break;
+            };
+            let state = app.storage.job(jobs["a"]).await.unwrap().unwrap().state;
+            if sent.get("a") == Some(&jobs["a"]) {
+                handed_again += 1;
+                // w2 builds it now: w1's late word is about a run that is over.
+                assert!(
+                    matches!(result, Err(ServiceError::Forbidden(_))),
+                    "{batched} {ops}: {result:?}"
+                );
+                assert_eq!(
+                    build_status(&app, &org, "a").await,
+                    BuildStatus::Building,
+                    "{batched} before operation {ops}"
+                );
+                assert!(
+                    matches!(state, JobState::Assigned { worker, .. } if worker == w2.id),
+                    "{batched} {ops}: {state:?}"
+                );
+            } else {
+                // w1's success was written first: the build is done and its job is not run again.
+                assert_eq!(
+                    build_status(&app, &org, "a").await,
+                    BuildStatus::Completed,
+                    "{batched} {ops}"
+                );
+                assert!(!state.is_active(), "{batched} {ops}: {state:?}");
+            }
+            assert!(ops < 1000);
+        }
+        assert!(handed_again > 1, "{batched}: handed out again {handed_again} times");
+    }
+}
