@@ -645,7 +645,9 @@ async fn an_abort_committed_while_attribute_errors_are_recorded_stays() {
 
 /// Build moves lost to a move committed meanwhile, as the observer hears them: build, expected, actual, to.
 #[derive(Default)]
-struct LostMoves(std::sync::Mutex<Vec<(gradient_domain::BuildId, BuildStatus, Option<BuildStatus>, BuildStatus)>>);
+struct LostMoves(std::sync::Mutex<Vec<LostMove>>);
+
+type LostMove = (gradient_domain::BuildId, BuildStatus, Option<BuildStatus>, BuildStatus);
 
 impl gradient_domain::ports::Observer for LostMoves {
     fn evaluation_ended(&self, _: EvaluationStatus, _: std::time::Duration) {}
@@ -760,12 +762,9 @@ async fn a_lost_worker_s_build_aborted_while_it_is_requeued_is_not_queued_again(
         }
         aborted_during += 1;
         assert_eq!(build_status(&app, &org, "a").await, BuildStatus::Aborted, "{ops}");
-        let requeue_lost = lost
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, from, now, to)| (*from, *now, *to) == (BuildStatus::Building, Some(BuildStatus::Aborted), BuildStatus::Queued));
+        let requeue_lost = lost.0.lock().unwrap().iter().any(|(_, from, now, to)| {
+            (*from, *now, *to) == (BuildStatus::Building, Some(BuildStatus::Aborted), BuildStatus::Queued)
+        });
         if requeue_lost {
             lost_during += 1;
             // The abort landed between the requeue's read of the build and its write: the job is dropped then.
@@ -806,7 +805,11 @@ async fn a_late_report_of_a_run_aborted_then_restarted_changes_nothing_and_the_r
         // y takes x's output: x is handed out first.
         let drvs = vec![derivation("x", &[]), derivation("y", &["x"])];
         let (e, first) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
-        assert_eq!(first.keys().collect::<Vec<_>>(), ["x", "y"], "a chain, handed out together");
+        assert_eq!(
+            first.keys().collect::<Vec<_>>(),
+            ["x", "y"],
+            "a chain, handed out together"
+        );
         // Aborted while x and y build on w (told to stop them), then restarted before w answers.
         app.abort_evaluation(&caller, e).await.unwrap();
         app.restart_evaluation(&caller, e).await.unwrap();
@@ -857,7 +860,11 @@ async fn a_late_report_of_a_run_aborted_then_restarted_changes_nothing_and_the_r
                 .await
                 .unwrap();
         }
-        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed, "{late:?}");
+        assert_eq!(
+            evaluation_status(&app, e).await,
+            EvaluationStatus::Completed,
+            "{late:?}"
+        );
     }
 }
 

@@ -915,7 +915,10 @@ impl Evaluations for SqlStorage {
 
     async fn update_builds_if(&self, builds: &[(BuildStatus, Build)]) -> Result<Vec<BuildSwap>> {
         let mut listed = HashSet::new();
-        if !builds.iter().all(|(_, b)| listed.insert((b.org_id.0, b.drv_path.as_str()))) {
+        if !builds
+            .iter()
+            .all(|(_, b)| listed.insert((b.org_id.0, b.drv_path.as_str())))
+        {
             return Err(StorageError::Conflict("build listed twice".into()));
         }
         let rows = builds

@@ -119,6 +119,11 @@ pub async fn project<C: Clock>(
 
 /// A connected worker of `org` that fetches, evaluates and builds for x86_64-linux, with `builds` build slots.
 pub fn worker(n: u128, org: &Org, builds: u32) -> gradient_domain::scheduler::WorkerInfo {
+    worker_of(n, org.id, builds)
+}
+
+/// [`worker`] of the organization with id `org`: the one builder of test workers.
+pub fn worker_of(n: u128, org: gradient_domain::OrgId, builds: u32) -> gradient_domain::scheduler::WorkerInfo {
     gradient_domain::scheduler::WorkerInfo {
         id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
         capabilities: gradient_domain::model::Capabilities {
@@ -132,7 +137,7 @@ pub fn worker(n: u128, org: &Org, builds: u32) -> gradient_domain::scheduler::Wo
         max_concurrent_builds: builds,
         max_concurrent_evaluations: 1,
         queued_builds: 0,
-        orgs: std::collections::BTreeSet::from([org.id]),
+        orgs: std::collections::BTreeSet::from([org]),
         pushing: Default::default(),
     }
 }

@@ -16,7 +16,8 @@ use gradient_domain::model::{
     Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
-    BuildSwap, CacheContents, Run, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
+    BuildSwap, CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Run, Users,
+    Workers,
 };
 use gradient_domain::status::BuildStatus;
 use gradient_domain::{

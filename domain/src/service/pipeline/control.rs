@@ -239,7 +239,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Every build is Queued before any job is: a dispatch round in between must not find a restarted
         // build's input still Failed and fail it again.
         for b in &again {
-            self.move_build(o.id, &b.drv_path, b.status, BuildStatus::Queued).await?;
+            self.move_build(o.id, &b.drv_path, b.status, BuildStatus::Queued)
+                .await?;
         }
         for b in again {
             let Some(d) = self.derivation(o.id, &b.drv_path).await? else {

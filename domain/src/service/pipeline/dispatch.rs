@@ -223,7 +223,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !self.storage.cancel_queued_job(job_id).await? {
             return Ok(());
         }
-        let moved = self.move_build(org_id, &derivation, BuildStatus::Queued, status).await?;
+        let moved = self
+            .move_build(org_id, &derivation, BuildStatus::Queued, status)
+            .await?;
         // One moved otherwise meanwhile was followed by whoever moved it.
         if moved && !status.provides_outputs() {
             self.fail_dependents(org_id, &derivation).await?;

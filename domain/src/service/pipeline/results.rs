@@ -541,7 +541,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     waiting = from == BuildStatus::Queued;
                     let moved = from == BuildStatus::Building && b.move_to(status, self.clock.now());
                     if !current {
-                        self.observer.build_move_lost(b.id, BuildStatus::Building, Some(from), status);
+                        self.observer
+                            .build_move_lost(b.id, BuildStatus::Building, Some(from), status);
                     }
                     match batch.as_deref_mut() {
                         // A success changes nothing the batch's later reports read: written with the others.

@@ -1530,7 +1530,11 @@ pub async fn update_builds_if_compares_each_build<S: Storage>(s: &S) {
     );
     let mut expected = linked.clone();
     expected[1] = aborted.clone();
-    assert_eq!(s.builds(acme.id, &paths).await.expect("builds"), expected, "nothing written");
+    assert_eq!(
+        s.builds(acme.id, &paths).await.expect("builds"),
+        expected,
+        "nothing written"
+    );
 
     let found = s.update_builds_if(&listed).await.expect("update_builds_if");
     let mut want = vec![BuildSwap::Written; linked.len()];
@@ -1544,7 +1548,11 @@ pub async fn update_builds_if_compares_each_build<S: Storage>(s: &S) {
         expected,
         "written but the one aborted meanwhile, which stays aborted"
     );
-    assert_eq!(s.build(other.id, &paths[0]).await.expect("build"), None, "nothing created");
+    assert_eq!(
+        s.build(other.id, &paths[0]).await.expect("build"),
+        None,
+        "nothing created"
+    );
 }
 
 /// end_builds with a run writes a build only while that run's job is still in the assignment the report was
@@ -1557,7 +1565,11 @@ pub async fn end_builds_with_a_run_write_only_while_its_job_is_in_that_assignmen
     let eval = evaluation(s, app.id).await;
     let paths = derivations(s, &["x"]).await;
     let at = now();
-    let queued = s.link_builds(eval.id, acme.id, &paths, at).await.expect("link_builds").remove(0);
+    let queued = s
+        .link_builds(eval.id, acme.id, &paths, at)
+        .await
+        .expect("link_builds")
+        .remove(0);
     let building = moved(queued, BuildStatus::Building, at + seconds(1));
     assert_eq!(s.update_build_if(BuildStatus::Queued, &building).await, Ok(true));
     let job = super::support::enqueue(s, super::support::new_build_job(acme.id, "x")).await;
@@ -1597,12 +1609,16 @@ pub async fn end_builds_with_a_run_write_only_while_its_job_is_in_that_assignmen
         Ok(vec![true]),
         "the run the job is in"
     );
-    assert_eq!(s.build(acme.id, &paths[0]).await.expect("build"), Some(completed.clone()));
+    assert_eq!(
+        s.build(acme.id, &paths[0]).await.expect("build"),
+        Some(completed.clone())
+    );
     // Ended: no run of it writes any more.
     let again = moved(completed, BuildStatus::Queued, at + seconds(4));
     assert_eq!(s.finish_job(job.id, w1, true).await, Ok(true));
     assert_eq!(
-        s.end_builds(&[(BuildStatus::Completed, again, Some(current))], &[]).await,
+        s.end_builds(&[(BuildStatus::Completed, again, Some(current))], &[])
+            .await,
         Ok(vec![false]),
         "its job ended"
     );

@@ -799,7 +799,10 @@ impl State {
     /// Each build as `update_build_if`, answering what each found; none written when one is listed twice.
     pub(super) fn update_builds_if(&mut self, builds: &[(BuildStatus, Build)]) -> Result<Vec<BuildSwap>> {
         let mut listed = HashSet::new();
-        if !builds.iter().all(|(_, b)| listed.insert((b.org_id, b.drv_path.as_str()))) {
+        if !builds
+            .iter()
+            .all(|(_, b)| listed.insert((b.org_id, b.drv_path.as_str())))
+        {
             return Err(StorageError::Conflict("build listed twice".into()));
         }
         let mut found = Vec::with_capacity(builds.len());
