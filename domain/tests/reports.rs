@@ -19,11 +19,17 @@ use std::collections::BTreeMap;
 type App = common::TestApp<SystemClock>;
 
 async fn setup() -> (App, Org, Project) {
+    let (app, _, org, project) = setup_with_caller().await;
+    (app, org, project)
+}
+
+/// [`setup`], with the member who made the organization (to abort and restart its evaluations).
+async fn setup_with_caller() -> (App, gradient_domain::service::Caller, Org, Project) {
     let app = common::app(SystemClock, Settings::default());
     let caller = common::signed_up(&app, "u").await;
     let org = common::org(&app, &caller, "o").await;
     let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
-    (app, org, project)
+    (app, caller, org, project)
 }
 
 fn worker(n: u128, org: &Org) -> WorkerInfo {
@@ -417,10 +423,7 @@ async fn an_abort_committed_while_ends_are_recorded_wins_and_nothing_is_lost() {
         let mut aborted_first = 0;
         // The abort commits before each storage operation of the reports in turn, until they fit before it.
         for ops in 0.. {
-            let app = common::app(SystemClock, Settings::default());
-            let caller = common::signed_up(&app, "u").await;
-            let org = common::org(&app, &caller, "o").await;
-            let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+            let (app, caller, org, project) = setup_with_caller().await;
             let w = worker(1, &org);
             let drvs = names.iter().map(|n| derivation(n, &[])).collect();
             let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
@@ -602,10 +605,7 @@ async fn an_abort_committed_while_attribute_errors_are_recorded_stays() {
     // The evaluation is aborted before each storage operation of recording an evaluation result with errors.
     let mut aborted_during = 0;
     for ops in 0.. {
-        let app = common::app(SystemClock, Settings::default());
-        let caller = common::signed_up(&app, "u").await;
-        let org = common::org(&app, &caller, "o").await;
-        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+        let (app, caller, org, project) = setup_with_caller().await;
         let w = worker(1, &org);
         let e = app
             .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
@@ -670,12 +670,9 @@ async fn a_build_aborted_while_a_dispatch_round_starts_it_is_not_handed_out_to_r
     // The evaluation is aborted before each storage operation of a dispatch round in turn: among them, after
     // the round read the queued jobs and before it moved their builds to Building.
     for ops in 0.. {
-        let mut app = common::app(SystemClock, Settings::default());
+        let (mut app, caller, org, project) = setup_with_caller().await;
         let lost = std::sync::Arc::new(LostMoves::default());
         app.app = app.app.clone().observed_by(lost.clone());
-        let caller = common::signed_up(&app, "u").await;
-        let org = common::org(&app, &caller, "o").await;
-        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
         let w = worker(1, &org);
         let drvs = names.iter().map(|n| derivation(n, &[])).collect();
         let e = planned_in_one_batch(&app, &org, &project, &w, drvs).await;
@@ -739,12 +736,9 @@ async fn a_lost_worker_s_build_aborted_while_it_is_requeued_is_not_queued_again(
     // each storage operation of taking back the lost worker's job in turn.
     let (mut aborted_during, mut lost_during) = (0, 0);
     for ops in 0.. {
-        let mut app = common::app(SystemClock, Settings::default());
+        let (mut app, caller, org, project) = setup_with_caller().await;
         let lost = std::sync::Arc::new(LostMoves::default());
         app.app = app.app.clone().observed_by(lost.clone());
-        let caller = common::signed_up(&app, "u").await;
-        let org = common::org(&app, &caller, "o").await;
-        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
         let (w, other_worker) = (worker(1, &org), worker(2, &org));
         let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, vec![derivation("a", &[])]).await;
         assert_eq!(build_status(&app, &org, "a").await, BuildStatus::Building);
@@ -795,12 +789,9 @@ async fn a_late_report_of_a_run_aborted_then_restarted_changes_nothing_and_the_r
         message: "exit 1".into(),
     };
     for late in [failed, JobOutcome::Aborted, JobOutcome::Success] {
-        let mut app = common::app(SystemClock, Settings::default());
+        let (mut app, caller, org, project) = setup_with_caller().await;
         let lost = std::sync::Arc::new(LostMoves::default());
         app.app = app.app.clone().observed_by(lost.clone());
-        let caller = common::signed_up(&app, "u").await;
-        let org = common::org(&app, &caller, "o").await;
-        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
         let w = worker(1, &org);
         // y takes x's output: x is handed out first.
         let drvs = vec![derivation("x", &[]), derivation("y", &["x"])];
@@ -875,10 +866,7 @@ async fn a_report_of_a_run_taken_back_and_handed_out_again_meanwhile_changes_not
         // While w1's success is recorded, before each storage operation in turn, w1 is found lost and its job
         // goes to w2: the same job, another run.
         for ops in 0.. {
-            let app = common::app(SystemClock, Settings::default());
-            let caller = common::signed_up(&app, "u").await;
-            let org = common::org(&app, &caller, "o").await;
-            let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+            let (app, _, org, project) = setup_with_caller().await;
             let (w1, w2) = (worker(1, &org), worker(2, &org));
             let (_, jobs) = evaluated_in_one_batch(&app, &org, &project, &w1, vec![derivation("a", &[])]).await;
             app.fleet.disconnect(w1.id);
