@@ -919,3 +919,96 @@ async fn a_report_of_a_run_taken_back_and_handed_out_again_meanwhile_changes_not
         assert!(handed_again > 1, "{batched}: handed out again {handed_again} times");
     }
 }
+
+// ---- races between a report, a restart, an abort and a dispatch round ----
+
+#[tokio::test]
+async fn a_restart_landing_while_an_aborted_runs_reply_is_recorded_builds_again() {
+    let mut failures = Vec::new();
+    for ops in 0..40u64 {
+        let (app, caller, org, project) = setup_with_caller().await;
+        let w = worker(1, &org);
+        let drvs = vec![derivation("x", &[]), derivation("y", &["x"])];
+        let (e, first) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+        app.abort_evaluation(&caller, e).await.unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen, c2) = (app.app.clone(), done.clone(), caller.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.restart_evaluation(&c2, e)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let r = app.record_job_finished(first["x"], w.id, &w.orgs, JobOutcome::Aborted, None).await;
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let _ = r;
+        let _ = app.record_job_finished(first["y"], w.id, &w.orgs, JobOutcome::Aborted, None).await;
+        let (x, y) = (build_status(&app, &org, "x").await, build_status(&app, &org, "y").await);
+        let queued: Vec<_> = app.storage.queued_jobs(100).await.unwrap().into_iter().map(|j| j.id).collect();
+        let x_active = app.storage.queued_jobs(100).await.unwrap().iter().any(|j| matches!(&j.kind, gradient_domain::model::JobKind::Build { derivation: d, .. } if *d == derivation("x", &[]).drv_path));
+        if y != BuildStatus::Queued || (x == BuildStatus::Queued && !x_active) {
+            failures.push(format!("ops {ops}: x {x:?} (queued job: {x_active}), y {y:?}, queued jobs {}", queued.len()));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn a_withheld_job_whose_build_was_substituted_settles_its_evaluation() {
+    let (app, _caller, org, project) = setup_with_caller().await;
+    let w = worker(1, &org);
+    let e = planned_in_one_batch(&app, &org, &project, &w, vec![derivation("a", &[])]).await;
+    // Another evaluation's planning found a's outputs in a cache: Queued -> Substituted, its job left queued.
+    let drv = derivation("a", &[]).drv_path;
+    let mut b = app.storage.build(org.id, &drv).await.unwrap().unwrap();
+    assert_eq!(b.status, BuildStatus::Queued);
+    assert!(b.move_to(BuildStatus::Substituted, chrono::Utc::now()));
+    assert!(app.storage.update_build_if(BuildStatus::Queued, &b).await.unwrap());
+    let sent = dispatch(&app, &w).await;
+    assert!(builds(&sent).is_empty(), "withheld");
+    assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed, "settled once its only build ended");
+}
+
+#[tokio::test]
+async fn an_abort_during_the_hand_out_is_never_followed_by_its_assign() {
+    let mut bad = Vec::new();
+    for ops in 0..40u64 {
+        let (app, caller, org, p1) = setup_with_caller().await;
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        let _e1 = planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("a", &[])]).await;
+        let e2 = planned_in_one_batch(&app, &org, &p2, &ev, vec![derivation("b", &[])]).await;
+        // a's build is withheld in the next round (substituted meanwhile): its finish_job is awaited in the loop.
+        let drv = derivation("a", &[]).drv_path;
+        let mut a = app.storage.build(org.id, &drv).await.unwrap().unwrap();
+        assert!(a.move_to(BuildStatus::Substituted, chrono::Utc::now()));
+        assert!(app.storage.update_build_if(BuildStatus::Queued, &a).await.unwrap());
+        app.fleet.delivered(w.id);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen, c2) = (app.app.clone(), done.clone(), caller.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.abort_evaluation(&c2, e2)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let _ = app.dispatch().await;
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let delivered = app.fleet.delivered(w.id);
+        for (i, d) in delivered.iter().enumerate() {
+            if let gradient_ports::fleet::Delivered::Assign(job) = d
+                && !delivered[i + 1..].contains(&gradient_ports::fleet::Delivered::Abort(job.id()))
+                && build_status(&app, &org, "b").await == BuildStatus::Aborted
+            {
+                bad.push(format!("ops {ops}: {delivered:?}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}

@@ -230,22 +230,30 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// is gone has nothing left to record. A build whose status moved since the batch read it (aborted,
     /// restarted meanwhile) keeps that move: the abort wins, the build is not observed ending (its log, what
     /// the worker printed, is kept).
+    /// Answers the jobs whose build was not written (it moved meanwhile).
     async fn end_builds(
         &self,
         builds: &[(BuildStatus, Build, Option<Run>)],
         logs: &[crate::model::BuildLog],
-    ) -> Result<()> {
+    ) -> Result<Vec<JobId>> {
+        let mut lost = Vec::new();
+        let mut note = |from: BuildStatus, b: &Build, run: &Option<Run>, written: bool| {
+            self.observe_end(from, b, written);
+            if let (false, Some(run)) = (written, run) {
+                lost.push(run.job);
+            }
+        };
         match self.storage.end_builds(builds, logs).await {
             Ok(written) => {
-                for ((from, b, _), written) in builds.iter().zip(written) {
-                    self.observe_end(*from, b, written);
+                for ((from, b, run), written) in builds.iter().zip(written) {
+                    note(*from, b, run, written);
                 }
-                Ok(())
+                Ok(lost)
             }
             Err(StorageError::NotFound) => {
                 for (from, b, run) in builds {
                     match self.storage.end_builds(&[(*from, b.clone(), *run)], &[]).await {
-                        Ok(written) => self.observe_end(*from, b, written.first() == Some(&true)),
+                        Ok(written) => note(*from, b, run, written.first() == Some(&true)),
                         Err(StorageError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -256,7 +264,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Ok(())
+                Ok(lost)
             }
             Err(e) => Err(e.into()),
         }
@@ -328,7 +336,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut writes = BatchWrites::default();
         // Builds whose outcome is applied and whose job ends once the batch's evaluations are settled.
         let mut ending: Vec<(usize, JobRecord, bool)> = Vec::new();
-        // Builds restarted while the run a report ends was still out: queued again once its job ended.
+        // Builds whose end a report did not write (restarted while the run was still out, perhaps): queued
+        // again once its job ended, if Queued.
         let mut waiting: HashSet<JobId> = HashSet::new();
         let mut stopped = None;
         for (i, report) in reports.into_iter().enumerate() {
@@ -375,7 +384,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // then their jobs end, together.
         let mut settled: Result<()> = Ok(());
         if !writes.builds.is_empty() || !writes.logs.is_empty() {
-            settled = self.end_builds(&writes.builds, &writes.logs).await;
+            // A success that lost its build's move (restarted meanwhile) leaves it waiting for a job of its own.
+            settled = self.end_builds(&writes.builds, &writes.logs).await.map(|lost| waiting.extend(lost));
         }
         if settled.is_ok() {
             // Looked up now, after the writes: an evaluation recorded later in the batch than a build's end may
@@ -526,19 +536,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     worker,
                     attempts: record.attempts,
                 };
-                // Whether the build's status is this outcome's to decide: false when it moved since it was
-                // read (aborted, restarted meanwhile), and then what that move decided stands.
-                let mut current = true;
-                // Whether the build was restarted while this run was still out: it waits for a job of its own.
-                let mut waiting = false;
+                // Whether this report wrote the build's end. When it wrote nothing, the build may have been
+                // restarted while this run was still out (its restart found this job active and queued nothing):
+                // once the job ends, the build gets a job of its own if it is Queued (`queue_again` re-reads it).
+                let mut wrote = false;
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
                     let from = b.status;
                     // A worker's outcome belongs to its run: it moves the build only from Building. A build in
                     // another status was moved since this run began (aborted, or aborted and queued again by a
                     // restart), unless it is already this outcome (this report, applied before, sent again):
                     // then what moved it stands, and this late report changes nothing but the log it brings.
-                    current = from == BuildStatus::Building || from == status;
-                    waiting = from == BuildStatus::Queued;
+                    let current = from == BuildStatus::Building || from == status;
                     let moved = from == BuildStatus::Building && b.move_to(status, self.clock.now());
                     if !current {
                         self.observer
@@ -552,13 +560,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                             }
                             if moved {
                                 w.builds.push((from, b, Some(run)));
+                                // Whether it is written is known once the batch's write is done.
+                                wrote = true;
                             }
                         }
                         _ => {
                             if moved {
                                 let written = self.storage.end_builds(&[(from, b.clone(), Some(run))], &[]).await?;
-                                current = written.first() == Some(&true);
-                                self.observe_end(from, &b, current);
+                                wrote = written.first() == Some(&true);
+                                self.observe_end(from, &b, wrote);
                             }
                             if keep_log {
                                 stored = self.store_log(&b, log).await;
@@ -566,15 +576,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         }
                     }
                 }
-                // A build restarted meanwhile has its dependents queued again: they are not failed.
-                if !success && current {
+                // Only the report that wrote the failure fails what depends on it: a build found already ended
+                // (aborted, or this report applied before) may be restarted at any moment, its dependents
+                // queued again with it, and they must not be failed then. Dependents a failure left queued
+                // (a report interrupted after its write) end DependencyFailed at the next dispatch round.
+                if !success && wrote {
                     self.fail_dependents(record.org_id, &derivation).await?;
                 }
                 match batch {
                     Some(w) => w.ended.push((record.org_id, derivation.clone())),
                     None => self.settle_evaluations_needing(record.org_id, &derivation).await?,
                 }
-                stored.map(|()| waiting)
+                stored.map(|()| !wrote)
             }
         }
     }
@@ -702,8 +715,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.settle_evaluation(evaluation_id).await
     }
 
-    /// A build job whose run ended after its build was restarted (the restart found the job still out, so
-    /// queued nothing): the build, still Queued, gets a job of its own now, and the dispatcher is woken.
+    /// A build job whose run ended without its report writing the build's end, which may have been restarted
+    /// meanwhile (the restart found the job still out, so queued nothing): the build, if Queued now, gets a job
+    /// of its own (none when one is active already), and the dispatcher is woken.
     async fn queue_again(&self, record: &JobRecord) -> Result<()> {
         let JobKind::Build { derivation, .. } = &record.kind else {
             return Ok(());
@@ -713,15 +727,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .build(record.org_id, derivation)
             .await?
             .is_some_and(|b| b.status == BuildStatus::Queued);
+        if !queued {
+            return Ok(());
+        }
         let Some(d) = self.derivation(record.org_id, derivation).await? else {
             return Ok(());
         };
-        if queued {
-            self.storage
-                .enqueue_job(&build_job(record.org_id, &d, self.clock.now()))
-                .await?;
-            self.fleet.wake();
-        }
+        self.storage
+            .enqueue_job(&build_job(record.org_id, &d, self.clock.now()))
+            .await?;
+        self.fleet.wake();
         Ok(())
     }
 
