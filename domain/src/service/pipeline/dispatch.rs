@@ -138,16 +138,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         };
         // Handed out once all are recorded, back to back: a worker gets the round's jobs as one burst, which it
-        // builds together (a chain in one Nix run) instead of starting a run with the first few.
+        // builds together (a chain in one Nix run) instead of starting a run with the first few. Nothing is
+        // awaited in this loop: the jobs not handed out are ended (or requeued) after it, so a storage error
+        // there cannot leave the rest of the round assigned but never sent.
+        let mut ended: Vec<(WorkerId, JobRecord)> = Vec::new();
+        let mut unsent: Vec<(WorkerId, JobRecord)> = Vec::new();
         for (assigned, job) in recorded {
             let JobState::Assigned { worker, .. } = assigned.state else {
                 continue;
             };
-            if withheld.contains(&assigned.id) {
-                // What it was for ended between the round's read and its start (aborted, failed, substituted):
-                // it ends here, never reaching the worker with a token the abort revoked.
-                self.memo.forget_job(assigned.id);
-                self.storage.finish_job(assigned.id, worker, false).await?;
+            // What it was for ended between the round's read and its start (aborted, failed, substituted), or
+            // its abort came since (its token revoked; the Abort, sent already, meant nothing to the worker
+            // then): it ends here, never reaching the worker with a token the abort revoked.
+            if withheld.contains(&assigned.id) || self.memo.revoked(assigned.id) {
+                ended.push((worker, assigned));
                 continue;
             }
             if self.fleet.assign(worker, assigned.org_id, job.clone()) {
@@ -158,9 +162,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 });
             } else {
                 // Its link ended (or lost the organization) between the snapshot and now: the job goes back.
-                self.requeue(worker, std::slice::from_ref(&assigned), &[assigned.id])
-                    .await?;
+                unsent.push((worker, assigned));
             }
+        }
+        let mut first_error = None;
+        for (worker, assigned) in ended {
+            if let Err(e) = self.end_withheld(worker, &assigned).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        for (worker, assigned) in unsent {
+            if let Err(e) = self
+                .requeue(worker, std::slice::from_ref(&assigned), &[assigned.id])
+                .await
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         for job_id in plan.dependency_failed {
             self.settle_without_worker(job_id, BuildStatus::DependencyFailed)
@@ -207,6 +227,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         Ok(withheld)
+    }
+
+    /// Ends a job withheld from its worker (see [`Self::dispatch`]). Its build may have ended otherwise meanwhile
+    /// (substituted by another evaluation's planning): the evaluations needing it settle now, not at the next
+    /// reconciliation.
+    async fn end_withheld(&self, worker: WorkerId, assigned: &JobRecord) -> Result<()> {
+        self.memo.forget_job(assigned.id);
+        self.storage.finish_job(assigned.id, worker, false).await?;
+        if let JobKind::Build { derivation, .. } = &assigned.kind {
+            self.settle_evaluations_needing(assigned.org_id, derivation).await?;
+        }
+        Ok(())
     }
 
     /// Ends a queued build job the scheduler found nothing to run for: its build takes `status`, the job
