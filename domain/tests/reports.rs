@@ -980,7 +980,7 @@ async fn an_abort_during_the_hand_out_is_never_followed_by_its_assign() {
         ev.capabilities.build = false;
         let _e1 = planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("a", &[])]).await;
         let e2 = planned_in_one_batch(&app, &org, &p2, &ev, vec![derivation("b", &[])]).await;
-        // a's build is withheld in the next round (substituted meanwhile): its finish_job is awaited in the loop.
+        // a's build is withheld in the next round (substituted meanwhile): its job ends during the round.
         let drv = derivation("a", &[]).drv_path;
         let mut a = app.storage.build(org.id, &drv).await.unwrap().unwrap();
         assert!(a.move_to(BuildStatus::Substituted, chrono::Utc::now()));
@@ -1010,5 +1010,68 @@ async fn an_abort_during_the_hand_out_is_never_followed_by_its_assign() {
             }
         }
     }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[tokio::test]
+async fn a_storage_error_during_a_dispatch_round_leaves_no_job_assigned_but_never_sent() {
+    let mut bad = Vec::new();
+    let mut rounds = 0;
+    for ops in 0..60u64 {
+        let (app, caller, org, p1) = setup_with_caller().await;
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("a", &[])]).await;
+        planned_in_one_batch(&app, &org, &p2, &ev, vec![derivation("b", &[])]).await;
+        // a's job is withheld in the next round (its build was substituted meanwhile), b's is handed out.
+        let drv = derivation("a", &[]).drv_path;
+        let mut a = app.storage.build(org.id, &drv).await.unwrap().unwrap();
+        assert!(a.move_to(BuildStatus::Substituted, chrono::Utc::now()));
+        assert!(app.storage.update_build_if(BuildStatus::Queued, &a).await.unwrap());
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        // Exactly the round's storage operation `ops` fails: the next one finds the storage back.
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + 1, move || storage.go_down_after(None));
+        let first = app.dispatch().await;
+        app.storage.go_down_after(None);
+        if first.is_ok() {
+            // The round made fewer operations: every one has failed once.
+            break;
+        }
+        rounds += 1;
+        let mut sent: Vec<JobId> = app
+            .fleet
+            .delivered(w.id)
+            .into_iter()
+            .filter_map(|d| match d {
+                gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+                _ => None,
+            })
+            .collect();
+        // The next round hands out what went back to the queue.
+        app.dispatch().await.unwrap();
+        sent.extend(app.fleet.delivered(w.id).into_iter().filter_map(|d| match d {
+            gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+            _ => None,
+        }));
+        let b = derivation("b", &[]).drv_path;
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if matches!(&job.kind, gradient_domain::model::JobKind::Build { derivation, .. } if *derivation == b)
+                && !sent.contains(&job.id)
+            {
+                bad.push(format!("ops {ops} ({first:?}): b's job {:?} assigned, never sent", job.id));
+            }
+        }
+        if build_status(&app, &org, "b").await != BuildStatus::Building {
+            bad.push(format!("ops {ops}: b is {:?}", build_status(&app, &org, "b").await));
+        }
+    }
+    assert!(rounds > 5, "the round made {rounds} storage operations");
     assert!(bad.is_empty(), "{bad:#?}");
 }
