@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::at_once;
+
 use gradient_domain::model::{EvaluationTrigger, JobId, JobState, Org, Project};
 use gradient_domain::ports::Fleet;
 use gradient_domain::ports::clock::SystemClock;
@@ -403,17 +405,6 @@ async fn a_build_ended_in_a_batch_before_the_evaluation_that_needs_it_is_recorde
         EvaluationStatus::Completed,
         "the later evaluation, recorded after the build ended in the same batch"
     );
-}
-
-/// Runs a future of the in-memory ports to its end here and now (they never wait): for what a test interleaves
-/// between two storage operations of a use case (`MemoryStorage::interleave`).
-fn at_once<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(out) => out,
-        std::task::Poll::Pending => panic!("the in-memory ports never wait"),
-    }
 }
 
 #[tokio::test]
@@ -937,17 +928,31 @@ async fn a_restart_landing_while_an_aborted_runs_reply_is_recorded_builds_again(
             at_once(other.restart_evaluation(&c2, e)).unwrap();
             seen.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        let r = app.record_job_finished(first["x"], w.id, &w.orgs, JobOutcome::Aborted, None).await;
+        let r = app
+            .record_job_finished(first["x"], w.id, &w.orgs, JobOutcome::Aborted, None)
+            .await;
         if !done.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
         let _ = r;
-        let _ = app.record_job_finished(first["y"], w.id, &w.orgs, JobOutcome::Aborted, None).await;
+        let _ = app
+            .record_job_finished(first["y"], w.id, &w.orgs, JobOutcome::Aborted, None)
+            .await;
         let (x, y) = (build_status(&app, &org, "x").await, build_status(&app, &org, "y").await);
-        let queued: Vec<_> = app.storage.queued_jobs(100).await.unwrap().into_iter().map(|j| j.id).collect();
+        let queued: Vec<_> = app
+            .storage
+            .queued_jobs(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
         let x_active = app.storage.queued_jobs(100).await.unwrap().iter().any(|j| matches!(&j.kind, gradient_domain::model::JobKind::Build { derivation: d, .. } if *d == derivation("x", &[]).drv_path));
         if y != BuildStatus::Queued || (x == BuildStatus::Queued && !x_active) {
-            failures.push(format!("ops {ops}: x {x:?} (queued job: {x_active}), y {y:?}, queued jobs {}", queued.len()));
+            failures.push(format!(
+                "ops {ops}: x {x:?} (queued job: {x_active}), y {y:?}, queued jobs {}",
+                queued.len()
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -966,7 +971,11 @@ async fn a_withheld_job_whose_build_was_substituted_settles_its_evaluation() {
     assert!(app.storage.update_build_if(BuildStatus::Queued, &b).await.unwrap());
     let sent = dispatch(&app, &w).await;
     assert!(builds(&sent).is_empty(), "withheld");
-    assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Completed, "settled once its only build ended");
+    assert_eq!(
+        evaluation_status(&app, e).await,
+        EvaluationStatus::Completed,
+        "settled once its only build ended"
+    );
 }
 
 #[tokio::test]
@@ -1065,7 +1074,10 @@ async fn a_storage_error_during_a_dispatch_round_leaves_no_job_assigned_but_neve
             if matches!(&job.kind, gradient_domain::model::JobKind::Build { derivation, .. } if *derivation == b)
                 && !sent.contains(&job.id)
             {
-                bad.push(format!("ops {ops} ({first:?}): b's job {:?} assigned, never sent", job.id));
+                bad.push(format!(
+                    "ops {ops} ({first:?}): b's job {:?} assigned, never sent",
+                    job.id
+                ));
             }
         }
         if build_status(&app, &org, "b").await != BuildStatus::Building {

@@ -141,3 +141,14 @@ pub fn worker_of(n: u128, org: gradient_domain::OrgId, builds: u32) -> gradient_
         pushing: Default::default(),
     }
 }
+
+/// Runs a future of the in-memory ports to its end here and now (they never wait): for what a test interleaves
+/// between two storage operations of a use case (`MemoryStorage::interleave`).
+pub fn at_once<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the in-memory ports never wait"),
+    }
+}

@@ -385,7 +385,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut settled: Result<()> = Ok(());
         if !writes.builds.is_empty() || !writes.logs.is_empty() {
             // A success that lost its build's move (restarted meanwhile) leaves it waiting for a job of its own.
-            settled = self.end_builds(&writes.builds, &writes.logs).await.map(|lost| waiting.extend(lost));
+            settled = self
+                .end_builds(&writes.builds, &writes.logs)
+                .await
+                .map(|lost| waiting.extend(lost));
         }
         if settled.is_ok() {
             // Looked up now, after the writes: an evaluation recorded later in the batch than a build's end may
