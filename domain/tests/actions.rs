@@ -6,7 +6,7 @@
 mod common;
 
 use common::ManualClock;
-use gradient_domain::model::{Capabilities, DeliveryState, EvaluationTrigger, Org, Project};
+use gradient_domain::model::{DeliveryState, EvaluationTrigger, Org, Project};
 use gradient_domain::ports::Clock;
 use gradient_domain::ports::git::{Git, GitError, RemoteHead};
 use gradient_domain::ports::storage::{Actions, Evaluations};
@@ -16,7 +16,6 @@ use gradient_domain::service::{EmailSettings, NewAction, ProjectChanges, Setting
 use gradient_domain::status::EvaluationStatus;
 use gradient_ports::mail::MemoryMailer;
 use gradient_ports::webhook::MemoryWebhooks;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 type App = common::TestApp<ManualClock>;
@@ -159,22 +158,7 @@ async fn a_scheduled_evaluation_supersedes_nothing() {
 }
 
 fn evaluator(org: &Org) -> WorkerInfo {
-    WorkerInfo {
-        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(7)),
-        capabilities: Capabilities {
-            fetch: true,
-            eval: true,
-            build: true,
-            sign: false,
-        },
-        systems: vec!["x86_64-linux".into()],
-        features: vec![],
-        max_concurrent_builds: 1,
-        max_concurrent_evaluations: 1,
-        queued_builds: 0,
-        orgs: BTreeSet::from([org.id]),
-        pushing: Default::default(),
-    }
+    common::worker(7, org, 1)
 }
 
 /// Runs one evaluation of the project to its end: it completes (nothing to build) or fails to evaluate.

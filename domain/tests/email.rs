@@ -6,14 +6,13 @@
 mod common;
 
 use common::ManualClock;
-use gradient_domain::model::{Capabilities, EvaluationTrigger, Org, Project};
+use gradient_domain::model::{EvaluationTrigger, Org, Project};
 use gradient_domain::ports::Mail;
 use gradient_domain::proto::{FailureKind, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;
 use gradient_domain::service::{Caller, EmailSettings, Registration, Settings};
 use gradient_domain::status::EvaluationStatus;
 use gradient_ports::mail::MemoryMailer;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 type App = common::TestApp<ManualClock>;
@@ -199,22 +198,7 @@ async fn a_password_reset_reveals_no_account_works_once_and_ends_every_session()
 }
 
 fn evaluator(org: &Org) -> WorkerInfo {
-    WorkerInfo {
-        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(7)),
-        capabilities: Capabilities {
-            fetch: true,
-            eval: true,
-            build: true,
-            sign: false,
-        },
-        systems: vec!["x86_64-linux".into()],
-        features: vec![],
-        max_concurrent_builds: 1,
-        max_concurrent_evaluations: 1,
-        queued_builds: 0,
-        orgs: BTreeSet::from([org.id]),
-        pushing: Default::default(),
-    }
+    common::worker(7, org, 1)
 }
 
 /// Runs one evaluation of the project to its end: it completes (nothing to build) or fails to evaluate.

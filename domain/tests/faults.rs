@@ -339,3 +339,50 @@ async fn reconciliation_settles_an_evaluation_whose_builds_all_ended_and_queues_
     assert!(sent.iter().any(|d| matches!(&d.job, Job::Evaluate { .. })), "{sent:?}");
     assert_eq!(eval_status(&app, e2.id).await, EvaluationStatus::Fetching);
 }
+
+#[tokio::test]
+async fn reconciliation_does_not_undo_a_build_handed_out_again_while_it_corrects_its_status() {
+    let mut rounds = 0;
+    let mut bad = Vec::new();
+    for ops in 0..80u64 {
+        let (app, org, project) = setup().await;
+        let w = worker(1, &org);
+        evaluated(&app, &org, &project, &w, &["y"]).await;
+        let y_job = build_jobs(&dispatch(&app, &[&w]).await)[0];
+        // y's job went back to the queue while its build still says Building (the requeue's status write lost).
+        assert_eq!(app.storage.requeue_jobs(w.id, &[y_job]).await.unwrap(), 1);
+        assert_eq!(build_status(&app, &org, "y").await, BuildStatus::Building);
+        app.clock.advance(LOST_AFTER + chrono::TimeDelta::seconds(1));
+        // Meanwhile the build says Queued again and a dispatch round hands the job out to w (still connected):
+        // Building again, with its job assigned.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, storage, seen, drv) = (
+            app.app.clone(),
+            app.storage.clone(),
+            done.clone(),
+            derivation("y").drv_path,
+        );
+        let org_id = org.id;
+        app.storage.interleave(ops, move || {
+            let mut b = common::at_once(storage.build(org_id, &drv)).unwrap().unwrap();
+            if b.status == BuildStatus::Building {
+                b.status = BuildStatus::Queued;
+                common::at_once(storage.update_build_if(BuildStatus::Building, &b)).unwrap();
+            }
+            common::at_once(other.dispatch()).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        app.reconcile(LOST_AFTER).await.unwrap();
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        rounds += 1;
+        let job = app.storage.job(y_job).await.unwrap().unwrap();
+        let status = build_status(&app, &org, "y").await;
+        if matches!(job.state, JobState::Assigned { .. }) && status != BuildStatus::Building {
+            bad.push(format!("ops {ops}: y's job {:?}, its build {status:?}", job.state));
+        }
+    }
+    assert!(rounds > 3, "reconciliation made {rounds} storage operations");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

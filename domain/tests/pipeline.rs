@@ -3,7 +3,7 @@
 
 mod common;
 
-use gradient_domain::model::{Capabilities, EvaluationTrigger, JobId, Org, Project};
+use gradient_domain::model::{EvaluationTrigger, JobId, Org, Project};
 use gradient_domain::ports::Fleet;
 use gradient_domain::ports::clock::SystemClock;
 use gradient_domain::ports::storage::Evaluations;
@@ -137,22 +137,10 @@ async fn dispatch(app: &App, workers: &[&WorkerInfo]) -> Vec<Dispatched> {
 }
 
 fn builder(n: u128, org: gradient_domain::OrgId, eval: bool, builds: u32) -> WorkerInfo {
-    WorkerInfo {
-        id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
-        capabilities: Capabilities {
-            fetch: eval,
-            eval,
-            build: true,
-            sign: false,
-        },
-        systems: vec!["x86_64-linux".into()],
-        features: vec![],
-        max_concurrent_builds: builds,
-        max_concurrent_evaluations: 1,
-        queued_builds: 0,
-        orgs: BTreeSet::from([org]),
-        pushing: Default::default(),
-    }
+    let mut w = common::worker_of(n, org, builds);
+    w.capabilities.fetch = eval;
+    w.capabilities.eval = eval;
+    w
 }
 
 fn derivation(name: &str) -> EvaluatedDerivation {

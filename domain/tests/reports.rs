@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::at_once;
+
 use gradient_domain::model::{EvaluationTrigger, JobId, JobState, Org, Project};
 use gradient_domain::ports::Fleet;
 use gradient_domain::ports::clock::SystemClock;
@@ -19,11 +21,17 @@ use std::collections::BTreeMap;
 type App = common::TestApp<SystemClock>;
 
 async fn setup() -> (App, Org, Project) {
+    let (app, _, org, project) = setup_with_caller().await;
+    (app, org, project)
+}
+
+/// [`setup`], with the member who made the organization (to abort and restart its evaluations).
+async fn setup_with_caller() -> (App, gradient_domain::service::Caller, Org, Project) {
     let app = common::app(SystemClock, Settings::default());
     let caller = common::signed_up(&app, "u").await;
     let org = common::org(&app, &caller, "o").await;
     let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
-    (app, org, project)
+    (app, caller, org, project)
 }
 
 fn worker(n: u128, org: &Org) -> WorkerInfo {
@@ -107,6 +115,18 @@ async fn evaluated_in_one_batch(
     w: &WorkerInfo,
     derivations: Vec<EvaluatedDerivation>,
 ) -> (gradient_domain::EvaluationId, BTreeMap<String, JobId>) {
+    let e = planned_in_one_batch(app, org, project, w, derivations).await;
+    (e, builds(&dispatch(app, w).await))
+}
+
+/// An evaluation of `derivations` reported, pushed and ended in one batch by `w`; its builds queued.
+async fn planned_in_one_batch(
+    app: &App,
+    org: &Org,
+    project: &Project,
+    w: &WorkerInfo,
+    derivations: Vec<EvaluatedDerivation>,
+) -> gradient_domain::EvaluationId {
     let e = app
         .queue_evaluation(org.id, project, &"a".repeat(40), EvaluationTrigger::Manual)
         .await
@@ -135,7 +155,7 @@ async fn evaluated_in_one_batch(
         app.storage.job(job).await.unwrap().unwrap().state,
         JobState::Done
     ));
-    (e.id, builds(&dispatch(app, w).await))
+    e.id
 }
 
 #[tokio::test]
@@ -387,17 +407,6 @@ async fn a_build_ended_in_a_batch_before_the_evaluation_that_needs_it_is_recorde
     );
 }
 
-/// Runs a future of the in-memory ports to its end here and now (they never wait): for what a test interleaves
-/// between two storage operations of a use case (`MemoryStorage::interleave`).
-fn at_once<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(out) => out,
-        std::task::Poll::Pending => panic!("the in-memory ports never wait"),
-    }
-}
-
 #[tokio::test]
 async fn an_abort_committed_while_ends_are_recorded_wins_and_nothing_is_lost() {
     let names = ["a", "b", "c"];
@@ -405,10 +414,7 @@ async fn an_abort_committed_while_ends_are_recorded_wins_and_nothing_is_lost() {
         let mut aborted_first = 0;
         // The abort commits before each storage operation of the reports in turn, until they fit before it.
         for ops in 0.. {
-            let app = common::app(SystemClock, Settings::default());
-            let caller = common::signed_up(&app, "u").await;
-            let org = common::org(&app, &caller, "o").await;
-            let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+            let (app, caller, org, project) = setup_with_caller().await;
             let w = worker(1, &org);
             let drvs = names.iter().map(|n| derivation(n, &[])).collect();
             let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
@@ -590,10 +596,7 @@ async fn an_abort_committed_while_attribute_errors_are_recorded_stays() {
     // The evaluation is aborted before each storage operation of recording an evaluation result with errors.
     let mut aborted_during = 0;
     for ops in 0.. {
-        let app = common::app(SystemClock, Settings::default());
-        let caller = common::signed_up(&app, "u").await;
-        let org = common::org(&app, &caller, "o").await;
-        let project = common::project(&app, &caller, "o", "p", "https://example.com/p.git").await;
+        let (app, caller, org, project) = setup_with_caller().await;
         let w = worker(1, &org);
         let e = app
             .queue_evaluation(org.id, &project, &"a".repeat(40), EvaluationTrigger::Manual)
@@ -629,4 +632,458 @@ async fn an_abort_committed_while_attribute_errors_are_recorded_stays() {
         aborted_during > 3,
         "aborted during the recording {aborted_during} times"
     );
+}
+
+/// Build moves lost to a move committed meanwhile, as the observer hears them: build, expected, actual, to.
+#[derive(Default)]
+struct LostMoves(std::sync::Mutex<Vec<LostMove>>);
+
+type LostMove = (gradient_domain::BuildId, BuildStatus, Option<BuildStatus>, BuildStatus);
+
+impl gradient_domain::ports::Observer for LostMoves {
+    fn evaluation_ended(&self, _: EvaluationStatus, _: std::time::Duration) {}
+    fn build_ended(&self, _: BuildStatus, _: Option<std::time::Duration>) {}
+    fn build_move_lost(
+        &self,
+        build: gradient_domain::BuildId,
+        expected: BuildStatus,
+        actual: Option<BuildStatus>,
+        to: BuildStatus,
+    ) {
+        self.0.lock().unwrap().push((build, expected, actual, to));
+    }
+}
+
+#[tokio::test]
+async fn a_build_aborted_while_a_dispatch_round_starts_it_is_not_handed_out_to_run() {
+    let names = ["a", "b", "c"];
+    let mut aborted_during = 0;
+    // The evaluation is aborted before each storage operation of a dispatch round in turn: among them, after
+    // the round read the queued jobs and before it moved their builds to Building.
+    for ops in 0.. {
+        let (mut app, caller, org, project) = setup_with_caller().await;
+        let lost = std::sync::Arc::new(LostMoves::default());
+        app.app = app.app.clone().observed_by(lost.clone());
+        let w = worker(1, &org);
+        let drvs = names.iter().map(|n| derivation(n, &[])).collect();
+        let e = planned_in_one_batch(&app, &org, &project, &w, drvs).await;
+        app.fleet.delivered(w.id);
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen) = (app.app.clone(), aborted.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.abort_evaluation(&caller, e)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        app.fleet.connect_proved(w.clone());
+        let sent = app.dispatch().await.unwrap();
+        if !aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            assert_eq!(builds(&sent).len(), names.len());
+            break;
+        }
+        aborted_during += 1;
+        let delivered = app.fleet.delivered(w.id);
+        // A build job the worker was given is one it is told to stop after: none runs for an aborted build
+        // with the token the abort revoked.
+        for (i, d) in delivered.iter().enumerate() {
+            if let gradient_ports::fleet::Delivered::Assign(job) = d {
+                assert!(
+                    delivered[i + 1..].contains(&gradient_ports::fleet::Delivered::Abort(job.id())),
+                    "before operation {ops}: {:?} handed out after its build was aborted: {delivered:?}",
+                    job.id()
+                );
+            }
+        }
+        for n in names {
+            assert_eq!(
+                build_status(&app, &org, n).await,
+                BuildStatus::Aborted,
+                "before operation {ops}: {n}"
+            );
+        }
+        // No job left out: each ended, or assigned to the worker that was told to stop it.
+        for j in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            assert!(
+                delivered.contains(&gradient_ports::fleet::Delivered::Abort(j.id)),
+                "before operation {ops}: {j:?}"
+            );
+        }
+        assert!(app.storage.queued_jobs(100).await.unwrap().is_empty(), "{ops}");
+        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Aborted);
+        // A round that lost its moves says so, with what it found.
+        for (_, expected, actual, to) in lost.0.lock().unwrap().iter() {
+            assert_eq!(
+                (*expected, *actual, *to),
+                (BuildStatus::Queued, Some(BuildStatus::Aborted), BuildStatus::Building),
+                "{ops}"
+            );
+        }
+    }
+    assert!(aborted_during > 3, "aborted during the round {aborted_during} times");
+}
+
+#[tokio::test]
+async fn a_lost_worker_s_build_aborted_while_it_is_requeued_is_not_queued_again() {
+    // The evaluation is aborted (by a member, while another worker of the organization is connected) before
+    // each storage operation of taking back the lost worker's job in turn.
+    let (mut aborted_during, mut lost_during) = (0, 0);
+    for ops in 0.. {
+        let (mut app, caller, org, project) = setup_with_caller().await;
+        let lost = std::sync::Arc::new(LostMoves::default());
+        app.app = app.app.clone().observed_by(lost.clone());
+        let (w, other_worker) = (worker(1, &org), worker(2, &org));
+        let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, vec![derivation("a", &[])]).await;
+        assert_eq!(build_status(&app, &org, "a").await, BuildStatus::Building);
+        app.fleet.disconnect(w.id);
+        app.fleet.connect_proved(other_worker.clone());
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen) = (app.app.clone(), aborted.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.abort_evaluation(&caller, e)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        app.worker_lost(w.id).await.unwrap();
+        if !aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        aborted_during += 1;
+        assert_eq!(build_status(&app, &org, "a").await, BuildStatus::Aborted, "{ops}");
+        let requeue_lost = lost.0.lock().unwrap().iter().any(|(_, from, now, to)| {
+            (*from, *now, *to) == (BuildStatus::Building, Some(BuildStatus::Aborted), BuildStatus::Queued)
+        });
+        if requeue_lost {
+            lost_during += 1;
+            // The abort landed between the requeue's read of the build and its write: the job is dropped then.
+            assert!(
+                !app.storage.job(jobs["a"]).await.unwrap().unwrap().state.is_active(),
+                "before operation {ops}: a lost move does not requeue the aborted build's job"
+            );
+        }
+        // Its job is not run again: dropped by the requeue (or, when the abort came after the requeue had moved
+        // the build back to Queued, by the next round, which finds the build aborted).
+        assert!(
+            builds(&dispatch(&app, &other_worker).await).is_empty(),
+            "before operation {ops}: nothing to build"
+        );
+        assert!(
+            !app.storage.job(jobs["a"]).await.unwrap().unwrap().state.is_active(),
+            "before operation {ops}: the aborted build's job ended"
+        );
+    }
+    assert!(aborted_during > 3, "aborted during the requeue {aborted_during} times");
+    assert!(lost_during > 0, "the requeue's move never lost to the abort");
+}
+
+#[tokio::test]
+async fn a_late_report_of_a_run_aborted_then_restarted_changes_nothing_and_the_restart_builds() {
+    let failed = JobOutcome::Failed {
+        kind: FailureKind::BuilderFailed,
+        message: "exit 1".into(),
+    };
+    for late in [failed, JobOutcome::Aborted, JobOutcome::Success] {
+        let (mut app, caller, org, project) = setup_with_caller().await;
+        let lost = std::sync::Arc::new(LostMoves::default());
+        app.app = app.app.clone().observed_by(lost.clone());
+        let w = worker(1, &org);
+        // y takes x's output: x is handed out first.
+        let drvs = vec![derivation("x", &[]), derivation("y", &["x"])];
+        let (e, first) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+        assert_eq!(
+            first.keys().collect::<Vec<_>>(),
+            ["x", "y"],
+            "a chain, handed out together"
+        );
+        // Aborted while x and y build on w (told to stop them), then restarted before w answers.
+        app.abort_evaluation(&caller, e).await.unwrap();
+        app.restart_evaluation(&caller, e).await.unwrap();
+        assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued);
+        let x_id = app
+            .storage
+            .build(org.id, &derivation("x", &[]).drv_path)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        // The old run's answer comes late: it belongs to a run that is over, and decides nothing.
+        app.record_job_finished(first["x"], w.id, &w.orgs, late.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued, "{late:?}");
+        assert_eq!(
+            build_status(&app, &org, "y").await,
+            BuildStatus::Queued,
+            "{late:?}: not failed by the old run"
+        );
+        assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Building);
+        app.record_job_finished(first["y"], w.id, &w.orgs, JobOutcome::Aborted, None)
+            .await
+            .unwrap();
+        assert_eq!(build_status(&app, &org, "y").await, BuildStatus::Queued, "{late:?}");
+        assert!(
+            lost.0.lock().unwrap().contains(&(
+                x_id,
+                BuildStatus::Building,
+                Some(BuildStatus::Queued),
+                match late {
+                    JobOutcome::Success => BuildStatus::Completed,
+                    JobOutcome::Aborted => BuildStatus::Aborted,
+                    JobOutcome::Failed { .. } => BuildStatus::Failed,
+                }
+            )),
+            "{late:?}: the observer hears the lost move"
+        );
+        // The restart goes on: x and y get runs of their own, and the evaluation completes.
+        let again = builds(&dispatch(&app, &w).await);
+        assert_eq!(again.keys().collect::<Vec<_>>(), ["x", "y"], "{late:?}");
+        assert_ne!(again["x"], first["x"], "{late:?}: a new job");
+        assert_ne!(again["y"], first["y"], "{late:?}: a new job");
+        assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Building);
+        for n in ["x", "y"] {
+            app.record_job_finished(again[n], w.id, &w.orgs, JobOutcome::Success, None)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            evaluation_status(&app, e).await,
+            EvaluationStatus::Completed,
+            "{late:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_report_of_a_run_taken_back_and_handed_out_again_meanwhile_changes_nothing() {
+    for batched in [true, false] {
+        let mut handed_again = 0;
+        // While w1's success is recorded, before each storage operation in turn, w1 is found lost and its job
+        // goes to w2: the same job, another run.
+        for ops in 0.. {
+            let (app, _, org, project) = setup_with_caller().await;
+            let (w1, w2) = (worker(1, &org), worker(2, &org));
+            let (_, jobs) = evaluated_in_one_batch(&app, &org, &project, &w1, vec![derivation("a", &[])]).await;
+            app.fleet.disconnect(w1.id);
+            app.fleet.connect_proved(w2.clone());
+            let again = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let (other, seen, lost) = (app.app.clone(), again.clone(), w1.id);
+            app.storage.interleave(ops, move || {
+                at_once(other.worker_lost(lost)).unwrap();
+                *seen.lock().unwrap() = Some(builds(&at_once(other.dispatch()).unwrap()));
+            });
+            let result = if batched {
+                let batch = vec![finished(jobs["a"], JobOutcome::Success)];
+                app.record_reports(w1.id, &w1.orgs, batch).await.remove(0)
+            } else {
+                app.record_job_finished(jobs["a"], w1.id, &w1.orgs, JobOutcome::Success, None)
+                    .await
+            };
+            let Some(sent) = again.lock().unwrap().take() else {
+                result.unwrap();
+                break;
+            };
+            let state = app.storage.job(jobs["a"]).await.unwrap().unwrap().state;
+            if sent.get("a") == Some(&jobs["a"]) {
+                handed_again += 1;
+                // w2 builds it now: w1's late word is about a run that is over.
+                assert!(
+                    matches!(result, Err(ServiceError::Forbidden(_))),
+                    "{batched} {ops}: {result:?}"
+                );
+                assert_eq!(
+                    build_status(&app, &org, "a").await,
+                    BuildStatus::Building,
+                    "{batched} before operation {ops}"
+                );
+                assert!(
+                    matches!(state, JobState::Assigned { worker, .. } if worker == w2.id),
+                    "{batched} {ops}: {state:?}"
+                );
+            } else {
+                // w1's success was written first: the build is done and its job is not run again.
+                assert_eq!(
+                    build_status(&app, &org, "a").await,
+                    BuildStatus::Completed,
+                    "{batched} {ops}"
+                );
+                assert!(!state.is_active(), "{batched} {ops}: {state:?}");
+            }
+            assert!(ops < 1000);
+        }
+        assert!(handed_again > 1, "{batched}: handed out again {handed_again} times");
+    }
+}
+
+// ---- races between a report, a restart, an abort and a dispatch round ----
+
+#[tokio::test]
+async fn a_restart_landing_while_an_aborted_runs_reply_is_recorded_builds_again() {
+    let mut failures = Vec::new();
+    for ops in 0..40u64 {
+        let (app, caller, org, project) = setup_with_caller().await;
+        let w = worker(1, &org);
+        let drvs = vec![derivation("x", &[]), derivation("y", &["x"])];
+        let (e, first) = evaluated_in_one_batch(&app, &org, &project, &w, drvs).await;
+        app.abort_evaluation(&caller, e).await.unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen, c2) = (app.app.clone(), done.clone(), caller.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.restart_evaluation(&c2, e)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let r = app
+            .record_job_finished(first["x"], w.id, &w.orgs, JobOutcome::Aborted, None)
+            .await;
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let _ = r;
+        let _ = app
+            .record_job_finished(first["y"], w.id, &w.orgs, JobOutcome::Aborted, None)
+            .await;
+        let (x, y) = (build_status(&app, &org, "x").await, build_status(&app, &org, "y").await);
+        let queued: Vec<_> = app
+            .storage
+            .queued_jobs(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        let x_active = app.storage.queued_jobs(100).await.unwrap().iter().any(|j| matches!(&j.kind, gradient_domain::model::JobKind::Build { derivation: d, .. } if *d == derivation("x", &[]).drv_path));
+        if y != BuildStatus::Queued || (x == BuildStatus::Queued && !x_active) {
+            failures.push(format!(
+                "ops {ops}: x {x:?} (queued job: {x_active}), y {y:?}, queued jobs {}",
+                queued.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test]
+async fn a_withheld_job_whose_build_was_substituted_settles_its_evaluation() {
+    let (app, _caller, org, project) = setup_with_caller().await;
+    let w = worker(1, &org);
+    let e = planned_in_one_batch(&app, &org, &project, &w, vec![derivation("a", &[])]).await;
+    // Another evaluation's planning found a's outputs in a cache: Queued -> Substituted, its job left queued.
+    let drv = derivation("a", &[]).drv_path;
+    let mut b = app.storage.build(org.id, &drv).await.unwrap().unwrap();
+    assert_eq!(b.status, BuildStatus::Queued);
+    assert!(b.move_to(BuildStatus::Substituted, chrono::Utc::now()));
+    assert!(app.storage.update_build_if(BuildStatus::Queued, &b).await.unwrap());
+    let sent = dispatch(&app, &w).await;
+    assert!(builds(&sent).is_empty(), "withheld");
+    assert_eq!(
+        evaluation_status(&app, e).await,
+        EvaluationStatus::Completed,
+        "settled once its only build ended"
+    );
+}
+
+#[tokio::test]
+async fn an_abort_during_the_hand_out_is_never_followed_by_its_assign() {
+    let mut bad = Vec::new();
+    for ops in 0..40u64 {
+        let (app, caller, org, p1) = setup_with_caller().await;
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        let _e1 = planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("a", &[])]).await;
+        let e2 = planned_in_one_batch(&app, &org, &p2, &ev, vec![derivation("b", &[])]).await;
+        // a's build is withheld in the next round (substituted meanwhile): its job ends during the round.
+        let drv = derivation("a", &[]).drv_path;
+        let mut a = app.storage.build(org.id, &drv).await.unwrap().unwrap();
+        assert!(a.move_to(BuildStatus::Substituted, chrono::Utc::now()));
+        assert!(app.storage.update_build_if(BuildStatus::Queued, &a).await.unwrap());
+        app.fleet.delivered(w.id);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen, c2) = (app.app.clone(), done.clone(), caller.clone());
+        app.storage.interleave(ops, move || {
+            at_once(other.abort_evaluation(&c2, e2)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let _ = app.dispatch().await;
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let delivered = app.fleet.delivered(w.id);
+        for (i, d) in delivered.iter().enumerate() {
+            if let gradient_ports::fleet::Delivered::Assign(job) = d
+                && !delivered[i + 1..].contains(&gradient_ports::fleet::Delivered::Abort(job.id()))
+                && build_status(&app, &org, "b").await == BuildStatus::Aborted
+            {
+                bad.push(format!("ops {ops}: {delivered:?}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[tokio::test]
+async fn a_storage_error_during_a_dispatch_round_leaves_no_job_assigned_but_never_sent() {
+    let mut bad = Vec::new();
+    let mut rounds = 0;
+    for ops in 0..60u64 {
+        let (app, caller, org, p1) = setup_with_caller().await;
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("a", &[])]).await;
+        planned_in_one_batch(&app, &org, &p2, &ev, vec![derivation("b", &[])]).await;
+        // a's job is withheld in the next round (its build was substituted meanwhile), b's is handed out.
+        let drv = derivation("a", &[]).drv_path;
+        let mut a = app.storage.build(org.id, &drv).await.unwrap().unwrap();
+        assert!(a.move_to(BuildStatus::Substituted, chrono::Utc::now()));
+        assert!(app.storage.update_build_if(BuildStatus::Queued, &a).await.unwrap());
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        // Exactly the round's storage operation `ops` fails: the next one finds the storage back.
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + 1, move || storage.go_down_after(None));
+        let first = app.dispatch().await;
+        app.storage.go_down_after(None);
+        if first.is_ok() {
+            // The round made fewer operations: every one has failed once.
+            break;
+        }
+        rounds += 1;
+        let mut sent: Vec<JobId> = app
+            .fleet
+            .delivered(w.id)
+            .into_iter()
+            .filter_map(|d| match d {
+                gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+                _ => None,
+            })
+            .collect();
+        // The next round hands out what went back to the queue.
+        app.dispatch().await.unwrap();
+        sent.extend(app.fleet.delivered(w.id).into_iter().filter_map(|d| match d {
+            gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+            _ => None,
+        }));
+        let b = derivation("b", &[]).drv_path;
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if matches!(&job.kind, gradient_domain::model::JobKind::Build { derivation, .. } if *derivation == b)
+                && !sent.contains(&job.id)
+            {
+                bad.push(format!(
+                    "ops {ops} ({first:?}): b's job {:?} assigned, never sent",
+                    job.id
+                ));
+            }
+        }
+        if build_status(&app, &org, "b").await != BuildStatus::Building {
+            bad.push(format!("ops {ops}: b is {:?}", build_status(&app, &org, "b").await));
+        }
+    }
+    assert!(rounds > 5, "the round made {rounds} storage operations");
+    assert!(bad.is_empty(), "{bad:#?}");
 }

@@ -12,7 +12,7 @@ use gradient_domain::model::{
     Timestamp, Transition,
 };
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{Evaluations, Result};
+use gradient_domain::ports::storage::{BuildSwap, Evaluations, Result, Run};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
 use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -208,21 +208,35 @@ struct BuildLogRow {
 /// Inside an async block answering `sqlx::Error`: the statement of `update_build_if` on executor `$e` (an
 /// expression evaluated once per statement, e.g. `&mut *tx`): Some(written), or None when the build is absent.
 macro_rules! update_build_from {
-    ($e:expr, $from:expr, $build:expr, $transitions:expr) => {{
+    ($e:expr, $from:expr, $build:expr, $transitions:expr) => {
+        update_build_from!($e, $from, $build, $transitions, None::<Run>)
+    };
+    ($e:expr, $from:expr, $build:expr, $transitions:expr, $run:expr) => {{
         let b: &Build = $build;
-        let n = sqlx::query(
-            "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 \
-             WHERE org_id = $1 AND drv_path = $2 AND status = $6",
-        )
+        let run: Option<Run> = $run;
+        let update = sqlx::query(match run {
+            None => {
+                "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 \
+                 WHERE org_id = $1 AND drv_path = $2 AND status = $6"
+            }
+            // Only while the run's job is still in that assignment.
+            Some(_) => {
+                "UPDATE builds SET status = $3, transitions = $4, updated_at = $5 \
+                 WHERE org_id = $1 AND drv_path = $2 AND status = $6 AND EXISTS (SELECT 1 FROM jobs \
+                 WHERE jobs.id = $7 AND jobs.state = 'assigned' AND jobs.worker_id = $8 AND jobs.attempts = $9)"
+            }
+        })
         .bind(b.org_id.0)
         .bind(&b.drv_path)
         .bind(b.status.as_str())
         .bind($transitions)
         .bind(b.updated_at)
-        .bind(BuildStatus::as_str($from))
-        .execute($e)
-        .await?
-        .rows_affected();
+        .bind(BuildStatus::as_str($from));
+        let update = match run {
+            None => update,
+            Some(r) => update.bind(r.job.0).bind(r.worker.0).bind(i64::from(r.attempts)),
+        };
+        let n = update.execute($e).await?.rows_affected();
         if n > 0 {
             Some(true)
         } else {
@@ -851,7 +865,7 @@ impl Evaluations for SqlStorage {
         written.ok_or(StorageError::NotFound)
     }
 
-    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[BuildLog]) -> Result<Vec<bool>> {
+    async fn end_builds(&self, builds: &[(BuildStatus, Build, Option<Run>)], logs: &[BuildLog]) -> Result<Vec<bool>> {
         // The statements of `update_build_if` and `put_build_log`, in one transaction: a build that is absent
         // rolls everything back.
         let put = "INSERT INTO build_logs (build_id, compressed, size, omitted, created_at) \
@@ -862,8 +876,8 @@ impl Evaluations for SqlStorage {
             return Ok(Vec::new());
         }
         let mut updates = Vec::with_capacity(builds.len());
-        for (from, b) in builds {
-            updates.push((*from, b, transitions_json(&b.transitions, BuildStatus::as_str)?));
+        for (from, b, run) in builds {
+            updates.push((*from, b, transitions_json(&b.transitions, BuildStatus::as_str)?, *run));
         }
         let mut puts = Vec::with_capacity(logs.len());
         for l in logs {
@@ -872,8 +886,8 @@ impl Evaluations for SqlStorage {
         let written = with_pool!(self, |p| async {
             let mut tx = p.begin_write().await?;
             let mut written = Vec::with_capacity(updates.len());
-            for (from, b, transitions) in &updates {
-                match update_build_from!(&mut *tx, *from, *b, transitions) {
+            for (from, b, transitions, run) in &updates {
+                match update_build_from!(&mut *tx, *from, *b, transitions, *run) {
                     Some(w) => written.push(w),
                     None => {
                         tx.rollback().await?;
@@ -899,50 +913,73 @@ impl Evaluations for SqlStorage {
         written.ok_or(StorageError::NotFound)
     }
 
-    async fn update_builds(&self, builds: &[Build]) -> Result<()> {
-        // A build listed twice takes its last.
-        let mut last: BTreeMap<(Uuid, &str), &Build> = BTreeMap::new();
-        for b in builds {
-            last.insert((b.org_id.0, b.drv_path.as_str()), b);
+    async fn update_builds_if(&self, builds: &[(BuildStatus, Build)]) -> Result<Vec<BuildSwap>> {
+        let mut listed = HashSet::new();
+        if !builds
+            .iter()
+            .all(|(_, b)| listed.insert((b.org_id.0, b.drv_path.as_str())))
+        {
+            return Err(StorageError::Conflict("build listed twice".into()));
         }
-        let rows = last
-            .into_values()
-            .map(|b| Ok((b, transitions_json(&b.transitions, BuildStatus::as_str)?)))
+        let rows = builds
+            .iter()
+            .map(|(from, b)| Ok((*from, b, transitions_json(&b.transitions, BuildStatus::as_str)?)))
             .collect::<Result<Vec<_>>>()?;
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        // One statement per group of builds (UPDATE … FROM VALUES, on both engines); a build missing updates
-        // fewer rows than listed, and the transaction is then dropped, undoing the rest.
-        let updated = with_pool!(self, |p| async {
+        // One statement per group of builds (UPDATE … FROM VALUES … RETURNING, on both engines), each row
+        // written only where its status is still the one given; then, for the few that were not, what they are.
+        let found = with_pool!(self, |p| async {
             let mut tx = p.begin_write().await?;
-            for chunk in rows.chunks(rows_per_statement(5, 0)) {
+            let mut written: HashSet<(Uuid, String)> = HashSet::new();
+            for chunk in rows.chunks(rows_per_statement(6, 0)) {
                 let sql = format!(
                     "UPDATE builds SET status = v.column3, transitions = v.column4, updated_at = v.column5 \
-                     FROM (VALUES {}) AS v WHERE builds.org_id = v.column1 AND builds.drv_path = v.column2",
-                    value_rows(chunk.len(), 5, 1)
+                     FROM (VALUES {}) AS v \
+                     WHERE builds.org_id = v.column1 AND builds.drv_path = v.column2 AND builds.status = v.column6 \
+                     RETURNING builds.org_id, builds.drv_path",
+                    value_rows(chunk.len(), 6, 1)
                 );
                 // Only numbered placeholders are formatted into the text.
                 // Not kept prepared: the text changes with the number of values (see the crate documentation).
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-                for (b, transitions) in chunk {
+                let mut q = sqlx::query_as::<_, (Uuid, String)>(sqlx::AssertSqlSafe(sql)).persistent(false);
+                for (from, b, transitions) in chunk {
                     q = q
                         .bind(b.org_id.0)
                         .bind(b.drv_path.as_str())
                         .bind(b.status.as_str())
                         .bind(transitions.as_str())
-                        .bind(b.updated_at);
+                        .bind(b.updated_at)
+                        .bind(from.as_str());
                 }
-                if q.execute(&mut *tx).await?.rows_affected() < chunk.len() as u64 {
-                    return Ok(false);
+                written.extend(q.fetch_all(&mut *tx).await?);
+            }
+            let mut found = Vec::with_capacity(rows.len());
+            for (_, b, _) in &rows {
+                if written.contains(&(b.org_id.0, b.drv_path.clone())) {
+                    found.push(Ok(BuildSwap::Written));
+                    continue;
                 }
+                let status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM builds WHERE org_id = $1 AND drv_path = $2")
+                        .bind(b.org_id.0)
+                        .bind(&b.drv_path)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                found.push(match status {
+                    None => Ok(BuildSwap::Absent),
+                    Some(s) => BuildStatus::parse(&s)
+                        .map(BuildSwap::Moved)
+                        .ok_or_else(|| corrupt("build status", &s)),
+                });
             }
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(true)
+            Ok::<_, sqlx::Error>(found)
         }
         .await)
         .map_err(db_error)?;
-        if updated { Ok(()) } else { Err(StorageError::NotFound) }
+        found.into_iter().collect()
     }
 
     async fn dependents(&self, org: OrgId, drv_path: &str) -> Result<Vec<String>> {

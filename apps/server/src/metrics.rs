@@ -368,6 +368,22 @@ impl Observer for Metrics {
                 .record(d.as_secs_f64());
         }
     }
+
+    fn build_move_lost(
+        &self,
+        build: gradient_domain::BuildId,
+        expected: BuildStatus,
+        actual: Option<BuildStatus>,
+        to: BuildStatus,
+    ) {
+        tracing::debug!(
+            build = %build,
+            expected = expected.as_str(),
+            actual = actual.map_or("gone or not read", BuildStatus::as_str),
+            to = to.as_str(),
+            "a build's move lost its compare-and-set: it moved meanwhile, and that move stands"
+        );
+    }
 }
 
 /// Reads the scrapers' token file: one line, not empty.

@@ -39,6 +39,28 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// The run of a build a worker's report belongs to: its job, assigned to `worker`, taken back from lost workers
+/// `attempts` times (see [`JobRecord::attempts`]) when the report was checked. A job requeued and handed out
+/// again is another run, though its id is the same: a write guarded by a run lands only while its job is still
+/// in that assignment (see [`Evaluations::end_builds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub job: JobId,
+    pub worker: WorkerId,
+    pub attempts: u32,
+}
+
+/// What a compare-and-set of one build's status found (see [`Evaluations::update_builds_if`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildSwap {
+    /// Its status was the one expected: the build was written.
+    Written,
+    /// Its status was this other one (a move committed meanwhile): nothing was written.
+    Moved(crate::status::BuildStatus),
+    /// It does not exist (its organization was deleted meanwhile): nothing was written.
+    Absent,
+}
+
 /// Everything Gradient stores. Split by aggregate so an adapter's file can follow the same shape.
 pub trait Storage:
     Users
@@ -512,19 +534,26 @@ pub trait Evaluations {
         from: crate::status::BuildStatus,
         build: &Build,
     ) -> impl Future<Output = Result<bool>> + Send;
-    /// Updates each build as [`Evaluations::update_build`] does, in one transaction (a build listed twice takes
-    /// its last). Atomic: NotFound, changing nothing, when any of them is absent.
-    fn update_builds(&self, builds: &[Build]) -> impl Future<Output = Result<()>> + Send;
+    /// [`Evaluations::update_build_if`] for each `(from, build)`, in one transaction: each build is written
+    /// only if its stored status is still `from`, and answers, in order, what each found ([`BuildSwap`]). A
+    /// build that lost the race or is absent changes nothing and does not stop the others. Each build is listed
+    /// at most once: Conflict("build listed twice"), nothing written, otherwise. Any number of builds, in a
+    /// few statements (a dispatch round moves its builds at once).
+    fn update_builds_if(
+        &self,
+        builds: &[(crate::status::BuildStatus, Build)],
+    ) -> impl Future<Output = Result<Vec<BuildSwap>>> + Send;
     /// Stores the build's log, replacing the one it had (a restarted build logs anew). NotFound when the
     /// build does not exist; deleting the build deletes its log.
     fn put_build_log(&self, log: &BuildLog) -> impl Future<Output = Result<()>> + Send;
-    /// [`Evaluations::update_build_if`] for each `(from, build)` of `builds`, then
+    /// [`Evaluations::update_build_if`] for each `(from, build, run)` of `builds`, then
     /// [`Evaluations::put_build_log`] for each of `logs`, in one transaction; answers, in order, whether each
-    /// build was written (false: its status was no longer `from`; its log is written all the same). All or
-    /// nothing: NotFound, nothing written, when one build is absent.
+    /// build was written (false: its status was no longer `from`, or, with a `run`, that run's job is no longer
+    /// in that assignment — requeued, handed to another worker, ended —; its log is written all the same). All
+    /// or nothing: NotFound, nothing written, when one build is absent.
     fn end_builds(
         &self,
-        builds: &[(crate::status::BuildStatus, Build)],
+        builds: &[(crate::status::BuildStatus, Build, Option<Run>)],
         logs: &[BuildLog],
     ) -> impl Future<Output = Result<Vec<bool>>> + Send;
     fn build_log(&self, build: BuildId) -> impl Future<Output = Result<Option<BuildLog>>> + Send;

@@ -177,6 +177,12 @@ impl ServeMemo {
             .map(|(alive, _)| *alive)
     }
 
+    /// Whether the job's token was revoked (its job is being aborted) and the job has not ended since.
+    pub fn revoked(&self, job: JobId) -> bool {
+        let jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.revoked.contains(&job)
+    }
+
     pub fn remember_job_alive(&self, assignment: JobAssignment, alive: bool, now: Timestamp) {
         let mut jobs = self.jobs_alive.lock().unwrap_or_else(PoisonError::into_inner);
         if jobs.found.len() >= 10_000 {

@@ -121,6 +121,11 @@ pub async fn project<C: Clock>(
 
 /// A connected worker of `org` that fetches, evaluates and builds for x86_64-linux, with `builds` build slots.
 pub fn worker(n: u128, org: &Org, builds: u32) -> gradient_domain::scheduler::WorkerInfo {
+    worker_of(n, org.id, builds)
+}
+
+/// [`worker`] of the organization with id `org`: the one builder of test workers.
+pub fn worker_of(n: u128, org: gradient_domain::OrgId, builds: u32) -> gradient_domain::scheduler::WorkerInfo {
     gradient_domain::scheduler::WorkerInfo {
         id: gradient_domain::WorkerId(uuid::Uuid::from_u128(n)),
         capabilities: gradient_domain::model::Capabilities {
@@ -134,7 +139,18 @@ pub fn worker(n: u128, org: &Org, builds: u32) -> gradient_domain::scheduler::Wo
         max_concurrent_builds: builds,
         max_concurrent_evaluations: 1,
         queued_builds: 0,
-        orgs: std::collections::BTreeSet::from([org.id]),
+        orgs: std::collections::BTreeSet::from([org]),
         pushing: Default::default(),
+    }
+}
+
+/// Runs a future of the in-memory ports to its end here and now (they never wait): for what a test interleaves
+/// between two storage operations of a use case (`MemoryStorage::interleave`).
+pub fn at_once<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the in-memory ports never wait"),
     }
 }

@@ -16,7 +16,8 @@ use gradient_domain::model::{
     Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::ports::storage::{
-    CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Users, Workers,
+    BuildSwap, CacheContents, Caches, Evaluations, Integrations, Meta, Orgs, Projects, Queue, Result, Run, Users,
+    Workers,
 };
 use gradient_domain::status::BuildStatus;
 use gradient_domain::{
@@ -714,10 +715,10 @@ impl Evaluations for MemoryStorage {
         self.with(|s| s.update_build_if(from, build))
     }
 
-    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[BuildLog]) -> Result<Vec<bool>> {
+    async fn end_builds(&self, builds: &[(BuildStatus, Build, Option<Run>)], logs: &[BuildLog]) -> Result<Vec<bool>> {
         self.with(|s| {
             // Checked first: all or nothing.
-            for (_, b) in builds {
+            for (_, b, _) in builds {
                 if !s.builds.contains_key(&(b.org_id, b.drv_path.clone())) {
                     return Err(gradient_domain::ports::StorageError::NotFound);
                 }
@@ -728,8 +729,14 @@ impl Evaluations for MemoryStorage {
                 }
             }
             let mut written = Vec::with_capacity(builds.len());
-            for (from, b) in builds {
-                written.push(s.update_build_if(*from, b)?);
+            for (from, b, run) in builds {
+                let in_run = run.is_none_or(|r| {
+                    s.jobs.get(&r.job).is_some_and(|j| {
+                        j.attempts == r.attempts
+                            && matches!(j.state, JobState::Assigned { worker, .. } if worker == r.worker)
+                    })
+                });
+                written.push(in_run && s.update_build_if(*from, b)?);
             }
             for l in logs {
                 s.put_build_log(l)?;
@@ -738,8 +745,8 @@ impl Evaluations for MemoryStorage {
         })
     }
 
-    async fn update_builds(&self, builds: &[Build]) -> Result<()> {
-        self.with(|s| s.update_builds(builds))
+    async fn update_builds_if(&self, builds: &[(BuildStatus, Build)]) -> Result<Vec<BuildSwap>> {
+        self.with(|s| s.update_builds_if(builds))
     }
 
     async fn evaluations_needing(&self, org: OrgId, drv_path: &str) -> Result<Vec<EvaluationId>> {

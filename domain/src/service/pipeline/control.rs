@@ -176,11 +176,29 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         for drv in &abandoned {
-            self.move_build(org, drv, BuildStatus::Aborted).await?;
+            self.abort_build(org, drv, !workers.is_empty()).await?;
         }
         // Told only once the builds say Aborted: the worker's answer cannot come first and make them Failed.
         for (worker, job) in running {
             self.fleet.abort(worker, org, job);
+        }
+        Ok(())
+    }
+
+    /// Ends the organization's build of `drv` Aborted from whatever unfinished status it has (queued, or
+    /// handed out by a dispatch round meanwhile, unless not `running` too): each try a compare-and-set on the
+    /// status just read.
+    async fn abort_build(&self, org: OrgId, drv: &str, running: bool) -> Result<()> {
+        for _ in 0..STOP_ATTEMPTS {
+            let Some(b) = self.storage.build(org, drv).await? else {
+                return Ok(());
+            };
+            if b.status.is_terminal()
+                || (!running && b.status == BuildStatus::Building)
+                || self.move_build(org, drv, b.status, BuildStatus::Aborted).await?
+            {
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -221,7 +239,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Every build is Queued before any job is: a dispatch round in between must not find a restarted
         // build's input still Failed and fail it again.
         for b in &again {
-            self.move_build(o.id, &b.drv_path, BuildStatus::Queued).await?;
+            self.move_build(o.id, &b.drv_path, b.status, BuildStatus::Queued)
+                .await?;
         }
         for b in again {
             let Some(d) = self.derivation(o.id, &b.drv_path).await? else {

@@ -125,33 +125,50 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 (assigned, job)
             })
             .collect();
-        if let Err(e) = self.mark_started(&recorded).await {
-            // Not left assigned to workers that never hear of them.
-            let mut per_worker: HashMap<WorkerId, Vec<JobRecord>> = HashMap::new();
-            for (r, _) in recorded {
-                if let JobState::Assigned { worker, .. } = r.state {
-                    per_worker.entry(worker).or_default().push(r);
+        let withheld = match self.mark_started(&recorded).await {
+            Ok(withheld) => withheld,
+            Err(e) => {
+                // Not left assigned to workers that never hear of them.
+                let mut per_worker: HashMap<WorkerId, Vec<JobRecord>> = HashMap::new();
+                for (r, _) in recorded {
+                    if let JobState::Assigned { worker, .. } = r.state {
+                        per_worker.entry(worker).or_default().push(r);
+                    }
                 }
+                for (worker, records) in per_worker {
+                    let ids: Vec<JobId> = records.iter().map(|r| r.id).collect();
+                    self.requeue(worker, &records, &ids).await?;
+                }
+                return Err(e);
             }
-            for (worker, records) in per_worker {
-                let ids: Vec<JobId> = records.iter().map(|r| r.id).collect();
-                self.requeue(worker, &records, &ids).await?;
-            }
-            return Err(e);
-        }
+        };
         // Handed out once all are recorded, back to back: a worker gets the round's jobs as one burst, which it
         // builds together (a chain in one Nix run) instead of starting a run with the first few. Each build says
-        // how many more of the round's builds follow to its worker, so the worker knows when the burst is in.
+        // how many more of the round's builds follow to its worker (at most: one withheld below after counting
+        // makes it an overcount), so the worker knows when the burst is in. Nothing is awaited in this loop: the
+        // jobs not handed out are ended (or requeued) after it, so a storage error there cannot leave the rest of
+        // the round assigned but never sent.
         let mut builds_left: HashMap<WorkerId, u32> = HashMap::new();
         for (assigned, job) in &recorded {
-            if let (JobState::Assigned { worker, .. }, proto::Job::Build { .. }) = (&assigned.state, job) {
+            if let (JobState::Assigned { worker, .. }, proto::Job::Build { .. }) = (&assigned.state, job)
+                && !withheld.contains(&assigned.id)
+            {
                 *builds_left.entry(*worker).or_default() += 1;
             }
         }
+        let mut ended: Vec<(WorkerId, JobRecord)> = Vec::new();
+        let mut unsent: Vec<(WorkerId, JobRecord)> = Vec::new();
         for (assigned, mut job) in recorded {
             let JobState::Assigned { worker, .. } = assigned.state else {
                 continue;
             };
+            // What it was for ended between the round's read and its start (aborted, failed, substituted), or
+            // its abort came since (its token revoked; the Abort, sent already, meant nothing to the worker
+            // then): it ends here, never reaching the worker with a token the abort revoked.
+            if withheld.contains(&assigned.id) || self.memo.revoked(assigned.id) {
+                ended.push((worker, assigned));
+                continue;
+            }
             if let proto::Job::Build { round_rest, .. } = &mut job
                 && let Some(left) = builds_left.get_mut(&worker)
             {
@@ -166,9 +183,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 });
             } else {
                 // Its link ended (or lost the organization) between the snapshot and now: the job goes back.
-                self.requeue(worker, std::slice::from_ref(&assigned), &[assigned.id])
-                    .await?;
+                unsent.push((worker, assigned));
             }
+        }
+        let mut first_error = None;
+        for (worker, assigned) in ended {
+            if let Err(e) = self.end_withheld(worker, &assigned).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        for (worker, assigned) in unsent {
+            if let Err(e) = self
+                .requeue(worker, std::slice::from_ref(&assigned), &[assigned.id])
+                .await
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         for job_id in plan.dependency_failed {
             self.settle_without_worker(job_id, BuildStatus::DependencyFailed)
@@ -180,24 +213,51 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         Ok(out)
     }
 
-    /// Jobs were handed to workers: their evaluations are being fetched, their builds are building (moved in
-    /// one write per organization).
-    async fn mark_started(&self, recorded: &[(JobRecord, proto::Job)]) -> Result<()> {
-        let mut building: HashMap<OrgId, Vec<(String, BuildStatus)>> = HashMap::new();
+    /// Jobs were assigned to workers: their evaluations are being fetched, their builds are building (moved in
+    /// one compare-and-set write per organization, from Queued). Answers the jobs not to hand out: those whose
+    /// build or evaluation was moved meanwhile (aborted, failed, substituted) and is not running now.
+    async fn mark_started(&self, recorded: &[(JobRecord, proto::Job)]) -> Result<HashSet<JobId>> {
+        let mut withheld = HashSet::new();
+        let mut building: HashMap<OrgId, Vec<(String, BuildStatus, BuildStatus)>> = HashMap::new();
         for (record, _) in recorded {
             match &record.kind {
                 JobKind::Evaluate { evaluation_id } => {
-                    self.advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
-                        .await?;
+                    if !self
+                        .advance_evaluation(*evaluation_id, EvaluationStatus::Fetching)
+                        .await?
+                    {
+                        withheld.insert(record.id);
+                    }
                 }
-                JobKind::Build { derivation, .. } => building
-                    .entry(record.org_id)
-                    .or_default()
-                    .push((derivation.clone(), BuildStatus::Building)),
+                JobKind::Build { derivation, .. } => building.entry(record.org_id).or_default().push((
+                    derivation.clone(),
+                    BuildStatus::Queued,
+                    BuildStatus::Building,
+                )),
             }
         }
         for (org, moves) in building {
-            self.move_builds(org, &moves).await?;
+            let now = self.move_builds(org, &moves).await?;
+            for (record, _) in recorded {
+                if let JobKind::Build { derivation, .. } = &record.kind
+                    && record.org_id == org
+                    && now.get(derivation).is_some_and(|s| *s != BuildStatus::Building)
+                {
+                    withheld.insert(record.id);
+                }
+            }
+        }
+        Ok(withheld)
+    }
+
+    /// Ends a job withheld from its worker (see [`Self::dispatch`]). Its build may have ended otherwise meanwhile
+    /// (substituted by another evaluation's planning): the evaluations needing it settle now, not at the next
+    /// reconciliation.
+    async fn end_withheld(&self, worker: WorkerId, assigned: &JobRecord) -> Result<()> {
+        self.memo.forget_job(assigned.id);
+        self.storage.finish_job(assigned.id, worker, false).await?;
+        if let JobKind::Build { derivation, .. } = &assigned.kind {
+            self.settle_evaluations_needing(assigned.org_id, derivation).await?;
         }
         Ok(())
     }
@@ -216,8 +276,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if !self.storage.cancel_queued_job(job_id).await? {
             return Ok(());
         }
-        self.move_build(org_id, &derivation, status).await?;
-        if !status.provides_outputs() {
+        let moved = self
+            .move_build(org_id, &derivation, BuildStatus::Queued, status)
+            .await?;
+        // One moved otherwise meanwhile was followed by whoever moved it.
+        if moved && !status.provides_outputs() {
             self.fail_dependents(org_id, &derivation).await?;
         }
         self.settle_evaluations_needing(org_id, &derivation).await

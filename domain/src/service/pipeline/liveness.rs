@@ -55,7 +55,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             n += 1;
             match &record.kind {
                 JobKind::Build { derivation, .. } => {
-                    self.move_build(record.org_id, derivation, BuildStatus::Building)
+                    self.move_build(record.org_id, derivation, BuildStatus::Queued, BuildStatus::Building)
                         .await?;
                     self.fleet.resumed(worker, record.org_id, id, Some(derivation));
                 }
@@ -93,13 +93,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for job in assigned.iter().filter(|j| ids.contains(&j.id)) {
             self.memo.forget_job(job.id);
             match &job.kind {
-                JobKind::Build { derivation, .. } => match self.storage.build(job.org_id, derivation).await? {
-                    Some(b) if b.status == BuildStatus::Building => {
-                        self.move_build(job.org_id, derivation, BuildStatus::Queued).await?;
+                JobKind::Build { derivation, .. } => {
+                    let mut now = self.storage.build(job.org_id, derivation).await?.map(|b| b.status);
+                    if now == Some(BuildStatus::Building)
+                        && !self
+                            .move_build(job.org_id, derivation, BuildStatus::Building, BuildStatus::Queued)
+                            .await?
+                    {
+                        // It moved meanwhile (its worker's outcome, an abort landed): what it is now decides.
+                        now = self.storage.build(job.org_id, derivation).await?.map(|b| b.status);
                     }
-                    Some(b) if b.status.is_terminal() => dropped.push(job.id),
-                    _ => {}
-                },
+                    if now.is_some_and(BuildStatus::is_terminal) {
+                        dropped.push(job.id);
+                    }
+                }
                 // Only a fetch or an evaluation goes back (`Building` cannot become `Queued`).
                 JobKind::Evaluate { evaluation_id } => {
                     self.advance_evaluation(*evaluation_id, EvaluationStatus::Queued)

@@ -74,15 +74,21 @@ fn build_job(org: OrgId, d: &Derivation, now: crate::model::Timestamp) -> JobRec
 impl<S: Storage, C: Clock> Gradient<S, C> {
     /// Moves the evaluation towards `to` (through the states a skipped report would have set, see
     /// [`Evaluation::advance_to`]) and saves it when it moved.
-    async fn advance_evaluation(&self, id: EvaluationId, to: EvaluationStatus) -> Result<()> {
+    /// Answers whether the evaluation is still live (not ended, not gone) once this is done.
+    async fn advance_evaluation(&self, id: EvaluationId, to: EvaluationStatus) -> Result<bool> {
         let Some(mut e) = self.storage.evaluation(id).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let from = e.status;
-        if e.advance_to(to, self.clock.now()) {
-            self.save_evaluation(from, &e).await?;
+        if e.advance_to(to, self.clock.now()) && !self.save_evaluation(from, &e).await? {
+            // Moved meanwhile: whether it is still live is what it is now.
+            return Ok(self
+                .storage
+                .evaluation(id)
+                .await?
+                .is_some_and(|now| !now.status.is_terminal()));
         }
-        Ok(())
+        Ok(!e.status.is_terminal())
     }
 
     /// The one way an evaluation's change is saved: stored if its status is still `from`, then its commit
@@ -109,28 +115,44 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         mailed.map(|()| true)
     }
 
-    /// Moves the organization's build of `drv` to `to` when its state machine allows it and its status is
-    /// still the one read (a move committed in between, e.g. a worker's report, is not overwritten); answers
-    /// whether it moved.
-    async fn move_build(&self, org: OrgId, drv: &str, to: BuildStatus) -> Result<bool> {
+    /// Moves the organization's build of `drv` from `from` (the status the caller read and decided on) to `to`,
+    /// when its state machine allows it and its status is still `from`: a move committed in between (an abort,
+    /// a worker's report) is not overwritten, and is told to the observer as a lost move. Answers whether it
+    /// moved.
+    async fn move_build(&self, org: OrgId, drv: &str, from: BuildStatus, to: BuildStatus) -> Result<bool> {
         let Some(mut b) = self.storage.build(org, drv).await? else {
             return Ok(false);
         };
-        let from = b.status;
-        if b.move_to(to, self.clock.now()) && self.storage.update_build_if(from, &b).await? {
+        if b.status != from {
+            self.observer.build_move_lost(b.id, from, Some(b.status), to);
+            return Ok(false);
+        }
+        if !b.move_to(to, self.clock.now()) {
+            return Ok(false);
+        }
+        if self.storage.update_build_if(from, &b).await? {
             self.observe_build(&b);
             return Ok(true);
         }
+        let now = self.storage.build(org, drv).await?.map(|b| b.status);
+        self.observer.build_move_lost(b.id, from, now, to);
         Ok(false)
     }
 
-    /// Moves the organization's builds of the listed `.drv` paths, each to its status (in the order listed; a
-    /// path listed twice moves twice), where their state machine allows it: one read and one write for all.
-    async fn move_builds(&self, org: OrgId, moves: &[(String, BuildStatus)]) -> Result<()> {
+    /// Moves the organization's builds of the listed `.drv` paths, each from the status the caller decided on
+    /// to its status (`(path, from, to)`, in the order listed; a path listed twice moves twice, its second
+    /// `from` being the first's `to`), where their state machine allows it and their status is still the one
+    /// decided on: one read and one compare-and-set write for all (a build moved meanwhile keeps that move,
+    /// told to the observer). Answers the status each listed build that exists has now, moved or not.
+    async fn move_builds(
+        &self,
+        org: OrgId,
+        moves: &[(String, BuildStatus, BuildStatus)],
+    ) -> Result<std::collections::HashMap<String, BuildStatus>> {
         if moves.is_empty() {
-            return Ok(());
+            return Ok(std::collections::HashMap::new());
         }
-        let paths: Vec<String> = moves.iter().map(|(p, _)| p.clone()).collect();
+        let paths: Vec<String> = moves.iter().map(|(p, ..)| p.clone()).collect();
         let mut builds: std::collections::HashMap<String, crate::model::Build> = self
             .storage
             .builds(org, &paths)
@@ -138,21 +160,44 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             .into_iter()
             .map(|b| (b.drv_path.clone(), b))
             .collect();
+        let read: std::collections::HashMap<String, BuildStatus> =
+            builds.iter().map(|(p, b)| (p.clone(), b.status)).collect();
         let now = self.clock.now();
         let mut moved = std::collections::BTreeSet::new();
-        for (path, to) in moves {
-            if let Some(b) = builds.get_mut(path)
-                && b.move_to(*to, now)
-            {
+        for (path, from, to) in moves {
+            let Some(b) = builds.get_mut(path) else {
+                continue;
+            };
+            if b.status != *from {
+                self.observer.build_move_lost(b.id, *from, Some(b.status), *to);
+            } else if b.move_to(*to, now) {
                 moved.insert(path.as_str());
             }
         }
-        let changed: Vec<crate::model::Build> = moved.iter().filter_map(|p| builds.remove(*p)).collect();
-        self.storage.update_builds(&changed).await?;
-        for b in &changed {
-            self.observe_build(b);
+        let mut status: std::collections::HashMap<String, BuildStatus> = read.clone();
+        let changed: Vec<(BuildStatus, crate::model::Build)> = moved
+            .iter()
+            .filter_map(|p| builds.remove(*p))
+            .map(|b| (read[&b.drv_path], b))
+            .collect();
+        let found = self.storage.update_builds_if(&changed).await?;
+        for ((from, b), found) in changed.iter().zip(found) {
+            match found {
+                crate::ports::storage::BuildSwap::Written => {
+                    status.insert(b.drv_path.clone(), b.status);
+                    self.observe_build(b);
+                }
+                crate::ports::storage::BuildSwap::Moved(actual) => {
+                    status.insert(b.drv_path.clone(), actual);
+                    self.observer.build_move_lost(b.id, *from, Some(actual), b.status);
+                }
+                crate::ports::storage::BuildSwap::Absent => {
+                    status.remove(&b.drv_path);
+                    self.observer.build_move_lost(b.id, *from, None, b.status);
+                }
+            }
         }
-        Ok(())
+        Ok(status)
     }
 
     /// The organization's derivations of `drv_paths` that it stored, from memory where they were seen before

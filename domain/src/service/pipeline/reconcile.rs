@@ -112,9 +112,25 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                                 }
                                 done.jobs_queued += 1;
                             }
-                            if active.state == JobState::Queued && b.status == BuildStatus::Building {
-                                self.move_build(b.org_id, &b.drv_path, BuildStatus::Queued).await?;
-                                done.statuses_corrected += 1;
+                            // Read again just before: a dispatch round may have handed the job out since, moving
+                            // the build Queued -> Building again, which a move on the status alone would undo. One
+                            // that does so between this read and the move is seen after it: the build is moved
+                            // back to Building (from Queued only: an abort since stands) while its job is assigned.
+                            let queued = |j: Option<JobRecord>| j.is_some_and(|j| j.state == JobState::Queued);
+                            if active.state == JobState::Queued
+                                && b.status == BuildStatus::Building
+                                && queued(self.storage.job(active.id).await?)
+                                && self
+                                    .move_build(b.org_id, &b.drv_path, BuildStatus::Building, BuildStatus::Queued)
+                                    .await?
+                            {
+                                let job = self.storage.job(active.id).await?;
+                                if job.is_some_and(|j| matches!(j.state, JobState::Assigned { .. })) {
+                                    self.move_build(b.org_id, &b.drv_path, BuildStatus::Queued, BuildStatus::Building)
+                                        .await?;
+                                } else {
+                                    done.statuses_corrected += 1;
+                                }
                             }
                         }
                         self.settle_evaluation(e.id).await?;

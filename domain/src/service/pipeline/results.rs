@@ -4,6 +4,7 @@
 
 use super::{Gradient, Result, ServiceError, build_job, not_assigned};
 use crate::model::{Build, Cache, Derivation, EntryPoint, JobId, JobKind, JobRecord, JobState, SubscribedCache};
+use crate::ports::storage::Run;
 use crate::ports::{Clock, Storage, StorageError};
 use crate::proto::{self, JobOutcome};
 use crate::status::{BuildStatus, EvaluationStatus};
@@ -61,8 +62,9 @@ struct BatchWrites {
     /// The builds (organization, derivation) that ended: the evaluations needing them are looked up once the
     /// batch's writes are done (an evaluation the batch itself records may need one).
     ended: Vec<(OrgId, String)>,
-    /// Each with the status it was read in and moved from: written only if it is still that.
-    builds: Vec<(BuildStatus, Build)>,
+    /// Each with the status it was read in and moved from, and the run its report belongs to: written only if
+    /// it is still that status and the job still that run.
+    builds: Vec<(BuildStatus, Build, Option<Run>)>,
     logs: Vec<crate::model::BuildLog>,
 }
 
@@ -188,8 +190,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.fleet.job_ended(worker, job_id);
         self.fleet.wake();
         let success = matches!(outcome, JobOutcome::Success);
-        let record = self.apply_finished(job_id, worker, orgs, outcome, log, None).await?;
-        self.end_job(&record, worker, success).await
+        let (record, waiting) = self.apply_finished(job_id, worker, orgs, outcome, log, None).await?;
+        self.end_job(&record, worker, success).await?;
+        if waiting {
+            self.queue_again(&record).await?;
+        }
+        Ok(())
     }
 
     /// The effects of a `job_finished` (see [`Self::record_job_finished`]) but the job's end, after checking the
@@ -204,7 +210,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
         batch: Option<&mut BatchWrites>,
-    ) -> Result<JobRecord> {
+    ) -> Result<(JobRecord, bool)> {
         let record = self.check_report_scope(job_id, worker, orgs).await?;
         if !matches!(record.state, JobState::Assigned { worker: w, .. } if w == worker) {
             // Not this worker's job (any more: it was lost and the job went to another, or it ended, which is
@@ -214,8 +220,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Every effect first, the job's end last: a report interrupted half-way (the database went away) is
         // applied again whole when it comes again, each effect being safe to repeat; once the job has ended, a
         // repeated report changes nothing.
-        self.apply_outcome(&record, outcome, log, batch).await?;
-        Ok(record)
+        let waiting = self.apply_outcome(&record, outcome, log, batch).await?;
+        Ok((record, waiting))
     }
 
     /// Writes a batch's successful builds and their logs in one storage write; when that write fails for a
@@ -224,21 +230,31 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// is gone has nothing left to record. A build whose status moved since the batch read it (aborted,
     /// restarted meanwhile) keeps that move: the abort wins, the build is not observed ending (its log, what
     /// the worker printed, is kept).
-    async fn end_builds(&self, builds: &[(BuildStatus, Build)], logs: &[crate::model::BuildLog]) -> Result<()> {
+    /// Answers the jobs whose build was not written (it moved meanwhile).
+    async fn end_builds(
+        &self,
+        builds: &[(BuildStatus, Build, Option<Run>)],
+        logs: &[crate::model::BuildLog],
+    ) -> Result<Vec<JobId>> {
+        let mut lost = Vec::new();
+        let mut note = |from: BuildStatus, b: &Build, run: &Option<Run>, written: bool| {
+            self.observe_end(from, b, written);
+            if let (false, Some(run)) = (written, run) {
+                lost.push(run.job);
+            }
+        };
         match self.storage.end_builds(builds, logs).await {
             Ok(written) => {
-                for ((_, b), written) in builds.iter().zip(written) {
-                    if written {
-                        self.observe_build(b);
-                    }
+                for ((from, b, run), written) in builds.iter().zip(written) {
+                    note(*from, b, run, written);
                 }
-                Ok(())
+                Ok(lost)
             }
             Err(StorageError::NotFound) => {
-                for (from, b) in builds {
-                    match self.storage.update_build_if(*from, b).await {
-                        Ok(true) => self.observe_build(b),
-                        Ok(false) | Err(StorageError::NotFound) => {}
+                for (from, b, run) in builds {
+                    match self.storage.end_builds(&[(*from, b.clone(), *run)], &[]).await {
+                        Ok(written) => note(*from, b, run, written.first() == Some(&true)),
+                        Err(StorageError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -248,9 +264,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Ok(())
+                Ok(lost)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tells the observer about a build a report ended (`written`), or about the move it lost (the build moved
+    /// meanwhile, or its job was taken from the run the report belongs to).
+    fn observe_end(&self, from: BuildStatus, b: &Build, written: bool) {
+        if written {
+            self.observe_build(b);
+        } else {
+            self.observer.build_move_lost(b.id, from, None, b.status);
         }
     }
 
@@ -310,6 +336,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut writes = BatchWrites::default();
         // Builds whose outcome is applied and whose job ends once the batch's evaluations are settled.
         let mut ending: Vec<(usize, JobRecord, bool)> = Vec::new();
+        // Builds whose end a report did not write (restarted while the run was still out, perhaps): queued
+        // again once its job ended, if Queued.
+        let mut waiting: HashSet<JobId> = HashSet::new();
         let mut stopped = None;
         for (i, report) in reports.into_iter().enumerate() {
             let result = match report.message {
@@ -328,12 +357,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         .apply_finished(job_id, worker, orgs, outcome, report.log, Some(&mut writes))
                         .await
                     {
-                        Ok(record) if matches!(record.kind, JobKind::Build { .. }) => {
+                        Ok((record, again)) if matches!(record.kind, JobKind::Build { .. }) => {
+                            if again {
+                                waiting.insert(record.id);
+                            }
                             ending.push((i, record, success));
                             continue;
                         }
                         // An evaluation's end settles it and releases its builds: in its place in the order.
-                        Ok(record) => self.end_job(&record, worker, success).await,
+                        Ok((record, _)) => self.end_job(&record, worker, success).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -352,7 +384,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // then their jobs end, together.
         let mut settled: Result<()> = Ok(());
         if !writes.builds.is_empty() || !writes.logs.is_empty() {
-            settled = self.end_builds(&writes.builds, &writes.logs).await;
+            // A success that lost its build's move (restarted meanwhile) leaves it waiting for a job of its own.
+            settled = self
+                .end_builds(&writes.builds, &writes.logs)
+                .await
+                .map(|lost| waiting.extend(lost));
         }
         if settled.is_ok() {
             // Looked up now, after the writes: an evaluation recorded later in the batch than a build's end may
@@ -391,7 +427,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             results[i] = Some(match &ended {
                 Ok(ended) if ended.get(n) == Some(&true) => {
                     self.memo.forget_job(record.id);
-                    Ok(())
+                    if waiting.contains(&record.id) {
+                        self.queue_again(&record).await
+                    } else {
+                        Ok(())
+                    }
                 }
                 Ok(_) => Err(not_assigned(record.id, worker)),
                 Err(e) => Err(e.clone()),
@@ -424,7 +464,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
         mut batch: Option<&mut BatchWrites>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let success = matches!(outcome, JobOutcome::Success);
         let job_id = record.id;
         match record.kind.clone() {
@@ -433,13 +473,14 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 let planned = self.pins.release(job_id);
                 if success {
                     if planned {
-                        self.settle_evaluation(evaluation_id).await
+                        self.settle_evaluation(evaluation_id).await?;
                     } else {
-                        self.plan_builds(record.org_id, evaluation_id, None).await
+                        self.plan_builds(record.org_id, evaluation_id, None).await?;
                     }
+                    Ok(false)
                 } else {
                     let Some(mut e) = self.storage.evaluation(evaluation_id).await? else {
-                        return Ok(());
+                        return Ok(false);
                     };
                     // Ended already (aborted meanwhile, or this outcome applied before): nothing to add.
                     if !e.status.is_terminal() {
@@ -459,7 +500,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         // Its `.drv` files may not all be in the cache: what only it needs is not built.
                         self.abandon_builds(evaluation_id, record.org_id, &[]).await?;
                     }
-                    Ok(())
+                    Ok(false)
                 }
             }
             JobKind::Build { derivation, .. } => {
@@ -489,12 +530,31 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
                 // The outcome first: a log that cannot be stored must not leave the build running.
                 let mut stored = Ok(());
-                // Whether the build's status is this outcome's to decide: false when it moved since it was
-                // read (aborted, restarted meanwhile), and then what that move decided stands.
-                let mut current = true;
+                // The run this report belongs to: the job's assignment to the worker, as checked.
+                let JobState::Assigned { worker, .. } = record.state else {
+                    return Ok(false);
+                };
+                let run = Run {
+                    job: record.id,
+                    worker,
+                    attempts: record.attempts,
+                };
+                // Whether this report wrote the build's end. When it wrote nothing, the build may have been
+                // restarted while this run was still out (its restart found this job active and queued nothing):
+                // once the job ends, the build gets a job of its own if it is Queued (`queue_again` re-reads it).
+                let mut wrote = false;
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
                     let from = b.status;
-                    let moved = b.move_to(status, self.clock.now());
+                    // A worker's outcome belongs to its run: it moves the build only from Building. A build in
+                    // another status was moved since this run began (aborted, or aborted and queued again by a
+                    // restart), unless it is already this outcome (this report, applied before, sent again):
+                    // then what moved it stands, and this late report changes nothing but the log it brings.
+                    let current = from == BuildStatus::Building || from == status;
+                    let moved = from == BuildStatus::Building && b.move_to(status, self.clock.now());
+                    if !current {
+                        self.observer
+                            .build_move_lost(b.id, BuildStatus::Building, Some(from), status);
+                    }
                     match batch.as_deref_mut() {
                         // A success changes nothing the batch's later reports read: written with the others.
                         Some(w) if success => {
@@ -502,15 +562,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                                 w.logs.push(self.log_record(&b, log)?);
                             }
                             if moved {
-                                w.builds.push((from, b));
+                                w.builds.push((from, b, Some(run)));
+                                // Whether it is written is known once the batch's write is done.
+                                wrote = true;
                             }
                         }
                         _ => {
                             if moved {
-                                current = self.storage.update_build_if(from, &b).await?;
-                                if current {
-                                    self.observe_build(&b);
-                                }
+                                let written = self.storage.end_builds(&[(from, b.clone(), Some(run))], &[]).await?;
+                                wrote = written.first() == Some(&true);
+                                self.observe_end(from, &b, wrote);
                             }
                             if keep_log {
                                 stored = self.store_log(&b, log).await;
@@ -518,15 +579,18 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         }
                     }
                 }
-                // A build restarted meanwhile has its dependents queued again: they are not failed.
-                if !success && current {
+                // Only the report that wrote the failure fails what depends on it: a build found already ended
+                // (aborted, or this report applied before) may be restarted at any moment, its dependents
+                // queued again with it, and they must not be failed then. Dependents a failure left queued
+                // (a report interrupted after its write) end DependencyFailed at the next dispatch round.
+                if !success && wrote {
                     self.fail_dependents(record.org_id, &derivation).await?;
                 }
                 match batch {
                     Some(w) => w.ended.push((record.org_id, derivation.clone())),
                     None => self.settle_evaluations_needing(record.org_id, &derivation).await?,
                 }
-                stored
+                stored.map(|()| !wrote)
             }
         }
     }
@@ -624,7 +688,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         for mut b in builds {
             // A build aborted with another evaluation is wanted again: queue it anew.
             if b.status == BuildStatus::Aborted {
-                moves.push((b.drv_path.clone(), BuildStatus::Queued));
+                moves.push((b.drv_path.clone(), BuildStatus::Aborted, BuildStatus::Queued));
                 b.status = BuildStatus::Queued;
             }
             if b.status != BuildStatus::Queued {
@@ -634,7 +698,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 continue;
             };
             if !d.outputs.is_empty() && d.outputs.values().all(|p| held.contains(hash_part(p))) {
-                moves.push((b.drv_path.clone(), BuildStatus::Substituted));
+                moves.push((b.drv_path.clone(), BuildStatus::Queued, BuildStatus::Substituted));
                 continue;
             }
             to_queue.push(d);
@@ -652,6 +716,31 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         drop(queueing);
         self.fleet.wake();
         self.settle_evaluation(evaluation_id).await
+    }
+
+    /// A build job whose run ended without its report writing the build's end, which may have been restarted
+    /// meanwhile (the restart found the job still out, so queued nothing): the build, if Queued now, gets a job
+    /// of its own (none when one is active already), and the dispatcher is woken.
+    async fn queue_again(&self, record: &JobRecord) -> Result<()> {
+        let JobKind::Build { derivation, .. } = &record.kind else {
+            return Ok(());
+        };
+        let queued = self
+            .storage
+            .build(record.org_id, derivation)
+            .await?
+            .is_some_and(|b| b.status == BuildStatus::Queued);
+        if !queued {
+            return Ok(());
+        }
+        let Some(d) = self.derivation(record.org_id, derivation).await? else {
+            return Ok(());
+        };
+        self.storage
+            .enqueue_job(&build_job(record.org_id, &d, self.clock.now()))
+            .await?;
+        self.fleet.wake();
+        Ok(())
     }
 
     /// Stores what a build printed (capped and compressed, see [`crate::logs`]) as its log.
@@ -690,21 +779,33 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// Marks every queued build depending (transitively) on `failed` as DependencyFailed. The dependents are
     /// found through storage's reverse edges (`dependents`), so a failure costs what it breaks, not the size of
-    /// the evaluations needing it.
+    /// the evaluations needing it. Each build moves only from Queued, in one compare-and-set write per
+    /// derivation failed: one handed out meanwhile builds (its own run fails it, or not).
     pub(super) async fn fail_dependents(&self, org: OrgId, failed: &str) -> Result<()> {
         let mut todo = vec![failed.to_owned()];
         let mut seen = HashSet::new();
         while let Some(drv) = todo.pop() {
-            for dependent in self.storage.dependents(org, &drv).await? {
-                if !seen.insert(dependent.clone()) {
-                    continue;
-                }
-                let queued = self
-                    .storage
-                    .build(org, &dependent)
-                    .await?
-                    .is_some_and(|b| b.status == BuildStatus::Queued);
-                if queued && self.move_build(org, &dependent, BuildStatus::DependencyFailed).await? {
+            let dependents: Vec<String> = self
+                .storage
+                .dependents(org, &drv)
+                .await?
+                .into_iter()
+                .filter(|d| seen.insert(d.clone()))
+                .collect();
+            if dependents.is_empty() {
+                continue;
+            }
+            let moves: Vec<(String, BuildStatus, BuildStatus)> = self
+                .storage
+                .build_statuses(org, &dependents)
+                .await?
+                .into_iter()
+                .filter(|(_, s)| *s == BuildStatus::Queued)
+                .map(|(d, _)| (d, BuildStatus::Queued, BuildStatus::DependencyFailed))
+                .collect();
+            let now = self.move_builds(org, &moves).await?;
+            for (dependent, ..) in moves {
+                if now.get(&dependent) == Some(&BuildStatus::DependencyFailed) {
                     todo.push(dependent);
                 }
             }
@@ -739,6 +840,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             },
         )
         .await
+        .map(|_| ())
     }
 
     /// Settles every evaluation that needs the organization's build of `drv` (it just ended).

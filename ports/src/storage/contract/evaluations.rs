@@ -4,9 +4,10 @@ use super::support::{conflict, derivation as drv_path, now, org, project, second
 use gradient_domain::model::{
     AttributeError, Build, BuildLog, Derivation, EntryPoint, Evaluation, EvaluationTrigger, Timestamp, Transition,
 };
+use gradient_domain::ports::storage::{BuildSwap, Run};
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::status::{BuildStatus, EvaluationStatus};
-use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId};
+use gradient_domain::{BuildId, EvaluationId, OrgId, ProjectId, WorkerId};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -1043,7 +1044,7 @@ pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S)
         omitted: 0,
         created_at: at + seconds(5),
     };
-    let from_queued = |b: Build| (BuildStatus::Queued, b);
+    let from_queued = |b: Build| (BuildStatus::Queued, b, None);
     assert_eq!(s.end_builds(&[], &[]).await, Ok(vec![]), "nothing to write");
 
     // One build unknown (its row is absent): nothing of the batch is written.
@@ -1081,7 +1082,7 @@ pub async fn end_builds_writes_every_build_and_log_or_nothing<S: Storage>(s: &S)
         ended(&builds[1], BuildStatus::Aborted),
     ];
     let logs = [log(&builds[0], b"first"), log(&builds[1], b"second")];
-    let batch: Vec<(BuildStatus, Build)> = done.iter().cloned().map(from_queued).collect();
+    let batch: Vec<_> = done.iter().cloned().map(from_queued).collect();
     assert_eq!(s.end_builds(&batch, &logs).await, Ok(vec![true, true]));
     for (b, l) in done.iter().zip(&logs) {
         assert_eq!(s.build(acme.id, &b.drv_path).await.expect("build").as_ref(), Some(b));
@@ -1149,8 +1150,8 @@ pub async fn build_writes_keep_a_move_committed_meanwhile<S: Storage>(s: &S) {
         })
         .collect();
     let batch = vec![
-        (BuildStatus::Building, completed[0].clone()),
-        (BuildStatus::Building, completed[2].clone()),
+        (BuildStatus::Building, completed[0].clone(), None),
+        (BuildStatus::Building, completed[2].clone(), None),
     ];
     assert_eq!(
         s.end_builds(&batch, &logs).await,
@@ -1176,7 +1177,7 @@ pub async fn build_writes_keep_a_move_committed_meanwhile<S: Storage>(s: &S) {
         Err(StorageError::NotFound)
     );
     assert_eq!(
-        s.end_builds(&[(BuildStatus::Building, absent)], &[]).await,
+        s.end_builds(&[(BuildStatus::Building, absent, None)], &[]).await,
         Err(StorageError::NotFound)
     );
 }
@@ -1491,46 +1492,134 @@ pub async fn derivations_and_builds_are_read_many_at_once<S: Storage>(s: &S) {
     );
 }
 
-/// update_builds updates each listed build as update_build does (a build listed twice takes its last), in one
-/// transaction: a missing build fails the whole list with NotFound and changes nothing.
-pub async fn update_builds_updates_all_or_nothing<S: Storage>(s: &S) {
+/// update_builds_if writes each listed build whose status is still the one given (a compare-and-set per build,
+/// however many, in one transaction), and answers what each found: a build moved meanwhile (an abort between a
+/// dispatch round's read and its write) keeps that move and answers its status, an absent one answers so,
+/// neither stops the others; a build listed twice fails the whole list with Conflict and changes nothing.
+pub async fn update_builds_if_compares_each_build<S: Storage>(s: &S) {
     let alice = user(s, "alice").await;
     let acme = org(s, "acme", alice.id, false).await;
+    let other = org(s, "other", alice.id, false).await;
     let app = project(s, acme.id, "app", alice.id).await;
     let eval = evaluation(s, app.id).await;
+    // More than one statement's worth of values on either engine.
     let names: Vec<String> = (0..700).map(|i| format!("b{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let paths = derivations(s, &names).await;
     let t1 = now();
     let linked = s.link_builds(eval.id, acme.id, &paths, t1).await.expect("link_builds");
-    assert_eq!(s.update_builds(&[]).await, Ok(()), "nothing to update");
+    assert_eq!(s.update_builds_if(&[]).await, Ok(vec![]), "nothing to write");
     let t2 = t1 + seconds(1);
+    // The abort that commits between the read and the write.
+    let aborted = moved(linked[1].clone(), BuildStatus::Aborted, t2);
+    assert_eq!(s.update_build_if(BuildStatus::Queued, &aborted).await, Ok(true));
     let building: Vec<Build> = linked
         .iter()
-        .map(|b| moved(b.clone(), BuildStatus::Building, t2))
+        .map(|b| moved(b.clone(), BuildStatus::Building, t2 + seconds(1)))
         .collect();
-    let completed = moved(building[0].clone(), BuildStatus::Completed, t2 + seconds(1));
-    let mut listed = building.clone();
-    listed.push(completed.clone());
-    s.update_builds(&listed).await.expect("update_builds");
-    let mut expected = building.clone();
-    expected[0] = completed.clone();
+    let mut listed: Vec<(BuildStatus, Build)> = building.iter().map(|b| (BuildStatus::Queued, b.clone())).collect();
+    // The same path of another organization, which has no build of it.
+    let elsewhere = Build::queued(other.id, &paths[0], t2);
+    listed.push((BuildStatus::Queued, moved(elsewhere, BuildStatus::Building, t2)));
+    let mut twice = listed.clone();
+    twice.push(listed[5].clone());
+    assert_eq!(
+        s.update_builds_if(&twice).await,
+        Err(StorageError::Conflict("build listed twice".into())),
+        "a build listed twice"
+    );
+    let mut expected = linked.clone();
+    expected[1] = aborted.clone();
     assert_eq!(
         s.builds(acme.id, &paths).await.expect("builds"),
         expected,
-        "each updated, the last of a build listed twice"
+        "nothing written"
     );
 
-    let failed = moved(building[1].clone(), BuildStatus::Failed, t2 + seconds(2));
-    let absent = Build::queued(acme.id, &drv_path("absent"), t2);
+    let found = s.update_builds_if(&listed).await.expect("update_builds_if");
+    let mut want = vec![BuildSwap::Written; linked.len()];
+    want[1] = BuildSwap::Moved(BuildStatus::Aborted);
+    want.push(BuildSwap::Absent);
+    assert_eq!(found, want, "each build's compare-and-set");
+    let mut expected = building.clone();
+    expected[1] = aborted;
     assert_eq!(
-        s.update_builds(&[failed, absent]).await,
-        Err(StorageError::NotFound),
-        "a missing build"
+        s.builds(acme.id, &paths).await.expect("builds"),
+        expected,
+        "written but the one aborted meanwhile, which stays aborted"
     );
     assert_eq!(
-        s.build(acme.id, &building[1].drv_path).await.expect("build"),
-        Some(building[1].clone()),
-        "nothing changed"
+        s.build(other.id, &paths[0]).await.expect("build"),
+        None,
+        "nothing created"
+    );
+}
+
+/// end_builds with a run writes a build only while that run's job is still in the assignment the report was
+/// checked against: once the job was taken back (requeued: one more attempt) and handed out again, even to the
+/// same worker, a late report of the old run changes nothing of the build, which the new run is building.
+pub async fn end_builds_with_a_run_write_only_while_its_job_is_in_that_assignment<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let app = project(s, acme.id, "app", alice.id).await;
+    let eval = evaluation(s, app.id).await;
+    let paths = derivations(s, &["x"]).await;
+    let at = now();
+    let queued = s
+        .link_builds(eval.id, acme.id, &paths, at)
+        .await
+        .expect("link_builds")
+        .remove(0);
+    let building = moved(queued, BuildStatus::Building, at + seconds(1));
+    assert_eq!(s.update_build_if(BuildStatus::Queued, &building).await, Ok(true));
+    let job = super::support::enqueue(s, super::support::new_build_job(acme.id, "x")).await;
+    let (w1, w2) = (WorkerId::new(), WorkerId::new());
+    assert_eq!(s.assign_job(job.id, w1, at).await, Ok(true));
+    let first = Run {
+        job: job.id,
+        worker: w1,
+        attempts: 0,
+    };
+    let completed = moved(building.clone(), BuildStatus::Completed, at + seconds(2));
+    // w1 is lost: the job goes back (one more attempt) and out again, to w2 and then to w1.
+    assert_eq!(s.requeue_jobs(w1, &[job.id]).await, Ok(1));
+    assert_eq!(s.assign_job(job.id, w2, at + seconds(2)).await, Ok(true));
+    let late = [(BuildStatus::Building, completed.clone(), Some(first))];
+    assert_eq!(s.end_builds(&late, &[]).await, Ok(vec![false]), "the job is w2's now");
+    assert_eq!(s.requeue_jobs(w2, &[job.id]).await, Ok(1));
+    assert_eq!(s.assign_job(job.id, w1, at + seconds(3)).await, Ok(true));
+    assert_eq!(
+        s.end_builds(&late, &[]).await,
+        Ok(vec![false]),
+        "w1's again, but in another run"
+    );
+    assert_eq!(
+        s.build(acme.id, &paths[0]).await.expect("build"),
+        Some(building),
+        "nothing written"
+    );
+    let current = Run {
+        job: job.id,
+        worker: w1,
+        attempts: 2,
+    };
+    assert_eq!(
+        s.end_builds(&[(BuildStatus::Building, completed.clone(), Some(current))], &[])
+            .await,
+        Ok(vec![true]),
+        "the run the job is in"
+    );
+    assert_eq!(
+        s.build(acme.id, &paths[0]).await.expect("build"),
+        Some(completed.clone())
+    );
+    // Ended: no run of it writes any more.
+    let again = moved(completed, BuildStatus::Queued, at + seconds(4));
+    assert_eq!(s.finish_job(job.id, w1, true).await, Ok(true));
+    assert_eq!(
+        s.end_builds(&[(BuildStatus::Completed, again, Some(current))], &[])
+            .await,
+        Ok(vec![false]),
+        "its job ended"
     );
 }

@@ -7,7 +7,7 @@ use gradient_domain::model::{
     Subscription, Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::permissions::BuiltinRole;
-use gradient_domain::ports::storage::{Result, StorageError};
+use gradient_domain::ports::storage::{BuildSwap, Result, StorageError};
 use gradient_domain::status::BuildStatus;
 use gradient_domain::{
     ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
@@ -796,17 +796,27 @@ impl State {
         Ok(true)
     }
 
-    /// Each build as `update_build`, all or none.
-    pub(super) fn update_builds(&mut self, builds: &[Build]) -> Result<()> {
-        require(
-            builds
-                .iter()
-                .all(|b| self.builds.contains_key(&(b.org_id, b.drv_path.clone()))),
-        )?;
-        for build in builds {
-            self.update_build(build)?;
+    /// Each build as `update_build_if`, answering what each found; none written when one is listed twice.
+    pub(super) fn update_builds_if(&mut self, builds: &[(BuildStatus, Build)]) -> Result<Vec<BuildSwap>> {
+        let mut listed = HashSet::new();
+        if !builds
+            .iter()
+            .all(|(_, b)| listed.insert((b.org_id, b.drv_path.as_str())))
+        {
+            return Err(StorageError::Conflict("build listed twice".into()));
         }
-        Ok(())
+        let mut found = Vec::with_capacity(builds.len());
+        for (from, build) in builds {
+            found.push(match self.builds.get(&(build.org_id, build.drv_path.clone())) {
+                None => BuildSwap::Absent,
+                Some(stored) if stored.status != *from => BuildSwap::Moved(stored.status),
+                Some(_) => {
+                    self.update_build(build)?;
+                    BuildSwap::Written
+                }
+            });
+        }
+        Ok(found)
     }
 
     pub(super) fn put_build_log(&mut self, log: &BuildLog) -> Result<()> {
