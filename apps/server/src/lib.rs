@@ -32,6 +32,14 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use state::{AppState, HttpSettings};
 use std::os::unix::fs::DirBuilderExt;
 
+/// The token of a `Bearer` `Authorization` value: the scheme's name in any case (RFC 7235), the token trimmed;
+/// `None` for another scheme or an empty token (the request is then anonymous). Every route reads it so.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("Bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> impl Endpoint<Output = Response> {
     let max = state.http.max_request_size;

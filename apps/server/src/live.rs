@@ -30,7 +30,7 @@ pub const RECHECK: Duration = Duration::from_secs(2);
 /// The request's bearer token, if any.
 fn bearer(req: &Request) -> Option<String> {
     req.header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(crate::bearer_token)
         .map(str::to_owned)
 }
 

@@ -315,7 +315,7 @@ impl Metrics {
     /// Whether `header` (an `Authorization` value) carries the token, compared in constant time.
     fn authorized(&self, header: Option<&str>) -> bool {
         use subtle::ConstantTimeEq;
-        let (Some(token), Some(given)) = (&self.token, header.and_then(|h| h.strip_prefix("Bearer "))) else {
+        let (Some(token), Some(given)) = (&self.token, header.and_then(crate::bearer_token)) else {
             return false;
         };
         // Hashing first makes the comparison's time independent of the lengths too.

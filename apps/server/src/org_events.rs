@@ -78,7 +78,7 @@ fn changes(list: &[(Project, Evaluation)], since: Option<&Cursor>) -> (Vec<Event
 
 fn bearer(req: &Request) -> Option<String> {
     req.header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(crate::bearer_token)
         .map(str::to_owned)
 }
 

@@ -21,6 +21,7 @@ const METRICS_TOKEN: &str = "narinfo-metrics-token-0123456789abcdef";
 struct Server {
     client: TestClient<BoxEndpoint<'static, poem::Response>>,
     shortcut: NarinfoShortcut,
+    state: gradient_server::state::AppState,
     _dir: tempfile::TempDir,
 }
 
@@ -47,7 +48,8 @@ async fn server() -> Server {
     let state = gradient_server::build_state(&config).await.expect("state");
     Server {
         client: TestClient::new(gradient_server::app(state.clone()).boxed()),
-        shortcut: NarinfoShortcut::new(state),
+        shortcut: NarinfoShortcut::new(state.clone()),
+        state,
         _dir: dir,
     }
 }
@@ -346,8 +348,9 @@ async fn only_narinfo_reads_are_taken_and_they_are_counted_as_the_route_counts_t
 }
 
 /// A read right once used (and so remembered, see `ServeMemo::reads`) ends at once with whatever granted it:
-/// the key deleted, the member removed, the grant ended, the cache made private. Each answer comes from both
-/// the shortcut and the route.
+/// the key deleted, the member removed, the grant ended (by the organization or the cache's owner), the cache
+/// made private or deleted, the organization deleted. Each answer comes from both the shortcut and the route;
+/// the memo's hit count shows which answers came from memory (else this would pass with no memo at all).
 #[tokio::test]
 async fn a_read_right_ends_at_once_with_what_granted_it() {
     let s = server().await;
@@ -363,16 +366,37 @@ async fn a_read_right_ends_at_once_with_what_granted_it() {
         let s = &s;
         async move { s.answer(Method::GET, &path, Some(&auth)).await.status }
     };
+    let hits = || s.state.core.cache_read_memo_hits();
+    // An answer whose read right was remembered: both the shortcut's and the route's come from memory.
+    let from_memory = |auth: String, cache: &'static str| {
+        let before = hits();
+        let status = status(auth, cache);
+        async move {
+            let status = status.await;
+            assert_eq!(hits() - before, 2, "{cache}: both answers from memory");
+            status
+        }
+    };
+    // An answer whose read right was not remembered: the shortcut asks storage (and remembers), the route then
+    // answers from memory.
+    let asked_anew = |auth: String, cache: &'static str| {
+        let before = hits();
+        let status = status(auth, cache);
+        async move {
+            let status = status.await;
+            assert_eq!(hits() - before, 1, "{cache}: asked anew, then remembered");
+            status
+        }
+    };
 
     // A second key of the owner's reads, twice (the second from memory), then is deleted: refused at once.
     let key = s
         .api(Method::POST, "/user/keys", Some(&owner), json!({"name": "second"}))
         .await;
     let (id, second) = (key["id"].as_str().expect("id"), key["key"].as_str().expect("key"));
-    for _ in 0..2 {
-        assert_eq!(status(basic("nix", second), "closed").await, StatusCode::OK);
-        assert_eq!(status(format!("Bearer {second}"), "closed").await, StatusCode::OK);
-    }
+    assert_eq!(asked_anew(basic("nix", second), "closed").await, StatusCode::OK);
+    assert_eq!(from_memory(format!("Bearer {second}"), "closed").await, StatusCode::OK);
+    assert_eq!(from_memory(basic("nix", second), "closed").await, StatusCode::OK);
     s.api(Method::DELETE, &format!("/user/keys/{id}"), Some(&owner), json!({}))
         .await;
     assert_eq!(status(basic("nix", second), "closed").await, StatusCode::UNAUTHORIZED);
@@ -389,8 +413,8 @@ async fn a_read_right_ends_at_once_with_what_granted_it() {
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
     s.api(Method::POST, "/orgs/team/subscribe/closed", Some(&owner), json!({}))
         .await;
-    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
-    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
+    assert_eq!(asked_anew(basic("nix", &member), "closed").await, StatusCode::OK);
+    assert_eq!(from_memory(basic("nix", &member), "closed").await, StatusCode::OK);
     s.api(
         Method::DELETE,
         "/orgs/team/users",
@@ -403,17 +427,37 @@ async fn a_read_right_ends_at_once_with_what_granted_it() {
     // Back in the organization (the grant stayed: the cache is the owner's, not the removed member's), then the
     // grant ends: refused at once.
     s.api(Method::POST, "/orgs/team/users", Some(&owner), add).await;
-    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
+    assert_eq!(asked_anew(basic("nix", &member), "closed").await, StatusCode::OK);
+    assert_eq!(from_memory(basic("nix", &member), "closed").await, StatusCode::OK);
     s.api(Method::DELETE, "/orgs/team/subscribe/closed", Some(&owner), json!({}))
         .await;
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
 
     // A public cache read with a key, then made private: the outsider is refused at once.
-    assert_eq!(status(format!("Bearer {member}"), "open").await, StatusCode::OK);
+    assert_eq!(asked_anew(format!("Bearer {member}"), "open").await, StatusCode::OK);
+    assert_eq!(from_memory(format!("Bearer {member}"), "open").await, StatusCode::OK);
     s.api(Method::PATCH, "/caches/open", Some(&owner), json!({"public": false}))
         .await;
     assert_eq!(status(format!("Bearer {member}"), "open").await, StatusCode::NOT_FOUND);
     assert_eq!(status(format!("Bearer {owner}"), "open").await, StatusCode::OK);
+
+    // The cache made the organization's push cache (which grants it): read. The push cache cleared, the grant
+    // stays, asked anew; the cache's owner then ends the organization's subscription: refused at once.
+    s.api(Method::PUT, "/orgs/team/push-cache/closed", Some(&owner), json!({}))
+        .await;
+    assert_eq!(asked_anew(basic("nix", &member), "closed").await, StatusCode::OK);
+    assert_eq!(from_memory(basic("nix", &member), "closed").await, StatusCode::OK);
+    s.api(Method::DELETE, "/orgs/team/push-cache", Some(&owner), json!({}))
+        .await;
+    assert_eq!(asked_anew(basic("nix", &member), "closed").await, StatusCode::OK);
+    s.api(
+        Method::DELETE,
+        "/caches/closed/subscribers/team",
+        Some(&owner),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
 
     // The organization deleted with a grant in place: refused at once.
     s.api(Method::POST, "/orgs/team/subscribe/closed", Some(&owner), json!({}))
@@ -421,6 +465,12 @@ async fn a_read_right_ends_at_once_with_what_granted_it() {
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::OK);
     s.api(Method::DELETE, "/orgs/team", Some(&owner), json!({})).await;
     assert_eq!(status(basic("nix", &member), "closed").await, StatusCode::NOT_FOUND);
+
+    // The cache deleted: its owner's remembered right goes with it.
+    assert_eq!(asked_anew(format!("Bearer {owner}"), "closed").await, StatusCode::OK);
+    assert_eq!(from_memory(format!("Bearer {owner}"), "closed").await, StatusCode::OK);
+    s.api(Method::DELETE, "/caches/closed", Some(&owner), json!({})).await;
+    assert_eq!(status(format!("Bearer {owner}"), "closed").await, StatusCode::NOT_FOUND);
 }
 
 /// HTTP authentication scheme names are case-insensitive (RFC 7235): `bearer`, `BASIC` and the like work.

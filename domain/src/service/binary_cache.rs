@@ -150,14 +150,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// The cache, if the caller may read it. Anonymous callers are asked to authenticate (401) for every
     /// cache that is not public, existing or not, so the answer reveals nothing.
     pub async fn readable_cache(&self, caller: &Caller, name: &str) -> Result<Cache> {
-        if let Some(cache) = self.memo.cache(name)
+        let (known, generation) = self.memo.cache(name);
+        if let Some(cache) = known
             && self.can_read_cache(caller, &cache).await?
         {
             return Ok(cache);
         }
         match self.cache(caller, name).await {
             Ok(cache) => {
-                self.memo.remember_cache(&cache);
+                self.memo.remember_cache(&cache, generation);
                 Ok(cache)
             }
             Err(ServiceError::NotFound(_)) if caller.user().is_none() => {
@@ -167,6 +168,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
+    /// How many `/cache` read rights of API keys were answered from memory since start (for tests and benchmarks:
+    /// that the memo is used at all).
+    pub fn cache_read_memo_hits(&self) -> u64 {
+        self.memo.read_hits()
+    }
+
     /// The cache `name` as a request's credential (a job token, an API key, a session, or none) may read it:
     /// a job token's organization's rights first, else the session's or key's, as [`Self::readable_cache`]
     /// decides. What an API key may read is remembered for [`super::memo::API_KEY_TTL`] (by the key as sent,
@@ -174,9 +181,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// can take the right away (see `ServeMemo::reads`).
     pub async fn cache_to_read(&self, credential: Option<&str>, name: &str) -> Result<Cache> {
         let key = credential.filter(|c| is_api_key(c));
+        // Once, before the check: a right is kept no longer than API_KEY_TTL after what it was decided from.
+        let now = self.clock.now();
         let mut generation = None;
         if let Some(key) = key {
-            let (known, at) = self.memo.read(key, name, self.clock.now());
+            let (known, at) = self.memo.read(key, name, now);
             if let Some(cache) = known {
                 return Ok(cache);
             }
@@ -190,7 +199,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let caller = self.cache_caller(credential).await?;
         let cache = self.readable_cache(&caller, name).await?;
         if let (Some(key), Some(generation)) = (key, generation) {
-            self.memo.remember_read(key, name, &cache, self.clock.now(), generation);
+            self.memo.remember_read(key, name, &cache, now, generation);
         }
         Ok(cache)
     }

@@ -207,16 +207,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if let Some(v) = c.compression {
             cache.compression = v;
         }
-        self.storage.update_cache(&cache).await?;
+        // Forgotten even when storage fails: the change may have been made all the same.
+        let updated = self.storage.update_cache(&cache).await;
         self.memo.forget_cache(cache.id);
+        updated?;
         Ok(cache)
     }
 
     pub async fn delete_cache(&self, caller: &Caller, name: &str) -> Result<()> {
         let cache = self.owned_cache(caller, name).await?;
         refuse_managed(cache.managed, format_args!("cache '{}'", cache.name))?;
-        self.storage.delete_cache(cache.id).await?;
+        let deleted = self.storage.delete_cache(cache.id).await;
         self.memo.forget_cache(cache.id);
+        deleted?;
         Ok(())
     }
 
@@ -265,15 +268,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             ));
         }
         self.memo.forget_job_access();
-        self.storage
+        let subscribed = self
+            .storage
             .subscribe(&Subscription {
                 org_id: org.id,
                 cache_id: cache.id,
                 granted,
                 push: false,
             })
-            .await?;
+            .await;
         self.memo.forget_job_access();
+        subscribed?;
         let detail = if granted {
             "granted by its owner"
         } else {
@@ -314,8 +319,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         self.memo.forget_job_access();
-        let removed = self.storage.unsubscribe(org.id, found.id).await?;
+        let removed = self.storage.unsubscribe(org.id, found.id).await;
         self.memo.forget_job_access();
+        let removed = removed?;
         if !removed {
             return Err(missing());
         }
@@ -358,16 +364,20 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             format_args!("the push cache of organization '{}'", org.name),
         )?;
         self.memo.forget_job_access();
-        self.storage
-            .subscribe(&Subscription {
-                org_id: org.id,
-                cache_id: cache.id,
-                granted: true,
-                push: false,
-            })
-            .await?;
-        let set = self.storage.set_push_cache(org.id, Some(cache.id)).await?;
+        let set = async {
+            self.storage
+                .subscribe(&Subscription {
+                    org_id: org.id,
+                    cache_id: cache.id,
+                    granted: true,
+                    push: false,
+                })
+                .await?;
+            self.storage.set_push_cache(org.id, Some(cache.id)).await
+        }
+        .await;
         self.memo.forget_job_access();
+        let set = set?;
         if !set {
             return Err(ServiceError::Internal(format!(
                 "the grant of '{}' to '{}' vanished while it was made the push cache",
@@ -393,8 +403,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             format_args!("the push cache of organization '{}'", org.name),
         )?;
         self.memo.forget_job_access();
-        self.storage.set_push_cache(org.id, None).await?;
+        let cleared = self.storage.set_push_cache(org.id, None).await;
         self.memo.forget_job_access();
+        cleared?;
         self.audit(
             caller,
             org.id,
@@ -419,8 +430,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let found = self.storage.org_by_name(&parsed).await?.ok_or_else(missing)?;
         refuse_managed(cache.managed, format_args!("the grants of cache '{}'", cache.name))?;
         self.memo.forget_job_access();
-        let removed = self.storage.unsubscribe(found.id, cache.id).await?;
+        let removed = self.storage.unsubscribe(found.id, cache.id).await;
         self.memo.forget_job_access();
+        let removed = removed?;
         if !removed {
             return Err(missing());
         }

@@ -18,7 +18,9 @@ type Narinfo = Option<Arc<str>>;
 
 #[derive(Default)]
 pub struct ServeMemo {
-    caches: Mutex<HashMap<String, Cache>>,
+    /// Cache records by name, and a generation bumped whenever one is forgotten: a lookup begun before a
+    /// change is not remembered after it (else a record read while public could outlive its going private).
+    caches: Mutex<CacheRecords>,
     /// `None` remembers that the cache does not hold the path (Nix asks for many missing paths).
     narinfos: Mutex<Narinfos>,
     /// That an organization's job tokens may read (or push to) a cache, as found at a time: a worker asks
@@ -41,11 +43,22 @@ pub struct ServeMemo {
     /// that can take the right away (a key deleted, a member removed, a grant or subscription ended, a cache
     /// changed or deleted, an organization deleted, a state applied).
     reads: Mutex<Reads>,
+    read_hits: std::sync::atomic::AtomicU64,
 }
 
 /// Readable caches remembered at most (key and cache pairs); past that, the expired ones are dropped, or all
-/// if none is. About 1 KB each (the key, the cache's record): 10 MB at most, a few kilobytes in practice.
+/// if none is. About 200 bytes each (the key, the cache's name and id, a time; the record itself is taken from
+/// the cache-record memo): 2 MB at most, a few kilobytes in practice.
 pub const MAX_READS: usize = 10_000;
+
+/// Cache records remembered at most; past that, all are forgotten.
+const MAX_CACHES: usize = 10_000;
+
+#[derive(Default)]
+struct CacheRecords {
+    generation: u64,
+    found: HashMap<String, Cache>,
+}
 
 /// Memoized read rights: by the API key as sent (so a hit costs no hash of it), then the cache's name; and a
 /// generation bumped whenever they are all forgotten, so a check begun before a change is not kept after it.
@@ -56,8 +69,8 @@ struct Reads {
     found: HashMap<Box<str>, ReadsOfKey>,
 }
 
-/// One key's readable caches by name, each with when it was found so.
-type ReadsOfKey = HashMap<Box<str>, (Cache, Timestamp)>;
+/// One key's readable caches by name, each with its id and when it was found so.
+type ReadsOfKey = HashMap<Box<str>, (CacheId, Timestamp)>;
 
 /// How long an API key found valid is trusted without asking storage again (a key deleted by another process
 /// stops working within it; at once in this one, see [`ServeMemo::forget_api_keys`]).
@@ -117,20 +130,23 @@ pub const JOB_ALIVE_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 pub const JOB_ACCESS_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
 
 impl ServeMemo {
-    pub fn cache(&self, name: &str) -> Option<Cache> {
-        self.caches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+    /// The remembered record of the cache `name`, and the generation to pass to [`Self::remember_cache`] after
+    /// reading it anew.
+    pub fn cache(&self, name: &str) -> (Option<Cache>, u64) {
+        let caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        (caches.found.get(name).cloned(), caches.generation)
     }
 
-    pub fn remember_cache(&self, cache: &Cache) {
+    /// Remembers a record read by a lookup begun at `generation`, unless a cache was forgotten since.
+    pub fn remember_cache(&self, cache: &Cache, generation: u64) {
         let mut caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
-        if caches.len() >= 10_000 {
-            caches.clear();
+        if caches.generation != generation {
+            return;
         }
-        caches.insert(cache.name.to_string(), cache.clone());
+        if caches.found.len() >= MAX_CACHES {
+            caches.found.clear();
+        }
+        caches.found.insert(cache.name.to_string(), cache.clone());
     }
 
     /// A remembered subscription check for the cache as the request names it, and the generation to pass to
@@ -247,15 +263,28 @@ impl ServeMemo {
 
     /// The cache `name` if the API key `key` (as sent) was found allowed to read it within [`API_KEY_TTL`],
     /// and the generation to pass to [`Self::remember_read`] after checking anew.
+    /// The record is the cache-record memo's: a right whose record is no longer remembered is asked anew.
     pub fn read(&self, key: &str, name: &str, now: Timestamp) -> (Option<Cache>, u64) {
-        let reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = reads
-            .found
-            .get(key)
-            .and_then(|caches| caches.get(name))
-            .filter(|(_, at)| now - *at < API_KEY_TTL && *at <= now)
-            .map(|(cache, _)| cache.clone());
-        (found, reads.generation)
+        let (id, generation) = {
+            let reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+            let id = reads
+                .found
+                .get(key)
+                .and_then(|caches| caches.get(name))
+                .filter(|(_, at)| now - *at < API_KEY_TTL && *at <= now)
+                .map(|(id, _)| *id);
+            (id, reads.generation)
+        };
+        let found = id.and_then(|id| self.cache(name).0.filter(|c| c.id == id));
+        if found.is_some() {
+            self.read_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        (found, generation)
+    }
+
+    /// How many read rights were answered from memory since start (a figure for tests and benchmarks).
+    pub fn read_hits(&self) -> u64 {
+        self.read_hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Remembers that `key` may read `cache` (as the request named it), found by a check begun at
@@ -277,7 +306,7 @@ impl ServeMemo {
             }
         }
         let caches = reads.found.entry(key.into()).or_default();
-        let added = caches.insert(name.into(), (cache.clone(), now)).is_none();
+        let added = caches.insert(name.into(), (cache.id, now)).is_none();
         reads.len += usize::from(added);
     }
 
@@ -301,17 +330,18 @@ impl ServeMemo {
     }
 
     /// Forgets a cache and everything served from it (after it changed or was deleted), and every read right.
+    /// The read rights go last, so a check that starts meanwhile cannot find the old record still remembered.
     pub fn forget_cache(&self, id: CacheId) {
-        self.forget_reads();
         {
             let mut access = self.job_access.lock().unwrap_or_else(PoisonError::into_inner);
             access.generation += 1;
             access.found.retain(|_, (c, _)| c.id != id);
         }
-        self.caches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, c| c.id != id);
+        {
+            let mut caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+            caches.generation += 1;
+            caches.found.retain(|_, c| c.id != id);
+        }
         {
             let mut narinfos = self.narinfos.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(gone) = narinfos.known.remove(&id) {
@@ -323,6 +353,7 @@ impl ServeMemo {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(c, _), _| *c != id);
+        self.forget_reads();
     }
 
     pub fn narinfo(&self, cache: CacheId, hash_part: &str) -> Option<Option<Arc<str>>> {
@@ -518,6 +549,8 @@ mod tests {
         };
         let known = |key: &str, name: &str, now| memo.read(key, name, now).0.is_some();
         let remember = || {
+            let (_, generation) = memo.cache("private");
+            memo.remember_cache(&cache, generation);
             let (_, generation) = memo.read("GRADk", "private", at);
             memo.remember_read("GRADk", "private", &cache, at, generation);
             assert!(known("GRADk", "private", at));
@@ -543,14 +576,66 @@ mod tests {
         memo.forget_job_access();
         memo.remember_read("GRADk", "private", &cache, at, stale);
         assert!(!known("GRADk", "private", at));
-        // Bounded: past MAX_READS the expired ones go, or all.
-        for i in 0..MAX_READS {
-            let (_, generation) = memo.read("GRADk", "x", at);
-            memo.remember_read(&format!("GRADk{i}"), "private", &cache, at, generation);
+        // A right is answered only with the record the cache-record memo holds: once the record is forgotten,
+        // the right is asked anew.
+        remember();
+        let hits = memo.read_hits();
+        assert!(known("GRADk", "private", at));
+        assert_eq!(memo.read_hits(), hits + 1, "a hit is counted");
+        memo.caches.lock().map(|mut c| c.found.clear()).unwrap_or_default();
+        assert!(!known("GRADk", "private", at));
+        assert_eq!(memo.read_hits(), hits + 1, "a miss is not");
+        remember();
+        let len = || memo.reads.lock().map(|r| r.len).unwrap_or_default();
+        // Bounded: past MAX_READS the expired ones go...
+        let later = at + API_KEY_TTL;
+        for i in 0..MAX_READS - 1 {
+            let (_, generation) = memo.read("GRADk", "x", later);
+            memo.remember_read(&format!("GRADk{i}"), "private", &cache, later, generation);
         }
-        let (_, generation) = memo.read("GRADk", "x", at);
-        memo.remember_read("GRADlast", "private", &cache, at, generation);
-        assert!(memo.reads.lock().map(|r| r.len).unwrap_or_default() <= MAX_READS);
-        assert!(known("GRADlast", "private", at));
+        assert_eq!(len(), MAX_READS);
+        let (_, generation) = memo.read("GRADk", "x", later);
+        memo.remember_read("GRADlast", "private", &cache, later, generation);
+        assert_eq!(len(), MAX_READS, "the one expired right dropped, the fresh ones kept");
+        assert!(known("GRADk0", "private", later));
+        assert!(known("GRADlast", "private", later));
+        // ...or all, if none has expired.
+        let (_, generation) = memo.read("GRADk", "x", later);
+        memo.remember_read("GRADnext", "private", &cache, later, generation);
+        assert_eq!(len(), 1);
+        assert!(known("GRADnext", "private", later));
+        assert!(!known("GRADk0", "private", later));
+    }
+
+    #[test]
+    fn a_cache_record_read_before_the_cache_changed_is_not_remembered_after() {
+        let memo = ServeMemo::default();
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let mut cache = crate::model::Cache {
+            id: CacheId(uuid::Uuid::from_u128(1)),
+            name: crate::Name::parse("c").expect("a name"),
+            display_name: String::new(),
+            description: String::new(),
+            public: true,
+            priority: 40,
+            local_priority: None,
+            compression: Compression::None,
+            signing_key: crate::crypt::Sealed(String::new()),
+            created_by: crate::UserId(uuid::Uuid::from_u128(2)),
+            created_at: at,
+            managed: false,
+        };
+        // A request reads the record while the cache is public; its owner makes it private meanwhile.
+        let (_, generation) = memo.cache("c");
+        memo.forget_cache(cache.id);
+        memo.remember_cache(&cache, generation);
+        assert_eq!(memo.cache("c").0, None, "the public record is not put back");
+        let (_, generation) = memo.cache("c");
+        cache.public = false;
+        memo.remember_cache(&cache, generation);
+        assert_eq!(memo.cache("c").0.map(|c| c.public), Some(false));
+        // A change to another cache forgets only that one's record.
+        memo.forget_cache(CacheId(uuid::Uuid::from_u128(9)));
+        assert!(memo.cache("c").0.is_some());
     }
 }

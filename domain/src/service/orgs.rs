@@ -216,8 +216,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             }
         }
         self.memo.forget_job_access();
-        self.storage.delete_org(org.id).await?;
+        let deleted = self.storage.delete_org(org.id).await;
         self.memo.forget_job_access();
+        deleted?;
         for (worker, job) in running {
             self.fleet.abort(worker, org.id, job);
         }
@@ -332,7 +333,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         if current == RoleRef::Builtin(BuiltinRole::Admin) && self.admin_count(org.id).await? <= 1 {
             return Err(last_admin());
         }
-        self.storage.delete_membership(org.id, user.id).await?;
+        // Forgotten before and after, whether or not storage (or the audit below) fails: no read right
+        // checked meanwhile outlives the membership.
+        self.memo.forget_job_access();
+        let deleted = self.storage.delete_membership(org.id, user.id).await;
+        self.memo.forget_job_access();
+        deleted?;
         let detail = format!("was {}", self.role_name(&current).await?);
         self.audit(
             caller,
@@ -345,13 +351,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // What the member lent the organization goes with them: its subscriptions to their caches (grants and
         // push), so its jobs neither push to nor trust the keys of an outsider's caches.
         self.memo.forget_job_access();
-        for sub in self.storage.subscriptions(org.id).await? {
-            if sub.cache.created_by == user.id {
-                self.storage.unsubscribe(org.id, sub.cache.id).await?;
+        let lent = async {
+            for sub in self.storage.subscriptions(org.id).await? {
+                if sub.cache.created_by == user.id {
+                    self.storage.unsubscribe(org.id, sub.cache.id).await?;
+                }
             }
+            Ok::<_, crate::ports::StorageError>(())
         }
+        .await;
         self.memo.forget_job_access();
-        Ok(())
+        Ok(lent?)
     }
 
     async fn user_named(&self, username: &str) -> Result<crate::model::User> {

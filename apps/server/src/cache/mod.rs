@@ -147,14 +147,14 @@ impl AsRef<[u8]> for Shared {
 
 /// The token a request carries: a bearer token, or the password (else the login) of HTTP Basic. The scheme's
 /// name is case-insensitive (RFC 7235): `bearer x` and `BASIC …` are read too. A bearer token is borrowed from
-/// the header, not copied.
+/// the header, not copied. An empty credential is none: the request is anonymous (a public cache answers it).
 fn credential(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
     use base64::Engine;
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim_start();
-    let (scheme, rest) = value.split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("Bearer") {
-        return Some(std::borrow::Cow::Borrowed(rest.trim()));
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(token) = crate::bearer_token(value) {
+        return Some(std::borrow::Cow::Borrowed(token));
     }
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("Basic") {
         return None;
     }
@@ -168,7 +168,7 @@ fn credential(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
         Some((login, _)) => decoded.truncate(login.len()),
         None => {}
     }
-    Some(std::borrow::Cow::Owned(decoded))
+    (!decoded.is_empty()).then_some(std::borrow::Cow::Owned(decoded))
 }
 
 /// The cache, for reading (`write: false`) or pushing, as the request's credential allows: a job token's
@@ -569,9 +569,14 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
             // connection asks for it: its ask then finds the bytes ready (one chunk read ahead, no more). Below
             // a piece of [`NAR_READ_AHEAD`] (`maxNarBufferBytes` smaller), nothing is read before it is asked for.
             if chunk.is_empty() && read_ahead {
-                chunk = match next_chunk(&mut stream, timeout, &key).await {
-                    Some(chunk) => chunk,
-                    None => return,
+                // Raced against the reader going away, so a gone connection frees its slot without waiting
+                // for a slow store.
+                chunk = tokio::select! {
+                    next = next_chunk(&mut stream, timeout, &key) => match next {
+                        Some(chunk) => chunk,
+                        None => return,
+                    },
+                    () = tx.closed() => return,
                 };
             }
             // A connection that asks for nothing for the timeout (its reader takes nothing) is cut off; one
@@ -593,9 +598,14 @@ async fn serve_nar(state: &AppState, req: &Request, cache: &Cache, url: &str) ->
                 }
             }
             if chunk.is_empty() {
-                chunk = match next_chunk(&mut stream, timeout, &key).await {
-                    Some(chunk) => chunk,
-                    None => return,
+                // Raced against the reader going away, so a gone connection frees its slot without waiting
+                // for a slow store.
+                chunk = tokio::select! {
+                    next = next_chunk(&mut stream, timeout, &key) => match next {
+                        Some(chunk) => chunk,
+                        None => return,
+                    },
+                    () = tx.closed() => return,
                 };
             }
             // A chunk larger than `pipe` goes in pieces (views of it, not copies), one per request for more; never
@@ -663,8 +673,29 @@ mod tests {
             ("Digest abc".to_owned(), None),
             ("Bearer".to_owned(), None),
             ("Basic !!!".to_owned(), None),
+            // Empty credentials are none: anonymous, so a public cache still answers.
+            ("Bearer ".to_owned(), None),
+            ("bearer   ".to_owned(), None),
+            ("Basic ".to_owned(), None),
+            (format!("Basic {}", basic(":")), None),
+            (format!("Basic {}", basic("")), None),
         ] {
             assert_eq!(credential_of(&value).as_deref(), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn every_route_reads_a_bearer_token_alike() {
+        for (value, want) in [
+            ("Bearer GRADabc", Some("GRADabc")),
+            ("bearer GRADabc", Some("GRADabc")),
+            (" BEARER  GRADabc ", Some("GRADabc")),
+            ("Bearer ", None),
+            ("Bearer", None),
+            ("Basic GRADabc", None),
+            ("BearerGRADabc", None),
+        ] {
+            assert_eq!(crate::bearer_token(value), want, "{value:?}");
         }
     }
 }
