@@ -1087,3 +1087,119 @@ async fn a_storage_error_during_a_dispatch_round_leaves_no_job_assigned_but_neve
     assert!(rounds > 5, "the round made {rounds} storage operations");
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// The active (queued or assigned) build job for `name`, if any.
+async fn active_job_of(app: &App, org: &Org, name: &str) -> Option<gradient_domain::model::JobRecord> {
+    let drv = derivation(name, &[]).drv_path;
+    let mut all = app.storage.queued_jobs(1000).await.unwrap();
+    for w in [1u128, 2] {
+        all.extend(app.storage.jobs_assigned_to(worker(w, org).id).await.unwrap());
+    }
+    all.into_iter()
+        .find(|j| matches!(&j.kind, gradient_domain::model::JobKind::Build { derivation: d, .. } if *d == drv))
+}
+
+#[tokio::test]
+async fn an_abort_and_restart_during_a_dispatch_round_leave_the_build_queued_with_a_job_or_handed_out() {
+    let mut bad = Vec::new();
+    let mut during = 0;
+    for ops in 0..60u64 {
+        let (app, caller, org, project) = setup_with_caller().await;
+        let w = worker(1, &org);
+        let e = planned_in_one_batch(&app, &org, &project, &w, vec![derivation("a", &[])]).await;
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen, c2) = (app.app.clone(), done.clone(), caller.clone());
+        // The abort and the restart land between any two storage operations of the round.
+        app.storage.interleave(ops, move || {
+            at_once(other.abort_evaluation(&c2, e)).unwrap();
+            at_once(other.restart_evaluation(&c2, e)).unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let sent = app.dispatch().await.unwrap();
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        during += 1;
+        let a = build_status(&app, &org, "a").await;
+        let job = active_job_of(&app, &org, "a").await;
+        let sent_a = builds(&sent).get("a").copied();
+        // Queued or Building, the build has an active job; an assigned one was sent to its worker.
+        let ok = match (&a, &job) {
+            (BuildStatus::Queued | BuildStatus::Building, None) => false,
+            (_, Some(j)) if matches!(j.state, JobState::Assigned { .. }) => sent_a == Some(j.id),
+            _ => true,
+        };
+        if !ok {
+            bad.push(format!(
+                "ops {ops}: a {a:?}, active job {:?}, sent {sent_a:?}, evaluation {:?}",
+                job.map(|j| j.state),
+                evaluation_status(&app, e).await
+            ));
+        }
+    }
+    assert!(during > 5, "the round made {during} storage operations");
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[tokio::test]
+async fn a_restart_landing_while_a_failure_report_is_recorded_builds_again_and_fails_no_dependent() {
+    let mut bad = Vec::new();
+    let mut during = 0;
+    for (batched, ops) in [false, true]
+        .into_iter()
+        .flat_map(|b| (0..60u64).map(move |ops| (b, ops)))
+    {
+        let (app, caller, org, p1) = setup_with_caller().await;
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        let drvs = || vec![derivation("x", &[]), derivation("y", &["x"])];
+        let _e1 = planned_in_one_batch(&app, &org, &p1, &ev, drvs()).await;
+        let e2 = planned_in_one_batch(&app, &org, &p2, &ev, drvs()).await;
+        app.abort_evaluation(&caller, e2).await.unwrap();
+        let sent = builds(&dispatch(&app, &w).await);
+        let Some(x) = sent.get("x").copied() else {
+            panic!("{sent:?}")
+        };
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (other, seen, c2) = (app.app.clone(), done.clone(), caller.clone());
+        // The restart of the aborted evaluation lands between any two storage operations of the report.
+        app.storage.interleave(ops, move || {
+            if at_once(other.restart_evaluation(&c2, e2)).is_ok() {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let failed = JobOutcome::Failed {
+            kind: FailureKind::BuilderFailed,
+            message: "boom".into(),
+        };
+        let r = if batched {
+            app.record_reports(w.id, &w.orgs, vec![finished(x, failed)])
+                .await
+                .remove(0)
+        } else {
+            app.record_job_finished(x, w.id, &w.orgs, failed, None).await
+        };
+        if !done.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        during += 1;
+        let (xs, ys) = (build_status(&app, &org, "x").await, build_status(&app, &org, "y").await);
+        let xj = active_job_of(&app, &org, "x").await;
+        if (xs == BuildStatus::Queued && xj.is_none())
+            || (xs == BuildStatus::Queued && ys == BuildStatus::DependencyFailed)
+        {
+            bad.push(format!(
+                "batched {batched}, ops {ops}: x {xs:?} (active job {:?}), y {ys:?}, report {r:?}",
+                xj.map(|j| j.state)
+            ));
+        }
+    }
+    assert!(during > 10, "the restart landed during {during} reports");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

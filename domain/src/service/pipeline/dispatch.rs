@@ -252,11 +252,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// Ends a job withheld from its worker (see [`Self::dispatch`]). Its build may have ended otherwise meanwhile
     /// (substituted by another evaluation's planning): the evaluations needing it settle now, not at the next
-    /// reconciliation.
+    /// reconciliation. Or it was aborted and restarted during the round (the restart found this job active, so
+    /// queued nothing) and this round's start moved it Building: it goes back to Queued with a job of its own.
     async fn end_withheld(&self, worker: WorkerId, assigned: &JobRecord) -> Result<()> {
         self.memo.forget_job(assigned.id);
         self.storage.finish_job(assigned.id, worker, false).await?;
         if let JobKind::Build { derivation, .. } = &assigned.kind {
+            // Read first: a build in any other status is not this round's to move (no lost move to report).
+            let building = self
+                .storage
+                .build(assigned.org_id, derivation)
+                .await?
+                .is_some_and(|b| b.status == BuildStatus::Building);
+            if building {
+                self.move_build(assigned.org_id, derivation, BuildStatus::Building, BuildStatus::Queued)
+                    .await?;
+            }
+            self.queue_again(assigned).await?;
             self.settle_evaluations_needing(assigned.org_id, derivation).await?;
         }
         Ok(())

@@ -9,7 +9,7 @@ use crate::ports::{Clock, Storage, StorageError};
 use crate::proto::{self, JobOutcome};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{EvaluationId, OrgId, WorkerId};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The hash part of a store path (`/nix/store/<hash>-name`).
 fn hash_part(path: &str) -> &str {
@@ -190,11 +190,11 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.fleet.job_ended(worker, job_id);
         self.fleet.wake();
         let success = matches!(outcome, JobOutcome::Success);
-        let (record, waiting) = self.apply_finished(job_id, worker, orgs, outcome, log, None).await?;
+        let record = self.apply_finished(job_id, worker, orgs, outcome, log, None).await?;
         self.end_job(&record, worker, success).await?;
-        if waiting {
-            self.queue_again(&record).await?;
-        }
+        // The report is recorded once its job ended: a build restarted meanwhile that this failed to queue
+        // again is queued by the next reconciliation, and the report is not to be sent again for it.
+        let _ = self.queue_again(&record).await;
         Ok(())
     }
 
@@ -210,7 +210,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
         batch: Option<&mut BatchWrites>,
-    ) -> Result<(JobRecord, bool)> {
+    ) -> Result<JobRecord> {
         let record = self.check_report_scope(job_id, worker, orgs).await?;
         if !matches!(record.state, JobState::Assigned { worker: w, .. } if w == worker) {
             // Not this worker's job (any more: it was lost and the job went to another, or it ended, which is
@@ -220,8 +220,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Every effect first, the job's end last: a report interrupted half-way (the database went away) is
         // applied again whole when it comes again, each effect being safe to repeat; once the job has ended, a
         // repeated report changes nothing.
-        let waiting = self.apply_outcome(&record, outcome, log, batch).await?;
-        Ok((record, waiting))
+        self.apply_outcome(&record, outcome, log, batch).await?;
+        Ok(record)
     }
 
     /// Writes a batch's successful builds and their logs in one storage write; when that write fails for a
@@ -230,30 +230,23 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// is gone has nothing left to record. A build whose status moved since the batch read it (aborted,
     /// restarted meanwhile) keeps that move: the abort wins, the build is not observed ending (its log, what
     /// the worker printed, is kept).
-    /// Answers the jobs whose build was not written (it moved meanwhile).
     async fn end_builds(
         &self,
         builds: &[(BuildStatus, Build, Option<Run>)],
         logs: &[crate::model::BuildLog],
-    ) -> Result<Vec<JobId>> {
-        let mut lost = Vec::new();
-        let mut note = |from: BuildStatus, b: &Build, run: &Option<Run>, written: bool| {
-            self.observe_end(from, b, written);
-            if let (false, Some(run)) = (written, run) {
-                lost.push(run.job);
-            }
-        };
+    ) -> Result<()> {
+        let note = |from: BuildStatus, b: &Build, written: bool| self.observe_end(from, b, written);
         match self.storage.end_builds(builds, logs).await {
             Ok(written) => {
-                for ((from, b, run), written) in builds.iter().zip(written) {
-                    note(*from, b, run, written);
+                for ((from, b, _), written) in builds.iter().zip(written) {
+                    note(*from, b, written);
                 }
-                Ok(lost)
+                Ok(())
             }
             Err(StorageError::NotFound) => {
                 for (from, b, run) in builds {
                     match self.storage.end_builds(&[(*from, b.clone(), *run)], &[]).await {
-                        Ok(written) => note(*from, b, run, written.first() == Some(&true)),
+                        Ok(written) => note(*from, b, written.first() == Some(&true)),
                         Err(StorageError::NotFound) => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -264,7 +257,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Ok(lost)
+                Ok(())
             }
             Err(e) => Err(e.into()),
         }
@@ -336,9 +329,6 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut writes = BatchWrites::default();
         // Builds whose outcome is applied and whose job ends once the batch's evaluations are settled.
         let mut ending: Vec<(usize, JobRecord, bool)> = Vec::new();
-        // Builds whose end a report did not write (restarted while the run was still out, perhaps): queued
-        // again once its job ended, if Queued.
-        let mut waiting: HashSet<JobId> = HashSet::new();
         let mut stopped = None;
         for (i, report) in reports.into_iter().enumerate() {
             let result = match report.message {
@@ -357,15 +347,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         .apply_finished(job_id, worker, orgs, outcome, report.log, Some(&mut writes))
                         .await
                     {
-                        Ok((record, again)) if matches!(record.kind, JobKind::Build { .. }) => {
-                            if again {
-                                waiting.insert(record.id);
-                            }
+                        Ok(record) if matches!(record.kind, JobKind::Build { .. }) => {
                             ending.push((i, record, success));
                             continue;
                         }
                         // An evaluation's end settles it and releases its builds: in its place in the order.
-                        Ok((record, _)) => self.end_job(&record, worker, success).await,
+                        Ok(record) => self.end_job(&record, worker, success).await,
                         Err(e) => Err(e),
                     }
                 }
@@ -384,11 +371,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // then their jobs end, together.
         let mut settled: Result<()> = Ok(());
         if !writes.builds.is_empty() || !writes.logs.is_empty() {
-            // A success that lost its build's move (restarted meanwhile) leaves it waiting for a job of its own.
-            settled = self
-                .end_builds(&writes.builds, &writes.logs)
-                .await
-                .map(|lost| waiting.extend(lost));
+            settled = self.end_builds(&writes.builds, &writes.logs).await;
         }
         if settled.is_ok() {
             // Looked up now, after the writes: an evaluation recorded later in the batch than a build's end may
@@ -423,20 +406,21 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             Ok(()) => Ok(Vec::new()),
             Err(e) => Err(e.clone()),
         };
+        let mut again = Vec::new();
         for (n, (i, record, _)) in ending.into_iter().enumerate() {
             results[i] = Some(match &ended {
                 Ok(ended) if ended.get(n) == Some(&true) => {
                     self.memo.forget_job(record.id);
-                    if waiting.contains(&record.id) {
-                        self.queue_again(&record).await
-                    } else {
-                        Ok(())
-                    }
+                    again.push(record);
+                    Ok(())
                 }
                 Ok(_) => Err(not_assigned(record.id, worker)),
                 Err(e) => Err(e.clone()),
             });
         }
+        // Their reports are recorded once their jobs ended: a build restarted meanwhile that this fails to queue
+        // again is queued by the next reconciliation, and no report is to be sent again for it.
+        let _ = self.queue_again_all(&again).await;
         if stopped.is_some() || !finished.is_empty() {
             self.fleet.wake();
         }
@@ -464,7 +448,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         outcome: JobOutcome,
         log: Option<crate::logs::LogBuffer>,
         mut batch: Option<&mut BatchWrites>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let success = matches!(outcome, JobOutcome::Success);
         let job_id = record.id;
         match record.kind.clone() {
@@ -477,10 +461,10 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     } else {
                         self.plan_builds(record.org_id, evaluation_id, None).await?;
                     }
-                    Ok(false)
+                    Ok(())
                 } else {
                     let Some(mut e) = self.storage.evaluation(evaluation_id).await? else {
-                        return Ok(false);
+                        return Ok(());
                     };
                     // Ended already (aborted meanwhile, or this outcome applied before): nothing to add.
                     if !e.status.is_terminal() {
@@ -500,7 +484,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         // Its `.drv` files may not all be in the cache: what only it needs is not built.
                         self.abandon_builds(evaluation_id, record.org_id, &[]).await?;
                     }
-                    Ok(false)
+                    Ok(())
                 }
             }
             JobKind::Build { derivation, .. } => {
@@ -532,16 +516,17 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 let mut stored = Ok(());
                 // The run this report belongs to: the job's assignment to the worker, as checked.
                 let JobState::Assigned { worker, .. } = record.state else {
-                    return Ok(false);
+                    return Ok(());
                 };
                 let run = Run {
                     job: record.id,
                     worker,
                     attempts: record.attempts,
                 };
-                // Whether this report wrote the build's end. When it wrote nothing, the build may have been
-                // restarted while this run was still out (its restart found this job active and queued nothing):
-                // once the job ends, the build gets a job of its own if it is Queued (`queue_again` re-reads it).
+                // Whether this report wrote the build's end (then only it fails what depends on a failure).
+                // Whatever it wrote, the build may be restarted while this run is still out (before or after
+                // this write: the restart finds this job active and queues nothing): once the job ends, the
+                // build gets a job of its own if it is Queued (`queue_again` re-reads it).
                 let mut wrote = false;
                 if let Some(mut b) = self.storage.build(record.org_id, &derivation).await? {
                     let from = b.status;
@@ -590,7 +575,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                     Some(w) => w.ended.push((record.org_id, derivation.clone())),
                     None => self.settle_evaluations_needing(record.org_id, &derivation).await?,
                 }
-                stored.map(|()| !wrote)
+                stored
             }
         }
     }
@@ -718,28 +703,40 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         self.settle_evaluation(evaluation_id).await
     }
 
-    /// A build job whose run ended without its report writing the build's end, which may have been restarted
-    /// meanwhile (the restart found the job still out, so queued nothing): the build, if Queued now, gets a job
-    /// of its own (none when one is active already), and the dispatcher is woken.
-    async fn queue_again(&self, record: &JobRecord) -> Result<()> {
-        let JobKind::Build { derivation, .. } = &record.kind else {
-            return Ok(());
-        };
-        let queued = self
-            .storage
-            .build(record.org_id, derivation)
-            .await?
-            .is_some_and(|b| b.status == BuildStatus::Queued);
-        if !queued {
-            return Ok(());
+    /// A build job that ended, whose build may have been restarted while it was out (the restart found the job
+    /// still active, so queued nothing): the build, if Queued now, gets a job of its own (none when one is
+    /// active already), and the dispatcher is woken.
+    pub(super) async fn queue_again(&self, record: &JobRecord) -> Result<()> {
+        self.queue_again_all(std::slice::from_ref(record)).await
+    }
+
+    /// [`Self::queue_again`] for several ended jobs: one read of their builds' statuses per organization.
+    async fn queue_again_all(&self, records: &[JobRecord]) -> Result<()> {
+        let mut by_org: BTreeMap<OrgId, Vec<String>> = BTreeMap::new();
+        for record in records {
+            if let JobKind::Build { derivation, .. } = &record.kind {
+                by_org.entry(record.org_id).or_default().push(derivation.clone());
+            }
         }
-        let Some(d) = self.derivation(record.org_id, derivation).await? else {
-            return Ok(());
-        };
-        self.storage
-            .enqueue_job(&build_job(record.org_id, &d, self.clock.now()))
-            .await?;
-        self.fleet.wake();
+        let mut queued = false;
+        for (org, derivations) in by_org {
+            let mut jobs = Vec::new();
+            for (drv, status) in self.storage.build_statuses(org, &derivations).await? {
+                if status != BuildStatus::Queued {
+                    continue;
+                }
+                if let Some(d) = self.derivation(org, &drv).await? {
+                    jobs.push(build_job(org, &d, self.clock.now()));
+                }
+            }
+            if !jobs.is_empty() {
+                self.storage.enqueue_jobs(&jobs).await?;
+                queued = true;
+            }
+        }
+        if queued {
+            self.fleet.wake();
+        }
         Ok(())
     }
 
