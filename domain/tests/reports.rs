@@ -1191,9 +1191,7 @@ async fn a_restart_landing_while_a_failure_report_is_recorded_builds_again_and_f
         during += 1;
         let (xs, ys) = (build_status(&app, &org, "x").await, build_status(&app, &org, "y").await);
         let xj = active_job_of(&app, &org, "x").await;
-        if (xs == BuildStatus::Queued && xj.is_none())
-            || (xs == BuildStatus::Queued && ys == BuildStatus::DependencyFailed)
-        {
+        if xs == BuildStatus::Queued && (xj.is_none() || ys == BuildStatus::DependencyFailed) {
             bad.push(format!(
                 "batched {batched}, ops {ops}: x {xs:?} (active job {:?}), y {ys:?}, report {r:?}",
                 xj.map(|j| j.state)
