@@ -264,12 +264,19 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 .build(assigned.org_id, derivation)
                 .await?
                 .is_some_and(|b| b.status == BuildStatus::Building);
-            if building {
+            // The evaluations needing it settle even when putting it back fails (reconciliation does that then).
+            let requeued = if building {
                 self.move_build(assigned.org_id, derivation, BuildStatus::Building, BuildStatus::Queued)
-                    .await?;
-            }
-            self.queue_again(assigned).await?;
+                    .await
+            } else {
+                Ok(false)
+            };
+            let requeued = match requeued {
+                Ok(_) => self.queue_again(assigned).await,
+                Err(e) => Err(e),
+            };
             self.settle_evaluations_needing(assigned.org_id, derivation).await?;
+            requeued?;
         }
         Ok(())
     }

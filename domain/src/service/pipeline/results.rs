@@ -718,26 +718,40 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 by_org.entry(record.org_id).or_default().push(derivation.clone());
             }
         }
+        // One organization's failure (say it was just deleted) does not keep the others' builds from their jobs,
+        // nor the dispatcher from waking for those queued.
         let mut queued = false;
+        let mut first_error = None;
         for (org, derivations) in by_org {
-            let mut jobs = Vec::new();
-            for (drv, status) in self.storage.build_statuses(org, &derivations).await? {
-                if status != BuildStatus::Queued {
-                    continue;
+            match self.queue_again_in(org, &derivations).await {
+                Ok(any) => queued |= any,
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
-                if let Some(d) = self.derivation(org, &drv).await? {
-                    jobs.push(build_job(org, &d, self.clock.now()));
-                }
-            }
-            if !jobs.is_empty() {
-                self.storage.enqueue_jobs(&jobs).await?;
-                queued = true;
             }
         }
         if queued {
             self.fleet.wake();
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The part of [`Self::queue_again_all`] for one organization: answers whether it queued a job.
+    async fn queue_again_in(&self, org: OrgId, derivations: &[String]) -> Result<bool> {
+        let mut jobs = Vec::new();
+        for (drv, status) in self.storage.build_statuses(org, derivations).await? {
+            if status != BuildStatus::Queued {
+                continue;
+            }
+            if let Some(d) = self.derivation(org, &drv).await? {
+                jobs.push(build_job(org, &d, self.clock.now()));
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(false);
+        }
+        self.storage.enqueue_jobs(&jobs).await?;
+        Ok(true)
     }
 
     /// Stores what a build printed (capped and compressed, see [`crate::logs`]) as its log.
