@@ -529,16 +529,14 @@ mod tests {
         assert!(!known("h", at));
     }
 
-    #[test]
-    fn a_read_right_holds_for_its_ttl_and_goes_with_any_change_that_can_revoke_it() {
-        let memo = ServeMemo::default();
-        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        let cache = crate::model::Cache {
+    /// A cache record of id 1 for the memo tests.
+    fn test_cache(name: &str, public: bool, at: Timestamp) -> crate::model::Cache {
+        crate::model::Cache {
             id: CacheId(uuid::Uuid::from_u128(1)),
-            name: crate::Name::parse("private").expect("a name"),
+            name: crate::Name::parse(name).expect("a name"),
             display_name: String::new(),
             description: String::new(),
-            public: false,
+            public,
             priority: 40,
             local_priority: None,
             compression: Compression::None,
@@ -546,7 +544,14 @@ mod tests {
             created_by: crate::UserId(uuid::Uuid::from_u128(2)),
             created_at: at,
             managed: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_read_right_holds_for_its_ttl_and_goes_with_any_change_that_can_revoke_it() {
+        let memo = ServeMemo::default();
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let cache = test_cache("private", false, at);
         let known = |key: &str, name: &str, now| memo.read(key, name, now).0.is_some();
         let remember = || {
             let (_, generation) = memo.cache("private");
@@ -611,20 +616,7 @@ mod tests {
     fn a_cache_record_read_before_the_cache_changed_is_not_remembered_after() {
         let memo = ServeMemo::default();
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        let mut cache = crate::model::Cache {
-            id: CacheId(uuid::Uuid::from_u128(1)),
-            name: crate::Name::parse("c").expect("a name"),
-            display_name: String::new(),
-            description: String::new(),
-            public: true,
-            priority: 40,
-            local_priority: None,
-            compression: Compression::None,
-            signing_key: crate::crypt::Sealed(String::new()),
-            created_by: crate::UserId(uuid::Uuid::from_u128(2)),
-            created_at: at,
-            managed: false,
-        };
+        let mut cache = test_cache("c", true, at);
         // A request reads the record while the cache is public; its owner makes it private meanwhile.
         let (_, generation) = memo.cache("c");
         memo.forget_cache(cache.id);
