@@ -1194,3 +1194,67 @@ async fn a_run_that_needs_nothing_from_gradients_caches_still_fetches_from_the_m
         "Gradient's cache was not asked: the run needed nothing from it"
     );
 }
+
+#[tokio::test]
+async fn a_chain_in_one_run_names_only_its_end_to_nix_and_roots_every_link() {
+    // `two` has two outputs and `half` takes only one of them: `two` is still named (Nix would otherwise be
+    // asked only for the output `half` takes); `a` and `b` are links `c` takes whole.
+    let d = instantiate(
+        r#"rec {
+  a = mk "a" "echo a > $out" { };
+  b = mk "b" "echo b > $out" { inherit a; };
+  c = mk "c" "echo c > $out" { inherit b; };
+  two = mk "two" "echo out > $out; echo dev > $dev" { outputs = [ "out" "dev" ]; };
+  half = mk "half" "echo half > $out" { two = two.out; };
+}"#,
+    );
+    let with_outputs = |name: &str| {
+        let (drv, _) = d[name].clone();
+        let outputs = run("nix", &["show-derivation", &drv], Path::new("/"));
+        let json: serde_json::Value = serde_json::from_str(&outputs).unwrap();
+        let outputs: BTreeMap<String, String> = json[&drv]["outputs"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v["path"].as_str().unwrap().to_owned()))
+            .collect();
+        (drv, outputs)
+    };
+    let drvs: Vec<_> = ["a", "b", "c", "two", "half"].iter().map(|n| with_outputs(n)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let roots = dir.path().join("roots");
+    let opts = BuildOptions {
+        gc_root: Some(roots.clone()),
+        ..BuildOptions::default()
+    };
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let outcomes = logged_nix(dir.path(), &log)
+        .build_many(&drvs, &opts, |d, l| lines.push((d.to_owned(), l.to_owned())), |_| {})
+        .await
+        .unwrap();
+    for (outcome, (drv, outputs)) in outcomes.iter().zip(&drvs) {
+        let built = outcome.as_ref().unwrap_or_else(|e| panic!("{drv}: {e:?}"));
+        assert_eq!(&built.outputs, outputs);
+        // Every output of the run is rooted until the directory goes, the links Nix built as inputs too.
+        for path in outputs.values() {
+            assert!(valid(path), "{path}");
+            assert!(roots_of(path).contains(roots.to_str().unwrap()), "{path} is rooted");
+        }
+    }
+    let realise = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("--keep-going"))
+        .unwrap()
+        .to_owned();
+    let named = |name: &str| realise.contains(&d[name].0);
+    assert!(!named("a") && !named("b"), "{realise}");
+    assert!(named("c") && named("two") && named("half"), "{realise}");
+    drop(dir);
+    for (_, outputs) in &drvs {
+        for path in outputs.values() {
+            assert!(!roots_of(path).contains(roots.to_str().unwrap()), "{path} released");
+        }
+    }
+}
