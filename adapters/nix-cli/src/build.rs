@@ -468,13 +468,32 @@ pub async fn build_many(
     } else {
         invalid_paths(cli, drvs.iter().flat_map(|(_, outputs)| outputs.values())).await?
     };
+    // Nix builds an input only when what needs it is not valid already: one it was named but found built (or
+    // substituted) left the inputs it was not named unbuilt. Those are built now, named.
+    let mut again: HashMap<String, Result<BuildOutput>> = HashMap::new();
+    if code == Some(0) && !files.implied.is_empty() {
+        let in_store = |path: &String| std::fs::symlink_metadata(path).is_ok();
+        let missing: Vec<(String, BTreeMap<String, String>)> = drvs
+            .iter()
+            .filter(|(d, outputs)| files.implied.contains(d) && !outputs.values().all(in_store))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let opts = BuildOptions {
+                gc_root: opts.gc_root.as_ref().map(|dir| dir.join("again")),
+                ..opts.clone()
+            };
+            let results = Box::pin(build_many(cli, &missing, &opts, on_log, on_built)).await?;
+            again = missing.into_iter().map(|(d, _)| d).zip(results).collect();
+        }
+    }
     // Nix adds the roots only when every build succeeded, and then only for the derivations it was named: root
     // what was built anyway, or the outputs of the ones it built as inputs of those.
     if let Some(dir) = &opts.gc_root {
         let name = if code == Some(0) { "inputs" } else { "out" };
         let valid: Vec<&String> = drvs
             .iter()
-            .filter(|(d, _)| code != Some(0) || files.implied.contains(d))
+            .filter(|(d, _)| code != Some(0) || files.implied.contains(d) && !again.contains_key(d))
             .flat_map(|(_, outputs)| outputs.values())
             .filter(|p| !invalid.contains(*p))
             .collect();
@@ -489,6 +508,9 @@ pub async fn build_many(
     Ok(drvs
         .iter()
         .map(|(drv_path, outputs)| {
+            if let Some(result) = again.remove(drv_path) {
+                return result;
+            }
             if !outputs.is_empty() && outputs.values().all(|p| !invalid.contains(p)) {
                 return Ok(BuildOutput {
                     outputs: outputs.clone(),

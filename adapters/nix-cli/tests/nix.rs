@@ -1258,3 +1258,53 @@ async fn a_chain_in_one_run_names_only_its_end_to_nix_and_roots_every_link() {
         }
     }
 }
+
+#[tokio::test]
+async fn links_left_unbuilt_because_their_end_is_built_already_are_built_too() {
+    // `c` needs `b` needs `a`, none of their outputs referring to the others: once built, `a` and `b` can go
+    // while `c` stays. A run of all three (say for another organization) then names only `c` to Nix, which
+    // finds it valid and builds nothing: `a` and `b` must still be built, not answered built.
+    let d = instantiate(
+        r#"rec {
+  a = mk "a" "echo a > $out" { };
+  b = mk "b" "echo b > $out" { inherit a; };
+  c = mk "c" "echo c > $out" { inherit b; };
+}"#,
+    );
+    let drvs: Vec<_> = ["a", "b", "c"].iter().map(|n| d[*n].clone()).collect();
+    let outcomes = nix()
+        .build_many(&drvs, &BuildOptions::default(), |_, _| {}, |_| {})
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let gone = [&d["a"].1["out"], &d["b"].1["out"]];
+    let deleted = Command::new("nix-store")
+        .arg("--delete")
+        .args(gone)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(!valid(gone[0]) && !valid(gone[1]) && valid(&d["c"].1["out"]));
+
+    let roots = tempfile::tempdir().unwrap();
+    let opts = BuildOptions {
+        gc_root: Some(roots.path().join("run")),
+        ..BuildOptions::default()
+    };
+    let mut told = Vec::new();
+    let outcomes = nix()
+        .build_many(&drvs, &opts, |_, _| {}, |drv| told.push(drv.to_owned()))
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    for (drv, outputs) in &drvs {
+        let out = &outputs["out"];
+        assert!(valid(out), "{drv} built again");
+        assert!(roots_of(out).contains(roots.path().to_str().unwrap()), "{out} rooted");
+    }
+    let mut once = told.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), told.len(), "each told at most once: {told:?}");
+}
