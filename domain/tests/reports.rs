@@ -1484,3 +1484,81 @@ async fn a_restarted_build_a_report_fails_to_queue_again_is_told_and_reconciliat
         "the re-queue failed after a recorded report {told:?} times (one by one, batched)"
     );
 }
+
+#[tokio::test]
+async fn a_dispatch_round_the_storage_fails_twice_in_a_row_leaves_no_job_assigned_but_never_sent() {
+    let mut bad = Vec::new();
+    let (mut rounds, mut stranded) = (0, 0);
+    for ops in 0..80u64 {
+        let (mut app, caller, org, p1) = setup_with_caller().await;
+        let heard = std::sync::Arc::new(StrandedJobs::default());
+        app.app = app.app.clone().observed_by(heard.clone());
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        // A build waits, and an evaluation of another project: the round hands out both.
+        planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("b", &[])]).await;
+        let e2 = app
+            .queue_evaluation(org.id, &p2, &"b".repeat(40), EvaluationTrigger::Manual)
+            .await
+            .unwrap();
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + 2, move || storage.go_down_after(None));
+        let first = app.dispatch().await;
+        app.storage.go_down_after(None);
+        if first.is_ok() {
+            break;
+        }
+        rounds += 1;
+        let sent = |app: &App| -> Vec<JobId> {
+            app.fleet
+                .delivered(w.id)
+                .into_iter()
+                .filter_map(|d| match d {
+                    gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut delivered = sent(&app);
+        let told: Vec<JobId> = heard.0.lock().unwrap().iter().map(|(j, _)| *j).collect();
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if !delivered.contains(&job.id) {
+                stranded += 1;
+                if !told.contains(&job.id) {
+                    bad.push(format!("ops {ops} ({first:?}): {:?} left unsent, untold", job.kind));
+                }
+            }
+        }
+        // The next round (the storage back) ends or takes back what was left, and hands the work out.
+        app.dispatch().await.unwrap();
+        delivered.extend(sent(&app));
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if !delivered.contains(&job.id) {
+                bad.push(format!(
+                    "ops {ops}: after the next round {:?} assigned, never sent",
+                    job.kind
+                ));
+            }
+        }
+        if build_status(&app, &org, "b").await != BuildStatus::Building {
+            bad.push(format!("ops {ops}: b is {:?}", build_status(&app, &org, "b").await));
+        }
+        let e = evaluation_status(&app, e2.id).await;
+        let evaluating = app.storage.jobs_assigned_to(w.id).await.unwrap().iter().any(
+            |j| matches!(j.kind, gradient_domain::model::JobKind::Evaluate { evaluation_id } if evaluation_id == e2.id),
+        );
+        if e != EvaluationStatus::Fetching || !evaluating {
+            bad.push(format!("ops {ops}: the evaluation is {e:?}, its job out: {evaluating}"));
+        }
+    }
+    assert!(rounds > 5, "the round failed {rounds} times");
+    assert!(stranded > 0, "no job was ever left with the worker by a round");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

@@ -42,7 +42,7 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 /// The run of a build a worker's report belongs to: its job, assigned to `worker`, taken back from lost workers
 /// `attempts` times (see [`JobRecord::attempts`]) when the report was checked. A job requeued and handed out
 /// again is another run, though its id is the same: a write guarded by a run lands only while its job is still
-/// in that assignment (see [`Evaluations::end_builds`]).
+/// in that assignment (see [`Evaluations::end_builds`], [`Queue::finish_job`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
     pub job: JobId,

@@ -327,11 +327,16 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             self.settle_evaluations_needing(assigned.org_id, derivation).await?;
             requeued?;
         }
-        // An evaluation still live (its round failed before sending the job, see `strand`) gets its job back,
-        // keeping its place in the queue; a withheld one has ended.
+        // An evaluation still to be evaluated (its round failed before sending the job, see `strand`) gets its
+        // job back, keeping its place in the queue; a withheld one has ended.
         if let JobKind::Evaluate { evaluation_id } = assigned.kind
             && ended
             && self.advance_evaluation(evaluation_id, EvaluationStatus::Queued).await?
+            && self
+                .storage
+                .evaluation(evaluation_id)
+                .await?
+                .is_some_and(|e| e.status == EvaluationStatus::Queued)
         {
             let again = JobRecord {
                 id: JobId::new(),
