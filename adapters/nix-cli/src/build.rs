@@ -469,31 +469,29 @@ pub async fn build_many(
         invalid_paths(cli, drvs.iter().flat_map(|(_, outputs)| outputs.values())).await?
     };
     // Nix builds an input only when what needs it is not valid already: one it was named but found built (or
-    // substituted) left the inputs it was not named unbuilt. Those are built now, named.
-    let mut again: HashMap<String, Result<BuildOutput>> = HashMap::new();
-    if code == Some(0) && !files.implied.is_empty() {
+    // substituted) left the inputs it was not named unbuilt. Those are built now, named, each once however many
+    // times the run has it.
+    let missing: Vec<(String, BTreeMap<String, String>)> = if code == Some(0) && !files.implied.is_empty() {
         let in_store = |path: &String| std::fs::symlink_metadata(path).is_ok();
-        let missing: Vec<(String, BTreeMap<String, String>)> = drvs
-            .iter()
-            .filter(|(d, outputs)| files.implied.contains(d) && !outputs.values().all(in_store))
+        let mut seen = HashSet::new();
+        drvs.iter()
+            .filter(|(d, outputs)| {
+                files.implied.contains(d) && !outputs.values().all(in_store) && seen.insert(d.as_str())
+            })
             .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let opts = BuildOptions {
-                gc_root: opts.gc_root.as_ref().map(|dir| dir.join("again")),
-                ..opts.clone()
-            };
-            let results = Box::pin(build_many(cli, &missing, &opts, on_log, on_built)).await?;
-            again = missing.into_iter().map(|(d, _)| d).zip(results).collect();
-        }
-    }
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let built_again: HashSet<&str> = missing.iter().map(|(d, _)| d.as_str()).collect();
     // Nix adds the roots only when every build succeeded, and then only for the derivations it was named: root
-    // what was built anyway, or the outputs of the ones it built as inputs of those.
+    // what was built anyway, or the outputs of the ones it built as inputs of those. Before a second run: what
+    // this one built stays rooted while that one goes on.
     if let Some(dir) = &opts.gc_root {
         let name = if code == Some(0) { "inputs" } else { "out" };
         let valid: Vec<&String> = drvs
             .iter()
-            .filter(|(d, _)| code != Some(0) || files.implied.contains(d) && !again.contains_key(d))
+            .filter(|(d, _)| code != Some(0) || files.implied.contains(d) && !built_again.contains(d.as_str()))
             .flat_map(|(_, outputs)| outputs.values())
             .filter(|p| !invalid.contains(*p))
             .collect();
@@ -503,13 +501,22 @@ pub async fn build_many(
             process::output(cmd).await?.success_or(NixError::Unavailable)?;
         }
     }
+    let mut again: HashMap<String, Result<BuildOutput>> = HashMap::new();
+    if !missing.is_empty() {
+        let opts = BuildOptions {
+            gc_root: opts.gc_root.as_ref().map(|dir| dir.join("again")),
+            ..opts.clone()
+        };
+        let results = Box::pin(build_many(cli, &missing, &opts, on_log, on_built)).await?;
+        again = missing.into_iter().map(|(d, _)| d).zip(results).collect();
+    }
     // Nix itself failed: an exit status that is not its build-failure code, or killed by a signal.
     let nix_failed = !timed_out && code.is_none_or(|c| c & 0x60 != 0x60 || c > 0x6f);
     Ok(drvs
         .iter()
         .map(|(drv_path, outputs)| {
-            if let Some(result) = again.remove(drv_path) {
-                return result;
+            if let Some(result) = again.get(drv_path) {
+                return result.clone();
             }
             if !outputs.is_empty() && outputs.values().all(|p| !invalid.contains(p)) {
                 return Ok(BuildOutput {
