@@ -1442,3 +1442,50 @@ async fn the_links_a_run_built_stay_rooted_while_a_second_run_builds_the_others(
         assert!(valid(&outputs["out"]), "{drv}'s output is valid");
     }
 }
+
+#[tokio::test]
+async fn a_link_left_unbuilt_that_needs_a_failed_build_is_not_built_again() {
+    // Review (s12-rev): `x` fails now; `d` takes it and is taken by `c` (valid, so Nix leaves `d` unbuilt), `y`
+    // takes it too (so Nix tries `x` once, for `y`). `d` is answered dependency_failed without a second run that
+    // would only try `x` again (its log told twice).
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("fail");
+    let d = instantiate(&format!(
+        r#"rec {{
+  x = mk "x" "echo x-ran; if [ -e {} ]; then exit 1; fi; echo x > $out" {{ }};
+  d = mk "d" "echo d > $out" {{ inherit x; }};
+  c = mk "c" "echo c > $out" {{ inherit d; }};
+  y = mk "y" "echo y > $out" {{ inherit x; }};
+}}"#,
+        flag.display()
+    ));
+    let first: Vec<_> = ["x", "d", "c"].iter().map(|n| d[*n].clone()).collect();
+    built_then_deleted(&first, &[&d["d"].1["out"], &d["x"].1["out"]]).await;
+    std::fs::write(&flag, "").unwrap();
+    let drvs: Vec<_> = ["x", "d", "c", "y"].iter().map(|n| d[*n].clone()).collect();
+    let mut ran = 0;
+    let outcomes = nix()
+        .build_many(
+            &drvs,
+            &BuildOptions::default(),
+            |drv, line| {
+                if drv == d["x"].0 && line.contains("x-ran") {
+                    ran += 1;
+                }
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], Err(NixError::BuildFailed { .. })), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(NixError::DependencyFailed { .. })),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[3], Err(NixError::DependencyFailed { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(ran, 1, "x was tried once");
+}
