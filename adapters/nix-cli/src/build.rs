@@ -473,11 +473,11 @@ pub async fn build_many(
     } else {
         invalid_paths(cli, drvs.iter().flat_map(|(_, outputs)| outputs.values())).await?
     };
+    // Nix itself failed: an exit status that is not its build-failure code, or killed by a signal.
+    let nix_failed = !timed_out && code.is_none_or(|c| c & 0x60 != 0x60 || c > 0x6f);
     // Nix builds an input only when what needs it is not valid already: one it was named but found built (or
     // substituted) left the inputs it was not named unbuilt. Those are built now, named, each once however many
     // times the run has it.
-    // Nix itself failed: an exit status that is not its build-failure code, or killed by a signal.
-    let nix_failed = !timed_out && code.is_none_or(|c| c & 0x60 != 0x60 || c > 0x6f);
     let missing: Vec<(String, BTreeMap<String, String>)> = if files.implied.is_empty() {
         Vec::new()
     } else if code == Some(0) {
