@@ -1562,3 +1562,77 @@ async fn a_dispatch_round_the_storage_fails_twice_in_a_row_leaves_no_job_assigne
     assert!(stranded > 0, "no job was ever left with the worker by a round");
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+#[tokio::test]
+async fn a_stranded_job_taken_back_and_handed_to_the_same_worker_again_is_not_ended_by_the_next_round() {
+    // Review (s12-rev): a round fails twice in a row and leaves jobs stranded with `w`; `w`'s link ends (its jobs
+    // go back to the queue) and it connects again before the next round, which ends what is still stranded and
+    // hands the jobs out again, to `w`: the new runs (same job ids, same worker) must stay assigned and be sent.
+    let mut bad = Vec::new();
+    let (mut rounds, mut stranded) = (0, 0);
+    for ops in 0..80u64 {
+        let (mut app, caller, org, p1) = setup_with_caller().await;
+        let heard = std::sync::Arc::new(StrandedJobs::default());
+        app.app = app.app.clone().observed_by(heard.clone());
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("b", &[])]).await;
+        let e2 = app
+            .queue_evaluation(org.id, &p2, &"b".repeat(40), EvaluationTrigger::Manual)
+            .await
+            .unwrap();
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + 2, move || storage.go_down_after(None));
+        let first = app.dispatch().await;
+        app.storage.go_down_after(None);
+        if first.is_ok() {
+            break;
+        }
+        rounds += 1;
+        stranded += heard.0.lock().unwrap().len();
+        // The link ends and comes back.
+        app.fleet.disconnect(w.id);
+        app.worker_lost(w.id).await.unwrap();
+        app.fleet.connect_proved(w.clone());
+        app.dispatch().await.unwrap();
+        let delivered: Vec<JobId> = app
+            .fleet
+            .delivered(w.id)
+            .into_iter()
+            .filter_map(|d| match d {
+                gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+                _ => None,
+            })
+            .collect();
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if !delivered.contains(&job.id) {
+                bad.push(format!("ops {ops}: {:?} assigned, never sent", job.kind));
+            }
+        }
+        if build_status(&app, &org, "b").await != BuildStatus::Building {
+            bad.push(format!("ops {ops}: b is {:?}", build_status(&app, &org, "b").await));
+        }
+        let building = app.storage.jobs_assigned_to(w.id).await.unwrap().iter().any(
+            |j| matches!(&j.kind, gradient_domain::model::JobKind::Build { derivation, .. } if derivation.ends_with("b.drv")),
+        );
+        let e = evaluation_status(&app, e2.id).await;
+        let evaluating = app.storage.jobs_assigned_to(w.id).await.unwrap().iter().any(
+            |j| matches!(j.kind, gradient_domain::model::JobKind::Evaluate { evaluation_id } if evaluation_id == e2.id),
+        );
+        if e != EvaluationStatus::Fetching || !evaluating || !building {
+            bad.push(format!(
+                "ops {ops}: the evaluation is {e:?}, its job out: {evaluating}; b's job out: {building}"
+            ));
+        }
+    }
+    assert!(rounds > 5, "the round failed {rounds} times");
+    assert!(stranded > 0, "no job was ever stranded");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

@@ -188,6 +188,8 @@ struct RunFiles {
     /// outputs) as that one's inputs, so they need not be named on its command line. Naming every link of a
     /// chain of 100 made Nix 2.8's run ~0.1 s slower than naming only its end. Empty when a file cannot be read.
     implied: HashSet<String>,
+    /// For each of the run's derivations another of them takes (any output of), those that take it.
+    takers: HashMap<String, Vec<String>>,
 }
 
 /// Reads the `.drv` files of a run (and those of their inputs outside it) to tell [`RunFiles`].
@@ -206,13 +208,15 @@ fn read_run(drvs: &[String]) -> RunFiles {
         run.insert(drv.as_str(), d);
     }
     let mut implied = HashSet::new();
+    let mut takers: HashMap<String, Vec<String>> = HashMap::new();
     let mut nothing_from_caches = true;
-    for d in run.values() {
+    for (path, d) in &run {
         if !d.input_srcs.iter().all(|src| in_store(src)) {
             nothing_from_caches = false;
         }
         for (input, wanted) in &d.input_drvs {
             if let Some(built_here) = run.get(input.as_str()) {
+                takers.entry(input.clone()).or_default().push((*path).to_owned());
                 if built_here.outputs.keys().all(|name| wanted.contains(name)) {
                     implied.insert(input.clone());
                 }
@@ -237,6 +241,7 @@ fn read_run(drvs: &[String]) -> RunFiles {
     RunFiles {
         nothing_from_caches,
         implied,
+        takers,
     }
 }
 
@@ -468,32 +473,77 @@ pub async fn build_many(
     } else {
         invalid_paths(cli, drvs.iter().flat_map(|(_, outputs)| outputs.values())).await?
     };
+    // Nix itself failed: an exit status that is not its build-failure code, or killed by a signal.
+    let nix_failed = !timed_out && code.is_none_or(|c| c & 0x60 != 0x60 || c > 0x6f);
     // Nix builds an input only when what needs it is not valid already: one it was named but found built (or
-    // substituted) left the inputs it was not named unbuilt. Those are built now, named.
-    let mut again: HashMap<String, Result<BuildOutput>> = HashMap::new();
-    if code == Some(0) && !files.implied.is_empty() {
+    // substituted) left the inputs it was not named unbuilt. Those are built now, named, each once however many
+    // times the run has it.
+    let missing: Vec<(String, BTreeMap<String, String>)> = if files.implied.is_empty() {
+        Vec::new()
+    } else if code == Some(0) {
         let in_store = |path: &String| std::fs::symlink_metadata(path).is_ok();
-        let missing: Vec<(String, BTreeMap<String, String>)> = drvs
-            .iter()
-            .filter(|(d, outputs)| files.implied.contains(d) && !outputs.values().all(in_store))
+        let mut seen = HashSet::new();
+        drvs.iter()
+            .filter(|(d, outputs)| {
+                files.implied.contains(d) && !outputs.values().all(in_store) && seen.insert(d.as_str())
+            })
             .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let opts = BuildOptions {
-                gc_root: opts.gc_root.as_ref().map(|dir| dir.join("again")),
-                ..opts.clone()
-            };
-            let results = Box::pin(build_many(cli, &missing, &opts, on_log, on_built)).await?;
-            again = missing.into_iter().map(|(d, _)| d).zip(results).collect();
+            .collect()
+    } else if !timed_out && !nix_failed {
+        // Some builds failed: the links Nix left unbuilt because everything of the run taking them was valid
+        // (not those needing a build that failed: a second run would only try it again).
+        let valid = |d: &str| {
+            outputs_of
+                .get(d)
+                .is_some_and(|o| o.values().all(|p| !invalid.contains(p)))
+        };
+        let mut after_failure: HashSet<&str> = HashSet::new();
+        let mut next: Vec<&str> = log.failed.iter().map(String::as_str).collect();
+        while let Some(d) = next.pop() {
+            for taker in files.takers.get(d).into_iter().flatten() {
+                if after_failure.insert(taker) {
+                    next.push(taker);
+                }
+            }
         }
-    }
+        let unbuilt: HashSet<&str> = drvs
+            .iter()
+            .filter(|(d, outputs)| {
+                files.implied.contains(d)
+                    && outputs.values().any(|p| invalid.contains(p))
+                    && !log.failed.contains(d)
+                    && !after_failure.contains(d.as_str())
+            })
+            .map(|(d, _)| d.as_str())
+            .collect();
+        // Those whose takers are all valid, or left unbuilt likewise (the second run builds them too).
+        let mut again: HashSet<&str> = HashSet::new();
+        while let Some(d) = unbuilt.iter().find(|d| {
+            !again.contains(**d)
+                && files
+                    .takers
+                    .get(**d)
+                    .is_some_and(|t| t.iter().all(|t| valid(t) || again.contains(t.as_str())))
+        }) {
+            again.insert(d);
+        }
+        let mut seen = HashSet::new();
+        drvs.iter()
+            .filter(|(d, _)| again.contains(d.as_str()) && seen.insert(d.as_str()))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let built_again: HashSet<&str> = missing.iter().map(|(d, _)| d.as_str()).collect();
     // Nix adds the roots only when every build succeeded, and then only for the derivations it was named: root
-    // what was built anyway, or the outputs of the ones it built as inputs of those.
+    // what was built anyway, or the outputs of the ones it built as inputs of those. Before a second run: what
+    // this one built stays rooted while that one goes on.
     if let Some(dir) = &opts.gc_root {
         let name = if code == Some(0) { "inputs" } else { "out" };
         let valid: Vec<&String> = drvs
             .iter()
-            .filter(|(d, _)| code != Some(0) || files.implied.contains(d) && !again.contains_key(d))
+            .filter(|(d, _)| code != Some(0) || files.implied.contains(d) && !built_again.contains(d.as_str()))
             .flat_map(|(_, outputs)| outputs.values())
             .filter(|p| !invalid.contains(*p))
             .collect();
@@ -503,13 +553,20 @@ pub async fn build_many(
             process::output(cmd).await?.success_or(NixError::Unavailable)?;
         }
     }
-    // Nix itself failed: an exit status that is not its build-failure code, or killed by a signal.
-    let nix_failed = !timed_out && code.is_none_or(|c| c & 0x60 != 0x60 || c > 0x6f);
+    let mut again: HashMap<String, Result<BuildOutput>> = HashMap::new();
+    if !missing.is_empty() {
+        let opts = BuildOptions {
+            gc_root: opts.gc_root.as_ref().map(|dir| dir.join("again")),
+            ..opts.clone()
+        };
+        let results = Box::pin(build_many(cli, &missing, &opts, on_log, on_built)).await?;
+        again = missing.into_iter().map(|(d, _)| d).zip(results).collect();
+    }
     Ok(drvs
         .iter()
         .map(|(drv_path, outputs)| {
-            if let Some(result) = again.remove(drv_path) {
-                return result;
+            if let Some(result) = again.get(drv_path) {
+                return result.clone();
             }
             if !outputs.is_empty() && outputs.values().all(|p| !invalid.contains(p)) {
                 return Ok(BuildOutput {
