@@ -600,9 +600,12 @@ pub async fn run_batch<N: Nix>(
     );
 }
 
-/// The pushes of one Nix run's builds while it goes on start this far apart at least: each costs two Nix
-/// processes and two requests whatever its size, taken from the builds on a busy machine.
-const PUSH_SPACING: Duration = Duration::from_millis(250);
+/// The pushes of one Nix run's builds while it goes on start this far apart at least: each costs Nix processes,
+/// requests and the server's import whatever its size, taken from the builds on a busy machine. A run of short
+/// builds is very sensitive to that: on 2 cores, a 20 % load on the other core made a 100-link chain's Nix run
+/// 50 % slower; 600 ms instead of 250 made `bench/ci.sh`'s chain ~0.05 s faster (3 pushes during its run
+/// instead of 5), the wide and one-derivation figures unchanged. A build is reported at most this much later.
+const PUSH_SPACING: Duration = Duration::from_millis(600);
 
 /// When the next push of a run may start, given when this one started and ended: [`PUSH_SPACING`] after it
 /// started, and no sooner after it ended than it took. Pushing then takes at most about half of the time while
