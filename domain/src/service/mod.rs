@@ -11,6 +11,7 @@ pub(crate) mod caches;
 mod deploy_keys;
 mod email;
 mod github_app;
+mod flights;
 mod memo;
 mod oidc;
 mod operations;
