@@ -518,8 +518,7 @@ async fn parallel_requests_with_one_key_ask_storage_once() {
     let auth = format!("Bearer {}", key["key"].as_str().expect("key"));
     let path = format!("/cache/closed/{hash}.narinfo");
     let before = s.state.core.cache_read_memo_hits();
-    let answers =
-        futures_util::future::join_all((0..16).map(|_| s.short(Method::GET, &path, Some(&auth)))).await;
+    let answers = futures_util::future::join_all((0..16).map(|_| s.short(Method::GET, &path, Some(&auth)))).await;
     assert!(answers.iter().all(|a| a.status == StatusCode::OK), "{answers:?}");
     assert_eq!(
         s.state.core.cache_read_memo_hits() - before,
@@ -528,7 +527,9 @@ async fn parallel_requests_with_one_key_ask_storage_once() {
     );
     // An unknown key is refused to every one of them alike.
     let unknown = format!("Bearer GRAD{}", "0".repeat(40));
-    let answers =
-        futures_util::future::join_all((0..4).map(|_| s.short(Method::GET, &path, Some(&unknown)))).await;
-    assert!(answers.iter().all(|a| a.status == StatusCode::UNAUTHORIZED), "{answers:?}");
+    let answers = futures_util::future::join_all((0..4).map(|_| s.short(Method::GET, &path, Some(&unknown)))).await;
+    assert!(
+        answers.iter().all(|a| a.status == StatusCode::UNAUTHORIZED),
+        "{answers:?}"
+    );
 }

@@ -100,7 +100,9 @@ mod tests {
     #[test]
     fn the_first_asks_the_others_wait_until_its_turn_ends() {
         let flights = Flights::default();
-        let Turn::Lead(lead) = flights.take_off("k") else { panic!("the first asks") };
+        let Turn::Lead(lead) = flights.take_off("k") else {
+            panic!("the first asks")
+        };
         let mut waiting: Vec<_> = (0..3)
             .map(|_| match flights.take_off("k") {
                 Turn::Wait(landing) => landing,
