@@ -221,6 +221,7 @@ measure_eval() {
   for round in $(seq 1 "$rounds"); do
     write_flake "$work/repo-attrs" attrs "gradient-$label-$round-$RANDOM-$RANDOM"
     commit=$(git -C "$work/repo-attrs" rev-parse HEAD)
+    : > "$work/worker.log"
     start=$(date +%s.%N)
     id=$(curl -fs -X POST "$api/projects/bench/attrs/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
     while :; do
@@ -229,8 +230,18 @@ measure_eval() {
     done
     times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
     printf '  %-7s round %s: evaluated in %6.2f s\n' "$label" "$round" "${times[-1]}" >&2
-    # Its builds are not measured: stop them before the next round.
+    if [ -n "${BENCH_LOGS:-}" ]; then
+      mkdir -p "$BENCH_LOGS"
+      cp "$work/worker.log" "$BENCH_LOGS/worker-$label-$round.log"
+      echo "$label $round $start ${times[-1]}" >> "$BENCH_LOGS/rounds.txt"
+    fi
+    # Its builds are not measured: stop them before the next round, and wait (10 s at most) until the worker's
+    # Nix runs have stopped, so that the next round's evaluation does not share the machine with them.
     curl -fs -X POST "$api/evals/$id" "${auth[@]}" -d '{"method":"abort"}' >/dev/null || true
+    for _ in $(seq 1 200); do
+      pgrep -P "$worker_pid" -f 'nix-store' >/dev/null || break
+      sleep 0.05
+    done
   done
   EVAL=$(median "${times[@]}")
 }

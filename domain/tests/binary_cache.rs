@@ -15,7 +15,7 @@ use gradient_domain::nix::narinfo::NarInfo;
 use gradient_domain::nix::nix32;
 use gradient_domain::ports::Clock;
 use gradient_domain::ports::nar_store::NarStore;
-use gradient_domain::ports::storage::{CacheContents, Caches, Queue};
+use gradient_domain::ports::storage::{CacheContents, Caches, Queue, Run};
 use gradient_domain::service::{Caller, NewCache, ServiceError, Settings, nar_key};
 use gradient_ports::nar_store::MemoryNarStore;
 
@@ -419,7 +419,9 @@ async fn a_job_token_reads_its_orgs_caches_and_pushes_only_to_its_push_cache_whi
     );
 
     // The organization removes the worker: the token of its job waiting in the queue dies with the registration.
-    assert!(app.storage.finish_job(job, worker, true).await.unwrap());
+    let run = Run::of(&app.storage.job(job).await.unwrap().unwrap()).unwrap();
+    assert_eq!(run.worker, worker);
+    assert!(app.storage.finish_job(run, true).await.unwrap());
     let (job, at) = assigned_job(&app, org.id, worker).await;
     let token = app
         .tokens

@@ -7,7 +7,7 @@ mod common;
 
 use common::ManualClock;
 use gradient_domain::model::{EvaluationTrigger, JobId, JobState, Org, Project};
-use gradient_domain::ports::storage::{Evaluations, Queue};
+use gradient_domain::ports::storage::{Evaluations, Queue, Run};
 use gradient_domain::ports::{Clock, Fleet};
 use gradient_domain::proto::{AttributeError, EvaluatedDerivation, Job, JobOutcome};
 use gradient_domain::scheduler::WorkerInfo;
@@ -269,7 +269,9 @@ async fn reconciliation_requeues_the_work_of_absent_workers_and_settles_what_end
         gradient_domain::model::JobKind::Build { derivation, .. } => derivation.clone(),
         other => panic!("{other:?}"),
     };
-    assert!(app.storage.finish_job(x_job, w2.id, true).await.unwrap());
+    let x_run = Run::of(&x_record).unwrap();
+    assert_eq!(x_run.worker, w2.id);
+    assert!(app.storage.finish_job(x_run, true).await.unwrap());
     let y_job = sent[1];
     assert_eq!(app.storage.requeue_jobs(w2.id, &[y_job]).await.unwrap(), 1);
     app.clock.advance(LOST_AFTER + chrono::TimeDelta::seconds(1));
@@ -313,7 +315,9 @@ async fn reconciliation_settles_an_evaluation_whose_builds_all_ended_and_queues_
         .unwrap();
     assert!(b.move_to(BuildStatus::Completed, app.clock.now()));
     app.storage.update_build(&b).await.unwrap();
-    assert!(app.storage.finish_job(job, w.id, true).await.unwrap());
+    let run = Run::of(&app.storage.job(job).await.unwrap().unwrap()).unwrap();
+    assert_eq!(run.worker, w.id);
+    assert!(app.storage.finish_job(run, true).await.unwrap());
     assert_eq!(eval_status(&app, e.id).await, EvaluationStatus::Building);
     app.clock.advance(LOST_AFTER + chrono::TimeDelta::seconds(1));
     app.reconcile(LOST_AFTER).await.unwrap();

@@ -1201,3 +1201,438 @@ async fn a_restart_landing_while_a_failure_report_is_recorded_builds_again_and_f
     assert!(during > 10, "the restart landed during {during} reports");
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+#[tokio::test]
+async fn a_report_of_a_run_taken_back_and_handed_to_the_same_worker_again_does_not_end_the_new_run() {
+    for batched in [true, false] {
+        let (mut over, mut read_after) = (0, 0);
+        // While w's success for its first run of a's job is recorded, before each storage operation in turn, w
+        // is found lost (its link dropped), comes back without the job (restarted) and is handed the same job
+        // again: the same job and worker, another run.
+        for ops in 0.. {
+            let (mut app, _, org, project) = setup_with_caller().await;
+            let lost = std::sync::Arc::new(LostMoves::default());
+            app.app = app.app.clone().observed_by(lost.clone());
+            let w = worker(1, &org);
+            let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, vec![derivation("a", &[])]).await;
+            let job = jobs["a"];
+            let again = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let (other, fleet, seen, back) = (app.app.clone(), app.fleet.clone(), again.clone(), w.clone());
+            app.storage.interleave(ops, move || {
+                fleet.disconnect(back.id);
+                at_once(other.worker_lost(back.id)).unwrap();
+                fleet.connect_proved(back.clone());
+                at_once(other.worker_connected(back.id, &[], &back.orgs)).unwrap();
+                *seen.lock().unwrap() = Some(builds(&at_once(other.dispatch()).unwrap()));
+            });
+            let result = if batched {
+                let batch = vec![finished(job, JobOutcome::Success)];
+                app.record_reports(w.id, &w.orgs, batch).await.remove(0)
+            } else {
+                app.record_job_finished(job, w.id, &w.orgs, JobOutcome::Success, None)
+                    .await
+            };
+            let Some(sent) = again.lock().unwrap().take() else {
+                result.unwrap();
+                break;
+            };
+            assert!(ops < 1000);
+            let record = app.storage.job(job).await.unwrap().unwrap();
+            if sent.get("a") != Some(&job) {
+                // The success was written before w was lost: the build is done, its job not run again.
+                assert_eq!(
+                    build_status(&app, &org, "a").await,
+                    BuildStatus::Completed,
+                    "{batched} {ops}"
+                );
+                assert!(!record.state.is_active(), "{batched} {ops}: {record:?}");
+                continue;
+            }
+            over += 1;
+            if result.is_ok() {
+                // Read after the job was handed out again: as far as the server can tell, the word of the run it
+                // is in (the same worker's, for the same job), which it completes. (A report answered recorded
+                // whose build still builds is the race this test is about: its job was ended by the wrong run.)
+                assert_eq!(
+                    build_status(&app, &org, "a").await,
+                    BuildStatus::Completed,
+                    "{batched} before operation {ops}: answered recorded"
+                );
+                assert_eq!(record.state, JobState::Done, "{batched} {ops}");
+                continue;
+            }
+            read_after += 1;
+            // Checked against the first run, recorded once that run was over: it changes nothing. The job stays
+            // with w in its second run, the build building, the evaluation waiting.
+            assert!(
+                matches!(result, Err(ServiceError::Forbidden(_))),
+                "{batched} {ops}: {result:?}"
+            );
+            assert!(
+                matches!(record.state, JobState::Assigned { worker, .. } if worker == w.id),
+                "{batched} before operation {ops}: the second run's job was ended by the first run's report: {:?}",
+                record.state
+            );
+            assert_eq!(record.attempts, 1, "{batched} {ops}");
+            assert_eq!(
+                build_status(&app, &org, "a").await,
+                BuildStatus::Building,
+                "{batched} {ops}"
+            );
+            assert_eq!(evaluation_status(&app, e).await, EvaluationStatus::Building);
+            assert!(
+                !lost.0.lock().unwrap().is_empty(),
+                "{batched} {ops}: the observer hears the lost move"
+            );
+            // The second run's own report completes it.
+            let result = if batched {
+                let batch = vec![finished(job, JobOutcome::Success)];
+                app.record_reports(w.id, &w.orgs, batch).await.remove(0)
+            } else {
+                app.record_job_finished(job, w.id, &w.orgs, JobOutcome::Success, None)
+                    .await
+            };
+            result.unwrap();
+            assert_eq!(
+                build_status(&app, &org, "a").await,
+                BuildStatus::Completed,
+                "{batched} {ops}"
+            );
+            assert_eq!(
+                app.storage.job(job).await.unwrap().unwrap().state,
+                JobState::Done,
+                "{batched} {ops}"
+            );
+            assert_eq!(
+                evaluation_status(&app, e).await,
+                EvaluationStatus::Completed,
+                "{batched} {ops}"
+            );
+        }
+        assert!(over > 1, "{batched}: handed out again {over} times");
+        assert!(
+            read_after > 0,
+            "{batched}: the job was never handed out again between the report's check and its end"
+        );
+    }
+}
+
+/// Jobs the observer heard were left assigned but never sent (`job_stranded`).
+#[derive(Default)]
+struct StrandedJobs(std::sync::Mutex<Vec<(JobId, gradient_domain::WorkerId)>>);
+
+impl gradient_domain::ports::Observer for StrandedJobs {
+    fn evaluation_ended(&self, _: EvaluationStatus, _: std::time::Duration) {}
+    fn build_ended(&self, _: BuildStatus, _: Option<std::time::Duration>) {}
+    fn job_stranded(&self, job: JobId, worker: gradient_domain::WorkerId) {
+        self.0.lock().unwrap().push((job, worker));
+    }
+}
+
+#[tokio::test]
+async fn a_withheld_job_the_storage_fails_to_end_is_not_left_holding_its_worker_s_slot() {
+    let mut bad = Vec::new();
+    let (mut rounds, mut stranded) = (0, 0);
+    // The storage fails for `width` operations from the round's operation `ops` on: once (putting the job back
+    // in the queue works), or twice in a row (that fails too: the next round ends it).
+    for (width, ops) in [1u64, 2].into_iter().flat_map(|w| (0..60u64).map(move |ops| (w, ops))) {
+        let (mut app, caller, org, p1) = setup_with_caller().await;
+        let heard = std::sync::Arc::new(StrandedJobs::default());
+        app.app = app.app.clone().observed_by(heard.clone());
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        let e1 = planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("a", &[])]).await;
+        planned_in_one_batch(&app, &org, &p2, &ev, vec![derivation("b", &[])]).await;
+        // a's job is withheld in the next round (its build was substituted meanwhile), b's is handed out.
+        let drv = derivation("a", &[]).drv_path;
+        let mut a = app.storage.build(org.id, &drv).await.unwrap().unwrap();
+        assert!(a.move_to(BuildStatus::Substituted, chrono::Utc::now()));
+        assert!(app.storage.update_build_if(BuildStatus::Queued, &a).await.unwrap());
+        let a_job = active_job_of(&app, &org, "a").await.unwrap().id;
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + width, move || storage.go_down_after(None));
+        let first = app.dispatch().await;
+        app.storage.go_down_after(None);
+        if first.is_ok() {
+            // The round made fewer operations.
+            if width == 1 {
+                continue;
+            }
+            break;
+        }
+        rounds += 1;
+        let sent_a = |app: &App| {
+            app.fleet
+                .delivered(w.id)
+                .into_iter()
+                .any(|d| matches!(d, gradient_ports::fleet::Delivered::Assign(job) if job.id() == a_job))
+        };
+        let assigned_a = |state: &JobState| matches!(state, JobState::Assigned { worker, .. } if *worker == w.id);
+        let heard_a = heard.0.lock().unwrap().contains(&(a_job, w.id));
+        if sent_a(&app) {
+            bad.push(format!("{width} {ops}: a's withheld job was sent"));
+        }
+        let after_round = app.storage.job(a_job).await.unwrap().unwrap().state;
+        if assigned_a(&after_round) {
+            // Only when taking it back failed too, and then the observer hears it.
+            if width == 1 || !heard_a {
+                bad.push(format!(
+                    "{width} ops {ops} ({first:?}): a's job left with the worker, stranded told: {heard_a}"
+                ));
+            }
+            stranded += 1;
+        } else if heard_a {
+            bad.push(format!(
+                "{width} ops {ops}: told stranded, but it is not: {after_round:?}"
+            ));
+        }
+        // The next round (the storage back) ends what was left; a's job is not active, nor ever sent.
+        app.dispatch().await.unwrap();
+        let state = app.storage.job(a_job).await.unwrap().unwrap().state;
+        if assigned_a(&state) || sent_a(&app) {
+            bad.push(format!("{width} ops {ops}: after the next round a's job is {state:?}"));
+        }
+        if build_status(&app, &org, "a").await != BuildStatus::Substituted {
+            bad.push(format!(
+                "{width} ops {ops}: a is {:?}",
+                build_status(&app, &org, "a").await
+            ));
+        }
+        // Its evaluation settles by the next round at the latest, or at the next reconciliation when what failed
+        // was settling it after the job ended.
+        app.reconcile(chrono::TimeDelta::zero()).await.unwrap();
+        if evaluation_status(&app, e1).await != EvaluationStatus::Completed {
+            bad.push(format!(
+                "{width} ops {ops}: a's evaluation {:?}",
+                evaluation_status(&app, e1).await
+            ));
+        }
+    }
+    assert!(rounds > 10, "the rounds failed {rounds} times");
+    assert!(
+        stranded > 0,
+        "the job was never left with its worker after a double failure"
+    );
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// What the observer heard of builds not queued again after a report (`queue_again_failed`).
+#[derive(Default)]
+struct NotQueuedAgain(std::sync::Mutex<Vec<(Vec<JobId>, &'static str)>>);
+
+impl gradient_domain::ports::Observer for NotQueuedAgain {
+    fn evaluation_ended(&self, _: EvaluationStatus, _: std::time::Duration) {}
+    fn build_ended(&self, _: BuildStatus, _: Option<std::time::Duration>) {}
+    fn queue_again_failed(&self, jobs: &[JobId], code: &'static str) {
+        self.0.lock().unwrap().push((jobs.to_vec(), code));
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_build_a_report_fails_to_queue_again_is_told_and_reconciliation_queues_it() {
+    let mut told = [0; 2];
+    for (batched, ops) in [false, true]
+        .into_iter()
+        .flat_map(|b| (0..60u64).map(move |ops| (b, ops)))
+    {
+        let (mut app, caller, org, project) = setup_with_caller().await;
+        let heard = std::sync::Arc::new(NotQueuedAgain::default());
+        app.app = app.app.clone().observed_by(heard.clone());
+        let w = worker(1, &org);
+        let (e, jobs) = evaluated_in_one_batch(&app, &org, &project, &w, vec![derivation("x", &[])]).await;
+        // Aborted and restarted while x builds: the restart finds x's job still out, and queues nothing.
+        app.abort_evaluation(&caller, e).await.unwrap();
+        app.restart_evaluation(&caller, e).await.unwrap();
+        assert_eq!(build_status(&app, &org, "x").await, BuildStatus::Queued);
+        // The old run's answer, while the storage fails at exactly its operation `ops`.
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + 1, move || storage.go_down_after(None));
+        let result = if batched {
+            let batch = vec![finished(jobs["x"], JobOutcome::Aborted)];
+            app.record_reports(w.id, &w.orgs, batch).await.remove(0)
+        } else {
+            app.record_job_finished(jobs["x"], w.id, &w.orgs, JobOutcome::Aborted, None)
+                .await
+        };
+        app.storage.go_down_after(None);
+        let ended = !app.storage.job(jobs["x"]).await.unwrap().unwrap().state.is_active();
+        let queued = active_job_of(&app, &org, "x").await.is_some();
+        let heard = heard.0.lock().unwrap().clone();
+        if ended && !queued {
+            // Recorded (not to be sent again), the build left without a job: the observer hears it, once.
+            assert!(result.is_ok(), "{batched} {ops}: {result:?}");
+            assert_eq!(heard, [(vec![jobs["x"]], "unavailable")], "{batched} {ops}");
+            told[usize::from(batched)] += 1;
+            // Reconciliation puts it back on the way.
+            let done = app.reconcile(chrono::TimeDelta::zero()).await.unwrap();
+            assert_eq!(done.jobs_queued, 1, "{batched} {ops}");
+            assert!(active_job_of(&app, &org, "x").await.is_some(), "{batched} {ops}");
+        } else {
+            assert!(heard.is_empty(), "{batched} {ops}: {heard:?}");
+        }
+    }
+    assert!(
+        told.iter().all(|n| *n > 0),
+        "the re-queue failed after a recorded report {told:?} times (one by one, batched)"
+    );
+}
+
+#[tokio::test]
+async fn a_dispatch_round_the_storage_fails_twice_in_a_row_leaves_no_job_assigned_but_never_sent() {
+    let mut bad = Vec::new();
+    let (mut rounds, mut stranded) = (0, 0);
+    for ops in 0..80u64 {
+        let (mut app, caller, org, p1) = setup_with_caller().await;
+        let heard = std::sync::Arc::new(StrandedJobs::default());
+        app.app = app.app.clone().observed_by(heard.clone());
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        // A build waits, and an evaluation of another project: the round hands out both.
+        planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("b", &[])]).await;
+        let e2 = app
+            .queue_evaluation(org.id, &p2, &"b".repeat(40), EvaluationTrigger::Manual)
+            .await
+            .unwrap();
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + 2, move || storage.go_down_after(None));
+        let first = app.dispatch().await;
+        app.storage.go_down_after(None);
+        if first.is_ok() {
+            break;
+        }
+        rounds += 1;
+        let sent = |app: &App| -> Vec<JobId> {
+            app.fleet
+                .delivered(w.id)
+                .into_iter()
+                .filter_map(|d| match d {
+                    gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut delivered = sent(&app);
+        let told: Vec<JobId> = heard.0.lock().unwrap().iter().map(|(j, _)| *j).collect();
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if !delivered.contains(&job.id) {
+                stranded += 1;
+                if !told.contains(&job.id) {
+                    bad.push(format!("ops {ops} ({first:?}): {:?} left unsent, untold", job.kind));
+                }
+            }
+        }
+        // The next round (the storage back) ends or takes back what was left, and hands the work out.
+        app.dispatch().await.unwrap();
+        delivered.extend(sent(&app));
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if !delivered.contains(&job.id) {
+                bad.push(format!(
+                    "ops {ops}: after the next round {:?} assigned, never sent",
+                    job.kind
+                ));
+            }
+        }
+        if build_status(&app, &org, "b").await != BuildStatus::Building {
+            bad.push(format!("ops {ops}: b is {:?}", build_status(&app, &org, "b").await));
+        }
+        let e = evaluation_status(&app, e2.id).await;
+        let evaluating = app.storage.jobs_assigned_to(w.id).await.unwrap().iter().any(
+            |j| matches!(j.kind, gradient_domain::model::JobKind::Evaluate { evaluation_id } if evaluation_id == e2.id),
+        );
+        if e != EvaluationStatus::Fetching || !evaluating {
+            bad.push(format!("ops {ops}: the evaluation is {e:?}, its job out: {evaluating}"));
+        }
+    }
+    assert!(rounds > 5, "the round failed {rounds} times");
+    assert!(stranded > 0, "no job was ever left with the worker by a round");
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[tokio::test]
+async fn a_stranded_job_taken_back_and_handed_to_the_same_worker_again_is_not_ended_by_the_next_round() {
+    // Review (s12-rev): a round fails twice in a row and leaves jobs stranded with `w`; `w`'s link ends (its jobs
+    // go back to the queue) and it connects again before the next round, which ends what is still stranded and
+    // hands the jobs out again, to `w`: the new runs (same job ids, same worker) must stay assigned and be sent.
+    let mut bad = Vec::new();
+    let (mut rounds, mut stranded) = (0, 0);
+    for ops in 0..80u64 {
+        let (mut app, caller, org, p1) = setup_with_caller().await;
+        let heard = std::sync::Arc::new(StrandedJobs::default());
+        app.app = app.app.clone().observed_by(heard.clone());
+        let p2 = common::project(&app, &caller, "o", "p2", "https://example.com/p2.git").await;
+        let w = worker(1, &org);
+        let mut ev = worker(9, &org);
+        ev.capabilities.build = false;
+        planned_in_one_batch(&app, &org, &p1, &ev, vec![derivation("b", &[])]).await;
+        let e2 = app
+            .queue_evaluation(org.id, &p2, &"b".repeat(40), EvaluationTrigger::Manual)
+            .await
+            .unwrap();
+        for c in app.fleet.connected() {
+            app.fleet.disconnect(c.id);
+        }
+        app.fleet.connect_proved(w.clone());
+        let storage = app.storage.clone();
+        app.storage.go_down_after(Some(ops));
+        app.storage.interleave(ops + 2, move || storage.go_down_after(None));
+        let first = app.dispatch().await;
+        app.storage.go_down_after(None);
+        if first.is_ok() {
+            break;
+        }
+        rounds += 1;
+        stranded += heard.0.lock().unwrap().len();
+        // The link ends and comes back.
+        app.fleet.disconnect(w.id);
+        app.worker_lost(w.id).await.unwrap();
+        app.fleet.connect_proved(w.clone());
+        app.dispatch().await.unwrap();
+        let delivered: Vec<JobId> = app
+            .fleet
+            .delivered(w.id)
+            .into_iter()
+            .filter_map(|d| match d {
+                gradient_ports::fleet::Delivered::Assign(job) => Some(job.id()),
+                _ => None,
+            })
+            .collect();
+        for job in app.storage.jobs_assigned_to(w.id).await.unwrap() {
+            if !delivered.contains(&job.id) {
+                bad.push(format!("ops {ops}: {:?} assigned, never sent", job.kind));
+            }
+        }
+        if build_status(&app, &org, "b").await != BuildStatus::Building {
+            bad.push(format!("ops {ops}: b is {:?}", build_status(&app, &org, "b").await));
+        }
+        let building = app.storage.jobs_assigned_to(w.id).await.unwrap().iter().any(
+            |j| matches!(&j.kind, gradient_domain::model::JobKind::Build { derivation, .. } if derivation.ends_with("b.drv")),
+        );
+        let e = evaluation_status(&app, e2.id).await;
+        let evaluating = app.storage.jobs_assigned_to(w.id).await.unwrap().iter().any(
+            |j| matches!(j.kind, gradient_domain::model::JobKind::Evaluate { evaluation_id } if evaluation_id == e2.id),
+        );
+        if e != EvaluationStatus::Fetching || !evaluating || !building {
+            bad.push(format!(
+                "ops {ops}: the evaluation is {e:?}, its job out: {evaluating}; b's job out: {building}"
+            ));
+        }
+    }
+    assert!(rounds > 5, "the round failed {rounds} times");
+    assert!(stranded > 0, "no job was ever stranded");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

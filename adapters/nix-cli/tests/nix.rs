@@ -1194,3 +1194,298 @@ async fn a_run_that_needs_nothing_from_gradients_caches_still_fetches_from_the_m
         "Gradient's cache was not asked: the run needed nothing from it"
     );
 }
+
+#[tokio::test]
+async fn a_chain_in_one_run_names_only_its_end_to_nix_and_roots_every_link() {
+    // `two` has two outputs and `half` takes only one of them: `two` is still named (Nix would otherwise be
+    // asked only for the output `half` takes); `a` and `b` are links `c` takes whole.
+    let d = instantiate(
+        r#"rec {
+  a = mk "a" "echo a > $out" { };
+  b = mk "b" "echo b > $out" { inherit a; };
+  c = mk "c" "echo c > $out" { inherit b; };
+  two = mk "two" "echo out > $out; echo dev > $dev" { outputs = [ "out" "dev" ]; };
+  half = mk "half" "echo half > $out" { two = two.out; };
+}"#,
+    );
+    let with_outputs = |name: &str| {
+        let (drv, _) = d[name].clone();
+        let outputs = run("nix", &["show-derivation", &drv], Path::new("/"));
+        let json: serde_json::Value = serde_json::from_str(&outputs).unwrap();
+        let outputs: BTreeMap<String, String> = json[&drv]["outputs"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v["path"].as_str().unwrap().to_owned()))
+            .collect();
+        (drv, outputs)
+    };
+    let drvs: Vec<_> = ["a", "b", "c", "two", "half"].iter().map(|n| with_outputs(n)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let roots = dir.path().join("roots");
+    let opts = BuildOptions {
+        gc_root: Some(roots.clone()),
+        ..BuildOptions::default()
+    };
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let outcomes = logged_nix(dir.path(), &log)
+        .build_many(&drvs, &opts, |d, l| lines.push((d.to_owned(), l.to_owned())), |_| {})
+        .await
+        .unwrap();
+    for (outcome, (drv, outputs)) in outcomes.iter().zip(&drvs) {
+        let built = outcome.as_ref().unwrap_or_else(|e| panic!("{drv}: {e:?}"));
+        assert_eq!(&built.outputs, outputs);
+        // Every output of the run is rooted until the directory goes, the links Nix built as inputs too.
+        for path in outputs.values() {
+            assert!(valid(path), "{path}");
+            assert!(roots_of(path).contains(roots.to_str().unwrap()), "{path} is rooted");
+        }
+    }
+    let realise = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("--keep-going"))
+        .unwrap()
+        .to_owned();
+    let named = |name: &str| realise.contains(&d[name].0);
+    assert!(!named("a") && !named("b"), "{realise}");
+    assert!(named("c") && named("two") && named("half"), "{realise}");
+    drop(dir);
+    for (_, outputs) in &drvs {
+        for path in outputs.values() {
+            assert!(!roots_of(path).contains(roots.to_str().unwrap()), "{path} released");
+        }
+    }
+}
+
+#[tokio::test]
+async fn links_left_unbuilt_because_their_end_is_built_already_are_built_too() {
+    // `c` needs `b` needs `a`, none of their outputs referring to the others: once built, `a` and `b` can go
+    // while `c` stays. A run of all three (say for another organization) then names only `c` to Nix, which
+    // finds it valid and builds nothing: `a` and `b` must still be built, not answered built.
+    let d = instantiate(
+        r#"rec {
+  a = mk "a" "echo a > $out" { };
+  b = mk "b" "echo b > $out" { inherit a; };
+  c = mk "c" "echo c > $out" { inherit b; };
+}"#,
+    );
+    let drvs: Vec<_> = ["a", "b", "c"].iter().map(|n| d[*n].clone()).collect();
+    let outcomes = nix()
+        .build_many(&drvs, &BuildOptions::default(), |_, _| {}, |_| {})
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let gone = [&d["a"].1["out"], &d["b"].1["out"]];
+    let deleted = Command::new("nix-store")
+        .arg("--delete")
+        .args(gone)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(!valid(gone[0]) && !valid(gone[1]) && valid(&d["c"].1["out"]));
+
+    let roots = tempfile::tempdir().unwrap();
+    let opts = BuildOptions {
+        gc_root: Some(roots.path().join("run")),
+        ..BuildOptions::default()
+    };
+    let mut told = Vec::new();
+    let outcomes = nix()
+        .build_many(&drvs, &opts, |_, _| {}, |drv| told.push(drv.to_owned()))
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    for (drv, outputs) in &drvs {
+        let out = &outputs["out"];
+        assert!(valid(out), "{drv} built again");
+        assert!(roots_of(out).contains(roots.path().to_str().unwrap()), "{out} rooted");
+    }
+    let mut once = told.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), told.len(), "each told at most once: {told:?}");
+}
+
+/// Review (s12-rev): builds `drvs` once, then deletes the outputs of `gone` (which nothing rooted refers to).
+async fn built_then_deleted(drvs: &[(String, BTreeMap<String, String>)], gone: &[&String]) {
+    let outcomes = nix()
+        .build_many(drvs, &BuildOptions::default(), |_, _| {}, |_| {})
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    let deleted = Command::new("nix-store")
+        .arg("--delete")
+        .args(gone)
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert!(gone.iter().all(|p| !valid(p)));
+}
+
+#[tokio::test]
+async fn links_left_unbuilt_because_their_end_is_built_are_not_answered_dependency_failed_when_another_build_fails() {
+    // Review (s12-rev): as in `links_left_unbuilt_because_their_end_is_built_already_are_built_too`, but another
+    // build of the run fails, so Nix exits with a failure and no second run builds `a` and `b`. Before only ends
+    // were named, Nix was named `a` and `b` and built them; now they are answered DependencyFailed although
+    // neither depends on `bad` and neither was attempted.
+    let d = instantiate(
+        r#"rec {
+  a = mk "a" "echo a > $out" { };
+  b = mk "b" "echo b > $out" { inherit a; };
+  c = mk "c" "echo c > $out" { inherit b; };
+  bad = mk "bad" "exit 1" { };
+}"#,
+    );
+    let chain: Vec<_> = ["a", "b", "c"].iter().map(|n| d[*n].clone()).collect();
+    built_then_deleted(&chain, &[&d["a"].1["out"], &d["b"].1["out"]]).await;
+    let drvs: Vec<_> = ["a", "b", "c", "bad"].iter().map(|n| d[*n].clone()).collect();
+    let outcomes = nix()
+        .build_many(&drvs, &BuildOptions::default(), |_, _| {}, |_| {})
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[3], Err(NixError::BuildFailed { .. })), "{outcomes:?}");
+    assert!(
+        outcomes[..3].iter().all(Result::is_ok),
+        "a, b built (as before s12), c valid: {outcomes:?}"
+    );
+    assert!(valid(&d["a"].1["out"]) && valid(&d["b"].1["out"]));
+}
+
+#[tokio::test]
+async fn a_derivation_twice_in_a_run_whose_second_build_fails_is_answered_failed_twice() {
+    // Review (s12-rev): the worker puts one derivation in a run once per job (say for two organizations). `a` is
+    // implied by `b`, `b` is valid, `a` is not: the second run builds `a`, which fails now. Its one outcome is
+    // kept in a map by derivation and taken out for the first `a`; the second `a` falls through to "Nix
+    // succeeded, so every output is valid" and is answered built, its output not valid.
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("fail");
+    let d = instantiate(&format!(
+        r#"rec {{
+  a = mk "a" "if [ -e {} ]; then exit 1; fi; echo a > $out" {{ }};
+  b = mk "b" "echo b > $out" {{ inherit a; }};
+}}"#,
+        flag.display()
+    ));
+    let pair: Vec<_> = ["a", "b"].iter().map(|n| d[*n].clone()).collect();
+    built_then_deleted(&pair, &[&d["a"].1["out"]]).await;
+    std::fs::write(&flag, "").unwrap();
+    let drvs = vec![d["a"].clone(), d["a"].clone(), d["b"].clone()];
+    let outcomes = nix()
+        .build_many(&drvs, &BuildOptions::default(), |_, _| {}, |_| {})
+        .await
+        .unwrap();
+    assert!(!valid(&d["a"].1["out"]));
+    assert!(outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(
+        outcomes[0].is_err() && outcomes[1].is_err(),
+        "a's output is not valid, yet: {outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_links_a_run_built_stay_rooted_while_a_second_run_builds_the_others() {
+    // Review (s12-rev): `w` is built in the first run as `x`'s input, then stays unrooted until the second run
+    // (of `a`, `b`, left unbuilt because `c` was valid) ends: a garbage collection meanwhile takes it, and then
+    // rooting it fails the whole batch (or it is answered built without being valid).
+    let dir = tempfile::tempdir().unwrap();
+    // The builder (a build user) writes `started` here.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let gate = dir.path().join("go");
+    let started = dir.path().join("started");
+    let d = instantiate(&format!(
+        r#"rec {{
+  a = mk "a" "/usr/bin/touch {started}; while [ ! -e {gate} ]; do /usr/bin/sleep 0.05; done; echo a > $out" {{ }};
+  b = mk "b" "echo b > $out" {{ inherit a; }};
+  c = mk "c" "echo c > $out" {{ inherit b; }};
+  w = mk "w" "echo w > $out" {{ }};
+  x = mk "x" "echo x > $out" {{ inherit w; }};
+}}"#,
+        started = started.display(),
+        gate = gate.display()
+    ));
+    std::fs::write(&gate, "").unwrap();
+    let chain: Vec<_> = ["a", "b", "c"].iter().map(|n| d[*n].clone()).collect();
+    built_then_deleted(&chain, &[&d["a"].1["out"], &d["b"].1["out"]]).await;
+    std::fs::remove_file(&gate).unwrap();
+    std::fs::remove_file(&started).unwrap();
+
+    let roots = dir.path().join("roots");
+    let opts = BuildOptions {
+        gc_root: Some(roots.clone()),
+        ..BuildOptions::default()
+    };
+    let drvs: Vec<_> = ["a", "b", "c", "w", "x"].iter().map(|n| d[*n].clone()).collect();
+    let w_out = d["w"].1["out"].clone();
+    let collecting = async {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !started.exists() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The second run is building `a`: a collection now (this fails when `w` is rooted, as it should be).
+        let _ = Command::new("nix-store")
+            .args(["--delete", &w_out])
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .output()
+            .unwrap();
+        std::fs::write(&gate, "").unwrap();
+    };
+    let nix = nix();
+    let (outcomes, ()) = tokio::join!(nix.build_many(&drvs, &opts, |_, _| {}, |_| {}), collecting);
+    let outcomes = outcomes.expect("the batch's outcomes");
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    for (drv, outputs) in &drvs {
+        assert!(valid(&outputs["out"]), "{drv}'s output is valid");
+    }
+}
+
+#[tokio::test]
+async fn a_link_left_unbuilt_that_needs_a_failed_build_is_not_built_again() {
+    // Review (s12-rev): `x` fails now; `d` takes it and is taken by `c` (valid, so Nix leaves `d` unbuilt), `y`
+    // takes it too (so Nix tries `x` once, for `y`). `d` is answered dependency_failed without a second run that
+    // would only try `x` again (its log told twice).
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("fail");
+    let d = instantiate(&format!(
+        r#"rec {{
+  x = mk "x" "echo x-ran; if [ -e {} ]; then exit 1; fi; echo x > $out" {{ }};
+  d = mk "d" "echo d > $out" {{ inherit x; }};
+  c = mk "c" "echo c > $out" {{ inherit d; }};
+  y = mk "y" "echo y > $out" {{ inherit x; }};
+}}"#,
+        flag.display()
+    ));
+    let first: Vec<_> = ["x", "d", "c"].iter().map(|n| d[*n].clone()).collect();
+    built_then_deleted(&first, &[&d["d"].1["out"], &d["x"].1["out"]]).await;
+    std::fs::write(&flag, "").unwrap();
+    let drvs: Vec<_> = ["x", "d", "c", "y"].iter().map(|n| d[*n].clone()).collect();
+    let mut ran = 0;
+    let outcomes = nix()
+        .build_many(
+            &drvs,
+            &BuildOptions::default(),
+            |drv, line| {
+                if drv == d["x"].0 && line.contains("x-ran") {
+                    ran += 1;
+                }
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcomes[0], Err(NixError::BuildFailed { .. })), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(NixError::DependencyFailed { .. })),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[2].is_ok(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[3], Err(NixError::DependencyFailed { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(ran, 1, "x was tried once");
+}

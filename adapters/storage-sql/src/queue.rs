@@ -8,7 +8,7 @@ use crate::{
 use chrono::{DateTime, Utc};
 use gradient_domain::model::{JobId, JobKind, JobRecord, JobState, Timestamp};
 use gradient_domain::ports::StorageError;
-use gradient_domain::ports::storage::{Queue, Result};
+use gradient_domain::ports::storage::{Queue, Result, Run};
 use gradient_domain::{EvaluationId, OrgId, WorkerId};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -114,6 +114,11 @@ fn state_columns(state: &JobState) -> (&'static str, Option<Uuid>, Option<Timest
         JobState::Failed => ("failed", None, None),
     }
 }
+
+/// Ends a run's job (`Queue::finish_job`): $1 job, $2 worker, $3 attempts, $4 its outcome. A compare-and-set on
+/// the run: the job must still be assigned to that worker and taken back that many times.
+const FINISH_RUN: &str = "UPDATE jobs SET state = $4, worker_id = NULL, assigned_at = NULL \
+                          WHERE id = $1 AND state = 'assigned' AND worker_id = $2 AND attempts = $3";
 
 impl Queue for SqlStorage {
     async fn enqueue_job(&self, job: &JobRecord) -> Result<JobRecord> {
@@ -460,13 +465,12 @@ impl Queue for SqlStorage {
         Ok(requeued)
     }
 
-    async fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> Result<bool> {
-        let sql = "UPDATE jobs SET state = $3, worker_id = NULL, assigned_at = NULL \
-                   WHERE id = $1 AND state = 'assigned' AND worker_id = $2";
+    async fn finish_job(&self, run: Run, done: bool) -> Result<bool> {
         let outcome = if done { "done" } else { "failed" };
-        let finished = with_pool!(self, |p| sqlx::query(sql)
-            .bind(id.0)
-            .bind(worker.0)
+        let finished = with_pool!(self, |p| sqlx::query(FINISH_RUN)
+            .bind(run.job.0)
+            .bind(run.worker.0)
+            .bind(i64::from(run.attempts))
             .bind(outcome)
             .execute(p)
             .await
@@ -475,20 +479,19 @@ impl Queue for SqlStorage {
         Ok(finished > 0)
     }
 
-    async fn finish_jobs(&self, worker: WorkerId, jobs: &[(JobId, bool)]) -> Result<Vec<bool>> {
+    async fn finish_jobs(&self, runs: &[(Run, bool)]) -> Result<Vec<bool>> {
         // One statement per job (the text stays the same whatever the batch's size), in one transaction.
-        let sql = "UPDATE jobs SET state = $3, worker_id = NULL, assigned_at = NULL \
-                   WHERE id = $1 AND state = 'assigned' AND worker_id = $2";
-        if jobs.is_empty() {
+        if runs.is_empty() {
             return Ok(Vec::new());
         }
         with_pool!(self, |p| async {
             let mut tx = p.begin_write().await?;
-            let mut ended = Vec::with_capacity(jobs.len());
-            for (id, done) in jobs {
-                let n = sqlx::query(sql)
-                    .bind(id.0)
-                    .bind(worker.0)
+            let mut ended = Vec::with_capacity(runs.len());
+            for (run, done) in runs {
+                let n = sqlx::query(FINISH_RUN)
+                    .bind(run.job.0)
+                    .bind(run.worker.0)
+                    .bind(i64::from(run.attempts))
                     .bind(if *done { "done" } else { "failed" })
                     .execute(&mut *tx)
                     .await?

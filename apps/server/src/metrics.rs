@@ -384,6 +384,25 @@ impl Observer for Metrics {
             "a build's move lost its compare-and-set: it moved meanwhile, and that move stands"
         );
     }
+
+    fn job_stranded(&self, job: gradient_domain::model::JobId, worker: gradient_domain::WorkerId) {
+        tracing::warn!(
+            job = %job.0,
+            worker = %worker.0,
+            "a job withheld from its worker could be neither ended nor requeued (storage failed): it holds one \
+             of the worker's slots until the next dispatch round ends it"
+        );
+    }
+
+    fn queue_again_failed(&self, jobs: &[gradient_domain::model::JobId], code: &'static str) {
+        let jobs: Vec<String> = jobs.iter().map(|j| j.0.to_string()).collect();
+        tracing::warn!(
+            jobs = %jobs.join(","),
+            error = code,
+            "a report's jobs ended, but their builds restarted meanwhile could not be queued again: they wait \
+             for reconciliation or the next evaluation needing them"
+        );
+    }
 }
 
 /// Reads the scrapers' token file: one line, not empty.

@@ -365,8 +365,9 @@ impl Book {
         state.batches.retain(|(jobs, _)| jobs.as_slice() != ids);
     }
 
-    /// Marks a held batched job aborted (answers false when it is not one); once every job of its batch is,
-    /// the batch (its Nix run) is stopped and forgotten.
+    /// Marks a held batched job aborted (answers false when it is not one); once every job of its batch still
+    /// held is (those reported already, built and pushed or failed, want nothing more of the run), the batch
+    /// (its Nix run) is stopped and forgotten.
     fn abort_batched(&self, id: JobId) -> bool {
         let (mut running, mut state) = self.lock();
         if !running.contains(&id) {
@@ -374,10 +375,9 @@ impl Book {
         }
         state.aborted.insert(id);
         let Batches { aborted, batches } = &mut *state;
-        if let Some(i) = batches
-            .iter()
-            .position(|(jobs, _)| jobs.contains(&id) && jobs.iter().all(|j| aborted.contains(j)))
-        {
+        if let Some(i) = batches.iter().position(|(jobs, _)| {
+            jobs.contains(&id) && jobs.iter().all(|j| aborted.contains(j) || !running.contains(j))
+        }) {
             let (jobs, task) = batches.remove(i);
             task.abort();
             for j in &jobs {
@@ -852,6 +852,23 @@ mod book_tests {
         assert!(book.abort_batched(a));
         assert!(!task.is_finished(), "b still wants the batch");
         assert!(book.abort_batched(b));
+        assert!(task.await.unwrap_err().is_cancelled(), "the batch is stopped");
+        let (running, state) = book.lock();
+        assert!(running.is_empty() && state.aborted.is_empty() && state.batches.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_other_jobs_were_reported_already_is_stopped_by_aborting_the_rest() {
+        // Builds of a run are reported as each is built and pushed: aborting the ones still building stops Nix.
+        let book = Book::default();
+        let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
+        held(&book, &[a, b, c]);
+        let task = tokio::spawn(std::future::pending::<()>());
+        book.register(vec![a, b, c], task.abort_handle());
+        assert!(book.claim(a), "a built and pushed: reported");
+        assert!(book.abort_batched(b));
+        assert!(!task.is_finished(), "c still wants the batch");
+        assert!(book.abort_batched(c));
         assert!(task.await.unwrap_err().is_cancelled(), "the batch is stopped");
         let (running, state) = book.lock();
         assert!(running.is_empty() && state.aborted.is_empty() && state.batches.is_empty());

@@ -42,12 +42,26 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 /// The run of a build a worker's report belongs to: its job, assigned to `worker`, taken back from lost workers
 /// `attempts` times (see [`JobRecord::attempts`]) when the report was checked. A job requeued and handed out
 /// again is another run, though its id is the same: a write guarded by a run lands only while its job is still
-/// in that assignment (see [`Evaluations::end_builds`]).
+/// in that assignment (see [`Evaluations::end_builds`], [`Queue::finish_job`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
     pub job: JobId,
     pub worker: WorkerId,
     pub attempts: u32,
+}
+
+impl Run {
+    /// The run a job read as assigned is in (None for a job not assigned).
+    pub fn of(job: &JobRecord) -> Option<Run> {
+        match job.state {
+            crate::model::JobState::Assigned { worker, .. } => Some(Run {
+                job: job.id,
+                worker,
+                attempts: job.attempts,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a compare-and-set of one build's status found (see [`Evaluations::update_builds_if`]).
@@ -410,14 +424,16 @@ pub trait Queue {
     /// queue) kept. Listed jobs not assigned to that worker are left as they are. Answers how many were
     /// requeued.
     fn requeue_jobs(&self, worker: WorkerId, jobs: &[JobId]) -> impl Future<Output = Result<u64>> + Send;
-    /// Records the outcome of a job assigned to `worker`: `Assigned → Done` when `done`, else `Failed`.
-    /// Ok(false), changing nothing, when the job is not assigned to that worker (queued, finished, requeued
-    /// and handed to another) or does not exist.
-    fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> impl Future<Output = Result<bool>> + Send;
-    /// [`Queue::finish_job`] for several jobs of `worker` (`(job, done)`), in one transaction: answers, in
-    /// order, whether each was assigned to the worker (and so ended). A job listed twice ends once (the second
-    /// answer is false).
-    fn finish_jobs(&self, worker: WorkerId, jobs: &[(JobId, bool)]) -> impl Future<Output = Result<Vec<bool>>> + Send;
+    /// Records the outcome of a run (see [`Run`]): its job `Assigned → Done` when `done`, else `Failed`, only
+    /// while the job is still in that assignment — assigned to `run.worker`, taken back `run.attempts` times —:
+    /// a compare-and-set on the run, so the late word of a run that is over never ends the next one, even on
+    /// the same worker. Ok(false), changing nothing, when it is not (queued, finished, requeued and handed
+    /// out again, to another worker or to the same one) or the job does not exist.
+    fn finish_job(&self, run: Run, done: bool) -> impl Future<Output = Result<bool>> + Send;
+    /// [`Queue::finish_job`] for several runs (`(run, done)`), in one transaction: answers, in order, whether
+    /// each was still in its assignment (and so ended). A job listed twice ends once (the second answer is
+    /// false).
+    fn finish_jobs(&self, runs: &[(Run, bool)]) -> impl Future<Output = Result<Vec<bool>>> + Send;
     /// The jobs assigned to `worker`, oldest first (ties by id).
     fn jobs_assigned_to(&self, worker: WorkerId) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
     /// Ends a job no worker holds: `Queued → Failed`. Ok(false), changing nothing, when the job is not queued

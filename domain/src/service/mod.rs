@@ -240,6 +240,8 @@ pub struct Gradient<S, C> {
     /// How far each queued build's inputs were found available, so a dispatch round reads only the rest;
     /// shared by clones.
     input_progress: std::sync::Arc<pipeline::InputProgress>,
+    /// Jobs dispatch rounds assigned but could neither send nor take back; shared by clones.
+    stranded: std::sync::Arc<pipeline::Stranded>,
     /// Told when evaluations and builds end (the server's metrics); shared by clones.
     observer: std::sync::Arc<dyn crate::ports::Observer>,
     /// Hands mail over for delivery; shared by clones.
@@ -262,6 +264,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             derivations: Default::default(),
             pins: Default::default(),
             input_progress: Default::default(),
+            stranded: Default::default(),
             observer: std::sync::Arc::new(crate::ports::observer::Unobserved),
             mailer: std::sync::Arc::new(crate::ports::mail::NoMail),
             app_tokens: std::sync::Arc::new(crate::ports::forge::NoInstallationTokens),
@@ -291,6 +294,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
             derivations: self.derivations.clone(),
             pins: self.pins.clone(),
             input_progress: self.input_progress.clone(),
+            stranded: self.stranded.clone(),
             observer: self.observer.clone(),
             mailer: self.mailer.clone(),
             app_tokens: self.app_tokens.clone(),

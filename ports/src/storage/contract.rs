@@ -179,6 +179,7 @@ macro_rules! storage_contract {
             requeue_jobs_of_a_lost_worker_counts_attempts,
             finish_job_only_from_assigned,
             finish_jobs_ends_each_assigned_job_of_the_worker,
+            finish_job_is_compare_and_set_on_the_run,
             cancel_queued_job_only_from_queued,
             jobs_assigned_to_lists_a_workers_jobs_oldest_first,
             delete_org_removes_its_jobs,

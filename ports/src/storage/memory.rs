@@ -524,12 +524,12 @@ impl Queue for MemoryStorage {
         self.with(|s| Ok(s.requeue_jobs(worker, jobs)))
     }
 
-    async fn finish_job(&self, id: JobId, worker: WorkerId, done: bool) -> Result<bool> {
-        self.with(|s| Ok(s.finish_job(id, worker, done)))
+    async fn finish_job(&self, run: Run, done: bool) -> Result<bool> {
+        self.with(|s| Ok(s.finish_job(run, done)))
     }
 
-    async fn finish_jobs(&self, worker: WorkerId, jobs: &[(JobId, bool)]) -> Result<Vec<bool>> {
-        self.with(|s| Ok(jobs.iter().map(|(id, done)| s.finish_job(*id, worker, *done)).collect()))
+    async fn finish_jobs(&self, runs: &[(Run, bool)]) -> Result<Vec<bool>> {
+        self.with(|s| Ok(runs.iter().map(|(run, done)| s.finish_job(*run, *done)).collect()))
     }
 
     async fn jobs_assigned_to(&self, worker: WorkerId) -> Result<Vec<JobRecord>> {
@@ -730,12 +730,7 @@ impl Evaluations for MemoryStorage {
             }
             let mut written = Vec::with_capacity(builds.len());
             for (from, b, run) in builds {
-                let in_run = run.is_none_or(|r| {
-                    s.jobs.get(&r.job).is_some_and(|j| {
-                        j.attempts == r.attempts
-                            && matches!(j.state, JobState::Assigned { worker, .. } if worker == r.worker)
-                    })
-                });
+                let in_run = run.is_none_or(|r| s.in_run(r));
                 written.push(in_run && s.update_build_if(*from, b)?);
             }
             for l in logs {

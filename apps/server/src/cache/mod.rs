@@ -443,7 +443,7 @@ pub const NAR_SERVE_WAIT: Duration = Duration::from_secs(5);
 /// file store's 256 KiB reads. With pieces this large, one store chunk is read ahead of the connection's asking
 /// (256 KiB per download): reading only on demand cost NAR throughput (session 10: 1.07x -> 0.96x nginx); a
 /// read-ahead of one chunk plus one read while it waited, with hyper's default ~400 KiB write queue, had held
-/// ~6 MB more over 8 downloads (a 1 MiB read-ahead 6 MB more again) (README, issue #20).
+/// ~6 MB more over 8 downloads (a 1 MiB read-ahead 6 MB more again) (docs/benchmarks.md, issue #20).
 pub const NAR_READ_AHEAD: u64 = 256 * 1024;
 
 /// The NAR store's next chunk of a download, `None` when the download must end here: the store ended, failed

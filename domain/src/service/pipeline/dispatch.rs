@@ -3,15 +3,35 @@
 
 use super::{Gradient, JOB_TOKEN_LIFETIME, Result};
 use crate::model::{JobId, JobKind, JobRecord, JobState};
+use crate::ports::storage::Run;
 use crate::ports::{Clock, Storage};
 use crate::proto::{self, PushTarget};
 use crate::scheduler::{self, QueueEntry, Snapshot};
 use crate::status::{BuildStatus, EvaluationStatus};
 use crate::{OrgId, WorkerId};
 use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 
 /// An org's substituter URLs, their public keys, and its push cache with its URL.
 type OrgCaches = (Vec<String>, Vec<String>, Option<(crate::CacheId, String)>);
+
+/// Jobs dispatch rounds assigned to workers but never sent, and could neither end nor put back in the queue
+/// (storage failed): the next round ends them first (see `Gradient::end_stranded`). Shared by clones.
+#[derive(Default)]
+pub struct Stranded(Mutex<Vec<(WorkerId, JobRecord)>>);
+
+impl Stranded {
+    fn keep(&self, worker: WorkerId, job: JobRecord) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((worker, job));
+    }
+
+    fn take(&self) -> Vec<(WorkerId, JobRecord)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 /// A job a dispatch round handed to a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +56,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         {
             return Ok(Vec::new());
         }
+        // Jobs an earlier round left assigned but never sent (storage failed) end first: their workers' slots.
+        self.end_stranded().await?;
         let workers = self.fleet.connected();
         let mut jobs = Vec::new();
         // A pin lasts while its evaluation job is queued or running: one ended another way (aborted,
@@ -137,7 +159,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 }
                 for (worker, records) in per_worker {
                     let ids: Vec<JobId> = records.iter().map(|r| r.id).collect();
-                    self.requeue(worker, &records, &ids).await?;
+                    if self.requeue(worker, &records, &ids).await.is_err() {
+                        // Left with the worker: the next round ends them (`end_stranded`).
+                        for r in records {
+                            self.strand(worker, r);
+                        }
+                    }
                 }
                 return Err(e);
             }
@@ -254,16 +281,37 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// (substituted by another evaluation's planning): the evaluations needing it settle now, not at the next
     /// reconciliation. Or it was aborted and restarted during the round (the restart found this job active, so
     /// queued nothing) and this round's start moved it Building: it goes back to Queued with a job of its own.
+    /// When the job cannot be ended (storage failed), it is put back in the queue as an unsent one is, and when
+    /// that fails too it is left to the next round (`end_stranded`): never left with a worker that never heard of
+    /// it, holding one of its slots until it reconnects.
     async fn end_withheld(&self, worker: WorkerId, assigned: &JobRecord) -> Result<()> {
         self.memo.forget_job(assigned.id);
-        self.storage.finish_job(assigned.id, worker, false).await?;
+        let Some(run) = Run::of(assigned) else {
+            return Ok(());
+        };
+        let ended = match self.storage.finish_job(run, false).await {
+            Ok(ended) => ended,
+            Err(e) => {
+                if self
+                    .requeue(worker, std::slice::from_ref(assigned), &[assigned.id])
+                    .await
+                    .is_err()
+                {
+                    self.strand(worker, assigned.clone());
+                }
+                return Err(e.into());
+            }
+        };
         if let JobKind::Build { derivation, .. } = &assigned.kind {
-            // Read first: a build in any other status is not this round's to move (no lost move to report).
-            let building = self
-                .storage
-                .build(assigned.org_id, derivation)
-                .await?
-                .is_some_and(|b| b.status == BuildStatus::Building);
+            // Read first: a build in any other status is not this round's to move (no lost move to report). Nor
+            // is one whose job left this run meanwhile (its worker was lost, and the job maybe handed out again,
+            // even to the same worker): what took the job back moved its build.
+            let building = ended
+                && self
+                    .storage
+                    .build(assigned.org_id, derivation)
+                    .await?
+                    .is_some_and(|b| b.status == BuildStatus::Building);
             // The evaluations needing it settle even when putting it back fails (reconciliation does that then).
             let requeued = if building {
                 self.move_build(assigned.org_id, derivation, BuildStatus::Building, BuildStatus::Queued)
@@ -272,13 +320,53 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 Ok(false)
             };
             let requeued = match requeued {
-                Ok(_) => self.queue_again(assigned).await,
+                Ok(_) if ended => self.queue_again(assigned).await,
+                Ok(_) => Ok(()),
                 Err(e) => Err(e),
             };
             self.settle_evaluations_needing(assigned.org_id, derivation).await?;
             requeued?;
         }
+        // An evaluation still to be evaluated (its round failed before sending the job, see `strand`) gets its
+        // job back, keeping its place in the queue; a withheld one has ended.
+        if let JobKind::Evaluate { evaluation_id } = assigned.kind
+            && ended
+            && self.advance_evaluation(evaluation_id, EvaluationStatus::Queued).await?
+            && self
+                .storage
+                .evaluation(evaluation_id)
+                .await?
+                .is_some_and(|e| e.status == EvaluationStatus::Queued)
+        {
+            let again = JobRecord {
+                id: JobId::new(),
+                state: JobState::Queued,
+                ..assigned.clone()
+            };
+            self.storage.enqueue_job(&again).await?;
+            self.fleet.wake();
+        }
         Ok(())
+    }
+
+    /// Keeps a job assigned to `worker` but never sent, which could be neither ended nor requeued, for the next
+    /// round to end (`end_stranded`), and tells the observer.
+    fn strand(&self, worker: WorkerId, assigned: JobRecord) {
+        self.observer.job_stranded(assigned.id, worker);
+        self.stranded.keep(worker, assigned);
+    }
+
+    /// Ends the jobs earlier rounds left assigned but never sent (see [`Self::end_withheld`]), each only while it
+    /// is still in that run (a worker lost meanwhile took it back already). One that fails again is kept for the
+    /// next round; the first error is answered once all were tried.
+    async fn end_stranded(&self) -> Result<()> {
+        let mut first_error = None;
+        for (worker, assigned) in self.stranded.take() {
+            if let Err(e) = self.end_withheld(worker, &assigned).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Ends a queued build job the scheduler found nothing to run for: its build takes `status`, the job

@@ -16,7 +16,7 @@ mod readiness;
 mod reconcile;
 mod results;
 
-pub use dispatch::Dispatched;
+pub use dispatch::{Dispatched, Stranded};
 pub use readiness::InputProgress;
 pub use reconcile::Reconciled;
 pub use results::JobReport;

@@ -192,9 +192,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let success = matches!(outcome, JobOutcome::Success);
         let record = self.apply_finished(job_id, worker, orgs, outcome, log, None).await?;
         self.end_job(&record, worker, success).await?;
-        // The report is recorded once its job ended: a build restarted meanwhile that this failed to queue
-        // again is queued by the next reconciliation, and the report is not to be sent again for it.
-        let _ = self.queue_again(&record).await;
+        // The report is recorded once its job ended (it is not to be sent again): a build restarted meanwhile
+        // that this fails to queue again is told to the observer (see `queue_again_after_report`).
+        self.queue_again_after_report(std::slice::from_ref(&record)).await;
         Ok(())
     }
 
@@ -273,9 +273,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
     }
 
-    /// Ends a job whose outcome is applied: the last step of a `job_finished`.
+    /// Ends a job whose outcome is applied: the last step of a `job_finished`. Only the run the report was
+    /// checked against ends (see [`Run`]): one taken back meanwhile and handed out again, even to the same
+    /// worker, is another run, which this report does not end.
     async fn end_job(&self, record: &JobRecord, worker: WorkerId, success: bool) -> Result<()> {
-        if !self.storage.finish_job(record.id, worker, success).await? {
+        let ended = match Run::of(record) {
+            Some(run) => self.storage.finish_job(run, success).await?,
+            None => false,
+        };
+        if !ended {
             return Err(not_assigned(record.id, worker));
         }
         self.memo.forget_job(record.id);
@@ -328,7 +334,7 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         let mut results: Vec<Option<Result<()>>> = (0..reports.len()).map(|_| None).collect();
         let mut writes = BatchWrites::default();
         // Builds whose outcome is applied and whose job ends once the batch's evaluations are settled.
-        let mut ending: Vec<(usize, JobRecord, bool)> = Vec::new();
+        let mut ending: Vec<(usize, JobRecord, Run, bool)> = Vec::new();
         let mut stopped = None;
         for (i, report) in reports.into_iter().enumerate() {
             let result = match report.message {
@@ -348,8 +354,12 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                         .await
                     {
                         Ok(record) if matches!(record.kind, JobKind::Build { .. }) => {
-                            ending.push((i, record, success));
-                            continue;
+                            // The run the report was checked against (`apply_finished`: assigned to `worker`).
+                            if let Some(run) = Run::of(&record) {
+                                ending.push((i, record, run, success));
+                                continue;
+                            }
+                            Err(not_assigned(job_id, worker))
                         }
                         // An evaluation's end settles it and releases its builds: in its place in the order.
                         Ok(record) => self.end_job(&record, worker, success).await,
@@ -397,17 +407,15 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         }
         let ended = match &settled {
             Ok(()) if !ending.is_empty() => {
-                let jobs: Vec<(JobId, bool)> = ending.iter().map(|(_, r, success)| (r.id, *success)).collect();
-                self.storage
-                    .finish_jobs(worker, &jobs)
-                    .await
-                    .map_err(ServiceError::from)
+                // Each run as its report was checked: one taken back and handed out again meanwhile is not ended.
+                let runs: Vec<(Run, bool)> = ending.iter().map(|(_, _, run, success)| (*run, *success)).collect();
+                self.storage.finish_jobs(&runs).await.map_err(ServiceError::from)
             }
             Ok(()) => Ok(Vec::new()),
             Err(e) => Err(e.clone()),
         };
         let mut again = Vec::new();
-        for (n, (i, record, _)) in ending.into_iter().enumerate() {
+        for (n, (i, record, ..)) in ending.into_iter().enumerate() {
             results[i] = Some(match &ended {
                 Ok(ended) if ended.get(n) == Some(&true) => {
                     self.memo.forget_job(record.id);
@@ -418,9 +426,9 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 Err(e) => Err(e.clone()),
             });
         }
-        // Their reports are recorded once their jobs ended: a build restarted meanwhile that this fails to queue
-        // again is queued by the next reconciliation, and no report is to be sent again for it.
-        let _ = self.queue_again_all(&again).await;
+        // Their reports are recorded once their jobs ended (none is to be sent again): a build restarted
+        // meanwhile that this fails to queue again is told to the observer (see `queue_again_after_report`).
+        self.queue_again_after_report(&again).await;
         if stopped.is_some() || !finished.is_empty() {
             self.fleet.wake();
         }
@@ -515,13 +523,8 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
                 // The outcome first: a log that cannot be stored must not leave the build running.
                 let mut stored = Ok(());
                 // The run this report belongs to: the job's assignment to the worker, as checked.
-                let JobState::Assigned { worker, .. } = record.state else {
+                let Some(run) = Run::of(record) else {
                     return Ok(());
-                };
-                let run = Run {
-                    job: record.id,
-                    worker,
-                    attempts: record.attempts,
                 };
                 // Whether this report wrote the build's end (then only it fails what depends on a failure).
                 // Whatever it wrote, the build may be restarted while this run is still out (before or after
@@ -712,28 +715,50 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
 
     /// [`Self::queue_again`] for several ended jobs: one read of their builds' statuses per organization.
     async fn queue_again_all(&self, records: &[JobRecord]) -> Result<()> {
-        let mut by_org: BTreeMap<OrgId, Vec<String>> = BTreeMap::new();
+        match self.queue_again_each(records).await.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Self::queue_again_all`] once a report's jobs ended: the report stays recorded whatever this finds, so a
+    /// failure is not answered but told to the observer (the server logs it at warn), with the jobs whose
+    /// builds may be left Queued without a job. What puts such a build back on the way: the reconciliation
+    /// pass queues a job for it, but only while an evaluation needing it is among the newest
+    /// `RECONCILE_WINDOW` (50) of its project and has not ended; otherwise the next evaluation that needs the
+    /// derivation (`plan_builds` queues a job for each of its Queued builds), or an abort of the evaluation
+    /// and a restart after it. Hence the log.
+    async fn queue_again_after_report(&self, records: &[JobRecord]) {
+        for (jobs, e) in self.queue_again_each(records).await {
+            self.observer.queue_again_failed(&jobs, e.code());
+        }
+    }
+
+    /// The work of [`Self::queue_again_all`], answering for each organization whose builds could not be queued
+    /// again its ended jobs and the error.
+    async fn queue_again_each(&self, records: &[JobRecord]) -> Vec<(Vec<JobId>, ServiceError)> {
+        let mut by_org: BTreeMap<OrgId, (Vec<JobId>, Vec<String>)> = BTreeMap::new();
         for record in records {
             if let JobKind::Build { derivation, .. } = &record.kind {
-                by_org.entry(record.org_id).or_default().push(derivation.clone());
+                let (jobs, derivations) = by_org.entry(record.org_id).or_default();
+                jobs.push(record.id);
+                derivations.push(derivation.clone());
             }
         }
         // One organization's failure (say it was just deleted) does not keep the others' builds from their jobs,
         // nor the dispatcher from waking for those queued.
         let mut queued = false;
-        let mut first_error = None;
-        for (org, derivations) in by_org {
+        let mut failed = Vec::new();
+        for (org, (jobs, derivations)) in by_org {
             match self.queue_again_in(org, &derivations).await {
                 Ok(any) => queued |= any,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+                Err(e) => failed.push((jobs, e)),
             }
         }
         if queued {
             self.fleet.wake();
         }
-        first_error.map_or(Ok(()), Err)
+        failed
     }
 
     /// The part of [`Self::queue_again_all`] for one organization: answers whether it queued a job.

@@ -1615,7 +1615,7 @@ pub async fn end_builds_with_a_run_write_only_while_its_job_is_in_that_assignmen
     );
     // Ended: no run of it writes any more.
     let again = moved(completed, BuildStatus::Queued, at + seconds(4));
-    assert_eq!(s.finish_job(job.id, w1, true).await, Ok(true));
+    assert_eq!(s.finish_job(current, true).await, Ok(true));
     assert_eq!(
         s.end_builds(&[(BuildStatus::Completed, again, Some(current))], &[])
             .await,

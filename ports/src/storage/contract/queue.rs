@@ -4,6 +4,7 @@ use super::support::{
     conflict, derivation, enqueue, long_ago, new_build_job, new_evaluation_job, now, org, seconds, user,
 };
 use gradient_domain::model::{JobId, JobKind, JobRecord, JobState};
+use gradient_domain::ports::storage::Run;
 use gradient_domain::ports::{Storage, StorageError};
 use gradient_domain::{OrgId, WorkerId};
 
@@ -14,6 +15,11 @@ fn ids(listed: &[JobRecord], ours: &[&JobRecord]) -> Vec<JobId> {
         .filter(|j| ours.iter().any(|o| o.id == j.id))
         .map(|j| j.id)
         .collect()
+}
+
+/// The run of `job` assigned to `worker` after `attempts` takings back.
+fn run(job: JobId, worker: WorkerId, attempts: u32) -> Run {
+    Run { job, worker, attempts }
 }
 
 async fn state_of<S: Storage>(s: &S, id: JobId) -> Option<JobState> {
@@ -76,7 +82,7 @@ pub async fn absent_jobs_are_none<S: Storage>(s: &S) {
         "assigning an unknown job"
     );
     assert!(
-        !s.finish_job(unknown, worker, true).await.expect("finish_job"),
+        !s.finish_job(run(unknown, worker, 0), true).await.expect("finish_job"),
         "finishing an unknown job"
     );
     assert_eq!(
@@ -175,7 +181,7 @@ pub async fn build_jobs_are_enqueued_once_per_derivation_while_active<S: Storage
     enqueue(s, new_evaluation_job(acme.id)).await;
 
     assert!(
-        s.finish_job(first.id, worker, true).await.expect("finish_job"),
+        s.finish_job(run(first.id, worker, 0), true).await.expect("finish_job"),
         "finish"
     );
     let rebuilt = enqueue(s, same_drv(acme.id)).await;
@@ -189,7 +195,9 @@ pub async fn build_jobs_are_enqueued_once_per_derivation_while_active<S: Storage
         "assign"
     );
     assert!(
-        s.finish_job(rebuilt.id, worker, false).await.expect("finish_job"),
+        s.finish_job(run(rebuilt.id, worker, 0), false)
+            .await
+            .expect("finish_job"),
         "fail"
     );
     enqueue(s, same_drv(acme.id)).await;
@@ -256,7 +264,10 @@ pub async fn evaluation_jobs_are_enqueued_once_while_active<S: Storage>(s: &S) {
         s.assign_job(first.id, worker, now()).await.expect("assign_job"),
         "assign"
     );
-    assert!(s.finish_job(first.id, worker, false).await.expect("finish_job"), "fail");
+    assert!(
+        s.finish_job(run(first.id, worker, 0), false).await.expect("finish_job"),
+        "fail"
+    );
     enqueue(s, again).await;
 }
 
@@ -443,7 +454,7 @@ pub async fn requeue_jobs_of_a_lost_worker_counts_attempts<S: Storage>(s: &S) {
         assert!(s.assign_job(job.id, worker, at).await.expect("assign_job"), "assign");
     }
     assert!(
-        s.finish_job(finished.id, lost, true).await.expect("finish_job"),
+        s.finish_job(run(finished.id, lost, 0), true).await.expect("finish_job"),
         "finish"
     );
 
@@ -540,22 +551,16 @@ pub async fn finish_jobs_ends_each_assigned_job_of_the_worker<S: Storage>(s: &S)
     assert!(s.assign_job(mine.id, worker, at).await.expect("assign_job"));
     assert!(s.assign_job(failed.id, worker, at).await.expect("assign_job"));
     assert!(s.assign_job(theirs.id, stranger, at).await.expect("assign_job"));
-    assert_eq!(
-        s.finish_jobs(worker, &[]).await.expect("finish_jobs"),
-        Vec::<bool>::new()
-    );
+    assert_eq!(s.finish_jobs(&[]).await.expect("finish_jobs"), Vec::<bool>::new());
     let ended = s
-        .finish_jobs(
-            worker,
-            &[
-                (mine.id, true),
-                (theirs.id, true),
-                (failed.id, false),
-                (queued.id, true),
-                (mine.id, true),
-                (JobId::new(), true),
-            ],
-        )
+        .finish_jobs(&[
+            (run(mine.id, worker, 0), true),
+            (run(theirs.id, worker, 0), true),
+            (run(failed.id, worker, 0), false),
+            (run(queued.id, worker, 0), true),
+            (run(mine.id, worker, 0), true),
+            (run(JobId::new(), worker, 0), true),
+        ])
         .await
         .expect("finish_jobs");
     assert_eq!(ended, [true, false, true, false, false, false]);
@@ -584,7 +589,7 @@ pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
     let good = enqueue(s, new_build_job(acme.id, "good")).await;
     let bad = enqueue(s, new_evaluation_job(acme.id)).await;
     assert!(
-        !s.finish_job(good.id, worker, true).await.expect("finish_job"),
+        !s.finish_job(run(good.id, worker, 0), true).await.expect("finish_job"),
         "a queued job cannot be finished"
     );
     assert_eq!(state_of(s, good.id).await, Some(JobState::Queued), "still queued");
@@ -593,7 +598,7 @@ pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
         assert!(s.assign_job(job.id, worker, at).await.expect("assign_job"), "assign");
     }
     assert!(
-        !s.finish_job(good.id, stranger, true).await.expect("finish_job"),
+        !s.finish_job(run(good.id, stranger, 0), true).await.expect("finish_job"),
         "another worker cannot finish it"
     );
     assert_eq!(
@@ -601,8 +606,14 @@ pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
         Some(JobState::Assigned { worker, since: at }),
         "still assigned"
     );
-    assert!(s.finish_job(good.id, worker, true).await.expect("finish_job"), "done");
-    assert!(s.finish_job(bad.id, worker, false).await.expect("finish_job"), "failed");
+    assert!(
+        s.finish_job(run(good.id, worker, 0), true).await.expect("finish_job"),
+        "done"
+    );
+    assert!(
+        s.finish_job(run(bad.id, worker, 0), false).await.expect("finish_job"),
+        "failed"
+    );
     assert_eq!(
         s.job(good.id).await.expect("job"),
         Some(JobRecord {
@@ -622,7 +633,7 @@ pub async fn finish_job_only_from_assigned<S: Storage>(s: &S) {
     for (job, state) in [(&good, JobState::Done), (&bad, JobState::Failed)] {
         for done in [true, false] {
             assert!(
-                !s.finish_job(job.id, worker, done).await.expect("finish_job"),
+                !s.finish_job(run(job.id, worker, 0), done).await.expect("finish_job"),
                 "a finished job cannot be finished again"
             );
         }
@@ -969,4 +980,57 @@ pub async fn assign_jobs_assigns_only_queued_jobs<S: Storage>(s: &S) {
     );
     let of_w1 = s.jobs_assigned_to(w1).await.expect("jobs_assigned_to");
     assert_eq!(of_w1.len(), 1 + many.len().div_ceil(2), "each to its own worker");
+}
+
+/// A job is finished only in the run it is in: once taken back from its worker and handed out again, even to
+/// the same worker, the earlier run's finish (its late report) changes nothing and answers false, alone or in a
+/// batch; the run it is in now ends it.
+pub async fn finish_job_is_compare_and_set_on_the_run<S: Storage>(s: &S) {
+    let alice = user(s, "alice").await;
+    let acme = org(s, "acme", alice.id, false).await;
+    let worker = WorkerId::new();
+    let at = now();
+    let job = enqueue(s, new_build_job(acme.id, "again")).await;
+    let other = enqueue(s, new_build_job(acme.id, "other")).await;
+    for j in [&job, &other] {
+        assert!(s.assign_job(j.id, worker, at).await.expect("assign_job"), "assign");
+    }
+    assert_eq!(s.requeue_jobs(worker, &[job.id]).await.expect("requeue_jobs"), 1);
+    let again = at + seconds(1);
+    assert!(
+        s.assign_job(job.id, worker, again).await.expect("assign_job"),
+        "reassign"
+    );
+    let reassigned = Some(JobState::Assigned { worker, since: again });
+    let first = run(job.id, worker, 0);
+    assert!(
+        !s.finish_job(first, true).await.expect("finish_job"),
+        "the first run is over: its late report does not end the second"
+    );
+    assert_eq!(state_of(s, job.id).await, reassigned, "still in its second run");
+    assert_eq!(
+        s.finish_jobs(&[(first, false), (run(other.id, worker, 0), true)])
+            .await
+            .expect("finish_jobs"),
+        [false, true],
+        "in a batch too, without holding the others"
+    );
+    assert_eq!(state_of(s, job.id).await, reassigned, "still in its second run");
+    assert_eq!(state_of(s, other.id).await, Some(JobState::Done));
+    assert!(
+        !s.finish_job(run(job.id, worker, 2), true).await.expect("finish_job"),
+        "nor a run to come"
+    );
+    assert!(
+        s.finish_job(run(job.id, worker, 1), true).await.expect("finish_job"),
+        "the run it is in ends it"
+    );
+    assert_eq!(
+        s.job(job.id).await.expect("job"),
+        Some(JobRecord {
+            state: JobState::Done,
+            attempts: 1,
+            ..job.clone()
+        })
+    );
 }

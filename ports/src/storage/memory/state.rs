@@ -7,7 +7,7 @@ use gradient_domain::model::{
     Subscription, Timestamp, User, WorkerRegistration,
 };
 use gradient_domain::permissions::BuiltinRole;
-use gradient_domain::ports::storage::{BuildSwap, Result, StorageError};
+use gradient_domain::ports::storage::{BuildSwap, Result, Run, StorageError};
 use gradient_domain::status::BuildStatus;
 use gradient_domain::{
     ApiKeyId, BuildId, CacheId, EvaluationId, Name, OrgId, PeerId, ProjectId, RoleId, SessionId, UserId, WorkerId,
@@ -660,13 +660,21 @@ impl State {
         requeued
     }
 
-    pub(super) fn finish_job(&mut self, id: JobId, worker: WorkerId, done: bool) -> bool {
-        match self.jobs.get_mut(&id) {
-            Some(job) if matches!(job.state, JobState::Assigned { worker: w, .. } if w == worker) => {
+    /// Whether the run's job is still in that assignment (see [`Run`]).
+    pub(super) fn in_run(&self, run: Run) -> bool {
+        self.jobs.get(&run.job).and_then(Run::of) == Some(run)
+    }
+
+    pub(super) fn finish_job(&mut self, run: Run, done: bool) -> bool {
+        if !self.in_run(run) {
+            return false;
+        }
+        match self.jobs.get_mut(&run.job) {
+            Some(job) => {
                 job.state = if done { JobState::Done } else { JobState::Failed };
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 }
