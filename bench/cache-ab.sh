@@ -99,7 +99,13 @@ nar_run() { # url pid server
   alive() { local p; for p in "${dl[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
   while alive; do
     now=$(rss_of "$2")
-    if [ "$now" -gt "$peak" ]; then peak=$now; cp "/proc/$2/smaps" "$work/peak-smaps-$3" 2>/dev/null || true; fi
+    if [ "$now" -gt "$peak" ]; then
+      peak=$now
+      cp "/proc/$2/smaps" "$work/peak-smaps-$3" 2>/dev/null || true
+      # Its threads then: SQLite's connections are one thread each (sqlx-sqlite-worker-N).
+      grep -l sqlx-sqlite /proc/"$2"/task/*/comm 2>/dev/null | wc -l >"$work/peak-sqlite-$3" || true
+      awk '/^Threads/ {print $2}' "/proc/$2/status" >"$work/peak-threads-$3" 2>/dev/null || true
+    fi
     sleep 0.05
   done
   for p in "${dl[@]}"; do wait "$p" || die "a download of $1 failed"; done
@@ -177,5 +183,6 @@ print(', '.join(f'{k} {v / 1024:.1f}' for k, v in sorted(cats.items(), key=lambd
 PY
 }
 for s in a b; do
-  [ -f "$work/peak-smaps-$s" ] && echo "$s's last peak, MB: $(smaps_breakdown "$work/peak-smaps-$s")"
+  [ -f "$work/peak-smaps-$s" ] && echo "$s's last peak, MB: $(smaps_breakdown "$work/peak-smaps-$s");" \
+    "threads $(cat "$work/peak-threads-$s" 2>/dev/null), of them SQLite connections $(cat "$work/peak-sqlite-$s" 2>/dev/null)"
 done

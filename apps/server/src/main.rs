@@ -4,7 +4,9 @@ use gradient_server::config::Config;
 
 /// mimalloc instead of glibc's malloc: glibc kept what it had freed (each argon2 password hash's 19 MiB, the
 /// NAR downloads' buffers spread over its per-thread arenas), 77 MB resident after one sign-in and a push, 90 MB
-/// serving 8 NARs; mimalloc gives freed pages back to the system (figures in docs/benchmarks.md).
+/// serving 8 NARs; mimalloc gives freed pages back to the system (figures in docs/benchmarks.md). With
+/// its `override` feature the C libraries' `malloc` is mimalloc's too: SQLite's connections (a thread each)
+/// had left what they freed in glibc's per-thread arenas (~9 MB at the cache benchmark's peak).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -501,3 +501,35 @@ async fn the_auth_scheme_name_is_case_insensitive() {
         "an unknown scheme is no credential"
     );
 }
+
+/// Many requests at once with a key whose read right is not remembered (a Nix client's parallel narinfo
+/// requests when the remembered right has just expired) ask storage once: the others wait for that answer and
+/// take it from memory, instead of each taking a database connection of its own (a burst of 16 opened 16).
+#[tokio::test]
+async fn parallel_requests_with_one_key_ask_storage_once() {
+    let s = server().await;
+    let owner = s.user("owner").await;
+    s.cache(&owner, "closed", false).await;
+    let hash = s.push_fixture("closed", &owner).await;
+    // A key never used to read: its right is not remembered.
+    let key = s
+        .api(Method::POST, "/user/keys", Some(&owner), json!({"name": "parallel"}))
+        .await;
+    let auth = format!("Bearer {}", key["key"].as_str().expect("key"));
+    let path = format!("/cache/closed/{hash}.narinfo");
+    let before = s.state.core.cache_read_memo_hits();
+    let answers = futures_util::future::join_all((0..16).map(|_| s.short(Method::GET, &path, Some(&auth)))).await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK), "{answers:?}");
+    assert_eq!(
+        s.state.core.cache_read_memo_hits() - before,
+        15,
+        "one asked storage, the others took its answer from memory"
+    );
+    // An unknown key is refused to every one of them alike.
+    let unknown = format!("Bearer GRAD{}", "0".repeat(40));
+    let answers = futures_util::future::join_all((0..4).map(|_| s.short(Method::GET, &path, Some(&unknown)))).await;
+    assert!(
+        answers.iter().all(|a| a.status == StatusCode::UNAUTHORIZED),
+        "{answers:?}"
+    );
+}

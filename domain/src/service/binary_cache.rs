@@ -178,18 +178,31 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
     /// a job token's organization's rights first, else the session's or key's, as [`Self::readable_cache`]
     /// decides. What an API key may read is remembered for [`super::memo::API_KEY_TTL`] (by the key as sent,
     /// so a hit costs no hash of it and no query), and forgotten at once on any change in this process that
-    /// can take the right away (see `ServeMemo::reads`).
+    /// can take the right away (see `ServeMemo::reads`). One request at a time asks storage for a key's right to
+    /// a cache; others asking the same meanwhile wait for its answer (a Nix client's parallel requests all find
+    /// the remembered right expired at once).
     pub async fn cache_to_read(&self, credential: Option<&str>, name: &str) -> Result<Cache> {
         let key = credential.filter(|c| is_api_key(c));
         // Once, before the check: a right is kept no longer than API_KEY_TTL after what it was decided from.
         let now = self.clock.now();
         let mut generation = None;
+        // Held until the answer is remembered: requests asking the same meanwhile wait, then read it.
+        let mut _turn = None;
         if let Some(key) = key {
-            let (known, at) = self.memo.read(key, name, now);
-            if let Some(cache) = known {
-                return Ok(cache);
+            loop {
+                let (known, at) = self.memo.read(key, name, now);
+                if let Some(cache) = known {
+                    return Ok(cache);
+                }
+                generation = Some(at);
+                match self.memo.read_flights.take_off((key.into(), name.into())) {
+                    super::flights::Turn::Lead(lead) => {
+                        _turn = Some(lead);
+                        break;
+                    }
+                    super::flights::Turn::Wait(landing) => landing.await,
+                }
             }
-            generation = Some(at);
         }
         if let Some(token) = credential
             && let Some(cache) = self.cache_for_job_token(token, name, false).await?

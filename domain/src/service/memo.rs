@@ -44,6 +44,9 @@ pub struct ServeMemo {
     /// changed or deleted, an organization deleted, a state applied).
     reads: Mutex<Reads>,
     read_hits: std::sync::atomic::AtomicU64,
+    /// Read rights being asked of storage now (key as sent, cache name): one request asks, the others with
+    /// the same question wait for its answer (`Gradient::cache_to_read`).
+    pub(super) read_flights: super::flights::Flights<(Box<str>, Box<str>)>,
 }
 
 /// Readable caches remembered at most (key and cache pairs); past that, the expired ones are dropped, or all

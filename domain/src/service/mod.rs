@@ -10,6 +10,7 @@ mod builds;
 pub(crate) mod caches;
 mod deploy_keys;
 mod email;
+mod flights;
 mod github_app;
 mod memo;
 mod oidc;
