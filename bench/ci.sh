@@ -168,12 +168,21 @@ poll_status() {
   exec {fd}<>"/dev/tcp/127.0.0.1/$port" || return 0
   printf 'GET /api/v1/projects/bench/%s/evaluations HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n' \
     "$2" "$jwt" >&"$fd"
-  IFS= read -r -d '' -u "$fd" resp || true
+  IFS= read -r -N 4000000 -u "$fd" resp || true
   exec {fd}>&-
   case "$resp" in *"\"id\":\"$1\""*) ;; *) return 0 ;; esac
   resp=${resp#*\"id\":\"$1\"}
   resp=${resp#*\"status\":\"}
   STATUS=${resp%%\"*}
+  case "$STATUS" in Queued|Fetching|Evaluating|Building|Completed|Failed|Aborted) ;; *) STATUS="" ;; esac
+}
+# Dies once the server is gone or an evaluation has shown no status for 60 s (a poll answered nothing usable).
+unanswered=0
+check_answered() {
+  if [ -n "$STATUS" ]; then unanswered=0; return; fi
+  kill -0 "$server_pid" 2>/dev/null || die "the server exited"
+  unanswered=$((unanswered + 1))
+  [ "$unanswered" -lt 1200 ] || die "no status for 60 s"
 }
 
 # CPU seconds (user + system) this shell's waited-for children have used so far.
@@ -209,6 +218,7 @@ measure() {
       # The project's list of evaluations, not the evaluation with its builds: reading hundreds of builds 20
       # times a second cost the server more CPU than the CI loop itself (on the same 2 cores).
       poll_status "$id" "$shape"
+      check_answered
       case "$STATUS" in Completed) break ;; Failed|Aborted)
           curl -fs "$api/evals/$id" "${auth[@]}" | jq -r '.message.evaluation.errors[]?.message' >&2
           tail -20 "$work/worker.log" >&2
@@ -246,7 +256,8 @@ measure_eval() {
     id=$(curl -fs -X POST "$api/projects/bench/attrs/evaluate" "${auth[@]}" -d "{\"commit\":\"$commit\"}" | jq -r .message.id)
     while :; do
       poll_status "$id" attrs
-      case "$STATUS" in ""|Queued|Fetching|Evaluating) nap 0.05 ;; Failed|Aborted) die "$label round $round: $STATUS" ;; *) break ;; esac
+      check_answered
+      case "$STATUS" in Building|Completed) break ;; Failed|Aborted) die "$label round $round: $STATUS" ;; *) nap 0.05 ;; esac
     done
     times+=("$(echo "$(date +%s.%N) - $start" | bc -l)")
     printf '  %-7s round %s: evaluated in %6.2f s\n' "$label" "$round" "${times[-1]}" >&2

@@ -10,7 +10,8 @@
 # one database only; BENCH_LOGS=DIR keeps each run's server and worker logs there, with the server's memory
 # sampled once a second; BENCH_BIN=DIR runs the gradient-server and gradient-worker found there instead of
 # building them (e.g. a non-LTO release build, or another branch's for an A/B run side by side);
-# BENCH_HEAPTRACK=DIR records the server's allocations with heaptrack (what it held at its peak).
+# BENCH_HEAPTRACK=DIR records the server's allocations with heaptrack (what it held at its peak; the server's mimalloc
+# replaces malloc itself (its `override` feature), so this needs a server built without that feature).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

@@ -803,8 +803,8 @@ mod tests {
         let ms = Duration::from_millis;
         // A quick push: the spacing.
         assert_eq!(next_push(t0, t0 + ms(40), ms(0)), t0 + PUSH_SPACING);
-        // A push taking 300 ms (a busy machine): as long again after it ended.
-        assert_eq!(next_push(t0, t0 + ms(300), ms(0)), t0 + ms(600));
+        // A push taking 400 ms (a busy machine): as long again after it ended.
+        assert_eq!(next_push(t0, t0 + ms(400), ms(0)), t0 + ms(800));
         // A push that waited 20 s to retry and then took 300 ms: the wait does not count.
         assert_eq!(next_push(t0, t0 + ms(20_300), ms(20_000)), t0 + ms(20_600));
         // A push taking 5 s (a slow network): at most a second's pause.

@@ -186,21 +186,30 @@ impl<S: Storage, C: Clock> Gradient<S, C> {
         // Once, before the check: a right is kept no longer than API_KEY_TTL after what it was decided from.
         let now = self.clock.now();
         let mut generation = None;
-        // Held until the answer is remembered: requests asking the same meanwhile wait, then read it.
+        // Held until the answer is remembered: requests asking the same meanwhile wait, then read it. One that
+        // waited and still finds nothing (the key is unknown or refused, which is not remembered; a change
+        // forgot the answer) asks storage itself: waiting for another turn would line them all up one by one.
         let mut _turn = None;
         if let Some(key) = key {
+            let mut waited = false;
             loop {
                 let (known, at) = self.memo.read(key, name, now);
                 if let Some(cache) = known {
                     return Ok(cache);
                 }
                 generation = Some(at);
+                if waited {
+                    break;
+                }
                 match self.memo.read_flights.take_off((key.into(), name.into())) {
                     super::flights::Turn::Lead(lead) => {
                         _turn = Some(lead);
                         break;
                     }
-                    super::flights::Turn::Wait(landing) => landing.await,
+                    super::flights::Turn::Wait(landing) => {
+                        landing.await;
+                        waited = true;
+                    }
                 }
             }
         }
