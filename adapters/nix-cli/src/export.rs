@@ -54,8 +54,8 @@ pub async fn export(cli: &NixCli, paths: &[String]) -> Result<ExportStream> {
         .kill_on_drop(true);
     // Held by the stream until it is read to its end or dropped (`NixCli::max_sessions`).
     let session = cmd.session().await;
-    let mut child = cmd
-        .spawn()
+    let mut child = crate::spawn(&mut cmd)
+        .await
         .map_err(|e| NixError::Unavailable(format!("cannot run nix-store: {e}")))?;
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(NixError::Unavailable("nix-store: no pipes".into()));

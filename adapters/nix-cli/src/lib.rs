@@ -70,6 +70,24 @@ impl std::ops::DerefMut for NixCommand {
     }
 }
 
+/// Starts `cmd`, trying again for a moment while the program is "busy" (ETXTBSY). An executable that a thread of
+/// this process has just written can be held open for writing by a child another thread is starting (between
+/// its `fork` and `exec`): the kernel refuses to run it until that child has called `exec`, microseconds later.
+/// Nix installed by a package manager is never written in place, but a Nix wrapper written at start-up is.
+pub(crate) async fn spawn(cmd: &mut Command) -> std::io::Result<tokio::process::Child> {
+    const ETXTBSY: i32 = 26;
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            started => return started,
+        }
+    }
+}
+
 /// Runs the Nix found on `PATH` (or in a given directory) with this process's environment, plus any variables
 /// set with [`NixCli::env`] (such as `NIX_CONFIG`).
 #[derive(Clone, Debug, Default)]
@@ -361,6 +379,30 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_program_still_open_for_writing_is_run_once_it_is_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("prog");
+        std::fs::write(&bin, "#!/bin/sh\nexit 7\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // As a child another thread is starting would hold it: open for writing, closed 100 ms later.
+        let held = std::fs::OpenOptions::new().write(true).open(&bin).unwrap();
+        let busy = Command::new(&bin).spawn().unwrap_err();
+        assert_eq!(
+            busy.raw_os_error(),
+            Some(26),
+            "the kernel refuses a program open for writing"
+        );
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            drop(held);
+        });
+        let status = spawn(&mut Command::new(&bin)).await.unwrap().wait().await.unwrap();
+        assert_eq!(status.code(), Some(7));
+        closer.await.unwrap();
     }
 
     #[test]

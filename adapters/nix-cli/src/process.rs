@@ -113,11 +113,9 @@ pub async fn run(
     let session = cmd.session().await;
     gradient_process::reset_for_children();
     let program = format!("{:?}", cmd.as_std().get_program());
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = crate::spawn(&mut cmd)
+        .await
         .map_err(|e| NixError::Unavailable(format!("cannot run {program}: {e}")))?;
     // Stopped, not killed, whenever the caller stops waiting (an aborted job): see `Stop`.
     let mut stop = Stop(child.id(), session);
