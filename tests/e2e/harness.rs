@@ -146,6 +146,11 @@ impl Server {
         }
     }
 
+    /// The server's process id (`setpriv` and the server's own restart with its allocator's setting keep it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends the server a signal (`HUP`, …), as `systemctl reload` or `kill` would.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

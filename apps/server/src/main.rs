@@ -10,8 +10,31 @@ use gradient_server::config::Config;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc gives freed pages back to the system a second after they were freed, but only when the allocator
+/// runs again: an idle server kept what start-up, a sign-in's argon2 hash (19 MiB) or a push had freed
+/// (~6 MB after start, docs/benchmarks.md). With `MIMALLOC_PURGE_DELAY=0` they go back at once. The option is
+/// read from the environment when the allocator starts, before `main`, and can be set in code only with
+/// `unsafe`, which the workspace forbids: so the server starts itself again with it (same process id,
+/// arguments and environment), unless the variable is set already (an operator's own value is kept).
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+
+fn main() {
+    if std::env::var_os(PURGE_DELAY).is_none() {
+        use std::os::unix::process::CommandExt;
+        let mut args = std::env::args_os();
+        let mut again = std::process::Command::new("/proc/self/exe");
+        if let Some(name) = args.next() {
+            again.arg0(name);
+        }
+        // `exec` returns only when it failed: the server then starts as it is, with mimalloc's default.
+        let failed = again.args(args).env(PURGE_DELAY, "0").exec();
+        eprintln!("gradient-server: could not restart itself with {PURGE_DELAY}=0 ({failed}); going on without");
+    }
+    serve();
+}
+
 #[tokio::main]
-async fn main() {
+async fn serve() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--print-config-schema") {
         let schema: Vec<_> = Config::schema().iter().map(|v| v.to_json()).collect();
