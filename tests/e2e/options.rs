@@ -320,6 +320,9 @@ async fn the_server_runs_with_freed_memory_returned_at_once_unless_the_operator_
     let server = Server::start(&dir.path().join("default"), &[]).await;
     let env = environment_of(server.pid());
     assert!(env.contains(&"MIMALLOC_PURGE_DELAY=0".to_owned()), "{env:?}");
+    // Still named after its binary (what `ps`, `pgrep` and the journal show), not after `/proc/self/exe`.
+    let name = std::fs::read_to_string(format!("/proc/{}/comm", server.pid())).expect("comm");
+    assert_eq!(name.trim(), "gradient-server");
     assert!(
         env.iter().any(|v| v.starts_with("GRADIENT_BASE_DIR=")),
         "the rest of the environment is kept"

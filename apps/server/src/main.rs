@@ -19,18 +19,40 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
 
 fn main() {
-    if std::env::var_os(PURGE_DELAY).is_none() {
-        use std::os::unix::process::CommandExt;
-        let mut args = std::env::args_os();
-        let mut again = std::process::Command::new("/proc/self/exe");
-        if let Some(name) = args.next() {
-            again.arg0(name);
-        }
-        // `exec` returns only when it failed: the server then starts as it is, with mimalloc's default.
-        let failed = again.args(args).env(PURGE_DELAY, "0").exec();
-        eprintln!("gradient-server: could not restart itself with {PURGE_DELAY}=0 ({failed}); going on without");
+    // Run by the dynamic loader (`ld.so gradient-server …`) the binary is the loader's: not restarted.
+    let by_loader = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with("ld-")))
+        .unwrap_or(false);
+    if std::env::var_os(PURGE_DELAY).is_none() && !by_loader {
+        restart_with_purge_delay();
     }
     serve();
+}
+
+/// Starts this program again in this process with [`PURGE_DELAY`] set to 0; returns only when it could not
+/// (the server then starts as it is, with mimalloc's default). The binary's own path first: the kernel names
+/// the process after the file it runs (`/proc/self/exe` would make it `exe` for `ps`, `pgrep` and the
+/// journal); `/proc/self/exe` when that path is gone (the binary replaced while it ran).
+fn restart_with_purge_delay() {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let paths = std::env::current_exe()
+        .into_iter()
+        .chain([std::path::PathBuf::from("/proc/self/exe")]);
+    let mut failed = Vec::new();
+    for path in paths {
+        let mut again = std::process::Command::new(&path);
+        if let Some((name, rest)) = args.split_first() {
+            again.arg0(name).args(rest);
+        }
+        let error = again.env(PURGE_DELAY, "0").exec();
+        failed.push(format!("{}: {error}", path.display()));
+    }
+    eprintln!(
+        "gradient-server: could not restart itself with {PURGE_DELAY}=0 ({}); going on without",
+        failed.join("; ")
+    );
 }
 
 #[tokio::main]
