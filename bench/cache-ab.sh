@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. bench/lib.sh
 [ $# -ge 2 ] || die "usage: bench/cache-ab.sh A-BINARY B-BINARY [ROUNDS]"
 declare -A bin=([a]=$1 [b]=$2) envs=([a]=${A_ENV:-} [b]=${B_ENV:-})
 rounds=${3:-3}
@@ -25,23 +26,7 @@ wait_for() { for _ in $(seq 1 200); do curl -fs "$1" >/dev/null && return 0; sle
 rss_of() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 say "building the benchmark paths (the same as bench/cache.sh's)"
-cat > "$work/paths.nix" <<'NIX'
-let
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  };
-in {
-  large = mk "gradient-bench-1g" "/usr/bin/head -c 1G /dev/urandom > $out";
-  small = builtins.genList (i: mk "gradient-bench-small-${toString i}" "echo ${toString i} > $out") 300;
-}
-NIX
-large=$(nix-build --no-out-link "$work/paths.nix" -A large 2>"$work/nix-build.log") || die "$(cat "$work/nix-build.log")"
-nix-build --no-out-link --max-jobs 4 "$work/paths.nix" -A small >"$work/small" 2>>"$work/nix-build.log" \
-  || die "$(tail -n 20 "$work/nix-build.log")"
-mapfile -t small <"$work/small"
+bench_cache_paths "$work"
 lhash=$(basename "$large" | cut -c1-32)
 
 declare -A url pid key nar res
@@ -58,12 +43,8 @@ for s in a b; do
   sleep 1
   add "start $s" "$(rss_of "${pid[$s]}")"
   api="${url[$s]}/api/v1"
-  curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
-    -d '{"username":"bench","name":"Bench","email":"bench@example.com","password":"benchmark1"}' >/dev/null
-  jwt=$(curl -fs -X POST "$api/auth/basic/login" -H 'Content-Type: application/json' \
-    -d '{"loginname":"bench","password":"benchmark1"}' | jq -r .message)
-  key[$s]=$(curl -fs -X POST "$api/user/keys" -H "Authorization: Bearer $jwt" -H 'Content-Type: application/json' \
-    -d '{"name":"bench"}' | jq -r .message.key)
+  jwt=$(bench_sign_in "$api")
+  key[$s]=$(bench_api_key "$api" "$jwt")
   for c in 'bench","public":true' 'private","public":false'; do
     curl -fs -X POST "$api/caches" -H "Authorization: Bearer ${key[$s]}" -H 'Content-Type: application/json' \
       -d "{\"name\":\"$c}" >/dev/null

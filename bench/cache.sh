@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. bench/lib.sh
 rounds=${1:-2}
 
 ensure_packages nginx-light wrk nix-bin curl jq bc
@@ -56,23 +57,7 @@ else
 fi
 
 say "building the benchmark paths (300 small ones for narinfos, a 1 GiB one for NARs)"
-cat > "$work/paths.nix" <<'NIX'
-let
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  };
-in {
-  large = mk "gradient-bench-1g" "/usr/bin/head -c 1G /dev/urandom > $out";
-  small = builtins.genList (i: mk "gradient-bench-small-${toString i}" "echo ${toString i} > $out") 300;
-}
-NIX
-large=$(nix-build --no-out-link "$work/paths.nix" -A large 2>"$work/nix-build.log") || die "$(cat "$work/nix-build.log")"
-nix-build --no-out-link --max-jobs 4 "$work/paths.nix" -A small >"$work/small" 2>>"$work/nix-build.log" \
-  || die "$(tail -n 20 "$work/nix-build.log")"
-mapfile -t small <"$work/small"
+bench_cache_paths "$work"
 lhash=$(basename "$large" | cut -c1-32)
 
 rss_of() { # the resident set of these processes together, in KiB
@@ -91,12 +76,8 @@ wait_for "$g/api/v1/health" || die "Gradient did not start (see its log below)"$
 sleep 1
 g_rss_start=$(rss_of "$gpid")
 api="$g/api/v1"
-curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
-  -d '{"username":"bench","name":"Bench","email":"bench@example.com","password":"benchmark1"}' >/dev/null
-jwt=$(curl -fs -X POST "$api/auth/basic/login" -H 'Content-Type: application/json' \
-  -d '{"loginname":"bench","password":"benchmark1"}' | jq -r .message)
-key=$(curl -fs -X POST "$api/user/keys" -H "Authorization: Bearer $jwt" -H 'Content-Type: application/json' \
-  -d '{"name":"bench"}' | jq -r .message.key)
+jwt=$(bench_sign_in "$api")
+key=$(bench_api_key "$api" "$jwt")
 for c in 'bench","public":true' 'private","public":false'; do
   curl -fs -X POST "$api/caches" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
     -d "{\"name\":\"$c}" >/dev/null
@@ -242,6 +223,7 @@ done
 hr=$(m "rss harmonia")
 printf '%-28s %10s %10s %10s %10s %12s\n' "peak RSS serving them, MB" "$(mb "$(m "rss nginx")")" \
   "${hr:+$(mb "$hr")}" "$(mb "$(m "rss gradient")")" "" "$(ratio "$(m "rss gradient")" "$hr")"
+printf '%-28s %10s\n' "Gradient peak RSS per round" "$(for k in ${res["rss gradient"]}; do printf '%s ' "$(mb "$k")"; done)"
 printf '%-28s %10s\n' "Gradient RSS after start, MB" "$(mb "$g_rss_start")"
 printf '%-28s %10s\n' "Gradient RSS after 1 GiB push" "$(mb "$g_rss_push")"
 printf '%-28s %10s  (of its RSS at the end: code and data mapped from its binary)\n' "Gradient RSS file-backed, MB" "$(mb "$g_rss_file")"

@@ -21,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. bench/lib.sh
 
 ensure_packages nix-bin git curl jq bc
 ensure_rust
@@ -120,10 +121,7 @@ GRADIENT_LOCAL_WORKER_ID=$worker_id GRADIENT_LOCAL_WORKER_TOKEN_FILE="$work/toke
 server_pid=$!
 api="http://127.0.0.1:$port/api/v1"
 for _ in $(seq 1 100); do curl -fs "$api/health" >/dev/null && break; sleep 0.1; done
-curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
-  -d '{"username":"bench","name":"Bench","email":"bench@example.com","password":"benchmark1"}' >/dev/null
-jwt=$(curl -fs -X POST "$api/auth/basic/login" -H 'Content-Type: application/json' \
-  -d '{"loginname":"bench","password":"benchmark1"}' | jq -r .message)
+jwt=$(bench_sign_in "$api")
 auth=(-H "Authorization: Bearer $jwt" -H 'Content-Type: application/json')
 curl -fs -X POST "$api/orgs" "${auth[@]}" -d '{"name":"bench"}' >/dev/null
 curl -fs -X POST "$api/caches" "${auth[@]}" -d '{"name":"bench"}' >/dev/null

@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. bench/lib.sh
 rounds=${1:-3}
 n=${2:-300}
 
@@ -56,12 +57,8 @@ pids+=($!)
 g="http://127.0.0.1:$gport"
 wait_for "$g/api/v1/health" || die "Gradient did not start (see its log below)"$'\n'"$(cat "$work/gradient.log")"
 api="$g/api/v1"
-curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
-  -d '{"username":"bench","name":"Bench","email":"bench@example.com","password":"benchmark1"}' >/dev/null
-jwt=$(curl -fs -X POST "$api/auth/basic/login" -H 'Content-Type: application/json' \
-  -d '{"loginname":"bench","password":"benchmark1"}' | jq -r .message)
-key=$(curl -fs -X POST "$api/user/keys" -H "Authorization: Bearer $jwt" -H 'Content-Type: application/json' \
-  -d '{"name":"bench"}' | jq -r .message.key)
+jwt=$(bench_sign_in "$api")
+key=$(bench_api_key "$api" "$jwt")
 
 # Milliseconds per path of one import of FILE (COUNT paths) into a new cache NAME.
 push() {

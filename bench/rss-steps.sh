@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+. bench/lib.sh
 ensure_packages wrk nix-bin curl jq bc
 server_bin=${1:-}
 if [ -z "$server_bin" ]; then
@@ -23,23 +24,8 @@ gpid=""
 cleanup() { [ -n "$gpid" ] && kill "$gpid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-# The same paths as bench/cache.sh (built once; later runs find them in the store).
-cat > "$work/paths.nix" <<'NIX'
-let
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-  };
-in {
-  large = mk "gradient-bench-1g" "/usr/bin/head -c 1G /dev/urandom > $out";
-  small = builtins.genList (i: mk "gradient-bench-small-${toString i}" "echo ${toString i} > $out") 300;
-}
-NIX
 say "building the paths (a 1 GiB one, 300 small ones)"
-large=$(nix-build --no-out-link "$work/paths.nix" -A large 2>"$work/nix-build.log") || die "$(cat "$work/nix-build.log")"
-mapfile -t small < <(nix-build --no-out-link --max-jobs 4 "$work/paths.nix" -A small 2>>"$work/nix-build.log")
+bench_cache_paths "$work"
 
 step() { # NAME: one line of figures for the server now
   awk -v step="$1" '/VmRSS/ {r=$2} /RssAnon/ {a=$2} /Threads/ {t=$2}
@@ -54,12 +40,8 @@ for _ in $(seq 1 200); do curl -fs "$api/health" >/dev/null && break; sleep 0.1;
 curl -fs "$api/health" >/dev/null || die "the server did not start: $(cat "$work/log")"
 sleep 1
 step "after start"
-curl -fs -X POST "$api/auth/basic/register" -H 'Content-Type: application/json' \
-  -d '{"username":"bench","name":"Bench","email":"bench@example.com","password":"benchmark1"}' >/dev/null
-jwt=$(curl -fs -X POST "$api/auth/basic/login" -H 'Content-Type: application/json' \
-  -d '{"loginname":"bench","password":"benchmark1"}' | jq -r .message)
-key=$(curl -fs -X POST "$api/user/keys" -H "Authorization: Bearer $jwt" -H 'Content-Type: application/json' \
-  -d '{"name":"bench"}' | jq -r .message.key)
+jwt=$(bench_sign_in "$api")
+key=$(bench_api_key "$api" "$jwt")
 curl -fs -X POST "$api/caches" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
   -d '{"name":"bench","public":true}' >/dev/null
 echo "machine 127.0.0.1 login bench password $key" > "$work/netrc"
